@@ -1,0 +1,563 @@
+//! The engine actor: one tokio task owns the run; [`EngineHandle`] is the
+//! only way in.
+//!
+//! Commands arrive on a bounded mpsc channel with oneshot replies; events go
+//! out on a broadcast channel so several front-ends can watch one run. The
+//! actor feeds inputs to the pure [`RunState`] and performs the effects it
+//! returns: start or kill attempts, schedule retries, record and broadcast
+//! events. Masking and recording happen here, before any consumer sees an
+//! event, so none can leak a secret or miss a record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Executor, workspace};
+use crate::pipeline::diag::suggestion_hint;
+use crate::pipeline::vars::Scope;
+use crate::pipeline::{Pipeline, Plan};
+use crate::store::{self, RunMeta, RunRecord, StoreError};
+
+use super::event::{Event, EventKind, RunSummary};
+use super::mask::Masker;
+use super::runner::{Attempt, RunContext, RunnerMsg, run_attempt};
+use super::state::{CancelReason, Effect, Input, JobId, Options, RunState};
+
+/// Events buffered per subscriber before a slow one starts missing some.
+pub const EVENT_CAPACITY: usize = 1 << 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown job `{name}`; {hint}")]
+    UnknownJob { name: String, hint: String },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot list the project files in {dir}: {source}")]
+    Project { dir: PathBuf, source: std::io::Error },
+}
+
+/// How to run a pipeline.
+pub struct EngineConfig {
+    pub run_id: String,
+    pub state_dir: PathBuf,
+    pub pipeline_file: PathBuf,
+    pub project_dir: PathBuf,
+    pub in_place: bool,
+    pub keep_workspaces: bool,
+    pub max_parallel: usize,
+    pub fail_fast: bool,
+    /// Headless: end the run when only unapproved manual jobs remain.
+    pub finish_when_blocked: bool,
+    pub cli_vars: Vec<(String, String)>,
+    /// `(NAME, value)` of each `--secret`.
+    pub secrets: Vec<(String, String)>,
+    /// Host variables jobs may see (allowlist + `--pass-env`).
+    pub host_env: Vec<(String, String)>,
+    /// Only this job and what it depends on.
+    pub only_job: Option<String>,
+    /// With `only_job`: run it this many times.
+    pub repeat: Option<u32>,
+    pub kill_grace: Option<Duration>,
+    pub executor: Arc<dyn Executor>,
+    pub seed: Option<u64>,
+}
+
+enum Command {
+    Start(oneshot::Sender<()>),
+    Control(Control, oneshot::Sender<Result<(), EngineError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Control {
+    Approve(String),
+    Retry(String),
+    Cancel(String),
+    CancelAll,
+    RerunFailed,
+    Pause,
+    Resume,
+}
+
+/// A clonable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Arc<Event>>,
+    finished: watch::Receiver<Option<RunSummary>>,
+    run_dir: PathBuf,
+    run_id: String,
+}
+
+impl EngineHandle {
+    /// Events from now on. Subscribe before [`start`](Self::start) to see the whole run.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub async fn start(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Start(tx)).await.map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    async fn control(&self, c: Control) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Control(c, tx))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Releases a manual gate (or approves it in advance).
+    pub async fn approve(&self, job: &str) -> Result<(), EngineError> {
+        self.control(Control::Approve(job.into())).await
+    }
+    /// Runs a failed or cancelled job again, with the dependents its failure skipped.
+    pub async fn retry(&self, job: &str) -> Result<(), EngineError> {
+        self.control(Control::Retry(job.into())).await
+    }
+    pub async fn cancel(&self, job: &str) -> Result<(), EngineError> {
+        self.control(Control::Cancel(job.into())).await
+    }
+    pub async fn cancel_all(&self) -> Result<(), EngineError> {
+        self.control(Control::CancelAll).await
+    }
+    pub async fn rerun_failed(&self) -> Result<(), EngineError> {
+        self.control(Control::RerunFailed).await
+    }
+    pub async fn pause_scheduling(&self) -> Result<(), EngineError> {
+        self.control(Control::Pause).await
+    }
+    pub async fn resume_scheduling(&self) -> Result<(), EngineError> {
+        self.control(Control::Resume).await
+    }
+
+    /// Cancels what still runs, waits for it to stop, and ends the actor.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Waits until the run has finished and returns its summary.
+    pub async fn wait(&self) -> Result<RunSummary, EngineError> {
+        let mut rx = self.finished.clone();
+        loop {
+            if let Some(s) = rx.borrow_and_update().clone() {
+                return Ok(s);
+            }
+            rx.changed().await.map_err(|_| EngineError::Stopped)?;
+        }
+    }
+}
+
+/// Restricts a pipeline to one job and its dependencies.
+fn select(pipeline: Pipeline, plan: Plan, job: &str) -> Result<(Pipeline, Plan), EngineError> {
+    let Some(target) = pipeline.job_index(job) else {
+        let names: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+        return Err(EngineError::UnknownJob {
+            name: job.into(),
+            hint: suggestion_hint(job, &names, "jobs"),
+        });
+    };
+    let mut keep = plan.ancestors(target);
+    keep.push(target);
+    let mut sub = pipeline.clone();
+    sub.jobs = pipeline
+        .jobs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, j)| j)
+        .collect();
+    let names: Vec<String> = sub.jobs.iter().map(|j| j.name.clone()).collect();
+    for j in &mut sub.jobs {
+        j.depends_on.retain(|d| names.contains(d));
+    }
+    let plan = Plan::build(&sub).map_err(|_| EngineError::Rejected("cannot plan the selected jobs".into()))?;
+    Ok((sub, plan))
+}
+
+/// Creates the run record and the actor. Nothing runs until `start`.
+pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+    let (pipeline, plan) = match &cfg.only_job {
+        Some(job) => select(pipeline, plan, job)?,
+        None => (pipeline, plan),
+    };
+    let repeat = match (&cfg.only_job, cfg.repeat) {
+        (Some(job), Some(n)) => pipeline.job_index(job).map(|j| (j, n.max(1))),
+        _ => None,
+    };
+    let masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
+    let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
+    let resolved = masker.mask(&resolved).unwrap_or(resolved);
+    let meta = RunMeta {
+        run_id: cfg.run_id.clone(),
+        pipeline: pipeline.name.clone(),
+        pipeline_file: cfg.pipeline_file.clone(),
+        project_dir: cfg.project_dir.clone(),
+        started_ms: store::now_ms(),
+    };
+    let record = RunRecord::create(&cfg.state_dir, &meta, &resolved)?;
+    let files = if cfg.in_place {
+        Vec::new()
+    } else {
+        workspace::project_files(&cfg.project_dir).map_err(|source| EngineError::Project {
+            dir: cfg.project_dir.clone(),
+            source,
+        })?
+    };
+    let pipeline = Arc::new(pipeline);
+    let ctx = Arc::new(RunContext {
+        run_id: cfg.run_id.clone(),
+        pipeline: pipeline.clone(),
+        run_dir: record.dir().to_path_buf(),
+        project_dir: cfg.project_dir.clone(),
+        files,
+        in_place: cfg.in_place,
+        keep_workspaces: cfg.keep_workspaces,
+        kill_grace: cfg.kill_grace.unwrap_or(pipeline.kill_grace),
+        cli_vars: cfg.cli_vars.clone(),
+        secrets: cfg.secrets.clone(),
+        host_env: cfg.host_env.clone(),
+        executor: cfg.executor.clone(),
+    });
+    // `env.X` for conditionals: the job's variables as they will be at its first attempt.
+    let mut cond_env = BTreeMap::new();
+    for (i, job) in pipeline.jobs.iter().enumerate() {
+        if job.conditional.is_some() {
+            let ws = ctx.run_dir.join("work").join(&job.name);
+            let scope: Scope = ctx.scope(job, &[], ctx.predefined(job, 1, "", &ws));
+            cond_env.insert(i, scope.resolve_all().unwrap_or_default());
+        }
+    }
+    let opts = Options {
+        max_parallel: cfg.max_parallel.max(1),
+        fail_fast: cfg.fail_fast,
+        finish_when_blocked: cfg.finish_when_blocked,
+        repeat,
+        cond_env,
+        vars: ctx.pipeline_vars(),
+        seed: cfg.seed.unwrap_or_else(|| fastrand::u64(..)),
+    };
+    let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
+
+    let (tx, cmd_rx) = mpsc::channel(64);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let (finished_tx, finished) = watch::channel(None);
+    let (msg_tx, msg_rx) = mpsc::channel(1024);
+    let handle = EngineHandle {
+        tx,
+        events: events.clone(),
+        finished,
+        run_dir: record.dir().to_path_buf(),
+        run_id: cfg.run_id.clone(),
+    };
+    let actor = Actor {
+        state,
+        ctx,
+        record,
+        masker,
+        events,
+        finished_tx,
+        cmd_rx,
+        msg_rx,
+        msg_tx,
+        running: HashMap::new(),
+        retry_timers: HashMap::new(),
+        started_at: None,
+        pipeline_timeout: pipeline.timeout,
+        timed_out: false,
+        shutdown: Vec::new(),
+    };
+    tokio::spawn(actor.run());
+    Ok(handle)
+}
+
+enum ActorMsg {
+    Runner(RunnerMsg),
+    RetryDue(JobId),
+}
+
+struct Actor {
+    state: RunState,
+    ctx: Arc<RunContext>,
+    record: RunRecord,
+    masker: Masker,
+    events: broadcast::Sender<Arc<Event>>,
+    finished_tx: watch::Sender<Option<RunSummary>>,
+    cmd_rx: mpsc::Receiver<Command>,
+    msg_rx: mpsc::Receiver<RunnerMsg>,
+    msg_tx: mpsc::Sender<RunnerMsg>,
+    running: HashMap<JobId, CancellationToken>,
+    retry_timers: HashMap<JobId, tokio::task::JoinHandle<()>>,
+    started_at: Option<Instant>,
+    pipeline_timeout: Duration,
+    timed_out: bool,
+    /// Replies owed to `shutdown` callers, sent when nothing runs any more.
+    shutdown: Vec<oneshot::Sender<()>>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<JobId>();
+        let mut commands_open = true;
+        loop {
+            let deadline = self.started_at.map(|s| s + self.pipeline_timeout);
+            let timeout_armed = deadline.is_some() && !self.timed_out && !self.state.is_finished();
+            let msg = tokio::select! {
+                cmd = self.cmd_rx.recv(), if commands_open => match cmd {
+                    Some(c) => { self.command(c, &retry_tx); None }
+                    None => {
+                        // Every handle is gone: nobody can steer or watch; stop cleanly.
+                        commands_open = false;
+                        self.begin_shutdown(None, &retry_tx);
+                        None
+                    }
+                },
+                Some(m) = self.msg_rx.recv() => Some(ActorMsg::Runner(m)),
+                Some(j) = retry_rx.recv() => Some(ActorMsg::RetryDue(j)),
+                () = sleep_until_opt(deadline), if timeout_armed => {
+                    self.timed_out = true;
+                    self.apply(Input::CancelAll(CancelReason::Timeout), &retry_tx);
+                    None
+                }
+            };
+            if let Some(m) = msg {
+                self.message(m, &retry_tx);
+            }
+            if !self.shutdown.is_empty() && self.running.is_empty() {
+                for r in self.shutdown.drain(..) {
+                    let _ = r.send(());
+                }
+                break;
+            }
+            if !commands_open && self.running.is_empty() {
+                break;
+            }
+        }
+        for (_, t) in self.retry_timers.drain() {
+            t.abort();
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started_at.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    fn job_id(&self, name: &str) -> Result<JobId, EngineError> {
+        self.state.pipeline().job_index(name).ok_or_else(|| {
+            let names: Vec<&str> = self.state.pipeline().jobs.iter().map(|j| j.name.as_str()).collect();
+            EngineError::UnknownJob {
+                name: name.into(),
+                hint: suggestion_hint(name, &names, "jobs"),
+            }
+        })
+    }
+
+    fn command(&mut self, c: Command, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        match c {
+            Command::Start(reply) => {
+                if self.started_at.is_none() {
+                    self.started_at = Some(Instant::now());
+                    self.apply(Input::Start, retry_tx);
+                }
+                let _ = reply.send(());
+            }
+            Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
+            Command::Control(ctl, reply) => {
+                let input = match ctl {
+                    Control::Approve(j) => self.job_id(&j).map(Input::Approve),
+                    Control::Retry(j) => self.job_id(&j).map(Input::Retry),
+                    Control::Cancel(j) => self.job_id(&j).map(Input::Cancel),
+                    Control::CancelAll => Ok(Input::CancelAll(CancelReason::User)),
+                    Control::RerunFailed => Ok(Input::RerunFailed),
+                    Control::Pause => Ok(Input::Pause),
+                    Control::Resume => Ok(Input::Resume),
+                };
+                let result = input.and_then(|input| {
+                    self.state.check(&input).map_err(EngineError::Rejected)?;
+                    self.apply(input, retry_tx);
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        if !self.state.is_finished() && self.started_at.is_some() {
+            self.apply(Input::CancelAll(CancelReason::User), retry_tx);
+        }
+        if let Some(r) = reply {
+            self.shutdown.push(r);
+        }
+    }
+
+    fn message(&mut self, m: ActorMsg, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let name = |s: &Self, j: JobId| s.state.pipeline().jobs[j].name.clone();
+        match m {
+            ActorMsg::RetryDue(job) => {
+                self.retry_timers.remove(&job);
+                self.apply(Input::RetryDue { job }, retry_tx);
+            }
+            ActorMsg::Runner(RunnerMsg::Log {
+                job,
+                attempt,
+                step,
+                stream,
+                text,
+            }) => {
+                let kind = EventKind::LogLine {
+                    job: name(self, job),
+                    attempt,
+                    step: step.to_string(),
+                    stream,
+                    line: text,
+                };
+                self.emit(kind);
+            }
+            ActorMsg::Runner(RunnerMsg::StepStarted { job, attempt, step, index }) => {
+                let kind = EventKind::StepStarted {
+                    job: name(self, job),
+                    attempt,
+                    step: step.to_string(),
+                    index,
+                };
+                self.emit(kind);
+            }
+            ActorMsg::Runner(RunnerMsg::StepFinished {
+                job,
+                attempt,
+                step,
+                exit_code,
+                failure,
+                duration,
+            }) => {
+                let kind = EventKind::StepFinished {
+                    job: name(self, job),
+                    attempt,
+                    step: step.to_string(),
+                    exit_code,
+                    failure_class: failure,
+                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                };
+                self.emit(kind);
+            }
+            ActorMsg::Runner(RunnerMsg::AttemptDone { job, attempt, outcome }) => {
+                self.running.remove(&job);
+                self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
+            }
+        }
+    }
+
+    fn apply(&mut self, input: Input, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let now = self.elapsed();
+        for effect in self.state.handle(input, now) {
+            match effect {
+                Effect::Emit(kind) => self.emit(kind),
+                Effect::Start { job, attempt } => self.start_attempt(job, attempt),
+                Effect::Kill { job } => {
+                    if let Some(token) = self.running.get(&job) {
+                        token.cancel();
+                    }
+                }
+                Effect::ScheduleRetry { job, after } => {
+                    let tx = retry_tx.clone();
+                    let timer = tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(job);
+                    });
+                    if let Some(old) = self.retry_timers.insert(job, timer) {
+                        old.abort();
+                    }
+                }
+                Effect::Finished(summary) => {
+                    let mut summary = *summary;
+                    mask_summary(&self.masker, &mut summary);
+                    if let Err(e) = self.record.finish(&summary) {
+                        tracing::error!("cannot write the run summary: {e}");
+                    }
+                    let _ = self.finished_tx.send(Some(summary));
+                }
+            }
+        }
+        if !self.state.is_finished() && self.finished_tx.borrow().is_some() {
+            // The run was reopened (retry after it finished).
+            let _ = self.finished_tx.send(None);
+        }
+    }
+
+    fn start_attempt(&mut self, job: JobId, attempt: u32) {
+        let token = CancellationToken::new();
+        self.running.insert(job, token.clone());
+        let statuses: HashMap<String, String> = self
+            .state
+            .pipeline()
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.clone(), self.state.status(i).expr_name().to_string()))
+            .collect();
+        let a = Attempt {
+            job,
+            attempt,
+            statuses: Arc::new(statuses),
+            cancel: token,
+            tx: self.msg_tx.clone(),
+        };
+        tokio::spawn(run_attempt(self.ctx.clone(), a));
+    }
+
+    fn emit(&mut self, mut kind: EventKind) {
+        if !self.masker.is_empty() {
+            kind.mask(&|s| self.masker.mask(s));
+        }
+        let ev = Event {
+            ts: store::now_ms(),
+            kind,
+        };
+        if let Err(e) = self.record.write(&ev) {
+            tracing::error!("cannot record an event: {e}");
+        }
+        // No subscriber is fine: the record has it.
+        let _ = self.events.send(Arc::new(ev));
+    }
+}
+
+fn mask_summary(m: &Masker, s: &mut RunSummary) {
+    if m.is_empty() {
+        return;
+    }
+    let mut kind = EventKind::RunFinished { summary: s.clone() };
+    kind.mask(&|t| m.mask(t));
+    if let EventKind::RunFinished { summary } = kind {
+        *s = summary;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

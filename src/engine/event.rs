@@ -1,0 +1,265 @@
+//! Typed events: what front-ends and run records see of a run.
+//!
+//! The serialized form (one JSON object per line, `type` tag, unix-ms `ts`)
+//! is the `--json` output and the `events.jsonl` record; it is documented in
+//! docs/json-events.md and must only grow compatibly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::FailureClass;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Ready,
+    Running,
+    Retrying,
+    WaitingApproval,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped
+        )
+    }
+
+    /// The word expressions see in `job.<name>.status`.
+    pub fn expr_name(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Ready => "ready",
+            JobStatus::Running => "running",
+            JobStatus::Retrying => "retrying",
+            JobStatus::WaitingApproval => "waiting",
+            JobStatus::Succeeded => "success",
+            JobStatus::Failed => "failure",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Skipped => "skipped",
+        }
+    }
+}
+
+pub use crate::exec::Stream;
+
+/// The verdict per job in the final summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Flaky,
+    Skipped,
+    Cancelled,
+    Manual,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Flaky => "FLAKY",
+            Verdict::Skipped => "SKIPPED",
+            Verdict::Cancelled => "CANCELLED",
+            Verdict::Manual => "MANUAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Passed,
+    Failed,
+    /// A required manual job was never approved.
+    Blocked,
+    Cancelled,
+}
+
+impl RunResult {
+    /// Exit codes: 0 passed, 1 failed or blocked, 130 cancelled.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            RunResult::Passed => 0,
+            RunResult::Failed | RunResult::Blocked => 1,
+            RunResult::Cancelled => 130,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub number: u32,
+    /// Milliseconds since the run started.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub failure_class: Option<FailureClass>,
+    /// Wait before the next attempt, when one was scheduled.
+    pub retry_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub name: String,
+    pub verdict: Verdict,
+    pub status: JobStatus,
+    pub attempts: Vec<AttemptRecord>,
+    pub duration_ms: u64,
+    pub failure_class: Option<FailureClass>,
+    pub allow_failure: bool,
+    /// Why it was skipped, blocked or failed without running.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatStats {
+    pub job: String,
+    pub runs: u32,
+    pub passed: u32,
+    pub failed: u32,
+    /// Passed only after a retry.
+    pub flaky: u32,
+}
+
+impl RepeatStats {
+    /// Share of repetitions that did not pass cleanly on their first attempt.
+    pub fn flake_rate(&self) -> f64 {
+        if self.runs == 0 {
+            0.0
+        } else {
+            f64::from(self.failed + self.flaky) / f64::from(self.runs)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub result: RunResult,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub jobs: Vec<JobSummary>,
+    /// A sentence for people: "2 of 7 jobs failed", "blocked on manual job deploy".
+    pub message: String,
+    pub repeat: Option<RepeatStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted {
+        run_id: String,
+        pipeline: String,
+        jobs: Vec<String>,
+        max_parallel: usize,
+    },
+    JobQueued {
+        job: String,
+    },
+    JobStarted {
+        job: String,
+        attempt: u32,
+    },
+    StepStarted {
+        job: String,
+        attempt: u32,
+        step: String,
+        index: usize,
+    },
+    LogLine {
+        job: String,
+        attempt: u32,
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    StepFinished {
+        job: String,
+        attempt: u32,
+        step: String,
+        exit_code: Option<i32>,
+        failure_class: Option<FailureClass>,
+        duration_ms: u64,
+    },
+    JobFinished {
+        job: String,
+        attempt: u32,
+        status: JobStatus,
+        exit_code: Option<i32>,
+        failure_class: Option<FailureClass>,
+        duration_ms: u64,
+        flaky: bool,
+        message: Option<String>,
+    },
+    JobRetrying {
+        job: String,
+        /// The attempt that will run next.
+        attempt: u32,
+        delay_ms: u64,
+        failure_class: FailureClass,
+    },
+    JobSkipped {
+        job: String,
+        reason: String,
+    },
+    GateWaiting {
+        job: String,
+    },
+    /// The job goes back to Pending (manual retry, rerun, or the next repetition).
+    JobReset {
+        job: String,
+        reason: String,
+    },
+    SchedulingPaused,
+    SchedulingResumed,
+    RunFinished {
+        summary: RunSummary,
+    },
+}
+
+/// An event with its wall-clock time (unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl EventKind {
+    /// Whether this marks a job or run transition (records are flushed at each).
+    pub fn is_transition(&self) -> bool {
+        !matches!(self, EventKind::LogLine { .. })
+    }
+
+    /// Replaces every secret value in the event's text with `[MASKED]`.
+    pub fn mask(&mut self, mask: &dyn Fn(&str) -> Option<String>) {
+        let fix = |s: &mut String| {
+            if let Some(m) = mask(s) {
+                *s = m;
+            }
+        };
+        match self {
+            EventKind::LogLine { line, .. } => fix(line),
+            EventKind::JobSkipped { reason, .. } | EventKind::JobReset { reason, .. } => fix(reason),
+            EventKind::JobFinished { message: Some(m), .. } => fix(m),
+            EventKind::RunFinished { summary } => {
+                fix(&mut summary.message);
+                for j in &mut summary.jobs {
+                    if let Some(r) = &mut j.reason {
+                        fix(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

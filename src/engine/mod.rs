@@ -1,0 +1,16 @@
+//! What a run DOES: a pure state machine for the rules ([`state`]), an
+//! actor that owns the run and performs the machine's effects ([`actor`]),
+//! and the runner that turns one job attempt into executor calls.
+//!
+//! Front-ends use only [`EngineHandle`] and [`Event`]s; this module never
+//! imports a terminal crate.
+
+pub mod actor;
+pub mod event;
+pub mod failure;
+pub mod mask;
+pub mod runner;
+pub mod state;
+
+pub use actor::{EngineConfig, EngineError, EngineHandle, spawn};
+pub use event::{Event, EventKind, JobStatus, RunResult, RunSummary, Stream, Verdict};

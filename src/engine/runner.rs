@@ -1,0 +1,446 @@
+//! One attempt of one job: workspace, environment, steps in order.
+//!
+//! The runner turns a job definition into executor calls: it resolves the
+//! environment per step (precedence: --var, secrets, step, job, global,
+//! predefined, host allowlist), interpolates `${{ }}`, applies step and job
+//! deadlines, step retries and `continue_on_failure`, classifies failures,
+//! and reports everything to the actor as messages. It holds no run state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Executor, OutputLine, StepEnd, StepSpec, Stream, workspace};
+use crate::pipeline::expr::{self, Context};
+use crate::pipeline::model::EnvVar;
+use crate::pipeline::vars::Scope;
+use crate::pipeline::{FailureClass, Job, Pipeline};
+
+use super::failure::{Patterns, classify};
+use super::state::{JobId, Outcome};
+
+/// What a runner tells the actor.
+#[derive(Debug)]
+pub enum RunnerMsg {
+    StepStarted {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        index: usize,
+    },
+    Log {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        stream: Stream,
+        text: String,
+    },
+    StepFinished {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        exit_code: Option<i32>,
+        failure: Option<FailureClass>,
+        duration: Duration,
+    },
+    AttemptDone {
+        job: JobId,
+        attempt: u32,
+        outcome: Outcome,
+    },
+}
+
+/// Everything that is the same for every attempt of a run.
+pub struct RunContext {
+    pub run_id: String,
+    pub pipeline: Arc<Pipeline>,
+    pub run_dir: PathBuf,
+    pub project_dir: PathBuf,
+    /// Project files copied into each workspace (taken once per run).
+    pub files: Vec<PathBuf>,
+    pub in_place: bool,
+    pub keep_workspaces: bool,
+    pub kill_grace: Duration,
+    pub cli_vars: Vec<(String, String)>,
+    pub secrets: Vec<(String, String)>,
+    pub host_env: Vec<(String, String)>,
+    pub executor: Arc<dyn Executor>,
+}
+
+impl RunContext {
+    fn workspace(&self, job: &Job, attempt: u32) -> PathBuf {
+        if self.in_place {
+            self.project_dir.clone()
+        } else {
+            self.run_dir.join("work").join(format!("{}.{attempt}", job.name))
+        }
+    }
+
+    /// The variables of a step (or of the job, when `step` is None), in precedence order.
+    pub fn scope(&self, job: &Job, step_env: &[EnvVar], predefined: Vec<(String, String)>) -> Scope {
+        let layer = |vars: &[EnvVar]| vars.iter().map(|v| (v.name.clone(), v.value.clone())).collect::<Vec<_>>();
+        let mut s = Scope::new();
+        s.push_layer(self.cli_vars.iter().cloned())
+            .push_layer(self.secrets.iter().cloned())
+            .push_layer(layer(step_env))
+            .push_layer(layer(&job.environment))
+            .push_layer(layer(&self.pipeline.global_env))
+            .push_layer(predefined)
+            .push_layer(self.host_env.iter().cloned());
+        s
+    }
+
+    /// Variables of the pipeline level, for `vars.X`.
+    pub fn pipeline_vars(&self) -> BTreeMap<String, String> {
+        let mut s = Scope::new();
+        s.push_layer(self.cli_vars.iter().cloned()).push_layer(
+            self.pipeline
+                .global_env
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone())),
+        );
+        s.push_layer(self.host_env.iter().cloned());
+        let mut all = s.resolve_all().unwrap_or_default();
+        let host: Vec<&str> = self.host_env.iter().map(|(k, _)| k.as_str()).collect();
+        all.retain(|k, _| !host.contains(&k.as_str()) || self.cli_vars.iter().any(|(c, _)| c == k));
+        all
+    }
+
+    pub fn predefined(&self, job: &Job, attempt: u32, step: &str, workspace: &Path) -> Vec<(String, String)> {
+        vec![
+            ("CI".into(), "true".into()),
+            ("TRACKSIDE".into(), "true".into()),
+            ("CI_PIPELINE_ID".into(), self.run_id.clone()),
+            ("CI_PIPELINE_NAME".into(), self.pipeline.name.clone()),
+            ("CI_JOB_NAME".into(), job.name.clone()),
+            ("CI_JOB_ATTEMPT".into(), attempt.to_string()),
+            ("CI_JOB_STEP".into(), step.to_string()),
+            ("CI_PROJECT_DIR".into(), workspace.display().to_string()),
+            ("TRACKSIDE_RUN_DIR".into(), self.run_dir.display().to_string()),
+        ]
+    }
+}
+
+/// One attempt's inputs.
+pub struct Attempt {
+    pub job: JobId,
+    pub attempt: u32,
+    /// `job.<name>.status` as it was when the attempt started.
+    pub statuses: Arc<HashMap<String, String>>,
+    pub cancel: CancellationToken,
+    pub tx: mpsc::Sender<RunnerMsg>,
+}
+
+struct StepCtx<'a> {
+    env: &'a BTreeMap<String, String>,
+    vars: &'a BTreeMap<String, String>,
+    statuses: &'a HashMap<String, String>,
+}
+
+impl Context for StepCtx<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn job_status(&self, job: &str) -> Option<String> {
+        self.statuses.get(job).cloned()
+    }
+    fn upstream_succeeded(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the attempt and reports `AttemptDone` last, whatever happens.
+pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
+    let outcome = attempt_outcome(&ctx, &a).await;
+    let _ = a
+        .tx
+        .send(RunnerMsg::AttemptDone {
+            job: a.job,
+            attempt: a.attempt,
+            outcome,
+        })
+        .await;
+}
+
+async fn note(a: &Attempt, step: &Arc<str>, text: String) {
+    let _ = a
+        .tx
+        .send(RunnerMsg::Log {
+            job: a.job,
+            attempt: a.attempt,
+            step: step.clone(),
+            stream: Stream::Stderr,
+            text: format!("trackside: {text}"),
+        })
+        .await;
+}
+
+async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
+    let job = &ctx.pipeline.jobs[a.job];
+    let deadline = Instant::now() + job.timeout;
+    let ws = ctx.workspace(job, a.attempt);
+    let setup: Arc<str> = Arc::from("setup");
+    if !ctx.in_place {
+        let (c, dest) = (ctx.clone(), ws.clone());
+        let copied = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dest);
+            workspace::copy_files(&c.project_dir, &c.files, &dest)
+        })
+        .await;
+        let err = match copied {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = err {
+            let msg = format!("cannot prepare the workspace {}: {e}", ws.display());
+            note(a, &setup, msg.clone()).await;
+            return Outcome {
+                exit_code: None,
+                failure: Some(FailureClass::Infra),
+                message: Some(msg),
+            };
+        }
+    }
+    let outcome = run_steps(ctx, a, job, &ws, deadline).await;
+    if !ctx.in_place && !ctx.keep_workspaces {
+        let dest = ws.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dest)).await;
+    }
+    outcome
+}
+
+async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, deadline: Instant) -> Outcome {
+    let vars = ctx.pipeline_vars();
+    let mut outcome = Outcome::success();
+    for (index, step) in job.steps.iter().enumerate() {
+        let name: Arc<str> = Arc::from(step.name.as_str());
+        let _ = a
+            .tx
+            .send(RunnerMsg::StepStarted {
+                job: a.job,
+                attempt: a.attempt,
+                step: name.clone(),
+                index,
+            })
+            .await;
+        let started = Instant::now();
+        let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, &vars) {
+            Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec).await,
+            Err(msg) => {
+                note(a, &name, msg.clone()).await;
+                outcome.message = Some(msg);
+                (StepEnd::Exited(2), None)
+            }
+        };
+        let class = classify(&end, from_log);
+        // A step killed by the job's own deadline is a timeout, whatever the step saw.
+        let class = match class {
+            Some(_) if Instant::now() >= deadline && !a.cancel.is_cancelled() => Some(FailureClass::Timeout),
+            c => c,
+        };
+        if let StepEnd::SpawnFailed(msg) = &end {
+            note(a, &name, msg.clone()).await;
+            outcome.message = Some(msg.clone());
+        }
+        if class == Some(FailureClass::Timeout) {
+            let which = if Instant::now() >= deadline {
+                format!("job timeout of {}s", job.timeout.as_secs())
+            } else {
+                format!("step timeout of {}s", step.timeout.map_or(0, |t| t.as_secs()))
+            };
+            note(a, &name, format!("step `{}` stopped: {which} reached", step.name)).await;
+            outcome.message = Some(format!("{which} reached in step `{}`", step.name));
+        }
+        let _ = a
+            .tx
+            .send(RunnerMsg::StepFinished {
+                job: a.job,
+                attempt: a.attempt,
+                step: name.clone(),
+                exit_code: end.exit_code(),
+                failure: class,
+                duration: started.elapsed(),
+            })
+            .await;
+        if let Some(c) = class {
+            let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
+            if step.continue_on_failure && !hard_stop {
+                note(a, &name, format!("step `{}` failed ({c}); continuing (continue_on_failure)", step.name)).await;
+                continue;
+            }
+            outcome.exit_code = end.exit_code();
+            outcome.failure = Some(c);
+            if outcome.message.is_none() {
+                outcome.message = Some(match end.exit_code() {
+                    Some(code) => format!("step `{}` exited with {code}", step.name),
+                    None => format!("step `{}` failed ({c})", step.name),
+                });
+            }
+            return outcome;
+        }
+    }
+    outcome
+}
+
+/// Builds the executor's view of a step: env, interpolated script, workdir, deadline.
+fn prepare_step(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    deadline: Instant,
+    vars: &BTreeMap<String, String>,
+) -> Result<StepSpec, String> {
+    let step = &job.steps[index];
+    let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
+    let mut env = scope
+        .resolve_all()
+        .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+    let statuses = a.statuses.clone();
+    let interp = |text: &str, env: &BTreeMap<String, String>| {
+        expr::interpolate(
+            text,
+            &StepCtx {
+                env,
+                vars,
+                statuses: &statuses,
+            },
+        )
+        .map_err(|e| format!("expression in `{text}`: {e}"))
+    };
+    let snapshot = env.clone();
+    for value in env.values_mut() {
+        if value.contains("${{") {
+            *value = interp(value, &snapshot)?;
+        }
+    }
+    let mut script = String::new();
+    for line in &step.script {
+        script.push_str(&interp(line, &env)?);
+        script.push('\n');
+    }
+    let workdir = match step.working_directory.as_ref().or(job.working_directory.as_ref()) {
+        Some(wd) => {
+            let wd = scope.expand(wd).map_err(|e| format!("working_directory: {e}"))?;
+            let rel = Path::new(&wd);
+            if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(format!("working_directory `{wd}` leaves the job's workspace"));
+            }
+            ws.join(rel)
+        }
+        None => ws.to_path_buf(),
+    };
+    let step_deadline = step.timeout.map_or(deadline, |t| deadline.min(Instant::now() + t));
+    Ok(StepSpec {
+        script,
+        env,
+        workdir,
+        deadline: Some(step_deadline),
+        kill_grace: ctx.kill_grace,
+        tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
+    })
+}
+
+/// Runs a step, re-running it up to its `retry_count` for retryable classes.
+async fn run_with_retries(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    name: &Arc<str>,
+    spec: StepSpec,
+) -> (StepEnd, Option<FailureClass>) {
+    let step = &job.steps[index];
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (end, from_log) = run_once(ctx, a, name, spec.clone()).await;
+        let class = classify(&end, from_log);
+        let again = match class {
+            Some(c) => {
+                tries <= step.retry_count
+                    && job.retry_when.contains(&c)
+                    && !a.cancel.is_cancelled()
+                    && spec.deadline.is_none_or(|d| Instant::now() < d)
+            }
+            None => false,
+        };
+        if !again {
+            return (end, from_log);
+        }
+        let c = class.map_or("failure", |c| c.as_str());
+        note(a, name, format!("step `{}` failed ({c}); running it again ({} of {})", step.name, tries, step.retry_count)).await;
+    }
+}
+
+async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec) -> (StepEnd, Option<FailureClass>) {
+    let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
+    let patterns = Patterns::builtin();
+    let forward = async {
+        let mut from_log = None;
+        while let Some(line) = out_rx.recv().await {
+            if from_log.is_none() {
+                from_log = patterns.classify_line(&line.text);
+            }
+            let _ = a
+                .tx
+                .send(RunnerMsg::Log {
+                    job: a.job,
+                    attempt: a.attempt,
+                    step: name.clone(),
+                    stream: line.stream,
+                    text: line.text,
+                })
+                .await;
+        }
+        from_log
+    };
+    let run = ctx.executor.run_step(spec, out_tx, a.cancel.clone());
+    let (end, from_log) = tokio::join!(run, forward);
+    (end, from_log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predefined_variables_match_the_documented_names() {
+        let (p, _) = crate::pipeline::parse_source(
+            Path::new("t.yml"),
+            "name: t\njobs:\n  a:\n    steps: [{script: x}]\n".into(),
+            &crate::pipeline::LoadOptions::default(),
+        )
+        .expect("valid");
+        let ctx = RunContext {
+            run_id: "r".into(),
+            pipeline: Arc::new(p),
+            run_dir: PathBuf::from("/tmp/r"),
+            project_dir: PathBuf::from("/tmp/p"),
+            files: Vec::new(),
+            in_place: false,
+            keep_workspaces: false,
+            kill_grace: Duration::from_secs(1),
+            cli_vars: Vec::new(),
+            secrets: Vec::new(),
+            host_env: Vec::new(),
+            executor: Arc::new(crate::exec::shell::ShellExecutor),
+        };
+        let names: Vec<String> = ctx
+            .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, crate::pipeline::parse::PREDEFINED);
+    }
+}

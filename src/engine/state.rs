@@ -1,0 +1,857 @@
+//! The rules of a run, as a pure state machine: `handle(input, now) -> effects`.
+//!
+//! No tokio, no files, no clock: time comes in as `now` (since the run
+//! started) and randomness from a seeded generator, so every rule (cascade,
+//! retry, gates, cancel, repeat) is tested in microseconds and
+//! deterministically. The actor performs the effects.
+//!
+//! Job life: Pending -> Ready -> Running -> Succeeded | Failed | Cancelled,
+//! with Skipped (condition false, or blocked by an upstream failure),
+//! WaitingApproval (manual gate) and Retrying (waiting for backoff).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Duration;
+
+use crate::pipeline::expr::{self, Context};
+use crate::pipeline::{FailureClass, Pipeline, Plan, When};
+
+use super::event::*;
+
+pub type JobId = usize;
+
+/// How an attempt ended, as the actor reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    /// `None` = success.
+    pub failure: Option<FailureClass>,
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    pub fn success() -> Self {
+        Outcome {
+            exit_code: Some(0),
+            failure: None,
+            message: None,
+        }
+    }
+    pub fn failed(exit_code: Option<i32>, class: FailureClass) -> Self {
+        Outcome {
+            exit_code,
+            failure: Some(class),
+            message: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    User,
+    Timeout,
+    FailFast,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Start,
+    AttemptFinished { job: JobId, attempt: u32, outcome: Outcome },
+    RetryDue { job: JobId },
+    Approve(JobId),
+    Retry(JobId),
+    Cancel(JobId),
+    CancelAll(CancelReason),
+    RerunFailed,
+    Pause,
+    Resume,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Start { job: JobId, attempt: u32 },
+    /// Stop a running attempt (its outcome still comes back as AttemptFinished).
+    Kill { job: JobId },
+    ScheduleRetry { job: JobId, after: Duration },
+    Emit(EventKind),
+    Finished(Box<RunSummary>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub max_parallel: usize,
+    pub fail_fast: bool,
+    /// Headless runs end when only unapproved gates remain; interactive ones wait.
+    pub finish_when_blocked: bool,
+    /// Run this job this many times (its dependencies once).
+    pub repeat: Option<(JobId, u32)>,
+    /// Per-job variables for `env.X` in conditionals (only jobs that have one).
+    pub cond_env: BTreeMap<JobId, BTreeMap<String, String>>,
+    /// `vars.X` in conditionals: command-line vars and global_env.
+    pub vars: BTreeMap<String, String>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+struct JobState {
+    status: JobStatus,
+    /// Number of the current or last attempt (0 = never started).
+    attempt: u32,
+    attempts: Vec<AttemptRecord>,
+    /// Skipped because of this upstream job (the cascade's root cause).
+    blocked_by: Option<String>,
+    reason: Option<String>,
+    approved: bool,
+    kill_reason: Option<CancelReason>,
+    /// A failed attempt happened in the current round (for FLAKY).
+    failed_before: bool,
+    /// First attempt start of the current round, for the job's duration.
+    first_start: Option<Duration>,
+    duration: Duration,
+    failure_class: Option<FailureClass>,
+    /// Attempts used in this round (retry_count counts per round).
+    round_attempts: u32,
+}
+
+pub struct RunState {
+    run_id: String,
+    pipeline: Pipeline,
+    plan: Plan,
+    opts: Options,
+    jobs: Vec<JobState>,
+    /// Ready jobs by (priority, earlier file position first). Stale entries are skipped.
+    ready: BinaryHeap<(u32, Reverse<JobId>)>,
+    running: usize,
+    retrying: usize,
+    paused: bool,
+    started: bool,
+    finished: bool,
+    cancelled: Option<CancelReason>,
+    rng: fastrand::Rng,
+    repeat_results: Vec<Verdict>,
+    now: Duration,
+}
+
+impl RunState {
+    pub fn new(run_id: impl Into<String>, pipeline: Pipeline, plan: Plan, opts: Options) -> Self {
+        let n = pipeline.jobs.len();
+        let rng = fastrand::Rng::with_seed(opts.seed);
+        RunState {
+            run_id: run_id.into(),
+            jobs: vec![
+                JobState {
+                    status: JobStatus::Pending,
+                    attempt: 0,
+                    attempts: Vec::new(),
+                    blocked_by: None,
+                    reason: None,
+                    approved: false,
+                    kill_reason: None,
+                    failed_before: false,
+                    first_start: None,
+                    duration: Duration::ZERO,
+                    failure_class: None,
+                    round_attempts: 0,
+                };
+                n
+            ],
+            pipeline,
+            plan,
+            opts: Options {
+                max_parallel: 1,
+                ..Options::default()
+            },
+            ready: BinaryHeap::new(),
+            running: 0,
+            retrying: 0,
+            paused: false,
+            started: false,
+            finished: false,
+            cancelled: None,
+            rng,
+            repeat_results: Vec::new(),
+            now: Duration::ZERO,
+        }
+        .with_opts(opts)
+    }
+
+    fn with_opts(mut self, mut opts: Options) -> Self {
+        opts.max_parallel = opts.max_parallel.max(1);
+        self.opts = opts;
+        self
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    pub fn status(&self, job: JobId) -> JobStatus {
+        self.jobs[job].status
+    }
+    pub fn attempt(&self, job: JobId) -> u32 {
+        self.jobs[job].attempt
+    }
+    pub fn reason(&self, job: JobId) -> Option<&str> {
+        self.jobs[job].reason.as_deref()
+    }
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Whether a command applies to a job now; `Err` says why not.
+    pub fn check(&self, input: &Input) -> Result<(), String> {
+        let name = |j: JobId| self.pipeline.jobs[j].name.as_str();
+        match *input {
+            Input::Approve(j) => {
+                if self.pipeline.jobs[j].when != When::Manual {
+                    return Err(format!("`{}` is not a manual job", name(j)));
+                }
+                match self.jobs[j].status {
+                    JobStatus::WaitingApproval | JobStatus::Pending => Ok(()),
+                    s => Err(format!("`{}` is {} and needs no approval", name(j), s.expr_name())),
+                }
+            }
+            Input::Retry(j) => match self.jobs[j].status {
+                JobStatus::Failed | JobStatus::Cancelled => Ok(()),
+                s => Err(format!(
+                    "only failed or cancelled jobs can be retried; `{}` is {}",
+                    name(j),
+                    s.expr_name()
+                )),
+            },
+            Input::Cancel(j) => {
+                if self.jobs[j].status.is_terminal() {
+                    Err(format!("`{}` has already finished", name(j)))
+                } else {
+                    Ok(())
+                }
+            }
+            Input::RerunFailed => {
+                if self
+                    .jobs
+                    .iter()
+                    .any(|j| matches!(j.status, JobStatus::Failed | JobStatus::Cancelled))
+                {
+                    Ok(())
+                } else {
+                    Err("no failed or cancelled job to rerun".into())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Effect> {
+        self.now = now;
+        let mut fx = Vec::new();
+        match input {
+            Input::Start => {
+                if !self.started {
+                    self.started = true;
+                    fx.push(Effect::Emit(EventKind::RunStarted {
+                        run_id: self.run_id.clone(),
+                        pipeline: self.pipeline.name.clone(),
+                        jobs: self.pipeline.jobs.iter().map(|j| j.name.clone()).collect(),
+                        max_parallel: self.opts.max_parallel,
+                    }));
+                    let roots: Vec<JobId> = self.plan.order.clone();
+                    for j in roots {
+                        self.evaluate(j, &mut fx);
+                    }
+                }
+            }
+            Input::AttemptFinished { job, attempt, outcome } => self.attempt_finished(job, attempt, outcome, &mut fx),
+            Input::RetryDue { job } => {
+                if self.jobs[job].status == JobStatus::Retrying {
+                    self.retrying -= 1;
+                    self.make_ready(job, &mut fx);
+                }
+            }
+            Input::Approve(job) => {
+                if self.check(&input).is_ok() {
+                    self.jobs[job].approved = true;
+                    if self.jobs[job].status == JobStatus::WaitingApproval {
+                        self.make_ready(job, &mut fx);
+                    }
+                }
+            }
+            Input::Retry(job) => {
+                if self.check(&input).is_ok() {
+                    self.reset(job, "retried by user", &mut fx);
+                    self.cancelled = None;
+                    self.reopen();
+                    self.evaluate(job, &mut fx);
+                }
+            }
+            Input::RerunFailed => {
+                let failed: Vec<JobId> = self
+                    .plan
+                    .order
+                    .iter()
+                    .copied()
+                    .filter(|&j| matches!(self.jobs[j].status, JobStatus::Failed | JobStatus::Cancelled))
+                    .collect();
+                if !failed.is_empty() {
+                    self.cancelled = None;
+                    self.reopen();
+                    for &j in &failed {
+                        self.reset(j, "rerun of failed jobs", &mut fx);
+                    }
+                    for &j in &failed {
+                        self.evaluate(j, &mut fx);
+                    }
+                }
+            }
+            Input::Cancel(job) => self.cancel(job, CancelReason::User, &mut fx),
+            Input::CancelAll(reason) => {
+                if self.cancelled.is_none() || reason == CancelReason::User {
+                    self.cancelled = Some(reason);
+                }
+                for j in self.plan.order.clone() {
+                    self.cancel(j, reason, &mut fx);
+                }
+            }
+            Input::Pause => {
+                if !self.paused {
+                    self.paused = true;
+                    fx.push(Effect::Emit(EventKind::SchedulingPaused));
+                }
+            }
+            Input::Resume => {
+                if self.paused {
+                    self.paused = false;
+                    fx.push(Effect::Emit(EventKind::SchedulingResumed));
+                }
+            }
+        }
+        if self.started {
+            self.schedule(&mut fx);
+            self.maybe_finish(&mut fx);
+        }
+        fx
+    }
+
+    fn name(&self, j: JobId) -> String {
+        self.pipeline.jobs[j].name.clone()
+    }
+
+    /// Decides what a Pending job does now that its dependencies may have changed.
+    fn evaluate(&mut self, job: JobId, fx: &mut Vec<Effect>) {
+        let mut work = vec![job];
+        while let Some(j) = work.pop() {
+            if self.jobs[j].status != JobStatus::Pending || !self.started {
+                continue;
+            }
+            if let Some(reason) = self.cancelled {
+                let why = match reason {
+                    CancelReason::User => "run cancelled".to_string(),
+                    CancelReason::Timeout => "pipeline timed out".to_string(),
+                    CancelReason::FailFast => "fail-fast: an earlier job failed".to_string(),
+                };
+                self.skip(j, why, None, fx);
+                work.extend(self.plan.dependents[j].iter().copied());
+                continue;
+            }
+            let spec = &self.pipeline.jobs[j];
+            let status_driven = spec.conditional.as_ref().is_some_and(|c| c.expr.uses_status_functions());
+            let mut all_done = true;
+            let mut bad: Option<String> = None;
+            for &d in &self.plan.deps[j] {
+                let st = &self.jobs[d];
+                match st.status {
+                    JobStatus::Succeeded => {}
+                    JobStatus::Failed if self.pipeline.jobs[d].allow_failure => {}
+                    JobStatus::Failed | JobStatus::Cancelled => {
+                        bad.get_or_insert_with(|| self.pipeline.jobs[d].name.clone());
+                    }
+                    JobStatus::Skipped => {
+                        if let Some(root) = &st.blocked_by {
+                            bad.get_or_insert_with(|| root.clone());
+                        }
+                    }
+                    _ => all_done = false,
+                }
+            }
+            let when = spec.when;
+            let waits_for_all = status_driven || matches!(when, When::OnFailure | When::Always);
+            if !waits_for_all {
+                if let Some(root) = bad {
+                    self.skip(j, format!("blocked by {root}"), Some(root), fx);
+                    work.extend(self.plan.dependents[j].iter().copied());
+                    continue;
+                }
+            }
+            if !all_done {
+                continue;
+            }
+            if !status_driven && when == When::OnFailure && bad.is_none() {
+                self.skip(j, "no upstream job failed (when: on_failure)".into(), None, fx);
+                work.extend(self.plan.dependents[j].iter().copied());
+                continue;
+            }
+            if let Some(cond) = &spec.conditional {
+                let ctx = CondCtx {
+                    state: self,
+                    job: j,
+                    upstream_ok: bad.is_none(),
+                };
+                match expr::eval(&cond.expr, &ctx) {
+                    Ok(v) if expr::truthy(&v) => {}
+                    Ok(_) => {
+                        let why = format!("condition is false: {}", cond.source);
+                        self.skip(j, why, None, fx);
+                        work.extend(self.plan.dependents[j].iter().copied());
+                        continue;
+                    }
+                    Err(e) => {
+                        let msg = format!("conditional `{}` could not be evaluated: {e}", cond.source);
+                        self.fail_without_running(j, msg, fx);
+                        work.extend(self.plan.dependents[j].iter().copied());
+                        continue;
+                    }
+                }
+            }
+            if when == When::Manual && !self.jobs[j].approved {
+                self.jobs[j].status = JobStatus::WaitingApproval;
+                fx.push(Effect::Emit(EventKind::GateWaiting { job: self.name(j) }));
+            } else {
+                self.make_ready(j, fx);
+            }
+        }
+    }
+
+    fn make_ready(&mut self, j: JobId, fx: &mut Vec<Effect>) {
+        self.jobs[j].status = JobStatus::Ready;
+        self.ready.push((self.plan.priority[j], Reverse(j)));
+        fx.push(Effect::Emit(EventKind::JobQueued { job: self.name(j) }));
+    }
+
+    fn skip(&mut self, j: JobId, reason: String, blocked_by: Option<String>, fx: &mut Vec<Effect>) {
+        let st = &mut self.jobs[j];
+        st.status = JobStatus::Skipped;
+        st.blocked_by = blocked_by;
+        st.reason = Some(reason.clone());
+        fx.push(Effect::Emit(EventKind::JobSkipped {
+            job: self.name(j),
+            reason,
+        }));
+        self.repeat_outcome(j, fx);
+    }
+
+    fn fail_without_running(&mut self, j: JobId, message: String, fx: &mut Vec<Effect>) {
+        let st = &mut self.jobs[j];
+        st.status = JobStatus::Failed;
+        st.failure_class = Some(FailureClass::Infra);
+        st.reason = Some(message.clone());
+        let attempt = st.attempt;
+        fx.push(Effect::Emit(EventKind::JobFinished {
+            job: self.name(j),
+            attempt,
+            status: JobStatus::Failed,
+            exit_code: None,
+            failure_class: Some(FailureClass::Infra),
+            duration_ms: 0,
+            flaky: false,
+            message: Some(message),
+        }));
+        self.after_failure(j, fx);
+    }
+
+    fn schedule(&mut self, fx: &mut Vec<Effect>) {
+        while !self.paused && self.running < self.opts.max_parallel {
+            let Some((_, Reverse(j))) = self.ready.pop() else { break };
+            if self.jobs[j].status != JobStatus::Ready {
+                continue; // stale entry: cancelled while queued
+            }
+            let now = self.now;
+            let st = &mut self.jobs[j];
+            st.status = JobStatus::Running;
+            st.attempt += 1;
+            st.round_attempts += 1;
+            st.kill_reason = None;
+            st.first_start.get_or_insert(now);
+            st.attempts.push(AttemptRecord {
+                number: st.attempt,
+                started_ms: ms(now),
+                ended_ms: None,
+                exit_code: None,
+                failure_class: None,
+                retry_delay_ms: None,
+            });
+            let attempt = st.attempt;
+            self.running += 1;
+            fx.push(Effect::Emit(EventKind::JobStarted {
+                job: self.name(j),
+                attempt,
+            }));
+            fx.push(Effect::Start { job: j, attempt });
+        }
+    }
+
+    fn attempt_finished(&mut self, j: JobId, attempt: u32, outcome: Outcome, fx: &mut Vec<Effect>) {
+        if self.jobs[j].status != JobStatus::Running || self.jobs[j].attempt != attempt {
+            return;
+        }
+        self.running -= 1;
+        let now = self.now;
+        let spec = &self.pipeline.jobs[j];
+        let st = &mut self.jobs[j];
+        // Our own kill decides the class: the process only saw a signal.
+        let class = match (st.kill_reason, outcome.failure) {
+            (_, None) => None,
+            (Some(CancelReason::User | CancelReason::FailFast), Some(_)) => Some(FailureClass::Cancelled),
+            (Some(CancelReason::Timeout), Some(_)) => Some(FailureClass::Timeout),
+            (None, Some(c)) => Some(c),
+        };
+        if let Some(rec) = st.attempts.last_mut() {
+            rec.ended_ms = Some(ms(now));
+            rec.exit_code = outcome.exit_code;
+            rec.failure_class = class;
+        }
+        st.duration = now.saturating_sub(st.first_start.unwrap_or(now));
+        let duration_ms = ms(st.duration);
+        match class {
+            None => {
+                st.status = JobStatus::Succeeded;
+                st.failure_class = None;
+                let flaky = st.failed_before;
+                fx.push(Effect::Emit(EventKind::JobFinished {
+                    job: spec.name.clone(),
+                    attempt,
+                    status: JobStatus::Succeeded,
+                    exit_code: outcome.exit_code,
+                    failure_class: None,
+                    duration_ms,
+                    flaky,
+                    message: outcome.message,
+                }));
+                self.repeat_outcome(j, fx);
+                self.release_dependents(j, fx);
+            }
+            Some(FailureClass::Cancelled) => {
+                st.status = JobStatus::Cancelled;
+                st.failure_class = Some(FailureClass::Cancelled);
+                fx.push(Effect::Emit(EventKind::JobFinished {
+                    job: spec.name.clone(),
+                    attempt,
+                    status: JobStatus::Cancelled,
+                    exit_code: outcome.exit_code,
+                    failure_class: Some(FailureClass::Cancelled),
+                    duration_ms,
+                    flaky: false,
+                    message: outcome.message,
+                }));
+                self.repeat_outcome(j, fx);
+                self.release_dependents(j, fx);
+            }
+            Some(c) => {
+                st.failed_before = true;
+                st.failure_class = Some(c);
+                let retryable = spec.retry_when.contains(&c)
+                    && st.round_attempts <= spec.retry_count
+                    && self.cancelled.is_none()
+                    && st.kill_reason.is_none();
+                if retryable {
+                    let delay = self.pipeline.retry_policy.backoff.delay(st.round_attempts, self.rng.f64());
+                    let st = &mut self.jobs[j];
+                    st.status = JobStatus::Retrying;
+                    if let Some(rec) = st.attempts.last_mut() {
+                        rec.retry_delay_ms = Some(ms(delay));
+                    }
+                    self.retrying += 1;
+                    fx.push(Effect::Emit(EventKind::JobRetrying {
+                        job: self.name(j),
+                        attempt: attempt + 1,
+                        delay_ms: ms(delay),
+                        failure_class: c,
+                    }));
+                    fx.push(Effect::ScheduleRetry { job: j, after: delay });
+                } else {
+                    let st = &mut self.jobs[j];
+                    st.status = JobStatus::Failed;
+                    st.reason = outcome.message.clone();
+                    fx.push(Effect::Emit(EventKind::JobFinished {
+                        job: self.name(j),
+                        attempt,
+                        status: JobStatus::Failed,
+                        exit_code: outcome.exit_code,
+                        failure_class: Some(c),
+                        duration_ms,
+                        flaky: false,
+                        message: outcome.message,
+                    }));
+                    self.after_failure(j, fx);
+                }
+            }
+        }
+    }
+
+    fn after_failure(&mut self, j: JobId, fx: &mut Vec<Effect>) {
+        self.repeat_outcome(j, fx);
+        if self.opts.fail_fast && !self.pipeline.jobs[j].allow_failure && self.cancelled.is_none() {
+            self.cancelled = Some(CancelReason::FailFast);
+            for k in self.plan.order.clone() {
+                self.cancel(k, CancelReason::FailFast, fx);
+            }
+        }
+        self.release_dependents(j, fx);
+    }
+
+    fn release_dependents(&mut self, j: JobId, fx: &mut Vec<Effect>) {
+        for d in self.plan.dependents[j].clone() {
+            self.evaluate(d, fx);
+        }
+    }
+
+    fn cancel(&mut self, j: JobId, reason: CancelReason, fx: &mut Vec<Effect>) {
+        match self.jobs[j].status {
+            JobStatus::Running => {
+                if self.jobs[j].kill_reason.is_none() {
+                    self.jobs[j].kill_reason = Some(reason);
+                    fx.push(Effect::Kill { job: j });
+                }
+            }
+            JobStatus::Pending | JobStatus::Ready | JobStatus::Retrying | JobStatus::WaitingApproval => {
+                if self.jobs[j].status == JobStatus::Retrying {
+                    self.retrying -= 1;
+                }
+                let st = &mut self.jobs[j];
+                st.status = JobStatus::Cancelled;
+                st.failure_class = Some(FailureClass::Cancelled);
+                let why = match reason {
+                    CancelReason::User => "cancelled",
+                    CancelReason::Timeout => "pipeline timed out",
+                    CancelReason::FailFast => "fail-fast: an earlier job failed",
+                };
+                st.reason = Some(why.to_string());
+                fx.push(Effect::Emit(EventKind::JobFinished {
+                    job: self.name(j),
+                    attempt: self.jobs[j].attempt,
+                    status: JobStatus::Cancelled,
+                    exit_code: None,
+                    failure_class: Some(FailureClass::Cancelled),
+                    duration_ms: ms(self.jobs[j].duration),
+                    flaky: false,
+                    message: Some(why.to_string()),
+                }));
+                self.repeat_outcome(j, fx);
+                self.release_dependents(j, fx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts a finished job back to Pending, and with it the dependents its failure skipped.
+    fn reset(&mut self, j: JobId, why: &str, fx: &mut Vec<Effect>) {
+        let mut stack = vec![j];
+        let mut first = true;
+        while let Some(k) = stack.pop() {
+            let st = &mut self.jobs[k];
+            let eligible = first
+                || (st.status == JobStatus::Skipped && st.blocked_by.is_some())
+                || (st.status == JobStatus::Skipped && self.pipeline.jobs[k].when == When::OnFailure)
+                || (st.status == JobStatus::Cancelled && st.attempt == 0);
+            first = false;
+            if !eligible {
+                continue;
+            }
+            st.status = JobStatus::Pending;
+            st.blocked_by = None;
+            st.reason = None;
+            st.kill_reason = None;
+            st.failed_before = false;
+            st.first_start = None;
+            st.round_attempts = 0;
+            st.failure_class = None;
+            fx.push(Effect::Emit(EventKind::JobReset {
+                job: self.pipeline.jobs[k].name.clone(),
+                reason: why.to_string(),
+            }));
+            stack.extend(self.plan.dependents[k].iter().copied());
+        }
+    }
+
+    fn reopen(&mut self) {
+        self.finished = false;
+    }
+
+    /// In repeat mode, records the target's verdict and starts the next repetition.
+    fn repeat_outcome(&mut self, j: JobId, fx: &mut Vec<Effect>) {
+        let Some((target, total)) = self.opts.repeat else { return };
+        if j != target {
+            return;
+        }
+        let st = &self.jobs[j];
+        let verdict = match st.status {
+            JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
+            JobStatus::Succeeded => Verdict::Pass,
+            JobStatus::Skipped => Verdict::Skipped,
+            JobStatus::Cancelled => Verdict::Cancelled,
+            _ => Verdict::Fail,
+        };
+        self.repeat_results.push(verdict);
+        let more = (self.repeat_results.len() as u32) < total
+            && self.cancelled.is_none()
+            && matches!(verdict, Verdict::Pass | Verdict::Fail | Verdict::Flaky);
+        if more {
+            let n = self.repeat_results.len() + 1;
+            self.reset(j, &format!("repetition {n} of {total}"), fx);
+            self.evaluate(j, fx);
+        }
+    }
+
+    fn maybe_finish(&mut self, fx: &mut Vec<Effect>) {
+        if self.finished || self.running > 0 || self.retrying > 0 {
+            return;
+        }
+        if self.ready.iter().any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready) {
+            return;
+        }
+        let gates: Vec<JobId> = (0..self.jobs.len())
+            .filter(|&j| self.jobs[j].status == JobStatus::WaitingApproval)
+            .collect();
+        if !gates.is_empty() && !self.opts.finish_when_blocked {
+            return;
+        }
+        // Whatever is still pending waits behind an unapproved gate.
+        for j in self.plan.order.clone() {
+            if self.jobs[j].status == JobStatus::Pending {
+                let gate = self
+                    .plan
+                    .ancestors(j)
+                    .into_iter()
+                    .find(|&a| self.jobs[a].status == JobStatus::WaitingApproval);
+                let why = match gate {
+                    Some(g) => format!("blocked on manual job {}", self.pipeline.jobs[g].name),
+                    None => "never became ready".to_string(),
+                };
+                let st = &mut self.jobs[j];
+                st.status = JobStatus::Skipped;
+                st.reason = Some(why.clone());
+                fx.push(Effect::Emit(EventKind::JobSkipped {
+                    job: self.name(j),
+                    reason: why,
+                }));
+            }
+        }
+        self.finished = true;
+        let summary = self.summary();
+        fx.push(Effect::Emit(EventKind::RunFinished {
+            summary: summary.clone(),
+        }));
+        fx.push(Effect::Finished(Box::new(summary)));
+    }
+
+    pub fn summary(&self) -> RunSummary {
+        let jobs: Vec<JobSummary> = self
+            .pipeline
+            .jobs
+            .iter()
+            .zip(&self.jobs)
+            .map(|(spec, st)| JobSummary {
+                name: spec.name.clone(),
+                verdict: match st.status {
+                    JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
+                    JobStatus::Succeeded => Verdict::Pass,
+                    JobStatus::Failed => Verdict::Fail,
+                    JobStatus::Cancelled => Verdict::Cancelled,
+                    JobStatus::WaitingApproval => Verdict::Manual,
+                    JobStatus::Skipped => Verdict::Skipped,
+                    _ => Verdict::Cancelled,
+                },
+                status: st.status,
+                attempts: st.attempts.clone(),
+                duration_ms: ms(st.duration),
+                failure_class: st.failure_class,
+                allow_failure: spec.allow_failure,
+                reason: st.reason.clone(),
+            })
+            .collect();
+        let required_failed: Vec<&str> = jobs
+            .iter()
+            .filter(|j| {
+                (j.status == JobStatus::Failed && !j.allow_failure)
+                    || j.status == JobStatus::Cancelled
+            })
+            .map(|j| j.name.as_str())
+            .collect();
+        let gates: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::WaitingApproval && !j.allow_failure)
+            .map(|j| j.name.as_str())
+            .collect();
+        let repeat = self.opts.repeat.map(|(t, _)| {
+            let count = |v: Verdict| self.repeat_results.iter().filter(|&&r| r == v).count() as u32;
+            RepeatStats {
+                job: self.pipeline.jobs[t].name.clone(),
+                runs: self.repeat_results.len() as u32,
+                passed: count(Verdict::Pass) + count(Verdict::Flaky),
+                failed: count(Verdict::Fail),
+                flaky: count(Verdict::Flaky),
+            }
+        });
+        let (result, message) = match self.cancelled {
+            Some(CancelReason::User) => (RunResult::Cancelled, "run cancelled".to_string()),
+            Some(CancelReason::Timeout) => (
+                RunResult::Failed,
+                format!("pipeline timed out after {}s", self.pipeline.timeout.as_secs()),
+            ),
+            _ if !required_failed.is_empty() => (
+                RunResult::Failed,
+                format!("{} of {} jobs failed: {}", required_failed.len(), jobs.len(), required_failed.join(", ")),
+            ),
+            _ if repeat.as_ref().is_some_and(|r| r.failed > 0) => (RunResult::Failed, "some repetitions failed".into()),
+            _ if !gates.is_empty() => (RunResult::Blocked, format!("blocked on manual job {}", gates.join(", "))),
+            _ => (RunResult::Passed, format!("all {} jobs passed", jobs.len())),
+        };
+        let result = if self.cancelled == Some(CancelReason::FailFast) {
+            RunResult::Failed
+        } else {
+            result
+        };
+        RunSummary {
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline.name.clone(),
+            result,
+            exit_code: result.exit_code(),
+            duration_ms: ms(self.now),
+            jobs,
+            message,
+            repeat,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+struct CondCtx<'a> {
+    state: &'a RunState,
+    job: JobId,
+    upstream_ok: bool,
+}
+
+impl Context for CondCtx<'_> {
+    fn env(&self, name: &str) -> Option<String> {
+        self.state.opts.cond_env.get(&self.job).and_then(|e| e.get(name).cloned())
+    }
+    fn var(&self, name: &str) -> Option<String> {
+        self.state.opts.vars.get(name).cloned()
+    }
+    fn job_status(&self, job: &str) -> Option<String> {
+        let j = self.state.pipeline.job_index(job)?;
+        Some(self.state.jobs[j].status.expr_name().to_string())
+    }
+    fn upstream_succeeded(&self) -> bool {
+        self.upstream_ok
+    }
+}
+
+#[cfg(test)]
+mod tests;

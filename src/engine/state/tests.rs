@@ -1,0 +1,437 @@
+use super::*;
+use crate::pipeline::{LoadOptions, parse_source};
+use std::path::Path;
+
+fn machine(src: &str, opts: Options) -> RunState {
+    let (p, _) = match parse_source(Path::new("t.yml"), src.to_string(), &LoadOptions::default()) {
+        Ok(x) => x,
+        Err(r) => panic!("{}", r.render(false)),
+    };
+    let plan = Plan::build(&p).expect("plan");
+    RunState::new("run-1", p, plan, opts)
+}
+
+fn opts(max_parallel: usize) -> Options {
+    Options {
+        max_parallel,
+        finish_when_blocked: true,
+        ..Options::default()
+    }
+}
+
+/// Jobs as `name: deps | extra yaml`.
+fn yaml(jobs: &[(&str, &[&str], &str)]) -> String {
+    let mut s = String::from("name: t\nretry_policy:\n  backoff: {initial: 1, jitter: 0}\njobs:\n");
+    for (name, deps, extra) in jobs {
+        s.push_str(&format!("  {name}:\n    depends_on: [{}]\n", deps.join(", ")));
+        for line in extra.lines() {
+            s.push_str(&format!("    {line}\n"));
+        }
+        s.push_str("    steps:\n      - script: 'true'\n");
+    }
+    s
+}
+
+fn t(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn started(fx: &[Effect]) -> Vec<JobId> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Start { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(fx: &[Effect]) -> Option<RunSummary> {
+    fx.iter().find_map(|e| match e {
+        Effect::Finished(s) => Some((**s).clone()),
+        _ => None,
+    })
+}
+
+fn ok(m: &mut RunState, job: JobId, at: u64) -> Vec<Effect> {
+    let attempt = m.attempt(job);
+    m.handle(
+        Input::AttemptFinished {
+            job,
+            attempt,
+            outcome: Outcome::success(),
+        },
+        t(at),
+    )
+}
+
+fn fail(m: &mut RunState, job: JobId, class: FailureClass, at: u64) -> Vec<Effect> {
+    let attempt = m.attempt(job);
+    m.handle(
+        Input::AttemptFinished {
+            job,
+            attempt,
+            outcome: Outcome::failed(Some(1), class),
+        },
+        t(at),
+    )
+}
+
+#[test]
+fn linear_pipeline_runs_in_order_and_passes() {
+    let mut m = machine(&yaml(&[("a", &[], ""), ("b", &["a"], "")]), opts(4));
+    let fx = m.handle(Input::Start, t(0));
+    assert!(matches!(fx[0], Effect::Emit(EventKind::RunStarted { .. })));
+    assert_eq!(started(&fx), [0]);
+    assert_eq!(m.status(1), JobStatus::Pending);
+    let fx = ok(&mut m, 0, 10);
+    assert_eq!(started(&fx), [1]);
+    let fx = ok(&mut m, 1, 30);
+    let s = finished(&fx).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+    assert_eq!(s.exit_code, 0);
+    assert_eq!(s.jobs[1].duration_ms, 20);
+    assert!(m.is_finished());
+}
+
+#[test]
+fn parallelism_limit_and_critical_path_first() {
+    // `solo` comes first in the file, but `head` starts a longer chain.
+    let src = yaml(&[("solo", &[], ""), ("head", &[], ""), ("mid", &["head"], ""), ("tail", &["mid"], "")]);
+    let mut m = machine(&src, opts(1));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), [1]);
+    assert_eq!(m.status(0), JobStatus::Ready);
+    assert_eq!(m.running(), 1);
+    let fx = ok(&mut m, 1, 5);
+    assert_eq!(started(&fx), [2], "mid (priority 2) before solo (priority 1)");
+}
+
+#[test]
+fn failure_skips_transitive_dependents_and_independent_branches_continue() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], ""), ("c", &["b"], ""), ("d", &[], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 5);
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    assert_eq!(m.status(2), JobStatus::Skipped);
+    assert_eq!(m.reason(2), Some("blocked by a"));
+    assert_eq!(m.status(3), JobStatus::Running);
+    assert!(finished(&fx).is_none());
+    let s = finished(&ok(&mut m, 3, 9)).expect("finished");
+    assert_eq!(s.result, RunResult::Failed);
+    assert_eq!(s.jobs[0].verdict, Verdict::Fail);
+    assert_eq!(s.jobs[0].failure_class, Some(FailureClass::Script));
+    assert_eq!(s.jobs[2].verdict, Verdict::Skipped);
+}
+
+#[test]
+fn allow_failure_lets_dependents_run_and_the_run_pass() {
+    let mut m = machine(&yaml(&[("a", &[], "allow_failure: true"), ("b", &["a"], "")]), opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(started(&fx), [1]);
+    let s = finished(&ok(&mut m, 1, 2)).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+}
+
+#[test]
+fn transient_failure_is_retried_with_backoff_and_reported_flaky() {
+    let mut m = machine(&yaml(&[("a", &[], "retry_count: 2")]), opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Network, 10);
+    assert_eq!(m.status(0), JobStatus::Retrying);
+    assert!(fx.contains(&Effect::ScheduleRetry {
+        job: 0,
+        after: Duration::from_secs(1)
+    }));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::JobRetrying { attempt: 2, .. }))));
+    let fx = m.handle(Input::RetryDue { job: 0 }, t(1010));
+    assert!(fx.contains(&Effect::Start { job: 0, attempt: 2 }));
+    let fx = ok(&mut m, 0, 1100);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::JobFinished { flaky: true, .. }))));
+    let s = finished(&fx).expect("finished");
+    assert_eq!(s.jobs[0].verdict, Verdict::Flaky);
+    assert_eq!(s.jobs[0].attempts.len(), 2);
+    assert_eq!(s.jobs[0].attempts[0].retry_delay_ms, Some(1000));
+    assert_eq!(s.jobs[0].attempts[0].failure_class, Some(FailureClass::Network));
+    assert_eq!(s.result, RunResult::Passed);
+}
+
+#[test]
+fn script_failures_are_retried_only_when_asked() {
+    let mut m = machine(&yaml(&[("a", &[], "retry_count: 2")]), opts(4));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(m.status(0), JobStatus::Failed);
+
+    let mut m = machine(&yaml(&[("a", &[], "retry_count: 1\nretry_when: [script]")]), opts(4));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(m.status(0), JobStatus::Retrying);
+    m.handle(Input::RetryDue { job: 0 }, t(2));
+    let fx = fail(&mut m, 0, FailureClass::Script, 3);
+    assert_eq!(m.status(0), JobStatus::Failed, "retries exhausted");
+    assert_eq!(finished(&fx).map(|s| s.jobs[0].attempts.len()), Some(2));
+}
+
+#[test]
+fn backoff_grows_between_retries() {
+    let mut m = machine(&yaml(&[("a", &[], "retry_count: 3")]), opts(1));
+    m.handle(Input::Start, t(0));
+    let mut delays = Vec::new();
+    for i in 0..3 {
+        let fx = fail(&mut m, 0, FailureClass::Timeout, i * 10_000);
+        for e in &fx {
+            if let Effect::ScheduleRetry { after, .. } = e {
+                delays.push(after.as_secs());
+            }
+        }
+        m.handle(Input::RetryDue { job: 0 }, t(i * 10_000 + 5_000));
+    }
+    assert_eq!(delays, [1, 2, 4]);
+}
+
+#[test]
+fn manual_gate_waits_and_headless_run_ends_blocked() {
+    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual"), ("smoke", &["deploy"], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::GateWaiting { job }) if job == "deploy")));
+    assert_eq!(m.status(1), JobStatus::WaitingApproval);
+    let s = finished(&fx).expect("headless runs do not hang on a gate");
+    assert_eq!(s.result, RunResult::Blocked);
+    assert_eq!(s.exit_code, 1);
+    assert_eq!(s.message, "blocked on manual job deploy");
+    assert_eq!(s.jobs[1].verdict, Verdict::Manual);
+    assert_eq!(s.jobs[2].reason.as_deref(), Some("blocked on manual job deploy"));
+}
+
+#[test]
+fn approval_releases_a_gate_and_interactive_runs_wait_for_it() {
+    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual")]);
+    let mut m = machine(
+        &src,
+        Options {
+            finish_when_blocked: false,
+            ..opts(4)
+        },
+    );
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert!(finished(&fx).is_none(), "interactive runs wait at the gate");
+    assert!(m.check(&Input::Approve(0)).is_err(), "build is not manual");
+    let fx = m.handle(Input::Approve(1), t(2));
+    assert_eq!(started(&fx), [1]);
+    let s = finished(&ok(&mut m, 1, 3)).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+}
+
+#[test]
+fn approval_given_before_the_gate_is_reached_is_kept() {
+    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Approve(1), t(0));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert_eq!(started(&fx), [1]);
+}
+
+#[test]
+fn cancelling_a_running_job_kills_it_and_blocks_dependents() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], ""), ("c", &[], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(Input::Cancel(0), t(1));
+    assert_eq!(fx, vec![Effect::Kill { job: 0 }]);
+    // The process died of our signal; the class is cancelled, not signal.
+    let fx = fail(&mut m, 0, FailureClass::Signal, 2);
+    assert_eq!(m.status(0), JobStatus::Cancelled);
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Emit(EventKind::JobFinished { failure_class: Some(FailureClass::Cancelled), .. })
+    )));
+    assert!(m.check(&Input::Cancel(0)).is_err());
+    let s = finished(&ok(&mut m, 2, 3)).expect("finished");
+    assert_eq!(s.result, RunResult::Failed);
+}
+
+#[test]
+fn cancel_all_stops_everything_with_exit_130() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], ""), ("c", &[], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(Input::CancelAll(CancelReason::User), t(1));
+    let kills: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::Kill { .. })).collect();
+    assert_eq!(kills.len(), 2);
+    assert_eq!(m.status(1), JobStatus::Cancelled);
+    fail(&mut m, 0, FailureClass::Signal, 2);
+    let s = finished(&fail(&mut m, 2, FailureClass::Signal, 3)).expect("finished");
+    assert_eq!(s.result, RunResult::Cancelled);
+    assert_eq!(s.exit_code, 130);
+}
+
+#[test]
+fn pipeline_timeout_classes_running_jobs_as_timeout() {
+    let mut m = machine(&yaml(&[("a", &[], "retry_count: 3")]), opts(4));
+    m.handle(Input::Start, t(0));
+    m.handle(Input::CancelAll(CancelReason::Timeout), t(1));
+    let s = finished(&fail(&mut m, 0, FailureClass::Signal, 2)).expect("finished, not retried");
+    assert_eq!(s.jobs[0].failure_class, Some(FailureClass::Timeout));
+    assert_eq!(s.result, RunResult::Failed);
+    assert!(s.message.contains("timed out"));
+}
+
+#[test]
+fn user_retry_replans_skipped_dependents_and_reopens_the_run() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(finished(&fx).map(|s| s.result), Some(RunResult::Failed));
+    assert!(m.check(&Input::Retry(1)).is_err(), "skipped jobs are not retried directly");
+    let fx = m.handle(Input::Retry(0), t(2));
+    assert!(fx.contains(&Effect::Start { job: 0, attempt: 2 }));
+    assert_eq!(m.status(1), JobStatus::Pending);
+    assert!(!m.is_finished());
+    ok(&mut m, 0, 3);
+    let s = finished(&ok(&mut m, 1, 4)).expect("finished again");
+    assert_eq!(s.result, RunResult::Passed);
+}
+
+#[test]
+fn rerun_failed_retries_every_failed_job() {
+    let src = yaml(&[("a", &[], ""), ("b", &[], ""), ("c", &["a", "b"], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1);
+    fail(&mut m, 1, FailureClass::Script, 1);
+    assert!(m.is_finished());
+    let fx = m.handle(Input::RerunFailed, t(2));
+    assert_eq!(started(&fx), [0, 1]);
+    ok(&mut m, 0, 3);
+    let fx = ok(&mut m, 1, 3);
+    assert_eq!(started(&fx), [2]);
+}
+
+#[test]
+fn on_failure_and_always_jobs_follow_gitlab_rules() {
+    let src = yaml(&[
+        ("a", &[], ""),
+        ("notify", &["a"], "when: on_failure"),
+        ("cleanup", &["a"], "when: always"),
+    ]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    assert_eq!(started(&fx), [2]);
+
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(started(&fx), [1, 2]);
+}
+
+#[test]
+fn conditionals_skip_jobs_and_can_react_to_failure() {
+    let src = yaml(&[
+        ("a", &[], ""),
+        ("only_main", &["a"], "conditional: vars.BRANCH == 'main'"),
+        ("after", &["only_main"], ""),
+        ("on_fail", &["a"], "conditional: failure()"),
+        ("status", &["a"], "conditional: job.a.status == 'success'"),
+    ]);
+    let mut m = machine(&src, opts(8));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    assert!(m.reason(1).unwrap_or("").starts_with("condition is false"));
+    assert_eq!(m.status(3), JobStatus::Skipped, "failure() is false when all passed");
+    assert_eq!(started(&fx), [2, 4], "a job skipped by its condition does not block dependents");
+
+    let mut o = opts(8);
+    o.vars.insert("BRANCH".into(), "main".into());
+    let mut m = machine(&src, o);
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(started(&fx), [3], "failure() runs after an upstream failure");
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    assert_eq!(m.reason(1), Some("blocked by a"));
+}
+
+#[test]
+fn fail_fast_cancels_the_rest() {
+    let src = yaml(&[("a", &[], ""), ("b", &[], ""), ("c", &["b"], "")]);
+    let mut m = machine(
+        &src,
+        Options {
+            fail_fast: true,
+            ..opts(4)
+        },
+    );
+    m.handle(Input::Start, t(0));
+    let fx = fail(&mut m, 0, FailureClass::Script, 1);
+    assert!(fx.contains(&Effect::Kill { job: 1 }));
+    assert_eq!(m.status(2), JobStatus::Cancelled);
+    let s = finished(&fail(&mut m, 1, FailureClass::Signal, 2)).expect("finished");
+    assert_eq!(s.jobs[1].failure_class, Some(FailureClass::Cancelled));
+    assert_eq!(s.result, RunResult::Failed);
+}
+
+#[test]
+fn pause_holds_new_jobs_and_resume_releases_them() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(Input::Pause, t(1));
+    assert_eq!(fx, vec![Effect::Emit(EventKind::SchedulingPaused)]);
+    let fx = ok(&mut m, 0, 2);
+    assert!(started(&fx).is_empty());
+    assert_eq!(m.status(1), JobStatus::Ready);
+    assert!(finished(&fx).is_none());
+    let fx = m.handle(Input::Resume, t(3));
+    assert_eq!(started(&fx), [1]);
+}
+
+#[test]
+fn repeat_runs_the_job_n_times_and_counts_flakes() {
+    let src = yaml(&[("dep", &[], ""), ("t", &["dep"], "retry_count: 1\nretry_when: [script]")]);
+    let mut m = machine(
+        &src,
+        Options {
+            repeat: Some((1, 3)),
+            ..opts(4)
+        },
+    );
+    m.handle(Input::Start, t(0));
+    ok(&mut m, 0, 1);
+    ok(&mut m, 1, 2); // pass
+    fail(&mut m, 1, FailureClass::Script, 3); // fail, then retry passes -> flaky
+    m.handle(Input::RetryDue { job: 1 }, t(4));
+    ok(&mut m, 1, 5);
+    fail(&mut m, 1, FailureClass::Script, 6);
+    m.handle(Input::RetryDue { job: 1 }, t(7));
+    let s = finished(&fail(&mut m, 1, FailureClass::Script, 8)).expect("finished");
+    let r = s.repeat.expect("repeat stats");
+    assert_eq!((r.runs, r.passed, r.failed, r.flaky), (3, 2, 1, 1));
+    assert!((r.flake_rate() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(s.result, RunResult::Failed);
+}
+
+#[test]
+fn stale_attempt_reports_are_ignored() {
+    let mut m = machine(&yaml(&[("a", &[], "")]), opts(1));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(
+        Input::AttemptFinished {
+            job: 0,
+            attempt: 7,
+            outcome: Outcome::success(),
+        },
+        t(1),
+    );
+    assert!(fx.is_empty());
+    assert_eq!(m.status(0), JobStatus::Running);
+}

@@ -1,0 +1,85 @@
+//! How a job RUNS: the [`Executor`] trait and its implementations.
+//!
+//! An executor runs one step: a shell script with an environment in a
+//! working directory, streaming output lines, until it exits, its deadline
+//! passes or it is cancelled. It knows nothing of jobs, retries or events;
+//! the engine builds those on top.
+
+pub mod shell;
+pub mod workspace;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputLine {
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// One step to run.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    /// Shell lines, run by one `sh -e`.
+    pub script: String,
+    /// The complete environment; nothing else is inherited.
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    /// When the step must be stopped (job or step timeout, whichever is first).
+    pub deadline: Option<tokio::time::Instant>,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Marks every process of the step (env `TRACKSIDE_PROCESS_TAG`), so
+    /// processes that left the process group can still be found and stopped.
+    pub tag: String,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEnd {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    Cancelled,
+    /// The step could not be started at all.
+    SpawnFailed(String),
+}
+
+impl StepEnd {
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            StepEnd::Exited(c) => Some(*c),
+            StepEnd::Signaled(s) => Some(128 + s),
+            _ => None,
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Executor: Send + Sync + 'static {
+    /// Short name for messages (`shell`, `docker`).
+    fn name(&self) -> &'static str;
+
+    /// Runs one step to its end. Output lines go to `out` as they come; a
+    /// full channel slows the step down rather than losing lines.
+    fn run_step(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> BoxFuture<'_, StepEnd>;
+}
+
+/// Name of the variable that tags a step's processes.
+pub const TAG_VAR: &str = "TRACKSIDE_PROCESS_TAG";

@@ -1,0 +1,223 @@
+//! The shell executor: each step is `sh -e -c SCRIPT` in its own process group.
+//!
+//! Stopping a step means stopping everything it started. The process group
+//! covers ordinary children and background jobs; processes that leave the
+//! group (`setsid`, daemons) still carry the step's tag in their environment,
+//! and a sweep over /proc finds and kills them on cancel and timeout. When a
+//! step ends normally, whatever it left running in its group is killed too,
+//! so one step's leftovers never leak into the next.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Executor, OutputLine, StepEnd, StepSpec, Stream, TAG_VAR};
+
+/// Longest line passed on whole; longer ones are split.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Default, Clone)]
+pub struct ShellExecutor;
+
+impl Executor for ShellExecutor {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    fn run_step(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> BoxFuture<'_, StepEnd> {
+        Box::pin(run(spec, out, cancel))
+    }
+}
+
+async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> StepEnd {
+    if let Err(e) = tokio::fs::create_dir_all(&spec.workdir).await {
+        return StepEnd::SpawnFailed(format!("cannot create working directory {}: {e}", spec.workdir.display()));
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-e")
+        .arg("-c")
+        .arg(&spec.script)
+        .env_clear()
+        .envs(&spec.env)
+        .env(TAG_VAR, &spec.tag)
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
+    };
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+    let mut readers = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        readers.push(tokio::spawn(read_lines(o, Stream::Stdout, out.clone())));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(tokio::spawn(read_lines(e, Stream::Stderr, out.clone())));
+    }
+    drop(out);
+
+    let deadline = async {
+        match spec.deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => exit_end(s),
+            Err(e) => StepEnd::SpawnFailed(format!("lost track of `sh`: {e}")),
+        },
+        () = deadline => {
+            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
+            StepEnd::TimedOut
+        }
+        () = cancel.cancelled() => {
+            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
+            StepEnd::Cancelled
+        }
+    };
+    // Whatever the step left behind in its group goes with it.
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    // Readers end at EOF; a process that escaped the group may hold the pipe,
+    // so wait a bounded time and then let go of it.
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), r).await.is_err() {
+            abort.abort();
+        }
+    }
+    end
+}
+
+fn exit_end(s: std::process::ExitStatus) -> StepEnd {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => StepEnd::Exited(c),
+        (None, Some(sig)) => StepEnd::Signaled(sig),
+        (None, None) => StepEnd::Exited(-1),
+    }
+}
+
+/// SIGTERM to the group, `grace` to exit, then SIGKILL to the group and to
+/// every process still carrying the step's tag.
+async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration, tag: &str) {
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let _ = child.kill().await;
+    }
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    let tag = tag.to_string();
+    let _ = tokio::task::spawn_blocking(move || sweep_tagged(&tag)).await;
+}
+
+/// Kills every process whose environment carries `TRACKSIDE_PROCESS_TAG=tag`.
+/// Returns how many were found. Linux only; elsewhere the group kill must do.
+pub fn sweep_tagged(tag: &str) -> usize {
+    let needle = format!("{TAG_VAR}={tag}");
+    let me = std::process::id();
+    let mut total = 0;
+    // Processes may fork while we kill them: go round until none is left.
+    for _ in 0..20 {
+        let found = tagged_pids(&needle, me);
+        if found.is_empty() {
+            break;
+        }
+        total += found.len();
+        for pid in found {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    total
+}
+
+/// Pids of live (not zombie) processes whose environment contains `needle`.
+pub fn tagged_pids(needle: &str, except: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == except {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+                .unwrap_or(false);
+            if !zombie {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+async fn read_lines<R: AsyncRead + Unpin>(r: R, stream: Stream, tx: mpsc::Sender<OutputLine>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(b) => b,
+            Err(_) => break,
+        };
+        if buf.is_empty() {
+            if !line.is_empty() {
+                send(&tx, stream, &mut line).await;
+            }
+            break;
+        }
+        let room = MAX_LINE - line.len();
+        match buf.iter().take(room).position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&buf[..i]);
+                reader.consume(i + 1);
+                send(&tx, stream, &mut line).await;
+            }
+            None => {
+                let n = buf.len().min(room);
+                line.extend_from_slice(&buf[..n]);
+                reader.consume(n);
+                if line.len() >= MAX_LINE {
+                    send(&tx, stream, &mut line).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text = String::from_utf8_lossy(line).into_owned();
+    line.clear();
+    // A closed receiver means nobody listens any more; keep draining the pipe.
+    let _ = tx.send(OutputLine { stream, text }).await;
+}

@@ -1,0 +1,121 @@
+//! Job workspaces: a fresh copy of the project for every attempt, so a job
+//! never sees files another job (or an earlier attempt) left behind.
+//!
+//! In a git repository the copy holds what git would: tracked files plus
+//! untracked files that are not ignored (`git ls-files --cached --others
+//! --exclude-standard`), so build output and `target/` stay out. Elsewhere
+//! the whole directory is copied. The file list is taken once per run.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Files of the project, relative to `project`.
+pub fn project_files(project: &Path) -> io::Result<Vec<PathBuf>> {
+    if let Some(files) = git_files(project) {
+        return Ok(files);
+    }
+    let mut out = Vec::new();
+    walk(project, Path::new(""), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn git_files(project: &Path) -> Option<Vec<PathBuf>> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(project)
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let mut files: Vec<PathBuf> = output
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| std::str::from_utf8(s).ok().map(PathBuf::from))
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(files)
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let rel_path = rel.join(entry.file_name());
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            walk(root, &rel_path, out)?;
+        } else if ft.is_file() || ft.is_symlink() {
+            out.push(rel_path);
+        }
+    }
+    Ok(())
+}
+
+/// Copies `files` from `project` into `dest` (created), keeping modes and
+/// symlinks. Files listed but gone (deleted, not yet committed) are skipped.
+pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<u64> {
+    std::fs::create_dir_all(dest)?;
+    let mut copied = 0;
+    for rel in files {
+        let from = project.join(rel);
+        let to = dest.join(rel);
+        let meta = match std::fs::symlink_metadata(&from) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&from)?;
+            std::os::unix::fs::symlink(target, &to)?;
+        } else if meta.is_file() {
+            copied += std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_directories_are_copied_whole() {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("a/b")).expect("mkdir");
+        std::fs::write(src.path().join("a/b/f.txt"), "x").expect("write");
+        std::fs::write(src.path().join("top"), "y").expect("write");
+        let files = project_files(src.path()).expect("list");
+        assert_eq!(files, [PathBuf::from("a/b/f.txt"), PathBuf::from("top")]);
+        let dst = tempfile::tempdir().expect("tempdir");
+        copy_files(src.path(), &files, &dst.path().join("w")).expect("copy");
+        assert_eq!(std::fs::read_to_string(dst.path().join("w/a/b/f.txt")).expect("read"), "x");
+    }
+
+    #[test]
+    fn git_projects_leave_ignored_files_out() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let git = |args: &[&str]| {
+            Command::new("git").arg("-C").arg(src.path()).args(args).output().map(|o| o.status.success())
+        };
+        if git(&["init", "-q"]).ok() != Some(true) {
+            eprintln!("git is not available; skipping");
+            return;
+        }
+        std::fs::write(src.path().join(".gitignore"), "target/\n").expect("write");
+        std::fs::create_dir_all(src.path().join("target")).expect("mkdir");
+        std::fs::write(src.path().join("target/big"), "x").expect("write");
+        std::fs::write(src.path().join("new.txt"), "x").expect("write");
+        let files = project_files(src.path()).expect("list");
+        assert_eq!(files, [PathBuf::from(".gitignore"), PathBuf::from("new.txt")]);
+    }
+}

@@ -1,0 +1,261 @@
+//! The plain and JSON front-end, for scripts, CI logs and pipes.
+//!
+//! Plain: `job > line` for output (job names padded to one width), one
+//! `::` status line per job transition, and a summary table at the end.
+//! JSON: one event per line, exactly as recorded in events.jsonl.
+//! Like every front-end it holds no run logic: it prints events and sends
+//! commands (cancel on Ctrl-C) through the engine handle.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::engine::event::{Event, EventKind, JobStatus, RunSummary, Verdict};
+use crate::engine::{EngineError, EngineHandle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Json,
+}
+
+/// Prints the run until it finishes; returns its summary.
+pub async fn run(handle: &EngineHandle, format: Format, approvals: &[String], approve_all: bool, manual_jobs: &[String]) -> Result<RunSummary, EngineError> {
+    let mut rx = handle.subscribe();
+    for job in approvals {
+        handle.approve(job).await?;
+    }
+    if approve_all {
+        for job in manual_jobs {
+            handle.approve(job).await?;
+        }
+    }
+    handle.start().await?;
+    let mut printer = Printer::new(format);
+    let mut interrupted = false;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    loop {
+        let term = async {
+            match sigterm.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    printer.event(&ev);
+                    // Drain what is already queued before flushing.
+                    while let Ok(ev) = rx.try_recv() {
+                        printer.event(&ev);
+                        if matches!(ev.kind, EventKind::RunFinished { .. }) {
+                            break;
+                        }
+                    }
+                    printer.flush();
+                    if printer.finished.is_some() {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => printer.lagged(n),
+                Err(RecvError::Closed) => break,
+            },
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                printer.note("interrupted: cancelling running jobs (records are being written)");
+                let _ = handle.cancel_all().await;
+            }
+            () = term, if !interrupted => {
+                interrupted = true;
+                printer.note("terminated: cancelling running jobs (records are being written)");
+                let _ = handle.cancel_all().await;
+            }
+        }
+    }
+    let summary = match printer.finished.take() {
+        Some(s) => s,
+        None => tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .map_err(|_| EngineError::Stopped)??,
+    };
+    Ok(summary)
+}
+
+struct Printer {
+    format: Format,
+    out: io::BufWriter<io::Stdout>,
+    width: usize,
+    finished: Option<RunSummary>,
+}
+
+impl Printer {
+    fn new(format: Format) -> Self {
+        Printer {
+            format,
+            out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            width: 8,
+            finished: None,
+        }
+    }
+
+    fn flush(&mut self) {
+        // A closed stdout (`| head`) must not stop the run; output is lost, records are not.
+        let _ = self.out.flush();
+    }
+
+    fn note(&mut self, text: &str) {
+        if self.format == Format::Plain {
+            let _ = writeln!(self.out, ":: {text}");
+            self.flush();
+        }
+    }
+
+    fn lagged(&mut self, n: u64) {
+        if self.format == Format::Plain {
+            let _ = writeln!(self.out, ":: (output too fast: {n} events not shown here; the run record has them all)");
+        }
+    }
+
+    fn event(&mut self, ev: &Arc<Event>) {
+        if let EventKind::RunFinished { summary } = &ev.kind {
+            self.finished = Some(summary.clone());
+        }
+        match self.format {
+            Format::Json => {
+                if let Ok(line) = serde_json::to_string(&**ev) {
+                    let _ = writeln!(self.out, "{line}");
+                }
+            }
+            Format::Plain => {
+                let text = plain_line(&ev.kind, &mut self.width);
+                if let Some(t) = text {
+                    let _ = writeln!(self.out, "{t}");
+                }
+            }
+        }
+    }
+}
+
+pub fn seconds(ms: u64) -> String {
+    let s = ms as f64 / 1000.0;
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// The plain-text line for an event (None for events not shown).
+pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
+    let w = *width;
+    Some(match kind {
+        EventKind::RunStarted {
+            run_id,
+            pipeline,
+            jobs,
+            max_parallel,
+        } => {
+            *width = jobs.iter().map(|j| j.chars().count()).max().unwrap_or(8);
+            format!(":: run {run_id} of `{pipeline}`: {} jobs, up to {max_parallel} at once", jobs.len())
+        }
+        EventKind::LogLine { job, line, .. } => format!("{job:<w$} > {line}"),
+        EventKind::JobStarted { job, attempt } if *attempt > 1 => format!(":: {job:<w$} started (attempt {attempt})"),
+        EventKind::JobStarted { job, .. } => format!(":: {job:<w$} started"),
+        EventKind::JobFinished {
+            job,
+            status,
+            exit_code,
+            failure_class,
+            duration_ms,
+            flaky,
+            message,
+            ..
+        } => {
+            let d = seconds(*duration_ms);
+            match status {
+                JobStatus::Succeeded if *flaky => format!(":: {job:<w$} FLAKY: passed after a retry, in {d}"),
+                JobStatus::Succeeded => format!(":: {job:<w$} PASS in {d}"),
+                JobStatus::Cancelled => format!(":: {job:<w$} CANCELLED"),
+                _ => {
+                    let class = failure_class.map_or("", |c| c.as_str());
+                    let code = exit_code.map(|c| format!("exit {c}, ")).unwrap_or_default();
+                    let msg = message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                    format!(":: {job:<w$} FAIL ({code}{class}) in {d}{msg}")
+                }
+            }
+        }
+        EventKind::JobRetrying {
+            job,
+            attempt,
+            delay_ms,
+            failure_class,
+        } => format!(
+            ":: {job:<w$} failed ({failure_class}); retrying in {} (attempt {attempt})",
+            seconds(*delay_ms)
+        ),
+        EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),
+        EventKind::GateWaiting { job } => format!(":: {job:<w$} waiting for approval (headless: --approve {job})"),
+        EventKind::JobReset { job, reason } => format!(":: {job:<w$} reset: {reason}"),
+        EventKind::SchedulingPaused => ":: scheduling paused".into(),
+        EventKind::SchedulingResumed => ":: scheduling resumed".into(),
+        EventKind::RunFinished { summary } => summary_table(summary),
+        EventKind::JobQueued { .. } | EventKind::StepStarted { .. } | EventKind::StepFinished { .. } => return None,
+    })
+}
+
+/// The final table: job, verdict, attempts, duration, failure class.
+pub fn summary_table(s: &RunSummary) -> String {
+    let w = s.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(3).max(3);
+    let mut out = String::new();
+    out.push('\n');
+    out.push_str(&format!("{:<w$}  {:<9}  {:>8}  {:>9}  {}\n", "JOB", "STATUS", "ATTEMPTS", "DURATION", "CLASS / REASON"));
+    for j in &s.jobs {
+        let verdict = match (j.verdict, j.allow_failure) {
+            (Verdict::Fail, true) => "FAIL(ok)".to_string(),
+            (v, _) => v.as_str().to_string(),
+        };
+        let detail = match (j.failure_class, &j.reason) {
+            (Some(c), Some(r)) if j.verdict != Verdict::Cancelled => format!("{c}: {r}"),
+            (Some(c), None) => c.to_string(),
+            (_, Some(r)) => r.clone(),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<w$}  {:<9}  {:>8}  {:>9}  {}\n",
+            j.name,
+            verdict,
+            j.attempts.len(),
+            if j.attempts.is_empty() { "-".into() } else { seconds(j.duration_ms) },
+            detail
+        ));
+    }
+    if let Some(r) = &s.repeat {
+        out.push_str(&format!(
+            "\nrepeat `{}`: {} runs, {} passed ({} only after a retry), {} failed; flake rate {:.1}%\n",
+            r.job,
+            r.runs,
+            r.passed,
+            r.flaky,
+            r.failed,
+            r.flake_rate() * 100.0
+        ));
+    }
+    out.push_str(&format!(
+        "\n{}: {} in {} (run {}; `trackside logs {} JOB` shows a job's log)",
+        match s.result {
+            crate::engine::RunResult::Passed => "PASSED",
+            crate::engine::RunResult::Failed => "FAILED",
+            crate::engine::RunResult::Blocked => "BLOCKED",
+            crate::engine::RunResult::Cancelled => "CANCELLED",
+        },
+        s.message,
+        seconds(s.duration_ms),
+        s.run_id,
+        s.run_id
+    ));
+    out
+}

@@ -1,0 +1,512 @@
+//! The `trackside` command line: parse arguments, pick a front-end, map
+//! errors to exit codes (0 passed, 1 failed or blocked, 2 invalid input or
+//! usage, 130 cancelled). Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use trackside::engine::{self, EngineConfig};
+use trackside::exec::shell::ShellExecutor;
+use trackside::headless::{self, Format};
+use trackside::pipeline::parse::HOST_ALLOWLIST;
+use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
+use trackside::store;
+
+#[derive(Parser)]
+#[command(name = "trackside", version, about = "Run and steer CI/CD pipelines from a terminal")]
+struct Cli {
+    /// Where run records live (default: TRACKSIDE_STATE_DIR, else the platform data directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ExecutorArg {
+    /// Jobs with an image need containers; the rest run on the host.
+    Auto,
+    /// Everything runs on the host.
+    Shell,
+}
+
+#[derive(clap::Args)]
+struct VarArgs {
+    /// Set a variable (highest precedence). Repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    vars: Vec<(String, String)>,
+    /// Inject the host variable NAME as a secret, masked as [MASKED] everywhere. Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// Inject a secret read from a file. Repeatable.
+    #[arg(long = "secret-file", value_name = "NAME=PATH", value_parser = parse_kv)]
+    secret_files: Vec<(String, String)>,
+    /// Let the host variable NAME through to jobs (beyond PATH, HOME, USER, LANG, TZ). Repeatable.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
+    /// Which executor runs the jobs.
+    #[arg(long, value_enum, default_value = "auto")]
+    executor: ExecutorArg,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        /// Plain `job > line` output (the default until the terminal UI lands).
+        #[arg(long)]
+        headless: bool,
+        /// One JSON event per line instead of plain text.
+        #[arg(long)]
+        json: bool,
+        /// Jobs at once (default: number of cores).
+        #[arg(short = 'j', long = "jobs", value_name = "N")]
+        jobs: Option<usize>,
+        /// Stop everything at the first required failure.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Approve this manual job in advance. Repeatable.
+        #[arg(long = "approve", value_name = "JOB")]
+        approve: Vec<String>,
+        /// Approve every manual job.
+        #[arg(long)]
+        approve_all: bool,
+        /// Run only this job (and what it depends on).
+        #[arg(long = "job", value_name = "NAME")]
+        job: Option<String>,
+        /// With --job: run the job N times and report its flake rate.
+        #[arg(long, value_name = "N", requires = "job")]
+        repeat: Option<u32>,
+        /// Run jobs in the project directory instead of a fresh copy per job.
+        #[arg(long)]
+        in_place: bool,
+        /// Keep each attempt's workspace under the run folder.
+        #[arg(long)]
+        keep_workspaces: bool,
+        /// The project whose files jobs see (default: the pipeline file's directory).
+        #[arg(long, value_name = "DIR")]
+        project_dir: Option<PathBuf>,
+        /// Seconds between SIGTERM and SIGKILL when stopping a job (overrides kill_grace).
+        #[arg(long, value_name = "SECS")]
+        kill_grace: Option<f64>,
+    },
+    /// Check a pipeline and report every problem.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Print execution levels, the critical path and maximum parallelism.
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: VarArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// List past runs.
+    Runs {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Print a job's log from a past run (RUN: id, unique prefix, or `last`).
+    Logs {
+        run: String,
+        job: String,
+        /// Which attempt (default: the last).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Show each line's time.
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Print the summary of a past run.
+    Show {
+        run: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if pipeline::parse::valid_var_name(k) => Ok((k.to_string(), v.to_string())),
+        Some((k, _)) => Err(format!("`{k}` is not a valid variable name")),
+        None => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+/// A failure that ends the command: message and exit code.
+struct Fail(String, u8);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string(), 2)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(msg, code)) => {
+            if !msg.is_empty() {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Fail> {
+    let state = store::state_dir(cli.state_dir.as_deref())?;
+    match cli.command {
+        Cmd::Validate { file, vars, format } => validate(&file, &vars, format),
+        Cmd::Plan { file, vars, format } => plan(&file, &vars, format),
+        Cmd::Runs { format } => runs(&state, format),
+        Cmd::Logs {
+            run,
+            job,
+            attempt,
+            timestamps,
+        } => logs(&state, &run, &job, attempt, timestamps),
+        Cmd::Show { run, format } => show(&state, &run, format),
+        Cmd::Run {
+            file,
+            vars,
+            headless: _,
+            json,
+            jobs,
+            fail_fast,
+            approve,
+            approve_all,
+            job,
+            repeat,
+            in_place,
+            keep_workspaces,
+            project_dir,
+            kill_grace,
+        } => {
+            let _log_guard = init_tracing(&state);
+            let (secrets, opts) = load_options(&vars)?;
+            let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
+                return Ok(2);
+            };
+            let plan = Plan::build(&pipeline).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+            for a in &approve {
+                match pipeline.job(a) {
+                    Some(j) if j.when == When::Manual => {}
+                    Some(_) => return Err(Fail(format!("--approve {a}: `{a}` is not a manual job"), 2)),
+                    None => {
+                        let names: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+                        let hint = pipeline::diag::suggestion_hint(a, &names, "jobs");
+                        return Err(Fail(format!("--approve {a}: unknown job; {hint}"), 2));
+                    }
+                }
+            }
+            let manual: Vec<String> = pipeline
+                .jobs
+                .iter()
+                .filter(|j| j.when == When::Manual)
+                .map(|j| j.name.clone())
+                .collect();
+            let project_dir = match project_dir {
+                Some(d) => d,
+                None => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            let project_dir = if project_dir.as_os_str().is_empty() { PathBuf::from(".") } else { project_dir };
+            let project_dir = std::fs::canonicalize(&project_dir)
+                .map_err(|e| Fail(format!("project directory {}: {e}", project_dir.display()), 2))?;
+            let kill_grace = match kill_grace {
+                Some(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Some(Duration::from_secs_f64(s)),
+                Some(s) => return Err(Fail(format!("--kill-grace {s}: give seconds from 0 to 3600"), 2)),
+                None => None,
+            };
+            let cfg = EngineConfig {
+                run_id: store::new_run_id(),
+                state_dir: state.clone(),
+                pipeline_file: std::fs::canonicalize(&file).unwrap_or(file.clone()),
+                project_dir,
+                in_place,
+                keep_workspaces,
+                max_parallel: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                fail_fast,
+                finish_when_blocked: true,
+                cli_vars: opts.cli_vars.clone(),
+                secrets,
+                host_env: opts.host_env.clone(),
+                only_job: job,
+                repeat,
+                kill_grace,
+                executor: Arc::new(ShellExecutor),
+                seed: None,
+            };
+            let format = if json { Format::Json } else { Format::Plain };
+            let rt = tokio::runtime::Runtime::new()?;
+            let code = rt.block_on(async move {
+                let handle = engine::spawn(pipeline, plan, cfg)?;
+                let summary = headless::run(&handle, format, &approve, approve_all, &manual).await?;
+                handle.shutdown().await;
+                Ok::<_, Fail>(summary.exit_code)
+            })?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+/// Keeps trackside's own diagnostics in `<state>/logs/`, never on the terminal.
+fn init_tracing(state: &Path) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::EnvFilter;
+    let dir = state.join("logs");
+    std::fs::create_dir_all(&dir).ok()?;
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("trackside.log")
+        .max_log_files(14)
+        .build(&dir)
+        .ok()?;
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter = EnvFilter::try_from_env("TRACKSIDE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init()
+        .ok()?;
+    Some(guard)
+}
+
+fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fail> {
+    let mut secrets = Vec::new();
+    for name in &v.secrets {
+        match std::env::var(name) {
+            Ok(val) if !val.is_empty() => secrets.push((name.clone(), val)),
+            _ => {
+                return Err(Fail(
+                    format!("--secret {name}: the host has no variable `{name}`; export it, or use --secret-file {name}=PATH"),
+                    2,
+                ));
+            }
+        }
+    }
+    for (name, path) in &v.secret_files {
+        let val = std::fs::read_to_string(path).map_err(|e| Fail(format!("--secret-file {name}={path}: {e}"), 2))?;
+        let val = val.strip_suffix('\n').unwrap_or(&val).to_string();
+        if val.is_empty() {
+            return Err(Fail(format!("--secret-file {name}={path}: the file is empty"), 2));
+        }
+        secrets.push((name.clone(), val));
+    }
+    let mut host_env = Vec::new();
+    for name in HOST_ALLOWLIST.iter().copied().chain(v.pass_env.iter().map(String::as_str)) {
+        if let Ok(val) = std::env::var(name) {
+            host_env.push((name.to_string(), val));
+        }
+    }
+    let opts = LoadOptions {
+        cli_vars: v.vars.clone(),
+        secret_names: secrets.iter().map(|(n, _)| n.clone()).collect(),
+        host_env,
+        executor: match v.executor {
+            ExecutorArg::Auto => ExecutorChoice::Auto,
+            ExecutorArg::Shell => ExecutorChoice::Shell,
+        },
+    };
+    Ok((secrets, opts))
+}
+
+fn color_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Loads a pipeline, printing diagnostics. `None` = invalid (already reported).
+fn load(file: &Path, opts: &LoadOptions, format: OutputFormat) -> Result<Option<(pipeline::Pipeline, Report)>, Fail> {
+    match pipeline::load(file, opts) {
+        Ok((p, report)) => {
+            if format == OutputFormat::Text && report.warnings().count() > 0 {
+                eprint!("{}", report.render(color_stderr()));
+            }
+            Ok(Some((p, report)))
+        }
+        Err(report) => {
+            match format {
+                OutputFormat::Json => println!("{}", report.to_json()),
+                OutputFormat::Text => {
+                    eprint!("{}", report.render(color_stderr()));
+                    let n = report.error_count();
+                    eprintln!(
+                        "error: {} is invalid: {n} error{}",
+                        file.display(),
+                        if n == 1 { "" } else { "s" }
+                    );
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
+    let (_, opts) = load_options(v)?;
+    let Some((p, report)) = load(file, &opts, format)? else {
+        return Ok(2);
+    };
+    let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+    match format {
+        OutputFormat::Json => println!("{}", report.to_json()),
+        OutputFormat::Text => {
+            let w = report.warnings().count();
+            println!(
+                "{}: valid: pipeline `{}`, {} jobs in {} levels{}",
+                file.display(),
+                p.name,
+                p.jobs.len(),
+                plan.levels.len(),
+                if w > 0 { format!(", {w} warning(s)") } else { String::new() }
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
+    let (_, opts) = load_options(v)?;
+    let Some((p, _)) = load(file, &opts, format)? else {
+        return Ok(2);
+    };
+    let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+    let name = |i: &usize| p.jobs[*i].name.clone();
+    match format {
+        OutputFormat::Json => {
+            let v = serde_json::json!({
+                "pipeline": p.name,
+                "jobs": p.jobs.len(),
+                "levels": plan.levels.iter().map(|l| l.iter().map(name).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "critical_path": plan.critical_path.iter().map(name).collect::<Vec<_>>(),
+                "max_parallelism": plan.max_parallelism,
+            });
+            println!("{v}");
+        }
+        OutputFormat::Text => {
+            println!(
+                "pipeline `{}`: {} jobs in {} levels, max parallelism {}",
+                p.name,
+                p.jobs.len(),
+                plan.levels.len(),
+                plan.max_parallelism
+            );
+            for (i, level) in plan.levels.iter().enumerate() {
+                let jobs: Vec<String> = level
+                    .iter()
+                    .map(|j| {
+                        let job = &p.jobs[*j];
+                        match job.when {
+                            When::Manual => format!("{} (manual)", job.name),
+                            When::OnFailure => format!("{} (on failure)", job.name),
+                            When::Always => format!("{} (always)", job.name),
+                            When::OnSuccess => job.name.clone(),
+                        }
+                    })
+                    .collect();
+                println!("  level {i}: {}", jobs.join(", "));
+            }
+            println!(
+                "critical path ({} jobs): {}",
+                plan.critical_path.len(),
+                plan.critical_path.iter().map(name).collect::<Vec<_>>().join(" -> ")
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
+    let list = store::list_runs(state)?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no runs yet in {}", state.display());
+        return Ok(0);
+    }
+    println!("{:<20}  {:<24}  {:<20}  {:>9}  RESULT", "RUN", "PIPELINE", "STARTED (UTC)", "DURATION");
+    for r in list {
+        let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
+        let result = match r.result {
+            Some(res) => format!("{res:?}").to_lowercase(),
+            None => "unfinished".into(),
+        };
+        println!(
+            "{:<20}  {:<24}  {:<20}  {:>9}  {}",
+            r.run_id,
+            r.pipeline,
+            started.trim_end_matches('Z').replace('T', " "),
+            r.duration_ms.map_or("-".into(), headless::seconds),
+            result
+        );
+    }
+    Ok(0)
+}
+
+fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bool) -> Result<u8, Fail> {
+    let dir = store::find_run(state, run)?;
+    let (n, entries) = store::read_log(&dir, job, attempt)?;
+    let attempts = store::log_attempts(&dir, job);
+    if attempts.len() > 1 {
+        eprintln!("(attempt {n} of {}; --attempt N for another)", attempts.len());
+    }
+    let mut out = String::new();
+    for e in entries {
+        let ts = if timestamps {
+            let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.ts_ms));
+            format!("{t} ")
+        } else {
+            String::new()
+        };
+        if e.stream == "step" {
+            out.push_str(&format!("{ts}--- step: {} ---\n", e.step));
+        } else {
+            out.push_str(&format!("{ts}{}\n", e.text));
+        }
+    }
+    print!("{out}");
+    Ok(0)
+}
+
+fn show(state: &Path, run: &str, format: OutputFormat) -> Result<u8, Fail> {
+    let dir = store::find_run(state, run)?;
+    match store::read_summary(&dir)? {
+        Some(s) => {
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                OutputFormat::Text => println!("{}", headless::summary_table(&s)),
+            }
+            Ok(0)
+        }
+        None => Err(Fail(
+            format!(
+                "run {} did not finish (still running, or trackside was killed); its events are in {}",
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                dir.join("events.jsonl").display()
+            ),
+            1,
+        )),
+    }
+}

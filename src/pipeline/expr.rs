@@ -1,0 +1,803 @@
+//! Expressions: `${{ ... }}` in strings and the `conditional` of a job.
+//!
+//! A small, sandboxed language in the spirit of GitHub Actions: literals,
+//! `env.X`, `vars.X`, `job.<name>.status`, comparison and logic operators,
+//! parentheses and a fixed set of functions. It cannot do I/O, and both
+//! parsing and evaluation are bounded in depth, steps and output size, so a
+//! hostile pipeline cannot hang or exhaust trackside.
+
+use std::fmt;
+
+use serde_json::Value;
+
+pub const MAX_SOURCE: usize = 4096;
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_STEPS: usize = 10_000;
+pub const MAX_STRING: usize = 1 << 20;
+
+/// The roots an expression may read.
+pub const CONTEXTS: [&str; 3] = ["env", "vars", "job"];
+/// Functions and their accepted argument counts (min, max).
+pub const FUNCTIONS: [(&str, usize, usize); 9] = [
+    ("contains", 2, 2),
+    ("startsWith", 2, 2),
+    ("endsWith", 2, 2),
+    ("join", 1, 2),
+    ("format", 1, 32),
+    ("fromJSON", 1, 1),
+    ("success", 0, 0),
+    ("failure", 0, 0),
+    ("always", 0, 0),
+];
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExprError {
+    /// Byte offset in the expression source.
+    pub offset: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ExprError {
+    fn at(offset: usize, message: impl Into<String>) -> Self {
+        ExprError {
+            offset,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Expr {
+    #[default]
+    Null,
+    Lit(Value),
+    /// A context root: `env`, `vars`, `job`.
+    Ident(String, usize),
+    Member(Box<Expr>, Box<Expr>),
+    Call(String, Vec<Expr>, usize),
+    Not(Box<Expr>),
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+}
+
+impl Expr {
+    /// True when the expression asks about upstream status (`success()`,
+    /// `failure()`, `always()`): then it, not the default rule, decides
+    /// whether the job runs after an upstream failure.
+    pub fn uses_status_functions(&self) -> bool {
+        match self {
+            Expr::Call(name, args, _) => {
+                matches!(name.as_str(), "success" | "failure" | "always")
+                    || args.iter().any(Expr::uses_status_functions)
+            }
+            Expr::Member(a, b) | Expr::Bin(_, a, b) => a.uses_status_functions() || b.uses_status_functions(),
+            Expr::Not(a) => a.uses_status_functions(),
+            _ => false,
+        }
+    }
+
+    /// Job names read through `job.<name>`, with their offsets.
+    pub fn job_refs(&self, out: &mut Vec<(String, usize)>) {
+        match self {
+            Expr::Member(obj, key) => {
+                if let (Expr::Ident(root, off), Expr::Lit(Value::String(name))) = (&**obj, &**key) {
+                    if root == "job" {
+                        out.push((name.clone(), *off));
+                    }
+                }
+                obj.job_refs(out);
+                key.job_refs(out);
+            }
+            Expr::Call(_, args, _) => args.iter().for_each(|a| a.job_refs(out)),
+            Expr::Not(a) => a.job_refs(out),
+            Expr::Bin(_, a, b) => {
+                a.job_refs(out);
+                b.job_refs(out);
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------- lexing
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Num(f64),
+    Str(String),
+    Ident(String),
+    Dot,
+    LBracket,
+    RBracket,
+    LParen,
+    RParen,
+    Comma,
+    Not,
+    Op(BinOp),
+}
+
+fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
+    let mut toks = Vec::new();
+    let chars: Vec<(usize, char)> = src.char_indices().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let (off, c) = chars[i];
+        let peek = chars.get(i + 1).map(|&(_, c)| c);
+        let two = |t: Tok| (t, 2usize);
+        let (tok, len) = match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                i += 1;
+                continue;
+            }
+            '.' if !peek.is_some_and(|p| p.is_ascii_digit()) => (Tok::Dot, 1),
+            '[' => (Tok::LBracket, 1),
+            ']' => (Tok::RBracket, 1),
+            '(' => (Tok::LParen, 1),
+            ')' => (Tok::RParen, 1),
+            ',' => (Tok::Comma, 1),
+            '=' if peek == Some('=') => two(Tok::Op(BinOp::Eq)),
+            '!' if peek == Some('=') => two(Tok::Op(BinOp::Ne)),
+            '!' => (Tok::Not, 1),
+            '<' if peek == Some('=') => two(Tok::Op(BinOp::Le)),
+            '<' => (Tok::Op(BinOp::Lt), 1),
+            '>' if peek == Some('=') => two(Tok::Op(BinOp::Ge)),
+            '>' => (Tok::Op(BinOp::Gt), 1),
+            '&' if peek == Some('&') => two(Tok::Op(BinOp::And)),
+            '|' if peek == Some('|') => two(Tok::Op(BinOp::Or)),
+            '\'' => {
+                let mut s = String::new();
+                let mut j = i + 1;
+                loop {
+                    match chars.get(j) {
+                        None => {
+                            return Err(ExprError::at(off, "unterminated string")
+                                .hint("close the string with `'` (write `''` for a quote inside it)"));
+                        }
+                        Some(&(_, '\'')) if chars.get(j + 1).map(|c| c.1) == Some('\'') => {
+                            s.push('\'');
+                            j += 2;
+                        }
+                        Some(&(_, '\'')) => break,
+                        Some(&(_, ch)) => {
+                            s.push(ch);
+                            j += 1;
+                        }
+                    }
+                }
+                (Tok::Str(s), j + 1 - i)
+            }
+            c if c.is_ascii_digit() || c == '-' || c == '.' => {
+                let mut j = i + 1;
+                while chars
+                    .get(j)
+                    .is_some_and(|&(_, ch)| ch.is_ascii_alphanumeric() || ch == '.' || ch == '_')
+                {
+                    j += 1;
+                }
+                let end = chars.get(j).map_or(src.len(), |&(o, _)| o);
+                let text = &src[off..end];
+                let n = text
+                    .parse::<f64>()
+                    .ok()
+                    .or_else(|| text.strip_prefix("0x").and_then(|h| i64::from_str_radix(h, 16).ok()).map(|v| v as f64))
+                    .ok_or_else(|| ExprError::at(off, format!("bad number `{text}`")))?;
+                (Tok::Num(n), j - i)
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let mut j = i + 1;
+                while chars
+                    .get(j)
+                    .is_some_and(|&(_, ch)| ch.is_alphanumeric() || ch == '_' || ch == '-')
+                {
+                    j += 1;
+                }
+                let end = chars.get(j).map_or(src.len(), |&(o, _)| o);
+                (Tok::Ident(src[off..end].to_string()), j - i)
+            }
+            other => {
+                return Err(ExprError::at(off, format!("unexpected character `{other}`"))
+                    .hint("operators are == != < <= > >= && || ! and strings use single quotes"));
+            }
+        };
+        toks.push((tok, off));
+        i += len;
+    }
+    Ok(toks)
+}
+
+// ---------------------------------------------------------------- parsing
+
+struct P {
+    toks: Vec<(Tok, usize)>,
+    i: usize,
+    end: usize,
+    depth: usize,
+}
+
+/// Parses one expression (the text between `${{` and `}}`, or a `conditional`).
+pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    if src.len() > MAX_SOURCE {
+        return Err(ExprError::at(0, format!("expression is longer than {MAX_SOURCE} bytes")));
+    }
+    let toks = lex(src)?;
+    if toks.is_empty() {
+        return Err(ExprError::at(0, "empty expression").hint("write a condition such as `env.BRANCH == 'main'`"));
+    }
+    let mut p = P {
+        toks,
+        i: 0,
+        end: src.len(),
+        depth: 0,
+    };
+    let e = p.expr(0)?;
+    if let Some((t, off)) = p.toks.get(p.i) {
+        return Err(ExprError::at(*off, format!("unexpected {} after the expression", describe(t)))
+            .hint("join conditions with && or ||"));
+    }
+    Ok(e)
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Num(n) => format!("number {n}"),
+        Tok::Str(s) => format!("string '{s}'"),
+        Tok::Ident(s) => format!("`{s}`"),
+        Tok::Dot => "`.`".into(),
+        Tok::LBracket => "`[`".into(),
+        Tok::RBracket => "`]`".into(),
+        Tok::LParen => "`(`".into(),
+        Tok::RParen => "`)`".into(),
+        Tok::Comma => "`,`".into(),
+        Tok::Not => "`!`".into(),
+        Tok::Op(_) => "operator".into(),
+    }
+}
+
+fn precedence(op: BinOp) -> usize {
+    match op {
+        BinOp::Or => 1,
+        BinOp::And => 2,
+        BinOp::Eq | BinOp::Ne => 3,
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 4,
+    }
+}
+
+impl P {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.i).map(|t| &t.0)
+    }
+    fn off(&self) -> usize {
+        self.toks.get(self.i).map_or(self.end, |t| t.1)
+    }
+    fn eat(&mut self, t: &Tok) -> bool {
+        if self.peek() == Some(t) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, t: Tok, what: &str) -> Result<(), ExprError> {
+        if self.eat(&t) {
+            Ok(())
+        } else {
+            Err(ExprError::at(self.off(), format!("expected {what}")))
+        }
+    }
+
+    fn expr(&mut self, min_prec: usize) -> Result<Expr, ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ExprError::at(self.off(), format!("expression nests deeper than {MAX_DEPTH} levels")));
+        }
+        let mut lhs = self.unary()?;
+        while let Some(Tok::Op(op)) = self.peek().cloned() {
+            let prec = precedence(op);
+            if prec <= min_prec {
+                break;
+            }
+            self.i += 1;
+            let rhs = self.expr(prec)?;
+            lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+        self.depth -= 1;
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ExprError> {
+        if self.eat(&Tok::Not) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(ExprError::at(self.off(), format!("expression nests deeper than {MAX_DEPTH} levels")));
+            }
+            let e = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e)));
+        }
+        let mut e = self.primary()?;
+        loop {
+            if self.eat(&Tok::Dot) {
+                let off = self.off();
+                match self.toks.get(self.i).cloned() {
+                    Some((Tok::Ident(name), _)) => {
+                        self.i += 1;
+                        e = Expr::Member(Box::new(e), Box::new(Expr::Lit(Value::String(name))));
+                    }
+                    _ => return Err(ExprError::at(off, "expected a property name after `.`")),
+                }
+            } else if self.eat(&Tok::LBracket) {
+                let key = self.expr(0)?;
+                self.expect(Tok::RBracket, "`]`")?;
+                e = Expr::Member(Box::new(e), Box::new(key));
+            } else {
+                return Ok(e);
+            }
+        }
+    }
+
+    fn primary(&mut self) -> Result<Expr, ExprError> {
+        let off = self.off();
+        let Some((tok, _)) = self.toks.get(self.i).cloned() else {
+            return Err(ExprError::at(off, "expression ends too early").hint("finish the expression"));
+        };
+        self.i += 1;
+        match tok {
+            Tok::Num(n) => Ok(Expr::Lit(num(n))),
+            Tok::Str(s) => Ok(Expr::Lit(Value::String(s))),
+            Tok::LParen => {
+                let e = self.expr(0)?;
+                self.expect(Tok::RParen, "`)`")?;
+                Ok(e)
+            }
+            Tok::Ident(name) => match name.as_str() {
+                "true" => Ok(Expr::Lit(Value::Bool(true))),
+                "false" => Ok(Expr::Lit(Value::Bool(false))),
+                "null" => Ok(Expr::Null),
+                _ if self.peek() == Some(&Tok::LParen) => {
+                    self.i += 1;
+                    let mut args = Vec::new();
+                    if !self.eat(&Tok::RParen) {
+                        loop {
+                            args.push(self.expr(0)?);
+                            if self.eat(&Tok::RParen) {
+                                break;
+                            }
+                            self.expect(Tok::Comma, "`,` or `)`")?;
+                        }
+                    }
+                    let Some(&(_, min, max)) = FUNCTIONS.iter().find(|f| f.0 == name) else {
+                        let names: Vec<&str> = FUNCTIONS.iter().map(|f| f.0).collect();
+                        return Err(ExprError::at(off, format!("unknown function `{name}`"))
+                            .hint(super::diag::suggestion_hint(&name, &names, "functions")));
+                    };
+                    if args.len() < min || args.len() > max {
+                        let want = if min == max { min.to_string() } else { format!("{min} to {max}") };
+                        return Err(ExprError::at(
+                            off,
+                            format!("`{name}` takes {want} argument(s), got {}", args.len()),
+                        ));
+                    }
+                    Ok(Expr::Call(name, args, off))
+                }
+                _ if CONTEXTS.contains(&name.as_str()) => Ok(Expr::Ident(name, off)),
+                _ => Err(ExprError::at(off, format!("unknown name `{name}`"))
+                    .hint(super::diag::suggestion_hint(&name, &CONTEXTS, "contexts") + "; strings need single quotes")),
+            },
+            other => Err(ExprError::at(off, format!("unexpected {}", describe(&other)))),
+        }
+    }
+}
+
+fn num(n: f64) -> Value {
+    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+}
+
+// ---------------------------------------------------------------- evaluation
+
+/// What an expression can see. Implemented by the engine.
+pub trait Context {
+    fn env(&self, name: &str) -> Option<String>;
+    fn var(&self, name: &str) -> Option<String>;
+    /// `success`, `failure`, `cancelled`, `skipped`, `running`, `pending`, ... or None for an unknown job.
+    fn job_status(&self, job: &str) -> Option<String>;
+    /// True when no upstream job failed or was cancelled.
+    fn upstream_succeeded(&self) -> bool;
+}
+
+struct Eval<'a> {
+    ctx: &'a dyn Context,
+    steps: usize,
+}
+
+pub fn eval(e: &Expr, ctx: &dyn Context) -> Result<Value, ExprError> {
+    Eval { ctx, steps: 0 }.eval(e)
+}
+
+/// Truthiness, as in GitHub Actions: false, 0, '', null and NaN are false.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// The text form used when an expression is interpolated into a string.
+pub fn to_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn as_number(v: &Value) -> f64 {
+    match v {
+        Value::Null => 0.0,
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        Value::String(s) if s.trim().is_empty() => 0.0,
+        Value::String(s) => s.trim().parse().unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    }
+}
+
+impl Eval<'_> {
+    fn eval(&mut self, e: &Expr) -> Result<Value, ExprError> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(ExprError::at(0, format!("expression took more than {MAX_STEPS} steps")));
+        }
+        Ok(match e {
+            Expr::Null => Value::Null,
+            Expr::Lit(v) => v.clone(),
+            Expr::Ident(name, _) => Value::String(format!("<{name}>")),
+            Expr::Member(obj, key) => {
+                let key_v = self.eval(key)?;
+                let key_s = to_text(&key_v);
+                if let Expr::Ident(root, _) = &**obj {
+                    return Ok(match root.as_str() {
+                        "env" => self.ctx.env(&key_s).map_or(Value::Null, Value::String),
+                        "vars" => self.ctx.var(&key_s).map_or(Value::Null, Value::String),
+                        _ => match self.ctx.job_status(&key_s) {
+                            Some(status) => serde_json::json!({ "status": status }),
+                            None => Value::Null,
+                        },
+                    });
+                }
+                match self.eval(obj)? {
+                    Value::Object(map) => map.get(&key_s).cloned().unwrap_or(Value::Null),
+                    Value::Array(items) => {
+                        let idx = as_number(&key_v);
+                        if idx >= 0.0 && idx.fract() == 0.0 {
+                            items.get(idx as usize).cloned().unwrap_or(Value::Null)
+                        } else {
+                            Value::Null
+                        }
+                    }
+                    _ => Value::Null,
+                }
+            }
+            Expr::Not(a) => Value::Bool(!truthy(&self.eval(a)?)),
+            Expr::Bin(BinOp::And, a, b) => {
+                let l = self.eval(a)?;
+                if truthy(&l) { self.eval(b)? } else { l }
+            }
+            Expr::Bin(BinOp::Or, a, b) => {
+                let l = self.eval(a)?;
+                if truthy(&l) { l } else { self.eval(b)? }
+            }
+            Expr::Bin(op, a, b) => {
+                let l = self.eval(a)?;
+                let r = self.eval(b)?;
+                Value::Bool(compare(*op, &l, &r))
+            }
+            Expr::Call(name, args, off) => self.call(name, args, *off)?,
+        })
+    }
+
+    fn call(&mut self, name: &str, args: &[Expr], off: usize) -> Result<Value, ExprError> {
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.eval(a)?);
+        }
+        let text = |i: usize| vals.get(i).map(to_text).unwrap_or_default();
+        let out = match name {
+            "success" => Value::Bool(self.ctx.upstream_succeeded()),
+            "failure" => Value::Bool(!self.ctx.upstream_succeeded()),
+            "always" => Value::Bool(true),
+            "contains" => match &vals[0] {
+                Value::Array(items) => Value::Bool(items.iter().any(|i| compare(BinOp::Eq, i, &vals[1]))),
+                _ => Value::Bool(text(0).to_lowercase().contains(&text(1).to_lowercase())),
+            },
+            "startsWith" => Value::Bool(text(0).to_lowercase().starts_with(&text(1).to_lowercase())),
+            "endsWith" => Value::Bool(text(0).to_lowercase().ends_with(&text(1).to_lowercase())),
+            "join" => {
+                let sep = if vals.len() > 1 { text(1) } else { ",".into() };
+                match &vals[0] {
+                    Value::Array(items) => Value::String(items.iter().map(to_text).collect::<Vec<_>>().join(&sep)),
+                    other => Value::String(to_text(other)),
+                }
+            }
+            "format" => Value::String(format_string(&text(0), &vals[1..]).map_err(|m| ExprError::at(off, m))?),
+            "fromJSON" => {
+                let s = text(0);
+                if s.len() > MAX_STRING {
+                    return Err(ExprError::at(off, "fromJSON input is too large"));
+                }
+                serde_json::from_str(&s).map_err(|e| ExprError::at(off, format!("fromJSON: {e}")))?
+            }
+            other => return Err(ExprError::at(off, format!("unknown function `{other}`"))),
+        };
+        if let Value::String(s) = &out {
+            if s.len() > MAX_STRING {
+                return Err(ExprError::at(off, format!("`{name}` produced more than {MAX_STRING} bytes")));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn compare(op: BinOp, l: &Value, r: &Value) -> bool {
+    use std::cmp::Ordering;
+    let ord: Option<Ordering> = match (l, r) {
+        (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+        (Value::Array(_) | Value::Object(_), _) | (_, Value::Array(_) | Value::Object(_)) => {
+            return match op {
+                BinOp::Eq => l == r,
+                BinOp::Ne => l != r,
+                _ => false,
+            };
+        }
+        _ => as_number(l).partial_cmp(&as_number(r)),
+    };
+    match (op, ord) {
+        (BinOp::Eq, o) => o == Some(Ordering::Equal),
+        (BinOp::Ne, o) => o != Some(Ordering::Equal),
+        (BinOp::Lt, Some(o)) => o == Ordering::Less,
+        (BinOp::Le, Some(o)) => o != Ordering::Greater,
+        (BinOp::Gt, Some(o)) => o == Ordering::Greater,
+        (BinOp::Ge, Some(o)) => o != Ordering::Less,
+        _ => false,
+    }
+}
+
+/// `format('{0} and {1}', a, b)`; `{{` and `}}` are literal braces.
+fn format_string(fmt: &str, args: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let mut idx = String::new();
+                for d in chars.by_ref() {
+                    if d == '}' {
+                        break;
+                    }
+                    idx.push(d);
+                }
+                let i: usize = idx.parse().map_err(|_| format!("format: bad placeholder `{{{idx}}}`"))?;
+                let v = args.get(i).ok_or_else(|| format!("format: no argument for `{{{i}}}`"))?;
+                out.push_str(&to_text(v));
+            }
+            c => out.push(c),
+        }
+        if out.len() > MAX_STRING {
+            return Err(format!("format produced more than {MAX_STRING} bytes"));
+        }
+    }
+    Ok(out)
+}
+
+/// A `${{ expr }}` found in a string: byte range of the whole `${{...}}` and the inner source offset.
+#[derive(Debug, Clone)]
+pub struct Placeholder {
+    pub start: usize,
+    pub end: usize,
+    pub inner_start: usize,
+    pub expr: Expr,
+}
+
+/// Finds and parses every `${{ ... }}` in `s`.
+pub fn placeholders(s: &str) -> Result<Vec<Placeholder>, ExprError> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(n) = s[from..].find("${{") {
+        let start = from + n;
+        let inner_start = start + 3;
+        let Some(close) = s[inner_start..].find("}}") else {
+            return Err(ExprError::at(inner_start, "unclosed `${{`").hint("close the expression with `}}`"));
+        };
+        let inner = &s[inner_start..inner_start + close];
+        let expr = parse(inner).map_err(|mut e| {
+            e.offset += inner_start;
+            e
+        })?;
+        let end = inner_start + close + 2;
+        out.push(Placeholder {
+            start,
+            end,
+            inner_start,
+            expr,
+        });
+        from = end;
+    }
+    Ok(out)
+}
+
+/// Replaces every `${{ ... }}` in `s` with its value.
+pub fn interpolate(s: &str, ctx: &dyn Context) -> Result<String, ExprError> {
+    let found = placeholders(s)?;
+    if found.is_empty() {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for p in found {
+        out.push_str(&s[last..p.start]);
+        let v = eval(&p.expr, ctx).map_err(|mut e| {
+            e.offset += p.inner_start;
+            e
+        })?;
+        out.push_str(&to_text(&v));
+        last = p.end;
+        if out.len() > MAX_STRING {
+            return Err(ExprError::at(p.start, "interpolated string is too large"));
+        }
+    }
+    out.push_str(&s[last..]);
+    Ok(out)
+}
+
+impl fmt::Display for BinOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "&&",
+            BinOp::Or => "||",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Ctx {
+        env: HashMap<&'static str, &'static str>,
+        ok: bool,
+    }
+    impl Context for Ctx {
+        fn env(&self, name: &str) -> Option<String> {
+            self.env.get(name).map(|s| s.to_string())
+        }
+        fn var(&self, name: &str) -> Option<String> {
+            (name == "REGION").then(|| "eu".to_string())
+        }
+        fn job_status(&self, job: &str) -> Option<String> {
+            (job == "build").then(|| "success".to_string())
+        }
+        fn upstream_succeeded(&self) -> bool {
+            self.ok
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx {
+            env: HashMap::from([("BRANCH", "main"), ("N", "3"), ("LIST", "[1,2,3]")]),
+            ok: true,
+        }
+    }
+
+    fn ev(src: &str) -> Value {
+        eval(&parse(src).unwrap_or_else(|e| panic!("{src}: {e:?}")), &ctx()).unwrap()
+    }
+
+    #[test]
+    fn operators_and_precedence() {
+        assert_eq!(ev("env.BRANCH == 'main' && env.N > 2"), Value::Bool(true));
+        assert_eq!(ev("!(env.N >= 4) || false"), Value::Bool(true));
+        assert_eq!(ev("1 < 2 == true"), Value::Bool(true));
+        assert_eq!(ev("env.MISSING == null"), Value::Bool(true));
+        assert_eq!(ev("'a' != 'b'"), Value::Bool(true));
+        assert_eq!(ev("env.N <= 3"), Value::Bool(true));
+    }
+
+    #[test]
+    fn contexts_and_functions() {
+        assert_eq!(ev("vars.REGION"), Value::String("eu".into()));
+        assert_eq!(ev("job.build.status == 'success'"), Value::Bool(true));
+        assert_eq!(ev("job['build'].status"), Value::String("success".into()));
+        assert_eq!(ev("contains(fromJSON(env.LIST), 2)"), Value::Bool(true));
+        assert_eq!(ev("startsWith(env.BRANCH, 'MA')"), Value::Bool(true));
+        assert_eq!(ev("endsWith('release/1.2', '.2')"), Value::Bool(true));
+        assert_eq!(ev("join(fromJSON(env.LIST), '-')"), Value::String("1-2-3".into()));
+        assert_eq!(ev("format('{0}/{1} {{x}}', 'a', 2)"), Value::String("a/2 {x}".into()));
+        assert_eq!(ev("success() && always() && !failure()"), Value::Bool(true));
+        assert_eq!(to_text(&ev("fromJSON('{\"a\":{\"b\":[5]}}').a.b[0]")), "5");
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_token() {
+        let e = parse("env.A == 'x").unwrap_err();
+        assert_eq!(e.offset, 9);
+        let e = parse("env.A = 'x'").unwrap_err();
+        assert_eq!(e.offset, 6);
+        let e = parse("contain(env.A, 'x')").unwrap_err();
+        assert!(e.hint.unwrap().contains("contains"));
+        let e = parse("branch == 'main'").unwrap_err();
+        assert!(e.message.contains("unknown name"));
+        assert!(parse("success(1)").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("a b").is_err());
+    }
+
+    #[test]
+    fn depth_and_size_are_bounded() {
+        let deep = "(".repeat(500) + "1" + &")".repeat(500);
+        assert!(parse(&deep).is_err());
+        let nots = "!".repeat(500) + "true";
+        assert!(parse(&nots).is_err());
+        assert!(parse(&"1 == ".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn interpolation_replaces_placeholders() {
+        let s = interpolate("on ${{ env.BRANCH }} x${{ env.N }}", &ctx()).unwrap();
+        assert_eq!(s, "on main x3");
+        assert!(placeholders("${{ env.A").is_err());
+        let e = placeholders("ab ${{ env.A == }}").unwrap_err();
+        assert!(e.offset >= 6, "{e:?}");
+    }
+
+    #[test]
+    fn status_functions_are_detected_and_job_refs_listed() {
+        let e = parse("failure() && job.build.status == 'failure'").unwrap();
+        assert!(e.uses_status_functions());
+        let mut refs = Vec::new();
+        e.job_refs(&mut refs);
+        assert_eq!(refs[0].0, "build");
+        assert!(!parse("env.X == '1'").unwrap().uses_status_functions());
+    }
+}

@@ -1,0 +1,273 @@
+//! What a pipeline IS once it has been read and validated.
+//!
+//! Every type here is plain data: the parser builds it, the engine reads it.
+//! Positions are kept where later stages still report problems (variables
+//! resolved at run time, expressions evaluated at run time).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::expr::Expr;
+use super::yaml::Pos;
+
+pub const DEFAULT_PIPELINE_TIMEOUT: Duration = Duration::from_secs(7200);
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    pub global_env: Vec<EnvVar>,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a job is stopped.
+    #[serde(with = "secs")]
+    pub kill_grace: Duration,
+    pub retry_policy: RetryPolicy,
+    /// In file order.
+    pub jobs: Vec<Job>,
+}
+
+impl Pipeline {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn job_index(&self, name: &str) -> Option<usize> {
+        self.jobs.iter().position(|j| j.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts a job gets when it does not set `retry_count` (1 = no retry).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Exponential backoff: `initial * multiplier^(n-1)`, capped at `max`, then ±`jitter`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Backoff {
+    #[serde(with = "secs")]
+    pub initial: Duration,
+    #[serde(with = "secs")]
+    pub max: Duration,
+    pub multiplier: f64,
+    /// Fraction of the delay to randomise by, 0.25 = ±25%.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(120),
+            multiplier: 2.0,
+            jitter: 0.25,
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `retry` (1 = first retry). `unit` is a sample in
+    /// [0, 1) supplied by the caller, so this stays a pure function.
+    pub fn delay(&self, retry: u32, unit: f64) -> Duration {
+        let exp = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
+        let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    #[default]
+    OnSuccess,
+    OnFailure,
+    Always,
+    Manual,
+}
+
+impl When {
+    pub const ALL: [(&'static str, When); 4] = [
+        ("on_success", When::OnSuccess),
+        ("on_failure", When::OnFailure),
+        ("always", When::Always),
+        ("manual", When::Manual),
+    ];
+}
+
+/// Why an attempt failed. Every failed attempt gets exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// An ordinary non-zero exit.
+    Script,
+    Timeout,
+    /// Exit 137 or an OOM kill.
+    Oom,
+    /// Killed by a signal other than our own.
+    Signal,
+    /// The executor could not start the job.
+    Infra,
+    Network,
+    DiskFull,
+    Cancelled,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 8] = [
+        FailureClass::Script,
+        FailureClass::Timeout,
+        FailureClass::Oom,
+        FailureClass::Signal,
+        FailureClass::Infra,
+        FailureClass::Network,
+        FailureClass::DiskFull,
+        FailureClass::Cancelled,
+    ];
+    /// Retried by default: the failure says little about the code under test.
+    pub const TRANSIENT: [FailureClass; 5] = [
+        FailureClass::Timeout,
+        FailureClass::Network,
+        FailureClass::Infra,
+        FailureClass::Oom,
+        FailureClass::DiskFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Script => "script",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Oom => "oom",
+            FailureClass::Signal => "signal",
+            FailureClass::Infra => "infra",
+            FailureClass::Network => "network",
+            FailureClass::DiskFull => "disk_full",
+            FailureClass::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Condition {
+    pub source: String,
+    #[serde(skip)]
+    pub expr: Expr,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub depends_on: Vec<String>,
+    /// Where each `depends_on` entry is written.
+    #[serde(skip)]
+    pub depends_on_pos: Vec<Pos>,
+    pub environment: Vec<EnvVar>,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retry_count: u32,
+    /// Classes that are retried; the transient ones when not set.
+    pub retry_when: Vec<FailureClass>,
+    pub conditional: Option<Condition>,
+    pub when: When,
+    pub allow_failure: bool,
+    pub working_directory: Option<String>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+impl Job {
+    pub fn image(&self) -> Option<&str> {
+        self.steps.iter().find_map(|s| s.image.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    /// Shell lines, run in one `sh -e`.
+    pub script: Vec<String>,
+    pub image: Option<String>,
+    pub environment: Vec<EnvVar>,
+    pub working_directory: Option<String>,
+    #[serde(with = "opt_secs")]
+    pub timeout: Option<Duration>,
+    pub retry_count: u32,
+    pub continue_on_failure: bool,
+}
+
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod opt_secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_with_bounded_jitter() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(1, 0.5), Duration::from_secs(5));
+        assert_eq!(b.delay(2, 0.5), Duration::from_secs(10));
+        assert_eq!(b.delay(10, 0.5), Duration::from_secs(120));
+        assert_eq!(b.delay(1, 0.0), Duration::from_secs_f64(3.75));
+        assert!(b.delay(1, 0.999) <= Duration::from_secs_f64(6.25));
+    }
+
+    #[test]
+    fn failure_classes_round_trip_their_names() {
+        for c in FailureClass::ALL {
+            assert_eq!(FailureClass::parse(c.as_str()), Some(c));
+        }
+    }
+}

@@ -1,0 +1,985 @@
+//! From a positioned YAML tree to a [`Pipeline`], collecting every problem.
+//!
+//! The parser never stops at the first mistake: each field is checked on its
+//! own, a bad field is reported and skipped, and the cross-checks (job names,
+//! variables, expressions, the graph) run on whatever could be read. So one
+//! run of `trackside validate` lists everything there is to fix.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::diag::{Diagnostic, Report, suggestion_hint};
+use super::expr;
+use super::model::*;
+use super::vars::{Scope, VarError};
+use super::yaml::{self, Node, Pos, Value};
+
+/// Largest pipeline file read (a 10,000-job pipeline is about 1 MiB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
+const JOB_KEYS: [&str; 11] = [
+    "steps",
+    "depends_on",
+    "environment",
+    "timeout",
+    "retry_count",
+    "retry_when",
+    "conditional",
+    "when",
+    "allow_failure",
+    "working_directory",
+    "image",
+];
+const STEP_KEYS: [&str; 8] = [
+    "name",
+    "script",
+    "image",
+    "environment",
+    "working_directory",
+    "timeout",
+    "retry_count",
+    "continue_on_failure",
+];
+
+/// Variables of the host that jobs see without being asked.
+pub const HOST_ALLOWLIST: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
+
+/// Names of the variables trackside defines for every job.
+pub const PREDEFINED: [&str; 9] = [
+    "CI",
+    "TRACKSIDE",
+    "CI_PIPELINE_ID",
+    "CI_PIPELINE_NAME",
+    "CI_JOB_NAME",
+    "CI_JOB_ATTEMPT",
+    "CI_JOB_STEP",
+    "CI_PROJECT_DIR",
+    "TRACKSIDE_RUN_DIR",
+];
+
+/// Which executor the run will use; decides what `image:` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecutorChoice {
+    /// Jobs with an image need containers.
+    #[default]
+    Auto,
+    /// Everything runs on the host; an image is ignored with a warning.
+    Shell,
+}
+
+/// What the command line adds to a pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--var K=V`, highest precedence.
+    pub cli_vars: Vec<(String, String)>,
+    /// Names given with `--secret`; their values are injected at run time.
+    pub secret_names: Vec<String>,
+    /// Host variables jobs may see: the allowlist plus `--pass-env`, as found in the host.
+    pub host_env: Vec<(String, String)>,
+    pub executor: ExecutorChoice,
+}
+
+/// Reads and validates a pipeline file. `Err` holds at least one error;
+/// `Ok` may carry warnings.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let source = match read_source(path) {
+        Ok(s) => s,
+        Err(d) => {
+            let mut r = Report::new(path, String::new());
+            r.items.push(d);
+            return Err(r);
+        }
+    };
+    parse_source(path, source, opts)
+}
+
+fn file_error(message: String, hint: &str) -> Diagnostic {
+    Diagnostic::error(Pos { line: 1, col: 1 }, 1, "", message).with_hint(hint)
+}
+
+fn read_source(path: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        file_error(
+            format!("cannot read pipeline file: {e}"),
+            "check the path; `trackside validate FILE` takes a YAML file",
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(file_error(
+            "this is a directory, not a pipeline file".into(),
+            "name the YAML file inside it, e.g. `trackside run dir/pipeline.yml`",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(file_error(
+            format!(
+                "pipeline file is {:.1} MiB; trackside reads at most {} MiB",
+                meta.len() as f64 / (1 << 20) as f64,
+                MAX_FILE_BYTES >> 20
+            ),
+            "is this the right file? split generated pipelines into smaller ones",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| {
+            file_error(
+                format!("cannot read pipeline file: {e}"),
+                "check the file's permissions",
+            )
+        })?;
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            Err(Diagnostic::error(
+                Pos { line, col },
+                1,
+                "",
+                format!("file is not valid UTF-8 (bad byte at offset {})", good.len()),
+            )
+            .with_hint("save the file as UTF-8; is this a binary file?"))
+        }
+    }
+}
+
+/// Parses and validates pipeline text already in memory.
+pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let mut report = Report::new(path, source);
+    let pipeline = {
+        let mut cx = Cx {
+            diags: Vec::new(),
+            src: &report.source,
+        };
+        let p = if report.source.trim().is_empty() {
+            cx.diags.push(file_error(
+                "pipeline file is empty".into(),
+                "start with `name: my-pipeline` and a `jobs:` mapping (see docs/pipeline-format.md)",
+            ));
+            None
+        } else {
+            let parsed = yaml::parse(&report.source);
+            for p in parsed.problems {
+                let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
+                d.hint = p.hint;
+                cx.diags.push(d);
+            }
+            parsed.root.and_then(|root| cx.pipeline(&root, opts))
+        };
+        report.items = cx.diags;
+        p
+    };
+    if let Some(p) = &pipeline {
+        if let Err(cycle_diags) = super::graph::Plan::build(p) {
+            report.items.extend(cycle_diags);
+        }
+    }
+    report.sort();
+    match pipeline {
+        Some(p) if !report.has_errors() => Ok((p, report)),
+        _ => {
+            if !report.has_errors() {
+                report.items.push(file_error("pipeline could not be read".into(), "see the messages above"));
+            }
+            Err(report)
+        }
+    }
+}
+
+struct Cx<'s> {
+    diags: Vec<Diagnostic>,
+    src: &'s str,
+}
+
+fn entries(node: &Node) -> &[(Node, Node)] {
+    match &node.value {
+        Value::Map(e) => e,
+        _ => &[],
+    }
+}
+
+fn get<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    entries(node)
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+impl Cx<'_> {
+    fn err(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::error(node.pos, node.width, path, msg).with_hint(hint));
+    }
+
+    fn warn(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::warning(node.pos, node.width, path, msg).with_hint(hint));
+    }
+
+    /// Checks that `node` is a mapping whose keys are all in `allowed`.
+    fn mapping(&mut self, node: &Node, path: &str, allowed: &[&str], what: &str) -> bool {
+        let Value::Map(items) = &node.value else {
+            self.err(
+                node,
+                path,
+                format!("{what} must be a mapping, found {}", node.type_name()),
+                format!("write {what} as `key: value` lines; valid keys: {}", allowed.join(", ")),
+            );
+            return false;
+        };
+        for (k, _) in items {
+            let name = k.key_text();
+            if !allowed.contains(&name.as_str()) {
+                self.err(
+                    k,
+                    &join(path, &name),
+                    format!("unknown key `{name}` in {what}"),
+                    suggestion_hint(&name, allowed, "keys"),
+                );
+            }
+        }
+        true
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(node.key_text()),
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a string, found {}", node.type_name()),
+                    "write a single value here",
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected true or false, found {}", node.type_name()),
+                    "write `true` or `false`",
+                );
+                None
+            }
+        }
+    }
+
+    fn int_in(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<u32> {
+        match node.value {
+            Value::Int(i) if (min..=max).contains(&i) => u32::try_from(i).ok(),
+            Value::Int(i) => {
+                self.err(
+                    node,
+                    path,
+                    format!("{i} is out of range"),
+                    format!("use a whole number from {min} to {max}"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a whole number, found {}", node.type_name()),
+                    format!("use a whole number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Seconds as a number (`90`, `0.5`) or a string with a unit (`"90s"`, `"2m"`).
+    fn seconds_in(&mut self, node: &Node, path: &str, min: f64, max: f64) -> Option<Duration> {
+        let secs = match &node.value {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => humantime::parse_duration(s.trim()).ok().map(|d| d.as_secs_f64()),
+            _ => None,
+        };
+        let hint = format!("give seconds from {min} to {max}, as a number (`90`) or with a unit (`\"90s\"`, `\"2m\"`)");
+        match secs {
+            Some(s) if s.is_finite() && s >= min && s <= max => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                self.err(node, path, format!("{s} seconds is out of range"), hint);
+                None
+            }
+            None => {
+                self.err(node, path, format!("expected a duration, found {}", node.type_name()), hint);
+                None
+            }
+        }
+    }
+
+    /// A list of strings, or a single string as a one-item list.
+    fn string_list(&mut self, node: &Node, path: &str) -> Vec<(String, Node)> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.string(n, &format!("{path}[{i}]")).map(|s| (s, n.clone())))
+                .collect(),
+            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                self.string(node, path).map(|s| (s, node.clone())).into_iter().collect()
+            }
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a list of strings, found {}", node.type_name()),
+                    "write `[a, b]` or one `- item` per line",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn env_map(&mut self, node: &Node, path: &str) -> Vec<EnvVar> {
+        let Value::Map(items) = &node.value else {
+            if node.value != Value::Null {
+                self.err(
+                    node,
+                    path,
+                    format!("environment must be a mapping, found {}", node.type_name()),
+                    "write one `NAME: value` per line",
+                );
+            }
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in items {
+            let name = k.key_text();
+            let vpath = join(path, &name);
+            if !valid_var_name(&name) {
+                self.err(
+                    k,
+                    &vpath,
+                    format!("`{name}` is not a valid variable name"),
+                    "use letters, digits and `_`, not starting with a digit",
+                );
+                continue;
+            }
+            let value = match &v.value {
+                Value::Null => Some(String::new()),
+                Value::Seq(_) | Value::Map(_) => {
+                    self.err(
+                        v,
+                        &vpath,
+                        format!("variable values must be scalars, found {}", v.type_name()),
+                        "quote the value, or encode it as JSON in a string",
+                    );
+                    None
+                }
+                _ => Some(v.key_text()),
+            };
+            if let Some(value) = value {
+                self.expressions_in(&value, v, &vpath);
+                out.push(EnvVar {
+                    name,
+                    value,
+                    pos: self.pos_in(v, 0),
+                });
+            }
+        }
+        out
+    }
+
+    /// Position of a character inside a scalar (exact for one-line scalars).
+    fn pos_in(&self, node: &Node, char_offset: usize) -> Pos {
+        let line = self.src.lines().nth(node.pos.line.saturating_sub(1)).unwrap_or("");
+        let at = line.chars().nth(node.pos.col.saturating_sub(1));
+        let quote = usize::from(matches!(at, Some('"' | '\'')));
+        let text_width = node.width;
+        if char_offset <= text_width {
+            Pos {
+                line: node.pos.line,
+                col: node.pos.col + quote + char_offset,
+            }
+        } else {
+            node.pos
+        }
+    }
+
+    /// Validates every `${{ ... }}` inside a string.
+    fn expressions_in(&mut self, text: &str, node: &Node, path: &str) {
+        if let Err(e) = expr::placeholders(text) {
+            let offset = text[..e.offset.min(text.len())].chars().count();
+            let pos = self.pos_in(node, offset);
+            let mut d = Diagnostic::error(pos, 1, path, format!("invalid expression: {}", e.message));
+            d.hint = e.hint.or(Some("see the expression syntax in docs/pipeline-format.md".into()));
+            self.diags.push(d);
+        }
+    }
+
+    fn pipeline(&mut self, root: &Node, opts: &LoadOptions) -> Option<Pipeline> {
+        if !self.mapping(root, "", &TOP_KEYS, "the pipeline") {
+            return None;
+        }
+        let name = match get(root, "name") {
+            Some(n) => self.string(n, "name").unwrap_or_default(),
+            None => {
+                self.diags.push(
+                    Diagnostic::error(root.pos, 1, "", "missing required key `name`")
+                        .with_hint("add `name: my-pipeline` at the top"),
+                );
+                String::new()
+            }
+        };
+        let global_env = get(root, "global_env").map(|n| self.env_map(n, "global_env")).unwrap_or_default();
+        let timeout = get(root, "timeout")
+            .and_then(|n| self.seconds_in(n, "timeout", 1.0, 7.0 * 86400.0))
+            .unwrap_or(DEFAULT_PIPELINE_TIMEOUT);
+        let kill_grace = get(root, "kill_grace")
+            .and_then(|n| self.seconds_in(n, "kill_grace", 0.0, 3600.0))
+            .unwrap_or(DEFAULT_KILL_GRACE);
+        let retry_policy = get(root, "retry_policy").map(|n| self.retry_policy(n)).unwrap_or_default();
+
+        let mut jobs = Vec::new();
+        match get(root, "jobs") {
+            None => self.diags.push(
+                Diagnostic::error(root.pos, 1, "", "missing required key `jobs`")
+                    .with_hint("add a `jobs:` mapping with at least one job"),
+            ),
+            Some(node) => match &node.value {
+                Value::Map(items) if !items.is_empty() => {
+                    for (k, v) in items {
+                        if let Some(job) = self.job(k, v, &retry_policy) {
+                            jobs.push(job);
+                        }
+                    }
+                }
+                _ => self.err(
+                    node,
+                    "jobs",
+                    format!("`jobs` must be a mapping with at least one job, found {}", node.type_name()),
+                    "write `jobs:` followed by indented `name:` entries",
+                ),
+            },
+        }
+        let pipeline = Pipeline {
+            name,
+            global_env,
+            timeout,
+            kill_grace,
+            retry_policy,
+            jobs,
+        };
+        self.cross_check(root, &pipeline, opts);
+        Some(pipeline)
+    }
+
+    fn retry_policy(&mut self, node: &Node) -> RetryPolicy {
+        let mut rp = RetryPolicy::default();
+        if !self.mapping(node, "retry_policy", &["max_attempts", "backoff"], "retry_policy") {
+            return rp;
+        }
+        if let Some(n) = get(node, "max_attempts") {
+            rp.max_attempts = self.int_in(n, "retry_policy.max_attempts", 1, 6).unwrap_or(1);
+        }
+        if let Some(b) = get(node, "backoff") {
+            let keys = ["initial", "max", "multiplier", "jitter"];
+            if self.mapping(b, "retry_policy.backoff", &keys, "backoff") {
+                if let Some(n) = get(b, "initial") {
+                    rp.backoff.initial = self.seconds_in(n, "retry_policy.backoff.initial", 0.0, 3600.0).unwrap_or(rp.backoff.initial);
+                }
+                if let Some(n) = get(b, "max") {
+                    rp.backoff.max = self.seconds_in(n, "retry_policy.backoff.max", 0.0, 86400.0).unwrap_or(rp.backoff.max);
+                }
+                for (key, lo, hi) in [("multiplier", 1.0, 10.0), ("jitter", 0.0, 1.0)] {
+                    if let Some(n) = get(b, key) {
+                        let v = match n.value {
+                            Value::Int(i) => Some(i as f64),
+                            Value::Float(f) => Some(f),
+                            _ => None,
+                        };
+                        match v {
+                            Some(v) if (lo..=hi).contains(&v) => {
+                                if key == "multiplier" {
+                                    rp.backoff.multiplier = v;
+                                } else {
+                                    rp.backoff.jitter = v;
+                                }
+                            }
+                            _ => self.err(
+                                n,
+                                &format!("retry_policy.backoff.{key}"),
+                                format!("`{key}` must be a number from {lo} to {hi}"),
+                                format!("e.g. `{key}: {}`", if key == "multiplier" { "2" } else { "0.25" }),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        rp
+    }
+
+    fn job(&mut self, key: &Node, node: &Node, rp: &RetryPolicy) -> Option<Job> {
+        let name = key.key_text();
+        let path = format!("jobs.{name}");
+        if !valid_job_name(&name) {
+            self.err(
+                key,
+                &path,
+                format!("`{name}` is not a valid job name"),
+                "use letters, digits, `-`, `_` and `.` (at most 100), starting with a letter or digit",
+            );
+        }
+        if !self.mapping(node, &path, &JOB_KEYS, &format!("job `{name}`")) {
+            return None;
+        }
+        let job_image = get(node, "image").and_then(|n| self.string(n, &join(&path, "image")));
+        let mut steps = Vec::new();
+        match get(node, "steps") {
+            None => self.err(
+                key,
+                &path,
+                format!("job `{name}` has no `steps`"),
+                "add `steps:` with at least one `- script: ...`",
+            ),
+            Some(s) => match &s.value {
+                Value::Seq(items) if !items.is_empty() => {
+                    for (i, st) in items.iter().enumerate() {
+                        if let Some(step) = self.step(st, &format!("{path}.steps[{i}]"), i) {
+                            steps.push(step);
+                        }
+                    }
+                    let mut seen: Vec<(&str, usize)> = Vec::new();
+                    for (i, st) in steps.iter().enumerate() {
+                        if let Some(&(_, first)) = seen.iter().find(|(n, _)| *n == st.name) {
+                            let n = get(&items[i], "name").unwrap_or(&items[i]);
+                            self.err(
+                                n,
+                                &format!("{path}.steps[{i}].name"),
+                                format!("duplicate step name `{}` in job `{name}`", st.name),
+                                format!("step {} already uses this name; step names must be unique within a job", first + 1),
+                            );
+                        } else {
+                            seen.push((&st.name, i));
+                        }
+                    }
+                }
+                _ => self.err(
+                    s,
+                    &join(&path, "steps"),
+                    format!("`steps` must be a non-empty list, found {}", s.type_name()),
+                    "write one `- script: ...` entry per step",
+                ),
+            },
+        }
+        if let Some(img) = job_image {
+            for st in &mut steps {
+                st.image.get_or_insert_with(|| img.clone());
+            }
+        }
+        let mut depends_on = Vec::new();
+        let mut depends_on_pos = Vec::new();
+        if let Some(d) = get(node, "depends_on") {
+            for (dep, n) in self.string_list(d, &join(&path, "depends_on")) {
+                depends_on.push(dep);
+                depends_on_pos.push(n.pos);
+            }
+        }
+        let environment = get(node, "environment")
+            .map(|n| self.env_map(n, &join(&path, "environment")))
+            .unwrap_or_default();
+        let timeout = get(node, "timeout")
+            .and_then(|n| self.seconds_in(n, &join(&path, "timeout"), 1.0, 86400.0))
+            .unwrap_or(DEFAULT_JOB_TIMEOUT);
+        let retry_count = match get(node, "retry_count") {
+            Some(n) => self.int_in(n, &join(&path, "retry_count"), 0, 5).unwrap_or(0),
+            None => rp.max_attempts.saturating_sub(1),
+        };
+        let mut retry_when = Vec::new();
+        if let Some(n) = get(node, "retry_when") {
+            let rpath = join(&path, "retry_when");
+            let items: Vec<(String, Node)> = self.string_list(n, &rpath);
+            for (i, (s, item)) in items.iter().enumerate() {
+                match FailureClass::parse(s) {
+                    Some(c) if !retry_when.contains(&c) => retry_when.push(c),
+                    Some(_) => {}
+                    None => {
+                        let names: Vec<&str> = FailureClass::ALL.iter().map(|c| c.as_str()).collect();
+                        self.err(
+                            item,
+                            &format!("{rpath}[{i}]"),
+                            format!("unknown failure class `{s}`"),
+                            suggestion_hint(s, &names, "classes"),
+                        );
+                    }
+                }
+            }
+        }
+        if retry_when.is_empty() {
+            retry_when = FailureClass::TRANSIENT.to_vec();
+        }
+        let conditional = get(node, "conditional").and_then(|n| {
+            let cpath = join(&path, "conditional");
+            let src = self.string(n, &cpath)?;
+            let inner = src
+                .trim()
+                .strip_prefix("${{")
+                .and_then(|s| s.strip_suffix("}}"))
+                .unwrap_or(&src)
+                .to_string();
+            let lead = src.find(inner.as_str()).unwrap_or(0);
+            match expr::parse(&inner) {
+                Ok(e) => Some(Condition {
+                    source: inner.trim().to_string(),
+                    expr: e,
+                    pos: n.pos,
+                }),
+                Err(e) => {
+                    let offset = src[..(lead + e.offset).min(src.len())].chars().count();
+                    let pos = self.pos_in(n, offset);
+                    let mut d = Diagnostic::error(pos, 1, &cpath, format!("invalid expression: {}", e.message));
+                    d.hint = e.hint.or(Some("see the expression syntax in docs/pipeline-format.md".into()));
+                    self.diags.push(d);
+                    None
+                }
+            }
+        });
+        let when = match get(node, "when") {
+            Some(n) => {
+                let wpath = join(&path, "when");
+                match self.string(n, &wpath) {
+                    Some(s) => match When::ALL.iter().find(|(k, _)| *k == s) {
+                        Some((_, w)) => *w,
+                        None => {
+                            let names: Vec<&str> = When::ALL.iter().map(|(k, _)| *k).collect();
+                            self.err(n, &wpath, format!("unknown `when` value `{s}`"), suggestion_hint(&s, &names, "values"));
+                            When::OnSuccess
+                        }
+                    },
+                    None => When::OnSuccess,
+                }
+            }
+            None => When::OnSuccess,
+        };
+        let allow_failure = get(node, "allow_failure")
+            .and_then(|n| self.boolean(n, &join(&path, "allow_failure")))
+            .unwrap_or(false);
+        let working_directory = get(node, "working_directory").and_then(|n| {
+            let wd = self.string(n, &join(&path, "working_directory"))?;
+            self.check_workdir(&wd, n, &join(&path, "working_directory"));
+            Some(wd)
+        });
+        Some(Job {
+            name,
+            steps,
+            depends_on,
+            depends_on_pos,
+            environment,
+            timeout,
+            retry_count,
+            retry_when,
+            conditional,
+            when,
+            allow_failure,
+            working_directory,
+            pos: key.pos,
+        })
+    }
+
+    fn check_workdir(&mut self, wd: &str, node: &Node, path: &str) {
+        let p = Path::new(wd);
+        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            self.err(
+                node,
+                path,
+                format!("working_directory `{wd}` leaves the job's workspace"),
+                "give a path relative to the project directory, without `..`",
+            );
+        }
+    }
+
+    fn step(&mut self, node: &Node, path: &str, index: usize) -> Option<Step> {
+        if !self.mapping(node, path, &STEP_KEYS, "a step") {
+            return None;
+        }
+        let name = get(node, "name")
+            .and_then(|n| self.string(n, &join(path, "name")))
+            .unwrap_or_else(|| format!("step-{}", index + 1));
+        if name.trim().is_empty() {
+            if let Some(n) = get(node, "name") {
+                self.err(n, &join(path, "name"), "step name is empty", "give the step a short name");
+            }
+        }
+        let mut script = Vec::new();
+        match get(node, "script") {
+            None => self.err(node, path, "step has no `script`", "add `script:` with one shell line or a list of lines"),
+            Some(s) => {
+                let spath = join(path, "script");
+                let lines = self.string_list(s, &spath);
+                if lines.is_empty() && !matches!(s.value, Value::Seq(_) | Value::Str(_)) {
+                    // type error already reported
+                } else if lines.iter().all(|(l, _)| l.trim().is_empty()) {
+                    self.err(s, &spath, "script is empty", "give at least one shell command");
+                }
+                for (i, (line, n)) in lines.into_iter().enumerate() {
+                    self.expressions_in(&line, &n, &format!("{spath}[{i}]"));
+                    script.push(line);
+                }
+            }
+        }
+        let image = get(node, "image").and_then(|n| self.string(n, &join(path, "image")));
+        let environment = get(node, "environment")
+            .map(|n| self.env_map(n, &join(path, "environment")))
+            .unwrap_or_default();
+        let working_directory = get(node, "working_directory").and_then(|n| {
+            let wd = self.string(n, &join(path, "working_directory"))?;
+            self.check_workdir(&wd, n, &join(path, "working_directory"));
+            Some(wd)
+        });
+        let timeout = get(node, "timeout").and_then(|n| self.seconds_in(n, &join(path, "timeout"), 1.0, 86400.0));
+        let retry_count = get(node, "retry_count")
+            .and_then(|n| self.int_in(n, &join(path, "retry_count"), 0, 3))
+            .unwrap_or(0);
+        let continue_on_failure = get(node, "continue_on_failure")
+            .and_then(|n| self.boolean(n, &join(path, "continue_on_failure")))
+            .unwrap_or(false);
+        Some(Step {
+            name,
+            script,
+            image,
+            environment,
+            working_directory,
+            timeout,
+            retry_count,
+            continue_on_failure,
+        })
+    }
+
+    /// Checks that need the whole pipeline: job references, variables, images.
+    fn cross_check(&mut self, root: &Node, p: &Pipeline, opts: &LoadOptions) {
+        let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+        let jobs_node = get(root, "jobs");
+        for job in &p.jobs {
+            let path = format!("jobs.{}", job.name);
+            let job_node = jobs_node.and_then(|n| get(n, &job.name));
+            // depends_on
+            if let Some(dnode) = job_node.and_then(|n| get(n, "depends_on")) {
+                let items: Vec<&Node> = match &dnode.value {
+                    Value::Seq(items) => items.iter().collect(),
+                    _ => vec![dnode],
+                };
+                let mut seen: Vec<&str> = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let Some(dep) = item.as_str() else { continue };
+                    let ipath = format!("{path}.depends_on[{i}]");
+                    if dep == job.name {
+                        self.err(
+                            item,
+                            &ipath,
+                            format!("job `{dep}` depends on itself"),
+                            "remove this entry: a job cannot wait for itself",
+                        );
+                    } else if !names.contains(&dep) {
+                        self.err(item, &ipath, format!("unknown job `{dep}`"), suggestion_hint(dep, &names, "jobs"));
+                    } else if seen.contains(&dep) {
+                        self.warn(item, &ipath, format!("`{dep}` is listed twice"), "remove the repeated entry");
+                    }
+                    seen.push(dep);
+                }
+            }
+            // job references in the conditional
+            if let Some(c) = &job.conditional {
+                let mut refs = Vec::new();
+                c.expr.job_refs(&mut refs);
+                for (name, _) in refs {
+                    if !names.contains(&name.as_str()) {
+                        let n = job_node.and_then(|n| get(n, "conditional"));
+                        if let Some(n) = n {
+                            self.err(
+                                n,
+                                &format!("{path}.conditional"),
+                                format!("expression refers to unknown job `{name}`"),
+                                suggestion_hint(&name, &names, "jobs"),
+                            );
+                        }
+                    }
+                }
+            }
+            // images
+            if let Some(img) = job.image() {
+                let n = job_node
+                    .and_then(|n| get(n, "image"))
+                    .or_else(|| {
+                        job_node
+                            .and_then(|n| get(n, "steps"))
+                            .and_then(|s| match &s.value {
+                                Value::Seq(items) => items.iter().find_map(|st| get(st, "image")),
+                                _ => None,
+                            })
+                    })
+                    .unwrap_or(&job_node.map_or(root.clone(), Node::clone))
+                    .clone();
+                match opts.executor {
+                    ExecutorChoice::Shell => self.warn(
+                        &n,
+                        &path,
+                        format!("job `{}` names image `{img}`, which the shell executor ignores", job.name),
+                        "its steps run on this host with the host's tools",
+                    ),
+                    ExecutorChoice::Auto => self.err(
+                        &n,
+                        &path,
+                        format!("job `{}` names image `{img}`, but this build of trackside has no container executor", job.name),
+                        "pass `--executor shell` to run its steps on this host, or remove `image:`",
+                    ),
+                }
+            }
+        }
+        self.check_variables(root, p, opts);
+    }
+
+    fn check_variables(&mut self, root: &Node, p: &Pipeline, opts: &LoadOptions) {
+        let base = |extra: &[&[EnvVar]]| {
+            let mut scope = Scope::new();
+            scope.push_layer(opts.cli_vars.iter().cloned());
+            scope.push_layer(opts.secret_names.iter().map(|n| (n.clone(), "secret".to_string())));
+            for layer in extra {
+                scope.push_layer(layer.iter().map(|v| (v.name.clone(), v.value.clone())));
+            }
+            scope.push_layer(PREDEFINED.iter().map(|n| (n.to_string(), "x".to_string())));
+            scope.push_layer(opts.host_env.iter().cloned());
+            scope
+        };
+        let report = |cx: &mut Self, vars: &[EnvVar], scope: &Scope, layer: usize, path: &str| {
+            for v in vars {
+                if let Err(e) = scope.resolve_from(&v.name, layer) {
+                    cx.var_error(v, &join(path, &v.name), e);
+                }
+            }
+        };
+        // global_env: layers = cli, secrets, global
+        let scope = base(&[&p.global_env]);
+        report(self, &p.global_env, &scope, 2, "global_env");
+        for job in &p.jobs {
+            let path = format!("jobs.{}", job.name);
+            let scope = base(&[&job.environment, &p.global_env]);
+            report(self, &job.environment, &scope, 2, &join(&path, "environment"));
+            for (i, step) in job.steps.iter().enumerate() {
+                let spath = format!("{path}.steps[{i}]");
+                let scope = base(&[&step.environment, &job.environment, &p.global_env]);
+                report(self, &step.environment, &scope, 2, &join(&spath, "environment"));
+                let wd = step.working_directory.as_ref().or(job.working_directory.as_ref());
+                for (key, text) in [("working_directory", wd), ("image", step.image.as_ref())] {
+                    if let Some(text) = text {
+                        if let Err(e) = scope.expand(text) {
+                            let node = jobs_field(root, &job.name, i, key).unwrap_or_else(|| Node {
+                                value: Value::Null,
+                                pos: job.pos,
+                                width: job.name.len(),
+                            });
+                            self.err(&node, &join(&spath, key), e.to_string(), e.hint());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn var_error(&mut self, v: &EnvVar, path: &str, e: VarError) {
+        let width = v.value.lines().next().map_or(1, |l| l.chars().count().max(1));
+        self.diags
+            .push(Diagnostic::error(v.pos, width, path, e.to_string()).with_hint(e.hint()));
+    }
+}
+
+/// The node of `key` in step `step` of job `job`, or in the job itself.
+fn jobs_field(root: &Node, job: &str, step: usize, key: &str) -> Option<Node> {
+    let job_node = get(root, "jobs").and_then(|n| get(n, job))?;
+    let from_step = get(job_node, "steps").and_then(|s| match &s.value {
+        Value::Seq(items) => items.get(step).and_then(|st| get(st, key)).cloned(),
+        _ => None,
+    });
+    from_step.or_else(|| get(job_node, key).cloned())
+}
+
+pub fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+pub fn valid_job_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 100
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(src: &str) -> Result<Pipeline, Vec<(usize, usize, String)>> {
+        parse_source(Path::new("t.yml"), src.to_string(), &LoadOptions::default())
+            .map(|(p, _)| p)
+            .map_err(|r| r.items.iter().map(|d| (d.line, d.column, d.message.clone())).collect())
+    }
+
+    #[test]
+    fn minimal_pipeline_parses_with_defaults() {
+        let p = check("name: x\njobs:\n  a:\n    steps:\n      - script: echo hi\n").unwrap();
+        assert_eq!(p.jobs[0].steps[0].name, "step-1");
+        assert_eq!(p.jobs[0].timeout, DEFAULT_JOB_TIMEOUT);
+        assert_eq!(p.jobs[0].retry_when, FailureClass::TRANSIENT.to_vec());
+        assert_eq!(p.timeout, DEFAULT_PIPELINE_TIMEOUT);
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_one_pass() {
+        let src = "name: x\njobs:\n  a:\n    steps:\n      - script: echo\n    depends_on: [bb]\n    timeout: 0\n  b:\n    stepz: []\n";
+        let errs = check(src).unwrap_err();
+        assert!(errs.iter().any(|e| e.0 == 6 && e.2.contains("unknown job `bb`")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.0 == 7 && e.2.contains("out of range")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.0 == 9 && e.2.contains("unknown key `stepz`")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.2.contains("has no `steps`")), "{errs:?}");
+    }
+
+    #[test]
+    fn undefined_variable_points_at_its_value() {
+        let src = "name: x\nglobal_env:\n  A: \"$NOPE\"\n  B: \"${NOPE2:-ok}\"\njobs:\n  a:\n    steps:\n      - script: echo\n";
+        let errs = check(src).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].0, errs[0].1), (3, 6));
+        assert!(errs[0].2.contains("undefined variable `NOPE`"));
+    }
+
+    #[test]
+    fn conditional_error_column_is_inside_the_string() {
+        let src = "name: x\njobs:\n  a:\n    conditional: \"env.A = 'x'\"\n    steps:\n      - script: echo\n";
+        let errs = check(src).unwrap_err();
+        assert_eq!((errs[0].0, errs[0].1), (4, 25), "{errs:?}");
+    }
+
+    #[test]
+    fn job_level_image_is_an_error_without_shell_executor() {
+        let src = "name: x\njobs:\n  a:\n    image: alpine\n    steps:\n      - script: echo\n";
+        assert!(check(src).is_err());
+        let opts = LoadOptions {
+            executor: ExecutorChoice::Shell,
+            ..Default::default()
+        };
+        let (_, report) = parse_source(Path::new("t.yml"), src.into(), &opts).unwrap();
+        assert_eq!(report.warnings().count(), 1);
+    }
+}

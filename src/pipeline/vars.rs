@@ -1,0 +1,411 @@
+//! Variable expansion: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR:+alt}`,
+//! `${VAR/pattern/replacement}` and `${VAR//pattern/replacement}`.
+//!
+//! Variables live in layers, highest precedence first (command line, step,
+//! job, global, predefined, host). A value may refer to other variables; they
+//! are resolved recursively with cycle detection and a depth limit. The one
+//! idea that makes `PATH: "/opt/bin:$PATH"` work: a variable that refers to
+//! *itself* reads the definition from the layers below its own.
+//!
+//! `$$` is a literal `$`; `${{ ... }}` is an expression and passes through
+//! untouched. Patterns in `${VAR/pattern/replacement}` are literal text.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Deepest chain of references followed before giving up.
+pub const MAX_DEPTH: usize = 32;
+/// Longest value expansion may produce.
+pub const MAX_LEN: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VarError {
+    #[error("undefined variable `{0}`")]
+    Undefined(String),
+    #[error("variables refer to each other in a cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    #[error("variable references nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("expanded value is longer than {MAX_LEN} bytes")]
+    TooLong,
+    #[error("unclosed `${{` in `{0}`")]
+    Unclosed(String),
+    #[error("bad variable reference `{0}`")]
+    Bad(String),
+}
+
+impl VarError {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            VarError::Undefined(name) => format!(
+                "define `{name}` in environment/global_env, pass `--var {name}=...`, \
+                 give a default with `${{{name}:-value}}`, or let it through from the host with `--pass-env {name}`"
+            ),
+            VarError::Cycle(path) => format!(
+                "break the cycle: one of {} must not refer back",
+                path.join(", ")
+            ),
+            VarError::TooDeep => "flatten the chain of variables referring to variables".into(),
+            VarError::TooLong => "a variable's value should not grow this large".into(),
+            VarError::Unclosed(_) => "close the reference with `}`".into(),
+            VarError::Bad(_) => "write `$$` for a literal dollar sign".into(),
+        }
+    }
+}
+
+/// Layers of variables, index 0 = highest precedence.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    layers: Vec<Vec<(String, String)>>,
+}
+
+impl Scope {
+    pub fn new() -> Self {
+        Scope::default()
+    }
+
+    /// Adds a layer *below* the ones already present.
+    pub fn push_layer<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.layers
+            .push(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        self
+    }
+
+    fn definition(&self, name: &str, from_layer: usize) -> Option<(usize, &str)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .skip(from_layer)
+            .find_map(|(i, layer)| {
+                layer
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| (i, v.as_str()))
+            })
+    }
+
+    /// Every variable, resolved. Keys sorted for stable output.
+    pub fn resolve_all(&self) -> Result<BTreeMap<String, String>, (String, VarError)> {
+        let mut r = Resolver {
+            scope: self,
+            memo: HashMap::new(),
+            stack: Vec::new(),
+        };
+        let mut out = BTreeMap::new();
+        for layer in &self.layers {
+            for (name, _) in layer {
+                if out.contains_key(name) {
+                    continue;
+                }
+                let value = r
+                    .lookup(name, 0)
+                    .map_err(|e| (name.clone(), e))?
+                    .unwrap_or_default();
+                out.insert(name.clone(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves one variable by name (its highest-precedence definition).
+    pub fn resolve(&self, name: &str) -> Result<Option<String>, VarError> {
+        Resolver {
+            scope: self,
+            memo: HashMap::new(),
+            stack: Vec::new(),
+        }
+        .lookup(name, 0)
+    }
+
+    /// Resolves the definition of `name` found at `layer` or below (validation
+    /// checks each layer's own definitions this way).
+    pub fn resolve_from(&self, name: &str, layer: usize) -> Result<Option<String>, VarError> {
+        Resolver {
+            scope: self,
+            memo: HashMap::new(),
+            stack: Vec::new(),
+        }
+        .lookup(name, layer)
+    }
+
+    /// Expands a template against the whole scope.
+    pub fn expand(&self, template: &str) -> Result<String, VarError> {
+        let mut r = Resolver {
+            scope: self,
+            memo: HashMap::new(),
+            stack: Vec::new(),
+        };
+        r.expand(template, 0)
+    }
+}
+
+struct Resolver<'a> {
+    scope: &'a Scope,
+    memo: HashMap<(String, usize), Option<String>>,
+    /// Variables being resolved, for cycle detection.
+    stack: Vec<(String, usize)>,
+}
+
+impl Resolver<'_> {
+    /// The value of `name` as seen from `from_layer` (references inside a
+    /// definition at layer L see every layer; self-references see L+1..).
+    fn lookup(&mut self, name: &str, from_layer: usize) -> Result<Option<String>, VarError> {
+        let Some((layer, raw)) = self.scope.definition(name, from_layer) else {
+            return Ok(None);
+        };
+        let key = (name.to_string(), layer);
+        if let Some(v) = self.memo.get(&key) {
+            return Ok(v.clone());
+        }
+        if self.stack.contains(&key) {
+            let start = self.stack.iter().position(|k| k == &key).unwrap_or(0);
+            let mut path: Vec<String> = self.stack[start..].iter().map(|(n, _)| n.clone()).collect();
+            path.push(name.to_string());
+            return Err(VarError::Cycle(path));
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(VarError::TooDeep);
+        }
+        self.stack.push(key.clone());
+        let result = self.expand_in(raw, Some((name, layer)));
+        self.stack.pop();
+        let value = result?;
+        self.memo.insert(key, Some(value.clone()));
+        Ok(Some(value))
+    }
+
+    fn expand(&mut self, template: &str, _depth: usize) -> Result<String, VarError> {
+        self.expand_in(template, None)
+    }
+
+    /// Expands `template`, which is the definition of `owner` (name, layer) if any.
+    fn expand_in(&mut self, template: &str, owner: Option<(&str, usize)>) -> Result<String, VarError> {
+        let mut out = String::with_capacity(template.len());
+        let bytes = template.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] != b'$' {
+                let next = template[i..].find('$').map_or(bytes.len(), |n| i + n);
+                out.push_str(&template[i..next]);
+                i = next;
+                continue;
+            }
+            let rest = &template[i + 1..];
+            if rest.starts_with('$') {
+                out.push('$');
+                i += 2;
+            } else if rest.starts_with("{{") {
+                // An expression: copy through its closing `}}`.
+                let end = rest.find("}}").map_or(template.len(), |n| i + 1 + n + 2);
+                out.push_str(&template[i..end]);
+                i = end;
+            } else if let Some(body) = rest.strip_prefix('{') {
+                let close = matching_brace(body).ok_or_else(|| VarError::Unclosed(template.to_string()))?;
+                let inner = &body[..close];
+                out.push_str(&self.braced(inner, owner)?);
+                i += 2 + close + 1;
+            } else {
+                let len = rest
+                    .char_indices()
+                    .find(|&(n, c)| !(c == '_' || c.is_ascii_alphabetic() || (n > 0 && c.is_ascii_digit())))
+                    .map_or(rest.len(), |(n, _)| n);
+                if len == 0 {
+                    out.push('$');
+                    i += 1;
+                } else {
+                    let name = &rest[..len];
+                    let value = self.get(name, owner)?.ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                    out.push_str(&value);
+                    i += 1 + len;
+                }
+            }
+            if out.len() > MAX_LEN {
+                return Err(VarError::TooLong);
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&mut self, name: &str, owner: Option<(&str, usize)>) -> Result<Option<String>, VarError> {
+        match owner {
+            Some((own, layer)) if own == name => self.lookup(name, layer + 1),
+            _ => self.lookup(name, 0),
+        }
+    }
+
+    /// The inside of `${...}`.
+    fn braced(&mut self, inner: &str, owner: Option<(&str, usize)>) -> Result<String, VarError> {
+        let name_len = inner
+            .char_indices()
+            .find(|&(n, c)| !(c == '_' || c.is_ascii_alphabetic() || (n > 0 && c.is_ascii_digit())))
+            .map_or(inner.len(), |(n, _)| n);
+        if name_len == 0 {
+            return Err(VarError::Bad(format!("${{{inner}}}")));
+        }
+        let name = &inner[..name_len];
+        let op = &inner[name_len..];
+        let value = self.get(name, owner)?;
+        if op.is_empty() {
+            return value.ok_or_else(|| VarError::Undefined(name.to_string()));
+        }
+        if let Some(default) = op.strip_prefix(":-") {
+            return match value {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => self.expand_in(default, owner),
+            };
+        }
+        if let Some(alt) = op.strip_prefix(":+") {
+            return match value {
+                Some(v) if !v.is_empty() => self.expand_in(alt, owner),
+                _ => Ok(String::new()),
+            };
+        }
+        if let Some(spec) = op.strip_prefix('/') {
+            let (all, spec) = match spec.strip_prefix('/') {
+                Some(s) => (true, s),
+                None => (false, spec),
+            };
+            let (pattern, replacement) = spec.split_once('/').unwrap_or((spec, ""));
+            let pattern = self.expand_in(pattern, owner)?;
+            let replacement = self.expand_in(replacement, owner)?;
+            let value = value.ok_or_else(|| VarError::Undefined(name.to_string()))?;
+            if pattern.is_empty() {
+                return Ok(value);
+            }
+            let replaced = if all {
+                value.replace(&pattern, &replacement)
+            } else {
+                value.replacen(&pattern, &replacement, 1)
+            };
+            if replaced.len() > MAX_LEN {
+                return Err(VarError::TooLong);
+            }
+            return Ok(replaced);
+        }
+        Err(VarError::Bad(format!("${{{inner}}}")))
+    }
+}
+
+/// Index of the `}` closing a `${`, counting nested `${...}` pairs.
+fn matching_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Names referenced by a template, without resolving them (for validation).
+pub fn references(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(n) = rest.find('$') {
+        rest = &rest[n + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            rest = r;
+            continue;
+        }
+        let body = rest.strip_prefix('{').unwrap_or(rest);
+        if body.starts_with('{') {
+            continue;
+        }
+        let len = body
+            .char_indices()
+            .find(|&(i, c)| !(c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
+            .map_or(body.len(), |(i, _)| i);
+        if len > 0 {
+            names.push(body[..len].to_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(layers: &[&[(&str, &str)]]) -> Scope {
+        let mut s = Scope::new();
+        for l in layers {
+            s.push_layer(l.iter().copied());
+        }
+        s
+    }
+
+    #[test]
+    fn all_forms_expand() {
+        let s = scope(&[&[("A", "hello"), ("E", ""), ("P", "a-b-a")]]);
+        assert_eq!(s.expand("$A ${A}!").unwrap(), "hello hello!");
+        assert_eq!(s.expand("${MISSING:-dflt}").unwrap(), "dflt");
+        assert_eq!(s.expand("${E:-dflt}").unwrap(), "dflt");
+        assert_eq!(s.expand("${A:+yes}${MISSING:+no}").unwrap(), "yes");
+        assert_eq!(s.expand("${P/a/x}").unwrap(), "x-b-a");
+        assert_eq!(s.expand("${P//a/x}").unwrap(), "x-b-x");
+        assert_eq!(s.expand("cost $$5 and $ alone").unwrap(), "cost $5 and $ alone");
+        assert_eq!(s.expand("${{ env.A }}").unwrap(), "${{ env.A }}");
+        assert_eq!(s.expand("${MISSING:-${A}}").unwrap(), "hello");
+    }
+
+    #[test]
+    fn higher_layers_win_and_nested_references_resolve() {
+        let s = scope(&[&[("X", "cli")], &[("X", "job"), ("Y", "$X-$Z")], &[("Z", "global")]]);
+        let all = s.resolve_all().unwrap();
+        assert_eq!(all["X"], "cli");
+        assert_eq!(all["Y"], "cli-global");
+    }
+
+    #[test]
+    fn self_reference_reads_the_layer_below() {
+        let s = scope(&[&[("PATH", "/opt/bin:$PATH")], &[("PATH", "/usr/bin")]]);
+        assert_eq!(s.resolve("PATH").unwrap().unwrap(), "/opt/bin:/usr/bin");
+    }
+
+    #[test]
+    fn cycles_are_detected_with_their_path() {
+        let s = scope(&[&[("A", "$B"), ("B", "${C}"), ("C", "$A")]]);
+        match s.resolve("A") {
+            Err(VarError::Cycle(path)) => assert_eq!(path, ["A", "B", "C", "A"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn undefined_without_default_is_an_error() {
+        let s = scope(&[&[("A", "$NOPE")]]);
+        assert_eq!(s.resolve("A"), Err(VarError::Undefined("NOPE".into())));
+        assert!(matches!(s.expand("${A"), Err(VarError::Unclosed(_))));
+    }
+
+    #[test]
+    fn exponential_growth_is_bounded() {
+        let mut layer = vec![("V0".to_string(), "xxxxxxxxxxxxxxxx".to_string())];
+        for i in 1..30 {
+            layer.push((format!("V{i}"), format!("${{V{}}}${{V{}}}", i - 1, i - 1)));
+        }
+        let mut s = Scope::new();
+        s.push_layer(layer);
+        assert_eq!(s.resolve("V29"), Err(VarError::TooLong));
+    }
+
+    #[test]
+    fn references_lists_names() {
+        assert_eq!(references("$A ${B:-x} $$C ${{ env.D }}"), ["A", "B"]);
+    }
+}

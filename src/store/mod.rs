@@ -1,0 +1,399 @@
+//! What is KEPT of a run: a folder per run under the state directory.
+//!
+//! ```text
+//! <state>/runs/<run-id>/
+//!     meta.json        pipeline file, project dir, start time
+//!     pipeline.yml     the resolved pipeline that ran
+//!     events.jsonl     every event but log lines, appended and flushed at each transition
+//!     logs/<job>.<attempt>.log   one line per output line: ts_ms TAB stream TAB step TAB text
+//!     summary.json     written when the run finishes
+//! <state>/logs/trackside.log.YYYY-MM-DD   trackside's own diagnostics
+//! ```
+//! Log files are line-buffered, so a crash loses at most a partial line.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, LineWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::event::{Event, EventKind, RunResult, RunSummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot find a state directory: set TRACKSIDE_STATE_DIR or pass --state-dir")]
+    NoStateDir,
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no run matches `{0}`; `trackside runs` lists them")]
+    NoSuchRun(String),
+    #[error("`{0}` matches several runs: {1}; give more of the id")]
+    Ambiguous(String, String),
+    #[error("run {run} has no log for job `{job}`{attempt}; jobs with logs: {known}")]
+    NoLog {
+        run: String,
+        job: String,
+        attempt: String,
+        known: String,
+    },
+    #[error("run record {path} is damaged: {message}")]
+    Damaged { path: PathBuf, message: String },
+}
+
+fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `--state-dir` > `TRACKSIDE_STATE_DIR` > the platform data directory.
+pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf, StoreError> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("TRACKSIDE_STATE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    directories::ProjectDirs::from("", "", "trackside")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or(StoreError::NoStateDir)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A sortable, unique-enough id: `20261123-022700-3f9a`.
+pub fn new_run_id() -> String {
+    let now = SystemTime::now();
+    let ts = humantime::format_rfc3339_seconds(now).to_string();
+    let compact: String = ts.chars().filter(char::is_ascii_digit).collect();
+    let (date, time) = compact.split_at(8.min(compact.len()));
+    format!("{date}-{time}-{:04x}", fastrand::u16(..))
+}
+
+/// A job name made safe for a file name (job names are validated, but be sure).
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect()
+}
+
+pub fn log_path(run_dir: &Path, job: &str, attempt: u32) -> PathBuf {
+    run_dir.join("logs").join(format!("{}.{attempt}.log", file_safe(job)))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub pipeline: String,
+    pub pipeline_file: PathBuf,
+    pub project_dir: PathBuf,
+    pub started_ms: u64,
+}
+
+/// The writer side of one run's folder.
+pub struct RunRecord {
+    dir: PathBuf,
+    events: LineWriter<File>,
+    logs: HashMap<(String, u32), LineWriter<File>>,
+}
+
+impl RunRecord {
+    pub fn create(state: &Path, meta: &RunMeta, resolved_pipeline: &str) -> Result<RunRecord, StoreError> {
+        let dir = state.join("runs").join(&meta.run_id);
+        std::fs::create_dir_all(dir.join("logs")).map_err(io_err("cannot create run folder", &dir))?;
+        let meta_path = dir.join("meta.json");
+        let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
+        std::fs::write(&meta_path, meta_text).map_err(io_err("cannot write", &meta_path))?;
+        let pl = dir.join("pipeline.yml");
+        std::fs::write(&pl, resolved_pipeline).map_err(io_err("cannot write", &pl))?;
+        let ev = dir.join("events.jsonl");
+        let events = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ev)
+            .map_err(io_err("cannot open", &ev))?;
+        Ok(RunRecord {
+            dir,
+            events: LineWriter::new(events),
+            logs: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one event: log lines to their attempt's log, the rest to events.jsonl.
+    pub fn write(&mut self, ev: &Event) -> Result<(), StoreError> {
+        match &ev.kind {
+            EventKind::LogLine {
+                job,
+                attempt,
+                step,
+                stream,
+                line,
+            } => {
+                let tag = match stream {
+                    crate::exec::Stream::Stdout => "out",
+                    crate::exec::Stream::Stderr => "err",
+                };
+                self.log_line(job, *attempt, ev.ts, tag, step, line)
+            }
+            EventKind::StepStarted { job, attempt, step, .. } => self.log_line(job, *attempt, ev.ts, "step", step, ""),
+            kind => {
+                if let EventKind::JobFinished { job, attempt, .. } | EventKind::JobRetrying { job, attempt, .. } = kind {
+                    let key_attempt = if matches!(kind, EventKind::JobRetrying { .. }) { attempt - 1 } else { *attempt };
+                    self.logs.remove(&(job.clone(), key_attempt));
+                }
+                let path = self.dir.join("events.jsonl");
+                let mut line = serde_json::to_string(ev).map_err(|e| StoreError::Damaged {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                line.push('\n');
+                self.events.write_all(line.as_bytes()).map_err(io_err("cannot write", &path))
+            }
+        }
+    }
+
+    fn log_line(&mut self, job: &str, attempt: u32, ts: u64, stream: &str, step: &str, text: &str) -> Result<(), StoreError> {
+        let key = (job.to_string(), attempt);
+        if !self.logs.contains_key(&key) {
+            let path = log_path(&self.dir, job, attempt);
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("cannot open", &path))?;
+            self.logs.insert(key.clone(), LineWriter::new(f));
+        }
+        let path = log_path(&self.dir, job, attempt);
+        let w = self.logs.get_mut(&key).ok_or_else(|| StoreError::Damaged {
+            path: path.clone(),
+            message: "log writer vanished".into(),
+        })?;
+        writeln!(w, "{ts}\t{stream}\t{step}\t{text}").map_err(io_err("cannot write", &path))
+    }
+
+    /// Writes summary.json atomically (temp file + rename).
+    pub fn finish(&mut self, summary: &RunSummary) -> Result<(), StoreError> {
+        self.logs.clear();
+        let _ = self.events.flush();
+        let path = self.dir.join("summary.json");
+        let tmp = self.dir.join("summary.json.tmp");
+        let text = serde_json::to_string_pretty(summary).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
+    }
+}
+
+/// One line of `trackside runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunListing {
+    pub run_id: String,
+    pub pipeline: String,
+    pub started_ms: u64,
+    pub duration_ms: Option<u64>,
+    /// `None` while running or after a crash.
+    pub result: Option<RunResult>,
+}
+
+pub fn runs_dir(state: &Path) -> PathBuf {
+    state.join("runs")
+}
+
+/// Past runs, oldest first.
+pub fn list_runs(state: &Path) -> Result<Vec<RunListing>, StoreError> {
+    let dir = runs_dir(state);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("cannot read", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta_text) = std::fs::read_to_string(path.join("meta.json")) else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_str::<RunMeta>(&meta_text) else {
+            continue;
+        };
+        let summary = read_summary_file(&path).ok();
+        out.push(RunListing {
+            run_id: meta.run_id,
+            pipeline: meta.pipeline,
+            started_ms: meta.started_ms,
+            duration_ms: summary.as_ref().map(|s| s.duration_ms),
+            result: summary.map(|s| s.result),
+        });
+    }
+    out.sort_by(|a, b| (a.started_ms, &a.run_id).cmp(&(b.started_ms, &b.run_id)));
+    Ok(out)
+}
+
+/// Finds a run folder by id, unique id prefix, or `last`.
+pub fn find_run(state: &Path, id: &str) -> Result<PathBuf, StoreError> {
+    let runs = list_runs(state)?;
+    if id == "last" || id == "latest" {
+        return runs
+            .last()
+            .map(|r| runs_dir(state).join(&r.run_id))
+            .ok_or_else(|| StoreError::NoSuchRun(id.into()));
+    }
+    let matches: Vec<&RunListing> = runs.iter().filter(|r| r.run_id.starts_with(id)).collect();
+    match matches.as_slice() {
+        [one] => Ok(runs_dir(state).join(&one.run_id)),
+        [] => Err(StoreError::NoSuchRun(id.into())),
+        many => {
+            if let Some(exact) = many.iter().find(|r| r.run_id == id) {
+                return Ok(runs_dir(state).join(&exact.run_id));
+            }
+            Err(StoreError::Ambiguous(
+                id.into(),
+                many.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>().join(", "),
+            ))
+        }
+    }
+}
+
+fn read_summary_file(run_dir: &Path) -> Result<RunSummary, StoreError> {
+    let path = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(io_err("cannot read", &path))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Damaged {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// The run's summary; for a run that never finished (crash, kill -9), the
+/// last summary-bearing event or `None`.
+pub fn read_summary(run_dir: &Path) -> Result<Option<RunSummary>, StoreError> {
+    if run_dir.join("summary.json").exists() {
+        return read_summary_file(run_dir).map(Some);
+    }
+    Ok(read_events(run_dir)?.into_iter().rev().find_map(|e| match e.kind {
+        EventKind::RunFinished { summary } => Some(summary),
+        _ => None,
+    }))
+}
+
+/// Every event in events.jsonl; a torn last line (crash) is ignored.
+pub fn read_events(run_dir: &Path) -> Result<Vec<Event>, StoreError> {
+    let path = run_dir.join("events.jsonl");
+    let f = File::open(&path).map_err(io_err("cannot read", &path))?;
+    let mut out = Vec::new();
+    for line in io::BufReader::new(f).lines() {
+        let line = line.map_err(io_err("cannot read", &path))?;
+        if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+            out.push(ev);
+        }
+    }
+    Ok(out)
+}
+
+/// One parsed line of an attempt log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub ts_ms: u64,
+    /// `out`, `err` or `step` (a step boundary).
+    pub stream: String,
+    pub step: String,
+    pub text: String,
+}
+
+pub fn parse_log_line(line: &str) -> Option<LogEntry> {
+    let mut parts = line.splitn(4, '\t');
+    Some(LogEntry {
+        ts_ms: parts.next()?.parse().ok()?,
+        stream: parts.next()?.to_string(),
+        step: parts.next()?.to_string(),
+        text: parts.next().unwrap_or("").to_string(),
+    })
+}
+
+/// Attempt numbers with a log for `job`, ascending.
+pub fn log_attempts(run_dir: &Path, job: &str) -> Vec<u32> {
+    let prefix = format!("{}.", file_safe(job));
+    let mut out: Vec<u32> = std::fs::read_dir(run_dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix(&prefix)?.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The log of one attempt (the last one when `attempt` is None).
+pub fn read_log(run_dir: &Path, job: &str, attempt: Option<u32>) -> Result<(u32, Vec<LogEntry>), StoreError> {
+    let attempts = log_attempts(run_dir, job);
+    let chosen = match attempt {
+        Some(a) if attempts.contains(&a) => Some(a),
+        Some(_) => None,
+        None => attempts.last().copied(),
+    };
+    let Some(a) = chosen else {
+        let mut known: Vec<String> = std::fs::read_dir(run_dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".log").map(str::to_string))
+            .collect();
+        known.sort();
+        return Err(StoreError::NoLog {
+            run: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            job: job.into(),
+            attempt: attempt.map(|a| format!(" attempt {a}")).unwrap_or_default(),
+            known: if known.is_empty() { "none".into() } else { known.join(", ") },
+        });
+    };
+    let path = log_path(run_dir, job, a);
+    let f = File::open(&path).map_err(io_err("cannot read", &path))?;
+    let mut out = Vec::new();
+    for line in io::BufReader::new(f).lines() {
+        let line = line.map_err(io_err("cannot read", &path))?;
+        if let Some(e) = parse_log_line(&line) {
+            out.push(e);
+        }
+    }
+    Ok((a, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_round_trip_with_tabs_in_text() {
+        let e = parse_log_line("12\tout\tbuild\ta\tb").expect("parse");
+        assert_eq!(e.text, "a\tb");
+        assert_eq!(e.step, "build");
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let id = new_run_id();
+        assert_eq!(id.len(), 20, "{id}");
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'), "{id}");
+    }
+}
