@@ -269,7 +269,13 @@ impl RunState {
             Input::RetryDue { job } => {
                 if self.jobs[job].status == JobStatus::Retrying {
                     self.retrying -= 1;
-                    self.make_ready(job, &mut fx);
+                    // An upstream job may have been reset meanwhile (user retry):
+                    // then the normal rules decide again when it is done.
+                    if self.plan.deps[job].iter().all(|&d| self.jobs[d].status.is_terminal()) {
+                        self.make_ready(job, &mut fx);
+                    } else {
+                        self.jobs[job].status = JobStatus::Pending;
+                    }
                 }
             }
             Input::Approve(job) => {
@@ -652,13 +658,19 @@ impl RunState {
         let mut first = true;
         while let Some(k) = stack.pop() {
             let st = &mut self.jobs[k];
+            // Queued or gate-waiting dependents are no longer eligible either:
+            // their upstream is about to run again.
             let eligible = first
                 || (st.status == JobStatus::Skipped && st.blocked_by.is_some())
                 || (st.status == JobStatus::Skipped && self.pipeline.jobs[k].when == When::OnFailure)
-                || (st.status == JobStatus::Cancelled && st.attempt == 0);
+                || (st.status == JobStatus::Cancelled && st.attempt == 0)
+                || matches!(st.status, JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Retrying);
             first = false;
             if !eligible {
                 continue;
+            }
+            if st.status == JobStatus::Retrying {
+                self.retrying -= 1;
             }
             st.status = JobStatus::Pending;
             st.blocked_by = None;
@@ -705,11 +717,17 @@ impl RunState {
         }
     }
 
+    /// The run is finished exactly when nothing is active; new activity
+    /// (a retry, a late approval) reopens it and it finishes again later.
     fn maybe_finish(&mut self, fx: &mut Vec<Effect>) {
-        if self.finished || self.running > 0 || self.retrying > 0 {
+        let active = self.running > 0
+            || self.retrying > 0
+            || self.ready.iter().any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready);
+        if active {
+            self.finished = false;
             return;
         }
-        if self.ready.iter().any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready) {
+        if self.finished {
             return;
         }
         let gates: Vec<JobId> = (0..self.jobs.len())

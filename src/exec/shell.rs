@@ -137,7 +137,7 @@ pub fn sweep_tagged(tag: &str) -> usize {
     let mut total = 0;
     // Processes may fork while we kill them: go round until none is left.
     for _ in 0..20 {
-        let found = tagged_pids(&needle, me);
+        let found = tagged_pids(&needle, false, me);
         if found.is_empty() {
             break;
         }
@@ -150,8 +150,9 @@ pub fn sweep_tagged(tag: &str) -> usize {
     total
 }
 
-/// Pids of live (not zombie) processes whose environment contains `needle`.
-pub fn tagged_pids(needle: &str, except: u32) -> Vec<i32> {
+/// Pids of live (not zombie) processes whose environment has the entry
+/// `needle` (or, with `prefix`, an entry starting with it).
+pub fn tagged_pids(needle: &str, prefix: bool, except: u32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -166,7 +167,8 @@ pub fn tagged_pids(needle: &str, except: u32) -> Vec<i32> {
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+        let hit = |kv: &[u8]| if prefix { kv.starts_with(needle.as_bytes()) } else { kv == needle.as_bytes() };
+        if env.split(|&b| b == 0).any(hit) {
             let zombie = std::fs::read_to_string(entry.path().join("stat"))
                 .ok()
                 .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))

@@ -464,6 +464,7 @@ impl Cx<'_> {
                         }
                     }
                 }
+                Value::Map(_) => self.err(node, "jobs", "`jobs` has no jobs", "add at least one job under `jobs:`"),
                 _ => self.err(
                     node,
                     "jobs",
@@ -575,6 +576,12 @@ impl Cx<'_> {
                         }
                     }
                 }
+                Value::Seq(_) => self.err(
+                    s,
+                    &join(&path, "steps"),
+                    "`steps` is empty",
+                    "add at least one `- script: ...` entry",
+                ),
                 _ => self.err(
                     s,
                     &join(&path, "steps"),
@@ -862,8 +869,16 @@ impl Cx<'_> {
             scope
         };
         let report = |cx: &mut Self, vars: &[EnvVar], scope: &Scope, layer: usize, path: &str| {
+            // A cycle is one mistake: report it at its first member only.
+            let mut in_reported_cycle: Vec<String> = Vec::new();
             for v in vars {
+                if in_reported_cycle.contains(&v.name) {
+                    continue;
+                }
                 if let Err(e) = scope.resolve_from(&v.name, layer) {
+                    if let VarError::Cycle(names) = &e {
+                        in_reported_cycle.extend(names.iter().cloned());
+                    }
                     cx.var_error(v, &join(path, &v.name), e);
                 }
             }
@@ -897,9 +912,30 @@ impl Cx<'_> {
     }
 
     fn var_error(&mut self, v: &EnvVar, path: &str, e: VarError) {
-        let width = v.value.lines().next().map_or(1, |l| l.chars().count().max(1));
+        let first_line = v.value.lines().next().unwrap_or("");
+        // Point at the reference itself when it is on the first line.
+        let (pos, width) = match &e {
+            VarError::Undefined(name) => {
+                let found = [format!("${{{name}"), format!("${name}")]
+                    .iter()
+                    .find_map(|pat| first_line.find(pat.as_str()).map(|at| (at, pat.len())));
+                match found {
+                    Some((at, len)) => {
+                        let col = v.pos.col + first_line[..at].chars().count();
+                        let len = if first_line[at..].starts_with("${") {
+                            first_line[at..].find('}').map_or(len, |end| end + 1)
+                        } else {
+                            len
+                        };
+                        (Pos { line: v.pos.line, col }, len)
+                    }
+                    None => (v.pos, first_line.chars().count().max(1)),
+                }
+            }
+            _ => (v.pos, first_line.chars().count().max(1)),
+        };
         self.diags
-            .push(Diagnostic::error(v.pos, width, path, e.to_string()).with_hint(e.hint()));
+            .push(Diagnostic::error(pos, width, path, e.to_string()).with_hint(e.hint()));
     }
 }
 
@@ -960,7 +996,7 @@ mod tests {
         let src = "name: x\nglobal_env:\n  A: \"$NOPE\"\n  B: \"${NOPE2:-ok}\"\njobs:\n  a:\n    steps:\n      - script: echo\n";
         let errs = check(src).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!((errs[0].0, errs[0].1), (3, 6));
+        assert_eq!((errs[0].0, errs[0].1), (3, 7));
         assert!(errs[0].2.contains("undefined variable `NOPE`"));
     }
 

@@ -41,10 +41,10 @@ impl VarError {
                 "define `{name}` in environment/global_env, pass `--var {name}=...`, \
                  give a default with `${{{name}:-value}}`, or let it through from the host with `--pass-env {name}`"
             ),
-            VarError::Cycle(path) => format!(
-                "break the cycle: one of {} must not refer back",
-                path.join(", ")
-            ),
+            VarError::Cycle(path) => {
+                let names = &path[..path.len().saturating_sub(1)];
+                format!("break the cycle: one of {} must not refer to the next", names.join(", "))
+            }
             VarError::TooDeep => "flatten the chain of variables referring to variables".into(),
             VarError::TooLong => "a variable's value should not grow this large".into(),
             VarError::Unclosed(_) => "close the reference with `}`".into(),

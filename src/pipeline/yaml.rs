@@ -128,6 +128,8 @@ enum Frame {
         entries: Vec<(Node, Node)>,
         pending_key: Option<Node>,
         pos: Option<Pos>,
+        /// Where the mapping began (used when it has no keys).
+        start: Pos,
         anchor: usize,
         merges: Vec<Node>,
     },
@@ -270,6 +272,7 @@ pub fn parse(src: &str) -> Parsed {
                         entries: Vec::new(),
                         pending_key: None,
                         pos: None,
+                        start: pos,
                         anchor,
                         merges: Vec::new(),
                     });
@@ -291,6 +294,7 @@ pub fn parse(src: &str) -> Parsed {
                 Some(Frame::Map {
                     mut entries,
                     pos: map_pos,
+                    start,
                     anchor,
                     merges,
                     ..
@@ -299,7 +303,7 @@ pub fn parse(src: &str) -> Parsed {
                     Some((
                         Node {
                             value: Value::Map(entries),
-                            pos: map_pos.unwrap_or(pos),
+                            pos: map_pos.unwrap_or(start),
                             width: 1,
                         },
                         anchor,

@@ -435,3 +435,48 @@ fn stale_attempt_reports_are_ignored() {
     assert!(fx.is_empty());
     assert_eq!(m.status(0), JobStatus::Running);
 }
+
+#[test]
+fn resetting_a_job_pulls_back_dependents_that_were_already_queued() {
+    // One slot: `a` fails, `busy` takes the slot and `cleanup` (always) waits
+    // in the queue. Rerunning `a` must not let `cleanup` start before `mid`.
+    let src = yaml(&[("busy", &[], ""), ("a", &[], ""), ("mid", &["a"], ""), ("cleanup", &["mid"], "when: always")]);
+    let mut m = machine(&src, opts(1));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 1, FailureClass::Script, 1);
+    assert_eq!(m.status(0), JobStatus::Running);
+    assert_eq!(m.status(3), JobStatus::Ready);
+    m.handle(Input::RerunFailed, t(2));
+    assert_eq!(m.status(2), JobStatus::Pending);
+    assert_eq!(m.status(3), JobStatus::Pending, "no longer eligible while mid is pending");
+}
+
+#[test]
+fn a_retry_falling_due_waits_if_an_upstream_job_was_reset() {
+    let src = yaml(&[("e", &[], ""), ("f", &["e"], "when: on_failure\nretry_count: 1"), ("busy", &[], "")]);
+    let mut m = machine(&src, opts(2));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1); // e fails -> f runs
+    assert_eq!(m.status(1), JobStatus::Running);
+    m.handle(Input::Retry(0), t(2)); // e queued again behind f and busy
+    fail(&mut m, 1, FailureClass::Network, 3); // f will retry
+    assert_eq!(m.status(0), JobStatus::Running);
+    m.handle(Input::RetryDue { job: 1 }, t(4));
+    assert_eq!(m.status(1), JobStatus::Pending, "f waits for e again");
+    ok(&mut m, 0, 5);
+    assert_eq!(m.status(1), JobStatus::Skipped, "e passed, so on_failure f does not run");
+}
+
+#[test]
+fn a_late_approval_reopens_a_run_that_ended_blocked() {
+    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual")]);
+    let mut m = machine(&src, opts(2));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 1);
+    assert_eq!(finished(&fx).map(|s| s.result), Some(RunResult::Blocked));
+    let fx = m.handle(Input::Approve(1), t(2));
+    assert_eq!(started(&fx), [1]);
+    assert!(!m.is_finished(), "running again");
+    let s = finished(&ok(&mut m, 1, 3)).expect("finishes again");
+    assert_eq!(s.result, RunResult::Passed);
+}

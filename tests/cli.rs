@@ -1,0 +1,380 @@
+//! The `trackside` binary: exit codes, output formats, signals, records.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_trackside"));
+        c.env("TRACKSIDE_STATE_DIR", self.state()).env_remove("NO_COLOR").stdin(Stdio::null());
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run trackside")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+const OK: &str = "name: ok\njobs:\n  build:\n    steps:\n      - script: echo built\n  test-suite:\n    depends_on: [build]\n    steps:\n      - script: [echo one, echo two >&2]\n";
+
+#[test]
+fn a_passing_run_prints_padded_lines_a_table_and_exits_0() {
+    let e = Env::new();
+    let f = e.file("p.yml", OK);
+    let o = e.run(&["run", f.to_str().unwrap_or_default()]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}{}", text(&o.stderr));
+    assert!(out.contains("build      > built"), "{out}");
+    assert!(out.contains("test-suite > one"), "{out}");
+    assert!(out.contains("test-suite > two"), "{out}");
+    assert!(out.contains(":: build      PASS"), "{out}");
+    assert!(out.contains("JOB         STATUS"), "{out}");
+    assert!(out.contains("PASSED: all 2 jobs passed"), "{out}");
+}
+
+#[test]
+fn a_failing_run_exits_1_and_names_the_class() {
+    let e = Env::new();
+    let f = e.file("p.yml", "name: f\njobs:\n  bad:\n    steps: [{script: exit 4}]\n  next:\n    depends_on: [bad]\n    steps: [{script: 'true'}]\n");
+    let o = e.run(&["run", f.to_str().unwrap_or_default()]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 1);
+    assert!(out.contains("FAIL (exit 4, script)"), "{out}");
+    assert!(out.contains("next") && out.contains("blocked by bad"), "{out}");
+}
+
+#[test]
+fn json_output_is_one_parseable_event_per_line() {
+    let e = Env::new();
+    let f = e.file("p.yml", OK);
+    let o = e.run(&["run", "--json", f.to_str().unwrap_or_default()]);
+    assert_eq!(code(&o), 0);
+    let events: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("{l}: {err}")))
+        .collect();
+    assert_eq!(events[0]["type"], "run_started");
+    assert!(events.iter().all(|e| e["ts"].as_u64().is_some()));
+    assert!(events.iter().any(|e| e["type"] == "log_line" && e["line"] == "two" && e["stream"] == "stderr"));
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "run_finished");
+    assert_eq!(last["summary"]["result"], "passed");
+}
+
+#[test]
+fn manual_gates_block_unless_approved() {
+    let e = Env::new();
+    let f = e.file("p.yml", "name: g\njobs:\n  deploy:\n    when: manual\n    steps: [{script: echo shipped}]\n");
+    let path = f.to_str().unwrap_or_default();
+    let o = e.run(&["run", path]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o.stdout).contains("blocked on manual job deploy"));
+    let o = e.run(&["run", path, "--approve", "deploy"]);
+    assert_eq!(code(&o), 0);
+    assert!(text(&o.stdout).contains("deploy > shipped"));
+    let o = e.run(&["run", path, "--approve-all"]);
+    assert_eq!(code(&o), 0);
+    let o = e.run(&["run", path, "--approve", "deplyo"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("did you mean `deploy`"));
+}
+
+#[test]
+fn host_variables_stay_out_unless_passed() {
+    let e = Env::new();
+    let f = e.file("p.yml", "name: v\njobs:\n  show:\n    steps: [{script: 'echo \"[${LEAKY:-unset}] [$FROMCLI]\"'}]\n");
+    let path = f.to_str().unwrap_or_default();
+    let o = e.cmd().args(["run", path, "--var", "FROMCLI=x"]).env("LEAKY", "host").output().expect("run");
+    assert!(text(&o.stdout).contains("show > [unset] [x]"), "{}", text(&o.stdout));
+    let o = e
+        .cmd()
+        .args(["run", path, "--var", "FROMCLI=x", "--pass-env", "LEAKY"])
+        .env("LEAKY", "host")
+        .output()
+        .expect("run");
+    assert!(text(&o.stdout).contains("show > [host] [x]"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn secrets_from_env_and_files_are_masked() {
+    let e = Env::new();
+    let f = e.file("p.yml", "name: s\njobs:\n  s:\n    steps: [{script: 'echo $TOK $FTOK'}]\n");
+    let secret_file = e.file("tok.txt", "file-secret-99\n");
+    let o = e
+        .cmd()
+        .args(["run", f.to_str().unwrap_or_default(), "--secret", "TOK"])
+        .arg("--secret-file")
+        .arg(format!("FTOK={}", secret_file.display()))
+        .env("TOK", "env-secret-77")
+        .output()
+        .expect("run");
+    let out = text(&o.stdout);
+    assert!(out.contains("s > [MASKED] [MASKED]"), "{out}");
+    assert!(!out.contains("secret-77") && !out.contains("secret-99"));
+    let o = e.run(&["run", f.to_str().unwrap_or_default(), "--secret", "NOT_SET_ANYWHERE"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("NOT_SET_ANYWHERE"));
+}
+
+#[test]
+fn validate_reports_all_errors_with_positions_and_json() {
+    let e = Env::new();
+    let f = e.file(
+        "bad.yml",
+        "name: b\njobs:\n  a:\n    depends_on: [biuld]\n    steps: [{script: x}]\n  build:\n    timeout: 0\n    steps: [{script: x}]\n",
+    );
+    let path = f.to_str().unwrap_or_default();
+    let o = e.run(&["validate", path]);
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(err.contains("bad.yml:4:18"), "{err}");
+    assert!(err.contains("did you mean `build`?"), "{err}");
+    assert!(err.contains("bad.yml:7:14"), "{err}");
+    assert!(err.contains("2 errors"), "{err}");
+    let o = e.run(&["validate", path, "--format", "json"]);
+    assert_eq!(code(&o), 2);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["diagnostics"][0]["line"], 4);
+    assert_eq!(v["diagnostics"][0]["column"], 18);
+    assert_eq!(v["diagnostics"][0]["path"], "jobs.a.depends_on[0]");
+    let good = e.file("good.yml", OK);
+    let o = e.run(&["validate", good.to_str().unwrap_or_default()]);
+    assert_eq!(code(&o), 0);
+    assert!(text(&o.stdout).contains("valid: pipeline `ok`, 2 jobs in 2 levels"));
+}
+
+#[test]
+fn plan_prints_levels_critical_path_and_parallelism() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: p\njobs:\n  a:\n    steps: [{script: x}]\n  b:\n    steps: [{script: x}]\n  c:\n    depends_on: [a]\n    steps: [{script: x}]\n",
+    );
+    let o = e.run(&["plan", f.to_str().unwrap_or_default()]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0);
+    assert!(out.contains("3 jobs in 2 levels, max parallelism 2"), "{out}");
+    assert!(out.contains("level 0: a, b"), "{out}");
+    assert!(out.contains("critical path (2 jobs): a -> c"), "{out}");
+    let o = e.run(&["plan", f.to_str().unwrap_or_default(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["max_parallelism"], 2);
+}
+
+#[test]
+fn runs_logs_and_show_read_the_records() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: rec\nretry_policy: {backoff: {initial: 0.01}}\njobs:\n  j:\n    retry_count: 1\n    retry_when: [script]\n    steps:\n      - name: first\n        script: 'echo attempt-$CI_JOB_ATTEMPT; [ $CI_JOB_ATTEMPT = 2 ]'\n",
+    );
+    let o = e.run(&["run", f.to_str().unwrap_or_default()]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    let o = e.run(&["runs"]);
+    let out = text(&o.stdout);
+    assert!(out.contains("rec") && out.contains("passed"), "{out}");
+    let o = e.run(&["logs", "last", "j"]);
+    assert_eq!(text(&o.stdout), "--- step: first ---\nattempt-2\n");
+    let o = e.run(&["logs", "last", "j", "--attempt", "1"]);
+    assert_eq!(text(&o.stdout), "--- step: first ---\nattempt-1\n");
+    let o = e.run(&["logs", "last", "nope"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("j.1, j.2"), "{}", text(&o.stderr));
+    let o = e.run(&["show", "last"]);
+    assert!(text(&o.stdout).contains("FLAKY"), "{}", text(&o.stdout));
+    let o = e.run(&["show", "no-such-run"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("trackside runs"));
+}
+
+#[test]
+fn repeat_reports_the_flake_rate() {
+    let e = Env::new();
+    let c = e.dir.path().join("count");
+    let f = e.file(
+        "p.yml",
+        &format!(
+            "name: r\njobs:\n  t:\n    steps:\n      - script: 'n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -ne 2 ]'\n",
+            c = c.display()
+        ),
+    );
+    let o = e.run(&["run", f.to_str().unwrap_or_default(), "--job", "t", "--repeat", "5"]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 1, "{out}");
+    assert!(out.contains("repeat `t`: 5 runs, 4 passed (0 only after a retry), 1 failed; flake rate 20.0%"), "{out}");
+}
+
+/// Runs trackside on a long job, sends `signal` once it is running, and
+/// checks the exit code and that the records were written.
+fn interrupt_with(signal: nix::sys::signal::Signal) {
+    let e = Env::new();
+    let f = e.file("p.yml", "name: long\njobs:\n  long:\n    steps: [{script: 'echo running; sleep 60'}]\n");
+    let mut child = e
+        .cmd()
+        .args(["run", f.to_str().unwrap_or_default(), "--kill-grace", "0.5"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("job output");
+        if line.contains("long > running") {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, signal).expect("signal");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("CANCELLED")), "{rest:?}");
+    let runs: Vec<_> = std::fs::read_dir(e.state().join("runs")).expect("runs").flatten().collect();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].path().join("summary.json").exists(), "records written before exit");
+}
+
+#[test]
+fn ctrl_c_cancels_cleanly_with_exit_130() {
+    interrupt_with(nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_cancels_cleanly_with_exit_130() {
+    interrupt_with(nix::sys::signal::Signal::SIGTERM);
+}
+
+fn expect_invalid(e: &Env, path: &Path, needle: &str) {
+    let started = std::time::Instant::now();
+    let o = e.run(&["validate", path.to_str().unwrap_or_default()]);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // A hang would trip the harness; this only documents the expectation.
+    let _ = started;
+}
+
+#[test]
+fn hostile_files_get_clear_errors_and_exit_2() {
+    let e = Env::new();
+    expect_invalid(&e, &e.file("empty.yml", ""), "pipeline file is empty");
+    expect_invalid(&e, &e.file("blank.yml", "\n   \n"), "pipeline file is empty");
+    let bin: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let p = e.dir.path().join("garbage.bin");
+    std::fs::write(&p, &bin).expect("write");
+    expect_invalid(&e, &p, "error");
+    let p = e.dir.path().join("latin1.yml");
+    std::fs::write(&p, b"name: caf\xe9\njobs: {}\n").expect("write");
+    expect_invalid(&e, &p, "not valid UTF-8");
+    expect_invalid(&e, e.dir.path(), "is a directory");
+    expect_invalid(&e, &e.dir.path().join("missing.yml"), "cannot read pipeline file");
+    expect_invalid(&e, &e.file("scalar.yml", "just a string\n"), "must be a mapping");
+    expect_invalid(&e, &e.file("dup.yml", "name: a\nname: b\njobs: {}\n"), "duplicate key `name`");
+    let deep = "- ".repeat(10_000) + "x\n";
+    expect_invalid(&e, &e.file("deep.yml", &deep), "nesting");
+    let flow = "[".repeat(10_000);
+    expect_invalid(&e, &e.file("flow.yml", &flow), "nesting");
+    let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut prev = "a".to_string();
+    for n in ["b", "c", "d", "e", "f", "g", "h", "i"] {
+        bomb.push_str(&format!("{n}: &{n} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        prev = n.to_string();
+    }
+    expect_invalid(&e, &e.file("bomb.yml", &bomb), "alias bomb");
+}
+
+#[test]
+fn a_50_mb_file_is_refused_without_reading_it_all() {
+    let e = Env::new();
+    let p = e.dir.path().join("huge.yml");
+    let f = std::fs::File::create(&p).expect("create");
+    f.set_len(50 << 20).expect("sparse 50 MB file");
+    expect_invalid(&e, &p, "trackside reads at most");
+}
+
+#[test]
+fn an_unreadable_file_is_reported() {
+    let e = Env::new();
+    let p = e.file("locked.yml", OK);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    if std::fs::read(&p).is_ok() {
+        // Running as root: permissions do not stop reads; nothing to test here.
+        return;
+    }
+    expect_invalid(&e, &p, "cannot read pipeline file");
+}
+
+#[test]
+fn an_image_needs_the_shell_executor_flag() {
+    let e = Env::new();
+    let f = e.file("img.yml", "name: i\njobs:\n  a:\n    image: alpine:3\n    steps: [{script: echo on-host}]\n");
+    let path = f.to_str().unwrap_or_default();
+    let o = e.run(&["run", path]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("--executor shell"), "{}", text(&o.stderr));
+    let o = e.run(&["run", path, "--executor", "shell"]);
+    assert_eq!(code(&o), 0);
+    assert!(text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("a > on-host"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let e = Env::new();
+    assert_eq!(code(&e.run(&["run"])), 2);
+    assert_eq!(code(&e.run(&["frobnicate"])), 2);
+    let f = e.file("p.yml", OK);
+    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default(), "--var", "no-equals"])), 2);
+    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default(), "--repeat", "3"])), 2);
+    let o = e.run(&["run", f.to_str().unwrap_or_default(), "--job", "tset-suite"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("did you mean `test-suite`"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn the_demo_pipeline_is_valid_and_passes_when_approved() {
+    let e = Env::new();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.yml");
+    let o = e.run(&["run", demo.to_str().unwrap_or_default(), "--approve", "deploy-staging"]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("FLAKY"), "{out}");
+    assert!(out.contains("deploy-staging    > deployed"), "{out}");
+}

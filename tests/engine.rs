@@ -1,0 +1,316 @@
+//! The engine driven through its handle, with real shell jobs.
+
+mod common;
+
+use common::*;
+use trackside::engine::{EventKind, JobStatus, RunResult, Verdict};
+use trackside::pipeline::FailureClass;
+
+fn job<'a>(s: &'a trackside::engine::RunSummary, name: &str) -> &'a trackside::engine::event::JobSummary {
+    s.jobs.iter().find(|j| j.name == name).expect("job in summary")
+}
+
+#[tokio::test]
+async fn jobs_run_in_dependency_order_and_the_run_is_recorded() {
+    let mut s = setup(
+        "name: t\njobs:\n  a:\n    steps:\n      - name: one\n        script: [echo from-a, echo err-a >&2]\n  b:\n    depends_on: [a]\n    steps:\n      - script: echo from-b\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed);
+    assert!(r.lines("a").contains(&"from-a".to_string()));
+    assert!(r.lines("a").contains(&"err-a".to_string()));
+    let a_done = r.seen.iter().position(|e| matches!(&e.kind, EventKind::JobFinished { job, .. } if job == "a"));
+    let b_start = r.seen.iter().position(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b"));
+    assert!(a_done < b_start, "b starts after a finished");
+
+    let run_dir = r.handle.run_dir().to_path_buf();
+    let events = trackside::store::read_events(&run_dir).expect("events.jsonl");
+    assert!(matches!(events.first().map(|e| &e.kind), Some(EventKind::RunStarted { .. })));
+    assert!(matches!(events.last().map(|e| &e.kind), Some(EventKind::RunFinished { .. })));
+    let (attempt, log) = trackside::store::read_log(&run_dir, "a", None).expect("log");
+    assert_eq!(attempt, 1);
+    let texts: Vec<&str> = log.iter().filter(|e| e.stream != "step").map(|e| e.text.as_str()).collect();
+    assert!(texts.contains(&"from-a") && texts.contains(&"err-a"), "{texts:?}");
+    assert!(log.iter().any(|e| e.stream == "step" && e.step == "one"));
+    assert!(run_dir.join("summary.json").exists());
+    assert!(run_dir.join("pipeline.yml").exists());
+}
+
+#[tokio::test]
+async fn each_job_gets_a_fresh_copy_of_the_project() {
+    let mut s = setup(
+        "name: t\njobs:\n  a:\n    steps:\n      - script: [test -f README, echo junk > leftover]\n  b:\n    depends_on: [a]\n    steps:\n      - script: ['test ! -e leftover', 'test -f README', echo clean]\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("b"));
+    assert!(!s.project().join("leftover").exists(), "the project itself is untouched");
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_reported_flaky() {
+    let mut s = setup(
+        "name: t\nretry_policy:\n  backoff: {initial: 0.01, jitter: 0}\njobs:\n  net:\n    retry_count: 2\n    steps:\n      - script: |\n          if [ \"$CI_JOB_ATTEMPT\" = 1 ]; then echo 'curl: (6) Could not resolve host: x'; exit 6; fi\n          echo ok\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "net");
+    assert_eq!(j.verdict, Verdict::Flaky);
+    assert_eq!(j.attempts.len(), 2);
+    assert_eq!(j.attempts[0].failure_class, Some(FailureClass::Network));
+    assert_eq!(j.attempts[0].exit_code, Some(6));
+    assert!(j.attempts[0].retry_delay_ms.is_some());
+    assert!(r.seen.iter().any(|e| matches!(&e.kind, EventKind::JobRetrying { attempt: 2, .. })));
+    assert_eq!(sum.result, RunResult::Passed);
+}
+
+#[tokio::test]
+async fn failure_classes_come_from_exit_status_and_log_patterns() {
+    let mut s = setup(
+        "name: t\njobs:\n  disk:\n    steps:\n      - script: ['echo \"write: No space left on device\" >&2', exit 1]\n  oom:\n    steps:\n      - script: exit 137\n  plain:\n    steps:\n      - script: exit 3\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "disk").failure_class, Some(FailureClass::DiskFull));
+    assert_eq!(job(&sum, "oom").failure_class, Some(FailureClass::Oom));
+    assert_eq!(job(&sum, "plain").failure_class, Some(FailureClass::Script));
+    assert_eq!(job(&sum, "plain").attempts[0].exit_code, Some(3));
+    assert_eq!(sum.result, RunResult::Failed);
+}
+
+#[tokio::test]
+async fn failure_blocks_dependents_but_not_independent_jobs() {
+    let mut s = setup(
+        "name: t\njobs:\n  bad:\n    steps: [{script: exit 1}]\n  mid:\n    depends_on: [bad]\n    steps: [{script: 'true'}]\n  leaf:\n    depends_on: [mid]\n    steps: [{script: 'true'}]\n  other:\n    steps: [{script: echo independent}]\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "leaf").reason.as_deref(), Some("blocked by bad"));
+    assert_eq!(job(&sum, "other").verdict, Verdict::Pass);
+    assert_eq!(sum.exit_code, 1);
+}
+
+#[tokio::test]
+async fn job_timeout_stops_the_whole_process_group() {
+    let mut s = setup(
+        "name: t\njobs:\n  slow:\n    timeout: 1\n    steps:\n      - script: ['sleep 30 &', 'echo started', 'sleep 31']\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "slow");
+    assert_eq!(j.failure_class, Some(FailureClass::Timeout));
+    assert!(j.reason.as_deref().unwrap_or("").contains("job timeout"), "{:?}", j.reason);
+    let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
+    let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
+    assert!(left.is_empty(), "processes survived the timeout: {left:?}");
+}
+
+#[tokio::test]
+async fn step_timeout_applies_to_its_step() {
+    let mut s = setup(
+        "name: t\njobs:\n  s:\n    steps:\n      - name: quick\n        script: echo fine\n      - name: stuck\n        timeout: 1\n        script: sleep 30\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "s").failure_class, Some(FailureClass::Timeout));
+    let stuck = r.seen.iter().find_map(|e| match &e.kind {
+        EventKind::StepFinished { step, failure_class, .. } if step == "stuck" => Some(*failure_class),
+        _ => None,
+    });
+    assert_eq!(stuck, Some(Some(FailureClass::Timeout)));
+}
+
+#[tokio::test]
+async fn cancel_kills_grandchildren_and_escaped_processes() {
+    let mut s = setup(
+        "name: t\njobs:\n  tree:\n    steps:\n      - script:\n          - sleep 300 &\n          - sh -c 'sleep 301 & sleep 302' &\n          - setsid sleep 303 &\n          - echo ready\n          - sleep 304\n  after:\n    depends_on: [tree]\n    steps: [{script: 'true'}]\n",
+    );
+    let mut r = start(&mut s).await;
+    r.until("ready", |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready")).await;
+    let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
+    assert!(trackside::exec::shell::tagged_pids(&prefix, true, std::process::id()).len() >= 4);
+    r.handle.cancel("tree").await.expect("cancel");
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "tree").status, JobStatus::Cancelled);
+    assert_eq!(job(&sum, "after").status, JobStatus::Skipped);
+    let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
+    assert!(left.is_empty(), "processes survived the cancel: {left:?}");
+    assert!(r.handle.cancel("tree").await.is_err(), "a finished job cannot be cancelled");
+}
+
+#[tokio::test]
+async fn cancel_all_ends_the_run_as_cancelled() {
+    let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: 'echo go; sleep 30'}]\n  b:\n    depends_on: [a]\n    steps: [{script: 'true'}]\n");
+    let mut r = start(&mut s).await;
+    r.until("a runs", |k| matches!(k, EventKind::LogLine { line, .. } if line == "go")).await;
+    r.handle.cancel_all().await.expect("cancel all");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Cancelled);
+    assert_eq!(sum.exit_code, 130);
+    assert!(s.state().join("runs").join(r.handle.run_id()).join("summary.json").exists());
+}
+
+#[tokio::test]
+async fn a_gate_waits_for_approval_in_an_interactive_run() {
+    let mut s = setup(
+        "name: t\njobs:\n  build:\n    steps: [{script: 'true'}]\n  deploy:\n    depends_on: [build]\n    when: manual\n    steps: [{script: echo deployed}]\n",
+    );
+    s.cfg.finish_when_blocked = false;
+    let mut r = start(&mut s).await;
+    r.until("gate", |k| matches!(k, EventKind::GateWaiting { job } if job == "deploy")).await;
+    assert!(r.handle.approve("build").await.is_err(), "build is not manual");
+    assert!(r.handle.approve("nope").await.is_err());
+    r.handle.approve("deploy").await.expect("approve");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed);
+    assert_eq!(r.lines("deploy"), ["deployed"]);
+}
+
+#[tokio::test]
+async fn an_unapproved_gate_ends_a_headless_run_as_blocked() {
+    let mut s = setup("name: t\njobs:\n  deploy:\n    when: manual\n    steps: [{script: 'true'}]\n  smoke:\n    depends_on: [deploy]\n    steps: [{script: 'true'}]\n");
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Blocked);
+    assert_eq!(sum.exit_code, 1);
+    assert_eq!(job(&sum, "deploy").verdict, Verdict::Manual);
+    assert_eq!(job(&sum, "smoke").reason.as_deref(), Some("blocked on manual job deploy"));
+}
+
+#[tokio::test]
+async fn retry_after_failure_reruns_the_job_and_its_skipped_dependents() {
+    let marks = tempfile::tempdir().expect("tempdir");
+    let mark = marks.path().join("mark");
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  flaky:\n    steps:\n      - script: 'if [ ! -e {m} ]; then touch {m}; exit 1; fi'\n  next:\n    depends_on: [flaky]\n    steps: [{{script: echo next-ran}}]\n",
+        m = mark.display()
+    ));
+    s.cfg.finish_when_blocked = false;
+    let mut r = start(&mut s).await;
+    let first = r.finished().await;
+    assert_eq!(first.result, RunResult::Failed);
+    assert!(r.handle.retry("next").await.is_err(), "skipped jobs are not retried directly");
+    r.handle.retry("flaky").await.expect("retry");
+    let second = r.finished().await;
+    assert_eq!(second.result, RunResult::Passed);
+    assert_eq!(job(&second, "flaky").attempts.len(), 2);
+    assert_eq!(r.lines("next"), ["next-ran"]);
+    let logs = trackside::store::log_attempts(r.handle.run_dir(), "flaky");
+    assert_eq!(logs, [1, 2], "each attempt keeps its own log");
+}
+
+#[tokio::test]
+async fn secrets_are_masked_in_events_logs_and_records() {
+    let mut s = setup_with(
+        "name: t\njobs:\n  leak:\n    steps:\n      - script: ['echo token=$API_TOKEN', 'echo \"$API_TOKEN\" >&2', 'exit 1']\n",
+        &trackside::pipeline::LoadOptions {
+            secret_names: vec!["API_TOKEN".into()],
+            ..Default::default()
+        },
+    );
+    s.cfg.secrets = vec![("API_TOKEN".into(), "s3cr3t-value-42".into())];
+    let mut r = start(&mut s).await;
+    r.finished().await;
+    assert_eq!(r.lines("leak"), ["token=[MASKED]", "[MASKED]"]);
+    let everything = all_text(&s.state());
+    assert!(!everything.contains("s3cr3t-value-42"), "secret written to disk");
+    assert!(everything.contains("token=[MASKED]"));
+}
+
+#[tokio::test]
+async fn variables_follow_precedence_and_host_allowlist() {
+    let mut s = setup_with(
+        "name: t\nglobal_env:\n  A: global\n  B: global\n  C: global\n  D: global\njobs:\n  v:\n    environment:\n      B: job\n      C: job\n      D: job\n      P: \"/opt/bin:$PATH\"\n    steps:\n      - environment:\n          C: step\n          D: step\n        script:\n          - echo \"$A $B $C $D\"\n          - echo \"${HOSTONLY:-hidden} $CI $CI_JOB_NAME $CI_JOB_ATTEMPT\"\n          - 'case \"$P\" in /opt/bin:/*) echo path-ok;; esac'\n          - echo '${{ env.B }}-${{ vars.A }}'\n",
+        &trackside::pipeline::LoadOptions {
+            cli_vars: vec![("D".into(), "cli".into())],
+            host_env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            ..Default::default()
+        },
+    );
+    s.cfg.cli_vars = vec![("D".into(), "cli".into())];
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("v"));
+    assert_eq!(r.lines("v"), ["global job step cli", "hidden true v 1", "path-ok", "job-global"]);
+}
+
+#[tokio::test]
+async fn fail_fast_cancels_running_jobs() {
+    let mut s = setup("name: t\njobs:\n  bad:\n    steps: [{script: 'sleep 0.2; exit 1'}]\n  long:\n    steps: [{script: 'sleep 30'}]\n");
+    s.cfg.fail_fast = true;
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "long").failure_class, Some(FailureClass::Cancelled));
+    assert_eq!(sum.result, RunResult::Failed);
+}
+
+#[tokio::test]
+async fn pipeline_timeout_stops_the_run() {
+    let mut s = setup("name: t\ntimeout: 1\njobs:\n  long:\n    steps: [{script: 'sleep 30'}]\n  later:\n    depends_on: [long]\n    steps: [{script: 'true'}]\n");
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "long").failure_class, Some(FailureClass::Timeout));
+    assert!(sum.message.contains("timed out"));
+    assert_eq!(sum.exit_code, 1);
+}
+
+#[tokio::test]
+async fn repeat_measures_the_flake_rate() {
+    let counter = tempfile::tempdir().expect("tempdir");
+    let c = counter.path().join("n");
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  dep:\n    steps: [{{script: 'echo dep >> {d}'}}]\n  t:\n    depends_on: [dep]\n    steps:\n      - script: 'n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $((n % 2)) -eq 0 ]'\n  unrelated:\n    steps: [{{script: 'true'}}]\n",
+        c = c.display(),
+        d = counter.path().join("dep").display()
+    ));
+    s.cfg.only_job = Some("t".into());
+    s.cfg.repeat = Some(4);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let rep = sum.repeat.expect("repeat stats");
+    assert_eq!((rep.runs, rep.passed, rep.failed), (4, 2, 2));
+    assert_eq!(sum.jobs.len(), 2, "only the job and its dependency");
+    let dep_runs = std::fs::read_to_string(counter.path().join("dep")).expect("dep ran");
+    assert_eq!(dep_runs.lines().count(), 1, "dependencies run once");
+}
+
+#[tokio::test]
+async fn pause_holds_new_jobs_until_resumed() {
+    let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: 'echo a-running; sleep 0.3'}]\n  b:\n    depends_on: [a]\n    steps: [{script: echo b-ran}]\n");
+    let mut r = start(&mut s).await;
+    r.until("a runs", |k| matches!(k, EventKind::LogLine { line, .. } if line == "a-running")).await;
+    r.handle.pause_scheduling().await.expect("pause");
+    r.until("a done", |k| matches!(k, EventKind::JobFinished { job, .. } if job == "a")).await;
+    r.until("b queued", |k| matches!(k, EventKind::JobQueued { job } if job == "b")).await;
+    assert!(!r.seen.iter().any(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b")));
+    r.handle.resume_scheduling().await.expect("resume");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed);
+}
+
+#[tokio::test]
+async fn several_subscribers_see_the_same_run() {
+    let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: echo hi}]\n");
+    let plan = trackside::pipeline::Plan::build(&s.pipeline).expect("plan");
+    let cfg = std::mem::replace(&mut s.cfg, setup("name: x\njobs:\n  x:\n    steps: [{script: x}]\n").cfg);
+    let handle = trackside::engine::spawn(s.pipeline.clone(), plan, cfg).expect("spawn");
+    let mut one = handle.subscribe();
+    let mut two = handle.subscribe();
+    handle.start().await.expect("start");
+    for rx in [&mut one, &mut two] {
+        let got = tokio::time::timeout(LIMIT, async {
+            loop {
+                if let Ok(ev) = rx.recv().await {
+                    if let EventKind::LogLine { line, .. } = &ev.kind {
+                        return line.clone();
+                    }
+                }
+            }
+        })
+        .await
+        .expect("bounded");
+        assert_eq!(got, "hi");
+    }
+    assert_eq!(handle.wait().await.expect("summary").result, RunResult::Passed);
+}
