@@ -22,7 +22,13 @@ pub enum Format {
 }
 
 /// Prints the run until it finishes; returns its summary.
-pub async fn run(handle: &EngineHandle, format: Format, approvals: &[String], approve_all: bool, manual_jobs: &[String]) -> Result<RunSummary, EngineError> {
+pub async fn run(
+    handle: &EngineHandle,
+    format: Format,
+    approvals: &[String],
+    approve_all: bool,
+    manual_jobs: &[String],
+) -> Result<RunSummary, EngineError> {
     let mut rx = handle.subscribe();
     for job in approvals {
         handle.approve(job).await?;
@@ -116,7 +122,10 @@ impl Printer {
 
     fn lagged(&mut self, n: u64) {
         if self.format == Format::Plain {
-            let _ = writeln!(self.out, ":: (output too fast: {n} events not shown here; the run record has them all)");
+            let _ = writeln!(
+                self.out,
+                ":: (output too fast: {n} events not shown here; the run record has them all)"
+            );
         }
     }
 
@@ -160,7 +169,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             max_parallel,
         } => {
             *width = jobs.iter().map(|j| j.chars().count()).max().unwrap_or(8);
-            format!(":: run {run_id} of `{pipeline}`: {} jobs, up to {max_parallel} at once", jobs.len())
+            format!(
+                ":: run {run_id} of `{pipeline}`: {} jobs, up to {max_parallel} at once",
+                jobs.len()
+            )
         }
         EventKind::LogLine { job, line, .. } => format!("{job:<w$} > {line}"),
         EventKind::JobStarted { job, attempt } if *attempt > 1 => format!(":: {job:<w$} started (attempt {attempt})"),
@@ -212,7 +224,10 @@ pub fn summary_table(s: &RunSummary) -> String {
     let w = s.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(3).max(3);
     let mut out = String::new();
     out.push('\n');
-    out.push_str(&format!("{:<w$}  {:<9}  {:>8}  {:>9}  {}\n", "JOB", "STATUS", "ATTEMPTS", "DURATION", "CLASS / REASON"));
+    out.push_str(&format!(
+        "{:<w$}  {:<9}  {:>8}  {:>9}  {}\n",
+        "JOB", "STATUS", "ATTEMPTS", "DURATION", "CLASS / REASON"
+    ));
     for j in &s.jobs {
         let verdict = match (j.verdict, j.allow_failure) {
             (Verdict::Fail, true) => "FAIL(ok)".to_string(),
@@ -229,7 +244,11 @@ pub fn summary_table(s: &RunSummary) -> String {
             j.name,
             verdict,
             j.attempts.len(),
-            if j.attempts.is_empty() { "-".into() } else { seconds(j.duration_ms) },
+            if j.attempts.is_empty() {
+                "-".into()
+            } else {
+                seconds(j.duration_ms)
+            },
             detail
         ));
     }

@@ -7,6 +7,6 @@
 
 pub mod engine;
 pub mod exec;
+pub mod headless;
 pub mod pipeline;
 pub mod store;
-pub mod headless;

@@ -230,7 +230,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(d) => d,
                 None => file.parent().map(Path::to_path_buf).unwrap_or_default(),
             };
-            let project_dir = if project_dir.as_os_str().is_empty() { PathBuf::from(".") } else { project_dir };
+            let project_dir = if project_dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                project_dir
+            };
             let project_dir = std::fs::canonicalize(&project_dir)
                 .map_err(|e| Fail(format!("project directory {}: {e}", project_dir.display()), 2))?;
             let kill_grace = match kill_grace {
@@ -258,7 +262,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 seed: None,
             };
             let format = if json { Format::Json } else { Format::Plain };
-            let rt = tokio::runtime::Runtime::new()?;
+            // Blocking work (workspace copies) queues rather than growing
+            // hundreds of threads when hundreds of jobs start at once.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(16)
+                .build()?;
             let code = rt.block_on(async move {
                 let handle = engine::spawn(pipeline, plan, cfg)?;
                 let summary = headless::run(&handle, format, &approve, approve_all, &manual).await?;
@@ -299,7 +308,9 @@ fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fai
             Ok(val) if !val.is_empty() => secrets.push((name.clone(), val)),
             _ => {
                 return Err(Fail(
-                    format!("--secret {name}: the host has no variable `{name}`; export it, or use --secret-file {name}=PATH"),
+                    format!(
+                        "--secret {name}: the host has no variable `{name}`; export it, or use --secret-file {name}=PATH"
+                    ),
                     2,
                 ));
             }
@@ -314,7 +325,11 @@ fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fai
         secrets.push((name.clone(), val));
     }
     let mut host_env = Vec::new();
-    for name in HOST_ALLOWLIST.iter().copied().chain(v.pass_env.iter().map(String::as_str)) {
+    for name in HOST_ALLOWLIST
+        .iter()
+        .copied()
+        .chain(v.pass_env.iter().map(String::as_str))
+    {
         if let Ok(val) = std::env::var(name) {
             host_env.push((name.to_string(), val));
         }
@@ -378,7 +393,11 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> 
                 p.name,
                 p.jobs.len(),
                 plan.levels.len(),
-                if w > 0 { format!(", {w} warning(s)") } else { String::new() }
+                if w > 0 {
+                    format!(", {w} warning(s)")
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -446,7 +465,10 @@ fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
         println!("no runs yet in {}", state.display());
         return Ok(0);
     }
-    println!("{:<20}  {:<24}  {:<20}  {:>9}  RESULT", "RUN", "PIPELINE", "STARTED (UTC)", "DURATION");
+    println!(
+        "{:<20}  {:<24}  {:<20}  {:>9}  RESULT",
+        "RUN", "PIPELINE", "STARTED (UTC)", "DURATION"
+    );
     for r in list {
         let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
         let result = match r.result {
@@ -503,7 +525,9 @@ fn show(state: &Path, run: &str, format: OutputFormat) -> Result<u8, Fail> {
         None => Err(Fail(
             format!(
                 "run {} did not finish (still running, or trackside was killed); its events are in {}",
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 dir.join("events.jsonl").display()
             ),
             1,

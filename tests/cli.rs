@@ -28,7 +28,9 @@ impl Env {
     }
     fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_trackside"));
-        c.env("TRACKSIDE_STATE_DIR", self.state()).env_remove("NO_COLOR").stdin(Stdio::null());
+        c.env("TRACKSIDE_STATE_DIR", self.state())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -84,7 +86,11 @@ fn json_output_is_one_parseable_event_per_line() {
         .collect();
     assert_eq!(events[0]["type"], "run_started");
     assert!(events.iter().all(|e| e["ts"].as_u64().is_some()));
-    assert!(events.iter().any(|e| e["type"] == "log_line" && e["line"] == "two" && e["stream"] == "stderr"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "log_line" && e["line"] == "two" && e["stream"] == "stderr")
+    );
     let last = events.last().expect("events");
     assert_eq!(last["type"], "run_finished");
     assert_eq!(last["summary"]["result"], "passed");
@@ -93,7 +99,10 @@ fn json_output_is_one_parseable_event_per_line() {
 #[test]
 fn manual_gates_block_unless_approved() {
     let e = Env::new();
-    let f = e.file("p.yml", "name: g\njobs:\n  deploy:\n    when: manual\n    steps: [{script: echo shipped}]\n");
+    let f = e.file(
+        "p.yml",
+        "name: g\njobs:\n  deploy:\n    when: manual\n    steps: [{script: echo shipped}]\n",
+    );
     let path = f.to_str().unwrap_or_default();
     let o = e.run(&["run", path]);
     assert_eq!(code(&o), 1);
@@ -111,9 +120,17 @@ fn manual_gates_block_unless_approved() {
 #[test]
 fn host_variables_stay_out_unless_passed() {
     let e = Env::new();
-    let f = e.file("p.yml", "name: v\njobs:\n  show:\n    steps: [{script: 'echo \"[${LEAKY:-unset}] [$FROMCLI]\"'}]\n");
+    let f = e.file(
+        "p.yml",
+        "name: v\njobs:\n  show:\n    steps: [{script: 'echo \"[${LEAKY:-unset}] [$FROMCLI]\"'}]\n",
+    );
     let path = f.to_str().unwrap_or_default();
-    let o = e.cmd().args(["run", path, "--var", "FROMCLI=x"]).env("LEAKY", "host").output().expect("run");
+    let o = e
+        .cmd()
+        .args(["run", path, "--var", "FROMCLI=x"])
+        .env("LEAKY", "host")
+        .output()
+        .expect("run");
     assert!(text(&o.stdout).contains("show > [unset] [x]"), "{}", text(&o.stdout));
     let o = e
         .cmd()
@@ -127,7 +144,10 @@ fn host_variables_stay_out_unless_passed() {
 #[test]
 fn secrets_from_env_and_files_are_masked() {
     let e = Env::new();
-    let f = e.file("p.yml", "name: s\njobs:\n  s:\n    steps: [{script: 'echo $TOK $FTOK'}]\n");
+    let f = e.file(
+        "p.yml",
+        "name: s\njobs:\n  s:\n    steps: [{script: 'echo $TOK $FTOK'}]\n",
+    );
     let secret_file = e.file("tok.txt", "file-secret-99\n");
     let o = e
         .cmd()
@@ -231,14 +251,20 @@ fn repeat_reports_the_flake_rate() {
     let o = e.run(&["run", f.to_str().unwrap_or_default(), "--job", "t", "--repeat", "5"]);
     let out = text(&o.stdout);
     assert_eq!(code(&o), 1, "{out}");
-    assert!(out.contains("repeat `t`: 5 runs, 4 passed (0 only after a retry), 1 failed; flake rate 20.0%"), "{out}");
+    assert!(
+        out.contains("repeat `t`: 5 runs, 4 passed (0 only after a retry), 1 failed; flake rate 20.0%"),
+        "{out}"
+    );
 }
 
 /// Runs trackside on a long job, sends `signal` once it is running, and
 /// checks the exit code and that the records were written.
 fn interrupt_with(signal: nix::sys::signal::Signal) {
     let e = Env::new();
-    let f = e.file("p.yml", "name: long\njobs:\n  long:\n    steps: [{script: 'echo running; sleep 60'}]\n");
+    let f = e.file(
+        "p.yml",
+        "name: long\njobs:\n  long:\n    steps: [{script: 'echo running; sleep 60'}]\n",
+    );
     let mut child = e
         .cmd()
         .args(["run", f.to_str().unwrap_or_default(), "--kill-grace", "0.5"])
@@ -264,9 +290,15 @@ fn interrupt_with(signal: nix::sys::signal::Signal) {
     assert_eq!(status.code(), Some(130));
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("CANCELLED")), "{rest:?}");
-    let runs: Vec<_> = std::fs::read_dir(e.state().join("runs")).expect("runs").flatten().collect();
+    let runs: Vec<_> = std::fs::read_dir(e.state().join("runs"))
+        .expect("runs")
+        .flatten()
+        .collect();
     assert_eq!(runs.len(), 1);
-    assert!(runs[0].path().join("summary.json").exists(), "records written before exit");
+    assert!(
+        runs[0].path().join("summary.json").exists(),
+        "records written before exit"
+    );
 }
 
 #[test]
@@ -295,7 +327,9 @@ fn hostile_files_get_clear_errors_and_exit_2() {
     let e = Env::new();
     expect_invalid(&e, &e.file("empty.yml", ""), "pipeline file is empty");
     expect_invalid(&e, &e.file("blank.yml", "\n   \n"), "pipeline file is empty");
-    let bin: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bin: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let p = e.dir.path().join("garbage.bin");
     std::fs::write(&p, &bin).expect("write");
     expect_invalid(&e, &p, "error");
@@ -305,7 +339,11 @@ fn hostile_files_get_clear_errors_and_exit_2() {
     expect_invalid(&e, e.dir.path(), "is a directory");
     expect_invalid(&e, &e.dir.path().join("missing.yml"), "cannot read pipeline file");
     expect_invalid(&e, &e.file("scalar.yml", "just a string\n"), "must be a mapping");
-    expect_invalid(&e, &e.file("dup.yml", "name: a\nname: b\njobs: {}\n"), "duplicate key `name`");
+    expect_invalid(
+        &e,
+        &e.file("dup.yml", "name: a\nname: b\njobs: {}\n"),
+        "duplicate key `name`",
+    );
     let deep = "- ".repeat(10_000) + "x\n";
     expect_invalid(&e, &e.file("deep.yml", &deep), "nesting");
     let flow = "[".repeat(10_000);
@@ -313,7 +351,9 @@ fn hostile_files_get_clear_errors_and_exit_2() {
     let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
     let mut prev = "a".to_string();
     for n in ["b", "c", "d", "e", "f", "g", "h", "i"] {
-        bomb.push_str(&format!("{n}: &{n} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        bomb.push_str(&format!(
+            "{n}: &{n} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
         prev = n.to_string();
     }
     expect_invalid(&e, &e.file("bomb.yml", &bomb), "alias bomb");
@@ -344,7 +384,10 @@ fn an_unreadable_file_is_reported() {
 #[test]
 fn an_image_needs_the_shell_executor_flag() {
     let e = Env::new();
-    let f = e.file("img.yml", "name: i\njobs:\n  a:\n    image: alpine:3\n    steps: [{script: echo on-host}]\n");
+    let f = e.file(
+        "img.yml",
+        "name: i\njobs:\n  a:\n    image: alpine:3\n    steps: [{script: echo on-host}]\n",
+    );
     let path = f.to_str().unwrap_or_default();
     let o = e.run(&["run", path]);
     assert_eq!(code(&o), 2);
@@ -361,11 +404,21 @@ fn usage_errors_exit_2() {
     assert_eq!(code(&e.run(&["run"])), 2);
     assert_eq!(code(&e.run(&["frobnicate"])), 2);
     let f = e.file("p.yml", OK);
-    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default(), "--var", "no-equals"])), 2);
-    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default(), "--repeat", "3"])), 2);
+    assert_eq!(
+        code(&e.run(&["run", f.to_str().unwrap_or_default(), "--var", "no-equals"])),
+        2
+    );
+    assert_eq!(
+        code(&e.run(&["run", f.to_str().unwrap_or_default(), "--repeat", "3"])),
+        2
+    );
     let o = e.run(&["run", f.to_str().unwrap_or_default(), "--job", "tset-suite"]);
     assert_eq!(code(&o), 2);
-    assert!(text(&o.stderr).contains("did you mean `test-suite`"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("did you mean `test-suite`"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

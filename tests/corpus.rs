@@ -67,12 +67,20 @@ fn every_malformed_pipeline_gets_exactly_its_diagnostics() {
                     w.line,
                     w.column,
                     w.message,
-                    errors.iter().map(|d| format!("{}:{} {}", d.line, d.column, d.message)).collect::<Vec<_>>()
+                    errors
+                        .iter()
+                        .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+                        .collect::<Vec<_>>()
                 ));
             }
         }
         if errors.len() != want.len() {
-            failures.push(format!("{}: {} errors, expected {}", path.display(), errors.len(), want.len()));
+            failures.push(format!(
+                "{}: {} errors, expected {}",
+                path.display(),
+                errors.len(),
+                want.len()
+            ));
         }
         for d in &errors {
             assert!(d.hint.is_some(), "{}: `{}` has no hint", path.display(), d.message);

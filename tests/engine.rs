@@ -20,17 +20,33 @@ async fn jobs_run_in_dependency_order_and_the_run_is_recorded() {
     assert_eq!(sum.result, RunResult::Passed);
     assert!(r.lines("a").contains(&"from-a".to_string()));
     assert!(r.lines("a").contains(&"err-a".to_string()));
-    let a_done = r.seen.iter().position(|e| matches!(&e.kind, EventKind::JobFinished { job, .. } if job == "a"));
-    let b_start = r.seen.iter().position(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b"));
+    let a_done = r
+        .seen
+        .iter()
+        .position(|e| matches!(&e.kind, EventKind::JobFinished { job, .. } if job == "a"));
+    let b_start = r
+        .seen
+        .iter()
+        .position(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b"));
     assert!(a_done < b_start, "b starts after a finished");
 
     let run_dir = r.handle.run_dir().to_path_buf();
     let events = trackside::store::read_events(&run_dir).expect("events.jsonl");
-    assert!(matches!(events.first().map(|e| &e.kind), Some(EventKind::RunStarted { .. })));
-    assert!(matches!(events.last().map(|e| &e.kind), Some(EventKind::RunFinished { .. })));
+    assert!(matches!(
+        events.first().map(|e| &e.kind),
+        Some(EventKind::RunStarted { .. })
+    ));
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::RunFinished { .. })
+    ));
     let (attempt, log) = trackside::store::read_log(&run_dir, "a", None).expect("log");
     assert_eq!(attempt, 1);
-    let texts: Vec<&str> = log.iter().filter(|e| e.stream != "step").map(|e| e.text.as_str()).collect();
+    let texts: Vec<&str> = log
+        .iter()
+        .filter(|e| e.stream != "step")
+        .map(|e| e.text.as_str())
+        .collect();
     assert!(texts.contains(&"from-a") && texts.contains(&"err-a"), "{texts:?}");
     assert!(log.iter().any(|e| e.stream == "step" && e.step == "one"));
     assert!(run_dir.join("summary.json").exists());
@@ -45,7 +61,10 @@ async fn each_job_gets_a_fresh_copy_of_the_project() {
     let mut r = start(&mut s).await;
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("b"));
-    assert!(!s.project().join("leftover").exists(), "the project itself is untouched");
+    assert!(
+        !s.project().join("leftover").exists(),
+        "the project itself is untouched"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +80,11 @@ async fn a_transient_failure_is_retried_and_reported_flaky() {
     assert_eq!(j.attempts[0].failure_class, Some(FailureClass::Network));
     assert_eq!(j.attempts[0].exit_code, Some(6));
     assert!(j.attempts[0].retry_delay_ms.is_some());
-    assert!(r.seen.iter().any(|e| matches!(&e.kind, EventKind::JobRetrying { attempt: 2, .. })));
+    assert!(
+        r.seen
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::JobRetrying { attempt: 2, .. }))
+    );
     assert_eq!(sum.result, RunResult::Passed);
 }
 
@@ -100,7 +123,11 @@ async fn job_timeout_stops_the_whole_process_group() {
     let sum = r.finished().await;
     let j = job(&sum, "slow");
     assert_eq!(j.failure_class, Some(FailureClass::Timeout));
-    assert!(j.reason.as_deref().unwrap_or("").contains("job timeout"), "{:?}", j.reason);
+    assert!(
+        j.reason.as_deref().unwrap_or("").contains("job timeout"),
+        "{:?}",
+        j.reason
+    );
     let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
     let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
     assert!(left.is_empty(), "processes survived the timeout: {left:?}");
@@ -115,7 +142,9 @@ async fn step_timeout_applies_to_its_step() {
     let sum = r.finished().await;
     assert_eq!(job(&sum, "s").failure_class, Some(FailureClass::Timeout));
     let stuck = r.seen.iter().find_map(|e| match &e.kind {
-        EventKind::StepFinished { step, failure_class, .. } if step == "stuck" => Some(*failure_class),
+        EventKind::StepFinished {
+            step, failure_class, ..
+        } if step == "stuck" => Some(*failure_class),
         _ => None,
     });
     assert_eq!(stuck, Some(Some(FailureClass::Timeout)));
@@ -127,7 +156,11 @@ async fn cancel_kills_grandchildren_and_escaped_processes() {
         "name: t\njobs:\n  tree:\n    steps:\n      - script:\n          - sleep 300 &\n          - sh -c 'sleep 301 & sleep 302' &\n          - setsid sleep 303 &\n          - echo ready\n          - sleep 304\n  after:\n    depends_on: [tree]\n    steps: [{script: 'true'}]\n",
     );
     let mut r = start(&mut s).await;
-    r.until("ready", |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready")).await;
+    r.until(
+        "ready",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready"),
+    )
+    .await;
     let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
     assert!(trackside::exec::shell::tagged_pids(&prefix, true, std::process::id()).len() >= 4);
     r.handle.cancel("tree").await.expect("cancel");
@@ -136,19 +169,34 @@ async fn cancel_kills_grandchildren_and_escaped_processes() {
     assert_eq!(job(&sum, "after").status, JobStatus::Skipped);
     let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
     assert!(left.is_empty(), "processes survived the cancel: {left:?}");
-    assert!(r.handle.cancel("tree").await.is_err(), "a finished job cannot be cancelled");
+    assert!(
+        r.handle.cancel("tree").await.is_err(),
+        "a finished job cannot be cancelled"
+    );
 }
 
 #[tokio::test]
 async fn cancel_all_ends_the_run_as_cancelled() {
-    let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: 'echo go; sleep 30'}]\n  b:\n    depends_on: [a]\n    steps: [{script: 'true'}]\n");
+    let mut s = setup(
+        "name: t\njobs:\n  a:\n    steps: [{script: 'echo go; sleep 30'}]\n  b:\n    depends_on: [a]\n    steps: [{script: 'true'}]\n",
+    );
     let mut r = start(&mut s).await;
-    r.until("a runs", |k| matches!(k, EventKind::LogLine { line, .. } if line == "go")).await;
+    r.until(
+        "a runs",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "go"),
+    )
+    .await;
     r.handle.cancel_all().await.expect("cancel all");
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Cancelled);
     assert_eq!(sum.exit_code, 130);
-    assert!(s.state().join("runs").join(r.handle.run_id()).join("summary.json").exists());
+    assert!(
+        s.state()
+            .join("runs")
+            .join(r.handle.run_id())
+            .join("summary.json")
+            .exists()
+    );
 }
 
 #[tokio::test]
@@ -158,7 +206,11 @@ async fn a_gate_waits_for_approval_in_an_interactive_run() {
     );
     s.cfg.finish_when_blocked = false;
     let mut r = start(&mut s).await;
-    r.until("gate", |k| matches!(k, EventKind::GateWaiting { job } if job == "deploy")).await;
+    r.until(
+        "gate",
+        |k| matches!(k, EventKind::GateWaiting { job } if job == "deploy"),
+    )
+    .await;
     assert!(r.handle.approve("build").await.is_err(), "build is not manual");
     assert!(r.handle.approve("nope").await.is_err());
     r.handle.approve("deploy").await.expect("approve");
@@ -169,13 +221,18 @@ async fn a_gate_waits_for_approval_in_an_interactive_run() {
 
 #[tokio::test]
 async fn an_unapproved_gate_ends_a_headless_run_as_blocked() {
-    let mut s = setup("name: t\njobs:\n  deploy:\n    when: manual\n    steps: [{script: 'true'}]\n  smoke:\n    depends_on: [deploy]\n    steps: [{script: 'true'}]\n");
+    let mut s = setup(
+        "name: t\njobs:\n  deploy:\n    when: manual\n    steps: [{script: 'true'}]\n  smoke:\n    depends_on: [deploy]\n    steps: [{script: 'true'}]\n",
+    );
     let mut r = start(&mut s).await;
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Blocked);
     assert_eq!(sum.exit_code, 1);
     assert_eq!(job(&sum, "deploy").verdict, Verdict::Manual);
-    assert_eq!(job(&sum, "smoke").reason.as_deref(), Some("blocked on manual job deploy"));
+    assert_eq!(
+        job(&sum, "smoke").reason.as_deref(),
+        Some("blocked on manual job deploy")
+    );
 }
 
 #[tokio::test]
@@ -190,7 +247,10 @@ async fn retry_after_failure_reruns_the_job_and_its_skipped_dependents() {
     let mut r = start(&mut s).await;
     let first = r.finished().await;
     assert_eq!(first.result, RunResult::Failed);
-    assert!(r.handle.retry("next").await.is_err(), "skipped jobs are not retried directly");
+    assert!(
+        r.handle.retry("next").await.is_err(),
+        "skipped jobs are not retried directly"
+    );
     r.handle.retry("flaky").await.expect("retry");
     let second = r.finished().await;
     assert_eq!(second.result, RunResult::Passed);
@@ -232,12 +292,17 @@ async fn variables_follow_precedence_and_host_allowlist() {
     let mut r = start(&mut s).await;
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("v"));
-    assert_eq!(r.lines("v"), ["global job step cli", "hidden true v 1", "path-ok", "job-global"]);
+    assert_eq!(
+        r.lines("v"),
+        ["global job step cli", "hidden true v 1", "path-ok", "job-global"]
+    );
 }
 
 #[tokio::test]
 async fn fail_fast_cancels_running_jobs() {
-    let mut s = setup("name: t\njobs:\n  bad:\n    steps: [{script: 'sleep 0.2; exit 1'}]\n  long:\n    steps: [{script: 'sleep 30'}]\n");
+    let mut s = setup(
+        "name: t\njobs:\n  bad:\n    steps: [{script: 'sleep 0.2; exit 1'}]\n  long:\n    steps: [{script: 'sleep 30'}]\n",
+    );
     s.cfg.fail_fast = true;
     let mut r = start(&mut s).await;
     let sum = r.finished().await;
@@ -247,7 +312,9 @@ async fn fail_fast_cancels_running_jobs() {
 
 #[tokio::test]
 async fn pipeline_timeout_stops_the_run() {
-    let mut s = setup("name: t\ntimeout: 1\njobs:\n  long:\n    steps: [{script: 'sleep 30'}]\n  later:\n    depends_on: [long]\n    steps: [{script: 'true'}]\n");
+    let mut s = setup(
+        "name: t\ntimeout: 1\njobs:\n  long:\n    steps: [{script: 'sleep 30'}]\n  later:\n    depends_on: [long]\n    steps: [{script: 'true'}]\n",
+    );
     let mut r = start(&mut s).await;
     let sum = r.finished().await;
     assert_eq!(job(&sum, "long").failure_class, Some(FailureClass::Timeout));
@@ -277,13 +344,28 @@ async fn repeat_measures_the_flake_rate() {
 
 #[tokio::test]
 async fn pause_holds_new_jobs_until_resumed() {
-    let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: 'echo a-running; sleep 0.3'}]\n  b:\n    depends_on: [a]\n    steps: [{script: echo b-ran}]\n");
+    let mut s = setup(
+        "name: t\njobs:\n  a:\n    steps: [{script: 'echo a-running; sleep 0.3'}]\n  b:\n    depends_on: [a]\n    steps: [{script: echo b-ran}]\n",
+    );
     let mut r = start(&mut s).await;
-    r.until("a runs", |k| matches!(k, EventKind::LogLine { line, .. } if line == "a-running")).await;
+    r.until(
+        "a runs",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "a-running"),
+    )
+    .await;
     r.handle.pause_scheduling().await.expect("pause");
-    r.until("a done", |k| matches!(k, EventKind::JobFinished { job, .. } if job == "a")).await;
-    r.until("b queued", |k| matches!(k, EventKind::JobQueued { job } if job == "b")).await;
-    assert!(!r.seen.iter().any(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b")));
+    r.until(
+        "a done",
+        |k| matches!(k, EventKind::JobFinished { job, .. } if job == "a"),
+    )
+    .await;
+    r.until("b queued", |k| matches!(k, EventKind::JobQueued { job } if job == "b"))
+        .await;
+    assert!(
+        !r.seen
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::JobStarted { job, .. } if job == "b"))
+    );
     r.handle.resume_scheduling().await.expect("resume");
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Passed);
@@ -293,7 +375,10 @@ async fn pause_holds_new_jobs_until_resumed() {
 async fn several_subscribers_see_the_same_run() {
     let mut s = setup("name: t\njobs:\n  a:\n    steps: [{script: echo hi}]\n");
     let plan = trackside::pipeline::Plan::build(&s.pipeline).expect("plan");
-    let cfg = std::mem::replace(&mut s.cfg, setup("name: x\njobs:\n  x:\n    steps: [{script: x}]\n").cfg);
+    let cfg = std::mem::replace(
+        &mut s.cfg,
+        setup("name: x\njobs:\n  x:\n    steps: [{script: x}]\n").cfg,
+    );
     let handle = trackside::engine::spawn(s.pipeline.clone(), plan, cfg).expect("spawn");
     let mut one = handle.subscribe();
     let mut two = handle.subscribe();

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use trackside::engine::state::{CancelReason, Effect, Input, Options, Outcome, RunState};
 use trackside::engine::JobStatus;
+use trackside::engine::state::{CancelReason, Effect, Input, Options, Outcome, RunState};
 use trackside::pipeline::expr::{self, Context};
 use trackside::pipeline::vars::Scope;
 use trackside::pipeline::{FailureClass, LoadOptions, Plan, parse_source};

@@ -113,7 +113,10 @@ impl EngineHandle {
 
     pub async fn start(&self) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Start(tx)).await.map_err(|_| EngineError::Stopped)?;
+        self.tx
+            .send(Command::Start(tx))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)
     }
 
@@ -436,7 +439,12 @@ impl Actor {
                 };
                 self.emit(kind);
             }
-            ActorMsg::Runner(RunnerMsg::StepStarted { job, attempt, step, index }) => {
+            ActorMsg::Runner(RunnerMsg::StepStarted {
+                job,
+                attempt,
+                step,
+                index,
+            }) => {
                 let kind = EventKind::StepStarted {
                     job: name(self, job),
                     attempt,
@@ -510,14 +518,19 @@ impl Actor {
     fn start_attempt(&mut self, job: JobId, attempt: u32) {
         let token = CancellationToken::new();
         self.running.insert(job, token.clone());
-        let statuses: HashMap<String, String> = self
-            .state
-            .pipeline()
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.name.clone(), self.state.status(i).expr_name().to_string()))
-            .collect();
+        // `job.<name>.status` in `${{ }}` needs a snapshot of every status; it
+        // costs O(jobs) per attempt, so only jobs that use expressions pay it.
+        let statuses: HashMap<String, String> = if uses_expressions(&self.state.pipeline().jobs[job]) {
+            self.state
+                .pipeline()
+                .jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| (j.name.clone(), self.state.status(i).expr_name().to_string()))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let a = Attempt {
             job,
             attempt,
@@ -542,6 +555,15 @@ impl Actor {
         // No subscriber is fine: the record has it.
         let _ = self.events.send(Arc::new(ev));
     }
+}
+
+fn uses_expressions(job: &crate::pipeline::Job) -> bool {
+    let has = |s: &str| s.contains("${{");
+    job.environment.iter().any(|v| has(&v.value))
+        || job
+            .steps
+            .iter()
+            .any(|st| st.script.iter().any(|l| has(l)) || st.environment.iter().any(|v| has(&v.value)))
 }
 
 fn mask_summary(m: &Masker, s: &mut RunSummary) {

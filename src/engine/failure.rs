@@ -98,12 +98,24 @@ mod tests {
     fn log_lines_map_to_classes() {
         let p = Patterns::builtin();
         let cases = [
-            ("curl: (6) Could not resolve host: example.invalid", Some(FailureClass::Network)),
-            ("dial tcp 10.0.0.1:443: connect: connection refused", Some(FailureClass::Network)),
+            (
+                "curl: (6) Could not resolve host: example.invalid",
+                Some(FailureClass::Network),
+            ),
+            (
+                "dial tcp 10.0.0.1:443: connect: connection refused",
+                Some(FailureClass::Network),
+            ),
             ("read: Connection reset by peer", Some(FailureClass::Network)),
             ("net/http: TLS handshake timeout", Some(FailureClass::Network)),
-            ("cp: error writing 'x': No space left on device", Some(FailureClass::DiskFull)),
-            ("FATAL ERROR: Reached heap limit JavaScript heap out of memory", Some(FailureClass::Oom)),
+            (
+                "cp: error writing 'x': No space left on device",
+                Some(FailureClass::DiskFull),
+            ),
+            (
+                "FATAL ERROR: Reached heap limit JavaScript heap out of memory",
+                Some(FailureClass::Oom),
+            ),
             ("assertion failed: left == right", None),
         ];
         for (line, want) in cases {
@@ -115,10 +127,16 @@ mod tests {
     fn exit_status_decides_first() {
         assert_eq!(classify(&StepEnd::Exited(0), Some(FailureClass::Network)), None);
         assert_eq!(classify(&StepEnd::Exited(1), None), Some(FailureClass::Script));
-        assert_eq!(classify(&StepEnd::Exited(1), Some(FailureClass::Network)), Some(FailureClass::Network));
+        assert_eq!(
+            classify(&StepEnd::Exited(1), Some(FailureClass::Network)),
+            Some(FailureClass::Network)
+        );
         assert_eq!(classify(&StepEnd::Exited(137), None), Some(FailureClass::Oom));
         assert_eq!(classify(&StepEnd::Signaled(15), None), Some(FailureClass::Signal));
         assert_eq!(classify(&StepEnd::TimedOut, None), Some(FailureClass::Timeout));
-        assert_eq!(classify(&StepEnd::SpawnFailed("x".into()), None), Some(FailureClass::Infra));
+        assert_eq!(
+            classify(&StepEnd::SpawnFailed("x".into()), None),
+            Some(FailureClass::Infra)
+        );
     }
 }

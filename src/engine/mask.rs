@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn masks_every_occurrence_and_lines_of_multiline_secrets() {
         let m = Masker::new(["hunter2".to_string(), "line-one\nline-two".to_string()]);
-        assert_eq!(m.mask("pw=hunter2 again hunter2").as_deref(), Some("pw=[MASKED] again [MASKED]"));
+        assert_eq!(
+            m.mask("pw=hunter2 again hunter2").as_deref(),
+            Some("pw=[MASKED] again [MASKED]")
+        );
         assert_eq!(m.mask("got line-two").as_deref(), Some("got [MASKED]"));
         assert_eq!(m.mask("nothing here"), None);
     }

@@ -83,7 +83,11 @@ impl RunContext {
 
     /// The variables of a step (or of the job, when `step` is None), in precedence order.
     pub fn scope(&self, job: &Job, step_env: &[EnvVar], predefined: Vec<(String, String)>) -> Scope {
-        let layer = |vars: &[EnvVar]| vars.iter().map(|v| (v.name.clone(), v.value.clone())).collect::<Vec<_>>();
+        let layer = |vars: &[EnvVar]| {
+            vars.iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect::<Vec<_>>()
+        };
         let mut s = Scope::new();
         s.push_layer(self.cli_vars.iter().cloned())
             .push_layer(self.secrets.iter().cloned())
@@ -160,9 +164,8 @@ impl Context for StepCtx<'_> {
 /// Runs the attempt and reports `AttemptDone` last, whatever happens.
 pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
     let outcome = attempt_outcome(&ctx, &a).await;
-    let _ = a
-        .tx
-        .send(RunnerMsg::AttemptDone {
+    let _ =
+        a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
             attempt: a.attempt,
             outcome,
@@ -171,9 +174,8 @@ pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
 }
 
 async fn note(a: &Attempt, step: &Arc<str>, text: String) {
-    let _ = a
-        .tx
-        .send(RunnerMsg::Log {
+    let _ =
+        a.tx.send(RunnerMsg::Log {
             job: a.job,
             attempt: a.attempt,
             step: step.clone(),
@@ -223,9 +225,8 @@ async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, dea
     let mut outcome = Outcome::success();
     for (index, step) in job.steps.iter().enumerate() {
         let name: Arc<str> = Arc::from(step.name.as_str());
-        let _ = a
-            .tx
-            .send(RunnerMsg::StepStarted {
+        let _ =
+            a.tx.send(RunnerMsg::StepStarted {
                 job: a.job,
                 attempt: a.attempt,
                 step: name.clone(),
@@ -260,9 +261,8 @@ async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, dea
             note(a, &name, format!("step `{}` stopped: {which} reached", step.name)).await;
             outcome.message = Some(format!("{which} reached in step `{}`", step.name));
         }
-        let _ = a
-            .tx
-            .send(RunnerMsg::StepFinished {
+        let _ =
+            a.tx.send(RunnerMsg::StepFinished {
                 job: a.job,
                 attempt: a.attempt,
                 step: name.clone(),
@@ -274,7 +274,12 @@ async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, dea
         if let Some(c) = class {
             let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
             if step.continue_on_failure && !hard_stop {
-                note(a, &name, format!("step `{}` failed ({c}); continuing (continue_on_failure)", step.name)).await;
+                note(
+                    a,
+                    &name,
+                    format!("step `{}` failed ({c}); continuing (continue_on_failure)", step.name),
+                )
+                .await;
                 continue;
             }
             outcome.exit_code = end.exit_code();
@@ -379,7 +384,15 @@ async fn run_with_retries(
             return (end, from_log);
         }
         let c = class.map_or("failure", |c| c.as_str());
-        note(a, name, format!("step `{}` failed ({c}); running it again ({} of {})", step.name, tries, step.retry_count)).await;
+        note(
+            a,
+            name,
+            format!(
+                "step `{}` failed ({c}); running it again ({} of {})",
+                step.name, tries, step.retry_count
+            ),
+        )
+        .await;
     }
 }
 
@@ -392,9 +405,8 @@ async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec
             if from_log.is_none() {
                 from_log = patterns.classify_line(&line.text);
             }
-            let _ = a
-                .tx
-                .send(RunnerMsg::Log {
+            let _ =
+                a.tx.send(RunnerMsg::Log {
                     job: a.job,
                     attempt: a.attempt,
                     step: name.clone(),

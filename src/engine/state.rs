@@ -69,10 +69,18 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Start { job: JobId, attempt: u32 },
+    Start {
+        job: JobId,
+        attempt: u32,
+    },
     /// Stop a running attempt (its outcome still comes back as AttemptFinished).
-    Kill { job: JobId },
-    ScheduleRetry { job: JobId, after: Duration },
+    Kill {
+        job: JobId,
+    },
+    ScheduleRetry {
+        job: JobId,
+        after: Duration,
+    },
     Emit(EventKind),
     Finished(Box<RunSummary>),
 }
@@ -364,7 +372,10 @@ impl RunState {
                 continue;
             }
             let spec = &self.pipeline.jobs[j];
-            let status_driven = spec.conditional.as_ref().is_some_and(|c| c.expr.uses_status_functions());
+            let status_driven = spec
+                .conditional
+                .as_ref()
+                .is_some_and(|c| c.expr.uses_status_functions());
             let mut all_done = true;
             let mut bad: Option<String> = None;
             for &d in &self.plan.deps[j] {
@@ -563,7 +574,11 @@ impl RunState {
                     && self.cancelled.is_none()
                     && st.kill_reason.is_none();
                 if retryable {
-                    let delay = self.pipeline.retry_policy.backoff.delay(st.round_attempts, self.rng.f64());
+                    let delay = self
+                        .pipeline
+                        .retry_policy
+                        .backoff
+                        .delay(st.round_attempts, self.rng.f64());
                     let st = &mut self.jobs[j];
                     st.status = JobStatus::Retrying;
                     if let Some(rec) = st.attempts.last_mut() {
@@ -616,11 +631,9 @@ impl RunState {
 
     fn cancel(&mut self, j: JobId, reason: CancelReason, fx: &mut Vec<Effect>) {
         match self.jobs[j].status {
-            JobStatus::Running => {
-                if self.jobs[j].kill_reason.is_none() {
-                    self.jobs[j].kill_reason = Some(reason);
-                    fx.push(Effect::Kill { job: j });
-                }
+            JobStatus::Running if self.jobs[j].kill_reason.is_none() => {
+                self.jobs[j].kill_reason = Some(reason);
+                fx.push(Effect::Kill { job: j });
             }
             JobStatus::Pending | JobStatus::Ready | JobStatus::Retrying | JobStatus::WaitingApproval => {
                 if self.jobs[j].status == JobStatus::Retrying {
@@ -664,7 +677,10 @@ impl RunState {
                 || (st.status == JobStatus::Skipped && st.blocked_by.is_some())
                 || (st.status == JobStatus::Skipped && self.pipeline.jobs[k].when == When::OnFailure)
                 || (st.status == JobStatus::Cancelled && st.attempt == 0)
-                || matches!(st.status, JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Retrying);
+                || matches!(
+                    st.status,
+                    JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Retrying
+                );
             first = false;
             if !eligible {
                 continue;
@@ -694,7 +710,9 @@ impl RunState {
 
     /// In repeat mode, records the target's verdict and starts the next repetition.
     fn repeat_outcome(&mut self, j: JobId, fx: &mut Vec<Effect>) {
-        let Some((target, total)) = self.opts.repeat else { return };
+        let Some((target, total)) = self.opts.repeat else {
+            return;
+        };
         if j != target {
             return;
         }
@@ -722,7 +740,10 @@ impl RunState {
     fn maybe_finish(&mut self, fx: &mut Vec<Effect>) {
         let active = self.running > 0
             || self.retrying > 0
-            || self.ready.iter().any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready);
+            || self
+                .ready
+                .iter()
+                .any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready);
         if active {
             self.finished = false;
             return;
@@ -792,10 +813,7 @@ impl RunState {
             .collect();
         let required_failed: Vec<&str> = jobs
             .iter()
-            .filter(|j| {
-                (j.status == JobStatus::Failed && !j.allow_failure)
-                    || j.status == JobStatus::Cancelled
-            })
+            .filter(|j| (j.status == JobStatus::Failed && !j.allow_failure) || j.status == JobStatus::Cancelled)
             .map(|j| j.name.as_str())
             .collect();
         let gates: Vec<&str> = jobs
@@ -821,10 +839,18 @@ impl RunState {
             ),
             _ if !required_failed.is_empty() => (
                 RunResult::Failed,
-                format!("{} of {} jobs failed: {}", required_failed.len(), jobs.len(), required_failed.join(", ")),
+                format!(
+                    "{} of {} jobs failed: {}",
+                    required_failed.len(),
+                    jobs.len(),
+                    required_failed.join(", ")
+                ),
             ),
             _ if repeat.as_ref().is_some_and(|r| r.failed > 0) => (RunResult::Failed, "some repetitions failed".into()),
-            _ if !gates.is_empty() => (RunResult::Blocked, format!("blocked on manual job {}", gates.join(", "))),
+            _ if !gates.is_empty() => (
+                RunResult::Blocked,
+                format!("blocked on manual job {}", gates.join(", ")),
+            ),
             _ => (RunResult::Passed, format!("all {} jobs passed", jobs.len())),
         };
         let result = if self.cancelled == Some(CancelReason::FailFast) {
@@ -857,7 +883,11 @@ struct CondCtx<'a> {
 
 impl Context for CondCtx<'_> {
     fn env(&self, name: &str) -> Option<String> {
-        self.state.opts.cond_env.get(&self.job).and_then(|e| e.get(name).cloned())
+        self.state
+            .opts
+            .cond_env
+            .get(&self.job)
+            .and_then(|e| e.get(name).cloned())
     }
     fn var(&self, name: &str) -> Option<String> {
         self.state.opts.vars.get(name).cloned()

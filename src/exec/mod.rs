@@ -78,7 +78,12 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Runs one step to its end. Output lines go to `out` as they come; a
     /// full channel slows the step down rather than losing lines.
-    fn run_step(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> BoxFuture<'_, StepEnd>;
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd>;
 }
 
 /// Name of the variable that tags a step's processes.

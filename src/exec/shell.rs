@@ -30,16 +30,24 @@ impl Executor for ShellExecutor {
         "shell"
     }
 
-    fn run_step(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> BoxFuture<'_, StepEnd> {
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd> {
         Box::pin(run(spec, out, cancel))
     }
 }
 
 async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> StepEnd {
     if let Err(e) = tokio::fs::create_dir_all(&spec.workdir).await {
-        return StepEnd::SpawnFailed(format!("cannot create working directory {}: {e}", spec.workdir.display()));
+        return StepEnd::SpawnFailed(format!(
+            "cannot create working directory {}: {e}",
+            spec.workdir.display()
+        ));
     }
-    let mut cmd = Command::new("sh");
+    let mut cmd = Command::new(shell_path());
     cmd.arg("-e")
         .arg("-c")
         .arg(&spec.script)
@@ -99,6 +107,22 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         }
     }
     end
+}
+
+/// The shell, as an absolute path. With a bare `sh` and a replaced
+/// environment, std must search the job's PATH itself and falls back from
+/// posix_spawn to fork, which copies trackside's page tables for every step:
+/// the dominant cost with a thousand jobs at once.
+fn shell_path() -> &'static std::path::Path {
+    static SH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SH.get_or_init(|| {
+        let from_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("sh"))
+                .find(|p| p.is_file())
+        });
+        from_path.unwrap_or_else(|| std::path::PathBuf::from("/bin/sh"))
+    })
 }
 
 fn exit_end(s: std::process::ExitStatus) -> StepEnd {
@@ -167,7 +191,13 @@ pub fn tagged_pids(needle: &str, prefix: bool, except: u32) -> Vec<i32> {
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let hit = |kv: &[u8]| if prefix { kv.starts_with(needle.as_bytes()) } else { kv == needle.as_bytes() };
+        let hit = |kv: &[u8]| {
+            if prefix {
+                kv.starts_with(needle.as_bytes())
+            } else {
+                kv == needle.as_bytes()
+            }
+        };
         if env.split(|&b| b == 0).any(hit) {
             let zombie = std::fs::read_to_string(entry.path().join("stat"))
                 .ok()
@@ -182,13 +212,11 @@ pub fn tagged_pids(needle: &str, prefix: bool, except: u32) -> Vec<i32> {
 }
 
 async fn read_lines<R: AsyncRead + Unpin>(r: R, stream: Stream, tx: mpsc::Sender<OutputLine>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    // Small read buffer: a thousand concurrent steps hold two each; long lines
+    // accumulate in `line` (up to MAX_LINE) instead.
+    let mut reader = BufReader::with_capacity(4 * 1024, r);
     let mut line: Vec<u8> = Vec::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(b) => b,
-            Err(_) => break,
-        };
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             if !line.is_empty() {
                 send(&tx, stream, &mut line).await;

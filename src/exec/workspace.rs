@@ -98,14 +98,22 @@ mod tests {
         assert_eq!(files, [PathBuf::from("a/b/f.txt"), PathBuf::from("top")]);
         let dst = tempfile::tempdir().expect("tempdir");
         copy_files(src.path(), &files, &dst.path().join("w")).expect("copy");
-        assert_eq!(std::fs::read_to_string(dst.path().join("w/a/b/f.txt")).expect("read"), "x");
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("w/a/b/f.txt")).expect("read"),
+            "x"
+        );
     }
 
     #[test]
     fn git_projects_leave_ignored_files_out() {
         let src = tempfile::tempdir().expect("tempdir");
         let git = |args: &[&str]| {
-            Command::new("git").arg("-C").arg(src.path()).args(args).output().map(|o| o.status.success())
+            Command::new("git")
+                .arg("-C")
+                .arg(src.path())
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
         };
         if git(&["init", "-q"]).ok() != Some(true) {
             eprintln!("git is not available; skipping");

@@ -107,11 +107,7 @@ impl Report {
         for (i, line) in self.source.split_inclusive('\n').enumerate() {
             if i + 1 == d.line {
                 let text = line.trim_end_matches(['\n', '\r']);
-                let col_byte = |col: usize| {
-                    text.char_indices()
-                        .nth(col)
-                        .map_or(text.len(), |(b, _)| b)
-                };
+                let col_byte = |col: usize| text.char_indices().nth(col).map_or(text.len(), |(b, _)| b);
                 let start = col_byte(d.column.saturating_sub(1));
                 let end = col_byte(d.column.saturating_sub(1) + d.width).max(start);
                 return start_of_line + start..start_of_line + end;
@@ -126,8 +122,10 @@ impl Report {
     pub fn render(&self, color: bool) -> String {
         let name = self.file.display().to_string();
         let file = SimpleFile::new(name.as_str(), self.source.as_str());
-        let mut config = term::Config::default();
-        config.chars = term::Chars::ascii();
+        let config = term::Config {
+            chars: term::Chars::ascii(),
+            ..term::Config::default()
+        };
         let mut out = String::new();
         for d in &self.items {
             if self.source.is_empty() {
@@ -176,13 +174,7 @@ impl Report {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let mut s = format!(
-            "{}:{}:{}: {sev}: {}",
-            self.file.display(),
-            d.line,
-            d.column,
-            d.message
-        );
+        let mut s = format!("{}:{}:{}: {sev}: {}", self.file.display(), d.line, d.column, d.message);
         if !d.path.is_empty() {
             let _ = write!(s, " (at {})", d.path);
         }
@@ -209,7 +201,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 }
 
 /// A hint naming the closest candidate and listing all valid ones.
-pub fn suggestion_hint<'a>(word: &str, candidates: &[&'a str], what: &str) -> String {
+pub fn suggestion_hint(word: &str, candidates: &[&str], what: &str) -> String {
     let list = if candidates.len() > 12 {
         format!("{}, ... ({} in all)", candidates[..12].join(", "), candidates.len())
     } else {
@@ -227,10 +219,18 @@ mod tests {
 
     #[test]
     fn renders_source_line_and_caret() {
-        let mut r = Report::new(Path::new("p.yml"), "name: x\njobs:\n  a:\n    depends_on: [biuld]\n".into());
+        let mut r = Report::new(
+            Path::new("p.yml"),
+            "name: x\njobs:\n  a:\n    depends_on: [biuld]\n".into(),
+        );
         r.items.push(
-            Diagnostic::error(Pos { line: 4, col: 18 }, 5, "jobs.a.depends_on[0]", "unknown job `biuld`")
-                .with_hint("did you mean `build`?"),
+            Diagnostic::error(
+                Pos { line: 4, col: 18 },
+                5,
+                "jobs.a.depends_on[0]",
+                "unknown job `biuld`",
+            )
+            .with_hint("did you mean `build`?"),
         );
         let text = r.render(false);
         assert!(text.contains("p.yml:4:18"), "{text}");

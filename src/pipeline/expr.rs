@@ -197,7 +197,11 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 let n = text
                     .parse::<f64>()
                     .ok()
-                    .or_else(|| text.strip_prefix("0x").and_then(|h| i64::from_str_radix(h, 16).ok()).map(|v| v as f64))
+                    .or_else(|| {
+                        text.strip_prefix("0x")
+                            .and_then(|h| i64::from_str_radix(h, 16).ok())
+                            .map(|v| v as f64)
+                    })
                     .ok_or_else(|| ExprError::at(off, format!("bad number `{text}`")))?;
                 (Tok::Num(n), j - i)
             }
@@ -235,7 +239,10 @@ struct P {
 /// Parses one expression (the text between `${{` and `}}`, or a `conditional`).
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
     if src.len() > MAX_SOURCE {
-        return Err(ExprError::at(0, format!("expression is longer than {MAX_SOURCE} bytes")));
+        return Err(ExprError::at(
+            0,
+            format!("expression is longer than {MAX_SOURCE} bytes"),
+        ));
     }
     let toks = lex(src)?;
     if toks.is_empty() {
@@ -249,8 +256,10 @@ pub fn parse(src: &str) -> Result<Expr, ExprError> {
     };
     let e = p.expr(0)?;
     if let Some((t, off)) = p.toks.get(p.i) {
-        return Err(ExprError::at(*off, format!("unexpected {} after the expression", describe(t)))
-            .hint("join conditions with && or ||"));
+        return Err(
+            ExprError::at(*off, format!("unexpected {} after the expression", describe(t)))
+                .hint("join conditions with && or ||"),
+        );
     }
     Ok(e)
 }
@@ -306,7 +315,10 @@ impl P {
     fn expr(&mut self, min_prec: usize) -> Result<Expr, ExprError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ExprError::at(self.off(), format!("expression nests deeper than {MAX_DEPTH} levels")));
+            return Err(ExprError::at(
+                self.off(),
+                format!("expression nests deeper than {MAX_DEPTH} levels"),
+            ));
         }
         let mut lhs = self.unary()?;
         while let Some(Tok::Op(op)) = self.peek().cloned() {
@@ -326,7 +338,10 @@ impl P {
         if self.eat(&Tok::Not) {
             self.depth += 1;
             if self.depth > MAX_DEPTH {
-                return Err(ExprError::at(self.off(), format!("expression nests deeper than {MAX_DEPTH} levels")));
+                return Err(ExprError::at(
+                    self.off(),
+                    format!("expression nests deeper than {MAX_DEPTH} levels"),
+                ));
             }
             let e = self.unary()?;
             self.depth -= 1;
@@ -389,7 +404,11 @@ impl P {
                             .hint(super::diag::suggestion_hint(&name, &names, "functions")));
                     };
                     if args.len() < min || args.len() > max {
-                        let want = if min == max { min.to_string() } else { format!("{min} to {max}") };
+                        let want = if min == max {
+                            min.to_string()
+                        } else {
+                            format!("{min} to {max}")
+                        };
                         return Err(ExprError::at(
                             off,
                             format!("`{name}` takes {want} argument(s), got {}", args.len()),
@@ -556,7 +575,10 @@ impl Eval<'_> {
         };
         if let Value::String(s) = &out {
             if s.len() > MAX_STRING {
-                return Err(ExprError::at(off, format!("`{name}` produced more than {MAX_STRING} bytes")));
+                return Err(ExprError::at(
+                    off,
+                    format!("`{name}` produced more than {MAX_STRING} bytes"),
+                ));
             }
         }
         Ok(out)
@@ -611,8 +633,12 @@ fn format_string(fmt: &str, args: &[Value]) -> Result<String, String> {
                     }
                     idx.push(d);
                 }
-                let i: usize = idx.parse().map_err(|_| format!("format: bad placeholder `{{{idx}}}`"))?;
-                let v = args.get(i).ok_or_else(|| format!("format: no argument for `{{{i}}}`"))?;
+                let i: usize = idx
+                    .parse()
+                    .map_err(|_| format!("format: bad placeholder `{{{idx}}}`"))?;
+                let v = args
+                    .get(i)
+                    .ok_or_else(|| format!("format: no argument for `{{{i}}}`"))?;
                 out.push_str(&to_text(v));
             }
             c => out.push(c),

@@ -36,10 +36,12 @@ impl Plan {
     /// Builds the plan, or diagnostics for every dependency cycle.
     pub fn build(p: &Pipeline) -> Result<Plan, Vec<Diagnostic>> {
         let n = p.jobs.len();
+        let index: std::collections::HashMap<&str, usize> =
+            p.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, job) in p.jobs.iter().enumerate() {
             for d in &job.depends_on {
-                if let Some(j) = p.job_index(d) {
+                if let Some(&j) = index.get(d.as_str()) {
                     if j != i && !deps[i].contains(&j) {
                         deps[i].push(j);
                     }
@@ -48,9 +50,7 @@ impl Plan {
         }
         // Final-stage jobs (on_failure/always without depends_on).
         let finals: Vec<usize> = (0..n)
-            .filter(|&i| {
-                matches!(p.jobs[i].when, When::OnFailure | When::Always) && p.jobs[i].depends_on.is_empty()
-            })
+            .filter(|&i| matches!(p.jobs[i].when, When::OnFailure | When::Always) && p.jobs[i].depends_on.is_empty())
             .collect();
         if !finals.is_empty() {
             let gated = downstream_of_manual(p, &deps);
@@ -110,7 +110,9 @@ impl Plan {
             priority[i] = 1 + dependents[i].iter().map(|&d| priority[d]).max().unwrap_or(0);
         }
         let mut critical_path = Vec::new();
-        let mut cur = (0..n).filter(|&i| deps[i].is_empty()).max_by_key(|&i| (priority[i], std::cmp::Reverse(i)));
+        let mut cur = (0..n)
+            .filter(|&i| deps[i].is_empty())
+            .max_by_key(|&i| (priority[i], std::cmp::Reverse(i)));
         while let Some(i) = cur {
             critical_path.push(i);
             cur = dependents[i]
@@ -255,11 +257,12 @@ fn cycle_diagnostics(p: &Pipeline, g: &DiGraph<usize, ()>) -> Vec<Diagnostic> {
             None => (job.pos, job.name.chars().count(), format!("jobs.{}", job.name)),
         };
         out.push(
-            Diagnostic::error(pos, width, path, format!("dependency cycle: {}", names.join(" -> ")))
-                .with_hint(format!(
+            Diagnostic::error(pos, width, path, format!("dependency cycle: {}", names.join(" -> "))).with_hint(
+                format!(
                     "remove `{dep}` from `jobs.{}.depends_on` (or another edge of the cycle)",
                     job.name
-                )),
+                ),
+            ),
         );
     }
     out
@@ -287,7 +290,13 @@ mod tests {
 
     #[test]
     fn levels_critical_path_and_parallelism() {
-        let p = pipeline(&[("lint", &[]), ("build", &[]), ("test", &["build"]), ("it", &["build"]), ("deploy", &["test", "it", "lint"])]);
+        let p = pipeline(&[
+            ("lint", &[]),
+            ("build", &[]),
+            ("test", &["build"]),
+            ("it", &["build"]),
+            ("deploy", &["test", "it", "lint"]),
+        ]);
         let plan = Plan::build(&p).unwrap();
         assert_eq!(plan.levels, vec![vec![0, 1], vec![2, 3], vec![4]]);
         assert_eq!(plan.max_parallelism, 2);
@@ -305,7 +314,10 @@ mod tests {
         let r = parse_source(Path::new("t.yml"), src.into(), &LoadOptions::default()).unwrap_err();
         let msgs: Vec<&str> = r.items.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(msgs.len(), 1, "{msgs:?}");
-        assert!(msgs[0].contains("c -> a2 -> c") || msgs[0].contains("a2 -> c -> a2"), "{msgs:?}");
+        assert!(
+            msgs[0].contains("c -> a2 -> c") || msgs[0].contains("a2 -> c -> a2"),
+            "{msgs:?}"
+        );
         assert!(r.items[0].hint.as_deref().unwrap_or("").contains("remove"));
     }
 

@@ -155,6 +155,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         let mut cx = Cx {
             diags: Vec::new(),
             src: &report.source,
+            line_starts: line_starts(&report.source),
         };
         let p = if report.source.trim().is_empty() {
             cx.diags.push(file_error(
@@ -184,7 +185,10 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         Some(p) if !report.has_errors() => Ok((p, report)),
         _ => {
             if !report.has_errors() {
-                report.items.push(file_error("pipeline could not be read".into(), "see the messages above"));
+                report.items.push(file_error(
+                    "pipeline could not be read".into(),
+                    "see the messages above",
+                ));
             }
             Err(report)
         }
@@ -194,6 +198,14 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
 struct Cx<'s> {
     diags: Vec<Diagnostic>,
     src: &'s str,
+    /// Byte offset where each line starts, so positions inside scalars are O(1).
+    line_starts: Vec<usize>,
+}
+
+fn line_starts(src: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
 }
 
 fn entries(node: &Node) -> &[(Node, Node)] {
@@ -211,7 +223,11 @@ fn get<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl Cx<'_> {
@@ -321,7 +337,12 @@ impl Cx<'_> {
                 None
             }
             None => {
-                self.err(node, path, format!("expected a duration, found {}", node.type_name()), hint);
+                self.err(
+                    node,
+                    path,
+                    format!("expected a duration, found {}", node.type_name()),
+                    hint,
+                );
                 None
             }
         }
@@ -402,7 +423,12 @@ impl Cx<'_> {
 
     /// Position of a character inside a scalar (exact for one-line scalars).
     fn pos_in(&self, node: &Node, char_offset: usize) -> Pos {
-        let line = self.src.lines().nth(node.pos.line.saturating_sub(1)).unwrap_or("");
+        let idx = node.pos.line.saturating_sub(1);
+        let line = match (self.line_starts.get(idx), self.line_starts.get(idx + 1)) {
+            (Some(&a), Some(&b)) => &self.src[a..b],
+            (Some(&a), None) => &self.src[a..],
+            _ => "",
+        };
         let at = line.chars().nth(node.pos.col.saturating_sub(1));
         let quote = usize::from(matches!(at, Some('"' | '\'')));
         let text_width = node.width;
@@ -422,7 +448,9 @@ impl Cx<'_> {
             let offset = text[..e.offset.min(text.len())].chars().count();
             let pos = self.pos_in(node, offset);
             let mut d = Diagnostic::error(pos, 1, path, format!("invalid expression: {}", e.message));
-            d.hint = e.hint.or(Some("see the expression syntax in docs/pipeline-format.md".into()));
+            d.hint = e
+                .hint
+                .or(Some("see the expression syntax in docs/pipeline-format.md".into()));
             self.diags.push(d);
         }
     }
@@ -441,14 +469,18 @@ impl Cx<'_> {
                 String::new()
             }
         };
-        let global_env = get(root, "global_env").map(|n| self.env_map(n, "global_env")).unwrap_or_default();
+        let global_env = get(root, "global_env")
+            .map(|n| self.env_map(n, "global_env"))
+            .unwrap_or_default();
         let timeout = get(root, "timeout")
             .and_then(|n| self.seconds_in(n, "timeout", 1.0, 7.0 * 86400.0))
             .unwrap_or(DEFAULT_PIPELINE_TIMEOUT);
         let kill_grace = get(root, "kill_grace")
             .and_then(|n| self.seconds_in(n, "kill_grace", 0.0, 3600.0))
             .unwrap_or(DEFAULT_KILL_GRACE);
-        let retry_policy = get(root, "retry_policy").map(|n| self.retry_policy(n)).unwrap_or_default();
+        let retry_policy = get(root, "retry_policy")
+            .map(|n| self.retry_policy(n))
+            .unwrap_or_default();
 
         let mut jobs = Vec::new();
         match get(root, "jobs") {
@@ -468,7 +500,10 @@ impl Cx<'_> {
                 _ => self.err(
                     node,
                     "jobs",
-                    format!("`jobs` must be a mapping with at least one job, found {}", node.type_name()),
+                    format!(
+                        "`jobs` must be a mapping with at least one job, found {}",
+                        node.type_name()
+                    ),
                     "write `jobs:` followed by indented `name:` entries",
                 ),
             },
@@ -497,10 +532,14 @@ impl Cx<'_> {
             let keys = ["initial", "max", "multiplier", "jitter"];
             if self.mapping(b, "retry_policy.backoff", &keys, "backoff") {
                 if let Some(n) = get(b, "initial") {
-                    rp.backoff.initial = self.seconds_in(n, "retry_policy.backoff.initial", 0.0, 3600.0).unwrap_or(rp.backoff.initial);
+                    rp.backoff.initial = self
+                        .seconds_in(n, "retry_policy.backoff.initial", 0.0, 3600.0)
+                        .unwrap_or(rp.backoff.initial);
                 }
                 if let Some(n) = get(b, "max") {
-                    rp.backoff.max = self.seconds_in(n, "retry_policy.backoff.max", 0.0, 86400.0).unwrap_or(rp.backoff.max);
+                    rp.backoff.max = self
+                        .seconds_in(n, "retry_policy.backoff.max", 0.0, 86400.0)
+                        .unwrap_or(rp.backoff.max);
                 }
                 for (key, lo, hi) in [("multiplier", 1.0, 10.0), ("jitter", 0.0, 1.0)] {
                     if let Some(n) = get(b, key) {
@@ -569,7 +608,10 @@ impl Cx<'_> {
                                 n,
                                 &format!("{path}.steps[{i}].name"),
                                 format!("duplicate step name `{}` in job `{name}`", st.name),
-                                format!("step {} already uses this name; step names must be unique within a job", first + 1),
+                                format!(
+                                    "step {} already uses this name; step names must be unique within a job",
+                                    first + 1
+                                ),
                             );
                         } else {
                             seen.push((&st.name, i));
@@ -656,7 +698,9 @@ impl Cx<'_> {
                     let offset = src[..(lead + e.offset).min(src.len())].chars().count();
                     let pos = self.pos_in(n, offset);
                     let mut d = Diagnostic::error(pos, 1, &cpath, format!("invalid expression: {}", e.message));
-                    d.hint = e.hint.or(Some("see the expression syntax in docs/pipeline-format.md".into()));
+                    d.hint = e
+                        .hint
+                        .or(Some("see the expression syntax in docs/pipeline-format.md".into()));
                     self.diags.push(d);
                     None
                 }
@@ -670,7 +714,12 @@ impl Cx<'_> {
                         Some((_, w)) => *w,
                         None => {
                             let names: Vec<&str> = When::ALL.iter().map(|(k, _)| *k).collect();
-                            self.err(n, &wpath, format!("unknown `when` value `{s}`"), suggestion_hint(&s, &names, "values"));
+                            self.err(
+                                n,
+                                &wpath,
+                                format!("unknown `when` value `{s}`"),
+                                suggestion_hint(&s, &names, "values"),
+                            );
                             When::OnSuccess
                         }
                     },
@@ -725,12 +774,22 @@ impl Cx<'_> {
             .unwrap_or_else(|| format!("step-{}", index + 1));
         if name.trim().is_empty() {
             if let Some(n) = get(node, "name") {
-                self.err(n, &join(path, "name"), "step name is empty", "give the step a short name");
+                self.err(
+                    n,
+                    &join(path, "name"),
+                    "step name is empty",
+                    "give the step a short name",
+                );
             }
         }
         let mut script = Vec::new();
         match get(node, "script") {
-            None => self.err(node, path, "step has no `script`", "add `script:` with one shell line or a list of lines"),
+            None => self.err(
+                node,
+                path,
+                "step has no `script`",
+                "add `script:` with one shell line or a list of lines",
+            ),
             Some(s) => {
                 let spath = join(path, "script");
                 let lines = self.string_list(s, &spath);
@@ -776,10 +835,13 @@ impl Cx<'_> {
     /// Checks that need the whole pipeline: job references, variables, images.
     fn cross_check(&mut self, root: &Node, p: &Pipeline, opts: &LoadOptions) {
         let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
-        let jobs_node = get(root, "jobs");
+        let known: std::collections::HashSet<&str> = names.iter().copied().collect();
+        let job_nodes: std::collections::HashMap<String, &Node> = get(root, "jobs")
+            .map(|n| entries(n).iter().map(|(k, v)| (k.key_text(), v)).collect())
+            .unwrap_or_default();
         for job in &p.jobs {
             let path = format!("jobs.{}", job.name);
-            let job_node = jobs_node.and_then(|n| get(n, &job.name));
+            let job_node = job_nodes.get(&job.name).copied();
             // depends_on
             if let Some(dnode) = job_node.and_then(|n| get(n, "depends_on")) {
                 let items: Vec<&Node> = match &dnode.value {
@@ -797,10 +859,20 @@ impl Cx<'_> {
                             format!("job `{dep}` depends on itself"),
                             "remove this entry: a job cannot wait for itself",
                         );
-                    } else if !names.contains(&dep) {
-                        self.err(item, &ipath, format!("unknown job `{dep}`"), suggestion_hint(dep, &names, "jobs"));
+                    } else if !known.contains(dep) {
+                        self.err(
+                            item,
+                            &ipath,
+                            format!("unknown job `{dep}`"),
+                            suggestion_hint(dep, &names, "jobs"),
+                        );
                     } else if seen.contains(&dep) {
-                        self.warn(item, &ipath, format!("`{dep}` is listed twice"), "remove the repeated entry");
+                        self.warn(
+                            item,
+                            &ipath,
+                            format!("`{dep}` is listed twice"),
+                            "remove the repeated entry",
+                        );
                     }
                     seen.push(dep);
                 }
@@ -810,7 +882,7 @@ impl Cx<'_> {
                 let mut refs = Vec::new();
                 c.expr.job_refs(&mut refs);
                 for (name, _) in refs {
-                    if !names.contains(&name.as_str()) {
+                    if !known.contains(name.as_str()) {
                         let n = job_node.and_then(|n| get(n, "conditional"));
                         if let Some(n) = n {
                             self.err(
@@ -828,12 +900,10 @@ impl Cx<'_> {
                 let n = job_node
                     .and_then(|n| get(n, "image"))
                     .or_else(|| {
-                        job_node
-                            .and_then(|n| get(n, "steps"))
-                            .and_then(|s| match &s.value {
-                                Value::Seq(items) => items.iter().find_map(|st| get(st, "image")),
-                                _ => None,
-                            })
+                        job_node.and_then(|n| get(n, "steps")).and_then(|s| match &s.value {
+                            Value::Seq(items) => items.iter().find_map(|st| get(st, "image")),
+                            _ => None,
+                        })
                     })
                     .unwrap_or(&job_node.map_or(root.clone(), Node::clone))
                     .clone();
@@ -841,13 +911,19 @@ impl Cx<'_> {
                     ExecutorChoice::Shell => self.warn(
                         &n,
                         &path,
-                        format!("job `{}` names image `{img}`, which the shell executor ignores", job.name),
+                        format!(
+                            "job `{}` names image `{img}`, which the shell executor ignores",
+                            job.name
+                        ),
                         "its steps run on this host with the host's tools",
                     ),
                     ExecutorChoice::Auto => self.err(
                         &n,
                         &path,
-                        format!("job `{}` names image `{img}`, but this build of trackside has no container executor", job.name),
+                        format!(
+                            "job `{}` names image `{img}`, but this build of trackside has no container executor",
+                            job.name
+                        ),
                         "pass `--executor shell` to run its steps on this host, or remove `image:`",
                     ),
                 }
@@ -898,7 +974,7 @@ impl Cx<'_> {
                 for (key, text) in [("working_directory", wd), ("image", step.image.as_ref())] {
                     if let Some(text) = text {
                         if let Err(e) = scope.expand(text) {
-                            let node = jobs_field(root, &job.name, i, key).unwrap_or_else(|| Node {
+                            let node = jobs_field(root, &job.name, i, key).unwrap_or(Node {
                                 value: Value::Null,
                                 pos: job.pos,
                                 width: job.name.len(),
@@ -985,9 +1061,18 @@ mod tests {
     fn all_errors_are_collected_in_one_pass() {
         let src = "name: x\njobs:\n  a:\n    steps:\n      - script: echo\n    depends_on: [bb]\n    timeout: 0\n  b:\n    stepz: []\n";
         let errs = check(src).unwrap_err();
-        assert!(errs.iter().any(|e| e.0 == 6 && e.2.contains("unknown job `bb`")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.0 == 7 && e.2.contains("out of range")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.0 == 9 && e.2.contains("unknown key `stepz`")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.0 == 6 && e.2.contains("unknown job `bb`")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.0 == 7 && e.2.contains("out of range")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.0 == 9 && e.2.contains("unknown key `stepz`")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.2.contains("has no `steps`")), "{errs:?}");
     }
 

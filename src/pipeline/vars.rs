@@ -43,7 +43,10 @@ impl VarError {
             ),
             VarError::Cycle(path) => {
                 let names = &path[..path.len().saturating_sub(1)];
-                format!("break the cycle: one of {} must not refer to the next", names.join(", "))
+                format!(
+                    "break the cycle: one of {} must not refer to the next",
+                    names.join(", ")
+                )
             }
             VarError::TooDeep => "flatten the chain of variables referring to variables".into(),
             VarError::TooLong => "a variable's value should not grow this large".into(),
@@ -77,17 +80,13 @@ impl Scope {
     }
 
     fn definition(&self, name: &str, from_layer: usize) -> Option<(usize, &str)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .skip(from_layer)
-            .find_map(|(i, layer)| {
-                layer
-                    .iter()
-                    .rev()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| (i, v.as_str()))
-            })
+        self.layers.iter().enumerate().skip(from_layer).find_map(|(i, layer)| {
+            layer
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| (i, v.as_str()))
+        })
     }
 
     /// Every variable, resolved. Keys sorted for stable output.
@@ -103,10 +102,7 @@ impl Scope {
                 if out.contains_key(name) {
                     continue;
                 }
-                let value = r
-                    .lookup(name, 0)
-                    .map_err(|e| (name.clone(), e))?
-                    .unwrap_or_default();
+                let value = r.lookup(name, 0).map_err(|e| (name.clone(), e))?.unwrap_or_default();
                 out.insert(name.clone(), value);
             }
         }
@@ -220,7 +216,9 @@ impl Resolver<'_> {
                     i += 1;
                 } else {
                     let name = &rest[..len];
-                    let value = self.get(name, owner)?.ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                    let value = self
+                        .get(name, owner)?
+                        .ok_or_else(|| VarError::Undefined(name.to_string()))?;
                     out.push_str(&value);
                     i += 1 + len;
                 }

@@ -89,12 +89,7 @@ impl Node {
     fn size(&self) -> usize {
         match &self.value {
             Value::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Value::Map(entries) => {
-                1 + entries
-                    .iter()
-                    .map(|(k, v)| k.size() + v.size())
-                    .sum::<usize>()
-            }
+            Value::Map(entries) => 1 + entries.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),
             _ => 1,
         }
     }
@@ -130,6 +125,8 @@ enum Frame {
         pos: Option<Pos>,
         /// Where the mapping began (used when it has no keys).
         start: Pos,
+        /// Scalar keys seen so far and their entry index, for duplicate detection.
+        seen: HashMap<String, usize>,
         anchor: usize,
         merges: Vec<Node>,
     },
@@ -169,10 +166,7 @@ pub fn parse(src: &str) -> Parsed {
                     hint,
                     path: String::new(),
                 });
-                return Parsed {
-                    root: None,
-                    problems,
-                };
+                return Parsed { root: None, problems };
             }
         };
         let pos = Pos::from_marker(&marker);
@@ -198,10 +192,7 @@ pub fn parse(src: &str) -> Parsed {
                     let size = node.size();
                     if size > budget {
                         problems.push(too_big(pos));
-                        return Parsed {
-                            root: None,
-                            problems,
-                        };
+                        return Parsed { root: None, problems };
                     }
                     budget -= size;
                     let mut node = node.clone();
@@ -216,19 +207,13 @@ pub fn parse(src: &str) -> Parsed {
                         hint: Some("define the anchor (&name) before using it (*name)".into()),
                         path: String::new(),
                     });
-                    return Parsed {
-                        root: None,
-                        problems,
-                    };
+                    return Parsed { root: None, problems };
                 }
             },
             Event::Scalar(text, style, anchor, _tag) => {
                 if budget == 0 {
                     problems.push(too_big(pos));
-                    return Parsed {
-                        root: None,
-                        problems,
-                    };
+                    return Parsed { root: None, problems };
                 }
                 budget -= 1;
                 let width = text.lines().next().map_or(1, |l| l.chars().count().max(1));
@@ -248,17 +233,11 @@ pub fn parse(src: &str) -> Parsed {
                         hint: Some("a pipeline needs only a few levels of nesting".into()),
                         path: String::new(),
                     });
-                    return Parsed {
-                        root: None,
-                        problems,
-                    };
+                    return Parsed { root: None, problems };
                 }
                 if budget == 0 {
                     problems.push(too_big(pos));
-                    return Parsed {
-                        root: None,
-                        problems,
-                    };
+                    return Parsed { root: None, problems };
                 }
                 budget -= 1;
                 if matches!(event, Event::SequenceStart(..)) {
@@ -273,6 +252,7 @@ pub fn parse(src: &str) -> Parsed {
                         pending_key: None,
                         pos: None,
                         start: pos,
+                        seen: HashMap::new(),
                         anchor,
                         merges: Vec::new(),
                     });
@@ -330,6 +310,7 @@ pub fn parse(src: &str) -> Parsed {
                     pending_key,
                     pos: map_pos,
                     merges,
+                    seen,
                     ..
                 }) => match pending_key.take() {
                     None => {
@@ -344,9 +325,10 @@ pub fn parse(src: &str) -> Parsed {
                                 Value::Seq(items) => merges.extend(items),
                                 _ => merges.push(node),
                             }
-                        } else if let Some((first, _)) =
-                            entries.iter().find(|(k, _)| k.value == key.value)
-                        {
+                        } else if let Some((first, _)) = match &key.value {
+                            Value::Seq(_) | Value::Map(_) => entries.iter().find(|(k, _)| k.value == key.value),
+                            _ => seen.get(&key.key_text()).map(|&i| &entries[i]),
+                        } {
                             problems.push(YamlProblem {
                                 pos: key.pos,
                                 width: key.width,
@@ -358,6 +340,9 @@ pub fn parse(src: &str) -> Parsed {
                                 path,
                             });
                         } else {
+                            if !matches!(key.value, Value::Seq(_) | Value::Map(_)) {
+                                seen.insert(key.key_text(), entries.len());
+                            }
                             entries.push((key, node));
                         }
                     }
@@ -452,9 +437,7 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let n = root("a:\n  b: [1, x]\n");
-        let Value::Map(top) = &n.value else {
-            panic!("map")
-        };
+        let Value::Map(top) = &n.value else { panic!("map") };
         assert_eq!(top[0].0.pos, Pos { line: 1, col: 1 });
         let Value::Map(inner) = &top[0].1.value else {
             panic!("map")
@@ -478,9 +461,7 @@ mod tests {
 
     #[test]
     fn deep_block_nesting_is_refused() {
-        let src: String = (0..5000)
-            .map(|i| format!("{}k:\n", " ".repeat(i)))
-            .collect();
+        let src: String = (0..5000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
         let p = parse(&src);
         assert!(p.root.is_none());
         assert!(p.problems[0].message.contains("deeper"));
@@ -505,13 +486,13 @@ mod tests {
     #[test]
     fn merge_keys_fill_missing_entries() {
         let n = root("base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  y: 3\n");
-        let Value::Map(top) = &n.value else {
-            panic!("map")
+        let Value::Map(top) = &n.value else { panic!("map") };
+        let Value::Map(m) = &top[1].1.value else { panic!("map") };
+        let get = |k: &str| {
+            m.iter()
+                .find(|(key, _)| key.as_str() == Some(k))
+                .map(|(_, v)| v.value.clone())
         };
-        let Value::Map(m) = &top[1].1.value else {
-            panic!("map")
-        };
-        let get = |k: &str| m.iter().find(|(key, _)| key.as_str() == Some(k)).map(|(_, v)| v.value.clone());
         assert_eq!(get("x"), Some(Value::Int(1)));
         assert_eq!(get("y"), Some(Value::Int(3)));
     }

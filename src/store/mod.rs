@@ -85,7 +85,13 @@ pub fn new_run_id() -> String {
 /// A job name made safe for a file name (job names are validated, but be sure).
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -153,8 +159,13 @@ impl RunRecord {
             }
             EventKind::StepStarted { job, attempt, step, .. } => self.log_line(job, *attempt, ev.ts, "step", step, ""),
             kind => {
-                if let EventKind::JobFinished { job, attempt, .. } | EventKind::JobRetrying { job, attempt, .. } = kind {
-                    let key_attempt = if matches!(kind, EventKind::JobRetrying { .. }) { attempt - 1 } else { *attempt };
+                if let EventKind::JobFinished { job, attempt, .. } | EventKind::JobRetrying { job, attempt, .. } = kind
+                {
+                    let key_attempt = if matches!(kind, EventKind::JobRetrying { .. }) {
+                        attempt - 1
+                    } else {
+                        *attempt
+                    };
                     self.logs.remove(&(job.clone(), key_attempt));
                 }
                 let path = self.dir.join("events.jsonl");
@@ -163,12 +174,22 @@ impl RunRecord {
                     message: e.to_string(),
                 })?;
                 line.push('\n');
-                self.events.write_all(line.as_bytes()).map_err(io_err("cannot write", &path))
+                self.events
+                    .write_all(line.as_bytes())
+                    .map_err(io_err("cannot write", &path))
             }
         }
     }
 
-    fn log_line(&mut self, job: &str, attempt: u32, ts: u64, stream: &str, step: &str, text: &str) -> Result<(), StoreError> {
+    fn log_line(
+        &mut self,
+        job: &str,
+        attempt: u32,
+        ts: u64,
+        stream: &str,
+        step: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
         let key = (job.to_string(), attempt);
         if !self.logs.contains_key(&key) {
             let path = log_path(&self.dir, job, attempt);
@@ -361,10 +382,17 @@ pub fn read_log(run_dir: &Path, job: &str, attempt: Option<u32>) -> Result<(u32,
             .collect();
         known.sort();
         return Err(StoreError::NoLog {
-            run: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            run: run_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             job: job.into(),
             attempt: attempt.map(|a| format!(" attempt {a}")).unwrap_or_default(),
-            known: if known.is_empty() { "none".into() } else { known.join(", ") },
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
         });
     };
     let path = log_path(run_dir, job, a);

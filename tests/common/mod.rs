@@ -56,7 +56,10 @@ pub fn setup_with(yaml: &str, opts: &LoadOptions) -> Setup {
         finish_when_blocked: true,
         cli_vars: Vec::new(),
         secrets: Vec::new(),
-        host_env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))],
+        host_env: vec![(
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )],
         only_job: None,
         repeat: None,
         kill_grace: Some(Duration::from_millis(200)),
@@ -133,7 +136,9 @@ impl Running {
     }
 
     pub async fn finished(&mut self) -> RunSummary {
-        let ev = self.until("run finished", |k| matches!(k, EventKind::RunFinished { .. })).await;
+        let ev = self
+            .until("run finished", |k| matches!(k, EventKind::RunFinished { .. }))
+            .await;
         match &ev.kind {
             EventKind::RunFinished { summary } => summary.clone(),
             _ => unreachable!(),

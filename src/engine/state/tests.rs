@@ -96,7 +96,12 @@ fn linear_pipeline_runs_in_order_and_passes() {
 #[test]
 fn parallelism_limit_and_critical_path_first() {
     // `solo` comes first in the file, but `head` starts a longer chain.
-    let src = yaml(&[("solo", &[], ""), ("head", &[], ""), ("mid", &["head"], ""), ("tail", &["mid"], "")]);
+    let src = yaml(&[
+        ("solo", &[], ""),
+        ("head", &[], ""),
+        ("mid", &["head"], ""),
+        ("tail", &["mid"], ""),
+    ]);
     let mut m = machine(&src, opts(1));
     let fx = m.handle(Input::Start, t(0));
     assert_eq!(started(&fx), [1]);
@@ -144,11 +149,17 @@ fn transient_failure_is_retried_with_backoff_and_reported_flaky() {
         job: 0,
         after: Duration::from_secs(1)
     }));
-    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::JobRetrying { attempt: 2, .. }))));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(EventKind::JobRetrying { attempt: 2, .. })))
+    );
     let fx = m.handle(Input::RetryDue { job: 0 }, t(1010));
     assert!(fx.contains(&Effect::Start { job: 0, attempt: 2 }));
     let fx = ok(&mut m, 0, 1100);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::JobFinished { flaky: true, .. }))));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(EventKind::JobFinished { flaky: true, .. })))
+    );
     let s = finished(&fx).expect("finished");
     assert_eq!(s.jobs[0].verdict, Verdict::Flaky);
     assert_eq!(s.jobs[0].attempts.len(), 2);
@@ -193,11 +204,18 @@ fn backoff_grows_between_retries() {
 
 #[test]
 fn manual_gate_waits_and_headless_run_ends_blocked() {
-    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual"), ("smoke", &["deploy"], "")]);
+    let src = yaml(&[
+        ("build", &[], ""),
+        ("deploy", &["build"], "when: manual"),
+        ("smoke", &["deploy"], ""),
+    ]);
     let mut m = machine(&src, opts(4));
     m.handle(Input::Start, t(0));
     let fx = ok(&mut m, 0, 1);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Emit(EventKind::GateWaiting { job }) if job == "deploy")));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Emit(EventKind::GateWaiting { job }) if job == "deploy"))
+    );
     assert_eq!(m.status(1), JobStatus::WaitingApproval);
     let s = finished(&fx).expect("headless runs do not hang on a gate");
     assert_eq!(s.result, RunResult::Blocked);
@@ -250,7 +268,10 @@ fn cancelling_a_running_job_kills_it_and_blocks_dependents() {
     assert_eq!(m.status(1), JobStatus::Skipped);
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::Emit(EventKind::JobFinished { failure_class: Some(FailureClass::Cancelled), .. })
+        Effect::Emit(EventKind::JobFinished {
+            failure_class: Some(FailureClass::Cancelled),
+            ..
+        })
     )));
     assert!(m.check(&Input::Cancel(0)).is_err());
     let s = finished(&ok(&mut m, 2, 3)).expect("finished");
@@ -290,7 +311,10 @@ fn user_retry_replans_skipped_dependents_and_reopens_the_run() {
     m.handle(Input::Start, t(0));
     let fx = fail(&mut m, 0, FailureClass::Script, 1);
     assert_eq!(finished(&fx).map(|s| s.result), Some(RunResult::Failed));
-    assert!(m.check(&Input::Retry(1)).is_err(), "skipped jobs are not retried directly");
+    assert!(
+        m.check(&Input::Retry(1)).is_err(),
+        "skipped jobs are not retried directly"
+    );
     let fx = m.handle(Input::Retry(0), t(2));
     assert!(fx.contains(&Effect::Start { job: 0, attempt: 2 }));
     assert_eq!(m.status(1), JobStatus::Pending);
@@ -349,7 +373,11 @@ fn conditionals_skip_jobs_and_can_react_to_failure() {
     assert_eq!(m.status(1), JobStatus::Skipped);
     assert!(m.reason(1).unwrap_or("").starts_with("condition is false"));
     assert_eq!(m.status(3), JobStatus::Skipped, "failure() is false when all passed");
-    assert_eq!(started(&fx), [2, 4], "a job skipped by its condition does not block dependents");
+    assert_eq!(
+        started(&fx),
+        [2, 4],
+        "a job skipped by its condition does not block dependents"
+    );
 
     let mut o = opts(8);
     o.vars.insert("BRANCH".into(), "main".into());
@@ -397,7 +425,10 @@ fn pause_holds_new_jobs_and_resume_releases_them() {
 
 #[test]
 fn repeat_runs_the_job_n_times_and_counts_flakes() {
-    let src = yaml(&[("dep", &[], ""), ("t", &["dep"], "retry_count: 1\nretry_when: [script]")]);
+    let src = yaml(&[
+        ("dep", &[], ""),
+        ("t", &["dep"], "retry_count: 1\nretry_when: [script]"),
+    ]);
     let mut m = machine(
         &src,
         Options {
@@ -440,7 +471,12 @@ fn stale_attempt_reports_are_ignored() {
 fn resetting_a_job_pulls_back_dependents_that_were_already_queued() {
     // One slot: `a` fails, `busy` takes the slot and `cleanup` (always) waits
     // in the queue. Rerunning `a` must not let `cleanup` start before `mid`.
-    let src = yaml(&[("busy", &[], ""), ("a", &[], ""), ("mid", &["a"], ""), ("cleanup", &["mid"], "when: always")]);
+    let src = yaml(&[
+        ("busy", &[], ""),
+        ("a", &[], ""),
+        ("mid", &["a"], ""),
+        ("cleanup", &["mid"], "when: always"),
+    ]);
     let mut m = machine(&src, opts(1));
     m.handle(Input::Start, t(0));
     fail(&mut m, 1, FailureClass::Script, 1);
@@ -448,12 +484,20 @@ fn resetting_a_job_pulls_back_dependents_that_were_already_queued() {
     assert_eq!(m.status(3), JobStatus::Ready);
     m.handle(Input::RerunFailed, t(2));
     assert_eq!(m.status(2), JobStatus::Pending);
-    assert_eq!(m.status(3), JobStatus::Pending, "no longer eligible while mid is pending");
+    assert_eq!(
+        m.status(3),
+        JobStatus::Pending,
+        "no longer eligible while mid is pending"
+    );
 }
 
 #[test]
 fn a_retry_falling_due_waits_if_an_upstream_job_was_reset() {
-    let src = yaml(&[("e", &[], ""), ("f", &["e"], "when: on_failure\nretry_count: 1"), ("busy", &[], "")]);
+    let src = yaml(&[
+        ("e", &[], ""),
+        ("f", &["e"], "when: on_failure\nretry_count: 1"),
+        ("busy", &[], ""),
+    ]);
     let mut m = machine(&src, opts(2));
     m.handle(Input::Start, t(0));
     fail(&mut m, 0, FailureClass::Script, 1); // e fails -> f runs
@@ -464,7 +508,11 @@ fn a_retry_falling_due_waits_if_an_upstream_job_was_reset() {
     m.handle(Input::RetryDue { job: 1 }, t(4));
     assert_eq!(m.status(1), JobStatus::Pending, "f waits for e again");
     ok(&mut m, 0, 5);
-    assert_eq!(m.status(1), JobStatus::Skipped, "e passed, so on_failure f does not run");
+    assert_eq!(
+        m.status(1),
+        JobStatus::Skipped,
+        "e passed, so on_failure f does not run"
+    );
 }
 
 #[test]
