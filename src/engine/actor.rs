@@ -381,6 +381,13 @@ impl Actor {
         match c {
             Command::Start(reply) => {
                 if self.started_at.is_none() {
+                    tracing::info!(
+                        run = %self.ctx.run_id,
+                        pipeline = %self.ctx.pipeline.name,
+                        jobs = self.ctx.pipeline.jobs.len(),
+                        project = %self.ctx.project_dir.display(),
+                        "run started"
+                    );
                     self.started_at = Some(Instant::now());
                     self.apply(Input::Start, retry_tx);
                 }
@@ -472,6 +479,13 @@ impl Actor {
                 self.emit(kind);
             }
             ActorMsg::Runner(RunnerMsg::AttemptDone { job, attempt, outcome }) => {
+                tracing::debug!(
+                    job = %self.ctx.pipeline.jobs[job].name,
+                    attempt,
+                    exit = ?outcome.exit_code,
+                    class = ?outcome.failure,
+                    "attempt finished"
+                );
                 self.running.remove(&job);
                 self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
             }
@@ -483,8 +497,12 @@ impl Actor {
         for effect in self.state.handle(input, now) {
             match effect {
                 Effect::Emit(kind) => self.emit(kind),
-                Effect::Start { job, attempt } => self.start_attempt(job, attempt),
+                Effect::Start { job, attempt } => {
+                    tracing::debug!(job = %self.ctx.pipeline.jobs[job].name, attempt, "attempt started");
+                    self.start_attempt(job, attempt)
+                }
                 Effect::Kill { job } => {
+                    tracing::info!(job = %self.ctx.pipeline.jobs[job].name, "stopping job");
                     if let Some(token) = self.running.get(&job) {
                         token.cancel();
                     }
@@ -501,6 +519,7 @@ impl Actor {
                 }
                 Effect::Finished(summary) => {
                     let mut summary = *summary;
+                    tracing::info!(run = %summary.run_id, result = ?summary.result, message = %summary.message, "run finished");
                     mask_summary(&self.masker, &mut summary);
                     if let Err(e) = self.record.finish(&summary) {
                         tracing::error!("cannot write the run summary: {e}");

@@ -270,6 +270,15 @@ impl Cx<'_> {
         match &node.value {
             Value::Str(s) => Some(s.clone()),
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(node.key_text()),
+            Value::Map(_) => {
+                self.err(
+                    node,
+                    path,
+                    "expected a string, found a mapping",
+                    "an unquoted `: ` makes YAML read `key: value`; put the whole value in quotes",
+                );
+                None
+            }
             _ => {
                 self.err(
                     node,

@@ -269,8 +269,8 @@ impl Resolver<'_> {
                 Some(s) => (true, s),
                 None => (false, spec),
             };
-            let (pattern, replacement) = spec.split_once('/').unwrap_or((spec, ""));
-            let pattern = self.expand_in(pattern, owner)?;
+            let (pattern, replacement) = split_pattern(spec);
+            let pattern = self.expand_in(&pattern, owner)?;
             let replacement = self.expand_in(replacement, owner)?;
             let value = value.ok_or_else(|| VarError::Undefined(name.to_string()))?;
             if pattern.is_empty() {
@@ -288,6 +288,24 @@ impl Resolver<'_> {
         }
         Err(VarError::Bad(format!("${{{inner}}}")))
     }
+}
+
+/// Splits `pattern/replacement` at the first unescaped `/`; `\/` in the
+/// pattern is a literal slash (as in bash: `${BRANCH//\//-}`).
+fn split_pattern(spec: &str) -> (String, &str) {
+    let mut pattern = String::new();
+    let mut chars = spec.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' if spec[i + 1..].starts_with('/') => {
+                pattern.push('/');
+                chars.next();
+            }
+            '/' => return (pattern, &spec[i + 1..]),
+            c => pattern.push(c),
+        }
+    }
+    (pattern, "")
 }
 
 /// Index of the `}` closing a `${`, counting nested `${...}` pairs.
@@ -356,6 +374,8 @@ mod tests {
         assert_eq!(s.expand("${A:+yes}${MISSING:+no}").unwrap(), "yes");
         assert_eq!(s.expand("${P/a/x}").unwrap(), "x-b-a");
         assert_eq!(s.expand("${P//a/x}").unwrap(), "x-b-x");
+        let s2 = scope(&[&[("B", "feature/login/x")]]);
+        assert_eq!(s2.expand("${B//\\//-}").unwrap(), "feature-login-x");
         assert_eq!(s.expand("cost $$5 and $ alone").unwrap(), "cost $5 and $ alone");
         assert_eq!(s.expand("${{ env.A }}").unwrap(), "${{ env.A }}");
         assert_eq!(s.expand("${MISSING:-${A}}").unwrap(), "hello");
