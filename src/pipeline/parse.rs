@@ -112,6 +112,13 @@ fn read_source(path: &Path) -> Result<String, Diagnostic> {
             "name the YAML file inside it, e.g. `trackside run dir/pipeline.yml`",
         ));
     }
+    if !meta.is_file() {
+        // A FIFO or device would block or never end.
+        return Err(file_error(
+            "this is not a regular file (a pipe, socket or device?)".into(),
+            "give the path of a YAML file",
+        ));
+    }
     if meta.len() > MAX_FILE_BYTES {
         return Err(file_error(
             format!(
