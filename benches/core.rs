@@ -6,12 +6,10 @@
 //! shared and noisy; medians are what to compare).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trackside::engine::state::{Input, Options, Outcome, RunState};
 use trackside::engine::{self, EngineConfig, EventKind};
-use trackside::exec::shell::ShellExecutor;
 use trackside::pipeline::{LoadOptions, Plan, parse_source};
 
 fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
@@ -170,25 +168,15 @@ fn first_log_line_latency() {
     let mut samples = Vec::new();
     for i in 0..60 {
         let plan = Plan::build(&p).expect("plan");
-        let cfg = EngineConfig {
-            run_id: format!("lat-{i}"),
-            state_dir: dir.path().join("state"),
-            pipeline_file: project.join("p.yml"),
-            project_dir: project.clone(),
-            in_place: false,
-            keep_workspaces: false,
-            max_parallel: 1,
-            fail_fast: false,
-            finish_when_blocked: true,
-            cli_vars: Vec::new(),
-            secrets: Vec::new(),
-            host_env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
-            only_job: None,
-            repeat: None,
-            kill_grace: None,
-            executor: Arc::new(ShellExecutor),
-            seed: Some(1),
-        };
+        let mut cfg = EngineConfig::new(
+            format!("lat-{i}"),
+            dir.path().join("state"),
+            project.join("p.yml"),
+            project.clone(),
+        );
+        cfg.max_parallel = 1;
+        cfg.host_env = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
+        cfg.seed = Some(1);
         let d = rt.block_on(async {
             let h = engine::spawn(p.clone(), plan, cfg).expect("spawn");
             let mut rx = h.subscribe();

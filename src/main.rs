@@ -5,13 +5,11 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use trackside::engine::{self, EngineConfig};
-use trackside::exec::shell::ShellExecutor;
 use trackside::headless::{self, Format};
 use trackside::pipeline::parse::HOST_ALLOWLIST;
 use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
@@ -242,25 +240,24 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(s) => return Err(Fail(format!("--kill-grace {s}: give seconds from 0 to 3600"), 2)),
                 None => None,
             };
-            let cfg = EngineConfig {
-                run_id: store::new_run_id(),
-                state_dir: state.clone(),
-                pipeline_file: std::fs::canonicalize(&file).unwrap_or(file.clone()),
+            let mut cfg = EngineConfig::new(
+                store::new_run_id(),
+                state.clone(),
+                std::fs::canonicalize(&file).unwrap_or(file.clone()),
                 project_dir,
-                in_place,
-                keep_workspaces,
-                max_parallel: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-                fail_fast,
-                finish_when_blocked: true,
-                cli_vars: opts.cli_vars.clone(),
-                secrets,
-                host_env: opts.host_env.clone(),
-                only_job: job,
-                repeat,
-                kill_grace,
-                executor: Arc::new(ShellExecutor),
-                seed: None,
-            };
+            );
+            cfg.in_place = in_place;
+            cfg.keep_workspaces = keep_workspaces;
+            if let Some(j) = jobs {
+                cfg.max_parallel = j;
+            }
+            cfg.fail_fast = fail_fast;
+            cfg.cli_vars = opts.cli_vars.clone();
+            cfg.secrets = secrets;
+            cfg.host_env = opts.host_env.clone();
+            cfg.only_job = job;
+            cfg.repeat = repeat;
+            cfg.kill_grace = kill_grace;
             let format = if json { Format::Json } else { Format::Plain };
             // Blocking work (workspace copies) queues rather than growing
             // hundreds of threads when hundreds of jobs start at once.

@@ -71,6 +71,32 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
 }
 
+impl EngineConfig {
+    /// A config with the defaults of `trackside run`: shell executor, one job
+    /// per core, a fresh workspace per attempt, headless gate handling.
+    pub fn new(run_id: String, state_dir: PathBuf, pipeline_file: PathBuf, project_dir: PathBuf) -> Self {
+        EngineConfig {
+            run_id,
+            state_dir,
+            pipeline_file,
+            project_dir,
+            in_place: false,
+            keep_workspaces: false,
+            max_parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fail_fast: false,
+            finish_when_blocked: true,
+            cli_vars: Vec::new(),
+            secrets: Vec::new(),
+            host_env: Vec::new(),
+            only_job: None,
+            repeat: None,
+            kill_grace: None,
+            executor: Arc::new(crate::exec::shell::ShellExecutor),
+            seed: None,
+        }
+    }
+}
+
 enum Command {
     Start(oneshot::Sender<()>),
     Control(Control, oneshot::Sender<Result<(), EngineError>>),

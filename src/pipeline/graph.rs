@@ -137,39 +137,31 @@ impl Plan {
 
     /// Every job `job` waits for, directly or not.
     pub fn ancestors(&self, job: usize) -> Vec<usize> {
-        let mut seen = vec![false; self.deps.len()];
-        let mut stack = vec![job];
-        let mut out = Vec::new();
-        while let Some(j) = stack.pop() {
-            for &d in &self.deps[j] {
-                if !seen[d] {
-                    seen[d] = true;
-                    out.push(d);
-                    stack.push(d);
-                }
-            }
-        }
-        out.sort_unstable();
-        out
+        reach(job, &self.deps)
     }
 
     /// Every job that waits for `job`, directly or not.
     pub fn descendants(&self, job: usize) -> Vec<usize> {
-        let mut seen = vec![false; self.deps.len()];
-        let mut stack = vec![job];
-        let mut out = Vec::new();
-        while let Some(j) = stack.pop() {
-            for &d in &self.dependents[j] {
-                if !seen[d] {
-                    seen[d] = true;
-                    out.push(d);
-                    stack.push(d);
-                }
+        reach(job, &self.dependents)
+    }
+}
+
+/// Jobs reachable from `job` along `edges` (not including `job`), sorted.
+fn reach(job: usize, edges: &[Vec<usize>]) -> Vec<usize> {
+    let mut seen = vec![false; edges.len()];
+    let mut stack = vec![job];
+    let mut out = Vec::new();
+    while let Some(j) = stack.pop() {
+        for &d in &edges[j] {
+            if !seen[d] {
+                seen[d] = true;
+                out.push(d);
+                stack.push(d);
             }
         }
-        out.sort_unstable();
-        out
     }
+    out.sort_unstable();
+    out
 }
 
 fn downstream_of_manual(p: &Pipeline, deps: &[Vec<usize>]) -> Vec<bool> {

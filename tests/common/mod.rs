@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use trackside::engine::{self, EngineConfig, EngineHandle, Event, EventKind, RunSummary};
-use trackside::exec::shell::ShellExecutor;
 use trackside::pipeline::{self, LoadOptions, Plan};
 
 /// Upper bound for any wait in a test; reaching it is a failure, not a pass.
@@ -44,28 +43,14 @@ pub fn setup_with(yaml: &str, opts: &LoadOptions) -> Setup {
         Ok(x) => x,
         Err(r) => panic!("{}", r.render(false)),
     };
-    let cfg = EngineConfig {
-        run_id: trackside::store::new_run_id(),
-        state_dir: dir.path().join("state"),
-        pipeline_file: file,
-        project_dir: project,
-        in_place: false,
-        keep_workspaces: false,
-        max_parallel: 4,
-        fail_fast: false,
-        finish_when_blocked: true,
-        cli_vars: Vec::new(),
-        secrets: Vec::new(),
-        host_env: vec![(
-            "PATH".into(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        )],
-        only_job: None,
-        repeat: None,
-        kill_grace: Some(Duration::from_millis(200)),
-        executor: Arc::new(ShellExecutor),
-        seed: Some(7),
-    };
+    let mut cfg = EngineConfig::new(trackside::store::new_run_id(), dir.path().join("state"), file, project);
+    cfg.max_parallel = 4;
+    cfg.host_env = vec![(
+        "PATH".into(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+    )];
+    cfg.kill_grace = Some(Duration::from_millis(200));
+    cfg.seed = Some(7);
     Setup { dir, cfg, pipeline }
 }
 
@@ -91,25 +76,7 @@ pub async fn start(s: &mut Setup) -> Running {
 }
 
 fn placeholder_cfg() -> EngineConfig {
-    EngineConfig {
-        run_id: String::new(),
-        state_dir: PathBuf::new(),
-        pipeline_file: PathBuf::new(),
-        project_dir: PathBuf::new(),
-        in_place: false,
-        keep_workspaces: false,
-        max_parallel: 1,
-        fail_fast: false,
-        finish_when_blocked: true,
-        cli_vars: Vec::new(),
-        secrets: Vec::new(),
-        host_env: Vec::new(),
-        only_job: None,
-        repeat: None,
-        kill_grace: None,
-        executor: Arc::new(ShellExecutor),
-        seed: None,
-    }
+    EngineConfig::new(String::new(), PathBuf::new(), PathBuf::new(), PathBuf::new())
 }
 
 impl Running {
