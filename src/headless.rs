@@ -30,6 +30,8 @@ pub async fn run(
     manual_jobs: &[String],
 ) -> Result<RunSummary, EngineError> {
     let mut rx = handle.subscribe();
+    // Listen before the run starts: a signal arriving while no listener exists is lost.
+    let mut signals = Signals::new();
     for job in approvals {
         handle.approve(job).await?;
     }
@@ -41,16 +43,7 @@ pub async fn run(
     handle.start().await?;
     let mut printer = Printer::new(format);
     let mut interrupted = false;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok(ev) => {
@@ -70,14 +63,9 @@ pub async fn run(
                 Err(RecvError::Lagged(n)) => printer.lagged(n),
                 Err(RecvError::Closed) => break,
             },
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            name = signals.recv(), if !interrupted => {
                 interrupted = true;
-                printer.note("interrupted: cancelling running jobs (records are being written)");
-                let _ = handle.cancel_all().await;
-            }
-            () = term, if !interrupted => {
-                interrupted = true;
-                printer.note("terminated: cancelling running jobs (records are being written)");
+                printer.note(&format!("{name}: cancelling running jobs (records are being written)"));
                 let _ = handle.cancel_all().await;
             }
         }
@@ -89,6 +77,64 @@ pub async fn run(
             .map_err(|_| EngineError::Stopped)??,
     };
     Ok(summary)
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered once for the whole run.
+pub struct Signals {
+    streams: Vec<(&'static str, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            ("interrupted", SignalKind::interrupt()),
+            ("terminated", SignalKind::terminate()),
+            ("hung up", SignalKind::hangup()),
+        ];
+        Signals {
+            streams: kinds
+                .into_iter()
+                .filter_map(|(name, k)| signal(k).ok().map(|s| (name, s)))
+                .collect(),
+        }
+    }
+
+    /// Waits for the next signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        if self.streams.is_empty() {
+            return std::future::pending().await;
+        }
+        let futures = self.streams.iter_mut().map(|(name, s)| {
+            Box::pin(async move {
+                s.recv().await;
+                *name
+            })
+        });
+        futures_select_all(futures).await
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The first of several futures to finish.
+async fn futures_select_all<F: std::future::Future<Output = &'static str> + Unpin>(
+    futures: impl Iterator<Item = F>,
+) -> &'static str {
+    let mut futures: Vec<F> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for f in &mut futures {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 struct Printer {
@@ -215,7 +261,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         EventKind::SchedulingPaused => ":: scheduling paused".into(),
         EventKind::SchedulingResumed => ":: scheduling resumed".into(),
         EventKind::RunFinished { summary } => summary_table(summary),
-        EventKind::JobQueued { .. } | EventKind::StepStarted { .. } | EventKind::StepFinished { .. } => return None,
+        EventKind::JobQueued { .. }
+        | EventKind::PlanChanged { .. }
+        | EventKind::StepStarted { .. }
+        | EventKind::StepFinished { .. } => return None,
     })
 }
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::FailureClass;
+use crate::pipeline::{FailureClass, When};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +153,19 @@ pub struct RunSummary {
     pub repeat: Option<RepeatStats>,
 }
 
+/// A job as the plan sees it: what a front-end needs to draw the DAG.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedJob {
+    pub name: String,
+    /// Effective dependencies (implicit final-stage edges included).
+    pub depends_on: Vec<String>,
+    /// Execution level (column in the DAG).
+    pub level: usize,
+    pub when: When,
+    pub allow_failure: bool,
+    pub steps: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -161,6 +174,11 @@ pub enum EventKind {
         pipeline: String,
         jobs: Vec<String>,
         max_parallel: usize,
+    },
+    /// The DAG: sent after `run_started` and whenever the pipeline changes.
+    PlanChanged {
+        jobs: Vec<PlannedJob>,
+        critical_path: Vec<String>,
     },
     JobQueued {
         job: String,

@@ -267,6 +267,7 @@ impl RunState {
                         jobs: self.pipeline.jobs.iter().map(|j| j.name.clone()).collect(),
                         max_parallel: self.opts.max_parallel,
                     }));
+                    fx.push(Effect::Emit(self.planned()));
                     let roots: Vec<JobId> = self.plan.order.clone();
                     for j in roots {
                         self.evaluate(j, &mut fx);
@@ -348,6 +349,32 @@ impl RunState {
             self.maybe_finish(&mut fx);
         }
         fx
+    }
+
+    /// The DAG as an event, for front-ends.
+    pub fn planned(&self) -> EventKind {
+        let names = |ids: &[JobId]| {
+            ids.iter()
+                .map(|&d| self.pipeline.jobs[d].name.clone())
+                .collect::<Vec<_>>()
+        };
+        EventKind::PlanChanged {
+            jobs: self
+                .pipeline
+                .jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| PlannedJob {
+                    name: j.name.clone(),
+                    depends_on: names(&self.plan.deps[i]),
+                    level: self.plan.level_of[i],
+                    when: j.when,
+                    allow_failure: j.allow_failure,
+                    steps: j.steps.iter().map(|s| s.name.clone()).collect(),
+                })
+                .collect(),
+            critical_path: names(&self.plan.critical_path),
+        }
     }
 
     fn name(&self, j: JobId) -> String {
