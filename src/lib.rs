@@ -10,3 +10,4 @@ pub mod exec;
 pub mod headless;
 pub mod pipeline;
 pub mod store;
+pub mod ui;

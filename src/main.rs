@@ -14,6 +14,7 @@ use trackside::headless::{self, Format};
 use trackside::pipeline::parse::HOST_ALLOWLIST;
 use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
 use trackside::store;
+use trackside::ui::{self, UiOptions};
 
 #[derive(Parser)]
 #[command(name = "trackside", version, about = "Run and steer CI/CD pipelines from a terminal")]
@@ -65,9 +66,12 @@ enum Cmd {
         file: PathBuf,
         #[command(flatten)]
         vars: VarArgs,
-        /// Plain `job > line` output (the default until the terminal UI lands).
+        /// Plain `job > line` output even on a terminal (the default when stdout is not a terminal).
         #[arg(long)]
         headless: bool,
+        /// Terminal UI without box-drawing or other non-ASCII glyphs.
+        #[arg(long)]
+        ascii: bool,
         /// One JSON event per line instead of plain text.
         #[arg(long)]
         json: bool,
@@ -188,7 +192,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         Cmd::Run {
             file,
             vars,
-            headless: _,
+            headless,
+            ascii,
             json,
             jobs,
             fail_fast,
@@ -258,6 +263,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.only_job = job;
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
+            let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+            // On a terminal the run stays open at a manual gate until someone approves or quits.
+            cfg.finish_when_blocked = !interactive;
             let format = if json { Format::Json } else { Format::Plain };
             // Blocking work (workspace copies) queues rather than growing
             // hundreds of threads when hundreds of jobs start at once.
@@ -267,7 +275,23 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .build()?;
             let code = rt.block_on(async move {
                 let handle = engine::spawn(pipeline, plan, cfg)?;
-                let summary = headless::run(&handle, format, &approve, approve_all, &manual).await?;
+                let summary = if interactive {
+                    let mut approvals = approve.clone();
+                    if approve_all {
+                        approvals.extend(manual.iter().cloned());
+                    }
+                    let opts = UiOptions {
+                        ascii,
+                        color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                    };
+                    let summary = ui::run(&handle, opts, &approvals)
+                        .await
+                        .map_err(|e| Fail(e.to_string(), 2))?;
+                    println!("{}", headless::summary_table(&summary));
+                    summary
+                } else {
+                    headless::run(&handle, format, &approve, approve_all, &manual).await?
+                };
                 handle.shutdown().await;
                 Ok::<_, Fail>(summary.exit_code)
             })?;

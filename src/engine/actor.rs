@@ -111,6 +111,7 @@ enum Control {
     RerunFailed,
     Pause,
     Resume,
+    FinishWaiting,
 }
 
 /// A clonable handle to a running engine.
@@ -177,6 +178,10 @@ impl EngineHandle {
     }
     pub async fn resume_scheduling(&self) -> Result<(), EngineError> {
         self.control(Control::Resume).await
+    }
+    /// Ends the run as blocked once only unapproved manual gates remain.
+    pub async fn finish_waiting(&self) -> Result<(), EngineError> {
+        self.control(Control::FinishWaiting).await
     }
 
     /// Cancels what still runs, waits for it to stop, and ends the actor.
@@ -429,6 +434,7 @@ impl Actor {
                     Control::RerunFailed => Ok(Input::RerunFailed),
                     Control::Pause => Ok(Input::Pause),
                     Control::Resume => Ok(Input::Resume),
+                    Control::FinishWaiting => Ok(Input::FinishWaiting),
                 };
                 let result = input.and_then(|input| {
                     self.state.check(&input).map_err(EngineError::Rejected)?;

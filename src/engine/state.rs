@@ -56,8 +56,14 @@ pub enum CancelReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Start,
-    AttemptFinished { job: JobId, attempt: u32, outcome: Outcome },
-    RetryDue { job: JobId },
+    AttemptFinished {
+        job: JobId,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    RetryDue {
+        job: JobId,
+    },
     Approve(JobId),
     Retry(JobId),
     Cancel(JobId),
@@ -65,6 +71,9 @@ pub enum Input {
     RerunFailed,
     Pause,
     Resume,
+    /// End the run once only unapproved gates remain (an interactive run
+    /// whose user quits at a gate): it finishes as blocked.
+    FinishWaiting,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +340,7 @@ impl RunState {
                     self.cancel(j, reason, &mut fx);
                 }
             }
+            Input::FinishWaiting => self.opts.finish_when_blocked = true,
             Input::Pause => {
                 if !self.paused {
                     self.paused = true;
@@ -878,7 +888,7 @@ impl RunState {
                 RunResult::Blocked,
                 format!("blocked on manual job {}", gates.join(", ")),
             ),
-            _ => (RunResult::Passed, format!("all {} jobs passed", jobs.len())),
+            _ => (RunResult::Passed, passed_message(&jobs)),
         };
         let result = if self.cancelled == Some(CancelReason::FailFast) {
             RunResult::Failed
@@ -896,6 +906,25 @@ impl RunState {
             repeat,
         }
     }
+}
+
+/// "all 7 jobs passed", or "5 passed, 1 skipped, 1 allowed to fail".
+fn passed_message(jobs: &[JobSummary]) -> String {
+    let count = |f: &dyn Fn(&JobSummary) -> bool| jobs.iter().filter(|j| f(j)).count();
+    let passed = count(&|j| j.status == JobStatus::Succeeded);
+    if passed == jobs.len() {
+        return format!("all {passed} jobs passed");
+    }
+    let mut parts = vec![format!("{passed} passed")];
+    let skipped = count(&|j| j.status == JobStatus::Skipped);
+    let allowed = count(&|j| j.status == JobStatus::Failed && j.allow_failure);
+    if skipped > 0 {
+        parts.push(format!("{skipped} skipped"));
+    }
+    if allowed > 0 {
+        parts.push(format!("{allowed} allowed to fail"));
+    }
+    parts.join(", ")
 }
 
 fn ms(d: Duration) -> u64 {

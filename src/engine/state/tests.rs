@@ -528,3 +528,19 @@ fn a_late_approval_reopens_a_run_that_ended_blocked() {
     let s = finished(&ok(&mut m, 1, 3)).expect("finishes again");
     assert_eq!(s.result, RunResult::Passed);
 }
+
+#[test]
+fn finish_waiting_ends_an_interactive_run_at_its_gate() {
+    let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual")]);
+    let mut m = machine(
+        &src,
+        Options {
+            finish_when_blocked: false,
+            ..opts(2)
+        },
+    );
+    m.handle(Input::Start, t(0));
+    assert!(finished(&ok(&mut m, 0, 1)).is_none());
+    let s = finished(&m.handle(Input::FinishWaiting, t(2))).expect("finished");
+    assert_eq!(s.result, RunResult::Blocked);
+}

@@ -1,0 +1,500 @@
+//! UI state and key handling, as a plain function: a key in, commands for
+//! the engine out. No terminal, no engine, no clock: tests drive it directly.
+
+use crossterm::event::{KeyCode, KeyEvent};
+
+use crate::engine::JobStatus;
+
+use super::keys::{Action, Scope, action_for};
+use super::model::{LineKind, Model};
+use super::theme::Theme;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Jobs,
+    Log,
+    Detail,
+}
+
+/// What the UI asks of the engine (or of itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Approve(String),
+    Retry(String),
+    RerunFailed,
+    Cancel(String),
+    CancelAll,
+    Pause,
+    Resume,
+    /// Leave; `cancel` = stop running jobs first.
+    Quit {
+        cancel: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Help,
+    /// A y/n question; `yes` is sent on `y`.
+    Confirm {
+        question: String,
+        yes: Vec<Command>,
+    },
+    /// Typing a log search (`/` in the log pane).
+    Search(String),
+    /// Typing a job-name filter (`/` in the jobs pane).
+    Filter(String),
+}
+
+/// Log lines older than the in-memory window, read back from the run's log file.
+pub struct OlderLines {
+    pub key: (usize, u32),
+    pub lines: Vec<super::model::LogLine>,
+}
+
+pub struct App {
+    pub model: Model,
+    pub older: Option<OlderLines>,
+    pub theme: Theme,
+    pub selected: usize,
+    pub focus: Focus,
+    pub mode: Mode,
+    pub follow: bool,
+    pub wrap: bool,
+    pub list_mode: bool,
+    /// Attempt shown in the log (None = the latest).
+    pub attempt: Option<u32>,
+    /// First log line shown when not following (index over the whole log).
+    pub log_top: usize,
+    /// Height of the log view at the last draw (for paging).
+    pub log_height: usize,
+    pub search: Option<String>,
+    pub filter: String,
+    pub status: Option<String>,
+    /// Current time (unix ms), set by the loop before drawing.
+    pub now: u64,
+    /// Whether the terminal is wide enough for side-by-side panes.
+    pub wide: bool,
+}
+
+impl App {
+    pub fn new(theme: Theme) -> Self {
+        App {
+            model: Model::default(),
+            older: None,
+            theme,
+            selected: 0,
+            focus: Focus::Jobs,
+            mode: Mode::Normal,
+            follow: true,
+            wrap: false,
+            list_mode: false,
+            attempt: None,
+            log_top: 0,
+            log_height: 10,
+            search: None,
+            filter: String::new(),
+            status: None,
+            now: 0,
+            wide: true,
+        }
+    }
+
+    /// Jobs shown in the jobs pane, in display order (filter applied).
+    pub fn visible_jobs(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = self.model.levels.iter().flatten().copied().collect();
+        if !self.filter.is_empty() {
+            let f = self.filter.to_lowercase();
+            order.retain(|&j| self.model.jobs[j].name.to_lowercase().contains(&f));
+        }
+        order
+    }
+
+    pub fn selected_job(&self) -> Option<usize> {
+        (self.selected < self.model.jobs.len()).then_some(self.selected)
+    }
+
+    /// The attempt whose log is shown.
+    pub fn shown_attempt(&self) -> Option<u32> {
+        let j = self.selected_job()?;
+        let latest = self.model.jobs[j].attempt();
+        match self.attempt {
+            Some(a) if a >= 1 && a <= latest => Some(a),
+            _ if latest > 0 => Some(latest),
+            _ => None,
+        }
+    }
+
+    /// The first log line the view shows (following: the tail).
+    pub fn log_view_top(&self) -> usize {
+        if self.follow {
+            self.log_len().saturating_sub(self.log_height)
+        } else {
+            self.log_top
+        }
+    }
+
+    /// Whether the view reaches lines that are only on disk (and not loaded).
+    pub fn needs_older(&self) -> Option<(usize, u32)> {
+        let (j, a) = (self.selected_job()?, self.shown_attempt()?);
+        let dropped = self.model.logs.get(&(j, a))?.dropped;
+        let loaded = self
+            .older
+            .as_ref()
+            .is_some_and(|o| o.key == (j, a) && o.lines.len() >= dropped);
+        (self.log_view_top() < dropped && !loaded).then_some((j, a))
+    }
+
+    /// Total lines of the shown log (dropped lines included).
+    pub fn log_len(&self) -> usize {
+        match (self.selected_job(), self.shown_attempt()) {
+            (Some(j), Some(a)) => self.model.logs.get(&(j, a)).map_or(0, |l| l.total()),
+            _ => 0,
+        }
+    }
+
+    /// Which footer actions apply to the selected job right now.
+    pub fn available(&self, action: Action) -> bool {
+        let status = self.selected_job().map(|j| self.model.jobs[j].status);
+        match action {
+            Action::Approve => status == Some(JobStatus::WaitingApproval),
+            Action::Retry => matches!(status, Some(JobStatus::Failed | JobStatus::Cancelled)),
+            Action::RerunFailed => self
+                .model
+                .jobs
+                .iter()
+                .any(|j| matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)),
+            Action::Cancel => status.is_some_and(|s| !s.is_terminal()),
+            Action::CancelAll => self.model.finished.is_none(),
+            Action::OpenLog => self.focus == Focus::Jobs,
+            Action::ToggleWrap | Action::NextMatch | Action::PrevMatch => self.focus == Focus::Log,
+            Action::ToggleList => self.focus == Focus::Jobs,
+            Action::PrevAttempt | Action::NextAttempt => self
+                .selected_job()
+                .is_some_and(|j| self.model.jobs[j].attempts.len() > 1),
+            _ => true,
+        }
+    }
+
+    fn scope(&self) -> Scope {
+        match self.focus {
+            Focus::Jobs => Scope::Jobs,
+            Focus::Log | Focus::Detail => Scope::Log,
+        }
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Command> {
+        self.status = None;
+        match std::mem::replace(&mut self.mode, Mode::Normal) {
+            Mode::Help => Vec::new(), // any key closes help
+            Mode::Confirm { question, yes } => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => yes,
+                KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
+                    self.status = Some("cancelled, nothing was done".into());
+                    Vec::new()
+                }
+                _ => {
+                    self.mode = Mode::Confirm { question, yes };
+                    Vec::new()
+                }
+            },
+            Mode::Search(mut text) => {
+                match key.code {
+                    KeyCode::Enter => {
+                        self.search = (!text.is_empty()).then(|| text.clone());
+                        self.follow = false;
+                        if !self.jump_to_match(true, true) {
+                            self.status = Some(format!("no match for `{text}`"));
+                        }
+                    }
+                    KeyCode::Esc => {}
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.mode = Mode::Search(text);
+                    }
+                    KeyCode::Char(c) => {
+                        text.push(c);
+                        self.mode = Mode::Search(text);
+                    }
+                    _ => self.mode = Mode::Search(text),
+                }
+                Vec::new()
+            }
+            Mode::Filter(mut text) => {
+                match key.code {
+                    KeyCode::Enter => self.select_first_visible(),
+                    KeyCode::Esc => {
+                        self.filter.clear();
+                    }
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.filter = text.clone();
+                        self.mode = Mode::Filter(text);
+                    }
+                    KeyCode::Char(c) => {
+                        text.push(c);
+                        self.filter = text.clone();
+                        self.mode = Mode::Filter(text);
+                        self.select_first_visible();
+                    }
+                    _ => self.mode = Mode::Filter(text),
+                }
+                Vec::new()
+            }
+            Mode::Normal => match action_for(&key, self.scope()) {
+                Some(a) => self.act(a),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn select_first_visible(&mut self) {
+        if let Some(&first) = self.visible_jobs().first() {
+            if !self.visible_jobs().contains(&self.selected) {
+                self.select(first);
+            }
+        }
+    }
+
+    fn select(&mut self, j: usize) {
+        if j != self.selected {
+            self.selected = j;
+            self.attempt = None;
+            self.follow = true;
+        }
+    }
+
+    fn confirm(&mut self, question: String, yes: Vec<Command>) -> Vec<Command> {
+        self.mode = Mode::Confirm { question, yes };
+        Vec::new()
+    }
+
+    fn act(&mut self, action: Action) -> Vec<Command> {
+        let sel = self.selected_job();
+        let name = sel.map(|j| self.model.jobs[j].name.clone()).unwrap_or_default();
+        if !self.available(action) {
+            self.status = Some(match action {
+                Action::Approve => format!("`{name}` is not waiting for approval"),
+                Action::Retry => format!("`{name}` has not failed; only failed or cancelled jobs can be retried"),
+                Action::RerunFailed => "no failed job to rerun".into(),
+                Action::Cancel => format!("`{name}` has already finished"),
+                Action::CancelAll => "the run has finished".into(),
+                Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),
+                _ => return Vec::new(),
+            });
+            return Vec::new();
+        }
+        match action {
+            Action::Up | Action::Down if self.focus != Focus::Jobs => {
+                self.scroll_log(if action == Action::Up { -1 } else { 1 });
+                Vec::new()
+            }
+            Action::Up | Action::Down => {
+                self.move_selection(if action == Action::Up { -1 } else { 1 });
+                Vec::new()
+            }
+            Action::Left | Action::Right => {
+                self.move_level(if action == Action::Left { -1 } else { 1 });
+                Vec::new()
+            }
+            Action::NextPane => {
+                self.focus = match (self.focus, self.wide) {
+                    (Focus::Jobs, _) => Focus::Log,
+                    (Focus::Log, false) => Focus::Detail,
+                    _ => Focus::Jobs,
+                };
+                Vec::new()
+            }
+            Action::OpenLog => {
+                self.focus = Focus::Log;
+                Vec::new()
+            }
+            Action::Approve => {
+                let j = sel.unwrap_or(0);
+                let downstream: Vec<&str> = self.model.jobs[j]
+                    .dependents
+                    .iter()
+                    .map(|&d| self.model.jobs[d].name.as_str())
+                    .collect();
+                let n = self.model.jobs[j].steps.len();
+                let steps = format!(
+                    "{n} step{} ({})",
+                    if n == 1 { "" } else { "s" },
+                    self.model.jobs[j].steps.join(", ")
+                );
+                let then = if downstream.is_empty() {
+                    String::new()
+                } else {
+                    format!(", then {}", downstream.join(", "))
+                };
+                self.confirm(
+                    format!("Approve `{name}`? It runs {steps}{then}. (y/n)"),
+                    vec![Command::Approve(name)],
+                )
+            }
+            Action::Retry => vec![Command::Retry(name)],
+            Action::RerunFailed => vec![Command::RerunFailed],
+            Action::Cancel => self.confirm(format!("Cancel `{name}`? (y/n)"), vec![Command::Cancel(name)]),
+            Action::CancelAll => self.confirm("Cancel the whole run? (y/n)".into(), vec![Command::CancelAll]),
+            Action::TogglePause => vec![if self.model.paused {
+                Command::Resume
+            } else {
+                Command::Pause
+            }],
+            Action::ToggleFollow => {
+                self.follow = !self.follow;
+                if !self.follow {
+                    self.log_top = self.log_len().saturating_sub(self.log_height);
+                }
+                Vec::new()
+            }
+            Action::ToggleWrap => {
+                self.wrap = !self.wrap;
+                Vec::new()
+            }
+            Action::ToggleList => {
+                self.list_mode = !self.list_mode;
+                Vec::new()
+            }
+            Action::Search => {
+                self.mode = if self.focus == Focus::Jobs {
+                    Mode::Filter(self.filter.clone())
+                } else {
+                    Mode::Search(String::new())
+                };
+                Vec::new()
+            }
+            Action::NextMatch | Action::PrevMatch => {
+                if self.search.is_some() && !self.jump_to_match(action == Action::NextMatch, false) {
+                    self.status = Some("no more matches".into());
+                }
+                Vec::new()
+            }
+            Action::PageUp | Action::PageDown => {
+                let page = self.log_height.max(1) as isize;
+                if self.focus == Focus::Jobs {
+                    self.move_selection(if action == Action::PageUp { -page } else { page });
+                } else {
+                    self.scroll_log(if action == Action::PageUp { -page } else { page });
+                }
+                Vec::new()
+            }
+            Action::Top | Action::Bottom => {
+                let top = action == Action::Top;
+                if self.focus == Focus::Jobs {
+                    let v = self.visible_jobs();
+                    let target = if top { v.first() } else { v.last() };
+                    if let Some(&t) = target {
+                        self.select(t);
+                    }
+                } else if top {
+                    self.follow = false;
+                    self.log_top = 0;
+                } else {
+                    self.follow = true;
+                }
+                Vec::new()
+            }
+            Action::PrevAttempt | Action::NextAttempt => {
+                let latest = sel.map_or(0, |j| self.model.jobs[j].attempt());
+                let cur = self.shown_attempt().unwrap_or(latest);
+                let next = if action == Action::PrevAttempt {
+                    cur.saturating_sub(1).max(1)
+                } else {
+                    (cur + 1).min(latest)
+                };
+                self.attempt = Some(next);
+                self.status = Some(format!("attempt {next} of {latest}"));
+                Vec::new()
+            }
+            Action::Help => {
+                self.mode = Mode::Help;
+                Vec::new()
+            }
+            Action::Quit => {
+                if self.model.is_active() {
+                    let n = self.model.running_jobs();
+                    self.confirm(
+                        format!("{n} job(s) running. Cancel them and quit? (y/n)"),
+                        vec![Command::Quit { cancel: true }],
+                    )
+                } else {
+                    vec![Command::Quit { cancel: false }]
+                }
+            }
+        }
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        let v = self.visible_jobs();
+        if v.is_empty() {
+            return;
+        }
+        let pos = v.iter().position(|&j| j == self.selected).unwrap_or(0) as isize;
+        let next = (pos + delta).clamp(0, v.len() as isize - 1) as usize;
+        self.select(v[next]);
+    }
+
+    /// Moves to the nearest job in the neighbouring level.
+    fn move_level(&mut self, delta: isize) {
+        let Some(j) = self.selected_job() else { return };
+        let level = self.model.jobs[j].level as isize;
+        let row = self.model.levels[level as usize]
+            .iter()
+            .position(|&x| x == j)
+            .unwrap_or(0);
+        let target = level + delta;
+        if target < 0 || target as usize >= self.model.levels.len() {
+            return;
+        }
+        let col = &self.model.levels[target as usize];
+        if let Some(&t) = col.get(row.min(col.len().saturating_sub(1))) {
+            self.select(t);
+        }
+    }
+
+    fn scroll_log(&mut self, delta: isize) {
+        let len = self.log_len();
+        let max_top = len.saturating_sub(self.log_height);
+        let cur = if self.follow { max_top } else { self.log_top };
+        let next = (cur as isize + delta).clamp(0, max_top as isize) as usize;
+        self.log_top = next;
+        self.follow = next >= max_top && delta > 0;
+    }
+
+    /// Moves the view to the next/previous line matching the search. Only the
+    /// in-memory window is searched.
+    fn jump_to_match(&mut self, forward: bool, from_here: bool) -> bool {
+        let (Some(j), Some(a), Some(q)) = (self.selected_job(), self.shown_attempt(), self.search.clone()) else {
+            return false;
+        };
+        let Some(log) = self.model.logs.get(&(j, a)) else {
+            return false;
+        };
+        let q = q.to_lowercase();
+        let start = self.log_top;
+        let hits: Vec<usize> = log
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.kind != LineKind::Step && l.text.to_lowercase().contains(&q))
+            .map(|(i, _)| i + log.dropped)
+            .collect();
+        let found = if forward {
+            hits.iter()
+                .copied()
+                .find(|&h| if from_here { h >= start } else { h > start })
+        } else {
+            hits.iter().rev().copied().find(|&h| h < start)
+        };
+        match found.or_else(|| hits.first().copied().filter(|_| from_here)) {
+            Some(h) => {
+                self.follow = false;
+                self.log_top = h;
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Key bindings: one table that drives key handling, the footer and the
+//! help overlay, so they can never disagree.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Up,
+    Down,
+    Left,
+    Right,
+    NextPane,
+    OpenLog,
+    Approve,
+    Retry,
+    RerunFailed,
+    Cancel,
+    CancelAll,
+    TogglePause,
+    ToggleFollow,
+    ToggleWrap,
+    ToggleList,
+    Search,
+    NextMatch,
+    PrevMatch,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    PrevAttempt,
+    NextAttempt,
+    Help,
+    Quit,
+}
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Everywhere,
+    /// The DAG / job list pane.
+    Jobs,
+    /// The log pane.
+    Log,
+}
+
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    /// How the keys are written in help and footer.
+    pub shown: &'static str,
+    pub action: Action,
+    pub scope: Scope,
+    /// Short footer label; empty = not in the footer.
+    pub label: &'static str,
+    pub help: &'static str,
+}
+
+const fn b(
+    keys: &'static [KeyCode],
+    shown: &'static str,
+    action: Action,
+    scope: Scope,
+    label: &'static str,
+    help: &'static str,
+) -> Binding {
+    Binding {
+        keys,
+        shown,
+        action,
+        scope,
+        label,
+        help,
+    }
+}
+
+use Action as A;
+use KeyCode as K;
+use Scope as S;
+
+/// Every key trackside's UI knows, in help order.
+pub const BINDINGS: &[Binding] = &[
+    b(
+        &[K::Up, K::Char('k')],
+        "↑/k",
+        A::Up,
+        S::Everywhere,
+        "",
+        "previous job / scroll the log up",
+    ),
+    b(
+        &[K::Down, K::Char('j')],
+        "↓/j",
+        A::Down,
+        S::Everywhere,
+        "",
+        "next job / scroll the log down",
+    ),
+    b(
+        &[K::Left, K::Char('h')],
+        "←/h",
+        A::Left,
+        S::Jobs,
+        "",
+        "job in the previous level (DAG)",
+    ),
+    b(
+        &[K::Right, K::Char('l')],
+        "→/l",
+        A::Right,
+        S::Jobs,
+        "",
+        "job in the next level (DAG)",
+    ),
+    b(
+        &[K::Tab, K::BackTab],
+        "Tab",
+        A::NextPane,
+        S::Everywhere,
+        "pane",
+        "switch pane (jobs, log, detail)",
+    ),
+    b(
+        &[K::Enter],
+        "Enter",
+        A::OpenLog,
+        S::Jobs,
+        "log",
+        "open the selected job's log",
+    ),
+    b(
+        &[K::Char('a')],
+        "a",
+        A::Approve,
+        S::Everywhere,
+        "approve",
+        "approve the selected manual gate (asks first)",
+    ),
+    b(
+        &[K::Char('r')],
+        "r",
+        A::Retry,
+        S::Everywhere,
+        "retry",
+        "retry the selected failed or cancelled job",
+    ),
+    b(
+        &[K::Char('R')],
+        "R",
+        A::RerunFailed,
+        S::Everywhere,
+        "rerun failed",
+        "rerun every failed job",
+    ),
+    b(
+        &[K::Char('c')],
+        "c",
+        A::Cancel,
+        S::Everywhere,
+        "cancel",
+        "cancel the selected job (asks first)",
+    ),
+    b(
+        &[K::Char('C')],
+        "C",
+        A::CancelAll,
+        S::Everywhere,
+        "cancel all",
+        "cancel the whole run (asks first)",
+    ),
+    b(
+        &[K::Char('p')],
+        "p",
+        A::TogglePause,
+        S::Everywhere,
+        "pause",
+        "pause / resume starting new jobs",
+    ),
+    b(
+        &[K::Char('f')],
+        "f",
+        A::ToggleFollow,
+        S::Everywhere,
+        "follow",
+        "follow the log tail on/off",
+    ),
+    b(
+        &[K::Char('w')],
+        "w",
+        A::ToggleWrap,
+        S::Log,
+        "wrap",
+        "wrap long log lines on/off",
+    ),
+    b(
+        &[K::Char('m')],
+        "m",
+        A::ToggleList,
+        S::Jobs,
+        "list",
+        "DAG or compact list of jobs",
+    ),
+    b(
+        &[K::Char('/')],
+        "/",
+        A::Search,
+        S::Everywhere,
+        "search",
+        "search the log / filter jobs by name",
+    ),
+    b(&[K::Char('n')], "n", A::NextMatch, S::Log, "", "next search match"),
+    b(&[K::Char('N')], "N", A::PrevMatch, S::Log, "", "previous search match"),
+    b(&[K::PageUp], "PgUp", A::PageUp, S::Everywhere, "", "page up"),
+    b(&[K::PageDown], "PgDn", A::PageDown, S::Everywhere, "", "page down"),
+    b(
+        &[K::Char('g'), K::Home],
+        "g",
+        A::Top,
+        S::Everywhere,
+        "",
+        "first line / first job",
+    ),
+    b(
+        &[K::Char('G'), K::End],
+        "G",
+        A::Bottom,
+        S::Everywhere,
+        "",
+        "last line / last job",
+    ),
+    b(
+        &[K::Char('[')],
+        "[",
+        A::PrevAttempt,
+        S::Everywhere,
+        "",
+        "previous attempt of a retried job",
+    ),
+    b(&[K::Char(']')], "]", A::NextAttempt, S::Everywhere, "", "next attempt"),
+    b(&[K::Char('?')], "?", A::Help, S::Everywhere, "help", "this help"),
+    b(
+        &[K::Char('q')],
+        "q",
+        A::Quit,
+        S::Everywhere,
+        "quit",
+        "quit (asks first while jobs run; cancels them)",
+    ),
+];
+
+/// The action a key means in `scope`. Ctrl-C means quit.
+pub fn action_for(key: &KeyEvent, scope: Scope) -> Option<Action> {
+    if key.modifiers.contains(KeyModifiers::CONTROL) {
+        return match key.code {
+            KeyCode::Char('c') => Some(Action::Quit),
+            KeyCode::Char('u') => Some(Action::PageUp),
+            KeyCode::Char('d') => Some(Action::PageDown),
+            _ => None,
+        };
+    }
+    BINDINGS
+        .iter()
+        .filter(|b| b.scope == Scope::Everywhere || b.scope == scope)
+        .find(|b| b.keys.contains(&key.code))
+        .map(|b| b.action)
+}
+
+pub fn binding(action: Action) -> Option<&'static Binding> {
+    BINDINGS.iter().find(|b| b.action == action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_means_two_things_in_one_scope() {
+        for scope in [Scope::Jobs, Scope::Log] {
+            let mut seen: Vec<KeyCode> = Vec::new();
+            for b in BINDINGS
+                .iter()
+                .filter(|b| b.scope == Scope::Everywhere || b.scope == scope)
+            {
+                for k in b.keys {
+                    assert!(!seen.contains(k), "{k:?} bound twice in {scope:?}");
+                    seen.push(*k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_resolve_by_scope() {
+        let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        assert_eq!(action_for(&key('a'), Scope::Jobs), Some(Action::Approve));
+        assert_eq!(action_for(&key('n'), Scope::Log), Some(Action::NextMatch));
+        assert_eq!(action_for(&key('n'), Scope::Jobs), None);
+        assert_eq!(action_for(&key('h'), Scope::Jobs), Some(Action::Left));
+        assert_eq!(
+            action_for(&KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), Scope::Jobs),
+            Some(Action::Quit)
+        );
+    }
+}

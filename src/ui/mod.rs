@@ -1,0 +1,299 @@
+//! How a person SEES and STEERS a run: the ratatui front-end.
+//!
+//! Like every front-end it holds a view-model built from engine events and
+//! sends engine commands; no run logic lives here. The loop drains every
+//! queued event before drawing, redraws only when something changed and at
+//! most every [`MIN_FRAME_GAP`], and wraps each frame in a synchronized
+//! update, so a job printing thousands of lines a second neither freezes
+//! input nor floods an SSH link. The terminal is restored on every way out:
+//! normal exit, error, a panic in any task, SIGTERM/SIGHUP.
+
+pub mod ansi;
+pub mod app;
+pub mod keys;
+pub mod model;
+pub mod render;
+pub mod theme;
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event as TermEvent, KeyEventKind};
+use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
+use crossterm::{cursor, execute};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::Rect;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::mpsc;
+
+use crate::engine::{EngineError, EngineHandle, RunSummary};
+use crate::headless::Signals;
+use crate::store;
+
+use app::{App, Command, OlderLines};
+use model::{LineKind, LogLine};
+use theme::Theme;
+
+/// Shortest time between two frames (about 30 fps).
+pub const MIN_FRAME_GAP: Duration = Duration::from_millis(33);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("terminal: {0}")]
+    Terminal(#[from] io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("trackside crashed; the terminal was restored (see the message above)")]
+    Panicked,
+}
+
+pub struct UiOptions {
+    pub ascii: bool,
+    pub color: bool,
+}
+
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+}
+
+/// Puts the terminal back however the UI ends.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> io::Result<TerminalGuard> {
+        enable_raw_mode()?;
+        let guard = TerminalGuard;
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        // A panic anywhere (any thread, any task) restores the terminal first,
+        // then reports; the loop sees the flag and stops drawing.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            restore_terminal();
+            previous(info);
+        }));
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Reads terminal input on its own thread, polling so it can be stopped.
+fn spawn_input(stop: Arc<AtomicBool>) -> mpsc::Receiver<TermEvent> {
+    let (tx, rx) = mpsc::channel(256);
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match crossterm::event::poll(Duration::from_millis(100)) {
+                Ok(true) => match crossterm::event::read() {
+                    Ok(ev) => {
+                        if tx.blocking_send(ev).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                },
+                Ok(false) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    rx
+}
+
+/// Height of the log view for a screen of `area` (mirrors render's layout).
+fn log_height(app: &App, area: Rect) -> usize {
+    let banner = app.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
+    let body = area.height.saturating_sub(3 + banner);
+    let pane = if area.width >= render::WIDE {
+        body.saturating_sub(8)
+    } else {
+        body.saturating_sub(1)
+    };
+    pane.saturating_sub(2).max(1) as usize
+}
+
+/// Reads the lines an attempt's in-memory window has dropped.
+fn load_older(app: &mut App, run_dir: &std::path::Path, key: (usize, u32)) {
+    let name = app.model.jobs[key.0].name.clone();
+    let lines = match store::read_log(run_dir, &name, Some(key.1)) {
+        Ok((_, entries)) => entries
+            .into_iter()
+            .map(|e| LogLine {
+                ts: e.ts_ms,
+                kind: match e.stream.as_str() {
+                    "step" => LineKind::Step,
+                    "err" => LineKind::Err,
+                    _ => LineKind::Out,
+                },
+                text: if e.stream == "step" { e.step } else { e.text },
+            })
+            .collect(),
+        Err(e) => {
+            app.status = Some(format!("cannot read older log lines: {e}"));
+            Vec::new()
+        }
+    };
+    app.older = Some(OlderLines { key, lines });
+}
+
+/// Runs the UI until the person quits; returns the run's summary.
+pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -> Result<RunSummary, UiError> {
+    let mut rx = handle.subscribe();
+    let mut signals = Signals::new();
+    for job in approvals {
+        handle.approve(job).await?;
+    }
+    let guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut input = spawn_input(stop.clone());
+    handle.start().await?;
+
+    let mut app = App::new(Theme {
+        color: opts.color,
+        ascii: opts.ascii,
+    });
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - MIN_FRAME_GAP;
+    let mut quitting = false;
+    let result = loop {
+        if PANICKED.load(Ordering::SeqCst) {
+            break Err(UiError::Panicked);
+        }
+        let wait = if dirty {
+            MIN_FRAME_GAP.saturating_sub(last_draw.elapsed())
+        } else if app.model.is_active() {
+            Duration::from_millis(250) // live durations and countdowns
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                match ev {
+                    Ok(ev) => app.model.apply(&ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        app.status = Some(format!("the display fell behind and skipped {n} events; logs on disk are complete"));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break Err(UiError::Engine(EngineError::Stopped)),
+                }
+                // Drain everything already queued before drawing again.
+                loop {
+                    match rx.try_recv() {
+                        Ok(ev) => app.model.apply(&ev),
+                        Err(TryRecvError::Lagged(n)) => app.status = Some(format!("skipped {n} events")),
+                        Err(_) => break,
+                    }
+                }
+                dirty = true;
+            }
+            Some(ev) = input.recv() => {
+                if let TermEvent::Key(key) = ev {
+                    if key.kind != KeyEventKind::Release {
+                        for cmd in app.handle_key(key) {
+                            if let Some(done) = perform(handle, &mut app, cmd).await {
+                                quitting = quitting || done;
+                                if done && app.model.finished.is_some() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                dirty = true;
+            }
+            () = tokio::time::sleep(wait) => {
+                if app.model.is_active() {
+                    dirty = true;
+                }
+            }
+            name = signals.recv() => {
+                app.status = Some(format!("{name}: cancelling running jobs"));
+                quitting = true;
+                let _ = handle.cancel_all().await;
+                dirty = true;
+            }
+        }
+        if quitting {
+            if app.model.finished.is_some() {
+                break Ok(());
+            }
+            if !app.model.is_active() {
+                // Only unapproved gates remain: end the run as blocked.
+                let _ = handle.finish_waiting().await;
+            }
+        }
+        if dirty && last_draw.elapsed() >= MIN_FRAME_GAP {
+            let size = terminal.size()?;
+            let area = Rect::new(0, 0, size.width, size.height);
+            app.wide = area.width >= render::WIDE;
+            app.log_height = log_height(&app, area);
+            app.now = store::now_ms();
+            if let Some(key) = app.needs_older() {
+                load_older(&mut app, handle.run_dir(), key);
+            }
+            draw(&mut terminal, &app)?;
+            dirty = false;
+            last_draw = Instant::now();
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    drop(terminal);
+    drop(guard);
+    result?;
+    match app.model.finished {
+        Some(s) => Ok(s),
+        None => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .map_err(|_| EngineError::Stopped)??),
+    }
+}
+
+fn draw(terminal: &mut Terminal<CrosstermBackend<io::Stdout>>, app: &App) -> io::Result<()> {
+    let mut out = io::stdout();
+    execute!(out, crossterm::terminal::BeginSynchronizedUpdate)?;
+    let drawn = terminal.draw(|f| f.render_widget(app, f.area()));
+    execute!(out, crossterm::terminal::EndSynchronizedUpdate)?;
+    out.flush()?;
+    drawn.map(|_| ())
+}
+
+/// Sends a command; returns Some(true) when the UI should end.
+async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<bool> {
+    let (what, result) = match &cmd {
+        Command::Approve(j) => (format!("approved {j}"), handle.approve(j).await),
+        Command::Retry(j) => (format!("retrying {j}"), handle.retry(j).await),
+        Command::RerunFailed => ("rerunning failed jobs".to_string(), handle.rerun_failed().await),
+        Command::Cancel(j) => (format!("cancelling {j}"), handle.cancel(j).await),
+        Command::CancelAll => ("cancelling the run".to_string(), handle.cancel_all().await),
+        Command::Pause => (
+            "scheduling paused: running jobs go on, no new ones start".to_string(),
+            handle.pause_scheduling().await,
+        ),
+        Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
+        Command::Quit { cancel } => {
+            if *cancel {
+                app.status = Some("cancelling running jobs, then quitting".into());
+                let _ = handle.cancel_all().await;
+            } else if app.model.finished.is_none() {
+                let _ = handle.finish_waiting().await;
+            }
+            return Some(true);
+        }
+    };
+    app.status = Some(match result {
+        Ok(()) => what,
+        Err(e) => e.to_string(),
+    });
+    None
+}

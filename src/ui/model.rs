@@ -1,0 +1,608 @@
+//! The view-model: what the screen shows, built only from engine events.
+//!
+//! `Model::apply` is a plain function of events, tested without a terminal.
+//! Log lines are kept in a bounded window per attempt (the newest
+//! [`LOG_WINDOW`] lines); older ones are read back from the run's log file
+//! when someone scrolls that far, so memory stays flat however long a job
+//! talks.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::engine::event::{Event, EventKind, PlannedJob, RunSummary};
+use crate::engine::{JobStatus, Stream};
+use crate::pipeline::{FailureClass, When};
+
+/// Lines per attempt kept in memory.
+pub const LOG_WINDOW: usize = 5_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptView {
+    pub number: u32,
+    pub started_ts: u64,
+    pub ended_ts: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub failure_class: Option<FailureClass>,
+    pub retry_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub name: String,
+    pub deps: Vec<usize>,
+    pub dependents: Vec<usize>,
+    pub level: usize,
+    pub when: When,
+    pub allow_failure: bool,
+    pub steps: Vec<String>,
+    pub status: JobStatus,
+    pub attempts: Vec<AttemptView>,
+    pub duration_ms: Option<u64>,
+    pub failure_class: Option<FailureClass>,
+    pub reason: Option<String>,
+    pub flaky: bool,
+    /// When the current retry is due (ts, ms).
+    pub retry_at: Option<u64>,
+    pub step: Option<String>,
+}
+
+impl JobView {
+    fn new(p: &PlannedJob) -> Self {
+        JobView {
+            name: p.name.clone(),
+            deps: Vec::new(),
+            dependents: Vec::new(),
+            level: p.level,
+            when: p.when,
+            allow_failure: p.allow_failure,
+            steps: p.steps.clone(),
+            status: JobStatus::Pending,
+            attempts: Vec::new(),
+            duration_ms: None,
+            failure_class: None,
+            reason: None,
+            flaky: false,
+            retry_at: None,
+            step: None,
+        }
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.attempts.last().map_or(0, |a| a.number)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LineKind {
+    Out,
+    Err,
+    /// A step boundary.
+    Step,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub ts: u64,
+    pub kind: LineKind,
+    pub text: String,
+}
+
+/// The newest lines of one attempt.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLog {
+    pub lines: VecDeque<LogLine>,
+    /// Lines dropped from the front of the window (still on disk).
+    pub dropped: usize,
+}
+
+impl AttemptLog {
+    pub fn total(&self) -> usize {
+        self.dropped + self.lines.len()
+    }
+}
+
+/// A message across the top of the screen (pipeline file changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Banner {
+    pub error: bool,
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    pub run_id: String,
+    pub pipeline: String,
+    pub started_ts: Option<u64>,
+    pub last_ts: u64,
+    pub max_parallel: usize,
+    pub paused: bool,
+    pub jobs: Vec<JobView>,
+    pub index: HashMap<String, usize>,
+    pub levels: Vec<Vec<usize>>,
+    pub critical_path: Vec<usize>,
+    pub logs: HashMap<(usize, u32), AttemptLog>,
+    pub finished: Option<RunSummary>,
+    pub banner: Option<Banner>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: usize,
+    pub failed: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub pending: usize,
+    pub skipped: usize,
+    pub cancelled: usize,
+}
+
+impl Model {
+    pub fn job(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn apply(&mut self, ev: &Event) {
+        self.last_ts = self.last_ts.max(ev.ts);
+        match &ev.kind {
+            EventKind::RunStarted {
+                run_id,
+                pipeline,
+                max_parallel,
+                ..
+            } => {
+                self.run_id = run_id.clone();
+                self.pipeline = pipeline.clone();
+                self.max_parallel = *max_parallel;
+                self.started_ts.get_or_insert(ev.ts);
+            }
+            EventKind::PlanChanged { jobs, critical_path } => self.set_plan(jobs, critical_path),
+            EventKind::JobQueued { job } => self.with(job, |j| {
+                j.status = JobStatus::Ready;
+                j.retry_at = None;
+            }),
+            EventKind::JobStarted { job, attempt } => {
+                self.with(job, |j| {
+                    j.status = JobStatus::Running;
+                    j.retry_at = None;
+                    j.attempts.push(AttemptView {
+                        number: *attempt,
+                        started_ts: ev.ts,
+                        ended_ts: None,
+                        exit_code: None,
+                        failure_class: None,
+                        retry_delay_ms: None,
+                    });
+                });
+            }
+            EventKind::StepStarted { job, attempt, step, .. } => {
+                self.with(job, |j| j.step = Some(step.clone()));
+                self.push_line(job, *attempt, ev.ts, LineKind::Step, step.clone());
+            }
+            EventKind::LogLine {
+                job,
+                attempt,
+                stream,
+                line,
+                ..
+            } => {
+                let kind = match stream {
+                    Stream::Stdout => LineKind::Out,
+                    Stream::Stderr => LineKind::Err,
+                };
+                self.push_line(job, *attempt, ev.ts, kind, line.clone());
+            }
+            EventKind::StepFinished { .. } => {}
+            EventKind::JobFinished {
+                job,
+                status,
+                exit_code,
+                failure_class,
+                duration_ms,
+                flaky,
+                message,
+                ..
+            } => self.with(job, |j| {
+                j.status = *status;
+                j.duration_ms = Some(*duration_ms);
+                j.failure_class = *failure_class;
+                j.flaky = *flaky;
+                j.reason = message.clone();
+                j.step = None;
+                if let Some(a) = j.attempts.last_mut().filter(|a| a.ended_ts.is_none()) {
+                    a.ended_ts = Some(ev.ts);
+                    a.exit_code = *exit_code;
+                    a.failure_class = *failure_class;
+                }
+            }),
+            EventKind::JobRetrying {
+                job,
+                delay_ms,
+                failure_class,
+                ..
+            } => self.with(job, |j| {
+                j.status = JobStatus::Retrying;
+                j.failure_class = Some(*failure_class);
+                j.retry_at = Some(ev.ts + delay_ms);
+                j.step = None;
+                if let Some(a) = j.attempts.last_mut() {
+                    a.ended_ts = Some(ev.ts);
+                    a.failure_class = Some(*failure_class);
+                    a.retry_delay_ms = Some(*delay_ms);
+                }
+            }),
+            EventKind::JobSkipped { job, reason } => self.with(job, |j| {
+                j.status = JobStatus::Skipped;
+                j.reason = Some(reason.clone());
+            }),
+            EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
+            EventKind::JobReset { job, .. } => self.with(job, |j| {
+                j.status = JobStatus::Pending;
+                j.reason = None;
+                j.failure_class = None;
+                j.flaky = false;
+                j.duration_ms = None;
+            }),
+            EventKind::SchedulingPaused => self.paused = true,
+            EventKind::SchedulingResumed => self.paused = false,
+            EventKind::RunFinished { summary } => {
+                // Final statuses (jobs behind a gate become skipped) come with it.
+                for js in &summary.jobs {
+                    self.with(&js.name, |j| {
+                        j.status = js.status;
+                        if js.reason.is_some() {
+                            j.reason = js.reason.clone();
+                        }
+                    });
+                }
+                self.finished = Some(summary.clone());
+            }
+        }
+        if !matches!(ev.kind, EventKind::RunFinished { .. } | EventKind::LogLine { .. }) && self.finished.is_some() {
+            // Activity after the end: the run was reopened (retry, late approval).
+            if matches!(
+                ev.kind,
+                EventKind::JobReset { .. } | EventKind::JobQueued { .. } | EventKind::JobStarted { .. }
+            ) {
+                self.finished = None;
+            }
+        }
+    }
+
+    fn with(&mut self, job: &str, f: impl FnOnce(&mut JobView)) {
+        if let Some(&i) = self.index.get(job) {
+            f(&mut self.jobs[i]);
+        }
+    }
+
+    fn set_plan(&mut self, planned: &[PlannedJob], critical: &[String]) {
+        let old: HashMap<String, JobView> = self.jobs.drain(..).map(|j| (j.name.clone(), j)).collect();
+        let mut old = old;
+        self.index = planned.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        self.jobs = planned
+            .iter()
+            .map(|p| {
+                let mut j = old.remove(&p.name).unwrap_or_else(|| JobView::new(p));
+                j.level = p.level;
+                j.when = p.when;
+                j.allow_failure = p.allow_failure;
+                j.steps = p.steps.clone();
+                j.deps.clear();
+                j.dependents.clear();
+                j
+            })
+            .collect();
+        for (i, p) in planned.iter().enumerate() {
+            for d in &p.depends_on {
+                if let Some(&di) = self.index.get(d) {
+                    self.jobs[i].deps.push(di);
+                    self.jobs[di].dependents.push(i);
+                }
+            }
+        }
+        let depth = self.jobs.iter().map(|j| j.level + 1).max().unwrap_or(0);
+        self.levels = vec![Vec::new(); depth];
+        for (i, j) in self.jobs.iter().enumerate() {
+            self.levels[j.level].push(i);
+        }
+        self.critical_path = critical.iter().filter_map(|n| self.index.get(n).copied()).collect();
+    }
+
+    fn push_line(&mut self, job: &str, attempt: u32, ts: u64, kind: LineKind, text: String) {
+        let Some(&j) = self.index.get(job) else { return };
+        let log = self.logs.entry((j, attempt)).or_default();
+        log.lines.push_back(LogLine { ts, kind, text });
+        if log.lines.len() > LOG_WINDOW {
+            log.lines.pop_front();
+            log.dropped += 1;
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for j in &self.jobs {
+            match j.status {
+                JobStatus::Succeeded => c.passed += 1,
+                JobStatus::Failed => c.failed += 1,
+                JobStatus::Running | JobStatus::Retrying => c.running += 1,
+                JobStatus::WaitingApproval => c.waiting += 1,
+                JobStatus::Pending | JobStatus::Ready => c.pending += 1,
+                JobStatus::Skipped => c.skipped += 1,
+                JobStatus::Cancelled => c.cancelled += 1,
+            }
+        }
+        c
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.jobs.iter().filter(|j| j.status == JobStatus::Running).count()
+    }
+
+    /// Whether anything is still active (quitting would cancel it).
+    pub fn is_active(&self) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| matches!(j.status, JobStatus::Running | JobStatus::Ready | JobStatus::Retrying))
+    }
+
+    /// Elapsed time of a job: live while it runs.
+    pub fn job_elapsed(&self, j: usize, now: u64) -> Option<u64> {
+        let job = &self.jobs[j];
+        match job.status {
+            JobStatus::Running => job.attempts.last().map(|a| now.saturating_sub(a.started_ts)),
+            _ => job.duration_ms,
+        }
+    }
+
+    /// Remaining time along the longest unfinished path, from durations seen
+    /// so far (the mean of finished jobs stands in for jobs not yet run).
+    /// `None` until one job has finished.
+    pub fn eta_ms(&self, now: u64) -> Option<u64> {
+        let finished: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Succeeded)
+            .filter_map(|j| j.duration_ms)
+            .collect();
+        if finished.is_empty() {
+            return None;
+        }
+        let mean = finished.iter().sum::<u64>() / finished.len() as u64;
+        // Levels are a topological order; compute remaining time to the end.
+        let mut rest = vec![0u64; self.jobs.len()];
+        for level in self.levels.iter().rev() {
+            for &j in level {
+                let job = &self.jobs[j];
+                let own = match job.status {
+                    s if s.is_terminal() => 0,
+                    JobStatus::WaitingApproval => 0,
+                    JobStatus::Running => {
+                        let elapsed = self.job_elapsed(j, now).unwrap_or(0);
+                        mean.saturating_sub(elapsed).max(1_000.min(mean))
+                    }
+                    _ => mean,
+                };
+                let after = job.dependents.iter().map(|&d| rest[d]).max().unwrap_or(0);
+                rest[j] = own + after;
+            }
+        }
+        Some(rest.into_iter().max().unwrap_or(0))
+    }
+
+    /// Why a job is where it is, for the detail pane.
+    pub fn why(&self, j: usize) -> String {
+        let job = &self.jobs[j];
+        let names = |ids: &[usize]| {
+            ids.iter()
+                .map(|&d| self.jobs[d].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match job.status {
+            JobStatus::Pending => {
+                let waiting: Vec<usize> = job
+                    .deps
+                    .iter()
+                    .copied()
+                    .filter(|&d| !self.jobs[d].status.is_terminal())
+                    .collect();
+                if waiting.is_empty() {
+                    "waiting to be scheduled".into()
+                } else {
+                    format!("waiting for {}", names(&waiting))
+                }
+            }
+            JobStatus::Ready if self.paused => "queued; scheduling is paused (p resumes)".into(),
+            JobStatus::Ready => format!("queued: all {} slots are busy", self.max_parallel),
+            JobStatus::Running => match &job.step {
+                Some(s) => format!("running step `{s}`"),
+                None => "running".into(),
+            },
+            JobStatus::Retrying => match job.failure_class {
+                Some(c) => format!("failed ({c}); retry scheduled"),
+                None => "retry scheduled".into(),
+            },
+            JobStatus::WaitingApproval => "manual gate: press a to approve".into(),
+            JobStatus::Skipped | JobStatus::Cancelled | JobStatus::Failed => {
+                job.reason.clone().unwrap_or_else(|| job.status.expr_name().to_string())
+            }
+            JobStatus::Succeeded if job.flaky => "passed after a retry (FLAKY)".into(),
+            JobStatus::Succeeded => "passed".into(),
+        }
+    }
+
+    /// Jobs upstream and downstream of `j` (for highlighting its path).
+    pub fn related(&self, j: usize) -> Vec<bool> {
+        let mut mark = vec![false; self.jobs.len()];
+        for edges in [true, false] {
+            let mut stack = vec![j];
+            while let Some(k) = stack.pop() {
+                let next = if edges {
+                    &self.jobs[k].deps
+                } else {
+                    &self.jobs[k].dependents
+                };
+                for &n in next {
+                    if !mark[n] {
+                        mark[n] = true;
+                        stack.push(n);
+                    }
+                }
+            }
+        }
+        mark
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn ev(ts: u64, kind: EventKind) -> Event {
+        Event { ts, kind }
+    }
+
+    fn planned(name: &str, deps: &[&str], level: usize) -> PlannedJob {
+        PlannedJob {
+            name: name.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            level,
+            when: When::OnSuccess,
+            allow_failure: false,
+            steps: vec!["s".into()],
+        }
+    }
+
+    fn model() -> Model {
+        let mut m = Model::default();
+        m.apply(&ev(
+            1_000,
+            EventKind::RunStarted {
+                run_id: "r1".into(),
+                pipeline: "p".into(),
+                jobs: vec!["build".into(), "test".into()],
+                max_parallel: 2,
+            },
+        ));
+        m.apply(&ev(
+            1_000,
+            EventKind::PlanChanged {
+                jobs: vec![planned("build", &[], 0), planned("test", &["build"], 1)],
+                critical_path: vec!["build".into(), "test".into()],
+            },
+        ));
+        m
+    }
+
+    #[test]
+    fn events_drive_statuses_attempts_and_reasons() {
+        let mut m = model();
+        assert_eq!(m.levels, vec![vec![0], vec![1]]);
+        assert_eq!(m.why(1), "waiting for build");
+        m.apply(&ev(
+            1_100,
+            EventKind::JobStarted {
+                job: "build".into(),
+                attempt: 1,
+            },
+        ));
+        assert_eq!(m.job_elapsed(0, 1_600), Some(500));
+        m.apply(&ev(
+            1_200,
+            EventKind::JobRetrying {
+                job: "build".into(),
+                attempt: 2,
+                delay_ms: 500,
+                failure_class: FailureClass::Network,
+            },
+        ));
+        assert_eq!(m.jobs[0].status, JobStatus::Retrying);
+        assert_eq!(m.jobs[0].retry_at, Some(1_700));
+        m.apply(&ev(
+            1_700,
+            EventKind::JobStarted {
+                job: "build".into(),
+                attempt: 2,
+            },
+        ));
+        m.apply(&ev(
+            1_900,
+            EventKind::JobFinished {
+                job: "build".into(),
+                attempt: 2,
+                status: JobStatus::Succeeded,
+                exit_code: Some(0),
+                failure_class: None,
+                duration_ms: 800,
+                flaky: true,
+                message: None,
+            },
+        ));
+        assert_eq!(m.jobs[0].attempts.len(), 2);
+        assert_eq!(m.jobs[0].attempts[0].failure_class, Some(FailureClass::Network));
+        assert!(m.jobs[0].flaky);
+        m.apply(&ev(
+            2_000,
+            EventKind::JobSkipped {
+                job: "test".into(),
+                reason: "blocked by x".into(),
+            },
+        ));
+        assert_eq!(m.why(1), "blocked by x");
+        assert_eq!(m.counts().passed, 1);
+        assert_eq!(m.counts().skipped, 1);
+    }
+
+    #[test]
+    fn log_window_is_bounded_and_counts_dropped_lines() {
+        let mut m = model();
+        for i in 0..(LOG_WINDOW + 10) {
+            m.apply(&ev(
+                2_000,
+                EventKind::LogLine {
+                    job: "build".into(),
+                    attempt: 1,
+                    step: "s".into(),
+                    stream: Stream::Stdout,
+                    line: format!("line {i}"),
+                },
+            ));
+        }
+        let log = &m.logs[&(0, 1)];
+        assert_eq!(log.lines.len(), LOG_WINDOW);
+        assert_eq!(log.dropped, 10);
+        assert_eq!(log.lines[0].text, "line 10");
+    }
+
+    #[test]
+    fn eta_follows_the_longest_unfinished_path() {
+        let mut m = model();
+        assert_eq!(m.eta_ms(1_000), None);
+        m.apply(&ev(
+            1_000,
+            EventKind::JobStarted {
+                job: "build".into(),
+                attempt: 1,
+            },
+        ));
+        m.apply(&ev(
+            3_000,
+            EventKind::JobFinished {
+                job: "build".into(),
+                attempt: 1,
+                status: JobStatus::Succeeded,
+                exit_code: Some(0),
+                failure_class: None,
+                duration_ms: 2_000,
+                flaky: false,
+                message: None,
+            },
+        ));
+        assert_eq!(m.eta_ms(3_000), Some(2_000), "one job of mean duration left");
+    }
+
+    #[test]
+    fn related_marks_upstream_and_downstream() {
+        let m = model();
+        assert_eq!(m.related(0), vec![false, true]);
+        assert_eq!(m.related(1), vec![true, false]);
+    }
+}

@@ -1,0 +1,638 @@
+//! Drawing: `impl Widget for &App`. Views borrow the app state; nothing is
+//! mutated while drawing.
+//!
+//! Wide terminals (100 columns or more) show the jobs pane beside the job
+//! detail and log; narrow ones (80x24) show one pane at a time under a tab
+//! line, switched with Tab.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
+
+use crate::engine::JobStatus;
+use crate::headless::seconds;
+
+use super::ansi;
+use super::app::{App, Focus, Mode};
+use super::keys::{Action, BINDINGS, Scope};
+use super::model::LineKind;
+
+/// Columns from which panes sit side by side.
+pub const WIDE: u16 = 100;
+
+impl Widget for &App {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let banner_h = self.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
+        let [header, banner, body, prompt, footer] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(banner_h),
+            Constraint::Min(3),
+            Constraint::Length(1),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        render_header(self, header, buf);
+        if let Some(b) = &self.model.banner {
+            let style = if b.error { self.theme.error() } else { self.theme.warn() };
+            let lines: Vec<Line> = b.lines.iter().take(3).map(|l| Line::styled(l.clone(), style)).collect();
+            Paragraph::new(lines).render(banner, buf);
+        }
+        if area.width >= WIDE {
+            let [left, right] =
+                Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+            let [detail, log] = Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(right);
+            render_jobs(self, left, buf);
+            render_detail(self, detail, buf);
+            render_log(self, log, buf);
+        } else {
+            let [tabs, pane] = Layout::vertical([Constraint::Length(1), Constraint::Min(2)]).areas(body);
+            render_tabs(self, tabs, buf);
+            match self.focus {
+                Focus::Jobs => render_jobs(self, pane, buf),
+                Focus::Log => render_log(self, pane, buf),
+                Focus::Detail => render_detail(self, pane, buf),
+            }
+        }
+        render_prompt(self, prompt, buf);
+        render_footer(self, footer, buf);
+        if self.mode == Mode::Help {
+            render_help(self, area, buf);
+        }
+    }
+}
+
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    } else {
+        format!("{:02}:{:02}", s / 60, s % 60)
+    }
+}
+
+fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
+    let m = &app.model;
+    let t = &app.theme;
+    let elapsed = m.started_ts.map_or(0, |s| {
+        let end = m.finished.as_ref().map_or(app.now, |f| s + f.duration_ms);
+        end.saturating_sub(s)
+    });
+    let c = m.counts();
+    let sep = || Span::styled(t.glyph(" │ ", " | "), t.dim());
+    let mut spans = vec![
+        Span::styled("trackside", t.title()),
+        sep(),
+        Span::raw(m.pipeline.clone()),
+    ];
+    if area.width >= WIDE {
+        spans.push(sep());
+        spans.push(Span::raw(format!("run {}", m.run_id)));
+    }
+    spans.push(sep());
+    spans.push(Span::raw(clock(elapsed)));
+    if m.finished.is_none() {
+        if let Some(eta) = m.eta_ms(app.now) {
+            spans.push(Span::raw(format!(" ETA {}", clock(eta))));
+        }
+    }
+    spans.push(sep());
+    let counts = [
+        (JobStatus::Succeeded, c.passed),
+        (JobStatus::Failed, c.failed),
+        (JobStatus::Running, c.running),
+        (JobStatus::WaitingApproval, c.waiting),
+        (JobStatus::Pending, c.pending),
+        (JobStatus::Skipped, c.skipped),
+        (JobStatus::Cancelled, c.cancelled),
+    ];
+    for (i, (status, n)) in counts.into_iter().filter(|&(_, n)| n > 0).enumerate() {
+        let (g, style) = t.status(status, false, false);
+        let gap = if i == 0 { "" } else { " " };
+        spans.push(Span::styled(format!("{gap}{g}{n}"), style));
+    }
+    spans.push(sep());
+    spans.push(Span::raw(format!("{}/{} running", m.running_jobs(), m.max_parallel)));
+    if m.paused {
+        spans.push(sep());
+        spans.push(Span::styled("PAUSED", t.warn()));
+    }
+    if let Some(f) = &m.finished {
+        spans.push(sep());
+        let style = if f.exit_code == 0 {
+            t.fg(ratatui::style::Color::Green)
+        } else {
+            t.error()
+        };
+        spans.push(Span::styled(
+            format!("{:?}", f.result).to_uppercase(),
+            style.add_modifier(Modifier::BOLD),
+        ));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+fn render_tabs(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let tab = |label: &str, f: Focus| {
+        let style = if app.focus == f { t.selected() } else { t.dim() };
+        Span::styled(format!(" {label} "), style)
+    };
+    let line = Line::from(vec![
+        tab("Jobs", Focus::Jobs),
+        Span::raw(" "),
+        tab("Log", Focus::Log),
+        Span::raw(" "),
+        tab("Detail", Focus::Detail),
+        Span::styled("  (Tab switches)", t.dim()),
+    ]);
+    Paragraph::new(line).render(area, buf);
+}
+
+fn pane_block<'a>(app: &App, title: String, focused: bool) -> Block<'a> {
+    let t = &app.theme;
+    let style = if focused { t.title() } else { t.dim() };
+    Block::default()
+        .borders(Borders::ALL)
+        .border_set(t.border_set())
+        .border_style(style)
+        .title(Span::styled(title, t.title()))
+}
+
+fn truncate(s: &str, width: usize, ascii: bool) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+        out.push(if ascii { '~' } else { '…' });
+        out
+    }
+}
+
+fn render_jobs(app: &App, area: Rect, buf: &mut Buffer) {
+    let mode = if app.list_mode { "list" } else { "DAG" };
+    let mut title = format!(" jobs ({mode}) ");
+    if !app.filter.is_empty() {
+        title = format!(" jobs ({mode}, filter: {}) ", app.filter);
+    }
+    let block = pane_block(app, title, app.focus == Focus::Jobs);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if app.list_mode || !app.filter.is_empty() {
+        render_list(app, inner, buf);
+    } else {
+        render_dag(app, inner, buf);
+    }
+}
+
+fn job_summary(app: &App, j: usize) -> (String, Style, String) {
+    let job = &app.model.jobs[j];
+    let (glyph, style) = app.theme.status(job.status, job.flaky, job.allow_failure);
+    let mut info = match app.model.job_elapsed(j, app.now) {
+        Some(ms) => seconds(ms),
+        None if job.status == JobStatus::WaitingApproval => "manual".into(),
+        None => String::new(),
+    };
+    if job.attempts.len() > 1 {
+        info.push_str(&format!(" #{}", job.attempt()));
+    }
+    (glyph, style, info)
+}
+
+fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
+    let jobs = app.visible_jobs();
+    let h = area.height as usize;
+    let pos = jobs.iter().position(|&j| j == app.selected).unwrap_or(0);
+    let first = pos.saturating_sub(h.saturating_sub(1));
+    let name_w = jobs
+        .iter()
+        .map(|&j| app.model.jobs[j].name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .min(30);
+    for (row, &j) in jobs.iter().enumerate().skip(first).take(h) {
+        let job = &app.model.jobs[j];
+        let (glyph, style, info) = job_summary(app, j);
+        let why = match job.status {
+            JobStatus::Skipped | JobStatus::Failed | JobStatus::Cancelled => job.reason.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let name = format!("{:<name_w$}", truncate(&job.name, name_w, app.theme.ascii));
+        let mut line = Line::from(vec![
+            Span::styled(format!("{glyph} "), style),
+            Span::raw(name),
+            Span::raw(format!(" {info:>9} ")),
+            Span::styled(why, app.theme.dim()),
+        ]);
+        if j == app.selected {
+            line = line.style(app.theme.selected());
+        }
+        let y = area.y + (row - first) as u16;
+        buf.set_line(area.x, y, &line, area.width);
+    }
+    if jobs.is_empty() {
+        buf.set_string(area.x, area.y, "no job matches the filter", app.theme.dim());
+    }
+}
+
+const BOX_H: u16 = 3;
+const GUTTER: u16 = 3;
+
+fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
+    let m = &app.model;
+    if m.levels.is_empty() {
+        return;
+    }
+    let t = &app.theme;
+    let name_w = m.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(8);
+    let col_w = (name_w as u16 + 4).clamp(12, 18);
+    let cols_fit = ((area.width + GUTTER) / (col_w + GUTTER)).max(1) as usize;
+    let rows_fit = (area.height / BOX_H).max(1) as usize;
+    let sel = app.selected_job();
+    let (sel_level, sel_row) = sel.map_or((0, 0), |j| {
+        let l = m.jobs[j].level;
+        (l, m.levels[l].iter().position(|&x| x == j).unwrap_or(0))
+    });
+    let first_level = sel_level.saturating_sub(cols_fit - 1);
+    let first_row = sel_row.saturating_sub(rows_fit - 1);
+    let related = sel.map(|j| m.related(j)).unwrap_or_default();
+    let on_path = |j: usize| Some(j) == sel || related.get(j).copied().unwrap_or(false);
+    let col_x = |level: usize| area.x + (level - first_level) as u16 * (col_w + GUTTER);
+    let row_y = |row: usize| area.y + (row - first_row) as u16 * BOX_H;
+    let visible_level = |l: usize| l >= first_level && l < first_level + cols_fit;
+    let visible_row = |r: usize| r >= first_row && r < first_row + rows_fit;
+    let (h, v, tl, tr, bl, br) = if t.ascii {
+        ("-", "|", "+", "+", "+", "+")
+    } else {
+        ("─", "│", "┌", "┐", "└", "┘")
+    };
+
+    // Edges first, so boxes draw over any overlap.
+    for (level, jobs) in m.levels.iter().enumerate() {
+        if !visible_level(level) || level == first_level {
+            continue;
+        }
+        for (row, &b) in jobs.iter().enumerate() {
+            if !visible_row(row) {
+                continue;
+            }
+            for &a in &m.jobs[b].deps {
+                let a_row = m.levels[m.jobs[a].level].iter().position(|&x| x == a).unwrap_or(0);
+                let style = if on_path(a)
+                    && on_path(b)
+                    && sel.is_some_and(|s| s == a || s == b || (related[a] && related[b]))
+                {
+                    t.path()
+                } else {
+                    t.dim()
+                };
+                let x0 = col_x(level) - GUTTER;
+                let yb = row_y(row) + 1;
+                let ya_row = a_row.clamp(first_row, first_row + rows_fit - 1);
+                let ya = row_y(ya_row) + 1;
+                let set = |buf: &mut Buffer, x: u16, y: u16, s: &str| {
+                    if x < area.right() && y < area.bottom() {
+                        buf.set_string(x, y, s, style);
+                    }
+                };
+                set(buf, x0, ya, h);
+                if ya == yb {
+                    set(buf, x0 + 1, ya, h);
+                } else {
+                    let (top, bottom) = (ya.min(yb), ya.max(yb));
+                    for y in top + 1..bottom {
+                        set(buf, x0 + 1, y, v);
+                    }
+                    if ya < yb {
+                        set(buf, x0 + 1, ya, tr);
+                        set(buf, x0 + 1, yb, bl);
+                    } else {
+                        set(buf, x0 + 1, ya, br);
+                        set(buf, x0 + 1, yb, tl);
+                    }
+                }
+                set(buf, x0 + 2, yb, if t.ascii { ">" } else { "▶" });
+            }
+        }
+    }
+
+    for (level, jobs) in m.levels.iter().enumerate() {
+        if !visible_level(level) {
+            continue;
+        }
+        for (row, &j) in jobs.iter().enumerate() {
+            if !visible_row(row) {
+                continue;
+            }
+            let rect = Rect::new(col_x(level), row_y(row), col_w, BOX_H).intersection(area);
+            if rect.height < BOX_H || rect.width < 6 {
+                continue;
+            }
+            let job = &m.jobs[j];
+            let (glyph, status_style, info) = job_summary(app, j);
+            let border = if Some(j) == sel {
+                t.selected()
+            } else if on_path(j) {
+                t.path()
+            } else {
+                status_style
+            };
+            let name = truncate(&job.name, rect.width as usize - 2, t.ascii);
+            let title_style = if Some(j) == sel { t.selected() } else { t.title() };
+            Block::default()
+                .borders(Borders::ALL)
+                .border_set(t.border_set())
+                .border_style(border)
+                .title(Span::styled(name, title_style))
+                .render(rect, buf);
+            let content = Line::from(vec![Span::styled(format!("{glyph} "), status_style), Span::raw(info)]);
+            buf.set_line(rect.x + 1, rect.y + 1, &content, rect.width - 2);
+        }
+    }
+    // Say what is off screen.
+    let more_right = m.levels.len() > first_level + cols_fit;
+    let more_down = m.levels.iter().any(|l| l.len() > first_row + rows_fit);
+    let mut hint = Vec::new();
+    if first_level > 0 {
+        hint.push(format!("{} {} levels", t.glyph("←", "<-"), first_level));
+    }
+    if more_right {
+        hint.push(format!(
+            "{} more levels {}",
+            m.levels.len() - first_level - cols_fit,
+            t.glyph("→", "->")
+        ));
+    }
+    if first_row > 0 || more_down {
+        hint.push(format!("more jobs {}", t.glyph("↕", "(scroll)")));
+    }
+    if !hint.is_empty() && area.height > 0 {
+        let text = hint.join("  ");
+        let x = area.right().saturating_sub(text.chars().count() as u16 + 1);
+        buf.set_string(x.max(area.x), area.bottom() - 1, text, t.dim());
+    }
+}
+
+fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let Some(j) = app.selected_job() else {
+        pane_block(app, " detail ".into(), app.focus == Focus::Detail).render(area, buf);
+        return;
+    };
+    let m = &app.model;
+    let job = &m.jobs[j];
+    let (glyph, style) = t.status(job.status, job.flaky, job.allow_failure);
+    let look = super::theme::look(job.status, job.flaky, job.allow_failure);
+    let mut lines = vec![Line::from(vec![
+        Span::styled(format!("{glyph} {}", look.word), style.add_modifier(Modifier::BOLD)),
+        Span::raw(match (job.failure_class, job.status) {
+            (Some(c), JobStatus::Failed | JobStatus::Retrying) => format!(" ({c})"),
+            _ => String::new(),
+        }),
+        Span::raw(
+            m.job_elapsed(j, app.now)
+                .map(|d| format!("  {}", seconds(d)))
+                .unwrap_or_default(),
+        ),
+        Span::styled(if job.flaky { "  FLAKY" } else { "" }, t.warn()),
+    ])];
+    lines.push(Line::from(vec![Span::styled("why: ", t.dim()), Span::raw(m.why(j))]));
+    if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Retrying) {
+        lines.push(Line::raw(format!(
+            "next attempt in {}",
+            seconds(at.saturating_sub(app.now))
+        )));
+    }
+    let names = |ids: &[usize]| {
+        ids.iter()
+            .map(|&d| m.jobs[d].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !job.deps.is_empty() || !job.dependents.is_empty() {
+        lines.push(Line::from(vec![
+            Span::styled("needs: ", t.dim()),
+            Span::raw(if job.deps.is_empty() {
+                "-".into()
+            } else {
+                names(&job.deps)
+            }),
+            Span::styled("  needed by: ", t.dim()),
+            Span::raw(if job.dependents.is_empty() {
+                "-".into()
+            } else {
+                names(&job.dependents)
+            }),
+        ]));
+    }
+    for a in job.attempts.iter().rev() {
+        let dur = a.ended_ts.map(|e| seconds(e.saturating_sub(a.started_ts)));
+        let mut s = format!("#{} ", a.number);
+        match (a.ended_ts, a.exit_code, a.failure_class) {
+            (None, _, _) => s.push_str("running"),
+            (Some(_), _, Some(c)) => s.push_str(&format!(
+                "{c}{}",
+                a.exit_code.map(|e| format!(" exit {e}")).unwrap_or_default()
+            )),
+            (Some(_), Some(e), None) => s.push_str(&format!("ok exit {e}")),
+            (Some(_), None, None) => s.push_str("ok"),
+        }
+        if let Some(d) = dur {
+            s.push_str(&format!(" in {d}"));
+        }
+        if let Some(delay) = a.retry_delay_ms {
+            s.push_str(&format!(", retried after {}", seconds(delay)));
+        }
+        lines.push(Line::raw(s));
+    }
+    let block = pane_block(app, format!(" {} ", job.name), app.focus == Focus::Detail);
+    Paragraph::new(lines)
+        .block(block)
+        .wrap(Wrap { trim: false })
+        .render(area, buf);
+}
+
+/// Renders the log of the selected job; lines older than the in-memory
+/// window come from `app.older`, which the loop reads from disk on demand.
+fn render_log(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let m = &app.model;
+    let (job, attempt) = match (app.selected_job(), app.shown_attempt()) {
+        (Some(j), Some(a)) => (j, a),
+        (Some(j), None) => {
+            let dot = t.glyph("·", "-");
+            let block = pane_block(app, format!(" log {dot} {} ", m.jobs[j].name), app.focus == Focus::Log);
+            Paragraph::new(Line::styled("no output yet: the job has not started", t.dim()))
+                .block(block)
+                .render(area, buf);
+            return;
+        }
+        _ => {
+            pane_block(app, " log ".into(), app.focus == Focus::Log).render(area, buf);
+            return;
+        }
+    };
+    let latest = m.jobs[job].attempt();
+    let dot = t.glyph("·", "-");
+    let mut title = format!(" log {dot} {} {dot} attempt {attempt}/{latest} ", m.jobs[job].name);
+    if app.follow {
+        title.push_str(&format!("{dot} follow "));
+    }
+    if app.wrap {
+        title.push_str(&format!("{dot} wrap "));
+    }
+    if let Some(q) = &app.search {
+        title.push_str(&format!("{dot} /{q} "));
+    }
+    let block = pane_block(app, title, app.focus == Focus::Log);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(log) = m.logs.get(&(job, attempt)) else {
+        buf.set_string(inner.x, inner.y, "no output yet", t.dim());
+        return;
+    };
+    let height = inner.height as usize;
+    let total = log.total();
+    let top = if app.follow {
+        total.saturating_sub(height)
+    } else {
+        app.log_top.min(total.saturating_sub(1))
+    };
+    let mut lines: Vec<Line> = Vec::with_capacity(height);
+    for i in top..(top + height).min(total) {
+        let entry = if i >= log.dropped {
+            log.lines.get(i - log.dropped)
+        } else {
+            app.older
+                .as_ref()
+                .filter(|o| o.key == (job, attempt))
+                .and_then(|o| o.lines.get(i))
+        };
+        let line = match entry {
+            None => Line::styled(format!("{} earlier lines are on disk (loading)", log.dropped), t.dim()),
+            Some(l) if l.kind == LineKind::Step => {
+                let rule = if t.ascii { "--" } else { "──" };
+                Line::styled(format!("{rule} step: {} {rule}", l.text), t.title())
+            }
+            Some(l) => {
+                let mut spans = ansi::spans(&l.text, t.color);
+                if let Some(q) = &app.search {
+                    spans = ansi::highlight(spans, q, t.search_hit());
+                }
+                Line::from(spans)
+            }
+        };
+        lines.push(line);
+    }
+    let mut p = Paragraph::new(lines);
+    if app.wrap {
+        p = p.wrap(Wrap { trim: false });
+    }
+    p.render(inner, buf);
+}
+
+fn render_prompt(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let line = match &app.mode {
+        Mode::Confirm { question, .. } => Line::styled(question.clone(), t.warn()),
+        Mode::Search(s) => Line::raw(format!(
+            "search log: {s}{} (Enter to search, Esc to stop)",
+            t.glyph("▏", "_")
+        )),
+        Mode::Filter(s) => Line::raw(format!(
+            "filter jobs: {s}{} (Enter to keep, Esc to clear)",
+            t.glyph("▏", "_")
+        )),
+        _ => match (&app.status, &app.model.finished) {
+            (Some(s), _) => Line::raw(s.clone()),
+            (None, Some(f)) => Line::styled(
+                format!("run finished: {}; r retries a failed job, q quits", f.message),
+                if f.exit_code == 0 { t.title() } else { t.error() },
+            ),
+            (None, None) => Line::raw(""),
+        },
+    };
+    Paragraph::new(line).render(area, buf);
+}
+
+/// The keys that apply right now, in table order, as many as fit; help and
+/// quit always stay at the end.
+fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let scope = if app.focus == Focus::Jobs {
+        Scope::Jobs
+    } else {
+        Scope::Log
+    };
+    let fixed = [Action::Help, Action::Quit];
+    let item = |b: &super::keys::Binding| (t.key_name(b.shown), b.label);
+    let width = |items: &[(String, &str)]| {
+        items
+            .iter()
+            .map(|(k, l)| k.chars().count() + l.len() + 4)
+            .sum::<usize>()
+    };
+    let tail: Vec<(String, &str)> = BINDINGS
+        .iter()
+        .filter(|b| fixed.contains(&b.action))
+        .map(item)
+        .collect();
+    let mut items: Vec<(String, &str)> = Vec::new();
+    for b in BINDINGS {
+        if b.label.is_empty()
+            || fixed.contains(&b.action)
+            || !(b.scope == Scope::Everywhere || b.scope == scope)
+            || !app.available(b.action)
+        {
+            continue;
+        }
+        let mut next = items.clone();
+        next.push(item(b));
+        if width(&next) + width(&tail) > area.width as usize {
+            break;
+        }
+        items = next;
+    }
+    items.extend(tail);
+    let mut spans = Vec::new();
+    for (k, label) in items {
+        if !spans.is_empty() {
+            spans.push(Span::styled(t.glyph(" · ", " | "), t.dim()));
+        }
+        spans.push(Span::styled(k, t.title()));
+        spans.push(Span::raw(format!(" {label}")));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let w = area.width.min(72);
+    let h = (BINDINGS.len() as u16 + 4).min(area.height);
+    let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
+    Clear.render(rect, buf);
+    let mut lines: Vec<Line> = BINDINGS
+        .iter()
+        .map(|b| {
+            let scope = match b.scope {
+                Scope::Everywhere => "",
+                Scope::Jobs => " (jobs pane)",
+                Scope::Log => " (log pane)",
+            };
+            Line::from(vec![
+                Span::styled(format!("{:<7}", t.key_name(b.shown)), t.title()),
+                Span::raw(format!("{}{scope}", b.help)),
+            ])
+        })
+        .collect();
+    lines.push(Line::styled("Ctrl-C quits too. Any key closes this help.", t.dim()));
+    Paragraph::new(lines)
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_set(t.border_set())
+                .title(Span::styled(" keys ", t.title())),
+        )
+        .render(rect, buf);
+}

@@ -1,0 +1,422 @@
+//! The terminal UI without a terminal: key handling as plain functions, and
+//! whole screens rendered on ratatui's TestBackend, checked with insta
+//! snapshots (review every snapshot change like code).
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::Color;
+
+use trackside::engine::event::{Event, EventKind, PlannedJob};
+use trackside::engine::{JobStatus, Stream};
+use trackside::pipeline::{FailureClass, When};
+use trackside::ui::app::{App, Command, Focus, Mode};
+use trackside::ui::theme::Theme;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn ev(at: u64, kind: EventKind) -> Event {
+    Event { ts: T0 + at, kind }
+}
+
+fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
+    PlannedJob {
+        name: name.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        level,
+        when,
+        allow_failure: false,
+        steps: vec!["main".into()],
+    }
+}
+
+/// A small pipeline: lint, build -> test, test-flaky -> integration -> deploy (manual).
+fn app_with(events: &[Event], theme: Theme) -> App {
+    let mut app = App::new(theme);
+    app.model.apply(&ev(
+        0,
+        EventKind::RunStarted {
+            run_id: "20261123-120000-abcd".into(),
+            pipeline: "demo".into(),
+            jobs: vec![],
+            max_parallel: 2,
+        },
+    ));
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs: vec![
+                planned("lint", &[], 0, When::OnSuccess),
+                planned("build", &[], 0, When::OnSuccess),
+                planned("test", &["build"], 1, When::OnSuccess),
+                planned("test-flaky", &["build"], 1, When::OnSuccess),
+                planned("integration", &["lint", "test", "test-flaky"], 2, When::OnSuccess),
+                planned("deploy", &["integration"], 3, When::Manual),
+            ],
+            critical_path: vec!["build".into(), "test".into(), "integration".into(), "deploy".into()],
+        },
+    ));
+    for e in events {
+        app.model.apply(e);
+    }
+    app.now = T0 + 5_000;
+    app
+}
+
+fn color() -> Theme {
+    Theme {
+        color: true,
+        ascii: false,
+    }
+}
+
+fn started(at: u64, job: &str, attempt: u32) -> Event {
+    ev(
+        at,
+        EventKind::JobStarted {
+            job: job.into(),
+            attempt,
+        },
+    )
+}
+
+fn line(at: u64, job: &str, attempt: u32, text: &str) -> Event {
+    ev(
+        at,
+        EventKind::LogLine {
+            job: job.into(),
+            attempt,
+            step: "main".into(),
+            stream: Stream::Stdout,
+            line: text.into(),
+        },
+    )
+}
+
+fn step(at: u64, job: &str, attempt: u32) -> Event {
+    ev(
+        at,
+        EventKind::StepStarted {
+            job: job.into(),
+            attempt,
+            step: "main".into(),
+            index: 0,
+        },
+    )
+}
+
+fn done(at: u64, job: &str, attempt: u32, status: JobStatus, class: Option<FailureClass>, ms: u64) -> Event {
+    ev(
+        at,
+        EventKind::JobFinished {
+            job: job.into(),
+            attempt,
+            status,
+            exit_code: Some(if class.is_some() { 1 } else { 0 }),
+            failure_class: class,
+            duration_ms: ms,
+            flaky: false,
+            message: class.map(|_| "step `main` exited with 1".to_string()),
+        },
+    )
+}
+
+fn running_events() -> Vec<Event> {
+    vec![
+        started(10, "lint", 1),
+        started(10, "build", 1),
+        step(11, "build", 1),
+        line(20, "build", 1, "compiling shop v1.4.0"),
+        line(30, "build", 1, "\x1b[32m   Finished\x1b[0m release in 0.9s"),
+        done(1_000, "lint", 1, JobStatus::Succeeded, None, 990),
+        done(1_200, "build", 1, JobStatus::Succeeded, None, 1_190),
+        started(1_200, "test", 1),
+        started(1_200, "test-flaky", 1),
+        step(1_201, "test", 1),
+        line(1_300, "test", 1, "test cart ... ok"),
+    ]
+}
+
+fn failed_events() -> Vec<Event> {
+    let mut evs = running_events();
+    evs.extend([
+        step(1_201, "test-flaky", 1),
+        line(1_400, "test-flaky", 1, "test payment ... FAILED"),
+        line(1_401, "test-flaky", 1, "assertion failed: left == right"),
+        done(
+            2_000,
+            "test-flaky",
+            1,
+            JobStatus::Failed,
+            Some(FailureClass::Script),
+            800,
+        ),
+        ev(
+            2_000,
+            EventKind::JobSkipped {
+                job: "integration".into(),
+                reason: "blocked by test-flaky".into(),
+            },
+        ),
+        ev(
+            2_000,
+            EventKind::JobSkipped {
+                job: "deploy".into(),
+                reason: "blocked by test-flaky".into(),
+            },
+        ),
+    ]);
+    evs
+}
+
+fn gate_events() -> Vec<Event> {
+    let mut evs = running_events();
+    evs.extend([
+        done(2_000, "test", 1, JobStatus::Succeeded, None, 800),
+        done(2_100, "test-flaky", 1, JobStatus::Succeeded, None, 900),
+        started(2_100, "integration", 1),
+        done(3_000, "integration", 1, JobStatus::Succeeded, None, 900),
+        ev(3_000, EventKind::GateWaiting { job: "deploy".into() }),
+    ]);
+    evs
+}
+
+fn screen(app: &App, w: u16, h: u16) -> TestBackend {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    terminal.draw(|f| f.render_widget(app, f.area())).expect("draw");
+    terminal.backend().clone()
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+fn select(app: &mut App, job: &str) {
+    app.selected = app.model.job(job).expect("job");
+}
+
+#[test]
+fn running_dag() {
+    let mut app = app_with(&running_events(), color());
+    select(&mut app, "build");
+    insta::assert_snapshot!(screen(&app, 120, 30));
+}
+
+#[test]
+fn failed_job_with_log_and_class() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "test-flaky");
+    app.focus = Focus::Log;
+    insta::assert_snapshot!(screen(&app, 120, 30));
+}
+
+#[test]
+fn failed_jobs_are_red() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "lint");
+    let backend = screen(&app, 120, 30);
+    let buf = backend.buffer();
+    let red: Vec<(u16, u16)> = (0..buf.area.height)
+        .flat_map(|y| (0..buf.area.width).map(move |x| (x, y)))
+        .filter(|&(x, y)| buf[(x, y)].symbol() == "✖")
+        .collect();
+    assert!(!red.is_empty(), "a failure glyph is drawn");
+    for (x, y) in red {
+        assert_eq!(buf[(x, y)].fg, Color::Red, "failure glyph at {x},{y}");
+    }
+    let green = (0..buf.area.height)
+        .flat_map(|y| (0..buf.area.width).map(move |x| (x, y)))
+        .find(|&(x, y)| buf[(x, y)].symbol() == "✔")
+        .expect("a pass glyph");
+    assert_eq!(buf[green].fg, Color::Green);
+}
+
+#[test]
+fn no_color_drops_every_colour() {
+    let app = app_with(
+        &failed_events(),
+        Theme {
+            color: false,
+            ascii: false,
+        },
+    );
+    let backend = screen(&app, 120, 30);
+    let buf = backend.buffer();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            assert_eq!(buf[(x, y)].fg, Color::Reset, "colour at {x},{y}");
+        }
+    }
+}
+
+#[test]
+fn manual_gate_waiting_for_approval() {
+    let mut app = app_with(&gate_events(), color());
+    select(&mut app, "deploy");
+    let cmds = app.handle_key(key('a'));
+    assert!(cmds.is_empty(), "approval asks first");
+    insta::assert_snapshot!(screen(&app, 120, 30));
+    assert_eq!(app.handle_key(key('y')), vec![Command::Approve("deploy".into())]);
+}
+
+#[test]
+fn help_overlay() {
+    let mut app = app_with(&running_events(), color());
+    app.handle_key(key('?'));
+    assert_eq!(app.mode, Mode::Help);
+    insta::assert_snapshot!(screen(&app, 100, 34));
+    app.handle_key(key('x'));
+    assert_eq!(app.mode, Mode::Normal, "any key closes help");
+}
+
+#[test]
+fn small_terminal_80x24() {
+    let mut app = app_with(&failed_events(), color());
+    app.wide = false;
+    select(&mut app, "test-flaky");
+    insta::assert_snapshot!("80x24_jobs", screen(&app, 80, 24));
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Log);
+    insta::assert_snapshot!("80x24_log", screen(&app, 80, 24));
+}
+
+#[test]
+fn ascii_mode() {
+    let mut app = app_with(
+        &failed_events(),
+        Theme {
+            color: false,
+            ascii: true,
+        },
+    );
+    select(&mut app, "integration");
+    let backend = screen(&app, 100, 24);
+    let text = backend.to_string();
+    assert!(text.chars().all(|c| c.is_ascii()), "non-ASCII in:\n{text}");
+    insta::assert_snapshot!(backend);
+}
+
+#[test]
+fn keys_steer_the_selected_job() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "test-flaky");
+    assert_eq!(app.handle_key(key('r')), vec![Command::Retry("test-flaky".into())]);
+    assert_eq!(app.handle_key(key('R')), vec![Command::RerunFailed]);
+    assert!(app.handle_key(key('c')).is_empty());
+    assert!(app.status.as_deref().unwrap_or("").contains("already finished"));
+    select(&mut app, "lint");
+    assert!(app.handle_key(key('r')).is_empty());
+    assert!(app.status.as_deref().unwrap_or("").contains("only failed or cancelled"));
+    select(&mut app, "test");
+    app.handle_key(key('c'));
+    assert!(matches!(app.mode, Mode::Confirm { .. }));
+    assert!(app.handle_key(key('n')).is_empty(), "n answers no");
+    app.handle_key(key('c'));
+    assert_eq!(app.handle_key(key('y')), vec![Command::Cancel("test".into())]);
+    app.handle_key(key('C'));
+    assert_eq!(app.handle_key(key('y')), vec![Command::CancelAll]);
+    assert_eq!(app.handle_key(key('p')), vec![Command::Pause]);
+}
+
+#[test]
+fn quitting_asks_while_jobs_run() {
+    let mut app = app_with(&running_events(), color());
+    assert!(app.handle_key(key('q')).is_empty());
+    assert!(matches!(&app.mode, Mode::Confirm { question, .. } if question.contains("running")));
+    assert_eq!(app.handle_key(key('y')), vec![Command::Quit { cancel: true }]);
+    let mut idle = app_with(&gate_events(), color());
+    assert_eq!(idle.handle_key(key('q')), vec![Command::Quit { cancel: false }]);
+}
+
+#[test]
+fn arrows_move_through_the_dag() {
+    let mut app = app_with(&running_events(), color());
+    select(&mut app, "build");
+    app.handle_key(KeyEvent::new(KeyCode::Right, KeyModifiers::NONE));
+    assert_eq!(
+        app.model.jobs[app.selected].name, "test-flaky",
+        "same row in the next level"
+    );
+    app.handle_key(key('l'));
+    assert_eq!(app.model.jobs[app.selected].name, "integration");
+    app.handle_key(key('h'));
+    assert_eq!(app.model.jobs[app.selected].name, "test");
+    app.handle_key(key('k'));
+    assert_eq!(app.model.jobs[app.selected].name, "build", "up in level order");
+    app.handle_key(key('G'));
+    assert_eq!(app.model.jobs[app.selected].name, "deploy");
+}
+
+#[test]
+fn log_search_jumps_to_matches_and_follow_toggles() {
+    let mut evs = running_events();
+    for i in 0..50 {
+        evs.push(line(1_500 + i, "build", 1, &format!("line {i}")));
+    }
+    evs.push(line(1_600, "build", 1, "warning: unused variable"));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "build");
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Log);
+    app.log_height = 10;
+    app.handle_key(key('/'));
+    for c in "line 1".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(!app.follow);
+    let first = app.log_top;
+    app.handle_key(key('n'));
+    assert!(app.log_top > first, "n moves to the next match");
+    app.handle_key(key('N'));
+    assert_eq!(app.log_top, first);
+    app.handle_key(key('G'));
+    assert!(app.follow, "G follows the tail again");
+    app.handle_key(key('f'));
+    assert!(!app.follow);
+}
+
+#[test]
+fn filter_narrows_the_job_list() {
+    let mut app = app_with(&running_events(), color());
+    app.handle_key(key('/'));
+    for c in "test".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let names: Vec<&str> = app
+        .visible_jobs()
+        .iter()
+        .map(|&j| app.model.jobs[j].name.as_str())
+        .collect();
+    assert_eq!(names, ["test", "test-flaky"]);
+    assert!(names.contains(&app.model.jobs[app.selected].name.as_str()));
+}
+
+#[test]
+fn attempts_of_a_retried_job_can_be_switched() {
+    let mut evs = running_events();
+    evs.extend([
+        line(1_400, "test-flaky", 1, "first try"),
+        ev(
+            1_500,
+            EventKind::JobRetrying {
+                job: "test-flaky".into(),
+                attempt: 2,
+                delay_ms: 100,
+                failure_class: FailureClass::Network,
+            },
+        ),
+        started(1_600, "test-flaky", 2),
+        line(1_700, "test-flaky", 2, "second try"),
+    ]);
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test-flaky");
+    assert_eq!(app.shown_attempt(), Some(2));
+    app.handle_key(key('['));
+    assert_eq!(app.shown_attempt(), Some(1));
+    let text = screen(&app, 120, 30).to_string();
+    assert!(text.contains("first try") && text.contains("attempt 1/2"), "{text}");
+    app.handle_key(key(']'));
+    assert_eq!(app.shown_attempt(), Some(2));
+}
