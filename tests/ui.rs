@@ -292,7 +292,7 @@ fn ascii_mode() {
     select(&mut app, "integration");
     let backend = screen(&app, 100, 24);
     let text = backend.to_string();
-    assert!(text.chars().all(|c| c.is_ascii()), "non-ASCII in:\n{text}");
+    assert!(text.is_ascii(), "non-ASCII in:\n{text}");
     insta::assert_snapshot!(backend);
 }
 
