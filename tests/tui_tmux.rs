@@ -1,0 +1,161 @@
+//! End to end in a real terminal: tmux runs trackside's UI, the test types
+//! keys (approve a gate, retry a failed job, cancel a running one, quit) and
+//! checks the captured screen and the run's records.
+//!
+//! Needs tmux (Debian package `tmux`; .ci/run installs it). Without it the
+//! test fails under CI=true and is skipped loudly elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-u", "-L", &self.socket]);
+        c
+    }
+
+    fn start(dir: &Path, command: &str) -> Option<Tmux> {
+        let available = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+        if !available {
+            assert!(std::env::var_os("CI").is_none(), "CI must have tmux (.ci/run installs it)");
+            eprintln!("SKIPPED tmux end-to-end test: tmux is not installed (apt-get install tmux)");
+            return None;
+        }
+        let t = Tmux {
+            socket: format!("trackside-test-{}", std::process::id()),
+        };
+        let ok = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "e2e", "-x", "120", "-y", "32", "-c"])
+            .arg(dir)
+            .arg(command)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux new-session failed");
+        Some(t)
+    }
+
+    fn screen(&self) -> String {
+        let out = self.cmd().args(["capture-pane", "-p", "-t", "e2e"]).output().expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            let ok = self.cmd().args(["send-keys", "-t", "e2e", k]).status().is_ok_and(|s| s.success());
+            assert!(ok, "send-keys {k}");
+        }
+    }
+
+    /// Waits until the screen shows all of `texts`.
+    fn wait_for(&self, texts: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if texts.iter().all(|t| s.contains(t)) {
+                return s;
+            }
+            assert!(start.elapsed() < LIMIT, "waited {LIMIT:?} for {texts:?}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn wait_file(path: &Path) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return s;
+            }
+        }
+        assert!(start.elapsed() < LIMIT, "no {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn approve_retry_cancel_and_quit_in_a_real_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    let mark = dir.path().join("mark");
+    let pipeline = format!(
+        "name: e2e\njobs:\n  build:\n    steps: [{{script: echo built}}]\n  flaky:\n    steps:\n      - script: 'if [ ! -e {m} ]; then touch {m}; echo first-failure; exit 1; fi; echo second-pass'\n  slow:\n    steps: [{{script: 'echo slow-start; sleep 300'}}]\n  gate:\n    depends_on: [build]\n    when: manual\n    steps: [{{script: echo deployed-now}}]\n",
+        m = mark.display()
+    );
+    std::fs::write(project.join("pipeline.yml"), pipeline).expect("write");
+    let state = dir.path().join("state");
+    let exit_file = dir.path().join("exit");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
+    let command = format!(
+        "{} run pipeline.yml --state-dir {} --kill-grace 0.2; echo $? > {}; sleep 60",
+        bin.display(),
+        state.display(),
+        exit_file.display()
+    );
+    let Some(t) = Tmux::start(&project, &command) else { return };
+
+    // The run is up: the gate waits, flaky failed, slow runs.
+    t.wait_for(&["trackside", "e2e", "⏸ manual", "✖", "▶"]);
+
+    // Approve the gate: it is the last job in level order.
+    t.keys(&["G", "a"]);
+    t.wait_for(&["Approve `gate`?"]);
+    t.keys(&["y"]);
+    t.wait_for(&["approved gate"]);
+
+    // Retry the failed job (second in level order).
+    t.keys(&["g", "j"]);
+    t.wait_for(&["why: step `step-1` exited with 1"]);
+    t.keys(&["r"]);
+    t.wait_for(&["retrying flaky"]);
+    t.wait_for(&["why: passed", "attempt 2/2"]);
+
+    // Cancel the slow job after confirming.
+    t.keys(&["j", "c"]);
+    t.wait_for(&["Cancel `slow`? (y/n)"]);
+    t.keys(&["y"]);
+    let s = t.wait_for(&["cancelled", "FAILED"]);
+    assert!(s.contains("⊘"), "{s}");
+
+    // Nothing runs any more: q quits at once and the terminal is restored.
+    t.keys(&["q"]);
+    let code = wait_file(&exit_file);
+    assert_eq!(code.trim(), "1", "a cancelled job fails the run");
+    let after = t.wait_for(&["JOB", "STATUS", "FAILED"]);
+    assert!(!after.contains("Tab pane"), "the UI is gone:\n{after}");
+
+    // The records tell the same story.
+    let runs: Vec<_> = std::fs::read_dir(state.join("runs")).expect("runs").flatten().collect();
+    assert_eq!(runs.len(), 1);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs[0].path().join("summary.json")).expect("summary"))
+            .expect("json");
+    let job = |name: &str| {
+        summary["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(job("gate")["status"], "succeeded");
+    assert_eq!(job("flaky")["status"], "succeeded");
+    assert_eq!(job("flaky")["attempts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(job("slow")["status"], "cancelled");
+    assert_eq!(summary["result"], "failed");
+}
