@@ -258,6 +258,14 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),
         EventKind::GateWaiting { job } => format!(":: {job:<w$} waiting for approval (headless: --approve {job})"),
         EventKind::JobReset { job, reason } => format!(":: {job:<w$} reset: {reason}"),
+        EventKind::PipelineChanged { .. } => format!(":: {}", change_summary(kind)),
+        EventKind::PipelineInvalid { file, diagnostics } => {
+            let mut s = format!(":: {file} was edited but is invalid; the run goes on unchanged:");
+            for d in diagnostics {
+                s.push_str(&format!("\n::   {d}"));
+            }
+            s
+        }
         EventKind::SchedulingPaused => ":: scheduling paused".into(),
         EventKind::SchedulingResumed => ":: scheduling resumed".into(),
         EventKind::RunFinished { summary } => summary_table(summary),
@@ -266,6 +274,33 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         | EventKind::StepStarted { .. }
         | EventKind::StepFinished { .. } => return None,
     })
+}
+
+/// "pipeline file changed: added x; changed y; ..." for a `PipelineChanged` event.
+pub fn change_summary(kind: &EventKind) -> String {
+    let EventKind::PipelineChanged {
+        added,
+        removed,
+        changed,
+        kept,
+    } = kind
+    else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for (word, names) in [("added", added), ("removed", removed), ("changed", changed)] {
+        if !names.is_empty() {
+            parts.push(format!("{word} {}", names.join(", ")));
+        }
+    }
+    if !kept.is_empty() {
+        parts.push(format!("{} already started, kept as they were", kept.join(", ")));
+    }
+    if parts.is_empty() {
+        "pipeline file changed: nothing that affects this run".into()
+    } else {
+        format!("pipeline file changed: {}", parts.join("; "))
+    }
 }
 
 /// The final table: job, verdict, attempts, duration, failure class.

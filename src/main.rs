@@ -72,6 +72,9 @@ enum Cmd {
         /// Terminal UI without box-drawing or other non-ASCII glyphs.
         #[arg(long)]
         ascii: bool,
+        /// Do not watch the pipeline file for edits during the run.
+        #[arg(long)]
+        no_watch: bool,
         /// One JSON event per line instead of plain text.
         #[arg(long)]
         json: bool,
@@ -194,6 +197,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             vars,
             headless,
             ascii,
+            no_watch,
             json,
             jobs,
             fail_fast,
@@ -260,6 +264,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.cli_vars = opts.cli_vars.clone();
             cfg.secrets = secrets;
             cfg.host_env = opts.host_env.clone();
+            // A run of selected jobs does not follow edits: they would bring the rest back.
+            if !no_watch && job.is_none() {
+                cfg.watch = Some(opts.clone());
+            }
             cfg.only_job = job;
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;

@@ -399,3 +399,87 @@ async fn several_subscribers_see_the_same_run() {
     }
     assert_eq!(handle.wait().await.expect("summary").result, RunResult::Passed);
 }
+
+#[tokio::test]
+async fn edits_to_the_pipeline_file_apply_to_jobs_that_have_not_started() {
+    let gate = tempfile::tempdir().expect("tempdir");
+    let go = gate.path().join("go");
+    let original = format!(
+        "name: t\njobs:\n  first:\n    steps: [{{script: 'echo first-running; while [ ! -e {go} ]; do sleep 0.05; done'}}]\n  later:\n    depends_on: [first]\n    steps: [{{script: echo old-later}}]\n",
+        go = go.display()
+    );
+    let mut s = setup(&original);
+    let file = s.project().join("pipeline.yml");
+    s.cfg.watch = Some(trackside::pipeline::LoadOptions {
+        host_env: s.cfg.host_env.clone(),
+        ..Default::default()
+    });
+    let mut r = start(&mut s).await;
+    r.until(
+        "first runs",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "first-running"),
+    )
+    .await;
+
+    // An invalid edit is reported with its position; the run goes on.
+    std::fs::write(
+        &file,
+        "name: t\njobs:\n  first:\n    depends_on: [nope]\n    steps: [{script: x}]\n",
+    )
+    .expect("write");
+    let ev = r
+        .until("invalid edit", |k| matches!(k, EventKind::PipelineInvalid { .. }))
+        .await;
+    let EventKind::PipelineInvalid { diagnostics, .. } = &ev.kind else {
+        unreachable!()
+    };
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d.contains("pipeline.yml:4:18") && d.contains("unknown job `nope`")),
+        "{diagnostics:?}"
+    );
+
+    // A valid edit: `later` changes, `extra` joins, `first` (running) keeps its definition.
+    let edited = original
+        .replace("echo old-later", "echo new-later")
+        .replace("first-running;", "edited-first;")
+        + "  extra:\n    steps: [{script: echo extra-ran}]\n";
+    std::fs::write(&file, edited).expect("write");
+    let ev = r
+        .until("applied edit", |k| matches!(k, EventKind::PipelineChanged { .. }))
+        .await;
+    let EventKind::PipelineChanged {
+        added,
+        removed,
+        changed,
+        kept,
+    } = &ev.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (added.as_slice(), changed.as_slice(), kept.as_slice()),
+        (
+            &["extra".to_string()][..],
+            &["later".to_string()][..],
+            &["first".to_string()][..]
+        )
+    );
+    assert!(removed.is_empty());
+    r.until(
+        "extra runs",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "extra-ran"),
+    )
+    .await;
+
+    std::fs::write(&go, "").expect("release first");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", sum.jobs);
+    assert_eq!(
+        r.lines("later"),
+        ["new-later"],
+        "the changed job ran its new definition"
+    );
+    assert_eq!(sum.jobs.len(), 3);
+}

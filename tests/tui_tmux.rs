@@ -23,9 +23,15 @@ impl Tmux {
     }
 
     fn start(dir: &Path, command: &str) -> Option<Tmux> {
-        let available = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+        let available = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if !available {
-            assert!(std::env::var_os("CI").is_none(), "CI must have tmux (.ci/run installs it)");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have tmux (.ci/run installs it)"
+            );
             eprintln!("SKIPPED tmux end-to-end test: tmux is not installed (apt-get install tmux)");
             return None;
         }
@@ -44,13 +50,21 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let out = self.cmd().args(["capture-pane", "-p", "-t", "e2e"]).output().expect("capture-pane");
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "e2e"])
+            .output()
+            .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn keys(&self, keys: &[&str]) {
         for k in keys {
-            let ok = self.cmd().args(["send-keys", "-t", "e2e", k]).status().is_ok_and(|s| s.success());
+            let ok = self
+                .cmd()
+                .args(["send-keys", "-t", "e2e", k])
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "send-keys {k}");
         }
     }
@@ -98,7 +112,7 @@ fn approve_retry_cancel_and_quit_in_a_real_terminal() {
         "name: e2e\njobs:\n  build:\n    steps: [{{script: echo built}}]\n  flaky:\n    steps:\n      - script: 'if [ ! -e {m} ]; then touch {m}; echo first-failure; exit 1; fi; echo second-pass'\n  slow:\n    steps: [{{script: 'echo slow-start; sleep 300'}}]\n  gate:\n    depends_on: [build]\n    when: manual\n    steps: [{{script: echo deployed-now}}]\n",
         m = mark.display()
     );
-    std::fs::write(project.join("pipeline.yml"), pipeline).expect("write");
+    std::fs::write(project.join("pipeline.yml"), &pipeline).expect("write");
     let state = dir.path().join("state");
     let exit_file = dir.path().join("exit");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
@@ -108,10 +122,28 @@ fn approve_retry_cancel_and_quit_in_a_real_terminal() {
         state.display(),
         exit_file.display()
     );
-    let Some(t) = Tmux::start(&project, &command) else { return };
+    let Some(t) = Tmux::start(&project, &command) else {
+        return;
+    };
 
     // The run is up: the gate waits, flaky failed, slow runs.
     t.wait_for(&["trackside", "e2e", "⏸ manual", "✖", "▶"]);
+
+    // Editing the pipeline file: an invalid edit shows a banner with its position...
+    let file = project.join("pipeline.yml");
+    std::fs::write(&file, pipeline.replace("depends_on: [build]", "depends_on: [biuld]")).expect("write");
+    t.wait_for(&[
+        "has errors; the run goes on unchanged",
+        "pipeline.yml:11:18",
+        "unknown job `biuld`",
+    ]);
+    // ...and a valid one joins the new job to the running DAG.
+    std::fs::write(
+        &file,
+        format!("{pipeline}  extra:\n    steps: [{{script: echo extra-ran}}]\n"),
+    )
+    .expect("write");
+    t.wait_for(&["pipeline file changed: added extra", "extra"]);
 
     // Approve the gate: it is the last job in level order.
     t.keys(&["G", "a"]);
@@ -157,5 +189,6 @@ fn approve_retry_cancel_and_quit_in_a_real_terminal() {
     assert_eq!(job("flaky")["status"], "succeeded");
     assert_eq!(job("flaky")["attempts"].as_array().map(Vec::len), Some(2));
     assert_eq!(job("slow")["status"], "cancelled");
+    assert_eq!(job("extra")["status"], "succeeded", "the job added by the edit ran");
     assert_eq!(summary["result"], "failed");
 }

@@ -41,6 +41,8 @@ pub enum EngineError {
     Stopped,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot watch the pipeline file: {0}")]
+    Watch(String),
     #[error("cannot list the project files in {dir}: {source}")]
     Project { dir: PathBuf, source: std::io::Error },
 }
@@ -69,7 +71,13 @@ pub struct EngineConfig {
     pub kill_grace: Option<Duration>,
     pub executor: Arc<dyn Executor>,
     pub seed: Option<u64>,
+    /// Watch the pipeline file and apply valid edits to jobs that have not
+    /// started, re-reading it with these options. `None`: no watching.
+    pub watch: Option<crate::pipeline::LoadOptions>,
 }
+
+/// Quiet time after the last change to the pipeline file before it is read.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 impl EngineConfig {
     /// A config with the defaults of `trackside run`: shell executor, one job
@@ -93,6 +101,7 @@ impl EngineConfig {
             kill_grace: None,
             executor: Arc::new(crate::exec::shell::ShellExecutor),
             seed: None,
+            watch: None,
         }
     }
 }
@@ -275,15 +284,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         host_env: cfg.host_env.clone(),
         executor: cfg.executor.clone(),
     });
-    // `env.X` for conditionals: the job's variables as they will be at its first attempt.
-    let mut cond_env = BTreeMap::new();
-    for (i, job) in pipeline.jobs.iter().enumerate() {
-        if job.conditional.is_some() {
-            let ws = ctx.run_dir.join("work").join(&job.name);
-            let scope: Scope = ctx.scope(job, &[], ctx.predefined(job, 1, "", &ws));
-            cond_env.insert(i, scope.resolve_all().unwrap_or_default());
-        }
-    }
+    let cond_env = conditional_env(&ctx, &pipeline);
     let opts = Options {
         max_parallel: cfg.max_parallel.max(1),
         fail_fast: cfg.fail_fast,
@@ -295,6 +296,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 
+    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+    let watcher = match &cfg.watch {
+        Some(_) => Some(watch_file(&cfg.pipeline_file, watch_tx)?),
+        None => None,
+    };
     let (tx, cmd_rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (finished_tx, finished) = watch::channel(None);
@@ -322,9 +328,67 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         pipeline_timeout: pipeline.timeout,
         timed_out: false,
         shutdown: Vec::new(),
+        watch: cfg.watch.map(|opts| Watch {
+            file: cfg.pipeline_file.clone(),
+            opts,
+            rx: watch_rx,
+            due: None,
+            _watcher: watcher,
+        }),
     };
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// `env.X` for conditionals: each job's variables as at its first attempt.
+fn conditional_env(ctx: &RunContext, pipeline: &Pipeline) -> BTreeMap<JobId, BTreeMap<String, String>> {
+    let mut cond_env = BTreeMap::new();
+    for (i, job) in pipeline.jobs.iter().enumerate() {
+        if job.conditional.is_some() {
+            let ws = ctx.run_dir.join("work").join(&job.name);
+            let scope: Scope = ctx.scope(job, &[], ctx.predefined(job, 1, "", &ws));
+            cond_env.insert(i, scope.resolve_all().unwrap_or_default());
+        }
+    }
+    cond_env
+}
+
+/// Watches the pipeline file's directory (editors often replace the file by
+/// renaming a new one over it) and reports changes to that file.
+fn watch_file(
+    file: &std::path::Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, EngineError> {
+    use notify::Watcher;
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let dir = file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let ours = ev.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+            let changes = !matches!(ev.kind, notify::EventKind::Access(_));
+            if ours && changes {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| EngineError::Watch(e.to_string()))?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| EngineError::Watch(e.to_string()))?;
+    Ok(watcher)
+}
+
+struct Watch {
+    file: PathBuf,
+    opts: crate::pipeline::LoadOptions,
+    rx: mpsc::UnboundedReceiver<()>,
+    /// When to read the file (debounced).
+    due: Option<Instant>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 enum ActorMsg {
@@ -349,6 +413,7 @@ struct Actor {
     timed_out: bool,
     /// Replies owed to `shutdown` callers, sent when nothing runs any more.
     shutdown: Vec<oneshot::Sender<()>>,
+    watch: Option<Watch>,
 }
 
 impl Actor {
@@ -358,6 +423,7 @@ impl Actor {
         loop {
             let deadline = self.started_at.map(|s| s + self.pipeline_timeout);
             let timeout_armed = deadline.is_some() && !self.timed_out && !self.state.is_finished();
+            let watch_due = self.watch.as_ref().and_then(|w| w.due);
             let msg = tokio::select! {
                 cmd = self.cmd_rx.recv(), if commands_open => match cmd {
                     Some(c) => { self.command(c, &retry_tx); None }
@@ -373,6 +439,19 @@ impl Actor {
                 () = sleep_until_opt(deadline), if timeout_armed => {
                     self.timed_out = true;
                     self.apply(Input::CancelAll(CancelReason::Timeout), &retry_tx);
+                    None
+                }
+                Some(()) = recv_watch(&mut self.watch) => {
+                    if let Some(w) = &mut self.watch {
+                        w.due = Some(Instant::now() + WATCH_DEBOUNCE);
+                    }
+                    None
+                }
+                () = sleep_until_opt(watch_due), if watch_due.is_some() => {
+                    if let Some(w) = &mut self.watch {
+                        w.due = None;
+                    }
+                    self.reload(&retry_tx);
                     None
                 }
             };
@@ -391,6 +470,48 @@ impl Actor {
         }
         for (_, t) in self.retry_timers.drain() {
             t.abort();
+        }
+    }
+
+    /// Re-reads the pipeline file; applies a valid edit, reports an invalid one.
+    fn reload(&mut self, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let Some(w) = &self.watch else { return };
+        let file = w.file.display().to_string();
+        let loaded = crate::pipeline::load(&w.file, &w.opts);
+        let new = match loaded {
+            Ok((p, _)) => p,
+            Err(report) => {
+                let diagnostics = report
+                    .items
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| report.one_line(d))
+                    .collect();
+                tracing::info!(%file, "pipeline file edited but invalid");
+                self.emit(EventKind::PipelineInvalid { file, diagnostics });
+                return;
+            }
+        };
+        let ctx = self.ctx.clone();
+        let now = self.elapsed();
+        match self.state.replan(new, &|merged| conditional_env(&ctx, merged), now) {
+            Ok((effects, changes)) => {
+                if effects.is_empty() {
+                    return;
+                }
+                tracing::info!(?changes, "pipeline file edited and applied");
+                // The merged pipeline is what the next attempts run.
+                let mut ctx = (*self.ctx).clone();
+                ctx.pipeline = Arc::new(self.state.pipeline().clone());
+                self.ctx = Arc::new(ctx);
+                self.perform(effects, retry_tx);
+            }
+            Err(message) => {
+                self.emit(EventKind::PipelineInvalid {
+                    file,
+                    diagnostics: vec![message],
+                });
+            }
         }
     }
 
@@ -526,7 +647,12 @@ impl Actor {
 
     fn apply(&mut self, input: Input, retry_tx: &mpsc::UnboundedSender<JobId>) {
         let now = self.elapsed();
-        for effect in self.state.handle(input, now) {
+        let effects = self.state.handle(input, now);
+        self.perform(effects, retry_tx);
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        for effect in effects {
             match effect {
                 Effect::Emit(kind) => self.emit(kind),
                 Effect::Start { job, attempt } => {
@@ -625,6 +751,13 @@ fn mask_summary(m: &Masker, s: &mut RunSummary) {
     kind.mask(&|t| m.mask(t));
     if let EventKind::RunFinished { summary } = kind {
         *s = summary;
+    }
+}
+
+async fn recv_watch(w: &mut Option<Watch>) -> Option<()> {
+    match w {
+        Some(w) => w.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -239,6 +239,20 @@ pub enum EventKind {
     },
     SchedulingPaused,
     SchedulingResumed,
+    /// The pipeline file was edited and the edit applied to jobs that had not started.
+    PipelineChanged {
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        /// Edited jobs that had already started: they keep their definition.
+        kept: Vec<String>,
+    },
+    /// The pipeline file was edited but is invalid; the run goes on unchanged.
+    PipelineInvalid {
+        file: String,
+        /// `file:line:col: error: message` lines.
+        diagnostics: Vec<String>,
+    },
     RunFinished {
         summary: RunSummary,
     },

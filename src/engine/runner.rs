@@ -55,7 +55,9 @@ pub enum RunnerMsg {
     },
 }
 
-/// Everything that is the same for every attempt of a run.
+/// Everything that is the same for every attempt of a run (until the
+/// pipeline file is edited: then new attempts get a new context).
+#[derive(Clone)]
 pub struct RunContext {
     pub run_id: String,
     pub pipeline: Arc<Pipeline>,

@@ -147,6 +147,18 @@ pub struct RunState {
     rng: fastrand::Rng,
     repeat_results: Vec<Verdict>,
     now: Duration,
+    /// Jobs dropped by an edit of the pipeline file (kept as tombstones so
+    /// job ids stay stable for attempts in flight).
+    removed: Vec<bool>,
+}
+
+/// What an edit of the pipeline file changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub kept: Vec<String>,
 }
 
 impl RunState {
@@ -188,6 +200,7 @@ impl RunState {
             rng,
             repeat_results: Vec::new(),
             now: Duration::ZERO,
+            removed: vec![false; n],
         }
         .with_opts(opts)
     }
@@ -361,6 +374,124 @@ impl RunState {
         fx
     }
 
+    /// Applies an edited pipeline to the jobs that have not started: added
+    /// jobs join, removed ones are dropped, changed ones take the new
+    /// definition. Jobs that started (or finished) keep theirs. Job ids stay
+    /// stable: new jobs are appended, removed ones become tombstones.
+    /// `cond_env` computes the conditionals' environment for the merged pipeline.
+    pub fn replan(
+        &mut self,
+        new: Pipeline,
+        cond_env: &dyn Fn(&Pipeline) -> BTreeMap<JobId, BTreeMap<String, String>>,
+        now: Duration,
+    ) -> Result<(Vec<Effect>, Changes), String> {
+        self.now = now;
+        let same = |a: &crate::pipeline::Job, b: &crate::pipeline::Job| {
+            serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+        };
+        let mut changes = Changes::default();
+        let mut merged = self.pipeline.clone();
+        merged.global_env = new.global_env.clone();
+        merged.retry_policy = new.retry_policy.clone();
+        merged.kill_grace = new.kill_grace;
+        let mut drop = Vec::new();
+        for (i, old) in self.pipeline.jobs.iter().enumerate() {
+            if self.removed[i] {
+                continue;
+            }
+            let st = &self.jobs[i];
+            let started = st.attempt > 0 || st.status.is_terminal() || st.status == JobStatus::Running;
+            match (new.job(&old.name), started) {
+                (Some(nj), false) if !same(old, nj) => {
+                    changes.changed.push(old.name.clone());
+                    merged.jobs[i] = nj.clone();
+                }
+                (Some(nj), true) if !same(old, nj) => changes.kept.push(old.name.clone()),
+                (None, false) => {
+                    changes.removed.push(old.name.clone());
+                    merged.jobs[i].depends_on.clear();
+                    drop.push(i);
+                }
+                (None, true) => changes.kept.push(old.name.clone()),
+                _ => {}
+            }
+        }
+        for nj in &new.jobs {
+            if self.pipeline.job_index(&nj.name).is_none_or(|i| self.removed[i]) {
+                changes.added.push(nj.name.clone());
+                merged.jobs.push(nj.clone());
+            }
+        }
+        if changes == Changes::default() {
+            return Ok((Vec::new(), changes));
+        }
+        let plan = Plan::build(&merged).map_err(|diags| {
+            let msg = diags
+                .first()
+                .map_or("a dependency cycle".to_string(), |d| d.message.clone());
+            format!("the edit conflicts with jobs that already ran: {msg}")
+        })?;
+        // Apply.
+        let mut fx = vec![Effect::Emit(EventKind::PipelineChanged {
+            added: changes.added.clone(),
+            removed: changes.removed.clone(),
+            changed: changes.changed.clone(),
+            kept: changes.kept.clone(),
+        })];
+        let fresh = JobState {
+            status: JobStatus::Pending,
+            attempt: 0,
+            attempts: Vec::new(),
+            blocked_by: None,
+            reason: None,
+            approved: false,
+            kill_reason: None,
+            failed_before: false,
+            first_start: None,
+            duration: Duration::ZERO,
+            failure_class: None,
+            round_attempts: 0,
+        };
+        while self.jobs.len() < merged.jobs.len() {
+            self.jobs.push(fresh.clone());
+            self.removed.push(false);
+        }
+        self.pipeline = merged;
+        self.plan = plan;
+        self.opts.cond_env = cond_env(&self.pipeline);
+        for name in &changes.changed {
+            if let Some(j) = self.pipeline.job_index(name) {
+                // Its dependencies may differ now: decide again.
+                if matches!(self.jobs[j].status, JobStatus::Ready | JobStatus::WaitingApproval) {
+                    self.jobs[j].status = JobStatus::Pending;
+                }
+            }
+        }
+        for &j in &drop {
+            self.removed[j] = true;
+            let st = &mut self.jobs[j];
+            st.status = JobStatus::Skipped;
+            st.reason = Some("removed from the pipeline file".into());
+            st.blocked_by = None;
+        }
+        fx.push(Effect::Emit(self.planned()));
+        self.ready = self
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| st.status == JobStatus::Ready)
+            .map(|(j, _)| (self.plan.priority[j], Reverse(j)))
+            .collect();
+        if self.started {
+            for j in self.plan.order.clone() {
+                self.evaluate(j, &mut fx);
+            }
+            self.schedule(&mut fx);
+            self.maybe_finish(&mut fx);
+        }
+        Ok((fx, changes))
+    }
+
     /// The DAG as an event, for front-ends.
     pub fn planned(&self) -> EventKind {
         let names = |ids: &[JobId]| {
@@ -374,6 +505,7 @@ impl RunState {
                 .jobs
                 .iter()
                 .enumerate()
+                .filter(|&(i, _)| !self.removed[i])
                 .map(|(i, j)| PlannedJob {
                     name: j.name.clone(),
                     depends_on: names(&self.plan.deps[i]),

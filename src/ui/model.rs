@@ -241,6 +241,17 @@ impl Model {
                 j.flaky = false;
                 j.duration_ms = None;
             }),
+            EventKind::PipelineChanged { .. } => {
+                self.banner = Some(Banner {
+                    error: false,
+                    lines: vec![crate::headless::change_summary(&ev.kind)],
+                });
+            }
+            EventKind::PipelineInvalid { file, diagnostics } => {
+                let mut lines = vec![format!("{file} has errors; the run goes on unchanged:")];
+                lines.extend(diagnostics.iter().cloned());
+                self.banner = Some(Banner { error: true, lines });
+            }
             EventKind::SchedulingPaused => self.paused = true,
             EventKind::SchedulingResumed => self.paused = false,
             EventKind::RunFinished { summary } => {
