@@ -26,7 +26,7 @@ use crate::store::{self, RunMeta, RunRecord, StoreError};
 use super::event::{Event, EventKind, RunSummary};
 use super::mask::Masker;
 use super::runner::{Attempt, RunContext, RunnerMsg, run_attempt};
-use super::state::{CancelReason, Effect, Input, JobId, Options, RunState};
+use super::state::{CancelReason, CondEnv, Effect, Input, JobId, Options, RunState};
 
 /// Events buffered per subscriber before a slow one starts missing some.
 pub const EVENT_CAPACITY: usize = 1 << 16;
@@ -341,7 +341,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
 }
 
 /// `env.X` for conditionals: each job's variables as at its first attempt.
-fn conditional_env(ctx: &RunContext, pipeline: &Pipeline) -> BTreeMap<JobId, BTreeMap<String, String>> {
+fn conditional_env(ctx: &RunContext, pipeline: &Pipeline) -> CondEnv {
     let mut cond_env = BTreeMap::new();
     for (i, job) in pipeline.jobs.iter().enumerate() {
         if job.conditional.is_some() {

@@ -20,6 +20,9 @@ use super::event::*;
 
 pub type JobId = usize;
 
+/// Variables each job's `conditional` sees as `env.X` (jobs without one are absent).
+pub type CondEnv = BTreeMap<JobId, BTreeMap<String, String>>;
+
 /// How an attempt ended, as the actor reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -103,7 +106,7 @@ pub struct Options {
     /// Run this job this many times (its dependencies once).
     pub repeat: Option<(JobId, u32)>,
     /// Per-job variables for `env.X` in conditionals (only jobs that have one).
-    pub cond_env: BTreeMap<JobId, BTreeMap<String, String>>,
+    pub cond_env: CondEnv,
     /// `vars.X` in conditionals: command-line vars and global_env.
     pub vars: BTreeMap<String, String>,
     pub seed: u64,
@@ -382,7 +385,7 @@ impl RunState {
     pub fn replan(
         &mut self,
         new: Pipeline,
-        cond_env: &dyn Fn(&Pipeline) -> BTreeMap<JobId, BTreeMap<String, String>>,
+        cond_env: &dyn Fn(&Pipeline) -> CondEnv,
         now: Duration,
     ) -> Result<(Vec<Effect>, Changes), String> {
         self.now = now;

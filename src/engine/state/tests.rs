@@ -552,7 +552,7 @@ fn pipeline(src: &str) -> Pipeline {
     }
 }
 
-fn no_env(_: &Pipeline) -> BTreeMap<JobId, BTreeMap<String, String>> {
+fn no_env(_: &Pipeline) -> CondEnv {
     BTreeMap::new()
 }
 
