@@ -3,7 +3,7 @@
 //! Like every front-end it holds a view-model built from engine events and
 //! sends engine commands; no run logic lives here. The loop drains every
 //! queued event before drawing, redraws only when something changed and at
-//! most every [`MIN_FRAME_GAP`], and wraps each frame in a synchronized
+//! most every [`MIN_FRAME_GAP`] (a key press is drawn at once), and wraps each frame in a synchronized
 //! update, so a job printing thousands of lines a second neither freezes
 //! input nor floods an SSH link. The terminal is restored on every way out:
 //! normal exit, error, a panic in any task, SIGTERM/SIGHUP.
@@ -165,6 +165,8 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
         ascii: opts.ascii,
     });
     let mut dirty = true;
+    // A key press is drawn at once; only output-driven redraws are throttled.
+    let mut keyed = false;
     let mut last_draw = Instant::now() - MIN_FRAME_GAP;
     let mut quitting = false;
     let result = loop {
@@ -211,6 +213,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                     }
                 }
                 dirty = true;
+                keyed = true;
             }
             () = tokio::time::sleep(wait) => {
                 if app.model.is_active() {
@@ -233,7 +236,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 let _ = handle.finish_waiting().await;
             }
         }
-        if dirty && last_draw.elapsed() >= MIN_FRAME_GAP {
+        if dirty && (keyed || last_draw.elapsed() >= MIN_FRAME_GAP) {
             let size = terminal.size()?;
             let area = Rect::new(0, 0, size.width, size.height);
             app.wide = area.width >= render::WIDE;
@@ -244,6 +247,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
             }
             draw(&mut terminal, &app)?;
             dirty = false;
+            keyed = false;
             last_draw = Instant::now();
         }
     };

@@ -1,0 +1,244 @@
+//! Terminal UI benchmarks behind docs/BENCHMARKS.md. Run: `cargo bench --bench ui`.
+//!
+//! 1. One frame of a 1,000-job DAG with a full log pane (in-process, on a
+//!    ratatui buffer of 200x60).
+//! 2. The real binary in tmux while a job prints 10,000 lines a second:
+//!    time from a key press to the screen showing its effect, and
+//!    trackside's peak RSS. Needs tmux; without it this part says so.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::widgets::Widget;
+
+use trackside::engine::event::{Event, EventKind, PlannedJob};
+use trackside::engine::{JobStatus, Stream};
+use trackside::pipeline::When;
+use trackside::ui::app::App;
+use trackside::ui::theme::Theme;
+
+fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{name:<58} n={:<5} median {:>10.3?}  p99 {:>10.3?}  max {:>10.3?}   target: {target}",
+        samples.len(),
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+}
+
+fn big_app() -> App {
+    let mut app = App::new(Theme {
+        color: true,
+        ascii: false,
+    });
+    let ev = |kind| Event { ts: 1_000, kind };
+    let jobs: Vec<PlannedJob> = (0..1_000)
+        .map(|i| PlannedJob {
+            name: format!("job-{i:04}"),
+            depends_on: if i >= 100 {
+                vec![
+                    format!("job-{:04}", i - 100),
+                    format!("job-{:04}", i - 100 + (i * 7) % 100),
+                ]
+            } else {
+                vec![]
+            },
+            level: i / 100,
+            when: When::OnSuccess,
+            allow_failure: false,
+            steps: vec!["main".into()],
+        })
+        .collect();
+    app.model.apply(&ev(EventKind::RunStarted {
+        run_id: "bench".into(),
+        pipeline: "big".into(),
+        jobs: vec![],
+        max_parallel: 100,
+    }));
+    app.model.apply(&ev(EventKind::PlanChanged {
+        jobs,
+        critical_path: vec![],
+    }));
+    for i in 0..300 {
+        let job = format!("job-{i:04}");
+        app.model.apply(&ev(EventKind::JobStarted {
+            job: job.clone(),
+            attempt: 1,
+        }));
+        if i < 200 {
+            app.model.apply(&ev(EventKind::JobFinished {
+                job,
+                attempt: 1,
+                status: if i % 17 == 0 {
+                    JobStatus::Failed
+                } else {
+                    JobStatus::Succeeded
+                },
+                exit_code: Some(0),
+                failure_class: None,
+                duration_ms: 1_234,
+                flaky: false,
+                message: None,
+            }));
+        }
+    }
+    for n in 0..5_000 {
+        app.model.apply(&ev(EventKind::LogLine {
+            job: "job-0250".into(),
+            attempt: 1,
+            step: "main".into(),
+            stream: Stream::Stdout,
+            line: format!("\x1b[32mINFO\x1b[0m line {n}: compiling module number {n} of the big project"),
+        }));
+    }
+    app.selected = 250;
+    app.now = 10_000;
+    app
+}
+
+fn frame_of_a_1000_job_dag() {
+    let app = big_app();
+    let area = Rect::new(0, 0, 200, 60);
+    let mut samples = Vec::new();
+    for _ in 0..300 {
+        let mut buf = Buffer::empty(area);
+        let t = Instant::now();
+        (&app).render(area, &mut buf);
+        samples.push(t.elapsed());
+        std::hint::black_box(&buf);
+    }
+    stats("one frame: 1,000-job DAG + full log pane (200x60)", samples, "< 5 ms");
+    let mut list = big_app();
+    list.list_mode = true;
+    let mut samples = Vec::new();
+    for _ in 0..300 {
+        let mut buf = Buffer::empty(area);
+        let t = Instant::now();
+        (&list).render(area, &mut buf);
+        samples.push(t.elapsed());
+    }
+    stats("one frame: 1,000 jobs in list mode + full log pane", samples, "< 5 ms");
+}
+
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-u", "-L", &self.0]);
+        c
+    }
+    fn screen(&self) -> String {
+        self.cmd()
+            .args(["capture-pane", "-p", "-t", "b"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+    fn wait(&self, pred: impl Fn(&str) -> bool, limit: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if pred(&self.screen()) {
+                return Some(t.elapsed());
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn key_latency_under_log_flood() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("key latency under 10,000 lines/s: SKIPPED, tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("p");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    // 1,000 lines every 0.1 s: 10,000 lines a second, for up to 60 s.
+    std::fs::write(
+        project.join("flood.yml"),
+        "name: flood\njobs:\n  flood:\n    steps:\n      - script: 'n=0; while [ $n -lt 600000 ]; do seq $n $((n+999)); n=$((n+1000)); sleep 0.1; done'\n",
+    )
+    .expect("write");
+    let t = Tmux(format!("trackside-bench-{}", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_trackside");
+    let cmd = format!("{bin} run flood.yml --state-dir {}", dir.path().join("state").display());
+    let ok = t
+        .cmd()
+        .args(["new-session", "-d", "-s", "b", "-x", "120", "-y", "32", "-c"])
+        .arg(&project)
+        .arg(&cmd)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tmux");
+    t.wait(|s| s.contains("flood") && s.contains("▶"), Duration::from_secs(20))
+        .expect("the run starts");
+    let pid = Command::new("pgrep")
+        .args(["-n", "-f", "trackside run flood.yml"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    // Toggle the help overlay and wait to see it appear / disappear.
+    let mut samples = Vec::new();
+    for i in 0..40 {
+        let showing = i % 2 == 0;
+        let sent = Instant::now();
+        let _ = t
+            .cmd()
+            .args(["send-keys", "-t", "b", if showing { "?" } else { "x" }])
+            .status();
+        let seen = t.wait(
+            |s| s.contains("Any key closes this help") == showing,
+            Duration::from_secs(5),
+        );
+        if seen.is_some() {
+            samples.push(sent.elapsed());
+        }
+    }
+    let log_lines = || {
+        std::fs::read_dir(dir.path().join("state/runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("logs/flood.1.log"))
+            .and_then(|p| std::fs::read_to_string(Path::new(&p)).ok())
+            .map_or(0, |s| s.lines().count())
+    };
+    // Let the window fill many times over before reading the peak.
+    let started = Instant::now();
+    while log_lines() < 60_000 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let lines = log_lines();
+    let rss = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    stats(
+        "key press -> screen, job printing 10,000 lines/s (tmux)",
+        samples,
+        "< 50 ms",
+    );
+    println!("  trackside peak RSS after {lines} streamed lines: {rss}   (bounded: 5,000 lines kept per attempt)");
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    println!("trackside UI benchmarks (release build)");
+    frame_of_a_1000_job_dag();
+    key_latency_under_log_flood();
+}
