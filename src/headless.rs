@@ -251,8 +251,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             attempt,
             delay_ms,
             failure_class,
+            exit_code,
         } => format!(
-            ":: {job:<w$} failed ({failure_class}); retrying in {} (attempt {attempt})",
+            ":: {job:<w$} failed ({}{failure_class}); retrying in {} (attempt {attempt})",
+            exit_code.map(|c| format!("exit {c}, ")).unwrap_or_default(),
             seconds(*delay_ms)
         ),
         EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),

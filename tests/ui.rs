@@ -405,6 +405,7 @@ fn attempts_of_a_retried_job_can_be_switched() {
                 attempt: 2,
                 delay_ms: 100,
                 failure_class: FailureClass::Network,
+                exit_code: Some(6),
             },
         ),
         started(1_600, "test-flaky", 2),

@@ -224,6 +224,9 @@ pub enum EventKind {
         attempt: u32,
         delay_ms: u64,
         failure_class: FailureClass,
+        /// Exit code of the attempt that failed.
+        #[serde(default)]
+        exit_code: Option<i32>,
     },
     JobSkipped {
         job: String,

@@ -762,6 +762,7 @@ impl RunState {
                         attempt: attempt + 1,
                         delay_ms: ms(delay),
                         failure_class: c,
+                        exit_code: outcome.exit_code,
                     }));
                     fx.push(Effect::ScheduleRetry { job: j, after: delay });
                 } else {

@@ -217,6 +217,7 @@ impl Model {
                 job,
                 delay_ms,
                 failure_class,
+                exit_code,
                 ..
             } => self.with(job, |j| {
                 j.status = JobStatus::Retrying;
@@ -225,6 +226,7 @@ impl Model {
                 j.step = None;
                 if let Some(a) = j.attempts.last_mut() {
                     a.ended_ts = Some(ev.ts);
+                    a.exit_code = *exit_code;
                     a.failure_class = Some(*failure_class);
                     a.retry_delay_ms = Some(*delay_ms);
                 }
@@ -523,6 +525,7 @@ mod tests {
                 attempt: 2,
                 delay_ms: 500,
                 failure_class: FailureClass::Network,
+                exit_code: Some(6),
             },
         ));
         assert_eq!(m.jobs[0].status, JobStatus::Retrying);

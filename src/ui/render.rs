@@ -246,8 +246,13 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let t = &app.theme;
     let name_w = m.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(8);
-    let col_w = (name_w as u16 + 4).clamp(12, 18);
-    let cols_fit = ((area.width + GUTTER) / (col_w + GUTTER)).max(1) as usize;
+    // Boxes shrink (names are truncated) before levels go off screen.
+    let fit = |w: u16| ((area.width + GUTTER) / (w + GUTTER)).max(1) as usize;
+    let mut col_w = (name_w as u16 + 4).clamp(12, 18);
+    while col_w > 12 && fit(col_w) < m.levels.len() {
+        col_w -= 1;
+    }
+    let cols_fit = fit(col_w);
     let rows_fit = (area.height / BOX_H).max(1) as usize;
     let sel = app.selected_job();
     let (sel_level, sel_row) = sel.map_or((0, 0), |j| {
