@@ -22,7 +22,8 @@ impl Tmux {
         c
     }
 
-    fn start(dir: &Path, command: &str) -> Option<Tmux> {
+    /// A tmux server of its own (`name` keeps parallel tests apart).
+    fn start(name: &str, dir: &Path, command: &str) -> Option<Tmux> {
         let available = Command::new("tmux")
             .arg("-V")
             .output()
@@ -36,7 +37,7 @@ impl Tmux {
             return None;
         }
         let t = Tmux {
-            socket: format!("trackside-test-{}", std::process::id()),
+            socket: format!("trackside-test-{}-{name}", std::process::id()),
         };
         let ok = t
             .cmd()
@@ -122,7 +123,7 @@ fn approve_retry_cancel_and_quit_in_a_real_terminal() {
         state.display(),
         exit_file.display()
     );
-    let Some(t) = Tmux::start(&project, &command) else {
+    let Some(t) = Tmux::start("steer", &project, &command) else {
         return;
     };
 
@@ -191,4 +192,36 @@ fn approve_retry_cancel_and_quit_in_a_real_terminal() {
     assert_eq!(job("slow")["status"], "cancelled");
     assert_eq!(job("extra")["status"], "succeeded", "the job added by the edit ran");
     assert_eq!(summary["result"], "failed");
+}
+
+#[test]
+fn sigterm_cancels_the_run_and_restores_the_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.yml"),
+        "name: term\njobs:\n  long:\n    steps: [{script: 'echo long-running; sleep 300'}]\n",
+    )
+    .expect("write");
+    let exit_file = dir.path().join("exit");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
+    let command = format!(
+        "{} run p.yml --state-dir {} --kill-grace 0.2; echo $? > {}; sleep 60",
+        bin.display(),
+        dir.path().join("state").display(),
+        exit_file.display()
+    );
+    let Some(t) = Tmux::start("sigterm", dir.path(), &command) else {
+        return;
+    };
+    t.wait_for(&["term", "▶"]);
+    let pid = Command::new("pgrep")
+        .args(["-n", "-f", &format!("{} run p.yml", bin.display())])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<i32>().ok())
+        .expect("trackside's pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_file(&exit_file).trim(), "130");
+    let after = t.wait_for(&["CANCELLED"]);
+    assert!(!after.contains("Tab pane"), "the UI is gone:\n{after}");
 }

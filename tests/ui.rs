@@ -421,3 +421,40 @@ fn attempts_of_a_retried_job_can_be_switched() {
     app.handle_key(key(']'));
     assert_eq!(app.shown_attempt(), Some(2));
 }
+
+#[test]
+fn scrolling_above_the_window_asks_for_lines_from_disk() {
+    use trackside::ui::app::OlderLines;
+    use trackside::ui::model::{LOG_WINDOW, LineKind, LogLine};
+    let mut evs = running_events();
+    for i in 0..(LOG_WINDOW + 20) {
+        evs.push(line(2_000, "build", 1, &format!("build line {i}")));
+    }
+    let mut app = app_with(&evs, color());
+    select(&mut app, "build");
+    app.focus = Focus::Log;
+    app.log_height = 10;
+    assert_eq!(app.needs_older(), None, "the tail is in memory");
+    app.handle_key(key('g'));
+    let wanted = app.needs_older().expect("the top is on disk");
+    assert_eq!(wanted, (app.model.job("build").expect("build"), 1));
+    // What the loop reads from the run's log file:
+    let lines: Vec<LogLine> = std::iter::once(LogLine {
+        ts: 0,
+        kind: LineKind::Step,
+        text: "main".into(),
+    })
+    .chain((0..30).map(|i| LogLine {
+        ts: 0,
+        kind: LineKind::Out,
+        text: format!("disk line {i}"),
+    }))
+    .collect();
+    app.older = Some(OlderLines { key: wanted, lines });
+    assert_eq!(app.needs_older(), None);
+    let text = screen(&app, 120, 30).to_string();
+    assert!(
+        text.contains("── step: main ──") && text.contains("disk line 0"),
+        "{text}"
+    );
+}
