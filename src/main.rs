@@ -5,11 +5,15 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use trackside::engine::{self, EngineConfig};
+use trackside::exec::Executors;
+use trackside::exec::docker::DockerExecutor;
+use trackside::exec::shell::ShellExecutor;
 use trackside::headless::{self, Format};
 use trackside::pipeline::parse::HOST_ALLOWLIST;
 use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
@@ -38,6 +42,8 @@ enum ExecutorArg {
     Auto,
     /// Everything runs on the host.
     Shell,
+    /// Everything runs in containers (every step needs an image).
+    Docker,
 }
 
 #[derive(clap::Args)]
@@ -282,6 +288,25 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .max_blocking_threads(16)
                 .build()?;
             let code = rt.block_on(async move {
+                // Containers: reach the daemon before any job starts, and clear
+                // what crashed runs left behind.
+                let needs_containers = opts.executor != ExecutorChoice::Shell
+                    && pipeline.jobs.iter().any(|j| j.steps.iter().any(|s| s.image.is_some()));
+                let docker = if needs_containers {
+                    let d = DockerExecutor::connect().await.map_err(|e| Fail(e.to_string(), 2))?;
+                    let reaped = d.reap_orphans().await;
+                    if reaped > 0 {
+                        eprintln!("trackside: removed {reaped} container(s) left by a crashed trackside");
+                    }
+                    Some(d)
+                } else {
+                    None
+                };
+                cfg.containers = opts.executor != ExecutorChoice::Shell;
+                cfg.executor = Arc::new(Executors {
+                    shell: ShellExecutor,
+                    docker,
+                });
                 let handle = engine::spawn(pipeline, plan, cfg)?;
                 let summary = if interactive {
                     let mut approvals = approve.clone();
@@ -370,6 +395,7 @@ fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fai
         executor: match v.executor {
             ExecutorArg::Auto => ExecutorChoice::Auto,
             ExecutorArg::Shell => ExecutorChoice::Shell,
+            ExecutorArg::Docker => ExecutorChoice::Docker,
         },
     };
     Ok((secrets, opts))

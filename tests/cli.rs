@@ -378,20 +378,29 @@ fn unreadable_and_special_files_are_reported() {
 }
 
 #[test]
-fn an_image_needs_the_shell_executor_flag() {
+fn the_shell_executor_runs_image_jobs_on_the_host() {
     let e = Env::new();
     let f = e.file(
         "img.yml",
         "name: i\njobs:\n  a:\n    image: alpine:3\n    steps: [{script: echo on-host}]\n",
     );
     let path = f.to_str().unwrap_or_default();
-    let o = e.run(&["run", path]);
-    assert_eq!(code(&o), 2);
-    assert!(text(&o.stderr).contains("--executor shell"), "{}", text(&o.stderr));
     let o = e.run(&["run", path, "--executor", "shell"]);
     assert_eq!(code(&o), 0);
-    assert!(text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("which the shell executor ignores"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(text(&o.stdout).contains("a > on-host"));
+    let plain = e.file("plain.yml", OK);
+    let o = e.run(&["validate", plain.to_str().unwrap_or_default(), "--executor", "docker"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("has no image, but `--executor docker`"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub repeat: Option<u32>,
     pub kill_grace: Option<Duration>,
     pub executor: Arc<dyn Executor>,
+    /// Whether steps with an image run in containers (the executor must handle them).
+    pub containers: bool,
     pub seed: Option<u64>,
     /// Watch the pipeline file and apply valid edits to jobs that have not
     /// started, re-reading it with these options. `None`: no watching.
@@ -100,6 +102,7 @@ impl EngineConfig {
             repeat: None,
             kill_grace: None,
             executor: Arc::new(crate::exec::shell::ShellExecutor),
+            containers: false,
             seed: None,
             watch: None,
         }
@@ -283,6 +286,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         secrets: cfg.secrets.clone(),
         host_env: cfg.host_env.clone(),
         executor: cfg.executor.clone(),
+        containers: cfg.containers,
     });
     let cond_env = conditional_env(&ctx, &pipeline);
     let opts = Options {

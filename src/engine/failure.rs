@@ -80,6 +80,7 @@ pub fn classify(end: &StepEnd, from_log: Option<FailureClass>) -> Option<Failure
         StepEnd::Signaled(_) => Some(FailureClass::Signal),
         StepEnd::TimedOut => Some(FailureClass::Timeout),
         StepEnd::Cancelled => Some(FailureClass::Cancelled),
+        StepEnd::OomKilled => Some(FailureClass::Oom),
         StepEnd::SpawnFailed(_) => Some(FailureClass::Infra),
     }
 }

@@ -72,6 +72,8 @@ pub struct RunContext {
     pub secrets: Vec<(String, String)>,
     pub host_env: Vec<(String, String)>,
     pub executor: Arc<dyn Executor>,
+    /// Whether steps with an image run in containers.
+    pub containers: bool,
 }
 
 impl RunContext {
@@ -348,6 +350,15 @@ fn prepare_step(
         None => ws.to_path_buf(),
     };
     let step_deadline = step.timeout.map_or(deadline, |t| deadline.min(Instant::now() + t));
+    let container = match (&step.image, ctx.containers) {
+        (Some(image), true) => {
+            let image = scope.expand(image).map_err(|e| format!("image: {e}"))?;
+            Some(container_step(
+                ctx, a, job, index, ws, &workdir, image, &mut env, &script,
+            )?)
+        }
+        _ => None,
+    };
     Ok(StepSpec {
         script,
         env,
@@ -355,6 +366,91 @@ fn prepare_step(
         deadline: Some(step_deadline),
         kill_grace: ctx.kill_grace,
         tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
+        container,
+    })
+}
+
+/// Prepares a container step: the script and the secrets go into files that
+/// are mounted read-only, so neither appears in the container's config; host
+/// variables stay out (the image's own PATH and HOME apply).
+#[allow(clippy::too_many_arguments)]
+fn container_step(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    workdir: &Path,
+    image: String,
+    env: &mut BTreeMap<String, String>,
+    script: &str,
+) -> Result<crate::exec::docker::ContainerStep, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = ctx.run_dir.join("steps");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let base = format!("{}.{}.{index}", job.name, a.attempt);
+    let write = |name: String, text: &str| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    };
+    // Host variables that no pipeline layer set stay on the host.
+    for (k, _) in &ctx.host_env {
+        let defined = ctx.cli_vars.iter().any(|(c, _)| c == k)
+            || job.environment.iter().any(|v| &v.name == k)
+            || job.steps[index].environment.iter().any(|v| &v.name == k)
+            || ctx.pipeline.global_env.iter().any(|v| &v.name == k);
+        if !defined {
+            env.remove(k);
+        }
+    }
+    env.insert("CI_PROJECT_DIR".into(), crate::exec::docker::WORKDIR.into());
+    // Secrets, and any variable whose value contains one, leave the container config.
+    let secret_values: Vec<&str> = ctx
+        .secrets
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let hidden: Vec<(String, String)> = env
+        .iter()
+        .filter(|(_, v)| secret_values.iter().any(|s| v.contains(s)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut prelude = String::new();
+    let secrets_file = if hidden.is_empty() {
+        None
+    } else {
+        let mut text = String::new();
+        for (k, v) in &hidden {
+            env.remove(k);
+            text.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+        }
+        prelude = ". /run/trackside/secrets.env\n".into();
+        Some(write(format!("{base}.secrets"), &text)?)
+    };
+    let script_file = write(format!("{base}.sh"), &format!("{prelude}{script}"))?;
+    let rel = workdir.strip_prefix(ws).unwrap_or(Path::new(""));
+    let inside = Path::new(crate::exec::docker::WORKDIR).join(rel);
+    Ok(crate::exec::docker::ContainerStep {
+        image,
+        options: job.container.clone(),
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        attempt: a.attempt,
+        step_index: index,
+        workspace: ws.to_path_buf(),
+        script_file,
+        secrets_file,
+        workdir: inside.display().to_string(),
     })
 }
 
@@ -449,6 +545,7 @@ mod tests {
             secrets: Vec::new(),
             host_env: Vec::new(),
             executor: Arc::new(crate::exec::shell::ShellExecutor),
+            containers: false,
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -5,6 +5,7 @@
 //! passes or it is cancelled. It knows nothing of jobs, retries or events;
 //! the engine builds those on top.
 
+pub mod docker;
 pub mod shell;
 pub mod workspace;
 
@@ -47,6 +48,8 @@ pub struct StepSpec {
     /// Marks every process of the step (env `TRACKSIDE_PROCESS_TAG`), so
     /// processes that left the process group can still be found and stopped.
     pub tag: String,
+    /// Set for steps that run in a container.
+    pub container: Option<docker::ContainerStep>,
 }
 
 /// How a step ended.
@@ -56,6 +59,8 @@ pub enum StepEnd {
     Signaled(i32),
     TimedOut,
     Cancelled,
+    /// The kernel's OOM killer ended it (a container's State.OOMKilled).
+    OomKilled,
     /// The step could not be started at all.
     SpawnFailed(String),
 }
@@ -84,6 +89,35 @@ pub trait Executor: Send + Sync + 'static {
         out: mpsc::Sender<OutputLine>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, StepEnd>;
+}
+
+/// Runs container steps with Docker and the rest with the shell.
+pub struct Executors {
+    pub shell: shell::ShellExecutor,
+    /// `None` when no step needs containers (the daemon is not contacted).
+    pub docker: Option<docker::DockerExecutor>,
+}
+
+impl Executor for Executors {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd> {
+        match (&spec.container, &self.docker) {
+            (None, _) => self.shell.run_step(spec, out, cancel),
+            (Some(_), Some(d)) => d.run_step(spec, out, cancel),
+            (Some(c), None) => {
+                let msg = format!("step needs image `{}` but no Docker daemon was connected", c.image);
+                Box::pin(async move { StepEnd::SpawnFailed(msg) })
+            }
+        }
+    }
 }
 
 /// Name of the variable that tags a step's processes.

@@ -207,8 +207,46 @@ pub struct Job {
     pub when: When,
     pub allow_failure: bool,
     pub working_directory: Option<String>,
+    /// How container steps of this job run (ignored by the shell executor).
+    pub container: ContainerOptions,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// Image pull policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    Never,
+    #[default]
+    IfNotPresent,
+    Always,
+}
+
+impl PullPolicy {
+    pub const ALL: [(&'static str, PullPolicy); 3] = [
+        ("never", PullPolicy::Never),
+        ("if-not-present", PullPolicy::IfNotPresent),
+        ("always", PullPolicy::Always),
+    ];
+}
+
+/// Container settings of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ContainerOptions {
+    /// `user:` (name or uid[:gid]); the image's default when unset.
+    pub user: Option<String>,
+    /// `entrypoint:` override; an empty list clears the image's entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    pub pull: PullPolicy,
+    /// CPUs (1.5 = one and a half).
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes (no swap beyond it).
+    pub memory: Option<u64>,
+    pub pids: Option<i64>,
+    pub privileged: bool,
+    pub cap_drop: Vec<String>,
+    pub read_only_rootfs: bool,
 }
 
 impl Job {

@@ -18,7 +18,7 @@ use super::yaml::{self, Node, Pos, Value};
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
-const JOB_KEYS: [&str; 11] = [
+const JOB_KEYS: [&str; 18] = [
     "steps",
     "depends_on",
     "environment",
@@ -30,6 +30,13 @@ const JOB_KEYS: [&str; 11] = [
     "allow_failure",
     "working_directory",
     "image",
+    "user",
+    "entrypoint",
+    "pull",
+    "resources",
+    "privileged",
+    "cap_drop",
+    "read_only_rootfs",
 ];
 const STEP_KEYS: [&str; 8] = [
     "name",
@@ -61,11 +68,13 @@ pub const PREDEFINED: [&str; 9] = [
 /// Which executor the run will use; decides what `image:` means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExecutorChoice {
-    /// Jobs with an image need containers.
+    /// Steps with an image run in containers, the rest on the host.
     #[default]
     Auto,
     /// Everything runs on the host; an image is ignored with a warning.
     Shell,
+    /// Everything runs in containers; every step needs an image.
+    Docker,
 }
 
 /// What the command line adds to a pipeline.
@@ -752,6 +761,7 @@ impl Cx<'_> {
             self.check_workdir(&wd, n, &join(&path, "working_directory"));
             Some(wd)
         });
+        let container = self.container(node, &path);
         Some(Job {
             name,
             steps,
@@ -765,8 +775,96 @@ impl Cx<'_> {
             when,
             allow_failure,
             working_directory,
+            container,
             pos: key.pos,
         })
+    }
+
+    fn container(&mut self, node: &Node, path: &str) -> ContainerOptions {
+        let mut c = ContainerOptions {
+            user: get(node, "user").and_then(|n| self.string(n, &join(path, "user"))),
+            ..ContainerOptions::default()
+        };
+        if let Some(n) = get(node, "entrypoint") {
+            c.entrypoint = Some(match &n.value {
+                Value::Seq(items) if items.is_empty() => Vec::new(),
+                _ => self
+                    .string_list(n, &join(path, "entrypoint"))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
+            });
+        }
+        if let Some(n) = get(node, "pull") {
+            let ppath = join(path, "pull");
+            if let Some(s) = self.string(n, &ppath) {
+                match PullPolicy::ALL.iter().find(|(k, _)| *k == s) {
+                    Some((_, p)) => c.pull = *p,
+                    None => {
+                        let names: Vec<&str> = PullPolicy::ALL.iter().map(|(k, _)| *k).collect();
+                        self.err(
+                            n,
+                            &ppath,
+                            format!("unknown pull policy `{s}`"),
+                            suggestion_hint(&s, &names, "policies"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(r) = get(node, "resources") {
+            let rpath = join(path, "resources");
+            if self.mapping(r, &rpath, &["cpus", "memory", "pids"], "resources") {
+                if let Some(n) = get(r, "cpus") {
+                    match n.value {
+                        Value::Int(i) if (1..=1024).contains(&i) => c.cpus = Some(i as f64),
+                        Value::Float(f) if (0.01..=1024.0).contains(&f) => c.cpus = Some(f),
+                        _ => self.err(
+                            n,
+                            &join(&rpath, "cpus"),
+                            "`cpus` must be a number from 0.01 to 1024",
+                            "e.g. `cpus: 1.5`",
+                        ),
+                    }
+                }
+                if let Some(n) = get(r, "memory") {
+                    match parse_bytes(n) {
+                        Some(b) if b >= 6 << 20 => c.memory = Some(b),
+                        _ => self.err(
+                            n,
+                            &join(&rpath, "memory"),
+                            "`memory` must be a size of at least 6MiB",
+                            "write bytes or a size with a unit: `512MiB`, `2GiB`, `256M`",
+                        ),
+                    }
+                }
+                if let Some(n) = get(r, "pids") {
+                    c.pids = self.int_in(n, &join(&rpath, "pids"), 1, 1 << 22).map(i64::from);
+                }
+            }
+        }
+        if let Some(n) = get(node, "privileged") {
+            c.privileged = self.boolean(n, &join(path, "privileged")).unwrap_or(false);
+            if c.privileged {
+                self.warn(
+                    n,
+                    &join(path, "privileged"),
+                    "this job's containers run privileged",
+                    "a privileged container can take over the host; drop it unless the job really needs it",
+                );
+            }
+        }
+        if let Some(n) = get(node, "cap_drop") {
+            c.cap_drop = self
+                .string_list(n, &join(path, "cap_drop"))
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+        }
+        if let Some(n) = get(node, "read_only_rootfs") {
+            c.read_only_rootfs = self.boolean(n, &join(path, "read_only_rootfs")).unwrap_or(false);
+        }
+        c
     }
 
     fn check_workdir(&mut self, wd: &str, node: &Node, path: &str) {
@@ -923,8 +1021,8 @@ impl Cx<'_> {
                     })
                     .unwrap_or(&job_node.map_or(root.clone(), Node::clone))
                     .clone();
-                match opts.executor {
-                    ExecutorChoice::Shell => self.warn(
+                if opts.executor == ExecutorChoice::Shell {
+                    self.warn(
                         &n,
                         &path,
                         format!(
@@ -932,16 +1030,21 @@ impl Cx<'_> {
                             job.name
                         ),
                         "its steps run on this host with the host's tools",
-                    ),
-                    ExecutorChoice::Auto => self.err(
+                    );
+                }
+            }
+            if opts.executor == ExecutorChoice::Docker {
+                if let Some(step) = job.steps.iter().find(|s| s.image.is_none()) {
+                    let n = job_node.cloned().unwrap_or_else(|| root.clone());
+                    self.err(
                         &n,
                         &path,
                         format!(
-                            "job `{}` names image `{img}`, but this build of trackside has no container executor",
-                            job.name
+                            "step `{}` of job `{}` has no image, but `--executor docker` runs every step in a container",
+                            step.name, job.name
                         ),
-                        "pass `--executor shell` to run its steps on this host, or remove `image:`",
-                    ),
+                        "give the job or step an `image:`, or use `--executor auto`",
+                    );
                 }
             }
         }
@@ -1039,6 +1142,32 @@ fn jobs_field(root: &Node, job: &str, step: usize, key: &str) -> Option<Node> {
         _ => None,
     });
     from_step.or_else(|| get(job_node, key).cloned())
+}
+
+/// `512MiB`, `2GiB`, `256M`, `1g` or a number of bytes.
+fn parse_bytes(n: &Node) -> Option<u64> {
+    match &n.value {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Str(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let num: f64 = num.parse().ok()?;
+            let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1.0,
+                "k" | "kb" => 1e3,
+                "kib" => 1024.0,
+                "m" | "mb" => 1e6,
+                "mib" => 1024.0 * 1024.0,
+                "g" | "gb" => 1e9,
+                "gib" => 1024.0 * 1024.0 * 1024.0,
+                _ => return None,
+            };
+            let bytes = num * mult;
+            (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+        }
+        _ => None,
+    }
 }
 
 pub fn valid_var_name(name: &str) -> bool {

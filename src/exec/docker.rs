@@ -1,0 +1,394 @@
+//! The container executor, on the Docker Engine API (bollard).
+//!
+//! Each step is one container: the job's workspace is bind-mounted at
+//! [`WORKDIR`], so steps with different images share files. Nothing secret
+//! reaches the daemon's view of a container: the script and the secret
+//! variables travel in files mounted read-only (`docker inspect` shows their
+//! paths, never their contents), and names and labels carry only run id, job
+//! and attempt. Every container carries trackside's labels so that it is
+//! removed when its step ends, whatever the outcome, and so that leftovers of
+//! a crashed trackside can be found and reaped, and nothing else touched.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Executor, OutputLine, StepEnd, StepSpec, Stream};
+use crate::pipeline::model::{ContainerOptions, PullPolicy};
+
+/// Where the job's workspace appears inside its containers.
+pub const WORKDIR: &str = "/workspace";
+/// Where the step's script is mounted.
+const SCRIPT_PATH: &str = "/run/trackside/step.sh";
+/// Where the secret variables are mounted (sourced by the script).
+const SECRETS_PATH: &str = "/run/trackside/secrets.env";
+
+/// Labels on everything trackside creates.
+pub const LABEL_RUN: &str = "dev.trackside.run";
+pub const LABEL_JOB: &str = "dev.trackside.job";
+pub const LABEL_ATTEMPT: &str = "dev.trackside.attempt";
+/// The pid of the trackside that owns the container: a dead pid marks a leftover.
+pub const LABEL_PID: &str = "dev.trackside.pid";
+
+/// What a container step needs beyond the shell step's fields.
+#[derive(Debug, Clone)]
+pub struct ContainerStep {
+    pub image: String,
+    pub options: ContainerOptions,
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub step_index: usize,
+    /// Host directory mounted at [`WORKDIR`].
+    pub workspace: PathBuf,
+    /// Host file holding the script (written by the runner).
+    pub script_file: PathBuf,
+    /// Host file of `export NAME='value'` lines for secrets, if any.
+    pub secrets_file: Option<PathBuf>,
+    /// Working directory inside the container.
+    pub workdir: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker daemon at {address}: {message}; start dockerd or use --executor shell")]
+    Unreachable { address: String, message: String },
+}
+
+/// Where bollard will connect: DOCKER_HOST or the local socket.
+pub fn daemon_address() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+#[derive(Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+}
+
+impl DockerExecutor {
+    /// Connects (DOCKER_HOST honoured, tcp:// included), agrees on an API
+    /// version with the daemon, and checks that it answers.
+    pub async fn connect() -> Result<DockerExecutor, DockerError> {
+        let unreachable = |e: &dyn std::fmt::Display| DockerError::Unreachable {
+            address: daemon_address(),
+            message: e.to_string(),
+        };
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(&"no answer within 10 s"))?
+            .map_err(|e| unreachable(&e))?;
+        tokio::time::timeout(Duration::from_secs(10), docker.ping())
+            .await
+            .map_err(|_| unreachable(&"no answer within 10 s"))?
+            .map_err(|e| unreachable(&e))?;
+        Ok(DockerExecutor { docker })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Removes containers left by trackside processes that no longer exist.
+    /// Returns how many were removed. Anything without trackside's labels,
+    /// or owned by a live trackside, is left alone.
+    pub async fn reap_orphans(&self) -> usize {
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_PID.to_string()])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        let mut removed = 0;
+        for c in list {
+            let pid = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_PID))
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+            if alive {
+                continue;
+            }
+            if let Some(id) = c.id {
+                if self.remove(&id).await {
+                    tracing::info!(container = %id, "removed a container left by a crashed trackside");
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    async fn remove(&self, id: &str) -> bool {
+        self.docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .is_ok()
+    }
+
+    /// Makes the image available according to the pull policy.
+    async fn ensure_image(&self, image: &str, pull: PullPolicy) -> Result<(), String> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        match (pull, present) {
+            (PullPolicy::Never, false) => {
+                return Err(format!(
+                    "image `{image}` is not present and the pull policy is `never`; build or load it first (docker images lists what is there)"
+                ));
+            }
+            (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
+            _ => {}
+        }
+        let mut pull_stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = pull_stream.next().await {
+            if let Err(e) = item {
+                return Err(format!("cannot pull image `{image}`: the daemon answered: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> StepEnd {
+        let Some(c) = spec.container.as_ref() else {
+            return StepEnd::SpawnFailed("internal: a container step without container settings".into());
+        };
+        if let Err(e) = self.ensure_image(&c.image, c.options.pull).await {
+            return StepEnd::SpawnFailed(e);
+        }
+        let name = container_name(c);
+        // A leftover of the same name (a crash mid-step) would block creation.
+        let _ = self.remove(&name).await;
+        let body = container_body(&spec, c);
+        if let Err(e) = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+        {
+            return StepEnd::SpawnFailed(format!("cannot create a container from `{}`: {e}", c.image));
+        }
+        let end = self.start_and_wait(&name, &spec, out, cancel).await;
+        self.remove(&name).await;
+        end
+    }
+
+    async fn start_and_wait(
+        &self,
+        name: &str,
+        spec: &StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> StepEnd {
+        if let Err(e) = self.docker.start_container(name, None::<StartContainerOptions>).await {
+            return StepEnd::SpawnFailed(format!("cannot start the container: {e}"));
+        }
+        let logs = self.docker.logs(
+            name,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        let reader = tokio::spawn(forward_logs(logs, out));
+        let deadline = async {
+            match spec.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut wait = self.docker.wait_container(
+            name,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        let end = tokio::select! {
+            r = wait.next() => match r {
+                Some(Ok(resp)) => StepEnd::Exited(i32::try_from(resp.status_code).unwrap_or(-1)),
+                // bollard reports a non-zero exit as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    StepEnd::Exited(i32::try_from(code).unwrap_or(-1))
+                }
+                Some(Err(e)) => StepEnd::SpawnFailed(format!("lost track of the container: {e}")),
+                None => StepEnd::SpawnFailed("lost track of the container".into()),
+            },
+            () = deadline => {
+                let grace = i32::try_from(spec.kill_grace.as_secs()).unwrap_or(i32::MAX).max(0);
+                let _ = self.docker.stop_container(name, Some(StopContainerOptions { t: Some(grace), signal: None })).await;
+                StepEnd::TimedOut
+            }
+            () = cancel.cancelled() => {
+                let _ = self.docker.kill_container(name, Some(KillContainerOptions { signal: "SIGKILL".into() })).await;
+                StepEnd::Cancelled
+            }
+        };
+        // The log stream ends when the container stops; bound the wait anyway.
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
+            abort.abort();
+        }
+        if let StepEnd::Exited(_) = end {
+            let oom = self
+                .docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false);
+            if oom {
+                return StepEnd::OomKilled;
+            }
+        }
+        end
+    }
+}
+
+impl Executor for DockerExecutor {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd> {
+        Box::pin(self.run(spec, out, cancel))
+    }
+}
+
+/// `trackside-<run>-<job>-<attempt>-<step>`: unique per step, no secrets.
+pub fn container_name(c: &ContainerStep) -> String {
+    let safe: String = c
+        .job
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("trackside-{}-{safe}-{}-{}", c.run_id, c.attempt, c.step_index)
+}
+
+fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
+    let o = &c.options;
+    let mut binds = vec![
+        format!("{}:{WORKDIR}", c.workspace.display()),
+        format!("{}:{SCRIPT_PATH}:ro", c.script_file.display()),
+    ];
+    if let Some(s) = &c.secrets_file {
+        binds.push(format!("{}:{SECRETS_PATH}:ro", s.display()));
+    }
+    let labels = HashMap::from([
+        (LABEL_RUN.to_string(), c.run_id.clone()),
+        (LABEL_JOB.to_string(), c.job.clone()),
+        (LABEL_ATTEMPT.to_string(), c.attempt.to_string()),
+        (LABEL_PID.to_string(), std::process::id().to_string()),
+    ]);
+    let host = HostConfig {
+        binds: Some(binds),
+        nano_cpus: o.cpus.map(|c| (c * 1e9) as i64),
+        memory: o.memory.and_then(|m| i64::try_from(m).ok()),
+        // No swap beyond the limit, so a memory limit means an OOM kill.
+        memory_swap: o.memory.and_then(|m| i64::try_from(m).ok()),
+        pids_limit: o.pids,
+        privileged: Some(o.privileged),
+        cap_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
+        readonly_rootfs: Some(o.read_only_rootfs),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(c.image.clone()),
+        // The script is a mounted file: nothing of it shows in `docker inspect`.
+        cmd: Some(vec!["sh".into(), "-e".into(), SCRIPT_PATH.into()]),
+        entrypoint: o.entrypoint.clone(),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: Some(c.workdir.clone()),
+        user: o.user.clone(),
+        labels: Some(labels),
+        host_config: Some(host),
+        ..Default::default()
+    }
+}
+
+/// Splits the daemon's log chunks into lines per stream.
+async fn forward_logs(
+    mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
+    out: mpsc::Sender<OutputLine>,
+) {
+    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    while let Some(Ok(chunk)) = logs.next().await {
+        let (idx, stream, bytes) = match chunk {
+            bollard::container::LogOutput::StdOut { message } => (0, Stream::Stdout, message),
+            bollard::container::LogOutput::StdErr { message } => (1, Stream::Stderr, message),
+            bollard::container::LogOutput::Console { message } => (0, Stream::Stdout, message),
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        let buf = &mut pending[idx];
+        buf.extend_from_slice(&bytes);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            send(&out, stream, &line[..line.len() - 1]).await;
+        }
+        if buf.len() >= super::shell::MAX_LINE {
+            let line: Vec<u8> = std::mem::take(buf);
+            send(&out, stream, &line).await;
+        }
+    }
+    for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+        if !pending[i].is_empty() {
+            let line = std::mem::take(&mut pending[i]);
+            send(&out, stream, &line).await;
+        }
+    }
+}
+
+async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let _ = out
+        .send(OutputLine {
+            stream,
+            text: String::from_utf8_lossy(line).into_owned(),
+        })
+        .await;
+}

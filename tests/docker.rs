@@ -1,0 +1,328 @@
+//! The container executor against a real Docker daemon. No registry: the
+//! tests build their own tiny images from scratch with a static busybox
+//! (Debian's busybox-static) through the Engine API's build endpoint.
+//!
+//! Without a daemon these tests skip with one loud line, unless
+//! TRACKSIDE_REQUIRE_DOCKER=1 (CI sets it), when that is a failure.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bollard::query_parameters::{BuildImageOptions, ListContainersOptions};
+use futures_util::StreamExt;
+use trackside::engine::{EventKind, JobStatus, RunResult};
+use trackside::exec::Executors;
+use trackside::exec::docker::{DockerExecutor, LABEL_RUN};
+use trackside::exec::shell::ShellExecutor;
+use trackside::pipeline::FailureClass;
+
+use common::*;
+
+const IMAGE_A: &str = "trackside-test-busybox:a";
+const IMAGE_B: &str = "trackside-test-busybox:b";
+
+async fn docker() -> Option<DockerExecutor> {
+    match DockerExecutor::connect().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var("TRACKSIDE_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "TRACKSIDE_REQUIRE_DOCKER=1 but {e}"
+            );
+            eprintln!("SKIPPED Docker test: {e}. Start dockerd and set TRACKSIDE_REQUIRE_DOCKER=1 to run it.");
+            None
+        }
+    }
+}
+
+/// Builds `tag` from scratch: static busybox plus a marker file.
+async fn image(d: &DockerExecutor, tag: &str) {
+    if d.client().inspect_image(tag).await.is_ok() {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .expect("a static busybox (apt-get install busybox-static)");
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo {tag} > /image-name\nENV PATH=/bin\nCMD [\"sh\"]\n"
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data, mode) in [
+        ("Dockerfile", dockerfile.as_bytes(), 0o644),
+        ("busybox", busybox.as_slice(), 0o755),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data).expect("tar");
+    }
+    let body = tar.into_inner().expect("tar");
+    let mut build = d.client().build_image(
+        BuildImageOptions {
+            t: Some(tag.to_string()),
+            rm: true,
+            ..Default::default()
+        },
+        None,
+        Some(bollard::body_full(body.into())),
+    );
+    while let Some(item) = build.next().await {
+        if let Err(e) = item {
+            panic!("building {tag}: {e}");
+        }
+    }
+}
+
+fn with_docker(s: &mut Setup, d: &DockerExecutor) {
+    s.cfg.executor = Arc::new(Executors {
+        shell: ShellExecutor,
+        docker: Some(d.clone()),
+    });
+    s.cfg.containers = true;
+}
+
+async fn labelled(d: &DockerExecutor, run_id: &str) -> usize {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
+    d.client()
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map(|l| l.len())
+        .unwrap_or(usize::MAX)
+}
+
+fn job<'a>(s: &'a trackside::engine::RunSummary, name: &str) -> &'a trackside::engine::event::JobSummary {
+    s.jobs.iter().find(|j| j.name == name).expect("job")
+}
+
+#[tokio::test]
+async fn steps_with_different_images_share_the_workspace() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    image(&d, IMAGE_B).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  build:\n    pull: never\n    steps:\n      - image: {IMAGE_A}\n        script: ['cat /image-name', 'echo from-a > out.txt', 'test -f README']\n      - image: {IMAGE_B}\n        script: ['cat /image-name', 'cat out.txt', 'echo \"dir=$(pwd) ci=$CI_PROJECT_DIR\"', 'echo to-stderr >&2']\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("build"));
+    let lines = r.lines("build");
+    for want in [IMAGE_A, IMAGE_B, "from-a", "dir=/workspace ci=/workspace", "to-stderr"] {
+        assert!(lines.iter().any(|l| l == want), "missing {want} in {lines:?}");
+    }
+    let stderr = r.seen.iter().any(|e| {
+        matches!(&e.kind, EventKind::LogLine { line, stream: trackside::engine::Stream::Stderr, .. } if line == "to-stderr")
+    });
+    assert!(stderr, "stderr stays apart from stdout");
+    assert_eq!(labelled(&d, r.handle.run_id()).await, 0, "containers are removed");
+}
+
+#[tokio::test]
+async fn a_memory_limit_ends_in_an_oom_failure() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  hog:\n    image: {IMAGE_A}\n    pull: never\n    resources: {{memory: 16MiB, pids: 64, cpus: 0.5}}\n    steps:\n      - script: 'x=$(head -c 200000000 /dev/zero | tr \"\\0\" a); echo survived'\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "hog").failure_class, Some(FailureClass::Oom));
+    assert!(!r.lines("hog").contains(&"survived".to_string()));
+}
+
+#[tokio::test]
+async fn a_timeout_stops_the_container() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\nkill_grace: 1\njobs:\n  slow:\n    image: {IMAGE_A}\n    pull: never\n    timeout: 1\n    steps: [{{script: 'echo waiting; sleep 60'}}]\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "slow").failure_class, Some(FailureClass::Timeout));
+    assert_eq!(labelled(&d, r.handle.run_id()).await, 0);
+}
+
+#[tokio::test]
+async fn cancel_mid_run_leaves_no_container() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  long:\n    image: {IMAGE_A}\n    pull: never\n    steps: [{{script: 'echo running; sleep 300'}}]\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    r.until(
+        "running",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "running"),
+    )
+    .await;
+    assert_eq!(labelled(&d, r.handle.run_id()).await, 1);
+    r.handle.cancel_all().await.expect("cancel");
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "long").status, JobStatus::Cancelled);
+    assert_eq!(labelled(&d, r.handle.run_id()).await, 0, "cancel removes the container");
+}
+
+#[tokio::test]
+async fn pull_never_with_a_missing_image_is_an_infra_failure() {
+    let Some(d) = docker().await else { return };
+    let mut s = setup(
+        "name: t\njobs:\n  ghost:\n    image: trackside-test-missing:nope\n    pull: never\n    steps: [{script: echo never}]\n",
+    );
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "ghost");
+    assert_eq!(j.failure_class, Some(FailureClass::Infra));
+    assert!(
+        j.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("trackside-test-missing:nope"),
+        "{:?}",
+        j.reason
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_docker_inspect() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let secret = "s3cret-in-container-991";
+    let mut s = setup_with(
+        &format!(
+            "name: t\njobs:\n  leak:\n    image: {IMAGE_A}\n    pull: never\n    environment:\n      AUTH: \"Bearer $API_TOKEN\"\n    steps:\n      - script: ['echo \"tok=$API_TOKEN auth=$AUTH\"', 'echo ready', 'sleep 300']\n"
+        ),
+        &trackside::pipeline::LoadOptions {
+            secret_names: vec!["API_TOKEN".into()],
+            ..Default::default()
+        },
+    );
+    s.cfg.secrets = vec![("API_TOKEN".into(), secret.into())];
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    r.until(
+        "ready",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready"),
+    )
+    .await;
+    assert_eq!(
+        r.lines("leak")[0],
+        "tok=[MASKED] auth=Bearer [MASKED]",
+        "the job sees its secret"
+    );
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={}", r.handle.run_id())])]);
+    let list = d
+        .client()
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list");
+    let id = list[0].id.clone().expect("id");
+    let inspect = d
+        .client()
+        .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let text = serde_json::to_string(&inspect).expect("json");
+    assert!(!text.contains(secret), "secret visible in docker inspect");
+    r.handle.cancel_all().await.expect("cancel");
+    r.finished().await;
+}
+
+#[test]
+fn no_daemon_is_a_clear_error_before_any_job_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("host-job-ran");
+    std::fs::write(
+        dir.path().join("p.yml"),
+        format!(
+            "name: t\njobs:\n  first:\n    steps: [{{script: 'touch {}'}}]\n  boxed:\n    image: busybox\n    steps: [{{script: echo hi}}]\n",
+            marker.display()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["run", "p.yml", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/trackside-test.sock")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the Docker daemon at unix:///nonexistent/trackside-test.sock")
+            && err.contains("start dockerd or use --executor shell"),
+        "{err}"
+    );
+    assert!(!marker.exists(), "no job started");
+}
+
+#[tokio::test]
+async fn leftovers_of_a_killed_trackside_are_reaped_at_the_next_start() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.yml"),
+        format!("name: t\njobs:\n  long:\n    image: {IMAGE_A}\n    pull: never\n    steps: [{{script: 'echo up; sleep 300'}}]\n"),
+    )
+    .expect("write");
+    let bin = env!("CARGO_BIN_EXE_trackside");
+    let mut child = std::process::Command::new(bin)
+        .args(["run", "p.yml", "--headless", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut run_id = String::new();
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix(":: run ") {
+            run_id = rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        if line.contains("long > up") {
+            break;
+        }
+    }
+    assert!(!run_id.is_empty());
+    child.kill().expect("SIGKILL trackside");
+    let _ = child.wait();
+    assert_eq!(
+        labelled(&d, &run_id).await,
+        1,
+        "a killed trackside leaves its container"
+    );
+    // The next trackside that needs containers clears it.
+    std::fs::write(
+        dir.path().join("q.yml"),
+        format!("name: q\njobs:\n  quick:\n    image: {IMAGE_A}\n    pull: never\n    steps: [{{script: echo ok}}]\n"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["run", "q.yml", "--headless", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed 1 container(s) left by a crashed trackside"));
+    assert_eq!(labelled(&d, &run_id).await, 0);
+}
