@@ -1238,14 +1238,18 @@ mod tests {
     }
 
     #[test]
-    fn job_level_image_is_an_error_without_shell_executor() {
-        let src = "name: x\njobs:\n  a:\n    image: alpine\n    steps:\n      - script: echo\n";
-        assert!(check(src).is_err());
-        let opts = LoadOptions {
-            executor: ExecutorChoice::Shell,
+    fn job_images_apply_to_steps_and_executors_check_them() {
+        let src = "name: x\njobs:\n  a:\n    image: alpine\n    steps:\n      - script: echo\n  b:\n    steps:\n      - script: echo\n";
+        let with = |executor| LoadOptions {
+            executor,
             ..Default::default()
         };
-        let (_, report) = parse_source(Path::new("t.yml"), src.into(), &opts).unwrap();
-        assert_eq!(report.warnings().count(), 1);
+        let (p, report) = parse_source(Path::new("t.yml"), src.into(), &with(ExecutorChoice::Auto)).unwrap();
+        assert_eq!(p.jobs[0].steps[0].image.as_deref(), Some("alpine"));
+        assert_eq!(report.warnings().count(), 0);
+        let (_, report) = parse_source(Path::new("t.yml"), src.into(), &with(ExecutorChoice::Shell)).unwrap();
+        assert_eq!(report.warnings().count(), 1, "the shell executor ignores the image");
+        let errs = parse_source(Path::new("t.yml"), src.into(), &with(ExecutorChoice::Docker)).unwrap_err();
+        assert!(errs.items[0].message.contains("step `step-1` of job `b` has no image"));
     }
 }
