@@ -326,3 +326,64 @@ async fn leftovers_of_a_killed_trackside_are_reaped_at_the_next_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("removed 1 container(s) left by a crashed trackside"));
     assert_eq!(labelled(&d, &run_id).await, 0);
 }
+
+async fn networks_of(d: &DockerExecutor, run_id: &str) -> usize {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
+    d.client()
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map(|l| l.len())
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn a_job_reaches_its_service_by_name_once_it_is_ready() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  api-test:\n    image: {IMAGE_A}\n    pull: never\n    services:\n      - name: web\n        image: {IMAGE_A}\n        port: 8080\n        environment: {{GREETING: hello-from-service}}\n        command: [sh, -c, 'echo service starting; sleep 1; mkdir -p /www; echo $GREETING > /www/index.html; exec httpd -f -v -p 8080 -h /www']\n    steps:\n      - script: ['wget -q -O - http://web:8080/index.html']\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("api-test"));
+    let lines = r.lines("api-test");
+    assert!(lines.contains(&"hello-from-service".to_string()), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "service web | service starting"),
+        "service logs are in the job log: {lines:?}"
+    );
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0, "service containers are removed");
+    assert_eq!(networks_of(&d, &run_id).await, 0, "the run's network is removed");
+}
+
+#[tokio::test]
+async fn a_service_that_never_becomes_ready_fails_the_job_as_infra() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  needs-db:\n    image: {IMAGE_A}\n    pull: never\n    services:\n      - name: db\n        image: {IMAGE_A}\n        port: 5432\n        ready_timeout: 2\n        command: [sh, -c, 'echo db is warming up forever; sleep 300']\n    steps:\n      - script: [echo never-runs]\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "needs-db");
+    assert_eq!(j.failure_class, Some(FailureClass::Infra));
+    let reason = j.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("was not ready within 2s") && reason.contains("port 5432"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("db is warming up forever"),
+        "the service's last lines are in the message: {reason}"
+    );
+    assert!(!r.lines("needs-db").contains(&"never-runs".to_string()));
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0);
+}

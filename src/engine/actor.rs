@@ -463,9 +463,6 @@ impl Actor {
                 self.message(m, &retry_tx);
             }
             if !self.shutdown.is_empty() && self.running.is_empty() {
-                for r in self.shutdown.drain(..) {
-                    let _ = r.send(());
-                }
                 break;
             }
             if !commands_open && self.running.is_empty() {
@@ -474,6 +471,12 @@ impl Actor {
         }
         for (_, t) in self.retry_timers.drain() {
             t.abort();
+        }
+        // The run's network and anything of the run still around, before
+        // anyone waiting for shutdown is told it is done.
+        self.ctx.executor.finish_run(&self.ctx.run_id).await;
+        for r in self.shutdown.drain(..) {
+            let _ = r.send(());
         }
     }
 

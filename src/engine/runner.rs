@@ -216,7 +216,25 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
             };
         }
     }
-    let outcome = run_steps(ctx, a, job, &ws, deadline).await;
+    let services = if job.services.is_empty() || !ctx.containers {
+        crate::exec::Services::default()
+    } else {
+        match start_services(ctx, a, job).await {
+            Ok(s) => s,
+            Err(msg) => {
+                let setup: Arc<str> = Arc::from("services");
+                note(a, &setup, msg.clone()).await;
+                return Outcome {
+                    exit_code: None,
+                    failure: Some(FailureClass::Infra),
+                    message: Some(msg),
+                };
+            }
+        }
+    };
+    let network = services.network.clone();
+    let outcome = run_steps(ctx, a, job, &ws, deadline, network).await;
+    ctx.executor.stop_services(services).await;
     if !ctx.in_place && !ctx.keep_workspaces {
         let dest = ws.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dest)).await;
@@ -224,7 +242,67 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     outcome
 }
 
-async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, deadline: Instant) -> Outcome {
+/// Starts the job's services; their output joins the job's log as step `services`.
+async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result<crate::exec::Services, String> {
+    let mut services = Vec::new();
+    for svc in &job.services {
+        // Services see pipeline variables but never secrets: their
+        // environment is visible to anyone who can `docker inspect`.
+        let mut scope = Scope::new();
+        scope
+            .push_layer(ctx.cli_vars.iter().cloned())
+            .push_layer(svc.environment.iter().map(|v| (v.name.clone(), v.value.clone())))
+            .push_layer(
+                ctx.pipeline
+                    .global_env
+                    .iter()
+                    .map(|v| (v.name.clone(), v.value.clone())),
+            );
+        let env = scope
+            .resolve_all()
+            .map_err(|(name, e)| format!("service `{}`: variable `{name}`: {e}", svc.name))?;
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| svc.environment.iter().any(|v| &v.name == k))
+            .collect();
+        services.push((svc.clone(), env));
+    }
+    let req = crate::exec::ServicesRequest {
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        attempt: a.attempt,
+        pull: job.container.pull,
+        services,
+    };
+    let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
+    let step: Arc<str> = Arc::from("services");
+    let forward_to = a.tx.clone();
+    let (job_id, attempt) = (a.job, a.attempt);
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let msg = RunnerMsg::Log {
+                job: job_id,
+                attempt,
+                step: step.clone(),
+                stream: line.stream,
+                text: line.text,
+            };
+            if forward_to.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    ctx.executor.start_services(req, tx).await
+}
+
+async fn run_steps(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+    deadline: Instant,
+    network: Option<String>,
+) -> Outcome {
     let vars = ctx.pipeline_vars();
     let mut outcome = Outcome::success();
     for (index, step) in job.steps.iter().enumerate() {
@@ -238,7 +316,7 @@ async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, dea
             })
             .await;
         let started = Instant::now();
-        let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, &vars) {
+        let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, &vars, network.as_deref()) {
             Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec).await,
             Err(msg) => {
                 note(a, &name, msg.clone()).await;
@@ -301,6 +379,7 @@ async fn run_steps(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, dea
 }
 
 /// Builds the executor's view of a step: env, interpolated script, workdir, deadline.
+#[allow(clippy::too_many_arguments)]
 fn prepare_step(
     ctx: &RunContext,
     a: &Attempt,
@@ -309,6 +388,7 @@ fn prepare_step(
     ws: &Path,
     deadline: Instant,
     vars: &BTreeMap<String, String>,
+    network: Option<&str>,
 ) -> Result<StepSpec, String> {
     let step = &job.steps[index];
     let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
@@ -353,9 +433,9 @@ fn prepare_step(
     let container = match (&step.image, ctx.containers) {
         (Some(image), true) => {
             let image = scope.expand(image).map_err(|e| format!("image: {e}"))?;
-            Some(container_step(
-                ctx, a, job, index, ws, &workdir, image, &mut env, &script,
-            )?)
+            let mut c = container_step(ctx, a, job, index, ws, &workdir, image, &mut env, &script)?;
+            c.network = network.map(str::to_string);
+            Some(c)
         }
         _ => None,
     };
@@ -451,6 +531,7 @@ fn container_step(
         script_file,
         secrets_file,
         workdir: inside.display().to_string(),
+        network: None,
     })
 }
 

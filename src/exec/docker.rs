@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Executor, OutputLine, StepEnd, StepSpec, Stream};
+use super::{BoxFuture, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, Stream};
 use crate::pipeline::model::{ContainerOptions, PullPolicy};
 
 /// Where the job's workspace appears inside its containers.
@@ -57,6 +57,8 @@ pub struct ContainerStep {
     pub secrets_file: Option<PathBuf>,
     /// Working directory inside the container.
     pub workdir: String,
+    /// The run's network, when the job has services to reach.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,242 @@ impl DockerExecutor {
         &self.docker
     }
 
+    /// The run's bridge network, created on first use.
+    async fn ensure_network(&self, run_id: &str) -> Result<String, String> {
+        use bollard::query_parameters::InspectNetworkOptions;
+        let name = format!("trackside-{run_id}");
+        if self
+            .docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+            .is_ok()
+        {
+            return Ok(name);
+        }
+        let labels = HashMap::from([
+            (LABEL_RUN.to_string(), run_id.to_string()),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+        ]);
+        let created = self
+            .docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => Ok(name),
+            // Another job of the run may have created it meanwhile.
+            Err(e) => match self.docker.inspect_network(&name, None::<InspectNetworkOptions>).await {
+                Ok(_) => Ok(name),
+                Err(_) => Err(format!("cannot create the run's network: {e}")),
+            },
+        }
+    }
+
+    async fn start_services_impl(
+        &self,
+        req: ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> Result<Services, String> {
+        let network = self.ensure_network(&req.run_id).await?;
+        let mut started = Services {
+            containers: Vec::new(),
+            network: Some(network.clone()),
+        };
+        match self.start_each(&req, &network, &out, &mut started).await {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                self.stop_services_impl(started).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_each(
+        &self,
+        req: &ServicesRequest,
+        network: &str,
+        out: &mpsc::Sender<OutputLine>,
+        started: &mut Services,
+    ) -> Result<(), String> {
+        for (svc, env) in &req.services {
+            self.ensure_image(&svc.image, req.pull).await?;
+            let name = format!("trackside-{}-{}-{}-svc-{}", req.run_id, req.job, req.attempt, svc.name);
+            let _ = self.remove(&name).await;
+            let labels = HashMap::from([
+                (LABEL_RUN.to_string(), req.run_id.clone()),
+                (LABEL_JOB.to_string(), req.job.clone()),
+                (LABEL_ATTEMPT.to_string(), req.attempt.to_string()),
+                (LABEL_PID.to_string(), std::process::id().to_string()),
+            ]);
+            let endpoint = bollard::models::EndpointSettings {
+                aliases: Some(vec![svc.name.clone()]),
+                ..Default::default()
+            };
+            let body = ContainerCreateBody {
+                image: Some(svc.image.clone()),
+                cmd: svc.command.clone(),
+                env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                labels: Some(labels),
+                host_config: Some(HostConfig {
+                    network_mode: Some(network.to_string()),
+                    ..Default::default()
+                }),
+                networking_config: Some(bollard::models::NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(network.to_string(), endpoint)])),
+                }),
+                ..Default::default()
+            };
+            let options = CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            };
+            self.docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(|e| format!("cannot create service `{}` from `{}`: {e}", svc.name, svc.image))?;
+            started.containers.push(name.clone());
+            self.docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| format!("cannot start service `{}`: {e}", svc.name))?;
+            let logs = self.docker.logs(
+                &name,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            );
+            // Service output joins the job's log, marked with the service's name.
+            let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
+            let prefix = format!("service {} | ", svc.name);
+            let forward = out.clone();
+            tokio::spawn(forward_logs(logs, tx));
+            tokio::spawn(async move {
+                while let Some(mut line) = rx.recv().await {
+                    line.text = format!("{prefix}{}", line.text);
+                    if forward.send(line).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            if let Err(why) = self.wait_ready(&name, network, svc.port, svc.ready_timeout).await {
+                let tail = self.last_lines(&name, 20).await;
+                let mut msg = format!("service `{}` ({}) {why}", svc.name, svc.image);
+                if !tail.is_empty() {
+                    msg.push_str(&format!("; its last log lines:\n{}", tail.join("\n")));
+                }
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ready = healthy (image HEALTHCHECK), else its port accepts TCP, else running.
+    async fn wait_ready(&self, name: &str, network: &str, port: Option<u16>, timeout: Duration) -> Result<(), String> {
+        use bollard::models::HealthStatusEnum;
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let info = self
+                .docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| format!("vanished: {e}"))?;
+            let state = info.state.clone().unwrap_or_default();
+            if state.running != Some(true) {
+                return Err(format!(
+                    "exited with code {} before it was ready",
+                    state.exit_code.unwrap_or(-1)
+                ));
+            }
+            let health = state.health.as_ref().and_then(|h| h.status);
+            match health {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => return Err("reports unhealthy (its HEALTHCHECK failed)".into()),
+                Some(HealthStatusEnum::STARTING) => {}
+                _ => match port {
+                    None => return Ok(()),
+                    Some(p) => {
+                        let ip = info
+                            .network_settings
+                            .as_ref()
+                            .and_then(|n| n.networks.as_ref())
+                            .and_then(|n| n.get(network))
+                            .and_then(|e| e.ip_address.clone())
+                            .filter(|ip| !ip.is_empty());
+                        if let Some(ip) = ip {
+                            let probe = tokio::net::TcpStream::connect((ip.as_str(), p));
+                            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), probe).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                },
+            }
+            if tokio::time::Instant::now() >= until {
+                let what = match (health, port) {
+                    (Some(HealthStatusEnum::STARTING), _) => "its HEALTHCHECK".to_string(),
+                    (_, Some(p)) => format!("a TCP connection to port {p}"),
+                    _ => "it".to_string(),
+                };
+                return Err(format!(
+                    "was not ready within {}s (waited for {what})",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn last_lines(&self, name: &str, n: usize) -> Vec<String> {
+        let mut logs = self.docker.logs(
+            name,
+            Some(LogsOptions {
+                follow: false,
+                stdout: true,
+                stderr: true,
+                tail: n.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            text.extend_from_slice(&chunk.into_bytes());
+        }
+        String::from_utf8_lossy(&text).lines().map(str::to_string).collect()
+    }
+
+    async fn stop_services_impl(&self, services: Services) {
+        for id in services.containers {
+            self.remove(&id).await;
+        }
+    }
+
+    /// Removes the run's network and anything of the run still around.
+    async fn finish_run_impl(&self, run_id: &str) {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        for c in list {
+            if let Some(id) = c.id {
+                self.remove(&id).await;
+            }
+        }
+        let _ = self.docker.remove_network(&format!("trackside-{run_id}")).await;
+    }
+
     /// Removes containers left by trackside processes that no longer exist.
     /// Returns how many were removed. Anything without trackside's labels,
     /// or owned by a live trackside, is left alone.
@@ -129,6 +367,26 @@ impl DockerExecutor {
                     tracing::info!(container = %id, "removed a container left by a crashed trackside");
                     removed += 1;
                 }
+            }
+        }
+        // Networks of crashed runs too.
+        let filters = HashMap::from([("label".to_string(), vec![LABEL_PID.to_string()])]);
+        let networks = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap_or_default();
+        for n in networks {
+            let pid = n
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_PID))
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+            if let (false, Some(name)) = (alive, n.name) {
+                let _ = self.docker.remove_network(&name).await;
             }
         }
         removed
@@ -292,6 +550,22 @@ impl Executor for DockerExecutor {
     ) -> BoxFuture<'_, StepEnd> {
         Box::pin(self.run(spec, out, cancel))
     }
+
+    fn start_services(
+        &self,
+        req: ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<Services, String>> {
+        Box::pin(self.start_services_impl(req, out))
+    }
+
+    fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_services_impl(services))
+    }
+
+    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.finish_run_impl(run_id))
+    }
 }
 
 /// `trackside-<run>-<job>-<attempt>-<step>`: unique per step, no secrets.
@@ -337,8 +611,19 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
         readonly_rootfs: Some(o.read_only_rootfs),
         ..Default::default()
     };
+    let mut host = host;
+    let networking = c.network.as_ref().map(|net| {
+        host.network_mode = Some(net.clone());
+        bollard::models::NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                net.clone(),
+                bollard::models::EndpointSettings::default(),
+            )])),
+        }
+    });
     ContainerCreateBody {
         image: Some(c.image.clone()),
+        networking_config: networking,
         // The script is a mounted file: nothing of it shows in `docker inspect`.
         cmd: Some(vec!["sh".into(), "-e".into(), SCRIPT_PATH.into()]),
         entrypoint: o.entrypoint.clone(),

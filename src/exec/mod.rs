@@ -89,6 +89,47 @@ pub trait Executor: Send + Sync + 'static {
         out: mpsc::Sender<OutputLine>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, StepEnd>;
+
+    /// Starts a job's services and waits until each is ready; their output
+    /// goes to `out`. `Err` says why a service could not be made ready.
+    fn start_services(
+        &self,
+        req: ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<Services, String>> {
+        let _ = (req, out);
+        Box::pin(async { Err("services need the container executor".to_string()) })
+    }
+
+    /// Stops and removes services started by `start_services`.
+    fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
+        let _ = services;
+        Box::pin(async {})
+    }
+
+    /// Removes what the run created beyond its steps (its network).
+    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
+        let _ = run_id;
+        Box::pin(async {})
+    }
+}
+
+/// A job attempt's services.
+#[derive(Debug, Clone)]
+pub struct ServicesRequest {
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub pull: crate::pipeline::model::PullPolicy,
+    /// Each service with its resolved environment.
+    pub services: Vec<(crate::pipeline::model::Service, BTreeMap<String, String>)>,
+}
+
+/// Running services: container ids and the network the job's steps join.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    pub containers: Vec<String>,
+    pub network: Option<String>,
 }
 
 /// Runs container steps with Docker and the rest with the shell.
@@ -116,6 +157,31 @@ impl Executor for Executors {
                 let msg = format!("step needs image `{}` but no Docker daemon was connected", c.image);
                 Box::pin(async move { StepEnd::SpawnFailed(msg) })
             }
+        }
+    }
+
+    fn start_services(
+        &self,
+        req: ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<Services, String>> {
+        match &self.docker {
+            Some(d) => d.start_services(req, out),
+            None => Box::pin(async { Err("services need a Docker daemon, and none was connected".to_string()) }),
+        }
+    }
+
+    fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
+        match &self.docker {
+            Some(d) => d.stop_services(services),
+            None => Box::pin(async {}),
+        }
+    }
+
+    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
+        match &self.docker {
+            Some(d) => d.finish_run(run_id),
+            None => Box::pin(async {}),
         }
     }
 }

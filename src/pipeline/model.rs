@@ -209,8 +209,24 @@ pub struct Job {
     pub working_directory: Option<String>,
     /// How container steps of this job run (ignored by the shell executor).
     pub container: ContainerOptions,
+    /// Sidecar containers the job's steps can reach by name.
+    pub services: Vec<Service>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// A sidecar container (a database, a small HTTP server) for a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    /// Host name the job's steps reach it by.
+    pub name: String,
+    pub image: String,
+    /// Probed over TCP for readiness when the image has no HEALTHCHECK.
+    pub port: Option<u16>,
+    pub environment: Vec<EnvVar>,
+    pub command: Option<Vec<String>>,
+    #[serde(with = "secs")]
+    pub ready_timeout: Duration,
 }
 
 /// Image pull policy.

@@ -18,7 +18,7 @@ use super::yaml::{self, Node, Pos, Value};
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
-const JOB_KEYS: [&str; 18] = [
+const JOB_KEYS: [&str; 19] = [
     "steps",
     "depends_on",
     "environment",
@@ -37,6 +37,7 @@ const JOB_KEYS: [&str; 18] = [
     "privileged",
     "cap_drop",
     "read_only_rootfs",
+    "services",
 ];
 const STEP_KEYS: [&str; 8] = [
     "name",
@@ -762,6 +763,9 @@ impl Cx<'_> {
             Some(wd)
         });
         let container = self.container(node, &path);
+        let services = get(node, "services")
+            .map(|n| self.services(n, &path))
+            .unwrap_or_default();
         Some(Job {
             name,
             steps,
@@ -776,8 +780,91 @@ impl Cx<'_> {
             allow_failure,
             working_directory,
             container,
+            services,
             pos: key.pos,
         })
+    }
+
+    fn services(&mut self, node: &Node, path: &str) -> Vec<Service> {
+        let spath = join(path, "services");
+        let Value::Seq(items) = &node.value else {
+            self.err(
+                node,
+                &spath,
+                format!("`services` must be a list, found {}", node.type_name()),
+                "write one `- name: ...` entry per service",
+            );
+            return Vec::new();
+        };
+        let keys = ["name", "image", "port", "environment", "command", "ready_timeout"];
+        let mut out: Vec<Service> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{spath}[{i}]");
+            if !self.mapping(item, &ipath, &keys, "a service") {
+                continue;
+            }
+            let name = get(item, "name").and_then(|n| self.string(n, &join(&ipath, "name")));
+            let image = get(item, "image").and_then(|n| self.string(n, &join(&ipath, "image")));
+            let (Some(name), Some(image)) = (name, image) else {
+                self.err(
+                    item,
+                    &ipath,
+                    "a service needs `name` and `image`",
+                    "e.g. `- {name: db, image: postgres:16, port: 5432}`",
+                );
+                continue;
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !name.starts_with('-');
+            if !valid {
+                let n = get(item, "name").unwrap_or(item);
+                self.err(
+                    n,
+                    &join(&ipath, "name"),
+                    format!("`{name}` is not a valid service name"),
+                    "use lowercase letters, digits and `-`: it becomes a host name",
+                );
+                continue;
+            }
+            if out.iter().any(|s| s.name == name) {
+                let n = get(item, "name").unwrap_or(item);
+                self.err(
+                    n,
+                    &join(&ipath, "name"),
+                    format!("duplicate service `{name}`"),
+                    "service names must be unique within a job",
+                );
+                continue;
+            }
+            let port = get(item, "port")
+                .and_then(|n| self.int_in(n, &join(&ipath, "port"), 1, 65535))
+                .and_then(|p| u16::try_from(p).ok());
+            let environment = get(item, "environment")
+                .map(|n| self.env_map(n, &join(&ipath, "environment")))
+                .unwrap_or_default();
+            let command = get(item, "command").map(|n| {
+                self.string_list(n, &join(&ipath, "command"))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect()
+            });
+            let ready_timeout = get(item, "ready_timeout")
+                .and_then(|n| self.seconds_in(n, &join(&ipath, "ready_timeout"), 1.0, 3600.0))
+                .unwrap_or(Duration::from_secs(60));
+            out.push(Service {
+                name,
+                image,
+                port,
+                environment,
+                command,
+                ready_timeout,
+            });
+        }
+        out
     }
 
     fn container(&mut self, node: &Node, path: &str) -> ContainerOptions {
@@ -1032,6 +1119,18 @@ impl Cx<'_> {
                         "its steps run on this host with the host's tools",
                     );
                 }
+            }
+            if opts.executor == ExecutorChoice::Shell && !job.services.is_empty() {
+                let n = job_node
+                    .and_then(|n| get(n, "services"))
+                    .cloned()
+                    .unwrap_or_else(|| root.clone());
+                self.err(
+                    &n,
+                    &format!("{path}.services"),
+                    format!("job `{}` has services, which need the container executor", job.name),
+                    "drop `--executor shell`, or remove `services:`",
+                );
             }
             if opts.executor == ExecutorChoice::Docker {
                 if let Some(step) = job.steps.iter().find(|s| s.image.is_none()) {
