@@ -10,8 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bollard::query_parameters::{BuildImageOptions, ListContainersOptions};
-use futures_util::StreamExt;
+use bollard::query_parameters::ListContainersOptions;
 use trackside::engine::{EventKind, JobStatus, RunResult};
 use trackside::exec::Executors;
 use trackside::exec::docker::{DockerExecutor, LABEL_RUN};
@@ -37,44 +36,8 @@ async fn docker() -> Option<DockerExecutor> {
     }
 }
 
-/// Builds `tag` from scratch: static busybox plus a marker file.
 async fn image(d: &DockerExecutor, tag: &str) {
-    if d.client().inspect_image(tag).await.is_ok() {
-        return;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find_map(|p| std::fs::read(p).ok())
-        .expect("a static busybox (apt-get install busybox-static)");
-    let dockerfile = format!(
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo {tag} > /image-name\nENV PATH=/bin\nCMD [\"sh\"]\n"
-    );
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data, mode) in [
-        ("Dockerfile", dockerfile.as_bytes(), 0o644),
-        ("busybox", busybox.as_slice(), 0o755),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(mode);
-        header.set_cksum();
-        tar.append_data(&mut header, name, data).expect("tar");
-    }
-    let body = tar.into_inner().expect("tar");
-    let mut build = d.client().build_image(
-        BuildImageOptions {
-            t: Some(tag.to_string()),
-            rm: true,
-            ..Default::default()
-        },
-        None,
-        Some(bollard::body_full(body.into())),
-    );
-    while let Some(item) = build.next().await {
-        if let Err(e) = item {
-            panic!("building {tag}: {e}");
-        }
-    }
+    common::image::busybox_image(d.client(), tag).await;
 }
 
 fn with_docker(s: &mut Setup, d: &DockerExecutor) {

@@ -2,6 +2,8 @@
 //! in a temp dir, and bounded waits for events (never sleeps).
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
