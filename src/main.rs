@@ -81,6 +81,9 @@ enum Cmd {
         /// Do not watch the pipeline file for edits during the run.
         #[arg(long)]
         no_watch: bool,
+        /// Keep a failed container job's container and workspace, for `trackside shell`.
+        #[arg(long)]
+        keep_failed: bool,
         /// One JSON event per line instead of plain text.
         #[arg(long)]
         json: bool,
@@ -147,6 +150,15 @@ enum Cmd {
         #[arg(long)]
         timestamps: bool,
     },
+    /// Open a shell in a failed container job: its kept container (see
+    /// --keep-failed) or a fresh one of the same image with its workspace.
+    Shell {
+        run: String,
+        job: String,
+        /// Which attempt (default: the last).
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
     /// Print the summary of a past run.
     Show {
         run: String,
@@ -198,12 +210,14 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             timestamps,
         } => logs(&state, &run, &job, attempt, timestamps),
         Cmd::Show { run, format } => show(&state, &run, format),
+        Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Run {
             file,
             vars,
             headless,
             ascii,
             no_watch,
+            keep_failed,
             json,
             jobs,
             fail_fast,
@@ -275,6 +289,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 cfg.watch = Some(opts.clone());
             }
             cfg.only_job = job;
+            cfg.keep_failed = keep_failed;
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
@@ -565,6 +580,27 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
     }
     print!("{out}");
     Ok(0)
+}
+
+fn shell(state: &Path, run: &str, job: &str, attempt: Option<u32>) -> Result<u8, Fail> {
+    let dir = store::find_run(state, run)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (mut cmd, what) = rt.block_on(async {
+        let docker = DockerExecutor::connect().await.map_err(|e| Fail(e.to_string(), 2))?;
+        trackside::exec::docker::debug_shell(&docker, &dir, job, attempt)
+            .await
+            .map_err(|e| Fail(e, 2))
+    })?;
+    eprintln!("trackside: opening a shell in {what}; `exit` leaves it");
+    let status = cmd.status().map_err(|e| {
+        Fail(
+            format!(
+                "cannot run the docker CLI ({e}); the interactive shell needs it (Debian: apt-get install docker.io)"
+            ),
+            2,
+        )
+    })?;
+    Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }
 
 fn show(state: &Path, run: &str, format: OutputFormat) -> Result<u8, Fail> {

@@ -350,3 +350,106 @@ async fn a_service_that_never_becomes_ready_fails_the_job_as_infra() {
     r.handle.shutdown().await;
     assert_eq!(labelled(&d, &run_id).await, 0);
 }
+
+/// Writes a pipeline whose container job fails after leaving evidence in its
+/// filesystem and workspace; returns the project directory.
+fn failing_project(dir: &std::path::Path) -> std::path::PathBuf {
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("README"), "project file\n").expect("write");
+    std::fs::write(
+        project.join("p.yml"),
+        format!(
+            "name: t\njobs:\n  broken:\n    image: {IMAGE_A}\n    pull: never\n    environment: {{MODE: debug}}\n    steps:\n      - script: ['echo in-container > /evidence', 'echo in-workspace > made.txt', 'exit 3']\n"
+        ),
+    )
+    .expect("write");
+    project
+}
+
+fn run_headless(project: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> i32 {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["run", "p.yml", "--headless", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .current_dir(project)
+        .output()
+        .expect("run")
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn shell_opens_in_the_kept_failed_container() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = failing_project(dir.path());
+    let state = dir.path().join("state");
+    assert_eq!(run_headless(&project, &state, &["--keep-failed"]), 1);
+    let exit_file = dir.path().join("exit");
+    let command = format!(
+        "{} shell last broken --state-dir {}; echo $? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_trackside"),
+        state.display(),
+        exit_file.display()
+    );
+    let Some(t) = common::tmux::Tmux::start("keptshell", &project, &command) else {
+        return;
+    };
+    t.wait_for(&["the failed container", "/workspace #"]);
+    t.type_until(
+        "cat /evidence made.txt; echo mode=$MODE",
+        &["in-container", "in-workspace", "mode=debug"],
+    );
+    t.keys(&["exit 4", "Enter"]);
+    assert_eq!(common::tmux::wait_file(&exit_file).trim(), "4", "the shell's exit code");
+}
+
+#[tokio::test]
+async fn shell_without_a_kept_container_uses_a_fresh_one_of_the_image() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = failing_project(dir.path());
+    let state = dir.path().join("state");
+    assert_eq!(run_headless(&project, &state, &[]), 1);
+    let command = format!(
+        "{} shell last broken --state-dir {}; sleep 60",
+        env!("CARGO_BIN_EXE_trackside"),
+        state.display()
+    );
+    let Some(t) = common::tmux::Tmux::start("freshshell", &project, &command) else {
+        return;
+    };
+    t.wait_for(&["a fresh `trackside-test-busybox:a` container", "/workspace #"]);
+    t.type_until(
+        "cat /image-name README; ls /evidence",
+        &[IMAGE_A, "project file", "No such file"],
+    );
+    t.keys(&["exit", "Enter"]);
+}
+
+#[tokio::test]
+async fn the_ui_suspends_for_a_shell_and_comes_back() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = failing_project(dir.path());
+    let command = format!(
+        "{} run p.yml --keep-failed --state-dir {}; sleep 60",
+        env!("CARGO_BIN_EXE_trackside"),
+        dir.path().join("state").display()
+    );
+    let Some(t) = common::tmux::Tmux::start("uishell", &project, &command) else {
+        return;
+    };
+    t.wait_for(&["FAILED", "s shell"]);
+    t.keys(&["s"]);
+    t.wait_for(&["/workspace #"]);
+    t.type_until("cat /evidence", &["in-container"]);
+    t.keys(&["exit", "Enter"]);
+    t.wait_for(&["shell in `broken` ended", "jobs (DAG)"]);
+    t.keys(&["q"]);
+}

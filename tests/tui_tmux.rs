@@ -5,103 +5,12 @@
 //! Needs tmux (Debian package `tmux`; .ci/run installs it). Without it the
 //! test fails under CI=true and is skipped loudly elsewhere.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-const LIMIT: Duration = Duration::from_secs(30);
-
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-u", "-L", &self.socket]);
-        c
-    }
-
-    /// A tmux server of its own (`name` keeps parallel tests apart).
-    fn start(name: &str, dir: &Path, command: &str) -> Option<Tmux> {
-        let available = Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !available {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must have tmux (.ci/run installs it)"
-            );
-            eprintln!("SKIPPED tmux end-to-end test: tmux is not installed (apt-get install tmux)");
-            return None;
-        }
-        let t = Tmux {
-            socket: format!("trackside-test-{}-{name}", std::process::id()),
-        };
-        let ok = t
-            .cmd()
-            .args(["new-session", "-d", "-s", "e2e", "-x", "120", "-y", "32", "-c"])
-            .arg(dir)
-            .arg(command)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "tmux new-session failed");
-        Some(t)
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", "e2e"])
-            .output()
-            .expect("capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            let ok = self
-                .cmd()
-                .args(["send-keys", "-t", "e2e", k])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "send-keys {k}");
-        }
-    }
-
-    /// Waits until the screen shows all of `texts`.
-    fn wait_for(&self, texts: &[&str]) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if texts.iter().all(|t| s.contains(t)) {
-                return s;
-            }
-            assert!(start.elapsed() < LIMIT, "waited {LIMIT:?} for {texts:?}; screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
-    }
-}
-
-fn wait_file(path: &Path) -> String {
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if s.ends_with('\n') {
-                return s;
-            }
-        }
-        assert!(start.elapsed() < LIMIT, "no {}", path.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::tmux::{Tmux, wait_file};
 
 #[test]
 fn approve_retry_cancel_and_quit_in_a_real_terminal() {

@@ -72,6 +72,8 @@ pub struct EngineConfig {
     pub executor: Arc<dyn Executor>,
     /// Whether steps with an image run in containers (the executor must handle them).
     pub containers: bool,
+    /// Keep a failed attempt's container and workspace (`trackside shell`).
+    pub keep_failed: bool,
     pub seed: Option<u64>,
     /// Watch the pipeline file and apply valid edits to jobs that have not
     /// started, re-reading it with these options. `None`: no watching.
@@ -103,6 +105,7 @@ impl EngineConfig {
             kill_grace: None,
             executor: Arc::new(crate::exec::shell::ShellExecutor),
             containers: false,
+            keep_failed: false,
             seed: None,
             watch: None,
         }
@@ -287,6 +290,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         host_env: cfg.host_env.clone(),
         executor: cfg.executor.clone(),
         containers: cfg.containers,
+        keep_failed: cfg.keep_failed,
     });
     let cond_env = conditional_env(&ctx, &pipeline);
     let opts = Options {

@@ -74,6 +74,8 @@ pub struct RunContext {
     pub executor: Arc<dyn Executor>,
     /// Whether steps with an image run in containers.
     pub containers: bool,
+    /// `--keep-failed`: keep a failed attempt's container and workspace.
+    pub keep_failed: bool,
 }
 
 impl RunContext {
@@ -235,7 +237,8 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     let network = services.network.clone();
     let outcome = run_steps(ctx, a, job, &ws, deadline, network).await;
     ctx.executor.stop_services(services).await;
-    if !ctx.in_place && !ctx.keep_workspaces {
+    let keep = ctx.keep_workspaces || (ctx.keep_failed && outcome.failure.is_some());
+    if !ctx.in_place && !keep {
         let dest = ws.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dest)).await;
     }
@@ -520,6 +523,17 @@ fn container_step(
     let script_file = write(format!("{base}.sh"), &format!("{prelude}{script}"))?;
     let rel = workdir.strip_prefix(ws).unwrap_or(Path::new(""));
     let inside = Path::new(crate::exec::docker::WORKDIR).join(rel);
+    let record = crate::exec::docker::StepRecord {
+        container: format!("trackside-{}-{}-{}-{index}", ctx.run_id, job.name, a.attempt),
+        image: image.clone(),
+        workspace: ws.to_path_buf(),
+        workdir: inside.display().to_string(),
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        secrets_file: secrets_file.clone(),
+        user: job.container.user.clone(),
+    };
+    let record_text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    write(format!("{base}.json"), &record_text)?;
     Ok(crate::exec::docker::ContainerStep {
         image,
         options: job.container.clone(),
@@ -532,6 +546,7 @@ fn container_step(
         secrets_file,
         workdir: inside.display().to_string(),
         network: None,
+        keep_on_failure: ctx.keep_failed,
     })
 }
 
@@ -627,6 +642,7 @@ mod tests {
             host_env: Vec::new(),
             executor: Arc::new(crate::exec::shell::ShellExecutor),
             containers: false,
+            keep_failed: false,
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -39,6 +39,22 @@ pub const LABEL_JOB: &str = "dev.trackside.job";
 pub const LABEL_ATTEMPT: &str = "dev.trackside.attempt";
 /// The pid of the trackside that owns the container: a dead pid marks a leftover.
 pub const LABEL_PID: &str = "dev.trackside.pid";
+/// Set on containers of a `--keep-failed` run: once exited, they are kept.
+pub const LABEL_KEEP: &str = "dev.trackside.keep";
+
+/// What a container step ran with, kept in the run folder
+/// (`steps/<job>.<attempt>.<step>.json`) so `trackside shell` can make a
+/// fresh container like it when the original is gone. No secret values.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    pub container: String,
+    pub image: String,
+    pub workspace: PathBuf,
+    pub workdir: String,
+    pub env: Vec<(String, String)>,
+    pub secrets_file: Option<PathBuf>,
+    pub user: Option<String>,
+}
 
 /// What a container step needs beyond the shell step's fields.
 #[derive(Debug, Clone)]
@@ -59,6 +75,8 @@ pub struct ContainerStep {
     pub workdir: String,
     /// The run's network, when the job has services to reach.
     pub network: Option<String>,
+    /// `--keep-failed`: leave the container when the step fails.
+    pub keep_on_failure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,11 +348,56 @@ impl DockerExecutor {
             .await
             .unwrap_or_default();
         for c in list {
+            if kept(&c) {
+                continue;
+            }
             if let Some(id) = c.id {
                 self.remove(&id).await;
             }
         }
         let _ = self.docker.remove_network(&format!("trackside-{run_id}")).await;
+    }
+
+    /// The newest container kept for a failed step of `job` in `run_id`.
+    pub async fn kept_container(&self, run_id: &str, job: &str) -> Option<String> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_RUN}={run_id}"),
+                format!("{LABEL_JOB}={job}"),
+                format!("{LABEL_KEEP}=1"),
+            ],
+        )]);
+        let mut list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .ok()?;
+        list.sort_by_key(|c| c.created.unwrap_or(0));
+        list.into_iter().rev().find(kept).and_then(|c| c.id)
+    }
+
+    /// Commits a container's filesystem to an image, for a debug shell in it.
+    pub async fn snapshot(&self, container: &str) -> Result<String, String> {
+        let repo = "trackside-debug";
+        let tag: String = container.chars().filter(char::is_ascii_alphanumeric).take(60).collect();
+        self.docker
+            .commit_container(
+                bollard::query_parameters::CommitContainerOptions {
+                    container: Some(container.to_string()),
+                    repo: Some(repo.to_string()),
+                    tag: Some(tag.clone()),
+                    ..Default::default()
+                },
+                bollard::models::ContainerConfig::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot snapshot container {container}: {e}"))?;
+        Ok(format!("{repo}:{tag}"))
     }
 
     /// Removes containers left by trackside processes that no longer exist.
@@ -359,7 +422,7 @@ impl DockerExecutor {
                 .and_then(|l| l.get(LABEL_PID))
                 .and_then(|p| p.parse::<i32>().ok());
             let alive = pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
-            if alive {
+            if alive || kept(&c) {
                 continue;
             }
             if let Some(id) = c.id {
@@ -458,8 +521,21 @@ impl DockerExecutor {
         {
             return StepEnd::SpawnFailed(format!("cannot create a container from `{}`: {e}", c.image));
         }
-        let end = self.start_and_wait(&name, &spec, out, cancel).await;
-        self.remove(&name).await;
+        let end = self.start_and_wait(&name, &spec, out.clone(), cancel).await;
+        let failed = !matches!(end, StepEnd::Exited(0) | StepEnd::Cancelled);
+        if c.keep_on_failure && failed {
+            let _ = out
+                .send(OutputLine {
+                    stream: Stream::Stderr,
+                    text: format!(
+                        "trackside: kept container {name}; `trackside shell {} {}` opens a shell in it",
+                        c.run_id, c.job
+                    ),
+                })
+                .await;
+        } else {
+            self.remove(&name).await;
+        }
         end
     }
 
@@ -537,6 +613,42 @@ impl DockerExecutor {
     }
 }
 
+/// An exited container of a `--keep-failed` run.
+fn kept(c: &bollard::models::ContainerSummary) -> bool {
+    let keep = c
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_KEEP))
+        .is_some_and(|v| v == "1");
+    keep && c.state == Some(bollard::models::ContainerSummaryStateEnum::EXITED)
+}
+
+/// `docker run -it --rm` of a shell like the step's container: its image (or
+/// a snapshot of the failed container), workspace, working directory,
+/// environment and secrets file. The docker CLI owns the terminal.
+pub fn shell_command(image: &str, rec: &StepRecord, workspace: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("docker");
+    cmd.args(["run", "--rm", "-it", "--entrypoint", "sh"]);
+    cmd.arg("-v").arg(format!("{}:{WORKDIR}", workspace.display()));
+    if let Some(s) = rec.secrets_file.as_ref().filter(|s| s.exists()) {
+        cmd.arg("-v").arg(format!("{}:{SECRETS_PATH}:ro", s.display()));
+    }
+    cmd.args(["-w", &rec.workdir]);
+    if let Some(u) = &rec.user {
+        cmd.args(["-u", u]);
+    }
+    for (k, v) in &rec.env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    cmd.args(["--label", &format!("{LABEL_RUN}=shell")]);
+    cmd.arg(image);
+    cmd.args([
+        "-c",
+        "[ -r /run/trackside/secrets.env ] && . /run/trackside/secrets.env; exec sh",
+    ]);
+    cmd
+}
+
 impl Executor for DockerExecutor {
     fn name(&self) -> &'static str {
         "docker"
@@ -593,12 +705,15 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     if let Some(s) = &c.secrets_file {
         binds.push(format!("{}:{SECRETS_PATH}:ro", s.display()));
     }
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_RUN.to_string(), c.run_id.clone()),
         (LABEL_JOB.to_string(), c.job.clone()),
         (LABEL_ATTEMPT.to_string(), c.attempt.to_string()),
         (LABEL_PID.to_string(), std::process::id().to_string()),
     ]);
+    if c.keep_on_failure {
+        labels.insert(LABEL_KEEP.to_string(), "1".to_string());
+    }
     let host = HostConfig {
         binds: Some(binds),
         nano_cpus: o.cpus.map(|c| (c * 1e9) as i64),
@@ -676,4 +791,79 @@ async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8]) {
             text: String::from_utf8_lossy(line).into_owned(),
         })
         .await;
+}
+
+/// Prepares `trackside shell RUN JOB`: the failed container of the job when
+/// `--keep-failed` kept one (its filesystem, via a snapshot), otherwise a
+/// fresh container of the step's image with the job's workspace (a fresh copy
+/// of the project if the workspace is gone) and environment. Returns the
+/// command to run and a sentence saying what it opens.
+pub async fn debug_shell(
+    docker: &DockerExecutor,
+    run_dir: &std::path::Path,
+    job: &str,
+    attempt: Option<u32>,
+) -> Result<(std::process::Command, String), String> {
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Step records, newest attempt and last step first.
+    let mut records: Vec<(u32, usize, StepRecord)> = std::fs::read_dir(run_dir.join("steps"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(&format!("{job}."))?.strip_suffix(".json")?;
+            let (a, i) = rest.split_once('.')?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            Some((a.parse().ok()?, i.parse().ok()?, serde_json::from_str(&text).ok()?))
+        })
+        .filter(|(a, _, _)| attempt.is_none_or(|want| *a == want))
+        .collect();
+    records.sort_by_key(|(a, i, _)| std::cmp::Reverse((*a, *i)));
+    let Some((_, _, newest)) = records.first().cloned() else {
+        return Err(format!(
+            "job `{job}` of run {run_id} ran no container step{}; a shell needs a container job",
+            attempt.map(|a| format!(" in attempt {a}")).unwrap_or_default()
+        ));
+    };
+    let kept = docker.kept_container(&run_id, job).await;
+    let (image, rec, what) = match kept {
+        // The newest record is the failed step: later steps do not run after a failure.
+        Some(id) => {
+            let image = docker.snapshot(&id).await?;
+            (
+                image,
+                newest,
+                "the failed container (a snapshot of its filesystem)".to_string(),
+            )
+        }
+        None => {
+            let what = format!(
+                "a fresh `{}` container (the failed one was not kept; run with --keep-failed to keep it)",
+                newest.image
+            );
+            (newest.image.clone(), newest, what)
+        }
+    };
+    let workspace = if rec.workspace.exists() {
+        rec.workspace.clone()
+    } else {
+        let meta: crate::store::RunMeta = std::fs::read_to_string(run_dir.join("meta.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| format!("run {run_id} has no readable meta.json"))?;
+        let dest = run_dir.join("work").join(format!("{job}.shell"));
+        let files = super::workspace::project_files(&meta.project_dir)
+            .map_err(|e| format!("cannot list {}: {e}", meta.project_dir.display()))?;
+        super::workspace::copy_files(&meta.project_dir, &files, &dest)
+            .map_err(|e| format!("cannot copy the project: {e}"))?;
+        dest
+    };
+    Ok((
+        shell_command(&image, &rec, &workspace),
+        format!("{what}, workspace {}", workspace.display()),
+    ))
 }

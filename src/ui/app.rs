@@ -30,6 +30,8 @@ pub enum Command {
     Quit {
         cancel: bool,
     },
+    /// Suspend the UI for a shell in the job's (failed) container.
+    Shell(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +162,7 @@ impl App {
         match action {
             Action::Approve => status == Some(JobStatus::WaitingApproval),
             Action::Retry => matches!(status, Some(JobStatus::Failed | JobStatus::Cancelled)),
+            Action::Shell => status == Some(JobStatus::Failed),
             Action::RerunFailed => self
                 .model
                 .jobs
@@ -277,6 +280,7 @@ impl App {
             self.status = Some(match action {
                 Action::Approve => format!("`{name}` is not waiting for approval"),
                 Action::Retry => format!("`{name}` has not failed; only failed or cancelled jobs can be retried"),
+                Action::Shell => format!("`{name}` has not failed; a shell opens in a failed container job"),
                 Action::RerunFailed => "no failed job to rerun".into(),
                 Action::Cancel => format!("`{name}` has already finished"),
                 Action::CancelAll => "the run has finished".into(),
@@ -334,6 +338,7 @@ impl App {
                 )
             }
             Action::Retry => vec![Command::Retry(name)],
+            Action::Shell => vec![Command::Shell(name)],
             Action::RerunFailed => vec![Command::RerunFailed],
             Action::Cancel => self.confirm(format!("Cancel `{name}`? (y/n)"), vec![Command::Cancel(name)]),
             Action::CancelAll => self.confirm("Cancel the whole run? (y/n)".into(), vec![Command::CancelAll]),

@@ -29,6 +29,7 @@ pub enum Action {
     Bottom,
     PrevAttempt,
     NextAttempt,
+    Shell,
     Help,
     Quit,
 }
@@ -149,6 +150,14 @@ pub const BINDINGS: &[Binding] = &[
         S::Everywhere,
         "rerun failed",
         "rerun every failed job",
+    ),
+    b(
+        &[K::Char('s')],
+        "s",
+        A::Shell,
+        S::Everywhere,
+        "shell",
+        "shell in the selected failed container job",
     ),
     b(
         &[K::Char('c')],

@@ -88,12 +88,40 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Lets the UI hand the terminal to another program (a debug shell): the
+/// input thread parks, so it reads none of that program's keystrokes.
+#[derive(Clone, Default)]
+struct InputPause {
+    requested: Arc<AtomicBool>,
+    parked: Arc<AtomicBool>,
+}
+
+impl InputPause {
+    /// Asks the input thread to park and waits (bounded) until it has.
+    fn park(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let until = Instant::now() + Duration::from_secs(1);
+        while !self.parked.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::yield_now();
+        }
+    }
+    fn resume(&self) {
+        self.requested.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Reads terminal input on its own thread, polling so it can be stopped.
-fn spawn_input(stop: Arc<AtomicBool>) -> mpsc::Receiver<TermEvent> {
+fn spawn_input(stop: Arc<AtomicBool>, pause: InputPause) -> mpsc::Receiver<TermEvent> {
     let (tx, rx) = mpsc::channel(256);
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            match crossterm::event::poll(Duration::from_millis(100)) {
+            if pause.requested.load(Ordering::SeqCst) {
+                pause.parked.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            pause.parked.store(false, Ordering::SeqCst);
+            match crossterm::event::poll(Duration::from_millis(50)) {
                 Ok(true) => match crossterm::event::read() {
                     Ok(ev) => {
                         if tx.blocking_send(ev).is_err() {
@@ -157,7 +185,8 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut input = spawn_input(stop.clone());
+    let pause = InputPause::default();
+    let mut input = spawn_input(stop.clone(), pause.clone());
     handle.start().await?;
 
     let mut app = App::new(Theme {
@@ -203,6 +232,10 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 if let TermEvent::Key(key) = ev {
                     if key.kind != KeyEventKind::Release {
                         for cmd in app.handle_key(key) {
+                            if let Command::Shell(job) = &cmd {
+                                app.status = Some(shell(handle, job, &mut terminal, &pause).await);
+                                continue;
+                            }
                             if let Some(done) = perform(handle, &mut app, cmd).await {
                                 quitting = quitting || done;
                                 if done && app.model.finished.is_some() {
@@ -263,6 +296,36 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     }
 }
 
+/// Suspends the UI, runs a shell in the job's failed container, and comes
+/// back. Returns the line to show afterwards.
+async fn shell(
+    handle: &EngineHandle,
+    job: &str,
+    terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
+    pause: &InputPause,
+) -> String {
+    let docker = match crate::exec::docker::DockerExecutor::connect().await {
+        Ok(d) => d,
+        Err(e) => return e.to_string(),
+    };
+    let (mut cmd, what) = match crate::exec::docker::debug_shell(&docker, handle.run_dir(), job, None).await {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    pause.park();
+    restore_terminal();
+    println!("trackside: a shell in {what}; `exit` returns to the run");
+    let status = tokio::task::block_in_place(|| cmd.status());
+    let back = enable_raw_mode().and_then(|()| execute!(io::stdout(), EnterAlternateScreen, cursor::Hide));
+    pause.resume();
+    let _ = terminal.clear();
+    match (status, back) {
+        (_, Err(e)) => format!("could not take the terminal back: {e}"),
+        (Ok(s), Ok(())) => format!("shell in `{job}` ended ({s})"),
+        (Err(e), Ok(())) => format!("cannot run the docker CLI ({e}); the shell needs it (apt-get install docker.io)"),
+    }
+}
+
 fn draw(terminal: &mut Terminal<CrosstermBackend<io::Stdout>>, app: &App) -> io::Result<()> {
     let mut out = io::stdout();
     execute!(out, crossterm::terminal::BeginSynchronizedUpdate)?;
@@ -285,6 +348,7 @@ async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<b
             handle.pause_scheduling().await,
         ),
         Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
+        Command::Shell(_) => return None,
         Command::Quit { cancel } => {
             if *cancel {
                 app.status = Some("cancelling running jobs, then quitting".into());
