@@ -453,3 +453,46 @@ async fn the_ui_suspends_for_a_shell_and_comes_back() {
     t.wait_for(&["shell in `broken` ended", "jobs (DAG)"]);
     t.keys(&["q"]);
 }
+
+#[tokio::test]
+async fn a_healthcheck_decides_when_a_service_is_ready() {
+    let Some(d) = docker().await else { return };
+    let tag = "trackside-test-busybox:health";
+    common::image::busybox_image_with(
+        d.client(),
+        tag,
+        "HEALTHCHECK --interval=1s --timeout=1s CMD test -f /ready\n",
+    )
+    .await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  uses-it:\n    image: {IMAGE_A}\n    pull: never\n    services:\n      - name: slow\n        image: {tag}\n        ready_timeout: 30\n        command: [sh, -c, 'echo preparing; sleep 2; echo prepared; touch /ready; sleep 300']\n    steps:\n      - script: [echo job-runs]\n"
+    ));
+    image(&d, IMAGE_A).await;
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("uses-it"));
+    let lines = r.lines("uses-it");
+    let prepared = lines
+        .iter()
+        .position(|l| l == "service slow | prepared")
+        .expect("service output");
+    let ran = lines.iter().position(|l| l == "job-runs").expect("job output");
+    assert!(prepared < ran, "the job waited for the healthcheck: {lines:?}");
+}
+
+#[tokio::test]
+async fn user_entrypoint_and_read_only_rootfs_are_applied() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  locked:\n    image: {IMAGE_A}\n    pull: never\n    user: '1234:1234'\n    entrypoint: []\n    read_only_rootfs: true\n    cap_drop: [ALL]\n    steps:\n      - script: ['echo uid=$(id -u)', 'touch /x 2>/dev/null || echo rootfs-read-only', 'touch /workspace/ok 2>/dev/null || echo workspace-needs-uid']\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("locked"));
+    let lines = r.lines("locked");
+    assert!(lines.contains(&"uid=1234".to_string()), "{lines:?}");
+    assert!(lines.contains(&"rootfs-read-only".to_string()), "{lines:?}");
+}

@@ -470,8 +470,16 @@ fn container_step(
 ) -> Result<crate::exec::docker::ContainerStep, String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    // The folder is private to trackside's user; the files in it are readable
+    // by anyone who reaches them, so a container running as another `user:`
+    // can read its script and secrets through the bind mount.
     let dir = ctx.run_dir.join("steps");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot protect {}: {e}", dir.display()))?;
+    }
     let base = format!("{}.{}.{index}", job.name, a.attempt);
     let write = |name: String, text: &str| -> Result<PathBuf, String> {
         let path = dir.join(name);
@@ -479,7 +487,7 @@ fn container_step(
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(0o644)
             .open(&path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;

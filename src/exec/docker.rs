@@ -705,6 +705,10 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     if let Some(s) = &c.secrets_file {
         binds.push(format!("{}:{SECRETS_PATH}:ro", s.display()));
     }
+    // Never mounted unless the job asks for it (`docker_socket: true`).
+    if o.docker_socket {
+        binds.push("/var/run/docker.sock:/var/run/docker.sock".into());
+    }
     let mut labels = HashMap::from([
         (LABEL_RUN.to_string(), c.run_id.clone()),
         (LABEL_JOB.to_string(), c.job.clone()),

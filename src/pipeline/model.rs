@@ -263,6 +263,8 @@ pub struct ContainerOptions {
     pub privileged: bool,
     pub cap_drop: Vec<String>,
     pub read_only_rootfs: bool,
+    /// Mount the host's Docker socket into the job (asked for explicitly).
+    pub docker_socket: bool,
 }
 
 impl Job {

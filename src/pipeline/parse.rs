@@ -18,7 +18,7 @@ use super::yaml::{self, Node, Pos, Value};
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
-const JOB_KEYS: [&str; 19] = [
+const JOB_KEYS: [&str; 20] = [
     "steps",
     "depends_on",
     "environment",
@@ -38,6 +38,7 @@ const JOB_KEYS: [&str; 19] = [
     "cap_drop",
     "read_only_rootfs",
     "services",
+    "docker_socket",
 ];
 const STEP_KEYS: [&str; 8] = [
     "name",
@@ -950,6 +951,17 @@ impl Cx<'_> {
         }
         if let Some(n) = get(node, "read_only_rootfs") {
             c.read_only_rootfs = self.boolean(n, &join(path, "read_only_rootfs")).unwrap_or(false);
+        }
+        if let Some(n) = get(node, "docker_socket") {
+            c.docker_socket = self.boolean(n, &join(path, "docker_socket")).unwrap_or(false);
+            if c.docker_socket {
+                self.warn(
+                    n,
+                    &join(path, "docker_socket"),
+                    "this job gets the host's Docker socket",
+                    "whoever controls the job controls the host's Docker daemon",
+                );
+            }
         }
         c
     }

@@ -7,6 +7,11 @@ use futures_util::StreamExt;
 
 /// Builds `tag` (busybox + `/image-name` holding the tag) unless it exists.
 pub async fn busybox_image(docker: &bollard::Docker, tag: &str) {
+    busybox_image_with(docker, tag, "").await;
+}
+
+/// The same with extra Dockerfile lines (e.g. a HEALTHCHECK).
+pub async fn busybox_image_with(docker: &bollard::Docker, tag: &str, extra: &str) {
     if docker.inspect_image(tag).await.is_ok() {
         return;
     }
@@ -15,7 +20,7 @@ pub async fn busybox_image(docker: &bollard::Docker, tag: &str) {
         .find_map(|p| std::fs::read(p).ok())
         .expect("a static busybox (apt-get install busybox-static)");
     let dockerfile = format!(
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo {tag} > /image-name\nENV PATH=/bin\nCMD [\"sh\"]\n"
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo {tag} > /image-name\nENV PATH=/bin\n{extra}CMD [\"sh\"]\n"
     );
     let mut tar = tar::Builder::new(Vec::new());
     for (name, data, mode) in [
