@@ -2,10 +2,14 @@
 //! Run: `cargo bench --bench containers` (needs a Docker daemon and Debian's
 //! busybox-static; the image is built locally, no registry).
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::stats;
+
 #[path = "../tests/common/image.rs"]
 mod image;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use trackside::engine::{self, EngineConfig, EventKind};
 use trackside::exec::Executors;
@@ -14,18 +18,6 @@ use trackside::exec::shell::ShellExecutor;
 use trackside::pipeline::{LoadOptions, Plan, parse_source};
 
 const IMAGE: &str = "trackside-test-busybox:a";
-
-fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{name:<58} n={:<5} median {:>10.3?}  p99 {:>10.3?}  max {:>10.3?}   target: {target}",
-        samples.len(),
-        pick(0.5),
-        pick(0.99),
-        pick(1.0)
-    );
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {

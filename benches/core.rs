@@ -5,24 +5,16 @@
 //! repeats its measurement and prints the median and p99 (the machine is
 //! shared and noisy; medians are what to compare).
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::stats;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use trackside::engine::state::{Input, Options, Outcome, RunState};
 use trackside::engine::{self, EngineConfig, EventKind};
 use trackside::pipeline::{LoadOptions, Plan, parse_source};
-
-fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{name:<58} n={:<5} median {:>10.3?}  p99 {:>10.3?}  max {:>10.3?}   target: {target}",
-        samples.len(),
-        pick(0.5),
-        pick(0.99),
-        pick(1.0)
-    );
-}
 
 /// A layered DAG: `width` jobs per level, each depending on two jobs of the level before.
 fn generated_pipeline(jobs: usize, width: usize) -> String {

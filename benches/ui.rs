@@ -6,6 +6,10 @@
 //!    time from a key press to the screen showing its effect, and
 //!    trackside's peak RSS. Needs tmux; without it this part says so.
 
+#[path = "support/stats.rs"]
+mod stats;
+use stats::stats;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,18 +23,6 @@ use trackside::engine::{JobStatus, Stream};
 use trackside::pipeline::When;
 use trackside::ui::app::App;
 use trackside::ui::theme::Theme;
-
-fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{name:<58} n={:<5} median {:>10.3?}  p99 {:>10.3?}  max {:>10.3?}   target: {target}",
-        samples.len(),
-        pick(0.5),
-        pick(0.99),
-        pick(1.0)
-    );
-}
 
 fn big_app() -> App {
     let mut app = App::new(Theme {

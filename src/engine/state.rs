@@ -133,6 +133,26 @@ struct JobState {
     round_attempts: u32,
 }
 
+impl JobState {
+    /// A job that has not been looked at yet.
+    fn fresh() -> Self {
+        JobState {
+            status: JobStatus::Pending,
+            attempt: 0,
+            attempts: Vec::new(),
+            blocked_by: None,
+            reason: None,
+            approved: false,
+            kill_reason: None,
+            failed_before: false,
+            first_start: None,
+            duration: Duration::ZERO,
+            failure_class: None,
+            round_attempts: 0,
+        }
+    }
+}
+
 pub struct RunState {
     run_id: String,
     pipeline: Pipeline,
@@ -170,23 +190,7 @@ impl RunState {
         let rng = fastrand::Rng::with_seed(opts.seed);
         RunState {
             run_id: run_id.into(),
-            jobs: vec![
-                JobState {
-                    status: JobStatus::Pending,
-                    attempt: 0,
-                    attempts: Vec::new(),
-                    blocked_by: None,
-                    reason: None,
-                    approved: false,
-                    kill_reason: None,
-                    failed_before: false,
-                    first_start: None,
-                    duration: Duration::ZERO,
-                    failure_class: None,
-                    round_attempts: 0,
-                };
-                n
-            ],
+            jobs: vec![JobState::fresh(); n],
             pipeline,
             plan,
             opts: Options {
@@ -441,22 +445,8 @@ impl RunState {
             changed: changes.changed.clone(),
             kept: changes.kept.clone(),
         })];
-        let fresh = JobState {
-            status: JobStatus::Pending,
-            attempt: 0,
-            attempts: Vec::new(),
-            blocked_by: None,
-            reason: None,
-            approved: false,
-            kill_reason: None,
-            failed_before: false,
-            first_start: None,
-            duration: Duration::ZERO,
-            failure_class: None,
-            round_attempts: 0,
-        };
         while self.jobs.len() < merged.jobs.len() {
-            self.jobs.push(fresh.clone());
+            self.jobs.push(JobState::fresh());
             self.removed.push(false);
         }
         self.pipeline = merged;

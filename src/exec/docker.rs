@@ -335,19 +335,22 @@ impl DockerExecutor {
         }
     }
 
-    /// Removes the run's network and anything of the run still around.
-    async fn finish_run_impl(&self, run_id: &str) {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
-        let list = self
-            .docker
+    /// Containers (running or not) carrying all of `labels` (`key` or `key=value`).
+    async fn containers_with(&self, labels: Vec<String>) -> Vec<bollard::models::ContainerSummary> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        self.docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
                 ..Default::default()
             }))
             .await
-            .unwrap_or_default();
-        for c in list {
+            .unwrap_or_default()
+    }
+
+    /// Removes the run's network and anything of the run still around.
+    async fn finish_run_impl(&self, run_id: &str) {
+        for c in self.containers_with(vec![format!("{LABEL_RUN}={run_id}")]).await {
             if kept(&c) {
                 continue;
             }
@@ -360,23 +363,12 @@ impl DockerExecutor {
 
     /// The newest container kept for a failed step of `job` in `run_id`.
     pub async fn kept_container(&self, run_id: &str, job: &str) -> Option<String> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_RUN}={run_id}"),
-                format!("{LABEL_JOB}={job}"),
-                format!("{LABEL_KEEP}=1"),
-            ],
-        )]);
-        let mut list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .ok()?;
+        let labels = vec![
+            format!("{LABEL_RUN}={run_id}"),
+            format!("{LABEL_JOB}={job}"),
+            format!("{LABEL_KEEP}=1"),
+        ];
+        let mut list = self.containers_with(labels).await;
         list.sort_by_key(|c| c.created.unwrap_or(0));
         list.into_iter().rev().find(kept).and_then(|c| c.id)
     }
@@ -404,16 +396,7 @@ impl DockerExecutor {
     /// Returns how many were removed. Anything without trackside's labels,
     /// or owned by a live trackside, is left alone.
     pub async fn reap_orphans(&self) -> usize {
-        let filters = HashMap::from([("label".to_string(), vec![LABEL_PID.to_string()])]);
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .unwrap_or_default();
+        let list = self.containers_with(vec![LABEL_PID.to_string()]).await;
         let mut removed = 0;
         for c in list {
             let pid = c
