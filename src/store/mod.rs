@@ -11,6 +11,9 @@
 //! ```
 //! Log files are line-buffered, so a crash loses at most a partial line.
 
+pub mod manifest;
+pub mod objects;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, LineWriter, Write};

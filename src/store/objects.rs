@@ -1,0 +1,295 @@
+//! Content-addressed objects: files stored by the SHA-256 of their content
+//! under `objects/ab/cdef...`, so identical content is stored once.
+//!
+//! Writing streams through a fixed buffer into a temporary file in the same
+//! folder, hashing on the way, then fsyncs and renames: a crash leaves no
+//! half-written object under a real name, and two writers of the same
+//! content cannot corrupt it (both renames carry identical bytes). Reading
+//! verifies the hash while copying and only renames the result into place
+//! when it matches, so a corrupted object never lands as a restored file.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+/// Copy buffer: memory use does not grow with file size.
+const BUF: usize = 256 * 1024;
+
+/// A SHA-256 digest, shown as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    pub fn parse(hex: &str) -> Option<Digest> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Digest(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not a SHA-256 digest")))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("object {0} is missing from the store")]
+    Missing(Digest),
+    #[error("object {digest} is corrupted: its content hashes to {actual}")]
+    Corrupt { digest: Digest, actual: Digest },
+}
+
+fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ObjectError + 'p {
+    move |source| ObjectError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct ObjectStore {
+    root: PathBuf,
+}
+
+impl ObjectStore {
+    /// Opens (creating) the store under `root`.
+    pub fn open(root: &Path) -> Result<ObjectStore, ObjectError> {
+        std::fs::create_dir_all(root.join("tmp")).map_err(io_err("cannot create", root))?;
+        Ok(ObjectStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_string();
+        self.root.join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).is_file()
+    }
+
+    fn temp(&self) -> Result<(File, PathBuf), ObjectError> {
+        let dir = self.root.join("tmp");
+        loop {
+            let path = dir.join(format!("{}-{:016x}", std::process::id(), fastrand::u64(..)));
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("cannot create", &dir)(e)),
+            }
+        }
+    }
+
+    /// Stores what `reader` yields; returns its digest and size.
+    pub fn put(&self, mut reader: impl Read) -> Result<(Digest, u64), ObjectError> {
+        let (mut file, tmp) = self.temp()?;
+        let result = (|| {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; BUF];
+            let mut size = 0u64;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("cannot read input for", &tmp)(e)),
+                };
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                size += n as u64;
+            }
+            file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+            Ok((Digest(hasher.finalize().into()), size))
+        })();
+        let (digest, size) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let dest = self.path(&digest);
+        if dest.is_file() {
+            let _ = std::fs::remove_file(&tmp); // deduplicated
+            return Ok((digest, size));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(io_err("cannot store", &dest))?;
+        Ok((digest, size))
+    }
+
+    pub fn put_file(&self, path: &Path) -> Result<(Digest, u64), ObjectError> {
+        let f = File::open(path).map_err(io_err("cannot open", path))?;
+        self.put(f)
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, ObjectError> {
+        self.put(bytes).map(|(d, _)| d)
+    }
+
+    /// Reads a whole (small) object, verified.
+    pub fn get_bytes(&self, d: &Digest) -> Result<Vec<u8>, ObjectError> {
+        let path = self.path(d);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ObjectError::Missing(*d),
+            _ => io_err("cannot read", &path)(e),
+        })?;
+        let actual = Digest::of(&bytes);
+        if actual != *d {
+            return Err(ObjectError::Corrupt { digest: *d, actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Copies object `d` to `dest`, verifying its hash on the way; `dest`
+    /// only appears when the content is right.
+    pub fn restore(&self, d: &Digest, dest: &Path) -> Result<u64, ObjectError> {
+        let src = self.path(d);
+        let mut input = File::open(&src).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ObjectError::Missing(*d),
+            _ => io_err("cannot open", &src)(e),
+        })?;
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        let tmp = parent.join(format!(".trackside-restore-{:016x}", fastrand::u64(..)));
+        let result = (|| {
+            let mut out = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; BUF];
+            let mut size = 0u64;
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("cannot read", &src)(e)),
+                };
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                size += n as u64;
+            }
+            let actual = Digest(hasher.finalize().into());
+            if actual != *d {
+                return Err(ObjectError::Corrupt { digest: *d, actual });
+            }
+            Ok(size)
+        })();
+        match result {
+            Ok(size) => {
+                std::fs::rename(&tmp, dest).map_err(io_err("cannot write", dest))?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rehashes an object: Ok(true) when intact.
+    pub fn verify(&self, d: &Digest) -> Result<bool, ObjectError> {
+        let path = self.path(d);
+        let mut f = File::open(&path).map_err(io_err("cannot open", &path))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = f.read(&mut buf).map_err(io_err("cannot read", &path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(Digest(hasher.finalize().into()) == *d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_round_trip_and_deduplicate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ObjectStore::open(&dir.path().join("objects")).expect("open");
+        let d1 = store.put_bytes(b"hello").expect("put");
+        let d2 = store.put_bytes(b"hello").expect("put");
+        assert_eq!(d1, d2);
+        assert_eq!(
+            d1.to_string(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(Digest::parse(&d1.to_string()), Some(d1));
+        assert_eq!(store.get_bytes(&d1).expect("get"), b"hello");
+        let out = dir.path().join("out");
+        store.restore(&d1, &out).expect("restore");
+        assert_eq!(std::fs::read(&out).expect("read"), b"hello");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/tmp")).expect("tmp").count(),
+            0,
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn corruption_is_detected_and_nothing_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ObjectStore::open(&dir.path().join("objects")).expect("open");
+        let d = store.put_bytes(b"precious content").expect("put");
+        let path = store.path(&d);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[0] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("flip a byte");
+        let out = dir.path().join("out");
+        assert!(matches!(store.restore(&d, &out), Err(ObjectError::Corrupt { .. })));
+        assert!(!out.exists(), "a corrupted object never lands");
+        assert!(!store.verify(&d).expect("verify"));
+        std::fs::write(&path, &bytes[..3]).expect("truncate");
+        assert!(matches!(store.get_bytes(&d), Err(ObjectError::Corrupt { .. })));
+        std::fs::remove_file(&path).expect("delete");
+        assert!(matches!(store.restore(&d, &out), Err(ObjectError::Missing(_))));
+    }
+}
