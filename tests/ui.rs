@@ -458,3 +458,24 @@ fn scrolling_above_the_window_asks_for_lines_from_disk() {
         "{text}"
     );
 }
+
+#[test]
+fn any_terminal_size_renders_without_panicking() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "integration");
+    for w in 1..=40u16 {
+        for h in 1..=14u16 {
+            app.wide = w >= 100;
+            screen(&app, w, h);
+        }
+    }
+    app.handle_key(key('?'));
+    for (w, h) in [(1, 1), (10, 3), (30, 8), (79, 23)] {
+        screen(&app, w, h);
+    }
+    app.handle_key(key('x'));
+    app.list_mode = true;
+    for (w, h) in [(1, 1), (5, 5), (20, 6)] {
+        screen(&app, w, h);
+    }
+}
