@@ -20,6 +20,25 @@ use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When}
 use trackside::store;
 use trackside::ui::{self, UiOptions};
 
+/// Prints to stdout; a reader that went away (`| head`) ends the output quietly.
+fn write_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to stdout: {e}");
+        }
+    }
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(&format!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(&format!("{}\n", format!($($arg)*))) };
+}
+
 #[derive(Parser)]
 #[command(name = "trackside", version, about = "Run and steer CI/CD pipelines from a terminal")]
 struct Cli {
@@ -335,7 +354,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     let summary = ui::run(&handle, opts, &approvals)
                         .await
                         .map_err(|e| Fail(e.to_string(), 2))?;
-                    println!("{}", headless::summary_table(&summary));
+                    outln!("{}", headless::summary_table(&summary));
                     summary
                 } else {
                     headless::run(&handle, format, &approve, approve_all, &manual).await?
@@ -431,7 +450,7 @@ fn load(file: &Path, opts: &LoadOptions, format: OutputFormat) -> Result<Option<
         }
         Err(report) => {
             match format {
-                OutputFormat::Json => println!("{}", report.to_json()),
+                OutputFormat::Json => outln!("{}", report.to_json()),
                 OutputFormat::Text => {
                     eprint!("{}", report.render(color_stderr()));
                     let n = report.error_count();
@@ -454,10 +473,10 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> 
     };
     let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
     match format {
-        OutputFormat::Json => println!("{}", report.to_json()),
+        OutputFormat::Json => outln!("{}", report.to_json()),
         OutputFormat::Text => {
             let w = report.warnings().count();
-            println!(
+            outln!(
                 "{}: valid: pipeline `{}`, {} jobs in {} levels{}",
                 file.display(),
                 p.name,
@@ -490,10 +509,10 @@ fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
                 "critical_path": plan.critical_path.iter().map(name).collect::<Vec<_>>(),
                 "max_parallelism": plan.max_parallelism,
             });
-            println!("{v}");
+            outln!("{v}");
         }
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "pipeline `{}`: {} jobs in {} levels, max parallelism {}",
                 p.name,
                 p.jobs.len(),
@@ -513,9 +532,9 @@ fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
                         }
                     })
                     .collect();
-                println!("  level {i}: {}", jobs.join(", "));
+                outln!("  level {i}: {}", jobs.join(", "));
             }
-            println!(
+            outln!(
                 "critical path ({} jobs): {}",
                 plan.critical_path.len(),
                 plan.critical_path.iter().map(name).collect::<Vec<_>>().join(" -> ")
@@ -528,16 +547,19 @@ fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
 fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
     let list = store::list_runs(state)?;
     if format == OutputFormat::Json {
-        println!("{}", serde_json::to_string(&list)?);
+        outln!("{}", serde_json::to_string(&list)?);
         return Ok(0);
     }
     if list.is_empty() {
-        println!("no runs yet in {}", state.display());
+        outln!("no runs yet in {}", state.display());
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<20}  {:<24}  {:<20}  {:>9}  RESULT",
-        "RUN", "PIPELINE", "STARTED (UTC)", "DURATION"
+        "RUN",
+        "PIPELINE",
+        "STARTED (UTC)",
+        "DURATION"
     );
     for r in list {
         let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
@@ -545,7 +567,7 @@ fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
             Some(res) => format!("{res:?}").to_lowercase(),
             None => "unfinished".into(),
         };
-        println!(
+        outln!(
             "{:<20}  {:<24}  {:<20}  {:>9}  {}",
             r.run_id,
             r.pipeline,
@@ -578,7 +600,7 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
             out.push_str(&format!("{ts}{}\n", e.text));
         }
     }
-    print!("{out}");
+    out!("{out}");
     Ok(0)
 }
 
@@ -608,8 +630,8 @@ fn show(state: &Path, run: &str, format: OutputFormat) -> Result<u8, Fail> {
     match store::read_summary(&dir)? {
         Some(s) => {
             match format {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-                OutputFormat::Text => println!("{}", headless::summary_table(&s)),
+                OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&s)?),
+                OutputFormat::Text => outln!("{}", headless::summary_table(&s)),
             }
             Ok(0)
         }

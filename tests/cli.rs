@@ -436,3 +436,32 @@ fn the_demo_pipeline_is_valid_and_passes_when_approved() {
     assert!(out.contains("FLAKY"), "{out}");
     assert!(out.contains("deploy-staging    > deployed"), "{out}");
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let e = Env::new();
+    let f = e.file("p.yml", OK);
+    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default()])), 0);
+    for args in [
+        vec!["runs"],
+        vec!["show", "last"],
+        vec!["logs", "last", "build"],
+        vec!["plan", f.to_str().unwrap_or_default()],
+    ] {
+        let mut child = e
+            .cmd()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take()); // the reader goes away before anything is written
+        let out = child.wait_with_output().expect("wait");
+        let err = text(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
