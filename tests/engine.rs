@@ -483,3 +483,42 @@ async fn edits_to_the_pipeline_file_apply_to_jobs_that_have_not_started() {
     );
     assert_eq!(sum.jobs.len(), 3);
 }
+
+#[tokio::test]
+async fn artifacts_flow_to_dependents_and_only_there() {
+    let mut s = setup(
+        "name: t\njobs:\n  build:\n    artifacts:\n      paths: [dist/]\n      exclude: ['**/*.log']\n    steps:\n      - script: ['mkdir -p dist/sub', 'echo binary > dist/app', 'echo noise > dist/build.log', 'echo deep > dist/sub/x', 'echo scratch > tmp.txt']\n  test:\n    depends_on: [build]\n    steps:\n      - script: ['cat dist/app dist/sub/x', 'test ! -e dist/build.log', 'test ! -e tmp.txt']\n  other:\n    steps:\n      - script: ['test ! -e dist/app']\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(
+        sum.result,
+        RunResult::Passed,
+        "{:?} {:?}",
+        r.lines("test"),
+        r.lines("other")
+    );
+    assert!(r.lines("test").contains(&"binary".to_string()));
+    assert!(
+        r.lines("build").iter().any(|l| l.contains("kept 2 artifact file(s)")),
+        "{:?}",
+        r.lines("build")
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_artifact_reruns_its_producer_once() {
+    // `tamper` flips the stored object between build and test.
+    let mut s = setup(
+        "name: t\njobs:\n  build:\n    artifacts: {paths: [out.txt]}\n    steps:\n      - script: ['echo attempt-$CI_JOB_ATTEMPT > log.txt; echo payload > out.txt']\n  tamper:\n    depends_on: [build]\n    steps:\n      - script:\n          - 'state=$(dirname $(dirname $TRACKSIDE_RUN_DIR)); m=$(cat $TRACKSIDE_RUN_DIR/artifacts/build.manifest)'\n          - 'manifest=$state/objects/$(echo $m | cut -c1-2)/$(echo $m | cut -c3-)'\n          - 'obj=$(grep -o \"[0-9a-f]\\{64\\}\" $manifest | head -1)'\n          - 'chmod u+w $state/objects/$(echo $obj | cut -c1-2)/$(echo $obj | cut -c3-); echo evil > $state/objects/$(echo $obj | cut -c1-2)/$(echo $obj | cut -c3-)'\n  test:\n    depends_on: [build, tamper]\n    needs_artifacts: [build]\n    steps:\n      - script: ['cat out.txt']\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "test: {:?}", r.lines("test"));
+    let build = sum.jobs.iter().find(|j| j.name == "build").expect("build");
+    assert_eq!(build.attempts.len(), 2, "the producer ran again");
+    assert!(r.seen.iter().any(|e| matches!(&e.kind, EventKind::JobReset { job, reason } if job == "build" && reason.contains("failed verification"))));
+    assert!(r.lines("test").contains(&"payload".to_string()));
+    let test = sum.jobs.iter().find(|j| j.name == "test").expect("test");
+    assert_eq!(test.attempts[0].failure_class, Some(FailureClass::DataIntegrity));
+}

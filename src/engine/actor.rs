@@ -291,6 +291,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         executor: cfg.executor.clone(),
         containers: cfg.containers,
         keep_failed: cfg.keep_failed,
+        objects: Arc::new(
+            crate::store::objects::ObjectStore::open(&cfg.state_dir.join("objects"))
+                .map_err(|e| EngineError::Rejected(format!("cannot open the artifact store: {e}")))?,
+        ),
     });
     let cond_env = conditional_env(&ctx, &pipeline);
     let opts = Options {

@@ -30,6 +30,8 @@ pub struct Outcome {
     /// `None` = success.
     pub failure: Option<FailureClass>,
     pub message: Option<String>,
+    /// With `DataIntegrity`: the job whose artifacts failed verification.
+    pub corrupt_upstream: Option<String>,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             exit_code: Some(0),
             failure: None,
             message: None,
+            corrupt_upstream: None,
         }
     }
     pub fn failed(exit_code: Option<i32>, class: FailureClass) -> Self {
@@ -45,6 +48,7 @@ impl Outcome {
             exit_code,
             failure: Some(class),
             message: None,
+            corrupt_upstream: None,
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct RunState {
     rng: fastrand::Rng,
     repeat_results: Vec<Verdict>,
     now: Duration,
+    /// Producers already re-run once because their artifacts were corrupt.
+    integrity_reruns: Vec<JobId>,
     /// Jobs dropped by an edit of the pipeline file (kept as tombstones so
     /// job ids stay stable for attempts in flight).
     removed: Vec<bool>,
@@ -208,6 +214,7 @@ impl RunState {
             repeat_results: Vec::new(),
             now: Duration::ZERO,
             removed: vec![false; n],
+            integrity_reruns: Vec::new(),
         }
         .with_opts(opts)
     }
@@ -678,7 +685,10 @@ impl RunState {
         }
         self.running -= 1;
         let now = self.now;
-        let spec = &self.pipeline.jobs[j];
+        let (name, retry_when, retry_count) = {
+            let spec = &self.pipeline.jobs[j];
+            (spec.name.clone(), spec.retry_when.clone(), spec.retry_count)
+        };
         let st = &mut self.jobs[j];
         // Our own kill decides the class: the process only saw a signal.
         let class = match (st.kill_reason, outcome.failure) {
@@ -700,7 +710,7 @@ impl RunState {
                 st.failure_class = None;
                 let flaky = st.failed_before;
                 fx.push(Effect::Emit(EventKind::JobFinished {
-                    job: spec.name.clone(),
+                    job: name.clone(),
                     attempt,
                     status: JobStatus::Succeeded,
                     exit_code: outcome.exit_code,
@@ -716,7 +726,7 @@ impl RunState {
                 st.status = JobStatus::Cancelled;
                 st.failure_class = Some(FailureClass::Cancelled);
                 fx.push(Effect::Emit(EventKind::JobFinished {
-                    job: spec.name.clone(),
+                    job: name.clone(),
                     attempt,
                     status: JobStatus::Cancelled,
                     exit_code: outcome.exit_code,
@@ -728,11 +738,13 @@ impl RunState {
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
             }
+            Some(FailureClass::DataIntegrity) if self.rerun_producer(j, &outcome, fx) => {}
             Some(c) => {
+                let st = &mut self.jobs[j];
                 st.failed_before = true;
                 st.failure_class = Some(c);
-                let retryable = spec.retry_when.contains(&c)
-                    && st.round_attempts <= spec.retry_count
+                let retryable = retry_when.contains(&c)
+                    && st.round_attempts <= retry_count
                     && self.cancelled.is_none()
                     && st.kill_reason.is_none();
                 if retryable {
@@ -773,6 +785,42 @@ impl RunState {
                 }
             }
         }
+    }
+
+    /// An upstream artifact failed verification: run its producer again
+    /// (once per producer per run) and put this job back to wait for it.
+    /// Returns false when that cannot help (then the job fails).
+    fn rerun_producer(&mut self, j: JobId, outcome: &Outcome, fx: &mut Vec<Effect>) -> bool {
+        let Some(p) = outcome
+            .corrupt_upstream
+            .as_deref()
+            .and_then(|n| self.pipeline.job_index(n))
+        else {
+            return false;
+        };
+        if self.integrity_reruns.contains(&p) || self.jobs[p].status != JobStatus::Succeeded || self.cancelled.is_some()
+        {
+            return false;
+        }
+        self.integrity_reruns.push(p);
+        let producer = self.pipeline.jobs[p].name.clone();
+        let st = &mut self.jobs[j];
+        st.status = JobStatus::Pending;
+        st.failure_class = None;
+        fx.push(Effect::Emit(EventKind::JobReset {
+            job: self.pipeline.jobs[j].name.clone(),
+            reason: format!("artifacts of {producer} failed verification; waiting for {producer} to run again"),
+        }));
+        self.reset(
+            p,
+            &format!(
+                "its artifacts failed verification in {}; running it again",
+                self.pipeline.jobs[j].name
+            ),
+            fx,
+        );
+        self.evaluate(p, fx);
+        true
     }
 
     fn after_failure(&mut self, j: JobId, fx: &mut Vec<Effect>) {

@@ -133,10 +133,12 @@ pub enum FailureClass {
     Network,
     DiskFull,
     Cancelled,
+    /// An upstream artifact failed verification.
+    DataIntegrity,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 8] = [
+    pub const ALL: [FailureClass; 9] = [
         FailureClass::Script,
         FailureClass::Timeout,
         FailureClass::Oom,
@@ -145,6 +147,7 @@ impl FailureClass {
         FailureClass::Network,
         FailureClass::DiskFull,
         FailureClass::Cancelled,
+        FailureClass::DataIntegrity,
     ];
     /// Retried by default: the failure says little about the code under test.
     pub const TRANSIENT: [FailureClass; 5] = [
@@ -165,6 +168,7 @@ impl FailureClass {
             FailureClass::Network => "network",
             FailureClass::DiskFull => "disk_full",
             FailureClass::Cancelled => "cancelled",
+            FailureClass::DataIntegrity => "data_integrity",
         }
     }
 
@@ -211,8 +215,33 @@ pub struct Job {
     pub container: ContainerOptions,
     /// Sidecar containers the job's steps can reach by name.
     pub services: Vec<Service>,
+    /// Files kept after the job for the jobs that depend on it.
+    pub artifacts: Option<Artifacts>,
+    /// Whose artifacts to restore before the job (`None`: every dependency's).
+    pub needs_artifacts: Option<Vec<String>>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// `artifacts:` of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Artifacts {
+    /// Globs relative to the workspace; a directory takes everything below it.
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub when: ArtifactWhen,
+    /// Recorded with the artifacts for retention.
+    #[serde(with = "opt_secs")]
+    pub expire_in: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactWhen {
+    #[default]
+    OnSuccess,
+    OnFailure,
+    Always,
 }
 
 /// A sidecar container (a database, a small HTTP server) for a job.

@@ -18,7 +18,7 @@ use super::yaml::{self, Node, Pos, Value};
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
-const JOB_KEYS: [&str; 20] = [
+const JOB_KEYS: [&str; 22] = [
     "steps",
     "depends_on",
     "environment",
@@ -39,6 +39,8 @@ const JOB_KEYS: [&str; 20] = [
     "read_only_rootfs",
     "services",
     "docker_socket",
+    "artifacts",
+    "needs_artifacts",
 ];
 const STEP_KEYS: [&str; 8] = [
     "name",
@@ -767,6 +769,13 @@ impl Cx<'_> {
         let services = get(node, "services")
             .map(|n| self.services(n, &path))
             .unwrap_or_default();
+        let artifacts = get(node, "artifacts").and_then(|n| self.artifacts(n, &join(&path, "artifacts")));
+        let needs_artifacts = get(node, "needs_artifacts").map(|n| {
+            self.string_list(n, &join(&path, "needs_artifacts"))
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        });
         Some(Job {
             name,
             steps,
@@ -782,7 +791,91 @@ impl Cx<'_> {
             working_directory,
             container,
             services,
+            artifacts,
+            needs_artifacts,
             pos: key.pos,
+        })
+    }
+
+    fn artifacts(&mut self, node: &Node, path: &str) -> Option<Artifacts> {
+        if !self.mapping(node, path, &["paths", "exclude", "when", "expire_in"], "artifacts") {
+            return None;
+        }
+        let safe = |cx: &mut Self, list: Vec<(String, Node)>, key: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            for (i, (p, n)) in list.into_iter().enumerate() {
+                let escapes = Path::new(&p).is_absolute()
+                    || Path::new(&p)
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir));
+                if escapes {
+                    cx.err(
+                        &n,
+                        &format!("{path}.{key}[{i}]"),
+                        format!("artifact path `{p}` leaves the workspace"),
+                        "use a path or glob relative to the workspace, without `..`",
+                    );
+                } else if let Err(e) = globset::Glob::new(p.trim_start_matches("./")) {
+                    cx.err(
+                        &n,
+                        &format!("{path}.{key}[{i}]"),
+                        format!("bad glob `{p}`: {e}"),
+                        "see the glob syntax in docs/pipeline-format.md",
+                    );
+                } else {
+                    out.push(p);
+                }
+            }
+            out
+        };
+        let paths = match get(node, "paths") {
+            Some(n) => {
+                let list = self.string_list(n, &join(path, "paths"));
+                if list.is_empty() {
+                    self.err(
+                        n,
+                        &join(path, "paths"),
+                        "`paths` is empty",
+                        "list the files or directories to keep, e.g. `[dist/]`",
+                    );
+                }
+                safe(self, list, "paths")
+            }
+            None => {
+                self.err(
+                    node,
+                    path,
+                    "artifacts need `paths`",
+                    "e.g. `artifacts: {paths: [dist/]}`",
+                );
+                Vec::new()
+            }
+        };
+        let exclude = get(node, "exclude")
+            .map(|n| self.string_list(n, &join(path, "exclude")))
+            .unwrap_or_default();
+        let exclude = safe(self, exclude, "exclude");
+        let when = match get(node, "when") {
+            None => ArtifactWhen::OnSuccess,
+            Some(n) => match self.string(n, &join(path, "when")).as_deref() {
+                Some("on_success") => ArtifactWhen::OnSuccess,
+                Some("on_failure") => ArtifactWhen::OnFailure,
+                Some("always") => ArtifactWhen::Always,
+                Some(other) => {
+                    let hint = suggestion_hint(other, &["on_success", "on_failure", "always"], "values");
+                    self.err(n, &join(path, "when"), format!("unknown `when` value `{other}`"), hint);
+                    ArtifactWhen::OnSuccess
+                }
+                None => ArtifactWhen::OnSuccess,
+            },
+        };
+        let expire_in = get(node, "expire_in")
+            .and_then(|n| self.seconds_in(n, &join(path, "expire_in"), 1.0, 10.0 * 365.0 * 86400.0));
+        Some(Artifacts {
+            paths,
+            exclude,
+            when,
+            expire_in,
         })
     }
 
@@ -1088,6 +1181,23 @@ impl Cx<'_> {
                         );
                     }
                     seen.push(dep);
+                }
+            }
+            // needs_artifacts: direct dependencies only
+            if let Some(needs) = &job.needs_artifacts {
+                let n = job_node
+                    .and_then(|n| get(n, "needs_artifacts"))
+                    .cloned()
+                    .unwrap_or_else(|| root.clone());
+                for need in needs {
+                    if !job.depends_on.contains(need) {
+                        self.err(
+                            &n,
+                            &format!("{path}.needs_artifacts"),
+                            format!("`{need}` is not in `depends_on` of job `{}`", job.name),
+                            format!("artifacts come from jobs this one waits for: add `{need}` to depends_on"),
+                        );
+                    }
                 }
             }
             // job references in the conditional

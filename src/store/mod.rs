@@ -7,6 +7,9 @@
 //!     events.jsonl     every event but log lines, appended and flushed at each transition
 //!     logs/<job>.<attempt>.log   one line per output line: ts_ms TAB stream TAB step TAB text
 //!     summary.json     written when the run finishes
+//!     artifacts/<job>.manifest   digest of the job's latest artifact manifest
+//!     steps/           container steps' scripts, secrets files and records (0700)
+//! <state>/objects/ab/cdef...     content-addressed objects (artifacts, manifests)
 //! <state>/logs/trackside.log.YYYY-MM-DD   trackside's own diagnostics
 //! ```
 //! Log files are line-buffered, so a crash loses at most a partial line.

@@ -225,6 +225,11 @@ impl ObjectStore {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
+                // A corrupt object is useless, and left in place it would make
+                // the next store of the right content look deduplicated.
+                if matches!(e, ObjectError::Corrupt { .. }) {
+                    let _ = std::fs::remove_file(&src);
+                }
                 Err(e)
             }
         }
