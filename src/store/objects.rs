@@ -291,7 +291,11 @@ mod tests {
         let out = dir.path().join("out");
         assert!(matches!(store.restore(&d, &out), Err(ObjectError::Corrupt { .. })));
         assert!(!out.exists(), "a corrupted object never lands");
-        assert!(!store.verify(&d).expect("verify"));
+        assert!(!store.contains(&d), "and is removed, so the right content can be stored again");
+        assert_eq!(store.put_bytes(b"precious content").expect("put again"), d);
+        assert!(store.verify(&d).expect("verify"));
+        std::fs::write(&path, &bytes).expect("flip again");
+        assert!(!store.verify(&d).expect("verify"), "verify reports without removing");
         std::fs::write(&path, &bytes[..3]).expect("truncate");
         assert!(matches!(store.get_bytes(&d), Err(ObjectError::Corrupt { .. })));
         std::fs::remove_file(&path).expect("delete");
