@@ -178,6 +178,16 @@ enum Cmd {
         #[arg(long)]
         attempt: Option<u32>,
     },
+    /// List a run's artifacts (`artifacts RUN [JOB]`), or extract them
+    /// (`artifacts get RUN JOB [PATH] -o DIR`, verified on the way).
+    Artifacts {
+        /// RUN, or `get` followed by RUN JOB [PATH].
+        #[arg(num_args = 1..=4, required = true, value_name = "RUN [JOB] | get RUN JOB [PATH]")]
+        args: Vec<String>,
+        /// Where `get` writes the files.
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// Print the summary of a past run.
     Show {
         run: String,
@@ -229,6 +239,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             timestamps,
         } => logs(&state, &run, &job, attempt, timestamps),
         Cmd::Show { run, format } => show(&state, &run, format),
+        Cmd::Artifacts { args, output } => artifacts(&state, &args, output.as_deref()),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Run {
             file,
@@ -601,6 +612,106 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
         }
     }
     out!("{out}");
+    Ok(0)
+}
+
+/// The artifact manifest a job of a run recorded.
+fn job_manifest(
+    objects: &store::objects::ObjectStore,
+    run_dir: &Path,
+    job: &str,
+) -> Result<store::manifest::Manifest, Fail> {
+    let record = trackside::engine::runner::artifact_record(run_dir, job);
+    let text =
+        std::fs::read_to_string(&record).map_err(|_| Fail(format!("job `{job}` kept no artifacts in this run"), 2))?;
+    let digest = store::objects::Digest::parse(text.trim())
+        .ok_or_else(|| Fail(format!("{} is damaged", record.display()), 2))?;
+    Ok(store::manifest::load(objects, &digest)?)
+}
+
+fn artifacts(state: &Path, args: &[String], output: Option<&Path>) -> Result<u8, Fail> {
+    let objects = store::objects::ObjectStore::open(&state.join("objects"))?;
+    if args.first().map(String::as_str) == Some("get") {
+        let (Some(run), Some(job)) = (args.get(1), args.get(2)) else {
+            return Err(Fail("usage: trackside artifacts get RUN JOB [PATH] -o DIR".into(), 2));
+        };
+        let Some(out) = output else {
+            return Err(Fail(
+                "`artifacts get` needs `-o DIR`: where to write the files".into(),
+                2,
+            ));
+        };
+        let dir = store::find_run(state, run)?;
+        let mut m = job_manifest(&objects, &dir, job)?;
+        if let Some(prefix) = args.get(3) {
+            let prefix = prefix.trim_end_matches('/');
+            m.entries
+                .retain(|e| e.path == prefix || e.path.starts_with(&format!("{prefix}/")));
+            if m.entries.is_empty() {
+                return Err(Fail(format!("no artifact of `{job}` matches `{prefix}`"), 2));
+            }
+        }
+        store::manifest::restore(&objects, &m, out)?;
+        eprintln!(
+            "wrote {} file(s) to {} (each verified against its hash)",
+            m.entries.len(),
+            out.display()
+        );
+        return Ok(0);
+    }
+    let run = &args[0];
+    let dir = store::find_run(state, run)?;
+    let jobs: Vec<String> = match args.get(1) {
+        Some(j) => vec![j.clone()],
+        None => {
+            let mut names: Vec<String> = std::fs::read_dir(dir.join("artifacts"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .into_string()
+                        .ok()?
+                        .strip_suffix(".manifest")
+                        .map(str::to_string)
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    if jobs.is_empty() {
+        outln!(
+            "run {} kept no artifacts",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    for job in jobs {
+        let m = job_manifest(&objects, &dir, &job)?;
+        let total: u64 = m
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                store::manifest::EntryKind::File { size, .. } => *size,
+                store::manifest::EntryKind::Symlink { .. } => 0,
+            })
+            .sum();
+        outln!("{job}: {} file(s), {total} bytes", m.entries.len());
+        for e in &m.entries {
+            match &e.kind {
+                store::manifest::EntryKind::File { object, size } => {
+                    let short: String = object.to_string().chars().take(12).collect();
+                    outln!("  {:o}  {size:>10}  {short}  {}", e.mode, e.path);
+                }
+                store::manifest::EntryKind::Symlink { target } => {
+                    outln!("  link  {:>10}  {:12}  {} -> {target}", "", "", e.path)
+                }
+            }
+        }
+    }
     Ok(0)
 }
 

@@ -465,3 +465,41 @@ fn a_closed_pipe_ends_output_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn artifacts_can_be_listed_and_extracted() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: a\njobs:\n  build:\n    artifacts: {paths: [dist/]}\n    steps:\n      - script: ['mkdir -p dist/sub', 'echo app > dist/app', 'echo doc > dist/sub/doc.txt']\n",
+    );
+    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default()])), 0);
+    let o = e.run(&["artifacts", "last"]);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("build: 2 file(s), 8 bytes") && out.contains("dist/sub/doc.txt"),
+        "{out}"
+    );
+    let dest = e.dir.path().join("extracted");
+    let o = e.run(&[
+        "artifacts",
+        "get",
+        "last",
+        "build",
+        "dist/sub",
+        "-o",
+        dest.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("dist/sub/doc.txt")).unwrap_or_default(),
+        "doc\n"
+    );
+    assert!(!dest.join("dist/app").exists(), "only the requested path");
+    let o = e.run(&["artifacts", "get", "last", "build"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("-o DIR"));
+    let o = e.run(&["artifacts", "last", "nope"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("kept no artifacts"));
+}

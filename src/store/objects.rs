@@ -291,7 +291,10 @@ mod tests {
         let out = dir.path().join("out");
         assert!(matches!(store.restore(&d, &out), Err(ObjectError::Corrupt { .. })));
         assert!(!out.exists(), "a corrupted object never lands");
-        assert!(!store.contains(&d), "and is removed, so the right content can be stored again");
+        assert!(
+            !store.contains(&d),
+            "and is removed, so the right content can be stored again"
+        );
         assert_eq!(store.put_bytes(b"precious content").expect("put again"), d);
         assert!(store.verify(&d).expect("verify"));
         std::fs::write(&path, &bytes).expect("flip again");
