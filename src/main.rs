@@ -188,11 +188,27 @@ enum Cmd {
         #[arg(short = 'o', long = "output", value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// Check the artifact store: rehash every object, find records pointing
+    /// at missing objects.
+    Store {
+        #[command(subcommand)]
+        action: StoreCmd,
+    },
     /// Print the summary of a past run.
     Show {
         run: String,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Rehash every object; report corrupted ones and dangling references.
+    Verify {
+        /// Remove corrupted objects (jobs that need them run again or fail as data_integrity).
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -240,6 +256,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         } => logs(&state, &run, &job, attempt, timestamps),
         Cmd::Show { run, format } => show(&state, &run, format),
         Cmd::Artifacts { args, output } => artifacts(&state, &args, output.as_deref()),
+        Cmd::Store {
+            action: StoreCmd::Verify { repair },
+        } => store_verify(&state, repair),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Run {
             file,
@@ -713,6 +732,64 @@ fn artifacts(state: &Path, args: &[String], output: Option<&Path>) -> Result<u8,
         }
     }
     Ok(0)
+}
+
+fn store_verify(state: &Path, repair: bool) -> Result<u8, Fail> {
+    let objects = store::objects::ObjectStore::open(&state.join("objects"))?;
+    let all = objects.list()?;
+    let mut corrupt = Vec::new();
+    for d in &all {
+        if !objects.verify(d)? {
+            corrupt.push(*d);
+        }
+    }
+    for d in &corrupt {
+        outln!("corrupt object {d}{}", if repair { " (removed)" } else { "" });
+        if repair {
+            objects.remove(d)?;
+        }
+    }
+    // Run records that point at a manifest or file that is gone.
+    let mut dangling = 0;
+    for run in store::list_runs(state)? {
+        let dir = store::runs_dir(state).join(&run.run_id);
+        for entry in std::fs::read_dir(dir.join("artifacts")).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(job) = name.strip_suffix(".manifest") else {
+                continue;
+            };
+            let problem = match std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|t| store::objects::Digest::parse(t.trim()))
+            {
+                None => Some("unreadable record".to_string()),
+                Some(d) => match store::manifest::load(&objects, &d) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(m) => m.entries.iter().find_map(|e| match &e.kind {
+                        store::manifest::EntryKind::File { object, .. } if !objects.contains(object) => {
+                            Some(format!("file `{}` ({object}) is missing", e.path))
+                        }
+                        _ => None,
+                    }),
+                },
+            };
+            if let Some(p) = problem {
+                dangling += 1;
+                outln!("run {} job {job}: {p}", run.run_id);
+            }
+        }
+    }
+    outln!(
+        "{} object(s) checked: {} corrupt{}, {dangling} artifact record(s) pointing at missing data",
+        all.len(),
+        corrupt.len(),
+        if repair && !corrupt.is_empty() {
+            " and removed"
+        } else {
+            ""
+        }
+    );
+    Ok(if corrupt.is_empty() && dangling == 0 { 0 } else { 1 })
 }
 
 fn shell(state: &Path, run: &str, job: &str, attempt: Option<u32>) -> Result<u8, Fail> {

@@ -503,3 +503,48 @@ fn artifacts_can_be_listed_and_extracted() {
     assert_eq!(code(&o), 2);
     assert!(text(&o.stderr).contains("kept no artifacts"));
 }
+
+#[test]
+fn store_verify_finds_and_repairs_corruption() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: a\njobs:\n  build:\n    artifacts: {paths: [out.txt, more.txt]}\n    steps:\n      - script: ['echo one > out.txt', 'echo two > more.txt']\n",
+    );
+    assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default()])), 0);
+    let o = e.run(&["store", "verify"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("3 object(s) checked: 0 corrupt"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Corrupt the object holding "one\n".
+    let digest = {
+        use std::fmt::Write as _;
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(b"one\n");
+        hash.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    };
+    let object = e.state().join("objects").join(&digest[..2]).join(&digest[2..]);
+    std::fs::write(&object, "tampered").expect("tamper");
+    let o = e.run(&["store", "verify"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stdout).contains(&format!("corrupt object {digest}")),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = e.run(&["store", "verify", "--repair"]);
+    assert!(text(&o.stdout).contains("(removed)"), "{}", text(&o.stdout));
+    assert!(!object.exists());
+    let o = e.run(&["store", "verify"]);
+    assert_eq!(code(&o), 1, "the run's record now points at a missing file");
+    assert!(
+        text(&o.stdout).contains("file `out.txt`") && text(&o.stdout).contains("is missing"),
+        "{}",
+        text(&o.stdout)
+    );
+}

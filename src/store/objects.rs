@@ -235,6 +235,34 @@ impl ObjectStore {
         }
     }
 
+    /// Every object's digest (from the layout on disk; temp files excluded).
+    pub fn list(&self) -> Result<Vec<Digest>, ObjectError> {
+        let mut out = Vec::new();
+        let dirs = std::fs::read_dir(&self.root).map_err(io_err("cannot read", &self.root))?;
+        for dir in dirs.flatten() {
+            let prefix = dir.file_name().to_string_lossy().into_owned();
+            if prefix.len() != 2 || !dir.path().is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(dir.path())
+                .map_err(io_err("cannot read", &dir.path()))?
+                .flatten()
+            {
+                if let Some(d) = Digest::parse(&format!("{prefix}{}", f.file_name().to_string_lossy())) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes an object (a corrupt one, on repair).
+    pub fn remove(&self, d: &Digest) -> Result<(), ObjectError> {
+        let path = self.path(d);
+        std::fs::remove_file(&path).map_err(io_err("cannot remove", &path))
+    }
+
     /// Rehashes an object: Ok(true) when intact.
     pub fn verify(&self, d: &Digest) -> Result<bool, ObjectError> {
         let path = self.path(d);
