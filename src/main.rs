@@ -194,6 +194,19 @@ enum Cmd {
         #[command(subcommand)]
         action: StoreCmd,
     },
+    /// Remove old runs by policy, then every stored object no kept run uses.
+    /// Safe while runs are in progress: unfinished runs are always kept.
+    Gc {
+        /// Keep at most N finished runs per pipeline.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Remove finished runs older than this (`30d`, `12h`).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        max_age: Option<Duration>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the summary of a past run.
     Show {
         run: String,
@@ -210,6 +223,10 @@ enum StoreCmd {
         #[arg(long)]
         repair: bool,
     },
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}; e.g. `30d`, `12h`"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -259,6 +276,30 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         Cmd::Store {
             action: StoreCmd::Verify { repair },
         } => store_verify(&state, repair),
+        Cmd::Gc {
+            keep_last,
+            max_age,
+            dry_run,
+        } => {
+            if keep_last.is_none() && max_age.is_none() {
+                return Err(Fail("say what to keep: --keep-last N and/or --max-age AGE".into(), 2));
+            }
+            let policy = store::gc::Policy {
+                keep_last,
+                max_age,
+                dry_run,
+            };
+            let r = store::gc::collect_garbage(&state, &policy)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            outln!(
+                "{verb} {} run(s) and {} object(s) ({} bytes); {} object(s) still in use",
+                r.runs_removed.len(),
+                r.objects_removed,
+                r.bytes_freed,
+                r.objects_kept
+            );
+            Ok(0)
+        }
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Run {
             file,

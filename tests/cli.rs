@@ -548,3 +548,97 @@ fn store_verify_finds_and_repairs_corruption() {
         text(&o.stdout)
     );
 }
+
+#[test]
+fn gc_keeps_the_newest_runs_and_what_they_use() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: g\njobs:\n  build:\n    artifacts: {paths: [out.txt]}\n    steps:\n      - script: ['echo $CI_PIPELINE_ID > out.txt']\n",
+    );
+    for _ in 0..3 {
+        assert_eq!(code(&e.run(&["run", f.to_str().unwrap_or_default()])), 0);
+    }
+    assert_eq!(code(&e.run(&["gc"])), 2, "gc needs a policy");
+    let o = e.run(&["gc", "--keep-last", "1", "--dry-run"]);
+    assert!(
+        text(&o.stdout).contains("would remove 2 run(s) and 4 object(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = e.run(&["gc", "--keep-last", "1"]);
+    assert!(
+        text(&o.stdout).contains("removed 2 run(s) and 4 object(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stdout).contains("2 object(s) still in use"),
+        "{}",
+        text(&o.stdout)
+    );
+    let runs = text(&e.run(&["runs"]).stdout);
+    assert_eq!(runs.lines().count(), 2, "header and one run: {runs}");
+    let o = e.run(&["store", "verify"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stdout));
+    let dest = e.dir.path().join("x");
+    let o = e.run(&[
+        "artifacts",
+        "get",
+        "last",
+        "build",
+        "-o",
+        dest.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code(&o), 0, "the kept run's artifacts are intact: {}", text(&o.stderr));
+}
+
+#[test]
+fn gc_during_a_run_loses_nothing_the_run_needs() {
+    let e = Env::new();
+    let go = e.dir.path().join("go");
+    let f = e.file(
+        "p.yml",
+        &format!(
+            "name: live\njobs:\n  build:\n    artifacts: {{paths: [out.txt]}}\n    steps:\n      - script: ['echo needed-later > out.txt']\n  consume:\n    depends_on: [build]\n    steps:\n      - script: ['while [ ! -e {go} ]; do sleep 0.05; done', 'cat out.txt']\n  late:\n    depends_on: [build, consume]\n    needs_artifacts: [build]\n    steps:\n      - script: ['cat out.txt']\n",
+            go = go.display()
+        ),
+    );
+    let mut child = e
+        .cmd()
+        .args(["run", f.to_str().unwrap_or_default(), "--headless"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Wait until build has stored its artifacts and consume is running.
+    loop {
+        let line = rx.recv_timeout(LIMIT).expect("output");
+        if line.contains("consume") && line.contains("started") {
+            break;
+        }
+    }
+    let o = e.run(&["gc", "--keep-last", "0", "--max-age", "0s"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("removed 0 run(s) and 0 object(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    std::fs::write(&go, "").expect("release consume");
+    let status = child.wait().expect("wait");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("consume > needed-later")), "{rest:?}");
+    // `late` restored build's artifacts only after gc ran.
+    assert!(
+        rest.iter().any(|l| l.contains("late") && l.contains("> needed-later")),
+        "{rest:?}"
+    );
+}

@@ -365,6 +365,8 @@ async fn collect_artifacts(
         artifact_record(&ctx.run_dir, &job.name),
     );
     let collected = tokio::task::spawn_blocking(move || -> Result<(usize, crate::store::objects::Digest), String> {
+        // Shared with other writers, exclusive with `gc`: held until the record is written.
+        let _lock = objects.lock_shared().map_err(|e| e.to_string())?;
         let m =
             crate::store::manifest::collect(&objects, &root, &spec.paths, &spec.exclude).map_err(|e| e.to_string())?;
         let d = crate::store::manifest::save(&objects, &m).map_err(|e| e.to_string())?;

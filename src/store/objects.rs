@@ -235,6 +235,31 @@ impl ObjectStore {
         }
     }
 
+    /// Held shared by writers (store objects + record a manifest) and
+    /// exclusively by garbage collection, so GC never sweeps an object that
+    /// a running job has stored but not yet recorded.
+    pub fn lock_shared(&self) -> Result<File, ObjectError> {
+        let path = self.root.join(".lock");
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("cannot open", &path))?;
+        f.lock_shared().map_err(io_err("cannot lock", &path))?;
+        Ok(f)
+    }
+
+    pub fn lock_exclusive(&self) -> Result<File, ObjectError> {
+        let path = self.root.join(".lock");
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("cannot open", &path))?;
+        f.lock().map_err(io_err("cannot lock", &path))?;
+        Ok(f)
+    }
+
     /// Every object's digest (from the layout on disk; temp files excluded).
     pub fn list(&self) -> Result<Vec<Digest>, ObjectError> {
         let mut out = Vec::new();
