@@ -44,7 +44,7 @@ pub fn collect_garbage(state: &Path, policy: &Policy) -> Result<Report, StoreErr
     let now_ms = super::now_ms();
     let mut report = Report::default();
     let mut runs = list_runs(state)?;
-    runs.sort_by(|a, b| b.started_ms.cmp(&a.started_ms)); // newest first
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms)); // newest first
     let mut seen_per_pipeline: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut kept_runs = Vec::new();
     for run in runs {
