@@ -386,10 +386,10 @@ async fn several_subscribers_see_the_same_run() {
     for rx in [&mut one, &mut two] {
         let got = tokio::time::timeout(LIMIT, async {
             loop {
-                if let Ok(ev) = rx.recv().await {
-                    if let EventKind::LogLine { line, .. } = &ev.kind {
-                        return line.clone();
-                    }
+                if let Ok(ev) = rx.recv().await
+                    && let EventKind::LogLine { line, .. } = &ev.kind
+                {
+                    return line.clone();
                 }
             }
         })

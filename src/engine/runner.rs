@@ -243,15 +243,15 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         Err(o) => o,
         Ok(()) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
-            if let Err(msg) = collect_artifacts(ctx, a, job, &ws, o.failure.is_none()).await {
-                if o.failure.is_none() {
-                    o = Outcome {
-                        exit_code: None,
-                        failure: Some(FailureClass::Script),
-                        message: Some(msg),
-                        corrupt_upstream: None,
-                    };
-                }
+            if let Err(msg) = collect_artifacts(ctx, a, job, &ws, o.failure.is_none()).await
+                && o.failure.is_none()
+            {
+                o = Outcome {
+                    exit_code: None,
+                    failure: Some(FailureClass::Script),
+                    message: Some(msg),
+                    corrupt_upstream: None,
+                };
             }
             o
         }

@@ -565,12 +565,10 @@ impl RunState {
             }
             let when = spec.when;
             let waits_for_all = status_driven || matches!(when, When::OnFailure | When::Always);
-            if !waits_for_all {
-                if let Some(root) = bad {
-                    self.skip(j, format!("blocked by {root}"), Some(root), fx);
-                    work.extend(self.plan.dependents[j].iter().copied());
-                    continue;
-                }
+            if !waits_for_all && let Some(root) = bad {
+                self.skip(j, format!("blocked by {root}"), Some(root), fx);
+                work.extend(self.plan.dependents[j].iter().copied());
+                continue;
             }
             if !all_done {
                 continue;

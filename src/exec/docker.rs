@@ -408,11 +408,11 @@ impl DockerExecutor {
             if alive || kept(&c) {
                 continue;
             }
-            if let Some(id) = c.id {
-                if self.remove(&id).await {
-                    tracing::info!(container = %id, "removed a container left by a crashed trackside");
-                    removed += 1;
-                }
+            if let Some(id) = c.id
+                && self.remove(&id).await
+            {
+                tracing::info!(container = %id, "removed a container left by a crashed trackside");
+                removed += 1;
             }
         }
         // Networks of crashed runs too.

@@ -98,10 +98,10 @@ impl Expr {
     pub fn job_refs(&self, out: &mut Vec<(String, usize)>) {
         match self {
             Expr::Member(obj, key) => {
-                if let (Expr::Ident(root, off), Expr::Lit(Value::String(name))) = (&**obj, &**key) {
-                    if root == "job" {
-                        out.push((name.clone(), *off));
-                    }
+                if let (Expr::Ident(root, off), Expr::Lit(Value::String(name))) = (&**obj, &**key)
+                    && root == "job"
+                {
+                    out.push((name.clone(), *off));
                 }
                 obj.job_refs(out);
                 key.job_refs(out);
@@ -573,13 +573,13 @@ impl Eval<'_> {
             }
             other => return Err(ExprError::at(off, format!("unknown function `{other}`"))),
         };
-        if let Value::String(s) = &out {
-            if s.len() > MAX_STRING {
-                return Err(ExprError::at(
-                    off,
-                    format!("`{name}` produced more than {MAX_STRING} bytes"),
-                ));
-            }
+        if let Value::String(s) = &out
+            && s.len() > MAX_STRING
+        {
+            return Err(ExprError::at(
+                off,
+                format!("`{name}` produced more than {MAX_STRING} bytes"),
+            ));
         }
         Ok(out)
     }

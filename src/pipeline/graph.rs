@@ -41,10 +41,11 @@ impl Plan {
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, job) in p.jobs.iter().enumerate() {
             for d in &job.depends_on {
-                if let Some(&j) = index.get(d.as_str()) {
-                    if j != i && !deps[i].contains(&j) {
-                        deps[i].push(j);
-                    }
+                if let Some(&j) = index.get(d.as_str())
+                    && j != i
+                    && !deps[i].contains(&j)
+                {
+                    deps[i].push(j);
                 }
             }
         }

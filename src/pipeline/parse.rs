@@ -195,10 +195,10 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         report.items = cx.diags;
         p
     };
-    if let Some(p) = &pipeline {
-        if let Err(cycle_diags) = super::graph::Plan::build(p) {
-            report.items.extend(cycle_diags);
-        }
+    if let Some(p) = &pipeline
+        && let Err(cycle_diags) = super::graph::Plan::build(p)
+    {
+        report.items.extend(cycle_diags);
     }
     report.sort();
     match pipeline {
@@ -1078,15 +1078,15 @@ impl Cx<'_> {
         let name = get(node, "name")
             .and_then(|n| self.string(n, &join(path, "name")))
             .unwrap_or_else(|| format!("step-{}", index + 1));
-        if name.trim().is_empty() {
-            if let Some(n) = get(node, "name") {
-                self.err(
-                    n,
-                    &join(path, "name"),
-                    "step name is empty",
-                    "give the step a short name",
-                );
-            }
+        if name.trim().is_empty()
+            && let Some(n) = get(node, "name")
+        {
+            self.err(
+                n,
+                &join(path, "name"),
+                "step name is empty",
+                "give the step a short name",
+            );
         }
         let mut script = Vec::new();
         match get(node, "script") {
@@ -1254,19 +1254,19 @@ impl Cx<'_> {
                     "drop `--executor shell`, or remove `services:`",
                 );
             }
-            if opts.executor == ExecutorChoice::Docker {
-                if let Some(step) = job.steps.iter().find(|s| s.image.is_none()) {
-                    let n = job_node.cloned().unwrap_or_else(|| root.clone());
-                    self.err(
-                        &n,
-                        &path,
-                        format!(
-                            "step `{}` of job `{}` has no image, but `--executor docker` runs every step in a container",
-                            step.name, job.name
-                        ),
-                        "give the job or step an `image:`, or use `--executor auto`",
-                    );
-                }
+            if opts.executor == ExecutorChoice::Docker
+                && let Some(step) = job.steps.iter().find(|s| s.image.is_none())
+            {
+                let n = job_node.cloned().unwrap_or_else(|| root.clone());
+                self.err(
+                    &n,
+                    &path,
+                    format!(
+                        "step `{}` of job `{}` has no image, but `--executor docker` runs every step in a container",
+                        step.name, job.name
+                    ),
+                    "give the job or step an `image:`, or use `--executor auto`",
+                );
             }
         }
         self.check_variables(root, p, opts);
@@ -1312,15 +1312,15 @@ impl Cx<'_> {
                 report(self, &step.environment, &scope, 2, &join(&spath, "environment"));
                 let wd = step.working_directory.as_ref().or(job.working_directory.as_ref());
                 for (key, text) in [("working_directory", wd), ("image", step.image.as_ref())] {
-                    if let Some(text) = text {
-                        if let Err(e) = scope.expand(text) {
-                            let node = jobs_field(root, &job.name, i, key).unwrap_or(Node {
-                                value: Value::Null,
-                                pos: job.pos,
-                                width: job.name.len(),
-                            });
-                            self.err(&node, &join(&spath, key), e.to_string(), e.hint());
-                        }
+                    if let Some(text) = text
+                        && let Err(e) = scope.expand(text)
+                    {
+                        let node = jobs_field(root, &job.name, i, key).unwrap_or(Node {
+                            value: Value::Null,
+                            pos: job.pos,
+                            width: job.name.len(),
+                        });
+                        self.err(&node, &join(&spath, key), e.to_string(), e.hint());
                     }
                 }
             }

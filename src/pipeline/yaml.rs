@@ -425,15 +425,15 @@ fn plain_scalar(text: String) -> Value {
         if let Ok(i) = text.parse::<i64>() {
             return Value::Int(i);
         }
-        if let Some(hex) = text.strip_prefix("0x") {
-            if let Ok(i) = i64::from_str_radix(hex, 16) {
-                return Value::Int(i);
-            }
+        if let Some(hex) = text.strip_prefix("0x")
+            && let Ok(i) = i64::from_str_radix(hex, 16)
+        {
+            return Value::Int(i);
         }
-        if text.chars().any(|c| c.is_ascii_digit()) {
-            if let Ok(f) = text.parse::<f64>() {
-                return Value::Float(f);
-            }
+        if text.chars().any(|c| c.is_ascii_digit())
+            && let Ok(f) = text.parse::<f64>()
+        {
+            return Value::Float(f);
         }
     }
     Value::Str(text)

@@ -253,10 +253,10 @@ impl App {
     }
 
     fn select_first_visible(&mut self) {
-        if let Some(&first) = self.visible_jobs().first() {
-            if !self.visible_jobs().contains(&self.selected) {
-                self.select(first);
-            }
+        if let Some(&first) = self.visible_jobs().first()
+            && !self.visible_jobs().contains(&self.selected)
+        {
+            self.select(first);
         }
     }
 

@@ -229,8 +229,8 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 dirty = true;
             }
             Some(ev) = input.recv() => {
-                if let TermEvent::Key(key) = ev {
-                    if key.kind != KeyEventKind::Release {
+                if let TermEvent::Key(key) = ev
+                    && key.kind != KeyEventKind::Release {
                         for cmd in app.handle_key(key) {
                             if let Command::Shell(job) = &cmd {
                                 app.status = Some(shell(handle, job, &mut terminal, &pause).await);
@@ -244,7 +244,6 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                             }
                         }
                     }
-                }
                 dirty = true;
                 keyed = true;
             }

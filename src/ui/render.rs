@@ -92,10 +92,10 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     }
     spans.push(sep());
     spans.push(Span::raw(clock(elapsed)));
-    if m.finished.is_none() {
-        if let Some(eta) = m.eta_ms(app.now) {
-            spans.push(Span::raw(format!(" ETA {}", clock(eta))));
-        }
+    if m.finished.is_none()
+        && let Some(eta) = m.eta_ms(app.now)
+    {
+        spans.push(Span::raw(format!(" ETA {}", clock(eta))));
     }
     spans.push(sep());
     let counts = [

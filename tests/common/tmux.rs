@@ -110,10 +110,10 @@ impl Drop for Tmux {
 pub fn wait_file(path: &Path) -> String {
     let start = Instant::now();
     loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if s.ends_with('\n') {
-                return s;
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s;
         }
         assert!(start.elapsed() < LIMIT, "no {}", path.display());
         std::thread::sleep(Duration::from_millis(50));
