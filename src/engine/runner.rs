@@ -213,12 +213,7 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         if let Some(e) = err {
             let msg = format!("cannot prepare the workspace {}: {e}", ws.display());
             note(a, &setup, msg.clone()).await;
-            return Outcome {
-                exit_code: None,
-                failure: Some(FailureClass::Infra),
-                message: Some(msg),
-                corrupt_upstream: None,
-            };
+            return Outcome::infra(msg);
         }
     }
     let services = if job.services.is_empty() || !ctx.containers {
@@ -229,12 +224,7 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
             Err(msg) => {
                 let setup: Arc<str> = Arc::from("services");
                 note(a, &setup, msg.clone()).await;
-                return Outcome {
-                    exit_code: None,
-                    failure: Some(FailureClass::Infra),
-                    message: Some(msg),
-                    corrupt_upstream: None,
-                };
+                return Outcome::infra(msg);
             }
         }
     };

@@ -43,6 +43,16 @@ impl Outcome {
             corrupt_upstream: None,
         }
     }
+    /// The attempt could not run (workspace, services): class infra.
+    pub fn infra(message: String) -> Self {
+        Outcome {
+            exit_code: None,
+            failure: Some(FailureClass::Infra),
+            message: Some(message),
+            corrupt_upstream: None,
+        }
+    }
+
     pub fn failed(exit_code: Option<i32>, class: FailureClass) -> Self {
         Outcome {
             exit_code,

@@ -239,24 +239,23 @@ impl ObjectStore {
     /// exclusively by garbage collection, so GC never sweeps an object that
     /// a running job has stored but not yet recorded.
     pub fn lock_shared(&self) -> Result<File, ObjectError> {
-        let path = self.root.join(".lock");
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("cannot open", &path))?;
-        f.lock_shared().map_err(io_err("cannot lock", &path))?;
-        Ok(f)
+        self.lock(false)
     }
 
     pub fn lock_exclusive(&self) -> Result<File, ObjectError> {
+        self.lock(true)
+    }
+
+    /// The lock lives as long as the returned file.
+    fn lock(&self, exclusive: bool) -> Result<File, ObjectError> {
         let path = self.root.join(".lock");
         let f = File::options()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err("cannot open", &path))?;
-        f.lock().map_err(io_err("cannot lock", &path))?;
+        let locked = if exclusive { f.lock() } else { f.lock_shared() };
+        locked.map_err(io_err("cannot lock", &path))?;
         Ok(f)
     }
 
