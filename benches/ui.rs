@@ -77,6 +77,7 @@ fn big_app() -> App {
                 duration_ms: 1_234,
                 flaky: false,
                 message: None,
+                cached: None,
             }));
         }
     }

@@ -231,11 +231,16 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             duration_ms,
             flaky,
             message,
+            cached,
             ..
         } => {
             let d = seconds(*duration_ms);
             match status {
                 JobStatus::Succeeded if *flaky => format!(":: {job:<w$} FLAKY: passed after a retry, in {d}"),
+                JobStatus::Succeeded if cached.is_some() => format!(
+                    ":: {job:<w$} CACHED (key {}) in {d}",
+                    cached.as_deref().map_or("", |k| &k[..16.min(k.len())])
+                ),
                 JobStatus::Succeeded => format!(":: {job:<w$} PASS in {d}"),
                 JobStatus::Cancelled => format!(":: {job:<w$} CANCELLED"),
                 _ => {

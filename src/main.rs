@@ -39,6 +39,8 @@ macro_rules! outln {
     ($($arg:tt)*) => { write_out(&format!("{}\n", format!($($arg)*))) };
 }
 
+mod storecmd;
+
 #[derive(Parser)]
 #[command(name = "trackside", version, about = "Run and steer CI/CD pipelines from a terminal")]
 struct Cli {
@@ -103,6 +105,9 @@ enum Cmd {
         /// Keep a failed container job's container and workspace, for `trackside shell`.
         #[arg(long)]
         keep_failed: bool,
+        /// Run every job even when its cached result is valid (results are still stored).
+        #[arg(long)]
+        no_cache: bool,
         /// One JSON event per line instead of plain text.
         #[arg(long)]
         json: bool,
@@ -194,8 +199,9 @@ enum Cmd {
         #[command(subcommand)]
         action: StoreCmd,
     },
-    /// Remove old runs by policy, then every stored object no kept run uses.
-    /// Safe while runs are in progress: unfinished runs are always kept.
+    /// Remove old runs, expired artifacts and unused cache entries by policy
+    /// (flags, or `gc:` in <state>/config.yml), then every stored object
+    /// nothing kept uses. Safe while runs are in progress.
     Gc {
         /// Keep at most N finished runs per pipeline.
         #[arg(long, value_name = "N")]
@@ -203,9 +209,21 @@ enum Cmd {
         /// Remove finished runs older than this (`30d`, `12h`).
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         max_age: Option<Duration>,
+        /// Then drop the least recently used runs and cache entries until
+        /// the store is at most this big (`500MB`, `2GiB`).
+        #[arg(long, value_name = "SIZE", value_parser = storecmd::parse_size)]
+        max_size: Option<u64>,
+        /// Drop cache entries and directory caches not used for this long (`14d`).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        unused_for: Option<Duration>,
         /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Inspect the result cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
     },
     /// Print the summary of a past run.
     Show {
@@ -213,6 +231,13 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Explain a job's cache miss (or hit): its key's components diffed
+    /// against the last stored result of the same job.
+    Why { run: String, job: String },
 }
 
 #[derive(Subcommand)]
@@ -272,34 +297,29 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             timestamps,
         } => logs(&state, &run, &job, attempt, timestamps),
         Cmd::Show { run, format } => show(&state, &run, format),
-        Cmd::Artifacts { args, output } => artifacts(&state, &args, output.as_deref()),
+        Cmd::Artifacts { args, output } => storecmd::artifacts(&state, &args, output.as_deref()),
         Cmd::Store {
             action: StoreCmd::Verify { repair },
-        } => store_verify(&state, repair),
+        } => storecmd::verify(&state, repair),
         Cmd::Gc {
             keep_last,
             max_age,
+            max_size,
+            unused_for,
             dry_run,
-        } => {
-            if keep_last.is_none() && max_age.is_none() {
-                return Err(Fail("say what to keep: --keep-last N and/or --max-age AGE".into(), 2));
-            }
-            let policy = store::gc::Policy {
+        } => storecmd::gc(
+            &state,
+            storecmd::GcFlags {
                 keep_last,
                 max_age,
+                max_size,
+                unused_for,
                 dry_run,
-            };
-            let r = store::gc::collect_garbage(&state, &policy)?;
-            let verb = if dry_run { "would remove" } else { "removed" };
-            outln!(
-                "{verb} {} run(s) and {} object(s) ({} bytes); {} object(s) still in use",
-                r.runs_removed.len(),
-                r.objects_removed,
-                r.bytes_freed,
-                r.objects_kept
-            );
-            Ok(0)
-        }
+            },
+        ),
+        Cmd::Cache {
+            action: CacheCmd::Why { run, job },
+        } => storecmd::cache_why(&state, &run, &job),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Run {
             file,
@@ -308,6 +328,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             ascii,
             no_watch,
             keep_failed,
+            no_cache,
             json,
             jobs,
             fail_fast,
@@ -380,6 +401,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             }
             cfg.only_job = job;
             cfg.keep_failed = keep_failed;
+            cfg.no_cache = no_cache;
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
@@ -673,164 +695,6 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
     }
     out!("{out}");
     Ok(0)
-}
-
-/// The artifact manifest a job of a run recorded.
-fn job_manifest(
-    objects: &store::objects::ObjectStore,
-    run_dir: &Path,
-    job: &str,
-) -> Result<store::manifest::Manifest, Fail> {
-    let record = trackside::engine::runner::artifact_record(run_dir, job);
-    let text =
-        std::fs::read_to_string(&record).map_err(|_| Fail(format!("job `{job}` kept no artifacts in this run"), 2))?;
-    let digest = store::objects::Digest::parse(text.trim())
-        .ok_or_else(|| Fail(format!("{} is damaged", record.display()), 2))?;
-    Ok(store::manifest::load(objects, &digest)?)
-}
-
-fn artifacts(state: &Path, args: &[String], output: Option<&Path>) -> Result<u8, Fail> {
-    let objects = store::objects::ObjectStore::open(&state.join("objects"))?;
-    if args.first().map(String::as_str) == Some("get") {
-        let (Some(run), Some(job)) = (args.get(1), args.get(2)) else {
-            return Err(Fail("usage: trackside artifacts get RUN JOB [PATH] -o DIR".into(), 2));
-        };
-        let Some(out) = output else {
-            return Err(Fail(
-                "`artifacts get` needs `-o DIR`: where to write the files".into(),
-                2,
-            ));
-        };
-        let dir = store::find_run(state, run)?;
-        let mut m = job_manifest(&objects, &dir, job)?;
-        if let Some(prefix) = args.get(3) {
-            let prefix = prefix.trim_end_matches('/');
-            m.entries
-                .retain(|e| e.path == prefix || e.path.starts_with(&format!("{prefix}/")));
-            if m.entries.is_empty() {
-                return Err(Fail(format!("no artifact of `{job}` matches `{prefix}`"), 2));
-            }
-        }
-        store::manifest::restore(&objects, &m, out)?;
-        eprintln!(
-            "wrote {} file(s) to {} (each verified against its hash)",
-            m.entries.len(),
-            out.display()
-        );
-        return Ok(0);
-    }
-    let run = &args[0];
-    let dir = store::find_run(state, run)?;
-    let jobs: Vec<String> = match args.get(1) {
-        Some(j) => vec![j.clone()],
-        None => {
-            let mut names: Vec<String> = std::fs::read_dir(dir.join("artifacts"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .into_string()
-                        .ok()?
-                        .strip_suffix(".manifest")
-                        .map(str::to_string)
-                })
-                .collect();
-            names.sort();
-            names
-        }
-    };
-    if jobs.is_empty() {
-        outln!(
-            "run {} kept no artifacts",
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        return Ok(0);
-    }
-    for job in jobs {
-        let m = job_manifest(&objects, &dir, &job)?;
-        let total: u64 = m
-            .entries
-            .iter()
-            .map(|e| match &e.kind {
-                store::manifest::EntryKind::File { size, .. } => *size,
-                store::manifest::EntryKind::Symlink { .. } => 0,
-            })
-            .sum();
-        outln!("{job}: {} file(s), {total} bytes", m.entries.len());
-        for e in &m.entries {
-            match &e.kind {
-                store::manifest::EntryKind::File { object, size } => {
-                    let short: String = object.to_string().chars().take(12).collect();
-                    outln!("  {:o}  {size:>10}  {short}  {}", e.mode, e.path);
-                }
-                store::manifest::EntryKind::Symlink { target } => {
-                    outln!("  link  {:>10}  {:12}  {} -> {target}", "", "", e.path)
-                }
-            }
-        }
-    }
-    Ok(0)
-}
-
-fn store_verify(state: &Path, repair: bool) -> Result<u8, Fail> {
-    let objects = store::objects::ObjectStore::open(&state.join("objects"))?;
-    let all = objects.list()?;
-    let mut corrupt = Vec::new();
-    for d in &all {
-        if !objects.verify(d)? {
-            corrupt.push(*d);
-        }
-    }
-    for d in &corrupt {
-        outln!("corrupt object {d}{}", if repair { " (removed)" } else { "" });
-        if repair {
-            objects.remove(d)?;
-        }
-    }
-    // Run records that point at a manifest or file that is gone.
-    let mut dangling = 0;
-    for run in store::list_runs(state)? {
-        let dir = store::runs_dir(state).join(&run.run_id);
-        for entry in std::fs::read_dir(dir.join("artifacts")).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(job) = name.strip_suffix(".manifest") else {
-                continue;
-            };
-            let problem = match std::fs::read_to_string(entry.path())
-                .ok()
-                .and_then(|t| store::objects::Digest::parse(t.trim()))
-            {
-                None => Some("unreadable record".to_string()),
-                Some(d) => match store::manifest::load(&objects, &d) {
-                    Err(e) => Some(e.to_string()),
-                    Ok(m) => m.entries.iter().find_map(|e| match &e.kind {
-                        store::manifest::EntryKind::File { object, .. } if !objects.contains(object) => {
-                            Some(format!("file `{}` ({object}) is missing", e.path))
-                        }
-                        _ => None,
-                    }),
-                },
-            };
-            if let Some(p) = problem {
-                dangling += 1;
-                outln!("run {} job {job}: {p}", run.run_id);
-            }
-        }
-    }
-    outln!(
-        "{} object(s) checked: {} corrupt{}, {dangling} artifact record(s) pointing at missing data",
-        all.len(),
-        corrupt.len(),
-        if repair && !corrupt.is_empty() {
-            " and removed"
-        } else {
-            ""
-        }
-    );
-    Ok(if corrupt.is_empty() && dangling == 0 { 0 } else { 1 })
 }
 
 fn shell(state: &Path, run: &str, job: &str, attempt: Option<u32>) -> Result<u8, Fail> {

@@ -540,13 +540,16 @@ fn store_verify_finds_and_repairs_corruption() {
     let o = e.run(&["store", "verify", "--repair"]);
     assert!(text(&o.stdout).contains("(removed)"), "{}", text(&o.stdout));
     assert!(!object.exists());
-    let o = e.run(&["store", "verify"]);
-    assert_eq!(code(&o), 1, "the run's record now points at a missing file");
+    // The run's index entry pointed at the removed file: reported and dropped too.
     assert!(
-        text(&o.stdout).contains("file `out.txt`") && text(&o.stdout).contains("is missing"),
+        text(&o.stdout).contains("file `out.txt`") && text(&o.stdout).contains("is missing (removed)"),
         "{}",
         text(&o.stdout)
     );
+    let o = e.run(&["store", "verify"]);
+    assert_eq!(code(&o), 0, "repaired: {}", text(&o.stdout));
+    let o = e.run(&["artifacts", "last"]);
+    assert!(text(&o.stdout).contains("kept no artifacts"), "{}", text(&o.stdout));
 }
 
 #[test]
@@ -562,18 +565,22 @@ fn gc_keeps_the_newest_runs_and_what_they_use() {
     assert_eq!(code(&e.run(&["gc"])), 2, "gc needs a policy");
     let o = e.run(&["gc", "--keep-last", "1", "--dry-run"]);
     assert!(
-        text(&o.stdout).contains("would remove 2 run(s) and 4 object(s)"),
+        text(&o.stdout).contains(
+            "would remove 2 run(s), 0 expired artifact set(s), 0 cache entries, 0 directory cache(s) and 4 object(s)"
+        ),
         "{}",
         text(&o.stdout)
     );
     let o = e.run(&["gc", "--keep-last", "1"]);
     assert!(
-        text(&o.stdout).contains("removed 2 run(s) and 4 object(s)"),
+        text(&o.stdout).contains(
+            "removed 2 run(s), 0 expired artifact set(s), 0 cache entries, 0 directory cache(s) and 4 object(s)"
+        ),
         "{}",
         text(&o.stdout)
     );
     assert!(
-        text(&o.stdout).contains("2 object(s) still in use"),
+        text(&o.stdout).contains("2 object(s) (164 bytes) still in use"),
         "{}",
         text(&o.stdout)
     );
@@ -627,7 +634,9 @@ fn gc_during_a_run_loses_nothing_the_run_needs() {
     let o = e.run(&["gc", "--keep-last", "0", "--max-age", "0s"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     assert!(
-        text(&o.stdout).contains("removed 0 run(s) and 0 object(s)"),
+        text(&o.stdout).contains(
+            "removed 0 run(s), 0 expired artifact set(s), 0 cache entries, 0 directory cache(s) and 0 object(s)"
+        ),
         "{}",
         text(&o.stdout)
     );

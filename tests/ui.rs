@@ -117,6 +117,7 @@ fn done(at: u64, job: &str, attempt: u32, status: JobStatus, class: Option<Failu
             duration_ms: ms,
             flaky: false,
             message: class.map(|_| "step `main` exited with 1".to_string()),
+            cached: None,
         },
     )
 }

@@ -23,6 +23,7 @@ use crate::pipeline::vars::Scope;
 use crate::pipeline::{Pipeline, Plan};
 use crate::store::{self, RunMeta, RunRecord, StoreError};
 
+use super::artifacts;
 use super::event::{Event, EventKind, RunSummary};
 use super::mask::Masker;
 use super::runner::{Attempt, RunContext, RunnerMsg, run_attempt};
@@ -78,6 +79,8 @@ pub struct EngineConfig {
     /// Watch the pipeline file and apply valid edits to jobs that have not
     /// started, re-reading it with these options. `None`: no watching.
     pub watch: Option<crate::pipeline::LoadOptions>,
+    /// `--no-cache`: run every job; results are still stored.
+    pub no_cache: bool,
 }
 
 /// Quiet time after the last change to the pipeline file before it is read.
@@ -108,6 +111,7 @@ impl EngineConfig {
             keep_failed: false,
             seed: None,
             watch: None,
+            no_cache: false,
         }
     }
 }
@@ -295,6 +299,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
             crate::store::objects::ObjectStore::open(&cfg.state_dir.join("objects"))
                 .map_err(|e| EngineError::Rejected(format!("cannot open the artifact store: {e}")))?,
         ),
+        index: Arc::new(crate::store::index::Index::open(&cfg.state_dir)?),
+        // Flake hunting needs real runs: repetitions never use the cache.
+        use_cache: !cfg.no_cache && repeat.is_none(),
     });
     let cond_env = conditional_env(&ctx, &pipeline);
     let opts = Options {
@@ -468,7 +475,7 @@ impl Actor {
                 }
             };
             if let Some(m) = msg {
-                self.message(m, &retry_tx);
+                self.message(m, &retry_tx).await;
             }
             if !self.shutdown.is_empty() && self.running.is_empty() {
                 break;
@@ -591,7 +598,7 @@ impl Actor {
         }
     }
 
-    fn message(&mut self, m: ActorMsg, retry_tx: &mpsc::UnboundedSender<JobId>) {
+    async fn message(&mut self, m: ActorMsg, retry_tx: &mpsc::UnboundedSender<JobId>) {
         let name = |s: &Self, j: JobId| s.state.pipeline().jobs[j].name.clone();
         match m {
             ActorMsg::RetryDue(job) => {
@@ -646,7 +653,34 @@ impl Actor {
                 };
                 self.emit(kind);
             }
-            ActorMsg::Runner(RunnerMsg::AttemptDone { job, attempt, outcome }) => {
+            ActorMsg::Runner(RunnerMsg::AttemptDone {
+                job,
+                attempt,
+                outcome,
+                cache_key,
+            }) => {
+                // Store the result before the job counts as finished, so a
+                // run started right after this one finds it. The log is
+                // complete: every line came through this channel before.
+                if let Some(key) = cache_key.filter(|_| outcome.failure.is_none()) {
+                    let ctx = self.ctx.clone();
+                    let saved = tokio::task::spawn_blocking(move || {
+                        artifacts::save(&ctx, &ctx.pipeline.jobs[job], attempt, &key)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                    if let Err(e) = saved {
+                        let kind = EventKind::LogLine {
+                            job: name(self, job),
+                            attempt,
+                            step: "cache".into(),
+                            stream: crate::exec::Stream::Stderr,
+                            line: format!("trackside: cannot store the result in the cache: {e}"),
+                        };
+                        self.emit(kind);
+                    }
+                }
                 tracing::debug!(
                     job = %self.ctx.pipeline.jobs[job].name,
                     attempt,

@@ -53,6 +53,8 @@ pub use crate::exec::Stream;
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
     Pass,
+    /// Passed earlier with the same inputs: served from the result cache.
+    Cached,
     Fail,
     Flaky,
     Skipped,
@@ -64,6 +66,7 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Pass => "PASS",
+            Verdict::Cached => "CACHED",
             Verdict::Fail => "FAIL",
             Verdict::Flaky => "FLAKY",
             Verdict::Skipped => "SKIPPED",
@@ -117,6 +120,9 @@ pub struct JobSummary {
     pub allow_failure: bool,
     /// Why it was skipped, blocked or failed without running.
     pub reason: Option<String>,
+    /// The result-cache key it was served under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,6 +223,9 @@ pub enum EventKind {
         duration_ms: u64,
         flaky: bool,
         message: Option<String>,
+        /// Served from the result cache under this key (status stays `succeeded`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cached: Option<String>,
     },
     JobRetrying {
         job: String,

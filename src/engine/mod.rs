@@ -6,6 +6,7 @@
 //! imports a terminal crate.
 
 pub mod actor;
+pub mod artifacts;
 pub mod event;
 pub mod failure;
 pub mod mask;

@@ -21,6 +21,7 @@ use crate::pipeline::model::EnvVar;
 use crate::pipeline::vars::Scope;
 use crate::pipeline::{FailureClass, Job, Pipeline};
 
+use super::artifacts;
 use super::failure::{Patterns, classify};
 use super::state::{JobId, Outcome};
 
@@ -52,6 +53,8 @@ pub enum RunnerMsg {
         job: JobId,
         attempt: u32,
         outcome: Outcome,
+        /// The result-cache key of a job that ran (not one served from the cache).
+        cache_key: Option<super::artifacts::CacheKey>,
     },
 }
 
@@ -78,6 +81,10 @@ pub struct RunContext {
     pub keep_failed: bool,
     /// Where artifacts are kept (`<state>/objects`).
     pub objects: Arc<crate::store::objects::ObjectStore>,
+    /// Names of artifacts, cache entries and directory caches.
+    pub index: Arc<crate::store::index::Index>,
+    /// False with `--no-cache`: results are stored but not looked up.
+    pub use_cache: bool,
 }
 
 impl RunContext {
@@ -171,17 +178,37 @@ impl Context for StepCtx<'_> {
 
 /// Runs the attempt and reports `AttemptDone` last, whatever happens.
 pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
+    let job = &ctx.pipeline.jobs[a.job];
+    let cache_key = if job.cache.is_some() {
+        match artifacts::lookup(&ctx, &a, job).await {
+            Ok(outcome) => {
+                let _ =
+                    a.tx.send(RunnerMsg::AttemptDone {
+                        job: a.job,
+                        attempt: a.attempt,
+                        outcome,
+                        cache_key: None,
+                    })
+                    .await;
+                return;
+            }
+            Err(key) => key,
+        }
+    } else {
+        None
+    };
     let outcome = attempt_outcome(&ctx, &a).await;
     let _ =
         a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
             attempt: a.attempt,
             outcome,
+            cache_key,
         })
         .await;
 }
 
-async fn note(a: &Attempt, step: &Arc<str>, text: String) {
+pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
     let _ =
         a.tx.send(RunnerMsg::Log {
             job: a.job,
@@ -229,18 +256,26 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         }
     };
     let network = services.network.clone();
-    let outcome = match restore_artifacts(ctx, a, job, &ws).await {
+    let prepared = match artifacts::restore(ctx, a, job, &ws).await {
+        Err(o) => Err(o),
+        Ok(()) => artifacts::pull_dir_cache(ctx, a, job, &ws)
+            .await
+            .map_err(Outcome::infra),
+    };
+    let outcome = match prepared {
         Err(o) => o,
         Ok(()) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
-            if let Err(msg) = collect_artifacts(ctx, a, job, &ws, o.failure.is_none()).await
+            let mut kept = artifacts::collect(ctx, a, job, &ws, o.failure.is_none()).await;
+            if kept.is_ok() && o.failure.is_none() {
+                kept = artifacts::push_dir_cache(ctx, a, job, &ws).await;
+            }
+            if let Err(msg) = kept
                 && o.failure.is_none()
             {
                 o = Outcome {
-                    exit_code: None,
-                    failure: Some(FailureClass::Script),
                     message: Some(msg),
-                    corrupt_upstream: None,
+                    ..Outcome::failed(None, FailureClass::Script)
                 };
             }
             o
@@ -253,136 +288,6 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dest)).await;
     }
     outcome
-}
-
-/// Where a job's latest artifact manifest digest is recorded in the run folder.
-pub fn artifact_record(run_dir: &Path, job: &str) -> PathBuf {
-    run_dir.join("artifacts").join(format!("{job}.manifest"))
-}
-
-/// Restores the artifacts of the jobs this one needs, verifying each file.
-/// A failed verification fails the attempt as `data_integrity`, naming the
-/// producer so the engine can run it again.
-async fn restore_artifacts(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), Outcome> {
-    let producers: Vec<String> = match &job.needs_artifacts {
-        Some(list) => list.clone(),
-        None => job.depends_on.clone(),
-    };
-    let step: Arc<str> = Arc::from("artifacts");
-    for producer in producers {
-        let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
-        let record = artifact_record(&ctx.run_dir, &producer);
-        let Ok(text) = std::fs::read_to_string(&record) else {
-            if has_artifacts {
-                note(
-                    a,
-                    &step,
-                    format!("{producer} left no artifacts (its `artifacts.when` did not match)"),
-                )
-                .await;
-            }
-            continue;
-        };
-        let Some(digest) = crate::store::objects::Digest::parse(text.trim()) else {
-            continue;
-        };
-        let (objects, dest) = (ctx.objects.clone(), ws.to_path_buf());
-        let restored = tokio::task::spawn_blocking(move || {
-            let m = crate::store::manifest::load(&objects, &digest)?;
-            crate::store::manifest::restore(&objects, &m, &dest).map(|()| m.entries.len())
-        })
-        .await;
-        match restored {
-            Ok(Ok(n)) => note(a, &step, format!("restored {n} artifact file(s) of {producer}")).await,
-            Ok(Err(e)) => {
-                let corrupt = matches!(
-                    &e,
-                    crate::store::manifest::ArtifactError::Object {
-                        source: crate::store::objects::ObjectError::Corrupt { .. }
-                            | crate::store::objects::ObjectError::Missing(_),
-                        ..
-                    }
-                );
-                let msg = format!("artifacts of {producer}: {e}");
-                note(a, &step, msg.clone()).await;
-                return Err(Outcome {
-                    exit_code: None,
-                    failure: Some(if corrupt {
-                        FailureClass::DataIntegrity
-                    } else {
-                        FailureClass::Infra
-                    }),
-                    message: Some(msg),
-                    corrupt_upstream: corrupt.then_some(producer),
-                });
-            }
-            Err(e) => {
-                return Err(Outcome {
-                    exit_code: None,
-                    failure: Some(FailureClass::Infra),
-                    message: Some(format!("restoring artifacts of {producer}: {e}")),
-                    corrupt_upstream: None,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Collects the job's artifacts when `when` matches the outcome.
-async fn collect_artifacts(
-    ctx: &Arc<RunContext>,
-    a: &Attempt,
-    job: &Job,
-    ws: &Path,
-    succeeded: bool,
-) -> Result<(), String> {
-    use crate::pipeline::model::ArtifactWhen;
-    let Some(spec) = &job.artifacts else { return Ok(()) };
-    let wanted = match spec.when {
-        ArtifactWhen::OnSuccess => succeeded,
-        ArtifactWhen::OnFailure => !succeeded,
-        ArtifactWhen::Always => true,
-    };
-    if !wanted {
-        return Ok(());
-    }
-    let step: Arc<str> = Arc::from("artifacts");
-    let (objects, root, spec, record) = (
-        ctx.objects.clone(),
-        ws.to_path_buf(),
-        spec.clone(),
-        artifact_record(&ctx.run_dir, &job.name),
-    );
-    let collected = tokio::task::spawn_blocking(move || -> Result<(usize, crate::store::objects::Digest), String> {
-        // Shared with other writers, exclusive with `gc`: held until the record is written.
-        let _lock = objects.lock_shared().map_err(|e| e.to_string())?;
-        let m =
-            crate::store::manifest::collect(&objects, &root, &spec.paths, &spec.exclude).map_err(|e| e.to_string())?;
-        let d = crate::store::manifest::save(&objects, &m).map_err(|e| e.to_string())?;
-        if let Some(dir) = record.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let tmp = record.with_extension("tmp");
-        std::fs::write(&tmp, format!("{d}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &record))
-            .map_err(|e| format!("cannot record artifacts: {e}"))?;
-        Ok((m.entries.len(), d))
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    match collected {
-        Ok((n, d)) => {
-            note(a, &step, format!("kept {n} artifact file(s), manifest {d}")).await;
-            Ok(())
-        }
-        Err(e) => {
-            let msg = format!("artifacts: {e}");
-            note(a, &step, msg.clone()).await;
-            Err(msg)
-        }
-    }
 }
 
 /// Starts the job's services; their output joins the job's log as step `services`.
@@ -793,6 +698,8 @@ mod tests {
             containers: false,
             keep_failed: false,
             objects: Arc::new(crate::store::objects::ObjectStore::open(&dir.path().join("objects")).expect("store")),
+            index: Arc::new(crate::store::index::Index::open(dir.path()).expect("index")),
+            use_cache: true,
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

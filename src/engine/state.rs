@@ -32,6 +32,8 @@ pub struct Outcome {
     pub message: Option<String>,
     /// With `DataIntegrity`: the job whose artifacts failed verification.
     pub corrupt_upstream: Option<String>,
+    /// Served from the result cache under this key; the job did not run.
+    pub cached: Option<String>,
 }
 
 impl Outcome {
@@ -41,6 +43,7 @@ impl Outcome {
             failure: None,
             message: None,
             corrupt_upstream: None,
+            cached: None,
         }
     }
     /// The attempt could not run (workspace, services): class infra.
@@ -50,6 +53,7 @@ impl Outcome {
             failure: Some(FailureClass::Infra),
             message: Some(message),
             corrupt_upstream: None,
+            cached: None,
         }
     }
 
@@ -59,6 +63,7 @@ impl Outcome {
             failure: Some(class),
             message: None,
             corrupt_upstream: None,
+            cached: None,
         }
     }
 }
@@ -145,6 +150,8 @@ struct JobState {
     failure_class: Option<FailureClass>,
     /// Attempts used in this round (retry_count counts per round).
     round_attempts: u32,
+    /// Served from the result cache under this key.
+    cached: Option<String>,
 }
 
 impl JobState {
@@ -163,6 +170,7 @@ impl JobState {
             duration: Duration::ZERO,
             failure_class: None,
             round_attempts: 0,
+            cached: None,
         }
     }
 }
@@ -652,6 +660,7 @@ impl RunState {
             duration_ms: 0,
             flaky: false,
             message: Some(message),
+            cached: None,
         }));
         self.after_failure(j, fx);
     }
@@ -716,6 +725,7 @@ impl RunState {
             None => {
                 st.status = JobStatus::Succeeded;
                 st.failure_class = None;
+                st.cached = outcome.cached.clone();
                 let flaky = st.failed_before;
                 fx.push(Effect::Emit(EventKind::JobFinished {
                     job: name.clone(),
@@ -726,6 +736,7 @@ impl RunState {
                     duration_ms,
                     flaky,
                     message: outcome.message,
+                    cached: outcome.cached,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -742,6 +753,7 @@ impl RunState {
                     duration_ms,
                     flaky: false,
                     message: outcome.message,
+                    cached: None,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -788,6 +800,7 @@ impl RunState {
                         duration_ms,
                         flaky: false,
                         message: outcome.message,
+                        cached: None,
                     }));
                     self.after_failure(j, fx);
                 }
@@ -876,6 +889,7 @@ impl RunState {
                     duration_ms: ms(self.jobs[j].duration),
                     flaky: false,
                     message: Some(why.to_string()),
+                    cached: None,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -1015,6 +1029,7 @@ impl RunState {
                 name: spec.name.clone(),
                 verdict: match st.status {
                     JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
+                    JobStatus::Succeeded if st.cached.is_some() => Verdict::Cached,
                     JobStatus::Succeeded => Verdict::Pass,
                     JobStatus::Failed => Verdict::Fail,
                     JobStatus::Cancelled => Verdict::Cancelled,
@@ -1028,6 +1043,7 @@ impl RunState {
                 failure_class: st.failure_class,
                 allow_failure: spec.allow_failure,
                 reason: st.reason.clone(),
+                cached: st.cached.clone(),
             })
             .collect();
         let required_failed: Vec<&str> = jobs

@@ -637,6 +637,19 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
+    fn image_id<'a>(&'a self, image: &'a str, pull: PullPolicy) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            self.ensure_image(image, pull).await?;
+            let info = self
+                .docker
+                .inspect_image(image)
+                .await
+                .map_err(|e| format!("cannot inspect image `{image}`: {e}"))?;
+            info.id
+                .ok_or_else(|| format!("the daemon reported no ID for image `{image}`"))
+        })
+    }
+
     fn run_step(
         &self,
         spec: StepSpec,

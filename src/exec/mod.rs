@@ -112,6 +112,17 @@ pub trait Executor: Send + Sync + 'static {
         let _ = run_id;
         Box::pin(async {})
     }
+
+    /// The ID of `image` once it is present by `pull`'s rules (pulled first
+    /// for `always`), for cache keys: a retagged image must change the key.
+    fn image_id<'a>(
+        &'a self,
+        image: &'a str,
+        pull: crate::pipeline::model::PullPolicy,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        let _ = pull;
+        Box::pin(async move { Err(format!("image `{image}` needs the container executor")) })
+    }
 }
 
 /// A job attempt's services.
@@ -182,6 +193,19 @@ impl Executor for Executors {
         match &self.docker {
             Some(d) => d.finish_run(run_id),
             None => Box::pin(async {}),
+        }
+    }
+
+    fn image_id<'a>(
+        &'a self,
+        image: &'a str,
+        pull: crate::pipeline::model::PullPolicy,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        match &self.docker {
+            Some(d) => d.image_id(image, pull),
+            None => {
+                Box::pin(async move { Err(format!("image `{image}` needs a Docker daemon, and none was connected")) })
+            }
         }
     }
 }

@@ -219,8 +219,60 @@ pub struct Job {
     pub artifacts: Option<Artifacts>,
     /// Whose artifacts to restore before the job (`None`: every dependency's).
     pub needs_artifacts: Option<Vec<String>>,
+    /// `cache: {inputs: [...]}`: skip the job when nothing it depends on changed.
+    pub cache: Option<ResultCache>,
+    /// `cache: {key, paths, policy}`: folders kept between runs.
+    pub dir_cache: Option<DirCache>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// The result cache of a job: the globs (relative to the project) whose
+/// content is part of the job's cache key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultCache {
+    pub inputs: Vec<String>,
+}
+
+/// A directory cache in the GitLab sense (dependency folders and the like).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirCache {
+    pub key: DirCacheKey,
+    /// Globs relative to the workspace; a directory takes everything below it.
+    pub paths: Vec<String>,
+    pub policy: CachePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirCacheKey {
+    /// A name, with `${VAR}` references resolved when the job starts.
+    Name(String),
+    /// `key: {files: [...], prefix: ...}`: the hash of those files' content.
+    Files { files: Vec<String>, prefix: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CachePolicy {
+    #[default]
+    PullPush,
+    Pull,
+    Push,
+}
+
+impl CachePolicy {
+    pub const ALL: [(&'static str, CachePolicy); 3] = [
+        ("pull-push", CachePolicy::PullPush),
+        ("pull", CachePolicy::Pull),
+        ("push", CachePolicy::Push),
+    ];
+    pub fn pulls(self) -> bool {
+        matches!(self, CachePolicy::PullPush | CachePolicy::Pull)
+    }
+    pub fn pushes(self) -> bool {
+        matches!(self, CachePolicy::PullPush | CachePolicy::Push)
+    }
 }
 
 /// `artifacts:` of a job.

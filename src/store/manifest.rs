@@ -82,7 +82,7 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-fn glob_set(patterns: &[String]) -> Result<GlobSet, ArtifactError> {
+pub(crate) fn glob_set(patterns: &[String]) -> Result<GlobSet, ArtifactError> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         if Path::new(p).is_absolute() || Path::new(p).components().any(|c| matches!(c, Component::ParentDir)) {
@@ -113,6 +113,7 @@ pub fn collect(
     let exc = glob_set(exclude)?;
     let canon_root = std::fs::canonicalize(root).map_err(io("cannot open", root))?;
     let mut entries = Vec::new();
+    let mut batch = store.batch();
     // (relative path, included because an ancestor directory matched)
     let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::new(), false)];
     while let Some((rel, inherited)) = stack.pop() {
@@ -156,7 +157,7 @@ pub fn collect(
             } else if meta.is_dir() {
                 stack.push((rel_child, matched));
             } else if meta.is_file() && matched {
-                let (object, size) = store.put_file(&child.path()).map_err(|source| ArtifactError::Object {
+                let (object, size) = batch.put_file(&child.path()).map_err(|source| ArtifactError::Object {
                     path: name.clone(),
                     source,
                 })?;
@@ -168,6 +169,10 @@ pub fn collect(
             }
         }
     }
+    batch.commit().map_err(|source| ArtifactError::Object {
+        path: root.display().to_string(),
+        source,
+    })?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Manifest { entries })
 }

@@ -7,14 +7,16 @@
 //!     events.jsonl     every event but log lines, appended and flushed at each transition
 //!     logs/<job>.<attempt>.log   one line per output line: ts_ms TAB stream TAB step TAB text
 //!     summary.json     written when the run finishes
-//!     artifacts/<job>.manifest   digest of the job's latest artifact manifest
 //!     steps/           container steps' scripts, secrets files and records (0700)
-//! <state>/objects/ab/cdef...     content-addressed objects (artifacts, manifests)
+//! <state>/objects/ab/cdef...     content-addressed objects (artifacts, manifests, cached logs)
+//! <state>/index.sqlite            run/job artifacts, cache keys, directory caches -> manifests
 //! <state>/logs/trackside.log.YYYY-MM-DD   trackside's own diagnostics
 //! ```
 //! Log files are line-buffered, so a crash loses at most a partial line.
 
+pub mod cache;
 pub mod gc;
+pub mod index;
 pub mod manifest;
 pub mod objects;
 
@@ -51,6 +53,10 @@ pub enum StoreError {
     },
     #[error("run record {path} is damaged: {message}")]
     Damaged { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("the store index {path}: {message}; `trackside store verify` checks the store")]
+    Index { path: PathBuf, message: String },
 }
 
 fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {

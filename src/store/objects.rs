@@ -93,6 +93,47 @@ pub struct ObjectStore {
     root: PathBuf,
 }
 
+/// See [`ObjectStore::batch`]. Dropping it without `commit` discards its temp files.
+pub struct Batch<'a> {
+    store: &'a ObjectStore,
+    pending: Vec<(PathBuf, Digest)>,
+}
+
+impl Batch<'_> {
+    pub fn put_file(&mut self, path: &Path) -> Result<(Digest, u64), ObjectError> {
+        let f = File::open(path).map_err(io_err("cannot open", path))?;
+        let (tmp, digest, size) = self.store.write_temp(f, false)?;
+        if self.store.contains(&digest) {
+            let _ = std::fs::remove_file(&tmp); // deduplicated: nothing to sync
+        } else {
+            self.pending.push((tmp, digest));
+        }
+        Ok((digest, size))
+    }
+
+    /// Makes every object of the batch durable, then names them.
+    pub fn commit(mut self) -> Result<(), ObjectError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let tmp_dir = self.store.root.join("tmp");
+        let dir = File::open(&tmp_dir).map_err(io_err("cannot open", &tmp_dir))?;
+        nix::unistd::syncfs(&dir).map_err(|e| io_err("cannot sync", &tmp_dir)(io::Error::from(e)))?;
+        for (tmp, digest) in std::mem::take(&mut self.pending) {
+            self.store.place(&tmp, &digest)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.pending {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 impl ObjectStore {
     /// Opens (creating) the store under `root`.
     pub fn open(root: &Path) -> Result<ObjectStore, ObjectError> {
@@ -124,7 +165,14 @@ impl ObjectStore {
     }
 
     /// Stores what `reader` yields; returns its digest and size.
-    pub fn put(&self, mut reader: impl Read) -> Result<(Digest, u64), ObjectError> {
+    pub fn put(&self, reader: impl Read) -> Result<(Digest, u64), ObjectError> {
+        let (tmp, digest, size) = self.write_temp(reader, true)?;
+        self.place(&tmp, &digest)?;
+        Ok((digest, size))
+    }
+
+    /// Copies `reader` into a new temp file, hashing; fsyncs it when `sync`.
+    fn write_temp(&self, mut reader: impl Read, sync: bool) -> Result<(PathBuf, Digest, u64), ObjectError> {
         let (mut file, tmp) = self.temp()?;
         let result = (|| {
             let mut hasher = Sha256::new();
@@ -141,26 +189,42 @@ impl ObjectStore {
                 file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
                 size += n as u64;
             }
-            file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+            if sync {
+                file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+            }
             Ok((Digest(hasher.finalize().into()), size))
         })();
-        let (digest, size) = match result {
-            Ok(x) => x,
+        match result {
+            Ok((digest, size)) => Ok((tmp, digest, size)),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+                Err(e)
             }
-        };
-        let dest = self.path(&digest);
+        }
+    }
+
+    /// Moves a durable temp file to its object name (or drops it: deduplicated).
+    fn place(&self, tmp: &Path, digest: &Digest) -> Result<(), ObjectError> {
+        let dest = self.path(digest);
         if dest.is_file() {
-            let _ = std::fs::remove_file(&tmp); // deduplicated
-            return Ok((digest, size));
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
         }
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
-        std::fs::rename(&tmp, &dest).map_err(io_err("cannot store", &dest))?;
-        Ok((digest, size))
+        std::fs::rename(tmp, &dest).map_err(io_err("cannot store", &dest))
+    }
+
+    /// A set of puts made durable together: one `syncfs` for the lot instead
+    /// of one fsync per object, which is what makes thousands of small files
+    /// cheap. Objects get their names only after the sync, so a crash never
+    /// leaves unsynced data under an object name.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            pending: Vec::new(),
+        }
     }
 
     pub fn put_file(&self, path: &Path) -> Result<(Digest, u64), ObjectError> {

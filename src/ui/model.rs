@@ -40,6 +40,8 @@ pub struct JobView {
     pub failure_class: Option<FailureClass>,
     pub reason: Option<String>,
     pub flaky: bool,
+    /// Served from the result cache under this key.
+    pub cached: Option<String>,
     /// When the current retry is due (ts, ms).
     pub retry_at: Option<u64>,
     pub step: Option<String>,
@@ -61,6 +63,7 @@ impl JobView {
             failure_class: None,
             reason: None,
             flaky: false,
+            cached: None,
             retry_at: None,
             step: None,
         }
@@ -199,12 +202,14 @@ impl Model {
                 duration_ms,
                 flaky,
                 message,
+                cached,
                 ..
             } => self.with(job, |j| {
                 j.status = *status;
                 j.duration_ms = Some(*duration_ms);
                 j.failure_class = *failure_class;
                 j.flaky = *flaky;
+                j.cached = cached.clone();
                 j.reason = message.clone();
                 j.step = None;
                 if let Some(a) = j.attempts.last_mut().filter(|a| a.ended_ts.is_none()) {
@@ -241,6 +246,7 @@ impl Model {
                 j.reason = None;
                 j.failure_class = None;
                 j.flaky = false;
+                j.cached = None;
                 j.duration_ms = None;
             }),
             EventKind::PipelineChanged { .. } => {
@@ -438,6 +444,10 @@ impl Model {
                 job.reason.clone().unwrap_or_else(|| job.status.expr_name().to_string())
             }
             JobStatus::Succeeded if job.flaky => "passed after a retry (FLAKY)".into(),
+            JobStatus::Succeeded if job.cached.is_some() => format!(
+                "CACHED: inputs unchanged, result reused (key {})",
+                job.cached.as_deref().map_or("", |k| &k[..16.min(k.len())])
+            ),
             JobStatus::Succeeded => "passed".into(),
         }
     }
@@ -548,6 +558,7 @@ mod tests {
                 duration_ms: 800,
                 flaky: true,
                 message: None,
+                cached: None,
             },
         ));
         assert_eq!(m.jobs[0].attempts.len(), 2);
@@ -608,6 +619,7 @@ mod tests {
                 duration_ms: 2_000,
                 flaky: false,
                 message: None,
+                cached: None,
             },
         ));
         assert_eq!(m.eta_ms(3_000), Some(2_000), "one job of mean duration left");

@@ -108,7 +108,7 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         (JobStatus::Cancelled, c.cancelled),
     ];
     for (i, (status, n)) in counts.into_iter().filter(|&(_, n)| n > 0).enumerate() {
-        let (g, style) = t.status(status, false, false);
+        let (g, style) = t.status(status, false, false, false);
         let gap = if i == 0 { "" } else { " " };
         spans.push(Span::styled(format!("{gap}{g}{n}"), style));
     }
@@ -188,7 +188,9 @@ fn render_jobs(app: &App, area: Rect, buf: &mut Buffer) {
 
 fn job_summary(app: &App, j: usize) -> (String, Style, String) {
     let job = &app.model.jobs[j];
-    let (glyph, style) = app.theme.status(job.status, job.flaky, job.allow_failure);
+    let (glyph, style) = app
+        .theme
+        .status(job.status, job.flaky, job.allow_failure, job.cached.is_some());
     let mut info = match app.model.job_elapsed(j, app.now) {
         Some(ms) => seconds(ms),
         None if job.status == JobStatus::WaitingApproval => "manual".into(),
@@ -387,8 +389,8 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
     };
     let m = &app.model;
     let job = &m.jobs[j];
-    let (glyph, style) = t.status(job.status, job.flaky, job.allow_failure);
-    let look = super::theme::look(job.status, job.flaky, job.allow_failure);
+    let (glyph, style) = t.status(job.status, job.flaky, job.allow_failure, job.cached.is_some());
+    let look = super::theme::look(job.status, job.flaky, job.allow_failure, job.cached.is_some());
     let mut lines = vec![Line::from(vec![
         Span::styled(format!("{glyph} {}", look.word), style.add_modifier(Modifier::BOLD)),
         Span::raw(match (job.failure_class, job.status) {

@@ -16,8 +16,8 @@ pub struct Look {
     pub word: &'static str,
 }
 
-/// Looks for job states. FLAKY and allowed failures have their own rows.
-pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool) -> Look {
+/// Looks for job states. FLAKY, CACHED and allowed failures have their own rows.
+pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool) -> Look {
     let (glyph, ascii, color, word) = match status {
         JobStatus::Pending => ("○", ".", Color::DarkGray, "pending"),
         JobStatus::Ready => ("◌", "o", Color::Blue, "queued"),
@@ -25,6 +25,7 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool) -> Look {
         JobStatus::Retrying => ("↻", "r", Color::Magenta, "retrying"),
         JobStatus::WaitingApproval => ("⏸", "?", Color::Cyan, "manual"),
         JobStatus::Succeeded if flaky => ("≈", "~", Color::Yellow, "flaky"),
+        JobStatus::Succeeded if cached => ("≡", "=", Color::Green, "cached"),
         JobStatus::Succeeded => ("✔", "+", Color::Green, "passed"),
         JobStatus::Failed if allowed_failure => ("✖", "x", Color::Magenta, "failed (allowed)"),
         JobStatus::Failed => ("✖", "X", Color::Red, "failed"),
@@ -55,8 +56,8 @@ impl Theme {
         }
     }
 
-    pub fn status(&self, status: JobStatus, flaky: bool, allowed: bool) -> (String, Style) {
-        let l = look(status, flaky, allowed);
+    pub fn status(&self, status: JobStatus, flaky: bool, allowed: bool, cached: bool) -> (String, Style) {
+        let l = look(status, flaky, allowed, cached);
         let glyph = if self.ascii { l.ascii } else { l.glyph };
         let mut style = self.fg(l.color);
         if !self.color

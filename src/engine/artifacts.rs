@@ -1,0 +1,501 @@
+//! What a job takes in and leaves behind: artifacts between jobs, the
+//! result cache and directory caches. The runner calls these around a job's
+//! steps; the store does the storing, the index the naming.
+//!
+//! Writers hold the object store's lock shared from storing objects until
+//! the index row naming them is written, so `gc` (exclusive) never sweeps
+//! objects that are about to be referenced.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::exec::Stream;
+use crate::pipeline::model::{ArtifactWhen, DirCacheKey};
+use crate::pipeline::{FailureClass, Job};
+use crate::store::cache::{self, Components};
+use crate::store::index::{CacheEntry, JobKey};
+use crate::store::manifest::{self, ArtifactError};
+use crate::store::objects::{Digest, ObjectError};
+
+use super::runner::{Attempt, RunContext, RunnerMsg, note};
+use super::state::Outcome;
+
+/// Predefined variables that differ on every run or attempt without
+/// changing what a job does; they are left out of cache keys.
+const VOLATILE_VARS: [&str; 5] = [
+    "CI_PIPELINE_ID",
+    "CI_JOB_ATTEMPT",
+    "CI_JOB_STEP",
+    "CI_PROJECT_DIR",
+    "TRACKSIDE_RUN_DIR",
+];
+
+/// The jobs whose artifacts `job` receives.
+pub fn producers(job: &Job) -> Vec<String> {
+    match &job.needs_artifacts {
+        Some(list) => list.clone(),
+        None => job.depends_on.clone(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("background task failed: {e}"))
+        .and_then(|r| r)
+}
+
+/// Restores the artifacts of the jobs this one needs, verifying each file.
+/// A failed verification fails the attempt as `data_integrity`, naming the
+/// producer so the engine can run it again.
+pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), Outcome> {
+    let step: Arc<str> = Arc::from("artifacts");
+    for producer in producers(job) {
+        let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
+        let digest = match ctx.index.artifact(&ctx.run_id, &producer) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                if has_artifacts {
+                    let msg = format!("{producer} left no artifacts (its `artifacts.when` did not match)");
+                    note(a, &step, msg).await;
+                }
+                continue;
+            }
+            Err(e) => return Err(Outcome::infra(format!("artifacts of {producer}: {e}"))),
+        };
+        let (objects, dest) = (ctx.objects.clone(), ws.to_path_buf());
+        let restored = tokio::task::spawn_blocking(move || {
+            let m = manifest::load(&objects, &digest)?;
+            manifest::restore(&objects, &m, &dest).map(|()| m.entries.len())
+        })
+        .await;
+        match restored {
+            Ok(Ok(n)) => note(a, &step, format!("restored {n} artifact file(s) of {producer}")).await,
+            Ok(Err(e)) => {
+                let corrupt = matches!(
+                    &e,
+                    ArtifactError::Object {
+                        source: ObjectError::Corrupt { .. } | ObjectError::Missing(_),
+                        ..
+                    }
+                );
+                let msg = format!("artifacts of {producer}: {e}");
+                note(a, &step, msg.clone()).await;
+                let class = if corrupt {
+                    FailureClass::DataIntegrity
+                } else {
+                    FailureClass::Infra
+                };
+                return Err(Outcome {
+                    corrupt_upstream: corrupt.then_some(producer),
+                    message: Some(msg),
+                    ..Outcome::failed(None, class)
+                });
+            }
+            Err(e) => return Err(Outcome::infra(format!("restoring artifacts of {producer}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Collects the job's artifacts when `when` matches the outcome.
+pub async fn collect(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, succeeded: bool) -> Result<(), String> {
+    let Some(spec) = &job.artifacts else { return Ok(()) };
+    let wanted = match spec.when {
+        ArtifactWhen::OnSuccess => succeeded,
+        ArtifactWhen::OnFailure => !succeeded,
+        ArtifactWhen::Always => true,
+    };
+    if !wanted {
+        return Ok(());
+    }
+    let step: Arc<str> = Arc::from("artifacts");
+    let (c, root, spec, name) = (ctx.clone(), ws.to_path_buf(), spec.clone(), job.name.clone());
+    let collected = blocking(move || {
+        let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;
+        let m = manifest::collect(&c.objects, &root, &spec.paths, &spec.exclude).map_err(|e| e.to_string())?;
+        let d = manifest::save(&c.objects, &m).map_err(|e| e.to_string())?;
+        let expires = spec
+            .expire_in
+            .map(|e| crate::store::now_ms().saturating_add(u64::try_from(e.as_millis()).unwrap_or(u64::MAX)));
+        c.index
+            .put_artifact(&c.run_id, &name, &d, expires)
+            .map_err(|e| format!("cannot record artifacts: {e}"))?;
+        Ok((m.entries.len(), d))
+    })
+    .await;
+    match collected {
+        Ok((n, d)) => {
+            note(a, &step, format!("kept {n} artifact file(s), manifest {d}")).await;
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!("artifacts: {e}");
+            note(a, &step, msg.clone()).await;
+            Err(msg)
+        }
+    }
+}
+
+/// A computed cache key, carried to the actor so it can store the result
+/// once the attempt's log is complete.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    pub key: String,
+    pub components: Components,
+}
+
+/// The project files a job's cache inputs are matched against.
+fn project_files(ctx: &RunContext) -> Result<Vec<PathBuf>, String> {
+    if ctx.in_place {
+        crate::exec::workspace::project_files(&ctx.project_dir)
+            .map_err(|e| format!("cannot list {}: {e}", ctx.project_dir.display()))
+    } else {
+        Ok(ctx.files.clone())
+    }
+}
+
+/// Replaces a value that contains a secret by its hash, so no secret is
+/// written to the index in clear.
+fn scrub(ctx: &RunContext, value: String) -> String {
+    if ctx
+        .secrets
+        .iter()
+        .any(|(_, s)| !s.is_empty() && value.contains(s.as_str()))
+    {
+        format!("sha256:{}", Digest::of(value.as_bytes()))
+    } else {
+        value
+    }
+}
+
+/// Every component of the job's cache key. See docs/caching.md for the list.
+pub async fn key_components(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result<Components, String> {
+    let Some(spec) = &job.cache else {
+        return Err("the job declares no `cache: {inputs}`".into());
+    };
+    let mut c = Components::new();
+    // The definition, field by field (positions are not serialized).
+    let fields = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m.into_iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    for (k, v) in fields(serde_json::to_value(job).map_err(|e| e.to_string())?) {
+        if k != "steps" && k != "name" {
+            c.insert(format!("job.{k}"), scrub(ctx, v.to_string()));
+        }
+    }
+    for step in &job.steps {
+        for (k, v) in fields(serde_json::to_value(step).map_err(|e| e.to_string())?) {
+            c.insert(format!("step.{}.{k}", step.name), scrub(ctx, v.to_string()));
+        }
+    }
+    c.insert("executor", if ctx.containers { "containers" } else { "shell" });
+    // The environment the steps start from, without secrets and volatile names.
+    let ws = ctx.project_dir.clone();
+    let scope = ctx.scope(job, &[], ctx.predefined(job, a.attempt, "", &ws));
+    let env = scope
+        .resolve_all()
+        .map_err(|(name, e)| format!("variable `{name}`: {e}"))?;
+    for (name, value) in env {
+        if VOLATILE_VARS.contains(&name.as_str()) {
+            continue;
+        }
+        if ctx.secrets.iter().any(|(s, _)| *s == name) {
+            c.insert(format!("secret.{name}"), "(set; its value is not part of the key)");
+        } else {
+            c.insert(format!("env.{name}"), scrub(ctx, value));
+        }
+    }
+    for (job_name, status) in a.statuses.iter() {
+        c.insert(format!("status.{job_name}"), status.clone());
+    }
+    // Image IDs: a tag moved to a new image changes the key.
+    if ctx.containers {
+        let mut images: Vec<String> = Vec::new();
+        for step in &job.steps {
+            if let Some(i) = &step.image {
+                images.push(scope.expand(i).map_err(|e| format!("image: {e}"))?);
+            }
+        }
+        images.extend(job.services.iter().map(|s| s.image.clone()));
+        images.sort();
+        images.dedup();
+        for image in images {
+            let id = ctx.executor.image_id(&image, job.container.pull).await?;
+            c.insert(format!("image.{image}"), id);
+        }
+    }
+    // Input files, then the artifacts the job receives.
+    let (cx, patterns) = (ctx.clone(), spec.inputs.clone());
+    let inputs = blocking(move || {
+        let files = project_files(&cx)?;
+        cache::hash_inputs(&cx.project_dir, &files, &patterns).map_err(|e| e.to_string())
+    })
+    .await?;
+    for (path, digest) in inputs {
+        c.insert(format!("input:{path}"), digest.to_string());
+    }
+    for producer in producers(job) {
+        let m = ctx.index.artifact(&ctx.run_id, &producer).map_err(|e| e.to_string())?;
+        c.insert(
+            format!("artifacts.{producer}"),
+            m.map_or_else(|| "none".to_string(), |d| d.to_string()),
+        );
+    }
+    if let Some(dc) = &job.dir_cache
+        && dc.policy.pulls()
+    {
+        let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+        let m = ctx.index.dir_cache_get(&key).map_err(|e| e.to_string())?;
+        c.insert("dir_cache", m.map_or_else(|| "none".to_string(), |d| d.to_string()));
+    }
+    Ok(c)
+}
+
+/// Looks the job up in the result cache. On a hit the job's artifacts become
+/// this run's, its log is replayed, and the outcome is returned; on a miss
+/// (or with `--no-cache`) the key is returned for storing after the run.
+pub async fn lookup(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result<Outcome, Option<CacheKey>> {
+    let step: Arc<str> = Arc::from("cache");
+    let components = match key_components(ctx, a, job).await {
+        Ok(c) => c,
+        Err(e) => {
+            note(a, &step, format!("cannot compute the cache key ({e}); running the job")).await;
+            return Err(None);
+        }
+    };
+    let key = components.key();
+    let entry = if ctx.use_cache {
+        ctx.index.cache_get(&key).ok().flatten()
+    } else {
+        note(a, &step, "--no-cache: not looking the result up".into()).await;
+        None
+    };
+    // A hit whose objects are gone is a miss, never a hit on missing data.
+    let usable = entry.filter(|e| entry_present(ctx, e));
+    let record = JobKey {
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        pipeline: ctx.pipeline.name.clone(),
+        key: key.clone(),
+        components: components.to_json(),
+        hit: usable.is_some(),
+    };
+    if let Err(e) = ctx.index.put_job_key(&record) {
+        note(a, &step, format!("cannot record the cache key: {e}")).await;
+    }
+    let Some(entry) = usable else {
+        if ctx.use_cache {
+            note(
+                a,
+                &step,
+                format!(
+                    "cache miss, key {}; `trackside cache why {} {}` says why",
+                    &key[..16],
+                    ctx.run_id,
+                    job.name
+                ),
+            )
+            .await;
+        }
+        return Err(Some(CacheKey { key, components }));
+    };
+    match replay(ctx, a, job, &entry).await {
+        Ok(()) => Ok(Outcome {
+            cached: Some(key),
+            ..Outcome::success()
+        }),
+        Err(e) => {
+            note(a, &step, format!("cannot use the cached result ({e}); running the job")).await;
+            Err(Some(CacheKey { key, components }))
+        }
+    }
+}
+
+fn entry_present(ctx: &RunContext, e: &CacheEntry) -> bool {
+    let log_ok = e.log.is_none_or(|d| ctx.objects.contains(&d));
+    let manifest_ok = e.manifest.is_none_or(|d| {
+        manifest::load(&ctx.objects, &d).is_ok_and(|m| {
+            m.entries.iter().all(|en| match &en.kind {
+                manifest::EntryKind::File { object, .. } => ctx.objects.contains(object),
+                manifest::EntryKind::Symlink { .. } => true,
+            })
+        })
+    });
+    log_ok && manifest_ok
+}
+
+/// Makes a cached result this run's: artifacts, log, and in-place files.
+async fn replay(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, e: &CacheEntry) -> Result<(), String> {
+    let step: Arc<str> = Arc::from("cache");
+    note(
+        a,
+        &step,
+        format!("CACHED: key {} from run {}; replaying its log", e.key, e.run_id),
+    )
+    .await;
+    if let Some(m) = e.manifest {
+        let (c, name) = (ctx.clone(), job.name.clone());
+        blocking(move || {
+            let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;
+            if c.in_place {
+                let m = manifest::load(&c.objects, &m).map_err(|e| e.to_string())?;
+                manifest::restore(&c.objects, &m, &c.project_dir).map_err(|e| e.to_string())?;
+            }
+            c.index
+                .put_artifact(&c.run_id, &name, &m, None)
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+    }
+    if let Some(log) = e.log {
+        let objects = ctx.objects.clone();
+        let bytes = blocking(move || objects.get_bytes(&log).map_err(|e| e.to_string())).await?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Some(entry) = crate::store::parse_log_line(line) else {
+                continue;
+            };
+            // Step markers, and trackside's own notes about the earlier run.
+            if entry.stream == "step" || entry.text.starts_with("trackside: ") {
+                continue;
+            }
+            let stream = if entry.stream == "stderr" {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            let _ =
+                a.tx.send(RunnerMsg::Log {
+                    job: a.job,
+                    attempt: a.attempt,
+                    step: Arc::from(entry.step.as_str()),
+                    stream,
+                    text: entry.text,
+                })
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Stores a finished attempt's result under its key: the artifacts the
+/// attempt recorded and its log (already masked). Called by the actor once
+/// the log is complete.
+pub fn save(ctx: &RunContext, job: &Job, attempt: u32, key: &CacheKey) -> Result<(), String> {
+    let _lock = ctx.objects.lock_shared().map_err(|e| e.to_string())?;
+    let log_file = crate::store::log_path(&ctx.run_dir, &job.name, attempt);
+    let log = match ctx.objects.put_file(&log_file) {
+        Ok((d, _)) => Some(d),
+        Err(ObjectError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    let manifest = ctx.index.artifact(&ctx.run_id, &job.name).map_err(|e| e.to_string())?;
+    let now = crate::store::now_ms();
+    ctx.index
+        .cache_put(&CacheEntry {
+            key: key.key.clone(),
+            pipeline: ctx.pipeline.name.clone(),
+            job: job.name.clone(),
+            run_id: ctx.run_id.clone(),
+            manifest,
+            log,
+            components: key.components.to_json(),
+            created_ms: now,
+            last_used_ms: now,
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// The index key of a directory cache: scoped by pipeline so unrelated
+/// pipelines never share one.
+pub async fn dir_cache_key(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, key: &DirCacheKey) -> Result<String, String> {
+    let name = match key {
+        DirCacheKey::Name(template) => {
+            let ws = ctx.project_dir.clone();
+            let scope = ctx.scope(job, &[], ctx.predefined(job, a.attempt, "", &ws));
+            scope
+                .expand(template)
+                .map_err(|e| format!("cache key `{template}`: {e}"))?
+        }
+        DirCacheKey::Files { files, prefix } => {
+            let (cx, patterns) = (ctx.clone(), files.clone());
+            let hashed = blocking(move || {
+                let list = project_files(&cx)?;
+                cache::hash_inputs(&cx.project_dir, &list, &patterns).map_err(|e| e.to_string())
+            })
+            .await?;
+            let mut c = Components::default();
+            for (path, d) in hashed {
+                c.insert(path, d.to_string());
+            }
+            let short = &c.key()[..16];
+            match prefix {
+                Some(p) => format!("{p}-{short}"),
+                None => short.to_string(),
+            }
+        }
+    };
+    Ok(format!("{}/{name}", ctx.pipeline.name))
+}
+
+/// Restores the job's directory cache into its workspace when the policy pulls.
+pub async fn pull_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), String> {
+    let Some(dc) = &job.dir_cache else { return Ok(()) };
+    if !dc.policy.pulls() {
+        return Ok(());
+    }
+    let step: Arc<str> = Arc::from("cache");
+    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+    let Some(m) = ctx.index.dir_cache_get(&key).map_err(|e| e.to_string())? else {
+        note(
+            a,
+            &step,
+            format!("directory cache `{key}` is empty; it is saved after the job"),
+        )
+        .await;
+        return Ok(());
+    };
+    let (c, dest) = (ctx.clone(), ws.to_path_buf());
+    let restored = blocking(move || {
+        let m = manifest::load(&c.objects, &m).map_err(|e| e.to_string())?;
+        manifest::restore(&c.objects, &m, &dest).map_err(|e| e.to_string())?;
+        Ok(m.entries.len())
+    })
+    .await;
+    match restored {
+        Ok(n) => note(a, &step, format!("restored {n} file(s) from directory cache `{key}`")).await,
+        // A damaged cache is not the job's fault: it starts without it.
+        Err(e) => {
+            note(
+                a,
+                &step,
+                format!("directory cache `{key}` is damaged ({e}); starting without it"),
+            )
+            .await;
+            let _ = ctx.index.dir_cache_remove(&key);
+        }
+    }
+    Ok(())
+}
+
+/// Saves the job's directory cache after a successful run when the policy pushes.
+pub async fn push_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), String> {
+    let Some(dc) = &job.dir_cache else { return Ok(()) };
+    if !dc.policy.pushes() {
+        return Ok(());
+    }
+    let step: Arc<str> = Arc::from("cache");
+    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+    let (c, root, paths, k) = (ctx.clone(), ws.to_path_buf(), dc.paths.clone(), key.clone());
+    let saved = blocking(move || {
+        let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;
+        let m = manifest::collect(&c.objects, &root, &paths, &[]).map_err(|e| e.to_string())?;
+        let d = manifest::save(&c.objects, &m).map_err(|e| e.to_string())?;
+        c.index.dir_cache_put(&k, &d, &c.run_id).map_err(|e| e.to_string())?;
+        Ok(m.entries.len())
+    })
+    .await?;
+    note(a, &step, format!("saved {saved} file(s) to directory cache `{key}`")).await;
+    Ok(())
+}

@@ -1,0 +1,534 @@
+//! The index: which manifests belong to which run, job, cache key and
+//! directory cache, with creation and last-use times.
+//!
+//! SQLite (rusqlite, bundled, so nothing needs installing) in WAL mode with a
+//! busy timeout: several trackside processes share one state directory, and
+//! SQLite's own locking makes each write atomic. That is what lets two jobs
+//! store the same cache key at once: the row is replaced whole, never mixed.
+//! Objects stay in the object store; the index only holds their digests,
+//! and `trackside store verify` reports rows whose objects are gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use super::objects::Digest;
+
+/// Bumped when the schema changes incompatibly.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    PRIMARY KEY (run_id, job)
+);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    job TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    manifest TEXT,
+    log TEXT,
+    components TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_by_job ON cache_entries (pipeline, job, last_used_ms);
+CREATE TABLE IF NOT EXISTS job_keys (
+    run_id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    key TEXT NOT NULL,
+    components TEXT NOT NULL,
+    hit INTEGER NOT NULL,
+    PRIMARY KEY (run_id, job)
+);
+CREATE TABLE IF NOT EXISTS dir_caches (
+    key TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL
+);
+";
+
+/// A stored job result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: String,
+    pub pipeline: String,
+    pub job: String,
+    /// The run that produced it.
+    pub run_id: String,
+    pub manifest: Option<Digest>,
+    pub log: Option<Digest>,
+    /// The key's components as JSON (`{"name": "value", ...}`), for `cache why`.
+    pub components: String,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+}
+
+/// The key computed for one job of one run, hit or miss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobKey {
+    pub run_id: String,
+    pub job: String,
+    pub pipeline: String,
+    pub key: String,
+    pub components: String,
+    pub hit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRow {
+    pub run_id: String,
+    pub job: String,
+    pub manifest: Digest,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirCacheRow {
+    pub key: String,
+    pub manifest: Digest,
+    pub run_id: String,
+    pub last_used_ms: u64,
+}
+
+pub struct Index {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn ms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sql_ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn digest(text: Option<String>) -> Option<Digest> {
+    text.as_deref().and_then(Digest::parse)
+}
+
+impl Index {
+    /// Opens (creating) `<state>/index.sqlite`.
+    pub fn open(state: &Path) -> Result<Index, StoreError> {
+        let path = state.join("index.sqlite");
+        std::fs::create_dir_all(state).map_err(|source| StoreError::Io {
+            action: "cannot create",
+            path: state.to_path_buf(),
+            source,
+        })?;
+        let err = |e: rusqlite::Error| StoreError::Index {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        // Switching to WAL needs a moment alone with the file, and SQLite does
+        // not wait for it (no busy handler): retry briefly when another
+        // process is opening the index at the same time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mode = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0))
+                .and_then(|m| {
+                    if m.eq_ignore_ascii_case("wal") {
+                        Ok(m)
+                    } else {
+                        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+                    }
+                })
+                .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+                .and_then(|()| conn.execute_batch(SCHEMA));
+            match mode {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5 + u64::from(fastrand::u8(..20))));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(Index {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave a half-done statement: keep going.
+        let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&conn).map_err(|e| StoreError::Index {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn put_artifact(
+        &self,
+        run: &str,
+        job: &str,
+        manifest: &Digest,
+        expires_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let now = sql_ms(super::now_ms());
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO artifacts (run_id, job, manifest, created_ms, last_used_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                params![run, job, manifest.to_string(), now, expires_ms.map(sql_ms)],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The job's artifact manifest in that run, marking it used.
+    pub fn artifact(&self, run: &str, job: &str) -> Result<Option<Digest>, StoreError> {
+        let now = sql_ms(super::now_ms());
+        self.with(|c| {
+            let m: Option<String> = c
+                .query_row(
+                    "SELECT manifest FROM artifacts WHERE run_id = ?1 AND job = ?2",
+                    params![run, job],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if m.is_some() {
+                c.execute(
+                    "UPDATE artifacts SET last_used_ms = ?3 WHERE run_id = ?1 AND job = ?2",
+                    params![run, job, now],
+                )?;
+            }
+            Ok(digest(m))
+        })
+    }
+
+    /// Every artifact row (of one run, or all), by run then job.
+    pub fn artifacts(&self, run: Option<&str>) -> Result<Vec<ArtifactRow>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT run_id, job, manifest, created_ms, expires_ms FROM artifacts
+                 WHERE ?1 IS NULL OR run_id = ?1 ORDER BY run_id, job",
+            )?;
+            let rows = st.query_map(params![run], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (run_id, job, manifest, created, expires) = row?;
+                if let Some(manifest) = Digest::parse(&manifest) {
+                    out.push(ArtifactRow {
+                        run_id,
+                        job,
+                        manifest,
+                        created_ms: ms(created),
+                        expires_ms: expires.map(ms),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn remove_artifact(&self, run: &str, job: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM artifacts WHERE run_id = ?1 AND job = ?2",
+                params![run, job],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Forgets a deleted run's artifacts and keys (its cache entries live on).
+    pub fn remove_run(&self, run: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM artifacts WHERE run_id = ?1", params![run])?;
+            c.execute("DELETE FROM job_keys WHERE run_id = ?1", params![run])?;
+            Ok(())
+        })
+    }
+
+    fn cache_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheEntry> {
+        Ok(CacheEntry {
+            key: r.get(0)?,
+            pipeline: r.get(1)?,
+            job: r.get(2)?,
+            run_id: r.get(3)?,
+            manifest: digest(r.get(4)?),
+            log: digest(r.get(5)?),
+            components: r.get(6)?,
+            created_ms: ms(r.get(7)?),
+            last_used_ms: ms(r.get(8)?),
+        })
+    }
+
+    const CACHE_COLUMNS: &str = "key, pipeline, job, run_id, manifest, log, components, created_ms, last_used_ms";
+
+    /// Looks a key up, marking the entry used.
+    pub fn cache_get(&self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        let now = sql_ms(super::now_ms());
+        self.with(|c| {
+            let e = c
+                .query_row(
+                    &format!("SELECT {} FROM cache_entries WHERE key = ?1", Self::CACHE_COLUMNS),
+                    params![key],
+                    Self::cache_row,
+                )
+                .optional()?;
+            if e.is_some() {
+                c.execute(
+                    "UPDATE cache_entries SET last_used_ms = ?2 WHERE key = ?1",
+                    params![key, now],
+                )?;
+            }
+            Ok(e)
+        })
+    }
+
+    /// Stores (or replaces, whole) an entry.
+    pub fn cache_put(&self, e: &CacheEntry) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO cache_entries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    Self::CACHE_COLUMNS
+                ),
+                params![
+                    e.key,
+                    e.pipeline,
+                    e.job,
+                    e.run_id,
+                    e.manifest.map(|d| d.to_string()),
+                    e.log.map(|d| d.to_string()),
+                    e.components,
+                    sql_ms(e.created_ms),
+                    sql_ms(e.last_used_ms)
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn cache_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM cache_entries WHERE key = ?1", params![key])
+                .map(drop)
+        })
+    }
+
+    /// Every cache entry, oldest use first.
+    pub fn cache_entries(&self) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM cache_entries ORDER BY last_used_ms",
+                Self::CACHE_COLUMNS
+            ))?;
+            let rows = st.query_map([], Self::cache_row)?;
+            rows.collect()
+        })
+    }
+
+    /// The most recently used entry of a job, other than `key`.
+    pub fn last_entry_of(&self, pipeline: &str, job: &str, except_key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM cache_entries WHERE pipeline = ?1 AND job = ?2 AND key != ?3
+                     ORDER BY last_used_ms DESC LIMIT 1",
+                    Self::CACHE_COLUMNS
+                ),
+                params![pipeline, job, except_key],
+                Self::cache_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_job_key(&self, k: &JobKey) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO job_keys (run_id, job, pipeline, key, components, hit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![k.run_id, k.job, k.pipeline, k.key, k.components, k.hit],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn job_key(&self, run: &str, job: &str) -> Result<Option<JobKey>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT run_id, job, pipeline, key, components, hit FROM job_keys WHERE run_id = ?1 AND job = ?2",
+                params![run, job],
+                |r| {
+                    Ok(JobKey {
+                        run_id: r.get(0)?,
+                        job: r.get(1)?,
+                        pipeline: r.get(2)?,
+                        key: r.get(3)?,
+                        components: r.get(4)?,
+                        hit: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn dir_cache_get(&self, key: &str) -> Result<Option<Digest>, StoreError> {
+        let now = sql_ms(super::now_ms());
+        self.with(|c| {
+            let m: Option<String> = c
+                .query_row("SELECT manifest FROM dir_caches WHERE key = ?1", params![key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if m.is_some() {
+                c.execute(
+                    "UPDATE dir_caches SET last_used_ms = ?2 WHERE key = ?1",
+                    params![key, now],
+                )?;
+            }
+            Ok(digest(m))
+        })
+    }
+
+    pub fn dir_cache_put(&self, key: &str, manifest: &Digest, run: &str) -> Result<(), StoreError> {
+        let now = sql_ms(super::now_ms());
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO dir_caches (key, manifest, run_id, created_ms, last_used_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![key, manifest.to_string(), run, now],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn dir_caches(&self) -> Result<Vec<DirCacheRow>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT key, manifest, run_id, last_used_ms FROM dir_caches ORDER BY last_used_ms")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, manifest, run_id, used) = row?;
+                if let Some(manifest) = Digest::parse(&manifest) {
+                    out.push(DirCacheRow {
+                        key,
+                        manifest,
+                        run_id,
+                        last_used_ms: ms(used),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn dir_cache_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM dir_caches WHERE key = ?1", params![key])
+                .map(drop)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, used: u64) -> CacheEntry {
+        CacheEntry {
+            key: key.into(),
+            pipeline: "p".into(),
+            job: "build".into(),
+            run_id: "r1".into(),
+            manifest: Some(Digest::of(key.as_bytes())),
+            log: None,
+            components: "{}".into(),
+            created_ms: used,
+            last_used_ms: used,
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_runs_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Index::open(dir.path()).expect("open");
+        let d = Digest::of(b"m");
+        ix.put_artifact("r1", "build", &d, Some(5)).expect("put");
+        assert_eq!(ix.artifact("r1", "build").expect("get"), Some(d));
+        assert_eq!(ix.artifact("r1", "test").expect("get"), None);
+        ix.cache_put(&entry("k1", 1)).expect("put");
+        ix.cache_put(&entry("k2", 2)).expect("put");
+        assert_eq!(ix.cache_get("k1").expect("get").map(|e| e.key), Some("k1".to_string()));
+        // k1 was just used, so it is the last entry other than k2.
+        assert_eq!(
+            ix.last_entry_of("p", "build", "k2").expect("last").map(|e| e.key),
+            Some("k1".to_string())
+        );
+        ix.remove_run("r1").expect("remove");
+        assert!(ix.artifacts(Some("r1")).expect("list").is_empty());
+        assert_eq!(
+            ix.cache_entries().expect("entries").len(),
+            2,
+            "cache entries outlive runs"
+        );
+    }
+
+    #[test]
+    fn two_connections_writing_one_key_leave_one_whole_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let ix = Index::open(&path).expect("open");
+                    for i in 0..50u64 {
+                        let mut e = entry("same", i);
+                        e.run_id = format!("writer{w}");
+                        e.components = format!("{{\"writer\":\"{w}\"}}");
+                        ix.cache_put(&e).expect("put");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        let ix = Index::open(&path).expect("open");
+        let e = ix.cache_get("same").expect("get").expect("entry");
+        // Whichever writer won, its row is whole: run and components agree.
+        assert_eq!(
+            e.components,
+            format!("{{\"writer\":\"{}\"}}", &e.run_id["writer".len()..])
+        );
+    }
+}
