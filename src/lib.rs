@@ -5,6 +5,7 @@
 //! [`pipeline`], [`exec`] and [`store`]. `pipeline` depends on nothing else
 //! in the crate.
 
+pub mod deploy;
 pub mod engine;
 pub mod exec;
 pub mod headless;

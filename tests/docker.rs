@@ -496,3 +496,56 @@ async fn user_entrypoint_and_read_only_rootfs_are_applied() {
     assert!(lines.contains(&"uid=1234".to_string()), "{lines:?}");
     assert!(lines.contains(&"rootfs-read-only".to_string()), "{lines:?}");
 }
+
+#[tokio::test]
+async fn a_tag_moved_to_another_image_misses_the_cache() {
+    let Some(d) = docker().await else { return };
+    const TAG: &str = "trackside-test-busybox:cache-moves";
+    let rebuild = |content: &'static str| {
+        let client = d.client().clone();
+        async move {
+            let _ = client
+                .remove_image(
+                    TAG,
+                    Some(bollard::query_parameters::RemoveImageOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .await;
+            common::image::busybox_image_with(&client, TAG, &format!("RUN echo {content} > /v\n")).await;
+        }
+    };
+    rebuild("one").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("in.txt"), "input\n").expect("write");
+    std::fs::write(
+        project.join("p.yml"),
+        format!(
+            "name: t\njobs:\n  read:\n    image: {TAG}\n    pull: never\n    cache: {{inputs: [in.txt]}}\n    steps:\n      - script: ['cat /v in.txt']\n"
+        ),
+    )
+    .expect("write");
+    let state = dir.path().join("state");
+    let why = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .args(["cache", "why", "last", "read", "--state-dir"])
+            .arg(&state)
+            .output()
+            .expect("cache why");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(run_headless(&project, &state, &[]), 0);
+    assert_eq!(run_headless(&project, &state, &[]), 0);
+    assert!(why().contains("HIT"), "same image, same inputs: {}", why());
+    rebuild("two").await;
+    assert_eq!(run_headless(&project, &state, &[]), 0);
+    let w = why();
+    assert!(
+        w.contains("MISS") && w.contains(&format!("changed  image {TAG}")),
+        "the tag now names another image: {w}"
+    );
+}

@@ -1,0 +1,648 @@
+//! The canary rollout as a pure state machine: `handle(input, now) -> effects`.
+//!
+//! The machine decides; whoever runs it performs the effects (start the
+//! canary, move traffic, run an analysis, stop the canary) and feeds back
+//! what happened. Time is an input (`now`, since the rollout began), so
+//! timed pauses, gate timeouts and the progress deadline are tested without
+//! waiting. Weights are in tenths of a percent (0..=1000).
+//!
+//! States are explicit: `Aborted` means the canary got 0% and stable is
+//! serving; `Degraded` means stable itself is failing its health checks,
+//! which no rollout action fixes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::judge::VerdictClass;
+
+/// Full traffic, in tenths of a percent.
+pub const FULL: u32 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateAction {
+    Promote,
+    Abort,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Send this share of traffic (tenths of a percent) to the canary.
+    SetWeight(u32),
+    /// Wait this long (a countdown is shown).
+    Pause(Duration),
+    /// A manual gate: wait for promote; with a timeout, take `action` then.
+    Gate { timeout: Option<(Duration, GateAction)> },
+    /// Judge canary against stable `count` times, every `interval`.
+    Analysis { interval: Duration, count: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySpec {
+    pub steps: Vec<Step>,
+    /// Abort when no step completes for this long (manual gates excepted).
+    pub progress_deadline: Duration,
+    /// How long an aborted canary keeps running (at 0%) before it is stopped.
+    pub abort_scale_down_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum Phase {
+    NotStarted,
+    /// Canary replicas started, waiting for their health checks.
+    StartingCanary,
+    /// Executing step `step`.
+    Running,
+    Paused {
+        until: Duration,
+    },
+    Gate {
+        deadline: Option<Duration>,
+        reason: String,
+    },
+    Analyzing {
+        runs_left: u32,
+        next_at: Duration,
+    },
+    /// Stopped by a person; timers are frozen.
+    Held {
+        remaining: Option<Duration>,
+        was: Box<Phase>,
+    },
+    Completed,
+    /// Canary at 0%, stable serving.
+    Aborted {
+        reason: String,
+    },
+    /// After completion, traffic went back to the previous revision.
+    RolledBack {
+        reason: String,
+    },
+    /// Stable is failing its own health checks.
+    Degraded {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Start,
+    /// Time passed (the runner calls this at `next_wake` or on any input).
+    Tick,
+    CanaryHealthy,
+    CanaryUnhealthy(String),
+    StableUnhealthy(String),
+    AnalysisDone {
+        class: VerdictClass,
+        why: String,
+    },
+    Promote {
+        by: String,
+    },
+    PromoteFull {
+        by: String,
+    },
+    Abort {
+        by: String,
+    },
+    Retry {
+        by: String,
+    },
+    Rollback {
+        by: String,
+    },
+    Pause {
+        by: String,
+    },
+    Resume {
+        by: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum Effect {
+    StartCanary,
+    SetWeight {
+        weight: u32,
+    },
+    RunAnalysis,
+    /// Stop the canary's replicas after this delay (it is at 0% already).
+    StopCanary {
+        after: Duration,
+    },
+    /// The canary becomes the new stable revision.
+    MakeCanaryStable,
+    /// Route to the previous revision again and make it stable.
+    RestorePrevious,
+    /// Something for people and the audit log.
+    Note {
+        text: String,
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub spec: CanarySpec,
+    pub phase: Phase,
+    /// Index of the current step.
+    pub step: usize,
+    /// Weight last asked of the router.
+    pub weight: u32,
+    now: Duration,
+    last_progress: Duration,
+}
+
+impl Canary {
+    pub fn new(spec: CanarySpec) -> Self {
+        Canary {
+            spec,
+            phase: Phase::NotStarted,
+            step: 0,
+            weight: 0,
+            now: Duration::ZERO,
+            last_progress: Duration::ZERO,
+        }
+    }
+
+    /// Whether the rollout is over (completed, aborted, rolled back).
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Completed | Phase::Aborted { .. } | Phase::RolledBack { .. } | Phase::NotStarted
+        )
+    }
+
+    /// When the runner must call `Tick` next, if anything is timed.
+    pub fn next_wake(&self) -> Option<Duration> {
+        let deadline = self.progress_deadline_at();
+        let timer = match &self.phase {
+            Phase::Paused { until } => Some(*until),
+            Phase::Gate { deadline, .. } => *deadline,
+            Phase::Analyzing { next_at, .. } => Some(*next_at),
+            _ => None,
+        };
+        match (timer, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn progress_deadline_at(&self) -> Option<Duration> {
+        match self.phase {
+            Phase::StartingCanary | Phase::Running | Phase::Paused { .. } | Phase::Analyzing { .. } => {
+                Some(self.last_progress + self.spec.progress_deadline)
+            }
+            _ => None,
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.is_settled() && !matches!(self.phase, Phase::Degraded { .. })
+    }
+
+    pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Effect> {
+        self.now = now;
+        let mut fx = Vec::new();
+        match input {
+            Input::Start | Input::Retry { .. } if self.is_settled() && self.phase != Phase::Completed => {
+                if let Input::Retry { by } = &input {
+                    note(&mut fx, "retry: starting the rollout again", Some(by));
+                }
+                self.step = 0;
+                self.last_progress = now;
+                self.phase = Phase::StartingCanary;
+                fx.push(Effect::StartCanary);
+            }
+            Input::Start | Input::Retry { .. } => {}
+            Input::CanaryHealthy if self.phase == Phase::StartingCanary => {
+                self.last_progress = now;
+                self.phase = Phase::Running;
+                self.run_steps(&mut fx);
+            }
+            Input::CanaryHealthy => {}
+            Input::CanaryUnhealthy(why) if self.active() => {
+                self.abort(&format!("canary unhealthy: {why}"), None, &mut fx);
+            }
+            Input::StableUnhealthy(why) if !matches!(self.phase, Phase::Completed | Phase::RolledBack { .. }) => {
+                note(&mut fx, &format!("stable unhealthy: {why}; the rollout holds"), None);
+                self.phase = Phase::Degraded { reason: why };
+            }
+            Input::CanaryUnhealthy(_) | Input::StableUnhealthy(_) => {}
+            Input::Tick => self.tick(&mut fx),
+            Input::AnalysisDone { class, why } => self.analysis_done(class, &why, &mut fx),
+            Input::Promote { by } if self.active() => match &self.phase {
+                Phase::Gate { .. } | Phase::Paused { .. } | Phase::Analyzing { .. } => {
+                    note(
+                        &mut fx,
+                        &format!("promote: step {} passed by hand", self.step + 1),
+                        Some(&by),
+                    );
+                    self.advance(&mut fx);
+                }
+                Phase::Held { .. } => note(
+                    &mut fx,
+                    "promote ignored: the rollout is paused; resume first",
+                    Some(&by),
+                ),
+                _ => {}
+            },
+            Input::PromoteFull { by } if self.active() && self.phase != Phase::StartingCanary => {
+                note(&mut fx, "full promotion: canary to 100%", Some(&by));
+                self.complete(&mut fx);
+            }
+            Input::Promote { .. } | Input::PromoteFull { .. } => {}
+            Input::Abort { by } if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
+                self.abort("aborted by hand", Some(&by), &mut fx);
+            }
+            Input::Abort { .. } => {}
+            Input::Rollback { by } => match self.phase {
+                Phase::Completed => {
+                    note(&mut fx, "rollback to the previous revision", Some(&by));
+                    self.weight = 0;
+                    self.phase = Phase::RolledBack {
+                        reason: format!("rolled back by {by}"),
+                    };
+                    fx.push(Effect::RestorePrevious);
+                }
+                _ if self.active() => self.abort("rolled back by hand", Some(&by), &mut fx),
+                _ => {}
+            },
+            Input::Pause { by } if self.active() && !matches!(self.phase, Phase::Held { .. }) => {
+                let remaining = self.next_timer().map(|t| t.saturating_sub(now));
+                let was = std::mem::replace(&mut self.phase, Phase::NotStarted);
+                self.phase = Phase::Held {
+                    remaining,
+                    was: Box::new(was),
+                };
+                note(&mut fx, "paused: timers frozen", Some(&by));
+            }
+            Input::Resume { by } => {
+                if let Phase::Held { remaining, was } = std::mem::replace(&mut self.phase, Phase::NotStarted) {
+                    self.last_progress = now;
+                    self.phase = match (*was, remaining) {
+                        (Phase::Paused { .. }, Some(r)) => Phase::Paused { until: now + r },
+                        (Phase::Gate { reason, .. }, r) => Phase::Gate {
+                            deadline: r.map(|r| now + r),
+                            reason,
+                        },
+                        (Phase::Analyzing { runs_left, .. }, Some(r)) => Phase::Analyzing {
+                            runs_left,
+                            next_at: now + r,
+                        },
+                        (other, _) => other,
+                    };
+                    note(&mut fx, "resumed", Some(&by));
+                }
+            }
+            Input::Pause { .. } => {}
+        }
+        fx
+    }
+
+    fn next_timer(&self) -> Option<Duration> {
+        match &self.phase {
+            Phase::Paused { until } => Some(*until),
+            Phase::Gate { deadline, .. } => *deadline,
+            Phase::Analyzing { next_at, .. } => Some(*next_at),
+            _ => None,
+        }
+    }
+
+    fn tick(&mut self, fx: &mut Vec<Effect>) {
+        let now = self.now;
+        if self.progress_deadline_at().is_some_and(|d| now >= d) {
+            let d = self.spec.progress_deadline;
+            self.abort(
+                &format!("no progress for {}s (progress deadline)", d.as_secs()),
+                None,
+                fx,
+            );
+            return;
+        }
+        match self.phase.clone() {
+            Phase::Paused { until } if now >= until => self.advance(fx),
+            Phase::Gate { deadline: Some(d), .. } if now >= d => {
+                let action = match self.spec.steps.get(self.step) {
+                    Some(Step::Gate {
+                        timeout: Some((_, action)),
+                    }) => *action,
+                    _ => GateAction::Abort,
+                };
+                match action {
+                    GateAction::Promote => {
+                        note(fx, "gate timed out: promoting (its default action)", None);
+                        self.advance(fx);
+                    }
+                    GateAction::Abort => self.abort("gate timed out (default action: abort)", None, fx),
+                }
+            }
+            Phase::Analyzing { next_at, .. } if now >= next_at => fx.push(Effect::RunAnalysis),
+            _ => {}
+        }
+    }
+
+    fn analysis_done(&mut self, class: VerdictClass, why: &str, fx: &mut Vec<Effect>) {
+        let Phase::Analyzing { runs_left, .. } = self.phase else {
+            return;
+        };
+        match class {
+            VerdictClass::Pass => {
+                self.last_progress = self.now;
+                let left = runs_left.saturating_sub(1);
+                if left == 0 {
+                    note(fx, &format!("analysis passed: {why}"), None);
+                    self.advance(fx);
+                } else if let Some(Step::Analysis { interval, .. }) = self.spec.steps.get(self.step) {
+                    self.phase = Phase::Analyzing {
+                        runs_left: left,
+                        next_at: self.now + *interval,
+                    };
+                }
+            }
+            VerdictClass::Fail => self.abort(&format!("analysis failed: {why}"), None, fx),
+            VerdictClass::Marginal | VerdictClass::Inconclusive => {
+                let what = if class == VerdictClass::Marginal {
+                    "marginal"
+                } else {
+                    "inconclusive"
+                };
+                let reason = format!("analysis {what}: {why}; promote or abort");
+                note(fx, &reason, None);
+                self.phase = Phase::Gate { deadline: None, reason };
+            }
+        }
+    }
+
+    /// The current step is done: go to the next.
+    fn advance(&mut self, fx: &mut Vec<Effect>) {
+        self.step += 1;
+        self.last_progress = self.now;
+        self.phase = Phase::Running;
+        self.run_steps(fx);
+    }
+
+    /// Executes steps from `self.step` until one has to wait.
+    fn run_steps(&mut self, fx: &mut Vec<Effect>) {
+        let now = self.now;
+        while let Some(step) = self.spec.steps.get(self.step).cloned() {
+            match step {
+                Step::SetWeight(w) => {
+                    self.weight = w.min(FULL);
+                    fx.push(Effect::SetWeight { weight: self.weight });
+                    self.step += 1;
+                }
+                Step::Pause(d) => {
+                    self.phase = Phase::Paused { until: now + d };
+                    return;
+                }
+                Step::Gate { timeout } => {
+                    self.phase = Phase::Gate {
+                        deadline: timeout.map(|(t, _)| now + t),
+                        reason: "manual gate: promote to continue".into(),
+                    };
+                    return;
+                }
+                Step::Analysis { interval, count } => {
+                    if count == 0 {
+                        self.step += 1;
+                        continue;
+                    }
+                    self.phase = Phase::Analyzing {
+                        runs_left: count,
+                        next_at: now + interval,
+                    };
+                    return;
+                }
+            }
+        }
+        self.complete(fx);
+    }
+
+    fn complete(&mut self, fx: &mut Vec<Effect>) {
+        self.step = self.spec.steps.len();
+        if self.weight != FULL {
+            self.weight = FULL;
+            fx.push(Effect::SetWeight { weight: FULL });
+        }
+        fx.push(Effect::MakeCanaryStable);
+        note(fx, "rollout complete: the canary is the new stable", None);
+        self.phase = Phase::Completed;
+    }
+
+    fn abort(&mut self, reason: &str, by: Option<&str>, fx: &mut Vec<Effect>) {
+        // Traffic first: everything else can wait.
+        self.weight = 0;
+        fx.push(Effect::SetWeight { weight: 0 });
+        fx.push(Effect::StopCanary {
+            after: self.spec.abort_scale_down_delay,
+        });
+        note(fx, &format!("{reason}; stable is serving"), by);
+        self.phase = Phase::Aborted {
+            reason: reason.to_string(),
+        };
+    }
+}
+
+fn note(fx: &mut Vec<Effect>, text: &str, by: Option<&str>) {
+    fx.push(Effect::Note {
+        text: text.to_string(),
+        by: by.map(str::to_string),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn spec(steps: Vec<Step>) -> CanarySpec {
+        CanarySpec {
+            steps,
+            progress_deadline: s(600),
+            abort_scale_down_delay: s(30),
+        }
+    }
+
+    fn standard() -> CanarySpec {
+        spec(vec![
+            Step::SetWeight(100),
+            Step::Analysis {
+                interval: s(10),
+                count: 2,
+            },
+            Step::Gate { timeout: None },
+            Step::SetWeight(500),
+            Step::Pause(s(30)),
+        ])
+    }
+
+    fn started(sp: CanarySpec) -> Canary {
+        let mut c = Canary::new(sp);
+        assert_eq!(c.handle(Input::Start, s(0)), vec![Effect::StartCanary]);
+        c
+    }
+
+    fn weights(fx: &[Effect]) -> Vec<u32> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::SetWeight { weight } => Some(*weight),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn pass() -> Input {
+        Input::AnalysisDone {
+            class: VerdictClass::Pass,
+            why: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn a_good_canary_walks_every_step_to_completion() {
+        let mut c = started(standard());
+        let fx = c.handle(Input::CanaryHealthy, s(1));
+        assert_eq!(weights(&fx), [100]);
+        assert_eq!(c.next_wake(), Some(s(11)));
+        assert_eq!(c.handle(Input::Tick, s(11)), vec![Effect::RunAnalysis]);
+        assert!(c.handle(pass(), s(12)).is_empty(), "one of two analyses done");
+        assert_eq!(c.handle(Input::Tick, s(22)), vec![Effect::RunAnalysis]);
+        c.handle(pass(), s(22));
+        assert!(matches!(c.phase, Phase::Gate { deadline: None, .. }));
+        assert!(c.handle(Input::Tick, s(5000)).is_empty(), "a manual gate waits forever");
+        let fx = c.handle(Input::Promote { by: "ana".into() }, s(5001));
+        assert_eq!(weights(&fx), [500]);
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Note { by: Some(b), .. } if b == "ana"))
+        );
+        assert_eq!(c.next_wake(), Some(s(5031)));
+        let fx = c.handle(Input::Tick, s(5031));
+        assert_eq!(weights(&fx), [FULL]);
+        assert!(fx.contains(&Effect::MakeCanaryStable));
+        assert_eq!(c.phase, Phase::Completed);
+    }
+
+    #[test]
+    fn a_failed_analysis_sends_traffic_back_first_then_stops_the_canary() {
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::Tick, s(11));
+        let fx = c.handle(
+            Input::AnalysisDone {
+                class: VerdictClass::Fail,
+                why: "error_rate High".into(),
+            },
+            s(12),
+        );
+        assert_eq!(fx[0], Effect::SetWeight { weight: 0 }, "traffic first");
+        assert_eq!(fx[1], Effect::StopCanary { after: s(30) });
+        assert!(matches!(&c.phase, Phase::Aborted { reason } if reason.contains("error_rate")));
+        assert_eq!(c.weight, 0);
+    }
+
+    #[test]
+    fn inconclusive_or_marginal_analysis_waits_for_a_person() {
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::Tick, s(11));
+        c.handle(
+            Input::AnalysisDone {
+                class: VerdictClass::Inconclusive,
+                why: "no traffic".into(),
+            },
+            s(11),
+        );
+        assert!(matches!(&c.phase, Phase::Gate { reason, .. } if reason.contains("no traffic")));
+        assert_eq!(c.weight, 100, "never a pass, never a silent promotion");
+    }
+
+    #[test]
+    fn gate_timeouts_take_their_default_action() {
+        for (action, promoted) in [(GateAction::Promote, true), (GateAction::Abort, false)] {
+            let mut c = started(spec(vec![
+                Step::SetWeight(200),
+                Step::Gate {
+                    timeout: Some((s(60), action)),
+                },
+                Step::SetWeight(FULL),
+            ]));
+            c.handle(Input::CanaryHealthy, s(0));
+            assert_eq!(c.next_wake(), Some(s(60)), "the countdown");
+            assert!(c.handle(Input::Tick, s(59)).is_empty());
+            c.handle(Input::Tick, s(60));
+            assert_eq!(c.phase == Phase::Completed, promoted, "{action:?}");
+            assert_eq!(matches!(c.phase, Phase::Aborted { .. }), !promoted);
+        }
+    }
+
+    #[test]
+    fn abort_retry_full_promotion_and_rollback_after_completion() {
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::Abort { by: "sre".into() }, s(2));
+        assert!(matches!(c.phase, Phase::Aborted { .. }));
+        assert!(
+            c.handle(Input::Promote { by: "x".into() }, s(3)).is_empty(),
+            "nothing to promote"
+        );
+        assert_eq!(
+            c.handle(Input::Retry { by: "sre".into() }, s(4))[1],
+            Effect::StartCanary
+        );
+        c.handle(Input::CanaryHealthy, s(5));
+        let fx = c.handle(Input::PromoteFull { by: "sre".into() }, s(6));
+        assert_eq!(weights(&fx), [FULL]);
+        assert_eq!(c.phase, Phase::Completed);
+        let fx = c.handle(Input::Rollback { by: "sre".into() }, s(100));
+        assert!(fx.contains(&Effect::RestorePrevious));
+        assert!(matches!(c.phase, Phase::RolledBack { .. }));
+    }
+
+    #[test]
+    fn the_progress_deadline_aborts_a_stuck_rollout_but_not_a_manual_gate() {
+        let mut c = started(standard());
+        // The canary never becomes healthy.
+        assert_eq!(c.next_wake(), Some(s(600)));
+        c.handle(Input::Tick, s(600));
+        assert!(matches!(&c.phase, Phase::Aborted { reason } if reason.contains("progress deadline")));
+        let mut c = started(spec(vec![Step::Gate { timeout: None }]));
+        c.handle(Input::CanaryHealthy, s(0));
+        c.handle(Input::Tick, s(10_000));
+        assert!(matches!(c.phase, Phase::Gate { .. }), "people may take their time");
+    }
+
+    #[test]
+    fn pause_freezes_the_countdown_and_resume_restores_it() {
+        let mut c = started(spec(vec![Step::Pause(s(30)), Step::SetWeight(FULL)]));
+        c.handle(Input::CanaryHealthy, s(0));
+        c.handle(Input::Pause { by: "a".into() }, s(10));
+        assert!(c.handle(Input::Tick, s(100)).is_empty(), "held");
+        assert_eq!(c.next_wake(), None);
+        c.handle(Input::Resume { by: "a".into() }, s(200));
+        assert_eq!(c.next_wake(), Some(s(220)), "20 s were left");
+        c.handle(Input::Tick, s(220));
+        assert_eq!(c.phase, Phase::Completed);
+    }
+
+    #[test]
+    fn an_unhealthy_stable_is_degraded_not_aborted() {
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::StableUnhealthy("3 failed checks".into()), s(2));
+        assert!(matches!(c.phase, Phase::Degraded { .. }));
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        let fx = c.handle(Input::CanaryUnhealthy("503".into()), s(2));
+        assert_eq!(weights(&fx), [0]);
+        assert!(matches!(c.phase, Phase::Aborted { .. }));
+    }
+}
