@@ -208,6 +208,8 @@ pub fn seconds(ms: u64) -> String {
 pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     let w = *width;
     Some(match kind {
+        // The rollout's notes arrive as log lines; its status is for --json and the UI.
+        EventKind::Rollout { .. } => return None,
         EventKind::RunStarted {
             run_id,
             pipeline,

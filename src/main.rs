@@ -220,6 +220,21 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A small HTTP service to deploy in demos and tests: answers
+    /// `version V`, fails a share of requests, takes a while; `/healthz` is 200.
+    DemoService {
+        /// Port to listen on (0: any free one; the address is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// Share of requests answered with 500, from 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Typical latency of an answer in milliseconds (each takes 80-120% of it).
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+    },
     /// Inspect the result cache.
     Cache {
         #[command(subcommand)]
@@ -321,6 +336,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             action: CacheCmd::Why { run, job },
         } => storecmd::cache_why(&state, &run, &job),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
+        Cmd::DemoService {
+            port,
+            version,
+            error_rate,
+            latency_ms,
+        } => demo_service(port, version, error_rate, latency_ms),
         Cmd::Run {
             file,
             vars,
@@ -695,6 +716,35 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
     }
     out!("{out}");
     Ok(0)
+}
+
+fn demo_service(port: u16, version: String, error_rate: f64, latency_ms: u64) -> Result<u8, Fail> {
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(Fail(format!("--error-rate {error_rate}: give a share from 0 to 1"), 2));
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| Fail(format!("cannot listen on port {port}: {e}"), 2))?;
+        let addr = listener.local_addr()?;
+        outln!("demo-service {version} listening on http://{addr}");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let service = trackside::deploy::demo::DemoService {
+            version,
+            error_rate,
+            latency: Duration::from_millis(latency_ms),
+        };
+        let serve = tokio::spawn(service.serve(listener, stop.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.cancel();
+        let _ = serve.await;
+        Ok(0)
+    })
 }
 
 fn shell(state: &Path, run: &str, job: &str, attempt: Option<u32>) -> Result<u8, Fail> {

@@ -480,3 +480,91 @@ fn any_terminal_size_renders_without_panicking() {
         screen(&app, w, h);
     }
 }
+
+fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
+    use trackside::deploy::router::Totals;
+    ev(
+        at,
+        EventKind::Rollout {
+            job: job.into(),
+            status: Box::new(trackside::deploy::rollout::Status {
+                service: "web".into(),
+                stable_version: Some("v1".into()),
+                canary_version: "v2".into(),
+                phase: phase.into(),
+                detail: Some("manual gate: promote to continue".into()),
+                countdown_s: None,
+                step: 1,
+                steps: 3,
+                weight: 300,
+                stable: Totals {
+                    requests: 700,
+                    errors: 0,
+                    p50_ms: 4.0,
+                    p95_ms: 6.7,
+                    p99_ms: 8.0,
+                },
+                canary: Totals {
+                    requests: 300,
+                    errors: 3,
+                    p50_ms: 4.2,
+                    p95_ms: 7.1,
+                    p99_ms: 9.5,
+                },
+                verdict: None,
+            }),
+        },
+    )
+}
+
+#[test]
+fn a_rollout_is_shown_and_steered_by_keystroke() {
+    let mut evs = running_events();
+    evs.push(rollout_event(1_400, "test", "gate"));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test");
+    let text = format!("{:?}", screen(&app, 120, 40).buffer());
+    assert!(text.contains("rollout: web v1 -> v2"), "{text}");
+    assert!(text.contains("canary weight 30.0%"), "{text}");
+    assert!(text.contains("1.00% err"), "canary 3/300: {text}");
+    assert_eq!(
+        app.handle_key(key('P')),
+        vec![Command::Rollout(
+            "test".into(),
+            trackside::deploy::rollout::Command::Promote
+        )]
+    );
+    assert_eq!(
+        app.handle_key(key('A')),
+        vec![Command::Rollout(
+            "test".into(),
+            trackside::deploy::rollout::Command::Abort
+        )],
+        "abort asks nothing: it must be fast"
+    );
+    // Full promotion wants the service name typed.
+    assert!(app.handle_key(key('F')).is_empty());
+    assert!(matches!(app.mode, Mode::TypedConfirm { .. }));
+    for c in "wbe".chars() {
+        app.handle_key(key(c));
+    }
+    assert!(
+        app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE))
+            .is_empty(),
+        "a typo promotes nothing"
+    );
+    app.handle_key(key('F'));
+    for c in "web".chars() {
+        app.handle_key(key(c));
+    }
+    assert_eq!(
+        app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+        vec![Command::Rollout(
+            "test".into(),
+            trackside::deploy::rollout::Command::PromoteFull
+        )]
+    );
+    select(&mut app, "lint");
+    assert!(app.handle_key(key('P')).is_empty(), "not a deploy job");
+    assert!(app.status.as_deref().unwrap_or("").contains("not a deploy job"));
+}

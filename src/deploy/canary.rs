@@ -19,25 +19,7 @@ use super::judge::VerdictClass;
 /// Full traffic, in tenths of a percent.
 pub const FULL: u32 = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GateAction {
-    Promote,
-    Abort,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Send this share of traffic (tenths of a percent) to the canary.
-    SetWeight(u32),
-    /// Wait this long (a countdown is shown).
-    Pause(Duration),
-    /// A manual gate: wait for promote; with a timeout, take `action` then.
-    Gate { timeout: Option<(Duration, GateAction)> },
-    /// Judge canary against stable `count` times, every `interval`.
-    Analysis { interval: Duration, count: u32 },
-}
+pub use crate::pipeline::model::{GateAction, RolloutStep as Step};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CanarySpec {

@@ -262,12 +262,7 @@ pub fn compare_errors(
     let (rs, rc) = (rs.unwrap_or(0.0), rc.unwrap_or(0.0));
     let p = fisher_greater_p(stable_err, stable_n, canary_err, canary_n);
     let counts = format!("{canary_err}/{canary_n} canary vs {stable_err}/{stable_n} stable");
-    let (outcome, why) = if stable_err == 0 && canary_err >= 2 {
-        (
-            MetricOutcome::High,
-            format!("{counts}: stable had no errors, the canary had {canary_err}; sparse errors are not waved through"),
-        )
-    } else if p < 1.0 - cfg.confidence && rc > rs * (1.0 + cfg.tolerance) {
+    let (outcome, why) = if p < 1.0 - cfg.confidence && rc > rs * (1.0 + cfg.tolerance) {
         (
             MetricOutcome::High,
             format!(
@@ -276,6 +271,11 @@ pub fn compare_errors(
                 rs * 100.0,
                 cfg.confidence * 100.0
             ),
+        )
+    } else if stable_err == 0 && canary_err >= 2 {
+        (
+            MetricOutcome::High,
+            format!("{counts}: stable had no errors, the canary had {canary_err}; sparse errors are not waved through"),
         )
     } else {
         (

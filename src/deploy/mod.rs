@@ -7,4 +7,7 @@
 //! world (targets, router, health checks, metrics) perform their effects.
 
 pub mod canary;
+pub mod demo;
 pub mod judge;
+pub mod rollout;
+pub mod router;

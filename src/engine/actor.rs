@@ -131,6 +131,7 @@ enum Control {
     Pause,
     Resume,
     FinishWaiting,
+    Rollout(String, crate::deploy::rollout::Command, String),
 }
 
 /// A clonable handle to a running engine.
@@ -173,6 +174,12 @@ impl EngineHandle {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Steers a deploy job's rollout (promote, abort, ...), as `who()`.
+    pub async fn rollout(&self, job: &str, cmd: crate::deploy::rollout::Command) -> Result<(), EngineError> {
+        self.control(Control::Rollout(job.into(), cmd, crate::deploy::rollout::who()))
+            .await
     }
 
     /// Releases a manual gate (or approves it in advance).
@@ -300,6 +307,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
                 .map_err(|e| EngineError::Rejected(format!("cannot open the artifact store: {e}")))?,
         ),
         index: Arc::new(crate::store::index::Index::open(&cfg.state_dir)?),
+        state_dir: cfg.state_dir.clone(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
@@ -347,6 +355,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
         pipeline_timeout: pipeline.timeout,
         timed_out: false,
         shutdown: Vec::new(),
+        rollouts: HashMap::new(),
         watch: cfg.watch.map(|opts| Watch {
             file: cfg.pipeline_file.clone(),
             opts,
@@ -432,6 +441,8 @@ struct Actor {
     timed_out: bool,
     /// Replies owed to `shutdown` callers, sent when nothing runs any more.
     shutdown: Vec<oneshot::Sender<()>>,
+    /// Steering channels of running deploy jobs.
+    rollouts: HashMap<JobId, mpsc::Sender<(crate::deploy::rollout::Command, String)>>,
     watch: Option<Watch>,
 }
 
@@ -568,8 +579,20 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
+            Command::Control(Control::Rollout(job, cmd, by), reply) => {
+                let result = self.job_id(&job).and_then(|j| {
+                    let tx = self
+                        .rollouts
+                        .get(&j)
+                        .ok_or_else(|| EngineError::Rejected(format!("job `{job}` has no rollout in progress")))?;
+                    tx.try_send((cmd, by))
+                        .map_err(|_| EngineError::Rejected(format!("the rollout of `{job}` is not taking commands")))
+                });
+                let _ = reply.send(result);
+            }
             Command::Control(ctl, reply) => {
                 let input = match ctl {
+                    Control::Rollout(..) => unreachable!("handled above"),
                     Control::Approve(j) => self.job_id(&j).map(Input::Approve),
                     Control::Retry(j) => self.job_id(&j).map(Input::Retry),
                     Control::Cancel(j) => self.job_id(&j).map(Input::Cancel),
@@ -618,6 +641,13 @@ impl Actor {
                     step: step.to_string(),
                     stream,
                     line: text,
+                };
+                self.emit(kind);
+            }
+            ActorMsg::Runner(RunnerMsg::Rollout { job, status }) => {
+                let kind = EventKind::Rollout {
+                    job: name(self, job),
+                    status,
                 };
                 self.emit(kind);
             }
@@ -689,6 +719,7 @@ impl Actor {
                     "attempt finished"
                 );
                 self.running.remove(&job);
+                self.rollouts.remove(&job);
                 self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
             }
         }
@@ -757,12 +788,20 @@ impl Actor {
         } else {
             HashMap::new()
         };
+        let control = if self.state.pipeline().jobs[job].deploy.is_some() {
+            let (tx, rx) = mpsc::channel(16);
+            self.rollouts.insert(job, tx);
+            Some(rx)
+        } else {
+            None
+        };
         let a = Attempt {
             job,
             attempt,
             statuses: Arc::new(statuses),
             cancel: token,
             tx: self.msg_tx.clone(),
+            control,
         };
         tokio::spawn(run_attempt(self.ctx.clone(), a));
     }

@@ -206,6 +206,11 @@ pub enum EventKind {
         stream: Stream,
         line: String,
     },
+    /// A deploy job's rollout, twice a second while it runs.
+    Rollout {
+        job: String,
+        status: Box<crate::deploy::rollout::Status>,
+    },
     StepFinished {
         job: String,
         attempt: u32,
@@ -281,7 +286,7 @@ pub struct Event {
 impl EventKind {
     /// Whether this marks a job or run transition (records are flushed at each).
     pub fn is_transition(&self) -> bool {
-        !matches!(self, EventKind::LogLine { .. })
+        !matches!(self, EventKind::LogLine { .. } | EventKind::Rollout { .. })
     }
 
     /// Replaces every secret value in the event's text with `[MASKED]`.

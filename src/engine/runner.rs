@@ -49,6 +49,10 @@ pub enum RunnerMsg {
         failure: Option<FailureClass>,
         duration: Duration,
     },
+    Rollout {
+        job: JobId,
+        status: Box<crate::deploy::rollout::Status>,
+    },
     AttemptDone {
         job: JobId,
         attempt: u32,
@@ -85,6 +89,8 @@ pub struct RunContext {
     pub index: Arc<crate::store::index::Index>,
     /// False with `--no-cache`: results are stored but not looked up.
     pub use_cache: bool,
+    /// The state directory (services' remembered revisions live there).
+    pub state_dir: PathBuf,
 }
 
 impl RunContext {
@@ -141,6 +147,13 @@ impl RunContext {
             ("CI_JOB_STEP".into(), step.to_string()),
             ("CI_PROJECT_DIR".into(), workspace.display().to_string()),
             ("TRACKSIDE_RUN_DIR".into(), self.run_dir.display().to_string()),
+            // This trackside, so a pipeline can run `${TRACKSIDE_EXE} demo-service`.
+            (
+                "TRACKSIDE_EXE".into(),
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "trackside".into()),
+            ),
         ]
     }
 }
@@ -153,6 +166,8 @@ pub struct Attempt {
     pub statuses: Arc<HashMap<String, String>>,
     pub cancel: CancellationToken,
     pub tx: mpsc::Sender<RunnerMsg>,
+    /// Steering commands for a deploy job's rollout.
+    pub control: Option<mpsc::Receiver<(crate::deploy::rollout::Command, String)>>,
 }
 
 struct StepCtx<'a> {
@@ -177,8 +192,20 @@ impl Context for StepCtx<'_> {
 }
 
 /// Runs the attempt and reports `AttemptDone` last, whatever happens.
-pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
+pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     let job = &ctx.pipeline.jobs[a.job];
+    if let Some(spec) = &job.deploy {
+        let outcome = deploy_attempt(&ctx, &mut a, job, spec).await;
+        let _ =
+            a.tx.send(RunnerMsg::AttemptDone {
+                job: a.job,
+                attempt: a.attempt,
+                outcome,
+                cache_key: None,
+            })
+            .await;
+        return;
+    }
     let cache_key = if job.cache.is_some() {
         match artifacts::lookup(&ctx, &a, job).await {
             Ok(outcome) => {
@@ -206,6 +233,78 @@ pub async fn run_attempt(ctx: Arc<RunContext>, a: Attempt) {
             cache_key,
         })
         .await;
+}
+
+/// A deploy job: the rollout's log lines and status go to the actor as
+/// they come; its steering commands come from the actor.
+async fn deploy_attempt(
+    ctx: &Arc<RunContext>,
+    a: &mut Attempt,
+    job: &Job,
+    spec: &crate::pipeline::model::Deploy,
+) -> Outcome {
+    use crate::deploy::rollout;
+    let step: Arc<str> = Arc::from("deploy");
+    let env = match ctx
+        .scope(job, &[], ctx.predefined(job, a.attempt, "deploy", &ctx.project_dir))
+        .resolve_all()
+    {
+        Ok(env) => env.into_iter().collect(),
+        Err((name, e)) => return Outcome::infra(format!("variable `{name}`: {e}")),
+    };
+    // `version` and `run` may use variables; `${PORT}` is the replica's own.
+    let scope = ctx.scope(job, &[], ctx.predefined(job, a.attempt, "deploy", &ctx.project_dir));
+    let expand = |field: &str, text: &str| {
+        scope
+            .expand(&text.replace("${PORT}", "\u{0}PORT\u{0}"))
+            .map(|t| t.replace("\u{0}PORT\u{0}", "${PORT}"))
+            .map_err(|e| Outcome::infra(format!("deploy.{field}: {e}")))
+    };
+    let mut spec = spec.clone();
+    match (expand("version", &spec.version), expand("run", &spec.run)) {
+        (Ok(v), Ok(r)) => (spec.version, spec.run) = (v, r),
+        (Err(o), _) | (_, Err(o)) => return o,
+    }
+    let spec = &spec;
+    let (log_tx, mut log_rx) = mpsc::channel::<String>(256);
+    let (status_tx, mut status_rx) = mpsc::channel::<rollout::Status>(4);
+    let control = a.control.take().unwrap_or_else(|| mpsc::channel(1).1);
+    let io = rollout::Io {
+        state_dir: ctx.state_dir.clone(),
+        workdir: ctx.project_dir.clone(),
+        log: log_tx,
+        status: status_tx,
+        control,
+        cancel: a.cancel.clone(),
+        env,
+    };
+    let (job_id, attempt, tx) = (a.job, a.attempt, a.tx.clone());
+    let forward = async {
+        loop {
+            tokio::select! {
+                Some(line) = log_rx.recv() => {
+                    let _ = tx
+                        .send(RunnerMsg::Log { job: job_id, attempt, step: step.clone(), stream: Stream::Stdout, text: line })
+                        .await;
+                }
+                Some(status) = status_rx.recv() => {
+                    let _ = tx.send(RunnerMsg::Rollout { job: job_id, status: Box::new(status) }).await;
+                }
+                else => break,
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(rollout::run(spec, io), forward);
+    match result {
+        Ok(msg) => Outcome {
+            message: Some(msg),
+            ..Outcome::success()
+        },
+        Err(msg) => Outcome {
+            message: Some(msg),
+            ..Outcome::failed(None, FailureClass::Script)
+        },
+    }
 }
 
 pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
@@ -700,6 +799,7 @@ mod tests {
             objects: Arc::new(crate::store::objects::ObjectStore::open(&dir.path().join("objects")).expect("store")),
             index: Arc::new(crate::store::index::Index::open(dir.path()).expect("index")),
             use_cache: true,
+            state_dir: dir.path().to_path_buf(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -223,8 +223,75 @@ pub struct Job {
     pub cache: Option<ResultCache>,
     /// `cache: {key, paths, policy}`: folders kept between runs.
     pub dir_cache: Option<DirCache>,
+    /// A deploy job rolls a service out instead of running steps.
+    pub deploy: Option<Deploy>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// `deploy:` of a job: a canary rollout of local processes behind the
+/// built-in router.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deploy {
+    /// Names the service; its previous revision is remembered under this name.
+    pub service: String,
+    /// Where the router listens (`127.0.0.1:8080`).
+    pub listen: String,
+    /// A label for the revision being deployed (`v2`).
+    pub version: String,
+    /// The command of one replica; `${PORT}` is the port trackside assigns it.
+    pub run: String,
+    pub replicas: u32,
+    pub health: HealthCheck,
+    /// Requests per second the built-in load generator sends (0: none).
+    pub rps: u32,
+    pub steps: Vec<RolloutStep>,
+    #[serde(with = "secs")]
+    pub progress_deadline: Duration,
+    /// How long an aborted canary keeps running at 0% before it is stopped.
+    #[serde(with = "secs")]
+    pub abort_delay: Duration,
+    /// Judge settings: confidence (0.98) and tolerance (0.25).
+    pub confidence: f64,
+    pub tolerance: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    /// HTTP path probed on each replica; 2xx is healthy.
+    pub path: String,
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    /// Give up on a replica that is not healthy after this long.
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateAction {
+    Promote,
+    Abort,
+}
+
+/// One step of a canary rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStep {
+    /// Send this share of traffic (tenths of a percent) to the canary.
+    SetWeight(u32),
+    /// Wait this long (a countdown is shown).
+    Pause(#[serde(with = "secs_de")] Duration),
+    /// A manual gate: wait for promote; with a timeout, take the action then.
+    Gate { timeout: Option<(Duration, GateAction)> },
+    /// Judge canary against stable `count` times, every `interval`.
+    Analysis {
+        #[serde(with = "secs_de")]
+        interval: Duration,
+        count: u32,
+    },
 }
 
 /// The result cache of a job: the globs (relative to the project) whose
@@ -373,6 +440,18 @@ mod secs {
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+mod secs_de {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
     }
 }
 

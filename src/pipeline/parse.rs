@@ -18,7 +18,7 @@ use super::yaml::{self, Node, Pos, Value};
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
-const JOB_KEYS: [&str; 23] = [
+const JOB_KEYS: [&str; 24] = [
     "steps",
     "depends_on",
     "environment",
@@ -42,6 +42,7 @@ const JOB_KEYS: [&str; 23] = [
     "artifacts",
     "needs_artifacts",
     "cache",
+    "deploy",
 ];
 const STEP_KEYS: [&str; 8] = [
     "name",
@@ -58,7 +59,7 @@ const STEP_KEYS: [&str; 8] = [
 pub const HOST_ALLOWLIST: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
 
 /// Names of the variables trackside defines for every job.
-pub const PREDEFINED: [&str; 9] = [
+pub const PREDEFINED: [&str; 10] = [
     "CI",
     "TRACKSIDE",
     "CI_PIPELINE_ID",
@@ -68,6 +69,7 @@ pub const PREDEFINED: [&str; 9] = [
     "CI_JOB_STEP",
     "CI_PROJECT_DIR",
     "TRACKSIDE_RUN_DIR",
+    "TRACKSIDE_EXE",
 ];
 
 /// Which executor the run will use; decides what `image:` means.
@@ -616,7 +618,15 @@ impl Cx<'_> {
         }
         let job_image = get(node, "image").and_then(|n| self.string(n, &join(&path, "image")));
         let mut steps = Vec::new();
+        let deploy_node = get(node, "deploy");
         match get(node, "steps") {
+            None if deploy_node.is_some() => {}
+            Some(s) if deploy_node.is_some() => self.err(
+                s,
+                &join(&path, "steps"),
+                format!("job `{name}` has both `deploy` and `steps`"),
+                "a deploy job rolls a service out and runs no steps: move the steps to a job it depends on",
+            ),
             None => self.err(
                 key,
                 &path,
@@ -777,6 +787,7 @@ impl Cx<'_> {
                 .map(|(s, _)| s)
                 .collect()
         });
+        let deploy = deploy_node.and_then(|n| self.deploy(n, &join(&path, "deploy")));
         let (cache, dir_cache) = match get(node, "cache") {
             Some(n) => self.cache(n, &join(&path, "cache")),
             None => (None, None),
@@ -800,8 +811,293 @@ impl Cx<'_> {
             needs_artifacts,
             cache,
             dir_cache,
+            deploy,
             pos: key.pos,
         })
+    }
+
+    fn required_string(&mut self, node: &Node, path: &str, key: &str, example: &str) -> Option<String> {
+        match get(node, key) {
+            Some(n) => self.string(n, &join(path, key)),
+            None => {
+                self.err(
+                    node,
+                    path,
+                    format!("`deploy` needs `{key}`"),
+                    format!("e.g. `{key}: {example}`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `deploy:` of a job (a canary rollout of local processes).
+    fn deploy(&mut self, node: &Node, path: &str) -> Option<Deploy> {
+        let keys = [
+            "service",
+            "listen",
+            "version",
+            "run",
+            "replicas",
+            "health",
+            "traffic",
+            "strategy",
+            "progress_deadline",
+            "abort_delay",
+            "judge",
+        ];
+        if !self.mapping(node, path, &keys, "deploy") {
+            return None;
+        }
+        let service = self.required_string(node, path, "service", "web");
+        let listen = self.required_string(node, path, "listen", "127.0.0.1:8080");
+        if let (Some(l), Some(n)) = (&listen, get(node, "listen"))
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            self.err(
+                n,
+                &join(path, "listen"),
+                format!("`{l}` is not an address"),
+                "write IP:PORT, e.g. `127.0.0.1:8080`",
+            );
+        }
+        let run = self.required_string(node, path, "run", "\"./server --port ${PORT}\"");
+        if let (Some(r), Some(n)) = (&run, get(node, "run"))
+            && !r.contains("${PORT}")
+        {
+            self.err(
+                n,
+                &join(path, "run"),
+                "`run` does not use `${PORT}`",
+                "each replica gets its own port: pass `${PORT}` to the command",
+            );
+        }
+        let version = get(node, "version")
+            .and_then(|n| self.string(n, &join(path, "version")))
+            .unwrap_or_else(|| "new".into());
+        let replicas = get(node, "replicas")
+            .and_then(|n| self.int_in(n, &join(path, "replicas"), 1, 50))
+            .unwrap_or(1);
+        let hpath = join(path, "health");
+        let mut health = HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            success_threshold: 3,
+            failure_threshold: 2,
+            timeout: Duration::from_secs(300),
+        };
+        if let Some(h) = get(node, "health")
+            && self.mapping(
+                h,
+                &hpath,
+                &["http", "interval", "success_threshold", "failure_threshold", "timeout"],
+                "health",
+            )
+        {
+            if let Some(p) = get(h, "http").and_then(|n| self.string(n, &join(&hpath, "http"))) {
+                health.path = if p.starts_with('/') { p } else { format!("/{p}") };
+            }
+            if let Some(d) = get(h, "interval").and_then(|n| self.seconds_in(n, &join(&hpath, "interval"), 0.05, 600.0))
+            {
+                health.interval = d;
+            }
+            if let Some(v) =
+                get(h, "success_threshold").and_then(|n| self.int_in(n, &join(&hpath, "success_threshold"), 1, 100))
+            {
+                health.success_threshold = v;
+            }
+            if let Some(v) =
+                get(h, "failure_threshold").and_then(|n| self.int_in(n, &join(&hpath, "failure_threshold"), 1, 100))
+            {
+                health.failure_threshold = v;
+            }
+            if let Some(d) = get(h, "timeout").and_then(|n| self.seconds_in(n, &join(&hpath, "timeout"), 1.0, 86400.0))
+            {
+                health.timeout = d;
+            }
+        }
+        let rps = match get(node, "traffic") {
+            Some(t) if self.mapping(t, &join(path, "traffic"), &["rps"], "traffic") => get(t, "rps")
+                .and_then(|n| self.int_in(n, &join(path, "traffic.rps"), 0, 10_000))
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let (mut confidence, mut tolerance) = (0.98, 0.25);
+        if let Some(j) = get(node, "judge")
+            && self.mapping(j, &join(path, "judge"), &["confidence", "tolerance"], "judge")
+        {
+            for (key, slot) in [("confidence", &mut confidence), ("tolerance", &mut tolerance)] {
+                if let Some(n) = get(j, key) {
+                    match n.value {
+                        Value::Float(f) if f > 0.0 && f < 1.0 => *slot = f,
+                        _ => self.err(
+                            n,
+                            &format!("{path}.judge.{key}"),
+                            format!("`{key}` must be a number between 0 and 1"),
+                            "e.g. `confidence: 0.98`, `tolerance: 0.25`",
+                        ),
+                    }
+                }
+            }
+        }
+        let steps = self.rollout_steps(node, path);
+        let progress_deadline = get(node, "progress_deadline")
+            .and_then(|n| self.seconds_in(n, &join(path, "progress_deadline"), 1.0, 86400.0))
+            .unwrap_or(Duration::from_secs(600));
+        let abort_delay = get(node, "abort_delay")
+            .and_then(|n| self.seconds_in(n, &join(path, "abort_delay"), 0.0, 3600.0))
+            .unwrap_or(Duration::from_secs(30));
+        Some(Deploy {
+            service: service?,
+            listen: listen?,
+            version,
+            run: run?,
+            replicas,
+            health,
+            rps,
+            steps: steps?,
+            progress_deadline,
+            abort_delay,
+            confidence,
+            tolerance,
+        })
+    }
+
+    fn rollout_steps(&mut self, node: &Node, path: &str) -> Option<Vec<RolloutStep>> {
+        let spath = join(path, "strategy");
+        let Some(strategy) = get(node, "strategy") else {
+            self.err(
+                node,
+                path,
+                "`deploy` needs a `strategy`",
+                "e.g. `strategy: {canary: {steps: [{set_weight: 10}, {pause: {}}]}}`",
+            );
+            return None;
+        };
+        if !self.mapping(strategy, &spath, &["canary", "blue_green", "rolling"], "strategy") {
+            return None;
+        }
+        for other in ["blue_green", "rolling"] {
+            if let Some(n) = get(strategy, other) {
+                self.err(
+                    n,
+                    &join(&spath, other),
+                    format!("the `{other}` strategy is not available yet"),
+                    "use `canary` (see docs/deployments.md)",
+                );
+                return None;
+            }
+        }
+        let Some(canary) = get(strategy, "canary") else {
+            self.err(
+                strategy,
+                &spath,
+                "`strategy` needs `canary`",
+                "e.g. `canary: {steps: [...]}`",
+            );
+            return None;
+        };
+        let cpath = join(&spath, "canary");
+        if !self.mapping(canary, &cpath, &["steps"], "canary") {
+            return None;
+        }
+        let Some(Value::Seq(items)) = get(canary, "steps").map(|n| &n.value) else {
+            self.err(
+                canary,
+                &cpath,
+                "`canary` needs a list of `steps`",
+                "e.g. `steps: [{set_weight: 10}, {pause: {}}]`",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{cpath}.steps[{i}]");
+            let Value::Map(entries) = &item.value else {
+                self.err(
+                    item,
+                    &ipath,
+                    "a step is a mapping with one key",
+                    "e.g. `- set_weight: 10`",
+                );
+                continue;
+            };
+            if entries.len() != 1 {
+                self.err(
+                    item,
+                    &ipath,
+                    "a step has exactly one key",
+                    "`set_weight`, `pause` or `analysis`",
+                );
+                continue;
+            }
+            if !self.mapping(item, &ipath, &["set_weight", "pause", "analysis"], "a canary step") {
+                continue;
+            }
+            if let Some(n) = get(item, "set_weight") {
+                let pct = match n.value {
+                    Value::Int(v) => Some(v as f64),
+                    Value::Float(v) => Some(v),
+                    _ => None,
+                };
+                match pct {
+                    Some(p) if (0.0..=100.0).contains(&p) => {
+                        out.push(RolloutStep::SetWeight((p * 10.0).round() as u32))
+                    }
+                    _ => self.err(
+                        n,
+                        &join(&ipath, "set_weight"),
+                        "`set_weight` is a percentage from 0 to 100",
+                        "e.g. `set_weight: 12.5` (0.1% resolution)",
+                    ),
+                }
+            } else if let Some(n) = get(item, "pause") {
+                let ppath = join(&ipath, "pause");
+                if !self.mapping(n, &ppath, &["duration", "timeout", "default"], "pause") {
+                    continue;
+                }
+                if let Some(d) = get(n, "duration") {
+                    if let Some(d) = self.seconds_in(d, &join(&ppath, "duration"), 0.0, 86400.0) {
+                        out.push(RolloutStep::Pause(d));
+                    }
+                    continue;
+                }
+                let timeout =
+                    get(n, "timeout").and_then(|t| self.seconds_in(t, &join(&ppath, "timeout"), 1.0, 86400.0));
+                let action = match get(n, "default") {
+                    None => GateAction::Abort,
+                    Some(a) => match self.string(a, &join(&ppath, "default")).as_deref() {
+                        Some("promote") => GateAction::Promote,
+                        Some("abort") | None => GateAction::Abort,
+                        Some(other) => {
+                            self.err(
+                                a,
+                                &join(&ppath, "default"),
+                                format!("unknown gate action `{other}`"),
+                                "use `promote` or `abort`",
+                            );
+                            GateAction::Abort
+                        }
+                    },
+                };
+                out.push(RolloutStep::Gate {
+                    timeout: timeout.map(|t| (t, action)),
+                });
+            } else if let Some(n) = get(item, "analysis") {
+                let apath = join(&ipath, "analysis");
+                if !self.mapping(n, &apath, &["interval", "count"], "analysis") {
+                    continue;
+                }
+                let interval = get(n, "interval")
+                    .and_then(|v| self.seconds_in(v, &join(&apath, "interval"), 0.1, 3600.0))
+                    .unwrap_or(Duration::from_secs(10));
+                let count = get(n, "count")
+                    .and_then(|v| self.int_in(v, &join(&apath, "count"), 1, 1000))
+                    .unwrap_or(1);
+                out.push(RolloutStep::Analysis { interval, count });
+            }
+        }
+        Some(out)
     }
 
     /// Globs that must stay inside the workspace or project; bad ones are reported.

@@ -32,6 +32,8 @@ pub enum Command {
     },
     /// Suspend the UI for a shell in the job's (failed) container.
     Shell(String),
+    /// Steer a deploy job's rollout.
+    Rollout(String, crate::deploy::rollout::Command),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,13 @@ pub enum Mode {
     /// A y/n question; `yes` is sent on `y`.
     Confirm {
         question: String,
+        yes: Vec<Command>,
+    },
+    /// A question answered by typing `expected` and Enter.
+    TypedConfirm {
+        question: String,
+        expected: String,
+        typed: String,
         yes: Vec<Command>,
     },
     /// Typing a log search (`/` in the log pane).
@@ -202,6 +211,42 @@ impl App {
                     Vec::new()
                 }
             },
+            Mode::TypedConfirm {
+                question,
+                expected,
+                mut typed,
+                yes,
+            } => match key.code {
+                KeyCode::Enter if typed == expected => yes,
+                KeyCode::Enter | KeyCode::Esc => {
+                    self.status = Some("cancelled, nothing was done".into());
+                    Vec::new()
+                }
+                KeyCode::Backspace | KeyCode::Char(_) => {
+                    match key.code {
+                        KeyCode::Char(c) => typed.push(c),
+                        _ => {
+                            typed.pop();
+                        }
+                    }
+                    self.mode = Mode::TypedConfirm {
+                        question,
+                        expected,
+                        typed,
+                        yes,
+                    };
+                    Vec::new()
+                }
+                _ => {
+                    self.mode = Mode::TypedConfirm {
+                        question,
+                        expected,
+                        typed,
+                        yes,
+                    };
+                    Vec::new()
+                }
+            },
             Mode::Search(mut text) => {
                 match key.code {
                     KeyCode::Enter => {
@@ -339,6 +384,31 @@ impl App {
             }
             Action::Retry => vec![Command::Retry(name)],
             Action::Shell => vec![Command::Shell(name)],
+            Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback => {
+                use crate::deploy::rollout::Command as R;
+                let Some(service) = self.model.jobs[sel.unwrap_or(0)]
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.service.clone())
+                else {
+                    self.status = Some(format!("`{name}` is not a deploy job with a rollout in progress"));
+                    return Vec::new();
+                };
+                match action {
+                    Action::Promote => vec![Command::Rollout(name, R::Promote)],
+                    Action::AbortRollout => vec![Command::Rollout(name, R::Abort)],
+                    Action::Rollback => vec![Command::Rollout(name, R::Rollback)],
+                    _ => {
+                        self.mode = Mode::TypedConfirm {
+                            question: format!("Promote `{service}` to 100% now? Type `{service}` and Enter:"),
+                            expected: service,
+                            typed: String::new(),
+                            yes: vec![Command::Rollout(name, R::PromoteFull)],
+                        };
+                        Vec::new()
+                    }
+                }
+            }
             Action::RerunFailed => vec![Command::RerunFailed],
             Action::Cancel => self.confirm(format!("Cancel `{name}`? (y/n)"), vec![Command::Cancel(name)]),
             Action::CancelAll => self.confirm("Cancel the whole run? (y/n)".into(), vec![Command::CancelAll]),

@@ -347,6 +347,7 @@ async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<b
             handle.pause_scheduling().await,
         ),
         Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
+        Command::Rollout(j, c) => (format!("{c:?} sent to the rollout of {j}"), handle.rollout(j, *c).await),
         Command::Shell(_) => return None,
         Command::Quit { cancel } => {
             if *cancel {

@@ -42,6 +42,8 @@ pub struct JobView {
     pub flaky: bool,
     /// Served from the result cache under this key.
     pub cached: Option<String>,
+    /// A deploy job's latest rollout status.
+    pub rollout: Option<Box<crate::deploy::rollout::Status>>,
     /// When the current retry is due (ts, ms).
     pub retry_at: Option<u64>,
     pub step: Option<String>,
@@ -64,6 +66,7 @@ impl JobView {
             reason: None,
             flaky: false,
             cached: None,
+            rollout: None,
             retry_at: None,
             step: None,
         }
@@ -146,6 +149,7 @@ impl Model {
     pub fn apply(&mut self, ev: &Event) {
         self.last_ts = self.last_ts.max(ev.ts);
         match &ev.kind {
+            EventKind::Rollout { job, status } => self.with(job, |j| j.rollout = Some(status.clone())),
             EventKind::RunStarted {
                 run_id,
                 pipeline,

@@ -42,7 +42,12 @@ impl Widget for &App {
         if area.width >= WIDE {
             let [left, right] =
                 Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
-            let [detail, log] = Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(right);
+            // A rollout needs room for its numbers and verdict.
+            let detail_h = match self.selected_job().map(|j| &self.model.jobs[j].rollout) {
+                Some(Some(_)) => (right.height / 2).max(8),
+                _ => 8,
+            };
+            let [detail, log] = Layout::vertical([Constraint::Length(detail_h), Constraint::Min(3)]).areas(right);
             render_jobs(self, left, buf);
             render_detail(self, detail, buf);
             render_log(self, log, buf);
@@ -411,6 +416,9 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
             seconds(at.saturating_sub(app.now))
         )));
     }
+    if let Some(r) = &job.rollout {
+        rollout_lines(r, t, &mut lines);
+    }
     let names = |ids: &[usize]| {
         ids.iter()
             .map(|&d| m.jobs[d].name.as_str())
@@ -458,6 +466,60 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         .block(block)
         .wrap(Wrap { trim: false })
         .render(area, buf);
+}
+
+/// A deploy job's rollout, as text: where it is, the numbers, the verdict.
+fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, lines: &mut Vec<Line<'_>>) {
+    let pct = |w: u32| format!("{:.1}%", f64::from(w) / 10.0);
+    let phase_style = match r.phase.as_str() {
+        "aborted" | "degraded" | "rolled_back" => t.warn(),
+        _ => t.dim(),
+    };
+    lines.push(Line::from(vec![
+        Span::styled("rollout: ", t.dim()),
+        Span::raw(format!(
+            "{} {} -> {}  ",
+            r.service,
+            r.stable_version.as_deref().unwrap_or("-"),
+            r.canary_version
+        )),
+        Span::styled(r.phase.replace('_', " "), phase_style),
+    ]));
+    if let Some(d) = &r.detail {
+        lines.push(Line::raw(format!("  {d}")));
+    }
+    let countdown = r
+        .countdown_s
+        .filter(|_| matches!(r.phase.as_str(), "paused" | "gate" | "analyzing"))
+        .map(|c| format!("  next in {c:.0}s"))
+        .unwrap_or_default();
+    lines.push(Line::raw(format!(
+        "  step {}/{}  canary weight {}{countdown}",
+        (r.step + 1).min(r.steps),
+        r.steps,
+        pct(r.weight)
+    )));
+    for (name, tot) in [("stable", &r.stable), ("canary", &r.canary)] {
+        let err = if tot.requests > 0 {
+            100.0 * tot.errors as f64 / tot.requests as f64
+        } else {
+            0.0
+        };
+        lines.push(Line::raw(format!(
+            "  {name}: {} req  {err:.2}% err  p50 {:.1} p95 {:.1} p99 {:.1} ms",
+            tot.requests, tot.p50_ms, tot.p95_ms, tot.p99_ms
+        )));
+    }
+    if let Some(v) = &r.verdict {
+        lines.push(Line::raw(format!("  judge: {:?}, score {:.0}", v.class, v.score)));
+        for metric in &v.metrics {
+            lines.push(Line::raw(format!(
+                "    {} {:?}: {}",
+                metric.metric, metric.outcome, metric.why
+            )));
+        }
+    }
+    lines.push(Line::styled("  P promote  F full  A abort  b rollback", t.dim()));
 }
 
 /// Renders the log of the selected job; lines older than the in-memory
@@ -543,6 +605,7 @@ fn render_prompt(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.theme;
     let line = match &app.mode {
         Mode::Confirm { question, .. } => Line::styled(question.clone(), t.warn()),
+        Mode::TypedConfirm { question, typed, .. } => Line::styled(format!("{question} {typed}"), t.warn()),
         Mode::Search(s) => Line::raw(format!(
             "search log: {s}{} (Enter to search, Esc to stop)",
             t.glyph("▏", "_")

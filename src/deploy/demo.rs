@@ -1,0 +1,144 @@
+//! A small HTTP service to deploy in demos and tests
+//! (`trackside demo-service`), and a load generator (`traffic: {rps}`), so
+//! a canary has something to serve and someone to serve it to without
+//! anything else installed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct DemoService {
+    pub version: String,
+    /// Share of requests answered with 500 (0.0..=1.0).
+    pub error_rate: f64,
+    /// Typical latency; each answer takes 80..120% of it.
+    pub latency: Duration,
+}
+
+impl DemoService {
+    fn answer(&self, path: &str, roll: f64) -> (StatusCode, String) {
+        if path == "/healthz" {
+            return (StatusCode::OK, format!("ok {}\n", self.version));
+        }
+        if roll < self.error_rate {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "version {} failed (demo error rate {})\n",
+                    self.version, self.error_rate
+                ),
+            )
+        } else {
+            (StatusCode::OK, format!("version {}\n", self.version))
+        }
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
+        let me = Arc::new(self);
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+            };
+            let me = me.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let me = me.clone();
+                    async move {
+                        let (status, body) = me.answer(req.uri().path(), fastrand::f64());
+                        if status != StatusCode::OK || req.uri().path() != "/healthz" {
+                            let factor = 0.8 + 0.4 * fastrand::f64();
+                            tokio::time::sleep(me.latency.mul_f64(factor)).await;
+                        }
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = status;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+/// Counts of what the load generator sent and got back.
+#[derive(Debug, Default)]
+pub struct TrafficCounts {
+    pub sent: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Sends `rps` GET requests per second to `target` until `stop`; at most
+/// 256 in flight (beyond that a tick is skipped rather than queued).
+pub async fn generate(target: SocketAddr, rps: u32, stop: CancellationToken, counts: Arc<TrafficCounts>) {
+    if rps == 0 {
+        return;
+    }
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Ok(uri) = format!("http://{target}/").parse::<hyper::Uri>() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (client, uri, counts) = (client.clone(), uri.clone(), counts.clone());
+        counts.sent.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let ok = match client.get(uri).await {
+                Ok(r) => {
+                    let good = r.status().is_success();
+                    let _ = r.into_body().collect().await;
+                    good
+                }
+                Err(_) => false,
+            };
+            let c = if ok { &counts.ok } else { &counts.failed };
+            c.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_follow_the_rate_and_health_is_always_ok() {
+        let s = DemoService {
+            version: "v2".into(),
+            error_rate: 0.2,
+            latency: Duration::ZERO,
+        };
+        assert_eq!(s.answer("/", 0.19).0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(s.answer("/", 0.2).0, StatusCode::OK);
+        assert_eq!(s.answer("/healthz", 0.0).0, StatusCode::OK);
+        assert!(s.answer("/", 0.5).1.contains("v2"));
+    }
+}

@@ -1,0 +1,527 @@
+//! Runs a canary rollout of local processes: the effects of the
+//! [`Canary`] machine, performed.
+//!
+//! The stable revision is the one remembered for the service in the state
+//! directory (`<state>/services/<service>.json`); the new one is the job's
+//! `deploy:` block. Both run as process groups on ports trackside assigns,
+//! behind the built-in router on `listen`. The processes live as long as
+//! the deploy job: when the rollout settles the job ends and they stop, and
+//! what is remembered is which revision is stable now.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::canary::{Canary, CanarySpec, Effect, Input, Phase};
+use super::demo::{TrafficCounts, generate};
+use super::judge::{self, JudgeConfig, Verdict};
+use super::router::{Pool, Router, Totals};
+use crate::pipeline::model::{Deploy, HealthCheck};
+
+/// A service revision, as remembered between deploys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub version: String,
+    pub run: String,
+    pub replicas: u32,
+}
+
+fn revision_path(state: &Path, service: &str) -> PathBuf {
+    let safe: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state.join("services").join(format!("{safe}.json"))
+}
+
+pub fn load_revision(state: &Path, service: &str) -> Option<Revision> {
+    let text = std::fs::read_to_string(revision_path(state, service)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn save_revision(state: &Path, service: &str, rev: &Revision) -> Result<(), String> {
+    let path = revision_path(state, service);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(rev).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A steering command from a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Promote,
+    PromoteFull,
+    Abort,
+    Retry,
+    Rollback,
+    Pause,
+    Resume,
+}
+
+impl Command {
+    pub fn input(self, by: String) -> Input {
+        match self {
+            Command::Promote => Input::Promote { by },
+            Command::PromoteFull => Input::PromoteFull { by },
+            Command::Abort => Input::Abort { by },
+            Command::Retry => Input::Retry { by },
+            Command::Rollback => Input::Rollback { by },
+            Command::Pause => Input::Pause { by },
+            Command::Resume => Input::Resume { by },
+        }
+    }
+}
+
+/// Who is steering: user@host, and the SSH client address when there is one.
+pub fn who() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    match std::env::var("SSH_CLIENT")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+    {
+        Some(ip) => format!("{user}@{host} (ssh from {ip})"),
+        None => format!("{user}@{host}"),
+    }
+}
+
+/// What the rollout looks like now, for front-ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub service: String,
+    pub stable_version: Option<String>,
+    pub canary_version: String,
+    /// `starting_canary`, `running`, `paused`, `gate`, `analyzing`, `held`,
+    /// `completed`, `aborted`, `rolled_back`, `degraded`.
+    pub phase: String,
+    pub detail: Option<String>,
+    /// Seconds left on a pause or gate countdown.
+    pub countdown_s: Option<f64>,
+    pub step: usize,
+    pub steps: usize,
+    /// Tenths of a percent.
+    pub weight: u32,
+    pub stable: Totals,
+    pub canary: Totals,
+    pub verdict: Option<Verdict>,
+}
+
+/// Where the rollout reports and listens.
+pub struct Io {
+    pub state_dir: PathBuf,
+    pub workdir: PathBuf,
+    pub log: mpsc::Sender<String>,
+    pub status: mpsc::Sender<Status>,
+    pub control: mpsc::Receiver<(Command, String)>,
+    pub cancel: CancellationToken,
+    /// Extra environment for the replicas.
+    pub env: Vec<(String, String)>,
+}
+
+struct Replica {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+async fn start_replicas(rev: &Revision, label: &str, io: &Io) -> Result<Vec<Replica>, String> {
+    let mut out = Vec::new();
+    for i in 1..=rev.replicas {
+        let port = free_port()?;
+        let cmd = rev.run.replace("${PORT}", &port.to_string());
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(&io.workdir)
+            .envs(io.env.iter().cloned())
+            .env("PORT", port.to_string())
+            .process_group(0)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start `{cmd}`: {e}"))?;
+        let tag = format!("{label} {}#{i}", rev.version);
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (log, tag) = (io.log.clone(), tag.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = log.send(format!("[{tag}] {line}")).await;
+                }
+            });
+        }
+        let _ = io.log.send(format!("started {tag} on port {port}: {cmd}")).await;
+        out.push(Replica {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        });
+    }
+    Ok(out)
+}
+
+async fn stop_replicas(replicas: Vec<Replica>) {
+    for mut r in replicas {
+        if let Some(pid) = r.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let pg = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(5), r.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                let _ = r.child.wait().await;
+            }
+        }
+    }
+}
+
+/// Probes every replica until each has `success_threshold` healthy answers
+/// in a row; fails a replica after `failure_threshold` failures in a row
+/// once it has answered at all, or when `timeout` passes.
+pub async fn wait_healthy(addrs: &[SocketAddr], h: &HealthCheck, cancel: &CancellationToken) -> Result<(), String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + h.timeout;
+    for addr in addrs {
+        let Ok(uri) = format!("http://{addr}{}", h.path).parse::<hyper::Uri>() else {
+            return Err(format!("bad health path `{}`", h.path));
+        };
+        let (mut ok, mut bad, mut answered) = (0, 0, false);
+        loop {
+            let healthy =
+                match tokio::time::timeout(h.interval.max(Duration::from_millis(200)), client.get(uri.clone())).await {
+                    Ok(Ok(r)) => {
+                        answered = true;
+                        r.status().is_success()
+                    }
+                    _ => false,
+                };
+            if healthy {
+                ok += 1;
+                bad = 0;
+                if ok >= h.success_threshold {
+                    break;
+                }
+            } else {
+                ok = 0;
+                bad += 1;
+                if answered && bad >= h.failure_threshold {
+                    return Err(format!("{addr}{} failed {bad} health checks in a row", h.path));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{addr}{} was not healthy within {}s",
+                    h.path,
+                    h.timeout.as_secs()
+                ));
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err("cancelled".into()),
+                () = tokio::time::sleep(h.interval) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn phase_name(p: &Phase) -> (&'static str, Option<String>) {
+    match p {
+        Phase::NotStarted => ("not_started", None),
+        Phase::StartingCanary => ("starting_canary", None),
+        Phase::Running => ("running", None),
+        Phase::Paused { .. } => ("paused", None),
+        Phase::Gate { reason, .. } => ("gate", Some(reason.clone())),
+        Phase::Analyzing { runs_left, .. } => ("analyzing", Some(format!("{runs_left} analysis run(s) left"))),
+        Phase::Held { .. } => ("held", Some("paused by hand".into())),
+        Phase::Completed => ("completed", None),
+        Phase::Aborted { reason } => ("aborted", Some(format!("Aborted (stable serving): {reason}"))),
+        Phase::RolledBack { reason } => ("rolled_back", Some(reason.clone())),
+        Phase::Degraded { reason } => ("degraded", Some(format!("Degraded: {reason}"))),
+    }
+}
+
+/// Runs the deploy to its end. `Ok` says what is stable now; `Err` why the
+/// new revision is not.
+pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
+    let new = Revision {
+        version: spec.version.clone(),
+        run: spec.run.clone(),
+        replicas: spec.replicas,
+    };
+    let listen: SocketAddr = spec
+        .listen
+        .parse()
+        .map_err(|_| format!("`{}` is not an address", spec.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("the router cannot listen on {listen}: {e}"))?;
+    // Port 0 picks a free port: say which.
+    let listen = listener.local_addr().unwrap_or(listen);
+    let _ = io
+        .log
+        .send(format!("router for {} listening on http://{listen}", spec.service))
+        .await;
+    let router = Router::new(true);
+    let stop = io.cancel.child_token();
+    tokio::spawn(router.clone().serve(listener, stop.clone()));
+    let log = io.log.clone();
+    let say = |text: String| {
+        let log = log.clone();
+        async move {
+            let _ = log.send(text).await;
+        }
+    };
+    let result = async {
+        let Some(prev) = load_revision(&io.state_dir, &spec.service) else {
+            // Nothing to compare with: the first revision becomes stable.
+            let replicas = start_replicas(&new, "stable", &io).await?;
+            let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+            let healthy = wait_healthy(&addrs, &spec.health, &io.cancel).await;
+            stop_replicas(replicas).await;
+            healthy.map_err(|e| format!("{} is not healthy: {e}", new.version))?;
+            save_revision(&io.state_dir, &spec.service, &new)?;
+            return Ok(format!(
+                "first deploy of {}: {} is stable (no canary: there was nothing to compare with)",
+                spec.service, new.version
+            ));
+        };
+        say(format!(
+            "stable is {} (remembered), canary is {}",
+            prev.version, new.version
+        ))
+        .await;
+        let stable = start_replicas(&prev, "stable", &io).await?;
+        let stable_addrs: Vec<SocketAddr> = stable.iter().map(|r| r.addr).collect();
+        if let Err(e) = wait_healthy(&stable_addrs, &spec.health, &io.cancel).await {
+            stop_replicas(stable).await;
+            return Err(format!(
+                "Degraded: the stable revision {} is not healthy: {e}",
+                prev.version
+            ));
+        }
+        router.set_backends(Pool::Stable, stable_addrs);
+        let traffic = Arc::new(TrafficCounts::default());
+        if spec.rps > 0 {
+            tokio::spawn(generate(listen, spec.rps, stop.clone(), traffic.clone()));
+        }
+        let out = drive(spec, &mut io, &router, &prev, &new).await;
+        stop_replicas(stable).await;
+        out
+    }
+    .await;
+    stop.cancel();
+    result
+}
+
+async fn drive(
+    spec: &Deploy,
+    io: &mut Io,
+    router: &Arc<Router>,
+    prev: &Revision,
+    new: &Revision,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let now = || started.elapsed();
+    let mut machine = Canary::new(CanarySpec {
+        steps: spec.steps.clone(),
+        progress_deadline: spec.progress_deadline,
+        abort_scale_down_delay: spec.abort_delay,
+    });
+    let judge_cfg = JudgeConfig {
+        confidence: spec.confidence,
+        tolerance: spec.tolerance,
+        ..JudgeConfig::default()
+    };
+    let (internal_tx, mut internal_rx) = mpsc::channel::<Input>(8);
+    let mut canary: Vec<Replica> = Vec::new();
+    let mut canary_stop_at: Option<Instant> = None;
+    let mut window_start = Instant::now();
+    let mut verdict: Option<Verdict> = None;
+    let mut pending = machine.handle(Input::Start, now());
+    let mut status_tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        // Perform effects; some feed inputs straight back.
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for effect in std::mem::take(&mut pending) {
+                match effect {
+                    Effect::SetWeight { weight } => {
+                        router.set_weight(weight);
+                        let _ = io
+                            .log
+                            .send(format!("weight: canary {:.1}%", f64::from(weight) / 10.0))
+                            .await;
+                        window_start = Instant::now();
+                    }
+                    Effect::StartCanary => {
+                        stop_replicas(std::mem::take(&mut canary)).await;
+                        canary = start_replicas(new, "canary", io).await?;
+                        let addrs: Vec<SocketAddr> = canary.iter().map(|r| r.addr).collect();
+                        let (h, tx, cancel) = (spec.health.clone(), internal_tx.clone(), io.cancel.clone());
+                        router.set_backends(Pool::Canary, addrs.clone());
+                        tokio::spawn(async move {
+                            let input = match wait_healthy(&addrs, &h, &cancel).await {
+                                Ok(()) => Input::CanaryHealthy,
+                                Err(e) => Input::CanaryUnhealthy(e),
+                            };
+                            let _ = tx.send(input).await;
+                        });
+                    }
+                    Effect::RunAnalysis => {
+                        let (s, c) = (
+                            router.window(Pool::Stable, window_start),
+                            router.window(Pool::Canary, window_start),
+                        );
+                        window_start = Instant::now();
+                        let v = judge::verdict(vec![
+                            judge::compare_errors(
+                                "error_rate",
+                                (s.errors, s.requests),
+                                (c.errors, c.requests),
+                                &judge_cfg,
+                            ),
+                            judge::compare_samples("latency_ms", &s.latencies_ms, &c.latencies_ms, &judge_cfg),
+                        ]);
+                        let mut lines = vec![format!("analysis: {:?} ({})", v.class, v.why)];
+                        for m in &v.metrics {
+                            lines.push(format!("  {}: {:?}: {}", m.metric, m.outcome, m.why));
+                        }
+                        for l in lines {
+                            let _ = io.log.send(l).await;
+                        }
+                        next.extend(machine.handle(
+                            Input::AnalysisDone {
+                                class: v.class,
+                                why: v.why.clone(),
+                            },
+                            now(),
+                        ));
+                        verdict = Some(v);
+                    }
+                    Effect::StopCanary { after } => {
+                        router.set_backends(Pool::Canary, Vec::new());
+                        canary_stop_at = Some(Instant::now() + after);
+                    }
+                    Effect::MakeCanaryStable => {
+                        save_revision(&io.state_dir, &spec.service, new)?;
+                    }
+                    Effect::RestorePrevious => {
+                        save_revision(&io.state_dir, &spec.service, prev)?;
+                    }
+                    Effect::Note { text, by } => {
+                        let who = by.map(|b| format!(" (by {b})")).unwrap_or_default();
+                        let _ = io.log.send(format!("rollout: {text}{who}")).await;
+                    }
+                }
+            }
+            pending = next;
+        }
+        let (phase, detail) = phase_name(&machine.phase);
+        let status = Status {
+            service: spec.service.clone(),
+            stable_version: Some(prev.version.clone()),
+            canary_version: new.version.clone(),
+            phase: phase.into(),
+            detail: detail.clone(),
+            countdown_s: machine.next_wake().map(|w| w.saturating_sub(now()).as_secs_f64()),
+            step: machine.step.min(spec.steps.len()),
+            steps: spec.steps.len(),
+            weight: router.weight(),
+            stable: router.totals(Pool::Stable),
+            canary: router.totals(Pool::Canary),
+            verdict: verdict.clone(),
+        };
+        let _ = io.status.try_send(status);
+        match &machine.phase {
+            Phase::Completed => {
+                stop_replicas(canary).await;
+                return Ok(format!("{} is now stable for {}", new.version, spec.service));
+            }
+            Phase::Aborted { reason } | Phase::RolledBack { reason } | Phase::Degraded { reason } => {
+                // The canary is at 0%: keep it for the delay (for a look), unless cancelled.
+                if let Some(at) = canary_stop_at {
+                    tokio::select! {
+                        () = io.cancel.cancelled() => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                stop_replicas(canary).await;
+                return Err(format!(
+                    "{} (stable {} kept serving)",
+                    detail.unwrap_or_else(|| reason.clone()),
+                    prev.version
+                ));
+            }
+            _ => {}
+        }
+        let wake = machine.next_wake().map(|w| started + w);
+        tokio::select! {
+            () = io.cancel.cancelled() => {
+                router.set_weight(0);
+                stop_replicas(canary).await;
+                return Err("cancelled: canary set to 0%, stable kept serving".into());
+            }
+            Some((cmd, by)) = io.control.recv() => {
+                pending = machine.handle(cmd.input(by), now());
+            }
+            Some(input) = internal_rx.recv() => {
+                pending = machine.handle(input, now());
+            }
+            () = sleep_until_opt(wake) => {
+                pending = machine.handle(Input::Tick, now());
+            }
+            _ = status_tick.tick() => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

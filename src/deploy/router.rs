@@ -1,0 +1,440 @@
+//! The built-in traffic router: a weighted HTTP reverse proxy (hyper).
+//!
+//! The canary's share is one atomic integer in tenths of a percent, so a
+//! weight change is a single store that the next request sees, whatever
+//! the replica counts; within a pool, replicas take turns. Requests can be
+//! pinned: `X-Canary: always|never`, and (when sticky) a cookie that keeps
+//! a client on the pool it first landed in. Each pool counts requests,
+//! errors (5xx and connection failures) and latency, both as a histogram
+//! (p50/p95/p99 since the start) and as recent samples the judge reads.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Full traffic, in tenths of a percent.
+pub const FULL: u32 = 1000;
+/// The sticky-session cookie.
+pub const COOKIE: &str = "trackside_pool";
+/// Recent samples kept per pool (about two minutes at 1,000 requests/s).
+const RECENT: usize = 120_000;
+/// Histogram buckets: bucket i holds latencies below 10 µs * 2^(i/4).
+const BUCKETS: usize = 96;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    Stable,
+    Canary,
+}
+
+impl Pool {
+    fn index(self) -> usize {
+        match self {
+            Pool::Stable => 0,
+            Pool::Canary => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Stable => "stable",
+            Pool::Canary => "canary",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: Instant,
+    pub latency_ms: f32,
+    pub error: bool,
+}
+
+struct PoolStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    buckets: Vec<AtomicU64>,
+    recent: Mutex<VecDeque<Sample>>,
+}
+
+impl PoolStats {
+    fn new() -> Self {
+        PoolStats {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn record(&self, s: Sample) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if s.error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buckets[bucket_of(f64::from(s.latency_ms))].fetch_add(1, Ordering::Relaxed);
+        let mut r = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.len() == RECENT {
+            r.pop_front();
+        }
+        r.push_back(s);
+    }
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    0.01 * 2f64.powf(i as f64 / 4.0)
+}
+
+fn bucket_of(ms: f64) -> usize {
+    if ms <= 0.01 {
+        return 0;
+    }
+    (((ms / 0.01).log2() * 4.0).ceil() as usize).min(BUCKETS - 1)
+}
+
+/// Totals of one pool since the router started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// What a window of recent traffic to one pool looked like.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    pub latencies_ms: Vec<f64>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+pub struct Router {
+    weight: AtomicU32,
+    pools: [RwLock<Arc<Vec<SocketAddr>>>; 2],
+    turn: AtomicUsize,
+    stats: [PoolStats; 2],
+    sticky: bool,
+}
+
+/// Where a request goes, and whether to pin the client there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub pool: Pool,
+    pub set_cookie: bool,
+}
+
+impl Router {
+    pub fn new(sticky: bool) -> Arc<Router> {
+        Arc::new(Router {
+            weight: AtomicU32::new(0),
+            pools: [RwLock::new(Arc::new(Vec::new())), RwLock::new(Arc::new(Vec::new()))],
+            turn: AtomicUsize::new(0),
+            stats: [PoolStats::new(), PoolStats::new()],
+            sticky,
+        })
+    }
+
+    /// The canary's share, in tenths of a percent (clamped to 0..=1000).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.min(FULL), Ordering::SeqCst);
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::SeqCst)
+    }
+
+    pub fn set_backends(&self, pool: Pool, addrs: Vec<SocketAddr>) {
+        *self.pools[pool.index()]
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(addrs);
+    }
+
+    pub fn backends(&self, pool: Pool) -> Arc<Vec<SocketAddr>> {
+        self.pools[pool.index()]
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The routing rule. `roll` is uniform in 0..1000 (injected for tests).
+    pub fn choose(&self, header: Option<&str>, cookie: Option<Pool>, roll: u32) -> Choice {
+        let weight = self.weight();
+        let has_canary = !self.backends(Pool::Canary).is_empty();
+        let has_stable = !self.backends(Pool::Stable).is_empty();
+        let pool = match header.map(str::trim) {
+            Some(h) if h.eq_ignore_ascii_case("always") && has_canary => Some(Pool::Canary),
+            Some(h) if h.eq_ignore_ascii_case("never") && has_stable => Some(Pool::Stable),
+            _ => None,
+        };
+        if let Some(pool) = pool {
+            return Choice {
+                pool,
+                set_cookie: false,
+            };
+        }
+        // A pinned client stays while its pool still takes traffic.
+        if self.sticky
+            && let Some(p) = cookie
+        {
+            let open = match p {
+                Pool::Canary => weight > 0 && has_canary,
+                Pool::Stable => weight < FULL && has_stable,
+            };
+            if open {
+                return Choice {
+                    pool: p,
+                    set_cookie: false,
+                };
+            }
+        }
+        let pool = if roll < weight && has_canary || !has_stable {
+            Pool::Canary
+        } else {
+            Pool::Stable
+        };
+        Choice {
+            pool,
+            set_cookie: self.sticky,
+        }
+    }
+
+    pub fn totals(&self, pool: Pool) -> Totals {
+        let s = &self.stats[pool.index()];
+        let counts: Vec<u64> = s.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| {
+            if total == 0 {
+                return 0.0;
+            }
+            let target = (q * total as f64).ceil() as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= target {
+                    return bucket_upper_ms(i);
+                }
+            }
+            bucket_upper_ms(BUCKETS - 1)
+        };
+        Totals {
+            requests: s.requests.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            p50_ms: quantile(0.50),
+            p95_ms: quantile(0.95),
+            p99_ms: quantile(0.99),
+        }
+    }
+
+    /// Samples of one pool since `since`.
+    pub fn window(&self, pool: Pool, since: Instant) -> Window {
+        let r = self.stats[pool.index()]
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = Window::default();
+        for s in r.iter().rev().take_while(|s| s.at >= since) {
+            w.requests += 1;
+            w.errors += u64::from(s.error);
+            w.latencies_ms.push(f64::from(s.latency_ms));
+        }
+        w
+    }
+
+    pub fn record(&self, pool: Pool, latency: Duration, error: bool) {
+        self.stats[pool.index()].record(Sample {
+            at: Instant::now(),
+            latency_ms: latency.as_secs_f32() * 1000.0,
+            error,
+        });
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        loop {
+            let (stream, _) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("router accept: {e}");
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (router, client) = (self.clone(), client.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (router, client) = (router.clone(), client.clone());
+                    async move { Ok::<_, Infallible>(router.forward(&client, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn forward(
+        &self,
+        client: &Client<HttpConnector, Incoming>,
+        mut req: Request<Incoming>,
+    ) -> Response<BoxBody<Bytes, hyper::Error>> {
+        let header = req
+            .headers()
+            .get("x-canary")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let cookie = req
+            .headers()
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                if k != COOKIE {
+                    return None;
+                }
+                match v {
+                    "canary" => Some(Pool::Canary),
+                    "stable" => Some(Pool::Stable),
+                    _ => None,
+                }
+            });
+        let choice = self.choose(header.as_deref(), cookie, fastrand::u32(0..FULL));
+        let backends = self.backends(choice.pool);
+        if backends.is_empty() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no backend is serving\n");
+        }
+        let addr = backends[self.turn.fetch_add(1, Ordering::Relaxed) % backends.len()];
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
+            return text(StatusCode::BAD_REQUEST, "bad request path\n");
+        };
+        *req.uri_mut() = uri;
+        let started = Instant::now();
+        let result = client.request(req).await;
+        let latency = started.elapsed();
+        let mut resp = match result {
+            Ok(r) => {
+                self.record(choice.pool, latency, r.status().is_server_error());
+                r.map(|b| b.boxed())
+            }
+            Err(e) => {
+                self.record(choice.pool, latency, true);
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{} backend {addr}: {e}\n", choice.pool.name()),
+                )
+            }
+        };
+        if choice.set_cookie
+            && let Ok(v) = hyper::header::HeaderValue::from_str(&format!("{COOKIE}={}; Path=/", choice.pool.name()))
+        {
+            resp.headers_mut().append(hyper::header::SET_COOKIE, v);
+        }
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, hyper::Error>> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn router(sticky: bool) -> Arc<Router> {
+        let r = Router::new(sticky);
+        r.set_backends(Pool::Stable, vec![addr(1), addr(2), addr(3)]);
+        r.set_backends(Pool::Canary, vec![addr(4)]);
+        r
+    }
+
+    #[test]
+    fn weights_have_a_tenth_of_a_percent_resolution_whatever_the_replicas() {
+        let r = router(false);
+        r.set_weight(1); // 0.1%
+        let canary = (0..FULL)
+            .filter(|&roll| r.choose(None, None, roll).pool == Pool::Canary)
+            .count();
+        assert_eq!(canary, 1, "exactly one roll in a thousand");
+        r.set_weight(333);
+        let canary = (0..FULL)
+            .filter(|&roll| r.choose(None, None, roll).pool == Pool::Canary)
+            .count();
+        assert_eq!(canary, 333);
+        r.set_weight(5000);
+        assert_eq!(r.weight(), FULL, "clamped");
+    }
+
+    #[test]
+    fn headers_pin_and_cookies_stick_until_their_pool_closes() {
+        let r = router(true);
+        r.set_weight(0);
+        assert_eq!(r.choose(Some("always"), None, 999).pool, Pool::Canary);
+        r.set_weight(FULL);
+        assert_eq!(r.choose(Some("never"), None, 0).pool, Pool::Stable);
+        r.set_weight(100);
+        let first = r.choose(None, None, 50);
+        assert_eq!(
+            first,
+            Choice {
+                pool: Pool::Canary,
+                set_cookie: true
+            }
+        );
+        assert_eq!(r.choose(None, Some(Pool::Canary), 900).pool, Pool::Canary, "sticky");
+        r.set_weight(0); // aborted
+        assert_eq!(
+            r.choose(None, Some(Pool::Canary), 0).pool,
+            Pool::Stable,
+            "abort beats stickiness"
+        );
+    }
+
+    #[test]
+    fn quantiles_come_from_the_histogram() {
+        let r = router(false);
+        for ms in 1..=100 {
+            r.record(Pool::Stable, Duration::from_millis(ms), ms > 98);
+        }
+        let t = r.totals(Pool::Stable);
+        assert_eq!((t.requests, t.errors), (100, 2));
+        // Buckets are 19% wide: a quantile is within one bucket of the truth.
+        assert!((50.0..=60.0).contains(&t.p50_ms), "{t:?}");
+        assert!((95.0..=113.0).contains(&t.p95_ms), "{t:?}");
+        let w = r.window(Pool::Stable, Instant::now() - Duration::from_secs(60));
+        assert_eq!(w.requests, 100);
+        assert_eq!(r.window(Pool::Canary, Instant::now()).requests, 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! Deployment pieces against real sockets: demo services behind the
+//! built-in router, fed by the load generator.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use trackside::deploy::demo::{DemoService, TrafficCounts, generate};
+use trackside::deploy::judge::{self, JudgeConfig, MetricOutcome};
+use trackside::deploy::router::{Pool, Router};
+
+async fn service(version: &str, error_rate: f64, latency_ms: u64, stop: &CancellationToken) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let s = DemoService {
+        version: version.into(),
+        error_rate,
+        latency: Duration::from_millis(latency_ms),
+    };
+    tokio::spawn(s.serve(l, stop.clone()));
+    addr
+}
+
+/// Waits (polling, bounded) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_splits_by_weight_counts_errors_and_the_judge_catches_a_bad_canary() {
+    let stop = CancellationToken::new();
+    let stable = service("v1", 0.0, 2, &stop).await;
+    let canary = service("v2", 0.3, 2, &stop).await;
+    let router = Router::new(false);
+    router.set_backends(Pool::Stable, vec![stable]);
+    router.set_backends(Pool::Canary, vec![canary]);
+    router.set_weight(300);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let front = l.local_addr().expect("addr");
+    tokio::spawn(router.clone().serve(l, stop.clone()));
+    let since = Instant::now();
+    let counts = Arc::new(TrafficCounts::default());
+    tokio::spawn(generate(front, 400, stop.clone(), counts.clone()));
+    until("600 answered requests", || {
+        counts.ok.load(Ordering::Relaxed) + counts.failed.load(Ordering::Relaxed) >= 600
+    })
+    .await;
+    let (s, c) = (router.totals(Pool::Stable), router.totals(Pool::Canary));
+    let share = c.requests as f64 / (s.requests + c.requests) as f64;
+    assert!((0.2..0.4).contains(&share), "30% weight gave {share:.2}: {s:?} {c:?}");
+    assert_eq!(s.errors, 0, "stable never fails");
+    assert!(c.errors > 0, "the canary's 30% errors are counted");
+    // Abort: weight 0 takes effect on the next request.
+    router.set_weight(0);
+    let after = router.totals(Pool::Canary).requests;
+    let stable_before = router.totals(Pool::Stable).requests;
+    until("100 more stable requests", || {
+        router.totals(Pool::Stable).requests >= stable_before + 100
+    })
+    .await;
+    assert!(
+        router.totals(Pool::Canary).requests <= after + 3,
+        "at most the requests already in flight reach the canary after weight 0"
+    );
+    let cfg = JudgeConfig::default();
+    let (ws, wc) = (router.window(Pool::Stable, since), router.window(Pool::Canary, since));
+    let r = judge::compare_errors("error_rate", (ws.errors, ws.requests), (wc.errors, wc.requests), &cfg);
+    assert_eq!(r.outcome, MetricOutcome::High, "{}", r.why);
+    stop.cancel();
+}
+
+mod common;
+
+use trackside::deploy::rollout::{Command, load_revision};
+use trackside::engine::{EventKind, RunResult};
+
+/// A deploy pipeline serving `version` with `error_rate`, with canary steps.
+fn deploy_yaml(version: &str, error_rate: f64, steps: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_trackside");
+    format!(
+        r#"name: rollout
+jobs:
+  web:
+    deploy:
+      service: web
+      listen: 127.0.0.1:0
+      version: {version}
+      run: "{bin} demo-service --port ${{PORT}} --version {version} --error-rate {error_rate} --latency-ms 3"
+      replicas: 2
+      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}
+      traffic: {{rps: 150}}
+      abort_delay: 0
+      strategy:
+        canary:
+          steps:
+{steps}
+"#
+    )
+}
+
+const ANALYSED: &str =
+    "            - set_weight: 25\n            - analysis: {interval: 2s, count: 1}\n            - set_weight: 60\n";
+
+/// Runs one deploy in `state`; returns the summary and the events seen.
+async fn deploy(state: &std::path::Path, yaml: &str) -> (trackside::engine::RunSummary, common::Running) {
+    let mut s = common::setup(yaml);
+    s.cfg.state_dir = state.to_path_buf();
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    (sum, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_version_is_promoted_and_a_bad_one_rolled_back_automatically() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (first, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, ANALYSED)).await;
+    assert_eq!(first.result, RunResult::Passed, "{:?}", first.jobs);
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+
+    let (good, r) = deploy(state.path(), &deploy_yaml("v2", 0.0, ANALYSED)).await;
+    assert_eq!(good.result, RunResult::Passed, "{:?}", r.lines("web"));
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+    let last = r.seen.iter().rev().find_map(|e| match &e.kind {
+        EventKind::Rollout { status, .. } => Some(status.clone()),
+        _ => None,
+    });
+    let last = last.expect("rollout status events");
+    assert_eq!((last.phase.as_str(), last.weight), ("completed", 1000));
+    assert!(last.canary.requests > 0 && last.stable.requests > 0, "{last:?}");
+
+    let (bad, r) = deploy(state.path(), &deploy_yaml("v3", 0.4, ANALYSED)).await;
+    assert_eq!(bad.result, RunResult::Failed);
+    let lines = r.lines("web");
+    assert!(lines.iter().any(|l| l.contains("analysis: Fail")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "weight: canary 0.0%"),
+        "traffic back to stable: {lines:?}"
+    );
+    assert!(
+        bad.jobs[0]
+            .reason
+            .as_deref()
+            .is_some_and(|m| m.contains("Aborted (stable serving)")),
+        "{:?}",
+        bad.jobs[0].reason
+    );
+    assert_eq!(
+        load_revision(state.path(), "web").map(|r| r.version),
+        Some("v2".into()),
+        "the stable revision is still v2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (first, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    assert_eq!(first.result, RunResult::Passed);
+    let mut s = common::setup(&deploy_yaml(
+        "v2",
+        0.0,
+        "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n",
+    ));
+    s.cfg.state_dir = state.path().to_path_buf();
+    let mut r = common::start(&mut s).await;
+    r.until(
+        "the gate",
+        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
+    )
+    .await;
+    let wrong = r.handle.rollout("nope", Command::Abort).await;
+    assert!(wrong.is_err(), "an unknown job is refused");
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Failed);
+    let lines = r.lines("web");
+    let aborted = lines
+        .iter()
+        .find(|l| l.contains("aborted by hand"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(aborted.contains("(by "), "the audit names who: {aborted}");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_timeout_takes_its_default_action() {
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 10\n            - pause: {timeout: 1, default: promote}\n";
+    let (sum, r) = deploy(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
+    assert!(r.lines("web").iter().any(|l| l.contains("gate timed out: promoting")));
+    let steps = "            - set_weight: 10\n            - pause: {timeout: 1, default: abort}\n";
+    let (sum, _) = deploy(state.path(), &deploy_yaml("v3", 0.0, steps)).await;
+    assert_eq!(sum.result, RunResult::Failed);
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}
