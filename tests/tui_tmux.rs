@@ -134,3 +134,44 @@ fn sigterm_cancels_the_run_and_restores_the_terminal() {
     let after = t.wait_for(&["CANCELLED"]);
     assert!(!after.contains("Tab pane"), "the UI is gone:\n{after}");
 }
+
+#[test]
+fn a_canary_gate_is_promoted_by_keystroke() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
+    let pipeline = |version: &str| {
+        format!(
+            "name: canary-e2e\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {version}\n      run: \"{bin} demo-service --port ${{PORT}} --version {version} --latency-ms 2\"\n      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}\n      traffic: {{rps: 50}}\n      abort_delay: 0\n      strategy:\n        canary:\n          steps:\n            - set_weight: 20\n            - pause: {{}}\n            - set_weight: 100\n",
+            bin = bin.display()
+        )
+    };
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("v1.yml"), pipeline("v1")).expect("write");
+    std::fs::write(dir.path().join("v2.yml"), pipeline("v2")).expect("write");
+    let first = Command::new(&bin)
+        .args(["run", "v1.yml", "--headless", "--state-dir"])
+        .arg(&state)
+        .current_dir(dir.path())
+        .output()
+        .expect("first deploy");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stdout));
+    let exit_file = dir.path().join("exit");
+    let command = format!(
+        "{} run v2.yml --state-dir {}; echo $? > {}; sleep 60",
+        bin.display(),
+        state.display(),
+        exit_file.display()
+    );
+    let Some(t) = Tmux::start("canary", dir.path(), &command) else {
+        return;
+    };
+    // The rollout waits at its gate with the numbers in front of us.
+    t.wait_for(&["rollout: web v1 -> v2", "gate", "canary weight 20.0%", "stable:", "canary:"]);
+    t.keys(&["P"]);
+    t.wait_for(&["completed", "canary weight 100.0%"]);
+    t.wait_for(&["PASSED"]);
+    t.keys(&["q"]);
+    assert_eq!(wait_file(&exit_file).trim(), "0");
+    let remembered = std::fs::read_to_string(state.join("services/web.json")).expect("revision");
+    assert!(remembered.contains("\"v2\""), "{remembered}");
+}
