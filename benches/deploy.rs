@@ -74,7 +74,9 @@ fn wrk(target: SocketAddr) -> Option<String> {
         .arg(format!("http://{target}/"))
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wrk_line(report: &str, key: &str) -> String {
@@ -160,4 +162,57 @@ fn main() {
         );
         stop.cancel();
     });
+    rt.block_on(abort_through_the_engine());
+}
+
+/// From `EngineHandle::rollout(Abort)` at a gate to the router at 0%
+/// (the log line the rollout writes right after the weight store).
+async fn abort_through_the_engine() {
+    use trackside::deploy::rollout::Command;
+    use trackside::engine::{EngineConfig, EventKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_trackside");
+    let yaml = |v: &str| {
+        format!(
+            "name: b\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {v}\n      run: \"{bin} demo-service --port ${{PORT}} --version {v} --latency-ms 1\"\n      health: {{http: /healthz, interval: 0.05, success_threshold: 1}}\n      traffic: {{rps: 200}}\n      abort_delay: 0\n      strategy:\n        canary:\n          steps:\n            - set_weight: 50\n            - pause: {{}}\n"
+        )
+    };
+    let mut samples = Vec::new();
+    for (i, v) in ["v1", "v2", "v2", "v2", "v2", "v2", "v2"].iter().enumerate() {
+        let file = dir.path().join(format!("p{i}.yml"));
+        let text = yaml(v);
+        std::fs::write(&file, &text).expect("write");
+        let (pipeline, _) = trackside::pipeline::parse_source(&file, text, &Default::default()).expect("valid");
+        let plan = trackside::pipeline::Plan::build(&pipeline).expect("plan");
+        let cfg = EngineConfig::new(
+            trackside::store::new_run_id(),
+            dir.path().join("state"),
+            file,
+            dir.path().to_path_buf(),
+        );
+        let handle = trackside::engine::spawn(pipeline, plan, cfg).expect("spawn");
+        let mut rx = handle.subscribe();
+        handle.start().await.expect("start");
+        if i == 0 {
+            handle.wait().await.expect("first deploy");
+            continue;
+        }
+        loop {
+            let ev = rx.recv().await.expect("event");
+            if matches!(&ev.kind, EventKind::Rollout { status, .. } if status.phase == "gate") {
+                break;
+            }
+        }
+        let t = Instant::now();
+        handle.rollout("web", Command::Abort).await.expect("abort");
+        loop {
+            let ev = rx.recv().await.expect("event");
+            if matches!(&ev.kind, EventKind::LogLine { line, .. } if line == "weight: canary 0.0%") {
+                break;
+            }
+        }
+        samples.push(t.elapsed());
+        handle.wait().await.expect("aborted run");
+    }
+    stats("abort through the engine: command to router at 0%", samples, "< 1 s");
 }

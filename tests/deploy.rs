@@ -201,3 +201,71 @@ async fn a_gate_timeout_takes_its_default_action() {
     assert_eq!(sum.result, RunResult::Failed);
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_survives_a_restart_of_trackside() {
+    use std::io::BufRead as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
+    let yaml = deploy_yaml("v2", 0.0, steps);
+    let file = state.path().join("v2.yml");
+    std::fs::write(&file, &yaml).expect("write");
+    // A trackside that stops (SIGTERM) while the gate waits.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["run", "--json", "--no-watch", "--state-dir"])
+        .arg(state.path())
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the gate");
+        if line.contains("\"type\":\"rollout\"") && line.contains("\"phase\":\"gate\"") {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        trackside::deploy::rollout::load_gate(state.path(), "web").is_some(),
+        "the gate is remembered"
+    );
+
+    // The next trackside takes the gate up where it was: 30%, waiting.
+    let mut s = common::setup(&yaml);
+    s.cfg.state_dir = state.path().to_path_buf();
+    let mut r = common::start(&mut s).await;
+    let ev = r
+        .until(
+            "the gate again",
+            |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
+        )
+        .await;
+    if let EventKind::Rollout { status, .. } = &ev.kind {
+        assert_eq!((status.step, status.weight), (1, 300), "{status:?}");
+    }
+    assert!(
+        r.lines("web").iter().any(|l| l.contains("taking it up again")),
+        "{:?}",
+        r.lines("web")
+    );
+    r.handle.rollout("web", Command::Promote).await.expect("promote");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
+    assert!(
+        trackside::deploy::rollout::load_gate(state.path(), "web").is_none(),
+        "forgotten once settled"
+    );
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}

@@ -166,7 +166,13 @@ fn a_canary_gate_is_promoted_by_keystroke() {
         return;
     };
     // The rollout waits at its gate with the numbers in front of us.
-    t.wait_for(&["rollout: web v1 -> v2", "gate", "canary weight 20.0%", "stable:", "canary:"]);
+    t.wait_for(&[
+        "rollout: web v1 -> v2",
+        "gate",
+        "canary weight 20.0%",
+        "stable:",
+        "canary:",
+    ]);
     t.keys(&["P"]);
     t.wait_for(&["completed", "canary weight 100.0%"]);
     t.wait_for(&["PASSED"]);

@@ -511,6 +511,8 @@ fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
                     p95_ms: 7.1,
                     p99_ms: 9.5,
                 },
+                recent_error_rate: [Some(0.0), Some(0.01)],
+                recent_p95_ms: [Some(6.5), Some(7.0)],
                 verdict: None,
             }),
         },
@@ -521,9 +523,19 @@ fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
 fn a_rollout_is_shown_and_steered_by_keystroke() {
     let mut evs = running_events();
     evs.push(rollout_event(1_400, "test", "gate"));
+    evs.push(rollout_event(1_900, "test", "gate"));
     let mut app = app_with(&evs, color());
     select(&mut app, "test");
-    let text = format!("{:?}", screen(&app, 120, 40).buffer());
+    assert_eq!(
+        app.model.jobs[app.selected].rollout_history.len(),
+        2,
+        "the whole history is kept"
+    );
+    let text = format!("{:?}", screen(&app, 120, 50).buffer());
+    assert!(
+        text.contains("errors %") && text.contains("p95 ms") && text.contains("canary weight %"),
+        "{text}"
+    );
     assert!(text.contains("rollout: web v1 -> v2"), "{text}");
     assert!(text.contains("canary weight 30.0%"), "{text}");
     assert!(text.contains("1.00% err"), "canary 3/300: {text}");

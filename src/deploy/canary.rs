@@ -137,6 +137,9 @@ pub struct Canary {
     pub weight: u32,
     now: Duration,
     last_progress: Duration,
+    /// Where an interrupted rollout stood: (step, weight), taken up once
+    /// the canary is healthy again.
+    resume: Option<(usize, u32)>,
 }
 
 impl Canary {
@@ -148,7 +151,16 @@ impl Canary {
             weight: 0,
             now: Duration::ZERO,
             last_progress: Duration::ZERO,
+            resume: None,
         }
+    }
+
+    /// A rollout that picks up at `step` with the canary at `weight`
+    /// (a gate a previous trackside was waiting at).
+    pub fn resuming(spec: CanarySpec, step: usize, weight: u32) -> Self {
+        let mut c = Canary::new(spec);
+        c.resume = Some((step.min(c.spec.steps.len()), weight.min(FULL)));
+        c
     }
 
     /// Whether the rollout is over (completed, aborted, rolled back).
@@ -204,6 +216,16 @@ impl Canary {
             Input::CanaryHealthy if self.phase == Phase::StartingCanary => {
                 self.last_progress = now;
                 self.phase = Phase::Running;
+                if let Some((step, weight)) = self.resume.take() {
+                    note(
+                        &mut fx,
+                        &format!("resuming at step {} of {}", step + 1, self.spec.steps.len()),
+                        None,
+                    );
+                    self.step = step;
+                    self.weight = weight;
+                    fx.push(Effect::SetWeight { weight });
+                }
                 self.run_steps(&mut fx);
             }
             Input::CanaryHealthy => {}
@@ -613,6 +635,17 @@ mod tests {
         assert_eq!(c.next_wake(), Some(s(220)), "20 s were left");
         c.handle(Input::Tick, s(220));
         assert_eq!(c.phase, Phase::Completed);
+    }
+
+    #[test]
+    fn a_resumed_rollout_takes_up_its_gate_with_its_weight() {
+        let mut c = Canary::resuming(standard(), 2, 100);
+        c.handle(Input::Start, s(0));
+        let fx = c.handle(Input::CanaryHealthy, s(1));
+        assert_eq!(weights(&fx), [100]);
+        assert!(matches!(c.phase, Phase::Gate { .. }), "{:?}", c.phase);
+        let fx = c.handle(Input::Promote { by: "a".into() }, s(2));
+        assert_eq!(weights(&fx), [500]);
     }
 
     #[test]

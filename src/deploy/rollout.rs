@@ -67,6 +67,34 @@ pub fn save_revision(state: &Path, service: &str, rev: &Revision) -> Result<(), 
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Where a rollout stood when it waited at a gate; kept until the rollout
+/// settles, so a restarted trackside takes the gate up again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateState {
+    pub version: String,
+    pub run: String,
+    pub step: usize,
+    pub weight: u32,
+    pub since_ms: u64,
+}
+
+fn gate_path(state: &Path, service: &str) -> PathBuf {
+    revision_path(state, service).with_extension("gate.json")
+}
+
+pub fn load_gate(state: &Path, service: &str) -> Option<GateState> {
+    serde_json::from_str(&std::fs::read_to_string(gate_path(state, service)).ok()?).ok()
+}
+
+fn save_gate(state: &Path, service: &str, g: &GateState) -> Result<(), String> {
+    let path = gate_path(state, service);
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(g).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// A steering command from a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,7 +155,22 @@ pub struct Status {
     pub weight: u32,
     pub stable: Totals,
     pub canary: Totals,
+    /// The last two seconds, per pool (stable, canary): error rate (0..1)
+    /// and p95 latency in ms; `None` without requests. What the charts plot.
+    pub recent_error_rate: [Option<f64>; 2],
+    pub recent_p95_ms: [Option<f64>; 2],
     pub verdict: Option<Verdict>,
+}
+
+/// Error rate and p95 of a window, `None` when it saw no requests.
+fn recent(w: &super::router::Window) -> (Option<f64>, Option<f64>) {
+    if w.requests == 0 {
+        return (None, None);
+    }
+    let mut l = w.latencies_ms.clone();
+    l.sort_by(f64::total_cmp);
+    let p95 = l.get(((l.len() as f64 - 1.0) * 0.95).round() as usize).copied();
+    (Some(w.errors as f64 / w.requests as f64), p95)
 }
 
 /// Where the rollout reports and listens.
@@ -366,11 +409,28 @@ async fn drive(
 ) -> Result<String, String> {
     let started = Instant::now();
     let now = || started.elapsed();
-    let mut machine = Canary::new(CanarySpec {
+    let canary_spec = CanarySpec {
         steps: spec.steps.clone(),
         progress_deadline: spec.progress_deadline,
         abort_scale_down_delay: spec.abort_delay,
-    });
+    };
+    // A gate a previous trackside waited at, for this very revision, is taken up again.
+    let mut machine = match load_gate(&io.state_dir, &spec.service) {
+        Some(g) if g.version == new.version && g.run == new.run && g.step < spec.steps.len() => {
+            let _ = io
+                .log
+                .send(format!(
+                    "a previous trackside stopped at the gate of step {} of {} (canary at {:.1}%); taking it up again",
+                    g.step + 1,
+                    spec.steps.len(),
+                    f64::from(g.weight) / 10.0
+                ))
+                .await;
+            Canary::resuming(canary_spec, g.step, g.weight)
+        }
+        _ => Canary::new(canary_spec),
+    };
+    let mut gate_saved = false;
     let judge_cfg = JudgeConfig {
         confidence: spec.confidence,
         tolerance: spec.tolerance,
@@ -461,6 +521,9 @@ async fn drive(
             pending = next;
         }
         let (phase, detail) = phase_name(&machine.phase);
+        let since = Instant::now() - Duration::from_secs(2);
+        let (se, sp) = recent(&router.window(Pool::Stable, since));
+        let (ce, cp) = recent(&router.window(Pool::Canary, since));
         let status = Status {
             service: spec.service.clone(),
             stable_version: Some(prev.version.clone()),
@@ -473,9 +536,27 @@ async fn drive(
             weight: router.weight(),
             stable: router.totals(Pool::Stable),
             canary: router.totals(Pool::Canary),
+            recent_error_rate: [se, ce],
+            recent_p95_ms: [sp, cp],
             verdict: verdict.clone(),
         };
         let _ = io.status.try_send(status);
+        // Remember a gate for a restart; forget it once the rollout is over.
+        if matches!(machine.phase, Phase::Gate { .. }) && !gate_saved {
+            let g = GateState {
+                version: new.version.clone(),
+                run: new.run.clone(),
+                step: machine.step,
+                weight: machine.weight,
+                since_ms: crate::store::now_ms(),
+            };
+            gate_saved = save_gate(&io.state_dir, &spec.service, &g).is_ok();
+        } else if !matches!(machine.phase, Phase::Gate { .. }) {
+            gate_saved = false;
+        }
+        if machine.is_settled() {
+            let _ = std::fs::remove_file(gate_path(&io.state_dir, &spec.service));
+        }
         match &machine.phase {
             Phase::Completed => {
                 stop_replicas(canary).await;

@@ -44,6 +44,8 @@ pub struct JobView {
     pub cached: Option<String>,
     /// A deploy job's latest rollout status.
     pub rollout: Option<Box<crate::deploy::rollout::Status>>,
+    /// Every measurement of the rollout so far, for the charts.
+    pub rollout_history: Vec<RolloutPoint>,
     /// When the current retry is due (ts, ms).
     pub retry_at: Option<u64>,
     pub step: Option<String>,
@@ -67,6 +69,7 @@ impl JobView {
             flaky: false,
             cached: None,
             rollout: None,
+            rollout_history: Vec::new(),
             retry_at: None,
             step: None,
         }
@@ -141,6 +144,16 @@ pub struct Counts {
     pub cancelled: usize,
 }
 
+/// One measurement of a rollout: (stable, canary) pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RolloutPoint {
+    /// Seconds since the deploy attempt started.
+    pub t_s: f64,
+    pub weight_pct: f64,
+    pub error_pct: [Option<f64>; 2],
+    pub p95_ms: [Option<f64>; 2],
+}
+
 impl Model {
     pub fn job(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
@@ -149,7 +162,16 @@ impl Model {
     pub fn apply(&mut self, ev: &Event) {
         self.last_ts = self.last_ts.max(ev.ts);
         match &ev.kind {
-            EventKind::Rollout { job, status } => self.with(job, |j| j.rollout = Some(status.clone())),
+            EventKind::Rollout { job, status } => self.with(job, |j| {
+                let t_s = ev.ts.saturating_sub(j.attempts.last().map_or(ev.ts, |a| a.started_ts)) as f64 / 1000.0;
+                j.rollout_history.push(RolloutPoint {
+                    t_s,
+                    weight_pct: f64::from(status.weight) / 10.0,
+                    error_pct: status.recent_error_rate.map(|e| e.map(|e| e * 100.0)),
+                    p95_ms: status.recent_p95_ms,
+                });
+                j.rollout = Some(status.clone());
+            }),
             EventKind::RunStarted {
                 run_id,
                 pipeline,
@@ -247,6 +269,8 @@ impl Model {
             EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
             EventKind::JobReset { job, .. } => self.with(job, |j| {
                 j.status = JobStatus::Pending;
+                j.rollout = None;
+                j.rollout_history.clear();
                 j.reason = None;
                 j.failure_class = None;
                 j.flaky = false;

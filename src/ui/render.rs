@@ -9,7 +9,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
+use ratatui::widgets::{Axis, Block, Borders, Chart, Clear, Dataset, GraphType, Paragraph, Widget, Wrap};
 
 use crate::engine::JobStatus;
 use crate::headless::seconds;
@@ -44,7 +44,7 @@ impl Widget for &App {
                 Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
             // A rollout needs room for its numbers and verdict.
             let detail_h = match self.selected_job().map(|j| &self.model.jobs[j].rollout) {
-                Some(Some(_)) => (right.height / 2).max(8),
+                Some(Some(_)) => (right.height * 2 / 3).max(8),
                 _ => 8,
             };
             let [detail, log] = Layout::vertical([Constraint::Length(detail_h), Constraint::Min(3)]).areas(right);
@@ -462,10 +462,90 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         lines.push(Line::raw(s));
     }
     let block = pane_block(app, format!(" {} ", job.name), app.focus == Focus::Detail);
-    Paragraph::new(lines)
-        .block(block)
-        .wrap(Wrap { trim: false })
-        .render(area, buf);
+    // A rollout with measurements gets charts under its numbers, room permitting.
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let text_area = if job.rollout.is_some() && job.rollout_history.len() >= 2 && inner.height >= 16 {
+        let [text, charts] = Layout::vertical([Constraint::Min(8), Constraint::Length(inner.height / 2)]).areas(inner);
+        render_rollout_charts(&job.rollout_history, t, charts, buf);
+        text
+    } else {
+        inner
+    };
+    Paragraph::new(lines).wrap(Wrap { trim: false }).render(text_area, buf);
+}
+
+/// Error rate, p95 latency (stable and canary overlaid) and the canary's
+/// weight over the whole rollout, as line charts.
+fn render_rollout_charts(
+    history: &[super::model::RolloutPoint],
+    t: &super::theme::Theme,
+    area: Rect,
+    buf: &mut Buffer,
+) {
+    use ratatui::symbols::Marker;
+    let (t0, t1) = (
+        history.first().map_or(0.0, |p| p.t_s),
+        history.last().map_or(1.0, |p| p.t_s),
+    );
+    let marker = if t.ascii { Marker::Dot } else { Marker::Braille };
+    let series = |f: &dyn Fn(&super::model::RolloutPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+        history.iter().filter_map(|p| f(p).map(|v| (p.t_s, v))).collect()
+    };
+    let err: [Vec<(f64, f64)>; 2] = [series(&|p| p.error_pct[0]), series(&|p| p.error_pct[1])];
+    let p95: [Vec<(f64, f64)>; 2] = [series(&|p| p.p95_ms[0]), series(&|p| p.p95_ms[1])];
+    let weight = series(&|p| Some(p.weight_pct));
+    let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(area);
+    let stable_style = t.fg(ratatui::style::Color::Green);
+    let canary_style = t.fg(ratatui::style::Color::Yellow);
+    let chart = |title: &str, data: &[(&str, &[(f64, f64)], Style)], unit: &str, area: Rect, buf: &mut Buffer| {
+        let max = data
+            .iter()
+            .flat_map(|(_, d, _)| d.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max)
+            .max(if unit == "%" { 1.0 } else { 0.1 });
+        let sets: Vec<Dataset> = data
+            .iter()
+            .map(|(name, d, style)| {
+                Dataset::default()
+                    .name(*name)
+                    .marker(marker)
+                    .graph_type(GraphType::Line)
+                    .style(*style)
+                    .data(d)
+            })
+            .collect();
+        Chart::new(sets)
+            .block(Block::default().title(Span::styled(title.to_string(), t.dim())))
+            .x_axis(Axis::default().bounds([t0, t1.max(t0 + 1.0)]))
+            .y_axis(
+                Axis::default()
+                    .bounds([0.0, max * 1.15])
+                    .labels([Line::raw("0"), Line::raw(format!("{:.1}{unit}", max * 1.15))]),
+            )
+            .render(area, buf);
+    };
+    chart(
+        "errors %",
+        &[("stable", &err[0], stable_style), ("canary", &err[1], canary_style)],
+        "%",
+        cols[0],
+        buf,
+    );
+    chart(
+        "p95 ms",
+        &[("stable", &p95[0], stable_style), ("canary", &p95[1], canary_style)],
+        "",
+        cols[1],
+        buf,
+    );
+    chart(
+        "canary weight %",
+        &[("weight", &weight, canary_style)],
+        "%",
+        cols[2],
+        buf,
+    );
 }
 
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
