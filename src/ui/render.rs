@@ -475,6 +475,9 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).wrap(Wrap { trim: false }).render(text_area, buf);
 }
 
+/// One line of a chart: its name, its points, its style.
+type Series<'a> = (&'a str, &'a [(f64, f64)], Style);
+
 /// Error rate, p95 latency (stable and canary overlaid) and the canary's
 /// weight over the whole rollout, as line charts.
 fn render_rollout_charts(
@@ -498,7 +501,7 @@ fn render_rollout_charts(
     let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(area);
     let stable_style = t.fg(ratatui::style::Color::Green);
     let canary_style = t.fg(ratatui::style::Color::Yellow);
-    let chart = |title: &str, data: &[(&str, &[(f64, f64)], Style)], unit: &str, area: Rect, buf: &mut Buffer| {
+    let chart = |title: &str, data: &[Series<'_>], unit: &str, area: Rect, buf: &mut Buffer| {
         let max = data
             .iter()
             .flat_map(|(_, d, _)| d.iter().map(|p| p.1))
