@@ -235,6 +235,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         latency_ms: u64,
     },
+    /// Make a service's previous revision stable again (also after a
+    /// completed rollout); the next deploy compares against it.
+    Rollback { service: String },
     /// Inspect the result cache.
     Cache {
         #[command(subcommand)]
@@ -336,6 +339,20 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             action: CacheCmd::Why { run, job },
         } => storecmd::cache_why(&state, &run, &job),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
+        Cmd::Rollback { service } => {
+            let (now, was) = trackside::deploy::rollout::rollback(&state, &service, &trackside::deploy::rollout::who())
+                .map_err(|e| Fail(e, 1))?;
+            outln!(
+                "{service}: stable is {} again (was {}); recorded in {}",
+                now.version,
+                was.version,
+                state
+                    .join("services")
+                    .join(format!("{service}.history.jsonl"))
+                    .display()
+            );
+            Ok(0)
+        }
         Cmd::DemoService {
             port,
             version,

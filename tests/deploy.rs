@@ -77,6 +77,16 @@ async fn the_router_splits_by_weight_counts_errors_and_the_judge_catches_a_bad_c
 
 mod common;
 
+/// GET `url`, the body as text.
+async fn scrape(url: &str) -> String {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let resp = client.get(url.parse().expect("url")).await.expect("scrape");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 use trackside::deploy::rollout::{Command, load_revision};
 use trackside::engine::{EventKind, RunResult};
 
@@ -162,11 +172,16 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
     let state = tempfile::tempdir().expect("tempdir");
     let (first, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
     assert_eq!(first.result, RunResult::Passed);
-    let mut s = common::setup(&deploy_yaml(
+    let yaml = deploy_yaml(
         "v2",
         0.0,
         "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n",
-    ));
+    )
+    .replace(
+        "      listen: 127.0.0.1:0\n",
+        "      listen: 127.0.0.1:0\n      metrics_listen: 127.0.0.1:0\n",
+    );
+    let mut s = common::setup(&yaml);
     s.cfg.state_dir = state.path().to_path_buf();
     let mut r = common::start(&mut s).await;
     r.until(
@@ -174,6 +189,21 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
         |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
     )
     .await;
+    // Prometheus can scrape the router's numbers meanwhile.
+    let url = r
+        .lines("web")
+        .iter()
+        .find_map(|l| l.strip_prefix("metrics for Prometheus at ").map(str::to_string))
+        .expect("the metrics address is logged");
+    let metrics = scrape(&url).await;
+    assert!(
+        metrics.contains("trackside_canary_weight_ratio{service=\"web\"} 0.3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE trackside_request_duration_seconds histogram"),
+        "{metrics}"
+    );
     let wrong = r.handle.rollout("nope", Command::Abort).await;
     assert!(wrong.is_err(), "an unknown job is refused");
     r.handle.rollout("web", Command::Abort).await.expect("abort");
@@ -268,4 +298,34 @@ async fn a_gate_survives_a_restart_of_trackside() {
         "forgotten once settled"
     );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_rollout_can_be_rolled_back_and_the_history_says_who() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let one = "            - set_weight: 100\n";
+    deploy(state.path(), &deploy_yaml("v1", 0.0, one)).await;
+    let (sum, r) = deploy(state.path(), &deploy_yaml("v2", 0.0, one)).await;
+    assert_eq!(sum.result, RunResult::Passed);
+    let msg = r.handle.rollback_service("web").await.expect("rollback");
+    assert_eq!(msg, "web: stable is v1 again (was v2)");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+    let history = trackside::deploy::rollout::history(state.path(), "web");
+    let actions: Vec<&str> = history.iter().map(|h| h.action.as_str()).collect();
+    assert_eq!(actions, ["first_deploy", "promoted", "rolled_back"]);
+    assert!(history.iter().all(|h| h.by.contains('@')), "{history:?}");
+    // The CLI does the same, and going back again is an undo.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["rollback", "web", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("rollback");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stable is v2 again (was v1)"));
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["rollback", "nothing-here", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("rollback");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("has no deployed revision"));
 }

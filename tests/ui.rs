@@ -576,6 +576,13 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
             trackside::deploy::rollout::Command::PromoteFull
         )]
     );
+    // After completion, `b` makes the previous revision stable again, asking first.
+    let mut done = running_events();
+    done.push(rollout_event(2_000, "test", "completed"));
+    let mut after = app_with(&done, color());
+    select(&mut after, "test");
+    assert!(after.handle_key(key('b')).is_empty());
+    assert_eq!(after.handle_key(key('y')), vec![Command::RollbackService("web".into())]);
     select(&mut app, "lint");
     assert!(app.handle_key(key('P')).is_empty(), "not a deploy job");
     assert!(app.status.as_deref().unwrap_or("").contains("not a deploy job"));

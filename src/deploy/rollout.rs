@@ -29,7 +29,7 @@ use super::router::{Pool, Router, Totals};
 use crate::pipeline::model::{Deploy, HealthCheck};
 
 /// A service revision, as remembered between deploys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     pub version: String,
     pub run: String,
@@ -53,6 +53,65 @@ fn revision_path(state: &Path, service: &str) -> PathBuf {
 pub fn load_revision(state: &Path, service: &str) -> Option<Revision> {
     let text = std::fs::read_to_string(revision_path(state, service)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// One change of a service's stable revision, appended to
+/// `<state>/services/<service>.history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub ts_ms: u64,
+    /// `first_deploy`, `promoted`, `rolled_back`.
+    pub action: String,
+    pub by: String,
+    pub revision: Revision,
+}
+
+fn history_path(state: &Path, service: &str) -> PathBuf {
+    revision_path(state, service).with_extension("history.jsonl")
+}
+
+pub fn history(state: &Path, service: &str) -> Vec<HistoryEntry> {
+    std::fs::read_to_string(history_path(state, service))
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Makes `rev` the stable revision and records who did it and why.
+pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str, by: &str) -> Result<(), String> {
+    save_revision(state, service, rev)?;
+    let entry = HistoryEntry {
+        ts_ms: crate::store::now_ms(),
+        action: action.into(),
+        by: by.into(),
+        revision: rev.clone(),
+    };
+    let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+    let path = history_path(state, service);
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// Rolls a service back to the stable revision it had before the current
+/// one (also after a completed rollout). Returns (now, was).
+pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revision), String> {
+    let current = load_revision(state, service)
+        .ok_or_else(|| format!("service `{service}` has no deployed revision in {}", state.display()))?;
+    let entries = history(state, service);
+    // The newest entry is the current revision; the one before it is what to go back to.
+    let previous = entries
+        .iter()
+        .rev()
+        .map(|e| &e.revision)
+        .find(|r| **r != current)
+        .cloned()
+        .ok_or_else(|| format!("service `{service}` has no earlier revision than {}", current.version))?;
+    record_revision(state, service, &previous, "rolled_back", by)?;
+    Ok((previous, current))
 }
 
 pub fn save_revision(state: &Path, service: &str, rev: &Revision) -> Result<(), String> {
@@ -351,6 +410,23 @@ pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
     let router = Router::new(true);
     let stop = io.cancel.child_token();
     tokio::spawn(router.clone().serve(listener, stop.clone()));
+    if let Some(m) = &spec.metrics_listen {
+        let addr: SocketAddr = m.parse().map_err(|_| format!("`{m}` is not an address"))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let addr = l.local_addr().unwrap_or(addr);
+        let _ = io
+            .log
+            .send(format!("metrics for Prometheus at http://{addr}/metrics"))
+            .await;
+        tokio::spawn(super::router::serve_metrics(
+            router.clone(),
+            spec.service.clone(),
+            l,
+            stop.clone(),
+        ));
+    }
     let log = io.log.clone();
     let say = |text: String| {
         let log = log.clone();
@@ -366,7 +442,7 @@ pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
             let healthy = wait_healthy(&addrs, &spec.health, &io.cancel).await;
             stop_replicas(replicas).await;
             healthy.map_err(|e| format!("{} is not healthy: {e}", new.version))?;
-            save_revision(&io.state_dir, &spec.service, &new)?;
+            record_revision(&io.state_dir, &spec.service, &new, "first_deploy", &who())?;
             return Ok(format!(
                 "first deploy of {}: {} is stable (no canary: there was nothing to compare with)",
                 spec.service, new.version
@@ -507,10 +583,10 @@ async fn drive(
                         canary_stop_at = Some(Instant::now() + after);
                     }
                     Effect::MakeCanaryStable => {
-                        save_revision(&io.state_dir, &spec.service, new)?;
+                        record_revision(&io.state_dir, &spec.service, new, "promoted", &who())?;
                     }
                     Effect::RestorePrevious => {
-                        save_revision(&io.state_dir, &spec.service, prev)?;
+                        record_revision(&io.state_dir, &spec.service, prev, "rolled_back", &who())?;
                     }
                     Effect::Note { text, by } => {
                         let who = by.map(|b| format!(" (by {b})")).unwrap_or_default();

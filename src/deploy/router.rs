@@ -67,6 +67,8 @@ pub struct Sample {
 struct PoolStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Sum of latencies in microseconds (for the Prometheus histogram's `_sum`).
+    sum_us: AtomicU64,
     buckets: Vec<AtomicU64>,
     recent: Mutex<VecDeque<Sample>>,
 }
@@ -76,6 +78,7 @@ impl PoolStats {
         PoolStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             recent: Mutex::new(VecDeque::new()),
         }
@@ -83,6 +86,8 @@ impl PoolStats {
 
     fn record(&self, s: Sample) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((f64::from(s.latency_ms) * 1000.0) as u64, Ordering::Relaxed);
         if s.error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -241,6 +246,72 @@ impl Router {
         }
     }
 
+    /// The router's counters in Prometheus' text format (version 0.0.4),
+    /// for a real Prometheus to scrape. Latency buckets are the standard
+    /// ones; an internal bucket (19% wide) is counted under the first
+    /// standard bound at or above its upper edge, so near a bound a request
+    /// may land one bucket slower than its exact time: latency is
+    /// over-estimated, never under-estimated.
+    pub fn prometheus(&self, service: &str) -> String {
+        const LE: [f64; 14] = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let service = service.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::new();
+        out.push_str("# HELP trackside_requests_total Requests the router sent to a pool.\n");
+        out.push_str("# TYPE trackside_requests_total counter\n");
+        for pool in [Pool::Stable, Pool::Canary] {
+            let n = self.stats[pool.index()].requests.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "trackside_requests_total{{service=\"{service}\",pool=\"{}\"}} {n}\n",
+                pool.name()
+            ));
+        }
+        out.push_str("# HELP trackside_errors_total Answers with status 5xx, and connection failures.\n");
+        out.push_str("# TYPE trackside_errors_total counter\n");
+        for pool in [Pool::Stable, Pool::Canary] {
+            let n = self.stats[pool.index()].errors.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "trackside_errors_total{{service=\"{service}\",pool=\"{}\"}} {n}\n",
+                pool.name()
+            ));
+        }
+        out.push_str("# HELP trackside_request_duration_seconds Time to the backend's response headers.\n");
+        out.push_str("# TYPE trackside_request_duration_seconds histogram\n");
+        for pool in [Pool::Stable, Pool::Canary] {
+            let st = &self.stats[pool.index()];
+            let counts: Vec<u64> = st.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+            let labels = format!("service=\"{service}\",pool=\"{}\"", pool.name());
+            for le in LE {
+                let n: u64 = counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| bucket_upper_ms(*i) / 1000.0 <= le)
+                    .map(|(_, c)| c)
+                    .sum();
+                out.push_str(&format!(
+                    "trackside_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n"
+                ));
+            }
+            let total: u64 = counts.iter().sum();
+            out.push_str(&format!(
+                "trackside_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}\n"
+            ));
+            let sum = st.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            out.push_str(&format!("trackside_request_duration_seconds_sum{{{labels}}} {sum}\n"));
+            out.push_str(&format!(
+                "trackside_request_duration_seconds_count{{{labels}}} {total}\n"
+            ));
+        }
+        out.push_str("# HELP trackside_canary_weight_ratio Share of traffic sent to the canary.\n");
+        out.push_str("# TYPE trackside_canary_weight_ratio gauge\n");
+        out.push_str(&format!(
+            "trackside_canary_weight_ratio{{service=\"{service}\"}} {}\n",
+            f64::from(self.weight()) / f64::from(FULL)
+        ));
+        out
+    }
+
     /// Samples of one pool since `since`.
     pub fn window(&self, pool: Pool, since: Instant) -> Window {
         let r = self.stats[pool.index()]
@@ -355,6 +426,39 @@ impl Router {
     }
 }
 
+/// Serves `GET /metrics` (Prometheus text format) until `stop`.
+pub async fn serve_metrics(router: Arc<Router>, service: String, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let (router, service) = (router.clone(), service.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (router, service) = (router.clone(), service.clone());
+                async move {
+                    let mut r = if req.uri().path() == "/metrics" {
+                        text(StatusCode::OK, &router.prometheus(&service))
+                    } else {
+                        text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
+                    };
+                    if let Ok(v) = hyper::header::HeaderValue::from_str("text/plain; version=0.0.4") {
+                        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                    }
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, hyper::Error>> {
     let mut r = Response::new(
         Full::new(Bytes::from(body.to_string()))
@@ -420,6 +524,40 @@ mod tests {
             Pool::Stable,
             "abort beats stickiness"
         );
+    }
+
+    #[test]
+    fn prometheus_text_has_counters_a_cumulative_histogram_and_the_weight() {
+        let r = router(false);
+        r.set_weight(250);
+        r.record(Pool::Canary, Duration::from_micros(300), false);
+        r.record(Pool::Canary, Duration::from_millis(30), true);
+        let text = r.prometheus("web");
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{prefix} missing:\n{text}"))
+        };
+        assert_eq!(value("trackside_requests_total{service=\"web\",pool=\"canary\"}"), 2.0);
+        assert_eq!(value("trackside_errors_total{service=\"web\",pool=\"canary\"}"), 1.0);
+        assert_eq!(value("trackside_requests_total{service=\"web\",pool=\"stable\"}"), 0.0);
+        let bucket = |le: &str| {
+            value(&format!(
+                "trackside_request_duration_seconds_bucket{{service=\"web\",pool=\"canary\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0005"), 1.0, "0.3 ms is under 0.5 ms");
+        assert_eq!(bucket("0.025"), 1.0, "30 ms is not under 25 ms");
+        assert_eq!(bucket("0.05"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        let sum = value("trackside_request_duration_seconds_sum{service=\"web\",pool=\"canary\"}");
+        assert!((sum - 0.0303).abs() < 1e-6, "{sum}");
+        assert_eq!(value("trackside_canary_weight_ratio{service=\"web\"}"), 0.25);
+        // Every sample line is `name{labels} value`: nothing else.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.split(' ').count() == 2 && l.contains('{'), "{l}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! event, so none can leak a secret or miss a record.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +180,25 @@ impl EngineHandle {
     pub async fn rollout(&self, job: &str, cmd: crate::deploy::rollout::Command) -> Result<(), EngineError> {
         self.control(Control::Rollout(job.into(), cmd, crate::deploy::rollout::who()))
             .await
+    }
+
+    /// Makes a service's previous revision stable again, after its rollout
+    /// completed; returns what changed, for people.
+    pub async fn rollback_service(&self, service: &str) -> Result<String, EngineError> {
+        let state = self
+            .run_dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| EngineError::Rejected("the run has no state directory".into()))?;
+        let service = service.to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::deploy::rollout::rollback(&state, &service, &crate::deploy::rollout::who())
+                .map(|(now, was)| format!("{service}: stable is {} again (was {})", now.version, was.version))
+        })
+        .await
+        .map_err(|e| EngineError::Rejected(e.to_string()))?
+        .map_err(EngineError::Rejected)
     }
 
     /// Releases a manual gate (or approves it in advance).

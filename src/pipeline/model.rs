@@ -237,6 +237,8 @@ pub struct Deploy {
     pub service: String,
     /// Where the router listens (`127.0.0.1:8080`).
     pub listen: String,
+    /// Where `/metrics` is served for Prometheus, if anywhere.
+    pub metrics_listen: Option<String>,
     /// A label for the revision being deployed (`v2`).
     pub version: String,
     /// The command of one replica; `${PORT}` is the port trackside assigns it.

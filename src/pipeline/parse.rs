@@ -836,6 +836,7 @@ impl Cx<'_> {
         let keys = [
             "service",
             "listen",
+            "metrics_listen",
             "version",
             "run",
             "replicas",
@@ -861,6 +862,19 @@ impl Cx<'_> {
                 "write IP:PORT, e.g. `127.0.0.1:8080`",
             );
         }
+        let metrics_listen = get(node, "metrics_listen").and_then(|n| {
+            let v = self.string(n, &join(path, "metrics_listen"))?;
+            if v.parse::<std::net::SocketAddr>().is_err() {
+                self.err(
+                    n,
+                    &join(path, "metrics_listen"),
+                    format!("`{v}` is not an address"),
+                    "write IP:PORT, e.g. `127.0.0.1:9464`",
+                );
+                return None;
+            }
+            Some(v)
+        });
         let run = self.required_string(node, path, "run", "\"./server --port ${PORT}\"");
         if let (Some(r), Some(n)) = (&run, get(node, "run"))
             && !r.contains("${PORT}")
@@ -950,6 +964,7 @@ impl Cx<'_> {
         Some(Deploy {
             service: service?,
             listen: listen?,
+            metrics_listen,
             version,
             run: run?,
             replicas,

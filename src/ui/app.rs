@@ -34,6 +34,8 @@ pub enum Command {
     Shell(String),
     /// Steer a deploy job's rollout.
     Rollout(String, crate::deploy::rollout::Command),
+    /// Make a service's previous revision stable again (its rollout is over).
+    RollbackService(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,15 +388,19 @@ impl App {
             Action::Shell => vec![Command::Shell(name)],
             Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback => {
                 use crate::deploy::rollout::Command as R;
-                let Some(service) = self.model.jobs[sel.unwrap_or(0)]
+                let Some((service, phase)) = self.model.jobs[sel.unwrap_or(0)]
                     .rollout
                     .as_ref()
-                    .map(|r| r.service.clone())
+                    .map(|r| (r.service.clone(), r.phase.clone()))
                 else {
                     self.status = Some(format!("`{name}` is not a deploy job with a rollout in progress"));
                     return Vec::new();
                 };
                 match action {
+                    Action::Rollback if phase == "completed" => self.confirm(
+                        format!("Make the previous revision of `{service}` stable again? (y/n)"),
+                        vec![Command::RollbackService(service)],
+                    ),
                     Action::Promote => vec![Command::Rollout(name, R::Promote)],
                     Action::AbortRollout => vec![Command::Rollout(name, R::Abort)],
                     Action::Rollback => vec![Command::Rollout(name, R::Rollback)],

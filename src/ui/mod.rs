@@ -348,6 +348,10 @@ async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<b
         ),
         Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
         Command::Rollout(j, c) => (format!("{c:?} sent to the rollout of {j}"), handle.rollout(j, *c).await),
+        Command::RollbackService(service) => match handle.rollback_service(service).await {
+            Ok(msg) => (msg, Ok(())),
+            Err(e) => (String::new(), Err(e)),
+        },
         Command::Shell(_) => return None,
         Command::Quit { cancel } => {
             if *cancel {
