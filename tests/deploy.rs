@@ -329,3 +329,23 @@ async fn a_completed_rollout_can_be_rolled_back_and_the_history_says_who() {
     assert_eq!(none.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&none.stderr).contains("has no deployed revision"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_threshold_rolls_a_slow_canary_back() {
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 30\n            - analysis: {interval: 2s, count: 1, metrics: [{metric: p95_ms, max_ratio: 1.2}, {metric: error_rate, max: 0.05}]}\n";
+    // The same service, four times slower.
+    let slow = deploy_yaml("v2", 0.0, steps).replace("--latency-ms 3", "--latency-ms 12");
+    let (sum, r) = deploy(state.path(), &slow).await;
+    assert_eq!(sum.result, RunResult::Failed, "{:?}", r.lines("web"));
+    let lines = r.lines("web");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("check p95_ms: High") && l.contains("x stable")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("threshold broken")), "{lines:?}");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+}

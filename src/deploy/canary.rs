@@ -48,6 +48,8 @@ pub enum Phase {
     Analyzing {
         runs_left: u32,
         next_at: Duration,
+        /// Failed runs so far (within the step's failure limit).
+        failures: u32,
     },
     /// Stopped by a person; timers are frozen.
     Held {
@@ -294,9 +296,15 @@ impl Canary {
                             deadline: r.map(|r| now + r),
                             reason,
                         },
-                        (Phase::Analyzing { runs_left, .. }, Some(r)) => Phase::Analyzing {
+                        (
+                            Phase::Analyzing {
+                                runs_left, failures, ..
+                            },
+                            Some(r),
+                        ) => Phase::Analyzing {
                             runs_left,
                             next_at: now + r,
+                            failures,
                         },
                         (other, _) => other,
                     };
@@ -351,24 +359,52 @@ impl Canary {
     }
 
     fn analysis_done(&mut self, class: VerdictClass, why: &str, fx: &mut Vec<Effect>) {
-        let Phase::Analyzing { runs_left, .. } = self.phase else {
+        let Phase::Analyzing {
+            runs_left, failures, ..
+        } = self.phase
+        else {
             return;
         };
+        let (interval, limit) = match self.spec.steps.get(self.step) {
+            Some(Step::Analysis {
+                interval,
+                failure_limit,
+                ..
+            }) => (*interval, *failure_limit),
+            _ => (Duration::ZERO, 0),
+        };
+        // A failed run within the failure limit counts as a run, not a verdict.
+        let failures = failures + u32::from(class == VerdictClass::Fail);
         match class {
-            VerdictClass::Pass => {
+            VerdictClass::Fail if failures > limit => {
+                let allowed = if limit > 0 {
+                    format!(" ({failures} failed runs, {limit} allowed)")
+                } else {
+                    String::new()
+                };
+                self.abort(&format!("analysis failed{allowed}: {why}"), None, fx);
+            }
+            VerdictClass::Pass | VerdictClass::Fail => {
+                if class == VerdictClass::Fail {
+                    note(
+                        fx,
+                        &format!("analysis run failed ({failures} of {limit} allowed): {why}"),
+                        None,
+                    );
+                }
                 self.last_progress = self.now;
                 let left = runs_left.saturating_sub(1);
                 if left == 0 {
                     note(fx, &format!("analysis passed: {why}"), None);
                     self.advance(fx);
-                } else if let Some(Step::Analysis { interval, .. }) = self.spec.steps.get(self.step) {
+                } else {
                     self.phase = Phase::Analyzing {
                         runs_left: left,
-                        next_at: self.now + *interval,
+                        next_at: self.now + interval,
+                        failures,
                     };
                 }
             }
-            VerdictClass::Fail => self.abort(&format!("analysis failed: {why}"), None, fx),
             VerdictClass::Marginal | VerdictClass::Inconclusive => {
                 let what = if class == VerdictClass::Marginal {
                     "marginal"
@@ -411,7 +447,7 @@ impl Canary {
                     };
                     return;
                 }
-                Step::Analysis { interval, count } => {
+                Step::Analysis { interval, count, .. } => {
                     if count == 0 {
                         self.step += 1;
                         continue;
@@ -419,6 +455,7 @@ impl Canary {
                     self.phase = Phase::Analyzing {
                         runs_left: count,
                         next_at: now + interval,
+                        failures: 0,
                     };
                     return;
                 }
@@ -481,6 +518,8 @@ mod tests {
             Step::Analysis {
                 interval: s(10),
                 count: 2,
+                failure_limit: 0,
+                thresholds: Vec::new(),
             },
             Step::Gate { timeout: None },
             Step::SetWeight(500),
@@ -551,6 +590,47 @@ mod tests {
         assert_eq!(fx[1], Effect::StopCanary { after: s(30) });
         assert!(matches!(&c.phase, Phase::Aborted { reason } if reason.contains("error_rate")));
         assert_eq!(c.weight, 0);
+    }
+
+    #[test]
+    fn failed_runs_within_the_failure_limit_are_tolerated() {
+        let mut c = started(spec(vec![
+            Step::Analysis {
+                interval: s(10),
+                count: 3,
+                failure_limit: 1,
+                thresholds: Vec::new(),
+            },
+            Step::SetWeight(FULL),
+        ]));
+        c.handle(Input::CanaryHealthy, s(0));
+        let fail = || Input::AnalysisDone {
+            class: VerdictClass::Fail,
+            why: "p95 too high".into(),
+        };
+        c.handle(Input::Tick, s(10));
+        c.handle(fail(), s(10));
+        assert!(
+            matches!(
+                c.phase,
+                Phase::Analyzing {
+                    runs_left: 2,
+                    failures: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            c.phase
+        );
+        c.handle(Input::Tick, s(20));
+        c.handle(pass(), s(20));
+        c.handle(Input::Tick, s(30));
+        c.handle(fail(), s(30));
+        assert!(
+            matches!(&c.phase, Phase::Aborted { reason } if reason.contains("2 failed runs, 1 allowed")),
+            "{:?}",
+            c.phase
+        );
     }
 
     #[test]

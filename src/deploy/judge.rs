@@ -61,6 +61,9 @@ pub struct MetricResult {
     pub p_value: Option<f64>,
     /// One sentence: what was compared and what decided it.
     pub why: String,
+    /// A threshold check: when it fails, the verdict fails whatever the score.
+    #[serde(default)]
+    pub critical: bool,
 }
 
 impl MetricResult {
@@ -162,6 +165,7 @@ pub fn compare_samples(metric: &str, stable: &[f64], canary: &[f64], cfg: &Judge
                 c.len(),
                 cfg.min_samples
             ),
+            critical: false,
         };
     }
     let (ms, mc) = (median(&s), median(&c));
@@ -207,6 +211,7 @@ pub fn compare_samples(metric: &str, stable: &[f64], canary: &[f64], cfg: &Judge
         canary: Some(mc),
         p_value: Some(p),
         why,
+        critical: false,
     }
 }
 
@@ -257,6 +262,7 @@ pub fn compare_errors(
             canary: rc,
             p_value: None,
             why: format!("{stable_n} stable and {canary_n} canary requests; at least {min} each are needed"),
+            critical: false,
         };
     }
     let (rs, rc) = (rs.unwrap_or(0.0), rc.unwrap_or(0.0));
@@ -290,6 +296,76 @@ pub fn compare_errors(
         canary: Some(rc),
         p_value: Some(p),
         why,
+        critical: false,
+    }
+}
+
+/// A threshold check: the canary's value must stay below `max`, and below
+/// `max_ratio` times stable's. A missing value is NoData, never a pass.
+pub fn check_threshold(
+    metric: &str,
+    max: Option<f64>,
+    max_ratio: Option<f64>,
+    stable: Option<f64>,
+    canary: Option<f64>,
+) -> MetricResult {
+    let mut limits = Vec::new();
+    if let Some(m) = max {
+        limits.push((m, format!("{m}")));
+    }
+    if let Some(r) = max_ratio {
+        match stable {
+            Some(s) => limits.push((r * s, format!("{r} x stable {s:.3} = {:.3}", r * s))),
+            None => {
+                return MetricResult {
+                    metric: metric.into(),
+                    outcome: MetricOutcome::NoData,
+                    stable,
+                    canary,
+                    p_value: None,
+                    why: "no stable value to compare with".into(),
+                    critical: true,
+                };
+            }
+        }
+    }
+    let Some(c) = canary else {
+        return MetricResult {
+            metric: metric.into(),
+            outcome: MetricOutcome::NoData,
+            stable,
+            canary,
+            p_value: None,
+            why: "no canary requests in the window".into(),
+            critical: true,
+        };
+    };
+    let broken: Vec<&String> = limits.iter().filter(|(l, _)| c >= *l).map(|(_, t)| t).collect();
+    let (outcome, why) = if broken.is_empty() {
+        (
+            MetricOutcome::Pass,
+            format!(
+                "{c:.3} is below {}",
+                limits.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(" and ")
+            ),
+        )
+    } else {
+        (
+            MetricOutcome::High,
+            format!(
+                "{c:.3} is not below {}",
+                broken.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" and ")
+            ),
+        )
+    };
+    MetricResult {
+        metric: metric.into(),
+        outcome,
+        stable,
+        canary: Some(c),
+        p_value: None,
+        why,
+        critical: true,
     }
 }
 
@@ -311,8 +387,15 @@ pub fn verdict(metrics: Vec<MetricResult>) -> Verdict {
         .filter(|m| matches!(m.outcome, MetricOutcome::High))
         .map(|m| format!("{} ({})", m.metric, m.why))
         .collect();
+    let broken: Vec<String> = metrics
+        .iter()
+        .filter(|m| m.critical && m.outcome == MetricOutcome::High)
+        .map(|m| format!("{} ({})", m.metric, m.why))
+        .collect();
     let (class, why) = if metrics.is_empty() {
         (VerdictClass::Inconclusive, "no metrics to judge".to_string())
+    } else if !broken.is_empty() {
+        (VerdictClass::Fail, format!("threshold broken: {}", broken.join("; ")))
     } else if !no_data.is_empty() {
         (
             VerdictClass::Inconclusive,
@@ -453,6 +536,34 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_pass_below_their_limits_and_need_data() {
+        let ok = check_threshold("error_rate", Some(0.01), None, Some(0.0), Some(0.005));
+        assert_eq!(ok.outcome, MetricOutcome::Pass, "{}", ok.why);
+        let high = check_threshold("p95_ms", None, Some(1.2), Some(50.0), Some(61.0));
+        assert_eq!(high.outcome, MetricOutcome::High);
+        assert!(high.why.contains("1.2 x stable"), "{}", high.why);
+        let both = check_threshold("p95_ms", Some(100.0), Some(1.2), Some(50.0), Some(55.0));
+        assert_eq!(both.outcome, MetricOutcome::Pass);
+        assert_eq!(
+            check_threshold("e", Some(0.01), None, None, None).outcome,
+            MetricOutcome::NoData
+        );
+        assert_eq!(
+            check_threshold("p", None, Some(1.2), None, Some(3.0)).outcome,
+            MetricOutcome::NoData
+        );
+        // A broken threshold fails the verdict whatever the score.
+        let cfg = JudgeConfig::default();
+        let mut m: Vec<MetricResult> = (0..5)
+            .map(|i| compare_errors(&format!("e{i}"), (0, 100), (0, 100), &cfg))
+            .collect();
+        m.push(high);
+        let v = verdict(m);
+        assert_eq!(v.class, VerdictClass::Fail, "{}", v.why);
+        assert!(v.why.starts_with("threshold broken: p95_ms"), "{}", v.why);
+    }
+
+    #[test]
     fn scores_map_to_classes() {
         let pass = |name: &str| MetricResult {
             metric: name.into(),
@@ -461,6 +572,7 @@ mod tests {
             canary: None,
             p_value: None,
             why: String::new(),
+            critical: false,
         };
         let high = MetricResult {
             outcome: MetricOutcome::High,

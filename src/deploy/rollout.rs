@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::canary::{Canary, CanarySpec, Effect, Input, Phase};
+use super::canary::{Canary, CanarySpec, Effect, Input, Phase, Step};
 use super::demo::{TrafficCounts, generate};
 use super::judge::{self, JudgeConfig, Verdict};
 use super::router::{Pool, Router, Totals};
@@ -219,6 +219,23 @@ pub struct Status {
     pub recent_error_rate: [Option<f64>; 2],
     pub recent_p95_ms: [Option<f64>; 2],
     pub verdict: Option<Verdict>,
+}
+
+/// A threshold metric's value over a window (`None` without requests).
+fn threshold_value(m: crate::pipeline::model::ThresholdMetric, w: &super::router::Window) -> Option<f64> {
+    use crate::pipeline::model::ThresholdMetric as M;
+    if w.requests == 0 {
+        return None;
+    }
+    let q = match m {
+        M::ErrorRate => return Some(w.errors as f64 / w.requests as f64),
+        M::P50Ms => 0.50,
+        M::P95Ms => 0.95,
+        M::P99Ms => 0.99,
+    };
+    let mut l = w.latencies_ms.clone();
+    l.sort_by(f64::total_cmp);
+    l.get(((l.len() as f64 - 1.0) * q).round() as usize).copied()
 }
 
 /// Error rate and p95 of a window, `None` when it saw no requests.
@@ -553,7 +570,7 @@ async fn drive(
                             router.window(Pool::Canary, window_start),
                         );
                         window_start = Instant::now();
-                        let v = judge::verdict(vec![
+                        let mut metrics = vec![
                             judge::compare_errors(
                                 "error_rate",
                                 (s.errors, s.requests),
@@ -561,7 +578,15 @@ async fn drive(
                                 &judge_cfg,
                             ),
                             judge::compare_samples("latency_ms", &s.latencies_ms, &c.latencies_ms, &judge_cfg),
-                        ]);
+                        ];
+                        if let Some(Step::Analysis { thresholds, .. }) = spec.steps.get(machine.step) {
+                            for t in thresholds {
+                                let (sv, cv) = (threshold_value(t.metric, &s), threshold_value(t.metric, &c));
+                                let name = format!("check {}", t.metric.name());
+                                metrics.push(judge::check_threshold(&name, t.max, t.max_ratio, sv, cv));
+                            }
+                        }
+                        let v = judge::verdict(metrics);
                         let mut lines = vec![format!("analysis: {:?} ({})", v.class, v.why)];
                         for m in &v.metrics {
                             lines.push(format!("  {}: {:?}: {}", m.metric, m.outcome, m.why));

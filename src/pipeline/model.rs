@@ -288,12 +288,48 @@ pub enum RolloutStep {
     Pause(#[serde(with = "secs_de")] Duration),
     /// A manual gate: wait for promote; with a timeout, take the action then.
     Gate { timeout: Option<(Duration, GateAction)> },
-    /// Judge canary against stable `count` times, every `interval`.
+    /// Judge canary against stable `count` times, every `interval`;
+    /// more than `failure_limit` failed runs fail the analysis.
     Analysis {
         #[serde(with = "secs_de")]
         interval: Duration,
         count: u32,
+        #[serde(default)]
+        failure_limit: u32,
+        #[serde(default)]
+        thresholds: Vec<Threshold>,
     },
+}
+
+/// A metric check of an analysis, on top of the statistical judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub metric: ThresholdMetric,
+    /// The canary's value must stay below this (error_rate: a share, 0.01 = 1%; latency: ms).
+    pub max: Option<f64>,
+    /// The canary's value must stay below this many times stable's.
+    pub max_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMetric {
+    ErrorRate,
+    P50Ms,
+    P95Ms,
+    P99Ms,
+}
+
+impl ThresholdMetric {
+    pub const ALL: [(&'static str, ThresholdMetric); 4] = [
+        ("error_rate", ThresholdMetric::ErrorRate),
+        ("p50_ms", ThresholdMetric::P50Ms),
+        ("p95_ms", ThresholdMetric::P95Ms),
+        ("p99_ms", ThresholdMetric::P99Ms),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+    }
 }
 
 /// The result cache of a job: the globs (relative to the project) whose

@@ -978,6 +978,77 @@ impl Cx<'_> {
         })
     }
 
+    /// `metrics: [{metric: error_rate, max: 0.01}, {metric: p95_ms, max_ratio: 1.2}]`.
+    fn thresholds(&mut self, node: &Node, path: &str) -> Vec<Threshold> {
+        let Value::Seq(items) = &node.value else {
+            self.err(
+                node,
+                path,
+                "`metrics` must be a list",
+                "e.g. `metrics: [{metric: error_rate, max: 0.01}]`",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            if !self.mapping(item, &ipath, &["metric", "max", "max_ratio"], "a metric check") {
+                continue;
+            }
+            let names: Vec<&str> = ThresholdMetric::ALL.iter().map(|(n, _)| *n).collect();
+            let metric = match get(item, "metric").and_then(|m| self.string(m, &join(&ipath, "metric")).map(|v| (v, m)))
+            {
+                Some((v, m)) => match ThresholdMetric::ALL.iter().find(|(n, _)| *n == v) {
+                    Some((_, metric)) => Some(*metric),
+                    None => {
+                        let hint = suggestion_hint(&v, &names, "metrics");
+                        self.err(m, &join(&ipath, "metric"), format!("unknown metric `{v}`"), hint);
+                        None
+                    }
+                },
+                None => {
+                    self.err(
+                        item,
+                        &ipath,
+                        "a metric check needs `metric`",
+                        format!("one of {}", names.join(", ")),
+                    );
+                    None
+                }
+            };
+            let mut number = |key: &str| -> Option<f64> {
+                let n = get(item, key)?;
+                match n.value {
+                    Value::Int(v) if v > 0 => Some(v as f64),
+                    Value::Float(v) if v > 0.0 && v.is_finite() => Some(v),
+                    _ => {
+                        self.err(
+                            n,
+                            &join(&ipath, key),
+                            format!("`{key}` must be a positive number"),
+                            "e.g. `max: 0.01`, `max_ratio: 1.2`",
+                        );
+                        None
+                    }
+                }
+            };
+            let (max, max_ratio) = (number("max"), number("max_ratio"));
+            if max.is_none() && max_ratio.is_none() {
+                self.err(
+                    item,
+                    &ipath,
+                    "a metric check needs `max` or `max_ratio`",
+                    "e.g. `{metric: p95_ms, max_ratio: 1.2}`",
+                );
+                continue;
+            }
+            if let Some(metric) = metric {
+                out.push(Threshold { metric, max, max_ratio });
+            }
+        }
+        out
+    }
+
     fn rollout_steps(&mut self, node: &Node, path: &str) -> Option<Vec<RolloutStep>> {
         let spath = join(path, "strategy");
         let Some(strategy) = get(node, "strategy") else {
@@ -1100,7 +1171,12 @@ impl Cx<'_> {
                 });
             } else if let Some(n) = get(item, "analysis") {
                 let apath = join(&ipath, "analysis");
-                if !self.mapping(n, &apath, &["interval", "count"], "analysis") {
+                if !self.mapping(
+                    n,
+                    &apath,
+                    &["interval", "count", "failure_limit", "metrics"],
+                    "analysis",
+                ) {
                     continue;
                 }
                 let interval = get(n, "interval")
@@ -1109,7 +1185,18 @@ impl Cx<'_> {
                 let count = get(n, "count")
                     .and_then(|v| self.int_in(v, &join(&apath, "count"), 1, 1000))
                     .unwrap_or(1);
-                out.push(RolloutStep::Analysis { interval, count });
+                let failure_limit = get(n, "failure_limit")
+                    .and_then(|v| self.int_in(v, &join(&apath, "failure_limit"), 0, 1000))
+                    .unwrap_or(0);
+                let thresholds = get(n, "metrics")
+                    .map(|m| self.thresholds(m, &join(&apath, "metrics")))
+                    .unwrap_or_default();
+                out.push(RolloutStep::Analysis {
+                    interval,
+                    count,
+                    failure_limit,
+                    thresholds,
+                });
             }
         }
         Some(out)
