@@ -3,7 +3,7 @@
 
 #[path = "support/stats.rs"]
 mod stats;
-use stats::stats;
+use stats::{peak_rss_kib, stats};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,17 +16,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackside::deploy::demo::DemoService;
 use trackside::deploy::router::{Pool, Router};
-
-fn peak_rss_kib() -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(-1)
-}
 
 async fn backend(stop: &CancellationToken) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

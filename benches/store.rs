@@ -3,24 +3,13 @@
 
 #[path = "support/stats.rs"]
 mod stats;
-use stats::stats;
+use stats::{peak_rss_kib, stats};
 
 use std::io::Write;
 use std::time::Instant;
 
 use trackside::store::manifest;
 use trackside::store::objects::ObjectStore;
-
-fn peak_rss_kib() -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(-1)
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {

@@ -13,3 +13,16 @@ pub fn stats(name: &str, mut samples: Vec<Duration>, target: &str) {
         pick(1.0)
     );
 }
+
+/// The process's peak resident memory so far, in KiB (-1 when unknown).
+#[allow(dead_code)]
+pub fn peak_rss_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(-1)
+}

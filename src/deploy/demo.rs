@@ -3,7 +3,6 @@
 //! a canary has something to serve and someone to serve it to without
 //! anything else installed.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,35 +46,21 @@ impl DemoService {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         let me = Arc::new(self);
-        loop {
-            let stream = tokio::select! {
-                () = stop.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok((s, _)) => s,
-                    Err(_) => continue,
-                },
-            };
+        super::http::serve(listener, stop, move |req: Request<hyper::body::Incoming>| {
             let me = me.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let me = me.clone();
-                    async move {
-                        let (status, body) = me.answer(req.uri().path(), fastrand::f64());
-                        // Health checks answer at once; a zero latency skips the timer.
-                        if req.uri().path() != "/healthz" && !me.latency.is_zero() {
-                            let factor = 0.8 + 0.4 * fastrand::f64();
-                            tokio::time::sleep(me.latency.mul_f64(factor)).await;
-                        }
-                        let mut r = Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = status;
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+            async move {
+                let (status, body) = me.answer(req.uri().path(), fastrand::f64());
+                // Health checks answer at once; a zero latency skips the timer.
+                if req.uri().path() != "/healthz" && !me.latency.is_zero() {
+                    let factor = 0.8 + 0.4 * fastrand::f64();
+                    tokio::time::sleep(me.latency.mul_f64(factor)).await;
+                }
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = status;
+                r
+            }
+        })
+        .await;
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod canary;
 pub mod demo;
+pub mod http;
 pub mod judge;
 pub mod rollout;
 pub mod router;

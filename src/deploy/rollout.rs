@@ -115,15 +115,7 @@ pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revi
 }
 
 pub fn save_revision(state: &Path, service: &str, rev: &Revision) -> Result<(), String> {
-    let path = revision_path(state, service);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let text = serde_json::to_string_pretty(rev).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_json(&revision_path(state, service), rev)
 }
 
 /// Where a rollout stood when it waited at a gate; kept until the rollout
@@ -146,11 +138,19 @@ pub fn load_gate(state: &Path, service: &str) -> Option<GateState> {
 }
 
 fn save_gate(state: &Path, service: &str, g: &GateState) -> Result<(), String> {
-    let path = gate_path(state, service);
+    write_json(&gate_path(state, service), g)
+}
+
+/// Writes `value` as JSON to a temp file and renames it into place, so a
+/// reader never sees half a file.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let tmp = path.with_extension("tmp");
-    let text = serde_json::to_string_pretty(g).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

@@ -9,7 +9,6 @@
 //! (p50/p95/p99 since the start) and as recent samples the judge reads.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -338,29 +337,11 @@ impl Router {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
-        loop {
-            let (stream, _) = tokio::select! {
-                () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("router accept: {e}");
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        super::http::serve(listener, stop, move |req| {
             let (router, client) = (self.clone(), client.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let (router, client) = (router.clone(), client.clone());
-                    async move { Ok::<_, Infallible>(router.forward(&client, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { router.forward(&client, req).await }
+        })
+        .await;
     }
 
     async fn forward(
@@ -428,35 +409,21 @@ impl Router {
 
 /// Serves `GET /metrics` (Prometheus text format) until `stop`.
 pub async fn serve_metrics(router: Arc<Router>, service: String, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
+    super::http::serve(listener, stop, move |req: Request<Incoming>| {
         let (router, service) = (router.clone(), service.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (router, service) = (router.clone(), service.clone());
-                async move {
-                    let mut r = if req.uri().path() == "/metrics" {
-                        text(StatusCode::OK, &router.prometheus(&service))
-                    } else {
-                        text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
-                    };
-                    if let Ok(v) = hyper::header::HeaderValue::from_str("text/plain; version=0.0.4") {
-                        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-                    }
-                    Ok::<_, Infallible>(r)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move {
+            let mut r = if req.uri().path() == "/metrics" {
+                text(StatusCode::OK, &router.prometheus(&service))
+            } else {
+                text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
+            };
+            if let Ok(v) = hyper::header::HeaderValue::from_str("text/plain; version=0.0.4") {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            r
+        }
+    })
+    .await;
 }
 
 fn text(status: StatusCode, body: &str) -> Response<BoxBody<Bytes, hyper::Error>> {

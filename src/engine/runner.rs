@@ -194,37 +194,16 @@ impl Context for StepCtx<'_> {
 /// Runs the attempt and reports `AttemptDone` last, whatever happens.
 pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     let job = &ctx.pipeline.jobs[a.job];
-    if let Some(spec) = &job.deploy {
-        let outcome = deploy_attempt(&ctx, &mut a, job, spec).await;
-        let _ =
-            a.tx.send(RunnerMsg::AttemptDone {
-                job: a.job,
-                attempt: a.attempt,
-                outcome,
-                cache_key: None,
-            })
-            .await;
-        return;
-    }
-    let cache_key = if job.cache.is_some() {
+    let (outcome, cache_key) = if let Some(spec) = &job.deploy {
+        (deploy_attempt(&ctx, &mut a, job, spec).await, None)
+    } else if job.cache.is_some() {
         match artifacts::lookup(&ctx, &a, job).await {
-            Ok(outcome) => {
-                let _ =
-                    a.tx.send(RunnerMsg::AttemptDone {
-                        job: a.job,
-                        attempt: a.attempt,
-                        outcome,
-                        cache_key: None,
-                    })
-                    .await;
-                return;
-            }
-            Err(key) => key,
+            Ok(cached) => (cached, None),
+            Err(key) => (attempt_outcome(&ctx, &a).await, key),
         }
     } else {
-        None
+        (attempt_outcome(&ctx, &a).await, None)
     };
-    let outcome = attempt_outcome(&ctx, &a).await;
     let _ =
         a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
