@@ -349,3 +349,82 @@ async fn a_latency_threshold_rolls_a_slow_canary_back() {
     assert!(lines.iter().any(|l| l.contains("threshold broken")), "{lines:?}");
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_killed_trackside_are_stopped_by_the_next_one() {
+    use std::io::BufRead as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let yaml = deploy_yaml("v2", 0.0, "            - set_weight: 30\n            - pause: {}\n");
+    let file = state.path().join("v2.yml");
+    std::fs::write(&file, &yaml).expect("write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["run", "--json", "--no-watch", "--state-dir"])
+        .arg(state.path())
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the gate");
+        if line.contains("\"phase\":\"gate\"") {
+            break;
+        }
+    }
+    // No chance to clean up: the replicas (stable and canary) outlive it.
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let needle = format!("TRACKSIDE_PROCESS_TAG=deploy:{}:web", state.path().display());
+    let orphans = trackside::exec::shell::tagged_pids(&needle, false, std::process::id());
+    // Two replicas each of stable and canary (with their `sh -c` parents).
+    assert!(orphans.len() >= 4, "the replicas were left running: {orphans:?}");
+
+    let mut s = common::setup(&yaml);
+    s.cfg.state_dir = state.path().to_path_buf();
+    let mut r = common::start(&mut s).await;
+    r.until(
+        "the gate",
+        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
+    )
+    .await;
+    assert!(
+        r.lines("web").iter().any(|l| l
+            == &format!(
+                "stopped {} leftover replica process(es) of an earlier trackside",
+                orphans.len()
+            )),
+        "{:?}",
+        r.lines("web")
+    );
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    r.finished().await;
+    let left = trackside::exec::shell::tagged_pids(&needle, false, std::process::id());
+    assert!(left.is_empty(), "no replica outlives the run: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deploys_of_one_service_at_once_are_refused() {
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(state.path().join("services")).expect("mkdir");
+    let held = std::fs::File::create(state.path().join("services/web.lock")).expect("lock file");
+    held.try_lock().expect("hold the lock like another trackside");
+    let (sum, r) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    assert_eq!(sum.result, RunResult::Failed);
+    let reason = sum.jobs[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("another trackside is deploying `web`"),
+        "{reason} {:?}",
+        r.lines("web")
+    );
+    drop(held);
+    let (again, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    assert_eq!(again.result, RunResult::Passed);
+}

@@ -26,7 +26,7 @@ use super::canary::{Canary, CanarySpec, Effect, Input, Phase, Step};
 use super::demo::{TrafficCounts, generate};
 use super::judge::{self, JudgeConfig, Verdict};
 use super::router::{Pool, Router, Totals};
-use crate::pipeline::model::{Deploy, HealthCheck};
+use crate::pipeline::model::{Deploy, HealthCheck, Probe};
 
 /// A service revision, as remembered between deploys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +259,14 @@ pub struct Io {
     pub cancel: CancellationToken,
     /// Extra environment for the replicas.
     pub env: Vec<(String, String)>,
+    /// The service being deployed (set by `run`).
+    pub service: String,
+}
+
+/// The tag every replica of `service` carries in its environment, so the
+/// replicas a killed trackside left behind can be found and stopped.
+fn replica_tag(state: &Path, service: &str) -> String {
+    format!("deploy:{}:{service}", state.display())
 }
 
 struct Replica {
@@ -284,6 +292,7 @@ async fn start_replicas(rev: &Revision, label: &str, io: &Io) -> Result<Vec<Repl
             .current_dir(&io.workdir)
             .envs(io.env.iter().cloned())
             .env("PORT", port.to_string())
+            .env(crate::exec::TAG_VAR, replica_tag(&io.state_dir, &io.service))
             .process_group(0)
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null())
@@ -338,26 +347,69 @@ async fn stop_replicas(replicas: Vec<Replica>) {
     }
 }
 
+/// One probe of one replica: Ok(true) healthy, Ok(false) answered but not
+/// healthy, Err(()) no answer at all.
+async fn probe(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    p: &Probe,
+    limit: Duration,
+) -> Result<bool, ()> {
+    let attempt = async {
+        match p {
+            Probe::Http { path, status } => {
+                let uri: hyper::Uri = format!("http://{addr}{path}").parse().map_err(|_| ())?;
+                let r = client.get(uri).await.map_err(|_| ())?;
+                Ok(match status {
+                    Some(s) => r.status().as_u16() == *s,
+                    None => r.status().is_success(),
+                })
+            }
+            Probe::Tcp => tokio::net::TcpStream::connect(addr).await.map(|_| true).map_err(|_| ()),
+            Probe::Command(cmd) => tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd.replace("${PORT}", &addr.port().to_string()))
+                .env("PORT", addr.port().to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map(|s| s.success())
+                .map_err(|_| ()),
+        }
+    };
+    tokio::time::timeout(limit, attempt).await.unwrap_or(Err(()))
+}
+
+fn describe_probe(addr: SocketAddr, p: &Probe) -> String {
+    match p {
+        Probe::Http { path, .. } => format!("http://{addr}{path}"),
+        Probe::Tcp => format!("tcp {addr}"),
+        Probe::Command(c) => format!("`{c}` for {addr}"),
+    }
+}
+
 /// Probes every replica until each has `success_threshold` healthy answers
 /// in a row; fails a replica after `failure_threshold` failures in a row
 /// once it has answered at all, or when `timeout` passes.
 pub async fn wait_healthy(addrs: &[SocketAddr], h: &HealthCheck, cancel: &CancellationToken) -> Result<(), String> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + h.timeout;
-    for addr in addrs {
-        let Ok(uri) = format!("http://{addr}{}", h.path).parse::<hyper::Uri>() else {
-            return Err(format!("bad health path `{}`", h.path));
-        };
+    for &addr in addrs {
         let (mut ok, mut bad, mut answered) = (0, 0, false);
+        let what = describe_probe(addr, &h.probe);
         loop {
-            let healthy =
-                match tokio::time::timeout(h.interval.max(Duration::from_millis(200)), client.get(uri.clone())).await {
-                    Ok(Ok(r)) => {
-                        answered = true;
-                        r.status().is_success()
-                    }
-                    _ => false,
-                };
+            let healthy = match probe(&client, addr, &h.probe, h.interval.max(Duration::from_millis(200))).await {
+                Ok(good) => {
+                    // A failing command may only mean "not up yet": only a
+                    // success proves the replica answers at all.
+                    answered |= good || !matches!(h.probe, Probe::Command(_));
+                    good
+                }
+                Err(()) => false,
+            };
             if healthy {
                 ok += 1;
                 bad = 0;
@@ -368,15 +420,11 @@ pub async fn wait_healthy(addrs: &[SocketAddr], h: &HealthCheck, cancel: &Cancel
                 ok = 0;
                 bad += 1;
                 if answered && bad >= h.failure_threshold {
-                    return Err(format!("{addr}{} failed {bad} health checks in a row", h.path));
+                    return Err(format!("{what} failed {bad} health checks in a row"));
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "{addr}{} was not healthy within {}s",
-                    h.path,
-                    h.timeout.as_secs()
-                ));
+                return Err(format!("{what} was not healthy within {}s", h.timeout.as_secs()));
             }
             tokio::select! {
                 () = cancel.cancelled() => return Err("cancelled".into()),
@@ -406,6 +454,38 @@ fn phase_name(p: &Phase) -> (&'static str, Option<String>) {
 /// Runs the deploy to its end. `Ok` says what is stable now; `Err` why the
 /// new revision is not.
 pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
+    io.service = spec.service.clone();
+    // One deploy of a service at a time per state directory.
+    let lock_path = revision_path(&io.state_dir, &spec.service).with_extension("lock");
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "another trackside is deploying `{}` right now (it holds {})",
+            spec.service,
+            lock_path.display()
+        ));
+    }
+    // Replicas a killed trackside left behind would hold ports and CPU.
+    let tag = replica_tag(&io.state_dir, &spec.service);
+    let swept = tokio::task::spawn_blocking(move || crate::exec::shell::sweep_tagged(&tag))
+        .await
+        .unwrap_or(0);
+    if swept > 0 {
+        let _ = io
+            .log
+            .send(format!(
+                "stopped {swept} leftover replica process(es) of an earlier trackside"
+            ))
+            .await;
+    }
     let new = Revision {
         version: spec.version.clone(),
         run: spec.run.clone(),
@@ -705,5 +785,65 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_check_status_ports_and_commands() {
+        let stop = CancellationToken::new();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let svc = super::super::demo::DemoService {
+            version: "v1".into(),
+            error_rate: 0.0,
+            latency: Duration::ZERO,
+        };
+        tokio::spawn(svc.serve(l, stop.clone()));
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let limit = Duration::from_secs(5);
+        let http = |status| Probe::Http {
+            path: "/healthz".into(),
+            status,
+        };
+        assert_eq!(probe(&client, addr, &http(None), limit).await, Ok(true));
+        assert_eq!(probe(&client, addr, &http(Some(200)), limit).await, Ok(true));
+        assert_eq!(
+            probe(&client, addr, &http(Some(204)), limit).await,
+            Ok(false),
+            "answered, wrong status"
+        );
+        assert_eq!(probe(&client, addr, &Probe::Tcp, limit).await, Ok(true));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert_eq!(
+            probe(&client, closed, &Probe::Tcp, limit).await,
+            Err(()),
+            "nothing listens"
+        );
+        let cmd = |c: &str| Probe::Command(c.into());
+        assert_eq!(
+            probe(&client, addr, &cmd("test \"$PORT\" -gt 0"), limit).await,
+            Ok(true)
+        );
+        assert_eq!(probe(&client, addr, &cmd("exit 3"), limit).await, Ok(false));
+        let h = HealthCheck {
+            probe: cmd("exit 1"),
+            interval: Duration::from_millis(50),
+            success_threshold: 1,
+            failure_threshold: 1,
+            timeout: Duration::from_millis(300),
+        };
+        let e = wait_healthy(&[addr], &h, &stop).await.expect_err("never healthy");
+        assert!(
+            e.contains("was not healthy within"),
+            "a failing command waits for the timeout: {e}"
+        );
+        stop.cancel();
     }
 }

@@ -256,6 +256,7 @@ async fn deploy_attempt(
         control,
         cancel: a.cancel.clone(),
         env,
+        service: spec.service.clone(),
     };
     let (job_id, attempt, tx) = (a.job, a.attempt, a.tx.clone());
     let forward = async {

@@ -260,8 +260,7 @@ pub struct Deploy {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheck {
-    /// HTTP path probed on each replica; 2xx is healthy.
-    pub path: String,
+    pub probe: Probe,
     #[serde(with = "secs")]
     pub interval: Duration,
     pub success_threshold: u32,
@@ -269,6 +268,18 @@ pub struct HealthCheck {
     /// Give up on a replica that is not healthy after this long.
     #[serde(with = "secs")]
     pub timeout: Duration,
+}
+
+/// How a replica is checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// GET the path; healthy on `status` (any 2xx when unset).
+    Http { path: String, status: Option<u16> },
+    /// Healthy when the replica's port accepts a connection.
+    Tcp,
+    /// Healthy when the command exits 0 (`PORT` is set to the replica's port).
+    Command(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

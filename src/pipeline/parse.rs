@@ -894,7 +894,10 @@ impl Cx<'_> {
             .unwrap_or(1);
         let hpath = join(path, "health");
         let mut health = HealthCheck {
-            path: "/healthz".into(),
+            probe: Probe::Http {
+                path: "/healthz".into(),
+                status: None,
+            },
             interval: Duration::from_secs(1),
             success_threshold: 3,
             failure_threshold: 2,
@@ -904,12 +907,50 @@ impl Cx<'_> {
             && self.mapping(
                 h,
                 &hpath,
-                &["http", "interval", "success_threshold", "failure_threshold", "timeout"],
+                &[
+                    "http",
+                    "status",
+                    "tcp",
+                    "command",
+                    "interval",
+                    "success_threshold",
+                    "failure_threshold",
+                    "timeout",
+                ],
                 "health",
             )
         {
+            let kinds: Vec<&str> = ["http", "tcp", "command"]
+                .into_iter()
+                .filter(|k| get(h, k).is_some())
+                .collect();
+            if kinds.len() > 1 {
+                self.err(
+                    h,
+                    &hpath,
+                    format!("`health` has {}: give one", kinds.join(" and ")),
+                    "`http: /healthz`, `tcp: true` or `command: \"./check ${PORT}\"`",
+                );
+            }
+            let status = get(h, "status")
+                .and_then(|n| self.int_in(n, &join(&hpath, "status"), 100, 599))
+                .map(|v| v as u16);
             if let Some(p) = get(h, "http").and_then(|n| self.string(n, &join(&hpath, "http"))) {
-                health.path = if p.starts_with('/') { p } else { format!("/{p}") };
+                health.probe = Probe::Http {
+                    path: if p.starts_with('/') { p } else { format!("/{p}") },
+                    status,
+                };
+            } else if let Some(n) = get(h, "tcp") {
+                if self.boolean(n, &join(&hpath, "tcp")) == Some(true) {
+                    health.probe = Probe::Tcp;
+                }
+            } else if let Some(c) = get(h, "command").and_then(|n| self.string(n, &join(&hpath, "command"))) {
+                health.probe = Probe::Command(c);
+            } else if let Some(st) = status {
+                health.probe = Probe::Http {
+                    path: "/healthz".into(),
+                    status: Some(st),
+                };
             }
             if let Some(d) = get(h, "interval").and_then(|n| self.seconds_in(n, &join(&hpath, "interval"), 0.05, 600.0))
             {
