@@ -428,3 +428,59 @@ async fn two_deploys_of_one_service_at_once_are_refused() {
     let (again, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
     assert_eq!(again.result, RunResult::Passed);
 }
+
+/// `deploy_yaml` with a blue-green strategy instead of canary steps.
+fn blue_green_yaml(version: &str, error_rate: f64, strategy: &str) -> String {
+    let canary = deploy_yaml(version, error_rate, "");
+    let head = canary.split("      strategy:").next().unwrap_or_default().to_string();
+    format!("{head}      strategy:\n        blue_green: {strategy}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_previews_green_switches_at_once_and_switches_back_on_abort() {
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let checked =
+        "{pre_promotion_analysis: {interval: 2s}, post_promotion_analysis: {interval: 2s}, scale_down_delay: 0.5}";
+
+    // A bad green fails its preview: production never reaches it.
+    let (bad, r) = deploy(state.path(), &blue_green_yaml("v2", 0.4, checked)).await;
+    assert_eq!(bad.result, RunResult::Failed, "{:?}", r.lines("web"));
+    let lines = r.lines("web");
+    assert!(lines.iter().any(|l| l.contains("analysis: Fail")), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l == "weight: canary 100.0%"),
+        "never switched: {lines:?}"
+    );
+
+    // A good green passes its preview, takes all traffic at once, and stays.
+    let (good, r) = deploy(state.path(), &blue_green_yaml("v2", 0.0, checked)).await;
+    assert_eq!(good.result, RunResult::Passed, "{:?}", r.lines("web"));
+    let weights: Vec<String> = r
+        .lines("web")
+        .into_iter()
+        .filter(|l| l.starts_with("weight:"))
+        .collect();
+    assert_eq!(weights, ["weight: canary 100.0%"], "one switch, no steps in between");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+
+    // Abort after the switch: back to blue at once (it is still running).
+    let slow_check = "{post_promotion_analysis: {interval: 60s}, scale_down_delay: 60}";
+    let mut s = common::setup(&blue_green_yaml("v3", 0.0, slow_check));
+    s.cfg.state_dir = state.path().to_path_buf();
+    let mut r = common::start(&mut s).await;
+    r.until(
+        "the switch",
+        |k| matches!(k, EventKind::Rollout { status, .. } if status.weight == 1000),
+    )
+    .await;
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Failed);
+    assert!(
+        r.lines("web").iter().any(|l| l == "weight: canary 0.0%"),
+        "{:?}",
+        r.lines("web")
+    );
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}

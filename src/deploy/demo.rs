@@ -64,12 +64,17 @@ impl DemoService {
     }
 }
 
-/// Counts of what the load generator sent and got back.
+/// Counts of what the load generator sent and got back, and how it pins
+/// requests to a pool.
 #[derive(Debug, Default)]
 pub struct TrafficCounts {
     pub sent: AtomicU64,
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    /// Every other request carries `X-Canary: always` (1) or `never` (2);
+    /// 0 sends none. Blue-green uses it to measure the pool that gets no
+    /// production traffic: green before the switch, blue after it.
+    pub pin: std::sync::atomic::AtomicU8,
 }
 
 /// Sends `rps` GET requests per second to `target` until `stop`; at most
@@ -94,9 +99,21 @@ pub async fn generate(target: SocketAddr, rps: u32, stop: CancellationToken, cou
             continue;
         };
         let (client, uri, counts) = (client.clone(), uri.clone(), counts.clone());
-        counts.sent.fetch_add(1, Ordering::Relaxed);
+        let n = counts.sent.fetch_add(1, Ordering::Relaxed);
+        let pin = match counts.pin.load(Ordering::Relaxed) {
+            1 if n % 2 == 0 => Some("always"),
+            2 if n % 2 == 0 => Some("never"),
+            _ => None,
+        };
+        let mut req = hyper::Request::get(uri);
+        if let Some(p) = pin {
+            req = req.header("x-canary", p);
+        }
+        let Ok(req) = req.body(Empty::new()) else {
+            continue;
+        };
         tokio::spawn(async move {
-            let ok = match client.get(uri).await {
+            let ok = match client.request(req).await {
                 Ok(r) => {
                     let good = r.status().is_success();
                     let _ = r.into_body().collect().await;

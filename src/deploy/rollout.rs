@@ -26,7 +26,7 @@ use super::canary::{Canary, CanarySpec, Effect, Input, Phase, Step};
 use super::demo::{TrafficCounts, generate};
 use super::judge::{self, JudgeConfig, Verdict};
 use super::router::{Pool, Router, Totals};
-use crate::pipeline::model::{Deploy, HealthCheck, Probe};
+use crate::pipeline::model::{Deploy, HealthCheck, Probe, Strategy};
 
 /// A service revision, as remembered between deploys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -561,10 +561,14 @@ pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
         }
         router.set_backends(Pool::Stable, stable_addrs);
         let traffic = Arc::new(TrafficCounts::default());
+        if spec.strategy == Strategy::BlueGreen {
+            // Green gets no production traffic before the switch: preview it.
+            traffic.pin.store(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if spec.rps > 0 {
             tokio::spawn(generate(listen, spec.rps, stop.clone(), traffic.clone()));
         }
-        let out = drive(spec, &mut io, &router, &prev, &new).await;
+        let out = drive(spec, &mut io, &router, &traffic, &prev, &new).await;
         stop_replicas(stable).await;
         out
     }
@@ -577,6 +581,7 @@ async fn drive(
     spec: &Deploy,
     io: &mut Io,
     router: &Arc<Router>,
+    traffic: &TrafficCounts,
     prev: &Revision,
     new: &Revision,
 ) -> Result<String, String> {
@@ -624,6 +629,15 @@ async fn drive(
                 match effect {
                     Effect::SetWeight { weight } => {
                         router.set_weight(weight);
+                        if spec.strategy == Strategy::BlueGreen {
+                            // Measure whichever colour production does not reach.
+                            let pin = match weight {
+                                0 => 1,
+                                super::router::FULL => 2,
+                                _ => 0,
+                            };
+                            traffic.pin.store(pin, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let _ = io
                             .log
                             .send(format!("weight: canary {:.1}%", f64::from(weight) / 10.0))

@@ -247,6 +247,8 @@ pub struct Deploy {
     pub health: HealthCheck,
     /// Requests per second the built-in load generator sends (0: none).
     pub rps: u32,
+    pub strategy: Strategy,
+    /// The strategy as steps (a blue-green switch is a short fixed list).
     pub steps: Vec<RolloutStep>,
     #[serde(with = "secs")]
     pub progress_deadline: Duration,
@@ -268,6 +270,16 @@ pub struct HealthCheck {
     /// Give up on a replica that is not healthy after this long.
     #[serde(with = "secs")]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Traffic shifts step by step.
+    Canary,
+    /// The new revision is checked on preview traffic, then gets all of it
+    /// at once; the old one keeps running for an instant switch back.
+    BlueGreen,
 }
 
 /// How a replica is checked.

@@ -995,7 +995,7 @@ impl Cx<'_> {
                 }
             }
         }
-        let steps = self.rollout_steps(node, path);
+        let strategy = self.rollout_steps(node, path);
         let progress_deadline = get(node, "progress_deadline")
             .and_then(|n| self.seconds_in(n, &join(path, "progress_deadline"), 1.0, 86400.0))
             .unwrap_or(Duration::from_secs(600));
@@ -1011,7 +1011,8 @@ impl Cx<'_> {
             replicas,
             health,
             rps,
-            steps: steps?,
+            strategy: strategy.as_ref()?.0,
+            steps: strategy?.1,
             progress_deadline,
             abort_delay,
             confidence,
@@ -1090,7 +1091,66 @@ impl Cx<'_> {
         out
     }
 
-    fn rollout_steps(&mut self, node: &Node, path: &str) -> Option<Vec<RolloutStep>> {
+    /// `pause: {duration}` (timed) or `pause: {}` / `pause: {timeout, default}` (a gate).
+    fn pause_step(&mut self, n: &Node, ppath: &str) -> Option<RolloutStep> {
+        if !self.mapping(n, ppath, &["duration", "timeout", "default"], "pause") {
+            return None;
+        }
+        if let Some(d) = get(n, "duration") {
+            return self
+                .seconds_in(d, &join(ppath, "duration"), 0.0, 86400.0)
+                .map(RolloutStep::Pause);
+        }
+        let timeout = get(n, "timeout").and_then(|t| self.seconds_in(t, &join(ppath, "timeout"), 1.0, 86400.0));
+        let action = match get(n, "default") {
+            None => GateAction::Abort,
+            Some(a) => match self.string(a, &join(ppath, "default")).as_deref() {
+                Some("promote") => GateAction::Promote,
+                Some("abort") | None => GateAction::Abort,
+                Some(other) => {
+                    self.err(
+                        a,
+                        &join(ppath, "default"),
+                        format!("unknown gate action `{other}`"),
+                        "use `promote` or `abort`",
+                    );
+                    GateAction::Abort
+                }
+            },
+        };
+        Some(RolloutStep::Gate {
+            timeout: timeout.map(|t| (t, action)),
+        })
+    }
+
+    /// `analysis: {interval, count, failure_limit, metrics}`.
+    fn analysis_step(&mut self, n: &Node, apath: &str) -> Option<RolloutStep> {
+        if !self.mapping(n, apath, &["interval", "count", "failure_limit", "metrics"], "analysis") {
+            return None;
+        }
+        let interval = get(n, "interval")
+            .and_then(|v| self.seconds_in(v, &join(apath, "interval"), 0.1, 3600.0))
+            .unwrap_or(Duration::from_secs(10));
+        let count = get(n, "count")
+            .and_then(|v| self.int_in(v, &join(apath, "count"), 1, 1000))
+            .unwrap_or(1);
+        let failure_limit = get(n, "failure_limit")
+            .and_then(|v| self.int_in(v, &join(apath, "failure_limit"), 0, 1000))
+            .unwrap_or(0);
+        let thresholds = get(n, "metrics")
+            .map(|m| self.thresholds(m, &join(apath, "metrics")))
+            .unwrap_or_default();
+        Some(RolloutStep::Analysis {
+            interval,
+            count,
+            failure_limit,
+            thresholds,
+        })
+    }
+
+    /// The strategy as rollout steps: a canary's own list, or the steps a
+    /// blue-green switch amounts to.
+    fn rollout_steps(&mut self, node: &Node, path: &str) -> Option<(Strategy, Vec<RolloutStep>)> {
         let spath = join(path, "strategy");
         let Some(strategy) = get(node, "strategy") else {
             self.err(
@@ -1104,22 +1164,61 @@ impl Cx<'_> {
         if !self.mapping(strategy, &spath, &["canary", "blue_green", "rolling"], "strategy") {
             return None;
         }
-        for other in ["blue_green", "rolling"] {
-            if let Some(n) = get(strategy, other) {
-                self.err(
-                    n,
-                    &join(&spath, other),
-                    format!("the `{other}` strategy is not available yet"),
-                    "use `canary` (see docs/deployments.md)",
-                );
+        if let Some(n) = get(strategy, "rolling") {
+            self.err(
+                n,
+                &join(&spath, "rolling"),
+                "the `rolling` strategy is not available yet",
+                "use `canary` or `blue_green` (see docs/deployments.md)",
+            );
+            return None;
+        }
+        if let Some(bg) = get(strategy, "blue_green") {
+            let bpath = join(&spath, "blue_green");
+            if !self.mapping(
+                bg,
+                &bpath,
+                &[
+                    "pre_promotion_analysis",
+                    "gate",
+                    "post_promotion_analysis",
+                    "scale_down_delay",
+                ],
+                "blue_green",
+            ) {
                 return None;
             }
+            let mut steps = Vec::new();
+            if let Some(a) = get(bg, "pre_promotion_analysis") {
+                steps.extend(self.analysis_step(a, &join(&bpath, "pre_promotion_analysis")));
+            }
+            if let Some(g) = get(bg, "gate") {
+                match self.pause_step(g, &join(&bpath, "gate")) {
+                    Some(gate @ RolloutStep::Gate { .. }) => steps.push(gate),
+                    Some(_) => self.err(
+                        g,
+                        &join(&bpath, "gate"),
+                        "a blue-green gate waits for a person: no `duration`",
+                        "`gate: {}` or `gate: {timeout: 600, default: abort}`",
+                    ),
+                    None => {}
+                }
+            }
+            steps.push(RolloutStep::SetWeight(1000));
+            if let Some(a) = get(bg, "post_promotion_analysis") {
+                steps.extend(self.analysis_step(a, &join(&bpath, "post_promotion_analysis")));
+            }
+            let delay = get(bg, "scale_down_delay")
+                .and_then(|d| self.seconds_in(d, &join(&bpath, "scale_down_delay"), 0.0, 86400.0))
+                .unwrap_or(Duration::from_secs(30));
+            steps.push(RolloutStep::Pause(delay));
+            return Some((Strategy::BlueGreen, steps));
         }
         let Some(canary) = get(strategy, "canary") else {
             self.err(
                 strategy,
                 &spath,
-                "`strategy` needs `canary`",
+                "`strategy` needs `canary` or `blue_green`",
                 "e.g. `canary: {steps: [...]}`",
             );
             return None;
@@ -1179,68 +1278,12 @@ impl Cx<'_> {
                     ),
                 }
             } else if let Some(n) = get(item, "pause") {
-                let ppath = join(&ipath, "pause");
-                if !self.mapping(n, &ppath, &["duration", "timeout", "default"], "pause") {
-                    continue;
-                }
-                if let Some(d) = get(n, "duration") {
-                    if let Some(d) = self.seconds_in(d, &join(&ppath, "duration"), 0.0, 86400.0) {
-                        out.push(RolloutStep::Pause(d));
-                    }
-                    continue;
-                }
-                let timeout =
-                    get(n, "timeout").and_then(|t| self.seconds_in(t, &join(&ppath, "timeout"), 1.0, 86400.0));
-                let action = match get(n, "default") {
-                    None => GateAction::Abort,
-                    Some(a) => match self.string(a, &join(&ppath, "default")).as_deref() {
-                        Some("promote") => GateAction::Promote,
-                        Some("abort") | None => GateAction::Abort,
-                        Some(other) => {
-                            self.err(
-                                a,
-                                &join(&ppath, "default"),
-                                format!("unknown gate action `{other}`"),
-                                "use `promote` or `abort`",
-                            );
-                            GateAction::Abort
-                        }
-                    },
-                };
-                out.push(RolloutStep::Gate {
-                    timeout: timeout.map(|t| (t, action)),
-                });
+                out.extend(self.pause_step(n, &join(&ipath, "pause")));
             } else if let Some(n) = get(item, "analysis") {
-                let apath = join(&ipath, "analysis");
-                if !self.mapping(
-                    n,
-                    &apath,
-                    &["interval", "count", "failure_limit", "metrics"],
-                    "analysis",
-                ) {
-                    continue;
-                }
-                let interval = get(n, "interval")
-                    .and_then(|v| self.seconds_in(v, &join(&apath, "interval"), 0.1, 3600.0))
-                    .unwrap_or(Duration::from_secs(10));
-                let count = get(n, "count")
-                    .and_then(|v| self.int_in(v, &join(&apath, "count"), 1, 1000))
-                    .unwrap_or(1);
-                let failure_limit = get(n, "failure_limit")
-                    .and_then(|v| self.int_in(v, &join(&apath, "failure_limit"), 0, 1000))
-                    .unwrap_or(0);
-                let thresholds = get(n, "metrics")
-                    .map(|m| self.thresholds(m, &join(&apath, "metrics")))
-                    .unwrap_or_default();
-                out.push(RolloutStep::Analysis {
-                    interval,
-                    count,
-                    failure_limit,
-                    thresholds,
-                });
+                out.extend(self.analysis_step(n, &join(&ipath, "analysis")));
             }
         }
-        Some(out)
+        Some((Strategy::Canary, out))
     }
 
     /// Globs that must stay inside the workspace or project; bad ones are reported.
