@@ -271,6 +271,17 @@ fn help_overlay() {
 }
 
 #[test]
+fn help_shows_every_key_even_at_80x24() {
+    let mut app = app_with(&running_events(), color());
+    app.handle_key(key('?'));
+    let text = format!("{:?}", screen(&app, 80, 24).buffer());
+    for b in trackside::ui::keys::BINDINGS {
+        let shown = format!("{:<7}", b.shown);
+        assert!(text.contains(&shown), "`{}` is missing from the help at 80x24", b.shown);
+    }
+}
+
+#[test]
 fn small_terminal_80x24() {
     let mut app = app_with(&failed_events(), color());
     app.wide = false;

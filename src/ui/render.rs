@@ -761,22 +761,50 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
 
 fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.theme;
-    let w = area.width.min(72);
-    let h = (BINDINGS.len() as u16 + 4).min(area.height);
+    let entry = |b: &super::keys::Binding| {
+        let scope = match b.scope {
+            Scope::Everywhere => "",
+            Scope::Jobs => " (jobs pane)",
+            Scope::Log => " (log pane)",
+        };
+        (format!("{:<7}", t.key_name(b.shown)), format!("{}{scope}", b.help))
+    };
+    // One column when it fits; on short screens (80x24) two, each text cut to its column.
+    let two = BINDINGS.len() as u16 + 4 > area.height;
+    let rows = if two {
+        BINDINGS.len().div_ceil(2)
+    } else {
+        BINDINGS.len()
+    };
+    let w = if two { area.width.min(100) } else { area.width.min(72) };
+    let h = (rows as u16 + 4).min(area.height);
     let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
     Clear.render(rect, buf);
-    let mut lines: Vec<Line> = BINDINGS
-        .iter()
-        .map(|b| {
-            let scope = match b.scope {
-                Scope::Everywhere => "",
-                Scope::Jobs => " (jobs pane)",
-                Scope::Log => " (log pane)",
-            };
-            Line::from(vec![
-                Span::styled(format!("{:<7}", t.key_name(b.shown)), t.title()),
-                Span::raw(format!("{}{scope}", b.help)),
-            ])
+    let col = usize::from(w.saturating_sub(2)) / if two { 2 } else { 1 };
+    let cut = |text: String, width: usize| -> String {
+        if text.chars().count() <= width {
+            format!("{text:<width$}")
+        } else {
+            let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+    };
+    let mut lines: Vec<Line> = (0..rows)
+        .map(|r| {
+            let mut spans = Vec::new();
+            for c in 0..if two { 2 } else { 1 } {
+                if let Some(b) = BINDINGS.get(r + c * rows) {
+                    let (key, help) = entry(b);
+                    let room = col.saturating_sub(key.chars().count() + usize::from(two));
+                    spans.push(Span::styled(key, t.title()));
+                    spans.push(Span::raw(cut(help, room)));
+                    if two && c == 0 {
+                        spans.push(Span::raw(" "));
+                    }
+                }
+            }
+            Line::from(spans)
         })
         .collect();
     lines.push(Line::styled("Ctrl-C quits too. Any key closes this help.", t.dim()));
