@@ -209,7 +209,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     let w = *width;
     Some(match kind {
         // The rollout's notes arrive as log lines; its status is for --json and the UI.
-        EventKind::Rollout { .. } => return None,
+        EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } => return None,
         EventKind::RunStarted {
             run_id,
             pipeline,

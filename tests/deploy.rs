@@ -215,6 +215,28 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
         .find(|l| l.contains("aborted by hand"))
         .unwrap_or_else(|| panic!("{lines:?}"));
     assert!(aborted.contains("(by "), "the audit names who: {aborted}");
+    // The decision is an event of the run's record, with who took it.
+    let decision = r.seen.iter().find_map(|e| match &e.kind {
+        EventKind::RolloutDecision { text, by, .. } if text.contains("aborted by hand") => Some(by.clone()),
+        _ => None,
+    });
+    assert!(
+        decision.flatten().is_some_and(|b| b.contains('@')),
+        "a named decision event"
+    );
+    let record = std::fs::read_to_string(
+        std::fs::read_dir(state.path().join("runs"))
+            .expect("runs")
+            .flatten()
+            .map(|d| d.path().join("events.jsonl"))
+            .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("aborted by hand")))
+            .expect("a run record with the decision"),
+    )
+    .expect("events");
+    assert!(
+        record.contains("\"type\":\"rollout_decision\""),
+        "recorded in events.jsonl"
+    );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
 }
 

@@ -256,6 +256,8 @@ pub struct Io {
     pub log: mpsc::Sender<String>,
     pub status: mpsc::Sender<Status>,
     pub control: mpsc::Receiver<(Command, String)>,
+    /// Decisions for the audit trail: (what, who).
+    pub audit: mpsc::Sender<(String, Option<String>)>,
     pub cancel: CancellationToken,
     /// Extra environment for the replicas.
     pub env: Vec<(String, String)>,
@@ -708,8 +710,9 @@ async fn drive(
                         record_revision(&io.state_dir, &spec.service, prev, "rolled_back", &who())?;
                     }
                     Effect::Note { text, by } => {
-                        let who = by.map(|b| format!(" (by {b})")).unwrap_or_default();
+                        let who = by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default();
                         let _ = io.log.send(format!("rollout: {text}{who}")).await;
+                        let _ = io.audit.send((text, by)).await;
                     }
                 }
             }

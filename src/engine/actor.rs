@@ -663,6 +663,14 @@ impl Actor {
                 };
                 self.emit(kind);
             }
+            ActorMsg::Runner(RunnerMsg::RolloutDecision { job, text, by }) => {
+                let kind = EventKind::RolloutDecision {
+                    job: name(self, job),
+                    text,
+                    by,
+                };
+                self.emit(kind);
+            }
             ActorMsg::Runner(RunnerMsg::Rollout { job, status }) => {
                 let kind = EventKind::Rollout {
                     job: name(self, job),

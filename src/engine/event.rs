@@ -206,6 +206,13 @@ pub enum EventKind {
         stream: Stream,
         line: String,
     },
+    /// A rollout decision, for the audit trail: a steering action (with
+    /// who took it) or one the rollout took by itself (`by` is None).
+    RolloutDecision {
+        job: String,
+        text: String,
+        by: Option<String>,
+    },
     /// A deploy job's rollout, twice a second while it runs.
     Rollout {
         job: String,

@@ -53,6 +53,11 @@ pub enum RunnerMsg {
         job: JobId,
         status: Box<crate::deploy::rollout::Status>,
     },
+    RolloutDecision {
+        job: JobId,
+        text: String,
+        by: Option<String>,
+    },
     AttemptDone {
         job: JobId,
         attempt: u32,
@@ -247,6 +252,7 @@ async fn deploy_attempt(
     let spec = &spec;
     let (log_tx, mut log_rx) = mpsc::channel::<String>(256);
     let (status_tx, mut status_rx) = mpsc::channel::<rollout::Status>(4);
+    let (audit_tx, mut audit_rx) = mpsc::channel::<(String, Option<String>)>(64);
     let control = a.control.take().unwrap_or_else(|| mpsc::channel(1).1);
     let io = rollout::Io {
         state_dir: ctx.state_dir.clone(),
@@ -254,6 +260,7 @@ async fn deploy_attempt(
         log: log_tx,
         status: status_tx,
         control,
+        audit: audit_tx,
         cancel: a.cancel.clone(),
         env,
         service: spec.service.clone(),
@@ -266,6 +273,9 @@ async fn deploy_attempt(
                     let _ = tx
                         .send(RunnerMsg::Log { job: job_id, attempt, step: step.clone(), stream: Stream::Stdout, text: line })
                         .await;
+                }
+                Some((text, by)) = audit_rx.recv() => {
+                    let _ = tx.send(RunnerMsg::RolloutDecision { job: job_id, text, by }).await;
                 }
                 Some(status) = status_rx.recv() => {
                     let _ = tx.send(RunnerMsg::Rollout { job: job_id, status: Box::new(status) }).await;

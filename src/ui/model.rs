@@ -162,6 +162,8 @@ impl Model {
     pub fn apply(&mut self, ev: &Event) {
         self.last_ts = self.last_ts.max(ev.ts);
         match &ev.kind {
+            // The decision is in the job's log already; the record keeps the event.
+            EventKind::RolloutDecision { .. } => {}
             EventKind::Rollout { job, status } => self.with(job, |j| {
                 let t_s = ev.ts.saturating_sub(j.attempts.last().map_or(ev.ts, |a| a.started_ts)) as f64 / 1000.0;
                 j.rollout_history.push(RolloutPoint {
