@@ -117,6 +117,40 @@ jobs:
 const ANALYSED: &str =
     "            - set_weight: 25\n            - analysis: {interval: 2s, count: 1}\n            - set_weight: 60\n";
 
+/// Starts `trackside run --json` on `file` in another process and returns it
+/// once its rollout waits at a gate.
+fn run_until_gate(state: &std::path::Path, file: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["run", "--json", "--no-watch", "--state-dir"])
+        .arg(state)
+        .arg(file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains("\"type\":\"rollout\"") && line.contains("\"phase\":\"gate\"") => {
+                return child;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no gate: {e}");
+            }
+        }
+    }
+}
+
 /// Runs one deploy in `state`; returns the summary and the events seen.
 async fn deploy(state: &std::path::Path, yaml: &str) -> (trackside::engine::RunSummary, common::Running) {
     let mut s = common::setup(yaml);
@@ -256,7 +290,6 @@ async fn a_gate_timeout_takes_its_default_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_survives_a_restart_of_trackside() {
-    use std::io::BufRead as _;
     let state = tempfile::tempdir().expect("tempdir");
     deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
     let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
@@ -264,27 +297,7 @@ async fn a_gate_survives_a_restart_of_trackside() {
     let file = state.path().join("v2.yml");
     std::fs::write(&file, &yaml).expect("write");
     // A trackside that stops (SIGTERM) while the gate waits.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args(["run", "--json", "--no-watch", "--state-dir"])
-        .arg(state.path())
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the gate");
-        if line.contains("\"type\":\"rollout\"") && line.contains("\"phase\":\"gate\"") {
-            break;
-        }
-    }
+    let mut child = run_until_gate(state.path(), &file);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let status = child.wait().expect("wait");
@@ -374,33 +387,12 @@ async fn a_latency_threshold_rolls_a_slow_canary_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_killed_trackside_are_stopped_by_the_next_one() {
-    use std::io::BufRead as _;
     let state = tempfile::tempdir().expect("tempdir");
     deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
     let yaml = deploy_yaml("v2", 0.0, "            - set_weight: 30\n            - pause: {}\n");
     let file = state.path().join("v2.yml");
     std::fs::write(&file, &yaml).expect("write");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args(["run", "--json", "--no-watch", "--state-dir"])
-        .arg(state.path())
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the gate");
-        if line.contains("\"phase\":\"gate\"") {
-            break;
-        }
-    }
+    let mut child = run_until_gate(state.path(), &file);
     // No chance to clean up: the replicas (stable and canary) outlive it.
     child.kill().expect("SIGKILL");
     let _ = child.wait();

@@ -309,36 +309,27 @@ pub fn check_threshold(
     stable: Option<f64>,
     canary: Option<f64>,
 ) -> MetricResult {
+    let no_data = |why: &str| MetricResult {
+        metric: metric.into(),
+        outcome: MetricOutcome::NoData,
+        stable,
+        canary,
+        p_value: None,
+        why: why.into(),
+        critical: true,
+    };
     let mut limits = Vec::new();
     if let Some(m) = max {
         limits.push((m, format!("{m}")));
     }
     if let Some(r) = max_ratio {
-        match stable {
-            Some(s) => limits.push((r * s, format!("{r} x stable {s:.3} = {:.3}", r * s))),
-            None => {
-                return MetricResult {
-                    metric: metric.into(),
-                    outcome: MetricOutcome::NoData,
-                    stable,
-                    canary,
-                    p_value: None,
-                    why: "no stable value to compare with".into(),
-                    critical: true,
-                };
-            }
-        }
+        let Some(s) = stable else {
+            return no_data("no stable value to compare with");
+        };
+        limits.push((r * s, format!("{r} x stable {s:.3} = {:.3}", r * s)));
     }
     let Some(c) = canary else {
-        return MetricResult {
-            metric: metric.into(),
-            outcome: MetricOutcome::NoData,
-            stable,
-            canary,
-            p_value: None,
-            why: "no canary requests in the window".into(),
-            critical: true,
-        };
+        return no_data("no canary requests in the window");
     };
     let broken: Vec<&String> = limits.iter().filter(|(l, _)| c >= *l).map(|(_, t)| t).collect();
     let (outcome, why) = if broken.is_empty() {

@@ -26,7 +26,7 @@ use super::canary::{Canary, CanarySpec, Effect, Input, Phase, Step};
 use super::demo::{TrafficCounts, generate};
 use super::judge::{self, JudgeConfig, Verdict};
 use super::router::{Pool, Router, Totals};
-use crate::pipeline::model::{Deploy, HealthCheck, Probe, Strategy};
+use crate::pipeline::model::{Deploy, HealthCheck, Probe, Strategy, ThresholdMetric};
 
 /// A service revision, as remembered between deploys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,8 +222,8 @@ pub struct Status {
 }
 
 /// A threshold metric's value over a window (`None` without requests).
-fn threshold_value(m: crate::pipeline::model::ThresholdMetric, w: &super::router::Window) -> Option<f64> {
-    use crate::pipeline::model::ThresholdMetric as M;
+fn threshold_value(m: ThresholdMetric, w: &super::router::Window) -> Option<f64> {
+    use ThresholdMetric as M;
     if w.requests == 0 {
         return None;
     }
@@ -238,17 +238,6 @@ fn threshold_value(m: crate::pipeline::model::ThresholdMetric, w: &super::router
     l.get(((l.len() as f64 - 1.0) * q).round() as usize).copied()
 }
 
-/// Error rate and p95 of a window, `None` when it saw no requests.
-fn recent(w: &super::router::Window) -> (Option<f64>, Option<f64>) {
-    if w.requests == 0 {
-        return (None, None);
-    }
-    let mut l = w.latencies_ms.clone();
-    l.sort_by(f64::total_cmp);
-    let p95 = l.get(((l.len() as f64 - 1.0) * 0.95).round() as usize).copied();
-    (Some(w.errors as f64 / w.requests as f64), p95)
-}
-
 /// Where the rollout reports and listens.
 pub struct Io {
     pub state_dir: PathBuf,
@@ -261,8 +250,6 @@ pub struct Io {
     pub cancel: CancellationToken,
     /// Extra environment for the replicas.
     pub env: Vec<(String, String)>,
-    /// The service being deployed (set by `run`).
-    pub service: String,
 }
 
 /// The tag every replica of `service` carries in its environment, so the
@@ -283,7 +270,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
-async fn start_replicas(rev: &Revision, label: &str, io: &Io) -> Result<Vec<Replica>, String> {
+async fn start_replicas(service: &str, rev: &Revision, label: &str, io: &Io) -> Result<Vec<Replica>, String> {
     let mut out = Vec::new();
     for i in 1..=rev.replicas {
         let port = free_port()?;
@@ -294,7 +281,7 @@ async fn start_replicas(rev: &Revision, label: &str, io: &Io) -> Result<Vec<Repl
             .current_dir(&io.workdir)
             .envs(io.env.iter().cloned())
             .env("PORT", port.to_string())
-            .env(crate::exec::TAG_VAR, replica_tag(&io.state_dir, &io.service))
+            .env(crate::exec::TAG_VAR, replica_tag(&io.state_dir, service))
             .process_group(0)
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null())
@@ -456,7 +443,6 @@ fn phase_name(p: &Phase) -> (&'static str, Option<String>) {
 /// Runs the deploy to its end. `Ok` says what is stable now; `Err` why the
 /// new revision is not.
 pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
-    io.service = spec.service.clone();
     // One deploy of a service at a time per state directory.
     let lock_path = revision_path(&io.state_dir, &spec.service).with_extension("lock");
     if let Some(dir) = lock_path.parent() {
@@ -536,7 +522,7 @@ pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
     let result = async {
         let Some(prev) = load_revision(&io.state_dir, &spec.service) else {
             // Nothing to compare with: the first revision becomes stable.
-            let replicas = start_replicas(&new, "stable", &io).await?;
+            let replicas = start_replicas(&spec.service, &new, "stable", &io).await?;
             let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
             let healthy = wait_healthy(&addrs, &spec.health, &io.cancel).await;
             stop_replicas(replicas).await;
@@ -552,7 +538,7 @@ pub async fn run(spec: &Deploy, mut io: Io) -> Result<String, String> {
             prev.version, new.version
         ))
         .await;
-        let stable = start_replicas(&prev, "stable", &io).await?;
+        let stable = start_replicas(&spec.service, &prev, "stable", &io).await?;
         let stable_addrs: Vec<SocketAddr> = stable.iter().map(|r| r.addr).collect();
         if let Err(e) = wait_healthy(&stable_addrs, &spec.health, &io.cancel).await {
             stop_replicas(stable).await;
@@ -648,7 +634,7 @@ async fn drive(
                     }
                     Effect::StartCanary => {
                         stop_replicas(std::mem::take(&mut canary)).await;
-                        canary = start_replicas(new, "canary", io).await?;
+                        canary = start_replicas(&spec.service, new, "canary", io).await?;
                         let addrs: Vec<SocketAddr> = canary.iter().map(|r| r.addr).collect();
                         let (h, tx, cancel) = (spec.health.clone(), internal_tx.clone(), io.cancel.clone());
                         router.set_backends(Pool::Canary, addrs.clone());
@@ -720,8 +706,8 @@ async fn drive(
         }
         let (phase, detail) = phase_name(&machine.phase);
         let since = Instant::now() - Duration::from_secs(2);
-        let (se, sp) = recent(&router.window(Pool::Stable, since));
-        let (ce, cp) = recent(&router.window(Pool::Canary, since));
+        let (sw, cw) = (router.window(Pool::Stable, since), router.window(Pool::Canary, since));
+
         let status = Status {
             service: spec.service.clone(),
             stable_version: Some(prev.version.clone()),
@@ -734,8 +720,8 @@ async fn drive(
             weight: router.weight(),
             stable: router.totals(Pool::Stable),
             canary: router.totals(Pool::Canary),
-            recent_error_rate: [se, ce],
-            recent_p95_ms: [sp, cp],
+            recent_error_rate: [&sw, &cw].map(|w| threshold_value(ThresholdMetric::ErrorRate, w)),
+            recent_p95_ms: [&sw, &cw].map(|w| threshold_value(ThresholdMetric::P95Ms, w)),
             verdict: verdict.clone(),
         };
         let _ = io.status.try_send(status);

@@ -439,14 +439,21 @@ pub async fn dir_cache_key(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, key: &
     Ok(format!("{}/{name}", ctx.pipeline.name))
 }
 
-/// Restores the job's directory cache into its workspace when the policy pulls.
-pub async fn pull_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), String> {
-    let Some(dc) = &job.dir_cache else { return Ok(()) };
+/// Resolves the job's directory-cache key once, when the job starts (as
+/// GitLab does: files the job changes do not move its key), and restores
+/// the cache into the workspace when the policy pulls. Returns the key.
+pub async fn pull_dir_cache(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+) -> Result<Option<String>, String> {
+    let Some(dc) = &job.dir_cache else { return Ok(None) };
+    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
     if !dc.policy.pulls() {
-        return Ok(());
+        return Ok(Some(key));
     }
     let step: Arc<str> = Arc::from("cache");
-    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
     let Some(m) = ctx.index.dir_cache_get(&key).map_err(|e| e.to_string())? else {
         note(
             a,
@@ -454,7 +461,7 @@ pub async fn pull_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &
             format!("directory cache `{key}` is empty; it is saved after the job"),
         )
         .await;
-        return Ok(());
+        return Ok(Some(key));
     };
     let (c, dest) = (ctx.clone(), ws.to_path_buf());
     let restored = blocking(move || {
@@ -476,17 +483,18 @@ pub async fn pull_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &
             let _ = ctx.index.dir_cache_remove(&key);
         }
     }
-    Ok(())
+    Ok(Some(key))
 }
 
-/// Saves the job's directory cache after a successful run when the policy pushes.
-pub async fn push_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), String> {
+/// Saves the job's directory cache under `key` (from [`pull_dir_cache`])
+/// after a successful run when the policy pushes.
+pub async fn push_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, key: &str) -> Result<(), String> {
     let Some(dc) = &job.dir_cache else { return Ok(()) };
     if !dc.policy.pushes() {
         return Ok(());
     }
     let step: Arc<str> = Arc::from("cache");
-    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+    let key = key.to_string();
     let (c, root, paths, k) = (ctx.clone(), ws.to_path_buf(), dc.paths.clone(), key.clone());
     let saved = blocking(move || {
         let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;

@@ -229,15 +229,12 @@ async fn deploy_attempt(
 ) -> Outcome {
     use crate::deploy::rollout;
     let step: Arc<str> = Arc::from("deploy");
-    let env = match ctx
-        .scope(job, &[], ctx.predefined(job, a.attempt, "deploy", &ctx.project_dir))
-        .resolve_all()
-    {
+    let scope = ctx.scope(job, &[], ctx.predefined(job, a.attempt, "deploy", &ctx.project_dir));
+    let env = match scope.resolve_all() {
         Ok(env) => env.into_iter().collect(),
         Err((name, e)) => return Outcome::infra(format!("variable `{name}`: {e}")),
     };
     // `version` and `run` may use variables; `${PORT}` is the replica's own.
-    let scope = ctx.scope(job, &[], ctx.predefined(job, a.attempt, "deploy", &ctx.project_dir));
     let expand = |field: &str, text: &str| {
         scope
             .expand(&text.replace("${PORT}", "\u{0}PORT\u{0}"))
@@ -263,7 +260,6 @@ async fn deploy_attempt(
         audit: audit_tx,
         cancel: a.cancel.clone(),
         env,
-        service: spec.service.clone(),
     };
     let (job_id, attempt, tx) = (a.job, a.attempt, a.tx.clone());
     let forward = async {
@@ -353,11 +349,11 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     };
     let outcome = match prepared {
         Err(o) => o,
-        Ok(()) => {
+        Ok(dir_key) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
             let mut kept = artifacts::collect(ctx, a, job, &ws, o.failure.is_none()).await;
-            if kept.is_ok() && o.failure.is_none() {
-                kept = artifacts::push_dir_cache(ctx, a, job, &ws).await;
+            if let Some(key) = dir_key.filter(|_| kept.is_ok() && o.failure.is_none()) {
+                kept = artifacts::push_dir_cache(ctx, a, job, &ws, &key).await;
             }
             if let Err(msg) = kept
                 && o.failure.is_none()

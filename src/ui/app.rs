@@ -218,37 +218,27 @@ impl App {
                 expected,
                 mut typed,
                 yes,
-            } => match key.code {
-                KeyCode::Enter if typed == expected => yes,
-                KeyCode::Enter | KeyCode::Esc => {
-                    self.status = Some("cancelled, nothing was done".into());
-                    Vec::new()
-                }
-                KeyCode::Backspace | KeyCode::Char(_) => {
-                    match key.code {
-                        KeyCode::Char(c) => typed.push(c),
-                        _ => {
-                            typed.pop();
-                        }
+            } => {
+                match key.code {
+                    KeyCode::Enter if typed == expected => return yes,
+                    KeyCode::Enter | KeyCode::Esc => {
+                        self.status = Some("cancelled, nothing was done".into());
+                        return Vec::new();
                     }
-                    self.mode = Mode::TypedConfirm {
-                        question,
-                        expected,
-                        typed,
-                        yes,
-                    };
-                    Vec::new()
+                    KeyCode::Char(c) => typed.push(c),
+                    KeyCode::Backspace => {
+                        typed.pop();
+                    }
+                    _ => {}
                 }
-                _ => {
-                    self.mode = Mode::TypedConfirm {
-                        question,
-                        expected,
-                        typed,
-                        yes,
-                    };
-                    Vec::new()
-                }
-            },
+                self.mode = Mode::TypedConfirm {
+                    question,
+                    expected,
+                    typed,
+                    yes,
+                };
+                Vec::new()
+            }
             Mode::Search(mut text) => {
                 match key.code {
                     KeyCode::Enter => {
