@@ -151,19 +151,26 @@ fn main() {
         );
         stop.cancel();
     });
-    rt.block_on(abort_through_the_engine());
+    rt.block_on(abort_through_the_engine("built-in router", ""));
+    let haproxy = std::process::Command::new("haproxy").arg("-v").output().is_ok();
+    if haproxy {
+        rt.block_on(abort_through_the_engine("HAProxy", "      router: haproxy\n"));
+    } else {
+        println!("abort through the engine with HAProxy: SKIPPED (apt-get install haproxy)");
+    }
 }
 
 /// From `EngineHandle::rollout(Abort)` at a gate to the router at 0%
-/// (the log line the rollout writes right after the weight store).
-async fn abort_through_the_engine() {
+/// (the log line the rollout writes once the router took the weight: an
+/// atomic store, or HAProxy's runtime API answering).
+async fn abort_through_the_engine(name: &str, router: &str) {
     use trackside::deploy::rollout::Command;
     use trackside::engine::{EngineConfig, EventKind};
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = env!("CARGO_BIN_EXE_trackside");
     let yaml = |v: &str| {
         format!(
-            "name: b\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {v}\n      run: \"{bin} demo-service --port ${{PORT}} --version {v} --latency-ms 1\"\n      health: {{http: /healthz, interval: 0.05, success_threshold: 1}}\n      traffic: {{rps: 200}}\n      abort_delay: 0\n      strategy:\n        canary:\n          steps:\n            - set_weight: 50\n            - pause: {{}}\n"
+            "name: b\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {v}\n      run: \"{bin} demo-service --port ${{PORT}} --version {v} --latency-ms 1\"\n      health: {{http: /healthz, interval: 0.05, success_threshold: 1}}\n{router}      traffic: {{rps: 200}}\n      abort_delay: 0\n      strategy:\n        canary:\n          steps:\n            - set_weight: 50\n            - pause: {{}}\n"
         )
     };
     let mut samples = Vec::new();
@@ -203,5 +210,9 @@ async fn abort_through_the_engine() {
         samples.push(t.elapsed());
         handle.wait().await.expect("aborted run");
     }
-    stats("abort through the engine: command to router at 0%", samples, "< 1 s");
+    stats(
+        &format!("abort through the engine ({name}): command to router at 0%"),
+        samples,
+        "< 1 s",
+    );
 }

@@ -23,15 +23,6 @@ async fn service(version: &str, error_rate: f64, latency_ms: u64, stop: &Cancell
     addr
 }
 
-/// Waits (polling, bounded) until `f` holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_splits_by_weight_counts_errors_and_the_judge_catches_a_bad_canary() {
     let stop = CancellationToken::new();
@@ -77,6 +68,8 @@ async fn the_router_splits_by_weight_counts_errors_and_the_judge_catches_a_bad_c
 
 mod common;
 
+use common::deploy::{ANALYSED, blue_green_yaml, deploy, deploy_yaml, run_until_gate, until};
+
 /// GET `url`, the body as text.
 async fn scrape(url: &str) -> String {
     use http_body_util::BodyExt as _;
@@ -89,76 +82,6 @@ async fn scrape(url: &str) -> String {
 
 use trackside::deploy::rollout::{Command, load_revision};
 use trackside::engine::{EventKind, RunResult};
-
-/// A deploy pipeline serving `version` with `error_rate`, with canary steps.
-fn deploy_yaml(version: &str, error_rate: f64, steps: &str) -> String {
-    let bin = env!("CARGO_BIN_EXE_trackside");
-    format!(
-        r#"name: rollout
-jobs:
-  web:
-    deploy:
-      service: web
-      listen: 127.0.0.1:0
-      version: {version}
-      run: "{bin} demo-service --port ${{PORT}} --version {version} --error-rate {error_rate} --latency-ms 3"
-      replicas: 2
-      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}
-      traffic: {{rps: 150}}
-      abort_delay: 0
-      strategy:
-        canary:
-          steps:
-{steps}
-"#
-    )
-}
-
-const ANALYSED: &str =
-    "            - set_weight: 25\n            - analysis: {interval: 2s, count: 1}\n            - set_weight: 60\n";
-
-/// Starts `trackside run --json` on `file` in another process and returns it
-/// once its rollout waits at a gate.
-fn run_until_gate(state: &std::path::Path, file: &std::path::Path) -> std::process::Child {
-    use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args(["run", "--json", "--no-watch", "--state-dir"])
-        .arg(state)
-        .arg(file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("\"type\":\"rollout\"") && line.contains("\"phase\":\"gate\"") => {
-                return child;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no gate: {e}");
-            }
-        }
-    }
-}
-
-/// Runs one deploy in `state`; returns the summary and the events seen.
-async fn deploy(state: &std::path::Path, yaml: &str) -> (trackside::engine::RunSummary, common::Running) {
-    let mut s = common::setup(yaml);
-    s.cfg.state_dir = state.to_path_buf();
-    let mut r = common::start(&mut s).await;
-    let sum = r.finished().await;
-    (sum, r)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_version_is_promoted_and_a_bad_one_rolled_back_automatically() {
@@ -215,14 +138,7 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
         "      listen: 127.0.0.1:0\n",
         "      listen: 127.0.0.1:0\n      metrics_listen: 127.0.0.1:0\n",
     );
-    let mut s = common::setup(&yaml);
-    s.cfg.state_dir = state.path().to_path_buf();
-    let mut r = common::start(&mut s).await;
-    r.until(
-        "the gate",
-        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
-    )
-    .await;
+    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &yaml).await;
     // Prometheus can scrape the router's numbers meanwhile.
     let url = r
         .lines("web")
@@ -290,49 +206,7 @@ async fn a_gate_timeout_takes_its_default_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_survives_a_restart_of_trackside() {
-    let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
-    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
-    let yaml = deploy_yaml("v2", 0.0, steps);
-    let file = state.path().join("v2.yml");
-    std::fs::write(&file, &yaml).expect("write");
-    // A trackside that stops (SIGTERM) while the gate waits.
-    let mut child = run_until_gate(state.path(), &file);
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(130));
-    assert!(
-        trackside::deploy::rollout::load_gate(state.path(), "web").is_some(),
-        "the gate is remembered"
-    );
-
-    // The next trackside takes the gate up where it was: 30%, waiting.
-    let mut s = common::setup(&yaml);
-    s.cfg.state_dir = state.path().to_path_buf();
-    let mut r = common::start(&mut s).await;
-    let ev = r
-        .until(
-            "the gate again",
-            |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
-        )
-        .await;
-    if let EventKind::Rollout { status, .. } = &ev.kind {
-        assert_eq!((status.step, status.weight), (1, 300), "{status:?}");
-    }
-    assert!(
-        r.lines("web").iter().any(|l| l.contains("taking it up again")),
-        "{:?}",
-        r.lines("web")
-    );
-    r.handle.rollout("web", Command::Promote).await.expect("promote");
-    let sum = r.finished().await;
-    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
-    assert!(
-        trackside::deploy::rollout::load_gate(state.path(), "web").is_none(),
-        "forgotten once settled"
-    );
-    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+    common::deploy::gate_survives_a_restart(&|y| y.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,20 +275,11 @@ async fn replicas_of_a_killed_trackside_are_stopped_by_the_next_one() {
     // Two replicas each of stable and canary (with their `sh -c` parents).
     assert!(orphans.len() >= 4, "the replicas were left running: {orphans:?}");
 
-    let mut s = common::setup(&yaml);
-    s.cfg.state_dir = state.path().to_path_buf();
-    let mut r = common::start(&mut s).await;
-    r.until(
-        "the gate",
-        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
-    )
-    .await;
+    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &yaml).await;
     assert!(
-        r.lines("web").iter().any(|l| l
-            == &format!(
-                "stopped {} leftover replica process(es) of an earlier trackside",
-                orphans.len()
-            )),
+        r.lines("web")
+            .iter()
+            .any(|l| l == &format!("stopped {} leftover replica(s) of an earlier trackside", orphans.len())),
         "{:?}",
         r.lines("web")
     );
@@ -441,13 +306,6 @@ async fn two_deploys_of_one_service_at_once_are_refused() {
     drop(held);
     let (again, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
     assert_eq!(again.result, RunResult::Passed);
-}
-
-/// `deploy_yaml` with a blue-green strategy instead of canary steps.
-fn blue_green_yaml(version: &str, error_rate: f64, strategy: &str) -> String {
-    let canary = deploy_yaml(version, error_rate, "");
-    let head = canary.split("      strategy:").next().unwrap_or_default().to_string();
-    format!("{head}      strategy:\n        blue_green: {strategy}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,9 +338,7 @@ async fn blue_green_previews_green_switches_at_once_and_switches_back_on_abort()
 
     // Abort after the switch: back to blue at once (it is still running).
     let slow_check = "{post_promotion_analysis: {interval: 60s}, scale_down_delay: 60}";
-    let mut s = common::setup(&blue_green_yaml("v3", 0.0, slow_check));
-    s.cfg.state_dir = state.path().to_path_buf();
-    let mut r = common::start(&mut s).await;
+    let (_s, mut r) = common::deploy::start_deploy(state.path(), &blue_green_yaml("v3", 0.0, slow_check)).await;
     r.until(
         "the switch",
         |k| matches!(k, EventKind::Rollout { status, .. } if status.weight == 1000),

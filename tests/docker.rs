@@ -549,3 +549,61 @@ async fn a_tag_moved_to_another_image_misses_the_cache() {
         "the tag now names another image: {w}"
     );
 }
+
+/// An image serving `/healthz` and `/` (naming its version) with busybox
+/// httpd on `$PORT`.
+async fn web_image(d: &DockerExecutor, version: &str) -> String {
+    let tag = format!("trackside-test-web:{version}");
+    common::image::busybox_image_with(
+        d.client(),
+        &tag,
+        &format!(
+            "RUN mkdir -p /www && echo ok > /www/healthz && echo {version} > /www/index.html\n\
+             ENTRYPOINT [\"sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
+        ),
+    )
+    .await;
+    tag
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_target_is_deployed_as_a_canary_and_its_replicas_removed_after() {
+    let Some(d) = docker().await else { return };
+    let state = tempfile::tempdir().expect("tempdir");
+    let yaml = |version: &str, image: &str| {
+        format!(
+            "name: boxed\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {version}\n      image: {image}\n      port: 8080\n      replicas: 2\n      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}\n      traffic: {{rps: 50}}\n      abort_delay: 0\n      strategy: {{canary: {{steps: [{{set_weight: 50}}, {{pause: {{duration: 1}}}}]}}}}\n"
+        )
+    };
+    let (v1, v2) = (web_image(&d, "v1").await, web_image(&d, "v2").await);
+    let (first, r) = common::deploy::deploy(state.path(), &yaml("v1", &v1)).await;
+    assert_eq!(first.result, RunResult::Passed, "{:?}", r.lines("web"));
+    let (sum, r) = common::deploy::deploy(state.path(), &yaml("v2", &v2)).await;
+    let lines = r.lines("web");
+    assert_eq!(sum.result, RunResult::Passed, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("started canary v2#2: container trackside-web-v2-2-")
+                && l.contains("published on 127.0.0.1:")),
+        "{lines:?}"
+    );
+    let last = common::deploy::last_status(&r);
+    assert!(last.canary.requests > 0 && last.canary.errors == 0, "{last:?}");
+    let rev = trackside::deploy::rollout::load_revision(state.path(), "web").expect("revision");
+    assert_eq!((rev.image.as_deref(), rev.port), (Some(v2.as_str()), Some(8080)));
+    let tag = format!("deploy:{}:web", state.path().display());
+    let left = d
+        .client()
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{}={tag}", trackside::exec::docker::LABEL_DEPLOY)],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "every replica container is removed: {left:?}");
+}

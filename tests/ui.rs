@@ -493,13 +493,16 @@ fn any_terminal_size_renders_without_panicking() {
 }
 
 fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
-    use trackside::deploy::router::Totals;
+    use trackside::deploy::replica::ReplicaView;
+    use trackside::deploy::router::{Pool, Totals};
     ev(
         at,
         EventKind::Rollout {
             job: job.into(),
             status: Box::new(trackside::deploy::rollout::Status {
                 service: "web".into(),
+                strategy: "canary".into(),
+                router: "HAProxy".into(),
                 stable_version: Some("v1".into()),
                 canary_version: "v2".into(),
                 phase: phase.into(),
@@ -508,6 +511,7 @@ fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
                 step: 1,
                 steps: 3,
                 weight: 300,
+                actual_weight: 298,
                 stable: Totals {
                     requests: 700,
                     errors: 0,
@@ -525,6 +529,21 @@ fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
                 recent_error_rate: [Some(0.0), Some(0.01)],
                 recent_p95_ms: [Some(6.5), Some(7.0)],
                 verdict: None,
+                replicas: [
+                    ("stable v1#1", Pool::Stable, "healthy"),
+                    ("stable v1#2", Pool::Stable, "healthy"),
+                    ("canary v2#1", Pool::Canary, "unhealthy"),
+                ]
+                .into_iter()
+                .map(|(name, pool, health)| ReplicaView {
+                    name: name.into(),
+                    pool,
+                    addr: "127.0.0.1:1".into(),
+                    health: health.into(),
+                })
+                .collect(),
+                step_names: vec!["weight 30%".into(), "gate".into(), "weight 100%".into()],
+                limits: [Some(5.0), None],
             }),
         },
     )
@@ -548,7 +567,11 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
         "{text}"
     );
     assert!(text.contains("rollout: web v1 -> v2"), "{text}");
-    assert!(text.contains("canary weight 30.0%"), "{text}");
+    assert!(text.contains("canary weight 30.0% (actual 29.8%)"), "{text}");
+    assert!(text.contains("(canary via HAProxy)"), "{text}");
+    assert!(text.contains("replicas: stable 2 healthy; canary 1"), "{text}");
+    assert!(text.contains("unhealthy: canary v2#1"), "{text}");
+    assert!(text.contains("steps: ✓weight 30%  ▶gate  ·weight 100%"), "{text}");
     assert!(text.contains("1.00% err"), "canary 3/300: {text}");
     assert_eq!(
         app.handle_key(key('P')),

@@ -50,6 +50,9 @@ pub enum Phase {
         next_at: Duration,
         /// Failed runs so far (within the step's failure limit).
         failures: u32,
+        /// Runs in a row without a measurement (the metrics provider failed).
+        #[serde(default)]
+        errors: u32,
     },
     /// Stopped by a person; timers are frozen.
     Held {
@@ -83,6 +86,8 @@ pub enum Input {
         class: VerdictClass,
         why: String,
     },
+    /// An analysis run got no measurement: the metrics provider failed.
+    AnalysisError(String),
     Promote {
         by: String,
     },
@@ -241,6 +246,7 @@ impl Canary {
             Input::CanaryUnhealthy(_) | Input::StableUnhealthy(_) => {}
             Input::Tick => self.tick(&mut fx),
             Input::AnalysisDone { class, why } => self.analysis_done(class, &why, &mut fx),
+            Input::AnalysisError(why) => self.analysis_error(&why, &mut fx),
             Input::Promote { by } if self.active() => match &self.phase {
                 Phase::Gate { .. } | Phase::Paused { .. } | Phase::Analyzing { .. } => {
                     note(
@@ -298,13 +304,17 @@ impl Canary {
                         },
                         (
                             Phase::Analyzing {
-                                runs_left, failures, ..
+                                runs_left,
+                                failures,
+                                errors,
+                                ..
                             },
                             Some(r),
                         ) => Phase::Analyzing {
                             runs_left,
                             next_at: now + r,
                             failures,
+                            errors,
                         },
                         (other, _) => other,
                     };
@@ -358,6 +368,20 @@ impl Canary {
         }
     }
 
+    /// The current analysis step's interval, failure limit and
+    /// consecutive-error limit.
+    fn analysis_settings(&self) -> (Duration, u32, u32) {
+        match self.spec.steps.get(self.step) {
+            Some(Step::Analysis {
+                interval,
+                failure_limit,
+                consecutive_error_limit,
+                ..
+            }) => (*interval, *failure_limit, *consecutive_error_limit),
+            _ => (Duration::ZERO, 0, 0),
+        }
+    }
+
     fn analysis_done(&mut self, class: VerdictClass, why: &str, fx: &mut Vec<Effect>) {
         let Phase::Analyzing {
             runs_left, failures, ..
@@ -365,14 +389,7 @@ impl Canary {
         else {
             return;
         };
-        let (interval, limit) = match self.spec.steps.get(self.step) {
-            Some(Step::Analysis {
-                interval,
-                failure_limit,
-                ..
-            }) => (*interval, *failure_limit),
-            _ => (Duration::ZERO, 0),
-        };
+        let (interval, limit, _) = self.analysis_settings();
         // A failed run within the failure limit counts as a run, not a verdict.
         let failures = failures + u32::from(class == VerdictClass::Fail);
         match class {
@@ -402,6 +419,7 @@ impl Canary {
                         runs_left: left,
                         next_at: self.now + interval,
                         failures,
+                        errors: 0,
                     };
                 }
             }
@@ -416,6 +434,42 @@ impl Canary {
                 self.phase = Phase::Gate { deadline: None, reason };
             }
         }
+    }
+
+    /// A run without a measurement is tried again after the interval; more
+    /// than `consecutive_error_limit` in a row fail the analysis, since a
+    /// canary nobody can measure must not be promoted.
+    fn analysis_error(&mut self, why: &str, fx: &mut Vec<Effect>) {
+        let Phase::Analyzing {
+            runs_left,
+            failures,
+            errors,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
+        let (interval, _, limit) = self.analysis_settings();
+        let errors = errors + 1;
+        if errors > limit {
+            self.abort(
+                &format!("analysis failed: no measurement {errors} times in a row ({limit} allowed): {why}"),
+                None,
+                fx,
+            );
+            return;
+        }
+        note(
+            fx,
+            &format!("analysis run without a measurement ({errors} in a row, {limit} allowed): {why}"),
+            None,
+        );
+        self.phase = Phase::Analyzing {
+            runs_left,
+            next_at: self.now + interval,
+            failures,
+            errors,
+        };
     }
 
     /// The current step is done: go to the next.
@@ -456,6 +510,7 @@ impl Canary {
                         runs_left: count,
                         next_at: now + interval,
                         failures: 0,
+                        errors: 0,
                     };
                     return;
                 }
@@ -519,6 +574,7 @@ mod tests {
                 interval: s(10),
                 count: 2,
                 failure_limit: 0,
+                consecutive_error_limit: 4,
                 thresholds: Vec::new(),
             },
             Step::Gate { timeout: None },
@@ -593,12 +649,58 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_failing_beyond_the_consecutive_error_limit_fails_the_analysis() {
+        let mut c = started(spec(vec![
+            Step::Analysis {
+                interval: s(10),
+                count: 2,
+                failure_limit: 0,
+                consecutive_error_limit: 2,
+                thresholds: Vec::new(),
+            },
+            Step::SetWeight(FULL),
+        ]));
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::Tick, s(11));
+        let err = |t| Input::AnalysisError(format!("prometheus unreachable {t}"));
+        assert!(weights(&c.handle(err(1), s(11))).is_empty(), "1 of 2 allowed");
+        assert_eq!(c.next_wake(), Some(s(21)), "tried again after the interval");
+        c.handle(Input::Tick, s(21));
+        c.handle(err(2), s(21));
+        // A measurement in between resets the count.
+        c.handle(Input::Tick, s(31));
+        c.handle(pass(), s(31));
+        assert!(matches!(
+            c.phase,
+            Phase::Analyzing {
+                errors: 0,
+                runs_left: 1,
+                ..
+            }
+        ));
+        for (i, t) in [41, 51].into_iter().enumerate() {
+            c.handle(Input::Tick, s(t));
+            c.handle(err(i), s(t));
+        }
+        assert!(matches!(c.phase, Phase::Analyzing { errors: 2, .. }));
+        c.handle(Input::Tick, s(61));
+        let fx = c.handle(err(3), s(61));
+        assert_eq!(fx[0], Effect::SetWeight { weight: 0 });
+        assert!(
+            matches!(&c.phase, Phase::Aborted { reason } if reason.contains("no measurement 3 times in a row (2 allowed)")),
+            "{:?}",
+            c.phase
+        );
+    }
+
+    #[test]
     fn failed_runs_within_the_failure_limit_are_tolerated() {
         let mut c = started(spec(vec![
             Step::Analysis {
                 interval: s(10),
                 count: 3,
                 failure_limit: 1,
+                consecutive_error_limit: 4,
                 thresholds: Vec::new(),
             },
             Step::SetWeight(FULL),
@@ -616,6 +718,7 @@ mod tests {
                 Phase::Analyzing {
                     runs_left: 2,
                     failures: 1,
+                    errors: 0,
                     ..
                 }
             ),

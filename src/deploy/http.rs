@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Accepts connections until `stop`, answering every request with `handle`.
+/// At `stop`, open connections finish the request they are on and close:
+/// a kept-alive client (a Prometheus scraping, a browser) must not go on
+/// talking to a router whose deploy is over.
 pub async fn serve<F, Fut, B>(listener: TcpListener, stop: CancellationToken, handle: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -31,15 +34,21 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
+        let (handle, stop) = (handle.clone(), stop.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handle = handle.clone();
                 async move { Ok::<_, Infallible>(handle(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }

@@ -42,7 +42,7 @@ pub enum Pool {
 }
 
 impl Pool {
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         match self {
             Pool::Stable => 0,
             Pool::Canary => 1,
@@ -134,6 +134,8 @@ pub struct Router {
     turn: AtomicUsize,
     stats: [PoolStats; 2],
     sticky: bool,
+    /// Requests in flight per backend, for draining.
+    in_flight: Mutex<std::collections::HashMap<SocketAddr, u32>>,
 }
 
 /// Where a request goes, and whether to pin the client there.
@@ -151,6 +153,7 @@ impl Router {
             turn: AtomicUsize::new(0),
             stats: [PoolStats::new(), PoolStats::new()],
             sticky,
+            in_flight: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -326,6 +329,38 @@ impl Router {
         w
     }
 
+    /// Requests to `addr` not answered yet.
+    pub fn in_flight(&self, addr: SocketAddr) -> u32 {
+        let m = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(&addr).copied().unwrap_or(0)
+    }
+
+    fn track(&self, addr: SocketAddr, delta: i32) {
+        let mut m = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(addr).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            m.remove(&addr);
+        }
+    }
+}
+
+struct InFlight<'a>(&'a Router, SocketAddr);
+
+impl<'a> InFlight<'a> {
+    fn enter(r: &'a Router, addr: SocketAddr) -> Self {
+        r.track(addr, 1);
+        InFlight(r, addr)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.track(self.1, -1);
+    }
+}
+
+impl Router {
     pub fn record(&self, pool: Pool, latency: Duration, error: bool) {
         self.stats[pool.index()].record(Sample {
             at: Instant::now(),
@@ -383,7 +418,11 @@ impl Router {
         };
         *req.uri_mut() = uri;
         let started = Instant::now();
-        let result = client.request(req).await;
+        let result = {
+            // Counted until the answer's headers, also if the client goes away.
+            let _busy = InFlight::enter(self, addr);
+            client.request(req).await
+        };
         let latency = started.elapsed();
         let mut resp = match result {
             Ok(r) => {

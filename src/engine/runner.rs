@@ -242,9 +242,20 @@ async fn deploy_attempt(
             .map_err(|e| Outcome::infra(format!("deploy.{field}: {e}")))
     };
     let mut spec = spec.clone();
-    match (expand("version", &spec.version), expand("run", &spec.run)) {
-        (Ok(v), Ok(r)) => (spec.version, spec.run) = (v, r),
-        (Err(o), _) | (_, Err(o)) => return o,
+    use crate::pipeline::model::Target;
+    match expand("version", &spec.version) {
+        Ok(v) => spec.version = v,
+        Err(o) => return o,
+    }
+    match &mut spec.target {
+        Target::Process { run } => match expand("run", run) {
+            Ok(r) => *run = r,
+            Err(o) => return o,
+        },
+        Target::Container { image, .. } => match expand("image", image) {
+            Ok(i) => *image = i,
+            Err(o) => return o,
+        },
     }
     let spec = &spec;
     let (log_tx, mut log_rx) = mpsc::channel::<String>(256);

@@ -41,6 +41,8 @@ pub const LABEL_ATTEMPT: &str = "dev.trackside.attempt";
 pub const LABEL_PID: &str = "dev.trackside.pid";
 /// Set on containers of a `--keep-failed` run: once exited, they are kept.
 pub const LABEL_KEEP: &str = "dev.trackside.keep";
+/// On the replicas of a deploy: which state directory and service.
+pub const LABEL_DEPLOY: &str = "dev.trackside.deploy";
 
 /// What a container step ran with, kept in the run folder
 /// (`steps/<job>.<attempt>.<step>.json`) so `trackside shell` can make a
@@ -450,6 +452,115 @@ impl DockerExecutor {
             )
             .await
             .is_ok()
+    }
+
+    /// Starts one replica of a deploy: `image` with `PORT` set to its inner
+    /// `port`, published on a free loopback port the daemon picks. Returns
+    /// the container's id and that host port. Its output goes to `out`.
+    pub async fn start_replica(
+        &self,
+        name: &str,
+        image: &str,
+        port: u16,
+        env: &[(String, String)],
+        tag: &str,
+        out: mpsc::Sender<OutputLine>,
+    ) -> Result<(String, u16), String> {
+        self.ensure_image(image, PullPolicy::IfNotPresent).await?;
+        let key = format!("{port}/tcp");
+        let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("PORT={port}"));
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(env),
+            labels: Some(HashMap::from([
+                (LABEL_DEPLOY.to_string(), tag.to_string()),
+                (LABEL_PID.to_string(), std::process::id().to_string()),
+            ])),
+            exposed_ports: Some(HashMap::from([(key.clone(), HashMap::new())])),
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    key.clone(),
+                    Some(vec![bollard::models::PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| format!("cannot create a container of `{image}`: {e}"))?;
+        if let Err(e) = self
+            .docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+        {
+            self.remove(&created.id).await;
+            return Err(format!("cannot start a container of `{image}`: {e}"));
+        }
+        let host_port = self
+            .docker
+            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.network_settings?.ports?.remove(&key)??.into_iter().next()?.host_port)
+            .and_then(|p| p.parse::<u16>().ok());
+        let Some(host_port) = host_port else {
+            self.remove(&created.id).await;
+            return Err(format!("the daemon published no host port for {key} of `{image}`"));
+        };
+        let logs = self.docker.logs(
+            &created.id,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        tokio::spawn(forward_logs(logs, out));
+        Ok((created.id, host_port))
+    }
+
+    /// Stops a replica (SIGTERM, then SIGKILL after `grace`) and removes it.
+    pub async fn stop_replica(&self, id: &str, grace: Duration) {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let _ = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    signal: None,
+                }),
+            )
+            .await;
+        self.remove(id).await;
+    }
+
+    /// Removes every container labelled with this deploy tag (replicas a
+    /// killed trackside left behind); returns how many.
+    pub async fn remove_replicas(&self, tag: &str) -> usize {
+        let mut n = 0;
+        for c in self.containers_with(vec![format!("{LABEL_DEPLOY}={tag}")]).await {
+            if let Some(id) = c.id
+                && self.remove(&id).await
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Makes the image available according to the pull policy.

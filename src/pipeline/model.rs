@@ -229,8 +229,8 @@ pub struct Job {
     pub pos: Pos,
 }
 
-/// `deploy:` of a job: a canary rollout of local processes behind the
-/// built-in router.
+/// `deploy:` of a job: a rollout of local processes or containers behind
+/// a traffic router (the built-in proxy or HAProxy).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Deploy {
     /// Names the service; its previous revision is remembered under this name.
@@ -241,15 +241,22 @@ pub struct Deploy {
     pub metrics_listen: Option<String>,
     /// A label for the revision being deployed (`v2`).
     pub version: String,
-    /// The command of one replica; `${PORT}` is the port trackside assigns it.
-    pub run: String,
+    /// What one replica is: a command or a container image.
+    pub target: Target,
     pub replicas: u32,
+    /// What routes traffic to the replicas.
+    pub router: RouterSpec,
+    /// Where the analysis reads its measurements.
+    pub metrics: MetricsSpec,
     pub health: HealthCheck,
     /// Requests per second the built-in load generator sends (0: none).
     pub rps: u32,
     pub strategy: Strategy,
-    /// The strategy as steps (a blue-green switch is a short fixed list).
+    /// The strategy as steps (a blue-green switch is a short fixed list;
+    /// a rolling update has none).
     pub steps: Vec<RolloutStep>,
+    /// Batch settings of the rolling strategy (defaults otherwise).
+    pub rolling: Rolling,
     #[serde(with = "secs")]
     pub progress_deadline: Duration,
     /// How long an aborted canary keeps running at 0% before it is stopped.
@@ -258,6 +265,101 @@ pub struct Deploy {
     /// Judge settings: confidence (0.98) and tolerance (0.25).
     pub confidence: f64,
     pub tolerance: f64,
+}
+
+/// One replica of a service revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A command; `${PORT}` is the port trackside assigns the replica.
+    Process { run: String },
+    /// A container of `image` listening on `port` inside; trackside
+    /// publishes it on a free loopback port.
+    Container { image: String, port: u16 },
+}
+
+impl Target {
+    /// What people read: the command, or `image (port N)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Process { run } => run.clone(),
+            Target::Container { image, port } => format!("{image} (port {port})"),
+        }
+    }
+}
+
+/// The traffic router of a deploy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterSpec {
+    /// trackside's own weighted proxy on `listen`.
+    Builtin,
+    Haproxy(Haproxy),
+}
+
+/// HAProxy as the router: trackside starts `binary` with a config it
+/// writes, or (with `socket`) steers a running HAProxy through its
+/// runtime API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Haproxy {
+    pub binary: String,
+    /// The admin stats socket of a running HAProxy.
+    pub socket: Option<String>,
+    /// The backend to steer in a running HAProxy (default: the service).
+    pub backend: Option<String>,
+    /// Where trackside receives HAProxy's request log (UDP syslog) from a
+    /// running HAProxy.
+    pub log_listen: Option<String>,
+}
+
+/// Where analyses read their measurements.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsSpec {
+    /// The router's own counters and samples.
+    Builtin,
+    Prometheus(Prometheus),
+}
+
+/// PromQL over a Prometheus server's HTTP API. In the queries `$service`,
+/// `$pool` (`stable` or `canary`), `$window` (e.g. `30s`) and `$quantile`
+/// are replaced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prometheus {
+    pub url: String,
+    /// Requests in the window (a number).
+    pub requests: String,
+    /// Errors in the window (a number).
+    pub errors: String,
+    /// Latency at `$quantile`, in milliseconds.
+    pub latency: String,
+}
+
+/// The default queries read what trackside's router serves at `/metrics`.
+pub const PROM_REQUESTS: &str = r#"sum(increase(trackside_requests_total{service="$service",pool="$pool"}[$window]))"#;
+pub const PROM_ERRORS: &str = r#"sum(increase(trackside_errors_total{service="$service",pool="$pool"}[$window]))"#;
+pub const PROM_LATENCY: &str = r#"1000 * histogram_quantile($quantile, sum by (le) (rate(trackside_request_duration_seconds_bucket{service="$service",pool="$pool"}[$window])))"#;
+
+/// The rolling strategy's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rolling {
+    /// Replicas replaced per batch.
+    pub batch_size: u32,
+    /// Old replicas that may be stopped before their replacements are healthy.
+    pub max_unavailable: u32,
+    /// How long a removed replica may finish its requests before it is stopped.
+    #[serde(with = "secs_de")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Rolling {
+    fn default() -> Self {
+        Rolling {
+            batch_size: 1,
+            max_unavailable: 0,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -280,6 +382,8 @@ pub enum Strategy {
     /// The new revision is checked on preview traffic, then gets all of it
     /// at once; the old one keeps running for an instant switch back.
     BlueGreen,
+    /// Replicas are replaced a batch at a time, each healthy before the next.
+    Rolling,
 }
 
 /// How a replica is checked.
@@ -319,9 +423,20 @@ pub enum RolloutStep {
         count: u32,
         #[serde(default)]
         failure_limit: u32,
+        /// More runs than this in a row without a measurement (the metrics
+        /// provider failed) fail the analysis.
+        #[serde(default = "default_error_limit")]
+        consecutive_error_limit: u32,
         #[serde(default)]
         thresholds: Vec<Threshold>,
     },
+}
+
+/// Runs in a row a metrics provider may fail before the analysis fails.
+pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
+
+fn default_error_limit() -> u32 {
+    DEFAULT_CONSECUTIVE_ERROR_LIMIT
 }
 
 /// A metric check of an analysis, on top of the statistical judge.

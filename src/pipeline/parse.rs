@@ -839,7 +839,11 @@ impl Cx<'_> {
             "metrics_listen",
             "version",
             "run",
+            "image",
+            "port",
             "replicas",
+            "router",
+            "metrics",
             "health",
             "traffic",
             "strategy",
@@ -875,17 +879,7 @@ impl Cx<'_> {
             }
             Some(v)
         });
-        let run = self.required_string(node, path, "run", "\"./server --port ${PORT}\"");
-        if let (Some(r), Some(n)) = (&run, get(node, "run"))
-            && !r.contains("${PORT}")
-        {
-            self.err(
-                n,
-                &join(path, "run"),
-                "`run` does not use `${PORT}`",
-                "each replica gets its own port: pass `${PORT}` to the command",
-            );
-        }
+        let target = self.deploy_target(node, path);
         let version = get(node, "version")
             .and_then(|n| self.string(n, &join(path, "version")))
             .unwrap_or_else(|| "new".into());
@@ -996,6 +990,16 @@ impl Cx<'_> {
             }
         }
         let strategy = self.rollout_steps(node, path);
+        let rolling = self.rolling(node, path);
+        // Every part is read (and its mistakes reported) before any is missing.
+        let router = match get(node, "router") {
+            Some(n) => self.router(n, &join(path, "router")),
+            None => Some(RouterSpec::Builtin),
+        };
+        let metrics = match get(node, "metrics") {
+            Some(n) => self.metrics_source(n, &join(path, "metrics")),
+            None => Some(MetricsSpec::Builtin),
+        };
         let progress_deadline = get(node, "progress_deadline")
             .and_then(|n| self.seconds_in(n, &join(path, "progress_deadline"), 1.0, 86400.0))
             .unwrap_or(Duration::from_secs(600));
@@ -1007,17 +1011,232 @@ impl Cx<'_> {
             listen: listen?,
             metrics_listen,
             version,
-            run: run?,
+            target: target?,
             replicas,
+            router: router?,
+            metrics: metrics?,
             health,
             rps,
             strategy: strategy.as_ref()?.0,
             steps: strategy?.1,
+            rolling,
             progress_deadline,
             abort_delay,
             confidence,
             tolerance,
         })
+    }
+
+    /// `run: "cmd ${PORT}"` or `image:` + `port:`, one of them.
+    fn deploy_target(&mut self, node: &Node, path: &str) -> Option<Target> {
+        match (get(node, "run"), get(node, "image")) {
+            (Some(_), Some(i)) => {
+                self.err(
+                    i,
+                    &join(path, "image"),
+                    "`deploy` has both `run` and `image`",
+                    "a replica is a command (`run`) or a container (`image` + `port`): keep one",
+                );
+                None
+            }
+            (None, Some(i)) => {
+                let image = self.string(i, &join(path, "image"))?;
+                let Some(p) = get(node, "port") else {
+                    self.err(
+                        i,
+                        &join(path, "image"),
+                        "a container target needs `port`",
+                        "the port the service listens on inside the container, e.g. `port: 8080`",
+                    );
+                    return None;
+                };
+                let port = self.int_in(p, &join(path, "port"), 1, 65535)?;
+                Some(Target::Container {
+                    image,
+                    port: port as u16,
+                })
+            }
+            (run, None) => {
+                if let Some(p) = get(node, "port") {
+                    self.err(
+                        p,
+                        &join(path, "port"),
+                        "`port` belongs to a container target",
+                        "with `run`, pass `${PORT}` to the command instead",
+                    );
+                }
+                if run.is_none() {
+                    self.err(
+                        node,
+                        path,
+                        "`deploy` needs `run` or `image`",
+                        "e.g. `run: \"./server --port ${PORT}\"` or `image: web:v2` with `port: 8080`",
+                    );
+                    return None;
+                }
+                let r = self.required_string(node, path, "run", "\"./server --port ${PORT}\"")?;
+                if !r.contains("${PORT}") {
+                    if let Some(n) = get(node, "run") {
+                        self.err(
+                            n,
+                            &join(path, "run"),
+                            "`run` does not use `${PORT}`",
+                            "each replica gets its own port: pass `${PORT}` to the command",
+                        );
+                    }
+                    return None;
+                }
+                Some(Target::Process { run: r })
+            }
+        }
+    }
+
+    /// `strategy: {rolling: {batch_size, max_unavailable, drain_timeout}}`.
+    fn rolling(&mut self, node: &Node, path: &str) -> Rolling {
+        let mut out = Rolling::default();
+        let rpath = format!("{path}.strategy.rolling");
+        let Some(r) = get(node, "strategy").and_then(|s| get(s, "rolling")) else {
+            return out;
+        };
+        if matches!(r.value, Value::Null) {
+            return out;
+        }
+        if !self.mapping(
+            r,
+            &rpath,
+            &["batch_size", "max_unavailable", "drain_timeout"],
+            "rolling",
+        ) {
+            return out;
+        }
+        if let Some(v) = get(r, "batch_size").and_then(|n| self.int_in(n, &join(&rpath, "batch_size"), 1, 50)) {
+            out.batch_size = v;
+        }
+        if let Some(v) = get(r, "max_unavailable").and_then(|n| self.int_in(n, &join(&rpath, "max_unavailable"), 0, 50))
+        {
+            out.max_unavailable = v;
+        }
+        if let Some(d) =
+            get(r, "drain_timeout").and_then(|n| self.seconds_in(n, &join(&rpath, "drain_timeout"), 0.0, 3600.0))
+        {
+            out.drain_timeout = d;
+        }
+        out
+    }
+
+    /// `router: builtin`, `router: haproxy`, or `router: {haproxy: {binary, socket, backend, log_listen}}`.
+    fn router(&mut self, n: &Node, path: &str) -> Option<RouterSpec> {
+        let default = Haproxy {
+            binary: "haproxy".into(),
+            socket: None,
+            backend: None,
+            log_listen: None,
+        };
+        if let Value::Str(s) = &n.value {
+            return match s.as_str() {
+                "builtin" => Some(RouterSpec::Builtin),
+                "haproxy" => Some(RouterSpec::Haproxy(default)),
+                other => {
+                    self.err(
+                        n,
+                        path,
+                        format!("unknown router `{other}`"),
+                        "use `builtin` (the default) or `haproxy`",
+                    );
+                    None
+                }
+            };
+        }
+        if !self.mapping(n, path, &["builtin", "haproxy"], "router") {
+            return None;
+        }
+        let Some(h) = get(n, "haproxy") else {
+            return Some(RouterSpec::Builtin);
+        };
+        let hpath = join(path, "haproxy");
+        let mut spec = default;
+        if matches!(h.value, Value::Null) {
+            return Some(RouterSpec::Haproxy(spec));
+        }
+        if !self.mapping(h, &hpath, &["binary", "socket", "backend", "log_listen"], "haproxy") {
+            return None;
+        }
+        if let Some(b) = get(h, "binary").and_then(|v| self.string(v, &join(&hpath, "binary"))) {
+            spec.binary = b;
+        }
+        spec.socket = get(h, "socket").and_then(|v| self.string(v, &join(&hpath, "socket")));
+        spec.backend = get(h, "backend").and_then(|v| self.string(v, &join(&hpath, "backend")));
+        spec.log_listen = get(h, "log_listen").and_then(|v| self.string(v, &join(&hpath, "log_listen")));
+        if let (Some(l), Some(v)) = (&spec.log_listen, get(h, "log_listen"))
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            self.err(
+                v,
+                &join(&hpath, "log_listen"),
+                format!("`{l}` is not an address"),
+                "write IP:PORT, e.g. `127.0.0.1:5514`",
+            );
+            return None;
+        }
+        if spec.socket.is_none() && (spec.backend.is_some() || spec.log_listen.is_some()) {
+            self.err(
+                h,
+                &hpath,
+                "`backend` and `log_listen` are for a running HAProxy",
+                "add `socket:` (its admin stats socket), or drop them to let trackside start HAProxy",
+            );
+            return None;
+        }
+        Some(RouterSpec::Haproxy(spec))
+    }
+
+    /// `metrics: builtin` or `metrics: {prometheus: {url, requests, errors, latency}}`.
+    fn metrics_source(&mut self, n: &Node, path: &str) -> Option<MetricsSpec> {
+        if let Value::Str(s) = &n.value {
+            if s == "builtin" {
+                return Some(MetricsSpec::Builtin);
+            }
+            self.err(
+                n,
+                path,
+                format!("unknown metrics provider `{s}`"),
+                "use `builtin` (the default) or `{prometheus: {url: http://127.0.0.1:9090}}`",
+            );
+            return None;
+        }
+        if !self.mapping(n, path, &["builtin", "prometheus"], "metrics") {
+            return None;
+        }
+        let Some(p) = get(n, "prometheus") else {
+            return Some(MetricsSpec::Builtin);
+        };
+        let ppath = join(path, "prometheus");
+        if !self.mapping(p, &ppath, &["url", "requests", "errors", "latency"], "prometheus") {
+            return None;
+        }
+        let url = self.required_string(p, &ppath, "url", "http://127.0.0.1:9090")?;
+        if !(url.starts_with("http://") && url.len() > "http://".len()) {
+            if let Some(u) = get(p, "url") {
+                self.err(
+                    u,
+                    &join(&ppath, "url"),
+                    format!("`{url}` is not an http:// address"),
+                    "e.g. `url: http://127.0.0.1:9090` (https is not supported)",
+                );
+            }
+            return None;
+        }
+        let mut query = |key: &str, default: &str| {
+            get(p, key)
+                .and_then(|v| self.string(v, &join(&ppath, key)))
+                .unwrap_or_else(|| default.to_string())
+        };
+        Some(MetricsSpec::Prometheus(Prometheus {
+            url: url.trim_end_matches('/').to_string(),
+            requests: query("requests", PROM_REQUESTS),
+            errors: query("errors", PROM_ERRORS),
+            latency: query("latency", PROM_LATENCY),
+        }))
     }
 
     /// `metrics: [{metric: error_rate, max: 0.01}, {metric: p95_ms, max_ratio: 1.2}]`.
@@ -1125,7 +1344,18 @@ impl Cx<'_> {
 
     /// `analysis: {interval, count, failure_limit, metrics}`.
     fn analysis_step(&mut self, n: &Node, apath: &str) -> Option<RolloutStep> {
-        if !self.mapping(n, apath, &["interval", "count", "failure_limit", "metrics"], "analysis") {
+        if !self.mapping(
+            n,
+            apath,
+            &[
+                "interval",
+                "count",
+                "failure_limit",
+                "consecutive_error_limit",
+                "metrics",
+            ],
+            "analysis",
+        ) {
             return None;
         }
         let interval = get(n, "interval")
@@ -1137,6 +1367,9 @@ impl Cx<'_> {
         let failure_limit = get(n, "failure_limit")
             .and_then(|v| self.int_in(v, &join(apath, "failure_limit"), 0, 1000))
             .unwrap_or(0);
+        let consecutive_error_limit = get(n, "consecutive_error_limit")
+            .and_then(|v| self.int_in(v, &join(apath, "consecutive_error_limit"), 0, 1000))
+            .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT);
         let thresholds = get(n, "metrics")
             .map(|m| self.thresholds(m, &join(apath, "metrics")))
             .unwrap_or_default();
@@ -1144,6 +1377,7 @@ impl Cx<'_> {
             interval,
             count,
             failure_limit,
+            consecutive_error_limit,
             thresholds,
         })
     }
@@ -1164,14 +1398,9 @@ impl Cx<'_> {
         if !self.mapping(strategy, &spath, &["canary", "blue_green", "rolling"], "strategy") {
             return None;
         }
-        if let Some(n) = get(strategy, "rolling") {
-            self.err(
-                n,
-                &join(&spath, "rolling"),
-                "the `rolling` strategy is not available yet",
-                "use `canary` or `blue_green` (see docs/deployments.md)",
-            );
-            return None;
+        if get(strategy, "rolling").is_some() {
+            // Its settings are read by `rolling`.
+            return Some((Strategy::Rolling, Vec::new()));
         }
         if let Some(bg) = get(strategy, "blue_green") {
             let bpath = join(&spath, "blue_green");
@@ -1218,7 +1447,7 @@ impl Cx<'_> {
             self.err(
                 strategy,
                 &spath,
-                "`strategy` needs `canary` or `blue_green`",
+                "`strategy` needs `canary`, `blue_green` or `rolling`",
                 "e.g. `canary: {steps: [...]}`",
             );
             return None;

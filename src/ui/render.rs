@@ -11,6 +11,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Clear, Dataset, GraphType, Paragraph, Widget, Wrap};
 
+use crate::deploy::router::Pool;
 use crate::engine::JobStatus;
 use crate::headless::seconds;
 
@@ -465,9 +466,16 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
     // A rollout with measurements gets charts under its numbers, room permitting.
     let inner = block.inner(area);
     block.render(area, buf);
-    let text_area = if job.rollout.is_some() && job.rollout_history.len() >= 2 && inner.height >= 16 {
-        let [text, charts] = Layout::vertical([Constraint::Min(8), Constraint::Length(inner.height / 2)]).areas(inner);
-        render_rollout_charts(&job.rollout_history, t, charts, buf);
+    // The numbers come first: charts get what the text leaves, if that is enough.
+    let text_rows: u16 = lines
+        .iter()
+        .map(|l| (l.width() as u16).div_ceil(inner.width.max(1)).max(1))
+        .sum();
+    let spare = inner.height.saturating_sub(text_rows);
+    let text_area = if job.rollout.is_some() && job.rollout_history.len() >= 2 && spare >= 8 {
+        let [text, charts] = Layout::vertical([Constraint::Min(text_rows), Constraint::Length(spare)]).areas(inner);
+        let limits = job.rollout.as_ref().map_or([None, None], |r| r.limits);
+        render_rollout_charts(&job.rollout_history, limits, t, charts, buf);
         text
     } else {
         inner
@@ -478,10 +486,12 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
 /// One line of a chart: its name, its points, its style.
 type Series<'a> = (&'a str, &'a [(f64, f64)], Style);
 
-/// Error rate, p95 latency (stable and canary overlaid) and the canary's
-/// weight over the whole rollout, as line charts.
+/// Error rate, p95 latency (stable and canary overlaid, with the
+/// analyses' limits) and the canary's weight with a marker at each change,
+/// over the whole rollout, as line charts.
 fn render_rollout_charts(
     history: &[super::model::RolloutPoint],
+    limits: [Option<f64>; 2],
     t: &super::theme::Theme,
     area: Rect,
     buf: &mut Buffer,
@@ -498,6 +508,15 @@ fn render_rollout_charts(
     let err: [Vec<(f64, f64)>; 2] = [series(&|p| p.error_pct[0]), series(&|p| p.error_pct[1])];
     let p95: [Vec<(f64, f64)>; 2] = [series(&|p| p.p95_ms[0]), series(&|p| p.p95_ms[1])];
     let weight = series(&|p| Some(p.weight_pct));
+    // Where a step moved the weight.
+    let steps: Vec<(f64, f64)> = weight
+        .windows(2)
+        .filter(|w| (w[0].1 - w[1].1).abs() > f64::EPSILON)
+        .map(|w| w[1])
+        .collect();
+    let limit_line = |v: Option<f64>| v.map(|v| vec![(t0, v), (t1.max(t0 + 1.0), v)]).unwrap_or_default();
+    let (err_limit, p95_limit) = (limit_line(limits[0]), limit_line(limits[1]));
+    let limit_style = t.fg(ratatui::style::Color::Red);
     let cols = Layout::horizontal([Constraint::Ratio(1, 3); 3]).split(area);
     let stable_style = t.fg(ratatui::style::Color::Green);
     let canary_style = t.fg(ratatui::style::Color::Yellow);
@@ -509,11 +528,17 @@ fn render_rollout_charts(
             .max(if unit == "%" { 1.0 } else { 0.1 });
         let sets: Vec<Dataset> = data
             .iter()
+            .filter(|(_, d, _)| !d.is_empty())
             .map(|(name, d, style)| {
                 Dataset::default()
                     .name(*name)
                     .marker(marker)
-                    .graph_type(GraphType::Line)
+                    // Step markers are points; everything else a line.
+                    .graph_type(if *name == "steps" {
+                        GraphType::Scatter
+                    } else {
+                        GraphType::Line
+                    })
                     .style(*style)
                     .data(d)
             })
@@ -530,21 +555,29 @@ fn render_rollout_charts(
     };
     chart(
         "errors %",
-        &[("stable", &err[0], stable_style), ("canary", &err[1], canary_style)],
+        &[
+            ("stable", &err[0], stable_style),
+            ("canary", &err[1], canary_style),
+            ("limit", &err_limit, limit_style),
+        ],
         "%",
         cols[0],
         buf,
     );
     chart(
         "p95 ms",
-        &[("stable", &p95[0], stable_style), ("canary", &p95[1], canary_style)],
+        &[
+            ("stable", &p95[0], stable_style),
+            ("canary", &p95[1], canary_style),
+            ("limit", &p95_limit, limit_style),
+        ],
         "",
         cols[1],
         buf,
     );
     chart(
         "canary weight %",
-        &[("weight", &weight, canary_style)],
+        &[("weight", &weight, canary_style), ("steps", &steps, limit_style)],
         "%",
         cols[2],
         buf,
@@ -558,10 +591,15 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
         "aborted" | "degraded" | "rolled_back" => t.warn(),
         _ => t.dim(),
     };
+    let via = match (r.strategy.as_str(), r.router.as_str()) {
+        ("", _) => String::new(),
+        (s, "") => format!("({}) ", s.replace('_', "-")),
+        (s, router) => format!("({} via {router}) ", s.replace('_', "-")),
+    };
     lines.push(Line::from(vec![
         Span::styled("rollout: ", t.dim()),
         Span::raw(format!(
-            "{} {} -> {}  ",
+            "{} {} -> {} {via}",
             r.service,
             r.stable_version.as_deref().unwrap_or("-"),
             r.canary_version
@@ -576,12 +614,68 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
         .filter(|_| matches!(r.phase.as_str(), "paused" | "gate" | "analyzing"))
         .map(|c| format!("  next in {c:.0}s"))
         .unwrap_or_default();
+    // Desired vs actual: HAProxy's integer weights round the share.
+    let actual = if r.actual_weight != r.weight && !r.router.is_empty() {
+        format!(" (actual {})", pct(r.actual_weight))
+    } else {
+        String::new()
+    };
+    let (unit, done, who) = if r.strategy == "rolling" {
+        ("batch", r.step, "new")
+    } else {
+        ("step", (r.step + 1).min(r.steps), "canary")
+    };
     lines.push(Line::raw(format!(
-        "  step {}/{}  canary weight {}{countdown}",
-        (r.step + 1).min(r.steps),
+        "  {unit} {done}/{}  {who} weight {}{actual}{countdown}",
         r.steps,
         pct(r.weight)
     )));
+    if !r.step_names.is_empty() {
+        // Done, current, to come.
+        let (done, now, next) = (t.glyph("✓", "+"), t.glyph("▶", ">"), t.glyph("·", "-"));
+        let settled = matches!(r.phase.as_str(), "completed");
+        let list: Vec<String> = r
+            .step_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mark = match i.cmp(&r.step) {
+                    _ if settled => done,
+                    std::cmp::Ordering::Less => done,
+                    std::cmp::Ordering::Equal => now,
+                    std::cmp::Ordering::Greater => next,
+                };
+                format!("{mark}{name}")
+            })
+            .collect();
+        lines.push(Line::raw(format!("  steps: {}", list.join("  "))));
+    }
+    if !r.replicas.is_empty() {
+        let mut parts = Vec::new();
+        for pool in [Pool::Stable, Pool::Canary] {
+            let mut counts: Vec<(&str, usize)> = Vec::new();
+            for v in r.replicas.iter().filter(|v| v.pool == pool) {
+                match counts.iter_mut().find(|(h, _)| *h == v.health) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((&v.health, 1)),
+                }
+            }
+            if !counts.is_empty() {
+                let text: Vec<String> = counts.iter().map(|(h, n)| format!("{n} {h}")).collect();
+                parts.push(format!("{} {}", pool.name(), text.join(", ")));
+            }
+        }
+        lines.push(Line::raw(format!("  replicas: {}", parts.join("; "))));
+        let sick: Vec<&str> = r
+            .replicas
+            .iter()
+            .filter(|v| v.health == "unhealthy")
+            .map(|v| v.name.as_str())
+            .collect();
+        if !sick.is_empty() {
+            lines.push(Line::styled(format!("  unhealthy: {}", sick.join(", ")), t.warn()));
+        }
+    }
     for (name, tot) in [("stable", &r.stable), ("canary", &r.canary)] {
         let err = if tot.requests > 0 {
             100.0 * tot.errors as f64 / tot.requests as f64
@@ -602,7 +696,12 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
             )));
         }
     }
-    lines.push(Line::styled("  P promote  F full  A abort  b rollback", t.dim()));
+    let keys = if r.strategy == "rolling" {
+        "  P resume  A abort (roll back)  b rollback"
+    } else {
+        "  P promote  F full  A abort  b rollback"
+    };
+    lines.push(Line::styled(keys, t.dim()));
 }
 
 /// Renders the log of the selected job; lines older than the in-memory

@@ -2,6 +2,7 @@
 //! in a temp dir, and bounded waits for events (never sleeps).
 #![allow(dead_code)]
 
+pub mod deploy;
 pub mod image;
 pub mod tmux;
 
@@ -101,7 +102,21 @@ impl Running {
         };
         match tokio::time::timeout(LIMIT, wait).await {
             Ok(ev) => ev,
-            Err(_) => panic!("timed out waiting for: {what}"),
+            Err(_) => {
+                let tail: Vec<String> = self
+                    .seen
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        EventKind::LogLine { job, line, .. } => Some(format!("{job} > {line}")),
+                        _ => None,
+                    })
+                    .collect();
+                let from = tail.len().saturating_sub(30);
+                panic!(
+                    "timed out waiting for: {what}; the last output:\n{}",
+                    tail[from..].join("\n")
+                )
+            }
         }
     }
 

@@ -1,0 +1,603 @@
+//! HAProxy as the traffic router, steered through its runtime API.
+//!
+//! trackside either starts `haproxy` with a config it writes for the
+//! service, or steers a running HAProxy through its admin stats socket.
+//! The backend has fixed server slots, `stable1..N` and `canary1..N`;
+//! replicas are put into slots with `set server ... addr`, and traffic
+//! moves with `set server ... weight`, never a reload. Both weights of a
+//! change go in one request, applied back to back.
+//!
+//! HAProxy's weights are integers up to 256 per server, so a share is
+//! matched as closely as the replica counts allow ([`split`]); the pane
+//! shows the desired and the actual share side by side.
+//!
+//! Measurements come from HAProxy itself: one log line per request (the
+//! backend, server, status and time), received as UDP syslog, feeds the
+//! same per-pool samples the judge reads for the built-in router; and
+//! `show stat` gives the per-server state, weight, requests, 5xx and
+//! connections in flight.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use super::router::{FULL, Pool, Router};
+
+/// The largest weight HAProxy takes for one server.
+const MAX_WEIGHT: u32 = 256;
+/// Unix socket paths are limited to 108 bytes on Linux.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// The per-server weights (stable, canary) whose total share for the
+/// canary pool is closest to `weight` (tenths of a percent), and that
+/// share. With one pool empty, the other gets everything.
+pub fn split(weight: u32, n_stable: u32, n_canary: u32) -> (u32, u32, u32) {
+    let weight = weight.min(FULL);
+    if n_canary == 0 || weight == 0 {
+        return (MAX_WEIGHT, 0, 0);
+    }
+    if n_stable == 0 || weight == FULL {
+        return (0, MAX_WEIGHT, FULL);
+    }
+    let share = |ws: u32, wc: u32| {
+        let (s, c) = (u64::from(ws * n_stable), u64::from(wc * n_canary));
+        (c * 1000 + (s + c) / 2).checked_div(s + c).unwrap_or(0) as u32
+    };
+    let target = f64::from(weight) / 1000.0;
+    let mut best = (MAX_WEIGHT, 0, f64::INFINITY);
+    for ws in 1..=MAX_WEIGHT {
+        // The canary weight that gives the share exactly, rounded.
+        let exact = target * f64::from(ws * n_stable) / ((1.0 - target) * f64::from(n_canary));
+        for wc in [exact.floor(), exact.ceil()] {
+            let wc = wc.clamp(0.0, f64::from(MAX_WEIGHT)) as u32;
+            let (s, c) = (f64::from(ws * n_stable), f64::from(wc * n_canary));
+            let err = (c / (s + c) - target).abs();
+            // Ties go to larger weights: finer later changes.
+            if err < best.2 - 1e-12 || ((err - best.2).abs() <= 1e-12 && ws + wc > best.0 + best.1) {
+                best = (ws, wc, err);
+            }
+        }
+    }
+    (best.0, best.1, share(best.0, best.1))
+}
+
+/// One server of the backend, from `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStat {
+    pub name: String,
+    /// `UP`, `MAINT`, `DRAIN`, `no check`...
+    pub status: String,
+    pub weight: u32,
+    /// Answers sent (all status classes).
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub connection_errors: u64,
+    /// Sessions in flight.
+    pub current: u64,
+}
+
+/// Parses `show stat` CSV: the servers of `backend`.
+pub fn parse_stat(csv: &str, backend: &str) -> Vec<ServerStat> {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let cols: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let col = |name: &str| cols.iter().position(|c| *c == name);
+    let num = |f: &[&str], name: &str| -> u64 {
+        col(name)
+            .and_then(|i| f.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let (Some(px), Some(sv)) = (f.first(), f.get(1)) else {
+            continue;
+        };
+        if *px != backend || *sv == "FRONTEND" || *sv == "BACKEND" {
+            continue;
+        }
+        let requests = ["hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"]
+            .iter()
+            .map(|c| num(&f, c))
+            .sum();
+        out.push(ServerStat {
+            name: sv.to_string(),
+            status: col("status")
+                .and_then(|i| f.get(i))
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            weight: num(&f, "weight") as u32,
+            requests,
+            errors_5xx: num(&f, "hrsp_5xx"),
+            connection_errors: num(&f, "econ"),
+            current: num(&f, "scur"),
+        });
+    }
+    out
+}
+
+/// One request from HAProxy's log: `<backend> <server> <status> <ms>`.
+/// Returns the pool, the time and whether it was an error; `None` for
+/// lines of other backends, or requests no server took.
+pub fn parse_log(line: &str, backend: &str) -> Option<(Pool, Duration, bool)> {
+    // A syslog header may precede the message; the fields are the last four.
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let [be, server, status, ms] = f.get(f.len().checked_sub(4)?..)? else {
+        return None;
+    };
+    if !(*be == backend
+        || be
+            .strip_prefix(backend)
+            .is_some_and(|r| r == "_stable" || r == "_canary"))
+    {
+        return None;
+    }
+    let pool = if server.starts_with("canary") {
+        Pool::Canary
+    } else if server.starts_with("stable") {
+        Pool::Stable
+    } else {
+        return None;
+    };
+    let status: i32 = status.parse().ok()?;
+    let ms: i64 = ms.parse().ok()?;
+    Some((
+        pool,
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+        !(100..500).contains(&status),
+    ))
+}
+
+/// The config trackside writes when it starts HAProxy itself.
+pub fn config(backend: &str, listen: SocketAddr, socket: &Path, log: SocketAddr, slots: u32) -> String {
+    let mut c = format!(
+        "# Written by trackside for the deploy of `{backend}`; rewritten at every deploy.\n\
+         global\n    stats socket {sock} mode 600 level admin\n    log {log} len 4096 format raw local0\n\n\
+         defaults\n    mode http\n    log global\n    log-format \"%b %s %ST %Ta\"\n\
+         \x20   timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\n\
+         frontend {backend}_in\n    bind {listen}\n\
+         \x20   use_backend {backend}_canary if {{ req.hdr(x-canary) -m str always }}\n\
+         \x20   use_backend {backend}_stable if {{ req.hdr(x-canary) -m str never }}\n\
+         \x20   default_backend {backend}\n",
+        sock = socket.display()
+    );
+    let servers = |pools: &[Pool]| {
+        let mut s = String::new();
+        for p in pools {
+            for i in 1..=slots {
+                s.push_str(&format!("    server {}{i} 127.0.0.1:1 weight 1 disabled\n", p.name()));
+            }
+        }
+        s
+    };
+    c.push_str(&format!(
+        "\nbackend {backend}\n    balance roundrobin\n{}",
+        servers(&[Pool::Stable, Pool::Canary])
+    ));
+    for p in [Pool::Stable, Pool::Canary] {
+        c.push_str(&format!("\nbackend {backend}_{}\n{}", p.name(), servers(&[p])));
+    }
+    c
+}
+
+/// A connection to HAProxy's runtime API.
+#[derive(Debug, Clone)]
+pub struct RuntimeApi {
+    pub socket: PathBuf,
+}
+
+impl RuntimeApi {
+    /// Sends one line of commands (`;`-separated) and returns the answer.
+    pub async fn call(&self, line: &str) -> Result<String, String> {
+        let talk = async {
+            let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
+            s.write_all(format!("{line}\n").as_bytes()).await?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await?;
+            Ok::<_, std::io::Error>(out)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), talk).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(format!("HAProxy's socket {}: {e}", self.socket.display())),
+            Err(_) => Err(format!(
+                "HAProxy's socket {} did not answer in 2 s",
+                self.socket.display()
+            )),
+        }
+    }
+
+    /// Commands that answer nothing on success (weight, state): any answer
+    /// is HAProxy's complaint.
+    async fn quiet(&self, line: &str) -> Result<(), String> {
+        let out = self.call(line).await?;
+        match out.trim() {
+            "" => Ok(()),
+            e => Err(format!("HAProxy refused `{line}`: {e}")),
+        }
+    }
+
+    pub async fn stat(&self, backend: &str) -> Result<Vec<ServerStat>, String> {
+        Ok(parse_stat(&self.call("show stat").await?, backend))
+    }
+}
+
+/// HAProxy routing one service: its slots, what is in them, the weights.
+pub struct Haproxy {
+    pub api: RuntimeApi,
+    pub backend: String,
+    /// Also steer `<backend>_stable` and `<backend>_canary` (header routing).
+    header_backends: bool,
+    slots: u32,
+    /// Measurements, fed from the request log.
+    pub stats: Arc<Router>,
+    state: Mutex<HState>,
+    child: Mutex<Option<tokio::process::Child>>,
+}
+
+#[derive(Default)]
+struct HState {
+    /// Addresses in the slots of each pool.
+    filled: [Vec<SocketAddr>; 2],
+    /// The slot each address was last put in (also after it left).
+    slot_of: std::collections::HashMap<SocketAddr, String>,
+    actual: u32,
+}
+
+impl Haproxy {
+    /// Starts HAProxy for `backend` on `listen` with slots for `slots`
+    /// replicas per pool, under `dir` (config and socket).
+    pub async fn start(
+        binary: &str,
+        dir: &Path,
+        backend: &str,
+        listen: SocketAddr,
+        slots: u32,
+        tag: &str,
+        stop: CancellationToken,
+    ) -> Result<Arc<Haproxy>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let socket = dir.join(format!("{backend}.sock"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state)",
+                socket.display()
+            ));
+        }
+        let _ = std::fs::remove_file(&socket);
+        let (log, log_addr) = bind_log("127.0.0.1:0").await?;
+        let cfg_path = dir.join(format!("{backend}.cfg"));
+        std::fs::write(&cfg_path, config(backend, listen, &socket, log_addr, slots))
+            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        let mut child = tokio::process::Command::new(binary)
+            .arg("-f")
+            .arg(&cfg_path)
+            .arg("-db")
+            .env(crate::exec::TAG_VAR, tag)
+            .process_group(0)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start `{binary}`: {e}; install HAProxy (Debian: apt-get install haproxy) or set router.haproxy.binary")
+            })?;
+        let api = RuntimeApi { socket };
+        // Ready when the socket answers; an early exit says why in stderr.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if api.call("show info").await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                return Err(format!(
+                    "haproxy exited ({status}) with config {}: {}",
+                    cfg_path.display(),
+                    err.trim()
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "haproxy did not open its socket {} in 10 s",
+                    api.socket.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let h = Arc::new(Haproxy {
+            api,
+            backend: backend.to_string(),
+            header_backends: true,
+            slots,
+            stats: Router::new(false),
+            state: Mutex::new(HState::default()),
+            child: Mutex::new(Some(child)),
+        });
+        tokio::spawn(receive_log(log, backend.to_string(), h.stats.clone(), stop));
+        Ok(h)
+    }
+
+    /// Steers a running HAProxy: its backend must have server slots named
+    /// `stable1..N` and `canary1..N`. With `log`, trackside receives its
+    /// request log there.
+    pub async fn attach(
+        socket: &Path,
+        backend: &str,
+        log: Option<&str>,
+        stop: CancellationToken,
+    ) -> Result<Arc<Haproxy>, String> {
+        let api = RuntimeApi { socket: socket.into() };
+        let servers = api.stat(backend).await?;
+        let count = |p: Pool| servers.iter().filter(|s| s.name.starts_with(p.name())).count() as u32;
+        let slots = count(Pool::Stable).min(count(Pool::Canary));
+        if slots == 0 {
+            return Err(format!(
+                "HAProxy backend `{backend}` (socket {}) has no `stable1`/`canary1` server slots; see docs/deployments.md for the config it needs",
+                socket.display()
+            ));
+        }
+        let h = Arc::new(Haproxy {
+            api,
+            backend: backend.to_string(),
+            header_backends: false,
+            slots,
+            stats: Router::new(false),
+            state: Mutex::new(HState::default()),
+            child: Mutex::new(None),
+        });
+        if let Some(addr) = log {
+            let (sock, _) = bind_log(addr).await?;
+            tokio::spawn(receive_log(sock, backend.to_string(), h.stats.clone(), stop));
+        }
+        Ok(h)
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn backends(&self, pool: Pool) -> Vec<String> {
+        let mut v = vec![self.backend.clone()];
+        if self.header_backends {
+            v.push(format!("{}_{}", self.backend, pool.name()));
+        }
+        v
+    }
+
+    /// Puts `addrs` into the pool's slots (ready), the rest into maintenance.
+    pub async fn set_backends(&self, pool: Pool, addrs: &[SocketAddr]) -> Result<(), String> {
+        if addrs.len() > self.slots as usize {
+            return Err(format!(
+                "{} {} replicas, but HAProxy backend `{}` has {} slots",
+                addrs.len(),
+                pool.name(),
+                self.backend,
+                self.slots
+            ));
+        }
+        for be in self.backends(pool) {
+            for i in 1..=self.slots {
+                let server = format!("{be}/{}{i}", pool.name());
+                match addrs.get(i as usize - 1) {
+                    Some(a) => {
+                        let out = self
+                            .api
+                            .call(&format!("set server {server} addr {} port {}", a.ip(), a.port()))
+                            .await?;
+                        if !(out.contains("changed from") || out.contains("no need to change")) {
+                            return Err(format!("HAProxy refused the address of {server}: {}", out.trim()));
+                        }
+                        self.api.quiet(&format!("set server {server} state ready")).await?;
+                    }
+                    None => self.api.quiet(&format!("set server {server} state maint")).await?,
+                }
+            }
+        }
+        let weight = {
+            let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.filled[pool.index()] = addrs.to_vec();
+            for (i, a) in addrs.iter().enumerate() {
+                st.slot_of.insert(*a, format!("{}{}", pool.name(), i + 1));
+            }
+            self.stats.weight()
+        };
+        // Per-server weights depend on how many replicas each pool has.
+        self.set_weight(weight).await
+    }
+
+    /// Sets the canary's share: both pools' server weights in one request.
+    pub async fn set_weight(&self, weight: u32) -> Result<(), String> {
+        let (ns, nc) = {
+            let st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (st.filled[0].len() as u32, st.filled[1].len() as u32)
+        };
+        let (ws, wc, actual) = split(weight, ns, nc);
+        let mut cmds = Vec::new();
+        for (pool, w) in [(Pool::Stable, ws), (Pool::Canary, wc)] {
+            for i in 1..=self.slots {
+                cmds.push(format!("set server {}/{}{i} weight {w}", self.backend, pool.name()));
+            }
+        }
+        self.api.quiet(&cmds.join(";")).await?;
+        self.stats.set_weight(weight);
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .actual = actual;
+        Ok(())
+    }
+
+    /// The canary's share as HAProxy's integer weights give it.
+    pub fn actual_weight(&self) -> u32 {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .actual
+    }
+
+    /// Sessions in flight on the server holding `addr`, if HAProxy says.
+    pub async fn in_flight(&self, addr: SocketAddr) -> Option<u64> {
+        let name = {
+            let st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.slot_of.get(&addr)?.clone()
+        };
+        let stats = self.api.stat(&self.backend).await.ok()?;
+        stats.iter().find(|s| s.name == name).map(|s| s.current)
+    }
+
+    /// Stops HAProxy if trackside started it.
+    pub async fn shutdown(&self) {
+        let child = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut c) = child {
+            if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+async fn bind_log(addr: &str) -> Result<(UdpSocket, SocketAddr), String> {
+    let sock = UdpSocket::bind(addr)
+        .await
+        .map_err(|e| format!("cannot receive HAProxy's log on {addr}: {e}"))?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| format!("cannot receive HAProxy's log on {addr}: {e}"))?;
+    Ok((sock, local))
+}
+
+/// Records every request HAProxy logs into `stats` until `stop`.
+async fn receive_log(sock: UdpSocket, backend: String, stats: Arc<Router>, stop: CancellationToken) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = sock.recv(&mut buf) => {
+                let Ok(n) = r else { continue };
+                let text = String::from_utf8_lossy(&buf[..n]);
+                for line in text.lines() {
+                    if let Some((pool, t, error)) = parse_log(line, &backend) {
+                        stats.record(pool, t, error);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_match_the_share_as_closely_as_integers_allow() {
+        assert_eq!(split(0, 2, 2), (256, 0, 0));
+        assert_eq!(split(1000, 2, 2), (0, 256, 1000));
+        assert_eq!(split(300, 0, 1), (0, 256, 1000), "no stable: all to canary");
+        assert_eq!(split(300, 1, 0), (256, 0, 0), "no canary: all to stable");
+        for (w, ns, nc) in [
+            (100, 1, 1),
+            (50, 3, 1),
+            (333, 2, 5),
+            (1, 1, 1),
+            (998, 4, 4),
+            (125, 3, 2),
+        ] {
+            let (ws, wc, actual) = split(w, ns, nc);
+            assert!(ws <= 256 && wc <= 256);
+            let share = f64::from(wc * nc) / f64::from(wc * nc + ws * ns) * 1000.0;
+            assert!(
+                (share - f64::from(actual)).abs() <= 0.5,
+                "{w} {ns} {nc}: {share} vs {actual}"
+            );
+            // 1/256 of a pool is the coarsest step: within half of it.
+            assert!((share - f64::from(w)).abs() <= 2.0, "{w} {ns} {nc}: got {share}");
+        }
+        assert_eq!(split(500, 2, 2).2, 500);
+        // The extremes are as fine as 1 to 256 gets.
+        assert_eq!(split(999, 4, 4), (1, 256, 996));
+        assert_eq!(split(1, 1, 1), (256, 0, 0), "0.1% rounds to 0 at 1:256 (0.4%)");
+    }
+
+    #[test]
+    fn stat_lines_and_log_lines_are_read() {
+        let csv = "# pxname,svname,qcur,scur,status,weight,econ,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other\n\
+                   web_in,FRONTEND,,0,OPEN,,,0,5,0,0,1,0\n\
+                   web,stable1,0,2,UP,200,0,0,40,0,1,3,0\n\
+                   web,canary1,0,0,MAINT,0,4,0,0,0,0,0,0\n\
+                   web,BACKEND,0,2,UP,200,4,0,40,0,1,3,0\n\
+                   other,stable1,0,9,UP,1,0,0,1,0,0,0,0\n";
+        let s = parse_stat(csv, "web");
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s[0],
+            ServerStat {
+                name: "stable1".into(),
+                status: "UP".into(),
+                weight: 200,
+                requests: 44,
+                errors_5xx: 3,
+                connection_errors: 0,
+                current: 2,
+            }
+        );
+        assert_eq!(s[1].connection_errors, 4);
+        assert_eq!(
+            parse_log("web canary2 503 12", "web"),
+            Some((Pool::Canary, Duration::from_millis(12), true))
+        );
+        assert_eq!(
+            parse_log("<134>Nov 23 10:00:00 haproxy[1]: web_stable stable1 200 3", "web"),
+            Some((Pool::Stable, Duration::from_millis(3), false))
+        );
+        assert_eq!(parse_log("web <NOSRV> 503 0", "web"), None, "no pool took it");
+        assert_eq!(parse_log("webx stable1 200 3", "web"), None, "another backend");
+        assert_eq!(
+            parse_log("web canary1 -1 5", "web").map(|l| l.2),
+            Some(true),
+            "a broken answer"
+        );
+        assert_eq!(parse_log("garbage", "web"), None);
+    }
+
+    #[test]
+    fn the_config_has_slots_header_backends_and_the_log() {
+        let c = config(
+            "web",
+            "127.0.0.1:8080".parse().expect("addr"),
+            Path::new("/s/web.sock"),
+            "127.0.0.1:5514".parse().expect("addr"),
+            2,
+        );
+        for want in [
+            "stats socket /s/web.sock mode 600 level admin",
+            "log 127.0.0.1:5514 len 4096 format raw local0",
+            "bind 127.0.0.1:8080",
+            "use_backend web_canary if { req.hdr(x-canary) -m str always }",
+            "backend web_stable\n    server stable1 127.0.0.1:1 weight 1 disabled\n    server stable2",
+            "    server canary2 127.0.0.1:1 weight 1 disabled\n",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in\n{c}");
+        }
+    }
+}

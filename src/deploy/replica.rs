@@ -1,0 +1,571 @@
+//! The replicas of a service revision and their health.
+//!
+//! A replica is a process group running the target's command on a port
+//! trackside assigns, or a container of the target's image published on a
+//! free loopback port. Either way it is an address the router sends traffic
+//! to. Every replica carries a tag naming the state directory and service
+//! (an environment variable, or a container label), so the replicas of a
+//! killed trackside are found and stopped by the next deploy.
+//!
+//! Health is probed the same way for both: once until a replica is healthy
+//! (`wait_healthy`), then for as long as it serves (`monitor`), which is
+//! what the rollout pane shows per replica and what rolls a deploy back
+//! when a replica fails its checks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::revision::{Revision, safe_name};
+use super::router::Pool;
+use crate::exec::docker::DockerExecutor;
+use crate::pipeline::model::{HealthCheck, Probe, Target};
+
+/// How long a stopped replica has to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Replica {
+    pub addr: SocketAddr,
+    /// `canary v2#1`: what logs and the rollout pane call it.
+    pub name: String,
+    pub pool: Pool,
+    kind: Kind,
+}
+
+/// What health checks need of a replica; cheap to hand to a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    pub name: String,
+    pub pool: Pool,
+    pub addr: SocketAddr,
+}
+
+impl Replica {
+    pub fn handle(&self) -> Handle {
+        Handle {
+            name: self.name.clone(),
+            pool: self.pool,
+            addr: self.addr,
+        }
+    }
+}
+
+/// Handles of several replicas.
+pub fn handles(replicas: &[Replica]) -> Vec<Handle> {
+    replicas.iter().map(Replica::handle).collect()
+}
+
+enum Kind {
+    Process(tokio::process::Child),
+    Container(String),
+}
+
+/// Starts and stops the replicas of one service.
+pub struct Launcher {
+    pub service: String,
+    pub state_dir: PathBuf,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub log: mpsc::Sender<String>,
+    docker: OnceCell<DockerExecutor>,
+}
+
+impl Launcher {
+    pub fn new(
+        service: &str,
+        state_dir: PathBuf,
+        workdir: PathBuf,
+        env: Vec<(String, String)>,
+        log: mpsc::Sender<String>,
+    ) -> Self {
+        Launcher {
+            service: service.to_string(),
+            state_dir,
+            workdir,
+            env,
+            log,
+            docker: OnceCell::new(),
+        }
+    }
+
+    /// The tag every replica of the service carries.
+    pub fn tag(&self) -> String {
+        format!("deploy:{}:{}", self.state_dir.display(), self.service)
+    }
+
+    async fn docker(&self) -> Result<&DockerExecutor, String> {
+        self.docker
+            .get_or_try_init(|| async { DockerExecutor::connect().await.map_err(|e| e.to_string()) })
+            .await
+    }
+
+    /// Stops what an earlier, killed trackside left running for this service.
+    pub async fn sweep(&self, containers: bool) -> usize {
+        let tag = self.tag();
+        let t = tag.clone();
+        let mut n = tokio::task::spawn_blocking(move || crate::exec::shell::sweep_tagged(&t))
+            .await
+            .unwrap_or(0);
+        if containers && let Ok(d) = self.docker().await {
+            n += d.remove_replicas(&tag).await;
+        }
+        n
+    }
+
+    /// Starts replica number `i` (from 1) of `rev` in `pool`.
+    pub async fn start(&self, rev: &Revision, pool: Pool, i: u32) -> Result<Replica, String> {
+        let name = format!("{} {}#{i}", pool.name(), rev.version);
+        match rev.target() {
+            Target::Process { run } => {
+                let port = free_port()?;
+                let cmd = run.replace("${PORT}", &port.to_string());
+                let mut child = tokio::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&cmd)
+                    .current_dir(&self.workdir)
+                    .envs(self.env.iter().cloned())
+                    .env("PORT", port.to_string())
+                    .env(crate::exec::TAG_VAR, self.tag())
+                    .process_group(0)
+                    .kill_on_drop(true)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start `{cmd}`: {e}"))?;
+                let streams = [
+                    child
+                        .stdout
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                    child
+                        .stderr
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                ];
+                for stream in streams.into_iter().flatten() {
+                    let (log, tag) = (self.log.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let mut lines = BufReader::new(stream).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            let _ = log.send(format!("[{tag}] {line}")).await;
+                        }
+                    });
+                }
+                let _ = self.log.send(format!("started {name} on port {port}: {cmd}")).await;
+                Ok(Replica {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    name,
+                    pool,
+                    kind: Kind::Process(child),
+                })
+            }
+            Target::Container { image, port } => {
+                let docker = self.docker().await?;
+                let (out, mut lines) = mpsc::channel::<crate::exec::OutputLine>(64);
+                let (log, tag) = (self.log.clone(), name.clone());
+                tokio::spawn(async move {
+                    while let Some(l) = lines.recv().await {
+                        let _ = log.send(format!("[{tag}] {}", l.text)).await;
+                    }
+                });
+                let cname = format!(
+                    "trackside-{}-{}-{i}-{:08x}",
+                    safe_name(&self.service),
+                    safe_name(&rev.version),
+                    fastrand::u32(..)
+                );
+                let (id, host_port) = docker
+                    .start_replica(&cname, &image, port, &self.env, &self.tag(), out)
+                    .await?;
+                let _ = self
+                    .log
+                    .send(format!(
+                        "started {name}: container {cname} of {image}, port {port} published on 127.0.0.1:{host_port}"
+                    ))
+                    .await;
+                Ok(Replica {
+                    addr: SocketAddr::from(([127, 0, 0, 1], host_port)),
+                    name,
+                    pool,
+                    kind: Kind::Container(id),
+                })
+            }
+        }
+    }
+
+    /// Starts all replicas of `rev` in `pool`; on a failure, stops the ones
+    /// already started.
+    pub async fn start_all(&self, rev: &Revision, pool: Pool) -> Result<Vec<Replica>, String> {
+        let mut out = Vec::new();
+        for i in 1..=rev.replicas {
+            match self.start(rev, pool, i).await {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    self.stop_all(out).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn stop(&self, r: Replica) {
+        match r.kind {
+            Kind::Process(mut child) => {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let pg = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGTERM);
+                    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                        let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                }
+            }
+            Kind::Container(id) => {
+                if let Ok(d) = self.docker().await {
+                    d.stop_replica(&id, STOP_GRACE).await;
+                }
+            }
+        }
+    }
+
+    pub async fn stop_all(&self, replicas: Vec<Replica>) {
+        for r in replicas {
+            self.stop(r).await;
+        }
+    }
+}
+
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// How one replica is doing, for the rollout pane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub name: String,
+    pub pool: Pool,
+    pub addr: String,
+    /// `starting`, `healthy`, `unhealthy`, `draining`.
+    pub health: String,
+}
+
+/// The replicas' health as last seen, shared between probes and status.
+#[derive(Clone, Default)]
+pub struct Board(Arc<Mutex<BTreeMap<String, ReplicaView>>>);
+
+impl Board {
+    pub fn set(&self, r: &Handle, health: &str) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.insert(
+            r.name.clone(),
+            ReplicaView {
+                name: r.name.clone(),
+                pool: r.pool,
+                addr: r.addr.to_string(),
+                health: health.to_string(),
+            },
+        );
+    }
+
+    fn set_health(&self, name: &str, health: &str) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = m.get_mut(name) {
+            v.health = health.to_string();
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .is_some_and(|v| v.health != "draining")
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+
+    pub fn snapshot(&self) -> Vec<ReplicaView> {
+        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<ReplicaView> = m.values().cloned().collect();
+        v.sort_by(|a, b| (a.pool.name(), &a.name).cmp(&(b.pool.name(), &b.name)));
+        v
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One probe of one replica: Ok(true) healthy, Ok(false) answered but not
+/// healthy, Err(()) no answer at all.
+async fn probe(client: &HttpClient, addr: SocketAddr, p: &Probe, limit: Duration) -> Result<bool, ()> {
+    let attempt = async {
+        match p {
+            Probe::Http { path, status } => {
+                let uri: hyper::Uri = format!("http://{addr}{path}").parse().map_err(|_| ())?;
+                let r = client.get(uri).await.map_err(|_| ())?;
+                Ok(match status {
+                    Some(s) => r.status().as_u16() == *s,
+                    None => r.status().is_success(),
+                })
+            }
+            Probe::Tcp => tokio::net::TcpStream::connect(addr).await.map(|_| true).map_err(|_| ()),
+            Probe::Command(cmd) => tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd.replace("${PORT}", &addr.port().to_string()))
+                .env("PORT", addr.port().to_string())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map(|s| s.success())
+                .map_err(|_| ()),
+        }
+    };
+    tokio::time::timeout(limit, attempt).await.unwrap_or(Err(()))
+}
+
+fn describe_probe(addr: SocketAddr, p: &Probe) -> String {
+    match p {
+        Probe::Http { path, .. } => format!("http://{addr}{path}"),
+        Probe::Tcp => format!("tcp {addr}"),
+        Probe::Command(c) => format!("`{c}` for {addr}"),
+    }
+}
+
+fn probe_limit(h: &HealthCheck) -> Duration {
+    h.interval.max(Duration::from_millis(200))
+}
+
+/// Probes every replica until each has `success_threshold` healthy answers
+/// in a row; fails a replica after `failure_threshold` failures in a row
+/// once it has answered at all, or when `timeout` passes.
+pub async fn wait_healthy(
+    replicas: &[Handle],
+    h: &HealthCheck,
+    board: &Board,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let client = http_client();
+    let deadline = Instant::now() + h.timeout;
+    for r in replicas {
+        board.set(r, "starting");
+    }
+    for r in replicas {
+        let (mut ok, mut bad, mut answered) = (0, 0, false);
+        let what = format!("{} ({})", r.name, describe_probe(r.addr, &h.probe));
+        loop {
+            let healthy = match probe(&client, r.addr, &h.probe, probe_limit(h)).await {
+                Ok(good) => {
+                    // A failing command may only mean "not up yet": only a
+                    // success proves the replica answers at all.
+                    answered |= good || !matches!(h.probe, Probe::Command(_));
+                    good
+                }
+                Err(()) => false,
+            };
+            if healthy {
+                ok += 1;
+                bad = 0;
+                if ok >= h.success_threshold {
+                    board.set_health(&r.name, "healthy");
+                    break;
+                }
+            } else {
+                ok = 0;
+                bad += 1;
+                if answered && bad >= h.failure_threshold {
+                    board.set_health(&r.name, "unhealthy");
+                    return Err(format!("{what} failed {bad} health checks in a row"));
+                }
+            }
+            if Instant::now() >= deadline {
+                board.set_health(&r.name, "unhealthy");
+                return Err(format!("{what} was not healthy within {}s", h.timeout.as_secs()));
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err("cancelled".into()),
+                () = tokio::time::sleep(h.interval) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps probing healthy replicas until `stop` (or until a replica leaves
+/// the board, drained or stopped): a replica that fails
+/// `failure_threshold` checks in a row is reported on `tx` (once, until it
+/// recovers) and shown unhealthy.
+pub fn monitor(
+    replicas: Vec<Handle>,
+    h: &HealthCheck,
+    board: &Board,
+    stop: CancellationToken,
+    tx: mpsc::Sender<(Pool, String)>,
+) {
+    let (h, board) = (h.clone(), board.clone());
+    tokio::spawn(async move {
+        let client = http_client();
+        let mut bad = vec![0u32; replicas.len()];
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(h.interval) => {}
+            }
+            for (i, Handle { name, pool, addr }) in replicas.iter().enumerate() {
+                // Replicas being drained or stopped are no longer watched.
+                if !board.has(name) {
+                    continue;
+                }
+                let healthy = probe(&client, *addr, &h.probe, probe_limit(&h)).await == Ok(true);
+                if stop.is_cancelled() {
+                    return;
+                }
+                if healthy {
+                    if bad[i] >= h.failure_threshold {
+                        board.set_health(name, "healthy");
+                    }
+                    bad[i] = 0;
+                    continue;
+                }
+                bad[i] += 1;
+                if bad[i] == h.failure_threshold {
+                    board.set_health(name, "unhealthy");
+                    let why = format!(
+                        "{name} ({}) failed {} health checks in a row",
+                        describe_probe(*addr, &h.probe),
+                        bad[i]
+                    );
+                    let _ = tx.send((*pool, why)).await;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_check_status_ports_and_commands() {
+        let stop = CancellationToken::new();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let svc = super::super::demo::DemoService {
+            version: "v1".into(),
+            error_rate: 0.0,
+            latency: Duration::ZERO,
+        };
+        tokio::spawn(svc.serve(l, stop.clone()));
+        let client = http_client();
+        let limit = Duration::from_secs(5);
+        let http = |status| Probe::Http {
+            path: "/healthz".into(),
+            status,
+        };
+        assert_eq!(probe(&client, addr, &http(None), limit).await, Ok(true));
+        assert_eq!(probe(&client, addr, &http(Some(200)), limit).await, Ok(true));
+        assert_eq!(
+            probe(&client, addr, &http(Some(204)), limit).await,
+            Ok(false),
+            "answered, wrong status"
+        );
+        assert_eq!(probe(&client, addr, &Probe::Tcp, limit).await, Ok(true));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert_eq!(
+            probe(&client, closed, &Probe::Tcp, limit).await,
+            Err(()),
+            "nothing listens"
+        );
+        let cmd = |c: &str| Probe::Command(c.into());
+        assert_eq!(
+            probe(&client, addr, &cmd("test \"$PORT\" -gt 0"), limit).await,
+            Ok(true)
+        );
+        assert_eq!(probe(&client, addr, &cmd("exit 3"), limit).await, Ok(false));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_command_that_never_succeeds_waits_for_the_timeout_and_the_monitor_reports_a_dying_replica() {
+        let (log, _logs) = mpsc::channel(64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let launcher = Launcher::new("svc", dir.path().into(), dir.path().into(), Vec::new(), log);
+        let rev = Revision::new(
+            "v1",
+            &Target::Process {
+                run: "exec sleep 600 # ${PORT}".into(),
+            },
+            1,
+        );
+        let r = launcher.start(&rev, Pool::Canary, 1).await.expect("start");
+        let board = Board::default();
+        let cancel = CancellationToken::new();
+        let h = HealthCheck {
+            probe: Probe::Command("exit 1".into()),
+            interval: Duration::from_millis(50),
+            success_threshold: 1,
+            failure_threshold: 1,
+            timeout: Duration::from_millis(300),
+        };
+        let e = wait_healthy(&[r.handle()], &h, &board, &cancel)
+            .await
+            .expect_err("never healthy");
+        assert!(e.contains("was not healthy within"), "{e}");
+        assert_eq!(board.snapshot()[0].health, "unhealthy");
+        // The monitor: healthy while a flag file exists, then not.
+        let flag = dir.path().join("up");
+        std::fs::write(&flag, "").expect("flag");
+        let h = HealthCheck {
+            probe: Probe::Command(format!("test -e {}", flag.display())),
+            failure_threshold: 2,
+            ..h
+        };
+        wait_healthy(&[r.handle()], &h, &board, &cancel).await.expect("healthy");
+        assert_eq!(board.snapshot()[0].health, "healthy");
+        let (tx, mut rx) = mpsc::channel(4);
+        monitor(vec![r.handle()], &h, &board, cancel.clone(), tx);
+        std::fs::remove_file(&flag).expect("rm");
+        let (pool, why) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("reported in time")
+            .expect("a report");
+        assert_eq!(pool, Pool::Canary);
+        assert!(
+            why.contains("canary v1#1") && why.contains("2 health checks in a row"),
+            "{why}"
+        );
+        assert_eq!(board.snapshot()[0].health, "unhealthy");
+        cancel.cancel();
+        launcher.stop(r).await;
+    }
+}

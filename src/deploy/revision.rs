@@ -1,0 +1,174 @@
+//! What is remembered about a service between deploys, in the state
+//! directory: its stable revision (`services/<service>.json`), the history
+//! of changes with who made them (`.history.jsonl`), and where a rollout
+//! waited at a gate (`.gate.json`), so a restarted trackside takes it up.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::model::Target;
+
+/// A service revision, as remembered between deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub version: String,
+    /// The command of a process target (empty for a container).
+    #[serde(default)]
+    pub run: String,
+    /// The image and inner port of a container target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub replicas: u32,
+}
+
+impl Revision {
+    pub fn new(version: &str, target: &Target, replicas: u32) -> Revision {
+        let (run, image, port) = match target {
+            Target::Process { run } => (run.clone(), None, None),
+            Target::Container { image, port } => (String::new(), Some(image.clone()), Some(*port)),
+        };
+        Revision {
+            version: version.to_string(),
+            run,
+            image,
+            port,
+            replicas,
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        match (&self.image, self.port) {
+            (Some(image), Some(port)) => Target::Container {
+                image: image.clone(),
+                port,
+            },
+            _ => Target::Process { run: self.run.clone() },
+        }
+    }
+}
+
+/// A service name or version as it may appear in file, container and
+/// HAProxy backend names: letters, digits, `-`, `_` and `.`.
+pub fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn revision_path(state: &Path, service: &str) -> PathBuf {
+    state.join("services").join(format!("{}.json", safe_name(service)))
+}
+
+pub fn load_revision(state: &Path, service: &str) -> Option<Revision> {
+    let text = std::fs::read_to_string(revision_path(state, service)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// One change of a service's stable revision, appended to
+/// `<state>/services/<service>.history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub ts_ms: u64,
+    /// `first_deploy`, `promoted`, `rolled_back`.
+    pub action: String,
+    pub by: String,
+    pub revision: Revision,
+}
+
+fn history_path(state: &Path, service: &str) -> PathBuf {
+    revision_path(state, service).with_extension("history.jsonl")
+}
+
+pub fn history(state: &Path, service: &str) -> Vec<HistoryEntry> {
+    std::fs::read_to_string(history_path(state, service))
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Makes `rev` the stable revision and records who did it and why.
+pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str, by: &str) -> Result<(), String> {
+    save_revision(state, service, rev)?;
+    let entry = HistoryEntry {
+        ts_ms: crate::store::now_ms(),
+        action: action.into(),
+        by: by.into(),
+        revision: rev.clone(),
+    };
+    let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+    let path = history_path(state, service);
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// Rolls a service back to the stable revision it had before the current
+/// one (also after a completed rollout). Returns (now, was).
+pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revision), String> {
+    let current = load_revision(state, service)
+        .ok_or_else(|| format!("service `{service}` has no deployed revision in {}", state.display()))?;
+    let entries = history(state, service);
+    // The newest entry is the current revision; the one before it is what to go back to.
+    let previous = entries
+        .iter()
+        .rev()
+        .map(|e| &e.revision)
+        .find(|r| **r != current)
+        .cloned()
+        .ok_or_else(|| format!("service `{service}` has no earlier revision than {}", current.version))?;
+    record_revision(state, service, &previous, "rolled_back", by)?;
+    Ok((previous, current))
+}
+
+pub fn save_revision(state: &Path, service: &str, rev: &Revision) -> Result<(), String> {
+    write_json(&revision_path(state, service), rev)
+}
+
+/// Where a rollout stood when it waited at a gate; kept until the rollout
+/// settles, so a restarted trackside takes the gate up again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateState {
+    pub version: String,
+    /// The target as `Target::describe` gives it (a command, or image and port).
+    pub run: String,
+    pub step: usize,
+    pub weight: u32,
+    pub since_ms: u64,
+}
+
+pub(crate) fn gate_path(state: &Path, service: &str) -> PathBuf {
+    revision_path(state, service).with_extension("gate.json")
+}
+
+pub fn load_gate(state: &Path, service: &str) -> Option<GateState> {
+    serde_json::from_str(&std::fs::read_to_string(gate_path(state, service)).ok()?).ok()
+}
+
+pub(crate) fn save_gate(state: &Path, service: &str, g: &GateState) -> Result<(), String> {
+    write_json(&gate_path(state, service), g)
+}
+
+/// Writes `value` as JSON to a temp file and renames it into place, so a
+/// reader never sees half a file.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
