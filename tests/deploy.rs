@@ -205,6 +205,55 @@ async fn a_gate_timeout_takes_its_default_action() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_rollout_freezes_its_countdown_until_resumed() {
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 20\n            - pause: {duration: 600s}\n            - set_weight: 100\n";
+    let (_s, mut r) = common::deploy::start_deploy(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
+    let phase_is = |want: &'static str| move |k: &EventKind| matches!(k, EventKind::Rollout { status, .. } if status.phase == want);
+    r.until("the timed pause", phase_is("paused")).await;
+    r.handle.rollout("web", Command::Pause).await.expect("hold");
+    let held = r.until("held", phase_is("held")).await;
+    let EventKind::Rollout { status, .. } = &held.kind else {
+        unreachable!("matched a rollout status")
+    };
+    let detail = status.detail.clone().unwrap_or_default();
+    assert!(detail.contains("s left on the countdown"), "{detail}");
+    assert_eq!(status.countdown_s, None, "no countdown runs while held");
+    r.handle.rollout("web", Command::Promote).await.expect("promote");
+    r.until(
+        "the ignored promote",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line.contains("promote ignored: the rollout is paused")),
+    )
+    .await;
+    r.handle.rollout("web", Command::Resume).await.expect("resume");
+    let resumed = r.until("the pause again", phase_is("paused")).await;
+    let EventKind::Rollout { status, .. } = &resumed.kind else {
+        unreachable!("matched a rollout status")
+    };
+    assert!(
+        status.countdown_s.is_some_and(|c| c > 500.0),
+        "the countdown goes on from where it stood: {:?}",
+        status.countdown_s
+    );
+    r.handle.rollout("web", Command::Promote).await.expect("promote");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
+    let lines = r.lines("web");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("paused: timers frozen") && l.contains("(by ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("resumed") && l.contains("(by ")),
+        "{lines:?}"
+    );
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_survives_a_restart_of_trackside() {
     common::deploy::gate_survives_a_restart(&|y| y.to_string()).await;
 }

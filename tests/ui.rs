@@ -588,6 +588,26 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
         )],
         "abort asks nothing: it must be fast"
     );
+    assert_eq!(
+        app.handle_key(key('H')),
+        vec![Command::Rollout(
+            "test".into(),
+            trackside::deploy::rollout::Command::Pause
+        )],
+        "H holds a running rollout"
+    );
+    let mut held = running_events();
+    held.push(rollout_event(2_000, "test", "held"));
+    let mut held = app_with(&held, color());
+    select(&mut held, "test");
+    assert_eq!(
+        held.handle_key(key('H')),
+        vec![Command::Rollout(
+            "test".into(),
+            trackside::deploy::rollout::Command::Resume
+        )],
+        "H resumes a held one"
+    );
     // Full promotion wants the service name typed.
     assert!(app.handle_key(key('F')).is_empty());
     assert!(matches!(app.mode, Mode::TypedConfirm { .. }));
@@ -617,6 +637,11 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
     select(&mut after, "test");
     assert!(after.handle_key(key('b')).is_empty());
     assert_eq!(after.handle_key(key('y')), vec![Command::RollbackService("web".into())]);
+    assert!(
+        after.handle_key(key('H')).is_empty(),
+        "an ended rollout has nothing to hold"
+    );
+    assert!(after.status.as_deref().unwrap_or("").contains("has ended"));
     select(&mut app, "lint");
     assert!(app.handle_key(key('P')).is_empty(), "not a deploy job");
     assert!(app.status.as_deref().unwrap_or("").contains("not a deploy job"));

@@ -278,6 +278,10 @@ fn phase_name(p: &Phase) -> (&'static str, Option<String>) {
         Phase::Paused { .. } => ("paused", None),
         Phase::Gate { reason, .. } => ("gate", Some(reason.clone())),
         Phase::Analyzing { runs_left, .. } => ("analyzing", Some(format!("{runs_left} analysis run(s) left"))),
+        Phase::Held { remaining: Some(r), .. } => (
+            "held",
+            Some(format!("paused by hand; {}s left on the countdown", r.as_secs())),
+        ),
         Phase::Held { .. } => ("held", Some("paused by hand".into())),
         Phase::Completed => ("completed", None),
         Phase::Aborted { reason } => ("aborted", Some(format!("Aborted (stable serving): {reason}"))),

@@ -376,7 +376,7 @@ impl App {
             }
             Action::Retry => vec![Command::Retry(name)],
             Action::Shell => vec![Command::Shell(name)],
-            Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback => {
+            Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback | Action::HoldRollout => {
                 use crate::deploy::rollout::Command as R;
                 let Some((service, phase)) = self.model.jobs[sel.unwrap_or(0)]
                     .rollout
@@ -394,6 +394,14 @@ impl App {
                     Action::Promote => vec![Command::Rollout(name, R::Promote)],
                     Action::AbortRollout => vec![Command::Rollout(name, R::Abort)],
                     Action::Rollback => vec![Command::Rollout(name, R::Rollback)],
+                    Action::HoldRollout if matches!(phase.as_str(), "completed" | "aborted" | "rolled_back") => {
+                        self.status = Some(format!(
+                            "the rollout of `{service}` has ended ({phase}); nothing to hold"
+                        ));
+                        Vec::new()
+                    }
+                    Action::HoldRollout if phase == "held" => vec![Command::Rollout(name, R::Resume)],
+                    Action::HoldRollout => vec![Command::Rollout(name, R::Pause)],
                     _ => {
                         self.mode = Mode::TypedConfirm {
                             question: format!("Promote `{service}` to 100% now? Type `{service}` and Enter:"),

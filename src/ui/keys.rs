@@ -34,6 +34,7 @@ pub enum Action {
     PromoteFull,
     AbortRollout,
     Rollback,
+    HoldRollout,
     Help,
     Quit,
 }
@@ -279,6 +280,14 @@ pub const BINDINGS: &[Binding] = &[
         S::Everywhere,
         "",
         "rollout: roll back to the previous revision",
+    ),
+    b(
+        &[K::Char('H')],
+        "H",
+        A::HoldRollout,
+        S::Everywhere,
+        "",
+        "rollout: hold (timers frozen) / resume",
     ),
     b(&[K::Char('?')], "?", A::Help, S::Everywhere, "help", "this help"),
     b(
