@@ -15,6 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackside::deploy::demo::DemoService;
+use trackside::deploy::haproxy::Haproxy;
+use trackside::deploy::replica::free_port;
 use trackside::deploy::router::{Pool, Router};
 
 async fn backend(stop: &CancellationToken) -> SocketAddr {
@@ -95,33 +97,20 @@ fn main() {
         let proxied = l.local_addr().expect("addr");
         tokio::spawn(router.clone().serve(l, stop.clone()));
 
-        // Latency the proxy adds at 1,000 requests/s (open loop, 10 s each).
-        for round in 0..3 {
-            let mut d = open_loop(direct, 1000, 10).await;
-            let mut p = open_loop(proxied, 1000, 10).await;
-            println!(
-                "round {round}: 1,000 req/s for 10 s: direct p50 {:?} p99 {:?}; via the router p50 {:?} p99 {:?}; added at p99 {:?} (target < 1 ms)",
-                quantile(&mut d, 0.5),
-                quantile(&mut d, 0.99),
-                quantile(&mut p, 0.5),
-                quantile(&mut p, 0.99),
-                quantile(&mut p, 0.99).saturating_sub(quantile(&mut d, 0.99))
-            );
-        }
+        added_latency("the router", direct, proxied).await;
 
-        // The same with wrk (closed loop, 8 connections, as fast as it goes).
-        match (wrk(direct), wrk(proxied)) {
-            (Some(a), Some(b)) => {
-                for (name, r) in [("wrk direct     ", a), ("wrk via router ", b)] {
-                    println!(
-                        "{name} {} | {} | {}",
-                        wrk_line(&r, "Requests/sec"),
-                        wrk_line(&r, "50%"),
-                        wrk_line(&r, "99%")
-                    );
-                }
+        // The same through HAProxy as trackside runs it (its config, its
+        // request log to trackside), for comparison.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port().expect("port")).parse().expect("addr");
+        match Haproxy::start("haproxy", dir.path(), "web", listen, 1, "bench", stop.clone()).await {
+            Ok(h) => {
+                h.set_backends(Pool::Stable, &[direct]).await.expect("backends");
+                h.set_weight(0).await.expect("weight");
+                added_latency("HAProxy", direct, listen).await;
+                h.shutdown().await;
             }
-            _ => println!("wrk: not installed (apt-get install wrk); skipped"),
+            Err(e) => println!("HAProxy: SKIPPED ({e})"),
         }
 
         // Abort to 0%: the weight store every request reads.
@@ -152,11 +141,41 @@ fn main() {
         stop.cancel();
     });
     rt.block_on(abort_through_the_engine("built-in router", ""));
-    let haproxy = std::process::Command::new("haproxy").arg("-v").output().is_ok();
-    if haproxy {
+    if std::process::Command::new("haproxy").arg("-v").output().is_ok() {
         rt.block_on(abort_through_the_engine("HAProxy", "      router: haproxy\n"));
     } else {
         println!("abort through the engine with HAProxy: SKIPPED (apt-get install haproxy)");
+    }
+}
+
+/// p99 and p50 added by `name` at 1,000 requests/s (open loop, 10 s, 3
+/// rounds, alternating with the direct path), then wrk's closed loop.
+async fn added_latency(name: &str, direct: SocketAddr, via: SocketAddr) {
+    for round in 0..3 {
+        let mut d = open_loop(direct, 1000, 10).await;
+        let mut p = open_loop(via, 1000, 10).await;
+        println!(
+            "round {round}: 1,000 req/s for 10 s: direct p50 {:?} p99 {:?}; via {name} p50 {:?} p99 {:?}; added at p99 {:?} (target < 1 ms)",
+            quantile(&mut d, 0.5),
+            quantile(&mut d, 0.99),
+            quantile(&mut p, 0.5),
+            quantile(&mut p, 0.99),
+            quantile(&mut p, 0.99).saturating_sub(quantile(&mut d, 0.99))
+        );
+    }
+    // wrk: closed loop, 8 connections, as fast as it goes.
+    match (wrk(direct), wrk(via)) {
+        (Some(a), Some(b)) => {
+            for (path, r) in [("direct".to_string(), a), (format!("via {name}"), b)] {
+                println!(
+                    "wrk {path:<16} {} | {} | {}",
+                    wrk_line(&r, "Requests/sec"),
+                    wrk_line(&r, "50%"),
+                    wrk_line(&r, "99%")
+                );
+            }
+        }
+        _ => println!("wrk: not installed (apt-get install wrk); skipped"),
     }
 }
 
