@@ -1,10 +1,12 @@
 //! trackside: run and steer CI/CD pipelines from a terminal.
 //!
-//! Dependencies point one way: front-ends ([`headless`], later `ui`) talk to
+//! Dependencies point one way: front-ends ([`headless`], [`ui`], and
+//! [`control`] for steering from another shell) talk to
 //! the [`engine`] through its handle and events; the engine uses
 //! [`pipeline`], [`exec`] and [`store`]. `pipeline` depends on nothing else
 //! in the crate.
 
+pub mod control;
 pub mod deploy;
 pub mod engine;
 pub mod exec;

@@ -51,6 +51,25 @@ struct Cli {
     command: Cmd,
 }
 
+/// What `trackside rollout SERVICE ...` does.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RolloutAction {
+    /// Print where the rollout stands.
+    Status,
+    /// Pass the current gate, pause or analysis (with --full: to 100% now).
+    Promote,
+    /// New revision to 0% at once; stable keeps serving.
+    Abort,
+    /// While the rollout runs: the same as abort.
+    Rollback,
+    /// Hold: freeze the countdown (a rolling deploy holds before its next batch).
+    Pause,
+    /// Go on after a hold, with the countdown where it stood.
+    Resume,
+    /// Start a failed deploy job (and so its rollout) again.
+    Retry,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum OutputFormat {
     Text,
@@ -238,6 +257,20 @@ enum Cmd {
     /// Make a service's previous revision stable again (also after a
     /// completed rollout); the next deploy compares against it.
     Rollback { service: String },
+    /// Steer a rollout another trackside is running (same user, same
+    /// --state-dir): `trackside rollout web promote`, `... status`.
+    Rollout {
+        /// The deploy's `service:`.
+        service: String,
+        /// What to do.
+        action: RolloutAction,
+        /// With promote: straight to 100%.
+        #[arg(long)]
+        full: bool,
+        /// The reply as one JSON object (with the rollout's whole status).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the result cache.
     Cache {
         #[command(subcommand)]
@@ -353,6 +386,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             );
             Ok(0)
         }
+        Cmd::Rollout {
+            service,
+            action,
+            full,
+            json,
+        } => rollout(&state, &service, action, full, json),
         Cmd::DemoService {
             port,
             version,
@@ -473,6 +512,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     docker,
                 });
                 let handle = engine::spawn(pipeline, plan, cfg)?;
+                // `trackside rollout SERVICE ...` from other shells.
+                let control = trackside::control::serve(handle.clone(), state.clone());
                 let summary = if interactive {
                     let mut approvals = approve.clone();
                     if approve_all {
@@ -491,6 +532,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     headless::run(&handle, format, &approve, approve_all, &manual).await?
                 };
                 handle.shutdown().await;
+                control.close().await;
                 Ok::<_, Fail>(summary.exit_code)
             })?;
             Ok(u8::try_from(code).unwrap_or(1))
@@ -762,6 +804,50 @@ fn demo_service(port: u16, version: String, error_rate: f64, latency_ms: u64) ->
         let _ = serve.await;
         Ok(0)
     })
+}
+
+/// `trackside rollout SERVICE ACTION`: one request to the trackside
+/// running the rollout (see `trackside::control`).
+fn rollout(state: &Path, service: &str, action: RolloutAction, full: bool, json: bool) -> Result<u8, Fail> {
+    use trackside::control::{Request, call};
+    use trackside::deploy::rollout::Command;
+    if full && action != RolloutAction::Promote {
+        return Err(Fail(
+            "--full goes with promote: `trackside rollout SERVICE promote --full`".into(),
+            2,
+        ));
+    }
+    let command = match action {
+        RolloutAction::Status => None,
+        RolloutAction::Promote if full => Some(Command::PromoteFull),
+        RolloutAction::Promote => Some(Command::Promote),
+        RolloutAction::Abort => Some(Command::Abort),
+        RolloutAction::Rollback => Some(Command::Rollback),
+        RolloutAction::Pause => Some(Command::Pause),
+        RolloutAction::Resume => Some(Command::Resume),
+        RolloutAction::Retry => Some(Command::Retry),
+    };
+    let req = match command {
+        None => Request::Status,
+        Some(command) => Request::Steer {
+            command,
+            by: trackside::deploy::rollout::who(),
+        },
+    };
+    let reply = call(state, service, &req).map_err(|e| Fail(e, 1))?;
+    if json {
+        let text = serde_json::to_string(&reply).map_err(|e| Fail(e.to_string(), 1))?;
+        outln!("{text}");
+    } else {
+        outln!("{}", reply.message);
+        for d in &reply.decisions {
+            outln!("  {d}");
+        }
+        if let Some(s) = reply.status.as_ref().filter(|_| command.is_some()) {
+            outln!("now: {}", s.summary());
+        }
+    }
+    Ok(if reply.ok { 0 } else { 1 })
 }
 
 fn shell(state: &Path, run: &str, job: &str, attempt: Option<u32>) -> Result<u8, Fail> {

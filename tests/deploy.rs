@@ -403,3 +403,107 @@ async fn blue_green_previews_green_switches_at_once_and_switches_back_on_abort()
     );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
 }
+
+/// `trackside --state-dir STATE rollout ARGS...` as another shell would run
+/// it, as user `ana` over SSH: (exit code, stdout, stderr).
+async fn steer(state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("USER", "ana")
+        .env("SSH_CLIENT", "10.9.8.7 52000 22")
+        .output()
+        .await
+        .expect("run trackside");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `path` exists.
+async fn until_exists(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appears", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_steered_from_another_shell() {
+    use std::io::{BufRead, Write};
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
+    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
+    let server = trackside::control::serve(r.handle.clone(), state.path().to_path_buf());
+    let socket = trackside::deploy::revision::control_socket_path(state.path(), "web");
+    until_exists(&socket).await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).expect("socket").permissions().mode() & 0o777,
+        0o600,
+        "only its owner steers"
+    );
+
+    let (code, out, err) = steer(state.path(), &["rollout", "web", "status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("web v1 -> v2 (canary): gate, step 2/3, weight 30.0%"),
+        "{out}"
+    );
+    // A command that does not apply says so and changes nothing.
+    let (code, out, _) = steer(state.path(), &["rollout", "web", "resume"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("resume ignored (gate): the rollout is not held"), "{out}");
+    assert!(out.contains("now: web v1 -> v2 (canary): gate"), "{out}");
+    // The service is locked while its rollout runs: steer it instead.
+    let (code, _, err) = steer(state.path(), &["rollback", "web"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("another trackside is deploying `web`") && err.contains("trackside rollout web"),
+        "{err}"
+    );
+    let (code, _, err) = steer(state.path(), &["rollout", "web", "abort", "--full"]).await;
+    assert_eq!(code, 2, "--full is for promote: {err}");
+    // Not a request: a clear refusal, and the server goes on.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    raw.write_all(b"promote please\n").expect("write");
+    let mut answer = String::new();
+    std::io::BufReader::new(&raw).read_line(&mut answer).expect("answer");
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("not a request"),
+        "{answer}"
+    );
+
+    let (code, out, err) = steer(state.path(), &["rollout", "web", "promote", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let reply: trackside::control::Reply = serde_json::from_str(out.trim()).expect("a JSON reply");
+    assert!(reply.ok);
+    assert!(
+        reply
+            .decisions
+            .iter()
+            .any(|d| d.contains("promote: step 2 passed by hand")),
+        "{reply:?}"
+    );
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
+    // The audit names the person in the other shell, not the server.
+    let by = r.seen.iter().find_map(|e| match &e.kind {
+        EventKind::RolloutDecision { text, by, .. } if text.contains("passed by hand") => by.clone(),
+        _ => None,
+    });
+    let by = by.expect("a named decision");
+    assert!(by.starts_with("ana@") && by.ends_with("(ssh from 10.9.8.7)"), "{by}");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+
+    server.close().await;
+    assert!(!socket.exists(), "closing removes the socket");
+    let (code, _, err) = steer(state.path(), &["rollout", "web", "status"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no trackside is running a rollout of `web`"), "{err}");
+}

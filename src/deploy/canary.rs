@@ -21,6 +21,25 @@ pub const FULL: u32 = 1000;
 
 pub use crate::pipeline::model::{GateAction, RolloutStep as Step};
 
+impl Phase {
+    /// The phase's name in statuses and events: `gate`, `held`, `aborted`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::NotStarted => "not_started",
+            Phase::StartingCanary => "starting_canary",
+            Phase::Running => "running",
+            Phase::Paused { .. } => "paused",
+            Phase::Gate { .. } => "gate",
+            Phase::Analyzing { .. } => "analyzing",
+            Phase::Held { .. } => "held",
+            Phase::Completed => "completed",
+            Phase::Aborted { .. } => "aborted",
+            Phase::RolledBack { .. } => "rolled_back",
+            Phase::Degraded { .. } => "degraded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CanarySpec {
     pub steps: Vec<Step>,
@@ -261,17 +280,18 @@ impl Canary {
                     "promote ignored: the rollout is paused; resume first",
                     Some(&by),
                 ),
-                _ => {}
+                other => self.ignored("promote", other.name(), &by, &mut fx),
             },
             Input::PromoteFull { by } if self.active() && self.phase != Phase::StartingCanary => {
                 note(&mut fx, "full promotion: canary to 100%", Some(&by));
                 self.complete(&mut fx);
             }
-            Input::Promote { .. } | Input::PromoteFull { .. } => {}
+            Input::Promote { by } => self.ignored("promote", self.phase.name(), &by, &mut fx),
+            Input::PromoteFull { by } => self.ignored("full promotion", self.phase.name(), &by, &mut fx),
             Input::Abort { by } if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
                 self.abort("aborted by hand", Some(&by), &mut fx);
             }
-            Input::Abort { .. } => {}
+            Input::Abort { by } => self.ignored("abort", self.phase.name(), &by, &mut fx),
             Input::Rollback { by } => match self.phase {
                 Phase::Completed => {
                     note(&mut fx, "rollback to the previous revision", Some(&by));
@@ -281,8 +301,10 @@ impl Canary {
                     };
                     fx.push(Effect::RestorePrevious);
                 }
-                _ if self.active() => self.abort("rolled back by hand", Some(&by), &mut fx),
-                _ => {}
+                _ if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
+                    self.abort("rolled back by hand", Some(&by), &mut fx)
+                }
+                _ => self.ignored("rollback", self.phase.name(), &by, &mut fx),
             },
             Input::Pause { by } if self.active() && !matches!(self.phase, Phase::Held { .. }) => {
                 let remaining = self.next_timer().map(|t| t.saturating_sub(now));
@@ -293,7 +315,7 @@ impl Canary {
                 };
                 note(&mut fx, "paused: timers frozen", Some(&by));
             }
-            Input::Resume { by } => {
+            Input::Resume { by } if matches!(self.phase, Phase::Held { .. }) => {
                 if let Phase::Held { remaining, was } = std::mem::replace(&mut self.phase, Phase::NotStarted) {
                     self.last_progress = now;
                     self.phase = match (*was, remaining) {
@@ -321,9 +343,29 @@ impl Canary {
                     note(&mut fx, "resumed", Some(&by));
                 }
             }
-            Input::Pause { .. } => {}
+            Input::Resume { by } => self.ignored("resume", self.phase.name(), &by, &mut fx),
+            Input::Pause { by } => self.ignored("pause", self.phase.name(), &by, &mut fx),
         }
         fx
+    }
+
+    /// A command that does not apply now is recorded, with why, so the
+    /// person who gave it (and the audit) sees it was not lost.
+    fn ignored(&self, what: &str, phase: &str, by: &str, fx: &mut Vec<Effect>) {
+        let why = match (what, phase) {
+            ("full promotion", "starting_canary") => "the canary is not healthy yet".to_string(),
+            ("promote", "starting_canary" | "running") => "it acts at a gate, pause or analysis".to_string(),
+            ("pause", "held") => "the rollout is held already".to_string(),
+            (_, "held") => "the rollout is held; resume first".to_string(),
+            ("resume", _) => "the rollout is not held".to_string(),
+            (_, "degraded") => "stable is failing its own health checks; abort or roll back".to_string(),
+            _ => format!("the rollout is {}", phase.replace('_', " ")),
+        };
+        note(
+            fx,
+            &format!("{what} ignored ({}): {why}", phase.replace('_', " ")),
+            Some(by),
+        );
     }
 
     fn next_timer(&self) -> Option<Duration> {
@@ -777,9 +819,10 @@ mod tests {
         c.handle(Input::CanaryHealthy, s(1));
         c.handle(Input::Abort { by: "sre".into() }, s(2));
         assert!(matches!(c.phase, Phase::Aborted { .. }));
-        assert!(
-            c.handle(Input::Promote { by: "x".into() }, s(3)).is_empty(),
-            "nothing to promote"
+        only_note(
+            &c.handle(Input::Promote { by: "x".into() }, s(3)),
+            "promote ignored (aborted)",
+            "x",
         );
         assert_eq!(
             c.handle(Input::Retry { by: "sre".into() }, s(4))[1],
@@ -805,6 +848,55 @@ mod tests {
         c.handle(Input::CanaryHealthy, s(0));
         c.handle(Input::Tick, s(10_000));
         assert!(matches!(c.phase, Phase::Gate { .. }), "people may take their time");
+    }
+
+    /// The only effect is a note by `by` that contains `text`.
+    fn only_note(fx: &[Effect], text: &str, by: &str) {
+        assert!(
+            matches!(fx, [Effect::Note { text: t, by: Some(b) }] if t.contains(text) && b == by),
+            "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_command_that_does_not_apply_changes_nothing_and_says_why() {
+        let mut c = started(standard());
+        let fx = c.handle(Input::Promote { by: "a".into() }, s(0));
+        only_note(&fx, "promote ignored (starting canary): it acts at a gate", "a");
+        let fx = c.handle(Input::PromoteFull { by: "a".into() }, s(0));
+        only_note(&fx, "the canary is not healthy yet", "a");
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::Tick, s(11));
+        c.handle(pass(), s(12));
+        c.handle(Input::Tick, s(22));
+        c.handle(pass(), s(22));
+        assert!(matches!(c.phase, Phase::Gate { .. }));
+        // Resume without a hold once wiped the phase: the gate must stay.
+        let fx = c.handle(Input::Resume { by: "b".into() }, s(30));
+        only_note(&fx, "resume ignored (gate): the rollout is not held", "b");
+        assert!(matches!(c.phase, Phase::Gate { .. }), "{:?}", c.phase);
+        c.handle(Input::Pause { by: "b".into() }, s(31));
+        let fx = c.handle(Input::Pause { by: "b".into() }, s(32));
+        only_note(&fx, "held already", "b");
+        c.handle(Input::Resume { by: "b".into() }, s(33));
+        c.handle(Input::Abort { by: "b".into() }, s(34));
+        let fx = c.handle(Input::Abort { by: "c".into() }, s(35));
+        only_note(&fx, "abort ignored (aborted): the rollout is aborted", "c");
+        let fx = c.handle(Input::Rollback { by: "c".into() }, s(35));
+        only_note(&fx, "rollback ignored", "c");
+    }
+
+    #[test]
+    fn rollback_of_a_degraded_rollout_aborts_it_like_abort_does() {
+        let mut c = started(standard());
+        c.handle(Input::CanaryHealthy, s(1));
+        c.handle(Input::StableUnhealthy("stable#1 refused".into()), s(2));
+        assert!(matches!(c.phase, Phase::Degraded { .. }));
+        let fx = c.handle(Input::Promote { by: "a".into() }, s(3));
+        only_note(&fx, "stable is failing its own health checks", "a");
+        let fx = c.handle(Input::Rollback { by: "a".into() }, s(4));
+        assert_eq!(weights(&fx), [0], "{fx:?}");
+        assert!(matches!(c.phase, Phase::Aborted { .. }), "{:?}", c.phase);
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Haproxy {
         let socket = dir.join(format!("{backend}.sock"));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!(
-                "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state)",
+                "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state-dir)",
                 socket.display()
             ));
         }

@@ -68,6 +68,34 @@ pub(crate) fn revision_path(state: &Path, service: &str) -> PathBuf {
     state.join("services").join(format!("{}.json", safe_name(service)))
 }
 
+/// Where the trackside steering a service's running rollout listens for
+/// `trackside rollout` (see `crate::control`).
+pub fn control_socket_path(state: &Path, service: &str) -> PathBuf {
+    revision_path(state, service).with_extension("sock")
+}
+
+/// Takes the service's lock: one trackside changes a service at a time.
+/// Held for as long as the returned file is open.
+pub(crate) fn lock_service(state: &Path, service: &str) -> Result<std::fs::File, String> {
+    let path = revision_path(state, service).with_extension("lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "another trackside is deploying `{service}` right now (it holds {}); steer that rollout with `trackside rollout {service} ...`",
+            path.display()
+        ));
+    }
+    Ok(lock)
+}
+
 pub fn load_revision(state: &Path, service: &str) -> Option<Revision> {
     let text = std::fs::read_to_string(revision_path(state, service)).ok()?;
     serde_json::from_str(&text).ok()
@@ -117,6 +145,8 @@ pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str
 /// Rolls a service back to the stable revision it had before the current
 /// one (also after a completed rollout). Returns (now, was).
 pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revision), String> {
+    // Not under a running rollout's feet: that one is steered instead.
+    let _lock = lock_service(state, service)?;
     let current = load_revision(state, service)
         .ok_or_else(|| format!("service `{service}` has no deployed revision in {}", state.display()))?;
     let entries = history(state, service);

@@ -43,6 +43,19 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// The phase's name in statuses and events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::NotStarted => "not_started",
+            Phase::Updating { .. } => "updating",
+            Phase::Held => "held",
+            Phase::Completed => "completed",
+            Phase::RolledBack { .. } => "rolled_back",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Start,
@@ -136,6 +149,12 @@ impl Rolling {
 
     pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Effect> {
         let mut fx = Vec::new();
+        let input_name = match &input {
+            Input::Abort { .. } => "abort",
+            Input::Pause { .. } => "pause",
+            Input::Resume { .. } => "resume",
+            _ => "",
+        };
         match input {
             Input::Start if self.phase == Phase::NotStarted => {
                 self.last_progress = now;
@@ -188,7 +207,14 @@ impl Rolling {
                     fx.push(Effect::RestorePrevious);
                 }
                 _ if self.active() => self.roll_back("rolled back by hand", Some(&by), &mut fx),
-                _ => {}
+                _ => note(
+                    &mut fx,
+                    &format!(
+                        "rollback ignored: the update is {}",
+                        self.phase.name().replace('_', " ")
+                    ),
+                    Some(&by),
+                ),
             },
             Input::Pause { by } if matches!(self.phase, Phase::Updating { .. }) => {
                 self.hold_requested = true;
@@ -198,15 +224,24 @@ impl Rolling {
                     Some(&by),
                 );
             }
-            Input::Resume { by } => {
-                if self.phase == Phase::Held {
-                    note(&mut fx, "resumed", Some(&by));
-                    self.last_progress = now;
-                    self.next_batch(&mut fx);
-                } else if self.hold_requested {
-                    self.hold_requested = false;
-                    note(&mut fx, "resumed", Some(&by));
-                }
+            Input::Resume { by } if self.phase == Phase::Held => {
+                note(&mut fx, "resumed", Some(&by));
+                self.last_progress = now;
+                self.next_batch(&mut fx);
+            }
+            Input::Resume { by } if self.hold_requested => {
+                self.hold_requested = false;
+                note(&mut fx, "resumed", Some(&by));
+            }
+            // A person's command that does not apply now is recorded, with
+            // why, so it is not silently lost.
+            Input::Abort { by } | Input::Pause { by } | Input::Resume { by } => {
+                let why = match (input_name, &self.phase) {
+                    ("pause", Phase::Held) => "the update is held already".to_string(),
+                    ("resume", _) => "the update is not held".to_string(),
+                    (_, p) => format!("the update is {}", p.name().replace('_', " ")),
+                };
+                note(&mut fx, &format!("{input_name} ignored: {why}"), Some(&by));
             }
             _ => {}
         }
@@ -291,6 +326,29 @@ mod tests {
     /// Effects without the notes.
     fn acts(fx: Vec<Effect>) -> Vec<Effect> {
         fx.into_iter().filter(|e| !matches!(e, Effect::Note { .. })).collect()
+    }
+
+    #[test]
+    fn a_command_that_does_not_apply_changes_nothing_and_says_why() {
+        let mut r = Rolling::new(spec(2, 2, 1, 0));
+        r.handle(Input::Start, s(0));
+        let fx = r.handle(Input::Resume { by: "a".into() }, s(1));
+        assert!(
+            matches!(&fx[..], [Effect::Note { text, by: Some(b) }] if text == "resume ignored: the update is not held" && b == "a"),
+            "{fx:?}"
+        );
+        assert_eq!(r.phase, Phase::Updating { starting: 1 });
+        r.handle(Input::BatchHealthy, s(2));
+        r.handle(Input::BatchHealthy, s(3));
+        assert_eq!(r.phase, Phase::Completed);
+        for input in [Input::Abort { by: "b".into() }, Input::Pause { by: "b".into() }] {
+            let fx = r.handle(input, s(4));
+            assert!(
+                matches!(&fx[..], [Effect::Note { text, .. }] if text.ends_with("ignored: the update is completed")),
+                "{fx:?}"
+            );
+        }
+        assert_eq!(r.phase, Phase::Completed);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::replica::{Board, Launcher, Replica, ReplicaView, handles, monitor, wa
 pub use super::revision::{
     GateState, HistoryEntry, Revision, history, load_gate, load_revision, record_revision, rollback, save_revision,
 };
-use super::revision::{gate_path, revision_path, save_gate};
+use super::revision::{gate_path, lock_service, save_gate};
 use super::rolling::{self, Rolling, RollingSpec};
 use super::router::{FULL, Pool, Router, Totals};
 use super::traffic::Traffic;
@@ -62,7 +62,15 @@ impl Command {
 
 /// Who is steering: user@host, and the SSH client address when there is one.
 pub fn who() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    // The login name: USER or LOGNAME as shells set them, else the account
+    // of this process's uid (cron, systemd and `env -i` set neither).
+    let uid = nix::unistd::Uid::current();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name))
+        .unwrap_or_else(|| format!("uid {uid}"));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -117,6 +125,45 @@ pub struct Status {
     /// Hard limits of the analyses, for the charts: error rate (%) and p95 (ms).
     #[serde(default)]
     pub limits: [Option<f64>; 2],
+}
+
+impl Status {
+    /// Seconds until the pause, gate or analysis acts by itself, if it will.
+    pub fn countdown(&self) -> Option<f64> {
+        self.countdown_s
+            .filter(|_| matches!(self.phase.as_str(), "paused" | "gate" | "analyzing"))
+    }
+
+    /// One line for people: `web v1 -> v2 (canary): gate, step 2/3, weight 30.0%, next in 118s`.
+    pub fn summary(&self) -> String {
+        let (unit, done) = if self.strategy == "rolling" {
+            ("batch", self.step)
+        } else {
+            ("step", (self.step + 1).min(self.steps))
+        };
+        let mut out = format!(
+            "{} {} -> {}",
+            self.service,
+            self.stable_version.as_deref().unwrap_or("-"),
+            self.canary_version
+        );
+        if !self.strategy.is_empty() {
+            out.push_str(&format!(" ({})", self.strategy.replace('_', "-")));
+        }
+        out.push_str(&format!(
+            ": {}, {unit} {done}/{}, weight {:.1}%",
+            self.phase.replace('_', " "),
+            self.steps,
+            f64::from(self.weight) / 10.0
+        ));
+        if let Some(c) = self.countdown() {
+            out.push_str(&format!(", next in {c:.0}s"));
+        }
+        if let Some(d) = &self.detail {
+            out.push_str(&format!(" ({d})"));
+        }
+        out
+    }
 }
 
 /// A step as the pane lists it.
@@ -271,46 +318,26 @@ fn strategy_name(s: Strategy) -> &'static str {
 }
 
 fn phase_name(p: &Phase) -> (&'static str, Option<String>) {
-    match p {
-        Phase::NotStarted => ("not_started", None),
-        Phase::StartingCanary => ("starting_canary", None),
-        Phase::Running => ("running", None),
-        Phase::Paused { .. } => ("paused", None),
-        Phase::Gate { reason, .. } => ("gate", Some(reason.clone())),
-        Phase::Analyzing { runs_left, .. } => ("analyzing", Some(format!("{runs_left} analysis run(s) left"))),
-        Phase::Held { remaining: Some(r), .. } => (
-            "held",
-            Some(format!("paused by hand; {}s left on the countdown", r.as_secs())),
-        ),
-        Phase::Held { .. } => ("held", Some("paused by hand".into())),
-        Phase::Completed => ("completed", None),
-        Phase::Aborted { reason } => ("aborted", Some(format!("Aborted (stable serving): {reason}"))),
-        Phase::RolledBack { reason } => ("rolled_back", Some(reason.clone())),
-        Phase::Degraded { reason } => ("degraded", Some(format!("Degraded: {reason}"))),
-    }
+    let detail = match p {
+        Phase::Gate { reason, .. } => Some(reason.clone()),
+        Phase::Analyzing { runs_left, .. } => Some(format!("{runs_left} analysis run(s) left")),
+        Phase::Held { remaining: Some(r), .. } => {
+            Some(format!("paused by hand; {}s left on the countdown", r.as_secs()))
+        }
+        Phase::Held { .. } => Some("paused by hand".into()),
+        Phase::Aborted { reason } => Some(format!("Aborted (stable serving): {reason}")),
+        Phase::RolledBack { reason } => Some(reason.clone()),
+        Phase::Degraded { reason } => Some(format!("Degraded: {reason}")),
+        _ => None,
+    };
+    (p.name(), detail)
 }
 
 /// Runs the deploy to its end. `Ok` says what is stable now; `Err` why the
 /// new revision is not.
 pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     // One deploy of a service at a time per state directory.
-    let lock_path = revision_path(&io.state_dir, &spec.service).with_extension("lock");
-    if let Some(dir) = lock_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        return Err(format!(
-            "another trackside is deploying `{}` right now (it holds {})",
-            spec.service,
-            lock_path.display()
-        ));
-    }
+    let _lock = lock_service(&io.state_dir, &spec.service)?;
     let launcher = Launcher::new(
         &spec.service,
         io.state_dir.clone(),
@@ -806,19 +833,16 @@ async fn drive_rolling(
         }
         let (all, _) = machine.batches();
         let done = machine.updated.div_ceil(spec.rolling.batch_size.max(1));
-        let (phase, detail) = match &machine.phase {
-            rolling::Phase::NotStarted => ("not_started", None),
-            rolling::Phase::Updating { starting } => (
-                "updating",
-                Some(format!(
-                    "{} of {} replicas updated; {starting} starting",
-                    machine.updated, new.replicas
-                )),
-            ),
-            rolling::Phase::Held => ("held", Some("paused by hand between batches".into())),
-            rolling::Phase::Completed => ("completed", None),
-            rolling::Phase::RolledBack { reason } => ("rolled_back", Some(reason.clone())),
+        let detail = match &machine.phase {
+            rolling::Phase::Updating { starting } => Some(format!(
+                "{} of {} replicas updated; {starting} starting",
+                machine.updated, new.replicas
+            )),
+            rolling::Phase::Held => Some("paused by hand between batches".into()),
+            rolling::Phase::RolledBack { reason } => Some(reason.clone()),
+            rolling::Phase::NotStarted | rolling::Phase::Completed => None,
         };
+        let phase = machine.phase.name();
         let status = Status {
             step: done as usize,
             steps: all as usize,
@@ -851,15 +875,15 @@ async fn drive_rolling(
             }
             Some((cmd, by)) = io.control.recv() => {
                 let input = match cmd {
-                    Command::Abort => Some(rolling::Input::Abort { by }),
-                    Command::Rollback => Some(rolling::Input::Rollback { by }),
-                    Command::Pause => Some(rolling::Input::Pause { by }),
-                    Command::Resume | Command::Promote => Some(rolling::Input::Resume { by }),
-                    Command::PromoteFull | Command::Retry => None,
+                    Command::Abort => Ok(rolling::Input::Abort { by }),
+                    Command::Rollback => Ok(rolling::Input::Rollback { by }),
+                    Command::Pause => Ok(rolling::Input::Pause { by }),
+                    Command::Resume | Command::Promote => Ok(rolling::Input::Resume { by }),
+                    Command::PromoteFull | Command::Retry => Err(by),
                 };
                 match input {
-                    Some(i) => pending = machine.handle(i, now()),
-                    None => io.say(format!("rollout: `{cmd:?}` does not apply to a rolling update")).await,
+                    Ok(i) => pending = machine.handle(i, now()),
+                    Err(by) => io.note(format!("{cmd:?} ignored: it does not apply to a rolling update"), Some(by)).await,
                 }
             }
             Some(input) = internal_rx.recv() => {

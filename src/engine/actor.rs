@@ -178,8 +178,18 @@ impl EngineHandle {
 
     /// Steers a deploy job's rollout (promote, abort, ...), as `who()`.
     pub async fn rollout(&self, job: &str, cmd: crate::deploy::rollout::Command) -> Result<(), EngineError> {
-        self.control(Control::Rollout(job.into(), cmd, crate::deploy::rollout::who()))
-            .await
+        self.rollout_as(job, cmd, crate::deploy::rollout::who()).await
+    }
+
+    /// The same for someone else: `by` is who the run's events name (a
+    /// person steering from another shell through `crate::control`).
+    pub async fn rollout_as(
+        &self,
+        job: &str,
+        cmd: crate::deploy::rollout::Command,
+        by: String,
+    ) -> Result<(), EngineError> {
+        self.control(Control::Rollout(job.into(), cmd, by)).await
     }
 
     /// Makes a service's previous revision stable again, after its rollout

@@ -609,11 +609,7 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
     if let Some(d) = &r.detail {
         lines.push(Line::raw(format!("  {d}")));
     }
-    let countdown = r
-        .countdown_s
-        .filter(|_| matches!(r.phase.as_str(), "paused" | "gate" | "analyzing"))
-        .map(|c| format!("  next in {c:.0}s"))
-        .unwrap_or_default();
+    let countdown = r.countdown().map(|c| format!("  next in {c:.0}s")).unwrap_or_default();
     // Desired vs actual: HAProxy's integer weights round the share.
     let actual = if r.actual_weight != r.weight && !r.router.is_empty() {
         format!(" (actual {})", pct(r.actual_weight))

@@ -1,0 +1,323 @@
+//! Steering a running rollout from another shell.
+//!
+//! A deploy often runs where nobody is looking at it: headless in a CI job,
+//! or in a terminal UI on another machine. `trackside rollout web promote`
+//! in any shell of the same user reaches the trackside that runs `web`'s
+//! rollout: while a deploy job's rollout runs, that process listens on
+//! `<state>/services/web.sock` (mode 0600). One trackside deploys a service
+//! at a time (the service lock), so the socket names at most one rollout.
+//!
+//! The server is a front-end like the UI: it turns requests into
+//! `EngineHandle` calls and answers from the run's events; it holds no run
+//! logic. The protocol is one JSON line each way: a [`Request`], then a
+//! [`Reply`]. Who steers is the client's `user@host (ssh from ...)`, so the
+//! run's `rollout_decision` events name the person, not the server.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::deploy::revision::control_socket_path;
+use crate::deploy::rollout::{Command, Status};
+use crate::engine::{EngineHandle, Event, EventKind};
+
+/// The longest request line read (a request is well under 1 KiB).
+const MAX_REQUEST: u64 = 64 * 1024;
+/// The longest Unix socket path Linux takes (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How long a steering reply waits for the rollout to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The rollout's latest status.
+    Status,
+    /// A steering command, and who gives it.
+    Steer { command: Command, by: String },
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// For people: what happened, or why nothing did.
+    pub message: String,
+    /// What the rollout decided in answer (its `rollout_decision` texts).
+    #[serde(default)]
+    pub decisions: Vec<String>,
+    /// The rollout's status after the request.
+    pub status: Option<Status>,
+}
+
+impl Reply {
+    fn refused(message: String) -> Reply {
+        Reply {
+            ok: false,
+            message,
+            decisions: Vec::new(),
+            status: None,
+        }
+    }
+}
+
+/// Serves the control sockets of the run behind a handle. [`Server::close`]
+/// removes them; dropping it stops serving (removing them if the runtime
+/// lives on long enough).
+pub struct Server {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stops serving and removes the sockets.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The rollout a socket steers: its job, and its latest status.
+type Latest = watch::Receiver<(String, Status)>;
+
+/// A service being served: where its latest status goes, and its socket
+/// (`None` when it could not be bound).
+struct Served {
+    latest: watch::Sender<(String, Status)>,
+    socket: Option<PathBuf>,
+}
+
+/// Starts serving: a socket per service from its rollout's first status on,
+/// until the returned [`Server`] is dropped or the engine stops. Sockets
+/// outlive their job (a failed deploy job can still be retried through
+/// one) but not the process.
+pub fn serve(handle: EngineHandle, state: PathBuf) -> Server {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(watch_rollouts(handle, state, stop.clone()));
+    Server { stop, task: Some(task) }
+}
+
+async fn watch_rollouts(handle: EngineHandle, state: PathBuf, stop: CancellationToken) {
+    let mut events = handle.subscribe();
+    let mut served: HashMap<String, Served> = HashMap::new();
+    loop {
+        let ev = tokio::select! {
+            () = stop.cancelled() => break,
+            ev = events.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let EventKind::Rollout { job, status } = &ev.kind else {
+            continue;
+        };
+        let latest = (job.clone(), (**status).clone());
+        if let Some(s) = served.get(&status.service) {
+            s.latest.send_replace(latest);
+            continue;
+        }
+        let path = control_socket_path(&state, &status.service);
+        let (tx, rx) = watch::channel(latest);
+        let bound = match bind(&path) {
+            Ok(listener) => {
+                tokio::spawn(accept(listener, handle.clone(), rx, stop.clone()));
+                Some(path)
+            }
+            Err(e) => {
+                tracing::warn!("`trackside rollout {}` will not reach this run: {e}", status.service);
+                None
+            }
+        };
+        served.insert(
+            status.service.clone(),
+            Served {
+                latest: tx,
+                socket: bound,
+            },
+        );
+    }
+    for s in served.into_values() {
+        if let Some(p) = s.socket {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Binds `path`, replacing a socket nobody answers on (a killed trackside's).
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("another trackside serves {}", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make {} owner-only: {e}", path.display()))?;
+    Ok(listener)
+}
+
+async fn accept(listener: UnixListener, handle: EngineHandle, latest: Latest, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    return;
+                }
+            },
+        };
+        tokio::spawn(answer(stream, handle.clone(), latest.clone()));
+    }
+}
+
+async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let reply = match tokio::io::BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await
+    {
+        Err(e) => Reply::refused(format!("cannot read the request: {e}")),
+        Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Reply::refused(format!(
+                "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
+            )),
+            Ok(req) => respond(req, &handle, &latest).await,
+        },
+    };
+    if let Ok(mut text) = serde_json::to_string(&reply) {
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+}
+
+async fn respond(req: Request, handle: &EngineHandle, latest: &Latest) -> Reply {
+    let (job, status) = latest.borrow().clone();
+    let (command, by) = match req {
+        Request::Status => {
+            return Reply {
+                ok: true,
+                message: status.summary(),
+                decisions: Vec::new(),
+                status: Some(status),
+            };
+        }
+        Request::Steer { command, by } => (command, by),
+    };
+    // Subscribe before sending, so no answer is missed.
+    let mut events = handle.subscribe();
+    let sent = match command {
+        // The rollout of a failed deploy job starts again with the job.
+        Command::Retry => handle.retry(&job).await,
+        _ => handle.rollout_as(&job, command, by).await,
+    };
+    if let Err(e) = sent {
+        return Reply::refused(format!("{command:?} refused: {e}"));
+    }
+    let (decisions, after) = answers(&mut events, &job).await;
+    let message = match (&after, decisions.is_empty()) {
+        (_, false) => format!("{command:?} taken"),
+        (Some(_), true) => format!("{command:?} sent; the rollout decided nothing (see its status)"),
+        (None, true) => format!("{command:?} sent"),
+    };
+    Reply {
+        ok: true,
+        message,
+        decisions,
+        status: after.or(Some(status)),
+    }
+}
+
+/// The rollout's decisions after a command, up to its second status (the
+/// first may have been on its way already), its job's end, or
+/// [`ANSWER_WAIT`].
+async fn answers(events: &mut broadcast::Receiver<Arc<Event>>, job: &str) -> (Vec<String>, Option<Status>) {
+    let (mut decisions, mut status, mut statuses) = (Vec::new(), None, 0);
+    let deadline = tokio::time::sleep(ANSWER_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        let ev = tokio::select! {
+            () = &mut deadline => break,
+            ev = events.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        match &ev.kind {
+            EventKind::RolloutDecision { job: j, text, .. } if j == job => decisions.push(text.clone()),
+            EventKind::Rollout { job: j, status: s } if j == job => {
+                status = Some((**s).clone());
+                statuses += 1;
+                if statuses == 2 {
+                    break;
+                }
+            }
+            EventKind::JobFinished { job: j, .. } if j == job => break,
+            _ => {}
+        }
+    }
+    (decisions, status)
+}
+
+/// Sends `req` to the trackside running `service`'s rollout (a client call,
+/// blocking: the CLI's `trackside rollout`).
+pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String> {
+    let path = control_socket_path(state, service);
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "{} is too long for a Unix socket, so no trackside can serve it; use a shorter --state-dir",
+            path.display()
+        ));
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no trackside is running a rollout of `{service}` with state in {} ({}: {e}). \
+             Start one with `trackside run PIPELINE` (with the same --state-dir); to undo a completed rollout: `trackside rollback {service}`",
+            state.display(),
+            path.display()
+        )
+    })?;
+    let timeout = Some(ANSWER_WAIT + Duration::from_secs(8));
+    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_write_timeout(timeout);
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from {}: {e}", path.display()))?;
+    serde_json::from_str(answer.trim()).map_err(|e| {
+        format!(
+            "an answer from {} that is not a reply ({e}): {answer:?}",
+            path.display()
+        )
+    })
+}
