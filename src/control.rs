@@ -33,6 +33,8 @@ use crate::engine::{EngineHandle, Event, EventKind};
 const MAX_REQUEST: u64 = 64 * 1024;
 /// The longest Unix socket path Linux takes (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// How long a connection may take to send its request.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// How long a steering reply waits for the rollout to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
@@ -196,12 +198,11 @@ async fn accept(listener: UnixListener, handle: EngineHandle, latest: Latest, st
 async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let reply = match tokio::io::BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await
-    {
-        Err(e) => Reply::refused(format!("cannot read the request: {e}")),
-        Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+    let reply = match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
+        Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
+        Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Reply::refused(format!(
                 "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
             )),

@@ -646,3 +646,46 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
     assert!(app.handle_key(key('P')).is_empty(), "not a deploy job");
     assert!(app.status.as_deref().unwrap_or("").contains("not a deploy job"));
 }
+
+/// An SRE over SSH at 80x24: the rollout's numbers and keys must fit.
+#[test]
+fn a_rollout_at_80x24() {
+    let mut evs = running_events();
+    evs.push(rollout_event(1_400, "test", "gate"));
+    evs.push(rollout_event(1_900, "test", "gate"));
+    let mut app = app_with(&evs, color());
+    app.wide = false;
+    select(&mut app, "test");
+    insta::assert_snapshot!("80x24_rollout", screen(&app, 80, 24));
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Detail);
+    insta::assert_snapshot!("80x24_rollout_detail", screen(&app, 80, 24));
+}
+
+#[test]
+fn a_deploy_box_says_where_its_rollout_stands_and_the_footer_offers_its_keys() {
+    let mut evs = running_events();
+    let mut held = rollout_event(1_400, "test", "held");
+    if let EventKind::Rollout { status, .. } = &mut held.kind {
+        status.weight = 5;
+    }
+    evs.push(held);
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test");
+    let text = format!("{:?}", screen(&app, 140, 24).buffer());
+    assert!(text.contains("held 0.5%"), "{text}");
+    assert!(text.contains("H hold"), "the rollout's keys are in the footer: {text}");
+    // Once it has ended the box shows the time again, and only `b` is left.
+    evs.push(rollout_event(1_900, "test", "completed"));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test");
+    let text = format!("{:?}", screen(&app, 140, 24).buffer());
+    assert!(!text.contains("held 0.5%") && text.contains("b rollback"), "{text}");
+    assert!(!text.contains("P promote"), "{text}");
+    assert!(app.handle_key(key('P')).is_empty());
+    assert_eq!(
+        app.status.as_deref(),
+        Some("the rollout of `web` has ended (completed)")
+    );
+}

@@ -128,6 +128,29 @@ pub struct Status {
 }
 
 impl Status {
+    /// Whether the rollout has ended: only a rollback of a completed one is
+    /// left to do.
+    pub fn is_over(&self) -> bool {
+        matches!(self.phase.as_str(), "completed" | "aborted" | "rolled_back")
+    }
+
+    /// The phase and share in a few characters, for a DAG box: `gate 30%`.
+    pub fn brief(&self) -> String {
+        let phase = match self.phase.as_str() {
+            "starting_canary" => "start",
+            "running" | "completed" => "",
+            "analyzing" => "judge",
+            "updating" => "update",
+            other => other,
+        };
+        let pct = format!("{:.1}%", f64::from(self.weight) / 10.0).replace(".0%", "%");
+        if phase.is_empty() {
+            pct
+        } else {
+            format!("{phase} {pct}")
+        }
+    }
+
     /// Seconds until the pause, gate or analysis acts by itself, if it will.
     pub fn countdown(&self) -> Option<f64> {
         self.countdown_s

@@ -187,8 +187,18 @@ impl App {
             Action::PrevAttempt | Action::NextAttempt => self
                 .selected_job()
                 .is_some_and(|j| self.model.jobs[j].attempts.len() > 1),
+            // A completed rollout can still be rolled back.
+            Action::Rollback => self
+                .selected_rollout()
+                .is_some_and(|r| !r.is_over() || r.phase == "completed"),
+            a if a.is_rollout() => self.selected_rollout().is_some_and(|r| !r.is_over()),
             _ => true,
         }
+    }
+
+    /// The selected job's rollout, when it is a deploy job that has one.
+    fn selected_rollout(&self) -> Option<&crate::deploy::rollout::Status> {
+        self.model.jobs.get(self.selected_job()?)?.rollout.as_deref()
     }
 
     fn scope(&self) -> Scope {
@@ -322,6 +332,14 @@ impl App {
                 Action::Cancel => format!("`{name}` has already finished"),
                 Action::CancelAll => "the run has finished".into(),
                 Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),
+                a if a.is_rollout() => match self.selected_rollout() {
+                    Some(r) => format!(
+                        "the rollout of `{}` has ended ({})",
+                        r.service,
+                        r.phase.replace('_', " ")
+                    ),
+                    None => format!("`{name}` is not a deploy job with a rollout in progress"),
+                },
                 _ => return Vec::new(),
             });
             return Vec::new();
@@ -394,12 +412,6 @@ impl App {
                     Action::Promote => vec![Command::Rollout(name, R::Promote)],
                     Action::AbortRollout => vec![Command::Rollout(name, R::Abort)],
                     Action::Rollback => vec![Command::Rollout(name, R::Rollback)],
-                    Action::HoldRollout if matches!(phase.as_str(), "completed" | "aborted" | "rolled_back") => {
-                        self.status = Some(format!(
-                            "the rollout of `{service}` has ended ({phase}); nothing to hold"
-                        ));
-                        Vec::new()
-                    }
                     Action::HoldRollout if phase == "held" => vec![Command::Rollout(name, R::Resume)],
                     Action::HoldRollout => vec![Command::Rollout(name, R::Pause)],
                     _ => {

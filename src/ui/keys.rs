@@ -39,6 +39,16 @@ pub enum Action {
     Quit,
 }
 
+impl Action {
+    /// Steers the selected deploy job's rollout.
+    pub fn is_rollout(self) -> bool {
+        matches!(
+            self,
+            Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback | Action::HoldRollout
+        )
+    }
+}
+
 /// Where a binding applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -254,7 +264,7 @@ pub const BINDINGS: &[Binding] = &[
         "P",
         A::Promote,
         S::Everywhere,
-        "",
+        "promote",
         "rollout: promote the selected deploy job one step",
     ),
     b(
@@ -262,7 +272,7 @@ pub const BINDINGS: &[Binding] = &[
         "F",
         A::PromoteFull,
         S::Everywhere,
-        "",
+        "100%",
         "rollout: 100% now (type the service name to confirm)",
     ),
     b(
@@ -270,7 +280,7 @@ pub const BINDINGS: &[Binding] = &[
         "A",
         A::AbortRollout,
         S::Everywhere,
-        "",
+        "abort",
         "rollout: abort now (canary to 0%, stable keeps serving)",
     ),
     b(
@@ -278,7 +288,7 @@ pub const BINDINGS: &[Binding] = &[
         "b",
         A::Rollback,
         S::Everywhere,
-        "",
+        "rollback",
         "rollout: roll back to the previous revision",
     ),
     b(
@@ -286,7 +296,7 @@ pub const BINDINGS: &[Binding] = &[
         "H",
         A::HoldRollout,
         S::Everywhere,
-        "",
+        "hold",
         "rollout: hold (timers frozen) / resume",
     ),
     b(&[K::Char('?')], "?", A::Help, S::Everywhere, "help", "this help"),

@@ -198,6 +198,10 @@ fn job_summary(app: &App, j: usize) -> (String, Style, String) {
         .theme
         .status(job.status, job.flaky, job.allow_failure, job.cached.is_some());
     let mut info = match app.model.job_elapsed(j, app.now) {
+        // A rollout in progress says where it stands (`gate 30%`), the time does not.
+        Some(_) if job.status == JobStatus::Running && job.rollout.as_ref().is_some_and(|r| !r.is_over()) => {
+            job.rollout.as_ref().map(|r| r.brief()).unwrap_or_default()
+        }
         Some(ms) => seconds(ms),
         None if job.status == JobStatus::WaitingApproval => "manual".into(),
         None => String::new(),
@@ -692,10 +696,13 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
             )));
         }
     }
-    let keys = if r.strategy == "rolling" {
-        "  P resume  A abort (roll back)  b rollback"
-    } else {
-        "  P promote  F full  A abort  b rollback"
+    let keys = match (r.strategy.as_str(), r.phase.as_str()) {
+        (_, "completed") => "  b roll back to the previous revision",
+        (_, "aborted" | "rolled_back") => "  r retry the deploy job",
+        ("rolling", "held") => "  P/H resume  A abort (roll back)  b rollback",
+        ("rolling", _) => "  H hold  A abort (roll back)  b rollback",
+        (_, "held") => "  H resume  A abort  b rollback",
+        _ => "  P promote  F 100%  A abort  b rollback  H hold",
     };
     lines.push(Line::styled(keys, t.dim()));
 }
@@ -827,7 +834,12 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
         .map(item)
         .collect();
     let mut items: Vec<(String, &str)> = Vec::new();
-    for b in BINDINGS {
+    // A rollout's keys first: at 80 columns they are what matters then.
+    let rollout_first = BINDINGS
+        .iter()
+        .filter(|b| b.action.is_rollout())
+        .chain(BINDINGS.iter().filter(|b| !b.action.is_rollout()));
+    for b in rollout_first {
         if b.label.is_empty()
             || fixed.contains(&b.action)
             || !(b.scope == Scope::Everywhere || b.scope == scope)
