@@ -507,3 +507,58 @@ async fn a_rollout_is_steered_from_another_shell() {
     assert_eq!(code, 1);
     assert!(err.contains("no trackside is running a rollout of `web`"), "{err}");
 }
+
+/// The CI case: a headless `trackside run` waits at a gate, a person
+/// promotes it from a shell, and the socket goes with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_run_waits_at_its_gate_for_a_promote_from_a_shell() {
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
+    let file = state.path().join("pipeline.yml");
+    std::fs::write(&file, deploy_yaml("v2", 0.0, steps)).expect("write the pipeline");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("run")
+        .arg(&file)
+        .arg("--headless")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start trackside");
+    let socket = trackside::deploy::revision::control_socket_path(state.path(), "web");
+    until_exists(&socket).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = steer(state.path(), &["rollout", "web", "status"]).await;
+        assert_eq!(code, 0, "{err}");
+        if out.contains(": gate,") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reached the gate: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = steer(state.path(), &["rollout", "web", "promote"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("promote: step 2 passed by hand"), "{out}");
+    let done = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
+        .await
+        .expect("the run ends after the promote")
+        .expect("trackside's output");
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        out.contains("waiting at a manual gate (step 2/3, canary 30.0%): promote with P in the UI or `trackside rollout web promote`"),
+        "headless output says how to go on: {out}"
+    );
+    assert!(out.contains("promote: step 2 passed by hand (by ana@"), "{out}");
+    assert!(!socket.exists(), "the socket goes with the process");
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
+}

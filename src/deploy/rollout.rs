@@ -573,6 +573,7 @@ async fn drive(
         _ => Canary::new(canary_spec),
     };
     let mut gate_saved = false;
+    let mut last_phase = "";
     let judge_cfg = JudgeConfig {
         confidence: spec.confidence,
         tolerance: spec.tolerance,
@@ -666,6 +667,10 @@ async fn drive(
             pending = next;
         }
         let (phase, detail) = phase_name(&machine.phase);
+        if phase != last_phase {
+            last_phase = phase;
+            waiting_says(&machine, spec, now(), &io).await;
+        }
         let status = Status {
             countdown_s: machine.next_wake().map(|t| t.saturating_sub(now()).as_secs_f64()),
             step: machine.step.min(spec.steps.len()),
@@ -742,6 +747,44 @@ async fn drive(
             }
             _ = status_tick.tick() => {}
         }
+    }
+}
+
+/// Says in the log that the rollout now waits for a person or a timer, and
+/// how to go on: headless output shows nothing else of it.
+async fn waiting_says(machine: &Canary, spec: &Deploy, now: Duration, io: &Io) {
+    let left = machine.next_wake().map(|t| t.saturating_sub(now).as_secs());
+    let promote = format!("P in the UI or `trackside rollout {} promote`", spec.service);
+    let at = format!(
+        "step {}/{}, canary {:.1}%",
+        machine.step + 1,
+        spec.steps.len(),
+        f64::from(machine.weight) / 10.0
+    );
+    match (&machine.phase, spec.steps.get(machine.step)) {
+        (Phase::Gate { .. }, step) => {
+            let then = match (step, left) {
+                (
+                    Some(Step::Gate {
+                        timeout: Some((_, action)),
+                    }),
+                    Some(l),
+                ) => {
+                    format!("; in {l}s it will {}", format!("{action:?}").to_lowercase())
+                }
+                _ => String::new(),
+            };
+            io.say(format!("waiting at a manual gate ({at}){then}: promote with {promote}"))
+                .await;
+        }
+        (Phase::Paused { .. }, _) => {
+            io.say(format!(
+                "pausing {}s ({at}); {promote} goes on at once",
+                left.unwrap_or(0)
+            ))
+            .await;
+        }
+        _ => {}
     }
 }
 
