@@ -31,8 +31,12 @@ pub const FULL: u32 = 1000;
 pub const COOKIE: &str = "trackside_pool";
 /// Recent samples kept per pool (about two minutes at 1,000 requests/s).
 const RECENT: usize = 120_000;
-/// Histogram buckets: bucket i holds latencies below 10 µs * 2^(i/4).
-const BUCKETS: usize = 96;
+/// Histogram buckets per doubling of latency: 32, so a bucket is 2.2% wide
+/// and a quantile read from the histogram at most 2.2% above the truth.
+const PER_DOUBLING: f64 = 32.0;
+/// Histogram buckets: bucket i holds latencies below 10 µs * 2^(i/32), up to
+/// about 80 s (slower ones count in the last bucket). About 6 KiB per pool.
+const BUCKETS: usize = 23 * 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,14 +104,14 @@ impl PoolStats {
 }
 
 fn bucket_upper_ms(i: usize) -> f64 {
-    0.01 * 2f64.powf(i as f64 / 4.0)
+    0.01 * 2f64.powf(i as f64 / PER_DOUBLING)
 }
 
 fn bucket_of(ms: f64) -> usize {
     if ms <= 0.01 {
         return 0;
     }
-    (((ms / 0.01).log2() * 4.0).ceil() as usize).min(BUCKETS - 1)
+    (((ms / 0.01).log2() * PER_DOUBLING).ceil() as usize).min(BUCKETS - 1)
 }
 
 /// Totals of one pool since the router started.
@@ -250,7 +254,7 @@ impl Router {
 
     /// The router's counters in Prometheus' text format (version 0.0.4),
     /// for a real Prometheus to scrape. Latency buckets are the standard
-    /// ones; an internal bucket (19% wide) is counted under the first
+    /// ones; an internal bucket (2.2% wide) is counted under the first
     /// standard bound at or above its upper edge, so near a bound a request
     /// may land one bucket slower than its exact time: latency is
     /// over-estimated, never under-estimated.
@@ -574,9 +578,13 @@ mod tests {
         }
         let t = r.totals(Pool::Stable);
         assert_eq!((t.requests, t.errors), (100, 2));
-        // Buckets are 19% wide: a quantile is within one bucket of the truth.
-        assert!((50.0..=60.0).contains(&t.p50_ms), "{t:?}");
-        assert!((95.0..=113.0).contains(&t.p95_ms), "{t:?}");
+        // Buckets are 2.2% wide: a quantile is at most one bucket above the truth.
+        assert!((50.0..=51.1).contains(&t.p50_ms), "{t:?}");
+        assert!((95.0..=97.1).contains(&t.p95_ms), "{t:?}");
+        assert!((99.0..=101.2).contains(&t.p99_ms), "{t:?}");
+        // Beyond the last bucket: counted there, not lost.
+        r.record(Pool::Canary, Duration::from_secs(600), false);
+        assert!(r.totals(Pool::Canary).p50_ms > 80_000.0);
         let w = r.window(Pool::Stable, Instant::now() - Duration::from_secs(60));
         assert_eq!(w.requests, 100);
         assert_eq!(r.window(Pool::Canary, Instant::now()).requests, 0);
