@@ -387,7 +387,11 @@ pub fn save(ctx: &RunContext, job: &Job, attempt: u32, key: &CacheKey) -> Result
     let log_file = crate::store::log_path(&ctx.run_dir, &job.name, attempt);
     let log = match ctx.objects.put_file(&log_file) {
         Ok((d, _)) => Some(d),
-        Err(ObjectError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(ObjectError::Io(crate::store::IoFailure { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
         Err(e) => return Err(e.to_string()),
     };
     let manifest = ctx.index.artifact(&ctx.run_id, &job.name).map_err(|e| e.to_string())?;

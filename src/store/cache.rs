@@ -145,11 +145,7 @@ pub fn hash_inputs(
     let mut buf = vec![0u8; 64 * 1024];
     for rel in matched {
         let path = root.join(&rel);
-        let digest = hash_file(&path, &mut buf).map_err(|source| ArtifactError::Io {
-            action: "cannot read cache input",
-            path: path.clone(),
-            source,
-        })?;
+        let digest = hash_file(&path, &mut buf).map_err(super::io_err("cannot read cache input", &path))?;
         out.push((rel, digest));
     }
     Ok(out)

@@ -76,11 +76,7 @@ pub fn config_policy(state: &Path) -> Result<Policy, StoreError> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
         Err(source) => {
-            return Err(StoreError::Io {
-                action: "cannot read",
-                path,
-                source,
-            });
+            return Err(super::io_err("cannot read", &path)(source).into());
         }
     };
     let bad = |message: String| StoreError::Config {
@@ -300,11 +296,7 @@ pub fn collect_garbage(state: &Path, policy: &Policy) -> Result<Report, StoreErr
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(StoreError::Io {
-                        action: "cannot remove",
-                        path: dir,
-                        source,
-                    });
+                    return Err(super::io_err("cannot remove", &dir)(source).into());
                 }
             }
             index.remove_run(run)?;

@@ -123,11 +123,7 @@ impl Index {
     /// Opens (creating) `<state>/index.sqlite`.
     pub fn open(state: &Path) -> Result<Index, StoreError> {
         let path = state.join("index.sqlite");
-        std::fs::create_dir_all(state).map_err(|source| StoreError::Io {
-            action: "cannot create",
-            path: state.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(state).map_err(super::io_err("cannot create", state))?;
         let err = |e: rusqlite::Error| StoreError::Index {
             path: path.clone(),
             message: e.to_string(),

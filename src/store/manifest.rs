@@ -13,6 +13,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::objects::{Digest, ObjectError, ObjectStore};
+use super::{IoFailure, io_err};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -45,24 +46,12 @@ pub enum ArtifactError {
     SymlinkEscapes { path: String, target: String },
     #[error("artifact path `{0}` would land outside the target directory; refusing to restore it")]
     UnsafePath(String),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     #[error("artifact file `{path}`: {source}")]
     Object { path: String, source: ObjectError },
     #[error("manifest {0} is not a valid manifest")]
     BadManifest(Digest),
-}
-
-fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ArtifactError + 'p {
-    move |source| ArtifactError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// A relative path made only of normal components, or `None`.
@@ -111,7 +100,7 @@ pub fn collect(
     use std::os::unix::fs::PermissionsExt as _;
     let inc = glob_set(include)?;
     let exc = glob_set(exclude)?;
-    let canon_root = std::fs::canonicalize(root).map_err(io("cannot open", root))?;
+    let canon_root = std::fs::canonicalize(root).map_err(io_err("cannot open", root))?;
     let mut entries = Vec::new();
     let mut batch = store.batch();
     // (relative path, included because an ancestor directory matched)
@@ -119,9 +108,9 @@ pub fn collect(
     while let Some((rel, inherited)) = stack.pop() {
         let dir = root.join(&rel);
         let mut children: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(io("cannot read", &dir))?
+            .map_err(io_err("cannot read", &dir))?
             .collect::<Result<_, _>>()
-            .map_err(io("cannot read", &dir))?;
+            .map_err(io_err("cannot read", &dir))?;
         children.sort_by_key(|e| e.file_name());
         for child in children {
             let rel_child = rel.join(child.file_name());
@@ -130,12 +119,12 @@ pub fn collect(
                 continue;
             }
             let matched = inherited || inc.is_match(&rel_child) || inc.is_match(format!("{name}/"));
-            let meta = std::fs::symlink_metadata(child.path()).map_err(io("cannot read", &child.path()))?;
+            let meta = std::fs::symlink_metadata(child.path()).map_err(io_err("cannot read", &child.path()))?;
             if meta.file_type().is_symlink() {
                 if !matched {
                     continue;
                 }
-                let target = std::fs::read_link(child.path()).map_err(io("cannot read", &child.path()))?;
+                let target = std::fs::read_link(child.path()).map_err(io_err("cannot read", &child.path()))?;
                 // Relative targets only (an absolute one breaks wherever the set is
                 // restored), and they must resolve inside the workspace.
                 let link_dir = canon_root.join(&rel);
@@ -196,11 +185,8 @@ fn normalize(p: &Path) -> Option<PathBuf> {
 
 /// Stores the manifest itself (canonical JSON); its digest names the set.
 pub fn save(store: &ObjectStore, m: &Manifest) -> Result<Digest, ArtifactError> {
-    let json = serde_json::to_vec(m).map_err(|e| ArtifactError::Io {
-        action: "cannot encode",
-        path: PathBuf::from("manifest"),
-        source: std::io::Error::other(e),
-    })?;
+    let json =
+        serde_json::to_vec(m).map_err(|e| io_err("cannot encode", Path::new("manifest"))(std::io::Error::other(e)))?;
     store.put_bytes(&json).map_err(|source| ArtifactError::Object {
         path: "manifest".into(),
         source,
@@ -219,20 +205,20 @@ pub fn load(store: &ObjectStore, d: &Digest) -> Result<Manifest, ArtifactError> 
 /// absolute, contain `..`, or would pass through a symlink are refused.
 pub fn restore(store: &ObjectStore, m: &Manifest, dest: &Path) -> Result<(), ArtifactError> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dest).map_err(io("cannot create", dest))?;
-    let canon_dest = std::fs::canonicalize(dest).map_err(io("cannot open", dest))?;
+    std::fs::create_dir_all(dest).map_err(io_err("cannot create", dest))?;
+    let canon_dest = std::fs::canonicalize(dest).map_err(io_err("cannot open", dest))?;
     for e in &m.entries {
         let rel = safe_relative(&e.path).ok_or_else(|| ArtifactError::UnsafePath(e.path.clone()))?;
         let target = canon_dest.join(&rel);
         let parent = target.parent().unwrap_or(&canon_dest).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(io("cannot create", &parent))?;
+        std::fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
         // A symlink among the parents (planted by an earlier entry) could point anywhere.
-        let canon_parent = std::fs::canonicalize(&parent).map_err(io("cannot open", &parent))?;
+        let canon_parent = std::fs::canonicalize(&parent).map_err(io_err("cannot open", &parent))?;
         if !canon_parent.starts_with(&canon_dest) {
             return Err(ArtifactError::UnsafePath(e.path.clone()));
         }
         if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&target).map_err(io("cannot replace", &target))?;
+            std::fs::remove_file(&target).map_err(io_err("cannot replace", &target))?;
         }
         match &e.kind {
             EntryKind::File { object, .. } => {
@@ -241,7 +227,7 @@ pub fn restore(store: &ObjectStore, m: &Manifest, dest: &Path) -> Result<(), Art
                     source,
                 })?;
                 std::fs::set_permissions(&target, std::fs::Permissions::from_mode(e.mode & 0o7777))
-                    .map_err(io("cannot set the mode of", &target))?;
+                    .map_err(io_err("cannot set the mode of", &target))?;
             }
             EntryKind::Symlink { target: link } => {
                 let resolved = normalize(&parent.join(link));
@@ -251,7 +237,7 @@ pub fn restore(store: &ObjectStore, m: &Manifest, dest: &Path) -> Result<(), Art
                         target: link.clone(),
                     });
                 }
-                std::os::unix::fs::symlink(link, &target).map_err(io("cannot create", &target))?;
+                std::os::unix::fs::symlink(link, &target).map_err(io_err("cannot create", &target))?;
             }
         }
     }

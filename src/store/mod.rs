@@ -34,12 +34,8 @@ use crate::engine::event::{Event, EventKind, RunResult, RunSummary};
 pub enum StoreError {
     #[error("cannot find a state directory: set TRACKSIDE_STATE_DIR or pass --state-dir")]
     NoStateDir,
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     #[error("no run matches `{0}`; `trackside runs` lists them")]
     NoSuchRun(String),
     #[error("`{0}` matches several runs: {1}; give more of the id")]
@@ -59,8 +55,19 @@ pub enum StoreError {
     Index { path: PathBuf, message: String },
 }
 
-fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
-    move |source| StoreError::Io {
+/// A file operation that failed: what, on which path, and why. The store's
+/// error types all carry this one, so each says it the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct IoFailure {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// `.map_err(io_err("cannot read", &path))?`
+pub(crate) fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> IoFailure + 'p {
+    move |source| IoFailure {
         action,
         path: path.to_path_buf(),
         source,
@@ -189,7 +196,8 @@ impl RunRecord {
                 line.push('\n');
                 self.events
                     .write_all(line.as_bytes())
-                    .map_err(io_err("cannot write", &path))
+                    .map_err(io_err("cannot write", &path))?;
+                Ok(())
             }
         }
     }
@@ -218,7 +226,8 @@ impl RunRecord {
             path: path.clone(),
             message: "log writer vanished".into(),
         })?;
-        writeln!(w, "{ts}\t{stream}\t{step}\t{text}").map_err(io_err("cannot write", &path))
+        writeln!(w, "{ts}\t{stream}\t{step}\t{text}").map_err(io_err("cannot write", &path))?;
+        Ok(())
     }
 
     /// Writes summary.json atomically (temp file + rename).
@@ -232,7 +241,8 @@ impl RunRecord {
             message: e.to_string(),
         })?;
         std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
+        std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))?;
+        Ok(())
     }
 }
 
@@ -257,7 +267,7 @@ pub fn list_runs(state: &Path) -> Result<Vec<RunListing>, StoreError> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("cannot read", &dir)(e)),
+        Err(e) => return Err(io_err("cannot read", &dir)(e).into()),
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {

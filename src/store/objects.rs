@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::{IoFailure, io_err};
+
 /// Copy buffer: memory use does not grow with file size.
 const BUF: usize = 256 * 1024;
 
@@ -69,24 +71,12 @@ impl<'de> serde::Deserialize<'de> for Digest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
     #[error("object {0} is missing from the store")]
     Missing(Digest),
     #[error("object {digest} is corrupted: its content hashes to {actual}")]
     Corrupt { digest: Digest, actual: Digest },
-}
-
-fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ObjectError + 'p {
-    move |source| ObjectError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 pub struct ObjectStore {
@@ -159,7 +149,7 @@ impl ObjectStore {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => return Ok((f, path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_err("cannot create", &dir)(e)),
+                Err(e) => return Err(io_err("cannot create", &dir)(e).into()),
             }
         }
     }
@@ -183,7 +173,7 @@ impl ObjectStore {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err("cannot read input for", &tmp)(e)),
+                    Err(e) => return Err(io_err("cannot read input for", &tmp)(e).into()),
                 };
                 hasher.update(&buf[..n]);
                 file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
@@ -213,7 +203,8 @@ impl ObjectStore {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
-        std::fs::rename(tmp, &dest).map_err(io_err("cannot store", &dest))
+        std::fs::rename(tmp, &dest).map_err(io_err("cannot store", &dest))?;
+        Ok(())
     }
 
     /// A set of puts made durable together: one `syncfs` for the lot instead
@@ -241,7 +232,7 @@ impl ObjectStore {
         let path = self.path(d);
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ObjectError::Missing(*d),
-            _ => io_err("cannot read", &path)(e),
+            _ => io_err("cannot read", &path)(e).into(),
         })?;
         let actual = Digest::of(&bytes);
         if actual != *d {
@@ -256,7 +247,7 @@ impl ObjectStore {
         let src = self.path(d);
         let mut input = File::open(&src).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ObjectError::Missing(*d),
-            _ => io_err("cannot open", &src)(e),
+            _ => io_err("cannot open", &src)(e).into(),
         })?;
         let parent = dest.parent().unwrap_or(Path::new("."));
         let tmp = parent.join(format!(".trackside-restore-{:016x}", fastrand::u64(..)));
@@ -270,7 +261,7 @@ impl ObjectStore {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io_err("cannot read", &src)(e)),
+                    Err(e) => return Err(io_err("cannot read", &src)(e).into()),
                 };
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
@@ -348,7 +339,8 @@ impl ObjectStore {
     /// Removes an object (a corrupt one, on repair).
     pub fn remove(&self, d: &Digest) -> Result<(), ObjectError> {
         let path = self.path(d);
-        std::fs::remove_file(&path).map_err(io_err("cannot remove", &path))
+        std::fs::remove_file(&path).map_err(io_err("cannot remove", &path))?;
+        Ok(())
     }
 
     /// Rehashes an object: Ok(true) when intact.
