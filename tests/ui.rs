@@ -472,6 +472,53 @@ fn scrolling_above_the_window_asks_for_lines_from_disk() {
 }
 
 #[test]
+fn a_log_search_covers_the_lines_only_on_disk() {
+    use trackside::ui::app::OlderLines;
+    use trackside::ui::model::{LOG_WINDOW, LineKind, LogLine};
+    let mut evs = running_events();
+    for i in 0..(LOG_WINDOW + 20) {
+        evs.push(line(2_000, "build", 1, &format!("build line {i}")));
+    }
+    let mut app = app_with(&evs, color());
+    select(&mut app, "build");
+    app.focus = Focus::Log;
+    app.log_height = 10;
+    let dropped = app.model.logs[&(app.selected, 1)].dropped;
+    app.handle_key(key('/'));
+    for c in "needle".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let wanted = app.needs_older().expect("the search wants the lines on disk");
+    assert!(app.status.as_deref().unwrap_or("").contains("whole log"));
+    // What the loop reads from the run's log file: the needle is line 7.
+    let lines: Vec<LogLine> = (0..dropped)
+        .map(|i| LogLine {
+            ts: 0,
+            kind: LineKind::Out,
+            text: if i == 7 {
+                "error: needle".into()
+            } else {
+                format!("disk line {i}")
+            },
+        })
+        .collect();
+    app.older = Some(OlderLines { key: wanted, lines });
+    app.older_loaded();
+    assert_eq!(app.log_top, 7, "the search jumped to the line on disk");
+    assert!(screen(&app, 120, 30).to_string().contains("error: needle"));
+    assert_eq!(app.needs_older(), None);
+    // Matches in memory come after it, in order.
+    app.search = Some("build line 3".into());
+    app.handle_key(key('n'));
+    assert!(app.log_top >= dropped, "{} < {dropped}", app.log_top);
+    let first_in_memory = app.log_top;
+    app.handle_key(key('N'));
+    assert_eq!(app.log_top, first_in_memory, "no earlier match, on disk or not");
+    assert_eq!(app.status.as_deref(), Some("no more matches"));
+}
+
+#[test]
 fn any_terminal_size_renders_without_panicking() {
     let mut app = app_with(&failed_events(), color());
     select(&mut app, "integration");

@@ -83,6 +83,8 @@ pub struct App {
     /// Height of the log view at the last draw (for paging).
     pub log_height: usize,
     pub search: Option<String>,
+    /// A search waits for the lines only on disk before it jumps.
+    search_waits: bool,
     pub filter: String,
     pub status: Option<String>,
     /// Current time (unix ms), set by the loop before drawing.
@@ -107,6 +109,7 @@ impl App {
             log_top: 0,
             log_height: 10,
             search: None,
+            search_waits: false,
             filter: String::new(),
             status: None,
             now: 0,
@@ -148,15 +151,30 @@ impl App {
         }
     }
 
-    /// Whether the view reaches lines that are only on disk (and not loaded).
+    /// Whether the view, or a search, reaches lines that are only on disk
+    /// (and not loaded): the loop then reads them and calls
+    /// [`App::older_loaded`].
     pub fn needs_older(&self) -> Option<(usize, u32)> {
         let (j, a) = (self.selected_job()?, self.shown_attempt()?);
         let dropped = self.model.logs.get(&(j, a))?.dropped;
-        let loaded = self
-            .older
+        (dropped > 0 && (self.log_view_top() < dropped || self.search_waits) && self.older_for(j, a).is_none())
+            .then_some((j, a))
+    }
+
+    /// The loaded lines before the in-memory window of attempt `a` of job `j`.
+    fn older_for(&self, j: usize, a: u32) -> Option<&[super::model::LogLine]> {
+        let dropped = self.model.logs.get(&(j, a))?.dropped;
+        self.older
             .as_ref()
-            .is_some_and(|o| o.key == (j, a) && o.lines.len() >= dropped);
-        (self.log_view_top() < dropped && !loaded).then_some((j, a))
+            .filter(|o| o.key == (j, a) && o.lines.len() >= dropped)
+            .map(|o| &o.lines[..dropped])
+    }
+
+    /// The loop has read the older lines: a search that waited for them jumps now.
+    pub fn older_loaded(&mut self) {
+        if std::mem::take(&mut self.search_waits) && !self.jump_to_match(true, true) {
+            self.status = Some(format!("no match for `{}`", self.search.as_deref().unwrap_or("")));
+        }
     }
 
     /// Total lines of the shown log (dropped lines included).
@@ -254,8 +272,12 @@ impl App {
                     KeyCode::Enter => {
                         self.search = (!text.is_empty()).then(|| text.clone());
                         self.follow = false;
-                        if !self.jump_to_match(true, true) {
-                            self.status = Some(format!("no match for `{text}`"));
+                        // Lines only on disk are searched too: read them first.
+                        self.search_waits = self.search.is_some();
+                        if self.needs_older().is_some() {
+                            self.status = Some(format!("searching for `{text}` in the whole log..."));
+                        } else {
+                            self.older_loaded();
                         }
                     }
                     KeyCode::Esc => {}
@@ -565,12 +587,14 @@ impl App {
         };
         let q = q.to_lowercase();
         let start = self.log_top;
-        let hits: Vec<usize> = log
-            .lines
+        let older = self.older_for(j, a).unwrap_or_default();
+        let skipped = log.dropped - older.len();
+        let hits: Vec<usize> = older
             .iter()
+            .chain(log.lines.iter())
             .enumerate()
             .filter(|(_, l)| l.kind != LineKind::Step && l.text.to_lowercase().contains(&q))
-            .map(|(i, _)| i + log.dropped)
+            .map(|(i, _)| i + skipped)
             .collect();
         let found = if forward {
             hits.iter()

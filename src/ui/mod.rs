@@ -276,6 +276,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
             app.now = store::now_ms();
             if let Some(key) = app.needs_older() {
                 load_older(&mut app, handle.run_dir(), key);
+                app.older_loaded();
             }
             draw(&mut terminal, &app)?;
             dirty = false;
