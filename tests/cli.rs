@@ -438,6 +438,22 @@ fn the_demo_pipeline_is_valid_and_passes_when_approved() {
 }
 
 #[test]
+fn every_example_is_valid() {
+    let e = Env::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|x| x == "yml") {
+            let o = e.run(&["validate", path.to_str().unwrap_or_default()]);
+            assert_eq!(code(&o), 0, "{}: {}", path.display(), text(&o.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} examples found in {}", dir.display());
+}
+
+#[test]
 fn a_closed_pipe_ends_output_quietly() {
     let e = Env::new();
     let f = e.file("p.yml", OK);
