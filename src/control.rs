@@ -230,11 +230,7 @@ async fn respond(req: Request, handle: &EngineHandle, latest: &Latest) -> Reply 
     };
     // Subscribe before sending, so no answer is missed.
     let mut events = handle.subscribe();
-    let sent = match command {
-        // The rollout of a failed deploy job starts again with the job.
-        Command::Retry => handle.retry(&job).await,
-        _ => handle.rollout_as(&job, command, by).await,
-    };
+    let sent = handle.rollout_as(&job, command, by).await;
     if let Err(e) = sent {
         return Reply::refused(format!("{command:?} refused: {e}"));
     }

@@ -188,6 +188,20 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
         "recorded in events.jsonl"
     );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+    // Retry: the aborted rollout starts again with its job, up to the gate.
+    r.handle.rollout("web", Command::Retry).await.expect("retry");
+    r.until(
+        "the gate again",
+        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
+    )
+    .await;
+    r.handle.rollout("web", Command::Retry).await.expect("delivered");
+    r.until("the retry refused while it runs", |k| {
+        matches!(k, EventKind::RolloutDecision { text, .. } if text.starts_with("retry ignored (gate): the rollout is still under way"))
+    })
+    .await;
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    assert_eq!(r.finished().await.result, RunResult::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

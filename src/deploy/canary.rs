@@ -238,7 +238,8 @@ impl Canary {
                 self.phase = Phase::StartingCanary;
                 fx.push(Effect::StartCanary);
             }
-            Input::Start | Input::Retry { .. } => {}
+            Input::Start => {}
+            Input::Retry { by } => self.ignored("retry", self.phase.name(), &by, &mut fx),
             Input::CanaryHealthy if self.phase == Phase::StartingCanary => {
                 self.last_progress = now;
                 self.phase = Phase::Running;
@@ -359,6 +360,8 @@ impl Canary {
             (_, "held") => "the rollout is held; resume first".to_string(),
             ("resume", _) => "the rollout is not held".to_string(),
             (_, "degraded") => "stable is failing its own health checks; abort or roll back".to_string(),
+            ("retry", _) => "the rollout is still under way; it starts again after an abort".to_string(),
+            (_, "gate") => "the rollout waits at a gate".to_string(),
             _ => format!("the rollout is {}", phase.replace('_', " ")),
         };
         note(

@@ -608,7 +608,9 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
-            Command::Control(Control::Rollout(job, cmd, by), reply) => {
+            Command::Control(Control::Rollout(job, cmd, by), reply)
+                if cmd != crate::deploy::rollout::Command::Retry || self.has_rollout(&job) =>
+            {
                 let result = self.job_id(&job).and_then(|j| {
                     let tx = self
                         .rollouts
@@ -621,7 +623,8 @@ impl Actor {
             }
             Command::Control(ctl, reply) => {
                 let input = match ctl {
-                    Control::Rollout(..) => unreachable!("handled above"),
+                    // Retrying a rollout that has ended: its deploy job starts again.
+                    Control::Rollout(j, ..) => self.job_id(&j).map(Input::Retry),
                     Control::Approve(j) => self.job_id(&j).map(Input::Approve),
                     Control::Retry(j) => self.job_id(&j).map(Input::Retry),
                     Control::Cancel(j) => self.job_id(&j).map(Input::Cancel),
@@ -639,6 +642,10 @@ impl Actor {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    fn has_rollout(&self, job: &str) -> bool {
+        self.job_id(job).is_ok_and(|j| self.rollouts.contains_key(&j))
     }
 
     fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>, retry_tx: &mpsc::UnboundedSender<JobId>) {
