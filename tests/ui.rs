@@ -736,3 +736,37 @@ fn a_deploy_box_says_where_its_rollout_stands_and_the_footer_offers_its_keys() {
         Some("the rollout of `web` has ended (completed)")
     );
 }
+
+#[test]
+fn too_short_for_charts_a_rollout_shows_its_trends_as_sparklines() {
+    let mut evs = running_events();
+    for (i, err) in [0.0, 0.0, 0.01, 0.05].into_iter().enumerate() {
+        let mut e = rollout_event(1_400 + 500 * i as u64, "test", "gate");
+        if let EventKind::Rollout { status, .. } = &mut e.kind {
+            status.recent_error_rate = [Some(0.0), Some(err)];
+        }
+        evs.push(e);
+    }
+    let mut app = app_with(&evs, color());
+    app.wide = false;
+    select(&mut app, "test");
+    app.focus = Focus::Detail;
+    let text = screen(&app, 80, 24).to_string();
+    let err = text
+        .lines()
+        .find(|l| l.contains("err %"))
+        .unwrap_or_else(|| panic!("a trend line for errors: {text}"));
+    let canary: String = err
+        .split(" canary ")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    assert!(canary.starts_with('▁') && canary.ends_with('█'), "rising: {err}");
+    assert!(err.contains("5.0"), "the latest value: {err}");
+    assert!(text.contains("p95 ms canary"), "{text}");
+    // Tall enough, the charts replace them.
+    let text = screen(&app, 80, 50).to_string();
+    assert!(!text.contains("err %  canary") && text.contains("errors %"), "{text}");
+}

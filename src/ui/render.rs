@@ -424,6 +424,7 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(r) = &job.rollout {
         rollout_lines(r, t, &mut lines);
     }
+    let rollout_end = lines.len();
     let names = |ids: &[usize]| {
         ids.iter()
             .map(|&d| m.jobs[d].name.as_str())
@@ -476,6 +477,13 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         .map(|l| (l.width() as u16).div_ceil(inner.width.max(1)).max(1))
         .sum();
     let spare = inner.height.saturating_sub(text_rows);
+    // Too short for charts (80x24): a line per metric with its trend.
+    if job.rollout.is_some() && job.rollout_history.len() >= 2 && (2..8).contains(&spare) {
+        let trends = trend_lines(&job.rollout_history, inner.width, t);
+        // Before the keys line, which ends the rollout's lines.
+        let at = rollout_end.saturating_sub(1);
+        lines.splice(at..at, trends);
+    }
     let text_area = if job.rollout.is_some() && job.rollout_history.len() >= 2 && spare >= 8 {
         let [text, charts] = Layout::vertical([Constraint::Min(text_rows), Constraint::Length(spare)]).areas(inner);
         let limits = job.rollout.as_ref().map_or([None, None], |r| r.limits);
@@ -485,6 +493,65 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         inner
     };
     Paragraph::new(lines).wrap(Wrap { trim: false }).render(text_area, buf);
+}
+
+/// Error rate and p95 of canary and stable over the whole rollout as two
+/// lines of sparklines on one scale per metric, with the latest values:
+/// `  err %  canary ▁▁▂▅█▇ 1.0  stable ▁▁▁▁▁▁ 0.0`.
+fn trend_lines(history: &[super::model::RolloutPoint], width: u16, t: &super::theme::Theme) -> Vec<Line<'static>> {
+    const BARS: [&str; 8] = ["▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"];
+    const ASCII: [&str; 8] = ["_", ".", "-", "~", "=", "+", "*", "#"];
+    let levels = if t.ascii { ASCII } else { BARS };
+    // Label, two values of 6 and the pool names take about 38 columns.
+    let w = (usize::from(width).saturating_sub(38) / 2).clamp(4, 60);
+    let spark = |series: &[Option<f64>], (min, max): (f64, f64)| -> String {
+        (0..w)
+            .map(|i| {
+                // Each column is the worst point of its share of the history.
+                let (a, b) = (
+                    i * series.len() / w,
+                    ((i + 1) * series.len() / w).max(i * series.len() / w + 1),
+                );
+                let v = series[a..b.min(series.len())]
+                    .iter()
+                    .flatten()
+                    .fold(None, |m: Option<f64>, &v| Some(m.map_or(v, |m| m.max(v))));
+                match v {
+                    None => " ",
+                    Some(_) if max <= min => levels[0],
+                    Some(v) => levels[((v - min) / (max - min) * 7.0).round().clamp(0.0, 7.0) as usize],
+                }
+            })
+            .collect()
+    };
+    // Errors are scaled from 0; latency from the lowest point of either
+    // pool, so its shape shows (the numbers say how far apart they are).
+    let metric = |name: &str, from_zero: bool, get: &dyn Fn(&super::model::RolloutPoint) -> [Option<f64>; 2]| {
+        let [stable, canary]: [Vec<Option<f64>>; 2] = [0, 1].map(|pool| history.iter().map(|p| get(p)[pool]).collect());
+        let points = || stable.iter().chain(&canary).flatten().copied();
+        let max = points().fold(0.0f64, f64::max);
+        let min = if from_zero { 0.0 } else { points().fold(max, f64::min) };
+        let scale = (min, max);
+        let last = |s: &[Option<f64>]| {
+            s.iter()
+                .rev()
+                .flatten()
+                .next()
+                .map_or("-".into(), |v| format!("{v:.1}"))
+        };
+        Line::from(vec![
+            Span::styled(format!("  {name:<6}"), t.dim()),
+            Span::raw(" canary "),
+            Span::styled(spark(&canary, scale), t.fg(ratatui::style::Color::Yellow)),
+            Span::raw(format!(" {:>5}  stable ", last(&canary))),
+            Span::styled(spark(&stable, scale), t.fg(ratatui::style::Color::Green)),
+            Span::raw(format!(" {:>5}", last(&stable))),
+        ])
+    };
+    vec![
+        metric("err %", true, &|p| p.error_pct),
+        metric("p95 ms", false, &|p| p.p95_ms),
+    ]
 }
 
 /// One line of a chart: its name, its points, its style.
