@@ -173,6 +173,17 @@ fn a_canary_gate_is_promoted_by_keystroke() {
         "stable:",
         "canary:",
     ]);
+    // Someone in another shell holds it; the UI shows it, `H` resumes it.
+    let held = Command::new(&bin)
+        .args(["rollout", "web", "pause", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("trackside rollout");
+    assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stderr));
+    assert!(String::from_utf8_lossy(&held.stdout).contains("paused: timers frozen"));
+    t.wait_for(&["held", "paused by hand"]);
+    t.keys(&["H"]);
+    t.wait_for(&["resumed", "manual gate: promote to continue"]);
     t.keys(&["P"]);
     t.wait_for(&["completed", "canary weight 100.0%"]);
     t.wait_for(&["PASSED"]);
