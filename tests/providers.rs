@@ -123,6 +123,77 @@ async fn haproxy_weights_change_without_reload_abort_at_a_gate_and_a_gate_timeou
     assert_eq!(ver(state.path()).as_deref(), Some("v2"));
 }
 
+/// One GET with extra header lines; returns (Set-Cookie value, body).
+async fn get(addr: &str, headers: &str) -> (Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("answer");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .map(str::to_string);
+    (cookie, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_keeps_a_client_on_its_pool_through_haproxy_until_an_abort() {
+    if !tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    deploy(
+        state.path(),
+        &via_haproxy(&deploy_yaml("v1", 0.0, "            - set_weight: 100\n")),
+    )
+    .await;
+    let gate = "            - set_weight: 10\n            - pause: {}\n            - set_weight: 100\n";
+    // The canary is kept 5 s after the abort: HAProxy serves meanwhile.
+    let yaml = via_haproxy(&deploy_yaml("v2", 0.0, gate)).replace("abort_delay: 0", "abort_delay: 5");
+    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &yaml).await;
+    let addr = r
+        .lines("web")
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("HAProxy for web listening on http://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("HAProxy's address is logged");
+    // A preview request lands on the canary, and the answer says so.
+    let (cookie, body) = get(&addr, "X-Canary: always\r\n").await;
+    assert_eq!(body.trim(), "version v2");
+    assert_eq!(cookie.as_deref(), Some("trackside_pool=canary; Path=/"));
+    // At 10% the cookie keeps that client on v2: 20 of 20 (unpinned, about 2).
+    for _ in 0..20 {
+        let (_, body) = get(&addr, "Cookie: trackside_pool=canary\r\n").await;
+        assert_eq!(body.trim(), "version v2", "sticky to the canary");
+    }
+    for _ in 0..5 {
+        let (_, body) = get(&addr, "Cookie: trackside_pool=stable\r\n").await;
+        assert_eq!(body.trim(), "version v1", "sticky to stable");
+    }
+    // An abort overrides the cookie at once: everyone is on stable.
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    r.until(
+        "the abort",
+        |k| matches!(k, trackside::engine::EventKind::LogLine { line, .. } if line == "weight: canary 0.0%"),
+    )
+    .await;
+    for _ in 0..10 {
+        let (cookie, body) = get(&addr, "Cookie: trackside_pool=canary\r\n").await;
+        assert_eq!(body.trim(), "version v1", "an aborted canary gets nobody");
+        assert_eq!(cookie.as_deref(), Some("trackside_pool=stable; Path=/"));
+    }
+    assert_eq!(r.finished().await.result, RunResult::Failed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_through_haproxy_previews_green_by_header_and_switches_at_once() {
     if !tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY") {
@@ -176,6 +247,7 @@ async fn a_running_haproxy_is_steered_through_its_socket_and_measured_from_its_l
         &socket,
         format!("127.0.0.1:{log}").parse().expect("addr"),
         2,
+        None,
     );
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).expect("cfg");

@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::router::{FULL, Pool, Router};
+use super::router::{COOKIE, FULL, Pool, Router};
 
 /// The largest weight HAProxy takes for one server.
 const MAX_WEIGHT: u32 = 256;
@@ -157,8 +157,20 @@ pub fn parse_log(line: &str, backend: &str) -> Option<(Pool, Duration, bool)> {
     ))
 }
 
-/// The config trackside writes when it starts HAProxy itself.
-pub fn config(backend: &str, listen: SocketAddr, socket: &Path, log: SocketAddr, slots: u32) -> String {
+/// The config trackside writes when it starts HAProxy itself. With
+/// `pools_map`, a client keeps to the pool that first answered it (the
+/// `trackside_pool` cookie, as with the built-in router): the frontend looks
+/// the cookie up in that map, whose entries [`Haproxy::set_weight`] point at
+/// a pool's backend while the pool takes traffic and at the weighted backend
+/// when it takes none (so an abort overrides the cookie).
+pub fn config(
+    backend: &str,
+    listen: SocketAddr,
+    socket: &Path,
+    log: SocketAddr,
+    slots: u32,
+    pools_map: Option<&Path>,
+) -> String {
     let mut c = format!(
         "# Written by trackside for the deploy of `{backend}`; rewritten at every deploy.\n\
          global\n    stats socket {sock} mode 600 level admin\n    log {log} len 4096 format raw local0\n\n\
@@ -166,10 +178,24 @@ pub fn config(backend: &str, listen: SocketAddr, socket: &Path, log: SocketAddr,
          \x20   timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\n\
          frontend {backend}_in\n    bind {listen}\n\
          \x20   use_backend {backend}_canary if {{ req.hdr(x-canary) -m str always }}\n\
-         \x20   use_backend {backend}_stable if {{ req.hdr(x-canary) -m str never }}\n\
-         \x20   default_backend {backend}\n",
+         \x20   use_backend {backend}_stable if {{ req.hdr(x-canary) -m str never }}\n",
         sock = socket.display()
     );
+    // Every answer names the pool that gave it, for the next request.
+    let mut set_cookie = String::new();
+    if let Some(map) = pools_map {
+        c.push_str(&format!(
+            "    use_backend %[req.cook({COOKIE}),map({},{backend})]\n",
+            map.display()
+        ));
+        for p in [Pool::Stable, Pool::Canary] {
+            set_cookie.push_str(&format!(
+                "    http-response set-header Set-Cookie \"{COOKIE}={pool}; Path=/\" if {{ srv_name -m beg {pool} }}\n",
+                pool = p.name()
+            ));
+        }
+    }
+    c.push_str(&format!("    default_backend {backend}\n"));
     let servers = |pools: &[Pool]| {
         let mut s = String::new();
         for p in pools {
@@ -180,11 +206,15 @@ pub fn config(backend: &str, listen: SocketAddr, socket: &Path, log: SocketAddr,
         s
     };
     c.push_str(&format!(
-        "\nbackend {backend}\n    balance roundrobin\n{}",
+        "\nbackend {backend}\n    balance roundrobin\n{set_cookie}{}",
         servers(&[Pool::Stable, Pool::Canary])
     ));
     for p in [Pool::Stable, Pool::Canary] {
-        c.push_str(&format!("\nbackend {backend}_{}\n{}", p.name(), servers(&[p])));
+        c.push_str(&format!(
+            "\nbackend {backend}_{}\n{set_cookie}{}",
+            p.name(),
+            servers(&[p])
+        ));
     }
     c
 }
@@ -236,6 +266,8 @@ pub struct Haproxy {
     pub backend: String,
     /// Also steer `<backend>_stable` and `<backend>_canary` (header routing).
     header_backends: bool,
+    /// Where the sticky cookie leads (only in a config trackside wrote).
+    pools_map: Option<PathBuf>,
     slots: u32,
     /// Measurements, fed from the request log.
     pub stats: Arc<Router>,
@@ -275,7 +307,12 @@ impl Haproxy {
         let _ = std::fs::remove_file(&socket);
         let (log, log_addr) = bind_log("127.0.0.1:0").await?;
         let cfg_path = dir.join(format!("{backend}.cfg"));
-        std::fs::write(&cfg_path, config(backend, listen, &socket, log_addr, slots))
+        // Sticky sessions: both cookies lead to the weighted backend until
+        // the weights say otherwise.
+        let map = dir.join(format!("{backend}.pools.map"));
+        std::fs::write(&map, format!("stable {backend}\ncanary {backend}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", map.display()))?;
+        std::fs::write(&cfg_path, config(backend, listen, &socket, log_addr, slots, Some(&map)))
             .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
         let mut child = tokio::process::Command::new(binary)
             .arg("-f")
@@ -321,6 +358,7 @@ impl Haproxy {
             api,
             backend: backend.to_string(),
             header_backends: true,
+            pools_map: Some(map),
             slots,
             stats: Router::new(false),
             state: Mutex::new(HState::default()),
@@ -353,6 +391,7 @@ impl Haproxy {
             api,
             backend: backend.to_string(),
             header_backends: false,
+            pools_map: None,
             slots,
             stats: Router::new(false),
             state: Mutex::new(HState::default()),
@@ -429,6 +468,17 @@ impl Haproxy {
         for (pool, w) in [(Pool::Stable, ws), (Pool::Canary, wc)] {
             for i in 1..=self.slots {
                 cmds.push(format!("set server {}/{}{i} weight {w}", self.backend, pool.name()));
+            }
+        }
+        // A cookie keeps a client on its pool while the pool takes traffic.
+        if let Some(map) = &self.pools_map {
+            for (pool, serving) in [(Pool::Stable, ws > 0 && ns > 0), (Pool::Canary, wc > 0 && nc > 0)] {
+                let to = if serving {
+                    format!("{}_{}", self.backend, pool.name())
+                } else {
+                    self.backend.clone()
+                };
+                cmds.push(format!("set map {} {} {to}", map.display(), pool.name()));
             }
         }
         self.api.quiet(&cmds.join(";")).await?;
@@ -588,7 +638,23 @@ mod tests {
             Path::new("/s/web.sock"),
             "127.0.0.1:5514".parse().expect("addr"),
             2,
+            None,
         );
+        assert!(!c.contains("Set-Cookie"), "no sticky cookie without a map:\n{c}");
+        let sticky = config(
+            "web",
+            "127.0.0.1:8080".parse().expect("addr"),
+            Path::new("/s/web.sock"),
+            "127.0.0.1:5514".parse().expect("addr"),
+            2,
+            Some(Path::new("/s/web.pools.map")),
+        );
+        for want in [
+            "use_backend %[req.cook(trackside_pool),map(/s/web.pools.map,web)]\n    default_backend web",
+            "backend web_canary\n    http-response set-header Set-Cookie \"trackside_pool=stable; Path=/\" if { srv_name -m beg stable }",
+        ] {
+            assert!(sticky.contains(want), "missing {want:?} in\n{sticky}");
+        }
         for want in [
             "stats socket /s/web.sock mode 600 level admin",
             "log 127.0.0.1:5514 len 4096 format raw local0",
