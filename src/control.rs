@@ -292,8 +292,17 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
         ));
     }
     let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        // A trackside that stopped at a gate left where it stood.
+        let gate = crate::deploy::revision::load_gate(state, service).map_or(String::new(), |g| {
+            format!(
+                " Its last rollout stopped at a gate (step {}, canary {:.1}%, version {}): run that deploy again to take it up there.",
+                g.step + 1,
+                f64::from(g.weight) / 10.0,
+                g.version
+            )
+        });
         format!(
-            "no trackside is running a rollout of `{service}` with state in {} ({}: {e}). \
+            "no trackside is running a rollout of `{service}` with state in {} ({}: {e}).{gate} \
              Start one with `trackside run PIPELINE` (with the same --state-dir); to undo a completed rollout: `trackside rollback {service}`",
             state.display(),
             path.display()

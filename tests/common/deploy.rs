@@ -168,6 +168,15 @@ pub async fn gate_survives_a_restart(router: &dyn Fn(&str) -> String) {
         trackside::deploy::rollout::load_gate(state.path(), "web").is_some(),
         "the gate is remembered"
     );
+    // Nobody serves `trackside rollout web` now, and it says where it stood.
+    let socket = trackside::deploy::revision::control_socket_path(state.path(), "web");
+    assert!(!socket.exists(), "a stopped trackside removes its control socket");
+    let err = trackside::control::call(state.path(), "web", &trackside::control::Request::Status)
+        .expect_err("no trackside runs the rollout");
+    assert!(
+        err.contains("stopped at a gate (step 2, canary 30.0%, version v2)"),
+        "{err}"
+    );
 
     // The next trackside takes the gate up where it was: 30%, waiting.
     let (_s, mut r) = start_deploy(state.path(), &yaml).await;
