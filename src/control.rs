@@ -196,18 +196,26 @@ async fn accept(listener: UnixListener, handle: EngineHandle, latest: Latest, st
 }
 
 async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
+    // The socket is 0600 once bound; the peer's uid also covers the moment
+    // before that: only this trackside's user (and root) steers it.
+    let me = nix::unistd::Uid::current().as_raw();
+    let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me || c.uid() == 0);
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-    let reply = match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
-        Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
-        Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-            Err(e) => Reply::refused(format!(
-                "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
-            )),
-            Ok(req) => respond(req, &handle, &latest).await,
-        },
+    let reply = if allowed {
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+        match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
+            Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
+            Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                Err(e) => Reply::refused(format!(
+                    "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
+                )),
+                Ok(req) => respond(req, &handle, &latest).await,
+            },
+        }
+    } else {
+        Reply::refused("only the user running this trackside (or root) may steer it".into())
     };
     if let Ok(mut text) = serde_json::to_string(&reply) {
         text.push('\n');
