@@ -1,6 +1,8 @@
-//! The container executor against a real Docker daemon. No registry: the
-//! tests build their own tiny images from scratch with a static busybox
-//! (Debian's busybox-static) through the Engine API's build endpoint.
+//! The container executor against a real Docker daemon. No outside
+//! registry: the tests build their own tiny images from scratch with a
+//! static busybox (Debian's busybox-static) through the Engine API's build
+//! endpoint, and the pull-policy test pushes one to a registry on loopback
+//! (Debian's docker-registry).
 //!
 //! Without a daemon these tests skip with one loud line, unless
 //! TRACKSIDE_REQUIRE_DOCKER=1 (CI sets it), when that is a failure.
@@ -156,6 +158,129 @@ async fn pull_never_with_a_missing_image_is_an_infra_failure() {
         "{:?}",
         j.reason
     );
+}
+
+/// A registry on loopback (Debian's docker-registry), which the daemon
+/// reaches without TLS; what it serves is logged to `log`.
+struct Registry {
+    addr: String,
+    log: std::path::PathBuf,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = format!("127.0.0.1:{}", common::deploy::free_port());
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog: {{level: info}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"{addr}\"}}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let log = dir.path().join("registry.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = tokio::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("docker-registry");
+        let a = addr.clone();
+        common::deploy::until("the registry to listen", move || {
+            std::net::TcpStream::connect(&a).is_ok()
+        })
+        .await;
+        Registry {
+            addr,
+            log,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// Requests for a manifest of `repo:tag` so far (each pull asks once).
+    fn manifest_requests(&self, repo: &str, tag: &str) -> usize {
+        let want = format!("/v2/{repo}/manifests/{tag}");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&want) && (l.contains("\"GET ") || l.contains("\"HEAD ")))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
+    let Some(d) = docker().await else { return };
+    if !common::deploy::tool("docker-registry", "TRACKSIDE_REQUIRE_DOCKER") {
+        return;
+    }
+    image(&d, IMAGE_A).await;
+    let reg = Registry::start().await;
+    let repo = format!("{}/trackside-pull", reg.addr);
+    let tagged = format!("{repo}:1");
+    d.client()
+        .tag_image(
+            IMAGE_A,
+            Some(bollard::query_parameters::TagImageOptions {
+                repo: Some(repo.clone()),
+                tag: Some("1".into()),
+            }),
+        )
+        .await
+        .expect("tag");
+    let mut push = d.client().push_image(
+        &repo,
+        Some(bollard::query_parameters::PushImageOptions {
+            tag: Some("1".into()),
+            platform: None,
+        }),
+        None,
+    );
+    while let Some(item) = futures_util::StreamExt::next(&mut push).await {
+        let info = item.expect("push");
+        assert!(info.error.is_none(), "push: {info:?}");
+    }
+    // Only the registry has it now.
+    d.client()
+        .remove_image(&tagged, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await
+        .expect("untag");
+    let run = |pull: &str| {
+        format!(
+            "name: t\njobs:\n  pulled:\n    image: {tagged}\n    pull: {pull}\n    steps: [{{script: cat /image-name}}]\n"
+        )
+    };
+    let pulls = || reg.manifest_requests("trackside-pull", "1");
+    let mut passes = async |pull: &str| {
+        let mut s = setup(&run(pull));
+        with_docker(&mut s, &d);
+        let mut r = start(&mut s).await;
+        let sum = r.finished().await;
+        assert_eq!(sum.result, RunResult::Passed, "pull: {pull}: {:?}", r.lines("pulled"));
+    };
+    // Missing here: `if-not-present` pulls it.
+    passes("if-not-present").await;
+    common::deploy::until("the registry to serve the manifest", || pulls() >= 1).await;
+    let after_first = pulls();
+    // Present: `if-not-present` and `never` do not ask the registry...
+    passes("if-not-present").await;
+    passes("never").await;
+    assert_eq!(pulls(), after_first, "no pull for a present image");
+    // ...`always` does.
+    passes("always").await;
+    common::deploy::until("a pull although present", || pulls() > after_first).await;
+    let _ = d
+        .client()
+        .remove_image(&tagged, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await;
 }
 
 #[tokio::test]
