@@ -259,7 +259,7 @@ async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
         )
     };
     let pulls = || reg.manifest_requests("trackside-pull", "1");
-    let mut passes = async |pull: &str| {
+    let passes = async |pull: &str| {
         let mut s = setup(&run(pull));
         with_docker(&mut s, &d);
         let mut r = start(&mut s).await;
