@@ -223,64 +223,66 @@ async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
         return;
     }
     image(&d, IMAGE_A).await;
+    image(&d, IMAGE_B).await;
     let reg = Registry::start().await;
     let repo = format!("{}/trackside-pull", reg.addr);
     let tagged = format!("{repo}:1");
-    d.client()
-        .tag_image(
-            IMAGE_A,
-            Some(bollard::query_parameters::TagImageOptions {
-                repo: Some(repo.clone()),
-                tag: Some("1".into()),
-            }),
-        )
-        .await
-        .expect("tag");
-    let mut push = d.client().push_image(
-        &repo,
-        Some(bollard::query_parameters::PushImageOptions {
+    let tag = async |source: &str| {
+        let opts = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.clone()),
+            tag: Some("1".into()),
+        };
+        d.client().tag_image(source, Some(opts)).await.expect("tag");
+    };
+    let untag = async || {
+        let none = None::<bollard::query_parameters::RemoveImageOptions>;
+        let _ = d.client().remove_image(&tagged, none, None).await;
+    };
+    // `repo:1` in the registry becomes `source`.
+    let publish = async |source: &str| {
+        tag(source).await;
+        let opts = bollard::query_parameters::PushImageOptions {
             tag: Some("1".into()),
             platform: None,
-        }),
-        None,
-    );
-    while let Some(item) = futures_util::StreamExt::next(&mut push).await {
-        let info = item.expect("push");
-        assert!(info.error.is_none(), "push: {info:?}");
-    }
-    // Only the registry has it now.
-    d.client()
-        .remove_image(&tagged, None::<bollard::query_parameters::RemoveImageOptions>, None)
-        .await
-        .expect("untag");
-    let run = |pull: &str| {
-        format!(
-            "name: t\njobs:\n  pulled:\n    image: {tagged}\n    pull: {pull}\n    steps: [{{script: cat /image-name}}]\n"
-        )
+        };
+        let mut push = d.client().push_image(&repo, Some(opts), None);
+        while let Some(item) = futures_util::StreamExt::next(&mut push).await {
+            let info = item.expect("push");
+            assert!(info.error.is_none(), "push: {info:?}");
+        }
     };
-    let pulls = || reg.manifest_requests("trackside-pull", "1");
-    let passes = async |pull: &str| {
-        let mut s = setup(&run(pull));
+    // A job on `repo:1` with a pull policy; which image it ran.
+    let ran = async |pull: &str| -> String {
+        let mut s = setup(&format!(
+            "name: t\njobs:\n  pulled:\n    image: {tagged}\n    pull: {pull}\n    steps: [{{script: cat /image-name}}]\n"
+        ));
         with_docker(&mut s, &d);
         let mut r = start(&mut s).await;
         let sum = r.finished().await;
         assert_eq!(sum.result, RunResult::Passed, "pull: {pull}: {:?}", r.lines("pulled"));
+        r.lines("pulled").join("\n")
     };
+    let pulls = || reg.manifest_requests("trackside-pull", "1");
+
+    publish(IMAGE_A).await;
+    untag().await;
     // Missing here: `if-not-present` pulls it.
-    passes("if-not-present").await;
+    assert!(ran("if-not-present").await.contains(IMAGE_A));
     common::deploy::until("the registry to serve the manifest", || pulls() >= 1).await;
     let after_first = pulls();
     // Present: `if-not-present` and `never` do not ask the registry...
-    passes("if-not-present").await;
-    passes("never").await;
+    ran("if-not-present").await;
+    ran("never").await;
     assert_eq!(pulls(), after_first, "no pull for a present image");
     // ...`always` does.
-    passes("always").await;
+    ran("always").await;
     common::deploy::until("a pull although present", || pulls() > after_first).await;
-    let _ = d
-        .client()
-        .remove_image(&tagged, None::<bollard::query_parameters::RemoveImageOptions>, None)
-        .await;
+    // The tag moves in the registry: only `always` runs the new image.
+    publish(IMAGE_B).await;
+    tag(IMAGE_A).await;
+    assert!(ran("if-not-present").await.contains(IMAGE_A), "the local one");
+    assert!(ran("always").await.contains(IMAGE_B), "the moved tag");
+    untag().await;
 }
 
 #[tokio::test]
