@@ -285,6 +285,145 @@ async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
     untag().await;
 }
 
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// DOCKER_CERT_PATH wants them (ca.pem, cert.pem, key.pem), in `dir`.
+fn certificates(dir: &std::path::Path) {
+    openssl(
+        dir,
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=trackside-test-ca",
+    );
+    openssl(
+        dir,
+        "req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1",
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext",
+    );
+    openssl(
+        dir,
+        "req -newkey rsa:2048 -nodes -keyout key.pem -out client.csr -subj /CN=trackside-client",
+    );
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    openssl(
+        dir,
+        "x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out cert.pem -days 2 -extfile client.ext",
+    );
+}
+
+/// DOCKER_HOST=tcp://... with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH: the
+/// real binary reaches the daemon through a TLS endpoint that requires a
+/// client certificate (HAProxy terminating TLS in front of the daemon's
+/// socket), and a certificate it does not trust gets a clear error.
+#[tokio::test]
+async fn a_tls_docker_host_is_reached_with_client_certificates() {
+    let Some(d) = docker().await else { return };
+    let Some(socket) = trackside::exec::docker::daemon_address()
+        .strip_prefix("unix://")
+        .map(str::to_string)
+    else {
+        eprintln!("SKIPPED: the TLS test fronts a daemon on a Unix socket");
+        return;
+    };
+    if !common::deploy::tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY")
+        || !common::deploy::tool("openssl", "TRACKSIDE_REQUIRE_DOCKER")
+    {
+        return;
+    }
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("mkdir");
+    certificates(&certs);
+    let combined = [
+        std::fs::read_to_string(certs.join("server.pem")).expect("cert"),
+        std::fs::read_to_string(certs.join("server-key.pem")).expect("key"),
+    ]
+    .concat();
+    std::fs::write(certs.join("server-combined.pem"), combined).expect("pem");
+    let port = common::deploy::free_port();
+    let cfg = dir.path().join("tls.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+             frontend tls\n    bind 127.0.0.1:{port} ssl crt {c}/server-combined.pem ca-file {c}/ca.pem verify required\n    default_backend daemon\n\
+             backend daemon\n    server d {socket}\n",
+            c = certs.display()
+        ),
+    )
+    .expect("cfg");
+    let _proxy = tokio::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy");
+    common::deploy::until("the TLS endpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let file = dir.path().join("tls.yml");
+    std::fs::write(
+        &file,
+        format!("name: tls\njobs:\n  inside:\n    image: {IMAGE_A}\n    pull: never\n    steps: [{{script: cat /image-name}}]\n"),
+    )
+    .expect("pipeline");
+    let run = |cert_path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["run", "--headless"])
+            .arg(&file)
+            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", cert_path)
+            .output()
+            .expect("trackside")
+    };
+    let ok = run(&certs);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains(IMAGE_A), "the job ran in its image over TLS: {out}");
+    // A client certificate the endpoint does not trust.
+    let stranger = dir.path().join("stranger");
+    std::fs::create_dir(&stranger).expect("mkdir");
+    openssl(
+        &stranger,
+        "req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=stranger",
+    );
+    std::fs::copy(certs.join("ca.pem"), stranger.join("ca.pem")).expect("ca");
+    let refused = run(&stranger);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot reach the Docker daemon at tcp://127.0.0.1:") && err.contains("check DOCKER_CERT_PATH"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn secrets_never_appear_in_docker_inspect() {
     let Some(d) = docker().await else { return };

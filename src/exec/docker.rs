@@ -83,8 +83,41 @@ pub struct ContainerStep {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker daemon at {address}: {message}; start dockerd or use --executor shell")]
-    Unreachable { address: String, message: String },
+    #[error("cannot reach the Docker daemon at {address}: {message}; {hint}")]
+    Unreachable {
+        address: String,
+        message: String,
+        hint: String,
+    },
+}
+
+/// What to check when the daemon cannot be reached: the TLS files when
+/// DOCKER_TLS_VERIFY asks for TLS, the daemon itself otherwise.
+fn unreachable_hint() -> String {
+    if std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()) {
+        let dir = std::env::var("DOCKER_CERT_PATH").unwrap_or_else(|_| "~/.docker".into());
+        format!(
+            "DOCKER_TLS_VERIFY is set: check DOCKER_CERT_PATH ({dir}): its ca.pem must have signed the daemon's certificate (for the host in DOCKER_HOST) and the daemon must trust its cert.pem/key.pem; or use --executor shell"
+        )
+    } else {
+        "start dockerd or use --executor shell".into()
+    }
+}
+
+/// An error with its causes: hyper and TLS errors keep the useful part
+/// (a refused certificate, say) in their sources.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Where bollard will connect: DOCKER_HOST or the local socket.
@@ -101,19 +134,21 @@ impl DockerExecutor {
     /// Connects (DOCKER_HOST honoured, tcp:// included), agrees on an API
     /// version with the daemon, and checks that it answers.
     pub async fn connect() -> Result<DockerExecutor, DockerError> {
-        let unreachable = |e: &dyn std::fmt::Display| DockerError::Unreachable {
+        let unreachable = |message: String| DockerError::Unreachable {
             address: daemon_address(),
-            message: e.to_string(),
+            message,
+            hint: unreachable_hint(),
         };
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
+        let no_answer = || unreachable("no answer within 10 s".into());
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(with_causes(&e)))?;
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
-            .map_err(|_| unreachable(&"no answer within 10 s"))?
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|_| no_answer())?
+            .map_err(|e| unreachable(with_causes(&e)))?;
         tokio::time::timeout(Duration::from_secs(10), docker.ping())
             .await
-            .map_err(|_| unreachable(&"no answer within 10 s"))?
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|_| no_answer())?
+            .map_err(|e| unreachable(with_causes(&e)))?;
         Ok(DockerExecutor { docker })
     }
 
