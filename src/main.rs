@@ -262,8 +262,8 @@ enum Cmd {
     Rollout {
         /// The deploy's `service:`.
         service: String,
-        /// What to do.
-        action: RolloutAction,
+        /// What to do (default: status).
+        action: Option<RolloutAction>,
         /// With promote: straight to 100%.
         #[arg(long)]
         full: bool,
@@ -391,7 +391,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             action,
             full,
             json,
-        } => rollout(&state, &service, action, full, json),
+        } => rollout(&state, &service, action.unwrap_or(RolloutAction::Status), full, json),
         Cmd::DemoService {
             port,
             version,

@@ -463,7 +463,7 @@ async fn a_rollout_is_steered_from_another_shell() {
         "only its owner steers"
     );
 
-    let (code, out, err) = steer(state.path(), &["rollout", "web", "status"]).await;
+    let (code, out, err) = steer(state.path(), &["rollout", "web"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("web v1 -> v2 (canary): gate, step 2/3, weight 30.0%"),
