@@ -514,7 +514,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 let handle = engine::spawn(pipeline, plan, cfg)?;
                 // `trackside rollout SERVICE ...` from other shells.
                 let control = trackside::control::serve(handle.clone(), state.clone());
-                let summary = if interactive {
+                let ended = if interactive {
                     let mut approvals = approve.clone();
                     if approve_all {
                         approvals.extend(manual.iter().cloned());
@@ -523,17 +523,21 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         ascii,
                         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                     };
-                    let summary = ui::run(&handle, opts, &approvals)
+                    ui::run(&handle, opts, &approvals)
                         .await
-                        .map_err(|e| Fail(e.to_string(), 2))?;
-                    outln!("{}", headless::summary_table(&summary));
-                    summary
+                        .map_err(|e| Fail(e.to_string(), 2))
+                        .inspect(|summary| outln!("{}", headless::summary_table(summary)))
                 } else {
-                    headless::run(&handle, format, &approve, approve_all, &manual).await?
+                    headless::run(&handle, format, &approve, approve_all, &manual)
+                        .await
+                        .map_err(Fail::from)
                 };
+                // Also when the front-end failed (a panic, a broken terminal):
+                // the run does not outlive it. Its jobs are cancelled and
+                // stopped, no process left behind, and its records written.
                 handle.shutdown().await;
                 control.close().await;
-                Ok::<_, Fail>(summary.exit_code)
+                Ok::<_, Fail>(ended?.exit_code)
             })?;
             Ok(u8::try_from(code).unwrap_or(1))
         }

@@ -135,6 +135,61 @@ fn sigterm_cancels_the_run_and_restores_the_terminal() {
     assert!(!after.contains("Tab pane"), "the UI is gone:\n{after}");
 }
 
+/// A panic anywhere (here: in a task, triggered by a debug-build-only
+/// variable) gives the terminal back: no alternate screen, echo and line
+/// editing on, the cursor shown, the message readable, the run cancelled.
+#[test]
+fn a_panic_restores_the_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.yml"),
+        "name: crash\njobs:\n  long:\n    steps: [{script: 'echo long-running; sleep 3171'}]\n",
+    )
+    .expect("write");
+    let (exit_file, stty_file) = (dir.path().join("exit"), dir.path().join("stty"));
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
+    let command = format!(
+        "echo before-trackside; RUST_BACKTRACE=0 TRACKSIDE_TEST_PANIC=1 {} run p.yml --state-dir {} --kill-grace 0.2; echo $? > {}; stty -a > {}; sleep 60",
+        bin.display(),
+        dir.path().join("state").display(),
+        exit_file.display(),
+        stty_file.display()
+    );
+    let Some(t) = Tmux::start("panic", dir.path(), &command) else {
+        return;
+    };
+    assert_eq!(wait_file(&exit_file).trim(), "2");
+    let stty = wait_file(&stty_file);
+    for mode in ["echo", "icanon", "isig"] {
+        assert!(
+            stty.split_whitespace().any(|w| w == mode),
+            "`{mode}` is back on:\n{stty}"
+        );
+    }
+    let after = t.wait_for(&["deliberate panic in a task", "the terminal was restored"]);
+    assert!(
+        after.contains("before-trackside"),
+        "the normal screen is back:\n{after}"
+    );
+    assert!(!after.contains("Tab pane"), "the UI is gone:\n{after}");
+    assert!(
+        std::fs::read_dir(dir.path().join("state/runs"))
+            .expect("runs")
+            .flatten()
+            .any(|r| r.path().join("summary.json").exists()),
+        "the run was ended and recorded"
+    );
+    let orphans = Command::new("pgrep")
+        .args(["-f", "sleep 3171"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        orphans.stdout.is_empty(),
+        "the job's processes were stopped: {}",
+        String::from_utf8_lossy(&orphans.stdout)
+    );
+}
+
 #[test]
 fn a_canary_gate_is_promoted_by_keystroke() {
     let dir = tempfile::tempdir().expect("tempdir");

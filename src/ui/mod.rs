@@ -56,6 +56,8 @@ pub struct UiOptions {
 }
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
+/// The panic's message is out: what the UI prints after it comes below it.
+static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
 
 fn restore_terminal() {
     let _ = disable_raw_mode();
@@ -77,6 +79,7 @@ impl TerminalGuard {
             PANICKED.store(true, Ordering::SeqCst);
             restore_terminal();
             previous(info);
+            PANIC_REPORTED.store(true, Ordering::SeqCst);
         }));
         Ok(guard)
     }
@@ -188,6 +191,15 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     let pause = InputPause::default();
     let mut input = spawn_input(stop.clone(), pause.clone());
     handle.start().await?;
+    // Debug builds only: a deliberate panic in a task, so the end-to-end
+    // test can check that a panic anywhere gives the terminal back.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("TRACKSIDE_TEST_PANIC").is_some() {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panic!("TRACKSIDE_TEST_PANIC: a deliberate panic in a task");
+        });
+    }
 
     let mut app = App::new(Theme {
         color: opts.color,
@@ -200,6 +212,12 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     let mut quitting = false;
     let result = loop {
         if PANICKED.load(Ordering::SeqCst) {
+            // Not a line into the middle of the panic's message (a backtrace
+            // takes a moment to print).
+            let until = Instant::now() + Duration::from_secs(5);
+            while !PANIC_REPORTED.load(Ordering::SeqCst) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             break Err(UiError::Panicked);
         }
         let wait = if dirty {
