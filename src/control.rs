@@ -25,7 +25,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::deploy::revision::control_socket_path;
+use crate::deploy::revision::{control_socket_path, services_dir};
 use crate::deploy::rollout::{Command, Status};
 use crate::engine::{EngineHandle, Event, EventKind};
 
@@ -289,6 +289,22 @@ async fn answers(events: &mut broadcast::Receiver<Arc<Event>>, job: &str) -> (Ve
     (decisions, status)
 }
 
+/// The services whose rollout a live trackside serves in `state` (socket
+/// files that answer; the names as files have them).
+pub fn running_rollouts(state: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(services_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Sends `req` to the trackside running `service`'s rollout (a client call,
 /// blocking: the CLI's `trackside rollout`).
 pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String> {
@@ -309,8 +325,14 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
                 g.version
             )
         });
+        let running = running_rollouts(state);
+        let others = if running.is_empty() {
+            String::new()
+        } else {
+            format!(" Rollouts running now: {}.", running.join(", "))
+        };
         format!(
-            "no trackside is running a rollout of `{service}` with state in {} ({}: {e}).{gate} \
+            "no trackside is running a rollout of `{service}` with state in {} ({}: {e}).{gate}{others} \
              Start one with `trackside run PIPELINE` (with the same --state-dir); to undo a completed rollout: `trackside rollback {service}`",
             state.display(),
             path.display()

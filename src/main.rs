@@ -379,10 +379,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 "{service}: stable is {} again (was {}); recorded in {}",
                 now.version,
                 was.version,
-                state
-                    .join("services")
-                    .join(format!("{service}.history.jsonl"))
-                    .display()
+                trackside::deploy::revision::history_path(&state, &service).display()
             );
             Ok(0)
         }

@@ -481,6 +481,13 @@ async fn a_rollout_is_steered_from_another_shell() {
         err.contains("another trackside is deploying `web`") && err.contains("trackside rollout web"),
         "{err}"
     );
+    // A typo names what is running.
+    let (code, _, err) = steer(state.path(), &["rollout", "wbe"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no trackside is running a rollout of `wbe`") && err.contains("Rollouts running now: web."),
+        "{err}"
+    );
     let (code, _, err) = steer(state.path(), &["rollout", "web", "abort", "--full"]).await;
     assert_eq!(code, 2, "--full is for promote: {err}");
     // Not a request: a clear refusal, and the server goes on.
@@ -517,6 +524,22 @@ async fn a_rollout_is_steered_from_another_shell() {
 
     server.close().await;
     assert!(!socket.exists(), "closing removes the socket");
+    // Completed and unlocked: `trackside rollback` undoes it from a shell.
+    let (code, out, err) = steer(state.path(), &["rollback", "web"]).await;
+    assert_eq!(code, 0, "{err}");
+    let history = trackside::deploy::revision::history_path(state.path(), "web");
+    assert!(
+        out.contains(&format!(
+            "web: stable is v1 again (was v2); recorded in {}",
+            history.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
+    assert!(
+        std::fs::read_to_string(&history).is_ok_and(|h| h.contains("\"ana@")),
+        "who, in the history"
+    );
     let (code, _, err) = steer(state.path(), &["rollout", "web", "status"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("no trackside is running a rollout of `web`"), "{err}");

@@ -64,8 +64,13 @@ pub fn safe_name(s: &str) -> String {
         .collect()
 }
 
+/// Where what is remembered about services lives: `<state>/services`.
+pub fn services_dir(state: &Path) -> PathBuf {
+    state.join("services")
+}
+
 pub(crate) fn revision_path(state: &Path, service: &str) -> PathBuf {
-    state.join("services").join(format!("{}.json", safe_name(service)))
+    services_dir(state).join(format!("{}.json", safe_name(service)))
 }
 
 /// Where the trackside steering a service's running rollout listens for
@@ -112,7 +117,7 @@ pub struct HistoryEntry {
     pub revision: Revision,
 }
 
-fn history_path(state: &Path, service: &str) -> PathBuf {
+pub fn history_path(state: &Path, service: &str) -> PathBuf {
     revision_path(state, service).with_extension("history.jsonl")
 }
 
