@@ -319,9 +319,9 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
         // A trackside that stopped at a gate left where it stood.
         let gate = crate::deploy::revision::load_gate(state, service).map_or(String::new(), |g| {
             format!(
-                " Its last rollout stopped at a gate (step {}, canary {:.1}%, version {}): run that deploy again to take it up there.",
+                " Its last rollout stopped at a gate (step {}, canary {}, version {}): run that deploy again to take it up there.",
                 g.step + 1,
-                f64::from(g.weight) / 10.0,
+                crate::deploy::router::percent(g.weight),
                 g.version
             )
         });

@@ -68,7 +68,7 @@ async fn the_router_splits_by_weight_counts_errors_and_the_judge_catches_a_bad_c
 
 mod common;
 
-use common::deploy::{ANALYSED, blue_green_yaml, deploy, deploy_yaml, run_until_gate, until};
+use common::deploy::{ANALYSED, GATED, STRAIGHT, blue_green_yaml, deploy, deploy_yaml, run_until_gate, until};
 
 /// GET `url`, the body as text.
 async fn scrape(url: &str) -> String {
@@ -127,14 +127,9 @@ async fn a_good_version_is_promoted_and_a_bad_one_rolled_back_automatically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
     let state = tempfile::tempdir().expect("tempdir");
-    let (first, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let (first, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     assert_eq!(first.result, RunResult::Passed);
-    let yaml = deploy_yaml(
-        "v2",
-        0.0,
-        "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n",
-    )
-    .replace(
+    let yaml = deploy_yaml("v2", 0.0, GATED).replace(
         "      listen: 127.0.0.1:0\n",
         "      listen: 127.0.0.1:0\n      metrics_listen: 127.0.0.1:0\n",
     );
@@ -207,7 +202,7 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_timeout_takes_its_default_action() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let steps = "            - set_weight: 10\n            - pause: {timeout: 1, default: promote}\n";
     let (sum, r) = deploy(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
     assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("web"));
@@ -221,7 +216,7 @@ async fn a_gate_timeout_takes_its_default_action() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_rollout_freezes_its_countdown_until_resumed() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let steps = "            - set_weight: 20\n            - pause: {duration: 600s}\n            - set_weight: 100\n";
     let (_s, mut r) = common::deploy::start_deploy(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
     let phase_is = |want: &'static str| move |k: &EventKind| matches!(k, EventKind::Rollout { status, .. } if status.phase == want);
@@ -305,7 +300,7 @@ async fn a_completed_rollout_can_be_rolled_back_and_the_history_says_who() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_threshold_rolls_a_slow_canary_back() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let steps = "            - set_weight: 30\n            - analysis: {interval: 2s, count: 1, metrics: [{metric: p95_ms, max_ratio: 1.2}, {metric: error_rate, max: 0.05}]}\n";
     // The same service, four times slower.
     let slow = deploy_yaml("v2", 0.0, steps).replace("--latency-ms 3", "--latency-ms 12");
@@ -325,7 +320,7 @@ async fn a_latency_threshold_rolls_a_slow_canary_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_killed_trackside_are_stopped_by_the_next_one() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let yaml = deploy_yaml("v2", 0.0, "            - set_weight: 30\n            - pause: {}\n");
     let file = state.path().join("v2.yml");
     std::fs::write(&file, &yaml).expect("write");
@@ -358,7 +353,7 @@ async fn two_deploys_of_one_service_at_once_are_refused() {
     std::fs::create_dir_all(state.path().join("services")).expect("mkdir");
     let held = std::fs::File::create(state.path().join("services/web.lock")).expect("lock file");
     held.try_lock().expect("hold the lock like another trackside");
-    let (sum, r) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let (sum, r) = deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     assert_eq!(sum.result, RunResult::Failed);
     let reason = sum.jobs[0].reason.clone().unwrap_or_default();
     assert!(
@@ -367,14 +362,14 @@ async fn two_deploys_of_one_service_at_once_are_refused() {
         r.lines("web")
     );
     drop(held);
-    let (again, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    let (again, _) = deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     assert_eq!(again.result, RunResult::Passed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_previews_green_switches_at_once_and_switches_back_on_abort() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let checked =
         "{pre_promotion_analysis: {interval: 2s}, post_promotion_analysis: {interval: 2s}, scale_down_delay: 0.5}";
 
@@ -450,9 +445,8 @@ async fn until_exists(path: &std::path::Path) {
 async fn a_rollout_is_steered_from_another_shell() {
     use std::io::{BufRead, Write};
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
-    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
-    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &deploy_yaml("v2", 0.0, steps)).await;
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
+    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &deploy_yaml("v2", 0.0, GATED)).await;
     let server = trackside::control::serve(r.handle.clone(), state.path().to_path_buf());
     let socket = trackside::deploy::revision::control_socket_path(state.path(), "web");
     until_exists(&socket).await;
@@ -550,10 +544,9 @@ async fn a_rollout_is_steered_from_another_shell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_headless_run_waits_at_its_gate_for_a_promote_from_a_shell() {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, "            - set_weight: 100\n")).await;
-    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
+    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let file = state.path().join("pipeline.yml");
-    std::fs::write(&file, deploy_yaml("v2", 0.0, steps)).expect("write the pipeline");
+    std::fs::write(&file, deploy_yaml("v2", 0.0, GATED)).expect("write the pipeline");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
         .arg("--state-dir")
         .arg(state.path())

@@ -8,9 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::deploy::{ANALYSED, blue_green_yaml, deploy, deploy_yaml, free_port, last_status, tool};
+use common::deploy::{ANALYSED, STRAIGHT, blue_green_yaml, deploy, deploy_yaml, free_port, last_status, tool};
 use trackside::deploy::rollout::{Command, load_revision};
 use trackside::engine::RunResult;
+
+/// 10%, a manual gate, 100%.
+const GATED_AT_10: &str = "            - set_weight: 10\n            - pause: {}\n            - set_weight: 100\n";
 
 fn via_haproxy(yaml: &str) -> String {
     yaml.replace("      traffic:", "      router: haproxy\n      traffic:")
@@ -86,13 +89,9 @@ async fn haproxy_weights_change_without_reload_abort_at_a_gate_and_a_gate_timeou
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(
-        state.path(),
-        &via_haproxy(&deploy_yaml("v1", 0.0, "            - set_weight: 100\n")),
-    )
-    .await;
-    let gate = "            - set_weight: 10\n            - pause: {}\n            - set_weight: 100\n";
-    let (_s, mut r) = common::deploy::start_at_gate(state.path(), &via_haproxy(&deploy_yaml("v2", 0.0, gate))).await;
+    deploy(state.path(), &via_haproxy(&deploy_yaml("v1", 0.0, STRAIGHT))).await;
+    let (_s, mut r) =
+        common::deploy::start_at_gate(state.path(), &via_haproxy(&deploy_yaml("v2", 0.0, GATED_AT_10))).await;
     // HAProxy itself has the weights: 10% of 2 + 2 servers, one process all along.
     let socket = state.path().join("haproxy").join("web.sock");
     let api = trackside::deploy::haproxy::RuntimeApi { socket };
@@ -148,14 +147,9 @@ async fn a_cookie_keeps_a_client_on_its_pool_through_haproxy_until_an_abort() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(
-        state.path(),
-        &via_haproxy(&deploy_yaml("v1", 0.0, "            - set_weight: 100\n")),
-    )
-    .await;
-    let gate = "            - set_weight: 10\n            - pause: {}\n            - set_weight: 100\n";
+    deploy(state.path(), &via_haproxy(&deploy_yaml("v1", 0.0, STRAIGHT))).await;
     // The canary is kept 5 s after the abort: HAProxy serves meanwhile.
-    let yaml = via_haproxy(&deploy_yaml("v2", 0.0, gate)).replace("abort_delay: 0", "abort_delay: 5");
+    let yaml = via_haproxy(&deploy_yaml("v2", 0.0, GATED_AT_10)).replace("abort_delay: 0", "abort_delay: 5");
     let (_s, mut r) = common::deploy::start_at_gate(state.path(), &yaml).await;
     let addr = r
         .lines("web")
@@ -200,11 +194,7 @@ async fn blue_green_through_haproxy_previews_green_by_header_and_switches_at_onc
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(
-        state.path(),
-        &via_haproxy(&deploy_yaml("v1", 0.0, "            - set_weight: 100\n")),
-    )
-    .await;
+    deploy(state.path(), &via_haproxy(&deploy_yaml("v1", 0.0, STRAIGHT))).await;
     let checked = "{pre_promotion_analysis: {interval: 2s}, scale_down_delay: 0.5}";
     let (sum, r) = deploy(state.path(), &via_haproxy(&blue_green_yaml("v2", 0.0, checked))).await;
     let lines = r.lines("web");

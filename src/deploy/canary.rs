@@ -239,7 +239,7 @@ impl Canary {
                 fx.push(Effect::StartCanary);
             }
             Input::Start => {}
-            Input::Retry { by } => self.ignored("retry", self.phase.name(), &by, &mut fx),
+            Input::Retry { by } => self.ignored("retry", &by, &mut fx),
             Input::CanaryHealthy if self.phase == Phase::StartingCanary => {
                 self.last_progress = now;
                 self.phase = Phase::Running;
@@ -281,18 +281,18 @@ impl Canary {
                     "promote ignored: the rollout is paused; resume first",
                     Some(&by),
                 ),
-                other => self.ignored("promote", other.name(), &by, &mut fx),
+                _ => self.ignored("promote", &by, &mut fx),
             },
             Input::PromoteFull { by } if self.active() && self.phase != Phase::StartingCanary => {
                 note(&mut fx, "full promotion: canary to 100%", Some(&by));
                 self.complete(&mut fx);
             }
-            Input::Promote { by } => self.ignored("promote", self.phase.name(), &by, &mut fx),
-            Input::PromoteFull { by } => self.ignored("full promotion", self.phase.name(), &by, &mut fx),
+            Input::Promote { by } => self.ignored("promote", &by, &mut fx),
+            Input::PromoteFull { by } => self.ignored("full promotion", &by, &mut fx),
             Input::Abort { by } if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
                 self.abort("aborted by hand", Some(&by), &mut fx);
             }
-            Input::Abort { by } => self.ignored("abort", self.phase.name(), &by, &mut fx),
+            Input::Abort { by } => self.ignored("abort", &by, &mut fx),
             Input::Rollback { by } => match self.phase {
                 Phase::Completed => {
                     note(&mut fx, "rollback to the previous revision", Some(&by));
@@ -305,7 +305,7 @@ impl Canary {
                 _ if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
                     self.abort("rolled back by hand", Some(&by), &mut fx)
                 }
-                _ => self.ignored("rollback", self.phase.name(), &by, &mut fx),
+                _ => self.ignored("rollback", &by, &mut fx),
             },
             Input::Pause { by } if self.active() && !matches!(self.phase, Phase::Held { .. }) => {
                 let remaining = self.next_timer().map(|t| t.saturating_sub(now));
@@ -344,15 +344,16 @@ impl Canary {
                     note(&mut fx, "resumed", Some(&by));
                 }
             }
-            Input::Resume { by } => self.ignored("resume", self.phase.name(), &by, &mut fx),
-            Input::Pause { by } => self.ignored("pause", self.phase.name(), &by, &mut fx),
+            Input::Resume { by } => self.ignored("resume", &by, &mut fx),
+            Input::Pause { by } => self.ignored("pause", &by, &mut fx),
         }
         fx
     }
 
     /// A command that does not apply now is recorded, with why, so the
     /// person who gave it (and the audit) sees it was not lost.
-    fn ignored(&self, what: &str, phase: &str, by: &str, fx: &mut Vec<Effect>) {
+    fn ignored(&self, what: &str, by: &str, fx: &mut Vec<Effect>) {
+        let phase = self.phase.name();
         let why = match (what, phase) {
             ("full promotion", "starting_canary") => "the canary is not healthy yet".to_string(),
             ("promote", "starting_canary" | "running") => "it acts at a gate, pause or analysis".to_string(),

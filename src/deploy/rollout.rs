@@ -29,7 +29,7 @@ pub use super::revision::{
 };
 use super::revision::{gate_path, lock_service, save_gate};
 use super::rolling::{self, Rolling, RollingSpec};
-use super::router::{FULL, Pool, Router, Totals};
+use super::router::{FULL, Pool, Router, Totals, percent};
 use super::traffic::Traffic;
 use crate::pipeline::model::{Deploy, MetricsSpec, RouterSpec, Strategy, Target, ThresholdMetric};
 
@@ -143,7 +143,7 @@ impl Status {
             "updating" => "update",
             other => other,
         };
-        let pct = format!("{:.1}%", f64::from(self.weight) / 10.0).replace(".0%", "%");
+        let pct = percent(self.weight).replace(".0%", "%");
         if phase.is_empty() {
             pct
         } else {
@@ -174,10 +174,10 @@ impl Status {
             out.push_str(&format!(" ({})", self.strategy.replace('_', "-")));
         }
         out.push_str(&format!(
-            ": {}, {unit} {done}/{}, weight {:.1}%",
+            ": {}, {unit} {done}/{}, weight {}",
             self.phase.replace('_', " "),
             self.steps,
-            f64::from(self.weight) / 10.0
+            percent(self.weight)
         ));
         if let Some(c) = self.countdown() {
             out.push_str(&format!(", next in {c:.0}s"));
@@ -192,7 +192,7 @@ impl Status {
 /// A step as the pane lists it.
 fn step_name(step: &Step) -> String {
     match step {
-        Step::SetWeight(w) => format!("weight {:.1}%", f64::from(*w) / 10.0).replace(".0%", "%"),
+        Step::SetWeight(w) => format!("weight {}", percent(*w)).replace(".0%", "%"),
         Step::Pause(d) => format!("pause {}s", d.as_secs()),
         Step::Gate { timeout: None } => "gate".into(),
         Step::Gate { timeout: Some((t, a)) } => format!("gate ({}s, then {a:?})", t.as_secs()).to_lowercase(),
@@ -293,7 +293,7 @@ impl World<'_> {
         self.traffic.set_weight(weight).await?;
         let actual = self.traffic.actual_weight();
         let rounded = if actual != weight {
-            format!(" ({} gives {:.1}%)", self.traffic.name(), f64::from(actual) / 10.0)
+            format!(" ({} gives {})", self.traffic.name(), percent(actual))
         } else {
             String::new()
         };
@@ -302,8 +302,7 @@ impl World<'_> {
         } else {
             "canary"
         };
-        io.say(format!("weight: {who} {:.1}%{rounded}", f64::from(weight) / 10.0))
-            .await;
+        io.say(format!("weight: {who} {}{rounded}", percent(weight))).await;
         Ok(())
     }
 
@@ -562,10 +561,10 @@ async fn drive(
     let mut machine = match load_gate(&io.state_dir, &spec.service) {
         Some(g) if g.version == new.version && g.run == target && g.step < spec.steps.len() => {
             io.say(format!(
-                "a previous trackside stopped at the gate of step {} of {} (canary at {:.1}%); taking it up again",
+                "a previous trackside stopped at the gate of step {} of {} (canary at {}); taking it up again",
                 g.step + 1,
                 spec.steps.len(),
-                f64::from(g.weight) / 10.0
+                percent(g.weight)
             ))
             .await;
             Canary::resuming(canary_spec, g.step, g.weight)
@@ -756,10 +755,10 @@ async fn waiting_says(machine: &Canary, spec: &Deploy, now: Duration, io: &Io) {
     let left = machine.next_wake().map(|t| t.saturating_sub(now).as_secs());
     let promote = format!("P in the UI or `trackside rollout {} promote`", spec.service);
     let at = format!(
-        "step {}/{}, canary {:.1}%",
+        "step {}/{}, canary {}",
         machine.step + 1,
         spec.steps.len(),
-        f64::from(machine.weight) / 10.0
+        percent(machine.weight)
     );
     match (&machine.phase, spec.steps.get(machine.step)) {
         (Phase::Gate { .. }, step) => {

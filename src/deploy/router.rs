@@ -27,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Full traffic, in tenths of a percent.
 pub const FULL: u32 = 1000;
+
+/// A share in tenths of a percent as people read it: `30.0%`.
+pub fn percent(tenths: u32) -> String {
+    format!("{:.1}%", f64::from(tenths) / 10.0)
+}
 /// The sticky-session cookie.
 pub const COOKIE: &str = "trackside_pool";
 /// Recent samples kept per pool (about two minutes at 1,000 requests/s).

@@ -418,12 +418,9 @@ impl App {
             Action::Shell => vec![Command::Shell(name)],
             Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback | Action::HoldRollout => {
                 use crate::deploy::rollout::Command as R;
-                let Some((service, phase)) = self.model.jobs[sel.unwrap_or(0)]
-                    .rollout
-                    .as_ref()
-                    .map(|r| (r.service.clone(), r.phase.clone()))
+                // `available` made sure there is one.
+                let Some((service, phase)) = self.selected_rollout().map(|r| (r.service.clone(), r.phase.clone()))
                 else {
-                    self.status = Some(format!("`{name}` is not a deploy job with a rollout in progress"));
                     return Vec::new();
                 };
                 match action {

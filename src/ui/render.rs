@@ -657,7 +657,7 @@ fn render_rollout_charts(
 
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
 fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, lines: &mut Vec<Line<'_>>) {
-    let pct = |w: u32| format!("{:.1}%", f64::from(w) / 10.0);
+    let pct = crate::deploy::router::percent;
     let phase_style = match r.phase.as_str() {
         "aborted" | "degraded" | "rolled_back" => t.warn(),
         _ => t.dim(),

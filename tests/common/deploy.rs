@@ -33,6 +33,12 @@ jobs:
     )
 }
 
+/// Straight to 100%: the first deploy of a service, or one with nothing to wait for.
+pub const STRAIGHT: &str = "            - set_weight: 100\n";
+
+/// 30%, a manual gate, 100%.
+pub const GATED: &str = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
+
 pub const ANALYSED: &str =
     "            - set_weight: 25\n            - analysis: {interval: 2s, count: 1}\n            - set_weight: 60\n";
 
@@ -149,13 +155,8 @@ pub fn run_until_gate(state: &std::path::Path, file: &std::path::Path) -> std::p
 /// where it was. `router` rewrites the pipeline (e.g. to use HAProxy).
 pub async fn gate_survives_a_restart(router: &dyn Fn(&str) -> String) {
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(
-        state.path(),
-        &router(&deploy_yaml("v1", 0.0, "            - set_weight: 100\n")),
-    )
-    .await;
-    let steps = "            - set_weight: 30\n            - pause: {}\n            - set_weight: 100\n";
-    let yaml = router(&deploy_yaml("v2", 0.0, steps));
+    deploy(state.path(), &router(&deploy_yaml("v1", 0.0, STRAIGHT))).await;
+    let yaml = router(&deploy_yaml("v2", 0.0, GATED));
     let file = state.path().join("v2.yml");
     std::fs::write(&file, &yaml).expect("write");
     // A trackside that stops (SIGTERM) while the gate waits.
