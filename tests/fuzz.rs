@@ -121,6 +121,41 @@ proptest! {
         let _ = s.expand(&t);
         let _ = s.resolve_all();
     }
+
+    #[test]
+    fn replacement_chains_stay_within_the_budget(
+        seed in "[ab]{1,40}",
+        ops in proptest::collection::vec(("[ab]{1,2}", 0..3usize), 1..6),
+    ) {
+        // Each variable replaces a pattern of the previous one with a
+        // reference to one earlier: growth is exponential, memory must not be.
+        let mut layer = vec![("V0".to_string(), seed)];
+        for (i, (pat, back)) in ops.iter().enumerate() {
+            let from = i.saturating_sub(*back);
+            layer.push((format!("V{}", i + 1), format!("${{V{i}//{pat}/${{V{from}}}${{V{from}}}}}")));
+        }
+        let mut s = Scope::new();
+        s.push_layer(layer);
+        match s.resolve_all() {
+            Ok(all) => prop_assert!(all.values().all(|v| v.len() <= trackside::pipeline::vars::MAX_LEN)),
+            Err((_, e)) => prop_assert!(matches!(e, trackside::pipeline::vars::VarError::TooLong | trackside::pipeline::vars::VarError::TooMuch), "{e}"),
+        }
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_an_error_at_its_position(at in any::<usize>()) {
+        let at = DEMO.char_indices().map(|(i, _)| i).nth(at % DEMO.chars().count()).unwrap_or(0);
+        let text = format!("{}\0{}", &DEMO[..at], &DEMO[at..]);
+        let line = DEMO[..at].matches('\n').count() + 1;
+        let col = DEMO[..at].rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        match parse_source(Path::new("nul.yml"), text, &LoadOptions::default()) {
+            Ok(_) => prop_assert!(false, "a NUL at {line}:{col} was accepted"),
+            Err(r) => prop_assert!(
+                r.items.iter().any(|d| d.is_error() && d.line == line && d.column == col && d.message.contains("NUL")),
+                "{:?}", r.items.iter().map(|d| format!("{}:{} {}", d.line, d.column, d.message)).collect::<Vec<_>>()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

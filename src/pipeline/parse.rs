@@ -171,8 +171,46 @@ fn read_source(path: &Path) -> Result<String, Diagnostic> {
     }
 }
 
+/// The first character YAML does not allow in a stream (a NUL, other C0
+/// controls but tab/LF/CR, DEL, C1 controls but NEL, U+FFFE/U+FFFF), as an
+/// error at its line:col. Parsers stop at a NUL silently: everything after it
+/// would vanish without a word.
+fn forbidden_char(source: &str) -> Option<Diagnostic> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    };
+    let (at, c) = source.char_indices().find(|&(_, c)| !allowed(c))?;
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let what = match c {
+        '\0' => "a NUL byte".to_string(),
+        c => format!("the control character U+{:04X}", u32::from(c)),
+    };
+    Some(
+        Diagnostic::error(
+            Pos { line, col },
+            1,
+            "",
+            format!("{what} is not allowed in YAML (byte offset {at})"),
+        )
+        .with_hint("remove it; is this a binary file, or was it saved with the wrong encoding?"),
+    )
+}
+
 /// Parses and validates pipeline text already in memory.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    // A UTF-8 byte order mark is allowed at the start of a YAML stream.
+    let source = match source.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => source,
+    };
+    if let Some(d) = forbidden_char(&source) {
+        let mut report = Report::new(path, source);
+        report.items.push(d);
+        return Err(report);
+    }
     let mut report = Report::new(path, source);
     let pipeline = {
         let mut cx = Cx {
@@ -188,6 +226,12 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
             None
         } else {
             let parsed = yaml::parse(&report.source);
+            if parsed.root.is_none() && parsed.problems.is_empty() {
+                cx.diags.push(file_error(
+                    "pipeline file has no content: only comments or blank lines".into(),
+                    "start with `name: my-pipeline` and a `jobs:` mapping (see docs/pipeline-format.md)",
+                ));
+            }
             for p in parsed.problems {
                 let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
                 d.hint = p.hint;

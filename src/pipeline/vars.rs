@@ -16,6 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 pub const MAX_DEPTH: usize = 32;
 /// Longest value expansion may produce.
 pub const MAX_LEN: usize = 1 << 20;
+/// Most bytes one resolution may produce over all the variables it resolves
+/// (many values each just under [`MAX_LEN`] must not add up to gigabytes).
+pub const MAX_TOTAL: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VarError {
@@ -27,6 +30,8 @@ pub enum VarError {
     TooDeep,
     #[error("expanded value is longer than {MAX_LEN} bytes")]
     TooLong,
+    #[error("the variables expand to more than {MAX_TOTAL} bytes in all")]
+    TooMuch,
     #[error("unclosed `${{` in `{0}`")]
     Unclosed(String),
     #[error("bad variable reference `{0}`")]
@@ -50,6 +55,7 @@ impl VarError {
             }
             VarError::TooDeep => "flatten the chain of variables referring to variables".into(),
             VarError::TooLong => "a variable's value should not grow this large".into(),
+            VarError::TooMuch => "fewer or shorter variables: their values add up too large".into(),
             VarError::Unclosed(_) => "close the reference with `}`".into(),
             VarError::Bad(_) => "write `$$` for a literal dollar sign".into(),
         }
@@ -95,6 +101,7 @@ impl Scope {
             scope: self,
             memo: HashMap::new(),
             stack: Vec::new(),
+            produced: 0,
         };
         let mut out = BTreeMap::new();
         for layer in &self.layers {
@@ -115,6 +122,7 @@ impl Scope {
             scope: self,
             memo: HashMap::new(),
             stack: Vec::new(),
+            produced: 0,
         }
         .lookup(name, 0)
     }
@@ -126,6 +134,7 @@ impl Scope {
             scope: self,
             memo: HashMap::new(),
             stack: Vec::new(),
+            produced: 0,
         }
         .lookup(name, layer)
     }
@@ -136,6 +145,7 @@ impl Scope {
             scope: self,
             memo: HashMap::new(),
             stack: Vec::new(),
+            produced: 0,
         };
         r.expand(template, 0)
     }
@@ -146,6 +156,8 @@ struct Resolver<'a> {
     memo: HashMap<(String, usize), Option<String>>,
     /// Variables being resolved, for cycle detection.
     stack: Vec<(String, usize)>,
+    /// Bytes of resolved values so far, against [`MAX_TOTAL`].
+    produced: usize,
 }
 
 impl Resolver<'_> {
@@ -172,6 +184,10 @@ impl Resolver<'_> {
         let result = self.expand_in(raw, Some((name, layer)));
         self.stack.pop();
         let value = result?;
+        self.produced = self.produced.saturating_add(value.len());
+        if self.produced > MAX_TOTAL {
+            return Err(VarError::TooMuch);
+        }
         self.memo.insert(key, Some(value.clone()));
         Ok(Some(value))
     }
@@ -204,7 +220,11 @@ impl Resolver<'_> {
             } else if let Some(body) = rest.strip_prefix('{') {
                 let close = matching_brace(body).ok_or_else(|| VarError::Unclosed(template.to_string()))?;
                 let inner = &body[..close];
-                out.push_str(&self.braced(inner, owner)?);
+                let value = self.braced(inner, owner)?;
+                if out.len() + value.len() > MAX_LEN {
+                    return Err(VarError::TooLong);
+                }
+                out.push_str(&value);
                 i += 2 + close + 1;
             } else {
                 let len = rest
@@ -219,6 +239,9 @@ impl Resolver<'_> {
                     let value = self
                         .get(name, owner)?
                         .ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                    if out.len() + value.len() > MAX_LEN {
+                        return Err(VarError::TooLong);
+                    }
                     out.push_str(&value);
                     i += 1 + len;
                 }
@@ -276,15 +299,23 @@ impl Resolver<'_> {
             if pattern.is_empty() {
                 return Ok(value);
             }
-            let replaced = if all {
+            // The budget is checked before the replacement allocates: the
+            // result's length follows from the number of matches.
+            let matches = if all {
+                value.matches(pattern.as_str()).count()
+            } else {
+                usize::from(value.contains(pattern.as_str()))
+            };
+            let grown = matches.saturating_mul(replacement.len());
+            let len = (value.len() - matches * pattern.len()).saturating_add(grown);
+            if len > MAX_LEN {
+                return Err(VarError::TooLong);
+            }
+            return Ok(if all {
                 value.replace(&pattern, &replacement)
             } else {
                 value.replacen(&pattern, &replacement, 1)
-            };
-            if replaced.len() > MAX_LEN {
-                return Err(VarError::TooLong);
-            }
-            return Ok(replaced);
+            });
         }
         Err(VarError::Bad(format!("${{{inner}}}")))
     }
@@ -420,6 +451,25 @@ mod tests {
         let mut s = Scope::new();
         s.push_layer(layer);
         assert_eq!(s.resolve("V29"), Err(VarError::TooLong));
+    }
+
+    #[test]
+    fn replacement_checks_its_budget_before_allocating() {
+        // 1000 x 1000 x 1000 bytes if replaced first and measured after.
+        let a = "a".repeat(1000);
+        let s = scope(&[&[("A", a.as_str()), ("B", "${A//a/${A}}"), ("C", "${B//a/${B}}")]]);
+        assert_eq!(s.resolve("B").map(|v| v.map(|v| v.len())), Ok(Some(1_000_000)));
+        assert_eq!(s.resolve("C"), Err(VarError::TooLong));
+        assert_eq!(s.expand("${A/a/xy}").map(|v| v.len()), Ok(1001));
+    }
+
+    #[test]
+    fn many_large_values_are_bounded_in_all() {
+        let big = "x".repeat(MAX_LEN - 1);
+        let layer: Vec<(String, String)> = (0..40).map(|i| (format!("V{i}"), big.clone())).collect();
+        let mut s = Scope::new();
+        s.push_layer(layer);
+        assert!(matches!(s.resolve_all(), Err((_, VarError::TooMuch))));
     }
 
     #[test]
