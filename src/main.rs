@@ -337,6 +337,12 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<u8, Fail> {
     let state = store::state_dir(cli.state_dir.as_deref())?;
+    if !matches!(
+        cli.command,
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::DemoService { .. }
+    ) {
+        store::prepare_state_dir(&state)?;
+    }
     match cli.command {
         Cmd::Validate { file, vars, format } => validate(&file, &vars, format),
         Cmd::Plan { file, vars, format } => plan(&file, &vars, format),

@@ -92,3 +92,78 @@ fn a_comment_only_file_says_so() {
     assert!(out.contains("only comments"), "{out}");
     assert!(!out.contains("see the messages above"), "{out}");
 }
+
+/// Another local user sending HAProxy-shaped log lines must not move the
+/// judge's numbers: only the uids the socket accepts count. Needs root (to
+/// send as another uid); CI runs as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_haproxy_log_lines_from_another_user_are_dropped() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use trackside::deploy::haproxy::LogSocket;
+    use trackside::deploy::router::{Pool, Router};
+
+    if let Some(path) = std::env::var_os("TRACKSIDE_FORGE_TO") {
+        return forge(Path::new(&path));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test sends as another uid"
+        );
+        eprintln!("SKIPPED forged_haproxy_log_lines_from_another_user_are_dropped: needs root to send as another uid");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The attack needs a socket the other user can reach: a running
+    // HAProxy of another user's is exactly that case.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.path().join("log.sock");
+    let sock = LogSocket::bind(&path, 0o622, vec![nix::unistd::geteuid().as_raw()]).expect("bind");
+    let stats = Router::new(false);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let receiver = tokio::spawn(sock.receive("web".into(), stats.clone(), stop.clone()));
+    let forger = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "forged_haproxy_log_lines_from_another_user_are_dropped",
+            "--nocapture",
+        ])
+        .env("TRACKSIDE_FORGE_TO", &path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the forger");
+    let said = String::from_utf8_lossy(&forger.stdout);
+    assert!(
+        forger.status.success() && said.contains("forged 300"),
+        "{said}{}",
+        String::from_utf8_lossy(&forger.stderr)
+    );
+    // Then one real line from trackside's own uid: once it counts, every
+    // forged line before it has been read too (one socket, in order).
+    let me = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    me.send_to(b"web canary1 200 5", &path).expect("send");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stats.totals(Pool::Canary).requests == 0 {
+        assert!(std::time::Instant::now() < deadline, "the real line never counted");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let canary = stats.totals(Pool::Canary);
+    assert_eq!((canary.requests, canary.errors), (1, 0), "{canary:?}");
+    stop.cancel();
+    let _ = receiver.await;
+}
+
+/// The other user's side: 300 forged 503s of 9 s each.
+fn forge(path: &Path) {
+    let s = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    let mut n = 0;
+    for _ in 0..300 {
+        if s.send_to(b"web canary1 503 9000", path).is_ok() {
+            n += 1;
+        }
+    }
+    println!("forged {n}");
+}

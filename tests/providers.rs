@@ -228,14 +228,15 @@ async fn a_running_haproxy_is_steered_through_its_socket_and_measured_from_its_l
     }
     let state = tempfile::tempdir().expect("tempdir");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (listen, log) = (free_port(), free_port());
+    let listen = free_port();
     let socket = dir.path().join("admin.sock");
+    let log = dir.path().join("log.sock");
     // The config docs/deployments.md gives for a running HAProxy.
     let cfg = trackside::deploy::haproxy::config(
         "web",
         format!("127.0.0.1:{listen}").parse().expect("addr"),
         &socket,
-        format!("127.0.0.1:{log}").parse().expect("addr"),
+        &log,
         2,
         None,
     );
@@ -260,13 +261,15 @@ async fn a_running_haproxy_is_steered_through_its_socket_and_measured_from_its_l
     }
     assert!(ready, "HAProxy answers on its socket");
     let attach = |yaml: String| {
-        yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}")).replace(
-            "      traffic:",
-            &format!(
-                "      router: {{haproxy: {{socket: {}, backend: web, log_listen: \"127.0.0.1:{log}\"}}}}\n      traffic:",
-                socket.display()
-            ),
-        )
+        yaml.replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{listen}"))
+            .replace(
+                "      traffic:",
+                &format!(
+                    "      router: {{haproxy: {{socket: {}, backend: web, log_listen: \"{}\"}}}}\n      traffic:",
+                    socket.display(),
+                    log.display()
+                ),
+            )
     };
     let (first, r) = deploy(state.path(), &attach(deploy_yaml("v1", 0.0, ANALYSED))).await;
     assert_eq!(first.result, RunResult::Passed, "{:?}", r.lines("web"));

@@ -12,8 +12,11 @@
 //! shows the desired and the actual share side by side.
 //!
 //! Measurements come from HAProxy itself: one log line per request (the
-//! backend, server, status and time), received as UDP syslog, feeds the
-//! same per-pool samples the judge reads for the built-in router; and
+//! backend, server, status and time), received on a Unix datagram socket,
+//! feeds the same per-pool samples the judge reads for the built-in router;
+//! the kernel names each datagram's sender (SO_PASSCRED), so a line from
+//! any uid but trackside's, root's or the running HAProxy's is dropped,
+//! never judged (a UDP port would let any local user forge them); and
 //! `show stat` gives the per-server state, weight, requests, 5xx and
 //! connections in flight.
 
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
+use tokio::net::UnixDatagram;
 use tokio_util::sync::CancellationToken;
 
 use super::router::{COOKIE, FULL, Pool, Router};
@@ -167,7 +170,7 @@ pub fn config(
     backend: &str,
     listen: SocketAddr,
     socket: &Path,
-    log: SocketAddr,
+    log: &Path,
     slots: u32,
     pools_map: Option<&Path>,
 ) -> String {
@@ -179,7 +182,8 @@ pub fn config(
          frontend {backend}_in\n    bind {listen}\n\
          \x20   use_backend {backend}_canary if {{ req.hdr(x-canary) -m str always }}\n\
          \x20   use_backend {backend}_stable if {{ req.hdr(x-canary) -m str never }}\n",
-        sock = socket.display()
+        sock = socket.display(),
+        log = log.display()
     );
     // Every answer names the pool that gave it, for the next request.
     let mut set_cookie = String::new();
@@ -296,24 +300,30 @@ impl Haproxy {
         tag: &str,
         stop: CancellationToken,
     ) -> Result<Arc<Haproxy>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // Only trackside's user may reach the sockets, the config (it names
+        // them) and the map.
+        private_dir(dir)?;
         let socket = dir.join(format!("{backend}.sock"));
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(format!(
-                "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state-dir)",
-                socket.display()
-            ));
+        let log_path = dir.join(format!("{backend}.log.sock"));
+        for s in [&socket, &log_path] {
+            if s.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(format!(
+                    "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state-dir)",
+                    s.display()
+                ));
+            }
         }
         let _ = std::fs::remove_file(&socket);
-        let (log, log_addr) = bind_log("127.0.0.1:0").await?;
+        let log = LogSocket::bind(&log_path, 0o600, vec![nix::unistd::geteuid().as_raw(), 0])?;
         let cfg_path = dir.join(format!("{backend}.cfg"));
         // Sticky sessions: both cookies lead to the weighted backend until
         // the weights say otherwise.
         let map = dir.join(format!("{backend}.pools.map"));
-        std::fs::write(&map, format!("stable {backend}\ncanary {backend}\n"))
-            .map_err(|e| format!("cannot write {}: {e}", map.display()))?;
-        std::fs::write(&cfg_path, config(backend, listen, &socket, log_addr, slots, Some(&map)))
-            .map_err(|e| format!("cannot write {}: {e}", cfg_path.display()))?;
+        private_file(&map, format!("stable {backend}\ncanary {backend}\n").as_bytes())?;
+        private_file(
+            &cfg_path,
+            config(backend, listen, &socket, &log_path, slots, Some(&map)).as_bytes(),
+        )?;
         let mut child = tokio::process::Command::new(binary)
             .arg("-f")
             .arg(&cfg_path)
@@ -364,13 +374,14 @@ impl Haproxy {
             state: Mutex::new(HState::default()),
             child: Mutex::new(Some(child)),
         });
-        tokio::spawn(receive_log(log, backend.to_string(), h.stats.clone(), stop));
+        tokio::spawn(log.receive(backend.to_string(), h.stats.clone(), stop));
         Ok(h)
     }
 
     /// Steers a running HAProxy: its backend must have server slots named
-    /// `stable1..N` and `canary1..N`. With `log`, trackside receives its
-    /// request log there.
+    /// `stable1..N` and `canary1..N`. With `log` (a Unix socket path),
+    /// trackside receives its request log there, from the uid that owns the
+    /// admin socket (HAProxy's), root or trackside's own only.
     pub async fn attach(
         socket: &Path,
         backend: &str,
@@ -397,9 +408,15 @@ impl Haproxy {
             state: Mutex::new(HState::default()),
             child: Mutex::new(None),
         });
-        if let Some(addr) = log {
-            let (sock, _) = bind_log(addr).await?;
-            tokio::spawn(receive_log(sock, backend.to_string(), h.stats.clone(), stop));
+        if let Some(path) = log {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(socket)
+                .map_err(|e| format!("HAProxy's socket {}: {e}", socket.display()))?
+                .uid();
+            // HAProxy may run as a user of its own: the socket must take its
+            // datagrams; the credentials check keeps everyone else out.
+            let log = LogSocket::bind(Path::new(path), 0o622, vec![nix::unistd::geteuid().as_raw(), 0, owner])?;
+            tokio::spawn(log.receive(backend.to_string(), h.stats.clone(), stop));
         }
         Ok(h)
     }
@@ -526,32 +543,139 @@ impl Haproxy {
     }
 }
 
-async fn bind_log(addr: &str) -> Result<(UdpSocket, SocketAddr), String> {
-    let sock = UdpSocket::bind(addr)
-        .await
-        .map_err(|e| format!("cannot receive HAProxy's log on {addr}: {e}"))?;
-    let local = sock
-        .local_addr()
-        .map_err(|e| format!("cannot receive HAProxy's log on {addr}: {e}"))?;
-    Ok((sock, local))
+/// Makes `dir` (and its parents) and leaves it readable by its owner only.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
-/// Records every request HAProxy logs into `stats` until `stop`.
-async fn receive_log(sock: UdpSocket, backend: String, stats: Arc<Router>, stop: CancellationToken) {
-    let mut buf = vec![0u8; 8192];
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            r = sock.recv(&mut buf) => {
-                let Ok(n) = r else { continue };
-                let text = String::from_utf8_lossy(&buf[..n]);
-                for line in text.lines() {
-                    if let Some((pool, t, error)) = parse_log(line, &backend) {
-                        stats.record(pool, t, error);
+/// Writes `path` readable and writable by its owner only (0600).
+fn private_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| {
+            // An older trackside wrote it world-readable.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(bytes)
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// HAProxy's request log arrives here: a Unix datagram socket whose
+/// datagrams carry their sender's credentials, checked against `accept`.
+pub struct LogSocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+    /// The uids whose lines are measurements.
+    accept: Vec<u32>,
+}
+
+impl LogSocket {
+    /// Binds `path` (a stale socket there is replaced) with `mode`.
+    pub fn bind(path: &Path, mode: u32, accept: Vec<u32>) -> Result<LogSocket, String> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let err = |e: &dyn std::fmt::Display| format!("cannot receive HAProxy's log on {}: {e}", path.display());
+        if !path.is_absolute() {
+            return Err(err(&"log_listen must be an absolute path"));
+        }
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(err(&"the path is too long for a Unix socket"));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| err(&e))?,
+            Ok(_) => {
+                return Err(err(
+                    &"something other than a socket is there; remove it or pick another path",
+                ));
+            }
+            Err(_) => {}
+        }
+        let std_sock = std::os::unix::net::UnixDatagram::bind(path).map_err(|e| err(&e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| err(&e))?;
+        nix::sys::socket::setsockopt(&std_sock, nix::sys::socket::sockopt::PassCred, &true).map_err(|e| err(&e))?;
+        std_sock.set_nonblocking(true).map_err(|e| err(&e))?;
+        let sock = UnixDatagram::from_std(std_sock).map_err(|e| err(&e))?;
+        Ok(LogSocket {
+            sock,
+            path: path.to_path_buf(),
+            accept,
+        })
+    }
+
+    /// One datagram and the uid the kernel says sent it (`None` if it
+    /// carried no credentials).
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, Option<u32>)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials, recvmsg};
+        use std::os::fd::AsRawFd;
+        let fd = self.sock.as_raw_fd();
+        loop {
+            self.sock.readable().await?;
+            let got = self.sock.try_io(tokio::io::Interest::READABLE, || {
+                let mut cmsg = nix::cmsg_space!(UnixCredentials);
+                let mut iov = [std::io::IoSliceMut::new(buf)];
+                let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+                    .map_err(std::io::Error::from)?;
+                let uid = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmCredentials(cred) => Some(cred.uid()),
+                        _ => None,
+                    })
+                });
+                Ok((msg.bytes, uid))
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Records every request HAProxy logs into `stats` until `stop`.
+    pub async fn receive(self, backend: String, stats: Arc<Router>, stop: CancellationToken) {
+        let mut buf = vec![0u8; 8192];
+        let mut refused: u64 = 0;
+        loop {
+            let (n, uid) = tokio::select! {
+                () = stop.cancelled() => break,
+                r = self.recv(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("HAProxy's log socket {}: {e}", self.path.display());
+                        // A socket error repeats at once: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
                     }
+                },
+            };
+            if !uid.is_some_and(|u| self.accept.contains(&u)) {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        "dropped {refused} log line(s) on {} from uid {uid:?}: only HAProxy's lines are measurements",
+                        self.path.display()
+                    );
+                }
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            for line in text.lines() {
+                if let Some((pool, t, error)) = parse_log(line, &backend) {
+                    stats.record(pool, t, error);
                 }
             }
         }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -636,7 +760,7 @@ mod tests {
             "web",
             "127.0.0.1:8080".parse().expect("addr"),
             Path::new("/s/web.sock"),
-            "127.0.0.1:5514".parse().expect("addr"),
+            Path::new("/s/web.log.sock"),
             2,
             None,
         );
@@ -645,7 +769,7 @@ mod tests {
             "web",
             "127.0.0.1:8080".parse().expect("addr"),
             Path::new("/s/web.sock"),
-            "127.0.0.1:5514".parse().expect("addr"),
+            Path::new("/s/web.log.sock"),
             2,
             Some(Path::new("/s/web.pools.map")),
         );
@@ -657,7 +781,7 @@ mod tests {
         }
         for want in [
             "stats socket /s/web.sock mode 600 level admin",
-            "log 127.0.0.1:5514 len 4096 format raw local0",
+            "log /s/web.log.sock len 4096 format raw local0",
             "bind 127.0.0.1:8080",
             "use_backend web_canary if { req.hdr(x-canary) -m str always }",
             "backend web_stable\n    server stable1 127.0.0.1:1 weight 1 disabled\n    server stable2",

@@ -287,7 +287,7 @@ fn select(pipeline: Pipeline, plan: Plan, job: &str) -> Result<(Pipeline, Plan),
 }
 
 /// Creates the run record and the actor. Nothing runs until `start`.
-pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
     let (pipeline, plan) = match &cfg.only_job {
         Some(job) => select(pipeline, plan, job)?,
         None => (pipeline, plan),
@@ -299,14 +299,16 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, cfg: EngineConfig) -> Result<Engine
     let masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
     let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
     let resolved = masker.mask(&resolved).unwrap_or(resolved);
-    let meta = RunMeta {
+    let mut meta = RunMeta {
         run_id: cfg.run_id.clone(),
         pipeline: pipeline.name.clone(),
         pipeline_file: cfg.pipeline_file.clone(),
         project_dir: cfg.project_dir.clone(),
         started_ms: store::now_ms(),
     };
-    let record = RunRecord::create(&cfg.state_dir, &meta, &resolved)?;
+    let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
+    // Another run may have had the id first: the record's is the run's.
+    cfg.run_id = meta.run_id.clone();
     let files = if cfg.in_place {
         Vec::new()
     } else {

@@ -1212,14 +1212,22 @@ impl Cx<'_> {
         spec.backend = get(h, "backend").and_then(|v| self.string(v, &join(&hpath, "backend")));
         spec.log_listen = get(h, "log_listen").and_then(|v| self.string(v, &join(&hpath, "log_listen")));
         if let (Some(l), Some(v)) = (&spec.log_listen, get(h, "log_listen"))
-            && l.parse::<std::net::SocketAddr>().is_err()
+            && !l.starts_with('/')
         {
-            self.err(
-                v,
-                &join(&hpath, "log_listen"),
-                format!("`{l}` is not an address"),
-                "write IP:PORT, e.g. `127.0.0.1:5514`",
-            );
+            let (message, hint) = if l.parse::<std::net::SocketAddr>().is_ok() {
+                (
+                    format!(
+                        "`{l}` is a UDP address: any local user can send to it and forge the measurements the judge reads"
+                    ),
+                    "give a Unix socket path for HAProxy's `log` line, e.g. `/run/trackside/web.log.sock` (see docs/deployments.md)",
+                )
+            } else {
+                (
+                    format!("`{l}` is not an absolute path"),
+                    "give the absolute path of a Unix socket, e.g. `/run/trackside/web.log.sock`",
+                )
+            };
+            self.err(v, &join(&hpath, "log_listen"), message, hint);
             return None;
         }
         if spec.socket.is_none() && (spec.backend.is_some() || spec.log_listen.is_some()) {

@@ -338,14 +338,14 @@ mod tests {
 
     /// A run record started at `started_ms`, finished or still running.
     fn fake_run(state: &Path, id: &str, started_ms: u64, finished: bool) {
-        let meta = RunMeta {
+        let mut meta = RunMeta {
             run_id: id.into(),
             pipeline: "p".into(),
             pipeline_file: "p.yml".into(),
             project_dir: ".".into(),
             started_ms,
         };
-        let mut rec = RunRecord::create(state, &meta, "").expect("record");
+        let mut rec = RunRecord::create(state, &mut meta, "").expect("record");
         if finished {
             rec.finish(&RunSummary {
                 run_id: id.into(),

@@ -87,6 +87,45 @@ pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf, StoreError> {
         .ok_or(StoreError::NoStateDir)
 }
 
+/// Creates the state directory readable by its owner only (0700), or
+/// tightens one an older trackside left open to others. A state directory
+/// owned by another user is refused: its records, sockets and objects could
+/// be planted or read by that user.
+pub fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("cannot create", dir)(e).into()),
+    }
+    let meta = std::fs::metadata(dir).map_err(io_err("cannot read", dir))?;
+    if !meta.is_dir() {
+        return Err(StoreError::Config {
+            path: dir.to_path_buf(),
+            message: "the state directory is not a directory".into(),
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(StoreError::Config {
+            path: dir.to_path_buf(),
+            message: format!(
+                "the state directory belongs to uid {}, not to you (uid {me}); \
+                 use a state directory of your own (--state-dir or TRACKSIDE_STATE_DIR)",
+                meta.uid()
+            ),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot restrict", dir))?;
+    }
+    Ok(())
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,9 +175,27 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn create(state: &Path, meta: &RunMeta, resolved_pipeline: &str) -> Result<RunRecord, StoreError> {
-        let dir = state.join("runs").join(&meta.run_id);
-        std::fs::create_dir_all(dir.join("logs")).map_err(io_err("cannot create run folder", &dir))?;
+    /// Creates the run's folder, exclusively: when another run took the id
+    /// (ids are random within a second), a fresh one is drawn and
+    /// `meta.run_id` says which was used.
+    pub fn create(state: &Path, meta: &mut RunMeta, resolved_pipeline: &str) -> Result<RunRecord, StoreError> {
+        prepare_state_dir(state)?;
+        let runs = state.join("runs");
+        std::fs::create_dir_all(&runs).map_err(io_err("cannot create", &runs))?;
+        let mut dir = runs.join(&meta.run_id);
+        let mut tries = 0;
+        loop {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 32 => {
+                    tries += 1;
+                    meta.run_id = new_run_id();
+                    dir = runs.join(&meta.run_id);
+                }
+                Err(e) => return Err(io_err("cannot create run folder", &dir)(e).into()),
+            }
+        }
+        std::fs::create_dir(dir.join("logs")).map_err(io_err("cannot create run folder", &dir))?;
         let meta_path = dir.join("meta.json");
         let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
         std::fs::write(&meta_path, meta_text).map_err(io_err("cannot write", &meta_path))?;
@@ -446,5 +503,41 @@ mod tests {
         let id = new_run_id();
         assert_eq!(id.len(), 20, "{id}");
         assert!(id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'), "{id}");
+    }
+
+    #[test]
+    fn a_taken_run_id_gets_a_fresh_one_instead_of_sharing_the_folder() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut meta = RunMeta {
+            run_id: "20261202-000000-beef".into(),
+            pipeline: "p".into(),
+            pipeline_file: "p.yml".into(),
+            project_dir: ".".into(),
+            started_ms: 0,
+        };
+        let first = RunRecord::create(state.path(), &mut meta.clone(), "").expect("first");
+        let second = RunRecord::create(state.path(), &mut meta, "").expect("second");
+        assert_ne!(meta.run_id, "20261202-000000-beef");
+        assert_ne!(first.dir(), second.dir());
+        let text = std::fs::read_to_string(second.dir().join("meta.json")).expect("meta");
+        assert!(text.contains(&meta.run_id), "{text}");
+    }
+
+    #[test]
+    fn the_state_directory_is_private_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().expect("tempdir");
+        let fresh = top.path().join("a/state");
+        prepare_state_dir(&fresh).expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        let open = top.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        prepare_state_dir(&open).expect("tighten");
+        assert_eq!(mode(&open), 0o700, "an open state directory is tightened");
+        let file = top.path().join("file");
+        std::fs::write(&file, "x").expect("write");
+        assert!(prepare_state_dir(&file).is_err());
     }
 }
