@@ -179,20 +179,22 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// Requests answered at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
 async fn accept(listener: UnixListener, handle: EngineHandle, latest: Latest, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("control socket: {e}");
-                    return;
-                }
-            },
-        };
-        tokio::spawn(answer(stream, handle.clone(), latest.clone()));
-    }
+    // The listener never gives up: out of file descriptors it backs off
+    // and serves again once some are free.
+    let l = &listener;
+    let accept = move || async move { l.accept().await.map(|(s, _)| s) };
+    crate::net::accept_loop("control socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
+        let (handle, latest) = (handle.clone(), latest.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            answer(stream, handle, latest).await;
+        });
+    })
+    .await;
 }
 
 async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {

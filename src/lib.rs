@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod engine;
 pub mod exec;
 pub mod headless;
+pub mod net;
 pub mod pipeline;
 pub mod store;
 pub mod ui;

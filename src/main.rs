@@ -324,6 +324,7 @@ impl<E: std::fmt::Display> From<E> for Fail {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    trackside::net::raise_fd_limit();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(Fail(msg, code)) => {

@@ -5,7 +5,8 @@
 //! the replica counts; within a pool, replicas take turns. Requests can be
 //! pinned: `X-Canary: always|never`, and (when sticky) a cookie that keeps
 //! a client on the pool it first landed in. Each pool counts requests,
-//! errors (5xx and connection failures) and latency, both as a histogram
+//! errors (5xx and connection failures; never a request the router refuses
+//! as malformed, answered 400) and latency, both as a histogram
 //! (p50/p95/p99 since the start) and as recent samples the judge reads.
 
 use std::collections::VecDeque;
@@ -380,7 +381,8 @@ impl Router {
 
     /// Serves until `stop` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, BoxBody<Bytes, hyper::Error>> =
+            Client::builder(TokioExecutor::new()).build_http();
         super::http::serve(listener, stop, move |req| {
             let (router, client) = (self.clone(), client.clone());
             async move { router.forward(&client, req).await }
@@ -390,9 +392,29 @@ impl Router {
 
     async fn forward(
         &self,
-        client: &Client<HttpConnector, Incoming>,
-        mut req: Request<Incoming>,
+        client: &Client<HttpConnector, BoxBody<Bytes, hyper::Error>>,
+        req: Request<Incoming>,
     ) -> Response<BoxBody<Bytes, hyper::Error>> {
+        // Only origin-form requests (`GET /path`) are proxied: `OPTIONS *`
+        // or an absolute URI is the client's business, never a pool's error.
+        if !req.uri().path().starts_with('/') || req.uri().authority().is_some() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the router takes requests for a path (`GET /...`)\n",
+            );
+        }
+        // A request body that breaks (bad chunked encoding, a client gone
+        // mid-upload) fails the forward too: it is told apart from a
+        // backend failure by this flag, and never counted against a pool.
+        let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = body_failed.clone();
+        let mut req = req.map(move |b| {
+            b.map_err(move |e| {
+                flag.store(true, Ordering::Relaxed);
+                e
+            })
+            .boxed()
+        });
         let header = req
             .headers()
             .get("x-canary")
@@ -437,6 +459,9 @@ impl Router {
             Ok(r) => {
                 self.record(choice.pool, latency, r.status().is_server_error());
                 r.map(|b| b.boxed())
+            }
+            Err(_) if body_failed.load(Ordering::Relaxed) => {
+                return text(StatusCode::BAD_REQUEST, "the request body could not be read\n");
             }
             Err(e) => {
                 self.record(choice.pool, latency, true);
