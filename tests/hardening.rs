@@ -2,8 +2,13 @@
 //! it once. Pipelines that exhaust memory, bytes YAML forbids, secrets in
 //! the process table, unbounded artifacts, crash leftovers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use trackside::engine::RunResult;
+use trackside::pipeline::FailureClass;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -330,4 +335,206 @@ fn fd_server() {
         stop.cancel();
         let _ = server.await;
     });
+}
+
+/// Bytes the files below `dir` take on disk (not their apparent size).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+fn temp_files(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("objects/tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terabyte_sparse_artifact_is_refused_before_a_byte_is_read() {
+    let mut s = common::setup(
+        "name: big\njobs:\n  make:\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && truncate -s 1T out/x\n",
+    );
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Failed);
+    let job = &sum.jobs[0];
+    assert_eq!(job.failure_class, Some(FailureClass::Script), "{job:?}");
+    let said = r.lines("make").join("\n");
+    assert!(
+        said.contains("`out/x` is 1.0 TiB") && said.contains("artifacts.max_job_size"),
+        "{said}"
+    );
+    assert!(disk_usage(&state.join("objects")) < 1 << 20, "nothing of it was stored");
+    assert!(temp_files(&state).is_empty(), "{:?}", temp_files(&state));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_artifacts_keep_their_holes_in_the_store_and_when_restored() {
+    let mut s = common::setup(
+        r#"name: sparse
+jobs:
+  make:
+    artifacts: {paths: [out/]}
+    steps:
+      - script: mkdir -p out && truncate -s 300M out/disk.img && printf tail >> out/disk.img
+  use:
+    depends_on: [make]
+    steps:
+      - script: |
+          test "$(stat -c %s out/disk.img)" = 314572804
+          echo "blocks $(stat -c %b out/disk.img) last $(tail -c 4 out/disk.img)"
+"#,
+    );
+    s.cfg.keep_workspaces = true;
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(
+        sum.result,
+        RunResult::Passed,
+        "{:?} {:?}",
+        r.lines("make"),
+        r.lines("use")
+    );
+    let objects = disk_usage(&state.join("objects"));
+    assert!(
+        objects < 4 << 20,
+        "a 300 MB sparse file took {objects} bytes in the store"
+    );
+    let line = r
+        .lines("use")
+        .into_iter()
+        .find(|l| l.starts_with("blocks "))
+        .unwrap_or_default();
+    let blocks: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(blocks * 512 < 4 << 20, "restored dense: {line}");
+    assert!(line.ends_with("last tail"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_artifact_limit_holds_across_jobs() {
+    let mut s = common::setup(
+        r#"name: run-limit
+jobs:
+  a:
+    artifacts: {paths: [outa/]}
+    steps:
+      - script: mkdir -p outa && head -c 700000 /dev/urandom > outa/a
+  b:
+    depends_on: [a]
+    artifacts: {paths: [outb/]}
+    steps:
+      - script: mkdir -p outb && head -c 700000 /dev/urandom > outb/b
+"#,
+    );
+    std::fs::create_dir_all(s.state()).expect("state");
+    std::fs::write(s.state().join("config.yml"), "artifacts:\n  max_run_size: 1MB\n").expect("config");
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    let b = sum.jobs.iter().find(|j| j.name == "b").expect("b");
+    assert_eq!(b.failure_class, Some(FailureClass::Script), "{:?}", r.lines("b"));
+    let said = r.lines("b").join("\n");
+    assert!(
+        said.contains("`outb/b`")
+            && said.contains("artifacts.max_run_size")
+            && said.contains("allows 976.6 KiB in all"),
+        "{said}"
+    );
+    let a = sum.jobs.iter().find(|j| j.name == "a").expect("a");
+    assert_eq!(a.failure_class, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_stops_as_disk_full_before_the_margin_is_reached() {
+    let mut s = common::setup(
+        "name: full\njobs:\n  make:\n    retry_count: 0\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && echo data > out/x\n",
+    );
+    std::fs::create_dir_all(s.state()).expect("state");
+    // A margin no disk has: the first write would go below it.
+    std::fs::write(s.state().join("config.yml"), "artifacts:\n  min_free: 1000TiB\n").expect("config");
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    let job = &sum.jobs[0];
+    assert_eq!(job.failure_class, Some(FailureClass::DiskFull), "{:?}", r.lines("make"));
+    let said = r.lines("make").join("\n");
+    assert!(
+        said.contains("MiB free") && said.contains("artifacts.min_free"),
+        "{said}"
+    );
+    assert!(temp_files(&state).is_empty(), "{:?}", temp_files(&state));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_left_out_of_artifacts_are_named() {
+    let mut s = common::setup(
+        "name: fifo\njobs:\n  make:\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && mkfifo out/pipe && echo x > out/file\n",
+    );
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("make"));
+    let said = r.lines("make").join("\n");
+    assert!(
+        said.contains("warning: left out 1 path(s)") && said.contains("out/pipe (a FIFO)"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_names_are_restored_byte_for_byte() {
+    let mut s = common::setup(
+        r#"name: names
+jobs:
+  make:
+    artifacts: {paths: [out/]}
+    steps:
+      - script: mkdir -p out && echo x > 'out/back\slash'
+  use:
+    depends_on: [make]
+    steps:
+      - script: test -f 'out/back\slash' && ! test -e out/back/slash && echo same name
+"#,
+    );
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(
+        sum.result,
+        RunResult::Passed,
+        "{:?} {:?}",
+        r.lines("make"),
+        r.lines("use")
+    );
+    assert!(r.lines("use").iter().any(|l| l == "same name"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_is_not_utf8_is_refused_with_a_clear_message() {
+    let mut s = common::setup(
+        "name: bad-name\njobs:\n  make:\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && echo x > \"out/$(printf 'caf\\377')\"\n",
+    );
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Failed);
+    let said = r.lines("make").join("\n");
+    assert!(said.contains("is not valid UTF-8; rename the file"), "{said}");
 }

@@ -339,6 +339,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         ),
         index: Arc::new(crate::store::index::Index::open(&cfg.state_dir)?),
         state_dir: cfg.state_dir.clone(),
+        artifact_limits: crate::store::gc::artifact_limits(&cfg.state_dir)?,
+        artifact_bytes: Default::default(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });

@@ -8,14 +8,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::exec::Stream;
 use crate::pipeline::model::{ArtifactWhen, DirCacheKey};
 use crate::pipeline::{FailureClass, Job};
 use crate::store::cache::{self, Components};
 use crate::store::index::{CacheEntry, JobKey};
-use crate::store::manifest::{self, ArtifactError};
-use crate::store::objects::{Digest, ObjectError};
+use crate::store::manifest::{self, ArtifactError, CollectLimits};
+use crate::store::objects::{Digest, ObjectError, WriteLimits};
 
 use super::runner::{Attempt, RunContext, RunnerMsg, note};
 use super::state::Outcome;
@@ -98,8 +99,42 @@ pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -
     Ok(())
 }
 
-/// Collects the job's artifacts when `when` matches the outcome.
-pub async fn collect(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, succeeded: bool) -> Result<(), String> {
+/// Write limits for one attempt: the store's free-space margin, and a flag
+/// raised when the attempt is cancelled (storing stops at its next buffer).
+/// The guard task ends with the returned handle's drop.
+fn write_limits(ctx: &RunContext, a: &Attempt) -> (WriteLimits, tokio::task::JoinHandle<()>) {
+    let limits = WriteLimits {
+        min_free: ctx.artifact_limits.min_free,
+        cancel: Arc::new(AtomicBool::new(a.cancel.is_cancelled())),
+    };
+    let (flag, token) = (limits.cancel.clone(), a.cancel.clone());
+    let guard = tokio::spawn(async move {
+        token.cancelled().await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    (limits, guard)
+}
+
+/// Why storing failed, as the attempt's failure class.
+fn store_failure(e: &manifest::ArtifactError) -> FailureClass {
+    if e.is_disk_full() {
+        FailureClass::DiskFull
+    } else if e.is_cancelled() {
+        FailureClass::Cancelled
+    } else {
+        FailureClass::Script
+    }
+}
+
+/// Collects the job's artifacts when `when` matches the outcome, within the
+/// job's and the run's size limits.
+pub async fn collect(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+    succeeded: bool,
+) -> Result<(), (String, FailureClass)> {
     let Some(spec) = &job.artifacts else { return Ok(()) };
     let wanted = match spec.when {
         ArtifactWhen::OnSuccess => succeeded,
@@ -111,28 +146,64 @@ pub async fn collect(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, s
     }
     let step: Arc<str> = Arc::from("artifacts");
     let (c, root, spec, name) = (ctx.clone(), ws.to_path_buf(), spec.clone(), job.name.clone());
-    let collected = blocking(move || {
-        let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;
-        let m = manifest::collect(&c.objects, &root, &spec.paths, &spec.exclude).map_err(|e| e.to_string())?;
-        let d = manifest::save(&c.objects, &m).map_err(|e| e.to_string())?;
+    let (write, guard) = write_limits(ctx, a);
+    let collected = tokio::task::spawn_blocking(move || {
+        let script = |e: String| (e, FailureClass::Script);
+        let _lock = c.objects.lock_shared().map_err(|e| script(e.to_string()))?;
+        let used = c.artifact_bytes.load(Ordering::Relaxed);
+        let run_left = c.artifact_limits.max_run_size.saturating_sub(used);
+        let limits = if run_left < c.artifact_limits.max_job_size {
+            CollectLimits {
+                max_bytes: run_left,
+                limit: c.artifact_limits.max_run_size,
+                what: "the run's limit (artifacts.max_run_size)",
+                write,
+            }
+        } else {
+            CollectLimits {
+                max_bytes: c.artifact_limits.max_job_size,
+                limit: c.artifact_limits.max_job_size,
+                what: "a job's limit (artifacts.max_job_size)",
+                write,
+            }
+        };
+        let got = manifest::collect_within(&c.objects, &root, &spec.paths, &spec.exclude, &limits)
+            .map_err(|e| (e.to_string(), store_failure(&e)))?;
+        c.artifact_bytes.fetch_add(got.bytes, Ordering::Relaxed);
+        let m = got.manifest;
+        let d = manifest::save(&c.objects, &m).map_err(|e| script(e.to_string()))?;
         let expires = spec
             .expire_in
             .map(|e| crate::store::now_ms().saturating_add(u64::try_from(e.as_millis()).unwrap_or(u64::MAX)));
         c.index
             .put_artifact(&c.run_id, &name, &d, expires)
-            .map_err(|e| format!("cannot record artifacts: {e}"))?;
-        Ok((m.entries.len(), d))
+            .map_err(|e| script(format!("cannot record artifacts: {e}")))?;
+        Ok((m.entries.len(), d, got.skipped))
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| Err((format!("background task failed: {e}"), FailureClass::Infra)));
+    guard.abort();
     match collected {
-        Ok((n, d)) => {
+        Ok((n, d, skipped)) => {
+            if !skipped.is_empty() {
+                note(
+                    a,
+                    &step,
+                    format!(
+                        "warning: left out {} path(s) that are not files: {}",
+                        skipped.len(),
+                        skipped.join(", ")
+                    ),
+                )
+                .await;
+            }
             note(a, &step, format!("kept {n} artifact file(s), manifest {d}")).await;
             Ok(())
         }
-        Err(e) => {
+        Err((e, class)) => {
             let msg = format!("artifacts: {e}");
             note(a, &step, msg.clone()).await;
-            Err(msg)
+            Err((msg, class))
         }
     }
 }
@@ -492,7 +563,13 @@ pub async fn pull_dir_cache(
 
 /// Saves the job's directory cache under `key` (from [`pull_dir_cache`])
 /// after a successful run when the policy pushes.
-pub async fn push_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path, key: &str) -> Result<(), String> {
+pub async fn push_dir_cache(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+    key: &str,
+) -> Result<(), (String, FailureClass)> {
     let Some(dc) = &job.dir_cache else { return Ok(()) };
     if !dc.policy.pushes() {
         return Ok(());
@@ -500,14 +577,27 @@ pub async fn push_dir_cache(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &
     let step: Arc<str> = Arc::from("cache");
     let key = key.to_string();
     let (c, root, paths, k) = (ctx.clone(), ws.to_path_buf(), dc.paths.clone(), key.clone());
-    let saved = blocking(move || {
-        let _lock = c.objects.lock_shared().map_err(|e| e.to_string())?;
-        let m = manifest::collect(&c.objects, &root, &paths, &[]).map_err(|e| e.to_string())?;
-        let d = manifest::save(&c.objects, &m).map_err(|e| e.to_string())?;
-        c.index.dir_cache_put(&k, &d, &c.run_id).map_err(|e| e.to_string())?;
+    let (write, guard) = write_limits(ctx, a);
+    let saved = tokio::task::spawn_blocking(move || {
+        let script = |e: String| (e, FailureClass::Script);
+        let _lock = c.objects.lock_shared().map_err(|e| script(e.to_string()))?;
+        let limits = CollectLimits {
+            write,
+            ..CollectLimits::default()
+        };
+        let m = manifest::collect_within(&c.objects, &root, &paths, &[], &limits)
+            .map_err(|e| (e.to_string(), store_failure(&e)))?
+            .manifest;
+        let d = manifest::save(&c.objects, &m).map_err(|e| script(e.to_string()))?;
+        c.index
+            .dir_cache_put(&k, &d, &c.run_id)
+            .map_err(|e| script(e.to_string()))?;
         Ok(m.entries.len())
     })
-    .await?;
+    .await
+    .unwrap_or_else(|e| Err((format!("background task failed: {e}"), FailureClass::Infra)));
+    guard.abort();
+    let saved = saved?;
     note(a, &step, format!("saved {saved} file(s) to directory cache `{key}`")).await;
     Ok(())
 }

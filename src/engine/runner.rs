@@ -96,6 +96,10 @@ pub struct RunContext {
     pub use_cache: bool,
     /// The state directory (services' remembered revisions live there).
     pub state_dir: PathBuf,
+    /// What artifacts may take (`artifacts:` in `<state>/config.yml`).
+    pub artifact_limits: crate::store::gc::ArtifactLimits,
+    /// Bytes of artifacts this run has stored so far, against the run's limit.
+    pub artifact_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RunContext {
@@ -366,12 +370,12 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
             if let Some(key) = dir_key.filter(|_| kept.is_ok() && o.failure.is_none()) {
                 kept = artifacts::push_dir_cache(ctx, a, job, &ws, &key).await;
             }
-            if let Err(msg) = kept
+            if let Err((msg, class)) = kept
                 && o.failure.is_none()
             {
                 o = Outcome {
                     message: Some(msg),
-                    ..Outcome::failed(None, FailureClass::Script)
+                    ..Outcome::failed(None, class)
                 };
             }
             o
@@ -797,6 +801,8 @@ mod tests {
             index: Arc::new(crate::store::index::Index::open(dir.path()).expect("index")),
             use_cache: true,
             state_dir: dir.path().to_path_buf(),
+            artifact_limits: Default::default(),
+            artifact_bytes: Default::default(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

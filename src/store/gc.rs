@@ -11,7 +11,7 @@
 //! drops the least recently used roots until the live objects fit.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -63,27 +63,89 @@ struct ConfigGc {
     unused_for: Option<String>,
 }
 
+/// `artifacts:` in `<state>/config.yml`: what one job's and one run's
+/// artifacts may take, and the free space the store keeps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigArtifacts {
+    max_job_size: Option<String>,
+    max_run_size: Option<String>,
+    min_free: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct Config {
     #[serde(default)]
     gc: ConfigGc,
+    #[serde(default)]
+    artifacts: ConfigArtifacts,
 }
 
-/// Reads the `gc:` policy of `<state>/config.yml` (an empty policy when the file is absent).
-pub fn config_policy(state: &Path) -> Result<Policy, StoreError> {
+/// Limits on artifacts, with their documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// Bytes of file content one job's artifact set may hold (1 GiB).
+    pub max_job_size: u64,
+    /// Bytes of all the artifact sets of one run (4 GiB).
+    pub max_run_size: u64,
+    /// Free space the store's file system keeps; storing stops as disk_full
+    /// before it would go below (100 MiB).
+    pub min_free: u64,
+}
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        ArtifactLimits {
+            max_job_size: 1 << 30,
+            max_run_size: 4 << 30,
+            min_free: 100 << 20,
+        }
+    }
+}
+
+/// Reads `<state>/config.yml` (an empty config when the file is absent).
+fn read_config(state: &Path) -> Result<(Config, PathBuf), StoreError> {
     let path = state.join("config.yml");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Config::default(), path)),
         Err(source) => {
             return Err(super::io_err("cannot read", &path)(source).into());
         }
     };
+    let cfg: Config = serde_yaml::from_str(&text).map_err(|e| StoreError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok((cfg, path))
+}
+
+/// Reads the `artifacts:` limits of `<state>/config.yml`, defaults for what it leaves out.
+pub fn artifact_limits(state: &Path) -> Result<ArtifactLimits, StoreError> {
+    let (cfg, path) = read_config(state)?;
+    let mut limits = ArtifactLimits::default();
+    for (value, key, field) in [
+        (&cfg.artifacts.max_job_size, "max_job_size", &mut limits.max_job_size),
+        (&cfg.artifacts.max_run_size, "max_run_size", &mut limits.max_run_size),
+        (&cfg.artifacts.min_free, "min_free", &mut limits.min_free),
+    ] {
+        if let Some(v) = value {
+            *field = parse_size(v).map_err(|e| StoreError::Config {
+                path: path.clone(),
+                message: format!("artifacts.{key}: {e}"),
+            })?;
+        }
+    }
+    Ok(limits)
+}
+
+/// Reads the `gc:` policy of `<state>/config.yml` (an empty policy when the file is absent).
+pub fn config_policy(state: &Path) -> Result<Policy, StoreError> {
+    let (cfg, path) = read_config(state)?;
     let bad = |message: String| StoreError::Config {
         path: path.clone(),
         message,
     };
-    let cfg: Config = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let age = |v: &Option<String>, key: &str| -> Result<Option<Duration>, StoreError> {
         v.as_deref()
             .map(|s| humantime::parse_duration(s).map_err(|e| bad(format!("gc.{key}: `{s}`: {e}; e.g. `30d`"))))

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::objects::{Digest, ObjectError, ObjectStore};
+use super::objects::{Digest, ObjectError, ObjectStore, WriteLimits};
 use super::{IoFailure, io_err};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,89 @@ pub enum ArtifactError {
     Object { path: String, source: ObjectError },
     #[error("manifest {0} is not a valid manifest")]
     BadManifest(Digest),
+    #[error(
+        "artifact file `{path}` is {} ({size} bytes); {what} allows {} in all and {} remain{hint}",
+        human(*size),
+        human(*limit),
+        human(*remaining)
+    )]
+    TooLarge {
+        path: String,
+        size: u64,
+        limit: u64,
+        remaining: u64,
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("artifact name `{0}` is not valid UTF-8; rename the file (artifact names are kept as text)")]
+    BadName(String),
+}
+
+impl ArtifactError {
+    /// The store ran out of room (or kept its margin): not the job's fault.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            ArtifactError::Object {
+                source: ObjectError::DiskFull { .. },
+                ..
+            }
+        )
+    }
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            ArtifactError::Object {
+                source: ObjectError::Cancelled,
+                ..
+            }
+        )
+    }
+}
+
+/// `1.5 GiB`, `300 MiB`, `12 KiB`, `80 B`.
+fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// What one collection may take.
+#[derive(Debug, Clone)]
+pub struct CollectLimits {
+    /// Bytes of file content (apparent sizes) the set may hold.
+    pub max_bytes: u64,
+    /// The configured limit that budget is left of (shown in the message).
+    pub limit: u64,
+    /// Which limit `max_bytes` comes from, for the message.
+    pub what: &'static str,
+    pub write: WriteLimits,
+}
+
+impl Default for CollectLimits {
+    fn default() -> Self {
+        CollectLimits {
+            max_bytes: u64::MAX,
+            limit: u64::MAX,
+            what: "the store",
+            write: WriteLimits::default(),
+        }
+    }
+}
+
+/// A collected set and what was left out of it.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    pub manifest: Manifest,
+    /// Paths that matched but are not files, directories or symlinks
+    /// (FIFOs, sockets, devices), with what they are.
+    pub skipped: Vec<String>,
+    /// Bytes of file content in the set.
+    pub bytes: u64,
 }
 
 /// A relative path made only of normal components, or `None`.
@@ -97,12 +180,28 @@ pub fn collect(
     include: &[String],
     exclude: &[String],
 ) -> Result<Manifest, ArtifactError> {
+    collect_within(store, root, include, exclude, &CollectLimits::default()).map(|c| c.manifest)
+}
+
+/// [`collect`] within `limits`: a file whose apparent size exceeds what is
+/// left of the budget is refused before a byte of it is read.
+pub fn collect_within(
+    store: &ObjectStore,
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+    limits: &CollectLimits,
+) -> Result<Collected, ArtifactError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::FileTypeExt as _;
     use std::os::unix::fs::PermissionsExt as _;
     let inc = glob_set(include)?;
     let exc = glob_set(exclude)?;
     let canon_root = std::fs::canonicalize(root).map_err(io_err("cannot open", root))?;
     let mut entries = Vec::new();
-    let mut batch = store.batch();
+    let mut skipped = Vec::new();
+    let mut bytes = 0u64;
+    let mut batch = store.batch_with(limits.write.clone());
     // (relative path, included because an ancestor directory matched)
     let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::new(), false)];
     while let Some((rel, inherited)) = stack.pop() {
@@ -114,10 +213,20 @@ pub fn collect(
         children.sort_by_key(|e| e.file_name());
         for child in children {
             let rel_child = rel.join(child.file_name());
-            let name = rel_child.to_string_lossy().replace('\\', "/");
             if exc.is_match(&rel_child) {
                 continue;
             }
+            // Names are kept byte for byte: `\\` is an ordinary character
+            // here, and a name that is not UTF-8 is refused, not mangled.
+            let Some(name) = rel_child.to_str().map(str::to_string) else {
+                let matched = inherited || inc.is_match(&rel_child);
+                if matched {
+                    return Err(ArtifactError::BadName(
+                        String::from_utf8_lossy(rel_child.as_os_str().as_bytes()).into_owned(),
+                    ));
+                }
+                continue;
+            };
             let matched = inherited || inc.is_match(&rel_child) || inc.is_match(format!("{name}/"));
             let meta = std::fs::symlink_metadata(child.path()).map_err(io_err("cannot read", &child.path()))?;
             if meta.file_type().is_symlink() {
@@ -146,15 +255,50 @@ pub fn collect(
             } else if meta.is_dir() {
                 stack.push((rel_child, matched));
             } else if meta.is_file() && matched {
+                let remaining = limits.max_bytes.saturating_sub(bytes);
+                if meta.len() > remaining {
+                    return Err(ArtifactError::TooLarge {
+                        path: name,
+                        size: meta.len(),
+                        limit: limits.limit,
+                        remaining,
+                        what: limits.what,
+                        hint: "; leave it out (exclude:) or raise the limit in config.yml (artifacts:)",
+                    });
+                }
                 let (object, size) = batch.put_file(&child.path()).map_err(|source| ArtifactError::Object {
                     path: name.clone(),
                     source,
                 })?;
+                bytes = bytes.saturating_add(size);
+                // It grew while it was read: the budget still holds.
+                if bytes > limits.max_bytes {
+                    return Err(ArtifactError::TooLarge {
+                        path: name,
+                        size,
+                        limit: limits.limit,
+                        remaining,
+                        what: limits.what,
+                        hint: " (it grew while it was stored)",
+                    });
+                }
                 entries.push(Entry {
                     path: name,
                     mode: meta.permissions().mode() & 0o7777,
                     kind: EntryKind::File { object, size },
                 });
+            } else if matched && !meta.is_file() {
+                let ft = meta.file_type();
+                let what = if ft.is_fifo() {
+                    "a FIFO"
+                } else if ft.is_socket() {
+                    "a socket"
+                } else if ft.is_block_device() || ft.is_char_device() {
+                    "a device"
+                } else {
+                    "not a regular file"
+                };
+                skipped.push(format!("{name} ({what})"));
             }
         }
     }
@@ -163,7 +307,11 @@ pub fn collect(
         source,
     })?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Manifest { entries })
+    Ok(Collected {
+        manifest: Manifest { entries },
+        skipped,
+        bytes,
+    })
 }
 
 /// Resolves `.` and `..` lexically; `None` if `..` climbs above the root.

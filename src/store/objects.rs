@@ -10,8 +10,10 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -77,6 +79,60 @@ pub enum ObjectError {
     Missing(Digest),
     #[error("object {digest} is corrupted: its content hashes to {actual}")]
     Corrupt { digest: Digest, actual: Digest },
+    #[error("stopped: the attempt was cancelled")]
+    Cancelled,
+    #[error(
+        "the store's file system {path} has {} MiB free; trackside keeps {} MiB free (artifacts.min_free in config.yml)",
+        free >> 20,
+        margin >> 20
+    )]
+    DiskFull { path: PathBuf, free: u64, margin: u64 },
+}
+
+/// Limits on what a set of writes may do: keep a margin of free space on
+/// the store's file system, and stop at once when cancelled. Checked as the
+/// bytes go, not after.
+#[derive(Debug, Clone, Default)]
+pub struct WriteLimits {
+    /// Bytes that must stay free on the file system of the store.
+    pub min_free: u64,
+    /// Set from outside (the attempt was cancelled): the write stops at its
+    /// next buffer and its temp file is removed.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// How often a long write checks the free space again.
+const FREE_CHECK_EVERY: u64 = 64 << 20;
+
+impl WriteLimits {
+    fn check(&self, dir: &Path, about_to_write: u64) -> Result<(), ObjectError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(ObjectError::Cancelled);
+        }
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(dir).map_err(io_err("cannot check the free space of", dir))?;
+        if free < self.min_free.saturating_add(about_to_write) {
+            return Err(ObjectError::DiskFull {
+                path: dir.to_path_buf(),
+                free,
+                margin: self.min_free,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+/// Whether a buffer holds only zeros: such runs become holes, not bytes.
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
 }
 
 pub struct ObjectStore {
@@ -87,12 +143,13 @@ pub struct ObjectStore {
 pub struct Batch<'a> {
     store: &'a ObjectStore,
     pending: Vec<(PathBuf, Digest)>,
+    limits: WriteLimits,
 }
 
 impl Batch<'_> {
     pub fn put_file(&mut self, path: &Path) -> Result<(Digest, u64), ObjectError> {
         let f = File::open(path).map_err(io_err("cannot open", path))?;
-        let (tmp, digest, size) = self.store.write_temp(f, false)?;
+        let (tmp, digest, size) = self.store.write_temp(f, false, &self.limits)?;
         if self.store.contains(&digest) {
             let _ = std::fs::remove_file(&tmp); // deduplicated: nothing to sync
         } else {
@@ -156,19 +213,32 @@ impl ObjectStore {
 
     /// Stores what `reader` yields; returns its digest and size.
     pub fn put(&self, reader: impl Read) -> Result<(Digest, u64), ObjectError> {
-        let (tmp, digest, size) = self.write_temp(reader, true)?;
+        let (tmp, digest, size) = self.write_temp(reader, true, &WriteLimits::default())?;
         self.place(&tmp, &digest)?;
         Ok((digest, size))
     }
 
     /// Copies `reader` into a new temp file, hashing; fsyncs it when `sync`.
-    fn write_temp(&self, mut reader: impl Read, sync: bool) -> Result<(PathBuf, Digest, u64), ObjectError> {
+    /// Runs of zeros become holes (a sparse file stays sparse in the store);
+    /// `limits` are checked before the first byte and as the bytes go.
+    fn write_temp(
+        &self,
+        mut reader: impl Read,
+        sync: bool,
+        limits: &WriteLimits,
+    ) -> Result<(PathBuf, Digest, u64), ObjectError> {
         let (mut file, tmp) = self.temp()?;
+        let dir = self.root.join("tmp");
         let result = (|| {
+            limits.check(&dir, 0)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; BUF];
             let mut size = 0u64;
+            let mut since_check = 0u64;
             loop {
+                if limits.cancel.load(Ordering::Relaxed) {
+                    return Err(ObjectError::Cancelled);
+                }
                 let n = match reader.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
@@ -176,9 +246,21 @@ impl ObjectStore {
                     Err(e) => return Err(io_err("cannot read input for", &tmp)(e).into()),
                 };
                 hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                if all_zero(&buf[..n]) {
+                    file.seek(SeekFrom::Current(n as i64))
+                        .map_err(io_err("cannot write", &tmp))?;
+                } else {
+                    since_check += n as u64;
+                    if since_check >= FREE_CHECK_EVERY {
+                        limits.check(&dir, since_check)?;
+                        since_check = 0;
+                    }
+                    file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                }
                 size += n as u64;
             }
+            // A trailing hole: the length says where the file ends.
+            file.set_len(size).map_err(io_err("cannot write", &tmp))?;
             if sync {
                 file.sync_all().map_err(io_err("cannot sync", &tmp))?;
             }
@@ -212,9 +294,15 @@ impl ObjectStore {
     /// cheap. Objects get their names only after the sync, so a crash never
     /// leaves unsynced data under an object name.
     pub fn batch(&self) -> Batch<'_> {
+        self.batch_with(WriteLimits::default())
+    }
+
+    /// A batch whose writes keep to `limits`.
+    pub fn batch_with(&self, limits: WriteLimits) -> Batch<'_> {
         Batch {
             store: self,
             pending: Vec::new(),
+            limits,
         }
     }
 
@@ -264,9 +352,15 @@ impl ObjectStore {
                     Err(e) => return Err(io_err("cannot read", &src)(e).into()),
                 };
                 hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                if all_zero(&buf[..n]) {
+                    out.seek(SeekFrom::Current(n as i64))
+                        .map_err(io_err("cannot write", &tmp))?;
+                } else {
+                    out.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                }
                 size += n as u64;
             }
+            out.set_len(size).map_err(io_err("cannot write", &tmp))?;
             let actual = Digest(hasher.finalize().into());
             if actual != *d {
                 return Err(ObjectError::Corrupt { digest: *d, actual });
@@ -385,6 +479,83 @@ mod tests {
             0,
             "no temp files left"
         );
+    }
+
+    /// Endless non-zero bytes that raise `cancel` after `after` reads.
+    struct Endless {
+        reads: usize,
+        after: usize,
+        cancel: Arc<AtomicBool>,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            if self.reads == self.after {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+            buf.fill(7);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn a_cancelled_write_stops_at_its_next_buffer_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ObjectStore::open(&dir.path().join("objects")).expect("open");
+        let limits = WriteLimits::default();
+        let input = Endless {
+            reads: 0,
+            after: 3,
+            cancel: limits.cancel.clone(),
+        };
+        match store.write_temp(input, false, &limits) {
+            Err(ObjectError::Cancelled) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/tmp")).expect("tmp").count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_write_keeps_the_free_space_margin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ObjectStore::open(&dir.path().join("objects")).expect("open");
+        let free = free_bytes(dir.path()).expect("statvfs");
+        let limits = WriteLimits {
+            min_free: free + (1 << 40),
+            ..WriteLimits::default()
+        };
+        match store.write_temp(&b"data"[..], false, &limits) {
+            Err(ObjectError::DiskFull { margin, .. }) => assert_eq!(margin, free + (1 << 40)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/tmp")).expect("tmp").count(),
+            0
+        );
+    }
+
+    #[test]
+    fn zeros_are_stored_as_holes_and_hash_as_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ObjectStore::open(&dir.path().join("objects")).expect("open");
+        let mut content = vec![0u8; 8 << 20];
+        content.extend_from_slice(b"end");
+        let (d, size) = store.put(&content[..]).expect("put");
+        assert_eq!((d, size), (Digest::of(&content), content.len() as u64));
+        let meta = std::fs::metadata(store.path(&d)).expect("meta");
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "8 MiB of zeros took {} bytes",
+            meta.blocks() * 512
+        );
+        let out = dir.path().join("out");
+        store.restore(&d, &out).expect("restore");
+        assert_eq!(std::fs::read(&out).expect("read"), content);
     }
 
     #[test]
