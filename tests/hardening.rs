@@ -538,3 +538,117 @@ async fn a_name_that_is_not_utf8_is_refused_with_a_clear_message() {
     let said = r.lines("make").join("\n");
     assert!(said.contains("is not valid UTF-8; rename the file"), "{said}");
 }
+
+/// Every process's command line, as `ps` shows it to every user.
+fn all_command_lines() -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+            out.push_str(&String::from_utf8_lossy(&b).replace('\0', " "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpolated_secret_never_shows_in_the_process_table() {
+    let mut s = common::setup_with(
+        r#"name: ps
+jobs:
+  leak:
+    steps:
+      - script:
+          - echo "${{ env.API_TOKEN }}" > /dev/null
+          - echo started
+          - sleep 30
+"#,
+        &trackside::pipeline::LoadOptions {
+            secret_names: vec!["API_TOKEN".into()],
+            ..Default::default()
+        },
+    );
+    s.cfg.secrets = vec![("API_TOKEN".into(), "S3cret-in-ps-0451".into())];
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    r.until(
+        "the step runs",
+        |k| matches!(k, trackside::engine::EventKind::LogLine { line, .. } if line == "started"),
+    )
+    .await;
+    let table = all_command_lines();
+    assert!(
+        !table.contains("S3cret-in-ps-0451"),
+        "the secret is in the process table:\n{}",
+        table
+            .lines()
+            .filter(|l| l.contains("S3cret"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    r.handle.cancel_all().await.expect("cancel");
+    r.finished().await;
+    let left: Vec<String> = std::fs::read_dir(state.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|run| {
+            std::fs::read_dir(run.path().join("steps"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sh") || n.ends_with(".secrets"))
+        .collect();
+    assert!(left.is_empty(), "scripts left on disk after the attempt: {left:?}");
+    assert!(
+        !common::all_text(&state).contains("S3cret-in-ps-0451"),
+        "secret on disk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_larger_than_an_argument_may_be_runs() {
+    // 200 KiB on one line: over Linux's 128 KiB limit for one argument.
+    let long = "x".repeat(200 * 1024);
+    let mut s = common::setup(&format!(
+        "name: big\njobs:\n  big:\n    steps:\n      - script: v={long} && echo ${{#v}}\n"
+    ));
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", sum.jobs[0]);
+    assert_eq!(r.lines("big"), [(200 * 1024).to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_across_the_long_line_split_is_still_masked() {
+    let mut s = common::setup_with(
+        // The secret starts 6 bytes before the 64 KiB split, and again at 1 MiB.
+        "name: split\njobs:\n  leak:\n    steps:\n      - script:\n          - head -c 65530 /dev/zero | tr '\\0' x; echo \"$TOKEN\"\n          - head -c 1048570 /dev/zero | tr '\\0' y; echo \"$TOKEN\"\n",
+        &trackside::pipeline::LoadOptions {
+            secret_names: vec!["TOKEN".into()],
+            ..Default::default()
+        },
+    );
+    s.cfg.secrets = vec![("TOKEN".into(), "S3cret-split-0042".into())];
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed);
+    let all = r.lines("leak").concat();
+    assert!(
+        !all.contains("S3cret") && !all.contains("0042"),
+        "a piece of the secret shows"
+    );
+    assert_eq!(all.matches("[MASKED]").count(), 2);
+    assert_eq!(
+        all.len(),
+        65530 + 1048570 + 2 * "[MASKED]".len(),
+        "no byte lost or doubled"
+    );
+    assert!(
+        !common::all_text(&state).contains("S3cret-split-0042"),
+        "secret on disk"
+    );
+}

@@ -2,7 +2,9 @@
 //! trackside writes or shows (log lines, events, records).
 //!
 //! Masking happens once, in the actor, before an event is recorded or
-//! broadcast, so no consumer can forget it.
+//! broadcast, so no consumer can forget it. A line too long to pass whole
+//! is split by the executor; [`SplitMasker`] masks across the split points
+//! first, so a secret cut in two is still masked.
 
 pub const MASK: &str = "[MASKED]";
 
@@ -33,6 +35,25 @@ impl Masker {
         self.values.is_empty()
     }
 
+    /// Length in bytes of the longest secret (0 when there are none).
+    pub fn longest(&self) -> usize {
+        self.values.first().map_or(0, String::len)
+    }
+
+    /// Byte ranges of the secrets in `text` (longest first wins; no overlaps).
+    fn occurrences(&self, text: &str) -> Vec<(usize, usize)> {
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for v in &self.values {
+            for (at, _) in text.match_indices(v.as_str()) {
+                let end = at + v.len();
+                if !found.iter().any(|&(s, e)| at < e && s < end) {
+                    found.push((at, end));
+                }
+            }
+        }
+        found
+    }
+
     /// The masked text, or `None` when nothing needed masking.
     pub fn mask(&self, text: &str) -> Option<String> {
         if !self.values.iter().any(|v| text.contains(v.as_str())) {
@@ -45,6 +66,42 @@ impl Masker {
             }
         }
         Some(out)
+    }
+}
+
+/// Masks one output stream whose long lines arrive in pieces. Each piece
+/// but the last of a line keeps back a tail as long as the longest secret
+/// (less one byte), which goes in front of the next piece: a secret that
+/// straddles a split is whole in one of them. A tail never ends inside a
+/// secret found whole, so nothing is emitted half-masked.
+#[derive(Debug, Default)]
+pub struct SplitMasker {
+    carry: String,
+}
+
+impl SplitMasker {
+    /// The masked text to emit for `piece` (`partial`: the line goes on in
+    /// the next piece). May be empty when everything is held back.
+    pub fn piece(&mut self, masker: &Masker, piece: &str, partial: bool) -> String {
+        let mut text = std::mem::take(&mut self.carry);
+        text.push_str(piece);
+        if !partial || masker.is_empty() {
+            return masker.mask(&text).unwrap_or(text);
+        }
+        let keep = masker.longest().saturating_sub(1);
+        let mut cut = text.len().saturating_sub(keep);
+        // Not inside a secret found whole: emit it, masked, with this piece.
+        for (s, e) in masker.occurrences(&text) {
+            if s < cut && cut < e {
+                cut = e;
+            }
+        }
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.carry = text[cut..].to_string();
+        text.truncate(cut);
+        masker.mask(&text).unwrap_or(text)
     }
 }
 
@@ -67,5 +124,35 @@ mod tests {
     fn longer_secrets_win_over_their_parts() {
         let m = Masker::new(["abc".to_string(), "abcdef".to_string()]);
         assert_eq!(m.mask("xabcdefx").as_deref(), Some("x[MASKED]x"));
+    }
+
+    #[test]
+    fn a_secret_split_across_pieces_is_masked() {
+        let m = Masker::new(["S3cretToken".to_string()]);
+        for split in 1..11 {
+            let line = "xxxxxxxxxxS3cretTokenyyyy";
+            let (a, b) = line.split_at(10 + split);
+            let mut sm = SplitMasker::default();
+            let out = sm.piece(&m, a, true) + &sm.piece(&m, b, false);
+            assert_eq!(out, "xxxxxxxxxx[MASKED]yyyy", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_secret_split_over_three_pieces_and_whole_ones_are_masked() {
+        let m = Masker::new(["abcdefgh".to_string()]);
+        let mut sm = SplitMasker::default();
+        let out = [("1abcdefgh2abc", true), ("de", true), ("fgh3", false)]
+            .iter()
+            .map(|(p, partial)| sm.piece(&m, p, *partial))
+            .collect::<String>();
+        assert_eq!(out, "1[MASKED]2[MASKED]3");
+    }
+
+    #[test]
+    fn without_secrets_pieces_pass_unchanged() {
+        let mut sm = SplitMasker::default();
+        assert_eq!(sm.piece(&Masker::default(), "abc", true), "abc");
+        assert_eq!(sm.piece(&Masker::default(), "def", false), "def");
     }
 }

@@ -382,6 +382,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         }
     };
     ctx.executor.stop_services(services).await;
+    if !(ctx.keep_failed && outcome.failure.is_some()) {
+        remove_step_files(ctx, job, a.attempt);
+    }
     let keep = ctx.keep_workspaces || (ctx.keep_failed && outcome.failure.is_some());
     if !ctx.in_place && !keep {
         let dest = ws.clone();
@@ -587,8 +590,12 @@ fn prepare_step(
         }
         _ => None,
     };
+    let script_file = match &container {
+        Some(c) => c.script_file.clone(),
+        None => step_file(ctx, &format!("{}.{}.{index}.sh", job.name, a.attempt), &script, 0o600)?,
+    };
     Ok(StepSpec {
-        script,
+        script_file,
         env,
         workdir,
         deadline: Some(step_deadline),
@@ -596,6 +603,43 @@ fn prepare_step(
         tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
         container,
     })
+}
+
+/// Writes `<run>/steps/NAME` (the folder is 0700) with `mode`: a step's
+/// script, a container step's secrets and record. Scripts are files, never
+/// command-line arguments: `ps` shows every process's arguments to every
+/// user, and an interpolated `${{ env.TOKEN }}` would be there.
+fn step_file(ctx: &RunContext, name: &str, text: &str, mode: u32) -> Result<PathBuf, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let dir = ctx.run_dir.join("steps");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot protect {}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Removes an attempt's step scripts and secrets files once it has ended
+/// (its records stay); kept with `--keep-failed` for `trackside shell`.
+fn remove_step_files(ctx: &RunContext, job: &Job, attempt: u32) {
+    let prefix = format!("{}.{attempt}.", job.name);
+    let dir = ctx.run_dir.join("steps");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && (name.ends_with(".sh") || name.ends_with(".secrets")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Prepares a container step: the script and the secrets go into files that
@@ -613,31 +657,11 @@ fn container_step(
     env: &mut BTreeMap<String, String>,
     script: &str,
 ) -> Result<crate::exec::docker::ContainerStep, String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    // The folder is private to trackside's user; the files in it are readable
+    let base = format!("{}.{}.{index}", job.name, a.attempt);
+    // The folder is private to trackside's user; these files are readable
     // by anyone who reaches them, so a container running as another `user:`
     // can read its script and secrets through the bind mount.
-    let dir = ctx.run_dir.join("steps");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot protect {}: {e}", dir.display()))?;
-    }
-    let base = format!("{}.{}.{index}", job.name, a.attempt);
-    let write = |name: String, text: &str| -> Result<PathBuf, String> {
-        let path = dir.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(path)
-    };
+    let write = |name: String, text: &str| step_file(ctx, &name, text, 0o644);
     // Host variables that no pipeline layer set stay on the host.
     for (k, _) in &ctx.host_env {
         let defined = ctx.cli_vars.iter().any(|(c, _)| c == k)
@@ -746,11 +770,19 @@ async fn run_with_retries(
 async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec) -> (StepEnd, Option<FailureClass>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
     let patterns = Patterns::builtin();
+    let masker = super::mask::Masker::new(ctx.secrets.iter().map(|(_, v)| v.clone()));
     let forward = async {
         let mut from_log = None;
+        // Per stream: long lines come in pieces, masked across the splits.
+        let mut split = [super::mask::SplitMasker::default(), super::mask::SplitMasker::default()];
         while let Some(line) = out_rx.recv().await {
+            let i = usize::from(line.stream == Stream::Stderr);
+            let text = split[i].piece(&masker, &line.text, line.partial);
+            if line.partial && text.is_empty() {
+                continue;
+            }
             if from_log.is_none() {
-                from_log = patterns.classify_line(&line.text);
+                from_log = patterns.classify_line(&text);
             }
             let _ =
                 a.tx.send(RunnerMsg::Log {
@@ -758,7 +790,7 @@ async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec
                     attempt: a.attempt,
                     step: name.clone(),
                     stream: line.stream,
-                    text: line.text,
+                    text,
                 })
                 .await;
         }

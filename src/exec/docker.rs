@@ -660,6 +660,7 @@ impl DockerExecutor {
                         "trackside: kept container {name}; `trackside shell {} {}` opens a shell in it",
                         c.run_id, c.job
                     ),
+                    partial: false,
                 })
                 .await;
         } else {
@@ -914,27 +915,32 @@ async fn forward_logs(
         buf.extend_from_slice(&bytes);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            send(&out, stream, &line[..line.len() - 1]).await;
+            send(&out, stream, &line[..line.len() - 1], false).await;
         }
         if buf.len() >= super::shell::MAX_LINE {
             let line: Vec<u8> = std::mem::take(buf);
-            send(&out, stream, &line).await;
+            send(&out, stream, &line, true).await;
         }
     }
     for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
         if !pending[i].is_empty() {
             let line = std::mem::take(&mut pending[i]);
-            send(&out, stream, &line).await;
+            send(&out, stream, &line, false).await;
         }
     }
 }
 
-async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8], partial: bool) {
+    let line = if partial {
+        line
+    } else {
+        line.strip_suffix(b"\r").unwrap_or(line)
+    };
     let _ = out
         .send(OutputLine {
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
+            partial,
         })
         .await;
 }

@@ -31,13 +31,16 @@ pub enum Stream {
 pub struct OutputLine {
     pub stream: Stream,
     pub text: String,
+    /// The line was too long to pass whole: it goes on in the next one.
+    pub partial: bool,
 }
 
 /// One step to run.
 #[derive(Debug, Clone)]
 pub struct StepSpec {
-    /// Shell lines, run by one `sh -e`.
-    pub script: String,
+    /// A file holding the step's shell lines, run by one `sh -e FILE` (a
+    /// script is never an argument: `ps` shows arguments to every user).
+    pub script_file: PathBuf,
     /// The complete environment; nothing else is inherited.
     pub env: BTreeMap<String, String>,
     pub workdir: PathBuf,

@@ -1,4 +1,4 @@
-//! The shell executor: each step is `sh -e -c SCRIPT` in its own process group.
+//! The shell executor: each step is `sh -e SCRIPT_FILE` in its own process group.
 //!
 //! Stopping a step means stopping everything it started. The process group
 //! covers ordinary children and background jobs; processes that leave the
@@ -49,8 +49,7 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
     }
     let mut cmd = Command::new(shell_path());
     cmd.arg("-e")
-        .arg("-c")
-        .arg(&spec.script)
+        .arg(&spec.script_file)
         .env_clear()
         .envs(&spec.env)
         .env(TAG_VAR, &spec.tag)
@@ -219,7 +218,7 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, stream: Stream, tx: mpsc::Sender
     while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             if !line.is_empty() {
-                send(&tx, stream, &mut line).await;
+                send(&tx, stream, &mut line, false).await;
             }
             break;
         }
@@ -228,26 +227,26 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, stream: Stream, tx: mpsc::Sender
             Some(i) => {
                 line.extend_from_slice(&buf[..i]);
                 reader.consume(i + 1);
-                send(&tx, stream, &mut line).await;
+                send(&tx, stream, &mut line, false).await;
             }
             None => {
                 let n = buf.len().min(room);
                 line.extend_from_slice(&buf[..n]);
                 reader.consume(n);
                 if line.len() >= MAX_LINE {
-                    send(&tx, stream, &mut line).await;
+                    send(&tx, stream, &mut line, true).await;
                 }
             }
         }
     }
 }
 
-async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>) {
-    if line.last() == Some(&b'\r') {
+async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>, partial: bool) {
+    if !partial && line.last() == Some(&b'\r') {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
     line.clear();
     // A closed receiver means nobody listens any more; keep draining the pipe.
-    let _ = tx.send(OutputLine { stream, text }).await;
+    let _ = tx.send(OutputLine { stream, text, partial }).await;
 }
