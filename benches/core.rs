@@ -56,6 +56,59 @@ fn parse_validate_plan_10k() {
     );
 }
 
+/// Hostile shapes that were quadratic once: validating each must stay
+/// near-linear, and the printed report bounded.
+fn hostile_shapes_validate() {
+    let steps: String = (0..100_000).map(|i| format!("      - script: echo {i}\n")).collect();
+    let anchors: String = (0..200_000).map(|i| format!("  - &a{i} v{i}\n")).collect();
+    let unknown: Vec<String> = (0..20_000).map(|i| format!("nope{i}")).collect();
+    let dups = vec!["b"; 200_000].join(", ");
+    let cases = [
+        (
+            "100,000 steps in one job",
+            format!("name: x\njobs:\n  a:\n    steps:\n{steps}"),
+            "< 2 s",
+        ),
+        (
+            "200,000 anchors",
+            format!("name: x\nx-list:\n{anchors}jobs:\n  a:\n    steps:\n      - script: echo\n"),
+            "< 2 s",
+        ),
+        (
+            "20,000 unknown dependencies on one line (report rendered)",
+            format!(
+                "name: x\njobs:\n  a:\n    depends_on: [{}]\n    steps:\n      - script: echo\n",
+                unknown.join(", ")
+            ),
+            "< 2 s",
+        ),
+        (
+            "200,000 duplicate dependencies",
+            format!(
+                "name: x\njobs:\n  b:\n    steps:\n      - script: echo\n  a:\n    depends_on: [{dups}]\n    steps:\n      - script: echo\n"
+            ),
+            "< 2 s",
+        ),
+    ];
+    for (name, text, target) in cases {
+        let mut samples = Vec::new();
+        let mut printed = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let report = match parse_source(Path::new("hostile.yml"), text.clone(), &LoadOptions::default()) {
+                Ok((_, r)) | Err(r) => r,
+            };
+            printed = report.render(false).len();
+            samples.push(t.elapsed());
+        }
+        stats(
+            &format!("validate {name} ({} KiB; report {printed} bytes)", text.len() / 1024),
+            samples,
+            target,
+        );
+    }
+}
+
 fn scheduling_decision_10k_with_1000_running() {
     let text = generated_pipeline(10_000, 1_000);
     let (p, _) = parse_source(Path::new("gen.yml"), text, &LoadOptions::default()).expect("valid");
@@ -201,4 +254,6 @@ fn main() {
     scheduling_decision_10k_with_1000_running();
     first_log_line_latency();
     thousand_concurrent_shell_jobs();
+    // Last: its large inputs would count in the children's peak RSS above.
+    hostile_shapes_validate();
 }

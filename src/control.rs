@@ -44,8 +44,13 @@ const ANSWER_WAIT: Duration = Duration::from_secs(2);
 pub enum Request {
     /// The rollout's latest status.
     Status,
-    /// A steering command, and who gives it.
-    Steer { command: Command, by: String },
+    /// A steering command. `by` is what the client says of itself; it is
+    /// not trusted: the audit names the peer the kernel reports.
+    Steer {
+        command: Command,
+        #[serde(default)]
+        by: String,
+    },
 }
 
 /// What the server answers.
@@ -201,7 +206,9 @@ async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
     // The socket is 0600 once bound; the peer's uid also covers the moment
     // before that: only this trackside's user (and root) steers it.
     let me = nix::unistd::Uid::current().as_raw();
-    let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me || c.uid() == 0);
+    let cred = stream.peer_cred().ok();
+    let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
+    let peer = cred.map_or_else(|| "unknown peer".to_string(), |c| peer_identity(c.uid(), c.pid()));
     let (read, mut write) = stream.into_split();
     let reply = if allowed {
         let mut line = String::new();
@@ -213,7 +220,7 @@ async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
                 Err(e) => Reply::refused(format!(
                     "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
                 )),
-                Ok(req) => respond(req, &handle, &latest).await,
+                Ok(req) => respond(req, &peer, &handle, &latest).await,
             },
         }
     } else {
@@ -225,9 +232,22 @@ async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
     }
 }
 
-async fn respond(req: Request, handle: &EngineHandle, latest: &Latest) -> Reply {
+/// Who is on the other end, from what the kernel says of the peer (its
+/// uid, and the SSH session of its process), never from the request.
+fn peer_identity(uid: u32, pid: Option<i32>) -> String {
+    let ssh = pid
+        .and_then(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
+        .and_then(|env| {
+            env.split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(b"SSH_CLIENT="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+    crate::deploy::rollout::identity(uid, None, ssh)
+}
+
+async fn respond(req: Request, peer: &str, handle: &EngineHandle, latest: &Latest) -> Reply {
     let (job, status) = latest.borrow().clone();
-    let (command, by) = match req {
+    let command = match req {
         Request::Status => {
             return Reply {
                 ok: true,
@@ -236,11 +256,11 @@ async fn respond(req: Request, handle: &EngineHandle, latest: &Latest) -> Reply 
                 status: Some(status),
             };
         }
-        Request::Steer { command, by } => (command, by),
+        Request::Steer { command, .. } => command,
     };
     // Subscribe before sending, so no answer is missed.
     let mut events = handle.subscribe();
-    let sent = handle.rollout_as(&job, command, by).await;
+    let sent = handle.rollout_as(&job, command, peer.to_string()).await;
     if let Err(e) = sent {
         return Reply::refused(format!("{command:?} refused: {e}"));
     }
@@ -358,4 +378,24 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_names_the_peer_and_nothing_the_client_says() {
+        // A client's own `by` is not read at all; the peer's identity is
+        // made printable, so a newline cannot forge a log line.
+        let req: Request =
+            serde_json::from_str(r#"{"op":"steer","command":"promote","by":"x\nFAKE: approved by root"}"#)
+                .expect("parse");
+        assert!(matches!(req, Request::Steer { .. }));
+        let me = peer_identity(nix::unistd::Uid::current().as_raw(), Some(std::process::id() as i32));
+        assert!(!me.contains('\n') && !me.contains("FAKE"), "{me}");
+        assert!(me.contains('@'), "{me}");
+        let forged = crate::deploy::rollout::identity(0, Some("root\nFAKE".into()), Some("1.2.3.4\nx 1 2".into()));
+        assert!(!forged.contains('\n'), "{forged}");
+    }
 }

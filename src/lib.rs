@@ -13,5 +13,6 @@ pub mod exec;
 pub mod headless;
 pub mod net;
 pub mod pipeline;
+pub mod process;
 pub mod store;
 pub mod ui;

@@ -496,6 +496,13 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .max_blocking_threads(16)
                 .build()?;
             let code = rt.block_on(async move {
+                // Host processes and cgroups a crashed trackside left running.
+                let swept = tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans)
+                    .await
+                    .unwrap_or(0);
+                if swept > 0 {
+                    eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");
+                }
                 // Containers: reach the daemon before any job starts, and clear
                 // what crashed runs left behind.
                 let needs_containers = opts.executor != ExecutorChoice::Shell
@@ -746,7 +753,8 @@ fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
         let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
         let result = match r.result {
             Some(res) => format!("{res:?}").to_lowercase(),
-            None => "unfinished".into(),
+            None if r.crashed => "crashed".into(),
+            None => "running".into(),
         };
         outln!(
             "{:<20}  {:<24}  {:<20}  {:>9}  {}",
@@ -891,10 +899,11 @@ fn show(state: &Path, run: &str, format: OutputFormat) -> Result<u8, Fail> {
         }
         None => Err(Fail(
             format!(
-                "run {} did not finish (still running, or trackside was killed); its events are in {}",
+                "run {} has no result: {}; its events are in {}",
                 dir.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                store::unfinished_story(&dir),
                 dir.join("events.jsonl").display()
             ),
             1,

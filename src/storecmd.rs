@@ -122,6 +122,13 @@ pub fn verify(state: &Path, repair: bool) -> Result<u8, Fail> {
         }
     }
     let removed = if repair { " (removed)" } else { "" };
+    let (temps, temp_bytes) = objects.stale_temps(!repair);
+    if temps > 0 {
+        outln!(
+            "{temps} partial file(s) ({temp_bytes} bytes) left by crashed writers in {}{removed}",
+            state.join("objects/tmp").display()
+        );
+    }
     for d in &corrupt {
         outln!("corrupt object {d}{removed}");
         if repair {
@@ -209,6 +216,14 @@ pub fn gc(state: &Path, flags: GcFlags) -> Result<u8, Fail> {
     }
     let r = gc::collect_garbage(state, &policy)?;
     let verb = if flags.dry_run { "would remove" } else { "removed" };
+    if r.temp_files_removed > 0 {
+        outln!(
+            "{verb} {} partial file(s) ({} bytes) that crashed writers left in {}",
+            r.temp_files_removed,
+            r.temp_bytes_freed,
+            state.join("objects/tmp").display()
+        );
+    }
     outln!(
         "{verb} {} run(s), {} expired artifact set(s), {} cache entr{}, {} directory cache(s) and {} object(s) ({} bytes); {} object(s) ({} bytes) still in use",
         r.runs_removed.len(),

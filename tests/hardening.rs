@@ -652,3 +652,175 @@ async fn a_secret_across_the_long_line_split_is_still_masked() {
         "secret on disk"
     );
 }
+
+/// Pids of processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            (cmd.contains(needle) && !zombie).then_some(format!("{pid}: {cmd}"))
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no process's command line contains `needle`.
+fn until_gone(needle: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + common::LIMIT;
+    loop {
+        let left = processes_with(needle);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn cgroups_or_skip(test: &str) -> bool {
+    if trackside::exec::contain::available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must have a writable cgroup2 hierarchy"
+    );
+    eprintln!("SKIPPED {test}: no writable cgroup2 hierarchy here");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_drops_its_group_and_environment_does_not_survive_cancel() {
+    if !cgroups_or_skip("a_process_that_drops_its_group_and_environment_does_not_survive_cancel") {
+        return;
+    }
+    let mut s = common::setup(
+        "name: escape\njobs:\n  escape:\n    steps:\n      - script:\n          - setsid env -i /bin/sleep 305.4711 &\n          - echo ready\n          - sleep 30\n",
+    );
+    let mut r = common::start(&mut s).await;
+    r.until(
+        "ready",
+        |k| matches!(k, trackside::engine::EventKind::LogLine { line, .. } if line == "ready"),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + common::LIMIT;
+    while processes_with("305.4711").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the escaped sleep never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    r.handle.cancel("escape").await.expect("cancel");
+    r.finished().await;
+    let left = tokio::task::spawn_blocking(|| until_gone("305.4711"))
+        .await
+        .expect("join");
+    assert!(left.is_empty(), "survived the cancel: {left:?}");
+}
+
+/// After kill -9 of trackside, what its jobs left running is stopped by
+/// the next trackside that starts.
+#[test]
+fn the_next_run_stops_what_a_killed_trackside_left_running() {
+    use std::io::BufRead;
+    let e = Env::new();
+    let leaky = e.file(
+        "leaky.yml",
+        b"name: leaky\njobs:\n  leak:\n    steps:\n      - script:\n          - sleep 306.4711 &\n          - setsid env -i /bin/sleep 307.4711 &\n          - echo ready\n          - sleep 300\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .env("TRACKSIDE_STATE_DIR", e.state())
+        .args(["run", &leaky.to_string_lossy(), "--headless"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run trackside");
+    let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ready = false;
+    for line in out.lines() {
+        if line.expect("read").ends_with("> ready") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the job never said ready");
+    let deadline = std::time::Instant::now() + common::LIMIT;
+    while processes_with("306.4711").is_empty() || processes_with("307.4711").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the sleeps never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill(); // SIGKILL: no clean-up of its own
+    let _ = child.wait();
+    assert!(
+        !processes_with("306.4711").is_empty(),
+        "the leftover must outlive the crash for the test to mean anything"
+    );
+    let ok = e.file(
+        "ok.yml",
+        b"name: ok\njobs:\n  a:\n    steps:\n      - script: echo fine\n",
+    );
+    let o = e.run(&["run", &ok.to_string_lossy(), "--headless"]);
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert!(said.contains("left running by a crashed trackside"), "{said}");
+    let tagged = until_gone("306.4711");
+    assert!(tagged.is_empty(), "a tagged leftover survived: {tagged:?}");
+    if trackside::exec::contain::available() {
+        let escaped = until_gone("307.4711");
+        assert!(escaped.is_empty(), "an escaped leftover survived: {escaped:?}");
+    }
+}
+
+#[test]
+fn a_crashed_run_says_so_and_gc_removes_it_and_partial_files() {
+    let e = Env::new();
+    let ok = e.file("ok.yml", b"name: ok\njobs:\n  a:\n    steps:\n      - script: echo fine\n  b:\n    depends_on: [a]\n    steps:\n      - script: echo too\n");
+    let o = e.run(&["run", &ok.to_string_lossy(), "--headless"]);
+    assert_eq!(o.status.code(), Some(0));
+    // Make that run look like one whose trackside died after job a: no
+    // summary, b started, and an owner that does not run (pid 4194303 is
+    // above any pid_max default; start time 1).
+    let runs = e.state().join("runs");
+    let run = std::fs::read_dir(&runs)
+        .expect("runs")
+        .flatten()
+        .next()
+        .expect("a run")
+        .path();
+    std::fs::remove_file(run.join("summary.json")).expect("rm summary");
+    let meta = std::fs::read_to_string(run.join("meta.json")).expect("meta");
+    let mut meta: serde_json::Value = serde_json::from_str(&meta).expect("json");
+    meta["owner"] = "4194303:1".into();
+    meta["started_ms"] = 1_000.into();
+    std::fs::write(run.join("meta.json"), meta.to_string()).expect("write");
+    let events = std::fs::read_to_string(run.join("events.jsonl")).expect("events");
+    let cut: Vec<&str> = events
+        .lines()
+        .take_while(|l| !l.contains("\"job\":\"b\"") || !l.contains("job_finished"))
+        .filter(|l| !l.contains("run_finished"))
+        .collect();
+    std::fs::write(run.join("events.jsonl"), cut.join("\n") + "\n").expect("write");
+    // A partial object of a writer that died.
+    std::fs::write(e.state().join("objects/tmp/4194303-00000000deadbeef"), vec![1u8; 4096]).expect("tmp");
+
+    let listed = String::from_utf8_lossy(&e.run(&["runs"]).stdout).into_owned();
+    assert!(listed.contains("crashed"), "{listed}");
+    let shown = e.run(&["show", "last"]);
+    let said = String::from_utf8_lossy(&shown.stderr).into_owned();
+    assert!(
+        said.contains("crashed: trackside (pid 4194303) is gone; it got as far as 1 of 2 job(s) finished (a succeeded); running when it stopped: b"),
+        "{said}"
+    );
+    let gc = e.run(&["gc", "--max-age", "1h"]);
+    let said = String::from_utf8_lossy(&gc.stdout).into_owned();
+    assert_eq!(gc.status.code(), Some(0), "{said}");
+    assert!(said.contains("removed 1 run(s)"), "{said}");
+    assert!(said.contains("removed 1 partial file(s) (4096 bytes)"), "{said}");
+    assert!(!run.exists(), "the crashed run is gone");
+}

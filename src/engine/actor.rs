@@ -305,6 +305,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         pipeline_file: cfg.pipeline_file.clone(),
         project_dir: cfg.project_dir.clone(),
         started_ms: store::now_ms(),
+        owner: Some(crate::process::owner().to_string()),
     };
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.

@@ -631,13 +631,10 @@ fn step_file(ctx: &RunContext, name: &str, text: &str, mode: u32) -> Result<Path
 /// Removes an attempt's step scripts and secrets files once it has ended
 /// (its records stay); kept with `--keep-failed` for `trackside shell`.
 fn remove_step_files(ctx: &RunContext, job: &Job, attempt: u32) {
-    let prefix = format!("{}.{attempt}.", job.name);
     let dir = ctx.run_dir.join("steps");
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && (name.ends_with(".sh") || name.ends_with(".secrets")) {
-            let _ = std::fs::remove_file(e.path());
+    for index in 0..job.steps.len() {
+        for ext in ["sh", "secrets"] {
+            let _ = std::fs::remove_file(dir.join(format!("{}.{attempt}.{index}.{ext}", job.name)));
         }
     }
 }

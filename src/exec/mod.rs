@@ -5,6 +5,7 @@
 //! passes or it is cancelled. It knows nothing of jobs, retries or events;
 //! the engine builds those on top.
 
+pub mod contain;
 pub mod docker;
 pub mod shell;
 pub mod workspace;

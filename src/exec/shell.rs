@@ -1,11 +1,13 @@
-//! The shell executor: each step is `sh -e SCRIPT_FILE` in its own process group.
+//! The shell executor: each step is `sh -e SCRIPT_FILE` in its own process
+//! group and, where the machine allows, its own cgroup.
 //!
 //! Stopping a step means stopping everything it started. The process group
 //! covers ordinary children and background jobs; processes that leave the
-//! group (`setsid`, daemons) still carry the step's tag in their environment,
-//! and a sweep over /proc finds and kills them on cancel and timeout. When a
-//! step ends normally, whatever it left running in its group is killed too,
-//! so one step's leftovers never leak into the next.
+//! group (`setsid`, daemons) stay in the step's cgroup ([`super::contain`]),
+//! and still carry the step's tag in their environment unless they cleared
+//! it, for a sweep over /proc on cancel and timeout. When a step ends, its
+//! group and its cgroup are killed, so one step's leftovers never leak into
+//! the next.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -47,12 +49,29 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
             spec.workdir.display()
         ));
     }
+    // In a cgroup of its own where there is one: the shell joins it before
+    // anything of the script runs, so nothing the step starts can leave it.
+    let cgroup = super::contain::StepCgroup::create();
     let mut cmd = Command::new(shell_path());
-    cmd.arg("-e")
-        .arg(&spec.script_file)
-        .env_clear()
+    match &cgroup {
+        Some(cg) => {
+            // One shell: it joins, then reads the script in place (a second
+            // exec would double the cost of starting a step). Only paths are
+            // on the command line.
+            cmd.arg("-e").arg("-c").arg(format!(
+                "echo $$ > {} 2>/dev/null || :; . {}",
+                quote(&cg.procs()),
+                quote(&spec.script_file)
+            ));
+        }
+        None => {
+            cmd.arg("-e").arg(&spec.script_file);
+        }
+    }
+    cmd.env_clear()
         .envs(&spec.env)
         .env(TAG_VAR, &spec.tag)
+        .env(super::contain::OWNER_VAR, crate::process::owner())
         .current_dir(&spec.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -93,9 +112,12 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
             StepEnd::Cancelled
         }
     };
-    // Whatever the step left behind in its group goes with it.
+    // Whatever the step left behind in its group, or its cgroup, goes with it.
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);
+    }
+    if let Some(cg) = cgroup {
+        let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
     }
     // Readers end at EOF; a process that escaped the group may hold the pipe,
     // so wait a bounded time and then let go of it.
@@ -106,6 +128,11 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         }
     }
     end
+}
+
+/// `path` as one single-quoted shell word.
+fn quote(path: &std::path::Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
 }
 
 /// The shell, as an absolute path. With a bare `sh` and a replaced
@@ -176,6 +203,33 @@ pub fn sweep_tagged(tag: &str) -> usize {
 /// Pids of live (not zombie) processes whose environment has the entry
 /// `needle` (or, with `prefix`, an entry starting with it).
 pub fn tagged_pids(needle: &str, prefix: bool, except: u32) -> Vec<i32> {
+    scan_environ(|kv| {
+        if prefix {
+            kv.starts_with(needle.as_bytes())
+        } else {
+            kv == needle.as_bytes()
+        }
+    })
+    .into_iter()
+    .filter(|&(pid, _)| pid as u32 != except)
+    .map(|(pid, _)| pid)
+    .collect()
+}
+
+/// Live processes with an environment entry starting with `prefix`
+/// (`NAME=`), and the value of that entry.
+pub fn tagged_env(prefix: &str) -> Vec<(i32, String)> {
+    let me = std::process::id();
+    scan_environ(|kv| kv.starts_with(prefix.as_bytes()))
+        .into_iter()
+        .filter(|&(pid, _)| pid as u32 != me)
+        .map(|(pid, kv)| (pid, String::from_utf8_lossy(&kv[prefix.len()..]).into_owned()))
+        .collect()
+}
+
+/// Every live (not zombie) process with an environment entry that `hit`
+/// accepts, with that entry.
+fn scan_environ(hit: impl Fn(&[u8]) -> bool) -> Vec<(i32, Vec<u8>)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -184,27 +238,18 @@ pub fn tagged_pids(needle: &str, prefix: bool, except: u32) -> Vec<i32> {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if pid as u32 == except {
-            continue;
-        }
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let hit = |kv: &[u8]| {
-            if prefix {
-                kv.starts_with(needle.as_bytes())
-            } else {
-                kv == needle.as_bytes()
-            }
+        let Some(kv) = env.split(|&b| b == 0).find(|kv| hit(kv)) else {
+            continue;
         };
-        if env.split(|&b| b == 0).any(hit) {
-            let zombie = std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-                .unwrap_or(false);
-            if !zombie {
-                out.push(pid);
-            }
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(false);
+        if !zombie {
+            out.push((pid, kv.to_vec()));
         }
     }
     out

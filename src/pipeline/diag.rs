@@ -15,6 +15,13 @@ use serde::Serialize;
 
 use super::yaml::Pos;
 
+/// Diagnostics printed in text form; the rest are counted (JSON has all).
+pub const MAX_RENDERED: usize = 50;
+/// Diagnostics collected for one file: past this, more are only counted.
+pub const MAX_COLLECTED: usize = 10_000;
+/// Characters of a source line quoted around a diagnostic's column.
+const WINDOW: usize = 120;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -72,6 +79,8 @@ pub struct Report {
     pub file: PathBuf,
     pub source: String,
     pub items: Vec<Diagnostic>,
+    /// Diagnostics past [`MAX_COLLECTED`]: counted, not kept.
+    pub dropped: usize,
 }
 
 impl Report {
@@ -80,6 +89,7 @@ impl Report {
             file: file.to_path_buf(),
             source,
             items: Vec::new(),
+            dropped: 0,
         }
     }
 
@@ -87,8 +97,10 @@ impl Report {
         self.items.iter().any(Diagnostic::is_error)
     }
 
+    /// Errors found, those past the collection budget included (they are
+    /// counted with the errors: most diagnostics are).
     pub fn error_count(&self) -> usize {
-        self.items.iter().filter(|d| d.is_error()).count()
+        self.items.iter().filter(|d| d.is_error()).count() + self.dropped
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -101,24 +113,36 @@ impl Report {
         self.items.dedup();
     }
 
-    /// Byte range of a diagnostic's underline in `source`, clamped to the line.
-    fn byte_range(&self, d: &Diagnostic) -> std::ops::Range<usize> {
-        let mut start_of_line = 0;
-        for (i, line) in self.source.split_inclusive('\n').enumerate() {
-            if i + 1 == d.line {
-                let text = line.trim_end_matches(['\n', '\r']);
-                let col_byte = |col: usize| text.char_indices().nth(col).map_or(text.len(), |(b, _)| b);
-                let start = col_byte(d.column.saturating_sub(1));
-                let end = col_byte(d.column.saturating_sub(1) + d.width).max(start);
-                return start_of_line + start..start_of_line + end;
-            }
-            start_of_line += line.len();
-        }
-        let end = self.source.len();
-        end..end
+    /// Byte offsets where each line of the source starts.
+    fn line_starts(&self) -> Vec<usize> {
+        std::iter::once(0)
+            .chain(self.source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect()
     }
 
-    /// Compiler-style text: message, `--> file:line:col`, source line, caret, hint.
+    /// The text of line `line` (1-based), without its line break.
+    fn line_text<'s>(&'s self, starts: &[usize], line: usize) -> Option<&'s str> {
+        let start = *starts.get(line.checked_sub(1)?)?;
+        let end = starts.get(line).map_or(self.source.len(), |&e| e);
+        Some(self.source[start..end].trim_end_matches(['\n', '\r']))
+    }
+
+    /// Byte range of a diagnostic's underline in `source`, clamped to the line.
+    fn byte_range(&self, starts: &[usize], d: &Diagnostic) -> std::ops::Range<usize> {
+        let Some(text) = self.line_text(starts, d.line) else {
+            let end = self.source.len();
+            return end..end;
+        };
+        let start_of_line = starts[d.line - 1];
+        let col_byte = |col: usize| text.char_indices().nth(col).map_or(text.len(), |(b, _)| b);
+        let start = col_byte(d.column.saturating_sub(1));
+        let end = col_byte(d.column.saturating_sub(1) + d.width).max(start);
+        start_of_line + start..start_of_line + end
+    }
+
+    /// Compiler-style text: message, `--> file:line:col`, source line, caret,
+    /// hint. At most [`MAX_RENDERED`] diagnostics, errors first; a long
+    /// source line is quoted as a window around the column.
     pub fn render(&self, color: bool) -> String {
         let name = self.file.display().to_string();
         let file = SimpleFile::new(name.as_str(), self.source.as_str());
@@ -126,8 +150,23 @@ impl Report {
             chars: term::Chars::ascii(),
             ..term::Config::default()
         };
+        let starts = self.line_starts();
         let mut out = String::new();
-        for d in &self.items {
+        let shown: Vec<&Diagnostic> = self
+            .items
+            .iter()
+            .filter(|d| d.is_error())
+            .chain(self.items.iter().filter(|d| !d.is_error()))
+            .take(MAX_RENDERED)
+            .collect();
+        for d in shown.iter().copied() {
+            let long = self
+                .line_text(&starts, d.line)
+                .is_some_and(|l| l.chars().count() > WINDOW);
+            if long {
+                out.push_str(&self.windowed(&starts, d));
+                continue;
+            }
             if self.source.is_empty() {
                 // Nothing to quote (unreadable file): one line and the hint.
                 let _ = writeln!(out, "{}", self.one_line(d));
@@ -141,7 +180,7 @@ impl Report {
                 Severity::Warning => CsDiagnostic::warning(),
             }
             .with_message(&d.message);
-            let mut label = Label::primary((), self.byte_range(d));
+            let mut label = Label::primary((), self.byte_range(&starts, d));
             if !d.path.is_empty() {
                 label = label.with_message(format!("at {}", d.path));
             }
@@ -165,6 +204,47 @@ impl Report {
                 }
             }
         }
+        let left = self.items.len() - shown.len() + self.dropped;
+        if left > 0 {
+            let errors = self.error_count() - shown.iter().filter(|d| d.is_error()).count();
+            let _ = writeln!(
+                out,
+                "... and {left} more ({errors} error(s)) left out; `--format json` lists every one"
+            );
+        }
+        out
+    }
+
+    /// A diagnostic on a long line: the same form, quoting [`WINDOW`]
+    /// characters around the column instead of the whole line.
+    fn windowed(&self, starts: &[usize], d: &Diagnostic) -> String {
+        let text = self.line_text(starts, d.line).unwrap_or("");
+        let col = d.column.saturating_sub(1);
+        let from = col.saturating_sub(WINDOW / 3);
+        let snippet: String = text.chars().skip(from).take(WINDOW).collect();
+        let cut_left = from > 0;
+        let cut_right = text.chars().count() > from + WINDOW;
+        let sev = if d.is_error() { "error" } else { "warning" };
+        let num = d.line.to_string();
+        let pad = " ".repeat(num.len());
+        let lead = if cut_left { "..." } else { "" };
+        let caret_at = col - from + lead.len();
+        let width = d.width.min(WINDOW.saturating_sub(col - from)).max(1);
+        let mut out = format!("{sev}: {}\n", d.message);
+        let _ = writeln!(out, "{pad}--> {}:{}:{}", self.file.display(), d.line, d.column);
+        let _ = writeln!(out, "{pad} |");
+        let _ = writeln!(out, "{num} | {lead}{snippet}{}", if cut_right { "..." } else { "" });
+        let at = if d.path.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", d.path)
+        };
+        let _ = writeln!(out, "{pad} | {}{}{at}", " ".repeat(caret_at), "^".repeat(width));
+        let _ = writeln!(out, "{pad} |");
+        if let Some(h) = &d.hint {
+            let _ = writeln!(out, "{pad} = help: {h}");
+        }
+        out.push('\n');
         out
     }
 
@@ -186,6 +266,7 @@ impl Report {
             "file": self.file.display().to_string(),
             "valid": !self.has_errors(),
             "diagnostics": self.items,
+            "left_out": self.dropped,
         })
     }
 }
@@ -237,6 +318,47 @@ mod tests {
         assert!(text.contains("depends_on: [biuld]"), "{text}");
         assert!(text.contains("^^^^^"), "{text}");
         assert!(text.contains("help: did you mean `build`?"), "{text}");
+    }
+
+    #[test]
+    fn a_long_line_is_quoted_as_a_window_and_many_diagnostics_are_capped() {
+        let deps: Vec<String> = (0..2000).map(|i| format!("nope{i}")).collect();
+        let line = format!("    depends_on: [{}]", deps.join(", "));
+        let mut r = Report::new(Path::new("p.yml"), format!("name: x\njobs:\n  a:\n{line}\n"));
+        for (i, d) in deps.iter().enumerate() {
+            let col = line
+                .find(&format!("{d},"))
+                .or_else(|| line.find(&format!("{d}]")))
+                .unwrap_or(0)
+                + 1;
+            r.items.push(
+                Diagnostic::error(
+                    Pos { line: 4, col },
+                    d.len(),
+                    format!("jobs.a.depends_on[{i}]"),
+                    format!("unknown job `{d}`"),
+                )
+                .with_hint("define it"),
+            );
+        }
+        let text = r.render(false);
+        assert!(text.len() < 50 * 1000, "{} bytes for 50 diagnostics", text.len());
+        assert_eq!(text.matches("error: unknown job").count(), MAX_RENDERED);
+        assert!(
+            text.contains("... and 1950 more (1950 error(s)) left out"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        // The 50th: its name under the caret, on a quoted window.
+        let block = text
+            .split("error: ")
+            .find(|b| b.starts_with("unknown job `nope49`"))
+            .unwrap_or_default();
+        let lines: Vec<&str> = block.lines().collect();
+        let (src, caret) = (lines[3], lines[4]);
+        let at = caret.find('^').unwrap_or(0);
+        assert_eq!(&src[at..at + 6], "nope49", "{src}\n{caret}");
+        assert!(src.starts_with("4 | ...") && src.ends_with("..."), "{src}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::diag::{Diagnostic, Report, suggestion_hint};
+use super::diag::{Diagnostic, MAX_COLLECTED, Report, suggestion_hint};
 use super::expr;
 use super::model::*;
 use super::vars::{Scope, VarError};
@@ -215,6 +215,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     let pipeline = {
         let mut cx = Cx {
             diags: Vec::new(),
+            dropped: 0,
             src: &report.source,
             line_starts: line_starts(&report.source),
         };
@@ -240,6 +241,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
             parsed.root.and_then(|root| cx.pipeline(&root, opts))
         };
         report.items = cx.diags;
+        report.dropped = cx.dropped;
         p
     };
     if let Some(p) = &pipeline
@@ -264,6 +266,8 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
 
 struct Cx<'s> {
     diags: Vec<Diagnostic>,
+    /// Diagnostics past [`MAX_COLLECTED`], counted but not kept.
+    dropped: usize,
     src: &'s str,
     /// Byte offset where each line starts, so positions inside scalars are O(1).
     line_starts: Vec<usize>,
@@ -298,14 +302,27 @@ fn join(path: &str, key: &str) -> String {
 }
 
 impl Cx<'_> {
+    /// Whether one more diagnostic fits the budget (else it is counted).
+    fn room(&mut self) -> bool {
+        if self.diags.len() < MAX_COLLECTED {
+            return true;
+        }
+        self.dropped += 1;
+        false
+    }
+
     fn err(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::error(node.pos, node.width, path, msg).with_hint(hint));
+        if self.room() {
+            self.diags
+                .push(Diagnostic::error(node.pos, node.width, path, msg).with_hint(hint));
+        }
     }
 
     fn warn(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::warning(node.pos, node.width, path, msg).with_hint(hint));
+        if self.room() {
+            self.diags
+                .push(Diagnostic::warning(node.pos, node.width, path, msg).with_hint(hint));
+        }
     }
 
     /// Checks that `node` is a mapping whose keys are all in `allowed`.
@@ -684,9 +701,9 @@ impl Cx<'_> {
                             steps.push(step);
                         }
                     }
-                    let mut seen: Vec<(&str, usize)> = Vec::new();
+                    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
                     for (i, st) in steps.iter().enumerate() {
-                        if let Some(&(_, first)) = seen.iter().find(|(n, _)| *n == st.name) {
+                        if let Some(&first) = seen.get(st.name.as_str()) {
                             let n = get(&items[i], "name").unwrap_or(&items[i]);
                             self.err(
                                 n,
@@ -698,7 +715,7 @@ impl Cx<'_> {
                                 ),
                             );
                         } else {
-                            seen.push((&st.name, i));
+                            seen.insert(&st.name, i);
                         }
                     }
                 }
@@ -2019,7 +2036,7 @@ impl Cx<'_> {
                     Value::Seq(items) => items.iter().collect(),
                     _ => vec![dnode],
                 };
-                let mut seen: Vec<&str> = Vec::new();
+                let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 for (i, item) in items.iter().enumerate() {
                     let Some(dep) = item.as_str() else { continue };
                     let ipath = format!("{path}.depends_on[{i}]");
@@ -2045,7 +2062,7 @@ impl Cx<'_> {
                             "remove the repeated entry",
                         );
                     }
-                    seen.push(dep);
+                    seen.insert(dep);
                 }
             }
             // needs_artifacts: direct dependencies only

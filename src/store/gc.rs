@@ -3,8 +3,9 @@
 //!
 //! Mark and sweep under the store's exclusive lock: writers hold it shared
 //! from storing objects until the index row naming them is written, so
-//! nothing a running job has stored can be swept. Runs that have not
-//! finished (no summary) are always kept, with all their artifacts.
+//! nothing a running job has stored can be swept. Runs still running are
+//! always kept, with all their artifacts; a crashed run (its trackside is
+//! gone, see [`super::RunMeta::crashed`]) counts as finished.
 //!
 //! What keeps an object alive (a "root"): a kept run's artifact manifests,
 //! a cache entry (manifest and log), a directory cache. The size policy
@@ -51,6 +52,9 @@ pub struct Report {
     pub bytes_freed: u64,
     pub objects_kept: usize,
     pub bytes_kept: u64,
+    /// Partial files of writers that crashed (`objects/tmp`).
+    pub temp_files_removed: usize,
+    pub temp_bytes_freed: u64,
 }
 
 /// `gc:` in `<state>/config.yml`; flags override it field by field.
@@ -242,7 +246,8 @@ pub fn collect_garbage(state: &Path, policy: &Policy) -> Result<Report, StoreErr
     let mut seen_per_pipeline: HashMap<String, usize> = HashMap::new();
     let mut kept_runs = Vec::new();
     for run in runs {
-        let finished = run.result.is_some();
+        // A crashed run never finishes: it is dropped by the same rules.
+        let finished = run.result.is_some() || run.crashed;
         let n = seen_per_pipeline.entry(run.pipeline.clone()).or_default();
         *n += 1;
         let too_many = policy.keep_last.is_some_and(|k| *n > k);
@@ -388,6 +393,7 @@ pub fn collect_garbage(state: &Path, policy: &Policy) -> Result<Report, StoreErr
         report.objects_removed += 1;
         report.bytes_freed += size;
     }
+    (report.temp_files_removed, report.temp_bytes_freed) = objects.stale_temps(policy.dry_run);
     Ok(report)
 }
 
@@ -406,6 +412,7 @@ mod tests {
             pipeline_file: "p.yml".into(),
             project_dir: ".".into(),
             started_ms,
+            owner: None,
         };
         let mut rec = RunRecord::create(state, &mut meta, "").expect("record");
         if finished {

@@ -165,6 +165,27 @@ pub struct RunMeta {
     pub pipeline_file: PathBuf,
     pub project_dir: PathBuf,
     pub started_ms: u64,
+    /// The trackside running it, `<pid>:<start time>` ([`crate::process::owner`]);
+    /// absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// An unfinished run whose record has no owner (an older trackside) counts
+/// as crashed after this long.
+const OWNERLESS_CRASHED_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
+
+impl RunMeta {
+    /// Whether the run, unfinished, can never finish: its trackside is gone.
+    pub fn crashed(&self, finished: bool) -> bool {
+        if finished {
+            return false;
+        }
+        match &self.owner {
+            Some(o) => !crate::process::alive(o),
+            None => now_ms().saturating_sub(self.started_ms) > OWNERLESS_CRASHED_AFTER_MS,
+        }
+    }
 }
 
 /// The writer side of one run's folder.
@@ -312,6 +333,8 @@ pub struct RunListing {
     pub duration_ms: Option<u64>,
     /// `None` while running or after a crash.
     pub result: Option<RunResult>,
+    /// Unfinished, and the trackside running it is gone.
+    pub crashed: bool,
 }
 
 pub fn runs_dir(state: &Path) -> PathBuf {
@@ -336,16 +359,77 @@ pub fn list_runs(state: &Path) -> Result<Vec<RunListing>, StoreError> {
             continue;
         };
         let summary = read_summary_file(&path).ok();
+        let crashed = meta.crashed(summary.is_some());
         out.push(RunListing {
             run_id: meta.run_id,
             pipeline: meta.pipeline,
             started_ms: meta.started_ms,
             duration_ms: summary.as_ref().map(|s| s.duration_ms),
             result: summary.map(|s| s.result),
+            crashed,
         });
     }
     out.sort_by(|a, b| (a.started_ms, &a.run_id).cmp(&(b.started_ms, &b.run_id)));
     Ok(out)
+}
+
+/// For a run without a summary: whether it crashed, and how far it got
+/// (from its events), for people.
+pub fn unfinished_story(run_dir: &Path) -> String {
+    let meta: Option<RunMeta> = std::fs::read_to_string(run_dir.join("meta.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let mut planned = 0usize;
+    let mut finished: Vec<(String, String)> = Vec::new();
+    let mut running: Vec<String> = Vec::new();
+    if let Ok(f) = File::open(run_dir.join("events.jsonl")) {
+        for line in io::BufReader::new(f).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let job = v.get("job").and_then(|j| j.as_str()).unwrap_or_default().to_string();
+            match v.get("type").and_then(|t| t.as_str()) {
+                Some("run_started") => planned = v.get("jobs").and_then(|j| j.as_array()).map_or(0, Vec::len),
+                Some("job_started") => running.push(job),
+                Some("job_finished") | Some("job_skipped") => {
+                    running.retain(|r| r != &job);
+                    let status = v
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("skipped")
+                        .to_string();
+                    finished.retain(|(n, _)| n != &job);
+                    finished.push((job, status));
+                }
+                _ => {}
+            }
+        }
+    }
+    let done: Vec<String> = finished.iter().map(|(n, s)| format!("{n} {s}")).collect();
+    let progress = format!(
+        "{} of {planned} job(s) finished{}{}",
+        finished.len(),
+        if done.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", done.join(", "))
+        },
+        if running.is_empty() {
+            String::new()
+        } else {
+            format!("; running when it stopped: {}", running.join(", "))
+        }
+    );
+    match meta {
+        Some(m) if m.crashed(false) => {
+            let who = m.owner.as_deref().and_then(crate::process::parse_owner).map_or_else(
+                || "the trackside running it".to_string(),
+                |(pid, _)| format!("trackside (pid {pid})"),
+            );
+            format!("crashed: {who} is gone; it got as far as {progress}")
+        }
+        _ => format!("still running: {progress} so far"),
+    }
 }
 
 /// Finds a run folder by id, unique id prefix, or `last`.
@@ -514,6 +598,7 @@ mod tests {
             pipeline_file: "p.yml".into(),
             project_dir: ".".into(),
             started_ms: 0,
+            owner: None,
         };
         let first = RunRecord::create(state.path(), &mut meta.clone(), "").expect("first");
         let second = RunRecord::create(state.path(), &mut meta, "").expect("second");

@@ -384,6 +384,30 @@ impl ObjectStore {
         }
     }
 
+    /// Temp files of writers that no longer run (a crash mid-write): their
+    /// names start with the writer's pid. Removed unless `dry_run`; returns
+    /// how many and their bytes. A live pid keeps its files, even if reused.
+    pub fn stale_temps(&self, dry_run: bool) -> (usize, u64) {
+        let dir = self.root.join("tmp");
+        let mut found = (0, 0);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if alive {
+                continue;
+            }
+            let size = e.metadata().map_or(0, |m| m.len());
+            if dry_run || std::fs::remove_file(e.path()).is_ok() {
+                found.0 += 1;
+                found.1 += size;
+            }
+        }
+        found
+    }
+
     /// Held shared by writers (store objects + record a manifest) and
     /// exclusively by garbage collection, so GC never sweeps an object that
     /// a running job has stored but not yet recorded.

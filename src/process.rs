@@ -1,0 +1,54 @@
+//! Process identity: a pid together with its start time, so a pid reused
+//! by another process is never mistaken for the one that died. Records
+//! (a run's owner), leftovers (processes a crashed trackside left) and the
+//! sweep that finds them all go by this.
+
+use std::sync::OnceLock;
+
+/// A process's start time in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), which tells a pid's owner from a later reuse.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last `)`.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This trackside as an owner: `<pid>:<start time>`.
+pub fn owner() -> &'static str {
+    static OWNER: OnceLock<String> = OnceLock::new();
+    OWNER.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}:{}", start_time(pid).unwrap_or(0))
+    })
+}
+
+/// Whether the process `pid` that started at `start` still runs.
+pub fn owner_alive(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// Whether an owner written by [`owner`] still runs (`false` for garbage).
+pub fn alive(owner: &str) -> bool {
+    parse_owner(owner).is_some_and(|(pid, start)| owner_alive(pid, start))
+}
+
+/// `<pid>:<start time>` as [`owner`] writes it.
+pub fn parse_owner(s: &str) -> Option<(u32, u64)> {
+    let (pid, start) = s.split_once(':')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_is_a_pid_with_its_start_time() {
+        let (pid, start) = parse_owner(owner()).expect("owner");
+        assert_eq!(pid, std::process::id());
+        assert!(owner_alive(pid, start));
+        assert!(!owner_alive(pid, start + 1), "a reused pid is another process");
+        assert_eq!(parse_owner("12:x"), None);
+    }
+}
