@@ -216,6 +216,12 @@ pub fn gc(state: &Path, flags: GcFlags) -> Result<u8, Fail> {
     }
     let r = gc::collect_garbage(state, &policy)?;
     let verb = if flags.dry_run { "would remove" } else { "removed" };
+    if !flags.dry_run {
+        let kept = remove_kept_containers(&r.runs_removed);
+        if kept > 0 {
+            outln!("removed {kept} container(s) kept by --keep-failed (of removed runs, or older than 7 days)");
+        }
+    }
     if r.temp_files_removed > 0 {
         outln!(
             "{verb} {} partial file(s) ({} bytes) that crashed writers left in {}",
@@ -238,6 +244,23 @@ pub fn gc(state: &Path, flags: GcFlags) -> Result<u8, Fail> {
     );
     Ok(0)
 }
+
+/// Containers `--keep-failed` kept for runs that are gone, or for more than
+/// [`KEPT_CONTAINER_AGE`]; nothing when no Docker daemon answers.
+fn remove_kept_containers(runs: &[String]) -> usize {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return 0;
+    };
+    rt.block_on(async {
+        match trackside::exec::docker::DockerExecutor::connect().await {
+            Ok(d) => d.remove_kept(runs, KEPT_CONTAINER_AGE).await,
+            Err(_) => 0,
+        }
+    })
+}
+
+/// How long a container kept by `--keep-failed` outlives `gc`.
+pub const KEPT_CONTAINER_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A component name for people: `input:src/a.rs` -> `input file src/a.rs`.
 fn describe(name: &str) -> String {

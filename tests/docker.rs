@@ -671,6 +671,53 @@ async fn shell_opens_in_the_kept_failed_container() {
     );
     t.keys(&["exit 4", "Enter"]);
     assert_eq!(common::tmux::wait_file(&exit_file).trim(), "4", "the shell's exit code");
+    drop(t);
+    remove_kept_by_gc(&d, &state).await;
+}
+
+/// `trackside gc` removes what `--keep-failed` kept for the runs it drops
+/// (tests must not leave containers behind).
+async fn remove_kept_by_gc(d: &DockerExecutor, state: &std::path::Path) {
+    let runs: Vec<String> = std::fs::read_dir(state.join("runs"))
+        .expect("runs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let kept = || async {
+        let mut n = 0;
+        for run in &runs {
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("{LABEL_RUN}={run}"),
+                    format!("{}=1", trackside::exec::docker::LABEL_KEEP),
+                ],
+            )]);
+            n += d
+                .client()
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_or_default()
+                .len();
+        }
+        n
+    };
+    assert!(kept().await > 0, "the run kept its failed container");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["gc", "--keep-last", "0", "--state-dir"])
+        .arg(state)
+        .output()
+        .expect("gc");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains("container(s) kept by --keep-failed"),
+        "{said}"
+    );
+    assert_eq!(kept().await, 0, "kept containers left behind");
 }
 
 #[tokio::test]
@@ -718,6 +765,8 @@ async fn the_ui_suspends_for_a_shell_and_comes_back() {
     t.keys(&["exit", "Enter"]);
     t.wait_for(&["shell in `broken` ended", "jobs (DAG)"]);
     t.keys(&["q"]);
+    drop(t);
+    remove_kept_by_gc(&d, &dir.path().join("state")).await;
 }
 
 #[tokio::test]

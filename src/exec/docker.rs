@@ -398,6 +398,31 @@ impl DockerExecutor {
         let _ = self.docker.remove_network(&format!("trackside-{run_id}")).await;
     }
 
+    /// Removes containers kept by `--keep-failed` for the runs in `runs`, and
+    /// any kept container created more than `older_than` ago. Returns how many.
+    pub async fn remove_kept(&self, runs: &[String], older_than: Duration) -> usize {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut removed = 0;
+        for c in self.containers_with(vec![format!("{LABEL_KEEP}=1")]).await {
+            let run = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_RUN))
+                .cloned()
+                .unwrap_or_default();
+            let age = now.saturating_sub(u64::try_from(c.created.unwrap_or(0)).unwrap_or(0));
+            if (runs.contains(&run) || age > older_than.as_secs())
+                && let Some(id) = &c.id
+                && self.remove(id).await
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// The newest container kept for a failed step of `job` in `run_id`.
     pub async fn kept_container(&self, run_id: &str, job: &str) -> Option<String> {
         let labels = vec![
