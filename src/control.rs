@@ -338,6 +338,13 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
         ));
     }
     let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return format!(
+                "a trackside is running the rollout of `{service}`, but its control socket {} is not yours ({e}): \
+                 only the user running that trackside (or root) can steer it",
+                path.display()
+            );
+        }
         // A trackside that stopped at a gate left where it stood.
         let gate = crate::deploy::revision::load_gate(state, service).map_or(String::new(), |g| {
             format!(

@@ -9,7 +9,7 @@ use trackside::store::gc::{self, Policy};
 use trackside::store::index::Index;
 use trackside::store::manifest::{self, EntryKind, Manifest};
 use trackside::store::objects::{Digest, ObjectStore};
-use trackside::store::{self};
+use trackside::store::{self, StoreError};
 
 use super::{Fail, write_out};
 
@@ -113,7 +113,32 @@ fn manifest_problem(objects: &ObjectStore, d: &Digest) -> Option<String> {
 
 pub fn verify(state: &Path, repair: bool) -> Result<u8, Fail> {
     let objects = ObjectStore::open(&state.join("objects"))?;
-    let index = Index::open(state)?;
+    let index = match Index::open(state) {
+        Ok(i) => i,
+        Err(StoreError::IndexCorrupt { path, message }) if repair => {
+            outln!("the index {} is damaged ({message}); rebuilding it", path.display());
+            let r = Index::rebuild(state)?;
+            outln!(
+                "moved the damaged index to {}; named {} artifact set(s) again from the run records; cache entries and directory caches start afresh",
+                r.moved_to.display(),
+                r.artifact_sets
+            );
+            Index::open(state)?
+        }
+        Err(StoreError::IndexCorrupt { path, message }) => {
+            outln!(
+                "the index {} is damaged ({message}); `trackside store verify --repair` rebuilds it",
+                path.display()
+            );
+            // Objects are checked all the same.
+            let all = objects.list()?;
+            let corrupt = all.iter().filter(|d| !objects.verify(d).unwrap_or(false)).count();
+            outln!("{} object(s) checked: {corrupt} corrupt", all.len());
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+
     let all = objects.list()?;
     let mut corrupt = Vec::new();
     for d in &all {

@@ -824,3 +824,93 @@ fn a_crashed_run_says_so_and_gc_removes_it_and_partial_files() {
     assert!(said.contains("removed 1 partial file(s) (4096 bytes)"), "{said}");
     assert!(!run.exists(), "the crashed run is gone");
 }
+
+#[test]
+fn a_damaged_index_is_reported_and_rebuilt_from_the_run_records() {
+    let e = Env::new();
+    let p = e.file(
+        "art.yml",
+        b"name: art\njobs:\n  make:\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && echo data > out/x\n",
+    );
+    let o = e.run(&["run", &p.to_string_lossy(), "--headless"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    // Flip every byte after SQLite's header.
+    let db = e.state().join("index.sqlite");
+    let mut bytes = std::fs::read(&db).expect("index");
+    for b in bytes.iter_mut().skip(100) {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&db, bytes).expect("write");
+    let _ = std::fs::remove_file(e.state().join("index.sqlite-wal"));
+    let _ = std::fs::remove_file(e.state().join("index.sqlite-shm"));
+
+    let o = e.run(&["run", &p.to_string_lossy(), "--headless"]);
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("is damaged") && said.contains("store verify --repair"),
+        "{said}"
+    );
+    let o = e.run(&["store", "verify"]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(said.contains("is damaged"), "{said}");
+    let o = e.run(&["store", "verify", "--repair"]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{said}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("named 1 artifact set(s) again"), "{said}");
+    let o = e.run(&["artifacts", "last"]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(said.contains("out/x"), "the artifacts are found again: {said}");
+    let o = e.run(&["run", &p.to_string_lossy(), "--headless"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "runs again: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Another user's state directory: every command says whose it is, not
+/// that a record is damaged or that no trackside runs. Needs root (to run
+/// as another uid); CI runs as root.
+#[test]
+fn another_users_state_directory_is_refused_with_the_reason() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED another_users_state_directory_is_refused_with_the_reason: needs root");
+        return;
+    }
+    let e = Env::new();
+    let ok = e.file(
+        "ok.yml",
+        b"name: ok\njobs:\n  a:\n    steps:\n      - script: echo fine\n",
+    );
+    assert_eq!(
+        e.run(&["run", &ok.to_string_lossy(), "--headless"]).status.code(),
+        Some(0)
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Let the other user reach the state directory's name (it stays 0700).
+        std::fs::set_permissions(e.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for args in [&["gc", "--keep-last", "0"][..], &["rollout", "web"][..], &["runs"][..]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .env("TRACKSIDE_STATE_DIR", e.state())
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run as nobody");
+        let said = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {said}");
+        assert!(said.contains("belongs to uid 0, not to you"), "{args:?}: {said}");
+        assert!(
+            !said.contains("damaged") && !said.contains("no trackside is running"),
+            "{args:?}: {said}"
+        );
+    }
+}

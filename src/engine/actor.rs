@@ -307,6 +307,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         started_ms: store::now_ms(),
         owner: Some(crate::process::owner().to_string()),
     };
+    // The store first: a damaged index stops the run before it has a record.
+    let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
+    let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
     cfg.run_id = meta.run_id.clone();
@@ -338,9 +341,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             crate::store::objects::ObjectStore::open(&cfg.state_dir.join("objects"))
                 .map_err(|e| EngineError::Rejected(format!("cannot open the artifact store: {e}")))?,
         ),
-        index: Arc::new(crate::store::index::Index::open(&cfg.state_dir)?),
+        index,
         state_dir: cfg.state_dir.clone(),
-        artifact_limits: crate::store::gc::artifact_limits(&cfg.state_dir)?,
+        artifact_limits,
         artifact_bytes: Default::default(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),

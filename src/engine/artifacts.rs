@@ -177,7 +177,7 @@ pub async fn collect(
             .map(|e| crate::store::now_ms().saturating_add(u64::try_from(e.as_millis()).unwrap_or(u64::MAX)));
         c.index
             .put_artifact(&c.run_id, &name, &d, expires)
-            .map_err(|e| script(format!("cannot record artifacts: {e}")))?;
+            .map_err(|e| (format!("cannot record artifacts: {e}"), FailureClass::Infra))?;
         Ok((m.entries.len(), d, got.skipped))
     })
     .await

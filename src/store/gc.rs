@@ -196,10 +196,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-fn damaged(state: &Path, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Damaged {
-        path: state.join("objects"),
-        message: e.to_string(),
+/// An object-store failure as a store error: an I/O failure (permission
+/// denied, a full disk) says so; only real damage says "damaged".
+fn damaged(state: &Path, e: super::objects::ObjectError) -> StoreError {
+    match e {
+        super::objects::ObjectError::Io(f) => StoreError::Io(f),
+        other => StoreError::Damaged {
+            path: state.join("objects"),
+            message: other.to_string(),
+        },
     }
 }
 

@@ -107,6 +107,34 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// What [`Index::rebuild`] did.
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// Where the damaged index was moved.
+    pub moved_to: PathBuf,
+    /// Artifact sets named again (run, job -> manifest).
+    pub artifact_sets: usize,
+}
+
+/// An SQLite error on the index, told apart when it means damage.
+fn index_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    let damaged = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    );
+    if damaged {
+        StoreError::IndexCorrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    } else {
+        StoreError::Index {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+}
+
 fn ms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -123,11 +151,8 @@ impl Index {
     /// Opens (creating) `<state>/index.sqlite`.
     pub fn open(state: &Path) -> Result<Index, StoreError> {
         let path = state.join("index.sqlite");
-        std::fs::create_dir_all(state).map_err(super::io_err("cannot create", state))?;
-        let err = |e: rusqlite::Error| StoreError::Index {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        super::prepare_state_dir(state)?;
+        let err = |e: rusqlite::Error| index_error(&path, e);
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         // Switching to WAL needs a moment alone with the file, and SQLite does
@@ -156,19 +181,85 @@ impl Index {
                 Err(e) => return Err(err(e)),
             }
         }
+        // Damage (flipped bytes, a torn copy) is found here, before a run
+        // relies on the index, not as odd failures of every job later.
+        let check: String = conn
+            .pragma_query_value(None, "quick_check", |r| r.get(0))
+            .map_err(err)?;
+        if check != "ok" {
+            return Err(StoreError::IndexCorrupt { path, message: check });
+        }
         Ok(Index {
             conn: Mutex::new(conn),
             path,
         })
     }
 
+    /// Moves a damaged index aside (`index.sqlite.damaged-<ms>`) and builds
+    /// a new one from what the store itself keeps: each run's artifact sets
+    /// are named in its job logs (`kept N artifact file(s), manifest D`).
+    /// Cache entries and directory caches cannot be recovered: they start
+    /// afresh (a later run stores them again).
+    pub fn rebuild(state: &Path) -> Result<Rebuilt, StoreError> {
+        let path = state.join("index.sqlite");
+        let aside = state.join(format!("index.sqlite.damaged-{}", super::now_ms()));
+        for ext in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{ext}", path.display()));
+            let to = PathBuf::from(format!("{}{ext}", aside.display()));
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(super::io_err("cannot move aside", &from))?;
+            }
+        }
+        let index = Index::open(state)?;
+        let mut rebuilt = Rebuilt {
+            moved_to: aside,
+            artifact_sets: 0,
+        };
+        for run in super::list_runs(state)? {
+            let dir = super::runs_dir(state).join(&run.run_id);
+            let mut latest: std::collections::BTreeMap<String, Digest> = std::collections::BTreeMap::new();
+            let mut logs: Vec<(String, u32, PathBuf)> = std::fs::read_dir(dir.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let (job, attempt) = name.strip_suffix(".log")?.rsplit_once('.')?;
+                    Some((job.to_string(), attempt.parse().ok()?, e.path()))
+                })
+                .collect();
+            logs.sort_by_key(|(_, attempt, _)| *attempt);
+            for (job, _, log) in logs {
+                let Ok(text) = std::fs::read_to_string(&log) else {
+                    continue;
+                };
+                for entry in text.lines().filter_map(super::parse_log_line) {
+                    if entry.step != "artifacts" {
+                        continue;
+                    }
+                    if let Some(d) = entry
+                        .text
+                        .trim_start_matches("trackside: ")
+                        .strip_prefix("kept ")
+                        .and_then(|t| t.rsplit_once(", manifest "))
+                        .and_then(|(_, d)| Digest::parse(d.trim()))
+                    {
+                        latest.insert(job.clone(), d);
+                    }
+                }
+            }
+            for (job, manifest) in latest {
+                index.put_artifact(&run.run_id, &job, &manifest, None)?;
+                rebuilt.artifact_sets += 1;
+            }
+        }
+        Ok(rebuilt)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // A panic while holding the lock cannot leave a half-done statement: keep going.
         let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&conn).map_err(|e| StoreError::Index {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })
+        f(&conn).map_err(|e| index_error(&self.path, e))
     }
 
     pub fn put_artifact(

@@ -53,6 +53,10 @@ pub enum StoreError {
     Config { path: PathBuf, message: String },
     #[error("the store index {path}: {message}; `trackside store verify` checks the store")]
     Index { path: PathBuf, message: String },
+    #[error(
+        "the store index {path} is damaged ({message}); `trackside store verify --repair` rebuilds it from the run records (no object is lost)"
+    )]
+    IndexCorrupt { path: PathBuf, message: String },
 }
 
 /// A file operation that failed: what, on which path, and why. The store's
