@@ -414,7 +414,17 @@ async fn blue_green_previews_green_switches_at_once_and_switches_back_on_abort()
 }
 
 /// `trackside --state-dir STATE rollout ARGS...` as another shell would run
-/// it, as user `ana` over SSH: (exit code, stdout, stderr).
+/// it, over SSH, with a `USER` (`ana`) that is not its account: the server
+/// must name the account of its uid. (exit code, stdout, stderr).
+/// The account of this process's uid, as the control socket names a peer.
+fn account() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::current())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default()
+}
+
 async fn steer(state: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
         .arg("--state-dir")
@@ -513,7 +523,10 @@ async fn a_rollout_is_steered_from_another_shell() {
         _ => None,
     });
     let by = by.expect("a named decision");
-    assert!(by.starts_with("ana@") && by.ends_with("(ssh from 10.9.8.7)"), "{by}");
+    assert!(
+        by.starts_with(&format!("{}@", account())) && by.ends_with("(ssh from 10.9.8.7)"),
+        "the peer's account, not what it says (USER=ana): {by}"
+    );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
 
     server.close().await;
@@ -588,7 +601,10 @@ async fn a_headless_run_waits_at_its_gate_for_a_promote_from_a_shell() {
         out.contains("waiting at a manual gate (step 2/3, canary 30.0%): promote with P in the UI or `trackside rollout web promote`"),
         "headless output says how to go on: {out}"
     );
-    assert!(out.contains("promote: step 2 passed by hand (by ana@"), "{out}");
+    assert!(
+        out.contains(&format!("promote: step 2 passed by hand (by {}@", account())),
+        "{out}"
+    );
     assert!(!socket.exists(), "the socket goes with the process");
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v2".into()));
 }

@@ -914,3 +914,33 @@ fn another_users_state_directory_is_refused_with_the_reason() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_storing_an_artifact_and_removes_its_temp_file() {
+    let mut s = common::setup(
+        "name: store\njobs:\n  make:\n    artifacts: {paths: [out/]}\n    steps:\n      - script: mkdir -p out && yes trackside | head -c 400000000 > out/big\n",
+    );
+    let state = s.state();
+    let mut r = common::start(&mut s).await;
+    // Storing has begun once its temp file exists.
+    let tmp = state.join("objects/tmp");
+    let deadline = std::time::Instant::now() + common::LIMIT;
+    while temp_files(&state).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "storing never began");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    r.handle.cancel_all().await.expect("cancel");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Cancelled, "{:?}", r.lines("make"));
+    assert!(
+        temp_files(&state).is_empty(),
+        "left in {}: {:?}",
+        tmp.display(),
+        temp_files(&state)
+    );
+    // Nothing of that size was stored.
+    assert!(
+        disk_usage(&state.join("objects")) < 100 << 20,
+        "the artifact was stored anyway"
+    );
+}
