@@ -103,6 +103,11 @@ async fn a_good_version_is_promoted_and_a_bad_one_rolled_back_automatically() {
 
     let (bad, r) = deploy(state.path(), &deploy_yaml("v3", 0.4, ANALYSED)).await;
     assert_eq!(bad.result, RunResult::Failed);
+    assert_eq!(
+        bad.jobs[0].failure_class,
+        Some(trackside::pipeline::FailureClass::RolledBack),
+        "a rollback is not a script failure"
+    );
     let lines = r.lines("web");
     assert!(lines.iter().any(|l| l.contains("analysis: Fail")), "{lines:?}");
     assert!(
@@ -154,6 +159,11 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
     r.handle.rollout("web", Command::Abort).await.expect("abort");
     let sum = r.finished().await;
     assert_eq!(sum.result, RunResult::Failed);
+    assert_eq!(
+        sum.jobs[0].failure_class,
+        Some(trackside::pipeline::FailureClass::RolledBack),
+        "an abort by hand is not a script failure"
+    );
     let lines = r.lines("web");
     let aborted = lines
         .iter()

@@ -277,6 +277,8 @@ async fn deploy_attempt(
         env,
     };
     let (job_id, attempt, tx) = (a.job, a.attempt, a.tx.clone());
+    // Where the rollout ended tells a rollback from a deploy that failed to run.
+    let mut last_phase = String::new();
     let forward = async {
         loop {
             tokio::select! {
@@ -289,6 +291,7 @@ async fn deploy_attempt(
                     let _ = tx.send(RunnerMsg::RolloutDecision { job: job_id, text, by }).await;
                 }
                 Some(status) = status_rx.recv() => {
+                    last_phase.clone_from(&status.phase);
                     let _ = tx.send(RunnerMsg::Rollout { job: job_id, status: Box::new(status) }).await;
                 }
                 else => break,
@@ -301,10 +304,19 @@ async fn deploy_attempt(
             message: Some(msg),
             ..Outcome::success()
         },
-        Err(msg) => Outcome {
-            message: Some(msg),
-            ..Outcome::failed(None, FailureClass::Script)
-        },
+        Err(msg) => {
+            // The new revision was rolled back or aborted (the old one kept
+            // serving): its own class, not a script failure.
+            let class = if matches!(last_phase.as_str(), "aborted" | "rolled_back" | "degraded") {
+                FailureClass::RolledBack
+            } else {
+                FailureClass::Script
+            };
+            Outcome {
+                message: Some(msg),
+                ..Outcome::failed(None, class)
+            }
+        }
     }
 }
 

@@ -1046,9 +1046,15 @@ impl RunState {
                 cached: st.cached.clone(),
             })
             .collect();
-        let required_failed: Vec<&str> = jobs
+        let failed: Vec<&str> = jobs
             .iter()
-            .filter(|j| (j.status == JobStatus::Failed && !j.allow_failure) || j.status == JobStatus::Cancelled)
+            .filter(|j| j.status == JobStatus::Failed && !j.allow_failure)
+            .map(|j| j.name.as_str())
+            .collect();
+        // A cancelled job fails the run too, but it did not fail: say which is which.
+        let cancelled: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Cancelled)
             .map(|j| j.name.as_str())
             .collect();
         let gates: Vec<&str> = jobs
@@ -1072,15 +1078,26 @@ impl RunState {
                 RunResult::Failed,
                 format!("pipeline timed out after {}s", self.pipeline.timeout.as_secs()),
             ),
-            _ if !required_failed.is_empty() => (
-                RunResult::Failed,
-                format!(
-                    "{} of {} jobs failed: {}",
-                    required_failed.len(),
-                    jobs.len(),
-                    required_failed.join(", ")
-                ),
-            ),
+            _ if !failed.is_empty() || !cancelled.is_empty() => {
+                let mut parts = Vec::new();
+                if !failed.is_empty() {
+                    parts.push(format!(
+                        "{} of {} failed: {}",
+                        failed.len(),
+                        jobs_word(jobs.len()),
+                        failed.join(", ")
+                    ));
+                }
+                if !cancelled.is_empty() {
+                    let of = if failed.is_empty() {
+                        format!(" of {}", jobs_word(jobs.len()))
+                    } else {
+                        String::new()
+                    };
+                    parts.push(format!("{}{of} cancelled: {}", cancelled.len(), cancelled.join(", ")));
+                }
+                (RunResult::Failed, parts.join("; "))
+            }
             _ if repeat.as_ref().is_some_and(|r| r.failed > 0) => (RunResult::Failed, "some repetitions failed".into()),
             _ if !gates.is_empty() => (
                 RunResult::Blocked,
@@ -1111,7 +1128,10 @@ fn passed_message(jobs: &[JobSummary]) -> String {
     let count = |f: &dyn Fn(&JobSummary) -> bool| jobs.iter().filter(|j| f(j)).count();
     let passed = count(&|j| j.status == JobStatus::Succeeded);
     if passed == jobs.len() {
-        return format!("all {passed} jobs passed");
+        return match passed {
+            1 => "the job passed".to_string(),
+            n => format!("all {n} jobs passed"),
+        };
     }
     let mut parts = vec![format!("{passed} passed")];
     let skipped = count(&|j| j.status == JobStatus::Skipped);
@@ -1123,6 +1143,11 @@ fn passed_message(jobs: &[JobSummary]) -> String {
         parts.push(format!("{allowed} allowed to fail"));
     }
     parts.join(", ")
+}
+
+/// `1 job`, `7 jobs`.
+fn jobs_word(n: usize) -> String {
+    if n == 1 { "1 job".into() } else { format!("{n} jobs") }
 }
 
 fn ms(d: Duration) -> u64 {

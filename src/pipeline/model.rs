@@ -135,10 +135,14 @@ pub enum FailureClass {
     Cancelled,
     /// An upstream artifact failed verification.
     DataIntegrity,
+    /// A deploy whose new revision did not become stable: rolled back by
+    /// the judge or a health check, or aborted by a person (its reason says
+    /// which). The old revision kept serving.
+    RolledBack,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 9] = [
+    pub const ALL: [FailureClass; 10] = [
         FailureClass::Script,
         FailureClass::Timeout,
         FailureClass::Oom,
@@ -148,6 +152,7 @@ impl FailureClass {
         FailureClass::DiskFull,
         FailureClass::Cancelled,
         FailureClass::DataIntegrity,
+        FailureClass::RolledBack,
     ];
     /// Retried by default: the failure says little about the code under test.
     pub const TRANSIENT: [FailureClass; 5] = [
@@ -169,6 +174,7 @@ impl FailureClass {
             FailureClass::DiskFull => "disk_full",
             FailureClass::Cancelled => "cancelled",
             FailureClass::DataIntegrity => "data_integrity",
+            FailureClass::RolledBack => "rolled_back",
         }
     }
 

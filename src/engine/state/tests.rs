@@ -276,6 +276,27 @@ fn cancelling_a_running_job_kills_it_and_blocks_dependents() {
     assert!(m.check(&Input::Cancel(0)).is_err());
     let s = finished(&ok(&mut m, 2, 3)).expect("finished");
     assert_eq!(s.result, RunResult::Failed);
+    assert_eq!(
+        s.message, "1 of 3 jobs cancelled: a",
+        "a cancelled job is not counted as failed"
+    );
+}
+
+#[test]
+fn the_summary_tells_failed_from_cancelled_jobs() {
+    let src = yaml(&[("a", &[], ""), ("b", &[], ""), ("hang", &[], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    m.handle(Input::Cancel(2), t(1));
+    fail(&mut m, 2, FailureClass::Signal, 2);
+    fail(&mut m, 0, FailureClass::Script, 3);
+    let s = finished(&fail(&mut m, 1, FailureClass::Script, 4)).expect("finished");
+    assert_eq!(s.message, "2 of 3 jobs failed: a, b; 1 cancelled: hang");
+    let one = yaml(&[("only", &[], "")]);
+    let mut m = machine(&one, opts(1));
+    m.handle(Input::Start, t(0));
+    let s = finished(&ok(&mut m, 0, 1)).expect("finished");
+    assert_eq!(s.message, "the job passed");
 }
 
 #[test]
