@@ -403,8 +403,17 @@ impl Model {
 
     /// Remaining time along the longest unfinished path, from durations seen
     /// so far (the mean of finished jobs stands in for jobs not yet run).
-    /// `None` until one job has finished.
-    pub fn eta_ms(&self, now: u64) -> Option<u64> {
+    /// Never a time lower than what is certainly left: a run that waits for
+    /// an approval has no time, and a running job that has outlived its
+    /// estimate makes the estimate unknown, not zero.
+    pub fn eta(&self, now: u64) -> Eta {
+        if self
+            .jobs
+            .iter()
+            .any(|j| j.status == JobStatus::WaitingApproval && !j.allow_failure)
+        {
+            return Eta::WaitingApproval;
+        }
         let finished: Vec<u64> = self
             .jobs
             .iter()
@@ -412,9 +421,10 @@ impl Model {
             .filter_map(|j| j.duration_ms)
             .collect();
         if finished.is_empty() {
-            return None;
+            return Eta::Unknown;
         }
         let mean = finished.iter().sum::<u64>() / finished.len() as u64;
+        let mut overdue = false;
         // Levels are a topological order; compute remaining time to the end.
         let mut rest = vec![0u64; self.jobs.len()];
         for level in self.levels.iter().rev() {
@@ -422,10 +432,10 @@ impl Model {
                 let job = &self.jobs[j];
                 let own = match job.status {
                     s if s.is_terminal() => 0,
-                    JobStatus::WaitingApproval => 0,
                     JobStatus::Running => {
                         let elapsed = self.job_elapsed(j, now).unwrap_or(0);
-                        mean.saturating_sub(elapsed).max(1_000.min(mean))
+                        overdue |= elapsed >= mean;
+                        mean.saturating_sub(elapsed)
                     }
                     _ => mean,
                 };
@@ -433,7 +443,12 @@ impl Model {
                 rest[j] = own + after;
             }
         }
-        Some(rest.into_iter().max().unwrap_or(0))
+        let left = rest.into_iter().max().unwrap_or(0);
+        if overdue || (left == 0 && self.jobs.iter().any(|j| !j.status.is_terminal())) {
+            Eta::Overdue
+        } else {
+            Eta::Left(left)
+        }
     }
 
     /// Why a job is where it is, for the detail pane.
@@ -503,6 +518,19 @@ impl Model {
         }
         mark
     }
+}
+
+/// What the header says of the time left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eta {
+    /// Nothing has finished yet: no basis for a guess.
+    Unknown,
+    /// The run cannot end before a manual gate is approved.
+    WaitingApproval,
+    /// A running job has outlived the estimate: more than it said, how much unknown.
+    Overdue,
+    /// About this many milliseconds.
+    Left(u64),
 }
 
 #[cfg(test)]
@@ -630,7 +658,7 @@ mod tests {
     #[test]
     fn eta_follows_the_longest_unfinished_path() {
         let mut m = model();
-        assert_eq!(m.eta_ms(1_000), None);
+        assert_eq!(m.eta(1_000), Eta::Unknown);
         m.apply(&ev(
             1_000,
             EventKind::JobStarted {
@@ -652,7 +680,20 @@ mod tests {
                 cached: None,
             },
         ));
-        assert_eq!(m.eta_ms(3_000), Some(2_000), "one job of mean duration left");
+        assert_eq!(m.eta(3_000), Eta::Left(2_000), "one job of mean duration left");
+        m.apply(&ev(
+            3_000,
+            EventKind::JobStarted {
+                job: "test".into(),
+                attempt: 1,
+            },
+        ));
+        assert_eq!(m.eta(4_000), Eta::Left(1_000));
+        assert_eq!(
+            m.eta(18_000),
+            Eta::Overdue,
+            "a job running past its estimate: unknown, never 00:00"
+        );
     }
 
     #[test]

@@ -98,10 +98,13 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     }
     spans.push(sep());
     spans.push(Span::raw(clock(elapsed)));
-    if m.finished.is_none()
-        && let Some(eta) = m.eta_ms(app.now)
-    {
-        spans.push(Span::raw(format!(" ETA {}", clock(eta))));
+    if m.finished.is_none() {
+        match m.eta(app.now) {
+            super::model::Eta::Unknown => {}
+            super::model::Eta::WaitingApproval => spans.push(Span::raw(" waiting for approval")),
+            super::model::Eta::Overdue => spans.push(Span::raw(" ETA ?")),
+            super::model::Eta::Left(ms) => spans.push(Span::raw(format!(" ETA {}", clock(ms)))),
+        }
     }
     spans.push(sep());
     let counts = [
