@@ -722,7 +722,23 @@ fn a_deploy_box_says_where_its_rollout_stands_and_the_footer_offers_its_keys() {
     select(&mut app, "test");
     let text = format!("{:?}", screen(&app, 140, 24).buffer());
     assert!(text.contains("held 0.5%"), "{text}");
-    assert!(text.contains("H hold"), "the rollout's keys are in the footer: {text}");
+    assert!(
+        text.contains("H resume"),
+        "the rollout's keys are in the footer: {text}"
+    );
+    assert!(
+        !text.contains("H hold") && !text.contains("P promote") && !text.contains("F 100%"),
+        "a held rollout takes no promote, and H resumes it: {text}"
+    );
+    app.model.paused = true;
+    let paused = format!("{:?}", screen(&app, 140, 24).buffer());
+    assert!(paused.contains("p resume") && !paused.contains("p pause"), "{paused}");
+    app.model.paused = false;
+    assert!(app.handle_key(key('P')).is_empty(), "P does not apply while held");
+    assert_eq!(
+        app.status.as_deref(),
+        Some("the rollout of `web` is held: H resumes it first")
+    );
     // Once it has ended the box shows the time again, and only `b` is left.
     evs.push(rollout_event(1_900, "test", "completed"));
     let mut app = app_with(&evs, color());
@@ -769,4 +785,57 @@ fn too_short_for_charts_a_rollout_shows_its_trends_as_sparklines() {
     // Tall enough, the charts replace them.
     let text = screen(&app, 80, 50).to_string();
     assert!(!text.contains("err %  canary") && text.contains("errors %"), "{text}");
+}
+
+#[test]
+fn the_prompt_line_shows_the_rollouts_answer_and_then_the_runs_result() {
+    let mut evs = running_events();
+    evs.push(rollout_event(1_400, "test", "held"));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test");
+    // What the front-end does once the engine took the command.
+    app.awaiting_rollout = Some(("test".into(), "Promote".into()));
+    app.status = Some("Promote sent to the rollout of test; waiting for its answer".into());
+    app.apply(&ev(
+        1_500,
+        EventKind::RolloutDecision {
+            job: "test".into(),
+            text: "promote ignored: the rollout is paused; resume first".into(),
+            by: Some("ana@host".into()),
+        },
+    ));
+    let text = format!("{:?}", screen(&app, 80, 24).buffer());
+    assert!(
+        text.contains("rollout of test: promote ignored: the rollout is paused"),
+        "the refusal, not 'sent': {text}"
+    );
+    assert!(app.awaiting_rollout.is_none());
+    // A decision about another job, or with nothing awaited, leaves the line alone.
+    app.status = Some("kept".into());
+    app.apply(&ev(
+        1_600,
+        EventKind::RolloutDecision {
+            job: "test".into(),
+            text: "weight: canary 10%".into(),
+            by: None,
+        },
+    ));
+    assert_eq!(app.status.as_deref(), Some("kept"));
+    // Once the run ends, its result replaces the last command's message.
+    app.apply(&ev(
+        2_000,
+        EventKind::RunFinished {
+            summary: trackside::engine::event::RunSummary {
+                run_id: "r".into(),
+                pipeline: "demo".into(),
+                result: trackside::engine::RunResult::Failed,
+                exit_code: 1,
+                duration_ms: 2_000,
+                jobs: Vec::new(),
+                message: "1 of 6 jobs failed: test".into(),
+                repeat: None,
+            },
+        },
+    ));
+    assert_eq!(app.status.as_deref(), Some("run failed: 1 of 6 jobs failed: test"));
 }

@@ -91,6 +91,10 @@ pub struct App {
     pub now: u64,
     /// Whether the terminal is wide enough for side-by-side panes.
     pub wide: bool,
+    /// A rollout command sent from here whose answer has not come yet: the
+    /// job, and what was sent. The prompt line shows the answer (taken, or
+    /// ignored and why), never just "sent".
+    pub awaiting_rollout: Option<(String, String)>,
 }
 
 impl App {
@@ -114,6 +118,32 @@ impl App {
             status: None,
             now: 0,
             wide: true,
+            awaiting_rollout: None,
+        }
+    }
+
+    /// Takes one engine event: into the model, and into the prompt line
+    /// where it answers something said here (a rollout command), or ends
+    /// the run (its result replaces the last command's message).
+    pub fn apply(&mut self, ev: &crate::engine::Event) {
+        use crate::engine::EventKind;
+        self.model.apply(ev);
+        match &ev.kind {
+            EventKind::RolloutDecision { job, text, .. }
+                if self.awaiting_rollout.as_ref().is_some_and(|(j, _)| j == job) =>
+            {
+                self.awaiting_rollout = None;
+                self.status = Some(format!("rollout of {job}: {text}"));
+            }
+            EventKind::RunFinished { summary } => {
+                self.awaiting_rollout = None;
+                self.status = Some(format!(
+                    "run {}: {}",
+                    format!("{:?}", summary.result).to_lowercase(),
+                    summary.message
+                ));
+            }
+            _ => {}
         }
     }
 
@@ -209,8 +239,26 @@ impl App {
             Action::Rollback => self
                 .selected_rollout()
                 .is_some_and(|r| !r.is_over() || r.phase == "completed"),
+            // A held rollout takes no promote (it says: resume first); a
+            // rolling one has no steps to promote, only a hold to end.
+            Action::Promote => self
+                .selected_rollout()
+                .is_some_and(|r| !r.is_over() && ((r.strategy == "rolling") == (r.phase == "held"))),
+            Action::PromoteFull => self
+                .selected_rollout()
+                .is_some_and(|r| !r.is_over() && r.phase != "held" && r.strategy != "rolling"),
             a if a.is_rollout() => self.selected_rollout().is_some_and(|r| !r.is_over()),
             _ => true,
+        }
+    }
+
+    /// What a key does now, for the footer: a toggle names the way it goes.
+    pub fn label(&self, b: &super::keys::Binding) -> &'static str {
+        match b.action {
+            Action::HoldRollout if self.selected_rollout().is_some_and(|r| r.phase == "held") => "resume",
+            Action::TogglePause if self.model.paused => "resume",
+            Action::Promote if self.selected_rollout().is_some_and(|r| r.strategy == "rolling") => "resume",
+            _ => b.label,
         }
     }
 
@@ -355,6 +403,14 @@ impl App {
                 Action::CancelAll => "the run has finished".into(),
                 Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),
                 a if a.is_rollout() => match self.selected_rollout() {
+                    Some(r) if !r.is_over() && r.phase == "held" => {
+                        format!("the rollout of `{}` is held: H resumes it first", r.service)
+                    }
+                    Some(r) if !r.is_over() => format!(
+                        "the {} rollout of `{}` has no step to promote: H holds it, A aborts",
+                        r.strategy.replace('_', "-"),
+                        r.service
+                    ),
                     Some(r) => format!(
                         "the rollout of `{}` has ended ({})",
                         r.service,

@@ -230,7 +230,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
         tokio::select! {
             ev = rx.recv() => {
                 match ev {
-                    Ok(ev) => app.model.apply(&ev),
+                    Ok(ev) => app.apply(&ev),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         app.status = Some(format!("the display fell behind and skipped {n} events; logs on disk are complete"));
                     }
@@ -239,7 +239,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 // Drain everything already queued before drawing again.
                 loop {
                     match rx.try_recv() {
-                        Ok(ev) => app.model.apply(&ev),
+                        Ok(ev) => app.apply(&ev),
                         Err(TryRecvError::Lagged(n)) => app.status = Some(format!("skipped {n} events")),
                         Err(_) => break,
                     }
@@ -366,7 +366,16 @@ async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<b
             handle.pause_scheduling().await,
         ),
         Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
-        Command::Rollout(j, c) => (format!("{c:?} sent to the rollout of {j}"), handle.rollout(j, *c).await),
+        Command::Rollout(j, c) => {
+            let sent = handle.rollout(j, *c).await;
+            if sent.is_ok() {
+                app.awaiting_rollout = Some((j.clone(), format!("{c:?}")));
+            }
+            (
+                format!("{c:?} sent to the rollout of {j}; waiting for its answer"),
+                sent,
+            )
+        }
         Command::RollbackService(service) => match handle.rollback_service(service).await {
             Ok(msg) => (msg, Ok(())),
             Err(e) => (String::new(), Err(e)),

@@ -891,7 +891,7 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
         Scope::Log
     };
     let fixed = [Action::Help, Action::Quit];
-    let item = |b: &super::keys::Binding| (t.key_name(b.shown), b.label);
+    let item = |b: &super::keys::Binding| (t.key_name(b.shown), app.label(b));
     let width = |items: &[(String, &str)]| {
         items
             .iter()
