@@ -274,11 +274,30 @@ fn help_overlay() {
 fn help_shows_every_key_even_at_80x24() {
     let mut app = app_with(&running_events(), color());
     app.handle_key(key('?'));
-    let text = format!("{:?}", screen(&app, 80, 24).buffer());
-    for b in trackside::ui::keys::BINDINGS {
-        let shown = format!("{:<7}", b.shown);
-        assert!(text.contains(&shown), "`{}` is missing from the help at 80x24", b.shown);
+    // Every line whole (wrapped, never cut), every key reachable by scrolling.
+    let mut seen = String::new();
+    for _ in 0..60 {
+        let text = format!("{:?}", screen(&app, 80, 24).buffer());
+        assert!(!text.contains('…'), "a help line is cut at 80x24:\n{text}");
+        seen.push_str(&text);
+        if !text.contains("more below") {
+            break;
+        }
+        app.handle_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
+        assert_eq!(app.mode, Mode::Help, "scrolling keeps the help open");
     }
+    for b in trackside::ui::keys::BINDINGS {
+        let shown = format!("{:<8}", b.shown);
+        assert!(seen.contains(&shown), "`{}` is missing from the help at 80x24", b.shown);
+        let first: String = b.help.split(' ').take(3).collect::<Vec<_>>().join(" ");
+        assert!(seen.contains(&first), "`{}`'s help is missing: {first}", b.shown);
+    }
+    assert!(
+        seen.contains("What the glyphs mean") && seen.contains("✔ passed") && seen.contains("≈ flaky"),
+        "{seen}"
+    );
+    app.handle_key(key('x'));
+    assert_eq!(app.mode, Mode::Normal, "any other key closes help");
 }
 
 #[test]

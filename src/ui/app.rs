@@ -95,6 +95,8 @@ pub struct App {
     /// job, and what was sent. The prompt line shows the answer (taken, or
     /// ignored and why), never just "sent".
     pub awaiting_rollout: Option<(String, String)>,
+    /// First line of the help overlay shown (it scrolls on small screens).
+    pub help_top: usize,
 }
 
 impl App {
@@ -119,6 +121,7 @@ impl App {
             now: 0,
             wide: true,
             awaiting_rollout: None,
+            help_top: 0,
         }
     }
 
@@ -277,7 +280,21 @@ impl App {
     pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Command> {
         self.status = None;
         match std::mem::replace(&mut self.mode, Mode::Normal) {
-            Mode::Help => Vec::new(), // any key closes help
+            Mode::Help => {
+                // Scroll keys move the help; any other key closes it.
+                let step = match key.code {
+                    KeyCode::Down | KeyCode::Char('j') => Some(1isize),
+                    KeyCode::Up | KeyCode::Char('k') => Some(-1),
+                    KeyCode::PageDown => Some(10),
+                    KeyCode::PageUp => Some(-10),
+                    _ => None,
+                };
+                if let Some(step) = step {
+                    self.help_top = self.help_top.saturating_add_signed(step);
+                    self.mode = Mode::Help;
+                }
+                Vec::new()
+            }
             Mode::Confirm { question, yes } => match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') => yes,
                 KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
@@ -576,6 +593,7 @@ impl App {
             }
             Action::Help => {
                 self.mode = Mode::Help;
+                self.help_top = 0;
                 Vec::new()
             }
             Action::Quit => {

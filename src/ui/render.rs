@@ -936,56 +936,131 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
-fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
+/// The help overlay's text at `width`: every binding, its help wrapped
+/// whole under its key (never cut), then what the glyphs mean.
+pub fn help_lines(app: &App, width: usize) -> Vec<Line<'static>> {
     let t = &app.theme;
-    let entry = |b: &super::keys::Binding| {
+    let key_w = 8;
+    let room = width.saturating_sub(key_w).max(10);
+    let mut lines = Vec::new();
+    for b in BINDINGS {
         let scope = match b.scope {
             Scope::Everywhere => "",
             Scope::Jobs => " (jobs pane)",
             Scope::Log => " (log pane)",
         };
-        (format!("{:<7}", t.key_name(b.shown)), format!("{}{scope}", b.help))
-    };
-    // One column when it fits; on short screens (80x24) two, each text cut to its column.
-    let two = BINDINGS.len() as u16 + 4 > area.height;
-    let rows = if two {
-        BINDINGS.len().div_ceil(2)
-    } else {
-        BINDINGS.len()
-    };
-    let w = if two { area.width.min(100) } else { area.width.min(72) };
-    let h = (rows as u16 + 4).min(area.height);
+        let text = format!("{}{scope}", b.help);
+        for (i, row) in wrap_words(&text, room).into_iter().enumerate() {
+            let key = if i == 0 {
+                format!("{:<key_w$}", t.key_name(b.shown))
+            } else {
+                " ".repeat(key_w)
+            };
+            lines.push(Line::from(vec![Span::styled(key, t.title()), Span::raw(row)]));
+        }
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled("What the glyphs mean:", t.title()));
+    let states = [
+        (JobStatus::Succeeded, false, false, false),
+        (JobStatus::Succeeded, true, false, false),
+        (JobStatus::Succeeded, false, false, true),
+        (JobStatus::Failed, false, false, false),
+        (JobStatus::Failed, false, true, false),
+        (JobStatus::Running, false, false, false),
+        (JobStatus::Retrying, false, false, false),
+        (JobStatus::WaitingApproval, false, false, false),
+        (JobStatus::Ready, false, false, false),
+        (JobStatus::Pending, false, false, false),
+        (JobStatus::Cancelled, false, false, false),
+        (JobStatus::Skipped, false, false, false),
+    ];
+    let mut row: Vec<Span> = Vec::new();
+    let mut used = 0;
+    for (status, flaky, allowed, cached) in states {
+        let (glyph, style) = t.status(status, flaky, allowed, cached);
+        let word = super::theme::look(status, flaky, allowed, cached).word;
+        let cell = glyph.chars().count() + 1 + word.len() + 3;
+        if used + cell > width && !row.is_empty() {
+            lines.push(Line::from(std::mem::take(&mut row)));
+            used = 0;
+        }
+        row.push(Span::styled(glyph, style));
+        row.push(Span::raw(format!(" {word}   ")));
+        used += cell;
+    }
+    if !row.is_empty() {
+        lines.push(Line::from(row));
+    }
+    lines.push(Line::raw(format!(
+        "In the header: a count per status ({} 5 = five passed); #N on a box: attempt N.",
+        t.status(JobStatus::Succeeded, false, false, false).0
+    )));
+    lines
+}
+
+/// Splits `text` into rows of at most `width` characters at spaces (a
+/// word longer than a row is split).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut rows = vec![String::new()];
+    for word in text.split(' ') {
+        let mut word = word.to_string();
+        loop {
+            let cur = rows.last_mut().map_or(0, |r| r.chars().count());
+            let need = word.chars().count() + usize::from(cur > 0);
+            if cur + need <= width {
+                if let Some(r) = rows.last_mut() {
+                    if cur > 0 {
+                        r.push(' ');
+                    }
+                    r.push_str(&word);
+                }
+                break;
+            }
+            if cur > 0 {
+                rows.push(String::new());
+                continue;
+            }
+            // A word longer than a whole row.
+            let head: String = word.chars().take(width).collect();
+            word = word.chars().skip(width).collect();
+            if let Some(r) = rows.last_mut() {
+                r.push_str(&head);
+            }
+            rows.push(String::new());
+            if word.is_empty() {
+                break;
+            }
+        }
+    }
+    rows.retain(|r| !r.is_empty());
+    rows
+}
+
+fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let w = area.width.min(100);
+    let inner = usize::from(w.saturating_sub(2));
+    let lines = help_lines(app, inner);
+    let room = usize::from(area.height.saturating_sub(3));
+    let top = app.help_top.min(lines.len().saturating_sub(room));
+    let more = lines.len() > top + room;
+    let shown: Vec<Line> = lines.into_iter().skip(top).take(room).collect();
+    let h = (shown.len() as u16 + 3).min(area.height);
     let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
     Clear.render(rect, buf);
-    let col = usize::from(w.saturating_sub(2)) / if two { 2 } else { 1 };
-    let cut = |text: String, width: usize| -> String {
-        if text.chars().count() <= width {
-            format!("{text:<width$}")
+    let mut shown = shown;
+    shown.push(Line::styled(
+        if more {
+            "j/↓ PgDn: more below; k/↑ PgUp: back; any other key closes this help. Ctrl-C quits."
+        } else if top > 0 {
+            "k/↑ PgUp: back; any other key closes this help. Ctrl-C quits."
         } else {
-            let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
-            s.push('…');
-            s
-        }
-    };
-    let mut lines: Vec<Line> = (0..rows)
-        .map(|r| {
-            let mut spans = Vec::new();
-            for c in 0..if two { 2 } else { 1 } {
-                if let Some(b) = BINDINGS.get(r + c * rows) {
-                    let (key, help) = entry(b);
-                    let room = col.saturating_sub(key.chars().count() + usize::from(two));
-                    spans.push(Span::styled(key, t.title()));
-                    spans.push(Span::raw(cut(help, room)));
-                    if two && c == 0 {
-                        spans.push(Span::raw(" "));
-                    }
-                }
-            }
-            Line::from(spans)
-        })
-        .collect();
-    lines.push(Line::styled("Ctrl-C quits too. Any key closes this help.", t.dim()));
-    Paragraph::new(lines)
+            "Any key closes this help. Ctrl-C quits too."
+        },
+        t.dim(),
+    ));
+    Paragraph::new(shown)
         .block(
             Block::default()
                 .borders(Borders::ALL)

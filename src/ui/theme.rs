@@ -17,6 +17,8 @@ pub struct Look {
 }
 
 /// Looks for job states. FLAKY, CACHED and allowed failures have their own rows.
+/// ASCII glyphs avoid what ASCII drawing uses: `+` (box corners), `~` (a cut
+/// name), `-` and `|` (edges).
 pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool) -> Look {
     let (glyph, ascii, color, word) = match status {
         JobStatus::Pending => ("○", ".", Color::DarkGray, "pending"),
@@ -24,12 +26,12 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool)
         JobStatus::Running => ("▶", ">", Color::Yellow, "running"),
         JobStatus::Retrying => ("↻", "r", Color::Magenta, "retrying"),
         JobStatus::WaitingApproval => ("⏸", "?", Color::Cyan, "manual"),
-        JobStatus::Succeeded if flaky => ("≈", "~", Color::Yellow, "flaky"),
+        JobStatus::Succeeded if flaky => ("≈", "%", Color::Yellow, "flaky"),
         JobStatus::Succeeded if cached => ("≡", "=", Color::Green, "cached"),
-        JobStatus::Succeeded => ("✔", "+", Color::Green, "passed"),
+        JobStatus::Succeeded => ("✔", "*", Color::Green, "passed"),
         JobStatus::Failed if allowed_failure => ("✖", "x", Color::Magenta, "failed (allowed)"),
         JobStatus::Failed => ("✖", "X", Color::Red, "failed"),
-        JobStatus::Cancelled => ("⊘", "-", Color::Magenta, "cancelled"),
+        JobStatus::Cancelled => ("⊘", "c", Color::Magenta, "cancelled"),
         JobStatus::Skipped => ("⤼", "s", Color::DarkGray, "skipped"),
     };
     Look {
