@@ -858,3 +858,54 @@ fn the_prompt_line_shows_the_rollouts_answer_and_then_the_runs_result() {
     ));
     assert_eq!(app.status.as_deref(), Some("run failed: 1 of 6 jobs failed: test"));
 }
+
+#[test]
+fn levels_off_screen_are_said_on_the_pane_border_in_words() {
+    let mut app = App::new(color());
+    let jobs: Vec<PlannedJob> = (0..6)
+        .map(|i| {
+            let dep = format!("stage-{}", i.max(1) - 1);
+            let deps: Vec<&str> = if i == 0 { vec![] } else { vec![dep.as_str()] };
+            planned(&format!("stage-{i}"), &deps, i, When::OnSuccess)
+        })
+        .collect();
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs,
+            critical_path: vec![],
+        },
+    ));
+    app.wide = false;
+    app.now = T0 + 1_000;
+    let buf = screen(&app, 80, 24).buffer().clone();
+    let rows: Vec<String> = (0..24)
+        .map(|y| (0..80).map(|x| buf[(x, y)].symbol().to_string()).collect())
+        .collect();
+    let hint = rows.iter().position(|r| r.contains("more level")).expect("a hint");
+    assert!(
+        rows[hint].contains("1 more level →") || rows[hint].contains("2 more levels →"),
+        "{}",
+        rows[hint]
+    );
+    assert!(
+        rows[hint].starts_with('└'),
+        "the hint sits on the pane's border: {}",
+        rows[hint]
+    );
+    assert!(!rows[hint].contains("  more"), "{}", rows[hint]);
+}
+
+#[test]
+fn a_canary_with_no_requests_shows_no_latency() {
+    let mut evs = running_events();
+    let mut e = rollout_event(1_400, "test", "running");
+    if let EventKind::Rollout { status, .. } = &mut e.kind {
+        status.canary = Default::default();
+    }
+    evs.push(e);
+    let mut app = app_with(&evs, color());
+    select(&mut app, "test");
+    let text = format!("{:?}", screen(&app, 160, 50).buffer());
+    assert!(text.contains("canary: 0 req  -% err  p50 - p95 - p99 - ms"), "{text}");
+}

@@ -6,8 +6,20 @@
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Span;
 
+/// What a line written with carriage returns (a progress bar:
+/// `10%\r50%\r100%`) ends up showing: its last non-empty part, as GitLab's
+/// and GitHub's log viewers show it.
+pub fn final_state(text: &str) -> &str {
+    match text.rsplit('\r').find(|part| !part.is_empty()) {
+        Some(part) if text.contains('\r') => part,
+        _ => text,
+    }
+}
+
 /// Splits `text` into styled spans. With `color` false, SGR codes are dropped.
+/// A line with carriage returns shows its [`final_state`].
 pub fn spans(text: &str, color: bool) -> Vec<Span<'static>> {
+    let text = final_state(text);
     let mut out: Vec<Span<'static>> = Vec::new();
     let mut style = Style::default();
     let mut buf = String::new();
@@ -204,8 +216,22 @@ mod tests {
 
     #[test]
     fn other_escapes_and_controls_are_shown_not_obeyed() {
-        let s = spans("a\x1b[2Jb\x07c\rd", true);
-        assert_eq!(text(&s), "a^[[2Jb^Gc^Md");
+        let s = spans("a\x1b[2Jb\x07c", true);
+        assert_eq!(text(&s), "a^[[2Jb^Gc");
+    }
+
+    #[test]
+    fn a_progress_line_shows_its_final_state() {
+        assert_eq!(
+            text(&spans("progress 10%\rprogress 50%\rprogress 100%", true)),
+            "progress 100%"
+        );
+        assert_eq!(
+            text(&spans("done\r\r", true)),
+            "done",
+            "trailing returns change nothing"
+        );
+        assert_eq!(text(&spans("plain", true)), "plain");
     }
 
     #[test]

@@ -378,19 +378,21 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
         hint.push(format!("{} {} levels", t.glyph("←", "<-"), first_level));
     }
     if more_right {
+        let n = m.levels.len() - first_level - cols_fit;
         hint.push(format!(
-            "{} more levels {}",
-            m.levels.len() - first_level - cols_fit,
+            "{n} more level{} {}",
+            if n == 1 { "" } else { "s" },
             t.glyph("→", "->")
         ));
     }
     if first_row > 0 || more_down {
         hint.push(format!("more jobs {}", t.glyph("↕", "(scroll)")));
     }
+    // On the pane's bottom border, where it covers no box.
     if !hint.is_empty() && area.height > 0 {
-        let text = hint.join("  ");
+        let text = format!(" {} ", hint.join(" · "));
         let x = area.right().saturating_sub(text.chars().count() as u16 + 1);
-        buf.set_string(x.max(area.x), area.bottom() - 1, text, t.dim());
+        buf.set_string(x.max(area.x), area.bottom(), text, t.dim());
     }
 }
 
@@ -752,9 +754,25 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
         } else {
             0.0
         };
+        // No requests yet: no latency, not a latency of 0.
+        let ms = |v: f64| {
+            if tot.requests > 0 {
+                format!("{v:.1}")
+            } else {
+                "-".to_string()
+            }
+        };
         lines.push(Line::raw(format!(
-            "  {name}: {} req  {err:.2}% err  p50 {:.1} p95 {:.1} p99 {:.1} ms",
-            tot.requests, tot.p50_ms, tot.p95_ms, tot.p99_ms
+            "  {name}: {} req  {}% err  p50 {} p95 {} p99 {} ms",
+            tot.requests,
+            if tot.requests > 0 {
+                format!("{err:.2}")
+            } else {
+                "-".to_string()
+            },
+            ms(tot.p50_ms),
+            ms(tot.p95_ms),
+            ms(tot.p99_ms)
         )));
     }
     if let Some(v) = &r.verdict {
