@@ -27,6 +27,7 @@ fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
         when,
         allow_failure: false,
         steps: vec!["main".into()],
+        has_image: true,
     }
 }
 
@@ -908,4 +909,21 @@ fn a_canary_with_no_requests_shows_no_latency() {
     select(&mut app, "test");
     let text = format!("{:?}", screen(&app, 160, 50).buffer());
     assert!(text.contains("canary: 0 req  -% err  p50 - p95 - p99 - ms"), "{text}");
+}
+
+#[test]
+fn the_shell_key_is_offered_only_for_jobs_with_an_image() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "test-flaky");
+    let text = format!("{:?}", screen(&app, 160, 30).buffer());
+    assert!(text.contains("s shell"), "{text}");
+    let j = app.selected_job().expect("selected");
+    app.model.jobs[j].has_image = false;
+    let text = format!("{:?}", screen(&app, 160, 30).buffer());
+    assert!(!text.contains("s shell"), "a host job offers no shell: {text}");
+    assert!(app.handle_key(key('s')).is_empty());
+    assert_eq!(
+        app.status.as_deref(),
+        Some("`test-flaky` has no step with an image; a shell opens in a failed container job")
+    );
 }

@@ -170,6 +170,9 @@ pub struct PlannedJob {
     pub when: When,
     pub allow_failure: bool,
     pub steps: Vec<String>,
+    /// Whether a step names an image (so `trackside shell` can open one).
+    #[serde(default)]
+    pub has_image: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -531,6 +531,7 @@ impl RunState {
                     when: j.when,
                     allow_failure: j.allow_failure,
                     steps: j.steps.iter().map(|s| s.name.clone()).collect(),
+                    has_image: j.steps.iter().any(|s| s.image.is_some()),
                 })
                 .collect(),
             critical_path: names(&self.plan.critical_path),

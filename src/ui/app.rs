@@ -224,7 +224,10 @@ impl App {
         match action {
             Action::Approve => status == Some(JobStatus::WaitingApproval),
             Action::Retry => matches!(status, Some(JobStatus::Failed | JobStatus::Cancelled)),
-            Action::Shell => status == Some(JobStatus::Failed),
+            // A shell opens in a container: the job needs a step with an image.
+            Action::Shell => {
+                status == Some(JobStatus::Failed) && self.selected_job().is_some_and(|j| self.model.jobs[j].has_image)
+            }
             Action::RerunFailed => self
                 .model
                 .jobs
@@ -414,6 +417,13 @@ impl App {
             self.status = Some(match action {
                 Action::Approve => format!("`{name}` is not waiting for approval"),
                 Action::Retry => format!("`{name}` has not failed; only failed or cancelled jobs can be retried"),
+                Action::Shell
+                    if self
+                        .selected_job()
+                        .is_some_and(|j| self.model.jobs[j].status == JobStatus::Failed) =>
+                {
+                    format!("`{name}` has no step with an image; a shell opens in a failed container job")
+                }
                 Action::Shell => format!("`{name}` has not failed; a shell opens in a failed container job"),
                 Action::RerunFailed => "no failed job to rerun".into(),
                 Action::Cancel => format!("`{name}` has already finished"),

@@ -34,6 +34,8 @@ pub struct JobView {
     pub when: When,
     pub allow_failure: bool,
     pub steps: Vec<String>,
+    /// A step names an image: a failed job can be opened in a shell.
+    pub has_image: bool,
     pub status: JobStatus,
     pub attempts: Vec<AttemptView>,
     pub duration_ms: Option<u64>,
@@ -61,6 +63,7 @@ impl JobView {
             when: p.when,
             allow_failure: p.allow_failure,
             steps: p.steps.clone(),
+            has_image: p.has_image,
             status: JobStatus::Pending,
             attempts: Vec::new(),
             duration_ms: None,
@@ -334,6 +337,7 @@ impl Model {
                 j.when = p.when;
                 j.allow_failure = p.allow_failure;
                 j.steps = p.steps.clone();
+                j.has_image = p.has_image;
                 j.deps.clear();
                 j.dependents.clear();
                 j
@@ -549,6 +553,7 @@ mod tests {
             when: When::OnSuccess,
             allow_failure: false,
             steps: vec!["s".into()],
+            has_image: false,
         }
     }
 
