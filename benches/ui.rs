@@ -45,6 +45,7 @@ fn big_app() -> App {
             when: When::OnSuccess,
             allow_failure: false,
             steps: vec!["main".into()],
+            has_image: false,
         })
         .collect();
     app.model.apply(&ev(EventKind::RunStarted {
