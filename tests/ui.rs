@@ -533,9 +533,37 @@ fn a_log_search_covers_the_lines_only_on_disk() {
     app.handle_key(key('n'));
     assert!(app.log_top >= dropped, "{} < {dropped}", app.log_top);
     let first_in_memory = app.log_top;
+    let status = app.status.clone().unwrap_or_default();
+    assert!(status.starts_with("match 1/"), "the count: {status}");
+    let total: usize = status.trim_start_matches("match 1/").parse().expect("a count");
+    // No earlier match: the search goes round to the last one and says so.
     app.handle_key(key('N'));
-    assert_eq!(app.log_top, first_in_memory, "no earlier match, on disk or not");
-    assert_eq!(app.status.as_deref(), Some("no more matches"));
+    assert!(app.log_top > first_in_memory, "wrapped to the last match");
+    assert_eq!(
+        app.status.as_deref(),
+        Some(format!("match {total}/{total} (wrapped to the bottom)").as_str())
+    );
+    app.handle_key(key('n'));
+    assert_eq!(app.log_top, first_in_memory);
+    assert_eq!(
+        app.status.as_deref(),
+        Some(format!("match 1/{total} (wrapped to the top)").as_str())
+    );
+}
+
+#[test]
+fn a_log_search_finds_step_markers_too() {
+    let mut app = app_with(&running_events(), color());
+    select(&mut app, "test");
+    app.focus = Focus::Log;
+    app.search = Some("main".into());
+    app.log_top = 0;
+    app.handle_key(key('n'));
+    assert_eq!(
+        app.status.as_deref(),
+        Some("match 1/1 (wrapped to the top)"),
+        "the marker of step `main`"
+    );
 }
 
 #[test]

@@ -560,7 +560,7 @@ impl App {
             }
             Action::NextMatch | Action::PrevMatch => {
                 if self.search.is_some() && !self.jump_to_match(action == Action::NextMatch, false) {
-                    self.status = Some("no more matches".into());
+                    self.status = Some("no match".into());
                 }
                 Vec::new()
             }
@@ -670,11 +670,12 @@ impl App {
         let start = self.log_top;
         let older = self.older_for(j, a).unwrap_or_default();
         let skipped = log.dropped - older.len();
+        // Every line shown is searched, step markers included.
         let hits: Vec<usize> = older
             .iter()
             .chain(log.lines.iter())
             .enumerate()
-            .filter(|(_, l)| l.kind != LineKind::Step && l.text.to_lowercase().contains(&q))
+            .filter(|(_, l)| l.text.to_lowercase().contains(&q))
             .map(|(i, _)| i + skipped)
             .collect();
         let found = if forward {
@@ -684,10 +685,23 @@ impl App {
         } else {
             hits.iter().rev().copied().find(|&h| h < start)
         };
-        match found.or_else(|| hits.first().copied().filter(|_| from_here)) {
+        // Past the last match the search goes round, and says so.
+        let (found, wrapped) = match found {
+            Some(h) => (Some(h), false),
+            None if forward => (hits.first().copied(), !from_here),
+            None => (hits.last().copied(), true),
+        };
+        match found {
             Some(h) => {
                 self.follow = false;
                 self.log_top = h;
+                let n = hits.iter().position(|&x| x == h).map_or(0, |i| i + 1);
+                let note = match (wrapped, forward) {
+                    (true, true) => " (wrapped to the top)",
+                    (true, false) => " (wrapped to the bottom)",
+                    _ => "",
+                };
+                self.status = Some(format!("match {n}/{}{note}", hits.len()));
                 true
             }
             None => false,
