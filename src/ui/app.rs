@@ -6,7 +6,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 use crate::engine::JobStatus;
 
 use super::keys::{Action, Scope, action_for};
-use super::model::{LineKind, Model};
+use super::model::Model;
 use super::theme::Theme;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
