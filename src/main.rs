@@ -181,6 +181,15 @@ enum Cmd {
     Runs {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+        /// Show at most N runs (the newest).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only runs of this pipeline (its name).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only runs with this result: passed, failed, blocked, cancelled, running or crashed.
+        #[arg(long)]
+        result: Option<String>,
     },
     /// Print a job's log from a past run (RUN: id, unique prefix, or `last`).
     Logs {
@@ -347,7 +356,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
     match cli.command {
         Cmd::Validate { file, vars, format } => validate(&file, &vars, format),
         Cmd::Plan { file, vars, format } => plan(&file, &vars, format),
-        Cmd::Runs { format } => runs(&state, format),
+        Cmd::Runs {
+            format,
+            limit,
+            pipeline,
+            result,
+        } => runs(&state, format, limit, pipeline.as_deref(), result.as_deref()),
         Cmd::Logs {
             run,
             job,
@@ -732,14 +746,39 @@ fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
     Ok(0)
 }
 
-fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
-    let list = store::list_runs(state)?;
+/// Past runs, newest first, filtered.
+fn runs(
+    state: &Path,
+    format: OutputFormat,
+    limit: Option<usize>,
+    pipeline: Option<&str>,
+    result: Option<&str>,
+) -> Result<u8, Fail> {
+    const RESULTS: [&str; 6] = ["passed", "failed", "blocked", "cancelled", "running", "crashed"];
+    if let Some(r) = result
+        && !RESULTS.contains(&r)
+    {
+        return Err(Fail(format!("--result {r}: give one of {}", RESULTS.join(", ")), 2));
+    }
+    let result_of = |r: &store::RunListing| match r.result {
+        Some(res) => format!("{res:?}").to_lowercase(),
+        None if r.crashed => "crashed".into(),
+        None => "running".into(),
+    };
+    let mut list = store::list_runs(state)?;
+    list.reverse();
+    list.retain(|r| pipeline.is_none_or(|p| r.pipeline == p) && result.is_none_or(|want| result_of(r) == want));
+    list.truncate(limit.unwrap_or(usize::MAX));
     if format == OutputFormat::Json {
         outln!("{}", serde_json::to_string(&list)?);
         return Ok(0);
     }
     if list.is_empty() {
-        outln!("no runs yet in {}", state.display());
+        if pipeline.is_some() || result.is_some() {
+            outln!("no run in {} matches", state.display());
+        } else {
+            outln!("no runs yet in {}", state.display());
+        }
         return Ok(0);
     }
     outln!(
@@ -751,11 +790,7 @@ fn runs(state: &Path, format: OutputFormat) -> Result<u8, Fail> {
     );
     for r in list {
         let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
-        let result = match r.result {
-            Some(res) => format!("{res:?}").to_lowercase(),
-            None if r.crashed => "crashed".into(),
-            None => "running".into(),
-        };
+        let result = result_of(&r);
         outln!(
             "{:<20}  {:<24}  {:<20}  {:>9}  {}",
             r.run_id,

@@ -667,3 +667,41 @@ fn gc_during_a_run_loses_nothing_the_run_needs() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn runs_lists_newest_first_with_limit_and_filters() {
+    let e = Env::new();
+    let ok = e.file("ok.yml", OK);
+    let bad = e.file(
+        "bad.yml",
+        "name: bad\njobs:\n  a:\n    steps:\n      - script: exit 3\n",
+    );
+    assert_eq!(code(&e.run(&["run", ok.to_str().unwrap_or_default(), "--headless"])), 0);
+    assert_eq!(
+        code(&e.run(&["run", bad.to_str().unwrap_or_default(), "--headless"])),
+        1
+    );
+    assert_eq!(code(&e.run(&["run", ok.to_str().unwrap_or_default(), "--headless"])), 0);
+    let rows = |args: &[&str]| -> Vec<String> {
+        let o = e.run(&[&["runs"], args].concat());
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+        text(&o.stdout).lines().skip(1).map(str::to_string).collect()
+    };
+    let all = rows(&[]);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all[0].contains(" ok ") && all[1].contains(" bad "),
+        "newest first: {all:?}"
+    );
+    assert_eq!(rows(&["--limit", "1"]).len(), 1);
+    let failed = rows(&["--result", "failed"]);
+    assert!(failed.len() == 1 && failed[0].contains(" bad "), "{failed:?}");
+    assert_eq!(rows(&["--pipeline", "ok"]).len(), 2);
+    let o = e.run(&["runs", "--result", "nope"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("give one of passed, failed"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -955,3 +955,22 @@ fn the_shell_key_is_offered_only_for_jobs_with_an_image() {
         Some("`test-flaky` has no step with an image; a shell opens in a failed container job")
     );
 }
+
+#[test]
+fn the_jobs_filter_selects_by_status_too() {
+    let mut app = app_with(&failed_events(), color());
+    let names = |app: &App| -> Vec<String> {
+        app.visible_jobs()
+            .iter()
+            .map(|&j| app.model.jobs[j].name.clone())
+            .collect()
+    };
+    app.filter = "is:failed".into();
+    assert_eq!(names(&app), ["test-flaky"]);
+    app.filter = "is:passed".into();
+    assert_eq!(names(&app), ["lint", "build"]);
+    app.filter = "is:passed bu".into();
+    assert_eq!(names(&app), ["build"], "all words hold");
+    app.filter = "test".into();
+    assert_eq!(names(&app), ["test", "test-flaky"]);
+}

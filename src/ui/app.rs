@@ -155,7 +155,16 @@ impl App {
         let mut order: Vec<usize> = self.model.levels.iter().flatten().copied().collect();
         if !self.filter.is_empty() {
             let f = self.filter.to_lowercase();
-            order.retain(|&j| self.model.jobs[j].name.to_lowercase().contains(&f));
+            // Words of the filter all hold: `is:failed` (a status word, as
+            // the help's legend names them) or a part of the name.
+            order.retain(|&j| {
+                let job = &self.model.jobs[j];
+                let word = super::theme::look(job.status, job.flaky, job.allow_failure, job.cached.is_some()).word;
+                f.split_whitespace().all(|term| match term.strip_prefix("is:") {
+                    Some(status) => word.starts_with(status),
+                    None => job.name.to_lowercase().contains(term),
+                })
+            });
         }
         order
     }
