@@ -974,3 +974,66 @@ fn the_jobs_filter_selects_by_status_too() {
     app.filter = "test".into();
     assert_eq!(names(&app), ["test", "test-flaky"]);
 }
+
+/// The log as the loop would size it, drawn: the rows of the screen.
+fn drawn(app: &mut App, w: u16, h: u16) -> Vec<String> {
+    let text = trackside::ui::render::log_text_area(app, ratatui::layout::Rect::new(0, 0, w, h));
+    app.log_height = usize::from(text.height);
+    app.log_width = usize::from(text.width);
+    let buf = screen(app, w, h).buffer().clone();
+    (0..h)
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn wrapped_logs_scroll_by_rows_so_the_end_of_a_long_line_shows() {
+    for long_len in [600usize, 3_000] {
+        let mut evs = running_events();
+        for i in 0..30 {
+            evs.push(line(1_310 + i, "test", 1, &format!("short line {i}")));
+        }
+        let long = format!("ERROR: {} THE-REAL-CAUSE", "x".repeat(long_len));
+        evs.push(line(1_400, "test", 1, &long));
+        for i in 0..4 {
+            evs.push(line(1_401 + i, "test", 1, &format!("last line {i}")));
+        }
+        let mut app = app_with(&evs, color());
+        app.wide = false;
+        select(&mut app, "test");
+        app.focus = Focus::Log;
+        app.handle_key(key('w'));
+        // Following: the tail, in wrapped rows.
+        let rows = drawn(&mut app, 80, 24).join("\n");
+        assert!(rows.contains("last line 3"), "{rows}");
+        // From the top, G and PgDn and j reach the cause and the last line.
+        app.handle_key(key('g'));
+        assert!(!drawn(&mut app, 80, 24).join("\n").contains("THE-REAL-CAUSE"));
+        app.handle_key(key('G'));
+        let rows = drawn(&mut app, 80, 24).join("\n");
+        assert!(rows.contains("THE-REAL-CAUSE") || long_len > 1_000, "{rows}");
+        assert!(rows.contains("last line 3"), "G shows the end: {rows}");
+        app.handle_key(key('g'));
+        let mut seen_cause = false;
+        let mut seen_last = false;
+        for _ in 0..200 {
+            app.handle_key(KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE));
+            let rows = drawn(&mut app, 80, 24).join("\n");
+            seen_cause |= rows.contains("THE-REAL-CAUSE");
+            seen_last |= rows.contains("last line 3");
+            if seen_last && app.follow {
+                break;
+            }
+        }
+        assert!(
+            seen_cause && seen_last,
+            "PgDn reaches the cause and the end ({long_len})"
+        );
+        app.handle_key(key('g'));
+        for _ in 0..200 {
+            app.handle_key(key('j'));
+        }
+        let rows = drawn(&mut app, 80, 24).join("\n");
+        assert!(rows.contains("last line 3"), "j reaches the end: {rows}");
+    }
+}

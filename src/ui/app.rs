@@ -82,6 +82,11 @@ pub struct App {
     pub log_top: usize,
     /// Height of the log view at the last draw (for paging).
     pub log_height: usize,
+    /// Width of the log's text at the last draw (for wrapping into rows).
+    pub log_width: usize,
+    /// With `wrap`: the first row shown of line `log_top` (a long line
+    /// takes several rows; scrolling, paging and `G` count rows on screen).
+    pub log_row: usize,
     pub search: Option<String>,
     /// A search waits for the lines only on disk before it jumps.
     search_waits: bool,
@@ -114,6 +119,8 @@ impl App {
             attempt: None,
             log_top: 0,
             log_height: 10,
+            log_width: 80,
+            log_row: 0,
             search: None,
             search_waits: false,
             filter: String::new(),
@@ -186,11 +193,59 @@ impl App {
 
     /// The first log line the view shows (following: the tail).
     pub fn log_view_top(&self) -> usize {
-        if self.follow {
-            self.log_len().saturating_sub(self.log_height)
-        } else {
-            self.log_top
+        self.log_view().0
+    }
+
+    /// Where the log view starts: (line, row within that line). Following,
+    /// it is the position whose rows end exactly at the log's end.
+    pub fn log_view(&self) -> (usize, usize) {
+        match (self.follow, self.wrap) {
+            (true, false) => (self.log_len().saturating_sub(self.log_height), 0),
+            (true, true) => self.bottom_position(),
+            (false, false) => (self.log_top, 0),
+            (false, true) => (self.log_top, self.log_row),
         }
+    }
+
+    /// Line `i` of the shown log, if it is in memory or loaded from disk.
+    pub fn log_line(&self, i: usize) -> Option<&super::model::LogLine> {
+        let (j, a) = (self.selected_job()?, self.shown_attempt()?);
+        let log = self.model.logs.get(&(j, a))?;
+        if i >= log.dropped {
+            log.lines.get(i - log.dropped)
+        } else {
+            self.older
+                .as_ref()
+                .filter(|o| o.key == (j, a))
+                .and_then(|o| o.lines.get(i))
+        }
+    }
+
+    /// Rows line `i` takes on screen: 1 without wrap, else its width over
+    /// the log's width (a line not loaded counts as one).
+    pub fn rows_of(&self, i: usize) -> usize {
+        if !self.wrap {
+            return 1;
+        }
+        let width = self
+            .log_line(i)
+            .map_or(1, |l| super::render::log_line_view(&self.theme, l, None).width());
+        width.div_ceil(self.log_width.max(1)).max(1)
+    }
+
+    /// The view position whose rows end at the log's last row.
+    fn bottom_position(&self) -> (usize, usize) {
+        let mut need = self.log_height.max(1);
+        let mut i = self.log_len();
+        while i > 0 {
+            i -= 1;
+            let rows = self.rows_of(i);
+            if rows >= need {
+                return (i, rows - need);
+            }
+            need -= rows;
+        }
+        (0, 0)
     }
 
     /// Whether the view, or a search, reaches lines that are only on disk
@@ -547,12 +602,17 @@ impl App {
             Action::ToggleFollow => {
                 self.follow = !self.follow;
                 if !self.follow {
-                    self.log_top = self.log_len().saturating_sub(self.log_height);
+                    (self.log_top, self.log_row) = if self.wrap {
+                        self.bottom_position()
+                    } else {
+                        (self.log_len().saturating_sub(self.log_height), 0)
+                    };
                 }
                 Vec::new()
             }
             Action::ToggleWrap => {
                 self.wrap = !self.wrap;
+                self.log_row = 0;
                 Vec::new()
             }
             Action::ToggleList => {
@@ -593,6 +653,7 @@ impl App {
                 } else if top {
                     self.follow = false;
                     self.log_top = 0;
+                    self.log_row = 0;
                 } else {
                     self.follow = true;
                 }
@@ -658,12 +719,46 @@ impl App {
     }
 
     fn scroll_log(&mut self, delta: isize) {
-        let len = self.log_len();
-        let max_top = len.saturating_sub(self.log_height);
-        let cur = if self.follow { max_top } else { self.log_top };
-        let next = (cur as isize + delta).clamp(0, max_top as isize) as usize;
-        self.log_top = next;
-        self.follow = next >= max_top && delta > 0;
+        if !self.wrap {
+            let len = self.log_len();
+            let max_top = len.saturating_sub(self.log_height);
+            let cur = if self.follow { max_top } else { self.log_top };
+            let next = (cur as isize + delta).clamp(0, max_top as isize) as usize;
+            self.log_top = next;
+            self.log_row = 0;
+            self.follow = next >= max_top && delta > 0;
+            return;
+        }
+        // Wrapped: one step is one row on screen, so the end of a long line
+        // and the lines after it are always reachable.
+        let bottom = self.bottom_position();
+        let (mut line, mut row) = self.log_view();
+        if delta > 0 {
+            for _ in 0..delta {
+                if (line, row) >= bottom {
+                    break;
+                }
+                row += 1;
+                if row >= self.rows_of(line) {
+                    line += 1;
+                    row = 0;
+                }
+            }
+        } else {
+            for _ in 0..delta.unsigned_abs() {
+                if row > 0 {
+                    row -= 1;
+                } else if line > 0 {
+                    line -= 1;
+                    row = self.rows_of(line) - 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        self.log_top = line;
+        self.log_row = row;
+        self.follow = (line, row) >= bottom && delta > 0;
     }
 
     /// Moves the view to the next/previous line matching the search. Only the
@@ -704,6 +799,7 @@ impl App {
             Some(h) => {
                 self.follow = false;
                 self.log_top = h;
+                self.log_row = 0;
                 let n = hits.iter().position(|&x| x == h).map_or(0, |i| i + 1);
                 let note = match (wrapped, forward) {
                     (true, true) => " (wrapped to the top)",

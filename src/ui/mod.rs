@@ -141,18 +141,6 @@ fn spawn_input(stop: Arc<AtomicBool>, pause: InputPause) -> mpsc::Receiver<TermE
     rx
 }
 
-/// Height of the log view for a screen of `area` (mirrors render's layout).
-fn log_height(app: &App, area: Rect) -> usize {
-    let banner = app.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
-    let body = area.height.saturating_sub(3 + banner);
-    let pane = if area.width >= render::WIDE {
-        body.saturating_sub(8)
-    } else {
-        body.saturating_sub(1)
-    };
-    pane.saturating_sub(2).max(1) as usize
-}
-
 /// Reads the lines an attempt's in-memory window has dropped.
 fn load_older(app: &mut App, run_dir: &std::path::Path, key: (usize, u32)) {
     let name = app.model.jobs[key.0].name.clone();
@@ -290,7 +278,9 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
             let size = terminal.size()?;
             let area = Rect::new(0, 0, size.width, size.height);
             app.wide = area.width >= render::WIDE;
-            app.log_height = log_height(&app, area);
+            let text = render::log_text_area(&app, area);
+            app.log_height = usize::from(text.height);
+            app.log_width = usize::from(text.width);
             app.now = store::now_ms();
             if let Some(key) = app.needs_older() {
                 load_older(&mut app, handle.run_dir(), key);

@@ -23,46 +23,100 @@ use super::model::LineKind;
 /// Columns from which panes sit side by side.
 pub const WIDE: u16 = 100;
 
+/// Where each part of the screen goes: one computation, for drawing and
+/// for the loop (which needs the log's size to page and to wrap).
+pub struct Areas {
+    pub header: Rect,
+    pub banner: Rect,
+    /// Narrow screens: the tab line and the one pane shown.
+    pub tabs: Option<Rect>,
+    pub jobs: Option<Rect>,
+    pub detail: Option<Rect>,
+    pub log: Option<Rect>,
+    pub prompt: Rect,
+    pub footer: Rect,
+}
+
+pub fn areas(app: &App, area: Rect) -> Areas {
+    let banner_h = app.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
+    let [header, banner, body, prompt, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(banner_h),
+        Constraint::Min(3),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    if area.width >= WIDE {
+        let [left, right] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+        // A rollout needs room for its numbers and verdict.
+        let detail_h = match app.selected_job().map(|j| &app.model.jobs[j].rollout) {
+            Some(Some(_)) => (right.height * 2 / 3).max(8),
+            _ => 8,
+        };
+        let [detail, log] = Layout::vertical([Constraint::Length(detail_h), Constraint::Min(3)]).areas(right);
+        Areas {
+            header,
+            banner,
+            tabs: None,
+            jobs: Some(left),
+            detail: Some(detail),
+            log: Some(log),
+            prompt,
+            footer,
+        }
+    } else {
+        let [tabs, pane] = Layout::vertical([Constraint::Length(1), Constraint::Min(2)]).areas(body);
+        let one = |f: Focus| (app.focus == f).then_some(pane);
+        Areas {
+            header,
+            banner,
+            tabs: Some(tabs),
+            jobs: one(Focus::Jobs),
+            detail: one(Focus::Detail),
+            log: one(Focus::Log),
+            prompt,
+            footer,
+        }
+    }
+}
+
+/// The log's text area (inside its border) on a screen of `area`: where it
+/// is shown, or where it would be once the log pane is chosen.
+pub fn log_text_area(app: &App, area: Rect) -> Rect {
+    let a = areas(app, area);
+    let pane = a.log.or(a.jobs).or(a.detail).unwrap_or(a.prompt);
+    Rect::new(
+        pane.x + 1,
+        pane.y + 1,
+        pane.width.saturating_sub(2).max(1),
+        pane.height.saturating_sub(2).max(1),
+    )
+}
+
 impl Widget for &App {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let banner_h = self.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
-        let [header, banner, body, prompt, footer] = Layout::vertical([
-            Constraint::Length(1),
-            Constraint::Length(banner_h),
-            Constraint::Min(3),
-            Constraint::Length(1),
-            Constraint::Length(1),
-        ])
-        .areas(area);
-        render_header(self, header, buf);
+        let a = areas(self, area);
+        render_header(self, a.header, buf);
         if let Some(b) = &self.model.banner {
             let style = if b.error { self.theme.error() } else { self.theme.warn() };
             let lines: Vec<Line> = b.lines.iter().take(3).map(|l| Line::styled(l.clone(), style)).collect();
-            Paragraph::new(lines).render(banner, buf);
+            Paragraph::new(lines).render(a.banner, buf);
         }
-        if area.width >= WIDE {
-            let [left, right] =
-                Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
-            // A rollout needs room for its numbers and verdict.
-            let detail_h = match self.selected_job().map(|j| &self.model.jobs[j].rollout) {
-                Some(Some(_)) => (right.height * 2 / 3).max(8),
-                _ => 8,
-            };
-            let [detail, log] = Layout::vertical([Constraint::Length(detail_h), Constraint::Min(3)]).areas(right);
-            render_jobs(self, left, buf);
-            render_detail(self, detail, buf);
-            render_log(self, log, buf);
-        } else {
-            let [tabs, pane] = Layout::vertical([Constraint::Length(1), Constraint::Min(2)]).areas(body);
+        if let Some(tabs) = a.tabs {
             render_tabs(self, tabs, buf);
-            match self.focus {
-                Focus::Jobs => render_jobs(self, pane, buf),
-                Focus::Log => render_log(self, pane, buf),
-                Focus::Detail => render_detail(self, pane, buf),
-            }
         }
-        render_prompt(self, prompt, buf);
-        render_footer(self, footer, buf);
+        if let Some(r) = a.jobs {
+            render_jobs(self, r, buf);
+        }
+        if let Some(r) = a.detail {
+            render_detail(self, r, buf);
+        }
+        if let Some(r) = a.log {
+            render_log(self, r, buf);
+        }
+        render_prompt(self, a.prompt, buf);
+        render_footer(self, a.footer, buf);
         if self.mode == Mode::Help {
             render_help(self, area, buf);
         }
@@ -836,42 +890,72 @@ fn render_log(app: &App, area: Rect, buf: &mut Buffer) {
     };
     let height = inner.height as usize;
     let total = log.total();
-    let top = if app.follow {
-        total.saturating_sub(height)
-    } else {
-        app.log_top.min(total.saturating_sub(1))
-    };
+    let (top, first_row) = app.log_view();
+    let top = top.min(total.saturating_sub(1));
+    let width = usize::from(inner.width.max(1));
     let mut lines: Vec<Line> = Vec::with_capacity(height);
-    for i in top..(top + height).min(total) {
-        let entry = if i >= log.dropped {
-            log.lines.get(i - log.dropped)
-        } else {
-            app.older
-                .as_ref()
-                .filter(|o| o.key == (job, attempt))
-                .and_then(|o| o.lines.get(i))
-        };
-        let line = match entry {
+    let mut i = top;
+    while lines.len() < height && i < total {
+        let line = match app.log_line(i) {
             None => Line::styled(format!("{} earlier lines are on disk (loading)", log.dropped), t.dim()),
-            Some(l) if l.kind == LineKind::Step => {
-                let rule = if t.ascii { "--" } else { "──" };
-                Line::styled(format!("{rule} step: {} {rule}", l.text), t.title())
-            }
-            Some(l) => {
-                let mut spans = ansi::spans(&l.text, t.color);
-                if let Some(q) = &app.search {
-                    spans = ansi::highlight(spans, q, t.search_hit());
-                }
-                Line::from(spans)
-            }
+            Some(l) => log_line_view(t, l, app.search.as_deref()),
         };
-        lines.push(line);
+        if app.wrap {
+            // Wrapped by character into rows of the pane's width: the rows
+            // scrolling counts are the rows drawn.
+            let skip = if i == top { first_row } else { 0 };
+            lines.extend(wrap_rows(line, width).into_iter().skip(skip));
+        } else {
+            lines.push(line);
+        }
+        i += 1;
     }
-    let mut p = Paragraph::new(lines);
-    if app.wrap {
-        p = p.wrap(Wrap { trim: false });
+    lines.truncate(height);
+    Paragraph::new(lines).render(inner, buf);
+}
+
+/// One log line as drawn: a step marker as a rule, output with its colours
+/// (and the search's hits).
+pub fn log_line_view(t: &super::theme::Theme, l: &super::model::LogLine, search: Option<&str>) -> Line<'static> {
+    if l.kind == LineKind::Step {
+        let rule = if t.ascii { "--" } else { "──" };
+        return Line::styled(format!("{rule} step: {} {rule}", l.text), t.title());
     }
-    p.render(inner, buf);
+    let mut spans = ansi::spans(&l.text, t.color);
+    if let Some(q) = search {
+        spans = ansi::highlight(spans, q, t.search_hit());
+    }
+    Line::from(spans)
+}
+
+/// Splits a line into rows of at most `width` columns, keeping styles.
+fn wrap_rows(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    let mut row: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    for span in line.spans {
+        let style = span.style;
+        let mut piece = String::new();
+        for c in span.content.chars() {
+            let w = Span::raw(c.to_string()).width();
+            if used + w > width && used > 0 {
+                if !piece.is_empty() {
+                    row.push(Span::styled(std::mem::take(&mut piece), style));
+                }
+                rows.push(Line::from(std::mem::take(&mut row)).style(line.style));
+                used = 0;
+            }
+            piece.push(c);
+            used += w;
+        }
+        if !piece.is_empty() {
+            row.push(Span::styled(piece, style));
+        }
+    }
+    if !row.is_empty() || rows.is_empty() {
+        rows.push(Line::from(row).style(line.style));
+    }
+    rows
 }
 
 fn render_prompt(app: &App, area: Rect, buf: &mut Buffer) {
