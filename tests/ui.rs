@@ -1037,3 +1037,29 @@ fn wrapped_logs_scroll_by_rows_so_the_end_of_a_long_line_shows() {
         assert!(rows.contains("last line 3"), "j reaches the end: {rows}");
     }
 }
+
+#[test]
+fn the_live_edit_banner_fits_80_columns_counts_what_it_leaves_out_and_esc_hides_it() {
+    let mut app = app_with(&running_events(), color());
+    app.wide = false;
+    let file = "/home/someone/projects/a-long-project-name/ci/pipelines/pipeline.yml".to_string();
+    app.apply(&ev(
+        1_500,
+        EventKind::PipelineInvalid {
+            file: file.clone(),
+            diagnostics: (1..=3)
+                .map(|i| format!("{file}:{i}:3: error: unknown key `stepz{i}` in job `build` (at jobs.build.stepz{i})"))
+                .collect(),
+        },
+    ));
+    let rows = drawn(&mut app, 80, 24);
+    let all = rows.join("\n");
+    assert!(!all.contains("/home/someone"), "the file by its name: {all}");
+    assert!(all.contains("pipeline.yml has errors"), "{all}");
+    assert!(all.contains("stepz1") && all.contains("stepz2"), "{all}");
+    assert!(all.contains("+1 more"), "the third is counted: {all}");
+    assert!(all.contains("jobs.build.stepz2)"), "lines wrap, not cut: {all}");
+    app.handle_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert!(app.model.banner.is_none(), "Esc hides the banner");
+    assert!(!drawn(&mut app, 80, 24).join("\n").contains("has errors"));
+}

@@ -446,6 +446,11 @@ impl App {
                 }
                 Vec::new()
             }
+            // Esc puts away the live-edit banner.
+            Mode::Normal if key.code == KeyCode::Esc && self.model.banner.is_some() => {
+                self.model.banner = None;
+                Vec::new()
+            }
             Mode::Normal => match action_for(&key, self.scope()) {
                 Some(a) => self.act(a),
                 None => Vec::new(),

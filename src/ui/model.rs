@@ -289,8 +289,23 @@ impl Model {
                 });
             }
             EventKind::PipelineInvalid { file, diagnostics } => {
-                let mut lines = vec![format!("{file} has errors; the run goes on unchanged:")];
-                lines.extend(diagnostics.iter().cloned());
+                // The file by its name: an absolute path would take the line.
+                let short = std::path::Path::new(file)
+                    .file_name()
+                    .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+                let mut lines = vec![format!(
+                    "{short} has errors; the run goes on unchanged (Esc hides this):"
+                )];
+                const SHOWN: usize = 2;
+                for d in diagnostics.iter().take(SHOWN) {
+                    lines.push(d.replacen(file.as_str(), &short, 1));
+                }
+                if diagnostics.len() > SHOWN {
+                    lines.push(format!(
+                        "+{} more; `trackside validate {short}` lists them all",
+                        diagnostics.len() - SHOWN
+                    ));
+                }
                 self.banner = Some(Banner { error: true, lines });
             }
             EventKind::SchedulingPaused => self.paused = true,

@@ -37,8 +37,33 @@ pub struct Areas {
     pub footer: Rect,
 }
 
+/// The live-edit banner as rows at `width`: its lines wrapped at words, at
+/// most [`BANNER_ROWS`], the count of what is left out kept last.
+fn banner_rows(app: &App, width: u16) -> Vec<String> {
+    let Some(b) = &app.model.banner else {
+        return Vec::new();
+    };
+    let w = usize::from(width.max(1));
+    let mut rows: Vec<String> = b.lines.iter().flat_map(|l| wrap_words(l, w)).collect();
+    if rows.len() > BANNER_ROWS {
+        let last = b.lines.last().filter(|l| l.starts_with('+')).map(|l| wrap_words(l, w));
+        match last {
+            Some(tail) => {
+                let keep = BANNER_ROWS.saturating_sub(tail.len());
+                rows.truncate(keep);
+                rows.extend(tail);
+            }
+            None => rows.truncate(BANNER_ROWS),
+        }
+    }
+    rows
+}
+
+/// Most rows the live-edit banner takes from the screen.
+const BANNER_ROWS: usize = 6;
+
 pub fn areas(app: &App, area: Rect) -> Areas {
-    let banner_h = app.model.banner.as_ref().map_or(0, |b| b.lines.len().min(3) as u16);
+    let banner_h = banner_rows(app, area.width).len() as u16;
     let [header, banner, body, prompt, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(banner_h),
@@ -100,7 +125,10 @@ impl Widget for &App {
         render_header(self, a.header, buf);
         if let Some(b) = &self.model.banner {
             let style = if b.error { self.theme.error() } else { self.theme.warn() };
-            let lines: Vec<Line> = b.lines.iter().take(3).map(|l| Line::styled(l.clone(), style)).collect();
+            let lines: Vec<Line> = banner_rows(self, area.width)
+                .into_iter()
+                .map(|l| Line::styled(l, style))
+                .collect();
             Paragraph::new(lines).render(a.banner, buf);
         }
         if let Some(tabs) = a.tabs {
