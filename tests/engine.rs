@@ -522,3 +522,46 @@ async fn a_corrupted_artifact_reruns_its_producer_once() {
     let test = sum.jobs.iter().find(|j| j.name == "test").expect("test");
     assert_eq!(test.attempts[0].failure_class, Some(FailureClass::DataIntegrity));
 }
+
+#[tokio::test]
+async fn a_retry_after_an_edit_runs_the_edited_definition() {
+    let original = "name: t\njobs:\n  broken:\n    steps: [{script: 'echo old-definition; exit 1'}]\n";
+    let mut s = setup(original);
+    let file = s.project().join("pipeline.yml");
+    s.cfg.finish_when_blocked = false;
+    s.cfg.watch = Some(trackside::pipeline::LoadOptions {
+        host_env: s.cfg.host_env.clone(),
+        ..Default::default()
+    });
+    let mut r = start(&mut s).await;
+    r.until("the failure", |k| {
+        matches!(
+            k,
+            EventKind::JobFinished {
+                status: JobStatus::Failed,
+                ..
+            }
+        )
+    })
+    .await;
+    std::fs::write(
+        &file,
+        original.replace("echo old-definition; exit 1", "echo new-definition"),
+    )
+    .expect("write");
+    let ev = r
+        .until("the edit applied", |k| matches!(k, EventKind::PipelineChanged { .. }))
+        .await;
+    let EventKind::PipelineChanged { changed, .. } = &ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        changed,
+        &["broken".to_string()],
+        "the failed job takes the edit for its retry"
+    );
+    r.handle.retry("broken").await.expect("retry");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("broken"));
+    assert_eq!(r.lines("broken"), ["old-definition", "new-definition"]);
+}

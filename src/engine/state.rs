@@ -433,8 +433,16 @@ impl RunState {
             }
             let st = &self.jobs[i];
             let started = st.attempt > 0 || st.status.is_terminal() || st.status == JobStatus::Running;
+            // A failed or cancelled job's next attempt is a retry: the debugging
+            // loop is edit, retry, so it takes the edited definition (its
+            // dependencies unchanged: the DAG around finished jobs stays).
+            let retryable = matches!(st.status, JobStatus::Failed | JobStatus::Cancelled);
             match (new.job(&old.name), started) {
                 (Some(nj), false) if !same(old, nj) => {
+                    changes.changed.push(old.name.clone());
+                    merged.jobs[i] = nj.clone();
+                }
+                (Some(nj), true) if !same(old, nj) && retryable && nj.depends_on == old.depends_on => {
                     changes.changed.push(old.name.clone());
                     merged.jobs[i] = nj.clone();
                 }

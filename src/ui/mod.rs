@@ -347,7 +347,15 @@ fn draw(terminal: &mut Terminal<CrosstermBackend<io::Stdout>>, app: &App) -> io:
 async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<bool> {
     let (what, result) = match &cmd {
         Command::Approve(j) => (format!("approved {j}"), handle.approve(j).await),
-        Command::Retry(j) => (format!("retrying {j}"), handle.retry(j).await),
+        Command::Retry(j) => {
+            let edited = app.model.job(j).is_some_and(|i| app.model.jobs[i].edited);
+            let what = if edited {
+                format!("retrying {j} with the edited definition")
+            } else {
+                format!("retrying {j}")
+            };
+            (what, handle.retry(j).await)
+        }
         Command::RerunFailed => ("rerunning failed jobs".to_string(), handle.rerun_failed().await),
         Command::Cancel(j) => (format!("cancelling {j}"), handle.cancel(j).await),
         Command::CancelAll => ("cancelling the run".to_string(), handle.cancel_all().await),

@@ -36,6 +36,8 @@ pub struct JobView {
     pub steps: Vec<String>,
     /// A step names an image: a failed job can be opened in a shell.
     pub has_image: bool,
+    /// Its definition was edited after it ran: a retry runs the edit.
+    pub edited: bool,
     pub status: JobStatus,
     pub attempts: Vec<AttemptView>,
     pub duration_ms: Option<u64>,
@@ -64,6 +66,7 @@ impl JobView {
             allow_failure: p.allow_failure,
             steps: p.steps.clone(),
             has_image: p.has_image,
+            edited: false,
             status: JobStatus::Pending,
             attempts: Vec::new(),
             duration_ms: None,
@@ -196,6 +199,7 @@ impl Model {
             EventKind::JobStarted { job, attempt } => {
                 self.with(job, |j| {
                     j.status = JobStatus::Running;
+                    j.edited = false;
                     j.retry_at = None;
                     j.attempts.push(AttemptView {
                         number: *attempt,
@@ -282,7 +286,10 @@ impl Model {
                 j.cached = None;
                 j.duration_ms = None;
             }),
-            EventKind::PipelineChanged { .. } => {
+            EventKind::PipelineChanged { changed, .. } => {
+                for name in changed {
+                    self.with(name, |j| j.edited = j.status.is_terminal());
+                }
                 self.banner = Some(Banner {
                     error: false,
                     lines: vec![crate::headless::change_summary(&ev.kind)],

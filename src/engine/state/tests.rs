@@ -618,6 +618,27 @@ fn an_edit_applies_to_jobs_that_have_not_started() {
 }
 
 #[test]
+fn a_failed_job_is_retried_with_its_edited_definition() {
+    let src = yaml(&[("a", &[], ""), ("b", &["a"], "")]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1);
+    assert_eq!(m.status(0), JobStatus::Failed);
+    let edited = yaml(&[("a", &[], "timeout: 99"), ("b", &["a"], "")]);
+    let (_, changes) = m.replan(pipeline(&edited), &no_env, t(2)).expect("applies");
+    assert_eq!(changes.changed, ["a"], "the failed job takes the edit");
+    assert_eq!(m.pipeline().jobs[0].timeout, Duration::from_secs(99));
+    let fx = m.handle(Input::Retry(0), t(3));
+    assert!(fx.contains(&Effect::Start { job: 0, attempt: 2 }), "{fx:?}");
+    // A new dependency for a finished job is not taken: the DAG around it stays.
+    fail(&mut m, 0, FailureClass::Script, 4);
+    let moved = yaml(&[("a", &["c"], "timeout: 5"), ("b", &["a"], ""), ("c", &[], "")]);
+    let (_, changes) = m.replan(pipeline(&moved), &no_env, t(5)).expect("applies");
+    assert_eq!(changes.kept, ["a"]);
+    assert_eq!(m.pipeline().jobs[0].timeout, Duration::from_secs(99));
+}
+
+#[test]
 fn an_edit_that_would_loop_through_finished_jobs_is_refused() {
     let src = yaml(&[("a", &[], ""), ("b", &["a"], "")]);
     let mut m = machine(&src, opts(4));
