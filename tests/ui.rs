@@ -1063,3 +1063,28 @@ fn the_live_edit_banner_fits_80_columns_counts_what_it_leaves_out_and_esc_hides_
     assert!(app.model.banner.is_none(), "Esc hides the banner");
     assert!(!drawn(&mut app, 80, 24).join("\n").contains("has errors"));
 }
+
+#[test]
+fn a_rollout_shows_weight_verdict_and_trends_at_every_size() {
+    let mut evs = running_events();
+    for i in 0..6 {
+        evs.push(rollout_event(1_400 + i * 500, "test", "gate"));
+    }
+    for (w, h) in [(80u16, 24u16), (100, 30), (120, 40), (160, 50), (200, 60)] {
+        let mut app = app_with(&evs, color());
+        app.wide = w >= trackside::ui::render::WIDE;
+        select(&mut app, "test");
+        if !app.wide {
+            app.focus = Focus::Detail;
+        }
+        let text = format!("{:?}", screen(&app, w, h).buffer());
+        assert!(text.contains("canary weight 30.0%"), "{w}x{h}: the weight\n{text}");
+        assert!(
+            text.contains("manual gate: promote to continue"),
+            "{w}x{h}: where it stands\n{text}"
+        );
+        let charts = text.contains("errors %") && text.contains("p95 ms");
+        let sparks = text.contains("err %") && text.contains("canary ");
+        assert!(charts || sparks, "{w}x{h}: the trends\n{text}");
+    }
+}

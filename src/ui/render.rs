@@ -73,11 +73,17 @@ pub fn areas(app: &App, area: Rect) -> Areas {
     ])
     .areas(area);
     if area.width >= WIDE {
-        let [left, right] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
-        // A rollout needs room for its numbers and verdict.
-        let detail_h = match app.selected_job().map(|j| &app.model.jobs[j].rollout) {
-            Some(Some(_)) => (right.height * 2 / 3).max(8),
-            _ => 8,
+        // A rollout needs room for its numbers, verdict and charts: while a
+        // deploy job is selected, the right side takes most of the width.
+        let rollout = matches!(app.selected_job().map(|j| &app.model.jobs[j].rollout), Some(Some(_)));
+        let split = if rollout { [45, 55] } else { [60, 40] };
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(split[0]), Constraint::Percentage(split[1])]).areas(body);
+        // The log keeps a few lines; the rest is the rollout's.
+        let detail_h = if rollout {
+            right.height.saturating_sub(6).max(8)
+        } else {
+            8
         };
         let [detail, log] = Layout::vertical([Constraint::Length(detail_h), Constraint::Min(3)]).areas(right);
         Areas {
