@@ -1088,3 +1088,33 @@ fn a_rollout_shows_weight_verdict_and_trends_at_every_size() {
         assert!(charts || sparks, "{w}x{h}: the trends\n{text}");
     }
 }
+
+#[test]
+fn a_small_dag_leaves_the_width_to_the_log() {
+    let mut app = App::new(color());
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs: vec![
+                planned("a", &[], 0, When::OnSuccess),
+                planned("b", &["a"], 1, When::OnSuccess),
+            ],
+            critical_path: vec![],
+        },
+    ));
+    let long = format!("start {} end-of-line", "y".repeat(50));
+    app.model.apply(&ev(
+        10,
+        EventKind::JobStarted {
+            job: "a".into(),
+            attempt: 1,
+        },
+    ));
+    app.model.apply(&line(20, "a", 1, &long));
+    app.now = T0 + 1_000;
+    let text = format!("{:?}", screen(&app, 120, 30).buffer());
+    assert!(
+        text.contains("end-of-line"),
+        "two levels take 40%, the log gets the rest: {text}"
+    );
+}

@@ -76,9 +76,16 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         // A rollout needs room for its numbers, verdict and charts: while a
         // deploy job is selected, the right side takes most of the width.
         let rollout = matches!(app.selected_job().map(|j| &app.model.jobs[j].rollout), Some(Some(_)));
-        let split = if rollout { [45, 55] } else { [60, 40] };
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(split[0]), Constraint::Percentage(split[1])]).areas(body);
+        // Otherwise the DAG gets what its boxes need at full width, between
+        // 40% and 60% of the screen; the log and detail get the rest.
+        let left_w = if rollout {
+            body.width * 45 / 100
+        } else {
+            let levels = app.model.levels.len().max(1) as u16;
+            let need = levels * (dag_box_width(app) + GUTTER) - GUTTER + 2;
+            need.clamp(body.width * 40 / 100, body.width * 60 / 100)
+        };
+        let [left, right] = Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
         // The log keeps a few lines; the rest is the rollout's.
         let detail_h = if rollout {
             right.height.saturating_sub(6).max(8)
@@ -342,16 +349,21 @@ fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
 const BOX_H: u16 = 3;
 const GUTTER: u16 = 3;
 
+/// Width of a DAG box that shows every job's name whole (within bounds).
+fn dag_box_width(app: &App) -> u16 {
+    let name_w = app.model.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(8);
+    (name_w as u16 + 4).clamp(12, 24)
+}
+
 fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     let m = &app.model;
     if m.levels.is_empty() {
         return;
     }
     let t = &app.theme;
-    let name_w = m.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(8);
     // Boxes shrink (names are truncated) before levels go off screen.
     let fit = |w: u16| ((area.width + GUTTER) / (w + GUTTER)).max(1) as usize;
-    let mut col_w = (name_w as u16 + 4).clamp(12, 18);
+    let mut col_w = dag_box_width(app);
     while col_w > 12 && fit(col_w) < m.levels.len() {
         col_w -= 1;
     }
