@@ -944,3 +944,24 @@ async fn cancel_stops_storing_an_artifact_and_removes_its_temp_file() {
         "the artifact was stored anyway"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_ends_on_the_split_keeps_its_last_bytes_masked() {
+    // 65,536 bytes and no newline: the last piece is cut at the split and
+    // nothing follows it; what masking held back must still come out.
+    let mut s = common::setup_with(
+        "name: edge\njobs:\n  edge:\n    steps:\n      - script: head -c 65520 /dev/zero | tr '\\0' x; printf %s \"$TOKEN\"\n",
+        &trackside::pipeline::LoadOptions {
+            secret_names: vec!["TOKEN".into()],
+            ..Default::default()
+        },
+    );
+    s.cfg.secrets = vec![("TOKEN".into(), "S3cret-edge-0042".into())];
+    assert_eq!(65520 + "S3cret-edge-0042".len(), 65536, "exactly one piece of 64 KiB");
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed);
+    let all = r.lines("edge").concat();
+    assert!(!all.contains("0042"), "{}", &all[all.len().saturating_sub(40)..]);
+    assert!(all.ends_with("x[MASKED]"), "{}", &all[all.len().saturating_sub(40)..]);
+}

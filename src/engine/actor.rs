@@ -381,6 +381,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         ctx,
         record,
         masker,
+        splits: HashMap::new(),
         events,
         finished_tx,
         cmd_rx,
@@ -466,6 +467,8 @@ struct Actor {
     ctx: Arc<RunContext>,
     record: RunRecord,
     masker: Masker,
+    /// Long lines in pieces, per attempt and stream, for [`SplitMasker`].
+    splits: HashMap<(JobId, u32, crate::exec::Stream), (Arc<str>, crate::engine::mask::SplitMasker)>,
     events: broadcast::Sender<Arc<Event>>,
     finished_tx: watch::Sender<Option<RunSummary>>,
     cmd_rx: mpsc::Receiver<Command>,
@@ -678,7 +681,26 @@ impl Actor {
                 step,
                 stream,
                 text,
+                partial,
             }) => {
+                // A long line comes in pieces: masked across the splits here,
+                // before `emit` masks each event whole.
+                let text = if self.masker.is_empty() {
+                    text
+                } else {
+                    let key = (job, attempt, stream);
+                    let held = self
+                        .splits
+                        .entry(key)
+                        .or_insert_with(|| (step.clone(), Default::default()));
+                    let piece = held.1.piece(&self.masker, &text, partial);
+                    if !partial {
+                        self.splits.remove(&key);
+                    } else if piece.is_empty() {
+                        return;
+                    }
+                    piece
+                };
                 let kind = EventKind::LogLine {
                     job: name(self, job),
                     attempt,
@@ -741,6 +763,28 @@ impl Actor {
                 outcome,
                 cache_key,
             }) => {
+                // A line cut short by the end of its output: what masking held back.
+                let held: Vec<_> = self
+                    .splits
+                    .keys()
+                    .filter(|k| (k.0, k.1) == (job, attempt))
+                    .copied()
+                    .collect();
+                for key in held {
+                    if let Some((step, mut split)) = self.splits.remove(&key) {
+                        let rest = split.piece(&self.masker, "", false);
+                        if !rest.is_empty() {
+                            let kind = EventKind::LogLine {
+                                job: name(self, job),
+                                attempt,
+                                step: step.to_string(),
+                                stream: key.2,
+                                line: rest,
+                            };
+                            self.emit(kind);
+                        }
+                    }
+                }
                 // Store the result before the job counts as finished, so a
                 // run started right after this one finds it. The log is
                 // complete: every line came through this channel before.

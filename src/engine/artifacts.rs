@@ -443,6 +443,7 @@ async fn replay(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, e: &CacheEntry) -
                     step: Arc::from(entry.step.as_str()),
                     stream,
                     text: entry.text,
+                    partial: false,
                 })
                 .await;
         }

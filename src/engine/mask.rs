@@ -3,8 +3,8 @@
 //!
 //! Masking happens once, in the actor, before an event is recorded or
 //! broadcast, so no consumer can forget it. A line too long to pass whole
-//! is split by the executor; [`SplitMasker`] masks across the split points
-//! first, so a secret cut in two is still masked.
+//! is split by the executor; the actor's [`SplitMasker`] masks across the
+//! split points, so a secret cut in two is still masked.
 
 pub const MASK: &str = "[MASKED]";
 

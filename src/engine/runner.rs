@@ -40,6 +40,8 @@ pub enum RunnerMsg {
         step: Arc<str>,
         stream: Stream,
         text: String,
+        /// A piece of a line too long to pass whole: it goes on in the next.
+        partial: bool,
     },
     StepFinished {
         job: JobId,
@@ -284,7 +286,7 @@ async fn deploy_attempt(
             tokio::select! {
                 Some(line) = log_rx.recv() => {
                     let _ = tx
-                        .send(RunnerMsg::Log { job: job_id, attempt, step: step.clone(), stream: Stream::Stdout, text: line })
+                        .send(RunnerMsg::Log { job: job_id, attempt, step: step.clone(), stream: Stream::Stdout, text: line, partial: false })
                         .await;
                 }
                 Some((text, by)) = audit_rx.recv() => {
@@ -328,6 +330,7 @@ pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
             step: step.clone(),
             stream: Stream::Stderr,
             text: format!("trackside: {text}"),
+            partial: false,
         })
         .await;
 }
@@ -449,6 +452,7 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
                 step: step.clone(),
                 stream: line.stream,
                 text: line.text,
+                partial: line.partial,
             };
             if forward_to.send(msg).await.is_err() {
                 break;
@@ -779,19 +783,11 @@ async fn run_with_retries(
 async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec) -> (StepEnd, Option<FailureClass>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
     let patterns = Patterns::builtin();
-    let masker = super::mask::Masker::new(ctx.secrets.iter().map(|(_, v)| v.clone()));
     let forward = async {
         let mut from_log = None;
-        // Per stream: long lines come in pieces, masked across the splits.
-        let mut split = [super::mask::SplitMasker::default(), super::mask::SplitMasker::default()];
         while let Some(line) = out_rx.recv().await {
-            let i = usize::from(line.stream == Stream::Stderr);
-            let text = split[i].piece(&masker, &line.text, line.partial);
-            if line.partial && text.is_empty() {
-                continue;
-            }
             if from_log.is_none() {
-                from_log = patterns.classify_line(&text);
+                from_log = patterns.classify_line(&line.text);
             }
             let _ =
                 a.tx.send(RunnerMsg::Log {
@@ -799,7 +795,8 @@ async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec
                     attempt: a.attempt,
                     step: name.clone(),
                     stream: line.stream,
-                    text,
+                    text: line.text,
+                    partial: line.partial,
                 })
                 .await;
         }
