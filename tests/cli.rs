@@ -1,42 +1,16 @@
 //! The `trackside` binary: exit codes, output formats, signals, records.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_trackside"));
-        c.env("TRACKSIDE_STATE_DIR", self.state())
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null());
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run trackside")
-    }
-}
+use common::cli::Env;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -243,7 +217,7 @@ fn repeat_reports_the_flake_rate() {
     let c = e.dir.path().join("count");
     let f = e.file(
         "p.yml",
-        &format!(
+        format!(
             "name: r\njobs:\n  t:\n    steps:\n      - script: 'n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -ne 2 ]'\n",
             c = c.display()
         ),
@@ -622,7 +596,7 @@ fn gc_during_a_run_loses_nothing_the_run_needs() {
     let go = e.dir.path().join("go");
     let f = e.file(
         "p.yml",
-        &format!(
+        format!(
             "name: live\njobs:\n  build:\n    artifacts: {{paths: [out.txt]}}\n    steps:\n      - script: ['echo needed-later > out.txt']\n  consume:\n    depends_on: [build]\n    steps:\n      - script: ['while [ ! -e {go} ]; do sleep 0.05; done', 'cat out.txt']\n  late:\n    depends_on: [build, consume]\n    needs_artifacts: [build]\n    steps:\n      - script: ['cat out.txt']\n",
             go = go.display()
         ),

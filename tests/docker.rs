@@ -686,23 +686,7 @@ async fn remove_kept_by_gc(d: &DockerExecutor, state: &std::path::Path) {
     let kept = || async {
         let mut n = 0;
         for run in &runs {
-            let filters = HashMap::from([(
-                "label".to_string(),
-                vec![
-                    format!("{LABEL_RUN}={run}"),
-                    format!("{}=1", trackside::exec::docker::LABEL_KEEP),
-                ],
-            )]);
-            n += d
-                .client()
-                .list_containers(Some(ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-                .await
-                .unwrap_or_default()
-                .len();
+            n += usize::from(d.kept_container(run, "broken").await.is_some());
         }
         n
     };

@@ -4,49 +4,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use trackside::engine::RunResult;
 use trackside::pipeline::FailureClass;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
+use common::cli::Env;
 
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-    fn file(&self, name: &str, text: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_trackside"))
-            .env("TRACKSIDE_STATE_DIR", self.state())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .args(args)
-            .output()
-            .expect("run trackside")
-    }
-    fn validate(&self, path: &Path) -> (i32, String) {
-        let o = self.run(&["validate", &path.to_string_lossy()]);
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(!out.contains("panicked"), "{out}");
-        (o.status.code().unwrap_or(-1), out)
-    }
+/// `trackside validate PATH`: its exit code and everything it said.
+fn validate(e: &Env, path: &Path) -> (i32, String) {
+    let o = e.run(&["validate", &path.to_string_lossy()]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    (o.status.code().unwrap_or(-1), out)
 }
 
 #[test]
@@ -57,7 +32,7 @@ fn an_expansion_bomb_is_a_diagnostic_not_an_abort() {
         "name: bomb\nglobal_env:\n  A: {a}\n  B: \"${{A//a/${{A}}}}\"\n  C: \"${{B//a/${{B}}}}\"\njobs:\n  a:\n    steps:\n      - script: echo $C\n"
     );
     assert!(yaml.len() < 1200);
-    let (code, out) = e.validate(&e.file("bomb.yml", yaml.as_bytes()));
+    let (code, out) = validate(&e, &e.file("bomb.yml", yaml.as_bytes()));
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains(":5:7") && out.contains("expanded value is longer than"),
@@ -68,10 +43,13 @@ fn an_expansion_bomb_is_a_diagnostic_not_an_abort() {
 #[test]
 fn a_nul_byte_is_reported_where_it_is_and_nothing_after_it_is_lost() {
     let e = Env::new();
-    let (code, out) = e.validate(&e.file(
-        "nul.yml",
-        b"name: nul\njobs:\n  a:\n    steps:\n      - script: echo a\0\n  b:\n    steps:\n      - script: echo b\n",
-    ));
+    let (code, out) = validate(
+        &e,
+        &e.file(
+            "nul.yml",
+            b"name: nul\njobs:\n  a:\n    steps:\n      - script: echo a\0\n  b:\n    steps:\n      - script: echo b\n",
+        ),
+    );
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains(":5:23") && out.contains("a NUL byte is not allowed"),
@@ -82,17 +60,20 @@ fn a_nul_byte_is_reported_where_it_is_and_nothing_after_it_is_lost() {
 #[test]
 fn a_byte_order_mark_is_accepted() {
     let e = Env::new();
-    let (code, out) = e.validate(&e.file(
-        "bom.yml",
-        "\u{feff}name: bom\njobs:\n  a:\n    steps:\n      - script: echo a\n".as_bytes(),
-    ));
+    let (code, out) = validate(
+        &e,
+        &e.file(
+            "bom.yml",
+            "\u{feff}name: bom\njobs:\n  a:\n    steps:\n      - script: echo a\n".as_bytes(),
+        ),
+    );
     assert_eq!(code, 0, "{out}");
 }
 
 #[test]
 fn a_comment_only_file_says_so() {
     let e = Env::new();
-    let (code, out) = e.validate(&e.file("comments.yml", b"# name: x\n# jobs: {}\n"));
+    let (code, out) = validate(&e, &e.file("comments.yml", b"# name: x\n# jobs: {}\n"));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("only comments"), "{out}");
     assert!(!out.contains("see the messages above"), "{out}");
@@ -177,9 +158,12 @@ fn forge(path: &Path) {
 async fn backend(stop: tokio_util::sync::CancellationToken) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    tokio::spawn(trackside::deploy::http::serve(l, stop, |_req| async {
-        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")))
-    }));
+    tokio::spawn(trackside::deploy::http::serve(
+        l,
+        Default::default(),
+        stop,
+        |_req| async { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n"))) },
+    ));
     addr
 }
 
@@ -324,12 +308,9 @@ fn fd_server() {
             max_connections: 1000,
             header_timeout: std::time::Duration::from_secs(1),
         };
-        let server = tokio::spawn(trackside::deploy::http::serve_with(
-            l,
-            limits,
-            stop.clone(),
-            |_req| async { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n"))) },
-        ));
+        let server = tokio::spawn(trackside::deploy::http::serve(l, limits, stop.clone(), |_req| async {
+            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")))
+        }));
         // Serve until the parent closes stdin.
         let _ = tokio::task::spawn_blocking(|| std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1])).await;
         stop.cancel();

@@ -46,20 +46,25 @@ impl DemoService {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         let me = Arc::new(self);
-        super::http::serve(listener, stop, move |req: Request<hyper::body::Incoming>| {
-            let me = me.clone();
-            async move {
-                let (status, body) = me.answer(req.uri().path(), fastrand::f64());
-                // Health checks answer at once; a zero latency skips the timer.
-                if req.uri().path() != "/healthz" && !me.latency.is_zero() {
-                    let factor = 0.8 + 0.4 * fastrand::f64();
-                    tokio::time::sleep(me.latency.mul_f64(factor)).await;
+        super::http::serve(
+            listener,
+            super::http::Limits::default(),
+            stop,
+            move |req: Request<hyper::body::Incoming>| {
+                let me = me.clone();
+                async move {
+                    let (status, body) = me.answer(req.uri().path(), fastrand::f64());
+                    // Health checks answer at once; a zero latency skips the timer.
+                    if req.uri().path() != "/healthz" && !me.latency.is_zero() {
+                        let factor = 0.8 + 0.4 * fastrand::f64();
+                        tokio::time::sleep(me.latency.mul_f64(factor)).await;
+                    }
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r
                 }
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                *r.status_mut() = status;
-                r
-            }
-        })
+            },
+        )
         .await;
     }
 }

@@ -302,7 +302,7 @@ impl Haproxy {
     ) -> Result<Arc<Haproxy>, String> {
         // Only trackside's user may reach the sockets, the config (it names
         // them) and the map.
-        private_dir(dir)?;
+        crate::store::private_dir(dir).map_err(|e| e.to_string())?;
         let socket = dir.join(format!("{backend}.sock"));
         let log_path = dir.join(format!("{backend}.log.sock"));
         for s in [&socket, &log_path] {
@@ -314,16 +314,19 @@ impl Haproxy {
             }
         }
         let _ = std::fs::remove_file(&socket);
-        let log = LogSocket::bind(&log_path, 0o600, vec![nix::unistd::geteuid().as_raw(), 0])?;
+        let log =
+            LogSocket::bind(&log_path, 0o600, vec![nix::unistd::geteuid().as_raw(), 0]).map_err(|e| e.to_string())?;
         let cfg_path = dir.join(format!("{backend}.cfg"));
         // Sticky sessions: both cookies lead to the weighted backend until
         // the weights say otherwise.
         let map = dir.join(format!("{backend}.pools.map"));
-        private_file(&map, format!("stable {backend}\ncanary {backend}\n").as_bytes())?;
-        private_file(
-            &cfg_path,
-            config(backend, listen, &socket, &log_path, slots, Some(&map)).as_bytes(),
-        )?;
+        let config_text = config(backend, listen, &socket, &log_path, slots, Some(&map));
+        for (path, text) in [
+            (&map, format!("stable {backend}\ncanary {backend}\n")),
+            (&cfg_path, config_text),
+        ] {
+            crate::store::write_with_mode(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+        }
         let mut child = tokio::process::Command::new(binary)
             .arg("-f")
             .arg(&cfg_path)
@@ -415,7 +418,8 @@ impl Haproxy {
                 .uid();
             // HAProxy may run as a user of its own: the socket must take its
             // datagrams; the credentials check keeps everyone else out.
-            let log = LogSocket::bind(Path::new(path), 0o622, vec![nix::unistd::geteuid().as_raw(), 0, owner])?;
+            let log = LogSocket::bind(Path::new(path), 0o622, vec![nix::unistd::geteuid().as_raw(), 0, owner])
+                .map_err(|e| e.to_string())?;
             tokio::spawn(log.receive(backend.to_string(), h.stats.clone(), stop));
         }
         Ok(h)
@@ -543,33 +547,17 @@ impl Haproxy {
     }
 }
 
-/// Makes `dir` (and its parents) and leaves it readable by its owner only.
-fn private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-}
-
-/// Writes `path` readable and writable by its owner only (0600).
-fn private_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| {
-            // An older trackside wrote it world-readable.
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(bytes)
-        })
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Why HAProxy's log socket could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSocketError {
+    #[error("HAProxy's log socket {0} must be an absolute path")]
+    NotAbsolute(PathBuf),
+    #[error("HAProxy's log socket path {0} is too long for a Unix socket; use a shorter path")]
+    TooLong(PathBuf),
+    #[error("{0} is there and is not a socket; remove it or pick another path for HAProxy's log")]
+    NotASocket(PathBuf),
+    #[error("cannot receive HAProxy's log on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// HAProxy's request log arrives here: a Unix datagram socket whose
@@ -583,29 +571,29 @@ pub struct LogSocket {
 
 impl LogSocket {
     /// Binds `path` (a stale socket there is replaced) with `mode`.
-    pub fn bind(path: &Path, mode: u32, accept: Vec<u32>) -> Result<LogSocket, String> {
+    pub fn bind(path: &Path, mode: u32, accept: Vec<u32>) -> Result<LogSocket, LogSocketError> {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        let err = |e: &dyn std::fmt::Display| format!("cannot receive HAProxy's log on {}: {e}", path.display());
+        let io = |source: std::io::Error| LogSocketError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if !path.is_absolute() {
-            return Err(err(&"log_listen must be an absolute path"));
+            return Err(LogSocketError::NotAbsolute(path.to_path_buf()));
         }
         if path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(err(&"the path is too long for a Unix socket"));
+            return Err(LogSocketError::TooLong(path.to_path_buf()));
         }
         match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| err(&e))?,
-            Ok(_) => {
-                return Err(err(
-                    &"something other than a socket is there; remove it or pick another path",
-                ));
-            }
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(io)?,
+            Ok(_) => return Err(LogSocketError::NotASocket(path.to_path_buf())),
             Err(_) => {}
         }
-        let std_sock = std::os::unix::net::UnixDatagram::bind(path).map_err(|e| err(&e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| err(&e))?;
-        nix::sys::socket::setsockopt(&std_sock, nix::sys::socket::sockopt::PassCred, &true).map_err(|e| err(&e))?;
-        std_sock.set_nonblocking(true).map_err(|e| err(&e))?;
-        let sock = UnixDatagram::from_std(std_sock).map_err(|e| err(&e))?;
+        let std_sock = std::os::unix::net::UnixDatagram::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        nix::sys::socket::setsockopt(&std_sock, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(|e| io(e.into()))?;
+        std_sock.set_nonblocking(true).map_err(io)?;
+        let sock = UnixDatagram::from_std(std_sock).map_err(io)?;
         Ok(LogSocket {
             sock,
             path: path.to_path_buf(),

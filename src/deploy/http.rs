@@ -39,19 +39,7 @@ impl Default for Limits {
 /// At `stop`, open connections finish the request they are on and close:
 /// a kept-alive client (a Prometheus scraping, a browser) must not go on
 /// talking to a router whose deploy is over.
-pub async fn serve<F, Fut, B>(listener: TcpListener, stop: CancellationToken, handle: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_with(listener, Limits::default(), stop, handle).await;
-}
-
-/// [`serve`] with limits of its own.
-pub async fn serve_with<F, Fut, B>(listener: TcpListener, limits: Limits, stop: CancellationToken, handle: F)
+pub async fn serve<F, Fut, B>(listener: TcpListener, limits: Limits, stop: CancellationToken, handle: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -64,7 +52,7 @@ where
         .map_or_else(|_| "http listener".to_string(), |a| format!("http listener {a}"));
     let l = &listener;
     let accept = move || async move { l.accept().await.map(|(s, _)| s) };
-    crate::net::accept_loop(&what, limits.max_connections, &stop.clone(), accept, |stream, slot| {
+    crate::net::accept_loop(&what, limits.max_connections, &stop, accept, |stream, slot| {
         let _ = stream.set_nodelay(true);
         let (handle, stop) = (handle.clone(), stop.clone());
         tokio::spawn(async move {

@@ -383,7 +383,7 @@ impl Router {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let client: Client<HttpConnector, BoxBody<Bytes, hyper::Error>> =
             Client::builder(TokioExecutor::new()).build_http();
-        super::http::serve(listener, stop, move |req| {
+        super::http::serve(listener, super::http::Limits::default(), stop, move |req| {
             let (router, client) = (self.clone(), client.clone());
             async move { router.forward(&client, req).await }
         })
@@ -482,20 +482,25 @@ impl Router {
 
 /// Serves `GET /metrics` (Prometheus text format) until `stop`.
 pub async fn serve_metrics(router: Arc<Router>, service: String, listener: TcpListener, stop: CancellationToken) {
-    super::http::serve(listener, stop, move |req: Request<Incoming>| {
-        let (router, service) = (router.clone(), service.clone());
-        async move {
-            let mut r = if req.uri().path() == "/metrics" {
-                text(StatusCode::OK, &router.prometheus(&service))
-            } else {
-                text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
-            };
-            if let Ok(v) = hyper::header::HeaderValue::from_str("text/plain; version=0.0.4") {
-                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    super::http::serve(
+        listener,
+        super::http::Limits::default(),
+        stop,
+        move |req: Request<Incoming>| {
+            let (router, service) = (router.clone(), service.clone());
+            async move {
+                let mut r = if req.uri().path() == "/metrics" {
+                    text(StatusCode::OK, &router.prometheus(&service))
+                } else {
+                    text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
+                };
+                if let Ok(v) = hyper::header::HeaderValue::from_str("text/plain; version=0.0.4") {
+                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                }
+                r
             }
-            r
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -608,7 +608,8 @@ fn prepare_step(
     };
     let script_file = match &container {
         Some(c) => c.script_file.clone(),
-        None => step_file(ctx, &format!("{}.{}.{index}.sh", job.name, a.attempt), &script, 0o600)?,
+        None => step_file(ctx, &format!("{}.{}.{index}.sh", job.name, a.attempt), &script, 0o600)
+            .map_err(|e| e.to_string())?,
     };
     Ok(StepSpec {
         script_file,
@@ -625,22 +626,11 @@ fn prepare_step(
 /// script, a container step's secrets and record. Scripts are files, never
 /// command-line arguments: `ps` shows every process's arguments to every
 /// user, and an interpolated `${{ env.TOKEN }}` would be there.
-fn step_file(ctx: &RunContext, name: &str, text: &str, mode: u32) -> Result<PathBuf, String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+fn step_file(ctx: &RunContext, name: &str, text: &str, mode: u32) -> Result<PathBuf, crate::store::IoFailure> {
     let dir = ctx.run_dir.join("steps");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot protect {}: {e}", dir.display()))?;
+    crate::store::private_dir(&dir)?;
     let path = dir.join(name);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    crate::store::write_with_mode(&path, text.as_bytes(), mode)?;
     Ok(path)
 }
 
@@ -674,7 +664,7 @@ fn container_step(
     // The folder is private to trackside's user; these files are readable
     // by anyone who reaches them, so a container running as another `user:`
     // can read its script and secrets through the bind mount.
-    let write = |name: String, text: &str| step_file(ctx, &name, text, 0o644);
+    let write = |name: String, text: &str| step_file(ctx, &name, text, 0o644).map_err(|e| e.to_string());
     // Host variables that no pipeline layer set stay on the host.
     for (k, _) in &ctx.host_env {
         let defined = ctx.cli_vars.iter().any(|(c, _)| c == k)

@@ -130,6 +130,33 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates `dir` (and its parents) and leaves it readable by its owner only.
+pub fn private_dir(dir: &Path) -> Result<(), IoFailure> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(io_err("cannot create", dir))
+}
+
+/// Writes `path` whole with `mode` (also when an older file had another).
+pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoFailure> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            f.write_all(bytes)
+        })
+        .map_err(io_err("cannot write", path))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -386,28 +413,23 @@ pub fn unfinished_story(run_dir: &Path) -> String {
     let mut planned = 0usize;
     let mut finished: Vec<(String, String)> = Vec::new();
     let mut running: Vec<String> = Vec::new();
-    if let Ok(f) = File::open(run_dir.join("events.jsonl")) {
-        for line in io::BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+    for ev in read_events(run_dir).unwrap_or_default() {
+        let (job, status) = match ev.kind {
+            EventKind::RunStarted { jobs, .. } => {
+                planned = jobs.len();
                 continue;
-            };
-            let job = v.get("job").and_then(|j| j.as_str()).unwrap_or_default().to_string();
-            match v.get("type").and_then(|t| t.as_str()) {
-                Some("run_started") => planned = v.get("jobs").and_then(|j| j.as_array()).map_or(0, Vec::len),
-                Some("job_started") => running.push(job),
-                Some("job_finished") | Some("job_skipped") => {
-                    running.retain(|r| r != &job);
-                    let status = v
-                        .get("status")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("skipped")
-                        .to_string();
-                    finished.retain(|(n, _)| n != &job);
-                    finished.push((job, status));
-                }
-                _ => {}
             }
-        }
+            EventKind::JobStarted { job, .. } => {
+                running.push(job);
+                continue;
+            }
+            EventKind::JobFinished { job, status, .. } => (job, format!("{status:?}").to_lowercase()),
+            EventKind::JobSkipped { job, .. } => (job, "skipped".to_string()),
+            _ => continue,
+        };
+        running.retain(|r| r != &job);
+        finished.retain(|(n, _)| n != &job);
+        finished.push((job, status));
     }
     let done: Vec<String> = finished.iter().map(|(n, s)| format!("{n} {s}")).collect();
     let progress = format!(

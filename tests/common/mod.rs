@@ -2,6 +2,7 @@
 //! in a temp dir, and bounded waits for events (never sleeps).
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod deploy;
 pub mod image;
 pub mod tmux;
