@@ -63,6 +63,17 @@ async fn haproxy_promotes_a_good_canary_and_rolls_a_bad_one_back() {
     // Both pools' requests were measured from HAProxy's own log.
     assert!(last.stable.requests > 0 && last.canary.requests > 0, "{last:?}");
     assert_eq!(ver(state.path()).as_deref(), Some("v2"));
+    // Its config names its sockets: only trackside's user can read it.
+    let mode = |p: std::path::PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_default()
+    };
+    let dir = state.path().join("haproxy");
+    assert_eq!(mode(dir.clone()), 0o700, "HAProxy's folder");
+    assert_eq!(mode(dir.join("web.cfg")), 0o600, "HAProxy's config");
+    assert_eq!(mode(dir.join("web.pools.map")), 0o600, "HAProxy's map");
     // Rollback after completion, and its undo.
     assert_eq!(
         r.handle.rollback_service("web").await.expect("rollback"),
