@@ -5,6 +5,12 @@
 //! 2. The real binary in tmux while a job prints 10,000 lines a second:
 //!    time from a key press to the screen showing its effect, and
 //!    trackside's peak RSS. Needs tmux; without it this part says so.
+//! 3. The same under a firehose (a job printing as fast as it can, millions
+//!    of lines): `g` (the top, read back from disk), `G`, `f`, PgUp and a
+//!    search through the part on disk, key to screen; the lines per second
+//!    the run took meanwhile, whether the display fell behind, and peak RSS
+//!    after all that scrolling and searching (flat: a window is read, not
+//!    the log).
 
 #[path = "support/stats.rs"]
 mod stats;
@@ -193,10 +199,7 @@ fn key_latency_under_log_flood() {
             .cmd()
             .args(["send-keys", "-t", "b", if showing { "?" } else { "x" }])
             .status();
-        let seen = t.wait(
-            |s| s.contains("Any key closes this help") == showing,
-            Duration::from_secs(5),
-        );
+        let seen = t.wait(|s| s.contains("closes this help") == showing, Duration::from_secs(5));
         if seen.is_some() {
             samples.push(sent.elapsed());
         }
@@ -228,6 +231,155 @@ fn key_latency_under_log_flood() {
     println!("  trackside peak RSS after {lines} streamed lines: {rss}   (bounded: 5,000 lines kept per attempt)");
 }
 
+/// VmHWM (peak) and VmRSS (now) of a process, as /proc says them.
+fn memory(pid: Option<u32>) -> String {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map_or("unknown".to_string(), |l| {
+                l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+            })
+    };
+    format!("peak {}, now {}", field("VmHWM"), field("VmRSS"))
+}
+
+fn keys_under_a_firehose() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("keys under a firehose: SKIPPED, tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("p");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    // As fast as the run takes it: about 100 MB of output.
+    std::fs::write(
+        project.join("hose.yml"),
+        "name: hose\njobs:\n  hose:\n    steps:\n      - script: \"seq -f 'hose line %.0f' 0 4999999\"\n",
+    )
+    .expect("write");
+    let t = Tmux(format!("trackside-hose-{}", std::process::id()));
+    let bin = env!("CARGO_BIN_EXE_trackside");
+    let cmd = format!("{bin} run hose.yml --state-dir {}", dir.path().join("state").display());
+    let ok = t
+        .cmd()
+        .args(["new-session", "-d", "-s", "b", "-x", "120", "-y", "32", "-c"])
+        .arg(&project)
+        .arg(&cmd)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tmux");
+    t.wait(|s| s.contains("hose line"), Duration::from_secs(20))
+        .expect("the run starts");
+    let pid = Command::new("pgrep")
+        .args(["-n", "-f", "trackside run hose.yml"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    let log = || {
+        std::fs::read_dir(dir.path().join("state/runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("logs/hose.1.log"))
+    };
+    let bytes = || log().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    let lines = || {
+        log()
+            .and_then(|p| std::fs::read(p).ok())
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+    };
+    // Let it get going: the in-memory window overflows many times.
+    let t0 = Instant::now();
+    while bytes() < 20_000_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let press = |k: &str, pred: &dyn Fn(&str) -> bool| -> Option<Duration> {
+        let sent = Instant::now();
+        let _ = t.cmd().args(["send-keys", "-t", "b", k]).status();
+        t.wait(pred, Duration::from_secs(30)).map(|_| sent.elapsed())
+    };
+    let first = |s: &str| s.lines().any(|l| l.contains("hose line 0 "));
+    let following = |s: &str| s.contains("· follow");
+    let (mut top, mut bottom, mut still, mut page) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (b0, l0, w0) = (bytes(), lines(), Instant::now());
+    let _ = press("Enter", &|s: &str| s.contains("log · hose"));
+    let mut behind = false;
+    for _ in 0..8 {
+        // The top of the log is on disk: `g` reads a window around it.
+        top.extend(press("g", &|s: &str| first(s) && !following(s)));
+        // Up from the top is still the top; the screen must answer anyway.
+        page.extend(press("PageDown", &|s: &str| !first(s)));
+        bottom.extend(press("G", &following));
+        still.extend(press("f", &|s: &str| !following(s)));
+        behind |= t.screen().contains("fell behind");
+    }
+    // A search through the part on disk (hundreds of thousands of lines,
+    // the match among them): the key is answered at once ("searching"),
+    // the match comes when the scan ends.
+    let _ = t
+        .cmd()
+        .args(["send-keys", "-t", "b", "/", "hose line 234567", "Enter"])
+        .status();
+    let sent = Instant::now();
+    let found = t
+        .wait(|s| s.contains("match 1/"), Duration::from_secs(60))
+        .map(|_| sent.elapsed());
+    let secs = w0.elapsed().as_secs_f64();
+    let rate = bytes().saturating_sub(b0) as f64 / secs;
+    let lines_per_s = lines().saturating_sub(l0) as f64 / secs;
+    for (name, samples) in [
+        ("firehose: g (top of a log on disk) -> screen (tmux)", top),
+        ("firehose: PgDn -> screen", page),
+        ("firehose: G -> screen (following)", bottom),
+        ("firehose: f -> screen (stops following)", still),
+    ] {
+        if samples.is_empty() {
+            println!("{name}: the screen never showed it");
+        } else {
+            stats(name, samples, "< 50 ms");
+        }
+    }
+    println!(
+        "  search of the part on disk -> first match shown: {}",
+        found.map_or("not within 60 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+    );
+    println!(
+        "  the run took {:.1} MB/s of log meanwhile (~{:.0}k lines/s); the display fell behind: {behind}",
+        rate / 1e6,
+        lines_per_s / 1e3
+    );
+    // Then the whole log once the job has ended (about 215 MB): the top,
+    // the end and a search through all of it, and memory after that.
+    let t1 = Instant::now();
+    while !t.screen().contains("PASSED") && t1.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = press("g", &|s: &str| first(s));
+    let _ = press("G", &|s: &str| s.contains("hose line 4999999"));
+    let _ = t
+        .cmd()
+        .args(["send-keys", "-t", "b", "/", "hose line 4321098", "Enter"])
+        .status();
+    let sent = Instant::now();
+    let whole = t
+        .wait(|s| s.contains("│hose line 4321098 "), Duration::from_secs(120))
+        .map(|_| sent.elapsed());
+    println!(
+        "  search of all {:.0} MB on disk -> its match shown: {}",
+        bytes() as f64 / 1e6,
+        whole.map_or("not within 120 s".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+    );
+    println!(
+        "  trackside memory after {:.0} MB of log, 9 rounds of g/G, a search through all of it: {}",
+        bytes() as f64 / 1e6,
+        memory(pid)
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
@@ -235,4 +387,5 @@ fn main() {
     println!("trackside UI benchmarks (release build)");
     frame_of_a_1000_job_dag();
     key_latency_under_log_flood();
+    keys_under_a_firehose();
 }

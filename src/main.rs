@@ -118,6 +118,11 @@ enum Cmd {
         /// Terminal UI without box-drawing or other non-ASCII glyphs.
         #[arg(long)]
         ascii: bool,
+        /// Terminal UI without the mouse (clicks and the wheel); the terminal
+        /// then selects text as usual. `ui: {mouse: false}` in config.yml does
+        /// it for every run.
+        #[arg(long)]
+        no_mouse: bool,
         /// Do not watch the pipeline file for edits during the run.
         #[arg(long)]
         no_watch: bool,
@@ -421,6 +426,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             vars,
             headless,
             ascii,
+            no_mouse,
             no_watch,
             keep_failed,
             no_cache,
@@ -546,6 +552,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     }
                     let opts = UiOptions {
                         ascii,
+                        mouse: !no_mouse
+                            && trackside::store::gc::ui_mouse(&state).map_err(|e| Fail(e.to_string(), 2))?,
                         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                     };
                     ui::run(&handle, opts, &approvals)

@@ -247,3 +247,43 @@ fn a_canary_gate_is_promoted_by_keystroke() {
     let remembered = std::fs::read_to_string(state.join("services/web.json")).expect("revision");
     assert!(remembered.contains("\"v2\""), "{remembered}");
 }
+
+/// A log far longer than the in-memory window: `g` shows its first line
+/// (read back from the run's log file off the UI's task), a search finds a
+/// line only on disk, and the mouse wheel scrolls the log.
+#[test]
+fn a_long_log_is_read_back_searched_and_scrolled_in_a_real_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(
+        project.join("pipeline.yml"),
+        "name: long\njobs:\n  talk:\n    steps: [{script: \"seq -f 'talk line %.0f' 0 29999\"}]\n",
+    )
+    .expect("write");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
+    let command = format!(
+        "{} run pipeline.yml --state-dir {}; sleep 60",
+        bin.display(),
+        dir.path().join("state").display(),
+    );
+    let Some(t) = Tmux::start("longlog", &project, &command) else {
+        return;
+    };
+    t.wait_for(&["talk line 29999", "PASSED"]);
+    t.keys(&["Enter", "g"]);
+    t.wait_for(&["talk line 0 ", "talk line 5 "]);
+    // Line 7,777 is long gone from memory: the search reads the disk.
+    t.keys(&["/"]);
+    t.literal("talk line 7777");
+    t.keys(&["Enter"]);
+    let s = t.wait_for(&["match 1/1", "│talk line 7777 "]);
+    assert!(!s.contains("talk line 0 "), "{s}");
+    // The wheel over the log (an SGR mouse report, as a terminal sends it)
+    // scrolls three rows down.
+    t.literal("\x1b[<65;70;12M");
+    let s = t.wait_for(&["│talk line 7780 "]);
+    assert!(!s.contains("│talk line 7777 "), "the match scrolled off the top: {s}");
+    t.keys(&["q"]);
+    t.wait_for(&["JOB", "talk"]);
+}

@@ -454,82 +454,105 @@ fn attempts_of_a_retried_job_can_be_switched() {
     assert_eq!(app.shown_attempt(), Some(2));
 }
 
-#[test]
-fn scrolling_above_the_window_asks_for_lines_from_disk() {
-    use trackside::ui::app::OlderLines;
-    use trackside::ui::model::{LOG_WINDOW, LineKind, LogLine};
+/// A log of `LOG_WINDOW + extra` lines for `build`, the first `extra` of
+/// them only on disk.
+fn long_log_app(extra: usize) -> App {
+    use trackside::ui::model::LOG_WINDOW;
     let mut evs = running_events();
-    for i in 0..(LOG_WINDOW + 20) {
+    for i in 0..(LOG_WINDOW + extra) {
         evs.push(line(2_000, "build", 1, &format!("build line {i}")));
     }
     let mut app = app_with(&evs, color());
     select(&mut app, "build");
     app.focus = Focus::Log;
     app.log_height = 10;
+    app
+}
+
+/// What the loop would read from the run's log file for `req`: the lines
+/// named as on disk, one of them (`needle_at`) holding a needle.
+fn disk_lines(req: &trackside::ui::app::OlderRequest, needle_at: usize) -> Vec<trackside::ui::model::LogLine> {
+    use trackside::ui::model::{LineKind, LogLine};
+    (req.from..req.from + req.count)
+        .map(|i| LogLine {
+            ts: 0,
+            kind: if i == 0 { LineKind::Step } else { LineKind::Out },
+            text: match i {
+                0 => "main".into(),
+                i if i == needle_at => "error: needle".into(),
+                i => format!("disk line {i}"),
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn scrolling_above_the_window_reads_a_bounded_window_from_disk() {
+    use trackside::ui::app::OLDER_WINDOW;
+    let mut app = long_log_app(100_000);
+    let build = app.model.job("build").expect("build");
     assert_eq!(app.needs_older(), None, "the tail is in memory");
     app.handle_key(key('g'));
     let wanted = app.needs_older().expect("the top is on disk");
-    assert_eq!(wanted, (app.model.job("build").expect("build"), 1));
-    // What the loop reads from the run's log file:
-    let lines: Vec<LogLine> = std::iter::once(LogLine {
-        ts: 0,
-        kind: LineKind::Step,
-        text: "main".into(),
-    })
-    .chain((0..30).map(|i| LogLine {
-        ts: 0,
-        kind: LineKind::Out,
-        text: format!("disk line {i}"),
-    }))
-    .collect();
-    app.older = Some(OlderLines { key: wanted, lines });
+    assert_eq!((wanted.key, wanted.from, wanted.count), ((build, 1), 0, OLDER_WINDOW));
+    app.older_arrived(wanted, disk_lines(&wanted, usize::MAX));
     assert_eq!(app.needs_older(), None);
     let text = screen(&app, 120, 30).to_string();
     assert!(
-        text.contains("── step: main ──") && text.contains("disk line 0"),
+        text.contains("── step: main ──") && text.contains("disk line 1"),
         "{text}"
     );
+    // Far down the part on disk: a window around the view replaces the
+    // first, so what is held stays one window however far one scrolls.
+    app.log_top = 60_000;
+    let next = app.needs_older().expect("line 60,000 is not loaded");
+    assert!(next.from <= 60_000 && 60_010 <= next.from + next.count, "{next:?}");
+    assert!(next.count <= OLDER_WINDOW);
+    app.older_arrived(next, disk_lines(&next, usize::MAX));
+    assert!(app.older.as_ref().is_some_and(|o| o.lines.len() <= OLDER_WINDOW));
+    assert!(screen(&app, 120, 30).to_string().contains("disk line 60000"));
+    // Paging within the window reads nothing more.
+    app.handle_key(KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE));
+    assert_eq!(app.needs_older(), None);
+    // A file shorter than asked (damaged) is not asked for again and again.
+    app.log_top = 90_000;
+    let short = app.needs_older().expect("not loaded");
+    app.older_arrived(short, Vec::new());
+    assert_eq!(app.needs_older(), None);
 }
 
 #[test]
 fn a_log_search_covers_the_lines_only_on_disk() {
-    use trackside::ui::app::OlderLines;
-    use trackside::ui::model::{LOG_WINDOW, LineKind, LogLine};
-    let mut evs = running_events();
-    for i in 0..(LOG_WINDOW + 20) {
-        evs.push(line(2_000, "build", 1, &format!("build line {i}")));
-    }
-    let mut app = app_with(&evs, color());
-    select(&mut app, "build");
-    app.focus = Focus::Log;
-    app.log_height = 10;
+    use trackside::store::logscan::Hits;
+    let mut app = long_log_app(20);
     let dropped = app.model.logs[&(app.selected, 1)].dropped;
     app.handle_key(key('/'));
     for c in "needle".chars() {
         app.handle_key(key(c));
     }
     app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
-    let wanted = app.needs_older().expect("the search wants the lines on disk");
+    let scan = app.needs_scan().expect("the search wants the lines on disk");
+    assert_eq!((scan.from, scan.to, scan.query.as_str()), (0, dropped, "needle"));
     assert!(app.status.as_deref().unwrap_or("").contains("whole log"));
-    // What the loop reads from the run's log file: the needle is line 7.
-    let lines: Vec<LogLine> = (0..dropped)
-        .map(|i| LogLine {
-            ts: 0,
-            kind: LineKind::Out,
-            text: if i == 7 {
-                "error: needle".into()
-            } else {
-                format!("disk line {i}")
-            },
-        })
-        .collect();
-    app.older = Some(OlderLines { key: wanted, lines });
-    app.older_loaded();
+    // What the loop found in the run's log file: the needle is line 7.
+    app.scan_arrived(
+        scan,
+        Hits {
+            lines: vec![7],
+            capped: false,
+        },
+    );
+    assert_eq!(app.needs_scan(), None, "the disk part is searched once");
     assert_eq!(app.log_top, 7, "the search jumped to the line on disk");
+    let window = app.needs_older().expect("line 7 is read to be shown");
+    app.older_arrived(window, disk_lines(&window, 7));
     assert!(screen(&app, 120, 30).to_string().contains("error: needle"));
     assert_eq!(app.needs_older(), None);
     // Matches in memory come after it, in order.
     app.search = Some("build line 3".into());
+    app.disk_hits = None;
+    let scan = app.needs_scan().expect("a new search reads the disk again");
+    app.scan_arrived(scan, Hits::default());
     app.handle_key(key('n'));
     assert!(app.log_top >= dropped, "{} < {dropped}", app.log_top);
     let first_in_memory = app.log_top;
@@ -549,6 +572,72 @@ fn a_log_search_covers_the_lines_only_on_disk() {
         app.status.as_deref(),
         Some(format!("match 1/{total} (wrapped to the top)").as_str())
     );
+}
+
+#[test]
+fn a_search_reads_only_what_dropped_out_of_memory_since_and_says_when_it_stopped_counting() {
+    use trackside::store::logscan::Hits;
+    use trackside::ui::app::MAX_DISK_HITS;
+    let mut app = long_log_app(20);
+    // A search asked while the job talks jumps once what was on disk when
+    // it was asked is searched, though more has left memory since.
+    app.handle_key(key('/'));
+    app.handle_key(key('7'));
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let asked = app.needs_scan().expect("the disk part");
+    for i in 0..30 {
+        app.apply(&line(2_900, "build", 1, &format!("talk {i}")));
+    }
+    app.scan_arrived(
+        asked,
+        Hits {
+            lines: vec![7],
+            capped: false,
+        },
+    );
+    assert_eq!(app.log_top, 7, "it jumped");
+    assert!(app.needs_scan().is_some(), "the new disk lines are searched next");
+    app.search = Some("line".into());
+    app.disk_hits = None;
+    let first = app.needs_scan().expect("disk part");
+    app.scan_arrived(
+        first.clone(),
+        Hits {
+            lines: (0..first.to).collect(),
+            capped: false,
+        },
+    );
+    // The job goes on talking: more lines leave memory for the disk.
+    for i in 0..30 {
+        app.apply(&line(3_000, "build", 1, &format!("more line {i}")));
+    }
+    let more = app.needs_scan().expect("the new disk lines");
+    assert_eq!((more.from, more.to), (first.to, first.to + 30));
+    // An answer to an older question is ignored.
+    let known = first.to;
+    app.scan_arrived(first, Hits::default());
+    app.scan_arrived(
+        more.clone(),
+        Hits {
+            lines: vec![more.from],
+            capped: false,
+        },
+    );
+    assert_eq!(app.disk_hits.as_ref().map(|h| h.lines.len()), Some(known + 1));
+    // A search that matches too much keeps a bounded count and says "+".
+    app.search = Some("e".into());
+    let all = app.needs_scan().expect("disk part");
+    app.scan_arrived(
+        all,
+        Hits {
+            lines: (0..MAX_DISK_HITS).collect(),
+            capped: true,
+        },
+    );
+    assert_eq!(app.needs_scan(), None, "a capped search reads no further");
+    app.handle_key(key('n'));
+    let status = app.status.clone().unwrap_or_default();
+    assert!(status.contains("+"), "{status}");
 }
 
 #[test]
@@ -980,6 +1069,7 @@ fn drawn(app: &mut App, w: u16, h: u16) -> Vec<String> {
     let text = trackside::ui::render::log_text_area(app, ratatui::layout::Rect::new(0, 0, w, h));
     app.log_height = usize::from(text.height);
     app.log_width = usize::from(text.width);
+    app.detail_max_top = trackside::ui::render::detail_max_top(app, ratatui::layout::Rect::new(0, 0, w, h));
     let buf = screen(app, w, h).buffer().clone();
     (0..h)
         .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect())
@@ -1117,4 +1207,261 @@ fn a_small_dag_leaves_the_width_to_the_log() {
         text.contains("end-of-line"),
         "two levels take 40%, the log gets the rest: {text}"
     );
+}
+
+/// A canary the judge aborted: errors rising over six measurements, then
+/// the abort, and the deploy job failed with the abort's reason.
+fn aborted_canary_events() -> Vec<Event> {
+    let mut evs = running_events();
+    for (i, err) in [0.0, 0.0, 0.01, 0.02, 0.05, 0.08].into_iter().enumerate() {
+        let mut e = rollout_event(1_400 + 500 * i as u64, "test", "analyzing");
+        if let EventKind::Rollout { status, .. } = &mut e.kind {
+            status.recent_error_rate = [Some(0.0), Some(err)];
+        }
+        evs.push(e);
+    }
+    let reason = "Aborted (stable serving): error rate 8.0% over the 5% limit";
+    let mut abort = rollout_event(4_500, "test", "aborted");
+    if let EventKind::Rollout { status, .. } = &mut abort.kind {
+        use trackside::deploy::judge::{MetricOutcome, MetricResult, Verdict, VerdictClass};
+        status.detail = Some(reason.into());
+        status.weight = 0;
+        status.actual_weight = 0;
+        let metric = |name: &str, outcome, why: &str| MetricResult {
+            metric: name.into(),
+            outcome,
+            stable: Some(0.0),
+            canary: Some(8.0),
+            p_value: Some(0.001),
+            why: why.into(),
+            critical: false,
+        };
+        status.verdict = Some(Verdict {
+            score: 33.0,
+            class: VerdictClass::Fail,
+            metrics: vec![
+                metric(
+                    "error_rate",
+                    MetricOutcome::High,
+                    "canary 8.0% against stable 0.0% (Fisher's exact test, p=0.001)",
+                ),
+                metric(
+                    "latency_p95",
+                    MetricOutcome::High,
+                    "canary median 7.1 ms against 6.5 ms (Mann-Whitney U, p=0.01)",
+                ),
+                metric("latency_p50", MetricOutcome::Pass, "no significant difference (p=0.4)"),
+            ],
+            why: "2 of 3 metrics failed".into(),
+        });
+    }
+    evs.push(abort);
+    evs.push(ev(
+        4_600,
+        EventKind::JobFinished {
+            job: "test".into(),
+            attempt: 1,
+            status: JobStatus::Failed,
+            exit_code: None,
+            failure_class: Some(FailureClass::RolledBack),
+            duration_ms: 3_300,
+            flaky: false,
+            message: Some(format!("{reason} (stable v1 kept serving)")),
+            cached: None,
+        },
+    ));
+    evs
+}
+
+#[test]
+fn an_aborted_canary_at_80x24_says_its_reason_once_and_its_detail_scrolls_to_the_end() {
+    let mut app = app_with(&aborted_canary_events(), color());
+    app.wide = false;
+    select(&mut app, "test");
+    app.focus = Focus::Detail;
+    let top = drawn(&mut app, 80, 24).join("\n");
+    assert_eq!(
+        top.matches("error rate 8.0% over the 5% limit").count(),
+        1,
+        "the reason once: {top}"
+    );
+    assert!(app.detail_max_top > 0, "it does not fit at 80x24: {top}");
+    assert!(top.contains("more (Tab, j)"), "the border says there is more: {top}");
+    assert!(!top.contains("#1 rolled_back"), "the attempts line is below: {top}");
+    // j scrolls by a row, G to the end: the trends and the attempts show.
+    app.handle_key(key('j'));
+    assert_eq!(app.detail_top, 1);
+    app.handle_key(key('G'));
+    let end = drawn(&mut app, 80, 24);
+    let text = end.join("\n");
+    assert!(text.contains("#1 rolled_back"), "{text}");
+    assert!(text.contains("err %") && text.contains("p95 ms"), "{text}");
+    assert!(text.contains("more (k)"), "{text}");
+    insta::assert_snapshot!("80x24_aborted_canary_detail_scrolled", text);
+    // Scrolling past the end stays at the end; k and g go back.
+    app.handle_key(KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE));
+    assert_eq!(app.detail_top, app.detail_max_top);
+    app.handle_key(key('k'));
+    assert_eq!(app.detail_top, app.detail_max_top - 1);
+    app.handle_key(key('g'));
+    assert_eq!(app.detail_top, 0);
+    // Another job starts at its top.
+    app.detail_top = 3;
+    app.focus = Focus::Jobs;
+    app.handle_key(key('k'));
+    assert_eq!(app.detail_top, 0);
+}
+
+#[test]
+fn a_wide_detail_that_overflows_takes_focus_with_tab() {
+    let mut app = app_with(&aborted_canary_events(), color());
+    app.wide = true;
+    select(&mut app, "test");
+    drawn(&mut app, 120, 20);
+    assert!(app.detail_max_top > 0);
+    app.focus = Focus::Log;
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Detail);
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Jobs);
+    // One that fits is skipped.
+    select(&mut app, "lint");
+    drawn(&mut app, 120, 40);
+    assert_eq!(app.detail_max_top, 0);
+    app.focus = Focus::Log;
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Jobs);
+}
+
+fn footer(app: &mut App, w: u16, h: u16) -> String {
+    drawn(app, w, h).last().cloned().unwrap_or_default()
+}
+
+#[test]
+fn the_80_column_footer_keeps_filter_and_list_while_jobs_run() {
+    let mut app = app_with(&running_events(), color());
+    app.wide = false;
+    select(&mut app, "test");
+    app.focus = Focus::Jobs;
+    let jobs = footer(&mut app, 80, 24);
+    assert!(app.model.is_active(), "jobs are running");
+    for k in ["Enter log", "/ filter", "m list", "c cancel", "? help", "q quit"] {
+        assert!(jobs.contains(k), "{k:?} in the jobs pane's footer: {jobs}");
+    }
+    assert!(!jobs.contains("w wrap"), "wrap is the log's: {jobs}");
+    app.focus = Focus::Log;
+    let log = footer(&mut app, 80, 24);
+    for k in ["/ search", "f follow", "w wrap", "? help", "q quit"] {
+        assert!(log.contains(k), "{k:?} in the log pane's footer: {log}");
+    }
+    assert!(!log.contains("m list"), "{log}");
+    // A failed job's keys come first.
+    let mut app = app_with(&failed_events(), color());
+    app.wide = false;
+    select(&mut app, "test-flaky");
+    let failed = footer(&mut app, 80, 24);
+    assert!(failed.starts_with("r retry"), "{failed}");
+}
+
+fn mouse(kind: crossterm::event::MouseEventKind, column: u16, row: u16) -> crossterm::event::MouseEvent {
+    crossterm::event::MouseEvent {
+        kind,
+        column,
+        row,
+        modifiers: KeyModifiers::NONE,
+    }
+}
+
+/// Where `text` is drawn on a screen: (column, row) of its first character.
+fn find(rows: &[String], text: &str) -> (u16, u16) {
+    rows.iter()
+        .enumerate()
+        .find_map(|(y, r)| r.find(text).map(|byte| (r[..byte].chars().count() as u16, y as u16)))
+        .unwrap_or_else(|| panic!("{text:?} is not on the screen:\n{}", rows.join("\n")))
+}
+
+#[test]
+fn a_click_selects_a_job_or_a_pane_and_the_wheel_scrolls_what_is_under_it() {
+    use crossterm::event::{MouseButton, MouseEventKind as M};
+    let screen_rect = ratatui::layout::Rect::new(0, 0, 120, 30);
+    let mut evs = running_events();
+    for i in 0..200 {
+        evs.push(line(1_300, "build", 1, &format!("build line {i}")));
+    }
+    let mut app = app_with(&evs, color());
+    app.wide = true;
+    select(&mut app, "lint");
+    let rows = drawn(&mut app, 120, 30);
+    // A click on the body of integration's box selects it.
+    let (x, y) = find(&rows, "integration");
+    app.handle_mouse(mouse(M::Down(MouseButton::Left), x + 2, y + 1), screen_rect);
+    assert_eq!(app.selected, app.model.job("integration").expect("job"));
+    assert_eq!(app.focus, Focus::Jobs);
+    // A click between the boxes selects nothing new.
+    app.handle_mouse(mouse(M::Down(MouseButton::Left), 1, 28), screen_rect);
+    assert_eq!(app.selected, app.model.job("integration").expect("job"));
+    // The wheel over the jobs moves the selection.
+    select(&mut app, "build");
+    let rows = drawn(&mut app, 120, 30);
+    let (bx, by) = find(&rows, "┌build");
+    app.handle_mouse(mouse(M::ScrollDown, bx + 2, by + 1), screen_rect);
+    assert_ne!(app.selected, app.model.job("build").expect("job"));
+    // The wheel over the log scrolls it back three rows, out of follow.
+    select(&mut app, "build");
+    let rows = drawn(&mut app, 120, 30);
+    let (lx, ly) = find(&rows, "build line 199");
+    let bottom = app.log_view_top();
+    app.handle_mouse(mouse(M::ScrollUp, lx, ly), screen_rect);
+    assert!(!app.follow);
+    assert_eq!(app.log_view_top(), bottom - 3);
+    assert_eq!(app.focus, Focus::Jobs, "the wheel does not move the focus");
+    // A click in the log gives it the focus.
+    app.handle_mouse(mouse(M::Down(MouseButton::Left), lx, ly), screen_rect);
+    assert_eq!(app.focus, Focus::Log);
+    // With the help open, a click closes it and does nothing else.
+    app.handle_key(key('?'));
+    app.handle_mouse(mouse(M::Down(MouseButton::Left), x + 2, y + 1), screen_rect);
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(app.selected, app.model.job("build").expect("job"));
+}
+
+#[test]
+fn on_a_narrow_screen_a_click_picks_a_tab_and_list_lines_are_jobs() {
+    use crossterm::event::{MouseButton, MouseEventKind as M};
+    let screen_rect = ratatui::layout::Rect::new(0, 0, 80, 24);
+    let mut app = app_with(&running_events(), color());
+    app.wide = false;
+    let rows = drawn(&mut app, 80, 24);
+    for (tab, focus) in [("Log", Focus::Log), ("Detail", Focus::Detail), ("Jobs", Focus::Jobs)] {
+        let (x, y) = find(&rows, &format!(" {tab} "));
+        app.handle_mouse(mouse(M::Down(MouseButton::Left), x + 1, y), screen_rect);
+        assert_eq!(app.focus, focus, "{tab}");
+    }
+    app.list_mode = true;
+    let rows = drawn(&mut app, 80, 24);
+    let (x, y) = find(&rows, "test-flaky");
+    app.handle_mouse(mouse(M::Down(MouseButton::Left), x, y), screen_rect);
+    assert_eq!(app.selected, app.model.job("test-flaky").expect("job"));
+}
+
+#[test]
+fn a_search_the_disk_cannot_answer_says_why_and_is_not_asked_again() {
+    let mut app = long_log_app(20);
+    app.handle_key(key('/'));
+    for c in "build line 4".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let scan = app.needs_scan().expect("the disk part");
+    app.scan_failed(scan, "cannot read /x/build.1.log: permission denied");
+    assert_eq!(app.needs_scan(), None, "not asked again and again");
+    assert!(
+        app.status.as_deref().unwrap_or("").contains("permission denied"),
+        "{:?}",
+        app.status
+    );
+    // What is in memory is still searched, and the count says it may be short.
+    app.handle_key(key('n'));
+    let status = app.status.clone().unwrap_or_default();
+    assert!(status.starts_with("match ") && status.contains("+"), "{status}");
 }

@@ -77,12 +77,28 @@ struct ConfigArtifacts {
     min_free: Option<String>,
 }
 
+/// `ui:` in `<state>/config.yml`: the terminal UI's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigUi {
+    /// Clicks and the wheel (default on; `--no-mouse` turns it off for one run).
+    mouse: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct Config {
     #[serde(default)]
     gc: ConfigGc,
     #[serde(default)]
     artifacts: ConfigArtifacts,
+    #[serde(default)]
+    ui: ConfigUi,
+}
+
+/// Whether the terminal UI takes the mouse (`ui: {mouse: false}` in
+/// `<state>/config.yml` turns it off).
+pub fn ui_mouse(state: &Path) -> Result<bool, StoreError> {
+    Ok(read_config(state)?.0.ui.mouse.unwrap_or(true))
 }
 
 /// Limits on artifacts, with their documented defaults.
@@ -563,6 +579,17 @@ mod tests {
         assert_eq!(parse_size("1.5 KiB"), Ok(1536));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_mouse_is_on_unless_the_config_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ui_mouse(dir.path()).unwrap(), "no config.yml");
+        std::fs::write(dir.path().join("config.yml"), "ui:\n  mouse: false\n").unwrap();
+        assert!(!ui_mouse(dir.path()).unwrap());
+        std::fs::write(dir.path().join("config.yml"), "ui:\n  mous: false\n").unwrap();
+        let err = ui_mouse(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("config.yml") && err.contains("mous"), "{err}");
     }
 
     #[test]

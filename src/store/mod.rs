@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod gc;
 pub mod index;
+pub mod logscan;
 pub mod manifest;
 pub mod objects;
 

@@ -1,7 +1,8 @@
 //! UI state and key handling, as a plain function: a key in, commands for
 //! the engine out. No terminal, no engine, no clock: tests drive it directly.
 
-use crossterm::event::{KeyCode, KeyEvent};
+use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::layout::{Position, Rect};
 
 use crate::engine::JobStatus;
 
@@ -60,10 +61,50 @@ pub enum Mode {
     Filter(String),
 }
 
-/// Log lines older than the in-memory window, read back from the run's log file.
+/// Most log lines from before the in-memory window held at once: a window
+/// around the view, read back from the run's log file as it moves.
+pub const OLDER_WINDOW: usize = 2_000;
+/// Most matches kept of a search through the lines only on disk.
+pub const MAX_DISK_HITS: usize = 100_000;
+
+/// Log lines from before the in-memory window, read back from the run's
+/// log file: entries `start..start + asked` of attempt `key` (fewer when
+/// the file has fewer).
 pub struct OlderLines {
     pub key: (usize, u32),
+    pub start: usize,
+    pub asked: usize,
     pub lines: Vec<super::model::LogLine>,
+}
+
+/// Lines the view needs from the run's log file: entries
+/// `from..from + count` of attempt `key` (job index, attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OlderRequest {
+    pub key: (usize, u32),
+    pub from: usize,
+    pub count: usize,
+}
+
+/// A search to run through lines only on disk: entries `from..to` of
+/// attempt `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanRequest {
+    pub key: (usize, u32),
+    pub query: String,
+    pub from: usize,
+    pub to: usize,
+}
+
+/// What the search found among the lines only on disk, up to line `upto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskHits {
+    pub key: (usize, u32),
+    pub query: String,
+    pub upto: usize,
+    pub lines: Vec<usize>,
+    /// It stopped at [`MAX_DISK_HITS`].
+    pub capped: bool,
 }
 
 pub struct App {
@@ -90,6 +131,8 @@ pub struct App {
     pub search: Option<String>,
     /// A search waits for the lines only on disk before it jumps.
     search_waits: bool,
+    /// Matches of the search among the lines only on disk.
+    pub disk_hits: Option<DiskHits>,
     pub filter: String,
     pub status: Option<String>,
     /// Current time (unix ms), set by the loop before drawing.
@@ -102,6 +145,10 @@ pub struct App {
     pub awaiting_rollout: Option<(String, String)>,
     /// First line of the help overlay shown (it scrolls on small screens).
     pub help_top: usize,
+    /// First row of the detail pane shown (it scrolls when it does not fit).
+    pub detail_top: usize,
+    /// How far the detail pane can scroll, at the last draw.
+    pub detail_max_top: usize,
 }
 
 impl App {
@@ -123,12 +170,15 @@ impl App {
             log_row: 0,
             search: None,
             search_waits: false,
+            disk_hits: None,
             filter: String::new(),
             status: None,
             now: 0,
             wide: true,
             awaiting_rollout: None,
             help_top: 0,
+            detail_top: 0,
+            detail_max_top: 0,
         }
     }
 
@@ -217,7 +267,7 @@ impl App {
             self.older
                 .as_ref()
                 .filter(|o| o.key == (j, a))
-                .and_then(|o| o.lines.get(i))
+                .and_then(|o| o.lines.get(i.checked_sub(o.start)?))
         }
     }
 
@@ -248,30 +298,118 @@ impl App {
         (0, 0)
     }
 
-    /// Whether the view, or a search, reaches lines that are only on disk
-    /// (and not loaded): the loop then reads them and calls
-    /// [`App::older_loaded`].
-    pub fn needs_older(&self) -> Option<(usize, u32)> {
-        let (j, a) = (self.selected_job()?, self.shown_attempt()?);
-        let dropped = self.model.logs.get(&(j, a))?.dropped;
-        (dropped > 0 && (self.log_view_top() < dropped || self.search_waits) && self.older_for(j, a).is_none())
-            .then_some((j, a))
-    }
-
-    /// The loaded lines before the in-memory window of attempt `a` of job `j`.
-    fn older_for(&self, j: usize, a: u32) -> Option<&[super::model::LogLine]> {
-        let dropped = self.model.logs.get(&(j, a))?.dropped;
-        self.older
+    /// The lines only on disk that the view shows and the loaded window
+    /// does not hold: the loop reads them (off the UI's task) and hands them
+    /// to [`App::older_arrived`]. The window is [`OLDER_WINDOW`] lines around
+    /// the view, so memory stays flat however far back one scrolls.
+    pub fn needs_older(&self) -> Option<OlderRequest> {
+        let key = (self.selected_job()?, self.shown_attempt()?);
+        let dropped = self.model.logs.get(&key)?.dropped;
+        let top = self.log_view_top();
+        if top >= dropped {
+            return None;
+        }
+        let end = (top + self.log_height.max(1)).min(dropped);
+        let covered = self
+            .older
             .as_ref()
-            .filter(|o| o.key == (j, a) && o.lines.len() >= dropped)
-            .map(|o| &o.lines[..dropped])
+            .is_some_and(|o| o.key == key && o.start <= top && end <= o.start + o.asked);
+        if covered {
+            return None;
+        }
+        let from = top.saturating_sub(OLDER_WINDOW.saturating_sub(self.log_height) / 2);
+        Some(OlderRequest {
+            key,
+            from,
+            count: OLDER_WINDOW.min(dropped - from),
+        })
     }
 
-    /// The loop has read the older lines: a search that waited for them jumps now.
-    pub fn older_loaded(&mut self) {
+    /// The loop has read what [`App::needs_older`] asked for.
+    pub fn older_arrived(&mut self, req: OlderRequest, lines: Vec<super::model::LogLine>) {
+        self.older = Some(OlderLines {
+            key: req.key,
+            start: req.from,
+            asked: req.count,
+            lines,
+        });
+    }
+
+    /// The part of the log only on disk that the search has not been
+    /// through yet: the loop searches it (off the UI's task) and hands the
+    /// matches to [`App::scan_arrived`].
+    pub fn needs_scan(&self) -> Option<ScanRequest> {
+        let query = self.search.clone()?;
+        let key = (self.selected_job()?, self.shown_attempt()?);
+        let dropped = self.model.logs.get(&key)?.dropped;
+        let from = match &self.disk_hits {
+            Some(h) if h.key == key && h.query == query => {
+                if h.capped || h.upto >= dropped {
+                    return None;
+                }
+                h.upto
+            }
+            _ if dropped == 0 => return None,
+            _ => 0,
+        };
+        Some(ScanRequest {
+            key,
+            query,
+            from,
+            to: dropped,
+        })
+    }
+
+    /// The loop has searched what [`App::needs_scan`] asked for; a search
+    /// that waited for it jumps now.
+    pub fn scan_arrived(&mut self, req: ScanRequest, found: crate::store::logscan::Hits) {
+        if self.search.as_deref() != Some(req.query.as_str()) {
+            return;
+        }
+        // The answer continues what is known (from where it stopped), or
+        // starts it; anything else answers a question no longer asked.
+        match &mut self.disk_hits {
+            Some(h) if h.key == req.key && h.query == req.query => {
+                if h.upto != req.from {
+                    return;
+                }
+                let room = MAX_DISK_HITS.saturating_sub(h.lines.len());
+                h.capped |= found.capped || found.lines.len() > room;
+                h.lines.extend(found.lines.into_iter().take(room));
+                h.upto = req.to;
+            }
+            _ if req.from == 0 => {
+                self.disk_hits = Some(DiskHits {
+                    key: req.key,
+                    query: req.query,
+                    upto: req.to,
+                    lines: found.lines,
+                    capped: found.capped,
+                });
+            }
+            // An answer to a question no longer asked.
+            _ => return,
+        }
+        // What was on disk when the search was asked has been searched: it
+        // jumps now, though a talking job keeps adding lines to search (the
+        // next scans take them; waiting for the end would wait forever).
         if std::mem::take(&mut self.search_waits) && !self.jump_to_match(true, true) {
             self.status = Some(format!("no match for `{}`", self.search.as_deref().unwrap_or("")));
         }
+    }
+
+    /// The search through the lines on disk failed: it says why and stops
+    /// there (not asked again each frame); matches in memory still count,
+    /// and the count says it may be short (`+`).
+    pub fn scan_failed(&mut self, req: ScanRequest, why: &str) {
+        self.scan_arrived(
+            req,
+            crate::store::logscan::Hits {
+                lines: Vec::new(),
+                capped: true,
+            },
+        );
+        self.status = Some(format!("cannot search the log on disk: {why}"));
     }
 
     /// Total lines of the shown log (dropped lines included).
@@ -327,6 +465,7 @@ impl App {
         match b.action {
             Action::HoldRollout if self.selected_rollout().is_some_and(|r| r.phase == "held") => "resume",
             Action::TogglePause if self.model.paused => "resume",
+            Action::Search if self.focus == Focus::Jobs => "filter",
             Action::Promote if self.selected_rollout().is_some_and(|r| r.strategy == "rolling") => "resume",
             _ => b.label,
         }
@@ -404,12 +543,13 @@ impl App {
                     KeyCode::Enter => {
                         self.search = (!text.is_empty()).then(|| text.clone());
                         self.follow = false;
-                        // Lines only on disk are searched too: read them first.
-                        self.search_waits = self.search.is_some();
-                        if self.needs_older().is_some() {
+                        // Lines only on disk are searched too: the loop
+                        // searches them, then the search jumps.
+                        self.search_waits = self.needs_scan().is_some();
+                        if self.search_waits {
                             self.status = Some(format!("searching for `{text}` in the whole log..."));
-                        } else {
-                            self.older_loaded();
+                        } else if self.search.is_some() && !self.jump_to_match(true, true) {
+                            self.status = Some(format!("no match for `{text}`"));
                         }
                     }
                     KeyCode::Esc => {}
@@ -458,6 +598,62 @@ impl App {
         }
     }
 
+    /// A click or the wheel on a screen of `screen`: a click selects the
+    /// job under it (DAG box or list line) or the pane, the wheel scrolls
+    /// what is under it (the log and the detail by three rows, the jobs by
+    /// one). While a question or the help is open, a click closes the help
+    /// and is otherwise ignored, as is every other mouse event.
+    pub fn handle_mouse(&mut self, ev: MouseEvent, screen: Rect) -> Vec<Command> {
+        let at = Position {
+            x: ev.column,
+            y: ev.row,
+        };
+        let a = super::render::areas(self, screen);
+        let under = |r: Option<Rect>| r.is_some_and(|r| r.contains(at));
+        let pane = if under(a.jobs) {
+            Some(Focus::Jobs)
+        } else if under(a.log) {
+            Some(Focus::Log)
+        } else if under(a.detail) {
+            Some(Focus::Detail)
+        } else {
+            None
+        };
+        if self.mode != Mode::Normal {
+            if self.mode == Mode::Help && matches!(ev.kind, MouseEventKind::Down(_)) {
+                self.mode = Mode::Normal;
+            }
+            return Vec::new();
+        }
+        match ev.kind {
+            MouseEventKind::ScrollUp | MouseEventKind::ScrollDown => {
+                let down = ev.kind == MouseEventKind::ScrollDown;
+                match pane {
+                    Some(Focus::Jobs) => self.move_selection(if down { 1 } else { -1 }),
+                    Some(Focus::Log) => self.scroll_log(if down { 3 } else { -3 }),
+                    Some(Focus::Detail) => self.scroll_detail(if down { 3 } else { -3 }),
+                    None => {}
+                }
+            }
+            MouseEventKind::Down(MouseButton::Left) => {
+                if let Some(tabs) = a.tabs.filter(|t| t.contains(at)) {
+                    if let Some(f) = super::render::tab_at(at.x - tabs.x) {
+                        self.focus = f;
+                    }
+                    return Vec::new();
+                }
+                if let Some(p) = pane {
+                    self.focus = p;
+                }
+                if let Some(j) = a.jobs.and_then(|r| super::render::job_at(self, r, at.x, at.y)) {
+                    self.select(j);
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
     fn select_first_visible(&mut self) {
         if let Some(&first) = self.visible_jobs().first()
             && !self.visible_jobs().contains(&self.selected)
@@ -471,7 +667,16 @@ impl App {
             self.selected = j;
             self.attempt = None;
             self.follow = true;
+            self.detail_top = 0;
         }
+    }
+
+    fn scroll_detail(&mut self, delta: isize) {
+        self.detail_top = self
+            .detail_top
+            .min(self.detail_max_top)
+            .saturating_add_signed(delta)
+            .min(self.detail_max_top);
     }
 
     fn confirm(&mut self, question: String, yes: Vec<Command>) -> Vec<Command> {
@@ -519,6 +724,10 @@ impl App {
             return Vec::new();
         }
         match action {
+            Action::Up | Action::Down if self.focus == Focus::Detail => {
+                self.scroll_detail(if action == Action::Up { -1 } else { 1 });
+                Vec::new()
+            }
             Action::Up | Action::Down if self.focus != Focus::Jobs => {
                 self.scroll_log(if action == Action::Up { -1 } else { 1 });
                 Vec::new()
@@ -532,9 +741,11 @@ impl App {
                 Vec::new()
             }
             Action::NextPane => {
-                self.focus = match (self.focus, self.wide) {
-                    (Focus::Jobs, _) => Focus::Log,
-                    (Focus::Log, false) => Focus::Detail,
+                // The detail takes focus to scroll; on wide screens only
+                // when it has more than it shows.
+                self.focus = match self.focus {
+                    Focus::Jobs => Focus::Log,
+                    Focus::Log if !self.wide || self.detail_max_top > 0 => Focus::Detail,
                     _ => Focus::Jobs,
                 };
                 Vec::new()
@@ -640,7 +851,9 @@ impl App {
             }
             Action::PageUp | Action::PageDown => {
                 let page = self.log_height.max(1) as isize;
-                if self.focus == Focus::Jobs {
+                if self.focus == Focus::Detail {
+                    self.scroll_detail(if action == Action::PageUp { -page } else { page });
+                } else if self.focus == Focus::Jobs {
                     self.move_selection(if action == Action::PageUp { -page } else { page });
                 } else {
                     self.scroll_log(if action == Action::PageUp { -page } else { page });
@@ -649,7 +862,9 @@ impl App {
             }
             Action::Top | Action::Bottom => {
                 let top = action == Action::Top;
-                if self.focus == Focus::Jobs {
+                if self.focus == Focus::Detail {
+                    self.detail_top = if top { 0 } else { self.detail_max_top };
+                } else if self.focus == Focus::Jobs {
                     let v = self.visible_jobs();
                     let target = if top { v.first() } else { v.last() };
                     if let Some(&t) = target {
@@ -766,8 +981,8 @@ impl App {
         self.follow = (line, row) >= bottom && delta > 0;
     }
 
-    /// Moves the view to the next/previous line matching the search. Only the
-    /// in-memory window is searched.
+    /// Moves the view to the next/previous line matching the search: the
+    /// matches found on disk so far, then those in memory.
     fn jump_to_match(&mut self, forward: bool, from_here: bool) -> bool {
         let (Some(j), Some(a), Some(q)) = (self.selected_job(), self.shown_attempt(), self.search.clone()) else {
             return false;
@@ -775,17 +990,23 @@ impl App {
         let Some(log) = self.model.logs.get(&(j, a)) else {
             return false;
         };
-        let q = q.to_lowercase();
         let start = self.log_top;
-        let older = self.older_for(j, a).unwrap_or_default();
-        let skipped = log.dropped - older.len();
+        let disk = self.disk_hits.as_ref().filter(|h| h.key == (j, a) && h.query == q);
+        let capped = disk.is_some_and(|h| h.capped);
+        let needle = q.to_lowercase();
         // Every line shown is searched, step markers included.
-        let hits: Vec<usize> = older
+        let hits: Vec<usize> = disk
+            .map(|h| h.lines.as_slice())
+            .unwrap_or_default()
             .iter()
-            .chain(log.lines.iter())
-            .enumerate()
-            .filter(|(_, l)| l.text.to_lowercase().contains(&q))
-            .map(|(i, _)| i + skipped)
+            .copied()
+            .chain(
+                log.lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.text.to_lowercase().contains(&needle))
+                    .map(|(i, _)| i + log.dropped),
+            )
             .collect();
         let found = if forward {
             hits.iter()
@@ -811,7 +1032,8 @@ impl App {
                     (true, false) => " (wrapped to the bottom)",
                     _ => "",
                 };
-                self.status = Some(format!("match {n}/{}{note}", hits.len()));
+                let more = if capped { "+" } else { "" };
+                self.status = Some(format!("match {n}/{}{more}{note}", hits.len()));
                 true
             }
             None => false,

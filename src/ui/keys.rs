@@ -310,6 +310,34 @@ pub const BINDINGS: &[Binding] = &[
     ),
 ];
 
+/// The footer's order, most useful first: a rollout's keys (at 80 columns
+/// they are what matters while one runs), what applies to the selected job,
+/// finding one's way through a big run (`/`, `m`, which must not drop off
+/// while jobs run), then the run as a whole. Help and quit always end it.
+/// Every binding with a footer label is here (a test checks).
+pub const FOOTER_ORDER: &[Action] = &[
+    A::Promote,
+    A::PromoteFull,
+    A::AbortRollout,
+    A::Rollback,
+    A::HoldRollout,
+    A::Approve,
+    A::Retry,
+    A::Shell,
+    A::OpenLog,
+    A::Search,
+    A::ToggleList,
+    A::ToggleFollow,
+    A::ToggleWrap,
+    A::Cancel,
+    A::RerunFailed,
+    A::TogglePause,
+    A::CancelAll,
+    A::NextPane,
+    A::Help,
+    A::Quit,
+];
+
 /// The action a key means in `scope`. Ctrl-C means quit.
 pub fn action_for(key: &KeyEvent, scope: Scope) -> Option<Action> {
     if key.modifiers.contains(KeyModifiers::CONTROL) {
@@ -348,6 +376,23 @@ mod tests {
                     seen.push(*k);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_footer_key_has_a_place_in_the_footer_order() {
+        for b in BINDINGS.iter().filter(|b| !b.label.is_empty()) {
+            assert!(
+                FOOTER_ORDER.contains(&b.action),
+                "{:?} is not in FOOTER_ORDER",
+                b.action
+            );
+        }
+        for a in FOOTER_ORDER {
+            assert!(
+                binding(*a).is_some_and(|b| !b.label.is_empty()),
+                "{a:?} has no footer label"
+            );
         }
     }
 

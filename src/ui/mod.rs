@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossterm::event::{Event as TermEvent, KeyEventKind};
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, KeyEventKind};
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
 use crossterm::{cursor, execute};
 use ratatui::Terminal;
@@ -33,8 +33,12 @@ use crate::engine::{EngineError, EngineHandle, RunSummary};
 use crate::headless::Signals;
 use crate::store;
 
-use app::{App, Command, OlderLines};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use app::{App, Command, OlderRequest, ScanRequest};
 use model::{LineKind, LogLine};
+use store::logscan::{Hits, LogIndex};
 use theme::Theme;
 
 /// Shortest time between two frames (about 30 fps).
@@ -53,6 +57,9 @@ pub enum UiError {
 pub struct UiOptions {
     pub ascii: bool,
     pub color: bool,
+    /// Take clicks and the wheel (`--no-mouse` turns it off; the terminal
+    /// then selects text as usual, as Shift-drag does with the mouse on).
+    pub mouse: bool,
 }
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
@@ -61,17 +68,26 @@ static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
 
 fn restore_terminal() {
     let _ = disable_raw_mode();
-    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+    let _ = execute!(io::stdout(), DisableMouseCapture, LeaveAlternateScreen, cursor::Show);
+}
+
+/// Raw mode, the alternate screen, and the mouse when asked.
+fn take_terminal(mouse: bool) -> io::Result<()> {
+    enable_raw_mode()?;
+    execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+    if mouse {
+        execute!(io::stdout(), EnableMouseCapture)?;
+    }
+    Ok(())
 }
 
 /// Puts the terminal back however the UI ends.
 struct TerminalGuard;
 
 impl TerminalGuard {
-    fn enter() -> io::Result<TerminalGuard> {
-        enable_raw_mode()?;
+    fn enter(mouse: bool) -> io::Result<TerminalGuard> {
         let guard = TerminalGuard;
-        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        take_terminal(mouse)?;
         // A panic anywhere (any thread, any task) restores the terminal first,
         // then reports; the loop sees the flag and stops drawing.
         let previous = std::panic::take_hook();
@@ -141,29 +157,103 @@ fn spawn_input(stop: Arc<AtomicBool>, pause: InputPause) -> mpsc::Receiver<TermE
     rx
 }
 
-/// Reads the lines an attempt's in-memory window has dropped.
-fn load_older(app: &mut App, run_dir: &std::path::Path, key: (usize, u32)) {
-    let name = app.model.jobs[key.0].name.clone();
-    let lines = match store::read_log(run_dir, &name, Some(key.1)) {
-        Ok((_, entries)) => entries
-            .into_iter()
-            .map(|e| LogLine {
-                ts: e.ts_ms,
-                kind: match e.stream.as_str() {
-                    "step" => LineKind::Step,
-                    "err" => LineKind::Err,
-                    _ => LineKind::Out,
-                },
-                text: if e.stream == "step" { e.step } else { e.text },
-            })
-            .collect(),
-        Err(e) => {
-            app.status = Some(format!("cannot read older log lines: {e}"));
-            Vec::new()
-        }
-    };
-    app.older = Some(OlderLines { key, lines });
+/// What the loop's file work brings back to it.
+enum Disk {
+    Older(OlderRequest, Result<Vec<LogLine>, store::IoFailure>),
+    Scan(ScanRequest, Result<Hits, store::IoFailure>),
 }
+
+/// Reads older log lines and searches them on blocking threads, one of each
+/// at a time, so the UI's task never waits for the disk: keys and redraws go
+/// on while a 120 MB log is read. Each attempt's log keeps a sparse index of
+/// where its lines start, so later reads seek instead of parsing from the top.
+struct DiskWork {
+    run_dir: std::path::PathBuf,
+    indexes: HashMap<(usize, u32), Arc<Mutex<LogIndex>>>,
+    tx: mpsc::Sender<Disk>,
+    older: Option<OlderRequest>,
+    scan: Option<ScanRequest>,
+}
+
+impl DiskWork {
+    fn index(&mut self, key: (usize, u32)) -> Arc<Mutex<LogIndex>> {
+        self.indexes.entry(key).or_default().clone()
+    }
+
+    fn path(&self, app: &App, key: (usize, u32)) -> std::path::PathBuf {
+        let name = app.model.jobs.get(key.0).map_or("", |j| j.name.as_str());
+        store::log_path(&self.run_dir, name, key.1)
+    }
+
+    /// Starts what the app needs and is not under way yet.
+    fn start(&mut self, app: &App) {
+        if self.older.is_none()
+            && let Some(req) = app.needs_older()
+        {
+            self.older = Some(req);
+            let (path, index, tx) = (self.path(app, req.key), self.index(req.key), self.tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let lines = index
+                    .read(&path, req.from, req.count)
+                    .map(|entries| entries.into_iter().map(log_line).collect());
+                let _ = tx.blocking_send(Disk::Older(req, lines));
+            });
+        }
+        if self.scan.is_none()
+            && let Some(req) = app.needs_scan()
+        {
+            self.scan = Some(req.clone());
+            let (path, index, tx) = (self.path(app, req.key), self.index(req.key), self.tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let hits = index.search(&path, req.from, req.to, &req.query, app::MAX_DISK_HITS);
+                let _ = tx.blocking_send(Disk::Scan(req, hits));
+            });
+        }
+    }
+
+    /// Hands what came back to the app.
+    fn arrived(&mut self, app: &mut App, done: Disk) {
+        match done {
+            Disk::Older(req, lines) => {
+                self.older = None;
+                match lines {
+                    Ok(lines) => app.older_arrived(req, lines),
+                    Err(e) => {
+                        app.status = Some(format!("cannot read older log lines: {e}"));
+                        // Do not ask again and again: an empty window.
+                        app.older_arrived(req, Vec::new());
+                    }
+                }
+            }
+            Disk::Scan(req, hits) => {
+                self.scan = None;
+                match hits {
+                    Ok(hits) => app.scan_arrived(req, hits),
+                    Err(e) => app.scan_failed(req, &e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn log_line(e: store::LogEntry) -> LogLine {
+    LogLine {
+        ts: e.ts_ms,
+        kind: match e.stream.as_str() {
+            "step" => LineKind::Step,
+            "err" => LineKind::Err,
+            _ => LineKind::Out,
+        },
+        text: if e.stream == "step" { e.step } else { e.text },
+    }
+}
+
+/// Longest the loop spends applying queued events before it looks at the
+/// keyboard and the screen again: under a flood of output a key still
+/// answers within a frame.
+pub const DRAIN_BUDGET: Duration = Duration::from_millis(8);
 
 /// Runs the UI until the person quits; returns the run's summary.
 pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -> Result<RunSummary, UiError> {
@@ -172,7 +262,7 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     for job in approvals {
         handle.approve(job).await?;
     }
-    let guard = TerminalGuard::enter()?;
+    let guard = TerminalGuard::enter(opts.mouse)?;
     let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -193,6 +283,14 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
         color: opts.color,
         ascii: opts.ascii,
     });
+    let (disk_tx, mut disk_rx) = mpsc::channel(4);
+    let mut disk = DiskWork {
+        run_dir: handle.run_dir().to_path_buf(),
+        indexes: HashMap::new(),
+        tx: disk_tx,
+        older: None,
+        scan: None,
+    };
     let mut dirty = true;
     // A key press is drawn at once; only output-driven redraws are throttled.
     let mut keyed = false;
@@ -215,31 +313,15 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
         } else {
             Duration::from_secs(1)
         };
+        // Keys first: a flood of output never keeps a key waiting.
         tokio::select! {
-            ev = rx.recv() => {
-                match ev {
-                    Ok(ev) => app.apply(&ev),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        app.status = Some(format!("the display fell behind and skipped {n} events; logs on disk are complete"));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break Err(UiError::Engine(EngineError::Stopped)),
-                }
-                // Drain everything already queued before drawing again.
-                loop {
-                    match rx.try_recv() {
-                        Ok(ev) => app.apply(&ev),
-                        Err(TryRecvError::Lagged(n)) => app.status = Some(format!("skipped {n} events")),
-                        Err(_) => break,
-                    }
-                }
-                dirty = true;
-            }
+            biased;
             Some(ev) = input.recv() => {
                 if let TermEvent::Key(key) = ev
                     && key.kind != KeyEventKind::Release {
                         for cmd in app.handle_key(key) {
                             if let Command::Shell(job) = &cmd {
-                                app.status = Some(shell(handle, job, &mut terminal, &pause).await);
+                                app.status = Some(shell(handle, job, &mut terminal, &pause, opts.mouse).await);
                                 continue;
                             }
                             if let Some(done) = perform(handle, &mut app, cmd).await {
@@ -250,19 +332,48 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                             }
                         }
                     }
+                if let TermEvent::Mouse(m) = ev {
+                    let size = terminal.size()?;
+                    app.handle_mouse(m, Rect::new(0, 0, size.width, size.height));
+                }
                 dirty = true;
                 keyed = true;
-            }
-            () = tokio::time::sleep(wait) => {
-                if app.model.is_active() {
-                    dirty = true;
-                }
             }
             name = signals.recv() => {
                 app.status = Some(format!("{name}: cancelling running jobs"));
                 quitting = true;
                 let _ = handle.cancel_all().await;
                 dirty = true;
+            }
+            Some(done) = disk_rx.recv() => {
+                disk.arrived(&mut app, done);
+                dirty = true;
+                keyed = true;
+            }
+            ev = rx.recv() => {
+                match ev {
+                    Ok(ev) => app.apply(&ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        app.status = Some(format!("the display fell behind and skipped {n} events; logs on disk are complete"));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break Err(UiError::Engine(EngineError::Stopped)),
+                }
+                // Drain what is queued before drawing again, within a
+                // budget: past it the keyboard and the screen come first.
+                let until = Instant::now() + DRAIN_BUDGET;
+                while Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(ev) => app.apply(&ev),
+                        Err(TryRecvError::Lagged(n)) => app.status = Some(format!("skipped {n} events")),
+                        Err(_) => break,
+                    }
+                }
+                dirty = true;
+            }
+            () = tokio::time::sleep(wait) => {
+                if app.model.is_active() {
+                    dirty = true;
+                }
             }
         }
         if quitting {
@@ -281,11 +392,9 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
             let text = render::log_text_area(&app, area);
             app.log_height = usize::from(text.height);
             app.log_width = usize::from(text.width);
+            app.detail_max_top = render::detail_max_top(&app, area);
             app.now = store::now_ms();
-            if let Some(key) = app.needs_older() {
-                load_older(&mut app, handle.run_dir(), key);
-                app.older_loaded();
-            }
+            disk.start(&app);
             draw(&mut terminal, &app)?;
             dirty = false;
             keyed = false;
@@ -311,6 +420,7 @@ async fn shell(
     job: &str,
     terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
     pause: &InputPause,
+    mouse: bool,
 ) -> String {
     let docker = match crate::exec::docker::DockerExecutor::connect().await {
         Ok(d) => d,
@@ -324,7 +434,7 @@ async fn shell(
     restore_terminal();
     println!("trackside: a shell in {what}; `exit` returns to the run");
     let status = tokio::task::block_in_place(|| cmd.status());
-    let back = enable_raw_mode().and_then(|()| execute!(io::stdout(), EnterAlternateScreen, cursor::Hide));
+    let back = take_terminal(mouse);
     pause.resume();
     let _ = terminal.clear();
     match (status, back) {

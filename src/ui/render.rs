@@ -17,7 +17,7 @@ use crate::headless::seconds;
 
 use super::ansi;
 use super::app::{App, Focus, Mode};
-use super::keys::{Action, BINDINGS, Scope};
+use super::keys::{Action, BINDINGS, FOOTER_ORDER, Scope};
 use super::model::LineKind;
 
 /// Columns from which panes sit side by side.
@@ -237,21 +237,35 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
+/// The narrow screen's tabs, in order.
+const TABS: [(&str, Focus); 3] = [("Jobs", Focus::Jobs), ("Log", Focus::Log), ("Detail", Focus::Detail)];
+
+/// The tab drawn at column `x` of the tab line (counted from its start).
+pub fn tab_at(x: u16) -> Option<Focus> {
+    let mut start = 0;
+    for (label, focus) in TABS {
+        // " label " and a space between tabs.
+        let end = start + label.len() as u16 + 2;
+        if (start..end).contains(&x) {
+            return Some(focus);
+        }
+        start = end + 1;
+    }
+    None
+}
+
 fn render_tabs(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.theme;
-    let tab = |label: &str, f: Focus| {
+    let mut spans = Vec::new();
+    for (label, f) in TABS {
+        if !spans.is_empty() {
+            spans.push(Span::raw(" "));
+        }
         let style = if app.focus == f { t.selected() } else { t.dim() };
-        Span::styled(format!(" {label} "), style)
-    };
-    let line = Line::from(vec![
-        tab("Jobs", Focus::Jobs),
-        Span::raw(" "),
-        tab("Log", Focus::Log),
-        Span::raw(" "),
-        tab("Detail", Focus::Detail),
-        Span::styled("  (Tab switches)", t.dim()),
-    ]);
-    Paragraph::new(line).render(area, buf);
+        spans.push(Span::styled(format!(" {label} "), style));
+    }
+    spans.push(Span::styled("  (Tab switches)", t.dim()));
+    Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
 fn pane_block<'a>(app: &App, title: String, focused: bool) -> Block<'a> {
@@ -310,11 +324,16 @@ fn job_summary(app: &App, j: usize) -> (String, Style, String) {
     (glyph, style, info)
 }
 
+/// The first job the list shows in `h` rows: the selection stays in view.
+fn list_first(app: &App, jobs: &[usize], h: usize) -> usize {
+    let pos = jobs.iter().position(|&j| j == app.selected).unwrap_or(0);
+    pos.saturating_sub(h.saturating_sub(1))
+}
+
 fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
     let jobs = app.visible_jobs();
     let h = area.height as usize;
-    let pos = jobs.iter().position(|&j| j == app.selected).unwrap_or(0);
-    let first = pos.saturating_sub(h.saturating_sub(1));
+    let first = list_first(app, &jobs, h);
     let name_w = jobs
         .iter()
         .map(|&j| app.model.jobs[j].name.chars().count())
@@ -355,33 +374,100 @@ fn dag_box_width(app: &App) -> u16 {
     (name_w as u16 + 4).clamp(12, 24)
 }
 
+/// Where the DAG's boxes go in the pane's inner `area`: one computation for
+/// drawing and for finding the job under a click.
+struct DagLayout {
+    area: Rect,
+    col_w: u16,
+    cols_fit: usize,
+    rows_fit: usize,
+    first_level: usize,
+    first_row: usize,
+}
+
+impl DagLayout {
+    fn new(app: &App, area: Rect) -> DagLayout {
+        let m = &app.model;
+        // Boxes shrink (names are truncated) before levels go off screen.
+        let fit = |w: u16| ((area.width + GUTTER) / (w + GUTTER)).max(1) as usize;
+        let mut col_w = dag_box_width(app);
+        while col_w > 12 && fit(col_w) < m.levels.len() {
+            col_w -= 1;
+        }
+        let cols_fit = fit(col_w);
+        let rows_fit = (area.height / BOX_H).max(1) as usize;
+        let (sel_level, sel_row) = app.selected_job().map_or((0, 0), |j| {
+            let l = m.jobs[j].level;
+            (l, m.levels[l].iter().position(|&x| x == j).unwrap_or(0))
+        });
+        DagLayout {
+            area,
+            col_w,
+            cols_fit,
+            rows_fit,
+            first_level: sel_level.saturating_sub(cols_fit - 1),
+            first_row: sel_row.saturating_sub(rows_fit - 1),
+        }
+    }
+    fn col_x(&self, level: usize) -> u16 {
+        self.area.x + (level - self.first_level) as u16 * (self.col_w + GUTTER)
+    }
+    fn row_y(&self, row: usize) -> u16 {
+        self.area.y + (row - self.first_row) as u16 * BOX_H
+    }
+    fn visible_level(&self, l: usize) -> bool {
+        l >= self.first_level && l < self.first_level + self.cols_fit
+    }
+    fn visible_row(&self, r: usize) -> bool {
+        r >= self.first_row && r < self.first_row + self.rows_fit
+    }
+    /// The box of the job at `row` of `level`, if it is drawn whole.
+    fn job_box(&self, level: usize, row: usize) -> Option<Rect> {
+        if !self.visible_level(level) || !self.visible_row(row) {
+            return None;
+        }
+        let rect = Rect::new(self.col_x(level), self.row_y(row), self.col_w, BOX_H).intersection(self.area);
+        (rect.height >= BOX_H && rect.width >= 6).then_some(rect)
+    }
+}
+
+/// The job drawn at column `x`, row `y` of the jobs pane `pane` (DAG box or
+/// list line), for a click.
+pub fn job_at(app: &App, pane: Rect, x: u16, y: u16) -> Option<usize> {
+    let inner = Block::default().borders(Borders::ALL).inner(pane);
+    let at = ratatui::layout::Position { x, y };
+    if !inner.contains(at) {
+        return None;
+    }
+    if app.list_mode || !app.filter.is_empty() {
+        let jobs = app.visible_jobs();
+        let first = list_first(app, &jobs, usize::from(inner.height));
+        return jobs.get(first + usize::from(y - inner.y)).copied();
+    }
+    let dag = DagLayout::new(app, inner);
+    app.model.levels.iter().enumerate().find_map(|(level, jobs)| {
+        jobs.iter()
+            .enumerate()
+            .find(|&(row, _)| dag.job_box(level, row).is_some_and(|r| r.contains(at)))
+            .map(|(_, &j)| j)
+    })
+}
+
 fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     let m = &app.model;
     if m.levels.is_empty() {
         return;
     }
     let t = &app.theme;
-    // Boxes shrink (names are truncated) before levels go off screen.
-    let fit = |w: u16| ((area.width + GUTTER) / (w + GUTTER)).max(1) as usize;
-    let mut col_w = dag_box_width(app);
-    while col_w > 12 && fit(col_w) < m.levels.len() {
-        col_w -= 1;
-    }
-    let cols_fit = fit(col_w);
-    let rows_fit = (area.height / BOX_H).max(1) as usize;
+    let dag = DagLayout::new(app, area);
+    let (cols_fit, rows_fit, first_level, first_row) = (dag.cols_fit, dag.rows_fit, dag.first_level, dag.first_row);
     let sel = app.selected_job();
-    let (sel_level, sel_row) = sel.map_or((0, 0), |j| {
-        let l = m.jobs[j].level;
-        (l, m.levels[l].iter().position(|&x| x == j).unwrap_or(0))
-    });
-    let first_level = sel_level.saturating_sub(cols_fit - 1);
-    let first_row = sel_row.saturating_sub(rows_fit - 1);
     let related = sel.map(|j| m.related(j)).unwrap_or_default();
     let on_path = |j: usize| Some(j) == sel || related.get(j).copied().unwrap_or(false);
-    let col_x = |level: usize| area.x + (level - first_level) as u16 * (col_w + GUTTER);
-    let row_y = |row: usize| area.y + (row - first_row) as u16 * BOX_H;
-    let visible_level = |l: usize| l >= first_level && l < first_level + cols_fit;
-    let visible_row = |r: usize| r >= first_row && r < first_row + rows_fit;
+    let col_x = |level: usize| dag.col_x(level);
+    let row_y = |row: usize| dag.row_y(row);
+    let visible_level = |l: usize| dag.visible_level(l);
+    let visible_row = |r: usize| dag.visible_row(r);
     let (h, v, tl, tr, bl, br) = if t.ascii {
         ("-", "|", "+", "+", "+", "+")
     } else {
@@ -442,13 +528,9 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
             continue;
         }
         for (row, &j) in jobs.iter().enumerate() {
-            if !visible_row(row) {
+            let Some(rect) = dag.job_box(level, row) else {
                 continue;
-            }
-            let rect = Rect::new(col_x(level), row_y(row), col_w, BOX_H).intersection(area);
-            if rect.height < BOX_H || rect.width < 6 {
-                continue;
-            }
+            };
             let job = &m.jobs[j];
             let (glyph, status_style, info) = job_summary(app, j);
             let border = if Some(j) == sel {
@@ -496,12 +578,18 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     }
 }
 
-fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
+/// The detail pane of a job, laid out in its text area: the lines, where
+/// they go, and where the charts go when there is room for them.
+struct DetailView<'a> {
+    lines: Vec<Line<'a>>,
+    text: Rect,
+    charts: Option<Rect>,
+    /// Rows the lines take when wrapped to the text's width.
+    rows: u16,
+}
+
+fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
     let t = &app.theme;
-    let Some(j) = app.selected_job() else {
-        pane_block(app, " detail ".into(), app.focus == Focus::Detail).render(area, buf);
-        return;
-    };
     let m = &app.model;
     let job = &m.jobs[j];
     let (glyph, style) = t.status(job.status, job.flaky, job.allow_failure, job.cached.is_some());
@@ -519,7 +607,8 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         ),
         Span::styled(if job.flaky { "  FLAKY" } else { "" }, t.warn()),
     ])];
-    lines.push(Line::from(vec![Span::styled("why: ", t.dim()), Span::raw(m.why(j))]));
+    let why = m.why(j);
+    lines.push(Line::from(vec![Span::styled("why: ", t.dim()), Span::raw(why.clone())]));
     if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Retrying) {
         lines.push(Line::raw(format!(
             "next attempt in {}",
@@ -527,7 +616,7 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         )));
     }
     if let Some(r) = &job.rollout {
-        rollout_lines(r, t, &mut lines);
+        rollout_lines(r, &why, t, &mut lines);
     }
     let rollout_end = lines.len();
     let names = |ids: &[usize]| {
@@ -572,32 +661,81 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
         }
         lines.push(Line::raw(s));
     }
-    let block = pane_block(app, format!(" {} ", job.name), app.focus == Focus::Detail);
-    // A rollout with measurements gets charts under its numbers, room permitting.
-    let inner = block.inner(area);
-    block.render(area, buf);
+    let rows_of = |lines: &[Line<'_>]| -> u16 {
+        lines
+            .iter()
+            .map(|l| (l.width() as u16).div_ceil(inner.width.max(1)).max(1))
+            .sum()
+    };
     // The numbers come first: charts get what the text leaves, if that is enough.
-    let text_rows: u16 = lines
-        .iter()
-        .map(|l| (l.width() as u16).div_ceil(inner.width.max(1)).max(1))
-        .sum();
+    let text_rows = rows_of(&lines);
     let spare = inner.height.saturating_sub(text_rows);
-    // Too short for charts (80x24): a line per metric with its trend.
-    if job.rollout.is_some() && job.rollout_history.len() >= 2 && (2..8).contains(&spare) {
-        let trends = trend_lines(&job.rollout_history, inner.width, t);
-        // Before the keys line, which ends the rollout's lines.
-        let at = rollout_end.saturating_sub(1);
-        lines.splice(at..at, trends);
-    }
-    let text_area = if job.rollout.is_some() && job.rollout_history.len() >= 2 && spare >= 8 {
+    let trends = job.rollout.is_some() && job.rollout_history.len() >= 2;
+    if trends && spare >= 8 {
         let [text, charts] = Layout::vertical([Constraint::Min(text_rows), Constraint::Length(spare)]).areas(inner);
+        return DetailView {
+            lines,
+            text,
+            charts: Some(charts),
+            rows: text_rows,
+        };
+    }
+    // Too short for charts (80x24): a line per metric with its trend, before
+    // the keys line that ends the rollout's lines (scrolled to if need be).
+    if trends {
+        let at = rollout_end.saturating_sub(1);
+        lines.splice(at..at, trend_lines(&job.rollout_history, inner.width, t));
+    }
+    let rows = rows_of(&lines);
+    DetailView {
+        lines,
+        text: inner,
+        charts: None,
+        rows,
+    }
+}
+
+/// How far the detail pane of the selected job can scroll on a screen of
+/// `area` (0 when it fits or is not shown).
+pub fn detail_max_top(app: &App, area: Rect) -> usize {
+    let (Some(pane), Some(j)) = (areas(app, area).detail, app.selected_job()) else {
+        return 0;
+    };
+    let inner = Block::default().borders(Borders::ALL).inner(pane);
+    let v = detail_view(app, j, inner);
+    usize::from(v.rows.saturating_sub(v.text.height))
+}
+
+fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
+    let t = &app.theme;
+    let Some(j) = app.selected_job() else {
+        pane_block(app, " detail ".into(), app.focus == Focus::Detail).render(area, buf);
+        return;
+    };
+    let job = &app.model.jobs[j];
+    let mut block = pane_block(app, format!(" {} ", job.name), app.focus == Focus::Detail);
+    let inner = block.inner(area);
+    let view = detail_view(app, j, inner);
+    let max_top = view.rows.saturating_sub(view.text.height);
+    let top = u16::try_from(app.detail_top).unwrap_or(u16::MAX).min(max_top);
+    // Say that there is more, and how to reach it.
+    if max_top > 0 {
+        let more = match (top > 0, top < max_top) {
+            (true, true) => format!(" {} more (j/k) ", t.glyph("↕", "^v")),
+            (false, _) => format!(" {} more (Tab, j) ", t.glyph("↓", "v")),
+            (true, false) => format!(" {} more (k) ", t.glyph("↑", "^")),
+        };
+        block = block.title_bottom(Line::styled(more, t.dim()).right_aligned());
+    }
+    block.render(area, buf);
+    if let Some(charts) = view.charts {
         let limits = job.rollout.as_ref().map_or([None, None], |r| r.limits);
         render_rollout_charts(&job.rollout_history, limits, t, charts, buf);
-        text
-    } else {
-        inner
-    };
-    Paragraph::new(lines).wrap(Wrap { trim: false }).render(text_area, buf);
+    }
+    Paragraph::new(view.lines)
+        .wrap(Wrap { trim: false })
+        .scroll((top, 0))
+        .render(view.text, buf);
 }
 
 /// Error rate and p95 of canary and stable over the whole rollout as two
@@ -761,7 +899,9 @@ fn render_rollout_charts(
 }
 
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
-fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, lines: &mut Vec<Line<'_>>) {
+/// `said` is the job's `why:` line: a detail it already says (an abort's
+/// reason) is not said twice.
+fn rollout_lines(r: &crate::deploy::rollout::Status, said: &str, t: &super::theme::Theme, lines: &mut Vec<Line<'_>>) {
     let pct = crate::deploy::router::percent;
     let phase_style = match r.phase.as_str() {
         "aborted" | "degraded" | "rolled_back" => t.warn(),
@@ -782,7 +922,7 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, t: &super::theme::Theme, li
         )),
         Span::styled(r.phase.replace('_', " "), phase_style),
     ]));
-    if let Some(d) = &r.detail {
+    if let Some(d) = r.detail.as_ref().filter(|d| !said.contains(d.as_str())) {
         lines.push(Line::raw(format!("  {d}")));
     }
     let countdown = r.countdown().map(|c| format!("  next in {c:.0}s")).unwrap_or_default();
@@ -1029,8 +1169,8 @@ fn render_prompt(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(line).render(area, buf);
 }
 
-/// The keys that apply right now, in table order, as many as fit; help and
-/// quit always stay at the end.
+/// The keys that apply right now, most useful first ([`FOOTER_ORDER`]), as
+/// many as fit; help and quit always stay at the end.
 fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
     let t = &app.theme;
     let scope = if app.focus == Focus::Jobs {
@@ -1052,25 +1192,18 @@ fn render_footer(app: &App, area: Rect, buf: &mut Buffer) {
         .map(item)
         .collect();
     let mut items: Vec<(String, &str)> = Vec::new();
-    // A rollout's keys first: at 80 columns they are what matters then.
-    let rollout_first = BINDINGS
-        .iter()
-        .filter(|b| b.action.is_rollout())
-        .chain(BINDINGS.iter().filter(|b| !b.action.is_rollout()));
-    for b in rollout_first {
-        if b.label.is_empty()
-            || fixed.contains(&b.action)
-            || !(b.scope == Scope::Everywhere || b.scope == scope)
-            || !app.available(b.action)
+    let ordered = FOOTER_ORDER.iter().filter_map(|&a| super::keys::binding(a));
+    for b in ordered {
+        if fixed.contains(&b.action) || !(b.scope == Scope::Everywhere || b.scope == scope) || !app.available(b.action)
         {
             continue;
         }
         let mut next = items.clone();
         next.push(item(b));
-        if width(&next) + width(&tail) > area.width as usize {
-            break;
+        // One that does not fit leaves room for a shorter one after it.
+        if width(&next) + width(&tail) <= area.width as usize {
+            items = next;
         }
-        items = next;
     }
     items.extend(tail);
     let mut spans = Vec::new();

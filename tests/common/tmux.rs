@@ -66,6 +66,17 @@ impl Tmux {
         }
     }
 
+    /// Sends `text` as it is (`send-keys -l`): words with spaces, or the
+    /// bytes a terminal sends for a mouse event.
+    pub fn literal(&self, text: &str) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "e2e", "-l", text])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "send-keys -l {text:?}");
+    }
+
     /// Types a command line until the screen shows `expect` (at most 3 tries,
     /// 5 s each). `docker run -it` may discard typed-ahead input while it puts
     /// the terminal into raw mode after the prompt is already visible.
