@@ -15,7 +15,7 @@ use trackside::exec::Executors;
 use trackside::exec::docker::DockerExecutor;
 use trackside::exec::shell::ShellExecutor;
 use trackside::headless::{self, Format};
-use trackside::pipeline::parse::HOST_ALLOWLIST;
+use trackside::pipeline::native::HOST_ALLOWLIST;
 use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
 use trackside::store;
 use trackside::ui::{self, UiOptions};
@@ -321,7 +321,7 @@ fn parse_age(s: &str) -> Result<Duration, String> {
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if pipeline::parse::valid_var_name(k) => Ok((k.to_string(), v.to_string())),
+        Some((k, v)) if pipeline::read::valid_var_name(k) => Ok((k.to_string(), v.to_string())),
         Some((k, _)) => Err(format!("`{k}` is not a valid variable name")),
         None => Err(format!("expected KEY=VALUE, got `{s}`")),
     }

@@ -837,6 +837,6 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(names, crate::pipeline::parse::PREDEFINED);
+        assert_eq!(names, crate::pipeline::native::PREDEFINED);
     }
 }

@@ -264,7 +264,7 @@ fn cycle_diagnostics(p: &Pipeline, g: &DiGraph<usize, ()>) -> Vec<Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::parse::{LoadOptions, parse_source};
+    use crate::pipeline::native::{LoadOptions, parse_source};
     use std::path::Path;
 
     fn pipeline(jobs: &[(&str, &[&str])]) -> Pipeline {

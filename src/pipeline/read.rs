@@ -1,0 +1,432 @@
+//! Reading a positioned YAML tree, the same way for every dialect: the
+//! checking context [`Cx`] that collects every problem with its position
+//! (within a budget), the typed readers of scalars, lists and maps built on
+//! it, reading the file itself (size limit, BOM, bytes YAML forbids), and
+//! the naming rules of the model.
+//!
+//! A dialect (`native/`, later `gitlab/` and `github/`) reads its keys with
+//! these readers and lowers them into the one model; nothing here knows any
+//! dialect's keys.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::diag::{Diagnostic, MAX_COLLECTED, suggestion_hint};
+use super::expr;
+use super::model::EnvVar;
+use super::yaml::{Node, Pos, Value};
+
+/// Largest pipeline file read (a 10,000-job pipeline is about 1 MiB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+pub(crate) fn file_error(message: String, hint: &str) -> Diagnostic {
+    Diagnostic::error(Pos { line: 1, col: 1 }, 1, "", message).with_hint(hint)
+}
+
+pub(crate) fn read_source(path: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        file_error(
+            format!("cannot read pipeline file: {e}"),
+            "check the path; `trackside validate FILE` takes a YAML file",
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(file_error(
+            "this is a directory, not a pipeline file".into(),
+            "name the YAML file inside it, e.g. `trackside run dir/pipeline.yml`",
+        ));
+    }
+    if !meta.is_file() {
+        // A FIFO or device would block or never end.
+        return Err(file_error(
+            "this is not a regular file (a pipe, socket or device?)".into(),
+            "give the path of a YAML file",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(file_error(
+            format!(
+                "pipeline file is {:.1} MiB; trackside reads at most {} MiB",
+                meta.len() as f64 / (1 << 20) as f64,
+                MAX_FILE_BYTES >> 20
+            ),
+            "is this the right file? split generated pipelines into smaller ones",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| {
+            file_error(
+                format!("cannot read pipeline file: {e}"),
+                "check the file's permissions",
+            )
+        })?;
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            Err(Diagnostic::error(
+                Pos { line, col },
+                1,
+                "",
+                format!("file is not valid UTF-8 (bad byte at offset {})", good.len()),
+            )
+            .with_hint("save the file as UTF-8; is this a binary file?"))
+        }
+    }
+}
+
+/// The first character YAML does not allow in a stream (a NUL, other C0
+/// controls but tab/LF/CR, DEL, C1 controls but NEL, U+FFFE/U+FFFF), as an
+/// error at its line:col. Parsers stop at a NUL silently: everything after it
+/// would vanish without a word.
+pub(crate) fn forbidden_char(source: &str) -> Option<Diagnostic> {
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+            || c >= '\u{10000}'
+    };
+    let (at, c) = source.char_indices().find(|&(_, c)| !allowed(c))?;
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let what = match c {
+        '\0' => "a NUL byte".to_string(),
+        c => format!("the control character U+{:04X}", u32::from(c)),
+    };
+    Some(
+        Diagnostic::error(
+            Pos { line, col },
+            1,
+            "",
+            format!("{what} is not allowed in YAML (byte offset {at})"),
+        )
+        .with_hint("remove it; is this a binary file, or was it saved with the wrong encoding?"),
+    )
+}
+
+pub(crate) struct Cx<'s> {
+    pub(crate) diags: Vec<Diagnostic>,
+    /// Diagnostics past [`MAX_COLLECTED`], counted but not kept.
+    pub(crate) dropped: usize,
+    pub(crate) src: &'s str,
+    /// Byte offset where each line starts, so positions inside scalars are O(1).
+    pub(crate) line_starts: Vec<usize>,
+}
+
+pub(crate) fn line_starts(src: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+pub(crate) fn entries(node: &Node) -> &[(Node, Node)] {
+    match &node.value {
+        Value::Map(e) => e,
+        _ => &[],
+    }
+}
+
+pub(crate) fn get<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    entries(node)
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+impl Cx<'_> {
+    /// Whether one more diagnostic fits the budget (else it is counted).
+    pub(crate) fn room(&mut self) -> bool {
+        if self.diags.len() < MAX_COLLECTED {
+            return true;
+        }
+        self.dropped += 1;
+        false
+    }
+
+    pub(crate) fn err(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        if self.room() {
+            self.diags
+                .push(Diagnostic::error(node.pos, node.width, path, msg).with_hint(hint));
+        }
+    }
+
+    pub(crate) fn warn(&mut self, node: &Node, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        if self.room() {
+            self.diags
+                .push(Diagnostic::warning(node.pos, node.width, path, msg).with_hint(hint));
+        }
+    }
+
+    /// Checks that `node` is a mapping whose keys are all in `allowed`.
+    pub(crate) fn mapping(&mut self, node: &Node, path: &str, allowed: &[&str], what: &str) -> bool {
+        let Value::Map(items) = &node.value else {
+            self.err(
+                node,
+                path,
+                format!("{what} must be a mapping, found {}", node.type_name()),
+                format!("write {what} as `key: value` lines; valid keys: {}", allowed.join(", ")),
+            );
+            return false;
+        };
+        for (k, _) in items {
+            let name = k.key_text();
+            if !allowed.contains(&name.as_str()) {
+                self.err(
+                    k,
+                    &join(path, &name),
+                    format!("unknown key `{name}` in {what}"),
+                    suggestion_hint(&name, allowed, "keys"),
+                );
+            }
+        }
+        true
+    }
+
+    pub(crate) fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(node.key_text()),
+            Value::Map(_) => {
+                self.err(
+                    node,
+                    path,
+                    "expected a string, found a mapping",
+                    "an unquoted `: ` makes YAML read `key: value`; put the whole value in quotes",
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a string, found {}", node.type_name()),
+                    "write a single value here",
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected true or false, found {}", node.type_name()),
+                    "write `true` or `false`",
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn int_in(&mut self, node: &Node, path: &str, min: i64, max: i64) -> Option<u32> {
+        match node.value {
+            Value::Int(i) if (min..=max).contains(&i) => u32::try_from(i).ok(),
+            Value::Int(i) => {
+                self.err(
+                    node,
+                    path,
+                    format!("{i} is out of range"),
+                    format!("use a whole number from {min} to {max}"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a whole number, found {}", node.type_name()),
+                    format!("use a whole number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Seconds as a number (`90`, `0.5`) or a string with a unit (`"90s"`, `"2m"`).
+    pub(crate) fn seconds_in(&mut self, node: &Node, path: &str, min: f64, max: f64) -> Option<Duration> {
+        let secs = match &node.value {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => humantime::parse_duration(s.trim()).ok().map(|d| d.as_secs_f64()),
+            _ => None,
+        };
+        let hint = format!("give seconds from {min} to {max}, as a number (`90`) or with a unit (`\"90s\"`, `\"2m\"`)");
+        match secs {
+            Some(s) if s.is_finite() && s >= min && s <= max => Some(Duration::from_secs_f64(s)),
+            Some(s) => {
+                self.err(node, path, format!("{s} seconds is out of range"), hint);
+                None
+            }
+            None => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a duration, found {}", node.type_name()),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of strings, or a single string as a one-item list.
+    pub(crate) fn string_list(&mut self, node: &Node, path: &str) -> Vec<(String, Node)> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.string(n, &format!("{path}[{i}]")).map(|s| (s, n.clone())))
+                .collect(),
+            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                self.string(node, path).map(|s| (s, node.clone())).into_iter().collect()
+            }
+            _ => {
+                self.err(
+                    node,
+                    path,
+                    format!("expected a list of strings, found {}", node.type_name()),
+                    "write `[a, b]` or one `- item` per line",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    pub(crate) fn env_map(&mut self, node: &Node, path: &str) -> Vec<EnvVar> {
+        let Value::Map(items) = &node.value else {
+            if node.value != Value::Null {
+                self.err(
+                    node,
+                    path,
+                    format!("environment must be a mapping, found {}", node.type_name()),
+                    "write one `NAME: value` per line",
+                );
+            }
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in items {
+            let name = k.key_text();
+            let vpath = join(path, &name);
+            if !valid_var_name(&name) {
+                self.err(
+                    k,
+                    &vpath,
+                    format!("`{name}` is not a valid variable name"),
+                    "use letters, digits and `_`, not starting with a digit",
+                );
+                continue;
+            }
+            let value = match &v.value {
+                Value::Null => Some(String::new()),
+                Value::Seq(_) | Value::Map(_) => {
+                    self.err(
+                        v,
+                        &vpath,
+                        format!("variable values must be scalars, found {}", v.type_name()),
+                        "quote the value, or encode it as JSON in a string",
+                    );
+                    None
+                }
+                _ => Some(v.key_text()),
+            };
+            if let Some(value) = value {
+                self.expressions_in(&value, v, &vpath);
+                out.push(EnvVar {
+                    name,
+                    value,
+                    pos: self.pos_in(v, 0),
+                });
+            }
+        }
+        out
+    }
+
+    /// Position of a character inside a scalar (exact for one-line scalars).
+    pub(crate) fn pos_in(&self, node: &Node, char_offset: usize) -> Pos {
+        let idx = node.pos.line.saturating_sub(1);
+        let line = match (self.line_starts.get(idx), self.line_starts.get(idx + 1)) {
+            (Some(&a), Some(&b)) => &self.src[a..b],
+            (Some(&a), None) => &self.src[a..],
+            _ => "",
+        };
+        let at = line.chars().nth(node.pos.col.saturating_sub(1));
+        let quote = usize::from(matches!(at, Some('"' | '\'')));
+        let text_width = node.width;
+        if char_offset <= text_width {
+            Pos {
+                line: node.pos.line,
+                col: node.pos.col + quote + char_offset,
+            }
+        } else {
+            node.pos
+        }
+    }
+
+    /// Validates every `${{ ... }}` inside a string.
+    pub(crate) fn expressions_in(&mut self, text: &str, node: &Node, path: &str) {
+        if let Err(e) = expr::placeholders(text) {
+            let offset = text[..e.offset.min(text.len())].chars().count();
+            let pos = self.pos_in(node, offset);
+            let mut d = Diagnostic::error(pos, 1, path, format!("invalid expression: {}", e.message));
+            d.hint = e
+                .hint
+                .or(Some("see the expression syntax in docs/pipeline-format.md".into()));
+            self.diags.push(d);
+        }
+    }
+}
+
+/// `512MiB`, `2GiB`, `256M`, `1g` or a number of bytes.
+pub(crate) fn parse_bytes(n: &Node) -> Option<u64> {
+    match &n.value {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Str(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let num: f64 = num.parse().ok()?;
+            let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1.0,
+                "k" | "kb" => 1e3,
+                "kib" => 1024.0,
+                "m" | "mb" => 1e6,
+                "mib" => 1024.0 * 1024.0,
+                "g" | "gb" => 1e9,
+                "gib" => 1024.0 * 1024.0 * 1024.0,
+                _ => return None,
+            };
+            let bytes = num * mult;
+            (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+        }
+        _ => None,
+    }
+}
+
+pub fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+pub fn valid_job_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 100
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
