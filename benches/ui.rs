@@ -199,7 +199,10 @@ fn key_latency_under_log_flood() {
             .cmd()
             .args(["send-keys", "-t", "b", if showing { "?" } else { "x" }])
             .status();
-        let seen = t.wait(|s| s.contains("closes this help") == showing, Duration::from_secs(5));
+        let seen = t.wait(
+            |s| (s.contains("closes this help") || s.contains("close this help")) == showing,
+            Duration::from_secs(5),
+        );
         if seen.is_some() {
             samples.push(sent.elapsed());
         }

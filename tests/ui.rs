@@ -281,7 +281,12 @@ fn help_shows_every_key_even_at_80x24() {
         let text = format!("{:?}", screen(&app, 80, 24).buffer());
         assert!(!text.contains('…'), "a help line is cut at 80x24:\n{text}");
         seen.push_str(&text);
-        if !text.contains("more below") {
+        // The hint under the keys is whole too.
+        assert!(
+            text.contains("other keys close this help") || text.contains("Any key closes this help"),
+            "the hint is cut at 80x24:\n{text}"
+        );
+        if !text.contains("j/↓: more") {
             break;
         }
         app.handle_key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE));
@@ -299,6 +304,19 @@ fn help_shows_every_key_even_at_80x24() {
     );
     app.handle_key(key('x'));
     assert_eq!(app.mode, Mode::Normal, "any other key closes help");
+    // With --ascii, the help (its hint included) is ASCII only.
+    let mut ascii = app_with(
+        &running_events(),
+        Theme {
+            color: false,
+            ascii: true,
+        },
+    );
+    ascii.handle_key(key('?'));
+    let text = screen(&ascii, 80, 24).to_string();
+    assert!(text.contains("j/v: more; k/^: back"), "{text}");
+    let odd: Vec<char> = text.chars().filter(|c| !c.is_ascii()).collect();
+    assert!(odd.is_empty(), "non-ASCII in --ascii help: {odd:?}\n{text}");
 }
 
 #[test]
@@ -747,7 +765,7 @@ fn a_rollout_is_shown_and_steered_by_keystroke() {
     );
     let text = format!("{:?}", screen(&app, 120, 50).buffer());
     assert!(
-        text.contains("errors %") && text.contains("p95 ms") && text.contains("canary weight %"),
+        text.contains("err% •stable") && text.contains("p95ms •stable") && text.contains("canary weight %"),
         "{text}"
     );
     assert!(text.contains("rollout: web v1 -> v2"), "{text}");
@@ -921,7 +939,10 @@ fn too_short_for_charts_a_rollout_shows_its_trends_as_sparklines() {
     assert!(text.contains("p95 ms canary"), "{text}");
     // Tall enough, the charts replace them.
     let text = screen(&app, 80, 50).to_string();
-    assert!(!text.contains("err %  canary") && text.contains("errors %"), "{text}");
+    assert!(
+        !text.contains("err %  canary") && text.contains("err% •stable"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1173,7 +1194,7 @@ fn a_rollout_shows_weight_verdict_and_trends_at_every_size() {
             text.contains("manual gate: promote to continue"),
             "{w}x{h}: where it stands\n{text}"
         );
-        let charts = text.contains("errors %") && text.contains("p95 ms");
+        let charts = text.contains("err% •stable") && text.contains("p95ms •stable");
         let sparks = text.contains("err %") && text.contains("canary ");
         assert!(charts || sparks, "{w}x{h}: the trends\n{text}");
     }
@@ -1351,7 +1372,7 @@ fn the_80_column_footer_keeps_filter_and_list_while_jobs_run() {
     assert!(!jobs.contains("w wrap"), "wrap is the log's: {jobs}");
     app.focus = Focus::Log;
     let log = footer(&mut app, 80, 24);
-    for k in ["/ search", "f follow", "w wrap", "? help", "q quit"] {
+    for k in ["/ search", "f unfollow", "w wrap", "? help", "q quit"] {
         assert!(log.contains(k), "{k:?} in the log pane's footer: {log}");
     }
     assert!(!log.contains("m list"), "{log}");
@@ -1464,4 +1485,217 @@ fn a_search_the_disk_cannot_answer_says_why_and_is_not_asked_again() {
     app.handle_key(key('n'));
     let status = app.status.clone().unwrap_or_default();
     assert!(status.starts_with("match ") && status.contains("+"), "{status}");
+}
+
+#[test]
+fn the_detail_scrolls_to_its_last_line_however_its_lines_wrap() {
+    // A hub with 30 jobs before it and 30 after, failed three times: its
+    // needs line wraps at words into more rows than its width says.
+    let ups: Vec<String> = (1..=30).map(|i| format!("upstream-number-{i}")).collect();
+    let mut jobs: Vec<PlannedJob> = ups.iter().map(|u| planned(u, &[], 0, When::OnSuccess)).collect();
+    let up_refs: Vec<&str> = ups.iter().map(String::as_str).collect();
+    jobs.push(planned("hub", &up_refs, 1, When::OnSuccess));
+    jobs.extend((1..=30).map(|i| planned(&format!("downstream-number-{i}"), &["hub"], 2, When::OnSuccess)));
+    let mut app = App::new(color());
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs,
+            critical_path: vec![],
+        },
+    ));
+    for a in 1..=3 {
+        app.apply(&started(100 * u64::from(a), "hub", a));
+        app.apply(&done(
+            100 * u64::from(a) + 10,
+            "hub",
+            a,
+            if a == 3 { JobStatus::Failed } else { JobStatus::Retrying },
+            Some(FailureClass::Script),
+            10,
+        ));
+    }
+    app.wide = false;
+    select(&mut app, "hub");
+    app.focus = Focus::Detail;
+    for (w, h) in [(80, 24), (120, 40)] {
+        app.wide = w >= trackside::ui::render::WIDE;
+        app.detail_top = 0;
+        drawn(&mut app, w, h);
+        app.handle_key(key('G'));
+        let text = drawn(&mut app, w, h).join("\n");
+        assert!(
+            text.contains("#1 script exit 1"),
+            "{w}x{h}: the last line shows:\n{text}"
+        );
+        assert!(text.contains("more (k)"), "{w}x{h}:\n{text}");
+    }
+}
+
+#[test]
+fn the_headers_counts_use_the_glyphs_the_boxes_show() {
+    let mut app = app_with(&running_events(), color());
+    let set = |app: &mut App, name: &str, status: JobStatus| {
+        let j = app.model.job(name).expect("job");
+        app.model.jobs[j].status = status;
+        j
+    };
+    // lint passed after a retry; build passed; test retrying; test-flaky
+    // failed but may; integration queued; deploy pending.
+    let lint = set(&mut app, "lint", JobStatus::Succeeded);
+    app.model.jobs[lint].flaky = true;
+    set(&mut app, "build", JobStatus::Succeeded);
+    set(&mut app, "test", JobStatus::Retrying);
+    let tf = set(&mut app, "test-flaky", JobStatus::Failed);
+    app.model.jobs[tf].allow_failure = true;
+    set(&mut app, "integration", JobStatus::Ready);
+    set(&mut app, "deploy", JobStatus::Pending);
+    let header = drawn(&mut app, 120, 30)[0].clone();
+    assert!(header.contains("✔1 ≈1 ✖1 ↻1 ◌1 ○1"), "{header}");
+    assert!(header.contains("0/2 running"), "{header}");
+    let mut ascii = app;
+    ascii.theme = Theme {
+        color: false,
+        ascii: true,
+    };
+    let header = drawn(&mut ascii, 120, 30)[0].clone();
+    assert!(header.contains("*1 %1 x1 r1 o1 .1"), "{header}");
+}
+
+#[test]
+fn toggles_in_the_footer_name_where_they_go_and_a_finished_run_offers_no_pause() {
+    let mut app = app_with(&running_events(), color());
+    app.wide = false;
+    select(&mut app, "test");
+    app.focus = Focus::Jobs;
+    assert!(footer(&mut app, 80, 24).contains("m list"));
+    app.handle_key(key('m'));
+    assert!(footer(&mut app, 80, 24).contains("m DAG"));
+    app.focus = Focus::Log;
+    let log = footer(&mut app, 80, 24);
+    assert!(log.contains("f unfollow") && log.contains("w wrap"), "{log}");
+    app.handle_key(key('f'));
+    app.handle_key(key('w'));
+    let log = footer(&mut app, 80, 24);
+    assert!(log.contains("f follow") && log.contains("w unwrap"), "{log}");
+    // Once the run has passed: no pause, and nothing to retry is offered.
+    let mut evs = running_events();
+    evs.extend([
+        done(1_500, "test", 1, JobStatus::Succeeded, None, 300),
+        done(1_500, "test-flaky", 1, JobStatus::Succeeded, None, 300),
+        ev(
+            1_600,
+            EventKind::RunFinished {
+                summary: trackside::engine::RunSummary {
+                    run_id: "r".into(),
+                    pipeline: "demo".into(),
+                    result: trackside::engine::event::RunResult::Passed,
+                    exit_code: 0,
+                    duration_ms: 1_600,
+                    message: "all 4 jobs passed".into(),
+                    jobs: vec![],
+                    repeat: None,
+                },
+            },
+        ),
+    ]);
+    let mut done_app = app_with(&evs, color());
+    done_app.wide = false;
+    select(&mut done_app, "test");
+    done_app.handle_key(key('p'));
+    assert_eq!(done_app.status.as_deref(), Some("the run has finished"));
+    done_app.handle_key(key('j'));
+    let rows = drawn(&mut done_app, 80, 24);
+    let (prompt, footer_row) = (&rows[22], &rows[23]);
+    assert!(!footer_row.contains("p pause"), "{footer_row}");
+    assert!(
+        prompt.contains("run finished: all 4 jobs passed; q quits") && !prompt.contains("retries"),
+        "{prompt}"
+    );
+}
+
+#[test]
+fn under_ascii_a_rollout_shows_ascii_sparklines_not_unicode_charts() {
+    let mut evs = running_events();
+    for i in 0..6 {
+        evs.push(rollout_event(1_400 + i * 500, "test", "gate"));
+    }
+    let mut app = app_with(
+        &evs,
+        Theme {
+            color: false,
+            ascii: true,
+        },
+    );
+    app.wide = true;
+    select(&mut app, "test");
+    let text = screen(&app, 160, 50).to_string();
+    assert!(text.contains("err %") && text.contains("p95 ms canary"), "{text}");
+    let odd: Vec<char> = text.chars().filter(|c| !c.is_ascii()).collect();
+    assert!(odd.is_empty(), "non-ASCII under --ascii: {odd:?}\n{text}");
+}
+
+#[test]
+fn the_jobs_pane_says_which_way_the_hidden_jobs_are() {
+    let jobs: Vec<PlannedJob> = (1..=60)
+        .map(|i| planned(&format!("job-{i:02}"), &[], 0, When::OnSuccess))
+        .collect();
+    let mut app = App::new(color());
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs,
+            critical_path: vec![],
+        },
+    ));
+    app.wide = false;
+    app.focus = Focus::Jobs;
+    let bottom = |app: &mut App| drawn(app, 80, 24)[21].clone();
+    // The DAG: one level of 60 boxes, 6 rows of them on screen.
+    let b = bottom(&mut app);
+    assert!(b.contains("↓ 54 more rows") && !b.contains('↑'), "{b}");
+    app.handle_key(key('G'));
+    let b = bottom(&mut app);
+    assert!(b.contains("↑ 54 more rows") && !b.contains('↓'), "{b}");
+    // The list: 18 lines of 60.
+    app.handle_key(key('m'));
+    app.handle_key(key('g'));
+    let b = bottom(&mut app);
+    assert!(b.contains("↓ 42 more") && !b.contains('↑'), "{b}");
+    app.handle_key(key('G'));
+    let b = bottom(&mut app);
+    assert!(b.contains("↑ 42 more") && !b.contains('↓'), "{b}");
+}
+
+#[test]
+fn an_aborted_rollout_marks_where_it_stopped_and_offers_retry_once_the_job_has_ended() {
+    let mut evs = aborted_canary_events();
+    let finished = evs.pop().expect("the job's end");
+    let mut app = app_with(&evs, color());
+    app.wide = true;
+    select(&mut app, "test");
+    let text = screen(&app, 160, 50).to_string();
+    assert!(text.contains("✓weight 30%  ✗gate  ·weight 100%"), "{text}");
+    assert!(
+        text.contains("then r retries the job"),
+        "still in its abort delay: {text}"
+    );
+    app.apply(&finished);
+    let text = screen(&app, 160, 50).to_string();
+    assert!(text.contains("r retry the deploy job"), "{text}");
+}
+
+#[test]
+fn a_rollout_at_its_gate_is_waiting_for_approval_in_the_header() {
+    let mut evs = running_events();
+    evs.push(done(1_250, "test-flaky", 1, JobStatus::Succeeded, None, 50));
+    evs.push(rollout_event(1_400, "test", "analyzing"));
+    let app = app_with(&evs, color());
+    let header = screen(&app, 120, 30).to_string();
+    assert!(!header.contains("waiting for approval"), "{header}");
+    let mut app = app;
+    app.apply(&rollout_event(1_500, "test", "gate"));
+    let header = screen(&app, 120, 30).to_string();
+    let first = header.lines().next().unwrap_or_default();
+    assert!(first.contains("waiting for approval"), "{first}");
 }

@@ -316,7 +316,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let files = if cfg.in_place {
         Vec::new()
     } else {
-        workspace::project_files(&cfg.project_dir).map_err(|source| EngineError::Project {
+        workspace::project_files(&cfg.project_dir, &cfg.state_dir).map_err(|source| EngineError::Project {
             dir: cfg.project_dir.clone(),
             source,
         })?

@@ -219,7 +219,7 @@ pub struct CacheKey {
 /// The project files a job's cache inputs are matched against.
 fn project_files(ctx: &RunContext) -> Result<Vec<PathBuf>, String> {
     if ctx.in_place {
-        crate::exec::workspace::project_files(&ctx.project_dir)
+        crate::exec::workspace::project_files(&ctx.project_dir, &ctx.state_dir)
             .map_err(|e| format!("cannot list {}: {e}", ctx.project_dir.display()))
     } else {
         Ok(ctx.files.clone())

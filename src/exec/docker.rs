@@ -1033,7 +1033,9 @@ pub async fn debug_shell(
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| format!("run {run_id} has no readable meta.json"))?;
         let dest = run_dir.join("work").join(format!("{job}.shell"));
-        let files = super::workspace::project_files(&meta.project_dir)
+        // runs/<id> is two levels under the state directory.
+        let state = run_dir.parent().and_then(std::path::Path::parent).unwrap_or(run_dir);
+        let files = super::workspace::project_files(&meta.project_dir, state)
             .map_err(|e| format!("cannot list {}: {e}", meta.project_dir.display()))?;
         super::workspace::copy_files(&meta.project_dir, &files, &dest)
             .map_err(|e| format!("cannot copy the project: {e}"))?;

@@ -5,20 +5,37 @@
 //! untracked files that are not ignored (`git ls-files --cached --others
 //! --exclude-standard`), so build output and `target/` stay out. Elsewhere
 //! the whole directory is copied. The file list is taken once per run.
+//!
+//! trackside's own state directory is never part of it, even when it lies
+//! inside the project (`--state-dir .trackside`): copying it would copy every
+//! earlier run's records, and the run's own, into each job's workspace.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Files of the project, relative to `project`.
-pub fn project_files(project: &Path) -> io::Result<Vec<PathBuf>> {
-    if let Some(files) = git_files(project) {
+/// Files of the project, relative to `project`, leaving out the state
+/// directory `state` when it is inside the project.
+pub fn project_files(project: &Path, state: &Path) -> io::Result<Vec<PathBuf>> {
+    let inside = within(project, state);
+    let outside = |f: &PathBuf| inside.as_ref().is_none_or(|dir| !f.starts_with(dir));
+    if let Some(mut files) = git_files(project) {
+        files.retain(outside);
         return Ok(files);
     }
     let mut out = Vec::new();
-    walk(project, Path::new(""), &mut out)?;
+    walk(project, Path::new(""), inside.as_deref(), &mut out)?;
     out.sort();
     Ok(out)
+}
+
+/// `dir` relative to `project` when it is inside it (both resolved, so a
+/// symlink or `..` cannot hide it).
+fn within(project: &Path, dir: &Path) -> Option<PathBuf> {
+    let (project, dir) = (project.canonicalize().ok()?, dir.canonicalize().ok()?);
+    let rel = dir.strip_prefix(&project).ok()?;
+    // The project inside the state directory is not a reason to copy nothing.
+    (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
 }
 
 fn git_files(project: &Path) -> Option<Vec<PathBuf>> {
@@ -44,13 +61,15 @@ fn git_files(project: &Path) -> Option<Vec<PathBuf>> {
     Some(files)
 }
 
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+fn walk(root: &Path, rel: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) -> io::Result<()> {
     for entry in std::fs::read_dir(root.join(rel))? {
         let entry = entry?;
         let rel_path = rel.join(entry.file_name());
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            walk(root, &rel_path, out)?;
+            if skip != Some(rel_path.as_path()) {
+                walk(root, &rel_path, skip, out)?;
+            }
         } else if ft.is_file() || ft.is_symlink() {
             out.push(rel_path);
         }
@@ -94,7 +113,7 @@ mod tests {
         std::fs::create_dir_all(src.path().join("a/b")).expect("mkdir");
         std::fs::write(src.path().join("a/b/f.txt"), "x").expect("write");
         std::fs::write(src.path().join("top"), "y").expect("write");
-        let files = project_files(src.path()).expect("list");
+        let files = project_files(src.path(), Path::new("/nonexistent")).expect("list");
         assert_eq!(files, [PathBuf::from("a/b/f.txt"), PathBuf::from("top")]);
         let dst = tempfile::tempdir().expect("tempdir");
         copy_files(src.path(), &files, &dst.path().join("w")).expect("copy");
@@ -127,7 +146,29 @@ mod tests {
         std::fs::create_dir_all(src.path().join("target")).expect("mkdir");
         std::fs::write(src.path().join("target/big"), "x").expect("write");
         std::fs::write(src.path().join("new.txt"), "x").expect("write");
-        let files = project_files(src.path()).expect("list");
+        let files = project_files(src.path(), Path::new("/nonexistent")).expect("list");
         assert_eq!(files, [PathBuf::from(".gitignore"), PathBuf::from("new.txt")]);
+        // A state directory inside the project, untracked and not ignored.
+        std::fs::create_dir_all(src.path().join("state/runs/r1")).expect("mkdir");
+        std::fs::write(src.path().join("state/runs/r1/log"), "x").expect("write");
+        let files = project_files(src.path(), &src.path().join("state")).expect("list");
+        assert_eq!(files, [PathBuf::from(".gitignore"), PathBuf::from("new.txt")]);
+    }
+
+    #[test]
+    fn a_state_directory_inside_the_project_is_left_out() {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("state/runs/r1/work")).expect("mkdir");
+        std::fs::write(src.path().join("state/runs/r1/work/big"), "x").expect("write");
+        std::fs::create_dir_all(src.path().join("stateful")).expect("mkdir");
+        std::fs::write(src.path().join("stateful/keep"), "y").expect("write");
+        std::fs::write(src.path().join("pipeline.yml"), "z").expect("write");
+        // Named through `..` and a trailing component: resolved all the same.
+        let state = src.path().join("stateful/../state");
+        let files = project_files(src.path(), &state).expect("list");
+        assert_eq!(files, [PathBuf::from("pipeline.yml"), PathBuf::from("stateful/keep")]);
+        // The project inside the state directory still copies whole.
+        let files = project_files(&src.path().join("stateful"), src.path()).expect("list");
+        assert_eq!(files, [PathBuf::from("keep")]);
     }
 }

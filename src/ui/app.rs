@@ -436,7 +436,7 @@ impl App {
                 .iter()
                 .any(|j| matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)),
             Action::Cancel => status.is_some_and(|s| !s.is_terminal()),
-            Action::CancelAll => self.model.finished.is_none(),
+            Action::CancelAll | Action::TogglePause => self.model.finished.is_none(),
             Action::OpenLog => self.focus == Focus::Jobs,
             Action::ToggleWrap | Action::NextMatch | Action::PrevMatch => self.focus == Focus::Log,
             Action::ToggleList => self.focus == Focus::Jobs,
@@ -466,6 +466,9 @@ impl App {
             Action::HoldRollout if self.selected_rollout().is_some_and(|r| r.phase == "held") => "resume",
             Action::TogglePause if self.model.paused => "resume",
             Action::Search if self.focus == Focus::Jobs => "filter",
+            Action::ToggleList if self.list_mode => "DAG",
+            Action::ToggleFollow if self.follow => "unfollow",
+            Action::ToggleWrap if self.wrap => "unwrap",
             Action::Promote if self.selected_rollout().is_some_and(|r| r.strategy == "rolling") => "resume",
             _ => b.label,
         }
@@ -701,7 +704,7 @@ impl App {
                 Action::Shell => format!("`{name}` has not failed; a shell opens in a failed container job"),
                 Action::RerunFailed => "no failed job to rerun".into(),
                 Action::Cancel => format!("`{name}` has already finished"),
-                Action::CancelAll => "the run has finished".into(),
+                Action::CancelAll | Action::TogglePause => "the run has finished".into(),
                 Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),
                 a if a.is_rollout() => match self.selected_rollout() {
                     Some(r) if !r.is_over() && r.phase == "held" => {
@@ -798,7 +801,9 @@ impl App {
                     Action::HoldRollout => vec![Command::Rollout(name, R::Pause)],
                     _ => {
                         self.mode = Mode::TypedConfirm {
-                            question: format!("Promote `{service}` to 100% now? Type `{service}` and Enter:"),
+                            question: format!(
+                                "Promote `{service}` to 100% now? Type `{service}` and Enter (Esc cancels):"
+                            ),
                             expected: service,
                             typed: String::new(),
                             yes: vec![Command::Rollout(name, R::PromoteFull)],

@@ -433,11 +433,12 @@ impl Model {
     /// an approval has no time, and a running job that has outlived its
     /// estimate makes the estimate unknown, not zero.
     pub fn eta(&self, now: u64) -> Eta {
-        if self
-            .jobs
-            .iter()
-            .any(|j| j.status == JobStatus::WaitingApproval && !j.allow_failure)
-        {
+        // A manual job, or a rollout at a gate only a person's promote passes.
+        let waiting = |j: &JobView| {
+            (j.status == JobStatus::WaitingApproval && !j.allow_failure)
+                || (j.status == JobStatus::Running && j.rollout.as_ref().is_some_and(|r| r.phase == "gate"))
+        };
+        if self.jobs.iter().any(waiting) {
             return Eta::WaitingApproval;
         }
         let finished: Vec<u64> = self

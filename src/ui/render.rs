@@ -19,6 +19,7 @@ use super::ansi;
 use super::app::{App, Focus, Mode};
 use super::keys::{Action, BINDINGS, FOOTER_ORDER, Scope};
 use super::model::LineKind;
+use super::theme::look;
 
 /// Columns from which panes sit side by side.
 pub const WIDE: u16 = 100;
@@ -180,7 +181,6 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         let end = m.finished.as_ref().map_or(app.now, |f| s + f.duration_ms);
         end.saturating_sub(s)
     });
-    let c = m.counts();
     let sep = || Span::styled(t.glyph(" │ ", " | "), t.dim());
     let mut spans = vec![
         Span::styled("trackside", t.title()),
@@ -202,19 +202,19 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         }
     }
     spans.push(sep());
-    let counts = [
-        (JobStatus::Succeeded, c.passed),
-        (JobStatus::Failed, c.failed),
-        (JobStatus::Running, c.running),
-        (JobStatus::WaitingApproval, c.waiting),
-        (JobStatus::Pending, c.pending),
-        (JobStatus::Skipped, c.skipped),
-        (JobStatus::Cancelled, c.cancelled),
-    ];
-    for (i, (status, n)) in counts.into_iter().filter(|&(_, n)| n > 0).enumerate() {
-        let (g, style) = t.status(status, false, false, false);
-        let gap = if i == 0 { "" } else { " " };
-        spans.push(Span::styled(format!("{gap}{g}{n}"), style));
+    // A count per glyph the boxes show (a flaky pass, a queued job and an
+    // allowed failure each under their own), in the legend's order.
+    let word = |j: &super::model::JobView| look(j.status, j.flaky, j.allow_failure, j.cached.is_some()).word;
+    let mut shown = 0;
+    for (status, flaky, allowed, cached) in super::theme::LEGEND {
+        let this = look(status, flaky, allowed, cached).word;
+        let n = m.jobs.iter().filter(|j| word(j) == this).count();
+        if n > 0 {
+            let (g, style) = t.status(status, flaky, allowed, cached);
+            let gap = if shown == 0 { "" } else { " " };
+            spans.push(Span::styled(format!("{gap}{g}{n}"), style));
+            shown += 1;
+        }
     }
     spans.push(sep());
     spans.push(Span::raw(format!("{}/{} running", m.running_jobs(), m.max_parallel)));
@@ -363,6 +363,16 @@ fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
     if jobs.is_empty() {
         buf.set_string(area.x, area.y, "no job matches the filter", app.theme.dim());
     }
+    let t = &app.theme;
+    let below = jobs.len().saturating_sub(first + h);
+    let mut hint = Vec::new();
+    if first > 0 {
+        hint.push(format!("{} {first} more", t.glyph("↑", "^")));
+    }
+    if below > 0 {
+        hint.push(format!("{} {below} more", t.glyph("↓", "v")));
+    }
+    border_hint(app, area, &hint, buf);
 }
 
 const BOX_H: u16 = 3;
@@ -567,14 +577,31 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
             t.glyph("→", "->")
         ));
     }
-    if first_row > 0 || more_down {
-        hint.push(format!("more jobs {}", t.glyph("↕", "(scroll)")));
+    if first_row > 0 {
+        hint.push(format!(
+            "{} {first_row} more row{}",
+            t.glyph("↑", "^"),
+            plural(first_row)
+        ));
     }
-    // On the pane's bottom border, where it covers no box.
+    if more_down {
+        let below = m.levels.iter().map(Vec::len).max().unwrap_or(0) - first_row - rows_fit;
+        hint.push(format!("{} {below} more row{}", t.glyph("↓", "v"), plural(below)));
+    }
+    border_hint(app, area, &hint, buf);
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// What is off screen, said on the bottom border of a pane whose inner
+/// area is `area`, right-aligned where it covers no content.
+fn border_hint(app: &App, area: Rect, hint: &[String], buf: &mut Buffer) {
     if !hint.is_empty() && area.height > 0 {
         let text = format!(" {} ", hint.join(" · "));
         let x = area.right().saturating_sub(text.chars().count() as u16 + 1);
-        buf.set_string(x.max(area.x), area.bottom(), text, t.dim());
+        buf.set_string(x.max(area.x), area.bottom(), text, app.theme.dim());
     }
 }
 
@@ -616,7 +643,7 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         )));
     }
     if let Some(r) = &job.rollout {
-        rollout_lines(r, &why, t, &mut lines);
+        rollout_lines(r, &why, job.status.is_terminal(), t, &mut lines);
     }
     let rollout_end = lines.len();
     let names = |ids: &[usize]| {
@@ -661,17 +688,19 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         }
         lines.push(Line::raw(s));
     }
-    let rows_of = |lines: &[Line<'_>]| -> u16 {
-        lines
-            .iter()
-            .map(|l| (l.width() as u16).div_ceil(inner.width.max(1)).max(1))
-            .sum()
+    // Rows as the paragraph wraps them (at words, so more than width / columns).
+    let rows_of = |lines: &[Line<'static>]| -> u16 {
+        let rows = Paragraph::new(lines.to_vec())
+            .wrap(Wrap { trim: false })
+            .line_count(inner.width.max(1));
+        u16::try_from(rows).unwrap_or(u16::MAX)
     };
     // The numbers come first: charts get what the text leaves, if that is enough.
     let text_rows = rows_of(&lines);
     let spare = inner.height.saturating_sub(text_rows);
     let trends = job.rollout.is_some() && job.rollout_history.len() >= 2;
-    if trends && spare >= 8 {
+    // Charts draw with Unicode markers: --ascii keeps to the sparklines.
+    if trends && spare >= 8 && !t.ascii {
         let [text, charts] = Layout::vertical([Constraint::Min(text_rows), Constraint::Length(spare)]).areas(inner);
         return DetailView {
             lines,
@@ -815,7 +844,9 @@ fn render_rollout_charts(
         history.first().map_or(0.0, |p| p.t_s),
         history.last().map_or(1.0, |p| p.t_s),
     );
-    let marker = if t.ascii { Marker::Dot } else { Marker::Braille };
+    // Stable and canary differ by marker as well as colour, and each
+    // chart's title says which is which (NO_COLOR leaves only the marker).
+    let marker = |name: &str| if name == "stable" { Marker::Dot } else { Marker::Braille };
     let series = |f: &dyn Fn(&super::model::RolloutPoint) -> Option<f64>| -> Vec<(f64, f64)> {
         history.iter().filter_map(|p| f(p).map(|v| (p.t_s, v))).collect()
     };
@@ -846,7 +877,7 @@ fn render_rollout_charts(
             .map(|(name, d, style)| {
                 Dataset::default()
                     .name(*name)
-                    .marker(marker)
+                    .marker(marker(name))
                     // Step markers are points; everything else a line.
                     .graph_type(if *name == "steps" {
                         GraphType::Scatter
@@ -868,7 +899,7 @@ fn render_rollout_charts(
             .render(area, buf);
     };
     chart(
-        "errors %",
+        "err% •stable ⠒canary",
         &[
             ("stable", &err[0], stable_style),
             ("canary", &err[1], canary_style),
@@ -879,7 +910,7 @@ fn render_rollout_charts(
         buf,
     );
     chart(
-        "p95 ms",
+        "p95ms •stable ⠒canary",
         &[
             ("stable", &p95[0], stable_style),
             ("canary", &p95[1], canary_style),
@@ -900,8 +931,15 @@ fn render_rollout_charts(
 
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
 /// `said` is the job's `why:` line: a detail it already says (an abort's
-/// reason) is not said twice.
-fn rollout_lines(r: &crate::deploy::rollout::Status, said: &str, t: &super::theme::Theme, lines: &mut Vec<Line<'_>>) {
+/// reason) is not said twice. `ended`: the deploy job has finished (an
+/// aborted one runs on through its abort delay).
+fn rollout_lines(
+    r: &crate::deploy::rollout::Status,
+    said: &str,
+    ended: bool,
+    t: &super::theme::Theme,
+    lines: &mut Vec<Line<'_>>,
+) {
     let pct = crate::deploy::router::percent;
     let phase_style = match r.phase.as_str() {
         "aborted" | "degraded" | "rolled_back" => t.warn(),
@@ -944,7 +982,12 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, said: &str, t: &super::them
     )));
     if !r.step_names.is_empty() {
         // Done, current, to come.
-        let (done, now, next) = (t.glyph("✓", "+"), t.glyph("▶", ">"), t.glyph("·", "-"));
+        let (done, next) = (t.glyph("✓", "+"), t.glyph("·", "-"));
+        // Where it stopped, if it was stopped there.
+        let now = match r.phase.as_str() {
+            "aborted" | "rolled_back" | "degraded" => t.glyph("✗", "x"),
+            _ => t.glyph("▶", ">"),
+        };
         let settled = matches!(r.phase.as_str(), "completed");
         let list: Vec<String> = r
             .step_names
@@ -1026,7 +1069,8 @@ fn rollout_lines(r: &crate::deploy::rollout::Status, said: &str, t: &super::them
     }
     let keys = match (r.strategy.as_str(), r.phase.as_str()) {
         (_, "completed") => "  b roll back to the previous revision",
-        (_, "aborted" | "rolled_back") => "  r retry the deploy job",
+        (_, "aborted" | "rolled_back") if ended => "  r retry the deploy job",
+        (_, "aborted" | "rolled_back") => "  the canary stops after its abort delay; then r retries the job",
         ("rolling", "held") => "  P/H resume  A abort (roll back)  b rollback",
         ("rolling", _) => "  H hold  A abort (roll back)  b rollback",
         (_, "held") => "  H resume  A abort  b rollback",
@@ -1160,7 +1204,15 @@ fn render_prompt(app: &App, area: Rect, buf: &mut Buffer) {
         _ => match (&app.status, &app.model.finished) {
             (Some(s), _) => Line::raw(s.clone()),
             (None, Some(f)) => Line::styled(
-                format!("run finished: {}; r retries a failed job, q quits", f.message),
+                format!(
+                    "run finished: {}; {}q quits",
+                    f.message,
+                    if app.available(Action::Retry) || app.available(Action::RerunFailed) {
+                        "r retries a failed job, "
+                    } else {
+                        ""
+                    }
+                ),
                 if f.exit_code == 0 { t.title() } else { t.error() },
             ),
             (None, None) => Line::raw(""),
@@ -1242,23 +1294,9 @@ pub fn help_lines(app: &App, width: usize) -> Vec<Line<'static>> {
     }
     lines.push(Line::raw(""));
     lines.push(Line::styled("What the glyphs mean:", t.title()));
-    let states = [
-        (JobStatus::Succeeded, false, false, false),
-        (JobStatus::Succeeded, true, false, false),
-        (JobStatus::Succeeded, false, false, true),
-        (JobStatus::Failed, false, false, false),
-        (JobStatus::Failed, false, true, false),
-        (JobStatus::Running, false, false, false),
-        (JobStatus::Retrying, false, false, false),
-        (JobStatus::WaitingApproval, false, false, false),
-        (JobStatus::Ready, false, false, false),
-        (JobStatus::Pending, false, false, false),
-        (JobStatus::Cancelled, false, false, false),
-        (JobStatus::Skipped, false, false, false),
-    ];
     let mut row: Vec<Span> = Vec::new();
     let mut used = 0;
-    for (status, flaky, allowed, cached) in states {
+    for (status, flaky, allowed, cached) in super::theme::LEGEND {
         let (glyph, style) = t.status(status, flaky, allowed, cached);
         let word = super::theme::look(status, flaky, allowed, cached).word;
         let cell = glyph.chars().count() + 1 + word.len() + 3;
@@ -1331,13 +1369,15 @@ fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
     let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
     Clear.render(rect, buf);
     let mut shown = shown;
+    // Short enough for 80 columns, ASCII under --ascii.
+    let (down, up) = (t.glyph("↓", "v"), t.glyph("↑", "^"));
     shown.push(Line::styled(
         if more {
-            "j/↓ PgDn: more below; k/↑ PgUp: back; any other key closes this help. Ctrl-C quits."
+            format!("j/{down}: more; k/{up}: back; other keys close this help")
         } else if top > 0 {
-            "k/↑ PgUp: back; any other key closes this help. Ctrl-C quits."
+            format!("k/{up}: back; other keys close this help")
         } else {
-            "Any key closes this help. Ctrl-C quits too."
+            "Any key closes this help; Ctrl-C quits".to_string()
         },
         t.dim(),
     ));

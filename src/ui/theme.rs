@@ -42,6 +42,23 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool)
     }
 }
 
+/// Every look a job can have, as (status, flaky, allowed failure, cached),
+/// in the order the help's legend and the header's counts give them.
+pub const LEGEND: [(JobStatus, bool, bool, bool); 12] = [
+    (JobStatus::Succeeded, false, false, false),
+    (JobStatus::Succeeded, true, false, false),
+    (JobStatus::Succeeded, false, false, true),
+    (JobStatus::Failed, false, false, false),
+    (JobStatus::Failed, false, true, false),
+    (JobStatus::Running, false, false, false),
+    (JobStatus::Retrying, false, false, false),
+    (JobStatus::WaitingApproval, false, false, false),
+    (JobStatus::Ready, false, false, false),
+    (JobStatus::Pending, false, false, false),
+    (JobStatus::Cancelled, false, false, false),
+    (JobStatus::Skipped, false, false, false),
+];
+
 /// Colour choices for one screen.
 #[derive(Debug, Clone, Copy)]
 pub struct Theme {
