@@ -565,3 +565,64 @@ async fn a_retry_after_an_edit_runs_the_edited_definition() {
     assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("broken"));
     assert_eq!(r.lines("broken"), ["old-definition", "new-definition"]);
 }
+
+#[tokio::test]
+async fn cleanup_steps_run_after_a_failure_are_told_so_and_leave_the_result_alone() {
+    let mut s = setup(
+        "name: t\njobs:\n  j:\n    steps:\n      - name: build\n        script: [echo building, exit 3]\n      - name: never\n        script: echo not-reached\n      - name: tidy\n        cleanup: true\n        script: ['echo status=$CI_JOB_STATUS', exit 7]\n  ok:\n    steps:\n      - script: echo fine\n      - cleanup: true\n        script: ['echo status=$CI_JOB_STATUS', exit 1]\n",
+    );
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "j");
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.failure_class, Some(FailureClass::Script));
+    assert_eq!(
+        j.reason.as_deref(),
+        Some("step `build` exited with 3"),
+        "the cleanup's exit 7 is not the reason"
+    );
+    let lines = r.lines("j");
+    assert!(lines.contains(&"status=failed".to_string()), "{lines:?}");
+    assert!(!lines.contains(&"not-reached".to_string()), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cleanup step `tidy` failed") && l.contains("result stands")),
+        "{lines:?}"
+    );
+    // A failing cleanup does not fail a job that passed.
+    assert_eq!(job(&sum, "ok").status, JobStatus::Succeeded);
+    assert!(r.lines("ok").contains(&"status=success".to_string()));
+}
+
+#[tokio::test]
+async fn cleanup_steps_run_after_a_cancel_and_a_timeout_within_their_own_limit() {
+    let mut s = setup(
+        "name: t\njobs:\n  cancelled:\n    steps:\n      - script: [echo ready, sleep 300]\n      - cleanup: true\n        script: 'echo status=$CI_JOB_STATUS'\n  slow:\n    timeout: 1\n    steps:\n      - script: sleep 30\n      - name: first-cleanup\n        cleanup: true\n        timeout: 1\n        script: [echo stuck, sleep 30]\n      - cleanup: true\n        script: 'echo status=$CI_JOB_STATUS'\n",
+    );
+    let mut r = start(&mut s).await;
+    r.until(
+        "ready",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready"),
+    )
+    .await;
+    r.handle.cancel("cancelled").await.expect("cancel");
+    let sum = r.finished().await;
+    assert_eq!(job(&sum, "cancelled").status, JobStatus::Cancelled);
+    assert!(
+        r.lines("cancelled").contains(&"status=canceled".to_string()),
+        "{:?}",
+        r.lines("cancelled")
+    );
+    let slow = job(&sum, "slow");
+    assert_eq!(slow.failure_class, Some(FailureClass::Timeout));
+    let lines = r.lines("slow");
+    assert!(lines.contains(&"status=timedout".to_string()), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("cleanup timeout of 1s reached")),
+        "a cleanup is held to its own timeout: {lines:?}"
+    );
+    let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
+    let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
+    assert!(left.is_empty(), "processes survived: {left:?}");
+}

@@ -3,7 +3,7 @@
 //! The runner turns a job definition into executor calls: it resolves the
 //! environment per step (precedence: --var, secrets, step, job, global,
 //! predefined, host allowlist), interpolates `${{ }}`, applies step and job
-//! deadlines, step retries and `continue_on_failure`, classifies failures,
+//! deadlines, step retries, `continue_on_failure` and cleanup steps, classifies failures,
 //! and reports everything to the actor as messages. It holds no run state.
 
 use std::collections::{BTreeMap, HashMap};
@@ -462,6 +462,9 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
     ctx.executor.start_services(req, tx).await
 }
 
+/// The job's steps in order until one fails (or the job is cancelled or
+/// times out); then its cleanup steps, whatever happened, each with a
+/// timeout and a cancel of its own, told how the others ended.
 async fn run_steps(
     ctx: &Arc<RunContext>,
     a: &Attempt,
@@ -471,78 +474,131 @@ async fn run_steps(
     network: Option<String>,
 ) -> Outcome {
     let vars = ctx.pipeline_vars();
+    let network = network.as_deref();
     let mut outcome = Outcome::success();
-    for (index, step) in job.steps.iter().enumerate() {
-        let name: Arc<str> = Arc::from(step.name.as_str());
-        let _ =
-            a.tx.send(RunnerMsg::StepStarted {
-                job: a.job,
-                attempt: a.attempt,
-                step: name.clone(),
-                index,
-            })
+    for (index, step) in job.steps.iter().enumerate().filter(|(_, s)| !s.cleanup) {
+        let ran = run_step(ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None).await;
+        let Some(c) = ran.class else { continue };
+        let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
+        if step.continue_on_failure && !hard_stop {
+            let name: Arc<str> = Arc::from(step.name.as_str());
+            note(
+                a,
+                &name,
+                format!("step `{}` failed ({c}); continuing (continue_on_failure)", step.name),
+            )
             .await;
-        let started = Instant::now();
-        let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, &vars, network.as_deref()) {
-            Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec).await,
-            Err(msg) => {
-                note(a, &name, msg.clone()).await;
-                outcome.message = Some(msg);
-                (StepEnd::Exited(2), None)
-            }
-        };
-        let class = classify(&end, from_log);
-        // A step killed by the job's own deadline is a timeout, whatever the step saw.
-        let class = match class {
-            Some(_) if Instant::now() >= deadline && !a.cancel.is_cancelled() => Some(FailureClass::Timeout),
-            c => c,
-        };
-        if let StepEnd::SpawnFailed(msg) = &end {
-            note(a, &name, msg.clone()).await;
-            outcome.message = Some(msg.clone());
+            continue;
         }
-        if class == Some(FailureClass::Timeout) {
-            let which = if Instant::now() >= deadline {
-                format!("job timeout of {}s", job.timeout.as_secs())
-            } else {
-                format!("step timeout of {}s", step.timeout.map_or(0, |t| t.as_secs()))
-            };
-            note(a, &name, format!("step `{}` stopped: {which} reached", step.name)).await;
-            outcome.message = Some(format!("{which} reached in step `{}`", step.name));
-        }
-        let _ =
-            a.tx.send(RunnerMsg::StepFinished {
-                job: a.job,
-                attempt: a.attempt,
-                step: name.clone(),
-                exit_code: end.exit_code(),
-                failure: class,
-                duration: started.elapsed(),
-            })
+        outcome.exit_code = ran.end.exit_code();
+        outcome.failure = Some(c);
+        outcome.message = Some(ran.message.unwrap_or_else(|| match ran.end.exit_code() {
+            Some(code) => format!("step `{}` exited with {code}", step.name),
+            None => format!("step `{}` failed ({c})", step.name),
+        }));
+        break;
+    }
+    // GitLab's words, as its after_script sees them.
+    let status = match outcome.failure {
+        None => "success",
+        Some(FailureClass::Cancelled) => "canceled",
+        Some(FailureClass::Timeout) => "timedout",
+        Some(_) => "failed",
+    };
+    for (index, step) in job.steps.iter().enumerate().filter(|(_, s)| s.cleanup) {
+        // Its own time and its own cancel: the job's are likely spent.
+        let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
+        let cancel = CancellationToken::new();
+        let ran = run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, Some(status)).await;
+        if let Some(c) = ran.class {
+            let name: Arc<str> = Arc::from(step.name.as_str());
+            note(
+                a,
+                &name,
+                format!("cleanup step `{}` failed ({c}); the job's result stands", step.name),
+            )
             .await;
-        if let Some(c) = class {
-            let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
-            if step.continue_on_failure && !hard_stop {
-                note(
-                    a,
-                    &name,
-                    format!("step `{}` failed ({c}); continuing (continue_on_failure)", step.name),
-                )
-                .await;
-                continue;
-            }
-            outcome.exit_code = end.exit_code();
-            outcome.failure = Some(c);
-            if outcome.message.is_none() {
-                outcome.message = Some(match end.exit_code() {
-                    Some(code) => format!("step `{}` exited with {code}", step.name),
-                    None => format!("step `{}` failed ({c})", step.name),
-                });
-            }
-            return outcome;
         }
     }
     outcome
+}
+
+/// How one step ended: its end, its failure class, and a message for the
+/// job's reason when the step could not be set up or stopped on a limit.
+struct StepRun {
+    end: StepEnd,
+    class: Option<FailureClass>,
+    message: Option<String>,
+}
+
+/// Runs step `index` (with its retries) until `deadline` or `cancel`;
+/// `job_status` is set for a cleanup step (`CI_JOB_STATUS`).
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    deadline: Instant,
+    vars: &BTreeMap<String, String>,
+    network: Option<&str>,
+    cancel: &CancellationToken,
+    job_status: Option<&str>,
+) -> StepRun {
+    let step = &job.steps[index];
+    let name: Arc<str> = Arc::from(step.name.as_str());
+    let _ =
+        a.tx.send(RunnerMsg::StepStarted {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            index,
+        })
+        .await;
+    let started = Instant::now();
+    let mut message = None;
+    let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status) {
+        Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec, cancel).await,
+        Err(msg) => {
+            note(a, &name, msg.clone()).await;
+            message = Some(msg);
+            (StepEnd::Exited(2), None)
+        }
+    };
+    let class = classify(&end, from_log);
+    // A step killed by its deadline is a timeout, whatever the step saw.
+    let class = match class {
+        Some(_) if Instant::now() >= deadline && !cancel.is_cancelled() => Some(FailureClass::Timeout),
+        c => c,
+    };
+    if let StepEnd::SpawnFailed(msg) = &end {
+        note(a, &name, msg.clone()).await;
+        message = Some(msg.clone());
+    }
+    if class == Some(FailureClass::Timeout) {
+        let which = if step.cleanup {
+            let limit = step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
+            format!("cleanup timeout of {}s", limit.as_secs())
+        } else if Instant::now() >= deadline {
+            format!("job timeout of {}s", job.timeout.as_secs())
+        } else {
+            format!("step timeout of {}s", step.timeout.map_or(0, |t| t.as_secs()))
+        };
+        note(a, &name, format!("step `{}` stopped: {which} reached", step.name)).await;
+        message = Some(format!("{which} reached in step `{}`", step.name));
+    }
+    let _ =
+        a.tx.send(RunnerMsg::StepFinished {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            exit_code: end.exit_code(),
+            failure: class,
+            duration: started.elapsed(),
+        })
+        .await;
+    StepRun { end, class, message }
 }
 
 /// Builds the executor's view of a step: env, interpolated script, workdir, deadline.
@@ -556,12 +612,17 @@ fn prepare_step(
     deadline: Instant,
     vars: &BTreeMap<String, String>,
     network: Option<&str>,
+    job_status: Option<&str>,
 ) -> Result<StepSpec, String> {
     let step = &job.steps[index];
     let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
     let mut env = scope
         .resolve_all()
         .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+    // A cleanup step is told how the job's other steps ended.
+    if let Some(status) = job_status {
+        env.insert("CI_JOB_STATUS".to_string(), status.to_string());
+    }
     let statuses = a.statuses.clone();
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         expr::interpolate(
@@ -738,18 +799,19 @@ async fn run_with_retries(
     index: usize,
     name: &Arc<str>,
     spec: StepSpec,
+    cancel: &CancellationToken,
 ) -> (StepEnd, Option<FailureClass>) {
     let step = &job.steps[index];
     let mut tries = 0;
     loop {
         tries += 1;
-        let (end, from_log) = run_once(ctx, a, name, spec.clone()).await;
+        let (end, from_log) = run_once(ctx, a, name, spec.clone(), cancel).await;
         let class = classify(&end, from_log);
         let again = match class {
             Some(c) => {
                 tries <= step.retry_count
                     && job.retry_when.contains(&c)
-                    && !a.cancel.is_cancelled()
+                    && !cancel.is_cancelled()
                     && spec.deadline.is_none_or(|d| Instant::now() < d)
             }
             None => false,
@@ -770,7 +832,13 @@ async fn run_with_retries(
     }
 }
 
-async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec) -> (StepEnd, Option<FailureClass>) {
+async fn run_once(
+    ctx: &RunContext,
+    a: &Attempt,
+    name: &Arc<str>,
+    spec: StepSpec,
+    cancel: &CancellationToken,
+) -> (StepEnd, Option<FailureClass>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
     let patterns = Patterns::builtin();
     let forward = async {
@@ -792,7 +860,7 @@ async fn run_once(ctx: &RunContext, a: &Attempt, name: &Arc<str>, spec: StepSpec
         }
         from_log
     };
-    let run = ctx.executor.run_step(spec, out_tx, a.cancel.clone());
+    let run = ctx.executor.run_step(spec, out_tx, cancel.clone());
     let (end, from_log) = tokio::join!(run, forward);
     (end, from_log)
 }

@@ -615,7 +615,19 @@ pub struct Step {
     pub timeout: Option<Duration>,
     pub retry_count: u32,
     pub continue_on_failure: bool,
+    /// Runs after the job's other steps whatever became of them (passed,
+    /// failed, timed out, cancelled), with a timeout of its own
+    /// ([`CLEANUP_TIMEOUT`] unless set) and `CI_JOB_STATUS` saying how they
+    /// ended; its failure is logged and leaves the job's result as it was.
+    /// GitLab's `after_script` is one. Left out of the serialized
+    /// definition when false, so cache keys made before it existed hold.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cleanup: bool,
 }
+
+/// How long a cleanup step may run when it sets no timeout (GitLab gives
+/// `after_script` the same 5 minutes).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 mod secs {
     use serde::Serializer;

@@ -35,7 +35,7 @@ const JOB_KEYS: [&str; 24] = [
     "cache",
     "deploy",
 ];
-const STEP_KEYS: [&str; 8] = [
+const STEP_KEYS: [&str; 9] = [
     "name",
     "script",
     "image",
@@ -44,6 +44,7 @@ const STEP_KEYS: [&str; 8] = [
     "timeout",
     "retry_count",
     "continue_on_failure",
+    "cleanup",
 ];
 
 impl Cx<'_> {
@@ -342,6 +343,9 @@ impl Cx<'_> {
         let continue_on_failure = get(node, "continue_on_failure")
             .and_then(|n| self.boolean(n, &join(path, "continue_on_failure")))
             .unwrap_or(false);
+        let cleanup = get(node, "cleanup")
+            .and_then(|n| self.boolean(n, &join(path, "cleanup")))
+            .unwrap_or(false);
         Some(Step {
             name,
             script,
@@ -351,6 +355,7 @@ impl Cx<'_> {
             timeout,
             retry_count,
             continue_on_failure,
+            cleanup,
         })
     }
 }

@@ -499,6 +499,28 @@ mod tests {
     }
 
     #[test]
+    fn a_cleanup_step_is_read_and_an_ordinary_step_keeps_its_old_definition() {
+        let p = check(
+            "name: t\njobs:\n  a:\n    steps:\n      - script: make\n      - cleanup: true\n        script: rm -rf tmp\n",
+        )
+        .unwrap();
+        let steps = &p.jobs[0].steps;
+        assert!(!steps[0].cleanup && steps[1].cleanup);
+        // Cache keys hash each step's fields: a step without `cleanup` must
+        // hash as it did before the key existed.
+        let plain = serde_json::to_value(&steps[0]).unwrap();
+        assert!(plain.get("cleanup").is_none(), "{plain}");
+        assert_eq!(serde_json::to_value(&steps[1]).unwrap()["cleanup"], true);
+        let bad =
+            check("name: t\njobs:\n  a:\n    steps:\n      - cleanup: sometimes\n        script: x\n").unwrap_err();
+        assert!(
+            bad.iter()
+                .any(|(l, c, m)| (*l, *c) == (5, 18) && m.contains("true or false")),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
     fn minimal_pipeline_parses_with_defaults() {
         let p = check("name: x\njobs:\n  a:\n    steps:\n      - script: echo hi\n").unwrap();
         assert_eq!(p.jobs[0].steps[0].name, "step-1");
