@@ -77,6 +77,14 @@ enum OutputFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DialectArg {
+    /// trackside's own YAML (docs/pipeline-format.md).
+    Native,
+    /// A .gitlab-ci.yml (docs/gitlab.md).
+    Gitlab,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum ExecutorArg {
     /// Jobs with an image need containers; the rest run on the host.
     Auto,
@@ -103,13 +111,19 @@ struct VarArgs {
     /// Which executor runs the jobs.
     #[arg(long, value_enum, default_value = "auto")]
     executor: ExecutorArg,
+    /// Read the file as this dialect (by default: `.gitlab-ci.yml` and
+    /// `*.gitlab-ci.yml` are GitLab's, other files are told by their keys).
+    #[arg(long, value_enum)]
+    dialect: Option<DialectArg>,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline.
     Run {
-        file: PathBuf,
+        /// The pipeline file; by default `.gitlab-ci.yml` or `trackside.yml`
+        /// of the current directory, else of its git work tree root.
+        file: Option<PathBuf>,
         #[command(flatten)]
         vars: VarArgs,
         /// Plain `job > line` output even on a terminal (the default when stdout is not a terminal).
@@ -443,7 +457,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             kill_grace,
         } => {
             let _log_guard = init_tracing(&state);
-            let (secrets, opts) = load_options(&vars)?;
+            let file = match file {
+                Some(f) => f,
+                None => default_pipeline_file()?,
+            };
+            let (secrets, opts) = load_options(&vars, &file)?;
             let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
                 return Ok(2);
             };
@@ -465,9 +483,23 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .filter(|j| j.when == When::Manual)
                 .map(|j| j.name.clone())
                 .collect();
+            // A GitLab pipeline's project is its git work tree (CI_PROJECT_DIR).
             let project_dir = match project_dir {
                 Some(d) => d,
-                None => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+                None => {
+                    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                    let root = (opts.dialect == Some(pipeline::Dialect::Gitlab))
+                        .then(|| {
+                            let d = if dir.as_os_str().is_empty() {
+                                Path::new(".")
+                            } else {
+                                dir.as_path()
+                            };
+                            trackside::exec::workspace::git_root(d)
+                        })
+                        .flatten();
+                    root.unwrap_or(dir)
+                }
             };
             let project_dir = if project_dir.as_os_str().is_empty() {
                 PathBuf::from(".")
@@ -599,7 +631,39 @@ fn init_tracing(state: &Path) -> Option<tracing_appender::non_blocking::WorkerGu
     Some(guard)
 }
 
-fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fail> {
+/// `.gitlab-ci.yml` or `trackside.yml` of the current directory, else of
+/// its git work tree root.
+fn default_pipeline_file() -> Result<PathBuf, Fail> {
+    let names = [".gitlab-ci.yml", "trackside.yml"];
+    let here = std::env::current_dir().map_err(|e| Fail(format!("cannot read the current directory: {e}"), 2))?;
+    let root = trackside::exec::workspace::git_root(&here);
+    for dir in std::iter::once(here.clone()).chain(root) {
+        for name in names {
+            let f = dir.join(name);
+            if f.is_file() {
+                return Ok(f);
+            }
+        }
+    }
+    Err(Fail(
+        format!(
+            "no pipeline file given, and neither .gitlab-ci.yml nor trackside.yml is in {} or its git work tree root; name one: trackside run FILE",
+            here.display()
+        ),
+        2,
+    ))
+}
+
+/// The dialect `file` is read in: `--dialect`, else what the file says.
+fn dialect_of(v: &VarArgs, file: &Path) -> pipeline::Dialect {
+    match v.dialect {
+        Some(DialectArg::Native) => pipeline::Dialect::Native,
+        Some(DialectArg::Gitlab) => pipeline::Dialect::Gitlab,
+        None => pipeline::Dialect::of_file(file),
+    }
+}
+
+fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, LoadOptions), Fail> {
     let mut secrets = Vec::new();
     for name in &v.secrets {
         match std::env::var(name) {
@@ -641,6 +705,22 @@ fn load_options(v: &VarArgs) -> Result<(Vec<(String, String)>, LoadOptions), Fai
             ExecutorArg::Shell => ExecutorChoice::Shell,
             ExecutorArg::Docker => ExecutorChoice::Docker,
         },
+        ci_vars: Vec::new(),
+        dialect: Some(dialect_of(v, file)),
+    };
+    // What GitLab's rules are decided against: only a GitLab file pays for
+    // asking git.
+    let opts = if opts.dialect == Some(pipeline::Dialect::Gitlab) {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        LoadOptions {
+            ci_vars: trackside::exec::workspace::gitlab_variables(dir),
+            ..opts
+        }
+    } else {
+        opts
     };
     Ok((secrets, opts))
 }
@@ -677,7 +757,7 @@ fn load(file: &Path, opts: &LoadOptions, format: OutputFormat) -> Result<Option<
 }
 
 fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts) = load_options(v)?;
+    let (_, opts) = load_options(v, file)?;
     let Some((p, report)) = load(file, &opts, format)? else {
         return Ok(2);
     };
@@ -704,7 +784,7 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> 
 }
 
 fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts) = load_options(v)?;
+    let (_, opts) = load_options(v, file)?;
     let Some((p, _)) = load(file, &opts, format)? else {
         return Ok(2);
     };

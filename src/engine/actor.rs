@@ -411,7 +411,7 @@ fn conditional_env(ctx: &RunContext, pipeline: &Pipeline) -> CondEnv {
     let mut cond_env = BTreeMap::new();
     for (i, job) in pipeline.jobs.iter().enumerate() {
         if job.conditional.is_some() {
-            let ws = ctx.run_dir.join("work").join(&job.name);
+            let ws = ctx.run_dir.join("work").join(crate::store::file_safe(&job.name));
             let scope: Scope = ctx.scope(job, &[], ctx.predefined(job, 1, "", &ws));
             cond_env.insert(i, scope.resolve_all().unwrap_or_default());
         }

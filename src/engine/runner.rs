@@ -109,7 +109,9 @@ impl RunContext {
         if self.in_place {
             self.project_dir.clone()
         } else {
-            self.run_dir.join("work").join(format!("{}.{attempt}", job.name))
+            self.run_dir
+                .join("work")
+                .join(format!("{}.{attempt}", crate::store::file_safe(&job.name)))
         }
     }
 
@@ -121,7 +123,8 @@ impl RunContext {
                 .collect::<Vec<_>>()
         };
         let mut s = Scope::new();
-        s.push_layer(self.cli_vars.iter().cloned())
+        s.lenient(self.pipeline.undefined_is_empty)
+            .push_layer(self.cli_vars.iter().cloned())
             .push_layer(self.secrets.iter().cloned())
             .push_layer(layer(step_env))
             .push_layer(layer(&job.environment))
@@ -134,6 +137,7 @@ impl RunContext {
     /// Variables of the pipeline level, for `vars.X`.
     pub fn pipeline_vars(&self) -> BTreeMap<String, String> {
         let mut s = Scope::new();
+        s.lenient(self.pipeline.undefined_is_empty);
         s.push_layer(self.cli_vars.iter().cloned()).push_layer(
             self.pipeline
                 .global_env
@@ -416,6 +420,7 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
         // environment is visible to anyone who can `docker inspect`.
         let mut scope = Scope::new();
         scope
+            .lenient(ctx.pipeline.undefined_is_empty)
             .push_layer(ctx.cli_vars.iter().cloned())
             .push_layer(svc.environment.iter().map(|v| (v.name.clone(), v.value.clone())))
             .push_layer(
@@ -669,8 +674,13 @@ fn prepare_step(
     };
     let script_file = match &container {
         Some(c) => c.script_file.clone(),
-        None => step_file(ctx, &format!("{}.{}.{index}.sh", job.name, a.attempt), &script, 0o600)
-            .map_err(|e| e.to_string())?,
+        None => step_file(
+            ctx,
+            &format!("{}.{}.{index}.sh", crate::store::file_safe(&job.name), a.attempt),
+            &script,
+            0o600,
+        )
+        .map_err(|e| e.to_string())?,
     };
     Ok(StepSpec {
         script_file,
@@ -701,7 +711,10 @@ fn remove_step_files(ctx: &RunContext, job: &Job, attempt: u32) {
     let dir = ctx.run_dir.join("steps");
     for index in 0..job.steps.len() {
         for ext in ["sh", "secrets"] {
-            let _ = std::fs::remove_file(dir.join(format!("{}.{attempt}.{index}.{ext}", job.name)));
+            let _ = std::fs::remove_file(dir.join(format!(
+                "{}.{attempt}.{index}.{ext}",
+                crate::store::file_safe(&job.name)
+            )));
         }
     }
 }
@@ -721,7 +734,7 @@ fn container_step(
     env: &mut BTreeMap<String, String>,
     script: &str,
 ) -> Result<crate::exec::docker::ContainerStep, String> {
-    let base = format!("{}.{}.{index}", job.name, a.attempt);
+    let base = format!("{}.{}.{index}", crate::store::file_safe(&job.name), a.attempt);
     // The folder is private to trackside's user; these files are readable
     // by anyone who reaches them, so a container running as another `user:`
     // can read its script and secrets through the bind mount.

@@ -992,7 +992,9 @@ pub async fn debug_shell(
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(&format!("{job}."))?.strip_suffix(".json")?;
+            let rest = name
+                .strip_prefix(&format!("{}.", crate::store::file_safe(job)))?
+                .strip_suffix(".json")?;
             let (a, i) = rest.split_once('.')?;
             let text = std::fs::read_to_string(e.path()).ok()?;
             Some((a.parse().ok()?, i.parse().ok()?, serde_json::from_str(&text).ok()?))
@@ -1032,7 +1034,9 @@ pub async fn debug_shell(
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| format!("run {run_id} has no readable meta.json"))?;
-        let dest = run_dir.join("work").join(format!("{job}.shell"));
+        let dest = run_dir
+            .join("work")
+            .join(format!("{}.shell", crate::store::file_safe(job)));
         // runs/<id> is two levels under the state directory.
         let state = run_dir.parent().and_then(std::path::Path::parent).unwrap_or(run_dir);
         let files = super::workspace::project_files(&meta.project_dir, state)

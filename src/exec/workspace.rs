@@ -172,3 +172,138 @@ mod tests {
         assert_eq!(files, [PathBuf::from("keep")]);
     }
 }
+
+/// The git work tree root containing `dir`, if it is in one.
+pub fn git_root(dir: &Path) -> Option<PathBuf> {
+    let out = git_out(dir, &["rev-parse", "--show-toplevel"])?;
+    Some(PathBuf::from(out.trim_end_matches('\n')))
+}
+
+fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8(output.stdout).ok()
+}
+
+/// GitLab's predefined variables a pipeline is created with, from the git
+/// repository containing `dir` (what GitLab's server would know): the
+/// commit, its branch or tag, the default branch, the project's name and
+/// who the user is. Outside a repository only the constant ones.
+pub fn gitlab_variables(dir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
+        ("CI", "true"),
+        ("GITLAB_CI", "true"),
+        ("CI_SERVER", "yes"),
+        ("CI_PIPELINE_SOURCE", "push"),
+        ("CI_PIPELINE_ID", "1"),
+        ("CI_PIPELINE_IID", "1"),
+        ("CI_SERVER_HOST", "gitlab.com"),
+        ("CI_SERVER_URL", "https://gitlab.com"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut set = |k: &str, v: String| out.push((k.to_string(), v));
+    let line = |args: &[&str]| git_out(dir, args).map(|s| s.trim_end_matches('\n').to_string());
+    let Some(root) = git_root(dir) else {
+        return out;
+    };
+    if let Some(name) = root.file_name() {
+        set("CI_PROJECT_NAME", name.to_string_lossy().into_owned());
+    }
+    if let Some(sha) = line(&["rev-parse", "HEAD"]) {
+        set("CI_COMMIT_SHORT_SHA", sha.chars().take(8).collect());
+        set("CI_COMMIT_SHA", sha);
+    }
+    let branch = line(&["symbolic-ref", "--short", "-q", "HEAD"]);
+    let tag = match &branch {
+        Some(_) => None,
+        None => line(&["describe", "--tags", "--exact-match", "HEAD"]),
+    };
+    let ref_name = branch.clone().or_else(|| tag.clone());
+    if let Some(b) = branch {
+        set("CI_COMMIT_BRANCH", b);
+    }
+    if let Some(t) = tag {
+        set("CI_COMMIT_TAG", t);
+    }
+    if let Some(r) = ref_name {
+        set("CI_COMMIT_REF_SLUG", ref_slug(&r));
+        set("CI_COMMIT_REF_NAME", r);
+    }
+    if let Some(s) = line(&["log", "-1", "--format=%s"]) {
+        set("CI_COMMIT_TITLE", s);
+    }
+    if let Some(s) = line(&["log", "-1", "--format=%B"]) {
+        set("CI_COMMIT_MESSAGE", s);
+    }
+    if let Some(s) = line(&["log", "-1", "--format=%cI"]) {
+        set("CI_COMMIT_TIMESTAMP", s);
+    }
+    if let Some(s) = line(&["log", "-1", "--format=%an <%ae>"]) {
+        set("CI_COMMIT_AUTHOR", s);
+    }
+    let default_branch = line(&["symbolic-ref", "--short", "-q", "refs/remotes/origin/HEAD"])
+        .and_then(|r| r.strip_prefix("origin/").map(str::to_string))
+        .or_else(|| line(&["config", "init.defaultBranch"]))
+        .unwrap_or_else(|| "main".into());
+    set("CI_DEFAULT_BRANCH", default_branch);
+    if let Some(name) = line(&["config", "user.name"]) {
+        set("GITLAB_USER_NAME", name);
+    }
+    if let Some(email) = line(&["config", "user.email"]) {
+        set(
+            "GITLAB_USER_LOGIN",
+            email.split('@').next().unwrap_or_default().to_string(),
+        );
+        set("GITLAB_USER_EMAIL", email);
+    }
+    out
+}
+
+/// GitLab's `CI_COMMIT_REF_SLUG`: lower case, every character but a-z and
+/// 0-9 as `-`, at most 63 bytes, no `-` at either end.
+fn ref_slug(name: &str) -> String {
+    let slug: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    slug.trim_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod git_tests {
+    use super::*;
+
+    #[test]
+    fn ref_slugs_follow_gitlab() {
+        assert_eq!(ref_slug("Feature/Add_Login"), "feature-add-login");
+        assert_eq!(ref_slug("-x-"), "x");
+        assert_eq!(ref_slug(&"a".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn outside_a_repository_only_the_constant_variables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars = gitlab_variables(dir.path());
+        assert!(vars.iter().any(|(k, v)| k == "CI_PIPELINE_SOURCE" && v == "push"));
+        assert!(!vars.iter().any(|(k, _)| k == "CI_COMMIT_SHA"));
+    }
+}

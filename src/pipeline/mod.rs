@@ -9,6 +9,7 @@
 
 pub mod diag;
 pub mod expr;
+pub mod gitlab;
 pub mod graph;
 pub mod model;
 pub mod native;
@@ -19,4 +20,83 @@ pub mod yaml;
 pub use diag::{Diagnostic, Report, Severity};
 pub use graph::Plan;
 pub use model::{FailureClass, Job, Pipeline, Step, When};
-pub use native::{ExecutorChoice, LoadOptions, load, parse_source};
+pub use native::{ExecutorChoice, LoadOptions};
+
+use std::path::Path;
+
+/// Which YAML a pipeline file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// trackside's own format (docs/pipeline-format.md).
+    Native,
+    /// A `.gitlab-ci.yml` (docs/gitlab.md).
+    Gitlab,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Native => "native",
+            Dialect::Gitlab => "gitlab",
+        }
+    }
+
+    /// The dialect of the file at `path`, read as [`load`] reads it (a
+    /// FIFO, a device or an oversized file is not read: then by name alone,
+    /// and loading reports the problem).
+    pub fn of_file(path: &Path) -> Dialect {
+        let source = read::read_source(path).unwrap_or_default();
+        Dialect::of(path, &source)
+    }
+
+    /// The dialect of a file: by its name (`.gitlab-ci.yml`,
+    /// `*.gitlab-ci.yml`), else by its top-level keys (`jobs:` is native;
+    /// `stages:`, `default:`, `include:`, `workflow:` or a top-level job
+    /// with `script:` is GitLab's).
+    pub fn of(path: &Path, source: &str) -> Dialect {
+        if gitlab::is_gitlab_file_name(path) {
+            return Dialect::Gitlab;
+        }
+        let top: Vec<&str> = source
+            .lines()
+            .filter(|l| l.starts_with(|c: char| c.is_alphanumeric() || c == '.' || c == '_'))
+            .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim_matches(['"', '\'', ' '])))
+            .collect();
+        if top.contains(&"jobs") {
+            return Dialect::Native;
+        }
+        let gitlab_keys = ["stages", "default", "include", "workflow"];
+        let job_script = source.lines().any(|l| {
+            let t = l.trim_start();
+            l.len() > t.len() && (t.starts_with("script:") || t.starts_with("before_script:"))
+        });
+        if top.iter().any(|k| gitlab_keys.contains(k)) || job_script {
+            Dialect::Gitlab
+        } else {
+            Dialect::Native
+        }
+    }
+}
+
+/// Reads and validates a pipeline file in its dialect (`opts.dialect`, or
+/// found by [`Dialect::of`]). `Err` holds at least one error; `Ok` may
+/// carry warnings.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let source = match read::read_source(path) {
+        Ok(s) => s,
+        Err(d) => {
+            let mut r = Report::new(path, String::new());
+            r.items.push(d);
+            return Err(r);
+        }
+    };
+    parse_source(path, source, opts)
+}
+
+/// Parses and validates pipeline text already in memory, in its dialect.
+pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    match opts.dialect.unwrap_or_else(|| Dialect::of(path, &source)) {
+        Dialect::Native => native::parse_source(path, source, opts),
+        Dialect::Gitlab => gitlab::parse_source(path, source, opts),
+    }
+}

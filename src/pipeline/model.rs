@@ -28,6 +28,10 @@ pub struct Pipeline {
     pub retry_policy: RetryPolicy,
     /// In file order.
     pub jobs: Vec<Job>,
+    /// A reference to an undefined variable expands to nothing (GitLab's
+    /// rule) instead of being an error (the native format's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub undefined_is_empty: bool,
 }
 
 impl Pipeline {
@@ -231,6 +235,10 @@ pub struct Job {
     pub dir_cache: Option<DirCache>,
     /// A deploy job rolls a service out instead of running steps.
     pub deploy: Option<Deploy>,
+    /// The stage it belongs to, for display (GitLab pipelines); its
+    /// dependencies already say what it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     #[serde(skip)]
     pub pos: Pos,
 }

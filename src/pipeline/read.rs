@@ -19,6 +19,23 @@ use super::yaml::{Node, Pos, Value};
 /// Largest pipeline file read (a 10,000-job pipeline is about 1 MiB).
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// The source as every dialect reads it: a byte order mark dropped (YAML
+/// allows one), and a byte YAML forbids reported at its line and column.
+pub(crate) fn checked_source(path: &Path, source: String) -> Result<String, crate::pipeline::diag::Report> {
+    let source = match source.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => source,
+    };
+    match forbidden_char(&source) {
+        Some(d) => {
+            let mut report = crate::pipeline::diag::Report::new(path, source);
+            report.items.push(d);
+            Err(report)
+        }
+        None => Ok(source),
+    }
+}
+
 pub(crate) fn file_error(message: String, hint: &str) -> Diagnostic {
     Diagnostic::error(Pos { line: 1, col: 1 }, 1, "", message).with_hint(hint)
 }

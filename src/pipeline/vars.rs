@@ -66,11 +66,20 @@ impl VarError {
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     layers: Vec<Vec<(String, String)>>,
+    /// An undefined variable expands to nothing instead of being an error.
+    lenient: bool,
 }
 
 impl Scope {
     pub fn new() -> Self {
         Scope::default()
+    }
+
+    /// From now on an undefined variable expands to nothing (GitLab's
+    /// rule), not [`VarError::Undefined`].
+    pub fn lenient(&mut self, on: bool) -> &mut Self {
+        self.lenient = on;
+        self
     }
 
     /// Adds a layer *below* the ones already present.
@@ -236,9 +245,8 @@ impl Resolver<'_> {
                     i += 1;
                 } else {
                     let name = &rest[..len];
-                    let value = self
-                        .get(name, owner)?
-                        .ok_or_else(|| VarError::Undefined(name.to_string()))?;
+                    let found = self.get(name, owner)?;
+                    let value = self.defined(name, found)?;
                     if out.len() + value.len() > MAX_LEN {
                         return Err(VarError::TooLong);
                     }
@@ -251,6 +259,15 @@ impl Resolver<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// A reference's value: undefined is an error, or nothing in a lenient scope.
+    fn defined(&self, name: &str, value: Option<String>) -> Result<String, VarError> {
+        match value {
+            Some(v) => Ok(v),
+            None if self.scope.lenient => Ok(String::new()),
+            None => Err(VarError::Undefined(name.to_string())),
+        }
     }
 
     fn get(&mut self, name: &str, owner: Option<(&str, usize)>) -> Result<Option<String>, VarError> {
@@ -273,7 +290,7 @@ impl Resolver<'_> {
         let op = &inner[name_len..];
         let value = self.get(name, owner)?;
         if op.is_empty() {
-            return value.ok_or_else(|| VarError::Undefined(name.to_string()));
+            return self.defined(name, value);
         }
         if let Some(default) = op.strip_prefix(":-") {
             return match value {
@@ -295,7 +312,7 @@ impl Resolver<'_> {
             let (pattern, replacement) = split_pattern(spec);
             let pattern = self.expand_in(&pattern, owner)?;
             let replacement = self.expand_in(replacement, owner)?;
-            let value = value.ok_or_else(|| VarError::Undefined(name.to_string()))?;
+            let value = self.defined(name, value)?;
             if pattern.is_empty() {
                 return Ok(value);
             }
@@ -387,6 +404,16 @@ pub fn references(template: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lenient_scope_expands_undefined_variables_to_nothing() {
+        let mut s = Scope::new();
+        s.push_layer([("A", "x-$NOPE-${NOPE}-${NOPE/a/b}-$B"), ("B", "b")]);
+        assert_eq!(s.resolve("A"), Err(VarError::Undefined("NOPE".into())));
+        s.lenient(true);
+        assert_eq!(s.resolve("A"), Ok(Some("x----b".into())));
+        assert_eq!(s.expand("$$NOPE $NOPE."), Ok("$NOPE .".into()));
+    }
 
     fn scope(layers: &[&[(&str, &str)]]) -> Scope {
         let mut s = Scope::new();

@@ -174,16 +174,20 @@ pub fn new_run_id() -> String {
 }
 
 /// A job name made safe for a file name (job names are validated, but be sure).
-fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// A job name as a file name: itself when it is letters, digits, `-`, `_`
+/// and `.` (every native name), else those characters with the rest as `_`
+/// and a hash of the whole name, so `test 1/3` and `test_1_3` (GitLab names
+/// may hold anything) never share a file.
+pub fn file_safe(name: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.is_empty() && name.chars().all(safe) && !name.starts_with('.') {
+        return name.to_string();
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let base: String = name.chars().take(64).map(|c| if safe(c) { c } else { '_' }).collect();
+    format!("{base}-{short}")
 }
 
 pub fn log_path(run_dir: &Path, job: &str, attempt: u32) -> PathBuf {

@@ -258,6 +258,7 @@ impl Cx<'_> {
             cache,
             dir_cache,
             deploy,
+            stage: None,
             pos: key.pos,
         })
     }

@@ -65,34 +65,17 @@ pub struct LoadOptions {
     /// Host variables jobs may see: the allowlist plus `--pass-env`, as found in the host.
     pub host_env: Vec<(String, String)>,
     pub executor: ExecutorChoice,
-}
-
-/// Reads and validates a pipeline file. `Err` holds at least one error;
-/// `Ok` may carry warnings.
-pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
-    let source = match read_source(path) {
-        Ok(s) => s,
-        Err(d) => {
-            let mut r = Report::new(path, String::new());
-            r.items.push(d);
-            return Err(r);
-        }
-    };
-    parse_source(path, source, opts)
+    /// What the pipeline is created with, as GitLab's predefined variables
+    /// (`CI_COMMIT_BRANCH`, `CI_PIPELINE_SOURCE`, ...): read from git by the
+    /// caller; GitLab's `rules` and `only`/`except` are decided against them.
+    pub ci_vars: Vec<(String, String)>,
+    /// The dialect to read the file in; found from the file when unset.
+    pub dialect: Option<crate::pipeline::Dialect>,
 }
 
 /// Parses and validates pipeline text already in memory.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
-    // A UTF-8 byte order mark is allowed at the start of a YAML stream.
-    let source = match source.strip_prefix('\u{feff}') {
-        Some(rest) => rest.to_string(),
-        None => source,
-    };
-    if let Some(d) = forbidden_char(&source) {
-        let mut report = Report::new(path, source);
-        report.items.push(d);
-        return Err(report);
-    }
+    let source = checked_source(path, source)?;
     let mut report = Report::new(path, source);
     let pipeline = {
         let mut cx = Cx {
@@ -207,6 +190,7 @@ impl Cx<'_> {
             kill_grace,
             retry_policy,
             jobs,
+            undefined_is_empty: false,
         };
         self.cross_check(root, &pipeline, opts);
         Some(pipeline)

@@ -1,0 +1,1704 @@
+//! The GitLab CI dialect: a `.gitlab-ci.yml` read as GitLab reads it and
+//! lowered into the one pipeline model, with every mistake reported at its
+//! line and column.
+//!
+//! The one idea: GitLab's structure becomes the model's dependencies. A job
+//! without `needs` waits for every job of the stages before its own (so
+//! stages run in order, as in GitLab); `needs` replaces that with the jobs
+//! it names. `rules`, `only`/`except` and `workflow:rules` are decided here,
+//! when the pipeline is created, against the variables it is created with
+//! (the command line's, the file's, and the git facts the caller gives), as
+//! GitLab decides them when it creates a pipeline. `before_script` and
+//! `script` run in one shell; `after_script` is a cleanup step (it runs
+//! after a failure, a timeout or a cancel, and cannot fail the job).
+//!
+//! What needs GitLab's server (`include:` of other projects, templates and
+//! components, `trigger`, `release`, `secrets`, ...) is refused or ignored
+//! with a message saying so; docs/gitlab.md lists what is supported.
+
+mod merge;
+pub mod rules;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::pipeline::diag::{Diagnostic, Report, suggestion_hint};
+use crate::pipeline::model::*;
+use crate::pipeline::native::LoadOptions;
+use crate::pipeline::read::*;
+use crate::pipeline::yaml::{self, Node, Value};
+
+/// Keywords of the top level that are not jobs.
+pub const GLOBAL_KEYS: [&str; 11] = [
+    "default",
+    "include",
+    "stages",
+    "variables",
+    "workflow",
+    "image",
+    "services",
+    "cache",
+    "before_script",
+    "after_script",
+    "spec",
+];
+
+/// Every keyword GitLab documents for a job (for did-you-mean).
+pub const JOB_KEYS: [&str; 37] = [
+    "after_script",
+    "allow_failure",
+    "artifacts",
+    "before_script",
+    "cache",
+    "coverage",
+    "dast_configuration",
+    "dependencies",
+    "environment",
+    "except",
+    "extends",
+    "hooks",
+    "id_tokens",
+    "identity",
+    "image",
+    "inherit",
+    "interruptible",
+    "manual_confirmation",
+    "needs",
+    "only",
+    "pages",
+    "parallel",
+    "release",
+    "resource_group",
+    "retry",
+    "rules",
+    "run",
+    "script",
+    "secrets",
+    "services",
+    "stage",
+    "start_in",
+    "tags",
+    "timeout",
+    "trigger",
+    "variables",
+    "when",
+];
+
+/// Keywords of `default:`.
+const DEFAULT_KEYS: [&str; 12] = [
+    "after_script",
+    "artifacts",
+    "before_script",
+    "cache",
+    "hooks",
+    "id_tokens",
+    "image",
+    "interruptible",
+    "retry",
+    "services",
+    "tags",
+    "timeout",
+];
+
+/// Keywords that only mean something on GitLab's server: a warning once,
+/// otherwise ignored.
+const SERVER_ONLY: [&str; 8] = [
+    "release",
+    "secrets",
+    "id_tokens",
+    "dast_configuration",
+    "identity",
+    "hooks",
+    "pages",
+    "manual_confirmation",
+];
+
+/// Keywords read and deliberately without effect on a local run.
+const NO_EFFECT: [&str; 4] = ["tags", "interruptible", "environment", "coverage"];
+
+/// Keywords trackside does not run yet: a warning, and the job runs without them.
+const NOT_YET: [&str; 5] = ["cache", "services", "resource_group", "start_in", "run"];
+
+/// GitLab's stages when a file names none.
+const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
+
+/// GitLab's default job timeout (a project's, unless changed there).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Most jobs one `parallel` makes (GitLab's limit).
+const MAX_PARALLEL: usize = 200;
+
+/// Whether `path` names a GitLab CI file by its name.
+pub fn is_gitlab_file_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == ".gitlab-ci.yml" || n.ends_with(".gitlab-ci.yml") || n == ".gitlab-ci.yaml")
+}
+
+/// Parses and validates a GitLab CI file already in memory.
+pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let source = checked_source(path, source)?;
+    let mut report = Report::new(path, source);
+    let pipeline = {
+        let mut cx = Cx {
+            diags: Vec::new(),
+            dropped: 0,
+            src: &report.source,
+            line_starts: line_starts(&report.source),
+        };
+        let parsed = yaml::parse(&report.source);
+        for p in parsed.problems {
+            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
+            d.hint = p.hint;
+            cx.diags.push(d);
+        }
+        // The project's name, as GitLab shows it: the work tree's folder.
+        let name = opts
+            .ci_vars
+            .iter()
+            .find(|(k, _)| k == "CI_PROJECT_NAME")
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let dir = dir.canonicalize().ok()?;
+                dir.file_name().map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "pipeline".into());
+        let p = match parsed.root {
+            Some(root) => Gitlab::new(&mut cx, opts).pipeline(&root, name),
+            None => {
+                cx.diags.push(file_error(
+                    "the GitLab CI file has no content".into(),
+                    "add a job: `test:` with `script: [make test]` under it",
+                ));
+                None
+            }
+        };
+        report.items = cx.diags;
+        report.dropped = cx.dropped;
+        p
+    };
+    if let Some(p) = &pipeline
+        && let Err(cycle_diags) = super::graph::Plan::build(p)
+    {
+        report.items.extend(cycle_diags);
+    }
+    report.sort();
+    match pipeline {
+        Some(p) if !report.has_errors() => Ok((p, report)),
+        _ => {
+            if !report.has_errors() {
+                report.items.push(file_error(
+                    "pipeline could not be read".into(),
+                    "see the messages above",
+                ));
+            }
+            Err(report)
+        }
+    }
+}
+
+/// A job as read, before it is lowered: what `needs` and stages refer to.
+struct Read {
+    name: String,
+    /// The job's key in the file (for positions).
+    key: Node,
+    stage: String,
+    /// `None`: wait for the stages before; `Some`: exactly these (by base name).
+    needs: Option<Vec<Need>>,
+    /// `dependencies`, as written: checked once every job is known.
+    dependencies: Vec<(String, Node)>,
+    job: Job,
+    /// `parallel`: the instances' names and their own variables.
+    instances: Vec<(String, Vec<EnvVar>)>,
+}
+
+struct Need {
+    job: String,
+    node: Node,
+    artifacts: bool,
+    optional: bool,
+}
+
+/// The reading of one file: the context and what the whole file shares.
+struct Gitlab<'c, 's> {
+    cx: &'c mut Cx<'s>,
+    opts: &'c LoadOptions,
+    /// Warned once each: a keyword without effect here.
+    warned: HashSet<String>,
+}
+
+impl<'c, 's> Gitlab<'c, 's> {
+    fn new(cx: &'c mut Cx<'s>, opts: &'c LoadOptions) -> Self {
+        Gitlab {
+            cx,
+            opts,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn warn_once(&mut self, node: &Node, path: &str, key: &str, msg: String, hint: &str) {
+        if self.warned.insert(key.to_string()) {
+            self.cx.warn(node, path, msg, hint.to_string());
+        }
+    }
+
+    fn pipeline(&mut self, root: &Node, name: String) -> Option<Pipeline> {
+        let Value::Map(entries) = &root.value else {
+            self.cx.err(
+                root,
+                "",
+                format!(
+                    "a GitLab CI file is a mapping of jobs and keywords, found {}",
+                    root.type_name()
+                ),
+                "start with a job: `test:` and `script: [make test]` under it",
+            );
+            return None;
+        };
+        let top = |k: &str| get(root, k);
+        if let Some(spec) = top("spec") {
+            self.cx.err(
+                spec,
+                "spec",
+                "`spec:` (inputs of an included file) is not supported yet by trackside",
+                "run the file that includes this one, with its inputs written in",
+            );
+        }
+        if let Some(inc) = top("include") {
+            self.cx.err(
+                inc,
+                "include",
+                "`include` is not supported yet by trackside's GitLab reader",
+                "put the included jobs in this file for now (a local include is planned; remote, template, project and component includes need GitLab's server)",
+            );
+        }
+        for key in ["services", "cache"] {
+            if let Some(n) = top(key) {
+                self.warn_once(
+                    n,
+                    key,
+                    key,
+                    format!("`{key}` is not supported yet by trackside; jobs run without it"),
+                    "see docs/gitlab.md for what is supported",
+                );
+            }
+        }
+        for key in ["image", "before_script", "after_script"] {
+            if let Some(n) = top(key) {
+                self.cx.warn(
+                    n,
+                    key,
+                    format!("`{key}` at the top level is deprecated by GitLab"),
+                    "it is read as `default:` would; move it under `default:`",
+                );
+            }
+        }
+        let stages = self.stages(top("stages"));
+        // The file's variables, the command line's and the git facts: what
+        // rules are decided against.
+        let globals = top("variables")
+            .map(|n| self.variables(n, "variables"))
+            .unwrap_or_default();
+        let mut created: Vec<(String, String)> = self.opts.ci_vars.clone();
+        created.extend(globals.iter().map(|v| (v.name.clone(), v.value.clone())));
+        created.extend(self.opts.cli_vars.iter().cloned());
+        let mut workflow_vars = Vec::new();
+        if let Some(wf) = top("workflow") {
+            match self.workflow(wf, &created) {
+                Some(vars) => workflow_vars = vars,
+                None => return None,
+            }
+        }
+        // Defaults: `default:` and the deprecated top-level keys.
+        let mut default_entries: Vec<(Node, Node)> = Vec::new();
+        for key in ["image", "services", "cache", "before_script", "after_script"] {
+            if let Some((k, v)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
+                default_entries.push((k.clone(), v.clone()));
+            }
+        }
+        if let Some(d) = top("default")
+            && self.cx.mapping(d, "default", &DEFAULT_KEYS, "`default`")
+            && let Value::Map(de) = &d.value
+        {
+            for (k, v) in de {
+                let word = k.key_text();
+                if NOT_YET.contains(&word.as_str()) {
+                    self.warn_once(
+                        v,
+                        &join("default", &word),
+                        &word,
+                        format!("`{word}` is not supported yet by trackside; jobs run without it"),
+                        "see docs/gitlab.md for what is supported",
+                    );
+                }
+            }
+            for (k, v) in de {
+                default_entries.retain(|(dk, _)| dk.key_text() != k.key_text());
+                default_entries.push((k.clone(), v.clone()));
+            }
+        }
+        // Jobs and hidden jobs.
+        let mut defs: Vec<(String, Node)> = Vec::new();
+        let mut keys: HashMap<String, Node> = HashMap::new();
+        for (k, v) in entries {
+            let key = k.key_text();
+            if GLOBAL_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            // A hidden key may hold anything (an anchor's list, say).
+            if key.starts_with('.') && !matches!(v.value, Value::Map(_)) {
+                continue;
+            }
+            if !matches!(v.value, Value::Map(_)) {
+                let hint = if JOB_KEYS.contains(&key.as_str()) {
+                    format!("`{key}` is a job keyword: indent it under a job")
+                } else {
+                    suggestion_hint(&key, &GLOBAL_KEYS, "top-level keywords")
+                };
+                self.cx.err(
+                    k,
+                    &key,
+                    format!("`{key}` is neither a GitLab keyword nor a job (a job is a mapping with `script`)"),
+                    hint,
+                );
+                continue;
+            }
+            keys.insert(key.clone(), k.clone());
+            defs.push((key, v.clone()));
+        }
+        let (resolved, problems) = merge::resolve_all(&defs);
+        let mut seen_problem = HashSet::new();
+        for p in problems {
+            self.extends_problem(p, &defs, &mut seen_problem);
+        }
+        let mut read: Vec<Read> = Vec::new();
+        for (name, _) in &defs {
+            if name.starts_with('.') {
+                continue;
+            }
+            let (Some(def), Some(key)) = (resolved.get(name), keys.get(name)) else {
+                continue;
+            };
+            if let Some(r) = self.job(
+                name,
+                key,
+                def,
+                &default_entries,
+                &globals,
+                &workflow_vars,
+                &created,
+                &stages,
+            ) {
+                read.push(r);
+            }
+        }
+        if read.is_empty()
+            && !self
+                .cx
+                .diags
+                .iter()
+                .any(|d| d.severity == crate::pipeline::Severity::Error)
+        {
+            self.cx.diags.push(file_error(
+                "no job would run: the file has no visible job, or every job's rules leave it out".into(),
+                "a job is a top-level key not starting with `.` that has `script:`; check `rules:` against the variables given (--var)",
+            ));
+            return None;
+        }
+        let jobs = self.lower(read, &stages);
+        // GitLab's predefined variables reach every job, below the file's.
+        let global_env = self
+            .opts
+            .ci_vars
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: v.replace('$', "$$"),
+                pos: root.pos,
+            })
+            .collect();
+        Some(Pipeline {
+            name,
+            global_env,
+            timeout: Duration::from_secs(24 * 3600),
+            kill_grace: Duration::from_secs(10),
+            retry_policy: RetryPolicy::default(),
+            jobs,
+            undefined_is_empty: true,
+        })
+    }
+
+    fn extends_problem(&mut self, p: merge::ExtendsError, defs: &[(String, Node)], seen: &mut HashSet<(usize, usize)>) {
+        use merge::ExtendsError as E;
+        let node = match &p {
+            E::Unknown { node, .. } | E::Cycle { node, .. } | E::TooDeep { node, .. } | E::NotNames { node } => node,
+        };
+        if !seen.insert((node.pos.line, node.pos.col)) {
+            return;
+        }
+        let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+        match p {
+            E::Unknown { node, name } => self.cx.err(
+                &node,
+                "extends",
+                format!("`extends` names `{name}`, which is not defined in this file"),
+                suggestion_hint(&name, &names, "jobs"),
+            ),
+            E::Cycle { node, chain } => self.cx.err(
+                &node,
+                "extends",
+                format!("`extends` goes round in a circle: {}", chain.join(" -> ")),
+                "remove one of these `extends`",
+            ),
+            E::TooDeep { node, chain } => self.cx.err(
+                &node,
+                "extends",
+                format!(
+                    "`extends` nests deeper than GitLab's {} levels: {}",
+                    merge::MAX_DEPTH,
+                    chain.join(" -> ")
+                ),
+                "flatten the chain",
+            ),
+            E::NotNames { node } => self.cx.err(
+                &node,
+                "extends",
+                format!("`extends` is a job name or a list of them, found {}", node.type_name()),
+                "write `extends: .base` or `extends: [.base, .other]`",
+            ),
+        }
+    }
+
+    /// `.pre`, the file's stages (or GitLab's defaults), `.post`.
+    fn stages(&mut self, node: Option<&Node>) -> Vec<String> {
+        let mut out = vec![".pre".to_string()];
+        match node {
+            Some(n) => {
+                for (s, at) in self.cx.string_list(n, "stages") {
+                    if out.contains(&s) {
+                        if s != ".pre" && s != ".post" {
+                            self.cx.warn(
+                                &at,
+                                "stages",
+                                format!("stage `{s}` is listed twice"),
+                                "list each stage once".to_string(),
+                            );
+                        }
+                        continue;
+                    }
+                    if s != ".post" {
+                        out.push(s);
+                    }
+                }
+            }
+            None => out.extend(DEFAULT_STAGES.iter().map(|s| s.to_string())),
+        }
+        out.push(".post".to_string());
+        out
+    }
+
+    /// `variables:` of the file or a job: names to values (a mapping's
+    /// `value`; `expand: false` keeps `$` literal).
+    fn variables(&mut self, node: &Node, path: &str) -> Vec<EnvVar> {
+        let Value::Map(entries) = &node.value else {
+            self.cx.err(
+                node,
+                path,
+                format!(
+                    "`variables` is a mapping of names to values, found {}",
+                    node.type_name()
+                ),
+                "write `variables:` then `NAME: value` lines",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let name = k.key_text();
+            let vpath = join(path, &name);
+            if !valid_var_name(&name) {
+                self.cx.err(
+                    k,
+                    &vpath,
+                    format!("`{name}` is not a valid variable name"),
+                    "use letters, digits and `_`, not starting with a digit",
+                );
+                continue;
+            }
+            let value = match &v.value {
+                Value::Map(_) => {
+                    if !self
+                        .cx
+                        .mapping(v, &vpath, &["value", "description", "expand", "options"], "a variable")
+                    {
+                        continue;
+                    }
+                    let expand = get(v, "expand")
+                        .and_then(|n| self.cx.boolean(n, &join(&vpath, "expand")))
+                        .unwrap_or(true);
+                    let value = get(v, "value").and_then(|n| self.cx.string(n, &join(&vpath, "value")));
+                    let value = value.unwrap_or_default();
+                    if expand { value } else { value.replace('$', "$$") }
+                }
+                Value::Null => String::new(),
+                _ => match self.cx.string(v, &vpath) {
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            out.push(EnvVar {
+                name,
+                value,
+                pos: k.pos,
+            });
+        }
+        out
+    }
+
+    /// `workflow:` — `rules` decide whether the pipeline is created; the
+    /// matching rule's variables join every job's. `None`: no pipeline.
+    fn workflow(&mut self, node: &Node, created: &[(String, String)]) -> Option<Vec<EnvVar>> {
+        if !self
+            .cx
+            .mapping(node, "workflow", &["rules", "name", "auto_cancel"], "`workflow`")
+        {
+            return Some(Vec::new());
+        }
+        let Some(rules) = get(node, "rules") else {
+            return Some(Vec::new());
+        };
+        match self.rules(rules, "workflow.rules", created, &[]) {
+            Ok(Some(d)) if d.when != Some(WhenOrNever::Never) => Some(d.variables),
+            Ok(_) => {
+                let facts: Vec<String> = ["CI_COMMIT_BRANCH", "CI_COMMIT_TAG", "CI_PIPELINE_SOURCE"]
+                    .iter()
+                    .filter_map(|k| {
+                        created
+                            .iter()
+                            .rev()
+                            .find(|(n, _)| n == k)
+                            .map(|(n, v)| format!("{n}={v}"))
+                    })
+                    .collect();
+                self.cx.err(
+                    rules,
+                    "workflow.rules",
+                    format!(
+                        "workflow:rules create no pipeline for these variables ({})",
+                        if facts.is_empty() { "none set".to_string() } else { facts.join(", ") }
+                    ),
+                    "GitLab would not run this pipeline; set what the rules test with --var (for example --var CI_PIPELINE_SOURCE=merge_request_event)",
+                );
+                None
+            }
+            Err(()) => Some(Vec::new()),
+        }
+    }
+
+    /// Evaluates `rules:`: the first rule that matches decides. `Ok(None)`:
+    /// none matched (the job is left out). `Err`: the rules have mistakes
+    /// (reported).
+    fn rules(
+        &mut self,
+        node: &Node,
+        path: &str,
+        created: &[(String, String)],
+        job_vars: &[EnvVar],
+    ) -> Result<Option<RuleDecision>, ()> {
+        let Value::Seq(items) = &node.value else {
+            self.cx.err(
+                node,
+                path,
+                format!("`rules` is a list of rules, found {}", node.type_name()),
+                "write `rules:` then `- if: ...` items",
+            );
+            return Err(());
+        };
+        let cli = &self.opts.cli_vars;
+        let get_var = |name: &str| -> Option<String> { lookup(name, cli, job_vars, created) };
+        let allowed = [
+            "if",
+            "changes",
+            "exists",
+            "when",
+            "allow_failure",
+            "variables",
+            "needs",
+            "interruptible",
+            "start_in",
+        ];
+        let mut broken = false;
+        let mut decided: Option<RuleDecision> = None;
+        for (i, rule) in items.iter().enumerate() {
+            let rpath = format!("{path}[{i}]");
+            if !self.cx.mapping(rule, &rpath, &allowed, "a rule") {
+                broken = true;
+                continue;
+            }
+            let mut matches = true;
+            if let Some(cond) = get(rule, "if") {
+                let ipath = join(&rpath, "if");
+                match self.cx.string(cond, &ipath) {
+                    Some(text) => match rules::parse(&text) {
+                        Ok(e) => matches &= e.eval(&get_var),
+                        Err(e) => {
+                            let pos = self.cx.pos_in(cond, e.offset);
+                            let mut d = Diagnostic::error(pos, 1, ipath.clone(), format!("in `if`: {}", e.message));
+                            d.hint = Some(e.hint.to_string());
+                            self.cx.diags.push(d);
+                            broken = true;
+                            continue;
+                        }
+                    },
+                    None => {
+                        broken = true;
+                        continue;
+                    }
+                }
+            }
+            for key in ["needs", "start_in"] {
+                if let Some(n) = get(rule, key) {
+                    self.warn_once(
+                        n,
+                        &join(&rpath, key),
+                        &format!("rules:{key}"),
+                        format!("`rules:{key}` is not supported yet by trackside; the rule applies without it"),
+                        "see docs/gitlab.md",
+                    );
+                }
+            }
+            for key in ["changes", "exists"] {
+                if let Some(n) = get(rule, key) {
+                    self.warn_once(
+                        n,
+                        &join(&rpath, key),
+                        &format!("rules:{key}"),
+                        format!("`rules:{key}` is not evaluated yet by trackside: such a rule counts as matching"),
+                        "the job runs as if its files changed/existed; use --job or --var to narrow the run",
+                    );
+                }
+            }
+            let when = match get(rule, "when") {
+                Some(n) => match self.when(n, &join(&rpath, "when")) {
+                    Some(w) => Some(w),
+                    None => {
+                        broken = true;
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let allow_failure =
+                get(rule, "allow_failure").and_then(|n| self.cx.boolean(n, &join(&rpath, "allow_failure")));
+            let variables = get(rule, "variables")
+                .map(|n| self.variables(n, &join(&rpath, "variables")))
+                .unwrap_or_default();
+            if matches && decided.is_none() {
+                decided = Some(RuleDecision {
+                    when,
+                    allow_failure,
+                    variables,
+                });
+            }
+        }
+        if broken { Err(()) } else { Ok(decided) }
+    }
+
+    fn when(&mut self, node: &Node, path: &str) -> Option<WhenOrNever> {
+        let words = ["on_success", "on_failure", "always", "manual", "delayed", "never"];
+        let text = self.cx.string(node, path)?;
+        match text.as_str() {
+            "on_success" => Some(WhenOrNever::When(When::OnSuccess)),
+            "on_failure" => Some(WhenOrNever::When(When::OnFailure)),
+            "always" => Some(WhenOrNever::When(When::Always)),
+            "manual" => Some(WhenOrNever::When(When::Manual)),
+            "never" => Some(WhenOrNever::Never),
+            "delayed" => {
+                self.warn_once(
+                    node,
+                    path,
+                    "when:delayed",
+                    "`when: delayed` runs without its delay in trackside for now".into(),
+                    "the job starts when its stage is reached",
+                );
+                Some(WhenOrNever::When(When::OnSuccess))
+            }
+            other => {
+                self.cx.err(
+                    node,
+                    path,
+                    format!("`when: {other}` is not one of GitLab's"),
+                    suggestion_hint(other, &words, "values"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads one visible job (its `extends` already merged).
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &mut self,
+        name: &str,
+        key: &Node,
+        def: &Node,
+        defaults: &[(Node, Node)],
+        globals: &[EnvVar],
+        workflow_vars: &[EnvVar],
+        created: &[(String, String)],
+        stages: &[String],
+    ) -> Option<Read> {
+        let path = name.to_string();
+        let Value::Map(own) = &def.value else { return None };
+        for (k, v) in own {
+            let word = k.key_text();
+            if !JOB_KEYS.contains(&word.as_str()) {
+                self.cx.err(
+                    k,
+                    &join(&path, &word),
+                    format!("unknown keyword `{word}` in job `{name}`"),
+                    suggestion_hint(&word, &JOB_KEYS, "job keywords"),
+                );
+            } else if SERVER_ONLY.contains(&word.as_str()) {
+                self.warn_once(
+                    v,
+                    &join(&path, &word),
+                    &word,
+                    format!("`{word}` needs GitLab's server; trackside ignores it"),
+                    "the job runs without it",
+                );
+            } else if NOT_YET.contains(&word.as_str()) {
+                self.warn_once(
+                    v,
+                    &join(&path, &word),
+                    &word,
+                    format!("`{word}` is not supported yet by trackside; the job runs without it"),
+                    "see docs/gitlab.md for what is supported",
+                );
+            } else if NO_EFFECT.contains(&word.as_str()) {
+                // Read, and without effect on one machine.
+            }
+        }
+        if let Some(t) = get(def, "trigger") {
+            self.warn_once(
+                t,
+                &join(&path, "trigger"),
+                "trigger",
+                "trigger jobs (child pipelines) are not run yet by trackside; they are left out".into(),
+                "run the child pipeline's file on its own",
+            );
+            return None;
+        }
+        // `inherit`: which defaults and file variables the job takes.
+        let (inherit_defaults, inherit_vars) = self.inherit(def, &path);
+        let field = |k: &str| -> Option<Node> {
+            get(def, k).cloned().or_else(|| {
+                defaults
+                    .iter()
+                    .find(|(dk, _)| dk.as_str() == Some(k))
+                    .filter(|_| inherit_defaults.as_ref().is_none_or(|list| list.iter().any(|x| x == k)))
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let stage = match get(def, "stage") {
+            Some(n) => {
+                let s = self.cx.string(n, &join(&path, "stage"))?;
+                if !stages.contains(&s) {
+                    let list: Vec<&str> = stages.iter().map(String::as_str).collect();
+                    self.cx.err(
+                        n,
+                        &join(&path, "stage"),
+                        format!("stage `{s}` is not in `stages`"),
+                        suggestion_hint(&s, &list, "stages"),
+                    );
+                    return None;
+                }
+                s
+            }
+            None if stages.iter().any(|s| s == "test") => "test".to_string(),
+            None => {
+                let list: Vec<&str> = stages.iter().map(String::as_str).collect();
+                self.cx.err(
+                    key,
+                    &path,
+                    format!("job `{name}` has no `stage`, and GitLab's default stage `test` is not in `stages`"),
+                    format!("give it one of: {}", list.join(", ")),
+                );
+                return None;
+            }
+        };
+        let script = match get(def, "script") {
+            Some(n) => self.script(n, &join(&path, "script")),
+            None => {
+                self.cx.err(
+                    key,
+                    &path,
+                    format!("job `{name}` has no `script`"),
+                    "give it `script:` with the commands to run (a job without one runs nothing in GitLab either)",
+                );
+                return None;
+            }
+        };
+        let before = field("before_script")
+            .map(|n| self.script(&n, &join(&path, "before_script")))
+            .unwrap_or_default();
+        let after = field("after_script")
+            .map(|n| self.script(&n, &join(&path, "after_script")))
+            .unwrap_or_default();
+        // Variables: the file's (as inherited), the workflow's, the job's.
+        let mut env: Vec<EnvVar> = globals
+            .iter()
+            .filter(|v| inherit_vars.as_ref().is_none_or(|list| list.contains(&v.name)))
+            .cloned()
+            .collect();
+        env.extend(workflow_vars.iter().cloned());
+        if let Some(n) = get(def, "variables") {
+            env.extend(self.variables(n, &join(&path, "variables")));
+        }
+        // rules, else only/except; then the job's own when/allow_failure.
+        let decision = if let Some(r) = get(def, "rules") {
+            match self.rules(r, &join(&path, "rules"), created, &env) {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(()) => return None,
+            }
+        } else {
+            if !self.only_except(def, &path, created, &env) {
+                return None;
+            }
+            RuleDecision {
+                when: None,
+                allow_failure: None,
+                variables: Vec::new(),
+            }
+        };
+        env.extend(decision.variables.iter().cloned());
+        let from_rule = decision.when.is_some();
+        let when = match decision.when {
+            Some(w) => w,
+            None => match get(def, "when") {
+                Some(n) => self.when(n, &join(&path, "when"))?,
+                None => WhenOrNever::When(When::OnSuccess),
+            },
+        };
+        let WhenOrNever::When(when) = when else { return None };
+        let allow_failure = match decision.allow_failure {
+            Some(a) => a,
+            None => match get(def, "allow_failure") {
+                Some(n) => self.allow_failure(n, &join(&path, "allow_failure")),
+                // GitLab: a manual job may be skipped unless it says
+                // otherwise; one a rule made manual blocks.
+                None => when == When::Manual && !from_rule,
+            },
+        };
+        let (retry_count, retry_when) = field("retry")
+            .map(|n| self.retry(&n, &join(&path, "retry")))
+            .unwrap_or((0, Vec::new()));
+        let timeout = field("timeout")
+            .and_then(|n| self.duration(&n, &join(&path, "timeout")))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let image = field("image").and_then(|n| self.image(&n, &join(&path, "image")));
+        let artifacts = field("artifacts").and_then(|n| self.artifacts(&n, &join(&path, "artifacts")));
+        let needs = get(def, "needs").map(|n| self.needs(n, &join(&path, "needs")));
+        let dependencies = get(def, "dependencies").map(|n| {
+            self.cx
+                .string_list(n, &join(&path, "dependencies"))
+                .into_iter()
+                .collect::<Vec<_>>()
+        });
+        let instances = match get(def, "parallel") {
+            Some(n) => self.parallel(n, &join(&path, "parallel"), name),
+            None => vec![(name.to_string(), Vec::new())],
+        };
+        let mut steps = vec![Step {
+            name: "script".into(),
+            script: before.into_iter().chain(script).collect(),
+            image: image.clone(),
+            environment: Vec::new(),
+            working_directory: None,
+            timeout: None,
+            retry_count: 0,
+            continue_on_failure: false,
+            cleanup: false,
+        }];
+        if !after.is_empty() {
+            steps.push(Step {
+                name: "after_script".into(),
+                script: after,
+                image,
+                environment: Vec::new(),
+                working_directory: None,
+                timeout: None,
+                retry_count: 0,
+                continue_on_failure: false,
+                cleanup: true,
+            });
+        }
+        env.push(EnvVar {
+            name: "CI_JOB_STAGE".into(),
+            value: stage.clone(),
+            pos: key.pos,
+        });
+        let job = Job {
+            name: name.to_string(),
+            steps,
+            depends_on: Vec::new(),
+            depends_on_pos: Vec::new(),
+            environment: env,
+            timeout,
+            retry_count,
+            retry_when,
+            conditional: None,
+            when,
+            allow_failure,
+            working_directory: None,
+            container: ContainerOptions::default(),
+            services: Vec::new(),
+            artifacts,
+            needs_artifacts: dependencies
+                .as_ref()
+                .map(|d| d.iter().map(|(s, _)| s.clone()).collect()),
+            cache: None,
+            dir_cache: None,
+            deploy: None,
+            stage: Some(stage.clone()),
+            pos: key.pos,
+        };
+        Some(Read {
+            name: name.to_string(),
+            key: key.clone(),
+            stage,
+            needs,
+            dependencies: dependencies.unwrap_or_default(),
+            job,
+            instances,
+        })
+    }
+
+    /// `inherit: {default: bool|[keys], variables: bool|[names]}`: `None` =
+    /// everything, `Some(list)` = only those (an empty list for `false`).
+    fn inherit(&mut self, def: &Node, path: &str) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        let Some(n) = get(def, "inherit") else {
+            return (None, None);
+        };
+        let ipath = join(path, "inherit");
+        if !self.cx.mapping(n, &ipath, &["default", "variables"], "`inherit`") {
+            return (None, None);
+        }
+        let mut one = |k: &str| -> Option<Vec<String>> {
+            let v = get(n, k)?;
+            match &v.value {
+                Value::Bool(true) => None,
+                Value::Bool(false) => Some(Vec::new()),
+                _ => Some(
+                    self.cx
+                        .string_list(v, &join(&ipath, k))
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect(),
+                ),
+            }
+        };
+        (one("default"), one("variables"))
+    }
+
+    /// `script`-like keys: a string or a list whose items may be lists
+    /// (anchors of lists nest one level).
+    fn script(&mut self, node: &Node, path: &str) -> Vec<String> {
+        match &node.value {
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let ipath = format!("{path}[{i}]");
+                    match &item.value {
+                        Value::Seq(inner) => {
+                            for (j, x) in inner.iter().enumerate() {
+                                if let Some(s) = self.cx.string(x, &format!("{ipath}[{j}]")) {
+                                    out.push(s);
+                                }
+                            }
+                        }
+                        _ => {
+                            if let Some(s) = self.cx.string(item, &ipath) {
+                                out.push(s);
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            _ => self.cx.string(node, path).into_iter().collect(),
+        }
+    }
+
+    fn allow_failure(&mut self, node: &Node, path: &str) -> bool {
+        match &node.value {
+            Value::Map(_) => {
+                self.cx.mapping(node, path, &["exit_codes"], "`allow_failure`");
+                self.warn_once(
+                    node,
+                    path,
+                    "allow_failure:exit_codes",
+                    "`allow_failure: exit_codes` is not supported yet by trackside: any failure of this job fails the run".into(),
+                    "use `allow_failure: true` to allow every failure",
+                );
+                false
+            }
+            _ => self.cx.boolean(node, path).unwrap_or(false),
+        }
+    }
+
+    /// `retry: N` or `{max, when, exit_codes}`: retries and the classes
+    /// retried (GitLab's default is any failure).
+    fn retry(&mut self, node: &Node, path: &str) -> (u32, Vec<FailureClass>) {
+        let all = || {
+            FailureClass::ALL
+                .iter()
+                .copied()
+                .filter(|c| *c != FailureClass::Cancelled)
+                .collect()
+        };
+        match &node.value {
+            Value::Map(_) => {
+                if !self.cx.mapping(node, path, &["max", "when", "exit_codes"], "`retry`") {
+                    return (0, Vec::new());
+                }
+                let max = get(node, "max")
+                    .and_then(|n| self.cx.int_in(n, &join(path, "max"), 0, 2))
+                    .unwrap_or(0);
+                if let Some(n) = get(node, "exit_codes") {
+                    self.warn_once(
+                        n,
+                        &join(path, "exit_codes"),
+                        "retry:exit_codes",
+                        "`retry: exit_codes` is not supported yet by trackside: the classes in `when` decide".into(),
+                        "see docs/gitlab.md",
+                    );
+                }
+                let classes = match get(node, "when") {
+                    None => all(),
+                    Some(w) => {
+                        let mut out: Vec<FailureClass> = Vec::new();
+                        for (reason, at) in self.cx.string_list(w, &join(path, "when")) {
+                            match retry_reason(&reason) {
+                                Some(cs) => {
+                                    for c in cs {
+                                        if !out.contains(&c) {
+                                            out.push(c);
+                                        }
+                                    }
+                                }
+                                None => self.cx.err(
+                                    &at,
+                                    &join(path, "when"),
+                                    format!("`{reason}` is not one of GitLab's retry reasons"),
+                                    suggestion_hint(&reason, &RETRY_REASONS, "reasons"),
+                                ),
+                            }
+                        }
+                        out
+                    }
+                };
+                (max, classes)
+            }
+            _ => (self.cx.int_in(node, path, 0, 2).unwrap_or(0), all()),
+        }
+    }
+
+    /// GitLab's durations: `3600`, `"1h 30m"`, `"3 hours 30 minutes"`, `"2h32m"`, `"1 week"`.
+    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        let parsed = match &node.value {
+            Value::Int(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
+            Value::Str(s) => parse_gitlab_duration(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.cx.err(
+                node,
+                path,
+                format!("`{}` is not a duration GitLab reads", node.key_text()),
+                "write `1h 30m`, `90 minutes` or a number of seconds",
+            );
+        }
+        parsed
+    }
+
+    fn image(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Map(_) => {
+                self.cx.mapping(
+                    node,
+                    path,
+                    &["name", "entrypoint", "pull_policy", "docker", "kubernetes"],
+                    "`image`",
+                );
+                match get(node, "name") {
+                    Some(n) => self.cx.string(n, &join(path, "name")),
+                    None => {
+                        self.cx.err(
+                            node,
+                            path,
+                            "`image` has no `name`",
+                            "write `image: {name: alpine:3.20}`",
+                        );
+                        None
+                    }
+                }
+            }
+            _ => self.cx.string(node, path),
+        }
+    }
+
+    fn artifacts(&mut self, node: &Node, path: &str) -> Option<Artifacts> {
+        let keys = [
+            "paths",
+            "exclude",
+            "when",
+            "expire_in",
+            "name",
+            "untracked",
+            "reports",
+            "public",
+            "access",
+            "expose_as",
+        ];
+        if !self.cx.mapping(node, path, &keys, "`artifacts`") {
+            return None;
+        }
+        for k in ["untracked", "reports"] {
+            if let Some(n) = get(node, k) {
+                self.warn_once(
+                    n,
+                    &join(path, k),
+                    &format!("artifacts:{k}"),
+                    format!("`artifacts:{k}` is not used yet by trackside"),
+                    "the paths listed under `paths` are kept",
+                );
+            }
+        }
+        let list = |s: &mut Self, k: &str| -> Vec<String> {
+            get(node, k)
+                .map(|n| {
+                    s.cx.string_list(n, &join(path, k))
+                        .into_iter()
+                        .map(|(v, _)| v)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let paths = list(self, "paths");
+        let exclude = list(self, "exclude");
+        let when = match get(node, "when") {
+            None => ArtifactWhen::OnSuccess,
+            Some(n) => match self.cx.string(n, &join(path, "when")).as_deref() {
+                Some("on_success") => ArtifactWhen::OnSuccess,
+                Some("on_failure") => ArtifactWhen::OnFailure,
+                Some("always") => ArtifactWhen::Always,
+                Some(other) => {
+                    self.cx.err(
+                        n,
+                        &join(path, "when"),
+                        format!("`artifacts:when: {other}` is not one of GitLab's"),
+                        "on_success, on_failure or always",
+                    );
+                    ArtifactWhen::OnSuccess
+                }
+                None => ArtifactWhen::OnSuccess,
+            },
+        };
+        let expire_in = get(node, "expire_in").and_then(|n| match n.as_str() {
+            Some("never") => None,
+            _ => self.duration(n, &join(path, "expire_in")),
+        });
+        if paths.is_empty() {
+            return None;
+        }
+        Some(Artifacts {
+            paths,
+            exclude,
+            when,
+            expire_in,
+        })
+    }
+
+    fn needs(&mut self, node: &Node, path: &str) -> Vec<Need> {
+        let Value::Seq(items) = &node.value else {
+            self.cx.err(
+                node,
+                path,
+                format!("`needs` is a list of jobs, found {}", node.type_name()),
+                "write `needs: [build]` (or `needs: []` to start at once)",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            match &item.value {
+                Value::Map(_) => {
+                    let keys = ["job", "artifacts", "optional", "pipeline", "project", "ref", "parallel"];
+                    if !self.cx.mapping(item, &ipath, &keys, "a need") {
+                        continue;
+                    }
+                    if let Some(n) = get(item, "pipeline").or_else(|| get(item, "project")) {
+                        self.cx.warn(
+                            n,
+                            &ipath,
+                            "a need on another pipeline or project needs GitLab's server; trackside ignores it",
+                            "the job runs without waiting for it".to_string(),
+                        );
+                        continue;
+                    }
+                    let Some(j) = get(item, "job").and_then(|n| self.cx.string(n, &join(&ipath, "job"))) else {
+                        self.cx.err(item, &ipath, "a need has no `job`", "write `- job: build`");
+                        continue;
+                    };
+                    if let Some(n) = get(item, "parallel") {
+                        self.warn_once(
+                            n,
+                            &join(&ipath, "parallel"),
+                            "needs:parallel",
+                            "`needs:parallel:matrix` is not supported yet by trackside: the job waits for every instance".into(),
+                            "see docs/gitlab.md",
+                        );
+                    }
+                    let artifacts = get(item, "artifacts")
+                        .and_then(|n| self.cx.boolean(n, &join(&ipath, "artifacts")))
+                        .unwrap_or(true);
+                    let optional = get(item, "optional")
+                        .and_then(|n| self.cx.boolean(n, &join(&ipath, "optional")))
+                        .unwrap_or(false);
+                    out.push(Need {
+                        job: j,
+                        node: item.clone(),
+                        artifacts,
+                        optional,
+                    });
+                }
+                _ => {
+                    if let Some(j) = self.cx.string(item, &ipath) {
+                        out.push(Need {
+                            job: j,
+                            node: item.clone(),
+                            artifacts: true,
+                            optional: false,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `parallel: N` or `parallel: {matrix: [...]}`: the instances' names
+    /// (GitLab's: `test 1/3`, `build: [linux, amd64]`) and variables.
+    fn parallel(&mut self, node: &Node, path: &str, name: &str) -> Vec<(String, Vec<EnvVar>)> {
+        let var = |k: &str, v: String| EnvVar {
+            name: k.into(),
+            value: v,
+            pos: node.pos,
+        };
+        match &node.value {
+            Value::Map(_) => {
+                if !self.cx.mapping(node, path, &["matrix"], "`parallel`") {
+                    return Vec::new();
+                }
+                let Some(m) = get(node, "matrix") else {
+                    self.cx.err(
+                        node,
+                        path,
+                        "`parallel` has no `matrix`",
+                        "write `parallel: {matrix: [{OS: [linux, mac]}]}`",
+                    );
+                    return Vec::new();
+                };
+                let Value::Seq(rows) = &m.value else {
+                    self.cx.err(
+                        m,
+                        &join(path, "matrix"),
+                        "`matrix` is a list of mappings",
+                        "write `- OS: [linux, mac]`",
+                    );
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                for (i, row) in rows.iter().enumerate() {
+                    let rpath = format!("{path}.matrix[{i}]");
+                    let Value::Map(entries) = &row.value else {
+                        self.cx.err(
+                            row,
+                            &rpath,
+                            "a matrix row is a mapping of variables to values",
+                            "write `- OS: [linux, mac]`",
+                        );
+                        continue;
+                    };
+                    // The cartesian product, in the order the keys are written.
+                    let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
+                    for (k, v) in entries {
+                        let values: Vec<String> = self
+                            .cx
+                            .string_list(v, &join(&rpath, &k.key_text()))
+                            .into_iter()
+                            .map(|(s, _)| s)
+                            .collect();
+                        combos = combos
+                            .into_iter()
+                            .flat_map(|c| {
+                                values.iter().map(move |val| {
+                                    let mut c = c.clone();
+                                    c.push((k.key_text(), val.clone()));
+                                    c
+                                })
+                            })
+                            .take(MAX_PARALLEL + 1)
+                            .collect();
+                    }
+                    for c in combos {
+                        let label: Vec<&str> = c.iter().map(|(_, v)| v.as_str()).collect();
+                        let vars: Vec<EnvVar> = c.iter().map(|(k, v)| var(k, v.clone())).collect();
+                        out.push((format!("{name}: [{}]", label.join(", ")), vars));
+                    }
+                }
+                let total = out.len();
+                for (i, (_, vars)) in out.iter_mut().enumerate() {
+                    vars.push(var("CI_NODE_INDEX", (i + 1).to_string()));
+                    vars.push(var("CI_NODE_TOTAL", total.to_string()));
+                }
+                if out.len() > MAX_PARALLEL {
+                    self.cx.err(
+                        node,
+                        path,
+                        format!("the matrix makes more than GitLab's {MAX_PARALLEL} jobs"),
+                        "split it into several jobs",
+                    );
+                    out.truncate(MAX_PARALLEL);
+                }
+                out
+            }
+            _ => {
+                let n = self.cx.int_in(node, path, 1, MAX_PARALLEL as i64).unwrap_or(1) as usize;
+                if n == 1 {
+                    return vec![(
+                        name.to_string(),
+                        vec![var("CI_NODE_INDEX", "1".into()), var("CI_NODE_TOTAL", "1".into())],
+                    )];
+                }
+                (1..=n)
+                    .map(|i| {
+                        (
+                            format!("{name} {i}/{n}"),
+                            vec![var("CI_NODE_INDEX", i.to_string()), var("CI_NODE_TOTAL", n.to_string())],
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// `only`/`except` for older files: refs (names, `/regex/`, `branches`,
+    /// `tags`, ...) and `variables`; `changes` counts as matching.
+    fn only_except(&mut self, def: &Node, path: &str, created: &[(String, String)], env: &[EnvVar]) -> bool {
+        let cli = &self.opts.cli_vars;
+        let lookup = |name: &str| -> Option<String> { lookup(name, cli, env, created) };
+        let check = |s: &mut Self, key: &str| -> Option<(Option<bool>, Option<bool>)> {
+            let n = get(def, key)?;
+            let kpath = join(path, key);
+            let (refs, vars) = match &n.value {
+                Value::Map(_) => {
+                    if !s.cx.mapping(
+                        n,
+                        &kpath,
+                        &["refs", "variables", "changes", "kubernetes"],
+                        &format!("`{key}`"),
+                    ) {
+                        return None;
+                    }
+                    if let Some(c) = get(n, "changes") {
+                        s.warn_once(
+                            c,
+                            &join(&kpath, "changes"),
+                            "only:changes",
+                            format!("`{key}:changes` is not evaluated yet by trackside: it counts as matching"),
+                            "see docs/gitlab.md",
+                        );
+                    }
+                    (get(n, "refs").cloned(), get(n, "variables").cloned())
+                }
+                _ => (Some(n.clone()), None),
+            };
+            let ref_ok = refs.map(|r| {
+                s.cx.string_list(&r, &kpath)
+                    .iter()
+                    .any(|(pattern, _)| ref_matches(pattern, &lookup))
+            });
+            let vars_ok = vars.map(|v| {
+                s.cx.string_list(&v, &join(&kpath, "variables"))
+                    .iter()
+                    .any(|(text, at)| match rules::parse(text) {
+                        Ok(e) => e.eval(&lookup),
+                        Err(e) => {
+                            let pos = s.cx.pos_in(at, e.offset);
+                            let mut d = Diagnostic::error(pos, 1, join(&kpath, "variables"), e.message.clone());
+                            d.hint = Some(e.hint.to_string());
+                            s.cx.diags.push(d);
+                            false
+                        }
+                    })
+            });
+            Some((ref_ok, vars_ok))
+        };
+        // `only` keeps the job when every part given matches; `except`
+        // drops it when any part does. Unevaluated `changes` never removes
+        // a job: it matches for `only` and not for `except`.
+        let only = match check(self, "only") {
+            Some((r, v)) => r.unwrap_or(true) && v.unwrap_or(true),
+            // GitLab's default `only: [branches, tags]`: not in merge request pipelines.
+            None => lookup("CI_PIPELINE_SOURCE").as_deref() != Some("merge_request_event"),
+        };
+        let except = match check(self, "except") {
+            Some((r, v)) => r.unwrap_or(false) || v.unwrap_or(false),
+            None => false,
+        };
+        only && !except
+    }
+
+    /// Lowers the jobs read: parallel instances, stage order and `needs`
+    /// into dependencies, with the checks that need every job.
+    fn lower(&mut self, read: Vec<Read>, stages: &[String]) -> Vec<Job> {
+        let stage_of: HashMap<&str, usize> = read
+            .iter()
+            .map(|r| (r.name.as_str(), stages.iter().position(|s| *s == r.stage).unwrap_or(0)))
+            .collect();
+        let instances_of: HashMap<&str, Vec<String>> = read
+            .iter()
+            .map(|r| (r.name.as_str(), r.instances.iter().map(|(n, _)| n.clone()).collect()))
+            .collect();
+        let names: Vec<&str> = read.iter().map(|r| r.name.as_str()).collect();
+        let mut jobs = Vec::new();
+        for r in &read {
+            let own_stage = stage_of[r.name.as_str()];
+            let mut deps: Vec<(String, crate::pipeline::yaml::Pos)> = Vec::new();
+            let mut artifact_from: Option<Vec<String>> = r.job.needs_artifacts.clone();
+            match &r.needs {
+                None => {
+                    for other in &read {
+                        if stage_of[other.name.as_str()] < own_stage {
+                            for inst in &instances_of[other.name.as_str()] {
+                                deps.push((inst.clone(), r.key.pos));
+                            }
+                        }
+                    }
+                }
+                Some(needs) => {
+                    let mut from = Vec::new();
+                    for n in needs {
+                        match stage_of.get(n.job.as_str()) {
+                            None if n.optional => {}
+                            None => self.cx.err(
+                                &n.node,
+                                &format!("{}.needs", r.name),
+                                format!(
+                                    "job `{}` needs `{}`, which is not a job of this pipeline",
+                                    r.name, n.job
+                                ),
+                                suggestion_hint(&n.job, &names, "jobs"),
+                            ),
+                            Some(&s) if s > own_stage => self.cx.err(
+                                &n.node,
+                                &format!("{}.needs", r.name),
+                                format!(
+                                    "job `{}` (stage `{}`) needs `{}`, which is in the later stage `{}`",
+                                    r.name, r.stage, n.job, stages[s]
+                                ),
+                                "a job can need jobs of its own stage or earlier ones; move one of them",
+                            ),
+                            Some(_) => {
+                                for inst in &instances_of[n.job.as_str()] {
+                                    deps.push((inst.clone(), n.node.pos));
+                                    if n.artifacts {
+                                        from.push(inst.clone());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if artifact_from.is_none() {
+                        artifact_from = Some(from);
+                    }
+                }
+            }
+            for (d, at) in &r.dependencies {
+                match stage_of.get(d.as_str()) {
+                    None => self.cx.err(
+                        at,
+                        &format!("{}.dependencies", r.name),
+                        format!(
+                            "job `{}` takes artifacts from `{d}`, which is not a job of this pipeline",
+                            r.name
+                        ),
+                        suggestion_hint(d, &names, "jobs"),
+                    ),
+                    Some(&s) if s >= own_stage && r.needs.is_none() => self.cx.err(
+                        at,
+                        &format!("{}.dependencies", r.name),
+                        format!(
+                            "`dependencies` of `{}` names `{d}`, which is not in an earlier stage",
+                            r.name
+                        ),
+                        "GitLab takes artifacts only from earlier stages (or from `needs`)",
+                    ),
+                    Some(_) => {}
+                }
+            }
+            // `dependencies` names base jobs; the model names instances.
+            if let Some(list) = &artifact_from {
+                artifact_from = Some(
+                    list.iter()
+                        .flat_map(|d| instances_of.get(d.as_str()).cloned().unwrap_or_else(|| vec![d.clone()]))
+                        .collect(),
+                );
+            }
+            for (inst, vars) in &r.instances {
+                let mut job = r.job.clone();
+                job.name = inst.clone();
+                job.environment.extend(vars.iter().cloned());
+                job.depends_on = deps.iter().map(|(d, _)| d.clone()).collect();
+                job.depends_on_pos = deps.iter().map(|(_, p)| *p).collect();
+                job.needs_artifacts = artifact_from.clone();
+                jobs.push(job);
+            }
+        }
+        jobs
+    }
+}
+
+/// A variable as rules see it: the command line's, then the job's, then
+/// the file's and the predefined ones (GitLab ranks pipeline variables
+/// above the YAML's).
+fn lookup(name: &str, cli: &[(String, String)], job: &[EnvVar], created: &[(String, String)]) -> Option<String> {
+    let pair = |list: &[(String, String)]| list.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    pair(cli)
+        .or_else(|| job.iter().rev().find(|v| v.name == name).map(|v| v.value.clone()))
+        .or_else(|| pair(created))
+}
+
+/// `when` as rules and jobs write it: a run condition, or `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenOrNever {
+    When(When),
+    Never,
+}
+
+struct RuleDecision {
+    when: Option<WhenOrNever>,
+    allow_failure: Option<bool>,
+    variables: Vec<EnvVar>,
+}
+
+const RETRY_REASONS: [&str; 13] = [
+    "always",
+    "unknown_failure",
+    "script_failure",
+    "api_failure",
+    "stuck_or_timeout_failure",
+    "runner_system_failure",
+    "runner_unsupported",
+    "stale_schedule",
+    "job_execution_timeout",
+    "archived_failure",
+    "unmet_prerequisites",
+    "scheduler_failure",
+    "data_integrity_failure",
+];
+
+/// The failure classes one of GitLab's retry reasons covers.
+fn retry_reason(reason: &str) -> Option<Vec<FailureClass>> {
+    use FailureClass as F;
+    Some(match reason {
+        "always" => F::ALL.iter().copied().filter(|c| *c != F::Cancelled).collect(),
+        "script_failure" => vec![F::Script, F::Oom],
+        "stuck_or_timeout_failure" | "job_execution_timeout" => vec![F::Timeout],
+        "runner_system_failure"
+        | "api_failure"
+        | "scheduler_failure"
+        | "unmet_prerequisites"
+        | "runner_unsupported" => {
+            vec![F::Infra]
+        }
+        "data_integrity_failure" => vec![F::DataIntegrity],
+        "unknown_failure" => vec![F::Signal, F::Network, F::DiskFull],
+        "stale_schedule" | "archived_failure" => Vec::new(),
+        _ => return None,
+    })
+}
+
+/// One `only`/`except` ref pattern against the pipeline's ref.
+fn ref_matches(pattern: &str, get: &dyn Fn(&str) -> Option<String>) -> bool {
+    let source = get("CI_PIPELINE_SOURCE").unwrap_or_else(|| "push".into());
+    let branch = get("CI_COMMIT_BRANCH");
+    let tag = get("CI_COMMIT_TAG");
+    let name = tag
+        .clone()
+        .or_else(|| branch.clone())
+        .or_else(|| get("CI_COMMIT_REF_NAME"));
+    match pattern {
+        "branches" => branch.is_some(),
+        "tags" => tag.is_some(),
+        "merge_requests" => source == "merge_request_event",
+        "pushes" => source == "push",
+        "schedules" => source == "schedule",
+        "triggers" => source == "trigger",
+        "pipelines" => source == "pipeline" || source == "parent_pipeline",
+        "external_pull_requests" => source == "external_pull_request_event",
+        "api" | "web" | "external" | "chat" => source == pattern,
+        p if p.starts_with('/') && p.len() > 1 => rules::parse(&format!("$REF =~ {p}"))
+            .is_ok_and(|e| e.eval(&|v| if v == "REF" { name.clone() } else { None })),
+        p => name.as_deref() == Some(p),
+    }
+}
+
+/// `3600`, `1h 30m`, `3 hours 30 minutes`, `2h32m`, `1 week`, `30 sec`.
+pub fn parse_gitlab_duration(text: &str) -> Option<Duration> {
+    let t = text.trim().to_ascii_lowercase();
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(Duration::from_secs(n));
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = t.as_str();
+    let mut any = false;
+    while !rest.trim_start().is_empty() {
+        rest = rest.trim_start().trim_start_matches("and").trim_start();
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = rest[num_len..].trim_start();
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start_matches(',');
+        let secs = match unit {
+            "s" | "sec" | "secs" | "second" | "seconds" | "" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
+            "w" | "week" | "weeks" => 604_800.0,
+            "mo" | "month" | "months" => 2_592_000.0,
+            "y" | "yr" | "year" | "years" => 31_536_000.0,
+            _ => return None,
+        };
+        total += n * secs;
+        any = true;
+    }
+    (any && total.is_finite() && total < 1e10).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests;

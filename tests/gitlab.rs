@@ -1,0 +1,178 @@
+//! GitLab CI files run through the binary as a user would: `trackside run`
+//! in a git repository with a `.gitlab-ci.yml`, headless.
+
+mod common;
+
+use std::process::Command;
+
+use common::cli::Env;
+
+/// A git repository with `.gitlab-ci.yml` on branch `main`.
+fn repo(ci: &str) -> Option<Env> {
+    let env = Env::new();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env.dir.path())
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !git(&["init", "-q", "-b", "main"]) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have git (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: git is not installed");
+        return None;
+    }
+    env.file(".gitlab-ci.yml", ci);
+    env.file(".gitignore", "state/\n");
+    assert!(git(&[
+        "-c",
+        "user.name=Dev",
+        "-c",
+        "user.email=dev@example.com",
+        "add",
+        "-A"
+    ]));
+    assert!(git(&[
+        "-c",
+        "user.name=Dev",
+        "-c",
+        "user.email=dev@example.com",
+        "commit",
+        "-qm",
+        "first"
+    ]));
+    Some(env)
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const PIPELINE: &str = r#"stages: [build, test, deploy]
+variables:
+  GREETING: hello
+.base:
+  before_script:
+    - echo "before $CI_JOB_NAME in $CI_JOB_STAGE"
+build:
+  extends: .base
+  stage: build
+  script:
+    - echo "$GREETING from $CI_COMMIT_BRANCH at $CI_COMMIT_SHORT_SHA"
+    - mkdir -p out && echo made-by-build > out/a.txt
+  artifacts:
+    paths: [out/]
+test:
+  extends: .base
+  parallel: 2
+  script:
+    - cat out/a.txt
+    - echo "node $CI_NODE_INDEX/$CI_NODE_TOTAL undefined=[$NOPE]"
+  after_script:
+    - 'echo "after: $CI_JOB_STATUS"'
+lint:
+  stage: build
+  script: exit 3
+  allow_failure: true
+deploy:
+  stage: deploy
+  script: echo deploying
+  rules:
+    - if: $CI_COMMIT_BRANCH == "main"
+      when: manual
+    - when: never
+"#;
+
+#[test]
+fn a_gitlab_pipeline_runs_unchanged_from_its_repository() {
+    let Some(env) = repo(PIPELINE) else { return };
+    // No FILE: the repository's .gitlab-ci.yml.
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["run", "--headless", "--approve", "deploy"])
+        .output()
+        .expect("run");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for line in [
+        "build    > before build in build",
+        "build    > hello from main at ",
+        "test 1/2 > made-by-build",
+        "test 2/2 > node 2/2 undefined=[]",
+        "test 1/2 > after: success",
+        "deploy   > deploying",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    assert!(out.contains("FAIL(ok)"), "the allowed failure: {out}");
+    // The stages ran in order: deploy after both tests.
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s:?} in {out}"));
+    assert!(at("deploy   > deploying") > at("test 2/2 > node 2/2"));
+    assert!(at("test 1/2 > made-by-build") > at("build    > hello"));
+}
+
+#[test]
+fn a_deploy_a_rule_made_manual_blocks_the_run_until_approved() {
+    let Some(env) = repo(PIPELINE) else { return };
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["run", "--headless"])
+        .output()
+        .expect("run");
+    let out = text(&o);
+    // GitLab: `when: manual` from a rule is not allowed to fail by default.
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("blocked on manual job deploy"), "{out}");
+    assert!(!out.contains("deploy   > deploying"), "{out}");
+}
+
+#[test]
+fn mistakes_are_listed_with_their_lines_and_exit_2() {
+    let Some(env) = repo("stages: [build]\nbuild:\n  stage: biuld\n  scirpt: [x]\n") else {
+        return;
+    };
+    let o = env.run(&["validate", &env.dir.path().join(".gitlab-ci.yml").display().to_string()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(".gitlab-ci.yml:3:10") && out.contains("stage `biuld` is not in `stages`"),
+        "{out}"
+    );
+    assert!(
+        out.contains(".gitlab-ci.yml:4:3") && out.contains("did you mean `script`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dialect_forces_how_a_file_is_read() {
+    let env = Env::new();
+    let f = env.file("ci.yml", "build:\n  script: [echo from-gitlab]\n");
+    let o = env.run(&["run", "--headless", "--dialect", "gitlab", &f.display().to_string()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("build > from-gitlab"), "{out}");
+    // Read as native, the same file is wrong in native terms.
+    let o = env.run(&["validate", "--dialect", "native", &f.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn a_fifo_given_as_a_pipeline_is_refused_not_waited_on() {
+    let env = Env::new();
+    let fifo = env.dir.path().join(".gitlab-ci.yml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let o = env.run(&["validate", &fifo.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+}
