@@ -39,19 +39,11 @@ fn within(project: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 fn git_files(project: &Path) -> Option<Vec<PathBuf>> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(project)
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let mut files: Vec<PathBuf> = output
-        .stdout
+    let stdout = git_bytes(
+        project,
+        &["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    )?;
+    let mut files: Vec<PathBuf> = stdout
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
         .filter_map(|s| std::str::from_utf8(s).ok().map(PathBuf::from))
@@ -179,7 +171,8 @@ pub fn git_root(dir: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(out.trim_end_matches('\n')))
 }
 
-fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
+/// What `git -C dir ARGS` prints, when it succeeds.
+fn git_bytes(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -188,10 +181,11 @@ fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    String::from_utf8(output.stdout).ok()
+    output.status.success().then_some(output.stdout)
+}
+
+fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
+    String::from_utf8(git_bytes(dir, args)?).ok()
 }
 
 /// GitLab's predefined variables a pipeline is created with, from the git

@@ -36,6 +36,33 @@ pub(crate) fn checked_source(path: &Path, source: String) -> Result<String, crat
     }
 }
 
+/// The end of every dialect's reading: the shared checks over the model
+/// (a dependency cycle, with its shortest path), the report in order, and
+/// the pipeline only when nothing is wrong.
+pub(crate) fn finish(
+    pipeline: Option<crate::pipeline::Pipeline>,
+    mut report: crate::pipeline::diag::Report,
+) -> Result<(crate::pipeline::Pipeline, crate::pipeline::diag::Report), crate::pipeline::diag::Report> {
+    if let Some(p) = &pipeline
+        && let Err(cycle_diags) = crate::pipeline::graph::Plan::build(p)
+    {
+        report.items.extend(cycle_diags);
+    }
+    report.sort();
+    match pipeline {
+        Some(p) if !report.has_errors() => Ok((p, report)),
+        _ => {
+            if !report.has_errors() {
+                report.items.push(file_error(
+                    "pipeline could not be read".into(),
+                    "see the messages above",
+                ));
+            }
+            Err(report)
+        }
+    }
+}
+
 pub(crate) fn file_error(message: String, hint: &str) -> Diagnostic {
     Diagnostic::error(Pos { line: 1, col: 1 }, 1, "", message).with_hint(hint)
 }

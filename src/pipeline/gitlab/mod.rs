@@ -182,24 +182,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         report.dropped = cx.dropped;
         p
     };
-    if let Some(p) = &pipeline
-        && let Err(cycle_diags) = super::graph::Plan::build(p)
-    {
-        report.items.extend(cycle_diags);
-    }
-    report.sort();
-    match pipeline {
-        Some(p) if !report.has_errors() => Ok((p, report)),
-        _ => {
-            if !report.has_errors() {
-                report.items.push(file_error(
-                    "pipeline could not be read".into(),
-                    "see the messages above",
-                ));
-            }
-            Err(report)
-        }
-    }
+    finish(pipeline, report)
 }
 
 /// A job as read, before it is lowered: what `needs` and stages refer to.
