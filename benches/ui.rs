@@ -152,6 +152,32 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// `trackside run NAME.yml` (written from `pipeline`) in a tmux of its
+    /// own at 120x32, with a state directory in the returned temp dir.
+    fn launch(name: &str, pipeline: &str) -> (tempfile::TempDir, Tmux) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = dir.path().join("p");
+        std::fs::create_dir_all(&project).expect("mkdir");
+        std::fs::write(project.join(format!("{name}.yml")), pipeline).expect("write");
+        let t = Tmux(format!("trackside-{name}-{}", std::process::id()));
+        let bin = env!("CARGO_BIN_EXE_trackside");
+        let cmd = format!(
+            "{bin} run {name}.yml --state-dir {}",
+            dir.path().join("state").display()
+        );
+        let ok = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "b", "-x", "120", "-y", "32", "-c"])
+            .arg(&project)
+            .arg(&cmd)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux");
+        (dir, t)
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").status();
@@ -163,26 +189,11 @@ fn key_latency_under_log_flood() {
         println!("key latency under 10,000 lines/s: SKIPPED, tmux is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let project = dir.path().join("p");
-    std::fs::create_dir_all(&project).expect("mkdir");
     // 1,000 lines every 0.1 s: 10,000 lines a second, for up to 60 s.
-    std::fs::write(
-        project.join("flood.yml"),
+    let (dir, t) = Tmux::launch(
+        "flood",
         "name: flood\njobs:\n  flood:\n    steps:\n      - script: 'n=0; while [ $n -lt 600000 ]; do seq $n $((n+999)); n=$((n+1000)); sleep 0.1; done'\n",
-    )
-    .expect("write");
-    let t = Tmux(format!("trackside-bench-{}", std::process::id()));
-    let bin = env!("CARGO_BIN_EXE_trackside");
-    let cmd = format!("{bin} run flood.yml --state-dir {}", dir.path().join("state").display());
-    let ok = t
-        .cmd()
-        .args(["new-session", "-d", "-s", "b", "-x", "120", "-y", "32", "-c"])
-        .arg(&project)
-        .arg(&cmd)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "tmux");
+    );
     t.wait(|s| s.contains("flood") && s.contains("▶"), Duration::from_secs(20))
         .expect("the run starts");
     let pid = Command::new("pgrep")
@@ -255,26 +266,11 @@ fn keys_under_a_firehose() {
         println!("keys under a firehose: SKIPPED, tmux is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let project = dir.path().join("p");
-    std::fs::create_dir_all(&project).expect("mkdir");
-    // As fast as the run takes it: about 100 MB of output.
-    std::fs::write(
-        project.join("hose.yml"),
+    // As fast as the run takes it: about 215 MB of log record.
+    let (dir, t) = Tmux::launch(
+        "hose",
         "name: hose\njobs:\n  hose:\n    steps:\n      - script: \"seq -f 'hose line %.0f' 0 4999999\"\n",
-    )
-    .expect("write");
-    let t = Tmux(format!("trackside-hose-{}", std::process::id()));
-    let bin = env!("CARGO_BIN_EXE_trackside");
-    let cmd = format!("{bin} run hose.yml --state-dir {}", dir.path().join("state").display());
-    let ok = t
-        .cmd()
-        .args(["new-session", "-d", "-s", "b", "-x", "120", "-y", "32", "-c"])
-        .arg(&project)
-        .arg(&cmd)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "tmux");
+    );
     t.wait(|s| s.contains("hose line"), Duration::from_secs(20))
         .expect("the run starts");
     let pid = Command::new("pgrep")

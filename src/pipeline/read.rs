@@ -188,6 +188,18 @@ pub(crate) fn join(path: &str, key: &str) -> String {
         format!("{path}.{key}")
     }
 }
+impl<'s> Cx<'s> {
+    /// A context for reading `src`, with no problem found yet.
+    pub(crate) fn new(src: &'s str) -> Cx<'s> {
+        Cx {
+            diags: Vec::new(),
+            dropped: 0,
+            src,
+            line_starts: line_starts(src),
+        }
+    }
+}
+
 impl Cx<'_> {
     /// Whether one more diagnostic fits the budget (else it is counted).
     pub(crate) fn room(&mut self) -> bool {

@@ -78,12 +78,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     let source = checked_source(path, source)?;
     let mut report = Report::new(path, source);
     let pipeline = {
-        let mut cx = Cx {
-            diags: Vec::new(),
-            dropped: 0,
-            src: &report.source,
-            line_starts: line_starts(&report.source),
-        };
+        let mut cx = Cx::new(&report.source);
         let p = if report.source.trim().is_empty() {
             cx.diags.push(file_error(
                 "pipeline file is empty".into(),
