@@ -12,6 +12,22 @@ use trackside::pipeline::vars::Scope;
 use trackside::pipeline::{FailureClass, LoadOptions, Plan, parse_source};
 
 const DEMO: &str = include_str!("../examples/demo.yml");
+const GITLAB_DEMO: &str = include_str!("../examples/demo.gitlab-ci.yml");
+
+/// The same for a GitLab CI file.
+fn check_gitlab(text: String) {
+    let opts = LoadOptions {
+        dialect: Some(trackside::pipeline::Dialect::Gitlab),
+        ci_vars: vec![
+            ("CI_COMMIT_BRANCH".into(), "main".into()),
+            ("CI_DEFAULT_BRANCH".into(), "main".into()),
+        ],
+        ..LoadOptions::default()
+    };
+    if let Ok((p, _)) = parse_source(Path::new(".gitlab-ci.yml"), text, &opts) {
+        Plan::build(&p).expect("valid pipelines plan");
+    }
+}
 
 fn check(text: String) {
     if let Ok((p, _)) = parse_source(Path::new("fuzz.yml"), text, &LoadOptions::default()) {
@@ -97,6 +113,23 @@ proptest! {
     #[test]
     fn mutated_demo_pipelines_never_panic(muts in proptest::collection::vec(mutation(), 1..8)) {
         check(apply(DEMO, &muts));
+    }
+
+    #[test]
+    fn mutated_gitlab_pipelines_never_panic(muts in proptest::collection::vec(mutation(), 1..8)) {
+        check_gitlab(apply(GITLAB_DEMO, &muts));
+    }
+
+    #[test]
+    fn gitlab_shaped_noise_never_panics(text in "[-:{}\\[\\]&*!|>'\"#%@`, \n\ta-z0-9$<.]{0,400}") {
+        check_gitlab(text);
+    }
+
+    #[test]
+    fn random_rules_expressions_never_panic(src in "[$A-Z_a-z0-9 ()=!~&|/'\"\\\\.*^+?{}\\[\\]-]{0,80}") {
+        if let Ok(e) = trackside::pipeline::gitlab::rules::parse(&src) {
+            let _ = e.eval(&|name| (name == "A").then(|| "x".to_string()));
+        }
     }
 
     #[test]
