@@ -280,10 +280,12 @@ fn a_long_log_is_read_back_searched_and_scrolled_in_a_real_terminal() {
     let s = t.wait_for(&["match 1/1", "│talk line 7777 "]);
     assert!(!s.contains("talk line 0 "), "{s}");
     // The wheel over the log (an SGR mouse report, as a terminal sends it)
-    // scrolls three rows down.
+    // scrolls three rows down: line 7798 comes into view at the bottom
+    // (the 19 rows showed 7777-7795), and 7777 leaves the top.
     t.literal("\x1b[<65;70;12M");
-    let s = t.wait_for(&["│talk line 7780 "]);
+    let s = t.wait_for(&["│talk line 7798 "]);
     assert!(!s.contains("│talk line 7777 "), "the match scrolled off the top: {s}");
+    assert!(s.contains("│talk line 7780 "), "{s}");
     t.keys(&["q"]);
     t.wait_for(&["JOB", "talk"]);
 }
