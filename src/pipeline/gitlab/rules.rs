@@ -322,7 +322,7 @@ impl Parser {
             Tok::Null => Ok(Operand::Null),
             Tok::Regex(p, flags) => regex_of(&p, &flags)
                 .map(Operand::Regex)
-                .map_err(|m| err(offset, m, "RE2 syntax; flags i, m, s")),
+                .map_err(|e| err(offset, e.to_string(), "RE2 syntax; flags i, m, s")),
             _ => Err(err(
                 offset,
                 "expected a variable, a string, null or a /regex/ here",
@@ -332,8 +332,17 @@ impl Parser {
     }
 }
 
+/// Why `/pattern/flags` does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum RegexError {
+    #[error("unknown regular expression flag `{0}`")]
+    Flag(char),
+    #[error("bad regular expression /{pattern}/: {source}")]
+    Pattern { pattern: String, source: regex::Error },
+}
+
 /// Compiles `/pattern/flags`.
-fn regex_of(pattern: &str, flags: &str) -> Result<regex::Regex, String> {
+fn regex_of(pattern: &str, flags: &str) -> Result<regex::Regex, RegexError> {
     let mut b = regex::RegexBuilder::new(pattern);
     b.size_limit(REGEX_SIZE);
     for f in flags.chars() {
@@ -341,11 +350,13 @@ fn regex_of(pattern: &str, flags: &str) -> Result<regex::Regex, String> {
             'i' => b.case_insensitive(true),
             'm' => b.multi_line(true),
             's' => b.dot_matches_new_line(true),
-            other => return Err(format!("unknown regular expression flag `{other}`")),
+            other => return Err(RegexError::Flag(other)),
         };
     }
-    b.build()
-        .map_err(|e| format!("bad regular expression /{pattern}/: {e}"))
+    b.build().map_err(|source| RegexError::Pattern {
+        pattern: pattern.to_string(),
+        source,
+    })
 }
 
 impl Expr {
