@@ -115,6 +115,14 @@ struct VarArgs {
     /// `*.gitlab-ci.yml` are GitLab's, other files are told by their keys).
     #[arg(long, value_enum)]
     dialect: Option<DialectArg>,
+    /// GitLab: read `include:project` and `include:component` files of
+    /// GROUP/PROJECT from the local checkout PATH. Repeatable.
+    #[arg(long = "include-project", value_name = "GROUP/PROJECT=PATH", value_parser = parse_kv)]
+    include_projects: Vec<(String, String)>,
+    /// GitLab: `rules:changes` compares with this ref (by default: the fork
+    /// point from the default branch, or the parent commit on it).
+    #[arg(long = "changes-from", value_name = "REF")]
+    changes_from: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -707,6 +715,10 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
         },
         ci_vars: Vec::new(),
         dialect: Some(dialect_of(v, file)),
+        project_dir: None,
+        include_projects: Vec::new(),
+        changed_files: None,
+        changes_since: None,
     };
     // What GitLab's rules are decided against: only a GitLab file pays for
     // asking git.
@@ -715,8 +727,36 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        let root = trackside::exec::workspace::git_root(dir).unwrap_or_else(|| dir.to_path_buf());
+        let ci_vars = trackside::exec::workspace::gitlab_variables(dir);
+        let default_branch = ci_vars
+            .iter()
+            .find(|(k, _)| k == "CI_DEFAULT_BRANCH")
+            .map(|(_, b)| b.as_str());
+        let changed_files = match &v.changes_from {
+            Some(r) => Some(trackside::exec::workspace::changed_since(&root, r).ok_or_else(|| {
+                Fail(
+                    format!(
+                        "--changes-from {r}: no such commit, branch or tag in {}",
+                        root.display()
+                    ),
+                    2,
+                )
+            })?),
+            None => trackside::exec::workspace::changed_files(&root, default_branch),
+        };
+        let mut include_projects = Vec::new();
+        for (project, path) in &v.include_projects {
+            let dir =
+                std::fs::canonicalize(path).map_err(|e| Fail(format!("--include-project {project}={path}: {e}"), 2))?;
+            include_projects.push((project.clone(), dir));
+        }
         LoadOptions {
-            ci_vars: trackside::exec::workspace::gitlab_variables(dir),
+            ci_vars,
+            project_dir: Some(root),
+            include_projects,
+            changed_files,
+            changes_since: Some(trackside::exec::workspace::changed_since),
             ..opts
         }
     } else {

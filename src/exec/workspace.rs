@@ -264,6 +264,57 @@ pub fn gitlab_variables(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// The files a GitLab pipeline counts as changed (`rules:changes`), from
+/// the project's root: on a branch
+/// other than the default one, since where it forked from the default
+/// branch, and on the default branch since the parent commit (GitLab's
+/// rules for merge request and branch pipelines). What the working tree
+/// changes on top (staged, unstaged, untracked) counts too: the run uses the
+/// working tree. `None` when there is nothing to compare with (no git, a
+/// first commit, no default branch here): then every `changes` matches, as
+/// in GitLab for a pipeline without a previous commit.
+pub fn changed_files(dir: &Path, default_branch: Option<&str>) -> Option<Vec<String>> {
+    let branch = git_out(dir, &["symbolic-ref", "--short", "-q", "HEAD"]).map(|s| s.trim().to_string());
+    match (branch, default_branch) {
+        (Some(b), Some(d)) if b != d => {
+            let base = ["origin/", ""]
+                .iter()
+                .map(|p| format!("{p}{d}"))
+                .find(|r| git_out(dir, &["rev-parse", "--verify", "-q", r]).is_some())?;
+            changed_since(dir, &base)
+        }
+        _ => {
+            git_out(dir, &["rev-parse", "--verify", "-q", "HEAD~1"])?;
+            changed_since(dir, "HEAD~1")
+        }
+    }
+}
+
+/// The files changed between the merge base of `reference` and HEAD, and
+/// in the working tree; `None` when `reference` is not a commit here.
+pub fn changed_since(dir: &Path, reference: &str) -> Option<Vec<String>> {
+    let commit = format!("{reference}^{{commit}}");
+    git_out(dir, &["rev-parse", "--verify", "-q", &commit])?;
+    let base = git_out(dir, &["merge-base", reference, "HEAD"])?;
+    let base = base.trim();
+    let mut files: Vec<String> = Vec::new();
+    let lists = [
+        git_bytes(dir, &["diff", "--name-only", "-z", base, "HEAD"]),
+        git_bytes(dir, &["diff", "--name-only", "-z", "HEAD"]),
+        git_bytes(dir, &["ls-files", "--others", "--exclude-standard", "-z"]),
+    ];
+    for list in lists.into_iter().flatten() {
+        files.extend(
+            list.split(|&b| b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        );
+    }
+    files.sort();
+    files.dedup();
+    Some(files)
+}
+
 /// GitLab's `CI_COMMIT_REF_SLUG`: lower case, every character but a-z and
 /// 0-9 as `-`, at most 63 bytes, no `-` at either end.
 fn ref_slug(name: &str) -> String {

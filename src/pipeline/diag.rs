@@ -34,6 +34,10 @@ pub struct Diagnostic {
     pub severity: Severity,
     pub line: usize,
     pub column: usize,
+    /// The file it is in: 0 the pipeline file, `n` the report's `n`-th
+    /// included file (JSON names it in `file`).
+    #[serde(skip)]
+    pub file: u16,
     /// Characters to underline, starting at `column`.
     #[serde(skip)]
     pub width: usize,
@@ -49,6 +53,7 @@ impl Diagnostic {
             severity: Severity::Error,
             line: pos.line,
             column: pos.col,
+            file: pos.file,
             width: width.max(1),
             path: path.into(),
             message: message.into(),
@@ -78,6 +83,9 @@ impl Diagnostic {
 pub struct Report {
     pub file: PathBuf,
     pub source: String,
+    /// Files the pipeline file included, in the order read: a diagnostic
+    /// with `file: n` points into `includes[n - 1]`.
+    pub includes: Vec<(PathBuf, String)>,
     pub items: Vec<Diagnostic>,
     /// Diagnostics past [`MAX_COLLECTED`]: counted, not kept.
     pub dropped: usize,
@@ -88,6 +96,7 @@ impl Report {
         Report {
             file: file.to_path_buf(),
             source,
+            includes: Vec::new(),
             items: Vec::new(),
             dropped: 0,
         }
@@ -109,48 +118,68 @@ impl Report {
 
     /// Orders by position so the output reads top to bottom.
     pub fn sort(&mut self) {
-        self.items.sort_by_key(|d| (d.line, d.column));
+        self.items.sort_by_key(|d| (d.file, d.line, d.column));
         self.items.dedup();
     }
 
-    /// Byte offsets where each line of the source starts.
-    fn line_starts(&self) -> Vec<usize> {
-        std::iter::once(0)
-            .chain(self.source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect()
+    /// The path and text a diagnostic points into.
+    pub fn source_of(&self, d: &Diagnostic) -> (&Path, &str) {
+        match d.file {
+            0 => (&self.file, &self.source),
+            n => match self.includes.get(usize::from(n) - 1) {
+                Some((path, text)) => (path, text),
+                None => (&self.file, ""),
+            },
+        }
+    }
+}
+
+/// One source text being quoted.
+struct Quoted<'a> {
+    text: &'a str,
+    /// Byte offsets where each line starts.
+    starts: Vec<usize>,
+}
+
+impl<'a> Quoted<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Quoted { text, starts }
     }
 
     /// The text of line `line` (1-based), without its line break.
-    fn line_text<'s>(&'s self, starts: &[usize], line: usize) -> Option<&'s str> {
-        let start = *starts.get(line.checked_sub(1)?)?;
-        let end = starts.get(line).map_or(self.source.len(), |&e| e);
-        Some(self.source[start..end].trim_end_matches(['\n', '\r']))
+    fn line_text(&self, line: usize) -> Option<&'a str> {
+        let start = *self.starts.get(line.checked_sub(1)?)?;
+        let end = self.starts.get(line).map_or(self.text.len(), |&e| e);
+        Some(self.text[start..end].trim_end_matches(['\n', '\r']))
     }
 
-    /// Byte range of a diagnostic's underline in `source`, clamped to the line.
-    fn byte_range(&self, starts: &[usize], d: &Diagnostic) -> std::ops::Range<usize> {
-        let Some(text) = self.line_text(starts, d.line) else {
-            let end = self.source.len();
+    /// Byte range of a diagnostic's underline in the text, clamped to the line.
+    fn byte_range(&self, d: &Diagnostic) -> std::ops::Range<usize> {
+        let Some(text) = self.line_text(d.line) else {
+            let end = self.text.len();
             return end..end;
         };
+        let starts = &self.starts;
         let start_of_line = starts[d.line - 1];
         let col_byte = |col: usize| text.char_indices().nth(col).map_or(text.len(), |(b, _)| b);
         let start = col_byte(d.column.saturating_sub(1));
         let end = col_byte(d.column.saturating_sub(1) + d.width).max(start);
         start_of_line + start..start_of_line + end
     }
+}
 
+impl Report {
     /// Compiler-style text: message, `--> file:line:col`, source line, caret,
     /// hint. At most [`MAX_RENDERED`] diagnostics, errors first; a long
     /// source line is quoted as a window around the column.
     pub fn render(&self, color: bool) -> String {
-        let name = self.file.display().to_string();
-        let file = SimpleFile::new(name.as_str(), self.source.as_str());
         let config = term::Config {
             chars: term::Chars::ascii(),
             ..term::Config::default()
         };
-        let starts = self.line_starts();
         let mut out = String::new();
         let shown: Vec<&Diagnostic> = self
             .items
@@ -160,14 +189,16 @@ impl Report {
             .take(MAX_RENDERED)
             .collect();
         for d in shown.iter().copied() {
-            let long = self
-                .line_text(&starts, d.line)
-                .is_some_and(|l| l.chars().count() > WINDOW);
+            let (path, text) = self.source_of(d);
+            let quoted = Quoted::new(text);
+            let long = quoted.line_text(d.line).is_some_and(|l| l.chars().count() > WINDOW);
             if long {
-                out.push_str(&self.windowed(&starts, d));
+                out.push_str(&windowed(path, &quoted, d));
                 continue;
             }
-            if self.source.is_empty() {
+            let name = path.display().to_string();
+            let file = SimpleFile::new(name.as_str(), text);
+            if text.is_empty() {
                 // Nothing to quote (unreadable file): one line and the hint.
                 let _ = writeln!(out, "{}", self.one_line(d));
                 if let Some(h) = &d.hint {
@@ -180,7 +211,7 @@ impl Report {
                 Severity::Warning => CsDiagnostic::warning(),
             }
             .with_message(&d.message);
-            let mut label = Label::primary((), self.byte_range(&starts, d));
+            let mut label = Label::primary((), quoted.byte_range(d));
             if !d.path.is_empty() {
                 label = label.with_message(format!("at {}", d.path));
             }
@@ -215,46 +246,14 @@ impl Report {
         out
     }
 
-    /// A diagnostic on a long line: the same form, quoting [`WINDOW`]
-    /// characters around the column instead of the whole line.
-    fn windowed(&self, starts: &[usize], d: &Diagnostic) -> String {
-        let text = self.line_text(starts, d.line).unwrap_or("");
-        let col = d.column.saturating_sub(1);
-        let from = col.saturating_sub(WINDOW / 3);
-        let snippet: String = text.chars().skip(from).take(WINDOW).collect();
-        let cut_left = from > 0;
-        let cut_right = text.chars().count() > from + WINDOW;
-        let sev = if d.is_error() { "error" } else { "warning" };
-        let num = d.line.to_string();
-        let pad = " ".repeat(num.len());
-        let lead = if cut_left { "..." } else { "" };
-        let caret_at = col - from + lead.len();
-        let width = d.width.min(WINDOW.saturating_sub(col - from)).max(1);
-        let mut out = format!("{sev}: {}\n", d.message);
-        let _ = writeln!(out, "{pad}--> {}:{}:{}", self.file.display(), d.line, d.column);
-        let _ = writeln!(out, "{pad} |");
-        let _ = writeln!(out, "{num} | {lead}{snippet}{}", if cut_right { "..." } else { "" });
-        let at = if d.path.is_empty() {
-            String::new()
-        } else {
-            format!(" at {}", d.path)
-        };
-        let _ = writeln!(out, "{pad} | {}{}{at}", " ".repeat(caret_at), "^".repeat(width));
-        let _ = writeln!(out, "{pad} |");
-        if let Some(h) = &d.hint {
-            let _ = writeln!(out, "{pad} = help: {h}");
-        }
-        out.push('\n');
-        out
-    }
-
     /// `file:line:col: error: message (path)`: one line per diagnostic, grep-friendly.
     pub fn one_line(&self, d: &Diagnostic) -> String {
         let sev = match d.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let mut s = format!("{}:{}:{}: {sev}: {}", self.file.display(), d.line, d.column, d.message);
+        let (path, _) = self.source_of(d);
+        let mut s = format!("{}:{}:{}: {sev}: {}", path.display(), d.line, d.column, d.message);
         if !d.path.is_empty() {
             let _ = write!(s, " (at {})", d.path);
         }
@@ -262,13 +261,60 @@ impl Report {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
+        let diagnostics: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|d| {
+                let mut v = serde_json::to_value(d).unwrap_or(serde_json::Value::Null);
+                if d.file != 0
+                    && let Some(map) = v.as_object_mut()
+                {
+                    let (path, _) = self.source_of(d);
+                    map.insert("file".into(), path.display().to_string().into());
+                }
+                v
+            })
+            .collect();
         serde_json::json!({
             "file": self.file.display().to_string(),
             "valid": !self.has_errors(),
-            "diagnostics": self.items,
+            "diagnostics": diagnostics,
             "left_out": self.dropped,
         })
     }
+}
+
+/// A diagnostic on a long line: the same form, quoting [`WINDOW`]
+/// characters around the column instead of the whole line.
+fn windowed(path: &Path, quoted: &Quoted, d: &Diagnostic) -> String {
+    let text = quoted.line_text(d.line).unwrap_or("");
+    let col = d.column.saturating_sub(1);
+    let from = col.saturating_sub(WINDOW / 3);
+    let snippet: String = text.chars().skip(from).take(WINDOW).collect();
+    let cut_left = from > 0;
+    let cut_right = text.chars().count() > from + WINDOW;
+    let sev = if d.is_error() { "error" } else { "warning" };
+    let num = d.line.to_string();
+    let pad = " ".repeat(num.len());
+    let lead = if cut_left { "..." } else { "" };
+    let caret_at = col - from + lead.len();
+    let width = d.width.min(WINDOW.saturating_sub(col - from)).max(1);
+    let mut out = format!("{sev}: {}\n", d.message);
+    let _ = writeln!(out, "{pad}--> {}:{}:{}", path.display(), d.line, d.column);
+    let _ = writeln!(out, "{pad} |");
+    let _ = writeln!(out, "{num} | {lead}{snippet}{}", if cut_right { "..." } else { "" });
+    let at = if d.path.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", d.path)
+    };
+    let _ = writeln!(out, "{pad} | {}{}{at}", " ".repeat(caret_at), "^".repeat(width));
+    let _ = writeln!(out, "{pad} |");
+    if let Some(h) = &d.hint {
+        let _ = writeln!(out, "{pad} = help: {h}");
+    }
+    out.push('\n');
+    out
 }
 
 /// "did you mean `build`?" from the closest candidate, when one is close enough.
@@ -305,13 +351,8 @@ mod tests {
             "name: x\njobs:\n  a:\n    depends_on: [biuld]\n".into(),
         );
         r.items.push(
-            Diagnostic::error(
-                Pos { line: 4, col: 18 },
-                5,
-                "jobs.a.depends_on[0]",
-                "unknown job `biuld`",
-            )
-            .with_hint("did you mean `build`?"),
+            Diagnostic::error(Pos::at(4, 18), 5, "jobs.a.depends_on[0]", "unknown job `biuld`")
+                .with_hint("did you mean `build`?"),
         );
         let text = r.render(false);
         assert!(text.contains("p.yml:4:18"), "{text}");
@@ -333,7 +374,7 @@ mod tests {
                 + 1;
             r.items.push(
                 Diagnostic::error(
-                    Pos { line: 4, col },
+                    Pos::at(4, col),
                     d.len(),
                     format!("jobs.a.depends_on[{i}]"),
                     format!("unknown job `{d}`"),

@@ -64,7 +64,7 @@ pub(crate) fn finish(
 }
 
 pub(crate) fn file_error(message: String, hint: &str) -> Diagnostic {
-    Diagnostic::error(Pos { line: 1, col: 1 }, 1, "", message).with_hint(hint)
+    Diagnostic::error(Pos::at(1, 1), 1, "", message).with_hint(hint)
 }
 
 pub(crate) fn read_source(path: &Path) -> Result<String, Diagnostic> {
@@ -114,7 +114,7 @@ pub(crate) fn read_source(path: &Path) -> Result<String, Diagnostic> {
             let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
             let col = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
             Err(Diagnostic::error(
-                Pos { line, col },
+                Pos::at(line, col),
                 1,
                 "",
                 format!("file is not valid UTF-8 (bad byte at offset {})", good.len()),
@@ -143,7 +143,7 @@ pub(crate) fn forbidden_char(source: &str) -> Option<Diagnostic> {
     };
     Some(
         Diagnostic::error(
-            Pos { line, col },
+            Pos::at(line, col),
             1,
             "",
             format!("{what} is not allowed in YAML (byte offset {at})"),
@@ -159,6 +159,16 @@ pub(crate) struct Cx<'s> {
     pub(crate) src: &'s str,
     /// Byte offset where each line starts, so positions inside scalars are O(1).
     pub(crate) line_starts: Vec<usize>,
+    /// Included files' texts and line starts: the file index `n` of a
+    /// [`Pos`] is `included[n - 1]`.
+    pub(crate) included: Vec<Source>,
+}
+
+/// An included file being read: its path, text and line starts.
+pub(crate) struct Source {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) text: String,
+    pub(crate) starts: Vec<usize>,
 }
 
 pub(crate) fn line_starts(src: &str) -> Vec<usize> {
@@ -196,7 +206,19 @@ impl<'s> Cx<'s> {
             dropped: 0,
             src,
             line_starts: line_starts(src),
+            included: Vec::new(),
         }
+    }
+
+    /// Registers an included file's text; its nodes carry the index returned.
+    pub(crate) fn add_source(&mut self, path: &Path, text: String) -> u16 {
+        let starts = line_starts(&text);
+        self.included.push(Source {
+            path: path.to_path_buf(),
+            text,
+            starts,
+        });
+        u16::try_from(self.included.len()).unwrap_or(u16::MAX)
     }
 }
 
@@ -416,9 +438,16 @@ impl Cx<'_> {
     /// Position of a character inside a scalar (exact for one-line scalars).
     pub(crate) fn pos_in(&self, node: &Node, char_offset: usize) -> Pos {
         let idx = node.pos.line.saturating_sub(1);
-        let line = match (self.line_starts.get(idx), self.line_starts.get(idx + 1)) {
-            (Some(&a), Some(&b)) => &self.src[a..b],
-            (Some(&a), None) => &self.src[a..],
+        let (src, starts) = match node.pos.file {
+            0 => (self.src, &self.line_starts),
+            n => match self.included.get(usize::from(n) - 1) {
+                Some(s) => (s.text.as_str(), &s.starts),
+                None => return node.pos,
+            },
+        };
+        let line = match (starts.get(idx), starts.get(idx + 1)) {
+            (Some(&a), Some(&b)) => &src[a..b],
+            (Some(&a), None) => &src[a..],
             _ => "",
         };
         let at = line.chars().nth(node.pos.col.saturating_sub(1));
@@ -426,8 +455,8 @@ impl Cx<'_> {
         let text_width = node.width;
         if char_offset <= text_width {
             Pos {
-                line: node.pos.line,
                 col: node.pos.col + quote + char_offset,
+                ..node.pos
             }
         } else {
             node.pos

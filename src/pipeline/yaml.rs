@@ -25,13 +25,27 @@ pub const MAX_ALIAS_NODES: usize = 100_000;
 pub struct Pos {
     pub line: usize,
     pub col: usize,
+    /// Which file of a report the position is in: 0 is the pipeline file,
+    /// `n` its `n`-th included file (see `Report::includes`).
+    #[serde(skip_serializing_if = "is_main_file")]
+    pub file: u16,
+}
+
+fn is_main_file(file: &u16) -> bool {
+    *file == 0
 }
 
 impl Pos {
-    fn from_marker(m: &Marker) -> Pos {
+    /// A position in the pipeline file itself.
+    pub const fn at(line: usize, col: usize) -> Pos {
+        Pos { line, col, file: 0 }
+    }
+
+    fn from_marker(m: &Marker, file: u16) -> Pos {
         Pos {
             line: m.line().max(1),
             col: m.col() + 1,
+            file,
         }
     }
 }
@@ -45,6 +59,9 @@ pub enum Value {
     Str(String),
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
+    /// GitLab's `!reference [job, key, ...]`: a list tagged to be replaced
+    /// by the node it names (its dialect resolves it; others refuse it).
+    Reference(Vec<Node>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +83,7 @@ impl Node {
             Value::Str(_) => "a string",
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
+            Value::Reference(_) => "a `!reference`",
         }
     }
 
@@ -84,14 +102,14 @@ impl Node {
             Value::Bool(b) => b.to_string(),
             Value::Int(i) => i.to_string(),
             Value::Float(f) => f.to_string(),
-            Value::Seq(_) => "[...]".into(),
+            Value::Seq(_) | Value::Reference(_) => "[...]".into(),
             Value::Map(_) => "{...}".into(),
         }
     }
 
     fn size(&self) -> usize {
         match &self.value {
-            Value::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Value::Seq(items) | Value::Reference(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
             Value::Map(entries) => 1 + entries.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),
             _ => 1,
         }
@@ -113,7 +131,19 @@ pub struct YamlProblem {
 pub struct Parsed {
     /// `None` when the document could not be read at all.
     pub root: Option<Node>,
+    /// The document after the first, when [`Options::header`] allows one
+    /// (GitLab's `spec:` header, then `---`, then the configuration).
+    pub second: Option<Node>,
     pub problems: Vec<YamlProblem>,
+}
+
+/// How [`parse_with`] reads a stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The file index every position gets (see [`Pos::file`]).
+    pub file: u16,
+    /// Accept a second document (the first is then a header).
+    pub header: bool,
 }
 
 enum Frame {
@@ -121,6 +151,8 @@ enum Frame {
         items: Vec<Node>,
         pos: Pos,
         anchor: usize,
+        /// Tagged `!reference`.
+        reference: bool,
     },
     Map {
         entries: Vec<(Node, Node)>,
@@ -138,6 +170,12 @@ enum Frame {
 /// Parses `src` into a positioned tree. Only the first document is read;
 /// a second document is reported.
 pub fn parse(src: &str) -> Parsed {
+    parse_with(src, Options::default())
+}
+
+/// [`parse`] with the file index for positions and, when asked, a header
+/// document before the configuration.
+pub fn parse_with(src: &str, opts: Options) -> Parsed {
     let mut problems = Vec::new();
     let mut parser = Parser::new_from_str(src);
     let mut stack: Vec<Frame> = Vec::new();
@@ -145,7 +183,9 @@ pub fn parse(src: &str) -> Parsed {
     let mut budget = MAX_NODES;
     let mut alias_budget = MAX_ALIAS_NODES;
     let mut root: Option<Node> = None;
+    let mut second: Option<Node> = None;
     let mut docs = 0;
+    let max_docs = if opts.header { 2 } else { 1 };
 
     loop {
         let (event, marker) = match parser.next_token() {
@@ -164,27 +204,42 @@ pub fn parse(src: &str) -> Parsed {
                     )
                 };
                 problems.push(YamlProblem {
-                    pos: Pos::from_marker(e.marker()),
+                    pos: Pos::from_marker(e.marker(), opts.file),
                     width: 1,
                     message,
                     hint,
                     path: String::new(),
                 });
-                return Parsed { root: None, problems };
+                return Parsed {
+                    root: None,
+                    second: None,
+                    problems,
+                };
             }
         };
-        let pos = Pos::from_marker(&marker);
+        let pos = Pos::from_marker(&marker, opts.file);
         let finished: Option<(Node, usize)> = match event {
             Event::StreamEnd => break,
             Event::StreamStart | Event::Nothing | Event::DocumentEnd => None,
             Event::DocumentStart => {
                 docs += 1;
-                if docs > 1 {
+                if docs > max_docs {
+                    let (message, hint) = if opts.header {
+                        (
+                            "a file holds a `spec:` header and one configuration document; found a third document",
+                            "remove the second `---` separator and everything after it",
+                        )
+                    } else {
+                        (
+                            "a pipeline file holds one YAML document; found a second",
+                            "remove the `---` separator and everything after it",
+                        )
+                    };
                     problems.push(YamlProblem {
                         pos,
                         width: 3,
-                        message: "a pipeline file holds one YAML document; found a second".into(),
-                        hint: Some("remove the `---` separator and everything after it".into()),
+                        message: message.into(),
+                        hint: Some(hint.into()),
                         path: String::new(),
                     });
                     break;
@@ -202,11 +257,19 @@ pub fn parse(src: &str) -> Parsed {
                             hint: Some("aliases (*name) multiply nodes; this looks like an alias bomb".into()),
                             path: String::new(),
                         });
-                        return Parsed { root: None, problems };
+                        return Parsed {
+                            root: None,
+                            second: None,
+                            problems,
+                        };
                     }
                     if size > budget {
                         problems.push(too_big(pos));
-                        return Parsed { root: None, problems };
+                        return Parsed {
+                            root: None,
+                            second: None,
+                            problems,
+                        };
                     }
                     budget -= size;
                     alias_budget -= size;
@@ -222,13 +285,21 @@ pub fn parse(src: &str) -> Parsed {
                         hint: Some("define the anchor (&name) before using it (*name)".into()),
                         path: String::new(),
                     });
-                    return Parsed { root: None, problems };
+                    return Parsed {
+                        root: None,
+                        second: None,
+                        problems,
+                    };
                 }
             },
             Event::Scalar(text, style, anchor, _tag) => {
                 if budget == 0 {
                     problems.push(too_big(pos));
-                    return Parsed { root: None, problems };
+                    return Parsed {
+                        root: None,
+                        second: None,
+                        problems,
+                    };
                 }
                 budget -= 1;
                 let width = text.lines().next().map_or(1, |l| l.chars().count().max(1));
@@ -239,7 +310,8 @@ pub fn parse(src: &str) -> Parsed {
                 };
                 Some((Node { value, pos, width }, anchor))
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
+                let reference = tag.as_ref().is_some_and(|t| t.handle == "!" && t.suffix == "reference");
                 if stack.len() >= MAX_DEPTH {
                     problems.push(YamlProblem {
                         pos,
@@ -248,11 +320,19 @@ pub fn parse(src: &str) -> Parsed {
                         hint: Some("a pipeline needs only a few levels of nesting".into()),
                         path: String::new(),
                     });
-                    return Parsed { root: None, problems };
+                    return Parsed {
+                        root: None,
+                        second: None,
+                        problems,
+                    };
                 }
                 if budget == 0 {
                     problems.push(too_big(pos));
-                    return Parsed { root: None, problems };
+                    return Parsed {
+                        root: None,
+                        second: None,
+                        problems,
+                    };
                 }
                 budget -= 1;
                 if matches!(event, Event::SequenceStart(..)) {
@@ -260,6 +340,7 @@ pub fn parse(src: &str) -> Parsed {
                         items: Vec::new(),
                         pos,
                         anchor,
+                        reference,
                     });
                 } else {
                     stack.push(Frame::Map {
@@ -275,9 +356,18 @@ pub fn parse(src: &str) -> Parsed {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { items, pos, anchor }) => Some((
+                Some(Frame::Seq {
+                    items,
+                    pos,
+                    anchor,
+                    reference,
+                }) => Some((
                     Node {
-                        value: Value::Seq(items),
+                        value: if reference {
+                            Value::Reference(items)
+                        } else {
+                            Value::Seq(items)
+                        },
                         pos,
                         width: 1,
                     },
@@ -317,6 +407,8 @@ pub fn parse(src: &str) -> Parsed {
                 None => {
                     if root.is_none() {
                         root = Some(node);
+                    } else if second.is_none() {
+                        second = Some(node);
                     }
                 }
                 Some(Frame::Seq { items, .. }) => items.push(node),
@@ -365,7 +457,7 @@ pub fn parse(src: &str) -> Parsed {
             }
         }
     }
-    Parsed { root, problems }
+    Parsed { root, second, problems }
 }
 
 /// YAML merge keys (`<<: *defaults`): entries of the merged mappings fill in
@@ -453,15 +545,15 @@ mod tests {
     fn positions_are_one_based() {
         let n = root("a:\n  b: [1, x]\n");
         let Value::Map(top) = &n.value else { panic!("map") };
-        assert_eq!(top[0].0.pos, Pos { line: 1, col: 1 });
+        assert_eq!(top[0].0.pos, Pos::at(1, 1));
         let Value::Map(inner) = &top[0].1.value else {
             panic!("map")
         };
-        assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
+        assert_eq!(inner[0].0.pos, Pos::at(2, 3));
         let Value::Seq(items) = &inner[0].1.value else {
             panic!("seq")
         };
-        assert_eq!(items[1].pos, Pos { line: 2, col: 10 });
+        assert_eq!(items[1].pos, Pos::at(2, 10));
         assert_eq!(items[0].value, Value::Int(1));
     }
 
@@ -469,7 +561,7 @@ mod tests {
     fn duplicate_keys_are_reported_with_first_line() {
         let p = parse("jobs:\n  a: 1\n  a: 2\n");
         assert_eq!(p.problems.len(), 1);
-        assert_eq!(p.problems[0].pos, Pos { line: 3, col: 3 });
+        assert_eq!(p.problems[0].pos, Pos::at(3, 3));
         assert!(p.problems[0].hint.as_deref().unwrap_or("").contains("line 2"));
         assert_eq!(p.problems[0].path, "jobs.a");
     }

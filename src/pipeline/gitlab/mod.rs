@@ -16,7 +16,11 @@
 //! components, `trigger`, `release`, `secrets`, ...) is refused or ignored
 //! with a message saying so; docs/gitlab.md lists what is supported.
 
+mod files;
+mod include;
+mod inputs;
 mod merge;
+mod reference;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -142,7 +146,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     let mut report = Report::new(path, source);
     let pipeline = {
         let mut cx = Cx::new(&report.source);
-        let parsed = yaml::parse(&report.source);
+        let parsed = yaml::parse_with(&report.source, yaml::Options { file: 0, header: true });
         for p in parsed.problems {
             let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
             d.hint = p.hint;
@@ -163,9 +167,11 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
                 dir.file_name().map(|n| n.to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| "pipeline".into());
-        let p = match parsed.root {
-            Some(root) => Gitlab::new(&mut cx, opts).pipeline(&root, name),
-            None => {
+        let p = match (parsed.root, parsed.second) {
+            (Some(root), None) => Gitlab::new(&mut cx, opts).read(root, None, path, name),
+            (Some(header), Some(root)) => Gitlab::new(&mut cx, opts).read(root, Some(header), path, name),
+            (None, _) if cx.diags.iter().any(Diagnostic::is_error) => None,
+            (None, _) => {
                 cx.diags.push(file_error(
                     "the GitLab CI file has no content".into(),
                     "add a job: `test:` with `script: [make test]` under it",
@@ -175,6 +181,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         };
         report.items = cx.diags;
         report.dropped = cx.dropped;
+        report.includes = cx.included.into_iter().map(|s| (s.path, s.text)).collect();
         p
     };
     finish(pipeline, report)
@@ -208,6 +215,8 @@ struct Gitlab<'c, 's> {
     opts: &'c LoadOptions,
     /// Warned once each: a keyword without effect here.
     warned: HashSet<String>,
+    /// The project's files, listed once when a wildcard or `exists` asks.
+    files: Option<(std::path::PathBuf, files::ProjectFiles)>,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -216,7 +225,187 @@ impl<'c, 's> Gitlab<'c, 's> {
             cx,
             opts,
             warned: HashSet::new(),
+            files: None,
         }
+    }
+
+    /// The whole reading: the file's own `spec:` header (its inputs take
+    /// their defaults), includes merged, `!reference` tags resolved, then
+    /// the pipeline.
+    fn read(&mut self, config: Node, header: Option<Node>, path: &Path, name: String) -> Option<Pipeline> {
+        if let Some(h) = &header
+            && get(h, "spec").is_none()
+        {
+            self.cx.err(
+                h,
+                "",
+                "a GitLab CI file holds one YAML document, or a `spec:` header, `---`, then the configuration",
+                "remove the `---` separator and everything before or after it",
+            );
+            return None;
+        }
+        if header.is_none()
+            && let Some((k, _)) = entries(&config).iter().find(|(k, _)| k.as_str() == Some("spec"))
+        {
+            let alone = entries(&config).len() == 1;
+            self.cx.err(
+                k,
+                "spec",
+                if alone {
+                    "the file has a `spec:` header and no configuration"
+                } else {
+                    "`spec:` is a header of its own: it comes first, ended by a line `---`"
+                },
+                "write `spec:` first, then a line `---`, then the jobs",
+            );
+            return None;
+        }
+        let spec = header.as_ref().and_then(|h| get(h, "spec")).cloned();
+        let rel = path.display().to_string();
+        let config = match &spec {
+            Some(s) => self.apply_inputs(config.clone(), Some(s), None, &config, "", &rel),
+            None => config,
+        };
+        let mut state = include::Included::default();
+        let merged = self.with_includes(&config, 0, &mut state);
+        let resolved = self.resolve_references(&merged, &merged, 0);
+        self.pipeline(&resolved, name)
+    }
+
+    /// The project's files (listed once).
+    fn project_files(&mut self, root: &Path) -> &files::ProjectFiles {
+        if self.files.as_ref().is_none_or(|(r, _)| r != root) {
+            let list = files::ProjectFiles::list(root);
+            if list.truncated {
+                self.cx.diags.push(
+                    Diagnostic::warning(
+                        yaml::Pos::at(1, 1),
+                        1,
+                        "",
+                        format!(
+                            "the project has more than {} files; wildcards and `exists` saw only the first",
+                            files::MAX_FILES
+                        ),
+                    )
+                    .with_hint("run from a smaller work tree, or narrow the patterns"),
+                );
+            }
+            self.files = Some((root.to_path_buf(), list));
+        }
+        let (_, f) = self
+            .files
+            .get_or_insert_with(|| (root.to_path_buf(), files::ProjectFiles::list(root)));
+        f
+    }
+
+    /// An `if:` expression decided against `get`; `None` when it has a
+    /// mistake (reported at its column).
+    fn condition(&mut self, cond: &Node, path: &str, get_var: &dyn Fn(&str) -> Option<String>) -> Option<bool> {
+        let text = self.cx.string(cond, path)?;
+        match rules::parse(&text) {
+            Ok(e) => Some(e.eval(get_var)),
+            Err(e) => {
+                let pos = self.cx.pos_in(cond, e.offset);
+                let mut d = Diagnostic::error(pos, 1, path, format!("in `if`: {}", e.message));
+                d.hint = Some(e.hint.to_string());
+                self.cx.diags.push(d);
+                None
+            }
+        }
+    }
+
+    /// `rules:exists` (a list of globs, or `{paths, project, ref}`): whether
+    /// any project file matches one of them.
+    fn exists(&mut self, node: &Node, path: &str) -> bool {
+        let patterns = self.path_patterns(node, path, &["paths", "project", "ref"]);
+        if let Some(p) = get(node, "project") {
+            self.warn_once(
+                p,
+                &join(path, "project"),
+                "exists:project",
+                "`exists:project` looks in another project on GitLab's server; trackside looks in this one".into(),
+                "leave `project` out, or check the other project by hand",
+            );
+        }
+        let root = self.project_dir();
+        let files = self.project_files(&root);
+        patterns.iter().any(|m| files.matching(m).next().is_some())
+    }
+
+    /// `rules:changes` (a list of globs, or `{paths, compare_to}`): whether
+    /// any changed file matches. Unknown changes (no parent commit to
+    /// compare with) match, as GitLab's do for a pipeline without a push.
+    fn changes(&mut self, node: &Node, path: &str) -> bool {
+        let patterns = self.path_patterns(node, path, &["paths", "compare_to"]);
+        let changed = match get(node, "compare_to") {
+            Some(c) => {
+                let Some(reference) = self.cx.string(c, &join(path, "compare_to")) else {
+                    return false;
+                };
+                let dir = self.project_dir();
+                match self.opts.changes_since.and_then(|f| f(&dir, &reference)) {
+                    Some(list) => Some(list),
+                    None => {
+                        self.cx.err(
+                            c,
+                            &join(path, "compare_to"),
+                            format!("`compare_to: {reference}` is no ref of this repository"),
+                            "name a branch, tag or commit that exists here (`git rev-parse REF` must find it)",
+                        );
+                        return false;
+                    }
+                }
+            }
+            None => self.opts.changed_files.clone(),
+        };
+        match changed {
+            None => true,
+            Some(list) => list.iter().any(|f| patterns.iter().any(|m| m.is_match(f))),
+        }
+    }
+
+    /// The glob patterns of `exists`/`changes`: a list, or a mapping with
+    /// `paths` (and `keys` besides).
+    fn path_patterns(&mut self, node: &Node, path: &str, keys: &[&str]) -> Vec<globset::GlobMatcher> {
+        let (list_node, lpath) = match &node.value {
+            Value::Map(_) => {
+                if !self.cx.mapping(node, path, keys, "`exists`/`changes`") {
+                    return Vec::new();
+                }
+                match get(node, "paths") {
+                    Some(p) => (p.clone(), join(path, "paths")),
+                    None => {
+                        self.cx.err(
+                            node,
+                            path,
+                            "this needs `paths:` (the files to look for)",
+                            "add `paths: [src/**/*]`",
+                        );
+                        return Vec::new();
+                    }
+                }
+            }
+            _ => (node.clone(), path.to_string()),
+        };
+        let mut out = Vec::new();
+        for (text, n) in self.cx.string_list(&list_node, &lpath) {
+            let text = self.expand_job_free(&text);
+            match files::glob(&text) {
+                Ok(m) => out.push(m),
+                Err(e) => self.cx.err(
+                    &n,
+                    &lpath,
+                    format!("`{text}` is not a valid path pattern: {e}"),
+                    "use `*` within a folder and `**` across folders",
+                ),
+            }
+        }
+        out
+    }
+
+    /// `$VAR` in a path pattern, from what the pipeline is created with.
+    fn expand_job_free(&self, text: &str) -> String {
+        include::expand_with(text, &self.include_vars())
     }
 
     fn warn_once(&mut self, node: &Node, path: &str, key: &str, msg: String, hint: &str) {
@@ -239,22 +428,6 @@ impl<'c, 's> Gitlab<'c, 's> {
             return None;
         };
         let top = |k: &str| get(root, k);
-        if let Some(spec) = top("spec") {
-            self.cx.err(
-                spec,
-                "spec",
-                "`spec:` (inputs of an included file) is not supported yet by trackside",
-                "run the file that includes this one, with its inputs written in",
-            );
-        }
-        if let Some(inc) = top("include") {
-            self.cx.err(
-                inc,
-                "include",
-                "`include` is not supported yet by trackside's GitLab reader",
-                "put the included jobs in this file for now (a local include is planned; remote, template, project and component includes need GitLab's server)",
-            );
-        }
         for key in ["services", "cache"] {
             if let Some(n) = top(key) {
                 self.warn_once(
@@ -620,24 +793,19 @@ impl<'c, 's> Gitlab<'c, 's> {
             }
             let mut matches = true;
             if let Some(cond) = get(rule, "if") {
-                let ipath = join(&rpath, "if");
-                match self.cx.string(cond, &ipath) {
-                    Some(text) => match rules::parse(&text) {
-                        Ok(e) => matches &= e.eval(&get_var),
-                        Err(e) => {
-                            let pos = self.cx.pos_in(cond, e.offset);
-                            let mut d = Diagnostic::error(pos, 1, ipath.clone(), format!("in `if`: {}", e.message));
-                            d.hint = Some(e.hint.to_string());
-                            self.cx.diags.push(d);
-                            broken = true;
-                            continue;
-                        }
-                    },
+                match self.condition(cond, &join(&rpath, "if"), &get_var) {
+                    Some(m) => matches &= m,
                     None => {
                         broken = true;
                         continue;
                     }
                 }
+            }
+            if let Some(n) = get(rule, "exists") {
+                matches &= self.exists(n, &join(&rpath, "exists"));
+            }
+            if let Some(n) = get(rule, "changes") {
+                matches &= self.changes(n, &join(&rpath, "changes"));
             }
             for key in ["needs", "start_in"] {
                 if let Some(n) = get(rule, key) {
@@ -647,17 +815,6 @@ impl<'c, 's> Gitlab<'c, 's> {
                         &format!("rules:{key}"),
                         format!("`rules:{key}` is not supported yet by trackside; the rule applies without it"),
                         "see docs/gitlab.md",
-                    );
-                }
-            }
-            for key in ["changes", "exists"] {
-                if let Some(n) = get(rule, key) {
-                    self.warn_once(
-                        n,
-                        &join(&rpath, key),
-                        &format!("rules:{key}"),
-                        format!("`rules:{key}` is not evaluated yet by trackside: such a rule counts as matching"),
-                        "the job runs as if its files changed/existed; use --job or --var to narrow the run",
                     );
                 }
             }
@@ -985,31 +1142,27 @@ impl<'c, 's> Gitlab<'c, 's> {
     }
 
     /// `script`-like keys: a string or a list whose items may be lists
-    /// (anchors of lists nest one level).
+    /// (anchors and `!reference` nest them; GitLab flattens ten levels).
     fn script(&mut self, node: &Node, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.script_into(node, path, 0, &mut out);
+        out
+    }
+
+    fn script_into(&mut self, node: &Node, path: &str, depth: usize, out: &mut Vec<String>) {
         match &node.value {
-            Value::Seq(items) => {
-                let mut out = Vec::new();
+            Value::Seq(items) if depth <= reference::MAX_DEPTH => {
                 for (i, item) in items.iter().enumerate() {
-                    let ipath = format!("{path}[{i}]");
-                    match &item.value {
-                        Value::Seq(inner) => {
-                            for (j, x) in inner.iter().enumerate() {
-                                if let Some(s) = self.cx.string(x, &format!("{ipath}[{j}]")) {
-                                    out.push(s);
-                                }
-                            }
-                        }
-                        _ => {
-                            if let Some(s) = self.cx.string(item, &ipath) {
-                                out.push(s);
-                            }
-                        }
-                    }
+                    self.script_into(item, &format!("{path}[{i}]"), depth + 1, out);
                 }
-                out
             }
-            _ => self.cx.string(node, path).into_iter().collect(),
+            Value::Seq(_) => self.cx.err(
+                node,
+                path,
+                "script lists nest deeper than GitLab's 10 levels",
+                "flatten the lists",
+            ),
+            _ => out.extend(self.cx.string(node, path)),
         }
     }
 

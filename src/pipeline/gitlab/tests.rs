@@ -280,7 +280,7 @@ fn what_needs_a_server_is_refused_or_ignored_with_a_message() {
     let e = errors("include: 'https://example.com/ci.yml'\na:\n  script: [x]\n");
     assert!(
         e.iter()
-            .any(|(l, _, m)| *l == 1 && m.contains("`include` is not supported yet")),
+            .any(|(l, _, m)| *l == 1 && m.contains("fetched from the network by GitLab's server")),
         "{e:?}"
     );
     let (p, report) = parse_source(
@@ -417,5 +417,279 @@ fn what_is_not_supported_yet_says_so() {
         assert!(warnings.iter().any(|x| x.contains(w)), "{w}: {warnings:?}");
     }
     let e = errors("spec:\n  inputs: {x: {}}\n");
-    assert!(e.iter().any(|(l, _, m)| *l == 2 && m.contains("`spec:`")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 1 && m.contains("has a `spec:` header and no configuration")),
+        "{e:?}"
+    );
+}
+
+/// A project folder with `files` written into it, and options reading it.
+fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, LoadOptions) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
+    }
+    let o = LoadOptions {
+        project_dir: Some(dir.path().to_path_buf()),
+        ..opts(&[])
+    };
+    (dir, o)
+}
+
+fn names(p: &Pipeline) -> Vec<&str> {
+    p.jobs.iter().map(|j| j.name.as_str()).collect()
+}
+
+#[test]
+fn local_includes_merge_in_order_with_the_file_winning() {
+    let (_d, o) = project(&[
+        (
+            "ci/a.yml",
+            "variables: {X: from-a, Y: from-a}\n.base:\n  script: [echo base]\n  stage: build\n",
+        ),
+        ("ci/b.yml", "variables: {Y: from-b}\nb:\n  extends: .base\n"),
+        ("ci/jobs/deep/c.yml", "c:\n  script: [echo c]\n"),
+        ("ci/jobs/d.yml", "d:\n  script: [echo d]\n"),
+    ]);
+    let p = read_with(
+        "include:\n  - ci/a.yml\n  - local: /ci/b.yml\n  - local: 'ci/jobs/**/*.yml'\nvariables: {X: mine}\nt:\n  script: [echo $X $Y]\n",
+        &o,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut n = names(&p);
+    n.sort();
+    assert_eq!(n, vec!["b", "c", "d", "t"]);
+    let t = p.job("t").expect("t");
+    let get = |k: &str| {
+        t.environment
+            .iter()
+            .rev()
+            .find(|v| v.name == k)
+            .map(|v| v.value.as_str())
+    };
+    assert_eq!(get("X"), Some("mine"));
+    assert_eq!(get("Y"), Some("from-b"));
+    assert_eq!(p.job("b").expect("b").stage.as_deref(), Some("build"));
+}
+
+#[test]
+fn a_single_star_stays_in_its_folder() {
+    let (_d, o) = project(&[
+        ("ci/a.yml", "a:\n  script: [x]\n"),
+        ("ci/sub/b.yml", "b:\n  script: [x]\n"),
+    ]);
+    let p = read_with("include: 'ci/*.yml'\n", &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(names(&p), vec!["a"]);
+}
+
+#[test]
+fn include_rules_decide_with_the_pipelines_variables() {
+    let (_d, o) = project(&[("a.yml", "a:\n  script: [x]\n"), ("b.yml", "b:\n  script: [x]\n")]);
+    let src = "include:\n  - local: a.yml\n    rules:\n      - if: $CI_COMMIT_BRANCH == \"main\"\n  - local: b.yml\n    rules:\n      - if: $DEPLOY\n      - exists: [nothing.txt]\n        when: always\nt:\n  script: [x]\n";
+    let p = read_with(src, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(names(&p), vec!["a", "t"]);
+    let o2 = LoadOptions {
+        cli_vars: vec![("DEPLOY".into(), "1".into())],
+        ..o.clone()
+    };
+    let mut n: Vec<String> = read_with(src, &o2)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .jobs
+        .iter()
+        .map(|j| j.name.clone())
+        .collect();
+    n.sort();
+    assert_eq!(n, vec!["a", "b", "t"]);
+}
+
+#[test]
+fn mistakes_in_included_files_point_into_them() {
+    let (_d, o) = project(&[("ci/jobs.yml", "a:\n  script: [x]\n  stagee: build\n")]);
+    let r = parse_source(
+        Path::new(".gitlab-ci.yml"),
+        "include: [ci/jobs.yml, ci/gone.yml]\n".into(),
+        &o,
+    )
+    .expect_err("invalid");
+    let d: Vec<_> = r.items.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(d.len(), 2, "{d:?}");
+    let gone = d
+        .iter()
+        .find(|d| d.message.contains("ci/gone.yml"))
+        .expect("missing file");
+    assert_eq!((gone.file, gone.line, gone.column), (0, 1, 24));
+    let typo = d.iter().find(|d| d.message.contains("stagee")).expect("typo");
+    assert_eq!((typo.line, typo.column), (3, 3));
+    assert!(r.source_of(typo).0.ends_with("ci/jobs.yml"), "{:?}", r.source_of(typo));
+    let text = r.render(false);
+    assert!(text.contains("ci/jobs.yml:3:3"), "{text}");
+    assert!(r.to_json().to_string().contains("ci/jobs.yml"));
+}
+
+#[test]
+fn includes_that_leave_the_project_or_need_a_server_are_refused() {
+    let (_d, o) = project(&[]);
+    for (src, want) in [
+        ("include: '../x.yml'\n", "leaves the project"),
+        (
+            "include: {template: Auto-DevOps.gitlab-ci.yml}\n",
+            "GitLab's own templates",
+        ),
+        (
+            "include: {project: g/p, file: x.yml}\n",
+            "`g/p` is read from GitLab's server",
+        ),
+        (
+            "include: {component: gitlab.com/g/p/lint@1.0}\n",
+            "is read from GitLab's server",
+        ),
+        ("include: 'ci/*.yml'\n", "matches no file"),
+        ("include: 'ci/x.txt'\n", "not a YAML file"),
+    ] {
+        let e = read_with(src, &o).err().unwrap_or_else(|| panic!("{src}: accepted"));
+        assert!(e.iter().any(|(_, _, m)| m.contains(want)), "{src}: {e:?}");
+    }
+}
+
+#[test]
+fn a_mapped_project_and_component_are_read_from_their_checkout() {
+    let (other, _) = project(&[
+        ("templates/build.yml", "pbuild:\n  script: [x]\n"),
+        (
+            "templates/lint/template.yml",
+            "spec:\n  inputs:\n    level: {default: strict}\n---\nlint-$[[ inputs.level ]]:\n  script: [x]\n",
+        ),
+    ]);
+    let (_d, o) = project(&[]);
+    let o = LoadOptions {
+        include_projects: vec![("g/p".into(), other.path().to_path_buf())],
+        ..o
+    };
+    let p = read_with(
+        "include:\n  - project: g/p\n    file: /templates/build.yml\n  - component: gitlab.com/g/p/lint@1.0\n",
+        &o,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut n = names(&p);
+    n.sort();
+    assert_eq!(n, vec!["lint-strict", "pbuild"]);
+}
+
+#[test]
+fn includes_are_bounded_and_a_file_is_read_once() {
+    // a.yml includes itself: read once, no loop.
+    let (_d, o) = project(&[("a.yml", "include: a.yml\na:\n  script: [x]\n")]);
+    let p = read_with("include: [a.yml, a.yml]\n", &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(names(&p), vec!["a"]);
+    // 151 files are more than GitLab allows.
+    let files: Vec<(String, String)> = (0..151)
+        .map(|i| (format!("ci/f{i:03}.yml"), format!("j{i}:\n  script: [x]\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (_d2, o2) = project(&refs);
+    let e = read_with("include: 'ci/*.yml'\n", &o2).expect_err("too many");
+    assert!(e.iter().any(|(_, _, m)| m.contains("more than GitLab's 150")), "{e:?}");
+}
+
+#[test]
+fn inputs_are_checked_and_interpolated_with_types_and_functions() {
+    let tpl = "spec:\n  inputs:\n    env:\n      options: [staging, prod]\n    replicas:\n      type: number\n      default: 2\n    tags:\n      type: array\n      default: [a, b]\n    version:\n      regex: ^v\\d+$\n      default: v1\n---\ndeploy-$[[ inputs.env ]]:\n  parallel: $[[ inputs.replicas ]]\n  variables:\n    SHORT: $[[ inputs.env | truncate(0,4) ]]\n    TAGS: \"tags: $[[ inputs.tags ]]\"\n    V: $[[ inputs.version ]]\n  script: [x]\n";
+    let (_d, o) = project(&[("t.yml", tpl)]);
+    let p =
+        read_with("include:\n  - local: t.yml\n    inputs: {env: staging}\n", &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.jobs.len(), 2, "parallel took the number: {:?}", names(&p));
+    let j = &p.jobs[0];
+    let get = |k: &str| {
+        j.environment
+            .iter()
+            .rev()
+            .find(|v| v.name == k)
+            .map(|v| v.value.as_str())
+    };
+    assert_eq!(get("SHORT"), Some("stag"));
+    assert_eq!(get("V"), Some("v1"));
+    assert_eq!(get("TAGS"), Some("tags: [\"a\",\"b\"]"));
+    for (given, want) in [
+        ("{env: dev}", "not one of its options"),
+        ("{}", "needs input `env`"),
+        ("{env: prod, replicas: three}", "is a number, found a string"),
+        ("{env: prod, version: latest}", "does not match"),
+        ("{env: prod, colour: red}", "has no input `colour`"),
+    ] {
+        let src = format!("include:\n  - local: t.yml\n    inputs: {given}\n");
+        let e = read_with(&src, &o).err().unwrap_or_else(|| panic!("{given}: accepted"));
+        assert!(e.iter().any(|(_, _, m)| m.contains(want)), "{given}: {e:?}");
+    }
+    let (_d2, o2) = project(&[(
+        "u.yml",
+        "spec:\n  inputs:\n    a: {default: x}\n---\nj:\n  script:\n    - echo $[[ inputs.b ]]\n",
+    )]);
+    let e = read_with("include: u.yml\n", &o2).expect_err("unknown input");
+    assert!(
+        e.iter()
+            .any(|(l, c, m)| (*l, *c) == (7, 12) && m.contains("unknown input `b`")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn references_reuse_nested_nodes_and_say_what_is_missing() {
+    let p = read(
+        ".setup:\n  script: [echo one, echo two]\n  variables: {A: a}\n.more:\n  script:\n    - !reference [.setup, script]\n    - echo three\nj:\n  variables: !reference [.setup, variables]\n  script:\n    - !reference [.more, script]\n    - echo four\n",
+    );
+    let j = p.job("j").expect("j");
+    assert_eq!(
+        j.steps[0].script,
+        vec!["echo one", "echo two", "echo three", "echo four"]
+    );
+    assert!(j.environment.iter().any(|v| v.name == "A" && v.value == "a"));
+    let e =
+        errors(".a:\n  script: [x]\nj:\n  script: !reference [.b, script]\nk:\n  script: !reference [.a, scripts]\n");
+    assert!(
+        e.iter()
+            .any(|(l, c, m)| (*l, *c) == (4, 23) && m.contains("`.b`, which is no job")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 6 && m.contains("`scripts`, which is no key")),
+        "{e:?}"
+    );
+    let e = errors(".a:\n  script: !reference [.a, script]\nj:\n  script: !reference [.a, script]\n");
+    assert!(
+        e.iter().any(|(_, _, m)| m.contains("nest deeper than GitLab's 10")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn rules_exists_and_changes_look_at_the_project() {
+    let (_d, o) = project(&[("api/main.go", ""), ("web/index.js", "")]);
+    let src = "api:\n  script: [x]\n  rules:\n    - changes: [api/**/*]\n    - exists: [docs/*.md]\nweb:\n  script: [x]\n  rules:\n    - changes: {paths: ['web/*']}\ngo:\n  script: [x]\n  rules:\n    - exists: ['**/*.go']\n";
+    // No known changes: every `changes` matches (GitLab's rule without a push).
+    let mut n: Vec<String> = read_with(src, &o)
+        .expect("valid")
+        .jobs
+        .iter()
+        .map(|j| j.name.clone())
+        .collect();
+    n.sort();
+    assert_eq!(n, vec!["api", "go", "web"]);
+    let o2 = LoadOptions {
+        changed_files: Some(vec!["web/index.js".into()]),
+        ..o.clone()
+    };
+    let mut n: Vec<String> = read_with(src, &o2)
+        .expect("valid")
+        .jobs
+        .iter()
+        .map(|j| j.name.clone())
+        .collect();
+    n.sort();
+    assert_eq!(n, vec!["go", "web"]);
 }

@@ -71,7 +71,24 @@ pub struct LoadOptions {
     pub ci_vars: Vec<(String, String)>,
     /// The dialect to read the file in; found from the file when unset.
     pub dialect: Option<crate::pipeline::Dialect>,
+    /// The project a GitLab file belongs to (its git work tree): where
+    /// `include:local`, `rules:exists` and `cache:key:files` look. The
+    /// current folder when unset.
+    pub project_dir: Option<std::path::PathBuf>,
+    /// `--include-project GROUP/PROJECT=PATH`: local checkouts standing in
+    /// for other projects' files (`include:project`, `include:component`).
+    pub include_projects: Vec<(String, std::path::PathBuf)>,
+    /// The project's files changed in this pipeline (for `rules:changes`),
+    /// relative to the project; `None` when unknown, and then every
+    /// `changes` rule matches, as GitLab's do for a pipeline without a push.
+    pub changed_files: Option<Vec<String>>,
+    /// The files changed since a ref (`rules:changes:compare_to`), asked of
+    /// git by the caller; `None` when there is no such ref.
+    pub changes_since: Option<ChangesSince>,
 }
+
+/// Asks git which files changed between `compare_to` and HEAD in `dir`.
+pub type ChangesSince = fn(dir: &Path, compare_to: &str) -> Option<Vec<String>>;
 
 /// Parses and validates pipeline text already in memory.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
@@ -428,7 +445,7 @@ impl Cx<'_> {
                         } else {
                             len
                         };
-                        (Pos { line: v.pos.line, col }, len)
+                        (Pos { col, ..v.pos }, len)
                     }
                     None => (v.pos, first_line.chars().count().max(1)),
                 }
