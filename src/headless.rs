@@ -205,6 +205,10 @@ pub fn seconds(ms: u64) -> String {
 }
 
 /// The plain-text line for an event (None for events not shown).
+/// How a GitLab job's log line that echoes a command starts (the runner's
+/// green `$ `).
+pub const ECHOED_COMMAND: &str = "\x1b[32m$ ";
+
 pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     let w = *width;
     Some(match kind {
@@ -222,7 +226,12 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
                 jobs.len()
             )
         }
-        EventKind::LogLine { job, line, .. } => format!("{job:<w$} > {line}"),
+        // A command a GitLab job echoes (`$ make`, green) reads as
+        // gitlab-ci-local prints it: `job $ make`.
+        EventKind::LogLine { job, line, .. } => match line.strip_prefix(ECHOED_COMMAND) {
+            Some(cmd) => format!("{job:<w$} $ {}", cmd.strip_suffix("\x1b[0;m").unwrap_or(cmd)),
+            None => format!("{job:<w$} > {line}"),
+        },
         EventKind::JobStarted { job, attempt } if *attempt > 1 => format!(":: {job:<w$} started (attempt {attempt})"),
         EventKind::JobStarted { job, .. } => format!(":: {job:<w$} started"),
         EventKind::JobFinished {

@@ -169,10 +169,22 @@ enum Cmd {
         /// Approve every manual job.
         #[arg(long)]
         approve_all: bool,
-        /// Run only this job (and what it depends on).
+        /// Run this job and everything it needs. Repeatable. A `parallel`
+        /// job's base name means all its instances; `test 1/3` is `test: [1/3]`.
         #[arg(long = "job", value_name = "NAME")]
-        job: Option<String>,
-        /// With --job: run the job N times and report its flake rate.
+        job: Vec<String>,
+        /// Run this job alone, without what it needs (as `gitlab-ci-local
+        /// NAME`): needed artifacts come from the latest run that recorded
+        /// them. Repeatable.
+        #[arg(long = "only", value_name = "NAME")]
+        only: Vec<String>,
+        /// Run the jobs of this stage alone (as --only). Repeatable.
+        #[arg(long = "stage", value_name = "STAGE")]
+        stage: Vec<String>,
+        /// List the jobs (name, stage, when, allow_failure, needs) and exit.
+        #[arg(long)]
+        list: bool,
+        /// With one --job: run the job N times and report its flake rate.
         #[arg(long, value_name = "N", requires = "job")]
         repeat: Option<u32>,
         /// Run jobs in the project directory instead of a fresh copy per job.
@@ -458,6 +470,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             approve,
             approve_all,
             job,
+            only,
+            stage,
+            list,
             repeat,
             in_place,
             keep_workspaces,
@@ -474,17 +489,45 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 return Ok(2);
             };
             let plan = Plan::build(&pipeline).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+            if repeat.is_some() && job.len() != 1 {
+                return Err(Fail("--repeat takes exactly one --job".into(), 2));
+            }
+            let selection = pipeline::select::Selection {
+                jobs: job.clone(),
+                only,
+                stages: stage,
+            };
+            let full = pipeline;
+            let pipeline = pipeline::select::select(&full, &plan, &selection).map_err(|e| Fail(e.to_string(), 2))?;
+            let plan = Plan::build(&pipeline).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+            if list {
+                print!("{}", job_list(&pipeline));
+                return Ok(0);
+            }
+            let mut approved = Vec::new();
             for a in &approve {
-                match pipeline.job(a) {
-                    Some(j) if j.when == When::Manual => {}
-                    Some(_) => return Err(Fail(format!("--approve {a}: `{a}` is not a manual job"), 2)),
-                    None => {
-                        let names: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
-                        let hint = pipeline::diag::suggestion_hint(a, &names, "jobs");
-                        return Err(Fail(format!("--approve {a}: unknown job; {hint}"), 2));
+                let found = pipeline::select::resolve(&pipeline, a);
+                if found.is_empty() {
+                    let names: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+                    let hint = pipeline::diag::suggestion_hint(a, &names, "jobs");
+                    return Err(Fail(format!("--approve {a}: unknown job; {hint}"), 2));
+                }
+                for i in found {
+                    let j = &pipeline.jobs[i];
+                    if j.when != When::Manual {
+                        return Err(Fail(format!("--approve {a}: `{}` is not a manual job", j.name), 2));
                     }
+                    approved.push(j.name.clone());
                 }
             }
+            let approve = approved;
+            // Jobs run without what they need take its artifacts from the
+            // latest run that recorded them.
+            let borrowed = if selection.only.is_empty() && selection.stages.is_empty() {
+                Default::default()
+            } else {
+                borrowed_artifacts(&state, &full, &pipeline)?
+            };
             let manual: Vec<String> = pipeline
                 .jobs
                 .iter()
@@ -537,10 +580,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.secrets = secrets;
             cfg.host_env = opts.host_env.clone();
             // A run of selected jobs does not follow edits: they would bring the rest back.
-            if !no_watch && job.is_none() {
+            if !no_watch && selection.is_empty() {
                 cfg.watch = Some(opts.clone());
             }
-            cfg.only_job = job;
+            cfg.only_job = repeat.and(job.first().cloned());
+            cfg.borrowed_artifacts = borrowed;
             cfg.keep_failed = keep_failed;
             cfg.no_cache = no_cache;
             cfg.repeat = repeat;
@@ -763,6 +807,75 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
         opts
     };
     Ok((secrets, opts))
+}
+
+/// `run --list`: a line per job, as gitlab-ci-local's `--list` prints them.
+fn job_list(p: &pipeline::Pipeline) -> String {
+    let width = p.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(4).max(4);
+    let stage_w = p
+        .jobs
+        .iter()
+        .filter_map(|j| j.stage.as_deref())
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!(
+        "{:<width$}  {:<stage_w$}  {:<10}  {:<13}  needs\n",
+        "name", "stage", "when", "allow_failure"
+    );
+    for j in &p.jobs {
+        let needs = if j.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", j.depends_on.join(","))
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<stage_w$}  {:<10}  {:<13}  {needs}\n",
+            j.name,
+            j.stage.as_deref().unwrap_or("-"),
+            j.when.as_str(),
+            j.allow_failure,
+        ));
+    }
+    out
+}
+
+/// For each job of `selected` whose producers were left out of the run:
+/// the latest run of this pipeline that recorded the producer's artifacts.
+fn borrowed_artifacts(
+    state: &Path,
+    full: &pipeline::Pipeline,
+    selected: &pipeline::Pipeline,
+) -> Result<std::collections::BTreeMap<String, (String, trackside::store::objects::Digest)>, Fail> {
+    let kept: Vec<&str> = selected.jobs.iter().map(|j| j.name.as_str()).collect();
+    let mut wanted: Vec<String> = Vec::new();
+    for j in &selected.jobs {
+        if let Some(orig) = full.job(&j.name) {
+            for p in trackside::engine::artifacts::producers(orig) {
+                if !kept.contains(&p.as_str()) && !wanted.contains(&p) {
+                    wanted.push(p);
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let index = store::index::Index::open(state).map_err(|e| Fail(e.to_string(), 1))?;
+    let mut runs = store::list_runs(state).map_err(|e| Fail(e.to_string(), 1))?;
+    runs.retain(|r| r.pipeline == full.name);
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
+    for producer in wanted {
+        for r in &runs {
+            if let Ok(Some(d)) = index.artifact(&r.run_id, &producer) {
+                out.insert(producer.clone(), (r.run_id.clone(), d));
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn color_stderr() -> bool {

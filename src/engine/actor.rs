@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub host_env: Vec<(String, String)>,
     /// Only this job and what it depends on.
     pub only_job: Option<String>,
+    /// Artifacts of jobs left out of this run (`--only`), from the latest
+    /// run that recorded them: producer -> (run, manifest).
+    pub borrowed_artifacts: BTreeMap<String, (String, crate::store::objects::Digest)>,
     /// With `only_job`: run it this many times.
     pub repeat: Option<u32>,
     pub kill_grace: Option<Duration>,
@@ -104,6 +107,7 @@ impl EngineConfig {
             secrets: Vec::new(),
             host_env: Vec::new(),
             only_job: None,
+            borrowed_artifacts: BTreeMap::new(),
             repeat: None,
             kill_grace: None,
             executor: Arc::new(crate::exec::shell::ShellExecutor),
@@ -261,27 +265,14 @@ impl EngineHandle {
 
 /// Restricts a pipeline to one job and its dependencies.
 fn select(pipeline: Pipeline, plan: Plan, job: &str) -> Result<(Pipeline, Plan), EngineError> {
-    let Some(target) = pipeline.job_index(job) else {
-        let names: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
-        return Err(EngineError::UnknownJob {
-            name: job.into(),
-            hint: suggestion_hint(job, &names, "jobs"),
-        });
+    let sel = crate::pipeline::select::Selection {
+        jobs: vec![job.to_string()],
+        ..Default::default()
     };
-    let mut keep = plan.ancestors(target);
-    keep.push(target);
-    let mut sub = pipeline.clone();
-    sub.jobs = pipeline
-        .jobs
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| keep.contains(i))
-        .map(|(_, j)| j)
-        .collect();
-    let names: Vec<String> = sub.jobs.iter().map(|j| j.name.clone()).collect();
-    for j in &mut sub.jobs {
-        j.depends_on.retain(|d| names.contains(d));
-    }
+    let sub = crate::pipeline::select::select(&pipeline, &plan, &sel).map_err(|e| match e {
+        crate::pipeline::select::SelectError::UnknownJob { name, hint, .. } => EngineError::UnknownJob { name, hint },
+        other => EngineError::Rejected(other.to_string()),
+    })?;
     let plan = Plan::build(&sub).map_err(|_| EngineError::Rejected("cannot plan the selected jobs".into()))?;
     Ok((sub, plan))
 }
@@ -345,6 +336,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         state_dir: cfg.state_dir.clone(),
         artifact_limits,
         artifact_bytes: Default::default(),
+        borrowed_artifacts: cfg.borrowed_artifacts.clone(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });

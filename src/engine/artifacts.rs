@@ -53,8 +53,20 @@ pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -
     let step: Arc<str> = Arc::from("artifacts");
     for producer in producers(job) {
         let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
+        let mut from_run = None;
         let digest = match ctx.index.artifact(&ctx.run_id, &producer) {
             Ok(Some(d)) => d,
+            Ok(None) if ctx.pipeline.job(&producer).is_none() => match ctx.borrowed_artifacts.get(&producer) {
+                Some((run, d)) => {
+                    from_run = Some(run.clone());
+                    *d
+                }
+                None => {
+                    let msg = format!("{producer} is not in this run, and no earlier run recorded its artifacts");
+                    note(a, &step, msg).await;
+                    continue;
+                }
+            },
             Ok(None) => {
                 if has_artifacts {
                     let msg = format!("{producer} left no artifacts (its `artifacts.when` did not match)");
@@ -71,7 +83,10 @@ pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -
         })
         .await;
         match restored {
-            Ok(Ok(n)) => note(a, &step, format!("restored {n} artifact file(s) of {producer}")).await,
+            Ok(Ok(n)) => {
+                let from = from_run.map(|r| format!(" from run {r}")).unwrap_or_default();
+                note(a, &step, format!("restored {n} artifact file(s) of {producer}{from}")).await
+            }
             Ok(Err(e)) => {
                 let corrupt = matches!(
                     &e,

@@ -102,6 +102,8 @@ pub struct RunContext {
     pub artifact_limits: crate::store::gc::ArtifactLimits,
     /// Bytes of artifacts this run has stored so far, against the run's limit.
     pub artifact_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Artifacts of jobs left out of the run: producer -> (run, manifest).
+    pub borrowed_artifacts: BTreeMap<String, (String, crate::store::objects::Digest)>,
 }
 
 impl RunContext {
@@ -912,6 +914,7 @@ mod tests {
             state_dir: dir.path().to_path_buf(),
             artifact_limits: Default::default(),
             artifact_bytes: Default::default(),
+            borrowed_artifacts: BTreeMap::new(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

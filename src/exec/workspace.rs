@@ -206,14 +206,34 @@ pub fn gitlab_variables(dir: &Path) -> Vec<(String, String)> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut set = |k: &str, v: String| out.push((k.to_string(), v));
     let line = |args: &[&str]| git_out(dir, args).map(|s| s.trim_end_matches('\n').to_string());
     let Some(root) = git_root(dir) else {
         return out;
     };
-    if let Some(name) = root.file_name() {
-        set("CI_PROJECT_NAME", name.to_string_lossy().into_owned());
-    }
+    // The project's place on its server, from the origin remote (else a
+    // `local/NAME` project on gitlab.com).
+    let dir_name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (host, path) = line(&["remote", "get-url", "origin"])
+        .and_then(|url| remote_parts(&url))
+        .unwrap_or_else(|| ("gitlab.com".to_string(), format!("local/{dir_name}")));
+    let (namespace, name) = match path.rsplit_once('/') {
+        Some((ns, n)) => (ns.to_string(), n.to_string()),
+        None => (String::new(), path.clone()),
+    };
+    out.retain(|(k, _)| k != "CI_SERVER_HOST" && k != "CI_SERVER_URL");
+    let mut set = |k: &str, v: String| out.push((k.to_string(), v));
+    set("CI_SERVER_HOST", host.clone());
+    set("CI_SERVER_URL", format!("https://{host}"));
+    set("CI_PROJECT_NAME", name);
+    set("CI_PROJECT_NAMESPACE", namespace);
+    set("CI_PROJECT_PATH_SLUG", crate::pipeline::gitlab::slug(&path, 63));
+    set("CI_PROJECT_URL", format!("https://{host}/{path}"));
+    set("CI_PIPELINE_URL", format!("https://{host}/{path}/-/pipelines/1"));
+    set("CI_REGISTRY_IMAGE", format!("registry.{host}/{}", path.to_lowercase()));
+    set("CI_PROJECT_PATH", path);
     if let Some(sha) = line(&["rev-parse", "HEAD"]) {
         set("CI_COMMIT_SHORT_SHA", sha.chars().take(8).collect());
         set("CI_COMMIT_SHA", sha);
@@ -315,27 +335,48 @@ pub fn changed_since(dir: &Path, reference: &str) -> Option<Vec<String>> {
     Some(files)
 }
 
-/// GitLab's `CI_COMMIT_REF_SLUG`: lower case, every character but a-z and
-/// 0-9 as `-`, at most 63 bytes, no `-` at either end.
+/// The host and project path of a git remote URL: `git@host:group/p.git`,
+/// `https://host/group/p.git`, `ssh://git@host:22/group/p`.
+fn remote_parts(url: &str) -> Option<(String, String)> {
+    let url = url.trim();
+    let (host, path) = if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let (host, path) = rest.split_once('/')?;
+        (host.split(':').next().unwrap_or(host), path)
+    } else {
+        let rest = url.rsplit_once('@').map_or(url, |(_, r)| r);
+        rest.split_once(':')?
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    (!host.is_empty() && !path.is_empty()).then(|| (host.to_string(), path.to_string()))
+}
+
+/// GitLab's `CI_COMMIT_REF_SLUG`.
 fn ref_slug(name: &str) -> String {
-    let slug: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    slug.trim_matches('-').to_string()
+    crate::pipeline::gitlab::slug(name, 63)
 }
 
 #[cfg(test)]
 mod git_tests {
     use super::*;
+
+    #[test]
+    fn remotes_name_the_project() {
+        for (url, host, path) in [
+            ("git@gitlab.com:group/sub/app.git", "gitlab.com", "group/sub/app"),
+            (
+                "https://gitlab.example.org/team/app.git",
+                "gitlab.example.org",
+                "team/app",
+            ),
+            ("ssh://git@git.corp:2222/a/b", "git.corp", "a/b"),
+            ("https://user:token@gitlab.com/g/p", "gitlab.com", "g/p"),
+        ] {
+            assert_eq!(remote_parts(url), Some((host.to_string(), path.to_string())), "{url}");
+        }
+        assert_eq!(remote_parts("not a url"), None);
+    }
 
     #[test]
     fn ref_slugs_follow_gitlab() {

@@ -14,6 +14,7 @@ pub mod graph;
 pub mod model;
 pub mod native;
 pub mod read;
+pub mod select;
 pub mod vars;
 pub mod yaml;
 

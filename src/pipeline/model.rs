@@ -119,6 +119,15 @@ impl When {
         ("always", When::Always),
         ("manual", When::Manual),
     ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::OnSuccess => "on_success",
+            When::OnFailure => "on_failure",
+            When::Always => "always",
+            When::Manual => "manual",
+        }
+    }
 }
 
 /// Why an attempt failed. Every failed attempt gets exactly one.

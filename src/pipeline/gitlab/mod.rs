@@ -1051,7 +1051,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         };
         let mut steps = vec![Step {
             name: "script".into(),
-            script: before.into_iter().chain(script).collect(),
+            script: echoed(before.into_iter().chain(script).collect()),
             image: image.clone(),
             environment: Vec::new(),
             working_directory: None,
@@ -1063,7 +1063,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         if !after.is_empty() {
             steps.push(Step {
                 name: "after_script".into(),
-                script: after,
+                script: echoed(after),
                 image,
                 environment: Vec::new(),
                 working_directory: None,
@@ -1521,9 +1521,16 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
                 (1..=n)
                     .map(|i| {
+                        // Shown as gitlab-ci-local shows it; GitLab's own
+                        // name (`test 1/3`) is CI_JOB_NAME and is accepted
+                        // wherever a job is named on the command line.
                         (
-                            format!("{name} {i}/{n}"),
-                            vec![var("CI_NODE_INDEX", i.to_string()), var("CI_NODE_TOTAL", n.to_string())],
+                            format!("{name}: [{i}/{n}]"),
+                            vec![
+                                var("CI_NODE_INDEX", i.to_string()),
+                                var("CI_NODE_TOTAL", n.to_string()),
+                                var("CI_JOB_NAME", format!("{name} {i}/{n}")),
+                            ],
                         )
                     })
                     .collect()
@@ -1697,6 +1704,28 @@ impl<'c, 's> Gitlab<'c, 's> {
             for (inst, vars) in &r.instances {
                 let mut job = r.job.clone();
                 job.name = inst.clone();
+                // GitLab's per-job facts: a job id unique in the run, its URL.
+                let id = jobs.len() + 1;
+                let at = r.key.pos;
+                let mut facts = vec![
+                    EnvVar {
+                        name: "CI_JOB_ID".into(),
+                        value: id.to_string(),
+                        pos: at,
+                    },
+                    EnvVar {
+                        name: "CI_JOB_URL".into(),
+                        value: format!("${{CI_PROJECT_URL}}/-/jobs/{id}"),
+                        pos: at,
+                    },
+                    EnvVar {
+                        name: "CI_JOB_NAME_SLUG".into(),
+                        value: slug(inst, 63),
+                        pos: at,
+                    },
+                ];
+                facts.append(&mut job.environment);
+                job.environment = facts;
                 job.environment.extend(vars.iter().cloned());
                 job.depends_on = deps.iter().map(|(d, _)| d.clone()).collect();
                 job.depends_on_pos = deps.iter().map(|(_, p)| *p).collect();
@@ -1706,6 +1735,44 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
         jobs
     }
+}
+
+/// GitLab's slugs (`CI_JOB_NAME_SLUG`, `CI_COMMIT_REF_SLUG`): lower case,
+/// every character but a-z and 0-9 as `-`, at most `max` bytes, no `-` at
+/// either end.
+pub fn slug(name: &str, max: usize) -> String {
+    let slug: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    slug.trim_matches('-').to_string()
+}
+
+/// A script as GitLab's runner writes it: each command echoed first, in
+/// green, as `$ command` (a multi-line one by its first line, marked as
+/// collapsed), so the log reads as GitLab's job log does.
+fn echoed(commands: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(commands.len() * 2);
+    for c in commands {
+        let first = c.lines().next().unwrap_or_default();
+        let shown = if c.trim_end().contains('\n') {
+            format!("{first} # collapsed multi-line command")
+        } else {
+            first.to_string()
+        };
+        let quoted = shown.replace('\'', r"'\''");
+        out.push(format!("printf '\\033[32m$ %s\\033[0;m\\n' '{quoted}'"));
+        out.push(c);
+    }
+    out
 }
 
 /// A variable as rules see it: the command line's, then the job's, then

@@ -33,6 +33,17 @@ fn errors(src: &str) -> Vec<(usize, usize, String)> {
     }
 }
 
+/// A step's commands without the `$ command` lines GitLab's runner echoes.
+fn commands(step: &Step) -> Vec<&str> {
+    let echoed: Vec<&str> = step.script.iter().step_by(2).map(String::as_str).collect();
+    assert!(
+        echoed.iter().all(|l| l.starts_with("printf '\\033[32m$ %s")),
+        "every command is echoed first: {:?}",
+        step.script
+    );
+    step.script.iter().skip(1).step_by(2).map(String::as_str).collect()
+}
+
 fn deps<'p>(p: &'p Pipeline, job: &str) -> Vec<&'p str> {
     let mut d: Vec<&str> = p
         .job(job)
@@ -113,13 +124,13 @@ fn extends_merges_deeply_and_default_fills_what_a_job_leaves_out() {
         "default:\n  before_script: [echo default-before]\n  retry: 2\n  timeout: 10m\n.base:\n  variables: {A: base, B: base}\n  script: [base]\njob:\n  extends: .base\n  variables: {B: job}\n  script: [own]\n  timeout: 1h 30m\nalone:\n  inherit:\n    default: [timeout]\n  script: [x]\n",
     );
     let job = p.job("job").expect("job");
-    assert_eq!(job.steps[0].script, ["echo default-before", "own"]);
+    assert_eq!(commands(&job.steps[0]), ["echo default-before", "own"]);
     assert_eq!(job.retry_count, 2);
     assert_eq!(job.timeout, Duration::from_secs(5400));
     assert_eq!(env(&p, "job", "A"), Some("base"));
     assert_eq!(env(&p, "job", "B"), Some("job"));
     let alone = p.job("alone").expect("alone");
-    assert_eq!(alone.steps[0].script, ["x"], "before_script not inherited");
+    assert_eq!(commands(&alone.steps[0]), ["x"], "before_script not inherited");
     assert_eq!(alone.retry_count, 0);
     assert_eq!(alone.timeout, Duration::from_secs(600));
 }
@@ -128,10 +139,10 @@ fn extends_merges_deeply_and_default_fills_what_a_job_leaves_out() {
 fn after_script_is_a_cleanup_step_and_scripts_nest() {
     let p = read(".setup: &setup [a, b]\njob:\n  script:\n    - *setup\n    - c\n  after_script: tidy\n");
     let job = p.job("job").expect("job");
-    assert_eq!(job.steps[0].script, ["a", "b", "c"]);
+    assert_eq!(commands(&job.steps[0]), ["a", "b", "c"]);
     assert_eq!(job.steps[1].name, "after_script");
     assert!(job.steps[1].cleanup);
-    assert_eq!(job.steps[1].script, ["tidy"]);
+    assert_eq!(commands(&job.steps[1]), ["tidy"]);
 }
 
 #[test]
@@ -228,16 +239,16 @@ fn parallel_makes_gitlabs_instances_and_needs_wait_for_all_of_them() {
             "build: [linux, amd64]",
             "build: [mac, amd64]",
             "build: [win]",
-            "test 1/3",
-            "test 2/3",
-            "test 3/3"
+            "test: [1/3]",
+            "test: [2/3]",
+            "test: [3/3]"
         ]
     );
     assert_eq!(env(&p, "build: [mac, amd64]", "OS"), Some("mac"));
-    assert_eq!(env(&p, "test 2/3", "CI_NODE_INDEX"), Some("2"));
-    assert_eq!(env(&p, "test 2/3", "CI_NODE_TOTAL"), Some("3"));
+    assert_eq!(env(&p, "test: [2/3]", "CI_NODE_INDEX"), Some("2"));
+    assert_eq!(env(&p, "test: [2/3]", "CI_NODE_TOTAL"), Some("3"));
     assert_eq!(
-        deps(&p, "test 3/3"),
+        deps(&p, "test: [3/3]"),
         ["build: [linux, amd64]", "build: [mac, amd64]", "build: [win]"]
     );
 }
@@ -644,7 +655,7 @@ fn references_reuse_nested_nodes_and_say_what_is_missing() {
     );
     let j = p.job("j").expect("j");
     assert_eq!(
-        j.steps[0].script,
+        commands(&j.steps[0]),
         vec!["echo one", "echo two", "echo three", "echo four"]
     );
     assert!(j.environment.iter().any(|v| v.name == "A" && v.value == "a"));
