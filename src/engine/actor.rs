@@ -890,6 +890,7 @@ impl Actor {
             cancel: token,
             tx: self.msg_tx.clone(),
             control,
+            dotenv: std::sync::OnceLock::new(),
         };
         tokio::spawn(run_attempt(self.ctx.clone(), a));
     }

@@ -48,9 +48,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 /// Restores the artifacts of the jobs this one needs, verifying each file.
 /// A failed verification fails the attempt as `data_integrity`, naming the
-/// producer so the engine can run it again.
-pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<(), Outcome> {
+/// producer so the engine can run it again. Returns the variables of the
+/// producers' `reports:dotenv` files (now in the workspace).
+pub async fn restore(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+) -> Result<Vec<(String, String)>, Outcome> {
     let step: Arc<str> = Arc::from("artifacts");
+    let mut dotenv = Vec::new();
     for producer in producers(job) {
         let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
         let mut from_run = None;
@@ -85,7 +92,28 @@ pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -
         match restored {
             Ok(Ok(n)) => {
                 let from = from_run.map(|r| format!(" from run {r}")).unwrap_or_default();
-                note(a, &step, format!("restored {n} artifact file(s) of {producer}{from}")).await
+                note(a, &step, format!("restored {n} artifact file(s) of {producer}{from}")).await;
+                let files = ctx
+                    .pipeline
+                    .job(&producer)
+                    .and_then(|p| p.artifacts.as_ref())
+                    .map(|s| s.dotenv.clone())
+                    .unwrap_or_default();
+                for file in files {
+                    match read_dotenv(&ws.join(&file)) {
+                        Ok(vars) => {
+                            let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+                            note(
+                                a,
+                                &step,
+                                format!("variables from {producer}'s {file}: {}", names.join(", ")),
+                            )
+                            .await;
+                            dotenv.extend(vars);
+                        }
+                        Err(why) => note(a, &step, format!("{producer}'s dotenv report {file}: {why}")).await,
+                    }
+                }
             }
             Ok(Err(e)) => {
                 let corrupt = matches!(
@@ -111,7 +139,62 @@ pub async fn restore(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -
             Err(e) => return Err(Outcome::infra(format!("restoring artifacts of {producer}: {e}"))),
         }
     }
-    Ok(())
+    Ok(dotenv)
+}
+
+/// GitLab's limits for a dotenv report.
+const DOTENV_MAX_BYTES: u64 = 5 * 1024;
+const DOTENV_MAX_VARS: usize = 50;
+
+/// A dotenv report's `KEY=VALUE` lines (blank and `#` lines skipped, one
+/// pair of surrounding quotes dropped), within GitLab's limits.
+pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, DotenvError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(DotenvError::Read)?;
+    let mut text = String::new();
+    file.take(DOTENV_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(DotenvError::Read)?;
+    if text.len() as u64 > DOTENV_MAX_BYTES {
+        return Err(DotenvError::TooBig);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(DotenvError::Line(i + 1));
+        };
+        let k = k.trim();
+        if !crate::pipeline::read::valid_var_name(k) {
+            return Err(DotenvError::Line(i + 1));
+        }
+        let v = v.trim();
+        let v = ['"', '\'']
+            .iter()
+            .find_map(|q| v.strip_prefix(*q).and_then(|x| x.strip_suffix(*q)))
+            .unwrap_or(v);
+        out.push((k.to_string(), v.to_string()));
+        if out.len() > DOTENV_MAX_VARS {
+            return Err(DotenvError::TooMany);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DotenvError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("it is over GitLab's {DOTENV_MAX_BYTES} bytes; nothing of it is used")]
+    TooBig,
+    #[error("it has over GitLab's {DOTENV_MAX_VARS} variables; nothing of it is used")]
+    TooMany,
+    #[error("line {0} is not `NAME=value`; nothing of it is used")]
+    Line(usize),
 }
 
 /// Write limits for one attempt: the store's free-space margin, and a flag
@@ -329,12 +412,15 @@ pub async fn key_components(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Re
             m.map_or_else(|| "none".to_string(), |d| d.to_string()),
         );
     }
-    if let Some(dc) = &job.dir_cache
-        && dc.policy.pulls()
-    {
+    for (i, dc) in job.dir_caches.iter().enumerate().filter(|(_, dc)| dc.policy.pulls()) {
         let key = dir_cache_key(ctx, a, job, &dc.key).await?;
         let m = ctx.index.dir_cache_get(&key).map_err(|e| e.to_string())?;
-        c.insert("dir_cache", m.map_or_else(|| "none".to_string(), |d| d.to_string()));
+        let name = if i == 0 {
+            "dir_cache".to_string()
+        } else {
+            format!("dir_cache.{i}")
+        };
+        c.insert(name, m.map_or_else(|| "none".to_string(), |d| d.to_string()));
     }
     Ok(c)
 }
@@ -530,66 +616,101 @@ pub async fn dir_cache_key(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, key: &
     Ok(format!("{}/{name}", ctx.pipeline.name))
 }
 
-/// Resolves the job's directory-cache key once, when the job starts (as
-/// GitLab does: files the job changes do not move its key), and restores
-/// the cache into the workspace when the policy pulls. Returns the key.
-pub async fn pull_dir_cache(
-    ctx: &Arc<RunContext>,
-    a: &Attempt,
-    job: &Job,
-    ws: &Path,
-) -> Result<Option<String>, String> {
-    let Some(dc) = &job.dir_cache else { return Ok(None) };
-    let key = dir_cache_key(ctx, a, job, &dc.key).await?;
-    if !dc.policy.pulls() {
-        return Ok(Some(key));
-    }
-    let step: Arc<str> = Arc::from("cache");
-    let Some(m) = ctx.index.dir_cache_get(&key).map_err(|e| e.to_string())? else {
-        note(
-            a,
-            &step,
-            format!("directory cache `{key}` is empty; it is saved after the job"),
-        )
-        .await;
-        return Ok(Some(key));
-    };
-    let (c, dest) = (ctx.clone(), ws.to_path_buf());
-    let restored = blocking(move || {
-        let m = manifest::load(&c.objects, &m).map_err(|e| e.to_string())?;
-        manifest::restore(&c.objects, &m, &dest).map_err(|e| e.to_string())?;
-        Ok(m.entries.len())
-    })
-    .await;
-    match restored {
-        Ok(n) => note(a, &step, format!("restored {n} file(s) from directory cache `{key}`")).await,
-        // A damaged cache is not the job's fault: it starts without it.
-        Err(e) => {
+/// Resolves the job's directory-cache keys once, when the job starts (as
+/// GitLab does: files the job changes do not move a key), and restores each
+/// cache into the workspace when its policy pulls (from the first of its
+/// `fallback_keys` that has one when its own key has none). Returns the
+/// keys, one per cache.
+pub async fn pull_dir_caches(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<Vec<String>, String> {
+    let mut keys = Vec::with_capacity(job.dir_caches.len());
+    for dc in &job.dir_caches {
+        let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+        keys.push(key.clone());
+        if !dc.policy.pulls() {
+            continue;
+        }
+        let step: Arc<str> = Arc::from("cache");
+        let mut found = None;
+        for candidate in
+            std::iter::once(key.clone()).chain(dc.fallback_keys.iter().map(|f| format!("{}/{f}", ctx.pipeline.name)))
+        {
+            if let Some(m) = ctx.index.dir_cache_get(&candidate).map_err(|e| e.to_string())? {
+                found = Some((candidate, m));
+                break;
+            }
+        }
+        let Some((from, m)) = found else {
             note(
                 a,
                 &step,
-                format!("directory cache `{key}` is damaged ({e}); starting without it"),
+                format!("directory cache `{key}` is empty; it is saved after the job"),
             )
             .await;
-            let _ = ctx.index.dir_cache_remove(&key);
+            continue;
+        };
+        let (c, dest) = (ctx.clone(), ws.to_path_buf());
+        let restored = blocking(move || {
+            let m = manifest::load(&c.objects, &m).map_err(|e| e.to_string())?;
+            manifest::restore(&c.objects, &m, &dest).map_err(|e| e.to_string())?;
+            Ok(m.entries.len())
+        })
+        .await;
+        match restored {
+            Ok(n) if from == key => note(a, &step, format!("restored {n} file(s) from directory cache `{key}`")).await,
+            Ok(n) => {
+                note(
+                    a,
+                    &step,
+                    format!("restored {n} file(s) from directory cache `{from}` (fallback for `{key}`)"),
+                )
+                .await
+            }
+            // A damaged cache is not the job's fault: it starts without it.
+            Err(e) => {
+                note(
+                    a,
+                    &step,
+                    format!("directory cache `{from}` is damaged ({e}); starting without it"),
+                )
+                .await;
+                let _ = ctx.index.dir_cache_remove(&from);
+            }
         }
     }
-    Ok(Some(key))
+    Ok(keys)
 }
 
-/// Saves the job's directory cache under `key` (from [`pull_dir_cache`])
-/// after a successful run when the policy pushes.
-pub async fn push_dir_cache(
+/// Saves the job's directory caches under their `keys` (from
+/// [`pull_dir_caches`]) when their policy pushes and their `when` matches
+/// how the job ended (`succeeded`).
+pub async fn push_dir_caches(
     ctx: &Arc<RunContext>,
     a: &Attempt,
     job: &Job,
     ws: &Path,
+    keys: &[String],
+    succeeded: bool,
+) -> Result<(), (String, FailureClass)> {
+    for (dc, key) in job.dir_caches.iter().zip(keys) {
+        let wanted = match dc.when {
+            ArtifactWhen::OnSuccess => succeeded,
+            ArtifactWhen::OnFailure => !succeeded,
+            ArtifactWhen::Always => true,
+        };
+        if dc.policy.pushes() && wanted {
+            push_dir_cache(ctx, a, dc, ws, key).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn push_dir_cache(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    dc: &crate::pipeline::model::DirCache,
+    ws: &Path,
     key: &str,
 ) -> Result<(), (String, FailureClass)> {
-    let Some(dc) = &job.dir_cache else { return Ok(()) };
-    if !dc.policy.pushes() {
-        return Ok(());
-    }
     let step: Arc<str> = Arc::from("cache");
     let key = key.to_string();
     let (c, root, paths, k) = (ctx.clone(), ws.to_path_buf(), dc.paths.clone(), key.clone());

@@ -185,6 +185,9 @@ pub struct Attempt {
     pub tx: mpsc::Sender<RunnerMsg>,
     /// Steering commands for a deploy job's rollout.
     pub control: Option<mpsc::Receiver<(crate::deploy::rollout::Command, String)>>,
+    /// Variables from the `reports:dotenv` of the jobs whose artifacts this
+    /// one received (set once they are restored).
+    pub dotenv: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 struct StepCtx<'a> {
@@ -379,17 +382,21 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     let network = services.network.clone();
     let prepared = match artifacts::restore(ctx, a, job, &ws).await {
         Err(o) => Err(o),
-        Ok(()) => artifacts::pull_dir_cache(ctx, a, job, &ws)
-            .await
-            .map_err(Outcome::infra),
+        Ok(dotenv) => {
+            let _ = a.dotenv.set(dotenv);
+            artifacts::pull_dir_caches(ctx, a, job, &ws)
+                .await
+                .map_err(Outcome::infra)
+        }
     };
     let outcome = match prepared {
         Err(o) => o,
-        Ok(dir_key) => {
+        Ok(dir_keys) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
             let mut kept = artifacts::collect(ctx, a, job, &ws, o.failure.is_none()).await;
-            if let Some(key) = dir_key.filter(|_| kept.is_ok() && o.failure.is_none()) {
-                kept = artifacts::push_dir_cache(ctx, a, job, &ws, &key).await;
+            if kept.is_ok() {
+                let succeeded = o.failure.is_none();
+                kept = artifacts::push_dir_caches(ctx, a, job, &ws, &dir_keys, succeeded).await;
             }
             if let Err((msg, class)) = kept
                 && o.failure.is_none()
@@ -626,6 +633,12 @@ fn prepare_step(
     let mut env = scope
         .resolve_all()
         .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+    // Dotenv reports rank above the YAML's variables, below the command line's.
+    for (k, v) in a.dotenv.get().into_iter().flatten() {
+        if !ctx.cli_vars.iter().any(|(c, _)| c == k) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
     // A cleanup step is told how the job's other steps ended.
     if let Some(status) = job_status {
         env.insert("CI_JOB_STATUS".to_string(), status.to_string());

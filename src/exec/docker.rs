@@ -228,12 +228,17 @@ impl DockerExecutor {
                 (LABEL_PID.to_string(), std::process::id().to_string()),
             ]);
             let endpoint = bollard::models::EndpointSettings {
-                aliases: Some(vec![svc.name.clone()]),
+                aliases: Some(
+                    std::iter::once(svc.name.clone())
+                        .chain(svc.aliases.iter().cloned())
+                        .collect(),
+                ),
                 ..Default::default()
             };
             let body = ContainerCreateBody {
                 image: Some(svc.image.clone()),
                 cmd: svc.command.clone(),
+                entrypoint: svc.entrypoint.clone(),
                 env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                 labels: Some(labels),
                 host_config: Some(HostConfig {

@@ -240,8 +240,10 @@ pub struct Job {
     pub needs_artifacts: Option<Vec<String>>,
     /// `cache: {inputs: [...]}`: skip the job when nothing it depends on changed.
     pub cache: Option<ResultCache>,
-    /// `cache: {key, paths, policy}`: folders kept between runs.
-    pub dir_cache: Option<DirCache>,
+    /// `cache: {key, paths, policy}`: folders kept between runs (GitLab
+    /// allows four per job).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dir_caches: Vec<DirCache>,
     /// A deploy job rolls a service out instead of running steps.
     pub deploy: Option<Deploy>,
     /// The stage it belongs to, for display (GitLab pipelines); its
@@ -507,6 +509,11 @@ pub struct DirCache {
     /// Globs relative to the workspace; a directory takes everything below it.
     pub paths: Vec<String>,
     pub policy: CachePolicy,
+    /// After which outcomes the cache is saved (GitLab's `cache:when`).
+    pub when: ArtifactWhen,
+    /// Keys to restore from, in order, when the key has no cache yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -551,6 +558,13 @@ pub struct Artifacts {
     /// Recorded with the artifacts for retention.
     #[serde(with = "opt_secs")]
     pub expire_in: Option<Duration>,
+    /// `reports:dotenv` files (also in `paths`): their `KEY=VALUE` lines
+    /// become variables of the jobs that receive these artifacts.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub dotenv: Vec<String>,
+    /// `reports:junit` files (also in `paths`), kept for test reports.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub junit: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -567,7 +581,14 @@ pub enum ArtifactWhen {
 pub struct Service {
     /// Host name the job's steps reach it by.
     pub name: String,
+    /// More host names for it (GitLab's `alias: db,postgres` and the names
+    /// derived from its image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     /// Probed over TCP for readiness when the image has no HEALTHCHECK.
     pub port: Option<u16>,
     pub environment: Vec<EnvVar>,

@@ -122,7 +122,7 @@ const SERVER_ONLY: [&str; 8] = [
 const NO_EFFECT: [&str; 4] = ["tags", "interruptible", "environment", "coverage"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
-const NOT_YET: [&str; 5] = ["cache", "services", "resource_group", "start_in", "run"];
+const NOT_YET: [&str; 3] = ["resource_group", "start_in", "run"];
 
 /// GitLab's stages when a file names none.
 const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
@@ -428,17 +428,6 @@ impl<'c, 's> Gitlab<'c, 's> {
             return None;
         };
         let top = |k: &str| get(root, k);
-        for key in ["services", "cache"] {
-            if let Some(n) = top(key) {
-                self.warn_once(
-                    n,
-                    key,
-                    key,
-                    format!("`{key}` is not supported yet by trackside; jobs run without it"),
-                    "see docs/gitlab.md for what is supported",
-                );
-            }
-        }
         for key in ["image", "before_script", "after_script"] {
             if let Some(n) = top(key) {
                 self.cx.warn(
@@ -1038,6 +1027,34 @@ impl<'c, 's> Gitlab<'c, 's> {
             .unwrap_or(DEFAULT_TIMEOUT);
         let image = field("image").and_then(|n| self.image(&n, &join(&path, "image")));
         let artifacts = field("artifacts").and_then(|n| self.artifacts(&n, &join(&path, "artifacts")));
+        let mut services = field("services")
+            .map(|n| self.services(&n, &join(&path, "services")))
+            .unwrap_or_default();
+        let mut image = image;
+        if self.opts.executor == crate::pipeline::ExecutorChoice::Shell {
+            if let Some(img) = image.take() {
+                self.warn_once(
+                    key,
+                    &path,
+                    "shell-image",
+                    format!("`--executor shell`: jobs run on this host; image `{img}` (and any other) is not used"),
+                    "the jobs use the host's tools",
+                );
+            }
+            if !services.is_empty() {
+                services.clear();
+                self.warn_once(
+                    key,
+                    &path,
+                    "shell-services",
+                    format!("`--executor shell`: job `{name}` runs without its services (they need containers)"),
+                    "drop `--executor shell` to start them",
+                );
+            }
+        }
+        let dir_caches = field("cache")
+            .map(|n| self.caches(&n, &join(&path, "cache"), created))
+            .unwrap_or_default();
         let needs = get(def, "needs").map(|n| self.needs(n, &join(&path, "needs")));
         let dependencies = get(def, "dependencies").map(|n| {
             self.cx
@@ -1092,13 +1109,13 @@ impl<'c, 's> Gitlab<'c, 's> {
             allow_failure,
             working_directory: None,
             container: ContainerOptions::default(),
-            services: Vec::new(),
+            services,
             artifacts,
             needs_artifacts: dependencies
                 .as_ref()
                 .map(|d| d.iter().map(|(s, _)| s.clone()).collect()),
             cache: None,
-            dir_cache: None,
+            dir_caches,
             deploy: None,
             stage: Some(stage.clone()),
             pos: key.pos,
@@ -1300,14 +1317,53 @@ impl<'c, 's> Gitlab<'c, 's> {
         if !self.cx.mapping(node, path, &keys, "`artifacts`") {
             return None;
         }
-        for k in ["untracked", "reports"] {
-            if let Some(n) = get(node, k) {
-                self.warn_once(
-                    n,
-                    &join(path, k),
-                    &format!("artifacts:{k}"),
-                    format!("`artifacts:{k}` is not used yet by trackside"),
-                    "the paths listed under `paths` are kept",
+        if let Some(n) = get(node, "untracked").filter(|n| n.value == Value::Bool(true)) {
+            self.warn_once(
+                n,
+                &join(path, "untracked"),
+                "artifacts:untracked",
+                "`artifacts:untracked` is not used yet by trackside".into(),
+                "the paths listed under `paths` are kept",
+            );
+        }
+        let mut dotenv = Vec::new();
+        let mut junit = Vec::new();
+        if let Some(r) = get(node, "reports") {
+            let rpath = join(path, "reports");
+            if let Value::Map(entries) = &r.value {
+                for (k, v) in entries {
+                    let word = k.key_text();
+                    let files = |s: &mut Self| -> Vec<String> {
+                        match &v.value {
+                            Value::Seq(_) => {
+                                s.cx.string_list(v, &join(&rpath, &word))
+                                    .into_iter()
+                                    .map(|(x, _)| x)
+                                    .collect()
+                            }
+                            _ => s.cx.string(v, &join(&rpath, &word)).into_iter().collect(),
+                        }
+                    };
+                    match word.as_str() {
+                        "dotenv" => dotenv = files(self),
+                        "junit" => junit = files(self),
+                        _ => self.warn_once(
+                            k,
+                            &join(&rpath, &word),
+                            &format!("reports:{word}"),
+                            format!(
+                                "`artifacts:reports:{word}` is shown by GitLab's server; trackside keeps no such report"
+                            ),
+                            "the job runs as usual",
+                        ),
+                    }
+                }
+            } else {
+                self.cx.err(
+                    r,
+                    &rpath,
+                    format!("`reports` is a mapping, found {}", r.type_name()),
+                    "write `reports: {dotenv: build.env}`",
                 );
             }
         }
@@ -1321,8 +1377,14 @@ impl<'c, 's> Gitlab<'c, 's> {
                 })
                 .unwrap_or_default()
         };
-        let paths = list(self, "paths");
+        let mut paths = list(self, "paths");
         let exclude = list(self, "exclude");
+        // Reports are uploaded as artifacts too.
+        for f in dotenv.iter().chain(&junit) {
+            if !paths.contains(f) {
+                paths.push(f.clone());
+            }
+        }
         let when = match get(node, "when") {
             None => ArtifactWhen::OnSuccess,
             Some(n) => match self.cx.string(n, &join(path, "when")).as_deref() {
@@ -1353,7 +1415,271 @@ impl<'c, 's> Gitlab<'c, 's> {
             exclude,
             when,
             expire_in,
+            dotenv,
+            junit,
         })
+    }
+
+    /// `cache`: one mapping or a list of up to four, each `key` (a name, or
+    /// `files` with a `prefix`), `paths`, `policy`, `when`, `fallback_keys`.
+    fn caches(&mut self, node: &Node, path: &str, created: &[(String, String)]) -> Vec<DirCache> {
+        let items: Vec<(Node, String)> = match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), format!("{path}[{i}]")))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => vec![(node.clone(), path.to_string())],
+        };
+        if items.len() > 4 {
+            self.cx.err(
+                node,
+                path,
+                format!("{} caches; GitLab allows at most 4 per job", items.len()),
+                "merge the paths of some of them",
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (n, cpath) in items {
+            let keys = [
+                "key",
+                "paths",
+                "policy",
+                "when",
+                "untracked",
+                "unprotect",
+                "fallback_keys",
+            ];
+            if !self.cx.mapping(&n, &cpath, &keys, "a cache") {
+                continue;
+            }
+            if let Some(u) = get(&n, "untracked").filter(|u| u.value == Value::Bool(true)) {
+                self.warn_once(
+                    u,
+                    &join(&cpath, "untracked"),
+                    "cache:untracked",
+                    "`cache:untracked` is not used yet by trackside; only `paths` are cached".into(),
+                    "list the folders under `paths`",
+                );
+            }
+            let key = match get(&n, "key") {
+                None => DirCacheKey::Name("default".into()),
+                Some(k) if matches!(k.value, Value::Map(_)) => {
+                    let kpath = join(&cpath, "key");
+                    if !self.cx.mapping(k, &kpath, &["files", "prefix"], "`cache:key`") {
+                        continue;
+                    }
+                    let files: Vec<String> = match get(k, "files") {
+                        Some(f) => self
+                            .cx
+                            .string_list(f, &join(&kpath, "files"))
+                            .into_iter()
+                            .map(|(s, _)| s)
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    if files.is_empty() || files.len() > 2 {
+                        self.cx.err(
+                            k,
+                            &kpath,
+                            "`cache:key:files` names one or two files",
+                            "write `key: {files: [package-lock.json]}`",
+                        );
+                        continue;
+                    }
+                    let prefix = get(k, "prefix").and_then(|p| self.cx.string(p, &join(&kpath, "prefix")));
+                    DirCacheKey::Files { files, prefix }
+                }
+                Some(k) => {
+                    let Some(text) = self.cx.string(k, &join(&cpath, "key")) else {
+                        continue;
+                    };
+                    if text.contains('/') || text.contains("%2F") || text.trim_matches('.').is_empty() {
+                        self.cx.err(
+                            k,
+                            &join(&cpath, "key"),
+                            format!("cache key `{text}` may not contain `/` or be only dots"),
+                            "GitLab forbids these; use `-` instead of `/`",
+                        );
+                        continue;
+                    }
+                    DirCacheKey::Name(text)
+                }
+            };
+            let paths: Vec<String> = match get(&n, "paths") {
+                Some(p) => self
+                    .cx
+                    .string_list(p, &join(&cpath, "paths"))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let policy = match get(&n, "policy") {
+                None => CachePolicy::PullPush,
+                Some(p) => {
+                    let ppath = join(&cpath, "policy");
+                    let Some(text) = self.cx.string(p, &ppath) else {
+                        continue;
+                    };
+                    let text = include::expand_with(&text, created);
+                    match CachePolicy::ALL.iter().find(|(w, _)| *w == text) {
+                        Some((_, pol)) => *pol,
+                        None => {
+                            let words: Vec<&str> = CachePolicy::ALL.iter().map(|(w, _)| *w).collect();
+                            self.cx.err(
+                                p,
+                                &ppath,
+                                format!("cache policy `{text}` is not one of GitLab's"),
+                                suggestion_hint(&text, &words, "policies"),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let when = match get(&n, "when") {
+                None => ArtifactWhen::OnSuccess,
+                Some(w) => match self.cx.string(w, &join(&cpath, "when")).as_deref() {
+                    Some("on_success") => ArtifactWhen::OnSuccess,
+                    Some("on_failure") => ArtifactWhen::OnFailure,
+                    Some("always") => ArtifactWhen::Always,
+                    other => {
+                        self.cx.err(
+                            w,
+                            &join(&cpath, "when"),
+                            format!("`cache:when: {}` is not one of GitLab's", other.unwrap_or_default()),
+                            "on_success, on_failure or always",
+                        );
+                        continue;
+                    }
+                },
+            };
+            let fallback_keys = match get(&n, "fallback_keys") {
+                Some(f) => self
+                    .cx
+                    .string_list(f, &join(&cpath, "fallback_keys"))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if paths.is_empty() {
+                continue;
+            }
+            out.push(DirCache {
+                key,
+                paths,
+                policy,
+                when,
+                fallback_keys,
+            });
+        }
+        out
+    }
+
+    /// `services`: images (`postgres:16`) or `{name, alias, entrypoint,
+    /// command, variables}`, reached by GitLab's host names: the alias(es),
+    /// else the image without its tag, `/` as `__` and as `-`.
+    fn services(&mut self, node: &Node, path: &str) -> Vec<Service> {
+        let items: Vec<(Node, String)> = match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), format!("{path}[{i}]")))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => {
+                self.cx.err(
+                    node,
+                    path,
+                    format!("`services` is a list, found {}", node.type_name()),
+                    "write `services: [postgres:16]`",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (n, spath) in items {
+            let (image, alias, entrypoint, command, environment) = match &n.value {
+                Value::Map(_) => {
+                    let keys = [
+                        "name",
+                        "alias",
+                        "entrypoint",
+                        "command",
+                        "variables",
+                        "pull_policy",
+                        "docker",
+                        "kubernetes",
+                    ];
+                    if !self.cx.mapping(&n, &spath, &keys, "a service") {
+                        continue;
+                    }
+                    let Some(image) = get(&n, "name").and_then(|i| self.cx.string(i, &join(&spath, "name"))) else {
+                        self.cx.err(
+                            &n,
+                            &spath,
+                            "a service needs `name:` (its image)",
+                            "write `- name: postgres:16`",
+                        );
+                        continue;
+                    };
+                    let alias = get(&n, "alias").and_then(|a| self.cx.string(a, &join(&spath, "alias")));
+                    let list = |s: &mut Self, k: &str| -> Option<Vec<String>> {
+                        get(&n, k).map(|v| {
+                            s.cx.string_list(v, &join(&spath, k))
+                                .into_iter()
+                                .map(|(x, _)| x)
+                                .collect()
+                        })
+                    };
+                    let entrypoint = list(self, "entrypoint");
+                    let command = list(self, "command");
+                    let environment = get(&n, "variables")
+                        .map(|v| self.variables(v, &join(&spath, "variables")))
+                        .unwrap_or_default();
+                    (image, alias, entrypoint, command, environment)
+                }
+                _ => match self.cx.string(&n, &spath) {
+                    Some(image) => (image, None, None, None, Vec::new()),
+                    None => continue,
+                },
+            };
+            let mut names: Vec<String> = match alias {
+                Some(a) => a
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                None => Vec::new(),
+            };
+            if names.is_empty() {
+                let bare = image
+                    .rsplit_once(':')
+                    .filter(|(_, tag)| !tag.contains('/'))
+                    .map_or(image.as_str(), |(b, _)| b);
+                let bare = bare.split('@').next().unwrap_or(bare);
+                names.push(bare.replace('/', "-"));
+                if bare.contains('/') {
+                    names.push(bare.replace('/', "__"));
+                }
+            }
+            let name = names.remove(0);
+            out.push(Service {
+                name,
+                aliases: names,
+                image,
+                entrypoint,
+                port: None,
+                environment,
+                command,
+                ready_timeout: Duration::from_secs(30),
+            });
+        }
+        out
     }
 
     fn needs(&mut self, node: &Node, path: &str) -> Vec<Need> {

@@ -411,6 +411,35 @@ fn matrix_jobs_have_their_node_index_and_total() {
 }
 
 #[test]
+fn caches_and_services_are_read_as_gitlab_documents_them() {
+    let p = read(
+        "default:\n  cache: {key: deps, paths: [vendor/], fallback_keys: [old]}\n  services: [postgres:16, {name: registry.io/team/redis:7, alias: 'cache,kv', command: [redis-server]}]\nb:\n  script: [x]\nc:\n  cache:\n    - key: {files: [Cargo.lock], prefix: rust}\n      paths: [target/]\n      policy: pull\n      when: always\n  services: []\n  script: [x]\n",
+    );
+    let b = p.job("b").expect("b");
+    assert_eq!(b.dir_caches.len(), 1);
+    assert_eq!(b.dir_caches[0].key, DirCacheKey::Name("deps".into()));
+    assert_eq!(b.dir_caches[0].fallback_keys, vec!["old".to_string()]);
+    let names: Vec<(&str, &[String])> = b
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.aliases.as_slice()))
+        .collect();
+    assert_eq!(names[0], ("postgres", &[][..]));
+    assert_eq!(names[1].0, "cache");
+    assert_eq!(names[1].1, ["kv".to_string()]);
+    let c = p.job("c").expect("c");
+    assert!(c.services.is_empty());
+    assert_eq!(c.dir_caches[0].policy, CachePolicy::Pull);
+    assert_eq!(c.dir_caches[0].when, ArtifactWhen::Always);
+    assert!(matches!(&c.dir_caches[0].key, DirCacheKey::Files { prefix: Some(p), .. } if p == "rust"));
+    let e = errors("a:\n  script: [x]\n  cache: {key: a/b, paths: [x]}\n");
+    assert!(
+        e.iter().any(|(l, _, m)| *l == 3 && m.contains("may not contain `/`")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn what_is_not_supported_yet_says_so() {
     let (_, report) = parse_source(
         Path::new(".gitlab-ci.yml"),
@@ -419,12 +448,7 @@ fn what_is_not_supported_yet_says_so() {
     )
     .expect("valid");
     let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
-    for w in [
-        "`cache` is not supported yet",
-        "`services` is not supported yet",
-        "needs:parallel:matrix",
-        "`rules:needs`",
-    ] {
+    for w in ["needs:parallel:matrix", "`rules:needs`"] {
         assert!(warnings.iter().any(|x| x.contains(w)), "{w}: {warnings:?}");
     }
     let e = errors("spec:\n  inputs: {x: {}}\n");

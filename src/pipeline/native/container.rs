@@ -81,7 +81,9 @@ impl Cx<'_> {
                 .unwrap_or(Duration::from_secs(60));
             out.push(Service {
                 name,
+                aliases: Vec::new(),
                 image,
+                entrypoint: None,
                 port,
                 environment,
                 command,

@@ -127,6 +127,8 @@ impl Cx<'_> {
             key: key.unwrap_or_else(|| DirCacheKey::Name("${CI_JOB_NAME}".into())),
             paths,
             policy,
+            when: ArtifactWhen::OnSuccess,
+            fallback_keys: Vec::new(),
         };
         (result, Some(dir))
     }
@@ -183,6 +185,8 @@ impl Cx<'_> {
             exclude,
             when,
             expire_in,
+            dotenv: Vec::new(),
+            junit: Vec::new(),
         })
     }
 }

@@ -256,7 +256,7 @@ impl Cx<'_> {
             artifacts,
             needs_artifacts,
             cache,
-            dir_cache,
+            dir_caches: dir_cache.into_iter().collect(),
             deploy,
             stage: None,
             pos: key.pos,
