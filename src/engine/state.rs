@@ -578,7 +578,7 @@ impl RunState {
                 let st = &self.jobs[d];
                 match st.status {
                     JobStatus::Succeeded => {}
-                    JobStatus::Failed if self.pipeline.jobs[d].allow_failure => {}
+                    JobStatus::Failed if self.failure_allowed(d) => {}
                     JobStatus::Failed | JobStatus::Cancelled => {
                         bad.get_or_insert_with(|| self.pipeline.jobs[d].name.clone());
                     }
@@ -711,9 +711,14 @@ impl RunState {
         }
         self.running -= 1;
         let now = self.now;
-        let (name, retry_when, retry_count) = {
+        let (name, retry_when, retry_count, retry_codes) = {
             let spec = &self.pipeline.jobs[j];
-            (spec.name.clone(), spec.retry_when.clone(), spec.retry_count)
+            (
+                spec.name.clone(),
+                spec.retry_when.clone(),
+                spec.retry_count,
+                spec.retry_exit_codes.clone(),
+            )
         };
         let st = &mut self.jobs[j];
         // Our own kill decides the class: the process only saw a signal.
@@ -772,7 +777,8 @@ impl RunState {
                 let st = &mut self.jobs[j];
                 st.failed_before = true;
                 st.failure_class = Some(c);
-                let retryable = retry_when.contains(&c)
+                let by_code = outcome.exit_code.is_some_and(|e| retry_codes.contains(&e));
+                let retryable = (retry_when.contains(&c) || by_code)
                     && st.round_attempts <= retry_count
                     && self.cancelled.is_none()
                     && st.kill_reason.is_none();
@@ -853,9 +859,19 @@ impl RunState {
         true
     }
 
+    /// Whether job `j`'s failure is allowed: `allow_failure`, and its last
+    /// exit code among `allow_failure_exit_codes` when it names any.
+    fn failure_allowed(&self, j: JobId) -> bool {
+        let spec = &self.pipeline.jobs[j];
+        let exit = self.jobs[j].attempts.last().and_then(|a| a.exit_code);
+        spec.allow_failure
+            && (spec.allow_failure_exit_codes.is_empty()
+                || exit.is_some_and(|c| spec.allow_failure_exit_codes.contains(&c)))
+    }
+
     fn after_failure(&mut self, j: JobId, fx: &mut Vec<Effect>) {
         self.repeat_outcome(j, fx);
-        if self.opts.fail_fast && !self.pipeline.jobs[j].allow_failure && self.cancelled.is_none() {
+        if self.opts.fail_fast && !self.failure_allowed(j) && self.cancelled.is_none() {
             self.cancelled = Some(CancelReason::FailFast);
             for k in self.plan.order.clone() {
                 self.cancel(k, CancelReason::FailFast, fx);
@@ -1034,7 +1050,8 @@ impl RunState {
             .jobs
             .iter()
             .zip(&self.jobs)
-            .map(|(spec, st)| JobSummary {
+            .enumerate()
+            .map(|(i, (spec, st))| JobSummary {
                 name: spec.name.clone(),
                 verdict: match st.status {
                     JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
@@ -1050,7 +1067,11 @@ impl RunState {
                 attempts: st.attempts.clone(),
                 duration_ms: ms(st.duration),
                 failure_class: st.failure_class,
-                allow_failure: spec.allow_failure,
+                allow_failure: if st.status == JobStatus::Failed {
+                    self.failure_allowed(i)
+                } else {
+                    spec.allow_failure
+                },
                 reason: st.reason.clone(),
                 cached: st.cached.clone(),
             })

@@ -229,6 +229,14 @@ pub struct Job {
     pub conditional: Option<Condition>,
     pub when: When,
     pub allow_failure: bool,
+    /// With `allow_failure`: only these exit codes are allowed (GitLab's
+    /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub allow_failure_exit_codes: Vec<i32>,
+    /// Exit codes retried besides `retry_when`'s classes (GitLab's
+    /// `retry: {exit_codes: [...]}`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub retry_exit_codes: Vec<i32>,
     pub working_directory: Option<String>,
     /// How container steps of this job run (ignored by the shell executor).
     pub container: ContainerOptions,

@@ -666,3 +666,64 @@ fn pipeline_unchecked(src: &str) -> Pipeline {
         }
     }
 }
+
+/// A GitLab file as the machine runs it.
+fn gitlab_machine(src: &str, opts: Options) -> RunState {
+    let o = LoadOptions {
+        dialect: Some(crate::pipeline::Dialect::Gitlab),
+        ..LoadOptions::default()
+    };
+    let (p, _) = match parse_source(Path::new(".gitlab-ci.yml"), src.to_string(), &o) {
+        Ok(x) => x,
+        Err(r) => panic!("{}", r.render(false)),
+    };
+    let plan = Plan::build(&p).expect("plan");
+    RunState::new("run-1", p, plan, opts)
+}
+
+fn exit_with(m: &mut RunState, job: JobId, code: i32, at: u64) -> Vec<Effect> {
+    let attempt = m.attempt(job);
+    m.handle(
+        Input::AttemptFinished {
+            job,
+            attempt,
+            outcome: Outcome::failed(Some(code), FailureClass::Script),
+        },
+        t(at),
+    )
+}
+
+#[test]
+fn allowed_exit_codes_decide_whether_a_failure_is_allowed() {
+    let src = "a:\n  stage: build\n  script: [x]\n  allow_failure: {exit_codes: [3]}\nb:\n  stage: build\n  script: [x]\n  allow_failure: {exit_codes: 3}\nlater:\n  stage: test\n  script: [x]\n";
+    let mut m = gitlab_machine(src, opts(4));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), vec![0, 1]);
+    exit_with(&mut m, 0, 3, 1);
+    let fx = exit_with(&mut m, 1, 4, 2);
+    // b's exit code is not allowed: `later` is blocked, the run fails.
+    assert!(started(&fx).is_empty());
+    let s = finished(&fx).expect("finished");
+    assert!(s.jobs[0].allow_failure && !s.jobs[1].allow_failure, "{:?}", s.jobs);
+    assert_eq!(s.result, RunResult::Failed);
+}
+
+#[test]
+fn retry_exit_codes_retry_those_codes_only_and_at_once() {
+    let src = "a:\n  script: [x]\n  retry: {max: 2, exit_codes: [42]}\n";
+    let mut m = gitlab_machine(src, opts(1));
+    m.handle(Input::Start, t(0));
+    let fx = exit_with(&mut m, 0, 42, 1);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::ScheduleRetry { after, .. } if after.is_zero())),
+        "{fx:?}"
+    );
+    m.handle(Input::RetryDue { job: 0 }, t(1));
+    let fx = exit_with(&mut m, 0, 1, 2);
+    assert_eq!(
+        finished(&fx).expect("done").result,
+        RunResult::Failed,
+        "exit 1 is not retried"
+    );
+}

@@ -567,7 +567,16 @@ impl<'c, 's> Gitlab<'c, 's> {
             global_env,
             timeout: Duration::from_secs(24 * 3600),
             kill_grace: Duration::from_secs(10),
-            retry_policy: RetryPolicy::default(),
+            // GitLab retries a job at once (it creates the next attempt).
+            retry_policy: RetryPolicy {
+                max_attempts: 1,
+                backoff: Backoff {
+                    initial: Duration::ZERO,
+                    max: Duration::ZERO,
+                    multiplier: 1.0,
+                    jitter: 0.0,
+                },
+            },
             jobs,
             undefined_is_empty: true,
         })
@@ -1010,18 +1019,18 @@ impl<'c, 's> Gitlab<'c, 's> {
             },
         };
         let WhenOrNever::When(when) = when else { return None };
-        let allow_failure = match decision.allow_failure {
-            Some(a) => a,
+        let (allow_failure, allow_failure_exit_codes) = match decision.allow_failure {
+            Some(a) => (a, Vec::new()),
             None => match get(def, "allow_failure") {
                 Some(n) => self.allow_failure(n, &join(&path, "allow_failure")),
                 // GitLab: a manual job may be skipped unless it says
                 // otherwise; one a rule made manual blocks.
-                None => when == When::Manual && !from_rule,
+                None => (when == When::Manual && !from_rule, Vec::new()),
             },
         };
-        let (retry_count, retry_when) = field("retry")
+        let (retry_count, retry_when, retry_exit_codes) = field("retry")
             .map(|n| self.retry(&n, &join(&path, "retry")))
-            .unwrap_or((0, Vec::new()));
+            .unwrap_or((0, Vec::new(), Vec::new()));
         let timeout = field("timeout")
             .and_then(|n| self.duration(&n, &join(&path, "timeout")))
             .unwrap_or(DEFAULT_TIMEOUT);
@@ -1107,6 +1116,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             conditional: None,
             when,
             allow_failure,
+            allow_failure_exit_codes,
+            retry_exit_codes,
             working_directory: None,
             container: ContainerOptions::default(),
             services,
@@ -1183,26 +1194,63 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
     }
 
-    fn allow_failure(&mut self, node: &Node, path: &str) -> bool {
+    /// `allow_failure: bool` or `{exit_codes: N|[N...]}` (then only those
+    /// exit codes are allowed).
+    fn allow_failure(&mut self, node: &Node, path: &str) -> (bool, Vec<i32>) {
         match &node.value {
             Value::Map(_) => {
-                self.cx.mapping(node, path, &["exit_codes"], "`allow_failure`");
-                self.warn_once(
-                    node,
-                    path,
-                    "allow_failure:exit_codes",
-                    "`allow_failure: exit_codes` is not supported yet by trackside: any failure of this job fails the run".into(),
-                    "use `allow_failure: true` to allow every failure",
-                );
-                false
+                if !self.cx.mapping(node, path, &["exit_codes"], "`allow_failure`") {
+                    return (false, Vec::new());
+                }
+                match get(node, "exit_codes") {
+                    Some(n) => {
+                        let codes = self.exit_codes(n, &join(path, "exit_codes"));
+                        (!codes.is_empty(), codes)
+                    }
+                    None => {
+                        self.cx.err(
+                            node,
+                            path,
+                            "`allow_failure` as a mapping takes `exit_codes`",
+                            "write `allow_failure: {exit_codes: [137, 255]}`",
+                        );
+                        (false, Vec::new())
+                    }
+                }
             }
-            _ => self.cx.boolean(node, path).unwrap_or(false),
+            _ => (self.cx.boolean(node, path).unwrap_or(false), Vec::new()),
         }
+    }
+
+    /// An exit code or a list of them (0-255).
+    fn exit_codes(&mut self, node: &Node, path: &str) -> Vec<i32> {
+        let items: Vec<&Node> = match &node.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![node],
+        };
+        let mut out = Vec::new();
+        for (i, n) in items.into_iter().enumerate() {
+            let ipath = if matches!(node.value, Value::Seq(_)) {
+                format!("{path}[{i}]")
+            } else {
+                path.to_string()
+            };
+            match n.value {
+                Value::Int(c) if (0..=255).contains(&c) => out.push(c as i32),
+                _ => self.cx.err(
+                    n,
+                    &ipath,
+                    format!("an exit code is a number from 0 to 255, found {}", n.key_text()),
+                    "write `exit_codes: [1, 137]`",
+                ),
+            }
+        }
+        out
     }
 
     /// `retry: N` or `{max, when, exit_codes}`: retries and the classes
     /// retried (GitLab's default is any failure).
-    fn retry(&mut self, node: &Node, path: &str) -> (u32, Vec<FailureClass>) {
+    fn retry(&mut self, node: &Node, path: &str) -> (u32, Vec<FailureClass>, Vec<i32>) {
         let all = || {
             FailureClass::ALL
                 .iter()
@@ -1213,21 +1261,17 @@ impl<'c, 's> Gitlab<'c, 's> {
         match &node.value {
             Value::Map(_) => {
                 if !self.cx.mapping(node, path, &["max", "when", "exit_codes"], "`retry`") {
-                    return (0, Vec::new());
+                    return (0, Vec::new(), Vec::new());
                 }
                 let max = get(node, "max")
                     .and_then(|n| self.cx.int_in(n, &join(path, "max"), 0, 2))
                     .unwrap_or(0);
-                if let Some(n) = get(node, "exit_codes") {
-                    self.warn_once(
-                        n,
-                        &join(path, "exit_codes"),
-                        "retry:exit_codes",
-                        "`retry: exit_codes` is not supported yet by trackside: the classes in `when` decide".into(),
-                        "see docs/gitlab.md",
-                    );
-                }
+                let codes = get(node, "exit_codes")
+                    .map(|n| self.exit_codes(n, &join(path, "exit_codes")))
+                    .unwrap_or_default();
+                // With `exit_codes` alone, only those exit codes are retried.
                 let classes = match get(node, "when") {
+                    None if !codes.is_empty() => Vec::new(),
                     None => all(),
                     Some(w) => {
                         let mut out: Vec<FailureClass> = Vec::new();
@@ -1251,9 +1295,9 @@ impl<'c, 's> Gitlab<'c, 's> {
                         out
                     }
                 };
-                (max, classes)
+                (max, classes, codes)
             }
-            _ => (self.cx.int_in(node, path, 0, 2).unwrap_or(0), all()),
+            _ => (self.cx.int_in(node, path, 0, 2).unwrap_or(0), all(), Vec::new()),
         }
     }
 

@@ -250,6 +250,8 @@ impl Cx<'_> {
             conditional,
             when,
             allow_failure,
+            allow_failure_exit_codes: Vec::new(),
+            retry_exit_codes: Vec::new(),
             working_directory,
             container,
             services,
