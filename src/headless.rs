@@ -274,6 +274,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             seconds(*delay_ms)
         ),
         EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),
+        EventKind::JobDelayed { job, start_in_ms } => format!(
+            ":: {job:<w$} delayed: starts in {} (approving it starts it at once)",
+            seconds(*start_in_ms)
+        ),
         EventKind::GateWaiting { job } => format!(":: {job:<w$} waiting for approval (headless: --approve {job})"),
         EventKind::JobReset { job, reason } => format!(":: {job:<w$} reset: {reason}"),
         EventKind::PipelineChanged { .. } => format!(":: {}", change_summary(kind)),

@@ -514,8 +514,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 for i in found {
                     let j = &pipeline.jobs[i];
-                    if j.when != When::Manual {
-                        return Err(Fail(format!("--approve {a}: `{}` is not a manual job", j.name), 2));
+                    if j.when != When::Manual && j.start_in.is_none() {
+                        return Err(Fail(
+                            format!("--approve {a}: `{}` is neither a manual nor a delayed job", j.name),
+                            2,
+                        ));
                     }
                     approved.push(j.name.clone());
                 }

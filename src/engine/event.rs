@@ -15,6 +15,8 @@ pub enum JobStatus {
     Ready,
     Running,
     Retrying,
+    /// Waiting out its `start_in` (GitLab's `when: delayed`).
+    Delayed,
     WaitingApproval,
     Succeeded,
     Failed,
@@ -37,6 +39,7 @@ impl JobStatus {
             JobStatus::Ready => "ready",
             JobStatus::Running => "running",
             JobStatus::Retrying => "retrying",
+            JobStatus::Delayed => "delayed",
             JobStatus::WaitingApproval => "waiting",
             JobStatus::Succeeded => "success",
             JobStatus::Failed => "failure",
@@ -241,6 +244,12 @@ pub enum EventKind {
         /// Served from the result cache under this key (status stays `succeeded`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cached: Option<String>,
+    },
+    /// A delayed job waits `start_in_ms` before it is queued (approving it
+    /// starts it at once).
+    JobDelayed {
+        job: String,
+        start_in_ms: u64,
     },
     JobRetrying {
         job: String,

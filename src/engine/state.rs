@@ -141,6 +141,8 @@ struct JobState {
     blocked_by: Option<String>,
     reason: Option<String>,
     approved: bool,
+    /// Its `start_in` has passed (or it was started at once).
+    delay_done: bool,
     kill_reason: Option<CancelReason>,
     /// A failed attempt happened in the current round (for FLAKY).
     failed_before: bool,
@@ -164,6 +166,7 @@ impl JobState {
             blocked_by: None,
             reason: None,
             approved: false,
+            delay_done: false,
             kill_reason: None,
             failed_before: false,
             first_start: None,
@@ -185,6 +188,10 @@ pub struct RunState {
     ready: BinaryHeap<(u32, Reverse<JobId>)>,
     running: usize,
     retrying: usize,
+    /// Jobs waiting out their `start_in`.
+    delayed: usize,
+    /// Resource groups a running job holds.
+    held: std::collections::HashSet<String>,
     paused: bool,
     started: bool,
     finished: bool,
@@ -224,6 +231,8 @@ impl RunState {
             ready: BinaryHeap::new(),
             running: 0,
             retrying: 0,
+            delayed: 0,
+            held: Default::default(),
             paused: false,
             started: false,
             finished: false,
@@ -270,6 +279,10 @@ impl RunState {
         let name = |j: JobId| self.pipeline.jobs[j].name.as_str();
         match *input {
             Input::Approve(j) => {
+                let delayed = self.pipeline.jobs[j].start_in.is_some();
+                if delayed && matches!(self.jobs[j].status, JobStatus::Delayed | JobStatus::Pending) {
+                    return Ok(());
+                }
                 if self.pipeline.jobs[j].when != When::Manual {
                     return Err(format!("`{}` is not a manual job", name(j)));
                 }
@@ -329,6 +342,11 @@ impl RunState {
                 }
             }
             Input::AttemptFinished { job, attempt, outcome } => self.attempt_finished(job, attempt, outcome, &mut fx),
+            Input::RetryDue { job } if self.jobs[job].status == JobStatus::Delayed => {
+                self.delayed -= 1;
+                self.jobs[job].delay_done = true;
+                self.make_ready(job, &mut fx);
+            }
             Input::RetryDue { job } => {
                 if self.jobs[job].status == JobStatus::Retrying {
                     self.retrying -= 1;
@@ -344,8 +362,15 @@ impl RunState {
             Input::Approve(job) => {
                 if self.check(&input).is_ok() {
                     self.jobs[job].approved = true;
-                    if self.jobs[job].status == JobStatus::WaitingApproval {
-                        self.make_ready(job, &mut fx);
+                    match self.jobs[job].status {
+                        JobStatus::WaitingApproval => self.make_ready(job, &mut fx),
+                        // Start a delayed job now (its timer is then ignored).
+                        JobStatus::Delayed => {
+                            self.delayed -= 1;
+                            self.jobs[job].delay_done = true;
+                            self.make_ready(job, &mut fx);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -630,6 +655,17 @@ impl RunState {
             if when == When::Manual && !self.jobs[j].approved {
                 self.jobs[j].status = JobStatus::WaitingApproval;
                 fx.push(Effect::Emit(EventKind::GateWaiting { job: self.name(j) }));
+            } else if let Some(after) = spec
+                .start_in
+                .filter(|_| !self.jobs[j].delay_done && !self.jobs[j].approved)
+            {
+                self.jobs[j].status = JobStatus::Delayed;
+                self.delayed += 1;
+                fx.push(Effect::Emit(EventKind::JobDelayed {
+                    job: self.name(j),
+                    start_in_ms: ms(after),
+                }));
+                fx.push(Effect::ScheduleRetry { job: j, after });
             } else {
                 self.make_ready(j, fx);
             }
@@ -675,10 +711,21 @@ impl RunState {
     }
 
     fn schedule(&mut self, fx: &mut Vec<Effect>) {
+        // Ready jobs whose resource group is busy wait for their next turn.
+        let mut waiting = Vec::new();
         while !self.paused && self.running < self.opts.max_parallel {
-            let Some((_, Reverse(j))) = self.ready.pop() else { break };
+            let Some((prio, Reverse(j))) = self.ready.pop() else {
+                break;
+            };
             if self.jobs[j].status != JobStatus::Ready {
                 continue; // stale entry: cancelled while queued
+            }
+            if let Some(g) = &self.pipeline.jobs[j].resource_group {
+                if self.held.contains(g) {
+                    waiting.push((prio, Reverse(j)));
+                    continue;
+                }
+                self.held.insert(g.clone());
             }
             let now = self.now;
             let st = &mut self.jobs[j];
@@ -703,6 +750,7 @@ impl RunState {
             }));
             fx.push(Effect::Start { job: j, attempt });
         }
+        self.ready.extend(waiting);
     }
 
     fn attempt_finished(&mut self, j: JobId, attempt: u32, outcome: Outcome, fx: &mut Vec<Effect>) {
@@ -710,6 +758,9 @@ impl RunState {
             return;
         }
         self.running -= 1;
+        if let Some(g) = &self.pipeline.jobs[j].resource_group {
+            self.held.remove(g);
+        }
         let now = self.now;
         let (name, retry_when, retry_count, retry_codes) = {
             let spec = &self.pipeline.jobs[j];
@@ -892,9 +943,16 @@ impl RunState {
                 self.jobs[j].kill_reason = Some(reason);
                 fx.push(Effect::Kill { job: j });
             }
-            JobStatus::Pending | JobStatus::Ready | JobStatus::Retrying | JobStatus::WaitingApproval => {
+            JobStatus::Pending
+            | JobStatus::Ready
+            | JobStatus::Retrying
+            | JobStatus::Delayed
+            | JobStatus::WaitingApproval => {
                 if self.jobs[j].status == JobStatus::Retrying {
                     self.retrying -= 1;
+                }
+                if self.jobs[j].status == JobStatus::Delayed {
+                    self.delayed -= 1;
                 }
                 let st = &mut self.jobs[j];
                 st.status = JobStatus::Cancelled;
@@ -998,6 +1056,7 @@ impl RunState {
     fn maybe_finish(&mut self, fx: &mut Vec<Effect>) {
         let active = self.running > 0
             || self.retrying > 0
+            || self.delayed > 0
             || self
                 .ready
                 .iter()

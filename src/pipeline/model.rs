@@ -229,6 +229,13 @@ pub struct Job {
     pub conditional: Option<Condition>,
     pub when: When,
     pub allow_failure: bool,
+    /// Waits this long once it could start (GitLab's `when: delayed` with
+    /// `start_in`); approving it starts it at once.
+    #[serde(with = "opt_secs", skip_serializing_if = "Option::is_none", default)]
+    pub start_in: Option<Duration>,
+    /// Jobs of one resource group never run at the same time.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resource_group: Option<String>,
     /// With `allow_failure`: only these exit codes are allowed (GitLab's
     /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

@@ -424,7 +424,7 @@ impl App {
     pub fn available(&self, action: Action) -> bool {
         let status = self.selected_job().map(|j| self.model.jobs[j].status);
         match action {
-            Action::Approve => status == Some(JobStatus::WaitingApproval),
+            Action::Approve => matches!(status, Some(JobStatus::WaitingApproval | JobStatus::Delayed)),
             Action::Retry => matches!(status, Some(JobStatus::Failed | JobStatus::Cancelled)),
             // A shell opens in a container: the job needs a step with an image.
             Action::Shell => {

@@ -253,6 +253,10 @@ impl Model {
                     a.failure_class = *failure_class;
                 }
             }),
+            EventKind::JobDelayed { job, start_in_ms } => self.with(job, |j| {
+                j.status = JobStatus::Delayed;
+                j.retry_at = Some(ev.ts + start_in_ms);
+            }),
             EventKind::JobRetrying {
                 job,
                 delay_ms,
@@ -398,7 +402,7 @@ impl Model {
                 JobStatus::Succeeded => c.passed += 1,
                 JobStatus::Failed => c.failed += 1,
                 JobStatus::Running | JobStatus::Retrying => c.running += 1,
-                JobStatus::WaitingApproval => c.waiting += 1,
+                JobStatus::WaitingApproval | JobStatus::Delayed => c.waiting += 1,
                 JobStatus::Pending | JobStatus::Ready => c.pending += 1,
                 JobStatus::Skipped => c.skipped += 1,
                 JobStatus::Cancelled => c.cancelled += 1,
@@ -512,6 +516,7 @@ impl Model {
                 None => "retry scheduled".into(),
             },
             JobStatus::WaitingApproval => "manual gate: press a to approve".into(),
+            JobStatus::Delayed => "delayed (when: delayed): press a to start it now".into(),
             JobStatus::Skipped | JobStatus::Cancelled | JobStatus::Failed => {
                 job.reason.clone().unwrap_or_else(|| job.status.expr_name().to_string())
             }

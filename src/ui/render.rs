@@ -642,6 +642,9 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
             seconds(at.saturating_sub(app.now))
         )));
     }
+    if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Delayed) {
+        lines.push(Line::raw(format!("starts in {}", seconds(at.saturating_sub(app.now)))));
+    }
     if let Some(r) = &job.rollout {
         rollout_lines(r, &why, job.status.is_terminal(), t, &mut lines);
     }

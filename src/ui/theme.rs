@@ -26,6 +26,7 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool)
         JobStatus::Running => ("▶", ">", Color::Yellow, "running"),
         JobStatus::Retrying => ("↻", "r", Color::Magenta, "retrying"),
         JobStatus::WaitingApproval => ("⏸", "?", Color::Cyan, "manual"),
+        JobStatus::Delayed => ("◷", "d", Color::Cyan, "delayed"),
         JobStatus::Succeeded if flaky => ("≈", "%", Color::Yellow, "flaky"),
         JobStatus::Succeeded if cached => ("≡", "=", Color::Green, "cached"),
         JobStatus::Succeeded => ("✔", "*", Color::Green, "passed"),
@@ -44,7 +45,7 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool)
 
 /// Every look a job can have, as (status, flaky, allowed failure, cached),
 /// in the order the help's legend and the header's counts give them.
-pub const LEGEND: [(JobStatus, bool, bool, bool); 12] = [
+pub const LEGEND: [(JobStatus, bool, bool, bool); 13] = [
     (JobStatus::Succeeded, false, false, false),
     (JobStatus::Succeeded, true, false, false),
     (JobStatus::Succeeded, false, false, true),
@@ -53,6 +54,7 @@ pub const LEGEND: [(JobStatus, bool, bool, bool); 12] = [
     (JobStatus::Running, false, false, false),
     (JobStatus::Retrying, false, false, false),
     (JobStatus::WaitingApproval, false, false, false),
+    (JobStatus::Delayed, false, false, false),
     (JobStatus::Ready, false, false, false),
     (JobStatus::Pending, false, false, false),
     (JobStatus::Cancelled, false, false, false),

@@ -727,3 +727,52 @@ fn retry_exit_codes_retry_those_codes_only_and_at_once() {
         "exit 1 is not retried"
     );
 }
+
+#[test]
+fn jobs_of_one_resource_group_never_overlap() {
+    let src =
+        "a:\n  script: [x]\n  resource_group: prod\nb:\n  script: [x]\n  resource_group: prod\nc:\n  script: [x]\n";
+    let mut m = gitlab_machine(src, opts(3));
+    let fx = m.handle(Input::Start, t(0));
+    // b waits for a's group; c has none.
+    assert_eq!(started(&fx), vec![0, 2]);
+    let fx = ok(&mut m, 2, 1);
+    assert!(started(&fx).is_empty(), "b still waits: {fx:?}");
+    let fx = ok(&mut m, 0, 2);
+    assert_eq!(started(&fx), vec![1]);
+    let fx = ok(&mut m, 1, 3);
+    assert_eq!(finished(&fx).expect("done").result, RunResult::Passed);
+}
+
+#[test]
+fn a_delayed_job_waits_its_start_in_and_approval_starts_it_at_once() {
+    let src = "build:\n  stage: build\n  script: [x]\nlater:\n  stage: deploy\n  when: delayed\n  start_in: 30 seconds\n  script: [x]\n";
+    let mut m = gitlab_machine(src, opts(2));
+    m.handle(Input::Start, t(0));
+    let fx = ok(&mut m, 0, 10);
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::Emit(EventKind::JobDelayed {
+                start_in_ms: 30_000,
+                ..
+            })
+        )),
+        "{fx:?}"
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::ScheduleRetry { job: 1, after } if *after == Duration::from_secs(30)))
+    );
+    assert!(finished(&fx).is_none(), "a delayed job keeps the run open");
+    let fx = m.handle(Input::RetryDue { job: 1 }, t(30_010));
+    assert_eq!(started(&fx), vec![1]);
+    // Approved before its timer: it starts at once, and the timer is ignored.
+    let mut m = gitlab_machine(src, opts(2));
+    m.handle(Input::Start, t(0));
+    ok(&mut m, 0, 10);
+    let fx = m.handle(Input::Approve(1), t(20));
+    assert_eq!(started(&fx), vec![1]);
+    let fx = m.handle(Input::RetryDue { job: 1 }, t(30_010));
+    assert!(started(&fx).is_empty());
+}

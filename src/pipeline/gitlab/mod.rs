@@ -122,7 +122,7 @@ const SERVER_ONLY: [&str; 8] = [
 const NO_EFFECT: [&str; 4] = ["tags", "interruptible", "environment", "coverage"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
-const NOT_YET: [&str; 3] = ["resource_group", "start_in", "run"];
+const NOT_YET: [&str; 1] = ["run"];
 
 /// GitLab's stages when a file names none.
 const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
@@ -805,7 +805,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             if let Some(n) = get(rule, "changes") {
                 matches &= self.changes(n, &join(&rpath, "changes"));
             }
-            for key in ["needs", "start_in"] {
+            for key in ["needs"] {
                 if let Some(n) = get(rule, key) {
                     self.warn_once(
                         n,
@@ -828,6 +828,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             };
             let allow_failure =
                 get(rule, "allow_failure").and_then(|n| self.cx.boolean(n, &join(&rpath, "allow_failure")));
+            let start_in = get(rule, "start_in").map(|n| (n.clone(), join(&rpath, "start_in")));
             let variables = get(rule, "variables")
                 .map(|n| self.variables(n, &join(&rpath, "variables")))
                 .unwrap_or_default();
@@ -836,6 +837,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     when,
                     allow_failure,
                     variables,
+                    start_in,
                 });
             }
         }
@@ -851,16 +853,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             "always" => Some(WhenOrNever::When(When::Always)),
             "manual" => Some(WhenOrNever::When(When::Manual)),
             "never" => Some(WhenOrNever::Never),
-            "delayed" => {
-                self.warn_once(
-                    node,
-                    path,
-                    "when:delayed",
-                    "`when: delayed` runs without its delay in trackside for now".into(),
-                    "the job starts when its stage is reached",
-                );
-                Some(WhenOrNever::When(When::OnSuccess))
-            }
+            "delayed" => Some(WhenOrNever::Delayed),
             other => {
                 self.cx.err(
                     node,
@@ -1007,6 +1000,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 when: None,
                 allow_failure: None,
                 variables: Vec::new(),
+                start_in: None,
             }
         };
         env.extend(decision.variables.iter().cloned());
@@ -1018,7 +1012,63 @@ impl<'c, 's> Gitlab<'c, 's> {
                 None => WhenOrNever::When(When::OnSuccess),
             },
         };
-        let WhenOrNever::When(when) = when else { return None };
+        // `when: delayed` waits `start_in` (the rule's, else the job's).
+        let start_in_node = decision
+            .start_in
+            .clone()
+            .or_else(|| get(def, "start_in").map(|n| (n.clone(), join(&path, "start_in"))));
+        let (when, start_in) = match when {
+            WhenOrNever::Never => return None,
+            WhenOrNever::When(w) => {
+                if let Some((n, p)) = &start_in_node {
+                    self.cx.err(
+                        n,
+                        p,
+                        "`start_in` is only for `when: delayed`",
+                        "add `when: delayed`, or remove `start_in`",
+                    );
+                }
+                (w, None)
+            }
+            WhenOrNever::Delayed => match &start_in_node {
+                Some((n, p)) => match self.duration(n, p) {
+                    Some(d) if d <= Duration::from_secs(7 * 24 * 3600) => (When::OnSuccess, Some(d)),
+                    Some(_) => {
+                        self.cx.err(
+                            n,
+                            p,
+                            "`start_in` is at most one week in GitLab",
+                            "give a shorter delay, such as `30 minutes`",
+                        );
+                        return None;
+                    }
+                    None => return None,
+                },
+                None => {
+                    self.cx.err(
+                        key,
+                        &path,
+                        format!("job `{name}` is `when: delayed` without `start_in`"),
+                        "add `start_in: 30 minutes` (at most one week)",
+                    );
+                    return None;
+                }
+            },
+        };
+        let resource_group = match get(def, "resource_group") {
+            Some(n) => {
+                let text = self.cx.string(n, &join(&path, "resource_group"))?;
+                let cli = &self.opts.cli_vars;
+                let vars: Vec<(String, String)> = created
+                    .iter()
+                    .cloned()
+                    .chain(env.iter().map(|v| (v.name.clone(), v.value.clone())))
+                    .chain(cli.iter().cloned())
+                    .collect();
+                Some(include::expand_with(&text, &vars))
+            }
+            None => None,
+        };
         let (allow_failure, allow_failure_exit_codes) = match decision.allow_failure {
             Some(a) => (a, Vec::new()),
             None => match get(def, "allow_failure") {
@@ -1116,6 +1166,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             conditional: None,
             when,
             allow_failure,
+            start_in,
+            resource_group,
             allow_failure_exit_codes,
             retry_exit_codes,
             working_directory: None,
@@ -2159,6 +2211,8 @@ fn lookup(name: &str, cli: &[(String, String)], job: &[EnvVar], created: &[(Stri
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WhenOrNever {
     When(When),
+    /// `delayed`: on success, after `start_in`.
+    Delayed,
     Never,
 }
 
@@ -2166,6 +2220,8 @@ struct RuleDecision {
     when: Option<WhenOrNever>,
     allow_failure: Option<bool>,
     variables: Vec<EnvVar>,
+    /// The rule's `start_in` (node and path), for `when: delayed`.
+    start_in: Option<(Node, String)>,
 }
 
 const RETRY_REASONS: [&str; 13] = [

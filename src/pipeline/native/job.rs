@@ -251,6 +251,8 @@ impl Cx<'_> {
             when,
             allow_failure,
             allow_failure_exit_codes: Vec::new(),
+            start_in: None,
+            resource_group: None,
             retry_exit_codes: Vec::new(),
             working_directory,
             container,
