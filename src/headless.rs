@@ -328,11 +328,41 @@ pub fn change_summary(kind: &EventKind) -> String {
 /// The final table: job, verdict, attempts, duration, failure class.
 pub fn summary_table(s: &RunSummary) -> String {
     let w = s.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(3).max(3);
+    // A GitLab pipeline's stages and coverage get columns of their own.
+    let stage_w = s
+        .jobs
+        .iter()
+        .filter_map(|j| j.stage.as_deref())
+        .map(|st| st.chars().count())
+        .max()
+        .map(|n| n.max(5));
+    let with_coverage = s.jobs.iter().any(|j| j.coverage.is_some());
+    let stage_col = |st: Option<&str>| match stage_w {
+        Some(sw) => format!("{:<sw$}  ", st.unwrap_or("-")),
+        None => String::new(),
+    };
+    let coverage_col = |c: Option<&str>| {
+        if with_coverage {
+            format!("{:>8}  ", c.map(|c| format!("{c}%")).unwrap_or_else(|| "-".into()))
+        } else {
+            String::new()
+        }
+    };
     let mut out = String::new();
     out.push('\n');
     out.push_str(&format!(
-        "{:<w$}  {:<9}  {:>8}  {:>9}  {}\n",
-        "JOB", "STATUS", "ATTEMPTS", "DURATION", "CLASS / REASON"
+        "{:<w$}  {}{:<9}  {:>8}  {:>9}  {}{}\n",
+        "JOB",
+        stage_col(Some("STAGE")),
+        "STATUS",
+        "ATTEMPTS",
+        "DURATION",
+        if with_coverage {
+            format!("{:>8}  ", "COVERAGE")
+        } else {
+            String::new()
+        },
+        "CLASS / REASON"
     ));
     for j in &s.jobs {
         let verdict = match (j.verdict, j.allow_failure) {
@@ -346,8 +376,9 @@ pub fn summary_table(s: &RunSummary) -> String {
             (None, None) => String::new(),
         };
         out.push_str(&format!(
-            "{:<w$}  {:<9}  {:>8}  {:>9}  {}\n",
+            "{:<w$}  {}{:<9}  {:>8}  {:>9}  {}{}\n",
             j.name,
+            stage_col(j.stage.as_deref()),
             verdict,
             j.attempts.len(),
             if j.attempts.is_empty() {
@@ -355,6 +386,7 @@ pub fn summary_table(s: &RunSummary) -> String {
             } else {
                 seconds(j.duration_ms)
             },
+            coverage_col(j.coverage.as_deref()),
             detail
         ));
     }

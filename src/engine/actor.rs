@@ -393,6 +393,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             due: None,
             _watcher: watcher,
         }),
+        coverage: HashMap::new(),
+        coverage_re: HashMap::new(),
     };
     tokio::spawn(actor.run());
     Ok(handle)
@@ -476,6 +478,10 @@ struct Actor {
     /// Steering channels of running deploy jobs.
     rollouts: HashMap<JobId, mpsc::Sender<(crate::deploy::rollout::Command, String)>>,
     watch: Option<Watch>,
+    /// Coverage its log reported, by job name (GitLab's `coverage`).
+    coverage: HashMap<String, String>,
+    /// Compiled `coverage` patterns, by pattern.
+    coverage_re: HashMap<String, Option<regex::Regex>>,
 }
 
 impl Actor {
@@ -693,6 +699,7 @@ impl Actor {
                     }
                     piece
                 };
+                self.note_coverage(job, &text);
                 let kind = EventKind::LogLine {
                     job: name(self, job),
                     attempt,
@@ -845,6 +852,9 @@ impl Actor {
                 }
                 Effect::Finished(summary) => {
                     let mut summary = *summary;
+                    for j in &mut summary.jobs {
+                        j.coverage = self.coverage.get(&j.name).cloned();
+                    }
                     tracing::info!(run = %summary.run_id, result = ?summary.result, message = %summary.message, "run finished");
                     mask_summary(&self.masker, &mut summary);
                     if let Err(e) = self.record.finish(&summary) {
@@ -895,7 +905,37 @@ impl Actor {
         tokio::spawn(run_attempt(self.ctx.clone(), a));
     }
 
+    /// GitLab's rule: the last line matching the job's `coverage` pattern
+    /// counts, and its first number is the coverage.
+    fn note_coverage(&mut self, job: JobId, text: &str) {
+        let Some(spec) = self.state.pipeline().jobs.get(job) else {
+            return;
+        };
+        let Some(pattern) = &spec.coverage else { return };
+        let name = spec.name.clone();
+        let re = self
+            .coverage_re
+            .entry(pattern.clone())
+            .or_insert_with(|| regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().ok());
+        let Some(m) = re.as_ref().and_then(|r| r.find(text)) else {
+            return;
+        };
+        let number = m
+            .as_str()
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .find(|s| s.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|s| s.trim_end_matches('.').to_string());
+        if let Some(n) = number {
+            self.coverage.insert(name, n);
+        }
+    }
+
     fn emit(&mut self, mut kind: EventKind) {
+        if let EventKind::RunFinished { summary } = &mut kind {
+            for j in &mut summary.jobs {
+                j.coverage = self.coverage.get(&j.name).cloned();
+            }
+        }
         if !self.masker.is_empty() {
             kind.mask(&|s| self.masker.mask(s));
         }

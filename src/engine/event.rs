@@ -126,6 +126,12 @@ pub struct JobSummary {
     /// The result-cache key it was served under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached: Option<String>,
+    /// Its stage (GitLab pipelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Test coverage its log reported (GitLab's `coverage` regex), e.g. `87.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1133,6 +1133,8 @@ impl RunState {
                 },
                 reason: st.reason.clone(),
                 cached: st.cached.clone(),
+                stage: spec.stage.clone(),
+                coverage: None,
             })
             .collect();
         let failed: Vec<&str> = jobs

@@ -233,6 +233,10 @@ pub struct Job {
     /// `start_in`); approving it starts it at once.
     #[serde(with = "opt_secs", skip_serializing_if = "Option::is_none", default)]
     pub start_in: Option<Duration>,
+    /// A regular expression whose last match in the log gives the job's
+    /// test coverage (GitLab's `coverage`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub coverage: Option<String>,
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,

@@ -119,7 +119,7 @@ const SERVER_ONLY: [&str; 8] = [
 ];
 
 /// Keywords read and deliberately without effect on a local run.
-const NO_EFFECT: [&str; 4] = ["tags", "interruptible", "environment", "coverage"];
+const NO_EFFECT: [&str; 3] = ["tags", "interruptible", "environment"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
 const NOT_YET: [&str; 1] = ["run"];
@@ -1055,6 +1055,36 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
             },
         };
+        let coverage = match get(def, "coverage") {
+            Some(n) => {
+                let cpath = join(&path, "coverage");
+                let text = self.cx.string(n, &cpath)?;
+                match text.strip_prefix('/').and_then(|t| t.strip_suffix('/')) {
+                    Some(re) => match regex::RegexBuilder::new(re).size_limit(1 << 20).build() {
+                        Ok(_) => Some(re.to_string()),
+                        Err(e) => {
+                            self.cx.err(
+                                n,
+                                &cpath,
+                                format!("`coverage` is not a valid regular expression: {e}"),
+                                "GitLab's regular expressions are RE2's",
+                            );
+                            return None;
+                        }
+                    },
+                    None => {
+                        self.cx.err(
+                            n,
+                            &cpath,
+                            "`coverage` is a regular expression between slashes",
+                            "write `coverage: '/Coverage: \\d+\\.\\d+%/'`",
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         let resource_group = match get(def, "resource_group") {
             Some(n) => {
                 let text = self.cx.string(n, &join(&path, "resource_group"))?;
@@ -1166,6 +1196,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             conditional: None,
             when,
             allow_failure,
+            coverage,
             start_in,
             resource_group,
             allow_failure_exit_codes,

@@ -252,6 +252,7 @@ impl Cx<'_> {
             allow_failure,
             allow_failure_exit_codes: Vec::new(),
             start_in: None,
+            coverage: None,
             resource_group: None,
             retry_exit_codes: Vec::new(),
             working_directory,
