@@ -22,6 +22,7 @@ mod inputs;
 mod merge;
 mod reference;
 pub mod rules;
+mod trigger;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -200,6 +201,8 @@ struct Read {
     job: Job,
     /// `parallel`: the instances' names and their own variables.
     instances: Vec<(String, Vec<EnvVar>)>,
+    /// `trigger`: a child pipeline.
+    trigger: Option<trigger::Trigger>,
 }
 
 struct Need {
@@ -217,6 +220,11 @@ struct Gitlab<'c, 's> {
     warned: HashSet<String>,
     /// The project's files, listed once when a wildcard or `exists` asks.
     files: Option<(std::path::PathBuf, files::ProjectFiles)>,
+    /// 0 for the pipeline file, 1 for a child pipeline of it, ...
+    depth: usize,
+    /// What a child pipeline is created with besides the predefined
+    /// variables (its trigger job's variables, `CI_PIPELINE_SOURCE`).
+    pipeline_vars: Vec<(String, String)>,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -226,6 +234,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             opts,
             warned: HashSet::new(),
             files: None,
+            depth: 0,
+            pipeline_vars: Vec::new(),
         }
     }
 
@@ -446,6 +456,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             .unwrap_or_default();
         let mut created: Vec<(String, String)> = self.opts.ci_vars.clone();
         created.extend(globals.iter().map(|v| (v.name.clone(), v.value.clone())));
+        created.extend(self.pipeline_vars.iter().cloned());
         created.extend(self.opts.cli_vars.iter().cloned());
         let mut workflow_vars = Vec::new();
         if let Some(wf) = top("workflow") {
@@ -550,7 +561,12 @@ impl<'c, 's> Gitlab<'c, 's> {
             ));
             return None;
         }
+        let triggers: Vec<(String, trigger::Trigger)> = read
+            .iter()
+            .filter_map(|r| r.trigger.clone().map(|t| (r.name.clone(), t)))
+            .collect();
         let jobs = self.lower(read, &stages);
+        let jobs = self.expand_triggers(jobs, triggers);
         // GitLab's predefined variables reach every job, below the file's.
         let global_env = self
             .opts
@@ -910,16 +926,10 @@ impl<'c, 's> Gitlab<'c, 's> {
                 // Read, and without effect on one machine.
             }
         }
-        if let Some(t) = get(def, "trigger") {
-            self.warn_once(
-                t,
-                &join(&path, "trigger"),
-                "trigger",
-                "trigger jobs (child pipelines) are not run yet by trackside; they are left out".into(),
-                "run the child pipeline's file on its own",
-            );
-            return None;
-        }
+        let trigger = match get(def, "trigger") {
+            Some(t) => Some(self.trigger_spec(t, &path)?),
+            None => None,
+        };
         // `inherit`: which defaults and file variables the job takes.
         let (inherit_defaults, inherit_vars) = self.inherit(def, &path);
         let field = |k: &str| -> Option<Node> {
@@ -960,6 +970,8 @@ impl<'c, 's> Gitlab<'c, 's> {
         };
         let script = match get(def, "script") {
             Some(n) => self.script(n, &join(&path, "script")),
+            // A trigger job runs no script of its own.
+            None if trigger.is_some() => Vec::new(),
             None => {
                 self.cx.err(
                     key,
@@ -1222,6 +1234,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             dependencies: dependencies.unwrap_or_default(),
             job,
             instances,
+            trigger,
         })
     }
 

@@ -296,17 +296,17 @@ fn what_needs_a_server_is_refused_or_ignored_with_a_message() {
     );
     let (p, report) = parse_source(
         Path::new(".gitlab-ci.yml"),
-        "a:\n  script: [x]\n  secrets: {X: {vault: a/b}}\n  release: {tag_name: v1}\nb:\n  trigger: {include: child.yml}\n".into(),
+        "a:\n  script: [x]\n  secrets: {X: {vault: a/b}}\n  release: {tag_name: v1}\nb:\n  trigger: {project: group/other}\n".into(),
         &opts(&[]),
     )
     .expect("valid");
-    assert!(p.job("b").is_none(), "a trigger job is left out");
+    assert!(p.job("b").is_none(), "another project's trigger is left out");
     let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
     assert!(
         warnings.iter().any(|w| w.contains("`secrets` needs GitLab's server")),
         "{warnings:?}"
     );
-    assert!(warnings.iter().any(|w| w.contains("trigger jobs")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("`trigger:project`")), "{warnings:?}");
 }
 
 #[test]
@@ -727,4 +727,27 @@ fn rules_exists_and_changes_look_at_the_project() {
         .collect();
     n.sort();
     assert_eq!(n, vec!["go", "web"]);
+}
+
+#[test]
+fn a_child_pipeline_joins_the_dag_under_its_trigger_job() {
+    let (_d, o) = project(&[
+        (
+            "ci/child.yml",
+            "test:\n  script: [echo $SERVICE]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"parent_pipeline\"\npack:\n  stage: deploy\n  script: [x]\n",
+        ),
+        ("ci/grand.yml", "g:\n  script: [x]\n"),
+    ]);
+    let src = "stages: [build, child, deploy]\nbuild:\n  stage: build\n  script: [x]\napi:\n  stage: child\n  variables: {SERVICE: api}\n  trigger: {include: ci/child.yml, strategy: depend}\nfree:\n  stage: child\n  trigger:\n    include: [{local: ci/child.yml}]\ndeploy:\n  stage: deploy\n  script: [x]\nother:\n  trigger: group/project\n";
+    let p = read_with(src, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(deps(&p, "api/test"), vec!["build"]);
+    assert_eq!(deps(&p, "api/pack"), vec!["api/test"]);
+    // strategy: depend waits for the child; without it the trigger passes at once.
+    assert_eq!(deps(&p, "api"), vec!["api/pack"]);
+    assert_eq!(deps(&p, "free"), vec!["build"]);
+    let t = p.job("api/test").expect("child job");
+    assert!(t.environment.iter().any(|v| v.name == "SERVICE" && v.value == "api"));
+    assert!(p.job("other").is_none(), "another project's pipeline is left out");
+    let e = errors("a:\n  trigger: {include: x.yml, project: g/p}\n");
+    assert!(e.iter().any(|(_, _, m)| m.contains("not both")), "{e:?}");
 }

@@ -1,0 +1,209 @@
+//! `trigger:` of a child pipeline from this repository: the child's file
+//! (`trigger: {include: ci/child.yml}`, any `include` form) is read as a
+//! GitLab pipeline of its own, created with `CI_PIPELINE_SOURCE` =
+//! `parent_pipeline` and the trigger job's variables, and its jobs join the
+//! DAG as `TRIGGER/JOB`: they start when the trigger job could, and keep
+//! their own stages and needs. With `strategy: depend` the trigger job
+//! waits for the whole child pipeline (and what follows it waits too);
+//! without, it passes as soon as the child is created, as in GitLab.
+//!
+//! A trigger of another project (`trigger: group/project`, `project:`)
+//! and a dynamic child pipeline (`include: {artifact, job}`) need GitLab's
+//! server or a generated file: they are left out with a warning.
+
+use super::{Gitlab, get, join};
+use crate::pipeline::model::{EnvVar, Job};
+use crate::pipeline::yaml::{Node, Value};
+
+/// GitLab's limit: a child pipeline may trigger one more level.
+pub const MAX_DEPTH: usize = 2;
+
+/// A trigger job's child pipeline, as written.
+#[derive(Clone)]
+pub(super) struct Trigger {
+    /// The `include` node (a file, a list, mappings).
+    include: Node,
+    /// `strategy: depend` (or `mirror`): the trigger job waits for the child.
+    depend: bool,
+    /// `forward:yaml_variables` (default true): the trigger job's variables
+    /// reach the child.
+    forward_yaml: bool,
+}
+
+impl Gitlab<'_, '_> {
+    /// Reads `trigger:`; `None` when the job is to be left out (reported).
+    pub(super) fn trigger_spec(&mut self, node: &Node, path: &str) -> Option<Trigger> {
+        let tpath = join(path, "trigger");
+        if let Value::Str(project) = &node.value {
+            self.warn_once(
+                node,
+                &tpath,
+                "trigger:project",
+                format!(
+                    "`trigger: {project}` starts a pipeline of another project on GitLab's server; the job is left out"
+                ),
+                "run that project's pipeline from its own checkout",
+            );
+            return None;
+        }
+        let keys = ["include", "project", "branch", "strategy", "forward"];
+        if !self.cx.mapping(node, &tpath, &keys, "`trigger`") {
+            return None;
+        }
+        if let (Some(_), Some(p)) = (get(node, "include"), get(node, "project")) {
+            self.cx.err(
+                p,
+                &join(&tpath, "project"),
+                "`trigger` takes `include` (a child pipeline) or `project` (another project's), not both",
+                "keep one of them",
+            );
+            return None;
+        }
+        if get(node, "project").is_some() {
+            self.warn_once(
+                node,
+                &tpath,
+                "trigger:project",
+                "`trigger:project` starts a pipeline of another project on GitLab's server; the job is left out".into(),
+                "run that project's pipeline from its own checkout",
+            );
+            return None;
+        }
+        let Some(include) = get(node, "include").cloned() else {
+            self.cx.err(
+                node,
+                &tpath,
+                "`trigger` needs `include:` (the child pipeline's file)",
+                "write `trigger: {include: ci/child.yml}`",
+            );
+            return None;
+        };
+        let dynamic = |n: &Node| get(n, "artifact").is_some();
+        let generated = match &include.value {
+            Value::Seq(items) => items.iter().any(dynamic),
+            _ => dynamic(&include),
+        };
+        if generated {
+            self.warn_once(
+                &include,
+                &join(&tpath, "include"),
+                "trigger:artifact",
+                "a child pipeline from a job's artifact (a generated file) is not run by trackside yet; the job is left out".into(),
+                "generate the file first and include it with `local:`",
+            );
+            return None;
+        }
+        let depend = match get(node, "strategy") {
+            None => false,
+            Some(s) => match s.as_str() {
+                Some("depend") | Some("mirror") => true,
+                _ => {
+                    self.cx.err(
+                        s,
+                        &join(&tpath, "strategy"),
+                        format!("`strategy: {}` is not one of GitLab's", s.key_text()),
+                        "write `strategy: depend`",
+                    );
+                    return None;
+                }
+            },
+        };
+        let forward_yaml = get(node, "forward")
+            .and_then(|f| get(f, "yaml_variables"))
+            .and_then(|v| self.cx.boolean(v, &join(&tpath, "forward.yaml_variables")))
+            .unwrap_or(true);
+        Some(Trigger {
+            include,
+            depend,
+            forward_yaml,
+        })
+    }
+
+    /// Reads each trigger job's child pipeline and puts its jobs into
+    /// `jobs` (see the module's note).
+    pub(super) fn expand_triggers(&mut self, mut jobs: Vec<Job>, triggers: Vec<(String, Trigger)>) -> Vec<Job> {
+        for (name, t) in triggers {
+            let Some(at) = jobs.iter().position(|j| j.name == name) else {
+                continue;
+            };
+            if self.depth + 1 > MAX_DEPTH {
+                self.cx.err(
+                    &t.include,
+                    &format!("{name}.trigger.include"),
+                    format!("child pipelines nest deeper than GitLab's {MAX_DEPTH} levels"),
+                    "trigger the deeper pipeline from its parent instead",
+                );
+                continue;
+            }
+            let parent = jobs[at].clone();
+            // What the child is created with: the trigger job's variables
+            // (GitLab passes its `variables` and the file's), as pipeline
+            // variables.
+            let mut passed: Vec<(String, String)> = if t.forward_yaml {
+                parent
+                    .environment
+                    .iter()
+                    .filter(|v| !v.name.starts_with("CI_") && !v.name.starts_with("GITLAB_"))
+                    .map(|v| (v.name.clone(), v.value.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            passed.push(("CI_PIPELINE_SOURCE".into(), "parent_pipeline".into()));
+            let config = Node {
+                value: Value::Map(vec![(
+                    Node {
+                        value: Value::Str("include".into()),
+                        ..t.include.clone()
+                    },
+                    t.include.clone(),
+                )]),
+                ..t.include.clone()
+            };
+            let child_jobs = {
+                let mut child = Gitlab::new(self.cx, self.opts);
+                child.depth = self.depth + 1;
+                child.pipeline_vars = passed.clone();
+                let mut state = super::include::Included::default();
+                let merged = child.with_includes(&config, 0, &mut state);
+                let resolved = child.resolve_references(&merged, &merged, 0);
+                child.pipeline(&resolved, name.clone()).map(|p| p.jobs)
+            };
+            let Some(child_jobs) = child_jobs else { continue };
+            let rename = |n: &str| format!("{name}/{n}");
+            let mut sinks: Vec<String> = Vec::new();
+            let mut added: Vec<Job> = Vec::new();
+            for mut j in child_jobs {
+                j.name = rename(&j.name);
+                j.depends_on = j.depends_on.iter().map(|d| rename(d)).collect();
+                if j.depends_on.is_empty() {
+                    j.depends_on = parent.depends_on.clone();
+                    j.depends_on_pos = parent.depends_on_pos.clone();
+                }
+                j.needs_artifacts = j.needs_artifacts.map(|l| l.iter().map(|d| rename(d)).collect());
+                j.stage = j.stage.map(|s| format!("{name}/{s}"));
+                for (k, v) in &passed {
+                    j.environment.push(EnvVar {
+                        name: k.clone(),
+                        value: v.clone(),
+                        pos: parent.pos,
+                    });
+                }
+                added.push(j);
+            }
+            for j in &added {
+                if !added.iter().any(|o| o.depends_on.contains(&j.name)) {
+                    sinks.push(j.name.clone());
+                }
+            }
+            if t.depend {
+                let p = &mut jobs[at];
+                p.depends_on = sinks;
+                p.depends_on_pos = vec![p.pos; p.depends_on.len()];
+                p.needs_artifacts = Some(Vec::new());
+            }
+            jobs.splice(at..at, added);
+        }
+        jobs
+    }
+}
