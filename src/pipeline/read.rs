@@ -385,6 +385,21 @@ impl Cx<'_> {
         }
     }
 
+    /// A list of strings that must be written as a list (GitLab's
+    /// `artifacts:paths`, `cache:key:files`): a lone string is a mistake.
+    pub(crate) fn string_seq(&mut self, node: &Node, path: &str) -> Vec<(String, Node)> {
+        if matches!(node.value, Value::Seq(_)) {
+            return self.string_list(node, path);
+        }
+        self.err(
+            node,
+            path,
+            format!("expected a list, found {}", node.type_name()),
+            "write `[a]` or one `- item` per line, even for one item",
+        );
+        Vec::new()
+    }
+
     pub(crate) fn env_map(&mut self, node: &Node, path: &str) -> Vec<EnvVar> {
         let Value::Map(items) = &node.value else {
             if node.value != Value::Null {

@@ -120,7 +120,7 @@ const SERVER_ONLY: [&str; 8] = [
 ];
 
 /// Keywords read and deliberately without effect on a local run.
-const NO_EFFECT: [&str; 3] = ["tags", "interruptible", "environment"];
+const NO_EFFECT: [&str; 2] = ["tags", "interruptible"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
 const NOT_YET: [&str; 1] = ["run"];
@@ -225,6 +225,9 @@ struct Gitlab<'c, 's> {
     /// What a child pipeline is created with besides the predefined
     /// variables (its trigger job's variables, `CI_PIPELINE_SOURCE`).
     pipeline_vars: Vec<(String, String)>,
+    /// An `extends` could not be resolved (reported once, not again as a
+    /// missing `script`).
+    extends_failed: bool,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -236,6 +239,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             files: None,
             depth: 0,
             pipeline_vars: Vec::new(),
+            extends_failed: false,
         }
     }
 
@@ -524,6 +528,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
         let (resolved, problems) = merge::resolve_all(&defs);
         let mut seen_problem = HashSet::new();
+        self.extends_failed = !problems.is_empty();
         for p in problems {
             self.extends_problem(p, &defs, &mut seen_problem);
         }
@@ -737,6 +742,24 @@ impl<'c, 's> Gitlab<'c, 's> {
         let Some(rules) = get(node, "rules") else {
             return Some(Vec::new());
         };
+        if let Value::Seq(items) = &rules.value {
+            for (i, r) in items.iter().enumerate() {
+                if let Some(w) = get(r, "when")
+                    && !matches!(w.as_str(), Some("always" | "never"))
+                {
+                    self.cx.err(
+                        w,
+                        &format!("workflow.rules[{i}].when"),
+                        format!(
+                            "`when: {}` in `workflow:rules`: a pipeline is created (`always`) or not (`never`)",
+                            w.key_text()
+                        ),
+                        "use `when: always` or `when: never`",
+                    );
+                    return None;
+                }
+            }
+        }
         match self.rules(rules, "workflow.rules", created, &[]) {
             Ok(Some(d)) if d.when != Some(WhenOrNever::Never) => Some(d.variables),
             Ok(_) => {
@@ -972,6 +995,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             Some(n) => self.script(n, &join(&path, "script")),
             // A trigger job runs no script of its own.
             None if trigger.is_some() => Vec::new(),
+            // Its script was to come from a parent `extends` could not reach.
+            None if self.extends_failed => return None,
             None => {
                 self.cx.err(
                     key,
@@ -999,6 +1024,19 @@ impl<'c, 's> Gitlab<'c, 's> {
             env.extend(self.variables(n, &join(&path, "variables")));
         }
         // rules, else only/except; then the job's own when/allow_failure.
+        if get(def, "rules").is_some() {
+            for k in ["only", "except"] {
+                if let Some((kn, _)) = entries(def).iter().find(|(kn, _)| kn.as_str() == Some(k)) {
+                    self.cx.err(
+                        kn,
+                        &join(&path, k),
+                        format!("job `{name}` has both `rules` and `{k}`; GitLab allows one of them"),
+                        format!("express `{k}` as a rule and remove it"),
+                    );
+                    return None;
+                }
+            }
+        }
         let decision = if let Some(r) = get(def, "rules") {
             match self.rules(r, &join(&path, "rules"), created, &env) {
                 Ok(Some(d)) => d,
@@ -1067,6 +1105,9 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
             },
         };
+        if let Some(e) = get(def, "environment") {
+            env.extend(self.environment(e, &join(&path, "environment"), &created));
+        }
         let coverage = match get(def, "coverage") {
             Some(n) => {
                 let cpath = join(&path, "coverage");
@@ -1286,7 +1327,13 @@ impl<'c, 's> Gitlab<'c, 's> {
                 "script lists nest deeper than GitLab's 10 levels",
                 "flatten the lists",
             ),
-            _ => out.extend(self.cx.string(node, path)),
+            Value::Str(text) => out.push(text.clone()),
+            _ => self.cx.err(
+                node,
+                path,
+                format!("a script line is a string, found {}", node.type_name()),
+                "quote it: `- \"42\"`",
+            ),
         }
     }
 
@@ -1509,12 +1556,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
         let list = |s: &mut Self, k: &str| -> Vec<String> {
             get(node, k)
-                .map(|n| {
-                    s.cx.string_list(n, &join(path, k))
-                        .into_iter()
-                        .map(|(v, _)| v)
-                        .collect()
-                })
+                .map(|n| s.cx.string_seq(n, &join(path, k)).into_iter().map(|(v, _)| v).collect())
                 .unwrap_or_default()
         };
         let mut paths = list(self, "paths");
@@ -1611,15 +1653,19 @@ impl<'c, 's> Gitlab<'c, 's> {
                     if !self.cx.mapping(k, &kpath, &["files", "prefix"], "`cache:key`") {
                         continue;
                     }
-                    let files: Vec<String> = match get(k, "files") {
+                    let given = get(k, "files");
+                    let files: Vec<String> = match given {
                         Some(f) => self
                             .cx
-                            .string_list(f, &join(&kpath, "files"))
+                            .string_seq(f, &join(&kpath, "files"))
                             .into_iter()
                             .map(|(s, _)| s)
                             .collect(),
                         None => Vec::new(),
                     };
+                    if !given.is_some_and(|f| matches!(f.value, Value::Seq(_))) {
+                        continue; // reported: not a list
+                    }
                     if files.is_empty() || files.len() > 2 {
                         self.cx.err(
                             k,
@@ -1716,6 +1762,78 @@ impl<'c, 's> Gitlab<'c, 's> {
                 when,
                 fallback_keys,
             });
+        }
+        out
+    }
+
+    /// `environment`: a name, or `{name, url, action, ...}`: checked as
+    /// GitLab checks it, and given to the job as `CI_ENVIRONMENT_*`.
+    fn environment(&mut self, node: &Node, path: &str, created: &[(String, String)]) -> Vec<EnvVar> {
+        let (name, url, action, tier) = match &node.value {
+            Value::Map(_) => {
+                let keys = [
+                    "name",
+                    "url",
+                    "action",
+                    "on_stop",
+                    "auto_stop_in",
+                    "deployment_tier",
+                    "kubernetes",
+                ];
+                if !self.cx.mapping(node, path, &keys, "`environment`") {
+                    return Vec::new();
+                }
+                let Some(name) = get(node, "name").and_then(|n| self.cx.string(n, &join(path, "name"))) else {
+                    self.cx.err(
+                        node,
+                        path,
+                        "`environment` needs a `name`",
+                        "write `environment: {name: production, url: https://...}`",
+                    );
+                    return Vec::new();
+                };
+                let url = get(node, "url").and_then(|n| self.cx.string(n, &join(path, "url")));
+                let action = match get(node, "action") {
+                    Some(a) => {
+                        let words = ["start", "prepare", "stop", "verify", "access"];
+                        let text = self.cx.string(a, &join(path, "action")).unwrap_or_default();
+                        if !words.contains(&text.as_str()) {
+                            self.cx.err(
+                                a,
+                                &join(path, "action"),
+                                format!("`action: {text}` is not one of GitLab's"),
+                                suggestion_hint(&text, &words, "actions"),
+                            );
+                            return Vec::new();
+                        }
+                        text
+                    }
+                    None => "start".to_string(),
+                };
+                let tier = get(node, "deployment_tier").and_then(|n| self.cx.string(n, &join(path, "deployment_tier")));
+                (name, url, action, tier)
+            }
+            _ => match self.cx.string(node, path) {
+                Some(n) => (n, None, "start".to_string(), None),
+                None => return Vec::new(),
+            },
+        };
+        let name = include::expand_with(&name, created);
+        let var = |k: &str, v: String| EnvVar {
+            name: k.into(),
+            value: v,
+            pos: node.pos,
+        };
+        let mut out = vec![
+            var("CI_ENVIRONMENT_SLUG", slug(&name, 24)),
+            var("CI_ENVIRONMENT_NAME", name),
+            var("CI_ENVIRONMENT_ACTION", action),
+        ];
+        if let Some(u) = url {
+            out.push(var("CI_ENVIRONMENT_URL", include::expand_with(&u, created)));
+        }
+        if let Some(t) = tier {
+            out.push(var("CI_ENVIRONMENT_TIER", t));
         }
         out
     }

@@ -1,0 +1,2 @@
+CREATE TABLE orders (id int);
+CREATE TABLE users (id int);

@@ -1,0 +1,2 @@
+. src/lib/greet.sh
+greet build
