@@ -57,17 +57,30 @@ pub enum ExtendsError {
     },
 }
 
-/// Every job's definition with its `extends` resolved (and removed), by
-/// name; the problems found on the way, each once.
-pub fn resolve_all(jobs: &[(String, Node)]) -> (HashMap<String, Node>, Vec<ExtendsError>) {
+/// Every job's `extends` resolved.
+pub struct Resolved {
+    /// Each job's definition with its `extends` merged in (and removed).
+    pub jobs: HashMap<String, Node>,
+    /// The problems found on the way, each once.
+    pub problems: Vec<ExtendsError>,
+    /// Jobs whose chain had a problem (what they lack may be the parent's).
+    pub failed: std::collections::HashSet<String>,
+}
+
+pub fn resolve_all(jobs: &[(String, Node)]) -> Resolved {
     let by_name: HashMap<&str, &Node> = jobs.iter().map(|(n, v)| (n.as_str(), v)).collect();
     let mut done: HashMap<String, Node> = HashMap::new();
     let mut problems = Vec::new();
+    let mut failed = std::collections::HashSet::new();
     for (name, _) in jobs {
         let mut chain = Vec::new();
-        resolve(name, &by_name, &mut done, &mut chain, &mut problems);
+        resolve(name, &by_name, &mut done, &mut chain, &mut problems, &mut failed);
     }
-    (done, problems)
+    Resolved {
+        jobs: done,
+        problems,
+        failed,
+    }
 }
 
 fn resolve(
@@ -76,10 +89,12 @@ fn resolve(
     done: &mut HashMap<String, Node>,
     chain: &mut Vec<String>,
     problems: &mut Vec<ExtendsError>,
+    failed: &mut std::collections::HashSet<String>,
 ) -> Option<Node> {
     if let Some(n) = done.get(name) {
         return Some(n.clone());
     }
+    let before = problems.len();
     let own = *jobs.get(name)?;
     let Value::Map(entries) = &own.value else {
         return Some(own.clone());
@@ -119,7 +134,10 @@ fn resolve(
             problems.push(ExtendsError::Unknown { node: at, name: parent });
             continue;
         }
-        if let Some(p) = resolve(&parent, jobs, done, chain, problems) {
+        if failed.contains(&parent) {
+            failed.insert(name.to_string());
+        }
+        if let Some(p) = resolve(&parent, jobs, done, chain, problems, failed) {
             merged = Some(match merged {
                 Some(m) => deep_merge(&m, &p),
                 None => p,
@@ -141,6 +159,9 @@ fn resolve(
         Some(m) => deep_merge(&m, &own_without),
         None => own_without,
     };
+    if problems.len() > before {
+        failed.insert(name.to_string());
+    }
     done.insert(name.to_string(), result.clone());
     Some(result)
 }
@@ -171,7 +192,9 @@ mod tests {
 
     #[test]
     fn mappings_merge_deeply_and_the_rest_is_replaced_later_parents_winning() {
-        let (done, problems) = resolve_all(&jobs(
+        let Resolved {
+            jobs: done, problems, ..
+        } = resolve_all(&jobs(
             ".base:\n  variables: {A: a, B: b}\n  script: [base]\n  tags: [x]\n.other:\n  variables: {B: other, C: c}\n  tags: [y, z]\njob:\n  extends: [.base, .other]\n  variables: {C: job}\n  script: [own]\n",
         ));
         assert!(problems.is_empty(), "{problems:?}");
@@ -183,12 +206,18 @@ mod tests {
 
     #[test]
     fn chains_resolve_and_unknown_cyclic_or_too_deep_ones_are_named() {
-        let (done, problems) = resolve_all(&jobs(
+        let Resolved {
+            jobs: done, problems, ..
+        } = resolve_all(&jobs(
             ".a:\n  script: [a]\n.b:\n  extends: .a\n  stage: b\nc:\n  extends: .b\n",
         ));
         assert!(problems.is_empty());
         assert_eq!(text(&done["c"]), "{script=[a],stage=b}");
-        let (_, problems) = resolve_all(&jobs("x:\n  extends: .nope\ny:\n  extends: y\nz:\n  extends: {a: 1}\n"));
+        let r = resolve_all(&jobs(
+            "x:\n  extends: .nope\ny:\n  extends: y\nz:\n  extends: {a: 1}\nw:\n  extends: x\n",
+        ));
+        let problems = r.problems;
+        assert!(["x", "y", "w"].iter().all(|j| r.failed.contains(*j)), "{:?}", r.failed);
         assert!(matches!(&problems[0], ExtendsError::Unknown { name, .. } if name == ".nope"));
         assert!(matches!(&problems[1], ExtendsError::Cycle { chain, .. } if chain == &["y", "y"]));
         assert!(matches!(&problems[2], ExtendsError::NotNames { .. }));
@@ -196,7 +225,7 @@ mod tests {
             .map(|i| format!(".j{i}:\n  extends: .j{}\n", i + 1))
             .chain(std::iter::once(".j20:\n  script: [x]\n".to_string()))
             .collect();
-        let (_, problems) = resolve_all(&jobs(&deep));
+        let problems = resolve_all(&jobs(&deep)).problems;
         assert!(
             problems.iter().any(|p| matches!(p, ExtendsError::TooDeep { .. })),
             "{problems:?}"

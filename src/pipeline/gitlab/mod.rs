@@ -227,7 +227,7 @@ struct Gitlab<'c, 's> {
     pipeline_vars: Vec<(String, String)>,
     /// An `extends` could not be resolved (reported once, not again as a
     /// missing `script`).
-    extends_failed: bool,
+    extends_failed: HashSet<String>,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -239,7 +239,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             files: None,
             depth: 0,
             pipeline_vars: Vec::new(),
-            extends_failed: false,
+            extends_failed: HashSet::new(),
         }
     }
 
@@ -526,9 +526,13 @@ impl<'c, 's> Gitlab<'c, 's> {
             keys.insert(key.clone(), k.clone());
             defs.push((key, v.clone()));
         }
-        let (resolved, problems) = merge::resolve_all(&defs);
+        let merge::Resolved {
+            jobs: resolved,
+            problems,
+            failed,
+        } = merge::resolve_all(&defs);
         let mut seen_problem = HashSet::new();
-        self.extends_failed = !problems.is_empty();
+        self.extends_failed = failed;
         for p in problems {
             self.extends_problem(p, &defs, &mut seen_problem);
         }
@@ -996,7 +1000,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             // A trigger job runs no script of its own.
             None if trigger.is_some() => Vec::new(),
             // Its script was to come from a parent `extends` could not reach.
-            None if self.extends_failed => return None,
+            None if self.extends_failed.contains(name) => return None,
             None => {
                 self.cx.err(
                     key,
@@ -1106,7 +1110,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             },
         };
         if let Some(e) = get(def, "environment") {
-            env.extend(self.environment(e, &join(&path, "environment"), &created));
+            env.extend(self.environment(e, &join(&path, "environment"), created));
         }
         let coverage = match get(def, "coverage") {
             Some(n) => {
