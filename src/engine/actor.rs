@@ -906,7 +906,8 @@ impl Actor {
     }
 
     /// GitLab's rule: the last line matching the job's `coverage` pattern
-    /// counts, and its first number is the coverage.
+    /// counts, and the first number of its last capture group (else of the
+    /// whole match) is the coverage.
     fn note_coverage(&mut self, job: JobId, text: &str) {
         let Some(spec) = self.state.pipeline().jobs.get(job) else {
             return;
@@ -917,7 +918,11 @@ impl Actor {
             .coverage_re
             .entry(pattern.clone())
             .or_insert_with(|| regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().ok());
-        let Some(m) = re.as_ref().and_then(|r| r.find(text)) else {
+        let Some(caps) = re.as_ref().and_then(|r| r.captures(text)) else {
+            return;
+        };
+        // The last capture group when the pattern has one, else the match.
+        let Some(m) = caps.iter().skip(1).flatten().last().or_else(|| caps.get(0)) else {
             return;
         };
         let number = m

@@ -640,12 +640,12 @@ pub async fn pull_dir_caches(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: 
             }
         }
         let Some((from, m)) = found else {
-            note(
-                a,
-                &step,
-                format!("directory cache `{key}` is empty; it is saved after the job"),
-            )
-            .await;
+            let then = if dc.policy.pushes() {
+                "; it is saved after the job"
+            } else {
+                ""
+            };
+            note(a, &step, format!("directory cache `{key}` is empty{then}")).await;
             continue;
         };
         let (c, dest) = (ctx.clone(), ws.to_path_buf());

@@ -604,6 +604,9 @@ impl RunState {
                 match st.status {
                     JobStatus::Succeeded => {}
                     JobStatus::Failed if self.failure_allowed(d) => {}
+                    // An optional manual job (allowed to fail) does not hold
+                    // back what comes after it, as in GitLab.
+                    JobStatus::WaitingApproval if self.pipeline.jobs[d].allow_failure => {}
                     JobStatus::Failed | JobStatus::Cancelled => {
                         bad.get_or_insert_with(|| self.pipeline.jobs[d].name.clone());
                     }
@@ -617,6 +620,21 @@ impl RunState {
             }
             let when = spec.when;
             let waits_for_all = status_driven || matches!(when, When::OnFailure | When::Always);
+            if !waits_for_all
+                && let Some(root) = bad.clone()
+                && spec.mirrors_upstream
+            {
+                // A trigger job with `strategy: depend` takes its child
+                // pipeline's failure as its own.
+                self.fail_as(
+                    j,
+                    format!("its child pipeline failed ({root})"),
+                    FailureClass::Script,
+                    fx,
+                );
+                work.extend(self.plan.dependents[j].iter().copied());
+                continue;
+            }
             if !waits_for_all && let Some(root) = bad {
                 self.skip(j, format!("blocked by {root}"), Some(root), fx);
                 work.extend(self.plan.dependents[j].iter().copied());
@@ -655,6 +673,9 @@ impl RunState {
             if when == When::Manual && !self.jobs[j].approved {
                 self.jobs[j].status = JobStatus::WaitingApproval;
                 fx.push(Effect::Emit(EventKind::GateWaiting { job: self.name(j) }));
+                if spec.allow_failure {
+                    work.extend(self.plan.dependents[j].iter().copied());
+                }
             } else if let Some(after) = spec
                 .start_in
                 .filter(|_| !self.jobs[j].delay_done && !self.jobs[j].approved)
@@ -691,9 +712,13 @@ impl RunState {
     }
 
     fn fail_without_running(&mut self, j: JobId, message: String, fx: &mut Vec<Effect>) {
+        self.fail_as(j, message, FailureClass::Infra, fx);
+    }
+
+    fn fail_as(&mut self, j: JobId, message: String, class: FailureClass, fx: &mut Vec<Effect>) {
         let st = &mut self.jobs[j];
         st.status = JobStatus::Failed;
-        st.failure_class = Some(FailureClass::Infra);
+        st.failure_class = Some(class);
         st.reason = Some(message.clone());
         let attempt = st.attempt;
         fx.push(Effect::Emit(EventKind::JobFinished {
@@ -701,7 +726,7 @@ impl RunState {
             attempt,
             status: JobStatus::Failed,
             exit_code: None,
-            failure_class: Some(FailureClass::Infra),
+            failure_class: Some(class),
             duration_ms: 0,
             flaky: false,
             message: Some(message),

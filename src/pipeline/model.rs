@@ -237,6 +237,10 @@ pub struct Job {
     /// test coverage (GitLab's `coverage`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub coverage: Option<String>,
+    /// Fails (instead of being skipped) when a job it waits for fails: a
+    /// GitLab trigger job with `strategy: depend` mirrors its child pipeline.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub mirrors_upstream: bool,
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,

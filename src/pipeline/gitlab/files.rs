@@ -58,7 +58,11 @@ impl ProjectFiles {
 pub fn glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
     let p = pattern.trim_start_matches('/');
     let p = p.strip_prefix("./").unwrap_or(p);
-    GlobBuilder::new(p)
+    // GitLab's `configs/**.yml` is every .yml below configs, at any depth.
+    let p = regex::Regex::new(r"\*\*([^/*])")
+        .map(|re| re.replace_all(p, "**/*$1").into_owned())
+        .unwrap_or_else(|_| p.to_string());
+    GlobBuilder::new(&p)
         .literal_separator(true)
         .build()
         .map(|g: Glob| g.compile_matcher())
@@ -80,6 +84,7 @@ mod tests {
         assert!(!m("configs/*.yml", "configs/sub/a.yml"));
         assert!(m("configs/**/*.yml", "configs/sub/deep/a.yml"));
         assert!(m("configs/**.yml", "configs/a.yml"));
+        assert!(m("configs/**.yml", "configs/deep/er/a.yml"));
         assert!(m("/src/{api,web}/*.go", "src/web/main.go"));
         assert!(m("*.md", ".hidden.md"));
         assert!(!m("docs/*", "src/x"));

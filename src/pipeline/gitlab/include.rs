@@ -463,7 +463,12 @@ impl Gitlab<'_, '_> {
             );
             return None;
         }
-        Some(self.apply_inputs(config, spec.as_ref(), inputs, entry, path, rel))
+        // A file whose inputs are wrong is not read further: what it would
+        // say next is the same mistake again.
+        let errors = |s: &Self| s.cx.diags.iter().filter(|d| d.is_error()).count();
+        let before = errors(self);
+        let filled = self.apply_inputs(config, spec.as_ref(), inputs, entry, path, rel);
+        (errors(self) == before).then_some(filled)
     }
 
     /// Whether `include:rules` let the entry in: the first rule that matches

@@ -266,6 +266,7 @@ impl Gitlab<'_, '_> {
                 return None;
             };
             let inner = after[..end].trim();
+            let width = rest[start..start + 3 + end + 2].chars().count();
             let char_at = text[..offset + start].chars().count();
             let mut parts = inner.split('|').map(str::trim);
             let head = parts.next().unwrap_or_default();
@@ -329,7 +330,7 @@ impl Gitlab<'_, '_> {
                     Err(message) => {
                         let pos = self.cx.pos_in(node, char_at);
                         self.cx.diags.push(
-                            crate::pipeline::Diagnostic::error(pos, 3, "", format!("`$[[ {inner} ]]`: {message}"))
+                            crate::pipeline::Diagnostic::error(pos, width, "", format!("`$[[ {inner} ]]`: {message}"))
                                 .with_hint("functions: expand_vars, truncate(offset,length), posix_escape"),
                         );
                         return None;
@@ -340,7 +341,7 @@ impl Gitlab<'_, '_> {
             if out.len() > MAX_INTERPOLATED {
                 let pos = self.cx.pos_in(node, char_at);
                 self.cx.diags.push(
-                    crate::pipeline::Diagnostic::error(pos, 3, "", "interpolation makes a string over 1 MiB")
+                    crate::pipeline::Diagnostic::error(pos, width, "", "interpolation makes a string over 1 MiB")
                         .with_hint("inputs are for small values"),
                 );
                 return None;

@@ -210,6 +210,9 @@ struct Need {
     node: Node,
     artifacts: bool,
     optional: bool,
+    /// `parallel:matrix`: only the instances with one of these sets of
+    /// values (empty: every instance).
+    matrix: Vec<Vec<(String, String)>>,
 }
 
 /// The reading of one file: the context and what the whole file shares.
@@ -277,7 +280,14 @@ impl<'c, 's> Gitlab<'c, 's> {
         let spec = header.as_ref().and_then(|h| get(h, "spec")).cloned();
         let rel = path.display().to_string();
         let config = match &spec {
-            Some(s) => self.apply_inputs(config.clone(), Some(s), None, &config, "", &rel),
+            Some(s) => {
+                let before = self.cx.diags.iter().filter(|d| d.is_error()).count();
+                let filled = self.apply_inputs(config.clone(), Some(s), None, &config, "", &rel);
+                if self.cx.diags.iter().filter(|d| d.is_error()).count() > before {
+                    return None;
+                }
+                filled
+            }
             None => config,
         };
         let mut state = include::Included::default();
@@ -802,7 +812,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         created: &[(String, String)],
         job_vars: &[EnvVar],
     ) -> Result<Option<RuleDecision>, ()> {
-        let Value::Seq(items) = &node.value else {
+        let Value::Seq(listed) = &node.value else {
             self.cx.err(
                 node,
                 path,
@@ -811,6 +821,14 @@ impl<'c, 's> Gitlab<'c, 's> {
             );
             return Err(());
         };
+        // `- !reference [.x, rules]` puts a list of rules in the list.
+        let items: Vec<Node> = listed
+            .iter()
+            .flat_map(|r| match &r.value {
+                Value::Seq(inner) => inner.clone(),
+                _ => vec![r.clone()],
+            })
+            .collect();
         let cli = &self.opts.cli_vars;
         let get_var = |name: &str| -> Option<String> { lookup(name, cli, job_vars, created) };
         let allowed = [
@@ -1253,6 +1271,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             conditional: None,
             when,
             allow_failure,
+            mirrors_upstream: false,
             coverage,
             start_in,
             resource_group,
@@ -1976,14 +1995,34 @@ impl<'c, 's> Gitlab<'c, 's> {
                         self.cx.err(item, &ipath, "a need has no `job`", "write `- job: build`");
                         continue;
                     };
+                    // `parallel: {matrix: [{VAR: value}, ...]}`: only the
+                    // instances with those values.
+                    let mut matrix = Vec::new();
                     if let Some(n) = get(item, "parallel") {
-                        self.warn_once(
-                            n,
-                            &join(&ipath, "parallel"),
-                            "needs:parallel",
-                            "`needs:parallel:matrix` is not supported yet by trackside: the job waits for every instance".into(),
-                            "see docs/gitlab.md",
-                        );
+                        let ppath = join(&ipath, "parallel");
+                        if self.cx.mapping(n, &ppath, &["matrix"], "`needs:parallel`")
+                            && let Some(Value::Seq(rows)) = get(n, "matrix").map(|m| &m.value)
+                        {
+                            for (r, row) in rows.iter().enumerate() {
+                                let rpath = format!("{ppath}.matrix[{r}]");
+                                let Value::Map(pairs) = &row.value else {
+                                    self.cx.err(
+                                        row,
+                                        &rpath,
+                                        "a matrix entry is a mapping of variables to values",
+                                        "write `- {OS: linux}`",
+                                    );
+                                    continue;
+                                };
+                                let mut want = Vec::new();
+                                for (k, v) in pairs {
+                                    if let Some(text) = self.cx.string(v, &join(&rpath, &k.key_text())) {
+                                        want.push((k.key_text(), text));
+                                    }
+                                }
+                                matrix.push(want);
+                            }
+                        }
                     }
                     let artifacts = get(item, "artifacts")
                         .and_then(|n| self.cx.boolean(n, &join(&ipath, "artifacts")))
@@ -1996,6 +2035,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                         node: item.clone(),
                         artifacts,
                         optional,
+                        matrix,
                     });
                 }
                 _ => {
@@ -2005,6 +2045,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                             node: item.clone(),
                             artifacts: true,
                             optional: false,
+                            matrix: Vec::new(),
                         });
                     }
                 }
@@ -2244,7 +2285,28 @@ impl<'c, 's> Gitlab<'c, 's> {
                                 "a job can need jobs of its own stage or earlier ones; move one of them",
                             ),
                             Some(_) => {
-                                for inst in &instances_of[n.job.as_str()] {
+                                let chosen: Vec<String> = read
+                                    .iter()
+                                    .filter(|o| o.name == n.job)
+                                    .flat_map(|o| o.instances.iter())
+                                    .filter(|(_, vars)| {
+                                        n.matrix.is_empty()
+                                            || n.matrix.iter().any(|row| {
+                                                row.iter()
+                                                    .all(|(k, v)| vars.iter().any(|e| &e.name == k && &e.value == v))
+                                            })
+                                    })
+                                    .map(|(name, _)| name.clone())
+                                    .collect();
+                                if chosen.is_empty() {
+                                    self.cx.err(
+                                        &n.node,
+                                        &format!("{}.needs", r.name),
+                                        format!("no instance of `{}` has the matrix values this need names", n.job),
+                                        "check the values against the job's `parallel:matrix`",
+                                    );
+                                }
+                                for inst in &chosen {
                                     deps.push((inst.clone(), n.node.pos));
                                     if n.artifacts {
                                         from.push(inst.clone());

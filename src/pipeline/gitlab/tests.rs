@@ -443,14 +443,12 @@ fn caches_and_services_are_read_as_gitlab_documents_them() {
 fn what_is_not_supported_yet_says_so() {
     let (_, report) = parse_source(
         Path::new(".gitlab-ci.yml"),
-        "default:\n  cache: {paths: [x]}\nservices: [postgres]\nb:\n  script: [x]\nc:\n  needs:\n    - job: b\n      parallel: {matrix: [{OS: linux}]}\n  script: [x]\n  rules:\n    - needs: [b]\n".into(),
+        "default:\n  cache: {paths: [x]}\nservices: [postgres]\nb:\n  script: [x]\nc:\n  needs:\n    - job: b\n  script: [x]\n  rules:\n    - needs: [b]\n".into(),
         &opts(&[]),
     )
     .expect("valid");
     let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
-    for w in ["needs:parallel:matrix", "`rules:needs`"] {
-        assert!(warnings.iter().any(|x| x.contains(w)), "{w}: {warnings:?}");
-    }
+    assert!(warnings.iter().any(|x| x.contains("`rules:needs`")), "{warnings:?}");
     let e = errors("spec:\n  inputs: {x: {}}\n");
     assert!(
         e.iter()
@@ -750,4 +748,20 @@ fn a_child_pipeline_joins_the_dag_under_its_trigger_job() {
     assert!(p.job("other").is_none(), "another project's pipeline is left out");
     let e = errors("a:\n  trigger: {include: x.yml, project: g/p}\n");
     assert!(e.iter().any(|(_, _, m)| m.contains("not both")), "{e:?}");
+}
+
+#[test]
+fn a_need_on_matrix_values_waits_for_those_instances_only() {
+    let p = read(
+        "stages: [build, test]\ncompile:\n  stage: build\n  parallel:\n    matrix:\n      - APP: [web, api]\n        MODE: [debug, release]\n  script: [x]\nsmoke:\n  stage: test\n  needs:\n    - job: compile\n      parallel:\n        matrix:\n          - {APP: web, MODE: release}\n  script: [x]\n",
+    );
+    assert_eq!(deps(&p, "smoke"), vec!["compile: [web, release]"]);
+    let e = errors(
+        "compile:\n  stage: build\n  parallel: {matrix: [{APP: [web]}]}\n  script: [x]\nsmoke:\n  needs: [{job: compile, parallel: {matrix: [{APP: ios}]}}]\n  script: [x]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 6 && m.contains("no instance of `compile`")),
+        "{e:?}"
+    );
 }

@@ -201,6 +201,7 @@ impl Gitlab<'_, '_> {
                 p.depends_on = sinks;
                 p.depends_on_pos = vec![p.pos; p.depends_on.len()];
                 p.needs_artifacts = Some(Vec::new());
+                p.mirrors_upstream = true;
             }
             jobs.splice(at..at, added);
         }

@@ -253,6 +253,7 @@ impl Cx<'_> {
             allow_failure_exit_codes: Vec::new(),
             start_in: None,
             coverage: None,
+            mirrors_upstream: false,
             resource_group: None,
             retry_exit_codes: Vec::new(),
             working_directory,
