@@ -766,6 +766,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
         include_projects: Vec::new(),
         changed_files: None,
         changes_since: None,
+        project_vars: Vec::new(),
     };
     // What GitLab's rules are decided against: only a GitLab file pays for
     // asking git.
@@ -798,8 +799,21 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
                 std::fs::canonicalize(path).map_err(|e| Fail(format!("--include-project {project}={path}: {e}"), 2))?;
             include_projects.push((project.clone(), dir));
         }
+        // gitlab-ci-local's variable files stand for the project's settings.
+        let remote = ci_vars
+            .iter()
+            .find(|(k, _)| k == "CI_SERVER_HOST")
+            .zip(ci_vars.iter().find(|(k, _)| k == "CI_PROJECT_PATH"))
+            .map(|((_, h), (_, p))| format!("{h}/{p}"));
+        let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+        let local = pipeline::gitlab::localvars::read(&root, home.as_deref(), remote.as_deref())
+            .map_err(|e| Fail(format!("{e}; fix the file or move it aside"), 2))?;
+        for note in &local.notes {
+            eprintln!("warning: {note}");
+        }
         LoadOptions {
             ci_vars,
+            project_vars: local.vars,
             project_dir: Some(root),
             include_projects,
             changed_files,

@@ -177,3 +177,85 @@ fn a_fifo_given_as_a_pipeline_is_refused_not_waited_on() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("not a regular file"), "{}", text(&o));
 }
+
+const SELECT: &str = r#"stages: [build, test, deploy]
+build:
+  stage: build
+  script:
+    - mkdir -p out && echo "built $CI_PIPELINE_SOURCE" > out/app.txt
+  artifacts:
+    paths: [out/]
+test:
+  stage: test
+  parallel: 2
+  script: cat out/app.txt
+deploy:
+  stage: deploy
+  script: echo "deploying $TOKEN_FROM_SETTINGS"
+"#;
+
+#[test]
+fn list_only_stage_and_job_select_what_runs() {
+    let Some(env) = repo(SELECT) else { return };
+    let run = |args: &[&str]| {
+        let o = env
+            .cmd()
+            .current_dir(env.dir.path())
+            .args(["run", "--headless", "-j", "1"])
+            .args(args)
+            .output()
+            .expect("run");
+        (o.status.code(), text(&o))
+    };
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["run", "--list"])
+        .output()
+        .expect("list");
+    let list = text(&o);
+    assert!(list.starts_with("name"), "{list}");
+    assert!(list.contains("test: [2/2]  test") && list.contains("[build]"), "{list}");
+    // --only without a recorded run: the artifacts are missing, and it says so.
+    let (code, out) = run(&["--only", "test 1/2"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no earlier run recorded its artifacts"), "{out}");
+    // A full run records them; --only then takes them from it, and says from which run.
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["--only", "test 1/2"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("restored 1 artifact file(s) of build from run "), "{out}");
+    assert!(out.contains("1 jobs"), "{out}");
+    let (code, out) = run(&["--stage", "test"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 jobs") && !out.contains(":: build"), "{out}");
+    let (code, out) = run(&["--job", "test"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("3 jobs") && !out.contains(":: deploy"), "{out}");
+    let (code, out) = run(&["--job", "tset"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("did you mean `test"), "{out}");
+}
+
+#[test]
+fn gitlab_ci_local_variable_files_are_read_and_ranked_below_var() {
+    let Some(env) = repo(SELECT) else { return };
+    env.file(".gitlab-ci-local-variables.yml", "TOKEN_FROM_SETTINGS: from-file\n");
+    let run = |extra: &[&str]| {
+        let o = env
+            .cmd()
+            .current_dir(env.dir.path())
+            .env("HOME", env.dir.path())
+            .args(["run", "--headless", "--only", "deploy"])
+            .args(extra)
+            .output()
+            .expect("run");
+        text(&o)
+    };
+    assert!(run(&[]).contains("deploy > deploying from-file"));
+    assert!(run(&["--var", "TOKEN_FROM_SETTINGS=from-cli"]).contains("deploy > deploying from-cli"));
+    env.file(".gitlab-ci-local-variables.yml", "TOKEN: [unclosed\n");
+    let out = run(&[]);
+    assert!(out.contains(".gitlab-ci-local-variables.yml"), "{out}");
+}

@@ -19,6 +19,7 @@
 mod files;
 mod include;
 mod inputs;
+pub mod localvars;
 mod merge;
 mod reference;
 pub mod rules;
@@ -470,6 +471,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             .unwrap_or_default();
         let mut created: Vec<(String, String)> = self.opts.ci_vars.clone();
         created.extend(globals.iter().map(|v| (v.name.clone(), v.value.clone())));
+        created.extend(self.opts.project_vars.iter().cloned());
         created.extend(self.pipeline_vars.iter().cloned());
         created.extend(self.opts.cli_vars.iter().cloned());
         let mut workflow_vars = Vec::new();
@@ -584,7 +586,15 @@ impl<'c, 's> Gitlab<'c, 's> {
             .iter()
             .filter_map(|r| r.trigger.clone().map(|t| (r.name.clone(), t)))
             .collect();
-        let jobs = self.lower(read, &stages);
+        let mut jobs = self.lower(read, &stages);
+        // The project's CI/CD variables rank above the file's.
+        for j in &mut jobs {
+            j.environment.extend(self.opts.project_vars.iter().map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: v.replace('$', "$$"),
+                pos: j.pos,
+            }));
+        }
         let jobs = self.expand_triggers(jobs, triggers);
         // GitLab's predefined variables reach every job, below the file's.
         let global_env = self

@@ -85,6 +85,9 @@ pub struct LoadOptions {
     /// The files changed since a ref (`rules:changes:compare_to`), asked of
     /// git by the caller; `None` when there is no such ref.
     pub changes_since: Option<ChangesSince>,
+    /// Variables standing for a GitLab project's CI/CD settings (from
+    /// gitlab-ci-local's variable files): above the file's, below `--var`.
+    pub project_vars: Vec<(String, String)>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.

@@ -1,0 +1,206 @@
+//! The variable files gitlab-ci-local users keep, read the same way so
+//! they move over unchanged: `.gitlab-ci-local-variables.yml` in the
+//! project, and `~/.gitlab-ci-local/variables.yml` with its `global`,
+//! `group` and `project` sections. They stand for the project's CI/CD
+//! variables in GitLab's settings, so they rank as GitLab ranks those:
+//! above the file's `variables`, below `--var`.
+//!
+//! Precedence, highest first: `--var`; the project's file; the home file's
+//! `project` entry for this remote, then its `group` entries, then
+//! `global`. A value is a string, or `{values: {'*': ...}}` (the `*` scope
+//! is used; other environment scopes are reported and left out), with
+//! `type: file` reported as not supported yet.
+
+use std::path::{Path, PathBuf};
+
+/// Largest variables file read.
+const MAX_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalVarsError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than 1 MiB")]
+    TooBig { path: PathBuf },
+    #[error("{path}: {source}")]
+    Yaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: `{key}`: {what}")]
+    Shape { path: PathBuf, key: String, what: String },
+}
+
+/// The variables, lowest precedence first (a later one wins), and notes
+/// on what was left out.
+#[derive(Debug, Default)]
+pub struct LocalVars {
+    pub vars: Vec<(String, String)>,
+    pub notes: Vec<String>,
+}
+
+/// Reads the home file (when `home` is given) and the project's file.
+/// `remote` is `host/group/project` of the origin remote, for the home
+/// file's `project` and `group` sections.
+pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result<LocalVars, LocalVarsError> {
+    let mut out = LocalVars::default();
+    if let Some(home) = home {
+        let path = home.join(".gitlab-ci-local").join("variables.yml");
+        if let Some(doc) = load(&path)? {
+            if let Some(g) = doc.get("global") {
+                take(&path, "global", g, &mut out)?;
+            }
+            if let (Some(groups), Some(remote)) = (doc.get("group").and_then(|g| g.as_mapping()), remote) {
+                for (k, v) in groups {
+                    let key = k.as_str().unwrap_or_default();
+                    if remote.starts_with(key.trim_end_matches(".git")) {
+                        take(&path, key, v, &mut out)?;
+                    }
+                }
+            }
+            if let (Some(projects), Some(remote)) = (doc.get("project").and_then(|p| p.as_mapping()), remote) {
+                for (k, v) in projects {
+                    let key = k.as_str().unwrap_or_default();
+                    if key.trim_end_matches(".git") == remote {
+                        take(&path, key, v, &mut out)?;
+                    }
+                }
+            }
+        }
+    }
+    let path = project.join(".gitlab-ci-local-variables.yml");
+    if let Some(doc) = load(&path)? {
+        take(&path, "", &doc, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn load(path: &Path) -> Result<Option<serde_yaml::Value>, LocalVarsError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LocalVarsError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut text = String::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| LocalVarsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(LocalVarsError::TooBig {
+            path: path.to_path_buf(),
+        });
+    }
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_yaml::from_str(&text)
+        .map(Some)
+        .map_err(|source| LocalVarsError::Yaml {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A mapping of variables into `out`.
+fn take(path: &Path, section: &str, node: &serde_yaml::Value, out: &mut LocalVars) -> Result<(), LocalVarsError> {
+    let shape = |key: &str, what: &str| LocalVarsError::Shape {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        what: what.to_string(),
+    };
+    let Some(map) = node.as_mapping() else {
+        return Err(shape(section, "expected a mapping of variable names to values"));
+    };
+    for (k, v) in map {
+        let Some(name) = k.as_str() else {
+            return Err(shape(section, "a variable name must be a string"));
+        };
+        if !crate::pipeline::read::valid_var_name(name) {
+            return Err(shape(name, "not a valid variable name (letters, digits, `_`)"));
+        }
+        let value = match v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Mapping(m) => {
+                if m.get("type").and_then(|t| t.as_str()) == Some("file") {
+                    out.notes.push(format!(
+                        "{}: `{name}` is a file variable; trackside gives its value, not a file path, for now",
+                        path.display()
+                    ));
+                }
+                let values = m.get("values").and_then(|v| v.as_mapping());
+                match values.and_then(|vals| vals.get("*")) {
+                    Some(serde_yaml::Value::String(s)) => s.clone(),
+                    Some(other) => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    None => {
+                        out.notes.push(format!(
+                            "{}: `{name}` has no `'*'` value; its environment-scoped values are left out",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                }
+            }
+            _ => return Err(shape(name, "expected a string, a number or `{values: {'*': ...}}`")),
+        };
+        out.vars.push((name.to_string(), value));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_project_file_wins_over_the_home_files_sections() {
+        let project = tempfile::tempdir().expect("tempdir");
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join(".gitlab-ci-local")).expect("mkdir");
+        std::fs::write(
+            home.path().join(".gitlab-ci-local/variables.yml"),
+            "global:\n  A: global\n  B: global\ngroup:\n  gitlab.com/team/:\n    B: group\n    C: group\nproject:\n  gitlab.com/team/app.git:\n    C: project\n",
+        )
+        .expect("write");
+        std::fs::write(
+            project.path().join(".gitlab-ci-local-variables.yml"),
+            "D: 4\nE:\n  values:\n    '*': everywhere\n    production: prod\nF:\n  values:\n    staging: s\n",
+        )
+        .expect("write");
+        let v = read(project.path(), Some(home.path()), Some("gitlab.com/team/app")).expect("read");
+        let get = |k: &str| v.vars.iter().rev().find(|(n, _)| n == k).map(|(_, x)| x.as_str());
+        assert_eq!(get("A"), Some("global"));
+        assert_eq!(get("B"), Some("group"));
+        assert_eq!(get("C"), Some("project"));
+        assert_eq!(get("D"), Some("4"));
+        assert_eq!(get("E"), Some("everywhere"));
+        assert_eq!(get("F"), None);
+        assert!(v.notes.iter().any(|n| n.contains("`F` has no")), "{:?}", v.notes);
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_naming_it() {
+        let project = tempfile::tempdir().expect("tempdir");
+        std::fs::write(project.path().join(".gitlab-ci-local-variables.yml"), "A: [unclosed\n").expect("write");
+        let e = read(project.path(), None, None).expect_err("broken");
+        assert!(e.to_string().contains(".gitlab-ci-local-variables.yml"), "{e}");
+        std::fs::write(project.path().join(".gitlab-ci-local-variables.yml"), "bad-name: x\n").expect("write");
+        let e = read(project.path(), None, None).expect_err("bad name");
+        assert!(e.to_string().contains("bad-name"), "{e}");
+    }
+}
