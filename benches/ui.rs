@@ -52,6 +52,7 @@ fn big_app() -> App {
             allow_failure: false,
             steps: vec!["main".into()],
             has_image: false,
+            stage: None,
         })
         .collect();
     app.model.apply(&ev(EventKind::RunStarted {
@@ -63,6 +64,7 @@ fn big_app() -> App {
     app.model.apply(&ev(EventKind::PlanChanged {
         jobs,
         critical_path: vec![],
+        stages: Vec::new(),
     }));
     for i in 0..300 {
         let job = format!("job-{i:04}");

@@ -28,6 +28,7 @@ fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
         allow_failure: false,
         steps: vec!["main".into()],
         has_image: true,
+        stage: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn app_with(events: &[Event], theme: Theme) -> App {
                 planned("deploy", &["integration"], 3, When::Manual),
             ],
             critical_path: vec!["build".into(), "test".into(), "integration".into(), "deploy".into()],
+            stages: Vec::new(),
         },
     ));
     for e in events {
@@ -1013,6 +1015,7 @@ fn levels_off_screen_are_said_on_the_pane_border_in_words() {
         EventKind::PlanChanged {
             jobs,
             critical_path: vec![],
+            stages: Vec::new(),
         },
     ));
     app.wide = false;
@@ -1211,6 +1214,7 @@ fn a_small_dag_leaves_the_width_to_the_log() {
                 planned("b", &["a"], 1, When::OnSuccess),
             ],
             critical_path: vec![],
+            stages: Vec::new(),
         },
     ));
     let long = format!("start {} end-of-line", "y".repeat(50));
@@ -1502,6 +1506,7 @@ fn the_detail_scrolls_to_its_last_line_however_its_lines_wrap() {
         EventKind::PlanChanged {
             jobs,
             critical_path: vec![],
+            stages: Vec::new(),
         },
     ));
     for a in 1..=3 {
@@ -1646,6 +1651,7 @@ fn the_jobs_pane_says_which_way_the_hidden_jobs_are() {
         EventKind::PlanChanged {
             jobs,
             critical_path: vec![],
+            stages: Vec::new(),
         },
     ));
     app.wide = false;
@@ -1698,4 +1704,61 @@ fn a_rollout_at_its_gate_is_waiting_for_approval_in_the_header() {
     let header = screen(&app, 120, 30).to_string();
     let first = header.lines().next().unwrap_or_default();
     assert!(first.contains("waiting for approval"), "{first}");
+}
+
+#[test]
+fn a_gitlab_pipeline_is_drawn_a_column_per_stage_with_its_name_on_top() {
+    let mut app = App::new(color());
+    let staged = |name: &str, deps: &[&str], level: usize, stage: &str| PlannedJob {
+        stage: Some(stage.into()),
+        ..planned(name, deps, level, When::OnSuccess)
+    };
+    app.model.apply(&ev(
+        0,
+        EventKind::RunStarted {
+            run_id: "20261123-120000-abcd".into(),
+            pipeline: "shop".into(),
+            jobs: vec![],
+            max_parallel: 2,
+        },
+    ));
+    // `unit` needs nothing (level 0 by the plan), yet it is drawn under its stage.
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs: vec![
+                staged("compile", &[], 0, "build"),
+                staged("unit", &[], 0, "test"),
+                staged("lint", &["compile"], 1, "test"),
+                staged("ship", &["unit", "lint"], 2, "deploy"),
+            ],
+            critical_path: vec![],
+            stages: vec![
+                ".pre".into(),
+                "build".into(),
+                "test".into(),
+                "deploy".into(),
+                ".post".into(),
+            ],
+        },
+    ));
+    assert_eq!(app.model.stage_names, vec!["build", "test", "deploy"]);
+    let rows = drawn(&mut app, 100, 30);
+    let header = rows
+        .iter()
+        .position(|r| r.contains("build") && r.contains("test") && r.contains("deploy"))
+        .unwrap_or_else(|| panic!("no header row:\n{}", rows.join("\n")));
+    // In characters: the box-drawing ones take several bytes.
+    let col = |row: &str, word: &str| {
+        let at = row.find(word).unwrap_or_else(|| panic!("{word} in {row}"));
+        row[..at].chars().count()
+    };
+    let (test_x, below) = (col(&rows[header], "test"), &rows[header + 1..]);
+    let unit_row = below.iter().find(|r| r.contains("unit")).expect("unit drawn");
+    assert_eq!(
+        col(unit_row, "unit"),
+        test_x + 1,
+        "unit sits under `test`:\n{}",
+        rows.join("\n")
+    );
 }

@@ -182,6 +182,9 @@ pub struct PlannedJob {
     /// Whether a step names an image (so `trackside shell` can open one).
     #[serde(default)]
     pub has_image: bool,
+    /// Its stage (GitLab pipelines): the UI draws a column per stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +200,9 @@ pub enum EventKind {
     PlanChanged {
         jobs: Vec<PlannedJob>,
         critical_path: Vec<String>,
+        /// The stages in order (GitLab pipelines); empty when it has none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stages: Vec<String>,
     },
     JobQueued {
         job: String,

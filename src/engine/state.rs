@@ -565,9 +565,11 @@ impl RunState {
                     allow_failure: j.allow_failure,
                     steps: j.steps.iter().map(|s| s.name.clone()).collect(),
                     has_image: j.steps.iter().any(|s| s.image.is_some()),
+                    stage: j.stage.clone(),
                 })
                 .collect(),
             critical_path: names(&self.plan.critical_path),
+            stages: self.pipeline.stages.clone(),
         }
     }
 

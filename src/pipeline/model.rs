@@ -32,6 +32,9 @@ pub struct Pipeline {
     /// rule) instead of being an error (the native format's).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub undefined_is_empty: bool,
+    /// Its stages in order (GitLab pipelines), for display.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub stages: Vec<String>,
 }
 
 impl Pipeline {

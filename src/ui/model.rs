@@ -133,6 +133,9 @@ pub struct Model {
     pub jobs: Vec<JobView>,
     pub index: HashMap<String, usize>,
     pub levels: Vec<Vec<usize>>,
+    /// A stage's name per level, when the levels are a GitLab pipeline's
+    /// stages (empty otherwise).
+    pub stage_names: Vec<String>,
     pub critical_path: Vec<usize>,
     pub logs: HashMap<(usize, u32), AttemptLog>,
     pub finished: Option<RunSummary>,
@@ -191,7 +194,11 @@ impl Model {
                 self.max_parallel = *max_parallel;
                 self.started_ts.get_or_insert(ev.ts);
             }
-            EventKind::PlanChanged { jobs, critical_path } => self.set_plan(jobs, critical_path),
+            EventKind::PlanChanged {
+                jobs,
+                critical_path,
+                stages,
+            } => self.set_plan(jobs, critical_path, stages),
             EventKind::JobQueued { job } => self.with(job, |j| {
                 j.status = JobStatus::Ready;
                 j.retry_at = None;
@@ -351,7 +358,7 @@ impl Model {
         }
     }
 
-    fn set_plan(&mut self, planned: &[PlannedJob], critical: &[String]) {
+    fn set_plan(&mut self, planned: &[PlannedJob], critical: &[String], stages: &[String]) {
         let old: HashMap<String, JobView> = self.jobs.drain(..).map(|j| (j.name.clone(), j)).collect();
         let mut old = old;
         self.index = planned.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
@@ -376,6 +383,23 @@ impl Model {
                     self.jobs[di].dependents.push(i);
                 }
             }
+        }
+        // A GitLab pipeline: a column per stage, as GitLab's pipeline graph.
+        self.stage_names.clear();
+        let column: Vec<Option<usize>> = planned
+            .iter()
+            .map(|p| p.stage.as_ref().and_then(|s| stages.iter().position(|x| x == s)))
+            .collect();
+        if !stages.is_empty() && column.iter().all(Option::is_some) {
+            let mut used: Vec<usize> = column.iter().flatten().copied().collect();
+            used.sort_unstable();
+            used.dedup();
+            for (j, c) in self.jobs.iter_mut().zip(&column) {
+                if let Some(c) = c {
+                    j.level = used.iter().position(|u| u == c).unwrap_or(0);
+                }
+            }
+            self.stage_names = used.iter().map(|&u| stages[u].clone()).collect();
         }
         let depth = self.jobs.iter().map(|j| j.level + 1).max().unwrap_or(0);
         self.levels = vec![Vec::new(); depth];
@@ -582,6 +606,7 @@ mod tests {
             allow_failure: false,
             steps: vec!["s".into()],
             has_image: false,
+            stage: None,
         }
     }
 
@@ -601,6 +626,7 @@ mod tests {
             EventKind::PlanChanged {
                 jobs: vec![planned("build", &[], 0), planned("test", &["build"], 1)],
                 critical_path: vec!["build".into(), "test".into()],
+                stages: Vec::new(),
             },
         ));
         m

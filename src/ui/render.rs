@@ -454,7 +454,7 @@ pub fn job_at(app: &App, pane: Rect, x: u16, y: u16) -> Option<usize> {
         let first = list_first(app, &jobs, usize::from(inner.height));
         return jobs.get(first + usize::from(y - inner.y)).copied();
     }
-    let dag = DagLayout::new(app, inner);
+    let dag = DagLayout::new(app, dag_area(app, inner).1);
     app.model.levels.iter().enumerate().find_map(|(level, jobs)| {
         jobs.iter()
             .enumerate()
@@ -463,13 +463,40 @@ pub fn job_at(app: &App, pane: Rect, x: u16, y: u16) -> Option<usize> {
     })
 }
 
+/// The DAG's area split into a header row of stage names (GitLab
+/// pipelines) and the boxes below it.
+fn dag_area(app: &App, area: Rect) -> (Option<Rect>, Rect) {
+    if app.model.stage_names.is_empty() || area.height < 2 {
+        return (None, area);
+    }
+    let header = Rect { height: 1, ..area };
+    let rest = Rect {
+        y: area.y + 1,
+        height: area.height - 1,
+        ..area
+    };
+    (Some(header), rest)
+}
+
 fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     let m = &app.model;
     if m.levels.is_empty() {
         return;
     }
     let t = &app.theme;
+    let (header, area) = dag_area(app, area);
     let dag = DagLayout::new(app, area);
+    if let Some(h) = header {
+        for (level, name) in m.stage_names.iter().enumerate() {
+            if dag.visible_level(level) {
+                let x = dag.col_x(level);
+                if x < h.right() {
+                    let w = (h.right() - x).min(dag.col_w) as usize;
+                    buf.set_string(x, h.y, truncate(name, w, t.ascii), t.title());
+                }
+            }
+        }
+    }
     let (cols_fit, rows_fit, first_level, first_row) = (dag.cols_fit, dag.rows_fit, dag.first_level, dag.first_row);
     let sel = app.selected_job();
     let related = sel.map(|j| m.related(j)).unwrap_or_default();
@@ -494,6 +521,11 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
                 continue;
             }
             for &a in &m.jobs[b].deps {
+                // A need within a stage has no column to cross (GitLab's
+                // stage view draws none either).
+                if m.jobs[a].level >= level {
+                    continue;
+                }
                 let a_row = m.levels[m.jobs[a].level].iter().position(|&x| x == a).unwrap_or(0);
                 let style = if on_path(a)
                     && on_path(b)

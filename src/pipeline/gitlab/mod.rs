@@ -595,7 +595,23 @@ impl<'c, 's> Gitlab<'c, 's> {
                 pos: j.pos,
             }));
         }
-        let jobs = self.expand_triggers(jobs, triggers);
+        let (jobs, child_stages) = self.expand_triggers(jobs, triggers);
+        // The stages jobs are in, in order, a child pipeline's after its trigger's.
+        let mut used_stages: Vec<String> = Vec::new();
+        for s in &stages {
+            if !jobs.iter().any(|j| j.stage.as_deref() == Some(s.as_str())) {
+                continue;
+            }
+            used_stages.push(s.clone());
+            for (t, cs) in &child_stages {
+                if jobs
+                    .iter()
+                    .any(|j| &j.name == t && j.stage.as_deref() == Some(s.as_str()))
+                {
+                    used_stages.extend(cs.iter().cloned());
+                }
+            }
+        }
         // GitLab's predefined variables reach every job, below the file's.
         let global_env = self
             .opts
@@ -624,6 +640,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             },
             jobs,
             undefined_is_empty: true,
+            stages: used_stages,
         })
     }
 

@@ -121,7 +121,13 @@ impl Gitlab<'_, '_> {
 
     /// Reads each trigger job's child pipeline and puts its jobs into
     /// `jobs` (see the module's note).
-    pub(super) fn expand_triggers(&mut self, mut jobs: Vec<Job>, triggers: Vec<(String, Trigger)>) -> Vec<Job> {
+    /// Also returns each trigger job's child stages (as `TRIGGER/STAGE`).
+    pub(super) fn expand_triggers(
+        &mut self,
+        mut jobs: Vec<Job>,
+        triggers: Vec<(String, Trigger)>,
+    ) -> (Vec<Job>, Vec<(String, Vec<String>)>) {
+        let mut child_stages = Vec::new();
         for (name, t) in triggers {
             let Some(at) = jobs.iter().position(|j| j.name == name) else {
                 continue;
@@ -167,9 +173,14 @@ impl Gitlab<'_, '_> {
                 let mut state = super::include::Included::default();
                 let merged = child.with_includes(&config, 0, &mut state);
                 let resolved = child.resolve_references(&merged, &merged, 0);
-                child.pipeline(&resolved, name.clone()).map(|p| p.jobs)
+                child.pipeline(&resolved, name.clone())
             };
-            let Some(child_jobs) = child_jobs else { continue };
+            let Some(child_pipeline) = child_jobs else { continue };
+            child_stages.push((
+                name.clone(),
+                child_pipeline.stages.iter().map(|s| format!("{name}/{s}")).collect(),
+            ));
+            let child_jobs = child_pipeline.jobs;
             let rename = |n: &str| format!("{name}/{n}");
             let mut sinks: Vec<String> = Vec::new();
             let mut added: Vec<Job> = Vec::new();
@@ -205,6 +216,6 @@ impl Gitlab<'_, '_> {
             }
             jobs.splice(at..at, added);
         }
-        jobs
+        (jobs, child_stages)
     }
 }

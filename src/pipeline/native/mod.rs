@@ -189,6 +189,7 @@ impl Cx<'_> {
             retry_policy,
             jobs,
             undefined_is_empty: false,
+            stages: Vec::new(),
         };
         self.cross_check(root, &pipeline, opts);
         Some(pipeline)
