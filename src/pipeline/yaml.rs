@@ -94,6 +94,15 @@ impl Node {
         }
     }
 
+    /// Whether two mapping keys are the same key (without allocating for
+    /// the usual string keys).
+    pub fn same_key(&self, other: &Node) -> bool {
+        match (&self.value, &other.value) {
+            (Value::Str(a), Value::Str(b)) => a == b,
+            _ => self.key_text() == other.key_text(),
+        }
+    }
+
     /// The key's text when this node is used as a mapping key.
     pub fn key_text(&self) -> String {
         match &self.value {

@@ -20,7 +20,7 @@ pub fn deep_merge(base: &Node, over: &Node) -> Node {
         (Value::Map(b), Value::Map(o)) => {
             let mut entries: Vec<(Node, Node)> = b.clone();
             for (k, v) in o {
-                match entries.iter_mut().find(|(bk, _)| bk.key_text() == k.key_text()) {
+                match entries.iter_mut().find(|(bk, _)| bk.same_key(k)) {
                     Some((_, bv)) => *bv = deep_merge(bv, v),
                     None => entries.push((k.clone(), v.clone())),
                 }

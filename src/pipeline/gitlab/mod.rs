@@ -505,7 +505,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
             }
             for (k, v) in de {
-                default_entries.retain(|(dk, _)| dk.key_text() != k.key_text());
+                default_entries.retain(|(dk, _)| !dk.same_key(k));
                 default_entries.push((k.clone(), v.clone()));
             }
         }
@@ -2273,6 +2273,14 @@ impl<'c, 's> Gitlab<'c, 's> {
             .map(|r| (r.name.as_str(), r.instances.iter().map(|(n, _)| n.clone()).collect()))
             .collect();
         let names: Vec<&str> = read.iter().map(|r| r.name.as_str()).collect();
+        let by_name: HashMap<&str, &Read> = read.iter().map(|r| (r.name.as_str(), r)).collect();
+        // Every instance of each stage, in file order: what a job without
+        // `needs` waits for is the stages before its own.
+        let mut by_stage: Vec<Vec<&str>> = vec![Vec::new(); stages.len()];
+        for r in &read {
+            let s = stage_of[r.name.as_str()];
+            by_stage[s].extend(r.instances.iter().map(|(n, _)| n.as_str()));
+        }
         let mut jobs = Vec::new();
         for r in &read {
             let own_stage = stage_of[r.name.as_str()];
@@ -2280,12 +2288,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             let mut artifact_from: Option<Vec<String>> = r.job.needs_artifacts.clone();
             match &r.needs {
                 None => {
-                    for other in &read {
-                        if stage_of[other.name.as_str()] < own_stage {
-                            for inst in &instances_of[other.name.as_str()] {
-                                deps.push((inst.clone(), r.key.pos));
-                            }
-                        }
+                    for names in &by_stage[..own_stage] {
+                        deps.extend(names.iter().map(|n| (n.to_string(), r.key.pos)));
                     }
                 }
                 Some(needs) => {
@@ -2312,9 +2316,9 @@ impl<'c, 's> Gitlab<'c, 's> {
                                 "a job can need jobs of its own stage or earlier ones; move one of them",
                             ),
                             Some(_) => {
-                                let chosen: Vec<String> = read
-                                    .iter()
-                                    .filter(|o| o.name == n.job)
+                                let chosen: Vec<String> = by_name
+                                    .get(n.job.as_str())
+                                    .into_iter()
                                     .flat_map(|o| o.instances.iter())
                                     .filter(|(_, vars)| {
                                         n.matrix.is_empty()
