@@ -1216,7 +1216,8 @@ impl<'c, 's> Gitlab<'c, 's> {
         let timeout = field("timeout")
             .and_then(|n| self.duration(&n, &join(&path, "timeout")))
             .unwrap_or(DEFAULT_TIMEOUT);
-        let image = field("image").and_then(|n| self.image(&n, &join(&path, "image")));
+        let mut container = ContainerOptions::default();
+        let image = field("image").and_then(|n| self.image(&n, &join(&path, "image"), &mut container));
         let artifacts = field("artifacts").and_then(|n| self.artifacts(&n, &join(&path, "artifacts")));
         let mut services = field("services")
             .map(|n| self.services(&n, &join(&path, "services")))
@@ -1305,7 +1306,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             allow_failure_exit_codes,
             retry_exit_codes,
             working_directory: None,
-            container: ContainerOptions::default(),
+            container,
             services,
             artifacts,
             needs_artifacts: dependencies
@@ -1512,7 +1513,9 @@ impl<'c, 's> Gitlab<'c, 's> {
         parsed
     }
 
-    fn image(&mut self, node: &Node, path: &str) -> Option<String> {
+    /// `image: NAME` or `{name, entrypoint, pull_policy}`; the entrypoint
+    /// and pull policy go into `container`.
+    fn image(&mut self, node: &Node, path: &str, container: &mut ContainerOptions) -> Option<String> {
         match &node.value {
             Value::Map(_) => {
                 self.cx.mapping(
@@ -1521,6 +1524,30 @@ impl<'c, 's> Gitlab<'c, 's> {
                     &["name", "entrypoint", "pull_policy", "docker", "kubernetes"],
                     "`image`",
                 );
+                if let Some(e) = get(node, "entrypoint") {
+                    container.entrypoint =
+                        Some(self.cx.string_list(e, &join(path, "entrypoint")).into_iter().map(|(s, _)| s).collect());
+                }
+                if let Some(p) = get(node, "pull_policy") {
+                    // GitLab allows one policy or a list (the first that works).
+                    let first = match &p.value {
+                        Value::Seq(items) => items.first().cloned(),
+                        _ => Some(p.clone()),
+                    };
+                    let ppath = join(path, "pull_policy");
+                    match first.as_ref().and_then(|f| self.cx.string(f, &ppath)).as_deref() {
+                        Some("always") => container.pull = PullPolicy::Always,
+                        Some("never") => container.pull = PullPolicy::Never,
+                        Some("if-not-present") => container.pull = PullPolicy::IfNotPresent,
+                        Some(other) => self.cx.err(
+                            p,
+                            &ppath,
+                            format!("`pull_policy: {other}` is not one of GitLab's"),
+                            "always, if-not-present or never",
+                        ),
+                        None => {}
+                    }
+                }
                 match get(node, "name") {
                     Some(n) => self.cx.string(n, &join(path, "name")),
                     None => {
@@ -1535,6 +1562,30 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
             }
             _ => self.cx.string(node, path),
+        }
+    }
+
+    /// `artifacts:when` and `cache:when` (of `what`): after which outcomes
+    /// files are kept; `None` when it is a mistake (reported).
+    fn keep_when(&mut self, node: &Node, path: &str, what: &str) -> Option<ArtifactWhen> {
+        let Some(n) = get(node, "when") else {
+            return Some(ArtifactWhen::OnSuccess);
+        };
+        let wpath = join(path, "when");
+        match self.cx.string(n, &wpath).as_deref() {
+            Some("on_success") => Some(ArtifactWhen::OnSuccess),
+            Some("on_failure") => Some(ArtifactWhen::OnFailure),
+            Some("always") => Some(ArtifactWhen::Always),
+            Some(other) => {
+                self.cx.err(
+                    n,
+                    &wpath,
+                    format!("`{what}:when: {other}` is not one of GitLab's"),
+                    "on_success, on_failure or always",
+                );
+                None
+            }
+            None => None,
         }
     }
 
@@ -1617,24 +1668,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 paths.push(f.clone());
             }
         }
-        let when = match get(node, "when") {
-            None => ArtifactWhen::OnSuccess,
-            Some(n) => match self.cx.string(n, &join(path, "when")).as_deref() {
-                Some("on_success") => ArtifactWhen::OnSuccess,
-                Some("on_failure") => ArtifactWhen::OnFailure,
-                Some("always") => ArtifactWhen::Always,
-                Some(other) => {
-                    self.cx.err(
-                        n,
-                        &join(path, "when"),
-                        format!("`artifacts:when: {other}` is not one of GitLab's"),
-                        "on_success, on_failure or always",
-                    );
-                    ArtifactWhen::OnSuccess
-                }
-                None => ArtifactWhen::OnSuccess,
-            },
-        };
+        let when = self.keep_when(node, path, "artifacts").unwrap_or_default();
         let expire_in = get(node, "expire_in").and_then(|n| match n.as_str() {
             Some("never") => None,
             _ => self.duration(n, &join(path, "expire_in")),
@@ -1776,22 +1810,8 @@ impl<'c, 's> Gitlab<'c, 's> {
                     }
                 }
             };
-            let when = match get(&n, "when") {
-                None => ArtifactWhen::OnSuccess,
-                Some(w) => match self.cx.string(w, &join(&cpath, "when")).as_deref() {
-                    Some("on_success") => ArtifactWhen::OnSuccess,
-                    Some("on_failure") => ArtifactWhen::OnFailure,
-                    Some("always") => ArtifactWhen::Always,
-                    other => {
-                        self.cx.err(
-                            w,
-                            &join(&cpath, "when"),
-                            format!("`cache:when: {}` is not one of GitLab's", other.unwrap_or_default()),
-                            "on_success, on_failure or always",
-                        );
-                        continue;
-                    }
-                },
+            let Some(when) = self.keep_when(&n, &cpath, "cache") else {
+                continue;
             };
             let fallback_keys = match get(&n, "fallback_keys") {
                 Some(f) => self
