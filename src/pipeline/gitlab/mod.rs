@@ -1525,8 +1525,13 @@ impl<'c, 's> Gitlab<'c, 's> {
                     "`image`",
                 );
                 if let Some(e) = get(node, "entrypoint") {
-                    container.entrypoint =
-                        Some(self.cx.string_list(e, &join(path, "entrypoint")).into_iter().map(|(s, _)| s).collect());
+                    container.entrypoint = Some(
+                        self.cx
+                            .string_list(e, &join(path, "entrypoint"))
+                            .into_iter()
+                            .map(|(s, _)| s)
+                            .collect(),
+                    );
                 }
                 if let Some(p) = get(node, "pull_policy") {
                     // GitLab allows one policy or a list (the first that works).
