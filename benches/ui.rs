@@ -53,6 +53,7 @@ fn big_app() -> App {
             steps: vec!["main".into()],
             has_image: false,
             stage: None,
+            facts: Vec::new(),
         })
         .collect();
     app.model.apply(&ev(EventKind::RunStarted {

@@ -202,7 +202,8 @@ enum Cmd {
     },
     /// Check a pipeline and report every problem.
     Validate {
-        file: PathBuf,
+        /// The pipeline file; by default as `run` finds it.
+        file: Option<PathBuf>,
         #[command(flatten)]
         vars: VarArgs,
         #[arg(long, value_enum, default_value = "text")]
@@ -210,7 +211,8 @@ enum Cmd {
     },
     /// Print execution levels, the critical path and maximum parallelism.
     Plan {
-        file: PathBuf,
+        /// The pipeline file; by default as `run` finds it.
+        file: Option<PathBuf>,
         #[command(flatten)]
         vars: VarArgs,
         #[arg(long, value_enum, default_value = "text")]
@@ -393,8 +395,20 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         store::prepare_state_dir(&state)?;
     }
     match cli.command {
-        Cmd::Validate { file, vars, format } => validate(&file, &vars, format),
-        Cmd::Plan { file, vars, format } => plan(&file, &vars, format),
+        Cmd::Validate { file, vars, format } => {
+            let file = match file {
+                Some(f) => f,
+                None => default_pipeline_file()?,
+            };
+            validate(&file, &vars, format)
+        }
+        Cmd::Plan { file, vars, format } => {
+            let file = match file {
+                Some(f) => f,
+                None => default_pipeline_file()?,
+            };
+            plan(&file, &vars, format)
+        }
         Cmd::Runs {
             format,
             limit,
@@ -776,7 +790,35 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let root = trackside::exec::workspace::git_root(dir).unwrap_or_else(|| dir.to_path_buf());
-        let ci_vars = trackside::exec::workspace::gitlab_variables(dir);
+        let mut ci_vars = trackside::exec::workspace::gitlab_variables(dir);
+        // `--var CI_PIPELINE_SOURCE=merge_request_event` makes it a merge
+        // request pipeline as GitLab creates one: no CI_COMMIT_BRANCH, and
+        // the merge request's variables (this branch into the default one).
+        let source = v
+            .vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "CI_PIPELINE_SOURCE")
+            .map(|(_, s)| s.as_str());
+        if source == Some("merge_request_event") {
+            let get = |k: &str| ci_vars.iter().find(|(n, _)| n == k).map(|(_, x)| x.clone());
+            let branch = get("CI_COMMIT_BRANCH").unwrap_or_default();
+            let target = get("CI_DEFAULT_BRANCH").unwrap_or_else(|| "main".into());
+            let project = get("CI_PROJECT_PATH").unwrap_or_default();
+            ci_vars.retain(|(k, _)| k != "CI_COMMIT_BRANCH");
+            for (k, val) in [
+                ("CI_MERGE_REQUEST_IID", "1".to_string()),
+                ("CI_MERGE_REQUEST_ID", "1".to_string()),
+                ("CI_MERGE_REQUEST_EVENT_TYPE", "detached".to_string()),
+                ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", branch),
+                ("CI_MERGE_REQUEST_TARGET_BRANCH_NAME", target),
+                ("CI_MERGE_REQUEST_PROJECT_PATH", project),
+            ] {
+                if !v.vars.iter().any(|(n, _)| n == k) {
+                    ci_vars.push((k.to_string(), val));
+                }
+            }
+        }
         let default_branch = ci_vars
             .iter()
             .find(|(k, _)| k == "CI_DEFAULT_BRANCH")
@@ -864,14 +906,18 @@ fn borrowed_artifacts(
     state: &Path,
     full: &pipeline::Pipeline,
     selected: &pipeline::Pipeline,
-) -> Result<std::collections::BTreeMap<String, (String, trackside::store::objects::Digest)>, Fail> {
+) -> Result<std::collections::BTreeMap<String, trackside::engine::artifacts::Borrowed>, Fail> {
     let kept: Vec<&str> = selected.jobs.iter().map(|j| j.name.as_str()).collect();
-    let mut wanted: Vec<String> = Vec::new();
+    // Producers left out that keep artifacts (the others have none to give).
+    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
     for j in &selected.jobs {
         if let Some(orig) = full.job(&j.name) {
             for p in trackside::engine::artifacts::producers(orig) {
-                if !kept.contains(&p.as_str()) && !wanted.contains(&p) {
-                    wanted.push(p);
+                let Some(spec) = full.job(&p).and_then(|pj| pj.artifacts.as_ref()) else {
+                    continue;
+                };
+                if !kept.contains(&p.as_str()) && !wanted.iter().any(|(w, _)| *w == p) {
+                    wanted.push((p, spec.dotenv.clone()));
                 }
             }
         }
@@ -884,13 +930,15 @@ fn borrowed_artifacts(
     let mut runs = store::list_runs(state).map_err(|e| Fail(e.to_string(), 1))?;
     runs.retain(|r| r.pipeline == full.name);
     runs.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
-    for producer in wanted {
-        for r in &runs {
-            if let Ok(Some(d)) = index.artifact(&r.run_id, &producer) {
-                out.insert(producer.clone(), (r.run_id.clone(), d));
-                break;
-            }
-        }
+    for (producer, dotenv) in wanted {
+        let from = runs.iter().find_map(|r| {
+            index
+                .artifact(&r.run_id, &producer)
+                .ok()
+                .flatten()
+                .map(|d| (r.run_id.clone(), d))
+        });
+        out.insert(producer, trackside::engine::artifacts::Borrowed { from, dotenv });
     }
     Ok(out)
 }

@@ -259,3 +259,24 @@ fn gitlab_ci_local_variable_files_are_read_and_ranked_below_var() {
     let out = run(&[]);
     assert!(out.contains(".gitlab-ci-local-variables.yml"), "{out}");
 }
+
+#[test]
+fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
+    let ci = "show:\n  script:\n    - git log -1 --format=%s\n    - echo \"branch=[$CI_COMMIT_BRANCH] mr=[$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME->$CI_MERGE_REQUEST_TARGET_BRANCH_NAME]\"\n  rules:\n    - when: always\n";
+    let Some(env) = repo(ci) else { return };
+    let run = |extra: &[&str]| {
+        let o = env
+            .cmd()
+            .current_dir(env.dir.path())
+            .args(["run", "--headless"])
+            .args(extra)
+            .output()
+            .expect("run");
+        text(&o)
+    };
+    let out = run(&[]);
+    assert!(out.contains("show > first"), "a job runs git in its workspace: {out}");
+    assert!(out.contains("show > branch=[main] mr=[->]"), "{out}");
+    let out = run(&["--var", "CI_PIPELINE_SOURCE=merge_request_event"]);
+    assert!(out.contains("show > branch=[] mr=[main->main]"), "{out}");
+}

@@ -29,6 +29,7 @@ fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
         steps: vec!["main".into()],
         has_image: true,
         stage: None,
+        facts: Vec::new(),
     }
 }
 
@@ -1730,7 +1731,13 @@ fn a_gitlab_pipeline_is_drawn_a_column_per_stage_with_its_name_on_top() {
                 staged("compile", &[], 0, "build"),
                 staged("unit", &[], 0, "test"),
                 staged("lint", &["compile"], 1, "test"),
-                staged("ship", &["unit", "lint"], 2, "deploy"),
+                PlannedJob {
+                    facts: vec![
+                        ("environment".into(), "production https://shop.example.com".into()),
+                        ("tags".into(), "docker, linux".into()),
+                    ],
+                    ..staged("ship", &["unit", "lint"], 2, "deploy")
+                },
             ],
             critical_path: vec![],
             stages: vec![
@@ -1761,4 +1768,12 @@ fn a_gitlab_pipeline_is_drawn_a_column_per_stage_with_its_name_on_top() {
         "unit sits under `test`:\n{}",
         rows.join("\n")
     );
+    // A GitLab job's environment and tags are in its detail.
+    select(&mut app, "ship");
+    let rows = drawn(&mut app, 100, 30).join("\n");
+    assert!(
+        rows.contains("environment: production https://shop.example.com"),
+        "{rows}"
+    );
+    assert!(rows.contains("tags: docker, linux"), "{rows}");
 }

@@ -69,7 +69,7 @@ pub struct EngineConfig {
     pub only_job: Option<String>,
     /// Artifacts of jobs left out of this run (`--only`), from the latest
     /// run that recorded them: producer -> (run, manifest).
-    pub borrowed_artifacts: BTreeMap<String, (String, crate::store::objects::Digest)>,
+    pub borrowed_artifacts: BTreeMap<String, crate::engine::artifacts::Borrowed>,
     /// With `only_job`: run it this many times.
     pub repeat: Option<u32>,
     pub kill_grace: Option<Duration>,
@@ -337,6 +337,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_limits,
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
+        git_dir: (pipeline.git_checkout && !cfg.in_place)
+            .then(|| workspace::run_repository(&cfg.project_dir, &record.dir().join("git")))
+            .flatten(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });

@@ -46,6 +46,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
         .and_then(|r| r)
 }
 
+/// Artifacts of a job left out of the run (`--only`), as the latest run
+/// that recorded them left them.
+#[derive(Debug, Clone, Default)]
+pub struct Borrowed {
+    /// (run, manifest); `None` when no run recorded any.
+    pub from: Option<(String, Digest)>,
+    /// Its `reports:dotenv` files.
+    pub dotenv: Vec<String>,
+}
+
 /// Restores the artifacts of the jobs this one needs, verifying each file.
 /// A failed verification fails the attempt as `data_integrity`, naming the
 /// producer so the engine can run it again. Returns the variables of the
@@ -61,18 +71,30 @@ pub async fn restore(
     for producer in producers(job) {
         let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
         let mut from_run = None;
+        let mut dotenv_files = ctx
+            .pipeline
+            .job(&producer)
+            .and_then(|p| p.artifacts.as_ref())
+            .map(|s| s.dotenv.clone())
+            .unwrap_or_default();
         let digest = match ctx.index.artifact(&ctx.run_id, &producer) {
             Ok(Some(d)) => d,
             Ok(None) if ctx.pipeline.job(&producer).is_none() => match ctx.borrowed_artifacts.get(&producer) {
-                Some((run, d)) => {
+                Some(Borrowed {
+                    from: Some((run, d)),
+                    dotenv,
+                }) => {
                     from_run = Some(run.clone());
+                    dotenv_files = dotenv.clone();
                     *d
                 }
-                None => {
+                Some(Borrowed { from: None, .. }) => {
                     let msg = format!("{producer} is not in this run, and no earlier run recorded its artifacts");
                     note(a, &step, msg).await;
                     continue;
                 }
+                // Left out, and it keeps no artifacts: nothing to say.
+                None => continue,
             },
             Ok(None) => {
                 if has_artifacts {
@@ -93,13 +115,7 @@ pub async fn restore(
             Ok(Ok(n)) => {
                 let from = from_run.map(|r| format!(" from run {r}")).unwrap_or_default();
                 note(a, &step, format!("restored {n} artifact file(s) of {producer}{from}")).await;
-                let files = ctx
-                    .pipeline
-                    .job(&producer)
-                    .and_then(|p| p.artifacts.as_ref())
-                    .map(|s| s.dotenv.clone())
-                    .unwrap_or_default();
-                for file in files {
+                for file in std::mem::take(&mut dotenv_files) {
                     match read_dotenv(&ws.join(&file)) {
                         Ok(vars) => {
                             let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();

@@ -185,6 +185,9 @@ pub struct PlannedJob {
     /// Its stage (GitLab pipelines): the UI draws a column per stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// What the UI shows with it (a GitLab job's environment and tags).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

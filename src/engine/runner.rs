@@ -103,7 +103,10 @@ pub struct RunContext {
     /// Bytes of artifacts this run has stored so far, against the run's limit.
     pub artifact_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Artifacts of jobs left out of the run: producer -> (run, manifest).
-    pub borrowed_artifacts: BTreeMap<String, (String, crate::store::objects::Digest)>,
+    pub borrowed_artifacts: BTreeMap<String, crate::engine::artifacts::Borrowed>,
+    /// The run's clone of the project's repository, which jobs' workspaces
+    /// point at (GitLab pipelines; see `workspace::run_repository`).
+    pub git_dir: Option<PathBuf>,
 }
 
 impl RunContext {
@@ -351,9 +354,19 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     let setup: Arc<str> = Arc::from("setup");
     if !ctx.in_place {
         let (c, dest) = (ctx.clone(), ws.clone());
+        let in_container = ctx.containers && job.image().is_some();
         let copied = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
-            workspace::copy_files(&c.project_dir, &c.files, &dest)
+            let n = workspace::copy_files(&c.project_dir, &c.files, &dest)?;
+            // A GitLab job sees a git repository, as a runner's checkout.
+            if let Some(git) = &c.git_dir {
+                if in_container {
+                    workspace::own_repository(&c.project_dir, &dest)?;
+                } else {
+                    workspace::link_git(&dest, git)?;
+                }
+            }
+            Ok::<u64, std::io::Error>(n)
         })
         .await;
         let err = match copied {
@@ -928,6 +941,7 @@ mod tests {
             artifact_limits: Default::default(),
             artifact_bytes: Default::default(),
             borrowed_artifacts: BTreeMap::new(),
+            git_dir: None,
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

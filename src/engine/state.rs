@@ -565,6 +565,7 @@ impl RunState {
                     allow_failure: j.allow_failure,
                     steps: j.steps.iter().map(|s| s.name.clone()).collect(),
                     has_image: j.steps.iter().any(|s| s.image.is_some()),
+                    facts: j.facts.clone(),
                     stage: j.stage.clone(),
                 })
                 .collect(),

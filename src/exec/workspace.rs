@@ -184,6 +184,62 @@ fn git_bytes(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
     output.status.success().then_some(output.stdout)
 }
 
+/// A repository for a run's jobs, as GitLab's runners check one out:
+/// `dest` becomes a clone of the project's repository that shares its
+/// objects (nothing is copied), at the project's HEAD, its index read from
+/// HEAD. Jobs' workspaces point at it ([`link_git`]), so `git describe`,
+/// `git log` and `git diff` work in jobs, and nothing a job does with git
+/// reaches the project's own repository. `None` when the project is not
+/// the root of a git work tree, or git is missing.
+pub fn run_repository(project: &Path, dest: &Path) -> Option<PathBuf> {
+    if !project.join(".git").exists() {
+        return None;
+    }
+    let status = Command::new("git")
+        .args(["clone", "--shared", "--no-checkout", "--quiet"])
+        .arg(project)
+        .arg(dest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    git_bytes(dest, &["read-tree", "HEAD"])?;
+    Some(dest.join(".git"))
+}
+
+/// Makes `ws` a work tree of the run's repository `git_dir` (a `.git`
+/// file naming it, as `git worktree` does).
+pub fn link_git(ws: &Path, git_dir: &Path) -> io::Result<()> {
+    std::fs::write(ws.join(".git"), format!("gitdir: {}\n", git_dir.display()))
+}
+
+/// A clone of its own in `ws` (for a container job, whose workspace is all
+/// it sees): the objects hard-linked when on one file system.
+pub fn own_repository(project: &Path, ws: &Path) -> io::Result<()> {
+    let tmp = ws.join(".trackside-clone");
+    let status = Command::new("git")
+        .args(["clone", "--no-checkout", "--quiet"])
+        .arg(project)
+        .arg(&tmp)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io::Error::other(format!("git clone of {} failed", project.display())));
+    }
+    std::fs::rename(tmp.join(".git"), ws.join(".git"))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    git_bytes(ws, &["read-tree", "HEAD"])
+        .map(|_| ())
+        .ok_or_else(|| io::Error::other("git read-tree failed"))
+}
+
 fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
     String::from_utf8(git_bytes(dir, args)?).ok()
 }
@@ -360,6 +416,46 @@ fn ref_slug(name: &str) -> String {
 #[cfg(test)]
 mod git_tests {
     use super::*;
+
+    #[test]
+    fn jobs_see_a_repository_that_is_not_the_projects() {
+        let project = tempfile::tempdir().expect("tempdir");
+        let git = |dir: &Path, args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !git(project.path(), &["init", "-q", "-b", "main"]) {
+            assert!(std::env::var_os("CI").is_none(), "CI must have git");
+            return;
+        }
+        std::fs::write(project.path().join("a.txt"), "a").expect("write");
+        assert!(git(project.path(), &["add", "-A"]));
+        assert!(git(project.path(), &["commit", "-qm", "first"]));
+        let run = tempfile::tempdir().expect("tempdir");
+        let repo = run_repository(project.path(), &run.path().join("git")).expect("clone");
+        let ws = run.path().join("ws");
+        std::fs::create_dir_all(&ws).expect("mkdir");
+        std::fs::write(ws.join("a.txt"), "a").expect("write");
+        link_git(&ws, &repo).expect("link");
+        assert_eq!(git_out(&ws, &["log", "-1", "--format=%s"]).as_deref(), Some("first\n"));
+        assert_eq!(git_out(&ws, &["status", "--porcelain"]).as_deref(), Some(""));
+        // A commit in the job stays out of the project's repository.
+        assert!(git(&ws, &["commit", "-q", "--allow-empty", "-m", "from a job"]));
+        assert_eq!(
+            git_out(project.path(), &["log", "-1", "--format=%s"]).as_deref(),
+            Some("first\n")
+        );
+        let own = run.path().join("own");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        own_repository(project.path(), &own).expect("own clone");
+        assert!(own.join(".git").is_dir());
+        assert_eq!(git_out(&own, &["log", "-1", "--format=%s"]).as_deref(), Some("first\n"));
+    }
 
     #[test]
     fn remotes_name_the_project() {

@@ -32,6 +32,10 @@ pub struct Pipeline {
     /// rule) instead of being an error (the native format's).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub undefined_is_empty: bool,
+    /// Jobs see a git repository at the project's HEAD in their workspace
+    /// (GitLab's runners check one out).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub git_checkout: bool,
     /// Its stages in order (GitLab pipelines), for display.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub stages: Vec<String>,
@@ -244,6 +248,10 @@ pub struct Job {
     /// GitLab trigger job with `strategy: depend` mirrors its child pipeline.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub mirrors_upstream: bool,
+    /// What the UI shows with the job besides its state, as (label, text):
+    /// a GitLab job's environment and tags.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub facts: Vec<(String, String)>,
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,

@@ -36,6 +36,8 @@ pub struct JobView {
     pub steps: Vec<String>,
     /// A step names an image: a failed job can be opened in a shell.
     pub has_image: bool,
+    /// Shown in its detail: a GitLab job's environment and tags.
+    pub facts: Vec<(String, String)>,
     /// Its definition was edited after it ran: a retry runs the edit.
     pub edited: bool,
     pub status: JobStatus,
@@ -66,6 +68,7 @@ impl JobView {
             allow_failure: p.allow_failure,
             steps: p.steps.clone(),
             has_image: p.has_image,
+            facts: p.facts.clone(),
             edited: false,
             status: JobStatus::Pending,
             attempts: Vec::new(),
@@ -371,6 +374,7 @@ impl Model {
                 j.allow_failure = p.allow_failure;
                 j.steps = p.steps.clone();
                 j.has_image = p.has_image;
+                j.facts = p.facts.clone();
                 j.deps.clear();
                 j.dependents.clear();
                 j
@@ -607,6 +611,7 @@ mod tests {
             steps: vec!["s".into()],
             has_image: false,
             stage: None,
+            facts: Vec::new(),
         }
     }
 

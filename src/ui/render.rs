@@ -537,6 +537,17 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
                 };
                 let x0 = col_x(level) - GUTTER;
                 let yb = row_y(row) + 1;
+                // From further left than the column before: a line would
+                // run into that column's boxes and seem to come from one of
+                // them. A stub into the box says "needs more"; the detail
+                // pane's `needs:` names them.
+                if m.jobs[a].level + 1 < level {
+                    if x0 + 2 < area.right() && yb < area.bottom() {
+                        buf.set_string(x0 + 1, yb, h, style);
+                        buf.set_string(x0 + 2, yb, if t.ascii { ">" } else { "▶" }, style);
+                    }
+                    continue;
+                }
                 let ya_row = a_row.clamp(first_row, first_row + rows_fit - 1);
                 let ya = row_y(ya_row) + 1;
                 let set = |buf: &mut Buffer, x: u16, y: u16, s: &str| {
@@ -599,7 +610,11 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
     let more_down = m.levels.iter().any(|l| l.len() > first_row + rows_fit);
     let mut hint = Vec::new();
     if first_level > 0 {
-        hint.push(format!("{} {} levels", t.glyph("←", "<-"), first_level));
+        hint.push(format!(
+            "{} {first_level} level{}",
+            t.glyph("←", "<-"),
+            plural(first_level)
+        ));
     }
     if more_right {
         let n = m.levels.len() - first_level - cols_fit;
@@ -631,7 +646,7 @@ fn plural(n: usize) -> &'static str {
 /// area is `area`, right-aligned where it covers no content.
 fn border_hint(app: &App, area: Rect, hint: &[String], buf: &mut Buffer) {
     if !hint.is_empty() && area.height > 0 {
-        let text = format!(" {} ", hint.join(" · "));
+        let text = format!(" {} ", hint.join(app.theme.glyph(" · ", " | ")));
         let x = area.right().saturating_sub(text.chars().count() as u16 + 1);
         buf.set_string(x.max(area.x), area.bottom(), text, app.theme.dim());
     }
@@ -701,6 +716,12 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
             } else {
                 names(&job.dependents)
             }),
+        ]));
+    }
+    for (label, text) in &job.facts {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{label}: "), t.dim()),
+            Span::raw(text.clone()),
         ]));
     }
     for a in job.attempts.iter().rev() {

@@ -481,6 +481,21 @@ impl<'c, 's> Gitlab<'c, 's> {
                 None => return None,
             }
         }
+        // `workflow:name`: `CI_PIPELINE_NAME`, with the variables the
+        // pipeline is created with (the workflow rule's included). The run
+        // keeps the project's name: caches and history are the project's.
+        let pipeline_name = top("workflow")
+            .and_then(|wf| get(wf, "name"))
+            .and_then(|n| self.cx.string(n, "workflow.name"))
+            .map(|text| {
+                let vars: Vec<(String, String)> = created
+                    .iter()
+                    .cloned()
+                    .chain(workflow_vars.iter().map(|v| (v.name.clone(), v.value.clone())))
+                    .chain(self.opts.cli_vars.iter().cloned())
+                    .collect();
+                include::expand_with(&text, &vars)
+            });
         // Defaults: `default:` and the deprecated top-level keys.
         let mut default_entries: Vec<(Node, Node)> = Vec::new();
         for key in ["image", "services", "cache", "before_script", "after_script"] {
@@ -613,7 +628,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             }
         }
         // GitLab's predefined variables reach every job, below the file's.
-        let global_env = self
+        let mut global_env: Vec<EnvVar> = self
             .opts
             .ci_vars
             .iter()
@@ -623,6 +638,13 @@ impl<'c, 's> Gitlab<'c, 's> {
                 pos: root.pos,
             })
             .collect();
+        if let Some(n) = pipeline_name {
+            global_env.push(EnvVar {
+                name: "CI_PIPELINE_NAME".into(),
+                value: n.replace('$', "$$"),
+                pos: root.pos,
+            });
+        }
         Some(Pipeline {
             name,
             global_env,
@@ -641,6 +663,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             jobs,
             undefined_is_empty: true,
             stages: used_stages,
+            git_checkout: true,
         })
     }
 
@@ -1013,9 +1036,16 @@ impl<'c, 's> Gitlab<'c, 's> {
                     .map(|(_, v)| v.clone())
             })
         };
+        // A mistake below is reported and reading goes on (with a stand-in),
+        // so every mistake of the job is found at once; the pipeline is
+        // invalid all the same.
+        let fallback_stage = stages.get(1).cloned().unwrap_or_else(|| "test".into());
         let stage = match get(def, "stage") {
             Some(n) => {
-                let s = self.cx.string(n, &join(&path, "stage"))?;
+                let s = self
+                    .cx
+                    .string(n, &join(&path, "stage"))
+                    .unwrap_or_else(|| fallback_stage.clone());
                 if !stages.contains(&s) {
                     let list: Vec<&str> = stages.iter().map(String::as_str).collect();
                     self.cx.err(
@@ -1024,9 +1054,10 @@ impl<'c, 's> Gitlab<'c, 's> {
                         format!("stage `{s}` is not in `stages`"),
                         suggestion_hint(&s, &list, "stages"),
                     );
-                    return None;
+                    fallback_stage.clone()
+                } else {
+                    s
                 }
-                s
             }
             None if stages.iter().any(|s| s == "test") => "test".to_string(),
             None => {
@@ -1037,12 +1068,23 @@ impl<'c, 's> Gitlab<'c, 's> {
                     format!("job `{name}` has no `stage`, and GitLab's default stage `test` is not in `stages`"),
                     format!("give it one of: {}", list.join(", ")),
                 );
-                return None;
+                fallback_stage.clone()
             }
         };
         let script = match get(def, "script") {
+            // A trigger job runs on GitLab's server, never a script.
+            Some(n) if trigger.is_some() => {
+                self.cx.err(
+                    n,
+                    &join(&path, "script"),
+                    format!(
+                        "trigger job `{name}` has a `script` (perhaps through `extends`); GitLab refuses both at once"
+                    ),
+                    "a trigger job only starts its child pipeline: move the script to a job of its own",
+                );
+                return None;
+            }
             Some(n) => self.script(n, &join(&path, "script")),
-            // A trigger job runs no script of its own.
             None if trigger.is_some() => Vec::new(),
             // Its script was to come from a parent `extends` could not reach.
             None if self.extends_failed.contains(name) => return None,
@@ -1056,10 +1098,13 @@ impl<'c, 's> Gitlab<'c, 's> {
                 return None;
             }
         };
+        // A trigger job takes no scripts from `default:` either.
         let before = field("before_script")
+            .filter(|_| trigger.is_none())
             .map(|n| self.script(&n, &join(&path, "before_script")))
             .unwrap_or_default();
         let after = field("after_script")
+            .filter(|_| trigger.is_none())
             .map(|n| self.script(&n, &join(&path, "after_script")))
             .unwrap_or_default();
         // Variables: the file's (as inherited), the workflow's, the job's.
@@ -1089,7 +1134,14 @@ impl<'c, 's> Gitlab<'c, 's> {
         let decision = if let Some(r) = get(def, "rules") {
             match self.rules(r, &join(&path, "rules"), created, &env) {
                 Ok(Some(d)) => d,
-                Ok(None) | Err(()) => return None,
+                Ok(None) => return None,
+                // Mistakes in the rules (reported): read on as if they matched.
+                Err(()) => RuleDecision {
+                    when: None,
+                    allow_failure: None,
+                    variables: Vec::new(),
+                    start_in: None,
+                },
             }
         } else {
             if !self.only_except(def, &path, created, &env) {
@@ -1107,7 +1159,9 @@ impl<'c, 's> Gitlab<'c, 's> {
         let when = match decision.when {
             Some(w) => w,
             None => match get(def, "when") {
-                Some(n) => self.when(n, &join(&path, "when"))?,
+                Some(n) => self
+                    .when(n, &join(&path, "when"))
+                    .unwrap_or(WhenOrNever::When(When::OnSuccess)),
                 None => WhenOrNever::When(When::OnSuccess),
             },
         };
@@ -1139,9 +1193,9 @@ impl<'c, 's> Gitlab<'c, 's> {
                             "`start_in` is at most one week in GitLab",
                             "give a shorter delay, such as `30 minutes`",
                         );
-                        return None;
+                        (When::OnSuccess, None)
                     }
-                    None => return None,
+                    None => (When::OnSuccess, None),
                 },
                 None => {
                     self.cx.err(
@@ -1150,12 +1204,36 @@ impl<'c, 's> Gitlab<'c, 's> {
                         format!("job `{name}` is `when: delayed` without `start_in`"),
                         "add `start_in: 30 minutes` (at most one week)",
                     );
-                    return None;
+                    (When::OnSuccess, None)
                 }
             },
         };
+        let mut facts = Vec::new();
         if let Some(e) = get(def, "environment") {
-            env.extend(self.environment(e, &join(&path, "environment"), created));
+            let vars = self.environment(e, &join(&path, "environment"), created);
+            let get_var = |k: &str| vars.iter().find(|v| v.name == k).map(|v| v.value.clone());
+            if let Some(name) = get_var("CI_ENVIRONMENT_NAME") {
+                let mut text = name;
+                if let Some(action) = get_var("CI_ENVIRONMENT_ACTION").filter(|a| a != "start") {
+                    text.push_str(&format!(" ({action})"));
+                }
+                if let Some(url) = get_var("CI_ENVIRONMENT_URL") {
+                    text.push_str(&format!(" {url}"));
+                }
+                facts.push(("environment".to_string(), text));
+            }
+            env.extend(vars);
+        }
+        if let Some(t) = field("tags") {
+            let tags: Vec<String> = self
+                .cx
+                .string_list(&t, &join(&path, "tags"))
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+            if !tags.is_empty() {
+                facts.push(("tags".to_string(), tags.join(", ")));
+            }
         }
         let coverage = match get(def, "coverage") {
             Some(n) => {
@@ -1299,6 +1377,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             conditional: None,
             when,
             allow_failure,
+            facts,
             mirrors_upstream: false,
             coverage,
             start_in,
@@ -2224,10 +2303,10 @@ impl<'c, 's> Gitlab<'c, 's> {
     fn only_except(&mut self, def: &Node, path: &str, created: &[(String, String)], env: &[EnvVar]) -> bool {
         let cli = &self.opts.cli_vars;
         let lookup = |name: &str| -> Option<String> { lookup(name, cli, env, created) };
-        let check = |s: &mut Self, key: &str| -> Option<(Option<bool>, Option<bool>)> {
+        let check = |s: &mut Self, key: &str| -> Option<(Option<bool>, Option<bool>, Option<bool>)> {
             let n = get(def, key)?;
             let kpath = join(path, key);
-            let (refs, vars) = match &n.value {
+            let (refs, vars, changes) = match &n.value {
                 Value::Map(_) => {
                     if !s.cx.mapping(
                         n,
@@ -2237,18 +2316,12 @@ impl<'c, 's> Gitlab<'c, 's> {
                     ) {
                         return None;
                     }
-                    if let Some(c) = get(n, "changes") {
-                        s.warn_once(
-                            c,
-                            &join(&kpath, "changes"),
-                            "only:changes",
-                            format!("`{key}:changes` is not evaluated yet by trackside: it counts as matching"),
-                            "see docs/gitlab.md",
-                        );
-                    }
-                    (get(n, "refs").cloned(), get(n, "variables").cloned())
+                    // `changes` as `rules:changes` decides it (a list of
+                    // globs or `{paths, compare_to}`).
+                    let changes = get(n, "changes").map(|c| s.changes(c, &join(&kpath, "changes")));
+                    (get(n, "refs").cloned(), get(n, "variables").cloned(), changes)
                 }
-                _ => (Some(n.clone()), None),
+                _ => (Some(n.clone()), None, None),
             };
             let ref_ok = refs.map(|r| {
                 s.cx.string_list(&r, &kpath)
@@ -2269,18 +2342,17 @@ impl<'c, 's> Gitlab<'c, 's> {
                         }
                     })
             });
-            Some((ref_ok, vars_ok))
+            Some((ref_ok, vars_ok, changes))
         };
         // `only` keeps the job when every part given matches; `except`
-        // drops it when any part does. Unevaluated `changes` never removes
-        // a job: it matches for `only` and not for `except`.
+        // drops it when any part does.
         let only = match check(self, "only") {
-            Some((r, v)) => r.unwrap_or(true) && v.unwrap_or(true),
+            Some((r, v, c)) => r.unwrap_or(true) && v.unwrap_or(true) && c.unwrap_or(true),
             // GitLab's default `only: [branches, tags]`: not in merge request pipelines.
             None => lookup("CI_PIPELINE_SOURCE").as_deref() != Some("merge_request_event"),
         };
         let except = match check(self, "except") {
-            Some((r, v)) => r.unwrap_or(false) || v.unwrap_or(false),
+            Some((r, v, c)) => r.unwrap_or(false) || v.unwrap_or(false) || c.unwrap_or(false),
             None => false,
         };
         only && !except

@@ -348,11 +348,31 @@ fn a_manual_job_is_optional_unless_a_rule_made_it_manual() {
 }
 
 #[test]
-fn except_drops_a_job_when_any_part_matches_and_unevaluated_changes_never_drop_one() {
+fn except_drops_a_job_when_any_part_matches_and_changes_are_decided_as_rules_changes() {
     let src = "a:\n  script: [x]\n  except:\n    refs: [main]\n    variables: [$SKIP]\nb:\n  script: [x]\n  except:\n    changes: [docs/**]\nc:\n  script: [x]\n  only:\n    changes: [src/**]\n";
-    let p = read_with(src, &opts(&[])).expect("valid");
-    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
-    assert_eq!(names, ["b", "c"], "on main, `except: refs` alone drops a");
+    let changed = |files: &[&str]| LoadOptions {
+        changed_files: Some(files.iter().map(|f| f.to_string()).collect()),
+        ..opts(&[])
+    };
+    let names = |o: &LoadOptions| -> Vec<String> {
+        read_with(src, o)
+            .expect("valid")
+            .jobs
+            .iter()
+            .map(|j| j.name.clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&changed(&["src/a.rs"])),
+        ["b", "c"],
+        "on main, `except: refs` alone drops a"
+    );
+    assert!(
+        read_with(src, &changed(&["docs/x.md"])).is_err(),
+        "b dropped, c not kept: no job"
+    );
+    // Nothing to compare with: every `changes` matches (GitLab's rule).
+    assert_eq!(names(&opts(&[])), ["c"]);
     let other = read_with(
         src,
         &opts(&[
@@ -764,4 +784,37 @@ fn a_need_on_matrix_values_waits_for_those_instances_only() {
             .any(|(l, _, m)| *l == 6 && m.contains("no instance of `compile`")),
         "{e:?}"
     );
+}
+
+#[test]
+fn a_trigger_job_runs_no_script_and_its_child_takes_no_parent_artifacts() {
+    let (_d, o) = project(&[("child.yml", "c1:\n  script: [x]\nc2:\n  stage: deploy\n  script: [x]\n")]);
+    let src = "default:\n  before_script: [echo default]\nbuild:\n  stage: build\n  script: [x]\n  artifacts: {paths: [out/]}\nkid:\n  stage: test\n  trigger: {include: child.yml}\n";
+    let p = read_with(src, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(p.job("kid").expect("kid").steps.iter().all(|s| s.script.is_empty()));
+    assert_eq!(p.job("kid/c1").expect("c1").needs_artifacts, Some(Vec::new()));
+    assert_eq!(
+        p.job("kid/c2").expect("c2").needs_artifacts,
+        Some(vec!["kid/c1".to_string()])
+    );
+    let e = read_with(
+        ".s:\n  script: [x]\nkid:\n  extends: .s\n  trigger: {include: child.yml}\n",
+        &o,
+    )
+    .expect_err("script");
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 2 && m.contains("trigger job `kid` has a `script`")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_jobs_mistakes_are_all_reported_at_once() {
+    let e = errors(
+        "stages: [build, test]\nbad:\n  stage: biuld\n  when: manul\n  needs: [buld]\n  script: [x]\nbuild:\n  stage: build\n  script: [x]\n",
+    );
+    for want in ["stage `biuld`", "`when: manul`", "needs `buld`"] {
+        assert!(e.iter().any(|(_, _, m)| m.contains(want)), "{want}: {e:?}");
+    }
 }

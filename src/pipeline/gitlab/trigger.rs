@@ -187,11 +187,17 @@ impl Gitlab<'_, '_> {
             for mut j in child_jobs {
                 j.name = rename(&j.name);
                 j.depends_on = j.depends_on.iter().map(|d| rename(d)).collect();
+                // Artifacts come from the child's own jobs only: a child
+                // pipeline gets nothing of its parent's (GitLab's rule,
+                // short of `needs:pipeline:job`).
+                j.needs_artifacts = Some(match j.needs_artifacts {
+                    Some(l) => l.iter().map(|d| rename(d)).collect(),
+                    None => j.depends_on.clone(),
+                });
                 if j.depends_on.is_empty() {
                     j.depends_on = parent.depends_on.clone();
                     j.depends_on_pos = parent.depends_on_pos.clone();
                 }
-                j.needs_artifacts = j.needs_artifacts.map(|l| l.iter().map(|d| rename(d)).collect());
                 j.stage = j.stage.map(|s| format!("{name}/{s}"));
                 for (k, v) in &passed {
                     j.environment.push(EnvVar {

@@ -254,6 +254,7 @@ impl Cx<'_> {
             start_in: None,
             coverage: None,
             mirrors_upstream: false,
+            facts: Vec::new(),
             resource_group: None,
             retry_exit_codes: Vec::new(),
             working_directory,

@@ -190,6 +190,7 @@ impl Cx<'_> {
             jobs,
             undefined_is_empty: false,
             stages: Vec::new(),
+            git_checkout: false,
         };
         self.cross_check(root, &pipeline, opts);
         Some(pipeline)
