@@ -916,17 +916,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             if let Some(n) = get(rule, "changes") {
                 matches &= self.changes(n, &join(&rpath, "changes"));
             }
-            for key in ["needs"] {
-                if let Some(n) = get(rule, key) {
-                    self.warn_once(
-                        n,
-                        &join(&rpath, key),
-                        &format!("rules:{key}"),
-                        format!("`rules:{key}` is not supported yet by trackside; the rule applies without it"),
-                        "see docs/gitlab.md",
-                    );
-                }
-            }
+            // `rules:needs` replaces the job's `needs` when the rule matches.
+            let needs = get(rule, "needs").map(|n| (n.clone(), join(&rpath, "needs")));
             let when = match get(rule, "when") {
                 Some(n) => match self.when(n, &join(&rpath, "when")) {
                     Some(w) => Some(w),
@@ -949,6 +940,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     allow_failure,
                     variables,
                     start_in,
+                    needs,
                 });
             }
         }
@@ -1141,6 +1133,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     allow_failure: None,
                     variables: Vec::new(),
                     start_in: None,
+                    needs: None,
                 },
             }
         } else {
@@ -1152,6 +1145,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 allow_failure: None,
                 variables: Vec::new(),
                 start_in: None,
+                needs: None,
             }
         };
         env.extend(decision.variables.iter().cloned());
@@ -1325,7 +1319,10 @@ impl<'c, 's> Gitlab<'c, 's> {
         let dir_caches = field("cache")
             .map(|n| self.caches(&n, &join(&path, "cache"), created))
             .unwrap_or_default();
-        let needs = get(def, "needs").map(|n| self.needs(n, &join(&path, "needs")));
+        let needs = match &decision.needs {
+            Some((n, p)) => Some(self.needs(n, p)),
+            None => get(def, "needs").map(|n| self.needs(n, &join(&path, "needs"))),
+        };
         let dependencies = get(def, "dependencies").map(|n| {
             self.cx
                 .string_list(n, &join(&path, "dependencies"))
@@ -2578,6 +2575,8 @@ struct RuleDecision {
     variables: Vec<EnvVar>,
     /// The rule's `start_in` (node and path), for `when: delayed`.
     start_in: Option<(Node, String)>,
+    /// The rule's `needs` (node and path): instead of the job's.
+    needs: Option<(Node, String)>,
 }
 
 const RETRY_REASONS: [&str; 13] = [

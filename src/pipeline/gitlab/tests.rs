@@ -460,15 +460,17 @@ fn caches_and_services_are_read_as_gitlab_documents_them() {
 }
 
 #[test]
-fn what_is_not_supported_yet_says_so() {
-    let (_, report) = parse_source(
-        Path::new(".gitlab-ci.yml"),
-        "default:\n  cache: {paths: [x]}\nservices: [postgres]\nb:\n  script: [x]\nc:\n  needs:\n    - job: b\n  script: [x]\n  rules:\n    - needs: [b]\n".into(),
-        &opts(&[]),
+fn rules_needs_replace_the_jobs_needs_and_a_spec_without_config_is_refused() {
+    let p = read(
+        "stages: [build, test]\na:\n  stage: build\n  script: [x]\nb:\n  stage: build\n  script: [x]\nc:\n  stage: test\n  needs: [a, b]\n  script: [x]\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"main\"\n      needs: [b]\n    - when: always\n",
+    );
+    assert_eq!(deps(&p, "c"), vec!["b"]);
+    let other = read_with(
+        "stages: [build, test]\na:\n  stage: build\n  script: [x]\nb:\n  stage: build\n  script: [x]\nc:\n  stage: test\n  needs: [a, b]\n  script: [x]\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"main\"\n      needs: [b]\n    - when: always\n",
+        &opts(&[("CI_COMMIT_BRANCH", "dev")]),
     )
     .expect("valid");
-    let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
-    assert!(warnings.iter().any(|x| x.contains("`rules:needs`")), "{warnings:?}");
+    assert_eq!(deps(&other, "c"), vec!["a", "b"]);
     let e = errors("spec:\n  inputs: {x: {}}\n");
     assert!(
         e.iter()
