@@ -280,3 +280,22 @@ fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
     let out = run(&["--var", "CI_PIPELINE_SOURCE=merge_request_event"]);
     assert!(out.contains("show > branch=[] mr=[main->main]"), "{out}");
 }
+
+#[test]
+fn untracked_artifacts_and_caches_take_what_git_does_not_track() {
+    let ci = "stages: [build, test]\nbuild:\n  stage: build\n  script:\n    - mkdir -p gen && echo made > gen/file.txt\n  artifacts:\n    untracked: true\n  cache:\n    key: u\n    untracked: true\ntest:\n  stage: test\n  script:\n    - cat gen/file.txt\n    - test ! -e .gitlab-ci.yml.copy\n";
+    let Some(env) = repo(ci) else { return };
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["run", "--headless"])
+        .output()
+        .expect("run");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("test ") && l.ends_with("> made")),
+        "{out}"
+    );
+    assert!(out.contains("saved 1 file(s) to directory cache"), "{out}");
+}

@@ -158,6 +158,20 @@ pub async fn restore(
     Ok(dotenv)
 }
 
+/// `paths`, and with `untracked` every file git does not track in `ws`
+/// (as literal patterns).
+fn with_untracked(paths: &[String], untracked: bool, ws: &Path) -> Vec<String> {
+    let mut out = paths.to_vec();
+    if untracked {
+        out.extend(
+            crate::exec::workspace::untracked_files(ws)
+                .iter()
+                .map(|f| globset::escape(f)),
+        );
+    }
+    out
+}
+
 /// GitLab's limits for a dotenv report.
 const DOTENV_MAX_BYTES: u64 = 5 * 1024;
 const DOTENV_MAX_VARS: usize = 50;
@@ -281,7 +295,8 @@ pub async fn collect(
                 write,
             }
         };
-        let got = manifest::collect_within(&c.objects, &root, &spec.paths, &spec.exclude, &limits)
+        let paths = with_untracked(&spec.paths, spec.untracked, &root);
+        let got = manifest::collect_within(&c.objects, &root, &paths, &spec.exclude, &limits)
             .map_err(|e| (e.to_string(), store_failure(&e)))?;
         c.artifact_bytes.fetch_add(got.bytes, Ordering::Relaxed);
         let m = got.manifest;
@@ -729,9 +744,11 @@ async fn push_dir_cache(
 ) -> Result<(), (String, FailureClass)> {
     let step: Arc<str> = Arc::from("cache");
     let key = key.to_string();
-    let (c, root, paths, k) = (ctx.clone(), ws.to_path_buf(), dc.paths.clone(), key.clone());
+    let (c, root, k) = (ctx.clone(), ws.to_path_buf(), key.clone());
+    let (paths, untracked) = (dc.paths.clone(), dc.untracked);
     let (write, guard) = write_limits(ctx, a);
     let saved = tokio::task::spawn_blocking(move || {
+        let paths = with_untracked(&paths, untracked, &root);
         let script = |e: String| (e, FailureClass::Script);
         let _lock = c.objects.lock_shared().map_err(|e| script(e.to_string()))?;
         let limits = CollectLimits {

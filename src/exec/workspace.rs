@@ -240,6 +240,20 @@ pub fn own_repository(project: &Path, ws: &Path) -> io::Result<()> {
         .ok_or_else(|| io::Error::other("git read-tree failed"))
 }
 
+/// The files git does not track in the work tree `ws`, relative, ignored
+/// ones included (GitLab's `untracked: true` takes those too); empty when
+/// `ws` is no work tree.
+pub fn untracked_files(ws: &Path) -> Vec<String> {
+    git_bytes(ws, &["ls-files", "--others", "-z"])
+        .map(|out| {
+            out.split(|&b| b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn git_out(dir: &Path, args: &[&str]) -> Option<String> {
     String::from_utf8(git_bytes(dir, args)?).ok()
 }

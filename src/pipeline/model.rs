@@ -548,6 +548,9 @@ pub struct DirCache {
     /// Keys to restore from, in order, when the key has no cache yet.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback_keys: Vec<String>,
+    /// Also every file git does not track in the workspace.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -599,6 +602,10 @@ pub struct Artifacts {
     /// `reports:junit` files (also in `paths`), kept for test reports.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub junit: Vec<String>,
+    /// Also every file git does not track in the job's workspace (GitLab's
+    /// `untracked: true`; ignored files included, as GitLab's are).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub untracked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1686,15 +1686,9 @@ impl<'c, 's> Gitlab<'c, 's> {
         if !self.cx.mapping(node, path, &keys, "`artifacts`") {
             return None;
         }
-        if let Some(n) = get(node, "untracked").filter(|n| n.value == Value::Bool(true)) {
-            self.warn_once(
-                n,
-                &join(path, "untracked"),
-                "artifacts:untracked",
-                "`artifacts:untracked` is not used yet by trackside".into(),
-                "the paths listed under `paths` are kept",
-            );
-        }
+        let untracked = get(node, "untracked")
+            .and_then(|n| self.cx.boolean(n, &join(path, "untracked")))
+            .unwrap_or(false);
         let mut dotenv = Vec::new();
         let mut junit = Vec::new();
         if let Some(r) = get(node, "reports") {
@@ -1754,7 +1748,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             Some("never") => None,
             _ => self.duration(n, &join(path, "expire_in")),
         });
-        if paths.is_empty() {
+        if paths.is_empty() && !untracked {
             return None;
         }
         Some(Artifacts {
@@ -1764,6 +1758,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             expire_in,
             dotenv,
             junit,
+            untracked,
         })
     }
 
@@ -1802,15 +1797,9 @@ impl<'c, 's> Gitlab<'c, 's> {
             if !self.cx.mapping(&n, &cpath, &keys, "a cache") {
                 continue;
             }
-            if let Some(u) = get(&n, "untracked").filter(|u| u.value == Value::Bool(true)) {
-                self.warn_once(
-                    u,
-                    &join(&cpath, "untracked"),
-                    "cache:untracked",
-                    "`cache:untracked` is not used yet by trackside; only `paths` are cached".into(),
-                    "list the folders under `paths`",
-                );
-            }
+            let untracked = get(&n, "untracked")
+                .and_then(|u| self.cx.boolean(u, &join(&cpath, "untracked")))
+                .unwrap_or(false);
             let key = match get(&n, "key") {
                 None => DirCacheKey::Name("default".into()),
                 Some(k) if matches!(k.value, Value::Map(_)) => {
@@ -1903,10 +1892,11 @@ impl<'c, 's> Gitlab<'c, 's> {
                     .collect(),
                 None => Vec::new(),
             };
-            if paths.is_empty() {
+            if paths.is_empty() && !untracked {
                 continue;
             }
             out.push(DirCache {
+                untracked,
                 key,
                 paths,
                 policy,

@@ -129,6 +129,7 @@ impl Cx<'_> {
             policy,
             when: ArtifactWhen::OnSuccess,
             fallback_keys: Vec::new(),
+            untracked: false,
         };
         (result, Some(dir))
     }
@@ -187,6 +188,7 @@ impl Cx<'_> {
             expire_in,
             dotenv: Vec::new(),
             junit: Vec::new(),
+            untracked: false,
         })
     }
 }
