@@ -280,12 +280,22 @@ fn pane_block<'a>(app: &App, title: String, focused: bool) -> Block<'a> {
 
 fn truncate(s: &str, width: usize, ascii: bool) -> String {
     if s.chars().count() <= width {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-        out.push(if ascii { '~' } else { '…' });
-        out
+        return s.to_string();
     }
+    let cut = if ascii { '~' } else { '…' };
+    // A parallel or matrix instance (`unit: [3.10, mysql]`) keeps what tells
+    // it from its siblings: the base name is cut first.
+    if let Some(at) = s.find(": [") {
+        let suffix = &s[at + 2..];
+        let suffix_len = suffix.chars().count();
+        if suffix_len + 2 <= width {
+            let base: String = s[..at].chars().take(width - suffix_len - 1).collect();
+            return format!("{base}{cut}{suffix}");
+        }
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push(cut);
+    out
 }
 
 fn render_jobs(app: &App, area: Rect, buf: &mut Buffer) {
@@ -1445,4 +1455,19 @@ fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
                 .title(Span::styled(" keys ", t.title())),
         )
         .render(rect, buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn a_cut_instance_name_keeps_what_tells_it_apart() {
+        assert_eq!(truncate("unit-test: [3.10, mysql]", 18, false), "unit…[3.10, mysql]");
+        assert_eq!(truncate("unit-test: [3.10, mysql]", 18, true), "unit~[3.10, mysql]");
+        assert_eq!(truncate("short", 18, false), "short");
+        // When even the values do not fit, the end is cut as usual.
+        assert_eq!(truncate("build: [a-very-long-value]", 8, false), "build: …");
+        assert_eq!(truncate("plain-long-name", 6, true), "plain~");
+    }
 }

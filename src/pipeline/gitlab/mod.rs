@@ -610,7 +610,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 pos: j.pos,
             }));
         }
-        let (jobs, child_stages) = self.expand_triggers(jobs, triggers);
+        let (mut jobs, child_stages) = self.expand_triggers(jobs, triggers);
         // The stages jobs are in, in order, a child pipeline's after its trigger's.
         let mut used_stages: Vec<String> = Vec::new();
         for s in &stages {
@@ -627,6 +627,13 @@ impl<'c, 's> Gitlab<'c, 's> {
                 }
             }
         }
+        // Listed as GitLab lists them: by stage, then as written.
+        jobs.sort_by_key(|j| {
+            j.stage
+                .as_ref()
+                .and_then(|s| used_stages.iter().position(|u| u == s))
+                .unwrap_or(usize::MAX)
+        });
         // GitLab's predefined variables reach every job, below the file's.
         let mut global_env: Vec<EnvVar> = self
             .opts
