@@ -907,17 +907,19 @@ fn borrowed_artifacts(
     full: &pipeline::Pipeline,
     selected: &pipeline::Pipeline,
 ) -> Result<std::collections::BTreeMap<String, trackside::engine::artifacts::Borrowed>, Fail> {
-    let kept: Vec<&str> = selected.jobs.iter().map(|j| j.name.as_str()).collect();
+    let kept: std::collections::HashSet<&str> = selected.jobs.iter().map(|j| j.name.as_str()).collect();
+    let by_name: std::collections::HashMap<&str, &pipeline::Job> =
+        full.jobs.iter().map(|j| (j.name.as_str(), j)).collect();
     // Producers left out that keep artifacts (the others have none to give).
-    let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
+    let mut wanted: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for j in &selected.jobs {
-        if let Some(orig) = full.job(&j.name) {
+        if let Some(orig) = by_name.get(j.name.as_str()) {
             for p in trackside::engine::artifacts::producers(orig) {
-                let Some(spec) = full.job(&p).and_then(|pj| pj.artifacts.as_ref()) else {
+                let Some(spec) = by_name.get(p.as_str()).and_then(|pj| pj.artifacts.as_ref()) else {
                     continue;
                 };
-                if !kept.contains(&p.as_str()) && !wanted.iter().any(|(w, _)| *w == p) {
-                    wanted.push((p, spec.dotenv.clone()));
+                if !kept.contains(p.as_str()) {
+                    wanted.entry(p).or_insert_with(|| spec.dotenv.clone());
                 }
             }
         }

@@ -337,7 +337,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_limits,
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
-        git_dir: (pipeline.git_checkout && !cfg.in_place)
+        git_repo: (pipeline.git_checkout && !cfg.in_place)
             .then(|| workspace::run_repository(&cfg.project_dir, &record.dir().join("git")))
             .flatten(),
         // Flake hunting needs real runs: repetitions never use the cache.

@@ -116,7 +116,7 @@ pub async fn restore(
                 let from = from_run.map(|r| format!(" from run {r}")).unwrap_or_default();
                 note(a, &step, format!("restored {n} artifact file(s) of {producer}{from}")).await;
                 for file in std::mem::take(&mut dotenv_files) {
-                    match read_dotenv(&ws.join(&file)) {
+                    match read_dotenv(ws, &file) {
                         Ok(vars) => {
                             let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
                             note(
@@ -178,9 +178,20 @@ const DOTENV_MAX_VARS: usize = 50;
 
 /// A dotenv report's `KEY=VALUE` lines (blank and `#` lines skipped, one
 /// pair of surrounding quotes dropped), within GitLab's limits.
-pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, DotenvError> {
+pub fn read_dotenv(ws: &Path, rel: &str) -> Result<Vec<(String, String)>, DotenvError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(DotenvError::Read)?;
+    // Only a file of the workspace: not a link out of it.
+    let path = ws.join(rel);
+    let inside = match (path.canonicalize(), ws.canonicalize()) {
+        (Ok(p), Ok(w)) => {
+            p.starts_with(&w) && !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(DotenvError::Read(e)),
+    };
+    if !inside {
+        return Err(DotenvError::Outside);
+    }
+    let file = std::fs::File::open(&path).map_err(DotenvError::Read)?;
     let mut text = String::new();
     file.take(DOTENV_MAX_BYTES + 1)
         .read_to_string(&mut text)
@@ -225,6 +236,8 @@ pub enum DotenvError {
     TooMany,
     #[error("line {0} is not `NAME=value`; nothing of it is used")]
     Line(usize),
+    #[error("it is a link, or leads out of the job's workspace; it is not read")]
+    Outside,
 }
 
 /// Write limits for one attempt: the store's free-space margin, and a flag
@@ -662,9 +675,12 @@ pub async fn pull_dir_caches(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: 
         }
         let step: Arc<str> = Arc::from("cache");
         let mut found = None;
-        for candidate in
-            std::iter::once(key.clone()).chain(dc.fallback_keys.iter().map(|f| format!("{}/{f}", ctx.pipeline.name)))
-        {
+        // Fallback keys take variables as `key` does.
+        let mut candidates = vec![key.clone()];
+        for f in &dc.fallback_keys {
+            candidates.push(dir_cache_key(ctx, a, job, &DirCacheKey::Name(f.clone())).await?);
+        }
+        for candidate in candidates {
             if let Some(m) = ctx.index.dir_cache_get(&candidate).map_err(|e| e.to_string())? {
                 found = Some((candidate, m));
                 break;

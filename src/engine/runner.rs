@@ -106,7 +106,7 @@ pub struct RunContext {
     pub borrowed_artifacts: BTreeMap<String, crate::engine::artifacts::Borrowed>,
     /// The run's clone of the project's repository, which jobs' workspaces
     /// point at (GitLab pipelines; see `workspace::run_repository`).
-    pub git_dir: Option<PathBuf>,
+    pub git_repo: Option<crate::exec::workspace::RunRepository>,
 }
 
 impl RunContext {
@@ -349,21 +349,26 @@ pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
 
 async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
     let job = &ctx.pipeline.jobs[a.job];
-    let deadline = Instant::now() + job.timeout;
+    // A timeout too long for the clock is no deadline at all.
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = Instant::now()
+        .checked_add(job.timeout)
+        .unwrap_or_else(|| Instant::now() + far);
     let ws = ctx.workspace(job, a.attempt);
     let setup: Arc<str> = Arc::from("setup");
     if !ctx.in_place {
         let (c, dest) = (ctx.clone(), ws.clone());
         let in_container = ctx.containers && job.image().is_some();
+        let worktree = format!("{}.{}", crate::store::file_safe(&job.name), a.attempt);
         let copied = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
             let n = workspace::copy_files(&c.project_dir, &c.files, &dest)?;
             // A GitLab job sees a git repository, as a runner's checkout.
-            if let Some(git) = &c.git_dir {
+            if let Some(repo) = &c.git_repo {
                 if in_container {
                     workspace::own_repository(&c.project_dir, &dest)?;
                 } else {
-                    workspace::link_git(&dest, git)?;
+                    workspace::link_git(&dest, repo, &worktree)?;
                 }
             }
             Ok::<u64, std::io::Error>(n)
@@ -690,7 +695,10 @@ fn prepare_step(
         }
         None => ws.to_path_buf(),
     };
-    let step_deadline = step.timeout.map_or(deadline, |t| deadline.min(Instant::now() + t));
+    let step_deadline = step
+        .timeout
+        .and_then(|t| Instant::now().checked_add(t))
+        .map_or(deadline, |t| deadline.min(t));
     let container = match (&step.image, ctx.containers) {
         (Some(image), true) => {
             let image = scope.expand(image).map_err(|e| format!("image: {e}"))?;
@@ -941,7 +949,7 @@ mod tests {
             artifact_limits: Default::default(),
             artifact_bytes: Default::default(),
             borrowed_artifacts: BTreeMap::new(),
-            git_dir: None,
+            git_repo: None,
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -143,6 +143,9 @@ struct JobState {
     approved: bool,
     /// Its `start_in` has passed (or it was started at once).
     delay_done: bool,
+    /// When its current `start_in` ends: an earlier timer (from before a
+    /// reset) is ignored.
+    delay_until: Duration,
     kill_reason: Option<CancelReason>,
     /// A failed attempt happened in the current round (for FLAKY).
     failed_before: bool,
@@ -167,6 +170,7 @@ impl JobState {
             reason: None,
             approved: false,
             delay_done: false,
+            delay_until: Duration::ZERO,
             kill_reason: None,
             failed_before: false,
             first_start: None,
@@ -342,7 +346,9 @@ impl RunState {
                 }
             }
             Input::AttemptFinished { job, attempt, outcome } => self.attempt_finished(job, attempt, outcome, &mut fx),
-            Input::RetryDue { job } if self.jobs[job].status == JobStatus::Delayed => {
+            Input::RetryDue { job }
+                if self.jobs[job].status == JobStatus::Delayed && now >= self.jobs[job].delay_until =>
+            {
                 self.delayed -= 1;
                 self.jobs[job].delay_done = true;
                 self.make_ready(job, &mut fx);
@@ -513,13 +519,23 @@ impl RunState {
         for name in &changes.changed {
             if let Some(j) = self.pipeline.job_index(name) {
                 // Its dependencies may differ now: decide again.
-                if matches!(self.jobs[j].status, JobStatus::Ready | JobStatus::WaitingApproval) {
+                if matches!(
+                    self.jobs[j].status,
+                    JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Delayed
+                ) {
+                    if self.jobs[j].status == JobStatus::Delayed {
+                        self.delayed -= 1;
+                    }
                     self.jobs[j].status = JobStatus::Pending;
+                    self.jobs[j].delay_done = false;
                 }
             }
         }
         for &j in &drop {
             self.removed[j] = true;
+            if self.jobs[j].status == JobStatus::Delayed {
+                self.delayed -= 1;
+            }
             let st = &mut self.jobs[j];
             st.status = JobStatus::Skipped;
             st.reason = Some("removed from the pipeline file".into());
@@ -684,6 +700,7 @@ impl RunState {
                 .filter(|_| !self.jobs[j].delay_done && !self.jobs[j].approved)
             {
                 self.jobs[j].status = JobStatus::Delayed;
+                self.jobs[j].delay_until = self.now + after;
                 self.delayed += 1;
                 fx.push(Effect::Emit(EventKind::JobDelayed {
                     job: self.name(j),
@@ -1023,7 +1040,7 @@ impl RunState {
                 || (st.status == JobStatus::Cancelled && st.attempt == 0)
                 || matches!(
                     st.status,
-                    JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Retrying
+                    JobStatus::Ready | JobStatus::WaitingApproval | JobStatus::Retrying | JobStatus::Delayed
                 );
             first = false;
             if !eligible {
@@ -1032,6 +1049,11 @@ impl RunState {
             if st.status == JobStatus::Retrying {
                 self.retrying -= 1;
             }
+            if st.status == JobStatus::Delayed {
+                self.delayed -= 1;
+            }
+            // A job that runs again waits its `start_in` again.
+            st.delay_done = false;
             st.status = JobStatus::Pending;
             st.blocked_by = None;
             st.reason = None;

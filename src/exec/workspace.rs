@@ -186,58 +186,101 @@ fn git_bytes(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
 
 /// A repository for a run's jobs, as GitLab's runners check one out:
 /// `dest` becomes a clone of the project's repository that shares its
-/// objects (nothing is copied), at the project's HEAD, its index read from
-/// HEAD. Jobs' workspaces point at it ([`link_git`]), so `git describe`,
-/// `git log` and `git diff` work in jobs, and nothing a job does with git
-/// reaches the project's own repository. `None` when the project is not
-/// the root of a git work tree, or git is missing.
-pub fn run_repository(project: &Path, dest: &Path) -> Option<PathBuf> {
+/// objects (nothing is copied), its index read from the project's HEAD.
+/// Each job's workspace becomes a work tree of it of its own ([`link_git`]:
+/// its own HEAD, detached at that commit as a runner's is, and its own
+/// index), so `git describe`, `git log` and `git diff` work in jobs, and
+/// nothing a job does with git reaches the project's repository: `origin`
+/// fetches from the project's own remote, and pushing is refused. `None`
+/// when the project is not the root of a git work tree, or git is missing.
+pub fn run_repository(project: &Path, dest: &Path) -> Option<RunRepository> {
     if !project.join(".git").exists() {
         return None;
     }
-    let status = Command::new("git")
-        .args(["clone", "--shared", "--no-checkout", "--quiet"])
-        .arg(project)
-        .arg(dest)
+    let dest = std::path::absolute(dest).ok()?;
+    if !git_clone(&["--shared"], project, &dest) {
+        return None;
+    }
+    let head = git_out(&dest, &["rev-parse", "HEAD"])?.trim().to_string();
+    git_bytes(&dest, &["read-tree", "HEAD"])?;
+    guard_remote(project, &dest)?;
+    Some(RunRepository {
+        git_dir: dest.join(".git"),
+        head,
+    })
+}
+
+/// The run's repository (see [`run_repository`]).
+#[derive(Debug, Clone)]
+pub struct RunRepository {
+    pub git_dir: PathBuf,
+    /// The commit jobs start from.
+    pub head: String,
+}
+
+fn git_clone(extra: &[&str], from: &Path, to: &Path) -> bool {
+    Command::new("git")
+        .args(["clone", "--no-checkout", "--quiet"])
+        .args(extra)
+        .arg(from)
+        .arg(to)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .ok()?;
-    if !status.success() {
-        return None;
-    }
-    git_bytes(dest, &["read-tree", "HEAD"])?;
-    Some(dest.join(".git"))
+        .is_ok_and(|s| s.success())
 }
 
-/// Makes `ws` a work tree of the run's repository `git_dir` (a `.git`
-/// file naming it, as `git worktree` does).
-pub fn link_git(ws: &Path, git_dir: &Path) -> io::Result<()> {
-    std::fs::write(ws.join(".git"), format!("gitdir: {}\n", git_dir.display()))
+/// `origin` of a clone made for jobs: the project's own remote to fetch
+/// from (as a runner's clone has the GitLab project), and no way to push.
+fn guard_remote(project: &Path, clone: &Path) -> Option<()> {
+    let url = git_out(project, &["remote", "get-url", "origin"]).map(|u| u.trim().to_string());
+    match &url {
+        Some(u) if !u.is_empty() => git_bytes(clone, &["remote", "set-url", "origin", u])?,
+        _ => git_bytes(clone, &["remote", "remove", "origin"])?,
+    };
+    if url.is_some() {
+        git_bytes(
+            clone,
+            &[
+                "remote",
+                "set-url",
+                "--push",
+                "origin",
+                "trackside-jobs-do-not-push://refused",
+            ],
+        )?;
+    }
+    Some(())
+}
+
+/// Makes `ws` a work tree of the run's repository of its own, named `name`
+/// (a `.git` file and the work tree's entry, as `git worktree add` makes
+/// them): HEAD detached at the run's commit, the index a copy of the run's.
+pub fn link_git(ws: &Path, repo: &RunRepository, name: &str) -> io::Result<()> {
+    let ws = std::path::absolute(ws)?;
+    let wt = repo.git_dir.join("worktrees").join(name);
+    let _ = std::fs::remove_dir_all(&wt);
+    std::fs::create_dir_all(&wt)?;
+    std::fs::write(wt.join("HEAD"), format!("{}\n", repo.head))?;
+    std::fs::write(wt.join("commondir"), "../..\n")?;
+    std::fs::write(wt.join("gitdir"), format!("{}\n", ws.join(".git").display()))?;
+    std::fs::copy(repo.git_dir.join("index"), wt.join("index"))?;
+    std::fs::write(ws.join(".git"), format!("gitdir: {}\n", wt.display()))
 }
 
 /// A clone of its own in `ws` (for a container job, whose workspace is all
-/// it sees): the objects hard-linked when on one file system.
+/// it sees), its objects copied (never hard links into the project's).
 pub fn own_repository(project: &Path, ws: &Path) -> io::Result<()> {
     let tmp = ws.join(".trackside-clone");
-    let status = Command::new("git")
-        .args(["clone", "--no-checkout", "--quiet"])
-        .arg(project)
-        .arg(&tmp)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    if !status.success() {
+    if !git_clone(&["--no-hardlinks"], project, &tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(io::Error::other(format!("git clone of {} failed", project.display())));
     }
     std::fs::rename(tmp.join(".git"), ws.join(".git"))?;
     let _ = std::fs::remove_dir_all(&tmp);
-    git_bytes(ws, &["read-tree", "HEAD"])
-        .map(|_| ())
-        .ok_or_else(|| io::Error::other("git read-tree failed"))
+    git_bytes(ws, &["read-tree", "HEAD"]).ok_or_else(|| io::Error::other("git read-tree failed"))?;
+    guard_remote(project, ws).ok_or_else(|| io::Error::other("git remote setup failed"))
 }
 
 /// The files git does not track in the work tree `ws`, relative, ignored
@@ -451,19 +494,37 @@ mod git_tests {
         assert!(git(project.path(), &["add", "-A"]));
         assert!(git(project.path(), &["commit", "-qm", "first"]));
         let run = tempfile::tempdir().expect("tempdir");
+        assert!(git(
+            project.path(),
+            &["remote", "add", "origin", "https://gitlab.example.com/g/p.git"]
+        ));
         let repo = run_repository(project.path(), &run.path().join("git")).expect("clone");
-        let ws = run.path().join("ws");
-        std::fs::create_dir_all(&ws).expect("mkdir");
-        std::fs::write(ws.join("a.txt"), "a").expect("write");
-        link_git(&ws, &repo).expect("link");
+        let job = |name: &str| {
+            let ws = run.path().join(name);
+            std::fs::create_dir_all(&ws).expect("mkdir");
+            std::fs::write(ws.join("a.txt"), "a").expect("write");
+            link_git(&ws, &repo, name).expect("link");
+            ws
+        };
+        let (ws, other) = (job("ws"), job("other"));
         assert_eq!(git_out(&ws, &["log", "-1", "--format=%s"]).as_deref(), Some("first\n"));
         assert_eq!(git_out(&ws, &["status", "--porcelain"]).as_deref(), Some(""));
-        // A commit in the job stays out of the project's repository.
+        // A commit in one job moves neither the other job's HEAD nor the project's.
         assert!(git(&ws, &["commit", "-q", "--allow-empty", "-m", "from a job"]));
+        assert_eq!(
+            git_out(&other, &["log", "-1", "--format=%s"]).as_deref(),
+            Some("first\n")
+        );
         assert_eq!(
             git_out(project.path(), &["log", "-1", "--format=%s"]).as_deref(),
             Some("first\n")
         );
+        // origin is the project's remote, and pushing to it is refused.
+        assert_eq!(
+            git_out(&ws, &["remote", "get-url", "origin"]).as_deref(),
+            Some("https://gitlab.example.com/g/p.git\n")
+        );
+        assert!(!git(&ws, &["push", "origin", "HEAD:refs/heads/x"]));
         let own = run.path().join("own");
         std::fs::create_dir_all(&own).expect("mkdir");
         own_repository(project.path(), &own).expect("own clone");

@@ -122,7 +122,7 @@ pub fn select(p: &Pipeline, plan: &Plan, sel: &Selection) -> Result<Pipeline, Se
         .filter(|(_, k)| **k)
         .map(|(j, _)| j.clone())
         .collect();
-    let kept: Vec<String> = sub.jobs.iter().map(|j| j.name.clone()).collect();
+    let kept: std::collections::HashSet<String> = sub.jobs.iter().map(|j| j.name.clone()).collect();
     for j in &mut sub.jobs {
         // The jobs whose artifacts it takes stay named, also when left out.
         if j.needs_artifacts.is_none() && j.depends_on.iter().any(|d| !kept.contains(d)) {
@@ -137,7 +137,7 @@ pub fn select(p: &Pipeline, plan: &Plan, sel: &Selection) -> Result<Pipeline, Se
                     .copied()
                     .chain(std::iter::repeat(Default::default())),
             )
-            .filter(|(d, _)| kept.contains(d))
+            .filter(|(d, _)| kept.contains(d.as_str()))
             .map(|(d, p)| (d.clone(), p))
             .unzip();
         j.depends_on = deps;

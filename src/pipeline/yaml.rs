@@ -116,7 +116,8 @@ impl Node {
         }
     }
 
-    fn size(&self) -> usize {
+    /// Nodes in this tree, itself included.
+    pub fn size(&self) -> usize {
         match &self.value {
             Value::Seq(items) | Value::Reference(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
             Value::Map(entries) => 1 + entries.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),

@@ -776,3 +776,26 @@ fn a_delayed_job_waits_its_start_in_and_approval_starts_it_at_once() {
     let fx = m.handle(Input::RetryDue { job: 1 }, t(30_010));
     assert!(started(&fx).is_empty());
 }
+
+#[test]
+fn a_delayed_job_reset_by_a_retry_waits_again_and_an_old_timer_is_ignored() {
+    let src = "build:\n  stage: build\n  script: [x]\n  allow_failure: true\nlater:\n  stage: deploy\n  when: delayed\n  start_in: 10 seconds\n  script: [x]\n";
+    let mut m = gitlab_machine(src, opts(2));
+    m.handle(Input::Start, t(0));
+    fail(&mut m, 0, FailureClass::Script, 1_000);
+    // `later` waits until 11 s. Retrying `build` resets it.
+    let fx = m.handle(Input::Retry(0), t(2_000));
+    assert_eq!(started(&fx), vec![0]);
+    let fx = ok(&mut m, 0, 5_000);
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::ScheduleRetry { job: 1, .. })),
+        "{fx:?}"
+    );
+    // The first timer (due at 11 s) fires: the second delay runs to 15 s.
+    let fx = m.handle(Input::RetryDue { job: 1 }, t(11_000));
+    assert!(started(&fx).is_empty(), "an old timer does not start it: {fx:?}");
+    let fx = m.handle(Input::RetryDue { job: 1 }, t(15_000));
+    assert_eq!(started(&fx), vec![1]);
+    let fx = ok(&mut m, 1, 16_000);
+    assert_eq!(finished(&fx).expect("done").result, RunResult::Passed);
+}

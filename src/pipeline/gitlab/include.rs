@@ -36,11 +36,17 @@ pub const MAX_NESTING: usize = 100;
 pub(super) struct Included {
     /// Files read so far (the limit counts them).
     count: usize,
-    /// (file, inputs) already merged: read once.
-    seen: HashSet<String>,
+    /// (file, inputs) already merged into this pipeline: read once (a child
+    /// pipeline has a set of its own; the limits are shared).
+    pub(super) seen: HashSet<String>,
     /// The limit was hit: the rest is not read (one error says so).
     stopped: bool,
+    /// Bytes of included files read so far.
+    bytes: u64,
 }
+
+/// Most bytes all included files may hold together.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 20;
 
 /// One entry of `include:`, resolved to the files it names.
 enum Source {
@@ -102,6 +108,18 @@ impl Gitlab<'_, '_> {
                         &path,
                         format!("more than GitLab's {MAX_INCLUDES} included files"),
                         "include fewer files (a wildcard may match more than meant)",
+                    );
+                    state.stopped = true;
+                    break;
+                }
+                let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                state.bytes = state.bytes.saturating_add(size);
+                if state.bytes > MAX_TOTAL_BYTES {
+                    self.cx.err(
+                        entry,
+                        &path,
+                        format!("included files hold more than {} MiB in all", MAX_TOTAL_BYTES >> 20),
+                        "include fewer or smaller files",
                     );
                     state.stopped = true;
                     break;

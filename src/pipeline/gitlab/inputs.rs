@@ -13,6 +13,9 @@ use crate::pipeline::yaml::{Node, Value};
 
 /// Longest string interpolation may make (inputs are meant to be small).
 const MAX_INTERPOLATED: usize = 1 << 20;
+/// Most bytes (and copied nodes) interpolation may make in all, for the
+/// pipeline and every file it includes.
+const MAX_INTERPOLATED_TOTAL: usize = 16 << 20;
 /// Most functions chained in one `$[[ ... ]]` (GitLab's limit).
 const MAX_FUNCTIONS: usize = 3;
 
@@ -259,7 +262,7 @@ impl Gitlab<'_, '_> {
             let after = &rest[start + 3..];
             let Some(end) = after.find("]]") else {
                 let pos = self.cx.pos_in(node, offset + start);
-                self.cx.diags.push(
+                self.push_diag(
                     crate::pipeline::Diagnostic::error(pos, 3, "", "`$[[` is not closed with `]]`")
                         .with_hint("write `$[[ inputs.name ]]`"),
                 );
@@ -272,7 +275,7 @@ impl Gitlab<'_, '_> {
             let head = parts.next().unwrap_or_default();
             let Some(name) = head.strip_prefix("inputs.") else {
                 let pos = self.cx.pos_in(node, char_at);
-                self.cx.diags.push(
+                self.push_diag(
                     crate::pipeline::Diagnostic::error(
                         pos,
                         3,
@@ -287,7 +290,7 @@ impl Gitlab<'_, '_> {
                 if !declared.iter().any(|d| d == name) {
                     let refs: Vec<&str> = declared.iter().map(String::as_str).collect();
                     let pos = self.cx.pos_in(node, char_at);
-                    self.cx.diags.push(
+                    self.push_diag(
                         crate::pipeline::Diagnostic::error(
                             pos,
                             3,
@@ -302,7 +305,7 @@ impl Gitlab<'_, '_> {
             let functions: Vec<&str> = parts.collect();
             if functions.len() > MAX_FUNCTIONS {
                 let pos = self.cx.pos_in(node, char_at);
-                self.cx.diags.push(
+                self.push_diag(
                     crate::pipeline::Diagnostic::error(
                         pos,
                         3,
@@ -314,6 +317,9 @@ impl Gitlab<'_, '_> {
                 return None;
             }
             if whole && functions.is_empty() && !matches!(input.value.value, Value::Str(_)) {
+                if !self.spend(input.value.size(), node) {
+                    return None;
+                }
                 return Some(Filled::Whole(input.value.value.clone()));
             }
             let mut value = match &input.value.value {
@@ -329,7 +335,7 @@ impl Gitlab<'_, '_> {
                     Ok(v) => value = v,
                     Err(message) => {
                         let pos = self.cx.pos_in(node, char_at);
-                        self.cx.diags.push(
+                        self.push_diag(
                             crate::pipeline::Diagnostic::error(pos, width, "", format!("`$[[ {inner} ]]`: {message}"))
                                 .with_hint("functions: expand_vars, truncate(offset,length), posix_escape"),
                         );
@@ -337,10 +343,13 @@ impl Gitlab<'_, '_> {
                     }
                 }
             }
+            if !self.spend(value.len(), node) {
+                return None;
+            }
             out.push_str(&value);
             if out.len() > MAX_INTERPOLATED {
                 let pos = self.cx.pos_in(node, char_at);
-                self.cx.diags.push(
+                self.push_diag(
                     crate::pipeline::Diagnostic::error(pos, width, "", "interpolation makes a string over 1 MiB")
                         .with_hint("inputs are for small values"),
                 );
@@ -376,6 +385,35 @@ impl Gitlab<'_, '_> {
                 }
             }
         }
+    }
+}
+
+impl Gitlab<'_, '_> {
+    /// A diagnostic of interpolation, within the report's budget (its
+    /// position is only worked out when there is room for it).
+    fn push_diag(&mut self, d: crate::pipeline::Diagnostic) {
+        if self.cx.room() {
+            self.cx.diags.push(d);
+        }
+    }
+
+    /// Counts what interpolation makes against the file's budget; `false`
+    /// (and one error) once it is spent.
+    fn spend(&mut self, amount: usize, node: &Node) -> bool {
+        self.interpolated = self.interpolated.saturating_add(amount);
+        if self.interpolated <= MAX_INTERPOLATED_TOTAL {
+            return true;
+        }
+        if !self.interpolation_spent {
+            self.interpolation_spent = true;
+            self.cx.err(
+                node,
+                "",
+                format!("inputs fill in more than {} MiB in all", MAX_INTERPOLATED_TOTAL >> 20),
+                "inputs are for small values; pass large data as files",
+            );
+        }
+        false
     }
 }
 

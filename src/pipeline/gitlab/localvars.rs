@@ -57,15 +57,18 @@ pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result
             }
             if let (Some(groups), Some(remote)) = (doc.get("group").and_then(|g| g.as_mapping()), remote) {
                 for (k, v) in groups {
-                    let key = k.as_str().unwrap_or_default();
-                    if remote.starts_with(key.trim_end_matches(".git")) {
+                    // A group is a whole path prefix: `gitlab.com/acme/`
+                    // is not `gitlab.com/acme-x/`.
+                    let Some(key) = k.as_str() else { continue };
+                    let group = key.trim_end_matches('/');
+                    if !group.is_empty() && remote.starts_with(&format!("{group}/")) {
                         take(&path, key, v, &mut out)?;
                     }
                 }
             }
             if let (Some(projects), Some(remote)) = (doc.get("project").and_then(|p| p.as_mapping()), remote) {
                 for (k, v) in projects {
-                    let key = k.as_str().unwrap_or_default();
+                    let Some(key) = k.as_str() else { continue };
                     if key.trim_end_matches(".git") == remote {
                         take(&path, key, v, &mut out)?;
                     }
@@ -174,7 +177,7 @@ mod tests {
         std::fs::create_dir_all(home.path().join(".gitlab-ci-local")).expect("mkdir");
         std::fs::write(
             home.path().join(".gitlab-ci-local/variables.yml"),
-            "global:\n  A: global\n  B: global\ngroup:\n  gitlab.com/team/:\n    B: group\n    C: group\nproject:\n  gitlab.com/team/app.git:\n    C: project\n",
+            "global:\n  A: global\n  B: global\ngroup:\n  gitlab.com/team/:\n    B: group\n    C: group\n  gitlab.com/te:\n    B: not-a-prefix-of-the-group\nproject:\n  gitlab.com/team/app.git:\n    C: project\n",
         )
         .expect("write");
         std::fs::write(

@@ -131,6 +131,8 @@ const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
 
 /// GitLab's default job timeout (a project's, unless changed there).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest a job's `timeout` may be (a month, GitLab's limit).
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Most jobs one `parallel` makes (GitLab's limit).
 const MAX_PARALLEL: usize = 200;
@@ -232,6 +234,11 @@ struct Gitlab<'c, 's> {
     /// An `extends` could not be resolved (reported once, not again as a
     /// missing `script`).
     extends_failed: HashSet<String>,
+    /// What inputs filled in so far, against a budget for all files.
+    interpolated: usize,
+    interpolation_spent: bool,
+    /// Included files read so far, shared with child pipelines: one budget.
+    includes: include::Included,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -244,6 +251,9 @@ impl<'c, 's> Gitlab<'c, 's> {
             depth: 0,
             pipeline_vars: Vec::new(),
             extends_failed: HashSet::new(),
+            interpolated: 0,
+            interpolation_spent: false,
+            includes: include::Included::default(),
         }
     }
 
@@ -291,8 +301,9 @@ impl<'c, 's> Gitlab<'c, 's> {
             }
             None => config,
         };
-        let mut state = include::Included::default();
+        let mut state = std::mem::take(&mut self.includes);
         let merged = self.with_includes(&config, 0, &mut state);
+        self.includes = state;
         let resolved = self.resolve_references(&merged, &merged, 0);
         self.pipeline(&resolved, name)
     }
@@ -1024,6 +1035,16 @@ impl<'c, 's> Gitlab<'c, 's> {
             Some(t) => Some(self.trigger_spec(t, &path)?),
             None => None,
         };
+        if let (Some(_), Some(p)) = (&trigger, get(def, "parallel")) {
+            self.warn_once(
+                p,
+                &join(&path, "parallel"),
+                "trigger:parallel",
+                format!("a trigger job with `parallel` is not run by trackside yet; `{name}` is left out"),
+                "trigger one child pipeline per value with jobs of their own",
+            );
+            return None;
+        }
         // `inherit`: which defaults and file variables the job takes.
         let (inherit_defaults, inherit_vars) = self.inherit(def, &path);
         let field = |k: &str| -> Option<Node> {
@@ -1292,9 +1313,22 @@ impl<'c, 's> Gitlab<'c, 's> {
         let (retry_count, retry_when, retry_exit_codes) = field("retry")
             .map(|n| self.retry(&n, &join(&path, "retry")))
             .unwrap_or((0, Vec::new(), Vec::new()));
-        let timeout = field("timeout")
-            .and_then(|n| self.duration(&n, &join(&path, "timeout")))
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = match field("timeout") {
+            Some(n) => match self.duration(&n, &join(&path, "timeout")) {
+                Some(d) if d > MAX_TIMEOUT => {
+                    self.cx.err(
+                        &n,
+                        &join(&path, "timeout"),
+                        "a job's `timeout` is at most one month in GitLab",
+                        "give a shorter time, such as `3h`",
+                    );
+                    DEFAULT_TIMEOUT
+                }
+                Some(d) => d,
+                None => DEFAULT_TIMEOUT,
+            },
+            None => DEFAULT_TIMEOUT,
+        };
         let mut container = ContainerOptions::default();
         let image = field("image").and_then(|n| self.image(&n, &join(&path, "image"), &mut container));
         let artifacts = field("artifacts").and_then(|n| self.artifacts(&n, &join(&path, "artifacts")));
@@ -1714,9 +1748,33 @@ impl<'c, 's> Gitlab<'c, 's> {
                             _ => s.cx.string(v, &join(&rpath, &word)).into_iter().collect(),
                         }
                     };
+                    let inside = |s: &mut Self, list: Vec<String>| -> Vec<String> {
+                        list.into_iter()
+                            .filter(|f| {
+                                let p = std::path::Path::new(f);
+                                let ok = !p.is_absolute()
+                                    && !p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+                                if !ok {
+                                    s.cx.err(
+                                        v,
+                                        &join(&rpath, &word),
+                                        format!("report `{f}` is outside the job's workspace"),
+                                        "name a file relative to the project, without `..`",
+                                    );
+                                }
+                                ok
+                            })
+                            .collect()
+                    };
                     match word.as_str() {
-                        "dotenv" => dotenv = files(self),
-                        "junit" => junit = files(self),
+                        "dotenv" => {
+                            let list = files(self);
+                            dotenv = inside(self, list);
+                        }
+                        "junit" => {
+                            let list = files(self);
+                            junit = inside(self, list);
+                        }
                         _ => self.warn_once(
                             k,
                             &join(&rpath, &word),

@@ -11,17 +11,36 @@ use crate::pipeline::yaml::{Node, Value};
 /// GitLab resolves nested `!reference` tags up to 10 levels.
 pub const MAX_DEPTH: usize = 10;
 
+/// Most nodes references may copy in one file: references that fan out
+/// (a list of references to a list of references ...) stop here.
+pub const MAX_COPIED: usize = crate::pipeline::yaml::MAX_NODES;
+
+/// What resolving references keeps across one file: each path resolved
+/// once, and the nodes copied so far.
+#[derive(Default)]
+pub(super) struct Resolving {
+    done: std::collections::HashMap<Vec<String>, Node>,
+    copied: usize,
+    /// The budget ran out (said once).
+    exhausted: bool,
+}
+
 impl Gitlab<'_, '_> {
     /// `node` with every `!reference` in it resolved against `root`; an
     /// unresolvable one is reported and becomes an empty list.
     pub(super) fn resolve_references(&mut self, node: &Node, root: &Node, depth: usize) -> Node {
+        let mut state = Resolving::default();
+        self.resolve_in(node, root, depth, &mut state)
+    }
+
+    fn resolve_in(&mut self, node: &Node, root: &Node, depth: usize, st: &mut Resolving) -> Node {
         let value = match &node.value {
-            Value::Reference(path) => return self.reference(node, path, root, depth),
-            Value::Seq(items) => Value::Seq(items.iter().map(|n| self.resolve_references(n, root, depth)).collect()),
+            Value::Reference(path) => return self.reference(node, path, root, depth, st),
+            Value::Seq(items) => Value::Seq(items.iter().map(|n| self.resolve_in(n, root, depth, st)).collect()),
             Value::Map(entries) => Value::Map(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.clone(), self.resolve_references(v, root, depth)))
+                    .map(|(k, v)| (k.clone(), self.resolve_in(v, root, depth, st)))
                     .collect(),
             ),
             _ => return node.clone(),
@@ -29,7 +48,7 @@ impl Gitlab<'_, '_> {
         Node { value, ..node.clone() }
     }
 
-    fn reference(&mut self, node: &Node, path: &[Node], root: &Node, depth: usize) -> Node {
+    fn reference(&mut self, node: &Node, path: &[Node], root: &Node, depth: usize, st: &mut Resolving) -> Node {
         // What a reference that cannot be resolved leaves: an empty list,
         // so only the reference itself is reported.
         let null = Node {
@@ -54,6 +73,10 @@ impl Gitlab<'_, '_> {
                 "write the job's name, then the keys down to the node to reuse",
             );
             return null;
+        }
+        let key: Vec<String> = names.iter().flatten().map(|s| s.to_string()).collect();
+        if let Some(done) = st.done.get(&key) {
+            return self.charge(done.clone(), node, st);
         }
         let mut at = root;
         for (i, (name, n)) in names.iter().flatten().zip(path).enumerate() {
@@ -86,7 +109,31 @@ impl Gitlab<'_, '_> {
                 }
             }
         }
-        self.resolve_references(at, root, depth + 1)
+        let resolved = self.resolve_in(at, root, depth + 1, st);
+        st.done.insert(key, resolved.clone());
+        self.charge(resolved, node, st)
+    }
+
+    /// Counts a copy against the file's budget: past it, an empty list and
+    /// one error.
+    fn charge(&mut self, copy: Node, at: &Node, st: &mut Resolving) -> Node {
+        st.copied = st.copied.saturating_add(copy.size());
+        if st.copied <= MAX_COPIED {
+            return copy;
+        }
+        if !st.exhausted {
+            st.exhausted = true;
+            self.cx.err(
+                at,
+                "",
+                format!("`!reference` tags copy more than {MAX_COPIED} YAML nodes"),
+                "references that fan out multiply what they copy; reference smaller parts",
+            );
+        }
+        Node {
+            value: Value::Seq(Vec::new()),
+            ..at.clone()
+        }
     }
 }
 

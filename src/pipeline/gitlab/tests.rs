@@ -820,3 +820,30 @@ fn a_jobs_mistakes_are_all_reported_at_once() {
         assert!(e.iter().any(|(_, _, m)| m.contains(want)), "{want}: {e:?}");
     }
 }
+
+#[test]
+fn references_that_fan_out_stop_at_a_budget_quickly() {
+    // .l0 has ten references to .l1, each of which has ten to .l2, ...:
+    // 10^8 nodes if copied out; each path is resolved once, and the copy
+    // stops at the budget with one error.
+    let mut src = String::new();
+    for level in 0..8 {
+        src.push_str(&format!(".l{level}:\n  k:\n"));
+        for _ in 0..10 {
+            src.push_str(&format!("    - !reference [.l{}, k]\n", level + 1));
+        }
+    }
+    src.push_str(".l8:\n  k: [echo]\nj:\n  script: !reference [.l0, k]\n");
+    let started = std::time::Instant::now();
+    let e = errors(&src);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        e.iter().filter(|(_, _, m)| m.contains("copy more than")).count(),
+        1,
+        "{e:?}"
+    );
+}

@@ -167,13 +167,23 @@ impl Gitlab<'_, '_> {
                 ..t.include.clone()
             };
             let child_jobs = {
+                // One budget of included files and interpolation for the
+                // parent and all its children.
                 let mut child = Gitlab::new(self.cx, self.opts);
                 child.depth = self.depth + 1;
                 child.pipeline_vars = passed.clone();
-                let mut state = super::include::Included::default();
+                child.interpolated = self.interpolated;
+                let mut state = std::mem::take(&mut self.includes);
+                let parents_files = std::mem::take(&mut state.seen);
                 let merged = child.with_includes(&config, 0, &mut state);
+                // Grandchildren share it too.
+                child.includes = state;
                 let resolved = child.resolve_references(&merged, &merged, 0);
-                child.pipeline(&resolved, name.clone())
+                let read = child.pipeline(&resolved, name.clone());
+                self.interpolated = child.interpolated;
+                self.includes = std::mem::take(&mut child.includes);
+                self.includes.seen = parents_files;
+                read
             };
             let Some(child_pipeline) = child_jobs else { continue };
             child_stages.push((
@@ -208,8 +218,12 @@ impl Gitlab<'_, '_> {
                 }
                 added.push(j);
             }
+            let needed: std::collections::HashSet<&str> = added
+                .iter()
+                .flat_map(|o| o.depends_on.iter().map(String::as_str))
+                .collect();
             for j in &added {
-                if !added.iter().any(|o| o.depends_on.contains(&j.name)) {
+                if !needed.contains(j.name.as_str()) {
                     sinks.push(j.name.clone());
                 }
             }
