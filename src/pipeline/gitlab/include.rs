@@ -127,7 +127,11 @@ impl Gitlab<'_, '_> {
                 let Some(doc) = self.read_included(&file, &rel, entry, &path, inputs) else {
                     continue;
                 };
+                // A `local:` include in a file of another project (mapped
+                // with --include-project) is of that project, as in GitLab.
+                let outer = self.include_root.replace(root.clone());
                 let expanded = self.with_includes(&doc, depth + 1, state);
+                self.include_root = outer;
                 merged = Some(match merged {
                     Some(m) => deep_merge(&m, &expanded),
                     None => expanded,
@@ -220,7 +224,7 @@ impl Gitlab<'_, '_> {
                     return Source::Skip;
                 };
                 let text = self.expand_created(&text);
-                let root = self.project_dir();
+                let root = self.include_root.clone().unwrap_or_else(|| self.project_dir());
                 self.local_files(&root, &text, target, &tpath)
             }
             "project" => {

@@ -126,6 +126,10 @@ const NO_EFFECT: [&str; 2] = ["tags", "interruptible"];
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
 const NOT_YET: [&str; 1] = ["run"];
 
+/// How the "nothing runs" error begins (a child pipeline's is turned into
+/// a failing trigger job).
+const NO_JOB: &str = "no job would run";
+
 /// GitLab's stages when a file names none.
 const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
 
@@ -239,6 +243,9 @@ struct Gitlab<'c, 's> {
     interpolation_spent: bool,
     /// Included files read so far, shared with child pipelines: one budget.
     includes: include::Included,
+    /// Where `include: local` looks while reading an included file (the
+    /// project the file came from); `None`: this project.
+    include_root: Option<std::path::PathBuf>,
 }
 
 impl<'c, 's> Gitlab<'c, 's> {
@@ -254,6 +261,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             interpolated: 0,
             interpolation_spent: false,
             includes: include::Included::default(),
+            include_root: None,
         }
     }
 
@@ -603,7 +611,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 .any(|d| d.severity == crate::pipeline::Severity::Error)
         {
             self.cx.diags.push(file_error(
-                "no job would run: the file has no visible job, or every job's rules leave it out".into(),
+                format!("{NO_JOB}: the file has no visible job, or every job's rules leave it out"),
                 "a job is a top-level key not starting with `.` that has `script:`; check `rules:` against the variables given (--var)",
             ));
             return None;

@@ -614,7 +614,11 @@ fn includes_that_leave_the_project_or_need_a_server_are_refused() {
 #[test]
 fn a_mapped_project_and_component_are_read_from_their_checkout() {
     let (other, _) = project(&[
-        ("templates/build.yml", "pbuild:\n  script: [x]\n"),
+        (
+            "templates/build.yml",
+            "include: {local: templates/common.yml}\npbuild:\n  script: [x]\n",
+        ),
+        ("templates/common.yml", "pcommon:\n  script: [x]\n"),
         (
             "templates/lint/template.yml",
             "spec:\n  inputs:\n    level: {default: strict}\n---\nlint-$[[ inputs.level ]]:\n  script: [x]\n",
@@ -632,7 +636,8 @@ fn a_mapped_project_and_component_are_read_from_their_checkout() {
     .unwrap_or_else(|e| panic!("{e:?}"));
     let mut n = names(&p);
     n.sort();
-    assert_eq!(n, vec!["lint-strict", "pbuild"]);
+    // A `local:` include inside the other project's file is of that project.
+    assert_eq!(n, vec!["lint-strict", "pbuild", "pcommon"]);
 }
 
 #[test]
@@ -846,4 +851,18 @@ fn references_that_fan_out_stop_at_a_budget_quickly() {
         1,
         "{e:?}"
     );
+}
+
+#[test]
+fn a_child_pipeline_with_no_job_fails_its_trigger_job_not_the_parent() {
+    let (_d, o) = project(&[("child.yml", "c:\n  script: [x]\n  rules:\n    - if: $NEVER\n")]);
+    let p = read_with("build:\n  script: [x]\nkid:\n  trigger: {include: child.yml}\n", &o)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let kid = p.job("kid").expect("kid");
+    assert!(
+        kid.steps[0].script.iter().any(|l| l == "exit 1"),
+        "{:?}",
+        kid.steps[0].script
+    );
+    assert!(p.job("kid/c").is_none());
 }

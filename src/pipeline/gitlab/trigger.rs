@@ -11,7 +11,7 @@
 //! and a dynamic child pipeline (`include: {artifact, job}`) need GitLab's
 //! server or a generated file: they are left out with a warning.
 
-use super::{Gitlab, get, join};
+use super::{Gitlab, NO_JOB, get, join};
 use crate::pipeline::model::{EnvVar, Job};
 use crate::pipeline::yaml::{Node, Value};
 
@@ -166,6 +166,7 @@ impl Gitlab<'_, '_> {
                 )]),
                 ..t.include.clone()
             };
+            let diags_before = self.cx.diags.len();
             let child_jobs = {
                 // One budget of included files and interpolation for the
                 // parent and all its children.
@@ -185,7 +186,26 @@ impl Gitlab<'_, '_> {
                 self.includes.seen = parents_files;
                 read
             };
-            let Some(child_pipeline) = child_jobs else { continue };
+            let Some(child_pipeline) = child_jobs else {
+                // A child whose rules leave every job out cannot be created:
+                // GitLab fails the trigger job, not the parent pipeline.
+                let new: Vec<&crate::pipeline::Diagnostic> =
+                    self.cx.diags[diags_before..].iter().filter(|d| d.is_error()).collect();
+                if let [only] = new.as_slice()
+                    && only.message.starts_with(NO_JOB)
+                {
+                    self.cx
+                        .diags
+                        .retain(|d| !(d.is_error() && d.message.starts_with(NO_JOB)));
+                    if let Some(step) = jobs[at].steps.first_mut() {
+                        step.script = vec![
+                            "echo 'trackside: the child pipeline has no job (its rules leave every job out); GitLab fails this trigger job' >&2".into(),
+                            "exit 1".into(),
+                        ];
+                    }
+                }
+                continue;
+            };
             child_stages.push((
                 name.clone(),
                 child_pipeline.stages.iter().map(|s| format!("{name}/{s}")).collect(),
