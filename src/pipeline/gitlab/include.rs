@@ -580,40 +580,16 @@ impl Gitlab<'_, '_> {
 }
 
 /// `$VAR` and `${VAR}` replaced from `vars` (the last definition wins;
-/// an unknown one is empty, as in GitLab; a lone `$` stays).
+/// an unknown one is empty, as in GitLab), by the pipeline's one expander.
 pub(super) fn expand_with(text: &str, vars: &[(String, String)]) -> String {
     if !text.contains('$') {
         return text.to_string();
     }
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (name, used) = match after.strip_prefix('{') {
-            Some(inner) => match inner.find('}') {
-                Some(end) => (&inner[..end], end + 2),
-                None => ("", 0),
-            },
-            None => {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], end)
-            }
-        };
-        if name.is_empty() {
-            out.push('$');
-            rest = after;
-            continue;
-        }
-        if let Some((_, v)) = vars.iter().rev().find(|(k, _)| k == name) {
-            out.push_str(v);
-        }
-        rest = &after[used..];
-    }
-    out.push_str(rest);
-    out
+    let mut scope = crate::pipeline::vars::Scope::new();
+    scope
+        .lenient(true)
+        .push_layer(vars.iter().rev().map(|(k, v)| (k.clone(), v.clone())));
+    scope.expand(text).unwrap_or_else(|_| text.to_string())
 }
 
 fn without_keys(node: &Node, keys: &[&str]) -> Node {
