@@ -172,6 +172,16 @@ fn with_untracked(paths: &[String], untracked: bool, ws: &Path) -> Vec<String> {
     out
 }
 
+/// Why a job's directory caches could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum DirCacheError {
+    /// A key's variables could not be resolved, or its files hashed.
+    #[error("{0}")]
+    Key(String),
+    #[error(transparent)]
+    Index(#[from] crate::store::StoreError),
+}
+
 /// GitLab's limits for a dotenv report.
 const DOTENV_MAX_BYTES: u64 = 5 * 1024;
 const DOTENV_MAX_VARS: usize = 50;
@@ -665,10 +675,15 @@ pub async fn dir_cache_key(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, key: &
 /// cache into the workspace when its policy pulls (from the first of its
 /// `fallback_keys` that has one when its own key has none). Returns the
 /// keys, one per cache.
-pub async fn pull_dir_caches(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> Result<Vec<String>, String> {
+pub async fn pull_dir_caches(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+) -> Result<Vec<String>, DirCacheError> {
     let mut keys = Vec::with_capacity(job.dir_caches.len());
     for dc in &job.dir_caches {
-        let key = dir_cache_key(ctx, a, job, &dc.key).await?;
+        let key = dir_cache_key(ctx, a, job, &dc.key).await.map_err(DirCacheError::Key)?;
         keys.push(key.clone());
         if !dc.policy.pulls() {
             continue;
@@ -678,10 +693,13 @@ pub async fn pull_dir_caches(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: 
         // Fallback keys take variables as `key` does.
         let mut candidates = vec![key.clone()];
         for f in &dc.fallback_keys {
-            candidates.push(dir_cache_key(ctx, a, job, &DirCacheKey::Name(f.clone())).await?);
+            let fallback = dir_cache_key(ctx, a, job, &DirCacheKey::Name(f.clone()))
+                .await
+                .map_err(DirCacheError::Key)?;
+            candidates.push(fallback);
         }
         for candidate in candidates {
-            if let Some(m) = ctx.index.dir_cache_get(&candidate).map_err(|e| e.to_string())? {
+            if let Some(m) = ctx.index.dir_cache_get(&candidate)? {
                 found = Some((candidate, m));
                 break;
             }

@@ -404,7 +404,7 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
             let _ = a.dotenv.set(dotenv);
             artifacts::pull_dir_caches(ctx, a, job, &ws)
                 .await
-                .map_err(Outcome::infra)
+                .map_err(|e| Outcome::infra(e.to_string()))
         }
     };
     let outcome = match prepared {

@@ -363,7 +363,7 @@ impl Gitlab<'_, '_> {
     }
 
     /// One interpolation function applied to `value`.
-    fn function(&self, call: &str, value: &str) -> Result<String, String> {
+    fn function(&self, call: &str, value: &str) -> Result<String, FunctionError> {
         match call {
             "expand_vars" => Ok(super::include::expand_with(value, &self.include_vars())),
             "posix_escape" => Ok(value
@@ -376,12 +376,12 @@ impl Gitlab<'_, '_> {
                 .collect()),
             _ => {
                 let Some(args) = call.strip_prefix("truncate(").and_then(|a| a.strip_suffix(')')) else {
-                    return Err(format!("unknown function `{call}`"));
+                    return Err(FunctionError::Unknown(call.to_string()));
                 };
                 let nums: Vec<Option<usize>> = args.split(',').map(|a| a.trim().parse().ok()).collect();
                 match nums.as_slice() {
                     [Some(offset), Some(length)] => Ok(value.chars().skip(*offset).take(*length).collect()),
-                    _ => Err(format!("`{call}` takes two numbers: truncate(offset,length)")),
+                    _ => Err(FunctionError::TruncateArgs(call.to_string())),
                 }
             }
         }
@@ -415,6 +415,15 @@ impl Gitlab<'_, '_> {
         }
         false
     }
+}
+
+/// Why an interpolation function cannot be applied.
+#[derive(Debug, thiserror::Error)]
+enum FunctionError {
+    #[error("unknown function `{0}`")]
+    Unknown(String),
+    #[error("`{0}` takes two numbers: truncate(offset,length)")]
+    TruncateArgs(String),
 }
 
 enum Filled {
