@@ -498,7 +498,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(f) => f,
                 None => default_pipeline_file()?,
             };
-            let (secrets, opts) = load_options(&vars, &file)?;
+            let (secrets, opts, git_facts) = load_options(&vars, &file)?;
             let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
                 return Ok(2);
             };
@@ -556,15 +556,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(d) => d,
                 None => {
                     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                    // `load_options` found it for a GitLab file.
                     let root = (opts.dialect == Some(pipeline::Dialect::Gitlab))
-                        .then(|| {
-                            let d = if dir.as_os_str().is_empty() {
-                                Path::new(".")
-                            } else {
-                                dir.as_path()
-                            };
-                            trackside::exec::workspace::git_root(d)
-                        })
+                        .then(|| opts.project_dir.clone())
                         .flatten();
                     root.unwrap_or(dir)
                 }
@@ -604,6 +598,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.borrowed_artifacts = borrowed;
             cfg.keep_failed = keep_failed;
             cfg.no_cache = no_cache;
+            cfg.git = git_facts;
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
@@ -617,13 +612,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .max_blocking_threads(16)
                 .build()?;
             let code = rt.block_on(async move {
-                // Host processes and cgroups a crashed trackside left running.
-                let swept = tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans)
-                    .await
-                    .unwrap_or(0);
-                if swept > 0 {
-                    eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");
-                }
+                // Host processes and cgroups a crashed trackside left running:
+                // swept while the run is set up, done before any job starts.
+                let sweep = tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans);
                 // Containers: reach the daemon before any job starts, and clear
                 // what crashed runs left behind.
                 let needs_containers = opts.executor != ExecutorChoice::Shell
@@ -644,6 +635,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     docker,
                 });
                 let handle = engine::spawn(pipeline, plan, cfg)?;
+                let swept = sweep.await.unwrap_or(0);
+                if swept > 0 {
+                    eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");
+                }
                 // `trackside rollout SERVICE ...` from other shells.
                 let control = trackside::control::serve(handle.clone(), state.clone());
                 let ended = if interactive {
@@ -705,8 +700,12 @@ fn init_tracing(state: &Path) -> Option<tracing_appender::non_blocking::WorkerGu
 fn default_pipeline_file() -> Result<PathBuf, Fail> {
     let names = [".gitlab-ci.yml", "trackside.yml"];
     let here = std::env::current_dir().map_err(|e| Fail(format!("cannot read the current directory: {e}"), 2))?;
-    let root = trackside::exec::workspace::git_root(&here);
-    for dir in std::iter::once(here.clone()).chain(root) {
+    // Git is asked only when the current folder has neither.
+    let root = || trackside::exec::git::root(&here);
+    for dir in std::iter::once(Some(here.clone()))
+        .chain(std::iter::once_with(root))
+        .flatten()
+    {
         for name in names {
             let f = dir.join(name);
             if f.is_file() {
@@ -732,7 +731,11 @@ fn dialect_of(v: &VarArgs, file: &Path) -> pipeline::Dialect {
     }
 }
 
-fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, LoadOptions), Fail> {
+/// The secrets, the options a pipeline is read with, and (for a GitLab
+/// file) what git said about its project.
+type Loading = (Vec<(String, String)>, LoadOptions, Option<trackside::exec::git::Facts>);
+
+fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
     let mut secrets = Vec::new();
     for name in &v.secrets {
         match std::env::var(name) {
@@ -778,7 +781,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
         dialect: Some(dialect_of(v, file)),
         project_dir: None,
         include_projects: Vec::new(),
-        changed_files: None,
+        changed_files: Default::default(),
         changes_since: None,
         project_vars: Vec::new(),
     };
@@ -789,8 +792,9 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let root = trackside::exec::workspace::git_root(dir).unwrap_or_else(|| dir.to_path_buf());
-        let mut ci_vars = trackside::exec::workspace::gitlab_variables(dir);
+        let facts = trackside::exec::git::Facts::read(dir);
+        let root = facts.as_ref().map_or_else(|| dir.to_path_buf(), |f| f.root.clone());
+        let mut ci_vars = trackside::exec::git::gitlab_variables(facts.as_ref());
         // `--var CI_PIPELINE_SOURCE=merge_request_event` makes it a merge
         // request pipeline as GitLab creates one: no CI_COMMIT_BRANCH, and
         // the merge request's variables (this branch into the default one).
@@ -819,21 +823,26 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
                 }
             }
         }
-        let default_branch = ci_vars
-            .iter()
-            .find(|(k, _)| k == "CI_DEFAULT_BRANCH")
-            .map(|(_, b)| b.as_str());
-        let changed_files = match &v.changes_from {
-            Some(r) => Some(trackside::exec::workspace::changed_since(&root, r).ok_or_else(|| {
-                Fail(
-                    format!(
-                        "--changes-from {r}: no such commit, branch or tag in {}",
-                        root.display()
-                    ),
-                    2,
-                )
-            })?),
-            None => trackside::exec::workspace::changed_files(&root, default_branch),
+        let changed_files = match (&v.changes_from, &facts) {
+            (Some(r), _) => pipeline::ChangedFiles::known(Some(
+                trackside::exec::git::changed_since(&root, r).ok_or_else(|| {
+                    Fail(
+                        format!(
+                            "--changes-from {r}: no such commit, branch or tag in {}",
+                            root.display()
+                        ),
+                        2,
+                    )
+                })?,
+            )),
+            // Asked of git only if a rule looks at changes.
+            (None, Some(f)) => {
+                let (root, branch, default) = (f.root.clone(), f.branch.clone(), f.default_branch.clone());
+                pipeline::ChangedFiles::asked(move || {
+                    trackside::exec::git::changed_files(&root, branch.as_deref(), &default)
+                })
+            }
+            (None, None) => pipeline::ChangedFiles::known(None),
         };
         let mut include_projects = Vec::new();
         for (project, path) in &v.include_projects {
@@ -853,19 +862,20 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<(Vec<(String, String)>, Load
         for note in &local.notes {
             eprintln!("warning: {note}");
         }
-        LoadOptions {
+        let opts = LoadOptions {
             ci_vars,
             project_vars: local.vars,
             project_dir: Some(root),
             include_projects,
             changed_files,
-            changes_since: Some(trackside::exec::workspace::changed_since),
+            changes_since: Some(trackside::exec::git::changed_since),
             ..opts
-        }
+        };
+        (opts, facts)
     } else {
-        opts
+        (opts, None)
     };
-    Ok((secrets, opts))
+    Ok((secrets, opts.0, opts.1))
 }
 
 /// `run --list`: a line per job, as gitlab-ci-local's `--list` prints them.
@@ -977,7 +987,7 @@ fn load(file: &Path, opts: &LoadOptions, format: OutputFormat) -> Result<Option<
 }
 
 fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts) = load_options(v, file)?;
+    let (_, opts, _) = load_options(v, file)?;
     let Some((p, report)) = load(file, &opts, format)? else {
         return Ok(2);
     };
@@ -1004,7 +1014,7 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> 
 }
 
 fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts) = load_options(v, file)?;
+    let (_, opts, _) = load_options(v, file)?;
     let Some((p, _)) = load(file, &opts, format)? else {
         return Ok(2);
     };

@@ -557,6 +557,27 @@ jobs:
         |k| matches!(k, trackside::engine::EventKind::LogLine { line, .. } if line == "started"),
     )
     .await;
+    // The script is in memory while it runs: no file of it on disk.
+    let on_disk = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|run| {
+                std::fs::read_dir(run.path().join("steps"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sh"))
+            .collect()
+    };
+    assert_eq!(
+        on_disk(&state),
+        Vec::<String>::new(),
+        "a host step's script is written to disk"
+    );
     let table = all_command_lines();
     assert!(
         !table.contains("S3cret-in-ps-0451"),

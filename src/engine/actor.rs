@@ -84,6 +84,9 @@ pub struct EngineConfig {
     pub watch: Option<crate::pipeline::LoadOptions>,
     /// `--no-cache`: run every job; results are still stored.
     pub no_cache: bool,
+    /// What git said about the project (GitLab pipelines), so the run's
+    /// repository is written without asking again.
+    pub git: Option<crate::exec::git::Facts>,
 }
 
 /// Quiet time after the last change to the pipeline file before it is read.
@@ -116,6 +119,7 @@ impl EngineConfig {
             seed: None,
             watch: None,
             no_cache: false,
+            git: None,
         }
     }
 }
@@ -287,6 +291,12 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         (Some(job), Some(n)) => pipeline.job_index(job).map(|j| (j, n.max(1))),
         _ => None,
     };
+    // The project's file list is asked of git (or walked) while the record
+    // is made: side by side, not one after the other.
+    let listing = (!cfg.in_place).then(|| {
+        let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
+        std::thread::spawn(move || workspace::project_files(&project, &state))
+    });
     let masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
     let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
     let resolved = masker.mask(&resolved).unwrap_or(resolved);
@@ -304,13 +314,21 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
     cfg.run_id = meta.run_id.clone();
-    let files = if cfg.in_place {
-        Vec::new()
-    } else {
-        workspace::project_files(&cfg.project_dir, &cfg.state_dir).map_err(|source| EngineError::Project {
+    let git_repo = (pipeline.git_checkout && !cfg.in_place)
+        .then(|| crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref()))
+        .flatten();
+    let files = match listing.map(std::thread::JoinHandle::join) {
+        None => Vec::new(),
+        Some(Ok(listed)) => listed.map_err(|source| EngineError::Project {
             dir: cfg.project_dir.clone(),
             source,
-        })?
+        })?,
+        Some(Err(_)) => {
+            return Err(EngineError::Rejected(format!(
+                "listing the files of {} failed",
+                cfg.project_dir.display()
+            )));
+        }
     };
     let pipeline = Arc::new(pipeline);
     let ctx = Arc::new(RunContext {
@@ -337,9 +355,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_limits,
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
-        git_repo: (pipeline.git_checkout && !cfg.in_place)
-            .then(|| workspace::run_repository(&cfg.project_dir, &record.dir().join("git")))
-            .flatten(),
+        git_repo,
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
@@ -398,6 +414,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         }),
         coverage: HashMap::new(),
         coverage_re: HashMap::new(),
+        attempts: tokio_util::task::TaskTracker::new(),
     };
     tokio::spawn(actor.run());
     Ok(handle)
@@ -485,6 +502,9 @@ struct Actor {
     coverage: HashMap<String, String>,
     /// Compiled `coverage` patterns, by pattern.
     coverage_re: HashMap<String, Option<regex::Regex>>,
+    /// Every attempt's task: an attempt reports its end before it removes
+    /// its workspace, and the actor waits for the removals before it ends.
+    attempts: tokio_util::task::TaskTracker,
 }
 
 impl Actor {
@@ -539,8 +559,12 @@ impl Actor {
         for (_, t) in self.retry_timers.drain() {
             t.abort();
         }
-        // The run's network and anything of the run still around, before
-        // anyone waiting for shutdown is told it is done.
+        // Workspaces still being removed, the run's network and anything of
+        // the run still around, before anyone waiting for shutdown is told
+        // it is done.
+        self.attempts.close();
+        self.attempts.wait().await;
+        crate::exec::contain::release_idle();
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         for r in self.shutdown.drain(..) {
             let _ = r.send(());
@@ -905,7 +929,7 @@ impl Actor {
             control,
             dotenv: std::sync::OnceLock::new(),
         };
-        tokio::spawn(run_attempt(self.ctx.clone(), a));
+        self.attempts.spawn(run_attempt(self.ctx.clone(), a));
     }
 
     /// GitLab's rule: the last line matching the job's `coverage` pattern

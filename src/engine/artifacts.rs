@@ -70,6 +70,10 @@ pub async fn restore(
     let mut dotenv = Vec::new();
     for producer in producers(job) {
         let has_artifacts = ctx.pipeline.job(&producer).is_some_and(|p| p.artifacts.is_some());
+        // A job of this run that keeps no artifacts left none to look up.
+        if ctx.pipeline.job(&producer).is_some() && !has_artifacts {
+            continue;
+        }
         let mut from_run = None;
         let mut dotenv_files = ctx
             .pipeline
@@ -163,11 +167,7 @@ pub async fn restore(
 fn with_untracked(paths: &[String], untracked: bool, ws: &Path) -> Vec<String> {
     let mut out = paths.to_vec();
     if untracked {
-        out.extend(
-            crate::exec::workspace::untracked_files(ws)
-                .iter()
-                .map(|f| globset::escape(f)),
-        );
+        out.extend(crate::exec::git::untracked_files(ws).iter().map(|f| globset::escape(f)));
     }
     out
 }

@@ -105,8 +105,8 @@ pub struct RunContext {
     /// Artifacts of jobs left out of the run: producer -> (run, manifest).
     pub borrowed_artifacts: BTreeMap<String, crate::engine::artifacts::Borrowed>,
     /// The run's clone of the project's repository, which jobs' workspaces
-    /// point at (GitLab pipelines; see `workspace::run_repository`).
-    pub git_repo: Option<crate::exec::workspace::RunRepository>,
+    /// point at (GitLab pipelines; see `git::run_repository`).
+    pub git_repo: Option<crate::exec::git::RunRepository>,
 }
 
 impl RunContext {
@@ -217,15 +217,16 @@ impl Context for StepCtx<'_> {
 /// Runs the attempt and reports `AttemptDone` last, whatever happens.
 pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     let job = &ctx.pipeline.jobs[a.job];
+    let mut leftovers = Leftovers::default();
     let (outcome, cache_key) = if let Some(spec) = &job.deploy {
         (deploy_attempt(&ctx, &mut a, job, spec).await, None)
     } else if job.cache.is_some() {
         match artifacts::lookup(&ctx, &a, job).await {
             Ok(cached) => (cached, None),
-            Err(key) => (attempt_outcome(&ctx, &a).await, key),
+            Err(key) => (attempt_outcome(&ctx, &a, &mut leftovers).await, key),
         }
     } else {
-        (attempt_outcome(&ctx, &a).await, None)
+        (attempt_outcome(&ctx, &a, &mut leftovers).await, None)
     };
     let _ =
         a.tx.send(RunnerMsg::AttemptDone {
@@ -235,6 +236,27 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
             cache_key,
         })
         .await;
+    // Off the path to the next job: the actor has the result already, and
+    // waits for this before the run ends.
+    leftovers.remove(&ctx, job, a.attempt).await;
+}
+
+/// What an attempt leaves to remove once its result is reported.
+#[derive(Default)]
+struct Leftovers {
+    workspace: Option<PathBuf>,
+    step_files: bool,
+}
+
+impl Leftovers {
+    async fn remove(self, ctx: &Arc<RunContext>, job: &Job, attempt: u32) {
+        if self.step_files {
+            remove_step_files(ctx, job, attempt);
+        }
+        if let Some(ws) = self.workspace {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
+        }
+    }
 }
 
 /// A deploy job: the rollout's log lines and status go to the actor as
@@ -347,7 +369,7 @@ pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
         .await;
 }
 
-async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
+async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Leftovers) -> Outcome {
     let job = &ctx.pipeline.jobs[a.job];
     // A timeout too long for the clock is no deadline at all.
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -366,9 +388,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
             // A GitLab job sees a git repository, as a runner's checkout.
             if let Some(repo) = &c.git_repo {
                 if in_container {
-                    workspace::own_repository(&c.project_dir, &dest)?;
+                    crate::exec::git::own_repository(&c.project_dir, &dest)?;
                 } else {
-                    workspace::link_git(&dest, repo, &worktree)?;
+                    crate::exec::git::link_git(&dest, repo, &worktree)?;
                 }
             }
             Ok::<u64, std::io::Error>(n)
@@ -428,13 +450,11 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt) -> Outcome {
         }
     };
     ctx.executor.stop_services(services).await;
-    if !(ctx.keep_failed && outcome.failure.is_some()) {
-        remove_step_files(ctx, job, a.attempt);
-    }
-    let keep = ctx.keep_workspaces || (ctx.keep_failed && outcome.failure.is_some());
-    if !ctx.in_place && !keep {
-        let dest = ws.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dest)).await;
+    // Only container steps leave files there (a host step's script is in memory).
+    let kept_failed = ctx.keep_failed && outcome.failure.is_some();
+    leftovers.step_files = ctx.containers && job.steps.iter().any(|s| s.image.is_some()) && !kept_failed;
+    if !ctx.in_place && !ctx.keep_workspaces && !kept_failed {
+        leftovers.workspace = Some(ws);
     }
     outcome
 }
@@ -708,18 +728,9 @@ fn prepare_step(
         }
         _ => None,
     };
-    let script_file = match &container {
-        Some(c) => c.script_file.clone(),
-        None => step_file(
-            ctx,
-            &format!("{}.{}.{index}.sh", crate::store::file_safe(&job.name), a.attempt),
-            &script,
-            0o600,
-        )
-        .map_err(|e| e.to_string())?,
-    };
     Ok(StepSpec {
-        script_file,
+        script,
+        script_dir: ctx.run_dir.join("steps"),
         env,
         workdir,
         deadline: Some(step_deadline),

@@ -67,17 +67,35 @@ pub fn available() -> bool {
     base().is_some()
 }
 
-/// One step's cgroup; killed and removed by [`StepCgroup::kill_all`].
+/// One step's cgroup; killed and removed by [`StepCgroup::kill_all`], or
+/// kept for the next step by [`StepCgroup::release`] when it is empty.
 #[derive(Debug)]
 pub struct StepCgroup {
+    /// Empty once released.
     dir: PathBuf,
 }
 
-impl StepCgroup {
-    /// A fresh cgroup for one step, or `None` without a usable hierarchy.
-    pub fn create() -> Option<StepCgroup> {
+/// Empty cgroups of ended steps, for the next steps to use: making and
+/// removing one costs more than a whole step of `echo` (about 0.6 ms: the
+/// kernel makes and tears down its files), and an empty cgroup holds
+/// nothing of the step that used it. [`release_idle`] removes them; a
+/// crashed trackside's are swept by [`sweep_orphans`] as its others are.
+struct Idle {
+    dirs: std::sync::Mutex<Vec<PathBuf>>,
+    max: usize,
+}
+
+impl Idle {
+    fn dirs(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A kept cgroup, or a new one under `base`.
+    fn create(&self, base: &Path) -> Option<StepCgroup> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let base = base()?;
+        if let Some(dir) = self.dirs().pop() {
+            return Some(StepCgroup { dir });
+        }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("{PREFIX}{}-{n}", owner().replace(':', "-")));
         match std::fs::create_dir(&dir) {
@@ -87,6 +105,48 @@ impl StepCgroup {
                 None
             }
         }
+    }
+
+    /// Keeps `cg` when nothing is left in it (removed when enough are kept).
+    fn release(&self, cg: &mut StepCgroup) -> bool {
+        if !members(&cg.dir).is_empty() {
+            return false;
+        }
+        let dir = std::mem::take(&mut cg.dir);
+        let mut kept = self.dirs();
+        if kept.len() < self.max {
+            kept.push(dir);
+        } else {
+            drop(kept);
+            kill_dir(&dir);
+        }
+        true
+    }
+
+    fn remove_all(&self) {
+        let dirs = std::mem::take(&mut *self.dirs());
+        for dir in dirs {
+            kill_dir(&dir);
+        }
+    }
+}
+
+/// Enough for a thousand steps at once; more are removed.
+static IDLE: Idle = Idle {
+    dirs: std::sync::Mutex::new(Vec::new()),
+    max: 1024,
+};
+
+/// Removes the empty cgroups kept for later steps (at the end of a run).
+pub fn release_idle() {
+    IDLE.remove_all();
+}
+
+impl StepCgroup {
+    /// A cgroup for one step, empty (a kept one, else a new one), or `None`
+    /// without a usable hierarchy.
+    pub fn create() -> Option<StepCgroup> {
+        IDLE.create(base()?)
     }
 
     /// The file a process writes its pid to, to join.
@@ -99,11 +159,21 @@ impl StepCgroup {
     pub fn kill_all(&self) -> usize {
         kill_dir(&self.dir)
     }
+
+    /// Ends the step's use of the cgroup when nothing is left in it, the
+    /// usual end of a step: one read, no waiting; the cgroup is kept for a
+    /// later step. `false` when something is left, and
+    /// [`StepCgroup::kill_all`] must see to it.
+    pub fn release(&mut self) -> bool {
+        IDLE.release(self)
+    }
 }
 
 impl Drop for StepCgroup {
     fn drop(&mut self) {
-        kill_dir(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            kill_dir(&self.dir);
+        }
     }
 }
 
@@ -181,4 +251,68 @@ pub fn sweep_orphans() -> usize {
         std::thread::sleep(Duration::from_millis(5));
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base_or_skip(test: &str) -> Option<&'static Path> {
+        let found = base();
+        if found.is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: CI must have a writable cgroup2 hierarchy"
+            );
+            eprintln!("SKIPPED {test}: no writable cgroup2 hierarchy here");
+        }
+        found
+    }
+
+    fn pool(max: usize) -> Idle {
+        Idle {
+            dirs: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    #[test]
+    fn an_empty_cgroup_is_kept_for_the_next_step_and_removed_at_the_end() {
+        let Some(base) = base_or_skip("an_empty_cgroup_is_kept_for_the_next_step_and_removed_at_the_end") else {
+            return;
+        };
+        let idle = pool(1);
+        let mut first = idle.create(base).expect("a cgroup");
+        let kept = first.dir.clone();
+        assert!(idle.release(&mut first));
+        drop(first);
+        assert!(kept.is_dir(), "a released cgroup stays for the next step");
+        let mut again = idle.create(base).expect("a cgroup");
+        assert_eq!(again.dir, kept, "the kept cgroup is used again");
+        let mut other = idle.create(base).expect("a cgroup");
+        let extra = other.dir.clone();
+        assert_ne!(extra, kept);
+        assert!(idle.release(&mut again));
+        assert!(idle.release(&mut other));
+        assert!(!extra.exists(), "beyond the limit a released cgroup is removed");
+        idle.remove_all();
+        assert!(!kept.exists(), "the kept ones are removed at the end");
+    }
+
+    #[test]
+    fn a_cgroup_with_a_process_left_is_not_kept() {
+        let Some(base) = base_or_skip("a_cgroup_with_a_process_left_is_not_kept") else {
+            return;
+        };
+        let idle = pool(4);
+        let mut cg = idle.create(base).expect("a cgroup");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        std::fs::write(cg.procs(), child.id().to_string()).expect("join");
+        assert!(!idle.release(&mut cg), "a cgroup with a process in it is not kept");
+        assert!(idle.dirs().is_empty());
+        assert_eq!(cg.kill_all(), 1);
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "the process left was killed");
+        assert!(!cg.dir.exists());
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod contain;
 pub mod docker;
+pub mod git;
 pub mod shell;
 pub mod workspace;
 
@@ -39,9 +40,14 @@ pub struct OutputLine {
 /// One step to run.
 #[derive(Debug, Clone)]
 pub struct StepSpec {
-    /// A file holding the step's shell lines, run by one `sh -e FILE` (a
-    /// script is never an argument: `ps` shows arguments to every user).
-    pub script_file: PathBuf,
+    /// The step's shell lines, run by one `sh -e`. A script is never an
+    /// argument (`ps` shows arguments to every user): a host step's is
+    /// handed over as an in-memory file (see `shell`), a container step's
+    /// is a file mounted into it.
+    pub script: String,
+    /// A folder only trackside's user can enter (the run's `steps`), for
+    /// the script's file where an in-memory one cannot be made.
+    pub script_dir: PathBuf,
     /// The complete environment; nothing else is inherited.
     pub env: BTreeMap<String, String>,
     pub workdir: PathBuf,

@@ -9,6 +9,7 @@
 //! group and its cgroup are killed, so one step's leftovers never leak into
 //! the next.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -43,7 +44,8 @@ impl Executor for ShellExecutor {
 }
 
 async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> StepEnd {
-    if let Err(e) = tokio::fs::create_dir_all(&spec.workdir).await {
+    // Usually there already: one quick call, not worth a blocking thread.
+    if let Err(e) = std::fs::create_dir_all(&spec.workdir) {
         return StepEnd::SpawnFailed(format!(
             "cannot create working directory {}: {e}",
             spec.workdir.display()
@@ -51,6 +53,10 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
     }
     // In a cgroup of its own where there is one: the shell joins it before
     // anything of the script runs, so nothing the step starts can leave it.
+    let script = match ScriptFile::new(&spec.script, &spec.script_dir) {
+        Ok(s) => s,
+        Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
+    };
     let cgroup = super::contain::StepCgroup::create();
     let mut cmd = Command::new(shell_path());
     match &cgroup {
@@ -61,11 +67,11 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
             cmd.arg("-e").arg("-c").arg(format!(
                 "echo $$ > {} 2>/dev/null || :; . {}",
                 quote(&cg.procs()),
-                quote(&spec.script_file)
+                quote(&script.path)
             ));
         }
         None => {
-            cmd.arg("-e").arg(&spec.script_file);
+            cmd.arg("-e").arg(&script.path);
         }
     }
     cmd.env_clear()
@@ -116,7 +122,9 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);
     }
-    if let Some(cg) = cgroup {
+    if let Some(mut cg) = cgroup
+        && !cg.release()
+    {
         let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
     }
     // Readers end at EOF; a process that escaped the group may hold the pipe,
@@ -128,6 +136,66 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         }
     }
     end
+}
+
+/// A step's script where `sh` can read it by path. On Linux an anonymous
+/// in-memory file (`memfd_create`), read through `/proc/<trackside>/fd/N`:
+/// nothing on disk to write, remove or leave behind, and only trackside's
+/// user may open it. Elsewhere, or if that fails, a file of mode 0600 in
+/// the run's private folder, removed when the step ends.
+struct ScriptFile {
+    path: PathBuf,
+    /// Keeps the in-memory file open while `sh` may read it.
+    _memory: Option<std::fs::File>,
+}
+
+impl ScriptFile {
+    fn new(script: &str, dir: &Path) -> std::io::Result<ScriptFile> {
+        #[cfg(target_os = "linux")]
+        if let Some(file) = in_memory(script) {
+            use std::os::fd::AsRawFd;
+            return Ok(ScriptFile {
+                path: PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd())),
+                _memory: Some(file),
+            });
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("step-{}-{n}.sh", std::process::id()));
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(script.as_bytes())?;
+        Ok(ScriptFile { path, _memory: None })
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        if self._memory.is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `script` in an anonymous in-memory file, unless the kernel or `/proc`
+/// cannot offer one.
+#[cfg(target_os = "linux")]
+fn in_memory(script: &str) -> Option<std::fs::File> {
+    use std::io::Write;
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return None;
+    }
+    let fd = nix::sys::memfd::memfd_create(c"trackside-step", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).ok()?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(script.as_bytes()).ok()?;
+    Some(file)
 }
 
 /// `path` as one single-quoted shell word.

@@ -21,7 +21,7 @@ pub mod yaml;
 pub use diag::{Diagnostic, Report, Severity};
 pub use graph::Plan;
 pub use model::{FailureClass, Job, Pipeline, Step, When};
-pub use native::{ExecutorChoice, LoadOptions};
+pub use native::{ChangedFiles, ExecutorChoice, LoadOptions};
 
 use std::path::Path;
 

@@ -400,7 +400,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     }
                 }
             }
-            None => self.opts.changed_files.clone(),
+            None => self.opts.changed_files.get().map(<[String]>::to_vec),
         };
         match changed {
             None => true,

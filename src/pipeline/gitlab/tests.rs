@@ -351,7 +351,7 @@ fn a_manual_job_is_optional_unless_a_rule_made_it_manual() {
 fn except_drops_a_job_when_any_part_matches_and_changes_are_decided_as_rules_changes() {
     let src = "a:\n  script: [x]\n  except:\n    refs: [main]\n    variables: [$SKIP]\nb:\n  script: [x]\n  except:\n    changes: [docs/**]\nc:\n  script: [x]\n  only:\n    changes: [src/**]\n";
     let changed = |files: &[&str]| LoadOptions {
-        changed_files: Some(files.iter().map(|f| f.to_string()).collect()),
+        changed_files: crate::pipeline::ChangedFiles::known(Some(files.iter().map(|f| f.to_string()).collect())),
         ..opts(&[])
     };
     let names = |o: &LoadOptions| -> Vec<String> {
@@ -741,7 +741,7 @@ fn rules_exists_and_changes_look_at_the_project() {
     n.sort();
     assert_eq!(n, vec!["api", "go", "web"]);
     let o2 = LoadOptions {
-        changed_files: Some(vec!["web/index.js".into()]),
+        changed_files: crate::pipeline::ChangedFiles::known(Some(vec!["web/index.js".into()])),
         ..o.clone()
     };
     let mut n: Vec<String> = read_with(src, &o2)
@@ -865,4 +865,34 @@ fn a_child_pipeline_with_no_job_fails_its_trigger_job_not_the_parent() {
         kid.steps[0].script
     );
     assert!(p.job("kid/c").is_none());
+}
+
+#[test]
+fn the_changed_files_are_asked_for_once_and_only_when_a_rule_needs_them() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let lazily = |asked: &Arc<AtomicUsize>| {
+        let asked = asked.clone();
+        LoadOptions {
+            changed_files: crate::pipeline::ChangedFiles::asked(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                Some(vec!["src/a.rs".to_string()])
+            }),
+            ..opts(&[])
+        }
+    };
+    let without = "a:\n  script: [x]\n  rules:\n    - if: $CI_COMMIT_BRANCH\n";
+    read_with(without, &lazily(&asked)).expect("valid");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "no rule looks at changes: git is not asked"
+    );
+    let with =
+        "a:\n  script: [x]\n  rules:\n    - changes: [src/**]\nb:\n  script: [x]\n  rules:\n    - changes: [docs/**]\n";
+    let p = read_with(with, &lazily(&asked)).expect("valid");
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "asked once for both rules");
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
 }

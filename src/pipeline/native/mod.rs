@@ -78,10 +78,8 @@ pub struct LoadOptions {
     /// `--include-project GROUP/PROJECT=PATH`: local checkouts standing in
     /// for other projects' files (`include:project`, `include:component`).
     pub include_projects: Vec<(String, std::path::PathBuf)>,
-    /// The project's files changed in this pipeline (for `rules:changes`),
-    /// relative to the project; `None` when unknown, and then every
-    /// `changes` rule matches, as GitLab's do for a pipeline without a push.
-    pub changed_files: Option<Vec<String>>,
+    /// The project's files changed in this pipeline (for `rules:changes`).
+    pub changed_files: ChangedFiles,
     /// The files changed since a ref (`rules:changes:compare_to`), asked of
     /// git by the caller; `None` when there is no such ref.
     pub changes_since: Option<ChangesSince>,
@@ -92,6 +90,49 @@ pub struct LoadOptions {
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
 pub type ChangesSince = fn(dir: &Path, compare_to: &str) -> Option<Vec<String>>;
+
+/// The project's files changed in a pipeline (for `rules:changes`),
+/// relative to the project: known, or asked of the caller's function the
+/// first time a rule needs them (asking git costs several processes, and
+/// most pipelines never ask). `None` when unknown, and then every `changes`
+/// rule matches, as GitLab's do for a pipeline without a push.
+#[derive(Clone, Default)]
+pub struct ChangedFiles {
+    files: std::sync::Arc<std::sync::OnceLock<Option<Vec<String>>>>,
+    ask: Option<std::sync::Arc<dyn Fn() -> Option<Vec<String>> + Send + Sync>>,
+}
+
+impl ChangedFiles {
+    pub fn known(files: Option<Vec<String>>) -> Self {
+        Self {
+            files: std::sync::Arc::new(std::sync::OnceLock::from(files)),
+            ask: None,
+        }
+    }
+
+    /// Asked of `ask` when first needed, once.
+    pub fn asked(ask: impl Fn() -> Option<Vec<String>> + Send + Sync + 'static) -> Self {
+        Self {
+            files: Default::default(),
+            ask: Some(std::sync::Arc::new(ask)),
+        }
+    }
+
+    pub fn get(&self) -> Option<&[String]> {
+        self.files
+            .get_or_init(|| self.ask.as_ref().and_then(|ask| ask()))
+            .as_deref()
+    }
+}
+
+impl std::fmt::Debug for ChangedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.files.get() {
+            Some(files) => f.debug_tuple("ChangedFiles").field(files).finish(),
+            None => f.write_str("ChangedFiles(not asked yet)"),
+        }
+    }
+}
 
 /// Parses and validates pipeline text already in memory.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
