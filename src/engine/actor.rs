@@ -293,6 +293,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     // The project's file list is asked of git (or walked) while the record
     // is made: side by side, not one after the other.
+    // Compiling the failure patterns takes a few milliseconds; done now,
+    // beside the rest, it is not on the way of the first job.
+    std::thread::spawn(|| {
+        super::failure::Patterns::builtin();
+    });
     let listing = (!cfg.in_place).then(|| {
         let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
         std::thread::spawn(move || workspace::project_files(&project, &state))

@@ -450,6 +450,20 @@ pub struct RunRepository {
     pub head: String,
 }
 
+/// Where the files every job's work tree entry holds alike are kept, in
+/// the run's git directory (git leaves unknown folders there alone).
+const SHARED: &str = "trackside-worktree";
+
+impl RunRepository {
+    fn new(git_dir: PathBuf, head: String) -> Option<RunRepository> {
+        let shared = git_dir.join(SHARED);
+        std::fs::create_dir_all(&shared).ok()?;
+        std::fs::write(shared.join("HEAD"), format!("{head}\n")).ok()?;
+        std::fs::write(shared.join("commondir"), "../..\n").ok()?;
+        Some(RunRepository { git_dir, head })
+    }
+}
+
 /// The repository `git clone --shared --no-checkout` would make, written
 /// directly from what `facts` say: `objects/info/alternates` naming the
 /// project's objects, the project's branches as `origin/*` and its tags in
@@ -520,7 +534,7 @@ fn shared_clone(facts: &Facts, dest: &Path) -> Option<RunRepository> {
     };
     write().ok()?;
     bytes(dest, &["read-tree", &head])?;
-    Some(RunRepository { git_dir: git, head })
+    RunRepository::new(git, head)
 }
 
 /// A git config value, quoted: `"` and `\` escaped, and a newline too.
@@ -537,10 +551,7 @@ fn cloned(project: &Path, dest: &Path) -> Option<RunRepository> {
     let head = text(dest, &["rev-parse", "HEAD"])?.trim().to_string();
     bytes(dest, &["read-tree", "HEAD"])?;
     guard_remote(project, dest)?;
-    Some(RunRepository {
-        git_dir: dest.join(".git"),
-        head,
-    })
+    RunRepository::new(dest.join(".git"), head)
 }
 
 fn git_clone(extra: &[&str], from: &Path, to: &Path) -> bool {
@@ -572,22 +583,32 @@ fn guard_remote(project: &Path, clone: &Path) -> Option<()> {
 
 /// Makes `ws` a work tree of the run's repository of its own, named `name`
 /// (a `.git` file and the work tree's entry, as `git worktree add` makes
-/// them): HEAD detached at the run's commit, the index the run's. The index
-/// is a hard link where it can be: git never writes an index in place (it
-/// writes `index.lock` and renames it), so a job's `git add` replaces its
-/// own link and never touches the others'.
+/// them): HEAD detached at the run's commit, the index the run's.
+///
+/// What every job's entry holds alike (HEAD, `commondir`, the index) is a
+/// hard link to one copy, made once: git never writes these in place (it
+/// writes `HEAD.lock` or `index.lock` and renames it over), so a job's
+/// commit or `git add` replaces its own link and never touches the others'.
+/// A job costs three new files, not five copies.
 pub fn link_git(ws: &Path, repo: &RunRepository, name: &str) -> io::Result<()> {
     let ws = std::path::absolute(ws)?;
     let wt = repo.git_dir.join("worktrees").join(name);
     let _ = std::fs::remove_dir_all(&wt);
     std::fs::create_dir_all(&wt)?;
-    std::fs::write(wt.join("HEAD"), format!("{}\n", repo.head))?;
-    std::fs::write(wt.join("commondir"), "../..\n")?;
-    std::fs::write(wt.join("gitdir"), format!("{}\n", ws.join(".git").display()))?;
+    let shared = repo.git_dir.join(SHARED);
+    for (file, text) in [
+        ("HEAD", format!("{}\n", repo.head)),
+        ("commondir", "../..\n".to_string()),
+    ] {
+        if std::fs::hard_link(shared.join(file), wt.join(file)).is_err() {
+            std::fs::write(wt.join(file), text)?;
+        }
+    }
     let index = repo.git_dir.join("index");
     if std::fs::hard_link(&index, wt.join("index")).is_err() {
         std::fs::copy(&index, wt.join("index"))?;
     }
+    std::fs::write(wt.join("gitdir"), format!("{}\n", ws.join(".git").display()))?;
     std::fs::write(ws.join(".git"), format!("gitdir: {}\n", wt.display()))
 }
 

@@ -73,6 +73,8 @@ fn walk(root: &Path, rel: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) ->
 pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<u64> {
     std::fs::create_dir_all(dest)?;
     let mut copied = 0;
+    // Files come sorted, so a folder's files come together: it is made once.
+    let mut made: Option<&Path> = None;
     for rel in files {
         let from = project.join(rel);
         let to = dest.join(rel);
@@ -81,8 +83,12 @@ pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
+        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent
+            && made != Some(parent)
+        {
+            std::fs::create_dir_all(dest.join(parent))?;
+            made = Some(parent);
         }
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&from)?;
@@ -113,6 +119,23 @@ mod tests {
             std::fs::read_to_string(dst.path().join("w/a/b/f.txt")).expect("read"),
             "x"
         );
+    }
+
+    #[test]
+    fn nested_folders_are_made_whatever_order_their_files_come_in() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let files = ["a/b/sub/y", "a/b/x", "a/c/z", "top", "a/b/w"];
+        for f in files {
+            let p = src.path().join(f);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, f).expect("write");
+        }
+        let dst = tempfile::tempdir().expect("tempdir");
+        let list: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        copy_files(src.path(), &list, &dst.path().join("w")).expect("copy");
+        for f in files {
+            assert_eq!(std::fs::read_to_string(dst.path().join("w").join(f)).expect("read"), f);
+        }
     }
 
     #[test]
