@@ -784,6 +784,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         changed_files: Default::default(),
         changes_since: None,
         project_vars: Vec::new(),
+        project_file_vars: Vec::new(),
     };
     // What GitLab's rules are decided against: only a GitLab file pays for
     // asking git.
@@ -865,6 +866,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         let opts = LoadOptions {
             ci_vars,
             project_vars: local.vars,
+            project_file_vars: local.files,
             project_dir: Some(root),
             include_projects,
             changed_files,

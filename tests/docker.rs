@@ -911,13 +911,16 @@ async fn a_container_target_is_deployed_as_a_canary_and_its_replicas_removed_aft
 async fn a_gitlab_job_runs_in_its_image_and_reaches_its_service_by_alias() {
     let Some(d) = docker().await else { return };
     image(&d, IMAGE_A).await;
+    // A file variable (the project's settings): mounted, its path in the variable.
     let opts = trackside::pipeline::LoadOptions {
         dialect: Some(trackside::pipeline::Dialect::Gitlab),
+        project_vars: vec![("CERT".into(), "cert-in-a-file".into())],
+        project_file_vars: vec!["CERT".into()],
         ..Default::default()
     };
     let mut s = setup_with(
         &format!(
-            "api-test:\n  image: {{name: {IMAGE_A}, pull_policy: never}}\n  services:\n    - name: {IMAGE_A}\n      alias: web,www\n      variables: {{GREETING: hello-from-gitlab-service}}\n      command: [sh, -c, 'mkdir -p /www; echo $GREETING > /www/index.html; exec httpd -f -p 8080 -h /www']\n  script:\n    - cat /image-name\n    - for i in $(seq 1 50); do wget -q -O - http://www:8080/index.html && break; sleep 0.1; done\n"
+            "api-test:\n  image: {{name: {IMAGE_A}, pull_policy: never}}\n  services:\n    - name: {IMAGE_A}\n      alias: web,www\n      variables: {{GREETING: hello-from-gitlab-service}}\n      command: [sh, -c, 'mkdir -p /www; echo $GREETING > /www/index.html; exec httpd -f -p 8080 -h /www']\n  script:\n    - cat /image-name\n    - echo \"$CERT\"\n    - cat \"$CERT\"\n    - for i in $(seq 1 50); do wget -q -O - http://www:8080/index.html && break; sleep 0.1; done\n"
         ),
         &opts,
     );
@@ -928,6 +931,8 @@ async fn a_gitlab_job_runs_in_its_image_and_reaches_its_service_by_alias() {
     assert_eq!(sum.result, RunResult::Passed, "{lines:?}");
     assert!(lines.iter().any(|l| l == IMAGE_A), "ran in its image: {lines:?}");
     assert!(lines.iter().any(|l| l == "hello-from-gitlab-service"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "/run/trackside/files/CERT"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("cert-in-a-file")), "{lines:?}");
     let run_id = r.handle.run_id().to_string();
     r.handle.shutdown().await;
     assert_eq!(labelled(&d, &run_id).await, 0, "service containers are removed");

@@ -261,6 +261,56 @@ fn gitlab_ci_local_variable_files_are_read_and_ranked_below_var() {
 }
 
 #[test]
+fn file_variables_give_jobs_a_file_and_variables_that_name_one_its_path() {
+    let ci = r#"show:
+  variables:
+    ALIAS: $CERT
+  script:
+    - test -f "$CERT" && echo "cert is a file"
+    - cat "$CERT"
+    - test "$ALIAS" = "$CERT" && echo "alias names the same file"
+    - cat "$KUBECONFIG"
+    - stat -c %a "$CERT"
+"#;
+    let Some(env) = repo(ci) else { return };
+    std::fs::create_dir_all(env.dir.path().join(".kube")).expect("mkdir");
+    env.file(".kube/config", "kind: Config\n");
+    env.file(
+        ".gitlab-ci-local-variables.yml",
+        "CERT:\n  type: file\n  values:\n    '*': |\n      -----BEGIN CERT-----\nKUBECONFIG: ~/.kube/config\n",
+    );
+    let run = |extra: &[&str]| {
+        let o = env
+            .cmd()
+            .current_dir(env.dir.path())
+            .env("HOME", env.dir.path())
+            .args(["run", "--headless"])
+            .args(extra)
+            .output()
+            .expect("run");
+        (o.status.code(), text(&o))
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("show > cert is a file"), "{out}");
+    assert!(out.contains("show > -----BEGIN CERT-----"), "{out}");
+    assert!(out.contains("show > alias names the same file"), "{out}");
+    assert!(out.contains("show > kind: Config"), "{out}");
+    assert!(out.contains("show > 600"), "only trackside's user may read it: {out}");
+    // The files go with the attempt.
+    let runs = env.dir.path().join("state/runs");
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .expect("runs")
+        .flatten()
+        .filter(|r| r.path().join("files").read_dir().is_ok_and(|mut d| d.next().is_some()))
+        .collect();
+    assert!(left.is_empty(), "file variables left on disk");
+    // `--var` gives the name a plain value.
+    let (code, out) = run(&["--var", "CERT=plain"]);
+    assert_ne!(code, Some(0), "`test -f plain` fails: {out}");
+}
+
+#[test]
 fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
     let ci = "show:\n  script:\n    - git log -1 --format=%s\n    - echo \"branch=[$CI_COMMIT_BRANCH] mr=[$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME->$CI_MERGE_REQUEST_TARGET_BRANCH_NAME]\"\n  rules:\n    - when: always\n";
     let Some(env) = repo(ci) else { return };

@@ -246,6 +246,8 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
 struct Leftovers {
     workspace: Option<PathBuf>,
     step_files: bool,
+    /// The attempt's file variables' folder.
+    files: Option<PathBuf>,
 }
 
 impl Leftovers {
@@ -253,8 +255,14 @@ impl Leftovers {
         if self.step_files {
             remove_step_files(ctx, job, attempt);
         }
-        if let Some(ws) = self.workspace {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
+        let dirs: Vec<PathBuf> = self.workspace.into_iter().chain(self.files).collect();
+        if !dirs.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for dir in dirs {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            })
+            .await;
         }
     }
 }
@@ -455,6 +463,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     leftovers.step_files = ctx.containers && job.steps.iter().any(|s| s.image.is_some()) && !kept_failed;
     if !ctx.in_place && !ctx.keep_workspaces && !kept_failed {
         leftovers.workspace = Some(ws);
+    }
+    if !job.file_vars.is_empty() && !kept_failed {
+        leftovers.files = Some(files_dir(ctx, job, a.attempt));
     }
     outcome
 }
@@ -667,10 +678,22 @@ fn prepare_step(
     job_status: Option<&str>,
 ) -> Result<StepSpec, String> {
     let step = &job.steps[index];
-    let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
-    let mut env = scope
-        .resolve_all()
-        .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+    let mut scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
+    let resolve = |scope: &Scope| {
+        scope
+            .resolve_all()
+            .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))
+    };
+    let mut env = resolve(&scope)?;
+    // File variables: their values go to files, and the variables, and any
+    // variable that refers to one, hold the file's path (as GitLab's runner
+    // has them since 15.7).
+    let in_container = step.image.is_some() && ctx.containers;
+    let files = file_variables(ctx, a, job, &env, in_container)?;
+    if !files.is_empty() {
+        scope.override_with(files.iter().map(|f| (f.name.clone(), f.seen_as.replace('$', "$$"))));
+        env = resolve(&scope)?;
+    }
     // Dotenv reports rank above the YAML's variables, below the command line's.
     for (k, v) in a.dotenv.get().into_iter().flatten() {
         if !ctx.cli_vars.iter().any(|(c, _)| c == k) {
@@ -722,7 +745,7 @@ fn prepare_step(
     let container = match (&step.image, ctx.containers) {
         (Some(image), true) => {
             let image = scope.expand(image).map_err(|e| format!("image: {e}"))?;
-            let mut c = container_step(ctx, a, job, index, ws, &workdir, image, &mut env, &script)?;
+            let mut c = container_step(ctx, a, job, index, ws, &workdir, image, &mut env, &script, &files)?;
             c.network = network.map(str::to_string);
             Some(c)
         }
@@ -750,6 +773,59 @@ fn step_file(ctx: &RunContext, name: &str, text: &str, mode: u32) -> Result<Path
     let path = dir.join(name);
     crate::store::write_with_mode(&path, text.as_bytes(), mode)?;
     Ok(path)
+}
+
+/// One file variable, written.
+struct FileVar {
+    name: String,
+    /// The file on the host.
+    host: PathBuf,
+    /// Its path as the step sees it (inside a container, where it is mounted).
+    seen_as: String,
+}
+
+/// A job's file variables (GitLab's `type: file`) as files, as a runner
+/// makes them: each value (from `env`) goes to
+/// `<run>/files/<job>.<attempt>/NAME`, the folders 0700. A container's
+/// user may not be trackside's, so there the file is readable by all (the
+/// folder still keeps others out) and mounted on its own.
+fn file_variables(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    env: &BTreeMap<String, String>,
+    in_container: bool,
+) -> Result<Vec<FileVar>, String> {
+    let mut files = Vec::new();
+    if job.file_vars.is_empty() {
+        return Ok(files);
+    }
+    let dir = files_dir(ctx, job, a.attempt);
+    crate::store::private_dir(&dir).map_err(|e| e.to_string())?;
+    for name in &job.file_vars {
+        let Some(value) = env.get(name) else { continue };
+        let host = dir.join(name);
+        let mode = if in_container { 0o644 } else { 0o600 };
+        crate::store::write_with_mode(&host, value.as_bytes(), mode).map_err(|e| e.to_string())?;
+        let seen_as = if in_container {
+            format!("{}/{name}", crate::exec::docker::FILES_PATH)
+        } else {
+            host.display().to_string()
+        };
+        files.push(FileVar {
+            name: name.clone(),
+            host,
+            seen_as,
+        });
+    }
+    Ok(files)
+}
+
+/// Where an attempt's file variables are written.
+fn files_dir(ctx: &RunContext, job: &Job, attempt: u32) -> PathBuf {
+    ctx.run_dir
+        .join("files")
+        .join(format!("{}.{attempt}", crate::store::file_safe(&job.name)))
 }
 
 /// Removes an attempt's step scripts and secrets files once it has ended
@@ -780,6 +856,7 @@ fn container_step(
     image: String,
     env: &mut BTreeMap<String, String>,
     script: &str,
+    files: &[FileVar],
 ) -> Result<crate::exec::docker::ContainerStep, String> {
     let base = format!("{}.{}.{index}", crate::store::file_safe(&job.name), a.attempt);
     // The folder is private to trackside's user; these files are readable
@@ -822,6 +899,8 @@ fn container_step(
         Some(write(format!("{base}.secrets"), &text)?)
     };
     let script_file = write(format!("{base}.sh"), &format!("{prelude}{script}"))?;
+    // File variables: each file mounted on its own.
+    let files: Vec<(PathBuf, String)> = files.iter().map(|f| (f.host.clone(), f.seen_as.clone())).collect();
     let rel = workdir.strip_prefix(ws).unwrap_or(Path::new(""));
     let inside = Path::new(crate::exec::docker::WORKDIR).join(rel);
     let record = crate::exec::docker::StepRecord {
@@ -832,6 +911,7 @@ fn container_step(
         env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         secrets_file: secrets_file.clone(),
         user: job.container.user.clone(),
+        files: files.clone(),
     };
     let record_text = serde_json::to_string_pretty(&record).unwrap_or_default();
     write(format!("{base}.json"), &record_text)?;
@@ -845,6 +925,7 @@ fn container_step(
         workspace: ws.to_path_buf(),
         script_file,
         secrets_file,
+        files,
         workdir: inside.display().to_string(),
         network: None,
         keep_on_failure: ctx.keep_failed,

@@ -28,6 +28,8 @@ use crate::pipeline::model::{ContainerOptions, PullPolicy};
 
 /// Where the job's workspace appears inside its containers.
 pub const WORKDIR: &str = "/workspace";
+/// Where a container step's file variables are mounted, one file each.
+pub const FILES_PATH: &str = "/run/trackside/files";
 /// Where the step's script is mounted.
 const SCRIPT_PATH: &str = "/run/trackside/step.sh";
 /// Where the secret variables are mounted (sourced by the script).
@@ -56,6 +58,9 @@ pub struct StepRecord {
     pub env: Vec<(String, String)>,
     pub secrets_file: Option<PathBuf>,
     pub user: Option<String>,
+    /// File variables: host file, path inside.
+    #[serde(default)]
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// What a container step needs beyond the shell step's fields.
@@ -73,6 +78,8 @@ pub struct ContainerStep {
     pub script_file: PathBuf,
     /// Host file of `export NAME='value'` lines for secrets, if any.
     pub secrets_file: Option<PathBuf>,
+    /// File variables: host file, path inside (mounted read-only).
+    pub files: Vec<(PathBuf, String)>,
     /// Working directory inside the container.
     pub workdir: String,
     /// The run's network, when the job has services to reach.
@@ -793,6 +800,9 @@ pub fn shell_command(image: &str, rec: &StepRecord, workspace: &std::path::Path)
     if let Some(s) = rec.secrets_file.as_ref().filter(|s| s.exists()) {
         cmd.arg("-v").arg(format!("{}:{SECRETS_PATH}:ro", s.display()));
     }
+    for (host, inside) in rec.files.iter().filter(|(h, _)| h.exists()) {
+        cmd.arg("-v").arg(format!("{}:{inside}:ro", host.display()));
+    }
     cmd.args(["-w", &rec.workdir]);
     if let Some(u) = &rec.user {
         cmd.args(["-u", u]);
@@ -877,6 +887,9 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     ];
     if let Some(s) = &c.secrets_file {
         binds.push(format!("{}:{SECRETS_PATH}:ro", s.display()));
+    }
+    for (host, inside) in &c.files {
+        binds.push(format!("{}:{inside}:ro", host.display()));
     }
     // Never mounted unless the job asks for it (`docker_socket: true`).
     if o.docker_socket {

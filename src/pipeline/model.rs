@@ -255,6 +255,10 @@ pub struct Job {
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,
+    /// File variables, by name (GitLab's `type: file`): the job gets a file
+    /// holding the variable's value, and the variable holds the file's path.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub file_vars: Vec<String>,
     /// With `allow_failure`: only these exit codes are allowed (GitLab's
     /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

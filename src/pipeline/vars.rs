@@ -89,8 +89,28 @@ impl Scope {
         K: Into<String>,
         V: Into<String>,
     {
+        let at = self.layers.len();
+        self.insert_layer(at, vars)
+    }
+
+    /// Puts `vars` above every layer.
+    pub fn override_with<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.insert_layer(0, vars)
+    }
+
+    fn insert_layer<I, K, V>(&mut self, at: usize, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
         self.layers
-            .push(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+            .insert(at, vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
         self
     }
 

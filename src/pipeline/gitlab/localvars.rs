@@ -7,9 +7,14 @@
 //!
 //! Precedence, highest first: `--var`; the project's file; the home file's
 //! `project` entry for this remote, then its `group` entries, then
-//! `global`. A value is a string, or `{values: {'*': ...}}` (the `*` scope
-//! is used; other environment scopes are reported and left out), with
-//! `type: file` reported as not supported yet.
+//! `global`. A value is a string, or `{values: {'*': ...}, type: ...}` (the
+//! `*` scope is used; other environment scopes are reported and left out).
+//!
+//! File variables are read as gitlab-ci-local reads them: `type: file`
+//! makes the value a file's content, and so does a plain value that names
+//! a file of this machine (`/...` or `~/...`), whose content it then is.
+//! A job gets a file holding the content and the variable holds its path,
+//! as GitLab does with a file variable.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +46,19 @@ pub enum LocalVarsError {
 #[derive(Debug, Default)]
 pub struct LocalVars {
     pub vars: Vec<(String, String)>,
+    /// Which of `vars` are file variables (by their winning definition).
+    pub files: Vec<String>,
     pub notes: Vec<String>,
+}
+
+impl LocalVars {
+    fn push(&mut self, name: &str, value: String, file: bool) {
+        self.files.retain(|n| n != name);
+        if file {
+            self.files.push(name.to_string());
+        }
+        self.vars.push((name.to_string(), value));
+    }
 }
 
 /// Reads the home file (when `home` is given) and the project's file.
@@ -53,7 +70,7 @@ pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result
         let path = home.join(".gitlab-ci-local").join("variables.yml");
         if let Some(doc) = load(&path)? {
             if let Some(g) = doc.get("global") {
-                take(&path, "global", g, &mut out)?;
+                take(&path, "global", g, Some(home), &mut out)?;
             }
             if let (Some(groups), Some(remote)) = (doc.get("group").and_then(|g| g.as_mapping()), remote) {
                 for (k, v) in groups {
@@ -62,7 +79,7 @@ pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result
                     let Some(key) = k.as_str() else { continue };
                     let group = key.trim_end_matches('/');
                     if !group.is_empty() && remote.starts_with(&format!("{group}/")) {
-                        take(&path, key, v, &mut out)?;
+                        take(&path, key, v, Some(home), &mut out)?;
                     }
                 }
             }
@@ -70,7 +87,7 @@ pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result
                 for (k, v) in projects {
                     let Some(key) = k.as_str() else { continue };
                     if key.trim_end_matches(".git") == remote {
-                        take(&path, key, v, &mut out)?;
+                        take(&path, key, v, Some(home), &mut out)?;
                     }
                 }
             }
@@ -78,12 +95,26 @@ pub fn read(project: &Path, home: Option<&Path>, remote: Option<&str>) -> Result
     }
     let path = project.join(".gitlab-ci-local-variables.yml");
     if let Some(doc) = load(&path)? {
-        take(&path, "", &doc, &mut out)?;
+        take(&path, "", &doc, home, &mut out)?;
     }
     Ok(out)
 }
 
 fn load(path: &Path) -> Result<Option<serde_yaml::Value>, LocalVarsError> {
+    match read_bounded(path)? {
+        None => Ok(None),
+        Some(text) if text.trim().is_empty() => Ok(None),
+        Some(text) => serde_yaml::from_str(&text)
+            .map(Some)
+            .map_err(|source| LocalVarsError::Yaml {
+                path: path.to_path_buf(),
+                source,
+            }),
+    }
+}
+
+/// The text of `path` (at most [`MAX_BYTES`]); `None` when there is no such file.
+fn read_bounded(path: &Path) -> Result<Option<String>, LocalVarsError> {
     use std::io::Read;
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -107,19 +138,29 @@ fn load(path: &Path) -> Result<Option<serde_yaml::Value>, LocalVarsError> {
             path: path.to_path_buf(),
         });
     }
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    serde_yaml::from_str(&text)
-        .map(Some)
-        .map_err(|source| LocalVarsError::Yaml {
-            path: path.to_path_buf(),
-            source,
-        })
+    Ok(Some(text))
+}
+
+/// The file of this machine a plain value names (`/...`, or `~/...` in
+/// `home`), when it is a regular file: gitlab-ci-local reads such a value
+/// as a file variable holding that file's content.
+fn named_file(value: &str, home: Option<&Path>) -> Option<PathBuf> {
+    let path = match value.strip_prefix("~/") {
+        Some(rest) => home?.join(rest),
+        None if value.starts_with('/') => PathBuf::from(value),
+        None => return None,
+    };
+    path.is_file().then_some(path)
 }
 
 /// A mapping of variables into `out`.
-fn take(path: &Path, section: &str, node: &serde_yaml::Value, out: &mut LocalVars) -> Result<(), LocalVarsError> {
+fn take(
+    path: &Path,
+    section: &str,
+    node: &serde_yaml::Value,
+    home: Option<&Path>,
+    out: &mut LocalVars,
+) -> Result<(), LocalVarsError> {
     let shape = |key: &str, what: &str| LocalVarsError::Shape {
         path: path.to_path_buf(),
         key: key.to_string(),
@@ -135,19 +176,24 @@ fn take(path: &Path, section: &str, node: &serde_yaml::Value, out: &mut LocalVar
         if !crate::pipeline::read::valid_var_name(name) {
             return Err(shape(name, "not a valid variable name (letters, digits, `_`)"));
         }
-        let value = match v {
-            serde_yaml::Value::String(s) => s.clone(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
+        let (value, file) = match v {
+            serde_yaml::Value::String(s) => match named_file(s, home) {
+                Some(source) => match read_bounded(&source)? {
+                    Some(content) => (content, true),
+                    None => (s.clone(), false),
+                },
+                None => (s.clone(), false),
+            },
+            serde_yaml::Value::Number(n) => (n.to_string(), false),
+            serde_yaml::Value::Bool(b) => (b.to_string(), false),
             serde_yaml::Value::Mapping(m) => {
-                if m.get("type").and_then(|t| t.as_str()) == Some("file") {
-                    out.notes.push(format!(
-                        "{}: `{name}` is a file variable; trackside gives its value, not a file path, for now",
-                        path.display()
-                    ));
-                }
+                let file = match m.get("type").map(|t| t.as_str()) {
+                    None | Some(Some("variable")) => false,
+                    Some(Some("file")) => true,
+                    Some(_) => return Err(shape(name, "`type` is `variable` or `file`")),
+                };
                 let values = m.get("values").and_then(|v| v.as_mapping());
-                match values.and_then(|vals| vals.get("*")) {
+                let value = match values.and_then(|vals| vals.get("*")) {
                     Some(serde_yaml::Value::String(s)) => s.clone(),
                     Some(other) => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
                     None => {
@@ -157,11 +203,12 @@ fn take(path: &Path, section: &str, node: &serde_yaml::Value, out: &mut LocalVar
                         ));
                         continue;
                     }
-                }
+                };
+                (value, file)
             }
             _ => return Err(shape(name, "expected a string, a number or `{values: {'*': ...}}`")),
         };
-        out.vars.push((name.to_string(), value));
+        out.push(name, value, file);
     }
     Ok(())
 }
@@ -194,6 +241,44 @@ mod tests {
         assert_eq!(get("E"), Some("everywhere"));
         assert_eq!(get("F"), None);
         assert!(v.notes.iter().any(|n| n.contains("`F` has no")), "{:?}", v.notes);
+    }
+
+    #[test]
+    fn file_variables_are_typed_or_name_a_file_of_this_machine() {
+        let project = tempfile::tempdir().expect("tempdir");
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(home.path().join(".kube")).expect("mkdir");
+        std::fs::write(home.path().join(".kube/config"), "apiVersion: v1\n").expect("write");
+        std::fs::create_dir_all(home.path().join(".gitlab-ci-local")).expect("mkdir");
+        // The home file makes OVERRIDDEN a file; the project's file a plain value.
+        std::fs::write(
+            home.path().join(".gitlab-ci-local/variables.yml"),
+            "global:\n  OVERRIDDEN:\n    type: file\n    values:\n      '*': home\n",
+        )
+        .expect("write");
+        std::fs::write(
+            project.path().join(".gitlab-ci-local-variables.yml"),
+            "KUBECONFIG: ~/.kube/config\nCERT:\n  type: file\n  values:\n    '*': |\n      -----BEGIN-----\nDIR: /\nMISSING: /no/such/file\nPLAIN: text\nOVERRIDDEN: plain\n",
+        )
+        .expect("write");
+        let v = read(project.path(), Some(home.path()), None).expect("read");
+        let get = |k: &str| v.vars.iter().rev().find(|(n, _)| n == k).map(|(_, x)| x.as_str());
+        assert_eq!(get("KUBECONFIG"), Some("apiVersion: v1\n"), "a named file's content");
+        assert_eq!(get("CERT"), Some("-----BEGIN-----\n"));
+        // Neither a folder nor a missing path is a file: the text stays.
+        assert_eq!(get("DIR"), Some("/"));
+        assert_eq!(get("MISSING"), Some("/no/such/file"));
+        let mut files = v.files.clone();
+        files.sort();
+        assert_eq!(files, ["CERT", "KUBECONFIG"]);
+        assert_eq!(get("OVERRIDDEN"), Some("plain"));
+        std::fs::write(
+            project.path().join(".gitlab-ci-local-variables.yml"),
+            "X:\n  type: secret\n  values:\n    '*': x\n",
+        )
+        .expect("write");
+        let e = read(project.path(), None, None).expect_err("unknown type");
+        assert!(e.to_string().contains("`type` is `variable` or `file`"), "{e}");
     }
 
     #[test]

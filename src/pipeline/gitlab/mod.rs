@@ -621,13 +621,22 @@ impl<'c, 's> Gitlab<'c, 's> {
             .filter_map(|r| r.trigger.clone().map(|t| (r.name.clone(), t)))
             .collect();
         let mut jobs = self.lower(read, &stages);
-        // The project's CI/CD variables rank above the file's.
+        // The project's CI/CD variables rank above the file's; a file
+        // variable stays one unless `--var` gives the name a value.
+        let file_vars: Vec<String> = self
+            .opts
+            .project_file_vars
+            .iter()
+            .filter(|n| !self.opts.cli_vars.iter().any(|(c, _)| c == *n))
+            .cloned()
+            .collect();
         for j in &mut jobs {
             j.environment.extend(self.opts.project_vars.iter().map(|(k, v)| EnvVar {
                 name: k.clone(),
                 value: v.replace('$', "$$"),
                 pos: j.pos,
             }));
+            j.file_vars = file_vars.clone();
         }
         let (mut jobs, child_stages) = self.expand_triggers(jobs, triggers);
         // The stages jobs are in, in order, a child pipeline's after its trigger's.
@@ -1425,6 +1434,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             allow_failure,
             facts,
             mirrors_upstream: false,
+            file_vars: Vec::new(),
             coverage,
             start_in,
             resource_group,

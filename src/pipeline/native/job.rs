@@ -256,6 +256,7 @@ impl Cx<'_> {
             mirrors_upstream: false,
             facts: Vec::new(),
             resource_group: None,
+            file_vars: Vec::new(),
             retry_exit_codes: Vec::new(),
             working_directory,
             container,

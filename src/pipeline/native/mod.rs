@@ -86,6 +86,8 @@ pub struct LoadOptions {
     /// Variables standing for a GitLab project's CI/CD settings (from
     /// gitlab-ci-local's variable files): above the file's, below `--var`.
     pub project_vars: Vec<(String, String)>,
+    /// Which of `project_vars` are file variables (`type: file`).
+    pub project_file_vars: Vec<String>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
