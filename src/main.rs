@@ -123,6 +123,11 @@ struct VarArgs {
     /// point from the default branch, or the parent commit on it).
     #[arg(long = "changes-from", value_name = "REF")]
     changes_from: Option<String>,
+    /// GitLab: a value for an input of the file's own `spec:inputs` header,
+    /// as a pipeline run by hand is given it (read as the input's type:
+    /// `3`, `true`, `[a, b]`). Repeatable.
+    #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_kv)]
+    inputs: Vec<(String, String)>,
 }
 
 #[derive(Subcommand)]
@@ -781,6 +786,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         dialect: Some(dialect_of(v, file)),
         project_dir: None,
         include_projects: Vec::new(),
+        inputs: v.inputs.clone(),
         changed_files: Default::default(),
         changes_since: None,
         project_vars: Vec::new(),

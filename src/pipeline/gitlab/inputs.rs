@@ -21,6 +21,20 @@ const MAX_FUNCTIONS: usize = 3;
 
 const TYPES: [&str; 4] = ["string", "number", "boolean", "array"];
 
+/// `node` and all it holds, moved to where `at` is.
+fn placed(node: Node, at: &Node) -> Node {
+    let value = match node.value {
+        Value::Seq(items) => Value::Seq(items.into_iter().map(|n| placed(n, at)).collect()),
+        Value::Map(items) => Value::Map(items.into_iter().map(|(k, v)| (placed(k, at), placed(v, at))).collect()),
+        other => other,
+    };
+    Node {
+        value,
+        pos: at.pos,
+        width: at.width,
+    }
+}
+
 /// One declared input and the value it has for this include.
 struct Input {
     name: String,
@@ -28,6 +42,86 @@ struct Input {
 }
 
 impl Gitlab<'_, '_> {
+    /// The values `--input NAME=VALUE` gives the pipeline file's own
+    /// inputs, as an include's `inputs:` would (each read as its input's
+    /// type), placed at the input's declaration so that what is wrong with
+    /// one is shown there. `None` when none is given; an input the file
+    /// does not declare, or a value its type cannot take, is an error.
+    pub(super) fn command_line_inputs(&mut self, spec: Option<&Node>, config: &Node, rel: &str) -> Option<Node> {
+        let given = self.opts.inputs.clone();
+        let (name, _) = given.first()?;
+        let declared = spec.and_then(|s| get(s, "inputs")).and_then(|d| match &d.value {
+            Value::Map(items) => Some(items.clone()),
+            _ => None,
+        });
+        let Some(declared) = declared else {
+            self.cx.err(
+                spec.unwrap_or(config),
+                "spec.inputs",
+                format!("--input {name}: `{rel}` declares no inputs"),
+                "declare them in a `spec:inputs` header (`spec:`, then `---`), or leave out --input",
+            );
+            return None;
+        };
+        let names: Vec<String> = declared.iter().map(|(k, _)| k.key_text()).collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut items = Vec::new();
+        for (name, raw) in &given {
+            let Some((key, decl)) = declared.iter().find(|(k, _)| k.key_text() == *name) else {
+                self.cx.err(
+                    spec.unwrap_or(config),
+                    "spec.inputs",
+                    format!("--input {name}: `{rel}` has no input `{name}`"),
+                    suggestion_hint(name, &name_refs, "inputs"),
+                );
+                continue;
+            };
+            let ty = get(decl, "type").and_then(Node::as_str).unwrap_or("string");
+            let value = match ty {
+                "number" => raw
+                    .parse::<i64>()
+                    .map(Value::Int)
+                    .ok()
+                    .or_else(|| raw.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::Float)),
+                "boolean" => match raw.as_str() {
+                    "true" => Some(Value::Bool(true)),
+                    "false" => Some(Value::Bool(false)),
+                    _ => None,
+                },
+                "array" => crate::pipeline::yaml::parse(raw)
+                    .root
+                    .filter(|n| matches!(n.value, Value::Seq(_)))
+                    .map(|n| placed(n, key).value),
+                _ => Some(Value::Str(raw.clone())),
+            };
+            let Some(value) = value else {
+                let example = match ty {
+                    "number" => "a number, such as 3 or 1.5",
+                    "boolean" => "true or false",
+                    _ => "a list, such as [a, b]",
+                };
+                self.cx.err(
+                    key,
+                    &format!("spec.inputs.{name}"),
+                    format!("--input {name}={raw}: input `{name}` is a {ty}"),
+                    format!("give {example}"),
+                );
+                continue;
+            };
+            let at = |value| Node {
+                value,
+                pos: key.pos,
+                width: key.width,
+            };
+            items.push((at(Value::Str(name.clone())), at(value)));
+        }
+        Some(Node {
+            value: Value::Map(items),
+            pos: config.pos,
+            width: 1,
+        })
+    }
+
     /// `config` with its inputs filled in; problems are reported at the
     /// include (`entry`) or in the included file.
     pub(super) fn apply_inputs(
@@ -126,6 +220,16 @@ impl Gitlab<'_, '_> {
             let (value, at, vpath) = match (given_value, get(decl, "default")) {
                 (Some(v), _) => (v.clone(), v, join(&ipath, &name)),
                 (None, Some(d)) => (d.clone(), d, join(&dpath, "default")),
+                // The pipeline's own file: its inputs come from the command line.
+                (None, None) if path.is_empty() => {
+                    self.cx.err(
+                        k,
+                        &dpath,
+                        format!("`{rel}` needs input `{name}`, which has no default"),
+                        format!("give it: trackside run --input {name}=VALUE"),
+                    );
+                    continue;
+                }
                 (None, None) => {
                     self.cx.err(
                         entry,

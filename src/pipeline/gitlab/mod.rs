@@ -298,10 +298,14 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
         let spec = header.as_ref().and_then(|h| get(h, "spec")).cloned();
         let rel = path.display().to_string();
+        let before = self.cx.diags.iter().filter(|d| d.is_error()).count();
+        let given = self.command_line_inputs(spec.as_ref(), &config, &rel);
+        if self.cx.diags.iter().filter(|d| d.is_error()).count() > before {
+            return None;
+        }
         let config = match &spec {
             Some(s) => {
-                let before = self.cx.diags.iter().filter(|d| d.is_error()).count();
-                let filled = self.apply_inputs(config.clone(), Some(s), None, &config, "", &rel);
+                let filled = self.apply_inputs(config.clone(), Some(s), given.as_ref(), &config, "", &rel);
                 if self.cx.diags.iter().filter(|d| d.is_error()).count() > before {
                     return None;
                 }

@@ -896,3 +896,48 @@ fn the_changed_files_are_asked_for_once_and_only_when_a_rule_needs_them() {
     let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["a"]);
 }
+
+#[test]
+fn the_files_own_inputs_come_from_the_command_line_as_their_types() {
+    let src = "spec:\n  inputs:\n    env:\n      options: [staging, production]\n    replicas:\n      type: number\n      default: 1\n    dry:\n      type: boolean\n      default: true\n    regions:\n      type: array\n      default: [eu]\n---\ndeploy:\n  script:\n    - echo $[[ inputs.env ]] $[[ inputs.replicas ]] $[[ inputs.dry ]]\n  parallel:\n    matrix:\n      - REGION: $[[ inputs.regions ]]\n";
+    let with = |inputs: &[(&str, &str)]| LoadOptions {
+        inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..opts(&[])
+    };
+    let p = read_with(
+        src,
+        &with(&[
+            ("env", "production"),
+            ("replicas", "3"),
+            ("dry", "false"),
+            ("regions", "[eu, us]"),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["deploy: [eu]", "deploy: [us]"]);
+    assert!(
+        commands(&p.jobs[0].steps[0]).contains(&"echo production 3 false"),
+        "{:?}",
+        commands(&p.jobs[0].steps[0])
+    );
+    // Without `env` (it has no default): said where it is declared, and how to give it.
+    let e = read_with(src, &opts(&[])).expect_err("env is required");
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 3 && m.contains("needs input `env`, which has no default")),
+        "{e:?}"
+    );
+    let e = read_with(src, &with(&[("env", "staging"), ("replicas", "three")])).expect_err("not a number");
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 5 && m.contains("--input replicas=three: input `replicas` is a number")),
+        "{e:?}"
+    );
+    let e = read_with(src, &with(&[("env", "qa")])).expect_err("not an option");
+    assert!(e.iter().any(|(_, _, m)| m.contains("not one of its options")), "{e:?}");
+    let e = read_with(src, &with(&[("env", "staging"), ("replica", "2")])).expect_err("unknown");
+    assert!(e.iter().any(|(_, _, m)| m.contains("has no input `replica`")), "{e:?}");
+    let e = read_with("a:\n  script: [x]\n", &with(&[("env", "staging")])).expect_err("no spec");
+    assert!(e.iter().any(|(_, _, m)| m.contains("declares no inputs")), "{e:?}");
+}

@@ -88,6 +88,9 @@ pub struct LoadOptions {
     pub project_vars: Vec<(String, String)>,
     /// Which of `project_vars` are file variables (`type: file`).
     pub project_file_vars: Vec<String>,
+    /// `--input NAME=VALUE`: values for the inputs of a GitLab file's own
+    /// `spec:inputs` header.
+    pub inputs: Vec<(String, String)>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
