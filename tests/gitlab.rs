@@ -311,6 +311,37 @@ fn file_variables_give_jobs_a_file_and_variables_that_name_one_its_path() {
 }
 
 #[test]
+fn a_dotenv_report_does_not_override_the_projects_settings() {
+    let ci = r#"stages: [build, test]
+build:
+  stage: build
+  script:
+    - printf 'TARGET=from-dotenv\nOTHER=from-dotenv\n' > build.env
+  artifacts:
+    reports:
+      dotenv: build.env
+use:
+  stage: test
+  variables:
+    OTHER: from-yaml
+  script:
+    - echo "target $TARGET other $OTHER"
+"#;
+    let Some(env) = repo(ci) else { return };
+    env.file(".gitlab-ci-local-variables.yml", "TARGET: from-settings\n");
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .env("HOME", env.dir.path())
+        .args(["run", "--headless"])
+        .output()
+        .expect("run");
+    let out = text(&o);
+    // GitLab's order: project settings above dotenv reports above job variables.
+    assert!(out.contains("> target from-settings other from-dotenv"), "{out}");
+}
+
+#[test]
 fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
     let ci = "show:\n  script:\n    - git log -1 --format=%s\n    - echo \"branch=[$CI_COMMIT_BRANCH] mr=[$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME->$CI_MERGE_REQUEST_TARGET_BRANCH_NAME]\"\n  rules:\n    - when: always\n";
     let Some(env) = repo(ci) else { return };

@@ -694,9 +694,10 @@ fn prepare_step(
         scope.override_with(files.iter().map(|f| (f.name.clone(), f.seen_as.replace('$', "$$"))));
         env = resolve(&scope)?;
     }
-    // Dotenv reports rank above the YAML's variables, below the command line's.
+    // Dotenv reports rank above the YAML's variables, below the project's
+    // settings and the command line's.
     for (k, v) in a.dotenv.get().into_iter().flatten() {
-        if !ctx.cli_vars.iter().any(|(c, _)| c == k) {
+        if !ctx.cli_vars.iter().any(|(c, _)| c == k) && !job.settings_vars.contains(k) {
             env.insert(k.clone(), v.clone());
         }
     }

@@ -259,6 +259,11 @@ pub struct Job {
     /// holding the variable's value, and the variable holds the file's path.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub file_vars: Vec<String>,
+    /// Variables of the project's CI/CD settings, by name (GitLab's project
+    /// variables): a dotenv report does not override them, as GitLab ranks
+    /// them above dotenv reports.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub settings_vars: Vec<String>,
     /// With `allow_failure`: only these exit codes are allowed (GitLab's
     /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

@@ -641,6 +641,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 pos: j.pos,
             }));
             j.file_vars = file_vars.clone();
+            j.settings_vars = self.opts.project_vars.iter().map(|(k, _)| k.clone()).collect();
         }
         let (mut jobs, child_stages) = self.expand_triggers(jobs, triggers);
         // The stages jobs are in, in order, a child pipeline's after its trigger's.
@@ -1439,6 +1440,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             facts,
             mirrors_upstream: false,
             file_vars: Vec::new(),
+            settings_vars: Vec::new(),
             coverage,
             start_in,
             resource_group,

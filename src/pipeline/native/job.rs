@@ -257,6 +257,7 @@ impl Cx<'_> {
             facts: Vec::new(),
             resource_group: None,
             file_vars: Vec::new(),
+            settings_vars: Vec::new(),
             retry_exit_codes: Vec::new(),
             working_directory,
             container,
