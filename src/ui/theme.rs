@@ -30,7 +30,7 @@ pub fn look(status: JobStatus, flaky: bool, allowed_failure: bool, cached: bool)
         JobStatus::Succeeded if flaky => ("≈", "%", Color::Yellow, "flaky"),
         JobStatus::Succeeded if cached => ("≡", "=", Color::Green, "cached"),
         JobStatus::Succeeded => ("✔", "*", Color::Green, "passed"),
-        JobStatus::Failed if allowed_failure => ("✖", "x", Color::Magenta, "failed (allowed)"),
+        JobStatus::Failed if allowed_failure => ("!", "!", Color::Magenta, "failed (allowed)"),
         JobStatus::Failed => ("✖", "X", Color::Red, "failed"),
         JobStatus::Cancelled => ("⊘", "c", Color::Magenta, "cancelled"),
         JobStatus::Skipped => ("⤼", "s", Color::DarkGray, "skipped"),
