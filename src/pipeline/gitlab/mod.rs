@@ -620,9 +620,12 @@ impl<'c, 's> Gitlab<'c, 's> {
             ));
             return None;
         }
+        // Each instance of a `parallel` trigger job triggers a child of its
+        // own, given the instance's matrix variables.
         let triggers: Vec<(String, trigger::Trigger)> = read
             .iter()
-            .filter_map(|r| r.trigger.clone().map(|t| (r.name.clone(), t)))
+            .filter_map(|r| r.trigger.as_ref().map(|t| (r, t)))
+            .flat_map(|(r, t)| r.instances.iter().map(move |(name, _)| (name.clone(), t.clone())))
             .collect();
         let mut jobs = self.lower(read, &stages);
         // The project's CI/CD variables rank above the file's; a file
@@ -1057,16 +1060,6 @@ impl<'c, 's> Gitlab<'c, 's> {
             Some(t) => Some(self.trigger_spec(t, &path)?),
             None => None,
         };
-        if let (Some(_), Some(p)) = (&trigger, get(def, "parallel")) {
-            self.warn_once(
-                p,
-                &join(&path, "parallel"),
-                "trigger:parallel",
-                format!("a trigger job with `parallel` is not run by trackside yet; `{name}` is left out"),
-                "trigger one child pipeline per value with jobs of their own",
-            );
-            return None;
-        }
         // `inherit`: which defaults and file variables the job takes.
         let (inherit_defaults, inherit_vars) = self.inherit(def, &path);
         let field = |k: &str| -> Option<Node> {

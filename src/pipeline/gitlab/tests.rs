@@ -941,3 +941,35 @@ fn the_files_own_inputs_come_from_the_command_line_as_their_types() {
     let e = read_with("a:\n  script: [x]\n", &with(&[("env", "staging")])).expect_err("no spec");
     assert!(e.iter().any(|(_, _, m)| m.contains("declares no inputs")), "{e:?}");
 }
+
+#[test]
+fn each_instance_of_a_parallel_trigger_job_triggers_a_child_with_its_values() {
+    let (_d, o) = project(&[("ci/deploy.yml", "rollout:\n  script: [echo $REGION]\n")]);
+    let src = "deploy:\n  parallel:\n    matrix:\n      - REGION: [eu, us]\n  trigger:\n    include: ci/deploy.yml\n    strategy: depend\n";
+    let p = read_with(src, &o).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "deploy: [eu]",
+            "deploy: [eu]/rollout",
+            "deploy: [us]",
+            "deploy: [us]/rollout"
+        ]
+    );
+    for region in ["eu", "us"] {
+        let child = p.job(&format!("deploy: [{region}]/rollout")).expect("child job");
+        assert!(
+            child
+                .environment
+                .iter()
+                .any(|v| v.name == "REGION" && v.value == region),
+            "the instance's matrix value reaches its child"
+        );
+        assert_eq!(
+            deps(&p, &format!("deploy: [{region}]")),
+            vec![format!("deploy: [{region}]/rollout")]
+        );
+    }
+}
