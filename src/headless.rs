@@ -305,6 +305,7 @@ pub fn change_summary(kind: &EventKind) -> String {
         removed,
         changed,
         kept,
+        cause,
     } = kind
     else {
         return String::new();
@@ -318,10 +319,11 @@ pub fn change_summary(kind: &EventKind) -> String {
     if !kept.is_empty() {
         parts.push(format!("{} already started, kept as they were", kept.join(", ")));
     }
+    let what = cause.as_deref().unwrap_or("pipeline file changed");
     if parts.is_empty() {
-        "pipeline file changed: nothing that affects this run".into()
+        format!("{what}: nothing that affects this run")
     } else {
-        format!("pipeline file changed: {}", parts.join("; "))
+        format!("{what}: {}", parts.join("; "))
     }
 }
 

@@ -604,6 +604,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.keep_failed = keep_failed;
             cfg.no_cache = no_cache;
             cfg.git = git_facts;
+            cfg.load_options = Some(opts.clone());
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();

@@ -454,6 +454,7 @@ async fn edits_to_the_pipeline_file_apply_to_jobs_that_have_not_started() {
         removed,
         changed,
         kept,
+        ..
     } = &ev.kind
     else {
         unreachable!()

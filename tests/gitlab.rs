@@ -48,6 +48,17 @@ fn repo(ci: &str) -> Option<Env> {
     Some(env)
 }
 
+/// `trackside run --headless` in the repository: its exit code and output.
+fn headless(env: &Env) -> (Option<i32>, String) {
+    let o = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["run", "--headless"])
+        .output()
+        .expect("run");
+    (o.status.code(), text(&o))
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -124,15 +135,9 @@ fn a_gitlab_pipeline_runs_unchanged_from_its_repository() {
 #[test]
 fn a_deploy_a_rule_made_manual_blocks_the_run_until_approved() {
     let Some(env) = repo(PIPELINE) else { return };
-    let o = env
-        .cmd()
-        .current_dir(env.dir.path())
-        .args(["run", "--headless"])
-        .output()
-        .expect("run");
-    let out = text(&o);
+    let (code, out) = headless(&env);
     // GitLab: `when: manual` from a rule is not allowed to fail by default.
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("blocked on manual job deploy"), "{out}");
     assert!(!out.contains("deploying"), "{out}");
 }
@@ -342,6 +347,50 @@ use:
 }
 
 #[test]
+fn a_generated_child_pipeline_runs_when_its_generator_has_made_it() {
+    let ci = r#"stages: [generate, child, after]
+generate:
+  stage: generate
+  script:
+    - |
+      printf 'build-a:\n  script: [echo building a for $SERVICE]\nbuild-b:\n  stage: deploy\n  script: [echo building b]\n' > child.yml
+  artifacts:
+    paths: [child.yml]
+run-child:
+  stage: child
+  variables:
+    SERVICE: api
+  trigger:
+    include:
+      - artifact: child.yml
+        job: generate
+    strategy: depend
+after:
+  stage: after
+  script: [echo after the child]
+"#;
+    let Some(env) = repo(ci) else { return };
+    let (code, out) = headless(&env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("child pipeline of run-child created from generate's artifact"),
+        "{out}"
+    );
+    assert!(out.contains("> building a for api"), "{out}");
+    // The child's stages keep their order, and what follows waits for the child.
+    let at = |needle: &str| out.find(needle).unwrap_or_else(|| panic!("{needle} missing: {out}"));
+    assert!(at("> building a for api") < at("> building b"), "{out}");
+    assert!(at("> building b") < at("> after the child"), "{out}");
+    // A file that is no pipeline fails the trigger job, saying why.
+    let broken = ci.replace("script: [echo building b]", "scrip: [echo building b]");
+    env.file(".gitlab-ci.yml", broken);
+    let (code, out) = headless(&env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("unknown keyword `scrip`"), "{out}");
+    assert!(out.contains("after") && out.contains("blocked by run-child"), "{out}");
+}
+
+#[test]
 fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
     let ci = "show:\n  script:\n    - git log -1 --format=%s\n    - echo \"branch=[$CI_COMMIT_BRANCH] mr=[$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME->$CI_MERGE_REQUEST_TARGET_BRANCH_NAME]\"\n  rules:\n    - when: always\n";
     let Some(env) = repo(ci) else { return };
@@ -366,14 +415,8 @@ fn jobs_see_the_repository_and_a_merge_request_pipeline_has_its_variables() {
 fn untracked_artifacts_and_caches_take_what_git_does_not_track() {
     let ci = "stages: [build, test]\nbuild:\n  stage: build\n  script:\n    - mkdir -p gen && echo made > gen/file.txt\n  artifacts:\n    untracked: true\n  cache:\n    key: u\n    untracked: true\ntest:\n  stage: test\n  script:\n    - cat gen/file.txt\n    - test ! -e .gitlab-ci.yml.copy\n";
     let Some(env) = repo(ci) else { return };
-    let o = env
-        .cmd()
-        .current_dir(env.dir.path())
-        .args(["run", "--headless"])
-        .output()
-        .expect("run");
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}");
+    let (code, out) = headless(&env);
+    assert_eq!(code, Some(0), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with("test ") && l.ends_with("> made")),
         "{out}"

@@ -86,6 +86,9 @@ pub struct EngineConfig {
     pub no_cache: bool,
     /// What git said about the project (GitLab pipelines), so the run's
     /// repository is written without asking again.
+    /// The options the pipeline was read with: a generated child pipeline
+    /// (GitLab's `trigger: include: {artifact, job}`) is read with them.
+    pub load_options: Option<crate::pipeline::LoadOptions>,
     pub git: Option<crate::exec::git::Facts>,
 }
 
@@ -120,6 +123,7 @@ impl EngineConfig {
             watch: None,
             no_cache: false,
             git: None,
+            load_options: None,
         }
     }
 }
@@ -410,6 +414,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         timed_out: false,
         shutdown: Vec::new(),
         rollouts: HashMap::new(),
+        load_options: cfg.load_options.clone(),
         watch: cfg.watch.map(|opts| Watch {
             file: cfg.pipeline_file.clone(),
             opts,
@@ -503,6 +508,8 @@ struct Actor {
     /// Steering channels of running deploy jobs.
     rollouts: HashMap<JobId, mpsc::Sender<(crate::deploy::rollout::Command, String)>>,
     watch: Option<Watch>,
+    /// See [`EngineConfig::load_options`].
+    load_options: Option<crate::pipeline::LoadOptions>,
     /// Coverage its log reported, by job name (GitLab's `coverage`).
     coverage: HashMap<String, String>,
     /// Compiled `coverage` patterns, by pattern.
@@ -597,23 +604,83 @@ impl Actor {
         };
         let ctx = self.ctx.clone();
         let now = self.elapsed();
-        match self.state.replan(new, &|merged| conditional_env(&ctx, merged), now) {
-            Ok((effects, changes)) => {
-                if effects.is_empty() {
-                    return;
-                }
-                tracing::info!(?changes, "pipeline file edited and applied");
-                // The merged pipeline is what the next attempts run.
-                let mut ctx = (*self.ctx).clone();
-                ctx.pipeline = Arc::new(self.state.pipeline().clone());
-                self.ctx = Arc::new(ctx);
-                self.perform(effects, retry_tx);
-            }
-            Err(message) => {
-                self.emit(EventKind::PipelineInvalid {
-                    file,
-                    diagnostics: vec![message],
-                });
+        let replanned = self.state.replan(new, &|merged| conditional_env(&ctx, merged), now);
+        if let Err(message) = self.follow(replanned, retry_tx) {
+            self.emit(EventKind::PipelineInvalid {
+                file,
+                diagnostics: vec![message],
+            });
+        }
+    }
+
+    /// Carries out a replan: the merged pipeline is what the next attempts run.
+    fn follow(
+        &mut self,
+        replanned: Result<(Vec<Effect>, super::state::Changes), String>,
+        retry_tx: &mpsc::UnboundedSender<JobId>,
+    ) -> Result<(), String> {
+        let (effects, changes) = replanned?;
+        if effects.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(?changes, "pipeline changed and applied");
+        let mut ctx = (*self.ctx).clone();
+        ctx.pipeline = Arc::new(self.state.pipeline().clone());
+        self.ctx = Arc::new(ctx);
+        self.perform(effects, retry_tx);
+        Ok(())
+    }
+
+    /// GitLab's dynamic child pipelines: each trigger job that takes its
+    /// child from `generator`'s artifacts (and has not started) gets it
+    /// now, before the generator's end lets it start. A file that cannot
+    /// be read or is no valid pipeline makes the trigger job fail, saying
+    /// why, as GitLab fails a trigger job whose child cannot be created.
+    async fn graft_generated(&mut self, generator: JobId, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let gen_name = self.state.pipeline().jobs[generator].name.clone();
+        let triggers: Vec<(String, String)> = self
+            .state
+            .pipeline()
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                use super::JobStatus::*;
+                matches!(self.state.status(*i), Pending | WaitingApproval | Delayed)
+            })
+            .filter_map(|(_, j)| {
+                let g = j.generated_child.as_ref().filter(|g| g.job == gen_name)?;
+                Some((j.name.clone(), g.artifact.clone()))
+            })
+            .collect();
+        for (trigger, artifact) in triggers {
+            let (ctx, from) = (self.ctx.clone(), gen_name.clone());
+            let text = tokio::task::spawn_blocking(move || artifacts::artifact_text(&ctx, &from, &artifact))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let opts = self.load_options.clone().unwrap_or_default();
+            let grown = text.and_then(|t| {
+                crate::pipeline::gitlab::with_generated_child(self.state.pipeline(), &trigger, t, &opts)
+                    .map_err(|e| e.to_string())
+            });
+            let (new, cause) = match grown {
+                Ok(p) => (
+                    p,
+                    format!("child pipeline of {trigger} created from {gen_name}'s artifact"),
+                ),
+                Err(why) => (
+                    crate::pipeline::gitlab::failing_trigger(self.state.pipeline(), &trigger, &why),
+                    format!("the child pipeline of {trigger} cannot be created"),
+                ),
+            };
+            let ctx = self.ctx.clone();
+            let now = self.elapsed();
+            let replanned = self
+                .state
+                .replan_because(new, cause, &|merged| conditional_env(&ctx, merged), now);
+            if let Err(message) = self.follow(replanned, retry_tx) {
+                tracing::warn!(%trigger, %message, "a generated child pipeline conflicts with the run");
             }
         }
     }
@@ -847,6 +914,9 @@ impl Actor {
                 );
                 self.running.remove(&job);
                 self.rollouts.remove(&job);
+                if outcome.failure.is_none() {
+                    self.graft_generated(job, retry_tx).await;
+                }
                 self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
             }
         }

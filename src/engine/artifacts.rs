@@ -805,3 +805,61 @@ async fn push_dir_cache(
     note(a, &step, format!("saved {saved} file(s) to directory cache `{key}`")).await;
     Ok(())
 }
+
+/// Largest generated child pipeline read from an artifact.
+const MAX_GENERATED: u64 = 1 << 20;
+
+/// Why a file of a job's artifacts could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactFileError {
+    #[error("{job} kept no artifacts in this run")]
+    NoArtifacts { job: String },
+    #[error("{job}'s artifacts hold no `{path}`; list it in the job's `artifacts:paths`")]
+    Missing { job: String, path: String },
+    #[error("`{path}` of {job}'s artifacts is not a file")]
+    NotAFile { job: String, path: String },
+    #[error("`{path}` is {size} bytes; a generated pipeline may be at most 1 MiB")]
+    TooBig { path: String, size: u64 },
+    #[error("`{path}` is not UTF-8 text")]
+    NotText { path: String },
+    #[error("reading the artifacts of {job}: {message}")]
+    Store { job: String, message: String },
+}
+
+/// The text of file `path` among the artifacts job `job` kept in this run
+/// (a generated child pipeline), at most 1 MiB.
+pub fn artifact_text(ctx: &RunContext, job: &str, path: &str) -> Result<String, ArtifactFileError> {
+    let store = |message: String| ArtifactFileError::Store {
+        job: job.to_string(),
+        message,
+    };
+    let digest = ctx
+        .index
+        .artifact(&ctx.run_id, job)
+        .map_err(|e| store(e.to_string()))?
+        .ok_or_else(|| ArtifactFileError::NoArtifacts { job: job.to_string() })?;
+    let m = manifest::load(&ctx.objects, &digest).map_err(|e| store(e.to_string()))?;
+    let want = path.trim_start_matches("./");
+    let entry = m
+        .entries
+        .iter()
+        .find(|e| e.path == want)
+        .ok_or_else(|| ArtifactFileError::Missing {
+            job: job.to_string(),
+            path: path.to_string(),
+        })?;
+    let manifest::EntryKind::File { object, size } = &entry.kind else {
+        return Err(ArtifactFileError::NotAFile {
+            job: job.to_string(),
+            path: path.to_string(),
+        });
+    };
+    if *size > MAX_GENERATED {
+        return Err(ArtifactFileError::TooBig {
+            path: path.to_string(),
+            size: *size,
+        });
+    }
+    let bytes = ctx.objects.get_bytes(object).map_err(|e| store(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| ArtifactFileError::NotText { path: path.to_string() })
+}

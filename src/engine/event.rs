@@ -290,13 +290,18 @@ pub enum EventKind {
     },
     SchedulingPaused,
     SchedulingResumed,
-    /// The pipeline file was edited and the edit applied to jobs that had not started.
+    /// The pipeline file was edited and the edit applied to jobs that had
+    /// not started (or, with `cause`, the run's pipeline grew otherwise: a
+    /// generated child pipeline joined it).
     PipelineChanged {
         added: Vec<String>,
         removed: Vec<String>,
         changed: Vec<String>,
         /// Edited jobs that had already started: they keep their definition.
         kept: Vec<String>,
+        /// Why, when it was not an edit of the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
     },
     /// The pipeline file was edited but is invalid; the run goes on unchanged.
     PipelineInvalid {

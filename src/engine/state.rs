@@ -437,6 +437,24 @@ impl RunState {
         fx
     }
 
+    /// [`RunState::replan`] for a reason other than an edit of the file
+    /// (`cause` is said with the change).
+    pub fn replan_because(
+        &mut self,
+        new: Pipeline,
+        cause: String,
+        cond_env: &dyn Fn(&Pipeline) -> CondEnv,
+        now: Duration,
+    ) -> Result<(Vec<Effect>, Changes), String> {
+        let (mut fx, changes) = self.replan(new, cond_env, now)?;
+        for e in &mut fx {
+            if let Effect::Emit(EventKind::PipelineChanged { cause: c, .. }) = e {
+                *c = Some(cause.clone());
+            }
+        }
+        Ok((fx, changes))
+    }
+
     /// Applies an edited pipeline to the jobs that have not started: added
     /// jobs join, removed ones are dropped, changed ones take the new
     /// definition. Jobs that started (or finished) keep theirs. Job ids stay
@@ -508,6 +526,7 @@ impl RunState {
             removed: changes.removed.clone(),
             changed: changes.changed.clone(),
             kept: changes.kept.clone(),
+            cause: None,
         })];
         while self.jobs.len() < merged.jobs.len() {
             self.jobs.push(JobState::fresh());

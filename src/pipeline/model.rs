@@ -218,6 +218,20 @@ pub struct Condition {
     pub pos: Pos,
 }
 
+/// Where a generated child pipeline comes from, and how it is created.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeneratedChild {
+    /// The job whose artifacts hold the file.
+    pub job: String,
+    /// The file's path among them.
+    pub artifact: String,
+    /// `strategy: depend`: the trigger job waits for the child.
+    pub depend: bool,
+    /// What the child is created with (the trigger job's variables,
+    /// `CI_PIPELINE_SOURCE`).
+    pub variables: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub name: String,
@@ -264,6 +278,11 @@ pub struct Job {
     /// them above dotenv reports.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub settings_vars: Vec<String>,
+    /// A GitLab trigger job whose child pipeline is a file another job
+    /// makes (`trigger: include: {artifact, job}`): read when that job has
+    /// passed, and its jobs join the run then.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generated_child: Option<GeneratedChild>,
     /// With `allow_failure`: only these exit codes are allowed (GitLab's
     /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

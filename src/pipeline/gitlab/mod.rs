@@ -24,6 +24,7 @@ mod merge;
 mod reference;
 pub mod rules;
 mod trigger;
+pub use trigger::{GeneratedChildError, failing_trigger, with_generated_child};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -1434,6 +1435,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             mirrors_upstream: false,
             file_vars: Vec::new(),
             settings_vars: Vec::new(),
+            generated_child: None,
             coverage,
             start_in,
             resource_group,

@@ -973,3 +973,52 @@ fn each_instance_of_a_parallel_trigger_job_triggers_a_child_with_its_values() {
         );
     }
 }
+
+#[test]
+fn a_generated_child_pipeline_waits_for_its_generator_and_is_grafted_from_the_file() {
+    let src = "stages: [gen, child]\ngenerate:\n  stage: gen\n  script: [make-child > child.yml]\n  artifacts: {paths: [child.yml]}\nrun-child:\n  stage: child\n  variables: {SERVICE: api}\n  trigger:\n    include:\n      - artifact: child.yml\n        job: generate\n    strategy: depend\n";
+    let p = read(src);
+    let t = p.job("run-child").expect("trigger job");
+    let g = t.generated_child.as_ref().expect("a generated child");
+    assert_eq!(
+        (g.job.as_str(), g.artifact.as_str(), g.depend),
+        ("generate", "child.yml", true)
+    );
+    assert!(g.variables.iter().any(|(k, v)| k == "SERVICE" && v == "api"));
+    assert_eq!(deps(&p, "run-child"), vec!["generate"]);
+    // When the generator has passed, the file is read as a child pipeline.
+    let child = "a:\n  script: [echo $SERVICE]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"parent_pipeline\"\nb:\n  stage: deploy\n  script: [x]\n";
+    let grown = with_generated_child(&p, "run-child", child.to_string(), &opts(&[])).expect("valid child");
+    assert_eq!(deps(&grown, "run-child/a"), vec!["generate"]);
+    assert_eq!(deps(&grown, "run-child/b"), vec!["run-child/a"]);
+    assert_eq!(
+        deps(&grown, "run-child"),
+        vec!["run-child/b"],
+        "strategy: depend waits for the child"
+    );
+    assert!(
+        grown
+            .job("run-child")
+            .is_some_and(|j| j.generated_child.is_none() && j.mirrors_upstream)
+    );
+    let a = grown.job("run-child/a").expect("child job");
+    assert!(a.environment.iter().any(|v| v.name == "SERVICE" && v.value == "api"));
+    assert!(grown.stages.iter().any(|s| s == "run-child/test"), "{:?}", grown.stages);
+    // A broken file is the trigger job's failure, naming the file and line.
+    let e = with_generated_child(&p, "run-child", "a:\n  scrip: [x]\n".into(), &opts(&[])).expect_err("invalid");
+    assert!(e.to_string().contains("child.yml (artifact of generate):2:3"), "{e}");
+    let failed = failing_trigger(&p, "run-child", &e.to_string());
+    let script = &failed.job("run-child").expect("job").steps[0].script;
+    assert_eq!(script.last().map(String::as_str), Some("exit 1"));
+    // The generator must run first.
+    let e = errors(
+        "stages: [gen, child]\nrun-child:\n  stage: gen\n  trigger:\n    include: [{artifact: child.yml, job: generate}]\ngenerate:\n  stage: child\n  script: [x]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|(l, _, m)| *l == 5 && m.contains("`generate` must run before `run-child`")),
+        "{e:?}"
+    );
+    let e = errors("t:\n  trigger:\n    include: [{artifact: child.yml}]\n");
+    assert!(e.iter().any(|(_, _, m)| m.contains("needs `job:`")), "{e:?}");
+}

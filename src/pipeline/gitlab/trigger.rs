@@ -7,13 +7,20 @@
 //! waits for the whole child pipeline (and what follows it waits too);
 //! without, it passes as soon as the child is created, as in GitLab.
 //!
+//! A dynamic child pipeline (`include: [{artifact: FILE, job: GEN}]`) is a
+//! file job GEN makes: the trigger job waits for GEN, and when GEN has
+//! passed the engine reads FILE from its artifacts and grafts the child in
+//! ([`with_generated_child`]), as GitLab creates it then.
+//!
 //! A trigger of another project (`trigger: group/project`, `project:`)
-//! and a dynamic child pipeline (`include: {artifact, job}`) need GitLab's
-//! server or a generated file: they are left out with a warning.
+//! needs GitLab's server: it is left out with a warning.
+
+use std::path::Path;
 
 use super::{Gitlab, NO_JOB, get, join};
-use crate::pipeline::model::{EnvVar, Job};
+use crate::pipeline::model::{EnvVar, GeneratedChild, Job, Pipeline};
 use crate::pipeline::yaml::{Node, Value};
+use crate::pipeline::{Dialect, LoadOptions};
 
 /// GitLab's limit: a child pipeline may trigger one more level.
 pub const MAX_DEPTH: usize = 2;
@@ -28,6 +35,8 @@ pub(super) struct Trigger {
     /// `forward:yaml_variables` (default true): the trigger job's variables
     /// reach the child.
     forward_yaml: bool,
+    /// `include: [{artifact, job}]`: the job and the file, and the node.
+    generated: Option<(String, String, Node)>,
 }
 
 impl Gitlab<'_, '_> {
@@ -78,21 +87,44 @@ impl Gitlab<'_, '_> {
             );
             return None;
         };
-        let dynamic = |n: &Node| get(n, "artifact").is_some();
-        let generated = match &include.value {
-            Value::Seq(items) => items.iter().any(dynamic),
-            _ => dynamic(&include),
+        let ipath = join(&tpath, "include");
+        let dynamic = |n: &&&Node| get(n, "artifact").is_some();
+        let items: Vec<&Node> = match &include.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![&include],
         };
-        if generated {
-            self.warn_once(
-                &include,
-                &join(&tpath, "include"),
-                "trigger:artifact",
-                "a child pipeline from a job's artifact (a generated file) is not run by trackside yet; the job is left out".into(),
-                "generate the file first and include it with `local:`",
-            );
-            return None;
-        }
+        let generated = match (items.iter().find(dynamic), items.len()) {
+            (None, _) => None,
+            (Some(item), 1) => {
+                if !self
+                    .cx
+                    .mapping(item, &ipath, &["artifact", "job"], "`include:artifact`")
+                {
+                    return None;
+                }
+                let artifact = get(item, "artifact").and_then(|a| self.cx.string(a, &join(&ipath, "artifact")))?;
+                let Some(job) = get(item, "job") else {
+                    self.cx.err(
+                        item,
+                        &ipath,
+                        "`include:artifact` needs `job:`, the job whose artifacts hold the file",
+                        "write `include: [{artifact: child.yml, job: generate}]`",
+                    );
+                    return None;
+                };
+                let job = self.cx.string(job, &join(&ipath, "job"))?;
+                Some((job, artifact, (*item).clone()))
+            }
+            (Some(item), _) => {
+                self.cx.err(
+                    item,
+                    &ipath,
+                    "a child pipeline from an artifact is that one file: `include` lists nothing else",
+                    "put what else the child includes in the generated file",
+                );
+                return None;
+            }
+        };
         let depend = match get(node, "strategy") {
             None => false,
             Some(s) => match s.as_str() {
@@ -116,6 +148,7 @@ impl Gitlab<'_, '_> {
             include,
             depend,
             forward_yaml,
+            generated,
         })
     }
 
@@ -156,6 +189,27 @@ impl Gitlab<'_, '_> {
                 Vec::new()
             };
             passed.push(("CI_PIPELINE_SOURCE".into(), "parent_pipeline".into()));
+            if let Some((generator, artifact, node)) = &t.generated {
+                // Read at run time, once the generator has passed: it must run first.
+                if !jobs[at].depends_on.iter().any(|d| d == generator) {
+                    self.cx.err(
+                        node,
+                        &format!("{name}.trigger.include.job"),
+                        format!("`{generator}` must run before `{name}`, which reads its artifact"),
+                        format!("put `{generator}` in an earlier stage, or in `{name}`'s `needs`"),
+                    );
+                    continue;
+                }
+                // A trigger job takes no artifacts (the engine reads the file itself).
+                jobs[at].needs_artifacts = Some(Vec::new());
+                jobs[at].generated_child = Some(GeneratedChild {
+                    job: generator.clone(),
+                    artifact: artifact.clone(),
+                    depend: t.depend,
+                    variables: passed,
+                });
+                continue;
+            }
             let config = Node {
                 value: Value::Map(vec![(
                     Node {
@@ -197,65 +251,153 @@ impl Gitlab<'_, '_> {
                     self.cx
                         .diags
                         .retain(|d| !(d.is_error() && d.message.starts_with(NO_JOB)));
-                    if let Some(step) = jobs[at].steps.first_mut() {
-                        step.script = vec![
-                            "echo 'trackside: the child pipeline has no job (its rules leave every job out); GitLab fails this trigger job' >&2".into(),
-                            "exit 1".into(),
-                        ];
-                    }
+                    fail_with(
+                        &mut jobs[at],
+                        "the child pipeline has no job (its rules leave every job out); GitLab fails this trigger job",
+                    );
                 }
                 continue;
             };
-            child_stages.push((
-                name.clone(),
-                child_pipeline.stages.iter().map(|s| format!("{name}/{s}")).collect(),
-            ));
-            let child_jobs = child_pipeline.jobs;
-            let rename = |n: &str| format!("{name}/{n}");
-            let mut sinks: Vec<String> = Vec::new();
-            let mut added: Vec<Job> = Vec::new();
-            for mut j in child_jobs {
-                j.name = rename(&j.name);
-                j.depends_on = j.depends_on.iter().map(|d| rename(d)).collect();
-                // Artifacts come from the child's own jobs only: a child
-                // pipeline gets nothing of its parent's (GitLab's rule,
-                // short of `needs:pipeline:job`).
-                j.needs_artifacts = Some(match j.needs_artifacts {
-                    Some(l) => l.iter().map(|d| rename(d)).collect(),
-                    None => j.depends_on.clone(),
-                });
-                if j.depends_on.is_empty() {
-                    j.depends_on = parent.depends_on.clone();
-                    j.depends_on_pos = parent.depends_on_pos.clone();
-                }
-                j.stage = j.stage.map(|s| format!("{name}/{s}"));
-                for (k, v) in &passed {
-                    j.environment.push(EnvVar {
-                        name: k.clone(),
-                        value: v.clone(),
-                        pos: parent.pos,
-                    });
-                }
-                added.push(j);
-            }
-            let needed: std::collections::HashSet<&str> = added
-                .iter()
-                .flat_map(|o| o.depends_on.iter().map(String::as_str))
-                .collect();
-            for j in &added {
-                if !needed.contains(j.name.as_str()) {
-                    sinks.push(j.name.clone());
-                }
-            }
-            if t.depend {
-                let p = &mut jobs[at];
-                p.depends_on = sinks;
-                p.depends_on_pos = vec![p.pos; p.depends_on.len()];
-                p.needs_artifacts = Some(Vec::new());
-                p.mirrors_upstream = true;
-            }
-            jobs.splice(at..at, added);
+            let stages = graft(&mut jobs, at, child_pipeline, &passed, t.depend);
+            child_stages.push((name.clone(), stages));
         }
         (jobs, child_stages)
     }
+}
+
+/// Puts a child pipeline's jobs into `jobs` under the trigger job at `at`
+/// (see the module's note): named `TRIGGER/JOB`, starting when the trigger
+/// job could, given `passed`; with `depend` the trigger job waits for all
+/// of them. Returns the child's stages, as `TRIGGER/STAGE`.
+fn graft(jobs: &mut Vec<Job>, at: usize, child: Pipeline, passed: &[(String, String)], depend: bool) -> Vec<String> {
+    let parent = jobs[at].clone();
+    let name = &parent.name;
+    let stages = child.stages.iter().map(|s| format!("{name}/{s}")).collect();
+    let rename = |n: &str| format!("{name}/{n}");
+    let mut sinks: Vec<String> = Vec::new();
+    let mut added: Vec<Job> = Vec::new();
+    for mut j in child.jobs {
+        j.name = rename(&j.name);
+        j.depends_on = j.depends_on.iter().map(|d| rename(d)).collect();
+        // Artifacts come from the child's own jobs only: a child
+        // pipeline gets nothing of its parent's (GitLab's rule,
+        // short of `needs:pipeline:job`).
+        j.needs_artifacts = Some(match j.needs_artifacts {
+            Some(l) => l.iter().map(|d| rename(d)).collect(),
+            None => j.depends_on.clone(),
+        });
+        if j.depends_on.is_empty() {
+            j.depends_on = parent.depends_on.clone();
+            j.depends_on_pos = parent.depends_on_pos.clone();
+        }
+        j.stage = j.stage.map(|s| format!("{name}/{s}"));
+        for (k, v) in passed {
+            j.environment.push(EnvVar {
+                name: k.clone(),
+                value: v.clone(),
+                pos: parent.pos,
+            });
+        }
+        added.push(j);
+    }
+    let needed: std::collections::HashSet<&str> = added
+        .iter()
+        .flat_map(|o| o.depends_on.iter().map(String::as_str))
+        .collect();
+    for j in &added {
+        if !needed.contains(j.name.as_str()) {
+            sinks.push(j.name.clone());
+        }
+    }
+    if depend {
+        let p = &mut jobs[at];
+        p.depends_on = sinks;
+        p.depends_on_pos = vec![p.pos; p.depends_on.len()];
+        p.needs_artifacts = Some(Vec::new());
+        p.mirrors_upstream = true;
+    }
+    jobs.splice(at..at, added);
+    stages
+}
+
+/// Why a generated child pipeline cannot join the run.
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratedChildError {
+    #[error("`{0}` is no trigger job of a generated child pipeline")]
+    NotATrigger(String),
+    /// The file's mistakes, one per line.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `pipeline` with trigger job `trigger` failing when it runs, saying
+/// `why` (each line on its own): its child pipeline cannot be created.
+pub fn failing_trigger(pipeline: &Pipeline, trigger: &str, why: &str) -> Pipeline {
+    let mut p = pipeline.clone();
+    if let Some(j) = p.jobs.iter_mut().find(|j| j.name == trigger) {
+        j.generated_child = None;
+        fail_with(j, why);
+    }
+    p
+}
+
+/// Makes trigger job `job` print `why` and fail.
+fn fail_with(job: &mut Job, why: &str) {
+    let mut script: Vec<String> = why
+        .lines()
+        .map(|l| format!("echo 'trackside: {}' >&2", l.replace('\'', "'\\''")))
+        .collect();
+    script.push("exit 1".into());
+    if let Some(step) = job.steps.first_mut() {
+        step.script = script;
+    }
+}
+
+/// `pipeline` with the child pipeline that trigger job `trigger` takes
+/// from its generator's artifact: `text` is the file, read as GitLab reads
+/// a child pipeline (with `opts`, and `CI_PIPELINE_SOURCE` =
+/// `parent_pipeline` and the trigger job's variables), and grafted in as a
+/// written child is ([`graft`]); the child's stages follow the trigger's.
+/// An error (the file's mistakes, one per line, or a child with no job) is
+/// what fails the trigger job, as GitLab fails one whose downstream
+/// pipeline cannot be created.
+pub fn with_generated_child(
+    pipeline: &Pipeline,
+    trigger: &str,
+    text: String,
+    opts: &LoadOptions,
+) -> Result<Pipeline, GeneratedChildError> {
+    let spec = pipeline
+        .job(trigger)
+        .and_then(|j| j.generated_child.clone())
+        .ok_or_else(|| GeneratedChildError::NotATrigger(trigger.to_string()))?;
+    let at = pipeline
+        .job_index(trigger)
+        .ok_or_else(|| GeneratedChildError::NotATrigger(trigger.to_string()))?;
+    let mut o = opts.clone();
+    o.dialect = Some(Dialect::Gitlab);
+    o.ci_vars.retain(|(k, _)| !spec.variables.iter().any(|(p, _)| p == k));
+    o.ci_vars.extend(spec.variables.iter().cloned());
+    let file = format!("{} (artifact of {})", spec.artifact, spec.job);
+    let child = match crate::pipeline::parse_source(Path::new(&file), text, &o) {
+        Ok((p, _)) => p,
+        Err(report) => {
+            let errors: Vec<String> = report
+                .items
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| report.one_line(d))
+                .collect();
+            return Err(GeneratedChildError::Invalid(errors.join("\n")));
+        }
+    };
+    let mut new = pipeline.clone();
+    new.jobs[at].generated_child = None;
+    let stage = new.jobs[at].stage.clone();
+    let stages = graft(&mut new.jobs, at, child, &spec.variables, spec.depend);
+    let after = stage
+        .and_then(|s| new.stages.iter().position(|x| *x == s))
+        .map_or(new.stages.len(), |i| i + 1);
+    new.stages.splice(after..after, stages);
+    Ok(new)
 }

@@ -258,6 +258,7 @@ impl Cx<'_> {
             resource_group: None,
             file_vars: Vec::new(),
             settings_vars: Vec::new(),
+            generated_child: None,
             retry_exit_codes: Vec::new(),
             working_directory,
             container,
