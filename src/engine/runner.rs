@@ -389,7 +389,6 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     if !ctx.in_place {
         let (c, dest) = (ctx.clone(), ws.clone());
         let in_container = ctx.containers && job.image().is_some();
-        let worktree = format!("{}.{}", crate::store::file_safe(&job.name), a.attempt);
         let copied = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
             let n = workspace::copy_files(&c.project_dir, &c.files, &dest)?;
@@ -398,7 +397,7 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
                 if in_container {
                     crate::exec::git::own_repository(&c.project_dir, &dest)?;
                 } else {
-                    crate::exec::git::link_git(&dest, repo, &worktree)?;
+                    crate::exec::git::link_git(&dest, repo)?;
                 }
             }
             Ok::<u64, std::io::Error>(n)

@@ -450,8 +450,8 @@ pub struct RunRepository {
     pub head: String,
 }
 
-/// Where the files every job's work tree entry holds alike are kept, in
-/// the run's git directory (git leaves unknown folders there alone).
+/// Where the files every job's `.git` holds alike are kept, in the run's
+/// git directory (git leaves unknown folders there alone).
 const SHARED: &str = "trackside-worktree";
 
 impl RunRepository {
@@ -459,7 +459,7 @@ impl RunRepository {
         let shared = git_dir.join(SHARED);
         std::fs::create_dir_all(&shared).ok()?;
         std::fs::write(shared.join("HEAD"), format!("{head}\n")).ok()?;
-        std::fs::write(shared.join("commondir"), "../..\n").ok()?;
+        std::fs::write(shared.join("commondir"), format!("{}\n", git_dir.display())).ok()?;
         Some(RunRepository { git_dir, head })
     }
 }
@@ -581,35 +581,36 @@ fn guard_remote(project: &Path, clone: &Path) -> Option<()> {
     Some(())
 }
 
-/// Makes `ws` a work tree of the run's repository of its own, named `name`
-/// (a `.git` file and the work tree's entry, as `git worktree add` makes
-/// them): HEAD detached at the run's commit, the index the run's.
+/// Makes `ws` a work tree of the run's repository of its own: its `.git`
+/// is a folder holding what a linked work tree's entry holds (HEAD
+/// detached at the run's commit, `commondir` naming the run's repository,
+/// the index), so git finds the work tree and the shared objects and refs
+/// as it does for `git worktree add`, and removing the workspace removes
+/// all of it. The run's repository keeps no entry of its own for it (no
+/// `worktrees/NAME`): `git worktree prune` there has nothing to prune.
 ///
-/// What every job's entry holds alike (HEAD, `commondir`, the index) is a
-/// hard link to one copy, made once: git never writes these in place (it
-/// writes `HEAD.lock` or `index.lock` and renames it over), so a job's
-/// commit or `git add` replaces its own link and never touches the others'.
-/// A job costs three new files, not five copies.
-pub fn link_git(ws: &Path, repo: &RunRepository, name: &str) -> io::Result<()> {
-    let ws = std::path::absolute(ws)?;
-    let wt = repo.git_dir.join("worktrees").join(name);
-    let _ = std::fs::remove_dir_all(&wt);
-    std::fs::create_dir_all(&wt)?;
+/// The three files are the same for every job: each is a hard link to one
+/// copy, made once. Git never writes them in place (it writes `HEAD.lock`
+/// or `index.lock` and renames it over), so a job's commit or `git add`
+/// replaces its own link and never touches the others'. A job costs one
+/// new folder, not five files.
+pub fn link_git(ws: &Path, repo: &RunRepository) -> io::Result<()> {
+    let dot_git = ws.join(".git");
+    std::fs::create_dir_all(&dot_git)?;
     let shared = repo.git_dir.join(SHARED);
     for (file, text) in [
         ("HEAD", format!("{}\n", repo.head)),
-        ("commondir", "../..\n".to_string()),
+        ("commondir", format!("{}\n", repo.git_dir.display())),
     ] {
-        if std::fs::hard_link(shared.join(file), wt.join(file)).is_err() {
-            std::fs::write(wt.join(file), text)?;
+        if std::fs::hard_link(shared.join(file), dot_git.join(file)).is_err() {
+            std::fs::write(dot_git.join(file), text)?;
         }
     }
     let index = repo.git_dir.join("index");
-    if std::fs::hard_link(&index, wt.join("index")).is_err() {
-        std::fs::copy(&index, wt.join("index"))?;
+    if std::fs::hard_link(&index, dot_git.join("index")).is_err() {
+        std::fs::copy(&index, dot_git.join("index"))?;
     }
-    std::fs::write(wt.join("gitdir"), format!("{}\n", ws.join(".git").display()))?;
-    std::fs::write(ws.join(".git"), format!("gitdir: {}\n", wt.display()))
+    Ok(())
 }
 
 /// A clone of its own in `ws` (for a container job, whose workspace is all
@@ -766,7 +767,7 @@ mod tests {
         std::fs::create_dir_all(&ws).expect("mkdir");
         std::fs::write(ws.join("a.txt"), "a").expect("write");
         std::fs::write(ws.join("b.txt"), "b").expect("write");
-        link_git(&ws, repo, name).expect("link");
+        link_git(&ws, repo).expect("link");
         ws
     }
 
@@ -801,6 +802,15 @@ mod tests {
         assert!(git(&ws, &["add", "a.txt"]));
         assert_eq!(said(&ws, &["diff", "--cached", "--name-only"]), "a.txt");
         assert_eq!(said(&other, &["status", "--porcelain"]), "");
+        // The run's repository keeps no entry for the jobs: pruning there
+        // (as `git gc` in a job does) takes nothing from them.
+        assert!(!run.path().join("git/.git/worktrees").exists());
+        assert!(git(&run.path().join("git"), &["worktree", "prune"]));
+        assert_eq!(said(&other, &["status", "--porcelain"]), "");
+        assert_eq!(
+            said(&other, &["rev-parse", "--show-toplevel"]),
+            other.canonicalize().expect("canon").display().to_string()
+        );
     }
 
     #[test]
@@ -892,7 +902,7 @@ mod tests {
             let ws = run.path().join(name);
             std::fs::create_dir_all(&ws).expect("mkdir");
             std::fs::write(ws.join("a.txt"), "a").expect("write");
-            link_git(&ws, &repo, name).expect("link");
+            link_git(&ws, &repo).expect("link");
             ws
         };
         let (ws, other) = (job("ws"), job("other"));
