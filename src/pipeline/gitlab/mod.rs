@@ -520,9 +520,31 @@ impl<'c, 's> Gitlab<'c, 's> {
                     .collect();
                 include::expand_with(&text, &vars)
             });
+        // A job named like a top-level keyword: GitLab reads the keyword.
+        let mut misnamed: Vec<&str> = Vec::new();
+        for (k, v) in entries {
+            let Some(key) = k.as_str().filter(|k| GLOBAL_KEYS.contains(k) && *k != "variables") else {
+                continue;
+            };
+            if ["script", "stage", "trigger", "extends"]
+                .iter()
+                .any(|w| get(v, w).is_some())
+            {
+                self.cx.err(
+                    k,
+                    key,
+                    format!("`{key}` is a GitLab keyword at the top level: it cannot name a job"),
+                    format!("rename the job, for example `{key}-job:`"),
+                );
+                misnamed.push(key);
+            }
+        }
         // Defaults: `default:` and the deprecated top-level keys.
         let mut default_entries: Vec<(Node, Node)> = Vec::new();
         for key in ["image", "services", "cache", "before_script", "after_script"] {
+            if misnamed.contains(&key) {
+                continue;
+            }
             if let Some((k, v)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
                 default_entries.push((k.clone(), v.clone()));
             }

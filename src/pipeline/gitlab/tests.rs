@@ -1022,3 +1022,20 @@ fn a_generated_child_pipeline_waits_for_its_generator_and_is_grafted_from_the_fi
     let e = errors("t:\n  trigger:\n    include: [{artifact: child.yml}]\n");
     assert!(e.iter().any(|(_, _, m)| m.contains("needs `job:`")), "{e:?}");
 }
+
+#[test]
+fn a_job_named_like_a_top_level_keyword_is_said_to_be_one() {
+    let e = errors("stages: [test]\nservices:\n  stage: test\n  script: [x]\nlint:\n  script: [x]\n");
+    assert_eq!(
+        e.iter()
+            .filter(|(_, _, m)| m.contains("`services` is a GitLab keyword at the top level"))
+            .map(|(l, c, _)| (*l, *c))
+            .collect::<Vec<_>>(),
+        [(2, 1)],
+        "once, at the key: {e:?}"
+    );
+    assert!(
+        !e.iter().any(|(_, _, m)| m.contains("is a list, found a mapping")),
+        "{e:?}"
+    );
+}
