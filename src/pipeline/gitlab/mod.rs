@@ -521,14 +521,46 @@ impl<'c, 's> Gitlab<'c, 's> {
                 include::expand_with(&text, &vars)
             });
         // A job named like a top-level keyword: GitLab reads the keyword.
+        // (Job keys beside the keyword's own are a mistake in the keyword.)
         let mut misnamed: Vec<&str> = Vec::new();
         for (k, v) in entries {
             let Some(key) = k.as_str().filter(|k| GLOBAL_KEYS.contains(k) && *k != "variables") else {
                 continue;
             };
-            if ["script", "stage", "trigger", "extends"]
+            let own: &[&str] = match key {
+                "image" => &["name", "entrypoint", "docker", "pull_policy", "kubernetes"],
+                "cache" => &[
+                    "key",
+                    "paths",
+                    "untracked",
+                    "when",
+                    "policy",
+                    "fallback_keys",
+                    "unprotect",
+                ],
+                "default" => &DEFAULT_KEYS,
+                "workflow" => &["rules", "name", "auto_cancel"],
+                "include" => &[
+                    "local",
+                    "remote",
+                    "file",
+                    "project",
+                    "template",
+                    "component",
+                    "rules",
+                    "inputs",
+                ],
+                "spec" => &["inputs", "include", "component"],
+                _ => &[],
+            };
+            let Value::Map(items) = &v.value else { continue };
+            let job_like = ["script", "stage", "trigger", "extends"]
                 .iter()
-                .any(|w| get(v, w).is_some())
+                .any(|w| get(v, w).is_some());
+            if job_like
+                && !items
+                    .iter()
+                    .any(|(ik, _)| ik.as_str().is_some_and(|ik| own.contains(&ik)))
             {
                 self.cx.err(
                     k,
