@@ -604,31 +604,29 @@ impl Actor {
         };
         let ctx = self.ctx.clone();
         let now = self.elapsed();
-        let replanned = self.state.replan(new, &|merged| conditional_env(&ctx, merged), now);
-        if let Err(message) = self.follow(replanned, retry_tx) {
-            self.emit(EventKind::PipelineInvalid {
+        match self.state.replan(new, &|merged| conditional_env(&ctx, merged), now) {
+            Ok(done) => self.follow(done, retry_tx),
+            Err(conflict) => self.emit(EventKind::PipelineInvalid {
                 file,
-                diagnostics: vec![message],
-            });
+                diagnostics: vec![conflict.to_string()],
+            }),
         }
     }
 
     /// Carries out a replan: the merged pipeline is what the next attempts run.
     fn follow(
         &mut self,
-        replanned: Result<(Vec<Effect>, super::state::Changes), String>,
+        (effects, changes): (Vec<Effect>, super::state::Changes),
         retry_tx: &mpsc::UnboundedSender<JobId>,
-    ) -> Result<(), String> {
-        let (effects, changes) = replanned?;
+    ) {
         if effects.is_empty() {
-            return Ok(());
+            return;
         }
         tracing::info!(?changes, "pipeline changed and applied");
         let mut ctx = (*self.ctx).clone();
         ctx.pipeline = Arc::new(self.state.pipeline().clone());
         self.ctx = Arc::new(ctx);
         self.perform(effects, retry_tx);
-        Ok(())
     }
 
     /// GitLab's dynamic child pipelines: each trigger job that takes its
@@ -676,11 +674,14 @@ impl Actor {
             };
             let ctx = self.ctx.clone();
             let now = self.elapsed();
-            let replanned = self
+            match self
                 .state
-                .replan_because(new, cause, &|merged| conditional_env(&ctx, merged), now);
-            if let Err(message) = self.follow(replanned, retry_tx) {
-                tracing::warn!(%trigger, %message, "a generated child pipeline conflicts with the run");
+                .replan_because(new, cause, &|merged| conditional_env(&ctx, merged), now)
+            {
+                Ok(done) => self.follow(done, retry_tx),
+                Err(conflict) => {
+                    tracing::warn!(%trigger, %conflict, "a generated child pipeline conflicts with the run")
+                }
             }
         }
     }

@@ -210,6 +210,12 @@ pub struct RunState {
     removed: Vec<bool>,
 }
 
+/// A changed pipeline whose dependencies cannot hold with the jobs that
+/// already ran (a cycle through them, or a need on a removed one).
+#[derive(Debug, thiserror::Error)]
+#[error("the edit conflicts with jobs that already ran: {0}")]
+pub struct Conflict(pub String);
+
 /// What an edit of the pipeline file changed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
@@ -445,7 +451,7 @@ impl RunState {
         cause: String,
         cond_env: &dyn Fn(&Pipeline) -> CondEnv,
         now: Duration,
-    ) -> Result<(Vec<Effect>, Changes), String> {
+    ) -> Result<(Vec<Effect>, Changes), Conflict> {
         let (mut fx, changes) = self.replan(new, cond_env, now)?;
         for e in &mut fx {
             if let Effect::Emit(EventKind::PipelineChanged { cause: c, .. }) = e {
@@ -465,7 +471,7 @@ impl RunState {
         new: Pipeline,
         cond_env: &dyn Fn(&Pipeline) -> CondEnv,
         now: Duration,
-    ) -> Result<(Vec<Effect>, Changes), String> {
+    ) -> Result<(Vec<Effect>, Changes), Conflict> {
         self.now = now;
         let same = |a: &crate::pipeline::Job, b: &crate::pipeline::Job| {
             serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
@@ -515,10 +521,11 @@ impl RunState {
             return Ok((Vec::new(), changes));
         }
         let plan = Plan::build(&merged).map_err(|diags| {
-            let msg = diags
-                .first()
-                .map_or("a dependency cycle".to_string(), |d| d.message.clone());
-            format!("the edit conflicts with jobs that already ran: {msg}")
+            Conflict(
+                diags
+                    .first()
+                    .map_or("a dependency cycle".to_string(), |d| d.message.clone()),
+            )
         })?;
         // Apply.
         let mut fx = vec![Effect::Emit(EventKind::PipelineChanged {
