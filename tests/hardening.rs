@@ -557,9 +557,9 @@ jobs:
         |k| matches!(k, trackside::engine::EventKind::LogLine { line, .. } if line == "started"),
     )
     .await;
-    // The script is in memory while it runs: no file of it on disk.
-    let on_disk = |dir: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(dir.join("runs"))
+    // Step files (scripts, secrets) in the runs' `steps` folders.
+    let on_disk = || -> Vec<String> {
+        std::fs::read_dir(state.join("runs"))
             .into_iter()
             .flatten()
             .flatten()
@@ -570,11 +570,12 @@ jobs:
                     .flatten()
             })
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sh"))
+            .filter(|n| n.ends_with(".sh") || n.ends_with(".secrets"))
             .collect()
     };
+    // The script is in memory while it runs: no file of it on disk.
     assert_eq!(
-        on_disk(&state),
+        on_disk(),
         Vec::<String>::new(),
         "a host step's script is written to disk"
     );
@@ -590,19 +591,7 @@ jobs:
     );
     r.handle.cancel_all().await.expect("cancel");
     r.finished().await;
-    let left: Vec<String> = std::fs::read_dir(state.join("runs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|run| {
-            std::fs::read_dir(run.path().join("steps"))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sh") || n.ends_with(".secrets"))
-        .collect();
+    let left = on_disk();
     assert!(left.is_empty(), "scripts left on disk after the attempt: {left:?}");
     assert!(
         !common::all_text(&state).contains("S3cret-in-ps-0451"),

@@ -876,15 +876,6 @@ mod tests {
     #[test]
     fn jobs_see_a_repository_that_is_not_the_projects() {
         let project = tempfile::tempdir().expect("tempdir");
-        let git = |dir: &Path, args: &[&str]| {
-            Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-                .args(args)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
         if !git(project.path(), &["init", "-q", "-b", "main"]) {
             assert!(std::env::var_os("CI").is_none(), "CI must have git");
             return;
