@@ -688,7 +688,8 @@ fn prepare_step(
     // variable that refers to one, hold the file's path (as GitLab's runner
     // has them since 15.7).
     let in_container = step.image.is_some() && ctx.containers;
-    let files = file_variables(ctx, a, job, &env, in_container)?;
+    let files = file_variables(ctx, a, job, &env, in_container)
+        .map_err(|e| format!("cannot write the job's file variables: {e}"))?;
     if !files.is_empty() {
         scope.override_with(files.iter().map(|f| (f.name.clone(), f.seen_as.replace('$', "$$"))));
         env = resolve(&scope)?;
@@ -795,18 +796,18 @@ fn file_variables(
     job: &Job,
     env: &BTreeMap<String, String>,
     in_container: bool,
-) -> Result<Vec<FileVar>, String> {
+) -> Result<Vec<FileVar>, crate::store::IoFailure> {
     let mut files = Vec::new();
     if job.file_vars.is_empty() {
         return Ok(files);
     }
     let dir = files_dir(ctx, job, a.attempt);
-    crate::store::private_dir(&dir).map_err(|e| e.to_string())?;
+    crate::store::private_dir(&dir)?;
     for name in &job.file_vars {
         let Some(value) = env.get(name) else { continue };
         let host = dir.join(name);
         let mode = if in_container { 0o644 } else { 0o600 };
-        crate::store::write_with_mode(&host, value.as_bytes(), mode).map_err(|e| e.to_string())?;
+        crate::store::write_with_mode(&host, value.as_bytes(), mode)?;
         let seen_as = if in_container {
             format!("{}/{name}", crate::exec::docker::FILES_PATH)
         } else {
