@@ -219,7 +219,9 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     let job = &ctx.pipeline.jobs[a.job];
     let mut leftovers = Leftovers::default();
     let (outcome, cache_key) = if let Some(spec) = &job.deploy {
-        (deploy_attempt(&ctx, &mut a, job, spec).await, None)
+        // Boxed: a rollout's future is twice the size of a job's, and a
+        // thousand jobs at once each held room for one.
+        (Box::pin(deploy_attempt(&ctx, &mut a, job, spec)).await, None)
     } else if job.cache.is_some() {
         match artifacts::lookup(&ctx, &a, job).await {
             Ok(cached) => (cached, None),

@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// `git -C dir ARGS`, started with its output piped (not yet waited for).
+/// Not started where git could only say "not a git repository".
 fn start(dir: &Path, args: &[&str]) -> Option<Child> {
+    if !may_be_in_work_tree(dir) {
+        return None;
+    }
     Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -26,6 +30,20 @@ fn start(dir: &Path, args: &[&str]) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .ok()
+}
+
+/// Whether git could find a repository for `dir`: a `.git` in it or above
+/// it, or one named by the environment. Asking costs a process (1-2 ms);
+/// looking costs a few `stat`s.
+fn may_be_in_work_tree(dir: &Path) -> bool {
+    if std::env::var_os("GIT_DIR").is_some() || std::env::var_os("GIT_WORK_TREE").is_some() {
+        return true;
+    }
+    let Ok(dir) = dir.canonicalize() else {
+        // Let git say what is wrong.
+        return true;
+    };
+    dir.ancestors().any(|d| d.join(".git").symlink_metadata().is_ok())
 }
 
 /// What a started git printed, when it succeeded.
@@ -666,6 +684,22 @@ mod tests {
         assert!(git(dir.path(), &["add", "-A"]));
         assert!(git(dir.path(), &["commit", "-qm", "second\n\nits body"]));
         Some(dir)
+    }
+
+    #[test]
+    fn git_is_asked_only_where_a_repository_can_be_found() {
+        let Some(p) = project() else { return };
+        let sub = p.path().join("deep/sub");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        assert!(may_be_in_work_tree(&sub));
+        assert!(root(&sub).is_some());
+        // Without its `.git`, nothing above says "repository": no git is started.
+        std::fs::rename(p.path().join(".git"), p.path().join("moved")).expect("rename");
+        let above_has_git = p.path().ancestors().any(|d| d.join(".git").exists());
+        if !above_has_git && std::env::var_os("GIT_DIR").is_none() {
+            assert!(!may_be_in_work_tree(&sub));
+            assert_eq!(root(&sub), None);
+        }
     }
 
     #[test]
