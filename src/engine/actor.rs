@@ -365,6 +365,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
         git_repo,
+        spares: Arc::new(workspace::Spares::new(pipeline.jobs.len(), cfg.max_parallel.max(1))),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
@@ -577,6 +578,8 @@ impl Actor {
         self.attempts.close();
         self.attempts.wait().await;
         crate::exec::contain::release_idle();
+        let ctx = self.ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || ctx.spares.remove_all()).await;
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         for r in self.shutdown.drain(..) {
             let _ = r.send(());
@@ -974,6 +977,9 @@ impl Actor {
     }
 
     fn start_attempt(&mut self, job: JobId, attempt: u32) {
+        if attempt == 1 {
+            self.ctx.spares.started();
+        }
         let token = CancellationToken::new();
         self.running.insert(job, token.clone());
         // `job.<name>.status` in `${{ }}` needs a snapshot of every status; it

@@ -107,6 +107,8 @@ pub struct RunContext {
     /// The run's clone of the project's repository, which jobs' workspaces
     /// point at (GitLab pipelines; see `git::run_repository`).
     pub git_repo: Option<crate::exec::git::RunRepository>,
+    /// Workspaces of ended jobs, made fresh again for the next ones.
+    pub spares: Arc<workspace::Spares>,
 }
 
 impl RunContext {
@@ -257,15 +259,27 @@ impl Leftovers {
         if self.step_files {
             remove_step_files(ctx, job, attempt);
         }
-        let dirs: Vec<PathBuf> = self.workspace.into_iter().chain(self.files).collect();
-        if !dirs.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || {
-                for dir in dirs {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-            })
-            .await;
+        if self.workspace.is_none() && self.files.is_none() {
+            return;
         }
+        let c = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(ws) = self.workspace {
+                // A job's own `.git` (a container job's clone) goes; the
+                // shared one stays while its links are the run's.
+                let extra = |rel: &Path| {
+                    rel == Path::new(".git")
+                        && c.git_repo
+                            .as_ref()
+                            .is_some_and(|repo| crate::exec::git::linked(&ws, repo))
+                };
+                c.spares.give(&c.project_dir, &c.files, &ws, &extra);
+            }
+            if let Some(dir) = self.files {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        })
+        .await;
     }
 }
 
@@ -393,16 +407,25 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         let in_container = ctx.containers && job.image().is_some();
         let copied = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
-            let n = workspace::copy_files(&c.project_dir, &c.files, &dest)?;
-            // A GitLab job sees a git repository, as a runner's checkout.
+            // An ended job's workspace, already made fresh, else a copy.
+            if !c.spares.take(&dest) {
+                workspace::copy_files(&c.project_dir, &c.files, &dest)?;
+            }
+            // A GitLab job sees a git repository, as a runner's checkout
+            // (a spare keeps its `.git` only while it is intact).
             if let Some(repo) = &c.git_repo {
+                let dot_git = dest.join(".git");
                 if in_container {
+                    // Its own clone: the shared links name host paths.
+                    if dot_git.exists() {
+                        std::fs::remove_dir_all(&dot_git)?;
+                    }
                     crate::exec::git::own_repository(&c.project_dir, &dest)?;
-                } else {
+                } else if !dot_git.exists() {
                     crate::exec::git::link_git(&dest, repo)?;
                 }
             }
-            Ok::<u64, std::io::Error>(n)
+            Ok::<(), std::io::Error>(())
         })
         .await;
         let err = match copied {
@@ -1045,6 +1068,7 @@ mod tests {
             artifact_bytes: Default::default(),
             borrowed_artifacts: BTreeMap::new(),
             git_repo: None,
+            spares: Default::default(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -631,6 +631,25 @@ pub fn link_git(ws: &Path, repo: &RunRepository) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `ws/.git` is still what [`link_git`] made: a folder of exactly
+/// the three links to the run's files (a job's commit or `git add`
+/// replaces a link with a file of its own).
+pub fn linked(ws: &Path, repo: &RunRepository) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dot_git = ws.join(".git");
+    let same = |a: &Path, b: &Path| match (std::fs::symlink_metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let shared = repo.git_dir.join(SHARED);
+    let entries = std::fs::read_dir(&dot_git).map(Iterator::count).unwrap_or(0);
+    std::fs::symlink_metadata(&dot_git).is_ok_and(|m| m.is_dir())
+        && entries == 3
+        && same(&dot_git.join("HEAD"), &shared.join("HEAD"))
+        && same(&dot_git.join("commondir"), &shared.join("commondir"))
+        && same(&dot_git.join("index"), &repo.git_dir.join("index"))
+}
+
 /// A clone of its own in `ws` (for a container job, whose workspace is all
 /// it sees), its objects copied (never hard links into the project's).
 pub fn own_repository(project: &Path, ws: &Path) -> io::Result<()> {

@@ -100,10 +100,416 @@ pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<
     Ok(copied)
 }
 
+/// Workspaces of ended jobs, made to hold the project's files again and
+/// kept for the next jobs instead of removed.
+///
+/// A fresh copy costs a folder and a file per project file, and removing it
+/// frees as many. On a file system that skips recently freed inodes when it
+/// allocates (ext4 without a journal does, for minutes), a run that makes
+/// and removes a workspace per job gets slower with every job; on any file
+/// system a project of 10,000 files costs 10,000 copies per job. A spare
+/// costs a rename to take, and [`refresh`] to give back: it removes what
+/// the job added and brings back what it changed, comparing each project
+/// file's status with the one recorded when the workspace was last made
+/// fresh, so an unchanged file costs two `lstat`s. The next job still starts
+/// from exactly the project's files.
+#[derive(Debug, Default)]
+pub struct Spares {
+    state: std::sync::Mutex<SpareState>,
+    next: std::sync::atomic::AtomicU64,
+    /// Jobs yet to start a first attempt: no more spares than that are
+    /// kept (a thousand jobs started at once would only pay to refresh
+    /// workspaces nobody takes).
+    unstarted: std::sync::atomic::AtomicUsize,
+    /// Nor more than jobs may run at once.
+    most: usize,
+}
+
+#[derive(Debug, Default)]
+struct SpareState {
+    ready: Vec<(PathBuf, Record)>,
+    /// Spares in use, by the workspace they became, with when they were taken.
+    taken: std::collections::HashMap<PathBuf, (Record, std::time::SystemTime)>,
+}
+
+/// Per project file (the run's list, in order), the status of the
+/// workspace's copy and of the project's file when the copy was last known
+/// equal to it; `None` where unknown.
+type Record = Vec<Option<(Stamp, Stamp)>>;
+
+/// A spare's record, and when its job took it.
+type Known<'a> = (&'a [Option<(Stamp, Stamp)>], std::time::SystemTime);
+
+/// A project file found in place: the copy's status and mode, the
+/// project's, and whether it is a symlink (with the same target).
+type Found = (Stamp, u32, Stamp, u32, bool);
+
+/// What changes whenever a file's content or mode does: the kernel sets
+/// `ctime` on every write, truncation, `chmod` and rename, and no program
+/// can set it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+
+    fn ctime(&self) -> std::time::SystemTime {
+        let (s, ns) = self.ctime;
+        let secs = std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
+        std::time::UNIX_EPOCH + secs
+    }
+}
+
+/// File times come from a clock that ticks every few milliseconds (a
+/// jiffy, up to 10 ms): a change made within this long of a recorded
+/// status may have left the same times behind (git's "racily clean" case).
+const TIME_GRAIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Spares {
+    /// A pool for a run of `jobs` jobs, `parallel` at a time.
+    pub fn new(jobs: usize, parallel: usize) -> Spares {
+        Spares {
+            unstarted: jobs.into(),
+            most: parallel,
+            ..Spares::default()
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One more job started its first attempt.
+    pub fn started(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .unstarted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Moves a spare workspace to `dest` (which must not exist); false when
+    /// there is none.
+    pub fn take(&self, dest: &Path) -> bool {
+        let Some((dir, record)) = self.state().ready.pop() else {
+            return false;
+        };
+        if std::fs::rename(&dir, dest).is_ok() {
+            let now = std::time::SystemTime::now();
+            self.state().taken.insert(dest.to_path_buf(), (record, now));
+            return true;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        false
+    }
+
+    /// Makes `ws` hold `files` of `project` again and keeps it beside
+    /// itself as a spare; removes it when that fails, or when there are
+    /// already as many spares as jobs yet to start, or as may run at once. `extra` names
+    /// top-level entries that are not project files and may stay (a job's
+    /// `.git`).
+    pub fn give(&self, project: &Path, files: &[PathBuf], ws: &Path, extra: &dyn Fn(&Path) -> bool) {
+        let known = self.state().taken.remove(ws);
+        let spares = self.state().ready.len();
+        if spares >= self.most.min(self.unstarted.load(std::sync::atomic::Ordering::Relaxed)) {
+            let _ = std::fs::remove_dir_all(ws);
+            return;
+        }
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spare = ws.with_file_name(format!(".spare-{n}"));
+        let known = known.as_ref().map(|(r, taken)| (r.as_slice(), *taken));
+        match refresh(project, files, ws, extra, known).and_then(|r| std::fs::rename(ws, &spare).map(|()| r)) {
+            Ok(record) => self.state().ready.push((spare, record)),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(ws);
+            }
+        }
+    }
+
+    /// Removes every spare (at the end of the run).
+    pub fn remove_all(&self) {
+        let ready = std::mem::take(&mut self.state().ready);
+        for (dir, _) in ready {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Makes `dir`, a workspace a job used, hold exactly `files` of `project`
+/// again, as [`copy_files`] made it, and returns the record for the next
+/// time. Whatever is not a project file is removed (but the top-level
+/// entries `extra` accepts). A project file is left alone when both it and
+/// the workspace's copy have the status `known` recorded (the copy was
+/// equal then, and neither changed since), unless that status is so close
+/// to `taken` (when the job got the workspace) that a change may not show
+/// in it: then the contents are compared. Otherwise it is rewritten in
+/// place (same inode: nothing freed, nothing allocated) with the project's
+/// mode. What the job removed or replaced is copied anew. Nothing is
+/// followed through a symlink: an entry of the wrong type, a file with
+/// other links or another owner, is removed and made again.
+fn refresh(
+    project: &Path,
+    files: &[PathBuf],
+    dir: &Path,
+    extra: &dyn Fn(&Path) -> bool,
+    known: Option<Known<'_>>,
+) -> io::Result<Record> {
+    use std::collections::{HashMap, HashSet};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let wanted: HashMap<&Path, usize> = files.iter().enumerate().map(|(i, f)| (f.as_path(), i)).collect();
+    let folders: HashSet<&Path> = files
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let began = std::time::SystemTime::now();
+    let root = std::fs::symlink_metadata(dir)?;
+    if !root.is_dir() {
+        return Err(io::Error::other("not a folder"));
+    }
+    // Folders get the mode the first copy gave them (the umask's).
+    let folder_mode = root.permissions().mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut kept: Vec<Option<Found>> = vec![None; files.len()];
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&rel))? {
+            let entry = entry?;
+            let rel_path = rel.join(entry.file_name());
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let ours = meta.uid() == me;
+            if rel.as_os_str().is_empty() && extra(&rel_path) {
+                continue;
+            }
+            if meta.is_dir() {
+                if ours && folders.contains(rel_path.as_path()) {
+                    if meta.permissions().mode() & 0o7777 != folder_mode {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(folder_mode))?;
+                    }
+                    stack.push(rel_path);
+                } else {
+                    std::fs::remove_dir_all(&path)?;
+                }
+                continue;
+            }
+            let index = wanted.get(rel_path.as_path()).copied().filter(|_| ours);
+            let source = index.and_then(|_| std::fs::symlink_metadata(project.join(&rel_path)).ok());
+            let stays = match &source {
+                Some(s) if s.is_file() => meta.is_file() && meta.nlink() == 1,
+                Some(s) if s.file_type().is_symlink() => {
+                    meta.file_type().is_symlink()
+                        && std::fs::read_link(&path).ok() == std::fs::read_link(project.join(&rel_path)).ok()
+                }
+                _ => false,
+            };
+            match (index, source) {
+                (Some(i), Some(source)) if stays => {
+                    let mode = |m: &std::fs::Metadata| m.permissions().mode();
+                    let link = source.file_type().is_symlink();
+                    kept[i] = Some((Stamp::of(&meta), mode(&meta), Stamp::of(&source), mode(&source), link));
+                }
+                _ => std::fs::remove_file(&path)?,
+            }
+        }
+    }
+    if std::fs::symlink_metadata(dir)?.permissions().mode() & 0o7777 != folder_mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(folder_mode))?;
+    }
+    let mut record: Record = vec![None; files.len()];
+    let mut buffers = (Vec::new(), Vec::new());
+    let mut missing = Vec::new();
+    for (i, rel) in files.iter().enumerate() {
+        let Some((now_copy, copy_mode, now_source, source_mode, link)) = kept[i] else {
+            missing.push(rel.clone());
+            continue;
+        };
+        if link {
+            continue;
+        }
+        let unchanged = known.and_then(|(k, taken)| {
+            let (was_copy, was_source) = k.get(i).copied().flatten()?;
+            let same = (was_copy, was_source) == (now_copy, now_source);
+            // Too close to when the job began: its change may share the times.
+            let settled = was_copy.ctime() + TIME_GRAIN < taken;
+            Some(same && settled)
+        });
+        let to = dir.join(rel);
+        let from = project.join(rel);
+        let equal = match unchanged {
+            Some(true) => true,
+            _ => now_copy.size == now_source.size && same_contents(&from, &to, &mut buffers)?,
+        };
+        if !equal {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut dest = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&to)?;
+            io::copy(&mut std::fs::File::open(&from)?, &mut dest)?;
+            dest.set_permissions(std::fs::Permissions::from_mode(source_mode))?;
+        } else if copy_mode != source_mode {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(source_mode))?;
+        } else if now_source.ctime() + TIME_GRAIN < began {
+            // Known equal now; a later change to either shows in its times
+            // (unless the project's file had just changed: compared again).
+            record[i] = Some((now_copy, now_source));
+        }
+    }
+    copy_files(project, &missing, dir)?;
+    Ok(record)
+}
+
+/// Whether two files hold the same bytes (`buffers`: room to read them,
+/// made once for many calls).
+fn same_contents(a: &Path, b: &Path, buffers: &mut (Vec<u8>, Vec<u8>)) -> io::Result<bool> {
+    use std::io::Read;
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (x, y) = buffers;
+    x.resize(64 * 1024, 0);
+    y.resize(64 * 1024, 0);
+    loop {
+        let n = a.read(x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        let mut got = 0;
+        while got < n {
+            let m = b.read(&mut y[got..n])?;
+            if m == 0 {
+                return Ok(false);
+            }
+            got += m;
+        }
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// A project of three files (one in a folder, one a symlink) and its
+    /// list, as a run takes them.
+    fn small_project() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("lib")).expect("mkdir");
+        std::fs::write(src.path().join("lib/a.txt"), "alpha").expect("write");
+        std::fs::write(src.path().join("run.sh"), "echo hi").expect("write");
+        std::os::unix::fs::symlink("lib/a.txt", src.path().join("link")).expect("symlink");
+        let files = project_files(src.path(), Path::new("/nonexistent")).expect("list");
+        (src, files)
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).expect("read")
+    }
+
+    #[test]
+    fn a_spare_workspace_holds_exactly_the_project_again_whatever_the_job_did() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let outside = runs.path().join("outside.txt");
+        std::fs::write(&outside, "not the job's").expect("write");
+        let spares = Spares::new(10, 4);
+        let ws = runs.path().join("a.1");
+        copy_files(src.path(), &files, &ws).expect("copy");
+        let inode = std::fs::metadata(ws.join("lib/a.txt")).expect("meta").ino();
+        // What a job may do to its workspace.
+        std::fs::write(ws.join("lib/a.txt"), "edited").expect("write");
+        std::fs::set_permissions(ws.join("lib/a.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::remove_file(ws.join("run.sh")).expect("rm");
+        std::os::unix::fs::symlink(&outside, ws.join("run.sh")).expect("symlink");
+        std::fs::create_dir_all(ws.join("target/debug")).expect("mkdir");
+        std::fs::write(ws.join("target/debug/out"), "built").expect("write");
+        std::fs::write(ws.join("new.txt"), "new").expect("write");
+        std::fs::remove_file(ws.join("link")).expect("rm");
+        std::fs::create_dir(ws.join(".git")).expect("mkdir");
+        spares.give(src.path(), &files, &ws, &|rel| rel == Path::new(".git"));
+        assert!(!ws.exists(), "given back under another name");
+        let next = runs.path().join("b.1");
+        assert!(spares.take(&next));
+        assert_eq!(read(&next.join("lib/a.txt")), "alpha");
+        let meta = std::fs::metadata(next.join("lib/a.txt")).expect("meta");
+        assert_eq!(meta.ino(), inode, "rewritten in place, not made anew");
+        let want = std::fs::metadata(src.path().join("lib/a.txt"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(meta.permissions().mode(), want);
+        assert_eq!(read(&next.join("run.sh")), "echo hi");
+        assert!(std::fs::symlink_metadata(next.join("run.sh")).expect("meta").is_file());
+        assert_eq!(read(&outside), "not the job's", "never written through a symlink");
+        assert_eq!(
+            std::fs::read_link(next.join("link")).expect("link"),
+            PathBuf::from("lib/a.txt")
+        );
+        assert!(next.join(".git").is_dir(), "kept: `extra` accepted it");
+        let mut left: Vec<String> = std::fs::read_dir(&next)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".git", "lib", "link", "run.sh"]);
+        assert!(!spares.take(&runs.path().join("c.1")), "one spare, taken");
+    }
+
+    #[test]
+    fn a_change_made_right_after_the_take_is_seen_even_with_the_same_size_and_times() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let spares = Spares::new(10, 4);
+        let ws = runs.path().join("a.1");
+        copy_files(src.path(), &files, &ws).expect("copy");
+        spares.give(src.path(), &files, &ws, &|_| false);
+        for round in 0..3 {
+            let ws = runs.path().join(format!("j.{round}"));
+            assert!(spares.take(&ws));
+            assert_eq!(read(&ws.join("lib/a.txt")), "alpha", "round {round}");
+            // Same size, at once: the times may not move.
+            std::fs::write(ws.join("lib/a.txt"), "ALPHA").expect("write");
+            spares.give(src.path(), &files, &ws, &|_| false);
+        }
+        // A change in the project reaches the next job.
+        std::fs::write(src.path().join("run.sh"), "echo HI").expect("write");
+        let ws = runs.path().join("last.1");
+        assert!(spares.take(&ws));
+        assert_eq!(read(&ws.join("lib/a.txt")), "alpha");
+        spares.give(src.path(), &files, &ws, &|_| false);
+        assert!(spares.take(&ws));
+        assert_eq!(read(&ws.join("run.sh")), "echo HI");
+    }
+
+    #[test]
+    fn no_more_spares_are_kept_than_jobs_yet_to_start() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let spares = Spares::new(1, 8);
+        spares.started();
+        let ws = runs.path().join("a.1");
+        copy_files(src.path(), &files, &ws).expect("copy");
+        spares.give(src.path(), &files, &ws, &|_| false);
+        assert!(!ws.exists(), "removed");
+        assert!(!spares.take(&runs.path().join("b.1")));
+        assert_eq!(std::fs::read_dir(runs.path()).expect("read").count(), 0);
+    }
 
     #[test]
     fn plain_directories_are_copied_whole() {
