@@ -198,6 +198,9 @@ enum Cmd {
         /// Keep each attempt's workspace under the run folder.
         #[arg(long)]
         keep_workspaces: bool,
+        /// Say how the run is set up (workspaces, containment) before it starts.
+        #[arg(long)]
+        verbose: bool,
         /// The project whose files jobs see (default: the pipeline file's directory).
         #[arg(long, value_name = "DIR")]
         project_dir: Option<PathBuf>,
@@ -495,6 +498,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             repeat,
             in_place,
             keep_workspaces,
+            verbose,
             project_dir,
             kill_grace,
         } => {
@@ -641,6 +645,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     docker,
                 });
                 let handle = engine::spawn(pipeline, plan, cfg)?;
+                if verbose {
+                    for line in handle.setup() {
+                        eprintln!("trackside: {line}");
+                    }
+                }
                 let swept = sweep.await.unwrap_or(0);
                 if swept > 0 {
                     eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");

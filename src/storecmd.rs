@@ -247,6 +247,13 @@ pub fn gc(state: &Path, flags: GcFlags) -> Result<u8, Fail> {
             outln!("removed {kept} container(s) kept by --keep-failed (of removed runs, or older than 7 days)");
         }
     }
+    if r.spares_removed > 0 {
+        outln!(
+            "{verb} {} spare workspace(s) kept for later jobs in {}",
+            r.spares_removed,
+            state.join("spares").display()
+        );
+    }
     if r.temp_files_removed > 0 {
         outln!(
             "{verb} {} partial file(s) ({} bytes) that crashed writers left in {}",

@@ -19,7 +19,8 @@ It prints medians of wall time, and the peak memory (max RSS) and CPU time
 (user + system, children included) that wait4 reports for each process.
 
 Needs a release build (cargo build --release; $TRACKSIDE names another
-binary, to compare builds). wrkflw is looked for in
+binary, to compare builds), and GNU time for the memory column
+(apt-get install time). wrkflw is looked for in
 $PEERS/wrkflw-bin/bin (default /tmp/peers; `cargo install wrkflw --root
 /tmp/peers/wrkflw-bin`); without it, that column is left out.
 """
@@ -36,18 +37,24 @@ HERE = Path(__file__).resolve().parents[2]
 TRACKSIDE = Path(os.environ.get("TRACKSIDE", HERE / "target/release/trackside"))
 WRKFLW = Path(os.environ.get("PEERS", "/tmp/peers")) / "wrkflw-bin/bin/wrkflw"
 CORES = os.cpu_count() or 2
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
 
 
 def measure(cmd, cwd):
-    """Wall seconds, max RSS (MiB) and CPU seconds of one run of `cmd`."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}")
-    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    """Wall seconds, max RSS (MiB) and CPU seconds of one run of `cmd`.
+
+    The peak memory comes from GNU time (Debian's `time`): a process started
+    from this Python inherits Python's resident size as its first peak."""
+    with tempfile.NamedTemporaryFile("r") as out:
+        timed = [GNU_TIME, "-f", "%M", "-o", out.name] if GNU_TIME else []
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(timed + cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(map(str, cmd))}")
+        rss = int(out.read().split()[-1]) / 1024 if GNU_TIME else float("nan")
+    return wall, rss, usage.ru_utime + usage.ru_stime
 
 
 def native(jobs):

@@ -154,6 +154,8 @@ pub struct EngineHandle {
     finished: watch::Receiver<Option<RunSummary>>,
     run_dir: PathBuf,
     run_id: String,
+    /// How the run was set up, a line a fact (`run --verbose`).
+    setup: Arc<Vec<String>>,
 }
 
 impl EngineHandle {
@@ -164,6 +166,12 @@ impl EngineHandle {
 
     pub fn run_dir(&self) -> &std::path::Path {
         &self.run_dir
+    }
+
+    /// How the run was set up: where jobs run, how their workspaces are
+    /// made, how their processes are contained (`run --verbose`).
+    pub fn setup(&self) -> &[String] {
+        &self.setup
     }
 
     pub fn run_id(&self) -> &str {
@@ -304,7 +312,12 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     });
     let listing = (!cfg.in_place).then(|| {
         let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
-        std::thread::spawn(move || workspace::project_files(&project, &state))
+        std::thread::spawn(move || {
+            workspace::project_files(&project, &state).map(|files| {
+                let bytes = workspace::total_size(&project, &files);
+                (files, bytes)
+            })
+        })
     });
     let masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
     let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
@@ -326,8 +339,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let git_repo = (pipeline.git_checkout && !cfg.in_place)
         .then(|| crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref()))
         .flatten();
-    let files = match listing.map(std::thread::JoinHandle::join) {
-        None => Vec::new(),
+    let (files, bytes) = match listing.map(std::thread::JoinHandle::join) {
+        None => (Vec::new(), 0),
         Some(Ok(listed)) => listed.map_err(|source| EngineError::Project {
             dir: cfg.project_dir.clone(),
             source,
@@ -339,6 +352,12 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             )));
         }
     };
+    let spares = Arc::new(workspace::Spares::open(
+        &cfg.state_dir,
+        &cfg.project_dir,
+        files.len(),
+        bytes,
+    ));
     let pipeline = Arc::new(pipeline);
     let ctx = Arc::new(RunContext {
         run_id: cfg.run_id.clone(),
@@ -365,7 +384,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
         git_repo,
-        spares: Arc::new(workspace::Spares::new(pipeline.jobs.len(), cfg.max_parallel.max(1))),
+        spares,
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
@@ -396,6 +415,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         finished,
         run_dir: record.dir().to_path_buf(),
         run_id: cfg.run_id.clone(),
+        setup: Arc::new(setup_notes(&ctx)),
     };
     let actor = Actor {
         state,
@@ -429,6 +449,37 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// What `run --verbose` says of the run's set-up.
+fn setup_notes(ctx: &RunContext) -> Vec<String> {
+    let mut notes = Vec::new();
+    if ctx.in_place {
+        notes.push(format!(
+            "workspace: the project itself, {} (--in-place)",
+            ctx.project_dir.display()
+        ));
+    } else {
+        let bytes = workspace::total_size(&ctx.project_dir, &ctx.files);
+        notes.push(format!(
+            "workspace: a fresh copy per job of {} file(s), {bytes} bytes, of {}; {}",
+            ctx.files.len(),
+            ctx.project_dir.display(),
+            ctx.spares.describe()
+        ));
+        if let Some(repo) = &ctx.git_repo {
+            notes.push(format!(
+                "git: each host job's .git links to the run's repository {} (container jobs get a clone)",
+                repo.git_dir.display()
+            ));
+        }
+    }
+    notes.push(if crate::exec::contain::available() {
+        "processes: each host step in a process group and a cgroup of its own, killed when the step ends".to_string()
+    } else {
+        "processes: each host step in a process group, tagged; no writable cgroup2 hierarchy, so a process that leaves the group is found by its tag".to_string()
+    });
+    notes
 }
 
 /// `env.X` for conditionals: each job's variables as at its first attempt.
@@ -578,8 +629,6 @@ impl Actor {
         self.attempts.close();
         self.attempts.wait().await;
         crate::exec::contain::release_idle();
-        let ctx = self.ctx.clone();
-        let _ = tokio::task::spawn_blocking(move || ctx.spares.remove_all()).await;
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         for r in self.shutdown.drain(..) {
             let _ = r.send(());
@@ -977,9 +1026,6 @@ impl Actor {
     }
 
     fn start_attempt(&mut self, job: JobId, attempt: u32) {
-        if attempt == 1 {
-            self.ctx.spares.started();
-        }
         let token = CancellationToken::new();
         self.running.insert(job, token.clone());
         // `job.<name>.status` in `${{ }}` needs a snapshot of every status; it

@@ -265,15 +265,7 @@ impl Leftovers {
         let c = ctx.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(ws) = self.workspace {
-                // A job's own `.git` (a container job's clone) goes; the
-                // shared one stays while its links are the run's.
-                let extra = |rel: &Path| {
-                    rel == Path::new(".git")
-                        && c.git_repo
-                            .as_ref()
-                            .is_some_and(|repo| crate::exec::git::linked(&ws, repo))
-                };
-                c.spares.give(&c.project_dir, &c.files, &ws, &extra);
+                c.spares.give(&ws);
             }
             if let Some(dir) = self.files {
                 let _ = std::fs::remove_dir_all(dir);
@@ -408,18 +400,22 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         let copied = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
             // An ended job's workspace, already made fresh, else a copy.
-            if !c.spares.take(&dest) {
+            // A spare keeps its `.git` only while it is the run's.
+            let extra = |rel: &Path| {
+                rel == Path::new(".git")
+                    && !in_container
+                    && c.git_repo
+                        .as_ref()
+                        .is_some_and(|repo| crate::exec::git::linked(&dest, repo))
+            };
+            if !c.spares.take(&c.project_dir, &c.files, &dest, &extra) {
                 workspace::copy_files(&c.project_dir, &c.files, &dest)?;
             }
-            // A GitLab job sees a git repository, as a runner's checkout
-            // (a spare keeps its `.git` only while it is intact).
+            // A GitLab job sees a git repository, as a runner's checkout.
             if let Some(repo) = &c.git_repo {
                 let dot_git = dest.join(".git");
                 if in_container {
                     // Its own clone: the shared links name host paths.
-                    if dot_git.exists() {
-                        std::fs::remove_dir_all(&dot_git)?;
-                    }
                     crate::exec::git::own_repository(&c.project_dir, &dest)?;
                 } else if !dot_git.exists() {
                     crate::exec::git::link_git(&dest, repo)?;
@@ -1068,7 +1064,12 @@ mod tests {
             artifact_bytes: Default::default(),
             borrowed_artifacts: BTreeMap::new(),
             git_repo: None,
-            spares: Default::default(),
+            spares: Arc::new(workspace::Spares::open(
+                Path::new("/nonexistent"),
+                Path::new("/tmp/p"),
+                0,
+                0,
+            )),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -68,6 +68,30 @@ fn walk(root: &Path, rel: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
+/// The kind of file system `dir` (or its nearest existing ancestor) is on.
+fn filesystem(dir: &Path) -> String {
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, statfs};
+    let Some(st) = dir.ancestors().find_map(|d| statfs(d).ok()) else {
+        return "an unknown file system".into();
+    };
+    match st.filesystem_type() {
+        BTRFS_SUPER_MAGIC => "btrfs".into(),
+        XFS_SUPER_MAGIC => "XFS".into(),
+        EXT4_SUPER_MAGIC => "ext2/3/4".into(),
+        TMPFS_MAGIC => "tmpfs".into(),
+        other => format!("file system type {:#x}", other.0),
+    }
+}
+
+/// What `files` of `project` hold, in bytes (what a copy of them takes).
+pub fn total_size(project: &Path, files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::symlink_metadata(project.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Copies `files` from `project` into `dest` (created), keeping modes and
 /// symlinks. Files listed but gone (deleted, not yet committed) are skipped.
 pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<u64> {
@@ -100,45 +124,59 @@ pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<
     Ok(copied)
 }
 
-/// Workspaces of ended jobs, made to hold the project's files again and
-/// kept for the next jobs instead of removed.
+/// Workspaces of ended jobs, kept to be made fresh again for the next jobs
+/// (of this run or a later one) instead of removed and copied anew.
 ///
 /// A fresh copy costs a folder and a file per project file, and removing it
 /// frees as many. On a file system that skips recently freed inodes when it
-/// allocates (ext4 without a journal does, for minutes), a run that makes
-/// and removes a workspace per job gets slower with every job; on any file
+/// allocates (ext4 without a journal does, for minutes), every job that
+/// makes and removes a workspace makes the next ones slower; on any file
 /// system a project of 10,000 files costs 10,000 copies per job. A spare
-/// costs a rename to take, and [`refresh`] to give back: it removes what
-/// the job added and brings back what it changed, comparing each project
-/// file's status with the one recorded when the workspace was last made
-/// fresh, so an unchanged file costs two `lstat`s. The next job still starts
-/// from exactly the project's files.
-#[derive(Debug, Default)]
+/// costs a rename to take and [`refresh`]: it removes what the last job
+/// added and brings back what it changed or what changed in the project,
+/// comparing each file's status with the one recorded when the copy was
+/// last known equal, so an unchanged file costs two `lstat`s. The job still
+/// starts from exactly the project's files.
+///
+/// Spares live in the state directory, one pool per project
+/// (`<state>/spares/<hash of the project's path>/`), at most [`MAX_SPARES`]
+/// and [`SPARE_BYTES`] of copies per project; more are removed.
+#[derive(Debug)]
 pub struct Spares {
+    pool: PathBuf,
+    /// How many spares the pool may hold (from the project's size).
+    most: usize,
     state: std::sync::Mutex<SpareState>,
     next: std::sync::atomic::AtomicU64,
-    /// Jobs yet to start a first attempt: no more spares than that are
-    /// kept (a thousand jobs started at once would only pay to refresh
-    /// workspaces nobody takes).
-    unstarted: std::sync::atomic::AtomicUsize,
-    /// Nor more than jobs may run at once.
-    most: usize,
+    /// Whether the pool's folder is there (made 0700 on first use).
+    made: std::sync::OnceLock<bool>,
 }
+
+/// At most this many spare workspaces per project.
+pub const MAX_SPARES: usize = 1024;
+/// At most this much in spare workspaces per project (counting 4 KiB for
+/// each file and folder at least).
+pub const SPARE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Default)]
 struct SpareState {
-    ready: Vec<(PathBuf, Record)>,
-    /// Spares in use, by the workspace they became, with when they were taken.
-    taken: std::collections::HashMap<PathBuf, (Record, std::time::SystemTime)>,
+    /// Spares found in the pool when the run began, not yet looked at.
+    found: Option<Vec<PathBuf>>,
+    /// Spares this run gave back, with what is known of their files.
+    ready: Vec<(PathBuf, Option<Known>)>,
+    /// Spares in use, by the workspace they became.
+    taken: std::collections::HashMap<PathBuf, Known>,
 }
 
 /// Per project file (the run's list, in order), the status of the
 /// workspace's copy and of the project's file when the copy was last known
-/// equal to it; `None` where unknown.
-type Record = Vec<Option<(Stamp, Stamp)>>;
-
-/// A spare's record, and when its job took it.
-type Known<'a> = (&'a [Option<(Stamp, Stamp)>], std::time::SystemTime);
+/// equal to it (`None` where unknown), and when the job that used the copy
+/// began.
+#[derive(Debug)]
+struct Known {
+    stamps: Vec<Option<(Stamp, Stamp)>>,
+    taken: std::time::SystemTime,
+}
 
 /// A project file found in place: the copy's status and mode, the
 /// project's, and whether it is a symlink (with the same target).
@@ -168,8 +206,11 @@ impl Stamp {
 
     fn ctime(&self) -> std::time::SystemTime {
         let (s, ns) = self.ctime;
-        let secs = std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
-        std::time::UNIX_EPOCH + secs
+        let since = std::time::Duration::new(
+            u64::try_from(s).unwrap_or(0),
+            u32::try_from(ns).unwrap_or(0).min(999_999_999),
+        );
+        std::time::UNIX_EPOCH + since
     }
 }
 
@@ -179,70 +220,105 @@ impl Stamp {
 const TIME_GRAIN: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Spares {
-    /// A pool for a run of `jobs` jobs, `parallel` at a time.
-    pub fn new(jobs: usize, parallel: usize) -> Spares {
+    /// The pool of `project`'s spare workspaces in `state`; `bytes` is what
+    /// one copy of the project holds and `files` how many files it has.
+    pub fn open(state: &Path, project: &Path, files: usize, bytes: u64) -> Spares {
+        use sha2::Digest;
+        let key = sha2::Sha256::digest(project.as_os_str().as_encoded_bytes());
+        let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let per_copy = bytes.saturating_add(4096 * (files as u64 + 1));
+        let most = usize::try_from(SPARE_BYTES / per_copy.max(1))
+            .unwrap_or(MAX_SPARES)
+            .min(MAX_SPARES);
         Spares {
-            unstarted: jobs.into(),
-            most: parallel,
-            ..Spares::default()
+            pool: state.join("spares").join(key),
+            most,
+            state: Default::default(),
+            next: Default::default(),
+            made: Default::default(),
         }
+    }
+
+    /// How workspaces are made, in a line (`run --verbose`).
+    pub fn describe(&self) -> String {
+        let waiting = std::fs::read_dir(&self.pool).map_or(0, Iterator::count);
+        let fs = filesystem(self.pool.parent().unwrap_or(&self.pool));
+        format!(
+            "copies by copy_file_range on {fs} (blocks shared where the file system can: btrfs, XFS with reflink); \
+             an ended job's workspace is kept in {} and made fresh for the next job ({waiting} there now, \
+             at most {}; `trackside gc` removes them)",
+            self.pool.display(),
+            self.most
+        )
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SpareState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One more job started its first attempt.
-    pub fn started(&self) {
-        use std::sync::atomic::Ordering;
-        let _ = self
-            .unstarted
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// Moves a spare workspace to `dest` (which must not exist); false when
-    /// there is none.
-    pub fn take(&self, dest: &Path) -> bool {
-        let Some((dir, record)) = self.state().ready.pop() else {
-            return false;
-        };
-        if std::fs::rename(&dir, dest).is_ok() {
-            let now = std::time::SystemTime::now();
-            self.state().taken.insert(dest.to_path_buf(), (record, now));
-            return true;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        false
-    }
-
-    /// Makes `ws` hold `files` of `project` again and keeps it beside
-    /// itself as a spare; removes it when that fails, or when there are
-    /// already as many spares as jobs yet to start, or as may run at once. `extra` names
-    /// top-level entries that are not project files and may stay (a job's
-    /// `.git`).
-    pub fn give(&self, project: &Path, files: &[PathBuf], ws: &Path, extra: &dyn Fn(&Path) -> bool) {
-        let known = self.state().taken.remove(ws);
-        let spares = self.state().ready.len();
-        if spares >= self.most.min(self.unstarted.load(std::sync::atomic::Ordering::Relaxed)) {
-            let _ = std::fs::remove_dir_all(ws);
-            return;
-        }
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spare = ws.with_file_name(format!(".spare-{n}"));
-        let known = known.as_ref().map(|(r, taken)| (r.as_slice(), *taken));
-        match refresh(project, files, ws, extra, known).and_then(|r| std::fs::rename(ws, &spare).map(|()| r)) {
-            Ok(record) => self.state().ready.push((spare, record)),
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(ws);
+    /// Makes `dest` (which must not exist) a workspace holding exactly
+    /// `files` of `project`, from a spare; false when there is none (or
+    /// none could be made fresh: it is removed). `extra` names top-level
+    /// entries that are not project files and may stay (a job's `.git`).
+    pub fn take(&self, project: &Path, files: &[PathBuf], dest: &Path, extra: &dyn Fn(&Path) -> bool) -> bool {
+        loop {
+            let next = {
+                let mut st = self.state();
+                match st.ready.pop() {
+                    Some(spare) => Some(spare),
+                    None => {
+                        let pool = &self.pool;
+                        let found = st.found.get_or_insert_with(|| {
+                            std::fs::read_dir(pool)
+                                .map(|d| d.flatten().map(|e| e.path()).collect())
+                                .unwrap_or_default()
+                        });
+                        found.pop().map(|dir| (dir, None))
+                    }
+                }
+            };
+            let Some((dir, known)) = next else {
+                return false;
+            };
+            // Another trackside may have taken it first: try the next one.
+            if std::fs::rename(&dir, dest).is_err() {
+                continue;
+            }
+            let known = known.as_ref().map(|k| (k.stamps.as_slice(), k.taken));
+            match refresh(project, files, dest, extra, known) {
+                Ok(stamps) => {
+                    let taken = std::time::SystemTime::now();
+                    self.state().taken.insert(dest.to_path_buf(), Known { stamps, taken });
+                    return true;
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(dest);
+                    return false;
+                }
             }
         }
     }
 
-    /// Removes every spare (at the end of the run).
-    pub fn remove_all(&self) {
-        let ready = std::mem::take(&mut self.state().ready);
-        for (dir, _) in ready {
-            let _ = std::fs::remove_dir_all(dir);
+    /// Keeps `ws`, a workspace whose job ended, as a spare; removes it
+    /// when the pool is full.
+    pub fn give(&self, ws: &Path) {
+        let known = self.state().taken.remove(ws);
+        let held = {
+            let st = self.state();
+            st.ready.len() + st.taken.len() + st.found.as_ref().map_or(0, Vec::len)
+        };
+        let made = *self.made.get_or_init(|| crate::store::private_dir(&self.pool).is_ok());
+        if held >= self.most || !made {
+            let _ = std::fs::remove_dir_all(ws);
+            return;
+        }
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spare = self.pool.join(format!("{}-{n}", std::process::id()));
+        match std::fs::rename(ws, &spare) {
+            Ok(()) => self.state().ready.push((spare, known)),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(ws);
+            }
         }
     }
 }
@@ -264,8 +340,8 @@ fn refresh(
     files: &[PathBuf],
     dir: &Path,
     extra: &dyn Fn(&Path) -> bool,
-    known: Option<Known<'_>>,
-) -> io::Result<Record> {
+    known: Option<(&[Option<(Stamp, Stamp)>], std::time::SystemTime)>,
+) -> io::Result<Vec<Option<(Stamp, Stamp)>>> {
     use std::collections::{HashMap, HashSet};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let wanted: HashMap<&Path, usize> = files.iter().enumerate().map(|(i, f)| (f.as_path(), i)).collect();
@@ -328,7 +404,7 @@ fn refresh(
     if std::fs::symlink_metadata(dir)?.permissions().mode() & 0o7777 != folder_mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(folder_mode))?;
     }
-    let mut record: Record = vec![None; files.len()];
+    let mut record = vec![None; files.len()];
     let mut buffers = (Vec::new(), Vec::new());
     let mut missing = Vec::new();
     for (i, rel) in files.iter().enumerate() {
@@ -421,6 +497,11 @@ mod tests {
         std::fs::read_to_string(p).expect("read")
     }
 
+    /// A pool in a fresh state directory for `project`.
+    fn pool(state: &Path, project: &Path, files: &[PathBuf]) -> Spares {
+        Spares::open(state, project, files.len(), total_size(project, files))
+    }
+
     #[test]
     fn a_spare_workspace_holds_exactly_the_project_again_whatever_the_job_did() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -428,7 +509,7 @@ mod tests {
         let runs = tempfile::tempdir().expect("tempdir");
         let outside = runs.path().join("outside.txt");
         std::fs::write(&outside, "not the job's").expect("write");
-        let spares = Spares::new(10, 4);
+        let spares = pool(&runs.path().join("state"), src.path(), &files);
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
         let inode = std::fs::metadata(ws.join("lib/a.txt")).expect("meta").ino();
@@ -442,10 +523,10 @@ mod tests {
         std::fs::write(ws.join("new.txt"), "new").expect("write");
         std::fs::remove_file(ws.join("link")).expect("rm");
         std::fs::create_dir(ws.join(".git")).expect("mkdir");
-        spares.give(src.path(), &files, &ws, &|rel| rel == Path::new(".git"));
-        assert!(!ws.exists(), "given back under another name");
+        spares.give(&ws);
+        assert!(!ws.exists(), "kept in the pool");
         let next = runs.path().join("b.1");
-        assert!(spares.take(&next));
+        assert!(spares.take(src.path(), &files, &next, &|rel| rel == Path::new(".git")));
         assert_eq!(read(&next.join("lib/a.txt")), "alpha");
         let meta = std::fs::metadata(next.join("lib/a.txt")).expect("meta");
         assert_eq!(meta.ino(), inode, "rewritten in place, not made anew");
@@ -468,47 +549,76 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".git", "lib", "link", "run.sh"]);
-        assert!(!spares.take(&runs.path().join("c.1")), "one spare, taken");
+        assert!(!spares.take(src.path(), &files, &runs.path().join("c.1"), &|_| false));
     }
 
     #[test]
     fn a_change_made_right_after_the_take_is_seen_even_with_the_same_size_and_times() {
         let (src, files) = small_project();
         let runs = tempfile::tempdir().expect("tempdir");
-        let spares = Spares::new(10, 4);
+        let spares = pool(&runs.path().join("state"), src.path(), &files);
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
-        spares.give(src.path(), &files, &ws, &|_| false);
-        for round in 0..3 {
+        spares.give(&ws);
+        for round in 0..4 {
             let ws = runs.path().join(format!("j.{round}"));
-            assert!(spares.take(&ws));
+            assert!(spares.take(src.path(), &files, &ws, &|_| false));
             assert_eq!(read(&ws.join("lib/a.txt")), "alpha", "round {round}");
             // Same size, at once: the times may not move.
             std::fs::write(ws.join("lib/a.txt"), "ALPHA").expect("write");
-            spares.give(src.path(), &files, &ws, &|_| false);
+            spares.give(&ws);
         }
-        // A change in the project reaches the next job.
-        std::fs::write(src.path().join("run.sh"), "echo HI").expect("write");
-        let ws = runs.path().join("last.1");
-        assert!(spares.take(&ws));
+        // Once its status is settled, a change still shows.
+        let ws = runs.path().join("settled.1");
+        assert!(spares.take(src.path(), &files, &ws, &|_| false));
+        spares.give(&ws);
+        std::thread::sleep(TIME_GRAIN * 2);
+        assert!(spares.take(src.path(), &files, &ws, &|_| false));
+        std::fs::write(ws.join("lib/a.txt"), "ALPHA").expect("write");
+        spares.give(&ws);
+        assert!(spares.take(src.path(), &files, &ws, &|_| false));
         assert_eq!(read(&ws.join("lib/a.txt")), "alpha");
-        spares.give(src.path(), &files, &ws, &|_| false);
-        assert!(spares.take(&ws));
+        // A change in the project reaches the next job.
+        spares.give(&ws);
+        std::fs::write(src.path().join("run.sh"), "echo HI").expect("write");
+        assert!(spares.take(src.path(), &files, &ws, &|_| false));
         assert_eq!(read(&ws.join("run.sh")), "echo HI");
     }
 
     #[test]
-    fn no_more_spares_are_kept_than_jobs_yet_to_start() {
+    fn spares_outlive_the_run_and_a_project_edited_between_runs_is_seen() {
         let (src, files) = small_project();
         let runs = tempfile::tempdir().expect("tempdir");
-        let spares = Spares::new(1, 8);
-        spares.started();
+        let state = runs.path().join("state");
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
-        spares.give(src.path(), &files, &ws, &|_| false);
+        pool(&state, src.path(), &files).give(&ws);
+        std::fs::write(src.path().join("lib/a.txt"), "beta").expect("write");
+        std::fs::remove_file(src.path().join("run.sh")).expect("rm");
+        let later = pool(&state, src.path(), &files);
+        let next = runs.path().join("b.1");
+        assert!(later.take(src.path(), &files, &next, &|_| false));
+        assert_eq!(read(&next.join("lib/a.txt")), "beta");
+        assert!(
+            !next.join("run.sh").exists(),
+            "gone from the project, gone from the job"
+        );
+        // Another project's pool is another folder.
+        let other = tempfile::tempdir().expect("tempdir");
+        assert!(!pool(&state, other.path(), &[]).take(other.path(), &[], &runs.path().join("c.1"), &|_| false));
+    }
+
+    #[test]
+    fn a_full_pool_removes_what_it_is_given() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        // A project too large for one spare.
+        let spares = Spares::open(&runs.path().join("state"), src.path(), files.len(), SPARE_BYTES);
+        let ws = runs.path().join("a.1");
+        copy_files(src.path(), &files, &ws).expect("copy");
+        spares.give(&ws);
         assert!(!ws.exists(), "removed");
-        assert!(!spares.take(&runs.path().join("b.1")));
-        assert_eq!(std::fs::read_dir(runs.path()).expect("read").count(), 0);
+        assert!(!spares.take(src.path(), &files, &runs.path().join("b.1"), &|_| false));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Report {
     /// Partial files of writers that crashed (`objects/tmp`).
     pub temp_files_removed: usize,
     pub temp_bytes_freed: u64,
+    /// Spare workspaces kept for later jobs (`<state>/spares`).
+    pub spares_removed: usize,
 }
 
 /// `gc:` in `<state>/config.yml`; flags override it field by field.
@@ -415,7 +417,25 @@ pub fn collect_garbage(state: &Path, policy: &Policy) -> Result<Report, StoreErr
         report.bytes_freed += size;
     }
     (report.temp_files_removed, report.temp_bytes_freed) = objects.stale_temps(policy.dry_run);
+    report.spares_removed = remove_spares(state, policy.dry_run);
     Ok(report)
+}
+
+/// Spare workspaces ([`crate::exec::workspace::Spares`]) are copies of
+/// projects kept to save later jobs a copy: a collection drops them all
+/// (a running trackside that loses one copies instead). How many there were.
+fn remove_spares(state: &Path, dry_run: bool) -> usize {
+    let Ok(pools) = std::fs::read_dir(state.join("spares")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for pool in pools.flatten() {
+        n += std::fs::read_dir(pool.path()).map_or(0, Iterator::count);
+        if !dry_run {
+            let _ = std::fs::remove_dir_all(pool.path());
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -510,6 +530,34 @@ mod tests {
             "a running job may still need them"
         );
         assert_eq!(index.artifact("done", "j").expect("get"), None);
+    }
+
+    #[test]
+    fn a_collection_drops_spare_workspaces_and_a_dry_run_only_counts_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path();
+        let _index = Index::open(state).expect("index");
+        for spare in ["p1/10-0", "p1/10-1", "p2/11-0"] {
+            std::fs::create_dir_all(state.join("spares").join(spare).join("src")).expect("mkdir");
+            std::fs::write(state.join("spares").join(spare).join("src/f"), "x").expect("write");
+        }
+        let policy = Policy {
+            keep_last: Some(10),
+            dry_run: true,
+            ..Policy::default()
+        };
+        assert_eq!(collect_garbage(state, &policy).expect("dry").spares_removed, 3);
+        assert!(state.join("spares/p1/10-0/src/f").exists(), "a dry run deletes nothing");
+        let r = collect_garbage(
+            state,
+            &Policy {
+                dry_run: false,
+                ..policy
+            },
+        )
+        .expect("gc");
+        assert_eq!(r.spares_removed, 3);
+        assert_eq!(std::fs::read_dir(state.join("spares")).expect("read").count(), 0);
     }
 
     #[test]
