@@ -174,9 +174,11 @@ struct SpareState {
 /// began.
 #[derive(Debug)]
 struct Known {
-    stamps: Vec<Option<(Stamp, Stamp)>>,
+    stamps: Stamps,
     taken: std::time::SystemTime,
 }
+
+type Stamps = Vec<Option<(Stamp, Stamp)>>;
 
 /// A project file found in place: the copy's status and mode, the
 /// project's, and whether it is a symlink (with the same target).
@@ -284,8 +286,7 @@ impl Spares {
             if std::fs::rename(&dir, dest).is_err() {
                 continue;
             }
-            let known = known.as_ref().map(|k| (k.stamps.as_slice(), k.taken));
-            match refresh(project, files, dest, extra, known) {
+            match refresh(project, files, dest, extra, known.as_ref()) {
                 Ok(stamps) => {
                     let taken = std::time::SystemTime::now();
                     self.state().taken.insert(dest.to_path_buf(), Known { stamps, taken });
@@ -340,8 +341,8 @@ fn refresh(
     files: &[PathBuf],
     dir: &Path,
     extra: &dyn Fn(&Path) -> bool,
-    known: Option<(&[Option<(Stamp, Stamp)>], std::time::SystemTime)>,
-) -> io::Result<Vec<Option<(Stamp, Stamp)>>> {
+    known: Option<&Known>,
+) -> io::Result<Stamps> {
     use std::collections::{HashMap, HashSet};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let wanted: HashMap<&Path, usize> = files.iter().enumerate().map(|(i, f)| (f.as_path(), i)).collect();
@@ -415,11 +416,11 @@ fn refresh(
         if link {
             continue;
         }
-        let unchanged = known.and_then(|(k, taken)| {
-            let (was_copy, was_source) = k.get(i).copied().flatten()?;
+        let unchanged = known.and_then(|k| {
+            let (was_copy, was_source) = k.stamps.get(i).copied().flatten()?;
             let same = (was_copy, was_source) == (now_copy, now_source);
             // Too close to when the job began: its change may share the times.
-            let settled = was_copy.ctime() + TIME_GRAIN < taken;
+            let settled = was_copy.ctime() + TIME_GRAIN < k.taken;
             Some(same && settled)
         });
         let to = dir.join(rel);
