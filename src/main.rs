@@ -592,6 +592,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             );
             cfg.in_place = in_place;
             cfg.keep_workspaces = keep_workspaces;
+            cfg.verbose = verbose;
             if let Some(j) = jobs {
                 cfg.max_parallel = j;
             }

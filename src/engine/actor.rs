@@ -56,6 +56,8 @@ pub struct EngineConfig {
     pub project_dir: PathBuf,
     pub in_place: bool,
     pub keep_workspaces: bool,
+    /// Note how the run is set up ([`EngineHandle::setup`]).
+    pub verbose: bool,
     pub max_parallel: usize,
     pub fail_fast: bool,
     /// Headless: end the run when only unapproved manual jobs remain.
@@ -106,6 +108,7 @@ impl EngineConfig {
             project_dir,
             in_place: false,
             keep_workspaces: false,
+            verbose: false,
             max_parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
             fail_fast: false,
             finish_when_blocked: true,
@@ -154,7 +157,7 @@ pub struct EngineHandle {
     finished: watch::Receiver<Option<RunSummary>>,
     run_dir: PathBuf,
     run_id: String,
-    /// How the run was set up, a line a fact (`run --verbose`).
+    /// How the run was set up, a line a fact, when asked (`run --verbose`).
     setup: Arc<Vec<String>>,
 }
 
@@ -357,6 +360,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         &cfg.project_dir,
         files.len(),
         bytes,
+        crate::exec::contain::available(),
     ));
     let pipeline = Arc::new(pipeline);
     let ctx = Arc::new(RunContext {
@@ -415,7 +419,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         finished,
         run_dir: record.dir().to_path_buf(),
         run_id: cfg.run_id.clone(),
-        setup: Arc::new(setup_notes(&ctx)),
+        setup: Arc::new(if cfg.verbose {
+            setup_notes(&ctx, bytes)
+        } else {
+            Vec::new()
+        }),
     };
     let actor = Actor {
         state,
@@ -452,7 +460,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
 }
 
 /// What `run --verbose` says of the run's set-up.
-fn setup_notes(ctx: &RunContext) -> Vec<String> {
+fn setup_notes(ctx: &RunContext, bytes: u64) -> Vec<String> {
     let mut notes = Vec::new();
     if ctx.in_place {
         notes.push(format!(
@@ -460,7 +468,6 @@ fn setup_notes(ctx: &RunContext) -> Vec<String> {
             ctx.project_dir.display()
         ));
     } else {
-        let bytes = workspace::total_size(&ctx.project_dir, &ctx.files);
         notes.push(format!(
             "workspace: a fresh copy per job of {} file(s), {bytes} bytes, of {}; {}",
             ctx.files.len(),

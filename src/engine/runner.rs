@@ -265,7 +265,14 @@ impl Leftovers {
         let c = ctx.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(ws) = self.workspace {
-                c.spares.give(&ws);
+                // The run's `.git` links stay; a container job's clone goes.
+                let extra = |rel: &Path| {
+                    rel == Path::new(".git")
+                        && c.git_repo
+                            .as_ref()
+                            .is_some_and(|repo| crate::exec::git::linked(&ws, repo))
+                };
+                c.spares.give(&c.files, &ws, &extra);
             }
             if let Some(dir) = self.files {
                 let _ = std::fs::remove_dir_all(dir);
@@ -1069,6 +1076,7 @@ mod tests {
                 Path::new("/tmp/p"),
                 0,
                 0,
+                false,
             )),
         };
         let names: Vec<String> = ctx

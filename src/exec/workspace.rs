@@ -92,10 +92,20 @@ pub fn total_size(project: &Path, files: &[PathBuf]) -> u64 {
         .sum()
 }
 
-/// Copies `files` from `project` into `dest` (created), keeping modes and
+/// Copies `files` from `project` into `dest`, which is made and must not
+/// exist (nothing is ever copied over what a job left), keeping modes and
 /// symlinks. Files listed but gone (deleted, not yet committed) are skipped.
 pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<u64> {
-    std::fs::create_dir_all(dest)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::create_dir(dest)?;
+    copy_into(project, files, dest)
+}
+
+/// Copies `files` from `project` into the folder `dest`, where none of
+/// them is.
+fn copy_into(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<u64> {
     let mut copied = 0;
     // Files come sorted, so a folder's files come together: it is made once.
     let mut made: Option<&Path> = None;
@@ -132,22 +142,32 @@ pub fn copy_files(project: &Path, files: &[PathBuf], dest: &Path) -> io::Result<
 /// allocates (ext4 without a journal does, for minutes), every job that
 /// makes and removes a workspace makes the next ones slower; on any file
 /// system a project of 10,000 files costs 10,000 copies per job. A spare
-/// costs a rename to take and [`refresh`]: it removes what the last job
-/// added and brings back what it changed or what changed in the project,
-/// comparing each file's status with the one recorded when the copy was
-/// last known equal, so an unchanged file costs two `lstat`s. The job still
-/// starts from exactly the project's files.
+/// costs a rename to give back, after what is not a project file is
+/// removed from it, and a rename to take and [`refresh`]: it brings back
+/// what the last job changed or what changed in the project, comparing each
+/// file's status with the one recorded when the copy was last known equal,
+/// so an unchanged file costs two `lstat`s. The job still starts from
+/// exactly the project's files.
 ///
 /// Spares live in the state directory, one pool per project
-/// (`<state>/spares/<hash of the project's path>/`), at most [`MAX_SPARES`]
-/// and [`SPARE_BYTES`] of copies per project; more are removed.
+/// (`<state>/spares/<hash of the project's path>/`), about [`MAX_SPARES`]
+/// and [`SPARE_BYTES`] of copies per project at most; more are removed.
+/// They are kept only where every process of a host step is killed with
+/// it (its cgroup): a process that outlived its job could write into the
+/// next job's workspace.
 #[derive(Debug)]
 pub struct Spares {
     pool: PathBuf,
-    /// How many spares the pool may hold (from the project's size).
+    /// How many spares the pool may hold (from the project's size); 0
+    /// keeps none.
     most: usize,
+    /// Whether recorded file status can be trusted: the project and the
+    /// state directory are on local file systems that keep it
+    /// (elsewhere, contents are compared).
+    trust: bool,
+    /// Spares in the pool's folder (this run's count, from what was there).
+    held: std::sync::atomic::AtomicUsize,
     state: std::sync::Mutex<SpareState>,
-    next: std::sync::atomic::AtomicU64,
     /// Whether the pool's folder is there (made 0700 on first use).
     made: std::sync::OnceLock<bool>,
 }
@@ -180,13 +200,20 @@ struct Known {
 
 type Stamps = Vec<Option<(Stamp, Stamp)>>;
 
-/// A project file found in place: the copy's status and mode, the
-/// project's, and whether it is a symlink (with the same target).
-type Found = (Stamp, u32, Stamp, u32, bool);
+/// A project file found in place in a workspace.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    copy: Stamp,
+    copy_mode: u32,
+    source: Stamp,
+    source_mode: u32,
+    /// A symlink with the project's target: nothing to do.
+    link: bool,
+}
 
 /// What changes whenever a file's content or mode does: the kernel sets
 /// `ctime` on every write, truncation, `chmod` and rename, and no program
-/// can set it back.
+/// can set it back on the local file systems where it is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     ino: u64,
@@ -206,13 +233,16 @@ impl Stamp {
         }
     }
 
-    fn ctime(&self) -> std::time::SystemTime {
+    /// Whether the status was set at least [`TIME_GRAIN`] before `t`.
+    fn settled_before(&self, t: std::time::SystemTime) -> bool {
         let (s, ns) = self.ctime;
-        let since = std::time::Duration::new(
-            u64::try_from(s).unwrap_or(0),
-            u32::try_from(ns).unwrap_or(0).min(999_999_999),
-        );
-        std::time::UNIX_EPOCH + since
+        let (Ok(s), Ok(ns)) = (u64::try_from(s), u32::try_from(ns)) else {
+            return false;
+        };
+        std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::new(s, ns.min(999_999_999)))
+            .and_then(|c| c.checked_add(TIME_GRAIN))
+            .is_some_and(|c| c < t)
     }
 }
 
@@ -224,33 +254,52 @@ const TIME_GRAIN: std::time::Duration = std::time::Duration::from_millis(20);
 impl Spares {
     /// The pool of `project`'s spare workspaces in `state`; `bytes` is what
     /// one copy of the project holds and `files` how many files it has.
-    pub fn open(state: &Path, project: &Path, files: usize, bytes: u64) -> Spares {
+    /// Without `contained` (every process of a step killed with it, as
+    /// [`super::contain::available`] says), no spare is kept.
+    pub fn open(state: &Path, project: &Path, files: usize, bytes: u64, contained: bool) -> Spares {
         use sha2::Digest;
         let key = sha2::Sha256::digest(project.as_os_str().as_encoded_bytes());
         let key: String = key.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let per_copy = bytes.saturating_add(4096 * (files as u64 + 1));
-        let most = usize::try_from(SPARE_BYTES / per_copy.max(1))
-            .unwrap_or(MAX_SPARES)
-            .min(MAX_SPARES);
+        let most = if contained {
+            usize::try_from(SPARE_BYTES / per_copy.max(1))
+                .unwrap_or(MAX_SPARES)
+                .min(MAX_SPARES)
+        } else {
+            0
+        };
+        let pool = state.join("spares").join(key);
+        let held = std::fs::read_dir(&pool).map_or(0, Iterator::count);
         Spares {
-            pool: state.join("spares").join(key),
             most,
+            trust: local_fs(project) && local_fs(state),
+            held: held.into(),
+            pool,
             state: Default::default(),
-            next: Default::default(),
             made: Default::default(),
         }
     }
 
     /// How workspaces are made, in a line (`run --verbose`).
     pub fn describe(&self) -> String {
-        let waiting = std::fs::read_dir(&self.pool).map_or(0, Iterator::count);
         let fs = filesystem(self.pool.parent().unwrap_or(&self.pool));
+        let copies = format!(
+            "copies by copy_file_range on {fs} (blocks shared where the file system can: btrfs, XFS with reflink)"
+        );
+        if self.most == 0 {
+            return format!("{copies}; no spare workspaces are kept (no cgroup to stop a job's every process)");
+        }
+        let held = self.held.load(std::sync::atomic::Ordering::Relaxed);
         format!(
-            "copies by copy_file_range on {fs} (blocks shared where the file system can: btrfs, XFS with reflink); \
-             an ended job's workspace is kept in {} and made fresh for the next job ({waiting} there now, \
-             at most {}; `trackside gc` removes them)",
+            "{copies}; an ended job's workspace is kept in {} and made fresh for the next job ({held} there now, \
+             at most {}{}; `trackside gc` removes them)",
             self.pool.display(),
-            self.most
+            self.most,
+            if self.trust {
+                ""
+            } else {
+                "; contents compared, file status not trusted here"
+            }
         )
     }
 
@@ -258,11 +307,28 @@ impl Spares {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn drop_one(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Makes `dest` (which must not exist) a workspace holding exactly
-    /// `files` of `project`, from a spare; false when there is none (or
-    /// none could be made fresh: it is removed). `extra` names top-level
-    /// entries that are not project files and may stay (a job's `.git`).
+    /// `files` of `project`, from a spare; false when there is none, or
+    /// none could be made fresh (it is removed, or moved out of the way).
+    /// `extra` names top-level entries that are not project files and may
+    /// stay (the run's `.git` links).
     pub fn take(&self, project: &Path, files: &[PathBuf], dest: &Path, extra: &dyn Fn(&Path) -> bool) -> bool {
+        if self.most == 0 {
+            return false;
+        }
+        let Some(parent) = dest.parent() else {
+            return false;
+        };
+        if std::fs::create_dir_all(parent).is_err() {
+            return false;
+        }
         loop {
             let next = {
                 let mut st = self.state();
@@ -282,52 +348,129 @@ impl Spares {
             let Some((dir, known)) = next else {
                 return false;
             };
-            // Another trackside may have taken it first: try the next one.
-            if std::fs::rename(&dir, dest).is_err() {
-                continue;
+            match std::fs::rename(&dir, dest) {
+                Ok(()) => self.drop_one(),
+                // Another trackside took it first: try the next one.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.drop_one();
+                    continue;
+                }
+                Err(_) => {
+                    self.state().ready.push((dir, known));
+                    return false;
+                }
             }
-            match refresh(project, files, dest, extra, known.as_ref()) {
+            let known = known.filter(|_| self.trust);
+            // Folders get the mode the run's own folder has (the umask's),
+            // not one a job left.
+            let folder_mode = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(parent).map_or(0o755, |m| m.permissions().mode() & 0o7777)
+            };
+            match refresh(project, files, dest, extra, known.as_ref(), folder_mode) {
                 Ok(stamps) => {
                     let taken = std::time::SystemTime::now();
                     self.state().taken.insert(dest.to_path_buf(), Known { stamps, taken });
                     return true;
                 }
                 Err(_) => {
-                    let _ = std::fs::remove_dir_all(dest);
+                    self.discard(dest);
                     return false;
                 }
             }
         }
     }
 
-    /// Keeps `ws`, a workspace whose job ended, as a spare; removes it
-    /// when the pool is full.
-    pub fn give(&self, ws: &Path) {
-        let known = self.state().taken.remove(ws);
-        let held = {
-            let st = self.state();
-            st.ready.len() + st.taken.len() + st.found.as_ref().map_or(0, Vec::len)
-        };
-        let made = *self.made.get_or_init(|| crate::store::private_dir(&self.pool).is_ok());
-        if held >= self.most || !made {
-            let _ = std::fs::remove_dir_all(ws);
+    /// Removes `ws`; what cannot be removed (a folder a job made
+    /// unwritable, files of another owner) is moved into the pool's
+    /// `trash`, for `trackside gc`, so nothing is ever copied over it.
+    fn discard(&self, ws: &Path) {
+        if std::fs::remove_dir_all(ws).is_ok() || !ws.exists() {
             return;
         }
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spare = self.pool.join(format!("{}-{n}", std::process::id()));
+        let trash = self.pool.with_file_name("trash");
+        let _ = crate::store::private_dir(&trash);
+        let _ = std::fs::rename(ws, trash.join(format!("{:016x}", fastrand::u64(..))));
+    }
+
+    /// Keeps `ws`, a workspace whose job ended, as a spare, after removing
+    /// what is not a project file (what the job made, a container job's
+    /// clone, ...) but the top-level entries `extra` accepts; removes it
+    /// when the pool is full.
+    pub fn give(&self, files: &[PathBuf], ws: &Path, extra: &dyn Fn(&Path) -> bool) {
+        let known = self.state().taken.remove(ws);
+        let made = *self.made.get_or_init(|| crate::store::private_dir(&self.pool).is_ok());
+        let held = self.held.load(std::sync::atomic::Ordering::Relaxed);
+        if held >= self.most || !made || prune(files, ws, extra).is_err() {
+            self.discard(ws);
+            return;
+        }
+        let spare = self.pool.join(format!("{:016x}", fastrand::u64(..)));
         match std::fs::rename(ws, &spare) {
-            Ok(()) => self.state().ready.push((spare, known)),
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(ws);
+            Ok(()) => {
+                self.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.state().ready.push((spare, known));
+            }
+            Err(_) => self.discard(ws),
+        }
+    }
+}
+
+/// Whether `dir` is on a local file system that keeps file status as the
+/// kernel sets it (ext4, XFS, btrfs, tmpfs).
+fn local_fs(dir: &Path) -> bool {
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, statfs};
+    dir.ancestors().find_map(|d| statfs(d).ok()).is_some_and(|st| {
+        [BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC].contains(&st.filesystem_type())
+    })
+}
+
+/// The project's files and the folders that hold them.
+fn wanted(
+    files: &[PathBuf],
+) -> (
+    std::collections::HashMap<&Path, usize>,
+    std::collections::HashSet<&Path>,
+) {
+    let wanted = files.iter().enumerate().map(|(i, f)| (f.as_path(), i)).collect();
+    let folders = files
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    (wanted, folders)
+}
+
+/// Removes from `dir` whatever is neither one of `files` nor a folder
+/// holding one, but the top-level entries `extra` accepts. Symlinks are
+/// removed or kept, never followed.
+fn prune(files: &[PathBuf], dir: &Path, extra: &dyn Fn(&Path) -> bool) -> io::Result<()> {
+    let (wanted, folders) = wanted(files);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&rel))? {
+            let entry = entry?;
+            let rel_path = rel.join(entry.file_name());
+            if rel.as_os_str().is_empty() && extra(&rel_path) {
+                continue;
+            }
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir && folders.contains(rel_path.as_path()) {
+                stack.push(rel_path);
+            } else if is_dir {
+                std::fs::remove_dir_all(entry.path())?;
+            } else if !wanted.contains_key(rel_path.as_path()) {
+                std::fs::remove_file(entry.path())?;
             }
         }
     }
+    Ok(())
 }
 
 /// Makes `dir`, a workspace a job used, hold exactly `files` of `project`
 /// again, as [`copy_files`] made it, and returns the record for the next
 /// time. Whatever is not a project file is removed (but the top-level
-/// entries `extra` accepts). A project file is left alone when both it and
+/// entries `extra` accepts); folders get `folder_mode`. A project file is left alone when both it and
 /// the workspace's copy have the status `known` recorded (the copy was
 /// equal then, and neither changed since), unless that status is so close
 /// to `taken` (when the job got the workspace) that a change may not show
@@ -342,22 +485,15 @@ fn refresh(
     dir: &Path,
     extra: &dyn Fn(&Path) -> bool,
     known: Option<&Known>,
+    folder_mode: u32,
 ) -> io::Result<Stamps> {
-    use std::collections::{HashMap, HashSet};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let wanted: HashMap<&Path, usize> = files.iter().enumerate().map(|(i, f)| (f.as_path(), i)).collect();
-    let folders: HashSet<&Path> = files
-        .iter()
-        .flat_map(|f| f.ancestors().skip(1))
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
+    let (wanted, folders) = wanted(files);
     let began = std::time::SystemTime::now();
     let root = std::fs::symlink_metadata(dir)?;
     if !root.is_dir() {
         return Err(io::Error::other("not a folder"));
     }
-    // Folders get the mode the first copy gave them (the umask's).
-    let folder_mode = root.permissions().mode() & 0o7777;
     let me = nix::unistd::geteuid().as_raw();
     let mut kept: Vec<Option<Found>> = vec![None; files.len()];
     let mut stack = vec![PathBuf::new()];
@@ -394,9 +530,13 @@ fn refresh(
             };
             match (index, source) {
                 (Some(i), Some(source)) if stays => {
-                    let mode = |m: &std::fs::Metadata| m.permissions().mode();
-                    let link = source.file_type().is_symlink();
-                    kept[i] = Some((Stamp::of(&meta), mode(&meta), Stamp::of(&source), mode(&source), link));
+                    kept[i] = Some(Found {
+                        copy: Stamp::of(&meta),
+                        copy_mode: meta.permissions().mode(),
+                        source: Stamp::of(&source),
+                        source_mode: source.permissions().mode(),
+                        link: source.file_type().is_symlink(),
+                    });
                 }
                 _ => std::fs::remove_file(&path)?,
             }
@@ -409,18 +549,19 @@ fn refresh(
     let mut buffers = (Vec::new(), Vec::new());
     let mut missing = Vec::new();
     for (i, rel) in files.iter().enumerate() {
-        let Some((now_copy, copy_mode, now_source, source_mode, link)) = kept[i] else {
+        let Some(found) = kept[i] else {
             missing.push(rel.clone());
             continue;
         };
-        if link {
+        if found.link {
             continue;
         }
+        let (now_copy, now_source) = (found.copy, found.source);
         let unchanged = known.and_then(|k| {
             let (was_copy, was_source) = k.stamps.get(i).copied().flatten()?;
             let same = (was_copy, was_source) == (now_copy, now_source);
             // Too close to when the job began: its change may share the times.
-            let settled = was_copy.ctime() + TIME_GRAIN < k.taken;
+            let settled = was_copy.settled_before(k.taken);
             Some(same && settled)
         });
         let to = dir.join(rel);
@@ -431,22 +572,32 @@ fn refresh(
         };
         if !equal {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut dest = std::fs::OpenOptions::new()
+            let opened = std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&to)?;
-            io::copy(&mut std::fs::File::open(&from)?, &mut dest)?;
-            dest.set_permissions(std::fs::Permissions::from_mode(source_mode))?;
-        } else if copy_mode != source_mode {
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(source_mode))?;
-        } else if now_source.ctime() + TIME_GRAIN < began {
+                .open(&to);
+            match opened {
+                Ok(mut dest) => {
+                    io::copy(&mut std::fs::File::open(&from)?, &mut dest)?;
+                    dest.set_permissions(std::fs::Permissions::from_mode(found.source_mode))?;
+                }
+                // A read-only copy: made again instead.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    std::fs::remove_file(&to)?;
+                    missing.push(rel.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        } else if found.copy_mode != found.source_mode {
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(found.source_mode))?;
+        } else if now_source.settled_before(began) {
             // Known equal now; a later change to either shows in its times
             // (unless the project's file had just changed: compared again).
             record[i] = Some((now_copy, now_source));
         }
     }
-    copy_files(project, &missing, dir)?;
+    copy_into(project, &missing, dir)?;
     Ok(record)
 }
 
@@ -500,7 +651,7 @@ mod tests {
 
     /// A pool in a fresh state directory for `project`.
     fn pool(state: &Path, project: &Path, files: &[PathBuf]) -> Spares {
-        Spares::open(state, project, files.len(), total_size(project, files))
+        Spares::open(state, project, files.len(), total_size(project, files), true)
     }
 
     #[test]
@@ -524,7 +675,7 @@ mod tests {
         std::fs::write(ws.join("new.txt"), "new").expect("write");
         std::fs::remove_file(ws.join("link")).expect("rm");
         std::fs::create_dir(ws.join(".git")).expect("mkdir");
-        spares.give(&ws);
+        spares.give(&files, &ws, &|rel| rel == Path::new(".git"));
         assert!(!ws.exists(), "kept in the pool");
         let next = runs.path().join("b.1");
         assert!(spares.take(src.path(), &files, &next, &|rel| rel == Path::new(".git")));
@@ -560,27 +711,27 @@ mod tests {
         let spares = pool(&runs.path().join("state"), src.path(), &files);
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
-        spares.give(&ws);
+        spares.give(&files, &ws, &|_| false);
         for round in 0..4 {
             let ws = runs.path().join(format!("j.{round}"));
             assert!(spares.take(src.path(), &files, &ws, &|_| false));
             assert_eq!(read(&ws.join("lib/a.txt")), "alpha", "round {round}");
             // Same size, at once: the times may not move.
             std::fs::write(ws.join("lib/a.txt"), "ALPHA").expect("write");
-            spares.give(&ws);
+            spares.give(&files, &ws, &|_| false);
         }
         // Once its status is settled, a change still shows.
         let ws = runs.path().join("settled.1");
         assert!(spares.take(src.path(), &files, &ws, &|_| false));
-        spares.give(&ws);
+        spares.give(&files, &ws, &|_| false);
         std::thread::sleep(TIME_GRAIN * 2);
         assert!(spares.take(src.path(), &files, &ws, &|_| false));
         std::fs::write(ws.join("lib/a.txt"), "ALPHA").expect("write");
-        spares.give(&ws);
+        spares.give(&files, &ws, &|_| false);
         assert!(spares.take(src.path(), &files, &ws, &|_| false));
         assert_eq!(read(&ws.join("lib/a.txt")), "alpha");
         // A change in the project reaches the next job.
-        spares.give(&ws);
+        spares.give(&files, &ws, &|_| false);
         std::fs::write(src.path().join("run.sh"), "echo HI").expect("write");
         assert!(spares.take(src.path(), &files, &ws, &|_| false));
         assert_eq!(read(&ws.join("run.sh")), "echo HI");
@@ -593,11 +744,12 @@ mod tests {
         let state = runs.path().join("state");
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
-        pool(&state, src.path(), &files).give(&ws);
+        pool(&state, src.path(), &files).give(&files, &ws, &|_| false);
         std::fs::write(src.path().join("lib/a.txt"), "beta").expect("write");
         std::fs::remove_file(src.path().join("run.sh")).expect("rm");
         let later = pool(&state, src.path(), &files);
-        let next = runs.path().join("b.1");
+        // The next run's work folder is not there yet.
+        let next = runs.path().join("run2/work/b.1");
         assert!(later.take(src.path(), &files, &next, &|_| false));
         assert_eq!(read(&next.join("lib/a.txt")), "beta");
         assert!(
@@ -610,14 +762,69 @@ mod tests {
     }
 
     #[test]
+    fn runs_after_runs_keep_the_pool_at_its_size() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let state = runs.path().join("state");
+        // A project of which 3 copies fit.
+        let spares = |_| Spares::open(&state, src.path(), files.len(), SPARE_BYTES / 3 - 4096 * 4, true);
+        for run in 0..5 {
+            let pool = spares(run);
+            let mut taken = Vec::new();
+            for job in 0..4 {
+                let ws = runs.path().join(format!("r{run}/work/j{job}.1"));
+                if !pool.take(src.path(), &files, &ws, &|_| false) {
+                    copy_files(src.path(), &files, &ws).expect("copy");
+                }
+                assert_eq!(read(&ws.join("lib/a.txt")), "alpha");
+                taken.push(ws);
+            }
+            for ws in &taken {
+                std::fs::write(ws.join("output.bin"), "job output").expect("write");
+                pool.give(&files, ws, &|_| false);
+            }
+            let kept = std::fs::read_dir(&pool.pool).expect("pool").count();
+            assert_eq!(kept, 3, "run {run}");
+            for spare in std::fs::read_dir(&pool.pool).expect("pool") {
+                assert!(
+                    !spare.expect("entry").path().join("output.bin").exists(),
+                    "pruned when given back"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_is_never_made_over_what_is_there() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let ws = runs.path().join("a.1");
+        std::fs::create_dir_all(ws.join("node_modules")).expect("mkdir");
+        let err = copy_files(src.path(), &files, &ws).expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn without_containment_no_spare_is_kept() {
+        let (src, files) = small_project();
+        let runs = tempfile::tempdir().expect("tempdir");
+        let spares = Spares::open(&runs.path().join("state"), src.path(), files.len(), 10, false);
+        let ws = runs.path().join("a.1");
+        copy_files(src.path(), &files, &ws).expect("copy");
+        spares.give(&files, &ws, &|_| false);
+        assert!(!ws.exists());
+        assert!(!spares.take(src.path(), &files, &runs.path().join("b.1"), &|_| false));
+    }
+
+    #[test]
     fn a_full_pool_removes_what_it_is_given() {
         let (src, files) = small_project();
         let runs = tempfile::tempdir().expect("tempdir");
         // A project too large for one spare.
-        let spares = Spares::open(&runs.path().join("state"), src.path(), files.len(), SPARE_BYTES);
+        let spares = Spares::open(&runs.path().join("state"), src.path(), files.len(), SPARE_BYTES, true);
         let ws = runs.path().join("a.1");
         copy_files(src.path(), &files, &ws).expect("copy");
-        spares.give(&ws);
+        spares.give(&files, &ws, &|_| false);
         assert!(!ws.exists(), "removed");
         assert!(!spares.take(src.path(), &files, &runs.path().join("b.1"), &|_| false));
     }
