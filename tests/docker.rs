@@ -615,6 +615,10 @@ async fn a_service_that_never_becomes_ready_fails_the_job_as_infra() {
     let run_id = r.handle.run_id().to_string();
     r.handle.shutdown().await;
     assert_eq!(labelled(&d, &run_id).await, 0);
+    assert!(
+        !r.handle.run_dir().join("work/needs-db.1").exists(),
+        "its workspace went with the job"
+    );
 }
 
 /// Writes a pipeline whose container job fails after leaving evidence in its

@@ -450,6 +450,10 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
             Err(msg) => {
                 let setup: Arc<str> = Arc::from("services");
                 note(a, &setup, msg.clone()).await;
+                // The workspace goes as it would after a failed step.
+                if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
+                    leftovers.workspace = Some(ws);
+                }
                 return Outcome::infra(msg);
             }
         }
