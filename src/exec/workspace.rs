@@ -68,18 +68,23 @@ fn walk(root: &Path, rel: &Path, skip: Option<&Path>, out: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
-/// The kind of file system `dir` (or its nearest existing ancestor) is on.
-fn filesystem(dir: &Path) -> String {
+/// The kind of file system `dir` (or its nearest existing ancestor) is on,
+/// and whether it is one of the local ones that keep file status as the
+/// kernel sets it (ext4, XFS, btrfs, tmpfs).
+fn filesystem(dir: &Path) -> (String, bool) {
     use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, statfs};
     let Some(st) = dir.ancestors().find_map(|d| statfs(d).ok()) else {
-        return "an unknown file system".into();
+        return ("an unknown file system".into(), false);
     };
-    match st.filesystem_type() {
-        BTRFS_SUPER_MAGIC => "btrfs".into(),
-        XFS_SUPER_MAGIC => "XFS".into(),
-        EXT4_SUPER_MAGIC => "ext2/3/4".into(),
-        TMPFS_MAGIC => "tmpfs".into(),
-        other => format!("file system type {:#x}", other.0),
+    let local = [
+        (BTRFS_SUPER_MAGIC, "btrfs"),
+        (XFS_SUPER_MAGIC, "XFS"),
+        (EXT4_SUPER_MAGIC, "ext2/3/4"),
+        (TMPFS_MAGIC, "tmpfs"),
+    ];
+    match local.iter().find(|(magic, _)| *magic == st.filesystem_type()) {
+        Some((_, name)) => ((*name).to_string(), true),
+        None => (format!("file system type {:#x}", st.filesystem_type().0), false),
     }
 }
 
@@ -272,7 +277,7 @@ impl Spares {
         let held = std::fs::read_dir(&pool).map_or(0, Iterator::count);
         Spares {
             most,
-            trust: local_fs(project) && local_fs(state),
+            trust: filesystem(project).1 && filesystem(state).1,
             held: held.into(),
             pool,
             state: Default::default(),
@@ -282,7 +287,7 @@ impl Spares {
 
     /// How workspaces are made, in a line (`run --verbose`).
     pub fn describe(&self) -> String {
-        let fs = filesystem(self.pool.parent().unwrap_or(&self.pool));
+        let (fs, _) = filesystem(self.pool.parent().unwrap_or(&self.pool));
         let copies = format!(
             "copies by copy_file_range on {fs} (blocks shared where the file system can: btrfs, XFS with reflink)"
         );
@@ -414,15 +419,6 @@ impl Spares {
             Err(_) => self.discard(ws),
         }
     }
-}
-
-/// Whether `dir` is on a local file system that keeps file status as the
-/// kernel sets it (ext4, XFS, btrfs, tmpfs).
-fn local_fs(dir: &Path) -> bool {
-    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, statfs};
-    dir.ancestors().find_map(|d| statfs(d).ok()).is_some_and(|st| {
-        [BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC].contains(&st.filesystem_type())
-    })
 }
 
 /// The project's files and the folders that hold them.
