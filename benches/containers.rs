@@ -54,7 +54,7 @@ fn main() {
         let plan = Plan::build(&p).expect("plan");
         let d = rt.block_on(async {
             let h = engine::spawn(p.clone(), plan, cfg).expect("spawn");
-            let mut rx = h.subscribe();
+            let mut rx = h.subscribe_live();
             h.start().await.expect("start");
             let mut started = None;
             let mut first = None;

@@ -224,7 +224,7 @@ fn first_log_line_latency() {
         cfg.seed = Some(1);
         let d = rt.block_on(async {
             let h = engine::spawn(p.clone(), plan, cfg).expect("spawn");
-            let mut rx = h.subscribe();
+            let mut rx = h.subscribe_live();
             h.start().await.expect("start");
             let mut started = None;
             loop {

@@ -206,7 +206,7 @@ async fn abort_through_the_engine(name: &str, router: &str) {
             dir.path().to_path_buf(),
         );
         let handle = trackside::engine::spawn(pipeline, plan, cfg).expect("spawn");
-        let mut rx = handle.subscribe();
+        let mut rx = handle.subscribe_live();
         handle.start().await.expect("start");
         if i == 0 {
             handle.wait().await.expect("first deploy");

@@ -35,7 +35,11 @@ fn big_app() -> App {
         color: true,
         ascii: false,
     });
-    let ev = |kind| Event { ts: 1_000, kind };
+    let ev = |kind| Event {
+        seq: 0,
+        ts: 1_000,
+        kind,
+    };
     let jobs: Vec<PlannedJob> = (0..1_000)
         .map(|i| PlannedJob {
             name: format!("job-{i:04}"),
@@ -98,6 +102,7 @@ fn big_app() -> App {
             step: "main".into(),
             stream: Stream::Stdout,
             line: format!("\x1b[32mINFO\x1b[0m line {n}: compiling module number {n} of the big project"),
+            line_no: n,
         }));
     }
     app.selected = 250;

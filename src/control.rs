@@ -122,7 +122,7 @@ pub fn serve(handle: EngineHandle, state: PathBuf) -> Server {
 }
 
 async fn watch_rollouts(handle: EngineHandle, state: PathBuf, stop: CancellationToken) {
-    let mut events = handle.subscribe();
+    let mut events = handle.subscribe_live();
     let mut served: HashMap<String, Served> = HashMap::new();
     loop {
         let ev = tokio::select! {
@@ -259,7 +259,7 @@ async fn respond(req: Request, peer: &str, handle: &EngineHandle, latest: &Lates
         Request::Steer { command, .. } => command,
     };
     // Subscribe before sending, so no answer is missed.
-    let mut events = handle.subscribe();
+    let mut events = handle.subscribe_live();
     let sent = handle.rollout_as(&job, command, peer.to_string()).await;
     if let Err(e) = sent {
         return Reply::refused(format!("{command:?} refused: {e}"));

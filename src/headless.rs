@@ -10,10 +10,8 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
-
-use crate::engine::event::{Event, EventKind, JobStatus, RunSummary, Verdict};
 use crate::engine::{EngineError, EngineHandle};
+use crate::protocol::{Delivery, Event, EventKind, JobStatus, Link, LinkError, RunSummary, Subscription, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -29,7 +27,7 @@ pub async fn run(
     approve_all: bool,
     manual_jobs: &[String],
 ) -> Result<RunSummary, EngineError> {
-    let mut rx = handle.subscribe();
+    let mut events = Link::subscribe(handle, 0).await.map_err(|_| EngineError::Stopped)?;
     // Listen before the run starts: a signal arriving while no listener exists is lost.
     let mut signals = Signals::new();
     for job in approvals {
@@ -42,17 +40,47 @@ pub async fn run(
     }
     handle.start().await?;
     let mut printer = Printer::new(format);
+    let summary = follow(&mut events, handle, &mut printer, &mut signals, OnSignal::Cancel)
+        .await
+        .map_err(|_| EngineError::Stopped)?;
+    match summary {
+        Some(s) => Ok(s),
+        None => tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .map_err(|_| EngineError::Stopped)?,
+    }
+}
+
+/// What a signal (Ctrl-C, SIGTERM, SIGHUP) does to a followed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSignal {
+    /// Cancel the run, then go on printing until it has finished (the
+    /// trackside that started it).
+    Cancel,
+    /// Stop following; the run goes on (an attached printer).
+    Leave,
+}
+
+/// Prints a run's events until it finishes (its summary), the stream
+/// ends, or a signal makes it leave (`None`).
+pub async fn follow<L: Link>(
+    events: &mut Subscription,
+    link: &L,
+    printer: &mut Printer,
+    signals: &mut Signals,
+    on_signal: OnSignal,
+) -> Result<Option<RunSummary>, LinkError> {
     let mut interrupted = false;
     loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Ok(ev) => {
-                    printer.event(&ev);
+            item = events.next() => match item {
+                Some(item) => {
+                    printer.delivery(&item);
                     // Drain what is already queued before flushing.
-                    while let Ok(ev) = rx.try_recv() {
-                        printer.event(&ev);
-                        if matches!(ev.kind, EventKind::RunFinished { .. }) {
-                            break;
+                    while printer.finished.is_none() {
+                        match events.try_next() {
+                            Some(item) => printer.delivery(&item),
+                            None => break,
                         }
                     }
                     printer.flush();
@@ -60,23 +88,24 @@ pub async fn run(
                         break;
                     }
                 }
-                Err(RecvError::Lagged(n)) => printer.lagged(n),
-                Err(RecvError::Closed) => break,
+                None => break,
             },
             name = signals.recv(), if !interrupted => {
                 interrupted = true;
-                printer.note(&format!("{name}: cancelling running jobs (records are being written)"));
-                let _ = handle.cancel_all().await;
+                match on_signal {
+                    OnSignal::Cancel => {
+                        printer.note(&format!("{name}: cancelling running jobs (records are being written)"));
+                        let _ = link.send(crate::protocol::Command::CancelAll).await;
+                    }
+                    OnSignal::Leave => {
+                        printer.note(&format!("{name}: no longer following; the run goes on"));
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
-    let summary = match printer.finished.take() {
-        Some(s) => s,
-        None => tokio::time::timeout(Duration::from_secs(60), handle.wait())
-            .await
-            .map_err(|_| EngineError::Stopped)??,
-    };
-    Ok(summary)
+    Ok(printer.finished.take())
 }
 
 /// SIGINT, SIGTERM and SIGHUP, registered once for the whole run.
@@ -137,7 +166,7 @@ async fn futures_select_all<F: std::future::Future<Output = &'static str> + Unpi
     .await
 }
 
-struct Printer {
+pub struct Printer {
     format: Format,
     out: io::BufWriter<io::Stdout>,
     width: usize,
@@ -145,7 +174,7 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(format: Format) -> Self {
+    pub fn new(format: Format) -> Self {
         Printer {
             format,
             out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
@@ -154,28 +183,36 @@ impl Printer {
         }
     }
 
-    fn flush(&mut self) {
+    pub fn flush(&mut self) {
         // A closed stdout (`| head`) must not stop the run; output is lost, records are not.
         let _ = self.out.flush();
     }
 
-    fn note(&mut self, text: &str) {
+    pub fn note(&mut self, text: &str) {
         if self.format == Format::Plain {
             let _ = writeln!(self.out, ":: {text}");
             self.flush();
         }
     }
 
-    fn lagged(&mut self, n: u64) {
+    /// An item of a followed stream.
+    pub fn delivery(&mut self, item: &Delivery) {
+        match item {
+            Delivery::Event(ev) => self.event(ev),
+            Delivery::Missed { from, to } => self.missed(to - from + 1),
+        }
+    }
+
+    fn missed(&mut self, n: u64) {
         if self.format == Format::Plain {
             let _ = writeln!(
                 self.out,
-                ":: (output too fast: {n} events not shown here; the run record has them all)"
+                ":: ({n} events not shown here: older than what the run replays, or output too fast; the run record has them all)"
             );
         }
     }
 
-    fn event(&mut self, ev: &Arc<Event>) {
+    pub fn event(&mut self, ev: &Arc<Event>) {
         if let EventKind::RunFinished { summary } = &ev.kind {
             self.finished = Some(summary.clone());
         }
@@ -214,6 +251,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     Some(match kind {
         // The rollout's notes arrive as log lines; its status is for --json and the UI.
         EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } => return None,
+        EventKind::Steered { what, by } => format!(":: {what} (by {by})"),
         EventKind::RunStarted {
             run_id,
             pipeline,

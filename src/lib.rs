@@ -14,5 +14,6 @@ pub mod headless;
 pub mod net;
 pub mod pipeline;
 pub mod process;
+pub mod protocol;
 pub mod store;
 pub mod ui;

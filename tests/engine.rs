@@ -380,8 +380,8 @@ async fn several_subscribers_see_the_same_run() {
         setup("name: x\njobs:\n  x:\n    steps: [{script: x}]\n").cfg,
     );
     let handle = trackside::engine::spawn(s.pipeline.clone(), plan, cfg).expect("spawn");
-    let mut one = handle.subscribe();
-    let mut two = handle.subscribe();
+    let mut one = handle.subscribe_live();
+    let mut two = handle.subscribe_live();
     handle.start().await.expect("start");
     for rx in [&mut one, &mut two] {
         let got = tokio::time::timeout(LIMIT, async {

@@ -16,7 +16,11 @@ use trackside::ui::theme::Theme;
 const T0: u64 = 1_700_000_000_000;
 
 fn ev(at: u64, kind: EventKind) -> Event {
-    Event { ts: T0 + at, kind }
+    Event {
+        seq: 0,
+        ts: T0 + at,
+        kind,
+    }
 }
 
 fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
@@ -93,6 +97,7 @@ fn line(at: u64, job: &str, attempt: u32, text: &str) -> Event {
             step: "main".into(),
             stream: Stream::Stdout,
             line: text.into(),
+            line_no: 0,
         },
     )
 }

@@ -19,6 +19,8 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
+pub use crate::protocol::view::{MetricOutcome, MetricResult, Verdict, VerdictClass};
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct JudgeConfig {
     /// Confidence for "significantly different" (0.98: p < 0.02).
@@ -37,58 +39,6 @@ impl Default for JudgeConfig {
             min_samples: 8,
         }
     }
-}
-
-/// One metric's result, as Kayenta names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MetricOutcome {
-    Pass,
-    /// The canary is significantly higher (worse for latency and errors).
-    High,
-    /// The canary is significantly lower.
-    Low,
-    NoData,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricResult {
-    pub metric: String,
-    pub outcome: MetricOutcome,
-    /// Stable's and canary's summary values (median, or error rate).
-    pub stable: Option<f64>,
-    pub canary: Option<f64>,
-    pub p_value: Option<f64>,
-    /// One sentence: what was compared and what decided it.
-    pub why: String,
-    /// A threshold check: when it fails, the verdict fails whatever the score.
-    #[serde(default)]
-    pub critical: bool,
-}
-
-impl MetricResult {
-    /// For metrics where lower is better, Low counts as a pass.
-    pub fn passed(&self) -> bool {
-        matches!(self.outcome, MetricOutcome::Pass | MetricOutcome::Low)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerdictClass {
-    Pass,
-    Marginal,
-    Fail,
-    /// Some metric had no data: the canary waits, it is not passed.
-    Inconclusive,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub score: f64,
-    pub class: VerdictClass,
-    pub metrics: Vec<MetricResult>,
-    pub why: String,
 }
 
 fn median(sorted: &[f64]) -> f64 {

@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +30,7 @@ use super::revision::{Revision, safe_name};
 use super::router::Pool;
 use crate::exec::docker::DockerExecutor;
 use crate::pipeline::model::{HealthCheck, Probe, Target};
+pub use crate::protocol::view::ReplicaView;
 
 /// How long a stopped replica has to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -253,16 +253,6 @@ pub fn free_port() -> Result<u16, String> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
-/// How one replica is doing, for the rollout pane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaView {
-    pub name: String,
-    pub pool: Pool,
-    pub addr: String,
-    /// `starting`, `healthy`, `unhealthy`, `draining`.
-    pub health: String,
 }
 
 /// The replicas' health as last seen, shared between probes and status.

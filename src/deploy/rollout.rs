@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,40 +22,27 @@ use super::demo::{TrafficCounts, generate};
 use super::haproxy::Haproxy;
 use super::judge::{self, JudgeConfig, Verdict};
 use super::metrics::{Measured, PromClient, Source};
-use super::replica::{Board, Launcher, Replica, ReplicaView, handles, monitor, wait_healthy};
+use super::replica::{Board, Launcher, Replica, handles, monitor, wait_healthy};
 pub use super::revision::{
     GateState, HistoryEntry, Revision, history, load_gate, load_revision, record_revision, rollback, save_revision,
 };
 use super::revision::{gate_path, lock_service, save_gate};
 use super::rolling::{self, Rolling, RollingSpec};
-use super::router::{FULL, Pool, Router, Totals, percent};
+use super::router::{FULL, Pool, Router, percent};
 use super::traffic::Traffic;
 use crate::pipeline::model::{Deploy, MetricsSpec, RouterSpec, Strategy, Target, ThresholdMetric};
+pub use crate::protocol::view::{RolloutCommand as Command, RolloutStatus as Status};
 
-/// A steering command from a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Command {
-    Promote,
-    PromoteFull,
-    Abort,
-    Retry,
-    Rollback,
-    Pause,
-    Resume,
-}
-
-impl Command {
-    pub fn input(self, by: String) -> Input {
-        match self {
-            Command::Promote => Input::Promote { by },
-            Command::PromoteFull => Input::PromoteFull { by },
-            Command::Abort => Input::Abort { by },
-            Command::Retry => Input::Retry { by },
-            Command::Rollback => Input::Rollback { by },
-            Command::Pause => Input::Pause { by },
-            Command::Resume => Input::Resume { by },
-        }
+/// The machine input a steering command becomes.
+fn input(cmd: Command, by: String) -> Input {
+    match cmd {
+        Command::Promote => Input::Promote { by },
+        Command::PromoteFull => Input::PromoteFull { by },
+        Command::Abort => Input::Abort { by },
+        Command::Retry => Input::Retry { by },
+        Command::Rollback => Input::Rollback { by },
+        Command::Pause => Input::Pause { by },
+        Command::Resume => Input::Resume { by },
     }
 }
 
@@ -92,112 +78,6 @@ pub fn identity(uid: u32, login: Option<String>, ssh_client: Option<String>) -> 
     match ssh_client.and_then(|s| s.split_whitespace().next().map(printable)) {
         Some(ip) => format!("{user}@{host} (ssh from {ip})"),
         None => format!("{user}@{host}"),
-    }
-}
-
-/// What the rollout looks like now, for front-ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub service: String,
-    /// `canary`, `blue_green` or `rolling`.
-    #[serde(default)]
-    pub strategy: String,
-    /// `built-in router` or `HAProxy`.
-    #[serde(default)]
-    pub router: String,
-    pub stable_version: Option<String>,
-    pub canary_version: String,
-    /// `starting_canary`, `running`, `paused`, `gate`, `analyzing`, `held`,
-    /// `updating`, `completed`, `aborted`, `rolled_back`, `degraded`.
-    pub phase: String,
-    pub detail: Option<String>,
-    /// Seconds left on a pause or gate countdown.
-    pub countdown_s: Option<f64>,
-    /// Canary: the step (of `steps`); rolling: batches done (of all).
-    pub step: usize,
-    pub steps: usize,
-    /// The canary's (new revision's) share asked for, in tenths of a percent.
-    pub weight: u32,
-    /// The share the router really gives (HAProxy rounds to its integer weights).
-    #[serde(default)]
-    pub actual_weight: u32,
-    pub stable: Totals,
-    pub canary: Totals,
-    /// The last two seconds, per pool (stable, canary): error rate (0..1)
-    /// and p95 latency in ms; `None` without requests. What the charts plot.
-    pub recent_error_rate: [Option<f64>; 2],
-    pub recent_p95_ms: [Option<f64>; 2],
-    pub verdict: Option<Verdict>,
-    /// Every replica with its health.
-    #[serde(default)]
-    pub replicas: Vec<ReplicaView>,
-    /// The steps, as people read them (`weight 10%`, `analysis 2 x 10s`, `gate`).
-    #[serde(default)]
-    pub step_names: Vec<String>,
-    /// Hard limits of the analyses, for the charts: error rate (%) and p95 (ms).
-    #[serde(default)]
-    pub limits: [Option<f64>; 2],
-}
-
-impl Status {
-    /// Whether the rollout has ended: only a rollback of a completed one is
-    /// left to do.
-    pub fn is_over(&self) -> bool {
-        matches!(self.phase.as_str(), "completed" | "aborted" | "rolled_back")
-    }
-
-    /// The phase and share in a few characters, for a DAG box: `gate 30%`.
-    pub fn brief(&self) -> String {
-        let phase = match self.phase.as_str() {
-            "starting_canary" => "start",
-            "running" | "completed" => "",
-            "analyzing" => "judge",
-            "updating" => "update",
-            other => other,
-        };
-        let pct = percent(self.weight).replace(".0%", "%");
-        if phase.is_empty() {
-            pct
-        } else {
-            format!("{phase} {pct}")
-        }
-    }
-
-    /// Seconds until the pause, gate or analysis acts by itself, if it will.
-    pub fn countdown(&self) -> Option<f64> {
-        self.countdown_s
-            .filter(|_| matches!(self.phase.as_str(), "paused" | "gate" | "analyzing"))
-    }
-
-    /// One line for people: `web v1 -> v2 (canary): gate, step 2/3, weight 30.0%, next in 118s`.
-    pub fn summary(&self) -> String {
-        let (unit, done) = if self.strategy == "rolling" {
-            ("batch", self.step)
-        } else {
-            ("step", (self.step + 1).min(self.steps))
-        };
-        let mut out = format!(
-            "{} {} -> {}",
-            self.service,
-            self.stable_version.as_deref().unwrap_or("-"),
-            self.canary_version
-        );
-        if !self.strategy.is_empty() {
-            out.push_str(&format!(" ({})", self.strategy.replace('_', "-")));
-        }
-        out.push_str(&format!(
-            ": {}, {unit} {done}/{}, weight {}",
-            self.phase.replace('_', " "),
-            self.steps,
-            percent(self.weight)
-        ));
-        if let Some(c) = self.countdown() {
-            out.push_str(&format!(", next in {c:.0}s"));
-        }
-        if let Some(d) = &self.detail {
-            out.push_str(&format!(" ({d})"));
-        }
-        out
     }
 }
 
@@ -736,7 +616,7 @@ async fn drive(
                 return Err("cancelled: canary set to 0%, stable kept serving".into());
             }
             Some((cmd, by)) = io.control.recv() => {
-                pending = machine.handle(cmd.input(by), now());
+                pending = machine.handle(input(cmd, by), now());
             }
             Some(input) = internal_rx.recv() => {
                 if input == Input::CanaryHealthy {

@@ -22,17 +22,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::protocol::view::{Pool, Totals, percent};
 
 /// Full traffic, in tenths of a percent.
 pub const FULL: u32 = 1000;
 
-/// A share in tenths of a percent as people read it: `30.0%`.
-pub fn percent(tenths: u32) -> String {
-    format!("{:.1}%", f64::from(tenths) / 10.0)
-}
 /// The sticky-session cookie.
 pub const COOKIE: &str = "trackside_pool";
 /// Recent samples kept per pool (about two minutes at 1,000 requests/s).
@@ -43,28 +40,6 @@ const PER_DOUBLING: f64 = 32.0;
 /// Histogram buckets: bucket i holds latencies below 10 µs * 2^(i/32), up to
 /// about 80 s (slower ones count in the last bucket). About 6 KiB per pool.
 const BUCKETS: usize = 23 * 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pool {
-    Stable,
-    Canary,
-}
-
-impl Pool {
-    pub fn index(self) -> usize {
-        match self {
-            Pool::Stable => 0,
-            Pool::Canary => 1,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Pool::Stable => "stable",
-            Pool::Canary => "canary",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -118,16 +93,6 @@ fn bucket_of(ms: f64) -> usize {
         return 0;
     }
     (((ms / 0.01).log2() * PER_DOUBLING).ceil() as usize).min(BUCKETS - 1)
-}
-
-/// Totals of one pool since the router started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Totals {
-    pub requests: u64,
-    pub errors: u64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
 }
 
 /// What a window of recent traffic to one pool looked like.

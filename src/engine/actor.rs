@@ -21,6 +21,7 @@ use crate::exec::{Executor, workspace};
 use crate::pipeline::diag::suggestion_hint;
 use crate::pipeline::vars::Scope;
 use crate::pipeline::{Pipeline, Plan};
+use crate::protocol::{Link, LinkError, Subscription};
 use crate::store::{self, RunMeta, RunRecord, StoreError};
 
 use super::artifacts;
@@ -131,25 +132,23 @@ impl EngineConfig {
     }
 }
 
+/// The replay and live receiver a subscriber gets: taken together in the
+/// actor, so nothing falls between them.
+type Subscribed = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 enum Command {
     Start(oneshot::Sender<()>),
-    Control(Control, oneshot::Sender<Result<(), EngineError>>),
+    /// A steering command and who sent it (for the audit trail).
+    Steer(
+        crate::protocol::Command,
+        String,
+        oneshot::Sender<Result<String, EngineError>>,
+    ),
+    Subscribe(u64, oneshot::Sender<Subscribed>),
     Shutdown(oneshot::Sender<()>),
 }
 
-enum Control {
-    Approve(String),
-    Retry(String),
-    Cancel(String),
-    CancelAll,
-    RerunFailed,
-    Pause,
-    Resume,
-    FinishWaiting,
-    Rollout(String, crate::deploy::rollout::Command, String),
-}
-
-/// A clonable handle to a running engine.
+/// A clonable handle to a running engine: the in-process [`Link`].
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
@@ -162,8 +161,9 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Events from now on. Subscribe before [`start`](Self::start) to see the whole run.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    /// Events from now on, live only (tests and benchmarks; front-ends use
+    /// [`Link::subscribe`], which replays what came before).
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 
@@ -190,13 +190,28 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::Stopped)
     }
 
-    async fn control(&self, c: Control) -> Result<(), EngineError> {
+    /// Sends a steering command on behalf of `by` (who the audit trail
+    /// names: a person at another terminal, through the run socket).
+    pub async fn send_as(&self, command: crate::protocol::Command, by: String) -> Result<String, EngineError> {
+        if command == crate::protocol::Command::Shutdown {
+            self.shutdown().await;
+            return Ok("stopped".into());
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Control(c, tx))
+            .send(Command::Steer(command, by, tx))
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    async fn steer(&self, command: crate::protocol::Command) -> Result<(), EngineError> {
+        self.send_as(command, crate::deploy::rollout::who()).await.map(drop)
+    }
+
+    /// The events numbered `from` on (replayed), then live.
+    pub async fn subscribe_from(&self, from: u64) -> Result<Subscribed, EngineError> {
+        subscribe_with(&self.tx, from).await
     }
 
     /// Steers a deploy job's rollout (promote, abort, ...), as `who()`.
@@ -204,62 +219,55 @@ impl EngineHandle {
         self.rollout_as(job, cmd, crate::deploy::rollout::who()).await
     }
 
-    /// The same for someone else: `by` is who the run's events name (a
-    /// person steering from another shell through `crate::control`).
+    /// The same for someone else: `by` is who the run's events name.
     pub async fn rollout_as(
         &self,
         job: &str,
         cmd: crate::deploy::rollout::Command,
         by: String,
     ) -> Result<(), EngineError> {
-        self.control(Control::Rollout(job.into(), cmd, by)).await
+        let command = crate::protocol::Command::Rollout {
+            job: job.into(),
+            action: cmd,
+        };
+        self.send_as(command, by).await.map(drop)
     }
 
     /// Makes a service's previous revision stable again, after its rollout
     /// completed; returns what changed, for people.
     pub async fn rollback_service(&self, service: &str) -> Result<String, EngineError> {
-        let state = self
-            .run_dir
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .ok_or_else(|| EngineError::Rejected("the run has no state directory".into()))?;
-        let service = service.to_string();
-        tokio::task::spawn_blocking(move || {
-            crate::deploy::rollout::rollback(&state, &service, &crate::deploy::rollout::who())
-                .map(|(now, was)| format!("{service}: stable is {} again (was {})", now.version, was.version))
-        })
-        .await
-        .map_err(|e| EngineError::Rejected(e.to_string()))?
-        .map_err(EngineError::Rejected)
+        let command = crate::protocol::Command::RollbackService {
+            service: service.into(),
+        };
+        self.send_as(command, crate::deploy::rollout::who()).await
     }
 
     /// Releases a manual gate (or approves it in advance).
     pub async fn approve(&self, job: &str) -> Result<(), EngineError> {
-        self.control(Control::Approve(job.into())).await
+        self.steer(crate::protocol::Command::Approve { job: job.into() }).await
     }
     /// Runs a failed or cancelled job again, with the dependents its failure skipped.
     pub async fn retry(&self, job: &str) -> Result<(), EngineError> {
-        self.control(Control::Retry(job.into())).await
+        self.steer(crate::protocol::Command::Retry { job: job.into() }).await
     }
     pub async fn cancel(&self, job: &str) -> Result<(), EngineError> {
-        self.control(Control::Cancel(job.into())).await
+        self.steer(crate::protocol::Command::Cancel { job: job.into() }).await
     }
     pub async fn cancel_all(&self) -> Result<(), EngineError> {
-        self.control(Control::CancelAll).await
+        self.steer(crate::protocol::Command::CancelAll).await
     }
     pub async fn rerun_failed(&self) -> Result<(), EngineError> {
-        self.control(Control::RerunFailed).await
+        self.steer(crate::protocol::Command::RerunFailed).await
     }
     pub async fn pause_scheduling(&self) -> Result<(), EngineError> {
-        self.control(Control::Pause).await
+        self.steer(crate::protocol::Command::Pause).await
     }
     pub async fn resume_scheduling(&self) -> Result<(), EngineError> {
-        self.control(Control::Resume).await
+        self.steer(crate::protocol::Command::Resume).await
     }
     /// Ends the run as blocked once only unapproved manual gates remain.
     pub async fn finish_waiting(&self) -> Result<(), EngineError> {
-        self.control(Control::FinishWaiting).await
+        self.steer(crate::protocol::Command::FinishWaiting).await
     }
 
     /// Cancels what still runs, waits for it to stop, and ends the actor.
@@ -279,6 +287,47 @@ impl EngineHandle {
             }
             rx.changed().await.map_err(|_| EngineError::Stopped)?;
         }
+    }
+}
+
+async fn subscribe_with(tx: &mpsc::Sender<Command>, from: u64) -> Result<Subscribed, EngineError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Command::Subscribe(from, reply))
+        .await
+        .map_err(|_| EngineError::Stopped)?;
+    rx.await.map_err(|_| EngineError::Stopped)
+}
+
+impl From<EngineError> for LinkError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Stopped => LinkError::Ended,
+            other => LinkError::Refused(other.to_string()),
+        }
+    }
+}
+
+impl Link for EngineHandle {
+    async fn subscribe(&self, from: u64) -> Result<Subscription, LinkError> {
+        let (replay, rx) = self.subscribe_from(from).await?;
+        let tx = self.tx.clone();
+        let resync: crate::protocol::link::Resync = Box::new(move |from| {
+            let tx = tx.clone();
+            Box::pin(async move { subscribe_with(&tx, from).await.ok() })
+        });
+        Ok(Subscription::local(replay, rx, resync))
+    }
+
+    async fn send(&self, command: crate::protocol::Command) -> Result<String, LinkError> {
+        Ok(self.send_as(command, crate::deploy::rollout::who()).await?)
+    }
+
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
     }
 }
 
@@ -412,6 +461,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let (tx, cmd_rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (finished_tx, finished) = watch::channel(None);
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let (msg_tx, msg_rx) = mpsc::channel(1024);
     let handle = EngineHandle {
         tx,
@@ -454,6 +504,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         coverage: HashMap::new(),
         coverage_re: HashMap::new(),
         attempts: tokio_util::task::TaskTracker::new(),
+        notes_tx,
+        notes_rx,
+        next_seq: 0,
+        replay: Default::default(),
+        log_lines: Default::default(),
     };
     tokio::spawn(actor.run());
     Ok(handle)
@@ -576,6 +631,14 @@ struct Actor {
     /// Every attempt's task: an attempt reports its end before it removes
     /// its workspace, and the actor waits for the removals before it ends.
     attempts: tokio_util::task::TaskTracker,
+    /// Events of helper tasks (a service's rollback), emitted by the actor.
+    notes_tx: mpsc::UnboundedSender<EventKind>,
+    notes_rx: mpsc::UnboundedReceiver<EventKind>,
+    /// The number the next event gets.
+    next_seq: u64,
+    replay: super::replay::Replay,
+    /// Lines so far of each running attempt's log.
+    log_lines: super::replay::LineCounts,
 }
 
 impl Actor {
@@ -598,6 +661,10 @@ impl Actor {
                 },
                 Some(m) = self.msg_rx.recv() => Some(ActorMsg::Runner(m)),
                 Some(j) = retry_rx.recv() => Some(ActorMsg::RetryDue(j)),
+                Some(note) = self.notes_rx.recv() => {
+                    self.emit(note);
+                    None
+                }
                 () = sleep_until_opt(deadline), if timeout_armed => {
                     self.timed_out = true;
                     self.apply(Input::CancelAll(CancelReason::Timeout), &retry_tx);
@@ -776,40 +843,88 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
-            Command::Control(Control::Rollout(job, cmd, by), reply)
-                if cmd != crate::deploy::rollout::Command::Retry || self.has_rollout(&job) =>
+            Command::Subscribe(from, reply) => {
+                let _ = reply.send((self.replay.since(from), self.events.subscribe()));
+            }
+            Command::Steer(command, by, reply) => self.steer(command, by, reply, retry_tx),
+        }
+    }
+
+    /// Applies a steering command once, whoever sent it; the audit trail
+    /// (a `steered` event, or the rollout's own decision) names who.
+    fn steer(
+        &mut self,
+        command: crate::protocol::Command,
+        by: String,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+        retry_tx: &mpsc::UnboundedSender<JobId>,
+    ) {
+        use crate::protocol::Command as C;
+        let what = command.describe();
+        let input = match command {
+            C::Rollout { job, action }
+                if action != crate::deploy::rollout::Command::Retry || self.has_rollout(&job) =>
             {
                 let result = self.job_id(&job).and_then(|j| {
                     let tx = self
                         .rollouts
                         .get(&j)
                         .ok_or_else(|| EngineError::Rejected(format!("job `{job}` has no rollout in progress")))?;
-                    tx.try_send((cmd, by))
+                    tx.try_send((action, by))
                         .map_err(|_| EngineError::Rejected(format!("the rollout of `{job}` is not taking commands")))
                 });
-                let _ = reply.send(result);
+                let _ = reply.send(result.map(|()| what));
+                return;
             }
-            Command::Control(ctl, reply) => {
-                let input = match ctl {
-                    // Retrying a rollout that has ended: its deploy job starts again.
-                    Control::Rollout(j, ..) => self.job_id(&j).map(Input::Retry),
-                    Control::Approve(j) => self.job_id(&j).map(Input::Approve),
-                    Control::Retry(j) => self.job_id(&j).map(Input::Retry),
-                    Control::Cancel(j) => self.job_id(&j).map(Input::Cancel),
-                    Control::CancelAll => Ok(Input::CancelAll(CancelReason::User)),
-                    Control::RerunFailed => Ok(Input::RerunFailed),
-                    Control::Pause => Ok(Input::Pause),
-                    Control::Resume => Ok(Input::Resume),
-                    Control::FinishWaiting => Ok(Input::FinishWaiting),
+            C::RollbackService { service } => {
+                let Some(state) = self.ctx.run_dir.parent().and_then(Path::parent).map(Path::to_path_buf) else {
+                    let _ = reply.send(Err(EngineError::Rejected("the run has no state directory".into())));
+                    return;
                 };
-                let result = input.and_then(|input| {
-                    self.state.check(&input).map_err(EngineError::Rejected)?;
-                    self.apply(input, retry_tx);
-                    Ok(())
+                let notes = self.notes_tx.clone();
+                tokio::spawn(async move {
+                    let who = by.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        crate::deploy::rollout::rollback(&state, &service, &who).map(|(now, was)| {
+                            format!("{service}: stable is {} again (was {})", now.version, was.version)
+                        })
+                    })
+                    .await
+                    .map_err(|e| EngineError::Rejected(e.to_string()))
+                    .and_then(|r| r.map_err(EngineError::Rejected));
+                    if let Ok(text) = &done {
+                        let _ = notes.send(EventKind::Steered { what: text.clone(), by });
+                    }
+                    let _ = reply.send(done);
                 });
-                let _ = reply.send(result);
+                return;
             }
-        }
+            C::Shutdown => {
+                self.begin_shutdown(None, retry_tx);
+                let _ = reply.send(Ok(what));
+                return;
+            }
+            // Retrying a rollout that has ended: its deploy job starts again.
+            C::Rollout { job, .. } => self.job_id(&job).map(Input::Retry),
+            C::Approve { job } => self.job_id(&job).map(Input::Approve),
+            C::Retry { job } => self.job_id(&job).map(Input::Retry),
+            C::Cancel { job } => self.job_id(&job).map(Input::Cancel),
+            C::CancelAll => Ok(Input::CancelAll(CancelReason::User)),
+            C::RerunFailed => Ok(Input::RerunFailed),
+            C::Pause => Ok(Input::Pause),
+            C::Resume => Ok(Input::Resume),
+            C::FinishWaiting => Ok(Input::FinishWaiting),
+        };
+        let result = input.and_then(|input| {
+            self.state.check(&input).map_err(EngineError::Rejected)?;
+            // Before the start it is how the run was asked for (`--approve`), not steering.
+            if self.started_at.is_some() {
+                self.emit(EventKind::Steered { what: what.clone(), by });
+            }
+            self.apply(input, retry_tx);
+            Ok(what)
+        });
+        let _ = reply.send(result);
     }
 
     fn has_rollout(&self, job: &str) -> bool {
@@ -865,6 +980,7 @@ impl Actor {
                     step: step.to_string(),
                     stream,
                     line: text,
+                    line_no: 0,
                 };
                 self.emit(kind);
             }
@@ -938,6 +1054,7 @@ impl Actor {
                                 step: step.to_string(),
                                 stream: key.2,
                                 line: rest,
+                                line_no: 0,
                             };
                             self.emit(kind);
                         }
@@ -961,6 +1078,7 @@ impl Actor {
                             step: "cache".into(),
                             stream: crate::exec::Stream::Stderr,
                             line: format!("trackside: cannot store the result in the cache: {e}"),
+                            line_no: 0,
                         };
                         self.emit(kind);
                     }
@@ -1098,6 +1216,17 @@ impl Actor {
     }
 
     fn emit(&mut self, mut kind: EventKind) {
+        match &mut kind {
+            EventKind::LogLine {
+                job, attempt, line_no, ..
+            } => *line_no = self.log_lines.next(job, *attempt),
+            EventKind::StepStarted { job, attempt, .. } => {
+                self.log_lines.next(job, *attempt);
+            }
+            EventKind::JobFinished { job, attempt, .. } => self.log_lines.forget(job, *attempt),
+            EventKind::JobRetrying { job, attempt, .. } => self.log_lines.forget(job, attempt.saturating_sub(1)),
+            _ => {}
+        }
         if let EventKind::RunFinished { summary } = &mut kind {
             for j in &mut summary.jobs {
                 j.coverage = self.coverage.get(&j.name).cloned();
@@ -1107,14 +1236,18 @@ impl Actor {
             kind.mask(&|s| self.masker.mask(s));
         }
         let ev = Event {
+            seq: self.next_seq,
             ts: store::now_ms(),
             kind,
         };
+        self.next_seq += 1;
         if let Err(e) = self.record.write(&ev) {
             tracing::error!("cannot record an event: {e}");
         }
-        // No subscriber is fine: the record has it.
-        let _ = self.events.send(Arc::new(ev));
+        let ev = Arc::new(ev);
+        self.replay.push(ev.clone());
+        // No subscriber is fine: the record and the replay have it.
+        let _ = self.events.send(ev);
     }
 }
 

@@ -7,11 +7,12 @@
 
 pub mod actor;
 pub mod artifacts;
-pub mod event;
 pub mod failure;
 pub mod mask;
+pub mod replay;
 pub mod runner;
 pub mod state;
 
+pub use crate::protocol::event;
+pub use crate::protocol::{Event, EventKind, JobStatus, RunResult, RunSummary, Stream, Verdict};
 pub use actor::{EngineConfig, EngineError, EngineHandle, spawn};
-pub use event::{Event, EventKind, JobStatus, RunResult, RunSummary, Stream, Verdict};

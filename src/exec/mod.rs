@@ -17,17 +17,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::protocol::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
 
 #[derive(Debug, Clone)]
 pub struct OutputLine {

@@ -4,13 +4,13 @@
 //! Positions are kept where later stages still report problems (variables
 //! resolved at run time, expressions evaluated at run time).
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::expr::Expr;
 use super::yaml::Pos;
+pub use crate::protocol::{FailureClass, When};
 
 pub const DEFAULT_PIPELINE_TIMEOUT: Duration = Duration::from_secs(7200);
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -106,106 +106,6 @@ impl Backoff {
         let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
         let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
         Duration::from_secs_f64((base * factor).max(0.0))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum When {
-    #[default]
-    OnSuccess,
-    OnFailure,
-    Always,
-    Manual,
-}
-
-impl When {
-    pub const ALL: [(&'static str, When); 4] = [
-        ("on_success", When::OnSuccess),
-        ("on_failure", When::OnFailure),
-        ("always", When::Always),
-        ("manual", When::Manual),
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            When::OnSuccess => "on_success",
-            When::OnFailure => "on_failure",
-            When::Always => "always",
-            When::Manual => "manual",
-        }
-    }
-}
-
-/// Why an attempt failed. Every failed attempt gets exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureClass {
-    /// An ordinary non-zero exit.
-    Script,
-    Timeout,
-    /// Exit 137 or an OOM kill.
-    Oom,
-    /// Killed by a signal other than our own.
-    Signal,
-    /// The executor could not start the job.
-    Infra,
-    Network,
-    DiskFull,
-    Cancelled,
-    /// An upstream artifact failed verification.
-    DataIntegrity,
-    /// A deploy whose new revision did not become stable: rolled back by
-    /// the judge or a health check, or aborted by a person (its reason says
-    /// which). The old revision kept serving.
-    RolledBack,
-}
-
-impl FailureClass {
-    pub const ALL: [FailureClass; 10] = [
-        FailureClass::Script,
-        FailureClass::Timeout,
-        FailureClass::Oom,
-        FailureClass::Signal,
-        FailureClass::Infra,
-        FailureClass::Network,
-        FailureClass::DiskFull,
-        FailureClass::Cancelled,
-        FailureClass::DataIntegrity,
-        FailureClass::RolledBack,
-    ];
-    /// Retried by default: the failure says little about the code under test.
-    pub const TRANSIENT: [FailureClass; 5] = [
-        FailureClass::Timeout,
-        FailureClass::Network,
-        FailureClass::Infra,
-        FailureClass::Oom,
-        FailureClass::DiskFull,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureClass::Script => "script",
-            FailureClass::Timeout => "timeout",
-            FailureClass::Oom => "oom",
-            FailureClass::Signal => "signal",
-            FailureClass::Infra => "infra",
-            FailureClass::Network => "network",
-            FailureClass::DiskFull => "disk_full",
-            FailureClass::Cancelled => "cancelled",
-            FailureClass::DataIntegrity => "data_integrity",
-            FailureClass::RolledBack => "rolled_back",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<FailureClass> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-impl fmt::Display for FailureClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

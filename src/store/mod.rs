@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -158,11 +158,7 @@ pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoFai
         .map_err(io_err("cannot write", path))
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use crate::protocol::clock::now_ms;
 
 /// A sortable, unique-enough id: `20261123-022700-3f9a`.
 pub fn new_run_id() -> String {
@@ -284,6 +280,7 @@ impl RunRecord {
                 step,
                 stream,
                 line,
+                ..
             } => {
                 let tag = match stream {
                     crate::exec::Stream::Stdout => "out",

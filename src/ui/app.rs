@@ -149,6 +149,12 @@ pub struct App {
     pub detail_top: usize,
     /// How far the detail pane can scroll, at the last draw.
     pub detail_max_top: usize,
+    /// Watching only (`attach --read-only`): steering keys say why they do nothing.
+    pub read_only: bool,
+    /// Attached to a run another trackside runs: quitting only leaves.
+    pub attached: bool,
+    /// Who steers from here (`user@host`): what others do shows in the prompt line.
+    pub me: String,
 }
 
 impl App {
@@ -179,16 +185,35 @@ impl App {
             help_top: 0,
             detail_top: 0,
             detail_max_top: 0,
+            read_only: false,
+            attached: false,
+            me: String::new(),
         }
     }
 
     /// Takes one engine event: into the model, and into the prompt line
     /// where it answers something said here (a rollout command), or ends
     /// the run (its result replaces the last command's message).
-    pub fn apply(&mut self, ev: &crate::engine::Event) {
-        use crate::engine::EventKind;
+    /// Takes one item of the run's event stream.
+    pub fn deliver(&mut self, item: &crate::protocol::Delivery) {
+        match item {
+            crate::protocol::Delivery::Event(ev) => self.apply(ev),
+            crate::protocol::Delivery::Missed { from, to } => {
+                self.status = Some(format!(
+                    "{} earlier events are not replayed; their log lines load from the run's record as you scroll",
+                    to - from + 1
+                ));
+            }
+        }
+    }
+
+    pub fn apply(&mut self, ev: &crate::protocol::Event) {
+        use crate::protocol::EventKind;
         self.model.apply(ev);
         match &ev.kind {
+            EventKind::Steered { what, by } if *by != self.me => {
+                self.status = Some(format!("{by}: {what}"));
+            }
             EventKind::RolloutDecision { job, text, .. }
                 if self.awaiting_rollout.as_ref().is_some_and(|(j, _)| j == job) =>
             {

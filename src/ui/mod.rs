@@ -26,11 +26,11 @@ use crossterm::{cursor, execute};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
-use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 
-use crate::engine::{EngineError, EngineHandle, RunSummary};
+use crate::engine::{EngineError, EngineHandle};
 use crate::headless::Signals;
+use crate::protocol::{Link, LinkError, RunSummary, Subscription};
 use crate::store;
 
 use std::collections::HashMap;
@@ -50,6 +50,8 @@ pub enum UiError {
     Terminal(#[from] io::Error),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("trackside crashed; the terminal was restored (see the message above)")]
     Panicked,
 }
@@ -255,20 +257,58 @@ fn log_line(e: store::LogEntry) -> LogLine {
 /// answers within a frame.
 pub const DRAIN_BUDGET: Duration = Duration::from_millis(8);
 
-/// Runs the UI until the person quits; returns the run's summary.
+/// Runs the UI on a run this process starts, until the person quits;
+/// returns the run's summary.
 pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -> Result<RunSummary, UiError> {
-    let mut rx = handle.subscribe();
-    let mut signals = Signals::new();
+    let events = Link::subscribe(handle, 0).await?;
+    let signals = Signals::new();
     for job in approvals {
         handle.approve(job).await?;
     }
     let guard = TerminalGuard::enter(opts.mouse)?;
-    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    handle.start().await?;
+    let summary = session(handle, events, signals, opts, terminal, guard, Mode::Started).await?;
+    match summary {
+        Some(s) => Ok(s),
+        None => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
+            .await
+            .map_err(|_| EngineError::Stopped)??),
+    }
+}
+
+/// Runs the UI on a run another trackside runs (`trackside attach`), until
+/// the person leaves; the run goes on. Its summary, when it finished.
+pub async fn attach<L: Link>(link: &L, opts: UiOptions) -> Result<Option<RunSummary>, UiError> {
+    let events = link.subscribe(0).await?;
+    let signals = Signals::new();
+    let guard = TerminalGuard::enter(opts.mouse)?;
+    let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    session(link, events, signals, opts, terminal, guard, Mode::Attached).await
+}
+
+/// Whose run the UI shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// This process started it: quitting cancels (or waits out) the run.
+    Started,
+    /// Attached from elsewhere: quitting only leaves.
+    Attached,
+}
+
+async fn session<L: Link>(
+    link: &L,
+    mut events: Subscription,
+    mut signals: Signals,
+    opts: UiOptions,
+    mut terminal: Terminal<CrosstermBackend<io::Stdout>>,
+    guard: TerminalGuard,
+    mode: Mode,
+) -> Result<Option<RunSummary>, UiError> {
     terminal.clear()?;
     let stop = Arc::new(AtomicBool::new(false));
     let pause = InputPause::default();
     let mut input = spawn_input(stop.clone(), pause.clone());
-    handle.start().await?;
     // Debug builds only: a deliberate panic in a task, so the end-to-end
     // test can check that a panic anywhere gives the terminal back.
     #[cfg(debug_assertions)]
@@ -283,9 +323,12 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
         color: opts.color,
         ascii: opts.ascii,
     });
+    app.read_only = !link.can_steer();
+    app.attached = mode == Mode::Attached;
+    app.me = crate::deploy::rollout::who();
     let (disk_tx, mut disk_rx) = mpsc::channel(4);
     let mut disk = DiskWork {
-        run_dir: handle.run_dir().to_path_buf(),
+        run_dir: link.run_dir().to_path_buf(),
         indexes: HashMap::new(),
         tx: disk_tx,
         older: None,
@@ -296,6 +339,8 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     let mut keyed = false;
     let mut last_draw = Instant::now() - MIN_FRAME_GAP;
     let mut quitting = false;
+    // The stream has ended: nothing more will arrive.
+    let mut ended = false;
     let result = loop {
         if PANICKED.load(Ordering::SeqCst) {
             // Not a line into the middle of the panic's message (a backtrace
@@ -321,12 +366,12 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                     && key.kind != KeyEventKind::Release {
                         for cmd in app.handle_key(key) {
                             if let Command::Shell(job) = &cmd {
-                                app.status = Some(shell(handle, job, &mut terminal, &pause, opts.mouse).await);
+                                app.status = Some(shell(link.run_dir(), job, &mut terminal, &pause, opts.mouse).await);
                                 continue;
                             }
-                            if let Some(done) = perform(handle, &mut app, cmd).await {
+                            if let Some(done) = perform(link, &mut app, cmd, mode).await {
                                 quitting = quitting || done;
-                                if done && app.model.finished.is_some() {
+                                if done && (app.model.finished.is_some() || mode == Mode::Attached) {
                                     break;
                                 }
                             }
@@ -340,9 +385,13 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 keyed = true;
             }
             name = signals.recv() => {
+                if mode == Mode::Attached {
+                    // Leaving: the run goes on without this terminal.
+                    break Ok(());
+                }
                 app.status = Some(format!("{name}: cancelling running jobs"));
                 quitting = true;
-                let _ = handle.cancel_all().await;
+                let _ = link.send(crate::protocol::Command::CancelAll).await;
                 dirty = true;
             }
             Some(done) = disk_rx.recv() => {
@@ -350,22 +399,23 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
                 dirty = true;
                 keyed = true;
             }
-            ev = rx.recv() => {
-                match ev {
-                    Ok(ev) => app.apply(&ev),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        app.status = Some(format!("the display fell behind and skipped {n} events; logs on disk are complete"));
+            item = events.next(), if !ended => {
+                match item {
+                    Some(item) => app.deliver(&item),
+                    None => {
+                        if app.model.finished.is_none() {
+                            app.status = Some("the run's engine has gone away; its record is complete up to here".into());
+                        }
+                        ended = true;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break Err(UiError::Engine(EngineError::Stopped)),
                 }
                 // Drain what is queued before drawing again, within a
                 // budget: past it the keyboard and the screen come first.
                 let until = Instant::now() + DRAIN_BUDGET;
                 while Instant::now() < until {
-                    match rx.try_recv() {
-                        Ok(ev) => app.apply(&ev),
-                        Err(TryRecvError::Lagged(n)) => app.status = Some(format!("skipped {n} events")),
-                        Err(_) => break,
+                    match events.try_next() {
+                        Some(item) => app.deliver(&item),
+                        None => break,
                     }
                 }
                 dirty = true;
@@ -377,12 +427,12 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
             }
         }
         if quitting {
-            if app.model.finished.is_some() {
+            if app.model.finished.is_some() || mode == Mode::Attached || ended {
                 break Ok(());
             }
             if !app.model.is_active() {
                 // Only unapproved gates remain: end the run as blocked.
-                let _ = handle.finish_waiting().await;
+                let _ = link.send(crate::protocol::Command::FinishWaiting).await;
             }
         }
         if dirty && (keyed || last_draw.elapsed() >= MIN_FRAME_GAP) {
@@ -405,18 +455,13 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     drop(terminal);
     drop(guard);
     result?;
-    match app.model.finished {
-        Some(s) => Ok(s),
-        None => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
-            .await
-            .map_err(|_| EngineError::Stopped)??),
-    }
+    Ok(app.model.finished.take())
 }
 
 /// Suspends the UI, runs a shell in the job's failed container, and comes
 /// back. Returns the line to show afterwards.
 async fn shell(
-    handle: &EngineHandle,
+    run_dir: &std::path::Path,
     job: &str,
     terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
     pause: &InputPause,
@@ -426,7 +471,7 @@ async fn shell(
         Ok(d) => d,
         Err(e) => return e.to_string(),
     };
-    let (mut cmd, what) = match crate::exec::docker::debug_shell(&docker, handle.run_dir(), job, None).await {
+    let (mut cmd, what) = match crate::exec::docker::debug_shell(&docker, run_dir, job, None).await {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -454,9 +499,10 @@ fn draw(terminal: &mut Terminal<CrosstermBackend<io::Stdout>>, app: &App) -> io:
 }
 
 /// Sends a command; returns Some(true) when the UI should end.
-async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<bool> {
-    let (what, result) = match &cmd {
-        Command::Approve(j) => (format!("approved {j}"), handle.approve(j).await),
+async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command, mode: Mode) -> Option<bool> {
+    use crate::protocol::Command as P;
+    let (what, command) = match &cmd {
+        Command::Approve(j) => (format!("approved {j}"), P::Approve { job: j.clone() }),
         Command::Retry(j) => {
             let edited = app.model.job(j).is_some_and(|i| app.model.jobs[i].edited);
             let what = if edited {
@@ -464,43 +510,56 @@ async fn perform(handle: &EngineHandle, app: &mut App, cmd: Command) -> Option<b
             } else {
                 format!("retrying {j}")
             };
-            (what, handle.retry(j).await)
+            (what, P::Retry { job: j.clone() })
         }
-        Command::RerunFailed => ("rerunning failed jobs".to_string(), handle.rerun_failed().await),
-        Command::Cancel(j) => (format!("cancelling {j}"), handle.cancel(j).await),
-        Command::CancelAll => ("cancelling the run".to_string(), handle.cancel_all().await),
+        Command::RerunFailed => ("rerunning failed jobs".to_string(), P::RerunFailed),
+        Command::Cancel(j) => (format!("cancelling {j}"), P::Cancel { job: j.clone() }),
+        Command::CancelAll => ("cancelling the run".to_string(), P::CancelAll),
         Command::Pause => (
             "scheduling paused: running jobs go on, no new ones start".to_string(),
-            handle.pause_scheduling().await,
+            P::Pause,
         ),
-        Command::Resume => ("scheduling resumed".to_string(), handle.resume_scheduling().await),
-        Command::Rollout(j, c) => {
-            let sent = handle.rollout(j, *c).await;
-            if sent.is_ok() {
-                app.awaiting_rollout = Some((j.clone(), format!("{c:?}")));
-            }
-            (
-                format!("{c:?} sent to the rollout of {j}; waiting for its answer"),
-                sent,
-            )
-        }
-        Command::RollbackService(service) => match handle.rollback_service(service).await {
-            Ok(msg) => (msg, Ok(())),
-            Err(e) => (String::new(), Err(e)),
-        },
+        Command::Resume => ("scheduling resumed".to_string(), P::Resume),
+        Command::Rollout(j, c) => (
+            format!("{c:?} sent to the rollout of {j}; waiting for its answer"),
+            P::Rollout {
+                job: j.clone(),
+                action: *c,
+            },
+        ),
+        // The engine's answer says what changed.
+        Command::RollbackService(service) => (
+            String::new(),
+            P::RollbackService {
+                service: service.clone(),
+            },
+        ),
         Command::Shell(_) => return None,
         Command::Quit { cancel } => {
+            if mode == Mode::Attached {
+                // Leaving never stops a run someone else started.
+                return Some(true);
+            }
             if *cancel {
                 app.status = Some("cancelling running jobs, then quitting".into());
-                let _ = handle.cancel_all().await;
+                let _ = link.send(P::CancelAll).await;
             } else if app.model.finished.is_none() {
-                let _ = handle.finish_waiting().await;
+                let _ = link.send(P::FinishWaiting).await;
             }
             return Some(true);
         }
     };
-    app.status = Some(match result {
-        Ok(()) => what,
+    if !link.can_steer() {
+        app.status = Some(LinkError::ReadOnly.to_string());
+        return None;
+    }
+    let sent = link.send(command).await;
+    if let (Ok(_), Command::Rollout(j, c)) = (&sent, &cmd) {
+        app.awaiting_rollout = Some((j.clone(), format!("{c:?}")));
+    }
+    app.status = Some(match sent {
+        Ok(answer) if what.is_empty() => answer,
+        Ok(_) => what,
         Err(e) => e.to_string(),
     });
     None

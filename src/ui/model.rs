@@ -175,7 +175,7 @@ impl Model {
         self.last_ts = self.last_ts.max(ev.ts);
         match &ev.kind {
             // The decision is in the job's log already; the record keeps the event.
-            EventKind::RolloutDecision { .. } => {}
+            EventKind::RolloutDecision { .. } | EventKind::Steered { .. } => {}
             EventKind::Rollout { job, status } => self.with(job, |j| {
                 let t_s = ev.ts.saturating_sub(j.attempts.last().map_or(ev.ts, |a| a.started_ts)) as f64 / 1000.0;
                 j.rollout_history.push(RolloutPoint {
@@ -230,12 +230,14 @@ impl Model {
                 attempt,
                 stream,
                 line,
+                line_no,
                 ..
             } => {
                 let kind = match stream {
                     Stream::Stdout => LineKind::Out,
                     Stream::Stderr => LineKind::Err,
                 };
+                self.skip_to(job, *attempt, *line_no);
                 self.push_line(job, *attempt, ev.ts, kind, line.clone());
             }
             EventKind::StepFinished { .. } => {}
@@ -411,6 +413,18 @@ impl Model {
             self.levels[j.level].push(i);
         }
         self.critical_path = critical.iter().filter_map(|n| self.index.get(n).copied()).collect();
+    }
+
+    /// Lines of the attempt this front-end never received (it attached
+    /// late, or fell behind) are on disk: the window starts after them.
+    fn skip_to(&mut self, job: &str, attempt: u32, line_no: u64) {
+        let Some(&j) = self.index.get(job) else { return };
+        let log = self.logs.entry((j, attempt)).or_default();
+        let line_no = usize::try_from(line_no).unwrap_or(usize::MAX);
+        if line_no > log.total() {
+            log.lines.clear();
+            log.dropped = line_no;
+        }
     }
 
     fn push_line(&mut self, job: &str, attempt: u32, ts: u64, kind: LineKind, text: String) {
@@ -598,7 +612,7 @@ mod tests {
     use super::*;
 
     pub fn ev(ts: u64, kind: EventKind) -> Event {
-        Event { ts, kind }
+        Event { seq: 0, ts, kind }
     }
 
     fn planned(name: &str, deps: &[&str], level: usize) -> PlannedJob {
@@ -710,6 +724,7 @@ mod tests {
                     step: "s".into(),
                     stream: Stream::Stdout,
                     line: format!("line {i}"),
+                    line_no: i as u64,
                 },
             ));
         }
@@ -717,6 +732,35 @@ mod tests {
         assert_eq!(log.lines.len(), LOG_WINDOW);
         assert_eq!(log.dropped, 10);
         assert_eq!(log.lines[0].text, "line 10");
+    }
+
+    #[test]
+    fn lines_never_received_count_as_on_disk() {
+        let mut m = model();
+        let line = |n: u64| {
+            ev(
+                2_000,
+                EventKind::LogLine {
+                    job: "build".into(),
+                    attempt: 1,
+                    step: "s".into(),
+                    stream: Stream::Stdout,
+                    line: format!("line {n}"),
+                    line_no: n,
+                },
+            )
+        };
+        // Attached late: the first line seen is the attempt's 500th.
+        m.apply(&line(500));
+        m.apply(&line(501));
+        let log = &m.logs[&(0, 1)];
+        assert_eq!((log.dropped, log.lines.len()), (500, 2));
+        assert_eq!(log.total(), 502);
+        // Fell behind: lines 502..=599 never came; the window starts again at 600.
+        m.apply(&line(600));
+        let log = &m.logs[&(0, 1)];
+        assert_eq!((log.dropped, log.lines.len()), (600, 1));
+        assert_eq!(log.lines[0].text, "line 600");
     }
 
     #[test]

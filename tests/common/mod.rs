@@ -71,7 +71,7 @@ pub async fn start(s: &mut Setup) -> Running {
     let cfg = std::mem::replace(&mut s.cfg, placeholder_cfg());
     let plan = Plan::build(&s.pipeline).expect("plan");
     let handle = engine::spawn(s.pipeline.clone(), plan, cfg).expect("spawn");
-    let rx = handle.subscribe();
+    let rx = handle.subscribe_live();
     handle.start().await.expect("start");
     Running {
         handle,

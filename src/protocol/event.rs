@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{FailureClass, When};
+use std::fmt;
+
+use super::view::RolloutStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,7 +51,113 @@ impl JobStatus {
     }
 }
 
-pub use crate::exec::Stream;
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    #[default]
+    OnSuccess,
+    OnFailure,
+    Always,
+    Manual,
+}
+
+impl When {
+    pub const ALL: [(&'static str, When); 4] = [
+        ("on_success", When::OnSuccess),
+        ("on_failure", When::OnFailure),
+        ("always", When::Always),
+        ("manual", When::Manual),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::OnSuccess => "on_success",
+            When::OnFailure => "on_failure",
+            When::Always => "always",
+            When::Manual => "manual",
+        }
+    }
+}
+
+/// Why an attempt failed. Every failed attempt gets exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// An ordinary non-zero exit.
+    Script,
+    Timeout,
+    /// Exit 137 or an OOM kill.
+    Oom,
+    /// Killed by a signal other than our own.
+    Signal,
+    /// The executor could not start the job.
+    Infra,
+    Network,
+    DiskFull,
+    Cancelled,
+    /// An upstream artifact failed verification.
+    DataIntegrity,
+    /// A deploy whose new revision did not become stable: rolled back by
+    /// the judge or a health check, or aborted by a person (its reason says
+    /// which). The old revision kept serving.
+    RolledBack,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 10] = [
+        FailureClass::Script,
+        FailureClass::Timeout,
+        FailureClass::Oom,
+        FailureClass::Signal,
+        FailureClass::Infra,
+        FailureClass::Network,
+        FailureClass::DiskFull,
+        FailureClass::Cancelled,
+        FailureClass::DataIntegrity,
+        FailureClass::RolledBack,
+    ];
+    /// Retried by default: the failure says little about the code under test.
+    pub const TRANSIENT: [FailureClass; 5] = [
+        FailureClass::Timeout,
+        FailureClass::Network,
+        FailureClass::Infra,
+        FailureClass::Oom,
+        FailureClass::DiskFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Script => "script",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Oom => "oom",
+            FailureClass::Signal => "signal",
+            FailureClass::Infra => "infra",
+            FailureClass::Network => "network",
+            FailureClass::DiskFull => "disk_full",
+            FailureClass::Cancelled => "cancelled",
+            FailureClass::DataIntegrity => "data_integrity",
+            FailureClass::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The verdict per job in the final summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +334,11 @@ pub enum EventKind {
         step: String,
         stream: Stream,
         line: String,
+        /// Its place in the attempt's log (from 0; each step's start counts
+        /// as a line too), so a front-end that missed lines knows how many
+        /// of the attempt's lines come before it (they are in the record).
+        #[serde(default)]
+        line_no: u64,
     },
     /// A rollout decision, for the audit trail: a steering action (with
     /// who took it) or one the rollout took by itself (`by` is None).
@@ -237,7 +350,7 @@ pub enum EventKind {
     /// A deploy job's rollout, twice a second while it runs.
     Rollout {
         job: String,
-        status: Box<crate::deploy::rollout::Status>,
+        status: Box<RolloutStatus>,
     },
     StepFinished {
         job: String,
@@ -288,6 +401,12 @@ pub enum EventKind {
         job: String,
         reason: String,
     },
+    /// A person steered the run (approve, retry, cancel, ...): what, and
+    /// who (`user@host`, `(ssh from IP)` when over SSH), for the audit trail.
+    Steered {
+        what: String,
+        by: String,
+    },
     SchedulingPaused,
     SchedulingResumed,
     /// The pipeline file was edited and the edit applied to jobs that had
@@ -314,9 +433,13 @@ pub enum EventKind {
     },
 }
 
-/// An event with its wall-clock time (unix milliseconds).
+/// An event with its wall-clock time (unix milliseconds) and its place in
+/// the run: events of a run are numbered from 0 without gaps, in the order
+/// the engine emitted them (records written before numbering read as 0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    #[serde(default)]
+    pub seq: u64,
     pub ts: u64,
     #[serde(flatten)]
     pub kind: EventKind,

@@ -1,0 +1,249 @@
+//! What front-ends show of a deploy: the rollout's status as its pane and
+//! charts draw it, its replicas, the judge's verdict, and the steering
+//! commands a person sends. The deploy module produces them; front-ends
+//! read them through events.
+
+use serde::{Deserialize, Serialize};
+
+/// A share in tenths of a percent as people read it: `30.0%`.
+pub fn percent(tenths: u32) -> String {
+    format!("{:.1}%", f64::from(tenths) / 10.0)
+}
+
+/// A steering command from a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutCommand {
+    Promote,
+    PromoteFull,
+    Abort,
+    Retry,
+    Rollback,
+    Pause,
+    Resume,
+}
+
+impl RolloutCommand {
+    pub const ALL: [RolloutCommand; 7] = [
+        RolloutCommand::Promote,
+        RolloutCommand::PromoteFull,
+        RolloutCommand::Abort,
+        RolloutCommand::Retry,
+        RolloutCommand::Rollback,
+        RolloutCommand::Pause,
+        RolloutCommand::Resume,
+    ];
+
+    /// Its name as `trackside rollout SERVICE NAME` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutCommand::Promote => "promote",
+            RolloutCommand::PromoteFull => "promote_full",
+            RolloutCommand::Abort => "abort",
+            RolloutCommand::Retry => "retry",
+            RolloutCommand::Rollback => "rollback",
+            RolloutCommand::Pause => "pause",
+            RolloutCommand::Resume => "resume",
+        }
+    }
+}
+
+/// What the rollout looks like now, for front-ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    pub service: String,
+    /// `canary`, `blue_green` or `rolling`.
+    #[serde(default)]
+    pub strategy: String,
+    /// `built-in router` or `HAProxy`.
+    #[serde(default)]
+    pub router: String,
+    pub stable_version: Option<String>,
+    pub canary_version: String,
+    /// `starting_canary`, `running`, `paused`, `gate`, `analyzing`, `held`,
+    /// `updating`, `completed`, `aborted`, `rolled_back`, `degraded`.
+    pub phase: String,
+    pub detail: Option<String>,
+    /// Seconds left on a pause or gate countdown.
+    pub countdown_s: Option<f64>,
+    /// Canary: the step (of `steps`); rolling: batches done (of all).
+    pub step: usize,
+    pub steps: usize,
+    /// The canary's (new revision's) share asked for, in tenths of a percent.
+    pub weight: u32,
+    /// The share the router really gives (HAProxy rounds to its integer weights).
+    #[serde(default)]
+    pub actual_weight: u32,
+    pub stable: Totals,
+    pub canary: Totals,
+    /// The last two seconds, per pool (stable, canary): error rate (0..1)
+    /// and p95 latency in ms; `None` without requests. What the charts plot.
+    pub recent_error_rate: [Option<f64>; 2],
+    pub recent_p95_ms: [Option<f64>; 2],
+    pub verdict: Option<Verdict>,
+    /// Every replica with its health.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaView>,
+    /// The steps, as people read them (`weight 10%`, `analysis 2 x 10s`, `gate`).
+    #[serde(default)]
+    pub step_names: Vec<String>,
+    /// Hard limits of the analyses, for the charts: error rate (%) and p95 (ms).
+    #[serde(default)]
+    pub limits: [Option<f64>; 2],
+}
+
+impl RolloutStatus {
+    /// Whether the rollout has ended: only a rollback of a completed one is
+    /// left to do.
+    pub fn is_over(&self) -> bool {
+        matches!(self.phase.as_str(), "completed" | "aborted" | "rolled_back")
+    }
+
+    /// The phase and share in a few characters, for a DAG box: `gate 30%`.
+    pub fn brief(&self) -> String {
+        let phase = match self.phase.as_str() {
+            "starting_canary" => "start",
+            "running" | "completed" => "",
+            "analyzing" => "judge",
+            "updating" => "update",
+            other => other,
+        };
+        let pct = percent(self.weight).replace(".0%", "%");
+        if phase.is_empty() {
+            pct
+        } else {
+            format!("{phase} {pct}")
+        }
+    }
+
+    /// Seconds until the pause, gate or analysis acts by itself, if it will.
+    pub fn countdown(&self) -> Option<f64> {
+        self.countdown_s
+            .filter(|_| matches!(self.phase.as_str(), "paused" | "gate" | "analyzing"))
+    }
+
+    /// One line for people: `web v1 -> v2 (canary): gate, step 2/3, weight 30.0%, next in 118s`.
+    pub fn summary(&self) -> String {
+        let (unit, done) = if self.strategy == "rolling" {
+            ("batch", self.step)
+        } else {
+            ("step", (self.step + 1).min(self.steps))
+        };
+        let mut out = format!(
+            "{} {} -> {}",
+            self.service,
+            self.stable_version.as_deref().unwrap_or("-"),
+            self.canary_version
+        );
+        if !self.strategy.is_empty() {
+            out.push_str(&format!(" ({})", self.strategy.replace('_', "-")));
+        }
+        out.push_str(&format!(
+            ": {}, {unit} {done}/{}, weight {}",
+            self.phase.replace('_', " "),
+            self.steps,
+            percent(self.weight)
+        ));
+        if let Some(c) = self.countdown() {
+            out.push_str(&format!(", next in {c:.0}s"));
+        }
+        if let Some(d) = &self.detail {
+            out.push_str(&format!(" ({d})"));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    Stable,
+    Canary,
+}
+
+impl Pool {
+    pub fn index(self) -> usize {
+        match self {
+            Pool::Stable => 0,
+            Pool::Canary => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Stable => "stable",
+            Pool::Canary => "canary",
+        }
+    }
+}
+
+/// Totals of one pool since the router started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// How one replica is doing, for the rollout pane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub name: String,
+    pub pool: Pool,
+    pub addr: String,
+    /// `starting`, `healthy`, `unhealthy`, `draining`.
+    pub health: String,
+}
+
+/// One metric's result, as Kayenta names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricOutcome {
+    Pass,
+    /// The canary is significantly higher (worse for latency and errors).
+    High,
+    /// The canary is significantly lower.
+    Low,
+    NoData,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricResult {
+    pub metric: String,
+    pub outcome: MetricOutcome,
+    /// Stable's and canary's summary values (median, or error rate).
+    pub stable: Option<f64>,
+    pub canary: Option<f64>,
+    pub p_value: Option<f64>,
+    /// One sentence: what was compared and what decided it.
+    pub why: String,
+    /// A threshold check: when it fails, the verdict fails whatever the score.
+    #[serde(default)]
+    pub critical: bool,
+}
+
+impl MetricResult {
+    /// For metrics where lower is better, Low counts as a pass.
+    pub fn passed(&self) -> bool {
+        matches!(self.outcome, MetricOutcome::Pass | MetricOutcome::Low)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictClass {
+    Pass,
+    Marginal,
+    Fail,
+    /// Some metric had no data: the canary waits, it is not passed.
+    Inconclusive,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub score: f64,
+    pub class: VerdictClass,
+    pub metrics: Vec<MetricResult>,
+    pub why: String,
+}
