@@ -234,7 +234,7 @@ async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
 
 /// Who is on the other end, from what the kernel says of the peer (its
 /// uid, and the SSH session of its process), never from the request.
-fn peer_identity(uid: u32, pid: Option<i32>) -> String {
+pub(crate) fn peer_identity(uid: u32, pid: Option<i32>) -> String {
     let ssh = pid
         .and_then(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
         .and_then(|env| {

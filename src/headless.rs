@@ -26,6 +26,7 @@ pub async fn run(
     approvals: &[String],
     approve_all: bool,
     manual_jobs: &[String],
+    wait_approval: bool,
 ) -> Result<RunSummary, EngineError> {
     let mut events = Link::subscribe(handle, 0).await.map_err(|_| EngineError::Stopped)?;
     // Listen before the run starts: a signal arriving while no listener exists is lost.
@@ -40,6 +41,7 @@ pub async fn run(
     }
     handle.start().await?;
     let mut printer = Printer::new(format);
+    printer.wait_approval = wait_approval;
     let summary = follow(&mut events, handle, &mut printer, &mut signals, OnSignal::Cancel)
         .await
         .map_err(|_| EngineError::Stopped)?;
@@ -171,6 +173,10 @@ pub struct Printer {
     out: io::BufWriter<io::Stdout>,
     width: usize,
     finished: Option<RunSummary>,
+    /// The run waits at gates for someone to approve from elsewhere
+    /// (`run --wait-approval`): gate lines say how.
+    pub wait_approval: bool,
+    run_id: String,
 }
 
 impl Printer {
@@ -180,6 +186,8 @@ impl Printer {
             out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
             width: 8,
             finished: None,
+            wait_approval: false,
+            run_id: String::new(),
         }
     }
 
@@ -223,6 +231,17 @@ impl Printer {
                 }
             }
             Format::Plain => {
+                if let EventKind::RunStarted { run_id, .. } = &ev.kind {
+                    self.run_id.clone_from(run_id);
+                }
+                if let (EventKind::GateWaiting { job }, true) = (&ev.kind, self.wait_approval) {
+                    let (w, run) = (self.width, &self.run_id);
+                    let _ = writeln!(
+                        self.out,
+                        ":: {job:<w$} waiting for approval: `trackside approve {run} {job}`, or `trackside attach {run}`"
+                    );
+                    return;
+                }
                 let text = plain_line(&ev.kind, &mut self.width);
                 if let Some(t) = text {
                     let _ = writeln!(self.out, "{t}");

@@ -6,6 +6,7 @@
 //! [`pipeline`], [`exec`] and [`store`]. `pipeline` depends on nothing else
 //! in the crate.
 
+pub mod attach;
 pub mod control;
 pub mod deploy;
 pub mod engine;

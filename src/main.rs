@@ -39,6 +39,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { write_out(&format!("{}\n", format!($($arg)*))) };
 }
 
+mod attachcmd;
 mod storecmd;
 
 #[derive(Parser)]
@@ -207,6 +208,11 @@ enum Cmd {
         /// Seconds between SIGTERM and SIGKILL when stopping a job (overrides kill_grace).
         #[arg(long, value_name = "SECS")]
         kill_grace: Option<f64>,
+        /// Headless: wait at manual gates until someone approves them from
+        /// another terminal (`trackside approve RUN JOB`, or `trackside
+        /// attach`), instead of ending the run as blocked.
+        #[arg(long)]
+        wait_approval: bool,
     },
     /// Check a pipeline and report every problem.
     Validate {
@@ -250,7 +256,42 @@ enum Cmd {
         /// Show each line's time.
         #[arg(long)]
         timestamps: bool,
+        /// Keep printing the job's lines as a running run writes them, until
+        /// the job (or the run) has ended.
+        #[arg(long, short = 'f', conflicts_with = "attempt")]
+        follow: bool,
     },
+    /// Watch and steer a run another trackside is running (RUN: id, unique
+    /// prefix, or `last`; default: the newest live run): the full UI, or
+    /// its plain stream. Quitting leaves; the run goes on.
+    Attach {
+        run: Option<String>,
+        /// Watch only: the steering keys are off.
+        #[arg(long)]
+        read_only: bool,
+        /// The plain `job > line` stream instead of the UI (the default when
+        /// stdout is not a terminal).
+        #[arg(long)]
+        headless: bool,
+        /// One JSON event per line (as `run --json`).
+        #[arg(long)]
+        json: bool,
+        /// Print the run from its start, not from now on.
+        #[arg(long)]
+        from_start: bool,
+        /// Terminal UI without box-drawing or other non-ASCII glyphs.
+        #[arg(long)]
+        ascii: bool,
+        /// Terminal UI without the mouse.
+        #[arg(long)]
+        no_mouse: bool,
+    },
+    /// Release a manual gate of a running run (or approve a job in advance).
+    Approve { run: String, job: String },
+    /// Run a failed or cancelled job of a running run again.
+    Retry { run: String, job: String },
+    /// Cancel a job of a running run, or the whole run without JOB.
+    Cancel { run: String, job: Option<String> },
     /// Open a shell in a failed container job: its kept container (see
     /// --keep-failed) or a fresh one of the same image with its workspace.
     Shell {
@@ -428,7 +469,44 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             job,
             attempt,
             timestamps,
-        } => logs(&state, &run, &job, attempt, timestamps),
+            follow,
+        } => {
+            if follow {
+                attachcmd::follow_log(&state, &run, &job, &|e| log_text(e, timestamps))
+            } else {
+                logs(&state, &run, &job, attempt, timestamps)
+            }
+        }
+        Cmd::Attach {
+            run,
+            read_only,
+            headless,
+            json,
+            from_start,
+            ascii,
+            no_mouse,
+        } => attachcmd::attach(
+            &state,
+            attachcmd::AttachArgs {
+                run,
+                read_only,
+                headless,
+                from_start,
+                json,
+                ascii,
+                no_mouse,
+            },
+        ),
+        Cmd::Approve { run, job } => attachcmd::steer(&state, &run, trackside::protocol::Command::Approve { job }),
+        Cmd::Retry { run, job } => attachcmd::steer(&state, &run, trackside::protocol::Command::Retry { job }),
+        Cmd::Cancel { run, job } => attachcmd::steer(
+            &state,
+            &run,
+            match job {
+                Some(job) => trackside::protocol::Command::Cancel { job },
+                None => trackside::protocol::Command::CancelAll,
+            },
+        ),
         Cmd::Show { run, format } => show(&state, &run, format),
         Cmd::Artifacts { args, output } => storecmd::artifacts(&state, &args, output.as_deref()),
         Cmd::Store {
@@ -501,6 +579,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             verbose,
             project_dir,
             kill_grace,
+            wait_approval,
         } => {
             let _log_guard = init_tracing(&state);
             let file = match file {
@@ -614,7 +693,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.kill_grace = kill_grace;
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
             // On a terminal the run stays open at a manual gate until someone approves or quits.
-            cfg.finish_when_blocked = !interactive;
+            cfg.finish_when_blocked = !interactive && !wait_approval;
             let format = if json { Format::Json } else { Format::Plain };
             // Blocking work (workspace copies) queues rather than growing
             // hundreds of threads when hundreds of jobs start at once.
@@ -657,6 +736,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 // `trackside rollout SERVICE ...` from other shells.
                 let control = trackside::control::serve(handle.clone(), state.clone());
+                // `trackside attach`, `approve`, ... from any terminal of this user.
+                let run_socket = trackside::attach::serve(handle.clone())
+                    .inspect_err(|e| eprintln!("trackside: this run cannot be attached to: {e}"))
+                    .ok();
                 let ended = if interactive {
                     let mut approvals = approve.clone();
                     if approve_all {
@@ -673,7 +756,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         .map_err(|e| Fail(e.to_string(), 2))
                         .inspect(|summary| outln!("{}", headless::summary_table(summary)))
                 } else {
-                    headless::run(&handle, format, &approve, approve_all, &manual)
+                    headless::run(&handle, format, &approve, approve_all, &manual, wait_approval)
                         .await
                         .map_err(Fail::from)
                 };
@@ -682,6 +765,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 // stopped, no process left behind, and its records written.
                 handle.shutdown().await;
                 control.close().await;
+                if let Some(s) = run_socket {
+                    s.close().await;
+                }
                 Ok::<_, Fail>(ended?.exit_code)
             })?;
             Ok(u8::try_from(code).unwrap_or(1))
@@ -1131,7 +1217,10 @@ fn runs(
     );
     for r in list {
         let started = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(r.started_ms)).to_string();
-        let result = result_of(&r);
+        let mut result = result_of(&r);
+        if result == "running" && trackside::attach::is_live(&store::runs_dir(state).join(&r.run_id)) {
+            result.push_str(" (trackside attach)");
+        }
         outln!(
             "{:<20}  {:<24}  {:<20}  {:>9}  {}",
             r.run_id,
@@ -1152,21 +1241,26 @@ fn logs(state: &Path, run: &str, job: &str, attempt: Option<u32>, timestamps: bo
         eprintln!("(attempt {n} of {}; --attempt N for another)", attempts.len());
     }
     let mut out = String::new();
-    for e in entries {
-        let ts = if timestamps {
-            let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.ts_ms));
-            format!("{t} ")
-        } else {
-            String::new()
-        };
-        if e.stream == "step" {
-            out.push_str(&format!("{ts}--- step: {} ---\n", e.step));
-        } else {
-            out.push_str(&format!("{ts}{}\n", e.text));
-        }
+    for e in &entries {
+        out.push_str(&log_text(e, timestamps));
     }
     out!("{out}");
     Ok(0)
+}
+
+/// A log line as `trackside logs` prints it (with its newline).
+fn log_text(e: &store::LogEntry, timestamps: bool) -> String {
+    let ts = if timestamps {
+        let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(e.ts_ms));
+        format!("{t} ")
+    } else {
+        String::new()
+    };
+    if e.stream == "step" {
+        format!("{ts}--- step: {} ---\n", e.step)
+    } else {
+        format!("{ts}{}\n", e.text)
+    }
 }
 
 fn demo_service(port: u16, version: String, error_rate: f64, latency_ms: u64) -> Result<u8, Fail> {

@@ -110,6 +110,7 @@ fn step(at: u64, job: &str, attempt: u32) -> Event {
             attempt,
             step: "main".into(),
             index: 0,
+            line_no: 0,
         },
     )
 }

@@ -134,7 +134,8 @@ impl EngineConfig {
 
 /// The replay and live receiver a subscriber gets: taken together in the
 /// actor, so nothing falls between them.
-type Subscribed = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+/// The first sequence number it starts from (no later than the next event's).
+type Subscribed = (u64, Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 
 enum Command {
     Start(oneshot::Sender<()>),
@@ -309,13 +310,13 @@ impl From<EngineError> for LinkError {
 
 impl Link for EngineHandle {
     async fn subscribe(&self, from: u64) -> Result<Subscription, LinkError> {
-        let (replay, rx) = self.subscribe_from(from).await?;
+        let (from, replay, rx) = self.subscribe_from(from).await?;
         let tx = self.tx.clone();
         let resync: crate::protocol::link::Resync = Box::new(move |from| {
             let tx = tx.clone();
-            Box::pin(async move { subscribe_with(&tx, from).await.ok() })
+            Box::pin(async move { subscribe_with(&tx, from).await.ok().map(|(_, replay, rx)| (replay, rx)) })
         });
-        Ok(Subscription::local(replay, rx, resync))
+        Ok(Subscription::local(from, replay, rx, resync))
     }
 
     async fn send(&self, command: crate::protocol::Command) -> Result<String, LinkError> {
@@ -844,7 +845,9 @@ impl Actor {
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
             Command::Subscribe(from, reply) => {
-                let _ = reply.send((self.replay.since(from), self.events.subscribe()));
+                // From no later than now: "from now on" is `u64::MAX`.
+                let from = from.min(self.next_seq);
+                let _ = reply.send((from, self.replay.since(from), self.events.subscribe()));
             }
             Command::Steer(command, by, reply) => self.steer(command, by, reply, retry_tx),
         }
@@ -1010,6 +1013,7 @@ impl Actor {
                     attempt,
                     step: step.to_string(),
                     index,
+                    line_no: 0,
                 };
                 self.emit(kind);
             }
@@ -1220,9 +1224,9 @@ impl Actor {
             EventKind::LogLine {
                 job, attempt, line_no, ..
             } => *line_no = self.log_lines.next(job, *attempt),
-            EventKind::StepStarted { job, attempt, .. } => {
-                self.log_lines.next(job, *attempt);
-            }
+            EventKind::StepStarted {
+                job, attempt, line_no, ..
+            } => *line_no = self.log_lines.next(job, *attempt),
             EventKind::JobFinished { job, attempt, .. } => self.log_lines.forget(job, *attempt),
             EventKind::JobRetrying { job, attempt, .. } => self.log_lines.forget(job, attempt.saturating_sub(1)),
             _ => {}

@@ -327,6 +327,9 @@ pub enum EventKind {
         attempt: u32,
         step: String,
         index: usize,
+        /// Its line in the attempt's log (see `LogLine::line_no`).
+        #[serde(default)]
+        line_no: u64,
     },
     LogLine {
         job: String,

@@ -72,14 +72,21 @@ enum Inner {
 impl Subscription {
     /// In process: `replay` (in order), then what `rx` receives; `resync`
     /// replays again from where a lagging receiver fell behind.
-    pub fn local(replay: Vec<Arc<Event>>, rx: broadcast::Receiver<Arc<Event>>, resync: Resync) -> Subscription {
+    /// `from` is the first sequence number wanted: an earlier gap in
+    /// `replay` is reported as missed.
+    pub fn local(
+        from: u64,
+        replay: Vec<Arc<Event>>,
+        rx: broadcast::Receiver<Arc<Event>>,
+        resync: Resync,
+    ) -> Subscription {
         Subscription {
             inner: Inner::Local {
                 replay: replay.into(),
                 rx,
                 resync,
             },
-            last: None,
+            last: from.checked_sub(1),
         }
     }
 

@@ -16,6 +16,9 @@ use super::event::Event;
 /// The version this trackside speaks. A server refuses any other.
 pub const VERSION: u32 = 1;
 
+/// `from` in a hello for "from now on": no replay, only what comes next.
+pub const LIVE: u64 = u64::MAX;
+
 /// The largest frame either side accepts: a run summary of thousands of
 /// jobs fits; a frame claiming more ends the connection.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -117,6 +120,19 @@ pub enum FrameError {
 pub fn encode<T: Serialize>(frame: &T) -> bytes::Bytes {
     // Our frames are plain data: serializing them cannot fail.
     bytes::Bytes::from(serde_json::to_vec(frame).unwrap_or_default())
+}
+
+/// An `event` frame's JSON, written from the shared event (no copy of it).
+pub fn encode_event(event: &Event) -> bytes::Bytes {
+    let mut out = br#"{"type":"event","event":"#.to_vec();
+    if serde_json::to_writer(&mut out, event).is_err() {
+        return encode(&ServerFrame::Missed {
+            from: event.seq,
+            to: event.seq,
+        });
+    }
+    out.push(b'}');
+    bytes::Bytes::from(out)
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {

@@ -221,8 +221,15 @@ impl Model {
                     });
                 });
             }
-            EventKind::StepStarted { job, attempt, step, .. } => {
+            EventKind::StepStarted {
+                job,
+                attempt,
+                step,
+                line_no,
+                ..
+            } => {
                 self.with(job, |j| j.step = Some(step.clone()));
+                self.skip_to(job, *attempt, *line_no);
                 self.push_line(job, *attempt, ev.ts, LineKind::Step, step.clone());
             }
             EventKind::LogLine {

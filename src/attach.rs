@@ -1,0 +1,411 @@
+//! The run socket: every run serves `<run dir>/control.sock`, and any
+//! terminal of the same user attaches to it (`trackside attach`, `approve`,
+//! `retry`, `cancel`, `logs --follow`).
+//!
+//! The server side is a front-end of the run like the others: it holds the
+//! engine's in-process link and passes events and commands through the
+//! frames of [`crate::protocol::wire`]. [`RemoteLink`] is the client side:
+//! the same [`Link`] a front-end holds in process, so the UI and the
+//! headless printer work on a run elsewhere unchanged.
+//!
+//! A slow or dead client never slows the run: the engine broadcasts into a
+//! bounded ring and moves on; a connection that falls behind resyncs from
+//! the engine's replay (every transition, the newest log lines) and is told
+//! what it missed. A write that stalls for [`WRITE_WAIT`] ends the
+//! connection. Only the run's user (and root) may connect: the socket is
+//! 0600 and the peer's uid is checked.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::EngineHandle;
+use crate::protocol::wire::{self, ClientFrame, ServerFrame, VERSION, WireError};
+use crate::protocol::{Command, Delivery, Link, LinkError, Subscription};
+
+/// The socket's name in the run's folder.
+pub const SOCKET: &str = "control.sock";
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to say hello.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+/// How long one frame may take to reach a client before it is dropped.
+pub const WRITE_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries a client's reader holds for its front-end.
+const CLIENT_BUFFER: usize = 1024;
+/// The longest Unix socket path Linux takes (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET)
+}
+
+/// A path to `path` short enough for a Unix socket: itself, or through
+/// `/proc/self/fd` and its folder held open (kept alive by the returned
+/// file while the path is used).
+fn reachable(path: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok((path.to_path_buf(), None));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok((path.to_path_buf(), None));
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    Ok((short, Some(dir)))
+}
+
+/// Serves a run's socket until [`RunServer::close`].
+pub struct RunServer {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+    connections: tokio_util::task::TaskTracker,
+}
+
+impl RunServer {
+    /// Stops taking connections, tells every attached client the stream
+    /// has ended, and removes the socket.
+    pub async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.connections.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.connections.wait()).await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Starts serving the run behind `handle` on `<run dir>/control.sock`.
+pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
+    let path = socket_path(handle.run_dir());
+    let listener = bind(&path)?;
+    let stop = CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
+    let task = tokio::spawn({
+        let (stop, connections) = (stop.clone(), connections.clone());
+        async move {
+            let l = &listener;
+            let accept = move || async move { l.accept().await.map(|(s, _)| s) };
+            crate::net::accept_loop("run socket", MAX_CONNECTIONS, &stop.clone(), accept, |stream, slot| {
+                let (handle, stop) = (handle.clone(), stop.clone());
+                connections.spawn(async move {
+                    let _slot = slot;
+                    connection(stream, handle, stop).await;
+                });
+            })
+            .await;
+        }
+    });
+    Ok(RunServer {
+        stop,
+        task,
+        path,
+        connections,
+    })
+}
+
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    let (short, _dir) = reachable(path).map_err(|e| format!("cannot reach {}: {e}", path.display()))?;
+    if path.exists() {
+        // A run folder is the run's own: anything there is left from a crash.
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&short).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make {} owner-only: {e}", path.display()))?;
+    Ok(listener)
+}
+
+type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+
+async fn send(conn: &mut Conn, frame: bytes::Bytes) -> bool {
+    matches!(tokio::time::timeout(WRITE_WAIT, conn.send(frame)).await, Ok(Ok(())))
+}
+
+async fn connection(stream: UnixStream, handle: EngineHandle, stop: CancellationToken) {
+    // The socket is 0600 once bound; the peer's uid also covers the moment
+    // before that: only this trackside's user (and root) attaches.
+    let me = nix::unistd::Uid::current().as_raw();
+    let cred = stream.peer_cred().ok();
+    let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
+    let peer = cred.map_or_else(
+        || "unknown peer".to_string(),
+        |c| crate::control::peer_identity(c.uid(), c.pid()),
+    );
+    let mut conn = Framed::new(stream, wire::codec());
+    let refuse = |message: String| wire::encode(&ServerFrame::Refused { message });
+    if !allowed {
+        let text = "only the user running this trackside (or root) may attach to it".to_string();
+        send(&mut conn, refuse(text)).await;
+        return;
+    }
+    let hello = match tokio::time::timeout(HELLO_WAIT, conn.next()).await {
+        Ok(Some(Ok(bytes))) => wire::decode::<ClientFrame>(&bytes).map_err(|e| e.to_string()),
+        Ok(Some(Err(e))) => Err(format!("cannot read the hello: {e}")),
+        Ok(None) => return,
+        Err(_) => Err(format!("no hello within {}s", HELLO_WAIT.as_secs())),
+    };
+    let (from, read_only) = match hello {
+        Ok(ClientFrame::Hello {
+            version,
+            from,
+            read_only,
+        }) if version == VERSION => (from, read_only),
+        Ok(ClientFrame::Hello { version, .. }) => {
+            let text = format!(
+                "this run speaks version {VERSION} of the run protocol, the client {version}: attach with the trackside that started the run"
+            );
+            send(&mut conn, refuse(text)).await;
+            return;
+        }
+        Ok(_) => {
+            send(&mut conn, refuse("the first frame must be a hello".into())).await;
+            return;
+        }
+        Err(e) => {
+            send(&mut conn, refuse(e)).await;
+            return;
+        }
+    };
+    let mut events = match from {
+        Some(from) => match Link::subscribe(&handle, from).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                send(&mut conn, refuse(e.to_string())).await;
+                return;
+            }
+        },
+        None => None,
+    };
+    let welcome = ServerFrame::Welcome {
+        version: VERSION,
+        run_id: handle.run_id().to_string(),
+        can_steer: !read_only,
+    };
+    if !send(&mut conn, wire::encode(&welcome)).await {
+        return;
+    }
+    let (replies_tx, mut replies) = mpsc::channel::<ServerFrame>(16);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                send(&mut conn, wire::encode(&ServerFrame::End)).await;
+                return;
+            }
+            item = next(&mut events) => {
+                let frame = match item {
+                    Some(Delivery::Event(ev)) => wire::encode_event(&ev),
+                    Some(Delivery::Missed { from, to }) => wire::encode(&ServerFrame::Missed { from, to }),
+                    None => {
+                        events = None;
+                        wire::encode(&ServerFrame::End)
+                    }
+                };
+                if !send(&mut conn, frame).await {
+                    return;
+                }
+            }
+            Some(reply) = replies.recv() => {
+                if !send(&mut conn, wire::encode(&reply)).await {
+                    return;
+                }
+            }
+            frame = conn.next() => {
+                let bytes = match frame {
+                    None => return,
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        send(&mut conn, refuse(format!("cannot read a frame: {e}"))).await;
+                        return;
+                    }
+                };
+                let (id, command) = match wire::decode::<ClientFrame>(&bytes) {
+                    Ok(ClientFrame::Command { id, command }) => (id, command),
+                    Ok(ClientFrame::Hello { .. }) => {
+                        send(&mut conn, refuse("hello was said already".into())).await;
+                        return;
+                    }
+                    Err(e) => {
+                        send(&mut conn, refuse(e.to_string())).await;
+                        return;
+                    }
+                };
+                if read_only {
+                    let reply = ServerFrame::Reply { id, done: None, error: Some(WireError::ReadOnly) };
+                    if !send(&mut conn, wire::encode(&reply)).await {
+                        return;
+                    }
+                    continue;
+                }
+                // Commands are answered as they finish; events keep flowing meanwhile.
+                let (handle, peer, tx) = (handle.clone(), peer.clone(), replies_tx.clone());
+                tokio::spawn(async move {
+                    let reply = match handle.send_as(command, peer).await {
+                        Ok(done) => ServerFrame::Reply { id, done: Some(done), error: None },
+                        Err(e) => ServerFrame::Reply { id, done: None, error: Some(LinkError::from(e).into()) },
+                    };
+                    let _ = tx.send(reply).await;
+                });
+            }
+        }
+    }
+}
+
+async fn next(events: &mut Option<Subscription>) -> Option<Delivery> {
+    match events {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A run another trackside is running, reached through its socket.
+pub struct RemoteLink {
+    socket: PathBuf,
+    run_id: String,
+    run_dir: PathBuf,
+    read_only: bool,
+}
+
+impl RemoteLink {
+    /// Reaches the run recorded in `run_dir`; `read_only` only watches.
+    pub async fn connect(run_dir: &Path, read_only: bool) -> Result<RemoteLink, LinkError> {
+        let socket = socket_path(run_dir);
+        let (_, welcome) = open(&socket, None, read_only).await?;
+        let ServerFrame::Welcome { run_id, can_steer, .. } = welcome else {
+            return Err(LinkError::Connection("the run did not welcome this client".into()));
+        };
+        Ok(RemoteLink {
+            socket,
+            run_id,
+            run_dir: run_dir.to_path_buf(),
+            read_only: read_only || !can_steer,
+        })
+    }
+}
+
+/// Connects and says hello; the connection and the server's welcome.
+async fn open(socket: &Path, from: Option<u64>, read_only: bool) -> Result<(Conn, ServerFrame), LinkError> {
+    let (short, _dir) = reachable(socket).map_err(|e| LinkError::Connection(format!("{}: {e}", socket.display())))?;
+    let stream = UnixStream::connect(&short).await.map_err(|e| {
+        LinkError::Connection(match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
+                "the run is not running ({} does not answer): it has finished, or its trackside was stopped",
+                socket.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "{} is not yours ({e}): only the user running that trackside (or root) can attach",
+                socket.display()
+            ),
+            _ => format!("cannot connect to {}: {e}", socket.display()),
+        })
+    })?;
+    let mut conn = Framed::new(stream, wire::codec());
+    let hello = ClientFrame::Hello {
+        version: VERSION,
+        from,
+        read_only,
+    };
+    conn.send(wire::encode(&hello))
+        .await
+        .map_err(|e| LinkError::Connection(format!("cannot say hello: {e}")))?;
+    match read(&mut conn).await? {
+        Some(ServerFrame::Refused { message }) => Err(LinkError::Connection(message)),
+        Some(w @ ServerFrame::Welcome { .. }) => Ok((conn, w)),
+        Some(_) => Err(LinkError::Connection(
+            "the run answered the hello with something else".into(),
+        )),
+        None => Err(LinkError::Connection("the run closed the connection".into())),
+    }
+}
+
+/// The next frame from the server; `None` at the end of the connection.
+async fn read(conn: &mut Conn) -> Result<Option<ServerFrame>, LinkError> {
+    match conn.next().await {
+        None => Ok(None),
+        Some(Err(e)) => Err(LinkError::Connection(format!("cannot read from the run: {e}"))),
+        Some(Ok(bytes)) => wire::decode(&bytes)
+            .map(Some)
+            .map_err(|e| LinkError::Connection(e.to_string())),
+    }
+}
+
+impl Link for RemoteLink {
+    async fn subscribe(&self, from: u64) -> Result<Subscription, LinkError> {
+        let (mut conn, _) = open(&self.socket, Some(from), self.read_only).await?;
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let delivery = match read(&mut conn).await {
+                    Ok(Some(ServerFrame::Event { event })) => Delivery::Event(Arc::new(*event)),
+                    Ok(Some(ServerFrame::Missed { from, to })) => Delivery::Missed { from, to },
+                    Ok(Some(ServerFrame::Reply { .. } | ServerFrame::Welcome { .. })) => continue,
+                    // The end, a refusal, or a broken connection: the stream ends.
+                    Ok(Some(ServerFrame::End | ServerFrame::Refused { .. })) | Ok(None) | Err(_) => return,
+                };
+                // A front-end that stops reading stalls this reader, and the
+                // server resyncs the connection when it catches up.
+                if tx.send(delivery).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Subscription::remote(rx))
+    }
+
+    async fn send(&self, command: Command) -> Result<String, LinkError> {
+        if self.read_only {
+            return Err(LinkError::ReadOnly);
+        }
+        let (mut conn, _) = open(&self.socket, None, false).await?;
+        conn.send(wire::encode(&ClientFrame::Command { id: 1, command }))
+            .await
+            .map_err(|e| LinkError::Connection(format!("cannot send the command: {e}")))?;
+        loop {
+            match read(&mut conn).await? {
+                Some(ServerFrame::Reply { id: 1, done, error }) => {
+                    return match (done, error) {
+                        (_, Some(e)) => Err(e.into()),
+                        (Some(done), None) => Ok(done),
+                        (None, None) => Ok(String::new()),
+                    };
+                }
+                Some(ServerFrame::Refused { message }) => return Err(LinkError::Connection(message)),
+                Some(ServerFrame::End) | None => return Err(LinkError::Ended),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn can_steer(&self) -> bool {
+        !self.read_only
+    }
+}
+
+/// Whether a run's socket answers (`trackside runs` marks live runs).
+pub fn is_live(run_dir: &Path) -> bool {
+    let socket = socket_path(run_dir);
+    match reachable(&socket) {
+        Ok((short, _dir)) => std::os::unix::net::UnixStream::connect(short).is_ok(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,233 @@
+//! The CLI's commands on a run another trackside is running: `attach`,
+//! `approve`, `retry`, `cancel` and `logs --follow`. They reach the run
+//! through its socket (`trackside::attach`); the work is done there.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use trackside::attach::{self, RemoteLink};
+use trackside::headless::{self, Format, OnSignal, Printer, Signals};
+use trackside::protocol::wire::LIVE;
+use trackside::protocol::{Command, Delivery, EventKind, Link, LinkError};
+use trackside::store;
+use trackside::ui::{self, UiOptions};
+
+use super::{Fail, write_out};
+
+/// The run folder of RUN (id, unique prefix, `last`), or without one the
+/// newest run that is live.
+fn run_dir(state: &Path, run: Option<&str>) -> Result<PathBuf, Fail> {
+    if let Some(run) = run {
+        return Ok(store::find_run(state, run)?);
+    }
+    let runs = store::list_runs(state)?;
+    runs.iter()
+        .rev()
+        .filter(|r| r.result.is_none() && !r.crashed)
+        .map(|r| store::runs_dir(state).join(&r.run_id))
+        .find(|d| attach::is_live(d))
+        .ok_or_else(|| {
+            Fail(
+                format!(
+                    "no run of {} is running now (`trackside runs` lists them; give a RUN to see a finished one with `trackside show`)",
+                    state.display()
+                ),
+                2,
+            )
+        })
+}
+
+/// The link to a live run, or why there is none.
+async fn connect(dir: &Path, read_only: bool) -> Result<RemoteLink, Fail> {
+    RemoteLink::connect(dir, read_only).await.map_err(|e| {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let finished = store::read_summary(dir).ok().flatten().is_some();
+        if finished {
+            Fail(
+                format!(
+                    "run {id} has finished: `trackside show {id}` prints its summary, `trackside logs {id} JOB` a log"
+                ),
+                2,
+            )
+        } else {
+            Fail(format!("cannot attach to run {id}: {e}"), 2)
+        }
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub struct AttachArgs {
+    pub run: Option<String>,
+    pub read_only: bool,
+    pub headless: bool,
+    pub from_start: bool,
+    pub json: bool,
+    pub ascii: bool,
+    pub no_mouse: bool,
+}
+
+/// `trackside attach`: the UI on a live run (or its plain stream).
+pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
+    let dir = run_dir(state, a.run.as_deref())?;
+    let interactive = !a.headless && !a.json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    let mouse = !a.no_mouse && store::gc::ui_mouse(state).map_err(|e| Fail(e.to_string(), 2))?;
+    runtime()?.block_on(async move {
+        let link = connect(&dir, a.read_only).await?;
+        if interactive {
+            let opts = UiOptions {
+                ascii: a.ascii,
+                mouse,
+                color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            };
+            let finished = ui::attach(&link, opts).await.map_err(|e| Fail(e.to_string(), 2))?;
+            match finished {
+                Some(s) => write_out(&format!("{}\n", headless::summary_table(&s))),
+                None => write_out(&format!(
+                    "left run {}; it goes on (`trackside attach {}` to come back)\n",
+                    link.run_id(),
+                    link.run_id()
+                )),
+            }
+            return Ok(0);
+        }
+        let from = if a.from_start { 0 } else { LIVE };
+        let mut events = link.subscribe(from).await.map_err(link_fail)?;
+        let format = if a.json { Format::Json } else { Format::Plain };
+        let mut printer = Printer::new(format);
+        // A gate of a live run waits for someone: the printer says how to approve.
+        printer.wait_approval = true;
+        if !a.from_start {
+            printer.note(&format!(
+                "attached to run {} (from now on; --from-start for all of it)",
+                link.run_id()
+            ));
+        }
+        let mut signals = Signals::new();
+        let summary = headless::follow(&mut events, &link, &mut printer, &mut signals, OnSignal::Leave)
+            .await
+            .map_err(link_fail)?;
+        printer.flush();
+        // The run's own exit code once it has finished; 0 when left early.
+        Ok(summary.map_or(0, |s| u8::try_from(s.exit_code).unwrap_or(1)))
+    })
+}
+
+fn link_fail(e: LinkError) -> Fail {
+    Fail(e.to_string(), 2)
+}
+
+/// `trackside approve|retry|cancel RUN ...`: one command, the engine's answer.
+pub fn steer(state: &Path, run: &str, command: Command) -> Result<u8, Fail> {
+    let dir = run_dir(state, Some(run))?;
+    runtime()?.block_on(async move {
+        let link = connect(&dir, false).await?;
+        match link.send(command).await {
+            Ok(done) => {
+                write_out(&format!("{}: {done}\n", link.run_id()));
+                Ok(0)
+            }
+            Err(e) => Err(Fail(format!("{}: {e}", link.run_id()), 1)),
+        }
+    })
+}
+
+/// `trackside logs RUN JOB --follow`: the job's latest attempt so far from
+/// the record, then its lines as they come, until the job has ended (no
+/// retry to come) or the run has.
+pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
+    let dir = run_dir(state, Some(run))?;
+    runtime()?.block_on(async move {
+        // Live first, then the record: a line written in between is in
+        // both, and its number says it was printed.
+        let link = RemoteLink::connect(&dir, true).await.ok();
+        let mut events = match &link {
+            Some(l) => Some(l.subscribe(LIVE).await.map_err(link_fail)?),
+            None => None,
+        };
+        let (mut attempt, mut printed) = match store::read_log(&dir, job, None) {
+            Ok((n, entries)) => {
+                let mut out = String::new();
+                for e in &entries {
+                    out.push_str(&print(e));
+                }
+                write_out(&out);
+                (n, entries.len() as u64)
+            }
+            // No line yet (the job has not started): the stream brings them.
+            Err(_) => (1, 0),
+        };
+        let Some(events) = &mut events else {
+            // Not live: the record is all there is.
+            return Ok(0);
+        };
+        let mut signals = Signals::new();
+        loop {
+            let item = tokio::select! {
+                item = events.next() => item,
+                _ = signals.recv() => return Ok(0),
+            };
+            let Some(Delivery::Event(ev)) = item else {
+                match item {
+                    Some(Delivery::Missed { .. }) => continue,
+                    _ => return Ok(0),
+                }
+            };
+            match &ev.kind {
+                EventKind::JobStarted { job: j, attempt: a } if j == job && *a != attempt => {
+                    attempt = *a;
+                    printed = 0;
+                    write_out(&format!("--- attempt {a} ---\n"));
+                }
+                EventKind::StepStarted {
+                    job: j,
+                    attempt: a,
+                    step,
+                    line_no,
+                    ..
+                } if j == job && *a == attempt && *line_no >= printed => {
+                    write_out(&print(&store::LogEntry {
+                        ts_ms: ev.ts,
+                        stream: "step".into(),
+                        step: step.clone(),
+                        text: String::new(),
+                    }));
+                    printed = line_no + 1;
+                }
+                EventKind::LogLine {
+                    job: j,
+                    attempt: a,
+                    step,
+                    stream,
+                    line,
+                    line_no,
+                } if j == job && *a == attempt && *line_no >= printed => {
+                    let tag = match stream {
+                        trackside::protocol::Stream::Stdout => "out",
+                        trackside::protocol::Stream::Stderr => "err",
+                    };
+                    write_out(&print(&store::LogEntry {
+                        ts_ms: ev.ts,
+                        stream: tag.into(),
+                        step: step.clone(),
+                        text: line.clone(),
+                    }));
+                    printed = line_no + 1;
+                }
+                EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => {
+                    return Ok(0);
+                }
+                EventKind::RunFinished { .. } => return Ok(0),
+                _ => {}
+            }
+        }
+    })
+}
