@@ -68,6 +68,8 @@ pub struct RunServer {
     task: tokio::task::JoinHandle<()>,
     path: PathBuf,
     connections: tokio_util::task::TaskTracker,
+    /// How many clients are connected.
+    clients: tokio::sync::watch::Receiver<usize>,
 }
 
 impl RunServer {
@@ -84,6 +86,29 @@ impl RunServer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Waits until no client is connected (at most `limit`): a finished
+    /// run's process stays while someone still looks at it, to retry a job.
+    pub async fn unwatched(&self, limit: Duration) {
+        let mut clients = self.clients.clone();
+        let _ = tokio::time::timeout(limit, clients.wait_for(|&n| n == 0)).await;
+    }
+}
+
+/// Counts a connection while it lives.
+struct Counted(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Counted {
+    fn new(clients: &Arc<tokio::sync::watch::Sender<usize>>) -> Counted {
+        clients.send_modify(|n| *n += 1);
+        Counted(clients.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Starts serving the run behind `handle` on `<run dir>/control.sock`.
@@ -92,6 +117,8 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
     let listener = bind(&path)?;
     let stop = CancellationToken::new();
     let connections = tokio_util::task::TaskTracker::new();
+    let (count, clients) = tokio::sync::watch::channel(0usize);
+    let count = Arc::new(count);
     let task = tokio::spawn({
         let (stop, connections) = (stop.clone(), connections.clone());
         async move {
@@ -99,8 +126,9 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
             let accept = move || async move { l.accept().await.map(|(s, _)| s) };
             crate::net::accept_loop("run socket", MAX_CONNECTIONS, &stop.clone(), accept, |stream, slot| {
                 let (handle, stop) = (handle.clone(), stop.clone());
+                let counted = Counted::new(&count);
                 connections.spawn(async move {
-                    let _slot = slot;
+                    let (_slot, _counted) = (slot, counted);
                     connection(stream, handle, stop).await;
                 });
             })
@@ -112,6 +140,7 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
         task,
         path,
         connections,
+        clients,
     })
 }
 
@@ -347,7 +376,12 @@ impl Link for RemoteLink {
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         tokio::spawn(async move {
             loop {
-                let delivery = match read(&mut conn).await {
+                // The front-end dropping its subscription ends the connection.
+                let frame = tokio::select! {
+                    f = read(&mut conn) => f,
+                    () = tx.closed() => return,
+                };
+                let delivery = match frame {
                     Ok(Some(ServerFrame::Event { event })) => Delivery::Event(Arc::new(*event)),
                     Ok(Some(ServerFrame::Missed { from, to })) => Delivery::Missed { from, to },
                     Ok(Some(ServerFrame::Reply { .. } | ServerFrame::Welcome { .. })) => continue,

@@ -2,8 +2,12 @@
 //! `approve`, `retry`, `cancel` and `logs --follow`. They reach the run
 //! through its socket (`trackside::attach`); the work is done there.
 
-use std::io::IsTerminal;
+use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use trackside::attach::{self, RemoteLink};
 use trackside::headless::{self, Format, OnSignal, Printer, Signals};
@@ -88,10 +92,10 @@ pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
                 mouse,
                 color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             };
-            let finished = ui::attach(&link, opts).await.map_err(|e| Fail(e.to_string(), 2))?;
-            match finished {
-                Some(s) => write_out(&format!("{}\n", headless::summary_table(&s))),
-                None => write_out(&format!(
+            let left = ui::attach(&link, opts).await.map_err(|e| Fail(e.to_string(), 2))?;
+            match left {
+                ui::Left::Finished(s) => write_out(&format!("{}\n", headless::summary_table(&s))),
+                ui::Left::Detached => write_out(&format!(
                     "left run {}; it goes on (`trackside attach {}` to come back)\n",
                     link.run_id(),
                     link.run_id()
@@ -227,6 +231,116 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
                 }
                 EventKind::RunFinished { .. } => return Ok(0),
                 _ => {}
+            }
+        }
+    })
+}
+
+/// The hidden flag that makes `trackside run` the engine of a run whose UI
+/// is another process: no output but one `ready RUN_DIR` line on stdout
+/// once the run's socket serves.
+pub const ENGINE_FLAG: &str = "--engine-process";
+
+/// `trackside run` on a terminal: the run goes in a process of its own (a
+/// session of its own, no terminal), and this one shows the UI attached to
+/// it, so `d` can detach and leave it going. `None` when that process could
+/// not be started (the UI then runs the run in this process).
+pub fn run_in_background(ascii: bool, no_mouse: bool, state: &Path) -> Result<Option<u8>, Fail> {
+    let Ok(exe) = std::env::current_exe() else {
+        return Ok(None);
+    };
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    args.push(ENGINE_FLAG.into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return Ok(None);
+    };
+    // What it says before it serves (diagnostics, --verbose notes) is this
+    // terminal's; after, it says nothing.
+    let relayed = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        })
+    });
+    let ready = child.stdout.take().map(|out| {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            line.strip_prefix("ready ").map(|d| PathBuf::from(d.trim_end()))
+        })
+    });
+    let mouse = !no_mouse && store::gc::ui_mouse(state).map_err(|e| Fail(e.to_string(), 2))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut signals = Signals::new();
+        let waiting = tokio::task::spawn_blocking(move || ready.and_then(|r| r.join().ok().flatten()));
+        let dir = tokio::select! {
+            dir = waiting => dir.ok().flatten(),
+            _ = signals.recv() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Some(130));
+            }
+        };
+        let Some(dir) = dir else {
+            // It ended before serving (an invalid pipeline, ...): it said why.
+            let code = tokio::task::spawn_blocking(move || child.wait()).await;
+            if let Some(r) = relayed {
+                let _ = r.join();
+            }
+            let code = code.ok().and_then(Result::ok).and_then(|s| s.code()).unwrap_or(2);
+            return Ok(Some(u8::try_from(code).unwrap_or(2)));
+        };
+        if let Some(r) = relayed {
+            // Its last words before the screen changes (it closed its stderr).
+            let _ = tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || r.join())).await;
+        }
+        let link = match RemoteLink::connect(&dir, false).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                return Err(Fail(format!("cannot reach the run it started: {e}"), 2));
+            }
+        };
+        let opts = UiOptions {
+            ascii,
+            mouse,
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        };
+        let left = ui::run_owned(&link, opts).await;
+        match left {
+            Ok(ui::Left::Finished(summary)) => {
+                // The engine ends right after its last event.
+                let _ = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || child.wait())).await;
+                write_out(&format!("{}\n", headless::summary_table(&summary)));
+                Ok(Some(u8::try_from(summary.exit_code).unwrap_or(1)))
+            }
+            Ok(ui::Left::Detached) => {
+                let id = link.run_id();
+                write_out(&format!(
+                    "detached: run {id} goes on in the background (pid {}); `trackside attach {id}` comes back to it, `trackside cancel {id}` stops it\n",
+                    child.id()
+                ));
+                Ok(Some(0))
+            }
+            Err(e) => {
+                // The UI failed (a panic, a broken terminal): the run does not outlive it.
+                let _ = link.send(Command::CancelAll).await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || child.wait())).await;
+                Err(Fail(e.to_string(), 2))
             }
         }
     })

@@ -17,6 +17,8 @@ use crate::protocol::{Delivery, Event, EventKind, JobStatus, Link, LinkError, Ru
 pub enum Format {
     Plain,
     Json,
+    /// Nothing at all (a run whose UI is elsewhere: its engine process).
+    Silent,
 }
 
 /// Prints the run until it finishes; returns its summary.
@@ -225,6 +227,7 @@ impl Printer {
             self.finished = Some(summary.clone());
         }
         match self.format {
+            Format::Silent => {}
             Format::Json => {
                 if let Ok(line) = serde_json::to_string(&**ev) {
                     let _ = writeln!(self.out, "{line}");

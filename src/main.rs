@@ -208,6 +208,9 @@ enum Cmd {
         /// Seconds between SIGTERM and SIGKILL when stopping a job (overrides kill_grace).
         #[arg(long, value_name = "SECS")]
         kill_grace: Option<f64>,
+        /// The engine of a run whose UI is another trackside (see `run` on a terminal).
+        #[arg(long = "engine-process", hide = true)]
+        engine_process: bool,
         /// Headless: wait at manual gates until someone approves them from
         /// another terminal (`trackside approve RUN JOB`, or `trackside
         /// attach`), instead of ending the run as blocked.
@@ -580,7 +583,20 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             project_dir,
             kill_grace,
             wait_approval,
+            engine_process,
         } => {
+            // On a terminal the run goes in a process of its own and this
+            // one attaches its UI to it: `d` detaches, the run goes on.
+            let on_terminal = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+            if on_terminal
+                && !engine_process
+                && !list
+                && let Some(code) = attachcmd::run_in_background(ascii, no_mouse, &state)?
+            {
+                return Ok(code);
+            }
+            let headless = headless || engine_process;
+            let wait_approval = wait_approval || engine_process;
             let _log_guard = init_tracing(&state);
             let file = match file {
                 Some(f) => f,
@@ -694,7 +710,13 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
             // On a terminal the run stays open at a manual gate until someone approves or quits.
             cfg.finish_when_blocked = !interactive && !wait_approval;
-            let format = if json { Format::Json } else { Format::Plain };
+            let format = if engine_process {
+                Format::Silent
+            } else if json {
+                Format::Json
+            } else {
+                Format::Plain
+            };
             // Blocking work (workspace copies) queues rather than growing
             // hundreds of threads when hundreds of jobs start at once.
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -740,6 +762,16 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 let run_socket = trackside::attach::serve(handle.clone())
                     .inspect_err(|e| eprintln!("trackside: this run cannot be attached to: {e}"))
                     .ok();
+                if engine_process {
+                    if run_socket.is_none() {
+                        handle.shutdown().await;
+                        return Err(Fail("the run's UI cannot reach it".into(), 2));
+                    }
+                    // The UI that started this process attaches now; from
+                    // here on nothing is written to its terminal.
+                    outln!("ready {}", handle.run_dir().display());
+                    silence_stdio();
+                }
                 let ended = if interactive {
                     let mut approvals = approve.clone();
                     if approve_all {
@@ -763,6 +795,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 // Also when the front-end failed (a panic, a broken terminal):
                 // the run does not outlive it. Its jobs are cancelled and
                 // stopped, no process left behind, and its records written.
+                if engine_process && let Some(s) = &run_socket {
+                    // Someone may still look at the finished run (to retry a job).
+                    s.unwatched(ENGINE_LINGER).await;
+                }
                 handle.shutdown().await;
                 control.close().await;
                 if let Some(s) = run_socket {
@@ -772,6 +808,19 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             })?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+    }
+}
+
+/// How long the process of a finished run waits for attached UIs to leave.
+const ENGINE_LINGER: Duration = Duration::from_secs(12 * 3600);
+
+/// Points stdout and stderr at /dev/null: an engine process's terminal is
+/// its UI's, and a write there would corrupt the screen (or fail once the
+/// UI has gone).
+fn silence_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
 }
 

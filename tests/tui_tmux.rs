@@ -123,8 +123,14 @@ fn sigterm_cancels_the_run_and_restores_the_terminal() {
         return;
     };
     t.wait_for(&["term", "▶"]);
+    // The trackside on the terminal (not the run's engine process it
+    // started, whose command line ends with a flag of its own).
     let pid = Command::new("pgrep")
-        .args(["-n", "-f", &format!("{} run p.yml", bin.display())])
+        .args([
+            "-n",
+            "-f",
+            &format!("^{} run p.yml --state-dir [^ ]+ --kill-grace 0.2$", bin.display()),
+        ])
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<i32>().ok())

@@ -31,6 +31,8 @@ pub enum Command {
     Quit {
         cancel: bool,
     },
+    /// Leave the run going, attachable.
+    Detach,
     /// Suspend the UI for a shell in the job's (failed) container.
     Shell(String),
     /// Steer a deploy job's rollout.
@@ -153,6 +155,8 @@ pub struct App {
     pub read_only: bool,
     /// Attached to a run another trackside runs: quitting only leaves.
     pub attached: bool,
+    /// The run goes on without this UI (`d`): it runs in a process of its own.
+    pub detachable: bool,
     /// Who steers from here (`user@host`): what others do shows in the prompt line.
     pub me: String,
 }
@@ -187,6 +191,7 @@ impl App {
             detail_max_top: 0,
             read_only: false,
             attached: false,
+            detachable: false,
             me: String::new(),
         }
     }
@@ -926,8 +931,20 @@ impl App {
                 self.help_top = 0;
                 Vec::new()
             }
+            Action::Detach => {
+                if self.detachable {
+                    vec![Command::Detach]
+                } else {
+                    self.status =
+                        Some("this run lives in this trackside: it cannot go on without it (quit with q)".into());
+                    Vec::new()
+                }
+            }
             Action::Quit => {
-                if self.model.is_active() {
+                if self.attached {
+                    // Someone else's run: leaving never stops it.
+                    vec![Command::Detach]
+                } else if self.model.is_active() {
                     let n = self.model.running_jobs();
                     self.confirm(
                         format!("{n} job(s) running. Cancel them and quit? (y/n)"),

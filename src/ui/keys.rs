@@ -36,6 +36,7 @@ pub enum Action {
     Rollback,
     HoldRollout,
     Help,
+    Detach,
     Quit,
 }
 
@@ -300,6 +301,14 @@ pub const BINDINGS: &[Binding] = &[
         "rollout: hold (timers frozen) / resume",
     ),
     b(&[K::Char('?')], "?", A::Help, S::Everywhere, "help", "this help"),
+    b(
+        &[K::Char('d')],
+        "d",
+        A::Detach,
+        S::Everywhere,
+        "",
+        "detach: leave the run going (`trackside attach` comes back to it)",
+    ),
     b(
         &[K::Char('q')],
         "q",

@@ -257,7 +257,16 @@ fn log_line(e: store::LogEntry) -> LogLine {
 /// answers within a frame.
 pub const DRAIN_BUDGET: Duration = Duration::from_millis(8);
 
-/// Runs the UI on a run this process starts, until the person quits;
+/// How the UI left a run.
+#[derive(Debug)]
+pub enum Left {
+    /// The run has finished: its summary.
+    Finished(RunSummary),
+    /// The run goes on without this UI (detached, or left an attached run).
+    Detached,
+}
+
+/// Runs the UI on a run this process runs, until the person quits;
 /// returns the run's summary.
 pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -> Result<RunSummary, UiError> {
     let events = Link::subscribe(handle, 0).await?;
@@ -268,18 +277,28 @@ pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -
     let guard = TerminalGuard::enter(opts.mouse)?;
     let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     handle.start().await?;
-    let summary = session(handle, events, signals, opts, terminal, guard, Mode::Started).await?;
-    match summary {
-        Some(s) => Ok(s),
-        None => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
+    match session(handle, events, signals, opts, terminal, guard, Mode::InProcess).await? {
+        Left::Finished(s) => Ok(s),
+        Left::Detached => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
             .await
             .map_err(|_| EngineError::Stopped)??),
     }
 }
 
+/// Runs the UI on a run this trackside started in a process of its own
+/// (`trackside run` on a terminal): quitting asks and cancels as for any
+/// run this UI started; `d` detaches and leaves the run going.
+pub async fn run_owned<L: Link>(link: &L, opts: UiOptions) -> Result<Left, UiError> {
+    let events = link.subscribe(0).await?;
+    let signals = Signals::new();
+    let guard = TerminalGuard::enter(opts.mouse)?;
+    let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    session(link, events, signals, opts, terminal, guard, Mode::Owner).await
+}
+
 /// Runs the UI on a run another trackside runs (`trackside attach`), until
-/// the person leaves; the run goes on. Its summary, when it finished.
-pub async fn attach<L: Link>(link: &L, opts: UiOptions) -> Result<Option<RunSummary>, UiError> {
+/// the person leaves; the run goes on.
+pub async fn attach<L: Link>(link: &L, opts: UiOptions) -> Result<Left, UiError> {
     let events = link.subscribe(0).await?;
     let signals = Signals::new();
     let guard = TerminalGuard::enter(opts.mouse)?;
@@ -290,8 +309,12 @@ pub async fn attach<L: Link>(link: &L, opts: UiOptions) -> Result<Option<RunSumm
 /// Whose run the UI shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// This process started it: quitting cancels (or waits out) the run.
-    Started,
+    /// In this process: quitting cancels (or waits out) the run, which
+    /// cannot go on without it.
+    InProcess,
+    /// Started from here, run by a process of its own: as `InProcess`, and
+    /// `d` detaches.
+    Owner,
     /// Attached from elsewhere: quitting only leaves.
     Attached,
 }
@@ -304,7 +327,7 @@ async fn session<L: Link>(
     mut terminal: Terminal<CrosstermBackend<io::Stdout>>,
     guard: TerminalGuard,
     mode: Mode,
-) -> Result<Option<RunSummary>, UiError> {
+) -> Result<Left, UiError> {
     terminal.clear()?;
     let stop = Arc::new(AtomicBool::new(false));
     let pause = InputPause::default();
@@ -325,6 +348,8 @@ async fn session<L: Link>(
     });
     app.read_only = !link.can_steer();
     app.attached = mode == Mode::Attached;
+    app.detachable = mode != Mode::InProcess;
+    let mut detached = false;
     app.me = crate::deploy::rollout::who();
     let (disk_tx, mut disk_rx) = mpsc::channel(4);
     let mut disk = DiskWork {
@@ -369,9 +394,13 @@ async fn session<L: Link>(
                                 app.status = Some(shell(link.run_dir(), job, &mut terminal, &pause, opts.mouse).await);
                                 continue;
                             }
-                            if let Some(done) = perform(link, &mut app, cmd, mode).await {
+                            if cmd == Command::Detach {
+                                detached = true;
+                                break;
+                            }
+                            if let Some(done) = perform(link, &mut app, cmd).await {
                                 quitting = quitting || done;
-                                if done && (app.model.finished.is_some() || mode == Mode::Attached) {
+                                if done && app.model.finished.is_some() {
                                     break;
                                 }
                             }
@@ -421,13 +450,17 @@ async fn session<L: Link>(
                 dirty = true;
             }
             () = tokio::time::sleep(wait) => {
-                if app.model.is_active() {
+                // The run's clock goes on while it waits (at a gate, too).
+                if app.model.finished.is_none() {
                     dirty = true;
                 }
             }
         }
+        if detached {
+            break Ok(());
+        }
         if quitting {
-            if app.model.finished.is_some() || mode == Mode::Attached || ended {
+            if app.model.finished.is_some() || ended {
                 break Ok(());
             }
             if !app.model.is_active() {
@@ -455,7 +488,10 @@ async fn session<L: Link>(
     drop(terminal);
     drop(guard);
     result?;
-    Ok(app.model.finished.take())
+    Ok(match app.model.finished.take() {
+        Some(s) => Left::Finished(s),
+        None => Left::Detached,
+    })
 }
 
 /// Suspends the UI, runs a shell in the job's failed container, and comes
@@ -499,7 +535,7 @@ fn draw(terminal: &mut Terminal<CrosstermBackend<io::Stdout>>, app: &App) -> io:
 }
 
 /// Sends a command; returns Some(true) when the UI should end.
-async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command, mode: Mode) -> Option<bool> {
+async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command) -> Option<bool> {
     use crate::protocol::Command as P;
     let (what, command) = match &cmd {
         Command::Approve(j) => (format!("approved {j}"), P::Approve { job: j.clone() }),
@@ -534,12 +570,8 @@ async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command, mode: Mode) -> 
                 service: service.clone(),
             },
         ),
-        Command::Shell(_) => return None,
+        Command::Shell(_) | Command::Detach => return None,
         Command::Quit { cancel } => {
-            if mode == Mode::Attached {
-                // Leaving never stops a run someone else started.
-                return Some(true);
-            }
             if *cancel {
                 app.status = Some("cancelling running jobs, then quitting".into());
                 let _ = link.send(P::CancelAll).await;

@@ -187,6 +187,15 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         sep(),
         Span::raw(m.pipeline.clone()),
     ];
+    if app.attached {
+        spans.push(sep());
+        let what = if app.read_only {
+            "attached, read-only"
+        } else {
+            "attached"
+        };
+        spans.push(Span::styled(what, t.warn()));
+    }
     if area.width >= WIDE {
         spans.push(sep());
         spans.push(Span::raw(format!("run {}", m.run_id)));

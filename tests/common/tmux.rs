@@ -20,6 +20,11 @@ impl Tmux {
 
     /// A tmux server of its own (`name` keeps parallel tests apart).
     pub fn start(name: &str, dir: &Path, command: &str) -> Option<Tmux> {
+        Tmux::start_sized(name, dir, command, (120, 32))
+    }
+
+    /// The same on a terminal of `(columns, rows)`.
+    pub fn start_sized(name: &str, dir: &Path, command: &str, (cols, rows): (u16, u16)) -> Option<Tmux> {
         let available = Command::new("tmux")
             .arg("-V")
             .output()
@@ -37,7 +42,17 @@ impl Tmux {
         };
         let ok = t
             .cmd()
-            .args(["new-session", "-d", "-s", "e2e", "-x", "120", "-y", "32", "-c"])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "e2e",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+                "-c",
+            ])
             .arg(dir)
             .arg(command)
             .status()
@@ -47,22 +62,60 @@ impl Tmux {
     }
 
     pub fn screen(&self) -> String {
+        self.screen_of("e2e")
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        self.keys_to("e2e", keys);
+    }
+
+    /// Another window of the session, `e2e:NAME`, running `command` in `dir`
+    /// (the first one is `e2e`).
+    pub fn window(&self, name: &str, dir: &Path, command: &str) -> String {
+        let ok = self
+            .cmd()
+            .args(["new-window", "-d", "-t", "e2e", "-n", name, "-c"])
+            .arg(dir)
+            .arg(command)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux new-window failed");
+        format!("e2e:{name}")
+    }
+
+    pub fn screen_of(&self, target: &str) -> String {
         let out = self
             .cmd()
-            .args(["capture-pane", "-p", "-t", "e2e"])
+            .args(["capture-pane", "-p", "-t", target])
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn keys(&self, keys: &[&str]) {
+    pub fn keys_to(&self, target: &str, keys: &[&str]) {
         for k in keys {
             let ok = self
                 .cmd()
-                .args(["send-keys", "-t", "e2e", k])
+                .args(["send-keys", "-t", target, k])
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(ok, "send-keys {k}");
+        }
+    }
+
+    /// Waits until `target`'s screen shows all of `texts`.
+    pub fn wait_in(&self, target: &str, texts: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen_of(target);
+            if texts.iter().all(|t| s.contains(t)) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "waited {LIMIT:?} in {target} for {texts:?}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -100,15 +153,7 @@ impl Tmux {
 
     /// Waits until the screen shows all of `texts`.
     pub fn wait_for(&self, texts: &[&str]) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if texts.iter().all(|t| s.contains(t)) {
-                return s;
-            }
-            assert!(start.elapsed() < LIMIT, "waited {LIMIT:?} for {texts:?}; screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_in("e2e", texts)
     }
 }
 
