@@ -204,11 +204,7 @@ fn key_latency_under_log_flood() {
     );
     t.wait(|s| s.contains("flood") && s.contains("▶"), Duration::from_secs(20))
         .expect("the run starts");
-    let pid = Command::new("pgrep")
-        .args(["-n", "-f", "trackside run flood.yml"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    let (pid, engine) = (ui_pid("flood"), engine_pid("flood"));
     // Toggle the help overlay and wait to see it appear / disappear.
     let mut samples = Vec::new();
     for i in 0..40 {
@@ -241,16 +237,38 @@ fn key_latency_under_log_flood() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let lines = log_lines();
-    let rss = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.to_string()))
-        .unwrap_or_else(|| "unknown".into());
+    let peak = |pid: Option<u32>| {
+        pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.to_string()))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let (rss, engine_rss) = (peak(pid), peak(engine));
     stats(
         "key press -> screen, job printing 10,000 lines/s (tmux)",
         samples,
         "< 50 ms",
     );
-    println!("  trackside peak RSS after {lines} streamed lines: {rss}   (bounded: 5,000 lines kept per attempt)");
+    println!("  the UI's peak RSS after {lines} streamed lines: {rss}   (bounded: 5,000 lines kept per attempt)");
+    println!("  the run's engine process, the same moment: {engine_rss}");
+}
+
+/// `trackside run NAME.yml` on a terminal is two processes: the UI (this
+/// command line) and the run's engine (the same with `--engine-process`),
+/// which the UI reaches through the run's socket.
+fn ui_pid(name: &str) -> Option<u32> {
+    pgrep(&format!("trackside run {name}.yml --state-dir [^ ]+$"))
+}
+
+fn engine_pid(name: &str) -> Option<u32> {
+    pgrep(&format!("trackside run {name}.yml .*--engine-process"))
+}
+
+fn pgrep(pattern: &str) -> Option<u32> {
+    Command::new("pgrep")
+        .args(["-n", "-f", pattern])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
 }
 
 /// VmHWM (peak) and VmRSS (now) of a process, as /proc says them.
@@ -281,11 +299,7 @@ fn keys_under_a_firehose() {
     );
     t.wait(|s| s.contains("hose line"), Duration::from_secs(20))
         .expect("the run starts");
-    let pid = Command::new("pgrep")
-        .args(["-n", "-f", "trackside run hose.yml"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+    let (pid, engine) = (ui_pid("hose"), engine_pid("hose"));
     let log = || {
         std::fs::read_dir(dir.path().join("state/runs"))
             .ok()
@@ -381,10 +395,11 @@ fn keys_under_a_firehose() {
         whole.map_or("not within 120 s".into(), |d| format!("{:.2} s", d.as_secs_f64()))
     );
     println!(
-        "  trackside memory after {:.0} MB of log, 9 rounds of g/G, a search through all of it: {}",
+        "  the UI's memory after {:.0} MB of log, 9 rounds of g/G, a search through all of it: {}",
         bytes() as f64 / 1e6,
         memory(pid)
     );
+    println!("  the run's engine process: {}", memory(engine));
 }
 
 fn main() {
