@@ -36,7 +36,8 @@ pub const SOCKET: &str = "control.sock";
 const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to say hello.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
-/// How long one frame may take to reach a client before it is dropped.
+/// How long a frame (or a batch of them) may take to reach a client before
+/// it is dropped.
 pub const WRITE_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries a client's reader holds for its front-end.
 const CLIENT_BUFFER: usize = 1024;
@@ -87,6 +88,11 @@ impl RunServer {
         &self.path
     }
 
+    /// How many clients are connected now.
+    pub fn clients(&self) -> usize {
+        *self.clients.borrow()
+    }
+
     /// Waits until no client is connected (at most `limit`): a finished
     /// run's process stays while someone still looks at it, to retry a job.
     pub async fn unwatched(&self, limit: Duration) {
@@ -119,17 +125,18 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
     let connections = tokio_util::task::TaskTracker::new();
     let (count, clients) = tokio::sync::watch::channel(0usize);
     let count = Arc::new(count);
+    let encoded = Arc::new(Encoded::default());
     let task = tokio::spawn({
         let (stop, connections) = (stop.clone(), connections.clone());
         async move {
             let l = &listener;
             let accept = move || async move { l.accept().await.map(|(s, _)| s) };
             crate::net::accept_loop("run socket", MAX_CONNECTIONS, &stop.clone(), accept, |stream, slot| {
-                let (handle, stop) = (handle.clone(), stop.clone());
+                let (handle, stop, encoded) = (handle.clone(), stop.clone(), encoded.clone());
                 let counted = Counted::new(&count);
                 connections.spawn(async move {
                     let (_slot, _counted) = (slot, counted);
-                    connection(stream, handle, stop).await;
+                    connection(stream, handle, stop, encoded).await;
                 });
             })
             .await;
@@ -163,7 +170,48 @@ async fn send(conn: &mut Conn, frame: bytes::Bytes) -> bool {
     matches!(tokio::time::timeout(WRITE_WAIT, conn.send(frame)).await, Ok(Ok(())))
 }
 
-async fn connection(stream: UnixStream, handle: EngineHandle, stop: CancellationToken) {
+/// Frames queued before one write.
+const BATCH: usize = 256;
+
+/// The newest events' frames, shared by a server's connections: an event
+/// is serialized once however many clients are attached.
+#[derive(Default)]
+struct Encoded(std::sync::Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>);
+
+/// Frames kept for the other connections to reuse.
+const ENCODED_KEPT: usize = 4096;
+
+impl Encoded {
+    fn get(&self, ev: &crate::protocol::Event) -> bytes::Bytes {
+        let found = {
+            let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Connections keeping up ask for the newest few: found from the back.
+            let newest = kept.back().map_or(0, |(seq, _)| *seq);
+            let back = usize::try_from(newest.saturating_sub(ev.seq)).unwrap_or(usize::MAX);
+            kept.len()
+                .checked_sub(back + 1)
+                .and_then(|i| kept.get(i))
+                .filter(|(seq, _)| *seq == ev.seq)
+                .map(|(_, b)| b.clone())
+        };
+        if let Some(b) = found {
+            return b;
+        }
+        let frame = wire::encode_event(ev);
+        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Kept in order: only a newer event joins (a connection catching up
+        // on older ones encodes them for itself).
+        if kept.back().is_none_or(|(seq, _)| *seq < ev.seq) {
+            if kept.len() == ENCODED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((ev.seq, frame.clone()));
+        }
+        frame
+    }
+}
+
+async fn connection(stream: UnixStream, handle: EngineHandle, stop: CancellationToken, encoded: Arc<Encoded>) {
     // The socket is 0600 once bound; the peer's uid also covers the moment
     // before that: only this trackside's user (and root) attaches.
     let me = nix::unistd::Uid::current().as_raw();
@@ -234,15 +282,29 @@ async fn connection(stream: UnixStream, handle: EngineHandle, stop: Cancellation
                 return;
             }
             item = next(&mut events) => {
-                let frame = match item {
-                    Some(Delivery::Event(ev)) => wire::encode_event(&ev),
-                    Some(Delivery::Missed { from, to }) => wire::encode(&ServerFrame::Missed { from, to }),
-                    None => {
-                        events = None;
-                        wire::encode(&ServerFrame::End)
+                // What is queued already goes out in one write, not a write
+                // a frame: a burst of log lines costs a few system calls.
+                let batch = async {
+                    let mut item = Some(item);
+                    let mut n = 0;
+                    while let Some(it) = item.take() {
+                        let frame = match it {
+                            Some(Delivery::Event(ev)) => encoded.get(&ev),
+                            Some(Delivery::Missed { from, to }) => wire::encode(&ServerFrame::Missed { from, to }),
+                            None => {
+                                events = None;
+                                wire::encode(&ServerFrame::End)
+                            }
+                        };
+                        conn.feed(frame).await?;
+                        n += 1;
+                        if n < BATCH {
+                            item = events.as_mut().and_then(Subscription::try_next).map(Some);
+                        }
                     }
+                    SinkExt::<bytes::Bytes>::flush(&mut conn).await
                 };
-                if !send(&mut conn, frame).await {
+                if !matches!(tokio::time::timeout(WRITE_WAIT, batch).await, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -364,7 +426,7 @@ async fn read(conn: &mut Conn) -> Result<Option<ServerFrame>, LinkError> {
     match conn.next().await {
         None => Ok(None),
         Some(Err(e)) => Err(LinkError::Connection(format!("cannot read from the run: {e}"))),
-        Some(Ok(bytes)) => wire::decode(&bytes)
+        Some(Ok(bytes)) => wire::decode_server(&bytes)
             .map(Some)
             .map_err(|e| LinkError::Connection(e.to_string())),
     }

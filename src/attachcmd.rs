@@ -41,6 +41,22 @@ fn run_dir(state: &Path, run: Option<&str>) -> Result<PathBuf, Fail> {
         })
 }
 
+/// How much an attached UI yields the CPU to the run it watches (nice):
+/// on a busy machine the run comes first, and the UI still answers keys.
+const UI_NICE: i32 = 5;
+/// A printed stream (`attach --headless`, `logs --follow`) yields more: a
+/// reader that falls behind is told what it missed.
+const STREAM_NICE: i32 = 10;
+
+/// Lowers this process's CPU priority by `nice` before any thread starts
+/// (each thread takes its creator's): watching a run never slows it much.
+fn yield_to_the_run(nice: i32) {
+    // SAFETY: setpriority has no memory effects; a failure leaves the priority as it was.
+    unsafe {
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice);
+    }
+}
+
 /// The link to a live run, or why there is none.
 async fn connect(dir: &Path, read_only: bool) -> Result<RemoteLink, Fail> {
     RemoteLink::connect(dir, read_only).await.map_err(|e| {
@@ -83,6 +99,7 @@ pub struct AttachArgs {
 pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
     let dir = run_dir(state, a.run.as_deref())?;
     let interactive = !a.headless && !a.json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    yield_to_the_run(if interactive { UI_NICE } else { STREAM_NICE });
     let mouse = !a.no_mouse && store::gc::ui_mouse(state).map_err(|e| Fail(e.to_string(), 2))?;
     runtime()?.block_on(async move {
         let link = connect(&dir, a.read_only).await?;
@@ -149,6 +166,7 @@ pub fn steer(state: &Path, run: &str, command: Command) -> Result<u8, Fail> {
 /// retry to come) or the run has.
 pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
+    yield_to_the_run(STREAM_NICE);
     runtime()?.block_on(async move {
         // Live first, then the record: a line written in between is in
         // both, and its number says it was printed.

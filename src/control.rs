@@ -16,18 +16,18 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::deploy::revision::{control_socket_path, services_dir};
 use crate::deploy::rollout::{Command, Status};
-use crate::engine::{EngineHandle, Event, EventKind};
+use crate::protocol::wire::LIVE;
+use crate::protocol::{Delivery, EventKind, Link, Subscription};
 
 /// The longest request line read (a request is well under 1 KiB).
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -115,24 +115,26 @@ struct Served {
 /// until the returned [`Server`] is dropped or the engine stops. Sockets
 /// outlive their job (a failed deploy job can still be retried through
 /// one) but not the process.
-pub fn serve(handle: EngineHandle, state: PathBuf) -> Server {
+pub fn serve<L: Link + Clone + 'static>(link: L, state: PathBuf) -> Server {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(watch_rollouts(handle, state, stop.clone()));
+    let task = tokio::spawn(watch_rollouts(link, state, stop.clone()));
     Server { stop, task: Some(task) }
 }
 
-async fn watch_rollouts(handle: EngineHandle, state: PathBuf, stop: CancellationToken) {
-    let mut events = handle.subscribe_live();
+async fn watch_rollouts<L: Link + Clone + 'static>(link: L, state: PathBuf, stop: CancellationToken) {
+    // From the start: a rollout that began before this task ran is served too.
+    let Ok(mut events) = link.subscribe(0).await else {
+        return;
+    };
     let mut served: HashMap<String, Served> = HashMap::new();
     loop {
         let ev = tokio::select! {
             () = stop.cancelled() => break,
-            ev = events.recv() => ev,
-        };
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => break,
+            ev = events.next() => match ev {
+                Some(Delivery::Event(ev)) => ev,
+                Some(Delivery::Missed { .. }) => continue,
+                None => break,
+            },
         };
         let EventKind::Rollout { job, status } = &ev.kind else {
             continue;
@@ -146,7 +148,7 @@ async fn watch_rollouts(handle: EngineHandle, state: PathBuf, stop: Cancellation
         let (tx, rx) = watch::channel(latest);
         let bound = match bind(&path) {
             Ok(listener) => {
-                tokio::spawn(accept(listener, handle.clone(), rx, stop.clone()));
+                tokio::spawn(accept(listener, link.clone(), rx, stop.clone()));
                 Some(path)
             }
             Err(e) => {
@@ -187,22 +189,22 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
 /// Requests answered at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-async fn accept(listener: UnixListener, handle: EngineHandle, latest: Latest, stop: CancellationToken) {
+async fn accept<L: Link + Clone + 'static>(listener: UnixListener, link: L, latest: Latest, stop: CancellationToken) {
     // The listener never gives up: out of file descriptors it backs off
     // and serves again once some are free.
     let l = &listener;
     let accept = move || async move { l.accept().await.map(|(s, _)| s) };
     crate::net::accept_loop("control socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
-        let (handle, latest) = (handle.clone(), latest.clone());
+        let (link, latest) = (link.clone(), latest.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            answer(stream, handle, latest).await;
+            answer(stream, link, latest).await;
         });
     })
     .await;
 }
 
-async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
+async fn answer<L: Link>(stream: UnixStream, link: L, latest: Latest) {
     // The socket is 0600 once bound; the peer's uid also covers the moment
     // before that: only this trackside's user (and root) steers it.
     let me = nix::unistd::Uid::current().as_raw();
@@ -220,7 +222,7 @@ async fn answer(stream: UnixStream, handle: EngineHandle, latest: Latest) {
                 Err(e) => Reply::refused(format!(
                     "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
                 )),
-                Ok(req) => respond(req, &peer, &handle, &latest).await,
+                Ok(req) => respond(req, &peer, &link, &latest).await,
             },
         }
     } else {
@@ -245,7 +247,7 @@ pub(crate) fn peer_identity(uid: u32, pid: Option<i32>) -> String {
     crate::deploy::rollout::identity(uid, None, ssh)
 }
 
-async fn respond(req: Request, peer: &str, handle: &EngineHandle, latest: &Latest) -> Reply {
+async fn respond<L: Link>(req: Request, peer: &str, link: &L, latest: &Latest) -> Reply {
     let (job, status) = latest.borrow().clone();
     let command = match req {
         Request::Status => {
@@ -259,9 +261,15 @@ async fn respond(req: Request, peer: &str, handle: &EngineHandle, latest: &Lates
         Request::Steer { command, .. } => command,
     };
     // Subscribe before sending, so no answer is missed.
-    let mut events = handle.subscribe_live();
-    let sent = handle.rollout_as(&job, command, peer.to_string()).await;
-    if let Err(e) = sent {
+    let mut events = match link.subscribe(LIVE).await {
+        Ok(e) => e,
+        Err(e) => return Reply::refused(format!("{command:?} refused: {e}")),
+    };
+    let steer = crate::protocol::Command::Rollout {
+        job: job.clone(),
+        action: command,
+    };
+    if let Err(e) = link.send_as(steer, peer.to_string()).await {
         return Reply::refused(format!("{command:?} refused: {e}"));
     }
     let (decisions, after) = answers(&mut events, &job).await;
@@ -281,19 +289,18 @@ async fn respond(req: Request, peer: &str, handle: &EngineHandle, latest: &Lates
 /// The rollout's decisions after a command, up to its second status (the
 /// first may have been on its way already), its job's end, or
 /// [`ANSWER_WAIT`].
-async fn answers(events: &mut broadcast::Receiver<Arc<Event>>, job: &str) -> (Vec<String>, Option<Status>) {
+async fn answers(events: &mut Subscription, job: &str) -> (Vec<String>, Option<Status>) {
     let (mut decisions, mut status, mut statuses) = (Vec::new(), None, 0);
     let deadline = tokio::time::sleep(ANSWER_WAIT);
     tokio::pin!(deadline);
     loop {
         let ev = tokio::select! {
             () = &mut deadline => break,
-            ev = events.recv() => ev,
-        };
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => break,
+            ev = events.next() => match ev {
+                Some(Delivery::Event(ev)) => ev,
+                Some(Delivery::Missed { .. }) => continue,
+                None => break,
+            },
         };
         match &ev.kind {
             EventKind::RolloutDecision { job: j, text, .. } if j == job => decisions.push(text.clone()),

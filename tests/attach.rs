@@ -219,7 +219,7 @@ async fn recv(conn: &mut Framed<UnixStream, tokio_util::codec::LengthDelimitedCo
     let frame = tokio::time::timeout(LIMIT, conn.next())
         .await
         .expect("a frame within LIMIT")?;
-    Some(wire::decode(&frame.ok()?).expect("a server frame"))
+    Some(wire::decode_server(&frame.ok()?).expect("a server frame"))
 }
 
 /// What the server says before it closes the connection.

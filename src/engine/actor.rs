@@ -320,7 +320,11 @@ impl Link for EngineHandle {
     }
 
     async fn send(&self, command: crate::protocol::Command) -> Result<String, LinkError> {
-        Ok(self.send_as(command, crate::deploy::rollout::who()).await?)
+        Ok(EngineHandle::send_as(self, command, crate::deploy::rollout::who()).await?)
+    }
+
+    async fn send_as(&self, command: crate::protocol::Command, by: String) -> Result<String, LinkError> {
+        Ok(EngineHandle::send_as(self, command, by).await?)
     }
 
     fn run_id(&self) -> &str {

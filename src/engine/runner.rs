@@ -981,15 +981,17 @@ async fn run_with_retries(
         tries += 1;
         let (end, from_log) = run_once(ctx, a, name, spec.clone(), cancel).await;
         let class = classify(&end, from_log);
-        let again = match class {
-            Some(c) => {
-                tries <= step.retry_count
-                    && job.retry_when.contains(&c)
-                    && !cancel.is_cancelled()
-                    && spec.deadline.is_none_or(|d| Instant::now() < d)
-            }
-            None => false,
-        };
+        // Steps retry by class only (exit codes are the job's `retry`).
+        let again = class.is_some_and(|class| {
+            let stopping = cancel.is_cancelled() || spec.deadline.is_some_and(|d| Instant::now() >= d);
+            let failed = super::state::Retry {
+                class,
+                exit_code: None,
+                tries,
+                stopping,
+            };
+            super::state::may_retry(failed, &job.retry_when, &[], step.retry_count)
+        });
         if !again {
             return (end, from_log);
         }

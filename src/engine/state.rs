@@ -899,11 +899,17 @@ impl RunState {
                 let st = &mut self.jobs[j];
                 st.failed_before = true;
                 st.failure_class = Some(c);
-                let by_code = outcome.exit_code.is_some_and(|e| retry_codes.contains(&e));
-                let retryable = (retry_when.contains(&c) || by_code)
-                    && st.round_attempts <= retry_count
-                    && self.cancelled.is_none()
-                    && st.kill_reason.is_none();
+                let retryable = may_retry(
+                    Retry {
+                        class: c,
+                        exit_code: outcome.exit_code,
+                        tries: st.round_attempts,
+                        stopping: self.cancelled.is_some() || st.kill_reason.is_some(),
+                    },
+                    &retry_when,
+                    &retry_codes,
+                    retry_count,
+                );
                 if retryable {
                     let delay = self
                         .pipeline
@@ -1345,6 +1351,26 @@ impl Context for CondCtx<'_> {
     fn upstream_succeeded(&self) -> bool {
         self.upstream_ok
     }
+}
+
+/// A failed try, as the retry rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub class: FailureClass,
+    pub exit_code: Option<i32>,
+    /// Tries made so far (the failed one included).
+    pub tries: u32,
+    /// Cancelled, timed out, or otherwise being stopped by trackside.
+    pub stopping: bool,
+}
+
+/// The one retry rule, for a job's attempts (here) and a step's tries (the
+/// runner) alike: try again when the failure's class is one to retry (or
+/// its exit code is), tries are left (`limit` retries after the first),
+/// and nothing is stopping it.
+pub fn may_retry(r: Retry, when: &[FailureClass], exit_codes: &[i32], limit: u32) -> bool {
+    let wanted = when.contains(&r.class) || r.exit_code.is_some_and(|e| exit_codes.contains(&e));
+    wanted && r.tries <= limit && !r.stopping
 }
 
 #[cfg(test)]

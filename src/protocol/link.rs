@@ -182,6 +182,14 @@ pub trait Link: Send + Sync {
     /// for people.
     fn send(&self, command: Command) -> impl Future<Output = Result<String, LinkError>> + Send;
 
+    /// The same on behalf of `by`, who the audit trail names: a server
+    /// relaying a peer's command (the rollout socket). Over the run socket
+    /// the run names the peer itself, so there `by` is not taken.
+    fn send_as(&self, command: Command, by: String) -> impl Future<Output = Result<String, LinkError>> + Send {
+        let _ = by;
+        self.send(command)
+    }
+
     fn run_id(&self) -> &str;
 
     /// The run's record folder (older log lines are read from there).

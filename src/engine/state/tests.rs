@@ -799,3 +799,57 @@ fn a_delayed_job_reset_by_a_retry_waits_again_and_an_old_timer_is_ignored() {
     let fx = ok(&mut m, 1, 16_000);
     assert_eq!(finished(&fx).expect("done").result, RunResult::Passed);
 }
+
+#[test]
+fn the_retry_rule_is_one_for_jobs_and_steps() {
+    use super::{Retry, may_retry};
+    let failed = |class, exit_code, tries, stopping| Retry {
+        class,
+        exit_code,
+        tries,
+        stopping,
+    };
+    let when = [FailureClass::Network, FailureClass::Timeout];
+    // A class to retry, tries left: again.
+    assert!(may_retry(
+        failed(FailureClass::Network, Some(1), 1, false),
+        &when,
+        &[],
+        2
+    ));
+    assert!(may_retry(
+        failed(FailureClass::Network, Some(1), 2, false),
+        &when,
+        &[],
+        2
+    ));
+    // Out of tries.
+    assert!(!may_retry(
+        failed(FailureClass::Network, Some(1), 3, false),
+        &when,
+        &[],
+        2
+    ));
+    // Not a class to retry, unless its exit code is one.
+    assert!(!may_retry(
+        failed(FailureClass::Script, Some(3), 1, false),
+        &when,
+        &[],
+        2
+    ));
+    assert!(may_retry(
+        failed(FailureClass::Script, Some(3), 1, false),
+        &when,
+        &[3, 4],
+        2
+    ));
+    // Being stopped (cancel, a deadline) wins over everything.
+    assert!(!may_retry(
+        failed(FailureClass::Network, Some(3), 1, true),
+        &when,
+        &[3],
+        2
+    ));
+    // No retries configured.
+    assert!(!may_retry(failed(FailureClass::Network, None, 1, false), &when, &[], 0));
+}
