@@ -125,18 +125,24 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
     let connections = tokio_util::task::TaskTracker::new();
     let (count, clients) = tokio::sync::watch::channel(0usize);
     let count = Arc::new(count);
-    let encoded = Arc::new(Encoded::default());
+    let (chunks, _) = tokio::sync::broadcast::channel(CHUNKS_KEPT);
+    let tap = Arc::new(Tap {
+        handle: handle.clone(),
+        chunks,
+        started: tokio::sync::OnceCell::new(),
+        stop: stop.clone(),
+    });
     let task = tokio::spawn({
         let (stop, connections) = (stop.clone(), connections.clone());
         async move {
             let l = &listener;
             let accept = move || async move { l.accept().await.map(|(s, _)| s) };
             crate::net::accept_loop("run socket", MAX_CONNECTIONS, &stop.clone(), accept, |stream, slot| {
-                let (handle, stop, encoded) = (handle.clone(), stop.clone(), encoded.clone());
+                let (stop, tap) = (stop.clone(), tap.clone());
                 let counted = Counted::new(&count);
                 connections.spawn(async move {
                     let (_slot, _counted) = (slot, counted);
-                    connection(stream, handle, stop, encoded).await;
+                    connection(stream, tap, stop).await;
                 });
             })
             .await;
@@ -170,48 +176,218 @@ async fn send(conn: &mut Conn, frame: bytes::Bytes) -> bool {
     matches!(tokio::time::timeout(WRITE_WAIT, conn.send(frame)).await, Ok(Ok(())))
 }
 
-/// Frames queued before one write.
-const BATCH: usize = 256;
+/// Bytes of frames the tap gathers into one chunk, at most (more when one
+/// frame alone is larger).
+const CHUNK: usize = 64 * 1024;
+/// Chunks kept for connections that fall behind, before they resync.
+const CHUNKS_KEPT: usize = 256;
 
-/// The newest events' frames, shared by a server's connections: an event
-/// is serialized once however many clients are attached.
-#[derive(Default)]
-struct Encoded(std::sync::Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>);
+/// Frames ready to write as they are: each its four-byte length and its
+/// bytes, one after the other, for events `first..=last` (and what was
+/// missed among them). The tap makes each once; every connection writes it.
+struct Chunk {
+    bytes: bytes::Bytes,
+    /// Where each frame starts, by the first sequence number it covers.
+    starts: Vec<(u64, usize)>,
+    last: u64,
+    /// The run's last chunk: the stream ends after it.
+    end: bool,
+}
 
-/// Frames kept for the other connections to reuse.
-const ENCODED_KEPT: usize = 4096;
+impl Chunk {
+    fn first(&self) -> u64 {
+        self.starts.first().map_or(self.last, |(seq, _)| *seq)
+    }
 
-impl Encoded {
-    fn get(&self, ev: &crate::protocol::Event) -> bytes::Bytes {
-        let found = {
-            let kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Connections keeping up ask for the newest few: found from the back.
-            let newest = kept.back().map_or(0, |(seq, _)| *seq);
-            let back = usize::try_from(newest.saturating_sub(ev.seq)).unwrap_or(usize::MAX);
-            kept.len()
-                .checked_sub(back + 1)
-                .and_then(|i| kept.get(i))
-                .filter(|(seq, _)| *seq == ev.seq)
-                .map(|(_, b)| b.clone())
-        };
-        if let Some(b) = found {
-            return b;
+    /// The frames of events `from` on.
+    fn from(&self, from: u64) -> bytes::Bytes {
+        let i = self.starts.partition_point(|(seq, _)| *seq < from);
+        match self.starts.get(i) {
+            Some((_, at)) => self.bytes.slice(*at..),
+            None => bytes::Bytes::new(),
         }
-        let frame = wire::encode_event(ev);
-        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Kept in order: only a newer event joins (a connection catching up
-        // on older ones encodes them for itself).
-        if kept.back().is_none_or(|(seq, _)| *seq < ev.seq) {
-            if kept.len() == ENCODED_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back((ev.seq, frame.clone()));
-        }
-        frame
     }
 }
 
-async fn connection(stream: UnixStream, handle: EngineHandle, stop: CancellationToken, encoded: Arc<Encoded>) {
+/// Frames as the socket carries them (length first), gathered.
+#[derive(Default)]
+struct Frames {
+    bytes: bytes::BytesMut,
+    starts: Vec<(u64, usize)>,
+    last: Option<u64>,
+}
+
+impl Frames {
+    fn push(&mut self, item: &Delivery) {
+        let (seq, last, frame) = match item {
+            Delivery::Event(ev) => (ev.seq, ev.seq, wire::encode_event(ev)),
+            Delivery::Missed { from, to } => (*from, *to, wire::encode(&ServerFrame::Missed { from: *from, to: *to })),
+        };
+        self.starts.push((seq, self.bytes.len()));
+        // A frame is at most MAX_FRAME (16 MiB): its length fits.
+        self.bytes
+            .extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes());
+        self.bytes.extend_from_slice(&frame);
+        self.last = Some(last);
+    }
+
+    fn chunk(self) -> Option<Chunk> {
+        Some(Chunk {
+            last: self.last?,
+            bytes: self.bytes.freeze(),
+            starts: self.starts,
+            end: false,
+        })
+    }
+}
+
+/// The server's one reader of the run's events, started by the first
+/// client that streams them (a run nobody attaches to pays nothing).
+struct Tap {
+    handle: EngineHandle,
+    chunks: tokio::sync::broadcast::Sender<Arc<Chunk>>,
+    started: tokio::sync::OnceCell<()>,
+    stop: CancellationToken,
+}
+
+impl Tap {
+    /// The chunks from now on, the tap running. Taken before the replay:
+    /// with both, no event falls between them.
+    async fn chunks(&self) -> tokio::sync::broadcast::Receiver<Arc<Chunk>> {
+        self.started
+            .get_or_init(|| async {
+                // Live from here: whoever takes chunks after this takes the
+                // replay for what came before.
+                if let Ok(events) = Link::subscribe(&self.handle, wire::LIVE).await {
+                    tokio::spawn(tap(events, self.chunks.clone(), self.stop.clone()));
+                }
+            })
+            .await;
+        self.chunks.subscribe()
+    }
+}
+
+/// Serializes the run's events once, into chunks every connection writes.
+async fn tap(mut events: Subscription, chunks: tokio::sync::broadcast::Sender<Arc<Chunk>>, stop: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => {
+                // The run has ended: what it said last still goes out, then
+                // the connections see the end of the chunks.
+                let mut frames = Frames::default();
+                while let Some(item) = events.try_next() {
+                    frames.push(&item);
+                }
+                // Always the newest chunk: a reader that falls behind still
+                // gets it.
+                let last = frames.chunk().map(|c| Chunk { end: true, ..c }).unwrap_or(Chunk {
+                    bytes: bytes::Bytes::new(),
+                    starts: Vec::new(),
+                    last: 0,
+                    end: true,
+                });
+                let _ = chunks.send(Arc::new(last));
+                return;
+            }
+            item = events.next() => item,
+        };
+        let Some(first) = first else { return };
+        if chunks.receiver_count() == 0 {
+            // Nobody attached: nothing to serialize. One who attaches later
+            // takes the chunks from then on and the replay before.
+            while events.try_next().is_some() {}
+            continue;
+        }
+        let mut frames = Frames::default();
+        frames.push(&first);
+        // What is queued already goes in the same chunk: a burst of log
+        // lines costs each connection a few writes, not one per line.
+        while frames.bytes.len() < CHUNK {
+            match events.try_next() {
+                Some(item) => frames.push(&item),
+                None => break,
+            }
+        }
+        if let Some(chunk) = frames.chunk() {
+            // No connection listening is fine.
+            let _ = chunks.send(Arc::new(chunk));
+        }
+    }
+}
+
+/// Where a connection's events come from: the engine's replay while it
+/// catches up (at the start, and after falling behind), then the tap's
+/// chunks, each cut to what the client has not had.
+struct Outgoing {
+    handle: EngineHandle,
+    chunks: tokio::sync::broadcast::Receiver<Arc<Chunk>>,
+    /// The first sequence number the client has not had.
+    next: u64,
+    /// A chunk seen before a catch-up, to cut and send after it.
+    held: Option<Arc<Chunk>>,
+    /// The run's last chunk has been sent.
+    ended: bool,
+}
+
+impl Outgoing {
+    /// The engine's replay from `next`, as frames (what it lacks, as missed).
+    fn catch_up(&mut self) -> bytes::Bytes {
+        let (start, replay) = self.handle.replay_since(self.next);
+        let mut frames = Frames::default();
+        let mut next = start;
+        for ev in replay {
+            if ev.seq > next {
+                frames.push(&Delivery::Missed {
+                    from: next,
+                    to: ev.seq - 1,
+                });
+            }
+            next = ev.seq + 1;
+            frames.push(&Delivery::Event(ev));
+        }
+        self.next = next;
+        frames.bytes.freeze()
+    }
+
+    /// The next bytes to write; `None` once the tap has stopped.
+    async fn next(&mut self) -> Option<bytes::Bytes> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.ended && self.held.is_none() {
+                return None;
+            }
+            let chunk = match self.held.take() {
+                Some(c) => c,
+                None => match self.chunks.recv().await {
+                    Ok(c) => c,
+                    // Fell behind the kept chunks: catch up from the replay.
+                    Err(RecvError::Lagged(_)) => return Some(self.catch_up()),
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            if chunk.end {
+                self.ended = true;
+                if chunk.starts.is_empty() {
+                    return None;
+                }
+            }
+            if chunk.last < self.next && !chunk.end {
+                continue;
+            }
+            if chunk.first() > self.next {
+                self.held = Some(chunk);
+                self.ended = false;
+                return Some(self.catch_up());
+            }
+            let bytes = chunk.from(self.next);
+            self.next = self.next.max(chunk.last + 1);
+            return Some(bytes);
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) {
+    let handle = tap.handle.clone();
     // The socket is 0600 once bound; the peer's uid also covers the moment
     // before that: only this trackside's user (and root) attaches.
     let me = nix::unistd::Uid::current().as_raw();
@@ -257,15 +433,16 @@ async fn connection(stream: UnixStream, handle: EngineHandle, stop: Cancellation
         }
     };
     let mut events = match from {
-        Some(from) => match Link::subscribe(&handle, from).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                send(&mut conn, refuse(e.to_string())).await;
-                return;
-            }
-        },
+        Some(from) => Some(Outgoing {
+            handle: handle.clone(),
+            chunks: tap.chunks().await,
+            next: from,
+            held: None,
+            ended: false,
+        }),
         None => None,
     };
+    let mut pending = events.as_mut().map(Outgoing::catch_up);
     let welcome = ServerFrame::Welcome {
         version: VERSION,
         run_id: handle.run_id().to_string(),
@@ -277,34 +454,19 @@ async fn connection(stream: UnixStream, handle: EngineHandle, stop: Cancellation
     let (replies_tx, mut replies) = mpsc::channel::<ServerFrame>(16);
     loop {
         tokio::select! {
-            () = stop.cancelled() => {
+            // A connection streaming events ends with the tap's last chunk.
+            () = stop.cancelled(), if events.is_none() => {
                 send(&mut conn, wire::encode(&ServerFrame::End)).await;
                 return;
             }
-            item = next(&mut events) => {
-                // What is queued already goes out in one write, not a write
-                // a frame: a burst of log lines costs a few system calls.
-                let batch = async {
-                    let mut item = Some(item);
-                    let mut n = 0;
-                    while let Some(it) = item.take() {
-                        let frame = match it {
-                            Some(Delivery::Event(ev)) => encoded.get(&ev),
-                            Some(Delivery::Missed { from, to }) => wire::encode(&ServerFrame::Missed { from, to }),
-                            None => {
-                                events = None;
-                                wire::encode(&ServerFrame::End)
-                            }
-                        };
-                        conn.feed(frame).await?;
-                        n += 1;
-                        if n < BATCH {
-                            item = events.as_mut().and_then(Subscription::try_next).map(Some);
-                        }
-                    }
-                    SinkExt::<bytes::Bytes>::flush(&mut conn).await
+            bytes = next(&mut events, &mut pending) => {
+                let Some(bytes) = bytes else {
+                    send(&mut conn, wire::encode(&ServerFrame::End)).await;
+                    return;
                 };
-                if !matches!(tokio::time::timeout(WRITE_WAIT, batch).await, Ok(Ok(()))) {
+                use tokio::io::AsyncWriteExt;
+                let write = conn.get_mut().write_all(&bytes);
+                if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
                     return;
                 }
             }
@@ -354,9 +516,14 @@ async fn connection(stream: UnixStream, handle: EngineHandle, stop: Cancellation
     }
 }
 
-async fn next(events: &mut Option<Subscription>) -> Option<Delivery> {
+/// The next bytes for the client: what is pending (the replay), then the
+/// chunks; never ready for a connection that streams no events.
+async fn next(events: &mut Option<Outgoing>, pending: &mut Option<bytes::Bytes>) -> Option<bytes::Bytes> {
+    if let Some(b) = pending.take() {
+        return Some(b);
+    }
     match events {
-        Some(s) => s.next().await,
+        Some(out) => out.next().await,
         None => std::future::pending().await,
     }
 }

@@ -476,3 +476,52 @@ async fn connect_as_whoever_runs_it() {
         other => println!("not refused: {other:?}"),
     }
 }
+
+/// The run's last events reach a client even when the server closes right
+/// after the run ends (the end of the stream comes after them, not before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_the_end_of_the_run_before_the_end_of_the_stream() {
+    let mut s = common::setup(
+        r#"
+name: ends
+jobs:
+  talk:
+    steps:
+      - name: print
+        script: ['seq 1 20000']
+"#,
+    );
+    let run = common::start(&mut s).await;
+    let server = attach::serve(run.handle.clone()).expect("serve");
+    let remote = RemoteLink::connect(run.handle.run_dir(), true).await.expect("connect");
+    let mut events = remote.subscribe(0).await.expect("subscribe");
+    tokio::time::timeout(LIMIT, run.handle.wait())
+        .await
+        .expect("the run ends within LIMIT")
+        .expect("summary");
+    run.handle.shutdown().await;
+    server.close().await;
+    // Every number accounted for: delivered, or said to be missed (a
+    // client this far behind misses log lines, never silently).
+    let (mut last, mut next) = (None, 0u64);
+    let drain = async {
+        while let Some(item) = events.next().await {
+            match item {
+                Delivery::Event(ev) => {
+                    assert_eq!(ev.seq, next, "no silent gap");
+                    next = ev.seq + 1;
+                    last = Some(ev);
+                }
+                Delivery::Missed { from, to } => {
+                    assert_eq!(from, next, "no silent gap");
+                    next = to + 1;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, drain)
+        .await
+        .expect("the stream ends within LIMIT");
+    assert!(next > 20_000, "the whole run is accounted for: {next}");
+    assert!(last.is_some_and(|e| finished(&e)), "the last event is the run's end");
+}

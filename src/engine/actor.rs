@@ -159,6 +159,7 @@ pub struct EngineHandle {
     run_id: String,
     /// How the run was set up, a line a fact, when asked (`run --verbose`).
     setup: Arc<Vec<String>>,
+    replay: Arc<std::sync::Mutex<super::replay::Replay>>,
 }
 
 impl EngineHandle {
@@ -208,6 +209,15 @@ impl EngineHandle {
 
     async fn steer(&self, command: crate::protocol::Command) -> Result<(), EngineError> {
         self.send_as(command, crate::deploy::rollout::who()).await.map(drop)
+    }
+
+    /// What the run keeps of its events numbered `from` on, and the number
+    /// the first of them has (no later than the next event's); works after
+    /// the run's end too.
+    pub fn replay_since(&self, from: u64) -> (u64, Vec<Arc<Event>>) {
+        let replay = lock(&self.replay);
+        let from = from.min(replay.next_seq());
+        (from, replay.since(from))
     }
 
     /// The events numbered `from` on (replayed), then live.
@@ -467,6 +477,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (finished_tx, finished) = watch::channel(None);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let replay = Arc::new(std::sync::Mutex::new(super::replay::Replay::default()));
     let (msg_tx, msg_rx) = mpsc::channel(1024);
     let handle = EngineHandle {
         tx,
@@ -479,6 +490,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         } else {
             Vec::new()
         }),
+        replay: replay.clone(),
     };
     let actor = Actor {
         state,
@@ -512,7 +524,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         notes_tx,
         notes_rx,
         next_seq: 0,
-        replay: Default::default(),
+        replay: replay.clone(),
         log_lines: Default::default(),
     };
     tokio::spawn(actor.run());
@@ -641,7 +653,9 @@ struct Actor {
     notes_rx: mpsc::UnboundedReceiver<EventKind>,
     /// The number the next event gets.
     next_seq: u64,
-    replay: super::replay::Replay,
+    /// Shared with the handles: a replay is read without the actor (a
+    /// client catching up after the run's end).
+    replay: Arc<std::sync::Mutex<super::replay::Replay>>,
     /// Lines so far of each running attempt's log.
     log_lines: super::replay::LineCounts,
 }
@@ -851,7 +865,8 @@ impl Actor {
             Command::Subscribe(from, reply) => {
                 // From no later than now: "from now on" is `u64::MAX`.
                 let from = from.min(self.next_seq);
-                let _ = reply.send((from, self.replay.since(from), self.events.subscribe()));
+                let replay = lock(&self.replay).since(from);
+                let _ = reply.send((from, replay, self.events.subscribe()));
             }
             Command::Steer(command, by, reply) => self.steer(command, by, reply, retry_tx),
         }
@@ -1253,10 +1268,16 @@ impl Actor {
             tracing::error!("cannot record an event: {e}");
         }
         let ev = Arc::new(ev);
-        self.replay.push(ev.clone());
+        lock(&self.replay).push(ev.clone());
         // No subscriber is fine: the record and the replay have it.
         let _ = self.events.send(ev);
     }
+}
+
+/// The replay's lock; a panic while it was held left nothing half-done
+/// (a push is one step), so a poisoned lock is used as it is.
+fn lock(replay: &std::sync::Mutex<super::replay::Replay>) -> std::sync::MutexGuard<'_, super::replay::Replay> {
+    replay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn uses_expressions(job: &crate::pipeline::Job) -> bool {

@@ -18,10 +18,17 @@ pub struct Replay {
     transitions: Vec<Arc<Event>>,
     logs: VecDeque<Arc<Event>>,
     samples: VecDeque<Arc<Event>>,
+    next_seq: u64,
 }
 
 impl Replay {
+    /// The number the next event will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn push(&mut self, ev: Arc<Event>) {
+        self.next_seq = self.next_seq.max(ev.seq + 1);
         let (ring, cap) = match ev.kind {
             EventKind::LogLine { .. } => (&mut self.logs, LOG_LINES),
             EventKind::Rollout { .. } => (&mut self.samples, SAMPLES),
