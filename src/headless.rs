@@ -466,10 +466,10 @@ pub fn summary_table(s: &RunSummary) -> String {
     out.push_str(&format!(
         "\n{}: {} in {} (run {}; `trackside logs {} JOB` shows a job's log)",
         match s.result {
-            crate::engine::RunResult::Passed => "PASSED",
-            crate::engine::RunResult::Failed => "FAILED",
-            crate::engine::RunResult::Blocked => "BLOCKED",
-            crate::engine::RunResult::Cancelled => "CANCELLED",
+            crate::protocol::RunResult::Passed => "PASSED",
+            crate::protocol::RunResult::Failed => "FAILED",
+            crate::protocol::RunResult::Blocked => "BLOCKED",
+            crate::protocol::RunResult::Cancelled => "CANCELLED",
         },
         s.message,
         seconds(s.duration_ms),

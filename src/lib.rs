@@ -1,10 +1,12 @@
 //! trackside: run and steer CI/CD pipelines from a terminal.
 //!
-//! Dependencies point one way: front-ends ([`headless`], [`ui`], and
-//! [`control`] for steering from another shell) talk to
-//! the [`engine`] through its handle and events; the engine uses
-//! [`pipeline`], [`exec`] and [`store`]. `pipeline` depends on nothing else
-//! in the crate.
+//! Dependencies point one way: front-ends ([`headless`], [`ui`], [`control`]
+//! for a rollout steered from another shell, and [`attach`]'s client) hold
+//! a [`protocol::Link`] and read [`protocol`] events; the [`engine`] (whose
+//! handle is the in-process link) uses [`pipeline`], [`exec`], [`store`]
+//! and [`deploy`]. `protocol` and `pipeline` depend on nothing else in the
+//! crate but each other's vocabulary (the model names the protocol's
+//! failure classes).
 
 pub mod attach;
 pub mod control;

@@ -441,7 +441,7 @@ fn remove_spares(state: &Path, dry_run: bool) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::event::{RunResult, RunSummary};
+    use crate::protocol::{RunResult, RunSummary};
     use crate::store::index::CacheEntry;
     use crate::store::{RunMeta, RunRecord};
 

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::event::{Event, EventKind, RunResult, RunSummary};
+use crate::protocol::{Event, EventKind, RunResult, RunSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -4,7 +4,7 @@
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 
-use crate::engine::JobStatus;
+use crate::protocol::JobStatus;
 
 use super::keys::{Action, Scope, action_for};
 use super::model::Model;
@@ -36,7 +36,7 @@ pub enum Command {
     /// Suspend the UI for a shell in the job's (failed) container.
     Shell(String),
     /// Steer a deploy job's rollout.
-    Rollout(String, crate::deploy::rollout::Command),
+    Rollout(String, crate::protocol::RolloutCommand),
     /// Make a service's previous revision stable again (its rollout is over).
     RollbackService(String),
 }
@@ -505,7 +505,7 @@ impl App {
     }
 
     /// The selected job's rollout, when it is a deploy job that has one.
-    fn selected_rollout(&self) -> Option<&crate::deploy::rollout::Status> {
+    fn selected_rollout(&self) -> Option<&crate::protocol::RolloutStatus> {
         self.model.jobs.get(self.selected_job()?)?.rollout.as_deref()
     }
 
@@ -813,7 +813,7 @@ impl App {
             Action::Retry => vec![Command::Retry(name)],
             Action::Shell => vec![Command::Shell(name)],
             Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback | Action::HoldRollout => {
-                use crate::deploy::rollout::Command as R;
+                use crate::protocol::RolloutCommand as R;
                 // `available` made sure there is one.
                 let Some((service, phase)) = self.selected_rollout().map(|r| (r.service.clone(), r.phase.clone()))
                 else {

@@ -8,9 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::engine::event::{Event, EventKind, PlannedJob, RunSummary};
-use crate::engine::{JobStatus, Stream};
 use crate::pipeline::{FailureClass, When};
+use crate::protocol::{Event, EventKind, JobStatus, PlannedJob, RunSummary, Stream};
 
 /// Lines per attempt kept in memory.
 pub const LOG_WINDOW: usize = 5_000;
@@ -49,7 +48,7 @@ pub struct JobView {
     /// Served from the result cache under this key.
     pub cached: Option<String>,
     /// A deploy job's latest rollout status.
-    pub rollout: Option<Box<crate::deploy::rollout::Status>>,
+    pub rollout: Option<Box<crate::protocol::RolloutStatus>>,
     /// Every measurement of the rollout so far, for the charts.
     pub rollout_history: Vec<RolloutPoint>,
     /// When the current retry is due (ts, ms).

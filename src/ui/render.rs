@@ -11,9 +11,9 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Clear, Dataset, GraphType, Paragraph, Widget, Wrap};
 
-use crate::deploy::router::Pool;
-use crate::engine::JobStatus;
 use crate::headless::seconds;
+use crate::protocol::JobStatus;
+use crate::protocol::view::Pool;
 
 use super::ansi;
 use super::app::{App, Focus, Mode};
@@ -1009,13 +1009,13 @@ fn render_rollout_charts(
 /// reason) is not said twice. `ended`: the deploy job has finished (an
 /// aborted one runs on through its abort delay).
 fn rollout_lines(
-    r: &crate::deploy::rollout::Status,
+    r: &crate::protocol::RolloutStatus,
     said: &str,
     ended: bool,
     t: &super::theme::Theme,
     lines: &mut Vec<Line<'_>>,
 ) {
-    let pct = crate::deploy::router::percent;
+    let pct = crate::protocol::view::percent;
     let phase_style = match r.phase.as_str() {
         "aborted" | "degraded" | "rolled_back" => t.warn(),
         _ => t.dim(),

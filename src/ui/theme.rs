@@ -6,7 +6,7 @@
 
 use ratatui::style::{Color, Modifier, Style};
 
-use crate::engine::JobStatus;
+use crate::protocol::JobStatus;
 
 /// A status as drawn: Unicode glyph, ASCII glyph, colour, word.
 pub struct Look {
