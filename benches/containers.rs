@@ -12,8 +12,8 @@ mod image;
 use std::time::Instant;
 
 use trackside::engine::{self, EngineConfig, EventKind};
-use trackside::exec::Executors;
 use trackside::exec::docker::DockerExecutor;
+use trackside::exec::route::Executors;
 use trackside::exec::shell::ShellExecutor;
 use trackside::pipeline::{LoadOptions, Plan, parse_source};
 

@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use trackside::engine::{self, EngineConfig};
-use trackside::exec::Executors;
 use trackside::exec::docker::DockerExecutor;
+use trackside::exec::route::Executors;
 use trackside::exec::shell::ShellExecutor;
 use trackside::headless::{self, Format};
 use trackside::pipeline::native::HOST_ALLOWLIST;

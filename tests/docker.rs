@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bollard::query_parameters::ListContainersOptions;
 use trackside::engine::{EventKind, JobStatus, RunResult};
-use trackside::exec::Executors;
 use trackside::exec::docker::{DockerExecutor, LABEL_RUN};
+use trackside::exec::route::Executors;
 use trackside::exec::shell::ShellExecutor;
 use trackside::pipeline::FailureClass;
 

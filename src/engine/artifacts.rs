@@ -18,7 +18,8 @@ use crate::store::index::{CacheEntry, JobKey};
 use crate::store::manifest::{self, ArtifactError, CollectLimits};
 use crate::store::objects::{Digest, ObjectError, WriteLimits};
 
-use super::runner::{Attempt, RunContext, RunnerMsg, note};
+use super::attempt::{Attempt, RunContext, RunnerMsg, note};
+pub use super::attempt::{Borrowed, CacheKey};
 use super::state::Outcome;
 
 /// Predefined variables that differ on every run or attempt without
@@ -44,16 +45,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
         .await
         .map_err(|e| format!("background task failed: {e}"))
         .and_then(|r| r)
-}
-
-/// Artifacts of a job left out of the run (`--only`), as the latest run
-/// that recorded them left them.
-#[derive(Debug, Clone, Default)]
-pub struct Borrowed {
-    /// (run, manifest); `None` when no run recorded any.
-    pub from: Option<(String, Digest)>,
-    /// Its `reports:dotenv` files.
-    pub dotenv: Vec<String>,
 }
 
 /// Restores the artifacts of the jobs this one needs, verifying each file.
@@ -358,14 +349,6 @@ pub async fn collect(
             Err((msg, class))
         }
     }
-}
-
-/// A computed cache key, carried to the actor so it can store the result
-/// once the attempt's log is complete.
-#[derive(Debug, Clone)]
-pub struct CacheKey {
-    pub key: String,
-    pub components: Components,
 }
 
 /// The project files a job's cache inputs are matched against.

@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod artifacts;
+pub mod attempt;
 pub mod failure;
 pub mod mask;
 pub mod replay;

@@ -23,8 +23,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, Stream};
-use crate::pipeline::model::{ContainerOptions, PullPolicy};
+use super::{BoxFuture, ContainerStep, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, Stream};
+use crate::pipeline::model::PullPolicy;
 
 /// Where the job's workspace appears inside its containers.
 pub const WORKDIR: &str = "/workspace";
@@ -61,31 +61,6 @@ pub struct StepRecord {
     /// File variables: host file, path inside.
     #[serde(default)]
     pub files: Vec<(PathBuf, String)>,
-}
-
-/// What a container step needs beyond the shell step's fields.
-#[derive(Debug, Clone)]
-pub struct ContainerStep {
-    pub image: String,
-    pub options: ContainerOptions,
-    pub run_id: String,
-    pub job: String,
-    pub attempt: u32,
-    pub step_index: usize,
-    /// Host directory mounted at [`WORKDIR`].
-    pub workspace: PathBuf,
-    /// Host file holding the script (written by the runner).
-    pub script_file: PathBuf,
-    /// Host file of `export NAME='value'` lines for secrets, if any.
-    pub secrets_file: Option<PathBuf>,
-    /// File variables: host file, path inside (mounted read-only).
-    pub files: Vec<(PathBuf, String)>,
-    /// Working directory inside the container.
-    pub workdir: String,
-    /// The run's network, when the job has services to reach.
-    pub network: Option<String>,
-    /// `--keep-failed`: leave the container when the step fails.
-    pub keep_on_failure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

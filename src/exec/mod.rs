@@ -8,12 +8,15 @@
 pub mod contain;
 pub mod docker;
 pub mod git;
+pub mod route;
 pub mod shell;
 pub mod workspace;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+
+use crate::pipeline::model::ContainerOptions;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -51,7 +54,7 @@ pub struct StepSpec {
     /// processes that left the process group can still be found and stopped.
     pub tag: String,
     /// Set for steps that run in a container.
-    pub container: Option<docker::ContainerStep>,
+    pub container: Option<ContainerStep>,
 }
 
 /// How a step ended.
@@ -138,78 +141,36 @@ pub struct ServicesRequest {
     pub services: Vec<(crate::pipeline::model::Service, BTreeMap<String, String>)>,
 }
 
+/// What a container step needs beyond the shell step's fields.
+#[derive(Debug, Clone)]
+pub struct ContainerStep {
+    pub image: String,
+    pub options: ContainerOptions,
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub step_index: usize,
+    /// Host directory mounted at the container's work directory.
+    pub workspace: PathBuf,
+    /// Host file holding the script (written by the runner).
+    pub script_file: PathBuf,
+    /// Host file of `export NAME='value'` lines for secrets, if any.
+    pub secrets_file: Option<PathBuf>,
+    /// File variables: host file, path inside (mounted read-only).
+    pub files: Vec<(PathBuf, String)>,
+    /// Working directory inside the container.
+    pub workdir: String,
+    /// The run's network, when the job has services to reach.
+    pub network: Option<String>,
+    /// `--keep-failed`: leave the container when the step fails.
+    pub keep_on_failure: bool,
+}
+
 /// Running services: container ids and the network the job's steps join.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
     pub containers: Vec<String>,
     pub network: Option<String>,
-}
-
-/// Runs container steps with Docker and the rest with the shell.
-pub struct Executors {
-    pub shell: shell::ShellExecutor,
-    /// `None` when no step needs containers (the daemon is not contacted).
-    pub docker: Option<docker::DockerExecutor>,
-}
-
-impl Executor for Executors {
-    fn name(&self) -> &'static str {
-        "auto"
-    }
-
-    fn run_step(
-        &self,
-        spec: StepSpec,
-        out: mpsc::Sender<OutputLine>,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'_, StepEnd> {
-        match (&spec.container, &self.docker) {
-            (None, _) => self.shell.run_step(spec, out, cancel),
-            (Some(_), Some(d)) => d.run_step(spec, out, cancel),
-            (Some(c), None) => {
-                let msg = format!("step needs image `{}` but no Docker daemon was connected", c.image);
-                Box::pin(async move { StepEnd::SpawnFailed(msg) })
-            }
-        }
-    }
-
-    fn start_services(
-        &self,
-        req: ServicesRequest,
-        out: mpsc::Sender<OutputLine>,
-    ) -> BoxFuture<'_, Result<Services, String>> {
-        match &self.docker {
-            Some(d) => d.start_services(req, out),
-            None => Box::pin(async { Err("services need a Docker daemon, and none was connected".to_string()) }),
-        }
-    }
-
-    fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
-        match &self.docker {
-            Some(d) => d.stop_services(services),
-            None => Box::pin(async {}),
-        }
-    }
-
-    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
-        match &self.docker {
-            Some(d) => d.finish_run(run_id),
-            None => Box::pin(async {}),
-        }
-    }
-
-    fn image_id<'a>(
-        &'a self,
-        image: &'a str,
-        pull: crate::pipeline::model::PullPolicy,
-    ) -> BoxFuture<'a, Result<String, String>> {
-        match &self.docker {
-            Some(d) => d.image_id(image, pull),
-            None => {
-                Box::pin(async move { Err(format!("image `{image}` needs a Docker daemon, and none was connected")) })
-            }
-        }
-    }
 }
 
 /// Name of the variable that tags a step's processes.

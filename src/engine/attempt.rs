@@ -1,0 +1,222 @@
+//! What an attempt is made of, shared by the runner (which runs it) and
+//! the artifacts code (what it takes in and leaves): the run's context, the
+//! attempt's inputs, the messages both send to the actor. Neither imports
+//! the other for these.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Executor, Stream, workspace};
+use crate::pipeline::model::EnvVar;
+use crate::pipeline::vars::Scope;
+use crate::pipeline::{FailureClass, Job, Pipeline};
+use crate::store::cache::Components;
+use crate::store::objects::Digest;
+
+use super::state::{JobId, Outcome};
+
+/// What a runner tells the actor.
+#[derive(Debug)]
+pub enum RunnerMsg {
+    StepStarted {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        index: usize,
+    },
+    Log {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        stream: Stream,
+        text: String,
+        /// A piece of a line too long to pass whole: it goes on in the next.
+        partial: bool,
+    },
+    StepFinished {
+        job: JobId,
+        attempt: u32,
+        step: Arc<str>,
+        exit_code: Option<i32>,
+        failure: Option<FailureClass>,
+        duration: Duration,
+    },
+    Rollout {
+        job: JobId,
+        status: Box<crate::deploy::rollout::Status>,
+    },
+    RolloutDecision {
+        job: JobId,
+        text: String,
+        by: Option<String>,
+    },
+    AttemptDone {
+        job: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        /// The result-cache key of a job that ran (not one served from the cache).
+        cache_key: Option<CacheKey>,
+    },
+}
+
+/// Everything that is the same for every attempt of a run (until the
+/// pipeline file is edited: then new attempts get a new context).
+#[derive(Clone)]
+pub struct RunContext {
+    pub run_id: String,
+    pub pipeline: Arc<Pipeline>,
+    pub run_dir: PathBuf,
+    pub project_dir: PathBuf,
+    /// Project files copied into each workspace (taken once per run).
+    pub files: Vec<PathBuf>,
+    pub in_place: bool,
+    pub keep_workspaces: bool,
+    pub kill_grace: Duration,
+    pub cli_vars: Vec<(String, String)>,
+    pub secrets: Vec<(String, String)>,
+    pub host_env: Vec<(String, String)>,
+    pub executor: Arc<dyn Executor>,
+    /// Whether steps with an image run in containers.
+    pub containers: bool,
+    /// `--keep-failed`: keep a failed attempt's container and workspace.
+    pub keep_failed: bool,
+    /// Where artifacts are kept (`<state>/objects`).
+    pub objects: Arc<crate::store::objects::ObjectStore>,
+    /// Names of artifacts, cache entries and directory caches.
+    pub index: Arc<crate::store::index::Index>,
+    /// False with `--no-cache`: results are stored but not looked up.
+    pub use_cache: bool,
+    /// The state directory (services' remembered revisions live there).
+    pub state_dir: PathBuf,
+    /// What artifacts may take (`artifacts:` in `<state>/config.yml`).
+    pub artifact_limits: crate::store::gc::ArtifactLimits,
+    /// Bytes of artifacts this run has stored so far, against the run's limit.
+    pub artifact_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Artifacts of jobs left out of the run: producer -> (run, manifest).
+    pub borrowed_artifacts: BTreeMap<String, Borrowed>,
+    /// The run's clone of the project's repository, which jobs' workspaces
+    /// point at (GitLab pipelines; see `git::run_repository`).
+    pub git_repo: Option<crate::exec::git::RunRepository>,
+    /// Workspaces of ended jobs, made fresh again for the next ones.
+    pub spares: Arc<workspace::Spares>,
+}
+
+impl RunContext {
+    pub(super) fn workspace(&self, job: &Job, attempt: u32) -> PathBuf {
+        if self.in_place {
+            self.project_dir.clone()
+        } else {
+            self.run_dir
+                .join("work")
+                .join(format!("{}.{attempt}", crate::store::file_safe(&job.name)))
+        }
+    }
+
+    /// The variables of a step (or of the job, when `step` is None), in precedence order.
+    pub fn scope(&self, job: &Job, step_env: &[EnvVar], predefined: Vec<(String, String)>) -> Scope {
+        let layer = |vars: &[EnvVar]| {
+            vars.iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut s = Scope::new();
+        s.lenient(self.pipeline.undefined_is_empty)
+            .push_layer(self.cli_vars.iter().cloned())
+            .push_layer(self.secrets.iter().cloned())
+            .push_layer(layer(step_env))
+            .push_layer(layer(&job.environment))
+            .push_layer(layer(&self.pipeline.global_env))
+            .push_layer(predefined)
+            .push_layer(self.host_env.iter().cloned());
+        s
+    }
+
+    /// Variables of the pipeline level, for `vars.X`.
+    pub fn pipeline_vars(&self) -> BTreeMap<String, String> {
+        let mut s = Scope::new();
+        s.lenient(self.pipeline.undefined_is_empty);
+        s.push_layer(self.cli_vars.iter().cloned()).push_layer(
+            self.pipeline
+                .global_env
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone())),
+        );
+        s.push_layer(self.host_env.iter().cloned());
+        let mut all = s.resolve_all().unwrap_or_default();
+        let host: Vec<&str> = self.host_env.iter().map(|(k, _)| k.as_str()).collect();
+        all.retain(|k, _| !host.contains(&k.as_str()) || self.cli_vars.iter().any(|(c, _)| c == k));
+        all
+    }
+
+    pub fn predefined(&self, job: &Job, attempt: u32, step: &str, workspace: &Path) -> Vec<(String, String)> {
+        vec![
+            ("CI".into(), "true".into()),
+            ("TRACKSIDE".into(), "true".into()),
+            ("CI_PIPELINE_ID".into(), self.run_id.clone()),
+            ("CI_PIPELINE_NAME".into(), self.pipeline.name.clone()),
+            ("CI_JOB_NAME".into(), job.name.clone()),
+            ("CI_JOB_ATTEMPT".into(), attempt.to_string()),
+            ("CI_JOB_STEP".into(), step.to_string()),
+            ("CI_PROJECT_DIR".into(), workspace.display().to_string()),
+            ("TRACKSIDE_RUN_DIR".into(), self.run_dir.display().to_string()),
+            // This trackside, so a pipeline can run `${TRACKSIDE_EXE} demo-service`.
+            (
+                "TRACKSIDE_EXE".into(),
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "trackside".into()),
+            ),
+        ]
+    }
+}
+
+/// One attempt's inputs.
+pub struct Attempt {
+    pub job: JobId,
+    pub attempt: u32,
+    /// `job.<name>.status` as it was when the attempt started.
+    pub statuses: Arc<HashMap<String, String>>,
+    pub cancel: CancellationToken,
+    pub tx: mpsc::Sender<RunnerMsg>,
+    /// Steering commands for a deploy job's rollout.
+    pub control: Option<mpsc::Receiver<(crate::deploy::rollout::Command, String)>>,
+    /// Variables from the `reports:dotenv` of the jobs whose artifacts this
+    /// one received (set once they are restored).
+    pub dotenv: std::sync::OnceLock<Vec<(String, String)>>,
+}
+
+pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {
+    let _ =
+        a.tx.send(RunnerMsg::Log {
+            job: a.job,
+            attempt: a.attempt,
+            step: step.clone(),
+            stream: Stream::Stderr,
+            text: format!("trackside: {text}"),
+            partial: false,
+        })
+        .await;
+}
+
+/// Artifacts of a job left out of the run (`--only`), as the latest run
+/// that recorded them left them.
+#[derive(Debug, Clone, Default)]
+pub struct Borrowed {
+    /// (run, manifest); `None` when no run recorded any.
+    pub from: Option<(String, Digest)>,
+    /// Its `reports:dotenv` files.
+    pub dotenv: Vec<String>,
+}
+
+/// A computed cache key, carried to the actor so it can store the result
+/// once the attempt's log is complete.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    pub key: String,
+    pub components: Components,
+}

@@ -1,0 +1,75 @@
+//! Which executor runs a step: containers for steps with an image, the
+//! shell for the rest. Apart from the executors it routes to, so the trait
+//! and its types (the parent module) depend on neither.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, docker, shell};
+
+/// Runs container steps with Docker and the rest with the shell.
+pub struct Executors {
+    pub shell: shell::ShellExecutor,
+    /// `None` when no step needs containers (the daemon is not contacted).
+    pub docker: Option<docker::DockerExecutor>,
+}
+
+impl Executor for Executors {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd> {
+        match (&spec.container, &self.docker) {
+            (None, _) => self.shell.run_step(spec, out, cancel),
+            (Some(_), Some(d)) => d.run_step(spec, out, cancel),
+            (Some(c), None) => {
+                let msg = format!("step needs image `{}` but no Docker daemon was connected", c.image);
+                Box::pin(async move { StepEnd::SpawnFailed(msg) })
+            }
+        }
+    }
+
+    fn start_services(
+        &self,
+        req: ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<Services, String>> {
+        match &self.docker {
+            Some(d) => d.start_services(req, out),
+            None => Box::pin(async { Err("services need a Docker daemon, and none was connected".to_string()) }),
+        }
+    }
+
+    fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
+        match &self.docker {
+            Some(d) => d.stop_services(services),
+            None => Box::pin(async {}),
+        }
+    }
+
+    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
+        match &self.docker {
+            Some(d) => d.finish_run(run_id),
+            None => Box::pin(async {}),
+        }
+    }
+
+    fn image_id<'a>(
+        &'a self,
+        image: &'a str,
+        pull: crate::pipeline::model::PullPolicy,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        match &self.docker {
+            Some(d) => d.image_id(image, pull),
+            None => {
+                Box::pin(async move { Err(format!("image `{image}` needs a Docker daemon, and none was connected")) })
+            }
+        }
+    }
+}
