@@ -115,9 +115,7 @@ fn throughput(rt: &tokio::runtime::Runtime) {
                     Clients::None => 0,
                     _ => 5,
                 };
-                while server.clients() < want {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                server.attached(want).await;
                 let t = Instant::now();
                 handle.start().await.expect("start");
                 handle.wait().await.expect("summary");

@@ -93,6 +93,12 @@ impl RunServer {
         *self.clients.borrow()
     }
 
+    /// Waits until at least `n` clients are connected.
+    pub async fn attached(&self, n: usize) {
+        let mut clients = self.clients.clone();
+        let _ = clients.wait_for(|&c| c >= n).await;
+    }
+
     /// Waits until no client is connected (at most `limit`): a finished
     /// run's process stays while someone still looks at it, to retry a job.
     pub async fn unwatched(&self, limit: Duration) {

@@ -192,6 +192,22 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
             return Ok(0);
         };
         let mut signals = Signals::new();
+        // Lines the stream skipped (this reader fell behind) are in the
+        // record: printed from there, in their place.
+        let fill = |attempt: u32, from: u64, upto: Option<u64>| {
+            let Ok((_, entries)) = store::read_log(&dir, job, Some(attempt)) else {
+                return;
+            };
+            let from_i = usize::try_from(from).unwrap_or(usize::MAX).min(entries.len());
+            let upto_i = upto.map_or(entries.len(), |u| {
+                usize::try_from(u).unwrap_or(usize::MAX).min(entries.len())
+            });
+            let mut out = String::new();
+            for e in entries.get(from_i..upto_i.max(from_i)).unwrap_or_default() {
+                out.push_str(&print(e));
+            }
+            write_out(&out);
+        };
         loop {
             let item = tokio::select! {
                 item = events.next() => item,
@@ -205,6 +221,7 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
             };
             match &ev.kind {
                 EventKind::JobStarted { job: j, attempt: a } if j == job && *a != attempt => {
+                    fill(attempt, printed, None);
                     attempt = *a;
                     printed = 0;
                     write_out(&format!("--- attempt {a} ---\n"));
@@ -216,6 +233,9 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
                     line_no,
                     ..
                 } if j == job && *a == attempt && *line_no >= printed => {
+                    if *line_no > printed {
+                        fill(attempt, printed, Some(*line_no));
+                    }
                     write_out(&print(&store::LogEntry {
                         ts_ms: ev.ts,
                         stream: "step".into(),
@@ -232,6 +252,9 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
                     line,
                     line_no,
                 } if j == job && *a == attempt && *line_no >= printed => {
+                    if *line_no > printed {
+                        fill(attempt, printed, Some(*line_no));
+                    }
                     let tag = match stream {
                         trackside::protocol::Stream::Stdout => "out",
                         trackside::protocol::Stream::Stderr => "err",
@@ -245,9 +268,14 @@ pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::Log
                     printed = line_no + 1;
                 }
                 EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => {
+                    // The attempt's log is complete now: whatever the stream skipped at its end.
+                    fill(attempt, printed, None);
                     return Ok(0);
                 }
-                EventKind::RunFinished { .. } => return Ok(0),
+                EventKind::RunFinished { .. } => {
+                    fill(attempt, printed, None);
+                    return Ok(0);
+                }
                 _ => {}
             }
         }

@@ -525,3 +525,59 @@ jobs:
     assert!(next > 20_000, "the whole run is accounted for: {next}");
     assert!(last.is_some_and(|e| finished(&e)), "the last event is the run's end");
 }
+
+/// `trackside logs RUN JOB --follow` started in the middle of a job: the
+/// lines so far from the record, then the rest as they come, each once and
+/// in order, and it ends with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_prints_a_job_once_from_the_record_then_live() {
+    let mut s = common::setup(
+        r#"
+name: follow
+jobs:
+  build:
+    steps:
+      - name: compile
+        script:
+          - for i in 1 2 3 4 5; do echo "line-$i"; done
+          - while [ ! -e go ]; do sleep 0.02; done
+          - for i in 6 7 8 9 10; do echo "line-$i"; done
+"#,
+    );
+    s.cfg.in_place = true;
+    let project = s.project();
+    let state = s.state();
+    let run = common::start(&mut s).await;
+    let server = attach::serve(run.handle.clone()).expect("serve");
+    let mut events = Link::subscribe(&run.handle, 0).await.expect("subscribe");
+    until(
+        &mut events,
+        |e| matches!(&e.kind, EventKind::LogLine { line, .. } if line == "line-5"),
+    )
+    .await;
+    let follower = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["logs", run.handle.run_id(), "build", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("trackside logs --follow");
+    // It is connected (the run serves it) before the job goes on.
+    tokio::time::timeout(LIMIT, server.attached(1))
+        .await
+        .expect("the follower connects within LIMIT");
+    std::fs::write(project.join("go"), "").expect("write");
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output())
+        .await
+        .expect("join")
+        .expect("output");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line-")).collect();
+    let want: Vec<String> = (1..=10).map(|i| format!("line-{i}")).collect();
+    assert_eq!(lines, want, "each line once, in order:\n{text}");
+    assert!(text.starts_with("--- step: compile ---"), "{text}");
+    server.close().await;
+    run.handle.shutdown().await;
+}
