@@ -83,15 +83,24 @@ impl Reply {
 pub struct Server {
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Requests being answered.
+    answers: tokio_util::task::TaskTracker,
 }
 
+/// How long closing waits for requests still being answered (a promote
+/// whose rollout ends the run answers right after).
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
 impl Server {
-    /// Stops serving and removes the sockets.
+    /// Stops serving, lets the requests in hand be answered, and removes
+    /// the sockets.
     pub async fn close(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.answers.close();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.answers.wait()).await;
     }
 }
 
@@ -117,11 +126,21 @@ struct Served {
 /// one) but not the process.
 pub fn serve<L: Link + Clone + 'static>(link: L, state: PathBuf) -> Server {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(watch_rollouts(link, state, stop.clone()));
-    Server { stop, task: Some(task) }
+    let answers = tokio_util::task::TaskTracker::new();
+    let task = tokio::spawn(watch_rollouts(link, state, stop.clone(), answers.clone()));
+    Server {
+        stop,
+        task: Some(task),
+        answers,
+    }
 }
 
-async fn watch_rollouts<L: Link + Clone + 'static>(link: L, state: PathBuf, stop: CancellationToken) {
+async fn watch_rollouts<L: Link + Clone + 'static>(
+    link: L,
+    state: PathBuf,
+    stop: CancellationToken,
+    answers: tokio_util::task::TaskTracker,
+) {
     // From the start: a rollout that began before this task ran is served too.
     let Ok(mut events) = link.subscribe(0).await else {
         return;
@@ -148,7 +167,7 @@ async fn watch_rollouts<L: Link + Clone + 'static>(link: L, state: PathBuf, stop
         let (tx, rx) = watch::channel(latest);
         let bound = match bind(&path) {
             Ok(listener) => {
-                tokio::spawn(accept(listener, link.clone(), rx, stop.clone()));
+                tokio::spawn(accept(listener, link.clone(), rx, stop.clone(), answers.clone()));
                 Some(path)
             }
             Err(e) => {
@@ -189,14 +208,20 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
 /// Requests answered at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-async fn accept<L: Link + Clone + 'static>(listener: UnixListener, link: L, latest: Latest, stop: CancellationToken) {
+async fn accept<L: Link + Clone + 'static>(
+    listener: UnixListener,
+    link: L,
+    latest: Latest,
+    stop: CancellationToken,
+    answers: tokio_util::task::TaskTracker,
+) {
     // The listener never gives up: out of file descriptors it backs off
     // and serves again once some are free.
     let l = &listener;
     let accept = move || async move { l.accept().await.map(|(s, _)| s) };
     crate::net::accept_loop("control socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
         let (link, latest) = (link.clone(), latest.clone());
-        tokio::spawn(async move {
+        answers.spawn(async move {
             let _slot = slot;
             answer(stream, link, latest).await;
         });
