@@ -124,7 +124,7 @@ impl Drop for Counted {
 }
 
 /// Starts serving the run behind `handle` on `<run dir>/control.sock`.
-pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
+pub fn serve(handle: EngineHandle) -> Result<RunServer, ServeError> {
     let path = socket_path(handle.run_dir());
     let listener = bind(&path)?;
     let stop = CancellationToken::new();
@@ -163,16 +163,32 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, String> {
     })
 }
 
-fn bind(path: &Path) -> Result<UnixListener, String> {
-    let (short, _dir) = reachable(path).map_err(|e| format!("cannot reach {}: {e}", path.display()))?;
+/// Why a run's socket could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}: {source}", path.display())]
+pub struct ServeError {
+    /// `reach`, `remove the stale`, `listen on`, `make owner-only`.
+    what: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let failed = |what: &'static str| {
+        move |source| ServeError {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let (short, _dir) = reachable(path).map_err(failed("reach"))?;
     if path.exists() {
         // A run folder is the run's own: anything there is left from a crash.
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(failed("remove the stale"))?;
     }
-    let listener = UnixListener::bind(&short).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&short).map_err(failed("listen on"))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot make {} owner-only: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed("make owner-only"))?;
     Ok(listener)
 }
 

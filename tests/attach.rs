@@ -411,7 +411,7 @@ async fn another_user_cannot_attach() {
     let socket = server.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "connect_as_whoever_runs_it", "--ignored", "--nocapture"])
+            .args(["--exact", "connect_as_whoever_runs_it", "--nocapture"])
             .env("TRACKSIDE_TEST_SOCKET", socket)
             .uid(65534)
             .gid(65534)
@@ -455,12 +455,27 @@ async fn a_long_state_path_still_serves() {
     handle.shutdown().await;
 }
 
-/// Run by `another_user_cannot_attach` as another user: connects to the
-/// socket it is given and prints what the server said.
-#[tokio::test]
-#[ignore = "a helper: another_user_cannot_attach runs it as a second user"]
+/// The run's own user is let in. `another_user_cannot_attach` also runs
+/// this test as a second user, on the socket it names: it then prints what
+/// the server said, for that test to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_as_whoever_runs_it() {
-    let socket = std::env::var_os("TRACKSIDE_TEST_SOCKET").expect("TRACKSIDE_TEST_SOCKET");
+    let Some(socket) = std::env::var_os("TRACKSIDE_TEST_SOCKET") else {
+        let mut s = common::setup(GATED);
+        let (handle, server) = gated_run(&mut s).await;
+        let mut conn = raw_connect(handle.run_dir()).await;
+        hello(&mut conn, None, false).await;
+        assert!(
+            matches!(
+                recv(&mut conn).await,
+                Some(ServerFrame::Welcome { can_steer: true, .. })
+            ),
+            "the run's user is welcomed"
+        );
+        server.close().await;
+        handle.shutdown().await;
+        return;
+    };
     let stream = UnixStream::connect(&socket).await.expect("connect");
     let mut conn = Framed::new(stream, wire::codec());
     // The server may refuse before the hello arrives (then the write fails):
