@@ -188,6 +188,19 @@ async fn a_late_subscriber_from_now_on_gets_only_what_comes_next() {
     handle.shutdown().await;
 }
 
+/// Approves the gate through `remote`, waits for the run's end over it,
+/// and closes both sides.
+async fn approve_and_finish(remote: &RemoteLink, handle: EngineHandle, server: attach::RunServer) {
+    remote
+        .send(Command::Approve { job: "deploy".into() })
+        .await
+        .expect("approve");
+    let mut events = remote.subscribe(0).await.expect("subscribe");
+    until(&mut events, finished).await;
+    server.close().await;
+    handle.shutdown().await;
+}
+
 async fn raw_connect(run_dir: &Path) -> Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec> {
     let stream = UnixStream::connect(attach::socket_path(run_dir))
         .await
@@ -307,14 +320,7 @@ async fn bad_frames_get_a_clear_error_and_the_server_goes_on() {
 
     // After all that, the server still serves: approve through it.
     let remote = RemoteLink::connect(&dir, false).await.expect("connect");
-    remote
-        .send(Command::Approve { job: "deploy".into() })
-        .await
-        .expect("approve");
-    let mut events = remote.subscribe(0).await.expect("subscribe");
-    until(&mut events, finished).await;
-    server.close().await;
-    handle.shutdown().await;
+    approve_and_finish(&remote, handle, server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,14 +451,7 @@ async fn a_long_state_path_still_serves() {
     let (handle, server) = gated_run(&mut s).await;
     assert!(server.path().as_os_str().len() > 108);
     let remote = RemoteLink::connect(handle.run_dir(), false).await.expect("connect");
-    remote
-        .send(Command::Approve { job: "deploy".into() })
-        .await
-        .expect("approve");
-    let mut events = remote.subscribe(0).await.expect("subscribe");
-    until(&mut events, finished).await;
-    server.close().await;
-    handle.shutdown().await;
+    approve_and_finish(&remote, handle, server).await;
 }
 
 /// The run's own user is let in. `another_user_cannot_attach` also runs
