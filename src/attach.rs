@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::EngineHandle;
 use crate::protocol::wire::{self, ClientFrame, ServerFrame, VERSION, WireError};
-use crate::protocol::{Command, Delivery, Link, LinkError, Subscription};
+use crate::protocol::{Answer, Command, Delivery, Link, LinkError, Query, Subscription};
 
 /// The socket's name in the run's folder.
 pub const SOCKET: &str = "control.sock";
@@ -474,12 +474,19 @@ async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) 
         return;
     }
     let (replies_tx, mut replies) = mpsc::channel::<ServerFrame>(16);
+    // Commands and queries taken and not answered yet: a closing server
+    // still answers them before it ends the connection.
+    let mut in_flight = 0usize;
+    let mut stopping = false;
     loop {
         tokio::select! {
             // A connection streaming events ends with the tap's last chunk.
-            () = stop.cancelled(), if events.is_none() => {
-                send(&mut conn, wire::encode(&ServerFrame::End)).await;
-                return;
+            () = stop.cancelled(), if events.is_none() && !stopping => {
+                stopping = true;
+                if in_flight == 0 {
+                    send(&mut conn, wire::encode(&ServerFrame::End)).await;
+                    return;
+                }
             }
             bytes = next(&mut events, &mut pending) => {
                 let Some(bytes) = bytes else {
@@ -493,7 +500,19 @@ async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) 
                 }
             }
             Some(reply) = replies.recv() => {
-                if !send(&mut conn, wire::encode(&reply)).await {
+                in_flight = in_flight.saturating_sub(1);
+                let mut bytes = wire::encode(&reply);
+                if bytes.len() > wire::MAX_FRAME
+                    && let ServerFrame::Answer { id, .. } = reply
+                {
+                    let error = WireError::Refused(format!("the answer is larger than a frame may be ({} bytes)", bytes.len()));
+                    bytes = wire::encode(&ServerFrame::Answer { id, answer: None, error: Some(error) });
+                }
+                if !send(&mut conn, bytes).await {
+                    return;
+                }
+                if stopping && in_flight == 0 {
+                    send(&mut conn, wire::encode(&ServerFrame::End)).await;
                     return;
                 }
             }
@@ -508,6 +527,19 @@ async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) 
                 };
                 let (id, command) = match wire::decode::<ClientFrame>(&bytes) {
                     Ok(ClientFrame::Command { id, command }) => (id, command),
+                    Ok(ClientFrame::Query { id, query }) => {
+                        // Asking steers nothing: read-only connections ask too.
+                        in_flight += 1;
+                        let (handle, tx) = (handle.clone(), replies_tx.clone());
+                        tokio::spawn(async move {
+                            let reply = match handle.query(query).await {
+                                Ok(answer) => ServerFrame::Answer { id, answer: Some(answer), error: None },
+                                Err(e) => ServerFrame::Answer { id, answer: None, error: Some(e.into()) },
+                            };
+                            let _ = tx.send(reply).await;
+                        });
+                        continue;
+                    }
                     Ok(ClientFrame::Hello { .. }) => {
                         send(&mut conn, refuse("hello was said already".into())).await;
                         return;
@@ -525,6 +557,7 @@ async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) 
                     continue;
                 }
                 // Commands are answered as they finish; events keep flowing meanwhile.
+                in_flight += 1;
                 let (handle, peer, tx) = (handle.clone(), peer.clone(), replies_tx.clone());
                 tokio::spawn(async move {
                     let reply = match handle.send_as(command, peer).await {
@@ -556,6 +589,8 @@ pub struct RemoteLink {
     run_id: String,
     run_dir: PathBuf,
     read_only: bool,
+    /// Answers queries from the record once the run's trackside is gone.
+    records: std::sync::OnceLock<Arc<crate::engine::records::Records>>,
 }
 
 impl RemoteLink {
@@ -571,6 +606,7 @@ impl RemoteLink {
             run_id,
             run_dir: run_dir.to_path_buf(),
             read_only: read_only || !can_steer,
+            records: std::sync::OnceLock::new(),
         })
     }
 }
@@ -621,6 +657,27 @@ async fn read(conn: &mut Conn) -> Result<Option<ServerFrame>, LinkError> {
     }
 }
 
+impl RemoteLink {
+    /// Sends one command or query (id 1) on a connection of its own, which
+    /// streams no events, and returns the server's reply or answer to it.
+    async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, LinkError> {
+        let (mut conn, _) = open(&self.socket, None, self.read_only).await?;
+        conn.send(wire::encode(&frame))
+            .await
+            .map_err(|e| LinkError::Connection(format!("cannot send to the run: {e}")))?;
+        loop {
+            match read(&mut conn).await? {
+                Some(reply @ (ServerFrame::Reply { id: 1, .. } | ServerFrame::Answer { id: 1, .. })) => {
+                    return Ok(reply);
+                }
+                Some(ServerFrame::Refused { message }) => return Err(LinkError::Connection(message)),
+                Some(ServerFrame::End) | None => return Err(LinkError::Ended),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
 impl Link for RemoteLink {
     async fn subscribe(&self, from: u64) -> Result<Subscription, LinkError> {
         let (mut conn, _) = open(&self.socket, Some(from), self.read_only).await?;
@@ -635,7 +692,9 @@ impl Link for RemoteLink {
                 let delivery = match frame {
                     Ok(Some(ServerFrame::Event { event })) => Delivery::Event(Arc::new(*event)),
                     Ok(Some(ServerFrame::Missed { from, to })) => Delivery::Missed { from, to },
-                    Ok(Some(ServerFrame::Reply { .. } | ServerFrame::Welcome { .. })) => continue,
+                    Ok(Some(ServerFrame::Reply { .. } | ServerFrame::Answer { .. } | ServerFrame::Welcome { .. })) => {
+                        continue;
+                    }
                     // The end, a refusal, or a broken connection: the stream ends.
                     Ok(Some(ServerFrame::End | ServerFrame::Refused { .. })) | Ok(None) | Err(_) => return,
                 };
@@ -653,23 +712,39 @@ impl Link for RemoteLink {
         if self.read_only {
             return Err(LinkError::ReadOnly);
         }
-        let (mut conn, _) = open(&self.socket, None, false).await?;
-        conn.send(wire::encode(&ClientFrame::Command { id: 1, command }))
+        match self.request(ClientFrame::Command { id: 1, command }).await? {
+            ServerFrame::Reply { error: Some(e), .. } => Err(e.into()),
+            ServerFrame::Reply { done, .. } => Ok(done.unwrap_or_default()),
+            _ => Err(LinkError::Connection(
+                "the run answered a command with something else".into(),
+            )),
+        }
+    }
+
+    async fn query(&self, query: Query) -> Result<Answer, LinkError> {
+        let asked = match self
+            .request(ClientFrame::Query {
+                id: 1,
+                query: query.clone(),
+            })
             .await
-            .map_err(|e| LinkError::Connection(format!("cannot send the command: {e}")))?;
-        loop {
-            match read(&mut conn).await? {
-                Some(ServerFrame::Reply { id: 1, done, error }) => {
-                    return match (done, error) {
-                        (_, Some(e)) => Err(e.into()),
-                        (Some(done), None) => Ok(done),
-                        (None, None) => Ok(String::new()),
-                    };
-                }
-                Some(ServerFrame::Refused { message }) => return Err(LinkError::Connection(message)),
-                Some(ServerFrame::End) | None => return Err(LinkError::Ended),
-                Some(_) => {}
+        {
+            // The run has ended and its trackside has gone: its record is
+            // complete, and answers the same.
+            Err(LinkError::Connection(_) | LinkError::Ended) if finished(&self.run_dir) => {
+                let records = self
+                    .records
+                    .get_or_init(|| Arc::new(crate::engine::records::Records::new(self.run_dir.clone())));
+                return records.answer(query).await;
             }
+            asked => asked?,
+        };
+        match asked {
+            ServerFrame::Answer { error: Some(e), .. } => Err(e.into()),
+            ServerFrame::Answer { answer: Some(a), .. } => Ok(a),
+            _ => Err(LinkError::Connection(
+                "the run answered a query with something else".into(),
+            )),
         }
     }
 
@@ -684,6 +759,11 @@ impl Link for RemoteLink {
     fn can_steer(&self) -> bool {
         !self.read_only
     }
+}
+
+/// Whether the run recorded in `run_dir` has finished (its summary is written).
+fn finished(run_dir: &Path) -> bool {
+    crate::store::read_summary(run_dir).ok().flatten().is_some()
 }
 
 /// Whether a run's socket answers (`trackside runs` marks live runs).

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use trackside::attach::{self, RemoteLink};
 use trackside::headless::{self, Format, OnSignal, Printer, Signals};
+use trackside::protocol::query::{LineKind, RecordedLine};
 use trackside::protocol::wire::LIVE;
-use trackside::protocol::{Command, Delivery, EventKind, Link, LinkError};
+use trackside::protocol::{Command, Link, LinkError};
 use trackside::store;
 use trackside::ui::{self, UiOptions};
 
@@ -161,124 +162,50 @@ pub fn steer(state: &Path, run: &str, command: Command) -> Result<u8, Fail> {
     })
 }
 
+/// A recorded line in the form `logs` prints.
+fn recorded_entry(l: &RecordedLine) -> store::LogEntry {
+    let (stream, step, text) = match l.kind {
+        LineKind::Step => ("step", l.text.clone(), String::new()),
+        LineKind::Err => ("err", String::new(), l.text.clone()),
+        LineKind::Out => ("out", String::new(), l.text.clone()),
+    };
+    store::LogEntry {
+        ts_ms: l.ts_ms,
+        stream: stream.into(),
+        step,
+        text,
+    }
+}
+
 /// `trackside logs RUN JOB --follow`: the job's latest attempt so far from
 /// the record, then its lines as they come, until the job has ended (no
-/// retry to come) or the run has.
+/// retry to come) or the run has. A run that is not live prints its record.
 pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
     yield_to_the_run(STREAM_NICE);
     runtime()?.block_on(async move {
-        // Live first, then the record: a line written in between is in
-        // both, and its number says it was printed.
-        let link = RemoteLink::connect(&dir, true).await.ok();
-        let mut events = match &link {
-            Some(l) => Some(l.subscribe(LIVE).await.map_err(link_fail)?),
-            None => None,
-        };
-        let (mut attempt, mut printed) = match store::read_log(&dir, job, None) {
-            Ok((n, entries)) => {
-                let mut out = String::new();
-                for e in &entries {
-                    out.push_str(&print(e));
-                }
-                write_out(&out);
-                (n, entries.len() as u64)
-            }
-            // No line yet (the job has not started): the stream brings them.
-            Err(_) => (1, 0),
-        };
-        let Some(events) = &mut events else {
+        let Ok(link) = RemoteLink::connect(&dir, true).await else {
             // Not live: the record is all there is.
+            if let Ok((_, entries)) = store::read_log(&dir, job, None) {
+                let out: String = entries.iter().map(print).collect();
+                write_out(&out);
+            }
             return Ok(0);
         };
+        // Live first, then the record: a line written in between is in
+        // both, and its number says it was printed.
+        let mut events = link.subscribe(LIVE).await.map_err(link_fail)?;
+        let attempt = store::log_attempts(&dir, job).last().copied().unwrap_or(1);
         let mut signals = Signals::new();
-        // Lines the stream skipped (this reader fell behind) are in the
-        // record: printed from there, in their place.
-        let fill = |attempt: u32, from: u64, upto: Option<u64>| {
-            let Ok((_, entries)) = store::read_log(&dir, job, Some(attempt)) else {
-                return;
-            };
-            let from_i = usize::try_from(from).unwrap_or(usize::MAX).min(entries.len());
-            let upto_i = upto.map_or(entries.len(), |u| {
-                usize::try_from(u).unwrap_or(usize::MAX).min(entries.len())
-            });
-            let mut out = String::new();
-            for e in entries.get(from_i..upto_i.max(from_i)).unwrap_or_default() {
-                out.push_str(&print(e));
+        let print = |l: &RecordedLine| print(&recorded_entry(l));
+        let mut out = |text: &str| write_out(text);
+        tokio::select! {
+            followed = headless::follow_job(&link, &mut events, job, attempt, &print, &mut out) => {
+                followed.map_err(link_fail)?;
             }
-            write_out(&out);
-        };
-        loop {
-            let item = tokio::select! {
-                item = events.next() => item,
-                _ = signals.recv() => return Ok(0),
-            };
-            let Some(Delivery::Event(ev)) = item else {
-                match item {
-                    Some(Delivery::Missed { .. }) => continue,
-                    _ => return Ok(0),
-                }
-            };
-            match &ev.kind {
-                EventKind::JobStarted { job: j, attempt: a } if j == job && *a != attempt => {
-                    fill(attempt, printed, None);
-                    attempt = *a;
-                    printed = 0;
-                    write_out(&format!("--- attempt {a} ---\n"));
-                }
-                EventKind::StepStarted {
-                    job: j,
-                    attempt: a,
-                    step,
-                    line_no,
-                    ..
-                } if j == job && *a == attempt && *line_no >= printed => {
-                    if *line_no > printed {
-                        fill(attempt, printed, Some(*line_no));
-                    }
-                    write_out(&print(&store::LogEntry {
-                        ts_ms: ev.ts,
-                        stream: "step".into(),
-                        step: step.clone(),
-                        text: String::new(),
-                    }));
-                    printed = line_no + 1;
-                }
-                EventKind::LogLine {
-                    job: j,
-                    attempt: a,
-                    step,
-                    stream,
-                    line,
-                    line_no,
-                } if j == job && *a == attempt && *line_no >= printed => {
-                    if *line_no > printed {
-                        fill(attempt, printed, Some(*line_no));
-                    }
-                    let tag = match stream {
-                        trackside::protocol::Stream::Stdout => "out",
-                        trackside::protocol::Stream::Stderr => "err",
-                    };
-                    write_out(&print(&store::LogEntry {
-                        ts_ms: ev.ts,
-                        stream: tag.into(),
-                        step: step.clone(),
-                        text: line.clone(),
-                    }));
-                    printed = line_no + 1;
-                }
-                EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => {
-                    // The attempt's log is complete now: whatever the stream skipped at its end.
-                    fill(attempt, printed, None);
-                    return Ok(0);
-                }
-                EventKind::RunFinished { .. } => {
-                    fill(attempt, printed, None);
-                    return Ok(0);
-                }
-                _ => {}
-            }
+            _ = signals.recv() => {}
         }
+        Ok(0)
     })
 }
 

@@ -4,14 +4,16 @@
 //! `::` status line per job transition, and a summary table at the end.
 //! JSON: one event per line, exactly as recorded in events.jsonl.
 //! Like every front-end it holds no run logic: it prints events and sends
-//! commands (cancel on Ctrl-C) through the engine handle.
+//! commands (cancel on Ctrl-C) through its link.
 
+use std::future::Future;
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::engine::{EngineError, EngineHandle};
-use crate::protocol::{Delivery, Event, EventKind, JobStatus, Link, LinkError, RunSummary, Subscription, Verdict};
+use crate::protocol::query::{LineKind, RecordedLine};
+use crate::protocol::{
+    Answer, Delivery, Event, EventKind, JobStatus, Link, LinkError, Query, RunSummary, Subscription, Verdict,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -21,38 +23,22 @@ pub enum Format {
     Silent,
 }
 
-/// Prints the run until it finishes; returns its summary.
-pub async fn run(
-    handle: &EngineHandle,
+/// Prints a run this process runs: subscribes, lets `begin` start it
+/// (approving what was approved in advance), and prints until it finishes.
+/// Returns its summary, or `None` when the stream ended without one.
+pub async fn run<L: Link>(
+    link: &L,
     format: Format,
-    approvals: &[String],
-    approve_all: bool,
-    manual_jobs: &[String],
     wait_approval: bool,
-) -> Result<RunSummary, EngineError> {
-    let mut events = Link::subscribe(handle, 0).await.map_err(|_| EngineError::Stopped)?;
+    begin: impl Future<Output = Result<(), LinkError>>,
+) -> Result<Option<RunSummary>, LinkError> {
+    let mut events = link.subscribe(0).await?;
     // Listen before the run starts: a signal arriving while no listener exists is lost.
     let mut signals = Signals::new();
-    for job in approvals {
-        handle.approve(job).await?;
-    }
-    if approve_all {
-        for job in manual_jobs {
-            handle.approve(job).await?;
-        }
-    }
-    handle.start().await?;
+    begin.await?;
     let mut printer = Printer::new(format);
     printer.wait_approval = wait_approval;
-    let summary = follow(&mut events, handle, &mut printer, &mut signals, OnSignal::Cancel)
-        .await
-        .map_err(|_| EngineError::Stopped)?;
-    match summary {
-        Some(s) => Ok(s),
-        None => tokio::time::timeout(Duration::from_secs(60), handle.wait())
-            .await
-            .map_err(|_| EngineError::Stopped)?,
-    }
+    follow(&mut events, link, &mut printer, &mut signals, OnSignal::Cancel).await
 }
 
 /// What a signal (Ctrl-C, SIGTERM, SIGHUP) does to a followed run.
@@ -110,6 +96,125 @@ pub async fn follow<L: Link>(
         }
     }
     Ok(printer.finished.take())
+}
+
+/// Lines of the record one query asks for.
+const LOG_PAGE: usize = 5_000;
+
+/// Follows one job's log (`trackside logs RUN JOB --follow`): attempt
+/// `attempt`'s lines so far, asked of the run, then its lines from
+/// `events` as they come, each once and in order, until the job has ended
+/// (no retry to come) or the run has. Lines the stream skipped (this
+/// reader fell behind) are asked of the run and printed in their place; a
+/// retry prints `--- attempt N ---` and goes on with it.
+pub async fn follow_job<L: Link>(
+    link: &L,
+    events: &mut Subscription,
+    job: &str,
+    mut attempt: u32,
+    print: &dyn Fn(&RecordedLine) -> String,
+    out: &mut dyn FnMut(&str),
+) -> Result<(), LinkError> {
+    let mut printed = print_recorded(link, job, attempt, 0, None, print, out).await?;
+    while let Some(item) = events.next().await {
+        let Delivery::Event(ev) = item else {
+            continue;
+        };
+        // What the event brings, when it is the next line of this attempt.
+        let live = match &ev.kind {
+            EventKind::JobStarted { job: j, attempt: a } if j == job && *a != attempt => {
+                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                attempt = *a;
+                printed = 0;
+                out(&format!("--- attempt {a} ---\n"));
+                None
+            }
+            EventKind::StepStarted {
+                job: j,
+                attempt: a,
+                step,
+                line_no,
+                ..
+            } if j == job && *a == attempt && *line_no >= printed => Some((*line_no, LineKind::Step, step)),
+            EventKind::LogLine {
+                job: j,
+                attempt: a,
+                stream,
+                line,
+                line_no,
+                ..
+            } if j == job && *a == attempt && *line_no >= printed => {
+                let kind = match stream {
+                    crate::protocol::Stream::Stdout => LineKind::Out,
+                    crate::protocol::Stream::Stderr => LineKind::Err,
+                };
+                Some((*line_no, kind, line))
+            }
+            EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => {
+                // The attempt's log is complete now: whatever the stream skipped at its end.
+                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                return Ok(());
+            }
+            EventKind::RunFinished { .. } => {
+                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                return Ok(());
+            }
+            _ => None,
+        };
+        if let Some((line_no, kind, text)) = live {
+            if line_no > printed {
+                print_recorded(link, job, attempt, printed, Some(line_no), print, out).await?;
+            }
+            out(&print(&RecordedLine {
+                ts_ms: ev.ts,
+                kind,
+                text: text.clone(),
+            }));
+            printed = line_no + 1;
+        }
+    }
+    Ok(())
+}
+
+/// Prints entries `from..upto` (to the end of what is recorded without
+/// `upto`) of `job`'s attempt, asked of the run page by page; returns the
+/// entry number it reached.
+async fn print_recorded<L: Link>(
+    link: &L,
+    job: &str,
+    attempt: u32,
+    from: u64,
+    upto: Option<u64>,
+    print: &dyn Fn(&RecordedLine) -> String,
+    out: &mut dyn FnMut(&str),
+) -> Result<u64, LinkError> {
+    let mut at = from;
+    loop {
+        let left = upto.map_or(u64::MAX, |u| u.saturating_sub(at));
+        let count = usize::try_from(left).unwrap_or(usize::MAX).min(LOG_PAGE);
+        if count == 0 {
+            return Ok(at);
+        }
+        let query = Query::Log {
+            job: job.to_string(),
+            attempt,
+            from: usize::try_from(at).unwrap_or(usize::MAX),
+            count,
+        };
+        let (lines, cut) = match link.query(query).await {
+            Ok(Answer::Log { lines, cut }) => (lines, cut),
+            // No line yet (the job has not started, or has not printed).
+            Err(LinkError::Refused(_)) if at == 0 => return Ok(at),
+            Err(e) => return Err(e),
+            Ok(_) => return Err(LinkError::Connection("the run answered with something else".into())),
+        };
+        let text: String = lines.iter().map(print).collect();
+        out(&text);
+        at += lines.len() as u64;
+        if lines.is_empty() || (lines.len() < count && !cut) {
+            return Ok(at);
+        }
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, registered once for the whole run.
@@ -477,4 +582,140 @@ pub fn summary_table(s: &RunSummary) -> String {
         s.run_id
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A run whose record holds `records[attempt - 1]`, answering at most
+    /// two lines a query (cut, as a size limit would), and the first query
+    /// only with what was recorded when following began.
+    struct Record {
+        records: Vec<Vec<&'static str>>,
+        at_start: usize,
+        asked: Mutex<Vec<(u32, usize, usize)>>,
+    }
+
+    impl Link for Record {
+        async fn subscribe(&self, _: u64) -> Result<Subscription, LinkError> {
+            Err(LinkError::Ended)
+        }
+        async fn send(&self, _: crate::protocol::Command) -> Result<String, LinkError> {
+            Err(LinkError::ReadOnly)
+        }
+        async fn query(&self, query: Query) -> Result<Answer, LinkError> {
+            let Query::Log {
+                attempt, from, count, ..
+            } = query
+            else {
+                return Err(LinkError::Refused("only logs".into()));
+            };
+            let mut asked = self.asked.lock().unwrap();
+            let first = asked.is_empty();
+            asked.push((attempt, from, count));
+            let record = &self.records[attempt as usize - 1];
+            let end = if first { self.at_start } else { record.len() };
+            let lines: Vec<RecordedLine> = record[from.min(end)..end.min(from.saturating_add(count))]
+                .iter()
+                .take(2)
+                .map(|t| RecordedLine {
+                    ts_ms: 0,
+                    kind: LineKind::Out,
+                    text: (*t).into(),
+                })
+                .collect();
+            let cut = lines.len() == 2 && count > 2 && from + 2 < end;
+            Ok(Answer::Log { lines, cut })
+        }
+        fn run_id(&self) -> &str {
+            "r"
+        }
+        fn run_dir(&self) -> &std::path::Path {
+            std::path::Path::new("/nonexistent")
+        }
+    }
+
+    fn event(seq: u64, kind: EventKind) -> Delivery {
+        Delivery::Event(Arc::new(Event { seq, ts: 0, kind }))
+    }
+
+    fn line(seq: u64, attempt: u32, line_no: u64, text: &str) -> Delivery {
+        event(
+            seq,
+            EventKind::LogLine {
+                job: "build".into(),
+                attempt,
+                step: "s".into(),
+                stream: crate::protocol::Stream::Stdout,
+                line: text.into(),
+                line_no,
+            },
+        )
+    }
+
+    /// Lines the stream skipped come from the record, in their place; a
+    /// retry goes on with the next attempt; every line once, in order.
+    #[tokio::test]
+    async fn a_followed_job_fills_what_the_stream_skipped_from_the_record() {
+        let link = Record {
+            records: vec![
+                vec!["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"],
+                vec!["b0", "b1", "b2"],
+            ],
+            at_start: 2,
+            asked: Mutex::default(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for d in [
+            line(10, 1, 1, "a1"), // printed already from the record
+            line(11, 1, 2, "a2"),
+            Delivery::Missed { from: 12, to: 14 },
+            line(15, 1, 6, "a6"),
+            event(
+                16,
+                EventKind::JobStarted {
+                    job: "build".into(),
+                    attempt: 2,
+                },
+            ),
+            line(17, 2, 0, "b0"),
+            Delivery::Missed { from: 18, to: 19 },
+            event(
+                20,
+                EventKind::JobFinished {
+                    job: "build".into(),
+                    attempt: 2,
+                    status: JobStatus::Succeeded,
+                    exit_code: Some(0),
+                    failure_class: None,
+                    duration_ms: 1,
+                    flaky: false,
+                    message: None,
+                    cached: None,
+                },
+            ),
+        ] {
+            tx.send(d).await.unwrap();
+        }
+        let mut events = Subscription::remote(rx);
+        let mut printed = String::new();
+        let print = |l: &RecordedLine| format!("{}\n", l.text);
+        follow_job(&link, &mut events, "build", 1, &print, &mut |t| printed.push_str(t))
+            .await
+            .unwrap();
+        assert_eq!(
+            printed,
+            "a0\na1\na2\na3\na4\na5\na6\na7\na8\n--- attempt 2 ---\nb0\nb1\nb2\n"
+        );
+        let asked = link.asked.lock().unwrap().clone();
+        // The start, the gap before a6 (two pages: the first was cut), the
+        // rest of attempt 1 at the retry, the rest of attempt 2 at its end.
+        assert_eq!(
+            asked.iter().map(|&(a, from, _)| (a, from)).collect::<Vec<_>>(),
+            [(1, 0), (1, 3), (1, 5), (1, 7), (2, 1)]
+        );
+        assert_eq!(asked[1].2, 3, "the gap asks only for what is missing");
+    }
 }

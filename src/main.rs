@@ -17,6 +17,7 @@ use trackside::exec::shell::ShellExecutor;
 use trackside::headless::{self, Format};
 use trackside::pipeline::native::HOST_ALLOWLIST;
 use trackside::pipeline::{self, ExecutorChoice, LoadOptions, Plan, Report, When};
+use trackside::protocol::LinkError;
 use trackside::store;
 use trackside::ui::{self, UiOptions};
 
@@ -772,25 +773,54 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     outln!("ready {}", handle.run_dir().display());
                     silence_stdio();
                 }
-                let ended = if interactive {
-                    let mut approvals = approve.clone();
-                    if approve_all {
-                        approvals.extend(manual.iter().cloned());
+                let mut approvals = approve.clone();
+                if approve_all {
+                    approvals.extend(manual.iter().cloned());
+                }
+                // Approvals given in advance, then the start: once the
+                // front-end listens, so it misses nothing.
+                let begin = async {
+                    for job in &approvals {
+                        handle.approve(job).await?;
                     }
+                    handle.start().await?;
+                    Ok::<(), LinkError>(())
+                };
+                let left = if interactive {
                     let opts = UiOptions {
                         ascii,
                         mouse: !no_mouse
                             && trackside::store::gc::ui_mouse(&state).map_err(|e| Fail(e.to_string(), 2))?,
                         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                     };
-                    ui::run(&handle, opts, &approvals)
+                    ui::run(&handle, opts, begin)
+                        .await
+                        .map(|left| match left {
+                            ui::Left::Finished(s) => Some(s),
+                            ui::Left::Detached => None,
+                        })
+                        .map_err(|e| Fail(e.to_string(), 2))
+                } else {
+                    headless::run(&handle, format, wait_approval, begin)
                         .await
                         .map_err(|e| Fail(e.to_string(), 2))
-                        .inspect(|summary| outln!("{}", headless::summary_table(summary)))
+                };
+                // The stream ended without the summary: the engine has it.
+                let ended = match left {
+                    Ok(Some(s)) => Ok(s),
+                    Ok(None) => match tokio::time::timeout(Duration::from_secs(60), handle.wait()).await {
+                        Ok(waited) => waited.map_err(Fail::from),
+                        Err(_) => Err(Fail(
+                            "the run did not finish within a minute of its front-end".into(),
+                            2,
+                        )),
+                    },
+                    Err(e) => Err(e),
+                };
+                let ended = if interactive {
+                    ended.inspect(|summary| outln!("{}", headless::summary_table(summary)))
                 } else {
-                    headless::run(&handle, format, &approve, approve_all, &manual, wait_approval)
-                        .await
-                        .map_err(Fail::from)
+                    ended
                 };
                 // Also when the front-end failed (a panic, a broken terminal):
                 // the run does not outlive it. Its jobs are cancelled and

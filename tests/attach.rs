@@ -13,8 +13,9 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use trackside::attach::{self, RemoteLink};
 use trackside::engine::EngineHandle;
+use trackside::protocol::query::LogHits;
 use trackside::protocol::wire::{self, ClientFrame, ServerFrame, VERSION};
-use trackside::protocol::{Command, Delivery, Event, EventKind, Link, LinkError, Subscription};
+use trackside::protocol::{Answer, Command, Delivery, Event, EventKind, Link, LinkError, Query, Subscription};
 
 use common::LIMIT;
 
@@ -125,6 +126,71 @@ async fn the_same_events_in_process_and_over_the_socket() {
         gone.err()
     );
     handle.shutdown().await;
+}
+
+/// Older log lines, a search through them and a shell are asked through
+/// the link: the same answers in process and over the socket, read-only
+/// clients may ask, and once the run's trackside is gone its record
+/// answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_lines_and_searches_come_through_the_link() {
+    let mut s = common::setup(GATED);
+    let (handle, server) = gated_run(&mut s).await;
+    let remote = RemoteLink::connect(handle.run_dir(), true).await.expect("connect");
+    let log = Query::Log {
+        job: "build".into(),
+        attempt: 1,
+        from: 1,
+        count: 100,
+    };
+    let local = Link::query(&handle, log.clone()).await.expect("in process");
+    let Answer::Log { lines, cut } = &local else {
+        panic!("not a log answer: {local:?}");
+    };
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
+    assert!(!cut);
+    assert_eq!(remote.query(log.clone()).await.expect("over the socket"), local);
+    let search = Query::Search {
+        job: "build".into(),
+        attempt: 1,
+        from: 0,
+        to: 6,
+        needle: "LINE 4".into(),
+        max: 10,
+    };
+    let hits = remote.query(search.clone()).await.expect("search");
+    assert_eq!(
+        hits,
+        Answer::Hits(LogHits {
+            lines: vec![4],
+            capped: false
+        })
+    );
+    // A job that never printed: the engine's reason, over the socket too.
+    let never = Query::Log {
+        job: "deploy".into(),
+        attempt: 1,
+        from: 0,
+        count: 10,
+    };
+    let refused = remote.query(never).await;
+    assert!(
+        matches!(&refused, Err(LinkError::Refused(m)) if m.contains("cannot read older log lines")),
+        "{refused:?}"
+    );
+    // The shell is prepared by the run: a job without a container step
+    // has none to offer, and says so (or that Docker is out of reach).
+    let shell = remote.query(Query::Shell { job: "build".into() }).await;
+    assert!(
+        matches!(&shell, Err(LinkError::Refused(m)) if !m.is_empty()),
+        "{shell:?}"
+    );
+    let steer = RemoteLink::connect(handle.run_dir(), false).await.expect("connect");
+    approve_and_finish(&steer, handle, server).await;
+    // The run's trackside is gone: the same link answers from the record.
+    assert_eq!(remote.query(log).await.expect("from the record"), local);
+    assert_eq!(remote.query(search).await.expect("from the record"), hits);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -522,7 +522,7 @@ fn scrolling_above_the_window_reads_a_bounded_window_from_disk() {
     app.handle_key(key('g'));
     let wanted = app.needs_older().expect("the top is on disk");
     assert_eq!((wanted.key, wanted.from, wanted.count), ((build, 1), 0, OLDER_WINDOW));
-    app.older_arrived(wanted, disk_lines(&wanted, usize::MAX));
+    app.older_arrived(wanted, disk_lines(&wanted, usize::MAX), false);
     assert_eq!(app.needs_older(), None);
     let text = screen(&app, 120, 30).to_string();
     assert!(
@@ -535,7 +535,7 @@ fn scrolling_above_the_window_reads_a_bounded_window_from_disk() {
     let next = app.needs_older().expect("line 60,000 is not loaded");
     assert!(next.from <= 60_000 && 60_010 <= next.from + next.count, "{next:?}");
     assert!(next.count <= OLDER_WINDOW);
-    app.older_arrived(next, disk_lines(&next, usize::MAX));
+    app.older_arrived(next, disk_lines(&next, usize::MAX), false);
     assert!(app.older.as_ref().is_some_and(|o| o.lines.len() <= OLDER_WINDOW));
     assert!(screen(&app, 120, 30).to_string().contains("disk line 60000"));
     // Paging within the window reads nothing more.
@@ -544,13 +544,28 @@ fn scrolling_above_the_window_reads_a_bounded_window_from_disk() {
     // A file shorter than asked (damaged) is not asked for again and again.
     app.log_top = 90_000;
     let short = app.needs_older().expect("not loaded");
-    app.older_arrived(short, Vec::new());
+    app.older_arrived(short, Vec::new(), false);
     assert_eq!(app.needs_older(), None);
+    // Very long lines: an answer cut at its size limit covers only what
+    // came; the view's lines are then asked for from its top, once.
+    app.log_top = 50_000;
+    let first = app.needs_older().expect("not loaded");
+    assert!(first.from < 50_000, "{first:?}");
+    let mut few = disk_lines(&first, usize::MAX);
+    few.truncate(3);
+    app.older_arrived(first, few, true);
+    let again = app.needs_older().expect("the view is not covered by the cut answer");
+    assert_eq!(again.from, 50_000);
+    let mut few = disk_lines(&again, usize::MAX);
+    few.truncate(3);
+    app.older_arrived(again, few, true);
+    assert_eq!(app.needs_older(), None, "not asked again and again");
+    assert!(screen(&app, 120, 30).to_string().contains("disk line 50002"));
 }
 
 #[test]
 fn a_log_search_covers_the_lines_only_on_disk() {
-    use trackside::store::logscan::Hits;
+    use trackside::protocol::query::LogHits as Hits;
     let mut app = long_log_app(20);
     let dropped = app.model.logs[&(app.selected, 1)].dropped;
     app.handle_key(key('/'));
@@ -572,7 +587,7 @@ fn a_log_search_covers_the_lines_only_on_disk() {
     assert_eq!(app.needs_scan(), None, "the disk part is searched once");
     assert_eq!(app.log_top, 7, "the search jumped to the line on disk");
     let window = app.needs_older().expect("line 7 is read to be shown");
-    app.older_arrived(window, disk_lines(&window, 7));
+    app.older_arrived(window, disk_lines(&window, 7), false);
     assert!(screen(&app, 120, 30).to_string().contains("error: needle"));
     assert_eq!(app.needs_older(), None);
     // Matches in memory come after it, in order.
@@ -603,7 +618,7 @@ fn a_log_search_covers_the_lines_only_on_disk() {
 
 #[test]
 fn a_search_reads_only_what_dropped_out_of_memory_since_and_says_when_it_stopped_counting() {
-    use trackside::store::logscan::Hits;
+    use trackside::protocol::query::LogHits as Hits;
     use trackside::ui::app::MAX_DISK_HITS;
     let mut app = long_log_app(20);
     // A search asked while the job talks jumps once what was on disk when

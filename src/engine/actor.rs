@@ -160,6 +160,7 @@ pub struct EngineHandle {
     /// How the run was set up, a line a fact, when asked (`run --verbose`).
     setup: Arc<Vec<String>>,
     replay: Arc<std::sync::Mutex<super::replay::Replay>>,
+    records: Arc<super::records::Records>,
 }
 
 impl EngineHandle {
@@ -337,6 +338,10 @@ impl Link for EngineHandle {
         Ok(EngineHandle::send_as(self, command, by).await?)
     }
 
+    async fn query(&self, query: crate::protocol::Query) -> Result<crate::protocol::Answer, LinkError> {
+        self.records.answer(query).await
+    }
+
     fn run_id(&self) -> &str {
         &self.run_id
     }
@@ -491,6 +496,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             Vec::new()
         }),
         replay: replay.clone(),
+        records: Arc::new(super::records::Records::new(record.dir().to_path_buf())),
     };
     let actor = Actor {
         state,

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod attempt;
 pub mod failure;
 pub mod mask;
+pub mod records;
 pub mod replay;
 pub mod runner;
 pub mod state;

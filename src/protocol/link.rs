@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::command::Command;
 use super::event::Event;
+use super::query::{Answer, Query};
 
 /// Why a link could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,9 +191,14 @@ pub trait Link: Send + Sync {
         self.send(command)
     }
 
+    /// Asks the run for something it holds besides its events: older log
+    /// lines, a search through them, a shell (see [`Query`]). Read-only
+    /// links may ask too: nothing here steers the run.
+    fn query(&self, query: Query) -> impl Future<Output = Result<Answer, LinkError>> + Send;
+
     fn run_id(&self) -> &str;
 
-    /// The run's record folder (older log lines are read from there).
+    /// The run's record folder.
     fn run_dir(&self) -> &Path;
 
     /// Whether this link may steer (`false` for `attach --read-only`).

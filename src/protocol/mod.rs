@@ -1,5 +1,6 @@
 //! The protocol between a run's engine and its front-ends: the events
-//! (numbered per run), the commands, the views front-ends draw (a rollout's
+//! (numbered per run), the commands, the queries (older log lines, a
+//! search, a shell), the views front-ends draw (a rollout's
 //! status), the link a front-end holds, and the run socket's frames.
 //!
 //! A leaf: it imports nothing else of the crate. The engine produces what
@@ -9,7 +10,9 @@
 pub mod clock;
 pub mod command;
 pub mod event;
+pub mod identity;
 pub mod link;
+pub mod query;
 pub mod view;
 pub mod wire;
 
@@ -19,4 +22,5 @@ pub use event::{
     RunSummary, Stream, Verdict, When,
 };
 pub use link::{Delivery, Link, LinkError, Subscription};
+pub use query::{Answer, Query};
 pub use view::{RolloutCommand, RolloutStatus};

@@ -5,13 +5,15 @@
 //! speaks and the sequence number to stream from) and the server's
 //! `welcome` (or `refused`, which ends it). Then the server sends `event`s
 //! in order, `missed` where it could not, and a `reply` to each `command`
-//! the client sends (matched by `id`); `end` after the run's last event.
+//! the client sends (matched by `id`), an `answer` to each `query`; `end`
+//! after the run's last event.
 
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use super::command::Command;
 use super::event::{Event, EventKind, Stream};
+use super::query::{Answer, Query};
 
 /// The version this trackside speaks. A server refuses any other.
 pub const VERSION: u32 = 1;
@@ -44,6 +46,12 @@ pub enum ClientFrame {
         id: u64,
         command: Command,
     },
+    /// Answered with an `answer` of the same `id`; read-only connections
+    /// may ask too.
+    Query {
+        id: u64,
+        query: Query,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +81,13 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         done: Option<String>,
         /// Why not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<WireError>,
+    },
+    Answer {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer: Option<Answer>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<WireError>,
     },
@@ -307,6 +322,35 @@ mod tests {
         // Garbage that is not JSON either.
         assert!(matches!(decode_server(b"{not json"), Err(FrameError::Garbage(_))));
         assert!(decode_server(b"").is_err());
+    }
+
+    #[test]
+    fn the_largest_log_answer_fits_a_frame() {
+        use crate::protocol::query::{self, LineKind, RecordedLine};
+        // Text up to the budget, then the longest record line on top, all
+        // of it control characters (six bytes each in JSON).
+        let mut lines = Vec::new();
+        let mut text = 0;
+        while text < query::MAX_TEXT {
+            lines.push(RecordedLine {
+                ts_ms: u64::MAX,
+                kind: LineKind::Err,
+                text: "\u{1}".repeat(64 << 10),
+            });
+            text += 64 << 10;
+        }
+        lines.push(RecordedLine {
+            ts_ms: u64::MAX,
+            kind: LineKind::Err,
+            text: "\u{1b}".repeat(1 << 20),
+        });
+        let frame = encode(&ServerFrame::Answer {
+            id: u64::MAX,
+            answer: Some(Answer::Log { lines, cut: true }),
+            error: None,
+        });
+        assert!(frame.len() < MAX_FRAME, "{} bytes", frame.len());
+        assert!(matches!(decode_server(&frame), Ok(ServerFrame::Answer { .. })));
     }
 
     #[test]

@@ -27,13 +27,7 @@ pub struct LogIndex {
     offsets: Vec<u64>,
 }
 
-/// What a search found: entry numbers in order, and whether it stopped at
-/// its cap before the end of the range.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Hits {
-    pub lines: Vec<usize>,
-    pub capped: bool,
-}
+pub use crate::protocol::query::LogHits as Hits;
 
 impl LogIndex {
     /// Entries `from..from + count` of the log at `path` (fewer at its end).
@@ -44,6 +38,34 @@ impl LogIndex {
             true
         })?;
         Ok(out)
+    }
+
+    /// The same, stopping once the entries' text passes `max_text` bytes
+    /// (the entry that passes it is kept: at least one is returned) or
+    /// `max_lines` entries; `true` when it stopped there before `count`.
+    pub fn read_within(
+        &mut self,
+        path: &Path,
+        from: usize,
+        count: usize,
+        max_lines: usize,
+        max_text: usize,
+    ) -> Result<(Vec<LogEntry>, bool), IoFailure> {
+        let want = count.min(max_lines);
+        let mut out = Vec::with_capacity(want.min(CHECKPOINT_EVERY * 8));
+        let mut text = 0usize;
+        let mut cut = false;
+        self.scan(path, from, from.saturating_add(want), |_, e| {
+            if text >= max_text {
+                cut = true;
+                return false;
+            }
+            text = text.saturating_add(e.text.len() + e.step.len());
+            out.push(e);
+            true
+        })?;
+        let cut = cut || (want < count && out.len() == want);
+        Ok((out, cut))
     }
 
     /// Entry numbers in `from..to` whose text (a step marker's name) holds

@@ -75,7 +75,11 @@ pub const MAX_DISK_HITS: usize = 100_000;
 pub struct OlderLines {
     pub key: (usize, u32),
     pub start: usize,
+    /// Entries covered: what was asked, or only what came when the answer
+    /// was cut at its size limit.
     pub asked: usize,
+    /// The answer was cut at its size limit (very long lines).
+    pub cut: bool,
     pub lines: Vec<super::model::LogLine>,
 }
 
@@ -347,7 +351,17 @@ impl App {
         if covered {
             return None;
         }
-        let from = top.saturating_sub(OLDER_WINDOW.saturating_sub(self.log_height) / 2);
+        let mut from = top.saturating_sub(OLDER_WINDOW.saturating_sub(self.log_height) / 2);
+        if let Some(o) = self.older.as_ref().filter(|o| o.key == key && o.cut) {
+            // A window cut short by very long lines: read from the view's
+            // top, and take what that gives (do not ask again and again).
+            if o.start == top {
+                return None;
+            }
+            if o.start == from {
+                from = top;
+            }
+        }
         Some(OlderRequest {
             key,
             from,
@@ -355,12 +369,14 @@ impl App {
         })
     }
 
-    /// The loop has read what [`App::needs_older`] asked for.
-    pub fn older_arrived(&mut self, req: OlderRequest, lines: Vec<super::model::LogLine>) {
+    /// The loop has read what [`App::needs_older`] asked for; `cut`: the
+    /// answer stopped at its size limit, so it covers only what came.
+    pub fn older_arrived(&mut self, req: OlderRequest, lines: Vec<super::model::LogLine>, cut: bool) {
         self.older = Some(OlderLines {
             key: req.key,
             start: req.from,
-            asked: req.count,
+            asked: if cut { lines.len() } else { req.count },
+            cut,
             lines,
         });
     }
@@ -392,7 +408,7 @@ impl App {
 
     /// The loop has searched what [`App::needs_scan`] asked for; a search
     /// that waited for it jumps now.
-    pub fn scan_arrived(&mut self, req: ScanRequest, found: crate::store::logscan::Hits) {
+    pub fn scan_arrived(&mut self, req: ScanRequest, found: crate::protocol::query::LogHits) {
         if self.search.as_deref() != Some(req.query.as_str()) {
             return;
         }
@@ -434,7 +450,7 @@ impl App {
     pub fn scan_failed(&mut self, req: ScanRequest, why: &str) {
         self.scan_arrived(
             req,
-            crate::store::logscan::Hits {
+            crate::protocol::query::LogHits {
                 lines: Vec::new(),
                 capped: true,
             },

@@ -28,17 +28,15 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use tokio::sync::mpsc;
 
-use crate::engine::{EngineError, EngineHandle};
-use crate::headless::Signals;
-use crate::protocol::{Link, LinkError, RunSummary, Subscription};
-use crate::store;
+use std::future::Future;
+use std::pin::Pin;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use crate::headless::Signals;
+use crate::protocol::query::{self, RecordedLine};
+use crate::protocol::{Answer, Link, LinkError, Query, RunSummary, Subscription};
 
 use app::{App, Command, OlderRequest, ScanRequest};
 use model::{LineKind, LogLine};
-use store::logscan::{Hits, LogIndex};
 use theme::Theme;
 
 /// Shortest time between two frames (about 30 fps).
@@ -48,8 +46,6 @@ pub const MIN_FRAME_GAP: Duration = Duration::from_millis(33);
 pub enum UiError {
     #[error("terminal: {0}")]
     Terminal(#[from] io::Error),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error("trackside crashed; the terminal was restored (see the message above)")]
@@ -159,96 +155,93 @@ fn spawn_input(stop: Arc<AtomicBool>, pause: InputPause) -> mpsc::Receiver<TermE
     rx
 }
 
-/// What the loop's file work brings back to it.
-enum Disk {
-    Older(OlderRequest, Result<Vec<LogLine>, store::IoFailure>),
-    Scan(ScanRequest, Result<Hits, store::IoFailure>),
+/// What the loop has asked the run and not been answered yet.
+type Asked<'a, R> = Option<Pin<Box<dyn Future<Output = (R, Result<Answer, LinkError>)> + Send + 'a>>>;
+
+/// Older log lines and searches through them, asked of the run through the
+/// link (which reads them from the run's record, off any UI thread), one of
+/// each at a time, so the UI's task never waits for them: keys and redraws
+/// go on while a 120 MB log is read.
+struct Asking<'a> {
+    older: Asked<'a, OlderRequest>,
+    scan: Asked<'a, ScanRequest>,
 }
 
-/// Reads older log lines and searches them on blocking threads, one of each
-/// at a time, so the UI's task never waits for the disk: keys and redraws go
-/// on while a 120 MB log is read. Each attempt's log keeps a sparse index of
-/// where its lines start, so later reads seek instead of parsing from the top.
-struct DiskWork {
-    run_dir: std::path::PathBuf,
-    indexes: HashMap<(usize, u32), Arc<Mutex<LogIndex>>>,
-    tx: mpsc::Sender<Disk>,
-    older: Option<OlderRequest>,
-    scan: Option<ScanRequest>,
-}
-
-impl DiskWork {
-    fn index(&mut self, key: (usize, u32)) -> Arc<Mutex<LogIndex>> {
-        self.indexes.entry(key).or_default().clone()
-    }
-
-    fn path(&self, app: &App, key: (usize, u32)) -> std::path::PathBuf {
-        let name = app.model.jobs.get(key.0).map_or("", |j| j.name.as_str());
-        store::log_path(&self.run_dir, name, key.1)
-    }
-
-    /// Starts what the app needs and is not under way yet.
-    fn start(&mut self, app: &App) {
+impl<'a> Asking<'a> {
+    /// Asks for what the app needs and is not under way yet.
+    fn start<L: Link>(&mut self, link: &'a L, app: &App) {
+        let name = |key: (usize, u32)| app.model.jobs.get(key.0).map_or(String::new(), |j| j.name.clone());
         if self.older.is_none()
             && let Some(req) = app.needs_older()
         {
-            self.older = Some(req);
-            let (path, index, tx) = (self.path(app, req.key), self.index(req.key), self.tx.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let lines = index
-                    .read(&path, req.from, req.count)
-                    .map(|entries| entries.into_iter().map(log_line).collect());
-                let _ = tx.blocking_send(Disk::Older(req, lines));
-            });
+            let query = Query::Log {
+                job: name(req.key),
+                attempt: req.key.1,
+                from: req.from,
+                count: req.count,
+            };
+            self.older = Some(Box::pin(async move { (req, link.query(query).await) }));
         }
         if self.scan.is_none()
             && let Some(req) = app.needs_scan()
         {
-            self.scan = Some(req.clone());
-            let (path, index, tx) = (self.path(app, req.key), self.index(req.key), self.tx.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut index = index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let hits = index.search(&path, req.from, req.to, &req.query, app::MAX_DISK_HITS);
-                let _ = tx.blocking_send(Disk::Scan(req, hits));
-            });
-        }
-    }
-
-    /// Hands what came back to the app.
-    fn arrived(&mut self, app: &mut App, done: Disk) {
-        match done {
-            Disk::Older(req, lines) => {
-                self.older = None;
-                match lines {
-                    Ok(lines) => app.older_arrived(req, lines),
-                    Err(e) => {
-                        app.status = Some(format!("cannot read older log lines: {e}"));
-                        // Do not ask again and again: an empty window.
-                        app.older_arrived(req, Vec::new());
-                    }
-                }
-            }
-            Disk::Scan(req, hits) => {
-                self.scan = None;
-                match hits {
-                    Ok(hits) => app.scan_arrived(req, hits),
-                    Err(e) => app.scan_failed(req, &e.to_string()),
-                }
-            }
+            let query = Query::Search {
+                job: name(req.key),
+                attempt: req.key.1,
+                from: req.from,
+                to: req.to,
+                needle: req.query.clone(),
+                max: app::MAX_DISK_HITS,
+            };
+            self.scan = Some(Box::pin(async move { (req, link.query(query).await) }));
         }
     }
 }
 
-fn log_line(e: store::LogEntry) -> LogLine {
+/// The answer to what was asked; never ready while nothing is.
+async fn answered<R>(asked: &mut Asked<'_, R>) -> (R, Result<Answer, LinkError>) {
+    match asked {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands older lines that came back to the app.
+fn older_arrived(app: &mut App, req: OlderRequest, answer: Result<Answer, LinkError>) {
+    match answer {
+        Ok(Answer::Log { lines, cut }) => {
+            let lines = lines.into_iter().map(log_line).collect();
+            app.older_arrived(req, lines, cut);
+        }
+        other => {
+            let why = other
+                .err()
+                .map_or_else(|| "the run answered something else".to_string(), |e| e.to_string());
+            app.status = Some(format!("cannot read older log lines: {why}"));
+            // Do not ask again and again: an empty window.
+            app.older_arrived(req, Vec::new(), false);
+        }
+    }
+}
+
+/// Hands what a search through the older lines found to the app.
+fn scan_arrived(app: &mut App, req: ScanRequest, answer: Result<Answer, LinkError>) {
+    match answer {
+        Ok(Answer::Hits(hits)) => app.scan_arrived(req, hits),
+        Ok(_) => app.scan_failed(req, "the run answered something else"),
+        Err(e) => app.scan_failed(req, &e.to_string()),
+    }
+}
+
+fn log_line(l: RecordedLine) -> LogLine {
     LogLine {
-        ts: e.ts_ms,
-        kind: match e.stream.as_str() {
-            "step" => LineKind::Step,
-            "err" => LineKind::Err,
-            _ => LineKind::Out,
+        ts: l.ts_ms,
+        kind: match l.kind {
+            query::LineKind::Step => LineKind::Step,
+            query::LineKind::Err => LineKind::Err,
+            query::LineKind::Out => LineKind::Out,
         },
-        text: if e.stream == "step" { e.step } else { e.text },
+        text: l.text,
     }
 }
 
@@ -266,23 +259,20 @@ pub enum Left {
     Detached,
 }
 
-/// Runs the UI on a run this process runs, until the person quits;
-/// returns the run's summary.
-pub async fn run(handle: &EngineHandle, opts: UiOptions, approvals: &[String]) -> Result<RunSummary, UiError> {
-    let events = Link::subscribe(handle, 0).await?;
+/// Runs the UI on a run this process runs: subscribes, takes the terminal,
+/// lets `begin` start the run, and shows it until the person quits (which
+/// cancels it or waits it out: it cannot go on without this process).
+pub async fn run<L: Link>(
+    link: &L,
+    opts: UiOptions,
+    begin: impl Future<Output = Result<(), LinkError>>,
+) -> Result<Left, UiError> {
+    let events = link.subscribe(0).await?;
     let signals = Signals::new();
-    for job in approvals {
-        handle.approve(job).await?;
-    }
     let guard = TerminalGuard::enter(opts.mouse)?;
     let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    handle.start().await?;
-    match session(handle, events, signals, opts, terminal, guard, Mode::InProcess).await? {
-        Left::Finished(s) => Ok(s),
-        Left::Detached => Ok(tokio::time::timeout(Duration::from_secs(60), handle.wait())
-            .await
-            .map_err(|_| EngineError::Stopped)??),
-    }
+    begin.await?;
+    session(link, events, signals, opts, terminal, guard, Mode::InProcess).await
 }
 
 /// Runs the UI on a run this trackside started in a process of its own
@@ -350,12 +340,8 @@ async fn session<L: Link>(
     app.attached = mode == Mode::Attached;
     app.detachable = mode != Mode::InProcess;
     let mut detached = false;
-    app.me = crate::deploy::rollout::who();
-    let (disk_tx, mut disk_rx) = mpsc::channel(4);
-    let mut disk = DiskWork {
-        run_dir: link.run_dir().to_path_buf(),
-        indexes: HashMap::new(),
-        tx: disk_tx,
+    app.me = crate::protocol::identity::who();
+    let mut asking = Asking {
         older: None,
         scan: None,
     };
@@ -391,7 +377,7 @@ async fn session<L: Link>(
                     && key.kind != KeyEventKind::Release {
                         for cmd in app.handle_key(key) {
                             if let Command::Shell(job) = &cmd {
-                                app.status = Some(shell(link.run_dir(), job, &mut terminal, &pause, opts.mouse).await);
+                                app.status = Some(shell(link, job, &mut terminal, &pause, opts.mouse).await);
                                 continue;
                             }
                             if cmd == Command::Detach {
@@ -423,8 +409,15 @@ async fn session<L: Link>(
                 let _ = link.send(crate::protocol::Command::CancelAll).await;
                 dirty = true;
             }
-            Some(done) = disk_rx.recv() => {
-                disk.arrived(&mut app, done);
+            (req, answer) = answered(&mut asking.older) => {
+                asking.older = None;
+                older_arrived(&mut app, req, answer);
+                dirty = true;
+                keyed = true;
+            }
+            (req, answer) = answered(&mut asking.scan) => {
+                asking.scan = None;
+                scan_arrived(&mut app, req, answer);
                 dirty = true;
                 keyed = true;
             }
@@ -476,8 +469,8 @@ async fn session<L: Link>(
             app.log_height = usize::from(text.height);
             app.log_width = usize::from(text.width);
             app.detail_max_top = render::detail_max_top(&app, area);
-            app.now = store::now_ms();
-            disk.start(&app);
+            app.now = crate::protocol::clock::now_ms();
+            asking.start(link, &app);
             draw(&mut terminal, &app)?;
             dirty = false;
             keyed = false;
@@ -494,26 +487,26 @@ async fn session<L: Link>(
     })
 }
 
-/// Suspends the UI, runs a shell in the job's failed container, and comes
-/// back. Returns the line to show afterwards.
-async fn shell(
-    run_dir: &std::path::Path,
+/// Suspends the UI, runs a shell in the job's failed container (the run
+/// prepares it and says how to open it), and comes back. Returns the line
+/// to show afterwards.
+async fn shell<L: Link>(
+    link: &L,
     job: &str,
     terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
     pause: &InputPause,
     mouse: bool,
 ) -> String {
-    let docker = match crate::exec::docker::DockerExecutor::connect().await {
-        Ok(d) => d,
+    let spec = match link.query(Query::Shell { job: job.to_string() }).await {
+        Ok(Answer::Shell(spec)) => spec,
+        Ok(_) => return "the run answered the shell request with something else".into(),
         Err(e) => return e.to_string(),
-    };
-    let (mut cmd, what) = match crate::exec::docker::debug_shell(&docker, run_dir, job, None).await {
-        Ok(x) => x,
-        Err(e) => return e,
     };
     pause.park();
     restore_terminal();
-    println!("trackside: a shell in {what}; `exit` returns to the run");
+    println!("trackside: a shell in {}; `exit` returns to the run", spec.what);
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.args(&spec.args);
     let status = tokio::task::block_in_place(|| cmd.status());
     let back = take_terminal(mouse);
     pause.resume();
@@ -521,7 +514,10 @@ async fn shell(
     match (status, back) {
         (_, Err(e)) => format!("could not take the terminal back: {e}"),
         (Ok(s), Ok(())) => format!("shell in `{job}` ended ({s})"),
-        (Err(e), Ok(())) => format!("cannot run the docker CLI ({e}); the shell needs it (apt-get install docker.io)"),
+        (Err(e), Ok(())) if spec.program == "docker" => {
+            format!("cannot run the docker CLI ({e}); the shell needs it (apt-get install docker.io)")
+        }
+        (Err(e), Ok(())) => format!("cannot run {} ({e})", spec.program),
     }
 }
 

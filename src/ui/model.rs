@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::pipeline::{FailureClass, When};
 use crate::protocol::{Event, EventKind, JobStatus, PlannedJob, RunSummary, Stream};
+use crate::protocol::{FailureClass, When};
 
 /// Lines per attempt kept in memory.
 pub const LOG_WINDOW: usize = 5_000;
