@@ -193,6 +193,48 @@ async fn older_lines_and_searches_come_through_the_link() {
     assert_eq!(remote.query(search).await.expect("from the record"), hits);
 }
 
+/// A command still being carried out when the run ends and its server
+/// closes gets its reply before the connection's end: `shutdown` is
+/// answered only once the run has stopped, which is when the server closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_at_the_end_still_gets_its_reply() {
+    let mut s = common::setup(GATED);
+    let (handle, server) = gated_run(&mut s).await;
+    let mut raw = raw_connect(handle.run_dir()).await;
+    hello(&mut raw, None, false).await;
+    assert!(matches!(recv(&mut raw).await, Some(ServerFrame::Welcome { .. })));
+    send(
+        &mut raw,
+        &ClientFrame::Command {
+            id: 9,
+            command: Command::Shutdown,
+        },
+    )
+    .await;
+    let closing = tokio::spawn(async move {
+        tokio::time::timeout(LIMIT, handle.wait())
+            .await
+            .expect("the run stops within LIMIT")
+            .expect("summary");
+        server.close().await;
+        handle.shutdown().await;
+    });
+    let mut frames = Vec::new();
+    while let Some(frame) = recv(&mut raw).await {
+        let end = frame == ServerFrame::End;
+        frames.push(frame);
+        if end {
+            break;
+        }
+    }
+    closing.await.expect("closed");
+    assert!(
+        matches!(frames.first(), Some(ServerFrame::Reply { id: 9, error: None, .. })),
+        "{frames:?}"
+    );
+    assert_eq!(frames.last(), Some(&ServerFrame::End), "{frames:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_client_watches_but_cannot_steer() {
     let mut s = common::setup(GATED);
