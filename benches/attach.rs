@@ -81,7 +81,7 @@ fn delivery_delay(rt: &tokio::runtime::Runtime) {
 fn throughput(rt: &tokio::runtime::Runtime) {
     let yaml = "name: loud\njobs:\n  loud:\n    steps:\n      - script: 'seq 1 200000'\n";
     let mut with = [Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..10 {
+    for round in 0..16 {
         for (i, clients) in [Clients::None, Clients::Processes, Clients::Tasks]
             .into_iter()
             .enumerate()

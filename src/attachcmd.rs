@@ -45,16 +45,23 @@ fn run_dir(state: &Path, run: Option<&str>) -> Result<PathBuf, Fail> {
 /// How much an attached UI yields the CPU to the run it watches (nice):
 /// on a busy machine the run comes first, and the UI still answers keys.
 const UI_NICE: i32 = 5;
-/// A printed stream (`attach --headless`, `logs --follow`) yields more: a
-/// reader that falls behind is told what it missed.
-const STREAM_NICE: i32 = 10;
+/// A printed stream (`attach --headless`, `logs --follow`) runs only on
+/// CPU time nothing else wants (Linux's SCHED_IDLE; `nice` 19 where that
+/// is refused): a reader that falls behind is told what it missed.
+const STREAM_NICE: i32 = 19;
 
 /// Lowers this process's CPU priority by `nice` before any thread starts
 /// (each thread takes its creator's): watching a run never slows it much.
+/// A stream (`nice` 19) goes further, to the idle class.
 fn yield_to_the_run(nice: i32) {
-    // SAFETY: setpriority has no memory effects; a failure leaves the priority as it was.
+    // SAFETY: setpriority and sched_setscheduler have no memory effects;
+    // a failure leaves the priority as it was.
     unsafe {
         nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice);
+        if nice == STREAM_NICE {
+            let param = nix::libc::sched_param { sched_priority: 0 };
+            nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
+        }
     }
 }
 
@@ -79,11 +86,20 @@ async fn connect(dir: &Path, read_only: bool) -> Result<RemoteLink, Fail> {
     })
 }
 
+/// The UI's runtime: its input thread and the shell it hands the terminal
+/// to need worker threads.
 fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// A printed stream's and a one-off command's runtime: one thread that
+/// reads the socket, decodes and prints, so a burst of lines costs a
+/// wake-up per read and no hand-over between threads.
+fn stream_runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 pub struct AttachArgs {
@@ -102,7 +118,8 @@ pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
     let interactive = !a.headless && !a.json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     yield_to_the_run(if interactive { UI_NICE } else { STREAM_NICE });
     let mouse = !a.no_mouse && store::gc::ui_mouse(state).map_err(|e| Fail(e.to_string(), 2))?;
-    runtime()?.block_on(async move {
+    let rt = if interactive { runtime()? } else { stream_runtime()? };
+    rt.block_on(async move {
         let link = connect(&dir, a.read_only).await?;
         if interactive {
             let opts = UiOptions {
@@ -150,7 +167,7 @@ fn link_fail(e: LinkError) -> Fail {
 /// `trackside approve|retry|cancel RUN ...`: one command, the engine's answer.
 pub fn steer(state: &Path, run: &str, command: Command) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
-    runtime()?.block_on(async move {
+    stream_runtime()?.block_on(async move {
         let link = connect(&dir, false).await?;
         match link.send(command).await {
             Ok(done) => {
@@ -183,7 +200,7 @@ fn recorded_entry(l: &RecordedLine) -> store::LogEntry {
 pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
     yield_to_the_run(STREAM_NICE);
-    runtime()?.block_on(async move {
+    stream_runtime()?.block_on(async move {
         let Ok(link) = RemoteLink::connect(&dir, true).await else {
             // Not live: the record is all there is.
             if let Ok((_, entries)) = store::read_log(&dir, job, None) {

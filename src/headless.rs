@@ -6,9 +6,11 @@
 //! Like every front-end it holds no run logic: it prints events and sends
 //! commands (cancel on Ctrl-C) through its link.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::protocol::query::{LineKind, RecordedLine};
 use crate::protocol::{
@@ -51,6 +53,11 @@ pub enum OnSignal {
     Leave,
 }
 
+/// A batch this large means a flood of output ...
+const BUSY_BATCH: usize = 64;
+/// ... and the printer waits this long before it takes the next one.
+const BUSY_GATHER: Duration = Duration::from_millis(2);
+
 /// Prints a run's events until it finishes (its summary), the stream
 /// ends, or a signal makes it leave (`None`).
 pub async fn follow<L: Link>(
@@ -65,17 +72,27 @@ pub async fn follow<L: Link>(
         tokio::select! {
             item = events.next() => match item {
                 Some(item) => {
-                    printer.delivery(&item);
+                    take(printer, link, &item).await;
                     // Drain what is already queued before flushing.
+                    let mut batch = 1;
                     while printer.finished.is_none() {
                         match events.try_next() {
-                            Some(item) => printer.delivery(&item),
+                            Some(item) => {
+                                take(printer, link, &item).await;
+                                batch += 1;
+                            }
                             None => break,
                         }
                     }
                     printer.flush();
                     if printer.finished.is_some() {
                         break;
+                    }
+                    if batch >= BUSY_BATCH {
+                        // A flood: let the next lines gather rather than
+                        // wake for every few (the run's own threads need
+                        // the CPU more than a printer does).
+                        tokio::time::sleep(BUSY_GATHER).await;
                     }
                 }
                 None => break,
@@ -98,6 +115,28 @@ pub async fn follow<L: Link>(
     Ok(printer.finished.take())
 }
 
+/// Prints one item of a followed stream: first, in plain text, the lines of
+/// its job that the stream skipped (this reader fell behind, or attached
+/// after the run's replay let them go), asked of the run.
+async fn take<L: Link>(printer: &mut Printer, link: &L, item: &Delivery) {
+    if let Some(gap) = printer.gap(item) {
+        let Gap {
+            job,
+            attempt,
+            from,
+            upto,
+        } = gap;
+        let mut sink = |l: &RecordedLine| printer.recorded(&job, l);
+        if let Err(e) = print_recorded(link, &job, attempt, from, upto, &mut sink).await {
+            printer.note(&format!(
+                "lines {from}{} of {job} (attempt {attempt}) are not shown: {e}; `trackside logs` prints them from the record",
+                upto.map_or("..".to_string(), |u| format!("..{u}"))
+            ));
+        }
+    }
+    printer.delivery(item);
+}
+
 /// Lines of the record one query asks for.
 const LOG_PAGE: usize = 5_000;
 
@@ -115,7 +154,13 @@ pub async fn follow_job<L: Link>(
     print: &dyn Fn(&RecordedLine) -> String,
     out: &mut dyn FnMut(&str),
 ) -> Result<(), LinkError> {
-    let mut printed = print_recorded(link, job, attempt, 0, None, print, out).await?;
+    // What the record has, printed.
+    macro_rules! recorded {
+        ($from:expr, $upto:expr) => {
+            print_recorded(link, job, attempt, $from, $upto, &mut |l| out(&print(l))).await?
+        };
+    }
+    let mut printed = recorded!(0, None);
     while let Some(item) = events.next().await {
         let Delivery::Event(ev) = item else {
             continue;
@@ -123,7 +168,7 @@ pub async fn follow_job<L: Link>(
         // What the event brings, when it is the next line of this attempt.
         let live = match &ev.kind {
             EventKind::JobStarted { job: j, attempt: a } if j == job && *a != attempt => {
-                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                recorded!(printed, None);
                 attempt = *a;
                 printed = 0;
                 out(&format!("--- attempt {a} ---\n"));
@@ -150,20 +195,20 @@ pub async fn follow_job<L: Link>(
                 };
                 Some((*line_no, kind, line))
             }
+            // The attempt's log is complete now: whatever the stream skipped at its end.
             EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => {
-                // The attempt's log is complete now: whatever the stream skipped at its end.
-                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                recorded!(printed, None);
                 return Ok(());
             }
             EventKind::RunFinished { .. } => {
-                print_recorded(link, job, attempt, printed, None, print, out).await?;
+                recorded!(printed, None);
                 return Ok(());
             }
             _ => None,
         };
         if let Some((line_no, kind, text)) = live {
             if line_no > printed {
-                print_recorded(link, job, attempt, printed, Some(line_no), print, out).await?;
+                recorded!(printed, Some(line_no));
             }
             out(&print(&RecordedLine {
                 ts_ms: ev.ts,
@@ -176,17 +221,16 @@ pub async fn follow_job<L: Link>(
     Ok(())
 }
 
-/// Prints entries `from..upto` (to the end of what is recorded without
-/// `upto`) of `job`'s attempt, asked of the run page by page; returns the
-/// entry number it reached.
+/// Hands entries `from..upto` (to the end of what is recorded without
+/// `upto`) of `job`'s attempt to `sink`, asked of the run page by page;
+/// returns the entry number it reached.
 async fn print_recorded<L: Link>(
     link: &L,
     job: &str,
     attempt: u32,
     from: u64,
     upto: Option<u64>,
-    print: &dyn Fn(&RecordedLine) -> String,
-    out: &mut dyn FnMut(&str),
+    sink: &mut dyn FnMut(&RecordedLine),
 ) -> Result<u64, LinkError> {
     let mut at = from;
     loop {
@@ -208,8 +252,7 @@ async fn print_recorded<L: Link>(
             Err(e) => return Err(e),
             Ok(_) => return Err(LinkError::Connection("the run answered with something else".into())),
         };
-        let text: String = lines.iter().map(print).collect();
-        out(&text);
+        lines.iter().for_each(&mut *sink);
         at += lines.len() as u64;
         if lines.is_empty() || (lines.len() < count && !cut) {
             return Ok(at);
@@ -277,25 +320,144 @@ async fn futures_select_all<F: std::future::Future<Output = &'static str> + Unpi
 
 pub struct Printer {
     format: Format,
-    out: io::BufWriter<io::Stdout>,
+    out: io::BufWriter<Box<dyn Write + Send>>,
     width: usize,
     finished: Option<RunSummary>,
     /// The run waits at gates for someone to approve from elsewhere
     /// (`run --wait-approval`): gate lines say how.
     pub wait_approval: bool,
     run_id: String,
+    /// Per job, the attempt whose lines are printed and where they stand.
+    seen: HashMap<String, Seen>,
+    /// How many times the stream has said it skipped events.
+    skips: u64,
+}
+
+/// Where a job's printed log stands.
+struct Seen {
+    attempt: u32,
+    /// The entry after the last one printed.
+    next: u64,
+    /// `skips` when the last one was printed.
+    skips: u64,
+}
+
+/// Entries of a job's attempt to ask the run for before printing an
+/// event: `from..upto`, or to the end of what is recorded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub job: String,
+    pub attempt: u32,
+    pub from: u64,
+    pub upto: Option<u64>,
 }
 
 impl Printer {
     pub fn new(format: Format) -> Self {
+        Printer::to(format, Box::new(io::stdout()))
+    }
+
+    /// A printer writing to `out` instead of standard output.
+    pub fn to(format: Format, out: Box<dyn Write + Send>) -> Self {
         Printer {
             format,
-            out: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            out: io::BufWriter::with_capacity(64 * 1024, out),
             width: 8,
             finished: None,
             wait_approval: false,
             run_id: String::new(),
+            seen: HashMap::new(),
+            skips: 0,
         }
+    }
+
+    /// What of `item`'s job the plain stream skipped and the record has,
+    /// to print before it: the lines between the last one printed and a
+    /// later one, or the rest of a finished job's log when the stream
+    /// skipped anything since its last printed line. A job first seen
+    /// mid-log (attached from now on) is followed from there.
+    pub fn gap(&mut self, item: &Delivery) -> Option<Gap> {
+        let Delivery::Event(ev) = item else {
+            self.skips += 1;
+            return None;
+        };
+        if self.format != Format::Plain {
+            return None;
+        }
+        let skips = self.skips;
+        let (job, attempt, line_no) = match &ev.kind {
+            EventKind::JobStarted { job, attempt } => {
+                let fresh = Seen {
+                    attempt: *attempt,
+                    next: 0,
+                    skips,
+                };
+                self.seen.insert(job.clone(), fresh);
+                return None;
+            }
+            EventKind::JobFinished { job, attempt, .. } => {
+                let seen = self.seen.remove(job.as_str())?;
+                return (seen.attempt == *attempt && seen.skips != skips).then(|| Gap {
+                    job: job.clone(),
+                    attempt: *attempt,
+                    from: seen.next,
+                    upto: None,
+                });
+            }
+            EventKind::LogLine {
+                job, attempt, line_no, ..
+            }
+            | EventKind::StepStarted {
+                job, attempt, line_no, ..
+            } => (job, *attempt, *line_no),
+            _ => return None,
+        };
+        let fresh = Seen {
+            attempt,
+            next: line_no + 1,
+            skips,
+        };
+        let Some(seen) = self.seen.get_mut(job.as_str()).filter(|s| s.attempt == attempt) else {
+            self.seen.insert(job.clone(), fresh);
+            return None;
+        };
+        let from = seen.next;
+        *seen = Seen {
+            next: seen.next.max(line_no + 1),
+            ..fresh
+        };
+        (line_no > from).then(|| Gap {
+            job: job.clone(),
+            attempt,
+            from,
+            upto: Some(line_no),
+        })
+    }
+
+    /// A line of `job`'s log from the record, as the stream prints it.
+    pub fn recorded(&mut self, job: &str, line: &RecordedLine) {
+        if line.kind != LineKind::Step {
+            self.log_line(job, &line.text);
+        }
+    }
+
+    /// `job > line` (or `job $ command` for a command a GitLab job echoes).
+    fn log_line(&mut self, job: &str, line: &str) {
+        let pad = self.width.saturating_sub(job.chars().count());
+        let out = &mut self.out;
+        let _ = out.write_all(job.as_bytes());
+        let _ = write_spaces(out, pad);
+        match line.strip_prefix(ECHOED_COMMAND) {
+            Some(cmd) => {
+                let _ = out.write_all(b" $ ");
+                let _ = out.write_all(cmd.strip_suffix("\x1b[0;m").unwrap_or(cmd).as_bytes());
+            }
+            None => {
+                let _ = out.write_all(b" > ");
+                let _ = out.write_all(line.as_bytes());
+            }
+        }
+        let _ = out.write_all(b"\n");
     }
 
     pub fn flush(&mut self) {
@@ -314,16 +476,9 @@ impl Printer {
     pub fn delivery(&mut self, item: &Delivery) {
         match item {
             Delivery::Event(ev) => self.event(ev),
-            Delivery::Missed { from, to } => self.missed(to - from + 1),
-        }
-    }
-
-    fn missed(&mut self, n: u64) {
-        if self.format == Format::Plain {
-            let _ = writeln!(
-                self.out,
-                ":: ({n} events not shown here: older than what the run replays, or output too fast; the run record has them all)"
-            );
+            // Log lines skipped come from the record (see `gap`); the
+            // transitions are never skipped.
+            Delivery::Missed { .. } => {}
         }
     }
 
@@ -350,6 +505,11 @@ impl Printer {
                     );
                     return;
                 }
+                // The bulk of any run, written straight out.
+                if let EventKind::LogLine { job, line, .. } = &ev.kind {
+                    self.log_line(job, line);
+                    return;
+                }
                 let text = plain_line(&ev.kind, &mut self.width);
                 if let Some(t) = text {
                     let _ = writeln!(self.out, "{t}");
@@ -357,6 +517,17 @@ impl Printer {
             }
         }
     }
+}
+
+fn write_spaces(out: &mut impl Write, n: usize) -> io::Result<()> {
+    const SPACES: &[u8; 64] = &[b' '; 64];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(SPACES.len());
+        out.write_all(&SPACES[..k])?;
+        left -= k;
+    }
+    Ok(())
 }
 
 pub fn seconds(ms: u64) -> String {
@@ -589,11 +760,13 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A run whose record holds `records[attempt - 1]`, answering at most
-    /// two lines a query (cut, as a size limit would), and the first query
-    /// only with what was recorded when following began.
+    /// A run whose record holds `records[attempt - 1]` for job `build`
+    /// (and `other` for job `other`), answering at most two lines a query
+    /// (cut, as a size limit would), and the first query only with what
+    /// was recorded when following began.
     struct Record {
         records: Vec<Vec<&'static str>>,
+        other: Vec<&'static str>,
         at_start: usize,
         asked: Mutex<Vec<(u32, usize, usize)>>,
     }
@@ -607,7 +780,10 @@ mod tests {
         }
         async fn query(&self, query: Query) -> Result<Answer, LinkError> {
             let Query::Log {
-                attempt, from, count, ..
+                job,
+                attempt,
+                from,
+                count,
             } = query
             else {
                 return Err(LinkError::Refused("only logs".into()));
@@ -615,7 +791,11 @@ mod tests {
             let mut asked = self.asked.lock().unwrap();
             let first = asked.is_empty();
             asked.push((attempt, from, count));
-            let record = &self.records[attempt as usize - 1];
+            let record = if job == "other" {
+                &self.other
+            } else {
+                &self.records[attempt as usize - 1]
+            };
             let end = if first { self.at_start } else { record.len() };
             let lines: Vec<RecordedLine> = record[from.min(end)..end.min(from.saturating_add(count))]
                 .iter()
@@ -642,10 +822,14 @@ mod tests {
     }
 
     fn line(seq: u64, attempt: u32, line_no: u64, text: &str) -> Delivery {
+        job_line(seq, "build", attempt, line_no, text)
+    }
+
+    fn job_line(seq: u64, job: &str, attempt: u32, line_no: u64, text: &str) -> Delivery {
         event(
             seq,
             EventKind::LogLine {
-                job: "build".into(),
+                job: job.into(),
                 attempt,
                 step: "s".into(),
                 stream: crate::protocol::Stream::Stdout,
@@ -664,11 +848,11 @@ mod tests {
                 vec!["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"],
                 vec!["b0", "b1", "b2"],
             ],
+            other: Vec::new(),
             at_start: 2,
             asked: Mutex::default(),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        for d in [
+        let deliveries = vec![
             line(10, 1, 1, "a1"), // printed already from the record
             line(11, 1, 2, "a2"),
             Delivery::Missed { from: 12, to: 14 },
@@ -696,10 +880,8 @@ mod tests {
                     cached: None,
                 },
             ),
-        ] {
-            tx.send(d).await.unwrap();
-        }
-        let mut events = Subscription::remote(rx);
+        ];
+        let mut events = Subscription::remote(futures_util::stream::iter(deliveries));
         let mut printed = String::new();
         let print = |l: &RecordedLine| format!("{}\n", l.text);
         follow_job(&link, &mut events, "build", 1, &print, &mut |t| printed.push_str(t))
@@ -717,5 +899,96 @@ mod tests {
             [(1, 0), (1, 3), (1, 5), (1, 7), (2, 1)]
         );
         assert_eq!(asked[1].2, 3, "the gap asks only for what is missing");
+    }
+
+    fn started(seq: u64, job: &str) -> Delivery {
+        event(
+            seq,
+            EventKind::JobStarted {
+                job: job.into(),
+                attempt: 1,
+            },
+        )
+    }
+
+    fn finished(seq: u64, job: &str) -> Delivery {
+        event(
+            seq,
+            EventKind::JobFinished {
+                job: job.into(),
+                attempt: 1,
+                status: JobStatus::Succeeded,
+                exit_code: Some(0),
+                failure_class: None,
+                duration_ms: 1,
+                flaky: false,
+                message: None,
+                cached: None,
+            },
+        )
+    }
+
+    /// What a test printer wrote.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The plain stream prints what it skipped from the record, in its
+    /// place: lines between two it got, and the end of a job it stopped
+    /// getting lines of; a job whose lines all came asks for nothing.
+    #[tokio::test]
+    async fn the_plain_stream_prints_what_it_skipped_from_the_record() {
+        let link = Record {
+            records: vec![vec!["a0", "a1", "a2", "a3", "a4", "a5"]],
+            other: vec!["o0"],
+            at_start: usize::MAX,
+            asked: Mutex::default(),
+        };
+        let items = [
+            started(0, "build"),
+            started(1, "other"),
+            line(2, 1, 0, "a0"),
+            Delivery::Missed { from: 3, to: 4 },
+            line(5, 1, 3, "a3"),
+            job_line(6, "other", 1, 0, "o0"),
+            finished(7, "other"),
+            Delivery::Missed { from: 8, to: 9 },
+            finished(10, "build"),
+        ];
+        let out = Shared::default();
+        let mut printer = Printer::to(Format::Plain, Box::new(out.clone()));
+        for item in &items {
+            take(&mut printer, &link, item).await;
+        }
+        printer.flush();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(" > ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "build    > a0",
+                "build    > a1",
+                "build    > a2",
+                "build    > a3",
+                "other    > o0",
+                "build    > a4",
+                "build    > a5"
+            ],
+            "{text}"
+        );
+        // The gap before a3, and the end of build; `other` had every line.
+        let asked: Vec<(usize, usize)> = link.asked.lock().unwrap().iter().map(|&(_, f, c)| (f, c)).collect();
+        assert_eq!(asked[0], (1, 2));
+        assert_eq!(asked[1].0, 4);
+        assert_eq!(asked.len(), 2, "{asked:?}");
     }
 }

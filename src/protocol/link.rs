@@ -10,7 +10,8 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::sync::broadcast;
 
 use super::command::Command;
 use super::event::Event;
@@ -67,7 +68,7 @@ enum Inner {
         rx: broadcast::Receiver<Arc<Event>>,
         resync: Resync,
     },
-    Remote(mpsc::Receiver<Delivery>),
+    Remote(Pin<Box<dyn Stream<Item = Delivery> + Send>>),
 }
 
 impl Subscription {
@@ -91,10 +92,14 @@ impl Subscription {
         }
     }
 
-    /// What a connection's reader passes on.
-    pub fn remote(rx: mpsc::Receiver<Delivery>) -> Subscription {
+    /// What a connection brings, decoded as the front-end reads it (on
+    /// its own task: no reader task and no queue in between, so a burst
+    /// costs one wake-up per read of the socket, not per event).
+    pub fn remote(stream: impl Stream<Item = Delivery> + Send + 'static) -> Subscription {
         Subscription {
-            inner: Inner::Remote(rx),
+            // Fused: asked again after its end (`try_next` then `next`), it
+            // says the end again.
+            inner: Inner::Remote(Box::pin(stream.fuse())),
             last: None,
         }
     }
@@ -104,7 +109,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
             let item = match &mut self.inner {
-                Inner::Remote(rx) => rx.recv().await?,
+                Inner::Remote(stream) => stream.next().await?,
                 Inner::Local { replay, rx, resync } => match replay.pop_front() {
                     Some(ev) => Delivery::Event(ev),
                     None => match rx.recv().await {
@@ -131,7 +136,8 @@ impl Subscription {
     pub fn try_next(&mut self) -> Option<Delivery> {
         loop {
             let item = match &mut self.inner {
-                Inner::Remote(rx) => rx.try_recv().ok()?,
+                // What the connection has read already, without waiting.
+                Inner::Remote(stream) => stream.next().now_or_never()??,
                 Inner::Local { replay, rx, .. } => match replay.pop_front() {
                     Some(ev) => Delivery::Event(ev),
                     None => Delivery::Event(rx.try_recv().ok()?),
@@ -204,5 +210,27 @@ pub trait Link: Send + Sync {
     /// Whether this link may steer (`false` for `attach --read-only`).
     fn can_steer(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A front-end drains with `try_next`, then waits with `next`: a
+    /// remote stream that has ended says so to both, again and again.
+    #[tokio::test]
+    async fn an_ended_remote_stream_stays_ended() {
+        // As a connection's frames come: an unfold, which panics when
+        // polled after its end unless fused.
+        let once = futures_util::stream::unfold(false, |done| async move {
+            (!done).then_some((Delivery::Missed { from: 0, to: 1 }, true))
+        });
+        let mut sub = Subscription::remote(once);
+        assert!(sub.try_next().is_some());
+        assert!(sub.try_next().is_none());
+        assert!(sub.next().await.is_none());
+        assert!(sub.try_next().is_none());
+        assert!(sub.next().await.is_none());
     }
 }

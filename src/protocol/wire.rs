@@ -69,7 +69,7 @@ pub enum ServerFrame {
         message: String,
     },
     Event {
-        event: Box<Event>,
+        event: std::sync::Arc<Event>,
     },
     Missed {
         from: u64,
@@ -196,7 +196,7 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerFrame, FrameError> {
     let step = r.text()?;
     let line = String::from_utf8(r.0.to_vec()).map_err(|_| FrameError::Line)?;
     Ok(ServerFrame::Event {
-        event: Box::new(Event {
+        event: std::sync::Arc::new(Event {
             seq,
             ts,
             kind: EventKind::LogLine {
@@ -275,7 +275,7 @@ mod tests {
 
     fn back(frame: &[u8]) -> Event {
         match decode_server(frame) {
-            Ok(ServerFrame::Event { event }) => *event,
+            Ok(ServerFrame::Event { event }) => (*event).clone(),
             other => panic!("not an event: {other:?}"),
         }
     }
