@@ -84,6 +84,8 @@ enum DialectArg {
     Native,
     /// A .gitlab-ci.yml (docs/gitlab.md).
     Gitlab,
+    /// A GitHub Actions workflow (docs/github.md).
+    Github,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -607,6 +609,14 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
                 return Ok(2);
             };
+            // A workflow this push does not start (the warning says why).
+            if opts.dialect == Some(pipeline::Dialect::Github) && pipeline.jobs.is_empty() {
+                outln!(
+                    ":: workflow `{}` does not run for this push: nothing to run",
+                    pipeline.name
+                );
+                return Ok(0);
+            }
             let plan = Plan::build(&pipeline).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
             if repeat.is_some() && job.len() != 1 {
                 return Err(Fail("--repeat takes exactly one --job".into(), 2));
@@ -661,10 +671,13 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(d) => d,
                 None => {
                     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-                    // `load_options` found it for a GitLab file.
-                    let root = (opts.dialect == Some(pipeline::Dialect::Gitlab))
-                        .then(|| opts.project_dir.clone())
-                        .flatten();
+                    // `load_options` found it for a GitLab or GitHub file.
+                    let root = matches!(
+                        opts.dialect,
+                        Some(pipeline::Dialect::Gitlab | pipeline::Dialect::Github)
+                    )
+                    .then(|| opts.project_dir.clone())
+                    .flatten();
                     root.unwrap_or(dir)
                 }
             };
@@ -912,6 +925,7 @@ fn dialect_of(v: &VarArgs, file: &Path) -> pipeline::Dialect {
     match v.dialect {
         Some(DialectArg::Native) => pipeline::Dialect::Native,
         Some(DialectArg::Gitlab) => pipeline::Dialect::Gitlab,
+        Some(DialectArg::Github) => pipeline::Dialect::Github,
         None => pipeline::Dialect::of_file(file),
     }
 }
@@ -971,6 +985,21 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         changes_since: None,
         project_vars: Vec::new(),
         project_file_vars: Vec::new(),
+    };
+    // A GitHub workflow's `github` context, from the repository.
+    let opts = if opts.dialect == Some(pipeline::Dialect::Github) {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let facts = trackside::exec::git::Facts::read(dir);
+        LoadOptions {
+            ci_vars: trackside::exec::git::github_variables(facts.as_ref()),
+            project_dir: facts.map(|f| f.root),
+            ..opts
+        }
+    } else {
+        opts
     };
     // What GitLab's rules are decided against: only a GitLab file pays for
     // asking git.

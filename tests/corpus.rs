@@ -43,8 +43,21 @@ fn expectations(text: &str) -> Vec<Expect> {
 fn every_malformed_pipeline_gets_exactly_its_diagnostics() {
     let all = files("tests/corpus/invalid");
     assert!(all.len() >= 40, "the corpus needs at least 40 cases, has {}", all.len());
+    check_malformed(&all);
+}
+
+/// Malformed GitHub workflows (read as GitHub's by their content: `on:`
+/// and `jobs:`), in GitHub's terms.
+#[test]
+fn every_malformed_workflow_gets_exactly_its_diagnostics() {
+    let all = files("tests/corpus/github-invalid");
+    assert!(all.len() >= 30, "the corpus needs at least 30 cases, has {}", all.len());
+    check_malformed(&all);
+}
+
+fn check_malformed(all: &[PathBuf]) {
     let mut failures = Vec::new();
-    for path in &all {
+    for path in all {
         let text = std::fs::read_to_string(path).expect("read");
         let want = expectations(&text);
         assert!(!want.is_empty(), "{}: no `# expect:` line", path.display());

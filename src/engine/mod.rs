@@ -9,6 +9,7 @@ pub mod actor;
 pub mod artifacts;
 pub mod attempt;
 pub mod failure;
+pub mod filecmd;
 pub mod mask;
 pub mod records;
 pub mod replay;

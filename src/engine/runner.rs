@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{OutputLine, StepEnd, StepSpec, Stream, workspace};
 use crate::pipeline::expr::{self, Context};
+
+use super::filecmd;
 use crate::pipeline::vars::Scope;
 use crate::pipeline::{FailureClass, Job};
 
@@ -388,8 +390,30 @@ async fn run_steps(
     let vars = ctx.pipeline_vars();
     let network = network.as_deref();
     let mut outcome = Outcome::success();
+    let mut carried = filecmd::Carried::default();
     for (index, step) in job.steps.iter().enumerate().filter(|(_, s)| !s.cleanup) {
-        let ran = run_step(ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None).await;
+        let files = match job.file_commands {
+            true => match filecmd::StepFiles::create(&files_dir(ctx, job, a.attempt).join("github"), index) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    outcome.failure = Some(FailureClass::Infra);
+                    outcome.message = Some(format!("cannot make the step's GITHUB_ENV and other files: {e}"));
+                    break;
+                }
+            },
+            false => None,
+        };
+        let github = files.as_ref().map(|f| (f, &carried));
+        let ran = run_step(
+            ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
+        )
+        .await;
+        if let Some(f) = &files {
+            let name: Arc<str> = Arc::from(step.name.as_str());
+            for problem in f.collect(&mut carried) {
+                note(a, &name, problem).await;
+            }
+        }
         let Some(c) = ran.class else { continue };
         let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
         if step.continue_on_failure && !hard_stop {
@@ -421,7 +445,7 @@ async fn run_steps(
         // Its own time and its own cancel: the job's are likely spent.
         let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
         let cancel = CancellationToken::new();
-        let ran = run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, Some(status)).await;
+        let ran = run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, Some(status), None).await;
         if let Some(c) = ran.class {
             let name: Arc<str> = Arc::from(step.name.as_str());
             note(
@@ -457,6 +481,7 @@ async fn run_step(
     network: Option<&str>,
     cancel: &CancellationToken,
     job_status: Option<&str>,
+    github: Option<(&filecmd::StepFiles, &filecmd::Carried)>,
 ) -> StepRun {
     let step = &job.steps[index];
     let name: Arc<str> = Arc::from(step.name.as_str());
@@ -470,7 +495,7 @@ async fn run_step(
         .await;
     let started = Instant::now();
     let mut message = None;
-    let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status) {
+    let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status, github) {
         Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec, cancel).await,
         Err(msg) => {
             note(a, &name, msg.clone()).await;
@@ -525,6 +550,7 @@ fn prepare_step(
     vars: &BTreeMap<String, String>,
     network: Option<&str>,
     job_status: Option<&str>,
+    github: Option<(&filecmd::StepFiles, &filecmd::Carried)>,
 ) -> Result<StepSpec, String> {
     let step = &job.steps[index];
     let mut scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
@@ -554,6 +580,27 @@ fn prepare_step(
     // A cleanup step is told how the job's other steps ended.
     if let Some(status) = job_status {
         env.insert("CI_JOB_STATUS".to_string(), status.to_string());
+    }
+    // GitHub's file commands: what earlier steps set (a step's own `env`
+    // still wins), and this step's files.
+    if let Some((files, carried)) = github {
+        for (k, v) in &carried.env {
+            if !step.environment.iter().any(|e| e.name == *k) {
+                env.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in files.variables() {
+            env.insert(k.to_string(), v);
+        }
+        if !carried.path.is_empty() {
+            let old = env.get("PATH").cloned().unwrap_or_default();
+            let mut path = carried.path.join(":");
+            if !old.is_empty() {
+                path.push(':');
+                path.push_str(&old);
+            }
+            env.insert("PATH".to_string(), path);
+        }
     }
     let statuses = a.statuses.clone();
     let interp = |text: &str, env: &BTreeMap<String, String>| {
@@ -611,6 +658,7 @@ fn prepare_step(
         kill_grace: ctx.kill_grace,
         tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
         container,
+        shell: step.shell.clone(),
     })
 }
 

@@ -905,7 +905,7 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
         image: Some(c.image.clone()),
         networking_config: networking,
         // The script is a mounted file: nothing of it shows in `docker inspect`.
-        cmd: Some(vec!["sh".into(), "-e".into(), SCRIPT_PATH.into()]),
+        cmd: Some(spec.command_line(SCRIPT_PATH)),
         entrypoint: o.entrypoint.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: Some(c.workdir.clone()),

@@ -278,6 +278,51 @@ impl Facts {
     }
 }
 
+/// What a GitHub workflow's `github` context says of this repository, as
+/// `GITHUB_*` values: the commit, its branch or tag, the repository
+/// (`owner/name` from the origin remote, else `local/<folder>`) and the
+/// actor (git's `user.name`). The event is a push.
+pub fn github_variables(facts: Option<&Facts>) -> Vec<(String, String)> {
+    let mut out = vec![("GITHUB_EVENT_NAME".to_string(), "push".to_string())];
+    let Some(facts) = facts else {
+        return out;
+    };
+    let mut set = |k: &str, v: String| out.push((k.to_string(), v));
+    let dir_name = facts
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = facts
+        .origin_url
+        .as_deref()
+        .and_then(remote_parts)
+        .map_or_else(|| format!("local/{dir_name}"), |(_, p)| p);
+    let owner = path.split('/').next().unwrap_or_default().to_string();
+    set("GITHUB_REPOSITORY", path);
+    set("GITHUB_REPOSITORY_OWNER", owner);
+    if let Some(c) = &facts.head {
+        set("GITHUB_SHA", c.sha.clone());
+    }
+    match (&facts.branch, &facts.tag) {
+        (Some(b), _) => {
+            set("GITHUB_REF", format!("refs/heads/{b}"));
+            set("GITHUB_REF_NAME", b.clone());
+            set("GITHUB_REF_TYPE", "branch".into());
+        }
+        (None, Some(t)) => {
+            set("GITHUB_REF", format!("refs/tags/{t}"));
+            set("GITHUB_REF_NAME", t.clone());
+            set("GITHUB_REF_TYPE", "tag".into());
+        }
+        (None, None) => {}
+    }
+    if let Some(name) = &facts.user_name {
+        set("GITHUB_ACTOR", name.clone());
+    }
+    out
+}
+
 /// GitLab's predefined variables a pipeline is created with, from the
 /// facts of its repository (what GitLab's server would know): the commit,
 /// its branch or tag, the default branch, the project's name and who the

@@ -55,6 +55,19 @@ pub struct StepSpec {
     pub tag: String,
     /// Set for steps that run in a container.
     pub container: Option<ContainerStep>,
+    /// The command line that runs the script, `{0}` standing for its file
+    /// (GitHub's `shell:`); `None`: `sh -e`.
+    pub shell: Option<Vec<String>>,
+}
+
+impl StepSpec {
+    /// The command line that runs the script at `path`.
+    pub fn command_line(&self, path: &str) -> Vec<String> {
+        match &self.shell {
+            Some(argv) => argv.iter().map(|a| a.replace("{0}", path)).collect(),
+            None => vec!["sh".into(), "-e".into(), path.into()],
+        }
+    }
 }
 
 /// How a step ended.

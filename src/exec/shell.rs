@@ -58,22 +58,47 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
     };
     let cgroup = super::contain::StepCgroup::create();
-    let mut cmd = Command::new(shell_path());
-    match &cgroup {
-        Some(cg) => {
+    let path = script.path.to_string_lossy().into_owned();
+    let mut cmd = match (&cgroup, &spec.shell) {
+        (Some(cg), None) => {
             // One shell: it joins, then reads the script in place (a second
             // exec would double the cost of starting a step). Only paths are
             // on the command line.
+            let mut cmd = Command::new(shell_path());
             cmd.arg("-e").arg("-c").arg(format!(
                 "echo $$ > {} 2>/dev/null || :; . {}",
                 quote(&cg.procs()),
                 quote(&script.path)
             ));
+            cmd
         }
-        None => {
-            cmd.arg("-e").arg(&script.path);
+        // A shell of the step's own: `sh` joins, then becomes it.
+        (Some(cg), Some(_)) => {
+            let argv: Vec<String> = spec.command_line(&path).iter().map(|a| quote(Path::new(a))).collect();
+            let mut cmd = Command::new(shell_path());
+            cmd.arg("-c").arg(format!(
+                "echo $$ > {} 2>/dev/null || :; exec {}",
+                quote(&cg.procs()),
+                argv.join(" ")
+            ));
+            cmd
         }
-    }
+        (None, _) => {
+            let argv = spec.command_line(&path);
+            match (&spec.shell, argv.split_first()) {
+                (Some(_), Some((program, args))) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(args);
+                    cmd
+                }
+                _ => {
+                    let mut cmd = Command::new(shell_path());
+                    cmd.arg("-e").arg(&script.path);
+                    cmd
+                }
+            }
+        }
+    };
     cmd.env_clear()
         .envs(&spec.env)
         .env(TAG_VAR, &spec.tag)

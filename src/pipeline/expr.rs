@@ -30,6 +30,23 @@ pub const FUNCTIONS: [(&str, usize, usize); 9] = [
     ("always", 0, 0),
 ];
 
+/// The names a dialect's expressions may use: its contexts and functions
+/// (with their accepted argument counts).
+#[derive(Debug)]
+pub struct Lang {
+    pub contexts: &'static [&'static str],
+    pub functions: &'static [(&'static str, usize, usize)],
+    /// `a.*.b`, GitHub's object filter.
+    pub filters: bool,
+}
+
+/// The native format's expressions.
+pub const NATIVE: Lang = Lang {
+    contexts: &CONTEXTS,
+    functions: &FUNCTIONS,
+    filters: false,
+};
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ExprError {
@@ -73,6 +90,8 @@ pub enum Expr {
     /// A context root: `env`, `vars`, `job`.
     Ident(String, usize),
     Member(Box<Expr>, Box<Expr>),
+    /// `a.*`: the values of an object, or the items of an array, as an array.
+    Filter(Box<Expr>),
     Call(String, Vec<Expr>, usize),
     Not(Box<Expr>),
     Bin(BinOp, Box<Expr>, Box<Expr>),
@@ -89,8 +108,25 @@ impl Expr {
                     || args.iter().any(Expr::uses_status_functions)
             }
             Expr::Member(a, b) | Expr::Bin(_, a, b) => a.uses_status_functions() || b.uses_status_functions(),
-            Expr::Not(a) => a.uses_status_functions(),
+            Expr::Not(a) | Expr::Filter(a) => a.uses_status_functions(),
             _ => false,
+        }
+    }
+
+    /// The contexts it reads and the functions it calls, with their offsets.
+    pub fn names(&self, roots: &mut Vec<(String, usize)>, calls: &mut Vec<(String, usize)>) {
+        match self {
+            Expr::Ident(name, off) => roots.push((name.clone(), *off)),
+            Expr::Call(name, args, off) => {
+                calls.push((name.clone(), *off));
+                args.iter().for_each(|a| a.names(roots, calls));
+            }
+            Expr::Member(a, b) | Expr::Bin(_, a, b) => {
+                a.names(roots, calls);
+                b.names(roots, calls);
+            }
+            Expr::Not(a) | Expr::Filter(a) => a.names(roots, calls),
+            Expr::Null | Expr::Lit(_) => {}
         }
     }
 
@@ -107,7 +143,7 @@ impl Expr {
                 key.job_refs(out);
             }
             Expr::Call(_, args, _) => args.iter().for_each(|a| a.job_refs(out)),
-            Expr::Not(a) => a.job_refs(out),
+            Expr::Not(a) | Expr::Filter(a) => a.job_refs(out),
             Expr::Bin(_, a, b) => {
                 a.job_refs(out);
                 b.job_refs(out);
@@ -131,6 +167,7 @@ enum Tok {
     RParen,
     Comma,
     Not,
+    Star,
     Op(BinOp),
 }
 
@@ -153,6 +190,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             '(' => (Tok::LParen, 1),
             ')' => (Tok::RParen, 1),
             ',' => (Tok::Comma, 1),
+            '*' => (Tok::Star, 1),
             '=' if peek == Some('=') => two(Tok::Op(BinOp::Eq)),
             '!' if peek == Some('=') => two(Tok::Op(BinOp::Ne)),
             '!' => (Tok::Not, 1),
@@ -229,15 +267,22 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
 
 // ---------------------------------------------------------------- parsing
 
-struct P {
+struct P<'l> {
+    lang: &'l Lang,
     toks: Vec<(Tok, usize)>,
     i: usize,
     end: usize,
     depth: usize,
 }
 
-/// Parses one expression (the text between `${{` and `}}`, or a `conditional`).
+/// Parses one expression of the native format (the text between `${{`
+/// and `}}`, or a `conditional`).
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
+    parse_in(src, &NATIVE)
+}
+
+/// Parses one expression of a dialect's language.
+pub fn parse_in(src: &str, lang: &Lang) -> Result<Expr, ExprError> {
     if src.len() > MAX_SOURCE {
         return Err(ExprError::at(
             0,
@@ -249,6 +294,7 @@ pub fn parse(src: &str) -> Result<Expr, ExprError> {
         return Err(ExprError::at(0, "empty expression").hint("write a condition such as `env.BRANCH == 'main'`"));
     }
     let mut p = P {
+        lang,
         toks,
         i: 0,
         end: src.len(),
@@ -276,6 +322,7 @@ fn describe(t: &Tok) -> String {
         Tok::RParen => "`)`".into(),
         Tok::Comma => "`,`".into(),
         Tok::Not => "`!`".into(),
+        Tok::Star => "`*`".into(),
         Tok::Op(_) => "operator".into(),
     }
 }
@@ -289,7 +336,7 @@ fn precedence(op: BinOp) -> usize {
     }
 }
 
-impl P {
+impl P<'_> {
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.i).map(|t| &t.0)
     }
@@ -356,6 +403,10 @@ impl P {
                         self.i += 1;
                         e = Expr::Member(Box::new(e), Box::new(Expr::Lit(Value::String(name))));
                     }
+                    Some((Tok::Star, _)) if self.lang.filters => {
+                        self.i += 1;
+                        e = Expr::Filter(Box::new(e));
+                    }
                     _ => return Err(ExprError::at(off, "expected a property name after `.`")),
                 }
             } else if self.eat(&Tok::LBracket) {
@@ -398,8 +449,8 @@ impl P {
                             self.expect(Tok::Comma, "`,` or `)`")?;
                         }
                     }
-                    let Some(&(_, min, max)) = FUNCTIONS.iter().find(|f| f.0 == name) else {
-                        let names: Vec<&str> = FUNCTIONS.iter().map(|f| f.0).collect();
+                    let Some(&(_, min, max)) = self.lang.functions.iter().find(|f| f.0 == name) else {
+                        let names: Vec<&str> = self.lang.functions.iter().map(|f| f.0).collect();
                         return Err(ExprError::at(off, format!("unknown function `{name}`"))
                             .hint(super::diag::suggestion_hint(&name, &names, "functions")));
                     };
@@ -416,9 +467,18 @@ impl P {
                     }
                     Ok(Expr::Call(name, args, off))
                 }
-                _ if CONTEXTS.contains(&name.as_str()) => Ok(Expr::Ident(name, off)),
-                _ => Err(ExprError::at(off, format!("unknown name `{name}`"))
-                    .hint(super::diag::suggestion_hint(&name, &CONTEXTS, "contexts") + "; strings need single quotes")),
+                _ if self.lang.contexts.contains(&name.as_str()) => Ok(Expr::Ident(name, off)),
+                // `foo.bar`: a context that does not exist; a bare word is
+                // more likely a string without its quotes.
+                _ if matches!(self.peek(), Some(Tok::Dot | Tok::LBracket)) => Err(ExprError::at(
+                    off,
+                    format!("unknown context `{name}`"),
+                )
+                .hint(super::diag::suggestion_hint(&name, self.lang.contexts, "contexts"))),
+                _ => Err(ExprError::at(off, format!("unknown name `{name}`")).hint(
+                    super::diag::suggestion_hint(&name, self.lang.contexts, "contexts")
+                        + "; strings need single quotes",
+                )),
             },
             other => Err(ExprError::at(off, format!("unexpected {}", describe(&other)))),
         }
@@ -433,6 +493,17 @@ fn num(n: f64) -> Value {
 
 /// What an expression can see. Implemented by the engine.
 pub trait Context {
+    /// A context given whole (GitHub's `github`, `matrix`, ...): looked up
+    /// first; `None` leaves `env`, `vars` and `job` to the methods below.
+    fn root(&self, name: &str) -> Option<Value> {
+        let _ = name;
+        None
+    }
+    /// Whether strings compare ignoring case (GitHub's rule; the native
+    /// format's compare exactly).
+    fn ignore_case(&self) -> bool {
+        false
+    }
     fn env(&self, name: &str) -> Option<String>;
     fn var(&self, name: &str) -> Option<String>;
     /// `success`, `failure`, `cancelled`, `skipped`, `running`, `pending`, ... or None for an unknown job.
@@ -495,11 +566,35 @@ impl Eval<'_> {
         Ok(match e {
             Expr::Null => Value::Null,
             Expr::Lit(v) => v.clone(),
-            Expr::Ident(name, _) => Value::String(format!("<{name}>")),
+            Expr::Ident(name, _) => self
+                .ctx
+                .root(name)
+                .unwrap_or_else(|| Value::String(format!("<{name}>"))),
+            Expr::Filter(obj) => match self.eval(obj)? {
+                Value::Object(map) => Value::Array(map.into_iter().map(|(_, v)| v).collect()),
+                Value::Array(items) => Value::Array(items),
+                _ => Value::Array(Vec::new()),
+            },
             Expr::Member(obj, key) => {
                 let key_v = self.eval(key)?;
                 let key_s = to_text(&key_v);
-                if let Expr::Ident(root, _) = &**obj {
+                // `a.*.b`: the member of each item, where it has one.
+                if let Expr::Filter(_) = &**obj {
+                    let Value::Array(items) = self.eval(obj)? else {
+                        return Ok(Value::Array(Vec::new()));
+                    };
+                    let picked = items
+                        .into_iter()
+                        .filter_map(|item| match item {
+                            Value::Object(mut map) => map.remove(&key_s),
+                            _ => None,
+                        })
+                        .collect();
+                    return Ok(Value::Array(picked));
+                }
+                if let Expr::Ident(root, _) = &**obj
+                    && self.ctx.root(root).is_none()
+                {
                     return Ok(match root.as_str() {
                         "env" => self.ctx.env(&key_s).map_or(Value::Null, Value::String),
                         "vars" => self.ctx.var(&key_s).map_or(Value::Null, Value::String),
@@ -534,7 +629,7 @@ impl Eval<'_> {
             Expr::Bin(op, a, b) => {
                 let l = self.eval(a)?;
                 let r = self.eval(b)?;
-                Value::Bool(compare(*op, &l, &r))
+                Value::Bool(compare(*op, &l, &r, self.ctx.ignore_case()))
             }
             Expr::Call(name, args, off) => self.call(name, args, *off)?,
         })
@@ -550,8 +645,14 @@ impl Eval<'_> {
             "success" => Value::Bool(self.ctx.upstream_succeeded()),
             "failure" => Value::Bool(!self.ctx.upstream_succeeded()),
             "always" => Value::Bool(true),
+            "cancelled" => Value::Bool(false),
+            "toJSON" => Value::String(serde_json::to_string_pretty(&vals[0]).unwrap_or_default()),
             "contains" => match &vals[0] {
-                Value::Array(items) => Value::Bool(items.iter().any(|i| compare(BinOp::Eq, i, &vals[1]))),
+                Value::Array(items) => Value::Bool(
+                    items
+                        .iter()
+                        .any(|i| compare(BinOp::Eq, i, &vals[1], self.ctx.ignore_case())),
+                ),
                 _ => Value::Bool(text(0).to_lowercase().contains(&text(1).to_lowercase())),
             },
             "startsWith" => Value::Bool(text(0).to_lowercase().starts_with(&text(1).to_lowercase())),
@@ -585,9 +686,10 @@ impl Eval<'_> {
     }
 }
 
-fn compare(op: BinOp, l: &Value, r: &Value) -> bool {
+fn compare(op: BinOp, l: &Value, r: &Value, ignore_case: bool) -> bool {
     use std::cmp::Ordering;
     let ord: Option<Ordering> = match (l, r) {
+        (Value::String(a), Value::String(b)) if ignore_case => Some(a.to_lowercase().cmp(&b.to_lowercase())),
         (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
         (Value::Null, Value::Null) => Some(Ordering::Equal),
         (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
@@ -661,6 +763,11 @@ pub struct Placeholder {
 
 /// Finds and parses every `${{ ... }}` in `s`.
 pub fn placeholders(s: &str) -> Result<Vec<Placeholder>, ExprError> {
+    placeholders_in(s, &NATIVE)
+}
+
+/// The same in a dialect's language.
+pub fn placeholders_in(s: &str, lang: &Lang) -> Result<Vec<Placeholder>, ExprError> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(n) = s[from..].find("${{") {
@@ -670,7 +777,7 @@ pub fn placeholders(s: &str) -> Result<Vec<Placeholder>, ExprError> {
             return Err(ExprError::at(inner_start, "unclosed `${{`").hint("close the expression with `}}`"));
         };
         let inner = &s[inner_start..inner_start + close];
-        let expr = parse(inner).map_err(|mut e| {
+        let expr = parse_in(inner, lang).map_err(|mut e| {
             e.offset += inner_start;
             e
         })?;

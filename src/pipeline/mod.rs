@@ -9,6 +9,7 @@
 
 pub mod diag;
 pub mod expr;
+pub mod github;
 pub mod gitlab;
 pub mod graph;
 pub mod model;
@@ -32,6 +33,8 @@ pub enum Dialect {
     Native,
     /// A `.gitlab-ci.yml` (docs/gitlab.md).
     Gitlab,
+    /// A GitHub Actions workflow (docs/github.md).
+    Github,
 }
 
 impl Dialect {
@@ -39,6 +42,7 @@ impl Dialect {
         match self {
             Dialect::Native => "native",
             Dialect::Gitlab => "gitlab",
+            Dialect::Github => "github",
         }
     }
 
@@ -51,12 +55,16 @@ impl Dialect {
     }
 
     /// The dialect of a file: by its name (`.gitlab-ci.yml`,
-    /// `*.gitlab-ci.yml`), else by its top-level keys (`jobs:` is native;
+    /// `*.gitlab-ci.yml`; a file in `.github/workflows` is GitHub's), else
+    /// by its top-level keys (`on:` with `jobs:` is a GitHub workflow; `jobs:` is native;
     /// `stages:`, `default:`, `include:`, `workflow:` or a top-level job
     /// with `script:` is GitLab's).
     pub fn of(path: &Path, source: &str) -> Dialect {
         if gitlab::is_gitlab_file_name(path) {
             return Dialect::Gitlab;
+        }
+        if github::is_workflow_path(path) || github::looks_like_workflow(source) {
+            return Dialect::Github;
         }
         let top: Vec<&str> = source
             .lines()
@@ -99,5 +107,6 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     match opts.dialect.unwrap_or_else(|| Dialect::of(path, &source)) {
         Dialect::Native => native::parse_source(path, source, opts),
         Dialect::Gitlab => gitlab::parse_source(path, source, opts),
+        Dialect::Github => github::parse_source(path, source, opts),
     }
 }

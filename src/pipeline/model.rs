@@ -212,6 +212,10 @@ pub struct Job {
     /// dependencies already say what it waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// GitHub's file commands (`GITHUB_ENV`, `GITHUB_PATH`, ...) for its
+    /// steps (see `engine::filecmd`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub file_commands: bool,
     #[serde(skip)]
     pub pos: Pos,
 }
@@ -630,6 +634,12 @@ pub struct Step {
     /// definition when false, so cache keys made before it existed hold.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cleanup: bool,
+    /// The command line that runs the script, `{0}` standing for its
+    /// file (GitHub's `shell:`); `None`: `sh -e`. Left out of the
+    /// serialized definition when unset, so cache keys made before it
+    /// existed hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
 }
 
 /// How long a cleanup step may run when it sets no timeout (GitLab gives

@@ -401,6 +401,16 @@ impl Cx<'_> {
     }
 
     pub(crate) fn env_map(&mut self, node: &Node, path: &str) -> Vec<EnvVar> {
+        let vars = self.env_map_with(node, path);
+        for (v, value) in &vars {
+            self.expressions_in(&v.value, value, &join(path, &v.name));
+        }
+        vars.into_iter().map(|(v, _)| v).collect()
+    }
+
+    /// The variables of an `env:` mapping with the node of each value
+    /// (whose expressions the caller checks in its dialect's language).
+    pub(crate) fn env_map_with(&mut self, node: &Node, path: &str) -> Vec<(EnvVar, Node)> {
         let Value::Map(items) = &node.value else {
             if node.value != Value::Null {
                 self.err(
@@ -439,12 +449,8 @@ impl Cx<'_> {
                 _ => Some(v.key_text()),
             };
             if let Some(value) = value {
-                self.expressions_in(&value, v, &vpath);
-                out.push(EnvVar {
-                    name,
-                    value,
-                    pos: self.pos_in(v, 0),
-                });
+                let pos = self.pos_in(v, 0);
+                out.push((EnvVar { name, value, pos }, v.clone()));
             }
         }
         out
@@ -475,6 +481,38 @@ impl Cx<'_> {
             }
         } else {
             node.pos
+        }
+    }
+
+    /// Position of byte `offset` of `text`, the value of scalar `node`: as
+    /// [`Cx::pos_in`], and exact in a literal block (`|`) too, where the
+    /// value's lines are the source's lines after the `|`, less their
+    /// indentation.
+    pub(crate) fn pos_at(&self, node: &Node, text: &str, offset: usize) -> Pos {
+        let before = &text[..offset.min(text.len())];
+        let source_line = |n: usize| -> Option<&str> {
+            let src = match node.pos.file {
+                0 => self.src,
+                f => self.included.get(usize::from(f) - 1)?.text.as_str(),
+            };
+            src.lines().nth(n.checked_sub(1)?)
+        };
+        let first = source_line(node.pos.line).and_then(|l| l.chars().nth(node.pos.col.saturating_sub(1)));
+        // A block scalar's node starts at its `|` (or at its first line of
+        // text, as this parser places it); a quoted one at its quote.
+        let header = matches!(first, Some('|' | '>'));
+        let block = header || (text.contains('\n') && !matches!(first, Some('"' | '\'')));
+        if !block {
+            return self.pos_in(node, before.chars().count());
+        }
+        let lines_before = before.matches('\n').count();
+        let col_in_line = before.rsplit('\n').next().unwrap_or("").chars().count();
+        let line = node.pos.line + usize::from(header) + lines_before;
+        let indent = source_line(line).map_or(0, |l| l.chars().take_while(|c| *c == ' ').count());
+        Pos {
+            line,
+            col: indent + col_in_line + 1,
+            file: node.pos.file,
         }
     }
 

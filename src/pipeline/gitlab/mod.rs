@@ -1454,6 +1454,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             retry_count: 0,
             continue_on_failure: false,
             cleanup: false,
+            shell: None,
         }];
         if !after.is_empty() {
             steps.push(Step {
@@ -1466,6 +1467,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 retry_count: 0,
                 continue_on_failure: false,
                 cleanup: true,
+                shell: None,
             });
         }
         env.push(EnvVar {
@@ -1506,6 +1508,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             dir_caches,
             deploy: None,
             stage: Some(stage.clone()),
+            file_commands: false,
             pos: key.pos,
         };
         Some(Read {

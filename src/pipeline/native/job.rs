@@ -269,6 +269,7 @@ impl Cx<'_> {
             dir_caches: dir_cache.into_iter().collect(),
             deploy,
             stage: None,
+            file_commands: false,
             pos: key.pos,
         })
     }
@@ -367,6 +368,7 @@ impl Cx<'_> {
             retry_count,
             continue_on_failure,
             cleanup,
+            shell: None,
         })
     }
 }

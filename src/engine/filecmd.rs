@@ -1,0 +1,181 @@
+//! GitHub's file commands, for the steps of a job that has them
+//! (`Job::file_commands`): before each step, empty files named by
+//! `GITHUB_ENV`, `GITHUB_PATH`, `GITHUB_OUTPUT`, `GITHUB_STATE` and
+//! `GITHUB_STEP_SUMMARY`; after it, what it wrote to `GITHUB_ENV` joins the
+//! environment of the steps after it (above the job's `env`, below a
+//! step's own), and what it wrote to `GITHUB_PATH` goes in front of their
+//! `PATH`, as GitHub's runner does.
+//!
+//! The parsing is pure ([`parse_env`]); reading a file is bounded.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Most bytes read of one command file; the rest is ignored (and said).
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// What the job's steps so far have set through the files.
+#[derive(Debug, Default, Clone)]
+pub struct Carried {
+    pub env: BTreeMap<String, String>,
+    /// Newest first.
+    pub path: Vec<String>,
+}
+
+/// One step's files.
+pub struct StepFiles {
+    pub env: PathBuf,
+    pub path: PathBuf,
+    pub output: PathBuf,
+    pub state: PathBuf,
+    pub summary: PathBuf,
+}
+
+impl StepFiles {
+    /// Creates the empty files of step `index` in `dir` (0700), 0600 each.
+    pub fn create(dir: &Path, index: usize) -> Result<StepFiles, crate::store::IoFailure> {
+        crate::store::private_dir(dir)?;
+        let file = |name: &str| -> Result<PathBuf, crate::store::IoFailure> {
+            let p = dir.join(format!("{name}.{index}"));
+            crate::store::write_with_mode(&p, b"", 0o600)?;
+            Ok(p)
+        };
+        Ok(StepFiles {
+            env: file("env")?,
+            path: file("path")?,
+            output: file("output")?,
+            state: file("state")?,
+            summary: file("summary")?,
+        })
+    }
+
+    /// The variables that name them.
+    pub fn variables(&self) -> [(&'static str, String); 5] {
+        let s = |p: &PathBuf| p.display().to_string();
+        [
+            ("GITHUB_ENV", s(&self.env)),
+            ("GITHUB_PATH", s(&self.path)),
+            ("GITHUB_OUTPUT", s(&self.output)),
+            ("GITHUB_STATE", s(&self.state)),
+            ("GITHUB_STEP_SUMMARY", s(&self.summary)),
+        ]
+    }
+
+    /// Takes what the step wrote into `carried`; problems, for the log.
+    pub fn collect(&self, carried: &mut Carried) -> Vec<String> {
+        let mut notes = Vec::new();
+        match read_bounded(&self.env) {
+            Ok((text, cut)) => {
+                let (vars, problems) = parse_env(&text);
+                carried.env.extend(vars);
+                notes.extend(problems.into_iter().map(|p| format!("GITHUB_ENV: {p}")));
+                if cut {
+                    notes.push(format!("GITHUB_ENV: only its first {MAX_FILE} bytes were read"));
+                }
+            }
+            Err(e) => notes.push(format!("cannot read GITHUB_ENV: {e}")),
+        }
+        match read_bounded(&self.path) {
+            Ok((text, _)) => {
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    carried.path.insert(0, line.to_string());
+                }
+            }
+            Err(e) => notes.push(format!("cannot read GITHUB_PATH: {e}")),
+        }
+        notes
+    }
+}
+
+/// A file's first [`MAX_FILE`] bytes as text, and whether there was more.
+fn read_bounded(path: &Path) -> std::io::Result<(String, bool)> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    let cut = bytes.len() as u64 > MAX_FILE;
+    bytes.truncate(usize::try_from(MAX_FILE).unwrap_or(usize::MAX));
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), cut))
+}
+
+/// `NAME=value` lines and `NAME<<DELIMITER` ... `DELIMITER` blocks, as
+/// GitHub reads `GITHUB_ENV` and `GITHUB_OUTPUT`: the pairs in order, and
+/// what could not be read.
+pub fn parse_env(text: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let eq = line.find('=');
+        let heredoc = line.find("<<");
+        match (eq, heredoc) {
+            // `<<` before any `=`: a block.
+            (e, Some(h)) if e.is_none_or(|e| h < e) => {
+                let name = line[..h].to_string();
+                let delimiter = &line[h + 2..];
+                if name.is_empty() || delimiter.is_empty() {
+                    problems.push(format!("`{line}` names no variable or no delimiter"));
+                    continue;
+                }
+                let mut value: Vec<&str> = Vec::new();
+                let mut closed = false;
+                for l in lines.by_ref() {
+                    if l == delimiter {
+                        closed = true;
+                        break;
+                    }
+                    value.push(l);
+                }
+                if !closed {
+                    problems.push(format!("`{name}`: its delimiter `{delimiter}` never comes"));
+                    continue;
+                }
+                out.push((name, value.join("\n")));
+            }
+            (Some(e), _) if e > 0 => out.push((line[..e].to_string(), line[e + 1..].to_string())),
+            _ => problems.push(format!("`{line}` is not `NAME=value` or `NAME<<DELIMITER`")),
+        }
+    }
+    (out, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_blocks_as_github_reads_them() {
+        let (vars, problems) =
+            parse_env("A=1\nB=x=y\n\nJSON<<EOF\n{\n  \"k\": 1\n}\nEOF\nEMPTY=\nA=2\nbroken\nOPEN<<END\nline\n");
+        assert_eq!(
+            vars,
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "x=y".into()),
+                ("JSON".into(), "{\n  \"k\": 1\n}".into()),
+                ("EMPTY".into(), String::new()),
+                ("A".into(), "2".into()),
+            ]
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].contains("never comes"));
+    }
+
+    #[test]
+    fn a_step_hands_env_and_path_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = StepFiles::create(&dir.path().join("gh"), 0).unwrap();
+        std::fs::write(&files.env, "GREETING=hi\nMULTI<<X\na\nb\nX\n").unwrap();
+        std::fs::write(&files.path, "/opt/tool/bin\n/opt/other\n").unwrap();
+        let mut carried = Carried::default();
+        assert!(files.collect(&mut carried).is_empty());
+        assert_eq!(carried.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(carried.env.get("MULTI").map(String::as_str), Some("a\nb"));
+        assert_eq!(carried.path, ["/opt/other", "/opt/tool/bin"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.env).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,1745 @@
+//! GitHub Actions workflows (docs/github.md): a workflow file read as
+//! GitHub reads it and lowered into the one model.
+//!
+//! What is known when the workflow is read is decided then: the `github`,
+//! `matrix`, `strategy`, `runner`, `inputs` and `vars` contexts are
+//! evaluated into the text they stand for, matrices expand into jobs named
+//! as GitHub names them, and a job's or step's `if:` over them decides
+//! whether it is part of the run. `${{ env.X }}` is left for the engine,
+//! which interpolates it as each step starts. What trackside does not do
+//! yet (see docs/github.md) is an error that names it, never a silent
+//! difference: the `steps`, `needs`, `job` and `secrets` contexts, actions
+//! other than `actions/checkout`, reusable workflows, containers.
+//!
+//! Pure: nothing here does I/O.
+
+pub mod matrix;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::diag::{Diagnostic, Report};
+use super::expr::{self, Expr, Lang};
+use super::model::{Condition, EnvVar, Job, Pipeline, RetryPolicy, Step};
+use super::read::{Cx, checked_source, entries, file_error, finish, get, join};
+use super::yaml::{self, Node, Value};
+use super::{LoadOptions, Plan};
+use matrix::Combo;
+
+/// The contexts GitHub's expressions may read.
+pub const CONTEXTS: [&str; 12] = [
+    "github", "env", "vars", "secrets", "matrix", "strategy", "needs", "steps", "job", "jobs", "runner", "inputs",
+];
+
+/// GitHub's functions, with their accepted argument counts.
+pub const FUNCTIONS: [(&str, usize, usize); 12] = [
+    ("contains", 2, 2),
+    ("startsWith", 2, 2),
+    ("endsWith", 2, 2),
+    ("format", 1, 32),
+    ("join", 1, 2),
+    ("toJSON", 1, 1),
+    ("fromJSON", 1, 1),
+    ("hashFiles", 1, 32),
+    ("success", 0, 0),
+    ("failure", 0, 0),
+    ("always", 0, 0),
+    ("cancelled", 0, 0),
+];
+
+/// GitHub's expression language.
+pub const LANG: Lang = Lang {
+    contexts: &CONTEXTS,
+    functions: &FUNCTIONS,
+    filters: true,
+};
+
+/// Where each context may be read (GitHub's "context availability"): a
+/// workflow's `env`; a job's keys; a job's `if`; a step's `if`; a step's
+/// other keys.
+const IN_WORKFLOW_ENV: &[&str] = &["github", "secrets", "inputs", "vars"];
+const IN_JOB: &[&str] = &["github", "needs", "strategy", "matrix", "vars", "secrets", "inputs"];
+const IN_JOB_IF: &[&str] = &["github", "needs", "vars", "inputs"];
+const IN_STEP_IF: &[&str] = &[
+    "github", "needs", "strategy", "matrix", "job", "runner", "env", "vars", "steps", "inputs",
+];
+const IN_STEP: &[&str] = &[
+    "github", "needs", "strategy", "matrix", "job", "runner", "env", "vars", "secrets", "steps", "inputs",
+];
+
+/// Contexts whose values are known when the workflow is read.
+const KNOWN: [&str; 6] = ["github", "matrix", "strategy", "runner", "inputs", "vars"];
+/// Functions that need the run (its files or its jobs' states).
+const AT_RUN_TIME: [&str; 5] = ["hashFiles", "success", "failure", "always", "cancelled"];
+
+const WORKFLOW_KEYS: [&str; 8] = [
+    "name",
+    "run-name",
+    "on",
+    "permissions",
+    "env",
+    "defaults",
+    "concurrency",
+    "jobs",
+];
+const JOB_KEYS: [&str; 19] = [
+    "name",
+    "permissions",
+    "needs",
+    "if",
+    "runs-on",
+    "environment",
+    "concurrency",
+    "outputs",
+    "env",
+    "defaults",
+    "steps",
+    "timeout-minutes",
+    "strategy",
+    "continue-on-error",
+    "container",
+    "services",
+    "uses",
+    "with",
+    "secrets",
+];
+const STEP_KEYS: [&str; 11] = [
+    "id",
+    "if",
+    "name",
+    "uses",
+    "run",
+    "shell",
+    "with",
+    "env",
+    "continue-on-error",
+    "timeout-minutes",
+    "working-directory",
+];
+const STRATEGY_KEYS: [&str; 3] = ["matrix", "fail-fast", "max-parallel"];
+const EVENTS: [&str; 36] = [
+    "branch_protection_rule",
+    "check_run",
+    "check_suite",
+    "create",
+    "delete",
+    "deployment",
+    "deployment_status",
+    "discussion",
+    "discussion_comment",
+    "fork",
+    "gollum",
+    "issue_comment",
+    "issues",
+    "label",
+    "merge_group",
+    "milestone",
+    "page_build",
+    "public",
+    "pull_request",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "pull_request_target",
+    "push",
+    "registry_package",
+    "release",
+    "repository_dispatch",
+    "schedule",
+    "status",
+    "watch",
+    "workflow_call",
+    "workflow_dispatch",
+    "workflow_run",
+    "project",
+    "project_card",
+    "project_column",
+    "member",
+];
+/// A job's timeout when it sets none (GitHub's 360 minutes).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(360 * 60);
+
+/// Whether `path` is in a `.github/workflows` folder.
+pub fn is_workflow_path(path: &Path) -> bool {
+    let parts: Vec<&std::ffi::OsStr> = path.iter().collect();
+    parts.windows(2).any(|w| w[0] == ".github" && w[1] == "workflows")
+}
+
+/// Whether a file's top-level keys are a workflow's: `on:` and `jobs:`.
+pub fn looks_like_workflow(source: &str) -> bool {
+    let top: Vec<&str> = source
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_alphanumeric() || c == '"' || c == '\''))
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim_matches(['"', '\'', ' '])))
+        .collect();
+    top.contains(&"on") && top.contains(&"jobs")
+}
+
+/// Reads a workflow file: the pipeline when nothing is wrong, else every
+/// problem with its place.
+pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let source = checked_source(path, source)?;
+    let mut report = Report::new(path, source);
+    let pipeline = {
+        let mut cx = Cx::new(&report.source);
+        let parsed = yaml::parse(&report.source);
+        for p in parsed.problems {
+            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
+            d.hint = p.hint;
+            cx.diags.push(d);
+        }
+        let p = match parsed.root {
+            Some(root) => Workflow::new(&mut cx, opts, path).read(&root),
+            None if cx.diags.iter().any(Diagnostic::is_error) => None,
+            None => {
+                cx.diags.push(file_error(
+                    "the workflow file has no content".into(),
+                    "a workflow needs `on:` and `jobs:`",
+                ));
+                None
+            }
+        };
+        report.items = cx.diags;
+        report.dropped = cx.dropped;
+        p
+    };
+    finish(pipeline, report)
+}
+
+/// What GitHub's `github` context says of this run, from the repository
+/// (`GITHUB_*` values the caller read from git, in `opts.ci_vars`).
+fn github_context(opts: &LoadOptions, workflow: &str) -> Json {
+    let get = |k: &str| opts.ci_vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let text = |k: &str, default: &str| Json::String(get(k).unwrap_or_else(|| default.to_string()));
+    json!({
+        "event_name": text("GITHUB_EVENT_NAME", "push"),
+        "ref": text("GITHUB_REF", "refs/heads/main"),
+        "ref_name": text("GITHUB_REF_NAME", "main"),
+        "ref_type": text("GITHUB_REF_TYPE", "branch"),
+        "sha": text("GITHUB_SHA", ""),
+        "repository": text("GITHUB_REPOSITORY", ""),
+        "repository_owner": text("GITHUB_REPOSITORY_OWNER", ""),
+        "actor": text("GITHUB_ACTOR", ""),
+        "triggering_actor": text("GITHUB_ACTOR", ""),
+        "server_url": "https://github.com",
+        "api_url": "https://api.github.com",
+        "graphql_url": "https://api.github.com/graphql",
+        "workflow": workflow,
+        "run_id": text("GITHUB_RUN_ID", "1"),
+        "run_number": text("GITHUB_RUN_NUMBER", "1"),
+        "run_attempt": "1",
+        "retention_days": "90",
+        "action": "",
+        "event": {},
+        "base_ref": "",
+        "head_ref": "",
+    })
+}
+
+fn runner_context() -> Json {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "X64",
+        "aarch64" => "ARM64",
+        "arm" => "ARM",
+        "x86" => "X86",
+        other => other,
+    };
+    json!({"os": "Linux", "arch": arch, "name": "trackside", "environment": "self-hosted"})
+}
+
+/// The known contexts, for one job (one matrix combination).
+struct Known {
+    github: Json,
+    runner: Json,
+    matrix: Json,
+    strategy: Json,
+}
+
+impl expr::Context for Known {
+    fn root(&self, name: &str) -> Option<Json> {
+        Some(match name {
+            "github" => self.github.clone(),
+            "runner" => self.runner.clone(),
+            "matrix" => self.matrix.clone(),
+            "strategy" => self.strategy.clone(),
+            "inputs" | "vars" => json!({}),
+            _ => return None,
+        })
+    }
+    fn ignore_case(&self) -> bool {
+        true
+    }
+    fn env(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn job_status(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn upstream_succeeded(&self) -> bool {
+        true
+    }
+}
+
+/// How a job's `run` steps run unless they say otherwise.
+#[derive(Debug, Clone, Default)]
+struct RunDefaults {
+    shell: Option<Vec<String>>,
+    working_directory: Option<String>,
+}
+
+/// A job as read, before its `needs` become the model's dependencies.
+struct Instance {
+    job: Job,
+    needs: Vec<(String, Node)>,
+}
+
+struct Workflow<'c, 's> {
+    cx: &'c mut Cx<'s>,
+    github: Json,
+    runner: Json,
+    uses_checkout: bool,
+    /// `runs-on` labels noted already (one note each).
+    labels: Vec<String>,
+    /// The repository's root: where `./` of a local action starts.
+    root: std::path::PathBuf,
+}
+
+impl<'c, 's> Workflow<'c, 's> {
+    fn new(cx: &'c mut Cx<'s>, opts: &LoadOptions, path: &Path) -> Self {
+        // Without `name:`, GitHub names a workflow by its file's path in
+        // the repository.
+        let text = path.to_string_lossy();
+        let file = match text.find(".github/workflows/") {
+            Some(i) => text[i..].to_string(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        Workflow {
+            cx,
+            github: github_context(opts, &file),
+            runner: runner_context(),
+            uses_checkout: false,
+            labels: Vec::new(),
+            root: repository_root(opts, path),
+        }
+    }
+
+    fn read(&mut self, root: &Node) -> Option<Pipeline> {
+        if !self.cx.mapping(root, "", &WORKFLOW_KEYS, "a workflow") {
+            return None;
+        }
+        let name = match get(root, "name") {
+            Some(n) => self.cx.string(n, "name"),
+            None => self.github.get("workflow").and_then(Json::as_str).map(str::to_string),
+        }
+        .unwrap_or_else(|| "workflow".into());
+        if let Some(w) = self.github.as_object_mut() {
+            w.insert("workflow".into(), Json::String(name.clone()));
+        }
+        let not_run = match on_key(root) {
+            Some(on) => {
+                self.on(on);
+                self.not_triggered(on)
+            }
+            None => {
+                self.cx.err(
+                    root,
+                    "on",
+                    "missing `on`: the events the workflow runs on",
+                    "add `on: push`",
+                );
+                None
+            }
+        };
+        let known = Known {
+            github: self.github.clone(),
+            runner: self.runner.clone(),
+            matrix: Json::Null,
+            strategy: Json::Null,
+        };
+        let global_env = match get(root, "env") {
+            Some(n) => self.env(n, "env", &known, IN_WORKFLOW_ENV),
+            None => Vec::new(),
+        };
+        let defaults = get(root, "defaults").map_or_else(RunDefaults::default, |n| self.defaults(n, "defaults"));
+        let Some(jobs) = get(root, "jobs") else {
+            self.cx
+                .err(root, "jobs", "missing `jobs`", "add `jobs:` with at least one job");
+            return None;
+        };
+        let Value::Map(items) = &jobs.value else {
+            self.cx.err(
+                jobs,
+                "jobs",
+                format!("`jobs` must be a mapping, found {}", jobs.type_name()),
+                "write each job as `id:` with `runs-on:` and `steps:` under it",
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.cx.err(
+                jobs,
+                "jobs",
+                "`jobs` is empty",
+                "add a job with `runs-on:` and `steps:`",
+            );
+        }
+        let ids: Vec<String> = items.iter().map(|(k, _)| k.key_text()).collect();
+        // Each job id's instances (a matrix job has several), in file order.
+        let mut by_id: Vec<(String, Vec<String>)> = Vec::new();
+        let mut instances: Vec<Instance> = Vec::new();
+        for (k, v) in items {
+            let id = k.key_text();
+            let made = self.job(&id, k, v, &defaults, &ids);
+            by_id.push((id, made.iter().map(|i| i.job.name.clone()).collect()));
+            instances.extend(made);
+        }
+        let mut out = Vec::with_capacity(instances.len());
+        for Instance { mut job, needs } in instances {
+            // Unknown ones were reported where the job was read.
+            for (need, node) in needs {
+                if let Some((_, names)) = by_id.iter().find(|(id, _)| *id == need) {
+                    for n in names {
+                        job.depends_on.push(n.clone());
+                        job.depends_on_pos.push(node.pos);
+                    }
+                }
+            }
+            out.push(job);
+        }
+        skip_dependents(&mut out);
+        if let Some((node, why)) = not_run {
+            // Read and checked all the same; nothing of it runs.
+            self.cx.warn(
+                &node,
+                "on",
+                format!("the workflow does not run: {why}"),
+                "trackside runs what GitHub would run for this push; nothing here does",
+            );
+            out.clear();
+        }
+        Some(Pipeline {
+            name,
+            global_env,
+            timeout: super::model::DEFAULT_PIPELINE_TIMEOUT.max(DEFAULT_TIMEOUT),
+            kill_grace: super::model::DEFAULT_KILL_GRACE,
+            retry_policy: RetryPolicy::default(),
+            jobs: out,
+            undefined_is_empty: true,
+            git_checkout: self.uses_checkout,
+            stages: Vec::new(),
+        })
+    }
+
+    /// `on:` — an event, a list of them, or a mapping of events with their
+    /// filters. Checked; which event runs is `--event`'s matter (push).
+    fn on(&mut self, on: &Node) {
+        let check = |cx: &mut Cx, node: &Node, name: &str| {
+            if !EVENTS.contains(&name) {
+                cx.err(
+                    node,
+                    "on",
+                    format!("invalid on: `{name}` is not an event GitHub knows"),
+                    super::diag::suggestion_hint(name, &EVENTS, "events"),
+                );
+            }
+        };
+        match &on.value {
+            Value::Str(s) => check(self.cx, on, s),
+            Value::Seq(items) => {
+                for i in items {
+                    match i.as_str() {
+                        Some(s) => check(self.cx, i, s),
+                        None => self.cx.err(
+                            i,
+                            "on",
+                            format!("invalid on: expected an event name, found {}", i.type_name()),
+                            "write event names such as `push`",
+                        ),
+                    }
+                }
+            }
+            Value::Map(items) => {
+                for (k, v) in items {
+                    let name = k.key_text();
+                    check(self.cx, k, &name);
+                    let path = join("on", &name);
+                    match &v.value {
+                        Value::Null => {}
+                        Value::Map(filters) => {
+                            for (fk, fv) in filters {
+                                let f = fk.key_text();
+                                let list = matches!(
+                                    f.as_str(),
+                                    "branches"
+                                        | "branches-ignore"
+                                        | "tags"
+                                        | "tags-ignore"
+                                        | "paths"
+                                        | "paths-ignore"
+                                        | "types"
+                                );
+                                if list {
+                                    if !matches!(fv.value, Value::Seq(_) | Value::Str(_)) {
+                                        self.cx.err(
+                                            fv,
+                                            &join(&path, &f),
+                                            format!(
+                                                "invalid on: `{f}` must be a list of patterns, found {}",
+                                                fv.type_name()
+                                            ),
+                                            "write `[main, 'release/**']`",
+                                        );
+                                    }
+                                } else if !matches!(f.as_str(), "inputs" | "outputs" | "secrets" | "workflows" | "cron")
+                                {
+                                    self.cx.err(fk, &join(&path, &f), format!("invalid on: unknown key `{f}` under `{name}`"), "filters are branches, branches-ignore, tags, tags-ignore, paths, paths-ignore and types");
+                                }
+                            }
+                            let both = |a: &str, b: &str| get(v, a).is_some() && get(v, b).is_some();
+                            for (a, b) in [
+                                ("branches", "branches-ignore"),
+                                ("tags", "tags-ignore"),
+                                ("paths", "paths-ignore"),
+                            ] {
+                                if both(a, b)
+                                    && let Some(n) = key_of(v, b)
+                                {
+                                    self.cx.err(
+                                        n,
+                                        &join(&path, b),
+                                        format!("invalid on: `{a}` and `{b}` cannot both filter one event"),
+                                        format!("use `{a}` with `!` patterns instead"),
+                                    );
+                                }
+                            }
+                        }
+                        Value::Seq(_) if name == "schedule" => {}
+                        _ => self.cx.err(
+                            v,
+                            &path,
+                            format!(
+                                "invalid on: `{name}` takes a mapping of filters, found {}",
+                                v.type_name()
+                            ),
+                            "leave it empty, or give `branches:`, `paths:`, ...",
+                        ),
+                    }
+                }
+            }
+            _ => self.cx.err(
+                on,
+                "on",
+                format!(
+                    "invalid on: expected an event, a list or a mapping, found {}",
+                    on.type_name()
+                ),
+                "write `on: push`",
+            ),
+        }
+    }
+
+    /// Why the event (`github.event_name`, a push of `github.ref`) does not
+    /// start the workflow, with the node that says so; `None` when it does.
+    fn not_triggered(&mut self, on: &Node) -> Option<(Node, String)> {
+        let event = self
+            .github
+            .get("event_name")
+            .and_then(Json::as_str)
+            .unwrap_or("push")
+            .to_string();
+        let ref_type = self
+            .github
+            .get("ref_type")
+            .and_then(Json::as_str)
+            .unwrap_or("branch")
+            .to_string();
+        let ref_name = self
+            .github
+            .get("ref_name")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string();
+        let filters = match &on.value {
+            Value::Str(s) if *s == event => return None,
+            Value::Seq(items) if items.iter().any(|i| i.as_str() == Some(event.as_str())) => return None,
+            Value::Map(items) => match items.iter().find(|(k, _)| k.as_str() == Some(event.as_str())) {
+                Some((_, f)) => f,
+                None => return Some((on.clone(), format!("`on` does not list `{event}`"))),
+            },
+            _ => return Some((on.clone(), format!("`on` does not list `{event}`"))),
+        };
+        if !matches!(event.as_str(), "push" | "pull_request" | "pull_request_target") {
+            return None;
+        }
+        let (include, ignore, other) = if ref_type == "tag" {
+            ("tags", "tags-ignore", ["branches", "branches-ignore"])
+        } else {
+            ("branches", "branches-ignore", ["tags", "tags-ignore"])
+        };
+        let listed = |key: &str| -> Option<(Node, Vec<String>)> {
+            let n = get(filters, key)?;
+            let items = match &n.value {
+                Value::Seq(items) => items.iter().map(Node::key_text).collect(),
+                Value::Str(s) => vec![s.clone()],
+                _ => Vec::new(),
+            };
+            Some((n.clone(), items))
+        };
+        match (listed(include), listed(ignore)) {
+            (Some((n, patterns)), _) if !filter_matches(&patterns, &ref_name) => {
+                return Some((n, format!("`{ref_name}` matches none of `{include}`")));
+            }
+            (None, Some((n, patterns))) if filter_matches(&patterns, &ref_name) => {
+                return Some((n, format!("`{ref_name}` matches `{ignore}`")));
+            }
+            (None, None) if other.iter().any(|k| get(filters, k).is_some()) => {
+                let n = get(filters, other[0])
+                    .or_else(|| get(filters, other[1]))
+                    .unwrap_or(filters);
+                return Some((
+                    n.clone(),
+                    format!(
+                        "it filters only {}s, and this push is of a {ref_type}",
+                        if ref_type == "tag" { "branche" } else { "tag" }
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        for key in ["paths", "paths-ignore"] {
+            if let Some(n) = get(filters, key) {
+                self.cx.warn(
+                    n,
+                    &format!("on.{event}.{key}"),
+                    format!("`{key}` is not checked: the workflow runs whatever files the push changed"),
+                    "trackside does not compare the push's files with path filters yet (docs/github.md)",
+                );
+            }
+        }
+        None
+    }
+
+    /// `env:` at any level: names and values as written (GitHub does not
+    /// expand `$X` in them), known expressions evaluated.
+    fn env(&mut self, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Vec<EnvVar> {
+        let vars = self.cx.env_map_with(node, path);
+        let mut out = Vec::with_capacity(vars.len());
+        for (v, value_node) in vars {
+            let value = self.text(&v.value, &value_node, &join(path, &v.name), known, allowed);
+            if let Some(value) = value {
+                out.push(EnvVar {
+                    // `$` is literal in GitHub's values: escaped for the model.
+                    value: value.replace('$', "$$").replace("$${{", "${{"),
+                    ..v
+                });
+            }
+        }
+        out
+    }
+
+    fn defaults(&mut self, node: &Node, path: &str) -> RunDefaults {
+        if !self.cx.mapping(node, path, &["run"], "defaults") {
+            return RunDefaults::default();
+        }
+        let Some(run) = get(node, "run") else {
+            return RunDefaults::default();
+        };
+        let rpath = join(path, "run");
+        if !self
+            .cx
+            .mapping(run, &rpath, &["shell", "working-directory"], "defaults.run")
+        {
+            return RunDefaults::default();
+        }
+        RunDefaults {
+            shell: get(run, "shell").and_then(|n| self.shell(n, &join(&rpath, "shell"))),
+            working_directory: get(run, "working-directory")
+                .and_then(|n| self.cx.string(n, &join(&rpath, "working-directory"))),
+        }
+    }
+
+    /// `shell:` as the command line that runs the step's script (`{0}`).
+    fn shell(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let text = self.cx.string(node, path)?;
+        let argv: Vec<String> = match text.as_str() {
+            "bash" => vec!["bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"],
+            "sh" => vec!["sh", "-e", "{0}"],
+            "python" => vec!["python", "{0}"],
+            "pwsh" => vec!["pwsh", "-command", ". '{0}'"],
+            "powershell" | "cmd" => {
+                self.cx.err(node, path, format!("invalid shell: `{text}` runs on Windows runners only"), "use bash, sh, python or pwsh");
+                return None;
+            }
+            custom if custom.contains("{0}") => custom.split_whitespace().collect(),
+            other => {
+                self.cx.err(
+                    node,
+                    path,
+                    format!("invalid shell: `{other}`"),
+                    "use bash, sh, python, pwsh, or a command line with `{0}` where the script's file goes (`perl {0}`)",
+                );
+                return None;
+            }
+        }
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+        Some(argv)
+    }
+
+    /// A string whose known expressions are evaluated; `${{ env.X }}` is
+    /// kept for the engine (`keep_env`), anything else is an error naming
+    /// what trackside does not evaluate yet.
+    fn text(&mut self, raw: &str, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<String> {
+        let keep_env = allowed.contains(&"env");
+        let found = match expr::placeholders_in(raw, &LANG) {
+            Ok(f) => f,
+            Err(e) => {
+                self.expr_error(raw, node, path, &e);
+                return None;
+            }
+        };
+        if found.is_empty() {
+            return Some(raw.to_string());
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut last = 0;
+        for p in found {
+            out.push_str(&raw[last..p.start]);
+            last = p.end;
+            let (mut roots, mut calls) = (Vec::new(), Vec::new());
+            p.expr.names(&mut roots, &mut calls);
+            if let Some((root, off)) = roots.iter().find(|(r, _)| !allowed.contains(&r.as_str())) {
+                self.unavailable(raw, node, path, p.inner_start + off, root, allowed);
+                return None;
+            }
+            let unknown = roots.iter().find(|(r, _)| !KNOWN.contains(&r.as_str()));
+            let at_run = calls.iter().find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()));
+            match (unknown, at_run) {
+                (None, None) => match expr::eval(&p.expr, known) {
+                    Ok(v) => out.push_str(&expr::to_text(&v)),
+                    Err(e) => {
+                        let e = expr::ExprError {
+                            offset: e.offset + p.inner_start,
+                            ..e
+                        };
+                        self.expr_error(raw, node, path, &e);
+                        return None;
+                    }
+                },
+                // Only `env`: the engine interpolates it as the step starts.
+                (Some(_), None)
+                    if keep_env
+                        && roots.iter().all(|(r, _)| r == "env")
+                        && calls.iter().all(|(c, _)| expr::FUNCTIONS.iter().any(|f| f.0 == c)) =>
+                {
+                    out.push_str(&raw[p.start..p.end]);
+                }
+                (Some((root, off)), _) => {
+                    self.not_yet(raw, node, path, p.inner_start + off, &format!("the `{root}` context"));
+                    return None;
+                }
+                (None, Some((call, off))) => {
+                    self.not_yet(raw, node, path, p.inner_start + off, &format!("`{call}()` here"));
+                    return None;
+                }
+            }
+        }
+        out.push_str(&raw[last..]);
+        Some(out)
+    }
+
+    fn expr_error(&mut self, raw: &str, node: &Node, path: &str, e: &expr::ExprError) {
+        let pos = self.cx.pos_at(node, raw, e.offset);
+        let mut d = Diagnostic::error(pos, 1, path, format!("invalid expression: {}", e.message));
+        d.hint = e
+            .hint
+            .clone()
+            .or(Some("see GitHub's expression syntax (docs/github.md)".into()));
+        if self.cx.room() {
+            self.cx.diags.push(d);
+        }
+    }
+
+    /// A context GitHub does not offer where it is read.
+    fn unavailable(&mut self, raw: &str, node: &Node, path: &str, offset: usize, root: &str, allowed: &[&str]) {
+        let pos = self.cx.pos_at(node, raw, offset);
+        let d = Diagnostic::error(pos, root.len(), path, format!("unknown context `{root}` here")).with_hint(format!(
+            "GitHub offers only {} here (its context availability table)",
+            allowed.join(", ")
+        ));
+        if self.cx.room() {
+            self.cx.diags.push(d);
+        }
+    }
+
+    fn not_yet(&mut self, raw: &str, node: &Node, path: &str, offset: usize, what: &str) {
+        let pos = self.cx.pos_at(node, raw, offset);
+        let d = Diagnostic::error(pos, 1, path, format!("trackside does not evaluate {what} yet"))
+            .with_hint("docs/github.md lists what runs today; the github, matrix, strategy, runner, inputs, vars and env contexts do");
+        if self.cx.room() {
+            self.cx.diags.push(d);
+        }
+    }
+
+    /// An `if:` decided now: `Some(true)` runs, `Some(false)` does not;
+    /// `None` when it cannot be decided (an error says why). The `${{ }}`
+    /// around it may be left out, as GitHub allows.
+    fn condition(&mut self, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<bool> {
+        let text = match &node.value {
+            Value::Bool(b) => return Some(*b),
+            _ => self.cx.string(node, path)?,
+        };
+        let trimmed = text.trim();
+        let (inner, offset) = match trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")) {
+            Some(inner) if !inner.contains("${{") => (inner, text.find("${{").map_or(0, |i| i + 3)),
+            _ => (text.as_str(), 0),
+        };
+        let e = match expr::parse_in(inner, &LANG) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = expr::ExprError {
+                    offset: e.offset + offset,
+                    ..e
+                };
+                self.expr_error(&text, node, path, &e);
+                return None;
+            }
+        };
+        let (mut roots, mut calls) = (Vec::new(), Vec::new());
+        e.names(&mut roots, &mut calls);
+        if let Some((root, off)) = roots.iter().find(|(r, _)| !allowed.contains(&r.as_str())) {
+            self.unavailable(&text, node, path, offset + off, root, allowed);
+            return None;
+        }
+        if let Some((root, off)) = roots.iter().find(|(r, _)| !KNOWN.contains(&r.as_str())) {
+            self.not_yet(&text, node, path, offset + off, &format!("the `{root}` context"));
+            return None;
+        }
+        // `success()` alone is the default; anything else about the
+        // states of other jobs or steps needs the run.
+        let status = calls
+            .iter()
+            .find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()) && c != "success");
+        if let Some((call, off)) = status {
+            self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in `if:`"));
+            return None;
+        }
+        match expr::eval(&e, known) {
+            Ok(v) => Some(expr::truthy(&v)),
+            Err(err) => {
+                let err = expr::ExprError {
+                    offset: err.offset + offset,
+                    ..err
+                };
+                self.expr_error(&text, node, path, &err);
+                None
+            }
+        }
+    }
+
+    fn job(&mut self, id: &str, key: &Node, node: &Node, defaults: &RunDefaults, ids: &[String]) -> Vec<Instance> {
+        let path = join("jobs", id);
+        let valid_id = id.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_id {
+            self.cx.err(
+                key,
+                &path,
+                format!("invalid job id `{id}`"),
+                "a job id starts with a letter or `_` and holds only letters, digits, `-` and `_`",
+            );
+        }
+        if !self.cx.mapping(node, &path, &JOB_KEYS, &format!("job `{id}`")) {
+            return Vec::new();
+        }
+        if let Some(u) = get(node, "uses") {
+            self.cx.err(
+                u,
+                &join(&path, "uses"),
+                "trackside does not run reusable workflows (`jobs.<id>.uses`) yet",
+                "docs/github.md lists what runs today",
+            );
+            return Vec::new();
+        }
+        for k in ["container", "services"] {
+            if let Some(n) = get(node, k) {
+                self.cx.err(
+                    n,
+                    &join(&path, k),
+                    format!("trackside does not run a GitHub job's `{k}` yet"),
+                    "docs/github.md lists what runs today; `--executor docker` runs native pipelines' images",
+                );
+            }
+        }
+        let runs_on = match get(node, "runs-on") {
+            Some(n) => {
+                let labels = self.runs_on(n, &join(&path, "runs-on"));
+                if let Some(l) = &labels
+                    && !self.labels.contains(l)
+                {
+                    self.labels.push(l.clone());
+                    self.cx.warn(
+                        n,
+                        &join(&path, "runs-on"),
+                        format!("runs-on `{l}`: its jobs run on this machine"),
+                        "trackside runs GitHub jobs on the host (containers for `runs-on` labels are not supported yet)",
+                    );
+                }
+                labels
+            }
+            None => {
+                self.cx.err(
+                    key,
+                    &path,
+                    format!("job `{id}` is missing runs-on"),
+                    "add `runs-on: ubuntu-latest`",
+                );
+                None
+            }
+        };
+        let needs: Vec<(String, Node)> = match get(node, "needs") {
+            None => Vec::new(),
+            Some(
+                n @ Node {
+                    value: Value::Str(s), ..
+                },
+            ) => vec![(s.clone(), n.clone())],
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => items
+                .iter()
+                .filter_map(|i| match i.as_str() {
+                    Some(s) => Some((s.to_string(), i.clone())),
+                    None => {
+                        self.cx.err(
+                            i,
+                            &join(&path, "needs"),
+                            format!("`needs` entries are job ids, found {}", i.type_name()),
+                            "write `needs: [build, test]`",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            Some(n) => {
+                self.cx.err(
+                    n,
+                    &join(&path, "needs"),
+                    format!("`needs` must be a job id or a list of them, found {}", n.type_name()),
+                    "write `needs: [build, test]`",
+                );
+                Vec::new()
+            }
+        };
+        for (need, n) in &needs {
+            if need == id {
+                self.cx.err(
+                    n,
+                    &join(&path, "needs"),
+                    format!("job `{id}` needs itself: a cycle"),
+                    "remove it from its own `needs`",
+                );
+            } else if !ids.contains(need) {
+                let known: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.cx.err(
+                    n,
+                    &join(&path, "needs"),
+                    format!("`needs` names unknown job `{need}`"),
+                    super::diag::suggestion_hint(need, &known, "jobs"),
+                );
+            }
+        }
+        let combos = match get(node, "strategy") {
+            Some(s) => self.strategy(s, &join(&path, "strategy")),
+            None => Some((Vec::new(), json!({}))),
+        };
+        let steps_node = match get(node, "steps") {
+            Some(s) => Some(s),
+            None => {
+                self.cx.err(
+                    key,
+                    &path,
+                    format!("job `{id}` is missing steps"),
+                    "add `steps:` with `- run: ...` items",
+                );
+                None
+            }
+        };
+        let (Some((combos, strategy)), Some(steps_node), Some(runs_on)) = (combos, steps_node, runs_on) else {
+            return Vec::new();
+        };
+        let job_defaults = get(node, "defaults").map_or_else(
+            || defaults.clone(),
+            |n| {
+                let d = self.defaults(n, &join(&path, "defaults"));
+                RunDefaults {
+                    shell: d.shell.or_else(|| defaults.shell.clone()),
+                    working_directory: d.working_directory.or_else(|| defaults.working_directory.clone()),
+                }
+            },
+        );
+        let total = combos.len().max(1);
+        let matrixed = !combos.is_empty();
+        let combos = if combos.is_empty() {
+            vec![Combo::default()]
+        } else {
+            combos
+        };
+        let mut out = Vec::with_capacity(combos.len());
+        for (index, combo) in combos.iter().enumerate() {
+            let mut strategy = strategy.clone();
+            if let Some(s) = strategy.as_object_mut() {
+                s.insert("job-index".into(), json!(index));
+                s.insert("job-total".into(), json!(total));
+            }
+            let mut github = self.github.clone();
+            if let Some(g) = github.as_object_mut() {
+                g.insert("job".into(), Json::String(id.to_string()));
+            }
+            let known = Known {
+                github,
+                runner: self.runner.clone(),
+                matrix: if matrixed { combo.to_json() } else { json!({}) },
+                strategy,
+            };
+            if let Some(job) = self.instance(
+                id,
+                node,
+                &path,
+                &known,
+                combo,
+                matrixed,
+                &job_defaults,
+                steps_node,
+                &runs_on,
+            ) {
+                out.push(Instance {
+                    job,
+                    needs: needs.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn instance(
+        &mut self,
+        id: &str,
+        node: &Node,
+        path: &str,
+        known: &Known,
+        combo: &Combo,
+        matrixed: bool,
+        defaults: &RunDefaults,
+        steps_node: &Node,
+        runs_on: &str,
+    ) -> Option<Job> {
+        // Every key is read, so every mistake is reported at once.
+        let name = match get(node, "name") {
+            Some(n) => self.cx.string(n, &join(path, "name")).and_then(|raw| {
+                let text = self.text(&raw, n, &join(path, "name"), known, IN_JOB)?;
+                // GitHub adds the matrix values to a name that does not use them.
+                Some(if matrixed && !raw.contains("matrix.") {
+                    matrix::job_name(&text, combo)
+                } else {
+                    text
+                })
+            }),
+            None if matrixed => Some(matrix::job_name(id, combo)),
+            None => Some(id.to_string()),
+        };
+        let conditional = match get(node, "if") {
+            Some(n) => self
+                .condition(n, &join(path, "if"), known, IN_JOB_IF)
+                .map(|runs| (!runs).then(|| never(n.as_str().map_or_else(|| n.key_text(), str::to_string), n.pos))),
+            None => Some(None),
+        };
+        let mut environment = vec![
+            ("CI", "true".to_string()),
+            ("GITHUB_ACTIONS", "true".to_string()),
+            ("GITHUB_JOB", id.to_string()),
+            ("GITHUB_WORKSPACE", "${CI_PROJECT_DIR}".to_string()),
+            ("RUNNER_OS", "Linux".to_string()),
+        ];
+        let gh = |k: &str| known.github.get(k).and_then(Json::as_str).unwrap_or("").to_string();
+        for (var, key) in [
+            ("GITHUB_WORKFLOW", "workflow"),
+            ("GITHUB_EVENT_NAME", "event_name"),
+            ("GITHUB_REF", "ref"),
+            ("GITHUB_REF_NAME", "ref_name"),
+            ("GITHUB_REF_TYPE", "ref_type"),
+            ("GITHUB_SHA", "sha"),
+            ("GITHUB_REPOSITORY", "repository"),
+            ("GITHUB_REPOSITORY_OWNER", "repository_owner"),
+            ("GITHUB_ACTOR", "actor"),
+            ("GITHUB_RUN_ID", "run_id"),
+            ("GITHUB_RUN_NUMBER", "run_number"),
+            ("GITHUB_RUN_ATTEMPT", "run_attempt"),
+            ("GITHUB_SERVER_URL", "server_url"),
+            ("GITHUB_API_URL", "api_url"),
+        ] {
+            environment.push((var, gh(key).replace('$', "$$")));
+        }
+        let arch = known
+            .runner
+            .get("arch")
+            .and_then(Json::as_str)
+            .unwrap_or("X64")
+            .to_string();
+        environment.push(("RUNNER_ARCH", arch));
+        let mut environment: Vec<EnvVar> = environment
+            .into_iter()
+            .map(|(name, value)| EnvVar {
+                name: name.to_string(),
+                value,
+                pos: node.pos,
+            })
+            .collect();
+        if let Some(n) = get(node, "env") {
+            environment.extend(self.env(n, &join(path, "env"), known, IN_JOB));
+        }
+        let timeout = match get(node, "timeout-minutes") {
+            Some(n) => self.minutes(n, &join(path, "timeout-minutes"), known, IN_JOB),
+            None => Some(DEFAULT_TIMEOUT),
+        };
+        let allow_failure = match get(node, "continue-on-error") {
+            Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_JOB),
+            None => Some(false),
+        };
+        let mut facts = vec![("runs-on".to_string(), runs_on.to_string())];
+        if let Some(env) = get(node, "environment") {
+            let name = match &env.value {
+                Value::Map(_) => get(env, "name").and_then(|n| self.cx.string(n, &join(path, "environment.name"))),
+                _ => self.cx.string(env, &join(path, "environment")),
+            };
+            if let Some(n) = name {
+                facts.push(("environment".into(), n));
+            }
+        }
+        let steps = self.steps(steps_node, &join(path, "steps"), known, defaults);
+        let (Some(name), Some(conditional), Some(timeout), Some(allow_failure), Some(steps)) =
+            (name, conditional, timeout, allow_failure, steps)
+        else {
+            return None;
+        };
+        Some(Job {
+            name,
+            steps,
+            depends_on: Vec::new(),
+            depends_on_pos: Vec::new(),
+            environment,
+            timeout,
+            retry_count: 0,
+            retry_when: Vec::new(),
+            conditional,
+            when: super::model::When::OnSuccess,
+            allow_failure,
+            start_in: None,
+            coverage: None,
+            mirrors_upstream: false,
+            facts,
+            resource_group: None,
+            file_vars: Vec::new(),
+            settings_vars: Vec::new(),
+            generated_child: None,
+            allow_failure_exit_codes: Vec::new(),
+            retry_exit_codes: Vec::new(),
+            working_directory: None,
+            container: Default::default(),
+            services: Vec::new(),
+            artifacts: None,
+            needs_artifacts: None,
+            cache: None,
+            dir_caches: Vec::new(),
+            deploy: None,
+            stage: None,
+            file_commands: true,
+            pos: node.pos,
+        })
+    }
+
+    fn runs_on(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Seq(items) => {
+                let labels: Vec<String> = items.iter().filter_map(|i| self.cx.string(i, path)).collect();
+                Some(labels.join(", "))
+            }
+            Value::Map(_) => {
+                self.cx.mapping(node, path, &["group", "labels"], "runs-on");
+                let group = get(node, "group").and_then(|n| self.cx.string(n, &join(path, "group")));
+                let labels = get(node, "labels").and_then(|n| self.cx.string(n, &join(path, "labels")));
+                Some(group.or(labels).unwrap_or_default())
+            }
+            _ => {
+                self.cx.err(
+                    node,
+                    path,
+                    format!(
+                        "`runs-on` must be a label or a list of labels, found {}",
+                        node.type_name()
+                    ),
+                    "write `runs-on: ubuntu-latest`",
+                );
+                None
+            }
+        }
+    }
+
+    /// `strategy:` — the matrix's combinations (none without a matrix) and
+    /// the `strategy` context.
+    fn strategy(&mut self, node: &Node, path: &str) -> Option<(Vec<Combo>, Json)> {
+        if !self.cx.mapping(node, path, &STRATEGY_KEYS, "strategy") {
+            return None;
+        }
+        let fail_fast = get(node, "fail-fast")
+            .and_then(|n| self.cx.boolean(n, &join(path, "fail-fast")))
+            .unwrap_or(true);
+        let max_parallel =
+            get(node, "max-parallel").and_then(|n| self.cx.int_in(n, &join(path, "max-parallel"), 1, 256));
+        let context = json!({"fail-fast": fail_fast, "max-parallel": max_parallel.map_or(Json::Null, Json::from)});
+        let Some(m) = get(node, "matrix") else {
+            return Some((Vec::new(), context));
+        };
+        let mpath = join(path, "matrix");
+        let Value::Map(items) = &m.value else {
+            self.cx.err(
+                m,
+                &mpath,
+                format!("invalid matrix: expected a mapping of lists, found {}", m.type_name()),
+                "write `matrix: {os: [ubuntu-latest], node: [18, 20]}`",
+            );
+            return None;
+        };
+        let mut keys = Vec::new();
+        let mut include = Vec::new();
+        let mut exclude = Vec::new();
+        let mut ok = true;
+        for (k, v) in items {
+            let key = k.key_text();
+            match key.as_str() {
+                "include" | "exclude" => {
+                    let Value::Seq(entries_) = &v.value else {
+                        self.cx.err(
+                            v,
+                            &join(&mpath, &key),
+                            format!(
+                                "invalid matrix: `{key}` must be a list of mappings, found {}",
+                                v.type_name()
+                            ),
+                            "write `- {os: windows-latest, node: 20}` entries",
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    for e in entries_ {
+                        let Value::Map(kv) = &e.value else {
+                            self.cx.err(
+                                e,
+                                &join(&mpath, &key),
+                                format!(
+                                    "invalid matrix: each `{key}` entry must be a mapping, found {}",
+                                    e.type_name()
+                                ),
+                                "write `- {os: windows-latest}`",
+                            );
+                            ok = false;
+                            continue;
+                        };
+                        let combo = Combo(kv.iter().map(|(a, b)| (a.key_text(), to_json(b))).collect());
+                        if key == "include" {
+                            include.push(combo);
+                        } else {
+                            exclude.push(combo);
+                        }
+                    }
+                }
+                _ => match &v.value {
+                    Value::Seq(values) => keys.push((key, values.iter().map(to_json).collect())),
+                    Value::Str(s) if s.contains("${{") => {
+                        self.cx.err(
+                            v,
+                            &join(&mpath, &key),
+                            "trackside does not evaluate a matrix made by an expression yet",
+                            "docs/github.md lists what runs today; write the values as a list",
+                        );
+                        ok = false;
+                    }
+                    _ => {
+                        self.cx.err(
+                            v,
+                            &join(&mpath, &key),
+                            format!(
+                                "invalid matrix: `{key}` must be a list of values, found {}",
+                                v.type_name()
+                            ),
+                            format!("write `{key}: [a, b]`"),
+                        );
+                        ok = false;
+                    }
+                },
+            }
+        }
+        // An exclusion names the matrix's own keys (GitHub rejects others).
+        if let Some(Node {
+            value: Value::Seq(list),
+            ..
+        }) = get(m, "exclude")
+        {
+            for e in list {
+                for (k, _) in entries(e) {
+                    let key = k.key_text();
+                    if !keys.iter().any(|(name, _)| *name == key) {
+                        let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
+                        self.cx.err(
+                            k,
+                            &join(&mpath, "exclude"),
+                            format!("invalid matrix: `exclude` names `{key}`, which is not a key of the matrix"),
+                            super::diag::suggestion_hint(&key, &names, "matrix keys"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        // Errors about the whole matrix point at its key.
+        let at = key_of(node, "matrix").unwrap_or(m);
+        match matrix::expand(&keys, &include, &exclude) {
+            Ok(c) => Some((c, context)),
+            Err(matrix::MatrixError::Empty) => {
+                self.cx.err(
+                    at,
+                    &mpath,
+                    "the matrix expands to no jobs",
+                    "check `exclude`: it removes every combination (or a list is empty)",
+                );
+                None
+            }
+            Err(matrix::MatrixError::TooMany(n)) => {
+                self.cx.err(
+                    at,
+                    &mpath,
+                    format!("the matrix expands to more than {} jobs ({n})", matrix::MAX_JOBS),
+                    "GitHub allows 256 jobs per matrix; split it or exclude combinations",
+                );
+                None
+            }
+        }
+    }
+
+    fn minutes(&mut self, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<Duration> {
+        let value = match &node.value {
+            Value::Int(i) => *i as f64,
+            Value::Float(f) => *f,
+            Value::Str(s) => {
+                let t = self.text(s, node, path, known, allowed)?;
+                match t.trim().parse::<f64>() {
+                    Ok(v) => v,
+                    Err(_) => {
+                        self.cx.err(
+                            node,
+                            path,
+                            format!("invalid timeout: `{t}` is not a number of minutes"),
+                            "write `timeout-minutes: 10`",
+                        );
+                        return None;
+                    }
+                }
+            }
+            _ => f64::NAN,
+        };
+        if !(value.is_finite() && value > 0.0 && value <= 60.0 * 24.0 * 35.0) {
+            self.cx.err(
+                node,
+                path,
+                "invalid timeout: give a number of minutes above 0",
+                "write `timeout-minutes: 10`",
+            );
+            return None;
+        }
+        Some(Duration::from_secs_f64(value * 60.0))
+    }
+
+    fn flag(&mut self, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s) => {
+                let t = self.text(s, node, path, known, allowed)?;
+                match t.trim() {
+                    "true" => Some(true),
+                    "false" | "" => Some(false),
+                    other => {
+                        self.cx.err(
+                            node,
+                            path,
+                            format!("expected true or false, found `{other}`"),
+                            "write `true` or `false`",
+                        );
+                        None
+                    }
+                }
+            }
+            _ => self.cx.boolean(node, path),
+        }
+    }
+
+    fn steps(&mut self, node: &Node, path: &str, known: &Known, defaults: &RunDefaults) -> Option<Vec<Step>> {
+        let Value::Seq(items) = &node.value else {
+            self.cx.err(
+                node,
+                path,
+                format!("`steps` must be a list, found {}", node.type_name()),
+                "write each step as `- run: ...`",
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.cx
+                .err(node, path, "missing steps: `steps` is empty", "add `- run: ...`");
+            return None;
+        }
+        let mut ids: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, s) in items.iter().enumerate() {
+            let spath = format!("{path}[{i}]");
+            match self.step(s, &spath, known, defaults, &mut ids) {
+                Some(Some(step)) => out.push(step),
+                Some(None) => {}
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        if out.is_empty() {
+            // Every step was left out (`if:` false, or checkout only).
+            out.push(Step {
+                name: "nothing to run".into(),
+                script: vec![":".into()],
+                ..plain_step()
+            });
+        }
+        Some(out)
+    }
+
+    /// One step: `Some(None)` when it is not part of the run.
+    fn step(
+        &mut self,
+        node: &Node,
+        path: &str,
+        known: &Known,
+        defaults: &RunDefaults,
+        ids: &mut Vec<String>,
+    ) -> Option<Option<Step>> {
+        if !self.cx.mapping(node, path, &STEP_KEYS, "a step") {
+            return None;
+        }
+        if let Some(idn) = get(node, "id") {
+            let id = self.cx.string(idn, &join(path, "id"))?;
+            if ids.contains(&id) {
+                self.cx.err(
+                    idn,
+                    &join(path, "id"),
+                    format!("duplicate step id `{id}`"),
+                    "step ids are unique within a job",
+                );
+                return None;
+            }
+            ids.push(id);
+        }
+        let (run, uses) = (get(node, "run"), get(node, "uses"));
+        let run = match (run, uses) {
+            (Some(_), Some(_)) => {
+                let later = entries(node)
+                    .iter()
+                    .filter(|(k, _)| matches!(k.as_str(), Some("run" | "uses")))
+                    .map(|(k, _)| k)
+                    .next_back()
+                    .unwrap_or(node);
+                self.cx
+                    .err(later, path, "a step has both run and uses", "split it into two steps");
+                return None;
+            }
+            (None, None) => {
+                self.cx.err(
+                    node,
+                    path,
+                    "a step needs run or uses",
+                    "add `run: <commands>` or `uses: owner/action@ref`",
+                );
+                return None;
+            }
+            (None, Some(u)) => {
+                if let Some(w) = get(node, "with")
+                    && !matches!(w.value, Value::Map(_) | Value::Null)
+                {
+                    self.cx.err(
+                        w,
+                        &join(path, "with"),
+                        format!("`with` must be a mapping, found {}", w.type_name()),
+                        "write one `input: value` per line under `with:`",
+                    );
+                    return None;
+                }
+                let action = self.cx.string(u, &join(path, "uses"))?;
+                if let Some(local) = action.strip_prefix("./") {
+                    let dir = self.root.join(local);
+                    if !dir.join("action.yml").is_file() && !dir.join("action.yaml").is_file() {
+                        self.cx.err(u, &join(path, "uses"), format!("missing action: no action.yml in {}", dir.display()), "local actions are folders of the repository with an action.yml; check the path (it is relative to the repository's root)");
+                        return None;
+                    }
+                }
+                if action
+                    .split('@')
+                    .next()
+                    .is_some_and(|a| a.eq_ignore_ascii_case("actions/checkout"))
+                {
+                    // The workspace is the checkout already.
+                    self.uses_checkout = true;
+                    return Some(None);
+                }
+                let what = if action.starts_with("./") {
+                    "local actions (`uses: ./...`)"
+                } else if action.starts_with("docker://") {
+                    "Docker actions (`uses: docker://...`)"
+                } else {
+                    "actions from other repositories"
+                };
+                self.cx.err(
+                    u,
+                    &join(path, "uses"),
+                    format!("trackside does not run {what} yet: `{action}`"),
+                    "docs/github.md lists what runs today: `run:` steps and `actions/checkout`",
+                );
+                return None;
+            }
+            (Some(r), None) => r,
+        };
+        // Every field is read, so every mistake is reported at once.
+        let runs = match get(node, "if") {
+            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF),
+            None => Some(true),
+        };
+        let raw = self.cx.string(run, &join(path, "run"));
+        let script_text = raw
+            .as_deref()
+            .and_then(|r| self.text(r, run, &join(path, "run"), known, IN_STEP));
+        let name = match get(node, "name") {
+            Some(n) => self
+                .cx
+                .string(n, &join(path, "name"))
+                .and_then(|raw| self.text(&raw, n, &join(path, "name"), known, IN_STEP)),
+            // GitHub's default: the command's first line (as evaluated).
+            None => Some(format!(
+                "Run {}",
+                script_text.as_deref().unwrap_or("").lines().next().unwrap_or("").trim()
+            )),
+        };
+        let shell = match get(node, "shell") {
+            Some(n) => self.shell(n, &join(path, "shell")),
+            // Unspecified: `bash -e {0}` (GitHub's table of shells: no
+            // pipefail unless `shell: bash` is asked for).
+            None => Some(
+                defaults
+                    .shell
+                    .clone()
+                    .unwrap_or_else(|| ["bash", "-e", "{0}"].into_iter().map(str::to_string).collect()),
+            ),
+        };
+        let environment = match get(node, "env") {
+            Some(n) => self.env(n, &join(path, "env"), known, IN_STEP),
+            None => Vec::new(),
+        };
+        let working_directory = match get(node, "working-directory") {
+            Some(n) => self
+                .cx
+                .string(n, &join(path, "working-directory"))
+                .and_then(|raw| self.text(&raw, n, &join(path, "working-directory"), known, IN_STEP))
+                .map(Some),
+            None => Some(defaults.working_directory.clone()),
+        };
+        let timeout = match get(node, "timeout-minutes") {
+            Some(n) => self
+                .minutes(n, &join(path, "timeout-minutes"), known, IN_STEP)
+                .map(Some),
+            None => Some(None),
+        };
+        let continue_on_failure = match get(node, "continue-on-error") {
+            Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_STEP),
+            None => Some(false),
+        };
+        let (
+            Some(runs),
+            Some(script_text),
+            Some(name),
+            Some(shell),
+            Some(working_directory),
+            Some(timeout),
+            Some(continue_on_failure),
+        ) = (
+            runs,
+            script_text,
+            name,
+            shell,
+            working_directory,
+            timeout,
+            continue_on_failure,
+        )
+        else {
+            return None;
+        };
+        if !runs {
+            return Some(None);
+        }
+        Some(Some(Step {
+            name,
+            script: script_text.lines().map(str::to_string).collect(),
+            environment,
+            working_directory,
+            timeout,
+            continue_on_failure,
+            shell: Some(shell),
+            ..plain_step()
+        }))
+    }
+}
+
+/// A condition decided false when the workflow was read; `source` is
+/// what the run says of it.
+fn never(source: String, pos: yaml::Pos) -> Condition {
+    Condition {
+        source,
+        expr: Expr::Lit(Json::Bool(false)),
+        pos,
+    }
+}
+
+/// A job that needs a job that will be skipped is skipped too, as GitHub
+/// skips it (a status function in its `if:` would say otherwise, and
+/// trackside does not evaluate those yet).
+fn skip_dependents(jobs: &mut [Job]) {
+    loop {
+        let skipped: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.conditional.is_some())
+            .map(|j| j.name.clone())
+            .collect();
+        let mut changed = false;
+        for j in jobs.iter_mut().filter(|j| j.conditional.is_none()) {
+            if let Some(s) = j.depends_on.iter().find(|d| skipped.contains(d)) {
+                j.conditional = Some(never(format!("it needs `{s}`, which is skipped"), j.pos));
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// A step with nothing set.
+fn plain_step() -> Step {
+    Step {
+        name: String::new(),
+        script: Vec::new(),
+        image: None,
+        environment: Vec::new(),
+        working_directory: None,
+        timeout: None,
+        retry_count: 0,
+        continue_on_failure: false,
+        cleanup: false,
+        shell: None,
+    }
+}
+
+/// Whether `name` passes a list of GitHub filter patterns: `*` within a
+/// path segment, `**` across them, `?`, `[...]`, and `!` to take a match
+/// back (the last pattern that matches decides).
+fn filter_matches(patterns: &[String], name: &str) -> bool {
+    let mut matched = false;
+    for p in patterns {
+        let (negated, p) = match p.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, p.as_str()),
+        };
+        let hit = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .is_ok_and(|g| g.compile_matcher().is_match(name));
+        if hit {
+            matched = !negated;
+        }
+    }
+    matched
+}
+
+/// Where `./` paths of a workflow start: the project (the git work tree
+/// the caller found), else the folder above `.github/workflows`, else the
+/// workflow's own folder.
+fn repository_root(opts: &LoadOptions, path: &Path) -> std::path::PathBuf {
+    if let Some(d) = &opts.project_dir {
+        return d.clone();
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if is_workflow_path(path) {
+        // `<root>/.github/workflows/file.yml`
+        return dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+    }
+    dir.to_path_buf()
+}
+
+/// The key node of `key` in a mapping.
+fn key_of<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    entries(node)
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(k, _)| k)
+}
+
+/// The `on` key (`on:` is `true:` to a YAML 1.1 reader).
+fn on_key(root: &Node) -> Option<&Node> {
+    entries(root)
+        .iter()
+        .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "on") || matches!(k.value, Value::Bool(true)))
+        .map(|(_, v)| v)
+}
+
+/// A YAML value as the JSON a matrix holds.
+fn to_json(n: &Node) -> Json {
+    match &n.value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::Str(s) => Json::String(s.clone()),
+        Value::Seq(items) | Value::Reference(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(kv) => Json::Object(kv.iter().map(|(k, v)| (k.key_text(), to_json(v))).collect()),
+    }
+}
+
+/// The plan of a workflow, for callers that only check it.
+pub fn plan(p: &Pipeline) -> Result<Plan, Vec<Diagnostic>> {
+    Plan::build(p)
+}
+
+#[cfg(test)]
+mod tests;

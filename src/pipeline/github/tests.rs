@@ -1,0 +1,270 @@
+//! Reading workflows: what is lowered, and every mistake with its place.
+
+use std::path::Path;
+
+use super::*;
+
+fn load(yaml: &str) -> Result<Pipeline, Report> {
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        ci_vars: vec![
+            ("GITHUB_REF".into(), "refs/heads/main".into()),
+            ("GITHUB_REF_NAME".into(), "main".into()),
+            ("GITHUB_REPOSITORY".into(), "acme/shop".into()),
+        ],
+        ..Default::default()
+    };
+    super::super::parse_source(Path::new(".github/workflows/ci.yml"), yaml.to_string(), &opts).map(|(p, _)| p)
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match load(yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(r) => r
+            .items
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_workflow_is_found_by_its_place_or_its_keys() {
+    use super::super::Dialect;
+    assert_eq!(
+        Dialect::of(Path::new(".github/workflows/x.yml"), "jobs: {}"),
+        Dialect::Github
+    );
+    assert_eq!(
+        Dialect::of(Path::new("ci.yml"), "on: push\njobs:\n  a:\n    runs-on: x\n"),
+        Dialect::Github
+    );
+    assert_eq!(
+        Dialect::of(Path::new("p.yml"), "name: x\njobs:\n  a: {}\n"),
+        Dialect::Native
+    );
+}
+
+#[test]
+fn jobs_steps_and_env_are_lowered() {
+    let p = load(
+        r#"
+name: CI
+on: push
+env:
+  LEVEL: workflow
+  DOLLAR: $HOME
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    env:
+      LEVEL: job
+    steps:
+      - uses: actions/checkout@v4
+      - name: Compile ${{ github.ref_name }}
+        run: |
+          echo "${{ github.repository }} on ${{ runner.os }}"
+          echo "$LEVEL ${{ env.LEVEL }}"
+        shell: bash
+      - run: make
+        working-directory: src
+        env:
+          LEVEL: step
+  test:
+    needs: build
+    runs-on: [self-hosted, linux]
+    timeout-minutes: 5
+    continue-on-error: true
+    steps:
+      - run: python t.py
+        shell: python
+"#,
+    )
+    .expect("valid");
+    assert_eq!(p.name, "CI");
+    assert!(p.git_checkout, "checkout: the workspace is a git checkout");
+    let build = p.job("build").expect("build");
+    assert_eq!(build.steps.len(), 2, "checkout is the workspace itself");
+    assert_eq!(build.steps[0].name, "Compile main");
+    assert_eq!(
+        build.steps[0].script,
+        ["echo \"acme/shop on Linux\"", "echo \"$LEVEL ${{ env.LEVEL }}\""]
+    );
+    assert_eq!(
+        build.steps[0].shell.as_deref(),
+        Some(&["bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"].map(String::from)[..])
+    );
+    assert_eq!(build.steps[1].name, "Run make");
+    assert_eq!(
+        build.steps[1].shell.as_deref(),
+        Some(&["bash", "-e", "{0}"].map(String::from)[..])
+    );
+    assert_eq!(build.steps[1].working_directory.as_deref(), Some("src"));
+    let dollar = p.global_env.iter().find(|v| v.name == "DOLLAR").expect("DOLLAR");
+    assert_eq!(dollar.value, "$$HOME", "GitHub does not expand `$` in env values");
+    let test = p.job("test").expect("test");
+    assert_eq!(test.depends_on, ["build"]);
+    assert!(test.allow_failure);
+    assert_eq!(test.timeout, Duration::from_secs(300));
+    assert_eq!(
+        test.steps[0].shell.as_deref(),
+        Some(&["python", "{0}"].map(String::from)[..])
+    );
+    assert!(test.facts.contains(&("runs-on".into(), "self-hosted, linux".into())));
+}
+
+#[test]
+fn a_matrix_makes_named_jobs_and_needs_wait_for_all_of_them() {
+    let p = load(
+        r#"
+on: push
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        os: [ubuntu, debian]
+        node: [18, 20]
+        exclude:
+          - os: debian
+            node: 18
+    steps:
+      - run: echo ${{ matrix.os }}-${{ matrix.node }} ${{ strategy.job-index }}/${{ strategy.job-total }}
+  report:
+    needs: [test]
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo done
+"#,
+    )
+    .expect("valid");
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["test (ubuntu, 18)", "test (ubuntu, 20)", "test (debian, 20)", "report"]
+    );
+    assert_eq!(p.jobs[2].steps[0].script, ["echo debian-20 2/3"]);
+    assert_eq!(p.job("report").expect("report").depends_on.len(), 3);
+}
+
+#[test]
+fn if_decides_what_runs_when_it_can_be_decided_now() {
+    let p = load(
+        r#"
+on: push
+jobs:
+  deploy:
+    if: github.ref == 'refs/heads/MAIN'
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo deploy
+      - if: ${{ github.ref_name != 'main' }}
+        run: echo never
+  docs:
+    if: startsWith(github.ref, 'refs/tags/')
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo docs
+"#,
+    )
+    .expect("valid");
+    let deploy = p.job("deploy").expect("deploy");
+    assert!(deploy.conditional.is_none(), "comparisons ignore case: it runs");
+    assert_eq!(deploy.steps.len(), 1, "the step whose if is false is left out");
+    let docs = p.job("docs").expect("docs");
+    assert_eq!(
+        docs.conditional.as_ref().map(|c| c.expr.clone()),
+        Some(Expr::Lit(Json::Bool(false)))
+    );
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_place() {
+    let errs = errors(
+        r#"on: pushh
+jobs:
+  build:
+    runs-onn: ubuntu-latest
+    steps:
+      - run: echo ${{ matrix.os == }}
+  test:
+    needs: [biuld]
+    runs-on: x
+    steps:
+      - name: nothing
+      - run: a
+        uses: b
+      - run: x
+        shell: fish
+        timeout-minutes: -1
+"#,
+    );
+    let want = [
+        "1:5 invalid on: `pushh` is not an event GitHub knows",
+        "3:3 job `build` is missing runs-on",
+        "4:5 unknown key `runs-onn` in job `build`",
+        "8:13 `needs` names unknown job `biuld`",
+        "11:9 a step needs run or uses",
+        "13:9 a step has both run and uses",
+        "15:16 invalid shell: `fish`",
+        "16:26 invalid timeout: give a number of minutes above 0",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e == w), "missing `{w}` in {errs:#?}");
+    }
+}
+
+#[test]
+fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
+    let errs = errors(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ steps.x.outputs.y }}\n      - uses: ./local\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("6:23 trackside does not evaluate the `steps` context yet")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("missing action: no action.yml in")),
+        "{errs:?}"
+    );
+    // A local action that is there: not run yet, and said so.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("local")).unwrap();
+    std::fs::write(
+        dir.path().join("local/action.yml"),
+        "runs: {using: composite, steps: []}\n",
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        project_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let report = super::super::parse_source(
+        Path::new("ci.yml"),
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - uses: ./local\n".into(),
+        &opts,
+    )
+    .expect_err("refused");
+    assert!(
+        report
+            .items
+            .iter()
+            .any(|d| d.message.contains("does not run local actions")),
+        "{:?}",
+        report.items
+    );
+    // A matrix over 256 jobs, GitHub's limit.
+    let big: Vec<String> = (0..17).map(|i| i.to_string()).collect();
+    let yaml = format!(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        a: [{0}]\n        b: [{0}]\n    steps:\n      - run: x\n",
+        big.join(", ")
+    );
+    assert!(
+        errors(&yaml)
+            .iter()
+            .any(|e| e.starts_with("6:7 the matrix expands to more than 256 jobs"))
+    );
+}

@@ -1,0 +1,1 @@
+console.log(`post: cleaning up after greeting ${process.env.STATE_greeted}`);

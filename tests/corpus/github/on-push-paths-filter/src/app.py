@@ -1,0 +1,1 @@
+print("app tests ran because src/ changed")
