@@ -773,7 +773,7 @@ pub fn placeholders_in(s: &str, lang: &Lang) -> Result<Vec<Placeholder>, ExprErr
     while let Some(n) = s[from..].find("${{") {
         let start = from + n;
         let inner_start = start + 3;
-        let Some(close) = s[inner_start..].find("}}") else {
+        let Some(close) = closing(&s[inner_start..]) else {
             return Err(ExprError::at(inner_start, "unclosed `${{`").hint("close the expression with `}}`"));
         };
         let inner = &s[inner_start..inner_start + close];
@@ -791,6 +791,23 @@ pub fn placeholders_in(s: &str, lang: &Lang) -> Result<Vec<Placeholder>, ExprErr
         from = end;
     }
     Ok(out)
+}
+
+/// Where the `}}` that closes an expression is: the first outside a
+/// single-quoted string (`format('{{0}}')` holds braces of its own).
+fn closing(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'}' if !quoted && bytes.get(i + 1) == Some(&b'}') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Replaces every `${{ ... }}` in `s` with its value.

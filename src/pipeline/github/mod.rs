@@ -249,11 +249,15 @@ fn runner_context() -> Json {
 }
 
 /// The known contexts, for one job (one matrix combination).
+#[derive(Clone)]
 struct Known {
     github: Json,
     runner: Json,
     matrix: Json,
     strategy: Json,
+    /// The variables the workflow declares where the expression is, for
+    /// what must be decided when it is read (a timeout, `continue-on-error`).
+    env: Vec<(String, String)>,
 }
 
 impl expr::Context for Known {
@@ -270,8 +274,8 @@ impl expr::Context for Known {
     fn ignore_case(&self) -> bool {
         true
     }
-    fn env(&self, _: &str) -> Option<String> {
-        None
+    fn env(&self, name: &str) -> Option<String> {
+        self.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
     fn var(&self, _: &str) -> Option<String> {
         None
@@ -306,6 +310,8 @@ struct Workflow<'c, 's> {
     labels: Vec<String>,
     /// The repository's root: where `./` of a local action starts.
     root: std::path::PathBuf,
+    /// The workflow's `env`, as declared.
+    workflow_env: Vec<(String, String)>,
 }
 
 impl<'c, 's> Workflow<'c, 's> {
@@ -327,6 +333,7 @@ impl<'c, 's> Workflow<'c, 's> {
             uses_checkout: false,
             labels: Vec::new(),
             root: repository_root(opts, path),
+            workflow_env: Vec::new(),
         }
     }
 
@@ -362,11 +369,13 @@ impl<'c, 's> Workflow<'c, 's> {
             runner: self.runner.clone(),
             matrix: Json::Null,
             strategy: Json::Null,
+            env: Vec::new(),
         };
         let global_env = match get(root, "env") {
             Some(n) => self.env(n, "env", &known, IN_WORKFLOW_ENV),
             None => Vec::new(),
         };
+        self.workflow_env = declared(&global_env);
         let defaults = get(root, "defaults").map_or_else(RunDefaults::default, |n| self.defaults(n, "defaults"));
         let Some(jobs) = get(root, "jobs") else {
             self.cx
@@ -698,7 +707,26 @@ impl<'c, 's> Workflow<'c, 's> {
     /// kept for the engine (`keep_env`), anything else is an error naming
     /// what trackside does not evaluate yet.
     fn text(&mut self, raw: &str, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<String> {
-        let keep_env = allowed.contains(&"env");
+        self.text_with(raw, node, path, known, allowed, false)
+    }
+
+    /// The same for a value needed now (a timeout, a flag): `env` is read
+    /// from what the workflow declares.
+    fn value(&mut self, raw: &str, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<String> {
+        self.text_with(raw, node, path, known, allowed, true)
+    }
+
+    fn text_with(
+        &mut self,
+        raw: &str,
+        node: &Node,
+        path: &str,
+        known: &Known,
+        allowed: &[&str],
+        env_now: bool,
+    ) -> Option<String> {
+        let keep_env = allowed.contains(&"env") && !env_now;
+        let is_known = |r: &str| KNOWN.contains(&r) || (env_now && r == "env");
         let found = match expr::placeholders_in(raw, &LANG) {
             Ok(f) => f,
             Err(e) => {
@@ -720,7 +748,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 self.unavailable(raw, node, path, p.inner_start + off, root, allowed);
                 return None;
             }
-            let unknown = roots.iter().find(|(r, _)| !KNOWN.contains(&r.as_str()));
+            let unknown = roots.iter().find(|(r, _)| !is_known(r));
             let at_run = calls.iter().find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()));
             match (unknown, at_run) {
                 (None, None) => match expr::eval(&p.expr, known) {
@@ -800,6 +828,12 @@ impl<'c, 's> Workflow<'c, 's> {
         let trimmed = text.trim();
         let (inner, offset) = match trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}")) {
             Some(inner) if !inner.contains("${{") => (inner, text.find("${{").map_or(0, |i| i + 3)),
+            // `${{ }}` inside other text: the whole is a string, true
+            // when it is not empty (GitHub's rule).
+            _ if text.contains("${{") => {
+                let s = self.text(&text, node, path, known, allowed)?;
+                return Some(!s.is_empty());
+            }
             _ => (text.as_str(), 0),
         };
         let e = match expr::parse_in(inner, &LANG) {
@@ -1010,6 +1044,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 runner: self.runner.clone(),
                 matrix: if matrixed { combo.to_json() } else { json!({}) },
                 strategy,
+                env: self.workflow_env.clone(),
             };
             if let Some(job) = self.instance(
                 id,
@@ -1105,9 +1140,13 @@ impl<'c, 's> Workflow<'c, 's> {
                 pos: node.pos,
             })
             .collect();
+        let mut known = known.clone();
         if let Some(n) = get(node, "env") {
-            environment.extend(self.env(n, &join(path, "env"), known, IN_JOB));
+            let job_env = self.env(n, &join(path, "env"), &known, IN_JOB);
+            known.env.extend(declared(&job_env));
+            environment.extend(job_env);
         }
+        let known = &known;
         let timeout = match get(node, "timeout-minutes") {
             Some(n) => self.minutes(n, &join(path, "timeout-minutes"), known, IN_JOB),
             None => Some(DEFAULT_TIMEOUT),
@@ -1345,7 +1384,7 @@ impl<'c, 's> Workflow<'c, 's> {
             Value::Int(i) => *i as f64,
             Value::Float(f) => *f,
             Value::Str(s) => {
-                let t = self.text(s, node, path, known, allowed)?;
+                let t = self.value(s, node, path, known, allowed)?;
                 match t.trim().parse::<f64>() {
                     Ok(v) => v,
                     Err(_) => {
@@ -1377,7 +1416,7 @@ impl<'c, 's> Workflow<'c, 's> {
         match &node.value {
             Value::Bool(b) => Some(*b),
             Value::Str(s) => {
-                let t = self.text(s, node, path, known, allowed)?;
+                let t = self.value(s, node, path, known, allowed)?;
                 match t.trim() {
                     "true" => Some(true),
                     "false" | "" => Some(false),
@@ -1564,6 +1603,9 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(n) => self.env(n, &join(path, "env"), known, IN_STEP),
             None => Vec::new(),
         };
+        let mut step_known = known.clone();
+        step_known.env.extend(declared(&environment));
+        let known = &step_known;
         let working_directory = match get(node, "working-directory") {
             Some(n) => self
                 .cx
@@ -1705,6 +1747,13 @@ fn repository_root(opts: &LoadOptions, path: &Path) -> std::path::PathBuf {
             .to_path_buf();
     }
     dir.to_path_buf()
+}
+
+/// Variables as declared (the model's `$$` back to `$`).
+fn declared(vars: &[EnvVar]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|v| (v.name.clone(), v.value.replace("$$", "$")))
+        .collect()
 }
 
 /// The key node of `key` in a mapping.
