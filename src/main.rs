@@ -103,6 +103,13 @@ struct VarArgs {
     /// Set a variable (highest precedence). Repeatable.
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_kv)]
     vars: Vec<(String, String)>,
+    /// GitHub workflows: the event the workflow runs for (default: push).
+    #[arg(long, value_name = "NAME")]
+    event: Option<String>,
+    /// GitHub workflows: set NAME in the `vars` context (the repository's
+    /// configuration variables). Repeatable.
+    #[arg(long = "var-ctx", value_name = "NAME=VALUE", value_parser = parse_kv)]
+    context_vars: Vec<(String, String)>,
     /// Inject the host variable NAME as a secret, masked as [MASKED] everywhere. Repeatable.
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
@@ -981,6 +988,7 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         project_dir: None,
         include_projects: Vec::new(),
         inputs: v.inputs.clone(),
+        context_vars: v.context_vars.clone(),
         changed_files: Default::default(),
         changes_since: None,
         project_vars: Vec::new(),
@@ -993,8 +1001,12 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let facts = trackside::exec::git::Facts::read(dir);
+        let mut ci_vars = trackside::exec::git::github_variables(facts.as_ref());
+        if let Some(event) = &v.event {
+            ci_vars.push(("GITHUB_EVENT_NAME".into(), event.clone()));
+        }
         LoadOptions {
-            ci_vars: trackside::exec::git::github_variables(facts.as_ref()),
+            ci_vars,
             project_dir: facts.map(|f| f.root),
             ..opts
         }

@@ -391,7 +391,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             })
         })
     });
-    let masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
+    let mut masker = Masker::new(cfg.secrets.iter().map(|(_, v)| v.clone()));
+    // A GitHub workflow's secrets read as on GitHub.
+    if !pipeline.jobs.is_empty() && pipeline.jobs.iter().all(|j| j.file_commands) {
+        masker = masker.marked(crate::engine::mask::GITHUB_MASK);
+    }
     let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
     let resolved = masker.mask(&resolved).unwrap_or(resolved);
     let mut meta = RunMeta {
@@ -974,6 +978,9 @@ impl Actor {
             ActorMsg::RetryDue(job) => {
                 self.retry_timers.remove(&job);
                 self.apply(Input::RetryDue { job }, retry_tx);
+            }
+            ActorMsg::Runner(RunnerMsg::AddMask(value)) => {
+                self.masker.add(&value);
             }
             ActorMsg::Runner(RunnerMsg::Log {
                 job,

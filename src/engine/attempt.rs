@@ -23,6 +23,8 @@ use super::state::{JobId, Outcome};
 /// What a runner tells the actor.
 #[derive(Debug)]
 pub enum RunnerMsg {
+    /// A value to mask from now on (a GitHub step's `::add-mask::`).
+    AddMask(String),
     StepStarted {
         job: JobId,
         attempt: u32,

@@ -6,7 +6,11 @@
 //! step's own), and what it wrote to `GITHUB_PATH` goes in front of their
 //! `PATH`, as GitHub's runner does.
 //!
-//! The parsing is pure ([`parse_env`]); reading a file is bounded.
+//! Its workflow commands too: lines of a step's output such as
+//! `::error file=a.py,line=3::message`, read by [`Commands`].
+//!
+//! The parsing is pure ([`parse_env`], [`Commands::line`]); reading a file
+//! is bounded.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -21,6 +25,27 @@ pub struct Carried {
     pub env: BTreeMap<String, String>,
     /// Newest first.
     pub path: Vec<String>,
+    /// The `steps` context: per step id, `outputs`, `outcome` and
+    /// `conclusion`.
+    pub steps: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How a step ended, in GitHub's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Cancelled,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// One step's files.
@@ -36,6 +61,13 @@ impl StepFiles {
     /// Creates the empty files of step `index` in `dir` (0700), 0600 each.
     pub fn create(dir: &Path, index: usize) -> Result<StepFiles, crate::store::IoFailure> {
         crate::store::private_dir(dir)?;
+        // Absolute: a step reads them from its own working directory (and a
+        // relative `--state-dir` would leave them relative).
+        let dir = &std::path::absolute(dir).map_err(|source| crate::store::IoFailure {
+            action: "cannot resolve",
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let file = |name: &str| -> Result<PathBuf, crate::store::IoFailure> {
             let p = dir.join(format!("{name}.{index}"));
             crate::store::write_with_mode(&p, b"", 0o600)?;
@@ -63,8 +95,40 @@ impl StepFiles {
     }
 
     /// Takes what the step wrote into `carried`; problems, for the log.
-    pub fn collect(&self, carried: &mut Carried) -> Vec<String> {
+    /// A step with an `id` is known to later steps: its outputs, its
+    /// outcome, and its conclusion (`success` when it failed but may:
+    /// `continue-on-error`).
+    pub fn collect(&self, carried: &mut Carried, id: Option<&str>, outcome: Outcome, may_fail: bool) -> Vec<String> {
         let mut notes = Vec::new();
+        if let Some(id) = id {
+            let mut outputs = serde_json::Map::new();
+            match read_bounded(&self.output) {
+                Ok((text, cut)) => {
+                    let (vars, problems) = parse_env(&text);
+                    for (k, v) in vars {
+                        outputs.insert(k, serde_json::Value::String(v));
+                    }
+                    notes.extend(problems.into_iter().map(|p| format!("GITHUB_OUTPUT: {p}")));
+                    if cut {
+                        notes.push(format!("GITHUB_OUTPUT: only its first {MAX_FILE} bytes were read"));
+                    }
+                }
+                Err(e) => notes.push(format!("cannot read GITHUB_OUTPUT: {e}")),
+            }
+            let conclusion = if outcome == Outcome::Failure && may_fail {
+                Outcome::Success
+            } else {
+                outcome
+            };
+            carried.steps.insert(
+                id.to_string(),
+                serde_json::json!({
+                    "outputs": outputs,
+                    "outcome": outcome.as_str(),
+                    "conclusion": conclusion.as_str(),
+                }),
+            );
+        }
         match read_bounded(&self.env) {
             Ok((text, cut)) => {
                 let (vars, problems) = parse_env(&text);
@@ -141,9 +205,111 @@ pub fn parse_env(text: &str) -> (Vec<(String, String)>, Vec<String>) {
     (out, problems)
 }
 
+/// What a line of a step's output is, read as a workflow command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// Shown as this text.
+    Show(String),
+    /// Not shown (`::debug::`, the end of a group, a command).
+    Hide,
+    /// `::add-mask::VALUE`: masked from now on; the line is not shown.
+    Mask(String),
+}
+
+/// Reads workflow commands in a step's standard output as GitHub's runner
+/// does: `::group::title` and `::endgroup::`, `::error`, `::warning` and
+/// `::notice` (shown as `Error: message` and so on, as GitHub shows them),
+/// `::debug::` (hidden), `::add-mask::`, and `::stop-commands::TOKEN` up to
+/// `::TOKEN::` (nothing is a command in between). Anything else is shown
+/// as it is.
+#[derive(Debug, Default)]
+pub struct Commands {
+    stopped: Option<String>,
+}
+
+impl Commands {
+    pub fn line(&mut self, text: &str) -> Said {
+        let Some(rest) = text.strip_prefix("::") else {
+            return Said::Show(text.to_string());
+        };
+        if let Some(token) = &self.stopped {
+            if rest.strip_suffix("::") == Some(token.as_str()) {
+                self.stopped = None;
+                return Said::Hide;
+            }
+            return Said::Show(text.to_string());
+        }
+        let Some((head, message)) = rest.split_once("::") else {
+            return Said::Show(text.to_string());
+        };
+        let (command, _properties) = head.split_once(' ').unwrap_or((head, ""));
+        let message = unescape(message);
+        match command {
+            "group" => Said::Show(format!("▸ {message}")),
+            "endgroup" | "debug" => Said::Hide,
+            "error" => Said::Show(format!("Error: {message}")),
+            "warning" => Said::Show(format!("Warning: {message}")),
+            "notice" => Said::Show(format!("Notice: {message}")),
+            "add-mask" if !message.trim().is_empty() => Said::Mask(message),
+            "add-mask" => Said::Hide,
+            "stop-commands" if !message.is_empty() => {
+                self.stopped = Some(message);
+                Said::Hide
+            }
+            _ => Said::Show(text.to_string()),
+        }
+    }
+}
+
+/// A command's message as GitHub escapes it: `%25`, `%0D`, `%0A`.
+fn unescape(s: &str) -> String {
+    s.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workflow_commands_as_githubs_runner_reads_them() {
+        let mut c = Commands::default();
+        let said: Vec<Said> = [
+            "::group::Lint output",
+            "plain line",
+            "::endgroup::",
+            "::error file=app/a.py,line=3::Undefined name 'foo'",
+            "::warning title=Style::Line too long",
+            "::notice::2 files checked",
+            "::debug::hidden",
+            "::add-mask::s3cr3t",
+            "::stop-commands::pause-1",
+            "::error::not a command now",
+            "::pause-1::",
+            "::error::a%25 b%0Ac",
+            "::unknown::kept",
+        ]
+        .into_iter()
+        .map(|l| c.line(l))
+        .collect();
+        assert_eq!(
+            said,
+            [
+                Said::Show("▸ Lint output".into()),
+                Said::Show("plain line".into()),
+                Said::Hide,
+                Said::Show("Error: Undefined name 'foo'".into()),
+                Said::Show("Warning: Line too long".into()),
+                Said::Show("Notice: 2 files checked".into()),
+                Said::Hide,
+                Said::Mask("s3cr3t".into()),
+                Said::Hide,
+                Said::Show("::error::not a command now".into()),
+                Said::Hide,
+                Said::Show("Error: a% b\nc".into()),
+                Said::Show("::unknown::kept".into()),
+            ]
+        );
+    }
 
     #[test]
     fn lines_and_blocks_as_github_reads_them() {
@@ -169,8 +335,21 @@ mod tests {
         let files = StepFiles::create(&dir.path().join("gh"), 0).unwrap();
         std::fs::write(&files.env, "GREETING=hi\nMULTI<<X\na\nb\nX\n").unwrap();
         std::fs::write(&files.path, "/opt/tool/bin\n/opt/other\n").unwrap();
+        std::fs::write(&files.output, "version=1.2\nnotes<<EOF\nx\ny\nEOF\n").unwrap();
         let mut carried = Carried::default();
-        assert!(files.collect(&mut carried).is_empty());
+        assert!(
+            files
+                .collect(&mut carried, Some("meta"), Outcome::Failure, true)
+                .is_empty()
+        );
+        assert_eq!(
+            carried.steps.get("meta"),
+            Some(&serde_json::json!({
+                "outputs": {"version": "1.2", "notes": "x\ny"},
+                "outcome": "failure",
+                "conclusion": "success"
+            }))
+        );
         assert_eq!(carried.env.get("GREETING").map(String::as_str), Some("hi"));
         assert_eq!(carried.env.get("MULTI").map(String::as_str), Some("a\nb"));
         assert_eq!(carried.path, ["/opt/other", "/opt/tool/bin"]);

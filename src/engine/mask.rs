@@ -7,11 +7,15 @@
 //! split points, so a secret cut in two is still masked.
 
 pub const MASK: &str = "[MASKED]";
+/// What GitHub shows in a secret's place (a GitHub workflow's runs).
+pub const GITHUB_MASK: &str = "***";
 
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     /// Longest first, so a secret containing another is masked whole.
     values: Vec<String>,
+    /// What a secret becomes; [`MASK`] unless set.
+    mark: Option<&'static str>,
 }
 
 impl Masker {
@@ -28,11 +32,26 @@ impl Masker {
             }
         }
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        Masker { values }
+        Masker { values, mark: None }
+    }
+
+    /// Masks with `mark` instead of [`MASK`].
+    pub fn marked(mut self, mark: &'static str) -> Self {
+        self.mark = Some(mark);
+        self
     }
 
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    /// Masks `secret` too from now on (GitHub's `::add-mask::`).
+    pub fn add(&mut self, secret: &str) {
+        let mut values = std::mem::take(&mut self.values);
+        values.push(secret.to_string());
+        let mark = self.mark;
+        *self = Masker::new(values);
+        self.mark = mark;
     }
 
     /// Length in bytes of the longest secret (0 when there are none).
@@ -62,7 +81,7 @@ impl Masker {
         let mut out = text.to_string();
         for v in &self.values {
             if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), MASK);
+                out = out.replace(v.as_str(), self.mark.unwrap_or(MASK));
             }
         }
         Some(out)

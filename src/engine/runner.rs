@@ -32,9 +32,20 @@ struct StepCtx<'a> {
     env: &'a BTreeMap<String, String>,
     vars: &'a BTreeMap<String, String>,
     statuses: &'a HashMap<String, String>,
+    /// A GitHub job's `steps` context (its strings compare ignoring case).
+    steps: Option<&'a serde_json::Value>,
 }
 
 impl Context for StepCtx<'_> {
+    fn root(&self, name: &str) -> Option<serde_json::Value> {
+        match (name, self.steps) {
+            ("steps", Some(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn ignore_case(&self) -> bool {
+        self.steps.is_some()
+    }
     fn env(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
     }
@@ -410,7 +421,12 @@ async fn run_steps(
         .await;
         if let Some(f) = &files {
             let name: Arc<str> = Arc::from(step.name.as_str());
-            for problem in f.collect(&mut carried) {
+            let outcome = match ran.class {
+                None => filecmd::Outcome::Success,
+                Some(FailureClass::Cancelled) => filecmd::Outcome::Cancelled,
+                Some(_) => filecmd::Outcome::Failure,
+            };
+            for problem in f.collect(&mut carried, step.id.as_deref(), outcome, step.continue_on_failure) {
                 note(a, &name, problem).await;
             }
         }
@@ -603,15 +619,19 @@ fn prepare_step(
         }
     }
     let statuses = a.statuses.clone();
+    let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
     let interp = |text: &str, env: &BTreeMap<String, String>| {
-        expr::interpolate(
-            text,
-            &StepCtx {
-                env,
-                vars,
-                statuses: &statuses,
-            },
-        )
+        let ctx = StepCtx {
+            env,
+            vars,
+            statuses: &statuses,
+            steps: steps_context.as_ref(),
+        };
+        match github {
+            // A GitHub job's step reads GitHub's language, `steps` too.
+            Some(_) => expr::interpolate_in(text, &crate::pipeline::github::LANG, &ctx),
+            None => expr::interpolate(text, &ctx),
+        }
         .map_err(|e| format!("expression in `{text}`: {e}"))
     };
     let snapshot = env.clone();
@@ -883,9 +903,24 @@ async fn run_once(
 ) -> (StepEnd, Option<FailureClass>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
     let patterns = Patterns::builtin();
+    // A GitHub job's steps speak workflow commands on standard output.
+    let mut commands = ctx.pipeline.jobs[a.job].file_commands.then(filecmd::Commands::default);
     let forward = async {
         let mut from_log = None;
-        while let Some(line) = out_rx.recv().await {
+        while let Some(mut line) = out_rx.recv().await {
+            if let Some(c) = commands
+                .as_mut()
+                .filter(|_| line.stream == Stream::Stdout && !line.partial)
+            {
+                match c.line(&line.text) {
+                    filecmd::Said::Show(text) => line.text = text,
+                    filecmd::Said::Hide => continue,
+                    filecmd::Said::Mask(value) => {
+                        let _ = a.tx.send(RunnerMsg::AddMask(value)).await;
+                        continue;
+                    }
+                }
+            }
             if from_log.is_none() {
                 from_log = patterns.classify_line(&line.text);
             }

@@ -999,6 +999,16 @@ impl RunState {
 
     fn after_failure(&mut self, j: JobId, fx: &mut Vec<Effect>) {
         self.repeat_outcome(j, fx);
+        // A matrix's fail-fast: the failed job's siblings stop.
+        if let Some(group) = self.pipeline.jobs[j].fail_fast_group.clone()
+            && !self.failure_allowed(j)
+        {
+            for k in 0..self.jobs.len() {
+                if k != j && self.pipeline.jobs[k].fail_fast_group.as_deref() == Some(group.as_str()) {
+                    self.cancel(k, CancelReason::FailFast, fx);
+                }
+            }
+        }
         if self.opts.fail_fast && !self.failure_allowed(j) && self.cancelled.is_none() {
             self.cancelled = Some(CancelReason::FailFast);
             for k in self.plan.order.clone() {

@@ -53,7 +53,7 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
     }
     // In a cgroup of its own where there is one: the shell joins it before
     // anything of the script runs, so nothing the step starts can leave it.
-    let script = match ScriptFile::new(&spec.script, &spec.script_dir) {
+    let script = match ScriptFile::new(&spec.script, &spec.script_dir, spec.shell.is_some()) {
         Ok(s) => s,
         Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
     };
@@ -175,9 +175,12 @@ struct ScriptFile {
 }
 
 impl ScriptFile {
-    fn new(script: &str, dir: &Path) -> std::io::Result<ScriptFile> {
+    /// `on_disk`: a real file even where an in-memory one could be made
+    /// (interpreters other than `sh`, such as node, resolve the script's
+    /// path and cannot open `/proc/PID/fd/N` by its target).
+    fn new(script: &str, dir: &Path, on_disk: bool) -> std::io::Result<ScriptFile> {
         #[cfg(target_os = "linux")]
-        if let Some(file) = in_memory(script) {
+        if !on_disk && let Some(file) = in_memory(script) {
             use std::os::fd::AsRawFd;
             return Ok(ScriptFile {
                 path: PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd())),
@@ -187,7 +190,8 @@ impl ScriptFile {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("step-{}-{n}.sh", std::process::id()));
+        // Absolute: the step runs in its own working directory.
+        let path = std::path::absolute(dir)?.join(format!("step-{}-{n}.sh", std::process::id()));
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()

@@ -224,10 +224,14 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             }
             c if c.is_ascii_digit() || c == '-' || c == '.' => {
                 let mut j = i + 1;
-                while chars
-                    .get(j)
-                    .is_some_and(|&(_, ch)| ch.is_ascii_alphanumeric() || ch == '.' || ch == '_')
-                {
+                while let Some(&(_, ch)) = chars.get(j) {
+                    // An exponent's sign belongs to the number: `-2.99e-2`.
+                    let exponent_sign = (ch == '-' || ch == '+')
+                        && matches!(chars.get(j - 1), Some(&(_, 'e' | 'E')))
+                        && !src[off..chars[j].0].starts_with("0x");
+                    if !(ch.is_ascii_alphanumeric() || ch == '.' || ch == '_' || exponent_sign) {
+                        break;
+                    }
                     j += 1;
                 }
                 let end = chars.get(j).map_or(src.len(), |&(o, _)| o);
@@ -812,7 +816,12 @@ fn closing(s: &str) -> Option<usize> {
 
 /// Replaces every `${{ ... }}` in `s` with its value.
 pub fn interpolate(s: &str, ctx: &dyn Context) -> Result<String, ExprError> {
-    let found = placeholders(s)?;
+    interpolate_in(s, &NATIVE, ctx)
+}
+
+/// The same in a dialect's language.
+pub fn interpolate_in(s: &str, lang: &Lang, ctx: &dyn Context) -> Result<String, ExprError> {
+    let found = placeholders_in(s, lang)?;
     if found.is_empty() {
         return Ok(s.to_string());
     }

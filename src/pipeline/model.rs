@@ -216,6 +216,10 @@ pub struct Job {
     /// steps (see `engine::filecmd`).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub file_commands: bool,
+    /// When one job of this group fails (and may not), the others still
+    /// queued or running are cancelled: GitHub's matrix `fail-fast`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fail_fast_group: Option<String>,
     #[serde(skip)]
     pub pos: Pos,
 }
@@ -640,6 +644,9 @@ pub struct Step {
     /// existed hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shell: Option<Vec<String>>,
+    /// What later steps call it (GitHub's `id`: `steps.<id>.outputs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// How long a cleanup step may run when it sets no timeout (GitLab gives

@@ -71,6 +71,10 @@ const IN_STEP: &[&str] = &[
 
 /// Contexts whose values are known when the workflow is read.
 const KNOWN: [&str; 6] = ["github", "matrix", "strategy", "runner", "inputs", "vars"];
+/// Contexts a step's text may read that the engine fills as the step
+/// starts: `env` as `GITHUB_ENV` left it, `steps` with the outputs so far.
+pub const AT_STEP_START: [&str; 2] = ["env", "steps"];
+
 /// Functions that need the run (its files or its jobs' states).
 const AT_RUN_TIME: [&str; 5] = ["hashFiles", "success", "failure", "always", "cancelled"];
 
@@ -157,6 +161,29 @@ const EVENTS: [&str; 36] = [
     "project_column",
     "member",
 ];
+/// The default variables GitHub sets and `env:` cannot override.
+const DEFAULT_VARS: [&str; 19] = [
+    "GITHUB_ACTIONS",
+    "GITHUB_WORKFLOW",
+    "GITHUB_JOB",
+    "GITHUB_WORKSPACE",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_REF_TYPE",
+    "GITHUB_SHA",
+    "GITHUB_REPOSITORY",
+    "GITHUB_REPOSITORY_OWNER",
+    "GITHUB_ACTOR",
+    "GITHUB_RUN_ID",
+    "GITHUB_RUN_NUMBER",
+    "GITHUB_RUN_ATTEMPT",
+    "GITHUB_SERVER_URL",
+    "GITHUB_API_URL",
+    "RUNNER_OS",
+    "RUNNER_ARCH",
+];
+
 /// A job's timeout when it sets none (GitHub's 360 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(360 * 60);
 
@@ -231,7 +258,18 @@ fn github_context(opts: &LoadOptions, workflow: &str) -> Json {
         "run_attempt": "1",
         "retention_days": "90",
         "action": "",
-        "event": {},
+        // What a push event's payload says that the repository knows.
+        "event": {
+            "ref": text("GITHUB_REF", "refs/heads/main"),
+            "after": text("GITHUB_SHA", ""),
+            "repository": {
+                "full_name": text("GITHUB_REPOSITORY", ""),
+                "name": get("GITHUB_REPOSITORY").and_then(|r| r.rsplit('/').next().map(str::to_string)).unwrap_or_default(),
+                "owner": {"login": text("GITHUB_REPOSITORY_OWNER", ""), "name": text("GITHUB_REPOSITORY_OWNER", "")},
+            },
+            "pusher": {"name": text("GITHUB_ACTOR", "")},
+            "sender": {"login": text("GITHUB_ACTOR", "")},
+        },
         "base_ref": "",
         "head_ref": "",
     })
@@ -258,6 +296,10 @@ struct Known {
     /// The variables the workflow declares where the expression is, for
     /// what must be decided when it is read (a timeout, `continue-on-error`).
     env: Vec<(String, String)>,
+    /// `--var-ctx`.
+    vars: Json,
+    /// The `inputs` context (a `workflow_dispatch`'s inputs).
+    inputs: Json,
 }
 
 impl expr::Context for Known {
@@ -267,7 +309,8 @@ impl expr::Context for Known {
             "runner" => self.runner.clone(),
             "matrix" => self.matrix.clone(),
             "strategy" => self.strategy.clone(),
-            "inputs" | "vars" => json!({}),
+            "vars" => self.vars.clone(),
+            "inputs" => self.inputs.clone(),
             _ => return None,
         })
     }
@@ -312,6 +355,12 @@ struct Workflow<'c, 's> {
     root: std::path::PathBuf,
     /// The workflow's `env`, as declared.
     workflow_env: Vec<(String, String)>,
+    /// The `vars` context (`--var-ctx`).
+    vars: Json,
+    /// The `inputs` context.
+    inputs: Json,
+    /// `--input NAME=VALUE`.
+    given_inputs: Vec<(String, String)>,
 }
 
 impl<'c, 's> Workflow<'c, 's> {
@@ -334,6 +383,14 @@ impl<'c, 's> Workflow<'c, 's> {
             labels: Vec::new(),
             root: repository_root(opts, path),
             workflow_env: Vec::new(),
+            vars: Json::Object(
+                opts.context_vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+                    .collect(),
+            ),
+            inputs: json!({}),
+            given_inputs: opts.inputs.clone(),
         }
     }
 
@@ -352,6 +409,9 @@ impl<'c, 's> Workflow<'c, 's> {
         let not_run = match on_key(root) {
             Some(on) => {
                 self.on(on);
+                if self.github.get("event_name").and_then(Json::as_str) == Some("workflow_dispatch") {
+                    self.dispatch_inputs(on);
+                }
                 self.not_triggered(on)
             }
             None => {
@@ -370,6 +430,8 @@ impl<'c, 's> Workflow<'c, 's> {
             matrix: Json::Null,
             strategy: Json::Null,
             env: Vec::new(),
+            vars: self.vars.clone(),
+            inputs: self.inputs.clone(),
         };
         let global_env = match get(root, "env") {
             Some(n) => self.env(n, "env", &known, IN_WORKFLOW_ENV),
@@ -554,6 +616,108 @@ impl<'c, 's> Workflow<'c, 's> {
         }
     }
 
+    /// A `workflow_dispatch`'s inputs: `--input` values, else their
+    /// defaults, typed as GitHub types them in the `inputs` context
+    /// (booleans and numbers) and as strings in `github.event.inputs`.
+    fn dispatch_inputs(&mut self, on: &Node) {
+        let spec = get(on, "workflow_dispatch").and_then(|d| get(d, "inputs"));
+        let declared: Vec<(Node, Node)> = spec.map(|s| entries(s).to_vec()).unwrap_or_default();
+        let mut typed = serde_json::Map::new();
+        let mut strings = serde_json::Map::new();
+        for (given, _) in &self.given_inputs {
+            if !declared.iter().any(|(k, _)| k.key_text() == *given) {
+                let names: Vec<String> = declared.iter().map(|(k, _)| k.key_text()).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let at = spec.unwrap_or(on);
+                self.cx.err(
+                    at,
+                    "on.workflow_dispatch.inputs",
+                    format!("--input {given}: the workflow has no such input"),
+                    super::diag::suggestion_hint(given, &names, "inputs"),
+                );
+            }
+        }
+        for (k, def) in &declared {
+            let name = k.key_text();
+            let path = format!("on.workflow_dispatch.inputs.{name}");
+            let kind = get(def, "type").and_then(Node::as_str).unwrap_or("string").to_string();
+            let given = self
+                .given_inputs
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone());
+            let default = get(def, "default").map(Node::key_text);
+            let required = get(def, "required").is_some_and(|r| matches!(r.value, Value::Bool(true)));
+            let value = match (given, default) {
+                (Some(v), _) | (None, Some(v)) => v,
+                (None, None) if required => {
+                    self.cx.err(
+                        k,
+                        &path,
+                        format!("required input `{name}` is not given"),
+                        format!("give it: --input {name}=VALUE"),
+                    );
+                    continue;
+                }
+                (None, None) if kind == "boolean" => "false".into(),
+                (None, None) => String::new(),
+            };
+            let typed_value = match kind.as_str() {
+                "boolean" => match value.as_str() {
+                    "true" => Json::Bool(true),
+                    "false" => Json::Bool(false),
+                    other => {
+                        self.cx.err(
+                            k,
+                            &path,
+                            format!("input `{name}` is a boolean, given `{other}`"),
+                            "give true or false",
+                        );
+                        continue;
+                    }
+                },
+                "number" => match value.parse::<f64>() {
+                    Ok(n) => serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number),
+                    Err(_) => {
+                        self.cx.err(
+                            k,
+                            &path,
+                            format!("input `{name}` is a number, given `{value}`"),
+                            "give a number",
+                        );
+                        continue;
+                    }
+                },
+                "choice" => {
+                    let options: Vec<String> = get(def, "options")
+                        .map(|o| match &o.value {
+                            Value::Seq(items) => items.iter().map(Node::key_text).collect(),
+                            _ => Vec::new(),
+                        })
+                        .unwrap_or_default();
+                    if !options.contains(&value) {
+                        self.cx.err(
+                            k,
+                            &path,
+                            format!("input `{name}` is one of {}, given `{value}`", options.join(", ")),
+                            "give one of its options",
+                        );
+                        continue;
+                    }
+                    Json::String(value.clone())
+                }
+                _ => Json::String(value.clone()),
+            };
+            typed.insert(name.clone(), typed_value);
+            strings.insert(name, Json::String(value));
+        }
+        self.inputs = Json::Object(typed);
+        if let Some(event) = self.github.get_mut("event").and_then(Json::as_object_mut) {
+            event.insert("inputs".into(), Json::Object(strings));
+        }
+    }
+
     /// Why the event (`github.event_name`, a push of `github.ref`) does not
     /// start the workflow, with the node that says so; `None` when it does.
     fn not_triggered(&mut self, on: &Node) -> Option<(Node, String)> {
@@ -641,6 +805,11 @@ impl<'c, 's> Workflow<'c, 's> {
         let vars = self.cx.env_map_with(node, path);
         let mut out = Vec::with_capacity(vars.len());
         for (v, value_node) in vars {
+            // GitHub's own `GITHUB_*` and `RUNNER_*` variables cannot be
+            // overridden: GitHub sets them over what `env:` says.
+            if DEFAULT_VARS.contains(&v.name.as_str()) {
+                continue;
+            }
             let value = self.text(&v.value, &value_node, &join(path, &v.name), known, allowed);
             if let Some(value) = value {
                 out.push(EnvVar {
@@ -762,12 +931,10 @@ impl<'c, 's> Workflow<'c, 's> {
                         return None;
                     }
                 },
-                // Only `env`: the engine interpolates it as the step starts.
-                (Some(_), None)
-                    if keep_env
-                        && roots.iter().all(|(r, _)| r == "env")
-                        && calls.iter().all(|(c, _)| expr::FUNCTIONS.iter().any(|f| f.0 == c)) =>
-                {
+                // Only `env` and `steps`: the engine evaluates it as the
+                // step starts (`env` as GITHUB_ENV left it, `steps` with
+                // the outputs so far).
+                (Some(_), None) if keep_env && roots.iter().all(|(r, _)| AT_STEP_START.contains(&r.as_str())) => {
                     out.push_str(&raw[p.start..p.end]);
                 }
                 (Some((root, off)), _) => {
@@ -1045,6 +1212,8 @@ impl<'c, 's> Workflow<'c, 's> {
                 matrix: if matrixed { combo.to_json() } else { json!({}) },
                 strategy,
                 env: self.workflow_env.clone(),
+                vars: self.vars.clone(),
+                inputs: self.inputs.clone(),
             };
             if let Some(job) = self.instance(
                 id,
@@ -1203,6 +1372,8 @@ impl<'c, 's> Workflow<'c, 's> {
             deploy: None,
             stage: None,
             file_commands: true,
+            fail_fast_group: (matrixed && known.strategy.get("fail-fast") != Some(&Json::Bool(false)))
+                .then(|| id.to_string()),
             pos: node.pos,
         })
     }
@@ -1252,12 +1423,21 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         let mpath = join(path, "matrix");
         let Value::Map(items) = &m.value else {
-            self.cx.err(
-                m,
-                &mpath,
-                format!("invalid matrix: expected a mapping of lists, found {}", m.type_name()),
-                "write `matrix: {os: [ubuntu-latest], node: [18, 20]}`",
-            );
+            if m.as_str().is_some_and(|t| t.contains("${{")) {
+                self.cx.err(
+                    m,
+                    &mpath,
+                    "trackside does not evaluate a matrix made by an expression yet",
+                    "docs/github.md lists what runs today; write the matrix's lists out",
+                );
+            } else {
+                self.cx.err(
+                    m,
+                    &mpath,
+                    format!("invalid matrix: expected a mapping of lists, found {}", m.type_name()),
+                    "write `matrix: {os: [ubuntu-latest], node: [18, 20]}`",
+                );
+            }
             return None;
         };
         let mut keys = Vec::new();
@@ -1487,6 +1667,7 @@ impl<'c, 's> Workflow<'c, 's> {
         if !self.cx.mapping(node, path, &STEP_KEYS, "a step") {
             return None;
         }
+        let mut step_id = None;
         if let Some(idn) = get(node, "id") {
             let id = self.cx.string(idn, &join(path, "id"))?;
             if ids.contains(&id) {
@@ -1498,7 +1679,8 @@ impl<'c, 's> Workflow<'c, 's> {
                 );
                 return None;
             }
-            ids.push(id);
+            ids.push(id.clone());
+            step_id = Some(id);
         }
         let (run, uses) = (get(node, "run"), get(node, "uses"));
         let run = match (run, uses) {
@@ -1655,6 +1837,7 @@ impl<'c, 's> Workflow<'c, 's> {
             timeout,
             continue_on_failure,
             shell: Some(shell),
+            id: step_id,
             ..plain_step()
         }))
     }
@@ -1706,6 +1889,7 @@ fn plain_step() -> Step {
         continue_on_failure: false,
         cleanup: false,
         shell: None,
+        id: None,
     }
 }
 

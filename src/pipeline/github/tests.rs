@@ -145,6 +145,11 @@ jobs:
         ["test (ubuntu, 18)", "test (ubuntu, 20)", "test (debian, 20)", "report"]
     );
     assert_eq!(p.jobs[2].steps[0].script, ["echo debian-20 2/3"]);
+    assert!(
+        p.jobs[..3].iter().all(|j| j.fail_fast_group.as_deref() == Some("test")),
+        "fail-fast is GitHub's default for a matrix"
+    );
+    assert_eq!(p.job("report").expect("report").fail_fast_group, None);
     assert_eq!(p.job("report").expect("report").depends_on.len(), 3);
 }
 
@@ -218,11 +223,11 @@ jobs:
 #[test]
 fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
     let errs = errors(
-        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ steps.x.outputs.y }}\n      - uses: ./local\n",
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ needs.x.outputs.y }}\n      - uses: ./local\n",
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("6:23 trackside does not evaluate the `steps` context yet")),
+            .any(|e| e.starts_with("6:23 trackside does not evaluate the `needs` context yet")),
         "{errs:?}"
     );
     assert!(

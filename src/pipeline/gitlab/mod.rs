@@ -1455,6 +1455,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             continue_on_failure: false,
             cleanup: false,
             shell: None,
+            id: None,
         }];
         if !after.is_empty() {
             steps.push(Step {
@@ -1468,6 +1469,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 continue_on_failure: false,
                 cleanup: true,
                 shell: None,
+                id: None,
             });
         }
         env.push(EnvVar {
@@ -1509,6 +1511,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             deploy: None,
             stage: Some(stage.clone()),
             file_commands: false,
+            fail_fast_group: None,
             pos: key.pos,
         };
         Some(Read {

@@ -270,6 +270,7 @@ impl Cx<'_> {
             deploy,
             stage: None,
             file_commands: false,
+            fail_fast_group: None,
             pos: key.pos,
         })
     }
@@ -369,6 +370,7 @@ impl Cx<'_> {
             continue_on_failure,
             cleanup,
             shell: None,
+            id: None,
         })
     }
 }

@@ -91,6 +91,9 @@ pub struct LoadOptions {
     /// `--input NAME=VALUE`: values for the inputs of a GitLab file's own
     /// `spec:inputs` header.
     pub inputs: Vec<(String, String)>,
+    /// `--var-ctx NAME=VALUE`: a GitHub workflow's `vars` context (the
+    /// repository's configuration variables).
+    pub context_vars: Vec<(String, String)>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
