@@ -34,12 +34,15 @@ struct StepCtx<'a> {
     statuses: &'a HashMap<String, String>,
     /// A GitHub job's `steps` context (its strings compare ignoring case).
     steps: Option<&'a serde_json::Value>,
+    /// A GitHub job's `secrets` context.
+    secrets: Option<&'a serde_json::Value>,
 }
 
 impl Context for StepCtx<'_> {
     fn root(&self, name: &str) -> Option<serde_json::Value> {
-        match (name, self.steps) {
-            ("steps", Some(s)) => Some(s.clone()),
+        match name {
+            "steps" => self.steps.cloned(),
+            "secrets" => self.secrets.cloned(),
             _ => None,
         }
     }
@@ -620,12 +623,23 @@ fn prepare_step(
     }
     let statuses = a.statuses.clone();
     let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
+    // `secrets.NAME`: the run's secrets (GitHub's `GITHUB_TOKEN` is not one:
+    // there is no GitHub here, so it reads as empty).
+    let secrets_context = github.map(|_| {
+        serde_json::Value::Object(
+            ctx.secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
+    });
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         let ctx = StepCtx {
             env,
             vars,
             statuses: &statuses,
             steps: steps_context.as_ref(),
+            secrets: secrets_context.as_ref(),
         };
         match github {
             // A GitHub job's step reads GitHub's language, `steps` too.

@@ -72,8 +72,10 @@ const IN_STEP: &[&str] = &[
 /// Contexts whose values are known when the workflow is read.
 const KNOWN: [&str; 6] = ["github", "matrix", "strategy", "runner", "inputs", "vars"];
 /// Contexts a step's text may read that the engine fills as the step
-/// starts: `env` as `GITHUB_ENV` left it, `steps` with the outputs so far.
-pub const AT_STEP_START: [&str; 2] = ["env", "steps"];
+/// starts: `env` as `GITHUB_ENV` left it, `steps` with the outputs so far,
+/// `secrets` from `--secret` and `--secret-file` (never written into the
+/// model: a secret's value joins the step's script only as it runs).
+pub const AT_STEP_START: [&str; 3] = ["env", "steps", "secrets"];
 
 /// Functions that need the run (its files or its jobs' states).
 const AT_RUN_TIME: [&str; 5] = ["hashFiles", "success", "failure", "always", "cancelled"];
@@ -894,7 +896,7 @@ impl<'c, 's> Workflow<'c, 's> {
         allowed: &[&str],
         env_now: bool,
     ) -> Option<String> {
-        let keep_env = allowed.contains(&"env") && !env_now;
+        let keep_runtime = !env_now;
         let is_known = |r: &str| KNOWN.contains(&r) || (env_now && r == "env");
         let found = match expr::placeholders_in(raw, &LANG) {
             Ok(f) => f,
@@ -934,7 +936,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 // Only `env` and `steps`: the engine evaluates it as the
                 // step starts (`env` as GITHUB_ENV left it, `steps` with
                 // the outputs so far).
-                (Some(_), None) if keep_env && roots.iter().all(|(r, _)| AT_STEP_START.contains(&r.as_str())) => {
+                (Some(_), None) if keep_runtime && roots.iter().all(|(r, _)| AT_STEP_START.contains(&r.as_str())) => {
                     out.push_str(&raw[p.start..p.end]);
                 }
                 (Some((root, off)), _) => {
