@@ -25,6 +25,9 @@ use super::state::{JobId, Outcome};
 pub enum RunnerMsg {
     /// A value to mask from now on (a GitHub step's `::add-mask::`).
     AddMask(String),
+    /// A GitHub job's `outputs`, evaluated when its steps have run (sent
+    /// before the attempt's end).
+    JobOutputs { job: JobId, outputs: Vec<(String, String)> },
     StepStarted {
         job: JobId,
         attempt: u32,
@@ -190,6 +193,9 @@ pub struct Attempt {
     /// Variables from the `reports:dotenv` of the jobs whose artifacts this
     /// one received (set once they are restored).
     pub dotenv: std::sync::OnceLock<Vec<(String, String)>>,
+    /// A GitHub job's `needs` context: per needed job id, its `outputs`
+    /// and `result` when the attempt started.
+    pub needs: Arc<serde_json::Value>,
 }
 
 pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {

@@ -36,6 +36,8 @@ struct StepCtx<'a> {
     steps: Option<&'a serde_json::Value>,
     /// A GitHub job's `secrets` context.
     secrets: Option<&'a serde_json::Value>,
+    /// A GitHub job's `needs` context.
+    needs: Option<&'a serde_json::Value>,
 }
 
 impl Context for StepCtx<'_> {
@@ -43,6 +45,7 @@ impl Context for StepCtx<'_> {
         match name {
             "steps" => self.steps.cloned(),
             "secrets" => self.secrets.cloned(),
+            "needs" => self.needs.cloned(),
             _ => None,
         }
     }
@@ -453,6 +456,9 @@ async fn run_steps(
         }));
         break;
     }
+    if job.file_commands && !job.outputs.is_empty() {
+        job_outputs(ctx, a, job, &vars, &carried).await;
+    }
     // GitLab's words, as its after_script sees them.
     let status = match outcome.failure {
         None => "success",
@@ -476,6 +482,55 @@ async fn run_steps(
         }
     }
     outcome
+}
+
+/// A GitHub job's `outputs`, evaluated once its steps have run, sent to
+/// the actor for the jobs that need it. An output holding a secret is not
+/// sent, as GitHub's runner skips it (and says so).
+async fn job_outputs(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    vars: &BTreeMap<String, String>,
+    carried: &filecmd::Carried,
+) {
+    let steps = serde_json::Value::Object(carried.steps.clone());
+    let secrets = serde_json::Value::Object(
+        ctx.secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    );
+    let statuses = HashMap::new();
+    let context = StepCtx {
+        env: &carried.env,
+        vars,
+        statuses: &statuses,
+        steps: Some(&steps),
+        secrets: Some(&secrets),
+        needs: Some(&a.needs),
+    };
+    let name: Arc<str> = Arc::from("outputs");
+    let mut outputs = Vec::new();
+    for (key, text) in &job.outputs {
+        let value = match expr::interpolate_in(text, &crate::pipeline::github::LANG, &context) {
+            Ok(v) => v,
+            Err(e) => {
+                note(a, &name, format!("output `{key}`: {e}")).await;
+                continue;
+            }
+        };
+        if ctx
+            .secrets
+            .iter()
+            .any(|(_, s)| !s.is_empty() && value.contains(s.as_str()))
+        {
+            note(a, &name, format!("Skip output '{key}' since it may contain secret.")).await;
+            continue;
+        }
+        outputs.push((key.clone(), value));
+    }
+    let _ = a.tx.send(RunnerMsg::JobOutputs { job: a.job, outputs }).await;
 }
 
 /// How one step ended: its end, its failure class, and a message for the
@@ -640,6 +695,7 @@ fn prepare_step(
             statuses: &statuses,
             steps: steps_context.as_ref(),
             secrets: secrets_context.as_ref(),
+            needs: github.map(|_| &*a.needs),
         };
         match github {
             // A GitHub job's step reads GitHub's language, `steps` too.

@@ -220,6 +220,14 @@ pub struct Job {
     /// queued or running are cancelled: GitHub's matrix `fail-fast`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fail_fast_group: Option<String>,
+    /// The name other jobs' `needs` use for it (GitHub's job id; a
+    /// matrix's jobs share it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<String>,
+    /// Values it hands to the jobs that need it, as (name, expression
+    /// text) evaluated when its steps have run (GitHub's `outputs`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub outputs: Vec<(String, String)>,
     #[serde(skip)]
     pub pos: Pos,
 }

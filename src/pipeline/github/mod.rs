@@ -75,7 +75,7 @@ const KNOWN: [&str; 6] = ["github", "matrix", "strategy", "runner", "inputs", "v
 /// starts: `env` as `GITHUB_ENV` left it, `steps` with the outputs so far,
 /// `secrets` from `--secret` and `--secret-file` (never written into the
 /// model: a secret's value joins the step's script only as it runs).
-pub const AT_STEP_START: [&str; 3] = ["env", "steps", "secrets"];
+pub const AT_STEP_START: [&str; 4] = ["env", "steps", "secrets", "needs"];
 
 /// Functions that need the run (its files or its jobs' states).
 const AT_RUN_TIME: [&str; 5] = ["hashFiles", "success", "failure", "always", "cancelled"];
@@ -1337,8 +1337,12 @@ impl<'c, 's> Workflow<'c, 's> {
             }
         }
         let steps = self.steps(steps_node, &join(path, "steps"), known, defaults);
-        let (Some(name), Some(conditional), Some(timeout), Some(allow_failure), Some(steps)) =
-            (name, conditional, timeout, allow_failure, steps)
+        let outputs = match get(node, "outputs") {
+            Some(n) => self.outputs(n, &join(path, "outputs"), known),
+            None => Some(Vec::new()),
+        };
+        let (Some(name), Some(conditional), Some(timeout), Some(allow_failure), Some(steps), Some(outputs)) =
+            (name, conditional, timeout, allow_failure, steps, outputs)
         else {
             return None;
         };
@@ -1376,8 +1380,39 @@ impl<'c, 's> Workflow<'c, 's> {
             file_commands: true,
             fail_fast_group: (matrixed && known.strategy.get("fail-fast") != Some(&Json::Bool(false)))
                 .then(|| id.to_string()),
+            id: Some(id.to_string()),
+            outputs,
             pos: node.pos,
         })
+    }
+
+    /// `outputs:` — names and their expressions, what is known evaluated
+    /// now, the rest (`steps`, `env`, ...) when the job's steps have run.
+    fn outputs(&mut self, node: &Node, path: &str, known: &Known) -> Option<Vec<(String, String)>> {
+        let Value::Map(items) = &node.value else {
+            self.cx.err(
+                node,
+                path,
+                format!("`outputs` must be a mapping, found {}", node.type_name()),
+                "write `name: ${{ steps.<id>.outputs.<name> }}` lines",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (k, v) in items {
+            let name = k.key_text();
+            let vpath = join(path, &name);
+            match self
+                .cx
+                .string(v, &vpath)
+                .and_then(|raw| self.text(&raw, v, &vpath, known, IN_STEP))
+            {
+                Some(text) => out.push((name, text)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     fn runs_on(&mut self, node: &Node, path: &str) -> Option<String> {

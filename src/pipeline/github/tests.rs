@@ -223,11 +223,11 @@ jobs:
 #[test]
 fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
     let errs = errors(
-        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ needs.x.outputs.y }}\n      - uses: ./local\n",
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ job.status }}\n      - uses: ./local\n",
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("6:23 trackside does not evaluate the `needs` context yet")),
+            .any(|e| e.starts_with("6:23 trackside does not evaluate the `job` context yet")),
         "{errs:?}"
     );
     assert!(

@@ -1512,6 +1512,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             stage: Some(stage.clone()),
             file_commands: false,
             fail_fast_group: None,
+            id: None,
+            outputs: Vec::new(),
             pos: key.pos,
         };
         Some(Read {

@@ -271,6 +271,8 @@ impl Cx<'_> {
             stage: None,
             file_commands: false,
             fail_fast_group: None,
+            id: None,
+            outputs: Vec::new(),
             pos: key.pos,
         })
     }
