@@ -14,6 +14,8 @@
 //! `UPDATE_EXPECT=1 cargo test --test github_corpus` writes the files
 //! afresh; review the diff against EXPECT.md before committing it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -60,57 +62,12 @@ fn entry(project: &Path) -> String {
     )
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read case").flatten() {
-        let name = entry.file_name();
-        if name == "expected.txt" || name == "EXPECT.md" || name == "args" {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> bool {
-    Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Corpus", "-c", "user.email=corpus@example.com"])
-        .args(args)
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// What varies between runs, replaced by placeholders.
-fn normalise(text: &str, project: &Path) -> String {
-    let run_id = regex::Regex::new(r"\b\d{8}-\d{6}-[0-9a-f]{4}\b").expect("re");
-    let manifest = regex::Regex::new(r"\b[0-9a-f]{64}\b").expect("re");
-    let seconds = regex::Regex::new(r"\b\d+\.\ds\b").expect("re");
-    let text = text.replace(&project.display().to_string(), "<project>");
-    let text = run_id.replace_all(&text, "<run>");
-    let text = manifest.replace_all(&text, "<digest>");
-    seconds
-        .replace_all(&text, |c: &regex::Captures| {
-            c[0].chars()
-                .map(|ch| if ch.is_ascii_digit() { '#' } else { ch })
-                .collect::<String>()
-        })
-        .into_owned()
-}
-
 /// Runs a case as a user would; its output and the project's path.
 fn run(case: &Path, tmp: &Path) -> Option<(Output, PathBuf)> {
     let name = case.file_name().expect("name").to_string_lossy().into_owned();
     let project = tmp.join(&name);
-    copy_tree(case, &project);
-    if !git(&project, &["init", "-q", "-b", "main"]) {
+    common::corpus::copy_tree(case, &project);
+    if !common::corpus::git(&project, &["init", "-q", "-b", "main"]) {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must have git (.ci/run installs it)"
@@ -118,8 +75,11 @@ fn run(case: &Path, tmp: &Path) -> Option<(Output, PathBuf)> {
         eprintln!("SKIPPED: git is not installed");
         return None;
     }
-    assert!(git(&project, &["add", "-A"]), "{name}: git add");
-    assert!(git(&project, &["commit", "-qm", "corpus case"]), "{name}: git commit");
+    assert!(common::corpus::git(&project, &["add", "-A"]), "{name}: git add");
+    assert!(
+        common::corpus::git(&project, &["commit", "-qm", "corpus case"]),
+        "{name}: git commit"
+    );
     let args: Vec<String> = std::fs::read_to_string(case.join("args"))
         .map(|t| t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
         .unwrap_or_default();
@@ -158,7 +118,7 @@ fn every_case_trackside_runs_prints_its_expected_output() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let got = normalise(&got, &project);
+        let got = common::corpus::normalise(&got, &project);
         let expected_path = case.join("expected.txt");
         if update {
             std::fs::write(&expected_path, &got).expect("write expected.txt");

@@ -13,6 +13,8 @@
 //! `UPDATE_EXPECT=1 cargo test --test gitlab_corpus` writes the files
 //! afresh; review the diff before committing it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,51 +28,6 @@ fn cases() -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read case").flatten() {
-        let name = entry.file_name();
-        if name == "expected.txt" || name == "EXPECT.md" || name == "args" {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> bool {
-    Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Corpus", "-c", "user.email=corpus@example.com"])
-        .args(args)
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// What varies between runs, replaced by placeholders.
-fn normalise(text: &str, project: &Path) -> String {
-    let run_id = regex::Regex::new(r"\b\d{8}-\d{6}-[0-9a-f]{4}\b").expect("re");
-    let manifest = regex::Regex::new(r"\b[0-9a-f]{64}\b").expect("re");
-    let seconds = regex::Regex::new(r"\b\d+\.\ds\b").expect("re");
-    let text = text.replace(&project.display().to_string(), "<project>");
-    let text = run_id.replace_all(&text, "<run>");
-    let text = manifest.replace_all(&text, "<digest>");
-    seconds
-        .replace_all(&text, |c: &regex::Captures| {
-            c[0].chars()
-                .map(|ch| if ch.is_ascii_digit() { '#' } else { ch })
-                .collect::<String>()
-        })
-        .into_owned()
 }
 
 #[test]
@@ -88,8 +45,8 @@ fn every_gitlab_case_prints_its_expected_output() {
         let tmp = tempfile::tempdir().expect("tempdir");
         // The folder's name is the project's name (CI_PROJECT_NAME).
         let project = tmp.path().join(&name);
-        copy_tree(case, &project);
-        if !git(&project, &["init", "-q", "-b", "main"]) {
+        common::corpus::copy_tree(case, &project);
+        if !common::corpus::git(&project, &["init", "-q", "-b", "main"]) {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "CI must have git (.ci/run installs it)"
@@ -97,8 +54,11 @@ fn every_gitlab_case_prints_its_expected_output() {
             eprintln!("SKIPPED: git is not installed");
             return;
         }
-        assert!(git(&project, &["add", "-A"]), "{name}: git add");
-        assert!(git(&project, &["commit", "-qm", "corpus case"]), "{name}: git commit");
+        assert!(common::corpus::git(&project, &["add", "-A"]), "{name}: git add");
+        assert!(
+            common::corpus::git(&project, &["commit", "-qm", "corpus case"]),
+            "{name}: git commit"
+        );
         let args: Vec<String> = std::fs::read_to_string(case.join("args"))
             .map(|t| t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
             .unwrap_or_default();
@@ -119,7 +79,7 @@ fn every_gitlab_case_prints_its_expected_output() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let got = normalise(&got, &project);
+        let got = common::corpus::normalise(&got, &project);
         let expected_path = case.join("expected.txt");
         if update {
             std::fs::write(&expected_path, &got).expect("write expected.txt");

@@ -246,6 +246,15 @@ impl Cx<'_> {
         }
     }
 
+    /// The YAML reader's problems, as diagnostics.
+    pub(crate) fn yaml_problems(&mut self, problems: Vec<super::yaml::YamlProblem>) {
+        for p in problems {
+            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
+            d.hint = p.hint;
+            self.diags.push(d);
+        }
+    }
+
     /// Checks that `node` is a mapping whose keys are all in `allowed`.
     pub(crate) fn mapping(&mut self, node: &Node, path: &str, allowed: &[&str], what: &str) -> bool {
         let Value::Map(items) = &node.value else {

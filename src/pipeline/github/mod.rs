@@ -213,11 +213,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     let pipeline = {
         let mut cx = Cx::new(&report.source);
         let parsed = yaml::parse(&report.source);
-        for p in parsed.problems {
-            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
-            d.hint = p.hint;
-            cx.diags.push(d);
-        }
+        cx.yaml_problems(parsed.problems);
         let p = match parsed.root {
             Some(root) => Workflow::new(&mut cx, opts, path).read(&root),
             None if cx.diags.iter().any(Diagnostic::is_error) => None,

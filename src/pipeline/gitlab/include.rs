@@ -22,7 +22,6 @@ use std::path::{Component, Path, PathBuf};
 use super::files;
 use super::merge::deep_merge;
 use super::{Gitlab, get, join};
-use crate::pipeline::diag::Diagnostic;
 use crate::pipeline::read::{forbidden_char, read_source};
 use crate::pipeline::yaml::{self, Node, Value};
 
@@ -448,11 +447,7 @@ impl Gitlab<'_, '_> {
                 },
             )
         };
-        for p in parsed.problems {
-            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
-            d.hint = p.hint;
-            self.cx.diags.push(d);
-        }
+        self.cx.yaml_problems(parsed.problems);
         let (header, config) = match (parsed.root, parsed.second) {
             (Some(h), Some(c)) => (Some(h), c),
             (Some(c), None) => (None, c),

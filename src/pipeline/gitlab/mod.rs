@@ -156,11 +156,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     let pipeline = {
         let mut cx = Cx::new(&report.source);
         let parsed = yaml::parse_with(&report.source, yaml::Options { file: 0, header: true });
-        for p in parsed.problems {
-            let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
-            d.hint = p.hint;
-            cx.diags.push(d);
-        }
+        cx.yaml_problems(parsed.problems);
         // The project's name, as GitLab shows it: the work tree's folder.
         let name = opts
             .ci_vars

@@ -162,11 +162,7 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
                     "start with `name: my-pipeline` and a `jobs:` mapping (see docs/pipeline-format.md)",
                 ));
             }
-            for p in parsed.problems {
-                let mut d = Diagnostic::error(p.pos, p.width, p.path, p.message);
-                d.hint = p.hint;
-                cx.diags.push(d);
-            }
+            cx.yaml_problems(parsed.problems);
             parsed.root.and_then(|root| cx.pipeline(&root, opts))
         };
         report.items = cx.diags;
