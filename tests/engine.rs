@@ -627,3 +627,35 @@ async fn cleanup_steps_run_after_a_cancel_and_a_timeout_within_their_own_limit()
     let left = trackside::exec::shell::tagged_pids(&prefix, true, std::process::id());
     assert!(left.is_empty(), "processes survived: {left:?}");
 }
+
+#[tokio::test]
+async fn github_steps_with_status_functions_run_after_a_failure_or_a_cancel() {
+    let opts = trackside::pipeline::LoadOptions {
+        dialect: Some(trackside::pipeline::Dialect::Github),
+        ..Default::default()
+    };
+    let mut s = setup_with(
+        "on: push\njobs:\n  failing:\n    runs-on: x\n    steps:\n      - id: first\n        run: echo 'v=1' >> \"$GITHUB_OUTPUT\"\n      - run: exit 3\n      - run: echo not-reached\n      - if: failure() && steps.first.outputs.v == '1'\n        run: echo on-failure\n      - if: success()\n        run: echo on-success\n      - if: cancelled()\n        run: echo on-cancel\n      - if: always()\n        run: echo always\n  cancelled:\n    runs-on: x\n    steps:\n      - run: |\n          echo ready\n          sleep 300\n      - run: echo not-reached\n      - if: failure()\n        run: echo on-failure\n      - if: cancelled()\n        run: echo on-cancel\n      - if: ${{ always() }}\n        run: echo always\n",
+        &opts,
+    );
+    let mut r = start(&mut s).await;
+    r.until(
+        "ready",
+        |k| matches!(k, EventKind::LogLine { line, .. } if line == "ready"),
+    )
+    .await;
+    r.handle.cancel("cancelled").await.expect("cancel");
+    let sum = r.finished().await;
+    let failing = job(&sum, "failing");
+    assert_eq!(failing.status, JobStatus::Failed);
+    assert_eq!(failing.reason.as_deref(), Some("step `Run exit 3` exited with 3"));
+    let out = |name: &str| {
+        r.lines(name)
+            .into_iter()
+            .filter(|l| !l.starts_with("trackside:"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(out("failing"), ["on-failure", "always"]);
+    assert_eq!(job(&sum, "cancelled").status, JobStatus::Cancelled);
+    assert_eq!(out("cancelled"), ["ready", "on-cancel", "always"]);
+}

@@ -536,7 +536,6 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         next_seq: 0,
         replay: replay.clone(),
         log_lines: Default::default(),
-        job_outputs: HashMap::new(),
     };
     tokio::spawn(actor.run());
     Ok(handle)
@@ -669,8 +668,6 @@ struct Actor {
     replay: Arc<std::sync::Mutex<super::replay::Replay>>,
     /// Lines so far of each running attempt's log.
     log_lines: super::replay::LineCounts,
-    /// GitHub jobs' `outputs`, by job, from their latest attempt.
-    job_outputs: HashMap<JobId, Vec<(String, String)>>,
 }
 
 impl Actor {
@@ -986,7 +983,7 @@ impl Actor {
                 self.masker.add(&value);
             }
             ActorMsg::Runner(RunnerMsg::JobOutputs { job, outputs }) => {
-                self.job_outputs.insert(job, outputs);
+                self.state.record_outputs(job, outputs);
             }
             ActorMsg::Runner(RunnerMsg::Log {
                 job,
@@ -1216,7 +1213,7 @@ impl Actor {
             None
         };
         let needs = if self.state.pipeline().jobs[job].file_commands {
-            self.needs_context(job)
+            self.state.needs_context(job)
         } else {
             serde_json::Value::Null
         };
@@ -1231,55 +1228,6 @@ impl Actor {
             needs: Arc::new(needs),
         };
         self.attempts.spawn(run_attempt(self.ctx.clone(), a));
-    }
-
-    /// A GitHub job's `needs` context: for each job id it needs, the
-    /// `result` (`failure` if any of a matrix's jobs failed, `cancelled`
-    /// if any was, `skipped` if all were, else `success`; a failure that
-    /// `continue-on-error` allows is a success) and the `outputs` (a
-    /// matrix's jobs in order, a later non-empty value winning).
-    fn needs_context(&self, job: JobId) -> serde_json::Value {
-        let pipeline = self.state.pipeline();
-        let mut out = serde_json::Map::new();
-        for dep in &pipeline.jobs[job].depends_on {
-            let Some(i) = pipeline.job_index(dep) else { continue };
-            let spec = &pipeline.jobs[i];
-            let id = spec.id.clone().unwrap_or_else(|| spec.name.clone());
-            let result = match self.state.status(i) {
-                crate::protocol::JobStatus::Succeeded => "success",
-                crate::protocol::JobStatus::Failed if spec.allow_failure => "success",
-                crate::protocol::JobStatus::Failed => "failure",
-                crate::protocol::JobStatus::Cancelled => "cancelled",
-                _ => "skipped",
-            };
-            let entry = out
-                .entry(id)
-                .or_insert_with(|| serde_json::json!({"result": "", "outputs": {}}));
-            let rank = |r: &str| match r {
-                "failure" => 3,
-                "cancelled" => 2,
-                "success" => 1,
-                _ => 0,
-            };
-            let before = entry
-                .get("result")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            // `skipped` only when every job of it was.
-            let merged = if before.is_empty() || rank(result) > rank(&before) {
-                result
-            } else {
-                before.as_str()
-            };
-            entry["result"] = serde_json::Value::String(merged.to_string());
-            for (k, v) in self.job_outputs.get(&i).into_iter().flatten() {
-                if !v.is_empty() {
-                    entry["outputs"][k] = serde_json::Value::String(v.clone());
-                }
-            }
-        }
-        serde_json::Value::Object(out)
     }
 
     /// GitLab's rule: the last line matching the job's `coverage` pattern

@@ -30,6 +30,17 @@ pub struct Carried {
     pub steps: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Carried {
+    /// A step that did not run: later steps see it `skipped`, with no
+    /// outputs.
+    pub fn skipped(&mut self, id: &str) {
+        self.steps.insert(
+            id.to_string(),
+            serde_json::json!({"outputs": {}, "outcome": "skipped", "conclusion": "skipped"}),
+        );
+    }
+}
+
 /// How a step ended, in GitHub's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

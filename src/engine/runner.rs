@@ -38,6 +38,9 @@ struct StepCtx<'a> {
     secrets: Option<&'a serde_json::Value>,
     /// A GitHub job's `needs` context.
     needs: Option<&'a serde_json::Value>,
+    /// How the job's earlier steps went, for the status functions.
+    failed: bool,
+    cancelled: bool,
 }
 
 impl Context for StepCtx<'_> {
@@ -62,7 +65,13 @@ impl Context for StepCtx<'_> {
         self.statuses.get(job).cloned()
     }
     fn upstream_succeeded(&self) -> bool {
-        true
+        !self.failed && !self.cancelled
+    }
+    fn upstream_failed(&self) -> bool {
+        self.failed
+    }
+    fn cancelled(&self) -> bool {
+        self.cancelled
     }
 }
 
@@ -408,7 +417,50 @@ async fn run_steps(
     let network = network.as_deref();
     let mut outcome = Outcome::success();
     let mut carried = filecmd::Carried::default();
+    // Set once the job is cancelled or out of time: from then on only a
+    // step whose condition asks for it (`always()`, `cancelled()`) runs,
+    // with a timeout and a cancel of its own, as a cleanup step does.
+    let mut stopped: Option<FailureClass> = None;
+    // A step failed (a stop is not a failure: `failure()` is false then).
+    let mut step_failed = false;
     for (index, step) in job.steps.iter().enumerate().filter(|(_, s)| !s.cleanup) {
+        let failed = outcome.failure.is_some();
+        let asks_status = step.condition.as_ref().is_some_and(|c| c.expr.uses_status_functions());
+        let decided = match &step.condition {
+            _ if (failed || stopped.is_some()) && !asks_status => Ok(false),
+            None => Ok(true),
+            Some(_) => {
+                let status = (step_failed, stopped.is_some());
+                condition_holds(ctx, a, job, index, ws, &vars, &carried, status)
+            }
+        };
+        let runs = match decided {
+            Ok(runs) => runs,
+            Err(msg) => {
+                let name: Arc<str> = Arc::from(step.name.as_str());
+                note(a, &name, msg.clone()).await;
+                if outcome.failure.is_none() {
+                    outcome.failure = Some(FailureClass::Script);
+                    outcome.message = Some(msg);
+                }
+                false
+            }
+        };
+        if !runs {
+            if let Some(id) = &step.id {
+                carried.skipped(id);
+            }
+            if let Some(c) = step.condition.as_ref().filter(|_| !failed && stopped.is_none()) {
+                let name: Arc<str> = Arc::from(step.name.as_str());
+                note(
+                    a,
+                    &name,
+                    format!("step `{}` skipped: condition is false: {}", step.name, c.source),
+                )
+                .await;
+            }
+            continue;
+        }
         let files = match job.file_commands {
             true => match filecmd::StepFiles::create(&files_dir(ctx, job, a.attempt).join("github"), index) {
                 Ok(f) => Some(f),
@@ -421,10 +473,19 @@ async fn run_steps(
             false => None,
         };
         let github = files.as_ref().map(|f| (f, &carried));
-        let ran = run_step(
-            ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
-        )
-        .await;
+        let ran = match stopped {
+            None => {
+                run_step(
+                    ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
+                )
+                .await
+            }
+            Some(_) => {
+                let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
+                let cancel = CancellationToken::new();
+                run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, None, github).await
+            }
+        };
         if let Some(f) = &files {
             let name: Arc<str> = Arc::from(step.name.as_str());
             let outcome = match ran.class {
@@ -437,7 +498,9 @@ async fn run_steps(
             }
         }
         let Some(c) = ran.class else { continue };
-        let hard_stop = matches!(c, FailureClass::Cancelled | FailureClass::Timeout);
+        // Cancelled, or the job's time is up (a step's own timeout is a
+        // failure of that step).
+        let hard_stop = c == FailureClass::Cancelled || (c == FailureClass::Timeout && Instant::now() >= deadline);
         if step.continue_on_failure && !hard_stop {
             let name: Arc<str> = Arc::from(step.name.as_str());
             note(
@@ -448,13 +511,29 @@ async fn run_steps(
             .await;
             continue;
         }
-        outcome.exit_code = ran.end.exit_code();
-        outcome.failure = Some(c);
-        outcome.message = Some(ran.message.unwrap_or_else(|| match ran.end.exit_code() {
-            Some(code) => format!("step `{}` exited with {code}", step.name),
-            None => format!("step `{}` failed ({c})", step.name),
-        }));
-        break;
+        if stopped.is_some() {
+            let name: Arc<str> = Arc::from(step.name.as_str());
+            note(
+                a,
+                &name,
+                format!("step `{}` failed ({c}) after the job was stopped", step.name),
+            )
+            .await;
+            continue;
+        }
+        if hard_stop {
+            stopped = Some(c);
+        } else {
+            step_failed = true;
+        }
+        if outcome.failure.is_none() {
+            outcome.exit_code = ran.end.exit_code();
+            outcome.failure = Some(c);
+            outcome.message = Some(ran.message.unwrap_or_else(|| match ran.end.exit_code() {
+                Some(code) => format!("step `{}` exited with {code}", step.name),
+                None => format!("step `{}` failed ({c})", step.name),
+            }));
+        }
     }
     if job.file_commands && !job.outputs.is_empty() {
         job_outputs(ctx, a, job, &vars, &carried).await;
@@ -484,6 +563,74 @@ async fn run_steps(
     outcome
 }
 
+/// Whether step `index`'s condition holds now: `status` is (an earlier
+/// step failed, the job is being cancelled). Its `env` is the step's, with
+/// what GITHUB_ENV set so far.
+#[allow(clippy::too_many_arguments)]
+fn condition_holds(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    vars: &BTreeMap<String, String>,
+    carried: &filecmd::Carried,
+    (failed, cancelled): (bool, bool),
+) -> Result<bool, String> {
+    let step = &job.steps[index];
+    let Some(cond) = &step.condition else {
+        return Ok(!failed && !cancelled);
+    };
+    let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
+    let mut env = scope
+        .resolve_all()
+        .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+    for (k, v) in &carried.env {
+        if !step.environment.iter().any(|e| e.name == *k) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    let steps = serde_json::Value::Object(carried.steps.clone());
+    let secrets = secrets_context(ctx);
+    let statuses = HashMap::new();
+    let context = |env| StepCtx {
+        env,
+        vars,
+        statuses: &statuses,
+        steps: Some(&steps),
+        secrets: Some(&secrets),
+        needs: Some(&a.needs),
+        failed,
+        cancelled,
+    };
+    // Values the step would have evaluated as it starts (`${{ secrets.X }}`).
+    let snapshot = env.clone();
+    for value in env.values_mut() {
+        if value.contains("${{") {
+            *value = expr::interpolate_in(value, &crate::pipeline::github::LANG, &context(&snapshot))
+                .map_err(|e| format!("step `{}`: expression in `{value}`: {e}", step.name))?;
+        }
+    }
+    match expr::eval(&cond.expr, &context(&env)) {
+        Ok(v) => Ok(expr::truthy(&v)),
+        Err(e) => Err(format!(
+            "step `{}`: condition `{}` could not be evaluated: {e}",
+            step.name, cond.source
+        )),
+    }
+}
+
+/// GitHub's `secrets` context: the run's secrets (`GITHUB_TOKEN` is not
+/// one: there is no GitHub here, so it reads as empty).
+fn secrets_context(ctx: &RunContext) -> serde_json::Value {
+    serde_json::Value::Object(
+        ctx.secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
 /// A GitHub job's `outputs`, evaluated once its steps have run, sent to
 /// the actor for the jobs that need it. An output holding a secret is not
 /// sent, as GitHub's runner skips it (and says so).
@@ -495,12 +642,7 @@ async fn job_outputs(
     carried: &filecmd::Carried,
 ) {
     let steps = serde_json::Value::Object(carried.steps.clone());
-    let secrets = serde_json::Value::Object(
-        ctx.secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect(),
-    );
+    let secrets = secrets_context(ctx);
     let statuses = HashMap::new();
     let context = StepCtx {
         env: &carried.env,
@@ -509,6 +651,8 @@ async fn job_outputs(
         steps: Some(&steps),
         secrets: Some(&secrets),
         needs: Some(&a.needs),
+        failed: false,
+        cancelled: false,
     };
     let name: Arc<str> = Arc::from("outputs");
     let mut outputs = Vec::new();
@@ -678,16 +822,7 @@ fn prepare_step(
     }
     let statuses = a.statuses.clone();
     let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
-    // `secrets.NAME`: the run's secrets (GitHub's `GITHUB_TOKEN` is not one:
-    // there is no GitHub here, so it reads as empty).
-    let secrets_context = github.map(|_| {
-        serde_json::Value::Object(
-            ctx.secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect(),
-        )
-    });
+    let secrets_context = github.map(|_| secrets_context(ctx));
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         let ctx = StepCtx {
             env,
@@ -696,6 +831,8 @@ fn prepare_step(
             steps: steps_context.as_ref(),
             secrets: secrets_context.as_ref(),
             needs: github.map(|_| &*a.needs),
+            failed: false,
+            cancelled: false,
         };
         match github {
             // A GitHub job's step reads GitHub's language, `steps` too.

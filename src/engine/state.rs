@@ -157,6 +157,8 @@ struct JobState {
     round_attempts: u32,
     /// Served from the result cache under this key.
     cached: Option<String>,
+    /// What its last attempt handed on (GitHub's job `outputs`).
+    outputs: Vec<(String, String)>,
 }
 
 impl JobState {
@@ -178,6 +180,7 @@ impl JobState {
             failure_class: None,
             round_attempts: 0,
             cached: None,
+            outputs: Vec::new(),
         }
     }
 }
@@ -268,6 +271,74 @@ impl RunState {
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
+    /// Keeps what job `j`'s attempt handed on, for the jobs that need it.
+    pub fn record_outputs(&mut self, j: JobId, outputs: Vec<(String, String)>) {
+        if let Some(st) = self.jobs.get_mut(j) {
+            st.outputs = outputs;
+        }
+    }
+
+    /// A GitHub job's `needs` context: for each job id it needs, the
+    /// `result` (`failure` if any of a matrix's jobs failed, `cancelled`
+    /// if any was, `skipped` if all were, else `success`; a failure that
+    /// `continue-on-error` allows is a success) and the `outputs` (a
+    /// matrix's jobs in order, a later non-empty value winning).
+    pub fn needs_context(&self, job: JobId) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        let rank = |r: &str| match r {
+            "failure" => 3,
+            "cancelled" => 2,
+            "success" => 1,
+            _ => 0,
+        };
+        for &i in &self.plan.deps[job] {
+            let spec = &self.pipeline.jobs[i];
+            let id = spec.id.clone().unwrap_or_else(|| spec.name.clone());
+            let result = match self.jobs[i].status {
+                JobStatus::Succeeded => "success",
+                JobStatus::Failed if self.failure_allowed(i) => "success",
+                JobStatus::Failed => "failure",
+                JobStatus::Cancelled => "cancelled",
+                _ => "skipped",
+            };
+            let entry = out
+                .entry(id)
+                .or_insert_with(|| serde_json::json!({"result": "", "outputs": {}}));
+            let before = entry["result"].as_str().unwrap_or("");
+            // `skipped` only when every job of it was.
+            if before.is_empty() || rank(result) > rank(before) {
+                entry["result"] = serde_json::Value::String(result.to_string());
+            }
+            for (k, v) in &self.jobs[i].outputs {
+                if !v.is_empty() {
+                    entry["outputs"][k] = serde_json::Value::String(v.clone());
+                }
+            }
+        }
+        serde_json::Value::Object(out)
+    }
+
+    /// GitHub's view of the jobs `j` comes after (its needs, theirs, ...):
+    /// (none failed, was cancelled or skipped; one failed).
+    fn ancestors_status(&self, j: JobId) -> (bool, bool) {
+        let mut seen = vec![false; self.jobs.len()];
+        let mut work: Vec<JobId> = self.plan.deps[j].clone();
+        let (mut ok, mut failed) = (true, false);
+        while let Some(d) = work.pop() {
+            if std::mem::replace(&mut seen[d], true) {
+                continue;
+            }
+            match self.jobs[d].status {
+                JobStatus::Succeeded => {}
+                JobStatus::Failed if self.failure_allowed(d) => {}
+                JobStatus::Failed => (ok, failed) = (false, true),
+                _ => ok = false,
+            }
+            work.extend(self.plan.deps[d].iter().copied());
+        }
+        (ok, failed)
+    }
+
     pub fn status(&self, job: JobId) -> JobStatus {
         self.jobs[job].status
     }
@@ -658,6 +729,8 @@ impl RunState {
                     JobStatus::Skipped => {
                         if let Some(root) = &st.blocked_by {
                             bad.get_or_insert_with(|| root.clone());
+                        } else if spec.strict_needs {
+                            bad.get_or_insert_with(|| self.pipeline.jobs[d].name.clone());
                         }
                     }
                     _ => all_done = false,
@@ -694,10 +767,15 @@ impl RunState {
                 continue;
             }
             if let Some(cond) = &spec.conditional {
+                let (upstream_ok, upstream_failed) = match spec.strict_needs {
+                    true => self.ancestors_status(j),
+                    false => (bad.is_none(), bad.is_some()),
+                };
                 let ctx = CondCtx {
                     state: self,
                     job: j,
-                    upstream_ok: bad.is_none(),
+                    upstream_ok,
+                    upstream_failed,
                 };
                 match expr::eval(&cond.expr, &ctx) {
                     Ok(v) if expr::truthy(&v) => {}
@@ -1341,9 +1419,20 @@ struct CondCtx<'a> {
     state: &'a RunState,
     job: JobId,
     upstream_ok: bool,
+    upstream_failed: bool,
 }
 
 impl Context for CondCtx<'_> {
+    fn root(&self, name: &str) -> Option<serde_json::Value> {
+        let spec = &self.state.pipeline.jobs[self.job];
+        (name == "needs" && spec.strict_needs).then(|| self.state.needs_context(self.job))
+    }
+    fn ignore_case(&self) -> bool {
+        self.state.pipeline.jobs[self.job].strict_needs
+    }
+    fn upstream_failed(&self) -> bool {
+        self.upstream_failed
+    }
     fn env(&self, name: &str) -> Option<String> {
         self.state
             .opts

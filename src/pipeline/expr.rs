@@ -104,13 +104,46 @@ impl Expr {
     pub fn uses_status_functions(&self) -> bool {
         match self {
             Expr::Call(name, args, _) => {
-                matches!(name.as_str(), "success" | "failure" | "always")
+                matches!(name.as_str(), "success" | "failure" | "always" | "cancelled")
                     || args.iter().any(Expr::uses_status_functions)
             }
             Expr::Member(a, b) | Expr::Bin(_, a, b) => a.uses_status_functions() || b.uses_status_functions(),
             Expr::Not(a) | Expr::Filter(a) => a.uses_status_functions(),
             _ => false,
         }
+    }
+
+    /// The expression with every part that reads only `known` roots and
+    /// calls no `later` function evaluated now, as a literal: what is left
+    /// needs the run (GitHub's `steps`, `needs`, the status functions).
+    pub fn fold(
+        &self,
+        ctx: &dyn Context,
+        known: &dyn Fn(&str) -> bool,
+        later: &dyn Fn(&str) -> bool,
+    ) -> Result<Expr, ExprError> {
+        let (mut roots, mut calls) = (Vec::new(), Vec::new());
+        self.names(&mut roots, &mut calls);
+        let ready = roots.iter().all(|(r, _)| known(r)) && calls.iter().all(|(c, _)| !later(c));
+        // `a.*` stays a filter: the member read after it depends on it.
+        if ready && !matches!(self, Expr::Filter(_)) {
+            return Ok(Expr::Lit(eval(self, ctx)?));
+        }
+        let f = |e: &Expr| e.fold(ctx, known, later).map(Box::new);
+        Ok(match self {
+            Expr::Member(a, b) => Expr::Member(f(a)?, f(b)?),
+            Expr::Bin(op, a, b) => Expr::Bin(*op, f(a)?, f(b)?),
+            Expr::Not(a) => Expr::Not(f(a)?),
+            Expr::Filter(a) => Expr::Filter(f(a)?),
+            Expr::Call(name, args, off) => Expr::Call(
+                name.clone(),
+                args.iter()
+                    .map(|a| a.fold(ctx, known, later))
+                    .collect::<Result<_, _>>()?,
+                *off,
+            ),
+            other => other.clone(),
+        })
     }
 
     /// The contexts it reads and the functions it calls, with their offsets.
@@ -514,6 +547,15 @@ pub trait Context {
     fn job_status(&self, job: &str) -> Option<String>;
     /// True when no upstream job failed or was cancelled.
     fn upstream_succeeded(&self) -> bool;
+    /// `failure()`: an upstream job (or an earlier step) failed. GitHub
+    /// tells it apart from `!success()`: a skipped need is neither.
+    fn upstream_failed(&self) -> bool {
+        !self.upstream_succeeded()
+    }
+    /// `cancelled()`: the run (or the job) is being cancelled.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 struct Eval<'a> {
@@ -647,9 +689,9 @@ impl Eval<'_> {
         let text = |i: usize| vals.get(i).map(to_text).unwrap_or_default();
         let out = match name {
             "success" => Value::Bool(self.ctx.upstream_succeeded()),
-            "failure" => Value::Bool(!self.ctx.upstream_succeeded()),
+            "failure" => Value::Bool(self.ctx.upstream_failed()),
             "always" => Value::Bool(true),
-            "cancelled" => Value::Bool(false),
+            "cancelled" => Value::Bool(self.ctx.cancelled()),
             "toJSON" => Value::String(serde_json::to_string_pretty(&vals[0]).unwrap_or_default()),
             "contains" => match &vals[0] {
                 Value::Array(items) => Value::Bool(
@@ -948,6 +990,42 @@ mod tests {
         assert!(placeholders("${{ env.A").is_err());
         let e = placeholders("ab ${{ env.A == }}").unwrap_err();
         assert!(e.offset >= 6, "{e:?}");
+    }
+
+    #[test]
+    fn folding_evaluates_what_is_known_and_keeps_the_rest() {
+        // `env` is known now; `vars` and `failure()` wait for the run.
+        let e = parse("env.BRANCH == 'main' && (failure() || vars.REGION == env.N)").unwrap();
+        let known = |r: &str| r == "env";
+        let later = |c: &str| c == "failure";
+        let folded = e.fold(&ctx(), &known, &later).unwrap();
+        let (mut roots, mut calls) = (Vec::new(), Vec::new());
+        folded.names(&mut roots, &mut calls);
+        assert_eq!(roots.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["vars"]);
+        assert_eq!(calls.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["failure"]);
+        // Evaluated later, in a context where `env` says something else,
+        // the folded parts keep what they were.
+        let later_ctx = Ctx {
+            env: HashMap::from([("BRANCH", "dev"), ("N", "eu")]),
+            ok: false,
+        };
+        assert_eq!(eval(&folded, &later_ctx).unwrap(), Value::Bool(true));
+        assert_eq!(eval(&e, &later_ctx).unwrap(), Value::Bool(false));
+        // A filter stays a filter under the member read after it.
+        let e = parse_in(
+            "contains(fromJSON(env.LIST).*, vars.REGION)",
+            &crate::pipeline::github::LANG,
+        )
+        .unwrap();
+        let folded = e.fold(&ctx(), &known, &later).unwrap();
+        let Expr::Call(_, args, _) = &folded else {
+            panic!("{folded:?}")
+        };
+        assert!(
+            matches!(&args[0], Expr::Filter(inner) if matches!(**inner, Expr::Lit(_))),
+            "{folded:?}"
+        );
+        assert_eq!(eval(&folded, &ctx()).unwrap(), Value::Bool(false));
     }
 
     #[test]

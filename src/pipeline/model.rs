@@ -109,7 +109,7 @@ impl Backoff {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Condition {
     pub source: String,
     #[serde(skip)]
@@ -224,6 +224,13 @@ pub struct Job {
     /// matrix's jobs share it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<String>,
+    /// GitHub's rule for needs: a need that was skipped (for any reason)
+    /// skips this job too unless its condition asks about status, and
+    /// `success()`/`failure()` look at every job it comes after, not only
+    /// its needs. Otherwise a skipped need whose condition was false lets
+    /// it run (trackside's and GitLab's rule).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub strict_needs: bool,
     /// Values it hands to the jobs that need it, as (name, expression
     /// text) evaluated when its steps have run (GitHub's `outputs`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -626,7 +633,7 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Step {
     pub name: String,
     /// Shell lines, run in one `sh -e`.
@@ -655,6 +662,12 @@ pub struct Step {
     /// What later steps call it (GitHub's `id`: `steps.<id>.outputs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Decided as the step is reached (GitHub's step `if:` when it reads
+    /// `steps`, `env`, `needs` or `secrets`, or asks how earlier steps
+    /// ended). Without status functions it runs only while no earlier step
+    /// has failed; with them it is asked after a failure or a cancel too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
 }
 
 /// How long a cleanup step may run when it sets no timeout (GitLab gives

@@ -853,3 +853,72 @@ fn the_retry_rule_is_one_for_jobs_and_steps() {
     // No retries configured.
     assert!(!may_retry(failed(FailureClass::Network, None, 1, false), &when, &[], 0));
 }
+
+fn github(src: &str) -> RunState {
+    let load = LoadOptions {
+        dialect: Some(crate::pipeline::Dialect::Github),
+        ..LoadOptions::default()
+    };
+    let (p, _) = match parse_source(Path::new("ci.yml"), src.to_string(), &load) {
+        Ok(x) => x,
+        Err(r) => panic!("{}", r.render(false)),
+    };
+    let plan = Plan::build(&p).expect("plan");
+    RunState::new("run-1", p, plan, opts(8))
+}
+
+#[test]
+fn github_status_functions_look_at_every_ancestor() {
+    let job = |name: &str, needs: &str, cond: &str| {
+        let mut s = format!("  {name}:\n    runs-on: ubuntu-latest\n");
+        if !needs.is_empty() {
+            s.push_str(&format!("    needs: [{needs}]\n"));
+        }
+        if !cond.is_empty() {
+            s.push_str(&format!("    if: {cond}\n"));
+        }
+        s + "    steps:\n      - run: 'true'\n"
+    };
+    let src = String::from("on: push\njobs:\n")
+        + &job("build", "", "")
+        + &job("test", "build", "")
+        + &job("on-failure", "test", "failure()")
+        + &job("report", "test", "always()")
+        + &job("not-failed", "test", "${{ !failure() && !cancelled() }}")
+        + &job("on-success", "test", "success()");
+    let mut m = github(&src);
+    let id = |m: &RunState, n: &str| m.pipeline().job_index(n).expect("job");
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), [id(&m, "build")]);
+    let build = id(&m, "build");
+    let fx = fail(&mut m, build, FailureClass::Script, 1);
+    assert_eq!(m.status(id(&m, "test")), JobStatus::Skipped);
+    // `test` was skipped, not failed: only `failure()` over the ancestors
+    // sees `build`.
+    let mut ran = started(&fx);
+    ran.sort();
+    assert_eq!(ran, [id(&m, "on-failure"), id(&m, "report")]);
+    assert_eq!(m.status(id(&m, "not-failed")), JobStatus::Skipped);
+    assert_eq!(m.status(id(&m, "on-success")), JobStatus::Skipped);
+}
+
+#[test]
+fn github_skipped_needs_skip_and_outputs_reach_conditions() {
+    let src = "on: push\njobs:\n  docs:\n    if: github.ref == 'refs/heads/gh-pages'\n    runs-on: x\n    steps: [{run: 'true'}]\n  publish:\n    needs: docs\n    runs-on: x\n    steps: [{run: 'true'}]\n  setup:\n    runs-on: x\n    outputs: {go: '${{ steps.s.outputs.go }}'}\n    steps: [{id: s, run: 'true'}]\n  deploy:\n    needs: setup\n    if: needs.setup.outputs.go == 'YES' && needs.setup.result == 'success'\n    runs-on: x\n    steps: [{run: 'true'}]\n  hold:\n    needs: setup\n    if: needs.setup.outputs.go == 'no'\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let mut m = github(src);
+    let id = |m: &RunState, n: &str| m.pipeline().job_index(n).expect("job");
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), [id(&m, "setup")]);
+    assert_eq!(m.status(id(&m, "docs")), JobStatus::Skipped);
+    assert_eq!(m.status(id(&m, "publish")), JobStatus::Skipped);
+    assert_eq!(m.reason(id(&m, "publish")), Some("blocked by docs"));
+    let setup = id(&m, "setup");
+    m.record_outputs(setup, vec![("go".into(), "yes".into())]);
+    let fx = ok(&mut m, setup, 1);
+    // Strings compare ignoring case, as on GitHub.
+    assert_eq!(started(&fx), [id(&m, "deploy")]);
+    assert_eq!(m.status(id(&m, "hold")), JobStatus::Skipped);
+    let needs = m.needs_context(id(&m, "deploy"));
+    assert_eq!(needs["setup"]["outputs"]["go"], "yes");
+    assert_eq!(needs["setup"]["result"], "success");
+}

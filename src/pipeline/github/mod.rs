@@ -482,7 +482,6 @@ impl<'c, 's> Workflow<'c, 's> {
             }
             out.push(job);
         }
-        skip_dependents(&mut out);
         if let Some((node, why)) = not_run {
             // Read and checked all the same; nothing of it runs.
             self.cx.warn(
@@ -982,12 +981,21 @@ impl<'c, 's> Workflow<'c, 's> {
         }
     }
 
-    /// An `if:` decided now: `Some(true)` runs, `Some(false)` does not;
-    /// `None` when it cannot be decided (an error says why). The `${{ }}`
-    /// around it may be left out, as GitHub allows.
-    fn condition(&mut self, node: &Node, path: &str, known: &Known, allowed: &[&str]) -> Option<bool> {
+    /// An `if:`: decided now when it reads only what is known when the
+    /// workflow is read, else left to the run with what is known folded in
+    /// (`later` names the contexts the run fills here). `None` when it is
+    /// wrong (an error says why). The `${{ }}` around it may be left out,
+    /// as GitHub allows.
+    fn condition(
+        &mut self,
+        node: &Node,
+        path: &str,
+        known: &Known,
+        allowed: &[&str],
+        later: &[&str],
+    ) -> Option<Decided> {
         let text = match &node.value {
-            Value::Bool(b) => return Some(*b),
+            Value::Bool(b) => return Some(Decided::Now(*b)),
             _ => self.cx.string(node, path)?,
         };
         let trimmed = text.trim();
@@ -996,8 +1004,8 @@ impl<'c, 's> Workflow<'c, 's> {
             // `${{ }}` inside other text: the whole is a string, true
             // when it is not empty (GitHub's rule).
             _ if text.contains("${{") => {
-                let s = self.text(&text, node, path, known, allowed)?;
-                return Some(!s.is_empty());
+                let s = self.value(&text, node, path, known, allowed)?;
+                return Some(Decided::Now(!s.is_empty()));
             }
             _ => (text.as_str(), 0),
         };
@@ -1018,21 +1026,26 @@ impl<'c, 's> Workflow<'c, 's> {
             self.unavailable(&text, node, path, offset + off, root, allowed);
             return None;
         }
-        if let Some((root, off)) = roots.iter().find(|(r, _)| !KNOWN.contains(&r.as_str())) {
+        if let Some((root, off)) = roots
+            .iter()
+            .find(|(r, _)| !KNOWN.contains(&r.as_str()) && !later.contains(&r.as_str()))
+        {
             self.not_yet(&text, node, path, offset + off, &format!("the `{root}` context"));
             return None;
         }
-        // `success()` alone is the default; anything else about the
-        // states of other jobs or steps needs the run.
-        let status = calls
-            .iter()
-            .find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()) && c != "success");
-        if let Some((call, off)) = status {
+        if let Some((call, off)) = calls.iter().find(|(c, _)| c == "hashFiles") {
             self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in `if:`"));
             return None;
         }
-        match expr::eval(&e, known) {
-            Ok(v) => Some(expr::truthy(&v)),
+        let is_known = |r: &str| KNOWN.contains(&r);
+        let at_run = |c: &str| AT_RUN_TIME.contains(&c);
+        match e.fold(known, &is_known, &at_run) {
+            Ok(Expr::Lit(v)) => Some(Decided::Now(expr::truthy(&v))),
+            Ok(folded) => Some(Decided::Later(Condition {
+                source: inner.trim().to_string(),
+                expr: folded,
+                pos: node.pos,
+            })),
             Err(err) => {
                 let err = expr::ExprError {
                     offset: err.offset + offset,
@@ -1262,8 +1275,12 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         let conditional = match get(node, "if") {
             Some(n) => self
-                .condition(n, &join(path, "if"), known, IN_JOB_IF)
-                .map(|runs| (!runs).then(|| never(n.as_str().map_or_else(|| n.key_text(), str::to_string), n.pos))),
+                .condition(n, &join(path, "if"), known, IN_JOB_IF, &["needs"])
+                .map(|d| match d {
+                    Decided::Now(true) => None,
+                    Decided::Now(false) => Some(never(n.as_str().map_or_else(|| n.key_text(), str::to_string), n.pos)),
+                    Decided::Later(c) => Some(c),
+                }),
             None => Some(None),
         };
         let mut environment = vec![
@@ -1374,6 +1391,7 @@ impl<'c, 's> Workflow<'c, 's> {
             deploy: None,
             stage: None,
             file_commands: true,
+            strict_needs: true,
             fail_fast_group: (matrixed && known.strategy.get("fail-fast") != Some(&Json::Bool(false)))
                 .then(|| id.to_string()),
             id: Some(id.to_string()),
@@ -1682,7 +1700,7 @@ impl<'c, 's> Workflow<'c, 's> {
             out.push(Step {
                 name: "nothing to run".into(),
                 script: vec![":".into()],
-                ..plain_step()
+                ..Step::default()
             });
         }
         Some(out)
@@ -1785,8 +1803,8 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         // Every field is read, so every mistake is reported at once.
         let runs = match get(node, "if") {
-            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF),
-            None => Some(true),
+            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF, &AT_STEP_START),
+            None => Some(Decided::Now(true)),
         };
         let raw = self.cx.string(run, &join(path, "run"));
         let script_text = raw
@@ -1859,10 +1877,13 @@ impl<'c, 's> Workflow<'c, 's> {
         else {
             return None;
         };
-        if !runs {
-            return Some(None);
-        }
+        let condition = match runs {
+            Decided::Now(false) => return Some(None),
+            Decided::Now(true) => None,
+            Decided::Later(c) => Some(c),
+        };
         Some(Some(Step {
+            condition,
             name,
             script: script_text.lines().map(str::to_string).collect(),
             environment,
@@ -1871,9 +1892,15 @@ impl<'c, 's> Workflow<'c, 's> {
             continue_on_failure,
             shell: Some(shell),
             id: step_id,
-            ..plain_step()
+            ..Step::default()
         }))
     }
+}
+
+/// An `if:` as read: decided, or left to the run.
+enum Decided {
+    Now(bool),
+    Later(Condition),
 }
 
 /// A condition decided false when the workflow was read; `source` is
@@ -1883,46 +1910,6 @@ fn never(source: String, pos: yaml::Pos) -> Condition {
         source,
         expr: Expr::Lit(Json::Bool(false)),
         pos,
-    }
-}
-
-/// A job that needs a job that will be skipped is skipped too, as GitHub
-/// skips it (a status function in its `if:` would say otherwise, and
-/// trackside does not evaluate those yet).
-fn skip_dependents(jobs: &mut [Job]) {
-    loop {
-        let skipped: Vec<String> = jobs
-            .iter()
-            .filter(|j| j.conditional.is_some())
-            .map(|j| j.name.clone())
-            .collect();
-        let mut changed = false;
-        for j in jobs.iter_mut().filter(|j| j.conditional.is_none()) {
-            if let Some(s) = j.depends_on.iter().find(|d| skipped.contains(d)) {
-                j.conditional = Some(never(format!("it needs `{s}`, which is skipped"), j.pos));
-                changed = true;
-            }
-        }
-        if !changed {
-            return;
-        }
-    }
-}
-
-/// A step with nothing set.
-fn plain_step() -> Step {
-    Step {
-        name: String::new(),
-        script: Vec::new(),
-        image: None,
-        environment: Vec::new(),
-        working_directory: None,
-        timeout: None,
-        retry_count: 0,
-        continue_on_failure: false,
-        cleanup: false,
-        shell: None,
-        id: None,
     }
 }
 

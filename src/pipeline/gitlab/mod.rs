@@ -1444,28 +1444,15 @@ impl<'c, 's> Gitlab<'c, 's> {
             name: "script".into(),
             script: echoed(before.into_iter().chain(script).collect()),
             image: image.clone(),
-            environment: Vec::new(),
-            working_directory: None,
-            timeout: None,
-            retry_count: 0,
-            continue_on_failure: false,
-            cleanup: false,
-            shell: None,
-            id: None,
+            ..Step::default()
         }];
         if !after.is_empty() {
             steps.push(Step {
                 name: "after_script".into(),
                 script: echoed(after),
                 image,
-                environment: Vec::new(),
-                working_directory: None,
-                timeout: None,
-                retry_count: 0,
-                continue_on_failure: false,
                 cleanup: true,
-                shell: None,
-                id: None,
+                ..Step::default()
             });
         }
         env.push(EnvVar {
@@ -1508,6 +1495,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             stage: Some(stage.clone()),
             file_commands: false,
             fail_fast_group: None,
+            strict_needs: false,
             id: None,
             outputs: Vec::new(),
             pos: key.pos,

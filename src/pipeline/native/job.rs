@@ -271,6 +271,7 @@ impl Cx<'_> {
             stage: None,
             file_commands: false,
             fail_fast_group: None,
+            strict_needs: false,
             id: None,
             outputs: Vec::new(),
             pos: key.pos,
@@ -371,8 +372,7 @@ impl Cx<'_> {
             retry_count,
             continue_on_failure,
             cleanup,
-            shell: None,
-            id: None,
+            ..Step::default()
         })
     }
 }
