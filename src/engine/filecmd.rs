@@ -28,9 +28,112 @@ pub struct Carried {
     /// The `steps` context: per step id, `outputs`, `outcome` and
     /// `conclusion`.
     pub steps: serde_json::Map<String, serde_json::Value>,
+    /// A step failed (and may not): `failure()`, `job.status`.
+    pub failed: bool,
+    /// The job is cancelled or out of time: `cancelled()`.
+    pub stopped: bool,
+    /// Inside a composite action: its `inputs`.
+    pub inputs: Option<serde_json::Value>,
+    /// The composite action calls open now, innermost last; `steps`,
+    /// `inputs` and `failed` above are the innermost's own.
+    pub frames: Vec<Frame>,
+}
+
+/// An open composite action call, holding what it hides of its caller's
+/// scope until it ends.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Index into the job's `actions`.
+    pub call: usize,
+    /// Its `if:` was false (or its caller was skipped): its steps do not run.
+    pub skipped: bool,
+    /// The first failure of its steps (passed to its caller as it ends).
+    pub failure: Option<StepFailure>,
+    steps: serde_json::Map<String, serde_json::Value>,
+    inputs: Option<serde_json::Value>,
+    failed: bool,
+}
+
+/// How a step failed, for the job's result.
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    pub class: crate::pipeline::FailureClass,
+    pub exit_code: Option<i32>,
+    pub message: String,
 }
 
 impl Carried {
+    /// Enters call `call`: its steps start with a `steps` context of their
+    /// own, `inputs`, and nothing failed.
+    pub fn enter(&mut self, call: usize, inputs: serde_json::Value, skipped: bool) {
+        let frame = Frame {
+            call,
+            skipped,
+            failure: None,
+            steps: std::mem::take(&mut self.steps),
+            inputs: self.inputs.replace(inputs),
+            failed: std::mem::replace(&mut self.failed, false),
+        };
+        self.frames.push(frame);
+    }
+
+    /// Leaves the innermost call, back in its caller's scope, where the
+    /// call's `id` gets its `outputs`, `outcome` and `conclusion`. Returns
+    /// its failure when that fails the job (no `continue-on-error`, called
+    /// from the job's own steps); a failure inside an outer call becomes
+    /// that call's.
+    pub fn leave(
+        &mut self,
+        id: Option<&str>,
+        outputs: Vec<(String, String)>,
+        continue_on_error: bool,
+    ) -> Option<StepFailure> {
+        let frame = self.frames.pop()?;
+        self.steps = frame.steps;
+        self.inputs = frame.inputs;
+        let failed = frame.failure.is_some();
+        if let Some(id) = id {
+            let outcome = match (frame.skipped, failed) {
+                (true, _) => "skipped",
+                (_, true) => "failure",
+                _ => "success",
+            };
+            let conclusion = if failed && continue_on_error {
+                "success"
+            } else {
+                outcome
+            };
+            let outputs: serde_json::Map<_, _> = outputs
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            self.steps.insert(
+                id.to_string(),
+                serde_json::json!({"outputs": outputs, "outcome": outcome, "conclusion": conclusion}),
+            );
+        }
+        let passed_on = frame.failure.filter(|_| !continue_on_error);
+        self.failed = frame.failed || passed_on.is_some();
+        if let (Some(f), Some(parent)) = (&passed_on, self.frames.last_mut()) {
+            parent.failure.get_or_insert_with(|| f.clone());
+            return None;
+        }
+        passed_on
+    }
+
+    /// A step failed (not a stop). Inside a call it is the call's failure;
+    /// returned when it is the job's.
+    pub fn failed_step(&mut self, failure: StepFailure) -> Option<StepFailure> {
+        self.failed = true;
+        match self.frames.last_mut() {
+            Some(frame) => {
+                frame.failure.get_or_insert(failure);
+                None
+            }
+            None => Some(failure),
+        }
+    }
+
     /// A step that did not run: later steps see it `skipped`, with no
     /// outputs.
     pub fn skipped(&mut self, id: &str) {

@@ -38,6 +38,11 @@ struct StepCtx<'a> {
     secrets: Option<&'a serde_json::Value>,
     /// A GitHub job's `needs` context.
     needs: Option<&'a serde_json::Value>,
+    /// Inside a composite action: its `inputs`.
+    inputs: Option<&'a serde_json::Value>,
+    /// GitHub's `github.workspace` and `github.action_path`: the paths only
+    /// the run knows (the rest of `github` was evaluated as it was read).
+    paths: Option<&'a serde_json::Value>,
     /// How the job's earlier steps went, for the status functions.
     failed: bool,
     cancelled: bool,
@@ -49,6 +54,18 @@ impl Context for StepCtx<'_> {
             "steps" => self.steps.cloned(),
             "secrets" => self.secrets.cloned(),
             "needs" => self.needs.cloned(),
+            "inputs" => self.inputs.cloned(),
+            "github" => self.paths.cloned(),
+            // GitHub's `job`: how the job goes so far (no container here).
+            "job" if self.steps.is_some() => Some(serde_json::json!({
+                "status": match (self.cancelled, self.failed) {
+                    (true, _) => "cancelled",
+                    (_, true) => "failure",
+                    _ => "success",
+                },
+                "container": {"id": "", "network": ""},
+                "services": {},
+            })),
             _ => None,
         }
     }
@@ -417,31 +434,40 @@ async fn run_steps(
     let network = network.as_deref();
     let mut outcome = Outcome::success();
     let mut carried = filecmd::Carried::default();
-    // Set once the job is cancelled or out of time: from then on only a
-    // step whose condition asks for it (`always()`, `cancelled()`) runs,
-    // with a timeout and a cancel of its own, as a cleanup step does.
-    let mut stopped: Option<FailureClass> = None;
-    // A step failed (a stop is not a failure: `failure()` is false then).
-    let mut step_failed = false;
-    for (index, step) in job.steps.iter().enumerate().filter(|(_, s)| !s.cleanup) {
-        let failed = outcome.failure.is_some();
-        let asks_status = step.condition.as_ref().is_some_and(|c| c.expr.uses_status_functions());
-        let decided = match &step.condition {
-            _ if (failed || stopped.is_some()) && !asks_status => Ok(false),
-            None => Ok(true),
-            Some(_) => {
-                let status = (step_failed, stopped.is_some());
-                condition_holds(ctx, a, job, index, ws, &vars, &carried, status)
-            }
-        };
-        let runs = match decided {
+    // `carried.stopped` is set once the job is cancelled or out of time:
+    // from then on only a step whose condition asks for it (`always()`,
+    // `cancelled()`) runs, with a timeout and a cancel of its own, as a
+    // cleanup step does. `carried.failed`: a step failed (a stop is not a
+    // failure: `failure()` is false then).
+    let steps: Vec<usize> = (0..job.steps.len()).filter(|&i| !job.steps[i].cleanup).collect();
+    for &index in &steps {
+        let step = &job.steps[index];
+        // Leave the composite action calls this step is not part of, enter
+        // those it is.
+        let chain = call_chain(job, index);
+        while carried.frames.last().is_some_and(|f| !chain.contains(&f.call)) {
+            leave_call(ctx, a, job, index, ws, &vars, &mut carried, &mut outcome).await;
+        }
+        for &call in chain.iter().skip(carried.frames.len()) {
+            enter_call(ctx, a, job, index, ws, &vars, &mut carried, call).await;
+        }
+        if carried.frames.iter().any(|f| f.skipped) {
+            continue;
+        }
+        let before = carried.failed || carried.stopped;
+        let runs = match step_runs(ctx, a, job, index, ws, &vars, &carried, step.condition.as_ref()) {
             Ok(runs) => runs,
             Err(msg) => {
+                let msg = format!("step `{}`: {msg}", step.name);
                 let name: Arc<str> = Arc::from(step.name.as_str());
                 note(a, &name, msg.clone()).await;
-                if outcome.failure.is_none() {
-                    outcome.failure = Some(FailureClass::Script);
-                    outcome.message = Some(msg);
+                let failure = filecmd::StepFailure {
+                    class: FailureClass::Script,
+                    exit_code: None,
+                    message: msg,
+                };
+                if let Some(f) = carried.failed_step(failure) {
+                    fail_job(&mut outcome, f);
                 }
                 false
             }
@@ -450,7 +476,7 @@ async fn run_steps(
             if let Some(id) = &step.id {
                 carried.skipped(id);
             }
-            if let Some(c) = step.condition.as_ref().filter(|_| !failed && stopped.is_none()) {
+            if let Some(c) = step.condition.as_ref().filter(|_| !before) {
                 let name: Arc<str> = Arc::from(step.name.as_str());
                 note(
                     a,
@@ -473,14 +499,14 @@ async fn run_steps(
             false => None,
         };
         let github = files.as_ref().map(|f| (f, &carried));
-        let ran = match stopped {
-            None => {
+        let ran = match carried.stopped {
+            false => {
                 run_step(
                     ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
                 )
                 .await
             }
-            Some(_) => {
+            true => {
                 let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
                 let cancel = CancellationToken::new();
                 run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, None, github).await
@@ -511,7 +537,7 @@ async fn run_steps(
             .await;
             continue;
         }
-        if stopped.is_some() {
+        if carried.stopped {
             let name: Arc<str> = Arc::from(step.name.as_str());
             note(
                 a,
@@ -521,19 +547,24 @@ async fn run_steps(
             .await;
             continue;
         }
-        if hard_stop {
-            stopped = Some(c);
-        } else {
-            step_failed = true;
-        }
-        if outcome.failure.is_none() {
-            outcome.exit_code = ran.end.exit_code();
-            outcome.failure = Some(c);
-            outcome.message = Some(ran.message.unwrap_or_else(|| match ran.end.exit_code() {
+        let failure = filecmd::StepFailure {
+            class: c,
+            exit_code: ran.end.exit_code(),
+            message: ran.message.unwrap_or_else(|| match ran.end.exit_code() {
                 Some(code) => format!("step `{}` exited with {code}", step.name),
                 None => format!("step `{}` failed ({c})", step.name),
-            }));
+            }),
+        };
+        if hard_stop {
+            carried.stopped = true;
+            fail_job(&mut outcome, failure);
+        } else if let Some(f) = carried.failed_step(failure) {
+            fail_job(&mut outcome, f);
         }
+    }
+    let last = steps.last().copied().unwrap_or(0);
+    while !carried.frames.is_empty() {
+        leave_call(ctx, a, job, last, ws, &vars, &mut carried, &mut outcome).await;
     }
     if job.file_commands && !job.outputs.is_empty() {
         job_outputs(ctx, a, job, &vars, &carried).await;
@@ -563,11 +594,93 @@ async fn run_steps(
     outcome
 }
 
-/// Whether step `index`'s condition holds now: `status` is (an earlier
-/// step failed, the job is being cancelled). Its `env` is the step's, with
-/// what GITHUB_ENV set so far.
+/// GitHub's contexts as step `index` sees them now, after the steps before
+/// it (`carried`): its `env` (with what GITHUB_ENV set so far), `steps`,
+/// `inputs`, `needs`, `secrets`, and how the job goes.
+struct GithubNow<'a> {
+    env: BTreeMap<String, String>,
+    steps: serde_json::Value,
+    secrets: serde_json::Value,
+    statuses: HashMap<String, String>,
+    paths: serde_json::Value,
+    vars: &'a BTreeMap<String, String>,
+    a: &'a Attempt,
+    carried: &'a filecmd::Carried,
+}
+
+impl<'a> GithubNow<'a> {
+    fn new(
+        ctx: &RunContext,
+        a: &'a Attempt,
+        job: &Job,
+        index: usize,
+        ws: &Path,
+        vars: &'a BTreeMap<String, String>,
+        carried: &'a filecmd::Carried,
+    ) -> Result<Self, String> {
+        let step = &job.steps[index];
+        let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
+        let env = scope
+            .resolve_all()
+            .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+        let mut now = GithubNow {
+            env,
+            steps: serde_json::Value::Object(carried.steps.clone()),
+            secrets: secrets_context(ctx),
+            statuses: HashMap::new(),
+            paths: github_paths(job, index, ws),
+            vars,
+            a,
+            carried,
+        };
+        for (k, v) in &carried.env {
+            if !step.environment.iter().any(|e| e.name == *k) {
+                now.env.insert(k.clone(), v.clone());
+            }
+        }
+        // Values the step would have evaluated as it starts (`${{ secrets.X }}`).
+        let mut env = now.env.clone();
+        for value in env.values_mut() {
+            if value.contains("${{") {
+                *value = now.text(value).map_err(|e| format!("step `{}`: {e}", step.name))?;
+            }
+        }
+        now.env = env;
+        Ok(now)
+    }
+
+    fn context(&self) -> StepCtx<'_> {
+        StepCtx {
+            env: &self.env,
+            vars: self.vars,
+            statuses: &self.statuses,
+            steps: Some(&self.steps),
+            secrets: Some(&self.secrets),
+            needs: Some(&self.a.needs),
+            inputs: self.carried.inputs.as_ref(),
+            paths: Some(&self.paths),
+            failed: self.carried.failed,
+            cancelled: self.carried.stopped,
+        }
+    }
+
+    fn holds(&self, cond: &crate::pipeline::model::Condition) -> Result<bool, String> {
+        expr::eval(&cond.expr, &self.context())
+            .map(|v| expr::truthy(&v))
+            .map_err(|e| format!("condition `{}` could not be evaluated: {e}", cond.source))
+    }
+
+    fn text(&self, text: &str) -> Result<String, String> {
+        expr::interpolate_in(text, &crate::pipeline::github::LANG, &self.context())
+            .map_err(|e| format!("expression in `{text}`: {e}"))
+    }
+}
+
+/// Whether step `index` runs now: without a condition, while nothing
+/// failed or stopped; with one that asks about status, whatever happened;
+/// with another, while nothing failed or stopped and it holds.
 #[allow(clippy::too_many_arguments)]
-fn condition_holds(
+fn step_runs(
     ctx: &RunContext,
     a: &Attempt,
     job: &Job,
@@ -575,49 +688,167 @@ fn condition_holds(
     ws: &Path,
     vars: &BTreeMap<String, String>,
     carried: &filecmd::Carried,
-    (failed, cancelled): (bool, bool),
+    cond: Option<&crate::pipeline::model::Condition>,
 ) -> Result<bool, String> {
-    let step = &job.steps[index];
-    let Some(cond) = &step.condition else {
-        return Ok(!failed && !cancelled);
+    let asks_status = cond.is_some_and(|c| c.expr.uses_status_functions());
+    match cond {
+        _ if (carried.failed || carried.stopped) && !asks_status => Ok(false),
+        None => Ok(true),
+        Some(c) => GithubNow::new(ctx, a, job, index, ws, vars, carried)?.holds(c),
+    }
+}
+
+/// `github.workspace` and `github.action_path` for step `index`.
+fn github_paths(job: &Job, index: usize, ws: &Path) -> serde_json::Value {
+    let action = job.steps[index]
+        .action
+        .and_then(|k| job.actions.get(k))
+        .map(|c| ws.join(&c.path).display().to_string())
+        .unwrap_or_default();
+    serde_json::json!({"workspace": ws.display().to_string(), "action_path": action})
+}
+
+/// The job's result is its first failure.
+fn fail_job(outcome: &mut Outcome, f: filecmd::StepFailure) {
+    if outcome.failure.is_none() {
+        outcome.exit_code = f.exit_code;
+        outcome.failure = Some(f.class);
+        outcome.message = Some(f.message);
+    }
+}
+
+/// Enters composite action call `call` as step `index` (its first) is
+/// reached: its `if:` is asked and its inputs evaluated where the call is
+/// written (the caller's scope).
+#[allow(clippy::too_many_arguments)]
+async fn enter_call(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    vars: &BTreeMap<String, String>,
+    carried: &mut filecmd::Carried,
+    call: usize,
+) {
+    let Some(spec) = job.actions.get(call) else { return };
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    let outer_skipped = carried.frames.last().is_some_and(|f| f.skipped);
+    let before = carried.failed || carried.stopped;
+    let mut problem = None;
+    let runs = !outer_skipped
+        && match step_runs(ctx, a, job, index, ws, vars, carried, spec.condition.as_ref()) {
+            Ok(runs) => runs,
+            Err(msg) => {
+                problem = Some(msg);
+                false
+            }
+        };
+    let mut inputs = serde_json::Map::new();
+    if runs {
+        match GithubNow::new(ctx, a, job, index, ws, vars, carried) {
+            Ok(now) => {
+                for (k, text) in &spec.inputs {
+                    match now.text(text) {
+                        Ok(v) => {
+                            inputs.insert(k.clone(), serde_json::Value::String(v));
+                        }
+                        Err(e) => {
+                            problem = Some(format!("input `{k}`: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => problem = Some(e),
+        }
+    } else if let Some(c) = spec
+        .condition
+        .as_ref()
+        .filter(|_| !before && !outer_skipped && problem.is_none())
+    {
+        note(
+            a,
+            &name,
+            format!("step `{}` skipped: condition is false: {}", spec.name, c.source),
+        )
+        .await;
+    }
+    carried.enter(call, serde_json::Value::Object(inputs), !runs || problem.is_some());
+    if let Some(msg) = problem {
+        let msg = format!("step `{}`: {msg}", spec.name);
+        note(a, &name, msg.clone()).await;
+        carried.failed_step(filecmd::StepFailure {
+            class: FailureClass::Script,
+            exit_code: None,
+            message: msg,
+        });
+    }
+}
+
+/// Leaves the innermost open call: its `outputs` are evaluated among its
+/// own steps and become the calling step's; its failure is its caller's
+/// unless the call may fail (`continue-on-error`).
+#[allow(clippy::too_many_arguments)]
+async fn leave_call(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    vars: &BTreeMap<String, String>,
+    carried: &mut filecmd::Carried,
+    outcome: &mut Outcome,
+) {
+    let Some(frame) = carried.frames.last() else { return };
+    let Some(spec) = job.actions.get(frame.call) else {
+        carried.frames.pop();
+        return;
     };
-    let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
-    let mut env = scope
-        .resolve_all()
-        .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
-    for (k, v) in &carried.env {
-        if !step.environment.iter().any(|e| e.name == *k) {
-            env.insert(k.clone(), v.clone());
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    let mut outputs = Vec::new();
+    if !frame.skipped {
+        match GithubNow::new(ctx, a, job, index, ws, vars, carried) {
+            Ok(now) => {
+                for (k, text) in &spec.outputs {
+                    match now.text(text) {
+                        Ok(v) => outputs.push((k.clone(), v)),
+                        Err(e) => note(a, &name, format!("output `{k}` of `{}`: {e}", spec.name)).await,
+                    }
+                }
+            }
+            Err(e) => note(a, &name, e).await,
         }
     }
-    let steps = serde_json::Value::Object(carried.steps.clone());
-    let secrets = secrets_context(ctx);
-    let statuses = HashMap::new();
-    let context = |env| StepCtx {
-        env,
-        vars,
-        statuses: &statuses,
-        steps: Some(&steps),
-        secrets: Some(&secrets),
-        needs: Some(&a.needs),
-        failed,
-        cancelled,
-    };
-    // Values the step would have evaluated as it starts (`${{ secrets.X }}`).
-    let snapshot = env.clone();
-    for value in env.values_mut() {
-        if value.contains("${{") {
-            *value = expr::interpolate_in(value, &crate::pipeline::github::LANG, &context(&snapshot))
-                .map_err(|e| format!("step `{}`: expression in `{value}`: {e}", step.name))?;
+    let failed = frame.failure.is_some();
+    if failed && spec.continue_on_error {
+        note(
+            a,
+            &name,
+            format!("step `{}` failed; continuing (continue-on-error)", spec.name),
+        )
+        .await;
+    }
+    if let Some(mut f) = carried.leave(spec.id.as_deref(), outputs, spec.continue_on_error) {
+        f.message = format!("action `{}`: {}", spec.name, f.message);
+        fail_job(outcome, f);
+    }
+}
+
+/// The composite action calls step `index` is part of, outermost first.
+fn call_chain(job: &Job, index: usize) -> Vec<usize> {
+    let mut chain = Vec::new();
+    let mut at = job.steps[index].action;
+    while let Some(k) = at {
+        // A call's parent comes before it: a malformed chain ends here.
+        if chain.contains(&k) || chain.len() > job.actions.len() {
+            break;
         }
+        chain.push(k);
+        at = job.actions.get(k).and_then(|c| c.parent);
     }
-    match expr::eval(&cond.expr, &context(&env)) {
-        Ok(v) => Ok(expr::truthy(&v)),
-        Err(e) => Err(format!(
-            "step `{}`: condition `{}` could not be evaluated: {e}",
-            step.name, cond.source
-        )),
-    }
+    chain.reverse();
+    chain
 }
 
 /// GitHub's `secrets` context: the run's secrets (`GITHUB_TOKEN` is not
@@ -651,8 +882,10 @@ async fn job_outputs(
         steps: Some(&steps),
         secrets: Some(&secrets),
         needs: Some(&a.needs),
-        failed: false,
-        cancelled: false,
+        inputs: None,
+        paths: None,
+        failed: carried.failed,
+        cancelled: carried.stopped,
     };
     let name: Arc<str> = Arc::from("outputs");
     let mut outputs = Vec::new();
@@ -822,6 +1055,7 @@ fn prepare_step(
     }
     let statuses = a.statuses.clone();
     let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
+    let paths = github.map(|_| github_paths(job, index, ws));
     let secrets_context = github.map(|_| secrets_context(ctx));
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         let ctx = StepCtx {
@@ -831,8 +1065,10 @@ fn prepare_step(
             steps: steps_context.as_ref(),
             secrets: secrets_context.as_ref(),
             needs: github.map(|_| &*a.needs),
-            failed: false,
-            cancelled: false,
+            inputs: github.and_then(|(_, c)| c.inputs.as_ref()),
+            paths: paths.as_ref(),
+            failed: github.is_some_and(|(_, c)| c.failed),
+            cancelled: github.is_some_and(|(_, c)| c.stopped),
         };
         match github {
             // A GitHub job's step reads GitHub's language, `steps` too.

@@ -235,8 +235,36 @@ pub struct Job {
     /// text) evaluated when its steps have run (GitHub's `outputs`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub outputs: Vec<(String, String)>,
+    /// The composite actions its steps come from (GitHub's `uses: ./x`),
+    /// by [`Step::action`].
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub actions: Vec<ActionCall>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// One call of a composite action: its steps are the job's steps whose
+/// [`Step::action`] is this call (or a call inside it). As the first of
+/// them is reached, `condition` is asked and `inputs` are evaluated where
+/// the call is written; once the last has run, `outputs` are evaluated
+/// among the action's own steps and become the calling step's.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActionCall {
+    /// The call it is written in (an action inside an action).
+    pub parent: Option<usize>,
+    /// The calling step's `id`.
+    pub id: Option<String>,
+    pub name: String,
+    /// (name, text with `${{ }}` still to evaluate), defaults filled in.
+    pub inputs: Vec<(String, String)>,
+    /// (name, text with `${{ }}` still to evaluate).
+    pub outputs: Vec<(String, String)>,
+    /// The action's folder, relative to the workspace.
+    pub path: String,
+    /// The calling step's `if:`, when the run decides it.
+    pub condition: Option<Condition>,
+    /// The calling step's `continue-on-error`.
+    pub continue_on_error: bool,
 }
 
 /// `deploy:` of a job: a rollout of local processes or containers behind
@@ -668,6 +696,9 @@ pub struct Step {
     /// has failed; with them it is asked after a failure or a cancel too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
+    /// The composite action call it belongs to ([`Job::actions`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<usize>,
 }
 
 /// How long a cleanup step may run when it sets no timeout (GitLab gives

@@ -13,6 +13,7 @@
 //!
 //! Pure: nothing here does I/O.
 
+mod action;
 pub mod matrix;
 
 use std::path::Path;
@@ -74,8 +75,9 @@ const KNOWN: [&str; 6] = ["github", "matrix", "strategy", "runner", "inputs", "v
 /// Contexts a step's text may read that the engine fills as the step
 /// starts: `env` as `GITHUB_ENV` left it, `steps` with the outputs so far,
 /// `secrets` from `--secret` and `--secret-file` (never written into the
-/// model: a secret's value joins the step's script only as it runs).
-pub const AT_STEP_START: [&str; 4] = ["env", "steps", "secrets", "needs"];
+/// model: a secret's value joins the step's script only as it runs), and
+/// `job` (`job.status`: how the steps before it went).
+pub const AT_STEP_START: [&str; 5] = ["env", "steps", "secrets", "needs", "job"];
 
 /// Functions that need the run (its files or its jobs' states).
 const AT_RUN_TIME: [&str; 5] = ["hashFiles", "success", "failure", "always", "cancelled"];
@@ -227,6 +229,8 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
         };
         report.items = cx.diags;
         report.dropped = cx.dropped;
+        // Actions' metadata files, for diagnostics that point into them.
+        report.includes = cx.included.into_iter().map(|s| (s.path, s.text)).collect();
         p
     };
     finish(pipeline, report)
@@ -359,6 +363,14 @@ struct Workflow<'c, 's> {
     inputs: Json,
     /// `--input NAME=VALUE`.
     given_inputs: Vec<(String, String)>,
+    /// The composite action calls of the job being read.
+    calls: Vec<crate::pipeline::model::ActionCall>,
+    /// The calls being read, innermost last (indexes into `calls`).
+    frames: Vec<usize>,
+    /// The `env` the steps of the calls being read inherit.
+    frame_env: Vec<EnvVar>,
+    /// Each action.yml read, by path.
+    actions_read: std::collections::HashMap<std::path::PathBuf, Option<action::Parsed>>,
 }
 
 impl<'c, 's> Workflow<'c, 's> {
@@ -389,6 +401,10 @@ impl<'c, 's> Workflow<'c, 's> {
             ),
             inputs: json!({}),
             given_inputs: opts.inputs.clone(),
+            calls: Vec::new(),
+            frames: Vec::new(),
+            frame_env: Vec::new(),
+            actions_read: std::collections::HashMap::new(),
         }
     }
 
@@ -892,7 +908,10 @@ impl<'c, 's> Workflow<'c, 's> {
         env_now: bool,
     ) -> Option<String> {
         let keep_runtime = !env_now;
-        let is_known = |r: &str| KNOWN.contains(&r) || (env_now && r == "env");
+        // Inside an action `inputs` is the call's: the run fills it.
+        let in_action = !self.frames.is_empty();
+        let runtime = action::runtime_roots(in_action);
+        let is_known = |r: &str| (KNOWN.contains(&r) && !(in_action && r == "inputs")) || (env_now && r == "env");
         let found = match expr::placeholders_in(raw, &LANG) {
             Ok(f) => f,
             Err(e) => {
@@ -914,6 +933,38 @@ impl<'c, 's> Workflow<'c, 's> {
                 self.unavailable(raw, node, path, p.inner_start + off, root, allowed);
                 return None;
             }
+            let runtime_paths = runtime_github(&p.expr).is_some();
+            if runtime_paths && keep_runtime && github_paths_only(&p.expr) {
+                // Only the run knows the job's workspace: evaluated as the
+                // step starts, where `github` holds just these paths.
+                if let Some((root, off)) = roots
+                    .iter()
+                    .find(|(r, _)| r != "github" && !runtime.contains(&r.as_str()))
+                {
+                    self.not_yet(
+                        raw,
+                        node,
+                        path,
+                        p.inner_start + off,
+                        &format!("the `{root}` context with `github.workspace`"),
+                    );
+                    return None;
+                }
+                out.push_str(&raw[p.start..p.end]);
+                continue;
+            }
+            if let Some(key) = runtime_github(&p.expr) {
+                let off = p.inner_start + raw[p.inner_start..p.end].find(key).unwrap_or(0);
+                self.not_yet_with(
+                    raw,
+                    node,
+                    path,
+                    off,
+                    &format!("`github.{key}`"),
+                    "here, or beside other `github` fields; use the variable instead: $GITHUB_WORKSPACE, $GITHUB_ACTION_PATH",
+                );
+                return None;
+            }
             let unknown = roots.iter().find(|(r, _)| !is_known(r));
             let at_run = calls.iter().find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()));
             match (unknown, at_run) {
@@ -931,7 +982,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 // Only `env` and `steps`: the engine evaluates it as the
                 // step starts (`env` as GITHUB_ENV left it, `steps` with
                 // the outputs so far).
-                (Some(_), None) if keep_runtime && roots.iter().all(|(r, _)| AT_STEP_START.contains(&r.as_str())) => {
+                (Some(_), None) if keep_runtime && roots.iter().all(|(r, _)| runtime.contains(&r.as_str())) => {
                     out.push_str(&raw[p.start..p.end]);
                 }
                 (Some((root, off)), _) => {
@@ -973,9 +1024,19 @@ impl<'c, 's> Workflow<'c, 's> {
     }
 
     fn not_yet(&mut self, raw: &str, node: &Node, path: &str, offset: usize, what: &str) {
+        self.not_yet_with(
+            raw,
+            node,
+            path,
+            offset,
+            what,
+            "docs/github.md lists what runs today; the github, matrix, strategy, runner, inputs, vars and env contexts do",
+        );
+    }
+
+    fn not_yet_with(&mut self, raw: &str, node: &Node, path: &str, offset: usize, what: &str, hint: &str) {
         let pos = self.cx.pos_at(node, raw, offset);
-        let d = Diagnostic::error(pos, 1, path, format!("trackside does not evaluate {what} yet"))
-            .with_hint("docs/github.md lists what runs today; the github, matrix, strategy, runner, inputs, vars and env contexts do");
+        let d = Diagnostic::error(pos, 1, path, format!("trackside does not evaluate {what} yet")).with_hint(hint);
         if self.cx.room() {
             self.cx.diags.push(d);
         }
@@ -1037,7 +1098,8 @@ impl<'c, 's> Workflow<'c, 's> {
             self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in `if:`"));
             return None;
         }
-        let is_known = |r: &str| KNOWN.contains(&r);
+        let in_action = !self.frames.is_empty();
+        let is_known = |r: &str| KNOWN.contains(&r) && !(in_action && r == "inputs");
         let at_run = |c: &str| AT_RUN_TIME.contains(&c);
         match e.fold(known, &is_known, &at_run) {
             Ok(Expr::Lit(v)) => Some(Decided::Now(expr::truthy(&v))),
@@ -1350,6 +1412,7 @@ impl<'c, 's> Workflow<'c, 's> {
             }
         }
         let steps = self.steps(steps_node, &join(path, "steps"), known, defaults);
+        let actions = std::mem::take(&mut self.calls);
         let outputs = match get(node, "outputs") {
             Some(n) => self.outputs(n, &join(path, "outputs"), known),
             None => Some(Vec::new()),
@@ -1396,6 +1459,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 .then(|| id.to_string()),
             id: Some(id.to_string()),
             outputs,
+            actions,
             pos: node.pos,
         })
     }
@@ -1687,8 +1751,7 @@ impl<'c, 's> Workflow<'c, 's> {
         for (i, s) in items.iter().enumerate() {
             let spath = format!("{path}[{i}]");
             match self.step(s, &spath, known, defaults, &mut ids) {
-                Some(Some(step)) => out.push(step),
-                Some(None) => {}
+                Some(steps) => out.extend(steps),
                 None => ok = false,
             }
         }
@@ -1696,7 +1759,8 @@ impl<'c, 's> Workflow<'c, 's> {
             return None;
         }
         if out.is_empty() {
-            // Every step was left out (`if:` false, or checkout only).
+            // Every step was left out (checkout only, or actions whose
+            // `if:` is false).
             out.push(Step {
                 name: "nothing to run".into(),
                 script: vec![":".into()],
@@ -1714,8 +1778,12 @@ impl<'c, 's> Workflow<'c, 's> {
         known: &Known,
         defaults: &RunDefaults,
         ids: &mut Vec<String>,
-    ) -> Option<Option<Step>> {
-        if !self.cx.mapping(node, path, &STEP_KEYS, "a step") {
+    ) -> Option<Vec<Step>> {
+        let keys: &[&str] = match self.frames.is_empty() {
+            true => &STEP_KEYS,
+            false => &action::COMPOSITE_STEP_KEYS,
+        };
+        if !self.cx.mapping(node, path, keys, "a step") {
             return None;
         }
         let mut step_id = None;
@@ -1769,11 +1837,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 }
                 let action = self.cx.string(u, &join(path, "uses"))?;
                 if let Some(local) = action.strip_prefix("./") {
-                    let dir = self.root.join(local);
-                    if !dir.join("action.yml").is_file() && !dir.join("action.yaml").is_file() {
-                        self.cx.err(u, &join(path, "uses"), format!("missing action: no action.yml in {}", dir.display()), "local actions are folders of the repository with an action.yml; check the path (it is relative to the repository's root)");
-                        return None;
-                    }
+                    return self.uses_local(node, path, u, local.trim_end_matches('/'), known, step_id);
                 }
                 if action
                     .split('@')
@@ -1782,11 +1846,9 @@ impl<'c, 's> Workflow<'c, 's> {
                 {
                     // The workspace is the checkout already.
                     self.uses_checkout = true;
-                    return Some(None);
+                    return Some(Vec::new());
                 }
-                let what = if action.starts_with("./") {
-                    "local actions (`uses: ./...`)"
-                } else if action.starts_with("docker://") {
+                let what = if action.starts_with("docker://") {
                     "Docker actions (`uses: docker://...`)"
                 } else {
                     "actions from other repositories"
@@ -1795,15 +1857,16 @@ impl<'c, 's> Workflow<'c, 's> {
                     u,
                     &join(path, "uses"),
                     format!("trackside does not run {what} yet: `{action}`"),
-                    "docs/github.md lists what runs today: `run:` steps and `actions/checkout`",
+                    "docs/github.md lists what runs today: `run:` steps, local composite actions and `actions/checkout`",
                 );
                 return None;
             }
             (Some(r), None) => r,
         };
         // Every field is read, so every mistake is reported at once.
+        let later = action::runtime_roots(!self.frames.is_empty());
         let runs = match get(node, "if") {
-            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF, &AT_STEP_START),
+            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF, &later),
             None => Some(Decided::Now(true)),
         };
         let raw = self.cx.string(run, &join(path, "run"));
@@ -1823,6 +1886,16 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         let shell = match get(node, "shell") {
             Some(n) => self.shell(n, &join(path, "shell")),
+            // An action's `run` step says its shell.
+            None if !self.frames.is_empty() => {
+                self.cx.err(
+                    run,
+                    &join(path, "shell"),
+                    "a composite action's `run` step needs `shell:`",
+                    "add `shell: bash` to the step",
+                );
+                None
+            }
             // Unspecified: `bash -e {0}` (GitHub's table of shells: no
             // pipefail unless `shell: bash` is asked for).
             None => Some(
@@ -1877,12 +1950,20 @@ impl<'c, 's> Workflow<'c, 's> {
         else {
             return None;
         };
+        // A step whose `if:` is false stays, skipped: the log says so, and
+        // later steps read its outcome (`skipped`).
         let condition = match runs {
-            Decided::Now(false) => return Some(None),
+            Decided::Now(false) => {
+                let c = get(node, "if");
+                let source = c
+                    .and_then(|c| c.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "false".into());
+                Some(never(source, c.map_or(node.pos, |c| c.pos)))
+            }
             Decided::Now(true) => None,
             Decided::Later(c) => Some(c),
         };
-        Some(Some(Step {
+        Some(vec![Step {
             condition,
             name,
             script: script_text.lines().map(str::to_string).collect(),
@@ -1893,7 +1974,115 @@ impl<'c, 's> Workflow<'c, 's> {
             shell: Some(shell),
             id: step_id,
             ..Step::default()
-        }))
+        }])
+    }
+
+    /// `uses: ./rel`: the steps of a composite action, read with the
+    /// calling step's `id`, `if`, `name`, `env` and `continue-on-error`.
+    fn uses_local(
+        &mut self,
+        node: &Node,
+        path: &str,
+        uses: &Node,
+        rel: &str,
+        known: &Known,
+        id: Option<String>,
+    ) -> Option<Vec<Step>> {
+        let later = action::runtime_roots(!self.frames.is_empty());
+        let decided = match get(node, "if") {
+            Some(c) => self.condition(c, &join(path, "if"), known, IN_STEP_IF, &later),
+            None => Some(Decided::Now(true)),
+        };
+        let name = match get(node, "name") {
+            Some(n) => self
+                .cx
+                .string(n, &join(path, "name"))
+                .and_then(|raw| self.text(&raw, n, &join(path, "name"), known, IN_STEP))
+                .map(Some),
+            None => Some(None),
+        };
+        let env = match get(node, "env") {
+            Some(n) => Some(self.env(n, &join(path, "env"), known, IN_STEP)),
+            None => Some(Vec::new()),
+        };
+        let continue_on_error = match get(node, "continue-on-error") {
+            Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_STEP),
+            None => Some(false),
+        };
+        if let Some(t) = get(node, "timeout-minutes") {
+            self.cx.warn(
+                t,
+                &join(path, "timeout-minutes"),
+                "`timeout-minutes` of a step that calls an action is not applied",
+                "the job's timeout-minutes still holds",
+            );
+        }
+        let (Some(decided), Some(name), Some(env), Some(continue_on_error)) = (decided, name, env, continue_on_error)
+        else {
+            return None;
+        };
+        let Ok(condition) = action::condition_of(decided) else {
+            // `if:` false now: the action is not part of the run (its file
+            // is still checked).
+            let _ = self.action_file(rel, uses, path);
+            return Some(Vec::new());
+        };
+        let mut step_known = known.clone();
+        step_known.env.extend(declared(&env));
+        let caller = action::Caller {
+            node,
+            path,
+            uses,
+            rel,
+            id,
+            name,
+            condition,
+            continue_on_error,
+            env,
+        };
+        self.local_action(caller, &step_known)
+    }
+}
+
+/// `github.workspace` or `github.action_path` when the expression reads
+/// one: paths only the run knows (the job's workspace), which the `github`
+/// context, fixed when the workflow is read, does not hold.
+fn runtime_github(e: &Expr) -> Option<&'static str> {
+    match e {
+        Expr::Member(obj, key) => {
+            if let (Expr::Ident(root, _), Expr::Lit(Json::String(k))) = (&**obj, &**key)
+                && root == "github"
+            {
+                for name in ["workspace", "action_path"] {
+                    if k == name {
+                        return Some(name);
+                    }
+                }
+            }
+            runtime_github(obj).or_else(|| runtime_github(key))
+        }
+        Expr::Bin(_, a, b) => runtime_github(a).or_else(|| runtime_github(b)),
+        Expr::Not(a) | Expr::Filter(a) => runtime_github(a),
+        Expr::Call(_, args, _) => args.iter().find_map(runtime_github),
+        _ => None,
+    }
+}
+
+/// Whether every read of `github` in `e` is `github.workspace` or
+/// `github.action_path`.
+fn github_paths_only(e: &Expr) -> bool {
+    match e {
+        Expr::Member(obj, key) => match (&**obj, &**key) {
+            (Expr::Ident(root, _), Expr::Lit(Json::String(k))) if root == "github" => {
+                k == "workspace" || k == "action_path"
+            }
+            _ => github_paths_only(obj) && github_paths_only(key),
+        },
+        Expr::Ident(root, _) => root != "github",
+        Expr::Bin(_, a, b) => github_paths_only(a) && github_paths_only(b),
+        Expr::Not(a) | Expr::Filter(a) => github_paths_only(a),
+        Expr::Call(_, args, _) => args.iter().all(github_paths_only),
+        _ => true,
     }
 }
 

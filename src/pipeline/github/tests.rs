@@ -176,7 +176,13 @@ jobs:
     .expect("valid");
     let deploy = p.job("deploy").expect("deploy");
     assert!(deploy.conditional.is_none(), "comparisons ignore case: it runs");
-    assert_eq!(deploy.steps.len(), 1, "the step whose if is false is left out");
+    assert_eq!(deploy.steps.len(), 2);
+    assert!(deploy.steps[0].condition.is_none());
+    assert_eq!(
+        deploy.steps[1].condition.as_ref().map(|c| c.expr.clone()),
+        Some(Expr::Lit(Json::Bool(false))),
+        "the step whose if is false stays, to be skipped"
+    );
     let docs = p.job("docs").expect("docs");
     assert_eq!(
         docs.conditional.as_ref().map(|c| c.expr.clone()),
@@ -223,23 +229,23 @@ jobs:
 #[test]
 fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
     let errs = errors(
-        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ job.status }}\n      - uses: ./local\n",
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ hashFiles('x') }}\n      - uses: ./local\n",
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("6:23 trackside does not evaluate the `job` context yet")),
+            .any(|e| e.starts_with("6:23 trackside does not evaluate `hashFiles()` here yet")),
         "{errs:?}"
     );
     assert!(
         errs.iter().any(|e| e.contains("missing action: no action.yml in")),
         "{errs:?}"
     );
-    // A local action that is there: not run yet, and said so.
+    // A local JavaScript action that is there: not run yet, and said so.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("local")).unwrap();
     std::fs::write(
         dir.path().join("local/action.yml"),
-        "runs: {using: composite, steps: []}\n",
+        "runs: {using: node20, main: index.js}\n",
     )
     .unwrap();
     let opts = LoadOptions {
@@ -257,7 +263,7 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
         report
             .items
             .iter()
-            .any(|d| d.message.contains("does not run local actions")),
+            .any(|d| d.message.contains("does not run JavaScript actions")),
         "{:?}",
         report.items
     );
@@ -271,5 +277,141 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
         errors(&yaml)
             .iter()
             .any(|e| e.starts_with("6:7 the matrix expands to more than 256 jobs"))
+    );
+}
+
+/// A repository with `files` (path, text), its workflow read.
+fn load_repo(files: &[(&str, &str)]) -> Result<Pipeline, Report> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        ..Default::default()
+    };
+    let file = dir.path().join(".github/workflows/ci.yml");
+    let text = std::fs::read_to_string(&file).expect("workflow");
+    super::super::parse_source(&file, text, &opts).map(|(p, _)| p)
+}
+
+/// Errors as `file:line:col message` (`file` the workflow's, or an
+/// included action's path).
+fn repo_errors(files: &[(&str, &str)]) -> Vec<String> {
+    match load_repo(files) {
+        Ok(_) => panic!("accepted: {files:?}"),
+        Err(r) => r
+            .items
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| {
+                let file = match usize::from(d.file) {
+                    0 => "ci.yml".to_string(),
+                    n => r.includes[n - 1].0.display().to_string(),
+                };
+                format!("{file}:{}:{} {}", d.line, d.column, d.message)
+            })
+            .collect(),
+    }
+}
+
+const CALLER: &str = "on: push\njobs:\n  build:\n    runs-on: x\n    steps:\n      - id: s\n        uses: ./.github/actions/a\n        with:\n          who: ${{ github.ref_name }}\n          later: ${{ steps.x.outputs.y }}\n";
+
+#[test]
+fn composite_actions_join_the_job_steps_with_their_calls() {
+    let action = "name: A\ninputs:\n  who: {required: true}\n  later: {}\n  mode: {default: fast}\noutputs:\n  out:\n    value: ${{ steps.inner.outputs.v }}\nruns:\n  using: composite\n  steps:\n    - id: inner\n      shell: bash\n      run: echo \"${{ inputs.who }} ${{ github.ref_name }}\"\n    - uses: ./.github/actions/b\n      with: {n: '${{ inputs.mode }}'}\n";
+    let nested = "name: B\ninputs:\n  n: {}\nruns:\n  using: composite\n  steps:\n    - shell: sh\n      if: inputs.n == 'fast'\n      run: echo ${{ inputs.n }}\n";
+    let p = load_repo(&[
+        (".github/workflows/ci.yml", CALLER),
+        (".github/actions/a/action.yml", action),
+        (".github/actions/b/action.yml", nested),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let job = &p.jobs[0];
+    assert_eq!(job.steps.len(), 2);
+    assert_eq!(job.actions.len(), 2);
+    let (a, b) = (&job.actions[0], &job.actions[1]);
+    assert_eq!((a.parent, b.parent), (None, Some(0)));
+    assert_eq!(a.id.as_deref(), Some("s"));
+    // What is known now is evaluated; what the run knows waits.
+    assert_eq!(
+        a.inputs,
+        [
+            ("who".to_string(), "main".to_string()),
+            ("later".to_string(), "${{ steps.x.outputs.y }}".to_string()),
+            ("mode".to_string(), "fast".to_string()),
+        ]
+    );
+    assert_eq!(
+        a.outputs,
+        [("out".to_string(), "${{ steps.inner.outputs.v }}".to_string())]
+    );
+    assert_eq!(job.steps[0].action, Some(0));
+    assert_eq!(job.steps[0].script, ["echo \"${{ inputs.who }} main\""]);
+    assert!(
+        job.steps[0]
+            .environment
+            .iter()
+            .any(|e| e.name == "GITHUB_ACTION_PATH" && e.value == "${CI_PROJECT_DIR}/.github/actions/a")
+    );
+    assert_eq!(job.steps[1].action, Some(1));
+    assert!(
+        job.steps[1].condition.is_some(),
+        "inputs are the run's inside an action"
+    );
+}
+
+#[test]
+fn composite_action_mistakes_point_into_action_yml() {
+    let errs = repo_errors(&[
+        (".github/workflows/ci.yml", CALLER),
+        (
+            ".github/actions/a/action.yml",
+            "name: A\ninputs:\n  who: {required: true}\n  extra: {required: true}\nrunz: {}\nruns:\n  using: composite\n  steps:\n    - run: echo hi\n    - shell: bash\n      timeout-minutes: 3\n      run: echo ${{ inputs.who }\n",
+        ),
+    ]);
+    assert_eq!(
+        errs,
+        [
+            "ci.yml:7:15 input `extra` of `./.github/actions/a` is required and not given",
+            ".github/actions/a/action.yml:5:1 unknown key `runz` in an action's metadata (action.yml)",
+            ".github/actions/a/action.yml:9:12 a composite action's `run` step needs `shell:`",
+            ".github/actions/a/action.yml:11:7 unknown key `timeout-minutes` in a step",
+            ".github/actions/a/action.yml:12:20 invalid expression: unclosed `${{`",
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn actions_that_call_themselves_and_other_runtimes_are_refused() {
+    let looping = "name: A\nruns:\n  using: composite\n  steps:\n    - uses: ./.github/actions/a\n";
+    let errs = repo_errors(&[
+        (
+            ".github/workflows/ci.yml",
+            "on: push\njobs:\n  build:\n    runs-on: x\n    steps:\n      - uses: ./.github/actions/a\n      - uses: ./.github/actions/js\n      - uses: ./../outside\n",
+        ),
+        (".github/actions/a/action.yml", looping),
+        (
+            ".github/actions/js/action.yml",
+            "name: J\nruns:\n  using: node20\n  main: index.js\n",
+        ),
+    ]);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("composite actions nest more than 10 deep")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("ci.yml:7:15 trackside does not run JavaScript actions yet")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("ci.yml:8:15 local action `./../outside` leaves the repository")),
+        "{errs:#?}"
     );
 }

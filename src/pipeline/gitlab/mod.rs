@@ -1498,6 +1498,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             strict_needs: false,
             id: None,
             outputs: Vec::new(),
+            actions: Vec::new(),
             pos: key.pos,
         };
         Some(Read {

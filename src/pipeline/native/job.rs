@@ -274,6 +274,7 @@ impl Cx<'_> {
             strict_needs: false,
             id: None,
             outputs: Vec::new(),
+            actions: Vec::new(),
             pos: key.pos,
         })
     }
