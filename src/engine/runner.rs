@@ -43,6 +43,9 @@ struct StepCtx<'a> {
     /// GitHub's `github.workspace` and `github.action_path`: the paths only
     /// the run knows (the rest of `github` was evaluated as it was read).
     paths: Option<&'a serde_json::Value>,
+    /// The job's workspace, for `hashFiles()`, and the state folder it
+    /// leaves out.
+    files: Option<(&'a Path, &'a Path)>,
     /// How the job's earlier steps went, for the status functions.
     failed: bool,
     cancelled: bool,
@@ -89,6 +92,14 @@ impl Context for StepCtx<'_> {
     }
     fn cancelled(&self) -> bool {
         self.cancelled
+    }
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        let Some((ws, state)) = self.files else {
+            return Err("hashFiles() is evaluated as a step starts".into());
+        };
+        let files = crate::exec::workspace::project_files(ws, state)
+            .map_err(|e| format!("hashFiles(): cannot list {}: {e}", ws.display()))?;
+        crate::store::cache::hash_files(ws, &files, patterns).map_err(|e| format!("hashFiles(): {e}"))
     }
 }
 
@@ -603,6 +614,8 @@ struct GithubNow<'a> {
     secrets: serde_json::Value,
     statuses: HashMap<String, String>,
     paths: serde_json::Value,
+    ws: PathBuf,
+    state_dir: PathBuf,
     vars: &'a BTreeMap<String, String>,
     a: &'a Attempt,
     carried: &'a filecmd::Carried,
@@ -629,6 +642,8 @@ impl<'a> GithubNow<'a> {
             secrets: secrets_context(ctx),
             statuses: HashMap::new(),
             paths: github_paths(job, index, ws),
+            ws: ws.to_path_buf(),
+            state_dir: ctx.state_dir.clone(),
             vars,
             a,
             carried,
@@ -659,6 +674,7 @@ impl<'a> GithubNow<'a> {
             needs: Some(&self.a.needs),
             inputs: self.carried.inputs.as_ref(),
             paths: Some(&self.paths),
+            files: Some((&self.ws, &self.state_dir)),
             failed: self.carried.failed,
             cancelled: self.carried.stopped,
         }
@@ -698,14 +714,20 @@ fn step_runs(
     }
 }
 
-/// `github.workspace` and `github.action_path` for step `index`.
+/// GitHub's `github` context for step `index`: as the workflow was read,
+/// with the paths only the run knows (`workspace`, `action_path`).
 fn github_paths(job: &Job, index: usize, ws: &Path) -> serde_json::Value {
     let action = job.steps[index]
         .action
         .and_then(|k| job.actions.get(k))
         .map(|c| ws.join(&c.path).display().to_string())
         .unwrap_or_default();
-    serde_json::json!({"workspace": ws.display().to_string(), "action_path": action})
+    let mut github = job.github.as_deref().cloned().unwrap_or_else(|| serde_json::json!({}));
+    if let Some(g) = github.as_object_mut() {
+        g.insert("workspace".into(), serde_json::Value::String(ws.display().to_string()));
+        g.insert("action_path".into(), serde_json::Value::String(action));
+    }
+    github
 }
 
 /// The job's result is its first failure.
@@ -884,6 +906,7 @@ async fn job_outputs(
         needs: Some(&a.needs),
         inputs: None,
         paths: None,
+        files: None,
         failed: carried.failed,
         cancelled: carried.stopped,
     };
@@ -1067,6 +1090,7 @@ fn prepare_step(
             needs: github.map(|_| &*a.needs),
             inputs: github.and_then(|(_, c)| c.inputs.as_ref()),
             paths: paths.as_ref(),
+            files: github.map(|_| (ws, ctx.state_dir.as_path())),
             failed: github.is_some_and(|(_, c)| c.failed),
             cancelled: github.is_some_and(|(_, c)| c.stopped),
         };

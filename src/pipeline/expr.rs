@@ -146,6 +146,52 @@ impl Expr {
         })
     }
 
+    /// Source text that parses back to this expression (GitHub's syntax:
+    /// strings in single quotes, arrays and objects through `fromJSON`).
+    pub fn to_source(&self) -> String {
+        let lit = |v: &Value| match v {
+            Value::String(t) => format!("'{}'", t.replace('\'', "''")),
+            Value::Array(_) | Value::Object(_) => {
+                let json = serde_json::to_string(v).unwrap_or_default();
+                format!("fromJSON('{}')", json.replace('\'', "''"))
+            }
+            other => other.to_string(),
+        };
+        match self {
+            Expr::Null => "null".into(),
+            Expr::Lit(v) => lit(v),
+            Expr::Ident(name, _) => name.clone(),
+            Expr::Member(obj, key) => match &**key {
+                Expr::Lit(Value::String(k))
+                    if k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    format!("{}.{k}", obj.to_source())
+                }
+                other => format!("{}[{}]", obj.to_source(), other.to_source()),
+            },
+            Expr::Filter(obj) => format!("{}.*", obj.to_source()),
+            Expr::Call(name, args, _) => {
+                let args: Vec<String> = args.iter().map(Expr::to_source).collect();
+                format!("{name}({})", args.join(", "))
+            }
+            Expr::Not(a) => format!("!({})", a.to_source()),
+            Expr::Bin(op, a, b) => {
+                let op = match op {
+                    BinOp::Eq => "==",
+                    BinOp::Ne => "!=",
+                    BinOp::Lt => "<",
+                    BinOp::Le => "<=",
+                    BinOp::Gt => ">",
+                    BinOp::Ge => ">=",
+                    BinOp::And => "&&",
+                    BinOp::Or => "||",
+                };
+                format!("({} {op} {})", a.to_source(), b.to_source())
+            }
+        }
+    }
+
     /// The contexts it reads and the functions it calls, with their offsets.
     pub fn names(&self, roots: &mut Vec<(String, usize)>, calls: &mut Vec<(String, usize)>) {
         match self {
@@ -556,6 +602,11 @@ pub trait Context {
     fn cancelled(&self) -> bool {
         false
     }
+    /// GitHub's `hashFiles(patterns)` over the job's workspace.
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        let _ = patterns;
+        Err("hashFiles() needs the job's workspace: it is evaluated as a step starts".into())
+    }
 }
 
 struct Eval<'a> {
@@ -692,6 +743,10 @@ impl Eval<'_> {
             "failure" => Value::Bool(self.ctx.upstream_failed()),
             "always" => Value::Bool(true),
             "cancelled" => Value::Bool(self.ctx.cancelled()),
+            "hashFiles" => {
+                let patterns: Vec<String> = vals.iter().map(to_text).collect();
+                Value::String(self.ctx.hash_files(&patterns).map_err(|m| ExprError::at(off, m))?)
+            }
             "toJSON" => Value::String(serde_json::to_string_pretty(&vals[0]).unwrap_or_default()),
             "contains" => match &vals[0] {
                 Value::Array(items) => Value::Bool(
@@ -1026,6 +1081,24 @@ mod tests {
             "{folded:?}"
         );
         assert_eq!(eval(&folded, &ctx()).unwrap(), Value::Bool(false));
+    }
+
+    #[test]
+    fn source_text_parses_back_to_the_same_expression() {
+        let lang = &crate::pipeline::github::LANG;
+        for src in [
+            "!(env.A == 'it''s') && (fromJSON(env.LIST)[1] >= 2 || contains(steps.*.outcome, 'failure'))",
+            "format('{0}}}', steps['my step'].outputs.x, 1.5, null, true)",
+            "needs.build-x.outputs.v",
+        ] {
+            let e = parse_in(src, lang).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            let again = parse_in(&e.to_source(), lang).unwrap_or_else(|err| panic!("{}: {err:?}", e.to_source()));
+            assert_eq!(again.to_source(), e.to_source(), "{src}");
+            assert_eq!(eval(&again, &ctx()).ok(), eval(&e, &ctx()).ok(), "{src}");
+        }
+        let folded = Expr::Lit(serde_json::json!({"a": ["x'y"]}));
+        let back = parse_in(&folded.to_source(), lang).unwrap();
+        assert_eq!(eval(&back, &ctx()).unwrap(), serde_json::json!({"a": ["x'y"]}));
     }
 
     #[test]

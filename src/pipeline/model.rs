@@ -239,6 +239,10 @@ pub struct Job {
     /// by [`Step::action`].
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub actions: Vec<ActionCall>,
+    /// GitHub's `github` context as the workflow was read, for the
+    /// expressions the run evaluates (shared by the workflow's jobs).
+    #[serde(skip)]
+    pub github: Option<std::sync::Arc<serde_json::Value>>,
     #[serde(skip)]
     pub pos: Pos,
 }

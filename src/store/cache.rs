@@ -122,6 +122,54 @@ pub fn hash_inputs(
     files: &[PathBuf],
     patterns: &[String],
 ) -> Result<Vec<(String, Digest)>, ArtifactError> {
+    let matched = matching(files, patterns)?;
+    let mut out = Vec::with_capacity(matched.len());
+    let mut buf = vec![0u8; 64 * 1024];
+    for rel in matched {
+        let path = root.join(&rel);
+        let digest = hash_file(&path, &mut buf).map_err(super::io_err("cannot read cache input", &path))?;
+        out.push((rel, digest));
+    }
+    Ok(out)
+}
+
+/// GitHub's `hashFiles(patterns)` over `files` (relative to `root`): the
+/// SHA-256 of each matching file's SHA-256, in path order, as hex; empty
+/// when nothing matches. A pattern starting with `!` takes matches back.
+pub fn hash_files(root: &Path, files: &[PathBuf], patterns: &[String]) -> Result<String, ArtifactError> {
+    let (excludes, includes): (Vec<String>, Vec<String>) = patterns
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .partition(|p| p.starts_with('!'));
+    let excludes: Vec<String> = excludes.iter().map(|p| p[1..].to_string()).collect();
+    let files: Vec<PathBuf> = if excludes.is_empty() {
+        files.to_vec()
+    } else {
+        let taken_back = matching(files, &excludes)?;
+        files
+            .iter()
+            .filter(|f| {
+                f.to_str()
+                    .is_none_or(|f| taken_back.binary_search_by(|t| t.as_str().cmp(f)).is_err())
+            })
+            .cloned()
+            .collect()
+    };
+    let hashed = hash_inputs(root, &files, &includes)?;
+    if hashed.is_empty() {
+        return Ok(String::new());
+    }
+    let mut outer = Sha256::new();
+    for (_, d) in &hashed {
+        outer.update(d.0);
+    }
+    Ok(Digest(outer.finalize().into()).to_string())
+}
+
+/// The names among `files` that `patterns` match, sorted. A directory
+/// pattern matches everything below it.
+fn matching(files: &[PathBuf], patterns: &[String]) -> Result<Vec<String>, ArtifactError> {
     let set = glob_set(patterns)?;
     let dirs: Vec<String> = patterns
         .iter()
@@ -141,14 +189,7 @@ pub fn hash_inputs(
         .collect();
     matched.sort();
     matched.dedup();
-    let mut out = Vec::with_capacity(matched.len());
-    let mut buf = vec![0u8; 64 * 1024];
-    for rel in matched {
-        let path = root.join(&rel);
-        let digest = hash_file(&path, &mut buf).map_err(super::io_err("cannot read cache input", &path))?;
-        out.push((rel, digest));
-    }
-    Ok(out)
+    Ok(matched)
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<Digest> {

@@ -369,6 +369,9 @@ struct Workflow<'c, 's> {
     frames: Vec<usize>,
     /// The `env` the steps of the calls being read inherit.
     frame_env: Vec<EnvVar>,
+    /// `github` shared by the jobs, for what the run evaluates (made as
+    /// the first job is read, once the context is complete).
+    shared_github: Option<std::sync::Arc<Json>>,
     /// Each action.yml read, by path.
     actions_read: std::collections::HashMap<std::path::PathBuf, Option<action::Parsed>>,
 }
@@ -404,6 +407,7 @@ impl<'c, 's> Workflow<'c, 's> {
             calls: Vec::new(),
             frames: Vec::new(),
             frame_env: Vec::new(),
+            shared_github: None,
             actions_read: std::collections::HashMap::new(),
         }
     }
@@ -933,42 +937,11 @@ impl<'c, 's> Workflow<'c, 's> {
                 self.unavailable(raw, node, path, p.inner_start + off, root, allowed);
                 return None;
             }
-            let runtime_paths = runtime_github(&p.expr).is_some();
-            if runtime_paths && keep_runtime && github_paths_only(&p.expr) {
-                // Only the run knows the job's workspace: evaluated as the
-                // step starts, where `github` holds just these paths.
-                if let Some((root, off)) = roots
-                    .iter()
-                    .find(|(r, _)| r != "github" && !runtime.contains(&r.as_str()))
-                {
-                    self.not_yet(
-                        raw,
-                        node,
-                        path,
-                        p.inner_start + off,
-                        &format!("the `{root}` context with `github.workspace`"),
-                    );
-                    return None;
-                }
-                out.push_str(&raw[p.start..p.end]);
-                continue;
-            }
-            if let Some(key) = runtime_github(&p.expr) {
-                let off = p.inner_start + raw[p.inner_start..p.end].find(key).unwrap_or(0);
-                self.not_yet_with(
-                    raw,
-                    node,
-                    path,
-                    off,
-                    &format!("`github.{key}`"),
-                    "here, or beside other `github` fields; use the variable instead: $GITHUB_WORKSPACE, $GITHUB_ACTION_PATH",
-                );
-                return None;
-            }
+            let reads_paths = runtime_github(&p.expr);
             let unknown = roots.iter().find(|(r, _)| !is_known(r));
             let at_run = calls.iter().find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()));
-            match (unknown, at_run) {
-                (None, None) => match expr::eval(&p.expr, known) {
+            if unknown.is_none() && at_run.is_none() && reads_paths.is_none() {
+                match expr::eval(&p.expr, known) {
                     Ok(v) => out.push_str(&expr::to_text(&v)),
                     Err(e) => {
                         let e = expr::ExprError {
@@ -978,19 +951,54 @@ impl<'c, 's> Workflow<'c, 's> {
                         self.expr_error(raw, node, path, &e);
                         return None;
                     }
-                },
-                // Only `env` and `steps`: the engine evaluates it as the
-                // step starts (`env` as GITHUB_ENV left it, `steps` with
-                // the outputs so far).
-                (Some(_), None) if keep_runtime && roots.iter().all(|(r, _)| runtime.contains(&r.as_str())) => {
-                    out.push_str(&raw[p.start..p.end]);
                 }
-                (Some((root, off)), _) => {
-                    self.not_yet(raw, node, path, p.inner_start + off, &format!("the `{root}` context"));
-                    return None;
+                continue;
+            }
+            // Needs the run: evaluated as the step starts (`env` as
+            // GITHUB_ENV left it, `steps` with the outputs so far,
+            // `hashFiles()` over the workspace), with what is known now
+            // folded in.
+            let late_root = roots
+                .iter()
+                .find(|(r, _)| !is_known(r) && !(keep_runtime && runtime.contains(&r.as_str())));
+            if let Some((root, off)) = late_root {
+                self.not_yet(raw, node, path, p.inner_start + off, &format!("the `{root}` context"));
+                return None;
+            }
+            let late_call = calls
+                .iter()
+                .find(|(c, _)| AT_RUN_TIME.contains(&c.as_str()) && !(keep_runtime && c == "hashFiles"));
+            if let Some((call, off)) = late_call {
+                self.not_yet(raw, node, path, p.inner_start + off, &format!("`{call}()` here"));
+                return None;
+            }
+            if let (Some(key), false) = (reads_paths, keep_runtime) {
+                let off = p.inner_start + raw[p.inner_start..p.end].find(key).unwrap_or(0);
+                self.not_yet_with(
+                    raw,
+                    node,
+                    path,
+                    off,
+                    &format!("`github.{key}` here"),
+                    "only a step's run, env and with know the job's workspace",
+                );
+                return None;
+            }
+            // `github.workspace` is the run's: `github` stays unfolded.
+            let fold_known = |r: &str| is_known(r) && !(reads_paths.is_some() && r == "github");
+            let at_run_call = |c: &str| AT_RUN_TIME.contains(&c);
+            match p.expr.fold(known, &fold_known, &at_run_call) {
+                Ok(folded) => {
+                    out.push_str("${{ ");
+                    out.push_str(&folded.to_source());
+                    out.push_str(" }}");
                 }
-                (None, Some((call, off))) => {
-                    self.not_yet(raw, node, path, p.inner_start + off, &format!("`{call}()` here"));
+                Err(e) => {
+                    let e = expr::ExprError {
+                        offset: e.offset + p.inner_start,
+                        ..e
+                    };
+                    self.expr_error(raw, node, path, &e);
                     return None;
                 }
             }
@@ -1094,12 +1102,15 @@ impl<'c, 's> Workflow<'c, 's> {
             self.not_yet(&text, node, path, offset + off, &format!("the `{root}` context"));
             return None;
         }
-        if let Some((call, off)) = calls.iter().find(|(c, _)| c == "hashFiles") {
-            self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in `if:`"));
+        // `hashFiles()` and the workspace's paths are a step's, not a job's.
+        let step_level = later.contains(&"steps");
+        if let Some((call, off)) = calls.iter().find(|(c, _)| c == "hashFiles" && !step_level) {
+            self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in a job's `if:`"));
             return None;
         }
+        let reads_paths = runtime_github(&e).is_some() && step_level;
         let in_action = !self.frames.is_empty();
-        let is_known = |r: &str| KNOWN.contains(&r) && !(in_action && r == "inputs");
+        let is_known = |r: &str| KNOWN.contains(&r) && !(in_action && r == "inputs") && !(reads_paths && r == "github");
         let at_run = |c: &str| AT_RUN_TIME.contains(&c);
         match e.fold(known, &is_known, &at_run) {
             Ok(Expr::Lit(v)) => Some(Decided::Now(expr::truthy(&v))),
@@ -1460,6 +1471,11 @@ impl<'c, 's> Workflow<'c, 's> {
             id: Some(id.to_string()),
             outputs,
             actions,
+            github: Some(
+                self.shared_github
+                    .get_or_insert_with(|| std::sync::Arc::new(known.github.clone()))
+                    .clone(),
+            ),
             pos: node.pos,
         })
     }
@@ -2065,24 +2081,6 @@ fn runtime_github(e: &Expr) -> Option<&'static str> {
         Expr::Not(a) | Expr::Filter(a) => runtime_github(a),
         Expr::Call(_, args, _) => args.iter().find_map(runtime_github),
         _ => None,
-    }
-}
-
-/// Whether every read of `github` in `e` is `github.workspace` or
-/// `github.action_path`.
-fn github_paths_only(e: &Expr) -> bool {
-    match e {
-        Expr::Member(obj, key) => match (&**obj, &**key) {
-            (Expr::Ident(root, _), Expr::Lit(Json::String(k))) if root == "github" => {
-                k == "workspace" || k == "action_path"
-            }
-            _ => github_paths_only(obj) && github_paths_only(key),
-        },
-        Expr::Ident(root, _) => root != "github",
-        Expr::Bin(_, a, b) => github_paths_only(a) && github_paths_only(b),
-        Expr::Not(a) | Expr::Filter(a) => github_paths_only(a),
-        Expr::Call(_, args, _) => args.iter().all(github_paths_only),
-        _ => true,
     }
 }
 

@@ -229,11 +229,11 @@ jobs:
 #[test]
 fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
     let errs = errors(
-        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo ${{ hashFiles('x') }}\n      - uses: ./local\n",
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo\n        timeout-minutes: ${{ hashFiles('x') }}\n      - uses: ./local\n",
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("6:23 trackside does not evaluate `hashFiles()` here yet")),
+            .any(|e| e.starts_with("7:30 trackside does not evaluate `hashFiles()` here yet")),
         "{errs:?}"
     );
     assert!(
@@ -413,5 +413,27 @@ fn actions_that_call_themselves_and_other_runtimes_are_refused() {
         errs.iter()
             .any(|e| e.starts_with("ci.yml:8:15 local action `./../outside` leaves the repository")),
         "{errs:#?}"
+    );
+}
+
+#[test]
+fn what_the_run_evaluates_keeps_what_is_known_folded_in() {
+    let p = load(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - id: s\n        run: echo\n      - run: echo ${{ format('{0}-{1}', github.repository, steps.s.outputs.x) }} ${{ hashFiles('*.lock') }} ${{ github.workspace }}\n",
+    )
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    assert_eq!(
+        p.jobs[0].steps[1].script,
+        [
+            "echo ${{ format('{0}-{1}', 'acme/shop', steps.s.outputs.x) }} ${{ hashFiles('*.lock') }} ${{ github.workspace }}"
+        ]
+    );
+    assert_eq!(
+        p.jobs[0]
+            .github
+            .as_deref()
+            .and_then(|g| g.get("repository"))
+            .and_then(|r| r.as_str()),
+        Some("acme/shop")
     );
 }

@@ -1499,6 +1499,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             id: None,
             outputs: Vec::new(),
             actions: Vec::new(),
+            github: None,
             pos: key.pos,
         };
         Some(Read {

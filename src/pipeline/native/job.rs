@@ -275,6 +275,7 @@ impl Cx<'_> {
             id: None,
             outputs: Vec::new(),
             actions: Vec::new(),
+            github: None,
             pos: key.pos,
         })
     }
