@@ -960,7 +960,7 @@ impl<'c, 's> Workflow<'c, 's> {
             // folded in.
             let late_root = roots
                 .iter()
-                .find(|(r, _)| !is_known(r) && !(keep_runtime && runtime.contains(&r.as_str())));
+                .find(|(r, _)| !(is_known(r) || (keep_runtime && runtime.contains(&r.as_str()))));
             if let Some((root, off)) = late_root {
                 self.not_yet(raw, node, path, p.inner_start + off, &format!("the `{root}` context"));
                 return None;
