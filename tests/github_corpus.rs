@@ -62,6 +62,51 @@ fn entry(project: &Path) -> String {
     )
 }
 
+/// Runs the case's workflow again in `project` (state in `tmp`).
+fn run_again(project: &Path, tmp: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .current_dir(project)
+        .arg("run")
+        .arg(entry(project))
+        .args(["--headless", "-j", "1", "--no-watch"])
+        .env("TRACKSIDE_STATE_DIR", tmp.join("state"))
+        .env("NO_COLOR", "1")
+        .env("HOME", tmp)
+        .env_remove("GIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run trackside")
+}
+
+/// The second run of a workflow with `actions/cache` restores what the
+/// first saved, and says it hit: its install step is skipped.
+#[test]
+fn a_cache_saved_by_one_run_is_restored_by_the_next() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((first, project)) = run(&corpus().join("cache-miss-then-save"), tmp.path()) else {
+        return;
+    };
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(first.contains("Cache saved with key: deps-Linux-"), "{first}");
+    let second = run_again(&project, tmp.path());
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(0), "{out}");
+    assert!(out.contains("Cache restored from key: deps-Linux-9612f9c6"), "{out}");
+    assert!(out.contains("cache-hit=[true]"), "{out}");
+    assert!(
+        !out.contains("installing left-pad"),
+        "the install step is skipped: {out}"
+    );
+    assert!(out.contains("Cache hit occurred on the primary key"), "{out}");
+    // A changed dependency list misses the key and restores by prefix.
+    std::fs::write(project.join("deps.txt"), "left-pad\nis-odd\n").expect("write");
+    let third = run_again(&project, tmp.path());
+    let out = String::from_utf8_lossy(&third.stdout);
+    assert!(out.contains("Cache restored from key: deps-Linux-9612f9c6"), "{out}");
+    assert!(out.contains("cache-hit=[false]"), "{out}");
+    assert!(out.contains("installing is-odd"), "{out}");
+}
+
 /// Runs a case as a user would; its output and the project's path.
 fn run(case: &Path, tmp: &Path) -> Option<(Output, PathBuf)> {
     let name = case.file_name().expect("name").to_string_lossy().into_owned();

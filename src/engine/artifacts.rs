@@ -40,7 +40,9 @@ pub fn producers(job: &Job) -> Vec<String> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("background task failed: {e}"))
@@ -244,7 +246,7 @@ pub enum DotenvError {
 /// Write limits for one attempt: the store's free-space margin, and a flag
 /// raised when the attempt is cancelled (storing stops at its next buffer).
 /// The guard task ends with the returned handle's drop.
-fn write_limits(ctx: &RunContext, a: &Attempt) -> (WriteLimits, tokio::task::JoinHandle<()>) {
+pub(super) fn write_limits(ctx: &RunContext, a: &Attempt) -> (WriteLimits, tokio::task::JoinHandle<()>) {
     let limits = WriteLimits {
         min_free: ctx.artifact_limits.min_free,
         cancel: Arc::new(AtomicBool::new(a.cancel.is_cancelled())),
@@ -258,7 +260,7 @@ fn write_limits(ctx: &RunContext, a: &Attempt) -> (WriteLimits, tokio::task::Joi
 }
 
 /// Why storing failed, as the attempt's failure class.
-fn store_failure(e: &manifest::ArtifactError) -> FailureClass {
+pub(super) fn store_failure(e: &manifest::ArtifactError) -> FailureClass {
     if e.is_disk_full() {
         FailureClass::DiskFull
     } else if e.is_cancelled() {

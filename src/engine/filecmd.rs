@@ -37,6 +37,9 @@ pub struct Carried {
     /// The composite action calls open now, innermost last; `steps`,
     /// `inputs` and `failed` above are the innermost's own.
     pub frames: Vec<Frame>,
+    /// How the `actions/cache` steps so far went, by step, for their post
+    /// steps.
+    pub caches: std::collections::HashMap<usize, super::actions::CacheUse>,
 }
 
 /// An open composite action call, holding what it hides of its caller's

@@ -5,6 +5,7 @@
 //! Front-ends use only [`EngineHandle`] and [`Event`]s; this module never
 //! imports a terminal crate.
 
+pub mod actions;
 pub mod actor;
 pub mod artifacts;
 pub mod attempt;

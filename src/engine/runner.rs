@@ -509,15 +509,20 @@ async fn run_steps(
             },
             false => None,
         };
+        let ran = match (&step.builtin, &files) {
+            (Some(b), Some(f)) => Some(run_builtin(ctx, a, job, index, ws, &vars, &mut carried, f, b).await),
+            _ => None,
+        };
         let github = files.as_ref().map(|f| (f, &carried));
-        let ran = match carried.stopped {
-            false => {
+        let ran = match (ran, carried.stopped) {
+            (Some(ran), _) => ran,
+            (None, false) => {
                 run_step(
                     ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
                 )
                 .await
             }
-            true => {
+            (None, true) => {
                 let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
                 let cancel = CancellationToken::new();
                 run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, None, github).await
@@ -603,6 +608,110 @@ async fn run_steps(
         }
     }
     outcome
+}
+
+/// Carries out a built-in step (GitHub's cache and artifact actions): its
+/// texts evaluated now, its outputs written to its GITHUB_OUTPUT as a
+/// step's would be.
+#[allow(clippy::too_many_arguments)]
+async fn run_builtin(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    vars: &BTreeMap<String, String>,
+    carried: &mut filecmd::Carried,
+    files: &filecmd::StepFiles,
+    builtin: &crate::pipeline::model::Builtin,
+) -> StepRun {
+    use crate::pipeline::model::Builtin;
+    let step = &job.steps[index];
+    let name: Arc<str> = Arc::from(step.name.as_str());
+    let _ =
+        a.tx.send(RunnerMsg::StepStarted {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            index,
+        })
+        .await;
+    let started = Instant::now();
+    let evaluated = GithubNow::new(ctx, a, job, index, ws, vars, carried).and_then(|now| {
+        let one = |t: &String| now.text(t);
+        let all = |v: &Vec<String>| v.iter().map(|t| now.text(t)).collect::<Result<Vec<_>, _>>();
+        Ok(match builtin {
+            Builtin::CacheRestore {
+                key,
+                restore_keys,
+                paths,
+                fail_on_miss,
+                lookup_only,
+                save,
+            } => Builtin::CacheRestore {
+                key: one(key)?,
+                restore_keys: all(restore_keys)?,
+                paths: all(paths)?,
+                fail_on_miss: *fail_on_miss,
+                lookup_only: *lookup_only,
+                save: *save,
+            },
+            Builtin::CacheSave { key, paths, restore } => Builtin::CacheSave {
+                key: one(key)?,
+                paths: all(paths)?,
+                restore: *restore,
+            },
+            Builtin::Upload {
+                name,
+                paths,
+                if_no_files_found,
+                include_hidden,
+                overwrite,
+            } => Builtin::Upload {
+                name: one(name)?,
+                paths: all(paths)?,
+                if_no_files_found: if_no_files_found.clone(),
+                include_hidden: *include_hidden,
+                overwrite: *overwrite,
+            },
+            Builtin::Download { name, path } => Builtin::Download {
+                name: name.as_ref().map(one).transpose()?,
+                path: one(path)?,
+            },
+        })
+    });
+    let done = match evaluated {
+        Ok(b) => super::actions::run(ctx, a, job, &name, &b, ws, index, &mut carried.caches).await,
+        Err(e) => super::actions::Done {
+            failure: Some((FailureClass::Script, format!("step `{}`: {e}", step.name))),
+            outputs: Vec::new(),
+        },
+    };
+    let mut text = String::new();
+    for (k, v) in &done.outputs {
+        text.push_str(&format!("{k}<<__trackside_eof__\n{v}\n__trackside_eof__\n"));
+    }
+    if let Err(e) = crate::store::write_with_mode(&files.output, text.as_bytes(), 0o600) {
+        note(a, &name, format!("cannot write the step's outputs: {e}")).await;
+    }
+    let (end, class, message) = match done.failure {
+        None => (StepEnd::Exited(0), None, None),
+        Some((class, msg)) => {
+            note(a, &name, msg.clone()).await;
+            (StepEnd::Exited(1), Some(class), Some(msg))
+        }
+    };
+    let _ =
+        a.tx.send(RunnerMsg::StepFinished {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            exit_code: end.exit_code(),
+            failure: class,
+            duration: started.elapsed(),
+        })
+        .await;
+    StepRun { end, class, message }
 }
 
 /// GitHub's contexts as step `index` sees them now, after the steps before

@@ -703,6 +703,53 @@ pub struct Step {
     /// The composite action call it belongs to ([`Job::actions`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<usize>,
+    /// Carried out by trackside itself instead of a script (GitHub's
+    /// `actions/cache`, `upload-artifact`, `download-artifact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+}
+
+/// A step trackside carries out itself. Texts may hold `${{ }}`, evaluated
+/// as the step starts; paths are relative to the workspace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Builtin {
+    /// `actions/cache`: restores `paths` from the cache saved under `key`,
+    /// else from the newest whose key starts with one of `restore_keys`.
+    CacheRestore {
+        key: String,
+        restore_keys: Vec<String>,
+        paths: Vec<String>,
+        /// `fail-on-cache-miss`.
+        fail_on_miss: bool,
+        /// `lookup-only`: say whether there is one, restore nothing.
+        lookup_only: bool,
+        /// A post step saves the paths (`actions/cache`; not
+        /// `actions/cache/restore`).
+        save: bool,
+    },
+    /// Saves `paths` under `key` unless a cache has that key already
+    /// (`actions/cache/save`). With `restore` (an index into the job's
+    /// steps) it is that restore step's post step: the key and paths are
+    /// the ones it used.
+    CacheSave {
+        key: String,
+        paths: Vec<String>,
+        restore: Option<usize>,
+    },
+    /// `actions/upload-artifact`: the files `paths` match (`!` takes back)
+    /// kept as artifact `name` of the run, relative to their deepest
+    /// common folder.
+    Upload {
+        name: String,
+        paths: Vec<String>,
+        /// `warn`, `error` or `ignore`.
+        if_no_files_found: String,
+        include_hidden: bool,
+        overwrite: bool,
+    },
+    /// `actions/download-artifact`: artifact `name` of the run (every one,
+    /// each in a folder of its name, when `None`) into `path`.
+    Download { name: Option<String>, path: String },
 }
 
 /// How long a cleanup step may run when it sets no timeout (GitLab gives

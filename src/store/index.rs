@@ -538,6 +538,29 @@ impl Index {
         })
     }
 
+    /// The directory caches whose keys start with `prefix`, newest first
+    /// (created last), as (key, manifest); at most `limit`.
+    pub fn dir_caches_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Digest)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT key, manifest FROM dir_caches WHERE substr(key, 1, length(?1)) = ?1
+                 ORDER BY created_ms DESC, key LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![prefix, limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, m) = row?;
+                if let Some(d) = Digest::parse(&m) {
+                    out.push((key, d));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     pub fn dir_cache_remove(&self, key: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute("DELETE FROM dir_caches WHERE key = ?1", params![key])
@@ -549,6 +572,24 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_caches_are_found_by_key_prefix_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = Index::open(dir.path()).expect("open");
+        let d = |n: u8| Digest([n; 32]);
+        ix.dir_cache_put("gh/deps-a", &d(1), "r1").expect("put");
+        ix.dir_cache_put("gh/deps-b", &d(2), "r2").expect("put");
+        ix.dir_cache_put("gh/other", &d(3), "r2").expect("put");
+        ix.dir_cache_put("gh_deps-x", &d(4), "r2").expect("put");
+        let found = ix.dir_caches_with_prefix("gh/deps-", 10).expect("query");
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&"gh/deps-a") && keys.contains(&"gh/deps-b"));
+        // `%` and `_` are not wildcards here.
+        assert!(ix.dir_caches_with_prefix("gh%", 10).expect("query").is_empty());
+        assert_eq!(ix.dir_caches_with_prefix("gh/", 1).expect("query").len(), 1);
+    }
 
     fn entry(key: &str, used: u64) -> CacheEntry {
         CacheEntry {

@@ -14,6 +14,7 @@
 //! Pure: nothing here does I/O.
 
 mod action;
+mod builtin;
 pub mod matrix;
 
 use std::path::Path;
@@ -1774,6 +1775,8 @@ impl<'c, 's> Workflow<'c, 's> {
         if !ok {
             return None;
         }
+        let posts = builtin::post_steps(&out);
+        out.extend(posts);
         if out.is_empty() {
             // Every step was left out (checkout only, or actions whose
             // `if:` is false).
@@ -1854,6 +1857,39 @@ impl<'c, 's> Workflow<'c, 's> {
                 let action = self.cx.string(u, &join(path, "uses"))?;
                 if let Some(local) = action.strip_prefix("./") {
                     return self.uses_local(node, path, u, local.trim_end_matches('/'), known, step_id);
+                }
+                if let Some(kind) = builtin::which(&action) {
+                    let name = match get(node, "name") {
+                        Some(n) => self
+                            .cx
+                            .string(n, &join(path, "name"))
+                            .and_then(|raw| self.text(&raw, n, &join(path, "name"), known, IN_STEP))?,
+                        None => format!("Run {action}"),
+                    };
+                    let later = action::runtime_roots(!self.frames.is_empty());
+                    let condition = match get(node, "if") {
+                        Some(c) => match self.condition(c, &join(path, "if"), known, IN_STEP_IF, &later)? {
+                            Decided::Now(false) => {
+                                let source = c.as_str().map_or_else(|| "false".to_string(), str::to_string);
+                                Some(never(source, c.pos))
+                            }
+                            Decided::Now(true) => None,
+                            Decided::Later(c) => Some(c),
+                        },
+                        None => None,
+                    };
+                    let continue_on_failure = match get(node, "continue-on-error") {
+                        Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_STEP)?,
+                        None => false,
+                    };
+                    let step = Step {
+                        name,
+                        id: step_id,
+                        condition,
+                        continue_on_failure,
+                        ..Step::default()
+                    };
+                    return self.builtin(node, path, kind, known, step).map(|s| vec![s]);
                 }
                 if action
                     .split('@')

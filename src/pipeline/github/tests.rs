@@ -437,3 +437,62 @@ fn what_the_run_evaluates_keeps_what_is_known_folded_in() {
         Some("acme/shop")
     );
 }
+
+#[test]
+fn cache_and_artifact_actions_are_built_in_with_post_steps_last_first() {
+    use crate::pipeline::model::Builtin;
+    let p = load(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - id: c1\n        uses: actions/cache@v4\n        with:\n          path: |\n            .deps\n            build/\n          key: k-${{ hashFiles('deps.txt') }}\n          restore-keys: k-\n      - uses: actions/cache/restore@v4\n        with: {path: x, key: r}\n      - uses: actions/cache@v3\n        with: {path: y, key: second}\n      - uses: actions/upload-artifact@v4\n        with: {name: dist, path: dist/}\n      - uses: actions/download-artifact@v4\n",
+    )
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let steps = &p.jobs[0].steps;
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Run actions/cache@v4",
+            "Run actions/cache/restore@v4",
+            "Run actions/cache@v3",
+            "Run actions/upload-artifact@v4",
+            "Run actions/download-artifact@v4",
+            "Post Run actions/cache@v3",
+            "Post Run actions/cache@v4",
+        ]
+    );
+    assert_eq!(
+        steps[0].builtin,
+        Some(Builtin::CacheRestore {
+            key: "k-${{ hashFiles('deps.txt') }}".into(),
+            restore_keys: vec!["k-".into()],
+            paths: vec![".deps".into(), "build/".into()],
+            fail_on_miss: false,
+            lookup_only: false,
+            save: true,
+        })
+    );
+    assert!(matches!(
+        steps[5].builtin,
+        Some(Builtin::CacheSave { restore: Some(2), .. })
+    ));
+    assert!(matches!(
+        steps[6].builtin,
+        Some(Builtin::CacheSave { restore: Some(0), .. })
+    ));
+    assert_eq!(
+        steps[4].builtin,
+        Some(Builtin::Download {
+            name: None,
+            path: String::new()
+        })
+    );
+    let errs = errors(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - uses: actions/cache@v4\n        with: {path: x}\n      - uses: actions/upload-artifact@v4\n        with: {path: x, if-no-files-found: maybe}\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "6:15 input `key` of `actions/cache` is required and not given",
+            "9:44 `if-no-files-found: maybe` is not one of warn, error, ignore",
+        ]
+    );
+}
