@@ -748,7 +748,7 @@ impl<'a> GithubNow<'a> {
         let mut now = GithubNow {
             env,
             steps: serde_json::Value::Object(carried.steps.clone()),
-            secrets: secrets_context(ctx),
+            secrets: secrets_context(ctx, job),
             statuses: HashMap::new(),
             paths: github_paths(job, index, ws),
             ws: ws.to_path_buf(),
@@ -983,14 +983,21 @@ fn call_chain(job: &Job, index: usize) -> Vec<usize> {
 }
 
 /// GitHub's `secrets` context: the run's secrets (`GITHUB_TOKEN` is not
-/// one: there is no GitHub here, so it reads as empty).
-fn secrets_context(ctx: &RunContext) -> serde_json::Value {
-    serde_json::Value::Object(
-        ctx.secrets
+/// one: there is no GitHub here, so it reads as empty); in a called
+/// workflow's job, those the call passed, by the names it gave them.
+fn secrets_context(ctx: &RunContext, job: &Job) -> serde_json::Value {
+    let value = |name: &str| ctx.secrets.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    serde_json::Value::Object(match &job.secret_names {
+        None => ctx
+            .secrets
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect(),
-    )
+        Some(names) => names
+            .iter()
+            .filter_map(|(own, run)| Some((own.clone(), serde_json::Value::String(value(run)?))))
+            .collect(),
+    })
 }
 
 /// A GitHub job's `outputs`, evaluated once its steps have run, sent to
@@ -1004,7 +1011,7 @@ async fn job_outputs(
     carried: &filecmd::Carried,
 ) {
     let steps = serde_json::Value::Object(carried.steps.clone());
-    let secrets = secrets_context(ctx);
+    let secrets = secrets_context(ctx, job);
     let statuses = HashMap::new();
     let context = StepCtx {
         env: &carried.env,
@@ -1188,7 +1195,7 @@ fn prepare_step(
     let statuses = a.statuses.clone();
     let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
     let paths = github.map(|_| github_paths(job, index, ws));
-    let secrets_context = github.map(|_| secrets_context(ctx));
+    let secrets_context = github.map(|_| secrets_context(ctx, job));
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         let ctx = StepCtx {
             env,

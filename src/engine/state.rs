@@ -291,9 +291,16 @@ impl RunState {
             "success" => 1,
             _ => 0,
         };
+        let mine = self.pipeline.jobs[job].call.as_deref();
         for &i in &self.plan.deps[job] {
             let spec = &self.pipeline.jobs[i];
-            let id = spec.id.clone().unwrap_or_else(|| spec.name.clone());
+            // A called workflow's jobs are one job, the caller, to the jobs
+            // outside the call; its outputs are the call's.
+            let from_call = spec.call.as_deref().filter(|c| Some(*c) != mine);
+            let id = match from_call {
+                Some(c) => c.to_string(),
+                None => spec.id.clone().unwrap_or_else(|| spec.name.clone()),
+            };
             let result = match self.jobs[i].status {
                 JobStatus::Succeeded => "success",
                 JobStatus::Failed if self.failure_allowed(i) => "success",
@@ -309,9 +316,19 @@ impl RunState {
             if before.is_empty() || rank(result) > rank(before) {
                 entry["result"] = serde_json::Value::String(result.to_string());
             }
-            for (k, v) in &self.jobs[i].outputs {
+            let outputs = &self.jobs[i].outputs;
+            let value = |name: &str| outputs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let given: Vec<(String, String)> = match from_call {
+                Some(_) => spec
+                    .call_outputs
+                    .iter()
+                    .filter_map(|(call_name, own)| Some((call_name.clone(), value(own)?)))
+                    .collect(),
+                None => outputs.clone(),
+            };
+            for (k, v) in given {
                 if !v.is_empty() {
-                    entry["outputs"][k] = serde_json::Value::String(v.clone());
+                    entry["outputs"][&k] = serde_json::Value::String(v);
                 }
             }
         }

@@ -239,6 +239,20 @@ pub struct Job {
     /// by [`Step::action`].
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub actions: Vec<ActionCall>,
+    /// The job that called the reusable workflow this job comes from
+    /// (GitHub's `jobs.<id>.uses`): jobs outside the call see the call's
+    /// jobs as one, under this id, in their `needs` context.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub call: Option<String>,
+    /// The call's outputs this job gives, as (the call's output name, this
+    /// job's output name) (`on.workflow_call.outputs`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub call_outputs: Vec<(String, String)>,
+    /// The secrets it may read, as (its name for one, the run's name for
+    /// it); `None`: every secret of the run by its own name (a workflow
+    /// that was not called, or a call with `secrets: inherit`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secret_names: Option<Vec<(String, String)>>,
     /// GitHub's `github` context as the workflow was read, for the
     /// expressions the run evaluates (shared by the workflow's jobs).
     #[serde(skip)]

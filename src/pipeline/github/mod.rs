@@ -16,6 +16,7 @@
 mod action;
 mod builtin;
 pub mod matrix;
+mod reusable;
 
 use std::path::Path;
 use std::time::Duration;
@@ -370,6 +371,15 @@ struct Workflow<'c, 's> {
     frames: Vec<usize>,
     /// The `env` the steps of the calls being read inherit.
     frame_env: Vec<EnvVar>,
+    /// The workflow's `env` (of the workflow being read: a called one's
+    /// inside a call).
+    workflow_env_vars: Vec<EnvVar>,
+    /// Inside a called workflow: the calling job's id, and the secrets it
+    /// passes (see `Job::secret_names`).
+    call: Option<String>,
+    secret_names: Option<Vec<(String, String)>>,
+    /// The called workflows being read, outermost first (for cycles).
+    calling: Vec<std::path::PathBuf>,
     /// `github` shared by the jobs, for what the run evaluates (made as
     /// the first job is read, once the context is complete).
     shared_github: Option<std::sync::Arc<Json>>,
@@ -408,6 +418,10 @@ impl<'c, 's> Workflow<'c, 's> {
             calls: Vec::new(),
             frames: Vec::new(),
             frame_env: Vec::new(),
+            workflow_env_vars: Vec::new(),
+            call: None,
+            secret_names: None,
+            calling: Vec::new(),
             shared_github: None,
             actions_read: std::collections::HashMap::new(),
         }
@@ -457,6 +471,9 @@ impl<'c, 's> Workflow<'c, 's> {
             None => Vec::new(),
         };
         self.workflow_env = declared(&global_env);
+        // Each job carries the workflow's `env` (a called workflow's jobs
+        // carry theirs, not their caller's).
+        self.workflow_env_vars = global_env;
         let defaults = get(root, "defaults").map_or_else(RunDefaults::default, |n| self.defaults(n, "defaults"));
         let Some(jobs) = get(root, "jobs") else {
             self.cx
@@ -515,7 +532,7 @@ impl<'c, 's> Workflow<'c, 's> {
         }
         Some(Pipeline {
             name,
-            global_env,
+            global_env: Vec::new(),
             timeout: super::model::DEFAULT_PIPELINE_TIMEOUT.max(DEFAULT_TIMEOUT),
             kill_grace: super::model::DEFAULT_KILL_GRACE,
             retry_policy: RetryPolicy::default(),
@@ -1146,14 +1163,9 @@ impl<'c, 's> Workflow<'c, 's> {
         if !self.cx.mapping(node, &path, &JOB_KEYS, &format!("job `{id}`")) {
             return Vec::new();
         }
-        if let Some(u) = get(node, "uses") {
-            self.cx.err(
-                u,
-                &join(&path, "uses"),
-                "trackside does not run reusable workflows (`jobs.<id>.uses`) yet",
-                "docs/github.md lists what runs today",
-            );
-            return Vec::new();
+        let calls = get(node, "uses");
+        if calls.is_some() {
+            reusable::caller_keys(self, node, &path);
         }
         for k in ["container", "services"] {
             if let Some(n) = get(node, k) {
@@ -1166,6 +1178,7 @@ impl<'c, 's> Workflow<'c, 's> {
             }
         }
         let runs_on = match get(node, "runs-on") {
+            None if calls.is_some() => Some(String::new()),
             Some(n) => {
                 let labels = self.runs_on(n, &join(&path, "runs-on"));
                 if let Some(l) = &labels
@@ -1250,6 +1263,7 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         let steps_node = match get(node, "steps") {
             Some(s) => Some(s),
+            None if calls.is_some() => Some(node),
             None => {
                 self.cx.err(
                     key,
@@ -1263,6 +1277,9 @@ impl<'c, 's> Workflow<'c, 's> {
         let (Some((combos, strategy)), Some(steps_node), Some(runs_on)) = (combos, steps_node, runs_on) else {
             return Vec::new();
         };
+        if let Some(u) = calls {
+            return self.call_workflow(id, node, &path, u, needs, combos, strategy);
+        }
         let job_defaults = get(node, "defaults").map_or_else(
             || defaults.clone(),
             |n| {
@@ -1398,6 +1415,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 pos: node.pos,
             })
             .collect();
+        environment.extend(self.workflow_env_vars.iter().cloned());
         let mut known = known.clone();
         if let Some(n) = get(node, "env") {
             let job_env = self.env(n, &join(path, "env"), &known, IN_JOB);
@@ -1472,6 +1490,9 @@ impl<'c, 's> Workflow<'c, 's> {
             id: Some(id.to_string()),
             outputs,
             actions,
+            call: self.call.clone(),
+            call_outputs: Vec::new(),
+            secret_names: self.secret_names.clone(),
             github: Some(
                 self.shared_github
                     .get_or_insert_with(|| std::sync::Arc::new(known.github.clone()))

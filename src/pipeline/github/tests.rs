@@ -101,7 +101,9 @@ jobs:
         Some(&["bash", "-e", "{0}"].map(String::from)[..])
     );
     assert_eq!(build.steps[1].working_directory.as_deref(), Some("src"));
-    let dollar = p.global_env.iter().find(|v| v.name == "DOLLAR").expect("DOLLAR");
+    // The workflow's env is each job's (a called workflow's jobs have theirs).
+    assert!(p.global_env.is_empty());
+    let dollar = build.environment.iter().find(|v| v.name == "DOLLAR").expect("DOLLAR");
     assert_eq!(dollar.value, "$$HOME", "GitHub does not expand `$` in env values");
     let test = p.job("test").expect("test");
     assert_eq!(test.depends_on, ["build"]);
@@ -494,5 +496,77 @@ fn cache_and_artifact_actions_are_built_in_with_post_steps_last_first() {
             "6:15 input `key` of `actions/cache` is required and not given",
             "9:44 `if-no-files-found: maybe` is not one of warn, error, ignore",
         ]
+    );
+}
+
+const CALLED: &str = "on:\n  workflow_call:\n    inputs:\n      target: {type: string, required: true}\n      debug: {type: boolean}\n      n: {type: number, default: 3}\n    secrets:\n      token: {required: true}\n    outputs:\n      image: {value: '${{ jobs.build.outputs.image }}'}\nenv:\n  OWN: called\njobs:\n  build:\n    runs-on: x\n    outputs: {image: '${{ steps.s.outputs.image }}'}\n    steps: [{id: s, run: 'echo ${{ inputs.target }} ${{ inputs.debug }} ${{ inputs.n }}'}]\n  after:\n    needs: build\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+
+#[test]
+fn a_called_workflow_joins_the_run_as_caller_slash_job() {
+    let p = load_repo(&[
+        (
+            ".github/workflows/ci.yml",
+            "on: push\nenv:\n  CALLER: yes\njobs:\n  setup:\n    runs-on: x\n    steps: [{run: 'true'}]\n  call:\n    needs: setup\n    if: needs.setup.result == 'success'\n    uses: ./.github/workflows/called.yml\n    with: {target: linux}\n    secrets: {token: '${{ secrets.TOKEN }}'}\n  use:\n    needs: call\n    runs-on: x\n    steps: [{run: 'echo ${{ needs.call.outputs.image }}'}]\n",
+        ),
+        (".github/workflows/called.yml", CALLED),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["setup", "call / build", "call / after", "use"]);
+    let build = &p.jobs[1];
+    assert_eq!(build.depends_on, ["setup"]);
+    assert_eq!(build.steps[0].script, ["echo linux false 3"]);
+    assert_eq!(build.call.as_deref(), Some("call"));
+    assert_eq!(build.call_outputs, [("image".to_string(), "image".to_string())]);
+    assert_eq!(
+        build.secret_names,
+        Some(vec![("token".to_string(), "TOKEN".to_string())])
+    );
+    assert!(build.conditional.is_some(), "the caller's if is the root job's");
+    assert!(build.environment.iter().any(|e| e.name == "OWN"));
+    assert!(
+        !build.environment.iter().any(|e| e.name == "CALLER"),
+        "the caller's env stays the caller's"
+    );
+    let after = &p.jobs[2];
+    assert_eq!(after.depends_on, ["call / build"]);
+    assert!(after.conditional.is_none());
+    assert_eq!(p.jobs[3].depends_on, ["call / build", "call / after"]);
+}
+
+#[test]
+fn calling_a_workflow_wrongly_is_reported_at_the_call() {
+    let errs = repo_errors(&[
+        (
+            ".github/workflows/ci.yml",
+            "on: push\njobs:\n  a:\n    uses: ./.github/workflows/called.yml\n    runs-on: x\n    with: {debug: maybe, extra: 1}\n    secrets: {nope: '${{ secrets.X }}'}\n  b:\n    uses: octo/repo/.github/workflows/x.yml@v1\n  c:\n    uses: ./.github/workflows/missing.yml\n  d:\n    uses: ./.github/workflows/plain.yml\n",
+        ),
+        (".github/workflows/called.yml", CALLED),
+        (
+            ".github/workflows/plain.yml",
+            "on: push\njobs:\n  x:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+        ),
+    ]);
+    let want = [
+        "ci.yml:5:5 a job that calls a reusable workflow cannot have `runs-on`",
+        "ci.yml:7:15 `./.github/workflows/called.yml` declares no secret `nope`",
+        "ci.yml:4:11 secret `token` of `./.github/workflows/called.yml` is required and not given",
+        "ci.yml:6:19 `maybe` is not a boolean",
+        "ci.yml:6:26 `./.github/workflows/called.yml` declares no input `extra`",
+        "ci.yml:4:11 input `target` of `./.github/workflows/called.yml` is required and not given",
+        "ci.yml:9:11 trackside does not run reusable workflows from other repositories yet: `octo/repo/.github/workflows/x.yml@v1`",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e == w), "missing {w}\n{errs:#?}");
+    }
+    assert!(
+        errs.iter().any(|e| e.starts_with("ci.yml:11:11 missing workflow: no ")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e
+                == "ci.yml:13:11 `./.github/workflows/plain.yml` cannot be called: its `on:` has no `workflow_call`"),
+        "{errs:#?}"
     );
 }

@@ -1500,6 +1500,9 @@ impl<'c, 's> Gitlab<'c, 's> {
             outputs: Vec::new(),
             actions: Vec::new(),
             github: None,
+            call: None,
+            call_outputs: Vec::new(),
+            secret_names: None,
             pos: key.pos,
         };
         Some(Read {

@@ -276,6 +276,9 @@ impl Cx<'_> {
             outputs: Vec::new(),
             actions: Vec::new(),
             github: None,
+            call: None,
+            call_outputs: Vec::new(),
+            secret_names: None,
             pos: key.pos,
         })
     }
