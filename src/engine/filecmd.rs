@@ -37,6 +37,9 @@ pub struct Carried {
     /// The composite action calls open now, innermost last; `steps`,
     /// `inputs` and `failed` above are the innermost's own.
     pub frames: Vec<Frame>,
+    /// What JavaScript actions wrote to GITHUB_STATE, by call, for their
+    /// post steps (`STATE_<name>`).
+    pub states: std::collections::HashMap<usize, BTreeMap<String, String>>,
     /// How the `actions/cache` steps so far went, by step, for their post
     /// steps.
     pub caches: std::collections::HashMap<usize, super::actions::CacheUse>,
@@ -209,6 +212,23 @@ impl StepFiles {
             ("GITHUB_STATE", s(&self.state)),
             ("GITHUB_STEP_SUMMARY", s(&self.summary)),
         ]
+    }
+
+    /// What the step wrote to GITHUB_STATE, added to `into`; problems, for
+    /// the log.
+    pub fn collect_state(&self, into: &mut BTreeMap<String, String>) -> Vec<String> {
+        match read_bounded(&self.state) {
+            Ok((text, cut)) => {
+                let (vars, problems) = parse_env(&text);
+                into.extend(vars);
+                let mut notes: Vec<String> = problems.into_iter().map(|p| format!("GITHUB_STATE: {p}")).collect();
+                if cut {
+                    notes.push(format!("GITHUB_STATE: only its first {MAX_FILE} bytes were read"));
+                }
+                notes
+            }
+            Err(e) => vec![format!("cannot read GITHUB_STATE: {e}")],
+        }
     }
 
     /// Takes what the step wrote into `carried`; problems, for the log.

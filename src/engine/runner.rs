@@ -535,7 +535,14 @@ async fn run_steps(
                 Some(FailureClass::Cancelled) => filecmd::Outcome::Cancelled,
                 Some(_) => filecmd::Outcome::Failure,
             };
-            for problem in f.collect(&mut carried, step.id.as_deref(), outcome, step.continue_on_failure) {
+            let mut problems = f.collect(&mut carried, step.id.as_deref(), outcome, step.continue_on_failure);
+            if step.inputs_env
+                && let Some(k) = step.action
+            {
+                let key = job.actions.get(k).and_then(|c| c.state_from).unwrap_or(k);
+                problems.extend(f.collect_state(carried.states.entry(key).or_default()));
+            }
+            for problem in problems {
                 note(a, &name, problem).await;
             }
         }
@@ -938,7 +945,17 @@ async fn leave_call(
     };
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let mut outputs = Vec::new();
-    if !frame.skipped {
+    if let Some(of) = spec.outputs_of.as_deref().filter(|_| !frame.skipped) {
+        // Everything its step wrote to GITHUB_OUTPUT.
+        let written = carried
+            .steps
+            .get(of)
+            .and_then(|s| s.get("outputs"))
+            .and_then(|o| o.as_object());
+        for (k, v) in written.into_iter().flatten() {
+            outputs.push((k.clone(), expr::to_text(v)));
+        }
+    } else if !frame.skipped {
         match GithubNow::new(ctx, a, job, index, ws, vars, carried) {
             Ok(now) => {
                 for (k, text) in &spec.outputs {
@@ -1181,6 +1198,25 @@ fn prepare_step(
         }
         for (k, v) in files.variables() {
             env.insert(k.to_string(), v);
+        }
+        // A JavaScript action reads its inputs and its saved state so.
+        if step.inputs_env {
+            for (k, v) in carried
+                .inputs
+                .as_ref()
+                .and_then(|i| i.as_object())
+                .into_iter()
+                .flatten()
+            {
+                let name = format!("INPUT_{}", k.replace(' ', "_").to_uppercase());
+                env.insert(name, expr::to_text(v));
+            }
+            let key = step
+                .action
+                .map(|k| job.actions.get(k).and_then(|c| c.state_from).unwrap_or(k));
+            for (k, v) in key.and_then(|k| carried.states.get(&k)).into_iter().flatten() {
+                env.insert(format!("STATE_{k}"), v.clone());
+            }
         }
         if !carried.path.is_empty() {
             let old = env.get("PATH").cloned().unwrap_or_default();

@@ -72,15 +72,27 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
             ));
             cmd
         }
-        // A shell of the step's own: `sh` joins, then becomes it.
+        // A program of the step's own (`bash`, `python`, `node`): it joins
+        // the cgroup between fork and exec. Not through `sh`: dash drops
+        // variables whose names are not shell names (`INPUT_WHO-TO-GREET`).
         (Some(cg), Some(_)) => {
-            let argv: Vec<String> = spec.command_line(&path).iter().map(|a| quote(Path::new(a))).collect();
-            let mut cmd = Command::new(shell_path());
-            cmd.arg("-c").arg(format!(
-                "echo $$ > {} 2>/dev/null || :; exec {}",
-                quote(&cg.procs()),
-                argv.join(" ")
-            ));
+            let argv = spec.command_line(&path);
+            let (program, args) = argv.split_first().map_or(("sh", &[][..]), |(p, a)| (p.as_str(), a));
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            if let Ok(procs) = std::ffi::CString::new(cg.procs().into_os_string().into_encoded_bytes()) {
+                // SAFETY: the closure runs in the child between fork and
+                // exec; it only makes the open, write and close system
+                // calls (no allocation, no locks), which are
+                // async-signal-safe. A failure leaves the step outside the
+                // cgroup, as the shell's `|| :` did.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        join_cgroup(&procs);
+                        Ok(())
+                    });
+                }
+            }
             cmd
         }
         (None, _) => {
@@ -236,6 +248,16 @@ fn quote(path: &std::path::Path) -> String {
 /// environment, std must search the job's PATH itself and falls back from
 /// posix_spawn to fork, which copies trackside's page tables for every step:
 /// the dominant cost with a thousand jobs at once.
+/// Moves the calling process into the cgroup whose `cgroup.procs` is
+/// `procs` (writing `0` means "this process").
+fn join_cgroup(procs: &std::ffi::CStr) {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    if let Ok(fd) = open(procs, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        let _ = nix::unistd::write(&fd, b"0");
+    }
+}
+
 fn shell_path() -> &'static std::path::Path {
     static SH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     SH.get_or_init(|| {

@@ -283,6 +283,14 @@ pub struct ActionCall {
     pub condition: Option<Condition>,
     /// The calling step's `continue-on-error`.
     pub continue_on_error: bool,
+    /// The call's outputs are all the outputs of its step with this id (a
+    /// JavaScript action's: whatever it writes to GITHUB_OUTPUT).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub outputs_of: Option<String>,
+    /// A post step's call: the call whose GITHUB_STATE it reads as
+    /// `STATE_*` variables (its own when `None`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state_from: Option<usize>,
 }
 
 /// `deploy:` of a job: a rollout of local processes or containers behind
@@ -717,6 +725,10 @@ pub struct Step {
     /// The composite action call it belongs to ([`Job::actions`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<usize>,
+    /// Its call's inputs are `INPUT_<NAME>` variables, and the call's
+    /// GITHUB_STATE `STATE_<name>` variables (a JavaScript action's step).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub inputs_env: bool,
     /// Carried out by trackside itself instead of a script (GitHub's
     /// `actions/cache`, `upload-artifact`, `download-artifact`).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,9 @@ use crate::pipeline::model::{ActionCall, EnvVar, Step};
 use crate::pipeline::read::{forbidden_char, read_source};
 use crate::pipeline::yaml::{self, Node, Value};
 
+/// The id of a JavaScript action's step within its call.
+pub(super) const JS_STEP: &str = "__action";
+
 /// Deepest nesting of composite actions (GitHub allows ten levels).
 const MAX_DEPTH: usize = 10;
 /// Most composite action calls one job may expand to.
@@ -177,17 +180,10 @@ impl Workflow<'_, '_> {
             return None;
         };
         let using = get(runs, "using").and_then(|u| self.cx.string(u, "runs.using"));
+        let javascript = matches!(using.as_deref(), Some("node12" | "node16" | "node20" | "node24"));
         match using.as_deref() {
             Some("composite") => {}
-            Some(u) if u.starts_with("node") => {
-                self.cx.err(
-                    uses,
-                    &join(path, "uses"),
-                    format!("trackside does not run JavaScript actions yet: `./{rel}` (runs.using: {u})"),
-                    "docs/github.md lists what runs today: `run:` steps, composite actions and `actions/checkout`",
-                );
-                return None;
-            }
+            _ if javascript => {}
             Some("docker") => {
                 self.cx.err(
                     uses,
@@ -203,7 +199,7 @@ impl Workflow<'_, '_> {
                     at,
                     "runs.using",
                     format!("unknown `runs.using: {other}`"),
-                    "an action runs as `composite`, `node20` (or node12/16/24) or `docker`",
+                    "an action runs as `composite`, `node20` (or node12, node16, node24) or `docker`",
                 );
                 return None;
             }
@@ -219,15 +215,18 @@ impl Workflow<'_, '_> {
         }
         let inputs = self.call_inputs(root, node, path, uses, rel, known);
         let index = self.calls.len();
+        let name = caller.name.unwrap_or_else(|| format!("Run ./{rel}"));
         self.calls.push(ActionCall {
             parent: self.frames.last().copied(),
             id: caller.id,
-            name: caller.name.unwrap_or_else(|| format!("Run ./{rel}")),
+            name: name.clone(),
             inputs: inputs.clone().unwrap_or_default(),
             outputs: Vec::new(),
             path: rel.to_string(),
             condition: caller.condition,
             continue_on_error: caller.continue_on_error,
+            outputs_of: javascript.then(|| JS_STEP.to_string()),
+            state_from: None,
         });
         // The steps inside see the caller's `env`, then their own, and
         // where the action is.
@@ -242,8 +241,11 @@ impl Workflow<'_, '_> {
         });
         let saved_env = std::mem::replace(&mut self.frame_env, env);
         self.frames.push(index);
-        let steps = self.composite_steps(runs, known);
-        let outputs = self.call_outputs(root, known);
+        let (steps, outputs) = if javascript {
+            (self.javascript_steps(runs, index, &name), Some(Vec::new()))
+        } else {
+            (self.composite_steps(runs, known), self.call_outputs(root, known))
+        };
         self.frames.pop();
         self.frame_env = saved_env;
         let (steps, outputs, _) = (steps?, outputs?, inputs?);
@@ -393,6 +395,113 @@ impl Workflow<'_, '_> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// A JavaScript action: its `main` run by the node of this machine,
+    /// and its `post` kept for the end of the job.
+    fn javascript_steps(&mut self, runs: &Node, index: usize, name: &str) -> Option<Vec<Step>> {
+        let mut ok = true;
+        let mut script = |w: &mut Self, key: &str| -> Option<Vec<String>> {
+            let n = get(runs, key)?;
+            let file = w.cx.string(n, &join("runs", key))?;
+            let rel = Path::new(&file);
+            if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+                w.cx.err(
+                    n,
+                    &join("runs", key),
+                    format!("`{file}` leaves the action's folder"),
+                    "name a file of the action's folder: `main: dist/index.js`",
+                );
+                ok = false;
+                return None;
+            }
+            // Run by node itself (no shell: input names such as
+            // `INPUT_WHO-TO-GREET` are not shell names, and a shell would
+            // drop them); `import()` takes CommonJS and ES modules alike.
+            let quoted = serde_json::to_string(&file).unwrap_or_default();
+            Some(vec![
+                "const path = require('path'), url = require('url');".to_string(),
+                format!("const main = path.join(process.env.GITHUB_ACTION_PATH, {quoted});"),
+                "import(url.pathToFileURL(main).href).catch((e) => { console.error(e); process.exitCode = 1; });"
+                    .to_string(),
+            ])
+        };
+        let Some(main) = script(self, "main") else {
+            if ok {
+                self.cx.err(
+                    runs,
+                    "runs.main",
+                    "missing `runs.main`: the action's script",
+                    "add `main: index.js`",
+                );
+            }
+            return None;
+        };
+        if let Some(pre) = get(runs, "pre") {
+            self.cx.warn(
+                pre,
+                "runs.pre",
+                "`runs.pre` is not run for a local action, as on GitHub",
+                "do the work at the start of `main`",
+            );
+        }
+        let post = script(self, "post");
+        if !ok {
+            return None;
+        }
+        let env = self.frame_env.clone();
+        let step = |script: Vec<String>, name: String, action: usize| Step {
+            name,
+            script,
+            environment: env.clone(),
+            shell: Some(vec!["node".into(), "{0}".into()]),
+            action: Some(action),
+            inputs_env: true,
+            ..Step::default()
+        };
+        let mut main_step = step(main, name.to_string(), index);
+        main_step.id = Some(JS_STEP.to_string());
+        if let Some(post) = post {
+            // Its own call: the same inputs, the main call's state.
+            let mut call = self.calls.get(index).cloned().unwrap_or_default();
+            call.parent = None;
+            call.id = None;
+            call.condition = None;
+            call.outputs_of = None;
+            call.state_from = Some(index);
+            call.name = format!("Post {name}");
+            let post_index = self.calls.len();
+            self.calls.push(call);
+            let mut post_step = step(post, format!("Post {name}"), post_index);
+            post_step.id = Some(JS_STEP.to_string());
+            let post_if = get(runs, "post-if").and_then(|n| self.cx.string(n, "runs.post-if"));
+            let source = post_if.unwrap_or_else(|| "always()".into());
+            match crate::pipeline::expr::parse_in(source.trim_start_matches("${{").trim_end_matches("}}"), &super::LANG)
+            {
+                Ok(expr) => {
+                    post_step.condition = Some(crate::pipeline::model::Condition {
+                        source,
+                        expr,
+                        pos: runs.pos,
+                    })
+                }
+                Err(e) => {
+                    let at = get(runs, "post-if").unwrap_or(runs);
+                    self.cx.err(
+                        at,
+                        "runs.post-if",
+                        format!("invalid expression: {}", e.message),
+                        "write a condition such as `always()` or `success()`",
+                    );
+                    return None;
+                }
+            }
+            if let Some(c) = self.calls.get_mut(post_index) {
+                c.condition = post_step.condition.clone();
+            }
+            self.posts.push((index, post_step));
+        }
+        Some(vec![main_step])
     }
 
     fn composite_steps(&mut self, runs: &Node, known: &Known) -> Option<Vec<Step>> {

@@ -219,23 +219,16 @@ impl Workflow<'_, '_> {
     }
 }
 
-/// Post steps of the job's `actions/cache` steps, last first (GitHub runs
-/// post steps in reverse order), each saving its cache when the job has
-/// gone well so far.
-pub(super) fn post_steps(steps: &[Step]) -> Vec<Step> {
-    steps
-        .iter()
-        .enumerate()
-        .rev()
-        .filter(|(_, s)| matches!(s.builtin, Some(Builtin::CacheRestore { save: true, .. })))
-        .map(|(i, s)| Step {
-            name: format!("Post {}", s.name),
-            builtin: Some(Builtin::CacheSave {
-                key: String::new(),
-                paths: Vec::new(),
-                restore: Some(i),
-            }),
-            ..Step::default()
-        })
-        .collect()
+/// The post step of an `actions/cache` step at `index`: it saves the
+/// cache when the job has gone well so far.
+pub(super) fn cache_post(step: &Step, index: usize) -> Option<Step> {
+    matches!(step.builtin, Some(Builtin::CacheRestore { save: true, .. })).then(|| Step {
+        name: format!("Post {}", step.name),
+        builtin: Some(Builtin::CacheSave {
+            key: String::new(),
+            paths: Vec::new(),
+            restore: Some(index),
+        }),
+        ..Step::default()
+    })
 }

@@ -371,6 +371,9 @@ struct Workflow<'c, 's> {
     frames: Vec<usize>,
     /// The `env` the steps of the calls being read inherit.
     frame_env: Vec<EnvVar>,
+    /// JavaScript actions' post steps, by the call they follow, for the
+    /// end of the job.
+    posts: Vec<(usize, Step)>,
     /// The workflow's `env` (of the workflow being read: a called one's
     /// inside a call).
     workflow_env_vars: Vec<EnvVar>,
@@ -418,6 +421,7 @@ impl<'c, 's> Workflow<'c, 's> {
             calls: Vec::new(),
             frames: Vec::new(),
             frame_env: Vec::new(),
+            posts: Vec::new(),
             workflow_env_vars: Vec::new(),
             call: None,
             secret_names: None,
@@ -1796,7 +1800,18 @@ impl<'c, 's> Workflow<'c, 's> {
         if !ok {
             return None;
         }
-        let posts = builtin::post_steps(&out);
+        // Post steps run at the end, last first (GitHub's order).
+        let mut posts = Vec::new();
+        for (i, step) in out.iter().enumerate().rev() {
+            posts.extend(builtin::cache_post(step, i));
+            if step.id.as_deref() == Some(action::JS_STEP)
+                && let Some(k) = step.action
+                && let Some(at) = self.posts.iter().position(|(c, _)| *c == k)
+            {
+                posts.push(self.posts.remove(at).1);
+            }
+        }
+        self.posts.clear();
         out.extend(posts);
         if out.is_empty() {
             // Every step was left out (checkout only, or actions whose

@@ -242,12 +242,12 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
         errs.iter().any(|e| e.contains("missing action: no action.yml in")),
         "{errs:?}"
     );
-    // A local JavaScript action that is there: not run yet, and said so.
+    // A local Docker action that is there: not run yet, and said so.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("local")).unwrap();
     std::fs::write(
         dir.path().join("local/action.yml"),
-        "runs: {using: node20, main: index.js}\n",
+        "runs: {using: docker, image: Dockerfile}\n",
     )
     .unwrap();
     let opts = LoadOptions {
@@ -265,7 +265,7 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
         report
             .items
             .iter()
-            .any(|d| d.message.contains("does not run JavaScript actions")),
+            .any(|d| d.message.contains("does not run Docker actions")),
         "{:?}",
         report.items
     );
@@ -398,7 +398,7 @@ fn actions_that_call_themselves_and_other_runtimes_are_refused() {
         (".github/actions/a/action.yml", looping),
         (
             ".github/actions/js/action.yml",
-            "name: J\nruns:\n  using: node20\n  main: index.js\n",
+            "name: J\nruns:\n  using: docker\n  image: Dockerfile\n",
         ),
     ]);
     assert!(
@@ -408,7 +408,7 @@ fn actions_that_call_themselves_and_other_runtimes_are_refused() {
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("ci.yml:7:15 trackside does not run JavaScript actions yet")),
+            .any(|e| e.starts_with("ci.yml:7:15 trackside does not run Docker actions yet")),
         "{errs:#?}"
     );
     assert!(
@@ -569,4 +569,45 @@ fn calling_a_workflow_wrongly_is_reported_at_the_call() {
                 == "ci.yml:13:11 `./.github/workflows/plain.yml` cannot be called: its `on:` has no `workflow_call`"),
         "{errs:#?}"
     );
+}
+
+#[test]
+fn javascript_actions_run_on_node_with_inputs_and_post_steps_last_first() {
+    let action = "name: J\ninputs:\n  who-to-greet: {required: true}\n  greeting: {default: Hello}\nruns:\n  using: node20\n  main: index.js\n  post: cleanup.js\n";
+    let p = load_repo(&[
+        (
+            ".github/workflows/ci.yml",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - id: one\n        name: Greet Mona\n        uses: ./.github/actions/js\n        with:\n          who-to-greet: Mona\n      - uses: ./.github/actions/js\n        with: {who-to-greet: Octocat, greeting: Hi}\n      - run: echo last\n",
+        ),
+        (".github/actions/js/action.yml", action),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let job = &p.jobs[0];
+    let names: Vec<&str> = job.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Greet Mona",
+            "Run ./.github/actions/js",
+            "Run echo last",
+            "Post Run ./.github/actions/js",
+            "Post Greet Mona"
+        ]
+    );
+    assert_eq!(
+        job.actions[0].inputs,
+        [
+            ("who-to-greet".to_string(), "Mona".to_string()),
+            ("greeting".to_string(), "Hello".to_string())
+        ]
+    );
+    assert_eq!(job.actions[0].outputs_of.as_deref(), Some("__action"));
+    assert!(job.steps[0].inputs_env);
+    assert_eq!(
+        job.steps[0].shell.as_deref(),
+        Some(&["node".to_string(), "{0}".to_string()][..])
+    );
+    let post = &job.steps[4];
+    assert_eq!(job.actions[post.action.expect("a call")].state_from, Some(0));
+    assert_eq!(post.condition.as_ref().map(|c| c.source.as_str()), Some("always()"));
 }
