@@ -110,6 +110,20 @@ struct VarArgs {
     /// configuration variables). Repeatable.
     #[arg(long = "var-ctx", value_name = "NAME=VALUE", value_parser = parse_kv)]
     context_vars: Vec<(String, String)>,
+    /// GitHub workflows: a JSON file holding the event's payload, as GitHub
+    /// sends it; it is `github.event` (its `action` is checked against
+    /// `types:`, a pull request's base branch against `branches:`).
+    #[arg(long = "event-payload", value_name = "FILE")]
+    event_payload: Option<PathBuf>,
+    /// GitHub workflows: where actions of other repositories
+    /// (`uses: owner/repo@ref`) are, as `trackside actions pull` leaves
+    /// them (default: <state>/actions).
+    #[arg(long = "actions-dir", value_name = "DIR")]
+    actions_dir: Option<PathBuf>,
+    /// GitHub workflows: a file of NAME=VALUE lines for the `vars` context
+    /// (`--var-ctx` wins over it).
+    #[arg(long = "vars-file", value_name = "FILE")]
+    vars_file: Option<PathBuf>,
     /// Inject the host variable NAME as a secret, masked as [MASKED] everywhere. Repeatable.
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
@@ -383,6 +397,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// GitHub workflows' actions of other repositories.
+    Actions {
+        #[command(subcommand)]
+        action: ActionsCmd,
+    },
     /// Inspect the result cache.
     Cache {
         #[command(subcommand)]
@@ -393,6 +412,23 @@ enum Cmd {
         run: String,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActionsCmd {
+    /// Fetch an action (`owner/repo@ref`, or `owner/repo/path@ref`) into
+    /// the actions folder, where `uses:` finds it. Fetching it again
+    /// replaces it.
+    Pull {
+        action: String,
+        /// Fetch from this URL or path instead of https://github.com/owner/repo
+        /// (a mirror, or a local copy).
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// The actions folder (default: <state>/actions).
+        #[arg(long = "actions-dir", value_name = "DIR")]
+        actions_dir: Option<PathBuf>,
     },
 }
 
@@ -415,6 +451,84 @@ enum StoreCmd {
 
 fn parse_age(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}; e.g. `30d`, `12h`"))
+}
+
+/// Largest `--event-payload` and `--vars-file` read.
+const MAX_CONTEXT_FILE: u64 = 16 << 20;
+
+fn read_context_file(flag: &str, path: &Path) -> Result<String, Fail> {
+    let meta = std::fs::metadata(path).map_err(|e| Fail(format!("{flag} {}: {e}", path.display()), 2))?;
+    if meta.len() > MAX_CONTEXT_FILE {
+        return Err(Fail(
+            format!(
+                "{flag} {}: {} bytes; at most 16 MiB are read",
+                path.display(),
+                meta.len()
+            ),
+            2,
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| Fail(format!("{flag} {}: {e}", path.display()), 2))
+}
+
+/// `--event-payload FILE`: a JSON object.
+fn read_event_payload(path: &Path) -> Result<serde_json::Value, Fail> {
+    let text = read_context_file("--event-payload", path)?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(Fail(
+            format!(
+                "--event-payload {}: not a JSON object; write the payload GitHub sends, e.g. {{\"action\": \"opened\", ...}}",
+                path.display()
+            ),
+            2,
+        )),
+        Err(e) => Err(Fail(
+            format!("--event-payload {}:{}:{}: {e}", path.display(), e.line(), e.column()),
+            2,
+        )),
+    }
+}
+
+/// `--vars-file FILE`: `NAME=VALUE` lines (`#` comments, blank lines, and
+/// values in matching quotes, as act's `.vars` files have them).
+fn read_vars_file(path: &Path) -> Result<Vec<(String, String)>, Fail> {
+    let text = read_context_file("--vars-file", path)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(Fail(
+                format!(
+                    "--vars-file {}:{}: expected NAME=VALUE, found `{line}`",
+                    path.display(),
+                    n + 1
+                ),
+                2,
+            ));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Fail(
+                format!(
+                    "--vars-file {}:{}: `{name}` is not a variable name (letters, digits, _)",
+                    path.display(),
+                    n + 1
+                ),
+                2,
+            ));
+        }
+        let value = value.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)));
+        out.push((name.to_string(), unquoted.unwrap_or(value).to_string()));
+    }
+    Ok(out)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -462,14 +576,14 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(f) => f,
                 None => default_pipeline_file()?,
             };
-            validate(&file, &vars, format)
+            validate(&file, &vars, format, &state)
         }
         Cmd::Plan { file, vars, format } => {
             let file = match file {
                 Some(f) => f,
                 None => default_pipeline_file()?,
             };
-            plan(&file, &vars, format)
+            plan(&file, &vars, format, &state)
         }
         Cmd::Runs {
             format,
@@ -541,6 +655,21 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 dry_run,
             },
         ),
+        Cmd::Actions {
+            action:
+                ActionsCmd::Pull {
+                    action,
+                    from,
+                    actions_dir,
+                },
+        } => {
+            let a = store::actions::ActionRef::parse(&action)
+                .ok_or_else(|| Fail(store::actions::PullError::BadName(action.clone()).to_string(), 2))?;
+            let root = actions_dir.unwrap_or_else(|| state.join("actions"));
+            let (dir, commit) = store::actions::pull(&root, &a, from.as_deref()).map_err(|e| Fail(e.to_string(), 1))?;
+            outln!("{}: commit {commit} in {}", a.name(), dir.display());
+            Ok(0)
+        }
         Cmd::Cache {
             action: CacheCmd::Why { run, job },
         } => storecmd::cache_why(&state, &run, &job),
@@ -612,15 +741,16 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(f) => f,
                 None => default_pipeline_file()?,
             };
-            let (secrets, opts, git_facts) = load_options(&vars, &file)?;
+            let (secrets, opts, git_facts) = load_options(&vars, &file, &state)?;
             let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
                 return Ok(2);
             };
-            // A workflow this push does not start (the warning says why).
+            // A workflow this event does not start (the warning says why).
             if opts.dialect == Some(pipeline::Dialect::Github) && pipeline.jobs.is_empty() {
                 outln!(
-                    ":: workflow `{}` does not run for this push: nothing to run",
-                    pipeline.name
+                    ":: workflow `{}` does not run for this {}: nothing to run",
+                    pipeline.name,
+                    vars.event.as_deref().unwrap_or("push")
                 );
                 return Ok(0);
             }
@@ -941,7 +1071,9 @@ fn dialect_of(v: &VarArgs, file: &Path) -> pipeline::Dialect {
 /// file) what git said about its project.
 type Loading = (Vec<(String, String)>, LoadOptions, Option<trackside::exec::git::Facts>);
 
-fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
+fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail> {
+    let actions_dir = v.actions_dir.clone().unwrap_or_else(|| state.join("actions"));
+    store::actions::trusted(&actions_dir).map_err(|e| Fail(e.to_string(), 2))?;
     let mut secrets = Vec::new();
     for name in &v.secrets {
         match std::env::var(name) {
@@ -988,7 +1120,19 @@ fn load_options(v: &VarArgs, file: &Path) -> Result<Loading, Fail> {
         project_dir: None,
         include_projects: Vec::new(),
         inputs: v.inputs.clone(),
-        context_vars: v.context_vars.clone(),
+        context_vars: {
+            let mut all = match &v.vars_file {
+                Some(f) => read_vars_file(f)?,
+                None => Vec::new(),
+            };
+            all.extend(v.context_vars.iter().cloned());
+            all
+        },
+        actions_dir: Some(actions_dir),
+        event_payload: match &v.event_payload {
+            Some(f) => Some(read_event_payload(f)?),
+            None => None,
+        },
         changed_files: Default::default(),
         changes_since: None,
         project_vars: Vec::new(),
@@ -1215,8 +1359,8 @@ fn load(file: &Path, opts: &LoadOptions, format: OutputFormat) -> Result<Option<
     }
 }
 
-fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts, _) = load_options(v, file)?;
+fn validate(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Result<u8, Fail> {
+    let (_, opts, _) = load_options(v, file, state)?;
     let Some((p, report)) = load(file, &opts, format)? else {
         return Ok(2);
     };
@@ -1242,8 +1386,8 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> 
     Ok(0)
 }
 
-fn plan(file: &Path, v: &VarArgs, format: OutputFormat) -> Result<u8, Fail> {
-    let (_, opts, _) = load_options(v, file)?;
+fn plan(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Result<u8, Fail> {
+    let (_, opts, _) = load_options(v, file, state)?;
     let Some((p, _)) = load(file, &opts, format)? else {
         return Ok(2);
     };

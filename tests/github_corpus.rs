@@ -227,3 +227,145 @@ fn every_other_case_is_refused_with_what_is_missing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// `trackside actions pull` fetches an action of another repository (here
+/// from a local bare repository, as `--from` allows) into the actions
+/// folder, where a workflow's `uses: owner/repo@ref` finds it; before the
+/// pull, the run says which command fetches it.
+#[test]
+fn an_action_of_another_repository_runs_once_pulled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let git = |dir: &Path, args: &[&str]| {
+        if !common::corpus::git(dir, args) {
+            assert!(std::env::var_os("CI").is_none(), "CI must have git");
+            return false;
+        }
+        true
+    };
+    // The action's repository: a composite action, tagged v1.
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("greet")).expect("mkdir");
+    std::fs::write(
+        src.join("greet/action.yml"),
+        "name: Greet\ninputs:\n  who: {default: world}\noutputs:\n  said: {value: '${{ steps.s.outputs.said }}'}\nruns:\n  using: composite\n  steps:\n    - id: s\n      shell: bash\n      run: |\n        echo \"hello ${{ inputs.who }} from $(basename \"$(dirname \"$GITHUB_ACTION_PATH\")\")\"\n        echo \"said=hello ${{ inputs.who }}\" >> \"$GITHUB_OUTPUT\"\n",
+    )
+    .expect("write");
+    if !git(&src, &["init", "-q", "-b", "main"]) {
+        return;
+    }
+    assert!(git(&src, &["add", "-A"]));
+    assert!(git(&src, &["commit", "-qm", "greet"]));
+    assert!(git(&src, &["tag", "v1"]));
+    let bare = tmp.path().join("octo-tools.git");
+    assert!(git(tmp.path(), &["clone", "-q", "--bare", "src", "octo-tools.git"]));
+    // The workflow that uses it.
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(project.join(".github/workflows")).expect("mkdir");
+    std::fs::write(
+        project.join(".github/workflows/ci.yml"),
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - id: g\n        uses: octo/tools/greet@v1\n        with: {who: mona}\n      - run: echo \"output=${{ steps.g.outputs.said }}\"\n",
+    )
+    .expect("write");
+    assert!(git(&project, &["init", "-q", "-b", "main"]));
+    assert!(git(&project, &["add", "-A"]));
+    assert!(git(&project, &["commit", "-qm", "ci"]));
+    let trackside = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .current_dir(&project)
+            .args(args)
+            .env("TRACKSIDE_STATE_DIR", tmp.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("HOME", tmp.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run trackside")
+    };
+    let before = trackside(&["run", ".github/workflows/ci.yml", "--headless", "--no-watch"]);
+    let err = String::from_utf8_lossy(&before.stderr);
+    assert_eq!(before.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("action `octo/tools/greet@v1` is not in the actions folder"),
+        "{err}"
+    );
+    assert!(err.contains("trackside actions pull octo/tools/greet@v1"), "{err}");
+    let from = bare.display().to_string();
+    let pulled = trackside(&["actions", "pull", "octo/tools/greet@v1", "--from", &from]);
+    let out = String::from_utf8_lossy(&pulled.stdout);
+    assert_eq!(
+        pulled.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert!(out.contains("octo/tools/greet@v1: commit "), "{out}");
+    let run = trackside(&["run", ".github/workflows/ci.yml", "--headless", "--no-watch"]);
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.contains("a > hello mona from tools@v1"), "{out}");
+    assert!(out.contains("a > output=hello mona"), "{out}");
+    // A ref that is not there: a clear error, nothing left behind.
+    let missing = trackside(&["actions", "pull", "octo/tools/greet@v9", "--from", &from]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot fetch octo/tools/greet@v9"));
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("state/actions/octo"))
+        .expect("actions folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["tools@v1"], "a failed pull leaves nothing");
+}
+
+/// A payload whose `action` the workflow's `types:` do not list does not
+/// start it (and says so); a malformed `--vars-file` or payload is an
+/// error naming the file and the line.
+#[test]
+fn the_payload_meets_types_and_bad_context_files_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((_, project)) = run(&corpus().join("pull-request-payload"), tmp.path()) else {
+        return;
+    };
+    let closed =
+        r#"{"action": "closed", "pull_request": {"number": 1, "base": {"ref": "main"}, "head": {"ref": "x"}}}"#;
+    std::fs::write(project.join("closed.json"), closed).expect("write");
+    std::fs::write(project.join("bad.env"), "REGION=eu\nnot a line\n").expect("write");
+    std::fs::write(project.join("list.json"), "[1, 2]").expect("write");
+    let go = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .current_dir(&project)
+            .args([
+                "run",
+                ".github/workflows/pr.yml",
+                "--headless",
+                "--no-watch",
+                "--event",
+                "pull_request",
+            ])
+            .args(extra)
+            .env("TRACKSIDE_STATE_DIR", tmp.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("HOME", tmp.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run trackside")
+    };
+    let out = go(&["--event-payload", "closed.json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("does not run for this pull_request"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its `types` do not list `closed`"));
+    let out = go(&["--vars-file", "bad.env"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--vars-file bad.env:2: expected NAME=VALUE, found `not a line`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = go(&["--event-payload", "list.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a JSON object"));
+}

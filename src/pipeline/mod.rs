@@ -50,6 +50,9 @@ impl Dialect {
     /// FIFO, a device or an oversized file is not read: then by name alone,
     /// and loading reports the problem).
     pub fn of_file(path: &Path) -> Dialect {
+        if path.is_dir() && github::is_workflows_folder(path) {
+            return Dialect::Github;
+        }
         let source = read::read_source(path).unwrap_or_default();
         Dialect::of(path, &source)
     }
@@ -91,6 +94,11 @@ impl Dialect {
 /// found by [`Dialect::of`]). `Err` holds at least one error; `Ok` may
 /// carry warnings.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    // `.github/workflows` (or any folder read as GitHub's): the workflows
+    // the event starts. Another folder is the error it was.
+    if path.is_dir() && (github::is_workflows_folder(path) || opts.dialect == Some(Dialect::Github)) {
+        return github::load_folder(path, opts);
+    }
     let source = match read::read_source(path) {
         Ok(s) => s,
         Err(d) => {

@@ -14,6 +14,7 @@
 //! ```
 //! Log files are line-buffered, so a crash loses at most a partial line.
 
+pub mod actions;
 pub mod cache;
 pub mod gc;
 pub mod index;

@@ -42,8 +42,11 @@ pub(super) struct Caller<'n> {
     pub node: &'n Node,
     pub path: &'n str,
     pub uses: &'n Node,
-    /// The action's folder, relative to the repository (no `./`).
+    /// The action's folder, relative to the repository (no `./`); for an
+    /// action of another repository, its name (`owner/repo@ref`).
     pub rel: &'n str,
+    /// An action of another repository: its folder in the actions folder.
+    pub pulled: Option<PathBuf>,
     pub id: Option<String>,
     pub name: Option<String>,
     pub condition: Option<crate::pipeline::model::Condition>,
@@ -149,6 +152,11 @@ impl Workflow<'_, '_> {
         let Caller {
             node, path, uses, rel, ..
         } = caller;
+        // How messages name it: `./path` or `owner/repo@ref`.
+        let shown = match caller.pulled {
+            Some(_) => rel.to_string(),
+            None => format!("./{rel}"),
+        };
         if self.frames.len() >= MAX_DEPTH {
             self.cx.err(
                 uses,
@@ -167,7 +175,25 @@ impl Workflow<'_, '_> {
             );
             return None;
         }
-        let file = self.action_file(rel, uses, path)?;
+        let file = match &caller.pulled {
+            None => self.action_file(rel, uses, path)?,
+            Some(dir) => match ["action.yml", "action.yaml"]
+                .map(|f| dir.join(f))
+                .into_iter()
+                .find(|f| f.is_file())
+            {
+                Some(f) => f,
+                None => {
+                    self.cx.err(
+                        uses,
+                        &join(path, "uses"),
+                        format!("missing action: no action.yml in {}", dir.display()),
+                        format!("pull it again: trackside actions pull {rel}"),
+                    );
+                    return None;
+                }
+            },
+        };
         let parsed = self.parse_action(&file, uses, path)?;
         let root = &parsed.root;
         let Some(runs) = get(root, "runs") else {
@@ -188,7 +214,7 @@ impl Workflow<'_, '_> {
                 self.cx.err(
                     uses,
                     &join(path, "uses"),
-                    format!("trackside does not run Docker actions yet: `./{rel}`"),
+                    format!("trackside does not run Docker actions yet: `{shown}`"),
                     "docs/github.md lists what runs today: `run:` steps, composite actions and `actions/checkout`",
                 );
                 return None;
@@ -213,16 +239,24 @@ impl Workflow<'_, '_> {
                 return None;
             }
         }
-        let inputs = self.call_inputs(root, node, path, uses, rel, known);
+        let inputs = self.call_inputs(root, node, path, uses, &shown, known);
         let index = self.calls.len();
-        let name = caller.name.unwrap_or_else(|| format!("Run ./{rel}"));
+        let name = caller.name.unwrap_or_else(|| format!("Run {shown}"));
+        // Where the run finds it: in the workspace, or in the actions folder.
+        let (call_path, action_path) = match &caller.pulled {
+            None => (rel.to_string(), format!("${{CI_PROJECT_DIR}}/{rel}")),
+            Some(dir) => {
+                let d = dir.display().to_string();
+                (d.clone(), d.replace('$', "$$"))
+            }
+        };
         self.calls.push(ActionCall {
             parent: self.frames.last().copied(),
             id: caller.id,
             name: name.clone(),
             inputs: inputs.clone().unwrap_or_default(),
             outputs: Vec::new(),
-            path: rel.to_string(),
+            path: call_path,
             condition: caller.condition,
             continue_on_error: caller.continue_on_error,
             outputs_of: javascript.then(|| JS_STEP.to_string()),
@@ -236,7 +270,7 @@ impl Workflow<'_, '_> {
         env.retain(|e| e.name != "GITHUB_ACTION_PATH");
         env.push(EnvVar {
             name: "GITHUB_ACTION_PATH".into(),
-            value: format!("${{CI_PROJECT_DIR}}/{rel}"),
+            value: action_path,
             pos: uses.pos,
         });
         let saved_env = std::mem::replace(&mut self.frame_env, env);
@@ -263,7 +297,7 @@ impl Workflow<'_, '_> {
         node: &Node,
         path: &str,
         uses: &Node,
-        rel: &str,
+        shown: &str,
         known: &Known,
     ) -> Option<Vec<(String, String)>> {
         let with = get(node, "with");
@@ -311,7 +345,7 @@ impl Workflow<'_, '_> {
                                 self.cx.err(
                                     uses,
                                     &join(path, "uses"),
-                                    format!("input `{name}` of `./{rel}` is required and not given"),
+                                    format!("input `{name}` of `{shown}` is required and not given"),
                                     format!("add `with: {{{name}: ...}}` to the step"),
                                 );
                                 ok = false;
@@ -333,7 +367,7 @@ impl Workflow<'_, '_> {
                 self.cx.warn(
                     v,
                     &p,
-                    format!("`./{rel}` declares no input `{g}`"),
+                    format!("`{shown}` declares no input `{g}`"),
                     format!(
                         "its inputs are: {}",
                         if names.is_empty() {

@@ -209,6 +209,120 @@ pub fn looks_like_workflow(source: &str) -> bool {
     top.contains(&"on") && top.contains(&"jobs")
 }
 
+/// Whether `path` is a repository's `.github/workflows` folder.
+pub fn is_workflows_folder(path: &Path) -> bool {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    canonical.ends_with(".github/workflows")
+}
+
+/// Reads every workflow of a folder (`.github/workflows`) that the event
+/// starts, as one run: with several, each job is named `workflow / job`.
+/// Workflows that are only ever called (`on: workflow_call`) are left to
+/// their callers. Every file is read and checked; the first with errors is
+/// the answer, with its problems, and warnings of all are kept.
+pub fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
+    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+            .collect(),
+        Err(e) => {
+            let mut r = Report::new(dir, String::new());
+            r.items.push(file_error(
+                format!("cannot read the folder {}: {e}", dir.display()),
+                "name a workflow file, or the folder .github/workflows",
+            ));
+            return Err(r);
+        }
+    };
+    files.sort();
+    let mut loaded: Vec<(Pipeline, Report)> = Vec::new();
+    for f in &files {
+        let source = match super::read::read_source(f) {
+            Ok(s) => s,
+            Err(d) => {
+                let mut r = Report::new(f, String::new());
+                r.items.push(d);
+                return Err(r);
+            }
+        };
+        if only_called(&source) {
+            continue;
+        }
+        loaded.push(parse_source(f, source, opts)?);
+    }
+    if loaded.is_empty() {
+        let mut r = Report::new(dir, String::new());
+        r.items.push(file_error(
+            format!("no workflow in {} (a .yml file with `on:` and `jobs:`)", dir.display()),
+            "name a workflow file, or add one under .github/workflows",
+        ));
+        return Err(r);
+    }
+    let started = loaded.iter().filter(|(p, _)| !p.jobs.is_empty()).count();
+    let mut merged: Option<(Pipeline, Report)> = None;
+    for (mut p, r) in loaded {
+        let Some((m, report)) = merged.as_mut() else {
+            if started > 1 {
+                prefix_jobs(&mut p);
+            }
+            merged = Some((p, r));
+            continue;
+        };
+        // The other files' diagnostics point into their own sources.
+        let base = report.includes.len() + 1;
+        report.includes.push((r.file.clone(), r.source.clone()));
+        report.includes.extend(r.includes.iter().cloned());
+        for mut d in r.items {
+            d.file = u16::try_from(base + usize::from(d.file)).unwrap_or(u16::MAX);
+            report.items.push(d);
+        }
+        if p.jobs.is_empty() {
+            continue;
+        }
+        if m.jobs.is_empty() {
+            // The first file does not run for this event: this one leads.
+            if started > 1 {
+                prefix_jobs(&mut p);
+            }
+            *m = p;
+            continue;
+        }
+        prefix_jobs(&mut p);
+        m.name = format!("{}, {}", m.name, p.name);
+        m.jobs.extend(p.jobs);
+    }
+    merged.ok_or_else(|| Report::new(dir, String::new()))
+}
+
+/// Names each job `workflow / job` (and what it waits for likewise).
+fn prefix_jobs(p: &mut Pipeline) {
+    let name = p.name.clone();
+    for j in &mut p.jobs {
+        j.name = format!("{name} / {}", j.name);
+        for d in &mut j.depends_on {
+            *d = format!("{name} / {d}");
+        }
+        if let Some(g) = &mut j.fail_fast_group {
+            *g = format!("{name} / {g}");
+        }
+    }
+}
+
+/// A workflow that only ever runs when another calls it.
+fn only_called(source: &str) -> bool {
+    let Some(root) = yaml::parse(source).root else {
+        return false;
+    };
+    match on_key(&root).map(|n| &n.value) {
+        Some(Value::Str(s)) => s == "workflow_call",
+        Some(Value::Seq(items)) => items.iter().all(|i| i.as_str() == Some("workflow_call")),
+        Some(Value::Map(items)) => items.iter().all(|(k, _)| k.as_str() == Some("workflow_call")),
+        _ => false,
+    }
+}
+
 /// Reads a workflow file: the pipeline when nothing is wrong, else every
 /// problem with its place.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
@@ -241,6 +355,28 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
 /// What GitHub's `github` context says of this run, from the repository
 /// (`GITHUB_*` values the caller read from git, in `opts.ci_vars`).
 fn github_context(opts: &LoadOptions, workflow: &str) -> Json {
+    let mut github = default_github_context(opts, workflow);
+    // `--event-payload`: the event GitHub would send, whole; a pull
+    // request's branches come from it.
+    if let (Some(payload), Some(g)) = (&opts.event_payload, github.as_object_mut()) {
+        let pr = |side: &str| {
+            payload
+                .pointer(&format!("/pull_request/{side}/ref"))
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        };
+        if let Some(head) = pr("head") {
+            g.insert("head_ref".into(), Json::String(head));
+        }
+        if let Some(base) = pr("base") {
+            g.insert("base_ref".into(), Json::String(base));
+        }
+        g.insert("event".into(), payload.clone());
+    }
+    github
+}
+
+fn default_github_context(opts: &LoadOptions, workflow: &str) -> Json {
     let get = |k: &str| opts.ci_vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let text = |k: &str, default: &str| Json::String(get(k).unwrap_or_else(|| default.to_string()));
     json!({
@@ -371,6 +507,8 @@ struct Workflow<'c, 's> {
     frames: Vec<usize>,
     /// The `env` the steps of the calls being read inherit.
     frame_env: Vec<EnvVar>,
+    /// Where actions of other repositories are (`--actions-dir`).
+    actions_dir: Option<std::path::PathBuf>,
     /// JavaScript actions' post steps, by the call they follow, for the
     /// end of the job.
     posts: Vec<(usize, Step)>,
@@ -421,6 +559,7 @@ impl<'c, 's> Workflow<'c, 's> {
             calls: Vec::new(),
             frames: Vec::new(),
             frame_env: Vec::new(),
+            actions_dir: opts.actions_dir.clone(),
             posts: Vec::new(),
             workflow_env_vars: Vec::new(),
             call: None,
@@ -530,7 +669,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 &node,
                 "on",
                 format!("the workflow does not run: {why}"),
-                "trackside runs what GitHub would run for this push; nothing here does",
+                "trackside runs what GitHub would run for this event; nothing here does",
             );
             out.clear();
         }
@@ -787,9 +926,34 @@ impl<'c, 's> Workflow<'c, 's> {
             },
             _ => return Some((on.clone(), format!("`on` does not list `{event}`"))),
         };
+        // `types:` against the payload's `action` (`--event-payload`); without
+        // a payload the activity is not known and any type passes.
+        let action = self
+            .github
+            .pointer("/event/action")
+            .and_then(Json::as_str)
+            .map(str::to_string);
+        if let (Some(types), Some(action)) = (get(filters, "types"), &action) {
+            let listed: Vec<String> = match &types.value {
+                Value::Seq(items) => items.iter().map(Node::key_text).collect(),
+                Value::Str(s) => vec![s.clone()],
+                _ => Vec::new(),
+            };
+            if !listed.iter().any(|t| t == action) {
+                return Some((types.clone(), format!("its `types` do not list `{action}`")));
+            }
+        }
         if !matches!(event.as_str(), "push" | "pull_request" | "pull_request_target") {
             return None;
         }
+        // A pull request's branch filters are about its base branch.
+        let base = self
+            .github
+            .get("base_ref")
+            .and_then(Json::as_str)
+            .filter(|b| !b.is_empty() && event != "push")
+            .map(str::to_string);
+        let ref_name = base.unwrap_or(ref_name);
         let (include, ignore, other) = if ref_type == "tag" {
             ("tags", "tags-ignore", ["branches", "branches-ignore"])
         } else {
@@ -1892,7 +2056,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 }
                 let action = self.cx.string(u, &join(path, "uses"))?;
                 if let Some(local) = action.strip_prefix("./") {
-                    return self.uses_local(node, path, u, local.trim_end_matches('/'), known, step_id);
+                    return self.uses_local(node, path, u, local.trim_end_matches('/'), None, known, step_id);
                 }
                 if let Some(kind) = builtin::which(&action) {
                     let name = match get(node, "name") {
@@ -1935,6 +2099,29 @@ impl<'c, 's> Workflow<'c, 's> {
                     // The workspace is the checkout already.
                     self.uses_checkout = true;
                     return Some(Vec::new());
+                }
+                // An action of another repository: from the actions folder
+                // `trackside actions pull` fills.
+                if let Some(a) = crate::store::actions::ActionRef::parse(&action) {
+                    let Some(root) = self.actions_dir.clone() else {
+                        self.cx.err(
+                            u,
+                            &join(path, "uses"),
+                            format!("trackside does not run actions from other repositories here: `{action}`"),
+                            "`trackside run` finds them in its actions folder (--actions-dir)",
+                        );
+                        return None;
+                    };
+                    if !a.checkout(&root).is_dir() {
+                        self.cx.err(
+                            u,
+                            &join(path, "uses"),
+                            format!("action `{action}` is not in the actions folder ({})", root.display()),
+                            format!("fetch it once: trackside actions pull {action} (add --from URL for a mirror or a local copy)"),
+                        );
+                        return None;
+                    }
+                    return self.uses_local(node, path, u, &a.name(), Some(a.dir(&root)), known, step_id);
                 }
                 let what = if action.starts_with("docker://") {
                     "Docker actions (`uses: docker://...`)"
@@ -2065,14 +2252,17 @@ impl<'c, 's> Workflow<'c, 's> {
         }])
     }
 
-    /// `uses: ./rel`: the steps of a composite action, read with the
-    /// calling step's `id`, `if`, `name`, `env` and `continue-on-error`.
+    /// `uses: ./rel` (or an action of the actions folder, `pulled`): the
+    /// steps of a composite or JavaScript action, read with the calling
+    /// step's `id`, `if`, `name`, `env` and `continue-on-error`.
+    #[allow(clippy::too_many_arguments)]
     fn uses_local(
         &mut self,
         node: &Node,
         path: &str,
         uses: &Node,
         rel: &str,
+        pulled: Option<std::path::PathBuf>,
         known: &Known,
         id: Option<String>,
     ) -> Option<Vec<Step>> {
@@ -2122,6 +2312,7 @@ impl<'c, 's> Workflow<'c, 's> {
             path,
             uses,
             rel,
+            pulled,
             id,
             name,
             condition,

@@ -611,3 +611,50 @@ fn javascript_actions_run_on_node_with_inputs_and_post_steps_last_first() {
     assert_eq!(job.actions[post.action.expect("a call")].state_from, Some(0));
     assert_eq!(post.condition.as_ref().map(|c| c.source.as_str()), Some("always()"));
 }
+
+#[test]
+fn a_workflows_folder_runs_every_workflow_the_event_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(".github/workflows").join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write(
+        "ci.yml",
+        "name: CI\non: push\njobs:\n  build:\n    runs-on: x\n    steps: [{run: 'true'}]\n  test:\n    needs: build\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    write(
+        "lint.yaml",
+        "name: Lint\non: [push, pull_request]\njobs:\n  test:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    write(
+        "release.yml",
+        "name: Release\non:\n  push:\n    tags: ['v*']\njobs:\n  publish:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    write(
+        "called.yml",
+        "on: workflow_call\njobs:\n  x:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        ..Default::default()
+    };
+    let folder = dir.path().join(".github/workflows");
+    assert_eq!(super::super::Dialect::of_file(&folder), super::super::Dialect::Github);
+    let (p, report) = super::super::load(&folder, &opts).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["CI / build", "CI / test", "Lint / test"]);
+    assert_eq!(p.jobs[1].depends_on, ["CI / build"]);
+    assert_eq!(p.name, "CI, Lint");
+    // The release workflow's warning (not run for this push) is kept.
+    assert!(
+        report.warnings().any(|d| d.message.contains("does not run")),
+        "{}",
+        report.render(false)
+    );
+    // An error in any file is reported with its place.
+    write("broken.yml", "on: push\njobs:\n  a:\n    runs-on: x\n    stepz: []\n");
+    let err = super::super::load(&folder, &opts).expect_err("refused");
+    assert!(err.file.ends_with("broken.yml"), "{}", err.file.display());
+}

@@ -94,6 +94,12 @@ pub struct LoadOptions {
     /// `--var-ctx NAME=VALUE`: a GitHub workflow's `vars` context (the
     /// repository's configuration variables).
     pub context_vars: Vec<(String, String)>,
+    /// GitHub workflows: the event's payload (`--event-payload`), which is
+    /// `github.event`.
+    pub event_payload: Option<serde_json::Value>,
+    /// GitHub workflows: where `uses: owner/repo@ref` actions are
+    /// (`trackside actions pull` fills it); `None`: nowhere.
+    pub actions_dir: Option<std::path::PathBuf>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
