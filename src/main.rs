@@ -1129,6 +1129,7 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
             all
         },
         actions_dir: Some(actions_dir),
+        matrix_needs: Vec::new(),
         event_payload: match &v.event_payload {
             Some(f) => Some(read_event_payload(f)?),
             None => None,

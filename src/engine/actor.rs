@@ -521,6 +521,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         shutdown: Vec::new(),
         rollouts: HashMap::new(),
         load_options: cfg.load_options.clone(),
+        pipeline_file: cfg.pipeline_file.clone(),
         watch: cfg.watch.map(|opts| Watch {
             file: cfg.pipeline_file.clone(),
             opts,
@@ -651,6 +652,9 @@ struct Actor {
     watch: Option<Watch>,
     /// See [`EngineConfig::load_options`].
     load_options: Option<crate::pipeline::LoadOptions>,
+    /// The file the pipeline was read from (a GitHub matrix made from
+    /// needs' outputs is read from it again).
+    pipeline_file: PathBuf,
     /// Coverage its log reported, by job name (GitLab's `coverage`).
     coverage: HashMap<String, String>,
     /// Compiled `coverage` patterns, by pattern.
@@ -837,6 +841,74 @@ impl Actor {
                 Err(conflict) => {
                     tracing::warn!(%trigger, %conflict, "a generated child pipeline conflicts with the run")
                 }
+            }
+        }
+    }
+
+    /// GitHub's matrices made from needs' outputs: each job standing for one
+    /// (`matrix_later`) whose needs have all run, `finished` among them
+    /// (its end is applied next), is replaced by the matrix's jobs, read
+    /// again from the workflow with its `needs` context. A matrix that
+    /// cannot be made makes the job fail, saying why.
+    async fn expand_matrices(&mut self, finished: JobId, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let ready: Vec<(JobId, String)> = {
+            let p = self.state.pipeline();
+            let done = |name: &str| {
+                p.job_index(name)
+                    .is_some_and(|i| i == finished || self.state.status(i) == super::JobStatus::Succeeded)
+            };
+            p.jobs
+                .iter()
+                .enumerate()
+                .filter(|(i, j)| {
+                    j.matrix_later
+                        && self.state.status(*i) == super::JobStatus::Pending
+                        && j.depends_on.iter().any(|d| p.job_index(d) == Some(finished))
+                        && j.depends_on.iter().all(|d| done(d))
+                })
+                .map(|(i, j)| (i, j.name.clone()))
+                .collect()
+        };
+        for (at, name) in ready {
+            let id = self.state.pipeline().jobs[at]
+                .id
+                .clone()
+                .unwrap_or_else(|| name.clone());
+            let mut opts = self.load_options.clone().unwrap_or_default();
+            opts.matrix_needs = vec![(id, self.state.needs_context_after(at, finished))];
+            let file = self.pipeline_file.clone();
+            let read = tokio::task::spawn_blocking(move || crate::pipeline::load(&file, &opts))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    r.map_err(|report| {
+                        let errors: Vec<String> = report
+                            .items
+                            .iter()
+                            .filter(|d| d.is_error())
+                            .map(|d| report.one_line(d))
+                            .collect();
+                        errors.join("\n")
+                    })
+                });
+            let grown = read.and_then(|(p, _)| {
+                crate::pipeline::github::with_matrix(self.state.pipeline(), &name, &p).map_err(|e| e.to_string())
+            });
+            let (new, cause) = match grown {
+                Ok(p) => (p, format!("the matrix of {name} made from what it needs")),
+                Err(why) => (
+                    crate::pipeline::github::failing_matrix(self.state.pipeline(), &name, &why),
+                    format!("the matrix of {name} cannot be made"),
+                ),
+            };
+            let ctx = self.ctx.clone();
+            let now = self.elapsed();
+            match self
+                .state
+                .replan_because(new, cause, &|merged| conditional_env(&ctx, merged), now)
+            {
+                Ok(done) => self.follow(done, retry_tx),
+                Err(conflict) => tracing::warn!(%name, %conflict, "a matrix made at run time conflicts with the run"),
             }
         }
     }
@@ -1133,6 +1205,7 @@ impl Actor {
                 self.rollouts.remove(&job);
                 if outcome.failure.is_none() {
                     self.graft_generated(job, retry_tx).await;
+                    self.expand_matrices(job, retry_tx).await;
                 }
                 self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
             }

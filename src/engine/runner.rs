@@ -107,7 +107,19 @@ impl Context for StepCtx<'_> {
 pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     let job = &ctx.pipeline.jobs[a.job];
     let mut leftovers = Leftovers::default();
-    let (outcome, cache_key) = if let Some(spec) = &job.deploy {
+    let (outcome, cache_key) = if job.matrix_later {
+        // Its matrix is made before it could start; a job standing for one
+        // that starts anyway (run alone, say) has nothing to run.
+        let msg = "its matrix is made from the jobs it needs, and they have not all run".to_string();
+        note(&a, &Arc::from(job.name.as_str()), msg.clone()).await;
+        (
+            Outcome {
+                message: Some(msg),
+                ..Outcome::failed(None, FailureClass::Script)
+            },
+            None,
+        )
+    } else if let Some(spec) = &job.deploy {
         // Boxed: a rollout's future is twice the size of a job's, and a
         // thousand jobs at once each held room for one.
         (Box::pin(deploy_attempt(&ctx, &mut a, job, spec)).await, None)

@@ -284,6 +284,16 @@ impl RunState {
     /// `continue-on-error` allows is a success) and the `outputs` (a
     /// matrix's jobs in order, a later non-empty value winning).
     pub fn needs_context(&self, job: JobId) -> serde_json::Value {
+        self.needs_context_with(job, None)
+    }
+
+    /// [`Self::needs_context`] as it will be once `finished` (which passed,
+    /// its end not applied yet) counts as a success.
+    pub fn needs_context_after(&self, job: JobId, finished: JobId) -> serde_json::Value {
+        self.needs_context_with(job, Some(finished))
+    }
+
+    fn needs_context_with(&self, job: JobId, finished: Option<JobId>) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         let rank = |r: &str| match r {
             "failure" => 3,
@@ -302,6 +312,7 @@ impl RunState {
                 None => spec.id.clone().unwrap_or_else(|| spec.name.clone()),
             };
             let result = match self.jobs[i].status {
+                _ if Some(i) == finished => "success",
                 JobStatus::Succeeded => "success",
                 JobStatus::Failed if self.failure_allowed(i) => "success",
                 JobStatus::Failed => "failure",
@@ -540,7 +551,8 @@ impl RunState {
         cond_env: &dyn Fn(&Pipeline) -> CondEnv,
         now: Duration,
     ) -> Result<(Vec<Effect>, Changes), Conflict> {
-        let (mut fx, changes) = self.replan(new, cond_env, now)?;
+        let removed = format!("replaced: {cause}");
+        let (mut fx, changes) = self.replan_removing(new, cond_env, now, &removed)?;
         for e in &mut fx {
             if let Effect::Emit(EventKind::PipelineChanged { cause: c, .. }) = e {
                 *c = Some(cause.clone());
@@ -559,6 +571,17 @@ impl RunState {
         new: Pipeline,
         cond_env: &dyn Fn(&Pipeline) -> CondEnv,
         now: Duration,
+    ) -> Result<(Vec<Effect>, Changes), Conflict> {
+        self.replan_removing(new, cond_env, now, "removed from the pipeline file")
+    }
+
+    /// [`RunState::replan`], saying `why_removed` of the jobs it drops.
+    fn replan_removing(
+        &mut self,
+        new: Pipeline,
+        cond_env: &dyn Fn(&Pipeline) -> CondEnv,
+        now: Duration,
+        why_removed: &str,
     ) -> Result<(Vec<Effect>, Changes), Conflict> {
         self.now = now;
         let same = |a: &crate::pipeline::Job, b: &crate::pipeline::Job| {
@@ -652,7 +675,7 @@ impl RunState {
             }
             let st = &mut self.jobs[j];
             st.status = JobStatus::Skipped;
-            st.reason = Some("removed from the pipeline file".into());
+            st.reason = Some(why_removed.to_string());
             st.blocked_by = None;
         }
         fx.push(Effect::Emit(self.planned()));

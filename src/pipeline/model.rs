@@ -239,6 +239,12 @@ pub struct Job {
     /// by [`Step::action`].
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub actions: Vec<ActionCall>,
+    /// GitHub's matrix made from the outputs of the jobs it needs (`matrix:
+    /// ${{ fromJSON(needs.x.outputs.y) }}`): this job stands for it until
+    /// they have run; then the workflow is read again with their outputs
+    /// and the matrix's jobs take its place.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub matrix_later: bool,
     /// The job that called the reusable workflow this job comes from
     /// (GitHub's `jobs.<id>.uses`): jobs outside the call see the call's
     /// jobs as one, under this id, in their `needs` context.

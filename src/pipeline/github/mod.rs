@@ -209,6 +209,74 @@ pub fn looks_like_workflow(source: &str) -> bool {
     top.contains(&"on") && top.contains(&"jobs")
 }
 
+/// Why a matrix made at run time cannot join the run.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error("no job `{0}` waits for its matrix")]
+    NotWaiting(String),
+    #[error("the workflow read again has no jobs for `{0}`")]
+    NoJobs(String),
+}
+
+/// `pipeline` with job `placeholder` (a matrix made from needs' outputs)
+/// replaced by the matrix's jobs of `read` (the workflow read again with
+/// them); the jobs that needed it need all of them.
+pub fn with_matrix(pipeline: &Pipeline, placeholder: &str, read: &Pipeline) -> Result<Pipeline, MatrixError> {
+    let at = pipeline
+        .job_index(placeholder)
+        .filter(|&i| pipeline.jobs[i].matrix_later)
+        .ok_or_else(|| MatrixError::NotWaiting(placeholder.to_string()))?;
+    let id = pipeline.jobs[at].id.clone();
+    let made: Vec<Job> = read
+        .jobs
+        .iter()
+        .filter(|j| j.id == id && !j.matrix_later && j.call == pipeline.jobs[at].call)
+        .cloned()
+        .collect();
+    if made.is_empty() {
+        return Err(MatrixError::NoJobs(placeholder.to_string()));
+    }
+    let names: Vec<String> = made.iter().map(|j| j.name.clone()).collect();
+    let mut new = pipeline.clone();
+    new.jobs.splice(at..=at, made);
+    for j in &mut new.jobs {
+        if let Some(k) = j.depends_on.iter().position(|d| d == placeholder) {
+            let pos = j.depends_on_pos.get(k).copied().unwrap_or(j.pos);
+            j.depends_on.remove(k);
+            if k < j.depends_on_pos.len() {
+                j.depends_on_pos.remove(k);
+            }
+            for n in &names {
+                j.depends_on.push(n.clone());
+                j.depends_on_pos.push(pos);
+            }
+        }
+    }
+    Ok(new)
+}
+
+/// `pipeline` with job `placeholder` failing, saying `why` (its matrix
+/// could not be made).
+pub fn failing_matrix(pipeline: &Pipeline, placeholder: &str, why: &str) -> Pipeline {
+    let mut p = pipeline.clone();
+    if let Some(j) = p.jobs.iter_mut().find(|j| j.name == placeholder) {
+        j.matrix_later = false;
+        let mut script: Vec<String> = format!("the matrix cannot be made: {why}")
+            .lines()
+            .map(|l| format!("echo 'trackside: {}' >&2", l.replace('\'', "'\\''")))
+            .collect();
+        script.push("exit 1".into());
+        j.steps = vec![Step {
+            name: "matrix".into(),
+            script,
+            shell: Some(vec!["sh".into(), "-e".into(), "{0}".into()]),
+            ..Step::default()
+        }];
+        j.actions.clear();
+    }
+    p
+}
+
 /// Whether `path` is a repository's `.github/workflows` folder.
 pub fn is_workflows_folder(path: &Path) -> bool {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -442,6 +510,39 @@ struct Known {
     inputs: Json,
 }
 
+/// The key `strategy` holds while a matrix waits for the jobs it needs.
+const MATRIX_LATER: &str = "__matrix_later";
+
+/// [`Known`] and a `needs` context (a matrix made from needs' outputs).
+struct WithNeeds {
+    known: Known,
+    needs: Json,
+}
+
+impl expr::Context for WithNeeds {
+    fn root(&self, name: &str) -> Option<Json> {
+        match name {
+            "needs" => Some(self.needs.clone()),
+            _ => self.known.root(name),
+        }
+    }
+    fn ignore_case(&self) -> bool {
+        true
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        self.known.env(name)
+    }
+    fn var(&self, name: &str) -> Option<String> {
+        self.known.var(name)
+    }
+    fn job_status(&self, job: &str) -> Option<String> {
+        self.known.job_status(job)
+    }
+    fn upstream_succeeded(&self) -> bool {
+        true
+    }
+}
+
 impl expr::Context for Known {
     fn root(&self, name: &str) -> Option<Json> {
         Some(match name {
@@ -509,6 +610,8 @@ struct Workflow<'c, 's> {
     frame_env: Vec<EnvVar>,
     /// Where actions of other repositories are (`--actions-dir`).
     actions_dir: Option<std::path::PathBuf>,
+    /// `LoadOptions::matrix_needs`.
+    matrix_needs: Vec<(String, Json)>,
     /// JavaScript actions' post steps, by the call they follow, for the
     /// end of the job.
     posts: Vec<(usize, Step)>,
@@ -560,6 +663,7 @@ impl<'c, 's> Workflow<'c, 's> {
             frames: Vec::new(),
             frame_env: Vec::new(),
             actions_dir: opts.actions_dir.clone(),
+            matrix_needs: opts.matrix_needs.clone(),
             posts: Vec::new(),
             workflow_env_vars: Vec::new(),
             call: None,
@@ -1426,7 +1530,7 @@ impl<'c, 's> Workflow<'c, 's> {
             }
         }
         let combos = match get(node, "strategy") {
-            Some(s) => self.strategy(s, &join(&path, "strategy")),
+            Some(s) => self.strategy(s, &join(&path, "strategy"), id),
             None => Some((Vec::new(), json!({}))),
         };
         let steps_node = match get(node, "steps") {
@@ -1465,6 +1569,9 @@ impl<'c, 's> Workflow<'c, 's> {
         } else {
             combos
         };
+        // A matrix made from the outputs of the jobs it needs: one job
+        // stands for it until they have run.
+        let later = strategy.get(MATRIX_LATER).is_some();
         let mut out = Vec::with_capacity(combos.len());
         for (index, combo) in combos.iter().enumerate() {
             let mut strategy = strategy.clone();
@@ -1496,6 +1603,8 @@ impl<'c, 's> Workflow<'c, 's> {
                 steps_node,
                 &runs_on,
             ) {
+                let mut job = job;
+                job.matrix_later = later;
                 out.push(Instance {
                     job,
                     needs: needs.clone(),
@@ -1653,6 +1762,7 @@ impl<'c, 's> Workflow<'c, 's> {
             stage: None,
             file_commands: true,
             strict_needs: true,
+            matrix_later: false,
             fail_fast_group: (matrixed && known.strategy.get("fail-fast") != Some(&Json::Bool(false)))
                 .then(|| id.to_string()),
             id: Some(id.to_string()),
@@ -1729,7 +1839,150 @@ impl<'c, 's> Workflow<'c, 's> {
 
     /// `strategy:` — the matrix's combinations (none without a matrix) and
     /// the `strategy` context.
-    fn strategy(&mut self, node: &Node, path: &str) -> Option<(Vec<Combo>, Json)> {
+    /// `matrix: ${{ expression }}`: evaluated now when it reads what is
+    /// known (`github`, `vars`, `inputs`), or, when it reads `needs`, once
+    /// the jobs it needs have run (the engine reads the workflow again with
+    /// their outputs in `LoadOptions::matrix_needs`); until then `strategy`
+    /// says [`MATRIX_LATER`] and no combination is made.
+    fn matrix_expression(
+        &mut self,
+        text: &str,
+        m: &Node,
+        path: &str,
+        id: &str,
+        mut context: Json,
+    ) -> Option<(Vec<Combo>, Json)> {
+        const IN_STRATEGY: &[&str] = &["github", "needs", "vars", "inputs"];
+        let trimmed = text.trim();
+        let inner = trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}"));
+        let Some(inner) = inner.filter(|i| !i.contains("${{")) else {
+            self.cx.err(
+                m,
+                path,
+                "a matrix made by an expression is one `${{ ... }}` and nothing else",
+                "write `matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}`",
+            );
+            return None;
+        };
+        let offset = text.find("${{").map_or(0, |i| i + 3);
+        let e = match expr::parse_in(inner, &LANG) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = expr::ExprError {
+                    offset: e.offset + offset,
+                    ..e
+                };
+                self.expr_error(text, m, path, &e);
+                return None;
+            }
+        };
+        let (mut roots, mut calls) = (Vec::new(), Vec::new());
+        e.names(&mut roots, &mut calls);
+        if let Some((root, off)) = roots.iter().find(|(r, _)| !IN_STRATEGY.contains(&r.as_str())) {
+            self.unavailable(text, m, path, offset + off, root, IN_STRATEGY);
+            return None;
+        }
+        let needs = self.matrix_needs.iter().find(|(j, _)| j == id).map(|(_, n)| n.clone());
+        if roots.iter().any(|(r, _)| r == "needs") && needs.is_none() {
+            if let Some(c) = context.as_object_mut() {
+                c.insert(MATRIX_LATER.into(), Json::Bool(true));
+            }
+            return Some((Vec::new(), context));
+        }
+        let known = WithNeeds {
+            known: Known {
+                github: self.github.clone(),
+                runner: self.runner.clone(),
+                matrix: Json::Null,
+                strategy: Json::Null,
+                env: Vec::new(),
+                vars: self.vars.clone(),
+                inputs: self.inputs.clone(),
+            },
+            needs: needs.unwrap_or_else(|| json!({})),
+        };
+        let value = match expr::eval(&e, &known) {
+            Ok(v) => v,
+            Err(err) => {
+                let err = expr::ExprError {
+                    offset: err.offset + offset,
+                    ..err
+                };
+                self.expr_error(text, m, path, &err);
+                return None;
+            }
+        };
+        let Json::Object(map) = value else {
+            self.cx.err(
+                m,
+                path,
+                format!("the matrix expression made {}, not a mapping", expr::to_text(&value)),
+                "it must make an object such as {\"os\": [\"a\", \"b\"]} or {\"include\": [...]}",
+            );
+            return None;
+        };
+        let mut keys = Vec::new();
+        let (mut include, mut exclude) = (Vec::new(), Vec::new());
+        for (k, v) in map {
+            match (k.as_str(), v) {
+                ("include" | "exclude", Json::Array(items)) => {
+                    for item in items {
+                        let Json::Object(kv) = item else {
+                            self.cx.err(
+                                m,
+                                path,
+                                format!("invalid matrix: each `{k}` entry must be a mapping"),
+                                "make `[{\"os\": \"a\"}]`",
+                            );
+                            return None;
+                        };
+                        let combo = Combo(kv.into_iter().collect());
+                        if k == "include" {
+                            include.push(combo);
+                        } else {
+                            exclude.push(combo);
+                        }
+                    }
+                }
+                (_, Json::Array(values)) => keys.push((k, values)),
+                (_, other) => {
+                    self.cx.err(
+                        m,
+                        path,
+                        format!(
+                            "invalid matrix: `{k}` must be a list, the expression made {}",
+                            expr::to_text(&other)
+                        ),
+                        "make each key a list of values",
+                    );
+                    return None;
+                }
+            }
+        }
+        match matrix::expand(&keys, &include, &exclude) {
+            Ok(c) => Some((c, context)),
+            Err(matrix::MatrixError::Empty) => {
+                self.cx.err(
+                    m,
+                    path,
+                    "the matrix expands to no jobs",
+                    "the expression made an empty matrix",
+                );
+                None
+            }
+            Err(matrix::MatrixError::TooMany(n)) => {
+                self.cx.err(
+                    m,
+                    path,
+                    format!("the matrix expands to more than {} jobs ({n})", matrix::MAX_JOBS),
+                    "GitHub allows 256 jobs per matrix",
+                );
+                None
+            }
+        }
+    }
+
+    fn strategy(&mut self, node: &Node, path: &str, id: &str) -> Option<(Vec<Combo>, Json)> {
         if !self.cx.mapping(node, path, &STRATEGY_KEYS, "strategy") {
             return None;
         }
@@ -1743,15 +1996,11 @@ impl<'c, 's> Workflow<'c, 's> {
             return Some((Vec::new(), context));
         };
         let mpath = join(path, "matrix");
+        if let Some(text) = m.as_str().filter(|t| t.contains("${{")) {
+            return self.matrix_expression(text, m, &mpath, id, context);
+        }
         let Value::Map(items) = &m.value else {
-            if m.as_str().is_some_and(|t| t.contains("${{")) {
-                self.cx.err(
-                    m,
-                    &mpath,
-                    "trackside does not evaluate a matrix made by an expression yet",
-                    "docs/github.md lists what runs today; write the matrix's lists out",
-                );
-            } else {
+            {
                 self.cx.err(
                     m,
                     &mpath,

@@ -658,3 +658,42 @@ fn a_workflows_folder_runs_every_workflow_the_event_starts() {
     let err = super::super::load(&folder, &opts).expect_err("refused");
     assert!(err.file.ends_with("broken.yml"), "{}", err.file.display());
 }
+
+#[test]
+fn a_matrix_from_needs_outputs_waits_for_them_then_takes_the_jobs_place() {
+    let wf = "on: push\njobs:\n  plan:\n    runs-on: x\n    outputs: {m: '${{ steps.s.outputs.m }}'}\n    steps: [{id: s, run: 'true'}]\n  build:\n    needs: plan\n    runs-on: x\n    strategy:\n      matrix: ${{ fromJSON(needs.plan.outputs.m) }}\n    steps: [{run: 'echo ${{ matrix.os }}'}]\n  after:\n    needs: build\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let first = load(wf).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let build = first.job("build").expect("build");
+    assert!(build.matrix_later, "it waits for plan's outputs");
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        matrix_needs: vec![(
+            "build".into(),
+            json!({"plan": {"result": "success", "outputs": {"m": "{\"os\": [\"linux\", \"mac\"]}"}}}),
+        )],
+        ..Default::default()
+    };
+    let (again, _) = super::super::parse_source(Path::new(".github/workflows/ci.yml"), wf.to_string(), &opts)
+        .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let grown = with_matrix(&first, "build", &again).expect("grown");
+    let names: Vec<&str> = grown.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["plan", "build (linux)", "build (mac)", "after"]);
+    assert_eq!(grown.jobs[1].steps[0].script, ["echo linux"]);
+    assert_eq!(grown.jobs[3].depends_on, ["build (linux)", "build (mac)"]);
+    // What cannot be a matrix is an error of the read, with its place.
+    let bad = LoadOptions {
+        matrix_needs: vec![("build".into(), json!({"plan": {"outputs": {"m": "[1, 2]"}}}))],
+        ..opts
+    };
+    let err = super::super::parse_source(Path::new(".github/workflows/ci.yml"), wf.to_string(), &bad)
+        .expect_err("not a mapping");
+    assert!(
+        err.items
+            .iter()
+            .any(|d| d.message.contains("not a mapping") && d.line == 11),
+        "{}",
+        err.render(false)
+    );
+    let failing = failing_matrix(&first, "build", "not a mapping");
+    assert!(!failing.job("build").expect("build").matrix_later);
+}

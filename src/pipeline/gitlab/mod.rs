@@ -1501,6 +1501,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             actions: Vec::new(),
             github: None,
             call: None,
+            matrix_later: false,
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,

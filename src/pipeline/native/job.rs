@@ -277,6 +277,7 @@ impl Cx<'_> {
             actions: Vec::new(),
             github: None,
             call: None,
+            matrix_later: false,
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,

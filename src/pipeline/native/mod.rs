@@ -100,6 +100,9 @@ pub struct LoadOptions {
     /// GitHub workflows: where `uses: owner/repo@ref` actions are
     /// (`trackside actions pull` fills it); `None`: nowhere.
     pub actions_dir: Option<std::path::PathBuf>,
+    /// GitHub workflows: the `needs` context of jobs whose matrix is made
+    /// from it, by job id, once the jobs they need have run.
+    pub matrix_needs: Vec<(String, serde_json::Value)>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
