@@ -162,7 +162,11 @@ async fn cancel_kills_grandchildren_and_escaped_processes() {
     )
     .await;
     let prefix = format!("TRACKSIDE_PROCESS_TAG={}/", r.handle.run_id());
-    assert!(trackside::exec::shell::tagged_pids(&prefix, true, std::process::id()).len() >= 4);
+    // The background processes may still be starting when `ready` shows.
+    common::deploy::until("the step's five processes", || {
+        trackside::exec::shell::tagged_pids(&prefix, true, std::process::id()).len() >= 4
+    })
+    .await;
     r.handle.cancel("tree").await.expect("cancel");
     let sum = r.finished().await;
     assert_eq!(job(&sum, "tree").status, JobStatus::Cancelled);

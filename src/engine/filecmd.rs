@@ -178,8 +178,10 @@ pub struct StepFiles {
 }
 
 impl StepFiles {
-    /// Creates the empty files of step `index` in `dir` (0700), 0600 each.
-    pub fn create(dir: &Path, index: usize) -> Result<StepFiles, crate::store::IoFailure> {
+    /// The files of step `index` in `dir` (made 0700), not created: a
+    /// script's `>>` creates the ones it writes. Creating five files per
+    /// step was most of a short job's cost (an inode each).
+    pub fn at(dir: &Path, index: usize) -> Result<StepFiles, crate::store::IoFailure> {
         crate::store::private_dir(dir)?;
         // Absolute: a step reads them from its own working directory (and a
         // relative `--state-dir` would leave them relative).
@@ -188,18 +190,24 @@ impl StepFiles {
             path: dir.to_path_buf(),
             source,
         })?;
-        let file = |name: &str| -> Result<PathBuf, crate::store::IoFailure> {
-            let p = dir.join(format!("{name}.{index}"));
-            crate::store::write_with_mode(&p, b"", 0o600)?;
-            Ok(p)
-        };
+        let file = |name: &str| dir.join(format!("{name}.{index}"));
         Ok(StepFiles {
-            env: file("env")?,
-            path: file("path")?,
-            output: file("output")?,
-            state: file("state")?,
-            summary: file("summary")?,
+            env: file("env"),
+            path: file("path"),
+            output: file("output"),
+            state: file("state"),
+            summary: file("summary"),
         })
+    }
+
+    /// [`StepFiles::at`], the files created empty (0600): a JavaScript
+    /// action's toolkit refuses a file command whose file is missing.
+    pub fn create(dir: &Path, index: usize) -> Result<StepFiles, crate::store::IoFailure> {
+        let files = StepFiles::at(dir, index)?;
+        for p in [&files.env, &files.path, &files.output, &files.state, &files.summary] {
+            crate::store::write_with_mode(p, b"", 0o600)?;
+        }
+        Ok(files)
     }
 
     /// The variables that name them.
@@ -290,7 +298,21 @@ impl StepFiles {
 }
 
 /// A file's first [`MAX_FILE`] bytes as text, and whether there was more.
+/// A step's file, at most [`MAX_FILE`] bytes (and whether it was cut); a
+/// file the step did not write reads as empty. Only a regular file is
+/// read: a FIFO left there would block.
 fn read_bounded(path: &Path) -> std::io::Result<(String, bool)> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((String::new(), false)),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_file() => {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        Ok(_) => {}
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
     let cut = bytes.len() as u64 > MAX_FILE;

@@ -511,7 +511,15 @@ async fn run_steps(
             continue;
         }
         let files = match job.file_commands {
-            true => match filecmd::StepFiles::create(&files_dir(ctx, job, a.attempt).join("github"), index) {
+            true => match {
+                let dir = files_dir(ctx, job, a.attempt).join("github");
+                // A JavaScript action's toolkit wants the files there.
+                if step.inputs_env {
+                    filecmd::StepFiles::create(&dir, index)
+                } else {
+                    filecmd::StepFiles::at(&dir, index)
+                }
+            } {
                 Ok(f) => Some(f),
                 Err(e) => {
                     outcome.failure = Some(FailureClass::Infra);
