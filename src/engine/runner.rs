@@ -510,16 +510,16 @@ async fn run_steps(
             }
             continue;
         }
-        let files = match job.file_commands {
-            true => match {
-                let dir = files_dir(ctx, job, a.attempt).join("github");
-                // A JavaScript action's toolkit wants the files there.
-                if step.inputs_env {
-                    filecmd::StepFiles::create(&dir, index)
-                } else {
-                    filecmd::StepFiles::at(&dir, index)
-                }
-            } {
+        let dir = files_dir(ctx, job, a.attempt).join("github");
+        // A JavaScript action's toolkit wants the files there; a script's
+        // `>>` makes the ones it writes.
+        let made = match (job.file_commands, step.inputs_env) {
+            (false, _) => None,
+            (true, true) => Some(filecmd::StepFiles::create(&dir, index)),
+            (true, false) => Some(filecmd::StepFiles::at(&dir, index)),
+        };
+        let files = match made {
+            Some(made) => match made {
                 Ok(f) => Some(f),
                 Err(e) => {
                     outcome.failure = Some(FailureClass::Infra);
@@ -527,7 +527,7 @@ async fn run_steps(
                     break;
                 }
             },
-            false => None,
+            None => None,
         };
         let ran = match (&step.builtin, &files) {
             (Some(b), Some(f)) => Some(run_builtin(ctx, a, job, index, ws, &vars, &mut carried, f, b).await),
