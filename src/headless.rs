@@ -331,6 +331,9 @@ pub struct Printer {
     seen: HashMap<String, Seen>,
     /// How many times the stream has said it skipped events.
     skips: u64,
+    /// GitHub annotations so far, listed after the summary as GitHub lists
+    /// them under a run.
+    annotations: Vec<String>,
 }
 
 /// Where a job's printed log stands.
@@ -368,6 +371,7 @@ impl Printer {
             run_id: String::new(),
             seen: HashMap::new(),
             skips: 0,
+            annotations: Vec::new(),
         }
     }
 
@@ -510,6 +514,22 @@ impl Printer {
                     self.log_line(job, line);
                     return;
                 }
+                if let (EventKind::Annotation { job, step, level, .. }, Some(text)) =
+                    (&ev.kind, annotation_text(&ev.kind))
+                {
+                    self.annotations.push(format!("  {level:<7} {job} / {step}: {text}"));
+                    return;
+                }
+                if let (EventKind::RunFinished { .. }, false) = (&ev.kind, self.annotations.is_empty()) {
+                    if let Some(t) = plain_line(&ev.kind, &mut self.width) {
+                        let _ = writeln!(self.out, "{t}");
+                    }
+                    let _ = writeln!(self.out, "\nAnnotations ({}):", self.annotations.len());
+                    for a in &self.annotations {
+                        let _ = writeln!(self.out, "{a}");
+                    }
+                    return;
+                }
                 let text = plain_line(&ev.kind, &mut self.width);
                 if let Some(t) = text {
                     let _ = writeln!(self.out, "{t}");
@@ -517,6 +537,39 @@ impl Printer {
             }
         }
     }
+}
+
+/// An annotation as one line: `file:line:col: title: message` (the
+/// place and title when it has them).
+pub fn annotation_text(kind: &EventKind) -> Option<String> {
+    let EventKind::Annotation {
+        message,
+        title,
+        file,
+        line,
+        col,
+        ..
+    } = kind
+    else {
+        return None;
+    };
+    let mut s = String::new();
+    if let Some(f) = file {
+        s.push_str(f);
+        if let Some(l) = line {
+            s.push_str(&format!(":{l}"));
+            if let Some(c) = col {
+                s.push_str(&format!(":{c}"));
+            }
+        }
+        s.push_str(": ");
+    }
+    if let Some(t) = title {
+        s.push_str(t);
+        s.push_str(": ");
+    }
+    s.push_str(&message.replace('\n', " "));
+    Some(s)
 }
 
 fn write_spaces(out: &mut impl Write, n: usize) -> io::Result<()> {
@@ -549,6 +602,8 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     Some(match kind {
         // The rollout's notes arrive as log lines; its status is for --json and the UI.
         EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } => return None,
+        // Its line is in the log; the list comes after the summary.
+        EventKind::Annotation { .. } => return None,
         EventKind::Steered { what, by } => format!(":: {what} (by {by})"),
         EventKind::RunStarted {
             run_id,

@@ -1054,6 +1054,19 @@ impl Actor {
             ActorMsg::Runner(RunnerMsg::AddMask(value)) => {
                 self.masker.add(&value);
             }
+            ActorMsg::Runner(RunnerMsg::Annotation { job, step, annotation }) => {
+                let a = annotation;
+                self.emit(EventKind::Annotation {
+                    job: self.state.pipeline().jobs[job].name.clone(),
+                    step: step.to_string(),
+                    level: a.level.to_string(),
+                    message: a.message,
+                    title: a.title,
+                    file: a.file,
+                    line: a.line,
+                    col: a.col,
+                });
+            }
             ActorMsg::Runner(RunnerMsg::JobOutputs { job, outputs }) => {
                 self.state.record_outputs(job, outputs);
             }

@@ -25,6 +25,12 @@ use super::state::{JobId, Outcome};
 pub enum RunnerMsg {
     /// A value to mask from now on (a GitHub step's `::add-mask::`).
     AddMask(String),
+    /// A GitHub step's annotation (`::error` and the like).
+    Annotation {
+        job: JobId,
+        step: Arc<str>,
+        annotation: super::filecmd::Annotation,
+    },
     /// A GitHub job's `outputs`, evaluated when its steps have run (sent
     /// before the attempt's end).
     JobOutputs { job: JobId, outputs: Vec<(String, String)> },

@@ -222,6 +222,21 @@ impl StepFiles {
         ]
     }
 
+    /// What the step wrote to GITHUB_STEP_SUMMARY (Markdown, at most
+    /// [`MAX_FILE`] bytes: GitHub's limit too), and a problem if any.
+    pub fn summary(&self) -> (String, Option<String>) {
+        match read_bounded(&self.summary) {
+            Ok((text, false)) => (text, None),
+            Ok((text, true)) => (
+                text,
+                Some(format!(
+                    "GITHUB_STEP_SUMMARY: only its first {MAX_FILE} bytes were read"
+                )),
+            ),
+            Err(e) => (String::new(), Some(format!("cannot read GITHUB_STEP_SUMMARY: {e}"))),
+        }
+    }
+
     /// What the step wrote to GITHUB_STATE, added to `into`; problems, for
     /// the log.
     pub fn collect_state(&self, into: &mut BTreeMap<String, String>) -> Vec<String> {
@@ -373,6 +388,49 @@ pub enum Said {
     Hide,
     /// `::add-mask::VALUE`: masked from now on; the line is not shown.
     Mask(String),
+    /// `::error`, `::warning`, `::notice`: shown as this text, and an
+    /// annotation.
+    Annotate(String, Annotation),
+}
+
+/// An annotation a step made, with its place when it gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub level: &'static str,
+    pub message: String,
+    pub title: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u64>,
+    pub col: Option<u64>,
+}
+
+/// `file=app.py,line=3,col=5,title=Lint` of a command.
+fn annotation(level: &'static str, properties: &str, message: String) -> Annotation {
+    let mut a = Annotation {
+        level,
+        message,
+        title: None,
+        file: None,
+        line: None,
+        col: None,
+    };
+    for p in properties.split(',') {
+        let Some((k, v)) = p.split_once('=') else { continue };
+        let v = unescape_property(v.trim());
+        match k.trim() {
+            "file" => a.file = Some(v),
+            "line" => a.line = v.parse().ok(),
+            "col" => a.col = v.parse().ok(),
+            "title" => a.title = Some(v),
+            _ => {}
+        }
+    }
+    a
+}
+
+/// A property's value as GitHub escapes it: `%2C`, `%3A` too.
+fn unescape_property(s: &str) -> String {
+    unescape(&s.replace("%2C", ",").replace("%3A", ":"))
 }
 
 /// Reads workflow commands in a step's standard output as GitHub's runner
@@ -401,14 +459,17 @@ impl Commands {
         let Some((head, message)) = rest.split_once("::") else {
             return Said::Show(text.to_string());
         };
-        let (command, _properties) = head.split_once(' ').unwrap_or((head, ""));
+        let (command, properties) = head.split_once(' ').unwrap_or((head, ""));
         let message = unescape(message);
         match command {
             "group" => Said::Show(format!("▸ {message}")),
             "endgroup" | "debug" => Said::Hide,
-            "error" => Said::Show(format!("Error: {message}")),
-            "warning" => Said::Show(format!("Warning: {message}")),
-            "notice" => Said::Show(format!("Notice: {message}")),
+            "error" => Said::Annotate(format!("Error: {message}"), annotation("error", properties, message)),
+            "warning" => Said::Annotate(
+                format!("Warning: {message}"),
+                annotation("warning", properties, message),
+            ),
+            "notice" => Said::Annotate(format!("Notice: {message}"), annotation("notice", properties, message)),
             "add-mask" if !message.trim().is_empty() => Said::Mask(message),
             "add-mask" => Said::Hide,
             "stop-commands" if !message.is_empty() => {
@@ -456,15 +517,55 @@ mod tests {
                 Said::Show("▸ Lint output".into()),
                 Said::Show("plain line".into()),
                 Said::Hide,
-                Said::Show("Error: Undefined name 'foo'".into()),
-                Said::Show("Warning: Line too long".into()),
-                Said::Show("Notice: 2 files checked".into()),
+                Said::Annotate(
+                    "Error: Undefined name 'foo'".into(),
+                    Annotation {
+                        level: "error",
+                        message: "Undefined name 'foo'".into(),
+                        title: None,
+                        file: Some("app/a.py".into()),
+                        line: Some(3),
+                        col: None
+                    }
+                ),
+                Said::Annotate(
+                    "Warning: Line too long".into(),
+                    Annotation {
+                        level: "warning",
+                        message: "Line too long".into(),
+                        title: Some("Style".into()),
+                        file: None,
+                        line: None,
+                        col: None
+                    }
+                ),
+                Said::Annotate(
+                    "Notice: 2 files checked".into(),
+                    Annotation {
+                        level: "notice",
+                        message: "2 files checked".into(),
+                        title: None,
+                        file: None,
+                        line: None,
+                        col: None
+                    }
+                ),
                 Said::Hide,
                 Said::Mask("s3cr3t".into()),
                 Said::Hide,
                 Said::Show("::error::not a command now".into()),
                 Said::Hide,
-                Said::Show("Error: a% b\nc".into()),
+                Said::Annotate(
+                    "Error: a% b\nc".into(),
+                    Annotation {
+                        level: "error",
+                        message: "a% b\nc".into(),
+                        title: None,
+                        file: None,
+                        line: None,
+                        col: None
+                    }
+                ),
                 Said::Show("::unknown::kept".into()),
             ]
         );

@@ -565,6 +565,27 @@ async fn run_steps(
             for problem in problems {
                 note(a, &name, problem).await;
             }
+            // The step's summary joins the job's log (its record), where
+            // the UI and `trackside logs` show it.
+            let (summary, problem) = f.summary();
+            if let Some(p) = problem {
+                note(a, &name, p).await;
+            }
+            if !summary.trim().is_empty() {
+                note(a, &name, format!("summary of step `{}`:", step.name)).await;
+                for line in summary.lines() {
+                    let _ =
+                        a.tx.send(RunnerMsg::Log {
+                            job: a.job,
+                            attempt: a.attempt,
+                            step: name.clone(),
+                            stream: crate::exec::Stream::Stdout,
+                            text: format!("│ {line}"),
+                            partial: false,
+                        })
+                        .await;
+                }
+            }
         }
         let Some(c) = ran.class else { continue };
         // Cancelled, or the job's time is up (a step's own timeout is a
@@ -1553,6 +1574,16 @@ async fn run_once(
             {
                 match c.line(&line.text) {
                     filecmd::Said::Show(text) => line.text = text,
+                    filecmd::Said::Annotate(text, annotation) => {
+                        line.text = text;
+                        let _ =
+                            a.tx.send(RunnerMsg::Annotation {
+                                job: a.job,
+                                step: name.clone(),
+                                annotation,
+                            })
+                            .await;
+                    }
                     filecmd::Said::Hide => continue,
                     filecmd::Said::Mask(value) => {
                         let _ = a.tx.send(RunnerMsg::AddMask(value)).await;

@@ -343,6 +343,24 @@ pub enum EventKind {
         #[serde(default)]
         line_no: u64,
     },
+    /// A GitHub step's `::error`, `::warning` or `::notice` (its line is in
+    /// the log too): front-ends list them, as GitHub lists annotations.
+    Annotation {
+        job: String,
+        step: String,
+        /// `error`, `warning` or `notice`.
+        level: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// `file`, with `line` and `col` when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        col: Option<u64>,
+    },
     /// A rollout decision, for the audit trail: a steering action (with
     /// who took it) or one the rollout took by itself (`by` is None).
     RolloutDecision {
@@ -463,6 +481,12 @@ impl EventKind {
         };
         match self {
             EventKind::LogLine { line, .. } => fix(line),
+            EventKind::Annotation { message, title, .. } => {
+                fix(message);
+                if let Some(t) = title {
+                    fix(t);
+                }
+            }
             EventKind::JobSkipped { reason, .. } | EventKind::JobReset { reason, .. } => fix(reason),
             EventKind::JobFinished { message: Some(m), .. } => fix(m),
             EventKind::RunFinished { summary } => {

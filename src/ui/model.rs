@@ -54,6 +54,8 @@ pub struct JobView {
     /// When the current retry is due (ts, ms).
     pub retry_at: Option<u64>,
     pub step: Option<String>,
+    /// A GitHub job's annotations (`::error` and the like), as (level, text).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl JobView {
@@ -78,6 +80,7 @@ impl JobView {
             cached: None,
             rollout: None,
             rollout_history: Vec::new(),
+            annotations: Vec::new(),
             retry_at: None,
             step: None,
         }
@@ -175,6 +178,11 @@ impl Model {
         match &ev.kind {
             // The decision is in the job's log already; the record keeps the event.
             EventKind::RolloutDecision { .. } | EventKind::Steered { .. } => {}
+            EventKind::Annotation { job, level, .. } => {
+                let text = crate::headless::annotation_text(&ev.kind).unwrap_or_default();
+                let level = level.clone();
+                self.with(job, |j| j.annotations.push((level, text)));
+            }
             EventKind::Rollout { job, status } => self.with(job, |j| {
                 let t_s = ev.ts.saturating_sub(j.attempts.last().map_or(ev.ts, |a| a.started_ts)) as f64 / 1000.0;
                 j.rollout_history.push(RolloutPoint {
@@ -655,6 +663,30 @@ mod tests {
             },
         ));
         m
+    }
+
+    #[test]
+    fn annotations_are_kept_with_their_job() {
+        let mut m = model();
+        m.apply(&ev(
+            2_000,
+            EventKind::Annotation {
+                job: "test".into(),
+                step: "Run unit tests".into(),
+                level: "error".into(),
+                message: "sub returned 8".into(),
+                title: None,
+                file: Some("calc.py".into()),
+                line: Some(6),
+                col: None,
+            },
+        ));
+        let test = &m.jobs[m.job("test").expect("test")];
+        assert_eq!(
+            test.annotations,
+            [("error".to_string(), "calc.py:6: sub returned 8".to_string())]
+        );
+        assert!(m.jobs[m.job("build").expect("build")].annotations.is_empty());
     }
 
     #[test]

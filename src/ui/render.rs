@@ -743,6 +743,17 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
             Span::raw(text.clone()),
         ]));
     }
+    for (level, text) in &job.annotations {
+        let style = match level.as_str() {
+            "error" => t.error(),
+            "warning" => t.warn(),
+            _ => t.dim(),
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{level}: "), style),
+            Span::raw(text.clone()),
+        ]));
+    }
     for a in job.attempts.iter().rev() {
         let dur = a.ended_ts.map(|e| seconds(e.saturating_sub(a.started_ts)));
         let mut s = format!("#{} ", a.number);
