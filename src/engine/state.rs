@@ -10,7 +10,7 @@
 //! WaitingApproval (manual gate) and Retrying (waiting for backoff).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::pipeline::expr::{self, Context};
@@ -198,7 +198,7 @@ pub struct RunState {
     /// Jobs waiting out their `start_in`.
     delayed: usize,
     /// Resource groups a running job holds.
-    held: std::collections::HashSet<String>,
+    held: HashMap<String, usize>,
     paused: bool,
     started: bool,
     finished: bool,
@@ -899,6 +899,20 @@ impl RunState {
         self.after_failure(j, fx);
     }
 
+    /// The groups job `j` holds a place in while it runs, with how many
+    /// may run at once: its resource group (one), its `max-parallel`.
+    fn groups(&self, j: JobId) -> Vec<(String, usize)> {
+        let spec = &self.pipeline.jobs[j];
+        let mut out = Vec::new();
+        if let Some(g) = &spec.resource_group {
+            out.push((format!("resource:{g}"), 1));
+        }
+        if let Some((g, n)) = &spec.parallel_limit {
+            out.push((format!("parallel:{g}"), (*n).max(1)));
+        }
+        out
+    }
+
     fn schedule(&mut self, fx: &mut Vec<Effect>) {
         // Ready jobs whose resource group is busy wait for their next turn.
         let mut waiting = Vec::new();
@@ -909,12 +923,16 @@ impl RunState {
             if self.jobs[j].status != JobStatus::Ready {
                 continue; // stale entry: cancelled while queued
             }
-            if let Some(g) = &self.pipeline.jobs[j].resource_group {
-                if self.held.contains(g) {
-                    waiting.push((prio, Reverse(j)));
-                    continue;
-                }
-                self.held.insert(g.clone());
+            let groups = self.groups(j);
+            if groups
+                .iter()
+                .any(|(g, cap)| self.held.get(g).copied().unwrap_or(0) >= *cap)
+            {
+                waiting.push((prio, Reverse(j)));
+                continue;
+            }
+            for (g, _) in groups {
+                *self.held.entry(g).or_default() += 1;
             }
             let now = self.now;
             let st = &mut self.jobs[j];
@@ -947,8 +965,10 @@ impl RunState {
             return;
         }
         self.running -= 1;
-        if let Some(g) = &self.pipeline.jobs[j].resource_group {
-            self.held.remove(g);
+        for (g, _) in self.groups(j) {
+            if let Some(n) = self.held.get_mut(&g) {
+                *n = n.saturating_sub(1);
+            }
         }
         let now = self.now;
         let (name, retry_when, retry_count, retry_codes) = {

@@ -169,6 +169,10 @@ pub struct Job {
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,
+    /// At most this many jobs of the named group run at once (GitHub's
+    /// matrix `max-parallel`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parallel_limit: Option<(String, usize)>,
     /// File variables, by name (GitLab's `type: file`): the job gets a file
     /// holding the variable's value, and the variable holds the file's path.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

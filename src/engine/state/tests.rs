@@ -922,3 +922,21 @@ fn github_skipped_needs_skip_and_outputs_reach_conditions() {
     assert_eq!(needs["setup"]["outputs"]["go"], "yes");
     assert_eq!(needs["setup"]["result"], "success");
 }
+
+#[test]
+fn github_max_parallel_and_concurrency_groups_limit_what_runs_at_once() {
+    let src = "on: push\njobs:\n  test:\n    runs-on: x\n    strategy:\n      max-parallel: 2\n      matrix: {n: [1, 2, 3, 4]}\n    steps: [{run: 'true'}]\n  deploy-a:\n    runs-on: x\n    concurrency: prod\n    steps: [{run: 'true'}]\n  deploy-b:\n    runs-on: x\n    concurrency: {group: prod, cancel-in-progress: false}\n    steps: [{run: 'true'}]\n";
+    let mut m = github(src);
+    let id = |m: &RunState, n: &str| m.pipeline().job_index(n).expect("job");
+    let fx = m.handle(Input::Start, t(0));
+    let mut ran = started(&fx);
+    ran.sort();
+    // Two of the matrix (max-parallel) and one of the concurrency group.
+    assert_eq!(ran, [id(&m, "test (1)"), id(&m, "test (2)"), id(&m, "deploy-a")]);
+    let first = id(&m, "test (1)");
+    let fx = ok(&mut m, first, 1);
+    assert_eq!(started(&fx), [id(&m, "test (3)")]);
+    let a = id(&m, "deploy-a");
+    let fx = ok(&mut m, a, 2);
+    assert_eq!(started(&fx), [id(&m, "deploy-b")]);
+}

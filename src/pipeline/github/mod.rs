@@ -375,6 +375,9 @@ fn prefix_jobs(p: &mut Pipeline) {
         if let Some(g) = &mut j.fail_fast_group {
             *g = format!("{name} / {g}");
         }
+        if let Some((g, _)) = &mut j.parallel_limit {
+            *g = format!("{name} / {g}");
+        }
     }
 }
 
@@ -1724,11 +1727,29 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(n) => self.outputs(n, &join(path, "outputs"), known),
             None => Some(Vec::new()),
         };
-        let (Some(name), Some(conditional), Some(timeout), Some(allow_failure), Some(steps), Some(outputs)) =
-            (name, conditional, timeout, allow_failure, steps, outputs)
+        let group = match get(node, "concurrency") {
+            Some(n) => self.concurrency(n, &join(path, "concurrency"), known),
+            None => Some(None),
+        };
+        let (
+            Some(name),
+            Some(conditional),
+            Some(timeout),
+            Some(allow_failure),
+            Some(steps),
+            Some(outputs),
+            Some(group),
+        ) = (name, conditional, timeout, allow_failure, steps, outputs, group)
         else {
             return None;
         };
+        // `max-parallel`: at most so many of the matrix's jobs at once.
+        let parallel_limit = known
+            .strategy
+            .get("max-parallel")
+            .and_then(Json::as_u64)
+            .filter(|_| matrixed)
+            .map(|n| (id.to_string(), usize::try_from(n).unwrap_or(usize::MAX)));
         Some(Job {
             name,
             steps,
@@ -1745,7 +1766,8 @@ impl<'c, 's> Workflow<'c, 's> {
             coverage: None,
             mirrors_upstream: false,
             facts,
-            resource_group: None,
+            resource_group: group,
+            parallel_limit,
             file_vars: Vec::new(),
             settings_vars: Vec::new(),
             generated_child: None,
@@ -1778,6 +1800,47 @@ impl<'c, 's> Workflow<'c, 's> {
             ),
             pos: node.pos,
         })
+    }
+
+    /// A job's `concurrency:` (a group name, or `{group, cancel-in-progress}`):
+    /// its jobs run one at a time, as GitHub runs a concurrency group's.
+    fn concurrency(&mut self, node: &Node, path: &str, known: &Known) -> Option<Option<String>> {
+        let (group_node, group_path) = match &node.value {
+            Value::Map(_) => {
+                if !self
+                    .cx
+                    .mapping(node, path, &["group", "cancel-in-progress"], "concurrency")
+                {
+                    return None;
+                }
+                if let Some(c) = get(node, "cancel-in-progress")
+                    && !matches!(c.value, Value::Bool(false))
+                {
+                    self.cx.warn(
+                        c,
+                        &join(path, "cancel-in-progress"),
+                        "`cancel-in-progress` is not applied within one run",
+                        "jobs of the group wait for one another instead",
+                    );
+                }
+                match get(node, "group") {
+                    Some(g) => (g, join(path, "group")),
+                    None => {
+                        self.cx.err(
+                            node,
+                            path,
+                            "missing `group` in `concurrency`",
+                            "write `concurrency: {group: deploy}`",
+                        );
+                        return None;
+                    }
+                }
+            }
+            _ => (node, path.to_string()),
+        };
+        let raw = self.cx.string(group_node, &group_path)?;
+        let group = self.value(&raw, group_node, &group_path, known, IN_JOB)?;
+        Some((!group.trim().is_empty()).then_some(group))
     }
 
     /// `outputs:` — names and their expressions, what is known evaluated

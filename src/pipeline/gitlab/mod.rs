@@ -1502,6 +1502,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             github: None,
             call: None,
             matrix_later: false,
+            parallel_limit: None,
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,

@@ -278,6 +278,7 @@ impl Cx<'_> {
             github: None,
             call: None,
             matrix_later: false,
+            parallel_limit: None,
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,
