@@ -439,7 +439,13 @@ async fn upload(
         Ok(_) => {}
         Err(e) => return Done::failed(FailureClass::Infra, format!("cannot read the index: {e}")),
     }
-    match store(ctx, a, &ws.join(&root), &include, &exclude, &key).await {
+    // A folder that is not there holds no files.
+    let found = if ws.join(&root).is_dir() {
+        store(ctx, a, &ws.join(&root), &include, &exclude, &key).await
+    } else {
+        Ok(0)
+    };
+    match found {
         Ok(0) => {
             let msg = format!(
                 "No files were found with the provided path: {}. No artifacts will be uploaded.",

@@ -818,7 +818,7 @@ impl Actor {
                 .and_then(|r| r.map_err(|e| e.to_string()));
             let opts = self.load_options.clone().unwrap_or_default();
             let grown = text.and_then(|t| {
-                crate::pipeline::gitlab::with_generated_child(self.state.pipeline(), &trigger, t, &opts)
+                crate::pipeline::gitlab::with_generated_child(&self.state.live_pipeline(), &trigger, t, &opts)
                     .map_err(|e| e.to_string())
             });
             let (new, cause) = match grown {
@@ -827,7 +827,7 @@ impl Actor {
                     format!("child pipeline of {trigger} created from {gen_name}'s artifact"),
                 ),
                 Err(why) => (
-                    crate::pipeline::gitlab::failing_trigger(self.state.pipeline(), &trigger, &why),
+                    crate::pipeline::gitlab::failing_trigger(&self.state.live_pipeline(), &trigger, &why),
                     format!("the child pipeline of {trigger} cannot be created"),
                 ),
             };
@@ -892,12 +892,12 @@ impl Actor {
                     })
                 });
             let grown = read.and_then(|(p, _)| {
-                crate::pipeline::github::with_matrix(self.state.pipeline(), &name, &p).map_err(|e| e.to_string())
+                crate::pipeline::github::with_matrix(&self.state.live_pipeline(), &name, &p).map_err(|e| e.to_string())
             });
             let (new, cause) = match grown {
                 Ok(p) => (p, format!("the matrix of {name} made from what it needs")),
                 Err(why) => (
-                    crate::pipeline::github::failing_matrix(self.state.pipeline(), &name, &why),
+                    crate::pipeline::github::failing_matrix(&self.state.live_pipeline(), &name, &why),
                     format!("the matrix of {name} cannot be made"),
                 ),
             };

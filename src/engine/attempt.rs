@@ -172,7 +172,8 @@ impl RunContext {
             ("CI_PIPELINE_NAME".into(), self.pipeline.name.clone()),
             ("CI_JOB_NAME".into(), job.name.clone()),
             ("CI_JOB_ATTEMPT".into(), attempt.to_string()),
-            ("CI_JOB_STEP".into(), step.to_string()),
+            // A name is literal text (`Run echo ${#X}` is no reference).
+            ("CI_JOB_STEP".into(), step.replace('$', "$$")),
             ("CI_PROJECT_DIR".into(), workspace.display().to_string()),
             ("TRACKSIDE_RUN_DIR".into(), self.run_dir.display().to_string()),
             // This trackside, so a pipeline can run `${TRACKSIDE_EXE} demo-service`.

@@ -391,6 +391,15 @@ pub enum Said {
     /// `::error`, `::warning`, `::notice`: shown as this text, and an
     /// annotation.
     Annotate(String, Annotation),
+    /// The deprecated `::set-output name=N::V` and `::save-state name=N::V`:
+    /// `N<<delimiter` `V` appended to the step's GITHUB_OUTPUT (`file`
+    /// "GITHUB_OUTPUT") or GITHUB_STATE, with GitHub's warning shown.
+    Append {
+        file: &'static str,
+        name: String,
+        value: String,
+        warning: String,
+    },
 }
 
 /// An annotation a step made, with its place when it gave one.
@@ -463,13 +472,43 @@ impl Commands {
         let message = unescape(message);
         match command {
             "group" => Said::Show(format!("▸ {message}")),
-            "endgroup" | "debug" => Said::Hide,
+            // `::echo::on|off` echoes commands in GitHub's log; not shown.
+            "endgroup" | "debug" | "echo" => Said::Hide,
             "error" => Said::Annotate(format!("Error: {message}"), annotation("error", properties, message)),
             "warning" => Said::Annotate(
                 format!("Warning: {message}"),
                 annotation("warning", properties, message),
             ),
             "notice" => Said::Annotate(format!("Notice: {message}"), annotation("notice", properties, message)),
+            "set-output" | "save-state" => {
+                let name = properties
+                    .split(',')
+                    .find_map(|p| p.trim().strip_prefix("name="))
+                    .map(unescape_property)
+                    .unwrap_or_default();
+                let file = if command == "set-output" {
+                    "GITHUB_OUTPUT"
+                } else {
+                    "GITHUB_STATE"
+                };
+                Said::Append {
+                    file,
+                    name,
+                    value: message,
+                    warning: format!(
+                        "Warning: The `{command}` command is deprecated and will be disabled soon. Please upgrade to using Environment Files."
+                    ),
+                }
+            }
+            // Disabled on GitHub for years: said so, not applied.
+            "set-env" | "add-path" => Said::Annotate(
+                format!("Error: The `{command}` command is disabled. Please upgrade to using Environment Files."),
+                annotation(
+                    "error",
+                    "",
+                    format!("The `{command}` command is disabled. Please upgrade to using Environment Files."),
+                ),
+            ),
             "add-mask" if !message.trim().is_empty() => Said::Mask(message),
             "add-mask" => Said::Hide,
             "stop-commands" if !message.is_empty() => {
@@ -489,6 +528,35 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deprecated_commands_as_github_treats_them_today() {
+        let mut c = Commands::default();
+        let Said::Append {
+            file,
+            name,
+            value,
+            warning,
+        } = c.line("::set-output name=foo::bar")
+        else {
+            panic!("set-output is applied");
+        };
+        assert_eq!((file, name.as_str(), value.as_str()), ("GITHUB_OUTPUT", "foo", "bar"));
+        assert!(warning.contains("`set-output` command is deprecated"));
+        assert!(matches!(
+            c.line("::save-state name=pid::42"),
+            Said::Append {
+                file: "GITHUB_STATE",
+                ..
+            }
+        ));
+        let Said::Annotate(text, a) = c.line("::set-env name=A::b") else {
+            panic!("set-env is refused");
+        };
+        assert!(text.contains("`set-env` command is disabled") && a.level == "error");
+        assert!(matches!(c.line("::add-path::/opt/x"), Said::Annotate(..)));
+        assert_eq!(c.line("::echo::on"), Said::Hide);
+    }
 
     #[test]
     fn workflow_commands_as_githubs_runner_reads_them() {

@@ -58,7 +58,8 @@ impl Context for StepCtx<'_> {
             "secrets" => self.secrets.cloned(),
             "needs" => self.needs.cloned(),
             "inputs" => self.inputs.cloned(),
-            "github" => self.paths.cloned(),
+            "github" => self.paths.and_then(|p| p.get("github")).cloned(),
+            "runner" => self.paths.and_then(|p| p.get("runner")).cloned(),
             // GitHub's `job`: how the job goes so far (no container here).
             "job" if self.steps.is_some() => Some(serde_json::json!({
                 "status": match (self.cancelled, self.failed) {
@@ -798,7 +799,7 @@ impl<'a> GithubNow<'a> {
             steps: serde_json::Value::Object(carried.steps.clone()),
             secrets: secrets_context(ctx, job),
             statuses: HashMap::new(),
-            paths: github_paths(job, index, ws),
+            paths: github_paths(ctx, job, a, index, ws),
             ws: ws.to_path_buf(),
             state_dir: ctx.state_dir.clone(),
             vars,
@@ -871,9 +872,10 @@ fn step_runs(
     }
 }
 
-/// GitHub's `github` context for step `index`: as the workflow was read,
-/// with the paths only the run knows (`workspace`, `action_path`).
-fn github_paths(job: &Job, index: usize, ws: &Path) -> serde_json::Value {
+/// GitHub's `github` and `runner` contexts for step `index`, as
+/// `{github, runner}`: as the workflow was read, with the paths only the
+/// run knows (`workspace`, `action_path`, `temp`, `tool_cache`).
+fn github_paths(ctx: &RunContext, job: &Job, a: &Attempt, index: usize, ws: &Path) -> serde_json::Value {
     let action = job.steps[index]
         .action
         .and_then(|k| job.actions.get(k))
@@ -883,8 +885,32 @@ fn github_paths(job: &Job, index: usize, ws: &Path) -> serde_json::Value {
     if let Some(g) = github.as_object_mut() {
         g.insert("workspace".into(), serde_json::Value::String(ws.display().to_string()));
         g.insert("action_path".into(), serde_json::Value::String(action));
+        let event = runner_dirs(ctx, job, a.attempt).0.with_file_name("event.json");
+        g.insert(
+            "event_path".into(),
+            serde_json::Value::String(event.display().to_string()),
+        );
     }
-    github
+    let mut runner = crate::pipeline::github::runner_context();
+    if let Some(r) = runner.as_object_mut() {
+        let (temp, tools) = runner_dirs(ctx, job, a.attempt);
+        r.insert("temp".into(), serde_json::Value::String(temp.display().to_string()));
+        r.insert(
+            "tool_cache".into(),
+            serde_json::Value::String(tools.display().to_string()),
+        );
+    }
+    serde_json::json!({"github": github, "runner": runner})
+}
+
+/// A GitHub job's `RUNNER_TEMP` (the attempt's own, empty at its start)
+/// and `RUNNER_TOOL_CACHE` (kept between runs, in the state folder).
+fn runner_dirs(ctx: &RunContext, job: &Job, attempt: u32) -> (PathBuf, PathBuf) {
+    let temp = std::path::absolute(files_dir(ctx, job, attempt).join("temp"))
+        .unwrap_or_else(|_| files_dir(ctx, job, attempt).join("temp"));
+    let tools =
+        std::path::absolute(ctx.state_dir.join("toolcache")).unwrap_or_else(|_| ctx.state_dir.join("toolcache"));
+    (temp, tools)
 }
 
 /// The job's result is its first failure.
@@ -1240,6 +1266,26 @@ fn prepare_step(
         for (k, v) in files.variables() {
             env.insert(k.to_string(), v);
         }
+        // The runner's folders, and the event's payload as a file.
+        let (temp, tools) = runner_dirs(ctx, job, a.attempt);
+        for d in [&temp, &tools] {
+            crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+        }
+        env.insert("RUNNER_TEMP".into(), temp.display().to_string());
+        env.insert("RUNNER_TOOL_CACHE".into(), tools.display().to_string());
+        let event = temp.with_file_name("event.json");
+        if !event.is_file() {
+            let payload = job
+                .github
+                .as_deref()
+                .and_then(|g| g.get("event"))
+                .cloned()
+                .unwrap_or_default();
+            let text = serde_json::to_string_pretty(&payload).unwrap_or_default();
+            crate::store::write_with_mode(&event, text.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write the event's payload: {e}"))?;
+        }
+        env.insert("GITHUB_EVENT_PATH".into(), event.display().to_string());
         // A JavaScript action reads its inputs and its saved state so.
         if step.inputs_env {
             for (k, v) in carried
@@ -1271,7 +1317,7 @@ fn prepare_step(
     }
     let statuses = a.statuses.clone();
     let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
-    let paths = github.map(|_| github_paths(job, index, ws));
+    let paths = github.map(|_| github_paths(ctx, job, a, index, ws));
     let secrets_context = github.map(|_| secrets_context(ctx, job));
     let interp = |text: &str, env: &BTreeMap<String, String>| {
         let ctx = StepCtx {
@@ -1565,6 +1611,7 @@ async fn run_once(
     let patterns = Patterns::builtin();
     // A GitHub job's steps speak workflow commands on standard output.
     let mut commands = ctx.pipeline.jobs[a.job].file_commands.then(filecmd::Commands::default);
+    let spec_env = spec.env.clone();
     let forward = async {
         let mut from_log = None;
         while let Some(mut line) = out_rx.recv().await {
@@ -1583,6 +1630,28 @@ async fn run_once(
                                 annotation,
                             })
                             .await;
+                    }
+                    filecmd::Said::Append {
+                        file,
+                        name,
+                        value,
+                        warning,
+                    } => {
+                        line.text = warning;
+                        if let Some(path) = spec_env.get(file).filter(|_| !name.is_empty()) {
+                            let block = format!(
+                                "{name}<<__trackside_{}__\n{value}\n__trackside_{}__\n",
+                                a.attempt, a.attempt
+                            );
+                            let appended = std::fs::OpenOptions::new()
+                                .append(true)
+                                .create(true)
+                                .open(path)
+                                .and_then(|mut f| std::io::Write::write_all(&mut f, block.as_bytes()));
+                            if let Err(e) = appended {
+                                line.text = format!("{} (cannot write {file}: {e})", line.text);
+                            }
+                        }
                     }
                     filecmd::Said::Hide => continue,
                     filecmd::Said::Mask(value) => {

@@ -268,6 +268,20 @@ impl RunState {
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
+
+    /// The pipeline without the jobs an edit or a graft removed (their
+    /// tombstones stay in [`Self::pipeline`], so job ids hold): what a
+    /// change to the run starts from.
+    pub fn live_pipeline(&self) -> Pipeline {
+        let mut p = self.pipeline.clone();
+        let mut i = 0;
+        p.jobs.retain(|_| {
+            let keep = !self.removed.get(i).copied().unwrap_or(false);
+            i += 1;
+            keep
+        });
+        p
+    }
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

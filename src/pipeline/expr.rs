@@ -38,6 +38,9 @@ pub struct Lang {
     pub functions: &'static [(&'static str, usize, usize)],
     /// `a.*.b`, GitHub's object filter.
     pub filters: bool,
+    /// Function and context names, and property names, match whatever
+    /// their case (GitHub's `toJson`, `fromJSON`, `github.REF`).
+    pub ignore_case: bool,
 }
 
 /// The native format's expressions.
@@ -45,6 +48,7 @@ pub const NATIVE: Lang = Lang {
     contexts: &CONTEXTS,
     functions: &FUNCTIONS,
     filters: false,
+    ignore_case: false,
 };
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -532,7 +536,12 @@ impl P<'_> {
                             self.expect(Tok::Comma, "`,` or `)`")?;
                         }
                     }
-                    let Some(&(_, min, max)) = self.lang.functions.iter().find(|f| f.0 == name) else {
+                    let known = self
+                        .lang
+                        .functions
+                        .iter()
+                        .find(|f| f.0 == name || (self.lang.ignore_case && f.0.eq_ignore_ascii_case(&name)));
+                    let Some(&(canonical, min, max)) = known else {
                         let names: Vec<&str> = self.lang.functions.iter().map(|f| f.0).collect();
                         return Err(ExprError::at(off, format!("unknown function `{name}`"))
                             .hint(super::diag::suggestion_hint(&name, &names, "functions")));
@@ -548,9 +557,14 @@ impl P<'_> {
                             format!("`{name}` takes {want} argument(s), got {}", args.len()),
                         ));
                     }
-                    Ok(Expr::Call(name, args, off))
+                    Ok(Expr::Call(canonical.to_string(), args, off))
                 }
                 _ if self.lang.contexts.contains(&name.as_str()) => Ok(Expr::Ident(name, off)),
+                _ if self.lang.ignore_case
+                    && let Some(c) = self.lang.contexts.iter().find(|c| c.eq_ignore_ascii_case(&name)) =>
+                {
+                    Ok(Expr::Ident(c.to_string(), off))
+                }
                 // `foo.bar`: a context that does not exist; a bare word is
                 // more likely a string without its quotes.
                 _ if matches!(self.peek(), Some(Tok::Dot | Tok::LBracket)) => Err(ExprError::at(
@@ -702,7 +716,15 @@ impl Eval<'_> {
                     });
                 }
                 match self.eval(obj)? {
-                    Value::Object(map) => map.get(&key_s).cloned().unwrap_or(Value::Null),
+                    Value::Object(map) => match map.get(&key_s) {
+                        Some(v) => v.clone(),
+                        // GitHub's property names match whatever their case.
+                        None if self.ctx.ignore_case() => map
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(&key_s))
+                            .map_or(Value::Null, |(_, v)| v.clone()),
+                        None => Value::Null,
+                    },
                     Value::Array(items) => {
                         let idx = as_number(&key_v);
                         if idx >= 0.0 && idx.fract() == 0.0 {
@@ -1081,6 +1103,36 @@ mod tests {
             "{folded:?}"
         );
         assert_eq!(eval(&folded, &ctx()).unwrap(), Value::Bool(false));
+    }
+
+    #[test]
+    fn githubs_names_match_whatever_their_case() {
+        let lang = &crate::pipeline::github::LANG;
+        let e = parse_in("toJson(FromJSON('{\"Name\": 1}').NAME)", lang).expect("parsed");
+        let Expr::Call(name, args, _) = &e else { panic!("{e:?}") };
+        assert_eq!(name, "toJSON");
+        assert!(matches!(&args[0], Expr::Member(..)));
+        struct Gh;
+        impl Context for Gh {
+            fn ignore_case(&self) -> bool {
+                true
+            }
+            fn env(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn job_status(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn upstream_succeeded(&self) -> bool {
+                true
+            }
+        }
+        assert_eq!(to_text(&eval(&e, &Gh).expect("evaluated")), "1");
+        // The native format keeps exact names.
+        assert!(parse("fromjson('1')").is_err());
     }
 
     #[test]

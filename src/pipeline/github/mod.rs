@@ -57,6 +57,7 @@ pub const LANG: Lang = Lang {
     contexts: &CONTEXTS,
     functions: &FUNCTIONS,
     filters: true,
+    ignore_case: true,
 };
 
 /// Where each context may be read (GitHub's "context availability"): a
@@ -442,6 +443,16 @@ fn github_context(opts: &LoadOptions, workflow: &str) -> Json {
         if let Some(base) = pr("base") {
             g.insert("base_ref".into(), Json::String(base));
         }
+        // A pull request's run is of its merge ref, as on GitHub.
+        let event = g.get("event_name").and_then(Json::as_str).unwrap_or("");
+        let number = payload
+            .get("number")
+            .or_else(|| payload.pointer("/pull_request/number"))
+            .and_then(Json::as_u64);
+        if let (true, Some(n)) = (event.starts_with("pull_request"), number) {
+            g.insert("ref".into(), Json::String(format!("refs/pull/{n}/merge")));
+            g.insert("ref_name".into(), Json::String(format!("{n}/merge")));
+        }
         g.insert("event".into(), payload.clone());
     }
     github
@@ -486,7 +497,7 @@ fn default_github_context(opts: &LoadOptions, workflow: &str) -> Json {
     })
 }
 
-fn runner_context() -> Json {
+pub fn runner_context() -> Json {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "X64",
         "aarch64" => "ARM64",
@@ -1266,19 +1277,22 @@ impl<'c, 's> Workflow<'c, 's> {
                 return None;
             }
             if let (Some(key), false) = (reads_paths, keep_runtime) {
-                let off = p.inner_start + raw[p.inner_start..p.end].find(key).unwrap_or(0);
+                let field = key.split('.').nth(1).unwrap_or(key);
+                let off = p.inner_start + raw[p.inner_start..p.end].find(field).unwrap_or(0);
                 self.not_yet_with(
                     raw,
                     node,
                     path,
                     off,
-                    &format!("`github.{key}` here"),
-                    "only a step's run, env and with know the job's workspace",
+                    &format!("`{key}` here"),
+                    "only a step's run, env and with know the job's paths",
                 );
                 return None;
             }
-            // `github.workspace` is the run's: `github` stays unfolded.
-            let fold_known = |r: &str| is_known(r) && !(reads_paths.is_some() && r == "github");
+            // `github.workspace` and `runner.temp` are the run's: their
+            // context stays unfolded.
+            let path_root = reads_paths.and_then(|k| k.split('.').next());
+            let fold_known = |r: &str| is_known(r) && path_root != Some(r);
             let at_run_call = |c: &str| AT_RUN_TIME.contains(&c);
             match p.expr.fold(known, &fold_known, &at_run_call) {
                 Ok(folded) => {
@@ -1401,9 +1415,11 @@ impl<'c, 's> Workflow<'c, 's> {
             self.not_yet(&text, node, path, offset + off, &format!("`{call}()` in a job's `if:`"));
             return None;
         }
-        let reads_paths = runtime_github(&e).is_some() && step_level;
+        let path_root = runtime_github(&e)
+            .filter(|_| step_level)
+            .and_then(|k| k.split('.').next());
         let in_action = !self.frames.is_empty();
-        let is_known = |r: &str| KNOWN.contains(&r) && !(in_action && r == "inputs") && !(reads_paths && r == "github");
+        let is_known = |r: &str| KNOWN.contains(&r) && !(in_action && r == "inputs") && path_root != Some(r);
         let at_run = |c: &str| AT_RUN_TIME.contains(&c);
         match e.fold(known, &is_known, &at_run) {
             Ok(Expr::Lit(v)) => Some(Decided::Now(expr::truthy(&v))),
@@ -1677,6 +1693,8 @@ impl<'c, 's> Workflow<'c, 's> {
             ("GITHUB_RUN_ATTEMPT", "run_attempt"),
             ("GITHUB_SERVER_URL", "server_url"),
             ("GITHUB_API_URL", "api_url"),
+            ("GITHUB_HEAD_REF", "head_ref"),
+            ("GITHUB_BASE_REF", "base_ref"),
         ] {
             environment.push((var, gh(key).replace('$', "$$")));
         }
@@ -2635,18 +2653,31 @@ impl<'c, 's> Workflow<'c, 's> {
     }
 }
 
-/// `github.workspace` or `github.action_path` when the expression reads
-/// one: paths only the run knows (the job's workspace), which the `github`
-/// context, fixed when the workflow is read, does not hold.
+/// Paths only the run knows, as (context, key): `github.workspace`,
+/// `github.action_path`, `runner.temp`, `runner.tool_cache`.
+const RUN_PATHS: [(&str, &str); 5] = [
+    ("github", "workspace"),
+    ("github", "action_path"),
+    ("github", "event_path"),
+    ("runner", "temp"),
+    ("runner", "tool_cache"),
+];
+
+/// The first of [`RUN_PATHS`] the expression reads, as `context.key`: the
+/// contexts fixed when the workflow is read do not hold them.
 fn runtime_github(e: &Expr) -> Option<&'static str> {
     match e {
         Expr::Member(obj, key) => {
-            if let (Expr::Ident(root, _), Expr::Lit(Json::String(k))) = (&**obj, &**key)
-                && root == "github"
-            {
-                for name in ["workspace", "action_path"] {
-                    if k == name {
-                        return Some(name);
+            if let (Expr::Ident(root, _), Expr::Lit(Json::String(k))) = (&**obj, &**key) {
+                for (r, name) in RUN_PATHS {
+                    if root == r && k.eq_ignore_ascii_case(name) {
+                        return Some(match name {
+                            "workspace" => "github.workspace",
+                            "action_path" => "github.action_path",
+                            "event_path" => "github.event_path",
+                            "temp" => "runner.temp",
+                            _ => "runner.tool_cache",
+                        });
                     }
                 }
             }
