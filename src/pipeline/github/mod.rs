@@ -974,7 +974,7 @@ impl<'c, 's> Workflow<'c, 's> {
                     }
                 },
                 "number" => match value.parse::<f64>() {
-                    Ok(n) => serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number),
+                    Ok(n) => number(n),
                     Err(_) => {
                         self.cx.err(
                             k,
@@ -2687,6 +2687,15 @@ fn runtime_github(e: &Expr) -> Option<&'static str> {
         Expr::Not(a) | Expr::Filter(a) => runtime_github(a),
         Expr::Call(_, args, _) => args.iter().find_map(runtime_github),
         _ => None,
+    }
+}
+
+/// A number as GitHub shows it: `10`, not `10.0`.
+fn number(n: f64) -> Json {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Json::from(n as i64)
+    } else {
+        serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number)
     }
 }
 

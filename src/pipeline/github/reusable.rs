@@ -502,8 +502,8 @@ impl Workflow<'_, '_> {
                 "false" => Some(Json::Bool(false)),
                 _ => bad(self, "boolean"),
             },
-            "number" => match text.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-                Some(n) => Some(Json::Number(n)),
+            "number" => match text.trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
+                Some(n) => Some(super::number(n)),
                 None => bad(self, "number"),
             },
             _ => Some(Json::String(text)),

@@ -697,3 +697,10 @@ fn a_matrix_from_needs_outputs_waits_for_them_then_takes_the_jobs_place() {
     let failing = failing_matrix(&first, "build", "not a mapping");
     assert!(!failing.job("build").expect("build").matrix_later);
 }
+
+#[test]
+fn whole_numbers_read_as_github_shows_them() {
+    assert_eq!(number(10.0), json!(10));
+    assert_eq!(number(2.5), json!(2.5));
+    assert_eq!(number(f64::INFINITY), Json::Null);
+}
