@@ -1729,7 +1729,9 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_JOB),
             None => Some(false),
         };
-        let mut facts = vec![("runs-on".to_string(), runs_on.to_string())];
+        // Shown as this job runs it (`${{ matrix.os }}` evaluated).
+        let shown_on = expr::interpolate_in(runs_on, &LANG, known).unwrap_or_else(|_| runs_on.to_string());
+        let mut facts = vec![("runs-on".to_string(), shown_on)];
         if let Some(env) = get(node, "environment") {
             let name = match &env.value {
                 Value::Map(_) => get(env, "name").and_then(|n| self.cx.string(n, &join(path, "environment.name"))),

@@ -704,3 +704,16 @@ fn whole_numbers_read_as_github_shows_them() {
     assert_eq!(number(2.5), json!(2.5));
     assert_eq!(number(f64::INFINITY), Json::Null);
 }
+
+#[test]
+fn a_matrix_jobs_runner_label_is_shown_evaluated() {
+    let p = load("on: push\njobs:\n  t:\n    runs-on: ${{ matrix.os }}\n    strategy: {matrix: {os: [ubuntu-22.04, debian]}}\n    steps: [{run: 'true'}]\n")
+        .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let shown: Vec<&str> = p
+        .jobs
+        .iter()
+        .filter_map(|j| j.facts.iter().find(|(k, _)| k == "runs-on"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(shown, ["ubuntu-22.04", "debian"]);
+}
