@@ -146,6 +146,8 @@ struct VarArgs {
     include_projects: Vec<(String, String)>,
     /// GitLab: `rules:changes` compares with this ref (by default: the fork
     /// point from the default branch, or the parent commit on it).
+    /// GitHub: `paths` filters do (by default: the parent commit, or a pull
+    /// request's base branch).
     #[arg(long = "changes-from", value_name = "REF")]
     changes_from: Option<String>,
     /// GitLab: a value for an input of the file's own `spec:inputs` header,
@@ -1150,9 +1152,42 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         if let Some(event) = &v.event {
             ci_vars.push(("GITHUB_EVENT_NAME".into(), event.clone()));
         }
+        // The files the push changes (its last commit and what is not
+        // committed yet), or a pull request (since its base branch), for
+        // `paths` filters: asked of git only if a workflow has them.
+        let root = facts.as_ref().map(|f| f.root.clone());
+        let base = opts
+            .event_payload
+            .as_ref()
+            .and_then(|p| p.pointer("/pull_request/base/ref"))
+            .and_then(|b| b.as_str())
+            .map(str::to_string);
+        let from = v.changes_from.clone();
+        let changed_files = match root.clone() {
+            Some(root) => pipeline::ChangedFiles::asked(move || {
+                let refs: Vec<String> = match (&from, &base) {
+                    (Some(r), _) => vec![r.clone()],
+                    (None, Some(b)) => vec![format!("origin/{b}"), b.clone()],
+                    (None, None) => vec!["HEAD~1".to_string()],
+                };
+                let first_push = from.is_none() && base.is_none();
+                let found = refs.iter().find_map(|r| trackside::exec::git::changed_since(&root, r));
+                // The repository's first commit: every file is new, as
+                // GitHub counts a first push.
+                found.or_else(|| {
+                    if !first_push {
+                        return None;
+                    }
+                    let files = trackside::exec::workspace::project_files(&root, &root.join(".git")).ok()?;
+                    Some(files.iter().map(|f| f.to_string_lossy().into_owned()).collect())
+                })
+            }),
+            None => pipeline::ChangedFiles::known(None),
+        };
         LoadOptions {
             ci_vars,
-            project_dir: facts.map(|f| f.root),
+            project_dir: root,
+            changed_files,
             ..opts
         }
     } else {

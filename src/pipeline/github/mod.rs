@@ -626,6 +626,8 @@ struct Workflow<'c, 's> {
     actions_dir: Option<std::path::PathBuf>,
     /// `LoadOptions::matrix_needs`.
     matrix_needs: Vec<(String, Json)>,
+    /// The files the event changes, for `paths` filters.
+    changed: super::ChangedFiles,
     /// JavaScript actions' post steps, by the call they follow, for the
     /// end of the job.
     posts: Vec<(usize, Step)>,
@@ -678,6 +680,7 @@ impl<'c, 's> Workflow<'c, 's> {
             frame_env: Vec::new(),
             actions_dir: opts.actions_dir.clone(),
             matrix_needs: opts.matrix_needs.clone(),
+            changed: opts.changed_files.clone(),
             posts: Vec::new(),
             workflow_env_vars: Vec::new(),
             call: None,
@@ -1107,15 +1110,40 @@ impl<'c, 's> Workflow<'c, 's> {
             }
             _ => {}
         }
-        for key in ["paths", "paths-ignore"] {
-            if let Some(n) = get(filters, key) {
-                self.cx.warn(
-                    n,
-                    &format!("on.{event}.{key}"),
-                    format!("`{key}` is not checked: the workflow runs whatever files the push changed"),
-                    "trackside does not compare the push's files with path filters yet (docs/github.md)",
-                );
-            }
+        // Path filters, against the files the push (or pull request)
+        // changes: `paths` wants one of them to match, `paths-ignore` runs
+        // unless every one matches.
+        let (paths, ignore) = (listed("paths"), listed("paths-ignore"));
+        if paths.is_none() && ignore.is_none() {
+            return None;
+        }
+        let Some(files) = self.changed.get() else {
+            let n = paths.as_ref().or(ignore.as_ref()).map_or(filters, |(n, _)| n);
+            self.cx.warn(
+                n,
+                &format!("on.{event}"),
+                "path filters are not checked: git cannot tell which files changed here",
+                "in a git repository with a parent commit they are (or give --changes-from REF)",
+            );
+            return None;
+        };
+        if let Some((n, patterns)) = &paths
+            && !files.iter().any(|f| filter_matches(patterns, f))
+        {
+            return Some((
+                n.clone(),
+                format!("none of the {} changed file(s) matches `paths`", files.len()),
+            ));
+        }
+        // No file changed: GitHub does not run a workflow with path filters.
+        if let Some((n, patterns)) = &ignore
+            && files.iter().all(|f| filter_matches(patterns, f))
+        {
+            let why = match files.len() {
+                0 => "no file changed".to_string(),
+                n => format!("every changed file matches `paths-ignore` ({n})"),
+            };
+            return Some((n.clone(), why));
         }
         None
     }

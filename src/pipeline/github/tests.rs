@@ -717,3 +717,34 @@ fn a_matrix_jobs_runner_label_is_shown_evaluated() {
         .collect();
     assert_eq!(shown, ["ubuntu-22.04", "debian"]);
 }
+
+#[test]
+fn path_filters_meet_the_files_the_push_changes() {
+    let wf = "on:\n  push:\n    paths: ['src/**', '!src/**/*.md']\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let ignoring =
+        "on:\n  push:\n    paths-ignore: ['docs/**']\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let read = |text: &str, files: Option<Vec<&str>>| {
+        let opts = LoadOptions {
+            dialect: Some(super::super::Dialect::Github),
+            changed_files: super::super::ChangedFiles::known(
+                files.map(|f| f.into_iter().map(str::to_string).collect()),
+            ),
+            ..Default::default()
+        };
+        let (p, report) = super::super::parse_source(Path::new(".github/workflows/ci.yml"), text.to_string(), &opts)
+            .unwrap_or_else(|r| panic!("{}", r.render(false)));
+        let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
+        (p.jobs.len(), warnings)
+    };
+    assert_eq!(read(wf, Some(vec!["src/app.py", "README.md"])).0, 1);
+    let (jobs, warnings) = read(wf, Some(vec!["src/README.md", "docs/x.md"]));
+    assert_eq!(jobs, 0, "the only src file is taken back by `!`");
+    assert!(warnings.iter().any(|w| w.contains("matches `paths`")), "{warnings:?}");
+    assert_eq!(read(ignoring, Some(vec!["docs/a.md", "src/b.rs"])).0, 1);
+    assert_eq!(read(ignoring, Some(vec!["docs/a.md"])).0, 0);
+    assert_eq!(read(ignoring, Some(vec![])).0, 0, "no file changed: it does not run");
+    // Nothing known of the changes: it runs, and says the filter was not checked.
+    let (jobs, warnings) = read(wf, None);
+    assert_eq!(jobs, 1);
+    assert!(warnings.iter().any(|w| w.contains("not checked")), "{warnings:?}");
+}
