@@ -245,15 +245,15 @@ fn cycle_diagnostics(p: &Pipeline, g: &DiGraph<usize, ()>) -> Vec<Diagnostic> {
             Some(i) => (
                 job.depends_on_pos.get(i).copied().unwrap_or(job.pos),
                 dep.chars().count(),
-                format!("jobs.{}.depends_on[{i}]", job.name),
+                format!("jobs.{}.{}[{i}]", job.name, p.needs_key),
             ),
             None => (job.pos, job.name.chars().count(), format!("jobs.{}", job.name)),
         };
         out.push(
             Diagnostic::error(pos, width, path, format!("dependency cycle: {}", names.join(" -> "))).with_hint(
                 format!(
-                    "remove `{dep}` from `jobs.{}.depends_on` (or another edge of the cycle)",
-                    job.name
+                    "remove `{dep}` from `jobs.{}.{}` (or another edge of the cycle)",
+                    job.name, p.needs_key
                 ),
             ),
         );

@@ -39,6 +39,10 @@ pub struct Pipeline {
     /// Its stages in order (GitLab pipelines), for display.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub stages: Vec<String>,
+    /// The key its file names a job's dependencies with (`depends_on`,
+    /// GitLab's and GitHub's `needs`), for diagnostics.
+    #[serde(skip)]
+    pub needs_key: &'static str,
 }
 
 impl Pipeline {

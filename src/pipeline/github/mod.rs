@@ -795,6 +795,7 @@ impl<'c, 's> Workflow<'c, 's> {
             out.clear();
         }
         Some(Pipeline {
+            needs_key: "needs",
             name,
             global_env: Vec::new(),
             timeout: super::model::DEFAULT_PIPELINE_TIMEOUT.max(DEFAULT_TIMEOUT),

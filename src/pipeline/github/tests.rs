@@ -748,3 +748,16 @@ fn path_filters_meet_the_files_the_push_changes() {
     assert_eq!(jobs, 1);
     assert!(warnings.iter().any(|w| w.contains("not checked")), "{warnings:?}");
 }
+
+#[test]
+fn a_cycle_is_named_with_the_workflows_own_key() {
+    let report = load("on: push\njobs:\n  a:\n    needs: b\n    runs-on: x\n    steps: [{run: 'true'}]\n  b:\n    needs: [a]\n    runs-on: x\n    steps: [{run: 'true'}]\n")
+        .expect_err("a cycle");
+    let d = report
+        .items
+        .iter()
+        .find(|d| d.message.starts_with("dependency cycle"))
+        .expect("the cycle");
+    assert_eq!(d.path, "jobs.b.needs[0]");
+    assert!(d.hint.as_deref().is_some_and(|h| h.contains("jobs.b.needs")));
+}

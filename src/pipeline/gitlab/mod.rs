@@ -740,6 +740,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             });
         }
         Some(Pipeline {
+            needs_key: "needs",
             name,
             global_env,
             timeout: Duration::from_secs(24 * 3600),

@@ -236,6 +236,7 @@ impl Cx<'_> {
             },
         }
         let pipeline = Pipeline {
+            needs_key: "depends_on",
             name,
             global_env,
             timeout,
