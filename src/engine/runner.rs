@@ -659,6 +659,32 @@ async fn run_steps(
     outcome
 }
 
+/// Tells the actor step `index` (`name`) starts.
+async fn step_started(a: &Attempt, name: &Arc<str>, index: usize) {
+    let _ =
+        a.tx.send(RunnerMsg::StepStarted {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            index,
+        })
+        .await;
+}
+
+/// Tells the actor step `name` ended so, `started` being when it began.
+async fn step_finished(a: &Attempt, name: &Arc<str>, end: &StepEnd, failure: Option<FailureClass>, started: Instant) {
+    let _ =
+        a.tx.send(RunnerMsg::StepFinished {
+            job: a.job,
+            attempt: a.attempt,
+            step: name.clone(),
+            exit_code: end.exit_code(),
+            failure,
+            duration: started.elapsed(),
+        })
+        .await;
+}
+
 /// Carries out a built-in step (GitHub's cache and artifact actions): its
 /// texts evaluated now, its outputs written to its GITHUB_OUTPUT as a
 /// step's would be.
@@ -677,14 +703,7 @@ async fn run_builtin(
     use crate::pipeline::model::Builtin;
     let step = &job.steps[index];
     let name: Arc<str> = Arc::from(step.name.as_str());
-    let _ =
-        a.tx.send(RunnerMsg::StepStarted {
-            job: a.job,
-            attempt: a.attempt,
-            step: name.clone(),
-            index,
-        })
-        .await;
+    step_started(a, &name, index).await;
     let started = Instant::now();
     let evaluated = GithubNow::new(ctx, a, job, index, ws, vars, carried).and_then(|now| {
         let one = |t: &String| now.text(t);
@@ -750,16 +769,7 @@ async fn run_builtin(
             (StepEnd::Exited(1), Some(class), Some(msg))
         }
     };
-    let _ =
-        a.tx.send(RunnerMsg::StepFinished {
-            job: a.job,
-            attempt: a.attempt,
-            step: name.clone(),
-            exit_code: end.exit_code(),
-            failure: class,
-            duration: started.elapsed(),
-        })
-        .await;
+    step_finished(a, &name, &end, class, started).await;
     StepRun { end, class, message }
 }
 
@@ -1159,14 +1169,7 @@ async fn run_step(
 ) -> StepRun {
     let step = &job.steps[index];
     let name: Arc<str> = Arc::from(step.name.as_str());
-    let _ =
-        a.tx.send(RunnerMsg::StepStarted {
-            job: a.job,
-            attempt: a.attempt,
-            step: name.clone(),
-            index,
-        })
-        .await;
+    step_started(a, &name, index).await;
     let started = Instant::now();
     let mut message = None;
     let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status, github) {
@@ -1199,16 +1202,7 @@ async fn run_step(
         note(a, &name, format!("step `{}` stopped: {which} reached", step.name)).await;
         message = Some(format!("{which} reached in step `{}`", step.name));
     }
-    let _ =
-        a.tx.send(RunnerMsg::StepFinished {
-            job: a.job,
-            attempt: a.attempt,
-            step: name.clone(),
-            exit_code: end.exit_code(),
-            failure: class,
-            duration: started.elapsed(),
-        })
-        .await;
+    step_finished(a, &name, &end, class, started).await;
     StepRun { end, class, message }
 }
 

@@ -223,6 +223,46 @@ impl<'s> Cx<'s> {
 }
 
 impl Cx<'_> {
+    /// Reads `file` as one more source (an included file, an action.yml, a
+    /// called workflow), shown as `shown` in diagnostics, and parses it
+    /// (with `header`: GitLab's `spec:` document first). `None` when it
+    /// cannot be read (said at `at`, `path`, as "`what` FILE: why") or is
+    /// not text; YAML problems point into it.
+    pub(crate) fn read_more(
+        &mut self,
+        file: &Path,
+        shown: &Path,
+        (at, path, what): (&Node, &str, &str),
+        header: bool,
+    ) -> Option<super::yaml::Parsed> {
+        let text = match read_source(file) {
+            Ok(t) => t,
+            Err(d) => {
+                self.err(
+                    at,
+                    path,
+                    format!("{what} {}: {}", shown.display(), d.message),
+                    d.hint.unwrap_or_default(),
+                );
+                return None;
+            }
+        };
+        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+        let bad = forbidden_char(&text);
+        let index = self.add_source(shown, text);
+        if let Some(mut d) = bad {
+            d.file = index;
+            self.diags.push(d);
+            return None;
+        }
+        let mut parsed = super::yaml::parse_with(
+            &self.included.last()?.text,
+            super::yaml::Options { file: index, header },
+        );
+        self.yaml_problems(std::mem::take(&mut parsed.problems));
+        Some(parsed)
+    }
+
     /// Whether one more diagnostic fits the budget (else it is counted).
     pub(crate) fn room(&mut self) -> bool {
         if self.diags.len() < MAX_COLLECTED {

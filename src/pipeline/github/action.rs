@@ -9,8 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{AT_STEP_START, Decided, Known, RunDefaults, Workflow, entries, get, join};
 use crate::pipeline::model::{ActionCall, EnvVar, Step};
-use crate::pipeline::read::{forbidden_char, read_source};
-use crate::pipeline::yaml::{self, Node, Value};
+use crate::pipeline::yaml::{Node, Value};
 
 /// The id of a JavaScript action's step within its call.
 pub(super) const JS_STEP: &str = "__action";
@@ -102,39 +101,11 @@ impl Workflow<'_, '_> {
     }
 
     fn parse_action_file(&mut self, file: &Path, uses: &Node, path: &str) -> Option<Parsed> {
-        let text = match read_source(file) {
-            Ok(t) => t,
-            Err(d) => {
-                self.cx.err(
-                    uses,
-                    &join(path, "uses"),
-                    format!("action {}: {}", file.display(), d.message),
-                    d.hint.unwrap_or_default(),
-                );
-                return None;
-            }
-        };
-        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
         let shown = file.strip_prefix(&self.root).unwrap_or(file).to_path_buf();
-        let bad = forbidden_char(&text);
-        let index = self.cx.add_source(&shown, text);
-        if let Some(mut d) = bad {
-            d.file = index;
-            self.cx.diags.push(d);
-            return None;
-        }
-        let parsed = {
-            let source = self.cx.included.last()?;
-            yaml::parse_with(
-                &source.text,
-                yaml::Options {
-                    file: index,
-                    header: false,
-                },
-            )
-        };
-        self.cx.yaml_problems(parsed.problems);
-        let root = parsed.root?;
+        let root = self
+            .cx
+            .read_more(file, &shown, (uses, &join(path, "uses"), "action"), false)?
+            .root?;
         // Unknown keys are reported; the rest is still read, so every
         // mistake shows at once.
         if !self

@@ -16,8 +16,7 @@ use super::{
 };
 use crate::pipeline::expr::{BinOp, Expr};
 use crate::pipeline::model::Condition;
-use crate::pipeline::read::{forbidden_char, read_source};
-use crate::pipeline::yaml::{self, Node, Value};
+use crate::pipeline::yaml::{Node, Value};
 
 /// Deepest nesting of reusable workflows (GitHub allows ten levels).
 const MAX_DEPTH: usize = 10;
@@ -215,38 +214,10 @@ impl Workflow<'_, '_> {
             );
             return Some(None);
         }
-        let source = match read_source(&file) {
-            Ok(t) => t,
-            Err(d) => {
-                self.cx.err(
-                    uses,
-                    path,
-                    format!("{}: {}", file.display(), d.message),
-                    d.hint.unwrap_or_default(),
-                );
-                return Some(None);
-            }
-        };
-        let source = source.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(source);
         let shown = file.strip_prefix(&self.root).unwrap_or(&file).to_path_buf();
-        let bad = forbidden_char(&source);
-        let index = self.cx.add_source(&shown, source);
-        if let Some(mut d) = bad {
-            d.file = index;
-            self.cx.diags.push(d);
+        let Some(parsed) = self.cx.read_more(&file, &shown, (uses, path, "workflow"), false) else {
             return Some(None);
-        }
-        let parsed = {
-            let src = self.cx.included.last()?;
-            yaml::parse_with(
-                &src.text,
-                yaml::Options {
-                    file: index,
-                    header: false,
-                },
-            )
         };
-        self.cx.yaml_problems(parsed.problems);
         let root = parsed.root?;
         self.cx.mapping(&root, "", &WORKFLOW_KEYS, "a workflow");
         let on = on_key(&root);
