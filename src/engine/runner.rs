@@ -94,13 +94,15 @@ impl Context for StepCtx<'_> {
     fn cancelled(&self) -> bool {
         self.cancelled
     }
-    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+    fn hash_files(&self, patterns: &[String]) -> Result<String, expr::HashFilesError> {
         let Some((ws, state)) = self.files else {
-            return Err("hashFiles() is evaluated as a step starts".into());
+            return Err(expr::HashFilesError::NoWorkspace);
         };
-        let files = crate::exec::workspace::project_files(ws, state)
-            .map_err(|e| format!("hashFiles(): cannot list {}: {e}", ws.display()))?;
-        crate::store::cache::hash_files(ws, &files, patterns).map_err(|e| format!("hashFiles(): {e}"))
+        let files = crate::exec::workspace::project_files(ws, state).map_err(|source| expr::HashFilesError::List {
+            dir: ws.to_path_buf(),
+            source,
+        })?;
+        crate::store::cache::hash_files(ws, &files, patterns).map_err(|e| expr::HashFilesError::Files(Box::new(e)))
     }
 }
 
@@ -773,6 +775,23 @@ async fn run_builtin(
     StepRun { end, class, message }
 }
 
+/// Why a GitHub expression has no value as a step starts.
+#[derive(Debug, thiserror::Error)]
+enum EvalError {
+    #[error("variable `{name}`: {error}; {hint}")]
+    Variable {
+        name: String,
+        error: crate::pipeline::vars::VarError,
+        hint: String,
+    },
+    #[error("expression in `{text}`: {error}")]
+    Expression { text: String, error: expr::ExprError },
+    #[error("condition `{condition}` could not be evaluated: {error}")]
+    Condition { condition: String, error: expr::ExprError },
+    #[error("step `{step}`: {error}")]
+    InStep { step: String, error: Box<EvalError> },
+}
+
 /// GitHub's contexts as step `index` sees them now, after the steps before
 /// it (`carried`): its `env` (with what GITHUB_ENV set so far), `steps`,
 /// `inputs`, `needs`, `secrets`, and how the job goes.
@@ -798,12 +817,14 @@ impl<'a> GithubNow<'a> {
         ws: &Path,
         vars: &'a BTreeMap<String, String>,
         carried: &'a filecmd::Carried,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, EvalError> {
         let step = &job.steps[index];
         let scope = ctx.scope(job, &step.environment, ctx.predefined(job, a.attempt, &step.name, ws));
-        let env = scope
-            .resolve_all()
-            .map_err(|(name, e)| format!("variable `{name}`: {e}; {}", e.hint()))?;
+        let env = scope.resolve_all().map_err(|(name, error)| EvalError::Variable {
+            name,
+            hint: error.hint().to_string(),
+            error,
+        })?;
         let mut now = GithubNow {
             env,
             steps: serde_json::Value::Object(carried.steps.clone()),
@@ -825,7 +846,10 @@ impl<'a> GithubNow<'a> {
         let mut env = now.env.clone();
         for value in env.values_mut() {
             if value.contains("${{") {
-                *value = now.text(value).map_err(|e| format!("step `{}`: {e}", step.name))?;
+                *value = now.text(value).map_err(|e| EvalError::InStep {
+                    step: step.name.clone(),
+                    error: Box::new(e),
+                })?;
             }
         }
         now.env = env;
@@ -848,15 +872,22 @@ impl<'a> GithubNow<'a> {
         }
     }
 
-    fn holds(&self, cond: &crate::pipeline::model::Condition) -> Result<bool, String> {
+    fn holds(&self, cond: &crate::pipeline::model::Condition) -> Result<bool, EvalError> {
         expr::eval(&cond.expr, &self.context())
             .map(|v| expr::truthy(&v))
-            .map_err(|e| format!("condition `{}` could not be evaluated: {e}", cond.source))
+            .map_err(|error| EvalError::Condition {
+                condition: cond.source.clone(),
+                error,
+            })
     }
 
-    fn text(&self, text: &str) -> Result<String, String> {
-        expr::interpolate_in(text, &crate::pipeline::github::LANG, &self.context())
-            .map_err(|e| format!("expression in `{text}`: {e}"))
+    fn text(&self, text: &str) -> Result<String, EvalError> {
+        expr::interpolate_in(text, &crate::pipeline::github::LANG, &self.context()).map_err(|error| {
+            EvalError::Expression {
+                text: text.to_string(),
+                error,
+            }
+        })
     }
 }
 
@@ -873,7 +904,7 @@ fn step_runs(
     vars: &BTreeMap<String, String>,
     carried: &filecmd::Carried,
     cond: Option<&crate::pipeline::model::Condition>,
-) -> Result<bool, String> {
+) -> Result<bool, EvalError> {
     let asks_status = cond.is_some_and(|c| c.expr.uses_status_functions());
     match cond {
         _ if (carried.failed || carried.stopped) && !asks_status => Ok(false),
@@ -950,12 +981,12 @@ async fn enter_call(
     let name: Arc<str> = Arc::from(spec.name.as_str());
     let outer_skipped = carried.frames.last().is_some_and(|f| f.skipped);
     let before = carried.failed || carried.stopped;
-    let mut problem = None;
+    let mut problem: Option<String> = None;
     let runs = !outer_skipped
         && match step_runs(ctx, a, job, index, ws, vars, carried, spec.condition.as_ref()) {
             Ok(runs) => runs,
             Err(msg) => {
-                problem = Some(msg);
+                problem = Some(msg.to_string());
                 false
             }
         };
@@ -975,7 +1006,7 @@ async fn enter_call(
                     }
                 }
             }
-            Err(e) => problem = Some(e),
+            Err(e) => problem = Some(e.to_string()),
         }
     } else if let Some(c) = spec
         .condition
@@ -1042,7 +1073,7 @@ async fn leave_call(
                     }
                 }
             }
-            Err(e) => note(a, &name, e).await,
+            Err(e) => note(a, &name, e.to_string()).await,
         }
     }
     let failed = frame.failure.is_some();

@@ -617,10 +617,24 @@ pub trait Context {
         false
     }
     /// GitHub's `hashFiles(patterns)` over the job's workspace.
-    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+    fn hash_files(&self, patterns: &[String]) -> Result<String, HashFilesError> {
         let _ = patterns;
-        Err("hashFiles() needs the job's workspace: it is evaluated as a step starts".into())
+        Err(HashFilesError::NoWorkspace)
     }
+}
+
+/// Why `hashFiles()` has no value.
+#[derive(Debug, thiserror::Error)]
+pub enum HashFilesError {
+    #[error("hashFiles() needs the job's workspace: it is evaluated as a step starts")]
+    NoWorkspace,
+    #[error("hashFiles(): cannot list {dir}: {source}")]
+    List {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("hashFiles(): {0}")]
+    Files(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 struct Eval<'a> {
@@ -767,7 +781,11 @@ impl Eval<'_> {
             "cancelled" => Value::Bool(self.ctx.cancelled()),
             "hashFiles" => {
                 let patterns: Vec<String> = vals.iter().map(to_text).collect();
-                Value::String(self.ctx.hash_files(&patterns).map_err(|m| ExprError::at(off, m))?)
+                Value::String(
+                    self.ctx
+                        .hash_files(&patterns)
+                        .map_err(|e| ExprError::at(off, e.to_string()))?,
+                )
             }
             "toJSON" => Value::String(serde_json::to_string_pretty(&vals[0]).unwrap_or_default()),
             "contains" => match &vals[0] {

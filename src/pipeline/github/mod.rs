@@ -1622,24 +1622,13 @@ impl<'c, 's> Workflow<'c, 's> {
         let later = strategy.get(MATRIX_LATER).is_some();
         let mut out = Vec::with_capacity(combos.len());
         for (index, combo) in combos.iter().enumerate() {
-            let mut strategy = strategy.clone();
-            if let Some(s) = strategy.as_object_mut() {
-                s.insert("job-index".into(), json!(index));
-                s.insert("job-total".into(), json!(total));
-            }
-            let mut github = self.github.clone();
-            if let Some(g) = github.as_object_mut() {
-                g.insert("job".into(), Json::String(id.to_string()));
-            }
-            let known = Known {
-                github,
-                runner: self.runner.clone(),
-                matrix: if matrixed { combo.to_json() } else { json!({}) },
-                strategy,
-                env: self.workflow_env.clone(),
-                vars: self.vars.clone(),
-                inputs: self.inputs.clone(),
-            };
+            let known = self.known_for(
+                id,
+                matrixed.then_some(combo),
+                &strategy,
+                (index, total),
+                self.workflow_env.clone(),
+            );
             if let Some(job) = self.instance(
                 id,
                 node,
@@ -2091,6 +2080,36 @@ impl<'c, 's> Workflow<'c, 's> {
                 );
                 None
             }
+        }
+    }
+
+    /// What is known of one job of `id`: matrix combination `combo`
+    /// (number `index` of `total`), with `env` as the workflow declares it.
+    fn known_for(
+        &self,
+        id: &str,
+        combo: Option<&Combo>,
+        strategy: &Json,
+        (index, total): (usize, usize),
+        env: Vec<(String, String)>,
+    ) -> Known {
+        let mut strategy = strategy.clone();
+        if let Some(s) = strategy.as_object_mut() {
+            s.insert("job-index".into(), json!(index));
+            s.insert("job-total".into(), json!(total));
+        }
+        let mut github = self.github.clone();
+        if let Some(g) = github.as_object_mut() {
+            g.insert("job".into(), Json::String(id.to_string()));
+        }
+        Known {
+            github,
+            runner: self.runner.clone(),
+            matrix: combo.map_or_else(|| json!({}), Combo::to_json),
+            strategy,
+            env,
+            vars: self.vars.clone(),
+            inputs: self.inputs.clone(),
         }
     }
 

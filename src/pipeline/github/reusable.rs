@@ -107,24 +107,7 @@ impl Workflow<'_, '_> {
         let total = combos.len();
         let mut out = Vec::new();
         for (index, combo) in combos.iter().enumerate() {
-            let mut strategy = strategy.clone();
-            if let Some(s) = strategy.as_object_mut() {
-                s.insert("job-index".into(), json!(index));
-                s.insert("job-total".into(), json!(total));
-            }
-            let mut github = self.github.clone();
-            if let Some(g) = github.as_object_mut() {
-                g.insert("job".into(), Json::String(id.to_string()));
-            }
-            let known = Known {
-                github,
-                runner: self.runner.clone(),
-                matrix: if matrixed { combo.to_json() } else { json!({}) },
-                strategy,
-                env: Vec::new(),
-                vars: self.vars.clone(),
-                inputs: self.inputs.clone(),
-            };
+            let known = self.known_for(id, matrixed.then_some(combo), &strategy, (index, total), Vec::new());
             let display = match get(node, "name") {
                 Some(n) => {
                     let Some(raw) = self.cx.string(n, &join(path, "name")) else {
