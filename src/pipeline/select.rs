@@ -5,7 +5,8 @@
 //!
 //! A name on the command line may be a job's own name, GitLab's name of a
 //! `parallel` instance (`test 1/3` for `test: [1/3]`), or a `parallel` or
-//! `matrix` job's base name (`test`: every instance).
+//! `matrix` job's base name (`test`: every instance), or a GitHub job id
+//! (`build`: every job of its matrix).
 
 use super::diag::suggestion_hint;
 use super::graph::Plan;
@@ -53,10 +54,22 @@ pub fn resolve(p: &Pipeline, name: &str) -> Vec<usize> {
         return vec![i];
     }
     let prefix = format!("{name}: [");
-    p.jobs
+    let instances: Vec<usize> = p
+        .jobs
         .iter()
         .enumerate()
         .filter(|(_, j)| j.name.starts_with(&prefix) && j.name.ends_with(']'))
+        .map(|(i, _)| i)
+        .collect();
+    if !instances.is_empty() {
+        return instances;
+    }
+    // A GitHub job id: every job of its matrix (`build` is `build (1)`,
+    // `build (2)`), as act's `-j build`.
+    p.jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.id.as_deref() == Some(name) && j.call.is_none())
         .map(|(i, _)| i)
         .collect()
 }
@@ -161,6 +174,19 @@ mod tests {
             parse_source(Path::new(".gitlab-ci.yml"), src.into(), &o).unwrap_or_else(|r| panic!("{}", r.render(false)));
         let plan = Plan::build(&p).unwrap_or_else(|_| panic!("cycle"));
         (p, plan)
+    }
+
+    #[test]
+    fn a_github_job_id_takes_every_job_of_its_matrix() {
+        let src = "on: push\njobs:\n  setup:\n    runs-on: x\n    steps: [{run: 'true'}]\n  build:\n    needs: setup\n    runs-on: x\n    strategy: {matrix: {v: [1, 2]}}\n    steps: [{run: 'true'}]\n  other:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+        let o = LoadOptions {
+            dialect: Some(crate::pipeline::Dialect::Github),
+            ..LoadOptions::default()
+        };
+        let (p, _) = crate::pipeline::parse_source(Path::new("ci.yml"), src.into(), &o)
+            .unwrap_or_else(|r| panic!("{}", r.render(false)));
+        let got: Vec<&str> = resolve(&p, "build").iter().map(|&i| p.jobs[i].name.as_str()).collect();
+        assert_eq!(got, ["build (1)", "build (2)"]);
     }
 
     fn names(p: &Pipeline) -> Vec<&str> {
