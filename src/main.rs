@@ -124,6 +124,11 @@ struct VarArgs {
     /// (`--var-ctx` wins over it).
     #[arg(long = "vars-file", value_name = "FILE")]
     vars_file: Option<PathBuf>,
+    /// GitHub workflows: run the jobs whose `runs-on` has LABEL in a
+    /// container of IMAGE (act's `-P`), steps `docker exec`ed in it.
+    /// Repeatable.
+    #[arg(long = "platform", short = 'P', value_name = "LABEL=IMAGE", value_parser = parse_platform)]
+    platforms: Vec<(String, String)>,
     /// Inject the host variable NAME as a secret, masked as [MASKED] everywhere. Repeatable.
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
@@ -541,6 +546,22 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--platform LABEL=IMAGE`: a runner label and a Docker image.
+fn parse_platform(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((label, image)) if !label.trim().is_empty() && !image.trim().is_empty() => {
+            let image = image.trim();
+            Ok((
+                label.trim().to_string(),
+                image.strip_prefix("docker://").unwrap_or(image).to_string(),
+            ))
+        }
+        _ => Err(format!(
+            "expected LABEL=IMAGE (`ubuntu-latest=node:20-bookworm`), got `{s}`"
+        )),
+    }
+}
+
 /// A failure that ends the command: message and exit code.
 struct Fail(String, u8);
 
@@ -883,7 +904,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 // Containers: reach the daemon before any job starts, and clear
                 // what crashed runs left behind.
                 let needs_containers = opts.executor != ExecutorChoice::Shell
-                    && pipeline.jobs.iter().any(|j| j.steps.iter().any(|s| s.image.is_some()));
+                    && pipeline.jobs.iter().any(|j| {
+                        !j.services.is_empty() || j.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some())
+                    });
                 let docker = if needs_containers {
                     let d = DockerExecutor::connect().await.map_err(|e| Fail(e.to_string(), 2))?;
                     let reaped = d.reap_orphans().await;
@@ -1132,6 +1155,7 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         },
         actions_dir: Some(actions_dir),
         matrix_needs: Vec::new(),
+        platforms: v.platforms.clone(),
         event_payload: match &v.event_payload {
             Some(f) => Some(read_event_payload(f)?),
             None => None,

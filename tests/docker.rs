@@ -941,3 +941,250 @@ async fn a_gitlab_job_runs_in_its_image_and_reaches_its_service_by_alias() {
     r.handle.shutdown().await;
     assert_eq!(labelled(&d, &run_id).await, 0, "service containers are removed");
 }
+
+fn github(yaml: &str) -> Setup {
+    github_with(yaml, &[])
+}
+
+fn github_with(yaml: &str, files: &[(&str, &str)]) -> Setup {
+    let opts = trackside::pipeline::LoadOptions {
+        dialect: Some(trackside::pipeline::Dialect::Github),
+        ci_vars: vec![("GITHUB_REPOSITORY".into(), "acme/shop".into())],
+        ..Default::default()
+    };
+    setup_files(yaml, files, &opts)
+}
+
+#[tokio::test]
+async fn a_github_container_job_runs_every_step_in_one_container() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = github(&format!(
+        r#"on: push
+jobs:
+  inbox:
+    runs-on: ubuntu-latest
+    container:
+      image: {IMAGE_A}
+      env: {{FROM_CONTAINER: set}}
+      options: -e FROM_OPTIONS=also
+    steps:
+      - run: echo "ws=$GITHUB_WORKSPACE pwd=$(pwd) home=$HOME from=$FROM_CONTAINER,$FROM_OPTIONS image=$(cat /image-name)"
+      - run: |
+          echo installed > /marker
+          echo "FOO=bar" >> "$GITHUB_ENV"
+          mkdir -p /opt/bin && printf '#!/bin/sh\necho tool ran\n' > /opt/bin/tool && chmod +x /opt/bin/tool
+          echo /opt/bin >> "$GITHUB_PATH"
+          echo made > in-workspace.txt
+      - id: s
+        run: |
+          cat /marker; echo "foo=$FOO"; tool; cat in-workspace.txt
+          echo "out=42" >> "$GITHUB_OUTPUT"
+          echo "temp=${{{{ runner.temp }}}} ws=${{{{ github.workspace }}}} id=${{{{ job.container.id }}}}"
+      - run: echo "got ${{{{ steps.s.outputs.out }}}}"
+"#
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let lines = r.lines("inbox");
+    assert_eq!(sum.result, RunResult::Passed, "{lines:?}");
+    let want = format!("ws=/__w/shop/shop pwd=/__w/shop/shop home=/github/home from=set,also image={IMAGE_A}");
+    assert!(lines.contains(&want), "{lines:?}");
+    // What one step installs outside the workspace is there for the next.
+    for l in ["installed", "foo=bar", "tool ran", "made", "got 42"] {
+        assert!(lines.iter().any(|x| x == l), "{l}: {lines:?}");
+    }
+    let run_id = r.handle.run_id().to_string();
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("temp=/__w/_temp ws=/__w/shop/shop id=trackside-{run_id}-inbox-1-job")),
+        "{lines:?}"
+    );
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0, "the job's container is removed");
+}
+
+#[tokio::test]
+async fn github_services_are_reached_by_id_from_a_container_and_by_port_from_the_host() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let service = format!(
+        "      web:\n        image: {IMAGE_A}\n        command: httpd -f -p 8080 -h /\n        ports: ['8080']\n        options: --health-cmd \"wget -q -O /dev/null http://127.0.0.1:8080/image-name\" --health-interval 1s --health-retries 30\n"
+    );
+    let mut s = github(&format!(
+        "on: push\njobs:\n  onhost:\n    runs-on: ubuntu-latest\n    services:\n{service}    steps:\n      - run: |\n          port=${{{{ job.services.web.ports['8080'] }}}}\n          echo \"port is a number: $((port > 0))\"\n          exec 3<>/dev/tcp/127.0.0.1/$port && printf 'GET /image-name HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3 | tail -n 1\n  inbox:\n    runs-on: ubuntu-latest\n    container: {IMAGE_A}\n    services:\n{service}    steps:\n      - run: wget -q -O - http://web:8080/image-name\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(
+        sum.result,
+        RunResult::Passed,
+        "{:?} {:?}",
+        r.lines("onhost"),
+        r.lines("inbox")
+    );
+    assert!(
+        r.lines("onhost").contains(&"port is a number: 1".to_string()),
+        "{:?}",
+        r.lines("onhost")
+    );
+    assert!(
+        r.lines("onhost").contains(&IMAGE_A.to_string()),
+        "{:?}",
+        r.lines("onhost")
+    );
+    assert!(
+        r.lines("inbox").contains(&IMAGE_A.to_string()),
+        "{:?}",
+        r.lines("inbox")
+    );
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(
+        labelled(&d, &run_id).await,
+        0,
+        "services and job containers are removed"
+    );
+    assert_eq!(networks_of(&d, &run_id).await, 0, "each job's network is removed");
+}
+
+#[tokio::test]
+async fn a_step_timeout_in_a_job_container_stops_that_step_and_keeps_the_container() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = github(&format!(
+        "on: push\njobs:\n  inbox:\n    runs-on: ubuntu-latest\n    container: {IMAGE_A}\n    steps:\n      - run: echo kept > /marker\n      - name: slow\n        timeout-minutes: 0.02\n        run: echo sleeping; sleep 60 & sleep 60; echo never\n      - if: always()\n        run: |\n          echo \"after: $(cat /marker) ${{{{ job.status }}}} $(ps | grep -v grep | grep -c 'sleep 60')\"\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let lines = r.lines("inbox");
+    assert_eq!(
+        job(&sum, "inbox").failure_class,
+        Some(FailureClass::Timeout),
+        "{lines:?}"
+    );
+    assert!(!lines.contains(&"never".to_string()), "{lines:?}");
+    // The same container, and the step's processes (the one in the
+    // background too) are gone.
+    assert!(lines.contains(&"after: kept failure 0".to_string()), "{lines:?}");
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0);
+}
+
+#[tokio::test]
+async fn platform_runs_a_labels_jobs_in_a_container_of_its_image() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wf = dir.path().join(".github/workflows");
+    std::fs::create_dir_all(&wf).expect("mkdir");
+    std::fs::write(
+        wf.join("ci.yml"),
+        "on: push\njobs:\n  in-image:\n    runs-on: ubuntu-latest\n    steps:\n      - run: cat /image-name\n  on-host:\n    runs-on: macos-latest\n    steps:\n      - run: test ! -e /image-name && echo on the host\n",
+    )
+    .expect("write");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .args(["run", ".github/workflows/ci.yml", "--headless", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .expect("run")
+    };
+    let out = run(&["-P", &format!("ubuntu-latest=docker://{IMAGE_A}")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("in-image > {IMAGE_A}")), "{text}");
+    assert!(text.contains("on-host  > on the host"), "{text}");
+    let out = run(&["--platform", "=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected LABEL=IMAGE"));
+}
+
+#[tokio::test]
+async fn docker_actions_run_their_entrypoint_with_inputs_outputs_and_a_post_step() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let action = "name: greet\ninputs:\n  who:\n    default: world\noutputs:\n  time:\n    description: when\nruns:\n  using: docker\n  image: Dockerfile\n  env: {FROM_RUNS_ENV: set}\n  args: ['${{ inputs.who }}', 'two words']\n  post-entrypoint: /post.sh\n";
+    let dockerfile = format!("FROM {IMAGE_A}\nCOPY entrypoint.sh post.sh /\nENTRYPOINT [\"/entrypoint.sh\"]\n");
+    let entry = "#!/bin/sh\necho \"hello $1 ($2) who=$INPUT_WHO env=$FROM_RUNS_ENV ws=$GITHUB_WORKSPACE pwd=$(pwd) home=$HOME\"\ncat README\necho time=noon >> \"$GITHUB_OUTPUT\"\necho GREETED=$1 >> \"$GITHUB_ENV\"\n";
+    let post = "#!/bin/sh\necho \"post for $1\"\n";
+    let from_image = format!(
+        "name: hub\nruns:\n  using: docker\n  image: docker://{IMAGE_A}\n  entrypoint: /bin/cat\n  args: [/image-name]\n"
+    );
+    let mut s = github_with(
+        &format!(
+            "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - id: g\n        uses: ./.github/actions/greet\n        with: {{who: Mona}}\n      - run: echo \"time=${{{{ steps.g.outputs.time }}}} greeted=$GREETED\"\n      - uses: docker://{IMAGE_A}\n        with:\n          entrypoint: /bin/sh\n          args: -c \"echo uri $INPUT_EXTRA; cat /image-name\"\n          extra: given\n      - uses: ./.github/actions/hub\n"
+        ),
+        &[
+            (".github/actions/greet/action.yml", action),
+            (".github/actions/greet/Dockerfile", &dockerfile),
+            (".github/actions/greet/entrypoint.sh", entry),
+            (".github/actions/greet/post.sh", post),
+            (".github/actions/hub/action.yml", &from_image),
+        ],
+    );
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let lines = r.lines("a");
+    assert_eq!(sum.result, RunResult::Passed, "{lines:?}");
+    for want in [
+        "hello Mona (two words) who=Mona env=set ws=/github/workspace pwd=/github/workspace home=/github/home",
+        "project file",
+        "time=noon greeted=Mona",
+        "uri given",
+        IMAGE_A,
+        "post for Mona",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "{want}: {lines:?}");
+    }
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("post for Mona"),
+        "the post step runs last"
+    );
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0, "the actions' containers are removed");
+}
+
+#[tokio::test]
+async fn a_docker_action_that_does_not_build_fails_the_job_before_its_steps() {
+    let Some(d) = docker().await else { return };
+    let mut s = github_with(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo never\n      - uses: ./broken\n",
+        &[
+            (
+                "broken/action.yml",
+                "name: b\nruns:\n  using: docker\n  image: Dockerfile\n",
+            ),
+            (
+                "broken/Dockerfile",
+                "FROM trackside-test-no-such-image:never\nNOT-AN-INSTRUCTION\n",
+            ),
+        ],
+    );
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    let j = job(&sum, "a");
+    assert_eq!(j.failure_class, Some(FailureClass::Infra), "{:?}", r.lines("a"));
+    let reason = j.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("building the action's image (Dockerfile) failed"),
+        "{reason}"
+    );
+    assert!(!r.lines("a").contains(&"never".to_string()));
+}

@@ -1312,6 +1312,7 @@ impl Actor {
             control,
             dotenv: std::sync::OnceLock::new(),
             needs: Arc::new(needs),
+            docker: std::sync::OnceLock::new(),
         };
         self.attempts.spawn(run_attempt(self.ctx.clone(), a));
     }

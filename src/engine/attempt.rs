@@ -203,6 +203,44 @@ pub struct Attempt {
     /// A GitHub job's `needs` context: per needed job id, its `outputs`
     /// and `result` when the attempt started.
     pub needs: Arc<serde_json::Value>,
+    /// The job's container and services once started (set once).
+    pub docker: std::sync::OnceLock<Containers>,
+}
+
+/// What of an attempt runs in Docker besides its steps.
+#[derive(Debug, Clone, Default)]
+pub struct Containers {
+    /// The job's own container (GitHub's `container:`).
+    pub job_box: Option<crate::exec::JobBox>,
+    pub network: Option<String>,
+    pub services: Vec<crate::exec::ServicePorts>,
+    /// The images built for its Docker actions, as (step index, tag).
+    pub action_images: Vec<(usize, String)>,
+}
+
+impl Containers {
+    /// GitHub's `job.container` and `job.services` contexts.
+    pub fn context(&self) -> (serde_json::Value, serde_json::Value) {
+        let network = self.network.clone().unwrap_or_default();
+        let container = serde_json::json!({
+            "id": self.job_box.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
+            "network": network,
+        });
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                let ports: serde_json::Map<String, serde_json::Value> = s
+                    .ports
+                    .iter()
+                    .map(|(c, h)| (c.clone(), serde_json::Value::String(h.clone())))
+                    .collect();
+                let value = serde_json::json!({"id": s.container, "network": network, "ports": ports});
+                (s.service.clone(), value)
+            })
+            .collect::<serde_json::Map<_, _>>();
+        (container, serde_json::Value::Object(services))
+    }
 }
 
 pub(super) async fn note(a: &Attempt, step: &Arc<str>, text: String) {

@@ -60,15 +60,16 @@ impl Context for StepCtx<'_> {
             "inputs" => self.inputs.cloned(),
             "github" => self.paths.and_then(|p| p.get("github")).cloned(),
             "runner" => self.paths.and_then(|p| p.get("runner")).cloned(),
-            // GitHub's `job`: how the job goes so far (no container here).
+            // GitHub's `job`: how the job goes so far, its container and
+            // services.
             "job" if self.steps.is_some() => Some(serde_json::json!({
                 "status": match (self.cancelled, self.failed) {
                     (true, _) => "cancelled",
                     (_, true) => "failure",
                     _ => "success",
                 },
-                "container": {"id": "", "network": ""},
-                "services": {},
+                "container": self.paths.and_then(|p| p.get("container")).cloned().unwrap_or_else(|| serde_json::json!({"id": "", "network": ""})),
+                "services": self.paths.and_then(|p| p.get("services")).cloned().unwrap_or_else(|| serde_json::json!({})),
             })),
             _ => None,
         }
@@ -348,6 +349,44 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         }
     };
     let network = services.network.clone();
+    // GitHub's `container:`: one container for the job's steps.
+    let job_box = if job.container.job_container && ctx.containers {
+        match start_job_box(ctx, a, job, &ws, network.clone()).await {
+            Ok(b) => b,
+            Err(msg) => {
+                let setup: Arc<str> = Arc::from("container");
+                note(a, &setup, msg.clone()).await;
+                ctx.executor.stop_services(services).await;
+                if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
+                    leftovers.workspace = Some(ws);
+                }
+                return Outcome::infra(msg);
+            }
+        }
+    } else {
+        None
+    };
+    // Docker actions built from their folder's Dockerfile, as GitHub's
+    // runner builds them while it sets the job up.
+    let action_images = match build_action_images(ctx, a, job, &ws).await {
+        Ok(images) => images,
+        Err(msg) => {
+            if let Some(b) = job_box {
+                ctx.executor.stop_job_box(b, false).await;
+            }
+            ctx.executor.stop_services(services).await;
+            if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
+                leftovers.workspace = Some(ws);
+            }
+            return Outcome::infra(msg);
+        }
+    };
+    let _ = a.docker.set(crate::engine::attempt::Containers {
+        job_box: job_box.clone(),
+        network: network.clone(),
+        services: services.ports.clone(),
+        action_images,
+    });
     let prepared = match artifacts::restore(ctx, a, job, &ws).await {
         Err(o) => Err(o),
         Ok(dotenv) => {
@@ -377,9 +416,12 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
             o
         }
     };
+    let kept_failed = ctx.keep_failed && outcome.failure.is_some();
+    if let Some(b) = job_box {
+        ctx.executor.stop_job_box(b, kept_failed).await;
+    }
     ctx.executor.stop_services(services).await;
     // Only container steps leave files there (a host step's script is in memory).
-    let kept_failed = ctx.keep_failed && outcome.failure.is_some();
     leftovers.step_files = ctx.containers && job.steps.iter().any(|s| s.image.is_some()) && !kept_failed;
     if !ctx.in_place && !ctx.keep_workspaces && !kept_failed {
         leftovers.workspace = Some(ws);
@@ -388,6 +430,104 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         leftovers.files = Some(files_dir(ctx, job, a.attempt));
     }
     outcome
+}
+
+/// Builds the images of the job's Docker actions that come from a
+/// Dockerfile, each folder once; the build's output joins the job's log.
+async fn build_action_images(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+) -> Result<Vec<(usize, String)>, String> {
+    let mut built: Vec<(usize, String)> = Vec::new();
+    let mut by_folder: Vec<(PathBuf, String, String)> = Vec::new();
+    for (index, step) in job.steps.iter().enumerate() {
+        let Some(build) = step.docker_action.as_ref().and_then(|d| d.build.as_ref()) else {
+            continue;
+        };
+        if !ctx.containers {
+            return Err(format!(
+                "step `{}` is a Docker action: it needs Docker (leave out `--executor shell`)",
+                step.name
+            ));
+        }
+        let dir = match Path::new(&build.dir) {
+            d if d.is_absolute() => d.to_path_buf(),
+            d => ws.join(d),
+        };
+        if let Some((_, _, tag)) = by_folder.iter().find(|(d, f, _)| *d == dir && *f == build.dockerfile) {
+            built.push((index, tag.clone()));
+            continue;
+        }
+        let setup: Arc<str> = Arc::from("build");
+        note(
+            a,
+            &setup,
+            format!("building the image of `{}` ({})", step.name, build.dockerfile),
+        )
+        .await;
+        let (tx, mut rx) = mpsc::channel::<OutputLine>(64);
+        let forward_to = a.tx.clone();
+        let (job_id, attempt) = (a.job, a.attempt);
+        let forward = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let msg = RunnerMsg::Log {
+                    job: job_id,
+                    attempt,
+                    step: setup.clone(),
+                    stream: line.stream,
+                    text: line.text,
+                    partial: line.partial,
+                };
+                if forward_to.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let req = crate::exec::ImageBuild {
+            dir: dir.clone(),
+            dockerfile: build.dockerfile.clone(),
+        };
+        let tag = ctx
+            .executor
+            .build_image(req, tx)
+            .await
+            .map_err(|e| format!("step `{}`: {e}", step.name))?;
+        let _ = forward.await;
+        by_folder.push((dir, build.dockerfile.clone(), tag.clone()));
+        built.push((index, tag));
+    }
+    Ok(built)
+}
+
+/// Starts the job's own container (its first container step's image),
+/// with the job's folders mounted where GitHub has them.
+async fn start_job_box(
+    ctx: &Arc<RunContext>,
+    a: &Attempt,
+    job: &Job,
+    ws: &Path,
+    network: Option<String>,
+) -> Result<Option<crate::exec::JobBox>, String> {
+    let Some(image) = job.image() else { return Ok(None) };
+    let mounts = job_box_mounts(ctx, job, a.attempt, ws)?;
+    let workdir = crate::exec::inside(&mounts, &std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf()))
+        .unwrap_or_else(|| "/".into());
+    let setup: Arc<str> = Arc::from("container");
+    note(a, &setup, format!("starting the job's container from `{image}`")).await;
+    let req = crate::exec::JobBoxRequest {
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        attempt: a.attempt,
+        image: image.to_string(),
+        options: job.container.clone(),
+        mounts,
+        workdir,
+        network,
+        keep_on_failure: ctx.keep_failed,
+    };
+    ctx.executor.start_job_box(req).await.map(Some)
 }
 
 /// Starts the job's services; their output joins the job's log as step `services`.
@@ -941,7 +1081,74 @@ fn github_paths(ctx: &RunContext, job: &Job, a: &Attempt, index: usize, ws: &Pat
             serde_json::Value::String(tools.display().to_string()),
         );
     }
-    serde_json::json!({"github": github, "runner": runner})
+    let docker = a.docker.get().cloned().unwrap_or_default();
+    // A step in the job's container sees the paths as they are in there.
+    if let Some(b) = docker.job_box.as_ref().filter(|_| in_job_box(ctx, job, index)) {
+        for (context, keys) in [
+            (&mut github, &["workspace", "action_path", "event_path"][..]),
+            (&mut runner, &["temp", "tool_cache"][..]),
+        ] {
+            for key in keys {
+                let mapped = context
+                    .get(*key)
+                    .and_then(|v| v.as_str())
+                    .filter(|v| !v.is_empty())
+                    .and_then(|v| crate::exec::inside(&b.mounts, Path::new(v)));
+                if let (Some(m), Some(o)) = (mapped, context.as_object_mut()) {
+                    o.insert((*key).to_string(), serde_json::Value::String(m));
+                }
+            }
+        }
+    }
+    let (container, services) = docker.context();
+    serde_json::json!({"github": github, "runner": runner, "container": container, "services": services})
+}
+
+/// Whether step `index` runs in the job's own container.
+fn in_job_box(ctx: &RunContext, job: &Job, index: usize) -> bool {
+    ctx.containers && job.container.job_container && job.steps.get(index).is_some_and(|s| s.image.is_some())
+}
+
+/// The folders a job's container mounts, as (host, inside): the
+/// workspace where GitHub has it (`/__w/<repo>/<repo>`), the attempt's
+/// files (step files, scripts, the event) and `RUNNER_TEMP`, the tool
+/// cache and a home folder, all made here first.
+fn job_box_mounts(ctx: &RunContext, job: &Job, attempt: u32, ws: &Path) -> Result<Vec<crate::exec::Mount>, String> {
+    let repo = job
+        .github
+        .as_deref()
+        .and_then(|g| g.get("repository"))
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.rsplit('/').next())
+        .filter(|r| !r.is_empty() && *r != "." && *r != "..")
+        .unwrap_or("workspace")
+        .to_string();
+    let files = std::path::absolute(files_dir(ctx, job, attempt)).unwrap_or_else(|_| files_dir(ctx, job, attempt));
+    let (temp, tools) = runner_dirs(ctx, job, attempt);
+    let home = files.join("home");
+    for d in [
+        &files,
+        &temp,
+        &tools,
+        &home,
+        &files.join("github"),
+        &files.join("steps"),
+    ] {
+        crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+    }
+    let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
+    let m = |host: PathBuf, inside: String| crate::exec::Mount {
+        host,
+        inside,
+        read_only: false,
+    };
+    Ok(vec![
+        m(ws, format!("/__w/{repo}/{repo}")),
+        m(files, "/__w/_trackside".into()),
+        m(temp, "/__w/_temp".into()),
+        m(tools, "/__t".into()),
+        m(home, "/github/home".into()),
+    ])
 }
 
 /// A GitHub job's `RUNNER_TEMP` (the attempt's own, empty at its start)
@@ -1392,6 +1599,33 @@ fn prepare_step(
         .and_then(|t| Instant::now().checked_add(t))
         .map_or(deadline, |t| deadline.min(t));
     let container = match (&step.image, ctx.containers) {
+        _ if step.docker_action.is_some() => {
+            let Some(d) = step.docker_action.as_ref().filter(|_| ctx.containers) else {
+                return Err("a Docker action needs Docker: leave out `--executor shell`".into());
+            };
+            let entrypoint = d.entrypoint.as_deref().map(|e| interp(e, &env)).transpose()?;
+            let mut args = Vec::new();
+            for text in &d.args {
+                let arg = interp(text, &env)?;
+                if d.split_args {
+                    args.extend(shlex::split(&arg).ok_or_else(|| format!("`args` has an unterminated quote: {arg}"))?);
+                } else {
+                    args.push(arg);
+                }
+            }
+            Some(action_step(
+                ctx, a, job, index, ws, &mut env, entrypoint, args, &d.image,
+            )?)
+        }
+        (Some(_), true) if job.container.job_container => {
+            let Some(b) = a.docker.get().and_then(|d| d.job_box.as_ref()) else {
+                return Err("the job's container is not running".into());
+            };
+            let github = github.map(|(_, c)| c);
+            Some(box_step(
+                ctx, a, job, index, ws, &workdir, b, &mut env, &script, github,
+            )?)
+        }
         (Some(image), true) => {
             let image = scope.expand(image).map_err(|e| format!("image: {e}"))?;
             let mut c = container_step(ctx, a, job, index, ws, &workdir, image, &mut env, &script, &files)?;
@@ -1513,16 +1747,7 @@ fn container_step(
     // by anyone who reaches them, so a container running as another `user:`
     // can read its script and secrets through the bind mount.
     let write = |name: String, text: &str| step_file(ctx, &name, text, 0o644).map_err(|e| e.to_string());
-    // Host variables that no pipeline layer set stay on the host.
-    for (k, _) in &ctx.host_env {
-        let defined = ctx.cli_vars.iter().any(|(c, _)| c == k)
-            || job.environment.iter().any(|v| &v.name == k)
-            || job.steps[index].environment.iter().any(|v| &v.name == k)
-            || ctx.pipeline.global_env.iter().any(|v| &v.name == k);
-        if !defined {
-            env.remove(k);
-        }
-    }
+    drop_host_env(ctx, job, index, env);
     env.insert("CI_PROJECT_DIR".into(), crate::exec::docker::WORKDIR.into());
     // Secrets, and any variable whose value contains one, leave the container config.
     let secret_values: Vec<&str> = ctx
@@ -1562,6 +1787,7 @@ fn container_step(
         secrets_file: secrets_file.clone(),
         user: job.container.user.clone(),
         files: files.clone(),
+        workspace_at: None,
     };
     let record_text = serde_json::to_string_pretty(&record).unwrap_or_default();
     write(format!("{base}.json"), &record_text)?;
@@ -1579,7 +1805,209 @@ fn container_step(
         workdir: inside.display().to_string(),
         network: None,
         keep_on_failure: ctx.keep_failed,
+        exec_in: None,
+        entrypoint_run: None,
     })
+}
+
+/// Prepares a step that runs in the job's own container: host variables
+/// out, paths as the container sees them, the script in the attempt's
+/// `steps` folder (mounted), `GITHUB_PATH` entries before the image's
+/// `PATH`. Secrets stay in the exec's environment, which `docker inspect`
+/// does not show.
+#[allow(clippy::too_many_arguments)]
+fn box_step(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    workdir: &Path,
+    b: &crate::exec::JobBox,
+    env: &mut BTreeMap<String, String>,
+    script: &str,
+    carried: Option<&filecmd::Carried>,
+) -> Result<crate::exec::ContainerStep, String> {
+    drop_host_env(ctx, job, index, env);
+    let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
+    let seen = |p: &Path| crate::exec::inside(&b.mounts, p);
+    let ws_inside = seen(&ws).unwrap_or_else(|| "/".into());
+    seen_inside(env, &b.mounts);
+    env.insert("CI_PROJECT_DIR".into(), ws_inside.clone());
+    env.entry("HOME".into()).or_insert_with(|| "/github/home".into());
+    let mut path: Vec<String> = carried.map(|c| c.path.clone()).unwrap_or_default();
+    if !path.is_empty() {
+        if let Some(base) = &b.path {
+            path.push(base.clone());
+        }
+        env.insert("PATH".into(), path.join(":"));
+    }
+    let files = std::path::absolute(files_dir(ctx, job, a.attempt)).unwrap_or_else(|_| files_dir(ctx, job, a.attempt));
+    let script_host = files.join("steps").join(format!("{index}.sh"));
+    crate::store::write_with_mode(&script_host, script.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write the step's script: {e}"))?;
+    let script_inside = seen(&script_host).ok_or("the step's script is outside the job container's mounts")?;
+    let abs_workdir = std::path::absolute(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+    let inside_workdir = seen(&abs_workdir).unwrap_or_else(|| ws_inside.clone());
+    let record = crate::exec::docker::StepRecord {
+        container: b.id.clone(),
+        image: b.image.clone(),
+        workspace: ws.clone(),
+        workdir: inside_workdir.clone(),
+        env: env
+            .iter()
+            .filter(|(_, v)| !ctx.secrets.iter().any(|(_, s)| !s.is_empty() && v.contains(s.as_str())))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        secrets_file: None,
+        user: job.container.user.clone(),
+        files: Vec::new(),
+        workspace_at: Some(ws_inside),
+    };
+    let base = format!("{}.{}.{index}", crate::store::file_safe(&job.name), a.attempt);
+    let record_text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    step_file(ctx, &format!("{base}.json"), &record_text, 0o600).map_err(|e| e.to_string())?;
+    Ok(crate::exec::ContainerStep {
+        image: b.image.clone(),
+        options: job.container.clone(),
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        attempt: a.attempt,
+        step_index: index,
+        workspace: ws,
+        script_file: script_host,
+        secrets_file: None,
+        files: Vec::new(),
+        workdir: inside_workdir,
+        network: b.network.clone(),
+        keep_on_failure: ctx.keep_failed,
+        exec_in: Some(crate::exec::ExecIn {
+            container: b.id.clone(),
+            script: script_inside,
+        }),
+        entrypoint_run: None,
+    })
+}
+
+/// Prepares a Docker action's container: GitHub's mounts (`/github/workspace`,
+/// `/github/file_commands`, `/github/home`, `/github/workflow`), its
+/// inputs and GitHub's variables naming paths as it sees them, its image's
+/// own `PATH`. A secret it is given reaches it as a variable, as on GitHub
+/// (its container's configuration holds it; the log says so).
+#[allow(clippy::too_many_arguments)]
+fn action_step(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    index: usize,
+    ws: &Path,
+    env: &mut BTreeMap<String, String>,
+    entrypoint: Option<String>,
+    args: Vec<String>,
+    image: &str,
+) -> Result<crate::exec::ContainerStep, String> {
+    let image = match a
+        .docker
+        .get()
+        .and_then(|d| d.action_images.iter().find(|(i, _)| *i == index))
+    {
+        Some((_, tag)) => tag.clone(),
+        None if !image.is_empty() => image.to_string(),
+        None => return Err("the Docker action's image was not built".into()),
+    };
+    let files = std::path::absolute(files_dir(ctx, job, a.attempt)).unwrap_or_else(|_| files_dir(ctx, job, a.attempt));
+    let (temp, _) = runner_dirs(ctx, job, a.attempt);
+    let home = files.join("home");
+    for d in [&files, &home, &files.join("github"), &temp] {
+        crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+    }
+    let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
+    let m = |host: PathBuf, inside: &str| crate::exec::Mount {
+        host,
+        inside: inside.to_string(),
+        read_only: false,
+    };
+    let mounts = vec![
+        m(ws.clone(), "/github/workspace"),
+        m(files.join("github"), "/github/file_commands"),
+        m(home, "/github/home"),
+        m(files, "/github/workflow"),
+        m(temp, "/github/runner_temp"),
+    ];
+    drop_host_env(ctx, job, index, env);
+    env.remove("PATH");
+    seen_inside(env, &mounts);
+    env.insert("CI_PROJECT_DIR".into(), "/github/workspace".into());
+    env.insert("HOME".into(), "/github/home".into());
+    let secret = ctx.secrets.iter().filter(|(_, s)| !s.is_empty()).find_map(|(name, s)| {
+        env.iter()
+            .find(|(_, v)| v.contains(s.as_str()))
+            .map(|(k, _)| (k.clone(), name.clone()))
+    });
+    let mut options = job.container.clone();
+    options.job_container = false;
+    options.extras = Default::default();
+    options.entrypoint = entrypoint.map(|e| vec![e]);
+    let network = a.docker.get().and_then(|d| d.network.clone());
+    let step = crate::exec::ContainerStep {
+        image,
+        options,
+        run_id: ctx.run_id.clone(),
+        job: job.name.clone(),
+        attempt: a.attempt,
+        step_index: index,
+        workspace: ws,
+        script_file: PathBuf::new(),
+        secrets_file: None,
+        files: Vec::new(),
+        workdir: "/github/workspace".into(),
+        network,
+        keep_on_failure: ctx.keep_failed,
+        exec_in: None,
+        entrypoint_run: Some(crate::exec::EntrypointRun {
+            mounts,
+            args: (!args.is_empty()).then_some(args),
+        }),
+    };
+    if let Some((var, name)) = secret {
+        // Said before the step's own lines; the value itself stays masked.
+        let _ = a.tx.try_send(RunnerMsg::Log {
+            job: a.job,
+            attempt: a.attempt,
+            step: Arc::from(job.steps[index].name.as_str()),
+            stream: crate::exec::Stream::Stderr,
+            text: format!(
+                "trackside: `{var}` holds secret `{name}`: it reaches the action's container as a variable, as on GitHub, and `docker inspect` shows it to users of the Docker daemon"
+            ),
+            partial: false,
+        });
+    }
+    Ok(step)
+}
+
+/// Values naming a mounted host folder (GITHUB_WORKSPACE, GITHUB_ENV,
+/// RUNNER_TEMP, ...) name it as the container has it.
+fn seen_inside(env: &mut BTreeMap<String, String>, mounts: &[crate::exec::Mount]) {
+    for value in env.values_mut() {
+        if value.starts_with('/')
+            && let Some(m) = crate::exec::inside(mounts, Path::new(value.as_str()))
+        {
+            *value = m;
+        }
+    }
+}
+
+/// Host variables that no pipeline layer set stay on the host.
+fn drop_host_env(ctx: &RunContext, job: &Job, index: usize, env: &mut BTreeMap<String, String>) {
+    for (k, _) in &ctx.host_env {
+        let defined = ctx.cli_vars.iter().any(|(c, _)| c == k)
+            || job.environment.iter().any(|v| &v.name == k)
+            || job.steps[index].environment.iter().any(|v| &v.name == k)
+            || ctx.pipeline.global_env.iter().any(|v| &v.name == k);
+        if !defined {
+            env.remove(k);
+        }
+    }
 }
 
 /// Runs a step, re-running it up to its `retry_count` for retryable classes.

@@ -125,6 +125,27 @@ pub trait Executor: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// Starts a job's own container (GitHub's `container:`), in which its
+    /// container steps then run ([`ContainerStep::exec_in`]).
+    fn start_job_box(&self, req: JobBoxRequest) -> BoxFuture<'_, Result<JobBox, String>> {
+        let _ = req;
+        Box::pin(async { Err("a job container needs the container executor".to_string()) })
+    }
+
+    /// Builds the image of a Docker action's folder (unless built already)
+    /// and returns its tag; the build's output goes to `out`.
+    fn build_image(&self, req: ImageBuild, out: mpsc::Sender<OutputLine>) -> BoxFuture<'_, Result<String, String>> {
+        let _ = (req, out);
+        Box::pin(async { Err("a Docker action needs the container executor".to_string()) })
+    }
+
+    /// Stops and removes a job's container; with `keep`, stops it and
+    /// leaves it for `trackside shell`.
+    fn stop_job_box(&self, job_box: JobBox, keep: bool) -> BoxFuture<'_, ()> {
+        let _ = (job_box, keep);
+        Box::pin(async {})
+    }
+
     /// Removes what the run created beyond its steps (its network).
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
         let _ = run_id;
@@ -154,6 +175,93 @@ pub struct ServicesRequest {
     pub services: Vec<(crate::pipeline::model::Service, BTreeMap<String, String>)>,
 }
 
+/// A host path bind-mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub inside: String,
+    pub read_only: bool,
+}
+
+/// Where a host path is inside a container with these mounts (the
+/// deepest mount that holds it); `None` when none does.
+pub fn inside(mounts: &[Mount], host: &std::path::Path) -> Option<String> {
+    mounts
+        .iter()
+        .filter_map(|m| Some((m, host.strip_prefix(&m.host).ok()?)))
+        .max_by_key(|(m, _)| m.host.components().count())
+        .map(|(m, rest)| match rest.as_os_str().is_empty() {
+            true => m.inside.clone(),
+            false => std::path::Path::new(&m.inside).join(rest).display().to_string(),
+        })
+}
+
+/// A job's own container to start (GitHub's `container:`).
+#[derive(Debug, Clone)]
+pub struct JobBoxRequest {
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub image: String,
+    pub options: ContainerOptions,
+    pub mounts: Vec<Mount>,
+    /// Its working directory inside.
+    pub workdir: String,
+    /// The job's network (its services'), when it has one.
+    pub network: Option<String>,
+    /// `--keep-failed`: a failed job's container is kept.
+    pub keep_on_failure: bool,
+}
+
+/// A started job container.
+#[derive(Debug, Clone)]
+pub struct JobBox {
+    /// Its name (unique, usable as an id).
+    pub id: String,
+    pub image: String,
+    pub network: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// The image's `PATH`, which GitHub's `GITHUB_PATH` entries go before.
+    pub path: Option<String>,
+    /// Published ports, as (container port, host port).
+    pub ports: Vec<(String, String)>,
+}
+
+/// A running service's published ports, as (container port, host port).
+#[derive(Debug, Clone, Default)]
+pub struct ServicePorts {
+    /// The service's name (its host name on the network).
+    pub service: String,
+    /// Its container's name.
+    pub container: String,
+    pub ports: Vec<(String, String)>,
+}
+
+/// An image to build from a folder's Dockerfile.
+#[derive(Debug, Clone)]
+pub struct ImageBuild {
+    pub dir: PathBuf,
+    /// Relative to `dir`.
+    pub dockerfile: String,
+}
+
+/// A container that runs its image's entrypoint (a Docker action) rather
+/// than a script: these mounts instead of the workspace and script ones.
+#[derive(Debug, Clone)]
+pub struct EntrypointRun {
+    pub mounts: Vec<Mount>,
+    /// Its command (the image's own when `None`).
+    pub args: Option<Vec<String>>,
+}
+
+/// Runs a step in an existing container (`docker exec`).
+#[derive(Debug, Clone)]
+pub struct ExecIn {
+    pub container: String,
+    /// The script's path inside it.
+    pub script: String,
+}
+
 /// What a container step needs beyond the shell step's fields.
 #[derive(Debug, Clone)]
 pub struct ContainerStep {
@@ -177,6 +285,10 @@ pub struct ContainerStep {
     pub network: Option<String>,
     /// `--keep-failed`: leave the container when the step fails.
     pub keep_on_failure: bool,
+    /// Runs in the job's container instead of one of its own.
+    pub exec_in: Option<ExecIn>,
+    /// Runs the image's entrypoint instead of a script.
+    pub entrypoint_run: Option<EntrypointRun>,
 }
 
 /// Running services: container ids and the network the job's steps join.
@@ -184,6 +296,8 @@ pub struct ContainerStep {
 pub struct Services {
     pub containers: Vec<String>,
     pub network: Option<String>,
+    /// Each service's published ports.
+    pub ports: Vec<ServicePorts>,
 }
 
 /// Name of the variable that tags a step's processes.

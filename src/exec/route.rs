@@ -53,6 +53,35 @@ impl Executor for Executors {
         }
     }
 
+    fn start_job_box(&self, req: super::JobBoxRequest) -> BoxFuture<'_, Result<super::JobBox, String>> {
+        match &self.docker {
+            Some(d) => d.start_job_box(req),
+            None => {
+                Box::pin(async { Err("a job container needs a Docker daemon, and none was connected".to_string()) })
+            }
+        }
+    }
+
+    fn build_image(
+        &self,
+        req: super::ImageBuild,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        match &self.docker {
+            Some(d) => d.build_image(req, out),
+            None => {
+                Box::pin(async { Err("a Docker action needs a Docker daemon, and none was connected".to_string()) })
+            }
+        }
+    }
+
+    fn stop_job_box(&self, job_box: super::JobBox, keep: bool) -> BoxFuture<'_, ()> {
+        match &self.docker {
+            Some(d) => d.stop_job_box(job_box, keep),
+            None => Box::pin(async {}),
+        }
+    }
+
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
         match &self.docker {
             Some(d) => d.finish_run(run_id),

@@ -655,6 +655,10 @@ pub struct Service {
     pub command: Option<Vec<String>>,
     #[serde(with = "secs")]
     pub ready_timeout: Duration,
+    /// Its container settings (GitHub's service `options:`, `ports:`,
+    /// `volumes:`); left out of the definition when default.
+    #[serde(skip_serializing_if = "ContainerOptions::is_default", default)]
+    pub options: ContainerOptions,
 }
 
 /// Image pull policy.
@@ -693,6 +697,83 @@ pub struct ContainerOptions {
     pub read_only_rootfs: bool,
     /// Mount the host's Docker socket into the job (asked for explicitly).
     pub docker_socket: bool,
+    /// One container for the whole job, started before its first step;
+    /// each container step runs in it (`docker exec`), so what a step
+    /// installs outside the workspace is there for the next (GitHub's
+    /// `container:`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub job_container: bool,
+    /// What GitHub's `container:` and `services:` add (ports, volumes,
+    /// `options:` flags); left out of the definition when default.
+    #[serde(skip_serializing_if = "ContainerExtras::is_default", default)]
+    pub extras: ContainerExtras,
+}
+
+impl ContainerOptions {
+    pub fn is_default(&self) -> bool {
+        *self == ContainerOptions::default()
+    }
+}
+
+/// Container settings beyond [`ContainerOptions`]'s, as GitHub's
+/// `container:`/`services:` give them (their `options:` are `docker create`
+/// flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct ContainerExtras {
+    /// Published ports, as Docker writes them: `[host:]container[/proto]`;
+    /// bound to 127.0.0.1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `volume:/path`, `/host/path:/path[:ro]` or `/path` (anonymous).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Set in the container's environment (GitHub's `env:` of a container
+    /// or service, and `-e` of its options).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// `--health-cmd` and its timings: the container is ready once healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<ContainerHealth>,
+    /// More names it has on the job's network (`--network-alias`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_aliases: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `--tmpfs PATH[:OPTIONS]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// `--shm-size` in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// Registry credentials for pulling its image, as (user, password):
+    /// GitHub's `credentials:`. The password never leaves trackside but to
+    /// the daemon.
+    #[serde(skip)]
+    pub credentials: Option<(String, String)>,
+}
+
+impl ContainerExtras {
+    pub fn is_default(&self) -> bool {
+        *self == ContainerExtras::default()
+    }
+}
+
+/// A container's health check (Docker's HEALTHCHECK, as `--health-*` flags
+/// set it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerHealth {
+    /// Run by the container's shell (`CMD-SHELL`).
+    pub command: String,
+    #[serde(with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(with = "opt_secs", skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
 }
 
 impl Job {
@@ -747,6 +828,39 @@ pub struct Step {
     /// `actions/cache`, `upload-artifact`, `download-artifact`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
+    /// A container of its own instead of a script: GitHub's Docker
+    /// actions (`runs.using: docker`, `uses: docker://IMAGE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_action: Option<DockerAction>,
+}
+
+/// A Docker action's container: its image (or the Dockerfile to build it
+/// from), entrypoint and arguments. Texts may hold `${{ }}`, evaluated as
+/// the step starts (with the call's `inputs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DockerAction {
+    /// The image to run; empty when `build` makes it.
+    pub image: String,
+    /// Built from a Dockerfile of the action's folder as the job starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<ActionBuild>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// One argument each (`runs.args`); with `split_args`, one text split
+    /// into words as a shell would (`with.args` of `uses: docker://`).
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub split_args: bool,
+}
+
+/// Where a Docker action's image is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionBuild {
+    /// The action's folder: relative to the workspace, or absolute (an
+    /// action of the actions folder).
+    pub dir: String,
+    /// The Dockerfile, relative to `dir`.
+    pub dockerfile: String,
 }
 
 /// A step trackside carries out itself. Texts may hold `${{ }}`, evaluated

@@ -39,10 +39,25 @@ pub fn setup(yaml: &str) -> Setup {
 }
 
 pub fn setup_with(yaml: &str, opts: &LoadOptions) -> Setup {
+    setup_files(yaml, &[], opts)
+}
+
+/// [`setup_with`], with more files of the project (path, text; a path
+/// ending in `.sh` is made executable) written before it is read.
+pub fn setup_files(yaml: &str, files: &[(&str, &str)], opts: &LoadOptions) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let project = dir.path().join("project");
     std::fs::create_dir_all(&project).expect("mkdir");
     std::fs::write(project.join("README"), "project file\n").expect("write");
+    for (rel, text) in files {
+        let path = project.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
     let file = project.join("pipeline.yml");
     std::fs::write(&file, yaml).expect("write");
     let (pipeline, _) = match pipeline::parse_source(&file, yaml.to_string(), opts) {

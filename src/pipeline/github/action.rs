@@ -51,6 +51,8 @@ pub(super) struct Caller<'n> {
     pub condition: Option<crate::pipeline::model::Condition>,
     pub continue_on_error: bool,
     pub env: Vec<EnvVar>,
+    /// `uses: docker://IMAGE`: no action.yml, this image.
+    pub image: Option<String>,
 }
 
 /// An action.yml as parsed (kept per file: a matrix calls it per job).
@@ -146,6 +148,9 @@ impl Workflow<'_, '_> {
             );
             return None;
         }
+        if let Some(image) = caller.image.clone() {
+            return self.docker_uri(caller, &image, known);
+        }
         let file = match &caller.pulled {
             None => self.action_file(rel, uses, path)?,
             Some(dir) => match ["action.yml", "action.yaml"]
@@ -178,18 +183,10 @@ impl Workflow<'_, '_> {
         };
         let using = get(runs, "using").and_then(|u| self.cx.string(u, "runs.using"));
         let javascript = matches!(using.as_deref(), Some("node12" | "node16" | "node20" | "node24"));
+        let docker = using.as_deref() == Some("docker");
         match using.as_deref() {
             Some("composite") => {}
-            _ if javascript => {}
-            Some("docker") => {
-                self.cx.err(
-                    uses,
-                    &join(path, "uses"),
-                    format!("trackside does not run Docker actions yet: `{shown}`"),
-                    "docs/github.md lists what runs today: `run:` steps, composite actions and `actions/checkout`",
-                );
-                return None;
-            }
+            _ if javascript || docker => {}
             Some(other) => {
                 let at = get(runs, "using").unwrap_or(runs);
                 self.cx.err(
@@ -230,7 +227,7 @@ impl Workflow<'_, '_> {
             path: call_path,
             condition: caller.condition,
             continue_on_error: caller.continue_on_error,
-            outputs_of: javascript.then(|| JS_STEP.to_string()),
+            outputs_of: (javascript || docker).then(|| JS_STEP.to_string()),
             state_from: None,
         });
         // The steps inside see the caller's `env`, then their own, and
@@ -248,6 +245,12 @@ impl Workflow<'_, '_> {
         self.frames.push(index);
         let (steps, outputs) = if javascript {
             (self.javascript_steps(runs, index, &name), Some(Vec::new()))
+        } else if docker {
+            let dir = match &caller.pulled {
+                Some(d) => d.display().to_string(),
+                None => rel.to_string(),
+            };
+            (self.docker_steps(runs, index, &name, &dir, known), Some(Vec::new()))
         } else {
             (self.composite_steps(runs, known), self.call_outputs(root, known))
         };
@@ -256,6 +259,33 @@ impl Workflow<'_, '_> {
         let (steps, outputs, _) = (steps?, outputs?, inputs?);
         if let Some(call) = self.calls.get_mut(index) {
             call.outputs = outputs;
+        }
+        Some(steps)
+    }
+
+    /// `uses: docker://IMAGE`: a call with the step's `with` as inputs.
+    fn docker_uri(&mut self, caller: Caller<'_>, image: &str, known: &Known) -> Option<Vec<Step>> {
+        let index = self.calls.len();
+        let name = caller.name.clone().unwrap_or_else(|| format!("Run docker://{image}"));
+        // `with` is read where the step is written (before the call's frame).
+        let (mut steps, inputs) = self.docker_uri_steps(caller.node, caller.path, image, index, &name, known)?;
+        self.calls.push(ActionCall {
+            parent: self.frames.last().copied(),
+            id: caller.id,
+            name,
+            inputs,
+            outputs: Vec::new(),
+            path: String::new(),
+            condition: caller.condition,
+            continue_on_error: caller.continue_on_error,
+            outputs_of: Some(JS_STEP.to_string()),
+            state_from: None,
+        });
+        let mut env = self.frame_env.clone();
+        env.retain(|e| !caller.env.iter().any(|c| c.name == e.name));
+        env.extend(caller.env);
+        for s in &mut steps {
+            s.environment = env.clone();
         }
         Some(steps)
     }
@@ -467,44 +497,12 @@ impl Workflow<'_, '_> {
         let mut main_step = step(main, name.to_string(), index);
         main_step.id = Some(JS_STEP.to_string());
         if let Some(post) = post {
-            // Its own call: the same inputs, the main call's state.
-            let mut call = self.calls.get(index).cloned().unwrap_or_default();
-            call.parent = None;
-            call.id = None;
-            call.condition = None;
-            call.outputs_of = None;
-            call.state_from = Some(index);
-            call.name = format!("Post {name}");
-            let post_index = self.calls.len();
-            self.calls.push(call);
-            let mut post_step = step(post, format!("Post {name}"), post_index);
-            post_step.id = Some(JS_STEP.to_string());
-            let post_if = get(runs, "post-if").and_then(|n| self.cx.string(n, "runs.post-if"));
-            let source = post_if.unwrap_or_else(|| "always()".into());
-            match crate::pipeline::expr::parse_in(source.trim_start_matches("${{").trim_end_matches("}}"), &super::LANG)
-            {
-                Ok(expr) => {
-                    post_step.condition = Some(crate::pipeline::model::Condition {
-                        source,
-                        expr,
-                        pos: runs.pos,
-                    })
-                }
-                Err(e) => {
-                    let at = get(runs, "post-if").unwrap_or(runs);
-                    self.cx.err(
-                        at,
-                        "runs.post-if",
-                        format!("invalid expression: {}", e.message),
-                        "write a condition such as `always()` or `success()`",
-                    );
-                    return None;
-                }
-            }
-            if let Some(c) = self.calls.get_mut(post_index) {
-                c.condition = post_step.condition.clone();
-            }
-            self.posts.push((index, post_step));
+            let condition = self.post_condition(runs)?;
+            self.post_step(index, name, condition, |call, name| {
+                let mut post_step = step(post, name, call);
+                post_step.id = Some(JS_STEP.to_string());
+                post_step
+            });
         }
         Some(vec![main_step])
     }

@@ -15,6 +15,8 @@
 
 mod action;
 mod builtin;
+mod container;
+mod docker_action;
 pub mod matrix;
 mod reusable;
 
@@ -645,6 +647,10 @@ struct Workflow<'c, 's> {
     shared_github: Option<std::sync::Arc<Json>>,
     /// Each action.yml read, by path.
     actions_read: std::collections::HashMap<std::path::PathBuf, Option<action::Parsed>>,
+    /// `--executor`: with `shell`, `container:` and `services:` are left out.
+    executor: super::ExecutorChoice,
+    /// `--platform LABEL=IMAGE`.
+    platforms: Vec<(String, String)>,
 }
 
 impl<'c, 's> Workflow<'c, 's> {
@@ -688,6 +694,8 @@ impl<'c, 's> Workflow<'c, 's> {
             calling: Vec::new(),
             shared_github: None,
             actions_read: std::collections::HashMap::new(),
+            executor: opts.executor,
+            platforms: opts.platforms.clone(),
         }
     }
 
@@ -1487,14 +1495,16 @@ impl<'c, 's> Workflow<'c, 's> {
         if calls.is_some() {
             reusable::caller_keys(self, node, &path);
         }
-        for k in ["container", "services"] {
-            if let Some(n) = get(node, k) {
-                self.cx.err(
-                    n,
-                    &join(&path, k),
-                    format!("trackside does not run a GitHub job's `{k}` yet"),
-                    "docs/github.md lists what runs today; `--executor docker` runs native pipelines' images",
-                );
+        if self.executor == super::ExecutorChoice::Shell {
+            for k in ["container", "services"] {
+                if let Some(n) = get(node, k) {
+                    self.cx.warn(
+                        n,
+                        &join(&path, k),
+                        format!("`--executor shell`: job `{id}` runs on this host, without its `{k}`"),
+                        "leave out `--executor shell` to run it with Docker",
+                    );
+                }
             }
         }
         let runs_on = match get(node, "runs-on") {
@@ -1503,13 +1513,15 @@ impl<'c, 's> Workflow<'c, 's> {
                 let labels = self.runs_on(n, &join(&path, "runs-on"));
                 if let Some(l) = &labels
                     && !self.labels.contains(l)
+                    && get(node, "container").is_none()
+                    && self.platform_for(l).is_none()
                 {
                     self.labels.push(l.clone());
                     self.cx.warn(
                         n,
                         &join(&path, "runs-on"),
                         format!("runs-on `{l}`: its jobs run on this machine"),
-                        "trackside runs GitHub jobs on the host (containers for `runs-on` labels are not supported yet)",
+                        "`--platform LABEL=IMAGE` runs a label's jobs in a container of IMAGE",
                     );
                 }
                 labels
@@ -1749,7 +1761,7 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         // Shown as this job runs it (`${{ matrix.os }}` evaluated).
         let shown_on = expr::interpolate_in(runs_on, &LANG, known).unwrap_or_else(|_| runs_on.to_string());
-        let mut facts = vec![("runs-on".to_string(), shown_on)];
+        let mut facts = vec![("runs-on".to_string(), shown_on.clone())];
         if let Some(env) = get(node, "environment") {
             let name = match &env.value {
                 Value::Map(_) => get(env, "name").and_then(|n| self.cx.string(n, &join(path, "environment.name"))),
@@ -1761,6 +1773,30 @@ impl<'c, 's> Workflow<'c, 's> {
         }
         let steps = self.steps(steps_node, &join(path, "steps"), known, defaults);
         let actions = std::mem::take(&mut self.calls);
+        let in_docker = self.executor != super::ExecutorChoice::Shell;
+        let boxed = match get(node, "container").filter(|_| in_docker) {
+            Some(n) => self.container(n, &join(path, "container"), known),
+            // `--platform`: the label's image, as a job container.
+            None => Some(self.platform_for(&shown_on).map(|image| {
+                let options = crate::pipeline::model::ContainerOptions {
+                    job_container: true,
+                    ..Default::default()
+                };
+                (image, options)
+            })),
+        };
+        let services = match get(node, "services").filter(|_| in_docker) {
+            Some(n) => self.services(n, &join(path, "services"), known),
+            None => Some(Vec::new()),
+        };
+        // Shown with the job: where it runs and beside what.
+        if let Some(Some((image, _))) = &boxed {
+            facts.push(("container".into(), image.clone()));
+        }
+        if let Some(s) = services.as_ref().filter(|s| !s.is_empty()) {
+            let names: Vec<String> = s.iter().map(|s| format!("{} ({})", s.name, s.image)).collect();
+            facts.push(("services".into(), names.join(", ")));
+        }
         let outputs = match get(node, "outputs") {
             Some(n) => self.outputs(n, &join(path, "outputs"), known),
             None => Some(Vec::new()),
@@ -1777,10 +1813,23 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(steps),
             Some(outputs),
             Some(group),
-        ) = (name, conditional, timeout, allow_failure, steps, outputs, group)
+            Some(boxed),
+            Some(services),
+        ) = (
+            name,
+            conditional,
+            timeout,
+            allow_failure,
+            steps,
+            outputs,
+            group,
+            boxed,
+            services,
+        )
         else {
             return None;
         };
+        let (steps, container) = container::in_container(steps, boxed);
         // `max-parallel`: at most so many of the matrix's jobs at once.
         let parallel_limit = known
             .strategy
@@ -1812,8 +1861,8 @@ impl<'c, 's> Workflow<'c, 's> {
             allow_failure_exit_codes: Vec::new(),
             retry_exit_codes: Vec::new(),
             working_directory: None,
-            container: Default::default(),
-            services: Vec::new(),
+            container,
+            services,
             artifacts: None,
             needs_artifacts: None,
             cache: None,
@@ -2436,7 +2485,7 @@ impl<'c, 's> Workflow<'c, 's> {
                 }
                 let action = self.cx.string(u, &join(path, "uses"))?;
                 if let Some(local) = action.strip_prefix("./") {
-                    return self.uses_local(node, path, u, local.trim_end_matches('/'), None, known, step_id);
+                    return self.uses_local(node, path, u, local.trim_end_matches('/'), None, None, known, step_id);
                 }
                 if let Some(kind) = builtin::which(&action) {
                     let name = match get(node, "name") {
@@ -2480,6 +2529,19 @@ impl<'c, 's> Workflow<'c, 's> {
                     self.uses_checkout = true;
                     return Some(Vec::new());
                 }
+                if let Some(image) = action.strip_prefix("docker://") {
+                    if image.trim().is_empty() {
+                        self.cx.err(
+                            u,
+                            &join(path, "uses"),
+                            "`docker://` names no image",
+                            "write `uses: docker://alpine:3.20`",
+                        );
+                        return None;
+                    }
+                    let image = image.trim().to_string();
+                    return self.uses_local(node, path, u, &action, None, Some(image), known, step_id);
+                }
                 // An action of another repository: from the actions folder
                 // `trackside actions pull` fills.
                 if let Some(a) = crate::store::actions::ActionRef::parse(&action) {
@@ -2501,18 +2563,13 @@ impl<'c, 's> Workflow<'c, 's> {
                         );
                         return None;
                     }
-                    return self.uses_local(node, path, u, &a.name(), Some(a.dir(&root)), known, step_id);
+                    return self.uses_local(node, path, u, &a.name(), Some(a.dir(&root)), None, known, step_id);
                 }
-                let what = if action.starts_with("docker://") {
-                    "Docker actions (`uses: docker://...`)"
-                } else {
-                    "actions from other repositories"
-                };
                 self.cx.err(
                     u,
                     &join(path, "uses"),
-                    format!("trackside does not run {what} yet: `{action}`"),
-                    "docs/github.md lists what runs today: `run:` steps, local composite actions and `actions/checkout`",
+                    format!("`uses: {action}` names no action"),
+                    "write `./path` (a local action), `owner/repo@ref` or `docker://image`",
                 );
                 return None;
             }
@@ -2643,6 +2700,7 @@ impl<'c, 's> Workflow<'c, 's> {
         uses: &Node,
         rel: &str,
         pulled: Option<std::path::PathBuf>,
+        image: Option<String>,
         known: &Known,
         id: Option<String>,
     ) -> Option<Vec<Step>> {
@@ -2682,7 +2740,9 @@ impl<'c, 's> Workflow<'c, 's> {
         let Ok(condition) = action::condition_of(decided) else {
             // `if:` false now: the action is not part of the run (its file
             // is still checked).
-            let _ = self.action_file(rel, uses, path);
+            if image.is_none() {
+                let _ = self.action_file(rel, uses, path);
+            }
             return Some(Vec::new());
         };
         let mut step_known = known.clone();
@@ -2698,6 +2758,7 @@ impl<'c, 's> Workflow<'c, 's> {
             condition,
             continue_on_error,
             env,
+            image,
         };
         self.local_action(caller, &step_known)
     }

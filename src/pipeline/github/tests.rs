@@ -242,14 +242,10 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
         errs.iter().any(|e| e.contains("missing action: no action.yml in")),
         "{errs:?}"
     );
-    // A local Docker action that is there: not run yet, and said so.
+    // A local Docker action without its image: said where.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("local")).unwrap();
-    std::fs::write(
-        dir.path().join("local/action.yml"),
-        "runs: {using: docker, image: Dockerfile}\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("local/action.yml"), "runs: {using: docker}\n").unwrap();
     let opts = LoadOptions {
         dialect: Some(super::super::Dialect::Github),
         project_dir: Some(dir.path().to_path_buf()),
@@ -262,10 +258,7 @@ fn what_is_not_evaluated_yet_is_an_error_that_names_it() {
     )
     .expect_err("refused");
     assert!(
-        report
-            .items
-            .iter()
-            .any(|d| d.message.contains("does not run Docker actions")),
+        report.items.iter().any(|d| d.message.contains("missing `runs.image`")),
         "{:?}",
         report.items
     );
@@ -398,7 +391,7 @@ fn actions_that_call_themselves_and_other_runtimes_are_refused() {
         (".github/actions/a/action.yml", looping),
         (
             ".github/actions/js/action.yml",
-            "name: J\nruns:\n  using: docker\n  image: Dockerfile\n",
+            "name: J\nruns:\n  using: docker\n  image: ../Dockerfile\n",
         ),
     ]);
     assert!(
@@ -408,7 +401,7 @@ fn actions_that_call_themselves_and_other_runtimes_are_refused() {
     );
     assert!(
         errs.iter()
-            .any(|e| e.starts_with("ci.yml:7:15 trackside does not run Docker actions yet")),
+            .any(|e| e.starts_with(".github/actions/js/action.yml:4:10 `../Dockerfile` leaves the action's folder")),
         "{errs:#?}"
     );
     assert!(
@@ -760,4 +753,192 @@ fn a_cycle_is_named_with_the_workflows_own_key() {
         .expect("the cycle");
     assert_eq!(d.path, "jobs.b.needs[0]");
     assert!(d.hint.as_deref().is_some_and(|h| h.contains("jobs.b.needs")));
+}
+
+fn load_with(yaml: &str, change: impl FnOnce(&mut LoadOptions)) -> Result<(Pipeline, Report), Report> {
+    let mut opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        ci_vars: vec![("GITHUB_REPOSITORY".into(), "acme/shop".into())],
+        ..Default::default()
+    };
+    change(&mut opts);
+    super::super::parse_source(Path::new(".github/workflows/ci.yml"), yaml.to_string(), &opts)
+}
+
+#[test]
+fn a_job_container_takes_its_run_steps_and_its_settings() {
+    let p = load(
+        r#"
+on: push
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        node: [18, 20]
+    container:
+      image: node:${{ matrix.node }}
+      env: {NODE_ENV: development}
+      ports: [80]
+      volumes: [my_docker_volume:/volume_mount]
+      options: --cpus 1 --health-cmd "true"
+      credentials: {username: me, password: pw}
+    steps:
+      - uses: actions/cache@v4
+        with: {path: x, key: k}
+      - run: npm test
+      - run: make
+        shell: bash
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.jobs.len(), 2);
+    let j = &p.jobs[0];
+    assert!(j.container.job_container);
+    assert_eq!(j.image(), Some("node:18"));
+    assert_eq!(p.jobs[1].image(), Some("node:20"));
+    assert_eq!(j.container.cpus, Some(1.0));
+    let x = &j.container.extras;
+    assert_eq!(x.env, vec![("NODE_ENV".to_string(), "development".to_string())]);
+    assert_eq!(x.ports, vec!["80".to_string()]);
+    assert_eq!(x.volumes, vec!["my_docker_volume:/volume_mount".to_string()]);
+    // trackside's own cache step stays on the host; run steps go in.
+    let cache = j.steps.iter().find(|s| s.builtin.is_some()).unwrap();
+    assert!(cache.image.is_none());
+    let run = j.steps.iter().find(|s| s.name == "Run npm test").unwrap();
+    assert_eq!(run.image.as_deref(), Some("node:18"));
+    // GitHub's default shell falls back to sh in a container without bash;
+    // `shell: bash` is asked for and stays bash.
+    assert_eq!(run.shell.as_ref().unwrap()[0], "sh");
+    let make = j.steps.iter().find(|s| s.name == "Run make").unwrap();
+    assert_eq!(make.shell.as_ref().unwrap()[0], "bash");
+}
+
+#[test]
+fn services_are_read_with_their_ports_and_health_check() {
+    let p = load(
+        r#"
+on: push
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    services:
+      postgres:
+        image: postgres:16
+        env: {POSTGRES_PASSWORD: postgres}
+        ports: ['5432:5432']
+        options: >-
+          --health-cmd pg_isready --health-interval 10s
+          --health-timeout 5s --health-retries 5
+      redis: redis:7
+      skipped:
+        image: ''
+    steps:
+      - run: psql
+"#,
+    )
+    .unwrap();
+    let j = &p.jobs[0];
+    assert!(!j.container.job_container, "the job itself runs on the host");
+    let names: Vec<&str> = j.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["postgres", "redis"], "an empty image starts nothing");
+    let pg = &j.services[0];
+    assert_eq!(pg.image, "postgres:16");
+    assert_eq!(pg.environment[0].name, "POSTGRES_PASSWORD");
+    assert_eq!(pg.options.extras.ports, vec!["5432:5432".to_string()]);
+    let h = pg.options.extras.health.as_ref().unwrap();
+    assert_eq!(h.command, "pg_isready");
+    assert_eq!(h.retries, Some(5));
+    assert!(j.steps[0].image.is_none());
+}
+
+#[test]
+fn container_mistakes_are_reported_where_they_are() {
+    let e = errors(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    container:\n      imag: node\n    steps:\n      - run: x\n  b:\n    runs-on: x\n    container: {image: node, options: --network host}\n    steps:\n      - run: x\n  c:\n    runs-on: x\n    services:\n      db:\n        image: pg\n        ports: [http]\n      'bad id!': redis\n    steps:\n      - run: x\n",
+    );
+    assert!(e.iter().any(|m| m.starts_with("6:7 unknown key `imag`")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("6:7") && m.contains("has no `image`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("11:39") && m.contains("`--network` is not supported")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("19:17") && m.contains("invalid ports entry `http`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("20:7") && m.contains("invalid service id")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn platforms_put_a_labels_jobs_in_a_container_and_shell_keeps_them_on_the_host() {
+    let yaml = "on: push\njobs:\n  a:\n    runs-on: [self-hosted, ubuntu-latest]\n    steps:\n      - run: x\n  b:\n    runs-on: macos-latest\n    steps:\n      - run: x\n  c:\n    runs-on: ubuntu-latest\n    container: node:20\n    services: {db: pg}\n    steps:\n      - run: x\n";
+    let (p, report) = load_with(yaml, |o| {
+        o.platforms = vec![("ubuntu-latest".into(), "catthehacker/ubuntu:act-latest".into())]
+    })
+    .unwrap();
+    assert_eq!(p.jobs[0].image(), Some("catthehacker/ubuntu:act-latest"));
+    assert!(p.jobs[0].container.job_container);
+    assert_eq!(p.jobs[1].image(), None);
+    assert_eq!(p.jobs[2].image(), Some("node:20"), "a job's own container wins");
+    let notes: Vec<&str> = report.items.iter().map(|d| d.message.as_str()).collect();
+    assert!(notes.iter().any(|m| m.contains("runs-on `macos-latest`")), "{notes:?}");
+    assert!(!notes.iter().any(|m| m.contains("runs-on `self-hosted")), "{notes:?}");
+    let (p, report) = load_with(yaml, |o| o.executor = crate::pipeline::ExecutorChoice::Shell).unwrap();
+    assert_eq!(p.jobs[2].image(), None);
+    assert!(p.jobs[2].services.is_empty());
+    assert!(
+        report
+            .items
+            .iter()
+            .any(|d| d.message.contains("runs on this host, without its `services`"))
+    );
+}
+
+#[test]
+fn docker_actions_are_read_with_their_image_args_and_post_entrypoint() {
+    let p = load_repo(&[
+        (
+            ".github/workflows/ci.yml",
+            "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - uses: ./.github/actions/d\n        with: {who: Mona}\n      - uses: docker://alpine:3.20\n        with: {args: echo hi, entrypoint: /bin/sh, extra: x}\n",
+        ),
+        (
+            ".github/actions/d/action.yml",
+            "name: D\ninputs:\n  who: {default: world}\nruns:\n  using: docker\n  image: build/Dockerfile\n  args: ['${{ inputs.who }}', literal]\n  entrypoint: /entry.sh\n  post-entrypoint: /post.sh\n  post-if: success()\n",
+        ),
+    ])
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let steps = &p.jobs[0].steps;
+    let d = steps[0].docker_action.as_ref().unwrap();
+    assert_eq!(d.image, "");
+    let build = d.build.as_ref().unwrap();
+    assert_eq!(
+        (build.dir.as_str(), build.dockerfile.as_str()),
+        (".github/actions/d", "build/Dockerfile")
+    );
+    assert_eq!(d.args, ["${{ inputs.who }}", "literal"]);
+    assert_eq!(d.entrypoint.as_deref(), Some("/entry.sh"));
+    assert!(steps[0].inputs_env);
+    let uri = steps[1].docker_action.as_ref().unwrap();
+    assert_eq!(uri.image, "alpine:3.20");
+    assert!(uri.split_args);
+    assert_eq!(uri.args, ["echo hi"]);
+    let call = &p.jobs[0].actions[steps[1].action.unwrap()];
+    assert_eq!(call.inputs, [("extra".to_string(), "x".to_string())]);
+    // The post step runs last, as its own call, when `post-if` says so.
+    let post = steps.last().unwrap();
+    assert_eq!(
+        post.docker_action.as_ref().unwrap().entrypoint.as_deref(),
+        Some("/post.sh")
+    );
+    assert_eq!(post.condition.as_ref().unwrap().source, "success()");
 }

@@ -2214,6 +2214,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 environment,
                 command,
                 ready_timeout: Duration::from_secs(30),
+                options: Default::default(),
             });
         }
         out

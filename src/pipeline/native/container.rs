@@ -88,6 +88,7 @@ impl Cx<'_> {
                 environment,
                 command,
                 ready_timeout,
+                options: Default::default(),
             });
         }
         out

@@ -103,6 +103,9 @@ pub struct LoadOptions {
     /// GitHub workflows: the `needs` context of jobs whose matrix is made
     /// from it, by job id, once the jobs they need have run.
     pub matrix_needs: Vec<(String, serde_json::Value)>,
+    /// GitHub workflows: `--platform LABEL=IMAGE`, the jobs whose
+    /// `runs-on` has LABEL run in a container of IMAGE (act's `-P`).
+    pub platforms: Vec<(String, String)>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.

@@ -9,6 +9,9 @@
 //! removed when its step ends, whatever the outcome, and so that leftovers of
 //! a crashed trackside can be found and reaped, and nothing else touched.
 
+mod build;
+mod job;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +64,10 @@ pub struct StepRecord {
     /// File variables: host file, path inside.
     #[serde(default)]
     pub files: Vec<(PathBuf, String)>,
+    /// Where the workspace is mounted ([`WORKDIR`] when unset): a job
+    /// container's steps have GitHub's `/__w/<repo>/<repo>`.
+    #[serde(default)]
+    pub workspace_at: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +145,9 @@ impl DockerExecutor {
         &self.docker
     }
 
-    /// The run's bridge network, created on first use.
-    async fn ensure_network(&self, run_id: &str) -> Result<String, String> {
+    /// A bridge network of the run (`name`), created on first use.
+    async fn ensure_network(&self, run_id: &str, name: String) -> Result<String, String> {
         use bollard::query_parameters::InspectNetworkOptions;
-        let name = format!("trackside-{run_id}");
         if self
             .docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
@@ -178,10 +184,19 @@ impl DockerExecutor {
         req: ServicesRequest,
         out: mpsc::Sender<OutputLine>,
     ) -> Result<Services, String> {
-        let network = self.ensure_network(&req.run_id).await?;
+        // One network per job attempt, as GitLab's FF_NETWORK_PER_BUILD and
+        // GitHub have it: two jobs' `postgres` services never share a name.
+        let name = format!(
+            "trackside-{}-{}-{}",
+            req.run_id,
+            crate::store::file_safe(&req.job),
+            req.attempt
+        );
+        let network = self.ensure_network(&req.run_id, name).await?;
         let mut started = Services {
             containers: Vec::new(),
             network: Some(network.clone()),
+            ports: Vec::new(),
         };
         match self.start_each(&req, &network, &out, &mut started).await {
             Ok(()) => Ok(started),
@@ -213,25 +228,29 @@ impl DockerExecutor {
                 aliases: Some(
                     std::iter::once(svc.name.clone())
                         .chain(svc.aliases.iter().cloned())
+                        .chain(svc.options.extras.network_aliases.iter().cloned())
                         .collect(),
                 ),
                 ..Default::default()
             };
-            let body = ContainerCreateBody {
+            let mut body = ContainerCreateBody {
                 image: Some(svc.image.clone()),
                 cmd: svc.command.clone(),
                 entrypoint: svc.entrypoint.clone(),
                 env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                 labels: Some(labels),
-                host_config: Some(HostConfig {
-                    network_mode: Some(network.to_string()),
-                    ..Default::default()
-                }),
+                user: svc.options.user.clone(),
                 networking_config: Some(bollard::models::NetworkingConfig {
                     endpoints_config: Some(HashMap::from([(network.to_string(), endpoint)])),
                 }),
                 ..Default::default()
             };
+            let mut host = HostConfig {
+                network_mode: Some(network.to_string()),
+                ..Default::default()
+            };
+            job::apply_options(&svc.options, &mut body, &mut host);
+            body.host_config = Some(host);
             let options = CreateContainerOptions {
                 name: Some(name.clone()),
                 ..Default::default()
@@ -275,6 +294,21 @@ impl DockerExecutor {
                 }
                 return Err(msg);
             }
+            let ports = if svc.options.extras.ports.is_empty() {
+                Vec::new()
+            } else {
+                let info = self
+                    .docker
+                    .inspect_container(&name, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(|e| format!("service `{}` vanished: {e}", svc.name))?;
+                job::published(&info)
+            };
+            started.ports.push(super::ServicePorts {
+                service: svc.name.clone(),
+                container: name.clone(),
+                ports,
+            });
         }
         Ok(())
     }
@@ -357,6 +391,9 @@ impl DockerExecutor {
         for id in services.containers {
             self.remove(&id).await;
         }
+        if let Some(net) = services.network {
+            let _ = self.docker.remove_network(&net).await;
+        }
     }
 
     /// Containers (running or not) carrying all of `labels` (`key` or `key=value`).
@@ -382,7 +419,19 @@ impl DockerExecutor {
                 self.remove(&id).await;
             }
         }
-        let _ = self.docker.remove_network(&format!("trackside-{run_id}")).await;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
+        let networks = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap_or_default();
+        for n in networks {
+            if let Some(name) = n.name {
+                let _ = self.docker.remove_network(&name).await;
+            }
+        }
     }
 
     /// Removes containers kept by `--keep-failed` for the runs in `runs`, and
@@ -642,6 +691,11 @@ impl DockerExecutor {
         let Some(c) = spec.container.as_ref() else {
             return StepEnd::SpawnFailed("internal: a container step without container settings".into());
         };
+        if let Some(exec) = &c.exec_in {
+            return self
+                .exec_step(&spec, exec, c.options.user.clone(), &c.workdir, out, cancel)
+                .await;
+        }
         if let Err(e) = self.ensure_image(&c.image, c.options.pull).await {
             return StepEnd::SpawnFailed(e);
         }
@@ -771,7 +825,8 @@ fn kept(c: &bollard::models::ContainerSummary) -> bool {
 pub fn shell_command(image: &str, rec: &StepRecord, workspace: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new("docker");
     cmd.args(["run", "--rm", "-it", "--entrypoint", "sh"]);
-    cmd.arg("-v").arg(format!("{}:{WORKDIR}", workspace.display()));
+    let at = rec.workspace_at.as_deref().unwrap_or(WORKDIR);
+    cmd.arg("-v").arg(format!("{}:{at}", workspace.display()));
     if let Some(s) = rec.secrets_file.as_ref().filter(|s| s.exists()) {
         cmd.arg("-v").arg(format!("{}:{SECRETS_PATH}:ro", s.display()));
     }
@@ -829,6 +884,22 @@ impl Executor for DockerExecutor {
         Box::pin(self.start_services_impl(req, out))
     }
 
+    fn start_job_box(&self, req: super::JobBoxRequest) -> BoxFuture<'_, Result<super::JobBox, String>> {
+        Box::pin(self.start_job_box_impl(req))
+    }
+
+    fn stop_job_box(&self, job_box: super::JobBox, keep: bool) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_job_box_impl(job_box, keep))
+    }
+
+    fn build_image(
+        &self,
+        req: super::ImageBuild,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(self.build_image_impl(req, out))
+    }
+
     fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
         Box::pin(self.stop_services_impl(services))
     }
@@ -856,10 +927,24 @@ pub fn container_name(c: &ContainerStep) -> String {
 
 fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     let o = &c.options;
-    let mut binds = vec![
-        format!("{}:{WORKDIR}", c.workspace.display()),
-        format!("{}:{SCRIPT_PATH}:ro", c.script_file.display()),
-    ];
+    let mut binds = match &c.entrypoint_run {
+        Some(run) => run
+            .mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}{}",
+                    m.host.display(),
+                    m.inside,
+                    if m.read_only { ":ro" } else { "" }
+                )
+            })
+            .collect(),
+        None => vec![
+            format!("{}:{WORKDIR}", c.workspace.display()),
+            format!("{}:{SCRIPT_PATH}:ro", c.script_file.display()),
+        ],
+    };
     if let Some(s) = &c.secrets_file {
         binds.push(format!("{}:{SECRETS_PATH}:ro", s.display()));
     }
@@ -879,19 +964,10 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     if c.keep_on_failure {
         labels.insert(LABEL_KEEP.to_string(), "1".to_string());
     }
-    let host = HostConfig {
+    let mut host = HostConfig {
         binds: Some(binds),
-        nano_cpus: o.cpus.map(|c| (c * 1e9) as i64),
-        memory: o.memory.and_then(|m| i64::try_from(m).ok()),
-        // No swap beyond the limit, so a memory limit means an OOM kill.
-        memory_swap: o.memory.and_then(|m| i64::try_from(m).ok()),
-        pids_limit: o.pids,
-        privileged: Some(o.privileged),
-        cap_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
-        readonly_rootfs: Some(o.read_only_rootfs),
         ..Default::default()
     };
-    let mut host = host;
     let networking = c.network.as_ref().map(|net| {
         host.network_mode = Some(net.clone());
         bollard::models::NetworkingConfig {
@@ -901,19 +977,24 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
             )])),
         }
     });
-    ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(c.image.clone()),
         networking_config: networking,
         // The script is a mounted file: nothing of it shows in `docker inspect`.
-        cmd: Some(spec.command_line(SCRIPT_PATH)),
+        cmd: match &c.entrypoint_run {
+            Some(run) => run.args.clone(),
+            None => Some(spec.command_line(SCRIPT_PATH)),
+        },
         entrypoint: o.entrypoint.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: Some(c.workdir.clone()),
         user: o.user.clone(),
         labels: Some(labels),
-        host_config: Some(host),
         ..Default::default()
-    }
+    };
+    job::apply_options(o, &mut body, &mut host);
+    body.host_config = Some(host);
+    body
 }
 
 /// Splits the daemon's log chunks into lines per stream.
