@@ -44,7 +44,10 @@ pub enum PullError {
 
 fn safe_part(s: &str) -> bool {
     !s.is_empty()
-        && !s.starts_with(['-', '.'])
+        && s != "."
+        && s != ".."
+        && !s.eq_ignore_ascii_case(".git")
+        && !s.starts_with('-')
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

@@ -150,23 +150,21 @@ impl Workflow<'_, '_> {
     /// mistake was reported).
     #[allow(clippy::type_complexity)]
     fn called_file(&mut self, text: &str, uses: &Node, path: &str) -> Option<Option<(PathBuf, Called)>> {
-        let Some(rel) = text.strip_prefix("./") else {
-            let remote = text.contains(".github/workflows/") && text.contains('@');
-            let (msg, hint) = if remote {
-                (
-                    format!("trackside does not run reusable workflows from other repositories yet: `{text}`"),
-                    "copy the workflow into this repository's .github/workflows and call it as ./.github/workflows/NAME.yml",
-                )
-            } else {
-                (
-                    format!("`uses` of a job names a workflow file, found `{text}`"),
-                    "write `uses: ./.github/workflows/NAME.yml`",
-                )
-            };
-            self.cx.err(uses, path, msg, hint);
-            return Some(None);
+        // `./` is the repository of the workflow that calls: this one's, or
+        // the other repository's a called workflow comes from.
+        let base = self
+            .calling
+            .last()
+            .and_then(|f| f.parent()?.parent()?.parent())
+            .map_or_else(|| self.root.clone(), std::path::Path::to_path_buf);
+        let (file, rel) = match text.strip_prefix("./") {
+            Some(rel) => (base.join(rel), rel.to_string()),
+            None => match self.remote_workflow(text, uses, path) {
+                Some(found) => found,
+                None => return Some(None),
+            },
         };
-        let file = self.root.join(rel);
+        let rel = rel.as_str();
         let in_workflows = rel.starts_with(".github/workflows/")
             && !rel.contains("..")
             && (rel.ends_with(".yml") || rel.ends_with(".yaml"));
@@ -197,7 +195,11 @@ impl Workflow<'_, '_> {
             );
             return Some(None);
         }
-        let shown = file.strip_prefix(&self.root).unwrap_or(&file).to_path_buf();
+        let shown = match file.strip_prefix(&self.root) {
+            Ok(rel) => rel.to_path_buf(),
+            // Another repository's: named as the call names it.
+            Err(_) => PathBuf::from(text),
+        };
         let Some(parsed) = self.cx.read_more(&file, &shown, (uses, path, "workflow"), false) else {
             return Some(None);
         };
@@ -223,6 +225,43 @@ impl Workflow<'_, '_> {
             return Some(None);
         };
         Some(Some((file, Called { root, spec })))
+    }
+
+    /// `owner/repo/.github/workflows/NAME.yml@ref`: the file in the
+    /// actions folder, where `trackside actions pull owner/repo@ref` puts
+    /// the repository; `None` when the mistake was reported.
+    fn remote_workflow(&mut self, text: &str, uses: &Node, path: &str) -> Option<(PathBuf, String)> {
+        let remote = crate::store::actions::ActionRef::parse(text)
+            .filter(|a| a.path.as_deref().is_some_and(|p| p.starts_with(".github/workflows/")));
+        let Some(a) = remote else {
+            self.cx.err(
+                uses,
+                path,
+                format!("`uses` of a job names a workflow file, found `{text}`"),
+                "write `uses: ./.github/workflows/NAME.yml`, or `owner/repo/.github/workflows/NAME.yml@ref`",
+            );
+            return None;
+        };
+        let Some(root) = self.actions_dir.clone() else {
+            self.cx.err(
+                uses,
+                path,
+                format!("trackside does not read reusable workflows of other repositories here: `{text}`"),
+                "`trackside run` finds them in its actions folder (--actions-dir)",
+            );
+            return None;
+        };
+        if !a.checkout(&root).is_dir() {
+            let repo = format!("{}/{}@{}", a.owner, a.repo, a.reference);
+            self.cx.err(
+                uses,
+                path,
+                format!("`{text}`: {repo} is not in the actions folder ({})", root.display()),
+                format!("fetch it once: trackside actions pull {repo} (add --from URL for a mirror or a local copy)"),
+            );
+            return None;
+        }
+        Some((a.dir(&root), a.path.unwrap_or_default()))
     }
 
     fn declared_inputs(&mut self, spec: &Node) -> Vec<Declared> {

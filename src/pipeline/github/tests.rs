@@ -547,7 +547,7 @@ fn calling_a_workflow_wrongly_is_reported_at_the_call() {
         "ci.yml:6:19 `maybe` is not a boolean",
         "ci.yml:6:26 `./.github/workflows/called.yml` declares no input `extra`",
         "ci.yml:4:11 input `target` of `./.github/workflows/called.yml` is required and not given",
-        "ci.yml:9:11 trackside does not run reusable workflows from other repositories yet: `octo/repo/.github/workflows/x.yml@v1`",
+        "ci.yml:9:11 trackside does not read reusable workflows of other repositories here: `octo/repo/.github/workflows/x.yml@v1`",
     ];
     for w in want {
         assert!(errs.iter().any(|e| e == w), "missing {w}\n{errs:#?}");
@@ -941,4 +941,42 @@ fn docker_actions_are_read_with_their_image_args_and_post_entrypoint() {
         Some("/post.sh")
     );
     assert_eq!(post.condition.as_ref().unwrap().source, "success()");
+}
+
+#[test]
+fn a_reusable_workflow_of_another_repository_is_read_from_the_actions_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let actions = dir.path().join("actions");
+    let checkout = actions.join("octo/shared@v1");
+    let write = |p: std::path::PathBuf, text: &str| {
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    };
+    // It calls a sibling of its own repository by `./`.
+    write(
+        checkout.join(".github/workflows/build.yml"),
+        "on: {workflow_call: {inputs: {target: {type: string}}}}\njobs:\n  compile:\n    runs-on: x\n    steps: [{run: 'echo ${{ inputs.target }}'}]\n  more:\n    uses: ./.github/workflows/sibling.yml\n",
+    );
+    write(
+        checkout.join(".github/workflows/sibling.yml"),
+        "on: workflow_call\njobs:\n  s:\n    runs-on: x\n    steps: [{run: 'echo sibling'}]\n",
+    );
+    let repo = dir.path().join("repo");
+    let caller = "on: push\njobs:\n  call:\n    uses: octo/shared/.github/workflows/build.yml@v1\n    with: {target: linux}\n  missing:\n    uses: octo/other/.github/workflows/x.yml@main\n";
+    write(repo.join(".github/workflows/ci.yml"), caller);
+    let opts = LoadOptions {
+        dialect: Some(super::super::Dialect::Github),
+        actions_dir: Some(actions.clone()),
+        ..Default::default()
+    };
+    let file = repo.join(".github/workflows/ci.yml");
+    let report = super::super::parse_source(&file, caller.to_string(), &opts).expect_err("one is missing");
+    let errs: Vec<String> = report.items.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("`octo/other/.github/workflows/x.yml@main`: octo/other@main is not in the actions folder"), "{errs:?}");
+    let caller = "on: push\njobs:\n  call:\n    uses: octo/shared/.github/workflows/build.yml@v1\n    with: {target: linux}\n";
+    let (p, _) = super::super::parse_source(&file, caller.to_string(), &opts).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["call / compile", "call / more / s"]);
+    assert_eq!(p.jobs[0].steps[0].script, ["echo linux"]);
 }
