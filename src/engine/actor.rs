@@ -874,6 +874,7 @@ impl Actor {
                 .id
                 .clone()
                 .unwrap_or_else(|| name.clone());
+            let what = crate::pipeline::github::waiting_for(&self.state.pipeline().jobs[at]);
             let mut opts = self.load_options.clone().unwrap_or_default();
             opts.matrix_needs = vec![(id, self.state.needs_context_after(at, finished))];
             let file = self.pipeline_file.clone();
@@ -895,10 +896,10 @@ impl Actor {
                 crate::pipeline::github::with_matrix(&self.state.live_pipeline(), &name, &p).map_err(|e| e.to_string())
             });
             let (new, cause) = match grown {
-                Ok(p) => (p, format!("the matrix of {name} made from what it needs")),
+                Ok(p) => (p, format!("{what} made from what it needs")),
                 Err(why) => (
                     crate::pipeline::github::failing_matrix(&self.state.live_pipeline(), &name, &why),
-                    format!("the matrix of {name} cannot be made"),
+                    format!("{what} cannot be made"),
                 ),
             };
             let ctx = self.ctx.clone();

@@ -136,7 +136,7 @@ pub struct GeneratedChild {
     pub variables: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct Job {
     pub name: String,
     pub steps: Vec<Step>,

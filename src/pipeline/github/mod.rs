@@ -230,10 +230,13 @@ pub fn with_matrix(pipeline: &Pipeline, placeholder: &str, read: &Pipeline) -> R
         .filter(|&i| pipeline.jobs[i].matrix_later)
         .ok_or_else(|| MatrixError::NotWaiting(placeholder.to_string()))?;
     let id = pipeline.jobs[at].id.clone();
+    // A matrix's jobs share its id; a call's jobs are named `caller / job`.
+    let called = format!("{placeholder} / ");
     let made: Vec<Job> = read
         .jobs
         .iter()
-        .filter(|j| j.id == id && !j.matrix_later && j.call == pipeline.jobs[at].call)
+        .filter(|j| !j.matrix_later)
+        .filter(|j| (j.id == id && j.call == pipeline.jobs[at].call) || j.name.starts_with(&called))
         .cloned()
         .collect();
     if made.is_empty() {
@@ -258,13 +261,28 @@ pub fn with_matrix(pipeline: &Pipeline, placeholder: &str, read: &Pipeline) -> R
     Ok(new)
 }
 
+/// What a job waiting for [`with_matrix`] stands for, for messages: `the
+/// matrix of build`, or `the call of deploy` (a reusable workflow whose
+/// `with:` reads `needs`).
+pub fn waiting_for(job: &Job) -> String {
+    match job.facts.first() {
+        Some((k, _)) if k == "calls" => format!("the call of {}", job.name),
+        _ => format!("the matrix of {}", job.name),
+    }
+}
+
 /// `pipeline` with job `placeholder` failing, saying `why` (its matrix
 /// could not be made).
 pub fn failing_matrix(pipeline: &Pipeline, placeholder: &str, why: &str) -> Pipeline {
     let mut p = pipeline.clone();
     if let Some(j) = p.jobs.iter_mut().find(|j| j.name == placeholder) {
         j.matrix_later = false;
-        let mut script: Vec<String> = format!("the matrix cannot be made: {why}")
+        let what = if j.facts.first().is_some_and(|(k, _)| k == "calls") {
+            "the call's jobs"
+        } else {
+            "the matrix"
+        };
+        let mut script: Vec<String> = format!("{what} cannot be made: {why}")
             .lines()
             .map(|l| format!("echo 'trackside: {}' >&2", l.replace('\'', "'\\''")))
             .collect();
@@ -524,40 +542,13 @@ struct Known {
     vars: Json,
     /// The `inputs` context (a `workflow_dispatch`'s inputs).
     inputs: Json,
+    /// The `needs` context where the run gave it (a matrix, or a reusable
+    /// workflow's `with:`, made from needs' outputs); `Null` elsewhere.
+    needs: Json,
 }
 
 /// The key `strategy` holds while a matrix waits for the jobs it needs.
 const MATRIX_LATER: &str = "__matrix_later";
-
-/// [`Known`] and a `needs` context (a matrix made from needs' outputs).
-struct WithNeeds {
-    known: Known,
-    needs: Json,
-}
-
-impl expr::Context for WithNeeds {
-    fn root(&self, name: &str) -> Option<Json> {
-        match name {
-            "needs" => Some(self.needs.clone()),
-            _ => self.known.root(name),
-        }
-    }
-    fn ignore_case(&self) -> bool {
-        true
-    }
-    fn env(&self, name: &str) -> Option<String> {
-        self.known.env(name)
-    }
-    fn var(&self, name: &str) -> Option<String> {
-        self.known.var(name)
-    }
-    fn job_status(&self, job: &str) -> Option<String> {
-        self.known.job_status(job)
-    }
-    fn upstream_succeeded(&self) -> bool {
-        true
-    }
-}
 
 impl expr::Context for Known {
     fn root(&self, name: &str) -> Option<Json> {
@@ -568,6 +559,7 @@ impl expr::Context for Known {
             "strategy" => self.strategy.clone(),
             "vars" => self.vars.clone(),
             "inputs" => self.inputs.clone(),
+            "needs" if !self.needs.is_null() => self.needs.clone(),
             _ => return None,
         })
     }
@@ -737,6 +729,7 @@ impl<'c, 's> Workflow<'c, 's> {
             env: Vec::new(),
             vars: self.vars.clone(),
             inputs: self.inputs.clone(),
+            needs: Json::Null,
         };
         let global_env = match get(root, "env") {
             Some(n) => self.env(n, "env", &known, IN_WORKFLOW_ENV),
@@ -1256,7 +1249,11 @@ impl<'c, 's> Workflow<'c, 's> {
         // Inside an action `inputs` is the call's: the run fills it.
         let in_action = !self.frames.is_empty();
         let runtime = action::runtime_roots(in_action);
-        let is_known = |r: &str| (KNOWN.contains(&r) && !(in_action && r == "inputs")) || (env_now && r == "env");
+        let is_known = |r: &str| {
+            (KNOWN.contains(&r) && !(in_action && r == "inputs"))
+                || (env_now && r == "env")
+                || (r == "needs" && !known.needs.is_null())
+        };
         let found = match expr::placeholders_in(raw, &LANG) {
             Ok(f) => f,
             Err(e) => {
@@ -2039,16 +2036,14 @@ impl<'c, 's> Workflow<'c, 's> {
             }
             return Some((Vec::new(), context));
         }
-        let known = WithNeeds {
-            known: Known {
-                github: self.github.clone(),
-                runner: self.runner.clone(),
-                matrix: Json::Null,
-                strategy: Json::Null,
-                env: Vec::new(),
-                vars: self.vars.clone(),
-                inputs: self.inputs.clone(),
-            },
+        let known = Known {
+            github: self.github.clone(),
+            runner: self.runner.clone(),
+            matrix: Json::Null,
+            strategy: Json::Null,
+            env: Vec::new(),
+            vars: self.vars.clone(),
+            inputs: self.inputs.clone(),
             needs: needs.unwrap_or_else(|| json!({})),
         };
         let value = match expr::eval(&e, &known) {
@@ -2159,6 +2154,7 @@ impl<'c, 's> Workflow<'c, 's> {
             env,
             vars: self.vars.clone(),
             inputs: self.inputs.clone(),
+            needs: Json::Null,
         }
     }
 

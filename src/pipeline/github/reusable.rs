@@ -15,7 +15,7 @@ use super::{
     never, on_key,
 };
 use crate::pipeline::expr::{BinOp, Expr};
-use crate::pipeline::model::Condition;
+use crate::pipeline::model::{Condition, Job, Step};
 use crate::pipeline::yaml::{Node, Value};
 
 /// Deepest nesting of reusable workflows (GitHub allows ten levels).
@@ -105,9 +105,15 @@ impl Workflow<'_, '_> {
             combos
         };
         let total = combos.len();
+        // `with:` reading `needs`: known once the jobs it needs have run
+        // (the engine reads the workflow again with their outputs);
+        // until then one job stands for the call.
+        let needs_context = self.matrix_needs.iter().find(|(i, _)| i == id).map(|(_, n)| n.clone());
+        let later = needs_context.is_none() && !needs.is_empty() && get(node, "with").is_some_and(reads_needs);
         let mut out = Vec::new();
         for (index, combo) in combos.iter().enumerate() {
-            let known = self.known_for(id, matrixed.then_some(combo), &strategy, (index, total), Vec::new());
+            let mut known = self.known_for(id, matrixed.then_some(combo), &strategy, (index, total), Vec::new());
+            known.needs = needs_context.clone().unwrap_or_else(|| json!({}));
             let display = match get(node, "name") {
                 Some(n) => {
                     let Some(raw) = self.cx.string(n, &join(path, "name")) else {
@@ -136,6 +142,13 @@ impl Workflow<'_, '_> {
                 },
                 None => None,
             };
+            if later {
+                out.push(Instance {
+                    job: self.waiting_call(id, &display, condition, node),
+                    needs: needs.clone(),
+                });
+                continue;
+            }
             let inputs = self.workflow_inputs(node, path, uses, &text, &declared, &known);
             let (Some(inputs), Some(outputs), Some(secret_names)) = (inputs, &outputs, &secret_names) else {
                 return Vec::new();
@@ -144,6 +157,37 @@ impl Workflow<'_, '_> {
             out.extend(self.place_called(jobs, &display, &needs, condition.as_ref(), outputs));
         }
         out
+    }
+
+    /// The job that stands for a call whose `with:` reads `needs` until
+    /// the jobs it needs have run: it waits for them as the call's jobs
+    /// would, then they take its place (`github::with_matrix`).
+    fn waiting_call(&mut self, id: &str, display: &str, condition: Option<Condition>, node: &Node) -> Job {
+        let github = self
+            .shared_github
+            .get_or_insert_with(|| std::sync::Arc::new(self.github.clone()))
+            .clone();
+        Job {
+            name: display.to_string(),
+            id: Some(id.to_string()),
+            call: self.call.clone(),
+            conditional: condition,
+            matrix_later: true,
+            strict_needs: true,
+            file_commands: true,
+            timeout: super::DEFAULT_TIMEOUT,
+            facts: vec![("calls".into(), "a reusable workflow, once what it needs has run".into())],
+            steps: vec![Step {
+                name: "call".into(),
+                script: vec!["true".into()],
+                shell: Some(vec!["sh".into(), "-e".into(), "{0}".into()]),
+                ..Step::default()
+            }],
+            secret_names: self.secret_names.clone(),
+            github: Some(github),
+            pos: node.pos,
+            ..Job::default()
+        }
     }
 
     /// The called workflow's file, read and parsed (`Some(None)` when the
@@ -542,6 +586,7 @@ impl Workflow<'_, '_> {
             env: Vec::new(),
             vars: self.vars.clone(),
             inputs: self.inputs.clone(),
+            needs: Json::Null,
         };
         let env = match get(root, "env") {
             Some(n) => self.env(n, "env", &known, super::IN_WORKFLOW_ENV),
@@ -643,4 +688,20 @@ fn both(caller: &Condition, own: &Condition) -> Condition {
 
 fn required(v: &Node) -> bool {
     get(v, "required").is_some_and(|r| matches!(r.value, Value::Bool(true)) || r.as_str() == Some("true"))
+}
+
+/// Whether a `with:` mapping reads the `needs` context.
+fn reads_needs(with: &Node) -> bool {
+    entries(with).iter().any(|(_, v)| {
+        v.as_str().is_some_and(|text| {
+            crate::pipeline::expr::placeholders_in(text, &super::LANG)
+                .unwrap_or_default()
+                .iter()
+                .any(|p| {
+                    let (mut roots, mut calls) = (Vec::new(), Vec::new());
+                    p.expr.names(&mut roots, &mut calls);
+                    roots.iter().any(|(r, _)| r.eq_ignore_ascii_case("needs"))
+                })
+        })
+    })
 }

@@ -971,11 +971,21 @@ fn a_reusable_workflow_of_another_repository_is_read_from_the_actions_folder() {
     };
     let file = repo.join(".github/workflows/ci.yml");
     let report = super::super::parse_source(&file, caller.to_string(), &opts).expect_err("one is missing");
-    let errs: Vec<String> = report.items.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect();
+    let errs: Vec<String> = report
+        .items
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.message.clone())
+        .collect();
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("`octo/other/.github/workflows/x.yml@main`: octo/other@main is not in the actions folder"), "{errs:?}");
-    let caller = "on: push\njobs:\n  call:\n    uses: octo/shared/.github/workflows/build.yml@v1\n    with: {target: linux}\n";
-    let (p, _) = super::super::parse_source(&file, caller.to_string(), &opts).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    assert!(
+        errs[0].starts_with("`octo/other/.github/workflows/x.yml@main`: octo/other@main is not in the actions folder"),
+        "{errs:?}"
+    );
+    let caller =
+        "on: push\njobs:\n  call:\n    uses: octo/shared/.github/workflows/build.yml@v1\n    with: {target: linux}\n";
+    let (p, _) =
+        super::super::parse_source(&file, caller.to_string(), &opts).unwrap_or_else(|r| panic!("{}", r.render(false)));
     let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["call / compile", "call / more / s"]);
     assert_eq!(p.jobs[0].steps[0].script, ["echo linux"]);
