@@ -1999,63 +1999,11 @@ impl<'c, 's> Workflow<'c, 's> {
         id: &str,
         mut context: Json,
     ) -> Option<(Vec<Combo>, Json)> {
-        const IN_STRATEGY: &[&str] = &["github", "needs", "vars", "inputs"];
-        let trimmed = text.trim();
-        let inner = trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}"));
-        let Some(inner) = inner.filter(|i| !i.contains("${{")) else {
-            self.cx.err(
-                m,
-                path,
-                "a matrix made by an expression is one `${{ ... }}` and nothing else",
-                "write `matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}`",
-            );
-            return None;
-        };
-        let offset = text.find("${{").map_or(0, |i| i + 3);
-        let e = match expr::parse_in(inner, &LANG) {
-            Ok(e) => e,
-            Err(e) => {
-                let e = expr::ExprError {
-                    offset: e.offset + offset,
-                    ..e
-                };
-                self.expr_error(text, m, path, &e);
-                return None;
-            }
-        };
-        let (mut roots, mut calls) = (Vec::new(), Vec::new());
-        e.names(&mut roots, &mut calls);
-        if let Some((root, off)) = roots.iter().find(|(r, _)| !IN_STRATEGY.contains(&r.as_str())) {
-            self.unavailable(text, m, path, offset + off, root, IN_STRATEGY);
-            return None;
-        }
-        let needs = self.matrix_needs.iter().find(|(j, _)| j == id).map(|(_, n)| n.clone());
-        if roots.iter().any(|(r, _)| r == "needs") && needs.is_none() {
+        let Some(value) = self.matrix_value(text, m, path, id)? else {
             if let Some(c) = context.as_object_mut() {
                 c.insert(MATRIX_LATER.into(), Json::Bool(true));
             }
             return Some((Vec::new(), context));
-        }
-        let known = Known {
-            github: self.github.clone(),
-            runner: self.runner.clone(),
-            matrix: Json::Null,
-            strategy: Json::Null,
-            env: Vec::new(),
-            vars: self.vars.clone(),
-            inputs: self.inputs.clone(),
-            needs: needs.unwrap_or_else(|| json!({})),
-        };
-        let value = match expr::eval(&e, &known) {
-            Ok(v) => v,
-            Err(err) => {
-                let err = expr::ExprError {
-                    offset: err.offset + offset,
-                    ..err
-                };
-                self.expr_error(text, m, path, &err);
-                return None;
-            }
         };
         let Json::Object(map) = value else {
             self.cx.err(
@@ -2069,39 +2017,16 @@ impl<'c, 's> Workflow<'c, 's> {
         let mut keys = Vec::new();
         let (mut include, mut exclude) = (Vec::new(), Vec::new());
         for (k, v) in map {
-            match (k.as_str(), v) {
-                ("include" | "exclude", Json::Array(items)) => {
-                    for item in items {
-                        let Json::Object(kv) = item else {
-                            self.cx.err(
-                                m,
-                                path,
-                                format!("invalid matrix: each `{k}` entry must be a mapping"),
-                                "make `[{\"os\": \"a\"}]`",
-                            );
-                            return None;
-                        };
-                        let combo = Combo(kv.into_iter().collect());
-                        if k == "include" {
-                            include.push(combo);
-                        } else {
-                            exclude.push(combo);
-                        }
+            match k.as_str() {
+                "include" | "exclude" => {
+                    let combos = self.matrix_entries(&k, v, m, path)?;
+                    if k == "include" {
+                        include.extend(combos);
+                    } else {
+                        exclude.extend(combos);
                     }
                 }
-                (_, Json::Array(values)) => keys.push((k, values)),
-                (_, other) => {
-                    self.cx.err(
-                        m,
-                        path,
-                        format!(
-                            "invalid matrix: `{k}` must be a list, the expression made {}",
-                            expr::to_text(&other)
-                        ),
-                        "make each key a list of values",
-                    );
-                    return None;
-                }
+                _ => keys.push((k.clone(), self.matrix_list(&k, v, m, path)?)),
             }
         }
         match matrix::expand(&keys, &include, &exclude) {
@@ -2125,6 +2050,117 @@ impl<'c, 's> Workflow<'c, 's> {
                 None
             }
         }
+    }
+
+    /// One `${{ }}` of a matrix (the whole matrix, a key's values, or its
+    /// `include`/`exclude`), evaluated: `Some(None)` when it reads `needs`
+    /// and the jobs it needs have not run yet; `None` when the mistake was
+    /// reported.
+    fn matrix_value(&mut self, text: &str, m: &Node, path: &str, id: &str) -> Option<Option<Json>> {
+        const IN_STRATEGY: &[&str] = &["github", "needs", "vars", "inputs"];
+        let trimmed = text.trim();
+        let inner = trimmed.strip_prefix("${{").and_then(|t| t.strip_suffix("}}"));
+        let Some(inner) = inner.filter(|i| !i.contains("${{")) else {
+            self.cx.err(
+                m,
+                path,
+                "a matrix made by an expression is one `${{ ... }}` and nothing else",
+                "write `matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}` or `os: ${{ fromJSON(inputs.systems) }}`",
+            );
+            return None;
+        };
+        let offset = text.find("${{").map_or(0, |i| i + 3);
+        let e = match expr::parse_in(inner, &LANG) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = expr::ExprError {
+                    offset: e.offset + offset,
+                    ..e
+                };
+                self.expr_error(text, m, path, &e);
+                return None;
+            }
+        };
+        let (mut roots, mut calls) = (Vec::new(), Vec::new());
+        e.names(&mut roots, &mut calls);
+        if let Some((root, off)) = roots.iter().find(|(r, _)| !IN_STRATEGY.contains(&r.as_str())) {
+            self.unavailable(text, m, path, offset + off, root, IN_STRATEGY);
+            return None;
+        }
+        let needs = self.matrix_needs.iter().find(|(j, _)| j == id).map(|(_, n)| n.clone());
+        if roots.iter().any(|(r, _)| r == "needs") && needs.is_none() {
+            return Some(None);
+        }
+        let known = Known {
+            github: self.github.clone(),
+            runner: self.runner.clone(),
+            matrix: Json::Null,
+            strategy: Json::Null,
+            env: Vec::new(),
+            vars: self.vars.clone(),
+            inputs: self.inputs.clone(),
+            needs: needs.unwrap_or_else(|| json!({})),
+        };
+        match expr::eval(&e, &known) {
+            Ok(v) => Some(Some(v)),
+            Err(err) => {
+                let err = expr::ExprError {
+                    offset: err.offset + offset,
+                    ..err
+                };
+                self.expr_error(text, m, path, &err);
+                None
+            }
+        }
+    }
+
+    /// A matrix key's values as an expression made them: a list.
+    fn matrix_list(&mut self, key: &str, value: Json, m: &Node, path: &str) -> Option<Vec<Json>> {
+        match value {
+            Json::Array(values) => Some(values),
+            other => {
+                self.cx.err(
+                    m,
+                    path,
+                    format!(
+                        "invalid matrix: `{key}` must be a list, the expression made {}",
+                        expr::to_text(&other)
+                    ),
+                    "make each key a list of values",
+                );
+                None
+            }
+        }
+    }
+
+    /// `include` or `exclude` as an expression made it: a list of mappings.
+    fn matrix_entries(&mut self, key: &str, value: Json, m: &Node, path: &str) -> Option<Vec<Combo>> {
+        let Json::Array(items) = value else {
+            self.cx.err(
+                m,
+                path,
+                format!(
+                    "invalid matrix: `{key}` must be a list of mappings, the expression made {}",
+                    expr::to_text(&value)
+                ),
+                "make `[{\"os\": \"a\"}]`",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Json::Object(kv) = item else {
+                self.cx.err(
+                    m,
+                    path,
+                    format!("invalid matrix: each `{key}` entry must be a mapping"),
+                    "make `[{\"os\": \"a\"}]`",
+                );
+                return None;
+            };
+            out.push(Combo(kv.into_iter().collect()));
+        }
+        Some(out)
     }
 
     /// What is known of one job of `id`: matrix combination `combo`
@@ -2190,9 +2226,24 @@ impl<'c, 's> Workflow<'c, 's> {
         let mut include = Vec::new();
         let mut exclude = Vec::new();
         let mut ok = true;
+        // A key (or `include`) made from what the job needs: the matrix
+        // waits for those jobs, as a whole matrix made by one does.
+        let mut later = false;
         for (k, v) in items {
             let key = k.key_text();
             match key.as_str() {
+                "include" | "exclude" if v.as_str().is_some_and(|t| t.contains("${{")) => {
+                    let text = v.as_str().unwrap_or_default().to_string();
+                    match self.matrix_value(&text, v, &join(&mpath, &key), id) {
+                        None => ok = false,
+                        Some(None) => later = true,
+                        Some(Some(value)) => match self.matrix_entries(&key, value, v, &join(&mpath, &key)) {
+                            Some(c) if key == "include" => include.extend(c),
+                            Some(c) => exclude.extend(c),
+                            None => ok = false,
+                        },
+                    }
+                }
                 "include" | "exclude" => {
                     let Value::Seq(entries_) = &v.value else {
                         self.cx.err(
@@ -2231,14 +2282,16 @@ impl<'c, 's> Workflow<'c, 's> {
                 }
                 _ => match &v.value {
                     Value::Seq(values) => keys.push((key, values.iter().map(to_json).collect())),
-                    Value::Str(s) if s.contains("${{") => {
-                        self.cx.err(
-                            v,
-                            &join(&mpath, &key),
-                            "trackside does not evaluate a matrix made by an expression yet",
-                            "docs/github.md lists what runs today; write the values as a list",
-                        );
-                        ok = false;
+                    Value::Str(text) if text.contains("${{") => {
+                        let kpath = join(&mpath, &key);
+                        match self.matrix_value(text, v, &kpath, id) {
+                            None => ok = false,
+                            Some(None) => later = true,
+                            Some(Some(value)) => match self.matrix_list(&key, value, v, &kpath) {
+                                Some(values) => keys.push((key, values)),
+                                None => ok = false,
+                            },
+                        }
                     }
                     _ => {
                         self.cx.err(
@@ -2255,11 +2308,13 @@ impl<'c, 's> Workflow<'c, 's> {
                 },
             }
         }
-        // An exclusion names the matrix's own keys (GitHub rejects others).
-        if let Some(Node {
-            value: Value::Seq(list),
-            ..
-        }) = get(m, "exclude")
+        // An exclusion names the matrix's own keys (GitHub rejects others),
+        // known once every key is.
+        if !later
+            && let Some(Node {
+                value: Value::Seq(list),
+                ..
+            }) = get(m, "exclude")
         {
             for e in list {
                 for (k, _) in entries(e) {
@@ -2279,6 +2334,13 @@ impl<'c, 's> Workflow<'c, 's> {
         }
         if !ok {
             return None;
+        }
+        if later {
+            let mut context = context;
+            if let Some(c) = context.as_object_mut() {
+                c.insert(MATRIX_LATER.into(), Json::Bool(true));
+            }
+            return Some((Vec::new(), context));
         }
         // Errors about the whole matrix point at its key.
         let at = key_of(node, "matrix").unwrap_or(m);

@@ -990,3 +990,36 @@ fn a_reusable_workflow_of_another_repository_is_read_from_the_actions_folder() {
     assert_eq!(names, ["call / compile", "call / more / s"]);
     assert_eq!(p.jobs[0].steps[0].script, ["echo linux"]);
 }
+
+#[test]
+fn one_matrix_key_or_include_may_be_made_by_an_expression() {
+    let (p, _) = load_with(
+        r#"on: push
+jobs:
+  t:
+    runs-on: x
+    strategy:
+      matrix:
+        os: ${{ fromJSON('["linux", "mac"]') }}
+        node: [18]
+        include: '${{ fromJSON(''[{"os": "mac", "arm": true}]'') }}'
+    steps:
+      - run: echo ${{ matrix.os }} ${{ matrix.arm }}
+"#,
+        |_| {},
+    )
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["t (linux, 18)", "t (mac, 18, true)"]);
+    // Made from what the job needs: the matrix waits for it.
+    let (p, _) = load_with(
+        "on: push\njobs:\n  plan:\n    runs-on: x\n    steps: [{run: 'true'}]\n  t:\n    needs: plan\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ fromJSON(needs.plan.outputs.os) }}\n        node: [18, 20]\n        exclude: [{os: mac, node: 18}]\n    steps:\n      - run: echo ${{ matrix.os }}\n",
+        |_| {},
+    )
+    .unwrap_or_else(|r| panic!("{}", r.render(false)));
+    assert!(p.jobs[1].matrix_later);
+    let e = errors("on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ fromJSON('\"linux\"') }}\n    steps:\n      - run: x\n");
+    assert!(e.iter().any(|m| m.starts_with("7:13 invalid matrix: `os` must be a list")), "{e:?}");
+    let e = errors("on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ secrets.X }}\n    steps:\n      - run: x\n");
+    assert!(e.iter().any(|m| m.contains("`secrets`")), "{e:?}");
+}
