@@ -360,6 +360,42 @@ impl RunState {
         serde_json::Value::Object(out)
     }
 
+    /// A GitHub job whose condition asks about status (`always()`,
+    /// `cancelled()`, `failure()`).
+    fn status_driven(&self, j: JobId) -> bool {
+        let spec = &self.pipeline.jobs[j];
+        spec.strict_needs
+            && spec
+                .conditional
+                .as_ref()
+                .is_some_and(|c| c.expr.uses_status_functions())
+    }
+
+    /// Whether job `j` goes on through a cancel of the run: a GitHub job
+    /// whose condition asks about status, not decided yet, or queued or
+    /// running with its condition still holding now that the run is
+    /// cancelled.
+    fn outlives_cancel(&self, j: JobId) -> bool {
+        if !self.status_driven(j) {
+            return false;
+        }
+        match self.jobs[j].status {
+            JobStatus::Pending => true,
+            JobStatus::Running | JobStatus::Ready => {
+                let (upstream_ok, upstream_failed) = self.ancestors_status(j);
+                let ctx = CondCtx {
+                    state: self,
+                    job: j,
+                    upstream_ok,
+                    upstream_failed,
+                };
+                let cond = self.pipeline.jobs[j].conditional.as_ref();
+                cond.is_some_and(|c| expr::eval(&c.expr, &ctx).is_ok_and(|v| expr::truthy(&v)))
+            }
+            _ => false,
+        }
+    }
+
     /// GitHub's view of the jobs `j` comes after (its needs, theirs, ...):
     /// (none failed, was cancelled or skipped; one failed).
     fn ancestors_status(&self, j: JobId) -> (bool, bool) {
@@ -528,10 +564,19 @@ impl RunState {
             }
             Input::Cancel(job) => self.cancel(job, CancelReason::User, &mut fx),
             Input::CancelAll(reason) => {
+                // GitHub's rule: a job whose `if:` asks about status
+                // (`always()`, `cancelled()`) is not cancelled by a
+                // cancel of the run if its condition, asked again, holds;
+                // one not started yet is decided when its needs are done.
+                // A second cancel stops everything.
+                let again = self.cancelled == Some(CancelReason::User);
                 if self.cancelled.is_none() || reason == CancelReason::User {
                     self.cancelled = Some(reason);
                 }
                 for j in self.plan.order.clone() {
+                    if reason == CancelReason::User && !again && self.outlives_cancel(j) {
+                        continue;
+                    }
                     self.cancel(j, reason, &mut fx);
                 }
             }
@@ -752,7 +797,10 @@ impl RunState {
             if self.jobs[j].status != JobStatus::Pending || !self.started {
                 continue;
             }
-            if let Some(reason) = self.cancelled {
+            if let Some(reason) = self
+                .cancelled
+                .filter(|r| !(*r == CancelReason::User && self.status_driven(j)))
+            {
                 let why = match reason {
                     CancelReason::User => "run cancelled".to_string(),
                     CancelReason::Timeout => "pipeline timed out".to_string(),
@@ -1522,7 +1570,10 @@ impl Context for CondCtx<'_> {
         Some(self.state.jobs[j].status.expr_name().to_string())
     }
     fn upstream_succeeded(&self) -> bool {
-        self.upstream_ok
+        self.upstream_ok && !self.cancelled()
+    }
+    fn cancelled(&self) -> bool {
+        self.state.cancelled == Some(CancelReason::User)
     }
 }
 

@@ -940,3 +940,50 @@ fn github_max_parallel_and_concurrency_groups_limit_what_runs_at_once() {
     let fx = ok(&mut m, a, 2);
     assert_eq!(started(&fx), [id(&m, "deploy-b")]);
 }
+
+#[test]
+fn a_cancelled_github_run_still_runs_its_always_and_cancelled_jobs() {
+    let src = "on: push\njobs:\n  build:\n    runs-on: x\n    steps: [{run: 'true'}]\n  test:\n    needs: build\n    runs-on: x\n    steps: [{run: 'true'}]\n  cleanup:\n    needs: test\n    if: always()\n    runs-on: x\n    steps: [{run: 'true'}]\n  on-cancel:\n    needs: build\n    if: cancelled()\n    runs-on: x\n    steps: [{run: 'true'}]\n  on-success:\n    needs: build\n    if: success()\n    runs-on: x\n    steps: [{run: 'true'}]\n  watcher:\n    if: always()\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let mut m = github(src);
+    let job = |m: &RunState, n: &str| m.pipeline().job_index(n).expect(n);
+    let (build, test, cleanup, on_cancel, on_success, watcher) = (
+        job(&m, "build"),
+        job(&m, "test"),
+        job(&m, "cleanup"),
+        job(&m, "on-cancel"),
+        job(&m, "on-success"),
+        job(&m, "watcher"),
+    );
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), vec![build, watcher]);
+    let fx = m.handle(Input::CancelAll(CancelReason::User), t(1));
+    // The running `always()` job is not stopped; the other one is.
+    let kills: Vec<JobId> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Kill { job } => Some(*job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills, vec![build]);
+    assert_eq!(m.status(test), JobStatus::Cancelled);
+    // `cleanup` needs only `test`, cancelled now: it starts at once.
+    assert_eq!(started(&fx), vec![cleanup]);
+    let fx = fail(&mut m, build, FailureClass::Signal, 2);
+    assert_eq!(
+        started(&fx),
+        vec![on_cancel],
+        "cancelled() runs once what it needs is done"
+    );
+    assert_eq!(m.status(on_success), JobStatus::Skipped);
+    ok(&mut m, watcher, 3);
+    ok(&mut m, cleanup, 4);
+    // A second cancel stops what is left.
+    let fx = m.handle(Input::CancelAll(CancelReason::User), t(5));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Kill { job } if *job == on_cancel))
+    );
+    let s = finished(&fail(&mut m, on_cancel, FailureClass::Signal, 6)).expect("finished");
+    assert_eq!(s.result, RunResult::Cancelled);
+}

@@ -1018,8 +1018,16 @@ jobs:
     )
     .unwrap_or_else(|r| panic!("{}", r.render(false)));
     assert!(p.jobs[1].matrix_later);
-    let e = errors("on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ fromJSON('\"linux\"') }}\n    steps:\n      - run: x\n");
-    assert!(e.iter().any(|m| m.starts_with("7:13 invalid matrix: `os` must be a list")), "{e:?}");
-    let e = errors("on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ secrets.X }}\n    steps:\n      - run: x\n");
+    let e = errors(
+        "on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ fromJSON('\"linux\"') }}\n    steps:\n      - run: x\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("7:13 invalid matrix: `os` must be a list")),
+        "{e:?}"
+    );
+    let e = errors(
+        "on: push\njobs:\n  t:\n    runs-on: x\n    strategy:\n      matrix:\n        os: ${{ secrets.X }}\n    steps:\n      - run: x\n",
+    );
     assert!(e.iter().any(|m| m.contains("`secrets`")), "{e:?}");
 }
