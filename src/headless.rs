@@ -604,6 +604,8 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } => return None,
         // Its line is in the log; the list comes after the summary.
         EventKind::Annotation { .. } => return None,
+        // The group's `▸ title` line is in the log.
+        EventKind::LogGroup { .. } => return None,
         EventKind::Steered { what, by } => format!(":: {what} (by {by})"),
         EventKind::RunStarted {
             run_id,

@@ -369,3 +369,49 @@ fn the_payload_meets_types_and_bad_context_files_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a JSON object"));
 }
+
+/// `::group::` and `::endgroup::` reach front-ends as `log_group` events
+/// naming the title line and the first line after the group.
+#[test]
+fn groups_are_events_that_name_their_lines() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((_, project)) = run(&corpus().join("workflow-commands-annotations"), tmp.path()) else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .current_dir(&project)
+        .arg("run")
+        .arg(entry(&project))
+        .args(["--json", "-j", "1", "--no-watch"])
+        .env("TRACKSIDE_STATE_DIR", tmp.path().join("state"))
+        .env("HOME", tmp.path())
+        .env_remove("GIT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run trackside");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let kind = |e: &serde_json::Value, k: &str| e.get("type").and_then(|v| v.as_str()) == Some(k);
+    let groups: Vec<&serde_json::Value> = events.iter().filter(|e| kind(e, "log_group")).collect();
+    assert_eq!(groups.len(), 2, "a start and an end: {groups:?}");
+    let start = groups[0]["line_no"].as_u64().expect("line_no");
+    let end = groups[1]["line_no"].as_u64().expect("line_no");
+    assert_eq!(groups[0]["title"], "Lint output");
+    assert!(groups[1].get("title").is_none());
+    let line = |n: u64| {
+        events
+            .iter()
+            .find(|e| kind(e, "log_line") && e["line_no"].as_u64() == Some(n))
+            .and_then(|e| e["line"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(line(start).as_deref(), Some("▸ Lint output"));
+    assert!(end > start + 1, "the group holds lines");
+    assert!(
+        line(end - 1).is_some_and(|l| !l.contains("endgroup")),
+        "the group's last line: {:?}",
+        line(end - 1)
+    );
+}

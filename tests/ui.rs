@@ -1799,3 +1799,75 @@ fn a_gitlab_pipeline_is_drawn_a_column_per_stage_with_its_name_on_top() {
     );
     assert!(rows.contains("tags: docker, linux"), "{rows}");
 }
+
+fn group(at: u64, job: &str, attempt: u32, line_no: u64, title: Option<&str>) -> Event {
+    ev(
+        at,
+        EventKind::LogGroup {
+            job: job.into(),
+            attempt,
+            line_no,
+            title: title.map(str::to_string),
+        },
+    )
+}
+
+#[test]
+fn ended_groups_fold_under_their_title_and_z_or_a_search_unfolds_them() {
+    let mut evs = vec![started(1_000, "build", 1)];
+    // build's attempt 1: line 0 is the step, then "before", a group of
+    // 30 lines that ends, "after group", and a group still open.
+    let mut n = 1_400;
+    let mut push = |evs: &mut Vec<Event>, e: Event| {
+        n += 1;
+        evs.push(Event { ts: T0 + n, ..e });
+    };
+    push(&mut evs, step(0, "build", 1));
+    push(&mut evs, line(0, "build", 1, "before"));
+    push(&mut evs, group(0, "build", 1, 2, Some("Install")));
+    push(&mut evs, line(0, "build", 1, "▸ Install"));
+    for i in 0..30 {
+        push(&mut evs, line(0, "build", 1, &format!("installing package {i}")));
+    }
+    push(&mut evs, group(0, "build", 1, 33, None));
+    push(&mut evs, line(0, "build", 1, "after group"));
+    push(&mut evs, group(0, "build", 1, 34, Some("Test")));
+    push(&mut evs, line(0, "build", 1, "▸ Test"));
+    push(&mut evs, line(0, "build", 1, "running tests"));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "build");
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    app.log_height = 18;
+    let text = screen(&app, 80, 24).to_string();
+    assert!(text.contains("▸ Install  (30 lines, z unfolds)"), "{text}");
+    assert!(!text.contains("installing package"), "folded: {text}");
+    for l in ["before", "after group", "▸ Test", "running tests"] {
+        assert!(text.contains(l), "{l}: {text}");
+    }
+    assert!(app.available(trackside::ui::keys::Action::ToggleGroups));
+    // z unfolds: the group's lines show, following the tail.
+    app.handle_key(key('z'));
+    assert!(app.unfold);
+    let text = screen(&app, 80, 24).to_string();
+    assert!(text.contains("installing package 29"), "{text}");
+    assert!(!text.contains("z unfolds"), "{text}");
+    // Folded again, paging up from the tail passes over the folded lines
+    // in one step: the top of the log is reached.
+    app.handle_key(key('z'));
+    app.handle_key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE));
+    assert_eq!(
+        app.log_view(),
+        (0, 0),
+        "one page up reaches the top: the group takes one row"
+    );
+    // A search that finds a line inside a folded group unfolds it.
+    app.handle_key(key('/'));
+    for c in "package 17".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(app.unfold, "the match is shown");
+    assert_eq!(app.log_top, 20);
+    let text = screen(&app, 80, 24).to_string();
+    assert!(text.contains("installing package 17"), "{text}");
+}

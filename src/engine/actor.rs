@@ -1055,6 +1055,14 @@ impl Actor {
             ActorMsg::Runner(RunnerMsg::AddMask(value)) => {
                 self.masker.add(&value);
             }
+            ActorMsg::Runner(RunnerMsg::Group { job, attempt, title }) => {
+                self.emit(EventKind::LogGroup {
+                    job: self.state.pipeline().jobs[job].name.clone(),
+                    attempt,
+                    line_no: 0,
+                    title,
+                });
+            }
             ActorMsg::Runner(RunnerMsg::Annotation { job, step, annotation }) => {
                 let a = annotation;
                 self.emit(EventKind::Annotation {
@@ -1356,6 +1364,9 @@ impl Actor {
             EventKind::StepStarted {
                 job, attempt, line_no, ..
             } => *line_no = self.log_lines.next(job, *attempt),
+            EventKind::LogGroup {
+                job, attempt, line_no, ..
+            } => *line_no = self.log_lines.peek(job, *attempt),
             EventKind::JobFinished { job, attempt, .. } => self.log_lines.forget(job, *attempt),
             EventKind::JobRetrying { job, attempt, .. } => self.log_lines.forget(job, attempt.saturating_sub(1)),
             _ => {}

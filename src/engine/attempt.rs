@@ -25,6 +25,12 @@ use super::state::{JobId, Outcome};
 pub enum RunnerMsg {
     /// A value to mask from now on (a GitHub step's `::add-mask::`).
     AddMask(String),
+    /// A GitHub step's `::group::` (with its title) or `::endgroup::`.
+    Group {
+        job: JobId,
+        attempt: u32,
+        title: Option<String>,
+    },
     /// A GitHub step's annotation (`::error` and the like).
     Annotation {
         job: JobId,

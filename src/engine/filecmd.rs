@@ -384,6 +384,10 @@ pub fn parse_env(text: &str) -> (Vec<(String, String)>, Vec<String>) {
 pub enum Said {
     /// Shown as this text.
     Show(String),
+    /// `::group::title`: a group starts, shown as `▸ title`.
+    Group(String),
+    /// `::endgroup::`: the group ends (not shown).
+    EndGroup,
     /// Not shown (`::debug::`, the end of a group, a command).
     Hide,
     /// `::add-mask::VALUE`: masked from now on; the line is not shown.
@@ -471,9 +475,10 @@ impl Commands {
         let (command, properties) = head.split_once(' ').unwrap_or((head, ""));
         let message = unescape(message);
         match command {
-            "group" => Said::Show(format!("▸ {message}")),
+            "group" => Said::Group(message),
+            "endgroup" => Said::EndGroup,
             // `::echo::on|off` echoes commands in GitHub's log; not shown.
-            "endgroup" | "debug" | "echo" => Said::Hide,
+            "debug" | "echo" => Said::Hide,
             "error" => Said::Annotate(format!("Error: {message}"), annotation("error", properties, message)),
             "warning" => Said::Annotate(
                 format!("Warning: {message}"),
@@ -582,9 +587,9 @@ mod tests {
         assert_eq!(
             said,
             [
-                Said::Show("▸ Lint output".into()),
+                Said::Group("Lint output".into()),
                 Said::Show("plain line".into()),
-                Said::Hide,
+                Said::EndGroup,
                 Said::Annotate(
                     "Error: Undefined name 'foo'".into(),
                     Annotation {

@@ -75,6 +75,11 @@ impl LineCounts {
         *n - 1
     }
 
+    /// The number the attempt's next line will get.
+    pub fn peek(&self, job: &str, attempt: u32) -> u64 {
+        self.0.get(job).and_then(|a| a.get(&attempt)).copied().unwrap_or(0)
+    }
+
     /// An attempt that has ended writes no more lines.
     pub fn forget(&mut self, job: &str, attempt: u32) {
         if let Some(a) = self.0.get_mut(job) {

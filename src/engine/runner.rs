@@ -2074,6 +2074,24 @@ async fn run_once(
             {
                 match c.line(&line.text) {
                     filecmd::Said::Show(text) => line.text = text,
+                    filecmd::Said::Group(title) => {
+                        line.text = format!("▸ {title}");
+                        let group = RunnerMsg::Group {
+                            job: a.job,
+                            attempt: a.attempt,
+                            title: Some(title),
+                        };
+                        let _ = a.tx.send(group).await;
+                    }
+                    filecmd::Said::EndGroup => {
+                        let group = RunnerMsg::Group {
+                            job: a.job,
+                            attempt: a.attempt,
+                            title: None,
+                        };
+                        let _ = a.tx.send(group).await;
+                        continue;
+                    }
                     filecmd::Said::Annotate(text, annotation) => {
                         line.text = text;
                         let _ =

@@ -343,6 +343,17 @@ pub enum EventKind {
         #[serde(default)]
         line_no: u64,
     },
+    /// A GitHub step's `::group::title` (with `title`; its `▸ title` line
+    /// is line `line_no` of the attempt's log) or `::endgroup::` (without:
+    /// the group's lines end before `line_no`). Front-ends may fold a
+    /// group's lines under its title line.
+    LogGroup {
+        job: String,
+        attempt: u32,
+        line_no: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+    },
     /// A GitHub step's `::error`, `::warning` or `::notice` (its line is in
     /// the log too): front-ends list them, as GitHub lists annotations.
     Annotation {
@@ -481,6 +492,7 @@ impl EventKind {
         };
         match self {
             EventKind::LogLine { line, .. } => fix(line),
+            EventKind::LogGroup { title: Some(t), .. } => fix(t),
             EventKind::Annotation { message, title, .. } => {
                 fix(message);
                 if let Some(t) = title {

@@ -122,6 +122,9 @@ pub struct App {
     pub mode: Mode,
     pub follow: bool,
     pub wrap: bool,
+    /// Ended groups of the log (GitHub's `::group::`) shown whole; folded
+    /// under their title line otherwise.
+    pub unfold: bool,
     pub list_mode: bool,
     /// Attempt shown in the log (None = the latest).
     pub attempt: Option<u32>,
@@ -176,6 +179,7 @@ impl App {
             mode: Mode::Normal,
             follow: true,
             wrap: false,
+            unfold: false,
             list_mode: false,
             attempt: None,
             log_top: 0,
@@ -280,10 +284,34 @@ impl App {
         self.log_view().0
     }
 
+    /// The log shown.
+    fn shown_log(&self) -> Option<&super::model::AttemptLog> {
+        self.model.logs.get(&(self.selected_job()?, self.shown_attempt()?))
+    }
+
+    /// Whether line `i` of the shown log is folded away (inside an ended
+    /// group, groups folded).
+    pub fn hidden(&self, i: usize) -> bool {
+        !self.unfold && self.shown_log().is_some_and(|l| l.inside_group(i).is_some())
+    }
+
+    /// What a folded group's title line adds: how many lines it holds.
+    pub fn fold_note(&self, i: usize) -> Option<String> {
+        let inside = self.shown_log()?.group_at(i).filter(|_| !self.unfold)?;
+        let n = inside.len();
+        Some(format!("  ({n} {}, z unfolds)", if n == 1 { "line" } else { "lines" }))
+    }
+
+    /// Whether the view moves by rows (lines wrap, or folded groups take
+    /// none) rather than by lines.
+    pub fn by_rows(&self) -> bool {
+        self.wrap || (!self.unfold && self.shown_log().is_some_and(|l| l.groups.iter().any(|g| g.1.is_some())))
+    }
+
     /// Where the log view starts: (line, row within that line). Following,
     /// it is the position whose rows end exactly at the log's end.
     pub fn log_view(&self) -> (usize, usize) {
-        match (self.follow, self.wrap) {
+        match (self.follow, self.by_rows()) {
             (true, false) => (self.log_len().saturating_sub(self.log_height), 0),
             (true, true) => self.bottom_position(),
             (false, false) => (self.log_top, 0),
@@ -308,12 +336,16 @@ impl App {
     /// Rows line `i` takes on screen: 1 without wrap, else its width over
     /// the log's width (a line not loaded counts as one).
     pub fn rows_of(&self, i: usize) -> usize {
+        if self.hidden(i) {
+            return 0;
+        }
         if !self.wrap {
             return 1;
         }
+        let note = self.fold_note(i).map_or(0, |n| n.chars().count());
         let width = self
             .log_line(i)
-            .map_or(1, |l| super::render::log_line_view(&self.theme, l, None).width());
+            .map_or(1, |l| super::render::log_line_view(&self.theme, l, None).width() + note);
         width.div_ceil(self.log_width.max(1)).max(1)
     }
 
@@ -485,6 +517,7 @@ impl App {
             Action::CancelAll | Action::TogglePause => self.model.finished.is_none(),
             Action::OpenLog => self.focus == Focus::Jobs,
             Action::ToggleWrap | Action::NextMatch | Action::PrevMatch => self.focus == Focus::Log,
+            Action::ToggleGroups => self.focus == Focus::Log && self.shown_log().is_some_and(|l| !l.groups.is_empty()),
             Action::ToggleList => self.focus == Focus::Jobs,
             Action::PrevAttempt | Action::NextAttempt => self
                 .selected_job()
@@ -515,6 +548,7 @@ impl App {
             Action::ToggleList if self.list_mode => "DAG",
             Action::ToggleFollow if self.follow => "unfollow",
             Action::ToggleWrap if self.wrap => "unwrap",
+            Action::ToggleGroups if self.unfold => "fold",
             Action::Promote if self.selected_rollout().is_some_and(|r| r.strategy == "rolling") => "resume",
             _ => b.label,
         }
@@ -869,7 +903,7 @@ impl App {
             Action::ToggleFollow => {
                 self.follow = !self.follow;
                 if !self.follow {
-                    (self.log_top, self.log_row) = if self.wrap {
+                    (self.log_top, self.log_row) = if self.by_rows() {
                         self.bottom_position()
                     } else {
                         (self.log_len().saturating_sub(self.log_height), 0)
@@ -879,6 +913,11 @@ impl App {
             }
             Action::ToggleWrap => {
                 self.wrap = !self.wrap;
+                self.log_row = 0;
+                Vec::new()
+            }
+            Action::ToggleGroups => {
+                self.unfold = !self.unfold;
                 self.log_row = 0;
                 Vec::new()
             }
@@ -1002,7 +1041,7 @@ impl App {
     }
 
     fn scroll_log(&mut self, delta: isize) {
-        if !self.wrap {
+        if !self.by_rows() {
             let len = self.log_len();
             let max_top = len.saturating_sub(self.log_height);
             let cur = if self.follow { max_top } else { self.log_top };
@@ -1013,9 +1052,11 @@ impl App {
             return;
         }
         // Wrapped: one step is one row on screen, so the end of a long line
-        // and the lines after it are always reachable.
+        // and the lines after it are always reachable; folded lines take
+        // no row, and no step.
         let bottom = self.bottom_position();
         let (mut line, mut row) = self.log_view();
+        let len = self.log_len();
         if delta > 0 {
             for _ in 0..delta {
                 if (line, row) >= bottom {
@@ -1025,18 +1066,29 @@ impl App {
                 if row >= self.rows_of(line) {
                     line += 1;
                     row = 0;
+                    while line < len && self.rows_of(line) == 0 {
+                        line += 1;
+                    }
                 }
             }
         } else {
             for _ in 0..delta.unsigned_abs() {
                 if row > 0 {
                     row -= 1;
-                } else if line > 0 {
-                    line -= 1;
-                    row = self.rows_of(line) - 1;
-                } else {
+                    continue;
+                }
+                let mut prev = line;
+                while prev > 0 {
+                    prev -= 1;
+                    if self.rows_of(prev) > 0 {
+                        break;
+                    }
+                }
+                if prev == line || self.rows_of(prev) == 0 {
                     break;
                 }
+                line = prev;
+                row = self.rows_of(line) - 1;
             }
         }
         self.log_top = line;
@@ -1086,6 +1138,10 @@ impl App {
         };
         match found {
             Some(h) => {
+                // A match inside a folded group unfolds the groups.
+                if self.hidden(h) {
+                    self.unfold = true;
+                }
                 self.follow = false;
                 self.log_top = h;
                 self.log_row = 0;

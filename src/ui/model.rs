@@ -112,11 +112,48 @@ pub struct AttemptLog {
     pub lines: VecDeque<LogLine>,
     /// Lines dropped from the front of the window (still on disk).
     pub dropped: usize,
+    /// Its groups (GitHub's `::group::`), in order: the title line's
+    /// number, and the number of the first line after the group once it
+    /// has ended. At most [`MAX_GROUPS`].
+    pub groups: Vec<(usize, Option<usize>)>,
 }
+
+/// The most groups a log keeps (later ones are shown unfolded).
+pub const MAX_GROUPS: usize = 10_000;
 
 impl AttemptLog {
     pub fn total(&self) -> usize {
         self.dropped + self.lines.len()
+    }
+
+    /// The ended group whose title is line `i`: the lines after it in the
+    /// group (`i + 1 ..end`).
+    pub fn group_at(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        let k = self.groups.binary_search_by_key(&i, |g| g.0).ok()?;
+        self.groups[k].1.map(|end| i + 1..end)
+    }
+
+    /// The ended group line `i` is inside of (not its title line).
+    pub fn inside_group(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        let k = self.groups.partition_point(|g| g.0 < i).checked_sub(1)?;
+        let (start, end) = self.groups[k];
+        end.filter(|&e| i < e).map(|e| start + 1..e)
+    }
+
+    fn group(&mut self, line_no: usize, title: bool) {
+        match (title, self.groups.last_mut()) {
+            // A group ends where the next one starts, if nothing said so.
+            (true, Some((_, end @ None))) => *end = Some(line_no),
+            (false, Some((_, end @ None))) => {
+                *end = Some(line_no);
+                return;
+            }
+            (false, _) => return,
+            _ => {}
+        }
+        if title && self.groups.len() < MAX_GROUPS && self.groups.last().is_none_or(|g| g.0 < line_no) {
+            self.groups.push((line_no, None));
+        }
     }
 }
 
@@ -237,6 +274,12 @@ impl Model {
             } => {
                 self.with(job, |j| j.step = Some(step.clone()));
                 self.skip_to(job, *attempt, *line_no);
+                // A group does not reach past its step.
+                if let Some(&j) = self.index.get(job.as_str())
+                    && let Some(log) = self.logs.get_mut(&(j, *attempt))
+                {
+                    log.group(usize::try_from(*line_no).unwrap_or(usize::MAX), false);
+                }
                 self.push_line(job, *attempt, ev.ts, LineKind::Step, step.clone());
             }
             EventKind::LogLine {
@@ -255,6 +298,20 @@ impl Model {
                 self.push_line(job, *attempt, ev.ts, kind, line.clone());
             }
             EventKind::StepFinished { .. } => {}
+            EventKind::LogGroup {
+                job,
+                attempt,
+                line_no,
+                title,
+            } => {
+                if let Some(&j) = self.index.get(job.as_str()) {
+                    let line_no = usize::try_from(*line_no).unwrap_or(usize::MAX);
+                    self.logs
+                        .entry((j, *attempt))
+                        .or_default()
+                        .group(line_no, title.is_some());
+                }
+            }
             EventKind::JobFinished {
                 job,
                 status,

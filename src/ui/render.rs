@@ -1212,10 +1212,18 @@ fn render_log(app: &App, area: Rect, buf: &mut Buffer) {
     let mut lines: Vec<Line> = Vec::with_capacity(height);
     let mut i = top;
     while lines.len() < height && i < total {
-        let line = match app.log_line(i) {
+        if app.hidden(i) {
+            i += 1;
+            continue;
+        }
+        let mut line = match app.log_line(i) {
             None => Line::styled(format!("{} earlier lines are on disk (loading)", log.dropped), t.dim()),
             Some(l) => log_line_view(t, l, app.search.as_deref()),
         };
+        // A folded group's title says how much it holds.
+        if let Some(note) = app.fold_note(i) {
+            line.spans.push(Span::styled(note, t.dim()));
+        }
         if app.wrap {
             // Wrapped by character into rows of the pane's width: the rows
             // scrolling counts are the rows drawn.
