@@ -539,6 +539,21 @@ impl Printer {
     }
 }
 
+/// A message's first line, and how many more there are (`trackside logs`
+/// shows them): a line of the status or the table stays one line.
+fn first_line(m: &str) -> String {
+    let mut lines = m.lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    match lines.count() {
+        0 => first.to_string(),
+        n => format!(
+            "{} (+{n} more line{} in the log)",
+            first.trim_end_matches(':'),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
 /// An annotation as one line: `file:line:col: title: message` (the
 /// place and title when it has them).
 pub fn annotation_text(kind: &EventKind) -> Option<String> {
@@ -650,7 +665,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
                 _ => {
                     let class = failure_class.map_or("", |c| c.as_str());
                     let code = exit_code.map(|c| format!("exit {c}, ")).unwrap_or_default();
-                    let msg = message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                    let msg = message
+                        .as_deref()
+                        .map(|m| format!(": {}", first_line(m)))
+                        .unwrap_or_default();
                     format!(":: {job:<w$} FAIL ({code}{class}) in {d}{msg}")
                 }
             }
@@ -764,10 +782,11 @@ pub fn summary_table(s: &RunSummary) -> String {
             (Verdict::Fail, true) => "FAIL(ok)".to_string(),
             (v, _) => v.as_str().to_string(),
         };
-        let detail = match (j.failure_class, &j.reason) {
+        let reason = j.reason.as_deref().map(first_line);
+        let detail = match (j.failure_class, reason) {
             (Some(c), Some(r)) if j.verdict != Verdict::Cancelled => format!("{c}: {r}"),
             (Some(c), None) => c.to_string(),
-            (_, Some(r)) => r.clone(),
+            (_, Some(r)) => r,
             (None, None) => String::new(),
         };
         out.push_str(&format!(

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod engine;
 pub mod exec;
 pub mod headless;
+pub mod insight;
 pub mod net;
 pub mod pipeline;
 pub mod process;

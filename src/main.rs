@@ -41,6 +41,7 @@ macro_rules! outln {
 }
 
 mod attachcmd;
+mod insightcmd;
 mod storecmd;
 
 #[derive(Parser)]
@@ -279,6 +280,40 @@ enum Cmd {
         /// Only runs with this result: passed, failed, blocked, cancelled, running or crashed.
         #[arg(long)]
         result: Option<String>,
+    },
+    /// Every recorded attempt of a job (or of every job), oldest first,
+    /// with outcome, duration, commit and branch, and a sparkline of its
+    /// passing durations.
+    History {
+        /// Only this job.
+        job: Option<String>,
+        /// Only runs of this pipeline file.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Only runs on this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only attempts younger than this (7d, 12h, 30m).
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
+        /// At most this many attempts (the newest).
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Jobs that fail intermittently, ranked, with their evidence (passed on
+    /// a retry, passed and failed on one commit), failure rate with a 90%
+    /// interval, and since when; jobs broken for good are listed too.
+    Flaky {
+        /// Only runs of this pipeline file.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// List every job, stable and failing ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
     },
     /// Print a job's log from a past run (RUN: id, unique prefix, or `last`).
     Logs {
@@ -549,6 +584,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 /// `--platform LABEL=IMAGE`: a runner label and a Docker image.
 fn parse_platform(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
+        // act's `-P label=-self-hosted`: that label's jobs on this machine.
+        Some((label, "-self-hosted")) if !label.trim().is_empty() => Ok((label.trim().to_string(), String::new())),
         Some((label, image)) if !label.trim().is_empty() && !image.trim().is_empty() => {
             let image = image.trim();
             Ok((
@@ -614,6 +651,27 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             pipeline,
             result,
         } => runs(&state, format, limit, pipeline.as_deref(), result.as_deref()),
+        Cmd::History {
+            job,
+            pipeline,
+            branch,
+            since,
+            limit,
+            format,
+        } => insightcmd::history(
+            &state,
+            insightcmd::HistoryArgs {
+                job: job.as_deref(),
+                pipeline: pipeline.as_deref(),
+                branch: branch.as_deref(),
+                since: since.as_deref(),
+                limit,
+                json: format == OutputFormat::Json,
+            },
+        ),
+        Cmd::Flaky { pipeline, all, format } => {
+            insightcmd::flaky(&state, pipeline.as_deref(), all, format == OutputFormat::Json)
+        }
         Cmd::Logs {
             run,
             job,

@@ -1188,3 +1188,96 @@ async fn a_docker_action_that_does_not_build_fails_the_job_before_its_steps() {
     );
     assert!(!r.lines("a").contains(&"never".to_string()));
 }
+
+#[tokio::test]
+async fn matrix_jobs_with_services_a_non_root_container_and_secrets_in_service_env() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = github(&format!(
+        r#"on: push
+jobs:
+  test:
+    name: Unit tests
+    runs-on: ubuntu-latest
+    strategy: {{matrix: {{n: [1, 2]}}}}
+    container:
+      image: {IMAGE_A}
+      options: --user 1000:1000
+      env: {{IN_BOX: "${{{{ secrets.TOKEN }}}}"}}
+    services:
+      web:
+        image: {IMAGE_A}
+        command: sh -c 'echo "pw=$PW" > /pw.txt; exec httpd -f -p 8080 -h /'
+        env: {{PW: "${{{{ secrets.TOKEN }}}}"}}
+    steps:
+      - id: v
+        run: |
+          echo "uid=$(id -u) box=$IN_BOX"
+          echo "ver=9.${{{{ matrix.n }}}}" >> "$GITHUB_OUTPUT"
+      - run: wget -q -O - http://web:8080/pw.txt
+      - uses: docker://{IMAGE_A}
+        with:
+          entrypoint: /bin/sh
+          args: -c "echo args-ver=${{{{ steps.v.outputs.ver }}}}"
+"#
+    ));
+    with_docker(&mut s, &d);
+    s.cfg.secrets = vec![("TOKEN".into(), "tok-s3cret".into())];
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    for (job, n) in [("Unit tests (1)", 1), ("Unit tests (2)", 2)] {
+        let lines = r.lines(job);
+        assert_eq!(sum_status(&sum, job), Some(JobStatus::Succeeded), "{lines:?}");
+        for want in [
+            "uid=1000 box=***".to_string(),
+            "pw=***".into(),
+            format!("args-ver=9.{n}"),
+        ] {
+            assert!(lines.contains(&want), "{job}: {want}: {lines:?}");
+        }
+        assert!(
+            lines.iter().any(|l| l.contains("`PW` holds secret `TOKEN`")),
+            "{lines:?}"
+        );
+    }
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(labelled(&d, &run_id).await, 0);
+    assert_eq!(networks_of(&d, &run_id).await, 0);
+}
+
+#[tokio::test]
+async fn a_cancel_while_a_service_is_not_ready_yet_ends_the_job_at_once() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    let mut s = github(&format!(
+        "on: push\njobs:\n  wait:\n    runs-on: ubuntu-latest\n    services:\n      db:\n        image: {IMAGE_A}\n        command: sh -c 'echo db starting; exec sleep 300'\n        options: --health-cmd false --health-interval 1s --health-retries 100 --health-start-period 1h\n    steps:\n      - run: echo never\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    r.until(
+        "the service is being waited for",
+        |k| matches!(k, EventKind::LogLine { job, step, .. } if job == "wait" && step == "services"),
+    )
+    .await;
+    let asked = std::time::Instant::now();
+    r.handle.cancel_all().await.expect("cancel");
+    let sum = r.finished().await;
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(sum_status(&sum, "wait"), Some(JobStatus::Cancelled));
+    let run_id = r.handle.run_id().to_string();
+    r.handle.shutdown().await;
+    assert_eq!(
+        labelled(&d, &run_id).await,
+        0,
+        "what was half started goes with the run"
+    );
+}
+
+fn sum_status(s: &trackside::engine::RunSummary, name: &str) -> Option<JobStatus> {
+    s.jobs.iter().find(|j| j.name == name).map(|j| j.status)
+}

@@ -502,7 +502,21 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         replay: replay.clone(),
         records: Arc::new(super::records::Records::new(record.dir().to_path_buf())),
     };
+    let dialect = match cfg.load_options.as_ref().and_then(|o| o.dialect) {
+        Some(crate::pipeline::Dialect::Gitlab) => "gitlab",
+        Some(crate::pipeline::Dialect::Github) => "github",
+        _ => "native",
+    };
+    let history = super::history::History::start(
+        ctx.index.clone(),
+        &cfg.run_id,
+        &cfg.pipeline_file,
+        dialect,
+        cfg.project_dir.clone(),
+        cfg.git.clone(),
+    );
     let actor = Actor {
+        history,
         state,
         ctx,
         record,
@@ -629,6 +643,8 @@ enum ActorMsg {
 }
 
 struct Actor {
+    /// Every attempt's row in the store's history.
+    history: super::history::History,
     state: RunState,
     ctx: Arc<RunContext>,
     record: RunRecord,
@@ -1271,6 +1287,7 @@ impl Actor {
                     }
                     tracing::info!(run = %summary.run_id, result = ?summary.result, message = %summary.message, "run finished");
                     mask_summary(&self.masker, &mut summary);
+                    self.history.finish();
                     if let Err(e) = self.record.finish(&summary) {
                         tracing::error!("cannot write the run summary: {e}");
                     }
@@ -1388,6 +1405,7 @@ impl Actor {
         if let Err(e) = self.record.write(&ev) {
             tracing::error!("cannot record an event: {e}");
         }
+        self.history.observe(&ev, self.state.pipeline(), self.ctx.containers);
         let ev = Arc::new(ev);
         lock(&self.replay).push(ev.clone());
         // No subscriber is fine: the record and the replay have it.

@@ -141,10 +141,13 @@ impl RunContext {
                 .map(|v| (v.name.clone(), v.value.clone()))
                 .collect::<Vec<_>>()
         };
+        // A GitHub job reads secrets only as `${{ secrets.X }}`, as on
+        // GitHub; elsewhere each `--secret` is a variable too.
+        let secrets = if job.file_commands { &[][..] } else { &self.secrets[..] };
         let mut s = Scope::new();
         s.lenient(self.pipeline.undefined_is_empty)
             .push_layer(self.cli_vars.iter().cloned())
-            .push_layer(self.secrets.iter().cloned())
+            .push_layer(secrets.iter().cloned())
             .push_layer(layer(step_env))
             .push_layer(layer(&job.environment))
             .push_layer(layer(&self.pipeline.global_env))

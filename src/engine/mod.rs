@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod attempt;
 pub mod failure;
 pub mod filecmd;
+pub mod history;
 pub mod mask;
 pub mod records;
 pub mod replay;

@@ -335,32 +335,54 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     let services = if job.services.is_empty() || !ctx.containers {
         crate::exec::Services::default()
     } else {
-        match start_services(ctx, a, job).await {
-            Ok(s) => s,
-            Err(msg) => {
-                let setup: Arc<str> = Arc::from("services");
-                note(a, &setup, msg.clone()).await;
-                // The workspace goes as it would after a failed step.
+        match until_stopped(a, deadline, "starting its services", start_services(ctx, a, job)).await {
+            Ok(Ok(s)) => s,
+            stopped => {
+                let outcome = match stopped {
+                    Ok(Err(msg)) => {
+                        let setup: Arc<str> = Arc::from("services");
+                        note(a, &setup, msg.clone()).await;
+                        Outcome::infra(msg)
+                    }
+                    Err(o) => o,
+                    Ok(Ok(_)) => Outcome::success(),
+                };
+                // The workspace goes as it would after a failed step; what
+                // a stop left half made goes with the run.
                 if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
                     leftovers.workspace = Some(ws);
                 }
-                return Outcome::infra(msg);
+                return outcome;
             }
         }
     };
     let network = services.network.clone();
     // GitHub's `container:`: one container for the job's steps.
     let job_box = if job.container.job_container && ctx.containers {
-        match start_job_box(ctx, a, job, &ws, network.clone()).await {
-            Ok(b) => b,
-            Err(msg) => {
-                let setup: Arc<str> = Arc::from("container");
-                note(a, &setup, msg.clone()).await;
+        let started = until_stopped(
+            a,
+            deadline,
+            "starting its container",
+            start_job_box(ctx, a, job, &ws, network.clone()),
+        )
+        .await;
+        match started {
+            Ok(Ok(b)) => b,
+            stopped => {
+                let outcome = match stopped {
+                    Ok(Err(msg)) => {
+                        let setup: Arc<str> = Arc::from("container");
+                        note(a, &setup, msg.clone()).await;
+                        Outcome::infra(msg)
+                    }
+                    Err(o) => o,
+                    Ok(Ok(_)) => Outcome::success(),
+                };
                 ctx.executor.stop_services(services).await;
                 if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
                     leftovers.workspace = Some(ws);
                 }
-                return Outcome::infra(msg);
+                return outcome;
             }
         }
     } else {
@@ -368,9 +390,21 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     };
     // Docker actions built from their folder's Dockerfile, as GitHub's
     // runner builds them while it sets the job up.
-    let action_images = match build_action_images(ctx, a, job, &ws).await {
-        Ok(images) => images,
-        Err(msg) => {
+    let built = until_stopped(
+        a,
+        deadline,
+        "building its Docker actions",
+        build_action_images(ctx, a, job, &ws),
+    )
+    .await;
+    let action_images = match built {
+        Ok(Ok(images)) => images,
+        stopped => {
+            let outcome = match stopped {
+                Ok(Err(msg)) => Outcome::infra(msg),
+                Err(o) => o,
+                Ok(Ok(_)) => Outcome::success(),
+            };
             if let Some(b) = job_box {
                 ctx.executor.stop_job_box(b, false).await;
             }
@@ -378,7 +412,7 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
             if !ctx.in_place && !ctx.keep_workspaces && !ctx.keep_failed {
                 leftovers.workspace = Some(ws);
             }
-            return Outcome::infra(msg);
+            return outcome;
         }
     };
     let _ = a.docker.set(crate::engine::attempt::Containers {
@@ -501,6 +535,63 @@ async fn build_action_images(
     Ok(built)
 }
 
+/// `setup` (services, a container, an image build) until it ends, or the
+/// attempt is cancelled, or the job's time is up: those end the attempt
+/// (as cancelled, or timed out) without waiting for it.
+async fn until_stopped<T>(
+    a: &Attempt,
+    deadline: Instant,
+    doing: &str,
+    setup: impl std::future::Future<Output = T>,
+) -> Result<T, Outcome> {
+    tokio::select! {
+        done = setup => Ok(done),
+        () = a.cancel.cancelled() => Err(Outcome {
+            message: Some(format!("cancelled while {doing}")),
+            ..Outcome::failed(None, FailureClass::Cancelled)
+        }),
+        () = tokio::time::sleep_until(deadline) => Err(Outcome {
+            message: Some(format!("the job's timeout passed while {doing}")),
+            ..Outcome::failed(None, FailureClass::Timeout)
+        }),
+    }
+}
+
+/// A job-level GitHub text (a service's or the job container's `env`)
+/// evaluated as the job starts: `secrets`, `needs`, `github`, `vars`.
+fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<String, String> {
+    let vars = ctx.pipeline_vars();
+    let env = BTreeMap::new();
+    let statuses = HashMap::new();
+    let steps = serde_json::json!({});
+    let secrets = secrets_context(ctx, job);
+    let paths = github_paths(ctx, job, a, 0, &ctx.workspace(job, a.attempt));
+    let context = StepCtx {
+        env: &env,
+        vars: &vars,
+        statuses: &statuses,
+        steps: Some(&steps),
+        secrets: Some(&secrets),
+        needs: Some(&a.needs),
+        inputs: None,
+        paths: Some(&paths),
+        files: None,
+        failed: false,
+        cancelled: false,
+    };
+    expr::interpolate_in(text, &crate::pipeline::github::LANG, &context).map_err(|e| e.to_string())
+}
+
+/// The first variable of `env` whose value holds a secret, with the
+/// secret's name.
+fn holds_secret(ctx: &RunContext, env: &BTreeMap<String, String>) -> Option<(String, String)> {
+    ctx.secrets.iter().filter(|(_, s)| !s.is_empty()).find_map(|(name, s)| {
+        env.iter()
+            .find(|(_, v)| v.contains(s.as_str()))
+            .map(|(k, _)| (k.clone(), name.clone()))
+    })
+}
+
 /// Starts the job's own container (its first container step's image),
 /// with the job's folders mounted where GitHub has them.
 async fn start_job_box(
@@ -516,12 +607,16 @@ async fn start_job_box(
         .unwrap_or_else(|| "/".into());
     let setup: Arc<str> = Arc::from("container");
     note(a, &setup, format!("starting the job's container from `{image}`")).await;
+    // Its `env` reaches each step through `docker exec` (see `box_step`),
+    // never the container's configuration: it may hold a secret.
+    let mut options = job.container.clone();
+    options.extras.env.clear();
     let req = crate::exec::JobBoxRequest {
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,
         image: image.to_string(),
-        options: job.container.clone(),
+        options,
         mounts,
         workdir,
         network,
@@ -550,10 +645,31 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
         let env = scope
             .resolve_all()
             .map_err(|(name, e)| format!("service `{}`: variable `{name}`: {e}", svc.name))?;
-        let env = env
+        let mut env: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| svc.environment.iter().any(|v| &v.name == k))
             .collect();
+        // A GitHub service's `env` may read `secrets` and `needs`.
+        if job.file_commands {
+            for (k, value) in env.iter_mut() {
+                if value.contains("${{") {
+                    *value = job_expr(ctx, a, job, value)
+                        .map_err(|e| format!("service `{}`: variable `{k}`: {e}", svc.name))?;
+                }
+            }
+            if let Some((k, secret)) = holds_secret(ctx, &env) {
+                let setup: Arc<str> = Arc::from("services");
+                note(
+                    a,
+                    &setup,
+                    format!(
+                        "service `{}`: `{k}` holds secret `{secret}`: it is in the service container's configuration, as on GitHub, where `docker inspect` shows it to users of the Docker daemon",
+                        svc.name
+                    ),
+                )
+                .await;
+            }
+        }
         services.push((svc.clone(), env));
     }
     let req = crate::exec::ServicesRequest {
@@ -658,8 +774,9 @@ async fn run_steps(
         // `>>` makes the ones it writes.
         let made = match (job.file_commands, step.inputs_env) {
             (false, _) => None,
-            (true, true) => Some(filecmd::StepFiles::create(&dir, index)),
-            (true, false) => Some(filecmd::StepFiles::at(&dir, index)),
+            // A Docker action's container (maybe not root) makes its own.
+            (true, true) if step.docker_action.is_none() => Some(filecmd::StepFiles::create(&dir, index)),
+            (true, _) => Some(filecmd::StepFiles::at(&dir, index)),
         };
         let files = match made {
             Some(made) => match made {
@@ -1526,6 +1643,7 @@ fn prepare_step(
                 .and_then(|i| i.as_object())
                 .into_iter()
                 .flatten()
+                .filter(|(k, _)| !k.starts_with("__"))
             {
                 let name = format!("INPUT_{}", k.replace(' ', "_").to_uppercase());
                 env.insert(name, expr::to_text(v));
@@ -1829,6 +1947,17 @@ fn box_step(
     carried: Option<&filecmd::Carried>,
 ) -> Result<crate::exec::ContainerStep, String> {
     drop_host_env(ctx, job, index, env);
+    // The container's own `env`, below everything the workflow says.
+    for (k, v) in &job.container.extras.env {
+        if !env.contains_key(k) {
+            let value = if v.contains("${{") {
+                job_expr(ctx, a, job, v).map_err(|e| format!("container variable `{k}`: {e}"))?
+            } else {
+                v.clone()
+            };
+            env.insert(k.clone(), value);
+        }
+    }
     let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
     let seen = |p: &Path| crate::exec::inside(&b.mounts, p);
     let ws_inside = seen(&ws).unwrap_or_else(|| "/".into());
@@ -1843,6 +1972,8 @@ fn box_step(
         env.insert("PATH".into(), path.join(":"));
     }
     let files = std::path::absolute(files_dir(ctx, job, a.attempt)).unwrap_or_else(|_| files_dir(ctx, job, a.attempt));
+    let (temp, _) = runner_dirs(ctx, job, a.attempt);
+    open_to_container(&files, &[&temp, &files.join("home"), &files.join("github")])?;
     let script_host = files.join("steps").join(format!("{index}.sh"));
     crate::store::write_with_mode(&script_host, script.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write the step's script: {e}"))?;
@@ -1921,6 +2052,7 @@ fn action_step(
     for d in [&files, &home, &files.join("github"), &temp] {
         crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
     }
+    open_to_container(&files, &[&temp, &home, &files.join("github")])?;
     let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
     let m = |host: PathBuf, inside: &str| crate::exec::Mount {
         host,
@@ -1939,11 +2071,7 @@ fn action_step(
     seen_inside(env, &mounts);
     env.insert("CI_PROJECT_DIR".into(), "/github/workspace".into());
     env.insert("HOME".into(), "/github/home".into());
-    let secret = ctx.secrets.iter().filter(|(_, s)| !s.is_empty()).find_map(|(name, s)| {
-        env.iter()
-            .find(|(_, v)| v.contains(s.as_str()))
-            .map(|(k, _)| (k.clone(), name.clone()))
-    });
+    let secret = holds_secret(ctx, env);
     let mut options = job.container.clone();
     options.job_container = false;
     options.extras = Default::default();
@@ -1995,6 +2123,27 @@ fn seen_inside(env: &mut BTreeMap<String, String>, mounts: &[crate::exec::Mount]
             *value = m;
         }
     }
+}
+
+/// Lets a container's user (any uid: `--user 1000`, an image's `USER`)
+/// read the attempt's folder and scripts and write the folders it writes
+/// to. On the host they stay out of others' reach: the run's folder
+/// above them is trackside's user's alone (0700).
+fn open_to_container(files: &Path, writable: &[&Path]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |d: &Path, mode: u32| {
+        if !d.exists() {
+            return Ok(());
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot open {} to the job's container: {e}", d.display()))
+    };
+    set(files, 0o755)?;
+    set(&files.join("steps"), 0o755)?;
+    for d in writable {
+        set(d, 0o777)?;
+    }
+    Ok(())
 }
 
 /// Host variables that no pipeline layer set stay on the host.

@@ -403,6 +403,12 @@ pub fn gitlab_variables(facts: Option<&Facts>) -> Vec<(String, String)> {
     out
 }
 
+/// Whether the work tree has changes to tracked files not committed;
+/// `None` when git cannot say.
+pub fn dirty(dir: &Path) -> Option<bool> {
+    text(dir, &["status", "--porcelain", "--untracked-files=no"]).map(|t| !t.trim().is_empty())
+}
+
 /// The files a GitLab pipeline counts as changed (`rules:changes`), from
 /// the project's root `dir`, on `branch`: on a branch other than the
 /// default one, since where it forked from the default branch, and on the

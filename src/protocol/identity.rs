@@ -25,13 +25,18 @@ pub fn identity(uid: u32, login: Option<String>, ssh_client: Option<String>) -> 
                 .map(|u| u.name)
         })
         .unwrap_or_else(|| format!("uid {uid}"));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = hostname();
     let printable = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
     let (user, host) = (printable(&user), printable(&host));
     match ssh_client.and_then(|s| s.split_whitespace().next().map(printable)) {
         Some(ip) => format!("{user}@{host} (ssh from {ip})"),
         None => format!("{user}@{host}"),
     }
+}
+
+/// This machine's name (`localhost` when the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

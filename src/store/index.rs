@@ -153,7 +153,7 @@ impl Index {
         let path = state.join("index.sqlite");
         super::prepare_state_dir(state)?;
         let err = |e: rusqlite::Error| index_error(&path, e);
-        let conn = Connection::open(&path).map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         // Switching to WAL needs a moment alone with the file, and SQLite does
         // not wait for it (no busy handler): retry briefly when another
@@ -189,6 +189,7 @@ impl Index {
         if check != "ok" {
             return Err(StoreError::IndexCorrupt { path, message: check });
         }
+        super::history::migrate(&mut conn).map_err(err)?;
         Ok(Index {
             conn: Mutex::new(conn),
             path,
@@ -260,6 +261,38 @@ impl Index {
         // A panic while holding the lock cannot leave a half-done statement: keep going.
         let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&conn).map_err(|e| index_error(&self.path, e))
+    }
+
+    /// Adds attempts to the history (one transaction).
+    pub fn record_attempts(&self, rows: &[super::history::AttemptRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = conn
+            .transaction()
+            .and_then(|tx| super::history::insert(&tx, rows).and_then(|()| tx.commit()));
+        done.map_err(|e| index_error(&self.path, e))
+    }
+
+    /// Gives a run's history rows what git said about its commit.
+    pub fn history_facts(
+        &self,
+        run: &str,
+        commit: Option<&str>,
+        branch: Option<&str>,
+        default_branch: bool,
+        dirty: bool,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE attempts SET commit_sha = ?2, branch = ?3, default_branch = ?4, dirty = ?5 WHERE run_id = ?1",
+                params![run, commit, branch, default_branch, dirty],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The attempts `filter` wants, oldest first.
+    pub fn attempts(&self, filter: &super::history::Filter) -> Result<Vec<super::history::AttemptRow>, StoreError> {
+        self.with(|c| super::history::select(c, filter))
     }
 
     pub fn put_artifact(

@@ -17,6 +17,7 @@
 pub mod actions;
 pub mod cache;
 pub mod gc;
+pub mod history;
 pub mod index;
 pub mod logscan;
 pub mod manifest;

@@ -216,7 +216,14 @@ impl DockerExecutor {
     ) -> Result<(), String> {
         for (svc, env) in &req.services {
             self.ensure_image(&svc.image, req.pull).await?;
-            let name = format!("trackside-{}-{}-{}-svc-{}", req.run_id, req.job, req.attempt, svc.name);
+            // Docker names take letters, digits, `_`, `.` and `-` only.
+            let name = format!(
+                "trackside-{}-{}-{}-svc-{}",
+                req.run_id,
+                crate::store::file_safe(&req.job),
+                req.attempt,
+                container_safe(&svc.name)
+            );
             let _ = self.remove(&name).await;
             let labels = HashMap::from([
                 (LABEL_RUN.to_string(), req.run_id.clone()),
@@ -263,7 +270,15 @@ impl DockerExecutor {
             self.docker
                 .start_container(&name, None::<StartContainerOptions>)
                 .await
-                .map_err(|e| format!("cannot start service `{}`: {e}", svc.name))?;
+                .map_err(|e| {
+                    let taken = e.to_string().contains("port is already allocated");
+                    let hint = if taken {
+                        "; another job of the run (or another program) has that host port: publish the service's port alone (`ports: ['5432']`) and read the free one Docker picks from `job.services.<id>.ports['5432']`, or run with -j 1"
+                    } else {
+                        ""
+                    };
+                    format!("cannot start service `{}`: {e}{hint}", svc.name)
+                })?;
             let logs = self.docker.logs(
                 &name,
                 Some(LogsOptions {
@@ -911,9 +926,19 @@ impl Executor for DockerExecutor {
 
 /// `trackside-<run>-<job>-<attempt>-<step>`: unique per step, no secrets.
 pub fn container_name(c: &ContainerStep) -> String {
-    let safe: String = c
-        .job
-        .chars()
+    format!(
+        "trackside-{}-{}-{}-{}",
+        c.run_id,
+        container_safe(&c.job),
+        c.attempt,
+        c.step_index
+    )
+}
+
+/// `name` with what Docker's container and network names do not take
+/// (anything but letters, digits, `_`, `.` and `-`) as `_`.
+pub fn container_safe(name: &str) -> String {
+    name.chars()
         .map(|ch| {
             if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.' {
                 ch
@@ -921,8 +946,7 @@ pub fn container_name(c: &ContainerStep) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("trackside-{}-{safe}-{}-{}", c.run_id, c.attempt, c.step_index)
+        .collect()
 }
 
 fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {

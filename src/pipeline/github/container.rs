@@ -72,6 +72,9 @@ pub fn docker_options(text: &str, into: &mut ContainerOptions) -> Result<(), Opt
                 "options are `docker create` flags, such as `--health-cmd \"redis-cli ping\"`",
             ));
         }
+        // Named before a value is taken: an unknown flag is never read as
+        // the value of the one before it.
+        refused(&flag)?;
         let value = if switch {
             inline.unwrap_or_else(|| "true".into())
         } else {
@@ -86,9 +89,9 @@ pub fn docker_options(text: &str, into: &mut ContainerOptions) -> Result<(), Opt
             }
         };
         let duration = |v: &str| {
-            humantime::parse_duration(v).map_err(|e| {
+            humantime::parse_duration(v).map_err(|_| {
                 bad(
-                    format!("`options`: `{flag} {v}`: {e}"),
+                    format!("`options`: `{flag} {v}` is not a duration"),
                     "write a duration such as `10s` or `1m30s`",
                 )
             })
@@ -155,24 +158,7 @@ pub fn docker_options(text: &str, into: &mut ContainerOptions) -> Result<(), Opt
             "--read-only" => into.read_only_rootfs = truth(&value)?,
             // Containers trackside makes are always removed.
             "--rm" => {}
-            "--network" | "--net" => {
-                return Err(bad(
-                    "`options`: `--network` is not supported",
-                    "a job's containers share a network of their own, as on GitHub; reach services by their id",
-                ));
-            }
-            "--name" => {
-                return Err(bad(
-                    "`options`: `--name` is not supported",
-                    "trackside names its containers; reach a service by its id, or add `--network-alias`",
-                ));
-            }
-            other => {
-                return Err(bad(
-                    format!("`options`: trackside does not apply `{other}`"),
-                    format!("the flags it applies: {SUPPORTED_FLAGS}"),
-                ));
-            }
+            other => refused(other)?,
         }
     }
     if into.extras.health.as_ref().is_some_and(|h| h.command.is_empty()) {
@@ -182,6 +168,67 @@ pub fn docker_options(text: &str, into: &mut ContainerOptions) -> Result<(), Opt
         ));
     }
     Ok(())
+}
+
+/// The flags [`docker_options`] applies.
+const KNOWN_FLAGS: [&str; 24] = [
+    "--health-cmd",
+    "--health-interval",
+    "--health-timeout",
+    "--health-retries",
+    "--health-start-period",
+    "-e",
+    "--env",
+    "--entrypoint",
+    "-u",
+    "--user",
+    "--cpus",
+    "-m",
+    "--memory",
+    "--pids-limit",
+    "--privileged",
+    "--cap-add",
+    "--cap-drop",
+    "--read-only",
+    "--network-alias",
+    "-h",
+    "--hostname",
+    "--tmpfs",
+    "--shm-size",
+    "--rm",
+];
+
+/// Why a flag is not applied, unless it is one [`docker_options`] applies.
+fn refused(flag: &str) -> Result<(), OptionsError> {
+    if KNOWN_FLAGS.contains(&flag) {
+        return Ok(());
+    }
+    Err(match flag {
+        "--network" | "--net" => bad(
+            "`options`: `--network` is not supported",
+            "a job's containers share a network of their own, as on GitHub; reach services by their id",
+        ),
+        "--name" => bad(
+            "`options`: `--name` is not supported",
+            "trackside names its containers; reach a service by its id, or add `--network-alias`",
+        ),
+        "-v" | "--volume" | "--mount" => bad(
+            format!("`options`: `{flag}` is not applied here"),
+            "list the volumes under `volumes:` (`- /host/path:/path`)",
+        ),
+        "-p" | "--publish" => bad(
+            format!("`options`: `{flag}` is not applied here"),
+            "list the ports under `ports:` (`- 8080:80`)",
+        ),
+        "--env-file" => bad(
+            "`options`: `--env-file` is not applied",
+            "set the variables under `env:` (a file on this machine is not the workflow's)",
+        ),
+        other => bad(
+            format!("`options`: trackside does not apply `{other}`"),
+            format!("the flags it applies: {SUPPORTED_FLAGS}"),
+        ),
+    })
 }
 
 fn empty_health() -> ContainerHealth {
@@ -265,6 +312,8 @@ impl Workflow<'_, '_> {
             .split(", ")
             .find_map(|label| self.platforms.iter().find(|(l, _)| l == label.trim()))
             .map(|(_, image)| image.clone())
+            // `-self-hosted` (an empty image): on this machine.
+            .filter(|image| !image.is_empty())
     }
 
     /// `container:` — an image, or `{image, credentials, env, ports,
@@ -323,8 +372,9 @@ impl Workflow<'_, '_> {
                 .into_iter()
                 .map(|(name, value)| crate::pipeline::model::EnvVar {
                     name,
-                    // Literal: a service's values are not expanded.
-                    value: value.replace('$', "$$"),
+                    // Literal: a service's values are not expanded (but
+                    // for the `${{ }}` the run evaluates).
+                    value: value.replace('$', "$$").replace("$${{", "${{"),
                     pos: v.pos,
                 })
                 .collect();
@@ -393,21 +443,9 @@ impl Workflow<'_, '_> {
         d.image = (!image.is_empty()).then(|| image.to_string());
         let mut ok = true;
         if let Some(n) = get(node, "env").filter(|_| matches!(node.value, Value::Map(_))) {
+            // What the run knows (`secrets`, `needs`) stays `${{ }}` for it.
             let vars = self.env(n, &join(path, "env"), known, IN_JOB);
             for v in vars {
-                if v.value.contains("${{") {
-                    self.cx.err(
-                        n,
-                        &join(path, "env"),
-                        format!(
-                            "`{}`: a container's variables must be known when the workflow is read",
-                            v.name
-                        ),
-                        "use github, matrix, inputs or vars here; set run-time values in the step's `env:`",
-                    );
-                    ok = false;
-                    continue;
-                }
                 d.options.extras.env.push((v.name, v.value.replace("$$", "$")));
             }
         }
@@ -417,7 +455,7 @@ impl Workflow<'_, '_> {
         for (key, list) in [("ports", 0), ("volumes", 1)] {
             let Some(n) = get(node, key) else { continue };
             let kpath = join(path, key);
-            for (text, item) in self.cx.string_list(n, &kpath) {
+            for (text, item) in self.cx.string_seq(n, &kpath) {
                 let Some(text) = self.value(&text, &item, &kpath, known, IN_JOB) else {
                     ok = false;
                     continue;
@@ -578,6 +616,12 @@ mod tests {
         assert!(err("--network host").contains("--network"));
         assert!(err("--name db").contains("--name"));
         assert!(err("--device /dev/kvm").contains("`--device`"));
+        assert!(
+            err("--cpus 1 --init").contains("does not apply `--init`"),
+            "not read as a value"
+        );
+        assert!(err("--health-cmd x --health-interval abc").contains("is not a duration"));
+        assert!(err("-v /a:/b").contains("`-v` is not applied here"));
         assert!(err("--health-cmd").contains("needs a value"));
         assert!(err("--health-cmd 'unterminated").contains("unterminated"));
         assert!(err("--health-retries many").contains("whole number"));

@@ -12,6 +12,11 @@ use super::{IN_STEP, Known, Workflow, entries, get, join};
 use crate::pipeline::model::{ActionBuild, Condition, DockerAction, Step};
 use crate::pipeline::yaml::{Node, Value};
 
+/// The hidden inputs a `docker://` step's `with.args` and
+/// `with.entrypoint` travel in (not `INPUT_*` variables).
+pub const ARGS: &str = "__args";
+pub const ENTRYPOINT: &str = "__entrypoint";
+
 /// A call's inputs, as (name, text).
 type Inputs = Vec<(String, String)>;
 
@@ -42,6 +47,15 @@ impl Workflow<'_, '_> {
     ) -> Option<Vec<Step>> {
         self.cx
             .mapping(runs, "runs", &DOCKER_RUNS_KEYS, "a Docker action's `runs`");
+        if self.executor == crate::pipeline::ExecutorChoice::Shell {
+            self.cx.err(
+                runs,
+                "runs.using",
+                format!("`{name}` is a Docker action, and `--executor shell` runs no container"),
+                "leave out `--executor shell` to run it with Docker",
+            );
+            return None;
+        }
         let Some(image_node) = get(runs, "image") else {
             self.cx.err(
                 runs,
@@ -74,6 +88,19 @@ impl Workflow<'_, '_> {
                     );
                     return None;
                 }
+                let folder = match Path::new(dir) {
+                    d if d.is_absolute() => d.to_path_buf(),
+                    d => self.root.join(d),
+                };
+                if !folder.join(rel).is_file() {
+                    self.cx.err(
+                        image_node,
+                        "runs.image",
+                        format!("the action has no `{image_text}` in its folder {}", folder.display()),
+                        "add the Dockerfile beside action.yml, or name an image as `docker://NAME`",
+                    );
+                    return None;
+                }
                 let build = ActionBuild {
                     dir: dir.to_string(),
                     dockerfile: image_text.clone(),
@@ -98,7 +125,7 @@ impl Workflow<'_, '_> {
             None => Vec::new(),
             Some(n) => {
                 let mut out = Vec::new();
-                for (raw, item) in self.cx.string_list(n, "runs.args") {
+                for (raw, item) in self.cx.string_seq(n, "runs.args") {
                     match self.text(&raw, &item, "runs.args", known, IN_STEP) {
                         Some(t) => out.push(t),
                         None => ok = false,
@@ -161,6 +188,16 @@ impl Workflow<'_, '_> {
         name: &str,
         known: &Known,
     ) -> Option<(Vec<Step>, Inputs)> {
+        if self.executor == crate::pipeline::ExecutorChoice::Shell {
+            let at = get(node, "uses").unwrap_or(node);
+            self.cx.err(
+                at,
+                &join(path, "uses"),
+                format!("`docker://{image}` runs a container, and `--executor shell` runs none"),
+                "leave out `--executor shell` to run it with Docker",
+            );
+            return None;
+        }
         let mut inputs = Vec::new();
         let (mut args, mut entrypoint) = (Vec::new(), None);
         let mut ok = true;
@@ -176,9 +213,18 @@ impl Workflow<'_, '_> {
                 ok = false;
                 continue;
             };
+            // `args` and `entrypoint` are read where the step is written,
+            // as inputs are (`steps` there is the caller's): as hidden
+            // inputs of the call, which the step's container takes.
             match key {
-                "args" => args = vec![t],
-                "entrypoint" => entrypoint = Some(t),
+                "args" => {
+                    inputs.push((ARGS.to_string(), t));
+                    args = vec![format!("${{{{ inputs.{ARGS} }}}}")];
+                }
+                "entrypoint" => {
+                    inputs.push((ENTRYPOINT.to_string(), t));
+                    entrypoint = Some(format!("${{{{ inputs.{ENTRYPOINT} }}}}"));
+                }
                 _ => inputs.push((key.to_string(), t)),
             }
         }

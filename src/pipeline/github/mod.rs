@@ -1782,6 +1782,15 @@ impl<'c, 's> Workflow<'c, 's> {
                 (image, options)
             })),
         };
+        if self.executor == super::ExecutorChoice::Docker && matches!(boxed, Some(None)) {
+            let at = get(node, "runs-on").unwrap_or(node);
+            self.cx.err(
+                at,
+                &join(path, "runs-on"),
+                format!("`--executor docker` runs every job in a container, and job `{id}` has none"),
+                "add `container: IMAGE` to it, or map its label with `-P LABEL=IMAGE`; without `--executor docker` it runs on this machine",
+            );
+        }
         let services = match get(node, "services").filter(|_| in_docker) {
             Some(n) => self.services(n, &join(path, "services"), known),
             None => Some(Vec::new()),
@@ -2783,14 +2792,9 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(n) => self.flag(n, &join(path, "continue-on-error"), known, IN_STEP),
             None => Some(false),
         };
-        if let Some(t) = get(node, "timeout-minutes") {
-            self.cx.warn(
-                t,
-                &join(path, "timeout-minutes"),
-                "`timeout-minutes` of a step that calls an action is not applied",
-                "the job's timeout-minutes still holds",
-            );
-        }
+        // A JavaScript or Docker action is one step: its timeout applies.
+        let timeout =
+            get(node, "timeout-minutes").map(|t| (t, self.minutes(t, &join(path, "timeout-minutes"), known, IN_STEP)));
         let (Some(decided), Some(name), Some(env), Some(continue_on_error)) = (decided, name, env, continue_on_error)
         else {
             return None;
@@ -2818,7 +2822,23 @@ impl<'c, 's> Workflow<'c, 's> {
             env,
             image,
         };
-        self.local_action(caller, &step_known)
+        let mut steps = self.local_action(caller, &step_known)?;
+        if let Some((node, limit)) = timeout {
+            let limit = limit?;
+            if steps.iter().all(|s| s.inputs_env) {
+                for s in &mut steps {
+                    s.timeout = Some(limit);
+                }
+            } else {
+                self.cx.warn(
+                    node,
+                    &join(path, "timeout-minutes"),
+                    "`timeout-minutes` of a step that calls a composite action is not applied",
+                    "the job's timeout-minutes still holds; put it on the action's steps",
+                );
+            }
+        }
+        Some(steps)
     }
 }
 

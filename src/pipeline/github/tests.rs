@@ -915,6 +915,7 @@ fn docker_actions_are_read_with_their_image_args_and_post_entrypoint() {
             ".github/actions/d/action.yml",
             "name: D\ninputs:\n  who: {default: world}\nruns:\n  using: docker\n  image: build/Dockerfile\n  args: ['${{ inputs.who }}', literal]\n  entrypoint: /entry.sh\n  post-entrypoint: /post.sh\n  post-if: success()\n",
         ),
+        (".github/actions/d/build/Dockerfile", "FROM scratch\n"),
     ])
     .unwrap_or_else(|r| panic!("{}", r.render(false)));
     let steps = &p.jobs[0].steps;
@@ -931,9 +932,14 @@ fn docker_actions_are_read_with_their_image_args_and_post_entrypoint() {
     let uri = steps[1].docker_action.as_ref().unwrap();
     assert_eq!(uri.image, "alpine:3.20");
     assert!(uri.split_args);
-    assert_eq!(uri.args, ["echo hi"]);
+    // `args` and `entrypoint` travel as hidden inputs, read where the step is.
+    assert_eq!(uri.args, ["${{ inputs.__args }}"]);
     let call = &p.jobs[0].actions[steps[1].action.unwrap()];
-    assert_eq!(call.inputs, [("extra".to_string(), "x".to_string())]);
+    let inputs: Vec<(&str, &str)> = call.inputs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        inputs,
+        [("__args", "echo hi"), ("__entrypoint", "/bin/sh"), ("extra", "x")]
+    );
     // The post step runs last, as its own call, when `post-if` says so.
     let post = steps.last().unwrap();
     assert_eq!(

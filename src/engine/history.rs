@@ -1,0 +1,264 @@
+//! Writes each attempt into the store's history as it ends (see
+//! `store::history`): the job's identity (name and a digest of its
+//! definition), the outcome, and where it ran: the commit, branch and
+//! whether the work tree was dirty, which git tells a background thread
+//! while the run goes on. Rows written before git answered get those
+//! columns when it does (at the latest when the run ends). Writing history
+//! never fails a run: a problem is logged once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::Pipeline;
+use crate::protocol::{Event, EventKind, JobStatus};
+use crate::store::history::AttemptRow;
+use crate::store::index::Index;
+
+/// What git says about the commit a run ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFacts {
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    pub default_branch: bool,
+    pub dirty: bool,
+}
+
+impl RunFacts {
+    /// Asks git (a few processes); nothing known outside a repository.
+    pub fn read(project: &Path, known: Option<&crate::exec::git::Facts>) -> RunFacts {
+        let read;
+        let facts = match known {
+            Some(f) => Some(f),
+            None => {
+                read = crate::exec::git::Facts::read(project);
+                read.as_ref()
+            }
+        };
+        let Some(f) = facts else {
+            return RunFacts::default();
+        };
+        RunFacts {
+            commit: f.head.as_ref().map(|h| h.sha.clone()),
+            default_branch: f.branch.as_deref() == Some(f.default_branch.as_str()),
+            branch: f.branch.clone(),
+            dirty: crate::exec::git::dirty(&f.root).unwrap_or(false),
+        }
+    }
+}
+
+pub struct History {
+    index: Arc<Index>,
+    run_id: String,
+    pipeline: String,
+    dialect: String,
+    host: String,
+    facts: Option<RunFacts>,
+    pending: Option<mpsc::Receiver<RunFacts>>,
+    /// When each attempt started (ms since the epoch).
+    started: HashMap<(String, u32), u64>,
+    /// Definitions' digests, by job name.
+    definitions: HashMap<String, String>,
+    warned: bool,
+}
+
+impl History {
+    /// Starts asking git in the background.
+    pub fn start(
+        index: Arc<Index>,
+        run_id: &str,
+        pipeline_file: &Path,
+        dialect: &str,
+        project: PathBuf,
+        known: Option<crate::exec::git::Facts>,
+    ) -> History {
+        let (tx, rx) = mpsc::channel();
+        let asked = std::thread::Builder::new()
+            .name("trackside-git-facts".into())
+            .spawn(move || {
+                let _ = tx.send(RunFacts::read(&project, known.as_ref()));
+            });
+        let host = crate::protocol::identity::hostname();
+        History {
+            index,
+            run_id: run_id.to_string(),
+            // Absolute, so runs from any folder are one series.
+            pipeline: std::fs::canonicalize(pipeline_file)
+                .unwrap_or_else(|_| pipeline_file.to_path_buf())
+                .display()
+                .to_string(),
+            dialect: dialect.to_string(),
+            host,
+            facts: asked.is_err().then(RunFacts::default),
+            pending: asked.is_ok().then_some(rx),
+            started: HashMap::new(),
+            definitions: HashMap::new(),
+            warned: false,
+        }
+    }
+
+    /// Follows the run's events: an attempt's row is written as it ends.
+    pub fn observe(&mut self, ev: &Event, pipeline: &Pipeline, containers: bool) {
+        self.poll_facts(None);
+        let row = match &ev.kind {
+            EventKind::JobStarted { job, attempt } => {
+                self.started.insert((job.clone(), *attempt), ev.ts);
+                return;
+            }
+            EventKind::JobRetrying {
+                job,
+                attempt,
+                failure_class,
+                exit_code,
+                ..
+            } => {
+                let failed = attempt.saturating_sub(1);
+                let started = self.started.remove(&(job.clone(), failed)).unwrap_or(ev.ts);
+                self.row(
+                    job,
+                    failed,
+                    "failed",
+                    Some(failure_class.to_string()),
+                    *exit_code,
+                    started,
+                    ev.ts - started.min(ev.ts),
+                    pipeline,
+                    containers,
+                )
+            }
+            EventKind::JobFinished {
+                job,
+                attempt,
+                status,
+                exit_code,
+                failure_class,
+                duration_ms,
+                cached,
+                ..
+            } => {
+                let Some(started) = self.started.remove(&(job.clone(), *attempt)) else {
+                    // Never started (cancelled or skipped while waiting).
+                    return;
+                };
+                if cached.is_some() {
+                    return;
+                }
+                let outcome = match status {
+                    JobStatus::Succeeded => "passed",
+                    JobStatus::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                let class = failure_class.map(|c| c.to_string());
+                self.row(
+                    job,
+                    *attempt,
+                    outcome,
+                    class,
+                    *exit_code,
+                    started,
+                    *duration_ms,
+                    pipeline,
+                    containers,
+                )
+            }
+            _ => return,
+        };
+        let written = self.index.record_attempts(std::slice::from_ref(&row));
+        self.warn(written);
+    }
+
+    /// The run has ended: git's answer is waited for (a while) and given to
+    /// the rows that lack it.
+    pub fn finish(&mut self) {
+        self.poll_facts(Some(Duration::from_secs(5)));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &mut self,
+        job: &str,
+        attempt: u32,
+        outcome: &str,
+        failure_class: Option<String>,
+        exit_code: Option<i32>,
+        started_ms: u64,
+        duration_ms: u64,
+        pipeline: &Pipeline,
+        containers: bool,
+    ) -> AttemptRow {
+        let spec = pipeline.jobs.iter().find(|j| j.name == job);
+        let definition = self
+            .definitions
+            .entry(job.to_string())
+            .or_insert_with(|| definition(spec))
+            .clone();
+        let in_docker = containers && spec.is_some_and(|j| j.steps.iter().any(|s| s.image.is_some()));
+        let facts = self.facts.clone().unwrap_or_default();
+        AttemptRow {
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline.clone(),
+            dialect: self.dialect.clone(),
+            job: job.to_string(),
+            definition,
+            commit: facts.commit,
+            branch: facts.branch,
+            default_branch: facts.default_branch,
+            dirty: facts.dirty,
+            attempt,
+            outcome: outcome.to_string(),
+            failure_class,
+            exit_code,
+            duration_ms,
+            peak_memory: None,
+            executor: if in_docker { "docker" } else { "shell" }.to_string(),
+            host: self.host.clone(),
+            signature: None,
+            started_ms,
+        }
+    }
+
+    /// Takes git's answer if it has come (waiting up to `wait`), and gives
+    /// it to the rows written without it.
+    fn poll_facts(&mut self, wait: Option<Duration>) {
+        let Some(rx) = &self.pending else { return };
+        let got = match wait {
+            None => rx.try_recv().ok(),
+            Some(d) => rx.recv_timeout(d).ok(),
+        };
+        let Some(facts) = got else {
+            if wait.is_some() {
+                self.pending = None;
+            }
+            return;
+        };
+        self.pending = None;
+        let done = self.index.history_facts(
+            &self.run_id,
+            facts.commit.as_deref(),
+            facts.branch.as_deref(),
+            facts.default_branch,
+            facts.dirty,
+        );
+        self.warn(done);
+        self.facts = Some(facts);
+    }
+
+    fn warn(&mut self, r: Result<(), crate::store::StoreError>) {
+        if let Err(e) = r
+            && !std::mem::replace(&mut self.warned, true)
+        {
+            tracing::warn!("cannot write the run's history: {e}");
+        }
+    }
+}
+
+/// A digest of a job's definition (its model, serialized).
+pub fn definition(job: Option<&crate::pipeline::Job>) -> String {
+    let text = job.and_then(|j| serde_json::to_string(j).ok()).unwrap_or_default();
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

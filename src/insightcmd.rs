@@ -1,0 +1,236 @@
+//! The insight commands of the CLI: `history` and `flaky`. Formatting
+//! only; the work is in `trackside::insight` over `trackside::store`.
+
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use trackside::insight::flaky::{self, Verdict};
+use trackside::store::history::{AttemptRow, Filter};
+use trackside::store::index::Index;
+
+use super::{Fail, write_out};
+
+/// `--pipeline FILE` as history keeps it: the file's absolute path.
+fn pipeline_key(file: &Path) -> String {
+    std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// `--since 7d`: the time that long ago, in ms since the epoch.
+fn since_ms(age: &str) -> Result<u64, Fail> {
+    let d = humantime::parse_duration(age)
+        .map_err(|e| Fail(format!("--since {age}: {e}; write an age such as 7d, 12h or 30m"), 2))?;
+    let now = trackside::store::now_ms();
+    Ok(now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
+/// Durations as a line of bars, one per value (at most `width`, the newest).
+pub fn sparkline(values: &[u64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let shown = &values[values.len().saturating_sub(width)..];
+    let (min, max) = (
+        shown.iter().copied().min().unwrap_or(0),
+        shown.iter().copied().max().unwrap_or(0),
+    );
+    shown
+        .iter()
+        .map(|&v| {
+            if max <= min {
+                BARS[0]
+            } else {
+                BARS[(((v - min) as f64 / (max - min) as f64) * 7.0).round() as usize]
+            }
+        })
+        .collect()
+}
+
+fn when(ms: u64) -> String {
+    let t = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    t.trim_end_matches('Z').replace('T', " ")
+}
+
+fn short(commit: &Option<String>) -> String {
+    commit.as_deref().map_or("-".into(), |c| c.chars().take(8).collect())
+}
+
+pub struct HistoryArgs<'a> {
+    pub job: Option<&'a str>,
+    pub pipeline: Option<&'a Path>,
+    pub branch: Option<&'a str>,
+    pub since: Option<&'a str>,
+    pub limit: usize,
+    pub json: bool,
+}
+
+pub fn history(state: &Path, args: HistoryArgs<'_>) -> Result<u8, Fail> {
+    let index = Index::open(state)?;
+    let filter = Filter {
+        job: args.job.map(str::to_string),
+        pipeline: args.pipeline.map(pipeline_key),
+        branch: args.branch.map(str::to_string),
+        since_ms: args.since.map(since_ms).transpose()?,
+        limit: Some(args.limit),
+    };
+    let rows = index.attempts(&filter)?;
+    if args.json {
+        write_out(&format!("{}\n", serde_json::to_string(&rows)?));
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        write_out(&format!(
+            "no attempts recorded{} in {}\n",
+            if args.job.is_some() || args.pipeline.is_some() || args.branch.is_some() || args.since.is_some() {
+                " that match"
+            } else {
+                ""
+            },
+            state.display()
+        ));
+        return Ok(0);
+    }
+    let mut out = String::new();
+    // One block per job, its attempts oldest first.
+    let mut jobs: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !jobs.contains(&r.job.as_str()) {
+            jobs.push(&r.job);
+        }
+    }
+    for job in jobs {
+        let mine: Vec<&AttemptRow> = rows.iter().filter(|r| r.job == job).collect();
+        let passed: Vec<u64> = mine
+            .iter()
+            .filter(|r| r.outcome == "passed")
+            .map(|r| r.duration_ms)
+            .collect();
+        let failed = mine.iter().filter(|r| r.outcome == "failed").count();
+        out.push_str(&format!(
+            "{job}: {} attempts, {failed} failed; passing durations {}\n",
+            mine.len(),
+            if passed.is_empty() {
+                "-".to_string()
+            } else {
+                sparkline(&passed, 40)
+            }
+        ));
+        out.push_str(&format!(
+            "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:<8}  {:<16}  CLASS\n",
+            "STARTED (UTC)", "RUN", "TRY", "OUTCOME", "DURATION", "COMMIT", "BRANCH"
+        ));
+        for r in mine {
+            out.push_str(&format!(
+                "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:<8}  {:<16}  {}\n",
+                when(r.started_ms),
+                r.run_id,
+                r.attempt,
+                r.outcome,
+                trackside::headless::seconds(r.duration_ms),
+                format!("{}{}", short(&r.commit), if r.dirty { "+" } else { "" }),
+                r.branch.as_deref().unwrap_or("-"),
+                r.failure_class.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    write_out(&out);
+    Ok(0)
+}
+
+pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Result<u8, Fail> {
+    let index = Index::open(state)?;
+    let rows = index.attempts(&Filter {
+        pipeline: pipeline.map(pipeline_key),
+        ..Filter::default()
+    })?;
+    let mut found = flaky::analyse(&rows);
+    if !all {
+        found.retain(|f| matches!(f.verdict, Verdict::Flaky | Verdict::Broken));
+    }
+    if json {
+        write_out(&format!("{}\n", serde_json::to_string(&found)?));
+        return Ok(0);
+    }
+    if found.is_empty() {
+        let seen = rows
+            .iter()
+            .map(|r| r.run_id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        write_out(&format!(
+            "nothing flaky or broken in {seen} recorded run(s){}\n",
+            if all { "" } else { " (--all lists every job)" }
+        ));
+        return Ok(0);
+    }
+    let several = found
+        .iter()
+        .map(|f| f.pipeline.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        > 1;
+    let mut out = String::new();
+    for f in &found {
+        let name = if several {
+            let file = Path::new(&f.pipeline)
+                .file_name()
+                .map_or(f.pipeline.clone(), |n| n.to_string_lossy().into_owned());
+            format!("{file}: {}", f.job)
+        } else {
+            f.job.clone()
+        };
+        let branches = if f.branches == "default" {
+            ""
+        } else {
+            " (other branches)"
+        };
+        out.push_str(&format!("{name}{branches}  {}\n", f.summary()));
+        let mut evidence = Vec::new();
+        if f.passed_on_retry > 0 {
+            evidence.push(format!("passed on a retry in {} run(s)", f.passed_on_retry));
+        }
+        if f.mixed_commits > 0 {
+            evidence.push(format!("passed and failed on {} same commit(s)", f.mixed_commits));
+        }
+        if !evidence.is_empty() {
+            out.push_str(&format!("  evidence: {}\n", evidence.join("; ")));
+        }
+        if let Some(s) = &f.since {
+            let what = if f.verdict == Verdict::Broken {
+                "failing on every attempt since"
+            } else {
+                "most likely since"
+            };
+            out.push_str(&format!(
+                "  {what} commit {} (run {}{})\n",
+                short(&s.commit),
+                s.run_id,
+                if f.verdict == Verdict::Broken {
+                    String::new()
+                } else {
+                    format!(", probability {:.0}%", s.probability * 100.0)
+                }
+            ));
+        }
+        if let Some(l) = &f.last_failure {
+            out.push_str(&format!(
+                "  last failure: run {} at {}{}\n",
+                l.run_id,
+                when(l.started_ms),
+                l.class.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
+            ));
+        }
+    }
+    write_out(&out);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sparklines_scale_between_the_shortest_and_longest() {
+        assert_eq!(super::sparkline(&[1, 5, 9], 10), "▁▅█");
+        assert_eq!(super::sparkline(&[3, 3], 10), "▁▁");
+        assert_eq!(super::sparkline(&[1, 2, 3, 4], 2), "▁█", "the newest that fit");
+    }
+}

@@ -1,0 +1,258 @@
+//! History: every attempt of every run, one row each in the index
+//! (`attempts`), for flakiness, forecasts and `trackside history`.
+//!
+//! The index's schema has a version (`PRAGMA user_version`); [`migrate`]
+//! brings an older index up to this one in a transaction, so a store
+//! written by an older trackside opens and is never half-changed. A newer
+//! one (a version this trackside does not know) is read as it is: its
+//! tables have at least these columns.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+/// The index's schema version this trackside writes.
+pub const VERSION: i64 = 1;
+
+/// Version 1: the `attempts` table.
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    dialect TEXT NOT NULL,
+    job TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    commit_sha TEXT,
+    branch TEXT,
+    default_branch INTEGER NOT NULL,
+    dirty INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    failure_class TEXT,
+    exit_code INTEGER,
+    duration_ms INTEGER NOT NULL,
+    peak_memory INTEGER,
+    executor TEXT NOT NULL,
+    host TEXT NOT NULL,
+    signature TEXT,
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, job, attempt)
+);
+CREATE INDEX IF NOT EXISTS attempts_by_job ON attempts (job, started_ms);
+CREATE INDEX IF NOT EXISTS attempts_by_pipeline ON attempts (pipeline, started_ms);
+";
+
+/// Brings the index to [`VERSION`], each step in one transaction.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < 1 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(V1)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// One attempt as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRow {
+    pub run_id: String,
+    /// The pipeline file's path as given to `trackside run`.
+    pub pipeline: String,
+    pub dialect: String,
+    pub job: String,
+    /// A digest of the job's definition: an edited job starts a new series.
+    pub definition: String,
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    /// The branch is the repository's default branch.
+    pub default_branch: bool,
+    /// The work tree had changes not committed.
+    pub dirty: bool,
+    pub attempt: u32,
+    /// `passed`, `failed`, `cancelled`.
+    pub outcome: String,
+    pub failure_class: Option<String>,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub peak_memory: Option<u64>,
+    pub executor: String,
+    pub host: String,
+    /// The failure's signature (its class and normalised line, hashed).
+    pub signature: Option<String>,
+    pub started_ms: u64,
+}
+
+fn sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (run_id, pipeline, dialect, job, definition, commit_sha, branch,
+         default_branch, dirty, attempt, outcome, failure_class, exit_code, duration_ms, peak_memory, executor,
+         host, signature, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+         ?16, ?17, ?18, ?19)",
+    )?;
+    for r in rows {
+        stmt.execute(params![
+            r.run_id,
+            r.pipeline,
+            r.dialect,
+            r.job,
+            r.definition,
+            r.commit,
+            r.branch,
+            r.default_branch,
+            r.dirty,
+            r.attempt,
+            r.outcome,
+            r.failure_class,
+            r.exit_code,
+            sql(r.duration_ms),
+            r.peak_memory.map(sql),
+            r.executor,
+            r.host,
+            r.signature,
+            sql(r.started_ms),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Which attempts a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub job: Option<String>,
+    pub pipeline: Option<String>,
+    pub branch: Option<String>,
+    /// Started at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// At most this many, newest first before they are put in order.
+    pub limit: Option<usize>,
+}
+
+/// The attempts `filter` wants, oldest first.
+pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<AttemptRow>> {
+    let mut sql_text = String::from(
+        "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
+         outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms
+         FROM attempts WHERE 1 = 1",
+    );
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(j) = &filter.job {
+        sql_text.push_str(" AND job = ?");
+        args.push(Box::new(j.clone()));
+    }
+    if let Some(p) = &filter.pipeline {
+        sql_text.push_str(" AND pipeline = ?");
+        args.push(Box::new(p.clone()));
+    }
+    if let Some(b) = &filter.branch {
+        sql_text.push_str(" AND branch = ?");
+        args.push(Box::new(b.clone()));
+    }
+    if let Some(s) = filter.since_ms {
+        sql_text.push_str(" AND started_ms >= ?");
+        args.push(Box::new(sql(s)));
+    }
+    sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC");
+    if let Some(n) = filter.limit {
+        sql_text.push_str(" LIMIT ?");
+        args.push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
+    }
+    let mut stmt = conn.prepare(&sql_text)?;
+    let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
+    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+    let mut rows: Vec<AttemptRow> = stmt
+        .query_map(params.as_slice(), |r| {
+            Ok(AttemptRow {
+                run_id: r.get(0)?,
+                pipeline: r.get(1)?,
+                dialect: r.get(2)?,
+                job: r.get(3)?,
+                definition: r.get(4)?,
+                commit: r.get(5)?,
+                branch: r.get(6)?,
+                default_branch: r.get(7)?,
+                dirty: r.get(8)?,
+                attempt: r.get(9)?,
+                outcome: r.get(10)?,
+                failure_class: r.get(11)?,
+                exit_code: r.get(12)?,
+                duration_ms: ms(r.get(13)?),
+                peak_memory: r.get::<_, Option<i64>>(14)?.map(ms),
+                executor: r.get(15)?,
+                host: r.get(16)?,
+                signature: r.get(17)?,
+                started_ms: ms(r.get(18)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(run: &str, job: &str, attempt: u32, outcome: &str, at: u64) -> AttemptRow {
+        AttemptRow {
+            run_id: run.into(),
+            pipeline: "ci.yml".into(),
+            dialect: "github".into(),
+            job: job.into(),
+            definition: "d1".into(),
+            commit: Some("abc".into()),
+            branch: Some("main".into()),
+            default_branch: true,
+            dirty: false,
+            attempt,
+            outcome: outcome.into(),
+            failure_class: (outcome == "failed").then(|| "script".into()),
+            exit_code: Some(if outcome == "failed" { 1 } else { 0 }),
+            duration_ms: 1_200,
+            peak_memory: None,
+            executor: "shell".into(),
+            host: "h".into(),
+            signature: None,
+            started_ms: at,
+        }
+    }
+
+    #[test]
+    fn an_old_index_is_migrated_once_and_rows_come_back_oldest_first() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, VERSION);
+        let rows = [
+            row("r1", "test", 1, "failed", 10),
+            row("r1", "test", 2, "passed", 20),
+            row("r2", "test", 1, "passed", 30),
+            row("r2", "lint", 1, "passed", 31),
+        ];
+        insert(&conn, &rows).unwrap();
+        let got = select(
+            &conn,
+            &Filter {
+                job: Some("test".into()),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(got, rows[..3].to_vec());
+        let newest = select(
+            &conn,
+            &Filter {
+                limit: Some(2),
+                since_ms: Some(15),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(newest, vec![rows[2].clone(), rows[3].clone()]);
+    }
+}
