@@ -84,3 +84,25 @@ fn the_engine_knows_no_terminal() {
         .collect();
     assert!(bad.is_empty(), "the engine imports the terminal UI: {bad:?}");
 }
+
+#[test]
+fn insight_is_pure_functions_over_history() {
+    let bad = offenders(&["src/insight"], &[], &["insight", "store"]);
+    assert!(
+        bad.is_empty(),
+        "insight reaches past history's rows:\n{}",
+        bad.join("\n")
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    sources(&root.join("src/insight"), &mut paths);
+    for p in paths {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("crate::store::")) {
+            assert!(line.contains("crate::store::history"), "{}: {line}", p.display());
+        }
+        for io in ["std::fs", "std::process", "tokio", "rusqlite", "std::net"] {
+            assert!(!text.contains(io), "{} does I/O ({io})", p.display());
+        }
+    }
+}

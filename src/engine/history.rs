@@ -42,9 +42,13 @@ impl RunFacts {
         let Some(f) = facts else {
             return RunFacts::default();
         };
+        // Without a remote to ask, git's own default names (`main`,
+        // `master`) are the default branch.
+        let default_branch = f.branch.as_deref() == Some(f.default_branch.as_str())
+            || (f.origin_url.is_none() && matches!(f.branch.as_deref(), Some("main" | "master")));
         RunFacts {
             commit: f.head.as_ref().map(|h| h.sha.clone()),
-            default_branch: f.branch.as_deref() == Some(f.default_branch.as_str()),
+            default_branch,
             branch: f.branch.clone(),
             dirty: crate::exec::git::dirty(&f.root).unwrap_or(false),
         }
@@ -125,7 +129,7 @@ impl History {
                     Some(failure_class.to_string()),
                     *exit_code,
                     started,
-                    ev.ts - started.min(ev.ts),
+                    ev.ts.saturating_sub(started),
                     pipeline,
                     containers,
                 )
@@ -136,7 +140,6 @@ impl History {
                 status,
                 exit_code,
                 failure_class,
-                duration_ms,
                 cached,
                 ..
             } => {
@@ -160,7 +163,8 @@ impl History {
                     class,
                     *exit_code,
                     started,
-                    *duration_ms,
+                    // The attempt's own time (the job's counts retries' waits).
+                    ev.ts.saturating_sub(started),
                     pipeline,
                     containers,
                 )

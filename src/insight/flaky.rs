@@ -16,7 +16,7 @@
 //! - **Broken**, not flaky: its latest runs failed on every attempt, with
 //!   no pass since they began.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use statrs::distribution::{Beta, ContinuousCDF};
@@ -26,9 +26,9 @@ use crate::store::history::AttemptRow;
 
 /// A run's outcome in a series.
 #[derive(Debug, Clone, PartialEq)]
-struct RunOutcome {
-    run_id: String,
-    commit: Option<String>,
+struct RunOutcome<'a> {
+    run_id: &'a str,
+    commit: Option<&'a str>,
     dirty: bool,
     started_ms: u64,
     /// The first attempt failed.
@@ -37,7 +37,7 @@ struct RunOutcome {
     passed_on_retry: bool,
     /// Every attempt failed.
     failed_all: bool,
-    class: Option<String>,
+    class: Option<&'a str>,
 }
 
 /// What the evidence says of a series.
@@ -164,37 +164,44 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
         e.0 += 1;
         e.1 += u32::from(r.outcome == "failed");
     }
-    let infra = |run: &str| {
-        per_run
-            .get(run)
-            .is_some_and(|&(jobs, failed)| jobs >= 3 && failed * 2 > jobs)
-    };
-    // Series -> run -> its attempts.
-    type Key<'a> = (&'a str, &'a str, &'a str, bool);
-    let mut series: BTreeMap<Key<'_>, BTreeMap<(u64, &str), Vec<&AttemptRow>>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.outcome != "cancelled" && !infra(&r.run_id)) {
-        let key = (
-            r.pipeline.as_str(),
+    let infra: std::collections::HashSet<&str> = per_run
+        .into_iter()
+        .filter(|&(_, (jobs, failed))| jobs >= 3 && failed * 2 > jobs)
+        .map(|(run, _)| run)
+        .collect();
+    // Series, then runs, then attempts, by sorting: a run's attempts lie
+    // together, a series' runs too.
+    let mut kept: Vec<&AttemptRow> = rows
+        .iter()
+        .filter(|r| r.outcome != "cancelled" && (infra.is_empty() || !infra.contains(r.run_id.as_str())))
+        .collect();
+    fn key(r: &AttemptRow) -> (&str, &str, bool, &str) {
+        (
             r.job.as_str(),
             r.definition.as_str(),
             r.default_branch,
-        );
-        let runs = series.entry(key).or_default();
-        // A run is placed by its first attempt's start.
-        let at = runs
-            .keys()
-            .find(|(_, id)| *id == r.run_id.as_str())
-            .copied()
-            .unwrap_or((r.started_ms, r.run_id.as_str()));
-        runs.entry(at).or_default().push(r);
+            r.pipeline.as_str(),
+        )
     }
-    let mut out: Vec<Flakiness> = series
-        .into_iter()
-        .map(|((pipeline, job, definition, default), runs)| {
-            let outcomes: Vec<RunOutcome> = runs.into_values().map(run_outcome).collect();
-            judge(pipeline, job, definition, default, &outcomes)
-        })
-        .collect();
+    kept.sort_unstable_by(|a, b| {
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| a.run_id.cmp(&b.run_id))
+            .then(a.attempt.cmp(&b.attempt))
+    });
+    let mut out = Vec::new();
+    for series in kept.chunk_by(|a, b| key(a) == key(b)) {
+        let mut outcomes: Vec<RunOutcome> = series.chunk_by(|a, b| a.run_id == b.run_id).map(run_outcome).collect();
+        outcomes.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.run_id.cmp(b.run_id)));
+        let first = series[0];
+        out.push(judge(
+            &first.pipeline,
+            &first.job,
+            &first.definition,
+            first.default_branch,
+            &outcomes,
+        ));
+    }
     out.sort_by(|a, b| {
         let rank = |f: &Flakiness| match f.verdict {
             Verdict::Flaky => 0,
@@ -210,14 +217,14 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
     out
 }
 
-fn run_outcome(mut attempts: Vec<&AttemptRow>) -> RunOutcome {
-    attempts.sort_by_key(|a| a.attempt);
+/// A run's attempts, in order.
+fn run_outcome<'a>(attempts: &[&'a AttemptRow]) -> RunOutcome<'a> {
     let first = attempts[0];
     let failed_first = first.outcome == "failed";
     let passed_later = attempts.iter().skip(1).any(|a| a.outcome == "passed");
     RunOutcome {
-        run_id: first.run_id.clone(),
-        commit: first.commit.clone(),
+        run_id: &first.run_id,
+        commit: first.commit.as_deref(),
         dirty: first.dirty,
         started_ms: first.started_ms,
         failed_first,
@@ -227,7 +234,7 @@ fn run_outcome(mut attempts: Vec<&AttemptRow>) -> RunOutcome {
             .iter()
             .rev()
             .find(|a| a.outcome == "failed")
-            .and_then(|a| a.failure_class.clone()),
+            .and_then(|a| a.failure_class.as_deref()),
     }
 }
 
@@ -238,8 +245,8 @@ fn judge(pipeline: &str, job: &str, definition: &str, default: bool, runs: &[Run
     // Commits (clean trees) with both a pass and a failure.
     let mut by_commit: HashMap<&str, (bool, bool)> = HashMap::new();
     for r in runs.iter().filter(|r| !r.dirty) {
-        if let Some(c) = &r.commit {
-            let e = by_commit.entry(c.as_str()).or_default();
+        if let Some(c) = r.commit {
+            let e = by_commit.entry(c).or_default();
             if r.failed_first {
                 e.1 = true;
             } else {
@@ -256,9 +263,9 @@ fn judge(pipeline: &str, job: &str, definition: &str, default: bool, runs: &[Run
     let tail = runs.iter().rev().take_while(|r| r.failed_all).count();
     let broken = tail > 0 && {
         let from = &runs[runs.len() - tail];
-        let passed_there = from.commit.as_deref().is_some_and(|c| {
+        let passed_there = from.commit.is_some_and(|c| {
             runs.iter()
-                .any(|r| r.commit.as_deref() == Some(c) && !r.dirty && (!r.failed_first || r.passed_on_retry))
+                .any(|r| r.commit == Some(c) && !r.dirty && (!r.failed_first || r.passed_on_retry))
         });
         !passed_there
     };
@@ -275,20 +282,20 @@ fn judge(pipeline: &str, job: &str, definition: &str, default: bool, runs: &[Run
     let xs: Vec<bool> = runs.iter().map(|r| r.failed_first).collect();
     let since = match verdict {
         Verdict::Broken => runs.get(runs.len() - tail).map(|r| Since {
-            commit: r.commit.clone(),
-            run_id: r.run_id.clone(),
+            commit: r.commit.map(str::to_string),
+            run_id: r.run_id.to_string(),
             probability: 1.0,
         }),
         _ => change_point(&xs).map(|(k, p)| Since {
-            commit: runs[k].commit.clone(),
-            run_id: runs[k].run_id.clone(),
+            commit: runs[k].commit.map(str::to_string),
+            run_id: runs[k].run_id.to_string(),
             probability: p,
         }),
     };
     let last_failure = runs.iter().rev().find(|r| r.failed_first).map(|r| LastFailure {
-        run_id: r.run_id.clone(),
+        run_id: r.run_id.to_string(),
         started_ms: r.started_ms,
-        class: r.class.clone(),
+        class: r.class.map(str::to_string),
     });
     Flakiness {
         pipeline: pipeline.to_string(),

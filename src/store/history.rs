@@ -156,10 +156,13 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
         sql_text.push_str(" AND started_ms >= ?");
         args.push(Box::new(sql(s)));
     }
-    sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC");
+    // The newest `limit`, else every row in the order written (attempts
+    // are written as they end: oldest first, no sort needed).
     if let Some(n) = filter.limit {
-        sql_text.push_str(" LIMIT ?");
+        sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC LIMIT ?");
         args.push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
+    } else {
+        sql_text.push_str(" ORDER BY rowid");
     }
     let mut stmt = conn.prepare(&sql_text)?;
     let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
@@ -189,7 +192,9 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    rows.reverse();
+    if filter.limit.is_some() {
+        rows.sort_by(|a, b| (a.started_ms, &a.run_id, a.attempt).cmp(&(b.started_ms, &b.run_id, b.attempt)));
+    }
     Ok(rows)
 }
 

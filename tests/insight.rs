@@ -1,0 +1,173 @@
+//! History and flakiness over real runs: a job failing on a seeded
+//! schedule is ranked flaky with an interval holding its rate; a job
+//! broken at a commit is broken from there, not flaky.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn git(dir: &Path, args: &[&str]) {
+    assert!(common::corpus::git(dir, args), "git {args:?}");
+}
+
+fn trackside(project: &Path, state: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .current_dir(project)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run trackside")
+}
+
+/// `test` fails its first attempt when the schedule says so (a file the
+/// runs count through, outside the project) and passes its retry; `build`
+/// fails on every attempt once the project has a file `broken`.
+const PIPELINE: &str = r#"name: flakes
+retry_policy:
+  backoff: {initial: 0, jitter: 0}
+jobs:
+  build:
+    retry_count: 1
+    retry_when: [script]
+    steps:
+      - script: ['if [ -e broken ]; then echo "error: broken build"; exit 2; fi', 'echo built']
+  test:
+    retry_count: 1
+    retry_when: [script]
+    steps:
+      - script:
+          - 'n=$(cat "$COUNTER"); echo $((n + 1)) > "$COUNTER"'
+          - 'if sed -n "$((n + 1))p" "$SCHEDULE" | grep -q fail; then echo "flaked"; exit 1; fi'
+          - 'echo passed'
+"#;
+
+#[test]
+fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("p.yml"), PIPELINE).expect("write");
+    git(&project, &["init", "-q", "-b", "main"]);
+    git(&project, &["add", "-A"]);
+    git(&project, &["commit", "-qm", "first"]);
+    // The schedule: each first attempt fails with probability 0.25.
+    let mut rng = fastrand::Rng::with_seed(20261205);
+    let mut schedule = String::new();
+    let mut first_failures = 0;
+    for _ in 0..40 {
+        // Attempt 1 of the run, then its retry (which passes).
+        if rng.f64() < 0.25 {
+            first_failures += 1;
+            schedule.push_str("fail\npass\n");
+        } else {
+            schedule.push_str("pass\n");
+        }
+    }
+    let counter = tmp.path().join("counter");
+    std::fs::write(&counter, "0").expect("write");
+    let sched = tmp.path().join("schedule");
+    std::fs::write(&sched, &schedule).expect("write");
+    let vars = [
+        format!("COUNTER={}", counter.display()),
+        format!("SCHEDULE={}", sched.display()),
+    ];
+    let run = |n: usize| {
+        for _ in 0..n {
+            let out = trackside(
+                &project,
+                &state,
+                &["run", "p.yml", "--headless", "--var", &vars[0], "--var", &vars[1]],
+            );
+            let code = out.status.code();
+            assert!(matches!(code, Some(0 | 1)), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    };
+    run(30);
+    let good = String::from_utf8_lossy(
+        &Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&project)
+            .output()
+            .expect("git")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    // Broken at a commit, then run ten more times.
+    std::fs::write(project.join("broken"), "yes\n").expect("write");
+    git(&project, &["add", "-A"]);
+    git(&project, &["commit", "-qm", "break the build"]);
+    run(10);
+    let bad = String::from_utf8_lossy(
+        &Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&project)
+            .output()
+            .expect("git")
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    assert_ne!(good, bad);
+
+    let out = trackside(&project, &state, &["flaky", "--format", "json", "--pipeline", "p.yml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by_job = |j: &str| {
+        found
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["job"] == j))
+            .cloned()
+            .unwrap_or_else(|| panic!("{j} in {found}"))
+    };
+    let test = by_job("test");
+    assert_eq!(test["verdict"], "flaky", "{test}");
+    assert_eq!(test["runs"], 40);
+    let counted = test["failures"].as_u64().expect("failures");
+    // The runs consumed the schedule's first 40 run entries.
+    let expected = schedule
+        .lines()
+        .scan(false, |retry, l| {
+            let first = !*retry;
+            *retry = first && l == "fail";
+            Some(first.then_some(l == "fail"))
+        })
+        .flatten()
+        .take(40)
+        .filter(|&f| f)
+        .count() as u64;
+    assert_eq!(counted, expected);
+    assert!(first_failures > 0);
+    let (low, high) = (test["low"].as_f64().expect("low"), test["high"].as_f64().expect("high"));
+    assert!(
+        low < 0.25 && 0.25 < high,
+        "the interval [{low}, {high}] holds the true rate"
+    );
+    assert_eq!(found[0]["job"], "test", "the flaky job comes first");
+    let build = by_job("build");
+    assert_eq!(build["verdict"], "broken", "{build}");
+    assert_eq!(build["since"]["commit"], bad.as_str());
+    assert_eq!(build["failures"], 10);
+
+    // The text says the same, and history lists the attempts.
+    let text = trackside(&project, &state, &["flaky"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("test  flaky: {counted} of 40 runs")), "{text}");
+    assert!(text.contains("evidence: passed on a retry"), "{text}");
+    assert!(
+        text.contains("build  broken: 10 of 40 runs") && text.contains(&bad[..8]),
+        "{text}"
+    );
+    let history = trackside(&project, &state, &["history", "build", "--limit", "4"]);
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(history.starts_with("build: 4 attempts, 4 failed"), "{history}");
+    assert!(history.contains(&bad[..8]) && history.contains("main"), "{history}");
+    let json = trackside(&project, &state, &["history", "--format", "json", "--since", "1h"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert!(rows.as_array().is_some_and(|r| r.len() >= 80), "every attempt is there");
+}
