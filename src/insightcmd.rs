@@ -137,13 +137,68 @@ pub fn history(state: &Path, args: HistoryArgs<'_>) -> Result<u8, Fail> {
     Ok(0)
 }
 
+/// `trackside tests RUN [JOB]`: the run's test cases, failed first.
+pub fn tests(state: &Path, run: &str, job: Option<&str>, json: bool) -> Result<u8, Fail> {
+    let dir = trackside::store::find_run(state, run)?;
+    let run_id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let index = Index::open(state)?;
+    let cases = index.tests(&run_id, job)?;
+    if json {
+        write_out(&format!("{}\n", serde_json::to_string(&cases)?));
+        return Ok(0);
+    }
+    if cases.is_empty() {
+        write_out(&format!(
+            "run {run_id} kept no test cases{}: a job's JUnit reports are read when it declares them (docs/insight.md)\n",
+            job.map(|j| format!(" for `{j}`")).unwrap_or_default()
+        ));
+        return Ok(0);
+    }
+    let mut out = String::new();
+    let count = |o: &str| cases.iter().filter(|c| c.outcome == o).count();
+    out.push_str(&format!(
+        "{} test cases: {} failed, {} passed, {} skipped\n",
+        cases.len(),
+        count("failed"),
+        count("passed"),
+        count("skipped")
+    ));
+    for c in &cases {
+        let outcome = match (c.outcome.as_str(), c.reruns_failed) {
+            ("passed", n) if n > 0 => format!("FLAKY ({n} rerun{} failed)", if n == 1 { "" } else { "s" }),
+            (o, _) => o.to_uppercase(),
+        };
+        out.push_str(&format!(
+            "{outcome:<8} {} › {}  {}  (attempt {})\n",
+            c.job,
+            c.name,
+            trackside::headless::seconds(c.duration_ms),
+            c.attempt
+        ));
+        if c.outcome == "failed" || c.reruns_failed > 0 {
+            for line in c.message.iter().flat_map(|m| m.lines()) {
+                out.push_str(&format!("         {line}\n"));
+            }
+        }
+    }
+    write_out(&out);
+    Ok(0)
+}
+
 pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Result<u8, Fail> {
     let index = Index::open(state)?;
+    let pipeline = pipeline.map(pipeline_key);
     let rows = index.attempts(&Filter {
-        pipeline: pipeline.map(pipeline_key),
+        pipeline: pipeline.clone(),
         ..Filter::default()
     })?;
     let mut found = flaky::analyse(&rows);
+    // Test cases are series of their own (`JOB › TEST`).
+    let tests = index.test_attempts(pipeline.as_deref())?;
+    found.extend(flaky::analyse(&tests));
     if !all {
         found.retain(|f| matches!(f.verdict, Verdict::Flaky | Verdict::Broken));
     }

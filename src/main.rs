@@ -130,6 +130,10 @@ struct VarArgs {
     /// Repeatable.
     #[arg(long = "platform", short = 'P', value_name = "LABEL=IMAGE", value_parser = parse_platform)]
     platforms: Vec<(String, String)>,
+    /// GitHub workflows: JUnit reports (a glob in the workspace) that
+    /// every job's steps may write; their test cases are kept. Repeatable.
+    #[arg(long = "junit", value_name = "GLOB")]
+    junit: Vec<String>,
     /// Inject the host variable NAME as a secret, masked as [MASKED] everywhere. Repeatable.
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
@@ -312,6 +316,14 @@ enum Cmd {
         /// List every job, stable and failing ones too.
         #[arg(long)]
         all: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// A run's test cases from its jobs' JUnit reports, failed first, with
+    /// their messages (RUN: id, unique prefix, or `last`).
+    Tests {
+        run: String,
+        job: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
@@ -669,6 +681,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 json: format == OutputFormat::Json,
             },
         ),
+        Cmd::Tests { run, job, format } => {
+            insightcmd::tests(&state, &run, job.as_deref(), format == OutputFormat::Json)
+        }
         Cmd::Flaky { pipeline, all, format } => {
             insightcmd::flaky(&state, pipeline.as_deref(), all, format == OutputFormat::Json)
         }
@@ -1214,6 +1229,7 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         actions_dir: Some(actions_dir),
         matrix_needs: Vec::new(),
         platforms: v.platforms.clone(),
+        junit: v.junit.clone(),
         event_payload: match &v.event_payload {
             Some(f) => Some(read_event_payload(f)?),
             None => None,

@@ -171,3 +171,98 @@ fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit()
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert!(rows.as_array().is_some_and(|r| r.len() >= 80), "every attempt is there");
 }
+
+/// `test` writes a pytest-shaped report: `test_gateway` fails on the first
+/// attempt of every other run and passes its retry; a nextest-shaped one
+/// has a test the framework re-ran until it passed.
+const WITH_REPORTS: &str = r#"name: reports
+retry_policy:
+  backoff: {initial: 0, jitter: 0}
+jobs:
+  test:
+    retry_count: 1
+    retry_when: [script]
+    reports: {junit: ['reports/*.xml']}
+    steps:
+      - script:
+          - 'n=$(cat "$COUNTER"); echo $((n + 1)) > "$COUNTER"; mkdir -p reports'
+          - 'echo "<testsuites><testsuite name=\"shop::api\"><testcase name=\"orders\" classname=\"shop::api\" time=\"0.2\"><flakyFailure message=\"assertion failed\">panicked</flakyFailure></testcase></testsuite></testsuites>" > reports/nextest.xml'
+          - 'if [ $((n % 4)) -eq 0 ]; then r=''<failure message="ConnectionError: gateway timed out">trace</failure>''; else r=""; fi'
+          - 'printf "<testsuites><testsuite name=\"pytest\"><testcase classname=\"tests.test_pay\" name=\"test_refund\" time=\"0.01\"/><testcase classname=\"tests.test_pay\" name=\"test_gateway\" time=\"1.5\">%s</testcase></testsuite></testsuites>" "$r" > reports/pytest.xml'
+          - 'test -z "$r"'
+"#;
+
+#[test]
+fn junit_reports_are_kept_per_attempt_and_their_flaky_tests_ranked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("p.yml"), WITH_REPORTS).expect("write");
+    git(&project, &["init", "-q", "-b", "main"]);
+    git(&project, &["add", "-A"]);
+    git(&project, &["commit", "-qm", "first"]);
+    let counter = tmp.path().join("counter");
+    std::fs::write(&counter, "0").expect("write");
+    let var = format!("COUNTER={}", counter.display());
+    for _ in 0..6 {
+        let out = trackside(&project, &state, &["run", "p.yml", "--headless", "--var", &var]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("tests: "), "{text}");
+    }
+    // The first run: attempt 1 failed test_gateway, attempt 2 passed it.
+    let runs = trackside(&project, &state, &["runs", "--format", "json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("json");
+    let first = runs
+        .as_array()
+        .and_then(|r| r.last())
+        .and_then(|r| r["run_id"].as_str())
+        .expect("run");
+    let out = trackside(&project, &state, &["tests", first, "test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("6 test cases: 1 failed, 5 passed, 0 skipped"),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[1].starts_with("FAILED   test › tests.test_pay::test_gateway"),
+        "failed first: {text}"
+    );
+    assert!(lines[1].ends_with("(attempt 1)"), "{text}");
+    assert!(lines[2].contains("ConnectionError: gateway timed out"), "{text}");
+    assert!(
+        text.contains("FLAKY (1 rerun failed) test › shop::api::orders"),
+        "{text}"
+    );
+    let json = trackside(&project, &state, &["tests", first, "--format", "json"]);
+    let cases: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(cases.as_array().map(Vec::len), Some(6));
+
+    let out = trackside(&project, &state, &["flaky", "--format", "json"]);
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<&str> = found
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|f| f["job"].as_str())
+        .collect();
+    assert!(names.contains(&"test › tests.test_pay::test_gateway"), "{names:?}");
+    assert!(
+        names.contains(&"test › shop::api::orders"),
+        "a test the framework re-ran: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.ends_with("test_refund")),
+        "a test that always passed: {names:?}"
+    );
+    let gateway = found
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["job"] == "test › tests.test_pay::test_gateway"))
+        .expect("gateway");
+    assert_eq!(
+        (gateway["runs"].as_u64(), gateway["failures"].as_u64()),
+        (Some(6), Some(2))
+    );
+}

@@ -12,6 +12,7 @@ pub mod attempt;
 pub mod failure;
 pub mod filecmd;
 pub mod history;
+pub mod junit;
 pub mod mask;
 pub mod records;
 pub mod replay;

@@ -434,6 +434,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         Err(o) => o,
         Ok(dir_keys) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
+            if !job.junit.is_empty() {
+                record_tests(ctx, a, job, &ws).await;
+            }
             let mut kept = artifacts::collect(ctx, a, job, &ws, o.failure.is_none()).await;
             if kept.is_ok() {
                 let succeeded = o.failure.is_none();
@@ -533,6 +536,50 @@ async fn build_action_images(
         built.push((index, tag));
     }
     Ok(built)
+}
+
+/// Reads the job's JUnit reports and keeps their test cases in the store;
+/// the log says how many passed and failed, and what could not be read.
+async fn record_tests(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) {
+    let (globs, root) = (job.junit.clone(), ws.to_path_buf());
+    let read = tokio::task::spawn_blocking(move || super::junit::read_reports(&root, &globs)).await;
+    let step: Arc<str> = Arc::from("tests");
+    let (mut cases, problems) = match read {
+        Ok(found) => found,
+        Err(e) => (Vec::new(), vec![format!("reading the JUnit reports failed: {e}")]),
+    };
+    for p in problems {
+        note(a, &step, p).await;
+    }
+    if cases.is_empty() {
+        return;
+    }
+    for c in &mut cases {
+        c.run_id = ctx.run_id.clone();
+        c.job = job.name.clone();
+        c.attempt = a.attempt;
+    }
+    let count = |o: &str| cases.iter().filter(|c| c.outcome == o).count();
+    let rerun = cases
+        .iter()
+        .filter(|c| c.outcome == "passed" && c.reruns_failed > 0)
+        .count();
+    let mut said = format!(
+        "tests: {} passed, {} failed, {} skipped",
+        count("passed"),
+        count("failed"),
+        count("skipped")
+    );
+    if rerun > 0 {
+        said.push_str(&format!(" ({rerun} passed only on a rerun)"));
+    }
+    said.push_str(&format!("; `trackside tests {} {}` lists them", ctx.run_id, job.name));
+    note(a, &step, said).await;
+    let index = ctx.index.clone();
+    let kept = tokio::task::spawn_blocking(move || index.record_tests(&cases)).await;
+    if let Ok(Err(e)) = kept {
+        note(a, &step, format!("cannot keep the test cases: {e}")).await;
+    }
 }
 
 /// `setup` (services, a container, an image build) until it ends, or the

@@ -206,6 +206,10 @@ pub struct Job {
     pub services: Vec<Service>,
     /// Files kept after the job for the jobs that depend on it.
     pub artifacts: Option<Artifacts>,
+    /// JUnit reports its steps write (globs in the workspace), read once
+    /// they have run, passed or not: each test case is kept per attempt.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub junit: Vec<String>,
     /// Whose artifacts to restore before the job (`None`: every dependency's).
     pub needs_artifacts: Option<Vec<String>>,
     /// `cache: {inputs: [...]}`: skip the job when nothing it depends on changed.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// The index's schema version this trackside writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Version 1: the `attempts` table.
 const V1: &str = "
@@ -41,16 +41,166 @@ CREATE INDEX IF NOT EXISTS attempts_by_job ON attempts (job, started_ms);
 CREATE INDEX IF NOT EXISTS attempts_by_pipeline ON attempts (pipeline, started_ms);
 ";
 
+/// Version 2: the `test_cases` table (JUnit reports' test cases, per
+/// attempt).
+const V2: &str = "
+CREATE TABLE IF NOT EXISTS test_cases (
+    run_id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    suite TEXT NOT NULL,
+    name TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reruns_failed INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    message TEXT,
+    file TEXT
+);
+CREATE INDEX IF NOT EXISTS test_cases_by_run ON test_cases (run_id, job, attempt);
+";
+
 /// Brings the index to [`VERSION`], each step in one transaction.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version < 1 {
-        let tx = conn.transaction()?;
-        tx.execute_batch(V1)?;
-        tx.pragma_update(None, "user_version", 1)?;
-        tx.commit()?;
+    for (to, sql) in [(1, V1), (2, V2)] {
+        if version < to {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", to)?;
+            tx.commit()?;
+        }
     }
     Ok(())
+}
+
+/// One test case of one attempt, from its JUnit report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestCaseRow {
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub suite: String,
+    /// `classname::name`, as the report names it.
+    pub name: String,
+    /// `passed`, `failed` (a failure or an error), `skipped`.
+    pub outcome: String,
+    /// Tries the test framework itself re-ran that failed (`flakyFailure`,
+    /// `rerunFailure`, ...): a `passed` with some passed on a rerun.
+    pub reruns_failed: u32,
+    pub duration_ms: u64,
+    /// The failure's message (its first lines).
+    pub message: Option<String>,
+    /// The report it came from, relative to the workspace.
+    pub file: Option<String>,
+}
+
+pub fn insert_tests(conn: &Connection, rows: &[TestCaseRow]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO test_cases (run_id, job, attempt, suite, name, outcome, reruns_failed, duration_ms, message,
+         file) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for r in rows {
+        stmt.execute(params![
+            r.run_id,
+            r.job,
+            r.attempt,
+            r.suite,
+            r.name,
+            r.outcome,
+            r.reruns_failed,
+            sql(r.duration_ms),
+            r.message,
+            r.file,
+        ])?;
+    }
+    Ok(())
+}
+
+/// A run's test cases (of one job when given), failed ones first.
+pub fn select_tests(conn: &Connection, run: &str, job: Option<&str>) -> rusqlite::Result<Vec<TestCaseRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT run_id, job, attempt, suite, name, outcome, reruns_failed, duration_ms, message, file
+         FROM test_cases WHERE run_id = ?1 AND (?2 IS NULL OR job = ?2)
+         ORDER BY outcome != 'failed', reruns_failed = 0, job, attempt, suite, name",
+    )?;
+    let rows = stmt
+        .query_map(params![run, job], |r| {
+            Ok(TestCaseRow {
+                run_id: r.get(0)?,
+                job: r.get(1)?,
+                attempt: r.get(2)?,
+                suite: r.get(3)?,
+                name: r.get(4)?,
+                outcome: r.get(5)?,
+                reruns_failed: r.get(6)?,
+                duration_ms: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+                message: r.get(8)?,
+                file: r.get(9)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Every test case as an attempt of its own (its job's attempt's commit,
+/// branch and run; named `JOB › TEST`), for `insight::flaky`: a test the
+/// framework re-ran until it passed counts as failed, then passed on a
+/// retry.
+pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Result<Vec<AttemptRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.run_id, a.pipeline, a.dialect, t.job || ' › ' || t.name, a.definition, a.commit_sha, a.branch,
+         a.default_branch, a.dirty, t.attempt, t.outcome, t.reruns_failed, t.duration_ms, a.started_ms
+         FROM test_cases t JOIN attempts a ON a.run_id = t.run_id AND a.job = t.job AND a.attempt = t.attempt
+         WHERE t.outcome != 'skipped' AND (?1 IS NULL OR a.pipeline = ?1)
+         ORDER BY t.rowid",
+    )?;
+    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+    let mut out = Vec::new();
+    let rows = stmt.query_map(params![pipeline], |r| {
+        Ok((
+            AttemptRow {
+                run_id: r.get(0)?,
+                pipeline: r.get(1)?,
+                dialect: r.get(2)?,
+                job: r.get(3)?,
+                definition: r.get(4)?,
+                commit: r.get(5)?,
+                branch: r.get(6)?,
+                default_branch: r.get(7)?,
+                dirty: r.get(8)?,
+                attempt: r.get(9)?,
+                outcome: r.get(10)?,
+                failure_class: None,
+                exit_code: None,
+                duration_ms: ms(r.get(12)?),
+                peak_memory: None,
+                executor: String::new(),
+                host: String::new(),
+                signature: None,
+                started_ms: ms(r.get(13)?),
+            },
+            r.get::<_, u32>(11)?,
+        ))
+    })?;
+    for row in rows {
+        let (mut a, reruns_failed) = row?;
+        if a.outcome == "failed" {
+            a.failure_class = Some("test".into());
+        }
+        // Re-run by the framework until it passed: a failed try just
+        // before the pass (numbered before the job's attempt, so counting
+        // first attempts, as the rule for a run where most tests failed
+        // does, sees the pass).
+        if reruns_failed > 0 && a.outcome == "passed" {
+            let mut failed = a.clone();
+            failed.outcome = "failed".into();
+            failed.failure_class = Some("test".into());
+            failed.attempt = a.attempt.saturating_sub(1);
+            out.push(failed);
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 /// One attempt as history keeps it.

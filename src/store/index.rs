@@ -272,6 +272,25 @@ impl Index {
         done.map_err(|e| index_error(&self.path, e))
     }
 
+    /// Keeps an attempt's test cases (one transaction).
+    pub fn record_tests(&self, rows: &[super::history::TestCaseRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = conn
+            .transaction()
+            .and_then(|tx| super::history::insert_tests(&tx, rows).and_then(|()| tx.commit()));
+        done.map_err(|e| index_error(&self.path, e))
+    }
+
+    /// A run's test cases (of one job when given), failed first.
+    pub fn tests(&self, run: &str, job: Option<&str>) -> Result<Vec<super::history::TestCaseRow>, StoreError> {
+        self.with(|c| super::history::select_tests(c, run, job))
+    }
+
+    /// Every test case as an attempt (see `history::test_attempts`).
+    pub fn test_attempts(&self, pipeline: Option<&str>) -> Result<Vec<super::history::AttemptRow>, StoreError> {
+        self.with(|c| super::history::test_attempts(c, pipeline))
+    }
+
     /// Gives a run's history rows what git said about its commit.
     pub fn history_facts(
         &self,

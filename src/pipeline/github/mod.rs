@@ -643,6 +643,8 @@ struct Workflow<'c, 's> {
     executor: super::ExecutorChoice,
     /// `--platform LABEL=IMAGE`.
     platforms: Vec<(String, String)>,
+    /// `--junit GLOB`: every job's JUnit reports.
+    junit: Vec<String>,
 }
 
 impl<'c, 's> Workflow<'c, 's> {
@@ -688,6 +690,7 @@ impl<'c, 's> Workflow<'c, 's> {
             actions_read: std::collections::HashMap::new(),
             executor: opts.executor,
             platforms: opts.platforms.clone(),
+            junit: opts.junit.clone(),
         }
     }
 
@@ -1886,6 +1889,7 @@ impl<'c, 's> Workflow<'c, 's> {
             call: self.call.clone(),
             call_outputs: Vec::new(),
             secret_names: self.secret_names.clone(),
+            junit: self.junit.clone(),
             github: Some(
                 self.shared_github
                     .get_or_insert_with(|| std::sync::Arc::new(known.github.clone()))

@@ -1461,6 +1461,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             value: stage.clone(),
             pos: key.pos,
         });
+        // `artifacts:reports:junit`: read as test cases too.
+        let junit = artifacts.as_ref().map(|a| a.junit.clone()).unwrap_or_default();
         let job = Job {
             name: name.to_string(),
             steps,
@@ -1507,6 +1509,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,
+            junit,
         };
         Some(Read {
             name: name.to_string(),

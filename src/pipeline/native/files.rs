@@ -10,6 +10,18 @@ use crate::pipeline::yaml::{Node, Value};
 
 impl Cx<'_> {
     /// Globs that must stay inside the workspace or project; bad ones are reported.
+    /// `reports: {junit: [globs]}`: the JUnit files the job's steps write.
+    pub(crate) fn reports(&mut self, node: &Node, path: &str) -> Vec<String> {
+        if !self.mapping(node, path, &["junit"], "`reports`") {
+            return Vec::new();
+        }
+        let Some(n) = get(node, "junit") else {
+            return Vec::new();
+        };
+        let list = self.string_list(n, &join(path, "junit"));
+        self.relative_globs(list, path, "junit")
+    }
+
     pub(crate) fn relative_globs(&mut self, list: Vec<(String, Node)>, path: &str, key: &str) -> Vec<String> {
         let mut out = Vec::new();
         for (i, (p, n)) in list.into_iter().enumerate() {

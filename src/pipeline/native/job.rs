@@ -9,7 +9,7 @@ use crate::pipeline::model::*;
 use crate::pipeline::read::*;
 use crate::pipeline::yaml::{Node, Value};
 
-const JOB_KEYS: [&str; 24] = [
+const JOB_KEYS: [&str; 25] = [
     "steps",
     "depends_on",
     "environment",
@@ -34,6 +34,7 @@ const JOB_KEYS: [&str; 24] = [
     "needs_artifacts",
     "cache",
     "deploy",
+    "reports",
 ];
 const STEP_KEYS: [&str; 9] = [
     "name",
@@ -227,6 +228,9 @@ impl Cx<'_> {
             .map(|n| self.services(n, &path))
             .unwrap_or_default();
         let artifacts = get(node, "artifacts").and_then(|n| self.artifacts(n, &join(&path, "artifacts")));
+        let junit = get(node, "reports")
+            .map(|n| self.reports(n, &join(&path, "reports")))
+            .unwrap_or_default();
         let needs_artifacts = get(node, "needs_artifacts").map(|n| {
             self.string_list(n, &join(&path, "needs_artifacts"))
                 .into_iter()
@@ -264,6 +268,7 @@ impl Cx<'_> {
             container,
             services,
             artifacts,
+            junit,
             needs_artifacts,
             cache,
             dir_caches: dir_cache.into_iter().collect(),

@@ -106,6 +106,9 @@ pub struct LoadOptions {
     /// GitHub workflows: `--platform LABEL=IMAGE`, the jobs whose
     /// `runs-on` has LABEL run in a container of IMAGE (act's `-P`).
     pub platforms: Vec<(String, String)>,
+    /// GitHub workflows: `--junit GLOB`, the JUnit reports every job's
+    /// steps write (GitHub has no place to say so).
+    pub junit: Vec<String>,
 }
 
 /// Asks git which files changed between `compare_to` and HEAD in `dir`.
