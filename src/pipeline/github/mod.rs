@@ -350,6 +350,22 @@ pub fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report),
         return Err(r);
     }
     let started = loaded.iter().filter(|(p, _)| !p.jobs.is_empty()).count();
+    // Two workflows of one name are told apart by their files: their jobs'
+    // names (`workflow / job`) must not meet.
+    let names: Vec<String> = loaded
+        .iter()
+        .filter(|(p, _)| !p.jobs.is_empty())
+        .map(|(p, _)| p.name.clone())
+        .collect();
+    for (p, r) in loaded.iter_mut() {
+        if names.iter().filter(|n| **n == p.name).count() > 1 {
+            let file = r
+                .file
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            p.name = format!("{} ({file})", p.name);
+        }
+    }
     let mut merged: Option<(Pipeline, Report)> = None;
     for (mut p, r) in loaded {
         let Some((m, report)) = merged.as_mut() else {

@@ -646,6 +646,22 @@ fn a_workflows_folder_runs_every_workflow_the_event_starts() {
         "{}",
         report.render(false)
     );
+    // Two workflows of one name are told apart by their files.
+    write(
+        "lint2.yml",
+        "name: Lint\non: push\njobs:\n  test:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    let (p, _) = super::super::load(&folder, &opts).unwrap_or_else(|r| panic!("{}", r.render(false)));
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "CI / build",
+            "CI / test",
+            "Lint (lint.yaml) / test",
+            "Lint (lint2.yml) / test"
+        ]
+    );
     // An error in any file is reported with its place.
     write("broken.yml", "on: push\njobs:\n  a:\n    runs-on: x\n    stepz: []\n");
     let err = super::super::load(&folder, &opts).expect_err("refused");
