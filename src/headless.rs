@@ -763,8 +763,14 @@ pub fn summary_table(s: &RunSummary) -> String {
     };
     let mut out = String::new();
     out.push('\n');
+    // Wide enough for QUARANTINED when a job has it.
+    let vw = if s.jobs.iter().any(|j| j.verdict == Verdict::Quarantined) {
+        11
+    } else {
+        9
+    };
     out.push_str(&format!(
-        "{:<w$}  {}{:<9}  {:>8}  {:>9}  {}{}\n",
+        "{:<w$}  {}{:<vw$}  {:>8}  {:>9}  {}{}\n",
         "JOB",
         stage_col(Some("STAGE")),
         "STATUS",
@@ -790,7 +796,7 @@ pub fn summary_table(s: &RunSummary) -> String {
             (None, None) => String::new(),
         };
         out.push_str(&format!(
-            "{:<w$}  {}{:<9}  {:>8}  {:>9}  {}{}\n",
+            "{:<w$}  {}{:<vw$}  {:>8}  {:>9}  {}{}\n",
             j.name,
             stage_col(j.stage.as_deref()),
             verdict,

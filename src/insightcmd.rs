@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use trackside::insight::flaky::{self, Verdict};
-use trackside::store::history::{AttemptRow, Filter};
+use trackside::store::history::{AttemptRow, Filter, Quarantined};
 use trackside::store::index::Index;
 
 use super::{Fail, write_out};
@@ -224,6 +224,8 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
         .collect::<std::collections::HashSet<_>>()
         .len()
         > 1;
+    let quarantined = index.quarantine_list()?;
+    let now = trackside::store::now_ms();
     let mut out = String::new();
     for f in &found {
         let name = if several {
@@ -240,6 +242,9 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
             " (other branches)"
         };
         out.push_str(&format!("{name}{branches}  {}\n", f.summary()));
+        let held = quarantined
+            .iter()
+            .any(|q| q.name == f.job && q.applies(&f.pipeline, now));
         let mut evidence = Vec::new();
         if f.passed_on_retry > 0 {
             evidence.push(format!("passed on a retry in {} run(s)", f.passed_on_retry));
@@ -275,9 +280,126 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
                 l.class.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
             ));
         }
+        if held {
+            out.push_str("  in quarantine: its failures do not fail runs\n");
+        } else if f.verdict == Verdict::Flaky && f.low > 0.02 && !f.job.contains(" › ") {
+            // Very likely flaky (its interval is clear of zero): quarantine
+            // keeps it running without failing runs. Never done unasked.
+            out.push_str(&format!(
+                "  suggestion: trackside quarantine add '{}' --until 14d\n",
+                f.job.replace('\'', "'\\''")
+            ));
+        }
     }
     write_out(&out);
     Ok(0)
+}
+
+/// `--until`: a date (`2026-12-31`), a time (RFC 3339) or a span from now
+/// (`14d`).
+fn until_ms(text: &str) -> Result<u64, Fail> {
+    let now = trackside::store::now_ms();
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+    }
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+        Fail(
+            format!("--until {text}: write a date (2026-12-31), a time (2026-12-31T18:00:00Z) or a span (14d)"),
+            2,
+        )
+    })?;
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    if ms <= now {
+        return Err(Fail(format!("--until {text} has passed already"), 2));
+    }
+    Ok(ms)
+}
+
+pub enum QuarantineCmd<'a> {
+    Add { name: &'a str, until: Option<&'a str> },
+    Remove { name: &'a str },
+    List { json: bool },
+}
+
+pub fn quarantine(state: &Path, cmd: QuarantineCmd<'_>, pipeline: Option<&Path>) -> Result<u8, Fail> {
+    let index = Index::open(state)?;
+    let pipeline = pipeline.map(pipeline_key);
+    match cmd {
+        QuarantineCmd::Add { name, until } => {
+            if name.contains(" › ") {
+                return Err(Fail(
+                    format!("`{name}` is a test case: trackside quarantines jobs, not test cases yet"),
+                    2,
+                ));
+            }
+            let q = Quarantined {
+                name: name.to_string(),
+                pipeline: pipeline.unwrap_or_default(),
+                added_ms: trackside::store::now_ms(),
+                until_ms: until.map(until_ms).transpose()?,
+            };
+            index.quarantine_add(&q)?;
+            write_out(&format!(
+                "quarantined `{name}`{}{}: it still runs, and its failure is reported as QUARANTINED without failing the run\n",
+                if q.pipeline.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", q.pipeline)
+                },
+                q.until_ms.map(|u| format!(" until {}", when(u))).unwrap_or_default()
+            ));
+            Ok(0)
+        }
+        QuarantineCmd::Remove { name } => {
+            let n = index.quarantine_remove(name, pipeline.as_deref())?;
+            if n == 0 {
+                return Err(Fail(
+                    format!("`{name}` is not in quarantine (trackside quarantine list)"),
+                    1,
+                ));
+            }
+            write_out(&format!(
+                "`{name}` is out of quarantine: its failures fail runs again\n"
+            ));
+            Ok(0)
+        }
+        QuarantineCmd::List { json } => {
+            let list = index.quarantine_list()?;
+            if json {
+                write_out(&format!("{}\n", serde_json::to_string(&list)?));
+                return Ok(0);
+            }
+            if list.is_empty() {
+                write_out("nothing is in quarantine\n");
+                return Ok(0);
+            }
+            let now = trackside::store::now_ms();
+            let mut out = String::new();
+            for q in &list {
+                let state = match q.until_ms {
+                    Some(u) if u <= now => format!("expired {}", when(u)),
+                    Some(u) => format!("until {}", when(u)),
+                    None => "until removed".into(),
+                };
+                let scope = if q.pipeline.is_empty() {
+                    "every pipeline".to_string()
+                } else {
+                    q.pipeline.clone()
+                };
+                out.push_str(&format!("{}  {state}  ({scope}; since {})\n", q.name, when(q.added_ms)));
+            }
+            write_out(&out);
+            Ok(0)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,24 @@ enum OutputFormat {
     Json,
 }
 
+#[derive(clap::Subcommand)]
+enum QuarantineAction {
+    /// Put a job in quarantine.
+    Add {
+        name: String,
+        /// Until then: a date (2026-12-31), a time, or a span from now (14d).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Take a job out of quarantine.
+    Remove { name: String },
+    /// What is in quarantine, and until when.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DialectArg {
     /// trackside's own YAML (docs/pipeline-format.md).
@@ -318,6 +336,16 @@ enum Cmd {
         all: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+    },
+    /// Keep a flaky job running without letting it fail runs: `add NAME
+    /// [--until 2026-12-31|14d]`, `remove NAME`, `list`. NAME is a job's
+    /// name (or a GitHub job id: every job of its matrix).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+        /// Only for this pipeline file (default: every pipeline).
+        #[arg(long, value_name = "FILE", global = true)]
+        pipeline: Option<PathBuf>,
     },
     /// A run's test cases from its jobs' JUnit reports, failed first, with
     /// their messages (RUN: id, unique prefix, or `last`).
@@ -681,6 +709,19 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 json: format == OutputFormat::Json,
             },
         ),
+        Cmd::Quarantine { action, pipeline } => {
+            let cmd = match &action {
+                QuarantineAction::Add { name, until } => insightcmd::QuarantineCmd::Add {
+                    name,
+                    until: until.as_deref(),
+                },
+                QuarantineAction::Remove { name } => insightcmd::QuarantineCmd::Remove { name },
+                QuarantineAction::List { format } => insightcmd::QuarantineCmd::List {
+                    json: *format == OutputFormat::Json,
+                },
+            };
+            insightcmd::quarantine(&state, cmd, pipeline.as_deref())
+        }
         Cmd::Tests { run, job, format } => {
             insightcmd::tests(&state, &run, job.as_deref(), format == OutputFormat::Json)
         }

@@ -266,3 +266,44 @@ fn junit_reports_are_kept_per_attempt_and_their_flaky_tests_ranked() {
         (Some(6), Some(2))
     );
 }
+
+#[test]
+fn a_quarantined_job_still_runs_and_its_failure_does_not_fail_the_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(
+        project.join("p.yml"),
+        "name: q\njobs:\n  lint:\n    steps:\n      - script: ['echo lint']\n  e2e:\n    steps:\n      - script: ['echo e2e ran', 'exit 3']\n",
+    )
+    .expect("write");
+    let run = || trackside(&project, &state, &["run", "p.yml", "--headless"]);
+    assert_eq!(run().status.code(), Some(1), "a failing job fails the run");
+    let add = trackside(
+        &project,
+        &state,
+        &["quarantine", "add", "e2e", "--until", "14d", "--pipeline", "p.yml"],
+    );
+    assert_eq!(add.status.code(), Some(0), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(String::from_utf8_lossy(&add.stdout).starts_with("quarantined `e2e` in "));
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("> e2e ran"), "it still runs: {text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("e2e ") && l.contains("QUARANTINED")),
+        "{text}"
+    );
+    let list = trackside(&project, &state, &["quarantine", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.starts_with("e2e  until "), "{list}");
+    let bad = trackside(&project, &state, &["quarantine", "add", "e2e", "--until", "2001-01-01"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has passed already"));
+    let removed = trackside(&project, &state, &["quarantine", "remove", "e2e"]);
+    assert_eq!(removed.status.code(), Some(0));
+    assert_eq!(run().status.code(), Some(1), "out of quarantine, it fails runs again");
+    let again = trackside(&project, &state, &["quarantine", "remove", "e2e"]);
+    assert_eq!(again.status.code(), Some(1));
+}

@@ -367,7 +367,7 @@ fn select(pipeline: Pipeline, plan: Plan, job: &str) -> Result<(Pipeline, Plan),
 
 /// Creates the run record and the actor. Nothing runs until `start`.
 pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
-    let (pipeline, plan) = match &cfg.only_job {
+    let (mut pipeline, plan) = match &cfg.only_job {
         Some(job) => select(pipeline, plan, job)?,
         None => (pipeline, plan),
     };
@@ -408,6 +408,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     // The store first: a damaged index stops the run before it has a record.
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
+    quarantine(&mut pipeline, &index, &cfg.pipeline_file);
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
@@ -554,6 +555,46 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// Marks the jobs in quarantine (`trackside quarantine`, by name or GitHub
+/// job id, for this pipeline file or every one): their failures do not
+/// fail the run, and the UI says until when.
+fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file: &std::path::Path) {
+    let list = match index.quarantine_list() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot read the quarantine list: {e}");
+            return;
+        }
+    };
+    if list.is_empty() {
+        return;
+    }
+    let key = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let now = store::now_ms();
+    for j in &mut pipeline.jobs {
+        let found = list
+            .iter()
+            .find(|q| (q.name == j.name || j.id.as_deref() == Some(q.name.as_str())) && q.applies(&key, now));
+        if let Some(q) = found {
+            j.quarantined = true;
+            let until = q.until_ms.map_or_else(
+                || "until removed (trackside quarantine remove)".to_string(),
+                |u| {
+                    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(u));
+                    format!("until {t}")
+                },
+            );
+            j.facts.push((
+                "quarantined".into(),
+                format!("{until}: a failure does not fail the run"),
+            ));
+        }
+    }
 }
 
 /// What `run --verbose` says of the run's set-up.

@@ -1192,9 +1192,10 @@ impl RunState {
     fn failure_allowed(&self, j: JobId) -> bool {
         let spec = &self.pipeline.jobs[j];
         let exit = self.jobs[j].attempts.last().and_then(|a| a.exit_code);
-        spec.allow_failure
-            && (spec.allow_failure_exit_codes.is_empty()
-                || exit.is_some_and(|c| spec.allow_failure_exit_codes.contains(&c)))
+        spec.quarantined
+            || spec.allow_failure
+                && (spec.allow_failure_exit_codes.is_empty()
+                    || exit.is_some_and(|c| spec.allow_failure_exit_codes.contains(&c)))
     }
 
     fn after_failure(&mut self, j: JobId, fx: &mut Vec<Effect>) {
@@ -1408,6 +1409,7 @@ impl RunState {
                     JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
                     JobStatus::Succeeded if st.cached.is_some() => Verdict::Cached,
                     JobStatus::Succeeded => Verdict::Pass,
+                    JobStatus::Failed if spec.quarantined => Verdict::Quarantined,
                     JobStatus::Failed => Verdict::Fail,
                     JobStatus::Cancelled => Verdict::Cancelled,
                     JobStatus::WaitingApproval => Verdict::Manual,

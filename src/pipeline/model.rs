@@ -206,6 +206,10 @@ pub struct Job {
     pub services: Vec<Service>,
     /// Files kept after the job for the jobs that depend on it.
     pub artifacts: Option<Artifacts>,
+    /// In quarantine (`trackside quarantine`): its failure does not fail
+    /// the run. Not part of its definition.
+    #[serde(skip)]
+    pub quarantined: bool,
     /// JUnit reports its steps write (globs in the workspace), read once
     /// they have run, passed or not: each test case is kept per attempt.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

@@ -171,6 +171,8 @@ pub enum Verdict {
     Skipped,
     Cancelled,
     Manual,
+    /// Failed, in quarantine: the run does not fail for it.
+    Quarantined,
 }
 
 impl Verdict {
@@ -183,6 +185,7 @@ impl Verdict {
             Verdict::Skipped => "SKIPPED",
             Verdict::Cancelled => "CANCELLED",
             Verdict::Manual => "MANUAL",
+            Verdict::Quarantined => "QUARANTINED",
         }
     }
 }

@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// The index's schema version this trackside writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Version 1: the `attempts` table.
 const V1: &str = "
@@ -59,10 +59,21 @@ CREATE TABLE IF NOT EXISTS test_cases (
 CREATE INDEX IF NOT EXISTS test_cases_by_run ON test_cases (run_id, job, attempt);
 ";
 
+/// Version 3: quarantined jobs (`trackside quarantine`).
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS quarantine (
+    name TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    added_ms INTEGER NOT NULL,
+    until_ms INTEGER,
+    PRIMARY KEY (name, pipeline)
+);
+";
+
 /// Brings the index to [`VERSION`], each step in one transaction.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (to, sql) in [(1, V1), (2, V2)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3)] {
         if version < to {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
@@ -346,6 +357,57 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
         rows.sort_by(|a, b| (a.started_ms, &a.run_id, a.attempt).cmp(&(b.started_ms, &b.run_id, b.attempt)));
     }
     Ok(rows)
+}
+
+/// A quarantined job: its failures do not fail a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    pub name: String,
+    /// The pipeline file (absolute); empty: every pipeline.
+    pub pipeline: String,
+    pub added_ms: u64,
+    /// Until then (ms since the epoch); `None`: until removed.
+    pub until_ms: Option<u64>,
+}
+
+pub fn quarantine_add(conn: &Connection, q: &Quarantined) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO quarantine (name, pipeline, added_ms, until_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![q.name, q.pipeline, sql(q.added_ms), q.until_ms.map(sql)],
+    )
+    .map(|_| ())
+}
+
+/// Removes `name` (of `pipeline`, or of every pipeline); how many went.
+pub fn quarantine_remove(conn: &Connection, name: &str, pipeline: Option<&str>) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM quarantine WHERE name = ?1 AND (?2 IS NULL OR pipeline = ?2)",
+        params![name, pipeline],
+    )
+}
+
+/// Every quarantine entry, expired ones too.
+pub fn quarantine_list(conn: &Connection) -> rusqlite::Result<Vec<Quarantined>> {
+    let mut stmt = conn.prepare("SELECT name, pipeline, added_ms, until_ms FROM quarantine ORDER BY name, pipeline")?;
+    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Quarantined {
+                name: r.get(0)?,
+                pipeline: r.get(1)?,
+                added_ms: ms(r.get(2)?),
+                until_ms: r.get::<_, Option<i64>>(3)?.map(ms),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+impl Quarantined {
+    /// In force at `now` for `pipeline`.
+    pub fn applies(&self, pipeline: &str, now_ms: u64) -> bool {
+        (self.pipeline.is_empty() || self.pipeline == pipeline) && self.until_ms.is_none_or(|u| now_ms < u)
+    }
 }
 
 #[cfg(test)]

@@ -291,6 +291,18 @@ impl Index {
         self.with(|c| super::history::test_attempts(c, pipeline))
     }
 
+    pub fn quarantine_add(&self, q: &super::history::Quarantined) -> Result<(), StoreError> {
+        self.with(|c| super::history::quarantine_add(c, q))
+    }
+
+    pub fn quarantine_remove(&self, name: &str, pipeline: Option<&str>) -> Result<usize, StoreError> {
+        self.with(|c| super::history::quarantine_remove(c, name, pipeline))
+    }
+
+    pub fn quarantine_list(&self) -> Result<Vec<super::history::Quarantined>, StoreError> {
+        self.with(super::history::quarantine_list)
+    }
+
     /// Gives a run's history rows what git said about its commit.
     pub fn history_facts(
         &self,

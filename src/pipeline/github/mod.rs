@@ -1912,6 +1912,7 @@ impl<'c, 's> Workflow<'c, 's> {
                     .clone(),
             ),
             pos: node.pos,
+            ..Job::default()
         })
     }
 

@@ -1510,6 +1510,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             secret_names: None,
             pos: key.pos,
             junit,
+            ..Job::default()
         };
         Some(Read {
             name: name.to_string(),

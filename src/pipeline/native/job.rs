@@ -287,6 +287,7 @@ impl Cx<'_> {
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,
+            ..Job::default()
         })
     }
 
