@@ -167,6 +167,33 @@ fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit()
     let history = String::from_utf8_lossy(&history.stdout);
     assert!(history.starts_with("build: 4 attempts, 4 failed"), "{history}");
     assert!(history.contains(&bad[..8]) && history.contains("main"), "{history}");
+    // The next run tells the UI each job's record (the detail pane's
+    // `history:` line).
+    let next = trackside(
+        &project,
+        &state,
+        &["run", "p.yml", "--json", "--var", &vars[0], "--var", &vars[1]],
+    );
+    let planned = String::from_utf8_lossy(&next.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "plan_changed")
+        .expect("plan_changed");
+    let fact = |job: &str| {
+        planned["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == job))
+            .and_then(|j| j["facts"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .find(|f| f[0] == "history")
+            .and_then(|f| f[1].as_str().map(str::to_string))
+    };
+    assert!(fact("test").is_some_and(|t| t.starts_with("flaky: ")), "{planned}");
+    assert!(
+        fact("build").is_some_and(|t| t.starts_with("broken: ") && t.contains(&bad[..8])),
+        "{planned}"
+    );
     let json = trackside(&project, &state, &["history", "--format", "json", "--since", "1h"]);
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert!(rows.as_array().is_some_and(|r| r.len() >= 80), "every attempt is there");

@@ -409,6 +409,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     // The store first: a damaged index stops the run before it has a record.
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
+    flake_facts(&mut pipeline, &index, &cfg.pipeline_file);
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
@@ -594,6 +595,54 @@ fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file:
                 format!("{until}: a failure does not fail the run"),
             ));
         }
+    }
+}
+
+/// Most recent attempts a run looks at to tell its jobs' history.
+const HISTORY_SHOWN: usize = 5_000;
+
+/// Each job's record across runs, as the UI's detail pane shows it:
+/// `flaky: 7 of 40 runs, 18% [9%, 30%] since abc12345` (or broken), with
+/// its flaky test cases. From the newest attempts of this pipeline only.
+fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file: &std::path::Path) {
+    use crate::insight::flaky::{Verdict, analyse};
+    let key = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let filter = crate::store::history::Filter {
+        pipeline: Some(key.clone()),
+        limit: Some(HISTORY_SHOWN),
+        ..Default::default()
+    };
+    let rows = match index.attempts(&filter) {
+        Ok(r) if !r.is_empty() => r,
+        _ => return,
+    };
+    let found = analyse(&rows);
+    let tests = index.test_attempts(Some(&key)).map(|t| analyse(&t)).unwrap_or_default();
+    for j in &mut pipeline.jobs {
+        let Some(f) = found
+            .iter()
+            .find(|f| f.job == j.name && matches!(f.verdict, Verdict::Flaky | Verdict::Broken))
+        else {
+            continue;
+        };
+        let mut text = f.summary();
+        if let Some(c) = f.since.as_ref().and_then(|s| s.commit.as_deref()) {
+            text.push_str(&format!(" since {}", c.chars().take(8).collect::<String>()));
+        }
+        let prefix = format!("{} › ", j.name);
+        let flaky_tests: Vec<&str> = tests
+            .iter()
+            .filter(|t| t.verdict == Verdict::Flaky)
+            .filter_map(|t| t.job.strip_prefix(&prefix))
+            .take(3)
+            .collect();
+        if !flaky_tests.is_empty() {
+            text.push_str(&format!("; flaky tests: {}", flaky_tests.join(", ")));
+        }
+        j.facts.push(("history".into(), text));
     }
 }
 

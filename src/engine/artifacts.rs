@@ -383,13 +383,14 @@ pub async fn key_components(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Re
         return Err("the job declares no `cache: {inputs}`".into());
     };
     let mut c = Components::new();
-    // The definition, field by field (positions are not serialized).
+    // The definition, field by field (positions are not serialized; what
+    // the UI shows with the job, its facts, is no part of it).
     let fields = |v: serde_json::Value| match v {
         serde_json::Value::Object(m) => m.into_iter().collect::<Vec<_>>(),
         _ => Vec::new(),
     };
     for (k, v) in fields(serde_json::to_value(job).map_err(|e| e.to_string())?) {
-        if k != "steps" && k != "name" {
+        if k != "steps" && k != "name" && k != "facts" {
             c.insert(format!("job.{k}"), scrub(ctx, v.to_string()));
         }
     }

@@ -260,9 +260,35 @@ impl History {
     }
 }
 
-/// A digest of a job's definition (its model, serialized).
+/// A digest of a job's definition (its model, serialized, without what
+/// the UI shows with it: its facts change with its history). Fields are
+/// taken in name order, so the digest does not depend on which are set.
 pub fn definition(job: Option<&crate::pipeline::Job>) -> String {
-    let text = job.and_then(|j| serde_json::to_string(j).ok()).unwrap_or_default();
+    let fields: std::collections::BTreeMap<String, serde_json::Value> = job
+        .and_then(|j| serde_json::to_value(j).ok())
+        .and_then(|v| match v {
+            serde_json::Value::Object(o) => Some(o.into_iter().filter(|(k, _)| k != "facts").collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let text = serde_json::to_string(&fields).unwrap_or_default();
     let d = Sha256::digest(text.as_bytes());
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_jobs_facts_are_no_part_of_its_definition() {
+        let mut job = crate::pipeline::Job {
+            name: "test".into(),
+            retry_count: 1,
+            ..Default::default()
+        };
+        let bare = super::definition(Some(&job));
+        job.facts.push(("history".into(), "flaky: 1 of 3 runs".into()));
+        assert_eq!(super::definition(Some(&job)), bare);
+        job.retry_count = 2;
+        assert_ne!(super::definition(Some(&job)), bare);
+    }
 }
