@@ -39,6 +39,7 @@ fn row(run: usize, job: usize, attempt: u32, failed: bool) -> AttemptRow {
         host: "ci-1".into(),
         signature: None,
         started_ms: 1_700_000_000_000 + (run * 1_000 + job) as u64,
+        failure_line: None,
     }
 }
 

@@ -279,6 +279,18 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
                 when(l.started_ms),
                 l.class.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
             ));
+            if let Some(line) = &l.line {
+                out.push_str(&format!("    {}\n", line.chars().take(160).collect::<String>()));
+            }
+            if let Some(sig) = &l.signature {
+                let month = now.saturating_sub(30 * 24 * 3_600_000);
+                let (count, first) = flaky::seen(&rows, sig, month);
+                out.push_str(&format!(
+                    "    signature {sig}: seen {count} time{} in 30 days{}\n",
+                    if count == 1 { "" } else { "s" },
+                    first.map(|r| format!(", first in run {r}")).unwrap_or_default()
+                ));
+            }
         }
         if held {
             out.push_str("  in quarantine: its failures do not fail runs\n");

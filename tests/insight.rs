@@ -34,7 +34,7 @@ jobs:
     retry_count: 1
     retry_when: [script]
     steps:
-      - script: ['if [ -e broken ]; then echo "error: broken build"; exit 2; fi', 'echo built']
+      - script: ['if [ -e broken ]; then echo "error: broken build in $PWD/main.c:$RANDOM" >&2; exit 2; fi', 'echo built']
   test:
     retry_count: 1
     retry_when: [script]
@@ -162,6 +162,13 @@ fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit()
     assert!(
         text.contains("build  broken: 10 of 40 runs") && text.contains(&bad[..8]),
         "{text}"
+    );
+    // The line that told the failure, and its signature across runs (the
+    // paths and numbers in it differ from run to run).
+    assert!(text.contains("    error: broken build in /"), "{text}");
+    assert!(
+        text.contains(": seen 20 times in 30 days, first in run "),
+        "10 runs, 2 attempts each: {text}"
     );
     let history = trackside(&project, &state, &["history", "build", "--limit", "4"]);
     let history = String::from_utf8_lossy(&history.stdout);

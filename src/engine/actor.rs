@@ -1275,7 +1275,13 @@ impl Actor {
                 attempt,
                 outcome,
                 cache_key,
+                telling,
             }) => {
+                if let Some(line) = telling.filter(|_| outcome.failure.is_some()) {
+                    let line = self.masker.mask(&line).unwrap_or(line);
+                    let name = self.state.pipeline().jobs[job].name.clone();
+                    self.history.telling(&name, attempt, line);
+                }
                 // A line cut short by the end of its output: what masking held back.
                 let held: Vec<_> = self
                     .splits
@@ -1429,6 +1435,7 @@ impl Actor {
             dotenv: std::sync::OnceLock::new(),
             needs: Arc::new(needs),
             docker: std::sync::OnceLock::new(),
+            telling: Default::default(),
         };
         self.attempts.spawn(run_attempt(self.ctx.clone(), a));
     }

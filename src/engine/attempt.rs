@@ -73,6 +73,8 @@ pub enum RunnerMsg {
         by: Option<String>,
     },
     AttemptDone {
+        /// The line that tells what went wrong (see [`Telling`]).
+        telling: Option<String>,
         job: JobId,
         attempt: u32,
         outcome: Outcome,
@@ -214,6 +216,22 @@ pub struct Attempt {
     pub needs: Arc<serde_json::Value>,
     /// The job's container and services once started (set once).
     pub docker: std::sync::OnceLock<Containers>,
+    /// The output line that tells what went wrong, should the attempt fail.
+    pub telling: std::sync::Mutex<Telling>,
+}
+
+/// The line a failure's signature is made from: the first that matched a
+/// failure pattern, else the last line written to standard error.
+#[derive(Debug, Clone, Default)]
+pub struct Telling {
+    pub matched: Option<String>,
+    pub last_stderr: Option<String>,
+}
+
+impl Telling {
+    pub fn line(&self) -> Option<String> {
+        self.matched.clone().or_else(|| self.last_stderr.clone())
+    }
 }
 
 /// What of an attempt runs in Docker besides its steps.

@@ -67,6 +67,8 @@ pub struct History {
     started: HashMap<(String, u32), u64>,
     /// Definitions' digests, by job name.
     definitions: HashMap<String, String>,
+    /// The line that told each failed attempt, by (job, attempt).
+    telling: HashMap<(String, u32), String>,
     warned: bool,
 }
 
@@ -101,6 +103,7 @@ impl History {
             pending: asked.is_ok().then_some(rx),
             started: HashMap::new(),
             definitions: HashMap::new(),
+            telling: HashMap::new(),
             warned: false,
         }
     }
@@ -175,6 +178,12 @@ impl History {
         self.warn(written);
     }
 
+    /// The line that told why attempt `attempt` of `job` failed (it comes
+    /// before the attempt's end is an event).
+    pub fn telling(&mut self, job: &str, attempt: u32, line: String) {
+        self.telling.insert((job.to_string(), attempt), line);
+    }
+
     /// The run has ended: git's answer is waited for (a while) and given to
     /// the rows that lack it.
     pub fn finish(&mut self) {
@@ -202,6 +211,13 @@ impl History {
             .clone();
         let in_docker = containers && spec.is_some_and(|j| j.steps.iter().any(|s| s.image.is_some()));
         let facts = self.facts.clone().unwrap_or_default();
+        let failure_line = self
+            .telling
+            .remove(&(job.to_string(), attempt))
+            .filter(|_| outcome == "failed");
+        let signature = failure_line
+            .as_deref()
+            .map(|l| crate::insight::signature::of(failure_class.as_deref().unwrap_or(""), l));
         AttemptRow {
             run_id: self.run_id.clone(),
             pipeline: self.pipeline.clone(),
@@ -220,8 +236,9 @@ impl History {
             peak_memory: None,
             executor: if in_docker { "docker" } else { "shell" }.to_string(),
             host: self.host.clone(),
-            signature: None,
+            signature,
             started_ms,
+            failure_line,
         }
     }
 

@@ -135,12 +135,18 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     } else {
         (attempt_outcome(&ctx, &a, &mut leftovers).await, None)
     };
+    let telling = a
+        .telling
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .line();
     let _ =
         a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
             attempt: a.attempt,
             outcome,
             cache_key,
+            telling,
         })
         .await;
     // Off the path to the next job: the actor has the result already, and
@@ -2329,6 +2335,14 @@ async fn run_once(
             }
             if from_log.is_none() {
                 from_log = patterns.classify_line(&line.text);
+                if from_log.is_some() {
+                    let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    t.matched.get_or_insert_with(|| line.text.clone());
+                }
+            }
+            if line.stream == Stream::Stderr && !line.partial && !line.text.trim().is_empty() {
+                let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                t.last_stderr = Some(line.text.clone());
             }
             let _ =
                 a.tx.send(RunnerMsg::Log {

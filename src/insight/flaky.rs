@@ -38,6 +38,9 @@ struct RunOutcome<'a> {
     /// Every attempt failed.
     failed_all: bool,
     class: Option<&'a str>,
+    /// The failure's signature and the line that told it.
+    signature: Option<&'a str>,
+    line: Option<&'a str>,
 }
 
 /// What the evidence says of a series.
@@ -67,6 +70,9 @@ pub struct LastFailure {
     pub run_id: String,
     pub started_ms: u64,
     pub class: Option<String>,
+    pub signature: Option<String>,
+    /// The output line that told it.
+    pub line: Option<String>,
 }
 
 /// One series' flakiness.
@@ -155,6 +161,22 @@ pub fn change_point(xs: &[bool]) -> Option<(usize, f64)> {
     (after > before && *w > weights[0]).then_some((best, w / sum))
 }
 
+/// How often a failure of `signature` was seen in `rows` at or after
+/// `since_ms`, and the first run it was seen in.
+pub fn seen(rows: &[AttemptRow], signature: &str, since_ms: u64) -> (usize, Option<String>) {
+    let mut matching = rows
+        .iter()
+        .filter(|r| r.signature.as_deref() == Some(signature) && r.started_ms >= since_ms);
+    let first = matching.next();
+    let count = usize::from(first.is_some()) + matching.count();
+    let first_run = rows
+        .iter()
+        .filter(|r| r.signature.as_deref() == Some(signature))
+        .min_by_key(|r| r.started_ms)
+        .map(|r| r.run_id.clone());
+    (count, first_run)
+}
+
 /// Every series in `rows` (oldest first), most flaky first.
 pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
     // Runs in which most jobs failed on their first attempt are left out.
@@ -221,6 +243,7 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
 fn run_outcome<'a>(attempts: &[&'a AttemptRow]) -> RunOutcome<'a> {
     let first = attempts[0];
     let failed_first = first.outcome == "failed";
+    let failed = attempts.iter().rev().find(|a| a.outcome == "failed");
     let passed_later = attempts.iter().skip(1).any(|a| a.outcome == "passed");
     RunOutcome {
         run_id: &first.run_id,
@@ -230,11 +253,9 @@ fn run_outcome<'a>(attempts: &[&'a AttemptRow]) -> RunOutcome<'a> {
         failed_first,
         passed_on_retry: failed_first && passed_later,
         failed_all: attempts.iter().all(|a| a.outcome == "failed"),
-        class: attempts
-            .iter()
-            .rev()
-            .find(|a| a.outcome == "failed")
-            .and_then(|a| a.failure_class.as_deref()),
+        class: failed.and_then(|a| a.failure_class.as_deref()),
+        signature: failed.and_then(|a| a.signature.as_deref()),
+        line: failed.and_then(|a| a.failure_line.as_deref()),
     }
 }
 
@@ -296,6 +317,8 @@ fn judge(pipeline: &str, job: &str, definition: &str, default: bool, runs: &[Run
         run_id: r.run_id.to_string(),
         started_ms: r.started_ms,
         class: r.class.map(str::to_string),
+        signature: r.signature.map(str::to_string),
+        line: r.line.map(str::to_string),
     });
     Flakiness {
         pipeline: pipeline.to_string(),
@@ -344,6 +367,7 @@ mod tests {
             host: "h".into(),
             signature: None,
             started_ms: run as u64 * 1_000 + u64::from(attempt),
+            failure_line: None,
         }
     }
 

@@ -2,3 +2,4 @@
 //! functions over the store's history rows (`store::history`): no I/O.
 
 pub mod flaky;
+pub mod signature;

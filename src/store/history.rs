@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// The index's schema version this trackside writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// Version 1: the `attempts` table.
 const V1: &str = "
@@ -70,10 +70,13 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 ";
 
+/// Version 4: the line that told a failure (its signature is made from it).
+const V4: &str = "ALTER TABLE attempts ADD COLUMN failure_line TEXT;";
+
 /// Brings the index to [`VERSION`], each step in one transaction.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (to, sql) in [(1, V1), (2, V2), (3, V3)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
         if version < to {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
@@ -189,6 +192,7 @@ pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Res
                 host: String::new(),
                 signature: None,
                 started_ms: ms(r.get(13)?),
+                failure_line: None,
             },
             r.get::<_, u32>(11)?,
         ))
@@ -242,6 +246,8 @@ pub struct AttemptRow {
     /// The failure's signature (its class and normalised line, hashed).
     pub signature: Option<String>,
     pub started_ms: u64,
+    /// The output line that told the failure (secrets masked).
+    pub failure_line: Option<String>,
 }
 
 fn sql(v: u64) -> i64 {
@@ -252,8 +258,8 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, pipeline, dialect, job, definition, commit_sha, branch,
          default_branch, dirty, attempt, outcome, failure_class, exit_code, duration_ms, peak_memory, executor,
-         host, signature, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-         ?16, ?17, ?18, ?19)",
+         host, signature, started_ms, failure_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+         ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
     for r in rows {
         stmt.execute(params![
@@ -276,6 +282,7 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
             r.host,
             r.signature,
             sql(r.started_ms),
+            r.failure_line,
         ])?;
     }
     Ok(())
@@ -297,8 +304,8 @@ pub struct Filter {
 pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut sql_text = String::from(
         "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
-         outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms
-         FROM attempts WHERE 1 = 1",
+         outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms,
+         failure_line FROM attempts WHERE 1 = 1",
     );
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     if let Some(j) = &filter.job {
@@ -350,6 +357,7 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
                 host: r.get(16)?,
                 signature: r.get(17)?,
                 started_ms: ms(r.get(18)?),
+                failure_line: r.get(19)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -435,6 +443,7 @@ mod tests {
             host: "h".into(),
             signature: None,
             started_ms: at,
+            failure_line: None,
         }
     }
 
