@@ -539,6 +539,78 @@ impl Printer {
     }
 }
 
+/// The run as JUnit XML (`--junit-out`): a test suite named after the
+/// pipeline, a test case per job (its time the job's, its class the stage
+/// when it has one), failures with their class and reason, skipped jobs as
+/// skipped, and a retried job's failed attempts as reruns: `flakyFailure`
+/// when it passed in the end, `rerunFailure` when it did not.
+pub fn junit(s: &RunSummary) -> Result<String, quick_junit::SerializeError> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+    let mut suite = TestSuite::new(s.pipeline.as_str());
+    for j in &s.jobs {
+        let failed_attempts: Vec<&crate::protocol::event::AttemptRecord> =
+            j.attempts.iter().filter(|a| a.failure_class.is_some()).collect();
+        let mut status = match j.verdict {
+            Verdict::Pass | Verdict::Flaky | Verdict::Cached => TestCaseStatus::success(),
+            Verdict::Skipped | Verdict::Manual => {
+                let mut st = TestCaseStatus::skipped();
+                if let Some(r) = &j.reason {
+                    st.set_message(r.as_str());
+                }
+                st
+            }
+            Verdict::Fail | Verdict::Cancelled | Verdict::Quarantined => {
+                let kind = if j.failure_class == Some(crate::protocol::FailureClass::Script) {
+                    NonSuccessKind::Failure
+                } else {
+                    NonSuccessKind::Error
+                };
+                let mut st = TestCaseStatus::non_success(kind);
+                st.set_message(j.reason.as_deref().map(first_line).unwrap_or_default());
+                if let Some(c) = j.failure_class {
+                    st.set_type(c.as_str());
+                }
+                st
+            }
+        };
+        // Every failed attempt but the one the status reports already.
+        let earlier = match j.verdict {
+            Verdict::Fail | Verdict::Cancelled | Verdict::Quarantined => {
+                &failed_attempts[..failed_attempts.len().saturating_sub(1)]
+            }
+            _ => &failed_attempts[..],
+        };
+        for a in earlier {
+            let kind = if a.failure_class == Some(crate::protocol::FailureClass::Script) {
+                NonSuccessKind::Failure
+            } else {
+                NonSuccessKind::Error
+            };
+            let mut rerun = TestRerun::new(kind);
+            if let Some(c) = a.failure_class {
+                rerun.set_type(c.as_str());
+                rerun.set_message(format!(
+                    "attempt {} failed ({c}{})",
+                    a.number,
+                    a.exit_code.map(|e| format!(", exit {e}")).unwrap_or_default()
+                ));
+            }
+            if let Some(end) = a.ended_ms {
+                rerun.set_time(std::time::Duration::from_millis(end.saturating_sub(a.started_ms)));
+            }
+            status.add_rerun(rerun);
+        }
+        let mut case = TestCase::new(j.name.as_str(), status);
+        case.set_classname(j.stage.as_deref().unwrap_or(s.pipeline.as_str()));
+        case.set_time(std::time::Duration::from_millis(j.duration_ms));
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new(format!("trackside run {}", s.run_id));
+    report.set_time(std::time::Duration::from_millis(s.duration_ms));
+    report.add_test_suite(suite);
+    report.to_string()
+}
+
 /// A message's first line, and how many more there are (`trackside logs`
 /// shows them): a line of the status or the table stays one line.
 fn first_line(m: &str) -> String {

@@ -270,6 +270,11 @@ enum Cmd {
         /// attach`), instead of ending the run as blocked.
         #[arg(long)]
         wait_approval: bool,
+        /// Write the run as JUnit XML to FILE when it ends (a test case per
+        /// job; a retried job's failed attempts as flakyFailure or
+        /// rerunFailure), for CI dashboards.
+        #[arg(long = "junit-out", value_name = "FILE")]
+        junit_out: Option<PathBuf>,
     },
     /// Check a pipeline and report every problem.
     Validate {
@@ -860,6 +865,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             kill_grace,
             wait_approval,
             engine_process,
+            junit_out,
         } => {
             // On a terminal the run goes in a process of its own and this
             // one attaches its UI to it: `d` detaches, the run goes on.
@@ -1111,6 +1117,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 } else {
                     ended
                 };
+                if let (Some(path), Ok(summary)) = (&junit_out, &ended)
+                    && let Err(e) = write_junit(path, summary)
+                {
+                    eprintln!("trackside: cannot write --junit-out {}: {e}", path.display());
+                }
                 // Also when the front-end failed (a panic, a broken terminal):
                 // the run does not outlive it. Its jobs are cancelled and
                 // stopped, no process left behind, and its records written.
@@ -1128,6 +1139,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             Ok(u8::try_from(code).unwrap_or(1))
         }
     }
+}
+
+/// `--junit-out FILE`: the run as JUnit XML (see `headless::junit`).
+fn write_junit(path: &Path, summary: &trackside::engine::RunSummary) -> std::io::Result<()> {
+    let xml = headless::junit(summary).map_err(std::io::Error::other)?;
+    std::fs::write(path, xml)
 }
 
 /// How long the process of a finished run waits for attached UIs to leave.

@@ -341,3 +341,49 @@ fn a_quarantined_job_still_runs_and_its_failure_does_not_fail_the_run() {
     let again = trackside(&project, &state, &["quarantine", "remove", "e2e"]);
     assert_eq!(again.status.code(), Some(1));
 }
+
+#[test]
+fn junit_out_writes_the_run_with_retries_as_reruns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    let counter = tmp.path().join("counter");
+    std::fs::write(&counter, "0").expect("write");
+    std::fs::write(
+        project.join("p.yml"),
+        "name: ci\nretry_policy:\n  backoff: {initial: 0, jitter: 0}\njobs:\n  flaky:\n    retry_count: 1\n    retry_when: [script]\n    steps:\n      - script: ['n=$(cat \"$COUNTER\"); echo $((n + 1)) > \"$COUNTER\"; test $n -gt 0']\n  broken:\n    steps:\n      - script: ['exit 4']\n  after:\n    depends_on: [broken]\n    steps:\n      - script: ['true']\n",
+    )
+    .expect("write");
+    let out_file = tmp.path().join("out.xml");
+    let out = trackside(
+        &project,
+        &state,
+        &[
+            "run",
+            "p.yml",
+            "--headless",
+            "--var",
+            &format!("COUNTER={}", counter.display()),
+            "--junit-out",
+            out_file.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let xml = std::fs::read_to_string(&out_file).expect("written");
+    let report = junit_parser::from_reader(std::io::Cursor::new(xml.as_bytes())).expect("valid JUnit");
+    let suite = &report.suites[0];
+    assert_eq!(suite.name, "ci");
+    let case = |n: &str| suite.cases.iter().find(|c| c.original_name == n).expect(n);
+    assert!(case("flaky").status.is_success());
+    assert_eq!(case("flaky").reruns.len(), 1, "{xml}");
+    assert!(
+        matches!(
+            case("flaky").reruns[0].kind,
+            junit_parser::RerunOrFlakyKind::FlakyFailure
+        ),
+        "{xml}"
+    );
+    assert!(case("broken").status.is_failure(), "{xml}");
+    assert!(case("after").status.is_skipped(), "{xml}");
+}
