@@ -510,24 +510,7 @@ async fn build_action_images(
             format!("building the image of `{}` ({})", step.name, build.dockerfile),
         )
         .await;
-        let (tx, mut rx) = mpsc::channel::<OutputLine>(64);
-        let forward_to = a.tx.clone();
-        let (job_id, attempt) = (a.job, a.attempt);
-        let forward = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let msg = RunnerMsg::Log {
-                    job: job_id,
-                    attempt,
-                    step: setup.clone(),
-                    stream: line.stream,
-                    text: line.text,
-                    partial: line.partial,
-                };
-                if forward_to.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, forward) = log_as(a, setup);
         let req = crate::exec::ImageBuild {
             dir: dir.clone(),
             dockerfile: build.dockerfile.clone(),
@@ -645,6 +628,30 @@ fn holds_secret(ctx: &RunContext, env: &BTreeMap<String, String>) -> Option<(Str
     })
 }
 
+/// A channel whose lines join the attempt's log as step `step` (a
+/// service's output, an image build's), and the task that moves them.
+fn log_as(a: &Attempt, step: Arc<str>) -> (mpsc::Sender<OutputLine>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
+    let forward_to = a.tx.clone();
+    let (job_id, attempt) = (a.job, a.attempt);
+    let task = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let msg = RunnerMsg::Log {
+                job: job_id,
+                attempt,
+                step: step.clone(),
+                stream: line.stream,
+                text: line.text,
+                partial: line.partial,
+            };
+            if forward_to.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    (tx, task)
+}
+
 /// Starts the job's own container (its first container step's image),
 /// with the job's folders mounted where GitHub has them.
 async fn start_job_box(
@@ -732,25 +739,7 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
         pull: job.container.pull,
         services,
     };
-    let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
-    let step: Arc<str> = Arc::from("services");
-    let forward_to = a.tx.clone();
-    let (job_id, attempt) = (a.job, a.attempt);
-    tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            let msg = RunnerMsg::Log {
-                job: job_id,
-                attempt,
-                step: step.clone(),
-                stream: line.stream,
-                text: line.text,
-                partial: line.partial,
-            };
-            if forward_to.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (tx, _forward) = log_as(a, Arc::from("services"));
     ctx.executor.start_services(req, tx).await
 }
 
