@@ -92,6 +92,7 @@ fn big_app() -> App {
                 flaky: false,
                 message: None,
                 cached: None,
+                diagnosis: None,
             }));
         }
     }

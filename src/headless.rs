@@ -723,6 +723,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             flaky,
             message,
             cached,
+            diagnosis,
             ..
         } => {
             let d = seconds(*duration_ms);
@@ -741,7 +742,11 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
                         .as_deref()
                         .map(|m| format!(": {}", first_line(m)))
                         .unwrap_or_default();
-                    format!(":: {job:<w$} FAIL ({code}{class}) in {d}{msg}")
+                    let why = diagnosis
+                        .as_deref()
+                        .map(|d| format!("\n::   {}: {} ({})", d.title, d.hint, d.runbook))
+                        .unwrap_or_default();
+                    format!(":: {job:<w$} FAIL ({code}{class}) in {d}{msg}{why}")
                 }
             }
         }
@@ -751,9 +756,14 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             delay_ms,
             failure_class,
             exit_code,
+            diagnosis,
         } => format!(
-            ":: {job:<w$} failed ({}{failure_class}); retrying in {} (attempt {attempt})",
+            ":: {job:<w$} failed ({}{failure_class}{}); retrying in {} (attempt {attempt})",
             exit_code.map(|c| format!("exit {c}, ")).unwrap_or_default(),
+            diagnosis
+                .as_deref()
+                .map(|d| format!(": {}", d.title))
+                .unwrap_or_default(),
             seconds(*delay_ms)
         ),
         EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),
@@ -881,6 +891,21 @@ pub fn summary_table(s: &RunSummary) -> String {
             coverage_col(j.coverage.as_deref()),
             detail
         ));
+    }
+    let explained: Vec<_> = s
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.verdict, Verdict::Fail | Verdict::Quarantined))
+        .filter_map(|j| Some((j, j.attempts.last()?.diagnosis.as_deref()?)))
+        .collect();
+    if !explained.is_empty() {
+        out.push_str("\nwhy:\n");
+        for (j, d) in explained {
+            out.push_str(&format!(
+                "  {:<w$}  {} ({}): {}\n  {:<w$}  runbook: {}; more: trackside explain {} {}\n",
+                j.name, d.title, d.class, d.hint, "", d.runbook, s.run_id, j.name
+            ));
+        }
     }
     if let Some(r) = &s.repeat {
         out.push_str(&format!(
@@ -1032,6 +1057,7 @@ mod tests {
                     flaky: false,
                     message: None,
                     cached: None,
+                    diagnosis: None,
                 },
             ),
         ];
@@ -1078,6 +1104,7 @@ mod tests {
                 flaky: false,
                 message: None,
                 cached: None,
+                diagnosis: None,
             },
         )
     }

@@ -1,4 +1,5 @@
-//! The insight commands of the CLI: `history` and `flaky`. Formatting
+//! The insight commands of the CLI: `history`, `flaky`, `tests`,
+//! `quarantine` and `explain`. Formatting
 //! only; the work is in `trackside::insight` over `trackside::store`.
 
 use std::path::Path;
@@ -183,6 +184,167 @@ pub fn tests(state: &Path, run: &str, job: Option<&str>, json: bool) -> Result<u
                 out.push_str(&format!("         {line}\n"));
             }
         }
+    }
+    write_out(&out);
+    Ok(0)
+}
+
+/// One failed attempt as `trackside explain` shows it.
+#[derive(serde::Serialize)]
+struct Explained {
+    job: String,
+    attempt: u32,
+    failure_class: Option<trackside::protocol::FailureClass>,
+    exit_code: Option<i32>,
+    message: Option<String>,
+    diagnosis: Option<trackside::protocol::Diagnosis>,
+    /// Failures with the same signature in the last 30 days, and the run
+    /// the signature was first seen in.
+    seen_in_30_days: usize,
+    first_seen_in: Option<String>,
+}
+
+/// `trackside explain RUN [JOB]`: every failed attempt of the run (or of
+/// one job) with the knowledge base's reading of it.
+pub fn explain(state: &Path, run: &str, job: Option<&str>, json: bool) -> Result<u8, Fail> {
+    use trackside::protocol::{EventKind, JobStatus};
+    let dir = trackside::store::find_run(state, run)?;
+    let run_id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let events = trackside::store::read_events(&dir)?;
+    let mut jobs = Vec::new();
+    let mut failed = Vec::new();
+    for ev in events {
+        match ev.kind {
+            EventKind::JobStarted { job, .. } if !jobs.contains(&job) => jobs.push(job),
+            EventKind::JobRetrying {
+                job,
+                attempt,
+                failure_class,
+                exit_code,
+                diagnosis,
+                ..
+            } => failed.push(Explained {
+                job,
+                attempt: attempt.saturating_sub(1),
+                failure_class: Some(failure_class),
+                exit_code,
+                message: None,
+                diagnosis: diagnosis.map(|d| *d),
+                seen_in_30_days: 0,
+                first_seen_in: None,
+            }),
+            EventKind::JobFinished {
+                job,
+                attempt,
+                status: JobStatus::Failed,
+                failure_class,
+                exit_code,
+                message,
+                diagnosis,
+                ..
+            } => failed.push(Explained {
+                job,
+                attempt,
+                failure_class,
+                exit_code,
+                message,
+                diagnosis: diagnosis.map(|d| *d),
+                seen_in_30_days: 0,
+                first_seen_in: None,
+            }),
+            _ => {}
+        }
+    }
+    if let Some(name) = job {
+        if !jobs.iter().any(|j| j == name) {
+            return Err(Fail(
+                format!(
+                    "run {run_id} ran no job `{name}`; its jobs: {}",
+                    if jobs.is_empty() {
+                        "none".into()
+                    } else {
+                        jobs.join(", ")
+                    }
+                ),
+                2,
+            ));
+        }
+        failed.retain(|f| f.job == name);
+    }
+    // What history knows of each failure's signature.
+    let index = Index::open(state)?;
+    let rows = index.attempts(&Filter::default())?;
+    let month_ago = trackside::store::now_ms().saturating_sub(30 * 24 * 3600 * 1000);
+    for f in &mut failed {
+        let sig = rows
+            .iter()
+            .find(|r| r.run_id == run_id && r.job == f.job && r.attempt == f.attempt)
+            .and_then(|r| r.signature.as_deref());
+        if let Some(sig) = sig {
+            (f.seen_in_30_days, f.first_seen_in) = flaky::seen(&rows, sig, month_ago);
+        }
+    }
+    if json {
+        write_out(&format!("{}\n", serde_json::to_string(&failed)?));
+        return Ok(0);
+    }
+    if failed.is_empty() {
+        write_out(&format!(
+            "nothing failed in run {run_id}{}\n",
+            job.map(|j| format!(" for `{j}`")).unwrap_or_default()
+        ));
+        return Ok(0);
+    }
+    let mut out = String::new();
+    for f in &failed {
+        let class = f.failure_class.map_or("failed".into(), |c| c.to_string());
+        let exit = f.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+        match &f.diagnosis {
+            Some(d) => {
+                out.push_str(&format!(
+                    "{} attempt {}: {} ({class}{exit})\n",
+                    f.job, f.attempt, d.title
+                ));
+                out.push_str(&format!("  hint:    {}\n", d.hint));
+                out.push_str(&format!(
+                    "  retry:   {}\n",
+                    if d.retryable {
+                        "may pass (the failure is often transient)"
+                    } else {
+                        "will not help until the cause is fixed"
+                    }
+                ));
+                out.push_str(&format!("  runbook: {}\n", d.runbook));
+                for l in &d.lines {
+                    out.push_str(&format!("  matched: {l}\n"));
+                }
+                out.push_str(&format!("  rule:    {}\n", d.rule));
+            }
+            None => {
+                out.push_str(&format!("{} attempt {}: {class}{exit}\n", f.job, f.attempt));
+                out.push_str("  no rule of the knowledge base explains it (assets/failure-rules.yml)\n");
+            }
+        }
+        if let Some(m) = &f.message {
+            out.push_str(&format!("  reason:  {}\n", m.lines().next().unwrap_or("")));
+        }
+        if f.seen_in_30_days > 1 {
+            out.push_str(&format!(
+                "  seen {} times in 30 days{}\n",
+                f.seen_in_30_days,
+                f.first_seen_in
+                    .as_deref()
+                    .map(|r| format!(", first in run {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        out.push_str(&format!(
+            "  log:     trackside logs {run_id} {} --attempt {}\n",
+            f.job, f.attempt
+        ));
     }
     write_out(&out);
     Ok(0)

@@ -360,6 +360,15 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// Why a run's jobs failed: each failed attempt's class, the failure
+    /// knowledge base's hint and runbook, the lines that told it, and how
+    /// often the same failure was seen (RUN: id, unique prefix, or `last`).
+    Explain {
+        run: String,
+        job: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
     /// Print a job's log from a past run (RUN: id, unique prefix, or `last`).
     Logs {
         run: String,
@@ -729,6 +738,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         }
         Cmd::Tests { run, job, format } => {
             insightcmd::tests(&state, &run, job.as_deref(), format == OutputFormat::Json)
+        }
+        Cmd::Explain { run, job, format } => {
+            insightcmd::explain(&state, &run, job.as_deref(), format == OutputFormat::Json)
         }
         Cmd::Flaky { pipeline, all, format } => {
             insightcmd::flaky(&state, pipeline.as_deref(), all, format == OutputFormat::Json)

@@ -29,7 +29,9 @@ fn command(state: &Path, args: &str, exit: &Path) -> String {
     )
 }
 
-const PIPELINE: &str = "name: attached\njobs:\n  build:\n    steps: [{name: compile, script: ['echo compiled-ok']}]\n  chatty:\n    steps: [{name: talk, script: ['i=0; while [ -e go ]; do i=$((i+1)); echo chat-$i; sleep 0.01; done; echo chat-done']}]\n  deploy:\n    depends_on: [build]\n    when: manual\n    steps: [{name: ship, script: ['echo shipped-it']}]\n";
+// chatty prints 20 lines a second: a stream to follow, slow enough that
+// the gate's line stays on the 24-line screen for a second.
+const PIPELINE: &str = "name: attached\njobs:\n  build:\n    steps: [{name: compile, script: ['echo compiled-ok']}]\n  chatty:\n    steps: [{name: talk, script: ['i=0; while [ -e go ]; do i=$((i+1)); echo chat-$i; sleep 0.05; done; echo chat-done']}]\n  deploy:\n    depends_on: [build]\n    when: manual\n    steps: [{name: ship, script: ['echo shipped-it']}]\n";
 
 #[test]
 fn a_gate_approved_from_an_attached_ui_is_seen_by_all() {

@@ -387,3 +387,107 @@ fn junit_out_writes_the_run_with_retries_as_reruns() {
     assert!(case("broken").status.is_failure(), "{xml}");
     assert!(case("after").status.is_skipped(), "{xml}");
 }
+
+/// `fetch` fails on a DNS lookup (network: retried by default), `tls` on an
+/// untrusted certificate (network too, but the rule says a retry cannot
+/// pass). The host name is a secret: masked wherever the diagnosis shows it.
+const EXPLAINED: &str = r#"name: explained
+retry_policy:
+  backoff: {initial: 0, jitter: 0}
+jobs:
+  fetch:
+    retry_count: 1
+    steps:
+      - script: ['echo "fetching"', 'echo "curl: (6) Could not resolve host: $API_HOST" >&2', 'exit 6']
+  tls:
+    retry_count: 2
+    steps:
+      - script: ['echo "curl: (60) SSL certificate problem: unable to get local issuer certificate" >&2', 'exit 60']
+"#;
+
+#[test]
+fn failures_are_explained_and_a_permanent_one_is_not_retried() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("p.yml"), EXPLAINED).expect("write");
+    let secret = "db-7f3a.secret-internal.example";
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trackside"));
+        cmd.current_dir(&project)
+            .args(["run", "p.yml", "--secret", "API_HOST", "--state-dir"])
+            .arg(&state)
+            .env("API_HOST", secret)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("run trackside")
+    };
+    let out = run(true);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(secret), "the secret leaked: {stdout}");
+    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let of = |kind: &str, job: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["type"] == kind && e["job"] == job).collect()
+    };
+    // fetch: retried once (network), both attempts explained as DNS.
+    let retrying = of("job_retrying", "fetch");
+    assert_eq!(retrying.len(), 1, "{stdout}");
+    let d = &retrying[0]["diagnosis"];
+    assert_eq!(d["rule"], "dns-failure", "{d}");
+    assert_eq!(d["class"], "network");
+    assert_eq!(d["runbook"], "docs/runbooks/dns.md#dns-failure");
+    assert!(d["hint"].as_str().is_some_and(|h| h.contains("[MASKED]")), "{d}");
+    assert_eq!(d["lines"][0], "curl: (6) Could not resolve host: [MASKED]");
+    let finished = of("job_finished", "fetch");
+    assert_eq!(finished[0]["diagnosis"]["rule"], "dns-failure");
+    // tls: its rule is retryable: false, so retry_count 2 is not used.
+    assert!(of("job_retrying", "tls").is_empty(), "{stdout}");
+    let finished = of("job_finished", "tls");
+    assert_eq!(finished[0]["attempt"], 1);
+    assert_eq!(finished[0]["failure_class"], "network");
+    assert_eq!(finished[0]["diagnosis"]["rule"], "tls-untrusted");
+    assert_eq!(finished[0]["diagnosis"]["retryable"], false);
+
+    // The headless summary says why, and where to read on.
+    let out = run(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("failed (exit 6, network: a host name did not resolve); retrying"),
+        "{text}"
+    );
+    assert!(text.contains("runbook: docs/runbooks/tls.md#tls-untrusted"), "{text}");
+    assert!(!text.contains(secret), "{text}");
+
+    // trackside explain: every failed attempt, its hint, runbook, the
+    // matched line, and how often the same failure was seen.
+    let out = trackside(&project, &state, &["explain", "last", "fetch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "fetch attempt 1: a host name did not resolve (network, exit 6)",
+        "fetch attempt 2: a host name did not resolve (network, exit 6)",
+        "runbook: docs/runbooks/dns.md#dns-failure",
+        "matched: curl: (6) Could not resolve host: [MASKED]",
+        "retry:   may pass",
+        "seen 4 times in 30 days",
+    ] {
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+    assert!(!text.contains(secret), "{text}");
+    let out = trackside(&project, &state, &["explain", "last", "--format", "json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(3),
+        "two fetch attempts and one tls: {all}"
+    );
+    let out = trackside(&project, &state, &["explain", "last", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ran no job `nope`") && err.contains("fetch, tls"), "{err}");
+}

@@ -87,7 +87,9 @@ fn the_engine_knows_no_terminal() {
 
 #[test]
 fn insight_is_pure_functions_over_history() {
-    let bad = offenders(&["src/insight"], &[], &["insight", "store"]);
+    // The protocol is a leaf: its types (failure classes, diagnoses) are
+    // what insight's answers are made of.
+    let bad = offenders(&["src/insight"], &[], &["insight", "store", "protocol"]);
     assert!(
         bad.is_empty(),
         "insight reaches past history's rows:\n{}",

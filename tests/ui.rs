@@ -128,6 +128,7 @@ fn done(at: u64, job: &str, attempt: u32, status: JobStatus, class: Option<Failu
             flaky: false,
             message: class.map(|_| "step `main` exited with 1".to_string()),
             cached: None,
+            diagnosis: None,
         },
     )
 }
@@ -465,6 +466,7 @@ fn attempts_of_a_retried_job_can_be_switched() {
                 delay_ms: 100,
                 failure_class: FailureClass::Network,
                 exit_code: Some(6),
+                diagnosis: None,
             },
         ),
         started(1_600, "test-flaky", 2),
@@ -1315,6 +1317,7 @@ fn aborted_canary_events() -> Vec<Event> {
             flaky: false,
             message: Some(format!("{reason} (stable v1 kept serving)")),
             cached: None,
+            diagnosis: None,
         },
     ));
     evs
@@ -1870,4 +1873,44 @@ fn ended_groups_fold_under_their_title_and_z_or_a_search_unfolds_them() {
     assert_eq!(app.log_top, 20);
     let text = screen(&app, 80, 24).to_string();
     assert!(text.contains("installing package 17"), "{text}");
+}
+
+#[test]
+fn a_failed_job_says_why_with_the_knowledge_base_hint_at_80x24() {
+    let mut evs = failed_events();
+    for e in &mut evs {
+        if let EventKind::JobFinished {
+            job,
+            failure_class,
+            diagnosis,
+            ..
+        } = &mut e.kind
+            && job == "test-flaky"
+        {
+            *failure_class = Some(FailureClass::Network);
+            *diagnosis = Some(Box::new(trackside::protocol::Diagnosis {
+                rule: "connection-refused".into(),
+                title: "connection refused".into(),
+                class: FailureClass::Network,
+                hint: "the connection was refused (127.0.0.1:5432): nothing was listening".into(),
+                runbook: "docs/runbooks/network.md#connection-refused".into(),
+                retryable: true,
+                lines: vec!["dial tcp 127.0.0.1:5432: connect: connection refused".into()],
+            }));
+        }
+    }
+    let mut app = app_with(&evs, color());
+    app.wide = false;
+    select(&mut app, "test-flaky");
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    assert_eq!(app.focus, Focus::Detail);
+    let shown = screen(&app, 80, 24);
+    let text = format!("{shown}");
+    assert!(text.contains("cause: connection refused"), "{text}");
+    assert!(
+        text.contains("runbook: docs/runbooks/network.md#connection-ref"),
+        "{text}"
+    );
+    insta::assert_snapshot!("80x24_failure_cause", shown);
 }

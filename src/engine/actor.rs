@@ -377,10 +377,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     // The project's file list is asked of git (or walked) while the record
     // is made: side by side, not one after the other.
-    // Compiling the failure patterns takes a few milliseconds; done now,
+    // Compiling the failure rules takes a few milliseconds; done now,
     // beside the rest, it is not on the way of the first job.
     std::thread::spawn(|| {
-        super::failure::Patterns::builtin();
+        crate::insight::knowledge::KnowledgeBase::builtin();
     });
     let listing = (!cfg.in_place).then(|| {
         let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
@@ -1277,6 +1277,15 @@ impl Actor {
                 cache_key,
                 telling,
             }) => {
+                let mut outcome = outcome;
+                if let Some(d) = &mut outcome.diagnosis {
+                    let masker = &self.masker;
+                    d.mask(&|s: &mut String| {
+                        if let Some(m) = masker.mask(s) {
+                            *s = m;
+                        }
+                    });
+                }
                 if let Some(line) = telling.filter(|_| outcome.failure.is_some()) {
                     let line = self.masker.mask(&line).unwrap_or(line);
                     let name = self.state.pipeline().jobs[job].name.clone();

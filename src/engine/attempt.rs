@@ -220,17 +220,22 @@ pub struct Attempt {
     pub telling: std::sync::Mutex<Telling>,
 }
 
-/// The line a failure's signature is made from: the first that matched a
-/// failure pattern, else the last line written to standard error.
+/// What tells why an attempt failed: the knowledge base's diagnosis of
+/// its failing step, and the line a failure's signature is made from (the
+/// first the diagnosis matched, else the last line written to standard
+/// error).
 #[derive(Debug, Clone, Default)]
 pub struct Telling {
-    pub matched: Option<String>,
+    pub diagnosis: Option<crate::protocol::Diagnosis>,
     pub last_stderr: Option<String>,
 }
 
 impl Telling {
     pub fn line(&self) -> Option<String> {
-        self.matched.clone().or_else(|| self.last_stderr.clone())
+        self.diagnosis
+            .as_ref()
+            .and_then(|d| d.lines.first().cloned())
+            .or_else(|| self.last_stderr.clone())
     }
 }
 

@@ -1,103 +1,69 @@
 //! Failure classes: every failed attempt gets exactly one.
 //!
-//! The exit status decides most (timeout, cancel, signal, exit 137 = oom);
-//! for an ordinary non-zero exit, log patterns from
-//! `assets/failure-patterns.yml` can tell a network or disk problem from a
-//! genuine script failure, which is what makes retrying only transient
-//! failures possible. Patterns are data: add them there, not here.
-
-use std::sync::OnceLock;
-
-use regex::RegexSet;
-use serde::Deserialize;
+//! The failure knowledge base (`assets/failure-rules.yml`, read by
+//! `insight::knowledge`) decides most: how the step ended (an OOM kill, a
+//! deadline, a service never ready) and then its output tell a network or
+//! disk problem from a genuine script failure, which is what makes retrying
+//! only transient failures possible. Rules are data: add them there, not
+//! here. Without a rule, the exit status alone decides.
 
 use crate::exec::StepEnd;
+use crate::insight::knowledge::{Ending, Signal};
 use crate::pipeline::FailureClass;
 
-const PATTERNS_YAML: &str = include_str!("../../assets/failure-patterns.yml");
-
-#[derive(Deserialize)]
-struct PatternFile {
-    patterns: Vec<PatternEntry>,
+/// How a step ended, as the knowledge base's rules see it. `timed_out`:
+/// its deadline had passed when it ended.
+pub fn ending(end: &StepEnd, timed_out: bool) -> Ending {
+    let (signal, exit_code) = match end {
+        _ if timed_out => (Some(Signal::Timeout), None),
+        StepEnd::Exited(137) => (Some(Signal::Oom), Some(137)),
+        StepEnd::Exited(139) => (Some(Signal::Segfault), Some(139)),
+        StepEnd::Exited(134) => (Some(Signal::Abort), Some(134)),
+        StepEnd::Exited(c) => (None, Some(*c)),
+        // SIGKILL that we did not send is almost always the kernel's OOM killer.
+        StepEnd::Signaled(9) | StepEnd::OomKilled => (Some(Signal::Oom), None),
+        StepEnd::Signaled(11) => (Some(Signal::Segfault), None),
+        StepEnd::Signaled(6) => (Some(Signal::Abort), None),
+        StepEnd::Signaled(_) => (Some(Signal::Killed), None),
+        StepEnd::TimedOut => (Some(Signal::Timeout), None),
+        StepEnd::Cancelled => (None, None),
+        StepEnd::SpawnFailed(_) => (Some(Signal::SpawnFailed), None),
+    };
+    Ending { signal, exit_code }
 }
 
-#[derive(Deserialize)]
-struct PatternEntry {
-    class: FailureClass,
-    pattern: String,
-}
-
-/// Compiled log patterns.
-pub struct Patterns {
-    set: RegexSet,
-    classes: Vec<FailureClass>,
-}
-
-impl Patterns {
-    pub fn from_yaml(text: &str) -> Result<Patterns, String> {
-        let file: PatternFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-        let set = regex::RegexSetBuilder::new(file.patterns.iter().map(|p| p.pattern.as_str()))
-            .case_insensitive(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Patterns {
-            set,
-            classes: file.patterns.iter().map(|p| p.class).collect(),
-        })
-    }
-
-    /// The built-in patterns. They are compiled into the binary and checked
-    /// by a unit test, so the fallback to no patterns never happens in a
-    /// released build; it exists so a bad edit cannot crash a run.
-    pub fn builtin() -> &'static Patterns {
-        static P: OnceLock<Patterns> = OnceLock::new();
-        P.get_or_init(|| {
-            Patterns::from_yaml(PATTERNS_YAML).unwrap_or_else(|e| {
-                tracing::error!("assets/failure-patterns.yml is invalid: {e}");
-                Patterns {
-                    set: RegexSet::empty(),
-                    classes: Vec::new(),
-                }
-            })
-        })
-    }
-
-    /// The class of the first pattern matching `line`.
-    pub fn classify_line(&self, line: &str) -> Option<FailureClass> {
-        self.set.matches(line).iter().next().map(|i| self.classes[i])
-    }
-}
-
-/// The class of a step's end, or `None` for success. `from_log` is the class
-/// of the first pattern that matched the step's output.
-pub fn classify(end: &StepEnd, from_log: Option<FailureClass>) -> Option<FailureClass> {
+/// The class of a step's end, or `None` for success. `from_rules` is the
+/// class of the knowledge base's rule that explains the failure, if one does.
+pub fn classify(end: &StepEnd, from_rules: Option<FailureClass>) -> Option<FailureClass> {
     match end {
         StepEnd::Exited(0) => None,
-        StepEnd::Exited(137) => Some(FailureClass::Oom),
-        StepEnd::Exited(_) => Some(from_log.unwrap_or(FailureClass::Script)),
-        // SIGKILL that we did not send is almost always the kernel's OOM killer.
-        StepEnd::Signaled(9) => Some(FailureClass::Oom),
-        StepEnd::Signaled(_) => Some(FailureClass::Signal),
-        StepEnd::TimedOut => Some(FailureClass::Timeout),
         StepEnd::Cancelled => Some(FailureClass::Cancelled),
-        StepEnd::OomKilled => Some(FailureClass::Oom),
-        StepEnd::SpawnFailed(_) => Some(FailureClass::Infra),
+        StepEnd::TimedOut => Some(FailureClass::Timeout),
+        _ => Some(from_rules.unwrap_or(match end {
+            StepEnd::Exited(137) | StepEnd::Signaled(9) | StepEnd::OomKilled => FailureClass::Oom,
+            StepEnd::Signaled(_) => FailureClass::Signal,
+            StepEnd::SpawnFailed(_) => FailureClass::Infra,
+            _ => FailureClass::Script,
+        })),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::insight::knowledge::KnowledgeBase;
 
-    #[test]
-    fn builtin_patterns_compile() {
-        let p = Patterns::from_yaml(PATTERNS_YAML).expect("assets/failure-patterns.yml must be valid");
-        assert!(p.classes.len() >= 10);
+    /// The class the built-in rules give a step that printed `line` and
+    /// ended with `end`.
+    fn class_of(line: &str, end: StepEnd) -> Option<FailureClass> {
+        let mut scan = KnowledgeBase::builtin().scan();
+        scan.line(line, true);
+        let d = scan.finish(&ending(&end, false));
+        classify(&end, d.map(|d| d.class))
     }
 
     #[test]
     fn log_lines_map_to_classes() {
-        let p = Patterns::builtin();
         let cases = [
             (
                 "curl: (6) Could not resolve host: example.invalid",
@@ -117,27 +83,37 @@ mod tests {
                 "FATAL ERROR: Reached heap limit JavaScript heap out of memory",
                 Some(FailureClass::Oom),
             ),
-            ("assertion failed: left == right", None),
+            ("assertion failed: left == right", Some(FailureClass::Script)),
         ];
         for (line, want) in cases {
-            assert_eq!(p.classify_line(line), want, "{line}");
+            assert_eq!(class_of(line, StepEnd::Exited(1)), want, "{line}");
         }
     }
 
     #[test]
-    fn exit_status_decides_first() {
-        assert_eq!(classify(&StepEnd::Exited(0), Some(FailureClass::Network)), None);
-        assert_eq!(classify(&StepEnd::Exited(1), None), Some(FailureClass::Script));
+    fn the_end_decides_what_the_output_cannot() {
+        assert_eq!(class_of("Connection refused", StepEnd::Exited(0)), None);
         assert_eq!(
-            classify(&StepEnd::Exited(1), Some(FailureClass::Network)),
-            Some(FailureClass::Network)
+            class_of("Connection refused", StepEnd::Exited(137)),
+            Some(FailureClass::Oom),
+            "an OOM kill outranks every pattern"
         );
-        assert_eq!(classify(&StepEnd::Exited(137), None), Some(FailureClass::Oom));
-        assert_eq!(classify(&StepEnd::Signaled(15), None), Some(FailureClass::Signal));
-        assert_eq!(classify(&StepEnd::TimedOut, None), Some(FailureClass::Timeout));
+        assert_eq!(class_of("", StepEnd::Exited(1)), Some(FailureClass::Script));
+        assert_eq!(class_of("", StepEnd::Signaled(15)), Some(FailureClass::Signal));
+        assert_eq!(class_of("", StepEnd::TimedOut), Some(FailureClass::Timeout));
+        assert_eq!(class_of("", StepEnd::Cancelled), Some(FailureClass::Cancelled));
         assert_eq!(
-            classify(&StepEnd::SpawnFailed("x".into()), None),
+            class_of("", StepEnd::SpawnFailed("cannot start `sh`".into())),
             Some(FailureClass::Infra)
         );
+        assert_eq!(
+            class_of(
+                "Allocation failed - JavaScript heap out of memory",
+                StepEnd::Exited(134)
+            ),
+            Some(FailureClass::Oom),
+            "a pattern that says more outranks a generic abort"
+        );
+        assert_eq!(ending(&StepEnd::Exited(1), true).signal, Some(Signal::Timeout));
     }
 }

@@ -25,8 +25,10 @@ use crate::pipeline::{FailureClass, Job};
 use super::artifacts;
 use super::attempt::note;
 pub use super::attempt::{Attempt, RunContext, RunnerMsg};
-use super::failure::{Patterns, classify};
+use super::failure::{classify, ending};
 use super::state::Outcome;
+use crate::insight::knowledge::KnowledgeBase;
+use crate::protocol::Diagnosis;
 
 struct StepCtx<'a> {
     env: &'a BTreeMap<String, String>,
@@ -135,11 +137,15 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     } else {
         (attempt_outcome(&ctx, &a, &mut leftovers).await, None)
     };
-    let telling = a
-        .telling
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .line();
+    let (telling, told) = {
+        let t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (t.line(), t.diagnosis.clone())
+    };
+    let mut outcome = outcome;
+    outcome.diagnosis = outcome
+        .failure
+        .and_then(|class| diagnose(class, told, &outcome))
+        .map(Box::new);
     let _ =
         a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
@@ -152,6 +158,23 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
     // Off the path to the next job: the actor has the result already, and
     // waits for this before the run ends.
     leftovers.remove(&ctx, job, a.attempt).await;
+}
+
+/// Why an attempt that failed with `class` failed: what its failing step
+/// told (`told`) when that explains this class, else what the knowledge
+/// base makes of the attempt's reason (a service never ready, a workspace
+/// that could not be made) and how it ended.
+fn diagnose(class: FailureClass, told: Option<Diagnosis>, outcome: &Outcome) -> Option<Diagnosis> {
+    if let Some(d) = told.filter(|d| d.class == class) {
+        return Some(d);
+    }
+    let end = crate::insight::knowledge::Ending {
+        signal: crate::insight::knowledge::signal_of_class(class),
+        exit_code: outcome.exit_code,
+    };
+    KnowledgeBase::builtin()
+        .diagnose_message(outcome.message.as_deref().unwrap_or(""), &end)
+        .filter(|d| d.class == class)
 }
 
 /// What an attempt leaves to remove once its result is reported.
@@ -1569,20 +1592,27 @@ async fn run_step(
     step_started(a, &name, index).await;
     let started = Instant::now();
     let mut message = None;
-    let (end, from_log) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status, github) {
+    let (end, diagnosis) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status, github) {
         Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec, cancel).await,
         Err(msg) => {
             note(a, &name, msg.clone()).await;
+            let d = KnowledgeBase::builtin().diagnose_message(&msg, &ending(&StepEnd::Exited(2), false));
             message = Some(msg);
-            (StepEnd::Exited(2), None)
+            (StepEnd::Exited(2), d)
         }
     };
-    let class = classify(&end, from_log);
+    let class = classify(&end, diagnosis.as_ref().map(|d| d.class));
     // A step killed by its deadline is a timeout, whatever the step saw.
     let class = match class {
         Some(_) if Instant::now() >= deadline && !cancel.is_cancelled() => Some(FailureClass::Timeout),
         c => c,
     };
+    if let Some(c) = class.filter(|_| !step.cleanup) {
+        // The failing step that fails the job tells why (the attempt-level
+        // fallback reads the job's reason when this one does not fit).
+        let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.diagnosis = diagnosis.filter(|d| d.class == c);
+    }
     if let StepEnd::SpawnFailed(msg) = &end {
         note(a, &name, msg.clone()).await;
         message = Some(msg.clone());
@@ -2210,13 +2240,13 @@ async fn run_with_retries(
     name: &Arc<str>,
     spec: StepSpec,
     cancel: &CancellationToken,
-) -> (StepEnd, Option<FailureClass>) {
+) -> (StepEnd, Option<Diagnosis>) {
     let step = &job.steps[index];
     let mut tries = 0;
     loop {
         tries += 1;
-        let (end, from_log) = run_once(ctx, a, name, spec.clone(), cancel).await;
-        let class = classify(&end, from_log);
+        let (end, diagnosis) = run_once(ctx, a, name, spec.clone(), cancel).await;
+        let class = classify(&end, diagnosis.as_ref().map(|d| d.class));
         // Steps retry by class only (exit codes are the job's `retry`).
         let again = class.is_some_and(|class| {
             let stopping = cancel.is_cancelled() || spec.deadline.is_some_and(|d| Instant::now() >= d);
@@ -2225,11 +2255,12 @@ async fn run_with_retries(
                 exit_code: None,
                 tries,
                 stopping,
+                permanent: diagnosis.as_ref().is_some_and(|d| !d.retryable),
             };
             super::state::may_retry(failed, &job.retry_when, &[], step.retry_count)
         });
         if !again {
-            return (end, from_log);
+            return (end, diagnosis);
         }
         let c = class.map_or("failure", |c| c.as_str());
         note(
@@ -2250,14 +2281,14 @@ async fn run_once(
     name: &Arc<str>,
     spec: StepSpec,
     cancel: &CancellationToken,
-) -> (StepEnd, Option<FailureClass>) {
+) -> (StepEnd, Option<Diagnosis>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
-    let patterns = Patterns::builtin();
+    let deadline = spec.deadline;
     // A GitHub job's steps speak workflow commands on standard output.
     let mut commands = ctx.pipeline.jobs[a.job].file_commands.then(filecmd::Commands::default);
     let spec_env = spec.env.clone();
     let forward = async {
-        let mut from_log = None;
+        let mut scan = KnowledgeBase::builtin().scan();
         while let Some(mut line) = out_rx.recv().await {
             if let Some(c) = commands
                 .as_mut()
@@ -2322,13 +2353,7 @@ async fn run_once(
                     }
                 }
             }
-            if from_log.is_none() {
-                from_log = patterns.classify_line(&line.text);
-                if from_log.is_some() {
-                    let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t.matched.get_or_insert_with(|| line.text.clone());
-                }
-            }
+            scan.line(&line.text, line.stream == Stream::Stderr);
             if line.stream == Stream::Stderr && !line.partial && !line.text.trim().is_empty() {
                 let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 t.last_stderr = Some(line.text.clone());
@@ -2344,11 +2369,21 @@ async fn run_once(
                 })
                 .await;
         }
-        from_log
+        scan
     };
     let run = ctx.executor.run_step(spec, out_tx, cancel.clone());
-    let (end, from_log) = tokio::join!(run, forward);
-    (end, from_log)
+    let (end, mut scan) = tokio::join!(run, forward);
+    if matches!(end, StepEnd::Exited(0)) {
+        return (end, None);
+    }
+    if let StepEnd::SpawnFailed(msg) = &end {
+        for line in msg.lines() {
+            scan.line(line, true);
+        }
+    }
+    let timed_out = deadline.is_some_and(|d| Instant::now() >= d) && !cancel.is_cancelled();
+    let diagnosis = scan.finish(&ending(&end, timed_out));
+    (end, diagnosis)
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct Outcome {
     pub corrupt_upstream: Option<String>,
     /// Served from the result cache under this key; the job did not run.
     pub cached: Option<String>,
+    /// Why it failed, when the knowledge base could tell.
+    pub diagnosis: Option<Box<Diagnosis>>,
 }
 
 impl Outcome {
@@ -44,6 +46,7 @@ impl Outcome {
             message: None,
             corrupt_upstream: None,
             cached: None,
+            diagnosis: None,
         }
     }
     /// The attempt could not run (workspace, services): class infra.
@@ -54,6 +57,7 @@ impl Outcome {
             message: Some(message),
             corrupt_upstream: None,
             cached: None,
+            diagnosis: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl Outcome {
             message: None,
             corrupt_upstream: None,
             cached: None,
+            diagnosis: None,
         }
     }
 }
@@ -957,6 +962,7 @@ impl RunState {
             flaky: false,
             message: Some(message),
             cached: None,
+            diagnosis: None,
         }));
         self.after_failure(j, fx);
     }
@@ -1010,6 +1016,7 @@ impl RunState {
                 exit_code: None,
                 failure_class: None,
                 retry_delay_ms: None,
+                diagnosis: None,
             });
             let attempt = st.attempt;
             self.running += 1;
@@ -1050,10 +1057,28 @@ impl RunState {
             (Some(CancelReason::Timeout), Some(_)) => Some(FailureClass::Timeout),
             (None, Some(c)) => Some(c),
         };
+        // The diagnosis explains the class the attempt ended with; when our
+        // own kill decided another, the rules' view of that class stands.
+        let diagnosis = match (class, outcome.diagnosis.clone()) {
+            (None | Some(FailureClass::Cancelled), _) => None,
+            (Some(c), Some(d)) if d.class == c => Some(d),
+            (Some(c), _) => crate::insight::knowledge::signal_of_class(c).and_then(|signal| {
+                let end = crate::insight::knowledge::Ending {
+                    signal: Some(signal),
+                    exit_code: outcome.exit_code,
+                };
+                crate::insight::knowledge::KnowledgeBase::builtin()
+                    .scan()
+                    .finish(&end)
+                    .filter(|d| d.class == c)
+                    .map(Box::new)
+            }),
+        };
         if let Some(rec) = st.attempts.last_mut() {
             rec.ended_ms = Some(ms(now));
             rec.exit_code = outcome.exit_code;
             rec.failure_class = class;
+            rec.diagnosis = diagnosis.clone();
         }
         st.duration = now.saturating_sub(st.first_start.unwrap_or(now));
         let duration_ms = ms(st.duration);
@@ -1073,6 +1098,7 @@ impl RunState {
                     flaky,
                     message: outcome.message,
                     cached: outcome.cached,
+                    diagnosis: None,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -1090,6 +1116,7 @@ impl RunState {
                     flaky: false,
                     message: outcome.message,
                     cached: None,
+                    diagnosis: None,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -1105,6 +1132,7 @@ impl RunState {
                         exit_code: outcome.exit_code,
                         tries: st.round_attempts,
                         stopping: self.cancelled.is_some() || st.kill_reason.is_some(),
+                        permanent: diagnosis.as_ref().is_some_and(|d| !d.retryable),
                     },
                     &retry_when,
                     &retry_codes,
@@ -1128,6 +1156,7 @@ impl RunState {
                         delay_ms: ms(delay),
                         failure_class: c,
                         exit_code: outcome.exit_code,
+                        diagnosis: diagnosis.clone(),
                     }));
                     fx.push(Effect::ScheduleRetry { job: j, after: delay });
                 } else {
@@ -1144,6 +1173,7 @@ impl RunState {
                         flaky: false,
                         message: outcome.message,
                         cached: None,
+                        diagnosis,
                     }));
                     self.after_failure(j, fx);
                 }
@@ -1261,6 +1291,7 @@ impl RunState {
                     flaky: false,
                     message: Some(why.to_string()),
                     cached: None,
+                    diagnosis: None,
                 }));
                 self.repeat_outcome(j, fx);
                 self.release_dependents(j, fx);
@@ -1588,6 +1619,9 @@ pub struct Retry {
     pub tries: u32,
     /// Cancelled, timed out, or otherwise being stopped by trackside.
     pub stopping: bool,
+    /// The knowledge base says running it again cannot pass (`retryable:
+    /// false`): a class retried by default is then not retried for it.
+    pub permanent: bool,
 }
 
 /// The one retry rule, for a job's attempts (here) and a step's tries (the
@@ -1595,7 +1629,8 @@ pub struct Retry {
 /// its exit code is), tries are left (`limit` retries after the first),
 /// and nothing is stopping it.
 pub fn may_retry(r: Retry, when: &[FailureClass], exit_codes: &[i32], limit: u32) -> bool {
-    let wanted = when.contains(&r.class) || r.exit_code.is_some_and(|e| exit_codes.contains(&e));
+    let by_class = when.contains(&r.class) && !(r.permanent && FailureClass::TRANSIENT.contains(&r.class));
+    let wanted = by_class || r.exit_code.is_some_and(|e| exit_codes.contains(&e));
     wanted && r.tries <= limit && !r.stopping
 }
 

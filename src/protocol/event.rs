@@ -159,6 +159,36 @@ impl fmt::Display for FailureClass {
     }
 }
 
+/// Why a failure happened and what to do about it: the rule of the failure
+/// knowledge base (`assets/failure-rules.yml`) that explains it best.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The rule's id, e.g. `connection-refused`.
+    pub rule: String,
+    /// What happened in a few words: "connection refused".
+    pub title: String,
+    pub class: FailureClass,
+    /// What to do, with what the log said filled in.
+    pub hint: String,
+    /// The runbook page (and section) under docs/runbooks/.
+    pub runbook: String,
+    /// Whether running it again can pass.
+    pub retryable: bool,
+    /// The output lines that matched (masked), in the order they came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
+}
+
+impl Diagnosis {
+    /// Applies `fix` (masking) to everything taken from the output.
+    pub fn mask(&mut self, fix: &dyn Fn(&mut String)) {
+        fix(&mut self.hint);
+        for l in &mut self.lines {
+            fix(l);
+        }
+    }
+}
+
 /// The verdict per job in the final summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -221,6 +251,9 @@ pub struct AttemptRecord {
     pub failure_class: Option<FailureClass>,
     /// Wait before the next attempt, when one was scheduled.
     pub retry_delay_ms: Option<u64>,
+    /// Why it failed, when the knowledge base could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Box<Diagnosis>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +440,9 @@ pub enum EventKind {
         /// Served from the result cache under this key (status stays `succeeded`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cached: Option<String>,
+        /// Why it failed, when the knowledge base could tell.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diagnosis: Option<Box<Diagnosis>>,
     },
     /// A delayed job waits `start_in_ms` before it is queued (approving it
     /// starts it at once).
@@ -423,6 +459,9 @@ pub enum EventKind {
         /// Exit code of the attempt that failed.
         #[serde(default)]
         exit_code: Option<i32>,
+        /// Why the attempt failed, when the knowledge base could tell.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diagnosis: Option<Box<Diagnosis>>,
     },
     JobSkipped {
         job: String,
@@ -503,12 +542,23 @@ impl EventKind {
                 }
             }
             EventKind::JobSkipped { reason, .. } | EventKind::JobReset { reason, .. } => fix(reason),
-            EventKind::JobFinished { message: Some(m), .. } => fix(m),
+            EventKind::JobFinished { message, diagnosis, .. } => {
+                if let Some(m) = message {
+                    fix(m);
+                }
+                if let Some(d) = diagnosis {
+                    d.mask(&fix);
+                }
+            }
+            EventKind::JobRetrying { diagnosis: Some(d), .. } => d.mask(&fix),
             EventKind::RunFinished { summary } => {
                 fix(&mut summary.message);
                 for j in &mut summary.jobs {
                     if let Some(r) = &mut j.reason {
                         fix(r);
+                    }
+                    for d in j.attempts.iter_mut().filter_map(|a| a.diagnosis.as_mut()) {
+                        d.mask(&fix);
                     }
                 }
             }

@@ -18,8 +18,8 @@ pub mod wire;
 
 pub use command::Command;
 pub use event::{
-    AttemptRecord, Event, EventKind, FailureClass, JobStatus, JobSummary, PlannedJob, RepeatStats, RunResult,
-    RunSummary, Stream, Verdict, When,
+    AttemptRecord, Diagnosis, Event, EventKind, FailureClass, JobStatus, JobSummary, PlannedJob, RepeatStats,
+    RunResult, RunSummary, Stream, Verdict, When,
 };
 pub use link::{Delivery, Link, LinkError, Subscription};
 pub use query::{Answer, Query};

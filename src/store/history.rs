@@ -73,16 +73,19 @@ CREATE TABLE IF NOT EXISTS quarantine (
 /// Version 4: the line that told a failure (its signature is made from it).
 const V4: &str = "ALTER TABLE attempts ADD COLUMN failure_line TEXT;";
 
-/// Brings the index to [`VERSION`], each step in one transaction.
+/// Brings the index to [`VERSION`], each step in one transaction. Each
+/// step takes the write lock before it reads the version, so two processes
+/// opening an old index at once migrate it once: the second sees the first's
+/// version and skips the step.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < to {
-            let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", to)?;
-            tx.commit()?;
         }
+        tx.commit()?;
     }
     Ok(())
 }

@@ -44,6 +44,8 @@ pub struct JobView {
     pub duration_ms: Option<u64>,
     pub failure_class: Option<FailureClass>,
     pub reason: Option<String>,
+    /// Why its latest failed attempt failed, per the knowledge base.
+    pub diagnosis: Option<Box<crate::protocol::Diagnosis>>,
     pub flaky: bool,
     /// Served from the result cache under this key.
     pub cached: Option<String>,
@@ -76,6 +78,7 @@ impl JobView {
             duration_ms: None,
             failure_class: None,
             reason: None,
+            diagnosis: None,
             flaky: false,
             cached: None,
             rollout: None,
@@ -321,9 +324,11 @@ impl Model {
                 flaky,
                 message,
                 cached,
+                diagnosis,
                 ..
             } => self.with(job, |j| {
                 j.status = *status;
+                j.diagnosis = diagnosis.clone();
                 j.duration_ms = Some(*duration_ms);
                 j.failure_class = *failure_class;
                 j.flaky = *flaky;
@@ -345,9 +350,11 @@ impl Model {
                 delay_ms,
                 failure_class,
                 exit_code,
+                diagnosis,
                 ..
             } => self.with(job, |j| {
                 j.status = JobStatus::Retrying;
+                j.diagnosis = diagnosis.clone();
                 j.failure_class = Some(*failure_class);
                 j.retry_at = Some(ev.ts + delay_ms);
                 j.step = None;
@@ -369,6 +376,7 @@ impl Model {
                 j.rollout_history.clear();
                 j.reason = None;
                 j.failure_class = None;
+                j.diagnosis = None;
                 j.flaky = false;
                 j.cached = None;
                 j.duration_ms = None;
@@ -767,6 +775,7 @@ mod tests {
                 delay_ms: 500,
                 failure_class: FailureClass::Network,
                 exit_code: Some(6),
+                diagnosis: None,
             },
         ));
         assert_eq!(m.jobs[0].status, JobStatus::Retrying);
@@ -790,6 +799,7 @@ mod tests {
                 flaky: true,
                 message: None,
                 cached: None,
+                diagnosis: None,
             },
         ));
         assert_eq!(m.jobs[0].attempts.len(), 2);
@@ -881,6 +891,7 @@ mod tests {
                 flaky: false,
                 message: None,
                 cached: None,
+                diagnosis: None,
             },
         ));
         assert_eq!(m.eta(3_000), Eta::Left(2_000), "one job of mean duration left");

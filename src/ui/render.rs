@@ -702,6 +702,13 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
     ])];
     let why = m.why(j);
     lines.push(Line::from(vec![Span::styled("why: ", t.dim()), Span::raw(why.clone())]));
+    if let Some(d) = job
+        .diagnosis
+        .as_deref()
+        .filter(|_| matches!(job.status, JobStatus::Failed | JobStatus::Retrying))
+    {
+        diagnosis_lines(d, t, &mut lines);
+    }
     if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Retrying) {
         lines.push(Line::raw(format!(
             "next attempt in {}",
@@ -1016,6 +1023,32 @@ fn render_rollout_charts(
 }
 
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
+/// The knowledge base's reading of a failure: what happened, what to do,
+/// where the runbook is, and the lines that told it (at most three).
+fn diagnosis_lines(d: &crate::protocol::Diagnosis, t: &super::theme::Theme, lines: &mut Vec<Line<'static>>) {
+    let retry = if d.retryable {
+        "a retry may pass"
+    } else {
+        "a retry will not help"
+    };
+    lines.push(Line::from(vec![
+        Span::styled("cause: ", t.dim()),
+        Span::styled(d.title.clone(), t.error()),
+        Span::styled(format!(" ({}; {retry})", d.class), t.dim()),
+    ]));
+    lines.push(Line::from(vec![
+        Span::styled("hint: ", t.dim()),
+        Span::raw(d.hint.clone()),
+    ]));
+    lines.push(Line::from(vec![
+        Span::styled("runbook: ", t.dim()),
+        Span::raw(d.runbook.clone()),
+    ]));
+    for l in d.lines.iter().take(3) {
+        lines.push(Line::from(vec![Span::styled("> ", t.dim()), Span::raw(l.clone())]));
+    }
+}
+
 /// `said` is the job's `why:` line: a detail it already says (an abort's
 /// reason) is not said twice. `ended`: the deploy job has finished (an
 /// aborted one runs on through its abort delay).

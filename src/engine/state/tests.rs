@@ -808,6 +808,7 @@ fn the_retry_rule_is_one_for_jobs_and_steps() {
         exit_code,
         tries,
         stopping,
+        permanent: false,
     };
     let when = [FailureClass::Network, FailureClass::Timeout];
     // A class to retry, tries left: again.

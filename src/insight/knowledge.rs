@@ -1,0 +1,621 @@
+//! The failure knowledge base: rules (data, in `assets/failure-rules.yml`)
+//! that tell from how a step ended and what it printed why it failed, and
+//! what to do about it.
+//!
+//! A [`Scan`] follows one step's output line by line, remembering for each
+//! rule pattern the line it matched (the first, or the last for rules that
+//! read the tail), in memory bounded by the number of patterns. When the
+//! step ends, [`Scan::finish`] picks the best rule whose conditions all
+//! hold (highest priority, then file order) and renders its hint with what
+//! the patterns captured. No I/O: the runner feeds lines, the rules come
+//! compiled into the binary.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+
+use crate::protocol::{Diagnosis, FailureClass};
+
+const RULES_YAML: &str = include_str!("../../assets/failure-rules.yml");
+
+/// Lines longer than this are matched on their first `MAX_LINE` bytes.
+const MAX_LINE: usize = 4096;
+/// A remembered line is kept to this many bytes.
+const MAX_KEPT: usize = 512;
+/// Default and largest `lines` of a `scan: tail` rule.
+const DEFAULT_TAIL: usize = 200;
+const MAX_TAIL: usize = 100_000;
+
+/// How a step ended, as far as rules can tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// An OOM kill: Docker's OOMKilled, exit 137 or a SIGKILL trackside did not send.
+    Oom,
+    /// A step or job deadline.
+    Timeout,
+    /// SIGSEGV or exit 139.
+    Segfault,
+    /// SIGABRT or exit 134.
+    Abort,
+    /// Another signal.
+    Killed,
+    /// The step, its container or its services could not start.
+    SpawnFailed,
+}
+
+/// What a finished step's end says, for the rules' `signal` and `exit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ending {
+    pub signal: Option<Signal>,
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Scope {
+    #[default]
+    All,
+    Stderr,
+    Tail,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    rules: Vec<RuleDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    id: String,
+    title: String,
+    class: FailureClass,
+    #[serde(default)]
+    signal: Option<Signal>,
+    #[serde(default)]
+    exit: Vec<i32>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    scan: Scope,
+    #[serde(default)]
+    lines: Option<usize>,
+    priority: i32,
+    retryable: bool,
+    hint: String,
+    runbook: String,
+}
+
+/// A rules file that cannot be used, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("the rules file is not valid YAML of the expected shape: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("rule `{rule}`: pattern {index}: {source}")]
+    Pattern {
+        rule: String,
+        index: usize,
+        source: regex::Error,
+    },
+    #[error("rule `{rule}`: {what}")]
+    Invalid { rule: String, what: String },
+    #[error("the rule id `{0}` is used twice")]
+    Duplicate(String),
+}
+
+/// One rule, compiled.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub class: FailureClass,
+    pub signal: Option<Signal>,
+    pub exit: Vec<i32>,
+    pub priority: i32,
+    pub retryable: bool,
+    pub hint: String,
+    pub runbook: String,
+    scope: Scope,
+    tail: usize,
+    /// Indices into the knowledge base's patterns.
+    patterns: Vec<usize>,
+}
+
+impl Rule {
+    /// Whether the rule names this signal-free exit or end at all.
+    fn ending_holds(&self, end: &Ending) -> bool {
+        (self.signal.is_none() || self.signal == end.signal)
+            && (self.exit.is_empty() || end.exit_code.is_some_and(|c| self.exit.contains(&c)))
+    }
+}
+
+/// The compiled rules.
+#[derive(Debug)]
+pub struct KnowledgeBase {
+    /// Highest priority first; equal priorities keep the file's order.
+    rules: Vec<Rule>,
+    set: RegexSet,
+    /// Per pattern, for its captures once a rule has won.
+    regexes: Vec<Lazy>,
+    /// Per pattern: the scope of the rule it belongs to.
+    scopes: Vec<Scope>,
+}
+
+impl KnowledgeBase {
+    pub fn from_yaml(text: &str) -> Result<KnowledgeBase, RulesError> {
+        let file: RuleFile = serde_yaml::from_str(text)?;
+        let mut seen = HashSet::new();
+        let mut rules = Vec::with_capacity(file.rules.len());
+        let mut sources = Vec::new();
+        let mut scopes = Vec::new();
+        for def in file.rules {
+            let invalid = |what: String| RulesError::Invalid {
+                rule: def.id.clone(),
+                what,
+            };
+            if !seen.insert(def.id.clone()) {
+                return Err(RulesError::Duplicate(def.id));
+            }
+            if def.id.is_empty()
+                || !def
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(invalid("an id is lower-case letters, digits and '-'".into()));
+            }
+            if def.signal.is_none() && def.patterns.is_empty() && def.exit.is_empty() {
+                return Err(invalid("a rule needs a signal, an exit code or a pattern".into()));
+            }
+            if def.lines.is_some() && def.scan != Scope::Tail {
+                return Err(invalid("`lines` goes with `scan: tail`".into()));
+            }
+            let tail = def.lines.unwrap_or(DEFAULT_TAIL);
+            if tail == 0 || tail > MAX_TAIL {
+                return Err(invalid(format!("`lines` must be between 1 and {MAX_TAIL}")));
+            }
+            let mut groups = HashSet::new();
+            let mut indices = Vec::new();
+            for (index, p) in def.patterns.iter().enumerate() {
+                // Compiled here once to check it and name its groups; the
+                // scan uses the set, and compiles a pattern again only to
+                // read its captures for a diagnosis.
+                let re = regex::RegexBuilder::new(p)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|source| RulesError::Pattern {
+                        rule: def.id.clone(),
+                        index: index + 1,
+                        source,
+                    })?;
+                groups.extend(re.capture_names().flatten().map(str::to_string));
+                indices.push(sources.len());
+                sources.push(p.clone());
+                scopes.push(def.scan);
+            }
+            for name in placeholders(&def.hint).into_iter().flat_map(|p| p.split('|')) {
+                if !groups.contains(name) {
+                    return Err(invalid(format!(
+                        "the hint names {{{name}}} but no pattern has a group (?P<{name}>...)"
+                    )));
+                }
+            }
+            rules.push(Rule {
+                id: def.id,
+                title: def.title,
+                class: def.class,
+                signal: def.signal,
+                exit: def.exit,
+                priority: def.priority,
+                retryable: def.retryable,
+                hint: def.hint,
+                runbook: def.runbook,
+                scope: def.scan,
+                tail,
+                patterns: indices,
+            });
+        }
+        // Stable: equal priorities keep the file's order.
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        let build = |p: &[String]| {
+            RegexSetBuilder::new(p)
+                .case_insensitive(true)
+                .size_limit(1 << 24)
+                .dfa_size_limit(1 << 24)
+                .build()
+        };
+        let set = build(&sources).map_err(|source| RulesError::Pattern {
+            rule: "(all)".into(),
+            index: 0,
+            source,
+        })?;
+        let regexes = sources.into_iter().map(Lazy::new).collect();
+        Ok(KnowledgeBase {
+            rules,
+            set,
+            regexes,
+            scopes,
+        })
+    }
+
+    /// The rules compiled into trackside. A unit test checks they load, so
+    /// the empty fallback only guards against a bad edit crashing a run.
+    pub fn builtin() -> &'static KnowledgeBase {
+        static KB: OnceLock<KnowledgeBase> = OnceLock::new();
+        KB.get_or_init(|| {
+            KnowledgeBase::from_yaml(RULES_YAML).unwrap_or_else(|e| {
+                tracing::error!("assets/failure-rules.yml is invalid: {e}");
+                KnowledgeBase {
+                    rules: Vec::new(),
+                    set: RegexSet::empty(),
+                    regexes: Vec::new(),
+                    scopes: Vec::new(),
+                }
+            })
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    pub fn scan(&self) -> Scan<'_> {
+        Scan {
+            kb: self,
+            lines: 0,
+            hits: vec![None; self.regexes.len()],
+        }
+    }
+
+    /// The diagnosis of a failure told by one message (an attempt that
+    /// could not start: its reason is the only line there is).
+    pub fn diagnose_message(&self, message: &str, end: &Ending) -> Option<Diagnosis> {
+        let mut scan = self.scan();
+        for line in message.lines() {
+            scan.line(line, true);
+        }
+        scan.finish(end)
+    }
+}
+
+/// A pattern compiled when first needed.
+#[derive(Debug)]
+struct Lazy {
+    source: String,
+    compiled: OnceLock<Option<Regex>>,
+}
+
+impl Lazy {
+    fn new(source: String) -> Lazy {
+        Lazy {
+            source,
+            compiled: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&Regex> {
+        self.compiled
+            .get_or_init(|| {
+                regex::RegexBuilder::new(&self.source)
+                    .case_insensitive(true)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
+/// The `{a|b}` placeholders of a hint, without braces.
+fn placeholders(hint: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = hint;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                let name = &after[..close];
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|') {
+                    out.push(name);
+                }
+                rest = &after[close + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Hit {
+    line: u64,
+    text: String,
+}
+
+/// One step's output, followed line by line.
+pub struct Scan<'k> {
+    kb: &'k KnowledgeBase,
+    lines: u64,
+    /// Per pattern: the line it matched (first, or last for tail scopes).
+    hits: Vec<Option<Hit>>,
+}
+
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl Scan<'_> {
+    /// One line of the step's output (`stderr`: it came on standard error).
+    pub fn line(&mut self, text: &str, stderr: bool) {
+        self.lines += 1;
+        let text = cut(text, MAX_LINE);
+        if self.kb.regexes.is_empty() {
+            return;
+        }
+        for i in self.kb.set.matches(text).iter() {
+            let scope = self.kb.scopes[i];
+            if scope == Scope::Stderr && !stderr {
+                continue;
+            }
+            let hit = &mut self.hits[i];
+            if hit.is_none() || scope == Scope::Tail {
+                *hit = Some(Hit {
+                    line: self.lines,
+                    text: cut(text, MAX_KEPT).to_string(),
+                });
+            }
+        }
+    }
+
+    /// The best rule for a step that ended so, with what it matched.
+    pub fn finish(&self, end: &Ending) -> Option<Diagnosis> {
+        let kb = self.kb;
+        let rule = kb.rules.iter().find(|r| {
+            r.ending_holds(end)
+                && r.patterns.iter().all(|&p| {
+                    self.hits[p]
+                        .as_ref()
+                        .is_some_and(|h| r.scope != Scope::Tail || h.line + r.tail as u64 > self.lines)
+                })
+        })?;
+        let mut matched: Vec<&Hit> = rule.patterns.iter().filter_map(|&p| self.hits[p].as_ref()).collect();
+        matched.sort_by_key(|h| h.line);
+        matched.dedup_by_key(|h| h.line);
+        let captures: Vec<regex::Captures<'_>> = rule
+            .patterns
+            .iter()
+            .filter_map(|&p| kb.regexes[p].get()?.captures(&self.hits[p].as_ref()?.text))
+            .collect();
+        let hint = render(&rule.hint, |name| {
+            captures
+                .iter()
+                .find_map(|c| c.name(name))
+                .map(|m| m.as_str().to_string())
+        });
+        Some(Diagnosis {
+            rule: rule.id.clone(),
+            title: rule.title.clone(),
+            class: rule.class,
+            hint,
+            runbook: rule.runbook.clone(),
+            retryable: rule.retryable,
+            lines: matched.into_iter().map(|h| h.text.clone()).collect(),
+        })
+    }
+}
+
+/// A hint with `{a|b}` replaced by the first of the groups that captured;
+/// one that captured nothing leaves no trace (nor an empty "()" around it).
+fn render(hint: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(hint.len());
+    let mut rest = hint;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..close];
+        match name.split('|').find_map(&value) {
+            Some(v) => out.push_str(v.trim()),
+            None if placeholders(&rest[open..open + close + 2]).is_empty() => {
+                out.push_str(&rest[open..open + close + 2])
+            }
+            None => {}
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    let out = out.replace(" ()", "").replace("()", "").replace("``", "");
+    out.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// The rules' view of a failed class decided without them (trackside's own
+/// deadline, an attempt that could not start): the signal that class means.
+pub fn signal_of_class(class: FailureClass) -> Option<Signal> {
+    match class {
+        FailureClass::Timeout => Some(Signal::Timeout),
+        FailureClass::Oom => Some(Signal::Oom),
+        FailureClass::Infra => Some(Signal::SpawnFailed),
+        FailureClass::Signal => Some(Signal::Killed),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kb(yaml: &str) -> KnowledgeBase {
+        match KnowledgeBase::from_yaml(yaml) {
+            Ok(kb) => kb,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const TWO: &str = r#"
+rules:
+  - id: low
+    title: low
+    class: network
+    patterns: ['(at (?P<addr>\S+) )?refused( port (?P<port>\d+))?']
+    priority: 1
+    retryable: true
+    hint: 'refused at {addr|port}'
+    runbook: docs/runbooks/network.md#low
+  - id: both
+    title: both
+    class: script
+    patterns: ['(?P<addr>\d+\.\d+\.\d+\.\d+) refused', 'giving up']
+    priority: 5
+    retryable: false
+    hint: 'refused at {addr}, then gave up'
+    runbook: docs/runbooks/network.md#both
+  - id: tail
+    title: tail
+    class: script
+    patterns: ['summary: (?P<n>\d+) failed( at (?P<at>\w+))?']
+    scan: tail
+    lines: 2
+    priority: 9
+    retryable: false
+    hint: '{n} failed ({at})'
+    runbook: x.md#tail
+  - id: err
+    title: err
+    class: script
+    patterns: ['only-on-stderr']
+    scan: stderr
+    priority: 9
+    retryable: false
+    hint: on stderr
+    runbook: x.md#err
+  - id: oom
+    title: oom
+    class: oom
+    signal: oom
+    priority: 100
+    retryable: true
+    hint: killed
+    runbook: x.md#oom
+"#;
+
+    #[test]
+    fn every_pattern_of_a_rule_must_appear_and_priority_decides() {
+        let kb = kb(TWO);
+        let end = Ending {
+            signal: None,
+            exit_code: Some(1),
+        };
+        let mut s = kb.scan();
+        s.line("connect 10.0.0.1 refused", false);
+        let d = s.finish(&end).expect("low matches");
+        assert_eq!((d.rule.as_str(), d.hint.as_str()), ("low", "refused at"));
+        s.line("giving up", true);
+        let d = s.finish(&end).expect("both match");
+        assert_eq!(d.rule, "both");
+        assert_eq!(d.hint, "refused at 10.0.0.1, then gave up");
+        assert_eq!(d.lines, ["connect 10.0.0.1 refused", "giving up"]);
+        assert_eq!(d.class, FailureClass::Script);
+        assert!(!d.retryable);
+        // A structured signal outranks the patterns.
+        let d = s
+            .finish(&Ending {
+                signal: Some(Signal::Oom),
+                exit_code: Some(137),
+            })
+            .expect("oom");
+        assert_eq!(d.rule, "oom");
+        assert!(d.lines.is_empty());
+    }
+
+    #[test]
+    fn tail_and_stderr_scopes_limit_what_is_read() {
+        let kb = kb(TWO);
+        let end = Ending::default();
+        let mut s = kb.scan();
+        s.line("only-on-stderr", false);
+        assert!(s.finish(&end).is_none(), "stdout is not read by a stderr rule");
+        s.line("only-on-stderr", true);
+        assert_eq!(s.finish(&end).map(|d| d.rule), Some("err".into()));
+        let mut s = kb.scan();
+        s.line("summary: 3 failed", false);
+        assert_eq!(
+            s.finish(&end).map(|d| d.hint),
+            Some("3 failed".into()),
+            "empty () dropped"
+        );
+        s.line("a", false);
+        s.line("b", false);
+        assert!(s.finish(&end).is_none(), "the match left the last 2 lines");
+        s.line("summary: 4 failed", false);
+        assert_eq!(
+            s.finish(&end).map(|d| d.hint),
+            Some("4 failed".into()),
+            "the last match counts"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_where() {
+        let bad_pattern = TWO.replace("['(at (?P<addr>", "['((at (?P<addr>");
+        let e = KnowledgeBase::from_yaml(&bad_pattern)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rule `low`: pattern 1"), "{e}");
+        let bad_hint = TWO.replace("'refused at {addr}, then", "'refused at {nope}, then");
+        let e = KnowledgeBase::from_yaml(&bad_hint).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("rule `both`") && e.contains("{nope}"), "{e}");
+        let twice = TWO.replace("id: err", "id: tail");
+        let e = KnowledgeBase::from_yaml(&twice).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("`tail` is used twice"), "{e}");
+        let unknown = TWO.replace(
+            "    retryable: true\n    hint: killed",
+            "    retryable: true\n    colour: red\n    hint: killed",
+        );
+        assert!(KnowledgeBase::from_yaml(&unknown).is_err());
+    }
+
+    #[test]
+    fn long_lines_are_bounded() {
+        let kb = kb(TWO);
+        let mut s = kb.scan();
+        let long = format!("{}é refused", "x".repeat(10_000));
+        s.line(&long, true);
+        assert!(
+            s.finish(&Ending::default()).is_none(),
+            "matched only within the first 4 KiB"
+        );
+        let long = format!("refused {}é", "x".repeat(10_000));
+        s.line(&long, true);
+        let d = s.finish(&Ending::default()).expect("matches at the start");
+        assert!(d.lines[0].len() <= MAX_KEPT);
+    }
+
+    #[test]
+    fn the_builtin_rules_load() {
+        let kb = match KnowledgeBase::from_yaml(RULES_YAML) {
+            Ok(kb) => kb,
+            Err(e) => panic!("assets/failure-rules.yml: {e}"),
+        };
+        assert!(kb.rules().len() >= 40, "{} rules", kb.rules().len());
+    }
+}
