@@ -7,6 +7,8 @@
 //!   (target: under 200 ms);
 //! - the cost of recording one attempt as a run does it, one row in its own
 //!   transaction (target: under 1 ms);
+//! - the forecast: read 200 jobs' recent durations and simulate the run
+//!   (target: under 50 ms);
 //! - the failure knowledge base reading a step's output as it streams:
 //!   100,000 lines of ordinary build output with the fixture logs' lines
 //!   mixed in, every rule's patterns at once (target: under 1 µs a line,
@@ -99,7 +101,41 @@ fn main() {
         samples.push(t.elapsed());
     }
     stats("history: record one attempt (its own transaction)", samples, "< 1 ms");
+    forecast(&index);
     knowledge();
+}
+
+/// What a run does before its first forecast, and `trackside forecast`:
+/// read the 200 jobs' recent durations from the 100,000-attempt history,
+/// then simulate the run (a DAG of 10 levels of 20 jobs, 8 at once).
+fn forecast(index: &Index) {
+    use trackside::insight::forecast::{MAX_SAMPLES, Node, SIMULATIONS, State, forecast};
+    let mut samples = Vec::new();
+    for seed in 0..11 {
+        let t = Instant::now();
+        let history = index
+            .recent_durations(
+                "/work/shop/.github/workflows/ci.yml",
+                200 * MAX_SAMPLES * 2,
+                MAX_SAMPLES,
+            )
+            .expect("durations");
+        let nodes: Vec<Node> = (0..200)
+            .map(|j| Node {
+                deps: if j < 20 {
+                    Vec::new()
+                } else {
+                    vec![j - 20, (j / 20 - 1) * 20]
+                },
+                state: State::Pending,
+                history: history.get(&format!("test-{j:03}")).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let f = forecast(&nodes, 8, 0.0, SIMULATIONS, seed).expect("history");
+        samples.push(t.elapsed());
+        assert!(f.without_history.is_empty() && f.p50_ms > 0);
+    }
+    stats("forecast: read durations and simulate 200 jobs", samples, "< 50 ms");
 }
 
 fn knowledge() {

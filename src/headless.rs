@@ -688,7 +688,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     let w = *width;
     Some(match kind {
         // The rollout's notes arrive as log lines; its status is for --json and the UI.
-        EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } => return None,
+        EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } | EventKind::Forecast { .. } => return None,
         // Its line is in the log; the list comes after the summary.
         EventKind::Annotation { .. } => return None,
         // The group's `▸ title` line is in the log.

@@ -294,6 +294,20 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// When a run of the pipeline would finish, forecast from the history of
+    /// its past runs: each job's typical duration and the run's median and
+    /// p90 finish with `-j` jobs at once.
+    Forecast {
+        /// The pipeline file; by default as `run` finds it.
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        vars: VarArgs,
+        /// Jobs at once (default: number of cores).
+        #[arg(short = 'j', long = "jobs", value_name = "N")]
+        jobs: Option<usize>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
     /// List past runs.
     Runs {
         #[arg(long, value_enum, default_value = "text")]
@@ -680,7 +694,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
     let state = store::state_dir(cli.state_dir.as_deref())?;
     if !matches!(
         cli.command,
-        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::DemoService { .. }
+        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Forecast { .. } | Cmd::DemoService { .. }
     ) {
         store::prepare_state_dir(&state)?;
     }
@@ -698,6 +712,18 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 None => default_pipeline_file()?,
             };
             plan(&file, &vars, format, &state)
+        }
+        Cmd::Forecast {
+            file,
+            vars,
+            jobs,
+            format,
+        } => {
+            let file = match file {
+                Some(f) => f,
+                None => default_pipeline_file()?,
+            };
+            forecast(&file, &vars, jobs, format, &state)
         }
         Cmd::Runs {
             format,
@@ -1585,6 +1611,119 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Res
                     String::new()
                 }
             );
+        }
+    }
+    Ok(0)
+}
+
+/// `trackside forecast FILE`: the run's finish from the history of its
+/// past runs, before it starts.
+fn forecast(file: &Path, v: &VarArgs, jobs: Option<usize>, format: OutputFormat, state: &Path) -> Result<u8, Fail> {
+    use trackside::insight::forecast::{MAX_SAMPLES, Node, SIMULATIONS, State, forecast};
+    let (_, opts, _) = load_options(v, file, state)?;
+    let Some((p, _)) = load(file, &opts, format)? else {
+        return Ok(2);
+    };
+    let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+    let parallel = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let key = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let index = trackside::store::index::Index::open(state)?;
+    let rows = (p.jobs.len() * MAX_SAMPLES * 2).clamp(1_000, 200_000);
+    let history = index.recent_durations(&key, rows, MAX_SAMPLES)?;
+    let nodes: Vec<Node> = p
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(j, job)| Node {
+            deps: plan.deps[j].clone(),
+            state: if job.when == When::Manual {
+                State::Held
+            } else {
+                State::Pending
+            },
+            history: history.get(&job.name).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let Some(f) = forecast(&nodes, parallel, 0.0, SIMULATIONS * 5, 1) else {
+        match format {
+            OutputFormat::Json => outln!("{}", serde_json::json!({"pipeline": p.name, "forecast": null})),
+            OutputFormat::Text => outln!(
+                "no history for `{}` yet: nothing to forecast from; each run adds to it (trackside run {})",
+                p.name,
+                file.display()
+            ),
+        }
+        return Ok(0);
+    };
+    let typical = |h: &[f64]| {
+        let mut v = h.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).map(|d| d.round() as u64)
+    };
+    let runs = history.values().map(Vec::len).max().unwrap_or(0);
+    match format {
+        OutputFormat::Json => {
+            let jobs: Vec<_> = p
+                .jobs
+                .iter()
+                .zip(&nodes)
+                .map(|(job, n)| {
+                    serde_json::json!({
+                        "job": job.name,
+                        "runs": n.history.len(),
+                        "median_ms": typical(&n.history),
+                        "manual": n.state == State::Held,
+                    })
+                })
+                .collect();
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "pipeline": p.name,
+                    "jobs_at_once": parallel,
+                    "p50_ms": f.p50_ms,
+                    "p90_ms": f.p90_ms,
+                    "assumed_ms": f.assumed_ms,
+                    "without_history": f.without_history.iter().map(|&j| p.jobs[j].name.clone()).collect::<Vec<_>>(),
+                    "jobs": jobs,
+                })
+            );
+        }
+        OutputFormat::Text => {
+            let clock = |ms: u64| {
+                let s = ms.div_ceil(1000);
+                format!("{}:{:02}", s / 60, s % 60)
+            };
+            outln!(
+                "forecast for `{}`: {} jobs, {parallel} at once, from up to {runs} past runs",
+                p.name,
+                p.jobs.len()
+            );
+            outln!("finishes in {} (p50), {} (p90)", clock(f.p50_ms), clock(f.p90_ms));
+            let w = p.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(3).max(3);
+            outln!("\n{:<w$}  {:>8}  {:>4}", "JOB", "TYPICAL", "RUNS");
+            for (job, n) in p.jobs.iter().zip(&nodes) {
+                let typical = typical(&n.history).map_or("-".to_string(), clock);
+                let note = if n.state == State::Held {
+                    "  manual: left out until approved"
+                } else {
+                    ""
+                };
+                outln!("{:<w$}  {typical:>8}  {:>4}{note}", job.name, n.history.len());
+            }
+            if !f.without_history.is_empty() {
+                let names: Vec<&str> = f.without_history.iter().map(|&j| p.jobs[j].name.as_str()).collect();
+                outln!(
+                    "\nno history for {}: assumed {} each (the median of the others)",
+                    names.join(", "),
+                    clock(f.assumed_ms)
+                );
+            }
         }
     }
     Ok(0)

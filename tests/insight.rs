@@ -491,3 +491,58 @@ fn failures_are_explained_and_a_permanent_one_is_not_retried() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ran no job `nope`") && err.contains("fetch, tls"), "{err}");
 }
+
+#[test]
+fn runs_forecast_their_finish_from_history_and_say_when_there_is_none() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    let pipeline = "name: timed\njobs:\n  build:\n    steps: [{script: ['sleep 0.3']}]\n  test:\n    depends_on: [build]\n    steps: [{script: ['sleep 0.2']}]\n  ship:\n    depends_on: [test]\n    when: manual\n    steps: [{script: ['true']}]\n";
+    std::fs::write(project.join("p.yml"), pipeline).expect("write");
+    let out = trackside(&project, &state, &["forecast", "p.yml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no history for `timed` yet"), "{text}");
+    // Without history the run sends no forecast.
+    let out = trackside(&project, &state, &["run", "p.yml", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(r#""type":"forecast""#), "{stdout}");
+    for _ in 0..3 {
+        let out = trackside(&project, &state, &["run", "p.yml", "--approve", "ship"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let out = trackside(&project, &state, &["forecast", "p.yml", "-j", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("forecast for `timed`: 3 jobs, 2 at once, from up to 4 past runs"),
+        "{text}"
+    );
+    assert!(text.contains("finishes in 0:01 (p50)"), "{text}");
+    assert!(
+        text.contains("ship") && text.contains("manual: left out until approved"),
+        "{text}"
+    );
+    let out = trackside(&project, &state, &["forecast", "p.yml", "--format", "json"]);
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let p50 = f["p50_ms"].as_u64().expect("p50");
+    // build and test take at least half a second together, and ran in well
+    // under two seconds.
+    assert!((500..2_000).contains(&p50), "{f}");
+    assert!(f["p90_ms"].as_u64().expect("p90") >= p50);
+    assert_eq!(f["jobs"][0]["runs"], 4);
+    // With history, a run forecasts its finish as it goes.
+    let out = trackside(&project, &state, &["run", "p.yml", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let forecasts: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "forecast")
+        .collect();
+    assert!(!forecasts.is_empty(), "{stdout}");
+    let first = &forecasts[0];
+    assert!(
+        first["p50_ms"].as_u64().is_some_and(|p| (500..2_000).contains(&p)),
+        "{first}"
+    );
+}

@@ -1914,3 +1914,29 @@ fn a_failed_job_says_why_with_the_knowledge_base_hint_at_80x24() {
     );
     insta::assert_snapshot!("80x24_failure_cause", shown);
 }
+
+#[test]
+fn the_header_shows_the_forecast_from_history() {
+    let mut evs = running_events();
+    evs.push(ev(
+        1_400,
+        EventKind::Forecast {
+            p50_ms: 30_000,
+            p90_ms: 45_000,
+            without_history: Vec::new(),
+            assumed_ms: 0,
+        },
+    ));
+    let mut app = app_with(&evs, color());
+    app.wide = false;
+    let text = format!("{}", screen(&app, 80, 24));
+    let header = text.lines().next().unwrap_or_default().to_string();
+    assert!(header.contains("00:05 ETA 00:25 (p90 00:40)"), "{header}");
+    // Past the median, the p90 still says how long at most.
+    app.now = T0 + 35_000;
+    let text = format!("{}", screen(&app, 80, 24));
+    assert!(
+        text.lines().next().is_some_and(|h| h.contains("ETA ? (p90 00:10)")),
+        "{text}"
+    );
+}

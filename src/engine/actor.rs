@@ -410,6 +410,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
     flake_facts(&mut pipeline, &index, &cfg.pipeline_file);
+    let durations = past_durations(&pipeline, &index, &cfg.pipeline_file);
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
@@ -553,9 +554,31 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         next_seq: 0,
         replay: replay.clone(),
         log_lines: Default::default(),
+        durations,
+        forecast_at: None,
+        forecast_shown: None,
     };
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// Each job's durations in this pipeline's recent runs, for the forecast
+/// (empty when there is no history, or it cannot be read).
+fn past_durations(
+    pipeline: &Pipeline,
+    index: &crate::store::index::Index,
+    file: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<f64>> {
+    use crate::insight::forecast::MAX_SAMPLES;
+    let key = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let rows = (pipeline.jobs.len() * MAX_SAMPLES * 2).clamp(1_000, 200_000);
+    index.recent_durations(&key, rows, MAX_SAMPLES).unwrap_or_else(|e| {
+        tracing::warn!("cannot read past durations for the forecast: {e}");
+        Default::default()
+    })
 }
 
 /// Marks the jobs in quarantine (`trackside quarantine`, by name or GitHub
@@ -778,6 +801,13 @@ struct Actor {
     replay: Arc<std::sync::Mutex<super::replay::Replay>>,
     /// Lines so far of each running attempt's log.
     log_lines: super::replay::LineCounts,
+    /// Each job's past durations, for the forecast (empty: no history).
+    durations: std::collections::BTreeMap<String, Vec<f64>>,
+    /// When to forecast again: soon after a job transition, and every few
+    /// seconds while jobs run (a running job's elapsed time changes it).
+    forecast_at: Option<Instant>,
+    /// The forecast last sent (p50, p90).
+    forecast_shown: Option<(u64, u64)>,
 }
 
 impl Actor {
@@ -813,6 +843,10 @@ impl Actor {
                     if let Some(w) = &mut self.watch {
                         w.due = Some(Instant::now() + WATCH_DEBOUNCE);
                     }
+                    None
+                }
+                () = sleep_until_opt(self.forecast_at), if self.forecast_at.is_some() => {
+                    self.forecast();
                     None
                 }
                 () = sleep_until_opt(watch_due), if watch_due.is_some() => {
@@ -1480,6 +1514,21 @@ impl Actor {
     }
 
     fn emit(&mut self, mut kind: EventKind) {
+        let transition = matches!(
+            kind,
+            EventKind::JobStarted { .. }
+                | EventKind::JobFinished { .. }
+                | EventKind::JobRetrying { .. }
+                | EventKind::JobSkipped { .. }
+                | EventKind::JobReset { .. }
+                | EventKind::GateWaiting { .. }
+        );
+        if transition && !self.durations.is_empty() {
+            let soon = Instant::now() + FORECAST_BATCH;
+            if self.forecast_at.is_none_or(|at| at > soon) {
+                self.forecast_at = Some(soon);
+            }
+        }
         match &mut kind {
             EventKind::LogLine {
                 job, attempt, line_no, ..
@@ -1549,6 +1598,55 @@ async fn recv_watch(w: &mut Option<Watch>) -> Option<()> {
     match w {
         Some(w) => w.rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Transitions this close together get one forecast.
+const FORECAST_BATCH: Duration = Duration::from_millis(250);
+/// How often the forecast is made again while jobs run.
+const FORECAST_EVERY: Duration = Duration::from_secs(5);
+
+impl Actor {
+    /// Forecasts the run's finish from history and sends it when it moved
+    /// by a second or more.
+    fn forecast(&mut self) {
+        use crate::insight::forecast::{SIMULATIONS, forecast};
+        self.forecast_at = None;
+        if self.state.is_finished() {
+            return;
+        }
+        let nodes = self.state.forecast_nodes(&self.durations);
+        let now_ms = self.elapsed().as_secs_f64() * 1000.0;
+        // The same run forecasts with the same draws: a forecast moves
+        // because the run did, not because of the dice.
+        let seed = self
+            .ctx
+            .run_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        if let Some(f) = forecast(&nodes, self.state.max_parallel(), now_ms, SIMULATIONS, seed) {
+            let moved = self
+                .forecast_shown
+                .is_none_or(|(p50, p90)| p50.abs_diff(f.p50_ms) >= 1_000 || p90.abs_diff(f.p90_ms) >= 1_000);
+            if moved {
+                self.forecast_shown = Some((f.p50_ms, f.p90_ms));
+                let names = &self.state.pipeline().jobs;
+                let without_history = f
+                    .without_history
+                    .iter()
+                    .filter_map(|&j| names.get(j).map(|n| n.name.clone()))
+                    .collect();
+                self.emit(EventKind::Forecast {
+                    p50_ms: f.p50_ms,
+                    p90_ms: f.p90_ms,
+                    without_history,
+                    assumed_ms: f.assumed_ms,
+                });
+            }
+        }
+        if self.state.running() > 0 {
+            self.forecast_at = Some(Instant::now() + FORECAST_EVERY);
+        }
     }
 }
 

@@ -422,8 +422,44 @@ impl RunState {
         (ok, failed)
     }
 
+    pub fn max_parallel(&self) -> usize {
+        self.opts.max_parallel
+    }
     pub fn status(&self, job: JobId) -> JobStatus {
         self.jobs[job].status
+    }
+
+    /// The run as the forecast sees it (`history`: past durations by job
+    /// name, oldest first). Times are ms since the run started.
+    pub fn forecast_nodes(
+        &self,
+        history: &std::collections::BTreeMap<String, Vec<f64>>,
+    ) -> Vec<crate::insight::forecast::Node> {
+        use crate::insight::forecast::{Node, State};
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        self.jobs
+            .iter()
+            .enumerate()
+            .map(|(j, st)| {
+                let spec = &self.pipeline.jobs[j];
+                let state = match st.status {
+                    s if s.is_terminal() => State::Done {
+                        ended_ms: st.first_start.map_or(0.0, |f| ms(f + st.duration)),
+                    },
+                    JobStatus::Running | JobStatus::Retrying => State::Running {
+                        started_ms: st.first_start.map_or(0.0, ms),
+                    },
+                    JobStatus::WaitingApproval => State::Held,
+                    _ if spec.when == When::Manual && !st.approved => State::Held,
+                    _ => State::Pending,
+                };
+                Node {
+                    deps: self.plan.deps.get(j).cloned().unwrap_or_default(),
+                    state,
+                    history: history.get(&spec.name).cloned().unwrap_or_default(),
+                }
+            })
+            .collect()
     }
     pub fn attempt(&self, job: JobId) -> u32 {
         self.jobs[job].attempt

@@ -502,6 +502,17 @@ pub enum EventKind {
         /// `file:line:col: error: message` lines.
         diagnostics: Vec<String>,
     },
+    /// When the run will finish, forecast from history (finish times in ms
+    /// since the run started): sent when it changes by a second or more.
+    Forecast {
+        p50_ms: u64,
+        p90_ms: u64,
+        /// Jobs with no history, assumed to take `assumed_ms` each.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        without_history: Vec<String>,
+        #[serde(default)]
+        assumed_ms: u64,
+    },
     RunFinished {
         summary: RunSummary,
     },

@@ -90,6 +90,41 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Each job's durations in the pipeline's recent runs (the sum of its
+/// attempts in a run; cancelled attempts left out), oldest first, at most
+/// `per_job` a job, read from the pipeline's newest `max_rows` attempts.
+pub fn recent_durations(
+    conn: &Connection,
+    pipeline: &str,
+    max_rows: usize,
+    per_job: usize,
+) -> rusqlite::Result<std::collections::BTreeMap<String, Vec<f64>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT run_id, job, duration_ms FROM attempts WHERE pipeline = ?1 AND outcome != 'cancelled' \
+         ORDER BY started_ms DESC LIMIT ?2",
+    )?;
+    let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+    // Newest first: a job's runs in the order first seen, summed per run.
+    let mut per: std::collections::BTreeMap<String, Vec<(String, f64)>> = std::collections::BTreeMap::new();
+    let rows = stmt.query_map(params![pipeline, limit], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    for row in rows {
+        let (run, job, ms) = row?;
+        let runs = per.entry(job).or_default();
+        let ms = ms.max(0) as f64;
+        if let Some(at) = runs.iter().position(|(r, _)| *r == run) {
+            runs[at].1 += ms;
+        } else if runs.len() < per_job {
+            runs.push((run, ms));
+        }
+    }
+    Ok(per
+        .into_iter()
+        .map(|(job, runs)| (job, runs.into_iter().rev().map(|(_, d)| d).collect()))
+        .collect())
+}
+
 /// One test case of one attempt, from its JUnit report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TestCaseRow {

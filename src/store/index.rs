@@ -321,6 +321,16 @@ impl Index {
         })
     }
 
+    /// See [`super::history::recent_durations`].
+    pub fn recent_durations(
+        &self,
+        pipeline: &str,
+        max_rows: usize,
+        per_job: usize,
+    ) -> Result<std::collections::BTreeMap<String, Vec<f64>>, StoreError> {
+        self.with(|c| super::history::recent_durations(c, pipeline, max_rows, per_job))
+    }
+
     /// The attempts `filter` wants, oldest first.
     pub fn attempts(&self, filter: &super::history::Filter) -> Result<Vec<super::history::AttemptRow>, StoreError> {
         self.with(|c| super::history::select(c, filter))

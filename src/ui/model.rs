@@ -173,6 +173,9 @@ pub struct Model {
     pub pipeline: String,
     pub started_ts: Option<u64>,
     pub last_ts: u64,
+    /// The engine's forecast from history: finish times (p50, p90), ms
+    /// since the run started.
+    pub forecast: Option<(u64, u64)>,
     pub max_parallel: usize,
     pub paused: bool,
     pub jobs: Vec<JobView>,
@@ -412,6 +415,7 @@ impl Model {
             }
             EventKind::SchedulingPaused => self.paused = true,
             EventKind::SchedulingResumed => self.paused = false,
+            EventKind::Forecast { p50_ms, p90_ms, .. } => self.forecast = Some((*p50_ms, *p90_ms)),
             EventKind::RunFinished { summary } => {
                 // Final statuses (jobs behind a gate become skipped) come with it.
                 for js in &summary.jobs {
@@ -566,6 +570,13 @@ impl Model {
         if self.jobs.iter().any(waiting) {
             return Eta::WaitingApproval;
         }
+        if let (Some((p50, p90)), Some(start)) = (self.forecast, self.started_ts) {
+            let elapsed = now.saturating_sub(start);
+            return Eta::Forecast {
+                p50_left: p50.saturating_sub(elapsed),
+                p90_left: p90.saturating_sub(elapsed),
+            };
+        }
         let finished: Vec<u64> = self
             .jobs
             .iter()
@@ -682,8 +693,12 @@ pub enum Eta {
     WaitingApproval,
     /// A running job has outlived the estimate: more than it said, how much unknown.
     Overdue,
-    /// About this many milliseconds.
+    /// About this many milliseconds (from this run's durations: there is
+    /// no history).
     Left(u64),
+    /// The forecast from history: the median and p90 time left (0 once
+    /// passed; the engine's next forecast moves them on).
+    Forecast { p50_left: u64, p90_left: u64 },
 }
 
 #[cfg(test)]

@@ -207,7 +207,12 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             super::model::Eta::Unknown => {}
             super::model::Eta::WaitingApproval => spans.push(Span::raw(" waiting for approval")),
             super::model::Eta::Overdue => spans.push(Span::raw(" ETA ?")),
-            super::model::Eta::Left(ms) => spans.push(Span::raw(format!(" ETA {}", clock(ms)))),
+            super::model::Eta::Left(ms) => spans.push(Span::raw(format!(" ETA {} (no history)", clock(ms)))),
+            super::model::Eta::Forecast { p50_left, p90_left } => spans.push(Span::raw(match (p50_left, p90_left) {
+                (0, 0) => " ETA ?".to_string(),
+                (0, p90) => format!(" ETA ? (p90 {})", clock(p90)),
+                (p50, p90) => format!(" ETA {} (p90 {})", clock(p50), clock(p90)),
+            })),
         }
     }
     spans.push(sep());
