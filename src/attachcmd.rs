@@ -126,6 +126,7 @@ pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
                 ascii: a.ascii,
                 mouse,
                 color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                bell: store::gc::ui_bell(state).unwrap_or(true),
             };
             let left = ui::attach(&link, opts).await.map_err(|e| Fail(e.to_string(), 2))?;
             match left {
@@ -309,6 +310,7 @@ pub fn run_in_background(ascii: bool, no_mouse: bool, state: &Path) -> Result<Op
             ascii,
             mouse,
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            bell: store::gc::ui_bell(state).unwrap_or(true),
         };
         let left = ui::run_owned(&link, opts).await;
         match left {

@@ -539,6 +539,26 @@ impl Printer {
     }
 }
 
+/// `text` in lines of at most `width` characters, broken between words (a
+/// longer word has a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// The run as JUnit XML (`--junit-out`): a test suite named after the
 /// pipeline, a test case per job (its time the job's, its class the stage
 /// when it has one), failures with their class and reason, skipped jobs as
@@ -744,7 +764,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
                         .unwrap_or_default();
                     let why = diagnosis
                         .as_deref()
-                        .map(|d| format!("\n::   {}: {} ({})", d.title, d.hint, d.runbook))
+                        .map(|d| format!("\n::   why: {} ({})", d.hint, d.runbook))
                         .unwrap_or_default();
                     format!(":: {job:<w$} FAIL ({code}{class}) in {d}{msg}{why}")
                 }
@@ -900,11 +920,17 @@ pub fn summary_table(s: &RunSummary) -> String {
         .collect();
     if !explained.is_empty() {
         out.push_str("\nwhy:\n");
+        // Wrapped for an 80-column terminal, under the job's name.
+        let width = 78usize.saturating_sub(w + 4).max(30);
         for (j, d) in explained {
-            out.push_str(&format!(
-                "  {:<w$}  {} ({}): {}\n  {:<w$}  runbook: {}; more: trackside explain {} {}\n",
-                j.name, d.title, d.class, d.hint, "", d.runbook, s.run_id, j.name
-            ));
+            let text = format!(
+                "{} (runbook: {}; more: trackside explain {} {})",
+                d.hint, d.runbook, s.run_id, j.name
+            );
+            for (i, line) in wrap(&text, width).iter().enumerate() {
+                let name = if i == 0 { j.name.as_str() } else { "" };
+                out.push_str(&format!("  {name:<w$}  {line}\n"));
+            }
         }
     }
     if let Some(r) = &s.repeat {

@@ -274,9 +274,14 @@ pub fn explain(state: &Path, run: &str, job: Option<&str>, json: bool) -> Result
         }
         failed.retain(|f| f.job == name);
     }
-    // What history knows of each failure's signature.
+    // Job by job in the order they started, attempts in order.
+    failed.sort_by_key(|f| (jobs.iter().position(|j| *j == f.job).unwrap_or(usize::MAX), f.attempt));
+    // What this pipeline's history knows of each failure's signature.
     let index = Index::open(state)?;
-    let rows = index.attempts(&Filter::default())?;
+    let mut rows = index.attempts(&Filter::default())?;
+    if let Some(pipeline) = rows.iter().find(|r| r.run_id == run_id).map(|r| r.pipeline.clone()) {
+        rows.retain(|r| r.pipeline == pipeline);
+    }
     let month_ago = trackside::store::now_ms().saturating_sub(30 * 24 * 3600 * 1000);
     for f in &mut failed {
         let sig = rows

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod headless;
 pub mod insight;
 pub mod net;
+pub mod notify;
 pub mod pipeline;
 pub mod process;
 pub mod protocol;

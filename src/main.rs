@@ -185,6 +185,9 @@ struct VarArgs {
     inputs: Vec<(String, String)>,
 }
 
+// Parsed once per process: `run`'s many flags make its variant big, and
+// boxing it would only obscure the clap definitions.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline.
@@ -275,6 +278,17 @@ enum Cmd {
         /// rerunFailure), for CI dashboards.
         #[arg(long = "junit-out", value_name = "FILE")]
         junit_out: Option<PathBuf>,
+        /// Send notifications (run finished, job failed, gate waiting,
+        /// rollout verdict) to this webhook as Slack-compatible JSON.
+        /// Repeatable. A command line is visible to other users: put a URL
+        /// that holds a token in `notify: {webhooks: [...]}` of
+        /// <state>/config.yml instead.
+        #[arg(long = "notify", value_name = "URL")]
+        notify: Vec<String>,
+        /// Run this shell command for each notification, the notice's JSON
+        /// on its standard input. Repeatable.
+        #[arg(long = "notify-cmd", value_name = "CMD")]
+        notify_cmd: Vec<String>,
     },
     /// Check a pipeline and report every problem.
     Validate {
@@ -904,6 +918,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             wait_approval,
             engine_process,
             junit_out,
+            notify,
+            notify_cmd,
         } => {
             // On a terminal the run goes in a process of its own and this
             // one attaches its UI to it: `d` detaches, the run goes on.
@@ -1092,6 +1108,16 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 // `trackside rollout SERVICE ...` from other shells.
                 let control = trackside::control::serve(handle.clone(), state.clone());
+                // Notifications, from the process that runs the engine.
+                let (hooks, commands) =
+                    trackside::store::gc::notify_targets(&state).map_err(|e| Fail(e.to_string(), 2))?;
+                let notifier = trackside::notify::serve(
+                    handle.clone(),
+                    trackside::notify::Config {
+                        webhooks: notify.iter().cloned().chain(hooks).collect(),
+                        commands: notify_cmd.iter().cloned().chain(commands).collect(),
+                    },
+                );
                 // `trackside attach`, `approve`, ... from any terminal of this user.
                 let run_socket = trackside::attach::serve(handle.clone())
                     .inspect_err(|e| eprintln!("trackside: this run cannot be attached to: {e}"))
@@ -1125,6 +1151,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         mouse: !no_mouse
                             && trackside::store::gc::ui_mouse(&state).map_err(|e| Fail(e.to_string(), 2))?,
                         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                        bell: trackside::store::gc::ui_bell(&state).map_err(|e| Fail(e.to_string(), 2))?,
                     };
                     ui::run(&handle, opts, begin)
                         .await
@@ -1169,6 +1196,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 handle.shutdown().await;
                 control.close().await;
+                notifier.close().await;
                 if let Some(s) = run_socket {
                     s.close().await;
                 }
@@ -1696,7 +1724,7 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<usize>, format: OutputFormat,
         }
         OutputFormat::Text => {
             let clock = |ms: u64| {
-                let s = ms.div_ceil(1000);
+                let s = (ms + 500) / 1000;
                 format!("{}:{:02}", s / 60, s % 60)
             };
             outln!(

@@ -1319,6 +1319,11 @@ impl Actor {
                             *s = m;
                         }
                     });
+                    // Captured again from the masked lines: a piece of a
+                    // secret is not a secret the masker knows.
+                    if let Some(h) = crate::insight::knowledge::KnowledgeBase::builtin().hint_from(&d.rule, &d.lines) {
+                        d.hint = h;
+                    }
                 }
                 if let Some(line) = telling.filter(|_| outcome.failure.is_some()) {
                     let line = self.masker.mask(&line).unwrap_or(line);
@@ -1631,16 +1636,17 @@ impl Actor {
             if moved {
                 self.forecast_shown = Some((f.p50_ms, f.p90_ms));
                 let names = &self.state.pipeline().jobs;
-                let without_history = f
+                let without_history: Vec<String> = f
                     .without_history
                     .iter()
                     .filter_map(|&j| names.get(j).map(|n| n.name.clone()))
                     .collect();
+                let assumed_ms = if without_history.is_empty() { 0 } else { f.assumed_ms };
                 self.emit(EventKind::Forecast {
                     p50_ms: f.p50_ms,
                     p90_ms: f.p90_ms,
                     without_history,
-                    assumed_ms: f.assumed_ms,
+                    assumed_ms,
                 });
             }
         }

@@ -1162,18 +1162,35 @@ impl RunState {
                 let st = &mut self.jobs[j];
                 st.failed_before = true;
                 st.failure_class = Some(c);
-                let retryable = may_retry(
-                    Retry {
-                        class: c,
-                        exit_code: outcome.exit_code,
-                        tries: st.round_attempts,
-                        stopping: self.cancelled.is_some() || st.kill_reason.is_some(),
-                        permanent: diagnosis.as_ref().is_some_and(|d| !d.retryable),
-                    },
-                    &retry_when,
-                    &retry_codes,
-                    retry_count,
-                );
+                let failed = Retry {
+                    class: c,
+                    exit_code: outcome.exit_code,
+                    tries: st.round_attempts,
+                    stopping: self.cancelled.is_some() || st.kill_reason.is_some(),
+                    permanent: diagnosis.as_ref().is_some_and(|d| !d.retryable),
+                };
+                let retryable = may_retry(failed, &retry_when, &retry_codes, retry_count);
+                // A retry the job would have had, were it not for the rule:
+                // its reason says so.
+                let vetoed = !retryable
+                    && failed.permanent
+                    && may_retry(
+                        Retry {
+                            permanent: false,
+                            ..failed
+                        },
+                        &retry_when,
+                        &retry_codes,
+                        retry_count,
+                    );
+                let mut outcome = outcome;
+                if let Some(d) = diagnosis.as_ref().filter(|_| vetoed) {
+                    let note = format!("not retried: {}, which a retry does not fix", d.title);
+                    outcome.message = Some(match outcome.message.take() {
+                        Some(m) => format!("{m}; {note}"),
+                        None => note,
+                    });
+                }
                 if retryable {
                     let delay = self
                         .pipeline

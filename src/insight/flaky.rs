@@ -120,11 +120,16 @@ impl Flakiness {
     }
 }
 
-/// The 90% equal-tailed interval of Beta(1 + f, 1 + n - f).
+/// The 90% interval of the failure rate: equal-tailed of Beta(1 + f,
+/// 1 + n - f), one-sided at the edges (no failure: from 0; every run
+/// failed: up to 1), so the observed rate is always inside it.
 pub fn interval(failures: u32, runs: u32) -> (f64, f64) {
     let a = 1.0 + f64::from(failures);
     let b = 1.0 + f64::from(runs.saturating_sub(failures));
     match Beta::new(a, b) {
+        Ok(_) if runs == 0 => (0.0, 1.0),
+        Ok(d) if failures == 0 => (0.0, d.inverse_cdf(0.90)),
+        Ok(d) if failures >= runs => (d.inverse_cdf(0.10), 1.0),
         Ok(d) => (d.inverse_cdf(0.05), d.inverse_cdf(0.95)),
         Err(_) => (0.0, 1.0),
     }
@@ -446,5 +451,15 @@ mod tests {
         let (l2, h2) = interval(20, 100);
         assert!(h2 - l2 < h1 - l1);
         assert!(l2 < 0.2 && 0.2 < h2);
+    }
+
+    #[test]
+    fn the_interval_holds_the_observed_rate_at_the_edges() {
+        let (low, high) = interval(3, 3);
+        assert_eq!(high, 1.0);
+        assert!(low > 0.4 && low < 0.7, "{low}");
+        let (low, high) = interval(0, 10);
+        assert_eq!(low, 0.0);
+        assert!(high > 0.1 && high < 0.3, "{high}");
     }
 }

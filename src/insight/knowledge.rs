@@ -287,6 +287,30 @@ impl KnowledgeBase {
     }
 }
 
+impl KnowledgeBase {
+    /// The hint of rule `rule` filled in from `lines`: the matched lines
+    /// once they are masked. A value captured from the raw output could
+    /// hold part of a secret the masker no longer recognises (a token cut
+    /// at a `+` or `/`); one captured from the masked lines cannot.
+    pub fn hint_from(&self, rule: &str, lines: &[String]) -> Option<String> {
+        let rule = self.rule(rule)?;
+        let captures: Vec<regex::Captures<'_>> = rule
+            .patterns
+            .iter()
+            .filter_map(|&p| {
+                let re = self.regexes[p].get()?;
+                lines.iter().find_map(|l| re.captures(l))
+            })
+            .collect();
+        Some(render(&rule.hint, |name| {
+            captures
+                .iter()
+                .find_map(|c| c.name(name))
+                .map(|m| m.as_str().to_string())
+        }))
+    }
+}
+
 /// A pattern compiled when first needed.
 #[derive(Debug)]
 struct Lazy {
@@ -608,6 +632,28 @@ rules:
         s.line(&long, true);
         let d = s.finish(&Ending::default()).expect("matches at the start");
         assert!(d.lines[0].len() <= MAX_KEPT);
+    }
+
+    #[test]
+    fn a_hint_is_filled_in_from_the_masked_lines() {
+        let kb = KnowledgeBase::builtin();
+        // A token with a `+`: the raw capture would be the part after it.
+        let mut scan = kb.scan();
+        scan.line("/usr/bin/sh: 1: xK9+q7ZrT2mWvB4n: not found", true);
+        let raw = scan.finish(&Ending {
+            signal: None,
+            exit_code: Some(127),
+        });
+        let d = raw.expect("command-not-found");
+        assert_eq!(d.rule, "command-not-found");
+        assert!(d.hint.contains("q7ZrT2mWvB4n"), "the raw capture: {}", d.hint);
+        let masked = vec!["/usr/bin/sh: 1: [MASKED]: not found".to_string()];
+        let hint = kb.hint_from(&d.rule, &masked).expect("the rule");
+        assert!(!hint.contains("q7Zr") && !hint.contains("()"), "{hint}");
+        assert!(
+            hint.starts_with("a command is not installed where the step runs"),
+            "{hint}"
+        );
     }
 
     #[test]

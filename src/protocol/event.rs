@@ -179,6 +179,10 @@ pub struct Diagnosis {
     pub lines: Vec<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Diagnosis {
     /// Applies `fix` (masking) to everything taken from the output.
     pub fn mask(&mut self, fix: &dyn Fn(&mut String)) {
@@ -507,10 +511,11 @@ pub enum EventKind {
     Forecast {
         p50_ms: u64,
         p90_ms: u64,
-        /// Jobs with no history, assumed to take `assumed_ms` each.
+        /// Jobs with no history, assumed to take `assumed_ms` each (both
+        /// absent when every job has history).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         without_history: Vec<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_zero")]
         assumed_ms: u64,
     },
     RunFinished {

@@ -85,16 +85,45 @@ struct ConfigArtifacts {
 struct ConfigUi {
     /// Clicks and the wheel (default on; `--no-mouse` turns it off for one run).
     mouse: Option<bool>,
+    /// The terminal bell on a failed job, a waiting gate and the run's end
+    /// (default on).
+    bell: Option<bool>,
+}
+
+/// `notify:` in `<state>/config.yml`: where notifications go, besides
+/// `--notify` and `--notify-cmd` (this file is the user's alone: a
+/// webhook's URL holds a token, and a command line is visible to others).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigNotify {
+    #[serde(default)]
+    webhooks: Vec<String>,
+    #[serde(default)]
+    commands: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct Config {
+    #[serde(default)]
+    notify: ConfigNotify,
     #[serde(default)]
     gc: ConfigGc,
     #[serde(default)]
     artifacts: ConfigArtifacts,
     #[serde(default)]
     ui: ConfigUi,
+}
+
+/// The webhooks and commands of `notify:` in `<state>/config.yml`.
+pub fn notify_targets(state: &Path) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let cfg = read_config(state)?.0;
+    Ok((cfg.notify.webhooks, cfg.notify.commands))
+}
+
+/// Whether the terminal UI rings the bell (`ui: {bell: false}` in
+/// `<state>/config.yml` turns it off).
+pub fn ui_bell(state: &Path) -> Result<bool, StoreError> {
+    Ok(read_config(state)?.0.ui.bell.unwrap_or(true))
 }
 
 /// Whether the terminal UI takes the mouse (`ui: {mouse: false}` in

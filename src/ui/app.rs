@@ -166,6 +166,11 @@ pub struct App {
     pub detachable: bool,
     /// Who steers from here (`user@host`): what others do shows in the prompt line.
     pub me: String,
+    /// Ring the terminal bell for what needs a person: a failed job, a
+    /// waiting gate, the run's end.
+    pub bell: bool,
+    /// Bells owed since the last frame (the loop rings them).
+    pub bells: u32,
 }
 
 impl App {
@@ -201,6 +206,8 @@ impl App {
             attached: false,
             detachable: false,
             me: String::new(),
+            bell: false,
+            bells: 0,
         }
     }
 
@@ -221,8 +228,21 @@ impl App {
     }
 
     pub fn apply(&mut self, ev: &crate::protocol::Event) {
-        use crate::protocol::EventKind;
+        use crate::protocol::{EventKind, JobStatus};
         self.model.apply(ev);
+        // Live events only: an attached UI catching up replays old ones.
+        let live = self.now > 0 && ev.ts.saturating_add(10_000) >= self.now;
+        let needs_a_person = matches!(
+            ev.kind,
+            EventKind::JobFinished {
+                status: JobStatus::Failed,
+                ..
+            } | EventKind::GateWaiting { .. }
+                | EventKind::RunFinished { .. }
+        );
+        if self.bell && live && needs_a_person {
+            self.bells += 1;
+        }
         match &ev.kind {
             EventKind::Steered { what, by } if *by != self.me => {
                 self.status = Some(format!("{by}: {what}"));

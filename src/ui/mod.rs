@@ -58,6 +58,8 @@ pub struct UiOptions {
     /// Take clicks and the wheel (`--no-mouse` turns it off; the terminal
     /// then selects text as usual, as Shift-drag does with the mouse on).
     pub mouse: bool,
+    /// Ring the terminal bell when a job fails, a gate waits or the run ends.
+    pub bell: bool,
 }
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
@@ -337,6 +339,8 @@ async fn session<L: Link>(
         ascii: opts.ascii,
     });
     app.read_only = !link.can_steer();
+    app.bell = opts.bell;
+    app.now = crate::protocol::clock::now_ms();
     app.attached = mode == Mode::Attached;
     app.detachable = mode != Mode::InProcess;
     let mut detached = false;
@@ -472,6 +476,12 @@ async fn session<L: Link>(
             app.now = crate::protocol::clock::now_ms();
             asking.start(link, &app);
             draw(&mut terminal, &app)?;
+            if app.bells > 0 {
+                app.bells = 0;
+                let mut out = io::stdout();
+                out.write_all(b"\x07")?;
+                out.flush()?;
+            }
             dirty = false;
             keyed = false;
             last_draw = Instant::now();
