@@ -388,6 +388,29 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// History as Prometheus metrics (runs, attempts, failures by class,
+    /// retries, duration histograms, flaky jobs), for node_exporter's
+    /// textfile collector or a scraper.
+    Metrics {
+        /// Only this pipeline file's history.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Write to FILE (atomically) instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Each pipeline's recent runs at a glance: durations (p50, p90, a
+    /// chart), which failed, failures by class, the flakiest jobs.
+    Stats {
+        /// Only this pipeline file's history.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// How many of the latest runs.
+        #[arg(long, default_value_t = 40)]
+        last: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
     /// Why a run's jobs failed: each failed attempt's class, the failure
     /// knowledge base's hint and runbook, the lines that told it, and how
     /// often the same failure was seen (RUN: id, unique prefix, or `last`).
@@ -778,6 +801,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         }
         Cmd::Tests { run, job, format } => {
             insightcmd::tests(&state, &run, job.as_deref(), format == OutputFormat::Json)
+        }
+        Cmd::Metrics { pipeline, output } => insightcmd::metrics(&state, pipeline.as_deref(), output.as_deref()),
+        Cmd::Stats { pipeline, last, format } => {
+            insightcmd::stats(&state, pipeline.as_deref(), last, format == OutputFormat::Json)
         }
         Cmd::Explain { run, job, format } => {
             insightcmd::explain(&state, &run, job.as_deref(), format == OutputFormat::Json)

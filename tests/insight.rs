@@ -7,6 +7,35 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+/// Runs a command with `input` on its standard input: (succeeded, stdout
+/// and stderr).
+trait OutputWith {
+    fn output_with(&mut self, input: &str) -> (bool, String);
+}
+
+impl OutputWith for Command {
+    fn output_with(&mut self, input: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
 fn git(dir: &Path, args: &[&str]) {
     assert!(common::corpus::git(dir, args), "git {args:?}");
 }
@@ -556,4 +585,57 @@ fn runs_forecast_their_finish_from_history_and_say_when_there_is_none() {
         first["p50_ms"].as_u64().is_some_and(|p| (500..2_000).contains(&p)),
         "{first}"
     );
+}
+
+#[test]
+fn metrics_and_stats_tell_the_recent_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    // `net` fails on the second run only (a file counts the runs).
+    let count = tmp.path().join("count");
+    std::fs::write(&count, "0").expect("write");
+    let pipeline = format!(
+        "name: m\njobs:\n  build:\n    steps: [{{script: ['true']}}]\n  net:\n    steps: [{{script: ['n=$(cat {c}); echo $((n+1)) > {c}; if [ $n = 1 ]; then echo \"Connection refused\" >&2; exit 7; fi']}}]\n",
+        c = count.display()
+    );
+    std::fs::write(project.join("p.yml"), pipeline).expect("write");
+    for _ in 0..3 {
+        trackside(&project, &state, &["run", "p.yml"]);
+    }
+    let out = trackside(&project, &state, &["metrics"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = std::fs::canonicalize(project.join("p.yml")).expect("path");
+    let p = key.display();
+    for want in [
+        format!("trackside_runs_total{{pipeline=\"{p}\",result=\"passed\"}} 2"),
+        format!("trackside_runs_total{{pipeline=\"{p}\",result=\"failed\"}} 1"),
+        format!("trackside_job_failures_total{{pipeline=\"{p}\",job=\"net\",class=\"network\"}} 1"),
+        format!("trackside_job_duration_seconds_count{{pipeline=\"{p}\",job=\"build\"}} 3"),
+        "# TYPE trackside_job_duration_seconds histogram".to_string(),
+    ] {
+        assert!(text.contains(&want), "want {want} in:\n{text}");
+    }
+    // Prometheus' own checker takes it (Debian's prometheus package has it).
+    if common::deploy::tool("promtool", "TRACKSIDE_REQUIRE_PROMETHEUS") {
+        let (ok, said) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with(&text);
+        assert!(ok, "promtool check metrics: {said}");
+    }
+    let file = tmp.path().join("trackside.prom");
+    let out = trackside(&project, &state, &["metrics", "-o", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).expect("written"), text);
+    let out = trackside(&project, &state, &["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("failed    1 of 3 (33%)  .x."), "{text}");
+    assert!(text.contains("failed attempts by class: network 1"), "{text}");
+    let out = trackside(&project, &state, &["stats", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["runs"], 3);
+    assert_eq!(v[0]["results"][1], "failed");
 }

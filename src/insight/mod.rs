@@ -5,4 +5,5 @@
 pub mod flaky;
 pub mod forecast;
 pub mod knowledge;
+pub mod metrics;
 pub mod signature;
