@@ -221,8 +221,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Jobs at once (default: number of cores).
-        #[arg(short = 'j', long = "jobs", value_name = "N")]
-        jobs: Option<usize>,
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         /// Stop everything at the first required failure.
         #[arg(long)]
         fail_fast: bool,
@@ -317,8 +317,8 @@ enum Cmd {
         #[command(flatten)]
         vars: VarArgs,
         /// Jobs at once (default: number of cores).
-        #[arg(short = 'j', long = "jobs", value_name = "N")]
-        jobs: Option<usize>,
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
@@ -1064,7 +1064,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.keep_workspaces = keep_workspaces;
             cfg.verbose = verbose;
             if let Some(j) = jobs {
-                cfg.max_parallel = j;
+                cfg.max_parallel = usize::try_from(j).unwrap_or(usize::MAX);
             }
             cfg.fail_fast = fail_fast;
             cfg.cli_vars = opts.cli_vars.clone();
@@ -1673,7 +1673,7 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Res
 
 /// `trackside forecast FILE`: the run's finish from the history of its
 /// past runs, before it starts.
-fn forecast(file: &Path, v: &VarArgs, jobs: Option<usize>, format: OutputFormat, state: &Path) -> Result<u8, Fail> {
+fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, state: &Path) -> Result<u8, Fail> {
     use trackside::insight::forecast::{MAX_SAMPLES, Node, SIMULATIONS, State, forecast};
     let (_, opts, _) = load_options(v, file, state)?;
     let Some((p, _)) = load(file, &opts, format)? else {
@@ -1681,8 +1681,8 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<usize>, format: OutputFormat,
     };
     let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
     let parallel = jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-        .max(1);
+        .and_then(|j| usize::try_from(j).ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let key = std::fs::canonicalize(file)
         .unwrap_or_else(|_| file.to_path_buf())
         .display()

@@ -552,6 +552,9 @@ fn runs_forecast_their_finish_from_history_and_say_when_there_is_none() {
         let out = trackside(&project, &state, &["run", "p.yml", "--approve", "ship"]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     }
+    let out = trackside(&project, &state, &["forecast", "p.yml", "-j", "0"]);
+    assert_eq!(out.status.code(), Some(2), "no jobs at once is refused, not taken as 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value '0'"));
     let out = trackside(&project, &state, &["forecast", "p.yml", "-j", "2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

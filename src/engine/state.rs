@@ -1085,7 +1085,14 @@ impl RunState {
                 spec.retry_exit_codes.clone(),
             )
         };
+        let pipeline_timeout = self.pipeline.timeout.as_secs();
         let st = &mut self.jobs[j];
+        // The pipeline's timeout stopped it: its reason says that, not
+        // what the stopped step saw.
+        let mut outcome = outcome;
+        if st.kill_reason == Some(CancelReason::Timeout) && outcome.failure.is_some() {
+            outcome.message = Some(format!("the pipeline timeout of {pipeline_timeout}s was reached"));
+        }
         // Our own kill decides the class: the process only saw a signal.
         let class = match (st.kill_reason, outcome.failure) {
             (_, None) => None,

@@ -323,6 +323,20 @@ fn pipeline_timeout_classes_running_jobs_as_timeout() {
     assert_eq!(s.jobs[0].failure_class, Some(FailureClass::Timeout));
     assert_eq!(s.result, RunResult::Failed);
     assert!(s.message.contains("timed out"));
+    // The job's reason is the pipeline's timeout, not what its step saw.
+    assert!(
+        s.jobs[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("the pipeline timeout of")),
+        "{:?}",
+        s.jobs[0].reason
+    );
+    // The knowledge base's reading is the deadline's.
+    assert_eq!(
+        s.jobs[0].attempts[0].diagnosis.as_ref().map(|d| d.rule.as_str()),
+        Some("step-timeout")
+    );
 }
 
 #[test]
