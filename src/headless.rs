@@ -541,7 +541,7 @@ impl Printer {
 
 /// `text` in lines of at most `width` characters, broken between words (a
 /// longer word has a line of its own).
-fn wrap(text: &str, width: usize) -> Vec<String> {
+pub(crate) fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     for word in text.split_whitespace() {

@@ -1892,7 +1892,7 @@ fn a_failed_job_says_why_with_the_knowledge_base_hint_at_80x24() {
                 rule: "connection-refused".into(),
                 title: "connection refused".into(),
                 class: FailureClass::Network,
-                hint: "the connection was refused (127.0.0.1:5432): nothing was listening".into(),
+                hint: "nothing was listening (127.0.0.1:5432): the service had not started yet (wait for it to be ready), had crashed, or the host or port is wrong".into(),
                 runbook: "docs/runbooks/network.md#connection-refused".into(),
                 retryable: true,
                 lines: vec!["dial tcp 127.0.0.1:5432: connect: connection refused".into()],

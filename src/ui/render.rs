@@ -712,7 +712,7 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         .as_deref()
         .filter(|_| matches!(job.status, JobStatus::Failed | JobStatus::Retrying))
     {
-        diagnosis_lines(d, t, &mut lines);
+        diagnosis_lines(d, t, usize::from(inner.width), &mut lines);
     }
     if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Retrying) {
         lines.push(Line::raw(format!(
@@ -1030,7 +1030,12 @@ fn render_rollout_charts(
 /// A deploy job's rollout, as text: where it is, the numbers, the verdict.
 /// The knowledge base's reading of a failure: what happened, what to do,
 /// where the runbook is, and the lines that told it (at most three).
-fn diagnosis_lines(d: &crate::protocol::Diagnosis, t: &super::theme::Theme, lines: &mut Vec<Line<'static>>) {
+fn diagnosis_lines(
+    d: &crate::protocol::Diagnosis,
+    t: &super::theme::Theme,
+    width: usize,
+    lines: &mut Vec<Line<'static>>,
+) {
     let retry = if d.retryable {
         "a retry may pass"
     } else {
@@ -1041,10 +1046,15 @@ fn diagnosis_lines(d: &crate::protocol::Diagnosis, t: &super::theme::Theme, line
         Span::styled(d.title.clone(), t.error()),
         Span::styled(format!(" ({}; {retry})", d.class), t.dim()),
     ]));
-    lines.push(Line::from(vec![
-        Span::styled("hint: ", t.dim()),
-        Span::raw(d.hint.clone()),
-    ]));
+    // The hint wrapped under itself, not under its label.
+    const LABEL: &str = "hint: ";
+    for (i, part) in crate::headless::wrap(&d.hint, width.saturating_sub(LABEL.len()).max(20))
+        .into_iter()
+        .enumerate()
+    {
+        let label = if i == 0 { LABEL } else { "      " };
+        lines.push(Line::from(vec![Span::styled(label, t.dim()), Span::raw(part)]));
+    }
     lines.push(Line::from(vec![
         Span::styled("runbook: ", t.dim()),
         Span::raw(d.runbook.clone()),
