@@ -163,6 +163,7 @@ fn main() {
                                 State::Pending
                             },
                             history: runs[..k].iter().map(|r| r[i].1 - r[i].0).collect(),
+                            priority: u32::try_from(prio[i]).unwrap_or(u32::MAX),
                         }
                     })
                     .collect();

@@ -11,13 +11,7 @@ use trackside::store::index::Index;
 
 use super::{Fail, write_out};
 
-/// `--pipeline FILE` as history keeps it: the file's absolute path.
-fn pipeline_key(file: &Path) -> String {
-    std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string()
-}
+use trackside::store::history::pipeline_key;
 
 /// `--since 7d`: the time that long ago, in ms since the epoch.
 fn since_ms(age: &str) -> Result<u64, Fail> {

@@ -1683,13 +1683,9 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, s
     let parallel = jobs
         .and_then(|j| usize::try_from(j).ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let key = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string();
+    let key = trackside::store::history::pipeline_key(file);
     let index = trackside::store::index::Index::open(state)?;
-    let rows = (p.jobs.len() * MAX_SAMPLES * 2).clamp(1_000, 200_000);
-    let history = index.recent_durations(&key, rows, MAX_SAMPLES)?;
+    let history = index.recent_durations(&key, p.jobs.len(), MAX_SAMPLES)?;
     let nodes: Vec<Node> = p
         .jobs
         .iter()
@@ -1702,6 +1698,7 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, s
                 State::Pending
             },
             history: history.get(&job.name).cloned().unwrap_or_default(),
+            priority: plan.priority[j],
         })
         .collect();
     let Some(f) = forecast(&nodes, parallel, 0.0, SIMULATIONS * 5, 1) else {

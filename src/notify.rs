@@ -258,6 +258,29 @@ pub fn serve<L: Link + 'static>(link: L, cfg: Config) -> Notifier {
     Notifier { task: Some(task) }
 }
 
+/// Why one delivery failed (said on standard error; the run goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("no TLS root certificates: {0}")]
+    Roots(std::io::Error),
+    #[error("not a URL: {0}")]
+    Url(hyper::http::Error),
+    #[error("no answer within {}s", SEND_WAIT.as_secs())]
+    NoAnswer,
+    #[error("{0}")]
+    Http(hyper_util::client::legacy::Error),
+    #[error("it answered {0}")]
+    Status(hyper::StatusCode),
+    #[error("cannot start it: {0}")]
+    Spawn(std::io::Error),
+    #[error("it exited with {0}")]
+    Exit(std::process::ExitStatus),
+    #[error("{0}")]
+    Wait(std::io::Error),
+    #[error("it ran longer than {}s and was stopped", SEND_WAIT.as_secs())]
+    Slow,
+}
+
 /// Where a webhook goes, without what may be a secret in its path.
 fn host_of(url: &str) -> String {
     url.parse::<hyper::Uri>()
@@ -275,7 +298,7 @@ async fn deliver(mut rx: mpsc::Receiver<Notice>, cfg: Config) {
         }
     };
     let mut failed_once: Vec<String> = Vec::new();
-    let mut report = |what: String, e: String| {
+    let mut report = |what: String, e: NotifyError| {
         if !failed_once.contains(&what) {
             eprintln!("trackside: notification to {what} failed: {e} (the run goes on)");
             failed_once.push(what);
@@ -302,17 +325,17 @@ type Client = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
-fn https_client() -> Result<Client, String> {
+fn https_client() -> Result<Client, NotifyError> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .map_err(NotifyError::Roots)?
         .https_or_http()
         .enable_http1()
         .build();
     Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 
-async fn post(client: &Client, url: &str, body: String) -> Result<(), String> {
+async fn post(client: &Client, url: &str, body: String) -> Result<(), NotifyError> {
     let req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(
@@ -320,21 +343,21 @@ async fn post(client: &Client, url: &str, body: String) -> Result<(), String> {
             concat!("trackside/", env!("CARGO_PKG_VERSION")),
         )
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("not a URL: {e}"))?;
+        .map_err(NotifyError::Url)?;
     let resp = tokio::time::timeout(SEND_WAIT, client.request(req))
         .await
-        .map_err(|_| format!("no answer within {}s", SEND_WAIT.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| NotifyError::NoAnswer)?
+        .map_err(NotifyError::Http)?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("it answered {}", resp.status()))
+        Err(NotifyError::Status(resp.status()))
     }
 }
 
 /// Runs `cmd` with `sh -c`, the notice's JSON on its standard input and
 /// `TRACKSIDE_NOTICE` (the event) and `TRACKSIDE_RUN` set.
-async fn run_command(cmd: &str, n: &Notice, body: &str) -> Result<(), String> {
+async fn run_command(cmd: &str, n: &Notice, body: &str) -> Result<(), NotifyError> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -345,7 +368,7 @@ async fn run_command(cmd: &str, n: &Notice, body: &str) -> Result<(), String> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start it: {e}"))?;
+        .map_err(NotifyError::Spawn)?;
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
             // A command that does not read its input is fine.
@@ -356,9 +379,9 @@ async fn run_command(cmd: &str, n: &Notice, body: &str) -> Result<(), String> {
     };
     match tokio::time::timeout(SEND_WAIT, run).await {
         Ok(Ok(st)) if st.success() => Ok(()),
-        Ok(Ok(st)) => Err(format!("it exited with {st}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("it ran longer than {}s and was stopped", SEND_WAIT.as_secs())),
+        Ok(Ok(st)) => Err(NotifyError::Exit(st)),
+        Ok(Err(e)) => Err(NotifyError::Wait(e)),
+        Err(_) => Err(NotifyError::Slow),
     }
 }
 

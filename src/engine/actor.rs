@@ -570,15 +570,13 @@ fn past_durations(
     file: &std::path::Path,
 ) -> std::collections::BTreeMap<String, Vec<f64>> {
     use crate::insight::forecast::MAX_SAMPLES;
-    let key = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string();
-    let rows = (pipeline.jobs.len() * MAX_SAMPLES * 2).clamp(1_000, 200_000);
-    index.recent_durations(&key, rows, MAX_SAMPLES).unwrap_or_else(|e| {
-        tracing::warn!("cannot read past durations for the forecast: {e}");
-        Default::default()
-    })
+    let key = crate::store::history::pipeline_key(file);
+    index
+        .recent_durations(&key, pipeline.jobs.len(), MAX_SAMPLES)
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot read past durations for the forecast: {e}");
+            Default::default()
+        })
 }
 
 /// Marks the jobs in quarantine (`trackside quarantine`, by name or GitHub
@@ -595,10 +593,7 @@ fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file:
     if list.is_empty() {
         return;
     }
-    let key = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string();
+    let key = crate::store::history::pipeline_key(file);
     let now = store::now_ms();
     for j in &mut pipeline.jobs {
         let found = list
@@ -629,10 +624,7 @@ const HISTORY_SHOWN: usize = 5_000;
 /// its flaky test cases. From the newest attempts of this pipeline only.
 fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file: &std::path::Path) {
     use crate::insight::flaky::{Verdict, analyse};
-    let key = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string();
+    let key = crate::store::history::pipeline_key(file);
     let filter = crate::store::history::Filter {
         pipeline: Some(key.clone()),
         limit: Some(HISTORY_SHOWN),

@@ -92,11 +92,7 @@ impl History {
         History {
             index,
             run_id: run_id.to_string(),
-            // Absolute, so runs from any folder are one series.
-            pipeline: std::fs::canonicalize(pipeline_file)
-                .unwrap_or_else(|_| pipeline_file.to_path_buf())
-                .display()
-                .to_string(),
+            pipeline: crate::store::history::pipeline_key(pipeline_file),
             dialect: dialect.to_string(),
             host,
             facts: asked.is_err().then(RunFacts::default),

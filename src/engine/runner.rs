@@ -168,13 +168,7 @@ fn diagnose(class: FailureClass, told: Option<Diagnosis>, outcome: &Outcome) -> 
     if let Some(d) = told.filter(|d| d.class == class) {
         return Some(d);
     }
-    let end = crate::insight::knowledge::Ending {
-        signal: crate::insight::knowledge::signal_of_class(class),
-        exit_code: outcome.exit_code,
-    };
-    KnowledgeBase::builtin()
-        .diagnose_message(outcome.message.as_deref().unwrap_or(""), &end)
-        .filter(|d| d.class == class)
+    KnowledgeBase::builtin().for_class(class, outcome.exit_code, outcome.message.as_deref().unwrap_or(""))
 }
 
 /// What an attempt leaves to remove once its result is reported.
@@ -618,7 +612,7 @@ async fn until_stopped<T>(
 
 /// A job-level GitHub text (a service's or the job container's `env`)
 /// evaluated as the job starts: `secrets`, `needs`, `github`, `vars`.
-fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<String, String> {
+fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<String, expr::ExprError> {
     let vars = ctx.pipeline_vars();
     let env = BTreeMap::new();
     let statuses = HashMap::new();
@@ -638,7 +632,7 @@ fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<Stri
         failed: false,
         cancelled: false,
     };
-    expr::interpolate_in(text, &crate::pipeline::github::LANG, &context).map_err(|e| e.to_string())
+    expr::interpolate_in(text, &crate::pipeline::github::LANG, &context)
 }
 
 /// The first variable of `env` whose value holds a secret, with the
@@ -2045,7 +2039,7 @@ fn box_step(
     }
     let files = std::path::absolute(files_dir(ctx, job, a.attempt)).unwrap_or_else(|_| files_dir(ctx, job, a.attempt));
     let (temp, _) = runner_dirs(ctx, job, a.attempt);
-    open_to_container(&files, &[&temp, &files.join("home"), &files.join("github")])?;
+    open_to_container(&files, &[&temp, &files.join("home"), &files.join("github")]).map_err(|e| e.to_string())?;
     let script_host = files.join("steps").join(format!("{index}.sh"));
     crate::store::write_with_mode(&script_host, script.as_bytes(), 0o644)
         .map_err(|e| format!("cannot write the step's script: {e}"))?;
@@ -2124,7 +2118,7 @@ fn action_step(
     for d in [&files, &home, &files.join("github"), &temp] {
         crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
     }
-    open_to_container(&files, &[&temp, &home, &files.join("github")])?;
+    open_to_container(&files, &[&temp, &home, &files.join("github")]).map_err(|e| e.to_string())?;
     let ws = std::path::absolute(ws).unwrap_or_else(|_| ws.to_path_buf());
     let m = |host: PathBuf, inside: &str| crate::exec::Mount {
         host,
@@ -2201,14 +2195,14 @@ fn seen_inside(env: &mut BTreeMap<String, String>, mounts: &[crate::exec::Mount]
 /// read the attempt's folder and scripts and write the folders it writes
 /// to. On the host they stay out of others' reach: the run's folder
 /// above them is trackside's user's alone (0700).
-fn open_to_container(files: &Path, writable: &[&Path]) -> Result<(), String> {
+fn open_to_container(files: &Path, writable: &[&Path]) -> Result<(), crate::store::IoFailure> {
     use std::os::unix::fs::PermissionsExt;
     let set = |d: &Path, mode: u32| {
         if !d.exists() {
             return Ok(());
         }
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot open {} to the job's container: {e}", d.display()))
+            .map_err(crate::store::io_err("cannot open to the job's container", d))
     };
     set(files, 0o755)?;
     set(&files.join("steps"), 0o755)?;

@@ -457,6 +457,7 @@ impl RunState {
                     deps: self.plan.deps.get(j).cloned().unwrap_or_default(),
                     state,
                     history: history.get(&spec.name).cloned().unwrap_or_default(),
+                    priority: self.plan.priority.get(j).copied().unwrap_or(0),
                 }
             })
             .collect()
@@ -1105,17 +1106,9 @@ impl RunState {
         let diagnosis = match (class, outcome.diagnosis.clone()) {
             (None | Some(FailureClass::Cancelled), _) => None,
             (Some(c), Some(d)) if d.class == c => Some(d),
-            (Some(c), _) => crate::insight::knowledge::signal_of_class(c).and_then(|signal| {
-                let end = crate::insight::knowledge::Ending {
-                    signal: Some(signal),
-                    exit_code: outcome.exit_code,
-                };
-                crate::insight::knowledge::KnowledgeBase::builtin()
-                    .scan()
-                    .finish(&end)
-                    .filter(|d| d.class == c)
-                    .map(Box::new)
-            }),
+            (Some(c), _) => crate::insight::knowledge::KnowledgeBase::builtin()
+                .for_class(c, outcome.exit_code, outcome.message.as_deref().unwrap_or(""))
+                .map(Box::new),
         };
         if let Some(rec) = st.attempts.last_mut() {
             rec.ended_ms = Some(ms(now));

@@ -35,6 +35,10 @@ pub struct Node {
     pub state: State,
     /// Its durations in past runs (ms), oldest first.
     pub history: Vec<f64>,
+    /// Its place in the engine's start order among ready jobs (the plan's
+    /// priority: its longest path to the end, in jobs); on a tie, the
+    /// earlier job starts first.
+    pub priority: u32,
 }
 
 /// What the forecast says: finish times in ms since the run started.
@@ -177,22 +181,12 @@ pub fn forecast(nodes: &[Node], max_parallel: usize, now_ms: f64, simulations: u
     }
     let held = held(nodes);
     let run_spread = run_spread(nodes);
-    // The order the engine starts ready jobs in: the longest path to the
-    // end in jobs, then the earlier job.
-    let (rank, dependents) = ranks(nodes, &vec![1.0; nodes.len()]);
-    let mut order: Vec<usize> = (0..nodes.len()).collect();
-    order.sort_by(|&a, &b| rank[a].total_cmp(&rank[b]).then(b.cmp(&a)));
-    let mut priority = vec![0u32; nodes.len()];
-    for (p, &i) in order.iter().enumerate() {
-        priority[i] = u32::try_from(p).unwrap_or(u32::MAX);
-    }
     let graph = Graph {
         nodes,
         run_spread,
         models: &models,
         held: &held,
-        dependents,
-        priority,
+        dependents: dependents(nodes),
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut finishes = Vec::with_capacity(simulations);
@@ -271,38 +265,15 @@ fn held(nodes: &[Node]) -> Vec<bool> {
     held
 }
 
-/// Each job's longest path to the end of the DAG (`weight` per job, its
-/// own included), and each job's dependents.
-fn ranks(nodes: &[Node], weight: &[f64]) -> (Vec<f64>, Vec<Vec<usize>>) {
+/// Each job's dependents.
+fn dependents(nodes: &[Node]) -> Vec<Vec<usize>> {
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         for &d in n.deps.iter().filter(|&&d| d < nodes.len()) {
             dependents[d].push(i);
         }
     }
-    // Kahn's order; whatever a cycle would leave out keeps its own duration.
-    let mut indegree: Vec<usize> = nodes
-        .iter()
-        .map(|n| n.deps.iter().filter(|&&d| d < nodes.len()).count())
-        .collect();
-    let mut order: Vec<usize> = (0..nodes.len()).filter(|&i| indegree[i] == 0).collect();
-    let mut k = 0;
-    while k < order.len() {
-        let i = order[k];
-        k += 1;
-        for &d in &dependents[i] {
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                order.push(d);
-            }
-        }
-    }
-    let mut rank = weight.to_vec();
-    for &i in order.iter().rev() {
-        let after = dependents[i].iter().map(|&d| rank[d]).fold(0.0, f64::max);
-        rank[i] = weight[i] + after;
-    }
-    (rank, dependents)
+    dependents
 }
 
 /// The DAG as the simulation walks it.
@@ -313,15 +284,15 @@ struct Graph<'a> {
     models: &'a [Option<Model>],
     held: &'a [bool],
     dependents: Vec<Vec<usize>>,
-    /// Start order among ready jobs: a larger key starts first.
-    priority: Vec<u32>,
 }
 
 #[derive(Default)]
 struct Scratch {
     /// Dependencies not yet ended, per job.
     open: Vec<u32>,
-    ready: std::collections::BinaryHeap<(u32, usize)>,
+    /// Ready jobs in the engine's start order: the higher priority, then
+    /// the earlier job.
+    ready: std::collections::BinaryHeap<(u32, std::cmp::Reverse<usize>)>,
     /// (end time as bits of a non-negative f64, job): the earliest first.
     running: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
 }
@@ -358,13 +329,13 @@ fn simulate(g: &Graph<'_>, max_parallel: usize, now: f64, rng: &mut fastrand::Rn
     }
     for (i, node) in g.nodes.iter().enumerate() {
         if node.state == State::Pending && !g.held[i] && s.open[i] == 0 {
-            s.ready.push((g.priority[i], i));
+            s.ready.push((node.priority, Reverse(i)));
         }
     }
     let mut t = now;
     loop {
         while s.running.len() < max_parallel {
-            let Some((_, i)) = s.ready.pop() else { break };
+            let Some((_, Reverse(i))) = s.ready.pop() else { break };
             let d = g.models[i].as_ref().map_or(0.0, |m| m.draw(shift, rng));
             s.running.push(Reverse(((t + d).to_bits(), i)));
         }
@@ -377,7 +348,7 @@ fn simulate(g: &Graph<'_>, max_parallel: usize, now: f64, rng: &mut fastrand::Rn
         for &k in &g.dependents[i] {
             s.open[k] = s.open[k].saturating_sub(1);
             if s.open[k] == 0 && g.nodes[k].state == State::Pending && !g.held[k] {
-                s.ready.push((g.priority[k], k));
+                s.ready.push((g.nodes[k].priority, Reverse(k)));
             }
         }
     }
@@ -393,6 +364,7 @@ mod tests {
             deps: deps.to_vec(),
             state,
             history: history.to_vec(),
+            priority: 0,
         }
     }
 

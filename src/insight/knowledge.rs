@@ -140,7 +140,7 @@ pub struct KnowledgeBase {
     rules: Vec<Rule>,
     set: RegexSet,
     /// Per pattern, for its captures once a rule has won.
-    regexes: Vec<Lazy>,
+    regexes: Vec<Regex>,
     /// Per pattern: the scope of the rule it belongs to.
     scopes: Vec<Scope>,
 }
@@ -151,6 +151,7 @@ impl KnowledgeBase {
         let mut seen = HashSet::new();
         let mut rules = Vec::with_capacity(file.rules.len());
         let mut sources = Vec::new();
+        let mut regexes = Vec::new();
         let mut scopes = Vec::new();
         for def in file.rules {
             let invalid = |what: String| RulesError::Invalid {
@@ -181,9 +182,8 @@ impl KnowledgeBase {
             let mut groups = HashSet::new();
             let mut indices = Vec::new();
             for (index, p) in def.patterns.iter().enumerate() {
-                // Compiled here once to check it and name its groups; the
-                // scan uses the set, and compiles a pattern again only to
-                // read its captures for a diagnosis.
+                // Checked and kept: the scan uses the set, a diagnosis the
+                // pattern's own captures.
                 let re = regex::RegexBuilder::new(p)
                     .case_insensitive(true)
                     .size_limit(1 << 20)
@@ -196,6 +196,7 @@ impl KnowledgeBase {
                 groups.extend(re.capture_names().flatten().map(str::to_string));
                 indices.push(sources.len());
                 sources.push(p.clone());
+                regexes.push(re);
                 scopes.push(def.scan);
             }
             for name in placeholders(&def.hint).into_iter().flat_map(|p| p.split('|')) {
@@ -234,7 +235,6 @@ impl KnowledgeBase {
             index: 0,
             source,
         })?;
-        let regexes = sources.into_iter().map(Lazy::new).collect();
         Ok(KnowledgeBase {
             rules,
             set,
@@ -285,6 +285,18 @@ impl KnowledgeBase {
         }
         scan.finish(end)
     }
+
+    /// The diagnosis of a failure whose class was decided without the
+    /// rules (trackside's own deadline, an attempt that could not start):
+    /// the rule for the signal that class means, read with its reason.
+    /// `None` when no rule gives that class.
+    pub fn for_class(&self, class: FailureClass, exit_code: Option<i32>, message: &str) -> Option<Diagnosis> {
+        let end = Ending {
+            signal: signal_of_class(class),
+            exit_code,
+        };
+        self.diagnose_message(message, &end).filter(|d| d.class == class)
+    }
 }
 
 impl KnowledgeBase {
@@ -298,7 +310,7 @@ impl KnowledgeBase {
             .patterns
             .iter()
             .filter_map(|&p| {
-                let re = self.regexes[p].get()?;
+                let re = &self.regexes[p];
                 lines.iter().find_map(|l| re.captures(l))
             })
             .collect();
@@ -308,33 +320,6 @@ impl KnowledgeBase {
                 .find_map(|c| c.name(name))
                 .map(|m| m.as_str().to_string())
         }))
-    }
-}
-
-/// A pattern compiled when first needed.
-#[derive(Debug)]
-struct Lazy {
-    source: String,
-    compiled: OnceLock<Option<Regex>>,
-}
-
-impl Lazy {
-    fn new(source: String) -> Lazy {
-        Lazy {
-            source,
-            compiled: OnceLock::new(),
-        }
-    }
-
-    fn get(&self) -> Option<&Regex> {
-        self.compiled
-            .get_or_init(|| {
-                regex::RegexBuilder::new(&self.source)
-                    .case_insensitive(true)
-                    .build()
-                    .ok()
-            })
-            .as_ref()
     }
 }
 
@@ -423,7 +408,7 @@ impl Scan<'_> {
         let captures: Vec<regex::Captures<'_>> = rule
             .patterns
             .iter()
-            .filter_map(|&p| kb.regexes[p].get()?.captures(&self.hits[p].as_ref()?.text))
+            .filter_map(|&p| kb.regexes[p].captures(&self.hits[p].as_ref()?.text))
             .collect();
         let hint = render(&rule.hint, |name| {
             captures
@@ -473,7 +458,7 @@ fn render(hint: &str, value: impl Fn(&str) -> Option<String>) -> String {
 
 /// The rules' view of a failed class decided without them (trackside's own
 /// deadline, an attempt that could not start): the signal that class means.
-pub fn signal_of_class(class: FailureClass) -> Option<Signal> {
+fn signal_of_class(class: FailureClass) -> Option<Signal> {
     match class {
         FailureClass::Timeout => Some(Signal::Timeout),
         FailureClass::Oom => Some(Signal::Oom),

@@ -90,15 +90,26 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A pipeline file as history keys it: its absolute path, so runs from any
+/// folder are one series.
+pub fn pipeline_key(file: &std::path::Path) -> String {
+    std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Each job's durations in the pipeline's recent runs (the sum of its
 /// attempts in a run; cancelled attempts left out), oldest first, at most
-/// `per_job` a job, read from the pipeline's newest `max_rows` attempts.
+/// `per_job` a job, read from the pipeline's newest attempts (twice what
+/// `jobs` jobs would need, within bounds).
 pub fn recent_durations(
     conn: &Connection,
     pipeline: &str,
-    max_rows: usize,
+    jobs: usize,
     per_job: usize,
 ) -> rusqlite::Result<std::collections::BTreeMap<String, Vec<f64>>> {
+    let max_rows = jobs.saturating_mul(per_job).saturating_mul(2).clamp(1_000, 200_000);
     let mut stmt = conn.prepare_cached(
         "SELECT run_id, job, duration_ms FROM attempts WHERE pipeline = ?1 AND outcome != 'cancelled' \
          ORDER BY started_ms DESC LIMIT ?2",

@@ -325,10 +325,10 @@ impl Index {
     pub fn recent_durations(
         &self,
         pipeline: &str,
-        max_rows: usize,
+        jobs: usize,
         per_job: usize,
     ) -> Result<std::collections::BTreeMap<String, Vec<f64>>, StoreError> {
-        self.with(|c| super::history::recent_durations(c, pipeline, max_rows, per_job))
+        self.with(|c| super::history::recent_durations(c, pipeline, jobs, per_job))
     }
 
     /// The attempts `filter` wants, oldest first.
