@@ -58,6 +58,7 @@ fn big_app() -> App {
             has_image: false,
             stage: None,
             facts: Vec::new(),
+            flake_pct: None,
         })
         .collect();
     app.model.apply(&ev(EventKind::RunStarted {

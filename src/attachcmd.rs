@@ -201,18 +201,27 @@ fn recorded_entry(l: &RecordedLine) -> store::LogEntry {
 pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
     yield_to_the_run(STREAM_NICE);
-    stream_runtime()?.block_on(async move {
+    // Not live, or the job ended before we listened: the record is all there is.
+    let recorded = || {
+        if let Ok((_, entries)) = store::read_log(&dir, job, None) {
+            let out: String = entries.iter().map(print).collect();
+            write_out(&out);
+        }
+        Ok(0)
+    };
+    stream_runtime()?.block_on(async {
         let Ok(link) = RemoteLink::connect(&dir, true).await else {
-            // Not live: the record is all there is.
-            if let Ok((_, entries)) = store::read_log(&dir, job, None) {
-                let out: String = entries.iter().map(print).collect();
-                write_out(&out);
-            }
-            return Ok(0);
+            return recorded();
         };
         // Live first, then the record: a line written in between is in
         // both, and its number says it was printed.
         let mut events = link.subscribe(LIVE).await.map_err(link_fail)?;
+        // The record is written before an event goes out, so a job that
+        // ended before the subscription is settled in it; one that ends
+        // after sends its end to us.
+        if store::job_settled(&dir, job) {
+            return recorded();
+        }
         let attempt = store::log_attempts(&dir, job).last().copied().unwrap_or(1);
         let mut signals = Signals::new();
         let print = |l: &RecordedLine| print(&recorded_entry(l));

@@ -690,6 +690,38 @@ fn write_spaces(out: &mut impl Write, n: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Failed test cases shown in the text output, at most (the UI and
+/// `trackside tests` list them all).
+const TESTS_SHOWN: usize = 5;
+
+/// `:: job  failed test: name: message`, one line per failed test case
+/// (then those that passed only on a rerun), at most [`TESTS_SHOWN`].
+fn test_lines(job: &str, w: usize, report: &crate::protocol::TestReport) -> String {
+    let mut lines: Vec<String> = report
+        .cases
+        .iter()
+        .take(TESTS_SHOWN)
+        .map(|c| {
+            let what = match (c.outcome.as_str(), c.quarantined) {
+                ("failed", true) => "failed test (quarantined)",
+                ("failed", false) => "failed test",
+                _ => "passed on a rerun",
+            };
+            let msg = c
+                .message
+                .as_deref()
+                .map(|m| format!(": {}", first_line(m)))
+                .unwrap_or_default();
+            format!(":: {job:<w$} {what}: {}{msg}", c.name)
+        })
+        .collect();
+    let more = (report.failed + report.rerun).saturating_sub(lines.len());
+    if more > 0 {
+        lines.push(format!(":: {job:<w$}   and {more} more (trackside tests lists them)"));
+    }
+    lines.join("\n")
+}
+
 pub fn seconds(ms: u64) -> String {
     let s = ms as f64 / 1000.0;
     if s < 60.0 {
@@ -708,7 +740,10 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
     let w = *width;
     Some(match kind {
         // The rollout's notes arrive as log lines; its status is for --json and the UI.
-        EventKind::Rollout { .. } | EventKind::RolloutDecision { .. } | EventKind::Forecast { .. } => return None,
+        EventKind::Rollout { .. }
+        | EventKind::RolloutDecision { .. }
+        | EventKind::Forecast { .. }
+        | EventKind::History { .. } => return None,
         // Its line is in the log; the list comes after the summary.
         EventKind::Annotation { .. } => return None,
         // The group's `▸ title` line is in the log.
@@ -786,6 +821,8 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
                 .unwrap_or_default(),
             seconds(*delay_ms)
         ),
+        EventKind::TestsReported { report, .. } if report.failed == 0 && report.rerun == 0 => return None,
+        EventKind::TestsReported { job, report, .. } => test_lines(job, w, report),
         EventKind::JobSkipped { job, reason } => format!(":: {job:<w$} skipped: {reason}"),
         EventKind::JobDelayed { job, start_in_ms } => format!(
             ":: {job:<w$} delayed: starts in {} (approving it starts it at once)",

@@ -187,13 +187,8 @@ pub fn tests(state: &Path, run: &str, job: Option<&str>, json: bool) -> Result<u
 /// or written atomically to FILE (node_exporter's textfile collector reads
 /// `*.prom` files of a folder).
 pub fn metrics(state: &Path, pipeline: Option<&Path>, output: Option<&Path>) -> Result<u8, Fail> {
-    use trackside::insight::metrics;
     let index = Index::open(state)?;
-    let rows = index.attempts(&Filter {
-        pipeline: pipeline.map(pipeline_key),
-        ..Filter::default()
-    })?;
-    let text = metrics::prometheus(&rows, &flaky::analyse(&rows));
+    let text = trackside::engine::history::prometheus(&index, pipeline.map(pipeline_key).as_deref())?;
     match output {
         None => write_out(&text),
         Some(path) => {
@@ -211,122 +206,76 @@ pub fn metrics(state: &Path, pipeline: Option<&Path>, output: Option<&Path>) -> 
 /// `trackside stats`: each pipeline's recent runs at a glance: how long
 /// they took, which failed, why, and its flaky jobs.
 pub fn stats(state: &Path, pipeline: Option<&Path>, last: usize, json: bool) -> Result<u8, Fail> {
-    use trackside::insight::metrics;
     let index = Index::open(state)?;
     let rows = index.attempts(&Filter {
         pipeline: pipeline.map(pipeline_key),
         ..Filter::default()
     })?;
-    let found = flaky::analyse(&rows);
-    let mut by_pipeline: std::collections::BTreeMap<String, Vec<metrics::RunFigures>> = Default::default();
-    for r in metrics::runs(&rows) {
-        by_pipeline.entry(r.pipeline.clone()).or_default().push(r);
-    }
-    let mut report = Vec::new();
-    for (p, runs) in &by_pipeline {
-        let recent = &runs[runs.len().saturating_sub(last.max(1))..];
-        let mut durations: Vec<u64> = recent.iter().map(|r| r.duration_ms).collect();
-        let series = durations.clone();
-        durations.sort_unstable();
-        let pick = |q: f64| durations[((durations.len() - 1) as f64 * q).round() as usize];
-        let mut classes: std::collections::BTreeMap<&str, u32> = Default::default();
-        for r in recent {
-            for (c, n) in &r.failures {
-                *classes.entry(c.as_str()).or_insert(0) += n;
-            }
-        }
-        let mut classes: Vec<(&str, u32)> = classes.into_iter().collect();
-        classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut flaky_jobs: Vec<&flaky::Flakiness> = found
-            .iter()
-            .filter(|f| f.pipeline == *p && f.verdict == Verdict::Flaky)
-            .collect();
-        flaky_jobs.sort_by(|a, b| b.rate.total_cmp(&a.rate));
-        flaky_jobs.truncate(5);
-        report.push(serde_json::json!({
-            "pipeline": p,
-            "runs": recent.len(),
-            "failed": recent.iter().filter(|r| r.failed).count(),
-            "p50_ms": pick(0.5),
-            "p90_ms": pick(0.9),
-            "durations_ms": series,
-            "results": recent.iter().map(|r| if r.failed { "failed" } else { "passed" }).collect::<Vec<_>>(),
-            "failures_by_class": classes.iter().map(|(c, n)| serde_json::json!({"class": c, "attempts": n})).collect::<Vec<_>>(),
-            "flaky": flaky_jobs.iter().map(|f| serde_json::json!({"job": f.job, "rate": f.rate, "low": f.low, "high": f.high})).collect::<Vec<_>>(),
-        }));
-    }
+    let report = trackside::insight::metrics::stats(&rows, &flaky::analyse(&rows), last);
     if json {
-        write_out(&format!("{}\n", serde_json::Value::Array(report)));
+        let text = serde_json::to_string(&report).map_err(|e| Fail(format!("cannot write JSON: {e}"), 1))?;
+        write_out(&format!("{text}\n"));
         return Ok(0);
     }
     if report.is_empty() {
         write_out("no runs in history yet: each `trackside run` adds one\n");
         return Ok(0);
     }
+    let mut out = String::new();
+    for r in &report {
+        out.push_str(&stats_text(r));
+    }
+    write_out(&out);
+    Ok(0)
+}
+
+/// `trackside stats`' text for one pipeline.
+fn stats_text(r: &trackside::protocol::view::PipelineStats) -> String {
     let clock = |ms: u64| {
         let s = (ms + 500) / 1000;
         format!("{}:{:02}", s / 60, s % 60)
     };
-    let mut out = String::new();
-    for r in &report {
-        let n = r["runs"].as_u64().unwrap_or(0);
-        let failed = r["failed"].as_u64().unwrap_or(0);
-        let series: Vec<u64> = r["durations_ms"]
-            .as_array()
-            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
-            .unwrap_or_default();
-        let marks: String = r["results"]
-            .as_array()
-            .map(|a| a.iter().map(|v| if v == "failed" { 'x' } else { '.' }).collect())
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "{} (last {n} runs, oldest first)\n",
-            r["pipeline"].as_str().unwrap_or("")
-        ));
-        out.push_str(&format!(
-            "  duration  p50 {}  p90 {}  {}\n",
-            clock(r["p50_ms"].as_u64().unwrap_or(0)),
-            clock(r["p90_ms"].as_u64().unwrap_or(0)),
-            sparkline(&series, 60)
-        ));
-        out.push_str(&format!(
-            "  failed    {failed} of {n} ({:.0}%)  {}\n",
-            if n == 0 { 0.0 } else { failed as f64 * 100.0 / n as f64 },
-            &marks[marks.len().saturating_sub(60)..]
-        ));
-        let classes: Vec<String> = r["failures_by_class"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| format!("{} {}", c["class"].as_str().unwrap_or(""), c["attempts"]))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !classes.is_empty() {
-            out.push_str(&format!("  failed attempts by class: {}\n", classes.join(", ")));
-        }
-        let flaky: Vec<String> = r["flaky"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|f| {
-                        format!(
-                            "{} {:.0}% [{:.0}%, {:.0}%]",
-                            f["job"].as_str().unwrap_or(""),
-                            f["rate"].as_f64().unwrap_or(0.0) * 100.0,
-                            f["low"].as_f64().unwrap_or(0.0) * 100.0,
-                            f["high"].as_f64().unwrap_or(0.0) * 100.0
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !flaky.is_empty() {
-            out.push_str(&format!("  flaky: {}\n", flaky.join(", ")));
-        }
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    let marks: String = r
+        .results
+        .iter()
+        .map(|v| if v == "failed" { 'x' } else { '.' })
+        .collect();
+    let mut out = format!("{} (last {} runs, oldest first)\n", r.pipeline, r.runs);
+    out.push_str(&format!(
+        "  duration  p50 {}  p90 {}  {}\n",
+        clock(r.p50_ms),
+        clock(r.p90_ms),
+        sparkline(&r.durations_ms, 60)
+    ));
+    out.push_str(&format!(
+        "  failed    {} of {} ({:.0}%)  {}\n",
+        r.failed,
+        r.runs,
+        if r.runs == 0 {
+            0.0
+        } else {
+            r.failed as f64 * 100.0 / r.runs as f64
+        },
+        &marks[marks.len().saturating_sub(60)..]
+    ));
+    if !r.failures_by_class.is_empty() {
+        let classes: Vec<String> = r
+            .failures_by_class
+            .iter()
+            .map(|c| format!("{} {}", c.class, c.attempts))
+            .collect();
+        out.push_str(&format!("  failed attempts by class: {}\n", classes.join(", ")));
     }
-    write_out(&out);
-    Ok(0)
+    if !r.flaky.is_empty() {
+        let flaky: Vec<String> = r
+            .flaky
+            .iter()
+            .map(|f| format!("{} {} [{}, {}]", f.job, pct(f.rate), pct(f.low), pct(f.high)))
+            .collect();
+        out.push_str(&format!("  flaky: {}\n", flaky.join(", ")));
+    }
+    out
 }
 
 /// One failed attempt as `trackside explain` shows it.
@@ -549,9 +498,13 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
             " (other branches)"
         };
         out.push_str(&format!("{name}{branches}  {}\n", f.summary()));
-        let held = quarantined
-            .iter()
-            .any(|q| q.name == f.job && q.applies(&f.pipeline, now));
+        // A test case (`JOB › TEST`) is held by its own entry or its name's.
+        let test = f.job.split_once(" › ").map(|(_, t)| t);
+        let held = quarantined.iter().any(|q| {
+            q.applies(&f.pipeline, now)
+                && (q.name == f.job
+                    || test.is_some_and(|t| trackside::engine::junit::quarantined(std::slice::from_ref(&q.name), t)))
+        });
         let mut evidence = Vec::new();
         if f.passed_on_retry > 0 {
             evidence.push(format!("passed on a retry in {} run(s)", f.passed_on_retry));
@@ -601,7 +554,7 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
         }
         if held {
             out.push_str("  in quarantine: its failures do not fail runs\n");
-        } else if f.verdict == Verdict::Flaky && f.low > 0.02 && !f.job.contains(" › ") {
+        } else if f.verdict == Verdict::Flaky && f.low > 0.02 {
             // Very likely flaky (its interval is clear of zero): quarantine
             // keeps it running without failing runs. Never done unasked.
             out.push_str(&format!(
@@ -653,9 +606,11 @@ pub fn quarantine(state: &Path, cmd: QuarantineCmd<'_>, pipeline: Option<&Path>)
     let pipeline = pipeline.map(pipeline_key);
     match cmd {
         QuarantineCmd::Add { name, until } => {
-            if name.contains(" › ") {
+            if name.trim().is_empty() || name.split(" › ").any(|part| part.trim().is_empty()) {
                 return Err(Fail(
-                    format!("`{name}` is a test case: trackside quarantines jobs, not test cases yet"),
+                    format!(
+                        "`{name}`: name a job, a test case (`JOB › TEST`, as `trackside flaky` prints it) or a test case's name"
+                    ),
                     2,
                 ));
             }
@@ -667,13 +622,18 @@ pub fn quarantine(state: &Path, cmd: QuarantineCmd<'_>, pipeline: Option<&Path>)
             };
             index.quarantine_add(&q)?;
             write_out(&format!(
-                "quarantined `{name}`{}{}: it still runs, and its failure is reported as QUARANTINED without failing the run\n",
+                "quarantined `{name}`{}{}: it still runs, and {} reported as QUARANTINED without failing the run\n",
                 if q.pipeline.is_empty() {
                     String::new()
                 } else {
                     format!(" in {}", q.pipeline)
                 },
-                q.until_ms.map(|u| format!(" until {}", when(u))).unwrap_or_default()
+                q.until_ms.map(|u| format!(" until {}", when(u))).unwrap_or_default(),
+                if name.contains(" › ") {
+                    "a job that fails only in it is"
+                } else {
+                    "its failure is (a job of that name; for a test case of that name, a job that fails only in it)"
+                }
             ));
             Ok(0)
         }

@@ -81,14 +81,14 @@ enum OutputFormat {
 
 #[derive(clap::Subcommand)]
 enum QuarantineAction {
-    /// Put a job in quarantine.
+    /// Put a job or a test case in quarantine.
     Add {
         name: String,
         /// Until then: a date (2026-12-31), a time, or a span from now (14d).
         #[arg(long)]
         until: Option<String>,
     },
-    /// Take a job out of quarantine.
+    /// Take a job or a test case out of quarantine.
     Remove { name: String },
     /// What is in quarantine, and until when.
     List {
@@ -370,9 +370,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
-    /// Keep a flaky job running without letting it fail runs: `add NAME
-    /// [--until 2026-12-31|14d]`, `remove NAME`, `list`. NAME is a job's
-    /// name (or a GitHub job id: every job of its matrix).
+    /// Keep a flaky job or test case running without letting it fail runs:
+    /// `add NAME [--until 2026-12-31|14d]`, `remove NAME`, `list`. NAME is a
+    /// job's name (or a GitHub job id: every job of its matrix), a test case
+    /// of one job as `trackside flaky` names it (`JOB › TEST`), or a test
+    /// case's name in any job.
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,

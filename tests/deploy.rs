@@ -154,6 +154,15 @@ async fn abort_at_a_manual_gate_sends_everything_to_stable_and_records_who() {
         metrics.contains("# TYPE trackside_request_duration_seconds histogram"),
         "{metrics}"
     );
+    // After the service's numbers, the pipeline's from history: the
+    // first deploy's run and its job's attempt.
+    assert!(metrics.contains("# TYPE trackside_runs_total counter"), "{metrics}");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("trackside_job_attempts_total{") && l.ends_with(",job=\"web\",outcome=\"passed\"} 1")
+        ),
+        "{metrics}"
+    );
     let wrong = r.handle.rollout("nope", Command::Abort).await;
     assert!(wrong.is_err(), "an unknown job is refused");
     r.handle.rollout("web", Command::Abort).await.expect("abort");

@@ -210,11 +210,37 @@ fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit()
         &state,
         &["run", "p.yml", "--json", "--var", &vars[0], "--var", &vars[1]],
     );
-    let planned = String::from_utf8_lossy(&next.stdout)
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&next.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    let planned = events
+        .iter()
         .find(|e| e["type"] == "plan_changed")
         .expect("plan_changed");
+    // The flaky job's box carries its rate; the broken one's does not.
+    let flake_pct = |job: &str| {
+        planned["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["name"] == job))
+            .and_then(|j| j["flake_pct"].as_u64())
+    };
+    assert!(flake_pct("test").is_some_and(|p| (1..=100).contains(&p)), "{planned}");
+    assert_eq!(flake_pct("build"), None, "{planned}");
+    // The dashboard's figures: the past runs of this pipeline, oldest first.
+    let history = events.iter().find(|e| e["type"] == "history").expect("a history event");
+    assert_eq!(
+        history["stats"]["runs"].as_u64(),
+        Some(30),
+        "the last 30 of 40: {history}"
+    );
+    assert_eq!(history["stats"]["durations_ms"].as_array().map(Vec::len), Some(30));
+    assert!(
+        history["stats"]["flaky"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["job"] == "test")),
+        "{history}"
+    );
     let fact = |job: &str| {
         planned["jobs"]
             .as_array()
@@ -369,6 +395,97 @@ fn a_quarantined_job_still_runs_and_its_failure_does_not_fail_the_run() {
     assert_eq!(run().status.code(), Some(1), "out of quarantine, it fails runs again");
     let again = trackside(&project, &state, &["quarantine", "remove", "e2e"]);
     assert_eq!(again.status.code(), Some(1));
+}
+
+/// `unit` fails in `test_clock` (and, when `$BOTH` is set, in
+/// `test_money` too); `lint` passes.
+const FAILING_TESTS: &str = r#"name: tq
+jobs:
+  lint:
+    steps: [{script: ['echo lint']}]
+  unit:
+    reports: {junit: ['report.xml']}
+    steps:
+      - script:
+          - 'if [ -n "$BOTH" ]; then m="<failure message=\"0.1 + 0.2 != 0.3\"/>"; else m=""; fi'
+          - 'printf "<testsuite name=\"t\"><testcase classname=\"tests.time\" name=\"test_clock\"><failure message=\"clock skew 3s\"/></testcase><testcase classname=\"tests.money\" name=\"test_money\">%s</testcase></testsuite>" "$m" > report.xml'
+          - 'echo "FAILED tests/time.py::test_clock"'
+          - 'exit 1'
+"#;
+
+#[test]
+fn a_quarantined_test_case_keeps_a_job_that_fails_only_in_it_from_failing_the_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("p.yml"), FAILING_TESTS).expect("write");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "p.yml", "--headless"];
+        args.extend_from_slice(extra);
+        trackside(&project, &state, &args)
+    };
+    let out = run(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The text output names the failed test case and its message.
+    assert!(
+        text.contains("unit failed test: tests.time::test_clock: clock skew 3s"),
+        "{text}"
+    );
+    let add = trackside(
+        &project,
+        &state,
+        &["quarantine", "add", "unit › tests.time::test_clock"],
+    );
+    assert_eq!(add.status.code(), Some(0), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(
+        String::from_utf8_lossy(&add.stdout).contains("a job that fails only in it is reported as QUARANTINED"),
+        "{}",
+        String::from_utf8_lossy(&add.stdout)
+    );
+    let out = run(&["--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "only the quarantined test failed: {text}");
+    let events: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let report = events
+        .iter()
+        .find(|e| e["type"] == "tests_reported")
+        .expect("a tests_reported event");
+    assert_eq!(report["job"], "unit");
+    assert_eq!(report["report"]["failed"], 1);
+    assert_eq!(report["report"]["passed"], 1);
+    assert_eq!(report["report"]["cases"][0]["name"], "tests.time::test_clock");
+    assert_eq!(report["report"]["cases"][0]["quarantined"], true);
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "run_finished")
+        .expect("run_finished");
+    let unit = finished["summary"]["jobs"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["name"] == "unit"))
+        .expect("unit");
+    assert_eq!(unit["verdict"], "QUARANTINED", "{unit}");
+    assert!(
+        unit["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed only in quarantined test: tests.time::test_clock")),
+        "{unit}"
+    );
+    // Another test failing too: the job fails the run as before.
+    let both = run(&["--var", "BOTH=1"]);
+    assert_eq!(both.status.code(), Some(1), "{}", String::from_utf8_lossy(&both.stdout));
+    // A bare test name holds that test in any job.
+    trackside(
+        &project,
+        &state,
+        &["quarantine", "remove", "unit › tests.time::test_clock"],
+    );
+    assert_eq!(run(&[]).status.code(), Some(1), "out of quarantine");
+    trackside(&project, &state, &["quarantine", "add", "test_clock"]);
+    assert_eq!(run(&[]).status.code(), Some(0), "held by its own name");
+    let empty = trackside(&project, &state, &["quarantine", "add", "unit › "]);
+    assert_eq!(empty.status.code(), Some(2));
 }
 
 #[test]

@@ -34,6 +34,7 @@ fn planned(name: &str, deps: &[&str], level: usize, when: When) -> PlannedJob {
         has_image: true,
         stage: None,
         facts: Vec::new(),
+        flake_pct: None,
     }
 }
 
@@ -293,7 +294,7 @@ fn help_shows_every_key_even_at_80x24() {
         seen.push_str(&text);
         // The hint under the keys is whole too.
         assert!(
-            text.contains("other keys close this help") || text.contains("Any key closes this help"),
+            text.contains("other keys close this") || text.contains("Any key closes this"),
             "the hint is cut at 80x24:\n{text}"
         );
         if !text.contains("j/↓: more") {
@@ -1939,4 +1940,210 @@ fn the_header_shows_the_forecast_from_history() {
         text.lines().next().is_some_and(|h| h.contains("ETA ? (p90 00:10)")),
         "{text}"
     );
+}
+
+/// The failing job's JUnit report: one failed case whose name its log
+/// mentions, one quarantined, one that passed only on a rerun.
+fn tests_reported() -> Event {
+    use trackside::protocol::{TestCaseView, TestReport};
+    ev(
+        1_900,
+        EventKind::TestsReported {
+            job: "test-flaky".into(),
+            attempt: 1,
+            report: TestReport {
+                passed: 40,
+                failed: 2,
+                skipped: 1,
+                rerun: 1,
+                cases: vec![
+                    TestCaseView {
+                        name: "shop.tests::test_payment".into(),
+                        outcome: "failed".into(),
+                        message: Some("assertion failed: left == right\n  left: 503\n right: 200".into()),
+                        duration_ms: 1_250,
+                        reruns_failed: 0,
+                        quarantined: false,
+                    },
+                    TestCaseView {
+                        name: "shop.tests::test_clock_skew".into(),
+                        outcome: "failed".into(),
+                        message: Some("timed out after 5s".into()),
+                        duration_ms: 5_000,
+                        reruns_failed: 0,
+                        quarantined: true,
+                    },
+                    TestCaseView {
+                        name: "shop.tests::test_cart_total".into(),
+                        outcome: "passed".into(),
+                        message: Some("first try: connection reset".into()),
+                        duration_ms: 300,
+                        reruns_failed: 1,
+                        quarantined: false,
+                    },
+                ],
+            },
+        },
+    )
+}
+
+#[test]
+fn a_failed_jobs_tests_show_failed_first_with_the_log_lines_that_name_them_at_80x24() {
+    let mut evs = failed_events();
+    let at = evs.len() - 3;
+    evs.insert(at, tests_reported());
+    evs.insert(
+        at,
+        line(
+            1_402,
+            "test-flaky",
+            1,
+            "FAILED shop/tests.py::test_payment - assert 503 == 200",
+        ),
+    );
+    let mut app = app_with(&evs, color());
+    app.wide = false;
+    select(&mut app, "test-flaky");
+    // The detail pane names the failing test, and the key that lists them.
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    app.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    let text = screen(&app, 80, 24).to_string();
+    assert!(
+        text.contains("tests: 2 failed of 43, 1 passed only on a rerun; failing tests: test_payment"),
+        "{text}"
+    );
+    assert!(text.contains("(script) and 1 more (t lists them)"), "{text}");
+    assert!(app.available(trackside::ui::keys::Action::Tests));
+    app.handle_key(key('t'));
+    let shown = screen(&app, 80, 24);
+    let text = shown.to_string();
+    assert!(text.contains("tests · test-flaky · attempt 1"), "{text}");
+    assert!(
+        text.contains("2 failed, 40 passed, 1 skipped, 1 passed only on a rerun"),
+        "{text}"
+    );
+    // Failed first, with its message and where the log names it.
+    let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} in:\n{text}"));
+    assert!(pos("✖ shop.tests::test_payment") < pos("test_clock_skew"), "{text}");
+    assert!(pos("test_clock_skew") < pos("test_cart_total"), "{text}");
+    assert!(text.contains("    assertion failed: left == right"), "{text}");
+    // The line that names it, with the one before.
+    assert!(text.contains("log     3 assertion failed: left == right"), "{text}");
+    assert!(
+        text.contains("log     4 FAILED shop/tests.py::test_payment - assert 503 == 200"),
+        "{text}"
+    );
+    assert!(text.contains("quarantined"), "{text}");
+    assert!(text.contains("passed on a rerun after 1 failed try"), "{text}");
+    insta::assert_snapshot!("80x24_tests", shown);
+    // Any other key closes it.
+    app.handle_key(key('x'));
+    assert!(!screen(&app, 80, 24).to_string().contains("test_clock_skew"));
+}
+
+#[test]
+fn a_job_without_a_report_says_how_to_declare_one() {
+    let mut app = app_with(&failed_events(), color());
+    select(&mut app, "test-flaky");
+    assert!(!app.available(trackside::ui::keys::Action::Tests));
+    app.handle_key(key('t'));
+    let text = screen(&app, 100, 30).to_string();
+    assert!(
+        text.contains("`test-flaky` has no test report (yet): declare its JUnit reports"),
+        "{text}"
+    );
+    assert_eq!(app.mode, Mode::Normal);
+}
+
+#[test]
+fn history_marks_flaky_boxes_and_the_dashboard_charts_recent_runs_at_80x24() {
+    use trackside::protocol::view::{ClassCount, FlakyJob, PipelineStats};
+    let mut app = App::new(color());
+    app.model.apply(&ev(
+        0,
+        EventKind::RunStarted {
+            run_id: "20261123-120000-abcd".into(),
+            pipeline: "demo".into(),
+            jobs: vec![],
+            max_parallel: 2,
+        },
+    ));
+    let mut flaky = planned("test-flaky", &["build"], 1, When::OnSuccess);
+    flaky.flake_pct = Some(18);
+    app.model.apply(&ev(
+        0,
+        EventKind::PlanChanged {
+            jobs: vec![
+                planned("build", &[], 0, When::OnSuccess),
+                planned("test", &["build"], 1, When::OnSuccess),
+                flaky,
+            ],
+            critical_path: vec!["build".into(), "test".into()],
+            stages: Vec::new(),
+        },
+    ));
+    let durations: Vec<u64> = vec![
+        60_000, 62_000, 58_000, 90_000, 61_000, 63_000, 120_000, 59_000, 60_500, 61_500,
+    ];
+    let results: Vec<String> = durations
+        .iter()
+        .map(|&d| if d >= 90_000 { "failed" } else { "passed" }.to_string())
+        .collect();
+    app.model.apply(&ev(
+        0,
+        EventKind::History {
+            stats: PipelineStats {
+                pipeline: "/work/shop/trackside.yml".into(),
+                runs: 10,
+                failed: 2,
+                p50_ms: 61_000,
+                p90_ms: 90_000,
+                durations_ms: durations,
+                results,
+                failures_by_class: vec![
+                    ClassCount {
+                        class: "network".into(),
+                        attempts: 3,
+                    },
+                    ClassCount {
+                        class: "script".into(),
+                        attempts: 1,
+                    },
+                ],
+                flaky: vec![FlakyJob {
+                    job: "test-flaky".into(),
+                    rate: 0.18,
+                    low: 0.09,
+                    high: 0.30,
+                }],
+            },
+        },
+    ));
+    app.now = T0 + 5_000;
+    app.wide = false;
+    let text = screen(&app, 80, 24).to_string();
+    assert!(text.contains("⚑18%"), "the flaky job's box carries its rate:\n{text}");
+    assert_eq!(text.matches('⚑').count(), 1, "{text}");
+    app.handle_key(key('D'));
+    let shown = screen(&app, 80, 24);
+    let text = shown.to_string();
+    assert!(text.contains("the last 10, oldest first"), "{text}");
+    assert!(text.contains("p50 1:01  p90 1:30  longest 2:00"), "{text}");
+    assert!(text.contains("2 of 10 (20%)"), "{text}");
+    assert!(text.contains("network 3, script 1"), "{text}");
+    assert!(text.contains("test-flaky  18% [9%, 30%]"), "{text}");
+    insta::assert_snapshot!("80x24_history", shown);
+    // --ascii keeps to ASCII.
+    let mut plain = app_with(
+        &[],
+        Theme {
+            color: false,
+            ascii: true,
+        },
+    );
+    plain.model.history = app.model.history.clone();
+    plain.handle_key(key('D'));
+    let text = screen(&plain, 80, 24).to_string();
+    assert!(text.is_ascii(), "{text}");
+    assert!(text.contains('#'), "{text}");
 }

@@ -87,6 +87,9 @@ pub struct Io {
     pub cancel: CancellationToken,
     /// Extra environment for the replicas.
     pub env: Vec<(String, String)>,
+    /// The pipelines' metrics from history (as `trackside metrics` prints
+    /// them), served on `metrics_listen` after the service's.
+    pub pipeline_metrics: Option<super::router::ExtraMetrics>,
 }
 
 impl Io {
@@ -253,6 +256,7 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
                 spec.service.clone(),
                 l,
                 stop.clone(),
+                io.pipeline_metrics.clone(),
             ));
         }
         let metrics = match &spec.metrics {

@@ -445,17 +445,34 @@ impl Router {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) until `stop`.
-pub async fn serve_metrics(router: Arc<Router>, service: String, listener: TcpListener, stop: CancellationToken) {
+/// More metrics for the endpoint, made at each scrape (the pipeline's, from
+/// history): blocking work, run off the async threads.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` (Prometheus text format) until `stop`: the
+/// service's traffic, then `extra`'s.
+pub async fn serve_metrics(
+    router: Arc<Router>,
+    service: String,
+    listener: TcpListener,
+    stop: CancellationToken,
+    extra: Option<ExtraMetrics>,
+) {
     super::http::serve(
         listener,
         super::http::Limits::default(),
         stop,
         move |req: Request<Incoming>| {
-            let (router, service) = (router.clone(), service.clone());
+            let (router, service, extra) = (router.clone(), service.clone(), extra.clone());
             async move {
                 let mut r = if req.uri().path() == "/metrics" {
-                    text(StatusCode::OK, &router.prometheus(&service))
+                    let mut body = router.prometheus(&service);
+                    if let Some(extra) = extra
+                        && let Ok(more) = tokio::task::spawn_blocking(move || extra()).await
+                    {
+                        body.push_str(&more);
+                    }
+                    text(StatusCode::OK, &body)
                 } else {
                     text(StatusCode::NOT_FOUND, "trackside serves /metrics here\n")
                 };

@@ -409,7 +409,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     // The store first: a damaged index stops the run before it has a record.
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
-    flake_facts(&mut pipeline, &index, &cfg.pipeline_file);
+    let past_runs = flake_facts(&mut pipeline, &index, &cfg.pipeline_file);
     let durations = past_durations(&pipeline, &index, &cfg.pipeline_file);
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
@@ -555,6 +555,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         replay: replay.clone(),
         log_lines: Default::default(),
         durations,
+        past_runs,
         forecast_at: None,
         forecast_shown: None,
     };
@@ -595,10 +596,39 @@ fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file:
     }
     let key = crate::store::history::pipeline_key(file);
     let now = store::now_ms();
+    let list: Vec<_> = list.into_iter().filter(|q| q.applies(&key, now)).collect();
+    // Test cases: `JOB › TEST` for one job's, a bare name that is no job's
+    // for any job's.
+    let is_job = |name: &str| {
+        pipeline
+            .jobs
+            .iter()
+            .any(|j| j.name == name || j.id.as_deref() == Some(name))
+    };
+    let bare: Vec<String> = list
+        .iter()
+        .filter(|q| !q.name.contains(" › ") && !is_job(&q.name))
+        .map(|q| q.name.clone())
+        .collect();
     for j in &mut pipeline.jobs {
+        let prefix = format!("{} › ", j.name);
+        j.quarantined_tests = list
+            .iter()
+            .filter_map(|q| q.name.strip_prefix(&prefix).map(str::to_string))
+            .chain(bare.iter().cloned())
+            .collect();
+        if !j.quarantined_tests.is_empty() && !j.junit.is_empty() {
+            j.facts.push((
+                "quarantined tests".into(),
+                format!(
+                    "{}: their failures alone do not fail the run",
+                    j.quarantined_tests.join(", ")
+                ),
+            ));
+        }
         let found = list
             .iter()
-            .find(|q| (q.name == j.name || j.id.as_deref() == Some(q.name.as_str())) && q.applies(&key, now));
+            .find(|q| q.name == j.name || j.id.as_deref() == Some(q.name.as_str()));
         if let Some(q) = found {
             j.quarantined = true;
             let until = q.until_ms.map_or_else(
@@ -619,10 +649,19 @@ fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file:
 /// Most recent attempts a run looks at to tell its jobs' history.
 const HISTORY_SHOWN: usize = 5_000;
 
+/// Runs the UI's dashboard charts.
+const RUNS_SHOWN: usize = 30;
+
 /// Each job's record across runs, as the UI's detail pane shows it:
 /// `flaky: 7 of 40 runs, 18% [9%, 30%] since abc12345` (or broken), with
-/// its flaky test cases. From the newest attempts of this pipeline only.
-fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file: &std::path::Path) {
+/// its flaky test cases, and its flake rate for its box. From the newest
+/// attempts of this pipeline only. Returns the pipeline's recent runs for
+/// the dashboard (None without history).
+fn flake_facts(
+    pipeline: &mut Pipeline,
+    index: &crate::store::index::Index,
+    file: &std::path::Path,
+) -> Option<crate::protocol::view::PipelineStats> {
     use crate::insight::flaky::{Verdict, analyse};
     let key = crate::store::history::pipeline_key(file);
     let filter = crate::store::history::Filter {
@@ -632,9 +671,12 @@ fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file
     };
     let rows = match index.attempts(&filter) {
         Ok(r) if !r.is_empty() => r,
-        _ => return,
+        _ => return None,
     };
     let found = analyse(&rows);
+    let stats = crate::insight::metrics::stats(&rows, &found, RUNS_SHOWN)
+        .into_iter()
+        .next();
     let tests = index.test_attempts(Some(&key)).map(|t| analyse(&t)).unwrap_or_default();
     for j in &mut pipeline.jobs {
         let Some(f) = found
@@ -643,6 +685,10 @@ fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file
         else {
             continue;
         };
+        if f.verdict == Verdict::Flaky {
+            // At least 1%: a job history calls flaky never shows 0%.
+            j.flake_pct = Some((f.rate * 100.0).round().clamp(1.0, 100.0) as u8);
+        }
         let mut text = f.summary();
         if let Some(c) = f.since.as_ref().and_then(|s| s.commit.as_deref()) {
             text.push_str(&format!(" since {}", c.chars().take(8).collect::<String>()));
@@ -659,6 +705,7 @@ fn flake_facts(pipeline: &mut Pipeline, index: &crate::store::index::Index, file
         }
         j.facts.push(("history".into(), text));
     }
+    stats
 }
 
 /// What `run --verbose` says of the run's set-up.
@@ -795,6 +842,9 @@ struct Actor {
     log_lines: super::replay::LineCounts,
     /// Each job's past durations, for the forecast (empty: no history).
     durations: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The pipeline's recent runs from history, sent once the run starts
+    /// (the UI's dashboard).
+    past_runs: Option<crate::protocol::view::PipelineStats>,
     /// When to forecast again: soon after a job transition, and every few
     /// seconds while jobs run (a running job's elapsed time changes it).
     forecast_at: Option<Instant>,
@@ -1073,6 +1123,9 @@ impl Actor {
                     );
                     self.started_at = Some(Instant::now());
                     self.apply(Input::Start, retry_tx);
+                    if let Some(stats) = self.past_runs.take() {
+                        self.emit(EventKind::History { stats });
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -1206,6 +1259,13 @@ impl Actor {
                     file: a.file,
                     line: a.line,
                     col: a.col,
+                });
+            }
+            ActorMsg::Runner(RunnerMsg::Tests { job, attempt, report }) => {
+                self.emit(EventKind::TestsReported {
+                    job: self.state.pipeline().jobs[job].name.clone(),
+                    attempt,
+                    report: *report,
                 });
             }
             ActorMsg::Runner(RunnerMsg::JobOutputs { job, outputs }) => {

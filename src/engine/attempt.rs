@@ -37,6 +37,12 @@ pub enum RunnerMsg {
         step: Arc<str>,
         annotation: super::filecmd::Annotation,
     },
+    /// The test cases its JUnit reports hold (sent before the attempt's end).
+    Tests {
+        job: JobId,
+        attempt: u32,
+        report: Box<crate::protocol::TestReport>,
+    },
     /// A GitHub job's `outputs`, evaluated when its steps have run (sent
     /// before the attempt's end).
     JobOutputs { job: JobId, outputs: Vec<(String, String)> },

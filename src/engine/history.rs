@@ -19,6 +19,18 @@ use crate::protocol::{Event, EventKind, JobStatus};
 use crate::store::history::AttemptRow;
 use crate::store::index::Index;
 
+/// The metrics of the attempts in history (of one pipeline, or all), in
+/// Prometheus' text format: `trackside metrics`, and the deploys'
+/// `/metrics` endpoint after the service's own.
+pub fn prometheus(index: &Index, pipeline: Option<&str>) -> Result<String, crate::store::StoreError> {
+    let rows = index.attempts(&crate::store::history::Filter {
+        pipeline: pipeline.map(str::to_string),
+        ..Default::default()
+    })?;
+    let flaky = crate::insight::flaky::analyse(&rows);
+    Ok(crate::insight::metrics::prometheus(&rows, &flaky))
+}
+
 /// What git says about the commit a run ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFacts {
@@ -146,10 +158,9 @@ impl History {
                     // Never started (cancelled or skipped while waiting).
                     return;
                 };
-                if cached.is_some() {
-                    return;
-                }
                 let outcome = match status {
+                    // Served from the result cache: counted as a hit, not as a run of the job.
+                    JobStatus::Succeeded if cached.is_some() => "cached",
                     JobStatus::Succeeded => "passed",
                     JobStatus::Cancelled => "cancelled",
                     _ => "failed",

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::protocol::{TestCaseView, TestReport};
 use crate::store::history::TestCaseRow;
 
 pub const MAX_FILES: usize = 200;
@@ -108,6 +109,45 @@ fn matching(ws: &Path, set: &globset::GlobSet, problems: &mut Vec<String>) -> Ve
     out
 }
 
+/// Whether test case `name` (`classname::name`) is among a job's
+/// quarantined test `entries`: an entry names it whole, or by what follows
+/// its last `::` or `.` (the test's own name).
+pub fn quarantined(entries: &[String], name: &str) -> bool {
+    let own = name.rsplit(['.', ':']).next().unwrap_or(name);
+    entries.iter().any(|e| e == name || (!own.is_empty() && e == own))
+}
+
+/// What the UI and the event stream show of an attempt's test cases: the
+/// counts, and the failed cases first, then those passed only on a rerun
+/// (slowest first within each), at most [`TestReport::MAX_CASES`].
+pub fn report(cases: &[TestCaseRow], entries: &[String]) -> TestReport {
+    let count = |o: &str| cases.iter().filter(|c| c.outcome == o).count();
+    let rerun = |c: &&TestCaseRow| c.outcome == "passed" && c.reruns_failed > 0;
+    let mut shown: Vec<&TestCaseRow> = cases.iter().filter(|c| c.outcome == "failed").collect();
+    shown.sort_by_key(|c| std::cmp::Reverse(c.duration_ms));
+    let mut reruns: Vec<&TestCaseRow> = cases.iter().filter(rerun).collect();
+    reruns.sort_by_key(|c| std::cmp::Reverse(c.duration_ms));
+    shown.extend(reruns);
+    TestReport {
+        passed: count("passed"),
+        failed: count("failed"),
+        skipped: count("skipped"),
+        rerun: cases.iter().filter(rerun).count(),
+        cases: shown
+            .into_iter()
+            .take(TestReport::MAX_CASES)
+            .map(|c| TestCaseView {
+                name: c.name.clone(),
+                outcome: c.outcome.clone(),
+                message: c.message.clone(),
+                duration_ms: c.duration_ms,
+                reruns_failed: c.reruns_failed,
+                quarantined: c.outcome == "failed" && quarantined(entries, &c.name),
+            })
+            .collect(),
+    }
+}
+
 fn suite_cases(suite: &junit_parser::TestSuite, file: &str, out: &mut Vec<TestCaseRow>) {
     use junit_parser::{RerunOrFlakyKind as K, TestStatus as S};
     for c in &suite.cases {
@@ -171,6 +211,59 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    fn case(name: &str, outcome: &str, duration_ms: u64, reruns_failed: u32) -> TestCaseRow {
+        TestCaseRow {
+            run_id: String::new(),
+            job: String::new(),
+            attempt: 1,
+            suite: "s".into(),
+            name: name.into(),
+            outcome: outcome.into(),
+            reruns_failed,
+            duration_ms,
+            message: None,
+            file: None,
+        }
+    }
+
+    #[test]
+    fn a_quarantine_entry_names_a_test_whole_or_by_its_own_name() {
+        let entries = vec!["test_clock".to_string(), "tests.money::test_sum".to_string()];
+        assert!(quarantined(&entries, "tests.time::test_clock"));
+        assert!(quarantined(&entries, "com.shop.TimeTest.test_clock"));
+        assert!(quarantined(&entries, "tests.money::test_sum"));
+        assert!(
+            !quarantined(&entries, "tests.other::test_sum"),
+            "the whole name differs"
+        );
+        assert!(!quarantined(&entries, "tests.time::test_clock_skew"));
+        assert!(!quarantined(&[], "tests.time::test_clock"));
+    }
+
+    #[test]
+    fn the_report_lists_failures_first_then_reruns_and_counts_them_all() {
+        let mut cases = vec![
+            case("a::ok", "passed", 5, 0),
+            case("a::slow_fail", "failed", 900, 0),
+            case("a::rerun", "passed", 50, 2),
+            case("a::skip", "skipped", 0, 0),
+            case("a::fast_fail", "failed", 10, 0),
+        ];
+        let r = report(&cases, &["fast_fail".to_string()]);
+        assert_eq!((r.passed, r.failed, r.skipped, r.rerun), (2, 2, 1, 1));
+        let names: Vec<&str> = r.cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a::slow_fail", "a::fast_fail", "a::rerun"]);
+        assert_eq!(r.cases.iter().filter(|c| c.quarantined).count(), 1);
+        assert!(r.cases[1].quarantined);
+        // Bounded: the counts keep every case, the list the first ones.
+        cases = (0..TestReport::MAX_CASES + 7)
+            .map(|i| case(&format!("b::t{i}"), "failed", 1, 0))
+            .collect();
+        let r = report(&cases, &[]);
+        assert_eq!(r.failed, TestReport::MAX_CASES + 7);
+        assert_eq!(r.cases.len(), TestReport::MAX_CASES);
     }
 
     #[test]

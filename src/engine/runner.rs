@@ -260,6 +260,13 @@ async fn deploy_attempt(
         audit: audit_tx,
         cancel: a.cancel.clone(),
         env,
+        pipeline_metrics: Some({
+            let index = ctx.index.clone();
+            std::sync::Arc::new(move || {
+                super::history::prometheus(&index, None)
+                    .unwrap_or_else(|e| format!("# trackside could not read the pipeline's history: {e}\n"))
+            })
+        }),
     };
     let (job_id, attempt, tx) = (a.job, a.attempt, a.tx.clone());
     // Where the rollout ended tells a rollback from a deploy that failed to run.
@@ -458,7 +465,8 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         Ok(dir_keys) => {
             let mut o = run_steps(ctx, a, job, &ws, deadline, network).await;
             if !job.junit.is_empty() {
-                record_tests(ctx, a, job, &ws).await;
+                let report = record_tests(ctx, a, job, &ws).await;
+                o.quarantined_tests = failed_in_quarantine(&o, &report);
             }
             let mut kept = artifacts::collect(ctx, a, job, &ws, o.failure.is_none()).await;
             if kept.is_ok() {
@@ -544,9 +552,26 @@ async fn build_action_images(
     Ok(built)
 }
 
+/// The failed test cases of an attempt that failed with its own exit code
+/// (not killed, timed out or unable to start), when every one of them is
+/// in quarantine; else none.
+fn failed_in_quarantine(o: &Outcome, report: &crate::protocol::TestReport) -> Vec<String> {
+    use crate::pipeline::FailureClass as C;
+    let own_exit = o.exit_code.is_some_and(|c| c != 0)
+        && o.failure
+            .is_some_and(|c| matches!(c, C::Script | C::Network | C::DiskFull));
+    let failed: Vec<&crate::protocol::TestCaseView> = report.cases.iter().filter(|c| c.outcome == "failed").collect();
+    // Every failed case is in the report's list (it shows failed ones first).
+    if !own_exit || failed.is_empty() || failed.len() < report.failed || !failed.iter().all(|c| c.quarantined) {
+        return Vec::new();
+    }
+    failed.iter().map(|c| c.name.clone()).collect()
+}
+
 /// Reads the job's JUnit reports and keeps their test cases in the store;
-/// the log says how many passed and failed, and what could not be read.
-async fn record_tests(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) {
+/// the log says how many passed and failed, and what could not be read;
+/// the UI gets the report.
+async fn record_tests(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) -> crate::protocol::TestReport {
     let (globs, root) = (job.junit.clone(), ws.to_path_buf());
     let read = tokio::task::spawn_blocking(move || super::junit::read_reports(&root, &globs)).await;
     let step: Arc<str> = Arc::from("tests");
@@ -558,7 +583,7 @@ async fn record_tests(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) 
         note(a, &step, p).await;
     }
     if cases.is_empty() {
-        return;
+        return crate::protocol::TestReport::default();
     }
     for c in &mut cases {
         c.run_id = ctx.run_id.clone();
@@ -581,11 +606,20 @@ async fn record_tests(ctx: &Arc<RunContext>, a: &Attempt, job: &Job, ws: &Path) 
     }
     said.push_str(&format!("; `trackside tests {} {}` lists them", ctx.run_id, job.name));
     note(a, &step, said).await;
+    let report = super::junit::report(&cases, &job.quarantined_tests);
+    let _ =
+        a.tx.send(RunnerMsg::Tests {
+            job: a.job,
+            attempt: a.attempt,
+            report: Box::new(report.clone()),
+        })
+        .await;
     let index = ctx.index.clone();
     let kept = tokio::task::spawn_blocking(move || index.record_tests(&cases)).await;
     if let Ok(Err(e)) = kept {
         note(a, &step, format!("cannot keep the test cases: {e}")).await;
     }
+    report
 }
 
 /// `setup` (services, a container, an image build) until it ends, or the

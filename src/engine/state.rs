@@ -36,6 +36,10 @@ pub struct Outcome {
     pub cached: Option<String>,
     /// Why it failed, when the knowledge base could tell.
     pub diagnosis: Option<Box<Diagnosis>>,
+    /// The failed test cases, when every one is in quarantine (and the
+    /// attempt ended with its own exit code): then the failure does not
+    /// fail the run.
+    pub quarantined_tests: Vec<String>,
 }
 
 impl Outcome {
@@ -47,6 +51,7 @@ impl Outcome {
             corrupt_upstream: None,
             cached: None,
             diagnosis: None,
+            quarantined_tests: Vec::new(),
         }
     }
     /// The attempt could not run (workspace, services): class infra.
@@ -58,6 +63,7 @@ impl Outcome {
             corrupt_upstream: None,
             cached: None,
             diagnosis: None,
+            quarantined_tests: Vec::new(),
         }
     }
 
@@ -69,6 +75,7 @@ impl Outcome {
             corrupt_upstream: None,
             cached: None,
             diagnosis: None,
+            quarantined_tests: Vec::new(),
         }
     }
 }
@@ -164,6 +171,8 @@ struct JobState {
     cached: Option<String>,
     /// What its last attempt handed on (GitHub's job `outputs`).
     outputs: Vec<(String, String)>,
+    /// Its last attempt failed only in quarantined test cases.
+    tests_quarantined: bool,
 }
 
 impl JobState {
@@ -186,6 +195,7 @@ impl JobState {
             round_attempts: 0,
             cached: None,
             outputs: Vec::new(),
+            tests_quarantined: false,
         }
     }
 }
@@ -821,6 +831,7 @@ impl RunState {
                     has_image: j.steps.iter().any(|s| s.image.is_some()),
                     facts: j.facts.clone(),
                     stage: j.stage.clone(),
+                    flake_pct: j.flake_pct,
                 })
                 .collect(),
             critical_path: names(&self.plan.critical_path),
@@ -1184,6 +1195,25 @@ impl RunState {
                         retry_count,
                     );
                 let mut outcome = outcome;
+                st.tests_quarantined = !outcome.quarantined_tests.is_empty();
+                if st.tests_quarantined {
+                    let shown: Vec<&str> = outcome.quarantined_tests.iter().take(3).map(String::as_str).collect();
+                    let more = outcome.quarantined_tests.len() - shown.len();
+                    let note = format!(
+                        "failed only in quarantined test{}: {}{}",
+                        if outcome.quarantined_tests.len() == 1 { "" } else { "s" },
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    outcome.message = Some(match outcome.message.take() {
+                        Some(m) => format!("{m}; {note}"),
+                        None => note,
+                    });
+                }
                 if let Some(d) = diagnosis.as_ref().filter(|_| vetoed) {
                     let note = format!("not retried: {}, which a retry does not fix", d.title);
                     outcome.message = Some(match outcome.message.take() {
@@ -1276,6 +1306,7 @@ impl RunState {
         let spec = &self.pipeline.jobs[j];
         let exit = self.jobs[j].attempts.last().and_then(|a| a.exit_code);
         spec.quarantined
+            || self.jobs[j].tests_quarantined
             || spec.allow_failure
                 && (spec.allow_failure_exit_codes.is_empty()
                     || exit.is_some_and(|c| spec.allow_failure_exit_codes.contains(&c)))
@@ -1493,7 +1524,7 @@ impl RunState {
                     JobStatus::Succeeded if st.failed_before => Verdict::Flaky,
                     JobStatus::Succeeded if st.cached.is_some() => Verdict::Cached,
                     JobStatus::Succeeded => Verdict::Pass,
-                    JobStatus::Failed if spec.quarantined => Verdict::Quarantined,
+                    JobStatus::Failed if spec.quarantined || st.tests_quarantined => Verdict::Quarantined,
                     JobStatus::Failed => Verdict::Fail,
                     JobStatus::Cancelled => Verdict::Cancelled,
                     JobStatus::WaitingApproval => Verdict::Manual,

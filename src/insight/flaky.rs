@@ -184,9 +184,11 @@ pub fn seen(rows: &[AttemptRow], signature: &str, since_ms: u64) -> (usize, Opti
 
 /// Every series in `rows` (oldest first), most flaky first.
 pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
+    // A cancelled attempt tells nothing; a cache hit reused an earlier pass.
+    let counts = |r: &AttemptRow| r.outcome != "cancelled" && r.outcome != "cached";
     // Runs in which most jobs failed on their first attempt are left out.
     let mut per_run: HashMap<&str, (u32, u32)> = HashMap::new();
-    for r in rows.iter().filter(|r| r.attempt == 1 && r.outcome != "cancelled") {
+    for r in rows.iter().filter(|r| r.attempt == 1 && counts(r)) {
         let e = per_run.entry(r.run_id.as_str()).or_default();
         e.0 += 1;
         e.1 += u32::from(r.outcome == "failed");
@@ -200,7 +202,7 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
     // together, a series' runs too.
     let mut kept: Vec<&AttemptRow> = rows
         .iter()
-        .filter(|r| r.outcome != "cancelled" && (infra.is_empty() || !infra.contains(r.run_id.as_str())))
+        .filter(|r| counts(r) && (infra.is_empty() || !infra.contains(r.run_id.as_str())))
         .collect();
     fn key(r: &AttemptRow) -> (&str, &str, bool, &str) {
         (

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::flaky::{Flakiness, Verdict};
+use crate::protocol::view::{ClassCount, FlakyJob, PipelineStats};
 use crate::store::history::AttemptRow;
 
 /// Upper bounds of the duration histogram's buckets, in seconds.
@@ -70,6 +71,73 @@ pub fn runs(rows: &[AttemptRow]) -> Vec<RunFigures> {
     out
 }
 
+/// Each pipeline's last `last` runs in `rows` (at least one), with the
+/// flakiest of its jobs from `flaky`: what `trackside stats` prints and the
+/// UI's dashboard charts. By pipeline key.
+pub fn stats(rows: &[AttemptRow], flaky: &[Flakiness], last: usize) -> Vec<PipelineStats> {
+    let mut by_pipeline: BTreeMap<String, Vec<RunFigures>> = BTreeMap::new();
+    for r in runs(rows) {
+        by_pipeline.entry(r.pipeline.clone()).or_default().push(r);
+    }
+    by_pipeline
+        .into_iter()
+        .map(|(pipeline, runs)| {
+            let recent = &runs[runs.len().saturating_sub(last.max(1))..];
+            let series: Vec<u64> = recent.iter().map(|r| r.duration_ms).collect();
+            let mut sorted = series.clone();
+            sorted.sort_unstable();
+            let pick = |q: f64| {
+                sorted
+                    .get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize)
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let mut classes: BTreeMap<&str, u32> = BTreeMap::new();
+            for r in recent {
+                for (c, n) in &r.failures {
+                    *classes.entry(c.as_str()).or_insert(0) += n;
+                }
+            }
+            let mut failures_by_class: Vec<ClassCount> = classes
+                .into_iter()
+                .map(|(class, attempts)| ClassCount {
+                    class: class.to_string(),
+                    attempts,
+                })
+                .collect();
+            failures_by_class.sort_by(|a, b| b.attempts.cmp(&a.attempts).then(a.class.cmp(&b.class)));
+            let mut flakiest: Vec<&Flakiness> = flaky
+                .iter()
+                .filter(|f| f.pipeline == pipeline && f.verdict == Verdict::Flaky)
+                .collect();
+            flakiest.sort_by(|a, b| b.rate.total_cmp(&a.rate).then(a.job.cmp(&b.job)));
+            PipelineStats {
+                runs: recent.len(),
+                failed: recent.iter().filter(|r| r.failed).count(),
+                p50_ms: pick(0.5),
+                p90_ms: pick(0.9),
+                durations_ms: series,
+                results: recent
+                    .iter()
+                    .map(|r| if r.failed { "failed" } else { "passed" }.to_string())
+                    .collect(),
+                failures_by_class,
+                flaky: flakiest
+                    .into_iter()
+                    .take(5)
+                    .map(|f| FlakyJob {
+                        job: f.job.clone(),
+                        rate: f.rate,
+                        low: f.low,
+                        high: f.high,
+                    })
+                    .collect(),
+                pipeline,
+            }
+        })
+        .collect()
+}
+
 /// Everything `rows` and `flaky` say, as Prometheus metrics.
 pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
     let mut run_counts: BTreeMap<(String, &str), u64> = BTreeMap::new();
@@ -82,9 +150,15 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
     let mut failures: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
     let mut retries: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut durations: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    let mut cache_hits: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for r in rows {
         let key = (r.pipeline.as_str(), r.job.as_str());
         *attempts.entry((key.0, key.1, r.outcome.as_str())).or_insert(0) += 1;
+        if r.outcome == "cached" {
+            // Served from the result cache: not a run of the job's steps.
+            *cache_hits.entry(key).or_insert(0) += 1;
+            continue;
+        }
         if r.outcome == "failed" {
             let class = r.failure_class.clone().unwrap_or_else(|| "script".into());
             *failures.entry((key.0, key.1, class)).or_insert(0) += 1;
@@ -153,6 +227,21 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
                 let _ = writeln!(
                     out,
                     "trackside_job_retries_total{{pipeline=\"{}\",job=\"{}\"}} {n}",
+                    label(p),
+                    label(j)
+                );
+            }
+        },
+    );
+    family(
+        "trackside_job_cache_hits_total",
+        "counter",
+        "Times a job was served from the result cache instead of running.",
+        &mut |out| {
+            for ((p, j), n) in &cache_hits {
+                let _ = writeln!(
+                    out,
+                    "trackside_job_cache_hits_total{{pipeline=\"{}\",job=\"{}\"}} {n}",
                     label(p),
                     label(j)
                 );
@@ -248,6 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn stats_keep_the_last_runs_with_percentiles_classes_and_flakiest_jobs() {
+        let mut rows = Vec::new();
+        for i in 0..12u64 {
+            let run = format!("r{i:02}");
+            let outcome = if i % 4 == 3 { "failed" } else { "passed" };
+            rows.push(row(&run, "a", 1, outcome, i * 100_000, 1_000 * (i + 1)));
+        }
+        let flaky = crate::insight::flaky::analyse(&rows);
+        let s = stats(&rows, &flaky, 10);
+        assert_eq!(s.len(), 1);
+        let s = &s[0];
+        assert_eq!(s.pipeline, "/p/ci.yml");
+        assert_eq!(s.runs, 10, "the last 10 of 12");
+        assert_eq!(s.durations_ms.first(), Some(&3_000), "oldest first");
+        assert_eq!(s.durations_ms.last(), Some(&12_000));
+        assert_eq!(s.failed, 3, "r03, r07 and r11 failed; r00 and r01 are cut");
+        assert_eq!(s.results.iter().filter(|r| *r == "failed").count(), 3);
+        assert_eq!((s.p50_ms, s.p90_ms), (8_000, 11_000));
+        assert_eq!(
+            s.failures_by_class.first().map(|c| (c.class.as_str(), c.attempts)),
+            Some(("network", 3))
+        );
+        assert!(stats(&[], &[], 10).is_empty(), "no history, no stats");
+    }
+
+    #[test]
     fn runs_are_told_by_their_jobs_last_attempts() {
         let rows = [
             row("r1", "a", 1, "failed", 0, 2_000),
@@ -288,6 +403,18 @@ mod tests {
         assert!(text.contains(r#"le="5"} 1"#) && text.contains(r#"le="60"} 2"#) && text.contains(r#"le="+Inf"} 2"#));
         assert!(
             text.contains(r#"trackside_job_duration_seconds_sum{pipeline="/p/ci.yml",job="a\"b"} 42"#),
+            "{text}"
+        );
+        // A cache hit counts as one, not as a run of the job.
+        let mut more = rows.to_vec();
+        more.push(row("r2", "a\"b", 1, "cached", 50_000, 3));
+        let text = prometheus(&more, &[]);
+        assert!(
+            text.contains(r#"trackside_job_cache_hits_total{pipeline="/p/ci.yml",job="a\"b"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"trackside_job_duration_seconds_count{pipeline="/p/ci.yml",job="a\"b"} 2"#),
             "{text}"
         );
         // Every sample line is `name{labels} value`.

@@ -210,6 +210,15 @@ pub struct Job {
     /// the run. Not part of its definition.
     #[serde(skip)]
     pub quarantined: bool,
+    /// Test cases of it in quarantine (`trackside quarantine add 'JOB › TEST'`,
+    /// or a bare test name): an attempt whose failed tests are all among
+    /// them does not fail the run. Not part of its definition.
+    #[serde(skip)]
+    pub quarantined_tests: Vec<String>,
+    /// Its flake rate across past runs in percent, when history calls it
+    /// flaky (the UI's job box shows it). Not part of its definition.
+    #[serde(skip)]
+    pub flake_pct: Option<u8>,
     /// JUnit reports its steps write (globs in the workspace), read once
     /// they have run, passed or not: each test case is kept per attempt.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

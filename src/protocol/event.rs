@@ -336,6 +336,47 @@ pub struct PlannedJob {
     /// What the UI shows with it (a GitLab job's environment and tags).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub facts: Vec<(String, String)>,
+    /// Its flake rate across past runs in percent, when history calls it flaky.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flake_pct: Option<u8>,
+}
+
+/// Test cases an attempt's JUnit reports shown in the UI: the failed ones
+/// first, then those that passed only on a rerun, at most
+/// [`TestReport::MAX_CASES`] (the counts are of all of them).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TestReport {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// Passed only on a rerun by the test framework.
+    #[serde(default)]
+    pub rerun: usize,
+    pub cases: Vec<TestCaseView>,
+}
+
+impl TestReport {
+    pub const MAX_CASES: usize = 100;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestCaseView {
+    /// `classname::name`, as the report names it.
+    pub name: String,
+    /// `failed`, or `passed` (only on a rerun).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub reruns_failed: u32,
+    /// In quarantine: its failure does not fail the job's run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -518,6 +559,17 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "is_zero")]
         assumed_ms: u64,
     },
+    /// The pipeline's recent runs from history (sent once, after the
+    /// plan, when it has any): the UI's dashboard.
+    History {
+        stats: super::view::PipelineStats,
+    },
+    /// An attempt's JUnit reports were read.
+    TestsReported {
+        job: String,
+        attempt: u32,
+        report: TestReport,
+    },
     RunFinished {
         summary: RunSummary,
     },
@@ -567,6 +619,14 @@ impl EventKind {
                 }
             }
             EventKind::JobRetrying { diagnosis: Some(d), .. } => d.mask(&fix),
+            EventKind::TestsReported { report, .. } => {
+                for c in &mut report.cases {
+                    fix(&mut c.name);
+                    if let Some(m) = &mut c.message {
+                        fix(m);
+                    }
+                }
+            }
             EventKind::RunFinished { summary } => {
                 fix(&mut summary.message);
                 for j in &mut summary.jobs {

@@ -19,7 +19,7 @@ pub mod wire;
 pub use command::Command;
 pub use event::{
     AttemptRecord, Diagnosis, Event, EventKind, FailureClass, JobStatus, JobSummary, PlannedJob, RepeatStats,
-    RunResult, RunSummary, Stream, Verdict, When,
+    RunResult, RunSummary, Stream, TestCaseView, TestReport, Verdict, When,
 };
 pub use link::{Delivery, Link, LinkError, Subscription};
 pub use query::{Answer, Query};

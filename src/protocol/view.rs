@@ -247,3 +247,36 @@ pub struct Verdict {
     pub metrics: Vec<MetricResult>,
     pub why: String,
 }
+
+/// A pipeline's recent runs from history, as `trackside stats` prints them
+/// and the UI's dashboard charts them (oldest first).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PipelineStats {
+    pub pipeline: String,
+    pub runs: usize,
+    pub failed: usize,
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub durations_ms: Vec<u64>,
+    /// `passed` or `failed`, one per run.
+    pub results: Vec<String>,
+    /// Failed attempts by class, most first.
+    pub failures_by_class: Vec<ClassCount>,
+    /// The flakiest jobs, flakiest first (at most five).
+    pub flaky: Vec<FlakyJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub class: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlakyJob {
+    pub job: String,
+    /// Failures per run, and the 90% interval of the failure probability.
+    pub rate: f64,
+    pub low: f64,
+    pub high: f64,
+}

@@ -111,7 +111,7 @@ pub fn recent_durations(
 ) -> rusqlite::Result<std::collections::BTreeMap<String, Vec<f64>>> {
     let max_rows = jobs.saturating_mul(per_job).saturating_mul(2).clamp(1_000, 200_000);
     let mut stmt = conn.prepare_cached(
-        "SELECT run_id, job, duration_ms FROM attempts WHERE pipeline = ?1 AND outcome != 'cancelled' \
+        "SELECT run_id, job, duration_ms FROM attempts WHERE pipeline = ?1 AND outcome NOT IN ('cancelled', 'cached') \
          ORDER BY started_ms DESC LIMIT ?2",
     )?;
     let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);

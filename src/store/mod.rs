@@ -408,6 +408,28 @@ pub fn list_runs(state: &Path) -> Result<Vec<RunListing>, StoreError> {
     Ok(out)
 }
 
+/// Whether `job` has ended for now in the run's record: the run finished,
+/// or the job's last transition is its end (a retry or a reset starts it
+/// again).
+pub fn job_settled(run_dir: &Path, job: &str) -> bool {
+    let mut settled = false;
+    for ev in read_events(run_dir).unwrap_or_default() {
+        match &ev.kind {
+            EventKind::RunFinished { .. } => return true,
+            EventKind::JobFinished { job: j, .. } | EventKind::JobSkipped { job: j, .. } if j == job => settled = true,
+            EventKind::JobStarted { job: j, .. }
+            | EventKind::JobRetrying { job: j, .. }
+            | EventKind::JobReset { job: j, .. }
+                if j == job =>
+            {
+                settled = false
+            }
+            _ => {}
+        }
+    }
+    settled
+}
+
 /// For a run without a summary: whether it crashed, and how far it got
 /// (from its events), for people.
 pub fn unfinished_story(run_dir: &Path) -> String {
@@ -610,6 +632,49 @@ mod tests {
         let e = parse_log_line("12\tout\tbuild\ta\tb").expect("parse");
         assert_eq!(e.text, "a\tb");
         assert_eq!(e.step, "build");
+    }
+
+    #[test]
+    fn a_job_is_settled_by_its_last_transition_or_the_runs_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |kinds: &[EventKind]| {
+            let text: String = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let ev = Event {
+                        seq: i as u64,
+                        ts: 0,
+                        kind: k.clone(),
+                    };
+                    serde_json::to_string(&ev).expect("serialise") + "\n"
+                })
+                .collect();
+            std::fs::write(dir.path().join("events.jsonl"), text).expect("write");
+        };
+        let started = EventKind::JobStarted {
+            job: "build".into(),
+            attempt: 1,
+        };
+        let skipped = |job: &str| EventKind::JobSkipped {
+            job: job.into(),
+            reason: "no".into(),
+        };
+        let reset = EventKind::JobReset {
+            job: "build".into(),
+            reason: "retry".into(),
+        };
+        assert!(!job_settled(dir.path(), "build"), "no record: not settled");
+        write(std::slice::from_ref(&started));
+        assert!(!job_settled(dir.path(), "build"));
+        write(&[started.clone(), skipped("test")]);
+        assert!(!job_settled(dir.path(), "build"), "another job's end");
+        write(&[started.clone(), skipped("build")]);
+        assert!(job_settled(dir.path(), "build"));
+        write(&[started.clone(), skipped("build"), reset]);
+        assert!(!job_settled(dir.path(), "build"), "reset: it runs again");
+        write(&[started, EventKind::SchedulingPaused, skipped("x")]);
+        assert!(!job_settled(dir.path(), "build"));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub enum Command {
 pub enum Mode {
     Normal,
     Help,
+    /// The selected job's test cases, from this row on.
+    Tests(usize),
+    /// The pipeline's recent runs, from this row on.
+    Dashboard(usize),
     /// A y/n question; `yes` is sent on `y`.
     Confirm {
         question: String,
@@ -171,6 +175,17 @@ pub struct App {
     pub bell: bool,
     /// Bells owed since the last frame (the loop rings them).
     pub bells: u32,
+}
+
+/// How far a key scrolls an overlay (help, tests, history); `None`: it closes it.
+fn overlay_scroll(key: &KeyEvent) -> Option<isize> {
+    match key.code {
+        KeyCode::Down | KeyCode::Char('j') => Some(1),
+        KeyCode::Up | KeyCode::Char('k') => Some(-1),
+        KeyCode::PageDown => Some(10),
+        KeyCode::PageUp => Some(-10),
+        _ => None,
+    }
 }
 
 impl App {
@@ -536,6 +551,7 @@ impl App {
             Action::Cancel => status.is_some_and(|s| !s.is_terminal()),
             Action::CancelAll | Action::TogglePause => self.model.finished.is_none(),
             Action::OpenLog => self.focus == Focus::Jobs,
+            Action::Tests => self.selected_job().is_some_and(|j| self.model.jobs[j].tests.is_some()),
             Action::ToggleWrap | Action::NextMatch | Action::PrevMatch => self.focus == Focus::Log,
             Action::ToggleGroups => self.focus == Focus::Log && self.shown_log().is_some_and(|l| !l.groups.is_empty()),
             Action::ToggleList => self.focus == Focus::Jobs,
@@ -589,18 +605,21 @@ impl App {
     pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Command> {
         self.status = None;
         match std::mem::replace(&mut self.mode, Mode::Normal) {
+            // Scroll keys move an overlay; any other key closes it.
             Mode::Help => {
-                // Scroll keys move the help; any other key closes it.
-                let step = match key.code {
-                    KeyCode::Down | KeyCode::Char('j') => Some(1isize),
-                    KeyCode::Up | KeyCode::Char('k') => Some(-1),
-                    KeyCode::PageDown => Some(10),
-                    KeyCode::PageUp => Some(-10),
-                    _ => None,
-                };
-                if let Some(step) = step {
+                if let Some(step) = overlay_scroll(&key) {
                     self.help_top = self.help_top.saturating_add_signed(step);
                     self.mode = Mode::Help;
+                }
+                Vec::new()
+            }
+            mode @ (Mode::Tests(_) | Mode::Dashboard(_)) => {
+                if let Some(step) = overlay_scroll(&key) {
+                    self.mode = match mode {
+                        Mode::Tests(top) => Mode::Tests(top.saturating_add_signed(step)),
+                        Mode::Dashboard(top) => Mode::Dashboard(top.saturating_add_signed(step)),
+                        other => other,
+                    };
                 }
                 Vec::new()
             }
@@ -723,7 +742,9 @@ impl App {
             None
         };
         if self.mode != Mode::Normal {
-            if self.mode == Mode::Help && matches!(ev.kind, MouseEventKind::Down(_)) {
+            if matches!(self.mode, Mode::Help | Mode::Tests(_) | Mode::Dashboard(_))
+                && matches!(ev.kind, MouseEventKind::Down(_))
+            {
                 self.mode = Mode::Normal;
             }
             return Vec::new();
@@ -803,6 +824,9 @@ impl App {
                 }
                 Action::Shell => format!("`{name}` has not failed; a shell opens in a failed container job"),
                 Action::RerunFailed => "no failed job to rerun".into(),
+                Action::Tests => format!(
+                    "`{name}` has no test report (yet): declare its JUnit reports, e.g. reports: {{junit: [report.xml]}}"
+                ),
                 Action::Cancel => format!("`{name}` has already finished"),
                 Action::CancelAll | Action::TogglePause => "the run has finished".into(),
                 Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),
@@ -1004,6 +1028,14 @@ impl App {
             Action::Help => {
                 self.mode = Mode::Help;
                 self.help_top = 0;
+                Vec::new()
+            }
+            Action::Tests => {
+                self.mode = Mode::Tests(0);
+                Vec::new()
+            }
+            Action::Dashboard => {
+                self.mode = Mode::Dashboard(0);
                 Vec::new()
             }
             Action::Detach => {

@@ -58,6 +58,10 @@ pub struct JobView {
     pub step: Option<String>,
     /// A GitHub job's annotations (`::error` and the like), as (level, text).
     pub annotations: Vec<(String, String)>,
+    /// Its flake rate across past runs in percent, when history calls it flaky.
+    pub flake_pct: Option<u8>,
+    /// The test cases of its newest attempt that reported any (attempt, report).
+    pub tests: Option<(u32, crate::protocol::TestReport)>,
 }
 
 impl JobView {
@@ -86,6 +90,8 @@ impl JobView {
             annotations: Vec::new(),
             retry_at: None,
             step: None,
+            flake_pct: p.flake_pct,
+            tests: None,
         }
     }
 
@@ -188,6 +194,8 @@ pub struct Model {
     pub logs: HashMap<(usize, u32), AttemptLog>,
     pub finished: Option<RunSummary>,
     pub banner: Option<Banner>,
+    /// The pipeline's recent runs before this one (the dashboard).
+    pub history: Option<crate::protocol::view::PipelineStats>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -236,6 +244,10 @@ impl Model {
                 });
                 j.rollout = Some(status.clone());
             }),
+            EventKind::History { stats } => self.history = Some(stats.clone()),
+            EventKind::TestsReported { job, attempt, report } => {
+                self.with(job, |j| j.tests = Some((*attempt, report.clone())));
+            }
             EventKind::RunStarted {
                 run_id,
                 pipeline,
@@ -460,6 +472,7 @@ impl Model {
                 j.steps = p.steps.clone();
                 j.has_image = p.has_image;
                 j.facts = p.facts.clone();
+                j.flake_pct = p.flake_pct;
                 j.deps.clear();
                 j.dependents.clear();
                 j
@@ -720,6 +733,7 @@ mod tests {
             has_image: false,
             stage: None,
             facts: Vec::new(),
+            flake_pct: None,
         }
     }
 

@@ -159,8 +159,24 @@ impl Widget for &App {
         }
         render_prompt(self, a.prompt, buf);
         render_footer(self, a.footer, buf);
-        if self.mode == Mode::Help {
-            render_help(self, area, buf);
+        match self.mode {
+            Mode::Help => render_help(self, area, buf),
+            Mode::Tests(top) => {
+                let dot = self.theme.glyph("·", "-");
+                let title = match self.selected_job().map(|j| &self.model.jobs[j]) {
+                    Some(job) => match &job.tests {
+                        Some((attempt, _)) => format!(" tests {dot} {} {dot} attempt {attempt} ", job.name),
+                        None => format!(" tests {dot} {} ", job.name),
+                    },
+                    None => " tests ".to_string(),
+                };
+                render_overlay(self, &title, tests_lines(self), top, area, buf)
+            }
+            Mode::Dashboard(top) => {
+                let title = format!(" history {} {} ", self.theme.glyph("·", "-"), self.model.pipeline);
+                render_overlay(self, &title, dashboard_lines(self, area.width.min(100)), top, area, buf)
+            }
+            _ => {}
         }
     }
 }
@@ -364,6 +380,7 @@ fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
         .max()
         .unwrap_or(4)
         .min(30);
+    let any_flaky = jobs.iter().any(|&j| app.model.jobs[j].flake_pct.is_some());
     for (row, &j) in jobs.iter().enumerate().skip(first).take(h) {
         let job = &app.model.jobs[j];
         let (glyph, style, info) = job_summary(app, j);
@@ -372,10 +389,17 @@ fn render_list(app: &App, area: Rect, buf: &mut Buffer) {
             _ => String::new(),
         };
         let name = format!("{:<name_w$}", truncate(&job.name, name_w, app.theme.ascii));
+        // A column of flake rates, when history calls some job flaky.
+        let flake = match job.flake_pct {
+            Some(p) => format!("{:>5} ", flake_mark(&app.theme, p)),
+            None if any_flaky => " ".repeat(6),
+            None => String::new(),
+        };
         let mut line = Line::from(vec![
             Span::styled(format!("{glyph} "), style),
             Span::raw(name),
             Span::raw(format!(" {info:>9} ")),
+            Span::styled(flake, app.theme.warn()),
             Span::styled(why, app.theme.dim()),
         ]);
         if j == app.selected {
@@ -627,6 +651,14 @@ fn render_dag(app: &App, area: Rect, buf: &mut Buffer) {
                 .render(rect, buf);
             let content = Line::from(vec![Span::styled(format!("{glyph} "), status_style), Span::raw(info)]);
             buf.set_line(rect.x + 1, rect.y + 1, &content, rect.width - 2);
+            // Its flake rate at the right, when there is room for it.
+            if let Some(pct) = job.flake_pct {
+                let mark = flake_mark(t, pct);
+                let w = mark.chars().count() as u16;
+                if usize::from(rect.width) >= content.width() + usize::from(w) + 3 {
+                    buf.set_string(rect.right() - 1 - w, rect.y + 1, mark, t.warn());
+                }
+            }
         }
     }
     // Say what is off screen.
@@ -713,6 +745,9 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         .filter(|_| matches!(job.status, JobStatus::Failed | JobStatus::Retrying))
     {
         diagnosis_lines(d, t, usize::from(inner.width), &mut lines);
+    }
+    if let Some((_, report)) = &job.tests {
+        lines.push(test_summary_line(job, report, t));
     }
     if let Some(at) = job.retry_at.filter(|_| job.status == JobStatus::Retrying) {
         lines.push(Line::raw(format!(
@@ -820,6 +855,40 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         charts: None,
         rows,
     }
+}
+
+/// `tests: 1 failed of 43; failing test: test_gateway (network) (t lists them)`.
+fn test_summary_line(
+    job: &super::model::JobView,
+    r: &crate::protocol::TestReport,
+    t: &super::theme::Theme,
+) -> Line<'static> {
+    let mut text = format!("{} failed of {}", r.failed, r.failed + r.passed + r.skipped);
+    if r.rerun > 0 {
+        text.push_str(&format!(", {} passed only on a rerun", r.rerun));
+    }
+    let failing: Vec<&crate::protocol::TestCaseView> = r.cases.iter().filter(|c| c.outcome == "failed").collect();
+    if let Some(first) = failing.first() {
+        let own = first.name.rsplit(['.', ':']).next().unwrap_or(&first.name);
+        text.push_str(&format!(
+            "; failing test{}: {own}",
+            if failing.len() == 1 { "" } else { "s" }
+        ));
+        if let Some(c) = job
+            .failure_class
+            .filter(|_| job.status == JobStatus::Failed || job.status == JobStatus::Retrying)
+        {
+            text.push_str(&format!(" ({c})"));
+        }
+        if failing.len() > 1 {
+            text.push_str(&format!(" and {} more", r.failed - 1));
+        }
+    }
+    Line::from(vec![
+        Span::styled("tests: ", t.dim()),
+        Span::raw(text),
+        Span::styled(" (t lists them)", t.dim()),
+    ])
 }
 
 /// How far the detail pane of the selected job can scroll on a screen of
@@ -1454,10 +1523,16 @@ pub fn help_lines(app: &App, width: usize) -> Vec<Line<'static>> {
         lines.push(Line::from(row));
     }
     lines.push(Line::raw(format!(
-        "In the header: a count per status ({} 5 = five passed); #N on a box: attempt N.",
-        t.status(JobStatus::Succeeded, false, false, false).0
+        "In the header: a count per status ({} 5 = five passed); #N on a box: attempt N; {} on a box: history calls the job flaky, failing in 18% of its past runs.",
+        t.status(JobStatus::Succeeded, false, false, false).0,
+        flake_mark(t, 18)
     )));
     lines
+}
+
+/// A job's historical flake rate as its box shows it: `⚑18%`.
+fn flake_mark(t: &super::theme::Theme, pct: u8) -> String {
+    format!("{}{pct}%", t.glyph("⚑", "!"))
 }
 
 /// Splits `text` into rows of at most `width` characters at spaces (a
@@ -1499,27 +1574,34 @@ fn wrap_words(text: &str, width: usize) -> Vec<String> {
 }
 
 fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
+    let inner = usize::from(area.width.min(OVERLAY_WIDTH).saturating_sub(2));
+    render_overlay(app, " keys ", help_lines(app, inner), app.help_top, area, buf);
+}
+
+/// Widest an overlay (help, tests, history) gets.
+const OVERLAY_WIDTH: u16 = 100;
+
+/// A box over the middle of the screen with `lines` from row `top` on, and
+/// a last line that says how to scroll and that any other key closes it.
+fn render_overlay(app: &App, title: &str, lines: Vec<Line<'static>>, top: usize, area: Rect, buf: &mut Buffer) {
     let t = &app.theme;
-    let w = area.width.min(100);
-    let inner = usize::from(w.saturating_sub(2));
-    let lines = help_lines(app, inner);
+    let w = area.width.min(OVERLAY_WIDTH);
     let room = usize::from(area.height.saturating_sub(3));
-    let top = app.help_top.min(lines.len().saturating_sub(room));
+    let top = top.min(lines.len().saturating_sub(room));
     let more = lines.len() > top + room;
-    let shown: Vec<Line> = lines.into_iter().skip(top).take(room).collect();
+    let mut shown: Vec<Line> = lines.into_iter().skip(top).take(room).collect();
     let h = (shown.len() as u16 + 3).min(area.height);
     let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
     Clear.render(rect, buf);
-    let mut shown = shown;
     // Short enough for 80 columns, ASCII under --ascii.
     let (down, up) = (t.glyph("↓", "v"), t.glyph("↑", "^"));
     shown.push(Line::styled(
         if more {
-            format!("j/{down}: more; k/{up}: back; other keys close this help")
+            format!("j/{down}: more; k/{up}: back; other keys close this")
         } else if top > 0 {
-            format!("k/{up}: back; other keys close this help")
+            format!("k/{up}: back; other keys close this")
         } else {
-            "Any key closes this help; Ctrl-C quits".to_string()
+            "Any key closes this; Ctrl-C quits".to_string()
         },
         t.dim(),
     ));
@@ -1528,9 +1610,246 @@ fn render_help(app: &App, area: Rect, buf: &mut Buffer) {
             Block::default()
                 .borders(Borders::ALL)
                 .border_set(t.border_set())
-                .title(Span::styled(" keys ", t.title())),
+                .title(Span::styled(title.to_string(), t.title())),
         )
         .render(rect, buf);
+}
+
+/// Log lines shown under a failed test case: the first that names it, with
+/// one before and one after.
+const TEST_LOG_LINES: usize = 3;
+
+/// The selected job's test cases as the tests overlay lists them: the
+/// counts, then each failed case (and each that passed only on a rerun)
+/// with its message and the first log lines that name it.
+fn tests_lines(app: &App) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let m = &app.model;
+    let Some(j) = app.selected_job() else {
+        return vec![Line::raw("no job selected")];
+    };
+    let job = &m.jobs[j];
+    let Some((attempt, report)) = &job.tests else {
+        // `t` is refused for such a job; this is only a fallback.
+        return vec![Line::styled("no test report", t.dim())];
+    };
+    let mut counts = format!(
+        "{} failed, {} passed, {} skipped",
+        report.failed, report.passed, report.skipped
+    );
+    if report.rerun > 0 {
+        counts.push_str(&format!(", {} passed only on a rerun", report.rerun));
+    }
+    let mut lines = vec![Line::styled(counts, t.title())];
+    if report.cases.is_empty() {
+        lines.push(Line::styled("every test case passed", t.dim()));
+    }
+    let log = m.logs.get(&(j, *attempt));
+    let (failed, _) = t.status(JobStatus::Failed, false, false, false);
+    let (rerun, _) = t.status(JobStatus::Succeeded, true, false, false);
+    for c in &report.cases {
+        let is_failed = c.outcome == "failed";
+        let mut head = vec![
+            Span::styled(
+                format!("{} ", if is_failed { &failed } else { &rerun }),
+                if is_failed { t.error() } else { t.warn() },
+            ),
+            Span::raw(c.name.clone()),
+            Span::styled(format!("  {}", seconds(c.duration_ms)), t.dim()),
+        ];
+        if c.quarantined {
+            head.push(Span::styled("  quarantined", t.warn()));
+        }
+        if !is_failed {
+            head.push(Span::styled(
+                format!(
+                    "  passed on a rerun after {} failed tr{}",
+                    c.reruns_failed,
+                    if c.reruns_failed == 1 { "y" } else { "ies" }
+                ),
+                t.warn(),
+            ));
+        }
+        lines.push(Line::from(head));
+        for l in c.message.iter().flat_map(|m| m.lines()).take(3) {
+            lines.push(Line::raw(format!("    {l}")));
+        }
+        // Where the log names it: the test's own name, past its class.
+        let own = c.name.rsplit(['.', ':']).next().unwrap_or(&c.name);
+        if let Some(log) = log.filter(|_| own.len() >= 3)
+            && let Some(at) = log.lines.iter().position(|l| l.text.contains(own))
+        {
+            for (k, l) in log
+                .lines
+                .iter()
+                .enumerate()
+                .skip(at.saturating_sub(1))
+                .take(TEST_LOG_LINES)
+            {
+                let mut spans = vec![Span::styled(format!("    log {:>5} ", log.dropped + k + 1), t.dim())];
+                spans.extend(ansi::spans(&l.text, t.color));
+                lines.push(Line::from(spans));
+            }
+        }
+    }
+    let listed = report.cases.len();
+    if report.failed + report.rerun > listed {
+        lines.push(Line::styled(
+            format!(
+                "and {} more: trackside tests {} {}",
+                report.failed + report.rerun - listed,
+                m.run_id,
+                job.name
+            ),
+            t.dim(),
+        ));
+    }
+    lines
+}
+
+/// Columns of the history overlay's charts, at most (one per run).
+const CHART_RUNS: usize = 60;
+/// Rows of the duration chart.
+const CHART_ROWS: usize = 5;
+
+/// The pipeline's recent runs (and this one, once it has finished) as the
+/// history overlay charts them: durations as columns (failed runs in the
+/// failure colour), each run's result under it, the failure rate over the
+/// last five runs, failed attempts by class and the flakiest jobs.
+fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let m = &app.model;
+    let Some(h) = &m.history else {
+        return vec![Line::styled(
+            "no history for this pipeline yet: each run adds to it (trackside stats shows it too)",
+            t.dim(),
+        )];
+    };
+    // (duration, failed, this run)
+    let mut runs: Vec<(u64, bool, bool)> = h
+        .durations_ms
+        .iter()
+        .zip(&h.results)
+        .map(|(&d, r)| (d, r == "failed", false))
+        .collect();
+    if let Some(f) = &m.finished {
+        runs.push((f.duration_ms, f.result != crate::protocol::RunResult::Passed, true));
+    }
+    let cols = usize::from(width.saturating_sub(14)).clamp(1, CHART_RUNS);
+    let runs = &runs[runs.len().saturating_sub(cols)..];
+    let label = |s: &str| Span::styled(format!("{s:<10}"), t.dim());
+    let clock = |ms: u64| {
+        let s = (ms + 500) / 1000;
+        format!("{}:{:02}", s / 60, s % 60)
+    };
+    let failed_n = runs.iter().filter(|r| r.1).count();
+    let mut lines = vec![Line::from(vec![
+        label("runs"),
+        Span::raw(format!(
+            "the last {}, oldest first{}",
+            runs.len(),
+            if m.finished.is_some() { "; this run last" } else { "" }
+        )),
+    ])];
+    let max = runs.iter().map(|r| r.0).max().unwrap_or(0).max(1);
+    lines.push(Line::from(vec![
+        label("duration"),
+        Span::raw(format!(
+            "p50 {}  p90 {}  longest {}",
+            clock(h.p50_ms),
+            clock(h.p90_ms),
+            clock(max)
+        )),
+    ]));
+    // Columns in eighths of a row (ASCII: whole rows of `#`).
+    const EIGHTHS: [&str; 9] = [" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"];
+    for row in (0..CHART_ROWS).rev() {
+        let axis = match row {
+            r if r == CHART_ROWS - 1 => format!("{:>8} ", clock(max)),
+            0 => format!("{:>8} ", "0:00"),
+            _ => " ".repeat(9),
+        };
+        let mut spans = vec![Span::styled(axis, t.dim()), Span::styled(t.glyph("│", "|"), t.dim())];
+        for &(d, failed, this) in runs {
+            let filled = (d as f64 / max as f64 * (CHART_ROWS * 8) as f64).round() as usize;
+            let cell = filled.saturating_sub(row * 8).min(8);
+            let glyph = if t.ascii {
+                if cell >= 4 { "#" } else { " " }
+            } else {
+                EIGHTHS[cell]
+            };
+            let style = match (failed, this) {
+                (_, true) => t.selected(),
+                (true, false) => t.error(),
+                (false, false) => t.fg(ratatui::style::Color::Green),
+            };
+            spans.push(Span::styled(glyph, style));
+        }
+        lines.push(Line::from(spans));
+    }
+    let (pass, pass_style) = t.status(JobStatus::Succeeded, false, false, false);
+    let (fail, fail_style) = t.status(JobStatus::Failed, false, false, false);
+    let mut marks = vec![Span::styled(format!("{:>10}", "result "), t.dim())];
+    for &(_, failed, _) in runs {
+        marks.push(if failed {
+            Span::styled(fail.clone(), fail_style)
+        } else {
+            Span::styled(pass.clone(), pass_style)
+        });
+    }
+    lines.push(Line::from(marks));
+    // The failure rate over the five runs up to each.
+    let rates: Vec<u64> = (0..runs.len())
+        .map(|i| {
+            let w = &runs[i.saturating_sub(4)..=i];
+            (w.iter().filter(|r| r.1).count() * 100 / w.len()) as u64
+        })
+        .collect();
+    lines.push(Line::from(vec![
+        label("failed"),
+        Span::raw(format!(
+            "{failed_n} of {} ({:.0}%)  over 5 runs: {}",
+            runs.len(),
+            failed_n as f64 * 100.0 / runs.len().max(1) as f64,
+            if t.ascii {
+                rates.iter().map(|r| format!("{r}% ")).collect::<String>()
+            } else {
+                bars(&rates, 100)
+            }
+        )),
+    ]));
+    if !h.failures_by_class.is_empty() {
+        let classes: Vec<String> = h
+            .failures_by_class
+            .iter()
+            .take(5)
+            .map(|c| format!("{} {}", c.class, c.attempts))
+            .collect();
+        lines.push(Line::from(vec![label("classes"), Span::raw(classes.join(", "))]));
+    }
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    for (i, f) in h.flaky.iter().enumerate() {
+        lines.push(Line::from(vec![
+            label(if i == 0 { "flakiest" } else { "" }),
+            Span::raw(format!("{}  {} [{}, {}]", f.job, pct(f.rate), pct(f.low), pct(f.high))),
+        ]));
+    }
+    if h.flaky.is_empty() {
+        lines.push(Line::from(vec![
+            label("flakiest"),
+            Span::styled("no job has been flaky", t.dim()),
+        ]));
+    }
+    lines
+}
+
+/// `values` (each at most `max`) as a line of bars from `▁` to `█`, one per value.
+fn bars(values: &[u64], max: u64) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    values
+        .iter()
+        .map(|&v| BARS[((v.min(max) as f64 / max.max(1) as f64) * 7.0).round() as usize])
+        .collect()
 }
 
 #[cfg(test)]

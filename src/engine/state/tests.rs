@@ -140,6 +140,38 @@ fn allow_failure_lets_dependents_run_and_the_run_pass() {
 }
 
 #[test]
+fn a_failure_only_in_quarantined_tests_is_quarantined_and_lets_the_run_pass() {
+    let mut m = machine(&yaml(&[("a", &[], ""), ("b", &["a"], "")]), opts(4));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(
+        Input::AttemptFinished {
+            job: 0,
+            attempt: 1,
+            outcome: Outcome {
+                quarantined_tests: vec!["tests.time::test_clock".into()],
+                ..Outcome::failed(Some(1), FailureClass::Script)
+            },
+        },
+        t(1),
+    );
+    assert_eq!(m.status(0), JobStatus::Failed);
+    assert_eq!(started(&fx), [1], "its dependents run: the failure is allowed");
+    assert_eq!(
+        m.reason(0),
+        Some("failed only in quarantined test: tests.time::test_clock")
+    );
+    let s = finished(&ok(&mut m, 1, 2)).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+    assert_eq!(s.jobs[0].verdict, Verdict::Quarantined);
+    // Without the quarantine, the same failure fails the run.
+    let mut m = machine(&yaml(&[("a", &[], "")]), opts(4));
+    m.handle(Input::Start, t(0));
+    let s = finished(&fail(&mut m, 0, FailureClass::Script, 1)).expect("finished");
+    assert_eq!(s.result, RunResult::Failed);
+    assert_eq!(s.jobs[0].verdict, Verdict::Fail);
+}
+
+#[test]
 fn transient_failure_is_retried_with_backoff_and_reported_flaky() {
     let mut m = machine(&yaml(&[("a", &[], "retry_count: 2")]), opts(4));
     m.handle(Input::Start, t(0));
