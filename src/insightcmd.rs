@@ -111,17 +111,19 @@ pub fn history(state: &Path, args: HistoryArgs<'_>) -> Result<u8, Fail> {
             }
         ));
         out.push_str(&format!(
-            "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:<8}  {:<16}  CLASS\n",
-            "STARTED (UTC)", "RUN", "TRY", "OUTCOME", "DURATION", "COMMIT", "BRANCH"
+            "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:>10}  {:<8}  {:<16}  CLASS\n",
+            "STARTED (UTC)", "RUN", "TRY", "OUTCOME", "DURATION", "PEAK MEM", "COMMIT", "BRANCH"
         ));
         for r in mine {
             out.push_str(&format!(
-                "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:<8}  {:<16}  {}\n",
+                "  {:<19}  {:<22}  {:>3}  {:<9}  {:>9}  {:>10}  {:<8}  {:<16}  {}\n",
                 when(r.started_ms),
                 r.run_id,
                 r.attempt,
                 r.outcome,
                 trackside::headless::seconds(r.duration_ms),
+                r.peak_memory
+                    .map_or_else(|| "-".to_string(), trackside::store::manifest::human),
                 format!("{}{}", short(&r.commit), if r.dirty { "+" } else { "" }),
                 r.branch.as_deref().unwrap_or("-"),
                 r.failure_class.as_deref().unwrap_or("")

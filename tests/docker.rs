@@ -90,6 +90,32 @@ async fn steps_with_different_images_share_the_workspace() {
     assert_eq!(labelled(&d, r.handle.run_id()).await, 0, "containers are removed");
 }
 
+/// A container job's peak memory, from Docker's stats, goes into history.
+#[tokio::test]
+async fn a_container_jobs_peak_memory_is_recorded_in_history() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    // About 24 MB held in a shell variable for three seconds: seen by the
+    // kernel's peak (cgroup v1) and by the stats Docker sends each second.
+    let mut s = setup(&format!(
+        "name: t\njobs:\n  hold:\n    image: {IMAGE_A}\n    pull: never\n    steps:\n      - script: 'x=$(head -c 24000000 /dev/zero | tr \"\\0\" a); sleep 3; echo ${{#x}}'\n"
+    ));
+    with_docker(&mut s, &d);
+    let state = s.cfg.state_dir.clone();
+    let mut r = start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, RunResult::Passed, "{:?}", r.lines("hold"));
+    let index = trackside::store::index::Index::open(&state).expect("index");
+    let rows = index.attempts(&Default::default()).expect("history");
+    let row = rows.iter().find(|r| r.job == "hold").expect("a row");
+    assert_eq!(row.executor, "docker");
+    assert!(
+        row.peak_memory.is_some_and(|b| b >= 20_000_000),
+        "peak memory {:?}",
+        row.peak_memory
+    );
+}
+
 #[tokio::test]
 async fn a_memory_limit_ends_in_an_oom_failure() {
     let Some(d) = docker().await else { return };

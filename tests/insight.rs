@@ -397,6 +397,37 @@ fn a_quarantined_job_still_runs_and_its_failure_does_not_fail_the_run() {
     assert_eq!(again.status.code(), Some(1));
 }
 
+#[test]
+fn a_host_jobs_peak_memory_is_recorded_and_shown_by_history() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    // dd reads into a 256 MiB buffer, far above trackside's own size;
+    // `small` holds next to nothing, so no figure is known for it.
+    std::fs::write(
+        project.join("p.yml"),
+        "name: mem\njobs:\n  big:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null']}]\n  small:\n    steps: [{script: ['true']}]\n",
+    )
+    .expect("write");
+    let out = trackside(&project, &state, &["run", "p.yml", "--headless"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let json = trackside(&project, &state, &["history", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let peak = |job: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["job"] == job))
+            .and_then(|r| r["peak_memory"].as_u64())
+    };
+    let big = peak("big").expect("big's peak");
+    assert!(big >= 256 << 20, "{big}");
+    assert_eq!(peak("small"), None, "below trackside's own size: not known");
+    let text = trackside(&project, &state, &["history", "big"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("PEAK MEM"), "{text}");
+    assert!(text.contains(" MiB "), "{text}");
+}
+
 /// `unit` fails in `test_clock` (and, when `$BOTH` is set, in
 /// `test_money` too); `lint` passes.
 const FAILING_TESTS: &str = r#"name: tq

@@ -1362,8 +1362,13 @@ impl Actor {
                 outcome,
                 cache_key,
                 telling,
+                peak_memory,
             }) => {
-                let mut outcome = outcome;
+                if let Some(bytes) = peak_memory {
+                    let name = self.state.pipeline().jobs[job].name.clone();
+                    self.history.peak_memory(&name, attempt, bytes);
+                }
+                let mut outcome = *outcome;
                 if let Some(d) = &mut outcome.diagnosis {
                     let masker = &self.masker;
                     d.mask(&|s: &mut String| {
@@ -1536,6 +1541,7 @@ impl Actor {
             needs: Arc::new(needs),
             docker: std::sync::OnceLock::new(),
             telling: Default::default(),
+            peak_memory: Default::default(),
         };
         self.attempts.spawn(run_attempt(self.ctx.clone(), a));
     }

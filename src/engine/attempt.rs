@@ -83,9 +83,11 @@ pub enum RunnerMsg {
         telling: Option<String>,
         job: JobId,
         attempt: u32,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
         /// The result-cache key of a job that ran (not one served from the cache).
         cache_key: Option<CacheKey>,
+        /// Bytes: the most memory its steps were seen to hold.
+        peak_memory: Option<u64>,
     },
 }
 
@@ -224,6 +226,8 @@ pub struct Attempt {
     pub docker: std::sync::OnceLock<Containers>,
     /// The output line that tells what went wrong, should the attempt fail.
     pub telling: std::sync::Mutex<Telling>,
+    /// The most memory its steps held (each step's executor raises it).
+    pub peak_memory: Arc<crate::exec::PeakMemory>,
 }
 
 /// What tells why an attempt failed: the knowledge base's diagnosis of

@@ -81,6 +81,8 @@ pub struct History {
     definitions: HashMap<String, String>,
     /// The line that told each failed attempt, by (job, attempt).
     telling: HashMap<(String, u32), String>,
+    /// Peak memory of attempts that have not ended yet, in bytes.
+    peaks: HashMap<(String, u32), u64>,
     warned: bool,
 }
 
@@ -112,6 +114,7 @@ impl History {
             started: HashMap::new(),
             definitions: HashMap::new(),
             telling: HashMap::new(),
+            peaks: HashMap::new(),
             warned: false,
         }
     }
@@ -191,6 +194,12 @@ impl History {
         self.telling.insert((job.to_string(), attempt), line);
     }
 
+    /// The most memory attempt `attempt` of `job` held (it comes before
+    /// the attempt's end is an event).
+    pub fn peak_memory(&mut self, job: &str, attempt: u32, bytes: u64) {
+        self.peaks.insert((job.to_string(), attempt), bytes);
+    }
+
     /// The run has ended: git's answer is waited for (a while) and given to
     /// the rows that lack it.
     pub fn finish(&mut self) {
@@ -240,7 +249,7 @@ impl History {
             failure_class,
             exit_code,
             duration_ms,
-            peak_memory: None,
+            peak_memory: self.peaks.remove(&(job.to_string(), attempt)),
             executor: if in_docker { "docker" } else { "shell" }.to_string(),
             host: self.host.clone(),
             signature,

@@ -150,9 +150,10 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
         a.tx.send(RunnerMsg::AttemptDone {
             job: a.job,
             attempt: a.attempt,
-            outcome,
+            outcome: Box::new(outcome),
             cache_key,
             telling,
+            peak_memory: a.peak_memory.bytes(),
         })
         .await;
     // Off the path to the next job: the actor has the result already, and
@@ -1862,6 +1863,7 @@ fn prepare_step(
         tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
         container,
         shell: step.shell.clone(),
+        peak_memory: a.peak_memory.clone(),
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod contain;
 pub mod docker;
 pub mod git;
+pub mod reap;
 pub mod route;
 pub mod shell;
 pub mod workspace;
@@ -58,6 +59,28 @@ pub struct StepSpec {
     /// The command line that runs the script, `{0}` standing for its file
     /// (GitHub's `shell:`); `None`: `sh -e`.
     pub shell: Option<Vec<String>>,
+    /// Raised to the most memory the step was seen to hold (shared by an
+    /// attempt's steps: the attempt's peak is the greatest).
+    pub peak_memory: std::sync::Arc<PeakMemory>,
+}
+
+/// The most memory an attempt's processes held, as the executors saw it:
+/// the largest process's peak resident set (`wait4`'s `ru_maxrss`) for host
+/// steps, the container's peak memory use (Docker's stats) for container
+/// steps.
+#[derive(Debug, Default)]
+pub struct PeakMemory(std::sync::atomic::AtomicU64);
+
+impl PeakMemory {
+    pub fn record(&self, bytes: u64) {
+        self.0.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes; `None` when nothing was seen.
+    pub fn bytes(&self) -> Option<u64> {
+        let b = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (b > 0).then_some(b)
+    }
 }
 
 impl StepSpec {

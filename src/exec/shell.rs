@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -119,18 +121,30 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+        .process_group(0);
+    // What the kernel will count as the step's own at its start: the pages
+    // of trackside the fork copies (see `reap`).
+    let inherited = super::reap::own_rss();
+    let mut spawned = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
     };
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+    // Reaped here, with its peak memory; killed if this step is dropped.
+    let mut child = super::reap::Child::new(spawned.id());
+    let pgid = i32::try_from(child.id()).ok().map(Pid::from_raw);
     let mut readers = Vec::new();
-    if let Some(o) = child.stdout.take() {
+    if let Some(o) = spawned
+        .stdout
+        .take()
+        .and_then(|o| tokio::process::ChildStdout::from_std(o).ok())
+    {
         readers.push(tokio::spawn(read_lines(o, Stream::Stdout, out.clone())));
     }
-    if let Some(e) = child.stderr.take() {
+    if let Some(e) = spawned
+        .stderr
+        .take()
+        .and_then(|e| tokio::process::ChildStderr::from_std(e).ok())
+    {
         readers.push(tokio::spawn(read_lines(e, Stream::Stderr, out.clone())));
     }
     drop(out);
@@ -142,8 +156,13 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         }
     };
     let end = tokio::select! {
-        status = child.wait() => match status {
-            Ok(s) => exit_end(s),
+        reaped = child.wait() => match reaped {
+            Ok(r) => {
+                if let Some(bytes) = super::reap::step_peak(r.peak_rss, inherited) {
+                    spec.peak_memory.record(bytes);
+                }
+                exit_end(r.status)
+            }
             Err(e) => StepEnd::SpawnFailed(format!("lost track of `sh`: {e}")),
         },
         () = deadline => {
@@ -281,7 +300,7 @@ fn exit_end(s: std::process::ExitStatus) -> StepEnd {
 
 /// SIGTERM to the group, `grace` to exit, then SIGKILL to the group and to
 /// every process still carrying the step's tag.
-async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration, tag: &str) {
+async fn terminate(child: &mut super::reap::Child, pgid: Option<Pid>, grace: Duration, tag: &str) {
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGTERM);
     }
@@ -289,7 +308,8 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: 
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGKILL);
         }
-        let _ = child.kill().await;
+        child.kill();
+        let _ = child.wait().await;
     }
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);

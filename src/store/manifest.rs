@@ -93,7 +93,7 @@ impl ArtifactError {
 }
 
 /// `1.5 GiB`, `300 MiB`, `12 KiB`, `80 B`.
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {

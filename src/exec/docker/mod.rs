@@ -20,7 +20,8 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    LogsOptions, RemoveContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -770,6 +771,18 @@ impl DockerExecutor {
             }),
         );
         let reader = tokio::spawn(forward_logs(logs, out));
+        // Docker's stats about once a second: the peak the kernel kept
+        // (`max_usage`, cgroup v1), else the highest use seen (cgroup v2
+        // keeps no peak Docker reports).
+        let mut stats = self.docker.stats(name, Some(StatsOptions::default()));
+        let peak = spec.peak_memory.clone();
+        let sampler = tokio::spawn(async move {
+            while let Some(Ok(s)) = stats.next().await {
+                if let Some(bytes) = s.memory_stats.and_then(|m| m.max_usage.or(m.usage)) {
+                    peak.record(bytes);
+                }
+            }
+        });
         let deadline = async {
             match spec.deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -802,6 +815,7 @@ impl DockerExecutor {
                 StepEnd::Cancelled
             }
         };
+        sampler.abort();
         // The log stream ends when the container stops; bound the wait anyway.
         let abort = reader.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {
