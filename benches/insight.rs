@@ -46,6 +46,7 @@ fn row(run: usize, job: usize, attempt: u32, failed: bool) -> AttemptRow {
         signature: None,
         started_ms: 1_700_000_000_000 + (run * 1_000 + job) as u64,
         failure_line: None,
+        allowed: false,
     }
 }
 

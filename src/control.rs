@@ -190,11 +190,12 @@ async fn watch_rollouts<L: Link + Clone + 'static>(
     }
 }
 
-/// Binds `path`, replacing a socket nobody answers on (a killed trackside's).
-fn bind(path: &Path) -> Result<UnixListener, String> {
+/// Binds `path` (mode 0600), replacing a socket nobody answers on (a
+/// killed trackside's). Also a live service's control socket.
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another trackside serves {}", path.display()));
+            return Err(format!("another process serves {}", path.display()));
         }
         std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
     }

@@ -608,6 +608,8 @@ pub fn quarantine(state: &Path, cmd: QuarantineCmd<'_>, pipeline: Option<&Path>)
     let pipeline = pipeline.map(pipeline_key);
     match cmd {
         QuarantineCmd::Add { name, until } => {
+            // `JOB > TEST` for those who cannot type `›`.
+            let name = &name.replacen(" > ", " › ", 1);
             if name.trim().is_empty() || name.split(" › ").any(|part| part.trim().is_empty()) {
                 return Err(Fail(
                     format!(
@@ -634,12 +636,13 @@ pub fn quarantine(state: &Path, cmd: QuarantineCmd<'_>, pipeline: Option<&Path>)
                 if name.contains(" › ") {
                     "a job that fails only in it is"
                 } else {
-                    "its failure is (a job of that name; for a test case of that name, a job that fails only in it)"
+                    "a failure of a job of that name, or of a job that fails only in a test case of that name, is"
                 }
             ));
             Ok(0)
         }
         QuarantineCmd::Remove { name } => {
+            let name = &name.replacen(" > ", " › ", 1);
             let n = index.quarantine_remove(name, pipeline.as_deref())?;
             if n == 0 {
                 return Err(Fail(

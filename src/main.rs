@@ -42,6 +42,7 @@ macro_rules! outln {
 
 mod attachcmd;
 mod insightcmd;
+mod servicecmd;
 mod storecmd;
 
 #[derive(Parser)]
@@ -52,6 +53,14 @@ struct Cli {
     state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// What `trackside service SERVICE ...` does.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ServiceAction {
+    Status,
+    Logs,
+    Stop,
 }
 
 /// What `trackside rollout SERVICE ...` does.
@@ -530,8 +539,33 @@ enum Cmd {
         latency_ms: u64,
     },
     /// Make a service's previous revision stable again (also after a
-    /// completed rollout); the next deploy compares against it.
+    /// completed rollout): a live service's traffic switches to it (at once
+    /// while its replicas are still up, else once they are started and
+    /// healthy); the next deploy compares against it.
     Rollback { service: String },
+    /// The service process of a live service (a deploy starts it; it
+    /// outlives the deploy): its router, its replicas' watchdog, their
+    /// scale-down.
+    Router {
+        service: String,
+        /// Where the router listens (port 0: any free one; default: where
+        /// it listened before).
+        #[arg(long, default_value = "")]
+        listen: String,
+    },
+    /// The live services of the state directory: what serves, where, the
+    /// traffic split and each replica.
+    Services {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// One live service: `status`, `logs` (each replica's last lines), `stop`
+    /// (its router and replicas; the history stays).
+    Service {
+        service: String,
+        #[arg(value_enum, default_value = "status")]
+        action: ServiceAction,
+    },
     /// Steer a rollout another trackside is running (same user, same
     /// --state-dir): `trackside rollout web promote`, `... status`.
     Rollout {
@@ -897,17 +931,21 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             action: CacheCmd::Why { run, job },
         } => storecmd::cache_why(&state, &run, &job),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
-        Cmd::Rollback { service } => {
-            let (now, was) = trackside::deploy::rollout::rollback(&state, &service, &trackside::deploy::rollout::who())
-                .map_err(|e| Fail(e, 1))?;
-            outln!(
-                "{service}: stable is {} again (was {}); recorded in {}",
-                now.version,
-                was.version,
-                trackside::deploy::revision::history_path(&state, &service).display()
-            );
-            Ok(0)
+        Cmd::Rollback { service } => servicecmd::rollback(&state, &service),
+        Cmd::Router { service, listen } => {
+            let _log_guard = init_tracing(&state);
+            servicecmd::router(&state, &service, &listen)
         }
+        Cmd::Services { format } => servicecmd::services(&state, format == OutputFormat::Json),
+        Cmd::Service { service, action } => servicecmd::service(
+            &state,
+            &service,
+            match action {
+                ServiceAction::Status => servicecmd::Action::Status,
+                ServiceAction::Logs => servicecmd::Action::Logs,
+                ServiceAction::Stop => servicecmd::Action::Stop,
+            },
+        ),
         Cmd::Rollout {
             service,
             action,

@@ -294,7 +294,15 @@ async fn a_completed_rollout_can_be_rolled_back_and_the_history_says_who() {
     let (sum, r) = deploy(state.path(), &deploy_yaml("v2", 0.0, one)).await;
     assert_eq!(sum.result, RunResult::Passed);
     let msg = r.handle.rollback_service("web").await.expect("rollback");
-    assert_eq!(msg, "web: stable is v1 again (was v2)");
+    // v1's replicas were still up (the scale-down delay): traffic went back at once.
+    assert!(
+        msg.starts_with("web: v1 serves again (was v2): switched at once (2 replica(s) were still up)"),
+        "{msg}"
+    );
+    let listen = trackside::deploy::service::saved(state.path(), "web")
+        .expect("live")
+        .listen;
+    assert_eq!(scrape(&format!("http://{listen}/")).await.trim(), "version v1");
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));
     let history = trackside::deploy::rollout::history(state.path(), "web");
     let actions: Vec<&str> = history.iter().map(|h| h.action.as_str()).collect();
@@ -306,7 +314,12 @@ async fn a_completed_rollout_can_be_rolled_back_and_the_history_says_who() {
         .arg(state.path())
         .output()
         .expect("rollback");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stable is v2 again (was v1)"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web: v2 serves again (was v1): switched at once"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(scrape(&format!("http://{listen}/")).await.trim(), "version v2");
     let none = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
         .args(["rollback", "nothing-here", "--state-dir"])
         .arg(state.path())
@@ -338,9 +351,20 @@ async fn a_latency_threshold_rolls_a_slow_canary_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_killed_trackside_are_stopped_by_the_next_one() {
+    // A rehearsal's replicas live as long as its trackside.
+    let rehearse = |y: String| {
+        y.replace(
+            "      abort_delay: 0\n",
+            "      abort_delay: 0\n      keep_serving: false\n",
+        )
+    };
     let state = tempfile::tempdir().expect("tempdir");
-    deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
-    let yaml = deploy_yaml("v2", 0.0, "            - set_weight: 30\n            - pause: {}\n");
+    deploy(state.path(), &rehearse(deploy_yaml("v1", 0.0, STRAIGHT))).await;
+    let yaml = rehearse(deploy_yaml(
+        "v2",
+        0.0,
+        "            - set_weight: 30\n            - pause: {}\n",
+    ));
     let file = state.path().join("v2.yml");
     std::fs::write(&file, &yaml).expect("write");
     let mut child = run_until_gate(state.path(), &file);
@@ -555,10 +579,7 @@ async fn a_rollout_is_steered_from_another_shell() {
     assert_eq!(code, 0, "{err}");
     let history = trackside::deploy::revision::history_path(state.path(), "web");
     assert!(
-        out.contains(&format!(
-            "web: stable is v1 again (was v2); recorded in {}",
-            history.display()
-        )),
+        out.contains("web: v1 serves again (was v2): switched at once") && out.contains(&history.display().to_string()),
         "{out}"
     );
     assert_eq!(load_revision(state.path(), "web").map(|r| r.version), Some("v1".into()));

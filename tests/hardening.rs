@@ -224,6 +224,42 @@ async fn requests_the_router_refuses_are_4xx_and_never_a_pools_errors() {
     stop.cancel();
 }
 
+/// A replica that refuses the connection (it just died) costs a bodiless
+/// request nothing: the router sends it to another replica of the pool. A
+/// request with a body is not sent twice.
+#[tokio::test]
+async fn a_dead_replica_costs_a_bodiless_request_no_error() {
+    use trackside::deploy::router::{Pool, Router};
+    let stop = tokio_util::sync::CancellationToken::new();
+    let alive = backend(stop.clone()).await;
+    // A port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let router = Router::new(false);
+    router.set_backends(Pool::Stable, vec![dead, alive]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let at = l.local_addr().expect("addr");
+    tokio::spawn(router.clone().serve(l, stop.clone()));
+    for _ in 0..10 {
+        let got = raw_request(at, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(got.contains(" 200 "), "{got}");
+    }
+    assert_eq!(router.totals(Pool::Stable).errors, 0);
+    let mut bad = 0;
+    for _ in 0..10 {
+        let got = raw_request(
+            at,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+        .await;
+        bad += usize::from(got.contains(" 502 "));
+    }
+    assert!(bad > 0, "a request with a body to the dead replica is not retried");
+    stop.cancel();
+}
+
 /// Out of file descriptors, a listener backs off, logs a bounded number of
 /// lines and serves again once descriptors are free. The server runs in a
 /// child process with a soft limit of 40 open files.

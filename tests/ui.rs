@@ -2049,7 +2049,7 @@ fn a_job_without_a_report_says_how_to_declare_one() {
     app.handle_key(key('t'));
     let text = screen(&app, 100, 30).to_string();
     assert!(
-        text.contains("`test-flaky` has no test report (yet): declare its JUnit reports"),
+        text.contains("`test-flaky` has no test report: declare reports: {junit: [...]}"),
         "{text}"
     );
     assert_eq!(app.mode, Mode::Normal);

@@ -20,4 +20,5 @@ pub mod revision;
 pub mod rolling;
 pub mod rollout;
 pub mod router;
+pub mod service;
 pub mod traffic;

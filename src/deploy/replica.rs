@@ -69,6 +69,8 @@ pub fn handles(replicas: &[Replica]) -> Vec<Handle> {
 enum Kind {
     Process(tokio::process::Child),
     Container(String),
+    /// Run by a live service's process, under this name there.
+    Live(String),
 }
 
 /// Starts and stops the replicas of one service.
@@ -79,6 +81,9 @@ pub struct Launcher {
     pub env: Vec<(String, String)>,
     pub log: mpsc::Sender<String>,
     docker: OnceCell<DockerExecutor>,
+    /// A live service's process: process replicas are started there, so
+    /// they outlive this trackside; with the deploy's health check.
+    live: Option<(super::service::Client, HealthCheck)>,
 }
 
 impl Launcher {
@@ -96,6 +101,23 @@ impl Launcher {
             env,
             log,
             docker: OnceCell::new(),
+            live: None,
+        }
+    }
+
+    /// Process replicas go to the service process behind `client`.
+    pub fn serving_through(mut self, client: super::service::Client, health: HealthCheck) -> Self {
+        self.live = Some((client, health));
+        self
+    }
+
+    /// A replica the service process already runs, as this deploy sees it.
+    pub fn adopt(&self, r: &super::service::LiveReplica, pool: Pool) -> Replica {
+        Replica {
+            addr: r.addr(),
+            name: format!("{} {}", pool.name(), r.spec.name),
+            pool,
+            kind: Kind::Live(r.spec.name.clone()),
         }
     }
 
@@ -126,6 +148,39 @@ impl Launcher {
     /// Starts replica number `i` (from 1) of `rev` in `pool`.
     pub async fn start(&self, rev: &Revision, pool: Pool, i: u32) -> Result<Replica, String> {
         let name = format!("{} {}#{i}", pool.name(), rev.version);
+        if let (Some((client, health)), Target::Process { run }) = (&self.live, rev.target()) {
+            let port = free_port()?;
+            // Unique within the service: the same version may be retiring.
+            let id = format!("{}#{i}.{:04x}", rev.version, fastrand::u16(..));
+            let cmd = run.replace("${PORT}", &port.to_string());
+            let spec = super::service::ReplicaSpec {
+                name: id.clone(),
+                version: rev.version.clone(),
+                run: cmd.clone(),
+                port,
+                env: self.env.clone(),
+                workdir: self.workdir.clone(),
+                health: Some(health.clone()),
+            };
+            client.call(&super::service::Request::Start { replica: spec }).await?;
+            let log = super::service::paths(&self.state_dir, &self.service)
+                .logs
+                .join(format!("{}.log", safe_name(&id)));
+            let _ = self
+                .log
+                .send(format!(
+                    "started {} {id} on port {port}: {cmd} (kept by the service process; output in {})",
+                    pool.name(),
+                    log.display()
+                ))
+                .await;
+            return Ok(Replica {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                name: format!("{} {id}", pool.name()),
+                pool,
+                kind: Kind::Live(id),
+            });
+        }
         match rev.target() {
             Target::Process { run } => {
                 let port = free_port()?;
@@ -238,6 +293,33 @@ impl Launcher {
                     d.stop_replica(&id, STOP_GRACE).await;
                 }
             }
+            Kind::Live(id) => self.retire(vec![id], Duration::ZERO).await,
+        }
+    }
+
+    /// Has the service process stop `ids` after `delay` (they serve no
+    /// traffic meanwhile).
+    async fn retire(&self, ids: Vec<String>, delay: Duration) {
+        if let Some((c, _)) = &self.live {
+            let after_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            if let Err(e) = c.call(&super::service::Request::Retire { names: ids, after_ms }).await {
+                let _ = self.log.send(format!("cannot retire replicas: {e}")).await;
+            }
+        }
+    }
+
+    /// Live replicas: stopped by the service process after `delay`;
+    /// others: stopped now. Returns what it says of them.
+    pub async fn retire_after(&self, replicas: Vec<Replica>, delay: Duration) {
+        let mut live = Vec::new();
+        for r in replicas {
+            match r.kind {
+                Kind::Live(id) => live.push(id),
+                _ => self.stop(r).await,
+            }
+        }
+        if !live.is_empty() {
+            self.retire(live, delay).await;
         }
     }
 

@@ -147,11 +147,8 @@ pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str
         .map_err(|e| format!("cannot append to {}: {e}", path.display()))
 }
 
-/// Rolls a service back to the stable revision it had before the current
-/// one (also after a completed rollout). Returns (now, was).
-pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revision), String> {
-    // Not under a running rollout's feet: that one is steered instead.
-    let _lock = lock_service(state, service)?;
+/// The service's stable revision and the one before it: (before, now).
+pub fn previous_revision(state: &Path, service: &str) -> Result<(Revision, Revision), String> {
     let current = load_revision(state, service)
         .ok_or_else(|| format!("service `{service}` has no deployed revision in {}", state.display()))?;
     let entries = history(state, service);
@@ -163,7 +160,6 @@ pub fn rollback(state: &Path, service: &str, by: &str) -> Result<(Revision, Revi
         .find(|r| **r != current)
         .cloned()
         .ok_or_else(|| format!("service `{service}` has no earlier revision than {}", current.version))?;
-    record_revision(state, service, &previous, "rolled_back", by)?;
     Ok((previous, current))
 }
 

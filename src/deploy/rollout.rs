@@ -5,9 +5,17 @@
 //! directory (see [`super::revision`]); the new one is the job's `deploy:`
 //! block. Both run as replicas (process groups or containers, see
 //! [`super::replica`]) behind the router (the built-in proxy or HAProxy,
-//! see [`super::traffic`]) on `listen`. The replicas live as long as the
-//! deploy job: when the rollout settles the job ends and they stop, and
-//! what is remembered is which revision is stable now.
+//! see [`super::traffic`]) on `listen`.
+//!
+//! A service with the built-in router and process replicas keeps serving
+//! (`keep_serving`, the default): its router and replicas live in its
+//! service process ([`super::service`]), the rollout adopts the stable
+//! replicas running there instead of starting copies, and when it ends the
+//! winner serves at 100% while the loser is stopped after its delay
+//! (`scale_down_delay`, `abort_delay`) by the service process. Otherwise
+//! (`keep_serving: false`, HAProxy, containers) the deploy is a rehearsal:
+//! the replicas live as long as the deploy job, and what is remembered is
+//! which revision is stable now.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,12 +32,13 @@ use super::judge::{self, JudgeConfig, Verdict};
 use super::metrics::{Measured, PromClient, Source};
 use super::replica::{Board, Launcher, Replica, handles, monitor, wait_healthy};
 pub use super::revision::{
-    GateState, HistoryEntry, Revision, history, load_gate, load_revision, record_revision, rollback, save_revision,
+    GateState, HistoryEntry, Revision, history, load_gate, load_revision, record_revision, save_revision,
 };
 use super::revision::{gate_path, lock_service, save_gate};
 use super::rolling::{self, Rolling, RollingSpec};
 use super::router::{FULL, Pool, Router, percent};
-use super::traffic::Traffic;
+use super::service;
+use super::traffic::{Live, Traffic};
 use crate::pipeline::model::{Deploy, MetricsSpec, RouterSpec, Strategy, Target, ThresholdMetric};
 pub use crate::protocol::identity::{identity, who};
 pub use crate::protocol::view::{RolloutCommand as Command, RolloutStatus as Status};
@@ -87,6 +96,8 @@ pub struct Io {
     pub cancel: CancellationToken,
     /// Extra environment for the replicas.
     pub env: Vec<(String, String)>,
+    /// trackside's own program, which a live service's process runs.
+    pub program: PathBuf,
     /// The pipelines' metrics from history (as `trackside metrics` prints
     /// them), served on `metrics_listen` after the service's.
     pub pipeline_metrics: Option<super::router::ExtraMetrics>,
@@ -118,6 +129,8 @@ struct World<'a> {
     /// What every status repeats from the spec.
     step_names: Vec<String>,
     limits: [Option<f64>; 2],
+    /// The service keeps serving after the deploy (a live service).
+    live: bool,
 }
 
 impl World<'_> {
@@ -190,6 +203,73 @@ impl World<'_> {
         }
         self.launcher.stop_all(replicas).await;
     }
+
+    /// The deploy is over for `replicas`: a rehearsal stops them; a live
+    /// service keeps them (serving, or retiring on the service's clock).
+    async fn end(&self, replicas: Vec<Replica>) {
+        if !self.live {
+            self.stop(replicas).await;
+        }
+    }
+
+    /// `new` won: it serves everything as the stable pool, and `old` goes
+    /// (a rehearsal stops both).
+    async fn promote(&self, io: &Io, new: Vec<Replica>, old: Vec<Replica>) -> Result<(), String> {
+        if !self.live {
+            self.stop(new).await;
+            self.stop(old).await;
+            return Ok(());
+        }
+        // The weight is 100% to the canary pool: moving its replicas into the
+        // stable pool first, then the weight, leaves no request unserved.
+        self.route(Pool::Stable, &new).await?;
+        self.traffic.set_weight(0).await?;
+        self.traffic.set_backends(Pool::Canary, &[]).await?;
+        let delay = self.spec.scale_down_delay;
+        if !old.is_empty() {
+            io.say(format!(
+                "{} serves as stable; the {} replica(s) of {} stop in {}s (`trackside rollback {}` before then switches back at once)",
+                self.new.version,
+                old.len(),
+                self.prev.version,
+                delay.as_secs(),
+                self.spec.service
+            ))
+            .await;
+        }
+        for r in &old {
+            self.board.remove(&r.name);
+        }
+        self.launcher.retire_after(old, delay).await;
+        Ok(())
+    }
+
+    /// Stable replicas for the rollout: a live service's running replicas
+    /// of `prev` (adopted, not copied), else new ones.
+    async fn stable_replicas(&self, io: &Io, client: Option<&service::Client>) -> Result<(Vec<Replica>, bool), String> {
+        let prev = &self.prev;
+        if let Some(c) = client {
+            let st = c.status().await?;
+            let running: Vec<Replica> = st
+                .serving(Pool::Stable)
+                .into_iter()
+                .filter(|r| r.spec.version == prev.version && r.pid != 0)
+                .map(|r| self.launcher.adopt(r, Pool::Stable))
+                .collect();
+            if !running.is_empty() {
+                io.say(format!(
+                    "adopting the {} running replica(s) of {} (no copy started)",
+                    running.len(),
+                    prev.version
+                ))
+                .await;
+                return Ok((running, true));
+            }
+            io.say(format!("stable {} is not running: starting it", prev.version))
+                .await;
+        }
+        Ok((self.launcher.start_all(prev, Pool::Stable).await?, false))
+    }
 }
 
 fn strategy_name(s: Strategy) -> &'static str {
@@ -230,6 +310,25 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     );
     let prev = load_revision(&io.state_dir, &spec.service);
     let new = Revision::new(&spec.version, &spec.target, spec.replicas);
+    let live = spec.keep_serving
+        && matches!(spec.router, RouterSpec::Builtin)
+        && matches!(spec.target, Target::Process { .. });
+    if spec.keep_serving && !live {
+        io.say(
+            "this service is behind HAProxy or runs in containers: it does not keep serving after the deploy yet, \
+             so this deploy stops what it starts when it ends (`keep_serving: false` says so and silences this)",
+        )
+        .await;
+    }
+    let client = if live {
+        Some(service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen).await?)
+    } else {
+        None
+    };
+    let launcher = match &client {
+        Some((c, _)) => launcher.serving_through(c.clone(), spec.health.clone()),
+        None => launcher,
+    };
     // Replicas a killed trackside left behind would hold ports and CPU.
     let containers = [Some(&new), prev.as_ref()]
         .into_iter()
@@ -242,7 +341,31 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     }
     let stop = io.cancel.child_token();
     let slots = spec.replicas.max(prev.as_ref().map_or(1, |p| p.replicas));
-    let (traffic, listen) = start_router(spec, &io, &launcher, slots, &stop).await?;
+    let (traffic, listen) = match &client {
+        Some((c, addr)) => {
+            let listen: SocketAddr = addr.parse().map_err(|_| format!("the service process said `{addr}`"))?;
+            io.say(format!(
+                "router for {} listening on http://{listen} (its service process keeps it serving)",
+                spec.service
+            ))
+            .await;
+            let mirror = Router::new(true);
+            let state = c.status().await?;
+            mirror.set_weight(state.weight);
+            tokio::spawn({
+                let (c, mirror, stop) = (c.clone(), mirror.clone(), stop.clone());
+                async move { c.samples(mirror, stop).await }
+            });
+            (
+                Traffic::Live(Box::new(Live {
+                    client: c.clone(),
+                    mirror,
+                })),
+                listen,
+            )
+        }
+        None => start_router(spec, &io, &launcher, slots, &stop).await?,
+    };
     let result = async {
         if let Some(m) = &spec.metrics_listen {
             let addr: SocketAddr = m.parse().map_err(|_| format!("`{m}` is not an address"))?;
@@ -278,16 +401,32 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
             health_tx,
             step_names: spec.steps.iter().map(step_name).collect(),
             limits: chart_limits(&spec.steps),
+            live,
         };
         let Some(prev) = prev else {
             // Nothing to compare with: the first revision becomes stable.
             let replicas = world.launcher.start_all(&new, Pool::Stable).await?;
             let healthy = wait_healthy(&handles(&replicas), &spec.health, &world.board, &io.cancel).await;
-            world.stop(replicas).await;
-            healthy.map_err(|e| format!("{} is not healthy: {e}", new.version))?;
+            if let Err(e) = healthy {
+                world.stop(replicas).await;
+                return Err(format!("{} is not healthy: {e}", new.version));
+            }
+            if live {
+                world.promote(&io, replicas, Vec::new()).await?;
+            } else {
+                world.stop(replicas).await;
+            }
             record_revision(&io.state_dir, &spec.service, &new, "first_deploy", &who())?;
+            let serving = if live {
+                format!(
+                    "; it keeps serving on http://{listen} (`trackside service {} stop` stops it)",
+                    spec.service
+                )
+            } else {
+                String::new()
+            };
             return Ok(format!(
-                "first deploy of {}: {} is stable (no rollout: there was nothing to compare with)",
+                "first deploy of {}: {} is stable (no rollout: there was nothing to compare with){serving}",
                 spec.service, new.version
             ));
         };
@@ -299,9 +438,12 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
         ))
         .await;
         let watch = stop.child_token();
-        let stable = world.launcher.start_all(&prev, Pool::Stable).await?;
+        let (stable, adopted) = world.stable_replicas(&io, client.as_ref().map(|(c, _)| c)).await?;
         if let Err(e) = wait_healthy(&handles(&stable), &spec.health, &world.board, &io.cancel).await {
-            world.stop(stable).await;
+            // Adopted replicas serve on: the service process looks after them.
+            if !adopted {
+                world.stop(stable).await;
+            }
             return Err(format!(
                 "Degraded: the stable revision {} is not healthy: {e}",
                 prev.version
@@ -320,9 +462,7 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
         let out = if spec.strategy == Strategy::Rolling {
             drive_rolling(&world, io, health_rx, stable, &watch).await
         } else {
-            let out = drive(&world, io, health_rx, &counts, &watch).await;
-            world.stop(stable).await;
-            out
+            drive(&world, io, health_rx, &counts, &watch, stable).await
         };
         watch.cancel();
         world.traffic.shutdown().await;
@@ -408,6 +548,7 @@ async fn drive(
     mut health_rx: mpsc::Receiver<(Pool, String)>,
     counts: &TrafficCounts,
     watch: &CancellationToken,
+    stable: Vec<Replica>,
 ) -> Result<String, String> {
     let spec = w.spec;
     let (prev, new) = (&w.prev, &w.new);
@@ -514,7 +655,15 @@ async fn drive(
                     Effect::StopCanary { after } => {
                         w.traffic.set_backends(Pool::Canary, &[]).await?;
                         canary_watch.cancel();
-                        canary_stop_at = Some(Instant::now() + after);
+                        if w.live {
+                            // The service process stops it after the delay.
+                            for r in &canary {
+                                w.board.remove(&r.name);
+                            }
+                            w.launcher.retire_after(std::mem::take(&mut canary), after).await;
+                        } else {
+                            canary_stop_at = Some(Instant::now() + after);
+                        }
                     }
                     Effect::MakeCanaryStable => {
                         record_revision(&io.state_dir, &spec.service, new, "promoted", &who())?;
@@ -558,7 +707,7 @@ async fn drive(
         }
         match &machine.phase {
             Phase::Completed => {
-                w.stop(canary).await;
+                w.promote(&io, canary, stable).await?;
                 return Ok(format!("{} is now stable for {}", new.version, spec.service));
             }
             Phase::Aborted { reason } | Phase::RolledBack { reason } | Phase::Degraded { reason } => {
@@ -570,6 +719,7 @@ async fn drive(
                     }
                 }
                 w.stop(canary).await;
+                w.end(stable).await;
                 return Err(format!(
                     "{} (stable {} kept serving)",
                     detail.unwrap_or_else(|| reason.clone()),
@@ -582,7 +732,9 @@ async fn drive(
         tokio::select! {
             () = io.cancel.cancelled() => {
                 let _ = w.traffic.set_weight(0).await;
+                let _ = w.traffic.set_backends(Pool::Canary, &[]).await;
                 w.stop(canary).await;
+                w.end(stable).await;
                 return Err("cancelled: canary set to 0%, stable kept serving".into());
             }
             Some((cmd, by)) = io.control.recv() => {
@@ -779,15 +931,14 @@ async fn drive_rolling(
         let _ = io.status.try_send(status);
         match &machine.phase {
             rolling::Phase::Completed => {
-                w.stop(std::mem::take(&mut old)).await;
-                w.stop(serving).await;
+                w.promote(&io, serving, std::mem::take(&mut old)).await?;
                 return Ok(format!(
                     "{} is now stable for {}: {} replica(s) updated",
                     new.version, spec.service, new.replicas
                 ));
             }
             rolling::Phase::RolledBack { reason } => {
-                w.stop(old).await;
+                w.end(old).await;
                 return Err(format!("rolled back: {reason} ({} kept serving)", prev.version));
             }
             _ => {}
@@ -796,8 +947,13 @@ async fn drive_rolling(
         tokio::select! {
             () = io.cancel.cancelled() => {
                 w.stop(starting).await;
+                if w.live {
+                    // The old replicas left take everything again.
+                    let _ = w.traffic.set_weight(0).await;
+                    let _ = w.traffic.set_backends(Pool::Canary, &[]).await;
+                }
                 w.stop(serving).await;
-                w.stop(old).await;
+                w.end(old).await;
                 return Err("cancelled mid-update".into());
             }
             Some((cmd, by)) = io.control.recv() => {

@@ -111,6 +111,9 @@ pub struct Router {
     sticky: bool,
     /// Requests in flight per backend, for draining.
     in_flight: Mutex<std::collections::HashMap<SocketAddr, u32>>,
+    /// Where each request's measurement also goes (a service process
+    /// streams them to deploys).
+    tap: std::sync::OnceLock<tokio::sync::broadcast::Sender<super::service::WireSample>>,
 }
 
 /// Where a request goes, and whether to pin the client there.
@@ -129,7 +132,13 @@ impl Router {
             stats: [PoolStats::new(), PoolStats::new()],
             sticky,
             in_flight: Mutex::new(std::collections::HashMap::new()),
+            tap: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends every request's measurement to `tx` too (set once).
+    pub fn tap(&self, tx: tokio::sync::broadcast::Sender<super::service::WireSample>) {
+        let _ = self.tap.set(tx);
     }
 
     /// The canary's share, in tenths of a percent (clamped to 0..=1000).
@@ -337,11 +346,21 @@ impl Drop for InFlight<'_> {
 
 impl Router {
     pub fn record(&self, pool: Pool, latency: Duration, error: bool) {
+        let latency_ms = latency.as_secs_f32() * 1000.0;
         self.stats[pool.index()].record(Sample {
             at: Instant::now(),
-            latency_ms: latency.as_secs_f32() * 1000.0,
+            latency_ms,
             error,
         });
+        if let Some(tx) = self.tap.get()
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(super::service::WireSample {
+                pool,
+                latency_ms,
+                error,
+            });
+        }
     }
 
     /// Serves until `stop` is cancelled.
@@ -407,18 +426,45 @@ impl Router {
         if backends.is_empty() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no backend is serving\n");
         }
-        let addr = backends[self.turn.fetch_add(1, Ordering::Relaxed) % backends.len()];
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut addr = backends[turn % backends.len()];
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
         let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() else {
             return text(StatusCode::BAD_REQUEST, "bad request path\n");
         };
+        // A request without a body goes to another replica when this one
+        // refuses the connection (it never saw the request) or, for an
+        // idempotent method, drops it before answering: a replica that just
+        // died costs no client an error.
+        let idempotent = matches!(
+            *req.method(),
+            hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+        );
+        let again = (hyper::body::Body::is_end_stream(req.body()) && backends.len() > 1).then(|| {
+            let mut r = Request::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+            *r.method_mut() = req.method().clone();
+            *r.headers_mut() = req.headers().clone();
+            *r.version_mut() = req.version();
+            r
+        });
         *req.uri_mut() = uri;
         let started = Instant::now();
-        let result = {
+        let mut result = {
             // Counted until the answer's headers, also if the client goes away.
             let _busy = InFlight::enter(self, addr);
             client.request(req).await
         };
+        if let (Err(e), Some(mut retry)) = (&result, again)
+            && (e.is_connect() || idempotent)
+            && !body_failed.load(Ordering::Relaxed)
+        {
+            addr = backends[(turn + 1) % backends.len()];
+            if let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() {
+                *retry.uri_mut() = uri;
+                let _busy = InFlight::enter(self, addr);
+                result = client.request(retry).await;
+            }
+        }
         let latency = started.elapsed();
         let mut resp = match result {
             Ok(r) => {

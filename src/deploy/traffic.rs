@@ -7,10 +7,20 @@ use std::time::{Duration, Instant};
 
 use super::haproxy::Haproxy;
 use super::router::{Pool, Router};
+use super::service::{Client, Request};
 
 pub enum Traffic {
     Builtin(Arc<Router>),
     Haproxy(Arc<Haproxy>),
+    /// The router of a live service, in its service process: steered
+    /// through its socket, measured from the samples it streams.
+    Live(Box<Live>),
+}
+
+pub struct Live {
+    pub client: Client,
+    /// The service's samples, as the judge reads them.
+    pub mirror: Arc<Router>,
 }
 
 impl Traffic {
@@ -19,6 +29,7 @@ impl Traffic {
         match self {
             Traffic::Builtin(r) => r,
             Traffic::Haproxy(h) => &h.stats,
+            Traffic::Live(l) => &l.mirror,
         }
     }
 
@@ -26,6 +37,7 @@ impl Traffic {
         match self {
             Traffic::Builtin(_) => "built-in router",
             Traffic::Haproxy(_) => "HAProxy",
+            Traffic::Live(_) => "built-in router (service process)",
         }
     }
 
@@ -37,6 +49,11 @@ impl Traffic {
                 Ok(())
             }
             Traffic::Haproxy(h) => h.set_weight(weight).await,
+            Traffic::Live(l) => {
+                l.client.call(&Request::Weight { weight }).await?;
+                l.mirror.set_weight(weight);
+                Ok(())
+            }
         }
     }
 
@@ -50,6 +67,7 @@ impl Traffic {
         match self {
             Traffic::Builtin(r) => r.weight(),
             Traffic::Haproxy(h) => h.actual_weight(),
+            Traffic::Live(l) => l.mirror.weight(),
         }
     }
 
@@ -60,6 +78,14 @@ impl Traffic {
                 Ok(())
             }
             Traffic::Haproxy(h) => h.set_backends(pool, addrs).await,
+            Traffic::Live(l) => l
+                .client
+                .call(&Request::Route {
+                    pool,
+                    addrs: addrs.to_vec(),
+                })
+                .await
+                .map(drop),
         }
     }
 
@@ -71,6 +97,13 @@ impl Traffic {
             let busy = match self {
                 Traffic::Builtin(r) => u64::from(r.in_flight(addr)),
                 Traffic::Haproxy(h) => h.in_flight(addr).await.unwrap_or(0),
+                Traffic::Live(l) => l
+                    .client
+                    .call(&Request::InFlight { addr })
+                    .await
+                    .ok()
+                    .and_then(|r| r.in_flight)
+                    .map_or(0, u64::from),
             };
             if busy == 0 {
                 return true;

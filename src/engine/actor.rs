@@ -93,6 +93,10 @@ pub struct EngineConfig {
     /// (GitLab's `trigger: include: {artifact, job}`) is read with them.
     pub load_options: Option<crate::pipeline::LoadOptions>,
     pub git: Option<crate::exec::git::Facts>,
+    /// trackside's own program: what a live service's process runs, and
+    /// `TRACKSIDE_EXE` in steps (this program by default; tests that run
+    /// the engine in their own binary name trackside's).
+    pub program: PathBuf,
 }
 
 /// Quiet time after the last change to the pipeline file before it is read.
@@ -128,6 +132,7 @@ impl EngineConfig {
             no_cache: false,
             git: None,
             load_options: None,
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trackside")),
         }
     }
 }
@@ -444,6 +449,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         pipeline: pipeline.clone(),
         run_dir: record.dir().to_path_buf(),
         project_dir: cfg.project_dir.clone(),
+        program: cfg.program.clone(),
         files,
         in_place: cfg.in_place,
         keep_workspaces: cfg.keep_workspaces,
@@ -1173,15 +1179,9 @@ impl Actor {
                 };
                 let notes = self.notes_tx.clone();
                 tokio::spawn(async move {
-                    let who = by.clone();
-                    let done = tokio::task::spawn_blocking(move || {
-                        crate::deploy::rollout::rollback(&state, &service, &who).map(|(now, was)| {
-                            format!("{service}: stable is {} again (was {})", now.version, was.version)
-                        })
-                    })
-                    .await
-                    .map_err(|e| EngineError::Rejected(e.to_string()))
-                    .and_then(|r| r.map_err(EngineError::Rejected));
+                    let done = crate::deploy::service::rollback(&state, &service, &by)
+                        .await
+                        .map_err(EngineError::Rejected);
                     if let Ok(text) = &done {
                         let _ = notes.send(EventKind::Steered { what: text.clone(), by });
                     }

@@ -99,6 +99,8 @@ pub struct RunContext {
     pub pipeline: Arc<Pipeline>,
     pub run_dir: PathBuf,
     pub project_dir: PathBuf,
+    /// trackside's own program (see `EngineConfig::program`).
+    pub program: PathBuf,
     /// Project files copied into each workspace (taken once per run).
     pub files: Vec<PathBuf>,
     pub in_place: bool,
@@ -196,12 +198,7 @@ impl RunContext {
             ("CI_PROJECT_DIR".into(), workspace.display().to_string()),
             ("TRACKSIDE_RUN_DIR".into(), self.run_dir.display().to_string()),
             // This trackside, so a pipeline can run `${TRACKSIDE_EXE} demo-service`.
-            (
-                "TRACKSIDE_EXE".into(),
-                std::env::current_exe()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "trackside".into()),
-            ),
+            ("TRACKSIDE_EXE".into(), self.program.display().to_string()),
         ]
     }
 }

@@ -182,6 +182,20 @@ impl History {
                     containers,
                 )
             }
+            // Failures the run allowed (allow_failure, quarantine) did not fail it.
+            EventKind::RunFinished { summary } => {
+                let allowed: Vec<String> = summary
+                    .jobs
+                    .iter()
+                    .filter(|j| j.status == JobStatus::Failed && j.allow_failure)
+                    .map(|j| j.name.clone())
+                    .collect();
+                if !allowed.is_empty() {
+                    let marked = self.index.mark_allowed(&self.run_id, &allowed);
+                    self.warn(marked);
+                }
+                return;
+            }
             _ => return,
         };
         let written = self.index.record_attempts(std::slice::from_ref(&row));
@@ -255,6 +269,7 @@ impl History {
             signature,
             started_ms,
             failure_line,
+            allowed: false,
         }
     }
 

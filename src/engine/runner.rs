@@ -261,6 +261,7 @@ async fn deploy_attempt(
         audit: audit_tx,
         cancel: a.cancel.clone(),
         env,
+        program: ctx.program.clone(),
         pipeline_metrics: Some({
             let index = ctx.index.clone();
             std::sync::Arc::new(move || {
@@ -2434,6 +2435,7 @@ mod tests {
             pipeline: Arc::new(p),
             run_dir: PathBuf::from("/tmp/r"),
             project_dir: PathBuf::from("/tmp/p"),
+            program: PathBuf::from("trackside"),
             files: Vec::new(),
             in_place: false,
             keep_workspaces: false,

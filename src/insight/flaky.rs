@@ -375,6 +375,7 @@ mod tests {
             signature: None,
             started_ms: run as u64 * 1_000 + u64::from(attempt),
             failure_line: None,
+            allowed: false,
         }
     }
 

@@ -26,7 +26,7 @@ pub struct RunFigures {
     pub started_ms: u64,
     /// From its first attempt's start to its last attempt's end.
     pub duration_ms: u64,
-    /// Some job's last attempt failed.
+    /// Some job's last attempt failed, and the run did not allow it.
     pub failed: bool,
     /// Attempts that failed, by class.
     pub failures: BTreeMap<String, u32>,
@@ -62,7 +62,7 @@ pub fn runs(rows: &[AttemptRow]) -> Vec<RunFigures> {
                 pipeline: rs[0].pipeline.clone(),
                 started_ms: start,
                 duration_ms: end.saturating_sub(start),
-                failed: last.values().any(|r| r.outcome == "failed"),
+                failed: last.values().any(|r| r.outcome == "failed" && !r.allowed),
                 failures,
             }
         })
@@ -268,7 +268,8 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
                 let _ = writeln!(
                     out,
                     "{name}_sum{{pipeline=\"{p}\",job=\"{j}\"}} {}",
-                    ds.iter().sum::<f64>()
+                    // Durations are whole milliseconds: so is their sum.
+                    (ds.iter().sum::<f64>() * 1000.0).round() / 1000.0
                 );
                 let _ = writeln!(out, "{name}_count{{pipeline=\"{p}\",job=\"{j}\"}} {}", ds.len());
             }
@@ -333,6 +334,7 @@ mod tests {
             signature: None,
             started_ms: started,
             failure_line: None,
+            allowed: false,
         }
     }
 

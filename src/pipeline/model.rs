@@ -357,6 +357,13 @@ pub struct Deploy {
     /// How long an aborted canary keeps running at 0% before it is stopped.
     #[serde(with = "secs")]
     pub abort_delay: Duration,
+    /// How long the old revision's replicas keep running after a promotion
+    /// (a rollback within it switches back at once).
+    #[serde(with = "secs")]
+    pub scale_down_delay: Duration,
+    /// The service keeps serving after the deploy (its replicas and router
+    /// live on); `false` rehearses the rollout and stops everything at its end.
+    pub keep_serving: bool,
     /// Judge settings: confidence (0.98) and tolerance (0.25).
     pub confidence: f64,
     pub tolerance: f64,
@@ -457,15 +464,15 @@ impl Default for Rolling {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub probe: Probe,
-    #[serde(with = "secs")]
+    #[serde(with = "secs_de")]
     pub interval: Duration,
     pub success_threshold: u32,
     pub failure_threshold: u32,
     /// Give up on a replica that is not healthy after this long.
-    #[serde(with = "secs")]
+    #[serde(with = "secs_de")]
     pub timeout: Duration,
 }
 
@@ -482,7 +489,7 @@ pub enum Strategy {
 }
 
 /// How a replica is checked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Probe {
     /// GET the path; healthy on `status` (any 2xx when unset).

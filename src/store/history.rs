@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// The index's schema version this trackside writes.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// Version 1: the `attempts` table.
 const V1: &str = "
@@ -73,12 +73,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
 /// Version 4: the line that told a failure (its signature is made from it).
 const V4: &str = "ALTER TABLE attempts ADD COLUMN failure_line TEXT;";
 
+/// Version 5: whether a failure was allowed (`allow_failure`, quarantine):
+/// it did not fail its run.
+const V5: &str = "ALTER TABLE attempts ADD COLUMN allowed INTEGER NOT NULL DEFAULT 0;";
+
 /// Brings the index to [`VERSION`], each step in one transaction. Each
 /// step takes the write lock before it reads the version, so two processes
 /// opening an old index at once migrate it once: the second sees the first's
 /// version and skips the step.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)] {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < to {
@@ -242,6 +246,7 @@ pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Res
                 signature: None,
                 started_ms: ms(r.get(13)?),
                 failure_line: None,
+                allowed: false,
             },
             r.get::<_, u32>(11)?,
         ))
@@ -297,6 +302,10 @@ pub struct AttemptRow {
     pub started_ms: u64,
     /// The output line that told the failure (secrets masked).
     pub failure_line: Option<String>,
+    /// A failure that did not fail its run (`allow_failure`, quarantine):
+    /// set for the run's jobs when it ends.
+    #[serde(default)]
+    pub allowed: bool,
 }
 
 fn sql(v: u64) -> i64 {
@@ -354,7 +363,7 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
     let mut sql_text = String::from(
         "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
          outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms,
-         failure_line FROM attempts WHERE 1 = 1",
+         failure_line, allowed FROM attempts WHERE 1 = 1",
     );
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     if let Some(j) = &filter.job {
@@ -407,6 +416,7 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
                 signature: r.get(17)?,
                 started_ms: ms(r.get(18)?),
                 failure_line: r.get(19)?,
+                allowed: r.get(20)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -414,6 +424,15 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
         rows.sort_by(|a, b| (a.started_ms, &a.run_id, a.attempt).cmp(&(b.started_ms, &b.run_id, b.attempt)));
     }
     Ok(rows)
+}
+
+/// Marks the attempts of `jobs` in `run_id` as allowed failures.
+pub fn mark_allowed(conn: &Connection, run_id: &str, jobs: &[String]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE attempts SET allowed = 1 WHERE run_id = ?1 AND job = ?2")?;
+    for j in jobs {
+        stmt.execute(params![run_id, j])?;
+    }
+    Ok(())
 }
 
 /// A quarantined job: its failures do not fail a run.
@@ -493,6 +512,7 @@ mod tests {
             signature: None,
             started_ms: at,
             failure_line: None,
+            allowed: false,
         }
     }
 

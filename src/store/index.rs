@@ -291,6 +291,12 @@ impl Index {
         self.with(|c| super::history::test_attempts(c, pipeline))
     }
 
+    /// Marks the failures of `jobs` in run `run_id` as allowed: they did
+    /// not fail the run.
+    pub fn mark_allowed(&self, run_id: &str, jobs: &[String]) -> Result<(), StoreError> {
+        self.with(|c| super::history::mark_allowed(c, run_id, jobs))
+    }
+
     pub fn quarantine_add(&self, q: &super::history::Quarantined) -> Result<(), StoreError> {
         self.with(|c| super::history::quarantine_add(c, q))
     }

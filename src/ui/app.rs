@@ -824,9 +824,7 @@ impl App {
                 }
                 Action::Shell => format!("`{name}` has not failed; a shell opens in a failed container job"),
                 Action::RerunFailed => "no failed job to rerun".into(),
-                Action::Tests => format!(
-                    "`{name}` has no test report (yet): declare its JUnit reports, e.g. reports: {{junit: [report.xml]}}"
-                ),
+                Action::Tests => format!("`{name}` has no test report: declare reports: {{junit: [...]}}"),
                 Action::Cancel => format!("`{name}` has already finished"),
                 Action::CancelAll | Action::TogglePause => "the run has finished".into(),
                 Action::PrevAttempt | Action::NextAttempt => format!("`{name}` has one attempt"),

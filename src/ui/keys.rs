@@ -186,7 +186,7 @@ pub const BINDINGS: &[Binding] = &[
         A::Tests,
         S::Everywhere,
         "tests",
-        "the selected job's test cases, failed first, with the log lines around them",
+        "the selected job's failed test cases, with their messages and the log lines that name them",
     ),
     b(
         &[K::Char('D')],

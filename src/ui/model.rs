@@ -436,6 +436,10 @@ impl Model {
                         if js.reason.is_some() {
                             j.reason = js.reason.clone();
                         }
+                        // A failure the run allowed (a quarantined test) shows as such.
+                        if js.status == JobStatus::Failed {
+                            j.allow_failure = js.allow_failure;
+                        }
                     });
                 }
                 self.finished = Some(summary.clone());

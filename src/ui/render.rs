@@ -1522,17 +1522,19 @@ pub fn help_lines(app: &App, width: usize) -> Vec<Line<'static>> {
     if !row.is_empty() {
         lines.push(Line::from(row));
     }
-    lines.push(Line::raw(format!(
+    let note = format!(
         "In the header: a count per status ({} 5 = five passed); #N on a box: attempt N; {} on a box: history calls the job flaky, failing in 18% of its past runs.",
         t.status(JobStatus::Succeeded, false, false, false).0,
         flake_mark(t, 18)
-    )));
+    );
+    lines.extend(wrap_words(&note, width.max(10)).into_iter().map(Line::raw));
     lines
 }
 
-/// A job's historical flake rate as its box shows it: `⚑18%`.
+/// A job's historical flake rate as its box shows it: `⚑18%` (`~18%`
+/// under `--ascii`, where `!` is an allowed failure).
 fn flake_mark(t: &super::theme::Theme, pct: u8) -> String {
-    format!("{}{pct}%", t.glyph("⚑", "!"))
+    format!("{}{pct}%", t.glyph("⚑", "~"))
 }
 
 /// Splits `text` into rows of at most `width` characters at spaces (a
@@ -1738,7 +1740,11 @@ fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     let cols = usize::from(width.saturating_sub(14)).clamp(1, CHART_RUNS);
     let runs = &runs[runs.len().saturating_sub(cols)..];
     let label = |s: &str| Span::styled(format!("{s:<10}"), t.dim());
+    // Runs of seconds read in seconds; longer ones as m:ss.
     let clock = |ms: u64| {
+        if ms < 60_000 {
+            return format!("{:.1}s", ms as f64 / 1000.0);
+        }
         let s = (ms + 500) / 1000;
         format!("{}:{:02}", s / 60, s % 60)
     };
@@ -1766,7 +1772,7 @@ fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     for row in (0..CHART_ROWS).rev() {
         let axis = match row {
             r if r == CHART_ROWS - 1 => format!("{:>8} ", clock(max)),
-            0 => format!("{:>8} ", "0:00"),
+            0 => format!("{:>8} ", "0"),
             _ => " ".repeat(9),
         };
         let mut spans = vec![Span::styled(axis, t.dim()), Span::styled(t.glyph("│", "|"), t.dim())];
@@ -1808,16 +1814,15 @@ fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     lines.push(Line::from(vec![
         label("failed"),
         Span::raw(format!(
-            "{failed_n} of {} ({:.0}%)  over 5 runs: {}",
+            "{failed_n} of {} ({:.0}%)",
             runs.len(),
             failed_n as f64 * 100.0 / runs.len().max(1) as f64,
-            if t.ascii {
-                rates.iter().map(|r| format!("{r}% ")).collect::<String>()
-            } else {
-                bars(&rates, 100)
-            }
         )),
     ]));
+    // Under the chart, run by run: the failed share of the five runs up to each.
+    let mut rate = vec![Span::styled(format!("{:>10}", "fail rate "), t.dim())];
+    rate.push(Span::styled(bars(&rates, 100, t.ascii), t.warn()));
+    lines.push(Line::from(rate));
     if !h.failures_by_class.is_empty() {
         let classes: Vec<String> = h
             .failures_by_class
@@ -1825,7 +1830,12 @@ fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
             .take(5)
             .map(|c| format!("{} {}", c.class, c.attempts))
             .collect();
-        lines.push(Line::from(vec![label("classes"), Span::raw(classes.join(", "))]));
+        let before = if m.finished.is_some() { " (before this run)" } else { "" };
+        lines.push(Line::from(vec![
+            label("classes"),
+            Span::raw(classes.join(", ")),
+            Span::styled(before, t.dim()),
+        ]));
     }
     let pct = |x: f64| format!("{:.0}%", x * 100.0);
     for (i, f) in h.flaky.iter().enumerate() {
@@ -1843,12 +1853,15 @@ fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     lines
 }
 
-/// `values` (each at most `max`) as a line of bars from `▁` to `█`, one per value.
-fn bars(values: &[u64], max: u64) -> String {
+/// `values` (each at most `max`) as a line of bars from `▁` to `█` (`_`
+/// to `#` in ASCII), one per value.
+fn bars(values: &[u64], max: u64, ascii: bool) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    const ASCII: [char; 8] = ['_', '.', '-', '~', '=', '+', '*', '#'];
+    let levels = if ascii { ASCII } else { BARS };
     values
         .iter()
-        .map(|&v| BARS[((v.min(max) as f64 / max.max(1) as f64) * 7.0).round() as usize])
+        .map(|&v| levels[((v.min(max) as f64 / max.max(1) as f64) * 7.0).round() as usize])
         .collect()
 }
 

@@ -72,6 +72,7 @@ pub fn setup_files(yaml: &str, files: &[(&str, &str)], opts: &LoadOptions) -> Se
     )];
     cfg.kill_grace = Some(Duration::from_millis(200));
     cfg.seed = Some(7);
+    cfg.program = PathBuf::from(env!("CARGO_BIN_EXE_trackside"));
     Setup { dir, cfg, pipeline }
 }
 

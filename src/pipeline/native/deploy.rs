@@ -27,6 +27,8 @@ impl Cx<'_> {
             "strategy",
             "progress_deadline",
             "abort_delay",
+            "scale_down_delay",
+            "keep_serving",
             "judge",
         ];
         if !self.mapping(node, path, &keys, "deploy") {
@@ -184,6 +186,12 @@ impl Cx<'_> {
         let abort_delay = get(node, "abort_delay")
             .and_then(|n| self.seconds_in(n, &join(path, "abort_delay"), 0.0, 3600.0))
             .unwrap_or(Duration::from_secs(30));
+        let scale_down_delay = get(node, "scale_down_delay")
+            .and_then(|n| self.seconds_in(n, &join(path, "scale_down_delay"), 0.0, 86400.0))
+            .unwrap_or(Duration::from_secs(30));
+        let keep_serving = get(node, "keep_serving")
+            .and_then(|n| self.boolean(n, &join(path, "keep_serving")))
+            .unwrap_or(true);
         Some(Deploy {
             service: service?,
             listen: listen?,
@@ -200,6 +208,8 @@ impl Cx<'_> {
             rolling,
             progress_deadline,
             abort_delay,
+            scale_down_delay,
+            keep_serving,
             confidence,
             tolerance,
         })

@@ -1,0 +1,1207 @@
+//! Live services: what keeps serving after the deploy that made it ends.
+//!
+//! A service deployed with the built-in router and local-process replicas
+//! lives in a process of its own, the **service process** (`trackside
+//! router SERVICE`): a deploy starts it, in a session of its own, and it
+//! outlives the deploy and the trackside that ran it. It
+//! - serves the built-in router on the service's listen address;
+//! - starts the replicas a deploy asks for, each in a session of its own
+//!   with its output in `replicas/<name>.log`, and keeps them alive: a
+//!   replica that exits is started again on its port (after 1 s, doubling
+//!   to 30 s); one that died five times in five minutes marks the service
+//!   Degraded;
+//! - stops replicas a deploy retired once their delay is over
+//!   (`scale_down_delay` after a promotion, `abort_delay` after an abort),
+//!   whether or not that deploy is still there;
+//! - streams every request's measurement to deploys that ask, for their
+//!   analyses;
+//! - stops, with its replicas, when its state folder is removed, or when
+//!   `trackside service SERVICE stop` says so.
+//!
+//! Everything lives under `<state>/services/<service>/` (mode 0700):
+//! `service.json` (the live state: listen address, weight, replicas with
+//! their pid and start time), `router.pid` (`pid:start`), `router.sock` (the
+//! control socket, 0600: one JSON [`Request`] line, one [`Reply`] line) and
+//! the replicas' logs. A service process started again (after a crash or
+//! `kill -9`) adopts the replicas `service.json` names, a pid being trusted
+//! only with its start time, and routes to them as before.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::revision::{safe_name, services_dir};
+use super::router::{Pool, Router};
+
+/// The longest request line read.
+const MAX_REQUEST: u64 = 1 << 20;
+/// How long a connection may take to send its request.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+/// How often the watchdog looks at the replicas.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// A stopped replica's time to exit after SIGTERM, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Deaths within [`DEATH_WINDOW`] that make the service Degraded.
+const DEATHS_DEGRADED: usize = 5;
+const DEATH_WINDOW: Duration = Duration::from_secs(300);
+/// The longest wait before a dead replica is started again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Requests served at once on the control socket.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Where a service's live files are.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub pid: PathBuf,
+    pub socket: PathBuf,
+    pub logs: PathBuf,
+}
+
+pub fn paths(state: &Path, service: &str) -> Paths {
+    let dir = services_dir(state).join(safe_name(service));
+    Paths {
+        state: dir.join("service.json"),
+        pid: dir.join("router.pid"),
+        socket: dir.join("router.sock"),
+        logs: dir.join("replicas"),
+        dir,
+    }
+}
+
+/// What starts a replica: its command (its port filled in), environment
+/// and working directory. Kept in `service.json` (0600) to start it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSpec {
+    /// `v2#1`.
+    pub name: String,
+    pub version: String,
+    pub run: String,
+    pub port: u16,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    pub workdir: PathBuf,
+    /// How its deploy checked it (a rollback checks a revision it starts
+    /// again the same way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::pipeline::model::HealthCheck>,
+}
+
+/// A replica the service process looks after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveReplica {
+    #[serde(flatten)]
+    pub spec: ReplicaSpec,
+    /// Its session leader (and process group): 0 while it is down.
+    pub pid: u32,
+    /// The pid's start time (`/proc/PID/stat`), so a reused pid is never
+    /// mistaken for it.
+    pub start: u64,
+    /// The pool it serves, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+    /// Retired: stopped at this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at_ms: Option<u64>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl LiveReplica {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.spec.port))
+    }
+}
+
+/// A live service as its service process keeps it (`service.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveState {
+    pub service: String,
+    /// The address the router listens on.
+    pub listen: String,
+    /// The canary's share, in tenths of a percent.
+    pub weight: u32,
+    pub replicas: Vec<LiveReplica>,
+    /// Why the service is Degraded (its replicas keep dying), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
+impl LiveState {
+    /// The replicas serving `pool`.
+    pub fn serving(&self, pool: Pool) -> Vec<&LiveReplica> {
+        self.replicas
+            .iter()
+            .filter(|r| r.pool == Some(pool) && r.retire_at_ms.is_none())
+            .collect()
+    }
+
+    /// The version `pool` serves (of its first replica).
+    pub fn version(&self, pool: Pool) -> Option<&str> {
+        self.serving(pool).first().map(|r| r.spec.version.as_str())
+    }
+}
+
+/// What a client asks the service process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Start a replica (not routed yet); the reply's state has its pid.
+    Start {
+        replica: ReplicaSpec,
+    },
+    /// Make the replicas at `addrs` the ones serving `pool` (the others of
+    /// the pool serve no more, and are not stopped).
+    Route {
+        pool: Pool,
+        addrs: Vec<SocketAddr>,
+    },
+    /// The canary's share, in tenths of a percent.
+    Weight {
+        weight: u32,
+    },
+    /// Stop these replicas `after_ms` from now (0: at once); they serve no
+    /// traffic meanwhile.
+    Retire {
+        names: Vec<String>,
+        after_ms: u64,
+    },
+    /// Keep these retired replicas after all (a rollback within the delay).
+    Unretire {
+        names: Vec<String>,
+    },
+    /// Requests in flight to a replica's address.
+    InFlight {
+        addr: SocketAddr,
+    },
+    /// Every request's measurement, one line each (`pool latency_ms error`),
+    /// for as long as the connection stays open.
+    Samples,
+    /// Stop every replica and the service process.
+    Stop,
+}
+
+/// What the service process answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<LiveState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+}
+
+impl Reply {
+    fn ok(message: impl Into<String>, state: LiveState) -> Reply {
+        Reply {
+            ok: true,
+            message: message.into(),
+            state: Some(state),
+            in_flight: None,
+        }
+    }
+
+    fn refused(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            message: message.into(),
+            ..Reply::default()
+        }
+    }
+}
+
+/// One request's measurement, as [`Request::Samples`] streams it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WireSample {
+    pub pool: Pool,
+    pub latency_ms: f32,
+    pub error: bool,
+}
+
+impl WireSample {
+    pub fn line(&self) -> String {
+        format!("{} {:.3} {}\n", self.pool.name(), self.latency_ms, u8::from(self.error))
+    }
+
+    pub fn parse(line: &str) -> Option<WireSample> {
+        let mut parts = line.split_whitespace();
+        let pool = match parts.next()? {
+            "stable" => Pool::Stable,
+            "canary" => Pool::Canary,
+            _ => return None,
+        };
+        let latency_ms = parts.next()?.parse().ok()?;
+        let error = parts.next()? == "1";
+        Some(WireSample {
+            pool,
+            latency_ms,
+            error,
+        })
+    }
+}
+
+/// A replica the service process started (its child) or adopted.
+struct Running {
+    child: Option<tokio::process::Child>,
+    /// It takes connections (a replica started again is routed only then).
+    ready: bool,
+    /// When it died, if it is down, and when it may start again.
+    down_since: Option<Instant>,
+    next_try: Option<Instant>,
+    backoff: Duration,
+    deaths: Vec<Instant>,
+}
+
+struct Daemon {
+    paths: Paths,
+    router: Arc<Router>,
+    state: LiveState,
+    running: HashMap<String, Running>,
+    samples: broadcast::Sender<WireSample>,
+    stop: CancellationToken,
+}
+
+/// Runs the service process of `service` until it is told to stop or its
+/// folder goes. `ready` gets the router's address once it serves.
+pub async fn serve(
+    state_dir: PathBuf,
+    service: String,
+    listen: String,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let paths = paths(&state_dir, &service);
+    create_private_dir(&paths.dir)?;
+    create_private_dir(&paths.logs)?;
+    let _lock = lock(&paths)?;
+    let mut live: LiveState = std::fs::read_to_string(&paths.state)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    live.service = service.clone();
+    // The address it served before, unless asked for another.
+    let want = if listen.is_empty() || listen.ends_with(":0") && !live.listen.is_empty() {
+        live.listen.clone()
+    } else {
+        listen
+    };
+    let want = if want.is_empty() {
+        "127.0.0.1:0".to_string()
+    } else {
+        want
+    };
+    let addr: SocketAddr = want.parse().map_err(|_| format!("`{want}` is not an address"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("the router of `{service}` cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    live.listen = addr.to_string();
+    let router = Router::new(true);
+    let (samples, _) = broadcast::channel(4096);
+    router.tap(samples.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(router.clone().serve(listener, stop.clone()));
+    let socket = crate::control::bind(&paths.socket)?;
+    let mut d = Daemon {
+        paths: paths.clone(),
+        router,
+        state: live,
+        running: HashMap::new(),
+        samples,
+        stop: stop.clone(),
+    };
+    // Adopt what an earlier service process left running.
+    for r in &d.state.replicas {
+        let alive = r.pid != 0 && crate::process::owner_alive(r.pid, r.start);
+        d.running.insert(
+            r.spec.name.clone(),
+            Running {
+                child: None,
+                ready: alive,
+                down_since: (!alive).then(Instant::now),
+                next_try: (!alive).then(Instant::now),
+                backoff: Duration::from_secs(1),
+                deaths: Vec::new(),
+            },
+        );
+    }
+    d.apply_routes();
+    d.router.set_weight(d.state.weight);
+    d.save();
+    write_pid(&paths.pid)?;
+    ready(addr);
+    let d = Arc::new(Mutex::new(d));
+    let accept = tokio::spawn(accept(socket, d.clone(), stop.clone()));
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // Its folder removed (a temporary state directory): nothing is left to serve.
+        if !paths.dir.exists() {
+            stop.cancel();
+            break;
+        }
+        d.lock().await.watch().await;
+    }
+    accept.abort();
+    let mut d = d.lock().await;
+    d.stop_all().await;
+    let _ = std::fs::remove_file(&paths.socket);
+    let _ = std::fs::remove_file(&paths.pid);
+    Ok(())
+}
+
+impl Daemon {
+    fn save(&self) {
+        if let Ok(text) = serde_json::to_string_pretty(&self.state) {
+            let _ = write_private(&self.paths.state, &text);
+        }
+    }
+
+    /// The router's backends from the replicas' pools: those up and ready.
+    fn apply_routes(&self) {
+        for pool in [Pool::Stable, Pool::Canary] {
+            let addrs = self
+                .state
+                .serving(pool)
+                .iter()
+                .filter(|r| r.pid != 0 && self.running.get(&r.spec.name).is_none_or(|run| run.ready))
+                .map(|r| r.addr())
+                .collect();
+            self.router.set_backends(pool, addrs);
+        }
+    }
+
+    fn find(&mut self, name: &str) -> Option<&mut LiveReplica> {
+        self.state.replicas.iter_mut().find(|r| r.spec.name == name)
+    }
+
+    async fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Status => Reply::ok("", self.state.clone()),
+            Request::Start { replica } => {
+                if self.state.replicas.iter().any(|r| r.spec.name == replica.name) {
+                    return Reply::refused(format!("a replica `{}` is already there", replica.name));
+                }
+                match self.spawn(&replica) {
+                    Ok((child, pid, start)) => {
+                        self.state.replicas.push(LiveReplica {
+                            spec: replica.clone(),
+                            pid,
+                            start,
+                            pool: None,
+                            retire_at_ms: None,
+                            restarts: 0,
+                        });
+                        self.running.insert(
+                            replica.name.clone(),
+                            Running {
+                                child: Some(child),
+                                // Its deploy checks its health before routing it.
+                                ready: true,
+                                down_since: None,
+                                next_try: None,
+                                backoff: Duration::from_secs(1),
+                                deaths: Vec::new(),
+                            },
+                        );
+                        self.save();
+                        Reply::ok(format!("started {} (pid {pid})", replica.name), self.state.clone())
+                    }
+                    Err(e) => Reply::refused(e),
+                }
+            }
+            Request::Route { pool, addrs } => {
+                if let Some(missing) = addrs
+                    .iter()
+                    .find(|a| !self.state.replicas.iter().any(|r| r.addr() == **a))
+                {
+                    return Reply::refused(format!("no replica at {missing}"));
+                }
+                let mut names = Vec::new();
+                for r in &mut self.state.replicas {
+                    if addrs.contains(&r.addr()) {
+                        names.push(r.spec.name.clone());
+                        r.pool = Some(pool);
+                        r.retire_at_ms = None;
+                    } else if r.pool == Some(pool) {
+                        r.pool = None;
+                    }
+                }
+                // A new stable set: what made the service Degraded is gone with it.
+                if pool == Pool::Stable {
+                    self.state.degraded = None;
+                }
+                self.apply_routes();
+                self.save();
+                Reply::ok(
+                    format!("{} serves {}", pool.name(), names.join(", ")),
+                    self.state.clone(),
+                )
+            }
+            Request::Weight { weight } => {
+                self.state.weight = weight.min(super::router::FULL);
+                self.router.set_weight(self.state.weight);
+                self.save();
+                Reply::ok(
+                    format!("canary at {}", super::router::percent(self.state.weight)),
+                    self.state.clone(),
+                )
+            }
+            Request::Retire { names, after_ms } => {
+                let at = crate::store::now_ms().saturating_add(after_ms);
+                for n in &names {
+                    if let Some(r) = self.find(n) {
+                        r.retire_at_ms = Some(at);
+                        r.pool = None;
+                    }
+                }
+                self.apply_routes();
+                self.save();
+                // Due at once: stopped before the answer.
+                self.retire_due().await;
+                Reply::ok(
+                    format!("{} stop in {}s", names.join(", "), after_ms / 1000),
+                    self.state.clone(),
+                )
+            }
+            Request::Unretire { names } => {
+                for n in &names {
+                    if let Some(r) = self.find(n) {
+                        r.retire_at_ms = None;
+                    }
+                }
+                self.save();
+                Reply::ok(format!("{} kept", names.join(", ")), self.state.clone())
+            }
+            Request::InFlight { addr } => Reply {
+                in_flight: Some(self.router.in_flight(addr)),
+                ..Reply::ok("", self.state.clone())
+            },
+            // Answered by the connection itself (a stream).
+            Request::Samples => Reply::refused("internal: samples are a stream"),
+            Request::Stop => {
+                self.stop.cancel();
+                Reply::ok(format!("stopping `{}`", self.state.service), self.state.clone())
+            }
+        }
+    }
+
+    /// Starts one replica in a session of its own, its output appended to
+    /// its log.
+    fn spawn(&self, spec: &ReplicaSpec) -> Result<(tokio::process::Child, u32, u64), String> {
+        let log_path = self.paths.logs.join(format!("{}.log", safe_name(&spec.name)));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(&spec.run)
+            .current_dir(&spec.workdir)
+            .env_clear()
+            .envs(spec.env.iter().cloned())
+            .env("PORT", spec.port.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+        let child = cmd.spawn().map_err(|e| format!("cannot start `{}`: {e}", spec.run))?;
+        let pid = child.id().unwrap_or(0);
+        let start = crate::process::start_time(pid).unwrap_or(0);
+        Ok((child, pid, start))
+    }
+
+    /// One look at every replica: reap and restart the dead ones (with
+    /// backoff), stop the retired ones whose time has come.
+    async fn watch(&mut self) {
+        let now = Instant::now();
+        let names: Vec<String> = self.state.replicas.iter().map(|r| r.spec.name.clone()).collect();
+        let mut changed = false;
+        let mut routes = false;
+        for name in names {
+            let Some(r) = self.state.replicas.iter().find(|r| r.spec.name == name).cloned() else {
+                continue;
+            };
+            if r.retire_at_ms.is_some() {
+                continue;
+            }
+            let Some(run) = self.running.get_mut(&name) else {
+                continue;
+            };
+            let alive = match &mut run.child {
+                Some(c) => matches!(c.try_wait(), Ok(None)),
+                None => r.pid != 0 && crate::process::owner_alive(r.pid, r.start),
+            };
+            if alive {
+                // Started again: routed once it takes connections.
+                if !run.ready
+                    && tokio::time::timeout(Duration::from_millis(100), tokio::net::TcpStream::connect(r.addr()))
+                        .await
+                        .is_ok_and(|c| c.is_ok())
+                {
+                    run.ready = true;
+                    routes = true;
+                }
+                continue;
+            }
+            if run.down_since.is_none() {
+                // What its session left (a child holding the port) goes with it.
+                kill_session(r.pid);
+                run.down_since = Some(now);
+                run.deaths.retain(|t| now.duration_since(*t) < DEATH_WINDOW);
+                run.deaths.push(now);
+                run.next_try = Some(now + run.backoff);
+                run.child = None;
+                run.ready = false;
+                routes = true;
+                let deaths = run.deaths.len();
+                let backoff = run.backoff;
+                run.backoff = (run.backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(
+                    "replica {name} of {} died; starting it again in {}s",
+                    self.state.service,
+                    backoff.as_secs()
+                );
+                if deaths >= DEATHS_DEGRADED && self.state.degraded.is_none() {
+                    self.state.degraded = Some(format!(
+                        "replica {name} ({}) died {deaths} times in {} minutes",
+                        r.spec.version,
+                        DEATH_WINDOW.as_secs() / 60
+                    ));
+                }
+                if let Some(x) = self.find(&name) {
+                    x.pid = 0;
+                }
+                changed = true;
+                continue;
+            }
+            if run.next_try.is_some_and(|t| now >= t) {
+                match self.spawn(&r.spec) {
+                    Ok((child, pid, start)) => {
+                        if let Some(run) = self.running.get_mut(&name) {
+                            run.child = Some(child);
+                            run.down_since = None;
+                            run.next_try = None;
+                        }
+                        if let Some(x) = self.find(&name) {
+                            x.pid = pid;
+                            x.start = start;
+                            x.restarts += 1;
+                        }
+                        tracing::warn!("replica {name} of {} started again (pid {pid})", self.state.service);
+                    }
+                    Err(e) => {
+                        if let Some(run) = self.running.get_mut(&name) {
+                            run.next_try = Some(now + run.backoff);
+                        }
+                        tracing::warn!("replica {name} cannot start again: {e}");
+                    }
+                }
+                changed = true;
+            }
+        }
+        // A replica up again after the backoff stops counting towards Degraded
+        // only when it stays up: the window forgets old deaths.
+        if routes {
+            self.apply_routes();
+        }
+        if self.retire_due().await {
+            changed = true;
+        }
+        if changed {
+            self.save();
+        }
+    }
+
+    /// Stops the retired replicas whose time has come; whether any were.
+    async fn retire_due(&mut self) -> bool {
+        let now = crate::store::now_ms();
+        let due: Vec<LiveReplica> = self
+            .state
+            .replicas
+            .iter()
+            .filter(|r| r.retire_at_ms.is_some_and(|t| t <= now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        self.state.replicas.retain(|r| r.retire_at_ms.is_none_or(|t| t > now));
+        for r in due {
+            let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
+            stop_replica(&r, child).await;
+        }
+        self.save();
+        true
+    }
+
+    async fn stop_all(&mut self) {
+        for r in std::mem::take(&mut self.state.replicas) {
+            let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
+            stop_replica(&r, child).await;
+        }
+        self.save();
+    }
+}
+
+/// The processes of session `sid` (a replica's: it is the session's
+/// leader). A session id is not reused while the session has a member, so
+/// this never names another's processes, even once the leader is gone.
+fn session_members(sid: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // After the command's `)`: state ppid pgrp session.
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                })
+                .is_some_and(|s| s == sid)
+        })
+        .collect()
+}
+
+/// SIGKILL to every process left in session `sid`.
+fn kill_session(sid: u32) {
+    if sid == 0 {
+        return;
+    }
+    for pid in session_members(sid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// SIGTERM to the replica's process group, `STOP_GRACE` to exit, then
+/// SIGKILL to whatever is left of its session.
+async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) {
+    use nix::sys::signal::{Signal, killpg};
+    if r.pid == 0 {
+        return;
+    }
+    if !crate::process::owner_alive(r.pid, r.start) {
+        kill_session(r.pid);
+        return;
+    }
+    let Ok(pid) = i32::try_from(r.pid) else { return };
+    let pg = nix::unistd::Pid::from_raw(pid);
+    let _ = killpg(pg, Signal::SIGTERM);
+    let gone = async {
+        match child {
+            Some(mut c) => {
+                let _ = c.wait().await;
+            }
+            None => {
+                while crate::process::owner_alive(r.pid, r.start) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_GRACE, gone).await.is_err() {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    kill_session(r.pid);
+}
+
+async fn accept(listener: UnixListener, d: Arc<Mutex<Daemon>>, stop: CancellationToken) {
+    let l = &listener;
+    let accept = move || async move { l.accept().await.map(|(s, _)| s) };
+    crate::net::accept_loop("service socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
+        let d = d.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            answer(stream, d).await;
+        });
+    })
+    .await;
+}
+
+async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
+    // The socket is 0600; the peer's uid covers the moment before that.
+    let me = nix::unistd::Uid::current().as_raw();
+    let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me || c.uid() == 0);
+    let (read, mut write) = stream.into_split();
+    let reply = if allowed {
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+        match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
+            Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
+            Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                Err(e) => Reply::refused(format!(
+                    "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
+                )),
+                Ok(Request::Samples) => {
+                    let mut rx = d.lock().await.samples.subscribe();
+                    loop {
+                        match rx.recv().await {
+                            Ok(s) => {
+                                if write.write_all(s.line().as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                }
+                Ok(req) => d.lock().await.handle(req).await,
+            },
+        }
+    } else {
+        Reply::refused("only the user running this service (or root) may steer it")
+    };
+    if let Ok(mut text) = serde_json::to_string(&reply) {
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make {} owner-only: {e}", dir.display()))
+}
+
+/// Writes `text` to `path` (0600) through a temporary file renamed over it.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One service process per service: the lock is held while it runs.
+fn lock(p: &Paths) -> Result<std::fs::File, String> {
+    let path = p.dir.join("router.lock");
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    f.try_lock().map_err(|_| {
+        format!(
+            "the service process of this service is already running (it holds {})",
+            path.display()
+        )
+    })?;
+    Ok(f)
+}
+
+fn write_pid(path: &Path) -> Result<(), String> {
+    write_private(path, &format!("{}\n", crate::process::owner()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A connection to a service process.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    pub service: String,
+}
+
+impl Client {
+    /// The service process of `service`, if one answers.
+    pub async fn connect(state: &Path, service: &str) -> Option<Client> {
+        let c = Client {
+            socket: paths(state, service).socket,
+            service: service.to_string(),
+        };
+        c.call(&Request::Status).await.ok().filter(|r| r.ok).map(|_| c)
+    }
+
+    /// Sends one request; an answer that is not `ok` is an error with its message.
+    pub async fn call(&self, req: &Request) -> Result<Reply, String> {
+        let reply = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut s = UnixStream::connect(&self.socket).await.map_err(|e| {
+                format!(
+                    "cannot reach the service process of `{}` ({}): {e}",
+                    self.service,
+                    self.socket.display()
+                )
+            })?;
+            let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+            line.push('\n');
+            s.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            tokio::io::BufReader::new(s.take(MAX_REQUEST * 16))
+                .read_line(&mut answer)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_str::<Reply>(answer.trim()).map_err(|e| format!("not a reply ({e}): {answer:?}"))
+        })
+        .await
+        .map_err(|_| format!("the service process of `{}` did not answer", self.service))??;
+        if reply.ok { Ok(reply) } else { Err(reply.message) }
+    }
+
+    pub async fn status(&self) -> Result<LiveState, String> {
+        self.call(&Request::Status)
+            .await?
+            .state
+            .ok_or_else(|| "the service process sent no state".to_string())
+    }
+
+    /// Feeds every request's measurement into `into` until `stop`.
+    pub async fn samples(&self, into: Arc<Router>, stop: CancellationToken) {
+        let Ok(mut s) = UnixStream::connect(&self.socket).await else {
+            return;
+        };
+        if s.write_all(b"{\"op\":\"samples\"}\n").await.is_err() {
+            return;
+        }
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        loop {
+            let line = tokio::select! {
+                () = stop.cancelled() => return,
+                l = lines.next_line() => l,
+            };
+            match line {
+                Ok(Some(l)) => {
+                    if let Some(w) = WireSample::parse(&l) {
+                        into.record(w.pool, Duration::from_secs_f32(w.latency_ms.max(0.0) / 1000.0), w.error);
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The service process of `service`, started (in a session of its own, by
+/// `trackside router`) when none answers. Returns a client and the address
+/// its router listens on.
+pub async fn ensure(program: &Path, state: &Path, service: &str, listen: &str) -> Result<(Client, String), String> {
+    if let Some(c) = Client::connect(state, service).await {
+        let st = c.status().await?;
+        let asked: Option<SocketAddr> = listen.parse().ok();
+        let serving: Option<SocketAddr> = st.listen.parse().ok();
+        if let (Some(a), Some(s)) = (asked, serving)
+            && a.port() != 0
+            && a != s
+        {
+            return Err(format!(
+                "service `{service}` serves on {s}, this deploy asks for {a}: stop it first (`trackside service {service} stop`) to move it"
+            ));
+        }
+        return Ok((c, st.listen));
+    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("--state-dir")
+        .arg(state)
+        .args(["router", service, "--listen", listen])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the service process of `{service}`: {e}"))?;
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    // Its first line is `ready ADDR`, or it exits saying why.
+    let said = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Read};
+        let mut line = String::new();
+        if let Some(o) = out {
+            let _ = std::io::BufReader::new(o).read_line(&mut line);
+        }
+        let mut why = String::new();
+        if line.trim().is_empty()
+            && let Some(mut e) = err
+        {
+            let _ = e.read_to_string(&mut why);
+        }
+        // Reaped whenever it ends: it outlives this trackside, or not.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        (line, why)
+    });
+    let (line, why) = tokio::time::timeout(Duration::from_secs(20), said)
+        .await
+        .map_err(|_| format!("the service process of `{service}` did not start within 20s"))?
+        .map_err(|e| e.to_string())?;
+    let Some(addr) = line.trim().strip_prefix("ready ") else {
+        return Err(format!(
+            "the service process of `{service}` did not start: {}",
+            why.trim()
+        ));
+    };
+    let c = Client {
+        socket: paths(state, service).socket,
+        service: service.to_string(),
+    };
+    Ok((c, addr.to_string()))
+}
+
+/// How long the replicas a rollback switched away from keep running.
+pub const ROLLBACK_SCALE_DOWN: Duration = Duration::from_secs(30);
+
+/// `trackside rollback SERVICE`: makes the revision before the current one
+/// stable again and, for a live service, switches its traffic: at once
+/// when that revision's replicas are still up (within their scale-down
+/// delay), else by starting them, checking their health and then
+/// switching. The replicas switched away from stop after
+/// [`ROLLBACK_SCALE_DOWN`]. Returns what happened, for people.
+pub async fn rollback(state: &Path, service: &str, by: &str) -> Result<String, String> {
+    // Not under a running rollout's feet: that one is steered instead.
+    let _lock = super::revision::lock_service(state, service)?;
+    let (previous, current) = super::revision::previous_revision(state, service)?;
+    let switched = match Client::connect(state, service).await {
+        Some(c) => Some(switch_to(&c, state, &previous, &current).await?),
+        None => None,
+    };
+    super::revision::record_revision(state, service, &previous, "rolled_back", by)?;
+    Ok(match switched {
+        Some(how) => format!(
+            "{service}: {} serves again (was {}): {how}; recorded in {}",
+            previous.version,
+            current.version,
+            super::revision::history_path(state, service).display()
+        ),
+        None => format!(
+            "{service}: stable is {} again (was {}); no service process runs it, so the next deploy starts from it; recorded in {}",
+            previous.version,
+            current.version,
+            super::revision::history_path(state, service).display()
+        ),
+    })
+}
+
+/// Routes the live service behind `c` to `to`'s replicas, starting them
+/// when none is up.
+async fn switch_to(
+    c: &Client,
+    state: &Path,
+    to: &super::revision::Revision,
+    from: &super::revision::Revision,
+) -> Result<String, String> {
+    let st = c.status().await?;
+    let up: Vec<&LiveReplica> = st
+        .replicas
+        .iter()
+        .filter(|r| r.spec.version == to.version && r.pid != 0)
+        .collect();
+    let leaving: Vec<String> = st
+        .replicas
+        .iter()
+        .filter(|r| r.spec.version != to.version && r.retire_at_ms.is_none())
+        .map(|r| r.spec.name.clone())
+        .collect();
+    let (addrs, how) = if up.is_empty() {
+        let crate::pipeline::model::Target::Process { run } = to.target() else {
+            return Err(format!(
+                "{} runs in containers: a live service starts only process replicas yet",
+                to.version
+            ));
+        };
+        // Where and how the current replicas run is how these will.
+        let like = st
+            .replicas
+            .iter()
+            .find(|r| r.spec.version == from.version)
+            .or(st.replicas.first())
+            .ok_or_else(|| format!("service `{}` runs no replica to start {} like", c.service, to.version))?;
+        let mut started = Vec::new();
+        for i in 1..=to.replicas {
+            let port = super::replica::free_port()?;
+            let spec = ReplicaSpec {
+                name: format!("{}#{i}.{:04x}", to.version, fastrand::u16(..)),
+                version: to.version.clone(),
+                run: run.replace("${PORT}", &port.to_string()),
+                port,
+                env: like.spec.env.clone(),
+                workdir: like.spec.workdir.clone(),
+                health: like.spec.health.clone(),
+            };
+            c.call(&Request::Start { replica: spec.clone() }).await?;
+            started.push(spec);
+        }
+        let handles: Vec<super::replica::Handle> = started
+            .iter()
+            .map(|s| super::replica::Handle {
+                name: s.name.clone(),
+                pool: Pool::Stable,
+                addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
+            })
+            .collect();
+        if let Some(h) = &like.spec.health {
+            let board = super::replica::Board::default();
+            if let Err(e) = super::replica::wait_healthy(&handles, h, &board, &CancellationToken::new()).await {
+                let names = started.iter().map(|s| s.name.clone()).collect();
+                let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
+                return Err(format!(
+                    "{} did not become healthy: {e}; {} keeps serving",
+                    to.version, from.version
+                ));
+            }
+        }
+        let _ = state;
+        (
+            handles.iter().map(|h| h.addr).collect::<Vec<_>>(),
+            format!("started {} replica(s) of it, healthy, then switched", started.len()),
+        )
+    } else {
+        let names = up.iter().map(|r| r.spec.name.clone()).collect();
+        c.call(&Request::Unretire { names }).await?;
+        (
+            up.iter().map(|r| r.addr()).collect(),
+            format!("switched at once ({} replica(s) were still up)", up.len()),
+        )
+    };
+    c.call(&Request::Route {
+        pool: Pool::Stable,
+        addrs,
+    })
+    .await?;
+    c.call(&Request::Weight { weight: 0 }).await?;
+    c.call(&Request::Route {
+        pool: Pool::Canary,
+        addrs: Vec::new(),
+    })
+    .await?;
+    if !leaving.is_empty() {
+        c.call(&Request::Retire {
+            names: leaving,
+            after_ms: u64::try_from(ROLLBACK_SCALE_DOWN.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await?;
+    }
+    Ok(format!(
+        "{how}; the replicas of {} stop in {}s",
+        from.version,
+        ROLLBACK_SCALE_DOWN.as_secs()
+    ))
+}
+
+/// Whether `state` has a service process serving `service` (a quick look
+/// at its pid file).
+pub fn running(state: &Path, service: &str) -> bool {
+    std::fs::read_to_string(paths(state, service).pid)
+        .ok()
+        .is_some_and(|t| crate::process::alive(t.trim()))
+}
+
+/// The services with a live folder in `state`.
+pub fn list(state: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(services_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("service.json").exists())
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("service.json")).ok()?;
+            serde_json::from_str::<LiveState>(&text).ok().map(|s| s.service)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The live state as last saved (for a service whose process is not running).
+pub fn saved(state: &Path, service: &str) -> Option<LiveState> {
+    serde_json::from_str(&std::fs::read_to_string(paths(state, service).state).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_cross_the_wire_and_back() {
+        let s = WireSample {
+            pool: Pool::Canary,
+            latency_ms: 12.5,
+            error: true,
+        };
+        assert_eq!(WireSample::parse(s.line().trim()), Some(s));
+        assert_eq!(WireSample::parse("other 1 0"), None);
+        assert_eq!(WireSample::parse("stable x 0"), None);
+    }
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let r = Request::Retire {
+            names: vec!["v1#1".into()],
+            after_ms: 30_000,
+        };
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(text, r#"{"op":"retire","names":["v1#1"],"after_ms":30000}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).expect("back"), r);
+    }
+
+    #[test]
+    fn the_pools_serve_their_replicas_that_are_not_retiring() {
+        let rep = |name: &str, pool: Option<Pool>, retire: Option<u64>| LiveReplica {
+            spec: ReplicaSpec {
+                name: name.into(),
+                version: name.split('#').next().unwrap_or("").into(),
+                run: "x".into(),
+                port: 1,
+                env: Vec::new(),
+                workdir: PathBuf::from("/"),
+                health: None,
+            },
+            pid: 0,
+            start: 0,
+            pool,
+            retire_at_ms: retire,
+            restarts: 0,
+        };
+        let s = LiveState {
+            replicas: vec![
+                rep("v1#1", None, Some(5)),
+                rep("v2#1", Some(Pool::Stable), None),
+                rep("v3#1", Some(Pool::Canary), None),
+            ],
+            ..LiveState::default()
+        };
+        assert_eq!(s.version(Pool::Stable), Some("v2"));
+        assert_eq!(s.version(Pool::Canary), Some("v3"));
+        assert_eq!(s.serving(Pool::Stable).len(), 1);
+    }
+}

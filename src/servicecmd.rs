@@ -1,0 +1,195 @@
+//! `trackside router`, `services`, `service` and `rollback`: live services
+//! from the command line (see `trackside::deploy::service`).
+
+use std::path::Path;
+
+use trackside::deploy::router::{Pool, percent};
+use trackside::deploy::service::{self, Client, LiveState, Request};
+
+use super::{Fail, write_out};
+
+fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail(format!("cannot start: {e}"), 1))
+}
+
+/// `trackside router SERVICE --listen ADDR`: the service process. Says
+/// `ready ADDR` on standard output once it serves, then lets go of the
+/// terminal (it outlives whoever started it) and logs to `<state>/logs`.
+pub fn router(state: &Path, name: &str, listen: &str) -> Result<u8, Fail> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Fail(format!("cannot start: {e}"), 1))?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let served = service::serve(state.to_path_buf(), name.to_string(), listen.to_string(), |addr| {
+            write_out(&format!("ready {addr}\n"));
+            detach_output();
+        });
+        tokio::select! {
+            r = served => r.map_err(|e| Fail(e, 1))?,
+            // SIGTERM: the replicas keep serving; a new service process adopts them.
+            _ = term.recv() => {}
+        }
+        Ok(0)
+    })
+}
+
+/// Points standard output and error at /dev/null: whoever read them has
+/// what it needed, and a full pipe must never stall the service.
+fn detach_output() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        for fd in [1, 2] {
+            // SAFETY: dup2 onto the standard descriptors replaces them
+            // atomically; `null` stays open for the call.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// One service as `trackside services` and `service status` show it.
+fn describe(s: &LiveState, running: bool) -> String {
+    let mut out = format!(
+        "{}  {}  http://{}",
+        s.service,
+        if running { "serving" } else { "stopped" },
+        s.listen
+    );
+    let stable = s.version(Pool::Stable).unwrap_or("-");
+    match s.version(Pool::Canary) {
+        Some(c) if s.weight > 0 => out.push_str(&format!(
+            "  {stable} {} / {c} {}",
+            percent(1000 - s.weight.min(1000)),
+            percent(s.weight)
+        )),
+        _ => out.push_str(&format!("  {stable} 100%")),
+    }
+    if let Some(d) = &s.degraded {
+        out.push_str(&format!("  DEGRADED: {d}"));
+    }
+    out.push('\n');
+    let now = trackside::store::now_ms();
+    for r in &s.replicas {
+        let role = match (r.pool, r.retire_at_ms) {
+            (_, Some(at)) => format!("stops in {}s", at.saturating_sub(now) / 1000),
+            (Some(p), None) => p.name().to_string(),
+            (None, None) => "not routed".into(),
+        };
+        let state = if r.pid != 0 && trackside::process::owner_alive(r.pid, r.start) {
+            format!("pid {}", r.pid)
+        } else {
+            "down".into()
+        };
+        out.push_str(&format!(
+            "  {:<16} 127.0.0.1:{:<5}  {:<12} {state}{}\n",
+            r.spec.name,
+            r.spec.port,
+            role,
+            if r.restarts > 0 {
+                format!(", restarted {} time(s)", r.restarts)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out
+}
+
+/// `trackside services [--format json]`.
+pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
+    let names = service::list(state);
+    let states: Vec<(LiveState, bool)> = names
+        .iter()
+        .filter_map(|n| service::saved(state, n).map(|s| (s, service::running(state, n))))
+        .collect();
+    if json {
+        let v: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(s, running)| serde_json::json!({"state": s, "running": running}))
+            .collect();
+        write_out(&format!("{}\n", serde_json::Value::Array(v)));
+        return Ok(0);
+    }
+    if states.is_empty() {
+        write_out(&format!(
+            "no live service in {}: a deploy with the built-in router and a `run:` target makes one\n",
+            state.display()
+        ));
+        return Ok(0);
+    }
+    let text: String = states.iter().map(|(s, r)| describe(s, *r)).collect();
+    write_out(&text);
+    Ok(0)
+}
+
+/// What `trackside service SERVICE ...` does.
+pub enum Action {
+    Status,
+    Stop,
+    Logs,
+}
+
+pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
+    let paths = service::paths(state, name);
+    match action {
+        Action::Status => {
+            let Some(s) = service::saved(state, name) else {
+                return Err(Fail(format!("no live service `{name}` in {}", state.display()), 1));
+            };
+            write_out(&describe(&s, service::running(state, name)));
+            Ok(0)
+        }
+        Action::Stop => runtime()?.block_on(async {
+            let Some(c) = Client::connect(state, name).await else {
+                return Err(Fail(format!("service `{name}` has no service process running"), 1));
+            };
+            c.call(&Request::Stop).await.map_err(|e| Fail(e, 1))?;
+            // Gone when its pid file is.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while service::running(state, name) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            write_out(&format!(
+                "stopped `{name}`: its router and replicas; its history stays in {}\n",
+                trackside::deploy::revision::history_path(state, name).display()
+            ));
+            Ok(0)
+        }),
+        Action::Logs => {
+            let mut out = String::new();
+            let mut files: Vec<_> = std::fs::read_dir(&paths.logs)
+                .map_err(|e| Fail(format!("no logs of `{name}` in {}: {e}", paths.logs.display()), 1))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                out.push_str(&format!("== {} ==\n", f.display()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            write_out(&out);
+            Ok(0)
+        }
+    }
+}
+
+/// `trackside rollback SERVICE`.
+pub fn rollback(state: &Path, name: &str) -> Result<u8, Fail> {
+    let said = runtime()?
+        .block_on(service::rollback(state, name, &trackside::deploy::rollout::who()))
+        .map_err(|e| Fail(e, 1))?;
+    write_out(&format!("{said}\n"));
+    Ok(0)
+}

@@ -1,0 +1,324 @@
+//! Live services: the promoted revision keeps serving after trackside
+//! exits, the next rollout adopts what runs, a rollback switches to a
+//! revision that is really there, a dead replica is started again, and no
+//! request fails through a promotion, a rollback or a restart.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::deploy::{GATED, STRAIGHT, deploy, deploy_yaml, run_until_gate};
+use trackside::deploy::rollout::{Command, load_revision};
+use trackside::deploy::service;
+use trackside::engine::{EventKind, RunResult};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The pipeline of `deploy_yaml` with a short scale-down delay.
+fn live_yaml(version: &str, steps: &str, scale_down: u32) -> String {
+    deploy_yaml(version, 0.0, steps).replace(
+        "      abort_delay: 0\n",
+        &format!("      abort_delay: 0\n      scale_down_delay: {scale_down}\n"),
+    )
+}
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GET / through the router: the body, or why not.
+async fn get(listen: &str) -> Result<String, String> {
+    use http_body_util::BodyExt as _;
+    let resp = client()
+        .get(format!("http://{listen}/").parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{status}: {text}"))
+    }
+}
+
+fn listen(state: &std::path::Path) -> String {
+    service::saved(state, "web").expect("a live service").listen
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "{what}: not within {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Replica processes of `version` running now (demo services).
+fn replicas_of(version: &str) -> usize {
+    let needle = format!("--version {version} ");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("demo-service") && c.contains(&needle) && !c.starts_with("/bin/sh"))
+        .count()
+}
+
+/// Requests sent through the router while a test goes on, and the ones
+/// that failed (a connection refused or a 5xx: the demo service itself
+/// never fails here).
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    latencies: Arc<std::sync::Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(listen: String) -> Load {
+        let (stop, sent, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, sent, failed, latencies) = (stop.clone(), sent.clone(), failed.clone(), latencies.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let ok = get(&listen).await.is_ok();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(mut l) = latencies.lock() {
+                        l.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        Load {
+            stop,
+            sent,
+            failed,
+            latencies,
+            task,
+        }
+    }
+
+    /// (sent, failed, p99 ms).
+    async fn finish(self) -> (u64, u64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let mut l = self.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        l.sort_by(f64::total_cmp);
+        let p99 = l
+            .get((l.len() * 99 / 100).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0);
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            p99,
+        )
+    }
+}
+
+fn trackside(state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("trackside")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_brings_the_old_one_back() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path();
+    // The projects stay: replicas run in them, and start there again.
+    let (_p1, mut r) = common::deploy::start_deploy(s, &live_yaml("a1", STRAIGHT, 1)).await;
+    let first = r.finished().await;
+    assert_eq!(first.result, RunResult::Passed, "{:?}", r.lines("web"));
+    drop(r);
+    // The run is over; a1 answers through the router, from this process.
+    let addr = listen(s);
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a1"));
+    assert_eq!(replicas_of("a1"), 2);
+    assert!(service::running(s, "web"));
+    let listed = trackside(s, &["services"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.starts_with(&format!("web  serving  http://{addr}  a1 100%")),
+        "{text}"
+    );
+
+    // a2 as a canary next to the running a1: adopted, not started again.
+    let load = Load::start(addr.clone());
+    let (_p2, mut r) = common::deploy::start_deploy(
+        s,
+        &live_yaml(
+            "a2",
+            "            - set_weight: 50\n            - pause: {duration: 1}\n            - set_weight: 100\n",
+            1,
+        ),
+    )
+    .await;
+    let good = r.finished().await;
+    let lines = r.lines("web");
+    assert_eq!(good.result, RunResult::Passed, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "adopting the 2 running replica(s) of a1 (no copy started)"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("started stable")),
+        "no second a1: {lines:?}"
+    );
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
+    // a1 goes once its scale-down delay (1 s) is over, without this trackside.
+    until("a1 stops", async || replicas_of("a1") == 0).await;
+    assert_eq!(replicas_of("a2"), 2);
+
+    // Rolled back after the delay: a1 is started, checked, then switched to.
+    let out = trackside(s, &["rollback", "web"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with("web: a1 serves again (was a2): started 2 replica(s) of it, healthy, then switched"),
+        "{said}"
+    );
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a1"));
+    // Within the rollback's delay a2 is still up: going back again is at once.
+    let out = trackside(s, &["rollback", "web"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("a2 serves again (was a1): switched at once"), "{said}");
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
+    let history: Vec<String> = trackside::deploy::rollout::history(s, "web")
+        .iter()
+        .map(|h| format!("{} {}", h.action, h.revision.version))
+        .collect();
+    assert_eq!(
+        history,
+        ["first_deploy a1", "promoted a2", "rolled_back a1", "rolled_back a2"]
+    );
+    assert_eq!(load_revision(s, "web").map(|r| r.version), Some("a2".into()));
+
+    // A replica that dies is started again on its port; traffic goes on.
+    let before = service::saved(s, "web").expect("state");
+    let victim = before.serving(trackside::deploy::router::Pool::Stable)[0].clone();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(i32::try_from(victim.pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the replica");
+    until("the replica is started again", async || {
+        service::saved(s, "web").is_some_and(|st| {
+            st.replicas
+                .iter()
+                .any(|r| r.spec.name == victim.spec.name && r.restarts == 1 && r.pid != 0 && r.pid != victim.pid)
+        })
+    })
+    .await;
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
+    let (sent, failed, p99) = load.finish().await;
+    println!("through a promotion, two rollbacks and a restart: {sent} requests, {failed} failed, p99 {p99:.1} ms");
+    assert!(sent > 100, "{sent}");
+    assert_eq!(failed, 0, "no request fails");
+
+    // Stopping the service stops its replicas and router; the history stays.
+    let out = trackside(s, &["service", "web", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(replicas_of("a2"), 0);
+    assert!(get(&addr).await.is_err(), "nothing listens");
+    assert_eq!(trackside::deploy::rollout::history(s, "web").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the_gate() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path();
+    deploy(s, &live_yaml("b1", STRAIGHT, 1)).await;
+    let addr = listen(s);
+    let yaml = live_yaml("b2", GATED, 1);
+    let file = s.join("b2.yml");
+    std::fs::write(&file, &yaml).expect("write");
+    let mut child = run_until_gate(s, &file);
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // The service process keeps the split of the last decision: 30% to b2.
+    let st = service::saved(s, "web").expect("state");
+    assert_eq!(st.weight, 300, "{st:?}");
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        *seen.entry(get(&addr).await.expect("served")).or_insert(0) += 1;
+    }
+    let b2 = seen.get("version b2").copied().unwrap_or(0);
+    assert!((20..=100).contains(&b2), "about 30% to b2: {seen:?}");
+    // The next trackside takes the gate up, and promoting finishes it.
+    let (_s, mut r) = common::deploy::start_deploy(s, &yaml).await;
+    r.until(
+        "the gate again",
+        |k| matches!(k, EventKind::Rollout { status, .. } if status.phase == "gate"),
+    )
+    .await;
+    assert!(
+        r.lines("web").iter().any(|l| l.contains("taking it up again")),
+        "{:?}",
+        r.lines("web")
+    );
+    r.handle.rollout("web", Command::Promote).await.expect("promote");
+    assert_eq!(r.finished().await.result, RunResult::Passed, "{:?}", r.lines("web"));
+    assert_eq!(get(&addr).await.as_deref(), Ok("version b2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_delay() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path();
+    deploy(s, &live_yaml("c1", STRAIGHT, 1)).await;
+    let addr = listen(s);
+    let yaml = live_yaml("c2", GATED, 1).replace("abort_delay: 0", "abort_delay: 1");
+    let (_s, mut r) = common::deploy::start_at_gate(s, &yaml).await;
+    r.handle.rollout("web", Command::Abort).await.expect("abort");
+    assert_eq!(r.finished().await.result, RunResult::Failed);
+    assert_eq!(get(&addr).await.as_deref(), Ok("version c1"));
+    until("the aborted canary stops", async || replicas_of("c2") == 0).await;
+    assert_eq!(replicas_of("c1"), 2);
+    assert_eq!(load_revision(s, "web").map(|r| r.version), Some("c1".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_state_folder_goes_stops_with_its_replicas() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path().to_path_buf();
+    deploy(&s, &live_yaml("d7", STRAIGHT, 1)).await;
+    let addr = listen(&s);
+    assert_eq!(get(&addr).await.as_deref(), Ok("version d7"));
+    drop(state);
+    until("the service stops", async || {
+        replicas_of("d7") == 0 && get(&addr).await.is_err()
+    })
+    .await;
+}
