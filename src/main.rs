@@ -61,6 +61,8 @@ enum ServiceAction {
     Status,
     Logs,
     Stop,
+    Start,
+    Scale,
 }
 
 /// What `trackside rollout SERVICE ...` does.
@@ -560,11 +562,14 @@ enum Cmd {
         format: OutputFormat,
     },
     /// One live service: `status`, `logs` (each replica's last lines), `stop`
-    /// (its router and replicas; the history stays).
+    /// (its router and replicas; the history stays), `start` (them again),
+    /// `scale N` (N stable replicas).
     Service {
         service: String,
         #[arg(value_enum, default_value = "status")]
         action: ServiceAction,
+        /// With scale: how many stable replicas.
+        count: Option<u32>,
     },
     /// Steer a rollout another trackside is running (same user, same
     /// --state-dir): `trackside rollout web promote`, `... status`.
@@ -937,13 +942,21 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             servicecmd::router(&state, &service, &listen)
         }
         Cmd::Services { format } => servicecmd::services(&state, format == OutputFormat::Json),
-        Cmd::Service { service, action } => servicecmd::service(
+        Cmd::Service { service, action, count } => servicecmd::service(
             &state,
             &service,
-            match action {
-                ServiceAction::Status => servicecmd::Action::Status,
-                ServiceAction::Logs => servicecmd::Action::Logs,
-                ServiceAction::Stop => servicecmd::Action::Stop,
+            match (action, count) {
+                (ServiceAction::Status, _) => servicecmd::Action::Status,
+                (ServiceAction::Logs, _) => servicecmd::Action::Logs,
+                (ServiceAction::Stop, _) => servicecmd::Action::Stop,
+                (ServiceAction::Start, _) => servicecmd::Action::Start,
+                (ServiceAction::Scale, Some(n)) => servicecmd::Action::Scale(n),
+                (ServiceAction::Scale, None) => {
+                    return Err(Fail(
+                        format!("`trackside service {service} scale N`: say how many replicas"),
+                        2,
+                    ));
+                }
             },
         ),
         Cmd::Rollout {

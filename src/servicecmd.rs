@@ -75,6 +75,14 @@ fn describe(s: &LiveState, running: bool) -> String {
         out.push_str(&format!("  DEGRADED: {d}"));
     }
     out.push('\n');
+    if !running && !s.stopped.is_empty() {
+        out.push_str(&format!(
+            "  stopped: {} replica(s) of {} (`trackside service {} start` starts them again)\n",
+            s.stopped.len(),
+            s.stopped[0].version,
+            s.service
+        ));
+    }
     let now = trackside::store::now_ms();
     for r in &s.replicas {
         let role = match (r.pool, r.retire_at_ms) {
@@ -134,6 +142,8 @@ pub enum Action {
     Status,
     Stop,
     Logs,
+    Start,
+    Scale(u32),
 }
 
 pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
@@ -162,6 +172,22 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             ));
             Ok(0)
         }),
+        Action::Start => {
+            let program =
+                std::env::current_exe().map_err(|e| Fail(format!("cannot find trackside's own program: {e}"), 1))?;
+            let said = runtime()?
+                .block_on(service::start(&program, state, name))
+                .map_err(|e| Fail(e, 1))?;
+            write_out(&format!("{said}\n"));
+            Ok(0)
+        }
+        Action::Scale(n) => {
+            let said = runtime()?
+                .block_on(service::scale(state, name, n))
+                .map_err(|e| Fail(e, 1))?;
+            write_out(&format!("{said}\n"));
+            Ok(0)
+        }
         Action::Logs => {
             let mut out = String::new();
             let mut files: Vec<_> = std::fs::read_dir(&paths.logs)

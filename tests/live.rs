@@ -16,12 +16,28 @@ use trackside::engine::{EventKind, RunResult};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The pipeline of `deploy_yaml` with a short scale-down delay.
+/// What marks this test process's replicas (their environment has it):
+/// other tests, and other people, run demo services too.
+fn mark() -> String {
+    format!("LIVE_TEST={}", std::process::id())
+}
+
+/// The pipeline of `deploy_yaml` with a short scale-down delay, its
+/// replicas marked.
 fn live_yaml(version: &str, steps: &str, scale_down: u32) -> String {
-    deploy_yaml(version, 0.0, steps).replace(
-        "      abort_delay: 0\n",
-        &format!("      abort_delay: 0\n      scale_down_delay: {scale_down}\n"),
-    )
+    let (k, v) = mark()
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .expect("mark");
+    deploy_yaml(version, 0.0, steps)
+        .replace(
+            "name: rollout\n",
+            &format!("name: rollout\nglobal_env:\n  {k}: \"{v}\"\n"),
+        )
+        .replace(
+            "      abort_delay: 0\n",
+            &format!("      abort_delay: 0\n      scale_down_delay: {scale_down}\n"),
+        )
 }
 
 fn client() -> hyper_util::client::legacy::Client<
@@ -61,13 +77,19 @@ async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Replica processes of `version` running now (demo services).
+/// This test process's replica processes of `version` running now (demo
+/// services, not their `sh -c`).
 fn replicas_of(version: &str) -> usize {
     let needle = format!("--version {version} ");
+    let mark = mark();
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == mark.as_bytes()))
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains("demo-service") && c.contains(&needle) && !c.starts_with("/bin/sh"))
@@ -253,6 +275,44 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
     assert_eq!(replicas_of("a2"), 0);
     assert!(get(&addr).await.is_err(), "nothing listens");
     assert_eq!(trackside::deploy::rollout::history(s, "web").len(), 4);
+    let text = String::from_utf8_lossy(&trackside(s, &["services"]).stdout).to_string();
+    assert!(
+        text.contains("web  stopped") && text.contains("stopped: 2 replica(s) of a2"),
+        "{text}"
+    );
+
+    // Started again: the same address, the same revision, healthy first.
+    let out = trackside(s, &["service", "web", "start"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("`web` serves again on http://{addr}: 2 replica(s) of a2")),
+        "{said}"
+    );
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
+    // Scaled out and in; traffic goes on.
+    let out = trackside(s, &["service", "web", "scale", "3"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 stable replica(s) of a2 (was 2)"),
+        "{out:?}"
+    );
+    assert_eq!(replicas_of("a2"), 3);
+    let out = trackside(s, &["service", "web", "scale", "1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 stable replica(s) of a2 (was 3)"),
+        "{out:?}"
+    );
+    until("two replicas stop", async || replicas_of("a2") == 1).await;
+    assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
+    let out = trackside(s, &["service", "web", "scale", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(trackside(s, &["service", "web", "stop"]).status.code(), Some(0));
+    assert_eq!(replicas_of("a2"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

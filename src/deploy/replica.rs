@@ -157,6 +157,7 @@ impl Launcher {
                 name: id.clone(),
                 version: rev.version.clone(),
                 run: cmd.clone(),
+                template: run.clone(),
                 port,
                 env: self.env.clone(),
                 workdir: self.workdir.clone(),

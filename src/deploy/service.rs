@@ -86,6 +86,10 @@ pub struct ReplicaSpec {
     pub name: String,
     pub version: String,
     pub run: String,
+    /// `run` as the deploy wrote it, `${PORT}` not filled in: another
+    /// replica of it (scale, start) gets its own port.
+    #[serde(default)]
+    pub template: String,
     pub port: u16,
     #[serde(default)]
     pub env: Vec<(String, String)>,
@@ -134,6 +138,10 @@ pub struct LiveState {
     /// Why the service is Degraded (its replicas keep dying), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// What served as stable when `trackside service SERVICE stop` stopped
+    /// it: what `start` starts again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<ReplicaSpec>,
 }
 
 impl LiveState {
@@ -441,9 +449,11 @@ impl Daemon {
                         r.pool = None;
                     }
                 }
-                // A new stable set: what made the service Degraded is gone with it.
+                // A new stable set: what made the service Degraded is gone with
+                // it, and a stopped service serves again.
                 if pool == Pool::Stable {
                     self.state.degraded = None;
+                    self.state.stopped.clear();
                 }
                 self.apply_routes();
                 self.save();
@@ -657,6 +667,12 @@ impl Daemon {
     }
 
     async fn stop_all(&mut self) {
+        self.state.stopped = self
+            .state
+            .serving(Pool::Stable)
+            .into_iter()
+            .map(|r| r.spec.clone())
+            .collect();
         for r in std::mem::take(&mut self.state.replicas) {
             let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
             stop_replica(&r, child).await;
@@ -992,7 +1008,7 @@ pub async fn rollback(state: &Path, service: &str, by: &str) -> Result<String, S
     let _lock = super::revision::lock_service(state, service)?;
     let (previous, current) = super::revision::previous_revision(state, service)?;
     let switched = match Client::connect(state, service).await {
-        Some(c) => Some(switch_to(&c, state, &previous, &current).await?),
+        Some(c) => Some(switch_to(&c, &previous, &current).await?),
         None => None,
     };
     super::revision::record_revision(state, service, &previous, "rolled_back", by)?;
@@ -1016,7 +1032,6 @@ pub async fn rollback(state: &Path, service: &str, by: &str) -> Result<String, S
 /// when none is up.
 async fn switch_to(
     c: &Client,
-    state: &Path,
     to: &super::revision::Revision,
     from: &super::revision::Revision,
 ) -> Result<String, String> {
@@ -1046,45 +1061,16 @@ async fn switch_to(
             .find(|r| r.spec.version == from.version)
             .or(st.replicas.first())
             .ok_or_else(|| format!("service `{}` runs no replica to start {} like", c.service, to.version))?;
-        let mut started = Vec::new();
-        for i in 1..=to.replicas {
-            let port = super::replica::free_port()?;
-            let spec = ReplicaSpec {
-                name: format!("{}#{i}.{:04x}", to.version, fastrand::u16(..)),
-                version: to.version.clone(),
-                run: run.replace("${PORT}", &port.to_string()),
-                port,
-                env: like.spec.env.clone(),
-                workdir: like.spec.workdir.clone(),
-                health: like.spec.health.clone(),
-            };
-            c.call(&Request::Start { replica: spec.clone() }).await?;
-            started.push(spec);
-        }
-        let handles: Vec<super::replica::Handle> = started
-            .iter()
-            .map(|s| super::replica::Handle {
-                name: s.name.clone(),
-                pool: Pool::Stable,
-                addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
-            })
-            .collect();
-        if let Some(h) = &like.spec.health {
-            let board = super::replica::Board::default();
-            if let Err(e) = super::replica::wait_healthy(&handles, h, &board, &CancellationToken::new()).await {
-                let names = started.iter().map(|s| s.name.clone()).collect();
-                let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
-                return Err(format!(
-                    "{} did not become healthy: {e}; {} keeps serving",
-                    to.version, from.version
-                ));
-            }
-        }
-        let _ = state;
-        (
-            handles.iter().map(|h| h.addr).collect::<Vec<_>>(),
-            format!("started {} replica(s) of it, healthy, then switched", started.len()),
-        )
+        let template = ReplicaSpec {
+            version: to.version.clone(),
+            template: run,
+            ..like.spec.clone()
+        };
+        let addrs = start_like(c, &vec![template; to.replicas as usize])
+            .await
+            .map_err(|e| format!("{}: {e}; {} keeps serving", to.version, from.version))?;
+        let n = addrs.len();
+        (addrs, format!("started {n} replica(s) of it, healthy, then switched"))
     } else {
         let names = up.iter().map(|r| r.spec.name.clone()).collect();
         c.call(&Request::Unretire { names }).await?;
@@ -1115,6 +1101,121 @@ async fn switch_to(
         "{how}; the replicas of {} stop in {}s",
         from.version,
         ROLLBACK_SCALE_DOWN.as_secs()
+    ))
+}
+
+/// Starts `specs` (with fresh ports and names) in the service behind `c`,
+/// waits until they pass their health check, and returns their addresses;
+/// on a failure the ones started are stopped again.
+async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>, String> {
+    let mut started: Vec<ReplicaSpec> = Vec::new();
+    for like in specs {
+        let port = super::replica::free_port()?;
+        let run = if like.template.is_empty() {
+            like.run.replace(&like.port.to_string(), &port.to_string())
+        } else {
+            like.template.replace("${PORT}", &port.to_string())
+        };
+        let n = started.len() + 1;
+        let spec = ReplicaSpec {
+            name: format!("{}#{n}.{:04x}", like.version, fastrand::u16(..)),
+            run,
+            port,
+            ..like.clone()
+        };
+        if let Err(e) = c.call(&Request::Start { replica: spec.clone() }).await {
+            let names = started.iter().map(|s| s.name.clone()).collect();
+            let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
+            return Err(e);
+        }
+        started.push(spec);
+    }
+    let handles: Vec<super::replica::Handle> = started
+        .iter()
+        .map(|s| super::replica::Handle {
+            name: s.name.clone(),
+            pool: Pool::Stable,
+            addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
+        })
+        .collect();
+    if let Some(h) = specs.first().and_then(|s| s.health.clone()) {
+        let board = super::replica::Board::default();
+        if let Err(e) = super::replica::wait_healthy(&handles, &h, &board, &CancellationToken::new()).await {
+            let names = started.iter().map(|s| s.name.clone()).collect();
+            let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
+            return Err(format!("not healthy: {e}"));
+        }
+    }
+    Ok(handles.iter().map(|h| h.addr).collect())
+}
+
+/// `trackside service SERVICE start`: its service process again, and the
+/// stable replicas `stop` stopped, once healthy, routed.
+pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, String> {
+    let saved = saved(state, service).ok_or_else(|| format!("no live service `{service}` in {}", state.display()))?;
+    let (c, listen) = ensure(program, state, service, "").await?;
+    let st = c.status().await?;
+    if !st.serving(Pool::Stable).is_empty() {
+        return Ok(format!("`{service}` serves on http://{listen} already"));
+    }
+    if saved.stopped.is_empty() {
+        return Ok(format!(
+            "`{service}`'s router listens on http://{listen}; it had no replica to start again: deploy it"
+        ));
+    }
+    let addrs = start_like(&c, &saved.stopped).await?;
+    c.call(&Request::Route {
+        pool: Pool::Stable,
+        addrs: addrs.clone(),
+    })
+    .await?;
+    c.call(&Request::Weight { weight: 0 }).await?;
+    Ok(format!(
+        "`{service}` serves again on http://{listen}: {} replica(s) of {}",
+        addrs.len(),
+        saved.stopped[0].version
+    ))
+}
+
+/// `trackside service SERVICE scale N`: `n` stable replicas. More are
+/// started like the first (health-checked before they take traffic);
+/// fewer: the newest extra ones leave the pool and stop.
+pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, String> {
+    if n == 0 {
+        return Err("scale to at least 1 replica; `trackside service SERVICE stop` stops it".into());
+    }
+    let c = Client::connect(state, service).await.ok_or_else(|| {
+        format!("service `{service}` has no service process running: `trackside service {service} start`")
+    })?;
+    let st = c.status().await?;
+    let stable: Vec<LiveReplica> = st.serving(Pool::Stable).into_iter().cloned().collect();
+    let Some(first) = stable.first() else {
+        return Err(format!("`{service}` serves no stable replica to scale"));
+    };
+    let have = u32::try_from(stable.len()).unwrap_or(u32::MAX);
+    if n == have {
+        return Ok(format!("`{service}` has {n} stable replica(s) already"));
+    }
+    let mut addrs: Vec<SocketAddr> = stable.iter().map(LiveReplica::addr).collect();
+    if n > have {
+        let more = vec![first.spec.clone(); (n - have) as usize];
+        addrs.extend(start_like(&c, &more).await?);
+        c.call(&Request::Route {
+            pool: Pool::Stable,
+            addrs,
+        })
+        .await?;
+    } else {
+        let going: Vec<String> = stable[n as usize..].iter().map(|r| r.spec.name.clone()).collect();
+        c.call(&Request::Retire {
+            names: going,
+            after_ms: 0,
+        })
+        .await?;
+    }
+    Ok(format!(
+        "`{service}`: {n} stable replica(s) of {} (was {have})",
+        first.spec.version
     ))
 }
 
@@ -1181,6 +1282,7 @@ mod tests {
                 name: name.into(),
                 version: name.split('#').next().unwrap_or("").into(),
                 run: "x".into(),
+                template: String::new(),
                 port: 1,
                 env: Vec::new(),
                 workdir: PathBuf::from("/"),
