@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use trackside::deploy::router::{Pool, percent};
-use trackside::deploy::service::{self, Client, LiveState, Request};
+use trackside::deploy::service::{self, LiveState};
 
 use super::{Fail, write_out};
 
@@ -56,20 +56,23 @@ fn detach_output() {
 
 /// One service as `trackside services` and `service status` show it.
 fn describe(s: &LiveState, running: bool) -> String {
-    let mut out = format!(
-        "{}  {}  http://{}",
-        s.service,
-        if running { "serving" } else { "stopped" },
-        s.listen
-    );
-    let stable = s.version(Pool::Stable).unwrap_or("-");
-    match s.version(Pool::Canary) {
-        Some(c) if s.weight > 0 => out.push_str(&format!(
-            "  {stable} {} / {c} {}",
-            percent(1000 - s.weight.min(1000)),
-            percent(s.weight)
-        )),
-        _ => out.push_str(&format!("  {stable} 100%")),
+    let up = |r: &service::LiveReplica| r.pid != 0 && trackside::process::owner_alive(r.pid, r.start);
+    let what = match (running, s.replicas.iter().any(up)) {
+        (true, _) => "serving",
+        (false, true) => "ROUTER DOWN (replicas left running: `trackside service NAME stop` stops them)",
+        (false, false) => "stopped",
+    };
+    let mut out = format!("{}  {what}  http://{}", s.service, s.listen);
+    if running {
+        let stable = s.version(Pool::Stable).unwrap_or("-");
+        match s.version(Pool::Canary) {
+            Some(c) if s.weight > 0 => out.push_str(&format!(
+                "  {stable} {} / {c} {}",
+                percent(1000 - s.weight.min(1000)),
+                percent(s.weight)
+            )),
+            _ => out.push_str(&format!("  {stable} 100%")),
+        }
     }
     if let Some(d) = &s.degraded {
         out.push_str(&format!("  DEGRADED: {d}"));
@@ -90,11 +93,7 @@ fn describe(s: &LiveState, running: bool) -> String {
             (Some(p), None) => p.name().to_string(),
             (None, None) => "not routed".into(),
         };
-        let state = if r.pid != 0 && trackside::process::owner_alive(r.pid, r.start) {
-            format!("pid {}", r.pid)
-        } else {
-            "down".into()
-        };
+        let state = if up(r) { format!("pid {}", r.pid) } else { "down".into() };
         out.push_str(&format!(
             "  {:<16} 127.0.0.1:{:<5}  {:<12} {state}{}\n",
             r.spec.name,
@@ -120,7 +119,7 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
     if json {
         let v: Vec<serde_json::Value> = states
             .iter()
-            .map(|(s, running)| serde_json::json!({"state": s, "running": running}))
+            .map(|(s, running)| service::public_view(s, *running))
             .collect();
         write_out(&format!("{}\n", serde_json::Value::Array(v)));
         return Ok(0);
@@ -156,22 +155,16 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             write_out(&describe(&s, service::running(state, name)));
             Ok(0)
         }
-        Action::Stop => runtime()?.block_on(async {
-            let Some(c) = Client::connect(state, name).await else {
-                return Err(Fail(format!("service `{name}` has no service process running"), 1));
-            };
-            c.call(&Request::Stop).await.map_err(|e| Fail(e, 1))?;
-            // Gone when its pid file is.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while service::running(state, name) && std::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        Action::Stop => {
+            let said = runtime()?
+                .block_on(service::stop(state, name))
+                .map_err(|e| Fail(e, 1))?;
             write_out(&format!(
-                "stopped `{name}`: its router and replicas; its history stays in {}\n",
+                "{said}; its history stays in {}\n",
                 trackside::deploy::revision::history_path(state, name).display()
             ));
             Ok(0)
-        }),
+        }
         Action::Start => {
             let program =
                 std::env::current_exe().map_err(|e| Fail(format!("cannot find trackside's own program: {e}"), 1))?;

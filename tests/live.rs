@@ -188,6 +188,32 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
         text.starts_with(&format!("web  serving  http://{addr}  a1 100%")),
         "{text}"
     );
+    // JSON for scripts: what serves, never the replicas' environment.
+    let json = trackside(s, &["services", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v[0]["stable_version"], "a1");
+    assert_eq!(v[0]["replicas"].as_array().map(Vec::len), Some(2));
+    assert!(
+        !String::from_utf8_lossy(&json.stdout).contains("LIVE_TEST"),
+        "no environment"
+    );
+    // A rehearsal would change what the live service remembers: refused.
+    let rehearsal = live_yaml("a9", STRAIGHT, 1).replace(
+        "      abort_delay: 0\n",
+        "      abort_delay: 0\n      keep_serving: false\n",
+    );
+    let (sum, r) = deploy(s, &rehearsal).await;
+    assert_eq!(sum.result, RunResult::Failed);
+    assert!(
+        sum.jobs[0]
+            .reason
+            .as_deref()
+            .is_some_and(|m| m.contains("service `web` is live")),
+        "{:?} {:?}",
+        sum.jobs[0].reason,
+        r.lines("web")
+    );
+    assert_eq!(load_revision(s, "web").map(|r| r.version), Some("a1".into()));
 
     // a2 as a canary next to the running a1: adopted, not started again.
     let load = Load::start(addr.clone());
@@ -348,6 +374,14 @@ async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the
         "{:?}",
         r.lines("web")
     );
+    // Not stopped under a deploy's feet.
+    let out = trackside(s, &["service", "web", "stop"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a deploy of `web` is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     r.handle.rollout("web", Command::Promote).await.expect("promote");
     assert_eq!(r.finished().await.result, RunResult::Passed, "{:?}", r.lines("web"));
     assert_eq!(get(&addr).await.as_deref(), Ok("version b2"));
@@ -381,4 +415,39 @@ async fn a_service_whose_state_folder_goes_stops_with_its_replicas() {
         replicas_of("d7") == 0 && get(&addr).await.is_err()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_router_died_is_still_stopped_with_its_replicas() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path();
+    let (_p, mut r) = common::deploy::start_deploy(s, &live_yaml("e1", STRAIGHT, 1)).await;
+    assert_eq!(r.finished().await.result, RunResult::Passed);
+    let owner = std::fs::read_to_string(service::paths(s, "web").pid).expect("pid file");
+    let (pid, _) = owner.trim().split_once(':').expect("pid:start");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.parse().expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the service process");
+    until("the service process is gone", async || !service::running(s, "web")).await;
+    assert_eq!(replicas_of("e1"), 2, "its replicas outlive it");
+    let text = String::from_utf8_lossy(&trackside(s, &["services"]).stdout).to_string();
+    assert!(text.contains("web  ROUTER DOWN"), "{text}");
+    let out = trackside(s, &["service", "web", "stop"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("its service process was not running; stopped the 2 replica(s) it had left"),
+        "{said}"
+    );
+    assert_eq!(replicas_of("e1"), 0);
+    let again = trackside(s, &["service", "web", "stop"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("is stopped already"));
 }

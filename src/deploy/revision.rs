@@ -139,7 +139,9 @@ pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str
     let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
     let path = history_path(state, service);
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .append(true)
         .open(&path)
@@ -199,7 +201,18 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
     }
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    // Owner-only: a revision's command may hold a secret the job passed it.
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

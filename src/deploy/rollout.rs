@@ -313,6 +313,14 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     let live = spec.keep_serving
         && matches!(spec.router, RouterSpec::Builtin)
         && matches!(spec.target, Target::Process { .. });
+    if !live && service::running(&io.state_dir, &spec.service) {
+        return Err(format!(
+            "service `{}` is live (its service process serves it): a rehearsal would change the revision it remembers \
+             without serving it; deploy it live (the built-in router, `run:` replicas, keep_serving), or stop it first \
+             (`trackside service {} stop`)",
+            spec.service, spec.service
+        ));
+    }
     if spec.keep_serving && !live {
         io.say(
             "this service is behind HAProxy or runs in containers: it does not keep serving after the deploy yet, \
@@ -702,7 +710,8 @@ async fn drive(
         } else if !matches!(machine.phase, Phase::Gate { .. }) {
             gate_saved = false;
         }
-        if machine.is_settled() {
+        // Over (whatever its end): a gate it waited at is not to be taken up.
+        if machine.is_settled() || matches!(machine.phase, Phase::Degraded { .. }) {
             let _ = std::fs::remove_file(gate_path(&io.state_dir, &spec.service));
         }
         match &machine.phase {

@@ -1219,6 +1219,75 @@ pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, String
     ))
 }
 
+/// `trackside service SERVICE stop`: its router and replicas stop; what
+/// served as stable is kept for `start`, and the history stays. Refused
+/// while a deploy of the service runs. Works without its service process
+/// (killed, crashed): the replicas `service.json` names are stopped, a pid
+/// trusted only with its start time.
+pub async fn stop(state: &Path, service: &str) -> Result<String, String> {
+    let _lock = super::revision::lock_service(state, service).map_err(|_| {
+        format!("a deploy of `{service}` is running: abort it first (`trackside rollout {service} abort`), then stop the service")
+    })?;
+    if let Some(c) = Client::connect(state, service).await {
+        c.call(&Request::Stop).await?;
+        // Gone when its pid file is.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while running(state, service) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return Ok(format!("stopped `{service}`: its router and replicas"));
+    }
+    let p = paths(state, service);
+    let mut st = saved(state, service).ok_or_else(|| format!("no live service `{service}` in {}", state.display()))?;
+    if st.replicas.is_empty() {
+        return Ok(format!("`{service}` is stopped already"));
+    }
+    let n = st.replicas.len();
+    st.stopped = st.serving(Pool::Stable).into_iter().map(|r| r.spec.clone()).collect();
+    for r in std::mem::take(&mut st.replicas) {
+        stop_replica(&r, None).await;
+    }
+    let text = serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?;
+    write_private(&p.state, &text).map_err(|e| format!("cannot write {}: {e}", p.state.display()))?;
+    let _ = std::fs::remove_file(&p.socket);
+    let _ = std::fs::remove_file(&p.pid);
+    Ok(format!(
+        "stopped `{service}`: its service process was not running; stopped the {n} replica(s) it had left"
+    ))
+}
+
+/// What `trackside services --format json` shows of a service: no
+/// environment or command (they may hold secrets).
+pub fn public_view(s: &LiveState, running: bool) -> serde_json::Value {
+    let replicas: Vec<serde_json::Value> = s
+        .replicas
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.spec.name,
+                "version": r.spec.version,
+                "addr": r.addr().to_string(),
+                "pool": r.pool,
+                "pid": r.pid,
+                "up": r.pid != 0 && crate::process::owner_alive(r.pid, r.start),
+                "restarts": r.restarts,
+                "retire_at_ms": r.retire_at_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "service": s.service,
+        "running": running,
+        "listen": s.listen,
+        "stable_version": s.version(Pool::Stable),
+        "canary_version": s.version(Pool::Canary),
+        "canary_weight_pct": f64::from(s.weight) / 10.0,
+        "degraded": s.degraded,
+        "replicas": replicas,
+        "stopped_version": s.stopped.first().map(|r| r.version.clone()),
+    })
+}
+
 /// Whether `state` has a service process serving `service` (a quick look
 /// at its pid file).
 pub fn running(state: &Path, service: &str) -> bool {
