@@ -222,7 +222,8 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
         &live_yaml(
             "a2",
             "            - set_weight: 50\n            - pause: {duration: 1}\n            - set_weight: 100\n",
-            1,
+            // Also what a rollback waits before it stops what it left.
+            3,
         ),
     )
     .await;
@@ -240,7 +241,7 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
         "no second a1: {lines:?}"
     );
     assert_eq!(get(&addr).await.as_deref(), Ok("version a2"));
-    // a1 goes once its scale-down delay (1 s) is over, without this trackside.
+    // a1 goes once its scale-down delay (3 s) is over, without this trackside.
     until("a1 stops", async || replicas_of("a1") == 0).await;
     assert_eq!(replicas_of("a2"), 2);
 
@@ -256,6 +257,10 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
     assert!(
         said.starts_with("web: a1 serves again (was a2): started 2 replica(s) of it, healthy, then switched"),
         "{said}"
+    );
+    assert!(
+        said.contains("the 2 other replica(s) stop in 3s"),
+        "the deploy's scale_down_delay: {said}"
     );
     assert_eq!(get(&addr).await.as_deref(), Ok("version a1"));
     // Within the rollback's delay a2 is still up: going back again is at once.

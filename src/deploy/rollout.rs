@@ -329,7 +329,10 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
         .await;
     }
     let client = if live {
-        Some(service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen).await?)
+        let (c, addr) = service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen).await?;
+        let scale_down_delay_ms = u64::try_from(spec.scale_down_delay.as_millis()).unwrap_or(u64::MAX);
+        c.call(&service::Request::Settings { scale_down_delay_ms }).await?;
+        Some((c, addr))
     } else {
         None
     };

@@ -142,6 +142,10 @@ pub struct LiveState {
     /// it: what `start` starts again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<ReplicaSpec>,
+    /// The last deploy's `scale_down_delay`: how long a revision a rollback
+    /// switches away from keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_ms: Option<u64>,
 }
 
 impl LiveState {
@@ -187,6 +191,10 @@ pub enum Request {
     /// Keep these retired replicas after all (a rollback within the delay).
     Unretire {
         names: Vec<String>,
+    },
+    /// The deploy's settings the service keeps: its `scale_down_delay`.
+    Settings {
+        scale_down_delay_ms: u64,
     },
     /// Requests in flight to a replica's address.
     InFlight {
@@ -496,6 +504,11 @@ impl Daemon {
                 }
                 self.save();
                 Reply::ok(format!("{} kept", names.join(", ")), self.state.clone())
+            }
+            Request::Settings { scale_down_delay_ms } => {
+                self.state.scale_down_delay_ms = Some(scale_down_delay_ms);
+                self.save();
+                Reply::ok("", self.state.clone())
             }
             Request::InFlight { addr } => Reply {
                 in_flight: Some(self.router.in_flight(addr)),
@@ -994,15 +1007,17 @@ pub async fn ensure(program: &Path, state: &Path, service: &str, listen: &str) -
     Ok((c, addr.to_string()))
 }
 
-/// How long the replicas a rollback switched away from keep running.
+/// How long the replicas a rollback switched away from keep running when
+/// no deploy said (its `scale_down_delay`).
 pub const ROLLBACK_SCALE_DOWN: Duration = Duration::from_secs(30);
 
 /// `trackside rollback SERVICE`: makes the revision before the current one
 /// stable again and, for a live service, switches its traffic: at once
 /// when that revision's replicas are still up (within their scale-down
 /// delay), else by starting them, checking their health and then
-/// switching. The replicas switched away from stop after
-/// [`ROLLBACK_SCALE_DOWN`]. Returns what happened, for people.
+/// switching. The replicas switched away from stop after the last deploy's
+/// `scale_down_delay` (else [`ROLLBACK_SCALE_DOWN`]). Returns what
+/// happened, for people.
 pub async fn rollback(state: &Path, service: &str, by: &str) -> Result<String, String> {
     // Not under a running rollout's feet: that one is steered instead.
     let _lock = super::revision::lock_service(state, service)?;
@@ -1090,18 +1105,18 @@ async fn switch_to(
         addrs: Vec::new(),
     })
     .await?;
+    let delay = st
+        .scale_down_delay_ms
+        .unwrap_or(u64::try_from(ROLLBACK_SCALE_DOWN.as_millis()).unwrap_or(u64::MAX));
+    let n = leaving.len();
     if !leaving.is_empty() {
         c.call(&Request::Retire {
             names: leaving,
-            after_ms: u64::try_from(ROLLBACK_SCALE_DOWN.as_millis()).unwrap_or(u64::MAX),
+            after_ms: delay,
         })
         .await?;
     }
-    Ok(format!(
-        "{how}; the replicas of {} stop in {}s",
-        from.version,
-        ROLLBACK_SCALE_DOWN.as_secs()
-    ))
+    Ok(format!("{how}; the {n} other replica(s) stop in {}s", delay / 1000))
 }
 
 /// Starts `specs` (with fresh ports and names) in the service behind `c`,
