@@ -350,7 +350,9 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
 async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the_gate() {
     let state = tempfile::tempdir().expect("tempdir");
     let s = state.path();
-    deploy(s, &live_yaml("b1", STRAIGHT, 1)).await;
+    // Its project stays: a replica that dies starts again there.
+    let (_p1, mut first) = common::deploy::start_deploy(s, &live_yaml("b1", STRAIGHT, 1)).await;
+    assert_eq!(first.finished().await.result, RunResult::Passed);
     let addr = listen(s);
     let yaml = live_yaml("b2", GATED, 1);
     let file = s.join("b2.yml");
@@ -379,6 +381,29 @@ async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the
         "{:?}",
         r.lines("web")
     );
+    // A stable replica dying at the gate does not fail the rollout: the
+    // service process starts it again.
+    let victim = service::saved(s, "web")
+        .expect("state")
+        .serving(trackside::deploy::router::Pool::Stable)[0]
+        .clone();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(i32::try_from(victim.pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill a stable replica");
+    r.until("the rollout's word on it", |k| {
+        matches!(k, EventKind::LogLine { line, .. } if line.contains("it died, and the service process starts it again"))
+    })
+    .await;
+    until("the replica is back", async || {
+        service::saved(s, "web").is_some_and(|st| {
+            st.replicas
+                .iter()
+                .any(|r| r.spec.name == victim.spec.name && r.restarts == 1 && r.pid != 0)
+        })
+    })
+    .await;
     // Not stopped under a deploy's feet.
     let out = trackside(s, &["service", "web", "stop"]);
     assert_eq!(out.status.code(), Some(1));
@@ -387,9 +412,18 @@ async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        r.lines("web")
+            .iter()
+            .any(|l| l.starts_with("2 replica(s) an earlier deploy left (b2#")),
+        "the killed trackside's canary goes: {:?}",
+        r.lines("web")
+    );
     r.handle.rollout("web", Command::Promote).await.expect("promote");
     assert_eq!(r.finished().await.result, RunResult::Passed, "{:?}", r.lines("web"));
     assert_eq!(get(&addr).await.as_deref(), Ok("version b2"));
+    // The old canary is gone; two b2 replicas serve.
+    until("two b2 replicas", async || replicas_of("b2") == 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

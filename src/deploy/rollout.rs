@@ -244,12 +244,49 @@ impl World<'_> {
         Ok(())
     }
 
+    /// Whether the replica a health report (`why`, which starts with its
+    /// name) is about died and is being started again by the live
+    /// service's process.
+    async fn restarting(&self, why: &str) -> bool {
+        let Traffic::Live(l) = &self.traffic else {
+            return false;
+        };
+        let Ok(st) = l.client.status().await else {
+            return false;
+        };
+        st.replicas.iter().any(|r| {
+            // Down (the watchdog saw it, or is about to), or started again.
+            let died = r.pid == 0 || r.restarts > 0 || !crate::process::owner_alive(r.pid, r.start);
+            why.starts_with(&format!("{} {} ", Pool::Stable.name(), r.spec.name)) && died
+        })
+    }
+
     /// Stable replicas for the rollout: a live service's running replicas
     /// of `prev` (adopted, not copied), else new ones.
     async fn stable_replicas(&self, io: &Io, client: Option<&service::Client>) -> Result<(Vec<Replica>, bool), String> {
         let prev = &self.prev;
         if let Some(c) = client {
             let st = c.status().await?;
+            // What an earlier deploy left besides stable (a killed
+            // trackside's canary) goes, after the abort delay.
+            let left: Vec<String> = st
+                .replicas
+                .iter()
+                .filter(|r| r.retire_at_ms.is_none())
+                .filter(|r| !(r.pool == Some(Pool::Stable) && r.spec.version == prev.version))
+                .map(|r| r.spec.name.clone())
+                .collect();
+            if !left.is_empty() {
+                io.say(format!(
+                    "{} replica(s) an earlier deploy left ({}) stop in {}s",
+                    left.len(),
+                    left.join(", "),
+                    self.spec.abort_delay.as_secs()
+                ))
+                .await;
+                let after_ms = u64::try_from(self.spec.abort_delay.as_millis()).unwrap_or(u64::MAX);
+                c.call(&service::Request::Retire { names: left, after_ms }).await?;
+            }
             let running: Vec<Replica> = st
                 .serving(Pool::Stable)
                 .into_iter()
@@ -761,6 +798,12 @@ async fn drive(
                 pending = machine.handle(input, now());
             }
             Some((pool, why)) = health_rx.recv() => {
+                // A live service's stable replica that died is the service
+                // process's to start again: the rollout goes on.
+                if pool == Pool::Stable && w.restarting(&why).await {
+                    io.say(format!("{why}: it died, and the service process starts it again")).await;
+                    continue;
+                }
                 let input = match pool {
                     Pool::Canary => Input::CanaryUnhealthy(why),
                     Pool::Stable => Input::StableUnhealthy(why),
