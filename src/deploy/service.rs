@@ -286,6 +286,8 @@ struct Daemon {
     running: HashMap<String, Running>,
     samples: broadcast::Sender<WireSample>,
     stop: CancellationToken,
+    /// Replicas being stopped in the background (waited for at the end).
+    stopping: tokio_util::task::TaskTracker,
 }
 
 /// Runs the service process of `service` until it is told to stop or its
@@ -335,6 +337,7 @@ pub async fn serve(
         running: HashMap::new(),
         samples,
         stop: stop.clone(),
+        stopping: tokio_util::task::TaskTracker::new(),
     };
     // Adopt what an earlier service process left running.
     for r in &d.state.replicas {
@@ -375,6 +378,8 @@ pub async fn serve(
     accept.abort();
     let mut d = d.lock().await;
     d.stop_all().await;
+    d.stopping.close();
+    d.stopping.wait().await;
     let _ = std::fs::remove_file(&paths.socket);
     let _ = std::fs::remove_file(&paths.pid);
     Ok(())
@@ -489,8 +494,8 @@ impl Daemon {
                 }
                 self.apply_routes();
                 self.save();
-                // Due at once: stopped before the answer.
-                self.retire_due().await;
+                // Due at once: out of the state now, stopping in the background.
+                self.retire_due();
                 Reply::ok(
                     format!("{} stop in {}s", names.join(", "), after_ms / 1000),
                     self.state.clone(),
@@ -649,7 +654,7 @@ impl Daemon {
         if routes {
             self.apply_routes();
         }
-        if self.retire_due().await {
+        if self.retire_due() {
             changed = true;
         }
         if changed {
@@ -658,7 +663,9 @@ impl Daemon {
     }
 
     /// Stops the retired replicas whose time has come; whether any were.
-    async fn retire_due(&mut self) -> bool {
+    /// Their stops (SIGTERM, up to 5 s, SIGKILL) run in the background:
+    /// the control socket and the watchdog never wait for them.
+    fn retire_due(&mut self) -> bool {
         let now = crate::store::now_ms();
         let due: Vec<LiveReplica> = self
             .state
@@ -673,7 +680,7 @@ impl Daemon {
         self.state.replicas.retain(|r| r.retire_at_ms.is_none_or(|t| t > now));
         for r in due {
             let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
-            stop_replica(&r, child).await;
+            self.stopping.spawn(async move { stop_replica(&r, child).await });
         }
         self.save();
         true
