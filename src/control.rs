@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -239,17 +239,9 @@ async fn answer<L: Link>(stream: UnixStream, link: L, latest: Latest) {
     let peer = cred.map_or_else(|| "unknown peer".to_string(), |c| peer_identity(c.uid(), c.pid()));
     let (read, mut write) = stream.into_split();
     let reply = if allowed {
-        let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-        match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
-            Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
-            Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
-            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                Err(e) => Reply::refused(format!(
-                    "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
-                )),
-                Ok(req) => respond(req, &peer, &link, &latest).await,
-            },
+        match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
+            Err(why) => Reply::refused(why),
+            Ok(req) => respond(req, &peer, &link, &latest).await,
         }
     } else {
         Reply::refused("only the user running this trackside (or root) may steer it".into())

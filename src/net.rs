@@ -132,6 +132,24 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Reads a control socket's request: one JSON line, at most `max` bytes,
+/// within `wait`. `Err` is what to answer instead (for people).
+pub async fn read_request<T: serde::de::DeserializeOwned>(
+    read: impl tokio::io::AsyncRead + Unpin,
+    max: u64,
+    wait: Duration,
+) -> Result<T, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(max));
+    match tokio::time::timeout(wait, reader.read_line(&mut line)).await {
+        Err(_) => Err(format!("no request within {}s", wait.as_secs())),
+        Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) => serde_json::from_str::<T>(line.trim())
+            .map_err(|e| format!("not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -388,7 +388,7 @@ pub async fn serve(
 impl Daemon {
     fn save(&self) {
         if let Ok(text) = serde_json::to_string_pretty(&self.state) {
-            let _ = write_private(&self.paths.state, &text);
+            let _ = super::revision::write_private(&self.paths.state, &text);
         }
     }
 
@@ -784,31 +784,23 @@ async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me || c.uid() == 0);
     let (read, mut write) = stream.into_split();
     let reply = if allowed {
-        let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-        match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
-            Err(_) => Reply::refused(format!("no request within {}s", REQUEST_WAIT.as_secs())),
-            Ok(Err(e)) => Reply::refused(format!("cannot read the request: {e}")),
-            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                Err(e) => Reply::refused(format!(
-                    "not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}"
-                )),
-                Ok(Request::Samples) => {
-                    let mut rx = d.lock().await.samples.subscribe();
-                    loop {
-                        match rx.recv().await {
-                            Ok(s) => {
-                                if write.write_all(s.line().as_bytes()).await.is_err() {
-                                    return;
-                                }
+        match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
+            Err(why) => Reply::refused(why),
+            Ok(Request::Samples) => {
+                let mut rx = d.lock().await.samples.subscribe();
+                loop {
+                    match rx.recv().await {
+                        Ok(s) => {
+                            if write.write_all(s.line().as_bytes()).await.is_err() {
+                                return;
                             }
-                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(broadcast::error::RecvError::Closed) => return,
                         }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
                 }
-                Ok(req) => d.lock().await.handle(req).await,
-            },
+            }
+            Ok(req) => d.lock().await.handle(req).await,
         }
     } else {
         Reply::refused("only the user running this service (or root) may steer it")
@@ -830,21 +822,6 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot make {} owner-only: {e}", dir.display()))
 }
 
-/// Writes `text` to `path` (0600) through a temporary file renamed over it.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path)
-}
-
 /// One service process per service: the lock is held while it runs.
 fn lock(p: &Paths) -> Result<std::fs::File, String> {
     let path = p.dir.join("router.lock");
@@ -864,7 +841,7 @@ fn lock(p: &Paths) -> Result<std::fs::File, String> {
 }
 
 fn write_pid(path: &Path) -> Result<(), String> {
-    write_private(path, &format!("{}\n", crate::process::owner()))
+    super::revision::write_private(path, &format!("{}\n", crate::process::owner()))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -1270,7 +1247,7 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, String> {
         stop_replica(&r, None).await;
     }
     let text = serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?;
-    write_private(&p.state, &text).map_err(|e| format!("cannot write {}: {e}", p.state.display()))?;
+    super::revision::write_private(&p.state, &text).map_err(|e| format!("cannot write {}: {e}", p.state.display()))?;
     let _ = std::fs::remove_file(&p.socket);
     let _ = std::fs::remove_file(&p.pid);
     Ok(format!(
