@@ -113,7 +113,7 @@ fn manifest_problem(objects: &ObjectStore, d: &Digest) -> Option<String> {
 
 pub fn verify(state: &Path, repair: bool) -> Result<u8, Fail> {
     let objects = ObjectStore::open(&state.join("objects"))?;
-    let index = match Index::open(state) {
+    let index = match Index::open_checked(state) {
         Ok(i) => i,
         Err(StoreError::IndexCorrupt { path, message }) if repair => {
             outln!("the index {} is damaged ({message}); rebuilding it", path.display());

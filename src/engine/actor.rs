@@ -382,11 +382,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     // The project's file list is asked of git (or walked) while the record
     // is made: side by side, not one after the other.
-    // Compiling the failure rules takes a few milliseconds; done now,
-    // beside the rest, it is not on the way of the first job.
-    std::thread::spawn(|| {
-        crate::insight::knowledge::KnowledgeBase::builtin();
-    });
+    // Compiling the failure rules takes tens of milliseconds: on a thread
+    // of their own, and no step waits for them unless it fails.
+    crate::insight::knowledge::prepare_builtin();
     let listing = (!cfg.in_place).then(|| {
         let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
         std::thread::spawn(move || {
@@ -414,8 +412,22 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     // The store first: a damaged index stops the run before it has a record.
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
-    let past_runs = flake_facts(&mut pipeline, &index, &cfg.pipeline_file);
-    let durations = past_durations(&pipeline, &index, &cfg.pipeline_file);
+    // What history says of the jobs is for display and the forecast: read
+    // beside the run, not on the way of its first job (thousands of rows).
+    let past = {
+        let (index, file) = (index.clone(), cfg.pipeline_file.clone());
+        let names: Vec<String> = pipeline.jobs.iter().map(|j| j.name.clone()).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let read = std::thread::Builder::new()
+            .name("trackside-history".into())
+            .spawn(move || {
+                let _ = tx.send(read_past(&index, &file, &names));
+            });
+        if let Err(e) = read {
+            tracing::warn!("cannot read the pipeline's history: {e}");
+        }
+        rx
+    };
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
     // Another run may have had the id first: the record's is the run's.
@@ -560,8 +572,9 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         next_seq: 0,
         replay: replay.clone(),
         log_lines: Default::default(),
-        durations,
-        past_runs,
+        past: Some(past),
+        durations: Default::default(),
+        past_runs: None,
         forecast_at: None,
         forecast_shown: None,
     };
@@ -569,21 +582,29 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     Ok(handle)
 }
 
-/// Each job's durations in this pipeline's recent runs, for the forecast
-/// (empty when there is no history, or it cannot be read).
-fn past_durations(
-    pipeline: &Pipeline,
-    index: &crate::store::index::Index,
-    file: &std::path::Path,
-) -> std::collections::BTreeMap<String, Vec<f64>> {
+/// What the pipeline's history says, read once at the start of a run.
+struct Past {
+    /// Per job name: its flake rate for its box (flaky jobs only) and its
+    /// `history` fact.
+    jobs: Vec<super::state::JobHistory>,
+    /// The pipeline's recent runs (the UI's dashboard); None without history.
+    stats: Option<crate::protocol::view::PipelineStats>,
+    /// Each job's durations in recent runs, for the forecast (empty when
+    /// there is no history, or it cannot be read).
+    durations: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+fn read_past(index: &crate::store::index::Index, file: &std::path::Path, names: &[String]) -> Past {
     use crate::insight::forecast::MAX_SAMPLES;
+    let (jobs, stats) = flake_facts(names, index, file);
     let key = crate::store::history::pipeline_key(file);
-    index
-        .recent_durations(&key, pipeline.jobs.len(), MAX_SAMPLES)
+    let durations = index
+        .recent_durations(&key, names.len(), MAX_SAMPLES)
         .unwrap_or_else(|e| {
             tracing::warn!("cannot read past durations for the forecast: {e}");
             Default::default()
-        })
+        });
+    Past { jobs, stats, durations }
 }
 
 /// Marks the jobs in quarantine (`trackside quarantine`, by name or GitHub
@@ -661,13 +682,16 @@ const RUNS_SHOWN: usize = 30;
 /// Each job's record across runs, as the UI's detail pane shows it:
 /// `flaky: 7 of 40 runs, 18% [9%, 30%] since abc12345` (or broken), with
 /// its flaky test cases, and its flake rate for its box. From the newest
-/// attempts of this pipeline only. Returns the pipeline's recent runs for
-/// the dashboard (None without history).
+/// attempts of this pipeline only. Also the pipeline's recent runs for the
+/// dashboard (None without history).
 fn flake_facts(
-    pipeline: &mut Pipeline,
+    names: &[String],
     index: &crate::store::index::Index,
     file: &std::path::Path,
-) -> Option<crate::protocol::view::PipelineStats> {
+) -> (
+    Vec<super::state::JobHistory>,
+    Option<crate::protocol::view::PipelineStats>,
+) {
     use crate::insight::flaky::{Verdict, analyse};
     let key = crate::store::history::pipeline_key(file);
     let filter = crate::store::history::Filter {
@@ -677,29 +701,28 @@ fn flake_facts(
     };
     let rows = match index.attempts(&filter) {
         Ok(r) if !r.is_empty() => r,
-        _ => return None,
+        _ => return (Vec::new(), None),
     };
     let found = analyse(&rows);
     let stats = crate::insight::metrics::stats(&rows, &found, RUNS_SHOWN)
         .into_iter()
         .next();
     let tests = index.test_attempts(Some(&key)).map(|t| analyse(&t)).unwrap_or_default();
-    for j in &mut pipeline.jobs {
+    let mut jobs = Vec::new();
+    for name in names {
         let Some(f) = found
             .iter()
-            .find(|f| f.job == j.name && matches!(f.verdict, Verdict::Flaky | Verdict::Broken))
+            .find(|f| &f.job == name && matches!(f.verdict, Verdict::Flaky | Verdict::Broken))
         else {
             continue;
         };
-        if f.verdict == Verdict::Flaky {
-            // At least 1%: a job history calls flaky never shows 0%.
-            j.flake_pct = Some((f.rate * 100.0).round().clamp(1.0, 100.0) as u8);
-        }
+        // At least 1%: a job history calls flaky never shows 0%.
+        let flake_pct = (f.verdict == Verdict::Flaky).then(|| (f.rate * 100.0).round().clamp(1.0, 100.0) as u8);
         let mut text = f.summary();
         if let Some(c) = f.since.as_ref().and_then(|s| s.commit.as_deref()) {
             text.push_str(&format!(" since {}", c.chars().take(8).collect::<String>()));
         }
-        let prefix = format!("{} › ", j.name);
+        let prefix = format!("{name} › ");
         let flaky_tests: Vec<&str> = tests
             .iter()
             .filter(|t| t.verdict == Verdict::Flaky)
@@ -709,9 +732,13 @@ fn flake_facts(
         if !flaky_tests.is_empty() {
             text.push_str(&format!("; flaky tests: {}", flaky_tests.join(", ")));
         }
-        j.facts.push(("history".into(), text));
+        jobs.push(super::state::JobHistory {
+            job: name.clone(),
+            flake_pct,
+            fact: text,
+        });
     }
-    stats
+    (jobs, stats)
 }
 
 /// What `run --verbose` says of the run's set-up.
@@ -846,6 +873,8 @@ struct Actor {
     replay: Arc<std::sync::Mutex<super::replay::Replay>>,
     /// Lines so far of each running attempt's log.
     log_lines: super::replay::LineCounts,
+    /// What history says, until it has been read.
+    past: Option<tokio::sync::oneshot::Receiver<Past>>,
     /// Each job's past durations, for the forecast (empty: no history).
     durations: std::collections::BTreeMap<String, Vec<f64>>,
     /// The pipeline's recent runs from history, sent once the run starts
@@ -893,6 +922,10 @@ impl Actor {
                     }
                     None
                 }
+                Some(past) = recv_past(&mut self.past) => {
+                    self.learn(past);
+                    None
+                }
                 () = sleep_until_opt(self.forecast_at), if self.forecast_at.is_some() => {
                     self.forecast();
                     None
@@ -927,6 +960,24 @@ impl Actor {
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         for r in self.shutdown.drain(..) {
             let _ = r.send(());
+        }
+    }
+
+    /// What history says of the run's jobs, read beside its start: the
+    /// plan again with their flake rates and facts, the dashboard's runs,
+    /// and the forecast.
+    fn learn(&mut self, past: Past) {
+        if !past.jobs.is_empty() {
+            let plan = self.state.learn_history(past.jobs);
+            self.emit(plan);
+        }
+        match past.stats {
+            Some(stats) if self.started_at.is_some() => self.emit(EventKind::History { stats }),
+            stats => self.past_runs = stats,
+        }
+        self.durations = past.durations;
+        if !self.durations.is_empty() && self.started_at.is_some() {
+            self.forecast_at = Some(Instant::now());
         }
     }
 
@@ -1654,6 +1705,18 @@ fn mask_summary(m: &Masker, s: &mut RunSummary) {
     kind.mask(&|t| m.mask(t));
     if let EventKind::RunFinished { summary } = kind {
         *s = summary;
+    }
+}
+
+/// History, once read (then never again).
+async fn recv_past(past: &mut Option<tokio::sync::oneshot::Receiver<Past>>) -> Option<Past> {
+    match past {
+        Some(rx) => {
+            let got = rx.await.ok();
+            *past = None;
+            got
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,12 @@
 //! while the run goes on. Rows written before git answered get those
 //! columns when it does (at the latest when the run ends). Writing history
 //! never fails a run: a problem is logged once.
+//!
+//! The writes themselves happen on a thread of their own ([`Writer`]), off
+//! the engine's path from one job to the next: rows that end close together
+//! go in one transaction. The run record (the events) stays the first
+//! record of an attempt; [`History::finish`] waits for the writes before
+//! the run's end is told.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,8 +73,113 @@ impl RunFacts {
     }
 }
 
-pub struct History {
+/// A write to the history index.
+enum Write {
+    Rows(Vec<AttemptRow>),
+    Facts(RunFacts),
+    Allowed(Vec<String>),
+}
+
+/// Writes to the index on a thread of its own, in the order given;
+/// consecutive rows in one transaction. Where the thread cannot be started
+/// (or after [`Writer::close`]), writes happen on the caller's thread.
+struct Writer {
     index: Arc<Index>,
+    run_id: String,
+    tx: Option<mpsc::Sender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    warned: bool,
+}
+
+impl Writer {
+    fn start(index: Arc<Index>, run_id: String) -> Writer {
+        let (tx, rx) = mpsc::channel::<Write>();
+        let (ix, id) = (index.clone(), run_id.clone());
+        let thread = std::thread::Builder::new()
+            .name("trackside-history-writer".into())
+            .spawn(move || {
+                let mut warned = false;
+                let mut next = rx.recv().ok();
+                while let Some(w) = next.take() {
+                    let w = match w {
+                        // Rows waiting behind this one join it.
+                        Write::Rows(mut rows) => {
+                            loop {
+                                match rx.try_recv() {
+                                    Ok(Write::Rows(more)) => rows.extend(more),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            Write::Rows(rows)
+                        }
+                        other => other,
+                    };
+                    warn_once(&mut warned, apply(&ix, &id, w));
+                    if next.is_none() {
+                        next = rx.recv().ok();
+                    }
+                }
+            })
+            .ok();
+        Writer {
+            index,
+            run_id,
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+            warned: false,
+        }
+    }
+
+    fn send(&mut self, w: Write) {
+        let w = match &self.tx {
+            Some(tx) => match tx.send(w) {
+                Ok(()) => return,
+                Err(mpsc::SendError(w)) => w,
+            },
+            None => w,
+        };
+        let done = apply(&self.index, &self.run_id, w);
+        warn_once(&mut self.warned, done);
+    }
+
+    /// Waits until everything sent is written; later writes are made on
+    /// the caller's thread.
+    fn close(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn apply(index: &Index, run_id: &str, w: Write) -> Result<(), crate::store::StoreError> {
+    match w {
+        Write::Rows(rows) => index.record_attempts(&rows),
+        Write::Facts(f) => index.history_facts(
+            run_id,
+            f.commit.as_deref(),
+            f.branch.as_deref(),
+            f.default_branch,
+            f.dirty,
+        ),
+        Write::Allowed(jobs) => index.mark_allowed(run_id, &jobs),
+    }
+}
+
+fn warn_once(warned: &mut bool, r: Result<(), crate::store::StoreError>) {
+    if let Err(e) = r
+        && !std::mem::replace(warned, true)
+    {
+        tracing::warn!("cannot write the run's history: {e}");
+    }
+}
+
+pub struct History {
+    writer: Writer,
     run_id: String,
     pipeline: String,
     dialect: String,
@@ -83,7 +194,6 @@ pub struct History {
     telling: HashMap<(String, u32), String>,
     /// Peak memory of attempts that have not ended yet, in bytes.
     peaks: HashMap<(String, u32), u64>,
-    warned: bool,
 }
 
 impl History {
@@ -104,7 +214,7 @@ impl History {
             });
         let host = crate::protocol::identity::hostname();
         History {
-            index,
+            writer: Writer::start(index, run_id.to_string()),
             run_id: run_id.to_string(),
             pipeline: crate::store::history::pipeline_key(pipeline_file),
             dialect: dialect.to_string(),
@@ -115,7 +225,6 @@ impl History {
             definitions: HashMap::new(),
             telling: HashMap::new(),
             peaks: HashMap::new(),
-            warned: false,
         }
     }
 
@@ -191,15 +300,13 @@ impl History {
                     .map(|j| j.name.clone())
                     .collect();
                 if !allowed.is_empty() {
-                    let marked = self.index.mark_allowed(&self.run_id, &allowed);
-                    self.warn(marked);
+                    self.writer.send(Write::Allowed(allowed));
                 }
                 return;
             }
             _ => return,
         };
-        let written = self.index.record_attempts(std::slice::from_ref(&row));
-        self.warn(written);
+        self.writer.send(Write::Rows(vec![row]));
     }
 
     /// The line that told why attempt `attempt` of `job` failed (it comes
@@ -215,9 +322,10 @@ impl History {
     }
 
     /// The run has ended: git's answer is waited for (a while) and given to
-    /// the rows that lack it.
+    /// the rows that lack it, and every write is made before this returns.
     pub fn finish(&mut self) {
         self.poll_facts(Some(Duration::from_secs(5)));
+        self.writer.close();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -288,23 +396,8 @@ impl History {
             return;
         };
         self.pending = None;
-        let done = self.index.history_facts(
-            &self.run_id,
-            facts.commit.as_deref(),
-            facts.branch.as_deref(),
-            facts.default_branch,
-            facts.dirty,
-        );
-        self.warn(done);
+        self.writer.send(Write::Facts(facts.clone()));
         self.facts = Some(facts);
-    }
-
-    fn warn(&mut self, r: Result<(), crate::store::StoreError>) {
-        if let Err(e) = r
-            && !std::mem::replace(&mut self.warned, true)
-        {
-            tracing::warn!("cannot write the run's history: {e}");
-        }
     }
 }
 

@@ -27,7 +27,7 @@ use super::attempt::note;
 pub use super::attempt::{Attempt, RunContext, RunnerMsg};
 use super::failure::{classify, ending};
 use super::state::Outcome;
-use crate::insight::knowledge::KnowledgeBase;
+use crate::insight::knowledge::{KnowledgeBase, Scan};
 use crate::protocol::Diagnosis;
 
 struct StepCtx<'a> {
@@ -170,6 +170,14 @@ fn diagnose(class: FailureClass, told: Option<Diagnosis>, outcome: &Outcome) -> 
         return Some(d);
     }
     KnowledgeBase::builtin().for_class(class, outcome.exit_code, outcome.message.as_deref().unwrap_or(""))
+}
+
+/// Makes the attempt's (empty) log file here, beside the run, so that the
+/// engine, which writes its lines, only opens it: making a file (an inode)
+/// can take a millisecond on a busy file system, and the engine serves
+/// every job. A failure here is the engine's to report when it opens it.
+fn create_log(path: &Path) {
+    let _ = std::fs::OpenOptions::new().create(true).append(true).open(path);
 }
 
 /// What an attempt leaves to remove once its result is reported.
@@ -323,10 +331,14 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         .unwrap_or_else(|| Instant::now() + far);
     let ws = ctx.workspace(job, a.attempt);
     let setup: Arc<str> = Arc::from("setup");
-    if !ctx.in_place {
+    let log = crate::store::log_path(&ctx.run_dir, &job.name, a.attempt);
+    if ctx.in_place {
+        create_log(&log);
+    } else {
         let (c, dest) = (ctx.clone(), ws.clone());
         let in_container = ctx.containers && job.image().is_some();
         let copied = tokio::task::spawn_blocking(move || {
+            create_log(&log);
             let _ = std::fs::remove_dir_all(&dest);
             // An ended job's workspace, already made fresh, else a copy.
             // A spare keeps its `.git` only while it is the run's.
@@ -2319,7 +2331,7 @@ async fn run_once(
     let mut commands = ctx.pipeline.jobs[a.job].file_commands.then(filecmd::Commands::default);
     let spec_env = spec.env.clone();
     let forward = async {
-        let mut scan = KnowledgeBase::builtin().scan();
+        let mut scan = Scan::builtin();
         while let Some(mut line) = out_rx.recv().await {
             if let Some(c) = commands
                 .as_mut()
@@ -2384,6 +2396,9 @@ async fn run_once(
                     }
                 }
             }
+            if scan.would_wait() {
+                wait_for_rules().await;
+            }
             scan.line(&line.text, line.stream == Stream::Stderr);
             if line.stream == Stream::Stderr && !line.partial && !line.text.trim().is_empty() {
                 let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -2413,8 +2428,20 @@ async fn run_once(
         }
     }
     let timed_out = deadline.is_some_and(|d| Instant::now() >= d) && !cancel.is_cancelled();
+    wait_for_rules().await;
     let diagnosis = scan.finish(&ending(&end, timed_out));
     (end, diagnosis)
+}
+
+/// Waits, on a blocking thread, for the built-in failure rules that
+/// `knowledge::prepare_builtin` compiles, so no async thread blocks on them.
+async fn wait_for_rules() {
+    if !crate::insight::knowledge::builtin_ready() {
+        let _ = tokio::task::spawn_blocking(|| {
+            KnowledgeBase::builtin();
+        })
+        .await;
+    }
 }
 
 #[cfg(test)]

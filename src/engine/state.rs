@@ -200,6 +200,16 @@ impl JobState {
     }
 }
 
+/// What history says of one job, for its box and its detail pane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobHistory {
+    pub job: String,
+    /// Its flake rate, when history calls it flaky.
+    pub flake_pct: Option<u8>,
+    /// `flaky: 7 of 40 runs, 18% [9%, 30%] since abc12345` (or broken).
+    pub fact: String,
+}
+
 pub struct RunState {
     run_id: String,
     pipeline: Pipeline,
@@ -805,6 +815,19 @@ impl RunState {
             self.maybe_finish(&mut fx);
         }
         Ok((fx, changes))
+    }
+
+    /// Adds what history says of jobs (by name; a job no longer in the
+    /// plan is passed over) and returns the plan to show again.
+    pub fn learn_history(&mut self, jobs: Vec<JobHistory>) -> EventKind {
+        for h in jobs {
+            if let Some(j) = self.pipeline.jobs.iter_mut().find(|j| j.name == h.job) {
+                j.flake_pct = h.flake_pct;
+                j.facts.retain(|(k, _)| k != "history");
+                j.facts.push(("history".into(), h.fact));
+            }
+        }
+        self.planned()
     }
 
     /// The DAG as an event, for front-ends.

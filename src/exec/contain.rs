@@ -149,6 +149,11 @@ impl StepCgroup {
         IDLE.create(base()?)
     }
 
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The file a process writes its pid to, to join.
     pub fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")

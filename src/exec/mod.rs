@@ -11,6 +11,7 @@ pub mod git;
 pub mod reap;
 pub mod route;
 pub mod shell;
+pub mod spawn;
 pub mod workspace;
 
 use std::collections::BTreeMap;

@@ -70,14 +70,25 @@ impl Child {
     /// reaps.
     pub fn new(pid: u32) -> Child {
         let pid = libc::pid_t::try_from(pid).unwrap_or(libc::pid_t::MAX);
-        let registered = pidfd(pid).and_then(|fd| {
+        Child::waiting(pid, pidfd(pid).ok())
+    }
+
+    /// Takes over waiting for `pid` through `pidfd`, a pidfd of it (from
+    /// `clone3`, see [`super::spawn`]).
+    pub fn with_pidfd(pid: libc::pid_t, pidfd: OwnedFd) -> Child {
+        Child::waiting(pid, Some(pidfd))
+    }
+
+    /// Waits through the pidfd where there is one, else on a thread.
+    fn waiting(pid: libc::pid_t, pidfd: Option<OwnedFd>) -> Child {
+        let registered = pidfd.map(|fd| {
             // SAFETY: the OwnedFd stays open, and is the same descriptor,
             // for as long as the AsyncFd owns it.
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         });
         let how = match registered {
-            Ok(fd) => Waiting::Pidfd(fd),
-            Err(_) => Waiting::Thread(tokio::task::spawn_blocking(move || {
+            Some(Ok(fd)) => Waiting::Pidfd(fd),
+            _ => Waiting::Thread(tokio::task::spawn_blocking(move || {
                 reap(pid, 0)?.ok_or_else(|| io::Error::other("wait4 returned without the process"))
             })),
         };

@@ -60,8 +60,119 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
     };
     let cgroup = super::contain::StepCgroup::create();
+    // What the kernel will count as the step's own at its start: the pages
+    // of trackside the fork copies (see `reap`).
+    let inherited = super::reap::own_rss();
+    let (mut child, stdout, stderr) = match start(&spec, &script, cgroup.as_ref()) {
+        Ok(started) => started,
+        Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
+    };
+    let pgid = i32::try_from(child.id()).ok().map(Pid::from_raw);
+    let mut readers = Vec::new();
+    if let Some(o) = stdout {
+        readers.push(tokio::spawn(read_lines(o, Stream::Stdout, out.clone())));
+    }
+    if let Some(e) = stderr {
+        readers.push(tokio::spawn(read_lines(e, Stream::Stderr, out.clone())));
+    }
+    drop(out);
+
+    let deadline = async {
+        match spec.deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        reaped = child.wait() => match reaped {
+            Ok(r) => {
+                if let Some(bytes) = super::reap::step_peak(r.peak_rss, inherited) {
+                    spec.peak_memory.record(bytes);
+                }
+                exit_end(r.status)
+            }
+            Err(e) => StepEnd::SpawnFailed(format!("lost track of `sh`: {e}")),
+        },
+        () = deadline => {
+            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
+            StepEnd::TimedOut
+        }
+        () = cancel.cancelled() => {
+            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
+            StepEnd::Cancelled
+        }
+    };
+    // Whatever the step left behind in its group, or its cgroup, goes with it.
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    if let Some(mut cg) = cgroup
+        && !cg.release()
+    {
+        let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+    }
+    // Readers end at EOF; a process that escaped the group may hold the pipe,
+    // so wait a bounded time and then let go of it.
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), r).await.is_err() {
+            abort.abort();
+        }
+    }
+    end
+}
+
+/// A started step: its process (reaped by [`super::reap`], with its peak
+/// memory; killed if the step is dropped) and its output pipes.
+type Started = (
+    super::reap::Child,
+    Option<tokio::process::ChildStdout>,
+    Option<tokio::process::ChildStderr>,
+);
+
+/// Starts the step's process: `sh -e SCRIPT` created in its cgroup by
+/// [`super::spawn`] where the machine allows, else through `Command`, the
+/// shell joining its cgroup before the script runs.
+fn start(
+    spec: &StepSpec,
+    script: &ScriptFile,
+    cgroup: Option<&super::contain::StepCgroup>,
+) -> std::io::Result<Started> {
+    use std::ffi::OsStr;
+    if spec.shell.is_none() {
+        let args = [shell_path().as_os_str(), OsStr::new("-e"), script.path.as_os_str()];
+        let env = spec
+            .env
+            .iter()
+            .filter(|(k, _)| k.as_str() != TAG_VAR && k.as_str() != super::contain::OWNER_VAR)
+            .map(|(k, v)| (OsStr::new(k), OsStr::new(v)))
+            .chain([
+                (OsStr::new(TAG_VAR), OsStr::new(&spec.tag)),
+                (
+                    OsStr::new(super::contain::OWNER_VAR),
+                    OsStr::new(crate::process::owner()),
+                ),
+            ])
+            .collect();
+        let req = super::spawn::Request {
+            program: shell_path(),
+            args: &args,
+            env,
+            cwd: &spec.workdir,
+            cgroup: cgroup.map(super::contain::StepCgroup::dir),
+        };
+        match super::spawn::spawn(&req) {
+            Ok(s) => {
+                let stdout = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(s.stdout)).ok();
+                let stderr = tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(s.stderr)).ok();
+                return Ok((super::reap::Child::with_pidfd(s.pid, s.pidfd), stdout, stderr));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::Unsupported => return Err(e),
+            Err(_) => {}
+        }
+    }
     let path = script.path.to_string_lossy().into_owned();
-    let mut cmd = match (&cgroup, &spec.shell) {
+    let mut cmd = match (cgroup, &spec.shell) {
         (Some(cg), None) => {
             // One shell: it joins, then reads the script in place (a second
             // exec would double the cost of starting a step). Only paths are
@@ -122,76 +233,17 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // What the kernel will count as the step's own at its start: the pages
-    // of trackside the fork copies (see `reap`).
-    let inherited = super::reap::own_rss();
-    let mut spawned = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
-    };
-    // Reaped here, with its peak memory; killed if this step is dropped.
-    let mut child = super::reap::Child::new(spawned.id());
-    let pgid = i32::try_from(child.id()).ok().map(Pid::from_raw);
-    let mut readers = Vec::new();
-    if let Some(o) = spawned
+    let mut spawned = cmd.spawn()?;
+    let child = super::reap::Child::new(spawned.id());
+    let stdout = spawned
         .stdout
         .take()
-        .and_then(|o| tokio::process::ChildStdout::from_std(o).ok())
-    {
-        readers.push(tokio::spawn(read_lines(o, Stream::Stdout, out.clone())));
-    }
-    if let Some(e) = spawned
+        .and_then(|o| tokio::process::ChildStdout::from_std(o).ok());
+    let stderr = spawned
         .stderr
         .take()
-        .and_then(|e| tokio::process::ChildStderr::from_std(e).ok())
-    {
-        readers.push(tokio::spawn(read_lines(e, Stream::Stderr, out.clone())));
-    }
-    drop(out);
-
-    let deadline = async {
-        match spec.deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let end = tokio::select! {
-        reaped = child.wait() => match reaped {
-            Ok(r) => {
-                if let Some(bytes) = super::reap::step_peak(r.peak_rss, inherited) {
-                    spec.peak_memory.record(bytes);
-                }
-                exit_end(r.status)
-            }
-            Err(e) => StepEnd::SpawnFailed(format!("lost track of `sh`: {e}")),
-        },
-        () = deadline => {
-            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
-            StepEnd::TimedOut
-        }
-        () = cancel.cancelled() => {
-            terminate(&mut child, pgid, spec.kill_grace, &spec.tag).await;
-            StepEnd::Cancelled
-        }
-    };
-    // Whatever the step left behind in its group, or its cgroup, goes with it.
-    if let Some(pg) = pgid {
-        let _ = killpg(pg, Signal::SIGKILL);
-    }
-    if let Some(mut cg) = cgroup
-        && !cg.release()
-    {
-        let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
-    }
-    // Readers end at EOF; a process that escaped the group may hold the pipe,
-    // so wait a bounded time and then let go of it.
-    for r in readers {
-        let abort = r.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), r).await.is_err() {
-            abort.abort();
-        }
-    }
-    end
+        .and_then(|e| tokio::process::ChildStderr::from_std(e).ok());
+    Ok((child, stdout, stderr))
 }
 
 /// A step's script where `sh` can read it by path. On Linux an anonymous

@@ -9,11 +9,18 @@
 //! hold (highest priority, then file order) and renders its hint with what
 //! the patterns captured. No I/O: the runner feeds lines, the rules come
 //! compiled into the binary.
+//!
+//! Compiling the built-in rules takes tens of milliseconds, longer than a
+//! trivial job. [`prepare_builtin`] starts it on a thread of its own at the
+//! start of a run, and a scan from [`Scan::builtin`] keeps the lines it is
+//! given (bounded) until the rules are ready instead of waiting for them:
+//! a step that succeeds never needs them at all. A pattern's own regex, for
+//! the captures of a hint, is compiled only when a rule with it has won.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
 use crate::protocol::{Diagnosis, FailureClass};
@@ -99,8 +106,10 @@ pub enum RulesError {
     Pattern {
         rule: String,
         index: usize,
-        source: regex::Error,
+        source: Box<regex_syntax::Error>,
     },
+    #[error("the rules' patterns cannot be compiled together: {0}")]
+    Set(#[from] regex::Error),
     #[error("rule `{rule}`: {what}")]
     Invalid { rule: String, what: String },
     #[error("the rule id `{0}` is used twice")]
@@ -140,7 +149,7 @@ pub struct KnowledgeBase {
     rules: Vec<Rule>,
     set: RegexSet,
     /// Per pattern, for its captures once a rule has won.
-    regexes: Vec<Regex>,
+    regexes: Vec<Pattern>,
     /// Per pattern: the scope of the rule it belongs to.
     scopes: Vec<Scope>,
 }
@@ -182,21 +191,26 @@ impl KnowledgeBase {
             let mut groups = HashSet::new();
             let mut indices = Vec::new();
             for (index, p) in def.patterns.iter().enumerate() {
-                // Checked and kept: the scan uses the set, a diagnosis the
-                // pattern's own captures.
-                let re = regex::RegexBuilder::new(p)
+                // Checked here; the scan uses the set, and a diagnosis the
+                // pattern's own regex, compiled when it is first needed.
+                let hir = regex_syntax::ParserBuilder::new()
                     .case_insensitive(true)
-                    .size_limit(1 << 20)
+                    .unicode(false)
+                    .utf8(false)
                     .build()
+                    .parse(p)
                     .map_err(|source| RulesError::Pattern {
                         rule: def.id.clone(),
                         index: index + 1,
-                        source,
+                        source: Box::new(source),
                     })?;
-                groups.extend(re.capture_names().flatten().map(str::to_string));
+                capture_names(&hir, &mut groups);
                 indices.push(sources.len());
                 sources.push(p.clone());
-                regexes.push(re);
+                regexes.push(Pattern {
+                    source: p.clone(),
+                    compiled: OnceLock::new(),
+                });
                 scopes.push(def.scan);
             }
             for name in placeholders(&def.hint).into_iter().flat_map(|p| p.split('|')) {
@@ -226,15 +240,12 @@ impl KnowledgeBase {
         let build = |p: &[String]| {
             RegexSetBuilder::new(p)
                 .case_insensitive(true)
+                .unicode(false)
                 .size_limit(1 << 24)
                 .dfa_size_limit(1 << 24)
                 .build()
         };
-        let set = build(&sources).map_err(|source| RulesError::Pattern {
-            rule: "(all)".into(),
-            index: 0,
-            source,
-        })?;
+        let set = build(&sources)?;
         Ok(KnowledgeBase {
             rules,
             set,
@@ -243,21 +254,12 @@ impl KnowledgeBase {
         })
     }
 
-    /// The rules compiled into trackside. A unit test checks they load, so
-    /// the empty fallback only guards against a bad edit crashing a run.
+    /// The rules compiled into trackside, compiled on first use (or by
+    /// [`prepare_builtin`]); a call while another thread compiles them
+    /// waits for it. A unit test checks they load, so the empty fallback
+    /// only guards against a bad edit crashing a run.
     pub fn builtin() -> &'static KnowledgeBase {
-        static KB: OnceLock<KnowledgeBase> = OnceLock::new();
-        KB.get_or_init(|| {
-            KnowledgeBase::from_yaml(RULES_YAML).unwrap_or_else(|e| {
-                tracing::error!("assets/failure-rules.yml is invalid: {e}");
-                KnowledgeBase {
-                    rules: Vec::new(),
-                    set: RegexSet::empty(),
-                    regexes: Vec::new(),
-                    scopes: Vec::new(),
-                }
-            })
-        })
+        BUILTIN.get_or_init(compile_builtin)
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -270,9 +272,12 @@ impl KnowledgeBase {
 
     pub fn scan(&self) -> Scan<'_> {
         Scan {
-            kb: self,
+            kb: Some(self),
+            from: None,
             lines: 0,
             hits: vec![None; self.regexes.len()],
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
@@ -306,20 +311,15 @@ impl KnowledgeBase {
     /// at a `+` or `/`); one captured from the masked lines cannot.
     pub fn hint_from(&self, rule: &str, lines: &[String]) -> Option<String> {
         let rule = self.rule(rule)?;
-        let captures: Vec<regex::Captures<'_>> = rule
+        let captures: Vec<regex::bytes::Captures<'_>> = rule
             .patterns
             .iter()
             .filter_map(|&p| {
-                let re = &self.regexes[p];
-                lines.iter().find_map(|l| re.captures(l))
+                let re = self.regexes[p].regex()?;
+                lines.iter().find_map(|l| re.captures(l.as_bytes()))
             })
             .collect();
-        Some(render(&rule.hint, |name| {
-            captures
-                .iter()
-                .find_map(|c| c.name(name))
-                .map(|m| m.as_str().to_string())
-        }))
+        Some(render(&rule.hint, |name| captured(&captures, name)))
     }
 }
 
@@ -349,12 +349,107 @@ struct Hit {
     text: String,
 }
 
+static BUILTIN: OnceLock<KnowledgeBase> = OnceLock::new();
+
+fn compile_builtin() -> KnowledgeBase {
+    KnowledgeBase::from_yaml(RULES_YAML).unwrap_or_else(|e| {
+        tracing::error!("assets/failure-rules.yml is invalid: {e}");
+        KnowledgeBase {
+            rules: Vec::new(),
+            set: RegexSet::empty(),
+            regexes: Vec::new(),
+            scopes: Vec::new(),
+        }
+    })
+}
+
+/// Starts compiling the built-in rules on a thread of its own, so that the
+/// first failure finds them ready and no step waits for them.
+pub fn prepare_builtin() {
+    if BUILTIN.get().is_none() {
+        let _ = std::thread::Builder::new().name("trackside-rules".into()).spawn(|| {
+            KnowledgeBase::builtin();
+        });
+    }
+}
+
+/// Whether the built-in rules are compiled (a [`Scan::builtin`] then never
+/// waits).
+pub fn builtin_ready() -> bool {
+    BUILTIN.get().is_some()
+}
+
+/// Lines a [`Scan::builtin`] keeps while the rules are compiled; past it
+/// (or when it finishes) the scan waits for them.
+const MAX_PENDING_BYTES: usize = 1 << 20;
+const MAX_PENDING_LINES: usize = 10_000;
+
+/// A rule pattern's source and, once a diagnosis needed its captures, its
+/// regex.
+#[derive(Debug)]
+struct Pattern {
+    source: String,
+    compiled: OnceLock<Option<Regex>>,
+}
+
+impl Pattern {
+    /// The pattern's regex; `None` if it cannot be compiled on its own (it
+    /// parsed, so only a size limit can refuse it: no captures then).
+    fn regex(&self) -> Option<&Regex> {
+        self.compiled
+            .get_or_init(|| {
+                regex::bytes::RegexBuilder::new(&self.source)
+                    .case_insensitive(true)
+                    .unicode(false)
+                    .size_limit(1 << 24)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
+/// The text the first of `captures` with a group `name` caught.
+fn captured(captures: &[regex::bytes::Captures<'_>], name: &str) -> Option<String> {
+    captures
+        .iter()
+        .find_map(|c| c.name(name))
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+}
+
+/// Adds the names of `hir`'s capture groups to `names`.
+fn capture_names(hir: &regex_syntax::hir::Hir, names: &mut HashSet<String>) {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Capture(c) => {
+            if let Some(n) = &c.name {
+                names.insert(n.to_string());
+            }
+            capture_names(&c.sub, names);
+        }
+        HirKind::Repetition(r) => capture_names(&r.sub, names),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+            for s in subs {
+                capture_names(s, names);
+            }
+        }
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => {}
+    }
+}
+
 /// One step's output, followed line by line.
 pub struct Scan<'k> {
-    kb: &'k KnowledgeBase,
+    /// `None` until the rules are ready (see [`Scan::builtin`]).
+    kb: Option<&'k KnowledgeBase>,
+    /// Where the rules will be once they are compiled.
+    from: Option<&'k OnceLock<KnowledgeBase>>,
     lines: u64,
     /// Per pattern: the line it matched (first, or last for tail scopes).
     hits: Vec<Option<Hit>>,
+    /// Lines (number, text cut to `MAX_LINE`, from stderr) given before
+    /// the rules were ready.
+    pending: Vec<(u64, String, bool)>,
+    pending_bytes: usize,
 }
 
 fn cut(text: &str, max: usize) -> &str {
@@ -368,32 +463,98 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-impl Scan<'_> {
+impl Scan<'static> {
+    /// A scan with the built-in rules that does not wait for them to be
+    /// compiled: until they are, it keeps the lines it is given (at most
+    /// `MAX_PENDING_LINES`, or `MAX_PENDING_BYTES`, after which it waits).
+    pub fn builtin() -> Scan<'static> {
+        Scan::lazy(&BUILTIN)
+    }
+}
+
+impl<'k> Scan<'k> {
+    /// A scan with the rules `from` holds once they are compiled (the
+    /// built-in rules when it is still empty and one must wait).
+    fn lazy(from: &'k OnceLock<KnowledgeBase>) -> Scan<'k> {
+        let kb = from.get();
+        Scan {
+            kb,
+            from: Some(from),
+            lines: 0,
+            hits: vec![None; kb.map_or(0, |k| k.regexes.len())],
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Whether the next line could make this scan wait for the rules: an
+    /// async caller waits for [`KnowledgeBase::builtin`] on a blocking
+    /// thread first.
+    pub fn would_wait(&self) -> bool {
+        self.kb.is_none()
+            && self.from.is_some_and(|f| f.get().is_none())
+            && (self.pending.len() >= MAX_PENDING_LINES || self.pending_bytes >= MAX_PENDING_BYTES)
+    }
+
+    /// The rules, once ready: what was kept meanwhile is matched first.
+    /// `wait`: compile them (or wait for the thread that does) if need be.
+    fn rules(&mut self, wait: bool) -> Option<&'k KnowledgeBase> {
+        if let Some(kb) = self.kb {
+            return Some(kb);
+        }
+        let from = self.from?;
+        let kb: &'k KnowledgeBase = match from.get() {
+            Some(kb) => kb,
+            None if wait => from.get_or_init(compile_builtin),
+            None => return None,
+        };
+        self.kb = Some(kb);
+        self.hits = vec![None; kb.regexes.len()];
+        for (n, text, stderr) in std::mem::take(&mut self.pending) {
+            self.matched(kb, n, &text, stderr);
+        }
+        self.pending_bytes = 0;
+        Some(kb)
+    }
+
     /// One line of the step's output (`stderr`: it came on standard error).
     pub fn line(&mut self, text: &str, stderr: bool) {
         self.lines += 1;
         let text = cut(text, MAX_LINE);
-        if self.kb.regexes.is_empty() {
+        let wait = self.pending.len() >= MAX_PENDING_LINES || self.pending_bytes >= MAX_PENDING_BYTES;
+        match self.rules(wait) {
+            Some(kb) => self.matched(kb, self.lines, text, stderr),
+            None => {
+                self.pending_bytes += text.len();
+                self.pending.push((self.lines, text.to_string(), stderr));
+            }
+        }
+    }
+
+    /// Remembers what line `n` matched.
+    fn matched(&mut self, kb: &KnowledgeBase, n: u64, text: &str, stderr: bool) {
+        if kb.regexes.is_empty() {
             return;
         }
-        for i in self.kb.set.matches(text).iter() {
-            let scope = self.kb.scopes[i];
+        for i in kb.set.matches(text.as_bytes()).iter() {
+            let scope = kb.scopes[i];
             if scope == Scope::Stderr && !stderr {
                 continue;
             }
             let hit = &mut self.hits[i];
             if hit.is_none() || scope == Scope::Tail {
                 *hit = Some(Hit {
-                    line: self.lines,
+                    line: n,
                     text: cut(text, MAX_KEPT).to_string(),
                 });
             }
         }
     }
 
-    /// The best rule for a step that ended so, with what it matched.
-    pub fn finish(&self, end: &Ending) -> Option<Diagnosis> {
-        let kb = self.kb;
+    /// The best rule for a step that ended so, with what it matched. A
+    /// built-in scan waits for the rules here if they are not ready.
+    pub fn finish(&mut self, end: &Ending) -> Option<Diagnosis> {
+        let kb = self.rules(true)?;
         let rule = kb.rules.iter().find(|r| {
             r.ending_holds(end)
                 && r.patterns.iter().all(|&p| {
@@ -405,17 +566,12 @@ impl Scan<'_> {
         let mut matched: Vec<&Hit> = rule.patterns.iter().filter_map(|&p| self.hits[p].as_ref()).collect();
         matched.sort_by_key(|h| h.line);
         matched.dedup_by_key(|h| h.line);
-        let captures: Vec<regex::Captures<'_>> = rule
+        let captures: Vec<regex::bytes::Captures<'_>> = rule
             .patterns
             .iter()
-            .filter_map(|&p| kb.regexes[p].captures(&self.hits[p].as_ref()?.text))
+            .filter_map(|&p| kb.regexes[p].regex()?.captures(self.hits[p].as_ref()?.text.as_bytes()))
             .collect();
-        let hint = render(&rule.hint, |name| {
-            captures
-                .iter()
-                .find_map(|c| c.name(name))
-                .map(|m| m.as_str().to_string())
-        });
+        let hint = render(&rule.hint, |name| captured(&captures, name));
         Some(Diagnosis {
             rule: rule.id.clone(),
             title: rule.title.clone(),
@@ -648,5 +804,68 @@ rules:
             Err(e) => panic!("assets/failure-rules.yml: {e}"),
         };
         assert!(kb.rules().len() >= 40, "{} rules", kb.rules().len());
+        // Each pattern compiles on its own too (its captures fill hints).
+        for (i, p) in kb.regexes.iter().enumerate() {
+            assert!(p.regex().is_some(), "pattern {i} ({}) does not compile alone", p.source);
+        }
+    }
+
+    #[test]
+    fn a_builtin_scan_keeps_its_lines_until_the_rules_are_ready() {
+        // Whether or not another test compiled them already, the scan
+        // gives the answer a scan with the rules at hand gives.
+        let lines = [
+            ("compiling", false),
+            ("curl: (6) Could not resolve host: example.invalid", true),
+            ("done", false),
+        ];
+        let end = Ending {
+            signal: None,
+            exit_code: Some(6),
+        };
+        let mut lazy = Scan::builtin();
+        for (l, e) in lines {
+            lazy.line(l, e);
+        }
+        let mut eager = KnowledgeBase::builtin().scan();
+        for (l, e) in lines {
+            eager.line(l, e);
+        }
+        let (a, b) = (lazy.finish(&end), eager.finish(&end));
+        assert_eq!(a.as_ref().map(|d| &d.rule), b.as_ref().map(|d| &d.rule));
+        assert_eq!(a.map(|d| d.lines), b.map(|d| d.lines));
+        assert!(builtin_ready());
+    }
+
+    #[test]
+    fn a_pending_scan_matches_its_kept_lines_with_their_numbers() {
+        let rules = OnceLock::new();
+        let mut s = Scan::lazy(&rules);
+        s.line("summary: 3 failed at x", false);
+        s.line("a", false);
+        assert!(s.kb.is_none() && s.pending.len() == 2 && !s.would_wait());
+        assert!(rules.set(kb(TWO)).is_ok());
+        s.line("b", false);
+        assert!(s.pending.is_empty(), "matched once the rules came");
+        // The tail rule (lines: 2) no longer sees line 1 of 3.
+        assert!(s.finish(&Ending::default()).is_none());
+        let mut s = Scan::lazy(&rules);
+        s.line("summary: 3 failed at x", false);
+        s.line("a", false);
+        let d = s.finish(&Ending::default()).expect("within the tail");
+        assert_eq!((d.rule.as_str(), d.hint.as_str()), ("tail", "3 failed (x)"));
+    }
+
+    #[test]
+    fn a_pending_scan_is_bounded() {
+        let rules = OnceLock::new();
+        let mut s = Scan::lazy(&rules);
+        for _ in 0..MAX_PENDING_LINES {
+            s.line("x", false);
+        }
+        assert!(s.would_wait());
+        // The next line waits for (here: compiles) the rules.
+        s.line("x", false);
+        assert!(s.pending.is_empty() && rules.get().is_some());
     }
 }
