@@ -576,6 +576,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         durations: Default::default(),
         past_runs: None,
         forecast_at: None,
+        forecasting: None,
         forecast_shown: None,
     };
     tokio::spawn(actor.run());
@@ -883,6 +884,9 @@ struct Actor {
     /// When to forecast again: soon after a job transition, and every few
     /// seconds while jobs run (a running job's elapsed time changes it).
     forecast_at: Option<Instant>,
+    /// A forecast being simulated on a blocking thread (a thousand jobs'
+    /// simulations take milliseconds the actor does not wait for).
+    forecasting: Option<tokio::sync::oneshot::Receiver<Option<crate::insight::forecast::Forecast>>>,
     /// The forecast last sent (p50, p90).
     forecast_shown: Option<(u64, u64)>,
 }
@@ -928,6 +932,10 @@ impl Actor {
                 }
                 () = sleep_until_opt(self.forecast_at), if self.forecast_at.is_some() => {
                     self.forecast();
+                    None
+                }
+                Some(f) = recv_forecast(&mut self.forecasting) => {
+                    self.forecasted(f);
                     None
                 }
                 () = sleep_until_opt(watch_due), if watch_due.is_some() => {
@@ -1708,6 +1716,20 @@ fn mask_summary(m: &Masker, s: &mut RunSummary) {
     }
 }
 
+/// A forecast's simulation, once done.
+async fn recv_forecast(
+    sim: &mut Option<tokio::sync::oneshot::Receiver<Option<crate::insight::forecast::Forecast>>>,
+) -> Option<Option<crate::insight::forecast::Forecast>> {
+    match sim {
+        Some(rx) => {
+            let got = rx.await.ok();
+            *sim = None;
+            got
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// History, once read (then never again).
 async fn recv_past(past: &mut Option<tokio::sync::oneshot::Receiver<Past>>) -> Option<Past> {
     match past {
@@ -1735,10 +1757,16 @@ const FORECAST_EVERY: Duration = Duration::from_secs(5);
 impl Actor {
     /// Forecasts the run's finish from history and sends it when it moved
     /// by a second or more.
+    /// Starts simulating the run's finish, unless a simulation is under way
+    /// (then it is asked again shortly).
     fn forecast(&mut self) {
         use crate::insight::forecast::{SIMULATIONS, forecast};
         self.forecast_at = None;
         if self.state.is_finished() {
+            return;
+        }
+        if self.forecasting.is_some() {
+            self.forecast_at = Some(Instant::now() + FORECAST_BATCH);
             return;
         }
         let nodes = self.state.forecast_nodes(&self.durations);
@@ -1750,7 +1778,20 @@ impl Actor {
             .run_id
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        if let Some(f) = forecast(&nodes, self.state.max_parallel(), now_ms, SIMULATIONS, seed) {
+        let max_parallel = self.state.max_parallel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(forecast(&nodes, max_parallel, now_ms, SIMULATIONS, seed));
+        });
+        self.forecasting = Some(rx);
+    }
+
+    /// A simulation's answer: sent when it moved by a second or more.
+    fn forecasted(&mut self, f: Option<crate::insight::forecast::Forecast>) {
+        if self.state.is_finished() {
+            return;
+        }
+        if let Some(f) = f {
             let moved = self
                 .forecast_shown
                 .is_none_or(|(p50, p90)| p50.abs_diff(f.p50_ms) >= 1_000 || p90.abs_diff(f.p90_ms) >= 1_000);
@@ -1771,8 +1812,11 @@ impl Actor {
                 });
             }
         }
-        if self.state.running() > 0 {
-            self.forecast_at = Some(Instant::now() + FORECAST_EVERY);
+        // Again in a while (a running job's elapsed time moves it), unless
+        // a transition asked for one sooner meanwhile.
+        let next = Instant::now() + FORECAST_EVERY;
+        if self.state.running() > 0 && self.forecast_at.is_none_or(|at| at > next) {
+            self.forecast_at = Some(next);
         }
     }
 }
