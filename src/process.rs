@@ -23,9 +23,19 @@ pub fn owner() -> &'static str {
     })
 }
 
-/// Whether the process `pid` that started at `start` still runs.
+/// Whether the process `pid` that started at `start` still runs: not gone,
+/// not another process under a reused pid, and not a zombie (dead, only
+/// not yet reaped by its parent).
 pub fn owner_alive(pid: u32, start: u64) -> bool {
-    start_time(pid) == Some(start)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    !matches!(state, Some("Z" | "X")) && fields.nth(18).and_then(|s| s.parse().ok()) == Some(start)
 }
 
 /// Whether an owner written by [`owner`] still runs (`false` for garbage).
@@ -50,5 +60,21 @@ mod tests {
         assert!(owner_alive(pid, start));
         assert!(!owner_alive(pid, start + 1), "a reused pid is another process");
         assert_eq!(parse_owner("12:x"), None);
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped below, once looked at
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        let start = start_time(pid).expect("its start");
+        // Dead but not reaped: a zombie until `wait`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+            assert!(std::time::Instant::now() < deadline, "true did not end");
+            std::thread::yield_now();
+        }
+        assert!(!owner_alive(pid, start));
+        let _ = child.wait();
     }
 }

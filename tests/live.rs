@@ -159,6 +159,32 @@ impl Load {
     }
 }
 
+/// A test's state folder; its service is stopped before the folder goes
+/// (even when the test failed), so no router or replica outlives the test.
+/// Removing the folder under a running service could race the files it
+/// writes and leave both behind.
+struct State(tempfile::TempDir);
+
+impl State {
+    fn new() -> State {
+        State(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .arg("--state-dir")
+            .arg(self.0.path())
+            .args(["service", "web", "stop"])
+            .output();
+    }
+}
+
 fn trackside(state: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
         .arg("--state-dir")
@@ -170,7 +196,7 @@ fn trackside(state: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_brings_the_old_one_back() {
-    let state = tempfile::tempdir().expect("tempdir");
+    let state = State::new();
     let s = state.path();
     // The projects stay: replicas run in them, and start there again.
     let (_p1, mut r) = common::deploy::start_deploy(s, &live_yaml("a1", STRAIGHT, 1)).await;
@@ -348,7 +374,7 @@ async fn a_promoted_revision_keeps_serving_the_next_adopts_it_and_a_rollback_bri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the_gate() {
-    let state = tempfile::tempdir().expect("tempdir");
+    let state = State::new();
     let s = state.path();
     // Its project stays: a replica that dies starts again there.
     let (_p1, mut first) = common::deploy::start_deploy(s, &live_yaml("b1", STRAIGHT, 1)).await;
@@ -428,7 +454,7 @@ async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_delay() {
-    let state = tempfile::tempdir().expect("tempdir");
+    let state = State::new();
     let s = state.path();
     deploy(s, &live_yaml("c1", STRAIGHT, 1)).await;
     let addr = listen(s);
@@ -458,7 +484,7 @@ async fn a_service_whose_state_folder_goes_stops_with_its_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_router_died_is_still_stopped_with_its_replicas() {
-    let state = tempfile::tempdir().expect("tempdir");
+    let state = State::new();
     let s = state.path();
     let (_p, mut r) = common::deploy::start_deploy(s, &live_yaml("e1", STRAIGHT, 1)).await;
     assert_eq!(r.finished().await.result, RunResult::Passed);

@@ -4,7 +4,8 @@
 #
 #   benches/peers/gitlab.sh [RUNS]
 #
-# Needs: a release build (cargo build --release), and the peers on PATH or
+# Needs: a release build (cargo build --release; $TRACKSIDE names another
+# binary, to compare builds), and the peers on PATH or
 # in $PEERS (default /tmp/peers): npm install gitlab-ci-local@4.65 there,
 # cargo install wrkflw --root $PEERS/wrkflw-bin. They are installed for the
 # benchmark only; nothing in the project depends on them.
@@ -12,7 +13,7 @@ set -euo pipefail
 runs=${1:-11}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 peers=${PEERS:-/tmp/peers}
-trackside=$here/target/release/trackside
+trackside=${TRACKSIDE:-$here/target/release/trackside}
 gcl=$peers/node_modules/.bin/gitlab-ci-local
 wrkflw=$peers/wrkflw-bin/bin/wrkflw
 

@@ -20,7 +20,8 @@ It prints medians of wall time, and the peak memory (max RSS) and CPU time
 (user + system, children included) that wait4 reports for each process.
 
 Needs a release build (cargo build --release; $TRACKSIDE names another
-binary, to compare builds), and GNU time for the memory column
+binary, and $TRACKSIDE_B a second one measured in the same rounds, to
+compare builds), and GNU time for the memory column
 (apt-get install time). wrkflw is looked for in
 $PEERS/wrkflw-bin/bin (default /tmp/peers; `cargo install wrkflw --root
 /tmp/peers/wrkflw-bin`); without it, that column is left out.
@@ -106,6 +107,12 @@ def main():
         "trackside, 50 jobs, 10,000 files": (run + ["pipeline.yml"], big),
         "trackside, 50 jobs, 10,000 files, --in-place": (run + ["--in-place", "pipeline.yml"], big),
     }
+    # $TRACKSIDE_B: another build measured in the same rounds, case after
+    # case, so both see the same moments of a shared machine.
+    if os.environ.get("TRACKSIDE_B"):
+        for name in [n for n in cases if n.startswith("trackside")]:
+            cmd, cwd = cases[name]
+            cases["B: " + name] = ([os.environ["TRACKSIDE_B"]] + cmd[1:], cwd)
     if WRKFLW.exists():
         cases["wrkflw, 1,000 jobs (--runtime emulation)"] = (
             [str(WRKFLW), "run", "--runtime", "emulation", ".gitlab-ci.yml"],
@@ -142,6 +149,11 @@ def main():
         print(f"1,000 jobs: CPU trackside {ours:.2f} s, wrkflw {theirs:.2f} s ({ours / theirs:.2f}x; target <= 1x)")
     ws = med("trackside, 50 jobs, 10,000 files", 0) - med("trackside, 50 jobs, 10,000 files, --in-place", 0)
     print(f"10,000 files: the fresh workspace costs {ws / 50 * 1000:.1f} ms per job")
+    if os.environ.get("TRACKSIDE_B"):
+        floor50 = med(f"floor, 50 (xargs -P {CORES})", 0)
+        floor1k = med("floor, 1,000 (xargs -P 64)", 0)
+        print(f"B: 50 jobs {med('B: trackside, 50 jobs', 0) / floor50:.2f}x the floor, "
+              f"1,000 jobs {med('B: trackside, 1,000 jobs, -j 1000', 0) / floor1k:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1034,3 +1034,44 @@ fn a_cancelled_github_run_still_runs_its_always_and_cancelled_jobs() {
     let s = finished(&fail(&mut m, on_cancel, FailureClass::Signal, 6)).expect("finished");
     assert_eq!(s.result, RunResult::Cancelled);
 }
+
+#[test]
+fn history_read_after_the_start_shows_again_in_the_plan() {
+    let mut m = machine(&yaml(&[("a", &[], ""), ("b", &["a"], "")]), opts(2));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), vec![0]);
+    let plan = m.learn_history(vec![
+        JobHistory {
+            job: "b".into(),
+            flake_pct: Some(18),
+            fact: "flaky: 7 of 40 runs".into(),
+        },
+        JobHistory {
+            job: "gone".into(),
+            flake_pct: Some(50),
+            fact: "no longer in the pipeline".into(),
+        },
+    ]);
+    let EventKind::PlanChanged { jobs, .. } = plan else {
+        panic!("a plan: {plan:?}");
+    };
+    let b = jobs.iter().find(|j| j.name == "b").expect("b");
+    assert_eq!(b.flake_pct, Some(18));
+    assert_eq!(
+        b.facts,
+        vec![("history".to_string(), "flaky: 7 of 40 runs".to_string())]
+    );
+    assert!(jobs.iter().all(|j| j.name != "gone"));
+    // Learnt again (a second read), the fact is replaced, not repeated.
+    let EventKind::PlanChanged { jobs, .. } = m.learn_history(vec![JobHistory {
+        job: "b".into(),
+        flake_pct: None,
+        fact: "broken".into(),
+    }]) else {
+        panic!("a plan");
+    };
+    let b = jobs.iter().find(|j| j.name == "b").expect("b");
+    assert_eq!((b.flake_pct, b.facts.len()), (None, 1));
+    // The run goes on as before.
+    assert_eq!(m.status(0), JobStatus::Running);
+}
