@@ -214,8 +214,10 @@ fn a_seeded_flake_is_ranked_flaky_and_a_broken_build_is_broken_from_its_commit()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .collect();
+    // History is read beside the run: the last plan carries what it says.
     let planned = events
         .iter()
+        .rev()
         .find(|e| e["type"] == "plan_changed")
         .expect("plan_changed");
     // The flaky job's box carries its rate; the broken one's does not.

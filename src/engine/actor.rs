@@ -413,20 +413,16 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
     // What history says of the jobs is for display and the forecast: read
-    // beside the run, not on the way of its first job (thousands of rows).
-    let past = {
+    // beside the run, not on the way of its first job (thousands of rows),
+    // by the history's writer before it writes this run's first row.
+    let (read_past_first, past) = {
         let (index, file) = (index.clone(), cfg.pipeline_file.clone());
         let names: Vec<String> = pipeline.jobs.iter().map(|j| j.name.clone()).collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let read = std::thread::Builder::new()
-            .name("trackside-history".into())
-            .spawn(move || {
-                let _ = tx.send(read_past(&index, &file, &names));
-            });
-        if let Err(e) = read {
-            tracing::warn!("cannot read the pipeline's history: {e}");
-        }
-        rx
+        let read: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(read_past(&index, &file, &names));
+        });
+        (read, rx)
     };
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
     let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
@@ -535,6 +531,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         dialect,
         cfg.project_dir.clone(),
         cfg.git.clone(),
+        read_past_first,
     );
     let actor = Actor {
         history,
@@ -573,6 +570,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         replay: replay.clone(),
         log_lines: Default::default(),
         past: Some(past),
+        finishing: None,
         durations: Default::default(),
         past_runs: None,
         forecast_at: None,
@@ -876,6 +874,10 @@ struct Actor {
     log_lines: super::replay::LineCounts,
     /// What history says, until it has been read.
     past: Option<tokio::sync::oneshot::Receiver<Past>>,
+    /// The run's last effects (its `run_finished` and after), held while
+    /// history is still being read (at most until the instant), so that a
+    /// quick run tells its jobs' history before it ends.
+    finishing: Option<(Vec<Effect>, Instant)>,
     /// Each job's past durations, for the forecast (empty: no history).
     durations: std::collections::BTreeMap<String, Vec<f64>>,
     /// The pipeline's recent runs from history, sent once the run starts
@@ -926,8 +928,17 @@ impl Actor {
                     }
                     None
                 }
-                Some(past) = recv_past(&mut self.past) => {
-                    self.learn(past);
+                past = recv_past(&mut self.past) => {
+                    if let Some(past) = past {
+                        self.learn(past);
+                    }
+                    self.finish_deferred(&retry_tx);
+                    None
+                }
+                () = sleep_until_opt(self.finishing.as_ref().map(|f| f.1)), if self.finishing.is_some() => {
+                    // History is slow to come: the run ends without it.
+                    self.past = None;
+                    self.finish_deferred(&retry_tx);
                     None
                 }
                 () = sleep_until_opt(self.forecast_at), if self.forecast_at.is_some() => {
@@ -956,6 +967,8 @@ impl Actor {
                 break;
             }
         }
+        // A run that ended while its history was still being read ends now.
+        self.finish_deferred(&retry_tx);
         for (_, t) in self.retry_timers.drain() {
             t.abort();
         }
@@ -975,9 +988,16 @@ impl Actor {
     /// plan again with their flake rates and facts, the dashboard's runs,
     /// and the forecast.
     fn learn(&mut self, past: Past) {
+        // Told once the run has ended: nothing to show it on.
+        if self.state.is_finished() && self.finishing.is_none() {
+            return;
+        }
         if !past.jobs.is_empty() {
             let plan = self.state.learn_history(past.jobs);
-            self.emit(plan);
+            // Before the start, the plan the start sends carries it.
+            if self.started_at.is_some() {
+                self.emit(plan);
+            }
         }
         match past.stats {
             Some(stats) if self.started_at.is_some() => self.emit(EventKind::History { stats }),
@@ -1516,9 +1536,23 @@ impl Actor {
         self.perform(effects, retry_tx);
     }
 
+    /// Carries out the run's last effects, held until history was read.
+    fn finish_deferred(&mut self, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        if let Some((effects, _)) = self.finishing.take() {
+            self.perform(effects, retry_tx);
+        }
+    }
+
     fn perform(&mut self, effects: Vec<Effect>, retry_tx: &mpsc::UnboundedSender<JobId>) {
-        for effect in effects {
+        let mut effects = effects.into_iter();
+        while let Some(effect) = effects.next() {
             match effect {
+                Effect::Emit(kind @ EventKind::RunFinished { .. }) if self.past.is_some() => {
+                    let mut rest = vec![Effect::Emit(kind)];
+                    rest.extend(effects);
+                    self.finishing = Some((rest, Instant::now() + HISTORY_WAIT));
+                    return;
+                }
                 Effect::Emit(kind) => self.emit(kind),
                 Effect::Start { job, attempt } => {
                     tracing::debug!(job = %self.ctx.pipeline.jobs[job].name, attempt, "attempt started");
@@ -1748,6 +1782,9 @@ async fn recv_watch(w: &mut Option<Watch>) -> Option<()> {
         None => std::future::pending().await,
     }
 }
+
+/// The longest a run's end waits for its history to be read.
+const HISTORY_WAIT: Duration = Duration::from_secs(2);
 
 /// Transitions this close together get one forecast.
 const FORECAST_BATCH: Duration = Duration::from_millis(250);

@@ -92,12 +92,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(index: Arc<Index>, run_id: String) -> Writer {
+    /// Starts the thread, which runs `first` (reading the pipeline's
+    /// history: before this run's rows are in it) and then writes.
+    fn start(index: Arc<Index>, run_id: String, first: Box<dyn FnOnce() + Send>) -> Writer {
         let (tx, rx) = mpsc::channel::<Write>();
         let (ix, id) = (index.clone(), run_id.clone());
         let thread = std::thread::Builder::new()
-            .name("trackside-history-writer".into())
+            .name("trackside-history".into())
             .spawn(move || {
+                first();
                 let mut warned = false;
                 let mut next = rx.recv().ok();
                 while let Some(w) = next.take() {
@@ -123,6 +126,9 @@ impl Writer {
                         next = rx.recv().ok();
                     }
                 }
+            })
+            .inspect_err(|e| {
+                tracing::warn!("no thread for the run's history ({e}): it is written as the run goes, and not read");
             })
             .ok();
         Writer {
@@ -153,6 +159,14 @@ impl Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Writer {
+    /// A run that ends without [`History::finish`] (a panic) still writes
+    /// what was sent.
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -205,6 +219,7 @@ impl History {
         dialect: &str,
         project: PathBuf,
         known: Option<crate::exec::git::Facts>,
+        before_writing: Box<dyn FnOnce() + Send>,
     ) -> History {
         let (tx, rx) = mpsc::channel();
         let asked = std::thread::Builder::new()
@@ -214,7 +229,7 @@ impl History {
             });
         let host = crate::protocol::identity::hostname();
         History {
-            writer: Writer::start(index, run_id.to_string()),
+            writer: Writer::start(index, run_id.to_string(), before_writing),
             run_id: run_id.to_string(),
             pipeline: crate::store::history::pipeline_key(pipeline_file),
             dialect: dialect.to_string(),

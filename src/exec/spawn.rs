@@ -189,8 +189,13 @@ mod linux {
         let null = open(b"/dev/null", libc::O_RDONLY)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
+        // A cgroup that cannot be opened is as good as none: the caller
+        // starts the step the other way, which joins it or runs without.
         let cgroup = match req.cgroup {
-            Some(dir) => Some(open(dir.as_os_str().as_bytes(), libc::O_PATH | libc::O_DIRECTORY)?),
+            Some(dir) => Some(
+                open(dir.as_os_str().as_bytes(), libc::O_PATH | libc::O_DIRECTORY)
+                    .map_err(|_| io::Error::from(io::ErrorKind::Unsupported))?,
+            ),
             None => None,
         };
         let mut child = Child {
@@ -232,6 +237,14 @@ mod linux {
         if ret < 0 {
             let e = io::Error::from_raw_os_error(-ret as i32);
             return match e.raw_os_error() {
+                // Refused with a cgroup (the cgroup's own error, such as
+                // one whose controllers forbid it): this step the other way.
+                _ if cgroup.is_some() => {
+                    tracing::debug!(
+                        "clone3 into the step's cgroup refused ({e}): this step starts through posix_spawn"
+                    );
+                    Err(io::ErrorKind::Unsupported.into())
+                }
                 // No clone3 here (an old kernel, a seccomp filter), or
                 // not with these flags: Command from now on.
                 Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP) => {
@@ -249,7 +262,9 @@ mod linux {
             // The child has exited (127) without exec: reap it here.
             let mut status = 0;
             // SAFETY: waits for our own child, which has exited.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
             return Err(io::Error::from_raw_os_error(child.err));
         }
         Ok(Spawned {
@@ -306,10 +321,18 @@ mod linux {
             // across exec (CLONE_CLEAR_SIGHAND resets only handlers).
             let mut dfl: libc::sigaction = std::mem::zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
+            // `dup2` onto itself keeps close-on-exec: clear it instead.
+            let onto = |from: libc::c_int, to: libc::c_int| {
+                if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0) < 0
+                } else {
+                    libc::dup2(from, to) < 0
+                }
+            };
             let failed = libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut()) != 0
-                || libc::dup2(c.stdin, 0) < 0
-                || libc::dup2(c.stdout, 1) < 0
-                || libc::dup2(c.stderr, 2) < 0
+                || onto(c.stdin, 0)
+                || onto(c.stdout, 1)
+                || onto(c.stderr, 2)
                 || libc::setpgid(0, 0) != 0
                 || libc::chdir(c.cwd) != 0
                 || libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0

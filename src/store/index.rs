@@ -199,8 +199,21 @@ impl Index {
         // check reads every page (44 ms at 80,000 attempts), so it runs at
         // most once in CHECK_EVERY; between checks, damage in the pages a
         // run reads is still reported, by SQLite, as it reads them.
+        // The marker names the file it vouches for (device and inode): an
+        // index put back from a copy is checked at once.
         let marker = state.join("index.checked");
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&path)
+                .map(|m| format!("{} {}", m.dev(), m.ino()))
+                .ok()
+        };
+        let vouched = std::fs::read_to_string(&marker)
+            .ok()
+            .zip(identity.as_ref())
+            .is_some_and(|(m, id)| m.trim() == id);
         let due = check
+            || !vouched
             || std::fs::metadata(&marker)
                 .and_then(|m| m.modified())
                 .ok()
@@ -215,12 +228,9 @@ impl Index {
                 return Err(StoreError::IndexCorrupt { path, message: check });
             }
             // Its time is the last check's (the state directory is private).
-            let _ = std::fs::File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&marker)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if let Some(id) = identity {
+                let _ = std::fs::write(&marker, id);
+            }
         }
         super::history::migrate(&mut conn).map_err(err)?;
         Ok(Index {
@@ -716,6 +726,22 @@ mod tests {
         ));
         assert!(!marker.exists(), "a failed check is due again");
         assert!(matches!(Index::open(dir.path()), Err(StoreError::IndexCorrupt { .. })));
+    }
+
+    #[test]
+    fn an_index_put_back_from_a_copy_is_checked_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Index::open(dir.path()).expect("open"));
+        let marker = dir.path().join("index.checked");
+        let vouched = std::fs::read_to_string(&marker).expect("marker");
+        // A copy put in its place: another inode.
+        let db = dir.path().join("index.sqlite");
+        let copy = dir.path().join("copy.sqlite");
+        std::fs::copy(&db, &copy).expect("copy");
+        std::fs::rename(&copy, &db).expect("rename");
+        drop(Index::open(dir.path()).expect("open the copy"));
+        let now = std::fs::read_to_string(&marker).expect("marker");
+        assert_ne!(vouched, now, "checked again, and the marker names the new file");
     }
 
     #[test]
