@@ -240,7 +240,7 @@ async fn answer<L: Link>(stream: UnixStream, link: L, latest: Latest) {
     let (read, mut write) = stream.into_split();
     let reply = if allowed {
         match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
-            Err(why) => Reply::refused(why),
+            Err(why) => Reply::refused(why.to_string()),
             Ok(req) => respond(req, &peer, &link, &latest).await,
         }
     } else {

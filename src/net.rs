@@ -132,21 +132,32 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Why a control socket's request could not be read; its text is what the
+/// socket answers (for people).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no request within {0}s")]
+    Timeout(u64),
+    #[error("cannot read the request: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("not a request ({0}): send one JSON line such as {{\"op\":\"status\"}}")]
+    NotJson(#[from] serde_json::Error),
+}
+
 /// Reads a control socket's request: one JSON line, at most `max` bytes,
-/// within `wait`. `Err` is what to answer instead (for people).
+/// within `wait`.
 pub async fn read_request<T: serde::de::DeserializeOwned>(
     read: impl tokio::io::AsyncRead + Unpin,
     max: u64,
     wait: Duration,
-) -> Result<T, String> {
+) -> Result<T, RequestError> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(max));
     match tokio::time::timeout(wait, reader.read_line(&mut line)).await {
-        Err(_) => Err(format!("no request within {}s", wait.as_secs())),
-        Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) => serde_json::from_str::<T>(line.trim())
-            .map_err(|e| format!("not a request ({e}): send one JSON line such as {{\"op\":\"status\"}}")),
+        Err(_) => Err(RequestError::Timeout(wait.as_secs())),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(_)) => Ok(serde_json::from_str::<T>(line.trim())?),
     }
 }
 

@@ -158,7 +158,7 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
         Action::Stop => {
             let said = runtime()?
                 .block_on(service::stop(state, name))
-                .map_err(|e| Fail(e, 1))?;
+                .map_err(|e| Fail(e.to_string(), 1))?;
             write_out(&format!(
                 "{said}; its history stays in {}\n",
                 trackside::deploy::revision::history_path(state, name).display()
@@ -170,14 +170,14 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
                 std::env::current_exe().map_err(|e| Fail(format!("cannot find trackside's own program: {e}"), 1))?;
             let said = runtime()?
                 .block_on(service::start(&program, state, name))
-                .map_err(|e| Fail(e, 1))?;
+                .map_err(|e| Fail(e.to_string(), 1))?;
             write_out(&format!("{said}\n"));
             Ok(0)
         }
         Action::Scale(n) => {
             let said = runtime()?
                 .block_on(service::scale(state, name, n))
-                .map_err(|e| Fail(e, 1))?;
+                .map_err(|e| Fail(e.to_string(), 1))?;
             write_out(&format!("{said}\n"));
             Ok(0)
         }

@@ -785,7 +785,7 @@ async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
     let (read, mut write) = stream.into_split();
     let reply = if allowed {
         match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
-            Err(why) => Reply::refused(why),
+            Err(why) => Reply::refused(why.to_string()),
             Ok(Request::Samples) => {
                 let mut rx = d.lock().await.samples.subscribe();
                 loop {
@@ -1106,7 +1106,43 @@ async fn switch_to(
 /// Starts `specs` (with fresh ports and names) in the service behind `c`,
 /// waits until they pass their health check, and returns their addresses;
 /// on a failure the ones started are stopped again.
-async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>, String> {
+/// Why `trackside service NAME start|scale|stop` could not do it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no live service `{service}` in {}", state.display())]
+    NoSuchService { service: String, state: PathBuf },
+    #[error("service `{0}` has no service process running: `trackside service {0} start`")]
+    NotRunning(String),
+    #[error("a deploy of `{0}` is running: abort it first (`trackside rollout {0} abort`), then stop the service")]
+    DeployRunning(String),
+    #[error("scale to at least 1 replica; `trackside service SERVICE stop` stops it")]
+    ScaleToZero,
+    #[error("`{0}` serves no stable replica to scale")]
+    NothingToScale(String),
+    #[error("not healthy: {0}")]
+    Unhealthy(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    /// What the service process, or the deploy module's shared pieces
+    /// (ports, the client), answered.
+    #[error("{0}")]
+    Service(String),
+}
+
+impl From<String> for ServiceError {
+    fn from(s: String) -> ServiceError {
+        ServiceError::Service(s)
+    }
+}
+
+fn no_such(state: &Path, service: &str) -> ServiceError {
+    ServiceError::NoSuchService {
+        service: service.to_string(),
+        state: state.to_path_buf(),
+    }
+}
+
+async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>, ServiceError> {
     let mut started: Vec<ReplicaSpec> = Vec::new();
     for like in specs {
         let port = super::replica::free_port()?;
@@ -1125,7 +1161,7 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
         if let Err(e) = c.call(&Request::Start { replica: spec.clone() }).await {
             let names = started.iter().map(|s| s.name.clone()).collect();
             let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
-            return Err(e);
+            return Err(e.into());
         }
         started.push(spec);
     }
@@ -1142,7 +1178,7 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
         if let Err(e) = super::replica::wait_healthy(&handles, &h, &board, &CancellationToken::new()).await {
             let names = started.iter().map(|s| s.name.clone()).collect();
             let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
-            return Err(format!("not healthy: {e}"));
+            return Err(ServiceError::Unhealthy(e.to_string()));
         }
     }
     Ok(handles.iter().map(|h| h.addr).collect())
@@ -1150,8 +1186,8 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
 
 /// `trackside service SERVICE start`: its service process again, and the
 /// stable replicas `stop` stopped, once healthy, routed.
-pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, String> {
-    let saved = saved(state, service).ok_or_else(|| format!("no live service `{service}` in {}", state.display()))?;
+pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, ServiceError> {
+    let saved = saved(state, service).ok_or_else(|| no_such(state, service))?;
     let (c, listen) = ensure(program, state, service, "").await?;
     let st = c.status().await?;
     if !st.serving(Pool::Stable).is_empty() {
@@ -1179,17 +1215,17 @@ pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String
 /// `trackside service SERVICE scale N`: `n` stable replicas. More are
 /// started like the first (health-checked before they take traffic);
 /// fewer: the newest extra ones leave the pool and stop.
-pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, String> {
+pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, ServiceError> {
     if n == 0 {
-        return Err("scale to at least 1 replica; `trackside service SERVICE stop` stops it".into());
+        return Err(ServiceError::ScaleToZero);
     }
-    let c = Client::connect(state, service).await.ok_or_else(|| {
-        format!("service `{service}` has no service process running: `trackside service {service} start`")
-    })?;
+    let c = Client::connect(state, service)
+        .await
+        .ok_or_else(|| ServiceError::NotRunning(service.to_string()))?;
     let st = c.status().await?;
     let stable: Vec<LiveReplica> = st.serving(Pool::Stable).into_iter().cloned().collect();
     let Some(first) = stable.first() else {
-        return Err(format!("`{service}` serves no stable replica to scale"));
+        return Err(ServiceError::NothingToScale(service.to_string()));
     };
     let have = u32::try_from(stable.len()).unwrap_or(u32::MAX);
     if n == have {
@@ -1223,10 +1259,9 @@ pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, String
 /// while a deploy of the service runs. Works without its service process
 /// (killed, crashed): the replicas `service.json` names are stopped, a pid
 /// trusted only with its start time.
-pub async fn stop(state: &Path, service: &str) -> Result<String, String> {
-    let _lock = super::revision::lock_service(state, service).map_err(|_| {
-        format!("a deploy of `{service}` is running: abort it first (`trackside rollout {service} abort`), then stop the service")
-    })?;
+pub async fn stop(state: &Path, service: &str) -> Result<String, ServiceError> {
+    let _lock =
+        super::revision::lock_service(state, service).map_err(|_| ServiceError::DeployRunning(service.to_string()))?;
     if let Some(c) = Client::connect(state, service).await {
         c.call(&Request::Stop).await?;
         // Gone when its pid file is.
@@ -1237,7 +1272,7 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, String> {
         return Ok(format!("stopped `{service}`: its router and replicas"));
     }
     let p = paths(state, service);
-    let mut st = saved(state, service).ok_or_else(|| format!("no live service `{service}` in {}", state.display()))?;
+    let mut st = saved(state, service).ok_or_else(|| no_such(state, service))?;
     if st.replicas.is_empty() {
         return Ok(format!("`{service}` is stopped already"));
     }
@@ -1247,7 +1282,10 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, String> {
         stop_replica(&r, None).await;
     }
     let text = serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?;
-    super::revision::write_private(&p.state, &text).map_err(|e| format!("cannot write {}: {e}", p.state.display()))?;
+    super::revision::write_private(&p.state, &text).map_err(|source| ServiceError::Write {
+        path: p.state.clone(),
+        source,
+    })?;
     let _ = std::fs::remove_file(&p.socket);
     let _ = std::fs::remove_file(&p.pid);
     Ok(format!(
