@@ -195,15 +195,37 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// The login of [`Registry::with_login`]: user `tu`, this password
+/// (bcrypt, cost 5, in the registry's htpasswd file).
+const REGISTRY_USER: &str = "tu";
+const REGISTRY_PASSWORD: &str = "trackside-test-pw";
+const REGISTRY_HTPASSWD: &str = "tu:$2b$05$K6KduPvDK/KZN.uR8TC0KOzEIyJlpem71quH.T75HRn02KYSt54cy";
+
 impl Registry {
     async fn start() -> Registry {
+        Registry::start_with("").await
+    }
+
+    /// A registry that serves only [`REGISTRY_USER`] (basic auth).
+    async fn with_login() -> Registry {
+        Registry::start_with(REGISTRY_HTPASSWD).await
+    }
+
+    async fn start_with(htpasswd: &str) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = format!("127.0.0.1:{}", common::deploy::free_port());
         let cfg = dir.path().join("config.yml");
+        let auth = if htpasswd.is_empty() {
+            String::new()
+        } else {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{htpasswd}\n")).expect("htpasswd");
+            format!("auth: {{htpasswd: {{realm: trackside, path: {}}}}}\n", file.display())
+        };
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog: {{level: info}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"{addr}\"}}\n",
+                "version: 0.1\nlog: {{level: info}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: \"{addr}\"}}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -308,6 +330,109 @@ async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
     tag(IMAGE_A).await;
     assert!(ran("if-not-present").await.contains(IMAGE_A), "the local one");
     assert!(ran("always").await.contains(IMAGE_B), "the moved tag");
+    untag().await;
+}
+
+/// A registry that wants a login: trackside pulls with what `docker login`
+/// left in the Docker configuration, GitLab's `DOCKER_AUTH_CONFIG` and
+/// GitHub's `credentials:`, and without a login says which one it lacks.
+#[tokio::test]
+async fn private_images_are_pulled_with_the_login_the_job_or_the_machine_has() {
+    use base64::Engine;
+    use trackside::exec::docker::auth::Sources;
+    let Some(d) = docker().await else { return };
+    if !common::deploy::tool("docker-registry", "TRACKSIDE_REQUIRE_DOCKER") {
+        return;
+    }
+    image(&d, IMAGE_A).await;
+    let reg = Registry::with_login().await;
+    let repo = format!("{}/trackside-private", reg.addr);
+    let tagged = format!("{repo}:1");
+    let login = bollard::auth::DockerCredentials {
+        username: Some(REGISTRY_USER.into()),
+        password: Some(REGISTRY_PASSWORD.into()),
+        serveraddress: Some(reg.addr.clone()),
+        ..Default::default()
+    };
+    let opts = bollard::query_parameters::TagImageOptions {
+        repo: Some(repo.clone()),
+        tag: Some("1".into()),
+    };
+    d.client().tag_image(IMAGE_A, Some(opts)).await.expect("tag");
+    let push_opts = bollard::query_parameters::PushImageOptions {
+        tag: Some("1".into()),
+        platform: None,
+    };
+    let mut push = d.client().push_image(&repo, Some(push_opts), Some(login));
+    while let Some(item) = futures_util::StreamExt::next(&mut push).await {
+        let info = item.expect("push");
+        assert!(info.error.is_none(), "push: {info:?}");
+    }
+    let untag = async || {
+        let none = None::<bollard::query_parameters::RemoveImageOptions>;
+        let _ = d.client().remove_image(&tagged, none, None).await;
+        assert!(d.client().inspect_image(&tagged).await.is_err(), "{tagged} is gone");
+    };
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    let auth_config = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.addr);
+    // Runs `s` with logins from `sources` only; its result and `job`'s lines.
+    let run = async |mut s: Setup, sources: Sources, job: &str| -> (RunResult, String) {
+        with_docker(&mut s, &d.clone().with_logins(sources));
+        let mut r = start(&mut s).await;
+        let sum = r.finished().await;
+        let mut text = r.lines(job).join("\n");
+        for j in &sum.jobs {
+            text.push_str(&format!("\n{j:?}"));
+        }
+        (sum.result, text)
+    };
+    let native = format!("name: t\njobs:\n  pulled:\n    image: {tagged}\n    steps: [{{script: cat /image-name}}]\n");
+
+    untag().await;
+    let (result, text) = run(setup(&native), Sources::default(), "pulled").await;
+    assert_eq!(result, RunResult::Failed, "{text}");
+    assert!(
+        text.contains("pulled without a login") && text.contains(&format!("docker login {}", reg.addr)),
+        "says which login is missing: {text}"
+    );
+
+    // `docker login` left it in the configuration (a private file).
+    let config = tempfile::tempdir().expect("tempdir");
+    let file = config.path().join("config.json");
+    std::fs::write(&file, &auth_config).expect("config");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let from_file = Sources {
+        config_dir: Some(config.path().to_path_buf()),
+        ..Default::default()
+    };
+    let (result, text) = run(setup(&native), from_file, "pulled").await;
+    assert_eq!(result, RunResult::Passed, "{text}");
+    assert!(text.contains(IMAGE_A), "{text}");
+
+    // GitLab: the project's DOCKER_AUTH_CONFIG variable.
+    untag().await;
+    let opts = trackside::pipeline::LoadOptions {
+        dialect: Some(trackside::pipeline::Dialect::Gitlab),
+        project_vars: vec![("DOCKER_AUTH_CONFIG".into(), auth_config.clone())],
+        ..Default::default()
+    };
+    let gitlab = setup_with(
+        &format!("pulled:\n  image: {tagged}\n  script: [cat /image-name]\n"),
+        &opts,
+    );
+    let (result, text) = run(gitlab, Sources::default(), "pulled").await;
+    assert_eq!(result, RunResult::Passed, "{text}");
+    assert!(text.contains(IMAGE_A), "{text}");
+
+    // GitHub: `credentials:` reading a secret as the job starts.
+    untag().await;
+    let mut gh = github(&format!(
+        "on: push\njobs:\n  pulled:\n    runs-on: ubuntu-latest\n    container:\n      image: {tagged}\n      credentials:\n        username: {REGISTRY_USER}\n        password: ${{{{ secrets.REGISTRY_PASSWORD }}}}\n    steps:\n      - run: cat /image-name\n"
+    ));
+    gh.cfg.secrets = vec![("REGISTRY_PASSWORD".into(), REGISTRY_PASSWORD.into())];
+    let (result, text) = run(gh, Sources::default(), "pulled").await;
+    assert_eq!(result, RunResult::Passed, "{text}");
+    assert!(text.contains(IMAGE_A) && !text.contains(REGISTRY_PASSWORD), "{text}");
     untag().await;
 }
 

@@ -421,17 +421,21 @@ pub async fn key_components(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Re
     }
     // Image IDs: a tag moved to a new image changes the key.
     if ctx.containers {
-        let mut images: Vec<String> = Vec::new();
+        let logins = super::runner::pull_logins(ctx, a, job, job.container.extras.credentials.as_ref())?;
+        let mut images: Vec<(String, crate::exec::JobLogins)> = Vec::new();
         for step in &job.steps {
             if let Some(i) = &step.image {
-                images.push(scope.expand(i).map_err(|e| format!("image: {e}"))?);
+                images.push((scope.expand(i).map_err(|e| format!("image: {e}"))?, logins.clone()));
             }
         }
-        images.extend(job.services.iter().map(|s| s.image.clone()));
-        images.sort();
-        images.dedup();
-        for image in images {
-            let id = ctx.executor.image_id(&image, job.container.pull).await?;
+        for s in &job.services {
+            let own = super::runner::pull_logins(ctx, a, job, s.options.extras.credentials.as_ref())?;
+            images.push((s.image.clone(), own));
+        }
+        images.sort_by(|x, y| x.0.cmp(&y.0));
+        images.dedup_by(|x, y| x.0 == y.0);
+        for (image, logins) in images {
+            let id = ctx.executor.image_id(&image, job.container.pull, &logins).await?;
             c.insert(format!("image.{image}"), id);
         }
     }

@@ -660,6 +660,33 @@ async fn until_stopped<T>(
 
 /// A job-level GitHub text (a service's or the job container's `env`)
 /// evaluated as the job starts: `secrets`, `needs`, `github`, `vars`.
+/// The registry logins a job's pulls use: `credentials` (a GitHub job's
+/// may read `secrets`) and the job's `DOCKER_AUTH_CONFIG` variable.
+pub(super) fn pull_logins(
+    ctx: &RunContext,
+    a: &Attempt,
+    job: &Job,
+    credentials: Option<&(String, String)>,
+) -> Result<crate::exec::JobLogins, String> {
+    let late = |v: &String| match v.contains("${{") {
+        true => job_expr(ctx, a, job, v).map_err(|e| format!("`credentials`: {e}")),
+        false => Ok(v.clone()),
+    };
+    let credentials = match credentials {
+        Some((user, password)) => Some((late(user)?, late(password)?)),
+        None => None,
+    };
+    let auth_config = ctx
+        .scope(job, &[], Vec::new())
+        .resolve("DOCKER_AUTH_CONFIG")
+        .map_err(|e| format!("variable `DOCKER_AUTH_CONFIG`: {e}"))?
+        .filter(|v| !v.trim().is_empty());
+    Ok(crate::exec::JobLogins {
+        credentials,
+        auth_config,
+    })
+}
+
 fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<String, expr::ExprError> {
     let vars = ctx.pipeline_vars();
     let env = BTreeMap::new();
@@ -736,12 +763,14 @@ async fn start_job_box(
     // never the container's configuration: it may hold a secret.
     let mut options = job.container.clone();
     options.extras.env.clear();
+    let logins = pull_logins(ctx, a, job, options.extras.credentials.take().as_ref())?;
     let req = crate::exec::JobBoxRequest {
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,
         image: image.to_string(),
         options,
+        logins,
         mounts,
         workdir,
         network,
@@ -795,13 +824,21 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
                 .await;
             }
         }
-        services.push((svc.clone(), env));
+        let mut svc = svc.clone();
+        // Its own `credentials`, read now (they may name a secret).
+        if let Some(c) = svc.options.extras.credentials.take() {
+            svc.options.extras.credentials = pull_logins(ctx, a, job, Some(&c))
+                .map_err(|e| format!("service `{}`: {e}", svc.name))?
+                .credentials;
+        }
+        services.push((svc, env));
     }
     let req = crate::exec::ServicesRequest {
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,
         pull: job.container.pull,
+        logins: pull_logins(ctx, a, job, None)?,
         services,
     };
     let (tx, _forward) = log_as(a, Arc::from("services"));
@@ -2027,6 +2064,7 @@ fn container_step(
     Ok(crate::exec::ContainerStep {
         image,
         options: job.container.clone(),
+        logins: pull_logins(ctx, a, job, job.container.extras.credentials.as_ref())?,
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,
@@ -2116,6 +2154,8 @@ fn box_step(
     Ok(crate::exec::ContainerStep {
         image: b.image.clone(),
         options: job.container.clone(),
+        // Runs in the job's container: nothing to pull.
+        logins: Default::default(),
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,
@@ -2195,6 +2235,7 @@ fn action_step(
     let step = crate::exec::ContainerStep {
         image,
         options,
+        logins: pull_logins(ctx, a, job, None)?,
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
         attempt: a.attempt,

@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use crate::protocol::Stream;
+pub use docker::auth::JobLogins;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -182,8 +183,9 @@ pub trait Executor: Send + Sync + 'static {
         &'a self,
         image: &'a str,
         pull: crate::pipeline::model::PullPolicy,
+        logins: &'a JobLogins,
     ) -> BoxFuture<'a, Result<String, String>> {
-        let _ = pull;
+        let _ = (pull, logins);
         Box::pin(async move { Err(format!("image `{image}` needs the container executor")) })
     }
 }
@@ -195,6 +197,9 @@ pub struct ServicesRequest {
     pub job: String,
     pub attempt: u32,
     pub pull: crate::pipeline::model::PullPolicy,
+    /// The job's registry logins (each service's own `credentials`,
+    /// resolved, are in its options).
+    pub logins: JobLogins,
     /// Each service with its resolved environment.
     pub services: Vec<(crate::pipeline::model::Service, BTreeMap<String, String>)>,
 }
@@ -228,6 +233,8 @@ pub struct JobBoxRequest {
     pub attempt: u32,
     pub image: String,
     pub options: ContainerOptions,
+    /// Registry logins for pulling `image`.
+    pub logins: JobLogins,
     pub mounts: Vec<Mount>,
     /// Its working directory inside.
     pub workdir: String,
@@ -291,6 +298,8 @@ pub struct ExecIn {
 pub struct ContainerStep {
     pub image: String,
     pub options: ContainerOptions,
+    /// Registry logins for pulling `image`.
+    pub logins: JobLogins,
     pub run_id: String,
     pub job: String,
     pub attempt: u32,

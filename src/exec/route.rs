@@ -93,9 +93,10 @@ impl Executor for Executors {
         &'a self,
         image: &'a str,
         pull: crate::pipeline::model::PullPolicy,
+        logins: &'a crate::exec::JobLogins,
     ) -> BoxFuture<'a, Result<String, String>> {
         match &self.docker {
-            Some(d) => d.image_id(image, pull),
+            Some(d) => d.image_id(image, pull, logins),
             None => {
                 Box::pin(async move { Err(format!("image `{image}` needs a Docker daemon, and none was connected")) })
             }

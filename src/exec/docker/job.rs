@@ -147,7 +147,7 @@ pub(super) fn published(info: &bollard::models::ContainerInspectResponse) -> Vec
 
 impl DockerExecutor {
     pub(super) async fn start_job_box_impl(&self, req: JobBoxRequest) -> Result<JobBox, String> {
-        self.ensure_image(&req.image, req.options.pull).await?;
+        self.ensure_image(&req.image, req.options.pull, &req.logins).await?;
         let name = format!(
             "trackside-{}-{}-{}-job",
             req.run_id,

@@ -9,6 +9,7 @@
 //! removed when its step ends, whatever the outcome, and so that leftovers of
 //! a crashed trackside can be found and reaped, and nothing else touched.
 
+pub mod auth;
 mod build;
 mod job;
 
@@ -118,6 +119,8 @@ pub fn daemon_address() -> String {
 #[derive(Clone)]
 pub struct DockerExecutor {
     docker: Docker,
+    /// Where registry logins come from besides the job.
+    logins: std::sync::Arc<auth::Sources>,
 }
 
 impl DockerExecutor {
@@ -139,7 +142,10 @@ impl DockerExecutor {
             .await
             .map_err(|_| no_answer())?
             .map_err(|e| unreachable(with_causes(&e)))?;
-        Ok(DockerExecutor { docker })
+        Ok(DockerExecutor {
+            docker,
+            logins: std::sync::Arc::new(auth::Sources::from_env()),
+        })
     }
 
     pub fn client(&self) -> &Docker {
@@ -216,7 +222,12 @@ impl DockerExecutor {
         started: &mut Services,
     ) -> Result<(), String> {
         for (svc, env) in &req.services {
-            self.ensure_image(&svc.image, req.pull).await?;
+            let own = svc.options.extras.credentials.clone().map(|c| auth::JobLogins {
+                credentials: Some(c),
+                auth_config: None,
+            });
+            self.ensure_image(&svc.image, req.pull, own.as_ref().unwrap_or(&req.logins))
+                .await?;
             // Docker names take letters, digits, `_`, `.` and `-` only.
             let name = format!(
                 "trackside-{}-{}-{}-svc-{}",
@@ -578,7 +589,8 @@ impl DockerExecutor {
         tag: &str,
         out: mpsc::Sender<OutputLine>,
     ) -> Result<(String, u16), String> {
-        self.ensure_image(image, PullPolicy::IfNotPresent).await?;
+        self.ensure_image(image, PullPolicy::IfNotPresent, &auth::JobLogins::default())
+            .await?;
         let key = format!("{port}/tcp");
         let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("PORT={port}"));
@@ -675,8 +687,16 @@ impl DockerExecutor {
         n
     }
 
-    /// Makes the image available according to the pull policy.
-    async fn ensure_image(&self, image: &str, pull: PullPolicy) -> Result<(), String> {
+    /// Takes registry logins from these sources instead of trackside's
+    /// environment (`DOCKER_CONFIG`, `DOCKER_AUTH_CONFIG`, `PATH`).
+    pub fn with_logins(mut self, sources: auth::Sources) -> DockerExecutor {
+        self.logins = std::sync::Arc::new(sources);
+        self
+    }
+
+    /// Makes the image available according to the pull policy, pulling
+    /// with the registry login the job or this machine has for it.
+    async fn ensure_image(&self, image: &str, pull: PullPolicy, logins: &auth::JobLogins) -> Result<(), String> {
         let present = self.docker.inspect_image(image).await.is_ok();
         match (pull, present) {
             (PullPolicy::Never, false) => {
@@ -687,17 +707,30 @@ impl DockerExecutor {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
             _ => {}
         }
+        let login = auth::login_for(image, logins, &self.logins)
+            .await
+            .map_err(|e| format!("cannot pull image `{image}`: {e}"))?;
         let mut pull_stream = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_string()),
                 ..Default::default()
             }),
             None,
-            None,
+            login.as_ref().map(auth::Login::to_docker),
         );
         while let Some(item) = pull_stream.next().await {
             if let Err(e) = item {
-                return Err(format!("cannot pull image `{image}`: the daemon answered: {e}"));
+                let hint = match &login {
+                    Some(l) => format!("pulled as `{}` with the login from {}", l.username, l.source),
+                    None => format!(
+                        "pulled without a login: no credentials for {} in the job, DOCKER_AUTH_CONFIG or the Docker configuration (`docker login {}`)",
+                        auth::registry_of(image),
+                        auth::registry_of(image)
+                    ),
+                };
+                return Err(format!(
+                    "cannot pull image `{image}`: the daemon answered: {e} ({hint})"
+                ));
             }
         }
         Ok(())
@@ -712,7 +745,7 @@ impl DockerExecutor {
                 .exec_step(&spec, exec, c.options.user.clone(), &c.workdir, out, cancel)
                 .await;
         }
-        if let Err(e) = self.ensure_image(&c.image, c.options.pull).await {
+        if let Err(e) = self.ensure_image(&c.image, c.options.pull, &c.logins).await {
             return StepEnd::SpawnFailed(e);
         }
         let name = container_name(c);
@@ -883,9 +916,14 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
-    fn image_id<'a>(&'a self, image: &'a str, pull: PullPolicy) -> BoxFuture<'a, Result<String, String>> {
+    fn image_id<'a>(
+        &'a self,
+        image: &'a str,
+        pull: PullPolicy,
+        logins: &'a auth::JobLogins,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            self.ensure_image(image, pull).await?;
+            self.ensure_image(image, pull, logins).await?;
             let info = self
                 .docker
                 .inspect_image(image)

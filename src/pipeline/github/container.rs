@@ -532,14 +532,37 @@ impl Workflow<'_, '_> {
             }
         }
         if let Some(n) = get(node, "credentials") {
-            self.cx.warn(
-                n,
-                &join(path, "credentials"),
-                "`credentials` are not used: images are pulled with the Docker daemon's own login",
-                "run `docker login REGISTRY` once on this machine",
-            );
+            match self.credentials(n, &join(path, "credentials"), known) {
+                Some(c) => d.options.extras.credentials = Some(c),
+                None => ok = false,
+            }
         }
         ok.then_some(d)
+    }
+
+    /// `credentials: {username, password}` for pulling the image; a
+    /// `${{ secrets.X }}` in them is read as the job starts.
+    fn credentials(&mut self, node: &Node, path: &str, known: &Known) -> Option<(String, String)> {
+        if !self.cx.mapping(node, path, &["username", "password"], "`credentials`") {
+            return None;
+        }
+        let mut field = |key: &str| {
+            let kpath = join(path, key);
+            let Some(n) = get(node, key) else {
+                self.cx.err(
+                    node,
+                    path,
+                    format!("`credentials` has no `{key}`"),
+                    "write `credentials: {username: ${{ github.actor }}, password: ${{ secrets.REGISTRY_TOKEN }}}`",
+                );
+                return None;
+            };
+            let raw = self.cx.string(n, &kpath)?;
+            self.text_with(&raw, n, &kpath, known, IN_JOB, false)
+        };
+        let username = field("username");
+        let password = field("password");
+        Some((username?, password?))
     }
 }
 

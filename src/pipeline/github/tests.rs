@@ -818,6 +818,7 @@ jobs:
     assert_eq!(x.env, vec![("NODE_ENV".to_string(), "development".to_string())]);
     assert_eq!(x.ports, vec!["80".to_string()]);
     assert_eq!(x.volumes, vec!["my_docker_volume:/volume_mount".to_string()]);
+    assert_eq!(x.credentials, Some(("me".to_string(), "pw".to_string())));
     // trackside's own cache step stays on the host; run steps go in.
     let cache = j.steps.iter().find(|s| s.builtin.is_some()).unwrap();
     assert!(cache.image.is_none());
@@ -893,6 +894,37 @@ fn container_mistakes_are_reported_where_they_are() {
             .any(|m| m.starts_with("20:7") && m.contains("invalid service id")),
         "{e:?}"
     );
+}
+
+#[test]
+fn credentials_keep_secrets_for_the_run_and_say_what_is_missing() {
+    let p = load(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    container:\n      image: ghcr.io/me/app\n      credentials:\n        username: ${{ github.actor }}\n        password: ${{ secrets.GHCR_TOKEN }}\n    services:\n      db:\n        image: r.io/db\n        credentials: {username: u, password: '${{ secrets.DB }}'}\n    steps:\n      - run: x\n",
+    )
+    .unwrap();
+    let j = &p.jobs[0];
+    let (user, password) = j.container.extras.credentials.clone().unwrap();
+    assert!(
+        !user.contains("${{"),
+        "github.actor is known when the plan is made: {user}"
+    );
+    assert_eq!(
+        password, "${{ secrets.GHCR_TOKEN }}",
+        "secrets are read as the job starts"
+    );
+    assert_eq!(
+        j.services[0].options.extras.credentials,
+        Some(("u".to_string(), "${{ secrets.DB }}".to_string()))
+    );
+    let e = errors(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    container:\n      image: node\n      credentials: {username: me}\n    steps:\n      - run: x\n  b:\n    runs-on: x\n    container:\n      image: node\n      credentials: {user: me, password: p}\n    steps:\n      - run: x\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("7:21") && m.contains("`credentials` has no `password`")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.starts_with("14:21 unknown key `user`")), "{e:?}");
 }
 
 #[test]
