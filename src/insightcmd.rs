@@ -67,6 +67,7 @@ pub fn history(state: &Path, args: HistoryArgs<'_>) -> Result<u8, Fail> {
         branch: args.branch.map(str::to_string),
         since_ms: args.since.map(since_ms).transpose()?,
         limit: Some(args.limit),
+        lean: false,
     };
     let rows = index.attempts(&filter)?;
     if args.json {
@@ -451,6 +452,7 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
     let pipeline = pipeline.map(pipeline_key);
     let rows = index.attempts(&Filter {
         pipeline: pipeline.clone(),
+        lean: true,
         ..Filter::default()
     })?;
     let mut found = flaky::analyse(&rows);

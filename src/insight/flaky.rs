@@ -199,30 +199,42 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
         .map(|(run, _)| run)
         .collect();
     // Series, then runs, then attempts, by sorting: a run's attempts lie
-    // together, a series' runs too.
-    let mut kept: Vec<&AttemptRow> = rows
+    // together, a series' runs too. Series and runs are numbered first,
+    // so the sort compares numbers, not the long strings that name them.
+    let mut series_no: HashMap<(&str, &str, bool, &str), u32> = HashMap::new();
+    let mut run_no: HashMap<&str, u32> = HashMap::new();
+    // Rows come run by run: the last run's number is usually the one.
+    let mut last_run: Option<(&str, u32)> = None;
+    let mut kept: Vec<Keyed> = Vec::with_capacity(rows.len());
+    for r in rows
         .iter()
         .filter(|r| counts(r) && (infra.is_empty() || !infra.contains(r.run_id.as_str())))
-        .collect();
-    fn key(r: &AttemptRow) -> (&str, &str, bool, &str) {
-        (
+    {
+        let next = u32::try_from(series_no.len()).unwrap_or(u32::MAX);
+        let key = (
             r.job.as_str(),
             r.definition.as_str(),
             r.default_branch,
             r.pipeline.as_str(),
-        )
+        );
+        let series = *series_no.entry(key).or_insert(next);
+        let run = match last_run {
+            Some((id, n)) if id == r.run_id => n,
+            _ => {
+                let next = u32::try_from(run_no.len()).unwrap_or(u32::MAX);
+                let n = *run_no.entry(r.run_id.as_str()).or_insert(next);
+                last_run = Some((r.run_id.as_str(), n));
+                n
+            }
+        };
+        kept.push(Keyed { series, run, row: r });
     }
-    kept.sort_unstable_by(|a, b| {
-        key(a)
-            .cmp(&key(b))
-            .then_with(|| a.run_id.cmp(&b.run_id))
-            .then(a.attempt.cmp(&b.attempt))
-    });
+    kept.sort_unstable_by_key(|k| (k.series, k.run, k.row.attempt));
     let mut out = Vec::new();
-    for series in kept.chunk_by(|a, b| key(a) == key(b)) {
-        let mut outcomes: Vec<RunOutcome> = series.chunk_by(|a, b| a.run_id == b.run_id).map(run_outcome).collect();
+    for series in kept.chunk_by(|a, b| a.series == b.series) {
+        let mut outcomes: Vec<RunOutcome> = series.chunk_by(|a, b| a.run == b.run).map(run_outcome).collect();
         outcomes.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.run_id.cmp(b.run_id)));
-        let first = series[0];
+        let first = series[0].row;
         out.push(judge(
             &first.pipeline,
             &first.job,
@@ -238,20 +250,26 @@ pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
             Verdict::Failing => 2,
             Verdict::Stable => 3,
         };
-        rank(a)
-            .cmp(&rank(b))
-            .then(b.rate.total_cmp(&a.rate))
-            .then(a.job.cmp(&b.job))
+        rank(a).cmp(&rank(b)).then(b.rate.total_cmp(&a.rate)).then_with(|| {
+            (&a.job, &a.definition, a.branches, &a.pipeline).cmp(&(&b.job, &b.definition, b.branches, &b.pipeline))
+        })
     });
     out
 }
 
+/// An attempt with the numbers of its series and run.
+struct Keyed<'a> {
+    series: u32,
+    run: u32,
+    row: &'a AttemptRow,
+}
+
 /// A run's attempts, in order.
-fn run_outcome<'a>(attempts: &[&'a AttemptRow]) -> RunOutcome<'a> {
-    let first = attempts[0];
+fn run_outcome<'a>(attempts: &[Keyed<'a>]) -> RunOutcome<'a> {
+    let first = attempts[0].row;
     let failed_first = first.outcome == "failed";
-    let failed = attempts.iter().rev().find(|a| a.outcome == "failed");
-    let passed_later = attempts.iter().skip(1).any(|a| a.outcome == "passed");
+    let failed = attempts.iter().map(|k| k.row).rev().find(|a| a.outcome == "failed");
+    let passed_later = attempts.iter().skip(1).any(|k| k.row.outcome == "passed");
     RunOutcome {
         run_id: &first.run_id,
         commit: first.commit.as_deref(),
@@ -259,7 +277,7 @@ fn run_outcome<'a>(attempts: &[&'a AttemptRow]) -> RunOutcome<'a> {
         started_ms: first.started_ms,
         failed_first,
         passed_on_retry: failed_first && passed_later,
-        failed_all: attempts.iter().all(|a| a.outcome == "failed"),
+        failed_all: attempts.iter().all(|k| k.row.outcome == "failed"),
         class: failed.and_then(|a| a.failure_class.as_deref()),
         signature: failed.and_then(|a| a.signature.as_deref()),
         line: failed.and_then(|a| a.failure_line.as_deref()),
