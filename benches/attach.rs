@@ -33,7 +33,7 @@ fn engine(yaml: &str) -> (tempfile::TempDir, engine::EngineHandle, attach::RunSe
     let mut cfg = EngineConfig::new(trackside::store::new_run_id(), dir.path().join("state"), file, project);
     cfg.host_env = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
     let handle = engine::spawn(pipeline, plan, cfg).expect("spawn");
-    let server = attach::serve(handle.clone()).expect("serve");
+    let server = attach::serve(handle.clone(), trackside::access::Access::owner_only()).expect("serve");
     (dir, handle, server)
 }
 

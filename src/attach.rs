@@ -121,10 +121,23 @@ impl Drop for Counted {
     }
 }
 
-/// Starts serving the run behind `handle` on `<run dir>/control.sock`.
-pub fn serve(handle: EngineHandle) -> Result<RunServer, ServeError> {
+/// Starts serving the run behind `handle` on `<run dir>/control.sock`,
+/// to those `access` admits.
+pub fn serve(handle: EngineHandle, access: crate::access::Access) -> Result<RunServer, ServeError> {
     let path = socket_path(handle.run_dir());
     let listener = bind(&path)?;
+    // `<state>/runs/<id>/control.sock`: the state directory is two up.
+    let root = handle
+        .run_dir()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(handle.run_dir());
+    access.open(&path, root).map_err(|e| ServeError {
+        what: "share",
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let access = Arc::new(access);
     let stop = CancellationToken::new();
     let connections = tokio_util::task::TaskTracker::new();
     let (count, clients) = tokio::sync::watch::channel(0usize);
@@ -135,6 +148,7 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, ServeError> {
         chunks,
         started: tokio::sync::OnceCell::new(),
         stop: stop.clone(),
+        access,
     });
     let task = tokio::spawn({
         let (stop, connections) = (stop.clone(), connections.clone());
@@ -165,7 +179,7 @@ pub fn serve(handle: EngineHandle) -> Result<RunServer, ServeError> {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what} {}: {source}", path.display())]
 pub struct ServeError {
-    /// `reach`, `remove the stale`, `listen on`, `make owner-only`.
+    /// `reach`, `remove the stale`, `listen on`, `make owner-only`, `share`.
     what: &'static str,
     path: PathBuf,
     source: std::io::Error,
@@ -271,6 +285,8 @@ struct Tap {
     chunks: tokio::sync::broadcast::Sender<Arc<Chunk>>,
     started: tokio::sync::OnceCell<()>,
     stop: CancellationToken,
+    /// Who may connect.
+    access: Arc<crate::access::Access>,
 }
 
 impl Tap {
@@ -414,22 +430,17 @@ impl Outgoing {
 
 async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) {
     let handle = tap.handle.clone();
-    // The socket is 0600 once bound; the peer's uid also covers the moment
-    // before that: only this trackside's user (and root) attaches.
-    let me = nix::unistd::Uid::current().as_raw();
+    // The socket's mode keeps others out once set; the peer's uid also
+    // covers the moment before that.
     let cred = stream.peer_cred().ok();
-    let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
-    let peer = cred.map_or_else(
-        || "unknown peer".to_string(),
-        |c| crate::control::peer_identity(c.uid(), c.pid()),
-    );
+    let peer = cred.map(|c| crate::protocol::identity::Person::peer(c.uid(), c.pid()));
     let mut conn = Framed::new(stream, wire::codec());
     let refuse = |message: String| wire::encode(&ServerFrame::Refused { message });
-    if !allowed {
-        let text = "only the user running this trackside (or root) may attach to it".to_string();
+    let Some(peer) = peer.filter(|p| tap.access.admits(p.uid)) else {
+        let text = format!("only {} may attach to it", tap.access.who_may());
         send(&mut conn, refuse(text)).await;
         return;
-    }
+    };
     let hello = match tokio::time::timeout(HELLO_WAIT, conn.next()).await {
         Ok(Some(Ok(bytes))) => wire::decode::<ClientFrame>(&bytes).map_err(|e| e.to_string()),
         Ok(Some(Err(e))) => Err(format!("cannot read the hello: {e}")),

@@ -22,6 +22,9 @@ use super::{Fail, write_out};
 /// The run folder of RUN (id, unique prefix, `last`), or without one the
 /// newest run that is live.
 fn run_dir(state: &Path, run: Option<&str>) -> Result<PathBuf, Fail> {
+    if let Some(path) = run.and_then(run_path) {
+        return Ok(path);
+    }
     if let Some(run) = run {
         return Ok(store::find_run(state, run)?);
     }
@@ -40,6 +43,20 @@ fn run_dir(state: &Path, run: Option<&str>) -> Result<PathBuf, Fail> {
                 2,
             )
         })
+}
+
+/// RUN given as a path (it has a `/`): another user's run folder, or its
+/// `control.sock`, reached through a group the run was opened to
+/// (`--allow-group`): no state directory is read.
+pub fn run_path(run: &str) -> Option<PathBuf> {
+    if !run.contains('/') {
+        return None;
+    }
+    let path = PathBuf::from(run);
+    Some(match path.file_name() {
+        Some(n) if n == attach::SOCKET => path.parent().map_or(path.clone(), Path::to_path_buf),
+        _ => path,
+    })
 }
 
 /// How much an attached UI yields the CPU to the run it watches (nice):

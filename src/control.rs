@@ -124,10 +124,10 @@ struct Served {
 /// until the returned [`Server`] is dropped or the engine stops. Sockets
 /// outlive their job (a failed deploy job can still be retried through
 /// one) but not the process.
-pub fn serve<L: Link + Clone + 'static>(link: L, state: PathBuf) -> Server {
+pub fn serve<L: Link + Clone + 'static>(link: L, state: PathBuf, access: crate::access::Access) -> Server {
     let stop = CancellationToken::new();
     let answers = tokio_util::task::TaskTracker::new();
-    let task = tokio::spawn(watch_rollouts(link, state, stop.clone(), answers.clone()));
+    let task = tokio::spawn(watch_rollouts(link, state, access, stop.clone(), answers.clone()));
     Server {
         stop,
         task: Some(task),
@@ -138,6 +138,7 @@ pub fn serve<L: Link + Clone + 'static>(link: L, state: PathBuf) -> Server {
 async fn watch_rollouts<L: Link + Clone + 'static>(
     link: L,
     state: PathBuf,
+    access: crate::access::Access,
     stop: CancellationToken,
     answers: tokio_util::task::TaskTracker,
 ) {
@@ -167,7 +168,18 @@ async fn watch_rollouts<L: Link + Clone + 'static>(
         let (tx, rx) = watch::channel(latest);
         let bound = match bind(&path) {
             Ok(listener) => {
-                tokio::spawn(accept(listener, link.clone(), rx, stop.clone(), answers.clone()));
+                if let Err(e) = access.open(&path, &state) {
+                    tracing::warn!(
+                        "`trackside rollout {}` reaches this run from its user only: {e}",
+                        status.service
+                    );
+                }
+                let steer = Steering {
+                    link: link.clone(),
+                    latest: rx,
+                    access: access.clone(),
+                };
+                tokio::spawn(accept(listener, steer, stop.clone(), answers.clone()));
                 Some(path)
             }
             Err(e) => {
@@ -209,10 +221,17 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
 /// Requests answered at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-async fn accept<L: Link + Clone + 'static>(
-    listener: UnixListener,
+/// What a rollout's socket answers with.
+#[derive(Clone)]
+struct Steering<L> {
     link: L,
     latest: Latest,
+    access: crate::access::Access,
+}
+
+async fn accept<L: Link + Clone + 'static>(
+    listener: UnixListener,
+    steer: Steering<L>,
     stop: CancellationToken,
     answers: tokio_util::task::TaskTracker,
 ) {
@@ -221,30 +240,27 @@ async fn accept<L: Link + Clone + 'static>(
     let l = &listener;
     let accept = move || async move { l.accept().await.map(|(s, _)| s) };
     crate::net::accept_loop("control socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
-        let (link, latest) = (link.clone(), latest.clone());
+        let steer = steer.clone();
         answers.spawn(async move {
             let _slot = slot;
-            answer(stream, link, latest).await;
+            answer(stream, steer).await;
         });
     })
     .await;
 }
 
-async fn answer<L: Link>(stream: UnixStream, link: L, latest: Latest) {
-    // The socket is 0600 once bound; the peer's uid also covers the moment
-    // before that: only this trackside's user (and root) steers it.
-    let me = nix::unistd::Uid::current().as_raw();
+async fn answer<L: Link>(stream: UnixStream, steer: Steering<L>) {
+    // The socket's mode keeps others out once set; the peer's uid also
+    // covers the moment before that.
     let cred = stream.peer_cred().ok();
-    let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
-    let peer = cred.map_or_else(|| "unknown peer".to_string(), |c| peer_identity(c.uid(), c.pid()));
+    let peer = cred.map(|c| crate::protocol::identity::Person::peer(c.uid(), c.pid()));
     let (read, mut write) = stream.into_split();
-    let reply = if allowed {
-        match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
+    let reply = match peer.filter(|p| steer.access.admits(p.uid)) {
+        Some(peer) => match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
             Err(why) => Reply::refused(why.to_string()),
-            Ok(req) => respond(req, &peer, &link, &latest).await,
-        }
-    } else {
-        Reply::refused("only the user running this trackside (or root) may steer it".into())
+            Ok(req) => respond(req, peer, &steer.link, &steer.latest).await,
+        },
+        None => Reply::refused(format!("only {} may steer it", steer.access.who_may())),
     };
     if let Ok(mut text) = serde_json::to_string(&reply) {
         text.push('\n');
@@ -252,20 +268,7 @@ async fn answer<L: Link>(stream: UnixStream, link: L, latest: Latest) {
     }
 }
 
-/// Who is on the other end, from what the kernel says of the peer (its
-/// uid, and the SSH session of its process), never from the request.
-pub(crate) fn peer_identity(uid: u32, pid: Option<i32>) -> String {
-    let ssh = pid
-        .and_then(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
-        .and_then(|env| {
-            env.split(|&b| b == 0)
-                .find_map(|kv| kv.strip_prefix(b"SSH_CLIENT="))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-    crate::deploy::rollout::identity(uid, None, ssh)
-}
-
-async fn respond<L: Link>(req: Request, peer: &str, link: &L, latest: &Latest) -> Reply {
+async fn respond<L: Link>(req: Request, peer: crate::protocol::identity::Person, link: &L, latest: &Latest) -> Reply {
     let (job, status) = latest.borrow().clone();
     let command = match req {
         Request::Status => {
@@ -287,7 +290,7 @@ async fn respond<L: Link>(req: Request, peer: &str, link: &L, latest: &Latest) -
         job: job.clone(),
         action: command,
     };
-    if let Err(e) = link.send_as(steer, peer.to_string()).await {
+    if let Err(e) = link.send_as(steer, peer).await {
         return Reply::refused(format!("{command:?} refused: {e}"));
     }
     let (decisions, after) = answers(&mut events, &job).await;
@@ -424,7 +427,11 @@ mod tests {
             serde_json::from_str(r#"{"op":"steer","command":"promote","by":"x\nFAKE: approved by root"}"#)
                 .expect("parse");
         assert!(matches!(req, Request::Steer { .. }));
-        let me = peer_identity(nix::unistd::Uid::current().as_raw(), Some(std::process::id() as i32));
+        let me = crate::protocol::identity::Person::peer(
+            nix::unistd::Uid::current().as_raw(),
+            Some(std::process::id() as i32),
+        )
+        .display;
         assert!(!me.contains('\n') && !me.contains("FAKE"), "{me}");
         assert!(me.contains('@'), "{me}");
         let forged = crate::deploy::rollout::identity(0, Some("root\nFAKE".into()), Some("1.2.3.4\nx 1 2".into()));

@@ -749,6 +749,17 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         // The group's `▸ title` line is in the log.
         EventKind::LogGroup { .. } => return None,
         EventKind::Steered { what, by } => format!(":: {what} (by {by})"),
+        EventKind::Approved {
+            job,
+            by,
+            given,
+            required,
+            waiting_for,
+            ..
+        } => match waiting_for {
+            Some(more) => format!(":: {job} approved by {by} ({given} of {required}); waiting for {more}"),
+            None => format!(":: {job} approved by {by} ({given} of {required}): the gate opens"),
+        },
         EventKind::RunStarted {
             run_id,
             pipeline,

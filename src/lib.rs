@@ -8,6 +8,7 @@
 //! crate but each other's vocabulary (the model names the protocol's
 //! failure classes).
 
+pub mod access;
 pub mod attach;
 pub mod control;
 pub mod deploy;

@@ -300,6 +300,12 @@ enum Cmd {
         /// on its standard input. Repeatable.
         #[arg(long = "notify-cmd", value_name = "CMD")]
         notify_cmd: Vec<String>,
+        /// Open the run's socket (and its rollouts' control sockets) to the
+        /// members of this group, besides you and root: they attach,
+        /// approve and steer, each named in the audit trail. Default:
+        /// `access: {group: ...}` of <state>/config.yml, else you alone.
+        #[arg(long = "allow-group", value_name = "GROUP")]
+        allow_group: Option<String>,
     },
     /// Check a pipeline and report every problem.
     Validate {
@@ -770,10 +776,21 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<u8, Fail> {
     let state = store::state_dir(cli.state_dir.as_deref())?;
-    if !matches!(
-        cli.command,
-        Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Forecast { .. } | Cmd::DemoService { .. }
-    ) {
+    // A run named by its path (another user's, opened to a group) needs
+    // no state directory of one's own.
+    let by_path = match &cli.command {
+        Cmd::Attach { run, .. } => run.as_deref().and_then(attachcmd::run_path).is_some(),
+        Cmd::Approve { run, .. } | Cmd::Retry { run, .. } | Cmd::Cancel { run, .. } => {
+            attachcmd::run_path(run).is_some()
+        }
+        _ => false,
+    };
+    if !by_path
+        && !matches!(
+            cli.command,
+            Cmd::Validate { .. } | Cmd::Plan { .. } | Cmd::Forecast { .. } | Cmd::DemoService { .. }
+        )
+    {
         store::prepare_state_dir(&state)?;
     }
     match cli.command {
@@ -1000,6 +1017,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             junit_out,
             notify,
             notify_cmd,
+            allow_group,
         } => {
             // On a terminal the run goes in a process of its own and this
             // one attaches its UI to it: `d` detaches, the run goes on.
@@ -1067,6 +1085,15 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
             }
             let approve = approved;
+            // Who may reach the run's sockets: checked before anything runs.
+            let group = match allow_group {
+                Some(g) => Some(g),
+                None => trackside::store::gc::access_group(&state).map_err(|e| Fail(e.to_string(), 2))?,
+            };
+            let access = match &group {
+                Some(g) => trackside::access::Access::group(g).map_err(|e| Fail(e.to_string(), 2))?,
+                None => trackside::access::Access::owner_only(),
+            };
             // Jobs run without what they need take its artifacts from the
             // latest run that recorded them.
             let borrowed = if selection.only.is_empty() && selection.stages.is_empty() {
@@ -1187,7 +1214,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");
                 }
                 // `trackside rollout SERVICE ...` from other shells.
-                let control = trackside::control::serve(handle.clone(), state.clone());
+                let control = trackside::control::serve(handle.clone(), state.clone(), access.clone());
                 // Notifications, from the process that runs the engine.
                 let (hooks, commands) =
                     trackside::store::gc::notify_targets(&state).map_err(|e| Fail(e.to_string(), 2))?;
@@ -1199,9 +1226,16 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     },
                 );
                 // `trackside attach`, `approve`, ... from any terminal of this user.
-                let run_socket = trackside::attach::serve(handle.clone())
+                let group = access.group_name().map(str::to_string);
+                let run_socket = trackside::attach::serve(handle.clone(), access)
                     .inspect_err(|e| eprintln!("trackside: this run cannot be attached to: {e}"))
                     .ok();
+                if let (Some(g), Some(_)) = (&group, &run_socket) {
+                    eprintln!(
+                        "trackside: members of group `{g}` may attach: trackside attach {}",
+                        handle.run_dir().display()
+                    );
+                }
                 if engine_process {
                     if run_socket.is_none() {
                         handle.shutdown().await;

@@ -39,7 +39,7 @@ jobs:
 async fn gated_run(s: &mut common::Setup) -> (EngineHandle, attach::RunServer) {
     s.cfg.finish_when_blocked = false;
     let run = common::start(s).await;
-    let server = attach::serve(run.handle.clone()).expect("serve");
+    let server = attach::serve(run.handle.clone(), trackside::access::Access::owner_only()).expect("serve");
     let mut events = Link::subscribe(&run.handle, 0).await.expect("subscribe");
     until(
         &mut events,
@@ -446,7 +446,7 @@ jobs:
 "#,
     );
     let run = common::start(&mut s).await;
-    let server = attach::serve(run.handle.clone()).expect("serve");
+    let server = attach::serve(run.handle.clone(), trackside::access::Access::owner_only()).expect("serve");
     // Subscribed from the start, never read.
     let mut stalled = raw_connect(run.handle.run_dir()).await;
     hello(&mut stalled, Some(0), true).await;
@@ -614,7 +614,7 @@ jobs:
 "#,
     );
     let run = common::start(&mut s).await;
-    let server = attach::serve(run.handle.clone()).expect("serve");
+    let server = attach::serve(run.handle.clone(), trackside::access::Access::owner_only()).expect("serve");
     let remote = RemoteLink::connect(run.handle.run_dir(), true).await.expect("connect");
     let mut events = remote.subscribe(0).await.expect("subscribe");
     tokio::time::timeout(LIMIT, run.handle.wait())
@@ -670,7 +670,7 @@ jobs:
     let project = s.project();
     let state = s.state();
     let run = common::start(&mut s).await;
-    let server = attach::serve(run.handle.clone()).expect("serve");
+    let server = attach::serve(run.handle.clone(), trackside::access::Access::owner_only()).expect("serve");
     let mut events = Link::subscribe(&run.handle, 0).await.expect("subscribe");
     until(
         &mut events,

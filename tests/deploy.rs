@@ -500,7 +500,11 @@ async fn a_rollout_is_steered_from_another_shell() {
     let state = tempfile::tempdir().expect("tempdir");
     deploy(state.path(), &deploy_yaml("v1", 0.0, STRAIGHT)).await;
     let (_s, mut r) = common::deploy::start_at_gate(state.path(), &deploy_yaml("v2", 0.0, GATED)).await;
-    let server = trackside::control::serve(r.handle.clone(), state.path().to_path_buf());
+    let server = trackside::control::serve(
+        r.handle.clone(),
+        state.path().to_path_buf(),
+        trackside::access::Access::owner_only(),
+    );
     let socket = trackside::deploy::revision::control_socket_path(state.path(), "web");
     until_exists(&socket).await;
     use std::os::unix::fs::PermissionsExt;

@@ -273,6 +273,36 @@ fn manual_gate_waiting_for_approval() {
 }
 
 #[test]
+fn a_gate_that_takes_approvals_by_name_says_who_approved_and_who_is_still_needed_at_80x24() {
+    let mut evs = gate_events();
+    evs.push(ev(
+        3_200,
+        EventKind::Approved {
+            job: "deploy".into(),
+            user: "ben".into(),
+            by: "ben@build-host".into(),
+            given: 1,
+            required: 2,
+            waiting_for: Some("1 more from group sre, not the run's starter".into()),
+        },
+    ));
+    let mut app = app_with(&evs, color());
+    select(&mut app, "deploy");
+    // The policy, as the engine's plan gives it.
+    let d = app.model.job("deploy").expect("deploy");
+    app.model.jobs[d]
+        .facts
+        .push(("approvers".into(), "2 of group sre (not the run's starter)".into()));
+    // At 80 columns the detail is a tab of its own.
+    app.wide = false;
+    app.focus = Focus::Detail;
+    let text = format!("{:?}", screen(&app, 80, 24).buffer());
+    assert!(text.contains("approvers: 2 of group sre"), "{text}");
+    assert!(text.contains("approved by: ben@build-host"), "{text}");
+    assert!(text.contains("waiting for 1 more from group sre"), "{text}");
+}
+
+#[test]
 fn help_overlay() {
     let mut app = app_with(&running_events(), color());
     app.handle_key(key('?'));

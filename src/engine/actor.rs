@@ -21,6 +21,7 @@ use crate::exec::{Executor, workspace};
 use crate::pipeline::diag::suggestion_hint;
 use crate::pipeline::vars::Scope;
 use crate::pipeline::{Pipeline, Plan};
+use crate::protocol::identity::Person;
 use crate::protocol::{Link, LinkError, Subscription};
 use crate::store::{self, RunMeta, RunRecord, StoreError};
 
@@ -147,7 +148,7 @@ enum Command {
     /// A steering command and who sent it (for the audit trail).
     Steer(
         crate::protocol::Command,
-        String,
+        Person,
         oneshot::Sender<Result<String, EngineError>>,
     ),
     Subscribe(u64, oneshot::Sender<Subscribed>),
@@ -200,7 +201,7 @@ impl EngineHandle {
 
     /// Sends a steering command on behalf of `by` (who the audit trail
     /// names: a person at another terminal, through the run socket).
-    pub async fn send_as(&self, command: crate::protocol::Command, by: String) -> Result<String, EngineError> {
+    pub async fn send_as(&self, command: crate::protocol::Command, by: Person) -> Result<String, EngineError> {
         if command == crate::protocol::Command::Shutdown {
             self.shutdown().await;
             return Ok("stopped".into());
@@ -214,7 +215,7 @@ impl EngineHandle {
     }
 
     async fn steer(&self, command: crate::protocol::Command) -> Result<(), EngineError> {
-        self.send_as(command, crate::deploy::rollout::who()).await.map(drop)
+        self.send_as(command, Person::me()).await.map(drop)
     }
 
     /// What the run keeps of its events numbered `from` on, and the number
@@ -231,23 +232,14 @@ impl EngineHandle {
         subscribe_with(&self.tx, from).await
     }
 
-    /// Steers a deploy job's rollout (promote, abort, ...), as `who()`.
+    /// Steers a deploy job's rollout (promote, abort, ...), as whoever
+    /// runs this trackside.
     pub async fn rollout(&self, job: &str, cmd: crate::deploy::rollout::Command) -> Result<(), EngineError> {
-        self.rollout_as(job, cmd, crate::deploy::rollout::who()).await
-    }
-
-    /// The same for someone else: `by` is who the run's events name.
-    pub async fn rollout_as(
-        &self,
-        job: &str,
-        cmd: crate::deploy::rollout::Command,
-        by: String,
-    ) -> Result<(), EngineError> {
         let command = crate::protocol::Command::Rollout {
             job: job.into(),
             action: cmd,
         };
-        self.send_as(command, by).await.map(drop)
+        self.send_as(command, Person::me()).await.map(drop)
     }
 
     /// Makes a service's previous revision stable again, after its rollout
@@ -256,7 +248,7 @@ impl EngineHandle {
         let command = crate::protocol::Command::RollbackService {
             service: service.into(),
         };
-        self.send_as(command, crate::deploy::rollout::who()).await
+        self.send_as(command, Person::me()).await
     }
 
     /// Releases a manual gate (or approves it in advance).
@@ -336,10 +328,10 @@ impl Link for EngineHandle {
     }
 
     async fn send(&self, command: crate::protocol::Command) -> Result<String, LinkError> {
-        Ok(EngineHandle::send_as(self, command, crate::deploy::rollout::who()).await?)
+        Ok(EngineHandle::send_as(self, command, Person::me()).await?)
     }
 
-    async fn send_as(&self, command: crate::protocol::Command, by: String) -> Result<String, LinkError> {
+    async fn send_as(&self, command: crate::protocol::Command, by: Person) -> Result<String, LinkError> {
         Ok(EngineHandle::send_as(self, command, by).await?)
     }
 
@@ -1230,12 +1222,13 @@ impl Actor {
     fn steer(
         &mut self,
         command: crate::protocol::Command,
-        by: String,
+        person: Person,
         reply: oneshot::Sender<Result<String, EngineError>>,
         retry_tx: &mpsc::UnboundedSender<JobId>,
     ) {
         use crate::protocol::Command as C;
-        let what = command.describe();
+        let mut what = command.describe();
+        let by = person.display.clone();
         let input = match command {
             C::Rollout { job, action }
                 if action != crate::deploy::rollout::Command::Retry || self.has_rollout(&job) =>
@@ -1275,7 +1268,22 @@ impl Actor {
             }
             // Retrying a rollout that has ended: its deploy job starts again.
             C::Rollout { job, .. } => self.job_id(&job).map(Input::Retry),
-            C::Approve { job } => self.job_id(&job).map(Input::Approve),
+            C::Approve { job } => self
+                .job_id(&job)
+                .map(|j| match self.state.pipeline().jobs[j].approvers {
+                    // Approvals by name: the account and its groups, from the
+                    // user database (what the kernel said of the peer).
+                    Some(_) => Input::ApproveAs(
+                        j,
+                        crate::engine::state::Approver {
+                            user: person.account(),
+                            groups: person.groups(),
+                            display: person.display.clone(),
+                            started_the_run: person.uid == nix::unistd::Uid::effective().as_raw(),
+                        },
+                    ),
+                    None => Input::Approve(j),
+                }),
             C::Retry { job } => self.job_id(&job).map(Input::Retry),
             C::Cancel { job } => self.job_id(&job).map(Input::Cancel),
             C::CancelAll => Ok(Input::CancelAll(CancelReason::User)),
@@ -1290,7 +1298,14 @@ impl Actor {
             if self.started_at.is_some() {
                 self.emit(EventKind::Steered { what: what.clone(), by });
             }
+            let gate = match &input {
+                Input::ApproveAs(j, _) => Some(*j),
+                _ => None,
+            };
             self.apply(input, retry_tx);
+            if let Some(more) = gate.and_then(|j| self.state.waiting_for(j)) {
+                what = format!("{what}: approval recorded, waiting for {more}");
+            }
             Ok(what)
         });
         let _ = reply.send(result);

@@ -99,6 +99,9 @@ pub enum Input {
         job: JobId,
     },
     Approve(JobId),
+    /// An approval by a person, for a gate with an approval policy
+    /// (`approvers:`): it opens once enough allowed people have given one.
+    ApproveAs(JobId, Approver),
     Retry(JobId),
     Cancel(JobId),
     CancelAll(CancelReason),
@@ -108,6 +111,20 @@ pub enum Input {
     /// End the run once only unapproved gates remain (an interactive run
     /// whose user quits at a gate): it finishes as blocked.
     FinishWaiting,
+}
+
+/// Who approves a gate, as the engine resolved them (the account behind a
+/// socket's peer, or the user running trackside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// The account's name.
+    pub user: String,
+    /// The groups it is in.
+    pub groups: Vec<String>,
+    /// How the audit trail names them (`user@host (ssh from IP)`).
+    pub display: String,
+    /// The account that started the run.
+    pub started_the_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +170,8 @@ struct JobState {
     blocked_by: Option<String>,
     reason: Option<String>,
     approved: bool,
+    /// The accounts that approved it so far (a gate with a policy).
+    approvals: Vec<String>,
     /// Its `start_in` has passed (or it was started at once).
     delay_done: bool,
     /// When its current `start_in` ends: an earlier timer (from before a
@@ -185,6 +204,7 @@ impl JobState {
             blocked_by: None,
             reason: None,
             approved: false,
+            approvals: Vec::new(),
             delay_done: false,
             delay_until: Duration::ZERO,
             kill_reason: None,
@@ -496,23 +516,96 @@ impl RunState {
     }
 
     /// Whether a command applies to a job now; `Err` says why not.
+    /// Whether job `j` is a gate that takes an approval now.
+    fn gate_check(&self, j: JobId) -> Result<(), String> {
+        let name = self.pipeline.jobs[j].name.as_str();
+        let delayed = self.pipeline.jobs[j].start_in.is_some();
+        if delayed && matches!(self.jobs[j].status, JobStatus::Delayed | JobStatus::Pending) {
+            return Ok(());
+        }
+        if self.pipeline.jobs[j].when != When::Manual {
+            return Err(format!("`{name}` is not a manual job"));
+        }
+        match self.jobs[j].status {
+            JobStatus::WaitingApproval | JobStatus::Pending => Ok(()),
+            s => Err(format!("`{name}` is {} and needs no approval", s.expr_name())),
+        }
+    }
+
+    /// Opens job `j`'s gate (approved: it starts when it can).
+    fn release(&mut self, job: JobId, fx: &mut Vec<Effect>) {
+        self.jobs[job].approved = true;
+        match self.jobs[job].status {
+            JobStatus::WaitingApproval => self.make_ready(job, fx),
+            // Start a delayed job now (its timer is then ignored).
+            JobStatus::Delayed => {
+                self.delayed -= 1;
+                self.jobs[job].delay_done = true;
+                self.make_ready(job, fx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Who a gate with a policy still waits for ("1 more from group
+    /// sre"); `None` once it has its approvals (or has no policy).
+    pub fn waiting_for(&self, job: JobId) -> Option<String> {
+        let policy = self.pipeline.jobs[job].approvers.as_ref()?;
+        let given = u32::try_from(self.jobs[job].approvals.len()).unwrap_or(u32::MAX);
+        let more = policy.required.checked_sub(given).filter(|&n| n > 0)?;
+        let starter = if policy.allow_self {
+            ""
+        } else {
+            ", not the run's starter"
+        };
+        Some(format!("{more} more from {}{starter}", policy.who()))
+    }
+
     pub fn check(&self, input: &Input) -> Result<(), String> {
         let name = |j: JobId| self.pipeline.jobs[j].name.as_str();
-        match *input {
-            Input::Approve(j) => {
-                let delayed = self.pipeline.jobs[j].start_in.is_some();
-                if delayed && matches!(self.jobs[j].status, JobStatus::Delayed | JobStatus::Pending) {
+        match input {
+            &Input::Approve(j) => match &self.pipeline.jobs[j].approvers {
+                Some(policy) => Err(format!(
+                    "`{}` needs approvals from {}, each by name",
+                    name(j),
+                    policy.describe()
+                )),
+                None => self.gate_check(j),
+            },
+            Input::ApproveAs(j, who) => {
+                self.gate_check(*j)?;
+                let Some(policy) = &self.pipeline.jobs[*j].approvers else {
                     return Ok(());
+                };
+                let given = &self.jobs[*j].approvals;
+                if !policy.allow_self && who.started_the_run {
+                    return Err(format!(
+                        "{} started this run, and `{}` needs approvals from others: {}",
+                        who.user,
+                        name(*j),
+                        policy.describe()
+                    ));
                 }
-                if self.pipeline.jobs[j].when != When::Manual {
-                    return Err(format!("`{}` is not a manual job", name(j)));
+                if !policy.allows(&who.user, &who.groups) {
+                    return Err(format!(
+                        "{} may not approve `{}`: its approvers are {}",
+                        who.user,
+                        name(*j),
+                        policy.who()
+                    ));
                 }
-                match self.jobs[j].status {
-                    JobStatus::WaitingApproval | JobStatus::Pending => Ok(()),
-                    s => Err(format!("`{}` is {} and needs no approval", name(j), s.expr_name())),
+                if given.contains(&who.user) {
+                    return Err(format!(
+                        "{} has already approved `{}` ({} of {}); another approver is needed",
+                        who.user,
+                        name(*j),
+                        given.len(),
+                        policy.required
+                    ));
                 }
+                Ok(())
             }
-            Input::Retry(j) => match self.jobs[j].status {
+            &Input::Retry(j) => match self.jobs[j].status {
                 JobStatus::Failed | JobStatus::Cancelled => Ok(()),
                 s => Err(format!(
                     "only failed or cancelled jobs can be retried; `{}` is {}",
@@ -520,7 +613,7 @@ impl RunState {
                     s.expr_name()
                 )),
             },
-            Input::Cancel(j) => {
+            &Input::Cancel(j) => {
                 if self.jobs[j].status.is_terminal() {
                     Err(format!("`{}` has already finished", name(j)))
                 } else {
@@ -584,16 +677,25 @@ impl RunState {
             }
             Input::Approve(job) => {
                 if self.check(&input).is_ok() {
-                    self.jobs[job].approved = true;
-                    match self.jobs[job].status {
-                        JobStatus::WaitingApproval => self.make_ready(job, &mut fx),
-                        // Start a delayed job now (its timer is then ignored).
-                        JobStatus::Delayed => {
-                            self.delayed -= 1;
-                            self.jobs[job].delay_done = true;
-                            self.make_ready(job, &mut fx);
-                        }
-                        _ => {}
+                    self.release(job, &mut fx);
+                }
+            }
+            Input::ApproveAs(job, ref who) => {
+                if self.check(&input).is_ok() {
+                    let required = self.pipeline.jobs[job].approvers.as_ref().map_or(1, |p| p.required);
+                    self.jobs[job].approvals.push(who.user.clone());
+                    let given = u32::try_from(self.jobs[job].approvals.len()).unwrap_or(u32::MAX);
+                    let waiting_for = self.waiting_for(job);
+                    fx.push(Effect::Emit(EventKind::Approved {
+                        job: self.pipeline.jobs[job].name.clone(),
+                        user: who.user.clone(),
+                        by: who.display.clone(),
+                        given,
+                        required,
+                        waiting_for,
+                    }));
+                    if given >= required {
+                        self.release(job, &mut fx);
                     }
                 }
             }
@@ -853,7 +955,13 @@ impl RunState {
                     allow_failure: j.allow_failure || j.quarantined,
                     steps: j.steps.iter().map(|s| s.name.clone()).collect(),
                     has_image: j.steps.iter().any(|s| s.image.is_some()),
-                    facts: j.facts.clone(),
+                    facts: {
+                        let mut facts = j.facts.clone();
+                        if let Some(a) = &j.approvers {
+                            facts.push(("approvers".into(), a.describe()));
+                        }
+                        facts
+                    },
                     stage: j.stage.clone(),
                     flake_pct: j.flake_pct,
                 })

@@ -170,6 +170,9 @@ pub struct Job {
     /// a GitLab job's environment and tags.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub facts: Vec<(String, String)>,
+    /// Who may release the job's manual gate, and how many must.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approvers: Option<Approvers>,
     /// Jobs of one resource group never run at the same time.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,
@@ -505,6 +508,57 @@ pub enum Probe {
 pub enum GateAction {
     Promote,
     Abort,
+}
+
+/// A gate's approval policy (`approvers:`): it opens when `required`
+/// different allowed people have approved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approvers {
+    /// Accounts that may approve; with `groups` empty and this empty,
+    /// anyone who can reach the run.
+    pub users: Vec<String>,
+    /// Members of these groups may approve.
+    pub groups: Vec<String>,
+    pub required: u32,
+    /// Whether the person who started the run may be one of them.
+    pub allow_self: bool,
+}
+
+impl Approvers {
+    /// Whether the account `user`, in `groups`, is one of the approvers.
+    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
+        (self.users.is_empty() && self.groups.is_empty())
+            || self.users.iter().any(|u| u == user)
+            || self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// Who they are, for people: "users alice, bob or group sre".
+    pub fn who(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.users.is_empty() {
+            let s = if self.users.len() == 1 { "" } else { "s" };
+            parts.push(format!("user{s} {}", self.users.join(", ")));
+        }
+        if !self.groups.is_empty() {
+            let s = if self.groups.len() == 1 { "" } else { "s" };
+            parts.push(format!("group{s} {}", self.groups.join(", ")));
+        }
+        if parts.is_empty() {
+            return "anyone who can reach the run".into();
+        }
+        parts.join(" or ")
+    }
+
+    /// The whole policy in a line: "2 of users alice, bob or group sre
+    /// (not the run's starter)".
+    pub fn describe(&self) -> String {
+        let starter = if self.allow_self {
+            ""
+        } else {
+            " (not the run's starter)"
+        };
+        format!("{} of {}{starter}", self.required, self.who())
+    }
 }
 
 /// One step of a canary rollout.

@@ -526,6 +526,21 @@ pub enum EventKind {
         what: String,
         by: String,
     },
+    /// A person approved a gate that takes approvals by name
+    /// (`approvers:`): the audit trail of who approved, and when (the
+    /// event's time). The gate opens when `given` reaches `required`.
+    Approved {
+        job: String,
+        /// The account.
+        user: String,
+        /// `user@host (ssh from IP)`.
+        by: String,
+        given: u32,
+        required: u32,
+        /// Who is still needed ("1 more from group sre"), until it opens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting_for: Option<String>,
+    },
     SchedulingPaused,
     SchedulingResumed,
     /// The pipeline file was edited and the edit applied to jobs that had

@@ -40,3 +40,68 @@ pub fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
 }
+
+/// Someone steering a run: the account (as the kernel reports a socket's
+/// peer, or this process's) and how the audit trail names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub uid: u32,
+    /// `user@host (ssh from IP)`.
+    pub display: String,
+}
+
+impl Person {
+    /// Whoever runs this trackside.
+    pub fn me() -> Person {
+        Person {
+            uid: nix::unistd::Uid::effective().as_raw(),
+            display: who(),
+        }
+    }
+
+    /// The peer of a socket: its uid, and the SSH session of its process
+    /// (from `/proc/PID/environ`, readable for one's own processes and by
+    /// root), never what the peer says of itself.
+    pub fn peer(uid: u32, pid: Option<i32>) -> Person {
+        let ssh = pid
+            .and_then(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
+            .and_then(|env| {
+                env.split(|&b| b == 0)
+                    .find_map(|kv| kv.strip_prefix(b"SSH_CLIENT="))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+        Person {
+            uid,
+            display: identity(uid, None, ssh),
+        }
+    }
+
+    /// The account's name (`uid N` when it has none).
+    pub fn account(&self) -> String {
+        account_name(self.uid)
+    }
+
+    /// The groups the account is in (its primary group and the others the
+    /// group database lists), by name.
+    pub fn groups(&self) -> Vec<String> {
+        let uid = nix::unistd::Uid::from_raw(self.uid);
+        let Ok(Some(user)) = nix::unistd::User::from_uid(uid) else {
+            return Vec::new();
+        };
+        let Ok(name) = std::ffi::CString::new(user.name.as_bytes()) else {
+            return Vec::new();
+        };
+        let gids = nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+        gids.into_iter()
+            .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name))
+            .collect()
+    }
+}
+
+/// The name of account `uid` (`uid N` when the user database has none).
+pub fn account_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name)
+}

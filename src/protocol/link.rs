@@ -192,7 +192,11 @@ pub trait Link: Send + Sync {
     /// The same on behalf of `by`, who the audit trail names: a server
     /// relaying a peer's command (the rollout socket). Over the run socket
     /// the run names the peer itself, so there `by` is not taken.
-    fn send_as(&self, command: Command, by: String) -> impl Future<Output = Result<String, LinkError>> + Send {
+    fn send_as(
+        &self,
+        command: Command,
+        by: super::identity::Person,
+    ) -> impl Future<Output = Result<String, LinkError>> + Send {
         let _ = by;
         self.send(command)
     }

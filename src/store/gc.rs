@@ -112,6 +112,21 @@ struct Config {
     artifacts: ConfigArtifacts,
     #[serde(default)]
     ui: ConfigUi,
+    #[serde(default)]
+    access: ConfigAccess,
+}
+
+/// `access:` in `<state>/config.yml`: who besides the user may reach a
+/// run's sockets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigAccess {
+    group: Option<String>,
+}
+
+/// The group `access: {group}` of `<state>/config.yml` opens runs to.
+pub fn access_group(state: &Path) -> Result<Option<String>, StoreError> {
+    Ok(read_config(state)?.0.access.group)
 }
 
 /// The webhooks and commands of `notify:` in `<state>/config.yml`.

@@ -126,8 +126,11 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), StoreError> {
             ),
         });
     }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    // Search by its group (and nothing else) is how a run's socket is
+    // opened to a group (`--allow-group`): kept; anything more is taken away.
+    let group_search = if meta.mode() & 0o070 == 0o010 { 0o010 } else { 0 };
+    if meta.mode() & 0o077 != group_search {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700 | group_search))
             .map_err(io_err("cannot restrict", dir))?;
     }
     Ok(())
@@ -240,7 +243,9 @@ impl RunRecord {
         let mut dir = runs.join(&meta.run_id);
         let mut tries = 0;
         loop {
-            match std::fs::create_dir(&dir) {
+            // The user's alone, whoever may reach another run's socket.
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 32 => {
                     tries += 1;
@@ -716,6 +721,9 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         prepare_state_dir(&open).expect("tighten");
         assert_eq!(mode(&open), 0o700, "an open state directory is tightened");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o715)).expect("chmod");
+        prepare_state_dir(&open).expect("tighten");
+        assert_eq!(mode(&open), 0o710, "search by its group (--allow-group) is kept");
         let file = top.path().join("file");
         std::fs::write(&file, "x").expect("write");
         assert!(prepare_state_dir(&file).is_err());

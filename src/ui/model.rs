@@ -37,6 +37,10 @@ pub struct JobView {
     pub has_image: bool,
     /// Shown in its detail: a GitLab job's environment and tags.
     pub facts: Vec<(String, String)>,
+    /// Who approved its gate so far (a gate that takes approvals by name).
+    pub approvals: Vec<String>,
+    /// Who its gate still waits for.
+    pub waiting_for: Option<String>,
     /// Its definition was edited after it ran: a retry runs the edit.
     pub edited: bool,
     pub status: JobStatus,
@@ -76,6 +80,8 @@ impl JobView {
             steps: p.steps.clone(),
             has_image: p.has_image,
             facts: p.facts.clone(),
+            approvals: Vec::new(),
+            waiting_for: None,
             edited: false,
             status: JobStatus::Pending,
             attempts: Vec::new(),
@@ -229,6 +235,12 @@ impl Model {
         match &ev.kind {
             // The decision is in the job's log already; the record keeps the event.
             EventKind::RolloutDecision { .. } | EventKind::Steered { .. } => {}
+            EventKind::Approved {
+                job, by, waiting_for, ..
+            } => self.with(job, |j| {
+                j.approvals.push(by.clone());
+                j.waiting_for = waiting_for.clone();
+            }),
             EventKind::Annotation { job, level, .. } => {
                 let text = crate::headless::annotation_text(&ev.kind).unwrap_or_default();
                 let level = level.clone();

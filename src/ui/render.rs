@@ -790,6 +790,18 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
             Span::raw(text.clone()),
         ]));
     }
+    if !job.approvals.is_empty() || job.waiting_for.is_some() {
+        let given = if job.approvals.is_empty() {
+            "none yet".to_string()
+        } else {
+            job.approvals.join(", ")
+        };
+        let mut spans = vec![Span::styled("approved by: ", t.dim()), Span::raw(given)];
+        if let Some(more) = &job.waiting_for {
+            spans.push(Span::styled(format!("; waiting for {more}"), t.warn()));
+        }
+        lines.push(Line::from(spans));
+    }
     for (level, text) in &job.annotations {
         let style = match level.as_str() {
             "error" => t.error(),

@@ -277,6 +277,80 @@ fn approval_releases_a_gate_and_interactive_runs_wait_for_it() {
     assert_eq!(s.result, RunResult::Passed);
 }
 
+fn person(user: &str, groups: &[&str], started_the_run: bool) -> Approver {
+    Approver {
+        user: user.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        display: format!("{user}@host"),
+        started_the_run,
+    }
+}
+
+#[test]
+fn a_gate_with_a_policy_opens_on_enough_distinct_allowed_approvals_and_says_why_not_otherwise() {
+    let src = yaml(&[
+        ("build", &[], ""),
+        (
+            "deploy",
+            &["build"],
+            "when: manual\napprovers: {users: [alice], groups: [sre], required: 2, allow_self: false}",
+        ),
+    ]);
+    let mut m = machine(&src, opts(4));
+    m.handle(Input::Start, t(0));
+    ok(&mut m, 0, 1);
+    // A bare approval (no name) does not count for a gate that takes names.
+    let e = m.check(&Input::Approve(1)).unwrap_err();
+    assert!(e.contains("needs approvals from 2 of user alice or group sre"), "{e}");
+    // The run's starter, someone not allowed: refused with why.
+    let e = m
+        .check(&Input::ApproveAs(1, person("root", &["sre"], true)))
+        .unwrap_err();
+    assert!(e.contains("started this run") && e.contains("from others"), "{e}");
+    let e = m
+        .check(&Input::ApproveAs(1, person("mallory", &["dev"], false)))
+        .unwrap_err();
+    assert!(
+        e.contains("mallory may not approve `deploy`: its approvers are user alice or group sre"),
+        "{e}"
+    );
+    // The first allowed approval is recorded, the gate still waits.
+    let fx = m.handle(Input::ApproveAs(1, person("bob", &["sre"], false)), t(2));
+    assert!(started(&fx).is_empty(), "one of two");
+    let recorded = fx.iter().find_map(|f| match f {
+        Effect::Emit(EventKind::Approved {
+            user,
+            given,
+            required,
+            waiting_for,
+            ..
+        }) => Some((user.clone(), *given, *required, waiting_for.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        recorded,
+        Some((
+            "bob".into(),
+            1,
+            2,
+            Some("1 more from user alice or group sre, not the run's starter".into())
+        ))
+    );
+    // The same person twice: refused, and nothing changes.
+    let e = m
+        .check(&Input::ApproveAs(1, person("bob", &["sre"], false)))
+        .unwrap_err();
+    assert!(e.contains("bob has already approved `deploy` (1 of 2)"), "{e}");
+    let fx = m.handle(Input::ApproveAs(1, person("bob", &["sre"], false)), t(3));
+    assert!(fx.is_empty(), "{fx:?}");
+    // A second allowed person opens it.
+    let fx = m.handle(Input::ApproveAs(1, person("alice", &[], false)), t(4));
+    assert_eq!(started(&fx), [1]);
+    assert_eq!(m.waiting_for(1), None);
+    let s = finished(&ok(&mut m, 1, 5)).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+}
+
 #[test]
 fn approval_given_before_the_gate_is_reached_is_kept() {
     let src = yaml(&[("build", &[], ""), ("deploy", &["build"], "when: manual")]);

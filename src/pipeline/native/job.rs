@@ -9,8 +9,9 @@ use crate::pipeline::model::*;
 use crate::pipeline::read::*;
 use crate::pipeline::yaml::{Node, Value};
 
-const JOB_KEYS: [&str; 25] = [
+const JOB_KEYS: [&str; 26] = [
     "steps",
+    "approvers",
     "depends_on",
     "environment",
     "timeout",
@@ -49,6 +50,54 @@ const STEP_KEYS: [&str; 9] = [
 ];
 
 impl Cx<'_> {
+    /// `approvers: {users, groups, required, allow_self}` of a manual job.
+    fn approvers(&mut self, node: &Node, path: &str) -> Option<crate::pipeline::model::Approvers> {
+        if !self.mapping(
+            node,
+            path,
+            &["users", "groups", "required", "allow_self"],
+            "`approvers`",
+        ) {
+            return None;
+        }
+        let mut names = |key: &str| -> Vec<String> {
+            get(node, key)
+                .map(|n| {
+                    self.string_list(n, &join(path, key))
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let users = names("users");
+        let groups = names("groups");
+        let required = match get(node, "required") {
+            Some(n) => self.int_in(n, &join(path, "required"), 1, 100)?,
+            None => 1,
+        };
+        let allow_self = match get(node, "allow_self") {
+            Some(n) => self.boolean(n, &join(path, "allow_self"))?,
+            None => true,
+        };
+        let named = u32::try_from(users.len()).unwrap_or(u32::MAX);
+        if groups.is_empty() && !users.is_empty() && required > named {
+            self.err(
+                node,
+                path,
+                format!("`approvers` requires {required} approvals but names only {named} user(s)"),
+                "name more users, add `groups`, or lower `required`",
+            );
+            return None;
+        }
+        Some(crate::pipeline::model::Approvers {
+            users,
+            groups,
+            required,
+            allow_self,
+        })
+    }
+
     pub(crate) fn job(&mut self, key: &Node, node: &Node, rp: &RetryPolicy) -> Option<Job> {
         let name = key.key_text();
         let path = format!("jobs.{name}");
@@ -238,6 +287,19 @@ impl Cx<'_> {
                 .collect()
         });
         let deploy = deploy_node.and_then(|n| self.deploy(n, &join(&path, "deploy")));
+        let approvers = get(node, "approvers").and_then(|n| {
+            let apath = join(&path, "approvers");
+            if when != When::Manual {
+                self.err(
+                    n,
+                    &apath,
+                    "`approvers` applies to a manual job",
+                    "add `when: manual`, or remove `approvers`",
+                );
+                return None;
+            }
+            self.approvers(n, &apath)
+        });
         let (cache, dir_cache) = match get(node, "cache") {
             Some(n) => self.cache(n, &join(&path, "cache")),
             None => (None, None),
@@ -287,6 +349,7 @@ impl Cx<'_> {
             call_outputs: Vec::new(),
             secret_names: None,
             pos: key.pos,
+            approvers,
             ..Job::default()
         })
     }
