@@ -357,8 +357,14 @@ pub fn running_rollouts(state: &Path) -> Vec<String> {
 
 /// Sends `req` to the trackside running `service`'s rollout (a client call,
 /// blocking: the CLI's `trackside rollout`).
+/// SERVICE with a `/` is the path of a control socket (another user's
+/// rollout, opened to a group with `--allow-group`).
 pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String> {
-    let path = control_socket_path(state, service);
+    let path = if service.contains('/') {
+        PathBuf::from(service)
+    } else {
+        control_socket_path(state, service)
+    };
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(format!(
             "{} is too long for a Unix socket, so no trackside can serve it; use a shorter --state-dir",
@@ -369,7 +375,7 @@ pub fn call(state: &Path, service: &str, req: &Request) -> Result<Reply, String>
         if e.kind() == std::io::ErrorKind::PermissionDenied {
             return format!(
                 "a trackside is running the rollout of `{service}`, but its control socket {} is not yours ({e}): \
-                 only the user running that trackside (or root) can steer it",
+                 only the user running that trackside, root and members of the group it was opened to (--allow-group) can steer it",
                 path.display()
             );
         }

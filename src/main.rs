@@ -580,7 +580,8 @@ enum Cmd {
     /// Steer a rollout another trackside is running (same user, same
     /// --state-dir): `trackside rollout web promote`, `... status`.
     Rollout {
-        /// The deploy's `service:`.
+        /// The deploy's `service:`, or the path of its control socket
+        /// (`<state>/services/web.sock` of a run opened to your group).
         service: String,
         /// What to do (default: status).
         action: Option<RolloutAction>,
@@ -783,6 +784,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         Cmd::Approve { run, .. } | Cmd::Retry { run, .. } | Cmd::Cancel { run, .. } => {
             attachcmd::run_path(run).is_some()
         }
+        Cmd::Rollout { service, .. } => service.contains('/'),
         _ => false,
     };
     if !by_path

@@ -7,6 +7,8 @@
 //! `trackside-outsider` outside it. Without them the test skips with one
 //! loud line, unless TRACKSIDE_REQUIRE_USERS=1 (CI sets it).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -82,48 +84,39 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
-    let Some((member, outsider)) = users_ready() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The way to the state directory is the user's to open: o+x here.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    // A home the other users may write their own (unused) state into.
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).expect("home");
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
-    let exe = dir.path().join("trackside");
-    std::fs::copy(env!("CARGO_BIN_EXE_trackside"), &exe).expect("copy trackside");
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let state = dir.path().join("state");
-    let pipeline = dir.path().join("pipeline.yml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "name: gated\njobs:\n  build:\n    steps: [{{script: echo built}}]\n  deploy:\n    depends_on: [build]\n    when: manual\n    approvers: {{groups: [{GROUP}], required: 1, allow_self: false}}\n    steps: [{{script: echo deployed}}]\n"
-        ),
-    )
-    .expect("pipeline");
+/// A folder other users may pass through, with a copy of trackside they
+/// can run and a home for their own (unused) state.
+struct Shared {
+    dir: tempfile::TempDir,
+    exe: std::path::PathBuf,
+    home: std::path::PathBuf,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The way to the state directory is the user's to open: o+x here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("home");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let exe = dir.path().join("trackside");
+        std::fs::copy(env!("CARGO_BIN_EXE_trackside"), &exe).expect("copy trackside");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Shared { dir, exe, home }
+    }
+}
+
+/// Starts `trackside run ARGS` (as the test's user) and hands its stdout
+/// lines over a channel.
+fn spawn_run(args: &[&str], cwd: &Path) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut run = Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args([
-            "run",
-            "--headless",
-            "--wait-approval",
-            "--no-watch",
-            "--allow-group",
-            GROUP,
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg(&pipeline)
-        .current_dir(dir.path())
+        .args(args)
+        .current_dir(cwd)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("trackside run");
-    // Its lines, as they come, on a thread of their own.
     let (tx, rx) = mpsc::channel();
     let out = run.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -133,19 +126,130 @@ fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
             }
         }
     });
-    let mut seen = Vec::new();
-    let wait_for = |want: &str, seen: &mut Vec<String>| {
-        let deadline = std::time::Instant::now() + LIMIT;
-        while !seen.iter().any(|l| l.contains(want)) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no `{want}` within {LIMIT:?}: {seen:#?}"),
-            }
+    (run, rx)
+}
+
+/// Reads lines into `seen` until one contains `want` (at most [`LIMIT`]).
+fn wait_for(rx: &mpsc::Receiver<String>, want: &str, seen: &mut Vec<String>) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !seen.iter().any(|l| l.contains(want)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no `{want}` within {LIMIT:?}: {seen:#?}"),
         }
+    }
+}
+
+/// A canary's manual gate with an approval policy, steered through the
+/// rollout's control socket opened to the group.
+#[tokio::test]
+async fn a_canary_gate_takes_the_groups_promotion_and_refuses_the_starters() {
+    let Some((member, outsider)) = users_ready() else {
+        return;
     };
-    wait_for("deploy", &mut seen);
-    wait_for("waiting for approval", &mut seen);
+    let sh = Shared::new();
+    let state = sh.dir.path().join("state");
+    let rehearsal = |version: &str, steps: &str| {
+        common::deploy::deploy_yaml(version, 0.0, steps).replace(
+            "      abort_delay: 0\n",
+            &format!(
+                "      abort_delay: 0\n      keep_serving: false\n      approvers: {{groups: [{GROUP}], allow_self: false}}\n"
+            ),
+        )
+    };
+    let (v1, _) = common::deploy::deploy(&state, &rehearsal("v1", common::deploy::STRAIGHT)).await;
+    assert_eq!(v1.result, trackside::engine::RunResult::Passed);
+    let file = sh.dir.path().join("v2.yml");
+    std::fs::write(&file, rehearsal("v2", common::deploy::GATED)).expect("write");
+    let (state_s, file_s) = (state.to_str().expect("utf-8"), file.to_str().expect("utf-8"));
+    let (mut run, rx) = spawn_run(
+        &[
+            "run",
+            "--json",
+            "--no-watch",
+            "--allow-group",
+            GROUP,
+            "--state-dir",
+            state_s,
+            file_s,
+        ],
+        sh.dir.path(),
+    );
+    let mut seen = Vec::new();
+    wait_for(&rx, "\"phase\":\"gate\"", &mut seen);
+    let sock = state.join("services").join("web.sock");
+    let sock_s = sock.to_str().expect("utf-8");
+    let o = as_user(&sh.exe, outsider, OUTSIDER, &["rollout", sock_s, "promote"], &sh.home);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    // The starter's promotion is refused by the policy, with why.
+    let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["rollout", "web", "promote", "--state-dir", state_s])
+        .output()
+        .expect("rollout");
+    let said = text(&o);
+    assert!(
+        said.contains("promote refused") && said.contains("started this run"),
+        "{said}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .args(["rollout", "web", "status", "--state-dir", state_s])
+        .output()
+        .expect("rollout status");
+    let said = text(&o);
+    assert!(
+        said.contains("approvers: 1 of group trackside-sre (not the run's starter)"),
+        "{said}"
+    );
+    assert!(said.contains("waiting for 1 more"), "{said}");
+    // A member's passes the gate; the rollout completes.
+    let o = as_user(&sh.exe, member, MEMBER, &["rollout", sock_s, "promote"], &sh.home);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let status = run.wait().expect("run ends");
+    for line in rx.try_iter() {
+        seen.push(line);
+    }
+    assert!(status.success(), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("passed by hand") && l.contains(&format!("{MEMBER}@"))),
+        "the decision names the member: {seen:#?}"
+    );
+}
+
+#[test]
+fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
+    let Some((member, outsider)) = users_ready() else {
+        return;
+    };
+    let sh = Shared::new();
+    let (dir, exe, home) = (&sh.dir, &sh.exe, &sh.home);
+    let state = dir.path().join("state");
+    let pipeline = dir.path().join("pipeline.yml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: gated\njobs:\n  build:\n    steps: [{{script: echo built}}]\n  deploy:\n    depends_on: [build]\n    when: manual\n    approvers: {{groups: [{GROUP}], required: 1, allow_self: false}}\n    steps: [{{script: echo deployed}}]\n"
+        ),
+    )
+    .expect("pipeline");
+    let (state_s, pipeline_s) = (state.to_str().expect("utf-8"), pipeline.to_str().expect("utf-8"));
+    let (mut run, rx) = spawn_run(
+        &[
+            "run",
+            "--headless",
+            "--wait-approval",
+            "--no-watch",
+            "--allow-group",
+            GROUP,
+            "--state-dir",
+            state_s,
+            pipeline_s,
+        ],
+        dir.path(),
+    );
+    let mut seen = Vec::new();
+    wait_for(&rx, "waiting for approval", &mut seen);
     let runs = state.join("runs");
     let run_dir = std::fs::read_dir(&runs)
         .expect("runs")
@@ -169,7 +273,7 @@ fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
     let run_arg = run_dir.to_str().expect("utf-8 path").to_string();
 
     // Not in the group: the kernel keeps them from the socket.
-    let o = as_user(&exe, outsider, OUTSIDER, &["approve", &run_arg, "deploy"], &home);
+    let o = as_user(exe, outsider, OUTSIDER, &["approve", &run_arg, "deploy"], home);
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     // The run's starter: refused by the policy, with why.
     let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
@@ -180,9 +284,9 @@ fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
     assert_ne!(o.status.code(), Some(0), "{said}");
     assert!(said.contains("started this run"), "{said}");
     // A member of the group: the gate opens and the run passes.
-    let o = as_user(&exe, member, MEMBER, &["approve", &run_arg, "deploy"], &home);
+    let o = as_user(exe, member, MEMBER, &["approve", &run_arg, "deploy"], home);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    wait_for("deploy > deployed", &mut seen);
+    wait_for(&rx, "deploy > deployed", &mut seen);
     let status = run.wait().expect("run ends");
     assert!(status.success(), "{seen:#?}");
     // The audit trail names who approved, by account.

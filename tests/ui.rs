@@ -803,6 +803,9 @@ fn rollout_event(at: u64, job: &str, phase: &str) -> Event {
                 .collect(),
                 step_names: vec!["weight 30%".into(), "gate".into(), "weight 100%".into()],
                 limits: [Some(5.0), None],
+                approvals: Vec::new(),
+                waiting_for: None,
+                approvers: None,
             }),
         },
     )

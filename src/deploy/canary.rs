@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::judge::VerdictClass;
+use crate::protocol::identity::Approver;
 
 /// Full traffic, in tenths of a percent.
 pub const FULL: u32 = 1000;
@@ -47,6 +48,8 @@ pub struct CanarySpec {
     pub progress_deadline: Duration,
     /// How long an aborted canary keeps running (at 0%) before it is stopped.
     pub abort_scale_down_delay: Duration,
+    /// Who may pass a step by hand, and how many must.
+    pub approvers: Option<crate::pipeline::model::Approvers>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,10 +111,10 @@ pub enum Input {
     /// An analysis run got no measurement: the metrics provider failed.
     AnalysisError(String),
     Promote {
-        by: String,
+        by: Approver,
     },
     PromoteFull {
-        by: String,
+        by: Approver,
     },
     Abort {
         by: String,
@@ -166,6 +169,8 @@ pub struct Canary {
     /// Where an interrupted rollout stood: (step, weight), taken up once
     /// the canary is healthy again.
     resume: Option<(usize, u32)>,
+    /// Who has approved passing the current step by hand (with a policy).
+    pub approvals: Vec<String>,
 }
 
 impl Canary {
@@ -178,6 +183,7 @@ impl Canary {
             now: Duration::ZERO,
             last_progress: Duration::ZERO,
             resume: None,
+            approvals: Vec::new(),
         }
     }
 
@@ -269,26 +275,30 @@ impl Canary {
             Input::AnalysisError(why) => self.analysis_error(&why, &mut fx),
             Input::Promote { by } if self.active() => match &self.phase {
                 Phase::Gate { .. } | Phase::Paused { .. } | Phase::Analyzing { .. } => {
-                    note(
-                        &mut fx,
-                        &format!("promote: step {} passed by hand", self.step + 1),
-                        Some(&by),
-                    );
-                    self.advance(&mut fx);
+                    if self.approved(&by, false, &mut fx) {
+                        note(
+                            &mut fx,
+                            &format!("promote: step {} passed by hand", self.step + 1),
+                            Some(&by.display),
+                        );
+                        self.advance(&mut fx);
+                    }
                 }
                 Phase::Held { .. } => note(
                     &mut fx,
                     "promote ignored: the rollout is paused; resume first",
-                    Some(&by),
+                    Some(&by.display),
                 ),
-                _ => self.ignored("promote", &by, &mut fx),
+                _ => self.ignored("promote", &by.display, &mut fx),
             },
             Input::PromoteFull { by } if self.active() && self.phase != Phase::StartingCanary => {
-                note(&mut fx, "full promotion: canary to 100%", Some(&by));
-                self.complete(&mut fx);
+                if self.approved(&by, true, &mut fx) {
+                    note(&mut fx, "full promotion: canary to 100%", Some(&by.display));
+                    self.complete(&mut fx);
+                }
             }
-            Input::Promote { by } => self.ignored("promote", &by, &mut fx),
-            Input::PromoteFull { by } => self.ignored("full promotion", &by, &mut fx),
+            Input::Promote { by } => self.ignored("promote", &by.display, &mut fx),
+            Input::PromoteFull { by } => self.ignored("full promotion", &by.display, &mut fx),
             Input::Abort { by } if self.active() || matches!(self.phase, Phase::Degraded { .. }) => {
                 self.abort("aborted by hand", Some(&by), &mut fx);
             }
@@ -352,6 +362,95 @@ impl Canary {
 
     /// A command that does not apply now is recorded, with why, so the
     /// person who gave it (and the audit) sees it was not lost.
+    /// Whether `by`'s promotion passes the step now under the approval
+    /// policy: refused with why (someone not allowed, the run's starter
+    /// when it may not, a second approval by one person, a full promotion
+    /// that would need several), or counted until enough have approved.
+    fn approved(&mut self, by: &Approver, full: bool, fx: &mut Vec<Effect>) -> bool {
+        let Some(policy) = &self.spec.approvers else {
+            return true;
+        };
+        let refuse =
+            |why: String, fx: &mut Vec<Effect>| note(fx, &format!("promote refused: {why}"), Some(&by.display));
+        if !policy.allow_self && by.started_the_run {
+            refuse(
+                format!(
+                    "{} started this run, and its gates need approvals from others: {}",
+                    by.user,
+                    policy.describe()
+                ),
+                fx,
+            );
+            return false;
+        }
+        if !policy.allows(&by.user, &by.groups) {
+            refuse(
+                format!("{} may not pass its gates: its approvers are {}", by.user, policy.who()),
+                fx,
+            );
+            return false;
+        }
+        if full && policy.required > 1 {
+            refuse(
+                format!(
+                    "a full promotion at once would need {} approvals: promote step by step",
+                    policy.required
+                ),
+                fx,
+            );
+            return false;
+        }
+        if self.approvals.contains(&by.user) {
+            refuse(
+                format!(
+                    "{} has already approved this step ({} of {}); another approver is needed",
+                    by.user,
+                    self.approvals.len(),
+                    policy.required
+                ),
+                fx,
+            );
+            return false;
+        }
+        self.approvals.push(by.user.clone());
+        let given = u32::try_from(self.approvals.len()).unwrap_or(u32::MAX);
+        if given >= policy.required {
+            self.approvals.clear();
+            return true;
+        }
+        let starter = if policy.allow_self {
+            ""
+        } else {
+            ", not the run's starter"
+        };
+        let text = format!(
+            "approval {given} of {} for step {}; waiting for {} more from {}{starter}",
+            policy.required,
+            self.step + 1,
+            policy.required - given,
+            policy.who()
+        );
+        note(fx, &text, Some(&by.display));
+        false
+    }
+
+    /// Who passing the current step by hand still waits for, with a
+    /// policy and approvals begun ("waiting for 1 more from group sre").
+    pub fn waiting_for(&self) -> Option<String> {
+        let policy = self.spec.approvers.as_ref()?;
+        if !matches!(self.phase, Phase::Gate { .. }) {
+            return None;
+        }
+        let given = u32::try_from(self.approvals.len()).unwrap_or(u32::MAX);
+        let more = policy.required.checked_sub(given).filter(|&n| n > 0)?;
+        let starter = if policy.allow_self {
+            ""
+        } else {
+            ", not the run's starter"
+        };
+        Some(format!("waiting for {more} more from {}{starter}", policy.who()))
+    }
+
     fn ignored(&self, what: &str, by: &str, fx: &mut Vec<Effect>) {
         let phase = self.phase.name();
         let why = match (what, phase) {
@@ -520,6 +619,8 @@ impl Canary {
 
     /// The current step is done: go to the next.
     fn advance(&mut self, fx: &mut Vec<Effect>) {
+        // Approvals were for passing the step now behind.
+        self.approvals.clear();
         self.step += 1;
         self.last_progress = self.now;
         self.phase = Phase::Running;
@@ -610,6 +711,7 @@ mod tests {
             steps,
             progress_deadline: s(600),
             abort_scale_down_delay: s(30),
+            approvers: None,
         }
     }
 
@@ -796,6 +898,90 @@ mod tests {
         );
         assert!(matches!(&c.phase, Phase::Gate { reason, .. } if reason.contains("no traffic")));
         assert_eq!(c.weight, 100, "never a pass, never a silent promotion");
+    }
+
+    fn notes(fx: &[Effect]) -> Vec<String> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Note { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gate_with_a_policy_passes_on_enough_distinct_allowed_promotions() {
+        let mut sp = spec(vec![
+            Step::SetWeight(200),
+            Step::Gate { timeout: None },
+            Step::SetWeight(FULL),
+        ]);
+        sp.approvers = Some(crate::pipeline::model::Approvers {
+            users: vec!["ada".into()],
+            groups: vec!["sre".into()],
+            required: 2,
+            allow_self: false,
+        });
+        let mut c = started(sp);
+        c.handle(Input::CanaryHealthy, s(0));
+        assert!(matches!(c.phase, Phase::Gate { .. }));
+        let who = |user: &str, groups: &[&str], starter: bool| Approver {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            display: format!("{user}@host"),
+            started_the_run: starter,
+        };
+        let n = notes(&c.handle(
+            Input::Promote {
+                by: who("root", &["sre"], true),
+            },
+            s(1),
+        ));
+        assert!(n[0].contains("promote refused: root started this run"), "{n:?}");
+        let n = notes(&c.handle(
+            Input::Promote {
+                by: who("eve", &["dev"], false),
+            },
+            s(2),
+        ));
+        assert!(
+            n[0].contains("eve may not pass its gates: its approvers are user ada or group sre"),
+            "{n:?}"
+        );
+        let n = notes(&c.handle(
+            Input::PromoteFull {
+                by: who("ada", &[], false),
+            },
+            s(3),
+        ));
+        assert!(n[0].contains("would need 2 approvals: promote step by step"), "{n:?}");
+        let n = notes(&c.handle(
+            Input::Promote {
+                by: who("ben", &["sre"], false),
+            },
+            s(4),
+        ));
+        assert!(n[0].contains("approval 1 of 2 for step 2; waiting for 1 more"), "{n:?}");
+        assert!(matches!(c.phase, Phase::Gate { .. }), "one of two");
+        assert_eq!(
+            c.waiting_for().as_deref(),
+            Some("waiting for 1 more from user ada or group sre, not the run's starter")
+        );
+        let n = notes(&c.handle(
+            Input::Promote {
+                by: who("ben", &["sre"], false),
+            },
+            s(5),
+        ));
+        assert!(n[0].contains("ben has already approved this step (1 of 2)"), "{n:?}");
+        c.handle(
+            Input::Promote {
+                by: who("ada", &[], false),
+            },
+            s(6),
+        );
+        assert_eq!(c.phase, Phase::Completed, "two people passed the gate");
+        assert!(c.approvals.is_empty() && c.waiting_for().is_none());
     }
 
     #[test]

@@ -40,14 +40,15 @@ use super::router::{FULL, Pool, Router, percent};
 use super::service;
 use super::traffic::{Live, Traffic};
 use crate::pipeline::model::{Deploy, MetricsSpec, RouterSpec, Strategy, Target, ThresholdMetric};
-pub use crate::protocol::identity::{identity, who};
+pub use crate::protocol::identity::{Approver, identity, who};
 pub use crate::protocol::view::{RolloutCommand as Command, RolloutStatus as Status};
 
 /// The machine input a steering command becomes.
-fn input(cmd: Command, by: String) -> Input {
+fn input(cmd: Command, who: Approver) -> Input {
+    let by = who.display.clone();
     match cmd {
-        Command::Promote => Input::Promote { by },
-        Command::PromoteFull => Input::PromoteFull { by },
+        Command::Promote => Input::Promote { by: who },
+        Command::PromoteFull => Input::PromoteFull { by: who },
         Command::Abort => Input::Abort { by },
         Command::Retry => Input::Retry { by },
         Command::Rollback => Input::Rollback { by },
@@ -90,7 +91,7 @@ pub struct Io {
     pub workdir: PathBuf,
     pub log: mpsc::Sender<String>,
     pub status: mpsc::Sender<Status>,
-    pub control: mpsc::Receiver<(Command, String)>,
+    pub control: mpsc::Receiver<(Command, Approver)>,
     /// Decisions for the audit trail: (what, who).
     pub audit: mpsc::Sender<(String, Option<String>)>,
     pub cancel: CancellationToken,
@@ -160,6 +161,9 @@ impl World<'_> {
             replicas: self.board.snapshot(),
             step_names: self.step_names.clone(),
             limits: self.limits,
+            approvals: Vec::new(),
+            waiting_for: None,
+            approvers: self.spec.approvers.as_ref().map(|a| a.describe()),
         }
     }
 
@@ -606,6 +610,7 @@ async fn drive(
         steps: spec.steps.clone(),
         progress_deadline: spec.progress_deadline,
         abort_scale_down_delay: spec.abort_delay,
+        approvers: spec.approvers.clone(),
     };
     let target = new.target().describe();
     // A gate a previous trackside waited at, for this very revision, is taken up again.
@@ -734,6 +739,8 @@ async fn drive(
             step: machine.step.min(spec.steps.len()),
             steps: spec.steps.len(),
             verdict: verdict.clone(),
+            approvals: machine.approvals.clone(),
+            waiting_for: machine.waiting_for(),
             ..w.status(phase, detail.clone())
         };
         let _ = io.status.try_send(status);
@@ -1011,7 +1018,10 @@ async fn drive_rolling(
                 w.end(old).await;
                 return Err("cancelled mid-update".into());
             }
-            Some((cmd, by)) = io.control.recv() => {
+            Some((cmd, who)) = io.control.recv() => {
+                // A rolling update has no gates to approve: its commands are
+                // anyone's who may reach the run.
+                let by = who.display;
                 let input = match cmd {
                     Command::Abort => Ok(rolling::Input::Abort { by }),
                     Command::Rollback => Ok(rolling::Input::Rollback { by }),

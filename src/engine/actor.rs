@@ -840,7 +840,7 @@ struct Actor {
     /// Replies owed to `shutdown` callers, sent when nothing runs any more.
     shutdown: Vec<oneshot::Sender<()>>,
     /// Steering channels of running deploy jobs.
-    rollouts: HashMap<JobId, mpsc::Sender<(crate::deploy::rollout::Command, String)>>,
+    rollouts: HashMap<JobId, mpsc::Sender<(crate::deploy::rollout::Command, crate::protocol::identity::Approver)>>,
     watch: Option<Watch>,
     /// See [`EngineConfig::load_options`].
     load_options: Option<crate::pipeline::LoadOptions>,
@@ -1238,7 +1238,7 @@ impl Actor {
                         .rollouts
                         .get(&j)
                         .ok_or_else(|| EngineError::Rejected(format!("job `{job}` has no rollout in progress")))?;
-                    tx.try_send((action, by))
+                    tx.try_send((action, person.approver()))
                         .map_err(|_| EngineError::Rejected(format!("the rollout of `{job}` is not taking commands")))
                 });
                 let _ = reply.send(result.map(|()| what));
@@ -1273,15 +1273,7 @@ impl Actor {
                 .map(|j| match self.state.pipeline().jobs[j].approvers {
                     // Approvals by name: the account and its groups, from the
                     // user database (what the kernel said of the peer).
-                    Some(_) => Input::ApproveAs(
-                        j,
-                        crate::engine::state::Approver {
-                            user: person.account(),
-                            groups: person.groups(),
-                            display: person.display.clone(),
-                            started_the_run: person.uid == nix::unistd::Uid::effective().as_raw(),
-                        },
-                    ),
+                    Some(_) => Input::ApproveAs(j, person.approver()),
                     None => Input::Approve(j),
                 }),
             C::Retry { job } => self.job_id(&job).map(Input::Retry),

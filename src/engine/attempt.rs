@@ -212,7 +212,7 @@ pub struct Attempt {
     pub cancel: CancellationToken,
     pub tx: mpsc::Sender<RunnerMsg>,
     /// Steering commands for a deploy job's rollout.
-    pub control: Option<mpsc::Receiver<(crate::deploy::rollout::Command, String)>>,
+    pub control: Option<mpsc::Receiver<(crate::deploy::rollout::Command, crate::protocol::identity::Approver)>>,
     /// Variables from the `reports:dotenv` of the jobs whose artifacts this
     /// one received (set once they are restored).
     pub dotenv: std::sync::OnceLock<Vec<(String, String)>>,

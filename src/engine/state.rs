@@ -113,19 +113,7 @@ pub enum Input {
     FinishWaiting,
 }
 
-/// Who approves a gate, as the engine resolved them (the account behind a
-/// socket's peer, or the user running trackside).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approver {
-    /// The account's name.
-    pub user: String,
-    /// The groups it is in.
-    pub groups: Vec<String>,
-    /// How the audit trail names them (`user@host (ssh from IP)`).
-    pub display: String,
-    /// The account that started the run.
-    pub started_the_run: bool,
-}
+pub use crate::protocol::identity::Approver;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {

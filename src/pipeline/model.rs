@@ -370,6 +370,10 @@ pub struct Deploy {
     /// Judge settings: confidence (0.98) and tolerance (0.25).
     pub confidence: f64,
     pub tolerance: f64,
+    /// Who may pass its gates by hand (a canary's gates and pauses, a
+    /// blue-green switch), and how many must.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approvers: Option<Approvers>,
 }
 
 /// One replica of a service revision.

@@ -98,6 +98,46 @@ impl Person {
     }
 }
 
+/// Who approves a gate, as the engine resolved them (the account behind a
+/// socket's peer, or the user running trackside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// The account's name.
+    pub user: String,
+    /// The groups it is in.
+    pub groups: Vec<String>,
+    /// How the audit trail names them (`user@host (ssh from IP)`).
+    pub display: String,
+    /// The account that started the run.
+    pub started_the_run: bool,
+}
+
+impl Person {
+    /// As a gate's policy sees them: the account, its groups, and whether
+    /// it is the one running this trackside (the run's starter).
+    pub fn approver(&self) -> Approver {
+        Approver {
+            user: self.account(),
+            groups: self.groups(),
+            display: self.display.clone(),
+            started_the_run: self.uid == nix::unistd::Uid::effective().as_raw(),
+        }
+    }
+}
+
+/// A name as an approver of its own (tests, and steering that names no
+/// account): in no group, not the starter.
+impl From<&str> for Approver {
+    fn from(name: &str) -> Approver {
+        Approver {
+            user: name.to_string(),
+            groups: Vec::new(),
+            display: name.to_string(),
+            started_the_run: false,
+        }
+    }
+}
+
 /// The name of account `uid` (`uid N` when the user database has none).
 pub fn account_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))

@@ -90,6 +90,15 @@ pub struct RolloutStatus {
     /// Hard limits of the analyses, for the charts: error rate (%) and p95 (ms).
     #[serde(default)]
     pub limits: [Option<f64>; 2],
+    /// With an approval policy: who has approved passing the current step
+    /// (accounts), and who is still needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// The policy, when there is one ("2 of group sre").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<String>,
 }
 
 impl RolloutStatus {
@@ -149,6 +158,15 @@ impl RolloutStatus {
         }
         if let Some(d) = &self.detail {
             out.push_str(&format!(" ({d})"));
+        }
+        if let Some(a) = &self.approvers {
+            out.push_str(&format!("; approvers: {a}"));
+        }
+        if !self.approvals.is_empty() {
+            out.push_str(&format!("; approved by {}", self.approvals.join(", ")));
+        }
+        if let Some(w) = &self.waiting_for {
+            out.push_str(&format!("; {w}"));
         }
         out
     }

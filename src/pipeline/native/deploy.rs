@@ -30,6 +30,7 @@ impl Cx<'_> {
             "scale_down_delay",
             "keep_serving",
             "judge",
+            "approvers",
         ];
         if !self.mapping(node, path, &keys, "deploy") {
             return None;
@@ -192,6 +193,7 @@ impl Cx<'_> {
         let keep_serving = get(node, "keep_serving")
             .and_then(|n| self.boolean(n, &join(path, "keep_serving")))
             .unwrap_or(true);
+        let approvers = get(node, "approvers").and_then(|n| self.approvers(n, &join(path, "approvers")));
         Some(Deploy {
             service: service?,
             listen: listen?,
@@ -212,6 +214,7 @@ impl Cx<'_> {
             keep_serving,
             confidence,
             tolerance,
+            approvers,
         })
     }
 

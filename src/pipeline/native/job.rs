@@ -50,8 +50,9 @@ const STEP_KEYS: [&str; 9] = [
 ];
 
 impl Cx<'_> {
-    /// `approvers: {users, groups, required, allow_self}` of a manual job.
-    fn approvers(&mut self, node: &Node, path: &str) -> Option<crate::pipeline::model::Approvers> {
+    /// `approvers: {users, groups, required, allow_self}` of a manual job
+    /// or a deploy's gates.
+    pub(crate) fn approvers(&mut self, node: &Node, path: &str) -> Option<crate::pipeline::model::Approvers> {
         if !self.mapping(
             node,
             path,
