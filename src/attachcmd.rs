@@ -144,6 +144,7 @@ pub fn attach(state: &Path, a: AttachArgs) -> Result<u8, Fail> {
                 mouse,
                 color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                 bell: store::gc::ui_bell(state).unwrap_or(true),
+                services: Some(super::servicecmd::services_source(state)),
             };
             let left = ui::attach(&link, opts).await.map_err(|e| Fail(e.to_string(), 2))?;
             match left {
@@ -337,6 +338,7 @@ pub fn run_in_background(ascii: bool, no_mouse: bool, state: &Path) -> Result<Op
             mouse,
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             bell: store::gc::ui_bell(state).unwrap_or(true),
+            services: Some(super::servicecmd::services_source(state)),
         };
         let left = ui::run_owned(&link, opts).await;
         match left {

@@ -566,6 +566,13 @@ enum Cmd {
     Services {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+        /// The services view: each service's health and what serves, with
+        /// live error-rate and latency charts from its router (q leaves).
+        #[arg(long, conflicts_with = "format")]
+        ui: bool,
+        /// With --ui: ASCII only (no box drawing or Unicode glyphs).
+        #[arg(long, requires = "ui")]
+        ascii: bool,
     },
     /// One live service: `status`, `logs` (each replica's last lines), `stop`
     /// (its router and replicas; the history stays), `start` (them again),
@@ -960,7 +967,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let _log_guard = init_tracing(&state);
             servicecmd::router(&state, &service, &listen)
         }
-        Cmd::Services { format } => servicecmd::services(&state, format == OutputFormat::Json),
+        Cmd::Services { ui: true, ascii, .. } => servicecmd::services_ui(&state, ascii),
+        Cmd::Services { format, .. } => servicecmd::services(&state, format == OutputFormat::Json),
         Cmd::Service { service, action, count } => servicecmd::service(
             &state,
             &service,
@@ -1268,6 +1276,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                             && trackside::store::gc::ui_mouse(&state).map_err(|e| Fail(e.to_string(), 2))?,
                         color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
                         bell: trackside::store::gc::ui_bell(&state).map_err(|e| Fail(e.to_string(), 2))?,
+                        services: Some(servicecmd::services_source(&state)),
                     };
                     ui::run(&handle, opts, begin)
                         .await

@@ -109,6 +109,38 @@ fn describe(s: &LiveState, running: bool) -> String {
     out
 }
 
+/// The services view's feed for `state` (`S` on a run's screen, and
+/// `trackside services --ui`): started when the view opens, stopped when
+/// it closes.
+pub fn services_source(state: &Path) -> trackside::ui::ServicesSource {
+    let state = state.to_path_buf();
+    std::sync::Arc::new(move || {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(service::watch(state.clone(), tx, stop.clone()));
+        (rx, stop)
+    })
+}
+
+/// `trackside services --ui`: the services view until `q`.
+pub fn services_ui(state: &Path, ascii: bool) -> Result<u8, Fail> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(format!("cannot start: {e}"), 2))?;
+    rt.block_on(async {
+        let (feed, stop) = services_source(state)();
+        let opts = trackside::ui::UiOptions {
+            ascii,
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            mouse: false,
+            bell: false,
+            services: None,
+        };
+        let shown = trackside::ui::services::run(feed, state.display().to_string(), opts).await;
+        stop.cancel();
+        shown.map_err(|e| Fail(e.to_string(), 2))
+    })?;
+    Ok(0)
+}
+
 /// `trackside services [--format json]`.
 pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
     let names = service::list(state);

@@ -516,3 +516,61 @@ async fn a_service_whose_router_died_is_still_stopped_with_its_replicas() {
     assert_eq!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stdout).contains("is stopped already"));
 }
+
+/// `trackside services --ui` at 80x24 in a real terminal: the live
+/// service, what serves, its replicas' health, and the charts of the
+/// traffic sent through its router; `q` leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_view_shows_a_live_service_and_its_traffic_at_80x24() {
+    let state = State::new();
+    let s = state.path();
+    deploy(s, &live_yaml("f1", STRAIGHT, 1)).await;
+    let addr = listen(s);
+    let done = s.join("view-ended");
+    let command = format!(
+        "{} --state-dir {} services --ui --ascii; echo $? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_trackside"),
+        s.display(),
+        done.display()
+    );
+    let Some(t) = common::tmux::Tmux::start_sized("services", s, &command, (80, 24)) else {
+        return;
+    };
+    t.wait_for(&[
+        "services",
+        "web",
+        "serving",
+        "f1 100%",
+        "2/2 up",
+        "last change: f1 first deploy",
+    ]);
+    // Traffic through the router, until the charts have some.
+    let sending = Arc::new(AtomicBool::new(true));
+    let (go, to) = (sending.clone(), addr.clone());
+    let load = tokio::spawn(async move {
+        while go.load(Ordering::Relaxed) {
+            let _ = get(&to).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    t.wait_for(&["err%", "p95ms", "up  stable"]);
+    // Requests counted: a traffic line whose rate is not zero.
+    let start = Instant::now();
+    loop {
+        let screen = t.screen();
+        let rate = screen
+            .lines()
+            .find_map(|l| l.split("traffic: ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if rate.is_some_and(|r| r > 0) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "no traffic counted:\n{screen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sending.store(false, Ordering::Relaxed);
+    let _ = load.await;
+    t.keys(&["q"]);
+    assert_eq!(common::tmux::wait_file(&done).trim(), "0", "q leaves the view");
+}

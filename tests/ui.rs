@@ -303,6 +303,15 @@ fn a_gate_that_takes_approvals_by_name_says_who_approved_and_who_is_still_needed
 }
 
 #[test]
+fn s_opens_the_services_view_from_the_run_screen() {
+    let mut app = app_with(&running_events(), color());
+    assert_eq!(
+        app.handle_key(KeyEvent::new(KeyCode::Char('S'), KeyModifiers::SHIFT)),
+        vec![Command::Services]
+    );
+}
+
+#[test]
 fn help_overlay() {
     let mut app = app_with(&running_events(), color());
     app.handle_key(key('?'));

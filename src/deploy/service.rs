@@ -1325,6 +1325,135 @@ pub fn public_view(s: &LiveState, running: bool) -> serde_json::Value {
     })
 }
 
+/// Every live service of `state` as the services view shows it.
+pub fn overview(state: &Path) -> Vec<crate::protocol::view::ServiceOverview> {
+    let now = crate::store::now_ms();
+    list(state)
+        .into_iter()
+        .filter_map(|name| {
+            let s = saved(state, &name)?;
+            let serving = running(state, &name);
+            let up = |r: &LiveReplica| r.pid != 0 && crate::process::owner_alive(r.pid, r.start);
+            let state_text = match (serving, s.replicas.iter().any(up)) {
+                (true, _) => "serving",
+                (false, true) => "router down",
+                (false, false) => "stopped",
+            };
+            let replicas = s
+                .replicas
+                .iter()
+                .map(|r| crate::protocol::view::ServiceReplica {
+                    name: r.spec.name.clone(),
+                    version: r.spec.version.clone(),
+                    addr: r.addr().to_string(),
+                    role: match (r.pool, r.retire_at_ms) {
+                        (_, Some(at)) => format!("stops in {}s", at.saturating_sub(now) / 1000),
+                        (Some(p), None) => p.name().to_string(),
+                        (None, None) => "not routed".into(),
+                    },
+                    up: up(r),
+                    restarts: r.restarts,
+                })
+                .collect();
+            let last = super::revision::history(state, &name).pop();
+            Some(crate::protocol::view::ServiceOverview {
+                listen: s.listen.clone(),
+                state: state_text.into(),
+                stable_version: s.version(Pool::Stable).map(str::to_string),
+                canary_version: s.version(Pool::Canary).map(str::to_string),
+                weight: s.weight,
+                degraded: s.degraded.clone(),
+                replicas,
+                last_change: last
+                    .as_ref()
+                    .map(|h| format!("{} {} by {}", h.revision.version, h.action.replace('_', " "), h.by)),
+                last_change_ms: last.map(|h| h.ts_ms),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Feeds the services view: every service's overview each second, and,
+/// for each serving one, a second of its traffic (from its service
+/// process's request samples) each second, until `stop` or the view is gone.
+pub async fn watch(
+    state: PathBuf,
+    tx: tokio::sync::mpsc::Sender<crate::protocol::view::ServicesFeed>,
+    stop: CancellationToken,
+) {
+    use crate::protocol::view::{ServicePoint, ServicesFeed};
+    let started = Instant::now();
+    // Per service: its samples' router (a statistics sink) and the task
+    // that fills it.
+    let mut watched: HashMap<String, (Arc<Router>, CancellationToken)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let st = state.clone();
+        let all = match tokio::task::spawn_blocking(move || overview(&st)).await {
+            Ok(a) => a,
+            Err(_) => break,
+        };
+        for s in all.iter().filter(|s| s.state == "serving") {
+            if watched.contains_key(&s.name) {
+                continue;
+            }
+            let Some(client) = Client::connect(&state, &s.name).await else {
+                continue;
+            };
+            let (sink, own_stop) = (Router::new(false), stop.child_token());
+            let (into, until) = (sink.clone(), own_stop.clone());
+            tokio::spawn(async move { client.samples(into, until).await });
+            watched.insert(s.name.clone(), (sink, own_stop));
+        }
+        // A service no longer serving is watched no more.
+        watched.retain(|name, (_, own)| {
+            let keep = all.iter().any(|s| &s.name == name && s.state == "serving");
+            if !keep {
+                own.cancel();
+            }
+            keep
+        });
+        if tx.send(ServicesFeed::Overview(all)).await.is_err() {
+            break;
+        }
+        let since = Instant::now() - Duration::from_secs(2);
+        for (name, (sink, _)) in &watched {
+            let pools = [Pool::Stable, Pool::Canary];
+            let windows = pools.map(|p| sink.window(p, since));
+            let requests = windows.each_ref().map(|w| w.requests);
+            let measured = windows.map(super::metrics::Measured::from_window);
+            let point = ServicePoint {
+                t_s: started.elapsed().as_secs_f64(),
+                requests,
+                error_rate: measured
+                    .each_ref()
+                    .map(|m| m.value(crate::pipeline::model::ThresholdMetric::ErrorRate)),
+                p95_ms: measured
+                    .each_ref()
+                    .map(|m| m.value(crate::pipeline::model::ThresholdMetric::P95Ms)),
+            };
+            if tx
+                .send(ServicesFeed::Point {
+                    service: name.clone(),
+                    point,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    for (_, own) in watched.into_values() {
+        own.cancel();
+    }
+}
+
 /// Whether `state` has a service process serving `service` (a quick look
 /// at its pid file).
 pub fn running(state: &Path, service: &str) -> bool {

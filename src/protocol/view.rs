@@ -298,3 +298,58 @@ pub struct FlakyJob {
     pub low: f64,
     pub high: f64,
 }
+
+/// A live service as the services view shows it (`trackside services
+/// --ui`): what serves, its replicas, and its last change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceOverview {
+    pub name: String,
+    /// Where its router listens.
+    pub listen: String,
+    /// `serving`, `router down` (replicas left running) or `stopped`.
+    pub state: String,
+    pub stable_version: Option<String>,
+    pub canary_version: Option<String>,
+    /// The canary's share, in tenths of a percent.
+    pub weight: u32,
+    /// Why the service is Degraded (its replicas keep dying).
+    pub degraded: Option<String>,
+    pub replicas: Vec<ServiceReplica>,
+    /// The newest entry of its revision history: `v2 promoted by ada@host`.
+    pub last_change: Option<String>,
+    /// When that was (ms since the epoch).
+    pub last_change_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReplica {
+    pub name: String,
+    pub version: String,
+    pub addr: String,
+    /// `stable`, `canary`, `not routed`, `stops in 12s`.
+    pub role: String,
+    pub up: bool,
+    pub restarts: u32,
+}
+
+/// One second of a service's traffic through its router, per pool
+/// (stable, canary): what the services view charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePoint {
+    /// Seconds since the view started watching.
+    pub t_s: f64,
+    pub requests: [u64; 2],
+    /// Error rate (0..1) and p95 latency (ms) over the last two seconds;
+    /// `None` without requests.
+    pub error_rate: [Option<f64>; 2],
+    pub p95_ms: [Option<f64>; 2],
+}
+
+/// What feeds the services view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServicesFeed {
+    /// Every service of the state directory, as they are now.
+    Overview(Vec<ServiceOverview>),
+    /// A second of one service's traffic.
+    Point { service: String, point: ServicePoint },
+}

@@ -39,6 +39,8 @@ pub enum Command {
     Rollout(String, crate::protocol::RolloutCommand),
     /// Make a service's previous revision stable again (its rollout is over).
     RollbackService(String),
+    /// Show the live services (the run's screen comes back after).
+    Services,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1036,6 +1038,7 @@ impl App {
                 self.mode = Mode::Dashboard(0);
                 Vec::new()
             }
+            Action::Services => vec![Command::Services],
             Action::Detach => {
                 if self.detachable {
                     vec![Command::Detach]

@@ -35,6 +35,8 @@ pub enum Action {
     Tests,
     /// The pipeline's recent runs: durations, failures, flakiest jobs.
     Dashboard,
+    /// The live services of the state directory.
+    Services,
     Promote,
     PromoteFull,
     AbortRollout,
@@ -195,6 +197,14 @@ pub const BINDINGS: &[Binding] = &[
         S::Everywhere,
         "history",
         "the pipeline's recent runs: durations, failure rate, flakiest jobs, failure classes",
+    ),
+    b(
+        &[K::Char('S')],
+        "S",
+        A::Services,
+        S::Everywhere,
+        "services",
+        "the live services of this state directory: what serves, replica health, live error-rate and latency charts (q comes back)",
     ),
     b(
         &[K::Char('c')],
@@ -375,6 +385,7 @@ pub const FOOTER_ORDER: &[Action] = &[
     A::CancelAll,
     A::Dashboard,
     A::NextPane,
+    A::Services,
     A::Help,
     A::Quit,
 ];

@@ -13,6 +13,7 @@ pub mod app;
 pub mod keys;
 pub mod model;
 pub mod render;
+pub mod services;
 pub mod theme;
 
 use std::io::{self, Write};
@@ -60,7 +61,18 @@ pub struct UiOptions {
     pub mouse: bool,
     /// Ring the terminal bell when a job fails, a gate waits or the run ends.
     pub bell: bool,
+    /// Where the services view (`S`) reads from: a feed and what stops it.
+    pub services: Option<ServicesSource>,
 }
+
+/// Starts a feed of the services view (see `deploy::service::watch`).
+pub type ServicesSource = Arc<
+    dyn Fn() -> (
+            mpsc::Receiver<crate::protocol::view::ServicesFeed>,
+            tokio_util::sync::CancellationToken,
+        ) + Send
+        + Sync,
+>;
 
 static PANICKED: AtomicBool = AtomicBool::new(false);
 /// The panic's message is out: what the UI prints after it comes below it.
@@ -384,6 +396,20 @@ async fn session<L: Link>(
                                 app.status = Some(shell(link, job, &mut terminal, &pause, opts.mouse).await);
                                 continue;
                             }
+                            if cmd == Command::Services {
+                                match &opts.services {
+                                    Some(source) => {
+                                        let (feed, stop) = source();
+                                        let view = services::Services::new(String::new(), app.theme);
+                                        let shown = services::show(&mut terminal, &mut input, feed, view).await;
+                                        stop.cancel();
+                                        terminal.clear()?;
+                                        shown?;
+                                    }
+                                    None => app.status = Some("no services view here".into()),
+                                }
+                                continue;
+                            }
                             if cmd == Command::Detach {
                                 detached = true;
                                 break;
@@ -576,7 +602,7 @@ async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command) -> Option<bool>
                 service: service.clone(),
             },
         ),
-        Command::Shell(_) | Command::Detach => return None,
+        Command::Shell(_) | Command::Detach | Command::Services => return None,
         Command::Quit { cancel } => {
             if *cancel {
                 app.status = Some("cancelling running jobs, then quitting".into());

@@ -949,7 +949,11 @@ fn render_detail(app: &App, area: Rect, buf: &mut Buffer) {
 /// Error rate and p95 of canary and stable over the whole rollout as two
 /// lines of sparklines on one scale per metric, with the latest values:
 /// `  err %  canary ▁▁▂▅█▇ 1.0  stable ▁▁▁▁▁▁ 0.0`.
-fn trend_lines(history: &[super::model::RolloutPoint], width: u16, t: &super::theme::Theme) -> Vec<Line<'static>> {
+pub(super) fn trend_lines(
+    history: &[super::model::RolloutPoint],
+    width: u16,
+    t: &super::theme::Theme,
+) -> Vec<Line<'static>> {
     const BARS: [&str; 8] = ["▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"];
     const ASCII: [&str; 8] = ["_", ".", "-", "~", "=", "+", "*", "#"];
     let levels = if t.ascii { ASCII } else { BARS };
@@ -1011,7 +1015,7 @@ type Series<'a> = (&'a str, &'a [(f64, f64)], Style);
 /// Error rate, p95 latency (stable and canary overlaid, with the
 /// analyses' limits) and the canary's weight with a marker at each change,
 /// over the whole rollout, as line charts.
-fn render_rollout_charts(
+pub(super) fn render_rollout_charts(
     history: &[super::model::RolloutPoint],
     limits: [Option<f64>; 2],
     t: &super::theme::Theme,
