@@ -11,7 +11,7 @@
 //! uid, then that account's groups in the group database), and named so
 //! in the audit trail.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,6 +105,9 @@ impl Access {
     /// down to the socket searchable by it. Fails when a folder above
     /// `root` keeps the group out.
     pub fn open(&self, socket: &Path, root: &Path) -> Result<(), AccessError> {
+        // Absolute, so the folders above a relative state directory are seen.
+        let socket = &std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+        let root = &std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
         let Some(g) = &self.group else {
             return std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
                 AccessError::Io {
@@ -122,15 +125,30 @@ impl Access {
                 source,
             }
         };
+        // The folders above the state directory first: nothing is changed
+        // when the group cannot reach the socket anyway.
+        if let Some(blocked) = socket
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.starts_with(root))
+            .find(|d| !searchable_by(d, g.gid))
+        {
+            return Err(AccessError::Unreachable {
+                group: g.name.clone(),
+                socket: socket.to_path_buf(),
+                blocked: blocked.to_path_buf(),
+            });
+        }
         let gid = Some(nix::unistd::Gid::from_raw(g.gid));
         nix::unistd::chown(socket, None, gid).map_err(|e| io(socket)(e.into()))?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io(socket))?;
-        // Above the socket's own folder (the run's, whose events the group
-        // sees anyway), nothing but the way down stays open to others:
-        // other runs, the index, config.yml.
-        let own = socket.parent();
+        // In the folders on the way, nothing but the way down stays open to
+        // others: other runs, the index, config.yml, the run's own logs and
+        // workspaces. What was opened to the group on purpose (another
+        // shared socket's way: `runs/`, `services/`, a shared run's folder,
+        // a socket) stays so.
         for (dir, next) in socket.ancestors().skip(1).zip(socket.ancestors()) {
-            if Some(dir) == own || !dir.starts_with(root) {
+            if !dir.starts_with(root) {
                 continue;
             }
             for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
@@ -138,26 +156,19 @@ impl Access {
                 if path == next {
                     continue;
                 }
-                if let Ok(m) = std::fs::symlink_metadata(&path)
-                    && !m.file_type().is_symlink()
-                    && m.mode() & 0o077 != 0
-                {
+                let Ok(m) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                let shared = m.gid() == g.gid
+                    && ((m.is_dir() && m.mode() & 0o077 == 0o010)
+                        || (m.file_type().is_socket() && m.mode() & 0o077 == 0o060));
+                if !m.file_type().is_symlink() && !shared && m.mode() & 0o077 != 0 {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode() & 0o700))
                         .map_err(io(&path))?;
                 }
             }
         }
-        for dir in socket.ancestors().skip(1) {
-            if !dir.starts_with(root) {
-                if !searchable_by(dir, g.gid) {
-                    return Err(AccessError::Unreachable {
-                        group: g.name.clone(),
-                        socket: socket.to_path_buf(),
-                        blocked: dir.to_path_buf(),
-                    });
-                }
-                continue;
-            }
+        for dir in socket.ancestors().skip(1).filter(|d| d.starts_with(root)) {
             nix::unistd::chown(dir, None, gid).map_err(|e| io(dir)(e.into()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710)).map_err(io(dir))?;
         }
@@ -230,15 +241,31 @@ mod tests {
         let config = state.join("config.yml");
         std::fs::write(&config, "notify: {}\n").unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // The run's own workspaces: not the group's either.
+        let work = run.join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
         let a = Access::group(&name).unwrap();
         a.open(&sock, &state).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&sock), 0o660);
-        assert_eq!((mode(&other), mode(&config)), (0o700, 0o600));
-        for d in [&run, &run.parent().unwrap().to_path_buf(), &state] {
+        assert_eq!((mode(&other), mode(&config), mode(&work)), (0o700, 0o600, 0o700));
+        let shared_way = [run.clone(), run.parent().unwrap().to_path_buf(), state.clone()];
+        for d in &shared_way {
             assert_eq!(mode(d), 0o710, "{}", d.display());
             assert_eq!(std::fs::metadata(d).unwrap().gid(), gid);
         }
+        // A rollout's socket opened next keeps the run's way open.
+        let services = state.join("services");
+        std::fs::create_dir(&services).unwrap();
+        let control = services.join("web.sock");
+        let _c = std::os::unix::net::UnixListener::bind(&control).unwrap();
+        a.open(&control, &state).unwrap();
+        assert_eq!((mode(&control), mode(&services)), (0o660, 0o710));
+        for d in &shared_way {
+            assert_eq!(mode(d), 0o710, "still shared: {}", d.display());
+        }
+        assert_eq!(mode(&sock), 0o660);
         // A folder above the state directory that keeps the group out.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let e = a.open(&sock, &state).unwrap_err().to_string();

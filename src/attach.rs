@@ -56,7 +56,15 @@ fn reachable(path: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Ok((path.to_path_buf(), None));
     };
-    let dir = std::fs::File::open(dir)?;
+    // O_PATH: a folder one may only search (a run opened to one's group) is
+    // reachable too.
+    let dir = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_PATH)
+            .open(dir)?
+    };
     let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
     Ok((short, Some(dir)))
 }
@@ -566,6 +574,17 @@ async fn connection(stream: UnixStream, tap: Arc<Tap>, stop: CancellationToken) 
                 };
                 if read_only {
                     let reply = ServerFrame::Reply { id, done: None, error: Some(WireError::ReadOnly) };
+                    if !send(&mut conn, wire::encode(&reply)).await {
+                        return;
+                    }
+                    continue;
+                }
+                // Stopping the whole process is the run's user's (and
+                // root's): a member of the group it was opened to cancels.
+                let me = nix::unistd::Uid::effective().as_raw();
+                if command == crate::protocol::Command::Shutdown && peer.uid != me && peer.uid != 0 {
+                    let why = "only the run's user stops its trackside; `trackside cancel RUN` cancels the run".to_string();
+                    let reply = ServerFrame::Reply { id, done: None, error: Some(WireError::Refused(why)) };
                     if !send(&mut conn, wire::encode(&reply)).await {
                         return;
                     }

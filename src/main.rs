@@ -1085,6 +1085,17 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 for i in found {
                     let j = &pipeline.jobs[i];
+                    if j.approvers.as_ref().is_some_and(|p| !p.allow_self) {
+                        return Err(Fail(
+                            format!(
+                                "--approve {a}: `{}` takes approvals from others than the run's starter ({}): they approve it with `trackside approve RUN {}`",
+                                j.name,
+                                j.approvers.as_ref().map(|p| p.describe()).unwrap_or_default(),
+                                j.name
+                            ),
+                            2,
+                        ));
+                    }
                     if j.when != When::Manual && j.start_in.is_none() {
                         return Err(Fail(
                             format!("--approve {a}: `{}` is neither a manual nor a delayed job", j.name),
@@ -1111,10 +1122,12 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             } else {
                 borrowed_artifacts(&state, &full, &pipeline)?
             };
+            // `--approve-all` leaves gates that take approvals by name to
+            // their approvers.
             let manual: Vec<String> = pipeline
                 .jobs
                 .iter()
-                .filter(|j| j.when == When::Manual)
+                .filter(|j| j.when == When::Manual && j.approvers.is_none())
                 .map(|j| j.name.clone())
                 .collect();
             // A GitLab pipeline's project is its git work tree (CI_PROJECT_DIR).
@@ -1240,11 +1253,23 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 let run_socket = trackside::attach::serve(handle.clone(), access)
                     .inspect_err(|e| eprintln!("trackside: this run cannot be attached to: {e}"))
                     .ok();
-                if let (Some(g), Some(_)) = (&group, &run_socket) {
-                    eprintln!(
+                match (&group, &run_socket) {
+                    (Some(g), Some(_)) => eprintln!(
                         "trackside: members of group `{g}` may attach: trackside attach {}",
-                        handle.run_dir().display()
-                    );
+                        std::path::absolute(handle.run_dir())
+                            .unwrap_or_else(|_| handle.run_dir().to_path_buf())
+                            .display()
+                    ),
+                    // Opened to a group that cannot reach it: nobody it
+                    // was meant for could approve or steer.
+                    (Some(_), None) => {
+                        handle.shutdown().await;
+                        return Err(Fail(
+                            "the run's socket could not be opened to its group (above)".into(),
+                            2,
+                        ));
+                    }
+                    _ => {}
                 }
                 if engine_process {
                     if run_socket.is_none() {

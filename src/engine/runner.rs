@@ -666,21 +666,25 @@ pub(super) fn pull_logins(
     ctx: &RunContext,
     a: &Attempt,
     job: &Job,
-    credentials: Option<&(String, String)>,
+    credentials: Option<&crate::pipeline::model::Credentials>,
 ) -> Result<crate::exec::JobLogins, String> {
     let late = |v: &String| match v.contains("${{") {
         true => job_expr(ctx, a, job, v).map_err(|e| format!("`credentials`: {e}")),
         false => Ok(v.clone()),
     };
     let credentials = match credentials {
-        Some((user, password)) => Some((late(user)?, late(password)?)),
+        Some(crate::pipeline::model::Credentials(user, password)) => Some((late(user)?, late(password)?)),
         None => None,
     };
-    let auth_config = ctx
-        .scope(job, &[], Vec::new())
-        .resolve("DOCKER_AUTH_CONFIG")
-        .map_err(|e| format!("variable `DOCKER_AUTH_CONFIG`: {e}"))?
-        .filter(|v| !v.trim().is_empty());
+    // GitLab Runner's convention; GitHub reads no such variable.
+    let auth_config = match job.file_commands {
+        true => None,
+        false => ctx
+            .scope(job, &[], Vec::new())
+            .resolve("DOCKER_AUTH_CONFIG")
+            .map_err(|e| format!("variable `DOCKER_AUTH_CONFIG`: {e}"))?
+            .filter(|v| !v.trim().is_empty()),
+    };
     Ok(crate::exec::JobLogins {
         credentials,
         auth_config,
@@ -829,7 +833,8 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
         if let Some(c) = svc.options.extras.credentials.take() {
             svc.options.extras.credentials = pull_logins(ctx, a, job, Some(&c))
                 .map_err(|e| format!("service `{}`: {e}", svc.name))?
-                .credentials;
+                .credentials
+                .map(|(u, p)| crate::pipeline::model::Credentials(u, p));
         }
         services.push((svc, env));
     }

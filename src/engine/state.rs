@@ -1530,8 +1530,13 @@ impl RunState {
             if st.status == JobStatus::Delayed {
                 self.delayed -= 1;
             }
-            // A job that runs again waits its `start_in` again.
+            // A job that runs again waits its `start_in` again, and a gate
+            // that takes approvals by name takes them again.
             st.delay_done = false;
+            if self.pipeline.jobs[k].approvers.is_some() {
+                st.approved = false;
+                st.approvals.clear();
+            }
             st.status = JobStatus::Pending;
             st.blocked_by = None;
             st.reason = None;

@@ -829,11 +829,21 @@ pub struct ContainerExtras {
     /// `--shm-size` in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
-    /// Registry credentials for pulling its image, as (user, password):
-    /// GitHub's `credentials:`. The password never leaves trackside but to
-    /// the daemon.
+    /// Registry credentials for pulling its image: GitHub's
+    /// `credentials:`. The password never leaves trackside but to the
+    /// daemon.
     #[serde(skip)]
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
+}
+
+/// A registry login as (user, password); `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials(pub String, pub String);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.0)
+    }
 }
 
 impl ContainerExtras {

@@ -255,18 +255,31 @@ impl RunRecord {
                 Err(e) => return Err(io_err("cannot create run folder", &dir)(e).into()),
             }
         }
-        std::fs::create_dir(dir.join("logs")).map_err(io_err("cannot create run folder", &dir))?;
+        // Its folders and files are the user's alone: a run opened to a
+        // group (`--allow-group`) lets the group search the run's folder
+        // for its socket, and nothing there may be more open than that.
+        for sub in ["logs", "work"] {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir.join(sub))
+                .map_err(io_err("cannot create run folder", &dir))?;
+        }
         let meta_path = dir.join("meta.json");
         let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
-        std::fs::write(&meta_path, meta_text).map_err(io_err("cannot write", &meta_path))?;
+        write_with_mode(&meta_path, meta_text.as_bytes(), 0o600)?;
         let pl = dir.join("pipeline.yml");
-        std::fs::write(&pl, resolved_pipeline).map_err(io_err("cannot write", &pl))?;
+        write_with_mode(&pl, resolved_pipeline.as_bytes(), 0o600)?;
         let ev = dir.join("events.jsonl");
-        let events = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&ev)
-            .map_err(io_err("cannot open", &ev))?;
+        let events = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&ev)
+                .map_err(io_err("cannot open", &ev))?
+        };
         Ok(RunRecord {
             dir,
             events: LineWriter::new(events),

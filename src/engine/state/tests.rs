@@ -349,6 +349,14 @@ fn a_gate_with_a_policy_opens_on_enough_distinct_allowed_approvals_and_says_why_
     assert_eq!(m.waiting_for(1), None);
     let s = finished(&ok(&mut m, 1, 5)).expect("finished");
     assert_eq!(s.result, RunResult::Passed);
+    // Run again (a retry after a failure, here after a pass: reset by hand):
+    // the gate takes its approvals again.
+    let mut fx = Vec::new();
+    m.reset(1, "rerun", &mut fx);
+    assert_eq!(
+        m.waiting_for(1).as_deref(),
+        Some("2 more from user alice or group sre, not the run's starter")
+    );
 }
 
 #[test]

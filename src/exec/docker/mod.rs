@@ -223,7 +223,7 @@ impl DockerExecutor {
     ) -> Result<(), String> {
         for (svc, env) in &req.services {
             let own = svc.options.extras.credentials.clone().map(|c| auth::JobLogins {
-                credentials: Some(c),
+                credentials: Some((c.0, c.1)),
                 auth_config: None,
             });
             self.ensure_image(&svc.image, req.pull, own.as_ref().unwrap_or(&req.logins))
@@ -707,9 +707,7 @@ impl DockerExecutor {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(()),
             _ => {}
         }
-        let login = auth::login_for(image, logins, &self.logins)
-            .await
-            .map_err(|e| format!("cannot pull image `{image}`: {e}"))?;
+        let auth::Resolved { login, ignored } = auth::login_for(image, logins, &self.logins).await;
         let mut pull_stream = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_string()),
@@ -720,7 +718,7 @@ impl DockerExecutor {
         );
         while let Some(item) = pull_stream.next().await {
             if let Err(e) = item {
-                let hint = match &login {
+                let mut hint = match &login {
                     Some(l) => format!("pulled as `{}` with the login from {}", l.username, l.source),
                     None => format!(
                         "pulled without a login: no credentials for {} in the job, DOCKER_AUTH_CONFIG or the Docker configuration (`docker login {}`)",
@@ -728,6 +726,9 @@ impl DockerExecutor {
                         auth::registry_of(image)
                     ),
                 };
+                for why in &ignored {
+                    hint.push_str(&format!("; passed over: {why}"));
+                }
                 return Err(format!(
                     "cannot pull image `{image}`: the daemon answered: {e} ({hint})"
                 ));

@@ -533,7 +533,9 @@ impl Workflow<'_, '_> {
         }
         if let Some(n) = get(node, "credentials") {
             match self.credentials(n, &join(path, "credentials"), known) {
-                Some(c) => d.options.extras.credentials = Some(c),
+                Some((user, password)) => {
+                    d.options.extras.credentials = Some(crate::pipeline::model::Credentials(user, password))
+                }
                 None => ok = false,
             }
         }

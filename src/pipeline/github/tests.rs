@@ -818,7 +818,11 @@ jobs:
     assert_eq!(x.env, vec![("NODE_ENV".to_string(), "development".to_string())]);
     assert_eq!(x.ports, vec!["80".to_string()]);
     assert_eq!(x.volumes, vec!["my_docker_volume:/volume_mount".to_string()]);
-    assert_eq!(x.credentials, Some(("me".to_string(), "pw".to_string())));
+    assert_eq!(
+        x.credentials,
+        Some(crate::pipeline::model::Credentials("me".into(), "pw".into()))
+    );
+    assert!(!format!("{x:?}").contains("pw"), "Debug never shows the password");
     // trackside's own cache step stays on the host; run steps go in.
     let cache = j.steps.iter().find(|s| s.builtin.is_some()).unwrap();
     assert!(cache.image.is_none());
@@ -903,7 +907,7 @@ fn credentials_keep_secrets_for_the_run_and_say_what_is_missing() {
     )
     .unwrap();
     let j = &p.jobs[0];
-    let (user, password) = j.container.extras.credentials.clone().unwrap();
+    let crate::pipeline::model::Credentials(user, password) = j.container.extras.credentials.clone().unwrap();
     assert!(
         !user.contains("${{"),
         "github.actor is known when the plan is made: {user}"
@@ -914,7 +918,10 @@ fn credentials_keep_secrets_for_the_run_and_say_what_is_missing() {
     );
     assert_eq!(
         j.services[0].options.extras.credentials,
-        Some(("u".to_string(), "${{ secrets.DB }}".to_string()))
+        Some(crate::pipeline::model::Credentials(
+            "u".into(),
+            "${{ secrets.DB }}".into()
+        ))
     );
     let e = errors(
         "on: push\njobs:\n  a:\n    runs-on: x\n    container:\n      image: node\n      credentials: {username: me}\n    steps:\n      - run: x\n  b:\n    runs-on: x\n    container:\n      image: node\n      credentials: {user: me, password: p}\n    steps:\n      - run: x\n",

@@ -193,7 +193,29 @@ impl Cx<'_> {
         let keep_serving = get(node, "keep_serving")
             .and_then(|n| self.boolean(n, &join(path, "keep_serving")))
             .unwrap_or(true);
-        let approvers = get(node, "approvers").and_then(|n| self.approvers(n, &join(path, "approvers")));
+        let approvers = get(node, "approvers").and_then(|n| {
+            let apath = join(path, "approvers");
+            let promotes_itself = strategy.as_ref().is_some_and(|(_, steps)| {
+                steps.iter().any(|s| {
+                    matches!(
+                        s,
+                        crate::pipeline::model::RolloutStep::Gate {
+                            timeout: Some((_, crate::pipeline::model::GateAction::Promote))
+                        }
+                    )
+                })
+            });
+            if promotes_itself {
+                self.err(
+                    n,
+                    &apath,
+                    "a gate that promotes on its own when its timeout ends would pass without these approvals",
+                    "give the gate `default: abort`, or remove its `timeout`",
+                );
+                return None;
+            }
+            self.approvers(n, &apath)
+        });
         Some(Deploy {
             service: service?,
             listen: listen?,
