@@ -316,6 +316,16 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// Run the preflight checks on their own (config.yml's, the pipeline's,
+    /// and Docker when a job needs it): each with what it found; exit 1
+    /// when one fails.
+    Doctor {
+        /// The pipeline file; by default as `run` finds it (none: only
+        /// config.yml's checks).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        vars: VarArgs,
+    },
     /// Print execution levels, the critical path and maximum parallelism.
     Plan {
         /// The pipeline file; by default as `run` finds it.
@@ -810,6 +820,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             };
             validate(&file, &vars, format, &state)
         }
+        Cmd::Doctor { file, vars } => doctor(file.or_else(|| default_pipeline_file().ok()), &vars, &state),
         Cmd::Plan { file, vars, format } => {
             let file = match file {
                 Some(f) => f,
@@ -1157,6 +1168,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(s) => return Err(Fail(format!("--kill-grace {s}: give seconds from 0 to 3600"), 2)),
                 None => None,
             };
+            // Preflight: config.yml's checks, then the pipeline's.
+            let mut preflight = config_preflight(&state)?;
+            preflight.extend(pipeline.preflight.iter().cloned());
+            let preflight_dir = project_dir.clone();
             let mut cfg = EngineConfig::new(
                 store::new_run_id(),
                 state.clone(),
@@ -1202,6 +1217,25 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 .max_blocking_threads(16)
                 .build()?;
             let code = rt.block_on(async move {
+                // What must hold before any job starts.
+                let checked = trackside::exec::preflight::run(&preflight, &preflight_dir).await;
+                let failed: Vec<_> = checked.iter().filter(|o| !o.ok).collect();
+                if !failed.is_empty() {
+                    for o in &failed {
+                        eprintln!("error: preflight: {}", o.line());
+                    }
+                    return Err(Fail(
+                        format!(
+                            "{} of {} preflight check(s) failed; nothing ran (`trackside doctor` runs them again)",
+                            failed.len(),
+                            checked.len()
+                        ),
+                        2,
+                    ));
+                }
+                if verbose && !checked.is_empty() {
+                    eprintln!("trackside: {} preflight check(s) passed", checked.len());
+                }
                 // Host processes and cgroups a crashed trackside left running:
                 // swept while the run is set up, done before any job starts.
                 let sweep = tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans);
@@ -2076,6 +2110,66 @@ fn demo_service(port: u16, version: String, error_rate: f64, latency_ms: u64) ->
 
 /// `trackside rollout SERVICE ACTION`: one request to the trackside
 /// running the rollout (see `trackside::control`).
+/// `trackside doctor`: the preflight checks on their own.
+fn doctor(file: Option<PathBuf>, v: &VarArgs, state: &Path) -> Result<u8, Fail> {
+    use trackside::pipeline::model::Preflight;
+    let mut checks = config_preflight(state)?;
+    let mut project = std::env::current_dir().map_err(|e| Fail(format!("the current directory: {e}"), 2))?;
+    if let Some(file) = &file {
+        let (_, opts, _) = load_options(v, file, state)?;
+        let Some((p, _)) = load(file, &opts, OutputFormat::Text)? else {
+            return Ok(2);
+        };
+        project = opts.project_dir.clone().unwrap_or_else(|| {
+            file.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        });
+        checks.extend(p.preflight.iter().cloned());
+        let containers = p
+            .jobs
+            .iter()
+            .any(|j| !j.services.is_empty() || j.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some()));
+        if containers && !checks.contains(&Preflight::Docker) {
+            checks.push(Preflight::Docker);
+        }
+    }
+    // The state directory keeps room for artifacts (`artifacts.min_free`).
+    let min_free = store::gc::artifact_limits(state)
+        .map_err(|e| Fail(e.to_string(), 2))?
+        .min_free;
+    checks.insert(
+        0,
+        Preflight::DiskFree {
+            path: state.display().to_string(),
+            min: min_free,
+            min_text: trackside::exec::preflight::gib(min_free),
+        },
+    );
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Fail(format!("cannot start: {e}"), 2))?;
+    let found = rt.block_on(trackside::exec::preflight::run(&checks, &project));
+    for o in &found {
+        outln!("{} {}", if o.ok { "ok  " } else { "FAIL" }, o.line());
+    }
+    let failed = found.iter().filter(|o| !o.ok).count();
+    if failed > 0 {
+        outln!("{failed} of {} check(s) failed", found.len());
+        return Ok(1);
+    }
+    outln!("all {} check(s) passed", found.len());
+    Ok(0)
+}
+
+/// The `preflight:` of `<state>/config.yml` (none without the file).
+fn config_preflight(state: &Path) -> Result<Vec<trackside::pipeline::model::Preflight>, Fail> {
+    let path = state.join("config.yml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => trackside::pipeline::native::config_preflight(&path, text).map_err(|r| Fail(r.render(false), 2)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Fail(format!("cannot read {}: {e}", path.display()), 2)),
+    }
+}
+
 fn rollout(state: &Path, service: &str, action: RolloutAction, full: bool, json: bool) -> Result<u8, Fail> {
     use trackside::control::{Request, call};
     use trackside::deploy::rollout::Command;

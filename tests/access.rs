@@ -183,7 +183,10 @@ async fn a_canary_gate_takes_the_groups_promotion_and_refuses_the_starters() {
     let o = as_user(&sh.exe, outsider, OUTSIDER, &["rollout", sock_s, "promote"], &sh.home);
     let said = text(&o);
     assert_ne!(o.status.code(), Some(0), "{said}");
-    assert!(said.contains("ermission denied"), "kept out by the socket's mode: {said}");
+    assert!(
+        said.contains("ermission denied"),
+        "kept out by the socket's mode: {said}"
+    );
     // The starter's promotion is refused by the policy, with why.
     let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
         .args(["rollout", "web", "promote", "--state-dir", state_s])
@@ -278,7 +281,10 @@ fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
     let o = as_user(exe, outsider, OUTSIDER, &["approve", &run_arg, "deploy"], home);
     let said = text(&o);
     assert_ne!(o.status.code(), Some(0), "{said}");
-    assert!(said.contains("ermission denied"), "kept out by the socket's mode: {said}");
+    assert!(
+        said.contains("ermission denied"),
+        "kept out by the socket's mode: {said}"
+    );
     // The run's starter: refused by the policy, with why.
     let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
         .args(["approve", &run_arg, "deploy"])

@@ -679,3 +679,58 @@ fn runs_lists_newest_first_with_limit_and_filters() {
         text(&o.stderr)
     );
 }
+
+/// Preflight: a failing check ends the run before any job starts, with
+/// what it found and what to do; `trackside doctor` runs the same checks
+/// (config.yml's too) and says which pass.
+#[test]
+fn a_failing_preflight_check_stops_the_run_before_any_job_and_doctor_lists_them() {
+    let e = Env::new();
+    let f = e.file(
+        "p.yml",
+        "name: pf\npreflight:\n  - {disk_free: {path: ., min: 1K}}\n  - {memory_free: 1000000G}\n  - {command: \"echo 'VPN is down' >&2; exit 3\"}\njobs:\n  build:\n    steps: [{script: echo built}]\n",
+    );
+    let o = e.run(&["run", f.to_str().unwrap_or_default()]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(code(&o), 2, "{out}{err}");
+    assert!(!out.contains("built"), "no job ran: {out}");
+    assert!(
+        err.contains("error: preflight: memory_free: only ") && err.contains("1000000G required"),
+        "{err}"
+    );
+    assert!(err.contains("error: preflight: command echo"), "{err}");
+    assert!(err.contains("exits 3: VPN is down"), "{err}");
+    assert!(err.contains("2 of 3 preflight check(s) failed; nothing ran"), "{err}");
+    assert!(!err.contains("disk_free"), "a passing check is not an error: {err}");
+    // config.yml's checks join the pipeline's.
+    std::fs::create_dir_all(e.state()).expect("state");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    e.file(
+        "state/config.yml",
+        format!("preflight:\n  - {{tcp: 127.0.0.1:{port}}}\n"),
+    );
+    let o = e.run(&["doctor", f.to_str().unwrap_or_default()]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 1, "{out}");
+    for want in [
+        "ok   disk_free ",
+        &format!("ok   tcp 127.0.0.1:{port}: 127.0.0.1:{port} takes connections"),
+        "ok   disk_free .: ",
+        "FAIL memory_free: only ",
+        "FAIL command echo",
+        "2 of 5 check(s) failed",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    // A bad check in config.yml is a clear error with its place.
+    e.file("state/config.yml", "preflight:\n  - {tcp: nowhere}\n");
+    let o = e.run(&["doctor"]);
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(
+        err.contains("`nowhere` is not HOST:PORT") && err.contains("config.yml"),
+        "{err}"
+    );
+    drop(listener);
+}

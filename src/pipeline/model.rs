@@ -43,6 +43,27 @@ pub struct Pipeline {
     /// GitLab's and GitHub's `needs`), for diagnostics.
     #[serde(skip)]
     pub needs_key: &'static str,
+    /// Checks run before any job (`preflight:`): a failing one ends the
+    /// run before it starts.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub preflight: Vec<Preflight>,
+}
+
+/// One preflight check (`preflight:` in a pipeline or config.yml).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preflight {
+    /// At least `min` bytes free on the file system of `path` (relative
+    /// to the project); `min_text` as written (`5G`).
+    DiskFree { path: String, min: u64, min_text: String },
+    /// At least `min` bytes of memory available.
+    MemoryFree { min: u64, min_text: String },
+    /// The Docker daemon answers.
+    Docker,
+    /// `host:port` resolves and takes a TCP connection.
+    Tcp(String),
+    /// A shell command that must exit 0 (run in the project).
+    Command(String),
 }
 
 impl Pipeline {

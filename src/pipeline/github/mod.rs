@@ -816,6 +816,7 @@ impl<'c, 's> Workflow<'c, 's> {
         }
         Some(Pipeline {
             needs_key: "needs",
+            preflight: Vec::new(),
             name,
             global_env: Vec::new(),
             timeout: super::model::DEFAULT_PIPELINE_TIMEOUT.max(DEFAULT_TIMEOUT),

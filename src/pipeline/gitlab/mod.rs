@@ -741,6 +741,7 @@ impl<'c, 's> Gitlab<'c, 's> {
         }
         Some(Pipeline {
             needs_key: "needs",
+            preflight: Vec::new(),
             name,
             global_env,
             timeout: Duration::from_secs(24 * 3600),

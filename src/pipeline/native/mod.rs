@@ -24,7 +24,15 @@ use crate::pipeline::read::*;
 use crate::pipeline::vars::{Scope, VarError};
 use crate::pipeline::yaml::{self, Node, Pos, Value};
 
-const TOP_KEYS: [&str; 6] = ["name", "global_env", "timeout", "retry_policy", "jobs", "kill_grace"];
+const TOP_KEYS: [&str; 7] = [
+    "name",
+    "global_env",
+    "timeout",
+    "retry_policy",
+    "jobs",
+    "kill_grace",
+    "preflight",
+];
 
 /// Variables of the host that jobs see without being asked.
 pub const HOST_ALLOWLIST: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
@@ -187,6 +195,31 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
     finish(pipeline, report)
 }
 
+/// The `preflight:` of a settings file (`<state>/config.yml`): checks
+/// every run of that state directory makes, besides its pipeline's.
+/// Other keys are the settings' own business and not looked at here.
+pub fn config_preflight(path: &Path, source: String) -> Result<Vec<crate::pipeline::model::Preflight>, Report> {
+    let source = checked_source(path, source)?;
+    let mut report = Report::new(path, source);
+    let checks = {
+        let mut cx = Cx::new(&report.source);
+        let parsed = yaml::parse(&report.source);
+        cx.yaml_problems(parsed.problems);
+        let checks = parsed
+            .root
+            .as_ref()
+            .and_then(|root| get(root, "preflight"))
+            .map(|n| cx.preflight(n, "preflight"))
+            .unwrap_or_default();
+        report.items = cx.diags;
+        checks
+    };
+    if report.items.iter().any(|d| d.is_error()) {
+        return Err(report);
+    }
+    Ok(checks)
+}
+
 impl Cx<'_> {
     pub(crate) fn pipeline(&mut self, root: &Node, opts: &LoadOptions) -> Option<Pipeline> {
         if !self.mapping(root, "", &TOP_KEYS, "the pipeline") {
@@ -213,6 +246,9 @@ impl Cx<'_> {
             .unwrap_or(DEFAULT_KILL_GRACE);
         let retry_policy = get(root, "retry_policy")
             .map(|n| self.retry_policy(n))
+            .unwrap_or_default();
+        let preflight = get(root, "preflight")
+            .map(|n| self.preflight(n, "preflight"))
             .unwrap_or_default();
 
         let mut jobs = Vec::new();
@@ -243,6 +279,7 @@ impl Cx<'_> {
         }
         let pipeline = Pipeline {
             needs_key: "depends_on",
+            preflight,
             name,
             global_env,
             timeout,
@@ -255,6 +292,116 @@ impl Cx<'_> {
         };
         self.cross_check(root, &pipeline, opts);
         Some(pipeline)
+    }
+
+    /// `preflight:`, a list of checks, each a one-key mapping:
+    /// `{disk_free: {path, min}}`, `{memory_free: SIZE}`, `{docker: true}`,
+    /// `{tcp: HOST:PORT}`, `{command: CMD}`.
+    pub(crate) fn preflight(&mut self, node: &Node, path: &str) -> Vec<crate::pipeline::model::Preflight> {
+        use crate::pipeline::model::Preflight;
+        const KINDS: [&str; 5] = ["disk_free", "memory_free", "docker", "tcp", "command"];
+        let Value::Seq(items) = &node.value else {
+            self.err(
+                node,
+                path,
+                format!("`preflight` must be a list, found {}", node.type_name()),
+                "write `preflight: [{disk_free: {path: ., min: 5G}}, {tcp: registry.local:5000}]`",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            let kind = match &item.value {
+                Value::Map(m) if m.len() == 1 => m[0].0.key_text(),
+                _ => {
+                    self.err(
+                        item,
+                        &ipath,
+                        "a preflight check is a mapping of one key",
+                        format!("one of {}", KINDS.join(", ")),
+                    );
+                    continue;
+                }
+            };
+            // An unknown kind is reported (with the nearest) by `mapping`.
+            if !self.mapping(item, &ipath, &KINDS, "a preflight check") || !KINDS.contains(&kind.as_str()) {
+                continue;
+            }
+            let Some(v) = get(item, &kind) else { continue };
+            let kpath = join(&ipath, &kind);
+            let size = |cx: &mut Self, n: &Node, p: &str| -> Option<(u64, String)> {
+                let text = match &n.value {
+                    Value::Int(i) => i.to_string(),
+                    Value::Str(s) => s.trim().to_string(),
+                    _ => String::new(),
+                };
+                match crate::pipeline::read::parse_bytes(n) {
+                    Some(b) if b > 0 => Some((b, text)),
+                    _ => {
+                        cx.err(n, p, "expected a size", "e.g. `5G`, `512MiB`");
+                        None
+                    }
+                }
+            };
+            let check = match kind.as_str() {
+                "disk_free" => {
+                    if !self.mapping(v, &kpath, &["path", "min"], "`disk_free`") {
+                        continue;
+                    }
+                    let dir = get(v, "path")
+                        .and_then(|n| self.string(n, &join(&kpath, "path")))
+                        .unwrap_or_else(|| ".".into());
+                    let Some(min_node) = get(v, "min") else {
+                        self.err(v, &kpath, "`disk_free` has no `min`", "write `{path: ., min: 5G}`");
+                        continue;
+                    };
+                    let Some((min, min_text)) = size(self, min_node, &join(&kpath, "min")) else {
+                        continue;
+                    };
+                    Preflight::DiskFree {
+                        path: dir,
+                        min,
+                        min_text,
+                    }
+                }
+                "memory_free" => {
+                    let Some((min, min_text)) = size(self, v, &kpath) else {
+                        continue;
+                    };
+                    Preflight::MemoryFree { min, min_text }
+                }
+                "docker" => match self.boolean(v, &kpath) {
+                    Some(true) => Preflight::Docker,
+                    _ => continue,
+                },
+                "tcp" => {
+                    let Some(addr) = self.string(v, &kpath) else { continue };
+                    let port_ok = addr
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !port_ok {
+                        self.err(
+                            v,
+                            &kpath,
+                            format!("`{addr}` is not HOST:PORT"),
+                            "e.g. `registry.local:5000`",
+                        );
+                        continue;
+                    }
+                    Preflight::Tcp(addr)
+                }
+                _ => {
+                    let Some(cmd) = self.string(v, &kpath).filter(|c| !c.trim().is_empty()) else {
+                        self.err(v, &kpath, "`command` is empty", "e.g. `command: ./scripts/check-env`");
+                        continue;
+                    };
+                    Preflight::Command(cmd)
+                }
+            };
+            out.push(check);
+        }
+        out
     }
 
     pub(crate) fn retry_policy(&mut self, node: &Node) -> RetryPolicy {
