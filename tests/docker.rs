@@ -820,6 +820,10 @@ async fn shell_opens_in_the_kept_failed_container() {
         return;
     };
     t.wait_for(&["the failed container", "/workspace #"]);
+    // Another trackside starting meanwhile reaps what crashed ones left:
+    // the live shell (a snapshot carrying the failed container's labels)
+    // is not among them.
+    d.reap_orphans().await;
     t.type_until(
         "cat /evidence made.txt; echo mode=$MODE",
         &["in-container", "in-workspace", "mode=debug"],

@@ -903,7 +903,12 @@ pub fn shell_command(image: &str, rec: &StepRecord, workspace: &std::path::Path)
     for (k, v) in &rec.env {
         cmd.arg("-e").arg(format!("{k}={v}"));
     }
+    // Its own labels over those a snapshot inherits from the failed
+    // container (a dead trackside's pid, "kept"): another trackside
+    // reaping a crashed one's leftovers must not take a live shell.
     cmd.args(["--label", &format!("{LABEL_RUN}=shell")]);
+    cmd.args(["--label", &format!("{LABEL_PID}={}", std::process::id())]);
+    cmd.args(["--label", &format!("{LABEL_KEEP}=0")]);
     cmd.arg(image);
     cmd.args([
         "-c",
