@@ -199,9 +199,13 @@ impl Widget for &Services {
         if area.height < 3 || area.width < 10 {
             return;
         }
+        let place = match self.title.is_empty() {
+            true => String::new(),
+            false => format!(" │ {}", self.title),
+        };
         let header = Line::from(vec![
             Span::styled("trackside", t.title()),
-            Span::styled(format!(" │ services │ {}", self.title), t.dim()),
+            Span::styled(format!(" │ services{place}"), t.dim()),
         ]);
         Paragraph::new(header).render(Rect { height: 1, ..area }, buf);
         let footer_y = area.y + area.height - 1;
