@@ -56,7 +56,7 @@ fn detach_output() {
 
 /// One service as `trackside services` and `service status` show it.
 fn describe(s: &LiveState, running: bool) -> String {
-    let up = |r: &service::LiveReplica| r.pid != 0 && trackside::process::owner_alive(r.pid, r.start);
+    let up = service::LiveReplica::is_up;
     let what = match (running, s.replicas.iter().any(up)) {
         (true, _) => "serving",
         (false, true) => "ROUTER DOWN (replicas left running: `trackside service NAME stop` stops them)",

@@ -75,6 +75,16 @@ fn as_user(exe: &Path, who: (u32, u32), name: &str, args: &[&str], home: &Path) 
     cmd.output().expect("trackside as another user")
 }
 
+/// `trackside ARGS` as the test's own user (the run's starter): what it said.
+fn as_me(args: &[&str]) -> String {
+    text(
+        &Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .args(args)
+            .output()
+            .expect("trackside"),
+    )
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\n{}{}",
@@ -188,20 +198,12 @@ async fn a_canary_gate_takes_the_groups_promotion_and_refuses_the_starters() {
         "kept out by the socket's mode: {said}"
     );
     // The starter's promotion is refused by the policy, with why.
-    let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args(["rollout", "web", "promote", "--state-dir", state_s])
-        .output()
-        .expect("rollout");
-    let said = text(&o);
+    let said = as_me(&["rollout", "web", "promote", "--state-dir", state_s]);
     assert!(
         said.contains("promote refused") && said.contains("started this run"),
         "{said}"
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_trackside"))
-        .args(["rollout", "web", "status", "--state-dir", state_s])
-        .output()
-        .expect("rollout status");
-    let said = text(&o);
+    let said = as_me(&["rollout", "web", "status", "--state-dir", state_s]);
     assert!(
         said.contains("approvers: 1 of group trackside-sre (not the run's starter)"),
         "{said}"

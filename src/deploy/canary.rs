@@ -370,46 +370,32 @@ impl Canary {
         let Some(policy) = &self.spec.approvers else {
             return true;
         };
-        let refuse =
-            |why: String, fx: &mut Vec<Effect>| note(fx, &format!("promote refused: {why}"), Some(&by.display));
-        if !policy.allow_self && by.started_the_run {
-            refuse(
-                format!(
-                    "{} started this run, and its gates need approvals from others: {}",
-                    by.user,
-                    policy.describe()
-                ),
-                fx,
-            );
-            return false;
-        }
-        if !policy.allows(&by.user, &by.groups) {
-            refuse(
-                format!("{} may not pass its gates: its approvers are {}", by.user, policy.who()),
-                fx,
-            );
-            return false;
-        }
-        if full && policy.required > 1 {
-            refuse(
-                format!(
-                    "a full promotion at once would need {} approvals: promote step by step",
-                    policy.required
-                ),
-                fx,
-            );
-            return false;
-        }
-        if self.approvals.contains(&by.user) {
-            refuse(
-                format!(
-                    "{} has already approved this step ({} of {}); another approver is needed",
-                    by.user,
-                    self.approvals.len(),
-                    policy.required
-                ),
-                fx,
-            );
+        use crate::pipeline::model::Refusal;
+        let why = match policy.admit(&self.approvals, by) {
+            Err(Refusal::Starter) => Some(format!(
+                "{} started this run, and its gates need approvals from others: {}",
+                by.user,
+                policy.describe()
+            )),
+            Err(Refusal::NotAllowed) => Some(format!(
+                "{} may not pass its gates: its approvers are {}",
+                by.user,
+                policy.who()
+            )),
+            Ok(()) if full && policy.required > 1 => Some(format!(
+                "a full promotion at once would need {} approvals: promote step by step",
+                policy.required
+            )),
+            Err(Refusal::Already) => Some(format!(
+                "{} has already approved this step ({} of {}); another approver is needed",
+                by.user,
+                self.approvals.len(),
+                policy.required
+            )),
+            Ok(()) => None,
+        };
+        if let Some(why) = why {
+            note(fx, &format!("promote refused: {why}"), Some(&by.display));
             return false;
         }
         self.approvals.push(by.user.clone());
@@ -418,17 +404,11 @@ impl Canary {
             self.approvals.clear();
             return true;
         }
-        let starter = if policy.allow_self {
-            ""
-        } else {
-            ", not the run's starter"
-        };
+        let more = policy.still_needed(self.approvals.len()).unwrap_or_default();
         let text = format!(
-            "approval {given} of {} for step {}; waiting for {} more from {}{starter}",
+            "approval {given} of {} for step {}; waiting for {more}",
             policy.required,
-            self.step + 1,
-            policy.required - given,
-            policy.who()
+            self.step + 1
         );
         note(fx, &text, Some(&by.display));
         false
@@ -441,14 +421,7 @@ impl Canary {
         if !matches!(self.phase, Phase::Gate { .. }) {
             return None;
         }
-        let given = u32::try_from(self.approvals.len()).unwrap_or(u32::MAX);
-        let more = policy.required.checked_sub(given).filter(|&n| n > 0)?;
-        let starter = if policy.allow_self {
-            ""
-        } else {
-            ", not the run's starter"
-        };
-        Some(format!("waiting for {more} more from {}{starter}", policy.who()))
+        Some(format!("waiting for {}", policy.still_needed(self.approvals.len())?))
     }
 
     fn ignored(&self, what: &str, by: &str, fx: &mut Vec<Effect>) {

@@ -121,6 +121,11 @@ pub struct LiveReplica {
 }
 
 impl LiveReplica {
+    /// Its process is running (its pid, and that pid's start time).
+    pub fn is_up(&self) -> bool {
+        self.pid != 0 && crate::process::owner_alive(self.pid, self.start)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.spec.port))
     }
@@ -341,7 +346,7 @@ pub async fn serve(
     };
     // Adopt what an earlier service process left running.
     for r in &d.state.replicas {
-        let alive = r.pid != 0 && crate::process::owner_alive(r.pid, r.start);
+        let alive = r.is_up();
         d.running.insert(
             r.spec.name.clone(),
             Running {
@@ -579,7 +584,7 @@ impl Daemon {
             };
             let alive = match &mut run.child {
                 Some(c) => matches!(c.try_wait(), Ok(None)),
-                None => r.pid != 0 && crate::process::owner_alive(r.pid, r.start),
+                None => r.is_up(),
             };
             if alive {
                 // Started again: routed once it takes connections.
@@ -1306,7 +1311,7 @@ pub fn public_view(s: &LiveState, running: bool) -> serde_json::Value {
                 "addr": r.addr().to_string(),
                 "pool": r.pool,
                 "pid": r.pid,
-                "up": r.pid != 0 && crate::process::owner_alive(r.pid, r.start),
+                "up": r.is_up(),
                 "restarts": r.restarts,
                 "retire_at_ms": r.retire_at_ms,
             })
@@ -1333,8 +1338,7 @@ pub fn overview(state: &Path) -> Vec<crate::protocol::view::ServiceOverview> {
         .filter_map(|name| {
             let s = saved(state, &name)?;
             let serving = running(state, &name);
-            let up = |r: &LiveReplica| r.pid != 0 && crate::process::owner_alive(r.pid, r.start);
-            let state_text = match (serving, s.replicas.iter().any(up)) {
+            let state_text = match (serving, s.replicas.iter().any(LiveReplica::is_up)) {
                 (true, _) => "serving",
                 (false, true) => "router down",
                 (false, false) => "stopped",
@@ -1351,7 +1355,7 @@ pub fn overview(state: &Path) -> Vec<crate::protocol::view::ServiceOverview> {
                         (Some(p), None) => p.name().to_string(),
                         (None, None) => "not routed".into(),
                     },
-                    up: up(r),
+                    up: r.is_up(),
                     restarts: r.restarts,
                 })
                 .collect();

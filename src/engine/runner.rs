@@ -667,9 +667,9 @@ pub(super) fn pull_logins(
     a: &Attempt,
     job: &Job,
     credentials: Option<&crate::pipeline::model::Credentials>,
-) -> Result<crate::exec::JobLogins, String> {
+) -> Result<crate::exec::JobLogins, LoginError> {
     let late = |v: &String| match v.contains("${{") {
-        true => job_expr(ctx, a, job, v).map_err(|e| format!("`credentials`: {e}")),
+        true => job_expr(ctx, a, job, v).map_err(LoginError::Credentials),
         false => Ok(v.clone()),
     };
     let credentials = match credentials {
@@ -682,13 +682,29 @@ pub(super) fn pull_logins(
         false => ctx
             .scope(job, &[], Vec::new())
             .resolve("DOCKER_AUTH_CONFIG")
-            .map_err(|e| format!("variable `DOCKER_AUTH_CONFIG`: {e}"))?
+            .map_err(LoginError::AuthConfig)?
             .filter(|v| !v.trim().is_empty()),
     };
     Ok(crate::exec::JobLogins {
         credentials,
         auth_config,
     })
+}
+
+/// Why a job's registry logins could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoginError {
+    #[error("`credentials`: {0}")]
+    Credentials(expr::ExprError),
+    #[error("variable `DOCKER_AUTH_CONFIG`: {0}")]
+    AuthConfig(crate::pipeline::vars::VarError),
+}
+
+/// The attempt's errors are text for its log.
+impl From<LoginError> for String {
+    fn from(e: LoginError) -> String {
+        e.to_string()
+    }
 }
 
 fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<String, expr::ExprError> {

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::pipeline::expr::{self, Context};
+use crate::pipeline::model::Refusal;
 use crate::pipeline::{FailureClass, Pipeline, Plan, When};
 
 use super::event::*;
@@ -539,14 +540,7 @@ impl RunState {
     /// sre"); `None` once it has its approvals (or has no policy).
     pub fn waiting_for(&self, job: JobId) -> Option<String> {
         let policy = self.pipeline.jobs[job].approvers.as_ref()?;
-        let given = u32::try_from(self.jobs[job].approvals.len()).unwrap_or(u32::MAX);
-        let more = policy.required.checked_sub(given).filter(|&n| n > 0)?;
-        let starter = if policy.allow_self {
-            ""
-        } else {
-            ", not the run's starter"
-        };
-        Some(format!("{more} more from {}{starter}", policy.who()))
+        policy.still_needed(self.jobs[job].approvals.len())
     }
 
     pub fn check(&self, input: &Input) -> Result<(), String> {
@@ -566,32 +560,27 @@ impl RunState {
                     return Ok(());
                 };
                 let given = &self.jobs[*j].approvals;
-                if !policy.allow_self && who.started_the_run {
-                    return Err(format!(
+                policy.admit(given, who).map_err(|r| match r {
+                    Refusal::Starter => format!(
                         "{} started this run, and `{}` needs approvals from others: {}",
                         who.user,
                         name(*j),
                         policy.describe()
-                    ));
-                }
-                if !policy.allows(&who.user, &who.groups) {
-                    return Err(format!(
+                    ),
+                    Refusal::NotAllowed => format!(
                         "{} may not approve `{}`: its approvers are {}",
                         who.user,
                         name(*j),
                         policy.who()
-                    ));
-                }
-                if given.contains(&who.user) {
-                    return Err(format!(
+                    ),
+                    Refusal::Already => format!(
                         "{} has already approved `{}` ({} of {}); another approver is needed",
                         who.user,
                         name(*j),
                         given.len(),
                         policy.required
-                    ));
-                }
-                Ok(())
+                    ),
+                })
             }
             &Input::Retry(j) => match self.jobs[j].status {
                 JobStatus::Failed | JobStatus::Cancelled => Ok(()),

@@ -574,6 +574,30 @@ impl Approvers {
         parts.join(" or ")
     }
 
+    /// Whether `who` may add an approval to those `given` (accounts) so
+    /// far; callers word the refusal for their gate.
+    pub fn admit(&self, given: &[String], who: &crate::protocol::identity::Approver) -> Result<(), Refusal> {
+        if !self.allow_self && who.started_the_run {
+            return Err(Refusal::Starter);
+        }
+        if !self.allows(&who.user, &who.groups) {
+            return Err(Refusal::NotAllowed);
+        }
+        if given.contains(&who.user) {
+            return Err(Refusal::Already);
+        }
+        Ok(())
+    }
+
+    /// Who is still needed after `given` approvals ("1 more from group
+    /// sre, not the run's starter"); `None` once there are enough.
+    pub fn still_needed(&self, given: usize) -> Option<String> {
+        let given = u32::try_from(given).unwrap_or(u32::MAX);
+        let more = self.required.checked_sub(given).filter(|&n| n > 0)?;
+        let starter = if self.allow_self { "" } else { ", not the run's starter" };
+        Some(format!("{more} more from {}{starter}", self.who()))
+    }
+
     /// The whole policy in a line: "2 of users alice, bob or group sre
     /// (not the run's starter)".
     pub fn describe(&self) -> String {
@@ -584,6 +608,17 @@ impl Approvers {
         };
         format!("{} of {}{starter}", self.required, self.who())
     }
+}
+
+/// Why an approval is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The run's starter, and the policy wants others.
+    Starter,
+    /// Not one of the approvers.
+    NotAllowed,
+    /// The same account again.
+    Already,
 }
 
 /// One step of a canary rollout.
