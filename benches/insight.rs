@@ -41,6 +41,7 @@ fn row(run: usize, job: usize, attempt: u32, failed: bool) -> AttemptRow {
         exit_code: Some(i32::from(failed)),
         duration_ms: 1_000 + (run * 37 + job * 11) as u64 % 900,
         peak_memory: None,
+        cpu_ms: None,
         executor: "shell".into(),
         host: "ci-1".into(),
         signature: None,

@@ -839,6 +839,9 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             ":: {job:<w$} delayed: starts in {} (approving it starts it at once)",
             seconds(*start_in_ms)
         ),
+        EventKind::JobWaiting { job, reason } => format!(":: {job:<w$} {reason}"),
+        // The header's numbers, for the UI and --json.
+        EventKind::Resources { .. } => return None,
         EventKind::GateWaiting { job } => format!(":: {job:<w$} waiting for approval (headless: --approve {job})"),
         EventKind::JobReset { job, reason } => format!(":: {job:<w$} reset: {reason}"),
         EventKind::PipelineChanged { .. } => format!(":: {}", change_summary(kind)),

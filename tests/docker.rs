@@ -90,7 +90,8 @@ async fn steps_with_different_images_share_the_workspace() {
     assert_eq!(labelled(&d, r.handle.run_id()).await, 0, "containers are removed");
 }
 
-/// A container job's peak memory, from Docker's stats, goes into history.
+/// A container job's peak memory and CPU time, from Docker's stats, go
+/// into history.
 #[tokio::test]
 async fn a_container_jobs_peak_memory_is_recorded_in_history() {
     let Some(d) = docker().await else { return };
@@ -114,6 +115,8 @@ async fn a_container_jobs_peak_memory_is_recorded_in_history() {
         "peak memory {:?}",
         row.peak_memory
     );
+    // `tr` spent some CPU making the 24 MB before the samples came.
+    assert!(row.cpu_ms.is_some_and(|ms| ms > 0), "cpu {:?}", row.cpu_ms);
 }
 
 #[tokio::test]

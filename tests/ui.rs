@@ -2189,3 +2189,35 @@ fn history_marks_flaky_boxes_and_the_dashboard_charts_recent_runs_at_80x24() {
     assert!(text.is_ascii(), "{text}");
     assert!(text.contains('#'), "{text}");
 }
+
+#[test]
+fn the_header_shows_the_memory_running_jobs_hold_and_a_queued_job_why_it_waits() {
+    let mut events = running_events();
+    events.push(ev(
+        1_300,
+        EventKind::JobWaiting {
+            job: "integration".into(),
+            reason: "waiting for memory: needs 4.0 GiB, 1.5 GiB of 7.0 GiB free".into(),
+        },
+    ));
+    events.push(ev(
+        1_300,
+        EventKind::Resources {
+            running: 2,
+            limit: 4,
+            cpu_milli: 2000,
+            cpu_milli_total: 4000,
+            memory: 11 << 29,
+            memory_budget: 7 << 30,
+        },
+    ));
+    let mut app = app_with(&events, color());
+    let j = app.model.job("integration").expect("job");
+    app.model.jobs[j].status = JobStatus::Ready;
+    let header = drawn(&mut app, 80, 24)[0].clone();
+    assert!(header.contains("2/4 running, 5.5/7.0 GiB"), "{header}");
+    assert_eq!(
+        app.model.why(j),
+        "queued; waiting for memory: needs 4.0 GiB, 1.5 GiB of 7.0 GiB free"
+    );
+}

@@ -61,6 +61,9 @@ pub struct EngineConfig {
     /// Note how the run is set up ([`EngineHandle::setup`]).
     pub verbose: bool,
     pub max_parallel: usize,
+    /// What the machine gives the run's jobs; measured at the start when
+    /// `None` (see [`super::admission::Capacity::measure`]).
+    pub capacity: Option<super::admission::Capacity>,
     pub fail_fast: bool,
     /// Headless: end the run when only unapproved manual jobs remain.
     pub finish_when_blocked: bool,
@@ -116,6 +119,7 @@ impl EngineConfig {
             keep_workspaces: false,
             verbose: false,
             max_parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            capacity: None,
             fail_fast: false,
             finish_when_blocked: true,
             cli_vars: Vec::new(),
@@ -483,6 +487,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         cond_env,
         vars: ctx.pipeline_vars(),
         seed: cfg.seed.unwrap_or_else(|| fastrand::u64(..)),
+        capacity: cfg
+            .capacity
+            .unwrap_or_else(|| super::admission::Capacity::measure(cfg.max_parallel.max(1))),
+        learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 
@@ -596,6 +604,27 @@ fn read_past(index: &crate::store::index::Index, file: &std::path::Path, names: 
             Default::default()
         });
     Past { jobs, stats, durations }
+}
+
+/// How many of a job's past attempts its learned need comes from.
+const USAGE_SAMPLES: usize = 20;
+
+/// What each job used in the pipeline's recent runs, for admission: read
+/// before the first job starts (one indexed query), so no job is admitted
+/// on a guess its history contradicts.
+fn past_usage(
+    index: &crate::store::index::Index,
+    file: &std::path::Path,
+    jobs: usize,
+) -> HashMap<String, super::admission::JobUsage> {
+    let key = crate::store::history::pipeline_key(file);
+    index
+        .usage(&key, jobs, USAGE_SAMPLES)
+        .map(|u| u.into_iter().collect())
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot read what the jobs used in past runs: {e}");
+            Default::default()
+        })
 }
 
 /// Marks the jobs in quarantine (`trackside quarantine`, by name or GitHub
@@ -1449,10 +1478,11 @@ impl Actor {
                 cache_key,
                 telling,
                 peak_memory,
+                cpu_ms,
             }) => {
-                if let Some(bytes) = peak_memory {
+                if peak_memory.is_some() || cpu_ms.is_some() {
                     let name = self.state.pipeline().jobs[job].name.clone();
-                    self.history.peak_memory(&name, attempt, bytes);
+                    self.history.usage(&name, attempt, peak_memory, cpu_ms);
                 }
                 let mut outcome = *outcome;
                 if let Some(d) = &mut outcome.diagnosis {
@@ -1641,7 +1671,7 @@ impl Actor {
             needs: Arc::new(needs),
             docker: std::sync::OnceLock::new(),
             telling: Default::default(),
-            peak_memory: Default::default(),
+            usage: Default::default(),
         };
         self.attempts.spawn(run_attempt(self.ctx.clone(), a));
     }

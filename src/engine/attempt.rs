@@ -88,6 +88,8 @@ pub enum RunnerMsg {
         cache_key: Option<CacheKey>,
         /// Bytes: the most memory its steps were seen to hold.
         peak_memory: Option<u64>,
+        /// Milliseconds of CPU its steps used.
+        cpu_ms: Option<u64>,
     },
 }
 
@@ -223,8 +225,8 @@ pub struct Attempt {
     pub docker: std::sync::OnceLock<Containers>,
     /// The output line that tells what went wrong, should the attempt fail.
     pub telling: std::sync::Mutex<Telling>,
-    /// The most memory its steps held (each step's executor raises it).
-    pub peak_memory: Arc<crate::exec::PeakMemory>,
+    /// What its steps used (each step's executor adds to it).
+    pub usage: Arc<crate::exec::Usage>,
 }
 
 /// What tells why an attempt failed: the knowledge base's diagnosis of

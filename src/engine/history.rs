@@ -206,8 +206,9 @@ pub struct History {
     definitions: HashMap<String, String>,
     /// The line that told each failed attempt, by (job, attempt).
     telling: HashMap<(String, u32), String>,
-    /// Peak memory of attempts that have not ended yet, in bytes.
-    peaks: HashMap<(String, u32), u64>,
+    /// Peak memory (bytes) and CPU time (ms) of attempts that have not
+    /// ended yet.
+    usage: HashMap<(String, u32), (Option<u64>, Option<u64>)>,
 }
 
 impl History {
@@ -239,7 +240,7 @@ impl History {
             started: HashMap::new(),
             definitions: HashMap::new(),
             telling: HashMap::new(),
-            peaks: HashMap::new(),
+            usage: HashMap::new(),
         }
     }
 
@@ -330,10 +331,10 @@ impl History {
         self.telling.insert((job.to_string(), attempt), line);
     }
 
-    /// The most memory attempt `attempt` of `job` held (it comes before
-    /// the attempt's end is an event).
-    pub fn peak_memory(&mut self, job: &str, attempt: u32, bytes: u64) {
-        self.peaks.insert((job.to_string(), attempt), bytes);
+    /// The most memory attempt `attempt` of `job` held, and the CPU time
+    /// it used (they come before the attempt's end is an event).
+    pub fn usage(&mut self, job: &str, attempt: u32, peak: Option<u64>, cpu_ms: Option<u64>) {
+        self.usage.insert((job.to_string(), attempt), (peak, cpu_ms));
     }
 
     /// The run has ended: git's answer is waited for (a while) and given to
@@ -364,6 +365,7 @@ impl History {
             .clone();
         let in_docker = containers && spec.is_some_and(|j| j.steps.iter().any(|s| s.image.is_some()));
         let facts = self.facts.clone().unwrap_or_default();
+        let used = self.usage.remove(&(job.to_string(), attempt)).unwrap_or_default();
         let failure_line = self
             .telling
             .remove(&(job.to_string(), attempt))
@@ -386,7 +388,8 @@ impl History {
             failure_class,
             exit_code,
             duration_ms,
-            peak_memory: self.peaks.remove(&(job.to_string(), attempt)),
+            peak_memory: used.0,
+            cpu_ms: used.1,
             executor: if in_docker { "docker" } else { "shell" }.to_string(),
             host: self.host.clone(),
             signature,

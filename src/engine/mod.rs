@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod actor;
+pub mod admission;
 pub mod artifacts;
 pub mod attempt;
 pub mod failure;

@@ -153,7 +153,8 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
             outcome: Box::new(outcome),
             cache_key,
             telling,
-            peak_memory: a.peak_memory.bytes(),
+            peak_memory: a.usage.bytes(),
+            cpu_ms: a.usage.cpu_ms(),
         })
         .await;
     // Off the path to the next job: the actor has the result already, and
@@ -1934,7 +1935,7 @@ fn prepare_step(
         tag: format!("{}/{}/{}/{}", ctx.run_id, job.name, a.attempt, index),
         container,
         shell: step.shell.clone(),
-        peak_memory: a.peak_memory.clone(),
+        usage: a.usage.clone(),
     })
 }
 

@@ -17,6 +17,7 @@ use crate::pipeline::expr::{self, Context};
 use crate::pipeline::model::Refusal;
 use crate::pipeline::{FailureClass, Pipeline, Plan, When};
 
+use super::admission::{Basis, Capacity, Fit, JobUsage, Ledger, Need};
 use super::event::*;
 
 pub type JobId = usize;
@@ -147,6 +148,11 @@ pub struct Options {
     /// `vars.X` in conditionals: command-line vars and global_env.
     pub vars: BTreeMap<String, String>,
     pub seed: u64,
+    /// What the machine gives the run's jobs (CPU tokens, a memory
+    /// budget); unlimited by default.
+    pub capacity: Capacity,
+    /// What history says each job (by name) used.
+    pub learned: HashMap<String, JobUsage>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +187,10 @@ struct JobState {
     outputs: Vec<(String, String)>,
     /// Its last attempt failed only in quarantined test cases.
     tests_quarantined: bool,
+    /// What its running attempt holds of the machine.
+    holds: Option<Need>,
+    /// Why it could not start when it last tried (told once per reason).
+    waiting: Option<String>,
 }
 
 impl JobState {
@@ -205,6 +215,8 @@ impl JobState {
             cached: None,
             outputs: Vec::new(),
             tests_quarantined: false,
+            holds: None,
+            waiting: None,
         }
     }
 }
@@ -233,6 +245,10 @@ pub struct RunState {
     delayed: usize,
     /// Resource groups a running job holds.
     held: HashMap<String, usize>,
+    /// The machine's capacity and what running jobs hold of it.
+    ledger: Ledger,
+    /// The last `Resources` event's numbers (one is sent when they change).
+    told_resources: Option<(usize, Need)>,
     paused: bool,
     started: bool,
     finished: bool,
@@ -280,6 +296,8 @@ impl RunState {
             retrying: 0,
             delayed: 0,
             held: Default::default(),
+            ledger: Ledger::new(opts.capacity),
+            told_resources: None,
             paused: false,
             started: false,
             finished: false,
@@ -1083,6 +1101,7 @@ impl RunState {
 
     fn make_ready(&mut self, j: JobId, fx: &mut Vec<Effect>) {
         self.jobs[j].status = JobStatus::Ready;
+        self.jobs[j].waiting = None;
         self.ready.push((self.plan.priority[j], Reverse(j)));
         fx.push(Effect::Emit(EventKind::JobQueued { job: self.name(j) }));
     }
@@ -1149,18 +1168,41 @@ impl RunState {
                 continue; // stale entry: cancelled while queued
             }
             let groups = self.groups(j);
-            if groups
+            if let Some((g, cap)) = groups
                 .iter()
-                .any(|(g, cap)| self.held.get(g).copied().unwrap_or(0) >= *cap)
+                .find(|(g, cap)| self.held.get(g).copied().unwrap_or(0) >= *cap)
             {
+                let reason = match g.split_once(':') {
+                    Some(("resource", name)) => format!("waiting for resource group `{name}` (one job at a time)"),
+                    Some((_, name)) => format!("waiting for a place in `{name}` ({cap} at a time)"),
+                    None => format!("waiting for `{g}`"),
+                };
+                self.tell_waiting(j, reason, fx);
                 waiting.push((prio, Reverse(j)));
                 continue;
+            }
+            let (need, basis) = self.need(j);
+            match self.ledger.fit(need, basis) {
+                Fit::Fits => {}
+                Fit::Wait(reason) => {
+                    self.tell_waiting(j, reason, fx);
+                    waiting.push((prio, Reverse(j)));
+                    continue;
+                }
+                Fit::Never(reason) => {
+                    self.jobs[j].waiting = None;
+                    self.fail_as(j, reason, FailureClass::Infra, fx);
+                    continue;
+                }
             }
             for (g, _) in groups {
                 *self.held.entry(g).or_default() += 1;
             }
+            self.ledger.take(need);
             let now = self.now;
             let st = &mut self.jobs[j];
+            st.holds = Some(need);
+            st.waiting = None;
             st.status = JobStatus::Running;
             st.attempt += 1;
             st.round_attempts += 1;
@@ -1184,6 +1226,42 @@ impl RunState {
             fx.push(Effect::Start { job: j, attempt });
         }
         self.ready.extend(waiting);
+        self.tell_resources(fx);
+    }
+
+    /// What job `j` holds while it runs, and where that comes from.
+    fn need(&self, j: JobId) -> (Need, Basis) {
+        let spec = &self.pipeline.jobs[j];
+        Need::of(spec, self.opts.learned.get(&spec.name))
+    }
+
+    /// Says why a ready job waits, once per reason.
+    fn tell_waiting(&mut self, j: JobId, reason: String, fx: &mut Vec<Effect>) {
+        if self.jobs[j].waiting.as_deref() != Some(reason.as_str()) {
+            self.jobs[j].waiting = Some(reason.clone());
+            fx.push(Effect::Emit(EventKind::JobWaiting {
+                job: self.name(j),
+                reason,
+            }));
+        }
+    }
+
+    /// A `Resources` event when what running jobs hold changed.
+    fn tell_resources(&mut self, fx: &mut Vec<Effect>) {
+        let now = (self.running, self.ledger.used());
+        if self.told_resources == Some(now) {
+            return;
+        }
+        self.told_resources = Some(now);
+        let cap = self.ledger.capacity();
+        fx.push(Effect::Emit(EventKind::Resources {
+            running: self.running,
+            limit: self.opts.max_parallel,
+            cpu_milli: now.1.cpu_milli,
+            cpu_milli_total: cap.cpu_milli,
+            memory: now.1.memory,
+            memory_budget: cap.memory,
+        }));
     }
 
     fn attempt_finished(&mut self, j: JobId, attempt: u32, outcome: Outcome, fx: &mut Vec<Effect>) {
@@ -1191,6 +1269,9 @@ impl RunState {
             return;
         }
         self.running -= 1;
+        if let Some(need) = self.jobs[j].holds.take() {
+            self.ledger.give_back(need);
+        }
         for (g, _) in self.groups(j) {
             if let Some(n) = self.held.get_mut(&g) {
                 *n = n.saturating_sub(1);

@@ -64,25 +64,40 @@ pub struct StepSpec {
     pub shell: Option<Vec<String>>,
     /// Raised to the most memory the step was seen to hold (shared by an
     /// attempt's steps: the attempt's peak is the greatest).
-    pub peak_memory: std::sync::Arc<PeakMemory>,
+    pub usage: std::sync::Arc<Usage>,
 }
 
-/// The most memory an attempt's processes held, as the executors saw it:
-/// the largest process's peak resident set (`wait4`'s `ru_maxrss`) for host
-/// steps, the container's peak memory use (Docker's stats) for container
-/// steps.
+/// What an attempt's processes used, as the executors saw it. Memory: the
+/// most they held, the largest process's peak resident set (`wait4`'s
+/// `ru_maxrss`) for host steps, the container's peak memory use (Docker's
+/// stats) for container steps. CPU: the time its steps' processes ran,
+/// summed (`wait4`'s user and system time; Docker's `total_usage`).
 #[derive(Debug, Default)]
-pub struct PeakMemory(std::sync::atomic::AtomicU64);
+pub struct Usage {
+    peak: std::sync::atomic::AtomicU64,
+    cpu_ms: std::sync::atomic::AtomicU64,
+}
 
-impl PeakMemory {
+impl Usage {
     pub fn record(&self, bytes: u64) {
-        self.0.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.peak.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One step's CPU time.
+    pub fn add_cpu(&self, ms: u64) {
+        self.cpu_ms.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes; `None` when nothing was seen.
     pub fn bytes(&self) -> Option<u64> {
-        let b = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let b = self.peak.load(std::sync::atomic::Ordering::Relaxed);
         (b > 0).then_some(b)
+    }
+
+    /// Milliseconds; `None` when nothing was seen.
+    pub fn cpu_ms(&self) -> Option<u64> {
+        let ms = self.cpu_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then_some(ms)
     }
 }
 

@@ -24,12 +24,15 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-/// How a process ended, with its peak memory.
+/// How a process ended, with its peak memory and CPU time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reaped {
     pub status: ExitStatus,
     /// Bytes; `None` when the kernel reported none.
     pub peak_rss: Option<u64>,
+    /// User and system time of it and the descendants it waited for, in
+    /// milliseconds.
+    pub cpu_ms: u64,
 }
 
 /// trackside's resident size now, in bytes (`/proc/self/statm`); 0 where
@@ -178,9 +181,16 @@ fn reap(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<Reaped>> {
             p if p == pid => {
                 // ru_maxrss is in KiB on Linux.
                 let kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
+                let ms = |t: libc::timeval| {
+                    u64::try_from(t.tv_sec)
+                        .unwrap_or(0)
+                        .saturating_mul(1000)
+                        .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0) / 1000)
+                };
                 return Ok(Some(Reaped {
                     status: ExitStatus::from_raw(status),
                     peak_rss: (kib > 0).then(|| kib.saturating_mul(1024)),
+                    cpu_ms: ms(usage.ru_utime).saturating_add(ms(usage.ru_stime)),
                 }));
             }
             _ => {

@@ -87,8 +87,9 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         reaped = child.wait() => match reaped {
             Ok(r) => {
                 if let Some(bytes) = super::reap::step_peak(r.peak_rss, inherited) {
-                    spec.peak_memory.record(bytes);
+                    spec.usage.record(bytes);
                 }
+                spec.usage.add_cpu(r.cpu_ms);
                 exit_end(r.status)
             }
             Err(e) => StepEnd::SpawnFailed(format!("lost track of `sh`: {e}")),

@@ -388,6 +388,7 @@ mod tests {
             exit_code: Some(i32::from(failed)),
             duration_ms: 100,
             peak_memory: None,
+            cpu_ms: None,
             executor: "shell".into(),
             host: "h".into(),
             signature: None,

@@ -329,6 +329,7 @@ mod tests {
             exit_code: None,
             duration_ms: ms,
             peak_memory: None,
+            cpu_ms: None,
             executor: "shell".into(),
             host: "h".into(),
             signature: None,

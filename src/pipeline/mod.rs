@@ -15,6 +15,7 @@ pub mod graph;
 pub mod model;
 pub mod native;
 pub mod read;
+pub mod resources;
 pub mod select;
 pub mod vars;
 pub mod yaml;
@@ -97,7 +98,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Repor
     // `.github/workflows` (or any folder read as GitHub's): the workflows
     // the event starts. Another folder is the error it was.
     if path.is_dir() && (github::is_workflows_folder(path) || opts.dialect == Some(Dialect::Github)) {
-        return github::load_folder(path, opts);
+        return with_resources(github::load_folder(path, opts));
     }
     let source = match read::read_source(path) {
         Ok(s) => s,
@@ -112,9 +113,22 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<(Pipeline, Report), Repor
 
 /// Parses and validates pipeline text already in memory, in its dialect.
 pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(Pipeline, Report), Report> {
-    match opts.dialect.unwrap_or_else(|| Dialect::of(path, &source)) {
+    with_resources(match opts.dialect.unwrap_or_else(|| Dialect::of(path, &source)) {
         Dialect::Native => native::parse_source(path, source, opts),
         Dialect::Gitlab => gitlab::parse_source(path, source, opts),
         Dialect::Github => github::parse_source(path, source, opts),
+    })
+}
+
+/// A read pipeline with its jobs' `TRACKSIDE_CPU`/`TRACKSIDE_MEMORY`
+/// variables applied ([`resources::from_variables`]).
+fn with_resources(read: Result<(Pipeline, Report), Report>) -> Result<(Pipeline, Report), Report> {
+    let (mut p, mut report) = read?;
+    let diags = resources::from_variables(&mut p);
+    if diags.is_empty() {
+        return Ok((p, report));
     }
+    report.items.extend(diags);
+    report.sort();
+    Err(report)
 }

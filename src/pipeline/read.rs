@@ -583,26 +583,29 @@ impl Cx<'_> {
 pub(crate) fn parse_bytes(n: &Node) -> Option<u64> {
     match &n.value {
         Value::Int(i) => u64::try_from(*i).ok(),
-        Value::Str(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-            let (num, unit) = s.split_at(split);
-            let num: f64 = num.parse().ok()?;
-            let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1.0,
-                "k" | "kb" => 1e3,
-                "kib" => 1024.0,
-                "m" | "mb" => 1e6,
-                "mib" => 1024.0 * 1024.0,
-                "g" | "gb" => 1e9,
-                "gib" => 1024.0 * 1024.0 * 1024.0,
-                _ => return None,
-            };
-            let bytes = num * mult;
-            (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
-        }
+        Value::Str(s) => size_bytes(s),
         _ => None,
     }
+}
+
+/// `512MiB`, `2G`, `1048576`: bytes (decimal units are powers of 1000).
+pub(crate) fn size_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = num * mult;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 pub fn valid_var_name(name: &str) -> bool {

@@ -515,6 +515,26 @@ pub enum EventKind {
     GateWaiting {
         job: String,
     },
+    /// A queued job cannot start yet although a slot may be free, and
+    /// why: its resource group is busy, the memory it needs is not free
+    /// ("waiting for memory: needs 4.0 GiB, 1.2 GiB of 7.0 GiB free").
+    /// Sent when the reason changes.
+    JobWaiting {
+        job: String,
+        reason: String,
+    },
+    /// What running jobs hold of the machine: sent when it changes.
+    Resources {
+        running: usize,
+        /// The most jobs at once (`-j`).
+        limit: usize,
+        /// CPUs held and the machine's CPU tokens, in thousandths.
+        cpu_milli: u64,
+        cpu_milli_total: u64,
+        /// Memory held (jobs' reservations) and the budget, in bytes.
+        memory: u64,
+        memory_budget: u64,
+    },
     /// The job goes back to Pending (manual retry, rerun, or the next repetition).
     JobReset {
         job: String,

@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// The index's schema version this trackside writes.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 /// Version 1: the `attempts` table.
 const V1: &str = "
@@ -77,12 +77,15 @@ const V4: &str = "ALTER TABLE attempts ADD COLUMN failure_line TEXT;";
 /// it did not fail its run.
 const V5: &str = "ALTER TABLE attempts ADD COLUMN allowed INTEGER NOT NULL DEFAULT 0;";
 
+/// Version 6: the CPU time an attempt's steps used (for admission).
+const V6: &str = "ALTER TABLE attempts ADD COLUMN cpu_ms INTEGER;";
+
 /// Brings the index to [`VERSION`], each step in one transaction. Each
 /// step takes the write lock before it reads the version, so two processes
 /// opening an old index at once migrate it once: the second sees the first's
 /// version and skips the step.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5)] {
+    for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)] {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < to {
@@ -137,6 +140,84 @@ pub fn recent_durations(
     Ok(per
         .into_iter()
         .map(|(job, runs)| (job, runs.into_iter().rev().map(|(_, d)| d).collect()))
+        .collect())
+}
+
+/// What one job used in its recent attempts: the 90th percentile (nearest
+/// rank) of its peak memory in bytes and of its CPU time over its duration
+/// in thousandths of a CPU, each from its newest `per_job` attempts that
+/// recorded one (cancelled and cached ones left out), when it has at least
+/// [`MIN_USAGE_SAMPLES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobUsage {
+    pub memory: Option<u64>,
+    pub cpu_milli: Option<u64>,
+}
+
+/// Fewer attempts than this say nothing of a job's use.
+pub const MIN_USAGE_SAMPLES: usize = 3;
+
+/// [`JobUsage`] of each job of `pipeline` with enough history, read from
+/// its newest attempts (within bounds, as [`recent_durations`]).
+pub fn usage(
+    conn: &Connection,
+    pipeline: &str,
+    jobs: usize,
+    per_job: usize,
+) -> rusqlite::Result<std::collections::BTreeMap<String, JobUsage>> {
+    let max_rows = jobs.saturating_mul(per_job).saturating_mul(2).clamp(1_000, 200_000);
+    let mut stmt = conn.prepare_cached(
+        "SELECT job, peak_memory, cpu_ms, duration_ms FROM attempts
+         WHERE pipeline = ?1 AND outcome NOT IN ('cancelled', 'cached')
+         AND (peak_memory IS NOT NULL OR cpu_ms IS NOT NULL)
+         ORDER BY started_ms DESC LIMIT ?2",
+    )?;
+    let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+    let mut seen: std::collections::BTreeMap<String, (Vec<u64>, Vec<u64>)> = Default::default();
+    let rows = stmt.query_map(params![pipeline, limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (job, peak, cpu, duration) = row?;
+        let (mem, cpus) = seen.entry(job).or_default();
+        if let Some(p) = peak.and_then(|p| u64::try_from(p).ok())
+            && mem.len() < per_job
+        {
+            mem.push(p);
+        }
+        // Shorter than a tenth of a second: too short to tell a rate.
+        if let (Some(c), Ok(d)) = (cpu.and_then(|c| u64::try_from(c).ok()), u64::try_from(duration))
+            && d >= 100
+            && cpus.len() < per_job
+        {
+            cpus.push(c.saturating_mul(1000) / d);
+        }
+    }
+    let p90 = |mut v: Vec<u64>| {
+        (v.len() >= MIN_USAGE_SAMPLES).then(|| {
+            v.sort_unstable();
+            // Nearest rank: the smallest value at or above 90% of them.
+            let rank = (v.len() * 9).div_ceil(10).max(1);
+            v[rank - 1]
+        })
+    };
+    Ok(seen
+        .into_iter()
+        .map(|(job, (mem, cpus))| {
+            (
+                job,
+                JobUsage {
+                    memory: p90(mem),
+                    cpu_milli: p90(cpus),
+                },
+            )
+        })
+        .filter(|(_, u)| u.memory.is_some() || u.cpu_milli.is_some())
         .collect())
 }
 
@@ -241,6 +322,7 @@ pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Res
                 exit_code: None,
                 duration_ms: ms(r.get(12)?),
                 peak_memory: None,
+                cpu_ms: None,
                 executor: String::new(),
                 host: String::new(),
                 signature: None,
@@ -295,6 +377,9 @@ pub struct AttemptRow {
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
     pub peak_memory: Option<u64>,
+    /// Milliseconds of CPU its steps' processes used.
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
     pub executor: String,
     pub host: String,
     /// The failure's signature (its class and normalised line, hashed).
@@ -316,8 +401,8 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO attempts (run_id, pipeline, dialect, job, definition, commit_sha, branch,
          default_branch, dirty, attempt, outcome, failure_class, exit_code, duration_ms, peak_memory, executor,
-         host, signature, started_ms, failure_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-         ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+         host, signature, started_ms, failure_line, cpu_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+         ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?;
     for r in rows {
         stmt.execute(params![
@@ -341,6 +426,7 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
             r.signature,
             sql(r.started_ms),
             r.failure_line,
+            r.cpu_ms.map(sql),
         ])?;
     }
     Ok(())
@@ -367,11 +453,11 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
     let mut sql_text = String::from(if filter.lean {
         "SELECT run_id, pipeline, '', job, definition, commit_sha, NULL, default_branch, dirty, attempt,
          outcome, failure_class, NULL, 0, NULL, '', '', signature, started_ms,
-         failure_line, allowed FROM attempts WHERE 1 = 1"
+         failure_line, allowed, NULL FROM attempts WHERE 1 = 1"
     } else {
         "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
          outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms,
-         failure_line, allowed FROM attempts WHERE 1 = 1"
+         failure_line, allowed, cpu_ms FROM attempts WHERE 1 = 1"
     });
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     if let Some(j) = &filter.job {
@@ -425,6 +511,7 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
                 started_ms: ms(r.get(18)?),
                 failure_line: r.get(19)?,
                 allowed: r.get(20)?,
+                cpu_ms: r.get::<_, Option<i64>>(21)?.map(ms),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -515,6 +602,7 @@ mod tests {
             exit_code: Some(if outcome == "failed" { 1 } else { 0 }),
             duration_ms: 1_200,
             peak_memory: None,
+            cpu_ms: None,
             executor: "shell".into(),
             host: "h".into(),
             signature: None,
@@ -522,6 +610,44 @@ mod tests {
             failure_line: None,
             allowed: false,
         }
+    }
+
+    #[test]
+    fn a_jobs_usage_is_the_90th_percentile_of_its_recent_attempts() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let mut rows = Vec::new();
+        // build: ten attempts of 1..=10 MiB, each 1.2 s with 0.3..3.0 s of CPU.
+        for i in 1..=10u64 {
+            let mut r = row(&format!("r{i}"), "build", 1, "passed", 1_000 + i);
+            r.peak_memory = Some(i << 20);
+            r.cpu_ms = Some(i * 300);
+            rows.push(r);
+        }
+        // lint: two attempts only; test: a cancelled attempt does not count.
+        for i in 1..=2u64 {
+            let mut r = row(&format!("r{i}"), "lint", 1, "passed", 2_000 + i);
+            r.peak_memory = Some(1 << 30);
+            rows.push(r);
+        }
+        for (i, outcome) in ["passed", "failed", "passed", "cancelled"].iter().enumerate() {
+            let mut r = row(&format!("t{i}"), "test", 1, outcome, 3_000 + i as u64);
+            r.peak_memory = Some(if *outcome == "cancelled" { 9 << 30 } else { 2 << 30 });
+            rows.push(r);
+        }
+        insert(&conn, &rows).unwrap();
+        let u = usage(&conn, "ci.yml", 3, 20).unwrap();
+        assert_eq!(
+            u.get("build"),
+            Some(&JobUsage {
+                memory: Some(9 << 20),
+                cpu_milli: Some(2250),
+            })
+        );
+        assert_eq!(u.get("lint"), None, "two attempts say nothing");
+        assert_eq!(u.get("test").and_then(|t| t.memory), Some(2 << 30));
+        // The newest `per_job` only: 6..=10 MiB.
+        assert_eq!(usage(&conn, "ci.yml", 3, 5).unwrap()["build"].memory, Some(10 << 20));
     }
 
     #[test]

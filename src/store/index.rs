@@ -380,6 +380,16 @@ impl Index {
         self.with(|c| super::history::recent_durations(c, pipeline, jobs, per_job))
     }
 
+    /// See [`super::history::usage`].
+    pub fn usage(
+        &self,
+        pipeline: &str,
+        jobs: usize,
+        per_job: usize,
+    ) -> Result<std::collections::BTreeMap<String, super::history::JobUsage>, StoreError> {
+        self.with(|c| super::history::usage(c, pipeline, jobs, per_job))
+    }
+
     /// The attempts `filter` wants, oldest first.
     pub fn attempts(&self, filter: &super::history::Filter) -> Result<Vec<super::history::AttemptRow>, StoreError> {
         self.with(|c| super::history::select(c, filter))

@@ -59,6 +59,9 @@ pub struct JobView {
     pub rollout_history: Vec<RolloutPoint>,
     /// When the current retry is due (ts, ms).
     pub retry_at: Option<u64>,
+    /// Why it is queued although a slot may be free (a busy resource
+    /// group, memory), until it starts.
+    pub waiting: Option<String>,
     pub step: Option<String>,
     /// A GitHub job's annotations (`::error` and the like), as (level, text).
     pub annotations: Vec<(String, String)>,
@@ -95,6 +98,7 @@ impl JobView {
             rollout_history: Vec::new(),
             annotations: Vec::new(),
             retry_at: None,
+            waiting: None,
             step: None,
             flake_pct: p.flake_pct,
             tests: None,
@@ -202,6 +206,17 @@ pub struct Model {
     pub banner: Option<Banner>,
     /// The pipeline's recent runs before this one (the dashboard).
     pub history: Option<crate::protocol::view::PipelineStats>,
+    /// What running jobs hold of the machine, as the engine last said.
+    pub resources: Option<Held>,
+}
+
+/// What running jobs hold of the machine (the header's "3/4 jobs, 5.1/7.0 GiB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub running: usize,
+    /// Bytes reserved by running jobs, and the budget.
+    pub memory: u64,
+    pub memory_budget: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -279,10 +294,12 @@ impl Model {
             EventKind::JobQueued { job } => self.with(job, |j| {
                 j.status = JobStatus::Ready;
                 j.retry_at = None;
+                j.waiting = None;
             }),
             EventKind::JobStarted { job, attempt } => {
                 self.with(job, |j| {
                     j.status = JobStatus::Running;
+                    j.waiting = None;
                     j.edited = false;
                     j.retry_at = None;
                     j.attempts.push(AttemptView {
@@ -397,6 +414,21 @@ impl Model {
                 j.reason = Some(reason.clone());
             }),
             EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
+            EventKind::JobWaiting { job, reason } => self.with(job, |j| j.waiting = Some(reason.clone())),
+            EventKind::Resources {
+                running,
+                limit,
+                memory,
+                memory_budget,
+                ..
+            } => {
+                self.max_parallel = *limit;
+                self.resources = Some(Held {
+                    running: *running,
+                    memory: *memory,
+                    memory_budget: *memory_budget,
+                });
+            }
             EventKind::JobReset { job, .. } => self.with(job, |j| {
                 j.status = JobStatus::Pending;
                 j.rollout = None;
@@ -667,7 +699,10 @@ impl Model {
                 }
             }
             JobStatus::Ready if self.paused => "queued; scheduling is paused (p resumes)".into(),
-            JobStatus::Ready => format!("queued: all {} slots are busy", self.max_parallel),
+            JobStatus::Ready => match &job.waiting {
+                Some(why) => format!("queued; {why}"),
+                None => format!("queued: all {} slots are busy", self.max_parallel),
+            },
             JobStatus::Running => match &job.step {
                 Some(s) => format!("running step `{s}`"),
                 None => "running".into(),

@@ -248,6 +248,18 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
     }
     spans.push(sep());
     spans.push(Span::raw(format!("{}/{} running", m.running_jobs(), m.max_parallel)));
+    // The memory running jobs hold of the budget, while the run goes on.
+    if let Some(held) = m
+        .resources
+        .filter(|h| h.memory_budget < u64::MAX && m.finished.is_none())
+    {
+        let g = |b: u64| b as f64 / f64::from(1u32 << 30);
+        spans.push(Span::raw(format!(
+            ", {:.1}/{:.1} GiB",
+            g(held.memory),
+            g(held.memory_budget)
+        )));
+    }
     if m.paused {
         spans.push(sep());
         spans.push(Span::styled("PAUSED", t.warn()));

@@ -1157,3 +1157,138 @@ fn history_read_after_the_start_shows_again_in_the_plan() {
     // The run goes on as before.
     assert_eq!(m.status(0), JobStatus::Running);
 }
+
+fn waits(fx: &[Effect]) -> Vec<(String, String)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Emit(EventKind::JobWaiting { job, reason }) => Some((job.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A machine of 2 CPUs and 4 GiB to give (5 GiB available, 1 GiB margin).
+fn small_machine(max_parallel: usize) -> Options {
+    Options {
+        capacity: crate::engine::admission::Capacity::of(2, 5 << 30, 8 << 30, max_parallel),
+        ..opts(max_parallel)
+    }
+}
+
+#[test]
+fn jobs_start_only_while_their_memory_fits_and_a_waiting_one_says_for_what() {
+    let src = yaml(&[
+        ("big", &[], "resources: {memory: 3GiB}"),
+        ("also_big", &[], "resources: {memory: 2GiB}"),
+        ("small", &[], "resources: {memory: 512MiB}"),
+    ]);
+    let mut m = machine(&src, small_machine(4));
+    let fx = m.handle(Input::Start, t(0));
+    // also_big does not fit beside big; small does (backfill), on 2 CPUs.
+    assert_eq!(started(&fx), vec![0, 2]);
+    assert_eq!(
+        waits(&fx),
+        [(
+            "also_big".to_string(),
+            "waiting for memory: needs 2.0 GiB, 1.0 GiB of 4.0 GiB free".to_string()
+        )]
+    );
+    let held = fx.iter().rev().find_map(|e| match e {
+        Effect::Emit(EventKind::Resources {
+            running,
+            memory,
+            memory_budget,
+            cpu_milli,
+            ..
+        }) => Some((*running, *memory, *memory_budget, *cpu_milli)),
+        _ => None,
+    });
+    assert_eq!(held, Some((2, (3 << 30) + (512 << 20), 4 << 30, 2000)));
+    // small ending frees a CPU but not the memory: still waiting, said once.
+    let fx = ok(&mut m, 2, 10);
+    assert!(started(&fx).is_empty() && waits(&fx).is_empty(), "{fx:?}");
+    let fx = ok(&mut m, 0, 20);
+    assert_eq!(started(&fx), vec![1]);
+    let fx = ok(&mut m, 1, 30);
+    assert_eq!(finished(&fx).expect("done").result, RunResult::Passed);
+}
+
+#[test]
+fn a_job_larger_than_the_machine_fails_at_once_as_unschedulable() {
+    let src = yaml(&[("huge", &[], "resources: {memory: 16GiB}"), ("after", &["huge"], "")]);
+    let mut m = machine(&src, small_machine(2));
+    let fx = m.handle(Input::Start, t(0));
+    assert!(started(&fx).is_empty());
+    assert_eq!(m.status(0), JobStatus::Failed);
+    assert_eq!(m.status(1), JobStatus::Skipped);
+    let message = fx.iter().find_map(|e| match e {
+        Effect::Emit(EventKind::JobFinished { message, .. }) => message.clone(),
+        _ => None,
+    });
+    assert_eq!(
+        message.as_deref(),
+        Some(
+            "unschedulable: needs 16.0 GiB of memory, this machine has 4.0 GiB \
+             (5.0 GiB available less a 1.0 GiB safety margin)"
+        )
+    );
+    assert_eq!(finished(&fx).expect("done").result, RunResult::Failed);
+}
+
+#[test]
+fn cpu_tokens_bound_the_jobs_at_once_and_history_lowers_a_jobs_need() {
+    let src = yaml(&[("a", &[], ""), ("b", &[], ""), ("c", &[], ""), ("d", &[], "")]);
+    // `-j 4` on 2 cores: four tokens, four one-CPU jobs.
+    let mut m = machine(&src, small_machine(4));
+    assert_eq!(started(&m.handle(Input::Start, t(0))), vec![0, 1, 2, 3]);
+    // Two-CPU jobs on four tokens: two at once.
+    let src = yaml(&[
+        ("a", &[], "resources: {cpu: 2}"),
+        ("b", &[], "resources: {cpu: 2}"),
+        ("c", &[], "resources: {cpu: 2}"),
+    ]);
+    let mut m = machine(&src, small_machine(4));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), vec![0, 1]);
+    assert_eq!(waits(&fx)[0].1, "waiting for CPU: needs 2 CPUs, 0 of 4 CPUs free");
+    // What history says a job used is what it holds once learned.
+    let src = yaml(&[("a", &[], ""), ("b", &[], ""), ("c", &[], "")]);
+    let learned = ["a", "b", "c"].map(|n| {
+        (
+            n.to_string(),
+            JobUsage {
+                memory: Some(1536 << 20),
+                cpu_milli: Some(400),
+            },
+        )
+    });
+    let mut m = machine(
+        &src,
+        Options {
+            learned: learned.into_iter().collect(),
+            ..small_machine(3)
+        },
+    );
+    let fx = m.handle(Input::Start, t(0));
+    // 0.4 CPU each would let three run on 3 tokens, but 1.5 GiB each
+    // leaves room for two in 4 GiB.
+    assert_eq!(started(&fx), vec![0, 1]);
+    assert_eq!(
+        waits(&fx)[0].1,
+        "waiting for memory: needs 1.5 GiB, 1.0 GiB of 4.0 GiB free"
+    );
+}
+
+#[test]
+fn a_busy_resource_group_is_said_as_the_reason_a_job_waits() {
+    let src = "a:\n  script: [x]\n  resource_group: prod\nb:\n  script: [x]\n  resource_group: prod\n";
+    let mut m = gitlab_machine(src, opts(3));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(
+        waits(&fx),
+        [(
+            "b".to_string(),
+            "waiting for resource group `prod` (one job at a time)".to_string()
+        )]
+    );
+}

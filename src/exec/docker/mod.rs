@@ -809,11 +809,16 @@ impl DockerExecutor {
         // (`max_usage`, cgroup v1), else the highest use seen (cgroup v2
         // keeps no peak Docker reports).
         let mut stats = self.docker.stats(name, Some(StatsOptions::default()));
-        let peak = spec.peak_memory.clone();
+        let usage = spec.usage.clone();
+        let cpu_ns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = cpu_ns.clone();
         let sampler = tokio::spawn(async move {
             while let Some(Ok(s)) = stats.next().await {
                 if let Some(bytes) = s.memory_stats.and_then(|m| m.max_usage.or(m.usage)) {
-                    peak.record(bytes);
+                    usage.record(bytes);
+                }
+                if let Some(ns) = s.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage) {
+                    seen.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
@@ -850,6 +855,10 @@ impl DockerExecutor {
             }
         };
         sampler.abort();
+        // Docker counts the container's CPU time from its start: the last
+        // sample is the step's (a step shorter than a sample says none).
+        spec.usage
+            .add_cpu(cpu_ns.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000);
         // The log stream ends when the container stops; bound the wait anyway.
         let abort = reader.abort_handle();
         if tokio::time::timeout(Duration::from_secs(5), reader).await.is_err() {

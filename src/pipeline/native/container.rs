@@ -128,16 +128,25 @@ impl Cx<'_> {
         }
         if let Some(r) = get(node, "resources") {
             let rpath = join(path, "resources");
-            if self.mapping(r, &rpath, &["cpus", "memory", "pids"], "resources") {
-                if let Some(n) = get(r, "cpus") {
+            if self.mapping(r, &rpath, &["cpu", "cpus", "memory", "pids"], "resources") {
+                if let (Some(_), Some(n)) = (get(r, "cpu"), get(r, "cpus")) {
+                    self.err(
+                        n,
+                        &join(&rpath, "cpus"),
+                        "`cpu` and `cpus` are the same setting",
+                        "keep one of them",
+                    );
+                }
+                for key in ["cpu", "cpus"] {
+                    let Some(n) = get(r, key) else { continue };
                     match n.value {
                         Value::Int(i) if (1..=1024).contains(&i) => c.cpus = Some(i as f64),
                         Value::Float(f) if (0.01..=1024.0).contains(&f) => c.cpus = Some(f),
                         _ => self.err(
                             n,
-                            &join(&rpath, "cpus"),
-                            "`cpus` must be a number from 0.01 to 1024",
-                            "e.g. `cpus: 1.5`",
+                            &join(&rpath, key),
+                            format!("`{key}` must be a number from 0.01 to 1024"),
+                            format!("e.g. `{key}: 1.5`"),
                         ),
                     }
                 }

@@ -1,0 +1,119 @@
+//! What a job declares it needs of the machine, in any dialect: native
+//! `resources: {cpu, memory}`, or the variables `TRACKSIDE_CPU` and
+//! `TRACKSIDE_MEMORY` (a GitLab job's `variables`, a GitHub job's `env`,
+//! at the job's level or the pipeline's). Both land in the job's
+//! [`ContainerOptions`](super::model::ContainerOptions) `cpus`/`memory`:
+//! the scheduler reserves them, and a container job gets them as its
+//! limits. A setting already there (`resources:`, a container's
+//! `options: --memory`) wins over the variables.
+
+use super::diag::Diagnostic;
+use super::model::{EnvVar, Pipeline};
+use super::read::size_bytes;
+
+/// The variable for a job's CPUs (`1.5`).
+pub const CPU_VAR: &str = "TRACKSIDE_CPU";
+/// The variable for a job's memory (`4G`, `512MiB`).
+pub const MEMORY_VAR: &str = "TRACKSIDE_MEMORY";
+
+/// Reads the variables into each job's settings; an unreadable value is an
+/// error where it is written.
+pub fn from_variables(p: &mut Pipeline) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for job in &mut p.jobs {
+        // The job's own value comes after the pipeline's: the last one wins.
+        let last = |name: &str| job.environment.iter().rev().find(|v| v.name == name).cloned();
+        let (cpu, memory) = (last(CPU_VAR), last(MEMORY_VAR));
+        if let Some(v) = cpu
+            && job.container.cpus.is_none()
+        {
+            match v.value.trim().parse::<f64>() {
+                Ok(n) if (0.01..=1024.0).contains(&n) => job.container.cpus = Some(n),
+                _ => diags.push(bad(&job.name, &v, "a number of CPUs from 0.01 to 1024", "e.g. `1.5`")),
+            }
+        }
+        if let Some(v) = memory
+            && job.container.memory.is_none()
+        {
+            match size_bytes(&v.value) {
+                Some(b) if b >= 6 << 20 => job.container.memory = Some(b),
+                _ => diags.push(bad(
+                    &job.name,
+                    &v,
+                    "a size of at least 6MiB",
+                    "write bytes or a size with a unit: `512MiB`, `2GiB`, `4G`",
+                )),
+            }
+        }
+    }
+    // A pipeline-level value is every job's: one error for it.
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| seen.insert((d.file, d.line, d.column, d.message.clone())));
+    diags
+}
+
+fn bad(job: &str, v: &EnvVar, what: &str, hint: &str) -> Diagnostic {
+    let hint = if v.value.contains('$') {
+        "the scheduler reads it before the job runs: write the value itself, not a variable or an expression"
+    } else {
+        hint
+    };
+    Diagnostic::error(
+        v.pos,
+        v.name.len(),
+        format!("{job}.{}", v.name),
+        format!("`{}` must be {what}, found `{}`", v.name, v.value),
+    )
+    .with_hint(hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pipeline::{LoadOptions, Pipeline, diag::Report, parse_source};
+    use std::path::Path;
+
+    fn read(file: &str, yaml: &str) -> Result<Pipeline, Report> {
+        parse_source(Path::new(file), yaml.to_string(), &LoadOptions::default()).map(|(p, _)| p)
+    }
+
+    #[test]
+    fn the_variables_become_the_jobs_reservation_the_jobs_own_winning() {
+        let yaml = "variables:\n  TRACKSIDE_MEMORY: 1G\n  TRACKSIDE_CPU: \"0.5\"\n\
+                    build:\n  variables:\n    TRACKSIDE_MEMORY: 4GiB\n  script: [make]\n\
+                    lint:\n  script: [make lint]\n";
+        let p = read(".gitlab-ci.yml", yaml).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        let job = |n: &str| p.jobs.iter().find(|j| j.name == n).map(|j| j.container.clone());
+        assert_eq!(job("build").and_then(|c| c.memory), Some(4 << 30));
+        assert_eq!(job("build").and_then(|c| c.cpus), Some(0.5));
+        assert_eq!(job("lint").and_then(|c| c.memory), Some(1_000_000_000));
+    }
+
+    #[test]
+    fn a_setting_already_made_wins() {
+        let yaml = "name: p\njobs:\n  test:\n    environment: {TRACKSIDE_MEMORY: 4G}\n\
+                    resources: {cpu: 2, memory: 1GiB}\n    steps: [{name: a, script: \"true\"}]\n"
+            .replace("resources", "    resources");
+        let p = read("trackside.yml", &yaml).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        assert_eq!(p.jobs[0].container.memory, Some(1 << 30));
+        assert_eq!(p.jobs[0].container.cpus, Some(2.0));
+    }
+
+    #[test]
+    fn an_unreadable_value_is_an_error_where_it_is_written() {
+        let yaml = "build:\n  variables:\n    TRACKSIDE_MEMORY: lots\n    TRACKSIDE_CPU: $CPUS\n  script: [make]\n";
+        let r = read(".gitlab-ci.yml", yaml).expect_err("an error");
+        let d: Vec<_> = r.items.iter().map(|d| (d.line, d.column, d.message.as_str())).collect();
+        assert_eq!(
+            d,
+            [
+                (3, 5, "`TRACKSIDE_MEMORY` must be a size of at least 6MiB, found `lots`"),
+                (
+                    4,
+                    5,
+                    "`TRACKSIDE_CPU` must be a number of CPUs from 0.01 to 1024, found `$CPUS`"
+                ),
+            ]
+        );
+        assert!(r.items[1].hint.as_deref().is_some_and(|h| h.contains("not a variable")));
+    }
+}

@@ -1,0 +1,98 @@
+//! Scheduling as a user meets it: a job too large for the machine is told
+//! at once, and what a job used in past runs is what it holds in the next.
+
+mod common;
+
+use common::cli::Env;
+
+fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn a_job_larger_than_the_machine_fails_at_once_as_unschedulable() {
+    let env = Env::new();
+    let file = env.file(
+        "p.yml",
+        "name: big\njobs:\n  huge:\n    resources: {memory: 1000000GiB}\n    steps: [{script: ['echo never']}]\n  \
+         after:\n    depends_on: [huge]\n    steps: [{script: ['echo never']}]\n  small:\n    steps: [{script: ['echo ran']}]\n",
+    );
+    let out = env.run(&["run", file.to_str().expect("utf-8"), "--headless"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL (infra) in 0.0s: unschedulable: needs 1000000.0 GiB of memory, this machine has "),
+        "{text}"
+    );
+    assert!(text.contains("safety margin)"), "{text}");
+    assert!(text.contains("small > ran"), "the others still run: {text}");
+    assert!(!text.contains("never"), "{text}");
+}
+
+#[test]
+fn what_a_job_used_in_past_runs_is_what_it_holds_and_the_json_says_so() {
+    let env = Env::new();
+    // `hog` holds 256 MiB and spins a while; `idle` holds nothing.
+    let file = env.file(
+        "p.yml",
+        "name: learn\njobs:\n  hog:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=400M count=2 2>/dev/null', \
+         'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done']}]\n  idle:\n    steps: [{script: ['true']}]\n",
+    );
+    let file = file.to_str().expect("utf-8");
+    // The first runs hold the default: one CPU and 256 MiB each.
+    let first = env.run(&["run", file, "--json", "-j", "2"]);
+    assert_eq!(first.status.code(), Some(0));
+    let held = |evs: &[serde_json::Value]| -> Vec<u64> {
+        evs.iter()
+            .filter(|e| e["type"] == "resources")
+            .filter_map(|e| e["memory"].as_u64())
+            .collect()
+    };
+    let first = events(&first);
+    assert_eq!(held(&first).iter().max(), Some(&(512 << 20)), "two jobs at the default");
+    let budget = first
+        .iter()
+        .find(|e| e["type"] == "resources")
+        .and_then(|e| e["memory_budget"].as_u64())
+        .expect("a budget");
+    assert!(budget > 0);
+    for _ in 0..2 {
+        assert_eq!(env.run(&["run", file, "--headless"]).status.code(), Some(0));
+    }
+    // History now has three attempts of each: `hog`'s peak and CPU time.
+    let rows = env.run(&["history", "hog", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&rows.stdout).expect("json");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|r| r["peak_memory"].as_u64().is_some_and(|b| b >= 400 << 20)),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["cpu_ms"].as_u64().is_some_and(|ms| ms > 0)),
+        "{rows:?}"
+    );
+    // The fourth run: `hog` holds what it used, its 400 MiB peak or more
+    // (not the default 256 MiB); `idle` holds the default still (`true`
+    // is too small to be measured beside trackside's own size).
+    let fourth = env.run(&["run", file, "--json", "-j", "1"]);
+    assert_eq!(fourth.status.code(), Some(0));
+    let fourth = events(&fourth);
+    let after_start = |job: &str| {
+        let at = fourth
+            .iter()
+            .position(|e| e["type"] == "job_started" && e["job"] == job)
+            .expect("started");
+        fourth[at..]
+            .iter()
+            .find(|e| e["type"] == "resources")
+            .and_then(|e| e["memory"].as_u64())
+            .expect("a resources event after the start")
+    };
+    assert!(after_start("hog") >= 400 << 20, "{}", after_start("hog"));
+    assert_eq!(after_start("idle"), 256 << 20);
+}
