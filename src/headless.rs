@@ -840,6 +840,25 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             seconds(*start_in_ms)
         ),
         EventKind::JobWaiting { job, reason } => format!(":: {job:<w$} {reason}"),
+        EventKind::Breaker {
+            dependency,
+            phase,
+            reason,
+            probe_in_ms,
+        } => {
+            let phase = match phase {
+                crate::protocol::event::BreakerPhase::Open => "open",
+                crate::protocol::event::BreakerPhase::HalfOpen => "half-open",
+                crate::protocol::event::BreakerPhase::Closed => "closed",
+            };
+            match probe_in_ms {
+                Some(ms) => format!(
+                    ":: circuit {phase}: {dependency}: {reason}; jobs that need it are held, next probe in {} s",
+                    ms.div_ceil(1000)
+                ),
+                None => format!(":: circuit {phase}: {dependency}: {reason}"),
+            }
+        }
         // The header's numbers, for the UI and --json.
         EventKind::Resources { .. } => return None,
         EventKind::GateWaiting { job } => format!(":: {job:<w$} waiting for approval (headless: --approve {job})"),

@@ -426,6 +426,7 @@ mod tests {
             runbook: "docs/runbooks/network.md#connection-refused".into(),
             retryable: true,
             lines: Vec::new(),
+            dependency: None,
         };
         let f = n.take(&finished("test", JobStatus::Failed, Some(d))).expect("a notice");
         assert_eq!(f.event, "job_failed");

@@ -96,3 +96,61 @@ fn what_a_job_used_in_past_runs_is_what_it_holds_and_the_json_says_so() {
     assert!(after_start("hog") >= 400 << 20, "{}", after_start("hog"));
     assert_eq!(after_start("idle"), 256 << 20);
 }
+
+#[test]
+fn failures_on_one_host_open_its_breaker_hold_the_retries_and_a_passing_probe_closes_it() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.state()).expect("state");
+    std::fs::write(
+        env.state().join("config.yml"),
+        "breakers: {failures: 2, window: 60s, cooldown: 1s}\n",
+    )
+    .expect("config");
+    // Each attempt counts itself; the registry "comes back" at the third.
+    let count = env.dir.path().join("attempts");
+    let script = format!(
+        "echo x >> {c}; if [ $(wc -l < {c}) -ge 3 ]; then echo pushed; else \
+         echo \"dial tcp registry.test:5000: connect: connection refused\" >&2; exit 1; fi",
+        c = count.display()
+    );
+    let file = env.file(
+        "p.yml",
+        format!(
+            "name: push\nretry_policy:\n  backoff: {{initial: 0, jitter: 0}}\njobs:\n  a:\n    retry_count: 1\n    \
+             steps: [{{script: ['{script}']}}]\n  b:\n    retry_count: 1\n    steps: [{{script: ['{script}']}}]\n"
+        ),
+    );
+    let out = env.run(&["run", file.to_str().expect("utf-8"), "--json", "-j", "2"]);
+    let evs = events(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let phases: Vec<(String, String)> = evs
+        .iter()
+        .filter(|e| e["type"] == "breaker")
+        .map(|e| {
+            (
+                e["dependency"].as_str().unwrap_or("").to_string(),
+                e["phase"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let dep = "registry.test:5000".to_string();
+    assert_eq!(
+        phases,
+        [
+            (dep.clone(), "open".to_string()),
+            (dep.clone(), "half_open".to_string()),
+            (dep.clone(), "closed".to_string())
+        ]
+    );
+    // A retry was held while it was open, and said so.
+    assert!(
+        evs.iter().any(|e| e["type"] == "job_waiting"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("held: circuit open — registry.test:5000"))),
+        "{evs:?}"
+    );
+    // Four attempts in all: two failed, the probe passed, then the other.
+    let attempts = std::fs::read_to_string(&count).expect("count").lines().count();
+    assert_eq!(attempts, 4);
+}

@@ -1939,6 +1939,7 @@ fn a_failed_job_says_why_with_the_knowledge_base_hint_at_80x24() {
                 runbook: "docs/runbooks/network.md#connection-refused".into(),
                 retryable: true,
                 lines: vec!["dial tcp 127.0.0.1:5432: connect: connection refused".into()],
+                dependency: Some("127.0.0.1:5432".into()),
             }));
         }
     }
@@ -2219,5 +2220,55 @@ fn the_header_shows_the_memory_running_jobs_hold_and_a_queued_job_why_it_waits()
     assert_eq!(
         app.model.why(j),
         "queued; waiting for memory: needs 4.0 GiB, 1.5 GiB of 7.0 GiB free"
+    );
+}
+
+#[test]
+fn an_open_circuit_breaker_is_in_the_header_and_b_closes_the_one_holding_the_job() {
+    let mut events = running_events();
+    for dep in ["api.internal:8080", "registry.local:5000"] {
+        events.push(ev(
+            1_300,
+            EventKind::Breaker {
+                dependency: dep.into(),
+                phase: trackside::protocol::event::BreakerPhase::Open,
+                reason: "3 failures in 60 s (connection refused)".into(),
+                probe_in_ms: Some(30_000),
+            },
+        ));
+    }
+    events.push(ev(
+        1_310,
+        EventKind::JobWaiting {
+            job: "integration".into(),
+            reason: "held: circuit open — registry.local:5000: connection refused, 3 failures in 60 s; \
+                     next probe in 30 s"
+                .into(),
+        },
+    ));
+    let mut app = app_with(&events, color());
+    let j = app.model.job("integration").expect("job");
+    app.model.jobs[j].status = JobStatus::Ready;
+    let header = drawn(&mut app, 80, 24)[0].clone();
+    assert!(header.contains("CIRCUIT OPEN: api.internal:8080 +1"), "{header}");
+    select(&mut app, "integration");
+    assert_eq!(
+        app.handle_key(KeyEvent::new(KeyCode::Char('B'), KeyModifiers::NONE)),
+        vec![Command::CloseBreaker("registry.local:5000".into())]
+    );
+    // Closed: it leaves the header, and B has nothing to do.
+    app.apply(&ev(
+        1_400,
+        EventKind::Breaker {
+            dependency: "registry.local:5000".into(),
+            phase: trackside::protocol::event::BreakerPhase::Closed,
+            reason: "closed by hand by ana@build".into(),
+            probe_in_ms: None,
+        },
+    ));
+    select(&mut app, "lint");
+    assert_eq!(
+        app.handle_key(KeyEvent::new(KeyCode::Char('B'), KeyModifiers::NONE)),
+        vec![Command::CloseBreaker("api.internal:8080".into())]
     );
 }

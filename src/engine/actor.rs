@@ -491,6 +491,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             .capacity
             .unwrap_or_else(|| super::admission::Capacity::measure(cfg.max_parallel.max(1))),
         learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
+        breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 
@@ -547,6 +548,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         msg_tx,
         running: HashMap::new(),
         retry_timers: HashMap::new(),
+        wake_at: None,
         started_at: None,
         pipeline_timeout: pipeline.timeout,
         timed_out: false,
@@ -863,6 +865,8 @@ struct Actor {
     msg_tx: mpsc::Sender<RunnerMsg>,
     running: HashMap<JobId, CancellationToken>,
     retry_timers: HashMap<JobId, tokio::task::JoinHandle<()>>,
+    /// When the state machine asked to be woken ([`Effect::Wake`]).
+    wake_at: Option<Instant>,
     started_at: Option<Instant>,
     pipeline_timeout: Duration,
     timed_out: bool,
@@ -936,6 +940,11 @@ impl Actor {
                 Some(j) = retry_rx.recv() => Some(ActorMsg::RetryDue(j)),
                 Some(note) = self.notes_rx.recv() => {
                     self.emit(note);
+                    None
+                }
+                () = sleep_until_opt(self.wake_at), if self.wake_at.is_some() => {
+                    self.wake_at = None;
+                    self.apply(Input::Tick, &retry_tx);
                     None
                 }
                 () = sleep_until_opt(deadline), if timeout_armed => {
@@ -1312,6 +1321,10 @@ impl Actor {
             C::Pause => Ok(Input::Pause),
             C::Resume => Ok(Input::Resume),
             C::FinishWaiting => Ok(Input::FinishWaiting),
+            C::CloseBreaker { dependency } => Ok(Input::CloseBreaker {
+                dependency,
+                by: by.clone(),
+            }),
         };
         let result = input.and_then(|input| {
             self.state.check(&input).map_err(EngineError::Rejected)?;
@@ -1494,8 +1507,12 @@ impl Actor {
                     });
                     // Captured again from the masked lines: a piece of a
                     // secret is not a secret the masker knows.
-                    if let Some(h) = crate::insight::knowledge::KnowledgeBase::builtin().hint_from(&d.rule, &d.lines) {
+                    let kb = crate::insight::knowledge::KnowledgeBase::builtin();
+                    if let Some(h) = kb.hint_from(&d.rule, &d.lines) {
                         d.hint = h;
+                    }
+                    if d.dependency.is_some() {
+                        d.dependency = kb.dependency_from(&d.rule, &d.lines);
                     }
                 }
                 if let Some(line) = telling.filter(|_| outcome.failure.is_some()) {
@@ -1600,6 +1617,10 @@ impl Actor {
                     if let Some(token) = self.running.get(&job) {
                         token.cancel();
                     }
+                }
+                Effect::Wake { after } => {
+                    let at = Instant::now() + after;
+                    self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
                 }
                 Effect::ScheduleRetry { job, after } => {
                     let tx = retry_tx.clone();

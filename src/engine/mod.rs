@@ -10,6 +10,7 @@ pub mod actor;
 pub mod admission;
 pub mod artifacts;
 pub mod attempt;
+pub mod breaker;
 pub mod failure;
 pub mod filecmd;
 pub mod history;

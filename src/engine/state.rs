@@ -18,6 +18,7 @@ use crate::pipeline::model::Refusal;
 use crate::pipeline::{FailureClass, Pipeline, Plan, When};
 
 use super::admission::{Basis, Capacity, Fit, JobUsage, Ledger, Need};
+use super::breaker::Gate;
 use super::event::*;
 
 pub type JobId = usize;
@@ -113,6 +114,13 @@ pub enum Input {
     /// End the run once only unapproved gates remain (an interactive run
     /// whose user quits at a gate): it finishes as blocked.
     FinishWaiting,
+    /// Close a dependency's circuit breaker by hand (`by`: who).
+    CloseBreaker {
+        dependency: String,
+        by: String,
+    },
+    /// A time asked for with [`Effect::Wake`] has come.
+    Tick,
 }
 
 pub use crate::protocol::identity::Approver;
@@ -133,6 +141,11 @@ pub enum Effect {
     },
     Emit(EventKind),
     Finished(Box<RunSummary>),
+    /// Send [`Input::Tick`] after this long (an open circuit breaker's
+    /// probe is due).
+    Wake {
+        after: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -153,6 +166,8 @@ pub struct Options {
     pub capacity: Capacity,
     /// What history says each job (by name) used.
     pub learned: HashMap<String, JobUsage>,
+    /// When a dependency's circuit breaker opens.
+    pub breakers: super::breaker::Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +206,8 @@ struct JobState {
     holds: Option<Need>,
     /// Why it could not start when it last tried (told once per reason).
     waiting: Option<String>,
+    /// The dependencies its failures were on (their breakers hold it).
+    failed_on: Vec<String>,
 }
 
 impl JobState {
@@ -217,6 +234,7 @@ impl JobState {
             tests_quarantined: false,
             holds: None,
             waiting: None,
+            failed_on: Vec::new(),
         }
     }
 }
@@ -249,6 +267,8 @@ pub struct RunState {
     ledger: Ledger,
     /// The last `Resources` event's numbers (one is sent when they change).
     told_resources: Option<(usize, Need)>,
+    /// A circuit breaker per dependency jobs failed on.
+    breakers: super::breaker::Breakers,
     paused: bool,
     started: bool,
     finished: bool,
@@ -298,6 +318,7 @@ impl RunState {
             held: Default::default(),
             ledger: Ledger::new(opts.capacity),
             told_resources: None,
+            breakers: super::breaker::Breakers::new(opts.breakers),
             paused: false,
             started: false,
             finished: false,
@@ -626,8 +647,24 @@ impl RunState {
                     Err("no failed or cancelled job to rerun".into())
                 }
             }
+            Input::CloseBreaker { dependency, .. } => {
+                if self.breakers.tripped().any(|d| d == dependency) {
+                    Ok(())
+                } else {
+                    let open: Vec<&str> = self.breakers.tripped().collect();
+                    Err(match open.is_empty() {
+                        true => format!("no circuit breaker is open (`{dependency}` asked)"),
+                        false => format!("`{dependency}` has no open circuit breaker; open: {}", open.join(", ")),
+                    })
+                }
+            }
             _ => Ok(()),
         }
+    }
+
+    /// The dependencies whose breakers are open or half-open.
+    pub fn open_breakers(&self) -> Vec<String> {
+        self.breakers.tripped().map(str::to_string).collect()
     }
 
     pub fn handle(&mut self, input: Input, now: Duration) -> Vec<Effect> {
@@ -740,6 +777,13 @@ impl RunState {
                 }
             }
             Input::FinishWaiting => self.opts.finish_when_blocked = true,
+            Input::CloseBreaker { dependency, by } => {
+                if let Some(t) = self.breakers.close(&dependency, &by) {
+                    fx.push(breaker_event(t));
+                }
+            }
+            // The schedule below lets a due probe through.
+            Input::Tick => {}
             Input::Pause => {
                 if !self.paused {
                     self.paused = true;
@@ -1195,6 +1239,18 @@ impl RunState {
                     continue;
                 }
             }
+            let deps = self.dependencies(j);
+            if !deps.is_empty() {
+                match self.breakers.gate(&deps, j, self.now) {
+                    Gate::Go => {}
+                    Gate::Probe(opened) => fx.extend(opened.into_iter().map(breaker_event)),
+                    Gate::Held { reason, key } => {
+                        self.tell_waiting_as(j, key, reason, fx);
+                        waiting.push((prio, Reverse(j)));
+                        continue;
+                    }
+                }
+            }
             for (g, _) in groups {
                 *self.held.entry(g).or_default() += 1;
             }
@@ -1237,12 +1293,60 @@ impl RunState {
 
     /// Says why a ready job waits, once per reason.
     fn tell_waiting(&mut self, j: JobId, reason: String, fx: &mut Vec<Effect>) {
-        if self.jobs[j].waiting.as_deref() != Some(reason.as_str()) {
-            self.jobs[j].waiting = Some(reason.clone());
+        self.tell_waiting_as(j, reason.clone(), reason, fx);
+    }
+
+    /// Says why a ready job waits, once per `key` (a reason whose text
+    /// moves, as a countdown, keeps its key).
+    fn tell_waiting_as(&mut self, j: JobId, key: String, reason: String, fx: &mut Vec<Effect>) {
+        if self.jobs[j].waiting.as_deref() != Some(key.as_str()) {
+            self.jobs[j].waiting = Some(key);
             fx.push(Effect::Emit(EventKind::JobWaiting {
                 job: self.name(j),
                 reason,
             }));
+        }
+    }
+
+    /// The dependencies with a tripped breaker that job `j` needs: those
+    /// its definition names, and those it failed on before.
+    fn dependencies(&self, j: JobId) -> Vec<String> {
+        let spec = &self.pipeline.jobs[j];
+        self.breakers
+            .tripped()
+            .filter(|d| self.jobs[j].failed_on.iter().any(|f| f == d) || super::breaker::needs(spec, d))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// What the end of an attempt tells the breakers: a failure on a
+    /// dependency counts against it, a pass closes a breaker it probed.
+    fn tell_breakers(
+        &mut self,
+        j: JobId,
+        class: Option<FailureClass>,
+        diagnosis: Option<&Diagnosis>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let spec = &self.pipeline.jobs[j];
+        let on = diagnosis
+            .filter(|_| matches!(class, Some(FailureClass::Network | FailureClass::Infra)))
+            .and_then(|d| Some((d.dependency.clone()?, d.title.clone())))
+            .filter(|(d, _)| super::breaker::outside(spec, d));
+        match (class, on) {
+            (None, _) => fx.extend(self.breakers.passed(j).into_iter().map(breaker_event)),
+            (Some(_), Some((dependency, what))) => {
+                if !self.jobs[j].failed_on.contains(&dependency) {
+                    self.jobs[j].failed_on.push(dependency.clone());
+                }
+                if let Some(t) = self.breakers.failed(&dependency, &what, j, self.now) {
+                    if let Some(after) = t.probe_in {
+                        fx.push(Effect::Wake { after });
+                    }
+                    fx.push(breaker_event(t));
+                }
+            }
+            (Some(_), None) => self.breakers.ended(j),
         }
     }
 
@@ -1311,6 +1415,8 @@ impl RunState {
                 .for_class(c, outcome.exit_code, outcome.message.as_deref().unwrap_or(""))
                 .map(Box::new),
         };
+        self.tell_breakers(j, class, diagnosis.as_deref(), fx);
+        let st = &mut self.jobs[j];
         if let Some(rec) = st.attempts.last_mut() {
             rec.ended_ms = Some(ms(now));
             rec.exit_code = outcome.exit_code;
@@ -1911,6 +2017,16 @@ pub fn may_retry(r: Retry, when: &[FailureClass], exit_codes: &[i32], limit: u32
     let by_class = when.contains(&r.class) && !(r.permanent && FailureClass::TRANSIENT.contains(&r.class));
     let wanted = by_class || r.exit_code.is_some_and(|e| exit_codes.contains(&e));
     wanted && r.tries <= limit && !r.stopping
+}
+
+/// A breaker's transition as the run's event.
+fn breaker_event(t: super::breaker::Transition) -> Effect {
+    Effect::Emit(EventKind::Breaker {
+        dependency: t.dependency,
+        phase: t.phase,
+        reason: t.reason,
+        probe_in_ms: t.probe_in.map(ms),
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,11 @@ struct RuleDef {
     retryable: bool,
     hint: String,
     runbook: String,
+    /// What outside the run the failure is on, tried in order: the first
+    /// whose placeholders captured something (`['{host}', 'the Docker
+    /// daemon']`). Its circuit breaker counts the failure.
+    #[serde(default)]
+    dependency: Vec<String>,
 }
 
 /// A rules file that cannot be used, and where.
@@ -128,6 +133,9 @@ pub struct Rule {
     pub retryable: bool,
     pub hint: String,
     pub runbook: String,
+    /// Templates naming the dependency the failure is on (see the rules
+    /// file); empty for a failure of the job's own.
+    pub dependency: Vec<String>,
     scope: Scope,
     tail: usize,
     /// Indices into the knowledge base's patterns.
@@ -213,7 +221,8 @@ impl KnowledgeBase {
                 });
                 scopes.push(def.scan);
             }
-            for name in placeholders(&def.hint).into_iter().flat_map(|p| p.split('|')) {
+            let named = std::iter::once(&def.hint).chain(&def.dependency);
+            for name in named.flat_map(|t| placeholders(t)).flat_map(|p| p.split('|')) {
                 if !groups.contains(name) {
                     return Err(invalid(format!(
                         "the hint names {{{name}}} but no pattern has a group (?P<{name}>...)"
@@ -230,6 +239,7 @@ impl KnowledgeBase {
                 retryable: def.retryable,
                 hint: def.hint,
                 runbook: def.runbook,
+                dependency: def.dependency,
                 scope: def.scan,
                 tail,
                 patterns: indices,
@@ -321,6 +331,40 @@ impl KnowledgeBase {
             .collect();
         Some(render(&rule.hint, |name| captured(&captures, name)))
     }
+
+    /// The dependency of rule `rule`'s failure, read from `lines` (the
+    /// masked ones, as [`Self::hint_from`]).
+    pub fn dependency_from(&self, rule: &str, lines: &[String]) -> Option<String> {
+        let rule = self.rule(rule)?;
+        let captures: Vec<regex::bytes::Captures<'_>> = rule
+            .patterns
+            .iter()
+            .filter_map(|&p| {
+                let re = self.regexes[p].regex()?;
+                lines.iter().find_map(|l| re.captures(l.as_bytes()))
+            })
+            .collect();
+        dependency(rule, |name| captured(&captures, name))
+    }
+}
+
+/// The first of a rule's dependency templates whose placeholders all
+/// captured, as a host (`db:5432`, `registry.local`) where it names one:
+/// a URL's scheme, login and path are dropped, curl's `db port 5432` is
+/// `db:5432`.
+fn dependency(rule: &Rule, value: impl Fn(&str) -> Option<String>) -> Option<String> {
+    rule.dependency.iter().find_map(|t| {
+        let names = placeholders(t);
+        if !names.iter().all(|n| n.split('|').any(|a| value(a).is_some())) {
+            return None;
+        }
+        let text = render(t, &value);
+        let host = text.split_once("://").map_or(text.as_str(), |(_, rest)| rest);
+        let host = host.split('/').next().unwrap_or(host);
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host = host.trim_matches(|c| c == '"' || c == '\'').replace(" port ", ":");
+        (!host.is_empty()).then_some(host)
+    })
 }
 
 /// The `{a|b}` placeholders of a hint, without braces.
@@ -580,6 +624,7 @@ impl<'k> Scan<'k> {
             runbook: rule.runbook.clone(),
             retryable: rule.retryable,
             lines: matched.into_iter().map(|h| h.text.clone()).collect(),
+            dependency: dependency(rule, |name| captured(&captures, name)),
         })
     }
 }
@@ -795,6 +840,48 @@ rules:
             hint.starts_with("a command is not installed where the step runs"),
             "{hint}"
         );
+    }
+
+    #[test]
+    fn a_failure_on_something_outside_the_run_names_it_as_a_host() {
+        let kb = KnowledgeBase::builtin();
+        let end = Ending {
+            signal: None,
+            exit_code: Some(1),
+        };
+        let dep = |line: &str| kb.diagnose_message(line, &end).and_then(|d| d.dependency);
+        assert_eq!(
+            dep("curl: (7) Failed to connect to db port 5432 after 0 ms: Connection refused").as_deref(),
+            Some("db:5432")
+        );
+        assert_eq!(
+            dep("dial tcp 10.0.0.5:443: connect: connection refused").as_deref(),
+            Some("10.0.0.5:443")
+        );
+        assert_eq!(
+            dep("fatal: unable to access 'https://ci:t0ken@git.example.com/shop.git/': Could not resolve host")
+                .as_deref(),
+            Some("git.example.com"),
+            "the login is no part of it"
+        );
+        assert_eq!(
+            dep("Get \"https://registry.local:5000/v2/\": dial tcp 127.0.0.1:5000: connect: connection refused")
+                .as_deref(),
+            Some("registry.local:5000")
+        );
+        assert_eq!(
+            dep("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
+                .as_deref(),
+            Some("the Docker daemon")
+        );
+        // Refused, but no host said: nothing to hold jobs for.
+        assert_eq!(dep("psql: error: Connection refused"), None);
+        assert_eq!(dep("error[E0308]: mismatched types"), None);
+        // Read again from the masked lines, it is the same.
+        let d = kb
+            .diagnose_message("dial tcp 10.0.0.5:443: connect: connection refused", &end)
+            .expect("a diagnosis");
+        assert_eq!(kb.dependency_from(&d.rule, &d.lines).as_deref(), Some("10.0.0.5:443"));
     }
 
     #[test]

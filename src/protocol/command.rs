@@ -37,6 +37,11 @@ pub enum Command {
     },
     /// Ends the run as blocked once only unapproved manual gates remain.
     FinishWaiting,
+    /// Closes a dependency's circuit breaker by hand: the jobs it held
+    /// start again.
+    CloseBreaker {
+        dependency: String,
+    },
     /// Cancels what still runs, waits for it to stop, and ends the run.
     Shutdown,
 }
@@ -55,6 +60,7 @@ impl Command {
             Command::Rollout { job, action } => format!("{} {job}", action.as_str()),
             Command::RollbackService { service } => format!("roll back {service}"),
             Command::FinishWaiting => "finish when only gates are left".into(),
+            Command::CloseBreaker { dependency } => format!("close the circuit breaker of {dependency}"),
             Command::Shutdown => "stop the run".into(),
         }
     }

@@ -177,6 +177,22 @@ pub struct Diagnosis {
     /// The output lines that matched (masked), in the order they came.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,
+    /// What outside the run it failed on, when the rule names it (a
+    /// host, a registry, the Docker daemon): its circuit breaker counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependency: Option<String>,
+}
+
+/// Where a circuit breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerPhase {
+    /// Jobs start as usual.
+    Closed,
+    /// Jobs that need the dependency are held.
+    Open,
+    /// One job goes through as a probe.
+    HalfOpen,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -522,6 +538,17 @@ pub enum EventKind {
     JobWaiting {
         job: String,
         reason: String,
+    },
+    /// A circuit breaker changed: `dependency` (a host, a registry, the
+    /// Docker daemon) opened after repeated failures on it, let a probe
+    /// through, or closed (see `engine::breaker`).
+    Breaker {
+        dependency: String,
+        phase: BreakerPhase,
+        reason: String,
+        /// Open: milliseconds until it lets a probe through.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probe_in_ms: Option<u64>,
     },
     /// What running jobs hold of the machine: sent when it changes.
     Resources {

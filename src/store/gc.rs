@@ -114,6 +114,67 @@ struct Config {
     ui: ConfigUi,
     #[serde(default)]
     access: ConfigAccess,
+    #[serde(default)]
+    breakers: ConfigBreakers,
+}
+
+/// `breakers:` in `<state>/config.yml`: when a dependency's circuit
+/// breaker opens, and for how long.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigBreakers {
+    failures: Option<u32>,
+    window: Option<String>,
+    cooldown: Option<String>,
+}
+
+/// When a circuit breaker opens: `failures` failures on one dependency
+/// within `window`; it lets a probe through after `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 3,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The `breakers:` settings of `<state>/config.yml`, defaults for what it
+/// leaves out.
+pub fn breaker_config(state: &Path) -> Result<BreakerConfig, StoreError> {
+    let (cfg, path) = read_config(state)?;
+    let bad = |message: String| StoreError::Config {
+        path: path.clone(),
+        message,
+    };
+    let d = BreakerConfig::default();
+    let time = |v: &Option<String>, key: &str, default: Duration| -> Result<Duration, StoreError> {
+        match v.as_deref() {
+            None => Ok(default),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(t) if !t.is_zero() => Ok(t),
+                Ok(_) => Err(bad(format!("breakers.{key}: `{s}` must be longer than zero"))),
+                Err(e) => Err(bad(format!("breakers.{key}: `{s}`: {e}; e.g. `60s`"))),
+            },
+        }
+    };
+    let failures = cfg.breakers.failures.unwrap_or(d.failures);
+    if failures == 0 {
+        return Err(bad("breakers.failures: must be at least 1".into()));
+    }
+    Ok(BreakerConfig {
+        failures,
+        window: time(&cfg.breakers.window, "window", d.window)?,
+        cooldown: time(&cfg.breakers.cooldown, "cooldown", d.cooldown)?,
+    })
 }
 
 /// `access:` in `<state>/config.yml`: who besides the user may reach a

@@ -41,6 +41,8 @@ pub enum Command {
     RollbackService(String),
     /// Show the live services (the run's screen comes back after).
     Services,
+    /// Close a dependency's circuit breaker by hand.
+    CloseBreaker(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,6 +543,7 @@ impl App {
         match action {
             Action::Approve => matches!(status, Some(JobStatus::WaitingApproval | JobStatus::Delayed)),
             Action::Retry => matches!(status, Some(JobStatus::Failed | JobStatus::Cancelled)),
+            Action::CloseBreaker => !self.model.breakers.is_empty() && self.model.finished.is_none(),
             // A shell opens in a container: the job needs a step with an image.
             Action::Shell => {
                 status == Some(JobStatus::Failed) && self.selected_job().is_some_and(|j| self.model.jobs[j].has_image)
@@ -590,6 +593,19 @@ impl App {
             Action::Promote if self.selected_rollout().is_some_and(|r| r.strategy == "rolling") => "resume",
             _ => b.label,
         }
+    }
+
+    /// The breaker `B` closes: the one holding the selected job, else the
+    /// first open one.
+    fn breaker_to_close(&self) -> Option<String> {
+        let waiting = self.selected_job().and_then(|j| self.model.jobs[j].waiting.as_deref());
+        let holding = waiting.and_then(|w| {
+            self.model
+                .breakers
+                .keys()
+                .find(|d| w.contains(&format!(" {d}:")) || w.ends_with(&format!(" {d}")))
+        });
+        holding.or_else(|| self.model.breakers.keys().next()).cloned()
     }
 
     /// The selected job's rollout, when it is a deploy job that has one.
@@ -905,6 +921,7 @@ impl App {
                 )
             }
             Action::Retry => vec![Command::Retry(name)],
+            Action::CloseBreaker => self.breaker_to_close().map(Command::CloseBreaker).into_iter().collect(),
             Action::Shell => vec![Command::Shell(name)],
             Action::Promote | Action::PromoteFull | Action::AbortRollout | Action::Rollback | Action::HoldRollout => {
                 use crate::protocol::RolloutCommand as R;

@@ -13,6 +13,8 @@ pub enum Action {
     OpenLog,
     Approve,
     Retry,
+    /// Close the circuit breaker holding the selected job (or the open one).
+    CloseBreaker,
     RerunFailed,
     Cancel,
     CancelAll,
@@ -199,6 +201,14 @@ pub const BINDINGS: &[Binding] = &[
         "the pipeline's recent runs: durations, failure rate, flakiest jobs, failure classes",
     ),
     b(
+        &[K::Char('B')],
+        "B",
+        A::CloseBreaker,
+        S::Everywhere,
+        "close circuit",
+        "close the circuit breaker holding the selected job (or the open one): held jobs start",
+    ),
+    b(
         &[K::Char('S')],
         "S",
         A::Services,
@@ -371,6 +381,7 @@ pub const FOOTER_ORDER: &[Action] = &[
     A::HoldRollout,
     A::Approve,
     A::Retry,
+    A::CloseBreaker,
     A::Shell,
     A::Tests,
     A::OpenLog,

@@ -602,6 +602,10 @@ async fn perform<L: Link>(link: &L, app: &mut App, cmd: Command) -> Option<bool>
                 service: service.clone(),
             },
         ),
+        Command::CloseBreaker(d) => (
+            format!("closing the circuit breaker of {d}: the jobs it held may start"),
+            P::CloseBreaker { dependency: d.clone() },
+        ),
         Command::Shell(_) | Command::Detach | Command::Services => return None,
         Command::Quit { cancel } => {
             if *cancel {

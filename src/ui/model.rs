@@ -208,6 +208,17 @@ pub struct Model {
     pub history: Option<crate::protocol::view::PipelineStats>,
     /// What running jobs hold of the machine, as the engine last said.
     pub resources: Option<Held>,
+    /// Circuit breakers that are open or half-open, by dependency.
+    pub breakers: std::collections::BTreeMap<String, Tripped>,
+}
+
+/// A circuit breaker that is not closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tripped {
+    pub phase: crate::protocol::event::BreakerPhase,
+    pub reason: String,
+    /// Open: when it lets a probe through (ts, ms).
+    pub probe_at: Option<u64>,
 }
 
 /// What running jobs hold of the machine (the header's "3/4 jobs, 5.1/7.0 GiB").
@@ -415,6 +426,26 @@ impl Model {
             }),
             EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
             EventKind::JobWaiting { job, reason } => self.with(job, |j| j.waiting = Some(reason.clone())),
+            EventKind::Breaker {
+                dependency,
+                phase,
+                reason,
+                probe_in_ms,
+            } => match phase {
+                crate::protocol::event::BreakerPhase::Closed => {
+                    self.breakers.remove(dependency);
+                }
+                phase => {
+                    self.breakers.insert(
+                        dependency.clone(),
+                        Tripped {
+                            phase: *phase,
+                            reason: reason.clone(),
+                            probe_at: probe_in_ms.map(|ms| ev.ts.saturating_add(ms)),
+                        },
+                    );
+                }
+            },
             EventKind::Resources {
                 running,
                 limit,

@@ -231,6 +231,16 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             })),
         }
     }
+    // Open circuit breakers, while the run goes on (B closes one): before
+    // the counts, so 80 columns show them.
+    if let Some(first) = m.breakers.keys().next().filter(|_| m.finished.is_none()) {
+        spans.push(sep());
+        let more = match m.breakers.len() {
+            1 => String::new(),
+            n => format!(" +{}", n - 1),
+        };
+        spans.push(Span::styled(format!("CIRCUIT OPEN: {first}{more}"), t.error()));
+    }
     spans.push(sep());
     // A count per glyph the boxes show (a flaky pass, a queued job and an
     // allowed failure each under their own), in the legend's order.
@@ -264,6 +274,7 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         spans.push(sep());
         spans.push(Span::styled("PAUSED", t.warn()));
     }
+
     if let Some(f) = &m.finished {
         spans.push(sep());
         let style = if f.exit_code == 0 {

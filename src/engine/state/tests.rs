@@ -1292,3 +1292,105 @@ fn a_busy_resource_group_is_said_as_the_reason_a_job_waits() {
         )]
     );
 }
+
+/// Jobs with one retry each, running `script`.
+fn retrying_jobs(names: &[&str], script: &str) -> String {
+    let mut s = String::from("name: t\nretry_policy:\n  backoff: {initial: 1, jitter: 0}\njobs:\n");
+    for n in names {
+        s.push_str(&format!(
+            "  {n}:\n    retry_count: 1\n    steps:\n      - script: {script}\n"
+        ));
+    }
+    s
+}
+
+fn on_registry(m: &mut RunState, job: JobId, at: u64) -> Vec<Effect> {
+    let attempt = m.attempt(job);
+    let mut outcome = Outcome::failed(Some(1), FailureClass::Network);
+    outcome.diagnosis = Some(Box::new(Diagnosis {
+        rule: "image-pull-failed".into(),
+        title: "an image could not be pulled".into(),
+        class: FailureClass::Network,
+        hint: String::new(),
+        runbook: String::new(),
+        retryable: true,
+        lines: Vec::new(),
+        dependency: Some("registry.local:5000".into()),
+    }));
+    m.handle(Input::AttemptFinished { job, attempt, outcome }, t(at))
+}
+
+fn breaker_phases(fx: &[Effect]) -> Vec<BreakerPhase> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Emit(EventKind::Breaker { phase, .. }) => Some(*phase),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn repeated_failures_on_a_registry_open_its_breaker_hold_the_retries_and_a_probe_closes_it() {
+    let src = retrying_jobs(&["a", "b", "c"], "docker pull registry.local:5000/app")
+        + "  lint:\n    depends_on: [a]\n    steps:\n      - script: 'true'\n";
+    let mut m = machine(&src, opts(4));
+    assert_eq!(started(&m.handle(Input::Start, t(0))), vec![0, 1, 2]);
+    assert!(breaker_phases(&on_registry(&mut m, 0, 1_000)).is_empty());
+    assert!(breaker_phases(&on_registry(&mut m, 1, 1_000)).is_empty());
+    let fx = on_registry(&mut m, 2, 1_000);
+    assert_eq!(breaker_phases(&fx), [BreakerPhase::Open]);
+    assert!(fx.contains(&Effect::Wake {
+        after: Duration::from_secs(30)
+    }));
+    assert_eq!(m.open_breakers(), ["registry.local:5000"]);
+    // Their retries are due: held, each saying why, none started.
+    let mut held = Vec::new();
+    for j in 0..3 {
+        let fx = m.handle(Input::RetryDue { job: j }, t(2_000));
+        assert!(started(&fx).is_empty(), "{fx:?}");
+        held.extend(waits(&fx));
+    }
+    assert_eq!(held.len(), 3);
+    assert_eq!(
+        held[0].1,
+        "held: circuit open — registry.local:5000: an image could not be pulled, 3 failures in 60 s; next probe in 29 s"
+    );
+    // Told once: another input does not repeat it.
+    assert!(waits(&m.handle(Input::Tick, t(5_000))).is_empty());
+    // The cool-down is over: one probe goes.
+    let fx = m.handle(Input::Tick, t(31_000));
+    assert_eq!(started(&fx), vec![0]);
+    assert_eq!(breaker_phases(&fx), [BreakerPhase::HalfOpen]);
+    // It passes: the breaker closes and the others start.
+    let fx = ok(&mut m, 0, 32_000);
+    assert_eq!(breaker_phases(&fx), [BreakerPhase::Closed]);
+    assert_eq!(started(&fx), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_person_closes_an_open_breaker_and_the_held_jobs_start() {
+    let src = retrying_jobs(&["a", "b", "c"], "curl http://api.internal:8080");
+    let mut m = machine(&src, opts(3));
+    m.handle(Input::Start, t(0));
+    for j in 0..3 {
+        on_registry(&mut m, j, 100);
+    }
+    // The dependency is the registry; these jobs name another host, so
+    // only their own failures tie them to it.
+    assert_eq!(m.open_breakers(), ["registry.local:5000"]);
+    let fx = m.handle(Input::RetryDue { job: 0 }, t(1_100));
+    assert!(started(&fx).is_empty());
+    let close = Input::CloseBreaker {
+        dependency: "nothing".into(),
+        by: "ana".into(),
+    };
+    assert!(m.check(&close).is_err_and(|e| e.contains("open: registry.local:5000")));
+    let close = Input::CloseBreaker {
+        dependency: "registry.local:5000".into(),
+        by: "ana@build".into(),
+    };
+    assert_eq!(m.check(&close), Ok(()));
+    let fx = m.handle(close, t(1_200));
+    assert_eq!(breaker_phases(&fx), [BreakerPhase::Closed]);
+    assert_eq!(started(&fx), vec![0]);
+}
