@@ -840,6 +840,11 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             seconds(*start_in_ms)
         ),
         EventKind::JobWaiting { job, reason } => format!(":: {job:<w$} {reason}"),
+        EventKind::Parallelism {
+            from, limit, reason, ..
+        } => {
+            format!(":: -j auto: {from} -> {limit} jobs at once: {reason}")
+        }
         EventKind::Breaker {
             dependency,
             phase,

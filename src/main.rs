@@ -231,9 +231,10 @@ enum Cmd {
         /// One JSON event per line instead of plain text.
         #[arg(long)]
         json: bool,
-        /// Jobs at once (default: number of cores).
-        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        jobs: Option<u32>,
+        /// Jobs at once: `auto` (the default) follows the machine's pressure
+        /// (docs/scheduling.md), a number is a fixed limit.
+        #[arg(short = 'j', long = "jobs", value_name = "N|auto", value_parser = parse_jobs)]
+        jobs: Option<Jobs>,
         /// Stop everything at the first required failure.
         #[arg(long)]
         fail_fast: bool,
@@ -659,6 +660,24 @@ enum StoreCmd {
         #[arg(long)]
         repair: bool,
     },
+}
+
+/// `-j`: how many jobs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jobs {
+    /// Follow the machine's pressure.
+    Auto,
+    Fixed(u32),
+}
+
+fn parse_jobs(s: &str) -> Result<Jobs, String> {
+    match s {
+        "auto" => Ok(Jobs::Auto),
+        n => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Jobs::Fixed(n)),
+            _ => Err(format!("`{s}` is not a number of jobs from 1 up, nor `auto`")),
+        },
+    }
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -1181,8 +1200,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.in_place = in_place;
             cfg.keep_workspaces = keep_workspaces;
             cfg.verbose = verbose;
-            if let Some(j) = jobs {
-                cfg.max_parallel = usize::try_from(j).unwrap_or(usize::MAX);
+            match jobs {
+                Some(Jobs::Fixed(j)) => cfg.max_parallel = usize::try_from(j).unwrap_or(usize::MAX),
+                None | Some(Jobs::Auto) => cfg.auto_parallel = true,
             }
             cfg.fail_fast = fail_fast;
             cfg.cli_vars = opts.cli_vars.clone();

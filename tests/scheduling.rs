@@ -4,6 +4,7 @@
 mod common;
 
 use common::cli::Env;
+use trackside::engine::EventKind;
 
 fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
@@ -153,4 +154,86 @@ fn failures_on_one_host_open_its_breaker_hold_the_retries_and_a_passing_probe_cl
     // Four attempts in all: two failed, the probe passed, then the other.
     let attempts = std::fs::read_to_string(&count).expect("count").lines().count();
     assert_eq!(attempts, 4);
+}
+
+/// `-j auto` under memory pressure: a stand-in kernel writes PSI files in
+/// which memory stalls half of each second; the limit is halved at once,
+/// no job starts while it lasts, and none is killed. When the stalls stop,
+/// jobs start again and the run passes.
+#[tokio::test]
+async fn memory_pressure_halves_auto_parallelism_and_stops_starts_until_it_passes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let psi = tempfile::tempdir().expect("tempdir");
+    let write = |dir: &std::path::Path, memory_us: u64| {
+        for (name, total) in [("cpu", 0), ("memory", memory_us), ("io", 0)] {
+            let text = format!("some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\nfull total=0\n");
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+    };
+    write(psi.path(), 0);
+    let go = psi.path().join("go");
+    let job = format!(
+        "steps: [{{script: ['while [ ! -f {} ]; do sleep 0.05; done']}}]",
+        go.display()
+    );
+    let jobs: String = (1..=4).map(|i| format!("  j{i}:\n    {job}\n")).collect();
+    let mut s = common::setup(&format!("name: auto\njobs:\n{jobs}"));
+    s.cfg.auto_parallel = true;
+    s.cfg.pressure_files = Some(psi.path().to_path_buf());
+    let mut r = common::start(&mut s).await;
+    // Memory stalls half of every second from now on.
+    let pressing = std::sync::Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (dir, pressing) = (psi.path().to_path_buf(), pressing.clone());
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let mut total = 0;
+            while pressing.load(Ordering::Relaxed) {
+                total = u64::try_from(start.elapsed().as_micros() / 2).unwrap_or(u64::MAX);
+                write(&dir, total);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            total
+        })
+    };
+    let halved = r
+        .until("the limit halved", |k| {
+            matches!(k, EventKind::Parallelism { admit: false, .. })
+        })
+        .await;
+    let EventKind::Parallelism {
+        from, limit, reason, ..
+    } = &halved.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(*limit, (*from / 2).max(1), "{reason}");
+    assert!(reason.starts_with("memory pressure: "), "{reason}");
+    let started_before = r
+        .seen
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::JobStarted { .. }))
+        .count();
+    // The stalls stop; the limit lets jobs start again.
+    pressing.store(false, Ordering::Relaxed);
+    let last = writer.await.expect("writer");
+    write(psi.path(), last);
+    let passed = r
+        .until("pressure passed", |k| {
+            matches!(k, EventKind::Parallelism { admit: true, .. })
+        })
+        .await;
+    let started_while_pressed = r
+        .seen
+        .iter()
+        .take_while(|e| !std::sync::Arc::ptr_eq(e, &passed))
+        .filter(|e| matches!(e.kind, EventKind::JobStarted { .. }))
+        .count();
+    assert_eq!(
+        started_while_pressed, started_before,
+        "no job started under memory pressure"
+    );
+    std::fs::write(&go, "").expect("go");
+    let sum = r.finished().await;
+    assert_eq!(sum.result, trackside::engine::RunResult::Passed, "no job was killed");
 }

@@ -64,6 +64,13 @@ pub struct EngineConfig {
     /// What the machine gives the run's jobs; measured at the start when
     /// `None` (see [`super::admission::Capacity::measure`]).
     pub capacity: Option<super::admission::Capacity>,
+    /// `-j auto`: the number of jobs at once follows the machine's
+    /// pressure (see [`super::parallelism`]); `max_parallel` is ignored.
+    pub auto_parallel: bool,
+    /// Where `-j auto` reads pressure stall information: a folder with
+    /// `cpu`, `memory` and `io` files in /proc/pressure's format (`None`:
+    /// trackside's cgroup, else /proc/pressure).
+    pub pressure_files: Option<PathBuf>,
     pub fail_fast: bool,
     /// Headless: end the run when only unapproved manual jobs remain.
     pub finish_when_blocked: bool,
@@ -120,6 +127,8 @@ impl EngineConfig {
             verbose: false,
             max_parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
             capacity: None,
+            auto_parallel: false,
+            pressure_files: None,
             fail_fast: false,
             finish_when_blocked: true,
             cli_vars: Vec::new(),
@@ -479,6 +488,26 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
     let cond_env = conditional_env(&ctx, &pipeline);
+    // `-j auto`: one job per core to start with, CPU tokens for as many as
+    // it may ever allow.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut auto = cfg.auto_parallel.then(|| {
+        let (gauge, notice) = match &cfg.pressure_files {
+            Some(dir) => (crate::exec::pressure::Gauge::at(dir, cores), None),
+            None => crate::exec::pressure::Gauge::system(),
+        };
+        (super::parallelism::Controller::new(cores, 0), gauge, notice)
+    });
+    if let Some((ctl, _, _)) = &auto {
+        cfg.max_parallel = ctl.limit();
+    }
+    let capacity = cfg.capacity.unwrap_or_else(|| {
+        let tokens = auto.as_ref().map_or(cfg.max_parallel, |(ctl, _, _)| ctl.max());
+        super::admission::Capacity::measure(tokens.max(1))
+    });
+    if let Some((ctl, _, _)) = &mut auto {
+        *ctl = super::parallelism::Controller::new(cores, capacity.margin);
+    }
     let opts = Options {
         max_parallel: cfg.max_parallel.max(1),
         fail_fast: cfg.fail_fast,
@@ -487,9 +516,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         cond_env,
         vars: ctx.pipeline_vars(),
         seed: cfg.seed.unwrap_or_else(|| fastrand::u64(..)),
-        capacity: cfg
-            .capacity
-            .unwrap_or_else(|| super::admission::Capacity::measure(cfg.max_parallel.max(1))),
+        capacity,
         learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
         breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
     };
@@ -549,6 +576,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         running: HashMap::new(),
         retry_timers: HashMap::new(),
         wake_at: None,
+        auto: auto.map(|(ctl, gauge, notice)| Auto { ctl, gauge, notice }),
         started_at: None,
         pipeline_timeout: pipeline.timeout,
         timed_out: false,
@@ -849,6 +877,14 @@ enum ActorMsg {
     RetryDue(JobId),
 }
 
+/// `-j auto`: the controller, the gauge it reads, and a notice to give
+/// once (the gauge fell back from PSI).
+struct Auto {
+    ctl: super::parallelism::Controller,
+    gauge: crate::exec::pressure::Gauge,
+    notice: Option<String>,
+}
+
 struct Actor {
     /// Every attempt's row in the store's history.
     history: super::history::History,
@@ -867,6 +903,8 @@ struct Actor {
     retry_timers: HashMap<JobId, tokio::task::JoinHandle<()>>,
     /// When the state machine asked to be woken ([`Effect::Wake`]).
     wake_at: Option<Instant>,
+    /// `-j auto`'s controller and what it reads.
+    auto: Option<Auto>,
     started_at: Option<Instant>,
     pipeline_timeout: Duration,
     timed_out: bool,
@@ -921,6 +959,8 @@ struct Actor {
 impl Actor {
     async fn run(mut self) {
         let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<JobId>();
+        let mut pressure = tokio::time::interval(Duration::from_secs(1));
+        pressure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut commands_open = true;
         loop {
             let deadline = self.started_at.map(|s| s + self.pipeline_timeout);
@@ -940,6 +980,10 @@ impl Actor {
                 Some(j) = retry_rx.recv() => Some(ActorMsg::RetryDue(j)),
                 Some(note) = self.notes_rx.recv() => {
                     self.emit(note);
+                    None
+                }
+                _ = pressure.tick(), if self.auto.is_some() && !self.state.is_finished() => {
+                    self.sample_pressure(&retry_tx);
                     None
                 }
                 () = sleep_until_opt(self.wake_at), if self.wake_at.is_some() => {
@@ -1582,6 +1626,46 @@ impl Actor {
                 self.apply(Input::AttemptFinished { job, attempt, outcome }, retry_tx);
             }
         }
+    }
+
+    /// `-j auto`: one reading of the machine; a change of the limit is
+    /// applied and told.
+    fn sample_pressure(&mut self, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let waiting = self.state.short_of_slots();
+        let now = self.elapsed();
+        let Some(auto) = &mut self.auto else { return };
+        if let Some(notice) = auto.notice.take() {
+            tracing::info!("{notice}");
+            let limit = auto.ctl.limit();
+            self.emit(EventKind::Parallelism {
+                from: limit,
+                limit,
+                admit: true,
+                reason: notice,
+            });
+            return;
+        }
+        let available = super::admission::memory().map_or(u64::MAX, |(a, _)| a);
+        let Some(reading) = auto.gauge.read(available) else {
+            return;
+        };
+        let from = auto.ctl.limit();
+        let Some(change) = auto.ctl.observe(reading, waiting, now) else {
+            return;
+        };
+        self.emit(EventKind::Parallelism {
+            from,
+            limit: change.limit,
+            admit: change.admit,
+            reason: change.reason,
+        });
+        self.apply(
+            Input::Parallelism {
+                limit: change.limit,
+                admit: change.admit,
+            },
+            retry_tx,
+        );
     }
 
     fn apply(&mut self, input: Input, retry_tx: &mpsc::UnboundedSender<JobId>) {

@@ -138,18 +138,25 @@ impl Capacity {
     /// container's `memory.max`). Unlimited memory where they cannot be read.
     pub fn measure(max_parallel: usize) -> Capacity {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let Some((mut available, mut total)) = meminfo() else {
-            return Capacity {
+        match memory() {
+            Some((available, total)) => Capacity::of(cores, available, total, max_parallel),
+            None => Capacity {
                 cpu_milli: cores.max(max_parallel).max(1) as u64 * 1000,
                 ..Capacity::UNLIMITED
-            };
-        };
-        if let Some((max, current)) = cgroup_memory() {
-            total = total.min(max);
-            available = available.min(max.saturating_sub(current));
+            },
         }
-        Capacity::of(cores, available, total, max_parallel)
     }
+}
+
+/// Memory available now and the machine's total, lowered to what
+/// trackside's own cgroup allows; `None` where /proc/meminfo cannot be read.
+pub fn memory() -> Option<(u64, u64)> {
+    let (mut available, mut total) = meminfo()?;
+    if let Some((max, current)) = cgroup_memory() {
+        total = total.min(max);
+        available = available.min(max.saturating_sub(current));
+    }
+    Some((available, total))
 }
 
 fn meminfo() -> Option<(u64, u64)> {

@@ -16,6 +16,7 @@ pub mod filecmd;
 pub mod history;
 pub mod junit;
 pub mod mask;
+pub mod parallelism;
 pub mod records;
 pub mod replay;
 pub mod runner;

@@ -114,6 +114,12 @@ pub enum Input {
     /// End the run once only unapproved gates remain (an interactive run
     /// whose user quits at a gate): it finishes as blocked.
     FinishWaiting,
+    /// `-j auto` changed how many jobs may run at once, and whether any
+    /// may start now (not under memory pressure).
+    Parallelism {
+        limit: usize,
+        admit: bool,
+    },
     /// Close a dependency's circuit breaker by hand (`by`: who).
     CloseBreaker {
         dependency: String,
@@ -269,6 +275,8 @@ pub struct RunState {
     told_resources: Option<(usize, Need)>,
     /// A circuit breaker per dependency jobs failed on.
     breakers: super::breaker::Breakers,
+    /// Jobs may start (`-j auto` stops them under memory pressure).
+    admit: bool,
     paused: bool,
     started: bool,
     finished: bool,
@@ -319,6 +327,7 @@ impl RunState {
             ledger: Ledger::new(opts.capacity),
             told_resources: None,
             breakers: super::breaker::Breakers::new(opts.breakers),
+            admit: true,
             paused: false,
             started: false,
             finished: false,
@@ -662,6 +671,16 @@ impl RunState {
         }
     }
 
+    /// Whether jobs are ready but every slot is taken (`-j auto` raises
+    /// the limit only then).
+    pub fn short_of_slots(&self) -> bool {
+        self.running >= self.opts.max_parallel
+            && self
+                .ready
+                .iter()
+                .any(|(_, Reverse(j))| self.jobs[*j].status == JobStatus::Ready)
+    }
+
     /// The dependencies whose breakers are open or half-open.
     pub fn open_breakers(&self) -> Vec<String> {
         self.breakers.tripped().map(str::to_string).collect()
@@ -784,6 +803,10 @@ impl RunState {
             }
             // The schedule below lets a due probe through.
             Input::Tick => {}
+            Input::Parallelism { limit, admit } => {
+                self.opts.max_parallel = limit.max(1);
+                self.admit = admit;
+            }
             Input::Pause => {
                 if !self.paused {
                     self.paused = true;
@@ -1204,7 +1227,7 @@ impl RunState {
     fn schedule(&mut self, fx: &mut Vec<Effect>) {
         // Ready jobs whose resource group is busy wait for their next turn.
         let mut waiting = Vec::new();
-        while !self.paused && self.running < self.opts.max_parallel {
+        while !self.paused && self.admit && self.running < self.opts.max_parallel {
             let Some((prio, Reverse(j))) = self.ready.pop() else {
                 break;
             };

@@ -9,6 +9,7 @@ pub mod contain;
 pub mod docker;
 pub mod git;
 pub mod preflight;
+pub mod pressure;
 pub mod reap;
 pub mod route;
 pub mod shell;

@@ -320,23 +320,21 @@ impl KnowledgeBase {
     /// hold part of a secret the masker no longer recognises (a token cut
     /// at a `+` or `/`); one captured from the masked lines cannot.
     pub fn hint_from(&self, rule: &str, lines: &[String]) -> Option<String> {
-        let rule = self.rule(rule)?;
-        let captures: Vec<regex::bytes::Captures<'_>> = rule
-            .patterns
-            .iter()
-            .filter_map(|&p| {
-                let re = self.regexes[p].regex()?;
-                lines.iter().find_map(|l| re.captures(l.as_bytes()))
-            })
-            .collect();
+        let (rule, captures) = self.captures_in(rule, lines)?;
         Some(render(&rule.hint, |name| captured(&captures, name)))
     }
 
     /// The dependency of rule `rule`'s failure, read from `lines` (the
     /// masked ones, as [`Self::hint_from`]).
     pub fn dependency_from(&self, rule: &str, lines: &[String]) -> Option<String> {
+        let (rule, captures) = self.captures_in(rule, lines)?;
+        dependency(rule, |name| captured(&captures, name))
+    }
+
+    /// Rule `rule` and what its patterns capture in `lines`.
+    fn captures_in<'a>(&self, rule: &str, lines: &'a [String]) -> Option<(&Rule, Vec<regex::bytes::Captures<'a>>)> {
         let rule = self.rule(rule)?;
-        let captures: Vec<regex::bytes::Captures<'_>> = rule
+        let captures = rule
             .patterns
             .iter()
             .filter_map(|&p| {
@@ -344,7 +342,7 @@ impl KnowledgeBase {
                 lines.iter().find_map(|l| re.captures(l.as_bytes()))
             })
             .collect();
-        dependency(rule, |name| captured(&captures, name))
+        Some((rule, captures))
     }
 }
 

@@ -550,6 +550,14 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         probe_in_ms: Option<u64>,
     },
+    /// `-j auto` changed how many jobs run at once (`from` to `limit`):
+    /// why, and whether jobs may start now (not under memory pressure).
+    Parallelism {
+        from: usize,
+        limit: usize,
+        admit: bool,
+        reason: String,
+    },
     /// What running jobs hold of the machine: sent when it changes.
     Resources {
         running: usize,

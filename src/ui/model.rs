@@ -210,6 +210,8 @@ pub struct Model {
     pub resources: Option<Held>,
     /// Circuit breakers that are open or half-open, by dependency.
     pub breakers: std::collections::BTreeMap<String, Tripped>,
+    /// `-j auto` starts no job: memory is under pressure.
+    pub held_by_pressure: bool,
 }
 
 /// A circuit breaker that is not closed.
@@ -426,6 +428,10 @@ impl Model {
             }),
             EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
             EventKind::JobWaiting { job, reason } => self.with(job, |j| j.waiting = Some(reason.clone())),
+            EventKind::Parallelism { limit, admit, .. } => {
+                self.max_parallel = *limit;
+                self.held_by_pressure = !*admit;
+            }
             EventKind::Breaker {
                 dependency,
                 phase,
@@ -730,6 +736,9 @@ impl Model {
                 }
             }
             JobStatus::Ready if self.paused => "queued; scheduling is paused (p resumes)".into(),
+            JobStatus::Ready if self.held_by_pressure => {
+                "queued: no job starts while memory is under pressure (-j auto)".into()
+            }
             JobStatus::Ready => match &job.waiting {
                 Some(why) => format!("queued; {why}"),
                 None => format!("queued: all {} slots are busy", self.max_parallel),
