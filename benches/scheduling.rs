@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const CPU_JOBS: usize = 8;
 const MEMORY_JOBS: usize = 6;
 const IO_JOBS: usize = 4;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn pipeline() -> String {
     let mut s = String::from("name: mixed\njobs:\n");
@@ -103,14 +103,19 @@ fn main() {
         (cores.to_string(), format!("-j {cores} (cores)")),
         ((2 * cores).to_string(), format!("-j {} (2 x cores)", 2 * cores)),
     ];
-    for (jobs, name) in limits {
-        let mut walls = Vec::new();
-        let mut peaks = Vec::new();
-        for _ in 0..RUNS {
-            let (wall, peak) = run(&jobs, &file, &dir.path().join("state"));
+    // One run to warm the page cache and the binary, then the limits in
+    // turn, so a drift of the machine falls on each alike.
+    let state = dir.path().join("state");
+    run("auto", &file, &state);
+    let mut samples = vec![(Vec::new(), Vec::new()); limits.len()];
+    for _ in 0..RUNS {
+        for ((jobs, _), (walls, peaks)) in limits.iter().zip(&mut samples) {
+            let (wall, peak) = run(jobs, &file, &state);
             walls.push(wall);
             peaks.push(peak);
         }
+    }
+    for ((_, name), (walls, mut peaks)) in limits.into_iter().zip(samples) {
         peaks.sort_unstable();
         let peak = peaks[peaks.len() / 2];
         stats::stats(

@@ -1077,6 +1077,7 @@ impl Actor {
             Some(stats) if self.started_at.is_some() => self.emit(EventKind::History { stats }),
             stats => self.past_runs = stats,
         }
+        self.state.weigh(&past.durations);
         self.durations = past.durations;
         if !self.durations.is_empty() && self.started_at.is_some() {
             self.forecast_at = Some(Instant::now());
@@ -1703,8 +1704,10 @@ impl Actor {
                     }
                 }
                 Effect::Wake { after } => {
-                    let at = Instant::now() + after;
-                    self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                    // A wake past what the clock can say never comes.
+                    if let Some(at) = Instant::now().checked_add(after) {
+                        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                    }
                 }
                 Effect::ScheduleRetry { job, after } => {
                     let tx = retry_tx.clone();

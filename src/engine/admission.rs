@@ -100,7 +100,11 @@ pub struct Capacity {
     pub memory: u64,
     /// Memory available when the run started.
     pub available: u64,
-    /// Kept free: the larger of 10% of the machine's memory and 1 GiB.
+    /// The machine's memory (or its cgroup's limit) less `margin`: a
+    /// declared need above this can never fit.
+    pub total: u64,
+    /// Kept free: the larger of 10% of the machine's memory and 1 GiB, at
+    /// most a quarter of it.
     pub margin: u64,
 }
 
@@ -117,18 +121,20 @@ impl Capacity {
         cpu_milli: u64::MAX,
         memory: u64::MAX,
         available: u64::MAX,
+        total: u64::MAX,
         margin: 0,
     };
 
     /// From the machine's numbers: `cores`, memory `available` now and
     /// `total`, and the most jobs at once (`-j`).
     pub fn of(cores: usize, available: u64, total: u64, max_parallel: usize) -> Capacity {
-        let margin = (total / 10).max(GIB);
+        let margin = (total / 10).max(GIB).min(total / 4);
         let tokens = cores.max(max_parallel).max(1) as u64;
         Capacity {
             cpu_milli: tokens.saturating_mul(1000),
             memory: available.saturating_sub(margin),
             available,
+            total: total.saturating_sub(margin),
             margin,
         }
     }
@@ -170,7 +176,9 @@ fn meminfo() -> Option<(u64, u64)> {
     Some((field("MemAvailable:")?, field("MemTotal:")?))
 }
 
-/// trackside's own cgroup's memory limit and use (cgroup v2), when limited.
+/// trackside's own cgroup's memory limit and use (cgroup v2), when
+/// limited; the page cache the kernel can drop (`inactive_file`) is not
+/// counted as used.
 fn cgroup_memory() -> Option<(u64, u64)> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?;
@@ -178,7 +186,14 @@ fn cgroup_memory() -> Option<(u64, u64)> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     let max = read("memory.max")?.trim().parse::<u64>().ok()?;
     let current = read("memory.current")?.trim().parse::<u64>().ok()?;
-    Some((max, current))
+    let cache = read("memory.stat")
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("inactive_file "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Some((max, current.saturating_sub(cache)))
 }
 
 /// Whether a job can start now.
@@ -214,9 +229,10 @@ impl Ledger {
         self.used
     }
 
-    /// What a job with `need` would hold: its CPUs at most all of them, an
-    /// estimate's memory at most the budget (a declared need larger than
-    /// the budget is [`Fit::Never`] instead).
+    /// What a job with `need` would hold: its CPUs at most all of them, its
+    /// memory at most the budget (so one larger than what was free at the
+    /// start runs alone; a declared need larger than the machine is
+    /// [`Fit::Never`] instead).
     pub fn held(&self, need: Need) -> Need {
         Need {
             cpu_milli: need.cpu_milli.min(self.capacity.cpu_milli),
@@ -227,12 +243,14 @@ impl Ledger {
     /// Whether a job with `need` can start now.
     pub fn fit(&self, need: Need, basis: Basis) -> Fit {
         let cap = self.capacity;
-        if basis == Basis::Declared && need.memory > cap.memory {
+        // Larger than the machine: never. Larger than what was free at the
+        // start: it holds all of that, so it runs when nothing else does.
+        if basis == Basis::Declared && need.memory > cap.total {
             return Fit::Never(format!(
-                "unschedulable: needs {} of memory, this machine has {} ({} available less a {} safety margin)",
+                "unschedulable: needs {} of memory, this machine has {} for jobs ({} in all less a {} safety margin)",
                 gib(need.memory),
-                gib(cap.memory),
-                gib(cap.available),
+                gib(cap.total),
+                gib(cap.total.saturating_add(cap.margin)),
                 gib(cap.margin),
             ));
         }
@@ -302,9 +320,14 @@ mod tests {
         let c = Capacity::of(4, 8 * GIB, 16 * GIB, 4);
         assert_eq!(c.margin, 16 * GIB / 10);
         assert_eq!(c.memory, 8 * GIB - 16 * GIB / 10);
+        assert_eq!(c.total, 16 * GIB - 16 * GIB / 10);
         let small = Capacity::of(2, 3 * GIB, 4 * GIB, 2);
         assert_eq!(small.margin, GIB);
         assert_eq!(small.memory, 2 * GIB);
+        // A small machine or container keeps a quarter, not a whole GiB.
+        let tiny = Capacity::of(1, GIB, 2 * GIB, 1);
+        assert_eq!(tiny.margin, GIB / 2);
+        assert_eq!(tiny.memory, GIB / 2);
         // `-j 8` on 2 cores: eight one-CPU jobs fit.
         assert_eq!(Capacity::of(2, 3 * GIB, 4 * GIB, 8).cpu_milli, 8000);
     }
@@ -330,18 +353,24 @@ mod tests {
 
     #[test]
     fn a_declared_need_beyond_the_machine_is_unschedulable_an_estimate_runs_alone() {
-        let l = Ledger::new(Capacity::of(2, 9 * GIB, 10 * GIB, 2));
+        let l = Ledger::new(Capacity::of(2, 5 * GIB, 10 * GIB, 2));
         assert_eq!(
             l.fit(need(1000, 16 << 10), Basis::Declared),
             Fit::Never(
-                "unschedulable: needs 16.0 GiB of memory, this machine has 8.0 GiB \
-                 (9.0 GiB available less a 1.0 GiB safety margin)"
+                "unschedulable: needs 16.0 GiB of memory, this machine has 9.0 GiB for jobs \
+                 (10.0 GiB in all less a 1.0 GiB safety margin)"
                     .into()
             )
         );
         assert_eq!(l.fit(need(1000, 16 << 10), Basis::History), Fit::Fits);
-        // More CPUs than there are: it runs, alone.
+        // More than was free at the start but less than the machine: it
+        // holds the whole budget, so it runs alone.
         let mut l = l;
+        assert_eq!(l.fit(need(1000, 6 << 10), Basis::Declared), Fit::Fits);
+        l.take(need(1000, 6 << 10));
+        assert!(matches!(l.fit(need(100, 10), Basis::Default), Fit::Wait(_)));
+        l.give_back(need(1000, 6 << 10));
+        // More CPUs than there are: it runs, alone.
         assert_eq!(l.fit(need(8000, 100), Basis::Declared), Fit::Fits);
         l.take(need(8000, 100));
         assert!(matches!(l.fit(need(100, 100), Basis::Default), Fit::Wait(_)));

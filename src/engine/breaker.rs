@@ -46,8 +46,8 @@ pub enum Gate {
 #[derive(Debug, Clone)]
 struct Breaker {
     phase: Phase,
-    /// Failures while closed, within the window.
-    recent: VecDeque<Duration>,
+    /// Failures while closed, within the window: when, and which job.
+    recent: VecDeque<(Duration, usize)>,
     /// What the last failure was ("connection refused").
     what: String,
     /// Open: when it lets a probe through.
@@ -98,14 +98,19 @@ impl Breakers {
         b.what = what.to_string();
         match b.phase {
             Phase::Closed => {
-                b.recent.push_back(now);
-                while b.recent.front().is_some_and(|&t| now.saturating_sub(t) > s.window) {
+                b.recent.push_back((now, job));
+                while b.recent.front().is_some_and(|&(t, _)| now.saturating_sub(t) > s.window) {
                     b.recent.pop_front();
                 }
-                if b.recent.len() < s.failures as usize {
+                // Failures of distinct jobs: one job's quick retries on a
+                // mistyped host are not an outage.
+                let mut jobs: Vec<usize> = b.recent.iter().map(|&(_, j)| j).collect();
+                jobs.sort_unstable();
+                jobs.dedup();
+                if jobs.len() < s.failures as usize {
                     return None;
                 }
-                b.opened_by = b.recent.len();
+                b.opened_by = jobs.len();
                 b.recent.clear();
                 Some(open(dependency, b, s, now))
             }
@@ -133,12 +138,13 @@ impl Breakers {
         out
     }
 
-    /// A job ended in another way than passing or failing on the
-    /// dependency (cancelled, or failed on something else): if it was a
-    /// probe, the next job that needs the dependency probes instead.
-    pub fn ended(&mut self, job: usize) {
-        for b in self.map.values_mut() {
-            if b.phase == Phase::HalfOpen && b.probe == Some(job) {
+    /// A job ended in another way than passing or failing on a
+    /// dependency (cancelled, or failed on something else): where it was
+    /// the probe, except of `except` (the dependency it failed on, which
+    /// [`Self::failed`] handles), the next job that needs it probes instead.
+    pub fn ended_except(&mut self, job: usize, except: &str) {
+        for (d, b) in &mut self.map {
+            if b.phase == Phase::HalfOpen && b.probe == Some(job) && d != except {
                 b.probe = None;
             }
         }
@@ -237,13 +243,35 @@ pub fn outside(job: &crate::pipeline::Job, dependency: &str) -> bool {
     !loopback && !service
 }
 
-/// A dependency's host: without its port and brackets, in lower case.
+/// A dependency's host: without its port and brackets, in lower case
+/// (`[::1]:5432` and `::1` are `::1`).
 fn host_of(dependency: &str) -> String {
+    if dependency.parse::<std::net::Ipv6Addr>().is_ok() {
+        return dependency.to_ascii_lowercase();
+    }
     let host = match dependency.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => dependency,
     };
     host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+}
+
+/// Whether `text` names `host` as a whole host name (`db` in `db:5432`
+/// or `postgres://db/x`, not in `mongodb` or `db_migrate`).
+fn names_host(text: &str, host: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    let part = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    text.match_indices(host).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + host.len()..].chars().next();
+        // A trailing dot ends a sentence, not the name.
+        let after_ok = match after {
+            None => true,
+            Some('.') => !text[at + host.len() + 1..].starts_with(part),
+            Some(c) => !part(c),
+        };
+        !before.is_some_and(part) && after_ok
+    })
 }
 
 /// Whether `job` needs `dependency`: the Docker daemon when it runs a
@@ -258,7 +286,7 @@ pub fn needs(job: &crate::pipeline::Job, dependency: &str) -> bool {
     if host.is_empty() {
         return false;
     }
-    let names = |text: &str| text.to_ascii_lowercase().contains(&host);
+    let names = |text: &str| names_host(text, &host);
     job.steps.iter().any(|s| {
         s.script.iter().any(|l| names(l))
             || s.image.as_deref().is_some_and(names)
@@ -325,6 +353,9 @@ mod tests {
     fn failures_within_the_window_open_it_and_hold_the_jobs_that_need_it() {
         let mut b = breakers();
         assert_eq!(b.failed(REG, "connection refused", 0, s(0)), None);
+        // One job's retries count once.
+        assert_eq!(b.failed(REG, "connection refused", 0, s(1)), None);
+        assert_eq!(b.failed(REG, "connection refused", 0, s(2)), None);
         // The first falls out of the window before the third comes.
         assert_eq!(b.failed(REG, "connection refused", 1, s(50)), None);
         assert_eq!(b.failed(REG, "connection refused", 2, s(70)), None);
@@ -386,7 +417,7 @@ mod tests {
         assert!(matches!(b.gate(&deps(), 6, s(90)), Gate::Held { .. }));
         assert!(matches!(b.gate(&deps(), 6, s(91)), Gate::Probe(_)));
         // The probe cancelled: the next job probes.
-        b.ended(6);
+        b.ended_except(6, "");
         assert!(matches!(b.gate(&deps(), 9, s(92)), Gate::Probe(_)));
         // A failure of a job that started before the opening is not the probe's.
         assert_eq!(b.failed(REG, "connection refused", 2, s(93)), None);
@@ -411,10 +442,16 @@ mod tests {
         assert!(needs(lint, "db:5432"));
         assert!(!needs(lint, "registry.local"));
         assert!(!needs(lint, ":5432"), "a port alone names nothing");
+        assert!(names_host("psql -h db -p 5432", "db"));
+        assert!(names_host("connect to db.", "db"));
+        assert!(!names_host("mongodb://x", "db"));
+        assert!(!names_host("./db_migrate", "db"));
+        assert!(!names_host("db.example.com", "db"), "another host");
         assert!(outside(lint, "db:5432"));
         assert!(!outside(lint, "localhost:8080"));
         assert!(!outside(lint, "127.0.0.1:5432"));
         assert!(!outside(lint, "[::1]:5432"));
+        assert!(!outside(lint, "::1"));
     }
 
     #[test]

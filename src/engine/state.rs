@@ -259,6 +259,12 @@ pub struct RunState {
     run_id: String,
     pipeline: Pipeline,
     plan: Plan,
+    /// Each job's place among ready jobs: its remaining critical path, in
+    /// tenths of a second of its jobs' past durations once history is
+    /// known ([`Self::weigh`]), else in jobs.
+    priority: Vec<u32>,
+    /// The past duration of each job by name, in tenths of a second.
+    weights: HashMap<String, u32>,
     opts: Options,
     jobs: Vec<JobState>,
     /// Ready jobs by (priority, earlier file position first). Stale entries are skipped.
@@ -314,6 +320,8 @@ impl RunState {
             run_id: run_id.into(),
             jobs: vec![JobState::fresh(); n],
             pipeline,
+            priority: plan.priority.clone(),
+            weights: HashMap::new(),
             plan,
             opts: Options {
                 max_parallel: 1,
@@ -534,7 +542,7 @@ impl RunState {
                     deps: self.plan.deps.get(j).cloned().unwrap_or_default(),
                     state,
                     history: history.get(&spec.name).cloned().unwrap_or_default(),
-                    priority: self.plan.priority.get(j).copied().unwrap_or(0),
+                    priority: self.priority.get(j).copied().unwrap_or(0),
                 }
             })
             .collect()
@@ -823,6 +831,12 @@ impl RunState {
         if self.started {
             self.schedule(&mut fx);
             self.maybe_finish(&mut fx);
+            // An open breaker's probe comes due with no other input.
+            if let Some(at) = self.breakers.next_probe().filter(|&at| at > now)
+                && !self.finished
+            {
+                fx.push(Effect::Wake { after: at - now });
+            }
         }
         fx
     }
@@ -937,6 +951,7 @@ impl RunState {
         }
         self.pipeline = merged;
         self.plan = plan;
+        self.priority = self.weighted();
         self.opts.cond_env = cond_env(&self.pipeline);
         for name in &changes.changed {
             if let Some(j) = self.pipeline.job_index(name) {
@@ -969,7 +984,7 @@ impl RunState {
             .iter()
             .enumerate()
             .filter(|(_, st)| st.status == JobStatus::Ready)
-            .map(|(j, _)| (self.plan.priority[j], Reverse(j)))
+            .map(|(j, _)| (self.priority[j], Reverse(j)))
             .collect();
         if self.started {
             for j in self.plan.order.clone() {
@@ -1169,7 +1184,7 @@ impl RunState {
     fn make_ready(&mut self, j: JobId, fx: &mut Vec<Effect>) {
         self.jobs[j].status = JobStatus::Ready;
         self.jobs[j].waiting = None;
-        self.ready.push((self.plan.priority[j], Reverse(j)));
+        self.ready.push((self.priority[j], Reverse(j)));
         fx.push(Effect::Emit(EventKind::JobQueued { job: self.name(j) }));
     }
 
@@ -1227,7 +1242,9 @@ impl RunState {
     fn schedule(&mut self, fx: &mut Vec<Effect>) {
         // Ready jobs whose resource group is busy wait for their next turn.
         let mut waiting = Vec::new();
-        while !self.paused && self.admit && self.running < self.opts.max_parallel {
+        // Under memory pressure (`-j auto`) no job starts, unless none runs:
+        // a run with nothing running would wait for nothing.
+        while !self.paused && (self.admit || self.running == 0) && self.running < self.opts.max_parallel {
             let Some((prio, Reverse(j))) = self.ready.pop() else {
                 break;
             };
@@ -1252,7 +1269,10 @@ impl RunState {
             match self.ledger.fit(need, basis) {
                 Fit::Fits => {}
                 Fit::Wait(reason) => {
-                    self.tell_waiting(j, reason, fx);
+                    // Told once while it waits for the same thing: the free
+                    // amounts in the text move with every start and end.
+                    let key = reason.split(':').next().unwrap_or_default().to_string();
+                    self.tell_waiting_as(j, key, reason, fx);
                     waiting.push((prio, Reverse(j)));
                     continue;
                 }
@@ -1306,6 +1326,48 @@ impl RunState {
         }
         self.ready.extend(waiting);
         self.tell_resources(fx);
+    }
+
+    /// Orders ready jobs by their remaining critical path weighted by past
+    /// durations (the median of each job's recent runs, in ms; a job
+    /// without history counts as the median of those with): the longest
+    /// chain in time starts first, not the one with most jobs.
+    pub fn weigh(&mut self, durations: &BTreeMap<String, Vec<f64>>) {
+        self.weights = durations
+            .iter()
+            .filter_map(|(name, d)| {
+                let mut d: Vec<f64> = d.iter().copied().filter(|v| v.is_finite() && *v >= 0.0).collect();
+                d.sort_by(f64::total_cmp);
+                let median = *d.get(d.len() / 2)?;
+                Some((
+                    name.clone(),
+                    (median / 100.0).round().clamp(1.0, f64::from(u32::MAX)) as u32,
+                ))
+            })
+            .collect();
+        self.priority = self.weighted();
+        self.ready = self
+            .ready
+            .drain()
+            .map(|(_, Reverse(j))| (self.priority[j], Reverse(j)))
+            .collect();
+    }
+
+    /// The priorities from the weights (in jobs when there are none).
+    fn weighted(&self) -> Vec<u32> {
+        if self.weights.is_empty() {
+            return self.plan.priority.clone();
+        }
+        let mut known: Vec<u32> = self.weights.values().copied().collect();
+        known.sort_unstable();
+        let typical = known[known.len() / 2];
+        let weight: Vec<u32> = self
+            .pipeline
+            .jobs
+            .iter()
+            .map(|j| self.weights.get(&j.name).copied().unwrap_or(typical))
+            .collect();
+        self.plan.weighted_priority(&weight)
     }
 
     /// What job `j` holds while it runs, and where that comes from.
@@ -1362,14 +1424,14 @@ impl RunState {
                 if !self.jobs[j].failed_on.contains(&dependency) {
                     self.jobs[j].failed_on.push(dependency.clone());
                 }
+                // A probe of another breaker that failed on this one
+                // hands its probing over.
+                self.breakers.ended_except(j, &dependency);
                 if let Some(t) = self.breakers.failed(&dependency, &what, j, self.now) {
-                    if let Some(after) = t.probe_in {
-                        fx.push(Effect::Wake { after });
-                    }
                     fx.push(breaker_event(t));
                 }
             }
-            (Some(_), None) => self.breakers.ended(j),
+            (Some(_), None) => self.breakers.ended_except(j, ""),
         }
     }
 

@@ -33,12 +33,14 @@ pub struct Gauge {
 }
 
 impl Gauge {
-    /// This machine: the PSI of trackside's own cgroup when it has one (in
-    /// a container, what presses the container), else `/proc/pressure`,
-    /// else the run queue (with a line saying so, to tell once).
+    /// This machine: in a container with a cgroup namespace of its own
+    /// (Docker's and Podman's default on cgroup v2), the container's PSI
+    /// (what presses the container); elsewhere `/proc/pressure` (the whole
+    /// machine, which the container jobs' own cgroups are part of); else
+    /// the run queue (with a line saying so, to tell once).
     pub fn system() -> (Gauge, Option<String>) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let own = own_cgroup().map(|dir| ["cpu", "memory", "io"].map(|r| dir.join(format!("{r}.pressure"))));
+        let own = namespaced_root().map(|dir| ["cpu", "memory", "io"].map(|r| dir.join(format!("{r}.pressure"))));
         for files in own
             .into_iter()
             .chain([["cpu", "memory", "io"].map(|r| Path::new("/proc/pressure").join(r))])
@@ -118,12 +120,14 @@ fn psi_totals(files: &[PathBuf; 3]) -> Option<[u64; 3]> {
     Some(out)
 }
 
-/// trackside's own cgroup (v2), when it is not the root (whose pressure
-/// files are /proc/pressure's).
-fn own_cgroup() -> Option<PathBuf> {
+/// The container's cgroup, when trackside sees its cgroup as the root
+/// (`0::/`, a cgroup namespace of its own) and the root has pressure files
+/// (a host's real root has none: its are /proc/pressure).
+fn namespaced_root() -> Option<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
-    (!rel.is_empty()).then(|| Path::new("/sys/fs/cgroup").join(rel))
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let root = Path::new("/sys/fs/cgroup");
+    (rel == "/" && root.join("cpu.pressure").exists()).then(|| root.to_path_buf())
 }
 
 /// `total=` of the `some` line of a PSI file.

@@ -137,6 +137,18 @@ impl Plan {
     }
 
     /// Every job `job` waits for, directly or not.
+    /// Each job's scheduling priority with `weight` per job: its weight
+    /// plus the heaviest chain of jobs after it (the remaining critical
+    /// path). With every weight 1 it is [`Plan::priority`].
+    pub fn weighted_priority(&self, weight: &[u32]) -> Vec<u32> {
+        let mut priority = vec![0u32; self.deps.len()];
+        for &i in self.order.iter().rev() {
+            let after = self.dependents[i].iter().map(|&d| priority[d]).max().unwrap_or(0);
+            priority[i] = weight.get(i).copied().unwrap_or(1).max(1).saturating_add(after);
+        }
+        priority
+    }
+
     pub fn ancestors(&self, job: usize) -> Vec<usize> {
         reach(job, &self.deps)
     }

@@ -20,9 +20,17 @@ pub const MEMORY_VAR: &str = "TRACKSIDE_MEMORY";
 /// error where it is written.
 pub fn from_variables(p: &mut Pipeline) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
+    let global = p.global_env.clone();
     for job in &mut p.jobs {
         // The job's own value comes after the pipeline's: the last one wins.
-        let last = |name: &str| job.environment.iter().rev().find(|v| v.name == name).cloned();
+        let last = |name: &str| {
+            global
+                .iter()
+                .chain(&job.environment)
+                .rev()
+                .find(|v| v.name == name)
+                .cloned()
+        };
         let (cpu, memory) = (last(CPU_VAR), last(MEMORY_VAR));
         if let Some(v) = cpu
             && job.container.cpus.is_none()
@@ -86,6 +94,17 @@ mod tests {
         assert_eq!(job("build").and_then(|c| c.memory), Some(4 << 30));
         assert_eq!(job("build").and_then(|c| c.cpus), Some(0.5));
         assert_eq!(job("lint").and_then(|c| c.memory), Some(1_000_000_000));
+    }
+
+    #[test]
+    fn a_native_pipelines_global_env_declares_it_for_every_job() {
+        let yaml =
+            "name: p\nglobal_env: {TRACKSIDE_MEMORY: 2GiB}\njobs:\n  a:\n    steps: [{name: s, script: \"true\"}]\n\
+                    b:\n    environment: {TRACKSIDE_MEMORY: 3GiB}\n    steps: [{name: s, script: \"true\"}]\n"
+                .replace("b:\n", "  b:\n");
+        let p = read("trackside.yml", &yaml).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        assert_eq!(p.jobs[0].container.memory, Some(2 << 30));
+        assert_eq!(p.jobs[1].container.memory, Some(3 << 30));
     }
 
     #[test]

@@ -160,8 +160,10 @@ pub fn breaker_config(state: &Path) -> Result<BreakerConfig, StoreError> {
         match v.as_deref() {
             None => Ok(default),
             Some(s) => match humantime::parse_duration(s) {
-                Ok(t) if !t.is_zero() => Ok(t),
-                Ok(_) => Err(bad(format!("breakers.{key}: `{s}` must be longer than zero"))),
+                Ok(t) if !t.is_zero() && t <= Duration::from_secs(86_400) => Ok(t),
+                Ok(_) => Err(bad(format!(
+                    "breakers.{key}: `{s}` must be longer than zero and at most a day"
+                ))),
                 Err(e) => Err(bad(format!("breakers.{key}: `{s}`: {e}; e.g. `60s`"))),
             },
         }

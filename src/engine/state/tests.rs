@@ -1228,8 +1228,8 @@ fn a_job_larger_than_the_machine_fails_at_once_as_unschedulable() {
     assert_eq!(
         message.as_deref(),
         Some(
-            "unschedulable: needs 16.0 GiB of memory, this machine has 4.0 GiB \
-             (5.0 GiB available less a 1.0 GiB safety margin)"
+            "unschedulable: needs 16.0 GiB of memory, this machine has 7.0 GiB for jobs \
+             (8.0 GiB in all less a 1.0 GiB safety margin)"
         )
     );
     assert_eq!(finished(&fx).expect("done").result, RunResult::Failed);
@@ -1393,4 +1393,39 @@ fn a_person_closes_an_open_breaker_and_the_held_jobs_start() {
     let fx = m.handle(close, t(1_200));
     assert_eq!(breaker_phases(&fx), [BreakerPhase::Closed]);
     assert_eq!(started(&fx), vec![0]);
+}
+
+#[test]
+fn ready_jobs_go_by_their_remaining_critical_path_in_time_once_history_is_known() {
+    // `short` leads a chain of three quick jobs; `long` one slow job.
+    let src = yaml(&[
+        ("short", &[], ""),
+        ("long", &[], ""),
+        ("s2", &["short"], ""),
+        ("s3", &["s2"], ""),
+    ]);
+    // By job count, `short` (three jobs to go) starts first on one slot.
+    let mut m = machine(&src, opts(1));
+    assert_eq!(started(&m.handle(Input::Start, t(0))), vec![0]);
+    // By time, `long` (10 min) outweighs 3 x 5 s.
+    let mut m = machine(&src, opts(1));
+    let durations: BTreeMap<String, Vec<f64>> = [
+        ("short", vec![5_000.0, 4_000.0, 6_000.0]),
+        ("s2", vec![5_000.0]),
+        ("s3", vec![5_000.0]),
+        ("long", vec![600_000.0, 590_000.0]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    m.weigh(&durations);
+    assert_eq!(started(&m.handle(Input::Start, t(0))), vec![1]);
+    // Learned after jobs were queued: the queue is reordered.
+    let mut m = machine(&src, opts(1));
+    let src_jobs = m.handle(Input::Start, t(0));
+    assert_eq!(started(&src_jobs), vec![0]);
+    m.weigh(&durations);
+    let fx = ok(&mut m, 0, 5_000);
+    // `long` now outranks `s2` (5 s + 5 s to go).
+    assert_eq!(started(&fx), vec![1]);
 }

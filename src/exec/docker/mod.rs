@@ -814,8 +814,18 @@ impl DockerExecutor {
         let seen = cpu_ns.clone();
         let sampler = tokio::spawn(async move {
             while let Some(Ok(s)) = stats.next().await {
-                if let Some(bytes) = s.memory_stats.and_then(|m| m.max_usage.or(m.usage)) {
-                    usage.record(bytes);
+                // As the docker CLI shows it: without the page cache the
+                // kernel can drop (`inactive_file`), which a job that writes
+                // many files would otherwise learn as its need.
+                if let Some(m) = s.memory_stats {
+                    let cache = m.stats.as_ref().and_then(|st| {
+                        st.get("inactive_file")
+                            .or_else(|| st.get("total_inactive_file"))
+                            .copied()
+                    });
+                    if let Some(bytes) = m.max_usage.or(m.usage) {
+                        usage.record(bytes.saturating_sub(cache.unwrap_or(0)));
+                    }
                 }
                 if let Some(ns) = s.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage) {
                     seen.fetch_max(ns, std::sync::atomic::Ordering::Relaxed);
