@@ -876,6 +876,16 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             }
             s
         }
+        EventKind::JobKept { job, .. } => format!(":: {job:<w$} kept: it passed before trackside stopped"),
+        EventKind::Resumed { kept, interrupted } => {
+            let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            format!(
+                ":: resumed after trackside stopped: {} kept ({}); interrupted, to run again: {}",
+                kept.len(),
+                list(kept),
+                list(interrupted)
+            )
+        }
         EventKind::SchedulingPaused => ":: scheduling paused".into(),
         EventKind::SchedulingResumed => ":: scheduling resumed".into(),
         EventKind::RunFinished { summary } => summary_table(summary),

@@ -307,6 +307,22 @@ enum Cmd {
         /// `access: {group: ...}` of <state>/config.yml, else you alone.
         #[arg(long = "allow-group", value_name = "GROUP")]
         allow_group: Option<String>,
+        /// Go on with run RUN, whose trackside died: see `trackside resume`.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<String>,
+    },
+    /// Go on with a run whose trackside died (kill -9, power loss, a
+    /// closed SSH session), under the same run id: jobs that passed (with
+    /// all they need) are kept, interrupted attempts run again, and the
+    /// rest runs. Takes `run`'s flags (`--headless`, `--json`, `-j`,
+    /// `--var`, `--secret`, ...); the pipeline file and project are the
+    /// run's unless given.
+    Resume {
+        /// The run's id (or a prefix of it).
+        run: String,
+        /// `run`'s flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<std::ffi::OsString>,
     },
     /// Check a pipeline and report every problem.
     Validate {
@@ -662,6 +678,36 @@ enum StoreCmd {
     },
 }
 
+/// The record of run `id` (its meta and events), when its trackside died
+/// before it finished; else why it cannot be resumed.
+fn crashed_run(state: &Path, id: &str) -> Result<(store::RunMeta, Vec<engine::Event>), Fail> {
+    let dir = store::find_run(state, id).map_err(|e| Fail(e.to_string(), 2))?;
+    let meta: store::RunMeta = std::fs::read_to_string(dir.join("meta.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| Fail(format!("run {id}: its record has no readable meta.json"), 2))?;
+    if let Some(summary) = store::read_summary(&dir).map_err(|e| Fail(e.to_string(), 2))? {
+        return Err(Fail(
+            format!(
+                "run {} finished ({:?}): nothing to resume; `trackside retry` or a new run runs jobs again",
+                meta.run_id, summary.result
+            ),
+            2,
+        ));
+    }
+    if !meta.crashed(false) {
+        return Err(Fail(
+            format!(
+                "run {} is still running: attach to it with `trackside attach {}`",
+                meta.run_id, meta.run_id
+            ),
+            2,
+        ));
+    }
+    let events = store::read_events(&dir).map_err(|e| Fail(e.to_string(), 2))?;
+    Ok((meta, events))
+}
+
 /// `-j`: how many jobs at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Jobs {
@@ -798,7 +844,17 @@ impl<E: std::fmt::Display> From<E> for Fail {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `resume RUN FLAGS` is `run --resume RUN FLAGS`.
+    if let Cmd::Resume { run, flags } = &cli.command {
+        let mut argv: Vec<std::ffi::OsString> = vec!["trackside".into()];
+        if let Some(s) = &cli.state_dir {
+            argv.extend(["--state-dir".into(), s.clone().into_os_string()]);
+        }
+        argv.extend(["run".into(), "--resume".into(), run.into()]);
+        argv.extend(flags.iter().cloned());
+        cli = Cli::parse_from(argv);
+    }
     trackside::net::raise_fd_limit();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
@@ -1028,6 +1084,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             error_rate,
             latency_ms,
         } => demo_service(port, version, error_rate, latency_ms),
+        // `main` made it a `run --resume`.
+        Cmd::Resume { .. } => Err(Fail("resume: use `trackside resume RUN`".into(), 2)),
         Cmd::Run {
             file,
             vars,
@@ -1058,6 +1116,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             notify,
             notify_cmd,
             allow_group,
+            resume,
         } => {
             // On a terminal the run goes in a process of its own and this
             // one attaches its UI to it: `d` detaches, the run goes on.
@@ -1072,10 +1131,25 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let headless = headless || engine_process;
             let wait_approval = wait_approval || engine_process;
             let _log_guard = init_tracing(&state);
-            let file = match file {
-                Some(f) => f,
-                None => default_pipeline_file()?,
+            // A resumed run: its record, checked to be one that died.
+            let resumed = match &resume {
+                Some(id) => {
+                    if !job.is_empty() || !only.is_empty() || !stage.is_empty() || repeat.is_some() {
+                        return Err(Fail(
+                            "--resume goes on with the whole run: drop --job, --only, --stage and --repeat".into(),
+                            2,
+                        ));
+                    }
+                    Some(crashed_run(&state, id)?)
+                }
+                None => None,
             };
+            let file = match (file, &resumed) {
+                (Some(f), _) => f,
+                (None, Some((meta, _))) => meta.pipeline_file.clone(),
+                (None, None) => default_pipeline_file()?,
+            };
+            let project_dir = project_dir.or_else(|| resumed.as_ref().map(|(m, _)| m.project_dir.clone()));
             let (secrets, opts, git_facts) = load_options(&vars, &file, &state)?;
             let Some((pipeline, _)) = load(&file, &opts, OutputFormat::Text)? else {
                 return Ok(2);
@@ -1220,6 +1294,10 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.load_options = Some(opts.clone());
             cfg.repeat = repeat;
             cfg.kill_grace = kill_grace;
+            if let Some((meta, events)) = resumed {
+                cfg.resume = Some(trackside::engine::resume::from_events(&events, &pipeline, &plan));
+                cfg.run_id = meta.run_id;
+            }
             let interactive = !headless && !json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
             // On a terminal the run stays open at a manual gate until someone approves or quits.
             cfg.finish_when_blocked = !interactive && !wait_approval;
@@ -1258,7 +1336,15 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 // Host processes and cgroups a crashed trackside left running:
                 // swept while the run is set up, done before any job starts.
-                let sweep = tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans);
+                let mut sweep = Some(tokio::task::spawn_blocking(trackside::exec::contain::sweep_orphans));
+                // A resumed run clears its old workspaces: its dead
+                // trackside's processes go first.
+                let mut swept = 0;
+                if cfg.resume.is_some()
+                    && let Some(s) = sweep.take()
+                {
+                    swept = s.await.unwrap_or(0);
+                }
                 // Containers: reach the daemon before any job starts, and clear
                 // what crashed runs left behind.
                 let needs_containers = opts.executor != ExecutorChoice::Shell
@@ -1286,7 +1372,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         eprintln!("trackside: {line}");
                     }
                 }
-                let swept = sweep.await.unwrap_or(0);
+                if let Some(s) = sweep {
+                    swept = s.await.unwrap_or(0);
+                }
                 if swept > 0 {
                     eprintln!("trackside: stopped {swept} process(es) left running by a crashed trackside");
                 }

@@ -71,6 +71,9 @@ pub struct EngineConfig {
     /// `cpu`, `memory` and `io` files in /proc/pressure's format (`None`:
     /// trackside's cgroup, else /proc/pressure).
     pub pressure_files: Option<PathBuf>,
+    /// Go on with the crashed run `run_id` (its record is reopened; see
+    /// [`super::resume`]).
+    pub resume: Option<super::resume::Resumed>,
     pub fail_fast: bool,
     /// Headless: end the run when only unapproved manual jobs remain.
     pub finish_when_blocked: bool,
@@ -129,6 +132,7 @@ impl EngineConfig {
             capacity: None,
             auto_parallel: false,
             pressure_files: None,
+            resume: None,
             fail_fast: false,
             finish_when_blocked: true,
             cli_vars: Vec::new(),
@@ -430,7 +434,20 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         (read, rx)
     };
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
-    let record = RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?;
+    let record = match &cfg.resume {
+        // The run goes on in its own folder, under its own id and start.
+        Some(_) => {
+            let dir = store::runs_dir(&cfg.state_dir).join(&cfg.run_id);
+            if let Some(old) = std::fs::read_to_string(dir.join("meta.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<RunMeta>(&t).ok())
+            {
+                meta.started_ms = old.started_ms;
+            }
+            RunRecord::reopen(&dir, &meta)?
+        }
+        None => RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?,
+    };
     // Another run may have had the id first: the record's is the run's.
     cfg.run_id = meta.run_id.clone();
     let git_repo = (pipeline.git_checkout && !cfg.in_place)
@@ -519,6 +536,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         capacity,
         learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
         breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
+        resumed: cfg.resume.clone(),
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 
@@ -596,7 +614,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         attempts: tokio_util::task::TaskTracker::new(),
         notes_tx,
         notes_rx,
-        next_seq: 0,
+        next_seq: cfg.resume.as_ref().map_or(0, |r| r.next_seq),
         replay: replay.clone(),
         log_lines: Default::default(),
         past: Some(past),

@@ -19,6 +19,7 @@ pub mod mask;
 pub mod parallelism;
 pub mod records;
 pub mod replay;
+pub mod resume;
 pub mod runner;
 pub mod state;
 

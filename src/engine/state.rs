@@ -174,6 +174,8 @@ pub struct Options {
     pub learned: HashMap<String, JobUsage>,
     /// When a dependency's circuit breaker opens.
     pub breakers: super::breaker::Settings,
+    /// The first part of a resumed run: its kept jobs, its attempts.
+    pub resumed: Option<super::resume::Resumed>,
 }
 
 #[derive(Debug, Clone)]
@@ -708,6 +710,9 @@ impl RunState {
                         max_parallel: self.opts.max_parallel,
                     }));
                     fx.push(Effect::Emit(self.planned()));
+                    if let Some(r) = self.opts.resumed.take() {
+                        self.resume(r, &mut fx);
+                    }
                     let roots: Vec<JobId> = self.plan.order.clone();
                     for j in roots {
                         self.evaluate(j, &mut fx);
@@ -1326,6 +1331,31 @@ impl RunState {
         }
         self.ready.extend(waiting);
         self.tell_resources(fx);
+    }
+
+    /// A resumed run: its kept jobs passed already, and every job's next
+    /// attempt is numbered after its old ones.
+    fn resume(&mut self, r: super::resume::Resumed, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Emit(EventKind::Resumed {
+            kept: r.kept.clone(),
+            interrupted: r.interrupted.clone(),
+        }));
+        for j in 0..self.jobs.len() {
+            let name = &self.pipeline.jobs[j].name;
+            let attempt = r.attempts.get(name).copied().unwrap_or(0);
+            let kept = r.kept.contains(name);
+            let st = &mut self.jobs[j];
+            st.attempt = attempt;
+            if kept {
+                st.status = JobStatus::Succeeded;
+                st.approved = true;
+                st.reason = Some("kept: it passed before trackside stopped".into());
+                fx.push(Effect::Emit(EventKind::JobKept {
+                    job: name.clone(),
+                    attempt,
+                }));
+            }
+        }
     }
 
     /// Orders ready jobs by their remaining critical path weighted by past

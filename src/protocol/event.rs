@@ -415,6 +415,19 @@ pub enum EventKind {
     JobQueued {
         job: String,
     },
+    /// A resumed run keeps a job that passed before its trackside died: it
+    /// does not run again (its last attempt is `attempt`).
+    JobKept {
+        job: String,
+        attempt: u32,
+    },
+    /// The run goes on after its trackside died (`trackside resume`): the
+    /// jobs kept, and those whose attempt was interrupted (they run again;
+    /// not counted as failures).
+    Resumed {
+        kept: Vec<String>,
+        interrupted: Vec<String>,
+    },
     JobStarted {
         job: String,
         attempt: u32,

@@ -287,6 +287,55 @@ impl RunRecord {
         })
     }
 
+    /// Opens a crashed run's folder again to go on with it (`trackside
+    /// resume`): `meta` (with this trackside as its owner) replaces the
+    /// old one, events are appended after a torn last line is ended, and
+    /// the old attempts' workspaces are cleared.
+    pub fn reopen(run_dir: &Path, meta: &RunMeta) -> Result<RunRecord, StoreError> {
+        let meta_path = run_dir.join("meta.json");
+        let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
+        write_with_mode(&meta_path, meta_text.as_bytes(), 0o600)?;
+        let work = run_dir.join("work");
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(io_err("cannot clear", &work))?;
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&work)
+                .map_err(io_err("cannot create run folder", &work))?;
+        }
+        let ev = run_dir.join("events.jsonl");
+        let mut events = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .mode(0o600)
+                .open(&ev)
+                .map_err(io_err("cannot open", &ev))?
+        };
+        // A crash may have torn the last line: end it, so the next event
+        // starts a line of its own (the reader skips the torn one).
+        let len = events.metadata().map_err(io_err("cannot read", &ev))?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            events.seek(SeekFrom::End(-1)).map_err(io_err("cannot read", &ev))?;
+            events.read_exact(&mut last).map_err(io_err("cannot read", &ev))?;
+            if last[0] != b'\n' {
+                events.write_all(b"\n").map_err(io_err("cannot write", &ev))?;
+            }
+        }
+        Ok(RunRecord {
+            dir: run_dir.to_path_buf(),
+            events: LineWriter::new(events),
+            logs: HashMap::new(),
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -304,6 +304,11 @@ impl Model {
                 critical_path,
                 stages,
             } => self.set_plan(jobs, critical_path, stages),
+            EventKind::JobKept { job, .. } => self.with(job, |j| {
+                j.status = JobStatus::Succeeded;
+                j.reason = Some("kept: it passed before trackside stopped".into());
+            }),
+            EventKind::Resumed { .. } => {}
             EventKind::JobQueued { job } => self.with(job, |j| {
                 j.status = JobStatus::Ready;
                 j.retry_at = None;
@@ -761,6 +766,7 @@ impl Model {
                 "CACHED: inputs unchanged, result reused (key {})",
                 job.cached.as_deref().map_or("", |k| &k[..16.min(k.len())])
             ),
+            JobStatus::Succeeded if job.reason.is_some() => job.reason.clone().unwrap_or_default(),
             JobStatus::Succeeded => "passed".into(),
         }
     }
