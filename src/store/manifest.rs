@@ -73,13 +73,21 @@ pub enum ArtifactError {
 impl ArtifactError {
     /// The store ran out of room (or kept its margin): not the job's fault.
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
+        // The margin kept, or the file system full before the margin was
+        // seen (another writer filled it between two checks).
+        let no_space = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOSPC);
+        match self {
             ArtifactError::Object {
                 source: ObjectError::DiskFull { .. },
                 ..
+            } => true,
+            ArtifactError::Object {
+                source: ObjectError::Io(f),
+                ..
             }
-        )
+            | ArtifactError::Io(f) => no_space(&f.source),
+            _ => false,
+        }
     }
     pub fn is_cancelled(&self) -> bool {
         matches!(

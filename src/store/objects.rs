@@ -124,6 +124,20 @@ impl WriteLimits {
     }
 }
 
+/// A failed write as the store's error: a full file system (filled before
+/// the next free-space check saw it) is [`ObjectError::DiskFull`], with
+/// what is free now.
+fn write_failed(e: io::Error, dir: &Path, tmp: &Path, limits: &WriteLimits) -> ObjectError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return ObjectError::DiskFull {
+            path: dir.to_path_buf(),
+            free: free_bytes(dir).unwrap_or(0),
+            margin: limits.min_free,
+        };
+    }
+    io_err("cannot write", tmp)(e).into()
+}
+
 /// Bytes an unprivileged writer may still use on the file system of `dir`.
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
@@ -255,14 +269,15 @@ impl ObjectStore {
                         limits.check(&dir, since_check)?;
                         since_check = 0;
                     }
-                    file.write_all(&buf[..n]).map_err(io_err("cannot write", &tmp))?;
+                    file.write_all(&buf[..n])
+                        .map_err(|e| write_failed(e, &dir, &tmp, limits))?;
                 }
                 size += n as u64;
             }
             // A trailing hole: the length says where the file ends.
-            file.set_len(size).map_err(io_err("cannot write", &tmp))?;
+            file.set_len(size).map_err(|e| write_failed(e, &dir, &tmp, limits))?;
             if sync {
-                file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+                file.sync_all().map_err(|e| write_failed(e, &dir, &tmp, limits))?;
             }
             Ok((Digest(hasher.finalize().into()), size))
         })();
