@@ -987,7 +987,9 @@ pub fn summary_table(s: &RunSummary) -> String {
             j.name,
             stage_col(j.stage.as_deref()),
             verdict,
-            j.attempts.len(),
+            // The last attempt's number: a resumed run's attempts go on
+            // from the first part's.
+            j.attempts.last().map_or(0, |a| a.number),
             if j.attempts.is_empty() {
                 "-".into()
             } else {

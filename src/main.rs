@@ -689,8 +689,9 @@ fn crashed_run(state: &Path, id: &str) -> Result<(store::RunMeta, Vec<engine::Ev
     if let Some(summary) = store::read_summary(&dir).map_err(|e| Fail(e.to_string(), 2))? {
         return Err(Fail(
             format!(
-                "run {} finished ({:?}): nothing to resume; `trackside retry` or a new run runs jobs again",
-                meta.run_id, summary.result
+                "run {} finished ({}): nothing to resume; run the pipeline again to run its jobs again",
+                meta.run_id,
+                format!("{:?}", summary.result).to_lowercase()
             ),
             2,
         ));
@@ -2144,6 +2145,9 @@ fn runs(
         let mut result = result_of(&r);
         if result == "running" && trackside::attach::is_live(&store::runs_dir(state).join(&r.run_id)) {
             result.push_str(" (trackside attach)");
+        }
+        if result == "crashed" {
+            result.push_str(" (trackside resume)");
         }
         outln!(
             "{:<20}  {:<24}  {:<20}  {:>9}  {}",

@@ -60,17 +60,25 @@ pub fn from_variables(p: &mut Pipeline) -> Vec<Diagnostic> {
     diags
 }
 
+/// The variable's own line (whether it is written at the job's or the
+/// pipeline's level, the reader kept only where): its name is the path.
 fn bad(job: &str, v: &EnvVar, what: &str, hint: &str) -> Diagnostic {
-    let hint = if v.value.contains('$') {
+    // An expression (`${{ matrix.x }}`) reads as empty at this point.
+    let hint = if v.value.contains('$') || v.value.trim().is_empty() {
         "the scheduler reads it before the job runs: write the value itself, not a variable or an expression"
     } else {
         hint
     };
+    let found = if v.value.trim().is_empty() {
+        format!("an empty value (for job `{job}`)")
+    } else {
+        format!("`{}`", v.value)
+    };
     Diagnostic::error(
         v.pos,
         v.name.len(),
-        format!("{job}.{}", v.name),
-        format!("`{}` must be {what}, found `{}`", v.name, v.value),
+        v.name.clone(),
+        format!("`{}` must be {what}, found {found}", v.name),
     )
     .with_hint(hint)
 }

@@ -545,9 +545,15 @@ pub fn unfinished_story(run_dir: &Path) -> String {
                 || "the trackside running it".to_string(),
                 |(pid, _)| format!("trackside (pid {pid})"),
             );
-            format!("crashed: {who} is gone; it got as far as {progress}")
+            format!(
+                "crashed: {who} is gone; it got as far as {progress}; `trackside resume {}` goes on with it",
+                m.run_id
+            )
         }
-        _ => format!("still running: {progress} so far"),
+        _ => format!(
+            "still running: {}",
+            progress.replace("running when it stopped", "running now")
+        ),
     }
 }
 

@@ -241,6 +241,28 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
         };
         spans.push(Span::styled(format!("CIRCUIT OPEN: {first}{more}"), t.error()));
     }
+    // Running jobs and the memory they hold of the budget (while the run
+    // goes on): before the counts on a narrow screen, so 80 columns keep
+    // them (the boxes show the counts anyway).
+    let mut running = vec![
+        sep(),
+        Span::raw(format!("{}/{} running", m.running_jobs(), m.max_parallel)),
+    ];
+    if let Some(held) = m
+        .resources
+        .filter(|h| h.memory_budget < u64::MAX && m.finished.is_none())
+    {
+        let g = |b: u64| b as f64 / f64::from(1u32 << 30);
+        running.push(Span::raw(format!(
+            ", {:.1}/{:.1} GiB",
+            g(held.memory),
+            g(held.memory_budget)
+        )));
+    }
+    let narrow = area.width < WIDE;
+    if narrow {
+        spans.append(&mut running);
+    }
     spans.push(sep());
     // A count per glyph the boxes show (a flaky pass, a queued job and an
     // allowed failure each under their own), in the legend's order.
@@ -256,20 +278,7 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             shown += 1;
         }
     }
-    spans.push(sep());
-    spans.push(Span::raw(format!("{}/{} running", m.running_jobs(), m.max_parallel)));
-    // The memory running jobs hold of the budget, while the run goes on.
-    if let Some(held) = m
-        .resources
-        .filter(|h| h.memory_budget < u64::MAX && m.finished.is_none())
-    {
-        let g = |b: u64| b as f64 / f64::from(1u32 << 30);
-        spans.push(Span::raw(format!(
-            ", {:.1}/{:.1} GiB",
-            g(held.memory),
-            g(held.memory_budget)
-        )));
-    }
+    spans.append(&mut running);
     if m.paused {
         spans.push(sep());
         spans.push(Span::styled("PAUSED", t.warn()));
