@@ -1952,6 +1952,9 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, s
     let key = trackside::store::history::pipeline_key(file);
     let index = trackside::store::index::Index::open(state)?;
     let history = index.recent_durations(&key, p.jobs.len(), MAX_SAMPLES)?;
+    // The order a run starts ready jobs in: by past durations.
+    let names: Vec<&str> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+    let priority = plan.priority_by_durations(&names, &history);
     let nodes: Vec<Node> = p
         .jobs
         .iter()
@@ -1964,7 +1967,7 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, s
                 State::Pending
             },
             history: history.get(&job.name).cloned().unwrap_or_default(),
-            priority: plan.priority[j],
+            priority: priority[j],
         })
         .collect();
     let Some(f) = forecast(&nodes, parallel, 0.0, SIMULATIONS * 5, 1) else {

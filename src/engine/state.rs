@@ -265,8 +265,8 @@ pub struct RunState {
     /// tenths of a second of its jobs' past durations once history is
     /// known ([`Self::weigh`]), else in jobs.
     priority: Vec<u32>,
-    /// The past duration of each job by name, in tenths of a second.
-    weights: HashMap<String, u32>,
+    /// Each job's past durations by name, in ms.
+    durations: BTreeMap<String, Vec<f64>>,
     opts: Options,
     jobs: Vec<JobState>,
     /// Ready jobs by (priority, earlier file position first). Stale entries are skipped.
@@ -323,7 +323,7 @@ impl RunState {
             jobs: vec![JobState::fresh(); n],
             pipeline,
             priority: plan.priority.clone(),
-            weights: HashMap::new(),
+            durations: BTreeMap::new(),
             plan,
             opts: Options {
                 max_parallel: 1,
@@ -1359,22 +1359,11 @@ impl RunState {
     }
 
     /// Orders ready jobs by their remaining critical path weighted by past
-    /// durations (the median of each job's recent runs, in ms; a job
-    /// without history counts as the median of those with): the longest
-    /// chain in time starts first, not the one with most jobs.
+    /// durations (the median of each job's recent runs, in ms; see
+    /// [`Plan::priority_by_durations`]): the longest chain in time starts
+    /// first, not the one with most jobs.
     pub fn weigh(&mut self, durations: &BTreeMap<String, Vec<f64>>) {
-        self.weights = durations
-            .iter()
-            .filter_map(|(name, d)| {
-                let mut d: Vec<f64> = d.iter().copied().filter(|v| v.is_finite() && *v >= 0.0).collect();
-                d.sort_by(f64::total_cmp);
-                let median = *d.get(d.len() / 2)?;
-                Some((
-                    name.clone(),
-                    (median / 100.0).round().clamp(1.0, f64::from(u32::MAX)) as u32,
-                ))
-            })
-            .collect();
+        self.durations = durations.clone();
         self.priority = self.weighted();
         self.ready = self
             .ready
@@ -1383,21 +1372,10 @@ impl RunState {
             .collect();
     }
 
-    /// The priorities from the weights (in jobs when there are none).
+    /// The priorities from the past durations (in jobs without them).
     fn weighted(&self) -> Vec<u32> {
-        if self.weights.is_empty() {
-            return self.plan.priority.clone();
-        }
-        let mut known: Vec<u32> = self.weights.values().copied().collect();
-        known.sort_unstable();
-        let typical = known[known.len() / 2];
-        let weight: Vec<u32> = self
-            .pipeline
-            .jobs
-            .iter()
-            .map(|j| self.weights.get(&j.name).copied().unwrap_or(typical))
-            .collect();
-        self.plan.weighted_priority(&weight)
+        let names: Vec<&str> = self.pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+        self.plan.priority_by_durations(&names, &self.durations)
     }
 
     /// What job `j` holds while it runs, and where that comes from.

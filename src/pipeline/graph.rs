@@ -137,6 +137,32 @@ impl Plan {
     }
 
     /// Every job `job` waits for, directly or not.
+    /// Each job's scheduling priority from past durations (ms, by job
+    /// name): its remaining critical path in tenths of a second, a job
+    /// without history counting as the median of those with one; in jobs
+    /// ([`Plan::priority`]) when no job has history.
+    pub fn priority_by_durations(
+        &self,
+        names: &[&str],
+        durations: &std::collections::BTreeMap<String, Vec<f64>>,
+    ) -> Vec<u32> {
+        let median = |d: &Vec<f64>| {
+            let mut d: Vec<f64> = d.iter().copied().filter(|v| v.is_finite() && *v >= 0.0).collect();
+            d.sort_by(f64::total_cmp);
+            let m = *d.get(d.len() / 2)?;
+            Some((m / 100.0).round().clamp(1.0, f64::from(u32::MAX)) as u32)
+        };
+        let known: Vec<Option<u32>> = names.iter().map(|n| durations.get(*n).and_then(median)).collect();
+        let mut sorted: Vec<u32> = known.iter().flatten().copied().collect();
+        if sorted.is_empty() {
+            return self.priority.clone();
+        }
+        sorted.sort_unstable();
+        let typical = sorted[sorted.len() / 2];
+        let weight: Vec<u32> = known.iter().map(|w| w.unwrap_or(typical)).collect();
+        self.weighted_priority(&weight)
+    }
+
     /// Each job's scheduling priority with `weight` per job: its weight
     /// plus the heaviest chain of jobs after it (the remaining critical
     /// path). With every weight 1 it is [`Plan::priority`].
@@ -291,6 +317,28 @@ mod tests {
             Ok((p, _)) => p,
             Err(r) => panic!("{}", r.render(false)),
         }
+    }
+
+    #[test]
+    fn priorities_weigh_the_remaining_chain_by_past_durations() {
+        let p = pipeline(&[("short", &[]), ("long", &[]), ("s2", &["short"]), ("new", &["long"])]);
+        let plan = Plan::build(&p).expect("plan");
+        let names = ["short", "long", "s2", "new"];
+        // No history: in jobs.
+        assert_eq!(plan.priority_by_durations(&names, &Default::default()), plan.priority);
+        let durations = [
+            ("short", vec![5_000.0, 3_000.0, f64::NAN]),
+            ("s2", vec![4_000.0]),
+            ("long", vec![60_000.0]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // In tenths of a second; `new` counts as the median of the known (50).
+        assert_eq!(
+            plan.priority_by_durations(&names, &durations),
+            [50 + 40, 600 + 50, 40, 50]
+        );
     }
 
     #[test]
