@@ -717,12 +717,17 @@ enum Jobs {
     Fixed(u32),
 }
 
-fn parse_jobs(s: &str) -> Result<Jobs, String> {
+/// A `-j` value that is neither a number from 1 up nor `auto`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a number of jobs from 1 up, nor `auto`")]
+struct BadJobs(String);
+
+fn parse_jobs(s: &str) -> Result<Jobs, BadJobs> {
     match s {
         "auto" => Ok(Jobs::Auto),
         n => match n.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(Jobs::Fixed(n)),
-            _ => Err(format!("`{s}` is not a number of jobs from 1 up, nor `auto`")),
+            _ => Err(BadJobs(s.to_string())),
         },
     }
 }

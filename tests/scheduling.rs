@@ -237,3 +237,20 @@ async fn memory_pressure_halves_auto_parallelism_and_stops_starts_until_it_passe
     let sum = r.finished().await;
     assert_eq!(sum.result, trackside::engine::RunResult::Passed, "no job was killed");
 }
+
+#[test]
+fn a_jobs_value_that_is_neither_a_number_nor_auto_is_refused_with_what_to_give() {
+    let env = Env::new();
+    let file = env.file("p.yml", "name: j\njobs:\n  a:\n    steps: [{script: ['true']}]\n");
+    for bad in ["0", "foo", "2.5"] {
+        let out = env.run(&["run", file.to_str().expect("utf-8"), "-j", bad, "--headless"]);
+        assert_eq!(out.status.code(), Some(2), "-j {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("`{bad}` is not a number of jobs from 1 up, nor `auto`")),
+            "{err}"
+        );
+    }
+    let ok = env.run(&["run", file.to_str().expect("utf-8"), "-j", "auto", "--headless"]);
+    assert_eq!(ok.status.code(), Some(0));
+}
