@@ -840,6 +840,9 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
             seconds(*start_in_ms)
         ),
         EventKind::JobWaiting { job, reason } => format!(":: {job:<w$} {reason}"),
+        EventKind::JobPreempted { job, attempt, by } => {
+            format!(":: {job:<w$} attempt {attempt} preempted by run {by} (higher priority); queued again")
+        }
         EventKind::Parallelism {
             from, limit, reason, ..
         } => {

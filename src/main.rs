@@ -235,6 +235,14 @@ enum Cmd {
         /// (docs/scheduling.md), a number is a fixed limit.
         #[arg(short = 'j', long = "jobs", value_name = "N|auto", value_parser = parse_jobs)]
         jobs: Option<Jobs>,
+        /// Against other runs on this machine (same state directory): a
+        /// high-priority run gets the next free slots first.
+        #[arg(long, value_name = "high|normal|low", default_value = "normal")]
+        priority: trackside::engine::sharing::Priority,
+        /// Stop `interruptible` jobs of lower-priority runs when this run's
+        /// jobs do not fit (they are queued again there).
+        #[arg(long)]
+        preempt: bool,
         /// Stop everything at the first required failure.
         #[arg(long)]
         fail_fast: bool,
@@ -1103,6 +1111,8 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             no_cache,
             json,
             jobs,
+            priority,
+            preempt,
             fail_fast,
             approve,
             approve_all,
@@ -1284,6 +1294,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(Jobs::Fixed(j)) => cfg.max_parallel = usize::try_from(j).unwrap_or(usize::MAX),
                 None | Some(Jobs::Auto) => cfg.auto_parallel = true,
             }
+            cfg.sharing = Some(trackside::engine::sharing::Sharing { priority, preempt });
             cfg.fail_fast = fail_fast;
             cfg.cli_vars = opts.cli_vars.clone();
             cfg.secrets = secrets;

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// `-j auto`: the number of jobs at once follows the machine's
     /// pressure (see [`super::parallelism`]); `max_parallel` is ignored.
     pub auto_parallel: bool,
+    /// Share the machine with the other runs of the state directory (see
+    /// [`super::sharing`]); `None`: this run counts only its own jobs.
+    pub sharing: Option<super::sharing::Sharing>,
     /// Where `-j auto` reads pressure stall information: a folder with
     /// `cpu`, `memory` and `io` files in /proc/pressure's format (`None`:
     /// trackside's cgroup, else /proc/pressure).
@@ -116,6 +119,10 @@ pub struct EngineConfig {
 /// Quiet time after the last change to the pipeline file before it is read.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// How often a run with running jobs looks for other runs' requests to
+/// stop one (a preemption takes at most this long to begin).
+const REQUESTS_EVERY: Duration = Duration::from_millis(500);
+
 impl EngineConfig {
     /// A config with the defaults of `trackside run`: shell executor, one job
     /// per core, a fresh workspace per attempt, headless gate handling.
@@ -131,6 +138,7 @@ impl EngineConfig {
             max_parallel: std::thread::available_parallelism().map_or(2, |n| n.get()),
             capacity: None,
             auto_parallel: false,
+            sharing: Some(super::sharing::Sharing::default()),
             pressure_files: None,
             resume: None,
             fail_fast: false,
@@ -525,6 +533,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     if let Some((ctl, _, _)) = &mut auto {
         *ctl = super::parallelism::Controller::new(cores, capacity.margin);
     }
+    let (shared, capacity) = match cfg.sharing {
+        Some(sharing) => share(&cfg.state_dir, &cfg.run_id, sharing, capacity),
+        None => (None, capacity),
+    };
     let opts = Options {
         max_parallel: cfg.max_parallel.max(1),
         fail_fast: cfg.fail_fast,
@@ -537,6 +549,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
         breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
         resumed: cfg.resume.clone(),
+        shared: shared.is_some(),
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 
@@ -594,6 +607,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         running: HashMap::new(),
         retry_timers: HashMap::new(),
         wake_at: None,
+        shared,
         auto: auto.map(|(ctl, gauge, notice)| Auto { ctl, gauge, notice }),
         started_at: None,
         pipeline_timeout: pipeline.timeout,
@@ -627,6 +641,43 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     };
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// Registers the run in the machine's slot table: its capacity becomes the
+/// one the runs sharing the machine use (see [`super::sharing::capacity`]).
+/// A table that cannot be used is said once; the run then counts only its
+/// own jobs.
+fn share(
+    state_dir: &Path,
+    run_id: &str,
+    sharing: super::sharing::Sharing,
+    mut capacity: super::admission::Capacity,
+) -> (Option<Shared>, super::admission::Capacity) {
+    let me = crate::store::slots::RunRow {
+        run_id: run_id.to_string(),
+        owner: crate::process::owner().to_string(),
+        priority: sharing.priority.rank(),
+        cpu_milli: capacity.cpu_milli,
+        memory: capacity.memory,
+        since_ms: crate::store::now_ms(),
+        waiting_until_ms: 0,
+    };
+    let registered = crate::store::slots::Slots::open(state_dir).and_then(|mut slots| {
+        let table = slots.register(&me)?;
+        Ok((slots, table))
+    });
+    match registered {
+        Ok((slots, table)) => {
+            let shared = super::sharing::capacity(&table);
+            capacity.cpu_milli = shared.cpu_milli;
+            capacity.memory = shared.memory;
+            (Some(Shared { slots, sharing }), capacity)
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            (None, capacity)
+        }
+    }
 }
 
 /// What the pipeline's history says, read once at the start of a run.
@@ -903,6 +954,12 @@ struct Auto {
     notice: Option<String>,
 }
 
+/// The run's place in the machine's slot table.
+struct Shared {
+    slots: crate::store::slots::Slots,
+    sharing: super::sharing::Sharing,
+}
+
 struct Actor {
     /// Every attempt's row in the store's history.
     history: super::history::History,
@@ -921,6 +978,9 @@ struct Actor {
     retry_timers: HashMap<JobId, tokio::task::JoinHandle<()>>,
     /// When the state machine asked to be woken ([`Effect::Wake`]).
     wake_at: Option<Instant>,
+    /// Sharing the machine with other runs (`None`: alone, or the table
+    /// could not be used).
+    shared: Option<Shared>,
     /// `-j auto`'s controller and what it reads.
     auto: Option<Auto>,
     started_at: Option<Instant>,
@@ -980,6 +1040,9 @@ impl Actor {
         let mut pressure = tokio::time::interval(Duration::from_secs(1));
         pressure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut commands_open = true;
+        // Other runs' requests (preemption) are looked for while jobs run.
+        let mut requests = tokio::time::interval(REQUESTS_EVERY);
+        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let deadline = self.started_at.map(|s| s + self.pipeline_timeout);
             let timeout_armed = deadline.is_some() && !self.timed_out && !self.state.is_finished();
@@ -1002,6 +1065,10 @@ impl Actor {
                 }
                 _ = pressure.tick(), if self.auto.is_some() && !self.state.is_finished() => {
                     self.sample_pressure(&retry_tx);
+                    None
+                }
+                _ = requests.tick(), if self.shared.is_some() && !self.running.is_empty() => {
+                    self.take_requests(&retry_tx);
                     None
                 }
                 () = sleep_until_opt(self.wake_at), if self.wake_at.is_some() => {
@@ -1069,6 +1136,11 @@ impl Actor {
         // it is done.
         self.attempts.close();
         self.attempts.wait().await;
+        if let Some(sh) = &mut self.shared
+            && let Err(e) = sh.slots.unregister(&self.ctx.run_id)
+        {
+            tracing::warn!("{e}");
+        }
         crate::exec::contain::release_idle();
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         for r in self.shutdown.drain(..) {
@@ -1721,6 +1793,25 @@ impl Actor {
                         token.cancel();
                     }
                 }
+                Effect::Claim {
+                    job,
+                    attempt,
+                    need,
+                    group,
+                    interruptible,
+                    cancels_group,
+                } => {
+                    let wait = self.claim(job, attempt, need, group, interruptible, cancels_group);
+                    self.apply(Input::Claimed { job, wait }, retry_tx);
+                }
+                Effect::Release { job } => {
+                    let name = &self.state.pipeline().jobs[job].name;
+                    if let Some(sh) = &mut self.shared
+                        && let Err(e) = sh.slots.release(&self.ctx.run_id, name)
+                    {
+                        tracing::warn!("{e}");
+                    }
+                }
                 Effect::Wake { after } => {
                     // A wake past what the clock can say never comes.
                     if let Some(at) = Instant::now().checked_add(after) {
@@ -1755,6 +1846,76 @@ impl Actor {
         if !self.state.is_finished() && self.finished_tx.borrow().is_some() {
             // The run was reopened (retry after it finished).
             let _ = self.finished_tx.send(None);
+        }
+    }
+
+    /// Asks the machine's slot table whether job `job` may start: `None`
+    /// when it may, else why it waits. A table that fails is said once and
+    /// left: the run goes on counting only its own jobs.
+    fn claim(
+        &mut self,
+        job: JobId,
+        attempt: u32,
+        need: super::admission::Need,
+        group: Option<String>,
+        interruptible: bool,
+        cancels_group: bool,
+    ) -> Option<String> {
+        let sh = self.shared.as_mut()?;
+        let now_ms = crate::store::now_ms();
+        let hold = crate::store::slots::HoldRow {
+            run_id: self.ctx.run_id.clone(),
+            job: self.state.pipeline().jobs[job].name.clone(),
+            attempt,
+            cpu_milli: need.cpu_milli,
+            memory: need.memory,
+            group: group.clone(),
+            interruptible,
+            since_ms: now_ms,
+        };
+        let claim = super::sharing::Claim {
+            run: &self.ctx.run_id,
+            priority: sh.sharing.priority,
+            preempt: sh.sharing.preempt,
+            need,
+            group: group.as_deref(),
+            cancels_group,
+            now_ms,
+        };
+        match sh.slots.claim(&hold, |t| super::sharing::decide(t, &claim)) {
+            Ok(super::sharing::Decision::Grant) => None,
+            Ok(super::sharing::Decision::Wait { reason }) => Some(reason),
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.shared = None;
+                None
+            }
+        }
+    }
+
+    /// What other runs asked of this one's running jobs (preemption, a
+    /// concurrency group's cancel-in-progress).
+    fn take_requests(&mut self, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let Some(sh) = &mut self.shared else { return };
+        let requests = match sh.slots.requests_for(&self.ctx.run_id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        for r in requests {
+            let Ok(job) = self.job_id(&r.job) else { continue };
+            tracing::info!(job = %r.job, by = %r.by, kind = ?r.kind, "another run asks to stop a job");
+            self.apply(
+                Input::Preempt {
+                    job,
+                    attempt: r.attempt,
+                    by: r.by,
+                    cancel: r.kind == crate::store::slots::RequestKind::Cancel,
+                },
+                retry_tx,
+            );
         }
     }
 

@@ -307,6 +307,21 @@ impl History {
                     containers,
                 )
             }
+            // Stopped for a higher-priority run: neither a pass nor a failure.
+            EventKind::JobPreempted { job, attempt, .. } => {
+                let started = self.started.remove(&(job.clone(), *attempt)).unwrap_or(ev.ts);
+                self.row(
+                    job,
+                    *attempt,
+                    "preempted",
+                    None,
+                    None,
+                    started,
+                    ev.ts.saturating_sub(started),
+                    pipeline,
+                    containers,
+                )
+            }
             // Failures the run allowed (allow_failure, quarantine) did not fail it.
             EventKind::RunFinished { summary } => {
                 let allowed: Vec<String> = summary

@@ -21,6 +21,7 @@ pub mod records;
 pub mod replay;
 pub mod resume;
 pub mod runner;
+pub mod sharing;
 pub mod state;
 
 pub use crate::protocol::event;

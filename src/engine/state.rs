@@ -88,6 +88,12 @@ pub enum CancelReason {
     User,
     Timeout,
     FailFast,
+    /// A higher-priority run needs the machine (`--preempt`): the attempt
+    /// is stopped and the job queued again.
+    Preempted,
+    /// Another run took the job's concurrency group (GitHub's
+    /// `cancel-in-progress`).
+    Superseded,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +133,21 @@ pub enum Input {
     },
     /// A time asked for with [`Effect::Wake`] has come.
     Tick,
+    /// The answer to [`Effect::Claim`]: `wait` is `None` when the job may
+    /// start, else why it waits (it asks again after [`Effect::Wake`]).
+    Claimed {
+        job: JobId,
+        wait: Option<String>,
+    },
+    /// Another run asks to stop attempt `attempt` of `job`: to queue it
+    /// again (a higher-priority run preempting it), or, with `cancel`, for
+    /// good (it took the job's concurrency group).
+    Preempt {
+        job: JobId,
+        attempt: u32,
+        by: String,
+        cancel: bool,
+    },
 }
 
 pub use crate::protocol::identity::Approver;
@@ -152,6 +173,22 @@ pub enum Effect {
     Wake {
         after: Duration,
     },
+    /// Ask the runs sharing the machine whether attempt `attempt` of `job`
+    /// may start (see `engine::sharing`); the answer comes back as
+    /// [`Input::Claimed`]. Only with [`Options::shared`].
+    Claim {
+        job: JobId,
+        attempt: u32,
+        /// What it would hold.
+        need: Need,
+        group: Option<String>,
+        interruptible: bool,
+        cancels_group: bool,
+    },
+    /// Give back what a granted claim of `job` holds.
+    Release {
+        job: JobId,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -176,6 +213,9 @@ pub struct Options {
     pub breakers: super::breaker::Settings,
     /// The first part of a resumed run: its kept jobs, its attempts.
     pub resumed: Option<super::resume::Resumed>,
+    /// Other runs share the machine: each start is claimed first
+    /// ([`Effect::Claim`]).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +256,10 @@ struct JobState {
     waiting: Option<String>,
     /// The dependencies its failures were on (their breakers hold it).
     failed_on: Vec<String>,
+    /// Its start is being claimed from the runs sharing the machine.
+    claiming: bool,
+    /// The run that asked to stop its running attempt.
+    stopped_by: Option<String>,
 }
 
 impl JobState {
@@ -243,6 +287,8 @@ impl JobState {
             holds: None,
             waiting: None,
             failed_on: Vec::new(),
+            claiming: false,
+            stopped_by: None,
         }
     }
 }
@@ -271,6 +317,9 @@ pub struct RunState {
     jobs: Vec<JobState>,
     /// Ready jobs by (priority, earlier file position first). Stale entries are skipped.
     ready: BinaryHeap<(u32, Reverse<JobId>)>,
+    /// Ready jobs the machine's other runs made wait: they ask again at the
+    /// next [`Input::Tick`] or when one of this run's attempts ends.
+    refused: Vec<(u32, Reverse<JobId>)>,
     running: usize,
     retrying: usize,
     /// Jobs waiting out their `start_in`.
@@ -330,6 +379,7 @@ impl RunState {
                 ..Options::default()
             },
             ready: BinaryHeap::new(),
+            refused: Vec::new(),
             running: 0,
             retrying: 0,
             delayed: 0,
@@ -814,8 +864,16 @@ impl RunState {
                     fx.push(breaker_event(t));
                 }
             }
-            // The schedule below lets a due probe through.
-            Input::Tick => {}
+            // The schedule below lets a due probe through, and refused
+            // jobs ask again.
+            Input::Tick => self.ready.extend(self.refused.drain(..)),
+            Input::Claimed { job, wait } => self.claimed(job, wait, &mut fx),
+            Input::Preempt {
+                job,
+                attempt,
+                by,
+                cancel,
+            } => self.stop_for(job, attempt, by, cancel, &mut fx),
             Input::Parallelism { limit, admit } => {
                 self.opts.max_parallel = limit.max(1);
                 self.admit = admit;
@@ -1072,6 +1130,7 @@ impl RunState {
                     CancelReason::User => "run cancelled".to_string(),
                     CancelReason::Timeout => "pipeline timed out".to_string(),
                     CancelReason::FailFast => "fail-fast: an earlier job failed".to_string(),
+                    CancelReason::Preempted | CancelReason::Superseded => "cancelled by another run".to_string(),
                 };
                 self.skip(j, why, None, fx);
                 work.extend(self.plan.dependents[j].iter().copied());
@@ -1303,14 +1362,135 @@ impl RunState {
                 *self.held.entry(g).or_default() += 1;
             }
             self.ledger.take(need);
-            let now = self.now;
+            self.jobs[j].holds = Some(need);
+            self.running += 1;
+            if self.opts.shared {
+                let spec = &self.pipeline.jobs[j];
+                let st = &mut self.jobs[j];
+                st.claiming = true;
+                fx.push(Effect::Claim {
+                    job: j,
+                    attempt: st.attempt + 1,
+                    need: self.ledger.held(need),
+                    group: spec.resource_group.clone(),
+                    interruptible: spec.interruptible,
+                    cancels_group: spec.cancel_in_progress,
+                });
+                continue;
+            }
+            self.launch(j, fx);
+        }
+        self.ready.extend(waiting);
+        self.tell_resources(fx);
+    }
+
+    /// The answer to a claim: the job starts, or waits for the next tick.
+    fn claimed(&mut self, j: JobId, wait: Option<String>, fx: &mut Vec<Effect>) {
+        let Some(st) = self.jobs.get_mut(j).filter(|st| st.claiming) else {
+            if wait.is_none() {
+                fx.push(Effect::Release { job: j });
+            }
+            return;
+        };
+        st.claiming = false;
+        let still = st.status == JobStatus::Ready;
+        match wait {
+            None if still => {
+                self.launch(j, fx);
+                self.tell_resources(fx);
+            }
+            None => {
+                // Cancelled while claimed.
+                self.unhold(j);
+                fx.push(Effect::Release { job: j });
+            }
+            Some(reason) => {
+                self.unhold(j);
+                // A probe of an open breaker that cannot start: the next
+                // job to try probes.
+                self.breakers.ended_except(j, "");
+                if still {
+                    let key = reason.split(':').next().unwrap_or_default().to_string();
+                    self.tell_waiting_as(j, key, reason, fx);
+                    self.refused.push((self.priority[j], Reverse(j)));
+                    fx.push(Effect::Wake {
+                        after: super::sharing::RETRY,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Attempt `attempt` of `j` was stopped for a higher-priority run: it is
+    /// recorded as preempted (not a failure, not counted against its
+    /// retries) and the job is queued again.
+    fn preempted(&mut self, j: JobId, attempt: u32, outcome: &Outcome, fx: &mut Vec<Effect>) {
+        let now = self.now;
+        let st = &mut self.jobs[j];
+        let by = st.stopped_by.take().unwrap_or_default();
+        if let Some(rec) = st.attempts.last_mut() {
+            rec.ended_ms = Some(ms(now));
+            rec.exit_code = outcome.exit_code;
+            rec.failure_class = Some(FailureClass::Cancelled);
+        }
+        st.kill_reason = None;
+        st.round_attempts = st.round_attempts.saturating_sub(1);
+        self.make_ready(j, fx);
+        fx.push(Effect::Emit(EventKind::JobPreempted {
+            job: self.name(j),
+            attempt,
+            by,
+        }));
+        if let Some(reason) = self.cancelled {
+            self.cancel(j, reason, fx);
+        }
+    }
+
+    /// Gives back what job `j`'s start reserved in this run.
+    fn unhold(&mut self, j: JobId) {
+        self.running -= 1;
+        if let Some(need) = self.jobs[j].holds.take() {
+            self.ledger.give_back(need);
+        }
+        for (g, _) in self.groups(j) {
+            if let Some(n) = self.held.get_mut(&g) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Another run asks to stop job `j`'s attempt `attempt` (see
+    /// [`Input::Preempt`]); a job that is not interruptible is only
+    /// stopped for good, and only by a request to cancel.
+    fn stop_for(&mut self, j: JobId, attempt: u32, by: String, cancel: bool, fx: &mut Vec<Effect>) {
+        let Some(st) = self.jobs.get(j) else { return };
+        if st.status != JobStatus::Running || st.attempt != attempt || st.kill_reason.is_some() {
+            return;
+        }
+        if !cancel && !self.pipeline.jobs[j].interruptible {
+            return;
+        }
+        let st = &mut self.jobs[j];
+        st.kill_reason = Some(if cancel {
+            CancelReason::Superseded
+        } else {
+            CancelReason::Preempted
+        });
+        st.stopped_by = Some(by);
+        fx.push(Effect::Kill { job: j });
+    }
+
+    /// Starts job `j`'s next attempt (its place is already reserved).
+    fn launch(&mut self, j: JobId, fx: &mut Vec<Effect>) {
+        let now = self.now;
+        {
             let st = &mut self.jobs[j];
-            st.holds = Some(need);
             st.waiting = None;
             st.status = JobStatus::Running;
             st.attempt += 1;
             st.round_attempts += 1;
             st.kill_reason = None;
+            st.stopped_by = None;
             st.first_start.get_or_insert(now);
             st.attempts.push(AttemptRecord {
                 number: st.attempt,
@@ -1321,16 +1501,13 @@ impl RunState {
                 retry_delay_ms: None,
                 diagnosis: None,
             });
-            let attempt = st.attempt;
-            self.running += 1;
-            fx.push(Effect::Emit(EventKind::JobStarted {
-                job: self.name(j),
-                attempt,
-            }));
-            fx.push(Effect::Start { job: j, attempt });
         }
-        self.ready.extend(waiting);
-        self.tell_resources(fx);
+        let attempt = self.jobs[j].attempt;
+        fx.push(Effect::Emit(EventKind::JobStarted {
+            job: self.name(j),
+            attempt,
+        }));
+        fx.push(Effect::Start { job: j, attempt });
     }
 
     /// A resumed run: its kept jobs passed already, and every job's next
@@ -1465,14 +1642,15 @@ impl RunState {
         if self.jobs[j].status != JobStatus::Running || self.jobs[j].attempt != attempt {
             return;
         }
-        self.running -= 1;
-        if let Some(need) = self.jobs[j].holds.take() {
-            self.ledger.give_back(need);
+        self.unhold(j);
+        if self.opts.shared {
+            fx.push(Effect::Release { job: j });
+            // What this attempt held may fit a job another run made wait.
+            self.ready.extend(self.refused.drain(..));
         }
-        for (g, _) in self.groups(j) {
-            if let Some(n) = self.held.get_mut(&g) {
-                *n = n.saturating_sub(1);
-            }
+        if self.jobs[j].kill_reason == Some(CancelReason::Preempted) && outcome.failure.is_some() {
+            self.preempted(j, attempt, &outcome, fx);
+            return;
         }
         let now = self.now;
         let (name, retry_when, retry_count, retry_codes) = {
@@ -1492,10 +1670,19 @@ impl RunState {
         if st.kill_reason == Some(CancelReason::Timeout) && outcome.failure.is_some() {
             outcome.message = Some(format!("the pipeline timeout of {pipeline_timeout}s was reached"));
         }
+        if st.kill_reason == Some(CancelReason::Superseded) && outcome.failure.is_some() {
+            let by = st.stopped_by.as_deref().unwrap_or("another run");
+            outcome.message = Some(format!(
+                "cancelled: run {by} took its concurrency group (cancel-in-progress)"
+            ));
+        }
         // Our own kill decides the class: the process only saw a signal.
         let class = match (st.kill_reason, outcome.failure) {
             (_, None) => None,
-            (Some(CancelReason::User | CancelReason::FailFast), Some(_)) => Some(FailureClass::Cancelled),
+            (
+                Some(CancelReason::User | CancelReason::FailFast | CancelReason::Superseded | CancelReason::Preempted),
+                Some(_),
+            ) => Some(FailureClass::Cancelled),
             (Some(CancelReason::Timeout), Some(_)) => Some(FailureClass::Timeout),
             (None, Some(c)) => Some(c),
         };
@@ -1752,6 +1939,7 @@ impl RunState {
                     CancelReason::User => "cancelled",
                     CancelReason::Timeout => "pipeline timed out",
                     CancelReason::FailFast => "fail-fast: an earlier job failed",
+                    CancelReason::Preempted | CancelReason::Superseded => "cancelled by another run",
                 };
                 st.reason = Some(why.to_string());
                 fx.push(Effect::Emit(EventKind::JobFinished {
@@ -1862,6 +2050,7 @@ impl RunState {
             || self
                 .ready
                 .iter()
+                .chain(&self.refused)
                 .any(|&(_, Reverse(j))| self.jobs[j].status == JobStatus::Ready);
         if active {
             self.finished = false;

@@ -185,7 +185,7 @@ pub fn seen(rows: &[AttemptRow], signature: &str, since_ms: u64) -> (usize, Opti
 /// Every series in `rows` (oldest first), most flaky first.
 pub fn analyse(rows: &[AttemptRow]) -> Vec<Flakiness> {
     // A cancelled attempt tells nothing; a cache hit reused an earlier pass.
-    let counts = |r: &AttemptRow| r.outcome != "cancelled" && r.outcome != "cached";
+    let counts = |r: &AttemptRow| !matches!(r.outcome.as_str(), "cancelled" | "cached" | "preempted");
     // Runs in which most jobs failed on their first attempt are left out.
     let mut per_run: HashMap<&str, (u32, u32)> = HashMap::new();
     for r in rows.iter().filter(|r| r.attempt == 1 && counts(r)) {

@@ -194,9 +194,19 @@ pub struct Job {
     /// Who may release the job's manual gate, and how many must.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub approvers: Option<Approvers>,
-    /// Jobs of one resource group never run at the same time.
+    /// Jobs of one resource group never run at the same time, in this run
+    /// or in another run sharing the state directory.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_group: Option<String>,
+    /// A higher-priority run started with `--preempt` may stop it (it goes
+    /// back to the queue and runs again): GitLab's `interruptible`, native
+    /// `interruptible`, or `TRACKSIDE_INTERRUPTIBLE: "true"`.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub interruptible: bool,
+    /// GitHub's `concurrency: {cancel-in-progress: true}`: a job of another
+    /// run holding the group is cancelled rather than waited for.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cancel_in_progress: bool,
     /// At most this many jobs of the named group run at once (GitHub's
     /// matrix `max-parallel`).
     #[serde(skip_serializing_if = "Option::is_none", default)]

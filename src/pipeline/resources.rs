@@ -1,7 +1,8 @@
 //! What a job declares it needs of the machine, in any dialect: native
 //! `resources: {cpu, memory}`, or the variables `TRACKSIDE_CPU` and
 //! `TRACKSIDE_MEMORY` (a GitLab job's `variables`, a GitHub job's `env`,
-//! at the job's level or the pipeline's). Both land in the job's
+//! at the job's level or the pipeline's), and whether it may be preempted,
+//! `TRACKSIDE_INTERRUPTIBLE`. Both land in the job's
 //! [`ContainerOptions`](super::model::ContainerOptions) `cpus`/`memory`:
 //! the scheduler reserves them, and a container job gets them as its
 //! limits. A setting already there (`resources:`, a container's
@@ -15,6 +16,9 @@ use super::read::size_bytes;
 pub const CPU_VAR: &str = "TRACKSIDE_CPU";
 /// The variable for a job's memory (`4G`, `512MiB`).
 pub const MEMORY_VAR: &str = "TRACKSIDE_MEMORY";
+/// The variable that makes a job interruptible (`true`): a higher-priority
+/// run with `--preempt` may stop it and run it again later.
+pub const INTERRUPTIBLE_VAR: &str = "TRACKSIDE_INTERRUPTIBLE";
 
 /// Reads the variables into each job's settings; an unreadable value is an
 /// error where it is written.
@@ -32,6 +36,13 @@ pub fn from_variables(p: &mut Pipeline) -> Vec<Diagnostic> {
                 .cloned()
         };
         let (cpu, memory) = (last(CPU_VAR), last(MEMORY_VAR));
+        if let Some(v) = last(INTERRUPTIBLE_VAR) {
+            match v.value.trim() {
+                "true" => job.interruptible = true,
+                "false" => job.interruptible = false,
+                _ => diags.push(bad(&job.name, &v, "`true` or `false`", "write `\"true\"`")),
+            }
+        }
         if let Some(v) = cpu
             && job.container.cpus.is_none()
         {
@@ -123,6 +134,31 @@ mod tests {
         let p = read("trackside.yml", &yaml).unwrap_or_else(|r| panic!("{}", r.render(false)));
         assert_eq!(p.jobs[0].container.memory, Some(1 << 30));
         assert_eq!(p.jobs[0].container.cpus, Some(2.0));
+    }
+
+    #[test]
+    fn interruptible_is_read_in_every_dialect_gitlabs_rules_and_default_included() {
+        let gitlab = "default:\n  interruptible: true\n\
+                      a:\n  script: [x]\n\
+                      b:\n  interruptible: false\n  script: [x]\n\
+                      c:\n  interruptible: false\n  rules:\n    - if: $NOT_SET == null\n      interruptible: true\n    - when: always\n  script: [x]\n";
+        let p = read(".gitlab-ci.yml", gitlab).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        let flags: Vec<(&str, bool)> = p.jobs.iter().map(|j| (j.name.as_str(), j.interruptible)).collect();
+        // The first rule matches: its value wins over the job's.
+        assert_eq!(flags, [("a", true), ("b", false), ("c", true)]);
+        let native = "name: p\njobs:\n  a:\n    interruptible: true\n    resource_group: prod\n    steps: [{name: s, script: \"true\"}]\n";
+        let p = read("trackside.yml", native).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        assert!(p.jobs[0].interruptible);
+        assert_eq!(p.jobs[0].resource_group.as_deref(), Some("prod"));
+        let github = "on: push\njobs:\n  t:\n    runs-on: x\n    env: {TRACKSIDE_INTERRUPTIBLE: \"true\"}\n    steps: [{run: 'true'}]\n";
+        let p = read("ci.yml", github).unwrap_or_else(|r| panic!("{}", r.render(false)));
+        assert!(p.jobs[0].interruptible);
+        let bad = "a:\n  variables: {TRACKSIDE_INTERRUPTIBLE: maybe}\n  script: [x]\n";
+        let r = read(".gitlab-ci.yml", bad).expect_err("an error");
+        assert_eq!(
+            r.items[0].message,
+            "`TRACKSIDE_INTERRUPTIBLE` must be `true` or `false`, found `maybe`"
+        );
     }
 
     #[test]

@@ -537,6 +537,14 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         diagnosis: Option<Box<Diagnosis>>,
     },
+    /// Attempt `attempt` of `job` was stopped because run `by`, of a higher
+    /// priority, needed the machine (`--preempt`); the job is queued again
+    /// and the attempt counts neither as a failure nor against its retries.
+    JobPreempted {
+        job: String,
+        attempt: u32,
+        by: String,
+    },
     JobSkipped {
         job: String,
         reason: String,

@@ -168,7 +168,7 @@ pub fn usage(
     let max_rows = jobs.saturating_mul(per_job).saturating_mul(2).clamp(1_000, 200_000);
     let mut stmt = conn.prepare_cached(
         "SELECT job, peak_memory, cpu_ms, duration_ms FROM attempts
-         WHERE pipeline = ?1 AND outcome NOT IN ('cancelled', 'cached')
+         WHERE pipeline = ?1 AND outcome NOT IN ('cancelled', 'cached', 'preempted')
          AND (peak_memory IS NOT NULL OR cpu_ms IS NOT NULL)
          ORDER BY started_ms DESC LIMIT ?2",
     )?;

@@ -150,6 +150,39 @@ fn digest(text: Option<String>) -> Option<Digest> {
     text.as_deref().and_then(Digest::parse)
 }
 
+/// Opens (creating) the SQLite file `path` in WAL mode, waiting up to
+/// `wait` for other processes' locks, and makes sure `schema` is there.
+pub(crate) fn open_wal(path: &Path, schema: &str, wait: Duration) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(wait)?;
+    // Switching to WAL needs a moment alone with the file, and SQLite does
+    // not wait for it (no busy handler): retry briefly when another
+    // process is opening the file at the same time.
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mode = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0))
+            .and_then(|m| {
+                if m.eq_ignore_ascii_case("wal") {
+                    Ok(m)
+                } else {
+                    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+                }
+            })
+            .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| conn.execute_batch(schema));
+        match mode {
+            Ok(()) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5 + u64::from(fastrand::u8(..20))));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Index {
     /// Opens (creating) `<state>/index.sqlite`, checking it for damage when
     /// a check is due ([`CHECK_EVERY`]).
@@ -166,34 +199,7 @@ impl Index {
         let path = state.join("index.sqlite");
         super::prepare_state_dir(state)?;
         let err = |e: rusqlite::Error| index_error(&path, e);
-        let mut conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        // Switching to WAL needs a moment alone with the file, and SQLite does
-        // not wait for it (no busy handler): retry briefly when another
-        // process is opening the index at the same time.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let mode = conn
-                .pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0))
-                .and_then(|m| {
-                    if m.eq_ignore_ascii_case("wal") {
-                        Ok(m)
-                    } else {
-                        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
-                    }
-                })
-                .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
-                .and_then(|()| conn.execute_batch(SCHEMA));
-            match mode {
-                Ok(()) => break,
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(5 + u64::from(fastrand::u8(..20))));
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
+        let mut conn = open_wal(&path, SCHEMA, Duration::from_secs(30)).map_err(err)?;
         // Damage (flipped bytes, a torn copy) is found here, before a run
         // relies on the index, not as odd failures of every job later. The
         // check reads every page (44 ms at 80,000 attempts), so it runs at

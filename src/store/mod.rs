@@ -10,6 +10,7 @@
 //!     steps/           container steps' scripts, secrets files and records (0700)
 //! <state>/objects/ab/cdef...     content-addressed objects (artifacts, manifests, cached logs)
 //! <state>/index.sqlite            run/job artifacts, cache keys, directory caches -> manifests
+//! <state>/slots.sqlite            what the runs sharing the machine hold now (slots::Slots)
 //! <state>/logs/trackside.log.YYYY-MM-DD   trackside's own diagnostics
 //! ```
 //! Log files are line-buffered, so a crash loses at most a partial line.
@@ -22,6 +23,7 @@ pub mod index;
 pub mod logscan;
 pub mod manifest;
 pub mod objects;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -56,6 +58,8 @@ pub enum StoreError {
     Config { path: PathBuf, message: String },
     #[error("the store index {path}: {message}; `trackside store verify` checks the store")]
     Index { path: PathBuf, message: String },
+    #[error("the machine's slot table {path}: {message}; runs go on without sharing the machine with other runs")]
+    Slots { path: PathBuf, message: String },
     #[error(
         "the store index {path} is damaged ({message}); `trackside store verify --repair` rebuilds it from the run records (no object is lost)"
     )]

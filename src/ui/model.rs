@@ -433,6 +433,16 @@ impl Model {
             }),
             EventKind::GateWaiting { job } => self.with(job, |j| j.status = JobStatus::WaitingApproval),
             EventKind::JobWaiting { job, reason } => self.with(job, |j| j.waiting = Some(reason.clone())),
+            // Queued again (its `JobQueued` came first): the stopped
+            // attempt ends, and why it waits says what happened.
+            EventKind::JobPreempted { job, by, .. } => self.with(job, |j| {
+                j.waiting = Some(format!("preempted by run {by} (higher priority); queued again"));
+                j.step = None;
+                if let Some(a) = j.attempts.last_mut().filter(|a| a.ended_ts.is_none()) {
+                    a.ended_ts = Some(ev.ts);
+                    a.failure_class = Some(FailureClass::Cancelled);
+                }
+            }),
             EventKind::Parallelism { limit, admit, .. } => {
                 self.max_parallel = *limit;
                 self.held_by_pressure = !*admit;

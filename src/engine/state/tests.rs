@@ -1429,3 +1429,179 @@ fn ready_jobs_go_by_their_remaining_critical_path_in_time_once_history_is_known(
     // `long` now outranks `s2` (5 s + 5 s to go).
     assert_eq!(started(&fx), vec![1]);
 }
+
+fn claims(fx: &[Effect]) -> Vec<(JobId, u32)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Claim { job, attempt, .. } => Some((*job, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn shared(max_parallel: usize) -> Options {
+    Options {
+        shared: true,
+        ..opts(max_parallel)
+    }
+}
+
+#[test]
+fn a_shared_run_claims_each_start_and_a_refused_job_asks_again_at_the_next_tick() {
+    let src = yaml(&[("a", &[], "resource_group: prod"), ("b", &[], "")]);
+    let mut m = machine(&src, shared(4));
+    let fx = m.handle(Input::Start, t(0));
+    assert!(started(&fx).is_empty(), "nothing starts before its claim: {fx:?}");
+    assert_eq!(claims(&fx), [(0, 1), (1, 1)]);
+    let claim_a = fx.iter().find(|e| matches!(e, Effect::Claim { job: 0, .. }));
+    assert!(matches!(claim_a, Some(Effect::Claim { group: Some(g), .. }) if g == "prod"));
+    // b may start; a waits for another run's job of its group.
+    assert_eq!(started(&m.handle(Input::Claimed { job: 1, wait: None }, t(1))), [1]);
+    let reason = "waiting for resource group `prod`, held by `deploy` of run r2".to_string();
+    let fx = m.handle(
+        Input::Claimed {
+            job: 0,
+            wait: Some(reason.clone()),
+        },
+        t(1),
+    );
+    assert_eq!(waits(&fx), [("a".to_string(), reason)]);
+    assert!(fx.contains(&Effect::Wake {
+        after: crate::engine::sharing::RETRY
+    }));
+    assert!(claims(&fx).is_empty(), "no claim again before the tick: {fx:?}");
+    // b's end gives its slot back and lets a ask again; so does the tick.
+    let fx = ok(&mut m, 1, 100);
+    assert!(fx.contains(&Effect::Release { job: 1 }));
+    assert_eq!(claims(&fx), [(0, 1)]);
+    let fx = m.handle(Input::Claimed { job: 0, wait: None }, t(101));
+    assert_eq!(started(&fx), [0]);
+    let fx = ok(&mut m, 0, 200);
+    assert!(fx.contains(&Effect::Release { job: 0 }));
+    assert!(finished(&fx).is_some());
+}
+
+#[test]
+fn a_grant_for_a_job_cancelled_meanwhile_is_given_back() {
+    let src = yaml(&[("a", &[], "")]);
+    let mut m = machine(&src, shared(1));
+    assert_eq!(claims(&m.handle(Input::Start, t(0))), [(0, 1)]);
+    m.handle(Input::Cancel(0), t(1));
+    let fx = m.handle(Input::Claimed { job: 0, wait: None }, t(2));
+    assert!(started(&fx).is_empty());
+    assert!(fx.contains(&Effect::Release { job: 0 }));
+    assert!(
+        finished(&fx).is_some_and(|s| s.jobs[0].status == JobStatus::Cancelled && s.jobs[0].attempts.is_empty()),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn a_preempted_attempt_is_queued_again_without_counting_as_a_failure_or_a_retry() {
+    let src = yaml(&[("test", &[], "interruptible: true"), ("pinned", &[], "")]);
+    let mut m = machine(&src, shared(4));
+    m.handle(Input::Start, t(0));
+    m.handle(Input::Claimed { job: 0, wait: None }, t(0));
+    m.handle(Input::Claimed { job: 1, wait: None }, t(0));
+    // A request for an attempt that is not the running one, or for a job
+    // that is not interruptible, does nothing.
+    let stale = m.handle(
+        Input::Preempt {
+            job: 0,
+            attempt: 7,
+            by: "r2".into(),
+            cancel: false,
+        },
+        t(10),
+    );
+    assert!(!stale.contains(&Effect::Kill { job: 0 }));
+    let pinned = m.handle(
+        Input::Preempt {
+            job: 1,
+            attempt: 1,
+            by: "r2".into(),
+            cancel: false,
+        },
+        t(10),
+    );
+    assert!(!pinned.contains(&Effect::Kill { job: 1 }));
+    let fx = m.handle(
+        Input::Preempt {
+            job: 0,
+            attempt: 1,
+            by: "r2".into(),
+            cancel: false,
+        },
+        t(10),
+    );
+    assert!(fx.contains(&Effect::Kill { job: 0 }));
+    // The kill ends the attempt as a signal would.
+    let fx = fail(&mut m, 0, FailureClass::Signal, 20);
+    assert!(fx.contains(&Effect::Emit(EventKind::JobPreempted {
+        job: "test".into(),
+        attempt: 1,
+        by: "r2".into(),
+    })));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Emit(EventKind::JobFinished { .. })))
+    );
+    // Queued again: its next attempt is claimed at once (no retries were
+    // allowed, and none was used).
+    assert_eq!(claims(&fx), [(0, 2)]);
+    m.handle(Input::Claimed { job: 0, wait: None }, t(21));
+    ok(&mut m, 0, 30);
+    let s = finished(&ok(&mut m, 1, 40)).expect("finished");
+    assert_eq!(s.result, RunResult::Passed);
+    let test = &s.jobs[0];
+    assert_eq!(test.attempts.len(), 2);
+    assert_eq!(test.attempts[0].failure_class, Some(FailureClass::Cancelled));
+    assert_eq!(test.verdict, Verdict::Pass, "a preemption is not a flake");
+}
+
+#[test]
+fn a_cancel_request_from_a_run_taking_the_concurrency_group_cancels_the_job_for_good() {
+    let src = yaml(&[("deploy", &[], "resource_group: prod")]);
+    let mut m = machine(&src, shared(1));
+    m.handle(Input::Start, t(0));
+    m.handle(Input::Claimed { job: 0, wait: None }, t(0));
+    let fx = m.handle(
+        Input::Preempt {
+            job: 0,
+            attempt: 1,
+            by: "r2".into(),
+            cancel: true,
+        },
+        t(5),
+    );
+    assert!(fx.contains(&Effect::Kill { job: 0 }));
+    let fx = fail(&mut m, 0, FailureClass::Signal, 6);
+    let message = fx.iter().find_map(|e| match e {
+        Effect::Emit(EventKind::JobFinished { status, message, .. }) => Some((*status, message.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        message,
+        Some((
+            JobStatus::Cancelled,
+            Some("cancelled: run r2 took its concurrency group (cancel-in-progress)".to_string())
+        ))
+    );
+    assert!(finished(&fx).is_some());
+}
+
+#[test]
+fn a_run_whose_only_job_another_run_made_wait_does_not_end() {
+    let mut m = machine(&yaml(&[("a", &[], "")]), shared(1));
+    m.handle(Input::Start, t(0));
+    let fx = m.handle(
+        Input::Claimed {
+            job: 0,
+            wait: Some("waiting: run r2 (high priority) goes first".into()),
+        },
+        t(1),
+    );
+    assert!(finished(&fx).is_none(), "{fx:?}");
+    assert!(!m.is_finished());
+    assert_eq!(claims(&m.handle(Input::Tick, t(251))), [(0, 1)]);
+}

@@ -1827,9 +1827,12 @@ impl<'c, 's> Workflow<'c, 's> {
             Some(n) => self.outputs(n, &join(path, "outputs"), known),
             None => Some(Vec::new()),
         };
-        let group = match get(node, "concurrency") {
-            Some(n) => self.concurrency(n, &join(path, "concurrency"), known),
-            None => Some(None),
+        let (group, cancel_in_progress) = match get(node, "concurrency") {
+            Some(n) => match self.concurrency(n, &join(path, "concurrency"), known) {
+                Some((g, c)) => (Some(g), c),
+                None => (None, false),
+            },
+            None => (Some(None), false),
         };
         let (
             Some(name),
@@ -1880,6 +1883,7 @@ impl<'c, 's> Workflow<'c, 's> {
             mirrors_upstream: false,
             facts,
             resource_group: group,
+            cancel_in_progress,
             parallel_limit,
             file_vars: Vec::new(),
             settings_vars: Vec::new(),
@@ -1918,8 +1922,12 @@ impl<'c, 's> Workflow<'c, 's> {
     }
 
     /// A job's `concurrency:` (a group name, or `{group, cancel-in-progress}`):
-    /// its jobs run one at a time, as GitHub runs a concurrency group's.
-    fn concurrency(&mut self, node: &Node, path: &str, known: &Known) -> Option<Option<String>> {
+    /// its jobs run one at a time, as GitHub runs a concurrency group's,
+    /// in this run and in other runs on the machine; with
+    /// `cancel-in-progress: true` another run's job holding the group is
+    /// cancelled instead (within one run, jobs of the group wait).
+    fn concurrency(&mut self, node: &Node, path: &str, known: &Known) -> Option<(Option<String>, bool)> {
+        let mut cancel = false;
         let (group_node, group_path) = match &node.value {
             Value::Map(_) => {
                 if !self
@@ -1928,15 +1936,15 @@ impl<'c, 's> Workflow<'c, 's> {
                 {
                     return None;
                 }
-                if let Some(c) = get(node, "cancel-in-progress")
-                    && !matches!(c.value, Value::Bool(false))
-                {
-                    self.cx.warn(
+                match get(node, "cancel-in-progress").map(|c| (c, &c.value)) {
+                    None | Some((_, Value::Bool(false))) => {}
+                    Some((_, Value::Bool(true))) => cancel = true,
+                    Some((c, _)) => self.cx.warn(
                         c,
                         &join(path, "cancel-in-progress"),
-                        "`cancel-in-progress` is not applied within one run",
+                        "`cancel-in-progress` is read only as `true` or `false` here",
                         "jobs of the group wait for one another instead",
-                    );
+                    ),
                 }
                 match get(node, "group") {
                     Some(g) => (g, join(path, "group")),
@@ -1955,7 +1963,7 @@ impl<'c, 's> Workflow<'c, 's> {
         };
         let raw = self.cx.string(group_node, &group_path)?;
         let group = self.value(&raw, group_node, &group_path, known, IN_JOB)?;
-        Some((!group.trim().is_empty()).then_some(group))
+        Some(((!group.trim().is_empty()).then_some(group), cancel))
     }
 
     /// `outputs:` — names and their expressions, what is known evaluated

@@ -122,7 +122,7 @@ const SERVER_ONLY: [&str; 8] = [
 ];
 
 /// Keywords read and deliberately without effect on a local run.
-const NO_EFFECT: [&str; 2] = ["tags", "interruptible"];
+const NO_EFFECT: [&str; 1] = ["tags"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
 const NOT_YET: [&str; 1] = ["run"];
@@ -1027,6 +1027,8 @@ impl<'c, 's> Gitlab<'c, 's> {
             let allow_failure =
                 get(rule, "allow_failure").and_then(|n| self.cx.boolean(n, &join(&rpath, "allow_failure")));
             let start_in = get(rule, "start_in").map(|n| (n.clone(), join(&rpath, "start_in")));
+            let interruptible =
+                get(rule, "interruptible").and_then(|n| self.cx.boolean(n, &join(&rpath, "interruptible")));
             let variables = get(rule, "variables")
                 .map(|n| self.variables(n, &join(&rpath, "variables")))
                 .unwrap_or_default();
@@ -1037,6 +1039,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     variables,
                     start_in,
                     needs,
+                    interruptible,
                 });
             }
         }
@@ -1230,6 +1233,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                     variables: Vec::new(),
                     start_in: None,
                     needs: None,
+                    interruptible: None,
                 },
             }
         } else {
@@ -1242,6 +1246,7 @@ impl<'c, 's> Gitlab<'c, 's> {
                 variables: Vec::new(),
                 start_in: None,
                 needs: None,
+                interruptible: None,
             }
         };
         env.extend(decision.variables.iter().cloned());
@@ -1378,6 +1383,12 @@ impl<'c, 's> Gitlab<'c, 's> {
                 None => (when == When::Manual && !from_rule, Vec::new()),
             },
         };
+        // `interruptible`: a higher-priority run with `--preempt` may stop it.
+        let interruptible = decision.interruptible.unwrap_or_else(|| {
+            field("interruptible")
+                .and_then(|n| self.cx.boolean(&n, &join(&path, "interruptible")))
+                .unwrap_or(false)
+        });
         let (retry_count, retry_when, retry_exit_codes) = field("retry")
             .map(|n| self.retry(&n, &join(&path, "retry")))
             .unwrap_or((0, Vec::new(), Vec::new()));
@@ -1484,6 +1495,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             coverage,
             start_in,
             resource_group,
+            interruptible,
             allow_failure_exit_codes,
             retry_exit_codes,
             working_directory: None,
@@ -2711,6 +2723,8 @@ struct RuleDecision {
     start_in: Option<(Node, String)>,
     /// The rule's `needs` (node and path): instead of the job's.
     needs: Option<(Node, String)>,
+    /// The rule's `interruptible`: instead of the job's.
+    interruptible: Option<bool>,
 }
 
 const RETRY_REASONS: [&str; 13] = [

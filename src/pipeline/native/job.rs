@@ -9,7 +9,7 @@ use crate::pipeline::model::*;
 use crate::pipeline::read::*;
 use crate::pipeline::yaml::{Node, Value};
 
-const JOB_KEYS: [&str; 26] = [
+const JOB_KEYS: [&str; 28] = [
     "steps",
     "approvers",
     "depends_on",
@@ -20,6 +20,8 @@ const JOB_KEYS: [&str; 26] = [
     "conditional",
     "when",
     "allow_failure",
+    "resource_group",
+    "interruptible",
     "working_directory",
     "image",
     "user",
@@ -268,6 +270,12 @@ impl Cx<'_> {
         let allow_failure = get(node, "allow_failure")
             .and_then(|n| self.boolean(n, &join(&path, "allow_failure")))
             .unwrap_or(false);
+        let resource_group = get(node, "resource_group")
+            .and_then(|n| self.string(n, &join(&path, "resource_group")))
+            .filter(|g| !g.trim().is_empty());
+        let interruptible = get(node, "interruptible")
+            .and_then(|n| self.boolean(n, &join(&path, "interruptible")))
+            .unwrap_or(false);
         let working_directory = get(node, "working_directory").and_then(|n| {
             let wd = self.string(n, &join(&path, "working_directory"))?;
             self.check_workdir(&wd, n, &join(&path, "working_directory"));
@@ -322,7 +330,8 @@ impl Cx<'_> {
             coverage: None,
             mirrors_upstream: false,
             facts: Vec::new(),
-            resource_group: None,
+            resource_group,
+            interruptible,
             file_vars: Vec::new(),
             settings_vars: Vec::new(),
             generated_child: None,

@@ -1,0 +1,475 @@
+//! The machine's slot table: what every run sharing the state directory
+//! holds right now, so that runs started side by side share one machine's
+//! capacity, resource groups and priorities (`<state>/slots.sqlite`).
+//!
+//! A run registers with its owner (pid and start time, see
+//! [`crate::process`]), its priority and the capacity it measured; each
+//! job it starts holds a row (its CPU and memory, its resource group) from
+//! the start of its attempt to its end. A claim is one transaction: the
+//! table is read, whoever decides ([`crate::engine::sharing::decide`])
+//! looks at it, and what it decided is written before anyone else reads.
+//! Rows of a run whose process is gone (kill -9, power loss) are removed by
+//! the next run that opens or claims, so a crashed holder's slots come back.
+//!
+//! Requests ask another run to stop one of its jobs (preemption by a
+//! higher-priority run); that run reads and removes them
+//! ([`Slots::requests_for`]).
+//!
+//! The table is coordination, not a record: it is kept with SQLite's
+//! `synchronous = NORMAL` (no fsync per claim); after a power loss every
+//! holder is gone anyway.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    cpu_milli INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    waiting_until_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS holds (
+    run_id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    cpu_milli INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    grp TEXT,
+    interruptible INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, job)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    run_id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    by_run TEXT NOT NULL,
+    PRIMARY KEY (run_id, job, attempt)
+);
+";
+
+/// How long a claim waits for another run's transaction: they take
+/// microseconds, so this is only reached when something is badly wrong.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A run sharing the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub run_id: String,
+    /// `<pid>:<start time>` ([`crate::process::owner`]).
+    pub owner: String,
+    /// Higher goes first (0 low, 1 normal, 2 high).
+    pub priority: i64,
+    /// The capacity the run measured when it started.
+    pub cpu_milli: u64,
+    pub memory: u64,
+    /// When it registered (milliseconds since the epoch).
+    pub since_ms: u64,
+    /// Until when it has jobs waiting for the machine (lower-priority runs
+    /// let it go first until then).
+    pub waiting_until_ms: u64,
+}
+
+/// What one running job holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub cpu_milli: u64,
+    pub memory: u64,
+    /// Its resource group (GitLab `resource_group`, GitHub `concurrency`).
+    pub group: Option<String>,
+    pub interruptible: bool,
+    pub since_ms: u64,
+}
+
+/// What a run asks another to do with one of its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Stop it and queue it again (preemption).
+    Preempt,
+    /// Stop it for good (GitHub's `cancel-in-progress`).
+    Cancel,
+}
+
+impl RequestKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Preempt => "preempt",
+            RequestKind::Cancel => "cancel",
+        }
+    }
+}
+
+/// A request to the run `run_id` about its job `job`'s attempt `attempt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub run_id: String,
+    pub job: String,
+    pub attempt: u32,
+    pub kind: RequestKind,
+    /// The run that asks.
+    pub by: String,
+}
+
+/// The live table, as a claim sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    pub runs: Vec<RunRow>,
+    pub holds: Vec<HoldRow>,
+    pub requests: Vec<Request>,
+}
+
+/// What a claim's decision writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// The claimed hold is granted (written).
+    pub grant: bool,
+    /// The claiming run has jobs waiting for the machine until then (0: none).
+    pub waiting_until_ms: Option<u64>,
+    /// Requests to other runs.
+    pub requests: Vec<Request>,
+}
+
+/// The slot table of one state directory.
+pub struct Slots {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Slots {
+    /// Opens (creating) `<state>/slots.sqlite`.
+    pub fn open(state: &Path) -> Result<Slots, StoreError> {
+        super::prepare_state_dir(state)?;
+        let path = state.join("slots.sqlite");
+        let conn = super::index::open_wal(&path, SCHEMA, WAIT).map_err(|e| slots_error(&path, e))?;
+        Ok(Slots { conn, path })
+    }
+
+    /// Runs `f` in one transaction that holds the write lock from its
+    /// start, after removing the runs whose process is gone.
+    fn locked<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let run = || -> rusqlite::Result<T> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            purge_dead(&tx)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| slots_error(&self.path, e))
+    }
+
+    /// Registers run `me` (replacing an earlier registration of it, a
+    /// resumed run's). Returns the table as it is then.
+    pub fn register(&mut self, me: &RunRow) -> Result<Table, StoreError> {
+        self.locked(|tx| {
+            delete_run(tx, &me.run_id)?;
+            tx.execute(
+                "INSERT INTO runs (run_id, owner, priority, cpu_milli, memory, since_ms, waiting_until_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    me.run_id,
+                    me.owner,
+                    me.priority,
+                    me.cpu_milli as i64,
+                    me.memory as i64,
+                    me.since_ms as i64
+                ],
+            )?;
+            read_table(tx)
+        })
+    }
+
+    /// Claims `hold`: `decide` sees the live table and says what to write;
+    /// its answer is returned.
+    pub fn claim<T>(&mut self, hold: &HoldRow, decide: impl FnOnce(&Table) -> (T, Writes)) -> Result<T, StoreError> {
+        self.locked(|tx| {
+            let (answer, writes) = decide(&read_table(tx)?);
+            if writes.grant {
+                tx.execute(
+                    "INSERT OR REPLACE INTO holds (run_id, job, attempt, cpu_milli, memory, grp, interruptible, since_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        hold.run_id,
+                        hold.job,
+                        hold.attempt,
+                        hold.cpu_milli as i64,
+                        hold.memory as i64,
+                        hold.group,
+                        hold.interruptible,
+                        hold.since_ms as i64
+                    ],
+                )?;
+            }
+            if let Some(until) = writes.waiting_until_ms {
+                tx.execute(
+                    "UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1",
+                    params![hold.run_id, until as i64],
+                )?;
+            }
+            for r in &writes.requests {
+                tx.execute(
+                    "INSERT OR IGNORE INTO requests (run_id, job, attempt, kind, by_run) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![r.run_id, r.job, r.attempt, r.kind.as_str(), r.by],
+                )?;
+            }
+            Ok(answer)
+        })
+    }
+
+    /// Gives back what job `job` of run `run` holds.
+    pub fn release(&mut self, run: &str, job: &str) -> Result<(), StoreError> {
+        let release = || -> rusqlite::Result<()> {
+            self.conn
+                .execute("DELETE FROM holds WHERE run_id = ?1 AND job = ?2", params![run, job])?;
+            self.conn
+                .execute("DELETE FROM requests WHERE run_id = ?1 AND job = ?2", params![run, job])?;
+            Ok(())
+        };
+        release().map_err(|e| slots_error(&self.path, e))
+    }
+
+    /// The requests made to run `run`, removed from the table as they are
+    /// read (each is acted on once).
+    pub fn requests_for(&mut self, run: &str) -> Result<Vec<Request>, StoreError> {
+        // Most polls find nothing: a read, with no write lock taken.
+        let any: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM requests WHERE run_id = ?1 LIMIT 1", params![run], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| slots_error(&self.path, e))?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        self.locked(|tx| {
+            let requests: Vec<Request> = read_requests(tx)?.into_iter().filter(|r| r.run_id == run).collect();
+            tx.execute("DELETE FROM requests WHERE run_id = ?1", params![run])?;
+            Ok(requests)
+        })
+    }
+
+    /// Removes run `run` and all it holds (its end).
+    pub fn unregister(&mut self, run: &str) -> Result<(), StoreError> {
+        self.locked(|tx| delete_run(tx, run))
+    }
+
+    /// The live table (tests, and whoever wants to look).
+    pub fn table(&mut self) -> Result<Table, StoreError> {
+        self.locked(read_table)
+    }
+}
+
+fn slots_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Slots {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn delete_run(conn: &Connection, run: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM runs WHERE run_id = ?1", params![run])?;
+    conn.execute("DELETE FROM holds WHERE run_id = ?1", params![run])?;
+    conn.execute("DELETE FROM requests WHERE run_id = ?1", params![run])?;
+    Ok(())
+}
+
+/// Removes the runs whose trackside is gone, with what they held and what
+/// was asked of them.
+fn purge_dead(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT run_id, owner FROM runs")?;
+    let dead: Vec<String> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|(_, owner)| !crate::process::alive(owner))
+        .map(|(run, _)| run)
+        .collect();
+    for run in dead {
+        delete_run(conn, &run)?;
+    }
+    // Holds of a run that never registered (a bug, or a table edited by
+    // hand) would be held for ever.
+    conn.execute("DELETE FROM holds WHERE run_id NOT IN (SELECT run_id FROM runs)", [])?;
+    Ok(())
+}
+
+fn read_table(conn: &Connection) -> rusqlite::Result<Table> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT run_id, owner, priority, cpu_milli, memory, since_ms, waiting_until_ms FROM runs ORDER BY since_ms, run_id",
+    )?;
+    let runs = stmt
+        .query_map([], |r| {
+            Ok(RunRow {
+                run_id: r.get(0)?,
+                owner: r.get(1)?,
+                priority: r.get(2)?,
+                cpu_milli: r.get::<_, i64>(3)?.max(0) as u64,
+                memory: r.get::<_, i64>(4)?.max(0) as u64,
+                since_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                waiting_until_ms: r.get::<_, i64>(6)?.max(0) as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT run_id, job, attempt, cpu_milli, memory, grp, interruptible, since_ms FROM holds ORDER BY since_ms, run_id, job",
+    )?;
+    let holds = stmt
+        .query_map([], |r| {
+            Ok(HoldRow {
+                run_id: r.get(0)?,
+                job: r.get(1)?,
+                attempt: r.get(2)?,
+                cpu_milli: r.get::<_, i64>(3)?.max(0) as u64,
+                memory: r.get::<_, i64>(4)?.max(0) as u64,
+                group: r.get(5)?,
+                interruptible: r.get(6)?,
+                since_ms: r.get::<_, i64>(7)?.max(0) as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Table {
+        runs,
+        holds,
+        requests: read_requests(conn)?,
+    })
+}
+
+fn read_requests(conn: &Connection) -> rusqlite::Result<Vec<Request>> {
+    let mut stmt = conn.prepare_cached("SELECT run_id, job, attempt, kind, by_run FROM requests")?;
+    stmt.query_map([], |r| {
+        let kind: String = r.get(3)?;
+        Ok(Request {
+            run_id: r.get(0)?,
+            job: r.get(1)?,
+            attempt: r.get(2)?,
+            kind: if kind == "cancel" {
+                RequestKind::Cancel
+            } else {
+                RequestKind::Preempt
+            },
+            by: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, owner: &str, since: u64) -> RunRow {
+        RunRow {
+            run_id: id.into(),
+            owner: owner.into(),
+            priority: 1,
+            cpu_milli: 2000,
+            memory: 1 << 30,
+            since_ms: since,
+            waiting_until_ms: 0,
+        }
+    }
+
+    fn hold(run: &str, job: &str) -> HoldRow {
+        HoldRow {
+            run_id: run.into(),
+            job: job.into(),
+            attempt: 1,
+            cpu_milli: 1000,
+            memory: 256 << 20,
+            group: Some("prod".into()),
+            interruptible: true,
+            since_ms: 5,
+        }
+    }
+
+    fn grant(_: &Table) -> ((), Writes) {
+        (
+            (),
+            Writes {
+                grant: true,
+                ..Writes::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_claim_sees_the_others_and_a_dead_runs_holds_are_reclaimed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Slots::open(dir.path()).expect("open");
+        let mut b = Slots::open(dir.path()).expect("open");
+        a.register(&run("a", crate::process::owner(), 1)).expect("register");
+        a.claim(&hold("a", "build"), grant).expect("claim");
+        // A run whose process is gone: pid 0 is never a user process.
+        b.register(&run("dead", "0:0", 2)).expect("register");
+        let seen = b
+            .claim(&hold("b", "x"), |t| (t.clone(), Writes::default()))
+            .expect("claim");
+        assert_eq!(seen.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(seen.holds, [hold("a", "build")]);
+        a.release("a", "build").expect("release");
+        assert!(b.table().expect("table").holds.is_empty());
+        a.unregister("a").expect("unregister");
+        assert!(b.table().expect("table").runs.is_empty());
+    }
+
+    #[test]
+    fn requests_reach_their_run_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Slots::open(dir.path()).expect("open");
+        s.register(&run("low", crate::process::owner(), 1)).expect("register");
+        s.register(&run("high", crate::process::owner(), 2)).expect("register");
+        s.claim(&hold("low", "test"), grant).expect("claim");
+        let ask = Request {
+            run_id: "low".into(),
+            job: "test".into(),
+            attempt: 1,
+            kind: RequestKind::Preempt,
+            by: "high".into(),
+        };
+        let asked = ask.clone();
+        s.claim(&hold("high", "hotfix"), move |_| {
+            (
+                (),
+                Writes {
+                    grant: false,
+                    waiting_until_ms: Some(99),
+                    requests: vec![asked],
+                },
+            )
+        })
+        .expect("claim");
+        let t = s.table().expect("table");
+        assert_eq!(t.requests, std::slice::from_ref(&ask));
+        assert_eq!(
+            t.runs.iter().find(|r| r.run_id == "high").map(|r| r.waiting_until_ms),
+            Some(99)
+        );
+        assert!(s.requests_for("high").expect("none").is_empty());
+        assert_eq!(s.requests_for("low").expect("one"), [ask]);
+        assert!(s.requests_for("low").expect("gone").is_empty());
+    }
+
+    #[test]
+    fn the_table_is_private_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Slots::open(&state).expect("open");
+        let mode = std::fs::metadata(&state).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the state directory keeps others out");
+    }
+}

@@ -1,0 +1,210 @@
+//! Runs sharing one state directory share the machine: two real trackside
+//! processes side by side. A resource group holds across them, and a
+//! high-priority run with `--preempt` stops a lower run's interruptible job,
+//! which goes back to its queue and passes later.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::cli::Env;
+use serde_json::Value;
+
+/// A run in the background whose `--json` events arrive on a channel.
+struct Run {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Run {
+    fn start(env: &Env, file: &Path, extra: &[&str]) -> Run {
+        let mut child = env
+            .cmd()
+            .args(["run", "--json", "--no-watch", "-j", "1"])
+            .args(extra)
+            .arg(file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn trackside");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(ev) = serde_json::from_str::<Value>(&line)
+                    && tx.send(ev).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Run {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most a minute) for an event `want` says yes to.
+    fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(ev) = self.seen.iter().find(|e| want(e)) {
+            return ev.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(ev) => {
+                    self.seen.push(ev.clone());
+                    if want(&ev) {
+                        return ev;
+                    }
+                }
+                Err(_) => panic!("no {what} within a minute; events: {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn run_id(&mut self) -> String {
+        let ev = self.wait_for("run_started", |e| e["type"] == "run_started");
+        ev["run_id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits for the end and returns the exit code.
+    fn finish(mut self) -> (i32, Vec<Value>) {
+        self.wait_for("run_finished", |e| e["type"] == "run_finished");
+        let status = self.child.wait().expect("wait");
+        while let Ok(ev) = self.events.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(ev);
+        }
+        (status.code().unwrap_or(-1), self.seen)
+    }
+}
+
+fn job_is(e: &Value, kind: &str, job: &str) -> bool {
+    e["type"] == kind && e["job"] == job
+}
+
+/// A job that logs its start and end to `log` and, when `gate` is given,
+/// waits for that file first.
+fn job(name: &str, extra: &str, log: &Path, gate: Option<&Path>) -> String {
+    let wait = gate.map_or(String::new(), |g| {
+        format!(", 'while [ ! -f {} ]; do sleep 0.02; done'", g.display())
+    });
+    format!(
+        "  {name}:\n{extra}    steps: [{{script: ['echo start {name} >> {log}'{wait}, 'echo end {name} >> {log}']}}]\n",
+        log = log.display()
+    )
+}
+
+#[test]
+fn a_resource_group_holds_across_runs_on_the_machine() {
+    let env = Env::new();
+    let log = env.dir.path().join("log");
+    let gate = env.dir.path().join("gate");
+    let first = env.file(
+        "first.yml",
+        format!(
+            "name: first\njobs:\n{}",
+            job("deploy", "    resource_group: production\n", &log, Some(&gate))
+        ),
+    );
+    let second = env.file(
+        "second.yml",
+        format!(
+            "name: second\njobs:\n{}",
+            job("rollout", "    resource_group: production\n", &log, None)
+        ),
+    );
+    let mut a = Run::start(&env, &first, &[]);
+    let a_id = a.run_id();
+    a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
+    let mut b = Run::start(&env, &second, &[]);
+    let waiting = b.wait_for("rollout waiting", |e| job_is(e, "job_waiting", "rollout"));
+    assert_eq!(
+        waiting["reason"],
+        format!("waiting for resource group `production`, held by `deploy` of run {a_id}")
+    );
+    std::fs::write(&gate, "go").expect("gate");
+    let (a_code, _) = a.finish();
+    let (b_code, _) = b.finish();
+    assert_eq!((a_code, b_code), (0, 0));
+    let order = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        ["start deploy", "end deploy", "start rollout", "end rollout"],
+        "the group's jobs never overlap"
+    );
+    // Both runs are gone from the machine's table.
+    let table = trackside::store::slots::Slots::open(&env.state())
+        .and_then(|mut s| s.table())
+        .expect("table");
+    assert!(table.runs.is_empty() && table.holds.is_empty(), "{table:?}");
+}
+
+#[test]
+fn a_high_priority_run_preempts_an_interruptible_job_which_runs_again_later() {
+    let env = Env::new();
+    let log = env.dir.path().join("log");
+    let gate = env.dir.path().join("gate");
+    // Each job asks for more CPUs than there are: it holds the whole machine.
+    let whole = "    resources: {cpu: 1024}\n";
+    let low = env.file(
+        "low.yml",
+        format!(
+            "name: low\njobs:\n{}",
+            job("suite", &format!("{whole}    interruptible: true\n"), &log, Some(&gate))
+        ),
+    );
+    let high = env.file(
+        "high.yml",
+        format!("name: hotfix\njobs:\n{}", job("hotfix", whole, &log, None)),
+    );
+    let mut l = Run::start(&env, &low, &["--priority", "low"]);
+    let l_id = l.run_id();
+    l.wait_for("suite's start", |e| job_is(e, "job_started", "suite"));
+    let mut h = Run::start(&env, &high, &["--priority", "high", "--preempt"]);
+    let waiting = h.wait_for("hotfix waiting", |e| job_is(e, "job_waiting", "hotfix"));
+    let reason = waiting["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("waiting for CPU") && reason.ends_with(&format!("preempting `suite` of run {l_id}")),
+        "{reason}"
+    );
+    let (h_code, h_events) = h.finish();
+    assert_eq!(h_code, 0, "{h_events:#?}");
+    let h_id = h_events
+        .iter()
+        .find(|e| e["type"] == "run_started")
+        .and_then(|e| e["run_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let preempted = l.wait_for("suite preempted", |e| job_is(e, "job_preempted", "suite"));
+    assert_eq!(preempted["attempt"], 1);
+    assert_eq!(preempted["by"], h_id.as_str());
+    std::fs::write(&gate, "go").expect("gate");
+    let (l_code, l_events) = l.finish();
+    assert_eq!(l_code, 0, "{l_events:#?}");
+    let passed = l_events
+        .iter()
+        .find(|e| job_is(e, "job_finished", "suite"))
+        .expect("suite finished");
+    assert_eq!(passed["status"], "succeeded");
+    assert_eq!(passed["attempt"], 2, "the preempted attempt was not its last");
+    assert_eq!(passed["flaky"], false, "a preemption is not a flake");
+    let order = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        ["start suite", "start hotfix", "end hotfix", "start suite", "end suite"],
+        "the hotfix ran while the suite was stopped"
+    );
+    // History keeps the stopped attempt as preempted, not failed.
+    let out = env.run(&["history", "suite", "--format", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"preempted\""), "{text}");
+    assert!(!text.contains("\"failed\""), "{text}");
+}
