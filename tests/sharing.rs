@@ -208,3 +208,40 @@ fn a_high_priority_run_preempts_an_interruptible_job_which_runs_again_later() {
     assert!(text.contains("\"preempted\""), "{text}");
     assert!(!text.contains("\"failed\""), "{text}");
 }
+
+#[test]
+fn a_killed_runs_hold_is_reclaimed_by_the_next_run() {
+    let env = Env::new();
+    let log = env.dir.path().join("log");
+    let gate = env.dir.path().join("gate");
+    let first = env.file(
+        "first.yml",
+        format!(
+            "name: first\njobs:\n{}",
+            job("deploy", "    resource_group: production\n", &log, Some(&gate))
+        ),
+    );
+    let second = env.file(
+        "second.yml",
+        format!(
+            "name: second\njobs:\n{}",
+            job("rollout", "    resource_group: production\n", &log, None)
+        ),
+    );
+    let mut a = Run::start(&env, &first, &[]);
+    a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
+    // kill -9: no clean-up, its row and its hold stay in the table.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let mut b = Run::start(&env, &second, &[]);
+    b.wait_for("rollout's start", |e| job_is(e, "job_started", "rollout"));
+    assert!(
+        !b.seen.iter().any(|e| job_is(e, "job_waiting", "rollout")),
+        "the dead run's group was free at once: {:#?}",
+        b.seen
+    );
+    // The dead run's job process is let go of too.
+    std::fs::write(&gate, "go").expect("gate");
+    let (code, events) = b.finish();
+    assert_eq!(code, 0, "{events:#?}");
+}
