@@ -1,8 +1,10 @@
 //! Faults of the machine under a run (docs/reliability.md): a full disk
-//! while artifacts are stored, CPU starvation, a host with no route to it.
-//! The disk test mounts a small tmpfs and the network test unshares a
-//! network namespace, so they need root: without it they say they skipped,
-//! unless TRACKSIDE_REQUIRE_ROOT=1 (CI sets it) makes that a failure.
+//! while artifacts are stored, CPU starvation, a host with no route to it,
+//! the Docker daemon killed and restarted mid-run. The disk test mounts a
+//! small tmpfs, the network test unshares a network namespace and the
+//! Docker test runs a daemon of its own, so they need root: without it they
+//! say they skipped, unless TRACKSIDE_REQUIRE_ROOT=1 (CI sets it) makes
+//! that a failure.
 
 mod common;
 
@@ -239,4 +241,229 @@ fn a_host_unreachable_from_a_network_namespace_is_classified_network_and_opens_i
         .filter(|e| e["type"] == "job_finished" && e["status"] == "failed")
         .count();
     assert_eq!(failed, 3, "{text}");
+}
+
+/// A Docker daemon of the test's own (its socket, data and state in a
+/// temp dir, no bridge, no iptables rules), so stopping it touches no other
+/// test's containers. Stopped (SIGTERM, then waited for) when dropped.
+struct Dockerd {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn start(dir: &Path) -> Dockerd {
+        let mut d = Dockerd {
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts it (again) and waits until it answers.
+    fn restart(&mut self) {
+        // A daemon killed with SIGKILL leaves its pid file behind, and its
+        // containerd's (which may name a zombie not yet reaped: dockerd
+        // would wait for it).
+        let _ = std::fs::remove_file(self.dir.join("docker.pid"));
+        let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .expect("log");
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(self.host())
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("docker.pid"))
+            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "the test's dockerd did not answer within a minute: {}",
+                std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("docker")
+            .args(["--host", &self.host(), "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILL: the daemon is gone at once; its containers' shims are left.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Containers the daemon knows, running or not.
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["--host", &self.host(), "ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+        // What the daemon mounted under its data root (kept mounted by a
+        // killed daemon's containers) goes, so the temp dir can.
+        for dir in ["data", "exec"] {
+            let _ = Command::new("umount")
+                .args(["-R", "-l"])
+                .arg(self.dir.join(dir))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Dockerd {
+    /// SIGTERM, then waits (at most 30 s) for it to stop its containers.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_daemon_stopped_mid_run_is_infra_opens_its_breaker_and_the_jobs_pass_once_it_is_back() {
+    if !root("running a Docker daemon of its own") || !common::deploy::tool("dockerd", "TRACKSIDE_REQUIRE_DOCKER") {
+        return;
+    }
+    let env = Env::new();
+    let daemon_dir = tempfile::Builder::new()
+        .prefix("trackside-chaos-dockerd")
+        .tempdir()
+        .expect("tempdir");
+    let mut dockerd = Dockerd::start(daemon_dir.path());
+    let client = bollard::Docker::connect_with_unix(
+        &dockerd.socket().display().to_string(),
+        120,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("client");
+    common::image::busybox_image(&client, "trackside-chaos:busybox").await;
+    // Breakers that open after three failures and probe after 3 s (long
+    // enough for the daemon to come back before the first probe).
+    std::fs::create_dir_all(env.state()).expect("state");
+    std::fs::write(
+        env.state().join("config.yml"),
+        "breakers:\n  failures: 3\n  window: 60s\n  cooldown: 3s\n",
+    )
+    .expect("config");
+    let job = |name: &str| {
+        format!(
+            "  {name}:\n    image: trackside-chaos:busybox\n    pull: never\n    retry_count: 3\n    \
+             steps: [{{script: ['echo begin-{name}', 'sleep 5', 'echo end-{name}']}}]\n"
+        )
+    };
+    let file = env.file(
+        "chaos.yml",
+        format!(
+            "name: chaos\nretry_policy:\n  backoff: {{initial: 1, jitter: 0}}\njobs:\n{}{}{}  after:\n    \
+             depends_on: [a]\n    image: trackside-chaos:busybox\n    pull: never\n    steps: [{{script: ['echo after-ran']}}]\n",
+            job("a"),
+            job("b"),
+            job("c")
+        ),
+    );
+    let mut cmd = env.cmd();
+    cmd.env("DOCKER_HOST", dockerd.host());
+    let mut run = common::cli::Live::start_with(cmd, &file, &["-j", "3"]);
+    for name in ["a", "b", "c"] {
+        run.wait_for("each job's first line", |e| {
+            e["type"] == "log_line" && e["job"] == name && e["line"] == format!("begin-{name}")
+        });
+    }
+    dockerd.kill();
+    // Each running job fails as infrastructure on the daemon, and the
+    // daemon's breaker opens.
+    let retrying = run.wait_for("a retry", |e| e["type"] == "job_retrying");
+    assert_eq!(retrying["failure_class"], "infra");
+    assert_eq!(retrying["diagnosis"]["rule"], "docker-daemon-lost", "{retrying:#}");
+    let open = run.wait_for("the breaker opening", |e| {
+        e["type"] == "breaker" && e["phase"] == "open"
+    });
+    assert_eq!(open["dependency"], "the Docker daemon");
+    dockerd.restart();
+    let (code, events) = run.finish_within(Duration::from_secs(180));
+    let finished: Vec<(String, String, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "job_finished")
+        .map(|e| {
+            (
+                e["job"].as_str().unwrap_or_default().to_string(),
+                e["status"].as_str().unwrap_or_default().to_string(),
+                e["attempt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(code, 0, "the jobs pass once the daemon is back: {finished:?}");
+    for (job, status, attempt) in &finished {
+        assert_eq!(status, "succeeded", "{job}");
+        if job != "after" {
+            assert!(*attempt >= 2, "{job} ran again after the daemon came back");
+        }
+    }
+    assert!(
+        events.iter().any(|e| e["type"] == "breaker" && e["phase"] == "closed"),
+        "a probe closed the breaker"
+    );
+    // Nothing of the run is left in the daemon, the containers the killed
+    // daemon left running included.
+    let left: Vec<String> = dockerd
+        .containers()
+        .into_iter()
+        .filter(|n| n.contains("trackside"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

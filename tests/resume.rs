@@ -190,3 +190,104 @@ fn a_running_run_is_not_resumed() {
     for _ in lines {}
     assert!(child.wait().expect("wait").success());
 }
+
+/// A pipeline with an artifact and a directory cache and no gate: it runs
+/// to its end unless killed.
+fn open_pipeline(dir: &Path) -> String {
+    let c = dir.join("counts");
+    format!(
+        "name: resumable\njobs:\n  build:\n    artifacts: {{paths: [out]}}\n    cache: {{key: deps, paths: [.deps/]}}\n    \
+         steps: [{{script: ['echo x >> {c}/build', 'mkdir -p .deps out', 'echo dep > .deps/lib', \
+         'cat .deps/lib > out/build.txt', 'echo built-once >> out/build.txt']}}]\n  \
+         test:\n    depends_on: [build]\n    steps: [{{script: ['echo x >> {c}/test', 'cat out/build.txt', 'sleep 0.2', 'echo tested']}}]\n  \
+         lint:\n    steps: [{{script: ['echo x >> {c}/lint', 'sleep 0.1', 'echo linted']}}]\n  \
+         deploy:\n    depends_on: [build, test, lint]\n    steps: [{{script: ['echo x >> {c}/deploy', 'cat out/build.txt']}}]\n",
+        c = c.display()
+    )
+}
+
+/// SIGKILL after a random number of events (the seed is fixed so a
+/// failure reproduces; TRACKSIDE_CHAOS_SEED=N tries other points), then
+/// resume: it completes, no passed job runs again, the artifact reaches
+/// the last job, and the store verifies clean.
+#[test]
+fn a_run_killed_at_random_points_is_resumed_to_its_end_with_nothing_lost() {
+    let seed = std::env::var("TRACKSIDE_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x07ac_51de);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let jobs = ["build", "test", "lint", "deploy"];
+    let setup = |env: &Env| {
+        let dir = env.dir.path();
+        for d in ["counts", "project"] {
+            std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+        }
+        let file = dir.join("project/p.yml");
+        std::fs::write(&file, open_pipeline(dir)).expect("write");
+        file
+    };
+    // How many events a whole run prints.
+    let whole = Env::new();
+    let file = setup(&whole);
+    let out = whole
+        .cmd()
+        .args(["run", "--json", "--no-watch", "-j", "2"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let total = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(total > 10, "{total} events");
+    for round in 0..4 {
+        let at = rng.usize(1..total);
+        let name = format!("seed {seed}, round {round}: killed after event {at} of {total}");
+        let env = Env::new();
+        let dir = env.dir.path().to_path_buf();
+        let file = setup(&env);
+        let seen = std::cell::Cell::new(0usize);
+        let run_id = run_and_kill(&env, &file, &|_| {
+            seen.set(seen.get() + 1);
+            seen.get() >= at
+        });
+        let passed_before = passed_in_record(&env, &run_id);
+        let attempts_before: Vec<usize> = jobs.iter().map(|j| count(&dir, j)).collect();
+        let events_path = env.state().join("runs").join(&run_id).join("events.jsonl");
+        let events = std::fs::read_to_string(&events_path).expect("events");
+        let out = env.run(&["resume", &run_id, "--headless"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if events.contains("\"type\":\"run_finished\"") {
+            // Killed after its end was written: nothing to resume.
+            assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+            continue;
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (i, job) in jobs.iter().enumerate() {
+            if passed_before.iter().any(|p| p == job) {
+                assert_eq!(count(&dir, job), attempts_before[i], "{name}: {job} passed before");
+            } else {
+                assert!(count(&dir, job) > attempts_before[i], "{name}: {job} ran");
+            }
+        }
+        if !passed_before.iter().any(|p| p == "deploy") {
+            assert!(
+                text.contains("deploy > dep"),
+                "{name}: the artifact reached deploy: {text}"
+            );
+            assert!(text.contains("deploy > built-once"), "{name}: {text}");
+        }
+        let verify = env.run(&["store", "verify"]);
+        assert_eq!(
+            verify.status.code(),
+            Some(0),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+}

@@ -5,85 +5,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use common::cli::Env;
+use common::cli::{Env, Live};
 use serde_json::Value;
 
-/// A run in the background whose `--json` events arrive on a channel.
-struct Run {
-    child: Child,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Run {
-    fn start(env: &Env, file: &Path, extra: &[&str]) -> Run {
-        let mut child = env
-            .cmd()
-            .args(["run", "--json", "--no-watch", "-j", "1"])
-            .args(extra)
-            .arg(file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn trackside");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(ev) = serde_json::from_str::<Value>(&line)
-                    && tx.send(ev).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Run {
-            child,
-            events,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (at most a minute) for an event `want` says yes to.
-    fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        if let Some(ev) = self.seen.iter().find(|e| want(e)) {
-            return ev.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(ev) => {
-                    self.seen.push(ev.clone());
-                    if want(&ev) {
-                        return ev;
-                    }
-                }
-                Err(_) => panic!("no {what} within a minute; events: {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn run_id(&mut self) -> String {
-        let ev = self.wait_for("run_started", |e| e["type"] == "run_started");
-        ev["run_id"].as_str().unwrap_or_default().to_string()
-    }
-
-    /// Waits for the end and returns the exit code.
-    fn finish(mut self) -> (i32, Vec<Value>) {
-        self.wait_for("run_finished", |e| e["type"] == "run_finished");
-        let status = self.child.wait().expect("wait");
-        while let Ok(ev) = self.events.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(ev);
-        }
-        (status.code().unwrap_or(-1), self.seen)
-    }
+/// A run with `-j 1` and `extra` flags, in the background.
+fn start(env: &Env, file: &Path, extra: &[&str]) -> Live {
+    let mut args = vec!["-j", "1"];
+    args.extend_from_slice(extra);
+    Live::start(env, file, &args)
 }
 
 fn job_is(e: &Value, kind: &str, job: &str) -> bool {
@@ -121,10 +52,10 @@ fn a_resource_group_holds_across_runs_on_the_machine() {
             job("rollout", "    resource_group: production\n", &log, None)
         ),
     );
-    let mut a = Run::start(&env, &first, &[]);
+    let mut a = start(&env, &first, &[]);
     let a_id = a.run_id();
     a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
-    let mut b = Run::start(&env, &second, &[]);
+    let mut b = start(&env, &second, &[]);
     let waiting = b.wait_for("rollout waiting", |e| job_is(e, "job_waiting", "rollout"));
     assert_eq!(
         waiting["reason"],
@@ -165,10 +96,10 @@ fn a_high_priority_run_preempts_an_interruptible_job_which_runs_again_later() {
         "high.yml",
         format!("name: hotfix\njobs:\n{}", job("hotfix", whole, &log, None)),
     );
-    let mut l = Run::start(&env, &low, &["--priority", "low"]);
+    let mut l = start(&env, &low, &["--priority", "low"]);
     let l_id = l.run_id();
     l.wait_for("suite's start", |e| job_is(e, "job_started", "suite"));
-    let mut h = Run::start(&env, &high, &["--priority", "high", "--preempt"]);
+    let mut h = start(&env, &high, &["--priority", "high", "--preempt"]);
     let waiting = h.wait_for("hotfix waiting", |e| job_is(e, "job_waiting", "hotfix"));
     let reason = waiting["reason"].as_str().unwrap_or_default();
     assert!(
@@ -228,12 +159,12 @@ fn a_killed_runs_hold_is_reclaimed_by_the_next_run() {
             job("rollout", "    resource_group: production\n", &log, None)
         ),
     );
-    let mut a = Run::start(&env, &first, &[]);
+    let mut a = start(&env, &first, &[]);
     a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
     // kill -9: no clean-up, its row and its hold stay in the table.
     let _ = a.child.kill();
     let _ = a.child.wait();
-    let mut b = Run::start(&env, &second, &[]);
+    let mut b = start(&env, &second, &[]);
     b.wait_for("rollout's start", |e| job_is(e, "job_started", "rollout"));
     assert!(
         !b.seen.iter().any(|e| job_is(e, "job_waiting", "rollout")),

@@ -72,6 +72,9 @@ pub struct StepRecord {
     pub workspace_at: Option<String>,
 }
 
+/// How long a daemon that failed a call has to answer a ping.
+const DAEMON_PING: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("cannot reach the Docker daemon at {address}: {message}; {hint}")]
@@ -687,6 +690,22 @@ impl DockerExecutor {
         n
     }
 
+    /// A Docker call failed with `message`: when the daemon no longer
+    /// answers (a ping within 2 s), the failure is said as the daemon's,
+    /// which the failure rules class as infrastructure on the Docker daemon
+    /// (its circuit breaker; a retry once it answers again can pass).
+    async fn explain(&self, message: String) -> String {
+        let why = match tokio::time::timeout(DAEMON_PING, self.docker.ping()).await {
+            Ok(Ok(_)) => return message,
+            Ok(Err(e)) => with_causes(&e),
+            Err(_) => format!("no answer within {} s", DAEMON_PING.as_secs()),
+        };
+        format!(
+            "the Docker daemon at {} stopped answering ({why}): {message}",
+            daemon_address()
+        )
+    }
+
     /// Takes registry logins from these sources instead of trackside's
     /// environment (`DOCKER_CONFIG`, `DOCKER_AUTH_CONFIG`, `PATH`).
     pub fn with_logins(mut self, sources: auth::Sources) -> DockerExecutor {
@@ -697,7 +716,13 @@ impl DockerExecutor {
     /// Makes the image available according to the pull policy, pulling
     /// with the registry login the job or this machine has for it.
     async fn ensure_image(&self, image: &str, pull: PullPolicy, logins: &auth::JobLogins) -> Result<(), String> {
-        let present = self.docker.inspect_image(image).await.is_ok();
+        // Only a 404 says the image is not there; any other error (the
+        // daemon gone) is said as itself.
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,
+            Err(e) => return Err(format!("cannot inspect image `{image}`: {}", with_causes(&e))),
+        };
         match (pull, present) {
             (PullPolicy::Never, false) => {
                 return Err(format!(
@@ -948,14 +973,20 @@ impl Executor for DockerExecutor {
         logins: &'a auth::JobLogins,
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            self.ensure_image(image, pull, logins).await?;
-            let info = self
-                .docker
-                .inspect_image(image)
-                .await
-                .map_err(|e| format!("cannot inspect image `{image}`: {e}"))?;
-            info.id
-                .ok_or_else(|| format!("the daemon reported no ID for image `{image}`"))
+            let id = async {
+                self.ensure_image(image, pull, logins).await?;
+                let info = self
+                    .docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| format!("cannot inspect image `{image}`: {e}"))?;
+                info.id
+                    .ok_or_else(|| format!("the daemon reported no ID for image `{image}`"))
+            };
+            match id.await {
+                Err(m) => Err(self.explain(m).await),
+                ok => ok,
+            }
         })
     }
 
@@ -965,7 +996,12 @@ impl Executor for DockerExecutor {
         out: mpsc::Sender<OutputLine>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, StepEnd> {
-        Box::pin(self.run(spec, out, cancel))
+        Box::pin(async move {
+            match self.run(spec, out, cancel).await {
+                StepEnd::SpawnFailed(m) => StepEnd::SpawnFailed(self.explain(m).await),
+                end => end,
+            }
+        })
     }
 
     fn start_services(
@@ -973,11 +1009,21 @@ impl Executor for DockerExecutor {
         req: ServicesRequest,
         out: mpsc::Sender<OutputLine>,
     ) -> BoxFuture<'_, Result<Services, String>> {
-        Box::pin(self.start_services_impl(req, out))
+        Box::pin(async move {
+            match self.start_services_impl(req, out).await {
+                Err(m) => Err(self.explain(m).await),
+                ok => ok,
+            }
+        })
     }
 
     fn start_job_box(&self, req: super::JobBoxRequest) -> BoxFuture<'_, Result<super::JobBox, String>> {
-        Box::pin(self.start_job_box_impl(req))
+        Box::pin(async move {
+            match self.start_job_box_impl(req).await {
+                Err(m) => Err(self.explain(m).await),
+                ok => ok,
+            }
+        })
     }
 
     fn stop_job_box(&self, job_box: super::JobBox, keep: bool) -> BoxFuture<'_, ()> {
@@ -989,7 +1035,12 @@ impl Executor for DockerExecutor {
         req: super::ImageBuild,
         out: mpsc::Sender<OutputLine>,
     ) -> BoxFuture<'_, Result<String, String>> {
-        Box::pin(self.build_image_impl(req, out))
+        Box::pin(async move {
+            match self.build_image_impl(req, out).await {
+                Err(m) => Err(self.explain(m).await),
+                ok => ok,
+            }
+        })
     }
 
     fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
