@@ -8,6 +8,12 @@
 //!   (`-j` = its cores), the least loaded host taking the next job, and no
 //!   idea of memory. A job placed where memory is short is killed (OOM) a
 //!   third of the way in, and queued again.
+//!
+//! Jobs are CPU-bound: a host whose running jobs want more CPUs than it
+//! has runs each of them slower, in proportion (processor sharing), as a
+//! kernel shares its cores. `-j` = cores counts jobs, not the CPUs each
+//! uses (a 4-CPU build is one slot), so the baseline oversubscribes hosts
+//! and pays for it in time; trackside's admission never does.
 //! - **trackside's policy**: ready jobs ordered by remaining critical path
 //!   weighted by their (historical) durations (`Plan::weighted_priority`),
 //!   each admitted on a host only when its CPU and memory fit (the engine's
@@ -123,6 +129,15 @@ fn hosts() -> Vec<(usize, u64)> {
     h
 }
 
+/// A job running on a host, with the work it has left (seconds at full
+/// speed).
+struct Running {
+    job: usize,
+    host: usize,
+    left: f64,
+    killed: bool,
+}
+
 struct Outcome {
     makespan: u64,
     cpu_seconds: u64,
@@ -160,9 +175,10 @@ fn simulate(w: &Workload, smart: bool) -> Outcome {
             }
         }
     }
-    // (end time, job, host, killed)
-    let mut running: BinaryHeap<Reverse<(u64, usize, usize, bool)>> = BinaryHeap::new();
-    let (mut now, mut done, mut cpu_seconds, mut oom_kills) = (0u64, 0usize, 0u64, 0usize);
+    let mut running: Vec<Running> = Vec::new();
+    // The CPUs the running jobs of each host want.
+    let mut demand: Vec<u64> = vec![0; hosts.len()];
+    let (mut now, mut done, mut cpu_seconds, mut oom_kills) = (0f64, 0usize, 0u64, 0usize);
     let mut decisions = Vec::new();
     while done < n {
         // Place what can be placed now.
@@ -206,7 +222,13 @@ fn simulate(w: &Workload, smart: bool) -> Outcome {
                 match host {
                     Some(h) => {
                         ledgers[h].take(need);
-                        running.push(Reverse((now + job.duration, j, h, false)));
+                        demand[h] += job.cpus;
+                        running.push(Running {
+                            job: j,
+                            host: h,
+                            left: job.duration as f64,
+                            killed: false,
+                        });
                         room = most_free(&ledgers);
                     }
                     None => held.push((p, Reverse(j))),
@@ -225,11 +247,17 @@ fn simulate(w: &Workload, smart: bool) -> Outcome {
                         // Past the host's memory, the kernel kills it a
                         // third of the way in, and it is queued again.
                         let killed = mem_used[h] > hosts[h].1;
-                        let ends = if killed { job.duration / 3 } else { job.duration };
+                        let work = if killed { job.duration / 3 } else { job.duration };
                         if killed {
                             oom_kills += 1;
                         }
-                        running.push(Reverse((now + ends.max(1), j, h, killed)));
+                        demand[h] += job.cpus;
+                        running.push(Running {
+                            job: j,
+                            host: h,
+                            left: work.max(1) as f64,
+                            killed,
+                        });
                     }
                     None => held.push_back(j),
                 }
@@ -237,11 +265,27 @@ fn simulate(w: &Workload, smart: bool) -> Outcome {
             ready_fifo = held;
         }
         decisions.push(t.elapsed());
-        // The next end.
-        let Some(Reverse((end, j, h, killed))) = running.pop() else {
+        // The next end: each job goes at its host's rate (1 unless the
+        // host's jobs want more CPUs than it has).
+        let rate = |r: &Running| (hosts[r.host].0 as f64 / demand[r.host] as f64).min(1.0);
+        let Some(next) = (0..running.len())
+            .min_by(|&a, &b| (running[a].left / rate(&running[a])).total_cmp(&(running[b].left / rate(&running[b]))))
+        else {
             panic!("deadlock: nothing runs and {} jobs are left", n - done);
         };
-        now = end;
+        let dt = running[next].left / rate(&running[next]);
+        now += dt;
+        for r in &mut running {
+            let rt = (hosts[r.host].0 as f64 / demand[r.host] as f64).min(1.0);
+            r.left -= dt * rt;
+        }
+        let Running {
+            job: j,
+            host: h,
+            killed,
+            ..
+        } = running.swap_remove(next);
+        demand[h] -= w.jobs[j].cpus;
         let job = w.jobs[j];
         if smart {
             ledgers[h].give_back(Need {
@@ -270,7 +314,7 @@ fn simulate(w: &Workload, smart: bool) -> Outcome {
         }
     }
     Outcome {
-        makespan: now,
+        makespan: now.round() as u64,
         cpu_seconds,
         decisions,
         oom_kills,

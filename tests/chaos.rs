@@ -244,10 +244,15 @@ fn a_host_unreachable_from_a_network_namespace_is_classified_network_and_opens_i
 }
 
 /// A Docker daemon of the test's own (its socket, data and state in a
-/// temp dir, no bridge, no iptables rules), so stopping it touches no other
-/// test's containers. Stopped (SIGTERM, then waited for) when dropped.
+/// temp dir, a bridge of its own, no iptables rules), so stopping it
+/// touches no other test's containers. Stopped (SIGTERM, then waited for)
+/// when dropped, and its bridge removed.
+///
+/// Not `--bridge none`: dockerd then deletes the host's `docker0`, which
+/// the system daemon's containers use.
 struct Dockerd {
     dir: PathBuf,
+    bridge: String,
     child: Option<Child>,
 }
 
@@ -261,8 +266,23 @@ impl Dockerd {
     }
 
     fn start(dir: &Path) -> Dockerd {
+        // A name of at most 15 bytes, and a /24 unlikely to be in use.
+        let n = std::process::id() % 200;
+        let bridge = format!("tschaos{n}");
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+            assert!(ok, "ip {}", args.join(" "));
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("10.213.{n}.1/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
         let mut d = Dockerd {
             dir: dir.to_path_buf(),
+            bridge,
             child: None,
         };
         d.restart();
@@ -290,7 +310,7 @@ impl Dockerd {
             .arg(self.dir.join("exec"))
             .arg("--pidfile")
             .arg(self.dir.join("docker.pid"))
-            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
+            .args(["--bridge", &self.bridge, "--iptables=false", "--ip-masq=false"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -350,6 +370,7 @@ impl Drop for Dockerd {
                 .stderr(Stdio::null())
                 .status();
         }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
     }
 }
 
@@ -384,6 +405,8 @@ async fn the_docker_daemon_stopped_mid_run_is_infra_opens_its_breaker_and_the_jo
         .prefix("trackside-chaos-dockerd")
         .tempdir()
         .expect("tempdir");
+    let docker0 = || Path::new("/sys/class/net/docker0").exists();
+    let had_docker0 = docker0();
     let mut dockerd = Dockerd::start(daemon_dir.path());
     let client = bollard::Docker::connect_with_unix(
         &dockerd.socket().display().to_string(),
@@ -435,6 +458,7 @@ async fn the_docker_daemon_stopped_mid_run_is_infra_opens_its_breaker_and_the_jo
     });
     assert_eq!(open["dependency"], "the Docker daemon");
     dockerd.restart();
+    assert_eq!(docker0(), had_docker0, "the host's docker0 is left as it was");
     let (code, events) = run.finish_within(Duration::from_secs(180));
     let finished: Vec<(String, String, u64)> = events
         .iter()

@@ -608,6 +608,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         retry_timers: HashMap::new(),
         wake_at: None,
         shared,
+        releases: Vec::new(),
+        release_at: None,
         auto: auto.map(|(ctl, gauge, notice)| Auto { ctl, gauge, notice }),
         started_at: None,
         pipeline_timeout: pipeline.timeout,
@@ -954,6 +956,19 @@ struct Auto {
     notice: Option<String>,
 }
 
+/// A start asked for ([`Effect::Claim`]), settled with the others of its
+/// batch.
+struct PendingClaim {
+    job: JobId,
+    need: super::admission::Need,
+    cancels_group: bool,
+    hold: crate::store::slots::HoldRow,
+}
+
+/// What ended jobs held is given back at most this long after (or with the
+/// next claims, whichever comes first).
+const RELEASE_WITHIN: Duration = Duration::from_millis(20);
+
 /// The run's place in the machine's slot table.
 struct Shared {
     slots: crate::store::slots::Slots,
@@ -981,6 +996,9 @@ struct Actor {
     /// Sharing the machine with other runs (`None`: alone, or the table
     /// could not be used).
     shared: Option<Shared>,
+    /// Jobs whose holds are to be given back, and by when.
+    releases: Vec<String>,
+    release_at: Option<Instant>,
     /// `-j auto`'s controller and what it reads.
     auto: Option<Auto>,
     started_at: Option<Instant>,
@@ -1065,6 +1083,10 @@ impl Actor {
                 }
                 _ = pressure.tick(), if self.auto.is_some() && !self.state.is_finished() => {
                     self.sample_pressure(&retry_tx);
+                    None
+                }
+                () = sleep_until_opt(self.release_at), if self.release_at.is_some() => {
+                    self.settle(Vec::new(), &retry_tx);
                     None
                 }
                 _ = requests.tick(), if self.shared.is_some() && !self.running.is_empty() => {
@@ -1774,12 +1796,15 @@ impl Actor {
 
     fn perform(&mut self, effects: Vec<Effect>, retry_tx: &mpsc::UnboundedSender<JobId>) {
         let mut effects = effects.into_iter();
+        // The batch's claims, settled together at its end.
+        let mut claims = Vec::new();
         while let Some(effect) = effects.next() {
             match effect {
                 Effect::Emit(kind @ EventKind::RunFinished { .. }) if self.past.is_some() => {
                     let mut rest = vec![Effect::Emit(kind)];
                     rest.extend(effects);
                     self.finishing = Some((rest, Instant::now() + HISTORY_WAIT));
+                    self.settle(claims, retry_tx);
                     return;
                 }
                 Effect::Emit(kind) => self.emit(kind),
@@ -1800,16 +1825,26 @@ impl Actor {
                     group,
                     interruptible,
                     cancels_group,
-                } => {
-                    let wait = self.claim(job, attempt, need, group, interruptible, cancels_group);
-                    self.apply(Input::Claimed { job, wait }, retry_tx);
-                }
+                } => claims.push(PendingClaim {
+                    job,
+                    need,
+                    cancels_group,
+                    hold: crate::store::slots::HoldRow {
+                        run_id: self.ctx.run_id.clone(),
+                        job: self.state.pipeline().jobs[job].name.clone(),
+                        attempt,
+                        cpu_milli: need.cpu_milli,
+                        memory: need.memory,
+                        group,
+                        interruptible,
+                        since_ms: crate::store::now_ms(),
+                    },
+                }),
+                // Given back with the next claims, or soon (RELEASE_WITHIN).
                 Effect::Release { job } => {
-                    let name = &self.state.pipeline().jobs[job].name;
-                    if let Some(sh) = &mut self.shared
-                        && let Err(e) = sh.slots.release(&self.ctx.run_id, name)
-                    {
-                        tracing::warn!("{e}");
+                    if self.shared.is_some() {
+                        self.releases.push(self.state.pipeline().jobs[job].name.clone());
+                        self.release_at.get_or_insert_with(|| Instant::now() + RELEASE_WITHIN);
                     }
                 }
                 Effect::Wake { after } => {
@@ -1847,49 +1882,58 @@ impl Actor {
             // The run was reopened (retry after it finished).
             let _ = self.finished_tx.send(None);
         }
+        self.settle(claims, retry_tx);
     }
 
-    /// Asks the machine's slot table whether job `job` may start: `None`
-    /// when it may, else why it waits. A table that fails is said once and
-    /// left: the run goes on counting only its own jobs.
-    fn claim(
-        &mut self,
-        job: JobId,
-        attempt: u32,
-        need: super::admission::Need,
-        group: Option<String>,
-        interruptible: bool,
-        cancels_group: bool,
-    ) -> Option<String> {
-        let sh = self.shared.as_mut()?;
+    /// Settles with the machine's slot table in one transaction: what
+    /// ended jobs held is given back, then each claim is decided (see
+    /// [`super::sharing`]) and its answer goes to the run's state machine.
+    /// A table that fails is said once and left: the run goes on counting
+    /// only its own jobs.
+    fn settle(&mut self, claims: Vec<PendingClaim>, retry_tx: &mpsc::UnboundedSender<JobId>) {
+        let released = std::mem::take(&mut self.releases);
+        self.release_at = None;
+        let Some(sh) = self.shared.as_mut() else {
+            for c in claims {
+                self.apply(Input::Claimed { job: c.job, wait: None }, retry_tx);
+            }
+            return;
+        };
+        if claims.is_empty() && released.is_empty() {
+            return;
+        }
+        let holds: Vec<crate::store::slots::HoldRow> = claims.iter().map(|c| c.hold.clone()).collect();
         let now_ms = crate::store::now_ms();
-        let hold = crate::store::slots::HoldRow {
-            run_id: self.ctx.run_id.clone(),
-            job: self.state.pipeline().jobs[job].name.clone(),
-            attempt,
-            cpu_milli: need.cpu_milli,
-            memory: need.memory,
-            group: group.clone(),
-            interruptible,
-            since_ms: now_ms,
-        };
-        let claim = super::sharing::Claim {
-            run: &self.ctx.run_id,
-            priority: sh.sharing.priority,
-            preempt: sh.sharing.preempt,
-            need,
-            group: group.as_deref(),
-            cancels_group,
-            now_ms,
-        };
-        match sh.slots.claim(&hold, |t| super::sharing::decide(t, &claim)) {
-            Ok(super::sharing::Decision::Grant) => None,
-            Ok(super::sharing::Decision::Wait { reason }) => Some(reason),
+        let (run, sharing) = (&self.ctx.run_id, sh.sharing);
+        // `settle` asks about the holds in their order.
+        let mut next = claims.iter();
+        let decided = sh.slots.settle(run, &released, &holds, |table, hold| {
+            let c = next.next()?;
+            let claim = super::sharing::Claim {
+                run,
+                priority: sharing.priority,
+                preempt: sharing.preempt,
+                need: c.need,
+                group: hold.group.as_deref(),
+                cancels_group: c.cancels_group,
+                now_ms,
+            };
+            Some(super::sharing::decide(table, &claim))
+        });
+        let answers = match decided {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!("{e}");
                 self.shared = None;
-                None
+                vec![Some(super::sharing::Decision::Grant); claims.len()]
             }
+        };
+        for (c, answer) in claims.into_iter().zip(answers) {
+            let wait = match answer {
+                Some(super::sharing::Decision::Wait { reason }) => Some(reason),
+                Some(super::sharing::Decision::Grant) | None => None,
+            };
+            self.apply(Input::Claimed { job: c.job, wait }, retry_tx);
         }
     }
 

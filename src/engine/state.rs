@@ -320,6 +320,8 @@ pub struct RunState {
     /// Ready jobs the machine's other runs made wait: they ask again at the
     /// next [`Input::Tick`] or when one of this run's attempts ends.
     refused: Vec<(u32, Reverse<JobId>)>,
+    /// Starts being claimed ([`Effect::Claim`] sent, no answer yet).
+    claiming: usize,
     running: usize,
     retrying: usize,
     /// Jobs waiting out their `start_in`.
@@ -380,6 +382,7 @@ impl RunState {
             },
             ready: BinaryHeap::new(),
             refused: Vec::new(),
+            claiming: 0,
             running: 0,
             retrying: 0,
             delayed: 0,
@@ -1368,6 +1371,7 @@ impl RunState {
                 let spec = &self.pipeline.jobs[j];
                 let st = &mut self.jobs[j];
                 st.claiming = true;
+                self.claiming += 1;
                 fx.push(Effect::Claim {
                     job: j,
                     attempt: st.attempt + 1,
@@ -1393,12 +1397,10 @@ impl RunState {
             return;
         };
         st.claiming = false;
+        self.claiming -= 1;
         let still = st.status == JobStatus::Ready;
         match wait {
-            None if still => {
-                self.launch(j, fx);
-                self.tell_resources(fx);
-            }
+            None if still => self.launch(j, fx),
             None => {
                 // Cancelled while claimed.
                 self.unhold(j);
@@ -1419,6 +1421,7 @@ impl RunState {
                 }
             }
         }
+        self.tell_resources(fx);
     }
 
     /// Attempt `attempt` of `j` was stopped for a higher-priority run: it is
@@ -1622,6 +1625,10 @@ impl RunState {
 
     /// A `Resources` event when what running jobs hold changed.
     fn tell_resources(&mut self, fx: &mut Vec<Effect>) {
+        // Told once the starts being claimed are decided: what runs then.
+        if self.claiming > 0 {
+            return;
+        }
         let now = (self.running, self.ledger.used());
         if self.told_resources == Some(now) {
             return;

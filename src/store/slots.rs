@@ -192,53 +192,74 @@ impl Slots {
         })
     }
 
-    /// Claims `hold`: `decide` sees the live table and says what to write;
-    /// its answer is returned.
-    pub fn claim<T>(&mut self, hold: &HoldRow, decide: impl FnOnce(&Table) -> (T, Writes)) -> Result<T, StoreError> {
+    /// One transaction for what a run has to settle at once: gives back
+    /// what its jobs `released` hold, then claims each of `holds` in turn,
+    /// `decide` seeing the table with the claims before it applied. A job
+    /// that ends and the next that starts cost one transaction, not two.
+    pub fn settle<T>(
+        &mut self,
+        run: &str,
+        released: &[String],
+        holds: &[HoldRow],
+        mut decide: impl FnMut(&Table, &HoldRow) -> Option<(T, Writes)>,
+    ) -> Result<Vec<Option<T>>, StoreError> {
         self.locked(|tx| {
-            let (answer, writes) = decide(&read_table(tx)?);
-            if writes.grant {
-                tx.execute(
-                    "INSERT OR REPLACE INTO holds (run_id, job, attempt, cpu_milli, memory, grp, interruptible, since_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        hold.run_id,
-                        hold.job,
-                        hold.attempt,
-                        hold.cpu_milli as i64,
-                        hold.memory as i64,
-                        hold.group,
-                        hold.interruptible,
-                        hold.since_ms as i64
-                    ],
-                )?;
+            for job in released {
+                give_back(tx, run, job)?;
             }
-            if let Some(until) = writes.waiting_until_ms {
-                tx.execute(
-                    "UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1",
-                    params![hold.run_id, until as i64],
-                )?;
+            if holds.is_empty() {
+                return Ok(Vec::new());
             }
-            for r in &writes.requests {
-                tx.execute(
-                    "INSERT OR IGNORE INTO requests (run_id, job, attempt, kind, by_run) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![r.run_id, r.job, r.attempt, r.kind.as_str(), r.by],
-                )?;
+            let mut table = read_table(tx)?;
+            let mut answers = Vec::with_capacity(holds.len());
+            for hold in holds {
+                let Some((answer, writes)) = decide(&table, hold) else {
+                    answers.push(None);
+                    continue;
+                };
+                answers.push(Some(answer));
+                if writes.grant {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO holds (run_id, job, attempt, cpu_milli, memory, grp, interruptible, since_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            hold.run_id,
+                            hold.job,
+                            hold.attempt,
+                            hold.cpu_milli as i64,
+                            hold.memory as i64,
+                            hold.group,
+                            hold.interruptible,
+                            hold.since_ms as i64
+                        ],
+                    )?;
+                    table.holds.retain(|h| !(h.run_id == hold.run_id && h.job == hold.job));
+                    table.holds.push(hold.clone());
+                }
+                if let Some(until) = writes.waiting_until_ms {
+                    tx.execute(
+                        "UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1",
+                        params![hold.run_id, until as i64],
+                    )?;
+                    if let Some(r) = table.runs.iter_mut().find(|r| r.run_id == hold.run_id) {
+                        r.waiting_until_ms = until;
+                    }
+                }
+                for r in &writes.requests {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO requests (run_id, job, attempt, kind, by_run) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![r.run_id, r.job, r.attempt, r.kind.as_str(), r.by],
+                    )?;
+                }
+                table.requests.extend(writes.requests);
             }
-            Ok(answer)
+            Ok(answers)
         })
     }
 
-    /// Gives back what job `job` of run `run` holds.
-    pub fn release(&mut self, run: &str, job: &str) -> Result<(), StoreError> {
-        let release = || -> rusqlite::Result<()> {
-            self.conn
-                .execute("DELETE FROM holds WHERE run_id = ?1 AND job = ?2", params![run, job])?;
-            self.conn
-                .execute("DELETE FROM requests WHERE run_id = ?1 AND job = ?2", params![run, job])?;
-            Ok(())
-        };
-        release().map_err(|e| slots_error(&self.path, e))
+    /// Gives back what jobs `jobs` of run `run` hold.
+    pub fn release(&mut self, run: &str, jobs: &[String]) -> Result<(), StoreError> {
+        self.settle::<()>(run, jobs, &[], |_, _| None).map(drop)
     }
 
     /// The requests made to run `run`, removed from the table as they are
@@ -278,6 +299,12 @@ fn slots_error(path: &Path, e: rusqlite::Error) -> StoreError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
+}
+
+fn give_back(conn: &Connection, run: &str, job: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM holds WHERE run_id = ?1 AND job = ?2", params![run, job])?;
+    conn.execute("DELETE FROM requests WHERE run_id = ?1 AND job = ?2", params![run, job])?;
+    Ok(())
 }
 
 fn delete_run(conn: &Connection, run: &str) -> rusqlite::Result<()> {
@@ -396,6 +423,14 @@ mod tests {
         }
     }
 
+    /// Claims `hold` alone, `decide` seeing the table.
+    fn claim<T>(s: &mut Slots, hold: &HoldRow, decide: impl Fn(&Table) -> (T, Writes)) -> T {
+        let answers = s
+            .settle(&hold.run_id, &[], std::slice::from_ref(hold), |t, _| Some(decide(t)))
+            .expect("claim");
+        answers.into_iter().flatten().next().expect("an answer")
+    }
+
     fn grant(_: &Table) -> ((), Writes) {
         (
             (),
@@ -412,15 +447,13 @@ mod tests {
         let mut a = Slots::open(dir.path()).expect("open");
         let mut b = Slots::open(dir.path()).expect("open");
         a.register(&run("a", crate::process::owner(), 1)).expect("register");
-        a.claim(&hold("a", "build"), grant).expect("claim");
+        claim(&mut a, &hold("a", "build"), grant);
         // A run whose process is gone: pid 0 is never a user process.
         b.register(&run("dead", "0:0", 2)).expect("register");
-        let seen = b
-            .claim(&hold("b", "x"), |t| (t.clone(), Writes::default()))
-            .expect("claim");
+        let seen = claim(&mut b, &hold("b", "x"), |t| (t.clone(), Writes::default()));
         assert_eq!(seen.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["a"]);
         assert_eq!(seen.holds, [hold("a", "build")]);
-        a.release("a", "build").expect("release");
+        a.release("a", &["build".to_string()]).expect("release");
         assert!(b.table().expect("table").holds.is_empty());
         a.unregister("a").expect("unregister");
         assert!(b.table().expect("table").runs.is_empty());
@@ -432,7 +465,7 @@ mod tests {
         let mut s = Slots::open(dir.path()).expect("open");
         s.register(&run("low", crate::process::owner(), 1)).expect("register");
         s.register(&run("high", crate::process::owner(), 2)).expect("register");
-        s.claim(&hold("low", "test"), grant).expect("claim");
+        claim(&mut s, &hold("low", "test"), grant);
         let ask = Request {
             run_id: "low".into(),
             job: "test".into(),
@@ -441,17 +474,16 @@ mod tests {
             by: "high".into(),
         };
         let asked = ask.clone();
-        s.claim(&hold("high", "hotfix"), move |_| {
+        claim(&mut s, &hold("high", "hotfix"), move |_| {
             (
                 (),
                 Writes {
                     grant: false,
                     waiting_until_ms: Some(99),
-                    requests: vec![asked],
+                    requests: vec![asked.clone()],
                 },
             )
-        })
-        .expect("claim");
+        });
         let t = s.table().expect("table");
         assert_eq!(t.requests, std::slice::from_ref(&ask));
         assert_eq!(
@@ -461,6 +493,30 @@ mod tests {
         assert!(s.requests_for("high").expect("none").is_empty());
         assert_eq!(s.requests_for("low").expect("one"), [ask]);
         assert!(s.requests_for("low").expect("gone").is_empty());
+    }
+
+    #[test]
+    fn one_settlement_gives_back_and_claims_each_seeing_the_claims_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Slots::open(dir.path()).expect("open");
+        s.register(&run("a", crate::process::owner(), 1)).expect("register");
+        claim(&mut s, &hold("a", "old"), grant);
+        let holds = [hold("a", "x"), hold("a", "y")];
+        let seen = s
+            .settle("a", &["old".to_string()], &holds, |t, _| {
+                let jobs: Vec<String> = t.holds.iter().map(|h| h.job.clone()).collect();
+                Some((
+                    jobs,
+                    Writes {
+                        grant: true,
+                        ..Writes::default()
+                    },
+                ))
+            })
+            .expect("settle");
+        assert_eq!(seen, [Some(vec![]), Some(vec!["x".to_string()])]);
+        let held: Vec<String> = s.table().expect("table").holds.into_iter().map(|h| h.job).collect();
+        assert_eq!(held, ["x", "y"]);
     }
 
     #[test]
