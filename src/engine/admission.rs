@@ -275,6 +275,16 @@ impl Ledger {
         Fit::Fits
     }
 
+    /// Whether a declared `need` fits beside what is held now, as
+    /// [`Self::fit`] with [`Basis::Declared`] says [`Fit::Fits`], without
+    /// making the text of why not: for choosing among many ledgers.
+    pub fn fits(&self, need: Need) -> bool {
+        let after = self.used.plus(self.held(need));
+        need.memory <= self.capacity.total
+            && after.memory <= self.capacity.memory
+            && after.cpu_milli <= self.capacity.cpu_milli
+    }
+
     pub fn take(&mut self, need: Need) {
         self.used = self.used.plus(self.held(need));
     }
@@ -313,6 +323,29 @@ mod tests {
             cpu_milli: cpu,
             memory: mib << 20,
         }
+    }
+
+    #[test]
+    fn fits_says_what_fit_says_of_a_declared_need() {
+        // 4 CPUs, 5 GiB budget, 7 GiB for jobs in all.
+        let mut l = Ledger::new(Capacity::of(4, 6 * GIB, 8 * GIB, 4));
+        l.take(need(2000, 3 << 10));
+        for n in [
+            need(1000, 1 << 10),
+            need(2000, 2 << 10),
+            need(3000, 1 << 10),
+            need(1000, 3 << 10),
+            need(1000, 6 << 10),
+            need(1000, 9 << 10),
+        ] {
+            assert_eq!(l.fits(n), l.fit(n, Basis::Declared) == Fit::Fits, "{n:?}");
+        }
+        let empty = Ledger::new(Capacity::of(4, 6 * GIB, 8 * GIB, 4));
+        assert!(
+            empty.fits(need(1000, 6 << 10)),
+            "above the budget, within the machine: alone"
+        );
+        assert!(!empty.fits(need(1000, 9 << 10)), "above the machine: never");
     }
 
     #[test]
