@@ -1804,7 +1804,9 @@ impl Actor {
                     let mut rest = vec![Effect::Emit(kind)];
                     rest.extend(effects);
                     self.finishing = Some((rest, Instant::now() + HISTORY_WAIT));
-                    self.settle(claims, retry_tx);
+                    if !claims.is_empty() {
+                        self.settle(claims, retry_tx);
+                    }
                     return;
                 }
                 Effect::Emit(kind) => self.emit(kind),
@@ -1882,10 +1884,14 @@ impl Actor {
             // The run was reopened (retry after it finished).
             let _ = self.finished_tx.send(None);
         }
-        self.settle(claims, retry_tx);
+        // Releases alone wait for the next claims or RELEASE_WITHIN.
+        if !claims.is_empty() {
+            self.settle(claims, retry_tx);
+        }
     }
 
-    /// Settles with the machine's slot table in one transaction: what
+    /// Settles with the machine's slot table in one transaction (with no
+    /// claims: gives back what is due): what
     /// ended jobs held is given back, then each claim is decided (see
     /// [`super::sharing`]) and its answer goes to the run's state machine.
     /// A table that fails is said once and left: the run goes on counting

@@ -275,6 +275,24 @@ impl Ledger {
         Fit::Fits
     }
 
+    /// What [`Self::fit`] would say, without its text: `None` when it
+    /// fits, else the start of its text ("waiting for memory", "waiting
+    /// for CPU", "unschedulable"), which names what the job waits for.
+    pub fn refusal(&self, need: Need, basis: Basis) -> Option<&'static str> {
+        let cap = self.capacity;
+        if basis == Basis::Declared && need.memory > cap.total {
+            return Some("unschedulable");
+        }
+        let after = self.used.plus(self.held(need));
+        if after.memory > cap.memory {
+            Some("waiting for memory")
+        } else if after.cpu_milli > cap.cpu_milli {
+            Some("waiting for CPU")
+        } else {
+            None
+        }
+    }
+
     /// Whether a declared `need` fits beside what is held now, as
     /// [`Self::fit`] with [`Basis::Declared`] says [`Fit::Fits`], without
     /// making the text of why not: for choosing among many ledgers.
@@ -339,6 +357,21 @@ mod tests {
             need(1000, 9 << 10),
         ] {
             assert_eq!(l.fits(n), l.fit(n, Basis::Declared) == Fit::Fits, "{n:?}");
+        }
+        for basis in [Basis::Declared, Basis::History] {
+            for n in [
+                need(1000, 1 << 10),
+                need(3000, 1 << 10),
+                need(1000, 3 << 10),
+                need(1000, 9 << 10),
+            ] {
+                let text = match l.fit(n, basis) {
+                    Fit::Fits => None,
+                    Fit::Wait(t) | Fit::Never(t) => Some(t),
+                };
+                let key = text.as_deref().and_then(|t| t.split(':').next());
+                assert_eq!(l.refusal(n, basis), key, "{n:?} {basis:?}");
+            }
         }
         let empty = Ledger::new(Capacity::of(4, 6 * GIB, 8 * GIB, 4));
         assert!(

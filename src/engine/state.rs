@@ -1333,21 +1333,30 @@ impl RunState {
                 continue;
             }
             let (need, basis) = self.need(j);
-            match self.ledger.fit(need, basis) {
-                Fit::Fits => {}
-                Fit::Wait(reason) => {
-                    // Told once while it waits for the same thing: the free
-                    // amounts in the text move with every start and end.
-                    let key = reason.split(':').next().unwrap_or_default().to_string();
-                    self.tell_waiting_as(j, key, reason, fx);
+            // Told once while it waits for the same thing (the free amounts
+            // in the text move with every start and end), so the text is
+            // made only then: a thousand queued jobs are looked at after
+            // every end.
+            match self.ledger.refusal(need, basis) {
+                None => {}
+                Some(key) if self.jobs[j].waiting.as_deref() == Some(key) => {
                     waiting.push((prio, Reverse(j)));
                     continue;
                 }
-                Fit::Never(reason) => {
-                    self.jobs[j].waiting = None;
-                    self.fail_as(j, reason, FailureClass::Infra, fx);
-                    continue;
-                }
+                Some(_) => match self.ledger.fit(need, basis) {
+                    Fit::Fits => {}
+                    Fit::Wait(reason) => {
+                        let key = reason.split(':').next().unwrap_or_default().to_string();
+                        self.tell_waiting_as(j, key, reason, fx);
+                        waiting.push((prio, Reverse(j)));
+                        continue;
+                    }
+                    Fit::Never(reason) => {
+                        self.jobs[j].waiting = None;
+                        self.fail_as(j, reason, FailureClass::Infra, fx);
+                        continue;
+                    }
+                },
             }
             let deps = self.dependencies(j);
             if !deps.is_empty() {

@@ -219,28 +219,26 @@ impl Slots {
                 };
                 answers.push(Some(answer));
                 if writes.grant {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT OR REPLACE INTO holds (run_id, job, attempt, cpu_milli, memory, grp, interruptible, since_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        params![
-                            hold.run_id,
-                            hold.job,
-                            hold.attempt,
-                            hold.cpu_milli as i64,
-                            hold.memory as i64,
-                            hold.group,
-                            hold.interruptible,
-                            hold.since_ms as i64
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        hold.run_id,
+                        hold.job,
+                        hold.attempt,
+                        hold.cpu_milli as i64,
+                        hold.memory as i64,
+                        hold.group,
+                        hold.interruptible,
+                        hold.since_ms as i64
+                    ])?;
                     table.holds.retain(|h| !(h.run_id == hold.run_id && h.job == hold.job));
                     table.holds.push(hold.clone());
                 }
                 if let Some(until) = writes.waiting_until_ms {
-                    tx.execute(
-                        "UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1",
-                        params![hold.run_id, until as i64],
-                    )?;
+                    tx.prepare_cached("UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1")?
+                        .execute(params![hold.run_id, until as i64])?;
                     if let Some(r) = table.runs.iter_mut().find(|r| r.run_id == hold.run_id) {
                         r.waiting_until_ms = until;
                     }
@@ -302,8 +300,10 @@ fn slots_error(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 fn give_back(conn: &Connection, run: &str, job: &str) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM holds WHERE run_id = ?1 AND job = ?2", params![run, job])?;
-    conn.execute("DELETE FROM requests WHERE run_id = ?1 AND job = ?2", params![run, job])?;
+    conn.prepare_cached("DELETE FROM holds WHERE run_id = ?1 AND job = ?2")?
+        .execute(params![run, job])?;
+    conn.prepare_cached("DELETE FROM requests WHERE run_id = ?1 AND job = ?2")?
+        .execute(params![run, job])?;
     Ok(())
 }
 
@@ -330,7 +330,8 @@ fn purge_dead(conn: &Connection) -> rusqlite::Result<()> {
     }
     // Holds of a run that never registered (a bug, or a table edited by
     // hand) would be held for ever.
-    conn.execute("DELETE FROM holds WHERE run_id NOT IN (SELECT run_id FROM runs)", [])?;
+    conn.prepare_cached("DELETE FROM holds WHERE run_id NOT IN (SELECT run_id FROM runs)")?
+        .execute([])?;
     Ok(())
 }
 
