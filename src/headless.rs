@@ -768,8 +768,9 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         } => {
             *width = jobs.iter().map(|j| j.chars().count()).max().unwrap_or(8);
             format!(
-                ":: run {run_id} of `{pipeline}`: {} jobs, up to {max_parallel} at once",
-                jobs.len()
+                ":: run {run_id} of `{pipeline}`: {} job{}, up to {max_parallel} at once",
+                jobs.len(),
+                if jobs.len() == 1 { "" } else { "s" }
             )
         }
         // A command a GitLab job echoes (`$ make`, green) reads as

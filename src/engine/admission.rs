@@ -319,7 +319,7 @@ pub fn gib(bytes: u64) -> String {
 
 /// `2 CPUs`, `0.5 CPU`.
 pub fn cpus(milli: u64) -> String {
-    let unit = if milli > 1000 { "CPUs" } else { "CPU" };
+    let unit = if milli > 0 && milli <= 1000 { "CPU" } else { "CPUs" };
     format!("{} {unit}", number(milli))
 }
 

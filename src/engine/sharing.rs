@@ -197,16 +197,23 @@ pub fn decide(table: &Table, claim: &Claim) -> (Decision, Writes) {
             },
         );
     }
-    let others: Vec<&str> = {
-        let mut v: Vec<&str> = table
-            .holds
-            .iter()
-            .filter(|h| other(&h.run_id))
-            .map(|h| h.run_id.as_str())
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+    // Who holds the rest: the other runs' jobs, the first two by name.
+    let others: Vec<&crate::store::slots::HoldRow> = table.holds.iter().filter(|h| other(&h.run_id)).collect();
+    let mut named: Vec<String> = others
+        .iter()
+        .take(2)
+        .map(|h| format!("`{}` of run {}", h.job, h.run_id))
+        .collect();
+    if others.len() > 2 {
+        named.push(format!("{} more", others.len() - 2));
+    }
+    let held_by = match named.len() {
+        0 => "this run's own jobs".to_string(),
+        1 => named.remove(0),
+        _ => {
+            let last = named.pop().unwrap_or_default();
+            format!("{} and {last}", named.join(", "))
+        }
     };
     let short = if held.memory.saturating_add(claim.need.memory) > cap.memory {
         format!(
@@ -223,16 +230,22 @@ pub fn decide(table: &Table, claim: &Claim) -> (Decision, Writes) {
             cpus(cap.cpu_milli)
         )
     };
-    let mut reason = format!(
-        "waiting for {short} on this machine ({} other run{} hold{} the rest)",
-        others.len(),
-        if others.len() == 1 { "" } else { "s" },
-        if others.len() == 1 { "s" } else { "" },
-    );
+    let mut reason = format!("waiting for {short} on this machine, held by {held_by}");
     let mut writes = Writes {
         waiting_until_ms: Some(claim.now_ms.saturating_add(WAITING_FOR)),
         ..Writes::default()
     };
+    let rank = |run: &str| {
+        table
+            .runs
+            .iter()
+            .find(|r| r.run_id == run)
+            .map_or(i64::MIN, |r| r.priority)
+    };
+    let preemptible = |h: &&crate::store::slots::HoldRow| h.interruptible && rank(&h.run_id) < claim.priority.rank();
+    if !claim.preempt && others.iter().any(preemptible) {
+        reason.push_str("; --preempt would stop interruptible jobs of lower-priority runs");
+    }
     // 4. Preemption: what is already asked to stop counts as gone.
     if claim.preempt {
         let stopping = |h: &crate::store::slots::HoldRow| {
@@ -246,17 +259,10 @@ pub fn decide(table: &Table, claim: &Claim) -> (Decision, Writes) {
             memory: a.memory.saturating_sub(h.memory),
         };
         let mut after = table.holds.iter().filter(|h| stopping(h)).fold(held, minus);
-        let rank = |run: &str| {
-            table
-                .runs
-                .iter()
-                .find(|r| r.run_id == run)
-                .map_or(i64::MIN, |r| r.priority)
-        };
-        let mut candidates: Vec<_> = table
-            .holds
+        let mut candidates: Vec<_> = others
             .iter()
-            .filter(|h| other(&h.run_id) && h.interruptible && !stopping(h) && rank(&h.run_id) < claim.priority.rank())
+            .copied()
+            .filter(|h| preemptible(h) && !stopping(h))
             .collect();
         // Lowest priority first, then the most recently started.
         candidates.sort_by_key(|h| (rank(&h.run_id), std::cmp::Reverse(h.since_ms)));
@@ -268,7 +274,11 @@ pub fn decide(table: &Table, claim: &Claim) -> (Decision, Writes) {
             after = minus(after, h);
             victims.push(h);
         }
-        if !victims.is_empty() && fits(after) {
+        if victims.is_empty() && !table.requests.iter().any(|r| r.by == claim.run) {
+            reason.push_str("; nothing to preempt: no interruptible job of a lower-priority run");
+        } else if !fits(after) {
+            reason.push_str("; preempting every interruptible job of lower runs would not make room");
+        } else if !victims.is_empty() {
             let names: Vec<String> = victims
                 .iter()
                 .map(|h| format!("`{}` of run {}", h.job, h.run_id))
@@ -284,6 +294,8 @@ pub fn decide(table: &Table, claim: &Claim) -> (Decision, Writes) {
                     by: claim.run.to_string(),
                 })
                 .collect();
+        } else {
+            reason.push_str("; waiting for the jobs it preempted to stop");
         }
     }
     wait(reason, writes)
@@ -361,7 +373,7 @@ mod tests {
         assert_eq!(
             d,
             Decision::Wait {
-                reason: "waiting for memory: needs 1.0 GiB, 0.0 MiB of 8.0 GiB free on this machine (1 other run holds the rest)"
+                reason: "waiting for memory: needs 1.0 GiB, 0.0 MiB of 8.0 GiB free on this machine, held by `build` of run a"
                     .into()
             }
         );
@@ -458,8 +470,13 @@ mod tests {
             requests: vec![],
         };
         let mut c = claim("high", Priority::High, 1, 3);
-        // Without --preempt it only waits.
-        assert!(decide(&t, &c).1.requests.is_empty());
+        // Without --preempt it only waits, and says what --preempt would do.
+        let (d, w) = decide(&t, &c);
+        assert!(w.requests.is_empty());
+        assert!(
+            matches!(&d, Decision::Wait { reason } if reason.ends_with("; --preempt would stop interruptible jobs of lower-priority runs")),
+            "{d:?}"
+        );
         c.preempt = true;
         let (d, w) = decide(&t, &c);
         let asked: Vec<(&str, &str)> = w.requests.iter().map(|r| (r.run_id.as_str(), r.job.as_str())).collect();
@@ -486,7 +503,33 @@ mod tests {
             preempt: true,
             ..claim("high", Priority::High, 1, 7)
         };
-        assert!(decide(&t, &c).1.requests.is_empty());
+        let (d, w) = decide(&t, &c);
+        assert!(w.requests.is_empty());
+        assert_eq!(
+            d,
+            Decision::Wait {
+                reason: "waiting for memory: needs 7.0 GiB, 0.0 MiB of 8.0 GiB free on this machine, held by `a` of run low and `b` of run low; preempting every interruptible job of lower runs would not make room".into()
+            }
+        );
+        // None that may be stopped: said so.
+        let pinned = Table {
+            holds: vec![hold("low", "b", 1, 8, 11, false)],
+            ..t
+        };
+        let (d, _) = decide(
+            &pinned,
+            &Claim {
+                need: Need {
+                    cpu_milli: 1000,
+                    memory: GIB,
+                },
+                ..c
+            },
+        );
+        assert!(
+            matches!(&d, Decision::Wait { reason } if reason.ends_with("; nothing to preempt: no interruptible job of a lower-priority run")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -1444,6 +1444,7 @@ impl RunState {
             rec.ended_ms = Some(ms(now));
             rec.exit_code = outcome.exit_code;
             rec.failure_class = Some(FailureClass::Cancelled);
+            rec.preempted_by = Some(by.clone());
         }
         st.kill_reason = None;
         st.round_attempts = st.round_attempts.saturating_sub(1);
@@ -1512,6 +1513,7 @@ impl RunState {
                 failure_class: None,
                 retry_delay_ms: None,
                 diagnosis: None,
+                preempted_by: None,
             });
         }
         let attempt = self.jobs[j].attempt;

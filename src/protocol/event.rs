@@ -274,6 +274,10 @@ pub struct AttemptRecord {
     /// Why it failed, when the knowledge base could tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Box<Diagnosis>>,
+    /// Stopped because this run, of a higher priority, needed the machine
+    /// (`--preempt`): not a failure; the job ran again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

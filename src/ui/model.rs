@@ -22,6 +22,8 @@ pub struct AttemptView {
     pub exit_code: Option<i32>,
     pub failure_class: Option<FailureClass>,
     pub retry_delay_ms: Option<u64>,
+    /// The higher-priority run that stopped it (`--preempt`).
+    pub preempted_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +329,7 @@ impl Model {
                         exit_code: None,
                         failure_class: None,
                         retry_delay_ms: None,
+                        preempted_by: None,
                     });
                 });
             }
@@ -441,6 +444,7 @@ impl Model {
                 if let Some(a) = j.attempts.last_mut().filter(|a| a.ended_ts.is_none()) {
                     a.ended_ts = Some(ev.ts);
                     a.failure_class = Some(FailureClass::Cancelled);
+                    a.preempted_by = Some(by.clone());
                 }
             }),
             EventKind::Parallelism { limit, admit, .. } => {
@@ -864,6 +868,35 @@ mod tests {
             },
         ));
         m
+    }
+
+    #[test]
+    fn a_preempted_attempt_says_by_whom_and_its_job_waits_again() {
+        let mut m = model();
+        m.apply(&ev(
+            1_100,
+            EventKind::JobStarted {
+                job: "build".into(),
+                attempt: 1,
+            },
+        ));
+        m.apply(&ev(2_000, EventKind::JobQueued { job: "build".into() }));
+        m.apply(&ev(
+            2_000,
+            EventKind::JobPreempted {
+                job: "build".into(),
+                attempt: 1,
+                by: "r9".into(),
+            },
+        ));
+        let build = &m.jobs[m.job("build").expect("build")];
+        assert_eq!(build.status, JobStatus::Ready);
+        assert_eq!(build.attempts[0].preempted_by.as_deref(), Some("r9"));
+        assert_eq!(build.attempts[0].ended_ts, Some(2_000));
+        assert_eq!(
+            build.waiting.as_deref(),
+            Some("preempted by run r9 (higher priority); queued again")
+        );
     }
 
     #[test]

@@ -850,6 +850,12 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
         let mut s = format!("#{} ", a.number);
         match (a.ended_ts, a.exit_code, a.failure_class) {
             (None, _, _) => s.push_str("running"),
+            (Some(_), _, _) if a.preempted_by.is_some() => {
+                s.push_str(&format!(
+                    "preempted by run {}",
+                    a.preempted_by.as_deref().unwrap_or_default()
+                ));
+            }
             (Some(_), _, Some(c)) => s.push_str(&format!(
                 "{c}{}",
                 a.exit_code.map(|e| format!(" exit {e}")).unwrap_or_default()

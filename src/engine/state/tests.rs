@@ -1556,6 +1556,7 @@ fn a_preempted_attempt_is_queued_again_without_counting_as_a_failure_or_a_retry(
     let test = &s.jobs[0];
     assert_eq!(test.attempts.len(), 2);
     assert_eq!(test.attempts[0].failure_class, Some(FailureClass::Cancelled));
+    assert_eq!(test.attempts[0].preempted_by.as_deref(), Some("r2"));
     assert_eq!(test.verdict, Verdict::Pass, "a preemption is not a flake");
 }
 
