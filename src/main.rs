@@ -1294,6 +1294,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 Some(Jobs::Fixed(j)) => cfg.max_parallel = usize::try_from(j).unwrap_or(usize::MAX),
                 None | Some(Jobs::Auto) => cfg.auto_parallel = true,
             }
+            if preempt && priority == trackside::engine::sharing::Priority::Low {
+                eprintln!(
+                    "trackside: --preempt with --priority low stops nothing (no run has a lower priority); give --priority normal or high"
+                );
+            }
             cfg.sharing = Some(trackside::engine::sharing::Sharing { priority, preempt });
             cfg.fail_fast = fail_fast;
             cfg.cli_vars = opts.cli_vars.clone();

@@ -2271,4 +2271,16 @@ fn an_open_circuit_breaker_is_in_the_header_and_b_closes_the_one_holding_the_job
         app.handle_key(KeyEvent::new(KeyCode::Char('B'), KeyModifiers::NONE)),
         vec![Command::CloseBreaker("api.internal:8080".into())]
     );
+    // Its cool-down over, a probe goes: the header says half-open.
+    app.apply(&ev(
+        1_500,
+        EventKind::Breaker {
+            dependency: "api.internal:8080".into(),
+            phase: trackside::protocol::event::BreakerPhase::HalfOpen,
+            reason: "cool-down over: one job goes through as a probe".into(),
+            probe_in_ms: None,
+        },
+    ));
+    let header = drawn(&mut app, 80, 24)[0].clone();
+    assert!(header.contains("CIRCUIT HALF-OPEN: api.internal:8080"), "{header}");
 }

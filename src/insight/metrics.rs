@@ -150,6 +150,12 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
     let mut failures: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
     let mut retries: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut durations: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    // An attempt after a preempted one is the job run again, not a retry.
+    let preempted: std::collections::HashSet<(&str, &str, u32)> = rows
+        .iter()
+        .filter(|r| r.outcome == "preempted")
+        .map(|r| (r.run_id.as_str(), r.job.as_str(), r.attempt))
+        .collect();
     let mut cache_hits: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for r in rows {
         let key = (r.pipeline.as_str(), r.job.as_str());
@@ -163,7 +169,7 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
             let class = r.failure_class.clone().unwrap_or_else(|| "script".into());
             *failures.entry((key.0, key.1, class)).or_insert(0) += 1;
         }
-        if r.attempt > 1 {
+        if r.attempt > 1 && !preempted.contains(&(r.run_id.as_str(), r.job.as_str(), r.attempt - 1)) {
             *retries.entry(key).or_insert(0) += 1;
         }
         durations.entry(key).or_default().push(r.duration_ms as f64 / 1000.0);
@@ -337,6 +343,24 @@ mod tests {
             failure_line: None,
             allowed: false,
         }
+    }
+
+    #[test]
+    fn an_attempt_after_a_preemption_is_not_a_retry() {
+        let rows = [
+            row("r1", "suite", 1, "preempted", 0, 1_000),
+            row("r1", "suite", 2, "failed", 2_000, 1_000),
+            row("r1", "suite", 3, "passed", 4_000, 1_000),
+        ];
+        let text = prometheus(&rows, &[]);
+        assert!(
+            text.contains(r#"trackside_job_retries_total{pipeline="/p/ci.yml",job="suite"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"trackside_job_attempts_total{pipeline="/p/ci.yml",job="suite",outcome="preempted"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

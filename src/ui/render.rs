@@ -239,7 +239,12 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             1 => String::new(),
             n => format!(" +{}", n - 1),
         };
-        spans.push(Span::styled(format!("CIRCUIT OPEN: {first}{more}"), t.error()));
+        // Half-open: a probe is letting one job through.
+        let word = match m.breakers.get(first).map(|b| b.phase) {
+            Some(crate::protocol::event::BreakerPhase::HalfOpen) => "CIRCUIT HALF-OPEN",
+            _ => "CIRCUIT OPEN",
+        };
+        spans.push(Span::styled(format!("{word}: {first}{more}"), t.error()));
     }
     // Running jobs and the memory they hold of the budget (while the run
     // goes on): before the counts on a narrow screen, so 80 columns keep
