@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::cli::{Env, Live};
 use serde_json::Value;
@@ -33,9 +33,10 @@ fn job(name: &str, extra: &str, log: &Path, gate: Option<&Path>) -> String {
     )
 }
 
-#[test]
-fn a_resource_group_holds_across_runs_on_the_machine() {
-    let env = Env::new();
+/// Two pipelines whose jobs share `resource_group: production`: `deploy`
+/// (waiting for the gate file) and `rollout`. Returns the log, the gate
+/// and the two files.
+fn two_deploys(env: &Env) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let log = env.dir.path().join("log");
     let gate = env.dir.path().join("gate");
     let first = env.file(
@@ -52,6 +53,13 @@ fn a_resource_group_holds_across_runs_on_the_machine() {
             job("rollout", "    resource_group: production\n", &log, None)
         ),
     );
+    (log, gate, first, second)
+}
+
+#[test]
+fn a_resource_group_holds_across_runs_on_the_machine() {
+    let env = Env::new();
+    let (log, gate, first, second) = two_deploys(&env);
     let mut a = start(&env, &first, &[]);
     let a_id = a.run_id();
     a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
@@ -143,22 +151,7 @@ fn a_high_priority_run_preempts_an_interruptible_job_which_runs_again_later() {
 #[test]
 fn a_killed_runs_hold_is_reclaimed_by_the_next_run() {
     let env = Env::new();
-    let log = env.dir.path().join("log");
-    let gate = env.dir.path().join("gate");
-    let first = env.file(
-        "first.yml",
-        format!(
-            "name: first\njobs:\n{}",
-            job("deploy", "    resource_group: production\n", &log, Some(&gate))
-        ),
-    );
-    let second = env.file(
-        "second.yml",
-        format!(
-            "name: second\njobs:\n{}",
-            job("rollout", "    resource_group: production\n", &log, None)
-        ),
-    );
+    let (_, gate, first, second) = two_deploys(&env);
     let mut a = start(&env, &first, &[]);
     a.wait_for("deploy's start", |e| job_is(e, "job_started", "deploy"));
     // kill -9: no clean-up, its row and its hold stay in the table.

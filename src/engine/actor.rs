@@ -960,7 +960,6 @@ struct Auto {
 /// batch.
 struct PendingClaim {
     job: JobId,
-    need: super::admission::Need,
     cancels_group: bool,
     hold: crate::store::slots::HoldRow,
 }
@@ -1829,7 +1828,6 @@ impl Actor {
                     cancels_group,
                 } => claims.push(PendingClaim {
                     job,
-                    need,
                     cancels_group,
                     hold: crate::store::slots::HoldRow {
                         run_id: self.ctx.run_id.clone(),
@@ -1919,7 +1917,10 @@ impl Actor {
                 run,
                 priority: sharing.priority,
                 preempt: sharing.preempt,
-                need: c.need,
+                need: super::admission::Need {
+                    cpu_milli: hold.cpu_milli,
+                    memory: hold.memory,
+                },
                 group: hold.group.as_deref(),
                 cancels_group: c.cancels_group,
                 now_ms,
