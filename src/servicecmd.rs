@@ -93,7 +93,11 @@ fn describe(s: &LiveState, running: bool) -> String {
             (Some(p), None) => p.name().to_string(),
             (None, None) => "not routed".into(),
         };
-        let state = if up(r) { format!("pid {}", r.pid) } else { "down".into() };
+        let state = match (up(r), &r.container_id) {
+            (false, _) => "down".to_string(),
+            (true, Some(id)) => format!("container {}", trackside::exec::docker::service::short(id)),
+            (true, None) => format!("pid {}", r.pid),
+        };
         out.push_str(&format!(
             "  {:<16} 127.0.0.1:{:<5}  {:<12} {state}{}\n",
             r.spec.name,

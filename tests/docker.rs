@@ -1012,7 +1012,9 @@ async fn a_tag_moved_to_another_image_misses_the_cache() {
 }
 
 /// An image serving `/healthz` and `/` (naming its version) with busybox
-/// httpd on `$PORT`.
+/// httpd on `$PORT`, which stops at once on SIGTERM as a real service
+/// would (a process 1 without a handler ignores it, and each stop would
+/// take the whole grace period).
 async fn web_image(d: &DockerExecutor, version: &str) -> String {
     let tag = format!("trackside-test-web:{version}");
     common::image::busybox_image_with(
@@ -1020,7 +1022,7 @@ async fn web_image(d: &DockerExecutor, version: &str) -> String {
         &tag,
         &format!(
             "RUN mkdir -p /www && echo ok > /www/healthz && echo {version} > /www/index.html\n\
-             ENTRYPOINT [\"sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n"
+             ENTRYPOINT [\"sh\", \"-c\", \"echo {version} up; trap 'exit 0' TERM; httpd -f -p $PORT -h /www & wait\"]\n"
         ),
     )
     .await;
@@ -1033,7 +1035,7 @@ async fn a_container_target_is_deployed_as_a_canary_and_its_replicas_removed_aft
     let state = tempfile::tempdir().expect("tempdir");
     let yaml = |version: &str, image: &str| {
         format!(
-            "name: boxed\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {version}\n      image: {image}\n      port: 8080\n      replicas: 2\n      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}\n      traffic: {{rps: 50}}\n      abort_delay: 0\n      strategy: {{canary: {{steps: [{{set_weight: 50}}, {{pause: {{duration: 1}}}}]}}}}\n"
+            "name: boxed\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {version}\n      image: {image}\n      port: 8080\n      replicas: 2\n      keep_serving: false\n      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}\n      traffic: {{rps: 50}}\n      abort_delay: 0\n      strategy: {{canary: {{steps: [{{set_weight: 50}}, {{pause: {{duration: 1}}}}]}}}}\n"
         )
     };
     let (v1, v2) = (web_image(&d, "v1").await, web_image(&d, "v2").await);
@@ -1067,6 +1069,220 @@ async fn a_container_target_is_deployed_as_a_canary_and_its_replicas_removed_aft
         .await
         .expect("list");
     assert!(left.is_empty(), "every replica container is removed: {left:?}");
+}
+
+/// The containers of the live service `web` of `state` (of `revision`,
+/// when given).
+async fn live_containers(
+    d: &DockerExecutor,
+    state: &std::path::Path,
+    revision: Option<&str>,
+) -> Vec<bollard::models::ContainerSummary> {
+    use trackside::exec::docker::service::{LABEL_REVISION, LABEL_SERVICE};
+    let mut labels = vec![format!("{LABEL_SERVICE}={}:web", state.display())];
+    labels.extend(revision.map(|r| format!("{LABEL_REVISION}={r}")));
+    d.client()
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), labels)])),
+            ..Default::default()
+        }))
+        .await
+        .expect("list")
+}
+
+/// `GET /` through a router, HTTP/1.0: the body, trimmed, if 200.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.trim().to_string())
+}
+
+/// Stops the live service `web` of a test's state directory, even when the
+/// test failed: its containers would otherwise outlive the test.
+struct StopService(std::path::PathBuf);
+
+impl Drop for StopService {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .arg("--state-dir")
+            .arg(&self.0)
+            .args(["service", "web", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_container_service_keeps_serving_is_adopted_restarted_and_rolled_back() {
+    use trackside::deploy::service;
+    let Some(d) = docker().await else { return };
+    let state = tempfile::tempdir().expect("tempdir");
+    let s = state.path();
+    let _stop = StopService(s.to_path_buf());
+    let yaml = |version: &str, image: &str| {
+        format!(
+            "name: live\njobs:\n  web:\n    deploy:\n      service: web\n      listen: 127.0.0.1:0\n      version: {version}\n      image: {image}\n      port: 8080\n      replicas: 2\n      scale_down_delay: 1\n      health: {{http: /healthz, interval: 0.1, success_threshold: 2}}\n      traffic: {{rps: 20}}\n      abort_delay: 0\n      strategy: {{canary: {{steps: [{{set_weight: 50}}, {{pause: {{duration: 1}}}}]}}}}\n"
+        )
+    };
+    let (v1, v2) = (web_image(&d, "v1").await, web_image(&d, "v2").await);
+
+    // The first deploy: v1 keeps serving after the run, from its containers.
+    let (first, r) = common::deploy::deploy(s, &yaml("v1", &v1)).await;
+    assert_eq!(first.result, RunResult::Passed, "{:?}", r.lines("web"));
+    let listen = service::saved(s, "web").expect("a live service").listen;
+    assert_eq!(http_get(&listen).as_deref(), Some("v1"));
+    let v1s = live_containers(&d, s, Some("v1")).await;
+    assert_eq!(v1s.len(), 2, "{v1s:?}");
+    // Their output goes to the service's replica logs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+            .arg("--state-dir")
+            .arg(s)
+            .args(["service", "web", "logs"])
+            .output()
+            .expect("logs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.matches("v1 up").count() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "each replica's output in its log: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v1_ids: Vec<String> = v1s.iter().filter_map(|c| c.id.clone()).collect();
+    for id in &v1_ids {
+        let policy = d
+            .client()
+            .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .expect("inspect")
+            .host_config
+            .and_then(|h| h.restart_policy)
+            .and_then(|p| p.name);
+        assert_eq!(policy, Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED));
+    }
+
+    // From here to the end a client keeps asking through the router: no
+    // request may fail through the promotion, a replica's death and the
+    // rollback.
+    let (stop_load, sent, failed) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::<String>::new())),
+    );
+    let load = std::thread::spawn({
+        let (stop_load, sent, failed, listen) = (stop_load.clone(), sent.clone(), failed.clone(), listen.clone());
+        move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !stop_load.load(Relaxed) {
+                let n = sent.fetch_add(1, Relaxed);
+                match http_get(&listen) {
+                    Some(v) if v == "v1" || v == "v2" => {}
+                    other => failed.lock().expect("lock").push(format!("request {n}: {other:?}")),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    });
+
+    // v2 as a canary next to the running v1: adopted, no second v1 started.
+    let (sum, r) = common::deploy::deploy(s, &yaml("v2", &v2)).await;
+    let lines = r.lines("web");
+    assert_eq!(sum.result, RunResult::Passed, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("adopting the 2 running replica(s) of v1 (no copy started)")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("started canary v2#1.") && l.contains(&format!("as a container of {v2}"))),
+        "{lines:?}"
+    );
+    let v1_now = live_containers(&d, s, Some("v1")).await;
+    assert!(
+        v1_now
+            .iter()
+            .all(|c| c.id.as_ref().is_some_and(|id| v1_ids.contains(id))),
+        "only the adopted v1 containers: {v1_now:?}"
+    );
+    assert_eq!(http_get(&listen).as_deref(), Some("v2"));
+    // The replaced revision's containers go after the scale-down delay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !live_containers(&d, s, Some("v1")).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "v1's containers were not removed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(live_containers(&d, s, Some("v2")).await.len(), 2);
+
+    // A replica killed: it runs again (the daemon's restart policy, or the
+    // service process), and the service goes on serving.
+    let victim = service::saved(s, "web").expect("state").replicas[0].clone();
+    let id = victim.container_id.clone().expect("a container replica");
+    d.client()
+        .kill_container(
+            &id,
+            Some(bollard::query_parameters::KillContainerOptions {
+                signal: "SIGKILL".into(),
+            }),
+        )
+        .await
+        .expect("kill");
+    common::deploy::until("the killed replica running again", || {
+        service::saved(s, "web").is_some_and(|st| {
+            st.replicas
+                .iter()
+                .any(|r| r.spec.name == victim.spec.name && r.restarts >= 1 && r.is_up())
+        })
+    })
+    .await;
+    assert_eq!(http_get(&listen).as_deref(), Some("v2"));
+
+    // Rollback: v1's containers are gone, so it is started, checked, switched to.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(s)
+        .args(["rollback", "web"])
+        .output()
+        .expect("rollback");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("started 2 replica(s) of it, healthy, then switched"),
+        "{said}"
+    );
+    assert_eq!(http_get(&listen).as_deref(), Some("v1"));
+    assert_eq!(live_containers(&d, s, Some("v1")).await.len(), 2);
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load");
+    let failed = failed.lock().expect("lock").clone();
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent > 100, "the load ran: {sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+
+    // Stopped: nothing of the service is left running.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(s)
+        .args(["service", "web", "stop"])
+        .output()
+        .expect("stop");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(live_containers(&d, s, None).await.is_empty());
 }
 
 #[tokio::test]

@@ -148,29 +148,46 @@ impl Launcher {
     /// Starts replica number `i` (from 1) of `rev` in `pool`.
     pub async fn start(&self, rev: &Revision, pool: Pool, i: u32) -> Result<Replica, String> {
         let name = format!("{} {}#{i}", pool.name(), rev.version);
-        if let (Some((client, health)), Target::Process { run }) = (&self.live, rev.target()) {
+        if let Some((client, health)) = &self.live {
             let port = free_port()?;
             // Unique within the service: the same version may be retiring.
             let id = format!("{}#{i}.{:04x}", rev.version, fastrand::u16(..));
-            let cmd = run.replace("${PORT}", &port.to_string());
+            let (run, template, container, what) = match rev.target() {
+                Target::Process { run } => {
+                    let cmd = run.replace("${PORT}", &port.to_string());
+                    (cmd.clone(), run, None, format!("on port {port}: {cmd}"))
+                }
+                Target::Container { image, port: inner } => {
+                    let what = format!(
+                        "as a container of {image} (port {inner} published on 127.0.0.1:{port}, restart policy unless-stopped)"
+                    );
+                    let c = super::service::ContainerSpec { image, port: inner };
+                    (String::new(), String::new(), Some(c), what)
+                }
+            };
             let spec = super::service::ReplicaSpec {
                 name: id.clone(),
                 version: rev.version.clone(),
-                run: cmd.clone(),
-                template: run.clone(),
+                run,
+                template,
                 port,
                 env: self.env.clone(),
                 workdir: self.workdir.clone(),
                 health: Some(health.clone()),
+                container,
             };
-            client.call(&super::service::Request::Start { replica: spec }).await?;
+            client
+                .call(&super::service::Request::Start {
+                    replica: Box::new(spec),
+                })
+                .await?;
             let log = super::service::paths(&self.state_dir, &self.service)
                 .logs
                 .join(format!("{}.log", safe_name(&id)));
             let _ = self
                 .log
                 .send(format!(
-                    "started {} {id} on port {port}: {cmd} (kept by the service process; output in {})",
+                    "started {} {id} {what} (kept by the service process; output in {})",
                     pool.name(),
                     log.display()
                 ))

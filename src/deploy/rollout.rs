@@ -7,13 +7,13 @@
 //! [`super::replica`]) behind the router (the built-in proxy or HAProxy,
 //! see [`super::traffic`]) on `listen`.
 //!
-//! A service with the built-in router and process replicas keeps serving
+//! A service with the built-in router keeps serving
 //! (`keep_serving`, the default): its router and replicas live in its
 //! service process ([`super::service`]), the rollout adopts the stable
 //! replicas running there instead of starting copies, and when it ends the
 //! winner serves at 100% while the loser is stopped after its delay
 //! (`scale_down_delay`, `abort_delay`) by the service process. Otherwise
-//! (`keep_serving: false`, HAProxy, containers) the deploy is a rehearsal:
+//! (`keep_serving: false`, HAProxy) the deploy is a rehearsal:
 //! the replicas live as long as the deploy job, and what is remembered is
 //! which revision is stable now.
 
@@ -351,20 +351,18 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     );
     let prev = load_revision(&io.state_dir, &spec.service);
     let new = Revision::new(&spec.version, &spec.target, spec.replicas);
-    let live = spec.keep_serving
-        && matches!(spec.router, RouterSpec::Builtin)
-        && matches!(spec.target, Target::Process { .. });
+    let live = spec.keep_serving && matches!(spec.router, RouterSpec::Builtin);
     if !live && service::running(&io.state_dir, &spec.service) {
         return Err(format!(
             "service `{}` is live (its service process serves it): a rehearsal would change the revision it remembers \
-             without serving it; deploy it live (the built-in router, `run:` replicas, keep_serving), or stop it first \
+             without serving it; deploy it live (the built-in router, keep_serving), or stop it first \
              (`trackside service {} stop`)",
             spec.service, spec.service
         ));
     }
     if spec.keep_serving && !live {
         io.say(
-            "this service is behind HAProxy or runs in containers: it does not keep serving after the deploy yet, \
+            "this service is behind HAProxy: it does not keep serving after the deploy yet, \
              so this deploy stops what it starts when it ends (`keep_serving: false` says so and silences this)",
         )
         .await;

@@ -40,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::revision::{safe_name, services_dir};
 use super::router::{Pool, Router};
+use crate::exec::docker::DockerExecutor;
+use crate::exec::docker::service::{LiveContainer, short};
 
 /// The longest request line read.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -98,6 +100,18 @@ pub struct ReplicaSpec {
     /// again the same way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::pipeline::model::HealthCheck>,
+    /// A container replica (`run` is empty): its image, published on
+    /// `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// What a container replica runs: the image and the port it serves on
+/// inside (its `PORT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub port: u16,
 }
 
 /// A replica the service process looks after.
@@ -105,7 +119,8 @@ pub struct ReplicaSpec {
 pub struct LiveReplica {
     #[serde(flatten)]
     pub spec: ReplicaSpec,
-    /// Its session leader (and process group): 0 while it is down.
+    /// Its session leader (and process group), or a container's main
+    /// process: 0 while it is down.
     pub pid: u32,
     /// The pid's start time (`/proc/PID/stat`), so a reused pid is never
     /// mistaken for it.
@@ -118,6 +133,9 @@ pub struct LiveReplica {
     pub retire_at_ms: Option<u64>,
     #[serde(default)]
     pub restarts: u32,
+    /// A container replica's container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 impl LiveReplica {
@@ -175,7 +193,7 @@ pub enum Request {
     Status,
     /// Start a replica (not routed yet); the reply's state has its pid.
     Start {
-        replica: ReplicaSpec,
+        replica: Box<ReplicaSpec>,
     },
     /// Make the replicas at `addrs` the ones serving `pool` (the others of
     /// the pool serve no more, and are not stopped).
@@ -293,6 +311,16 @@ struct Daemon {
     stop: CancellationToken,
     /// Replicas being stopped in the background (waited for at the end).
     stopping: tokio_util::task::TaskTracker,
+    /// The Docker daemon, once a container replica needed it.
+    docker: tokio::sync::OnceCell<DockerExecutor>,
+}
+
+/// A replica started (or found running again).
+struct Launched {
+    child: Option<tokio::process::Child>,
+    pid: u32,
+    start: u64,
+    container_id: Option<String>,
 }
 
 /// Runs the service process of `service` until it is told to stop or its
@@ -343,10 +371,14 @@ pub async fn serve(
         samples,
         stop: stop.clone(),
         stopping: tokio_util::task::TaskTracker::new(),
+        docker: tokio::sync::OnceCell::new(),
     };
     // Adopt what an earlier service process left running.
     for r in &d.state.replicas {
         let alive = r.is_up();
+        if alive && let Some(id) = &r.container_id {
+            d.follow(id, &r.spec.name, true).await;
+        }
         d.running.insert(
             r.spec.name.clone(),
             Running {
@@ -366,6 +398,9 @@ pub async fn serve(
     ready(addr);
     let d = Arc::new(Mutex::new(d));
     let accept = tokio::spawn(accept(socket, d.clone(), stop.clone()));
+    // Containers of this service that `service.json` does not name (a
+    // service process that died between creating one and saving it).
+    let _ = tokio::time::timeout(Duration::from_secs(10), async { d.lock().await.sweep_unknown().await }).await;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -422,20 +457,26 @@ impl Daemon {
                 if self.state.replicas.iter().any(|r| r.spec.name == replica.name) {
                     return Reply::refused(format!("a replica `{}` is already there", replica.name));
                 }
-                match self.spawn(&replica) {
-                    Ok((child, pid, start)) => {
+                match self.launch(&replica).await {
+                    Ok(Launched {
+                        child,
+                        pid,
+                        start,
+                        container_id,
+                    }) => {
                         self.state.replicas.push(LiveReplica {
-                            spec: replica.clone(),
+                            spec: (*replica).clone(),
                             pid,
                             start,
                             pool: None,
                             retire_at_ms: None,
                             restarts: 0,
+                            container_id,
                         });
                         self.running.insert(
                             replica.name.clone(),
                             Running {
-                                child: Some(child),
+                                child,
                                 // Its deploy checks its health before routing it.
                                 ready: true,
                                 down_since: None,
@@ -533,8 +574,153 @@ impl Daemon {
         }
     }
 
-    /// Starts one replica in a session of its own, its output appended to
-    /// its log.
+    async fn docker(&self) -> Result<&DockerExecutor, String> {
+        self.docker
+            .get_or_try_init(|| async { DockerExecutor::connect().await.map_err(|e| e.to_string()) })
+            .await
+    }
+
+    /// `<state directory>:<service>`, the label on its containers.
+    fn container_label(&self) -> String {
+        let state = self
+            .paths
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&self.paths.dir);
+        format!("{}:{}", state.display(), self.state.service)
+    }
+
+    /// Starts one replica: a process in a session of its own, or a
+    /// container with the restart policy `unless-stopped`; its output is
+    /// appended to its log.
+    async fn launch(&self, spec: &ReplicaSpec) -> Result<Launched, String> {
+        let Some(c) = &spec.container else {
+            let (child, pid, start) = self.spawn(spec)?;
+            return Ok(Launched {
+                child: Some(child),
+                pid,
+                start,
+                container_id: None,
+            });
+        };
+        let d = self.docker().await?;
+        let name = format!(
+            "trackside-{}-{}-{:08x}",
+            safe_name(&self.state.service),
+            safe_name(&spec.name).replace('#', "-"),
+            fastrand::u32(..)
+        );
+        let id = d
+            .start_live(&LiveContainer {
+                name: &name,
+                image: &c.image,
+                port: c.port,
+                host_port: spec.port,
+                env: &spec.env,
+                service: &self.container_label(),
+                revision: &spec.version,
+                replica: &spec.name,
+            })
+            .await?;
+        let launched = self.found_running(&id).await;
+        self.follow(&id, &spec.name, false).await;
+        launched
+    }
+
+    /// A running container replica as a launch: its main process and
+    /// that process's start time.
+    async fn found_running(&self, id: &str) -> Result<Launched, String> {
+        let d = self.docker().await?;
+        let pid = match d.running(id).await? {
+            Some(s) if s.running && s.pid != 0 => s.pid,
+            _ => return Err(format!("container {} is not running", short(id))),
+        };
+        let start = crate::process::start_time(pid).ok_or_else(|| {
+            format!(
+                "the process of container {} is not visible here: a live service's containers need the Docker daemon of this machine",
+                short(id)
+            )
+        })?;
+        Ok(Launched {
+            child: None,
+            pid,
+            start,
+            container_id: Some(id.to_string()),
+        })
+    }
+
+    /// A container replica found dead: running again (the daemon's restart
+    /// policy may have done it), started again (stopped by hand), or, when
+    /// its container is gone, made anew.
+    async fn revive(&self, r: &LiveReplica) -> Result<Launched, String> {
+        if let Some(id) = &r.container_id {
+            let d = self.docker().await?;
+            match d.running(id).await? {
+                Some(s) if s.running => {}
+                Some(s) if s.restarting => return Err("the Docker daemon is starting it again".into()),
+                Some(_) => d.start_existing(id).await?,
+                None => return self.launch(&r.spec).await,
+            }
+            let launched = self.found_running(id).await?;
+            self.follow(id, &r.spec.name, true).await;
+            return Ok(launched);
+        }
+        self.launch(&r.spec).await
+    }
+
+    /// Appends a container's output to its replica's log until it stops:
+    /// from now (`from_now`: one adopted or started again) or from its start.
+    async fn follow(&self, id: &str, name: &str, from_now: bool) {
+        let Ok(d) = self.docker().await else { return };
+        let path = self.paths.logs.join(format!("{}.log", safe_name(name)));
+        let Ok(file) = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+        else {
+            return;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::exec::OutputLine>(256);
+        let since = if from_now {
+            i32::try_from(crate::store::now_ms() / 1000).unwrap_or(0)
+        } else {
+            0
+        };
+        d.follow(id, since, tx);
+        tokio::spawn(async move {
+            let mut file = file;
+            while let Some(line) = rx.recv().await {
+                let end = if line.partial { "" } else { "\n" };
+                if file.write_all(format!("{}{end}", line.text).as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Removes this service's containers that `service.json` does not name.
+    async fn sweep_unknown(&self) {
+        let Ok(d) = self.docker().await else { return };
+        for (id, name) in d.live_replicas(&self.container_label()).await {
+            let known = self
+                .state
+                .replicas
+                .iter()
+                .any(|r| r.container_id.as_deref() == Some(id.as_str()));
+            if !known {
+                tracing::warn!(
+                    "removing container {} ({name}): not a replica of this service",
+                    short(&id)
+                );
+                d.stop_replica(&id, STOP_GRACE).await;
+            }
+        }
+    }
+
+    /// Starts one process replica in a session of its own, its output
+    /// appended to its log.
     fn spawn(&self, spec: &ReplicaSpec) -> Result<(tokio::process::Child, u32, u64), String> {
         let log_path = self.paths.logs.join(format!("{}.log", safe_name(&spec.name)));
         let log = std::fs::OpenOptions::new()
@@ -600,7 +786,9 @@ impl Daemon {
             }
             if run.down_since.is_none() {
                 // What its session left (a child holding the port) goes with it.
-                kill_session(r.pid);
+                if r.container_id.is_none() {
+                    kill_session(r.pid);
+                }
                 run.down_since = Some(now);
                 run.deaths.retain(|t| now.duration_since(*t) < DEATH_WINDOW);
                 run.deaths.push(now);
@@ -630,10 +818,15 @@ impl Daemon {
                 continue;
             }
             if run.next_try.is_some_and(|t| now >= t) {
-                match self.spawn(&r.spec) {
-                    Ok((child, pid, start)) => {
+                match self.revive(&r).await {
+                    Ok(Launched {
+                        child,
+                        pid,
+                        start,
+                        container_id,
+                    }) => {
                         if let Some(run) = self.running.get_mut(&name) {
-                            run.child = Some(child);
+                            run.child = child;
                             run.down_since = None;
                             run.next_try = None;
                         }
@@ -641,6 +834,7 @@ impl Daemon {
                             x.pid = pid;
                             x.start = start;
                             x.restarts += 1;
+                            x.container_id = container_id;
                         }
                         tracing::warn!("replica {name} of {} started again (pid {pid})", self.state.service);
                     }
@@ -738,10 +932,19 @@ fn kill_session(sid: u32) {
     }
 }
 
-/// SIGTERM to the replica's process group, `STOP_GRACE` to exit, then
+/// A container replica: stopped and removed by the daemon. A process:
+/// SIGTERM to its process group, `STOP_GRACE` to exit, then
 /// SIGKILL to whatever is left of its session.
 async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) {
     use nix::sys::signal::{Signal, killpg};
+    if let Some(id) = &r.container_id {
+        // The daemon stops it (SIGTERM, then SIGKILL) and it is removed.
+        match DockerExecutor::connect().await {
+            Ok(d) => d.stop_replica(id, STOP_GRACE).await,
+            Err(e) => tracing::warn!("cannot stop container {} of {}: {e}", short(id), r.spec.name),
+        }
+        return;
+    }
     if r.pid == 0 {
         return;
     }
@@ -1052,11 +1255,11 @@ async fn switch_to(
         .map(|r| r.spec.name.clone())
         .collect();
     let (addrs, how) = if up.is_empty() {
-        let crate::pipeline::model::Target::Process { run } = to.target() else {
-            return Err(format!(
-                "{} runs in containers: a live service starts only process replicas yet",
-                to.version
-            ));
+        let (run, container) = match to.target() {
+            crate::pipeline::model::Target::Process { run } => (run, None),
+            crate::pipeline::model::Target::Container { image, port } => {
+                (String::new(), Some(ContainerSpec { image, port }))
+            }
         };
         // Where and how the current replicas run is how these will.
         let like = st
@@ -1067,7 +1270,9 @@ async fn switch_to(
             .ok_or_else(|| format!("service `{}` runs no replica to start {} like", c.service, to.version))?;
         let template = ReplicaSpec {
             version: to.version.clone(),
+            run: run.clone(),
             template: run,
+            container,
             ..like.spec.clone()
         };
         let addrs = start_like(c, &vec![template; to.replicas as usize])
@@ -1163,7 +1368,12 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
             port,
             ..like.clone()
         };
-        if let Err(e) = c.call(&Request::Start { replica: spec.clone() }).await {
+        if let Err(e) = c
+            .call(&Request::Start {
+                replica: Box::new(spec.clone()),
+            })
+            .await
+        {
             let names = started.iter().map(|s| s.name.clone()).collect();
             let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
             return Err(e.into());
@@ -1311,6 +1521,7 @@ pub fn public_view(s: &LiveState, running: bool) -> serde_json::Value {
                 "addr": r.addr().to_string(),
                 "pool": r.pool,
                 "pid": r.pid,
+                "container": r.container_id.as_deref().map(short),
                 "up": r.is_up(),
                 "restarts": r.restarts,
                 "retire_at_ms": r.retire_at_ms,
@@ -1526,12 +1737,14 @@ mod tests {
                 env: Vec::new(),
                 workdir: PathBuf::from("/"),
                 health: None,
+                container: None,
             },
             pid: 0,
             start: 0,
             pool,
             retire_at_ms: retire,
             restarts: 0,
+            container_id: None,
         };
         let s = LiveState {
             replicas: vec![

@@ -12,6 +12,7 @@
 pub mod auth;
 mod build;
 mod job;
+pub mod service;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
