@@ -595,6 +595,13 @@ enum Cmd {
         /// it listened before).
         #[arg(long, default_value = "")]
         listen: String,
+        /// Route through HAProxy started from this binary, in a session of
+        /// its own (default: the router it had before, else the built-in one).
+        #[arg(long, value_name = "BINARY")]
+        haproxy: Option<String>,
+        /// Route with the built-in router.
+        #[arg(long, conflicts_with = "haproxy")]
+        builtin: bool,
     },
     /// The live services of the state directory: what serves, where, the
     /// traffic split and each replica.
@@ -1063,9 +1070,19 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         } => storecmd::cache_why(&state, &run, &job),
         Cmd::Shell { run, job, attempt } => shell(&state, &run, &job, attempt),
         Cmd::Rollback { service } => servicecmd::rollback(&state, &service),
-        Cmd::Router { service, listen } => {
+        Cmd::Router {
+            service,
+            listen,
+            haproxy,
+            builtin,
+        } => {
             let _log_guard = init_tracing(&state);
-            servicecmd::router(&state, &service, &listen)
+            let choice = match (haproxy, builtin) {
+                (Some(binary), _) => trackside::deploy::service::RouterChoice::Haproxy(binary),
+                (None, true) => trackside::deploy::service::RouterChoice::Builtin,
+                (None, false) => trackside::deploy::service::RouterChoice::AsBefore,
+            };
+            servicecmd::router(&state, &service, &listen, choice)
         }
         Cmd::Services { ui: true, ascii, .. } => servicecmd::services_ui(&state, ascii),
         Cmd::Services { format, .. } => servicecmd::services(&state, format == OutputFormat::Json),

@@ -18,7 +18,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
 /// `trackside router SERVICE --listen ADDR`: the service process. Says
 /// `ready ADDR` on standard output once it serves, then lets go of the
 /// terminal (it outlives whoever started it) and logs to `<state>/logs`.
-pub fn router(state: &Path, name: &str, listen: &str) -> Result<u8, Fail> {
+pub fn router(state: &Path, name: &str, listen: &str, choice: service::RouterChoice) -> Result<u8, Fail> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -26,10 +26,16 @@ pub fn router(state: &Path, name: &str, listen: &str) -> Result<u8, Fail> {
         .map_err(|e| Fail(format!("cannot start: {e}"), 1))?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let served = service::serve(state.to_path_buf(), name.to_string(), listen.to_string(), |addr| {
-            write_out(&format!("ready {addr}\n"));
-            detach_output();
-        });
+        let served = service::serve(
+            state.to_path_buf(),
+            name.to_string(),
+            listen.to_string(),
+            choice,
+            |addr| {
+                write_out(&format!("ready {addr}\n"));
+                detach_output();
+            },
+        );
         tokio::select! {
             r = served => r.map_err(|e| Fail(e, 1))?,
             // SIGTERM: the replicas keep serving; a new service process adopts them.
@@ -55,14 +61,19 @@ fn detach_output() {
 }
 
 /// One service as `trackside services` and `service status` show it.
-fn describe(s: &LiveState, running: bool) -> String {
+fn describe(state: &Path, s: &LiveState, running: bool) -> String {
     let up = service::LiveReplica::is_up;
+    let haproxy = service::haproxy_alive(state, &s.service);
     let what = match (running, s.replicas.iter().any(up)) {
         (true, _) => "serving",
+        (false, true) if haproxy => {
+            "SERVICE PROCESS DOWN (HAProxy and the replicas serve, unwatched: `trackside service NAME start` watches them again)"
+        }
         (false, true) => "ROUTER DOWN (replicas left running: `trackside service NAME stop` stops them)",
         (false, false) => "stopped",
     };
-    let mut out = format!("{}  {what}  http://{}", s.service, s.listen);
+    let via = if s.haproxy.is_some() { " (HAProxy)" } else { "" };
+    let mut out = format!("{}  {what}  http://{}{via}", s.service, s.listen);
     if running {
         let stable = s.version(Pool::Stable).unwrap_or("-");
         match s.version(Pool::Canary) {
@@ -167,7 +178,7 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
         ));
         return Ok(0);
     }
-    let text: String = states.iter().map(|(s, r)| describe(s, *r)).collect();
+    let text: String = states.iter().map(|(s, r)| describe(state, s, *r)).collect();
     write_out(&text);
     Ok(0)
 }
@@ -188,7 +199,7 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             let Some(s) = service::saved(state, name) else {
                 return Err(Fail(format!("no live service `{name}` in {}", state.display()), 1));
             };
-            write_out(&describe(&s, service::running(state, name)));
+            write_out(&describe(state, &s, service::running(state, name)));
             Ok(0)
         }
         Action::Stop => {

@@ -120,9 +120,10 @@ impl Load {
             async move {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = get(&listen).await.is_ok();
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if !ok {
+                    let answer = get(&listen).await;
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = answer {
+                        eprintln!("request {n} failed: {e}");
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Ok(mut l) = latencies.lock() {
@@ -515,6 +516,146 @@ async fn a_service_whose_router_died_is_still_stopped_with_its_replicas() {
     let again = trackside(s, &["service", "web", "stop"]);
     assert_eq!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stdout).contains("is stopped already"));
+}
+
+/// The pid in a `pid:start` file.
+fn pid_in(path: &std::path::Path) -> i32 {
+    let owner = std::fs::read_to_string(path).expect("pid file");
+    let (pid, _) = owner.trim().split_once(':').expect("pid:start");
+    pid.parse().expect("pid")
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_behind_haproxy_keeps_serving_without_its_service_process_and_stops_with_it() {
+    if !common::deploy::tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY") {
+        return;
+    }
+    let state = State::new();
+    let s = state.path();
+    let via = |y: String| y.replace("      traffic:", "      router: haproxy\n      traffic:");
+    let (_p1, mut r) = common::deploy::start_deploy(s, &via(live_yaml("h1", STRAIGHT, 1))).await;
+    let first = r.finished().await;
+    let lines = r.lines("web");
+    assert_eq!(first.result, RunResult::Passed, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("HAProxy for web listening on http://") && l.contains("service process keeps it")),
+        "{lines:?}"
+    );
+    drop(r);
+    // The run is over: HAProxy (a process of its own) answers with h1.
+    let p = service::paths(s, "web");
+    let haproxy = pid_in(&p.haproxy_pid);
+    let addr = listen(s);
+    assert_eq!(get(&addr).await.as_deref(), Ok("version h1"));
+    let text = String::from_utf8_lossy(&trackside(s, &["services"]).stdout).to_string();
+    assert!(
+        text.starts_with(&format!("web  serving  http://{addr} (HAProxy)  h1 100%")),
+        "{text}"
+    );
+    // Its router changes only once it is stopped.
+    let (sum, _) = deploy(s, &live_yaml("h9", STRAIGHT, 1)).await;
+    assert!(
+        sum.jobs[0].reason.as_deref().is_some_and(|m| m.contains(
+            "service `web` is served through HAProxy, this deploy asks for the built-in router: stop it first"
+        )),
+        "{:?}",
+        sum.jobs[0].reason
+    );
+
+    // h2 as a canary next to the adopted h1, under load, measured from
+    // HAProxy's own log.
+    let load = Load::start(addr.clone());
+    let (_p2, mut r) = common::deploy::start_deploy(
+        s,
+        &via(live_yaml(
+            "h2",
+            "            - set_weight: 50\n            - pause: {duration: 1}\n            - set_weight: 100\n",
+            1,
+        )),
+    )
+    .await;
+    let second = r.finished().await;
+    let lines = r.lines("web");
+    assert_eq!(second.result, RunResult::Passed, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("adopting the 2 running replica(s) of h1 (no copy started)")),
+        "{lines:?}"
+    );
+    let last = common::deploy::last_status(&r);
+    assert_eq!(last.router, "HAProxy (service process)");
+    assert!(
+        last.canary.requests > 0,
+        "the canary's requests, from HAProxy's log: {last:?}"
+    );
+    drop(r);
+    assert_eq!(get(&addr).await.as_deref(), Ok("version h2"));
+    until("h1 stopped after the scale-down delay", async || replicas_of("h1") == 0).await;
+    assert_eq!(pid_in(&p.haproxy_pid), haproxy, "one HAProxy all along");
+
+    // The service process killed: HAProxy and the replicas serve on.
+    kill9(pid_in(&p.pid));
+    until("the service process is gone", async || !service::running(s, "web")).await;
+    assert_eq!(get(&addr).await.as_deref(), Ok("version h2"));
+    let text = String::from_utf8_lossy(&trackside(s, &["services"]).stdout).to_string();
+    assert!(text.contains("web  SERVICE PROCESS DOWN"), "{text}");
+    // A new one adopts HAProxy (not started again) and the replicas.
+    let out = trackside(s, &["service", "web", "start"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(service::running(s, "web"));
+    assert_eq!(pid_in(&p.haproxy_pid), haproxy, "adopted, not started again");
+    assert_eq!(replicas_of("h2"), 2);
+
+    // Rollback: h1 is gone, so it is started, checked and switched to.
+    let out = trackside(s, &["rollback", "web"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("started 2 replica(s) of it, healthy, then switched"),
+        "{said}"
+    );
+    assert_eq!(get(&addr).await.as_deref(), Ok("version h1"));
+    let (sent, failed, p99) = load.finish().await;
+    eprintln!("through HAProxy: {sent} requests, {failed} failed, p99 {p99:.1} ms");
+    assert!(sent > 100, "the load ran: {sent}");
+    assert_eq!(
+        failed, 0,
+        "no request failed through the promotion, the restart and the rollback"
+    );
+
+    // HAProxy itself killed: its service process starts it again, same address.
+    kill9(haproxy);
+    until("HAProxy started again", async || {
+        std::fs::read_to_string(&p.haproxy_pid)
+            .ok()
+            .and_then(|t| t.trim().split_once(':').and_then(|(pid, _)| pid.parse::<i32>().ok()))
+            .is_some_and(|pid| pid != haproxy && alive(pid))
+            && get(&addr).await.as_deref() == Ok("version h1")
+    })
+    .await;
+
+    // Stopped: HAProxy goes with the replicas.
+    let again = pid_in(&p.haproxy_pid);
+    let out = trackside(s, &["service", "web", "stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!alive(again), "HAProxy stopped");
+    assert_eq!(replicas_of("h1") + replicas_of("h2"), 0);
+    assert!(get(&addr).await.is_err(), "nothing listens on {addr}");
 }
 
 /// `trackside services --ui` at 80x24 in a real terminal: the live

@@ -15,8 +15,14 @@ use trackside::engine::RunResult;
 /// 10%, a manual gate, 100%.
 const GATED_AT_10: &str = "            - set_weight: 10\n            - pause: {}\n            - set_weight: 100\n";
 
+/// Through an HAProxy this deploy starts, as a rehearsal: HAProxy and the
+/// replicas live as long as the deploy (tests/live.rs has live services
+/// behind HAProxy).
 fn via_haproxy(yaml: &str) -> String {
-    yaml.replace("      traffic:", "      router: haproxy\n      traffic:")
+    yaml.replace(
+        "      traffic:",
+        "      router: haproxy\n      keep_serving: false\n      traffic:",
+    )
 }
 
 /// The same pipeline with a rolling strategy instead of the canary steps.
@@ -75,7 +81,7 @@ async fn haproxy_promotes_a_good_canary_and_rolls_a_bad_one_back() {
     assert_eq!(mode(dir.join("web.cfg")), 0o600, "HAProxy's config");
     assert_eq!(mode(dir.join("web.pools.map")), 0o600, "HAProxy's map");
     // Rollback after completion, and its undo.
-    // HAProxy services do not outlive their deploy yet: only the record changes.
+    // A rehearsal leaves no service process: only the record changes.
     assert!(
         r.handle
             .rollback_service("web")

@@ -175,10 +175,11 @@ pub fn config(
     pools_map: Option<&Path>,
 ) -> String {
     let mut c = format!(
-        "# Written by trackside for the deploy of `{backend}`; rewritten at every deploy.\n\
+        "# Written by trackside for `{backend}`; written again whenever trackside starts this HAProxy.\n\
          global\n    stats socket {sock} mode 600 level admin\n    log {log} len 4096 format raw local0\n\n\
          defaults\n    mode http\n    log global\n    log-format \"%b %s %ST %Ta\"\n\
-         \x20   timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\n\
+         \x20   timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+         \x20   retries 3\n    option redispatch\n\n\
          frontend {backend}_in\n    bind {listen}\n\
          \x20   use_backend {backend}_canary if {{ req.hdr(x-canary) -m str always }}\n\
          \x20   use_backend {backend}_stable if {{ req.hdr(x-canary) -m str never }}\n",
@@ -288,9 +289,101 @@ struct HState {
     actual: u32,
 }
 
+/// The files of an HAProxy trackside runs for `backend`, under one folder
+/// only trackside's user may reach (the config names the sockets).
+struct Files {
+    socket: PathBuf,
+    log: PathBuf,
+    config: PathBuf,
+    map: PathBuf,
+}
+
+impl Files {
+    fn of(dir: &Path, backend: &str) -> Result<Files, String> {
+        let f = Files {
+            socket: dir.join(format!("{backend}.sock")),
+            log: dir.join(format!("{backend}.log.sock")),
+            config: dir.join(format!("{backend}.cfg")),
+            map: dir.join(format!("{backend}.pools.map")),
+        };
+        for s in [&f.socket, &f.log] {
+            if s.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(format!(
+                    "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state-dir)",
+                    s.display()
+                ));
+            }
+        }
+        Ok(f)
+    }
+
+    /// Writes the config and the map; binds the log socket.
+    fn write(&self, dir: &Path, backend: &str, listen: SocketAddr, slots: u32) -> Result<LogSocket, String> {
+        crate::store::private_dir(dir).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&self.socket);
+        let log = self.bind_log()?;
+        // Sticky sessions: both cookies lead to the weighted backend until
+        // the weights say otherwise.
+        let config_text = config(backend, listen, &self.socket, &self.log, slots, Some(&self.map));
+        for (path, text) in [
+            (&self.map, format!("stable {backend}\ncanary {backend}\n")),
+            (&self.config, config_text),
+        ] {
+            crate::store::write_with_mode(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+        }
+        Ok(log)
+    }
+
+    fn bind_log(&self) -> Result<LogSocket, String> {
+        LogSocket::bind(&self.log, 0o600, vec![nix::unistd::geteuid().as_raw(), 0]).map_err(|e| e.to_string())
+    }
+}
+
+fn not_installed(binary: &str, e: &std::io::Error) -> String {
+    format!(
+        "cannot start `{binary}`: {e}; install HAProxy (Debian: apt-get install haproxy) or set router.haproxy.binary"
+    )
+}
+
+/// Why HAProxy did not come up.
+enum NotReady {
+    Exited(String),
+    Silent(String),
+}
+
+/// Waits until HAProxy's runtime API answers; `exited` says how it ended,
+/// if it did.
+async fn wait_ready(api: &RuntimeApi, mut exited: impl FnMut() -> Option<String>) -> Result<(), NotReady> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if api.call("show info").await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = exited() {
+            return Err(NotReady::Exited(status));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NotReady::Silent(format!(
+                "haproxy did not open its socket {} in 10 s",
+                api.socket.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn exited(config: &Path, status: &str, said: &str) -> String {
+    format!(
+        "haproxy exited ({status}) with config {}: {}",
+        config.display(),
+        said.trim()
+    )
+}
+
 impl Haproxy {
     /// Starts HAProxy for `backend` on `listen` with slots for `slots`
-    /// replicas per pool, under `dir` (config and socket).
+    /// replicas per pool, under `dir` (config and socket), as a child that
+    /// lives as long as this trackside (a rehearsal's router).
     pub async fn start(
         binary: &str,
         dir: &Path,
@@ -300,36 +393,11 @@ impl Haproxy {
         tag: &str,
         stop: CancellationToken,
     ) -> Result<Arc<Haproxy>, String> {
-        // Only trackside's user may reach the sockets, the config (it names
-        // them) and the map.
-        crate::store::private_dir(dir).map_err(|e| e.to_string())?;
-        let socket = dir.join(format!("{backend}.sock"));
-        let log_path = dir.join(format!("{backend}.log.sock"));
-        for s in [&socket, &log_path] {
-            if s.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(format!(
-                    "HAProxy's socket path {} is too long for a Unix socket; use a shorter state directory (--state-dir)",
-                    s.display()
-                ));
-            }
-        }
-        let _ = std::fs::remove_file(&socket);
-        let log =
-            LogSocket::bind(&log_path, 0o600, vec![nix::unistd::geteuid().as_raw(), 0]).map_err(|e| e.to_string())?;
-        let cfg_path = dir.join(format!("{backend}.cfg"));
-        // Sticky sessions: both cookies lead to the weighted backend until
-        // the weights say otherwise.
-        let map = dir.join(format!("{backend}.pools.map"));
-        let config_text = config(backend, listen, &socket, &log_path, slots, Some(&map));
-        for (path, text) in [
-            (&map, format!("stable {backend}\ncanary {backend}\n")),
-            (&cfg_path, config_text),
-        ] {
-            crate::store::write_with_mode(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())?;
-        }
+        let files = Files::of(dir, backend)?;
+        let log = files.write(dir, backend, listen, slots)?;
         let mut child = tokio::process::Command::new(binary)
             .arg("-f")
-            .arg(&cfg_path)
+            .arg(&files.config)
             .arg("-db")
             .env(crate::exec::TAG_VAR, tag)
             .process_group(0)
@@ -338,35 +406,126 @@ impl Haproxy {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                format!("cannot start `{binary}`: {e}; install HAProxy (Debian: apt-get install haproxy) or set router.haproxy.binary")
-            })?;
-        let api = RuntimeApi { socket };
-        // Ready when the socket answers; an early exit says why in stderr.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if api.call("show info").await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
+            .map_err(|e| not_installed(binary, &e))?;
+        let api = RuntimeApi {
+            socket: files.socket.clone(),
+        };
+        // An early exit says why in stderr.
+        match wait_ready(&api, || Some(child.try_wait().ok()??.to_string())).await {
+            Ok(()) => {}
+            Err(NotReady::Silent(e)) => return Err(e),
+            Err(NotReady::Exited(status)) => {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err).await;
                 }
-                return Err(format!(
-                    "haproxy exited ({status}) with config {}: {}",
-                    cfg_path.display(),
-                    err.trim()
-                ));
+                return Err(exited(&files.config, &status, &err));
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "haproxy did not open its socket {} in 10 s",
-                    api.socket.display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        Ok(Haproxy::steering(
+            api,
+            backend,
+            files.map,
+            slots,
+            Some(child),
+            log,
+            stop,
+        ))
+    }
+
+    /// Starts HAProxy like [`Haproxy::start`], but in a session of its own
+    /// that outlives this process (a live service's router; its service
+    /// process adopts it again with [`Haproxy::adopt`]). Its own messages
+    /// go to `errors`. Returns it and its pid.
+    pub async fn start_detached(
+        binary: &str,
+        dir: &Path,
+        backend: &str,
+        listen: SocketAddr,
+        slots: u32,
+        errors: &Path,
+        stop: CancellationToken,
+    ) -> Result<(Arc<Haproxy>, u32), String> {
+        let files = Files::of(dir, backend)?;
+        let log = files.write(dir, backend, listen, slots)?;
+        let err = std::fs::File::create(errors).map_err(|e| format!("cannot create {}: {e}", errors.display()))?;
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("-f")
+            .arg(&files.config)
+            .arg("-db")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err);
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+        }
+        let mut child = cmd.spawn().map_err(|e| not_installed(binary, &e))?;
+        let pid = child.id();
+        let api = RuntimeApi {
+            socket: files.socket.clone(),
+        };
+        match wait_ready(&api, || Some(child.try_wait().ok()??.to_string())).await {
+            Ok(()) => {}
+            Err(NotReady::Silent(e)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            Err(NotReady::Exited(status)) => {
+                // Its first messages say why; no more is read.
+                let mut said = String::new();
+                if let Ok(f) = std::fs::File::open(errors) {
+                    use std::io::Read as _;
+                    let _ = f.take(64 * 1024).read_to_string(&mut said);
+                }
+                return Err(exited(&files.config, &status, &said));
+            }
+        }
+        // Reaped if it ends while this process lives; else by init.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok((Haproxy::steering(api, backend, files.map, slots, None, log, stop), pid))
+    }
+
+    /// Steers an HAProxy that [`Haproxy::start_detached`] started under
+    /// `dir` (by an earlier service process): its sockets, map and slots
+    /// are as that config wrote them, and its log comes here again.
+    pub async fn adopt(dir: &Path, backend: &str, stop: CancellationToken) -> Result<Arc<Haproxy>, String> {
+        let files = Files::of(dir, backend)?;
+        let api = RuntimeApi {
+            socket: files.socket.clone(),
+        };
+        let servers = api.stat(backend).await?;
+        let slots = u32::try_from(
+            servers
+                .iter()
+                .filter(|s| s.name.starts_with(Pool::Stable.name()))
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        if slots == 0 {
+            return Err(format!(
+                "the HAProxy at {} has no slots for `{backend}`",
+                files.socket.display()
+            ));
+        }
+        let log = files.bind_log()?;
+        Ok(Haproxy::steering(api, backend, files.map, slots, None, log, stop))
+    }
+
+    /// An HAProxy whose config trackside wrote, its log received from `log`.
+    fn steering(
+        api: RuntimeApi,
+        backend: &str,
+        map: PathBuf,
+        slots: u32,
+        child: Option<tokio::process::Child>,
+        log: LogSocket,
+        stop: CancellationToken,
+    ) -> Arc<Haproxy> {
         let h = Arc::new(Haproxy {
             api,
             backend: backend.to_string(),
@@ -375,10 +534,10 @@ impl Haproxy {
             slots,
             stats: Router::new(false),
             state: Mutex::new(HState::default()),
-            child: Mutex::new(Some(child)),
+            child: Mutex::new(child),
         });
         tokio::spawn(log.receive(backend.to_string(), h.stats.clone(), stop));
-        Ok(h)
+        h
     }
 
     /// Steers a running HAProxy: its backend must have server slots named
@@ -437,7 +596,11 @@ impl Haproxy {
         v
     }
 
-    /// Puts `addrs` into the pool's slots (ready), the rest into maintenance.
+    /// Puts `addrs` into the pool's slots (ready), the rest into
+    /// maintenance. The weights for the new counts are set before any slot
+    /// goes into maintenance: emptying a pool that still had the traffic
+    /// (a promotion moves the canary's replicas to stable, then empties
+    /// the canary pool) never leaves a moment with no server to take it.
     pub async fn set_backends(&self, pool: Pool, addrs: &[SocketAddr]) -> Result<(), String> {
         if addrs.len() > self.slots as usize {
             return Err(format!(
@@ -449,21 +612,16 @@ impl Haproxy {
             ));
         }
         for be in self.backends(pool) {
-            for i in 1..=self.slots {
-                let server = format!("{be}/{}{i}", pool.name());
-                match addrs.get(i as usize - 1) {
-                    Some(a) => {
-                        let out = self
-                            .api
-                            .call(&format!("set server {server} addr {} port {}", a.ip(), a.port()))
-                            .await?;
-                        if !(out.contains("changed from") || out.contains("no need to change")) {
-                            return Err(format!("HAProxy refused the address of {server}: {}", out.trim()));
-                        }
-                        self.api.quiet(&format!("set server {server} state ready")).await?;
-                    }
-                    None => self.api.quiet(&format!("set server {server} state maint")).await?,
+            for (i, a) in addrs.iter().enumerate() {
+                let server = format!("{be}/{}{}", pool.name(), i + 1);
+                let out = self
+                    .api
+                    .call(&format!("set server {server} addr {} port {}", a.ip(), a.port()))
+                    .await?;
+                if !(out.contains("changed from") || out.contains("no need to change")) {
+                    return Err(format!("HAProxy refused the address of {server}: {}", out.trim()));
                 }
+                self.api.quiet(&format!("set server {server} state ready")).await?;
             }
         }
         let weight = {
@@ -475,7 +633,19 @@ impl Haproxy {
             self.stats.weight()
         };
         // Per-server weights depend on how many replicas each pool has.
-        self.set_weight(weight).await
+        self.set_weight(weight).await?;
+        let unused = u32::try_from(addrs.len()).unwrap_or(u32::MAX) + 1;
+        let maint: Vec<String> = self
+            .backends(pool)
+            .iter()
+            .flat_map(|be| {
+                (unused..=self.slots).map(move |i| format!("set server {be}/{}{i} state maint", pool.name()))
+            })
+            .collect();
+        if maint.is_empty() {
+            return Ok(());
+        }
+        self.api.quiet(&maint.join(";")).await
     }
 
     /// Sets the canary's share: both pools' server weights in one request.

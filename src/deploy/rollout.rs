@@ -351,24 +351,32 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     );
     let prev = load_revision(&io.state_dir, &spec.service);
     let new = Revision::new(&spec.version, &spec.target, spec.replicas);
-    let live = spec.keep_serving && matches!(spec.router, RouterSpec::Builtin);
+    // A running HAProxy trackside only steers (`socket:`) is not one a
+    // service process can keep: such a deploy is a rehearsal.
+    let choice = match &spec.router {
+        RouterSpec::Builtin => Some(service::RouterChoice::Builtin),
+        RouterSpec::Haproxy(h) if h.socket.is_none() => Some(service::RouterChoice::Haproxy(h.binary.clone())),
+        RouterSpec::Haproxy(_) => None,
+    };
+    let live = spec.keep_serving && choice.is_some();
     if !live && service::running(&io.state_dir, &spec.service) {
         return Err(format!(
             "service `{}` is live (its service process serves it): a rehearsal would change the revision it remembers \
-             without serving it; deploy it live (the built-in router, keep_serving), or stop it first \
+             without serving it; deploy it live (keep_serving, a router trackside starts), or stop it first \
              (`trackside service {} stop`)",
             spec.service, spec.service
         ));
     }
     if spec.keep_serving && !live {
         io.say(
-            "this service is behind HAProxy: it does not keep serving after the deploy yet, \
+            "this service is behind an HAProxy trackside does not run (`socket:`): it does not keep serving after the deploy, \
              so this deploy stops what it starts when it ends (`keep_serving: false` says so and silences this)",
         )
         .await;
     }
     let client = if live {
-        let (c, addr) = service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen).await?;
+        let choice = choice.unwrap_or(service::RouterChoice::Builtin);
+        let (c, addr) = service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen, &choice).await?;
         let scale_down_delay_ms = u64::try_from(spec.scale_down_delay.as_millis()).unwrap_or(u64::MAX);
         c.call(&service::Request::Settings { scale_down_delay_ms }).await?;
         Some((c, addr))
@@ -394,13 +402,28 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     let (traffic, listen) = match &client {
         Some((c, addr)) => {
             let listen: SocketAddr = addr.parse().map_err(|_| format!("the service process said `{addr}`"))?;
-            io.say(format!(
-                "router for {} listening on http://{listen} (its service process keeps it serving)",
-                spec.service
-            ))
-            .await;
-            let mirror = Router::new(true);
             let state = c.status().await?;
+            let what = match &state.haproxy {
+                Some(_) => {
+                    let p = service::paths(&io.state_dir, &spec.service);
+                    format!(
+                        "HAProxy for {} listening on http://{listen} (its service process keeps it serving; config {}, runtime API {})",
+                        spec.service,
+                        p.dir
+                            .join(format!("{}.cfg", super::revision::safe_name(&spec.service)))
+                            .display(),
+                        p.dir
+                            .join(format!("{}.sock", super::revision::safe_name(&spec.service)))
+                            .display()
+                    )
+                }
+                None => format!(
+                    "router for {} listening on http://{listen} (its service process keeps it serving)",
+                    spec.service
+                ),
+            };
+            io.say(what).await;
+            let mirror = Router::new(true);
             mirror.set_weight(state.weight);
             tokio::spawn({
                 let (c, mirror, stop) = (c.clone(), mirror.clone(), stop.clone());
@@ -410,6 +433,7 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
                 Traffic::Live(Box::new(Live {
                     client: c.clone(),
                     mirror,
+                    haproxy: state.haproxy.is_some(),
                 })),
                 listen,
             )

@@ -38,8 +38,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
+use super::haproxy::Haproxy;
 use super::revision::{safe_name, services_dir};
 use super::router::{Pool, Router};
+use super::traffic::Traffic;
 use crate::exec::docker::DockerExecutor;
 use crate::exec::docker::service::{LiveContainer, short};
 
@@ -67,6 +69,11 @@ pub struct Paths {
     pub pid: PathBuf,
     pub socket: PathBuf,
     pub logs: PathBuf,
+    /// The HAProxy a service routes through: its pid (`pid:start`) and its
+    /// own messages. Its config and sockets are `<service>.cfg`,
+    /// `<service>.sock` (runtime API), `<service>.log.sock` beside them.
+    pub haproxy_pid: PathBuf,
+    pub haproxy_errors: PathBuf,
 }
 
 pub fn paths(state: &Path, service: &str) -> Paths {
@@ -76,9 +83,25 @@ pub fn paths(state: &Path, service: &str) -> Paths {
         pid: dir.join("router.pid"),
         socket: dir.join("router.sock"),
         logs: dir.join("replicas"),
+        haproxy_pid: dir.join("haproxy.pid"),
+        haproxy_errors: dir.join("haproxy.err"),
         dir,
     }
 }
+
+/// Which router a service process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterChoice {
+    /// The one it ran before (the built-in one for a new service).
+    AsBefore,
+    Builtin,
+    /// HAProxy started from this binary, in a session of its own.
+    Haproxy(String),
+}
+
+/// Server slots per pool of a live service's HAProxy: the most replicas
+/// one revision can have behind it.
+pub const HAPROXY_SLOTS: u32 = 16;
 
 /// What starts a replica: its command (its port filled in), environment
 /// and working directory. Kept in `service.json` (0600) to start it again.
@@ -169,6 +192,10 @@ pub struct LiveState {
     /// switches away from keeps running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay_ms: Option<u64>,
+    /// The HAProxy binary the service routes through (none: the built-in
+    /// router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<String>,
 }
 
 impl LiveState {
@@ -304,7 +331,11 @@ struct Running {
 
 struct Daemon {
     paths: Paths,
-    router: Arc<Router>,
+    front: Traffic,
+    /// The HAProxy it routes through: pid and start time, and when it may
+    /// be started again after it died.
+    haproxy: Option<(u32, u64)>,
+    haproxy_retry: Option<Instant>,
     state: LiveState,
     running: HashMap<String, Running>,
     samples: broadcast::Sender<WireSample>,
@@ -329,6 +360,7 @@ pub async fn serve(
     state_dir: PathBuf,
     service: String,
     listen: String,
+    router: RouterChoice,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let paths = paths(&state_dir, &service);
@@ -352,20 +384,53 @@ pub async fn serve(
         want
     };
     let addr: SocketAddr = want.parse().map_err(|_| format!("`{want}` is not an address"))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("the router of `{service}` cannot listen on {addr}: {e}"))?;
-    let addr = listener.local_addr().unwrap_or(addr);
-    live.listen = addr.to_string();
-    let router = Router::new(true);
-    let (samples, _) = broadcast::channel(4096);
-    router.tap(samples.clone());
+    live.haproxy = match router {
+        RouterChoice::AsBefore => live.haproxy,
+        RouterChoice::Builtin => None,
+        RouterChoice::Haproxy(binary) => Some(binary),
+    };
+    let running_haproxy = haproxy_running(&paths);
     let stop = CancellationToken::new();
-    tokio::spawn(router.clone().serve(listener, stop.clone()));
+    let (samples, _) = broadcast::channel(4096);
+    let (front, addr, haproxy) = match (&live.haproxy, running_haproxy) {
+        (None, Some((pid, _))) => {
+            return Err(format!(
+                "the HAProxy of `{service}` (pid {pid}) still serves it; this asks for the built-in router: \
+                 stop the service first (`trackside service {service} stop`)"
+            ));
+        }
+        (None, None) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("the router of `{service}` cannot listen on {addr}: {e}"))?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            let router = Router::new(true);
+            tokio::spawn(router.clone().serve(listener, stop.clone()));
+            (Traffic::Builtin(router), addr, None)
+        }
+        (Some(_), Some(running)) => {
+            // An earlier service process's HAProxy serves on: steered again.
+            let h = Haproxy::adopt(&paths.dir, &safe_name(&service), stop.clone()).await?;
+            (Traffic::Haproxy(h), addr, Some(running))
+        }
+        (Some(binary), None) => {
+            let addr = if addr.port() == 0 {
+                SocketAddr::new(addr.ip(), super::replica::free_port()?)
+            } else {
+                addr
+            };
+            let (h, pid) = start_haproxy(&paths, binary, &service, addr, &stop).await?;
+            (Traffic::Haproxy(h), addr, Some(pid))
+        }
+    };
+    live.listen = addr.to_string();
+    front.stats().tap(samples.clone());
     let socket = crate::control::bind(&paths.socket)?;
     let mut d = Daemon {
         paths: paths.clone(),
-        router,
+        front,
+        haproxy,
+        haproxy_retry: None,
         state: live,
         running: HashMap::new(),
         samples,
@@ -391,8 +456,11 @@ pub async fn serve(
             },
         );
     }
-    d.apply_routes();
-    d.router.set_weight(d.state.weight);
+    // The weight first: routing an adopted HAProxy's pools again must not
+    // move traffic away from where it was.
+    d.front.stats().set_weight(d.state.weight);
+    d.apply_routes().await;
+    d.front.set_weight(d.state.weight).await?;
     d.save();
     write_pid(&paths.pid)?;
     ready(addr);
@@ -433,16 +501,49 @@ impl Daemon {
     }
 
     /// The router's backends from the replicas' pools: those up and ready.
-    fn apply_routes(&self) {
+    async fn apply_routes(&self) {
         for pool in [Pool::Stable, Pool::Canary] {
-            let addrs = self
+            let addrs: Vec<SocketAddr> = self
                 .state
                 .serving(pool)
                 .iter()
                 .filter(|r| r.pid != 0 && self.running.get(&r.spec.name).is_none_or(|run| run.ready))
                 .map(|r| r.addr())
                 .collect();
-            self.router.set_backends(pool, addrs);
+            if let Err(e) = self.front.set_backends(pool, &addrs).await {
+                tracing::warn!("{} of `{}`: {e}", self.front.name(), self.state.service);
+            }
+        }
+    }
+
+    /// Its HAProxy, when it died: started again (at most once a second),
+    /// routed and weighted as before.
+    async fn watch_haproxy(&mut self) {
+        let (Some((pid, start)), Some(binary)) = (self.haproxy, self.state.haproxy.clone()) else {
+            return;
+        };
+        if crate::process::owner_alive(pid, start) || self.haproxy_retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.haproxy_retry = Some(Instant::now() + Duration::from_secs(1));
+        let Ok(addr) = self.state.listen.parse::<SocketAddr>() else {
+            return;
+        };
+        tracing::warn!(
+            "the HAProxy of `{}` (pid {pid}) died; starting it again",
+            self.state.service
+        );
+        match start_haproxy(&self.paths, &binary, &self.state.service, addr, &self.stop).await {
+            Ok((h, running)) => {
+                h.stats.tap(self.samples.clone());
+                self.front = Traffic::Haproxy(h);
+                self.haproxy = Some(running);
+                self.apply_routes().await;
+                if let Err(e) = self.front.set_weight(self.state.weight).await {
+                    tracing::warn!("HAProxy of `{}`: {e}", self.state.service);
+                }
+            }
+            Err(e) => tracing::warn!("the HAProxy of `{}` cannot start again: {e}", self.state.service),
         }
     }
 
@@ -514,7 +615,7 @@ impl Daemon {
                     self.state.degraded = None;
                     self.state.stopped.clear();
                 }
-                self.apply_routes();
+                self.apply_routes().await;
                 self.save();
                 Reply::ok(
                     format!("{} serves {}", pool.name(), names.join(", ")),
@@ -522,8 +623,11 @@ impl Daemon {
                 )
             }
             Request::Weight { weight } => {
-                self.state.weight = weight.min(super::router::FULL);
-                self.router.set_weight(self.state.weight);
+                let weight = weight.min(super::router::FULL);
+                if let Err(e) = self.front.set_weight(weight).await {
+                    return Reply::refused(e);
+                }
+                self.state.weight = weight;
                 self.save();
                 Reply::ok(
                     format!("canary at {}", super::router::percent(self.state.weight)),
@@ -538,7 +642,7 @@ impl Daemon {
                         r.pool = None;
                     }
                 }
-                self.apply_routes();
+                self.apply_routes().await;
                 self.save();
                 // Due at once: out of the state now, stopping in the background.
                 self.retire_due();
@@ -562,7 +666,7 @@ impl Daemon {
                 Reply::ok("", self.state.clone())
             }
             Request::InFlight { addr } => Reply {
-                in_flight: Some(self.router.in_flight(addr)),
+                in_flight: Some(u32::try_from(self.front.in_flight(addr).await).unwrap_or(u32::MAX)),
                 ..Reply::ok("", self.state.clone())
             },
             // Answered by the connection itself (a stream).
@@ -851,8 +955,9 @@ impl Daemon {
         // A replica up again after the backoff stops counting towards Degraded
         // only when it stays up: the window forgets old deaths.
         if routes {
-            self.apply_routes();
+            self.apply_routes().await;
         }
+        self.watch_haproxy().await;
         if self.retire_due() {
             changed = true;
         }
@@ -896,7 +1001,62 @@ impl Daemon {
             let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
             stop_replica(&r, child).await;
         }
+        if let Some((pid, start)) = self.haproxy.take() {
+            stop_haproxy(pid, start).await;
+            let _ = std::fs::remove_file(&self.paths.haproxy_pid);
+        }
         self.save();
+    }
+}
+
+/// The HAProxy a service process started for the service, if it runs
+/// (its pid file, trusted only with the pid's start time).
+fn haproxy_running(p: &Paths) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(&p.haproxy_pid).ok()?;
+    let (pid, start) = crate::process::parse_owner(text.trim())?;
+    crate::process::owner_alive(pid, start).then_some((pid, start))
+}
+
+/// Starts the service's HAProxy in a session of its own (it outlives the
+/// service process) and writes its pid file.
+async fn start_haproxy(
+    p: &Paths,
+    binary: &str,
+    service: &str,
+    addr: SocketAddr,
+    stop: &CancellationToken,
+) -> Result<(Arc<Haproxy>, (u32, u64)), String> {
+    let (h, pid) = Haproxy::start_detached(
+        binary,
+        &p.dir,
+        &safe_name(service),
+        addr,
+        HAPROXY_SLOTS,
+        &p.haproxy_errors,
+        stop.clone(),
+    )
+    .await?;
+    let start = crate::process::start_time(pid).unwrap_or(0);
+    super::revision::write_private(&p.haproxy_pid, &format!("{pid}:{start}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", p.haproxy_pid.display()))?;
+    Ok((h, (pid, start)))
+}
+
+/// SIGTERM to a service's HAProxy, 5 s to exit, then SIGKILL.
+async fn stop_haproxy(pid: u32, start: u64) {
+    use nix::sys::signal::{Signal, kill};
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if !crate::process::owner_alive(pid, start) {
+        return;
+    }
+    let _ = kill(nix::unistd::Pid::from_raw(raw), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while crate::process::owner_alive(pid, start) {
+        if Instant::now() >= deadline {
+            let _ = kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1131,9 +1291,28 @@ impl Client {
 /// The service process of `service`, started (in a session of its own, by
 /// `trackside router`) when none answers. Returns a client and the address
 /// its router listens on.
-pub async fn ensure(program: &Path, state: &Path, service: &str, listen: &str) -> Result<(Client, String), String> {
+pub async fn ensure(
+    program: &Path,
+    state: &Path,
+    service: &str,
+    listen: &str,
+    router: &RouterChoice,
+) -> Result<(Client, String), String> {
+    let routed_by = |haproxy: bool| if haproxy { "HAProxy" } else { "the built-in router" };
     if let Some(c) = Client::connect(state, service).await {
         let st = c.status().await?;
+        let asked = match router {
+            RouterChoice::AsBefore => st.haproxy.is_some(),
+            RouterChoice::Builtin => false,
+            RouterChoice::Haproxy(_) => true,
+        };
+        if asked != st.haproxy.is_some() {
+            return Err(format!(
+                "service `{service}` is served through {}, this deploy asks for {}: stop it first (`trackside service {service} stop`) to change its router",
+                routed_by(st.haproxy.is_some()),
+                routed_by(asked)
+            ));
+        }
         let asked: Option<SocketAddr> = listen.parse().ok();
         let serving: Option<SocketAddr> = st.listen.parse().ok();
         if let (Some(a), Some(s)) = (asked, serving)
@@ -1149,8 +1328,17 @@ pub async fn ensure(program: &Path, state: &Path, service: &str, listen: &str) -
     let mut cmd = std::process::Command::new(program);
     cmd.arg("--state-dir")
         .arg(state)
-        .args(["router", service, "--listen", listen])
-        .stdin(std::process::Stdio::null())
+        .args(["router", service, "--listen", listen]);
+    match router {
+        RouterChoice::AsBefore => {}
+        RouterChoice::Builtin => {
+            cmd.arg("--builtin");
+        }
+        RouterChoice::Haproxy(binary) => {
+            cmd.arg("--haproxy").arg(binary);
+        }
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
@@ -1403,7 +1591,7 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
 /// stable replicas `stop` stopped, once healthy, routed.
 pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, ServiceError> {
     let saved = saved(state, service).ok_or_else(|| no_such(state, service))?;
-    let (c, listen) = ensure(program, state, service, "").await?;
+    let (c, listen) = ensure(program, state, service, "", &RouterChoice::AsBefore).await?;
     let st = c.status().await?;
     if !st.serving(Pool::Stable).is_empty() {
         return Ok(format!("`{service}` serves on http://{listen} already"));
@@ -1488,13 +1676,17 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, ServiceError> {
     }
     let p = paths(state, service);
     let mut st = saved(state, service).ok_or_else(|| no_such(state, service))?;
-    if st.replicas.is_empty() {
+    if st.replicas.is_empty() && haproxy_running(&p).is_none() {
         return Ok(format!("`{service}` is stopped already"));
     }
     let n = st.replicas.len();
     st.stopped = st.serving(Pool::Stable).into_iter().map(|r| r.spec.clone()).collect();
     for r in std::mem::take(&mut st.replicas) {
         stop_replica(&r, None).await;
+    }
+    if let Some((pid, start)) = haproxy_running(&p) {
+        stop_haproxy(pid, start).await;
+        let _ = std::fs::remove_file(&p.haproxy_pid);
     }
     let text = serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?;
     super::revision::write_private(&p.state, &text).map_err(|source| ServiceError::Write {
@@ -1532,6 +1724,7 @@ pub fn public_view(s: &LiveState, running: bool) -> serde_json::Value {
         "service": s.service,
         "running": running,
         "listen": s.listen,
+        "router": if s.haproxy.is_some() { "haproxy" } else { "builtin" },
         "stable_version": s.version(Pool::Stable),
         "canary_version": s.version(Pool::Canary),
         "canary_weight_pct": f64::from(s.weight) / 10.0,
@@ -1549,8 +1742,10 @@ pub fn overview(state: &Path) -> Vec<crate::protocol::view::ServiceOverview> {
         .filter_map(|name| {
             let s = saved(state, &name)?;
             let serving = running(state, &name);
+            let haproxy = haproxy_running(&paths(state, &name)).is_some();
             let state_text = match (serving, s.replicas.iter().any(LiveReplica::is_up)) {
                 (true, _) => "serving",
+                (false, true) if haproxy => "unwatched",
                 (false, true) => "router down",
                 (false, false) => "stopped",
             };
@@ -1667,6 +1862,12 @@ pub async fn watch(
     for (_, own) in watched.into_values() {
         own.cancel();
     }
+}
+
+/// Whether the HAProxy a service process started for `service` runs (it
+/// serves without its service process, unwatched).
+pub fn haproxy_alive(state: &Path, service: &str) -> bool {
+    haproxy_running(&paths(state, service)).is_some()
 }
 
 /// Whether `state` has a service process serving `service` (a quick look

@@ -21,6 +21,8 @@ pub struct Live {
     pub client: Client,
     /// The service's samples, as the judge reads them.
     pub mirror: Arc<Router>,
+    /// The service process routes through an HAProxy it runs.
+    pub haproxy: bool,
 }
 
 impl Traffic {
@@ -37,6 +39,7 @@ impl Traffic {
         match self {
             Traffic::Builtin(_) => "built-in router",
             Traffic::Haproxy(_) => "HAProxy",
+            Traffic::Live(l) if l.haproxy => "HAProxy (service process)",
             Traffic::Live(_) => "built-in router (service process)",
         }
     }
@@ -89,23 +92,27 @@ impl Traffic {
         }
     }
 
+    /// Requests in flight to `addr` (0 when the router cannot say).
+    pub async fn in_flight(&self, addr: SocketAddr) -> u64 {
+        match self {
+            Traffic::Builtin(r) => u64::from(r.in_flight(addr)),
+            Traffic::Haproxy(h) => h.in_flight(addr).await.unwrap_or(0),
+            Traffic::Live(l) => l
+                .client
+                .call(&Request::InFlight { addr })
+                .await
+                .ok()
+                .and_then(|r| r.in_flight)
+                .map_or(0, u64::from),
+        }
+    }
+
     /// After `addr` left its pool: waits until it has no request in flight,
     /// or `timeout`.
     pub async fn drain(&self, addr: SocketAddr, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let busy = match self {
-                Traffic::Builtin(r) => u64::from(r.in_flight(addr)),
-                Traffic::Haproxy(h) => h.in_flight(addr).await.unwrap_or(0),
-                Traffic::Live(l) => l
-                    .client
-                    .call(&Request::InFlight { addr })
-                    .await
-                    .ok()
-                    .and_then(|r| r.in_flight)
-                    .map_or(0, u64::from),
-            };
-            if busy == 0 {
+            if self.in_flight(addr).await == 0 {
                 return true;
             }
             if Instant::now() >= deadline {
