@@ -314,3 +314,76 @@ fn a_group_member_approves_a_gate_the_starter_and_an_outsider_cannot() {
         "{seen:#?}"
     );
 }
+
+/// A gate needing two people keeps the first one's approval when its
+/// trackside is killed: the next run of the deploy waits for one more.
+#[tokio::test]
+async fn a_gates_approvals_survive_a_killed_trackside() {
+    let Some((member, _)) = users_ready() else {
+        return;
+    };
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("this user")
+        .name;
+    let sh = Shared::new();
+    let state = sh.dir.path().join("state");
+    let yaml = |version: &str, steps: &str| {
+        common::deploy::deploy_yaml(version, 0.0, steps).replace(
+            "      abort_delay: 0\n",
+            &format!("      abort_delay: 0\n      keep_serving: false\n      approvers: {{users: [{me}, {MEMBER}], required: 2}}\n"),
+        )
+    };
+    let (v1, _) = common::deploy::deploy(&state, &yaml("v1", common::deploy::STRAIGHT)).await;
+    assert_eq!(v1.result, trackside::engine::RunResult::Passed);
+    let file = sh.dir.path().join("v2.yml");
+    std::fs::write(&file, yaml("v2", common::deploy::GATED)).expect("write");
+    let (state_s, file_s) = (state.to_str().expect("utf-8"), file.to_str().expect("utf-8"));
+    let args = [
+        "run",
+        "--json",
+        "--no-watch",
+        "--allow-group",
+        GROUP,
+        "--state-dir",
+        state_s,
+        file_s,
+    ];
+    let (mut run, rx) = spawn_run(&args, sh.dir.path());
+    let mut seen = Vec::new();
+    wait_for(&rx, "\"phase\":\"gate\"", &mut seen);
+    let said = as_me(&["rollout", "web", "promote", "--state-dir", state_s]);
+    assert!(said.contains("approval 1 of 2"), "{said}");
+    // Saved beside the gate before the answer: a kill now loses nothing.
+    let gate = trackside::deploy::rollout::load_gate(&state, "web").expect("the gate is kept");
+    assert_eq!(gate.approvals, vec![me.clone()]);
+    run.kill().expect("kill -9");
+    let _ = run.wait();
+
+    let (mut run, rx) = spawn_run(&args, sh.dir.path());
+    let mut seen = Vec::new();
+    wait_for(&rx, &format!("its approvals kept: {me}"), &mut seen);
+    wait_for(&rx, "\"phase\":\"gate\"", &mut seen);
+    let said = as_me(&["rollout", "web", "status", "--state-dir", state_s]);
+    assert!(said.contains("waiting for 1 more"), "{said}");
+    let said = as_me(&["rollout", "web", "promote", "--state-dir", state_s]);
+    assert!(said.contains("has already approved this step (1 of 2)"), "{said}");
+    let sock = state.join("services").join("web.sock");
+    let o = as_user(
+        &sh.exe,
+        member,
+        MEMBER,
+        &["rollout", sock.to_str().expect("utf-8"), "promote"],
+        &sh.home,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let status = run.wait().expect("run ends");
+    for line in rx.try_iter() {
+        seen.push(line);
+    }
+    assert!(
+        status.success(),
+        "two people passed the gate, across the restart: {seen:#?}"
+    );
+}

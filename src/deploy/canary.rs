@@ -156,6 +156,14 @@ pub enum Effect {
     },
 }
 
+/// Where a restarted rollout takes up a gate a previous trackside waited at.
+#[derive(Debug, Clone)]
+struct Resume {
+    step: usize,
+    weight: u32,
+    approvals: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Canary {
     pub spec: CanarySpec,
@@ -168,7 +176,7 @@ pub struct Canary {
     last_progress: Duration,
     /// Where an interrupted rollout stood: (step, weight), taken up once
     /// the canary is healthy again.
-    resume: Option<(usize, u32)>,
+    resume: Option<Resume>,
     /// Who has approved passing the current step by hand (with a policy).
     pub approvals: Vec<String>,
 }
@@ -188,10 +196,15 @@ impl Canary {
     }
 
     /// A rollout that picks up at `step` with the canary at `weight`
-    /// (a gate a previous trackside was waiting at).
-    pub fn resuming(spec: CanarySpec, step: usize, weight: u32) -> Self {
+    /// and the `approvals` its gate had (a gate a previous trackside was
+    /// waiting at).
+    pub fn resuming(spec: CanarySpec, step: usize, weight: u32, approvals: Vec<String>) -> Self {
         let mut c = Canary::new(spec);
-        c.resume = Some((step.min(c.spec.steps.len()), weight.min(FULL)));
+        c.resume = Some(Resume {
+            step: step.min(c.spec.steps.len()),
+            weight: weight.min(FULL),
+            approvals,
+        });
         c
     }
 
@@ -249,14 +262,25 @@ impl Canary {
             Input::CanaryHealthy if self.phase == Phase::StartingCanary => {
                 self.last_progress = now;
                 self.phase = Phase::Running;
-                if let Some((step, weight)) = self.resume.take() {
+                if let Some(Resume {
+                    step,
+                    weight,
+                    approvals,
+                }) = self.resume.take()
+                {
+                    let kept = if approvals.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (its approvals kept: {})", approvals.join(", "))
+                    };
                     note(
                         &mut fx,
-                        &format!("resuming at step {} of {}", step + 1, self.spec.steps.len()),
+                        &format!("resuming at step {} of {}{kept}", step + 1, self.spec.steps.len()),
                         None,
                     );
                     self.step = step;
                     self.weight = weight;
+                    self.approvals = approvals;
                     fx.push(Effect::SetWeight { weight });
                 }
                 self.run_steps(&mut fx);
@@ -1076,8 +1100,51 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_gate_keeps_the_approvals_it_had() {
+        let mut sp = spec(vec![
+            Step::SetWeight(200),
+            Step::Gate { timeout: None },
+            Step::SetWeight(FULL),
+        ]);
+        sp.approvers = Some(crate::pipeline::model::Approvers {
+            users: vec!["ada".into(), "ben".into()],
+            groups: Vec::new(),
+            required: 2,
+            allow_self: true,
+        });
+        let mut c = Canary::resuming(sp, 1, 200, vec!["ben".into()]);
+        c.handle(Input::Start, s(0));
+        let n = notes(&c.handle(Input::CanaryHealthy, s(1)));
+        assert!(
+            n[0].contains("resuming at step 2 of 3 (its approvals kept: ben)"),
+            "{n:?}"
+        );
+        assert!(matches!(c.phase, Phase::Gate { .. }), "{:?}", c.phase);
+        assert_eq!(
+            c.waiting_for().as_deref(),
+            Some("waiting for 1 more from users ada, ben")
+        );
+        let ben = Approver {
+            user: "ben".into(),
+            groups: Vec::new(),
+            display: "ben@host".into(),
+            started_the_run: false,
+        };
+        let n = notes(&c.handle(Input::Promote { by: ben }, s(2)));
+        assert!(n[0].contains("ben has already approved this step (1 of 2)"), "{n:?}");
+        let ada = Approver {
+            user: "ada".into(),
+            groups: Vec::new(),
+            display: "ada@host".into(),
+            started_the_run: false,
+        };
+        c.handle(Input::Promote { by: ada }, s(3));
+        assert_eq!(c.phase, Phase::Completed);
+    }
+
+    #[test]
     fn a_resumed_rollout_takes_up_its_gate_with_its_weight() {
-        let mut c = Canary::resuming(standard(), 2, 100);
+        let mut c = Canary::resuming(standard(), 2, 100, Vec::new());
         c.handle(Input::Start, s(0));
         let fx = c.handle(Input::CanaryHealthy, s(1));
         assert_eq!(weights(&fx), [100]);

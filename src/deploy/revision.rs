@@ -179,6 +179,9 @@ pub struct GateState {
     pub step: usize,
     pub weight: u32,
     pub since_ms: u64,
+    /// Who approved the gate so far (a policy needing several people).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
 }
 
 pub(crate) fn gate_path(state: &Path, service: &str) -> PathBuf {

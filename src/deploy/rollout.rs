@@ -616,6 +616,37 @@ async fn start_router(
     }
 }
 
+/// Keeps where a rollout waits at a gate, and who approved it so far, for
+/// a restarted trackside to take up (`saved`: the step and the number of
+/// approvals as last kept, `None` when nothing is); forgets it when the
+/// rollout is at no gate.
+fn keep_gate(
+    machine: &Canary,
+    saved: &mut Option<(usize, usize)>,
+    state_dir: &std::path::Path,
+    service: &str,
+    version: &str,
+    target: &str,
+) {
+    if !matches!(machine.phase, Phase::Gate { .. }) {
+        *saved = None;
+        return;
+    }
+    let now = (machine.step, machine.approvals.len());
+    if *saved == Some(now) {
+        return;
+    }
+    let g = GateState {
+        version: version.to_string(),
+        run: target.to_string(),
+        step: machine.step,
+        weight: machine.weight,
+        since_ms: crate::store::now_ms(),
+        approvals: machine.approvals.clone(),
+    };
+    *saved = save_gate(state_dir, service, &g).is_ok().then_some(now);
+}
+
 async fn drive(
     w: &World<'_>,
     mut io: Io,
@@ -645,11 +676,12 @@ async fn drive(
                 percent(g.weight)
             ))
             .await;
-            Canary::resuming(canary_spec, g.step, g.weight)
+            Canary::resuming(canary_spec, g.step, g.weight, g.approvals)
         }
         _ => Canary::new(canary_spec),
     };
-    let mut gate_saved = false;
+    // The gate's step and approvals as last kept (None: not kept).
+    let mut gate_saved: Option<(usize, usize)> = None;
     let mut last_phase = "";
     let judge_cfg = JudgeConfig {
         confidence: spec.confidence,
@@ -766,19 +798,16 @@ async fn drive(
             ..w.status(phase, detail.clone())
         };
         let _ = io.status.try_send(status);
-        // Remember a gate for a restart; forget it once the rollout is over.
-        if matches!(machine.phase, Phase::Gate { .. }) && !gate_saved {
-            let g = GateState {
-                version: new.version.clone(),
-                run: target.clone(),
-                step: machine.step,
-                weight: machine.weight,
-                since_ms: crate::store::now_ms(),
-            };
-            gate_saved = save_gate(&io.state_dir, &spec.service, &g).is_ok();
-        } else if !matches!(machine.phase, Phase::Gate { .. }) {
-            gate_saved = false;
-        }
+        // Remember a gate, and the approvals it has, for a restart; forget
+        // it once the rollout is over.
+        keep_gate(
+            &machine,
+            &mut gate_saved,
+            &io.state_dir,
+            &spec.service,
+            &new.version,
+            &target,
+        );
         // Over (whatever its end): a gate it waited at is not to be taken up.
         if machine.is_settled() || matches!(machine.phase, Phase::Degraded { .. }) {
             let _ = std::fs::remove_file(gate_path(&io.state_dir, &spec.service));
@@ -817,6 +846,8 @@ async fn drive(
             }
             Some((cmd, by)) = io.control.recv() => {
                 pending = machine.handle(input(cmd, by), now());
+                // An approval is kept before anyone is told of it.
+                keep_gate(&machine, &mut gate_saved, &io.state_dir, &spec.service, &new.version, &target);
             }
             Some(input) = internal_rx.recv() => {
                 if input == Input::CanaryHealthy {
