@@ -602,6 +602,10 @@ enum Cmd {
         /// Route with the built-in router.
         #[arg(long, conflicts_with = "haproxy")]
         builtin: bool,
+        /// Open the service's socket to this group too (default: the group
+        /// it had before, else its user alone).
+        #[arg(long = "allow-group", value_name = "GROUP")]
+        allow_group: Option<String>,
     },
     /// The live services of the state directory: what serves, where, the
     /// traffic split and each replica.
@@ -620,6 +624,9 @@ enum Cmd {
     /// (its router and replicas; the history stays), `start` (them again),
     /// `scale N` (N stable replicas).
     Service {
+        /// The service's name, or the path of its service process's socket
+        /// (`<state>/services/web/router.sock` of a service opened to your
+        /// group: status, scale, stop).
         service: String,
         #[arg(value_enum, default_value = "status")]
         action: ServiceAction,
@@ -1075,6 +1082,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             listen,
             haproxy,
             builtin,
+            allow_group,
         } => {
             let _log_guard = init_tracing(&state);
             let choice = match (haproxy, builtin) {
@@ -1082,7 +1090,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 (None, true) => trackside::deploy::service::RouterChoice::Builtin,
                 (None, false) => trackside::deploy::service::RouterChoice::AsBefore,
             };
-            servicecmd::router(&state, &service, &listen, choice)
+            servicecmd::router(&state, &service, &listen, choice, allow_group)
         }
         Cmd::Services { ui: true, ascii, .. } => servicecmd::services_ui(&state, ascii),
         Cmd::Services { format, .. } => servicecmd::services(&state, format == OutputFormat::Json),
@@ -1329,6 +1337,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             cfg.borrowed_artifacts = borrowed;
             cfg.keep_failed = keep_failed;
             cfg.no_cache = no_cache;
+            cfg.group = access.group_name().map(str::to_string);
             cfg.git = git_facts;
             cfg.load_options = Some(opts.clone());
             cfg.repeat = repeat;

@@ -18,7 +18,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Fail> {
 /// `trackside router SERVICE --listen ADDR`: the service process. Says
 /// `ready ADDR` on standard output once it serves, then lets go of the
 /// terminal (it outlives whoever started it) and logs to `<state>/logs`.
-pub fn router(state: &Path, name: &str, listen: &str, choice: service::RouterChoice) -> Result<u8, Fail> {
+pub fn router(
+    state: &Path,
+    name: &str,
+    listen: &str,
+    choice: service::RouterChoice,
+    group: Option<String>,
+) -> Result<u8, Fail> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -31,6 +37,7 @@ pub fn router(state: &Path, name: &str, listen: &str, choice: service::RouterCho
             name.to_string(),
             listen.to_string(),
             choice,
+            group,
             |addr| {
                 write_out(&format!("ready {addr}\n"));
                 detach_output();
@@ -61,9 +68,9 @@ fn detach_output() {
 }
 
 /// One service as `trackside services` and `service status` show it.
-fn describe(state: &Path, s: &LiveState, running: bool) -> String {
+fn describe(s: &LiveState, running: bool, haproxy_alive: bool) -> String {
     let up = service::LiveReplica::is_up;
-    let haproxy = service::haproxy_alive(state, &s.service);
+    let haproxy = haproxy_alive;
     let what = match (running, s.replicas.iter().any(up)) {
         (true, _) => "serving",
         (false, true) if haproxy => {
@@ -178,7 +185,10 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
         ));
         return Ok(0);
     }
-    let text: String = states.iter().map(|(s, r)| describe(state, s, *r)).collect();
+    let text: String = states
+        .iter()
+        .map(|(s, r)| describe(s, *r, service::haproxy_alive(state, &s.service)))
+        .collect();
     write_out(&text);
     Ok(0)
 }
@@ -193,13 +203,20 @@ pub enum Action {
 }
 
 pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
+    if name.contains('/') {
+        return through_socket(Path::new(name), action);
+    }
     let paths = service::paths(state, name);
     match action {
         Action::Status => {
             let Some(s) = service::saved(state, name) else {
                 return Err(Fail(format!("no live service `{name}` in {}", state.display()), 1));
             };
-            write_out(&describe(state, &s, service::running(state, name)));
+            write_out(&describe(
+                &s,
+                service::running(state, name),
+                service::haproxy_alive(state, name),
+            ));
             Ok(0)
         }
         Action::Stop => {
@@ -237,7 +254,7 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
                 .collect();
             files.sort();
             for f in files {
-                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                let text = tail_of(&f, LOG_TAIL_BYTES);
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 out.push_str(&format!("== {} ==\n", f.display()));
                 for l in tail.into_iter().rev() {
@@ -249,6 +266,66 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             Ok(0)
         }
     }
+}
+
+/// How much of the end of each replica's log `service logs` reads.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file (a replica's log may be any size), from
+/// its first whole line.
+fn tail_of(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let from = len.saturating_sub(max);
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = f.take(max).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    match (from > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    }
+}
+
+/// `trackside service SOCKET status|scale N|stop`: a service process
+/// reached by its socket's path (another user's, opened to a group with
+/// `--allow-group`); what needs its state directory is its user's.
+fn through_socket(socket: &Path, action: Action) -> Result<u8, Fail> {
+    runtime()?.block_on(async {
+        let c = service::Client::at(socket).await.map_err(|e| Fail(e, 1))?;
+        match action {
+            Action::Status => {
+                let s = c.status().await.map_err(|e| Fail(e, 1))?;
+                write_out(&describe(&s, true, s.haproxy.is_some()));
+            }
+            Action::Scale(n) => {
+                let said = service::scale_through(&c, n).await.map_err(|e| Fail(e.to_string(), 1))?;
+                write_out(&format!("{said}\n"));
+            }
+            Action::Stop => {
+                let r = c
+                    .call(&service::Request::Stop { locked: false })
+                    .await
+                    .map_err(|e| Fail(e, 1))?;
+                write_out(&format!("{}\n", r.message));
+            }
+            Action::Logs | Action::Start => {
+                return Err(Fail(
+                    format!(
+                        "`logs` and `start` read the service's state directory: ask the user running `{}` (through its socket: status, scale N, stop)",
+                        c.service
+                    ),
+                    2,
+                ));
+            }
+        }
+        Ok(0)
+    })
 }
 
 /// `trackside rollback SERVICE`.

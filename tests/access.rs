@@ -387,3 +387,77 @@ async fn a_gates_approvals_survive_a_killed_trackside() {
         "two people passed the gate, across the restart: {seen:#?}"
     );
 }
+
+/// A live service a run opened to the group starts its service process
+/// with its socket opened to that group too: a member steers it through
+/// the socket's path (status, scale, stop), an outsider cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_services_socket_is_opened_to_the_runs_group_and_no_one_else() {
+    use std::os::unix::fs::MetadataExt;
+    use trackside::deploy::service;
+    let Some((member, outsider)) = users_ready() else {
+        return;
+    };
+    let sh = Shared::new();
+    let state = sh.dir.path().join("state");
+    /// Stops the service even when the test fails.
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_trackside"))
+                .arg("--state-dir")
+                .arg(&self.0)
+                .args(["service", "web", "stop"])
+                .output();
+        }
+    }
+    let _stop = Stop(state.clone());
+    let mut s = common::setup(&common::deploy::deploy_yaml("g1", 0.0, common::deploy::STRAIGHT));
+    s.cfg.state_dir = state.clone();
+    s.cfg.group = Some(GROUP.into());
+    let mut r = common::start(&mut s).await;
+    let sum = r.finished().await;
+    assert_eq!(sum.result, trackside::engine::RunResult::Passed, "{:?}", r.lines("web"));
+    let sock = service::paths(&state, "web").socket;
+    let meta = std::fs::metadata(&sock).expect("the service's socket");
+    let group = nix::unistd::Group::from_name(GROUP).ok().flatten().expect("group");
+    assert_eq!(
+        (meta.mode() & 0o777, meta.gid()),
+        (0o660, group.gid.as_raw()),
+        "0660 with the group"
+    );
+    let sock_s = sock.to_str().expect("utf-8");
+
+    let o = as_user(&sh.exe, outsider, OUTSIDER, &["service", sock_s, "status"], &sh.home);
+    let said = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("ermission denied"),
+        "kept out by the socket's mode: {said}"
+    );
+
+    let o = as_user(&sh.exe, member, MEMBER, &["service", sock_s, "status"], &sh.home);
+    let said = text(&o);
+    assert!(
+        said.contains("web  serving  http://") && said.contains("g1 100%"),
+        "{said}"
+    );
+    let o = as_user(&sh.exe, member, MEMBER, &["service", sock_s, "scale", "3"], &sh.home);
+    let said = text(&o);
+    assert!(said.contains("3 stable replica(s) of g1 (was 2)"), "{said}");
+    let o = as_user(&sh.exe, member, MEMBER, &["service", sock_s, "logs"], &sh.home);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // The service's own log names who changed it.
+    let logs = std::fs::read_dir(state.join("logs"))
+        .expect("the service process's log")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        logs.contains("start g1#") && logs.contains(&format!("{MEMBER}@")),
+        "who scaled it: {logs}"
+    );
+    let o = as_user(&sh.exe, member, MEMBER, &["service", sock_s, "stop"], &sh.home);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    common::deploy::until("the service stopped", || !service::running(&state, "web")).await;
+}

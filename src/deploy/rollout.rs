@@ -99,6 +99,9 @@ pub struct Io {
     pub env: Vec<(String, String)>,
     /// trackside's own program, which a live service's process runs.
     pub program: PathBuf,
+    /// The group a live service's socket is opened to when this deploy
+    /// starts its service process (the run's `--allow-group`).
+    pub service_group: Option<String>,
     /// The pipelines' metrics from history (as `trackside metrics` prints
     /// them), served on `metrics_listen` after the service's.
     pub pipeline_metrics: Option<super::router::ExtraMetrics>,
@@ -376,7 +379,15 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     }
     let client = if live {
         let choice = choice.unwrap_or(service::RouterChoice::Builtin);
-        let (c, addr) = service::ensure(&io.program, &io.state_dir, &spec.service, &spec.listen, &choice).await?;
+        let (c, addr) = service::ensure(
+            &io.program,
+            &io.state_dir,
+            &spec.service,
+            &spec.listen,
+            &choice,
+            io.service_group.as_deref(),
+        )
+        .await?;
         let scale_down_delay_ms = u64::try_from(spec.scale_down_delay.as_millis()).unwrap_or(u64::MAX);
         c.call(&service::Request::Settings { scale_down_delay_ms }).await?;
         Some((c, addr))

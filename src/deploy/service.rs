@@ -196,6 +196,9 @@ pub struct LiveState {
     /// router).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub haproxy: Option<String>,
+    /// The group its socket is open to (`--allow-group`), besides its user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl LiveState {
@@ -253,8 +256,13 @@ pub enum Request {
     /// Every request's measurement, one line each (`pool latency_ms error`),
     /// for as long as the connection stays open.
     Samples,
-    /// Stop every replica and the service process.
-    Stop,
+    /// Stop every replica and the service process. Refused while a deploy
+    /// of the service runs, unless the asker holds the deploy lock itself
+    /// (`trackside service SERVICE stop` of the service's own user).
+    Stop {
+        #[serde(default)]
+        locked: bool,
+    },
 }
 
 /// What the service process answers.
@@ -361,6 +369,7 @@ pub async fn serve(
     service: String,
     listen: String,
     router: RouterChoice,
+    group: Option<String>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let paths = paths(&state_dir, &service);
@@ -384,6 +393,14 @@ pub async fn serve(
         want
     };
     let addr: SocketAddr = want.parse().map_err(|_| format!("`{want}` is not an address"))?;
+    // Opened to a group: the one asked for, else the one it had.
+    if group.is_some() {
+        live.group = group;
+    }
+    let access = Arc::new(match &live.group {
+        Some(g) => crate::access::Access::group(g).map_err(|e| e.to_string())?,
+        None => crate::access::Access::owner_only(),
+    });
     live.haproxy = match router {
         RouterChoice::AsBefore => live.haproxy,
         RouterChoice::Builtin => None,
@@ -426,6 +443,7 @@ pub async fn serve(
     live.listen = addr.to_string();
     front.stats().tap(samples.clone());
     let socket = crate::control::bind(&paths.socket)?;
+    access.open(&paths.socket, &state_dir).map_err(|e| e.to_string())?;
     let mut d = Daemon {
         paths: paths.clone(),
         front,
@@ -465,7 +483,7 @@ pub async fn serve(
     write_pid(&paths.pid)?;
     ready(addr);
     let d = Arc::new(Mutex::new(d));
-    let accept = tokio::spawn(accept(socket, d.clone(), stop.clone()));
+    let accept = tokio::spawn(accept(socket, d.clone(), access, stop.clone()));
     // Containers of this service that `service.json` does not name (a
     // service process that died between creating one and saving it).
     let _ = tokio::time::timeout(Duration::from_secs(10), async { d.lock().await.sweep_unknown().await }).await;
@@ -671,7 +689,19 @@ impl Daemon {
             },
             // Answered by the connection itself (a stream).
             Request::Samples => Reply::refused("internal: samples are a stream"),
-            Request::Stop => {
+            Request::Stop { locked } => {
+                let state = self
+                    .paths
+                    .dir
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(&self.paths.dir);
+                if !locked && super::revision::lock_service(state, &self.state.service).is_err() {
+                    return Reply::refused(format!(
+                        "a deploy of `{0}` is running: abort it first (`trackside rollout {0} abort`), then stop the service",
+                        self.state.service
+                    ));
+                }
                 self.stop.cancel();
                 Reply::ok(format!("stopping `{}`", self.state.service), self.state.clone())
             }
@@ -1133,25 +1163,47 @@ async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) {
     kill_session(r.pid);
 }
 
-async fn accept(listener: UnixListener, d: Arc<Mutex<Daemon>>, stop: CancellationToken) {
+async fn accept(
+    listener: UnixListener,
+    d: Arc<Mutex<Daemon>>,
+    access: Arc<crate::access::Access>,
+    stop: CancellationToken,
+) {
     let l = &listener;
     let accept = move || async move { l.accept().await.map(|(s, _)| s) };
     crate::net::accept_loop("service socket", MAX_CONNECTIONS, &stop, accept, |stream, slot| {
-        let d = d.clone();
+        let (d, access) = (d.clone(), access.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            answer(stream, d).await;
+            answer(stream, d, access).await;
         });
     })
     .await;
 }
 
-async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
-    // The socket is 0600; the peer's uid covers the moment before that.
-    let me = nix::unistd::Uid::current().as_raw();
-    let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me || c.uid() == 0);
+/// A request as the service process's log names it.
+fn request_name(req: &Request) -> String {
+    match req {
+        Request::Start { replica } => format!("start {}", replica.name),
+        Request::Route { pool, addrs } => format!("route {} to {} replica(s)", pool.name(), addrs.len()),
+        Request::Weight { weight } => format!("canary weight {}", super::router::percent(*weight)),
+        Request::Retire { names, after_ms } => format!("retire {} in {}s", names.join(", "), after_ms / 1000),
+        Request::Unretire { names } => format!("keep {}", names.join(", ")),
+        Request::Settings { .. } => "settings".into(),
+        Request::Stop { .. } => "stop".into(),
+        Request::Status | Request::InFlight { .. } | Request::Samples => "look".into(),
+    }
+}
+
+async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>, access: Arc<crate::access::Access>) {
+    // The socket's mode keeps others out; the peer's uid also covers the
+    // moment before it was set.
+    let peer = stream
+        .peer_cred()
+        .ok()
+        .map(|c| crate::protocol::identity::Person::peer(c.uid(), c.pid()));
     let (read, mut write) = stream.into_split();
-    let reply = if allowed {
+    let reply = if let Some(peer) = peer.filter(|p| access.admits(p.uid)) {
         match crate::net::read_request::<Request>(read, MAX_REQUEST, REQUEST_WAIT).await {
             Err(why) => Reply::refused(why.to_string()),
             Ok(Request::Samples) => {
@@ -1168,10 +1220,29 @@ async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>) {
                     }
                 }
             }
-            Ok(req) => d.lock().await.handle(req).await,
+            Ok(req) => {
+                let changes = !matches!(req, Request::Status | Request::InFlight { .. });
+                let mut d = d.lock().await;
+                let reply = d.handle(req.clone()).await;
+                // Who changed what: the service process's log is the trail.
+                if changes {
+                    tracing::info!(
+                        service = %d.state.service,
+                        by = %peer.display,
+                        ok = reply.ok,
+                        "{}: {}",
+                        request_name(&req),
+                        reply.message
+                    );
+                }
+                reply
+            }
         }
     } else {
-        Reply::refused("only the user running this service (or root) may steer it")
+        Reply::refused(format!(
+            "only {} may steer this service",
+            access.who_may().replace("this trackside", "this service")
+        ))
     };
     if let Ok(mut text) = serde_json::to_string(&reply) {
         text.push('\n');
@@ -1221,6 +1292,20 @@ pub struct Client {
 }
 
 impl Client {
+    /// The service process whose socket is at `socket` (another user's,
+    /// opened to a group), if it answers; named by the service it serves.
+    pub async fn at(socket: &Path) -> Result<Client, String> {
+        let c = Client {
+            socket: socket.to_path_buf(),
+            service: socket.display().to_string(),
+        };
+        let st = c.status().await?;
+        Ok(Client {
+            service: st.service,
+            ..c
+        })
+    }
+
     /// The service process of `service`, if one answers.
     pub async fn connect(state: &Path, service: &str) -> Option<Client> {
         let c = Client {
@@ -1297,6 +1382,7 @@ pub async fn ensure(
     service: &str,
     listen: &str,
     router: &RouterChoice,
+    group: Option<&str>,
 ) -> Result<(Client, String), String> {
     let routed_by = |haproxy: bool| if haproxy { "HAProxy" } else { "the built-in router" };
     if let Some(c) = Client::connect(state, service).await {
@@ -1337,6 +1423,9 @@ pub async fn ensure(
         RouterChoice::Haproxy(binary) => {
             cmd.arg("--haproxy").arg(binary);
         }
+    }
+    if let Some(g) = group {
+        cmd.arg("--allow-group").arg(g);
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -1591,7 +1680,7 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
 /// stable replicas `stop` stopped, once healthy, routed.
 pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, ServiceError> {
     let saved = saved(state, service).ok_or_else(|| no_such(state, service))?;
-    let (c, listen) = ensure(program, state, service, "", &RouterChoice::AsBefore).await?;
+    let (c, listen) = ensure(program, state, service, "", &RouterChoice::AsBefore, None).await?;
     let st = c.status().await?;
     if !st.serving(Pool::Stable).is_empty() {
         return Ok(format!("`{service}` serves on http://{listen} already"));
@@ -1619,12 +1708,19 @@ pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String
 /// started like the first (health-checked before they take traffic);
 /// fewer: the newest extra ones leave the pool and stop.
 pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, ServiceError> {
-    if n == 0 {
-        return Err(ServiceError::ScaleToZero);
-    }
     let c = Client::connect(state, service)
         .await
         .ok_or_else(|| ServiceError::NotRunning(service.to_string()))?;
+    scale_through(&c, n).await
+}
+
+/// [`scale`] through a connection to the service process (its socket may
+/// be another user's, opened to a group).
+pub async fn scale_through(c: &Client, n: u32) -> Result<String, ServiceError> {
+    if n == 0 {
+        return Err(ServiceError::ScaleToZero);
+    }
+    let service = c.service.clone();
     let st = c.status().await?;
     let stable: Vec<LiveReplica> = st.serving(Pool::Stable).into_iter().cloned().collect();
     let Some(first) = stable.first() else {
@@ -1637,7 +1733,7 @@ pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, Servic
     let mut addrs: Vec<SocketAddr> = stable.iter().map(LiveReplica::addr).collect();
     if n > have {
         let more = vec![first.spec.clone(); (n - have) as usize];
-        addrs.extend(start_like(&c, &more).await?);
+        addrs.extend(start_like(c, &more).await?);
         c.call(&Request::Route {
             pool: Pool::Stable,
             addrs,
@@ -1666,7 +1762,7 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, ServiceError> {
     let _lock =
         super::revision::lock_service(state, service).map_err(|_| ServiceError::DeployRunning(service.to_string()))?;
     if let Some(c) = Client::connect(state, service).await {
-        c.call(&Request::Stop).await?;
+        c.call(&Request::Stop { locked: true }).await?;
         // Gone when its pid file is.
         let deadline = Instant::now() + Duration::from_secs(60);
         while running(state, service) && Instant::now() < deadline {

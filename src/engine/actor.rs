@@ -114,6 +114,9 @@ pub struct EngineConfig {
     /// `TRACKSIDE_EXE` in steps (this program by default; tests that run
     /// the engine in their own binary name trackside's).
     pub program: PathBuf,
+    /// The group the run's sockets are opened to (`--allow-group`): a live
+    /// service a deploy starts opens its socket to it too.
+    pub group: Option<String>,
 }
 
 /// Quiet time after the last change to the pipeline file before it is read.
@@ -159,6 +162,7 @@ impl EngineConfig {
             git: None,
             load_options: None,
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trackside")),
+            group: None,
         }
     }
 }
@@ -488,6 +492,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         run_dir: record.dir().to_path_buf(),
         project_dir: cfg.project_dir.clone(),
         program: cfg.program.clone(),
+        group: cfg.group.clone(),
         files,
         in_place: cfg.in_place,
         keep_workspaces: cfg.keep_workspaces,

@@ -103,6 +103,8 @@ pub struct RunContext {
     pub project_dir: PathBuf,
     /// trackside's own program (see `EngineConfig::program`).
     pub program: PathBuf,
+    /// The run's `--allow-group` (see `EngineConfig::group`).
+    pub group: Option<String>,
     /// Project files copied into each workspace (taken once per run).
     pub files: Vec<PathBuf>,
     pub in_place: bool,

@@ -271,6 +271,7 @@ async fn deploy_attempt(
         cancel: a.cancel.clone(),
         env,
         program: ctx.program.clone(),
+        service_group: ctx.group.clone(),
         pipeline_metrics: Some({
             let index = ctx.index.clone();
             std::sync::Arc::new(move || {
@@ -2526,6 +2527,7 @@ mod tests {
             run_dir: PathBuf::from("/tmp/r"),
             project_dir: PathBuf::from("/tmp/p"),
             program: PathBuf::from("trackside"),
+            group: None,
             files: Vec::new(),
             in_place: false,
             keep_workspaces: false,
