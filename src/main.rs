@@ -632,6 +632,10 @@ enum Cmd {
         action: ServiceAction,
         /// With scale: how many stable replicas.
         count: Option<u32>,
+        /// With logs: keep printing what the replicas write (`replica >
+        /// line`), new replicas included, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Steer a rollout another trackside is running (same user, same
     /// --state-dir): `trackside rollout web promote`, `... status`.
@@ -1094,12 +1098,20 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
         }
         Cmd::Services { ui: true, ascii, .. } => servicecmd::services_ui(&state, ascii),
         Cmd::Services { format, .. } => servicecmd::services(&state, format == OutputFormat::Json),
-        Cmd::Service { service, action, count } => servicecmd::service(
+        Cmd::Service {
+            service,
+            action,
+            count,
+            follow,
+        } => servicecmd::service(
             &state,
             &service,
             match (action, count) {
+                (ServiceAction::Logs, _) => servicecmd::Action::Logs { follow },
+                _ if follow => {
+                    return Err(Fail("--follow goes with `logs`".into(), 2));
+                }
                 (ServiceAction::Status, _) => servicecmd::Action::Status,
-                (ServiceAction::Logs, _) => servicecmd::Action::Logs,
                 (ServiceAction::Stop, _) => servicecmd::Action::Stop,
                 (ServiceAction::Start, _) => servicecmd::Action::Start,
                 (ServiceAction::Scale, Some(n)) => servicecmd::Action::Scale(n),

@@ -68,7 +68,12 @@ fn detach_output() {
 }
 
 /// One service as `trackside services` and `service status` show it.
-fn describe(s: &LiveState, running: bool, haproxy_alive: bool) -> String {
+fn describe(
+    s: &LiveState,
+    running: bool,
+    haproxy_alive: bool,
+    last: Option<&trackside::deploy::revision::HistoryEntry>,
+) -> String {
     let up = service::LiveReplica::is_up;
     let haproxy = haproxy_alive;
     let what = match (running, s.replicas.iter().any(up)) {
@@ -96,6 +101,14 @@ fn describe(s: &LiveState, running: bool, haproxy_alive: bool) -> String {
         out.push_str(&format!("  DEGRADED: {d}"));
     }
     out.push('\n');
+    if let Some(h) = last {
+        let secs = trackside::store::now_ms().saturating_sub(h.ts_ms) / 1000;
+        out.push_str(&format!(
+            "  last: {}, {} ago\n",
+            h.describe(),
+            trackside::protocol::view::ago_text(secs)
+        ));
+    }
     if !running && !s.stopped.is_empty() {
         out.push_str(&format!(
             "  stopped: {} replica(s) of {} (`trackside service {} start` starts them again)\n",
@@ -187,7 +200,10 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
     }
     let text: String = states
         .iter()
-        .map(|(s, r)| describe(s, *r, service::haproxy_alive(state, &s.service)))
+        .map(|(s, r)| {
+            let last = trackside::deploy::revision::history(state, &s.service).pop();
+            describe(s, *r, service::haproxy_alive(state, &s.service), last.as_ref())
+        })
         .collect();
     write_out(&text);
     Ok(0)
@@ -197,7 +213,7 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
 pub enum Action {
     Status,
     Stop,
-    Logs,
+    Logs { follow: bool },
     Start,
     Scale(u32),
 }
@@ -212,10 +228,12 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             let Some(s) = service::saved(state, name) else {
                 return Err(Fail(format!("no live service `{name}` in {}", state.display()), 1));
             };
+            let last = trackside::deploy::revision::history(state, name).pop();
             write_out(&describe(
                 &s,
                 service::running(state, name),
                 service::haproxy_alive(state, name),
+                last.as_ref(),
             ));
             Ok(0)
         }
@@ -245,7 +263,7 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             write_out(&format!("{said}\n"));
             Ok(0)
         }
-        Action::Logs => {
+        Action::Logs { follow } => {
             let mut out = String::new();
             let mut files: Vec<_> = std::fs::read_dir(&paths.logs)
                 .map_err(|e| Fail(format!("no logs of `{name}` in {}: {e}", paths.logs.display()), 1))?
@@ -263,8 +281,79 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
                 }
             }
             write_out(&out);
+            if follow {
+                follow_logs(&paths.logs);
+            }
             Ok(0)
         }
+    }
+}
+
+/// How often `service logs --follow` looks for more.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints what the replicas of a service write from now on, `replica >
+/// line`, a replica started later included, until interrupted or the
+/// service's folder goes. At most [`LOG_TAIL_BYTES`] of a file are read a
+/// turn; a line longer than that is printed in pieces.
+fn follow_logs(dir: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    // Where each file was read up to; files there now are followed from their end.
+    let mut at: std::collections::HashMap<std::path::PathBuf, u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
+        .collect();
+    while dir.exists() {
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files {
+            let len = std::fs::metadata(&f).map_or(0, |m| m.len());
+            let from = at.get(&f).copied().unwrap_or(0);
+            // Made anew (a replica's log restarted): from its start.
+            let from = if len < from { 0 } else { from };
+            if len == from {
+                continue;
+            }
+            let Ok(mut file) = std::fs::File::open(&f) else {
+                continue;
+            };
+            if file.seek(SeekFrom::Start(from)).is_err() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
+            // Whole lines only, unless one alone fills the turn.
+            let used = match bytes.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if bytes.len() as u64 >= LOG_TAIL_BYTES => bytes.len(),
+                None => 0,
+            };
+            let name = f
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut out = String::new();
+            for line in String::from_utf8_lossy(&bytes[..used]).lines() {
+                out.push_str(&format!("{name} > {line}\n"));
+            }
+            // Nobody reads any more (`| head`): done.
+            let mut stdout = std::io::stdout().lock();
+            if std::io::Write::write_all(&mut stdout, out.as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut stdout))
+                .is_err()
+            {
+                return;
+            }
+            at.insert(f, from + used as u64);
+        }
+        std::thread::sleep(FOLLOW_EVERY);
     }
 }
 
@@ -301,7 +390,7 @@ fn through_socket(socket: &Path, action: Action) -> Result<u8, Fail> {
         match action {
             Action::Status => {
                 let s = c.status().await.map_err(|e| Fail(e, 1))?;
-                write_out(&describe(&s, true, s.haproxy.is_some()));
+                write_out(&describe(&s, true, s.haproxy.is_some(), None));
             }
             Action::Scale(n) => {
                 let said = service::scale_through(&c, n).await.map_err(|e| Fail(e.to_string(), 1))?;
@@ -314,7 +403,7 @@ fn through_socket(socket: &Path, action: Action) -> Result<u8, Fail> {
                     .map_err(|e| Fail(e, 1))?;
                 write_out(&format!("{}\n", r.message));
             }
-            Action::Logs | Action::Start => {
+            Action::Logs { .. } | Action::Start => {
                 return Err(Fail(
                     format!(
                         "`logs` and `start` read the service's state directory: ask the user running `{}` (through its socket: status, scale N, stop)",

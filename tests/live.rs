@@ -457,7 +457,9 @@ async fn a_killed_trackside_leaves_traffic_where_it_was_and_the_next_resumes_the
 async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_delay() {
     let state = State::new();
     let s = state.path();
-    deploy(s, &live_yaml("c1", STRAIGHT, 1)).await;
+    // The project stays: its replicas run there, and more start there.
+    let (_p, mut r) = common::deploy::start_deploy(s, &live_yaml("c1", STRAIGHT, 1)).await;
+    assert_eq!(r.finished().await.result, RunResult::Passed);
     let addr = listen(s);
     let yaml = live_yaml("c2", GATED, 1).replace("abort_delay: 0", "abort_delay: 1");
     let (_s, mut r) = common::deploy::start_at_gate(s, &yaml).await;
@@ -467,6 +469,54 @@ async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_d
     until("the aborted canary stops", async || replicas_of("c2") == 0).await;
     assert_eq!(replicas_of("c1"), 2);
     assert_eq!(load_revision(s, "web").map(|r| r.version), Some("c1".into()));
+    // The rollout's result is in the history, and `services` says it...
+    let text = String::from_utf8_lossy(&trackside(s, &["services"]).stdout).to_string();
+    assert!(
+        text.contains("  last: c2 aborted (Aborted (stable serving): "),
+        "{text}"
+    );
+    // ...but a rollback goes to the revision that served before, not to it.
+    let out = trackside(s, &["rollback", "web"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no earlier revision than c1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `logs --follow` prints what replicas write from now on, a new one's too.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
+        .arg("--state-dir")
+        .arg(s)
+        .args(["service", "web", "logs", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs --follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let scaled = trackside(s, &["service", "web", "scale", "3"]);
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains(" > demo-service c1 listening on http://"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("the new replica's first line, followed: {seen:#?}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,6 +245,21 @@ async fn a_gate_survives_a_restart_of_trackside_with_haproxy() {
     common::deploy::gate_survives_a_restart(&via_haproxy).await;
 }
 
+/// The same with a live service behind HAProxy: HAProxy and the replicas
+/// stay with the service process while the trackside at the gate stops;
+/// the next one adopts them and takes the gate up. (The test's state
+/// folder goes at its end, and the service process with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_survives_a_restart_of_trackside_with_a_live_service_behind_haproxy() {
+    if !tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY") {
+        return;
+    }
+    common::deploy::gate_survives_a_restart(&|y: &str| {
+        y.replace("      traffic:", "      router: haproxy\n      traffic:")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_haproxy_is_steered_through_its_socket_and_measured_from_its_log() {
     if !tool("haproxy", "TRACKSIDE_REQUIRE_HAPROXY") {

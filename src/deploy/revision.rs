@@ -115,6 +115,22 @@ pub struct HistoryEntry {
     pub action: String,
     pub by: String,
     pub revision: Revision,
+    /// Why a rollout ended without its revision stable (`aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl HistoryEntry {
+    /// `v2 promoted by ana@host`, `v3 aborted (analysis failed: ...) by ana@host`.
+    pub fn describe(&self) -> String {
+        let why = self.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        format!(
+            "{} {}{why} by {}",
+            self.revision.version,
+            self.action.replace('_', " "),
+            self.by
+        )
+    }
 }
 
 pub fn history_path(state: &Path, service: &str) -> PathBuf {
@@ -130,13 +146,41 @@ pub fn history(state: &Path, service: &str) -> Vec<HistoryEntry> {
 /// Makes `rev` the stable revision and records who did it and why.
 pub fn record_revision(state: &Path, service: &str, rev: &Revision, action: &str, by: &str) -> Result<(), String> {
     save_revision(state, service, rev)?;
-    let entry = HistoryEntry {
-        ts_ms: crate::store::now_ms(),
-        action: action.into(),
-        by: by.into(),
-        revision: rev.clone(),
-    };
-    let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+    append_history(
+        state,
+        service,
+        &HistoryEntry {
+            ts_ms: crate::store::now_ms(),
+            action: action.into(),
+            by: by.into(),
+            revision: rev.clone(),
+            reason: None,
+        },
+    )
+}
+
+/// A rollout of `rev` that ended without it becoming stable (aborted,
+/// rolled back, degraded, cancelled), and why: history only, the stable
+/// revision stays as it is.
+pub fn record_aborted(state: &Path, service: &str, rev: &Revision, by: &str, reason: &str) -> Result<(), String> {
+    append_history(
+        state,
+        service,
+        &HistoryEntry {
+            ts_ms: crate::store::now_ms(),
+            action: ABORTED.into(),
+            by: by.into(),
+            revision: rev.clone(),
+            reason: Some(reason.into()),
+        },
+    )
+}
+
+/// The history action of a rollout that did not make its revision stable.
+pub const ABORTED: &str = "aborted";
+
+fn append_history(state: &Path, service: &str, entry: &HistoryEntry) -> Result<(), String> {
+    let line = serde_json::to_string(entry).map_err(|e| e.to_string())?;
     let path = history_path(state, service);
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
@@ -158,6 +202,7 @@ pub fn previous_revision(state: &Path, service: &str) -> Result<(Revision, Revis
     let previous = entries
         .iter()
         .rev()
+        .filter(|e| e.action != ABORTED)
         .map(|e| &e.revision)
         .find(|r| **r != current)
         .cloned()

@@ -544,11 +544,16 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
         if spec.rps > 0 {
             tokio::spawn(generate(listen, spec.rps, stop.clone(), counts.clone()));
         }
+        let state_dir = io.state_dir.clone();
         let out = if spec.strategy == Strategy::Rolling {
             drive_rolling(&world, io, health_rx, stable, &watch).await
         } else {
             drive(&world, io, health_rx, &counts, &watch, stable).await
         };
+        // The rollout's result is history too when its revision did not win.
+        if let Err(why) = &out {
+            let _ = super::revision::record_aborted(&state_dir, &spec.service, &new, &who(), why);
+        }
         watch.cancel();
         world.traffic.shutdown().await;
         out

@@ -879,7 +879,17 @@ impl Daemon {
         unsafe {
             cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start `{}`: {e}", spec.run))?;
+        let child = cmd.spawn().map_err(|e| {
+            if spec.workdir.is_dir() {
+                format!("cannot start `{}`: {e}", spec.run)
+            } else {
+                format!(
+                    "cannot start `{}` in {}: that folder is gone (the project it was deployed from); deploy the service again from where its project is",
+                    spec.run,
+                    spec.workdir.display()
+                )
+            }
+        })?;
         let pid = child.id().unwrap_or(0);
         let start = crate::process::start_time(pid).unwrap_or(0);
         Ok((child, pid, start))
@@ -1870,9 +1880,7 @@ pub fn overview(state: &Path) -> Vec<crate::protocol::view::ServiceOverview> {
                 weight: s.weight,
                 degraded: s.degraded.clone(),
                 replicas,
-                last_change: last
-                    .as_ref()
-                    .map(|h| format!("{} {} by {}", h.revision.version, h.action.replace('_', " "), h.by)),
+                last_change: last.as_ref().map(super::revision::HistoryEntry::describe),
                 last_change_ms: last.map(|h| h.ts_ms),
                 name,
             })

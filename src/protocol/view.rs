@@ -10,6 +10,16 @@ pub fn percent(tenths: u32) -> String {
     format!("{:.1}%", f64::from(tenths) / 10.0)
 }
 
+/// How long ago, as people read it: `45s`, `12 min`, `3 h`, `2 d`.
+pub fn ago_text(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86400 => format!("{} h", secs / 3600),
+        _ => format!("{} d", secs / 86400),
+    }
+}
+
 /// A steering command from a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

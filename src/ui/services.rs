@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::model::RolloutPoint;
 use super::theme::Theme;
-use crate::protocol::view::{ServiceOverview, ServicesFeed};
+use crate::protocol::view::{ServiceOverview, ServicesFeed, ago_text};
 
 /// Seconds of traffic kept per service (the charts' width).
 pub const KEPT_POINTS: usize = 300;
@@ -180,16 +180,6 @@ impl Services {
             ]));
         }
         lines
-    }
-}
-
-/// `45s`, `12 min`, `3 h`, `2 d`.
-fn ago_text(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{} min", secs / 60),
-        3600..86400 => format!("{} h", secs / 3600),
-        _ => format!("{} d", secs / 86400),
     }
 }
 
