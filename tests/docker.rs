@@ -299,7 +299,7 @@ async fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
         let mut push = d.client().push_image(&repo, Some(opts), None);
         while let Some(item) = futures_util::StreamExt::next(&mut push).await {
             let info = item.expect("push");
-            assert!(info.error.is_none(), "push: {info:?}");
+            assert!(info.error_detail.is_none(), "push: {info:?}");
         }
     };
     // A job on `repo:1` with a pull policy; which image it ran.
@@ -369,7 +369,7 @@ async fn private_images_are_pulled_with_the_login_the_job_or_the_machine_has() {
     let mut push = d.client().push_image(&repo, Some(push_opts), Some(login));
     while let Some(item) = futures_util::StreamExt::next(&mut push).await {
         let info = item.expect("push");
-        assert!(info.error.is_none(), "push: {info:?}");
+        assert!(info.error_detail.is_none(), "push: {info:?}");
     }
     let untag = async || {
         let none = None::<bollard::query_parameters::RemoveImageOptions>;

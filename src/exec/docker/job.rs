@@ -72,11 +72,11 @@ pub(super) fn apply_options(o: &ContainerOptions, body: &mut ContainerCreateBody
             ..Default::default()
         });
     }
-    let mut exposed = HashMap::new();
+    let mut exposed = std::collections::BTreeSet::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for spec in &x.ports {
         for (ip, host_port, port) in port_pairs(spec) {
-            exposed.insert(port.clone(), HashMap::new());
+            exposed.insert(port.clone());
             bindings
                 .entry(port)
                 .or_insert_with(|| Some(Vec::new()))
@@ -88,7 +88,7 @@ pub(super) fn apply_options(o: &ContainerOptions, body: &mut ContainerCreateBody
         }
     }
     if !exposed.is_empty() {
-        body.exposed_ports = Some(exposed);
+        body.exposed_ports = Some(exposed.into_iter().collect());
         host.port_bindings = Some(bindings);
     }
 }

@@ -605,7 +605,7 @@ impl DockerExecutor {
                 (LABEL_DEPLOY.to_string(), tag.to_string()),
                 (LABEL_PID.to_string(), std::process::id().to_string()),
             ])),
-            exposed_ports: Some(HashMap::from([(key.clone(), HashMap::new())])),
+            exposed_ports: Some(vec![key.clone()]),
             host_config: Some(HostConfig {
                 port_bindings: Some(HashMap::from([(
                     key.clone(),

@@ -66,7 +66,7 @@ impl DockerExecutor {
                 (LABEL_REVISION.to_string(), c.revision.to_string()),
                 (LABEL_REPLICA.to_string(), c.replica.to_string()),
             ])),
-            exposed_ports: Some(HashMap::from([(key.clone(), HashMap::new())])),
+            exposed_ports: Some(vec![key.clone()]),
             host_config: Some(HostConfig {
                 port_bindings: Some(HashMap::from([(
                     key,
