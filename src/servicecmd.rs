@@ -67,26 +67,48 @@ fn detach_output() {
     }
 }
 
-/// One service as `trackside services` and `service status` show it.
-fn describe(
-    s: &LiveState,
+/// What is known of a service besides its saved state.
+#[derive(Default)]
+struct Seen {
+    /// Its service process answers.
     running: bool,
+    /// The HAProxy it routes through runs.
     haproxy_alive: bool,
-    last: Option<&trackside::deploy::revision::HistoryEntry>,
-) -> String {
-    let up = service::LiveReplica::is_up;
-    let haproxy = haproxy_alive;
-    let what = match (running, s.replicas.iter().any(up)) {
-        (true, _) => "serving",
-        (false, true) if haproxy => {
-            "SERVICE PROCESS DOWN (HAProxy and the replicas serve, unwatched: `trackside service NAME start` watches them again)"
+    /// A trackside runs a rollout of it now.
+    rollout_running: bool,
+    last: Option<trackside::deploy::revision::HistoryEntry>,
+}
+
+impl Seen {
+    fn of(state: &Path, name: &str) -> Seen {
+        Seen {
+            running: service::running(state, name),
+            haproxy_alive: service::haproxy_alive(state, name),
+            rollout_running: trackside::control::running_rollouts(state)
+                .iter()
+                .any(|r| *r == trackside::deploy::revision::safe_name(name)),
+            last: trackside::deploy::revision::history(state, name).pop(),
         }
-        (false, true) => "ROUTER DOWN (replicas left running: `trackside service NAME stop` stops them)",
-        (false, false) => "stopped",
+    }
+}
+
+/// One service as `trackside services` and `service status` show it.
+fn describe(s: &LiveState, seen: &Seen) -> String {
+    let up = service::LiveReplica::is_up;
+    let name = &s.service;
+    let what = match (seen.running, s.replicas.iter().any(up)) {
+        (true, _) => "serving".to_string(),
+        (false, true) if seen.haproxy_alive => format!(
+            "SERVICE PROCESS DOWN (HAProxy and the replicas serve, unwatched: `trackside service {name} start` watches them again)"
+        ),
+        (false, true) => format!(
+            "ROUTER DOWN (nothing takes its traffic; the replicas run: `trackside service {name} start` serves them again, `trackside service {name} stop` stops them)"
+        ),
+        (false, false) => "stopped".to_string(),
     };
     let via = if s.haproxy.is_some() { " (HAProxy)" } else { "" };
     let mut out = format!("{}  {what}  http://{}{via}", s.service, s.listen);
-    if running {
+    if seen.running || seen.haproxy_alive {
         let stable = s.version(Pool::Stable).unwrap_or("-");
         match s.version(Pool::Canary) {
             Some(c) if s.weight > 0 => out.push_str(&format!(
@@ -101,7 +123,10 @@ fn describe(
         out.push_str(&format!("  DEGRADED: {d}"));
     }
     out.push('\n');
-    if let Some(h) = last {
+    if seen.rollout_running {
+        out.push_str(&format!("  rollout: running now (`trackside rollout {name} status`)\n"));
+    }
+    if let Some(h) = &seen.last {
         let secs = trackside::store::now_ms().saturating_sub(h.ts_ms) / 1000;
         out.push_str(&format!(
             "  last: {}, {} ago\n",
@@ -109,7 +134,7 @@ fn describe(
             trackside::protocol::view::ago_text(secs)
         ));
     }
-    if !running && !s.stopped.is_empty() {
+    if !seen.running && !s.stopped.is_empty() {
         out.push_str(&format!(
             "  stopped: {} replica(s) of {} (`trackside service {} start` starts them again)\n",
             s.stopped.len(),
@@ -130,7 +155,7 @@ fn describe(
             (true, None) => format!("pid {}", r.pid),
         };
         out.push_str(&format!(
-            "  {:<16} 127.0.0.1:{:<5}  {:<12} {state}{}\n",
+            "  {:<16} 127.0.0.1:{:<5}  {:<14} {state}{}\n",
             r.spec.name,
             r.spec.port,
             role,
@@ -200,10 +225,7 @@ pub fn services(state: &Path, json: bool) -> Result<u8, Fail> {
     }
     let text: String = states
         .iter()
-        .map(|(s, r)| {
-            let last = trackside::deploy::revision::history(state, &s.service).pop();
-            describe(s, *r, service::haproxy_alive(state, &s.service), last.as_ref())
-        })
+        .map(|(s, _)| describe(s, &Seen::of(state, &s.service)))
         .collect();
     write_out(&text);
     Ok(0)
@@ -228,13 +250,7 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
             let Some(s) = service::saved(state, name) else {
                 return Err(Fail(format!("no live service `{name}` in {}", state.display()), 1));
             };
-            let last = trackside::deploy::revision::history(state, name).pop();
-            write_out(&describe(
-                &s,
-                service::running(state, name),
-                service::haproxy_alive(state, name),
-                last.as_ref(),
-            ));
+            write_out(&describe(&s, &Seen::of(state, name)));
             Ok(0)
         }
         Action::Stop => {
@@ -289,6 +305,21 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
     }
 }
 
+/// Whether standard output still has a reader (`| head` gone: no), so a
+/// follow with nothing new to write still ends.
+fn reader_there() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let out = std::io::stdout();
+    let mut fds = [PollFd::new(out.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => !fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+        Err(_) => true,
+    }
+}
+
 /// How often `service logs --follow` looks for more.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -305,7 +336,7 @@ fn follow_logs(dir: &Path) {
         .flatten()
         .map(|e| (e.path(), e.metadata().map_or(0, |m| m.len())))
         .collect();
-    while dir.exists() {
+    while dir.exists() && reader_there() {
         let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
@@ -390,11 +421,12 @@ fn through_socket(socket: &Path, action: Action) -> Result<u8, Fail> {
         match action {
             Action::Status => {
                 let s = c.status().await.map_err(|e| Fail(e, 1))?;
-                write_out(&describe(&s, true, s.haproxy.is_some(), None));
-            }
-            Action::Scale(n) => {
-                let said = service::scale_through(&c, n).await.map_err(|e| Fail(e.to_string(), 1))?;
-                write_out(&format!("{said}\n"));
+                let seen = Seen {
+                    running: true,
+                    haproxy_alive: s.haproxy.is_some(),
+                    ..Seen::default()
+                };
+                write_out(&describe(&s, &seen));
             }
             Action::Stop => {
                 let r = c
@@ -403,10 +435,10 @@ fn through_socket(socket: &Path, action: Action) -> Result<u8, Fail> {
                     .map_err(|e| Fail(e, 1))?;
                 write_out(&format!("{}\n", r.message));
             }
-            Action::Logs { .. } | Action::Start => {
+            Action::Logs { .. } | Action::Start | Action::Scale(_) => {
                 return Err(Fail(
                     format!(
-                        "`logs` and `start` read the service's state directory: ask the user running `{}` (through its socket: status, scale N, stop)",
+                        "through its socket, `{}` may be looked at and stopped (status, stop); logs, start and scale are for the user running it",
                         c.service
                     ),
                     2,

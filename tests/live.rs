@@ -517,6 +517,22 @@ async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_d
     }
     let _ = follow.kill();
     let _ = follow.wait();
+    // A reader that goes (`| head`) ends it, even with nothing new to print.
+    let cmd = format!(
+        "{} --state-dir {} service web logs --follow | head -1",
+        env!("CARGO_BIN_EXE_trackside"),
+        s.display()
+    );
+    let mut piped = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sh");
+    let deadline = Instant::now() + LIMIT;
+    while piped.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "logs --follow | head -1 did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +683,20 @@ async fn a_service_behind_haproxy_keeps_serving_without_its_service_process_and_
     // A new one adopts HAProxy (not started again) and the replicas.
     let out = trackside(s, &["service", "web", "start"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("its service process was not running; started again on http://")
+            && said.contains("it took up the 2 running replica(s) and its HAProxy"),
+        "{said}"
+    );
     assert!(service::running(s, "web"));
+    // HAProxy has 16 slots a pool: more replicas than that are refused up front.
+    let out = trackside(s, &["service", "web", "scale", "17"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 16 replicas"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(pid_in(&p.haproxy_pid), haproxy, "adopted, not started again");
     assert_eq!(replicas_of("h2"), 2);
 
@@ -733,7 +762,7 @@ async fn the_services_view_shows_a_live_service_and_its_traffic_at_80x24() {
         "serving",
         "f1 100%",
         "2/2 up",
-        "last change: f1 first deploy",
+        "last change: f1 deployed first",
     ]);
     // Traffic through the router, until the charts have some.
     let sending = Arc::new(AtomicBool::new(true));

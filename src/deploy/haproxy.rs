@@ -319,7 +319,17 @@ impl Files {
 
     /// Writes the config and the map; binds the log socket.
     fn write(&self, dir: &Path, backend: &str, listen: SocketAddr, slots: u32) -> Result<LogSocket, String> {
-        crate::store::private_dir(dir).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(dir) {
+            // Only its user's, but a group's search (a service socket opened
+            // to a group, beside these files) is kept.
+            Ok(m) if m.is_dir() => {
+                let mode = 0o700 | (m.permissions().mode() & 0o010);
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+            }
+            _ => crate::store::private_dir(dir).map_err(|e| e.to_string())?,
+        }
         let _ = std::fs::remove_file(&self.socket);
         let log = self.bind_log()?;
         // Sticky sessions: both cookies lead to the weighted backend until
@@ -436,7 +446,10 @@ impl Haproxy {
     /// Starts HAProxy like [`Haproxy::start`], but in a session of its own
     /// that outlives this process (a live service's router; its service
     /// process adopts it again with [`Haproxy::adopt`]). Its own messages
-    /// go to `errors`. Returns it and its pid.
+    /// go to `errors`; `pid:start` goes to `pid_file` as soon as it runs
+    /// (a process killed while it starts leaves nothing unnamed). Returns
+    /// it, its pid and start time.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_detached(
         binary: &str,
         dir: &Path,
@@ -444,11 +457,21 @@ impl Haproxy {
         listen: SocketAddr,
         slots: u32,
         errors: &Path,
+        pid_file: &Path,
         stop: CancellationToken,
-    ) -> Result<(Arc<Haproxy>, u32), String> {
+    ) -> Result<(Arc<Haproxy>, (u32, u64)), String> {
         let files = Files::of(dir, backend)?;
         let log = files.write(dir, backend, listen, slots)?;
-        let err = std::fs::File::create(errors).map_err(|e| format!("cannot create {}: {e}", errors.display()))?;
+        let err = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(errors)
+                .map_err(|e| format!("cannot create {}: {e}", errors.display()))?
+        };
         let mut cmd = std::process::Command::new(binary);
         cmd.arg("-f")
             .arg(&files.config)
@@ -463,6 +486,12 @@ impl Haproxy {
         }
         let mut child = cmd.spawn().map_err(|e| not_installed(binary, &e))?;
         let pid = child.id();
+        let start = crate::process::start_time(pid).unwrap_or(0);
+        if let Err(e) = crate::store::write_with_mode(pid_file, format!("{pid}:{start}\n").as_bytes(), 0o600) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot write {}: {e}", pid_file.display()));
+        }
         let api = RuntimeApi {
             socket: files.socket.clone(),
         };
@@ -471,6 +500,7 @@ impl Haproxy {
             Err(NotReady::Silent(e)) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(pid_file);
                 return Err(e);
             }
             Err(NotReady::Exited(status)) => {
@@ -480,6 +510,7 @@ impl Haproxy {
                     use std::io::Read as _;
                     let _ = f.take(64 * 1024).read_to_string(&mut said);
                 }
+                let _ = std::fs::remove_file(pid_file);
                 return Err(exited(&files.config, &status, &said));
             }
         }
@@ -487,7 +518,10 @@ impl Haproxy {
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        Ok((Haproxy::steering(api, backend, files.map, slots, None, log, stop), pid))
+        Ok((
+            Haproxy::steering(api, backend, files.map, slots, None, log, stop),
+            (pid, start),
+        ))
     }
 
     /// Steers an HAProxy that [`Haproxy::start_detached`] started under

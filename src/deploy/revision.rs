@@ -121,15 +121,17 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// `v2 promoted by ana@host`, `v3 aborted (analysis failed: ...) by ana@host`.
+    /// `v2 promoted by ana@host`, `back to v1 (a rollback) by ana@host`,
+    /// `v3 aborted (analysis failed: ...) by ana@host`.
     pub fn describe(&self) -> String {
-        let why = self.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
-        format!(
-            "{} {}{why} by {}",
-            self.revision.version,
-            self.action.replace('_', " "),
-            self.by
-        )
+        let v = &self.revision.version;
+        let what = match self.action.as_str() {
+            "first_deploy" => format!("{v} deployed first"),
+            "rolled_back" => format!("back to {v} (a rollback)"),
+            ABORTED => format!("{v} aborted ({})", self.reason.as_deref().unwrap_or("no reason kept")),
+            other => format!("{v} {}", other.replace('_', " ")),
+        };
+        format!("{what} by {}", self.by)
     }
 }
 

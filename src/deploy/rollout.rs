@@ -379,7 +379,11 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
     }
     let client = if live {
         let choice = choice.unwrap_or(service::RouterChoice::Builtin);
-        let (c, addr) = service::ensure(
+        let service::Ensured {
+            client: c,
+            listen: addr,
+            ..
+        } = service::ensure(
             &io.program,
             &io.state_dir,
             &spec.service,
@@ -550,8 +554,11 @@ pub async fn run(spec: &Deploy, io: Io) -> Result<String, String> {
         } else {
             drive(&world, io, health_rx, &counts, &watch, stable).await
         };
-        // The rollout's result is history too when its revision did not win.
-        if let Err(why) = &out {
+        // The rollout's result is history too when its revision did not win
+        // (not when it stopped at a gate a next trackside takes up).
+        if let Err(why) = &out
+            && load_gate(&state_dir, &spec.service).is_none()
+        {
             let _ = super::revision::record_aborted(&state_dir, &spec.service, &new, &who(), why);
         }
         watch.cancel();

@@ -202,6 +202,19 @@ pub struct LiveState {
 }
 
 impl LiveState {
+    /// What a member of the service's group is shown: no replica's
+    /// command or environment (they may hold secrets).
+    pub fn redacted(mut self) -> LiveState {
+        let clean = |s: &mut ReplicaSpec| {
+            s.run.clear();
+            s.template.clear();
+            s.env.clear();
+        };
+        self.replicas.iter_mut().for_each(|r| clean(&mut r.spec));
+        self.stopped.iter_mut().for_each(clean);
+        self
+    }
+
     /// The replicas serving `pool`.
     pub fn serving(&self, pool: Pool) -> Vec<&LiveReplica> {
         self.replicas
@@ -344,6 +357,10 @@ struct Daemon {
     /// be started again after it died.
     haproxy: Option<(u32, u64)>,
     haproxy_retry: Option<Instant>,
+    /// Stops the receiver of its HAProxy's log (a new one comes with a new HAProxy).
+    haproxy_log: CancellationToken,
+    /// The router did not take the last routes: they are applied again at the next watch.
+    routes_dirty: bool,
     state: LiveState,
     running: HashMap<String, Running>,
     samples: broadcast::Sender<WireSample>,
@@ -409,6 +426,8 @@ pub async fn serve(
     let running_haproxy = haproxy_running(&paths);
     let stop = CancellationToken::new();
     let (samples, _) = broadcast::channel(4096);
+    // The receiver of the HAProxy's request log: one per HAProxy started.
+    let haproxy_log = stop.child_token();
     let (front, addr, haproxy) = match (&live.haproxy, running_haproxy) {
         (None, Some((pid, _))) => {
             return Err(format!(
@@ -426,9 +445,18 @@ pub async fn serve(
             (Traffic::Builtin(router), addr, None)
         }
         (Some(_), Some(running)) => {
-            // An earlier service process's HAProxy serves on: steered again.
-            let h = Haproxy::adopt(&paths.dir, &safe_name(&service), stop.clone()).await?;
-            (Traffic::Haproxy(h), addr, Some(running))
+            // An earlier service process's HAProxy serves on, where it
+            // listened: steered again.
+            let was: SocketAddr = live.listen.parse().map_err(|_| {
+                format!("the HAProxy of `{service}` runs, but service.json says no address it serves on")
+            })?;
+            if addr != was && addr.port() != 0 {
+                return Err(format!(
+                    "the HAProxy of `{service}` serves on {was}, this asks for {addr}: stop the service first (`trackside service {service} stop`) to move it"
+                ));
+            }
+            let h = Haproxy::adopt(&paths.dir, &safe_name(&service), haproxy_log.clone()).await?;
+            (Traffic::Haproxy(h), was, Some(running))
         }
         (Some(binary), None) => {
             let addr = if addr.port() == 0 {
@@ -436,7 +464,7 @@ pub async fn serve(
             } else {
                 addr
             };
-            let (h, pid) = start_haproxy(&paths, binary, &service, addr, &stop).await?;
+            let (h, pid) = start_haproxy(&paths, binary, &service, addr, &haproxy_log).await?;
             (Traffic::Haproxy(h), addr, Some(pid))
         }
     };
@@ -449,6 +477,8 @@ pub async fn serve(
         front,
         haproxy,
         haproxy_retry: None,
+        haproxy_log,
+        routes_dirty: false,
         state: live,
         running: HashMap::new(),
         samples,
@@ -477,7 +507,7 @@ pub async fn serve(
     // The weight first: routing an adopted HAProxy's pools again must not
     // move traffic away from where it was.
     d.front.stats().set_weight(d.state.weight);
-    d.apply_routes().await;
+    let _ = d.apply_routes().await;
     d.front.set_weight(d.state.weight).await?;
     d.save();
     write_pid(&paths.pid)?;
@@ -518,8 +548,11 @@ impl Daemon {
         }
     }
 
-    /// The router's backends from the replicas' pools: those up and ready.
-    async fn apply_routes(&self) {
+    /// The router's backends from the replicas' pools: those up and
+    /// ready. A router that did not take them (HAProxy's socket timed out)
+    /// is tried again at every watch until it does.
+    async fn apply_routes(&mut self) -> Result<(), String> {
+        let mut failed = None;
         for pool in [Pool::Stable, Pool::Canary] {
             let addrs: Vec<SocketAddr> = self
                 .state
@@ -530,8 +563,11 @@ impl Daemon {
                 .collect();
             if let Err(e) = self.front.set_backends(pool, &addrs).await {
                 tracing::warn!("{} of `{}`: {e}", self.front.name(), self.state.service);
+                failed.get_or_insert(e);
             }
         }
+        self.routes_dirty = failed.is_some();
+        failed.map_or(Ok(()), Err)
     }
 
     /// Its HAProxy, when it died: started again (at most once a second),
@@ -551,12 +587,16 @@ impl Daemon {
             "the HAProxy of `{}` (pid {pid}) died; starting it again",
             self.state.service
         );
-        match start_haproxy(&self.paths, &binary, &self.state.service, addr, &self.stop).await {
+        self.haproxy_log.cancel();
+        self.haproxy_log = self.stop.child_token();
+        match start_haproxy(&self.paths, &binary, &self.state.service, addr, &self.haproxy_log).await {
             Ok((h, running)) => {
                 h.stats.tap(self.samples.clone());
+                // The weight first: routing must not move traffic away from where it was.
+                h.stats.set_weight(self.state.weight);
                 self.front = Traffic::Haproxy(h);
                 self.haproxy = Some(running);
-                self.apply_routes().await;
+                let _ = self.apply_routes().await;
                 if let Err(e) = self.front.set_weight(self.state.weight).await {
                     tracing::warn!("HAProxy of `{}`: {e}", self.state.service);
                 }
@@ -617,6 +657,13 @@ impl Daemon {
                 {
                     return Reply::refused(format!("no replica at {missing}"));
                 }
+                if self.state.haproxy.is_some() && addrs.len() > HAPROXY_SLOTS as usize {
+                    return Reply::refused(format!(
+                        "{} replicas for the {} pool, but the service's HAProxy has {HAPROXY_SLOTS} slots a pool",
+                        addrs.len(),
+                        pool.name()
+                    ));
+                }
                 let mut names = Vec::new();
                 for r in &mut self.state.replicas {
                     if addrs.contains(&r.addr()) {
@@ -633,8 +680,14 @@ impl Daemon {
                     self.state.degraded = None;
                     self.state.stopped.clear();
                 }
-                self.apply_routes().await;
+                let routed = self.apply_routes().await;
                 self.save();
+                if let Err(e) = routed {
+                    return Reply::refused(format!(
+                        "{} did not take the new routes (tried again each second): {e}",
+                        self.front.name()
+                    ));
+                }
                 Reply::ok(
                     format!("{} serves {}", pool.name(), names.join(", ")),
                     self.state.clone(),
@@ -660,7 +713,8 @@ impl Daemon {
                         r.pool = None;
                     }
                 }
-                self.apply_routes().await;
+                // A router that did not take it is tried again each watch.
+                let _ = self.apply_routes().await;
                 self.save();
                 // Due at once: out of the state now, stopping in the background.
                 self.retire_due();
@@ -714,7 +768,8 @@ impl Daemon {
             .await
     }
 
-    /// `<state directory>:<service>`, the label on its containers.
+    /// `<state directory>:<service>`, the label on its containers (the
+    /// directory's absolute path: two projects' `.ts` are not one).
     fn container_label(&self) -> String {
         let state = self
             .paths
@@ -722,6 +777,7 @@ impl Daemon {
             .parent()
             .and_then(Path::parent)
             .unwrap_or(&self.paths.dir);
+        let state = std::path::absolute(state).unwrap_or_else(|_| state.to_path_buf());
         format!("{}:{}", state.display(), self.state.service)
     }
 
@@ -757,9 +813,17 @@ impl Daemon {
                 replica: &spec.name,
             })
             .await?;
-        let launched = self.found_running(&id).await;
-        self.follow(&id, &spec.name, false).await;
-        launched
+        match self.found_running(&id).await {
+            Ok(launched) => {
+                self.follow(&id, &spec.name, false).await;
+                Ok(launched)
+            }
+            Err(e) => {
+                // Not kept: its restart policy would start it for ever, on a port nobody routes.
+                d.stop_replica(&id, STOP_GRACE).await;
+                Err(e)
+            }
+        }
     }
 
     /// A running container replica as a launch: its main process and
@@ -994,8 +1058,8 @@ impl Daemon {
         }
         // A replica up again after the backoff stops counting towards Degraded
         // only when it stays up: the window forgets old deaths.
-        if routes {
-            self.apply_routes().await;
+        if routes || self.routes_dirty {
+            let _ = self.apply_routes().await;
         }
         self.watch_haproxy().await;
         if self.retire_due() {
@@ -1024,7 +1088,11 @@ impl Daemon {
         self.state.replicas.retain(|r| r.retire_at_ms.is_none_or(|t| t > now));
         for r in due {
             let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
-            self.stopping.spawn(async move { stop_replica(&r, child).await });
+            self.stopping.spawn(async move {
+                if let Err(e) = stop_replica(&r, child).await {
+                    tracing::warn!("retiring {}: {e}", r.spec.name);
+                }
+            });
         }
         self.save();
         true
@@ -1039,7 +1107,11 @@ impl Daemon {
             .collect();
         for r in std::mem::take(&mut self.state.replicas) {
             let child = self.running.remove(&r.spec.name).and_then(|run| run.child);
-            stop_replica(&r, child).await;
+            // One that could not be stopped stays named, for `service stop` to try again.
+            if let Err(e) = stop_replica(&r, child).await {
+                tracing::warn!("stopping {}: {e}", r.spec.name);
+                self.state.replicas.push(r);
+            }
         }
         if let Some((pid, start)) = self.haproxy.take() {
             stop_haproxy(pid, start).await;
@@ -1073,13 +1145,11 @@ async fn start_haproxy(
         addr,
         HAPROXY_SLOTS,
         &p.haproxy_errors,
+        &p.haproxy_pid,
         stop.clone(),
     )
     .await?;
-    let start = crate::process::start_time(pid).unwrap_or(0);
-    super::revision::write_private(&p.haproxy_pid, &format!("{pid}:{start}\n"))
-        .map_err(|e| format!("cannot write {}: {e}", p.haproxy_pid.display()))?;
-    Ok((h, (pid, start)))
+    Ok((h, pid))
 }
 
 /// SIGTERM to a service's HAProxy, 5 s to exit, then SIGKILL.
@@ -1135,24 +1205,28 @@ fn kill_session(sid: u32) {
 /// A container replica: stopped and removed by the daemon. A process:
 /// SIGTERM to its process group, `STOP_GRACE` to exit, then
 /// SIGKILL to whatever is left of its session.
-async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) {
+async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) -> Result<(), String> {
     use nix::sys::signal::{Signal, killpg};
     if let Some(id) = &r.container_id {
         // The daemon stops it (SIGTERM, then SIGKILL) and it is removed.
-        match DockerExecutor::connect().await {
-            Ok(d) => d.stop_replica(id, STOP_GRACE).await,
-            Err(e) => tracing::warn!("cannot stop container {} of {}: {e}", short(id), r.spec.name),
+        let d = DockerExecutor::connect().await.map_err(|e| e.to_string())?;
+        if !d.stop_replica(id, STOP_GRACE).await {
+            return Err(format!(
+                "container {} of {} could not be removed",
+                short(id),
+                r.spec.name
+            ));
         }
-        return;
+        return Ok(());
     }
     if r.pid == 0 {
-        return;
+        return Ok(());
     }
     if !crate::process::owner_alive(r.pid, r.start) {
         kill_session(r.pid);
-        return;
+        return Ok(());
     }
-    let Ok(pid) = i32::try_from(r.pid) else { return };
+    let Ok(pid) = i32::try_from(r.pid) else { return Ok(()) };
     let pg = nix::unistd::Pid::from_raw(pid);
     let _ = killpg(pg, Signal::SIGTERM);
     let gone = async {
@@ -1171,6 +1245,7 @@ async fn stop_replica(r: &LiveReplica, child: Option<tokio::process::Child>) {
         let _ = killpg(pg, Signal::SIGKILL);
     }
     kill_session(r.pid);
+    Ok(())
 }
 
 async fn accept(
@@ -1231,9 +1306,40 @@ async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>, access: Arc<crate::ac
                 }
             }
             Ok(req) => {
+                // The service's own user (and root) may ask anything; a
+                // member of its group only looks and stops it: a replica's
+                // command, environment and image are the user's to choose
+                // (they run as the user), and may hold secrets.
+                let owner = peer.uid == nix::unistd::Uid::effective().as_raw() || peer.uid == 0;
+                let req = match admitted(owner, req) {
+                    Ok(req) => req,
+                    Err(req) => {
+                        let text = format!(
+                            "{} may look at this service and stop it; `{}` is for its own user",
+                            peer.display,
+                            request_name(&req)
+                        );
+                        tracing::warn!(by = %peer.display, "refused: {}", request_name(&req));
+                        return send(write, &Reply::refused(text)).await;
+                    }
+                };
+                // An image is pulled before the service is held: a pull may take minutes.
+                if let Request::Start { replica } = &req
+                    && let Some(c) = &replica.container
+                {
+                    let docker = d.lock().await.docker().await.cloned();
+                    if let Ok(docker) = docker
+                        && let Err(e) = docker.pull_if_missing(&c.image).await
+                    {
+                        return send(write, &Reply::refused(e)).await;
+                    }
+                }
                 let changes = !matches!(req, Request::Status | Request::InFlight { .. });
                 let mut d = d.lock().await;
-                let reply = d.handle(req.clone()).await;
+                let mut reply = d.handle(req.clone()).await;
+                if !owner {
+                    reply.state = reply.state.map(LiveState::redacted);
+                }
                 // Who changed what: the service process's log is the trail.
                 if changes {
                     tracing::info!(
@@ -1254,7 +1360,26 @@ async fn answer(stream: UnixStream, d: Arc<Mutex<Daemon>>, access: Arc<crate::ac
             access.who_may().replace("this trackside", "this service")
         ))
     };
-    if let Ok(mut text) = serde_json::to_string(&reply) {
+    send(write, &reply).await;
+}
+
+/// What a peer may ask of a service process: its own user (and root)
+/// anything; a member of the group it is open to only to look (status,
+/// requests in flight, samples) and to stop it, and a member's stop is
+/// always checked against a running deploy. `Err` gives back what is not
+/// theirs to ask.
+fn admitted(owner: bool, req: Request) -> Result<Request, Request> {
+    match (owner, req) {
+        (true, req) => Ok(req),
+        (false, Request::Stop { .. }) => Ok(Request::Stop { locked: false }),
+        (false, req @ (Request::Status | Request::InFlight { .. } | Request::Samples)) => Ok(req),
+        (false, req) => Err(req),
+    }
+}
+
+/// One reply line.
+async fn send(mut write: tokio::net::unix::OwnedWriteHalf, reply: &Reply) {
+    if let Ok(mut text) = serde_json::to_string(reply) {
         text.push('\n');
         let _ = write.write_all(text.as_bytes()).await;
     }
@@ -1393,7 +1518,7 @@ pub async fn ensure(
     listen: &str,
     router: &RouterChoice,
     group: Option<&str>,
-) -> Result<(Client, String), String> {
+) -> Result<Ensured, String> {
     let routed_by = |haproxy: bool| if haproxy { "HAProxy" } else { "the built-in router" };
     if let Some(c) = Client::connect(state, service).await {
         let st = c.status().await?;
@@ -1419,7 +1544,11 @@ pub async fn ensure(
                 "service `{service}` serves on {s}, this deploy asks for {a}: stop it first (`trackside service {service} stop`) to move it"
             ));
         }
-        return Ok((c, st.listen));
+        return Ok(Ensured {
+            client: c,
+            listen: st.listen,
+            started: false,
+        });
     }
     let mut cmd = std::process::Command::new(program);
     cmd.arg("--state-dir")
@@ -1483,7 +1612,20 @@ pub async fn ensure(
         socket: paths(state, service).socket,
         service: service.to_string(),
     };
-    Ok((c, addr.to_string()))
+    Ok(Ensured {
+        client: c,
+        listen: addr.to_string(),
+        started: true,
+    })
+}
+
+/// A service process that answers, as [`ensure`] found or started it.
+pub struct Ensured {
+    pub client: Client,
+    /// Where its router listens.
+    pub listen: String,
+    /// It was started now (none answered).
+    pub started: bool,
 }
 
 /// How long the replicas a rollback switched away from keep running when
@@ -1562,7 +1704,7 @@ async fn switch_to(
             container,
             ..like.spec.clone()
         };
-        let addrs = start_like(c, &vec![template; to.replicas as usize])
+        let addrs = start_like(c, &vec![template; to.replicas as usize], 1)
             .await
             .map_err(|e| format!("{}: {e}; {} keeps serving", to.version, from.version))?;
         let n = addrs.len();
@@ -1610,10 +1752,10 @@ pub enum ServiceError {
     NoSuchService { service: String, state: PathBuf },
     #[error("service `{0}` has no service process running: `trackside service {0} start`")]
     NotRunning(String),
-    #[error("a deploy of `{0}` is running: abort it first (`trackside rollout {0} abort`), then stop the service")]
+    #[error("a deploy of `{0}` is running: let it end, or abort it (`trackside rollout {0} abort`), first")]
     DeployRunning(String),
-    #[error("scale to at least 1 replica; `trackside service SERVICE stop` stops it")]
-    ScaleToZero,
+    #[error("scale to at least 1 replica; `trackside service {0} stop` stops it")]
+    ScaleToZero(String),
     #[error("`{0}` serves no stable replica to scale")]
     NothingToScale(String),
     #[error("not healthy: {0}")]
@@ -1639,7 +1781,7 @@ fn no_such(state: &Path, service: &str) -> ServiceError {
     }
 }
 
-async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>, ServiceError> {
+async fn start_like(c: &Client, specs: &[ReplicaSpec], first: usize) -> Result<Vec<SocketAddr>, ServiceError> {
     let mut started: Vec<ReplicaSpec> = Vec::new();
     for like in specs {
         let port = super::replica::free_port()?;
@@ -1648,7 +1790,8 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
         } else {
             like.template.replace("${PORT}", &port.to_string())
         };
-        let n = started.len() + 1;
+        // Numbered after the ones there are: `v2#3` next to `v2#1` and `v2#2`.
+        let n = first + started.len();
         let spec = ReplicaSpec {
             name: format!("{}#{n}.{:04x}", like.version, fastrand::u16(..)),
             run,
@@ -1661,7 +1804,8 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
             })
             .await
         {
-            let names = started.iter().map(|s| s.name.clone()).collect();
+            // This one too: an answer that came too late may still have started it.
+            let names = started.iter().chain([&spec]).map(|s| s.name.clone()).collect();
             let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
             return Err(e.into());
         }
@@ -1690,9 +1834,20 @@ async fn start_like(c: &Client, specs: &[ReplicaSpec]) -> Result<Vec<SocketAddr>
 /// stable replicas `stop` stopped, once healthy, routed.
 pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String, ServiceError> {
     let saved = saved(state, service).ok_or_else(|| no_such(state, service))?;
-    let (c, listen) = ensure(program, state, service, "", &RouterChoice::AsBefore, None).await?;
+    let Ensured {
+        client: c,
+        listen,
+        started,
+    } = ensure(program, state, service, "", &RouterChoice::AsBefore, None).await?;
     let st = c.status().await?;
-    if !st.serving(Pool::Stable).is_empty() {
+    let serving = st.serving(Pool::Stable).len();
+    if serving > 0 && started {
+        return Ok(format!(
+            "`{service}`: its service process was not running; started again on http://{listen}, it took up the {serving} running replica(s){}",
+            if st.haproxy.is_some() { " and its HAProxy" } else { "" }
+        ));
+    }
+    if serving > 0 {
         return Ok(format!("`{service}` serves on http://{listen} already"));
     }
     if saved.stopped.is_empty() {
@@ -1700,7 +1855,7 @@ pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String
             "`{service}`'s router listens on http://{listen}; it had no replica to start again: deploy it"
         ));
     }
-    let addrs = start_like(&c, &saved.stopped).await?;
+    let addrs = start_like(&c, &saved.stopped, 1).await?;
     c.call(&Request::Route {
         pool: Pool::Stable,
         addrs: addrs.clone(),
@@ -1717,21 +1872,23 @@ pub async fn start(program: &Path, state: &Path, service: &str) -> Result<String
 /// `trackside service SERVICE scale N`: `n` stable replicas. More are
 /// started like the first (health-checked before they take traffic);
 /// fewer: the newest extra ones leave the pool and stop.
+/// Refused while a deploy of the service runs (its share of traffic is the
+/// rollout's to set), and beyond the slots of its HAProxy.
 pub async fn scale(state: &Path, service: &str, n: u32) -> Result<String, ServiceError> {
+    if n == 0 {
+        return Err(ServiceError::ScaleToZero(service.to_string()));
+    }
+    let _lock =
+        super::revision::lock_service(state, service).map_err(|_| ServiceError::DeployRunning(service.to_string()))?;
     let c = Client::connect(state, service)
         .await
         .ok_or_else(|| ServiceError::NotRunning(service.to_string()))?;
-    scale_through(&c, n).await
-}
-
-/// [`scale`] through a connection to the service process (its socket may
-/// be another user's, opened to a group).
-pub async fn scale_through(c: &Client, n: u32) -> Result<String, ServiceError> {
-    if n == 0 {
-        return Err(ServiceError::ScaleToZero);
-    }
-    let service = c.service.clone();
     let st = c.status().await?;
+    if st.haproxy.is_some() && n > HAPROXY_SLOTS {
+        return Err(ServiceError::Service(format!(
+            "`{service}` is behind HAProxy, which has {HAPROXY_SLOTS} slots a pool: at most {HAPROXY_SLOTS} replicas"
+        )));
+    }
     let stable: Vec<LiveReplica> = st.serving(Pool::Stable).into_iter().cloned().collect();
     let Some(first) = stable.first() else {
         return Err(ServiceError::NothingToScale(service.to_string()));
@@ -1743,12 +1900,31 @@ pub async fn scale_through(c: &Client, n: u32) -> Result<String, ServiceError> {
     let mut addrs: Vec<SocketAddr> = stable.iter().map(LiveReplica::addr).collect();
     if n > have {
         let more = vec![first.spec.clone(); (n - have) as usize];
-        addrs.extend(start_like(c, &more).await?);
-        c.call(&Request::Route {
-            pool: Pool::Stable,
-            addrs,
-        })
-        .await?;
+        let of_version = st
+            .replicas
+            .iter()
+            .filter(|r| r.spec.version == first.spec.version)
+            .count();
+        let added = start_like(&c, &more, of_version + 1).await?;
+        addrs.extend(added.iter().copied());
+        if let Err(e) = c
+            .call(&Request::Route {
+                pool: Pool::Stable,
+                addrs,
+            })
+            .await
+        {
+            // Not routed: not kept.
+            let now = c.status().await?;
+            let names = now
+                .replicas
+                .iter()
+                .filter(|r| added.contains(&r.addr()))
+                .map(|r| r.spec.name.clone())
+                .collect();
+            let _ = c.call(&Request::Retire { names, after_ms: 0 }).await;
+            return Err(e.into());
+        }
     } else {
         let going: Vec<String> = stable[n as usize..].iter().map(|r| r.spec.name.clone()).collect();
         c.call(&Request::Retire {
@@ -1787,13 +1963,21 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, ServiceError> {
     }
     let n = st.replicas.len();
     st.stopped = st.serving(Pool::Stable).into_iter().map(|r| r.spec.clone()).collect();
+    let mut failed = Vec::new();
     for r in std::mem::take(&mut st.replicas) {
-        stop_replica(&r, None).await;
+        if let Err(e) = stop_replica(&r, None).await {
+            failed.push(e);
+            st.replicas.push(r);
+        }
     }
-    if let Some((pid, start)) = haproxy_running(&p) {
-        stop_haproxy(pid, start).await;
-        let _ = std::fs::remove_file(&p.haproxy_pid);
-    }
+    let haproxy = match haproxy_running(&p) {
+        Some((pid, start)) => {
+            stop_haproxy(pid, start).await;
+            let _ = std::fs::remove_file(&p.haproxy_pid);
+            " and its HAProxy"
+        }
+        None => "",
+    };
     let text = serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?;
     super::revision::write_private(&p.state, &text).map_err(|source| ServiceError::Write {
         path: p.state.clone(),
@@ -1801,8 +1985,16 @@ pub async fn stop(state: &Path, service: &str) -> Result<String, ServiceError> {
     })?;
     let _ = std::fs::remove_file(&p.socket);
     let _ = std::fs::remove_file(&p.pid);
+    if !failed.is_empty() {
+        return Err(ServiceError::Service(format!(
+            "`{service}`: {} of {n} replica(s) could not be stopped ({}); they stay in {} for the next `trackside service {service} stop`",
+            failed.len(),
+            failed.join("; "),
+            p.state.display()
+        )));
+    }
     Ok(format!(
-        "stopped `{service}`: its service process was not running; stopped the {n} replica(s) it had left"
+        "stopped `{service}`: its service process was not running; stopped the {n} replica(s) it had left{haproxy}"
     ))
 }
 
@@ -2017,6 +2209,71 @@ mod tests {
         assert_eq!(WireSample::parse(s.line().trim()), Some(s));
         assert_eq!(WireSample::parse("other 1 0"), None);
         assert_eq!(WireSample::parse("stable x 0"), None);
+    }
+
+    #[test]
+    fn a_group_member_may_look_and_stop_and_nothing_else() {
+        let spec = ReplicaSpec {
+            name: "x#1".into(),
+            version: "x".into(),
+            run: "touch /tmp/owned".into(),
+            template: String::new(),
+            port: 1,
+            env: Vec::new(),
+            workdir: PathBuf::from("/"),
+            health: None,
+            container: None,
+        };
+        let start = Request::Start {
+            replica: Box::new(spec),
+        };
+        assert!(admitted(true, start.clone()).is_ok(), "its own user");
+        assert_eq!(admitted(false, start.clone()), Err(start));
+        for req in [
+            Request::Weight { weight: 1000 },
+            Request::Route {
+                pool: Pool::Stable,
+                addrs: Vec::new(),
+            },
+            Request::Retire {
+                names: vec!["v1#1".into()],
+                after_ms: 0,
+            },
+            Request::Settings { scale_down_delay_ms: 0 },
+        ] {
+            assert!(admitted(false, req).is_err());
+        }
+        assert_eq!(admitted(false, Request::Status), Ok(Request::Status));
+        assert_eq!(
+            admitted(false, Request::Stop { locked: true }),
+            Ok(Request::Stop { locked: false }),
+            "a member's stop waits for no deploy lock it says it holds"
+        );
+        // What a member is shown of the service has no command or environment.
+        let st = LiveState {
+            replicas: vec![LiveReplica {
+                spec: ReplicaSpec {
+                    name: "v1#1".into(),
+                    version: "v1".into(),
+                    run: "serve --token s3cret".into(),
+                    template: "serve --token s3cret --port ${PORT}".into(),
+                    port: 1,
+                    env: vec![("TOKEN".into(), "s3cret".into())],
+                    workdir: PathBuf::from("/"),
+                    health: None,
+                    container: None,
+                },
+                pid: 0,
+                start: 0,
+                pool: Some(Pool::Stable),
+                retire_at_ms: None,
+                restarts: 0,
+                container_id: None,
+            }],
+            ..LiveState::default()
+        };
+        let shown = serde_json::to_string(&st.redacted()).expect("json");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -661,8 +661,9 @@ impl DockerExecutor {
         Ok((created.id, host_port))
     }
 
-    /// Stops a replica (SIGTERM, then SIGKILL after `grace`) and removes it.
-    pub async fn stop_replica(&self, id: &str, grace: Duration) {
+    /// Stops a replica (SIGTERM, then SIGKILL after `grace`) and removes
+    /// it; whether it is gone (removed now, or not there).
+    pub async fn stop_replica(&self, id: &str, grace: Duration) -> bool {
         let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         let _ = self
             .docker
@@ -674,7 +675,11 @@ impl DockerExecutor {
                 }),
             )
             .await;
-        self.remove(id).await;
+        self.remove(id).await
+            || matches!(
+                self.docker.inspect_container(id, None::<InspectContainerOptions>).await,
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+            )
     }
 
     /// Removes every container labelled with this deploy tag (replicas a

@@ -101,6 +101,13 @@ impl DockerExecutor {
         Ok(created.id)
     }
 
+    /// Pulls `image` unless the daemon has it (before a live replica of it
+    /// is made: a pull may take minutes).
+    pub async fn pull_if_missing(&self, image: &str) -> Result<(), String> {
+        self.ensure_image(image, PullPolicy::IfNotPresent, &auth::JobLogins::default())
+            .await
+    }
+
     /// Starts a live replica's container that is there but not running
     /// (stopped by hand, or given up on by the daemon).
     pub async fn start_existing(&self, id: &str) -> Result<(), String> {
