@@ -111,15 +111,24 @@ impl DockerExecutor {
     /// Starts a live replica's container that is there but not running
     /// (stopped by hand, or given up on by the daemon).
     pub async fn start_existing(&self, id: &str) -> Result<(), String> {
-        match self.docker.start_container(id, None::<StartContainerOptions>).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.explain(format!("cannot start container {}: {e}", short(id))).await),
+        let started =
+            tokio::time::timeout(ANSWER, self.docker.start_container(id, None::<StartContainerOptions>)).await;
+        match started {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.explain(format!("cannot start container {}: {e}", short(id))).await),
+            Err(_) => Err(not_answered("start", id)),
         }
     }
 
     /// A live replica's state; `Ok(None)` when its container is gone.
     pub async fn running(&self, id: &str) -> Result<Option<Running>, String> {
-        match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+        let inspected = tokio::time::timeout(
+            ANSWER,
+            self.docker.inspect_container(id, None::<InspectContainerOptions>),
+        )
+        .await
+        .map_err(|_| not_answered("inspect", id))?;
+        match inspected {
             Ok(i) => {
                 let s = i.state.unwrap_or_default();
                 Ok(Some(Running {
@@ -163,6 +172,18 @@ impl DockerExecutor {
             })
             .collect()
     }
+}
+
+/// How long the service process waits for the daemon to answer a look at,
+/// or a start of, one of its containers (it holds the service meanwhile).
+const ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn not_answered(what: &str, id: &str) -> String {
+    format!(
+        "the Docker daemon did not answer a {what} of container {} within {} s",
+        short(id),
+        ANSWER.as_secs()
+    )
 }
 
 /// A container id as people read it.
