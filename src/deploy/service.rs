@@ -371,6 +371,15 @@ struct Daemon {
     docker: tokio::sync::OnceCell<DockerExecutor>,
 }
 
+/// What starting a service's HAProxy again needs (done without holding
+/// the service).
+struct HaproxyRestart {
+    binary: String,
+    addr: SocketAddr,
+    /// Stops the new HAProxy's log receiver.
+    log: CancellationToken,
+}
+
 /// A replica started (or found running again).
 struct Launched {
     child: Option<tokio::process::Child>,
@@ -529,7 +538,17 @@ pub async fn serve(
             stop.cancel();
             break;
         }
-        d.lock().await.watch().await;
+        let restart = {
+            let mut d = d.lock().await;
+            d.watch().await;
+            d.haproxy_to_restart()
+        };
+        // Started again without holding the service: that takes up to 10 s,
+        // and steering goes on meanwhile.
+        if let Some(r) = restart {
+            let started = start_haproxy(&paths, &r.binary, &service, r.addr, &r.log).await;
+            d.lock().await.haproxy_started(started).await;
+        }
     }
     accept.abort();
     let mut d = d.lock().await;
@@ -572,24 +591,37 @@ impl Daemon {
 
     /// Its HAProxy, when it died: started again (at most once a second),
     /// routed and weighted as before.
-    async fn watch_haproxy(&mut self) {
+    fn haproxy_to_restart(&mut self) -> Option<HaproxyRestart> {
         let (Some((pid, start)), Some(binary)) = (self.haproxy, self.state.haproxy.clone()) else {
-            return;
+            return None;
         };
         if crate::process::owner_alive(pid, start) || self.haproxy_retry.is_some_and(|t| Instant::now() < t) {
-            return;
+            return None;
         }
         self.haproxy_retry = Some(Instant::now() + Duration::from_secs(1));
-        let Ok(addr) = self.state.listen.parse::<SocketAddr>() else {
-            return;
-        };
+        let addr = self.state.listen.parse::<SocketAddr>().ok()?;
         tracing::warn!(
             "the HAProxy of `{}` (pid {pid}) died; starting it again",
             self.state.service
         );
         self.haproxy_log.cancel();
         self.haproxy_log = self.stop.child_token();
-        match start_haproxy(&self.paths, &binary, &self.state.service, addr, &self.haproxy_log).await {
+        Some(HaproxyRestart {
+            binary,
+            addr,
+            log: self.haproxy_log.clone(),
+        })
+    }
+
+    /// An HAProxy started again by [`Daemon::haproxy_to_restart`]'s
+    /// request: routed and weighted as before, or stopped at once when the
+    /// service was told to stop meanwhile.
+    async fn haproxy_started(&mut self, started: Result<(Arc<Haproxy>, (u32, u64)), String>) {
+        match started {
+            Ok((_, (pid, start))) if self.stop.is_cancelled() => {
+                stop_haproxy(pid, start).await;
+                let _ = std::fs::remove_file(&self.paths.haproxy_pid);
+            }
             Ok((h, running)) => {
                 h.stats.tap(self.samples.clone());
                 // The weight first: routing must not move traffic away from where it was.
@@ -1061,7 +1093,6 @@ impl Daemon {
         if routes || self.routes_dirty {
             let _ = self.apply_routes().await;
         }
-        self.watch_haproxy().await;
         if self.retire_due() {
             changed = true;
         }
