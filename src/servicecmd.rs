@@ -287,10 +287,35 @@ pub fn service(state: &Path, name: &str, action: Action) -> Result<u8, Fail> {
                 .map(|e| e.path())
                 .collect();
             files.sort();
+            // Which log is whose: the replicas the service has now, by their log's name.
+            let now: Vec<(String, String)> = service::saved(state, name)
+                .map(|s| s.replicas)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    let role = match (r.pool, r.retire_at_ms) {
+                        (_, Some(_)) => "retiring".to_string(),
+                        (Some(p), None) => p.name().to_string(),
+                        (None, None) => "not routed".to_string(),
+                    };
+                    (
+                        format!("{}.log", trackside::deploy::revision::safe_name(&r.spec.name)),
+                        format!("{} {}", r.spec.name, role),
+                    )
+                })
+                .collect();
             for f in files {
                 let text = tail_of(&f, LOG_TAIL_BYTES);
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                out.push_str(&format!("== {} ==\n", f.display()));
+                let file = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let whose = now
+                    .iter()
+                    .find(|(log, _)| *log == file)
+                    .map_or("no longer running".to_string(), |(_, who)| who.clone());
+                out.push_str(&format!("== {} ({whose}) ==\n", f.display()));
                 for l in tail.into_iter().rev() {
                     out.push_str(l);
                     out.push('\n');

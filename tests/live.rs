@@ -483,6 +483,23 @@ async fn an_aborted_canary_leaves_stable_serving_and_the_canary_goes_after_its_d
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // `logs` says whose each log is: the aborted canary's run no more.
+    let logs = String::from_utf8_lossy(&trackside(s, &["service", "web", "logs"]).stdout).to_string();
+    let headers: Vec<&str> = logs.lines().filter(|l| l.starts_with("== ")).collect();
+    assert!(
+        headers
+            .iter()
+            .filter(|h| h.contains("/c2_") && h.ends_with("(no longer running) =="))
+            .count()
+            == 2
+            && headers
+                .iter()
+                .filter(|h| h.contains("/c1_") && h.ends_with(" stable) =="))
+                .count()
+                == 2,
+        "{headers:#?}"
+    );
+
     // `logs --follow` prints what replicas write from now on, a new one's too.
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_trackside"))
         .arg("--state-dir")
