@@ -247,6 +247,13 @@ pub fn gc(state: &Path, flags: GcFlags) -> Result<u8, Fail> {
             outln!("removed {kept} container(s) kept by --keep-failed (of removed runs, or older than 7 days)");
         }
     }
+    // Logs of live services' replicas that are gone (never a running one's).
+    if let Some(age) = policy.max_age {
+        let (files, bytes) = trackside::deploy::service::prune_logs(state, age, flags.dry_run);
+        if files > 0 {
+            outln!("{verb} {files} log(s) ({bytes} bytes) of service replicas no longer running");
+        }
+    }
     if r.spares_removed > 0 {
         outln!(
             "{verb} {} spare workspace(s) kept for later jobs in {}",

@@ -2221,6 +2221,42 @@ pub fn list(state: &Path) -> Vec<String> {
     out
 }
 
+/// `trackside gc --max-age AGE`: removes the logs of replicas the live
+/// services no longer have (neither serving nor retiring) that were last
+/// written longer than `older_than` ago. What a service runs, or will
+/// stop later, keeps its log. Returns how many files and bytes (with
+/// `dry_run`, would be) removed.
+pub fn prune_logs(state: &Path, older_than: Duration, dry_run: bool) -> (usize, u64) {
+    let now = std::time::SystemTime::now();
+    let (mut files, mut bytes) = (0, 0);
+    for name in list(state) {
+        let Some(live) = saved(state, &name) else { continue };
+        let keep: Vec<String> = live
+            .replicas
+            .iter()
+            .map(|r| format!("{}.log", safe_name(&r.spec.name)))
+            .collect();
+        let dir = paths(state, &name).logs;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = e.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > older_than);
+            if !meta.is_file() || keep.contains(&file) || !old {
+                continue;
+            }
+            if dry_run || std::fs::remove_file(e.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
 /// The live state as last saved (for a service whose process is not running).
 pub fn saved(state: &Path, service: &str) -> Option<LiveState> {
     serde_json::from_str(&std::fs::read_to_string(paths(state, service).state).ok()?).ok()
@@ -2229,6 +2265,48 @@ pub fn saved(state: &Path, service: &str) -> Option<LiveState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_removes_old_logs_of_replicas_gone_and_keeps_the_rest() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let p = paths(state.path(), "web");
+        std::fs::create_dir_all(&p.logs).expect("dirs");
+        let live = LiveState {
+            service: "web".into(),
+            replicas: vec![LiveReplica {
+                spec: ReplicaSpec {
+                    name: "v2#1.aaaa".into(),
+                    version: "v2".into(),
+                    run: "x".into(),
+                    template: String::new(),
+                    port: 1,
+                    env: Vec::new(),
+                    workdir: PathBuf::from("/"),
+                    health: None,
+                    container: None,
+                },
+                pid: 0,
+                start: 0,
+                pool: Some(Pool::Stable),
+                retire_at_ms: None,
+                restarts: 0,
+                container_id: None,
+            }],
+            ..LiveState::default()
+        };
+        std::fs::write(&p.state, serde_json::to_string(&live).expect("json")).expect("state");
+        for f in ["v2_1.aaaa.log", "v1_1.bbbb.log"] {
+            std::fs::write(p.logs.join(f), "line\n").expect("log");
+        }
+        // Written just now: younger than an hour, kept.
+        assert_eq!(prune_logs(state.path(), Duration::from_secs(3600), false), (0, 0));
+        // Older than nothing: the gone replica's log goes, the serving one's stays.
+        assert_eq!(prune_logs(state.path(), Duration::ZERO, true), (1, 5), "dry run");
+        assert!(p.logs.join("v1_1.bbbb.log").exists());
+        assert_eq!(prune_logs(state.path(), Duration::ZERO, false), (1, 5));
+        assert!(!p.logs.join("v1_1.bbbb.log").exists());
+        assert!(p.logs.join("v2_1.aaaa.log").exists());
+    }
 
     #[test]
     fn samples_cross_the_wire_and_back() {
