@@ -1655,3 +1655,30 @@ async fn a_cancel_while_a_service_is_not_ready_yet_ends_the_job_at_once() {
 fn sum_status(s: &trackside::engine::RunSummary, name: &str) -> Option<JobStatus> {
     s.jobs.iter().find(|j| j.name == name).map(|j| j.status)
 }
+
+/// A live service of containers: the trackside at a canary's gate stops,
+/// the containers and the traffic split stay with the service process,
+/// and the next trackside adopts them and takes the gate up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_survives_a_restart_of_trackside_with_a_live_service_of_containers() {
+    let Some(d) = docker().await else { return };
+    for v in ["v1", "v2"] {
+        web_image(&d, v).await;
+    }
+    // The demo service's command becomes the image of the same version.
+    let containers = |yaml: &str| {
+        yaml.lines()
+            .map(|l| match l.trim_start().strip_prefix("version: ") {
+                Some(v) if l.starts_with("      version: ") => {
+                    format!("{l}\n      image: trackside-test-web:{v}\n      port: 8080")
+                }
+                _ if l.starts_with("      run: ") => String::new(),
+                _ => l.to_string(),
+            })
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    common::deploy::gate_survives_a_restart(&containers).await;
+}
