@@ -52,6 +52,17 @@ pub const LABEL_KEEP: &str = "dev.trackside.keep";
 /// On the replicas of a deploy: which state directory and service.
 pub const LABEL_DEPLOY: &str = "dev.trackside.deploy";
 
+/// A deploy replica's container, as [`DockerExecutor::create_replica`] makes it.
+struct Replica<'a> {
+    name: &'a str,
+    image: &'a str,
+    /// The port it serves on inside (its `PORT`).
+    port: u16,
+    /// Its loopback port on the host (empty: the daemon picks one).
+    host_port: &'a str,
+    env: &'a [(String, String)],
+}
+
 /// What a container step ran with, kept in the run folder
 /// (`steps/<job>.<attempt>.<step>.json`) so `trackside shell` can make a
 /// fresh container like it when the original is gone. No secret values.
@@ -593,63 +604,36 @@ impl DockerExecutor {
         tag: &str,
         out: mpsc::Sender<OutputLine>,
     ) -> Result<(String, u16), String> {
-        self.ensure_image(image, PullPolicy::IfNotPresent, &auth::JobLogins::default())
-            .await?;
         let key = format!("{port}/tcp");
-        let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("PORT={port}"));
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            env: Some(env),
-            labels: Some(HashMap::from([
-                (LABEL_DEPLOY.to_string(), tag.to_string()),
-                (LABEL_PID.to_string(), std::process::id().to_string()),
-            ])),
-            exposed_ports: Some(vec![key.clone()]),
-            host_config: Some(HostConfig {
-                port_bindings: Some(HashMap::from([(
-                    key.clone(),
-                    Some(vec![bollard::models::PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let labels = HashMap::from([
+            (LABEL_DEPLOY.to_string(), tag.to_string()),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+        ]);
+        let replica = Replica {
+            name,
+            image,
+            port,
+            host_port: "",
+            env,
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.to_string()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| format!("cannot create a container of `{image}`: {e}"))?;
-        if let Err(e) = self
-            .docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-        {
-            self.remove(&created.id).await;
+        let id = self.create_replica(&replica, labels, None).await?;
+        if let Err(e) = self.docker.start_container(&id, None::<StartContainerOptions>).await {
+            self.remove(&id).await;
             return Err(format!("cannot start a container of `{image}`: {e}"));
         }
         let host_port = self
             .docker
-            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .inspect_container(&id, None::<InspectContainerOptions>)
             .await
             .ok()
             .and_then(|i| i.network_settings?.ports?.remove(&key)??.into_iter().next()?.host_port)
             .and_then(|p| p.parse::<u16>().ok());
         let Some(host_port) = host_port else {
-            self.remove(&created.id).await;
+            self.remove(&id).await;
             return Err(format!("the daemon published no host port for {key} of `{image}`"));
         };
         let logs = self.docker.logs(
-            &created.id,
+            &id,
             Some(LogsOptions {
                 follow: true,
                 stdout: true,
@@ -658,7 +642,54 @@ impl DockerExecutor {
             }),
         );
         tokio::spawn(forward_logs(logs, out));
-        Ok((created.id, host_port))
+        Ok((id, host_port))
+    }
+
+    /// Creates (does not start) a deploy replica's container: `image` with
+    /// `PORT` set to its inner port, published on loopback at `host_port`
+    /// (empty: one the daemon picks), pulled first if the daemon lacks it.
+    /// Returns its id.
+    async fn create_replica(
+        &self,
+        r: &Replica<'_>,
+        labels: HashMap<String, String>,
+        restart_policy: Option<bollard::models::RestartPolicy>,
+    ) -> Result<String, String> {
+        self.ensure_image(r.image, PullPolicy::IfNotPresent, &auth::JobLogins::default())
+            .await?;
+        let key = format!("{}/tcp", r.port);
+        let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("PORT={}", r.port));
+        let body = ContainerCreateBody {
+            image: Some(r.image.to_string()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(vec![key.clone()]),
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    key,
+                    Some(vec![bollard::models::PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(r.host_port.to_string()),
+                    }]),
+                )])),
+                restart_policy,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(r.name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| format!("cannot create a container of `{}`: {e}", r.image))?;
+        Ok(created.id)
     }
 
     /// Stops a replica (SIGTERM, then SIGKILL after `grace`) and removes

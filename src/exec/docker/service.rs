@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions, LogsOptions, StartContainerOptions};
+use bollard::models::{RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions, StartContainerOptions};
 use tokio::sync::mpsc;
 
 use super::{DockerExecutor, OutputLine, PullPolicy, auth, forward_logs};
@@ -53,52 +53,29 @@ pub struct Running {
 impl DockerExecutor {
     /// Creates and starts a live replica; returns the container's id.
     pub async fn start_live(&self, c: &LiveContainer<'_>) -> Result<String, String> {
-        self.ensure_image(c.image, PullPolicy::IfNotPresent, &auth::JobLogins::default())
-            .await?;
-        let key = format!("{}/tcp", c.port);
-        let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("PORT={}", c.port));
-        let body = ContainerCreateBody {
-            image: Some(c.image.to_string()),
-            env: Some(env),
-            labels: Some(HashMap::from([
-                (LABEL_SERVICE.to_string(), c.service.to_string()),
-                (LABEL_REVISION.to_string(), c.revision.to_string()),
-                (LABEL_REPLICA.to_string(), c.replica.to_string()),
-            ])),
-            exposed_ports: Some(vec![key.clone()]),
-            host_config: Some(HostConfig {
-                port_bindings: Some(HashMap::from([(
-                    key,
-                    Some(vec![bollard::models::PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(c.host_port.to_string()),
-                    }]),
-                )])),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let labels = HashMap::from([
+            (LABEL_SERVICE.to_string(), c.service.to_string()),
+            (LABEL_REVISION.to_string(), c.revision.to_string()),
+            (LABEL_REPLICA.to_string(), c.replica.to_string()),
+        ]);
+        let host_port = c.host_port.to_string();
+        let replica = super::Replica {
+            name: c.name,
+            image: c.image,
+            port: c.port,
+            host_port: &host_port,
+            env: c.env,
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(c.name.to_string()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| format!("cannot create a container of `{}`: {e}", c.image))?;
-        if let Err(e) = self.start_existing(&created.id).await {
-            self.remove(&created.id).await;
+        let restart = RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        };
+        let id = self.create_replica(&replica, labels, Some(restart)).await?;
+        if let Err(e) = self.start_existing(&id).await {
+            self.remove(&id).await;
             return Err(e);
         }
-        Ok(created.id)
+        Ok(id)
     }
 
     /// Pulls `image` unless the daemon has it (before a live replica of it
