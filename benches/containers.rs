@@ -49,6 +49,7 @@ fn main() {
         cfg.executor = std::sync::Arc::new(Executors {
             shell: ShellExecutor,
             docker: Some(docker.clone()),
+            swarm: None,
         });
         cfg.containers = true;
         let plan = Plan::build(&p).expect("plan");

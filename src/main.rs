@@ -44,6 +44,7 @@ mod attachcmd;
 mod insightcmd;
 mod servicecmd;
 mod storecmd;
+mod swarmcmd;
 
 #[derive(Parser)]
 #[command(name = "trackside", version, about = "Run and steer CI/CD pipelines from a terminal")]
@@ -126,6 +127,10 @@ enum ExecutorArg {
     Shell,
     /// Everything runs in containers (every step needs an image).
     Docker,
+    /// Jobs with an image run as services on a Docker Swarm (its manager:
+    /// --swarm-manager, `swarm: {manager}` of config.yml, else DOCKER_HOST);
+    /// the rest on the host (docs/swarm.md).
+    Swarm,
 }
 
 #[derive(clap::Args)]
@@ -172,9 +177,18 @@ struct VarArgs {
     /// Let the host variable NAME through to jobs (beyond PATH, HOME, USER, LANG, TZ). Repeatable.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
-    /// Which executor runs the jobs.
-    #[arg(long, value_enum, default_value = "auto")]
-    executor: ExecutorArg,
+    /// Which executor runs the jobs (default: `executor:` of config.yml, else auto).
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+    /// The swarm manager's Docker API address for --executor swarm
+    /// (`unix://`, `tcp://`, `https://`; default: `swarm: {manager}` of
+    /// config.yml, else DOCKER_HOST).
+    #[arg(long = "swarm-manager", value_name = "ADDRESS")]
+    swarm_manager: Option<String>,
+    /// The registry the swarm's nodes pull workspace images from
+    /// (HOST:PORT; default: `swarm: {registry}` of config.yml).
+    #[arg(long = "swarm-registry", value_name = "HOST:PORT")]
+    swarm_registry: Option<String>,
     /// Read the file as this dialect (by default: `.gitlab-ci.yml` and
     /// `*.gitlab-ci.yml` are GitLab's, other files are told by their keys).
     #[arg(long, value_enum)]
@@ -606,6 +620,16 @@ enum Cmd {
         /// it had before, else its user alone).
         #[arg(long = "allow-group", value_name = "GROUP")]
         allow_group: Option<String>,
+    },
+    /// The Docker Swarm's nodes (for --executor swarm): state,
+    /// availability, role, size, trackside jobs running, labels.
+    Nodes {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// The manager's Docker API address (default: `swarm: {manager}` of
+        /// config.yml, else DOCKER_HOST).
+        #[arg(long = "swarm-manager", value_name = "ADDRESS")]
+        swarm_manager: Option<String>,
     },
     /// The live services of the state directory: what serves, where, the
     /// traffic split and each replica.
@@ -1112,6 +1136,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             };
             servicecmd::router(&state, &service, &listen, choice, allow_group)
         }
+        Cmd::Nodes { format, swarm_manager } => swarmcmd::nodes(&state, swarm_manager, format == OutputFormat::Json),
         Cmd::Services { ui: true, ascii, .. } => servicecmd::services_ui(&state, ascii),
         Cmd::Services { format, .. } => servicecmd::services(&state, format == OutputFormat::Json),
         Cmd::Service {
@@ -1427,7 +1452,21 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     && pipeline.jobs.iter().any(|j| {
                         !j.services.is_empty() || j.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some())
                     });
-                let docker = if needs_containers {
+                let on_swarm = executor_arg(&vars, &state)? == ExecutorArg::Swarm;
+                let swarm = if needs_containers && on_swarm {
+                    let s = connect_swarm(&vars, &state).await?;
+                    let reaped = s.reap_orphans().await;
+                    if reaped > 0 {
+                        eprintln!("trackside: removed {reaped} swarm service(s) left by a crashed trackside");
+                    }
+                    if verbose {
+                        eprintln!("trackside: container jobs run on the swarm managed at {}", s.address());
+                    }
+                    Some(s)
+                } else {
+                    None
+                };
+                let docker = if needs_containers && !on_swarm {
                     let d = DockerExecutor::connect().await.map_err(|e| Fail(e.to_string(), 2))?;
                     let reaped = d.reap_orphans().await;
                     if reaped > 0 {
@@ -1438,9 +1477,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     None
                 };
                 cfg.containers = opts.executor != ExecutorChoice::Shell;
+                cfg.remote_containers = on_swarm;
                 cfg.executor = Arc::new(Executors {
                     shell: ShellExecutor,
                     docker,
+                    swarm,
                 });
                 let handle = engine::spawn(pipeline, plan, cfg)?;
                 if verbose {
@@ -1661,6 +1702,41 @@ fn dialect_of(v: &VarArgs, file: &Path) -> pipeline::Dialect {
 /// file) what git said about its project.
 type Loading = (Vec<(String, String)>, LoadOptions, Option<trackside::exec::git::Facts>);
 
+/// `--executor`, else `executor:` of config.yml, else auto.
+fn executor_arg(v: &VarArgs, state: &Path) -> Result<ExecutorArg, Fail> {
+    if let Some(e) = v.executor {
+        return Ok(e);
+    }
+    let cfg = store::gc::swarm_config(state).map_err(|e| Fail(e.to_string(), 2))?;
+    Ok(match cfg.executor.as_deref() {
+        Some("shell") => ExecutorArg::Shell,
+        Some("docker") => ExecutorArg::Docker,
+        Some("swarm") => ExecutorArg::Swarm,
+        _ => ExecutorArg::Auto,
+    })
+}
+
+/// Connects the swarm executor: flags first, then `swarm:` of config.yml,
+/// then DOCKER_HOST for the manager.
+async fn connect_swarm(v: &VarArgs, state: &Path) -> Result<trackside::exec::swarm::SwarmExecutor, Fail> {
+    use trackside::exec::swarm::{Settings, SwarmExecutor};
+    let cfg = store::gc::swarm_config(state).map_err(|e| Fail(e.to_string(), 2))?;
+    let d = Settings::default();
+    let settings = Settings {
+        registry: v.swarm_registry.clone().or(cfg.registry).unwrap_or_default(),
+        pending_limit: cfg.pending_timeout.unwrap_or(d.pending_limit),
+        max_ship: cfg.max_ship.unwrap_or(d.max_ship),
+        max_return: cfg.max_return.unwrap_or(d.max_return),
+    };
+    if settings.registry.trim().is_empty() {
+        return Err(Fail(trackside::exec::swarm::SwarmError::NoRegistry.to_string(), 2));
+    }
+    let manager = swarmcmd::manager(v.swarm_manager.clone(), state)?;
+    SwarmExecutor::connect(&manager, settings)
+        .await
+        .map_err(|e| Fail(e.to_string(), 2))
+}
+
 fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail> {
     let actions_dir = v.actions_dir.clone().unwrap_or_else(|| state.join("actions"));
     store::actions::trusted(&actions_dir).map_err(|e| Fail(e.to_string(), 2))?;
@@ -1700,8 +1776,9 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         cli_vars: v.vars.clone(),
         secret_names: secrets.iter().map(|(n, _)| n.clone()).collect(),
         host_env,
-        executor: match v.executor {
-            ExecutorArg::Auto => ExecutorChoice::Auto,
+        // Read as `auto`: a swarm runs the jobs with an image, the host the rest.
+        executor: match executor_arg(v, state)? {
+            ExecutorArg::Auto | ExecutorArg::Swarm => ExecutorChoice::Auto,
             ExecutorArg::Shell => ExecutorChoice::Shell,
             ExecutorArg::Docker => ExecutorChoice::Docker,
         },

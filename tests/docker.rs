@@ -46,6 +46,7 @@ fn with_docker(s: &mut Setup, d: &DockerExecutor) {
     s.cfg.executor = Arc::new(Executors {
         shell: ShellExecutor,
         docker: Some(d.clone()),
+        swarm: None,
     });
     s.cfg.containers = true;
 }

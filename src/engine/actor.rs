@@ -96,6 +96,9 @@ pub struct EngineConfig {
     pub executor: Arc<dyn Executor>,
     /// Whether steps with an image run in containers (the executor must handle them).
     pub containers: bool,
+    /// Container jobs run on a cluster (`--executor swarm`): this
+    /// machine's admission does not hold their resources.
+    pub remote_containers: bool,
     /// Keep a failed attempt's container and workspace (`trackside shell`).
     pub keep_failed: bool,
     pub seed: Option<u64>,
@@ -155,6 +158,7 @@ impl EngineConfig {
             kill_grace: None,
             executor: Arc::new(crate::exec::shell::ShellExecutor),
             containers: false,
+            remote_containers: false,
             keep_failed: false,
             seed: None,
             watch: None,
@@ -555,6 +559,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
         resumed: cfg.resume.clone(),
         shared: shared.is_some(),
+        remote_containers: cfg.remote_containers,
     };
     let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
 

@@ -46,6 +46,13 @@ impl Need {
         memory: 256 << 20,
     };
 
+    /// A job whose steps all run on a cluster: this machine ships its
+    /// workspace and reads its log.
+    pub const REMOTE: Need = Need {
+        cpu_milli: 50,
+        memory: 32 << 20,
+    };
+
     /// Job `job`'s need, with what history says of it.
     pub fn of(job: &Job, learned: Option<&JobUsage>) -> (Need, Basis) {
         let declared_cpu = job.container.cpus.map(|c| (c * 1000.0).round().max(1.0) as u64);

@@ -27,7 +27,7 @@ pub fn ending(end: &StepEnd, timed_out: bool) -> Ending {
         StepEnd::Signaled(_) => (Some(Signal::Killed), None),
         StepEnd::TimedOut => (Some(Signal::Timeout), None),
         StepEnd::Cancelled => (None, None),
-        StepEnd::SpawnFailed(_) => (Some(Signal::SpawnFailed), None),
+        StepEnd::SpawnFailed(_) | StepEnd::Lost(_) | StepEnd::Unschedulable(_) => (Some(Signal::SpawnFailed), None),
     };
     Ending { signal, exit_code }
 }
@@ -39,10 +39,12 @@ pub fn classify(end: &StepEnd, from_rules: Option<FailureClass>) -> Option<Failu
         StepEnd::Exited(0) => None,
         StepEnd::Cancelled => Some(FailureClass::Cancelled),
         StepEnd::TimedOut => Some(FailureClass::Timeout),
+        // Settled by the scheduler: no rule makes it retryable.
+        StepEnd::Unschedulable(_) => Some(FailureClass::Unschedulable),
         _ => Some(from_rules.unwrap_or(match end {
             StepEnd::Exited(137) | StepEnd::Signaled(9) | StepEnd::OomKilled => FailureClass::Oom,
             StepEnd::Signaled(_) => FailureClass::Signal,
-            StepEnd::SpawnFailed(_) => FailureClass::Infra,
+            StepEnd::SpawnFailed(_) | StepEnd::Lost(_) => FailureClass::Infra,
             _ => FailureClass::Script,
         })),
     }

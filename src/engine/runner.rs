@@ -1715,7 +1715,7 @@ async fn run_step(
         let mut t = a.telling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         t.diagnosis = diagnosis.filter(|d| d.class == c);
     }
-    if let StepEnd::SpawnFailed(msg) = &end {
+    if let StepEnd::SpawnFailed(msg) | StepEnd::Lost(msg) | StepEnd::Unschedulable(msg) = &end {
         note(a, &name, msg.clone()).await;
         message = Some(msg.clone());
     }
@@ -2486,7 +2486,7 @@ async fn run_once(
     if matches!(end, StepEnd::Exited(0)) {
         return (end, None);
     }
-    if let StepEnd::SpawnFailed(msg) = &end {
+    if let StepEnd::SpawnFailed(msg) | StepEnd::Lost(msg) | StepEnd::Unschedulable(msg) = &end {
         for line in msg.lines() {
             scan.line(line, true);
         }

@@ -216,6 +216,9 @@ pub struct Options {
     /// Other runs share the machine: each start is claimed first
     /// ([`Effect::Claim`]).
     pub shared: bool,
+    /// Container jobs run on a cluster (`--executor swarm`): their
+    /// resources are reserved there, and here they hold little.
+    pub remote_containers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1572,6 +1575,11 @@ impl RunState {
     /// What job `j` holds while it runs, and where that comes from.
     fn need(&self, j: JobId) -> (Need, Basis) {
         let spec = &self.pipeline.jobs[j];
+        let remote =
+            self.opts.remote_containers && !spec.steps.is_empty() && spec.steps.iter().all(|s| s.image.is_some());
+        if remote {
+            return (Need::REMOTE, Basis::Default);
+        }
         Need::of(spec, self.opts.learned.get(&spec.name))
     }
 

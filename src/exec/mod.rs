@@ -14,6 +14,7 @@ pub mod reap;
 pub mod route;
 pub mod shell;
 pub mod spawn;
+pub mod swarm;
 pub mod workspace;
 
 use std::collections::BTreeMap;
@@ -123,6 +124,12 @@ pub enum StepEnd {
     OomKilled,
     /// The step could not be started at all.
     SpawnFailed(String),
+    /// The executor lost the step while it ran (its swarm node went down):
+    /// what it did is unknown; running it again elsewhere may pass.
+    Lost(String),
+    /// No node of the cluster can ever take the step (its placement
+    /// labels or its reservation), with the scheduler's reason.
+    Unschedulable(String),
 }
 
 impl StepEnd {

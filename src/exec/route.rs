@@ -1,18 +1,24 @@
-//! Which executor runs a step: containers for steps with an image, the
-//! shell for the rest. Apart from the executors it routes to, so the trait
+//! Which executor runs a step: containers for steps with an image (on a
+//! swarm with `--executor swarm`), the shell for the rest. Apart from the executors it routes to, so the trait
 //! and its types (the parent module) depend on neither.
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, docker, shell};
+use super::{BoxFuture, Executor, OutputLine, Services, ServicesRequest, StepEnd, StepSpec, docker, shell, swarm};
 
 /// Runs container steps with Docker and the rest with the shell.
 pub struct Executors {
     pub shell: shell::ShellExecutor,
     /// `None` when no step needs containers (the daemon is not contacted).
     pub docker: Option<docker::DockerExecutor>,
+    /// `--executor swarm`: container steps run as Swarm services.
+    pub swarm: Option<swarm::SwarmExecutor>,
 }
+
+/// What the swarm executor does not run yet (docs/swarm.md, "Limits").
+const NOT_ON_SWARM: &str =
+    "does not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker";
 
 impl Executor for Executors {
     fn name(&self) -> &'static str {
@@ -25,6 +31,9 @@ impl Executor for Executors {
         out: mpsc::Sender<OutputLine>,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, StepEnd> {
+        if let (Some(_), Some(s)) = (&spec.container, &self.swarm) {
+            return s.run_step(spec, out, cancel);
+        }
         match (&spec.container, &self.docker) {
             (None, _) => self.shell.run_step(spec, out, cancel),
             (Some(_), Some(d)) => d.run_step(spec, out, cancel),
@@ -40,6 +49,9 @@ impl Executor for Executors {
         req: ServicesRequest,
         out: mpsc::Sender<OutputLine>,
     ) -> BoxFuture<'_, Result<Services, String>> {
+        if self.swarm.is_some() {
+            return Box::pin(async { Err(format!("a job's `services:` {NOT_ON_SWARM}")) });
+        }
         match &self.docker {
             Some(d) => d.start_services(req, out),
             None => Box::pin(async { Err("services need a Docker daemon, and none was connected".to_string()) }),
@@ -54,6 +66,9 @@ impl Executor for Executors {
     }
 
     fn start_job_box(&self, req: super::JobBoxRequest) -> BoxFuture<'_, Result<super::JobBox, String>> {
+        if self.swarm.is_some() {
+            return Box::pin(async { Err(format!("a job container (`container:`) {NOT_ON_SWARM}")) });
+        }
         match &self.docker {
             Some(d) => d.start_job_box(req),
             None => {
@@ -67,6 +82,9 @@ impl Executor for Executors {
         req: super::ImageBuild,
         out: mpsc::Sender<OutputLine>,
     ) -> BoxFuture<'_, Result<String, String>> {
+        if self.swarm.is_some() {
+            return Box::pin(async { Err(format!("a Docker action {NOT_ON_SWARM}")) });
+        }
         match &self.docker {
             Some(d) => d.build_image(req, out),
             None => {
@@ -83,10 +101,14 @@ impl Executor for Executors {
     }
 
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
-        match &self.docker {
-            Some(d) => d.finish_run(run_id),
-            None => Box::pin(async {}),
-        }
+        Box::pin(async move {
+            if let Some(s) = &self.swarm {
+                s.finish_run(run_id).await;
+            }
+            if let Some(d) = &self.docker {
+                d.finish_run(run_id).await;
+            }
+        })
     }
 
     fn image_id<'a>(
@@ -95,6 +117,9 @@ impl Executor for Executors {
         pull: crate::pipeline::model::PullPolicy,
         logins: &'a crate::exec::JobLogins,
     ) -> BoxFuture<'a, Result<String, String>> {
+        if let Some(s) = &self.swarm {
+            return s.image_id(image, pull, logins);
+        }
         match &self.docker {
             Some(d) => d.image_id(image, pull, logins),
             None => {

@@ -851,6 +851,11 @@ pub struct ContainerOptions {
     /// `container:`).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub job_container: bool,
+    /// Labels a node must have to run it (GitLab's `tags`, GitHub's
+    /// `runs-on` labels but GitHub's own, native `node_labels`): placement
+    /// constraints on a swarm, ignored by the other executors.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub node_labels: Vec<String>,
     /// What GitHub's `container:` and `services:` add (ports, volumes,
     /// `options:` flags); left out of the definition when default.
     #[serde(skip_serializing_if = "ContainerExtras::is_default", default)]

@@ -109,10 +109,13 @@ pub enum FailureClass {
     /// the judge or a health check, or aborted by a person (its reason says
     /// which). The old revision kept serving.
     RolledBack,
+    /// No node of the cluster can ever take the job (its placement labels
+    /// or its reservation): the scheduler's reason says which.
+    Unschedulable,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 10] = [
+    pub const ALL: [FailureClass; 11] = [
         FailureClass::Script,
         FailureClass::Timeout,
         FailureClass::Oom,
@@ -123,6 +126,7 @@ impl FailureClass {
         FailureClass::Cancelled,
         FailureClass::DataIntegrity,
         FailureClass::RolledBack,
+        FailureClass::Unschedulable,
     ];
     /// Retried by default: the failure says little about the code under test.
     pub const TRANSIENT: [FailureClass; 5] = [
@@ -145,6 +149,7 @@ impl FailureClass {
             FailureClass::Cancelled => "cancelled",
             FailureClass::DataIntegrity => "data_integrity",
             FailureClass::RolledBack => "rolled_back",
+            FailureClass::Unschedulable => "unschedulable",
         }
     }
 

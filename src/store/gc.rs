@@ -116,6 +116,69 @@ struct Config {
     access: ConfigAccess,
     #[serde(default)]
     breakers: ConfigBreakers,
+    /// `executor: swarm`: the default `--executor`.
+    executor: Option<String>,
+    #[serde(default)]
+    swarm: ConfigSwarm,
+}
+
+/// `swarm:` in `<state>/config.yml` (docs/swarm.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigSwarm {
+    manager: Option<String>,
+    registry: Option<String>,
+    pending_timeout: Option<String>,
+    max_ship: Option<String>,
+    max_return: Option<String>,
+}
+
+/// The executor and swarm settings of `<state>/config.yml`, as written
+/// (`None`: not set).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwarmConfig {
+    /// `executor:` (`auto`, `shell`, `docker` or `swarm`).
+    pub executor: Option<String>,
+    pub manager: Option<String>,
+    pub registry: Option<String>,
+    pub pending_timeout: Option<Duration>,
+    pub max_ship: Option<u64>,
+    pub max_return: Option<u64>,
+}
+
+/// Reads `executor:` and `swarm:` of `<state>/config.yml`.
+pub fn swarm_config(state: &Path) -> Result<SwarmConfig, StoreError> {
+    let (cfg, path) = read_config(state)?;
+    let bad = |message: String| StoreError::Config {
+        path: path.clone(),
+        message,
+    };
+    if let Some(e) = cfg.executor.as_deref()
+        && !["auto", "shell", "docker", "swarm"].contains(&e)
+    {
+        return Err(bad(format!("executor: `{e}` is not one of auto, shell, docker, swarm")));
+    }
+    let s = &cfg.swarm;
+    let size = |v: &Option<String>, key: &str| {
+        v.as_deref()
+            .map(|t| parse_size(t).map_err(|e| bad(format!("swarm.{key}: {e}"))))
+            .transpose()
+    };
+    let pending_timeout = s
+        .pending_timeout
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).map_err(|e| bad(format!("swarm.pending_timeout: `{t}`: {e}; e.g. `30s`")))
+        })
+        .transpose()?;
+    Ok(SwarmConfig {
+        executor: cfg.executor.clone(),
+        manager: s.manager.clone(),
+        registry: s.registry.clone(),
+        pending_timeout,
+        max_ship: size(&s.max_ship, "max_ship")?,
+        max_return: size(&s.max_return, "max_return")?,
+    })
 }
 
 /// `breakers:` in `<state>/config.yml`: when a dependency's circuit

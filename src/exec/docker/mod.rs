@@ -37,9 +37,9 @@ pub const WORKDIR: &str = "/workspace";
 /// Where a container step's file variables are mounted, one file each.
 pub const FILES_PATH: &str = "/run/trackside/files";
 /// Where the step's script is mounted.
-const SCRIPT_PATH: &str = "/run/trackside/step.sh";
+pub(crate) const SCRIPT_PATH: &str = "/run/trackside/step.sh";
 /// Where the secret variables are mounted (sourced by the script).
-const SECRETS_PATH: &str = "/run/trackside/secrets.env";
+pub(crate) const SECRETS_PATH: &str = "/run/trackside/secrets.env";
 
 /// Labels on everything trackside creates.
 pub const LABEL_RUN: &str = "dev.trackside.run";
@@ -112,7 +112,7 @@ fn unreachable_hint() -> String {
 
 /// An error with its causes: hyper and TLS errors keep the useful part
 /// (a refused certificate, say) in their sources.
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -124,6 +124,15 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// Whether the trackside whose pid `labels` carry ([`LABEL_PID`]) is
+/// still running on this machine.
+pub(crate) fn owner_alive(labels: Option<&HashMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(LABEL_PID))
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
 
 /// Where bollard will connect: DOCKER_HOST or the local socket.
@@ -142,13 +151,19 @@ impl DockerExecutor {
     /// Connects (DOCKER_HOST honoured, tcp:// included), agrees on an API
     /// version with the daemon, and checks that it answers.
     pub async fn connect() -> Result<DockerExecutor, DockerError> {
+        DockerExecutor::connect_to(&daemon_address()).await
+    }
+
+    /// [`DockerExecutor::connect`] to the daemon at `address` (`unix://`,
+    /// `tcp://`, `https://`; DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as usual).
+    pub async fn connect_to(address: &str) -> Result<DockerExecutor, DockerError> {
         let unreachable = |message: String| DockerError::Unreachable {
-            address: daemon_address(),
+            address: address.to_string(),
             message,
             hint: unreachable_hint(),
         };
         let no_answer = || unreachable("no answer within 10 s".into());
-        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(with_causes(&e)))?;
+        let docker = Docker::connect_with_host(address).map_err(|e| unreachable(with_causes(&e)))?;
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| no_answer())?
@@ -165,6 +180,11 @@ impl DockerExecutor {
 
     pub fn client(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Where registry logins come from besides the job.
+    pub(crate) fn login_sources(&self) -> &auth::Sources {
+        &self.logins
     }
 
     /// A bridge network of the run (`name`), created on first use.
@@ -539,13 +559,7 @@ impl DockerExecutor {
         let list = self.containers_with(vec![LABEL_PID.to_string()]).await;
         let mut removed = 0;
         for c in list {
-            let pid = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_PID))
-                .and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
-            if alive || kept(&c) {
+            if owner_alive(c.labels.as_ref()) || kept(&c) {
                 continue;
             }
             if let Some(id) = c.id
@@ -565,13 +579,7 @@ impl DockerExecutor {
             .await
             .unwrap_or_default();
         for n in networks {
-            let pid = n
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_PID))
-                .and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
-            if let (false, Some(name)) = (alive, n.name) {
+            if let (false, Some(name)) = (owner_alive(n.labels.as_ref()), n.name) {
                 let _ = self.docker.remove_network(&name).await;
             }
         }
@@ -731,7 +739,7 @@ impl DockerExecutor {
     /// answers (a ping within 2 s), the failure is said as the daemon's,
     /// which the failure rules class as infrastructure on the Docker daemon
     /// (its circuit breaker; a retry once it answers again can pass).
-    async fn explain(&self, message: String) -> String {
+    pub(crate) async fn explain(&self, message: String) -> String {
         let why = match tokio::time::timeout(DAEMON_PING, self.docker.ping()).await {
             Ok(Ok(_)) => return message,
             Ok(Err(e)) => with_causes(&e),
@@ -752,7 +760,12 @@ impl DockerExecutor {
 
     /// Makes the image available according to the pull policy, pulling
     /// with the registry login the job or this machine has for it.
-    async fn ensure_image(&self, image: &str, pull: PullPolicy, logins: &auth::JobLogins) -> Result<(), String> {
+    pub(crate) async fn ensure_image(
+        &self,
+        image: &str,
+        pull: PullPolicy,
+        logins: &auth::JobLogins,
+    ) -> Result<(), String> {
         // Only a 404 says the image is not there; any other error (the
         // daemon gone) is said as itself.
         let present = match self.docker.inspect_image(image).await {
@@ -1187,7 +1200,7 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
 }
 
 /// Splits the daemon's log chunks into lines per stream.
-async fn forward_logs(
+pub(crate) async fn forward_logs(
     mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
     out: mpsc::Sender<OutputLine>,
 ) {

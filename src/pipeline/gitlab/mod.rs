@@ -121,7 +121,8 @@ const SERVER_ONLY: [&str; 8] = [
     "manual_confirmation",
 ];
 
-/// Keywords read and deliberately without effect on a local run.
+/// Keywords read and without effect on one machine (`tags` place jobs on
+/// a swarm).
 const NO_EFFECT: [&str; 1] = ["tags"];
 
 /// Keywords trackside does not run yet: a warning, and the job runs without them.
@@ -1319,8 +1320,10 @@ impl<'c, 's> Gitlab<'c, 's> {
             }
             env.extend(vars);
         }
+        // Shown, and placement constraints on a swarm (docs/swarm.md).
+        let mut tags: Vec<String> = Vec::new();
         if let Some(t) = field("tags") {
-            let tags: Vec<String> = self
+            tags = self
                 .cx
                 .string_list(&t, &join(&path, "tags"))
                 .into_iter()
@@ -1408,7 +1411,10 @@ impl<'c, 's> Gitlab<'c, 's> {
             },
             None => DEFAULT_TIMEOUT,
         };
-        let mut container = ContainerOptions::default();
+        let mut container = ContainerOptions {
+            node_labels: tags,
+            ..Default::default()
+        };
         let image = field("image").and_then(|n| self.image(&n, &join(&path, "image"), &mut container));
         let artifacts = field("artifacts").and_then(|n| self.artifacts(&n, &join(&path, "artifacts")));
         let mut services = field("services")
@@ -2750,11 +2756,8 @@ fn retry_reason(reason: &str) -> Option<Vec<FailureClass>> {
         "always" => F::ALL.iter().copied().filter(|c| *c != F::Cancelled).collect(),
         "script_failure" => vec![F::Script, F::Oom],
         "stuck_or_timeout_failure" | "job_execution_timeout" => vec![F::Timeout],
-        "runner_system_failure"
-        | "api_failure"
-        | "scheduler_failure"
-        | "unmet_prerequisites"
-        | "runner_unsupported" => {
+        "scheduler_failure" => vec![F::Infra, F::Unschedulable],
+        "runner_system_failure" | "api_failure" | "unmet_prerequisites" | "runner_unsupported" => {
             vec![F::Infra]
         }
         "data_integrity_failure" => vec![F::DataIntegrity],

@@ -177,6 +177,13 @@ impl Cx<'_> {
                 );
             }
         }
+        if let Some(n) = get(node, "node_labels") {
+            c.node_labels = self
+                .string_list(n, &join(path, "node_labels"))
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+        }
         if let Some(n) = get(node, "cap_drop") {
             c.cap_drop = self
                 .string_list(n, &join(path, "cap_drop"))

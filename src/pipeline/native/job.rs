@@ -9,7 +9,7 @@ use crate::pipeline::model::*;
 use crate::pipeline::read::*;
 use crate::pipeline::yaml::{Node, Value};
 
-const JOB_KEYS: [&str; 28] = [
+const JOB_KEYS: [&str; 29] = [
     "steps",
     "approvers",
     "depends_on",
@@ -33,6 +33,7 @@ const JOB_KEYS: [&str; 28] = [
     "read_only_rootfs",
     "services",
     "docker_socket",
+    "node_labels",
     "artifacts",
     "needs_artifacts",
     "cache",

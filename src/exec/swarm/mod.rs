@@ -1,0 +1,969 @@
+//! The Swarm executor: each container step runs as a one-shot Swarm
+//! service (one replica, restart condition `none`: trackside owns retries) on a cluster whose manager is the only thing
+//! trackside reaches. Design and limits: docs/swarm.md.
+//!
+//! A step's life: its workspace travels in an image built on the manager
+//! and pushed to the cluster's registry ([`ship`]); its script and wrapper
+//! are Swarm configs, its secret variables and file variables Swarm
+//! secrets (held encrypted by the managers, mounted in memory, never in an
+//! image); the service carries trackside's labels, its job's placement
+//! constraints ([`place`]) and its resources as reservations and limits.
+//! trackside then watches the task: Swarm's reason when no node takes it,
+//! the node it runs on, its log, the node's health (a node that goes down
+//! loses the step, classed `infra`, so a retry runs it elsewhere), its
+//! exit code. The step's files come back through its log; everything made
+//! for the step is removed when it ends, whatever the outcome.
+
+pub mod place;
+pub mod ship;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bollard::models::{
+    ConfigSpec, Limit, ResourceObject, SecretSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile, TaskSpecContainerSpecFile1,
+    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{BuildImageOptions, ListNodesOptions, ListTasksOptions, LogsOptions, PushImageOptions};
+use futures_util::StreamExt;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::docker::{DockerExecutor, LABEL_ATTEMPT, LABEL_JOB, LABEL_PID, LABEL_RUN, auth, owner_alive};
+use super::{BoxFuture, ContainerStep, Executor, OutputLine, StepEnd, StepSpec, Stream};
+use place::NodeView;
+
+/// On everything the Swarm executor creates: which machine's trackside
+/// owns it (a pid means something only there).
+pub const LABEL_HOST: &str = "dev.trackside.host";
+
+/// How often the task's state is asked for.
+const POLL: Duration = Duration::from_millis(250);
+/// How often the node a task runs on is checked.
+const NODE_CHECK: Duration = Duration::from_secs(1);
+/// How long the log may lag behind the task's end before what it carries
+/// (the step's last lines, its files) is given up.
+const LOG_LAG: Duration = Duration::from_secs(20);
+
+/// What `--executor swarm` runs with (flags, else `swarm:` of config.yml).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The registry the manager pushes workspace images to and every node
+    /// pulls from (`host:port`).
+    pub registry: String,
+    /// How long a task may wait for a node when no node could ever take it
+    /// before the job is reported unschedulable.
+    pub pending_limit: Duration,
+    /// The most a workspace may hold to be shipped, in bytes.
+    pub max_ship: u64,
+    /// The most a step may send back, in bytes.
+    pub max_return: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            registry: String::new(),
+            pending_limit: Duration::from_secs(30),
+            max_ship: 512 << 20,
+            max_return: 512 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error(transparent)]
+    Docker(#[from] super::docker::DockerError),
+    #[error(
+        "the Docker daemon at {address} is not a manager of an active swarm (its swarm state: {state}); point DOCKER_HOST or --swarm-manager at a manager (docs/swarm.md)"
+    )]
+    NotManager { address: String, state: String },
+    #[error(
+        "the swarm executor needs a registry every node can pull from: give --swarm-registry HOST:PORT or `swarm: {{registry: ...}}` in config.yml (docs/swarm.md)"
+    )]
+    NoRegistry,
+    #[error("cannot ask the swarm manager at {address}: {message}")]
+    Api { address: String, message: String },
+}
+
+/// A workspace image this process built and pushed (or failed to).
+type Built = Arc<OnceCell<Result<(), String>>>;
+
+/// Runs container steps as Swarm services.
+pub struct SwarmExecutor {
+    docker: DockerExecutor,
+    address: String,
+    settings: Settings,
+    /// Workspace images built and pushed by this process, by tag.
+    images: std::sync::Mutex<HashMap<String, Built>>,
+    host: String,
+}
+
+impl SwarmExecutor {
+    /// Connects to the manager at `address` and checks that it is one.
+    /// (The caller checks that `settings` name a registry before a run.)
+    pub async fn connect(address: &str, settings: Settings) -> Result<SwarmExecutor, SwarmError> {
+        let docker = DockerExecutor::connect_to(address).await?;
+        let info = docker.client().info().await.map_err(|e| SwarmError::Api {
+            address: address.to_string(),
+            message: super::docker::with_causes(&e),
+        })?;
+        let swarm = info.swarm.unwrap_or_default();
+        let state = swarm
+            .local_node_state
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        if state != "active" || swarm.control_available != Some(true) {
+            let state = if state == "active" {
+                "active, but a worker".to_string()
+            } else {
+                state
+            };
+            return Err(SwarmError::NotManager {
+                address: address.to_string(),
+                state,
+            });
+        }
+        Ok(SwarmExecutor {
+            docker,
+            address: address.to_string(),
+            settings,
+            images: std::sync::Mutex::new(HashMap::new()),
+            host: host_id(),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The swarm's nodes.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, String> {
+        let nodes = self
+            .docker
+            .client()
+            .list_nodes(None::<ListNodesOptions>)
+            .await
+            .map_err(|e| format!("cannot list the swarm's nodes: {}", super::docker::with_causes(&e)))?;
+        Ok(nodes.iter().map(NodeView::of).collect())
+    }
+
+    /// Running tasks of trackside's services, by node id.
+    pub async fn load(&self) -> HashMap<String, usize> {
+        // Running, and meant to: a removed service's task stops within its grace.
+        let tasks = self
+            .docker
+            .client()
+            .list_tasks(None::<ListTasksOptions>)
+            .await
+            .unwrap_or_default();
+        let mut load = HashMap::new();
+        for t in tasks {
+            let ours = t
+                .spec
+                .as_ref()
+                .and_then(|s| s.container_spec.as_ref())
+                .and_then(|c| c.labels.as_ref())
+                .is_some_and(|l| l.contains_key(LABEL_RUN))
+                && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+                && t.desired_state == Some(TaskState::RUNNING);
+            if let (true, Some(node)) = (ours, t.node_id) {
+                *load.entry(node).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+
+    /// Removes services (with their configs and secrets) that a crashed
+    /// trackside of this machine left on the swarm. Returns how many.
+    pub async fn reap_orphans(&self) -> usize {
+        let mut removed = 0;
+        for (labels, id) in self
+            .labelled(vec![LABEL_PID.to_string(), format!("{LABEL_HOST}={}", self.host)])
+            .await
+        {
+            if owner_alive(Some(&labels)) {
+                continue;
+            }
+            if self.docker.client().delete_service(&id).await.is_ok() {
+                tracing::info!(service = %id, "removed a swarm service left by a crashed trackside");
+                removed += 1;
+            }
+        }
+        self.remove_leftover_objects(vec![LABEL_PID.to_string(), format!("{LABEL_HOST}={}", self.host)], true)
+            .await;
+        removed
+    }
+
+    /// trackside's services carrying all of `labels`, as (labels, id).
+    async fn labelled(&self, labels: Vec<String>) -> Vec<(HashMap<String, String>, String)> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        let services = self
+            .docker
+            .client()
+            .list_services(Some(bollard::query_parameters::ListServicesOptions {
+                filters: Some(filters),
+                status: None,
+            }))
+            .await
+            .unwrap_or_default();
+        services
+            .into_iter()
+            .filter_map(|s| {
+                let labels = s.spec.as_ref()?.labels.clone().unwrap_or_default();
+                Some((labels, s.id?))
+            })
+            .collect()
+    }
+
+    /// Configs and secrets carrying all of `labels`; with `dead_only`,
+    /// only those whose owner pid is dead.
+    async fn remove_leftover_objects(&self, labels: Vec<String>, dead_only: bool) {
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        let dead = |l: &Option<HashMap<String, String>>| !dead_only || !owner_alive(l.as_ref());
+        let client = self.docker.client();
+        let configs = client
+            .list_configs(Some(bollard::query_parameters::ListConfigsOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .unwrap_or_default();
+        for c in configs {
+            if dead(&c.spec.as_ref().and_then(|s| s.labels.clone()))
+                && let Some(id) = c.id
+            {
+                let _ = client.delete_config(&id).await;
+            }
+        }
+        let secrets = client
+            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap_or_default();
+        for s in secrets {
+            if dead(&s.spec.as_ref().and_then(|s| s.labels.clone()))
+                && let Some(id) = s.id
+            {
+                let _ = client.delete_secret(&id).await;
+            }
+        }
+    }
+
+    /// Removes every service, config and secret of the run.
+    async fn finish_run_impl(&self, run_id: &str) {
+        for (_, id) in self.labelled(vec![format!("{LABEL_RUN}={run_id}")]).await {
+            let _ = self.docker.client().delete_service(&id).await;
+        }
+        self.remove_leftover_objects(vec![format!("{LABEL_RUN}={run_id}")], false)
+            .await;
+    }
+
+    /// The image holding the step's workspace, built on the manager and
+    /// pushed to the registry unless this process did so already.
+    async fn workspace_image(
+        &self,
+        c: &ContainerStep,
+        out: &mpsc::Sender<OutputLine>,
+    ) -> Result<(String, Vec<String>), String> {
+        // The job's image on the manager first: the build starts from it.
+        self.docker.ensure_image(&c.image, c.options.pull, &c.logins).await?;
+        let (image, user, ws, budget) = (
+            c.image.clone(),
+            c.options.user.clone(),
+            c.workspace.clone(),
+            self.settings.max_ship,
+        );
+        let packed = tokio::task::spawn_blocking(move || ship::pack(&image, user.as_deref(), &ws, budget))
+            .await
+            .map_err(|e| format!("packing the workspace failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let repo = format!("{}/trackside-workspace", self.settings.registry.trim_end_matches('/'));
+        let tag: String = packed.digest.chars().take(32).collect();
+        let full = format!("{repo}:{tag}");
+        let cell = {
+            let mut images = self.images.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            images.entry(full.clone()).or_default().clone()
+        };
+        let made = cell
+            .get_or_init(|| async {
+                note(
+                    out,
+                    format!(
+                        "trackside: shipping the workspace ({} files, {}) as {full}",
+                        packed.paths.len(),
+                        super::preflight::gib(packed.bytes)
+                    ),
+                )
+                .await;
+                self.build_and_push(&repo, &tag, packed.context.clone()).await
+            })
+            .await
+            .clone();
+        made.map(|()| (full, packed.paths))
+    }
+
+    async fn build_and_push(&self, repo: &str, tag: &str, context: Vec<u8>) -> Result<(), String> {
+        let full = format!("{repo}:{tag}");
+        let client = self.docker.client();
+        let mut build = client.build_image(
+            BuildImageOptions {
+                t: Some(full.clone()),
+                dockerfile: "Dockerfile".into(),
+                rm: true,
+                forcerm: true,
+                ..Default::default()
+            },
+            None,
+            Some(bollard::body_full(context.into())),
+        );
+        while let Some(item) = build.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(format!("building the workspace image on the manager failed: {e}"));
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "building the workspace image on the manager failed: {}",
+                        super::docker::with_causes(&e)
+                    ));
+                }
+            }
+        }
+        let login = auth::login_for(&full, &auth::JobLogins::default(), self.docker.login_sources())
+            .await
+            .login;
+        let mut push = client.push_image(
+            repo,
+            Some(PushImageOptions {
+                tag: Some(tag.to_string()),
+                ..Default::default()
+            }),
+            login.as_ref().map(auth::Login::to_docker),
+        );
+        while let Some(item) = push.next().await {
+            if let Err(e) = item {
+                return Err(format!(
+                    "pushing the workspace image to the registry {} failed: {}; every node must reach it, and the manager must be allowed to push (docs/swarm.md)",
+                    self.settings.registry,
+                    super::docker::with_causes(&e)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: CancellationToken) -> StepEnd {
+        let Some(c) = spec.container.as_ref() else {
+            return StepEnd::SpawnFailed("internal: a container step without container settings".into());
+        };
+        if c.exec_in.is_some() || c.entrypoint_run.is_some() || c.network.is_some() {
+            return StepEnd::SpawnFailed(
+                "job containers, Docker actions and services do not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker".into(),
+            );
+        }
+        let (image, shipped) = tokio::select! {
+            r = self.workspace_image(c, &out) => match r {
+                Ok(x) => x,
+                Err(e) => return StepEnd::SpawnFailed(e),
+            },
+            _ = cancel.cancelled() => return StepEnd::Cancelled,
+        };
+        let name = service_name(c);
+        let nonce = format!("@@trackside-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut made = Made::default();
+        let end = match self.launch(&spec, c, &image, &name, &nonce, &mut made).await {
+            Err(e) => StepEnd::SpawnFailed(e),
+            Ok(()) => self.watch(&spec, c, &name, &nonce, &shipped, &out, &cancel).await,
+        };
+        self.remove(made).await;
+        end
+    }
+
+    /// Creates the step's configs, secrets and service.
+    async fn launch(
+        &self,
+        spec: &StepSpec,
+        c: &ContainerStep,
+        image: &str,
+        name: &str,
+        nonce: &str,
+        made: &mut Made,
+    ) -> Result<(), String> {
+        let labels = HashMap::from([
+            (LABEL_RUN.to_string(), c.run_id.clone()),
+            (LABEL_JOB.to_string(), c.job.clone()),
+            (LABEL_ATTEMPT.to_string(), c.attempt.to_string()),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+            (LABEL_HOST.to_string(), self.host.clone()),
+        ]);
+        let client = self.docker.client();
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+        let command = spec.command_line(super::docker::SCRIPT_PATH);
+        let mut configs = Vec::new();
+        for (suffix, target, data) in [
+            (
+                "wrapper",
+                ship::WRAPPER_PATH.to_string(),
+                ship::wrapper(&command, nonce).into_bytes(),
+            ),
+            ("script", super::docker::SCRIPT_PATH.to_string(), read(&c.script_file)?),
+        ] {
+            let cname = format!("{name}-{suffix}");
+            let created = client
+                .create_config(ConfigSpec {
+                    name: Some(cname.clone()),
+                    labels: Some(labels.clone()),
+                    data: Some(b64(&data)),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot make the step's {suffix} a swarm config: {e}"))?;
+            made.configs.push(created.id.clone());
+            configs.push(TaskSpecContainerSpecConfigs {
+                file: Some(TaskSpecContainerSpecFile1 {
+                    name: Some(target),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o444),
+                }),
+                config_id: Some(created.id),
+                config_name: Some(cname),
+                ..Default::default()
+            });
+        }
+        // Secret variables and file variables: Swarm secrets, never in the image.
+        let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+        if let Some(s) = &c.secrets_file {
+            files.push((super::docker::SECRETS_PATH.to_string(), s.clone()));
+        }
+        for (host, inside) in &c.files {
+            files.push((inside.clone(), host.clone()));
+        }
+        let mut secrets = Vec::new();
+        for (i, (target, host)) in files.iter().enumerate() {
+            let sname = format!("{name}-secret{i}");
+            let created = client
+                .create_secret(SecretSpec {
+                    name: Some(sname.clone()),
+                    labels: Some(labels.clone()),
+                    data: Some(b64(&read(host)?)),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot make a swarm secret for the step: {e}"))?;
+            made.secrets.push(created.id.clone());
+            secrets.push(TaskSpecContainerSpecSecrets {
+                file: Some(TaskSpecContainerSpecFile {
+                    name: Some(target.clone()),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o444),
+                }),
+                secret_id: Some(created.id),
+                secret_name: Some(sname),
+            });
+        }
+        let o = &c.options;
+        let run_wrapper = vec!["sh".to_string(), ship::WRAPPER_PATH.to_string()];
+        // As the Docker executor: the image's entrypoint unless the job
+        // sets one; an empty one runs the wrapper itself.
+        let (command, args) = match &o.entrypoint {
+            None => (None, Some(run_wrapper)),
+            Some(e) if e.is_empty() => (Some(run_wrapper), None),
+            Some(e) => (Some(e.clone()), Some(run_wrapper)),
+        };
+        let nano_cpus = o.cpus.map(|c| (c * 1e9) as i64);
+        let memory = o.memory.map(|m| m.min(i64::MAX as u64) as i64);
+        let spec = ServiceSpec {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(image.to_string()),
+                    labels: Some(labels.clone()),
+                    command,
+                    args,
+                    env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                    dir: Some(c.workdir.clone()),
+                    user: o.user.clone(),
+                    read_only: Some(o.read_only_rootfs),
+                    configs: Some(configs),
+                    secrets: Some(secrets),
+                    // SIGTERM, then SIGKILL after the step's grace, as on one machine.
+                    stop_grace_period: Some(spec.kill_grace.as_nanos().min(i64::MAX as u128) as i64),
+                    ..Default::default()
+                }),
+                resources: Some(TaskSpecResources {
+                    limits: Some(Limit {
+                        nano_cpus,
+                        memory_bytes: memory,
+                        pids: o.pids,
+                    }),
+                    reservations: Some(ResourceObject {
+                        nano_cpus,
+                        memory_bytes: memory,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                    max_attempts: Some(0),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: Some(o.node_labels.iter().map(|l| place::constraint(l)).collect()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            // One replica that is never restarted, not a `replicated-job`:
+            // Docker 20.10's swarm leaves a job's running task alive when its
+            // service is removed, and cancel must stop it (docs/swarm.md).
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Nodes pull the workspace image with the login this machine has for the registry.
+        let login = auth::login_for(image, &auth::JobLogins::default(), self.docker.login_sources())
+            .await
+            .login;
+        let created = client
+            .create_service(spec, login.as_ref().map(auth::Login::to_docker))
+            .await
+            .map_err(|e| format!("the swarm manager did not take the job's service: {e}"))?;
+        made.service = created.id.or_else(|| Some(name.to_string()));
+        Ok(())
+    }
+
+    /// Follows the step's task to its end.
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        spec: &StepSpec,
+        c: &ContainerStep,
+        name: &str,
+        nonce: &str,
+        shipped: &[String],
+        out: &mpsc::Sender<OutputLine>,
+        cancel: &CancellationToken,
+    ) -> StepEnd {
+        let client = self.docker.client();
+        let deadline = spec.deadline;
+        let mut pending_since: Option<tokio::time::Instant> = None;
+        let mut node: Option<NodeView> = None;
+        let mut last_node_check = tokio::time::Instant::now();
+        let mut follower: Option<Follower> = None;
+        let filters = HashMap::from([("service".to_string(), vec![name.to_string()])]);
+        let finished = loop {
+            let sleep = tokio::time::sleep(POLL);
+            tokio::select! {
+                _ = cancel.cancelled() => return StepEnd::Cancelled,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                    return StepEnd::TimedOut;
+                }
+                _ = sleep => {}
+            }
+            let tasks = match client
+                .list_tasks(Some(ListTasksOptions {
+                    filters: Some(filters.clone()),
+                }))
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    return StepEnd::Lost(format!(
+                        "the swarm manager at {} stopped answering about the step: {}",
+                        self.address,
+                        super::docker::with_causes(&e)
+                    ));
+                }
+            };
+            // The newest task (a job service makes one; a lost node's may be replaced).
+            let Some(task) = tasks
+                .into_iter()
+                .max_by_key(|t| t.created_at.clone().map(|d| d.to_string()))
+            else {
+                continue;
+            };
+            let status = task.status.clone().unwrap_or_default();
+            let state = status.state.unwrap_or(TaskState::NEW);
+            let err = status.err.clone().filter(|e| !e.is_empty());
+            match state {
+                TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING => {
+                    let Some(why) = err else { continue };
+                    let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < self.settings.pending_limit {
+                        continue;
+                    }
+                    // Waiting is right while a node could take it once it has room.
+                    let nodes = self.nodes().await.unwrap_or_default();
+                    let constraints: Vec<String> = c.options.node_labels.iter().map(|l| place::constraint(l)).collect();
+                    let nano = c.options.cpus.map_or(0, |x| (x * 1e9) as i64);
+                    let mem = c.options.memory.map_or(0, |m| m.min(i64::MAX as u64) as i64);
+                    if let Some(never) = place::never_fits(&nodes, &constraints, nano, mem) {
+                        return StepEnd::Unschedulable(format!(
+                            "the swarm has no node for the job: {why}; {never} (waited {} s)",
+                            self.settings.pending_limit.as_secs()
+                        ));
+                    }
+                }
+                TaskState::REJECTED => {
+                    let on = node
+                        .as_ref()
+                        .map(|n| format!(" on node {}", n.describe()))
+                        .unwrap_or_default();
+                    return StepEnd::SpawnFailed(format!(
+                        "the swarm could not start the step{on}: {}",
+                        err.or(status.message).unwrap_or_else(|| "rejected".into())
+                    ));
+                }
+                TaskState::SHUTDOWN | TaskState::ORPHANED | TaskState::REMOVE => {
+                    let on = node
+                        .as_ref()
+                        .map(|n| format!(" on node {}", n.describe()))
+                        .unwrap_or_default();
+                    return StepEnd::Lost(format!(
+                        "the swarm stopped the step's task{on} ({})",
+                        err.or(status.message).unwrap_or_else(|| state.to_string())
+                    ));
+                }
+                _ => {}
+            }
+            let running_or_done = matches!(state, TaskState::RUNNING | TaskState::COMPLETE | TaskState::FAILED);
+            if node.is_none()
+                && let Some(id) = task.node_id.as_deref()
+                && let Ok(n) = client.inspect_node(id).await
+            {
+                let v = NodeView::of(&n);
+                note(out, format!("trackside: running on swarm node {}", v.describe())).await;
+                node = Some(v);
+            }
+            if running_or_done
+                && follower.is_none()
+                && let Some(id) = task.id.as_deref()
+            {
+                follower = Some(Follower::start(
+                    client.clone(),
+                    id,
+                    nonce,
+                    self.settings.max_return,
+                    out.clone(),
+                ));
+            }
+            if matches!(state, TaskState::COMPLETE | TaskState::FAILED) {
+                break (status, node.clone());
+            }
+            // The node: Swarm may leave a lost node's task `running` for a long time.
+            if last_node_check.elapsed() >= NODE_CHECK
+                && let Some(n) = &node
+            {
+                last_node_check = tokio::time::Instant::now();
+                if let Ok(now) = client.inspect_node(&n.id).await {
+                    let v = NodeView::of(&now);
+                    if !v.ready {
+                        return StepEnd::Lost(format!(
+                            "swarm node {} went {} while the step ran on it",
+                            n.describe(),
+                            v.state
+                        ));
+                    }
+                }
+            }
+        };
+        let (status, node) = finished;
+        let code = status
+            .container_status
+            .as_ref()
+            .and_then(|s| s.exit_code)
+            .map(|c| c as i32);
+        let where_ = node.map(|n| n.describe()).unwrap_or_else(|| "its node".into());
+        let frames = match follower {
+            Some(f) => f.finish(LOG_LAG).await,
+            None => None,
+        };
+        let rc = code.or(frames.as_ref().and_then(|f| f.as_ref().ok()).and_then(|r| r.rc));
+        let Some(rc) = rc else {
+            return StepEnd::Lost(format!("the swarm reported no exit code for the step on {where_}"));
+        };
+        let failed_anyway = rc != 0;
+        let problem = match frames {
+            None => Some(format!("the step's log on {where_} could not be read")),
+            Some(Err(e)) => Some(e.to_string()),
+            Some(Ok(back)) if back.missing_tools => {
+                note(
+                    out,
+                    format!(
+                        "trackside: the image `{}` has no `tar`, `base64` or {}: files the step wrote stayed on the node (docs/swarm.md)",
+                        c.image,
+                        ship::WORKDIR
+                    ),
+                )
+                .await;
+                None
+            }
+            Some(Ok(back)) if !back.complete => Some(format!(
+                "the step's log from {where_} ended before its files came back (waited {} s)",
+                LOG_LAG.as_secs()
+            )),
+            Some(Ok(back)) => {
+                let ws = c.workspace.clone();
+                let shipped = shipped.to_vec();
+                match tokio::task::spawn_blocking(move || ship::apply(&ws, &shipped, &back)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("writing the step's files back failed: {e}")),
+                }
+            }
+        };
+        match problem {
+            Some(p) if !failed_anyway => StepEnd::Lost(p),
+            Some(p) => {
+                note(out, format!("trackside: {p}")).await;
+                StepEnd::Exited(rc)
+            }
+            None => StepEnd::Exited(rc),
+        }
+    }
+
+    /// Removes what [`SwarmExecutor::launch`] made.
+    async fn remove(&self, made: Made) {
+        let client = self.docker.client();
+        if let Some(s) = &made.service {
+            let _ = client.delete_service(s).await;
+        }
+        // A config or secret in use by a service being removed is refused
+        // until its task is gone: tried again for a while.
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut configs = made.configs;
+        let mut secrets = made.secrets;
+        while !(configs.is_empty() && secrets.is_empty()) && tokio::time::Instant::now() < until {
+            let mut left = Vec::new();
+            for id in configs {
+                if client.delete_config(&id).await.is_err() {
+                    left.push(id);
+                }
+            }
+            configs = left;
+            let mut left = Vec::new();
+            for id in secrets {
+                if client.delete_secret(&id).await.is_err() {
+                    left.push(id);
+                }
+            }
+            secrets = left;
+            if !(configs.is_empty() && secrets.is_empty()) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// What one step made on the swarm.
+#[derive(Default)]
+struct Made {
+    service: Option<String>,
+    configs: Vec<String>,
+    secrets: Vec<String>,
+}
+
+/// Reads a task's log: standard output through [`ship::Frames`] (the
+/// step's lines go on to `out`, what the wrapper sends back is kept),
+/// standard error straight on. Dropped, it stops reading: a lost node's
+/// log never ends, and the step's output channel must close.
+struct Follower {
+    lines: tokio::task::JoinHandle<()>,
+    frames: Option<tokio::task::JoinHandle<Result<ship::Returned, ship::ShipError>>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.lines.abort();
+        if let Some(f) = &self.frames {
+            f.abort();
+        }
+    }
+}
+
+impl Follower {
+    fn start(client: bollard::Docker, task: &str, nonce: &str, budget: u64, out: mpsc::Sender<OutputLine>) -> Follower {
+        let logs = client.task_logs(
+            task,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
+        let lines = tokio::spawn(async move {
+            super::docker::forward_logs(Box::pin(logs), tx).await;
+        });
+        let mut frames = ship::Frames::new(nonce, budget);
+        let frames = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let shown = match line.stream {
+                    Stream::Stdout => frames.line(&line.text).map(|text| OutputLine { text, ..line }),
+                    Stream::Stderr => Some(line),
+                };
+                if let Some(l) = shown {
+                    let _ = out.send(l).await;
+                }
+                if frames.done() {
+                    break;
+                }
+            }
+            frames.finish()
+        });
+        Follower {
+            lines,
+            frames: Some(frames),
+        }
+    }
+
+    /// What came back, waiting at most `lag` for the log to catch up;
+    /// `None` when it never did.
+    async fn finish(mut self, lag: Duration) -> Option<Result<ship::Returned, ship::ShipError>> {
+        let mut frames = self.frames.take()?;
+        let got = tokio::time::timeout(lag, &mut frames).await;
+        frames.abort();
+        match got {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+async fn note(out: &mpsc::Sender<OutputLine>, text: String) {
+    let _ = out
+        .send(OutputLine {
+            stream: Stream::Stderr,
+            text,
+            partial: false,
+        })
+        .await;
+}
+
+/// A Swarm service name for the step: `trackside-<run>-<job>-<attempt>-<step>`
+/// in letters, digits and `-`, at most 63 characters (a digest of the whole
+/// replaces the end of a longer one).
+pub fn service_name(c: &ContainerStep) -> String {
+    let full: String = super::docker::container_name(c)
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' {
+                ch
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if full.len() <= 63 {
+        return full;
+    }
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(full.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}-{digest}", &full[..50])
+}
+
+/// This machine, as the owner label says it: `/etc/machine-id`, else the host name.
+fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Executor for SwarmExecutor {
+    fn name(&self) -> &'static str {
+        "swarm"
+    }
+
+    fn run_step(
+        &self,
+        spec: StepSpec,
+        out: mpsc::Sender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, StepEnd> {
+        Box::pin(async move {
+            match self.run(spec, out, cancel).await {
+                StepEnd::SpawnFailed(m) => StepEnd::SpawnFailed(self.docker.explain(m).await),
+                end => end,
+            }
+        })
+    }
+
+    fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.finish_run_impl(run_id))
+    }
+
+    fn image_id<'a>(
+        &'a self,
+        image: &'a str,
+        pull: crate::pipeline::model::PullPolicy,
+        logins: &'a auth::JobLogins,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        self.docker.image_id(image, pull, logins)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(job: &str) -> ContainerStep {
+        ContainerStep {
+            image: "busybox".into(),
+            options: Default::default(),
+            logins: Default::default(),
+            run_id: "20261206-120000-abcd".into(),
+            job: job.into(),
+            attempt: 2,
+            step_index: 1,
+            workspace: "/tmp/ws".into(),
+            script_file: "/tmp/s".into(),
+            secrets_file: None,
+            files: Vec::new(),
+            workdir: "/workspace".into(),
+            network: None,
+            keep_on_failure: false,
+            exec_in: None,
+            entrypoint_run: None,
+        }
+    }
+
+    #[test]
+    fn service_names_are_valid_and_unique_for_long_jobs() {
+        assert_eq!(
+            service_name(&step("build: [linux, amd64]")),
+            "trackside-20261206-120000-abcd-build---linux--amd64--2-1"
+        );
+        let a = service_name(&step(&"x".repeat(80)));
+        let b = service_name(&step(&format!("{}y", "x".repeat(79))));
+        assert_eq!(a.len(), 63);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+}
