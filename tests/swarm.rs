@@ -260,6 +260,27 @@ fn jobs_are_placed_by_label_and_their_files_logs_and_secrets_travel_between_node
             .any(|l| l.starts_with("trackside: running on swarm node") && l.contains("pool=a")),
         "{test:?}"
     );
+    // And as an event front-ends show with the job.
+    let placed: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "job_placed")
+        .map(|e| {
+            (
+                e["job"].as_str().unwrap_or("").into(),
+                e["node"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed.len(),
+        3,
+        "build's script and after_script, test's script: {placed:?}"
+    );
+    assert!(
+        placed
+            .iter()
+            .all(|(job, node)| node.contains(if job == "build" { "pool=b" } else { "pool=a" }))
+    );
     assert!(
         build.contains(&"from the project".to_string()),
         "the workspace went there"
@@ -285,6 +306,7 @@ fn jobs_are_placed_by_label_and_their_files_logs_and_secrets_travel_between_node
         .and_then(|e| e["run_id"].as_str())
         .unwrap_or_default()
         .to_string();
+    assert!(run_id.starts_with("20"), "a run id: {run_id:?}");
     assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
 }
 
@@ -299,15 +321,20 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
             "name: placement\njobs:\n\
              \x20 huge:\n    image: {image}\n    resources: {{memory: 4000GiB}}\n    steps: [{{script: ['echo never']}}]\n\
              \x20 nowhere:\n    image: {image}\n    node_labels: [pool=c]\n    steps: [{{script: ['echo never']}}]\n\
-             \x20 fits:\n    image: {image}\n    node_labels: [pool=b]\n    resources: {{memory: 64MiB, cpus: 0.5}}\n    steps: [{{script: ['echo fine']}}]\n"
+             \x20 fits-with-a-name-longer-than-any-swarm-object-name-may-be:\n    image: {image}\n    node_labels: [pool=b]\n    resources: {{memory: 64MiB, cpus: 0.5}}\n    steps: [{{script: ['echo fine']}}]\n"
         ),
     );
     let started = Instant::now();
     let (code, events, stderr) = run(&env, &file, &[]);
     assert_eq!(code, Some(1), "{stderr}");
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        took < Duration::from_secs(60),
         "reported after a bounded wait, not left pending"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "only once pending_timeout has passed: {took:?}"
     );
     let huge = finished(&events, "huge");
     assert_eq!(huge.len(), 1, "not retried: {huge:?}");
@@ -325,7 +352,14 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     assert_eq!(nowhere[0]["failure_class"], "unschedulable", "{:?}", nowhere[0]);
     let msg = nowhere[0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("pool==c"), "{msg}");
-    assert_eq!(finished(&events, "fits")[0]["status"], "succeeded");
+    // Its service, secrets and config have names of their own, within Swarm's 63/64 characters.
+    let long = "fits-with-a-name-longer-than-any-swarm-object-name-may-be";
+    assert_eq!(
+        finished(&events, long)[0]["status"],
+        "succeeded",
+        "{:?}",
+        lines_of(&events, long)
+    );
 }
 
 /// Puts node 1 (the manager) back to active when the test ends, passed or not.

@@ -1542,6 +1542,13 @@ impl Actor {
                     title,
                 });
             }
+            ActorMsg::Runner(RunnerMsg::Placed { job, attempt, node }) => {
+                self.emit(EventKind::JobPlaced {
+                    job: self.state.pipeline().jobs[job].name.clone(),
+                    attempt,
+                    node,
+                });
+            }
             ActorMsg::Runner(RunnerMsg::Annotation { job, step, annotation }) => {
                 let a = annotation;
                 self.emit(EventKind::Annotation {

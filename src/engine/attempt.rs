@@ -31,6 +31,8 @@ pub enum RunnerMsg {
         attempt: u32,
         title: Option<String>,
     },
+    /// Where the attempt's step runs (a swarm node), as its executor says.
+    Placed { job: JobId, attempt: u32, node: String },
     /// A GitHub step's annotation (`::error` and the like).
     Annotation {
         job: JobId,

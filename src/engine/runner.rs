@@ -2397,6 +2397,14 @@ async fn run_once(
     let forward = async {
         let mut scan = Scan::builtin();
         while let Some(mut line) = out_rx.recv().await {
+            if let Some(node) = line.node.take() {
+                let placed = RunnerMsg::Placed {
+                    job: a.job,
+                    attempt: a.attempt,
+                    node,
+                };
+                let _ = a.tx.send(placed).await;
+            }
             if let Some(c) = commands
                 .as_mut()
                 .filter(|_| line.stream == Stream::Stdout && !line.partial)

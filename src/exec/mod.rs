@@ -36,6 +36,9 @@ pub struct OutputLine {
     pub text: String,
     /// The line was too long to pass whole: it goes on in the next one.
     pub partial: bool,
+    /// Set on the executor's line that says where the step runs (a swarm
+    /// node: its address and labels); front-ends show it with the job.
+    pub node: Option<String>,
 }
 
 /// One step to run.

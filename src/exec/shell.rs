@@ -485,5 +485,12 @@ async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>,
     let text = String::from_utf8_lossy(line).into_owned();
     line.clear();
     // A closed receiver means nobody listens any more; keep draining the pipe.
-    let _ = tx.send(OutputLine { stream, text, partial }).await;
+    let _ = tx
+        .send(OutputLine {
+            stream,
+            text,
+            partial,
+            node: None,
+        })
+        .await;
 }

@@ -441,6 +441,14 @@ pub enum EventKind {
         job: String,
         attempt: u32,
     },
+    /// Attempt `attempt` of `job` runs on `node`: a swarm node's address
+    /// and labels (`--executor swarm`; other executors run on this machine
+    /// and say nothing).
+    JobPlaced {
+        job: String,
+        attempt: u32,
+        node: String,
+    },
     StepStarted {
         job: String,
         attempt: u32,

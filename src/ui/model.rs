@@ -39,6 +39,8 @@ pub struct JobView {
     pub has_image: bool,
     /// Shown in its detail: a GitLab job's environment and tags.
     pub facts: Vec<(String, String)>,
+    /// The swarm node its latest attempt runs or ran on.
+    pub node: Option<String>,
     /// Who approved its gate so far (a gate that takes approvals by name).
     pub approvals: Vec<String>,
     /// Who its gate still waits for.
@@ -85,6 +87,7 @@ impl JobView {
             steps: p.steps.clone(),
             has_image: p.has_image,
             facts: p.facts.clone(),
+            node: None,
             approvals: Vec::new(),
             waiting_for: None,
             edited: false,
@@ -316,8 +319,12 @@ impl Model {
                 j.retry_at = None;
                 j.waiting = None;
             }),
+            EventKind::JobPlaced { job, node, .. } => {
+                self.with(job, |j| j.node = Some(node.clone()));
+            }
             EventKind::JobStarted { job, attempt } => {
                 self.with(job, |j| {
+                    j.node = None;
                     j.status = JobStatus::Running;
                     j.waiting = None;
                     j.edited = false;
@@ -897,6 +904,29 @@ mod tests {
             build.waiting.as_deref(),
             Some("preempted by run r9 (higher priority); queued again")
         );
+    }
+
+    #[test]
+    fn a_job_shows_the_swarm_node_of_its_latest_attempt() {
+        let mut m = model();
+        let started = |attempt| EventKind::JobStarted {
+            job: "build".into(),
+            attempt,
+        };
+        let placed = |attempt, node: &str| EventKind::JobPlaced {
+            job: "build".into(),
+            attempt,
+            node: node.into(),
+        };
+        m.apply(&ev(1_000, started(1)));
+        assert_eq!(m.jobs[0].node, None, "not placed yet");
+        m.apply(&ev(1_100, placed(1, "10.231.0.2 (pool=b)")));
+        assert_eq!(m.jobs[0].node.as_deref(), Some("10.231.0.2 (pool=b)"));
+        // A retry is placed anew: the lost node is not shown for it.
+        m.apply(&ev(5_000, started(2)));
+        assert_eq!(m.jobs[0].node, None);
+        m.apply(&ev(5_100, placed(2, "10.231.0.1 (pool=a)")));
+        assert_eq!(m.jobs[0].node.as_deref(), Some("10.231.0.1 (pool=a)"));
     }
 
     #[test]

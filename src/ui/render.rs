@@ -821,10 +821,11 @@ fn detail_view(app: &App, j: usize, inner: Rect) -> DetailView<'static> {
             }),
         ]));
     }
-    for (label, text) in &job.facts {
+    let node = job.node.iter().map(|n| ("node".to_string(), n.clone()));
+    for (label, text) in job.facts.iter().cloned().chain(node) {
         lines.push(Line::from(vec![
             Span::styled(format!("{label}: "), t.dim()),
-            Span::raw(text.clone()),
+            Span::raw(text),
         ]));
     }
     if !job.approvals.is_empty() || job.waiting_for.is_some() {

@@ -122,6 +122,7 @@ impl DockerExecutor {
                             stream: Stream::Stdout,
                             text: line.to_string(),
                             partial: false,
+                            node: None,
                         };
                         let _ = out.send(line).await;
                     }

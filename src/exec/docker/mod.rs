@@ -852,6 +852,7 @@ impl DockerExecutor {
                         c.run_id, c.job
                     ),
                     partial: false,
+                    node: None,
                 })
                 .await;
         } else {
@@ -1242,6 +1243,7 @@ async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8], parti
             stream,
             text: String::from_utf8_lossy(line).into_owned(),
             partial,
+            node: None,
         })
         .await;
 }

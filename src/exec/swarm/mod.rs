@@ -41,6 +41,8 @@ use place::NodeView;
 /// owns it (a pid means something only there).
 pub const LABEL_HOST: &str = "dev.trackside.host";
 
+/// The most a Swarm secret holds (Docker's limit).
+const MAX_SECRET: usize = 500 << 10;
 /// How often the task's state is asked for.
 const POLL: Duration = Duration::from_millis(250);
 /// How often the node a task runs on is checked.
@@ -92,7 +94,7 @@ pub enum SwarmError {
 }
 
 /// A workspace image this process built and pushed (or failed to).
-type Built = Arc<OnceCell<Result<(), String>>>;
+type Built = Arc<OnceCell<()>>;
 
 /// Runs container steps as Swarm services.
 pub struct SwarmExecutor {
@@ -257,11 +259,12 @@ impl SwarmExecutor {
 
     /// Removes every service, config and secret of the run.
     async fn finish_run_impl(&self, run_id: &str) {
-        for (_, id) in self.labelled(vec![format!("{LABEL_RUN}={run_id}")]).await {
+        // This machine's run: another machine's run of the same id is not ours.
+        let ours = vec![format!("{LABEL_RUN}={run_id}"), format!("{LABEL_HOST}={}", self.host)];
+        for (_, id) in self.labelled(ours.clone()).await {
             let _ = self.docker.client().delete_service(&id).await;
         }
-        self.remove_leftover_objects(vec![format!("{LABEL_RUN}={run_id}")], false)
-            .await;
+        self.remove_leftover_objects(ours, false).await;
     }
 
     /// The image holding the step's workspace, built on the manager and
@@ -283,29 +286,32 @@ impl SwarmExecutor {
             .await
             .map_err(|e| format!("packing the workspace failed: {e}"))?
             .map_err(|e| e.to_string())?;
+        let ship::Packed {
+            context,
+            digest,
+            paths,
+            bytes,
+        } = packed;
         let repo = format!("{}/trackside-workspace", self.settings.registry.trim_end_matches('/'));
-        let tag: String = packed.digest.chars().take(32).collect();
+        let tag: String = digest.chars().take(32).collect();
         let full = format!("{repo}:{tag}");
         let cell = {
             let mut images = self.images.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             images.entry(full.clone()).or_default().clone()
         };
-        let made = cell
-            .get_or_init(|| async {
-                note(
-                    out,
-                    format!(
-                        "trackside: shipping the workspace ({} files, {}) as {full}",
-                        packed.paths.len(),
-                        super::preflight::gib(packed.bytes)
-                    ),
-                )
-                .await;
-                self.build_and_push(&repo, &tag, packed.context.clone()).await
-            })
-            .await
-            .clone();
-        made.map(|()| (full, packed.paths))
+        // A failure is not kept: a retry builds and pushes again.
+        let files = paths.len();
+        cell.get_or_try_init(|| async {
+            let size = super::preflight::gib(bytes);
+            note(
+                out,
+                format!("trackside: shipping the workspace ({files} files, {size}) as {full}"),
+            )
+            .await;
+            self.build_and_push(&repo, &tag, context).await
+        })
+        .await?;
+        Ok((full, paths))
     }
 
     async fn build_and_push(&self, repo: &str, tag: &str, context: Vec<u8>) -> Result<(), String> {
@@ -369,12 +375,25 @@ impl SwarmExecutor {
                 "job containers, Docker actions and services do not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker".into(),
             );
         }
+        if let Some(what) = unsupported(&c.options) {
+            return StepEnd::SpawnFailed(format!(
+                "{what} cannot be honoured on the swarm executor (docs/swarm.md, \"Limits\"); leave it out or run this pipeline with --executor docker"
+            ));
+        }
+        // Shipping counts against the step's time like the rest of it.
+        let deadline = async {
+            match spec.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let (image, shipped) = tokio::select! {
             r = self.workspace_image(c, &out) => match r {
                 Ok(x) => x,
                 Err(e) => return StepEnd::SpawnFailed(e),
             },
             _ = cancel.cancelled() => return StepEnd::Cancelled,
+            _ = deadline => return StepEnd::TimedOut,
         };
         let name = service_name(c);
         let nonce = format!("@@trackside-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -383,7 +402,9 @@ impl SwarmExecutor {
             Err(e) => StepEnd::SpawnFailed(e),
             Ok(()) => self.watch(&spec, c, &name, &nonce, &shipped, &out, &cancel).await,
         };
-        self.remove(made).await;
+        if let Some(left) = self.remove(made).await {
+            note(&out, format!("trackside: {left}")).await;
+        }
         end
     }
 
@@ -408,40 +429,12 @@ impl SwarmExecutor {
         let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
         let command = spec.command_line(super::docker::SCRIPT_PATH);
-        let mut configs = Vec::new();
-        for (suffix, target, data) in [
-            (
-                "wrapper",
-                ship::WRAPPER_PATH.to_string(),
-                ship::wrapper(&command, nonce).into_bytes(),
-            ),
-            ("script", super::docker::SCRIPT_PATH.to_string(), read(&c.script_file)?),
-        ] {
-            let cname = format!("{name}-{suffix}");
-            let created = client
-                .create_config(ConfigSpec {
-                    name: Some(cname.clone()),
-                    labels: Some(labels.clone()),
-                    data: Some(b64(&data)),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cannot make the step's {suffix} a swarm config: {e}"))?;
-            made.configs.push(created.id.clone());
-            configs.push(TaskSpecContainerSpecConfigs {
-                file: Some(TaskSpecContainerSpecFile1 {
-                    name: Some(target),
-                    uid: Some("0".into()),
-                    gid: Some("0".into()),
-                    mode: Some(0o444),
-                }),
-                config_id: Some(created.id),
-                config_name: Some(cname),
-                ..Default::default()
-            });
-        }
-        // Secret variables and file variables: Swarm secrets, never in the image.
-        let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+        // Names of its own (Swarm takes at most 64 characters), from the nonce.
+        let short = format!("trackside-{}", &nonce.trim_start_matches("@@trackside-")[..16]);
+        // The script may hold a secret a `${{ }}` put in it, the secret
+        // variables and file variables are secrets: all go as Swarm secrets.
+        let mut files: Vec<(String, std::path::PathBuf)> =
+            vec![(super::docker::SCRIPT_PATH.to_string(), c.script_file.clone())];
         if let Some(s) = &c.secrets_file {
             files.push((super::docker::SECRETS_PATH.to_string(), s.clone()));
         }
@@ -449,13 +442,26 @@ impl SwarmExecutor {
             files.push((inside.clone(), host.clone()));
         }
         let mut secrets = Vec::new();
+        let mut empty = Vec::new();
         for (i, (target, host)) in files.iter().enumerate() {
-            let sname = format!("{name}-secret{i}");
+            let data = read(host)?;
+            if data.is_empty() {
+                empty.push(target.clone()); // Swarm takes no empty secret: the wrapper makes it
+                continue;
+            }
+            if data.len() > MAX_SECRET {
+                return Err(format!(
+                    "{} is over {} KiB, the most a Swarm secret holds; the swarm executor cannot hand it to the step",
+                    host.display(),
+                    MAX_SECRET >> 10
+                ));
+            }
+            let sname = format!("{short}-{i}");
             let created = client
                 .create_secret(SecretSpec {
                     name: Some(sname.clone()),
                     labels: Some(labels.clone()),
-                    data: Some(b64(&read(host)?)),
+                    data: Some(b64(&data)),
                     ..Default::default()
                 })
                 .await
@@ -472,6 +478,29 @@ impl SwarmExecutor {
                 secret_name: Some(sname),
             });
         }
+        // The wrapper holds nothing secret: a config.
+        let cname = format!("{short}-wrapper");
+        let created = client
+            .create_config(ConfigSpec {
+                name: Some(cname.clone()),
+                labels: Some(labels.clone()),
+                data: Some(b64(ship::wrapper(&command, nonce, &empty).as_bytes())),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot make the step's wrapper a swarm config: {e}"))?;
+        made.configs.push(created.id.clone());
+        let configs = vec![TaskSpecContainerSpecConfigs {
+            file: Some(TaskSpecContainerSpecFile1 {
+                name: Some(ship::WRAPPER_PATH.to_string()),
+                uid: Some("0".into()),
+                gid: Some("0".into()),
+                mode: Some(0o444),
+            }),
+            config_id: Some(created.id),
+            config_name: Some(cname),
+            ..Default::default()
+        }];
         let o = &c.options;
         let run_wrapper = vec!["sh".to_string(), ship::WRAPPER_PATH.to_string()];
         // As the Docker executor: the image's entrypoint unless the job
@@ -495,7 +524,7 @@ impl SwarmExecutor {
                     env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                     dir: Some(c.workdir.clone()),
                     user: o.user.clone(),
-                    read_only: Some(o.read_only_rootfs),
+                    capability_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
                     configs: Some(configs),
                     secrets: Some(secrets),
                     // SIGTERM, then SIGKILL after the step's grace, as on one machine.
@@ -647,7 +676,13 @@ impl SwarmExecutor {
                 && let Ok(n) = client.inspect_node(id).await
             {
                 let v = NodeView::of(&n);
-                note(out, format!("trackside: running on swarm node {}", v.describe())).await;
+                let line = OutputLine {
+                    stream: Stream::Stderr,
+                    text: format!("trackside: running on swarm node {}", v.describe()),
+                    partial: false,
+                    node: Some(v.describe()),
+                };
+                let _ = out.send(line).await;
                 node = Some(v);
             }
             if running_or_done
@@ -672,7 +707,8 @@ impl SwarmExecutor {
                 last_node_check = tokio::time::Instant::now();
                 if let Ok(now) = client.inspect_node(&n.id).await {
                     let v = NodeView::of(&now);
-                    if !v.ready {
+                    // `unknown` is what a manager that just started says of every node.
+                    if matches!(v.state.as_str(), "down" | "disconnected") {
                         return StepEnd::Lost(format!(
                             "swarm node {} went {} while the step ran on it",
                             n.describe(),
@@ -714,7 +750,7 @@ impl SwarmExecutor {
                 None
             }
             Some(Ok(back)) if !back.complete => Some(format!(
-                "the step's log from {where_} ended before its files came back (waited {} s)",
+                "the step's log from {where_} stopped before its files came back (nothing new for {} s)",
                 LOG_LAG.as_secs()
             )),
             Some(Ok(back)) => {
@@ -737,11 +773,31 @@ impl SwarmExecutor {
         }
     }
 
-    /// Removes what [`SwarmExecutor::launch`] made.
-    async fn remove(&self, made: Made) {
+    /// Removes what [`SwarmExecutor::launch`] made; says what it could not.
+    async fn remove(&self, made: Made) -> Option<String> {
         let client = self.docker.client();
+        let mut kept = None;
         if let Some(s) = &made.service {
-            let _ = client.delete_service(s).await;
+            // A 404 is a service already gone; anything else is tried again.
+            let mut last = None;
+            for _ in 0..3 {
+                match client.delete_service(s).await {
+                    Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(super::docker::with_causes(&e)),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if let Some(why) = last {
+                tracing::warn!(service = %s, %why, "cannot remove a swarm service");
+                kept = Some(format!(
+                    "could not remove the step's swarm service {s} ({why}); the run's end tries again, and `docker service rm {s}` on a manager removes it"
+                ));
+                // Its configs and secrets stay in use while it does.
+                return kept;
+            }
         }
         // A config or secret in use by a service being removed is refused
         // until its task is gone: tried again for a while.
@@ -767,6 +823,24 @@ impl SwarmExecutor {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        kept
+    }
+}
+
+/// The first container setting of the job that a swarm service cannot
+/// have as the Docker executor gives it.
+fn unsupported(o: &crate::pipeline::model::ContainerOptions) -> Option<&'static str> {
+    if o.privileged {
+        Some("`privileged: true`")
+    } else if o.docker_socket {
+        Some("`docker_socket: true`")
+    } else if o.read_only_rootfs {
+        // The workspace is in the image's layers: a read-only root is a read-only workspace.
+        Some("`read_only_rootfs: true`")
+    } else if !o.extras.is_default() {
+        Some("a container's ports, volumes or `options:`")
+    } else {
+        None
     }
 }
 
@@ -785,6 +859,8 @@ struct Made {
 struct Follower {
     lines: tokio::task::JoinHandle<()>,
     frames: Option<tokio::task::JoinHandle<Result<ship::Returned, ship::ShipError>>>,
+    /// Lines read so far: a log still coming is waited for.
+    read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Follower {
@@ -812,8 +888,11 @@ impl Follower {
             super::docker::forward_logs(Box::pin(logs), tx).await;
         });
         let mut frames = ship::Frames::new(nonce, budget);
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = read.clone();
         let frames = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let shown = match line.stream {
                     Stream::Stdout => frames.line(&line.text).map(|text| OutputLine { text, ..line }),
                     Stream::Stderr => Some(line),
@@ -830,18 +909,29 @@ impl Follower {
         Follower {
             lines,
             frames: Some(frames),
+            read,
         }
     }
 
-    /// What came back, waiting at most `lag` for the log to catch up;
-    /// `None` when it never did.
+    /// What came back, once the log has caught up: given up when `lag`
+    /// passes with no new line (a large return streams for as long as it
+    /// keeps coming); `None` then.
     async fn finish(mut self, lag: Duration) -> Option<Result<ship::Returned, ship::ShipError>> {
         let mut frames = self.frames.take()?;
-        let got = tokio::time::timeout(lag, &mut frames).await;
-        frames.abort();
-        match got {
-            Ok(Ok(r)) => Some(r),
-            _ => None,
+        let mut seen = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(lag, &mut frames).await {
+                Ok(Ok(r)) => return Some(r),
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let now = self.read.load(std::sync::atomic::Ordering::Relaxed);
+                    if now == seen {
+                        frames.abort();
+                        return None;
+                    }
+                    seen = now;
+                }
+            }
         }
     }
 }
@@ -852,6 +942,7 @@ async fn note(out: &mpsc::Sender<OutputLine>, text: String) {
             stream: Stream::Stderr,
             text,
             partial: false,
+            node: None,
         })
         .await;
 }

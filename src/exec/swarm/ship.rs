@@ -40,6 +40,8 @@ pub enum ShipError {
         "the workspace {dir} holds more than {limit} MiB (or {MAX_ENTRIES} files) to ship to the swarm; leave build outputs out of the project or raise `swarm.max_ship` (docs/swarm.md)"
     )]
     TooBig { dir: PathBuf, limit: u64 },
+    #[error("the job's {what} `{value}` holds a line break; it cannot name an image or a user")]
+    LineBreak { what: &'static str, value: String },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot pack {path}: {source}")]
@@ -70,6 +72,14 @@ pub struct Packed {
 /// the files belong to it inside (the job's `user:`). Folders named `.git`
 /// stay behind (their links point into this machine's repository).
 pub fn pack(image: &str, user: Option<&str>, workspace: &Path, budget: u64) -> Result<Packed, ShipError> {
+    for (what, value) in [("image", Some(image)), ("user", user)] {
+        if let Some(v) = value.filter(|v| v.contains(['\n', '\r'])) {
+            return Err(ShipError::LineBreak {
+                what,
+                value: v.to_string(),
+            });
+        }
+    }
     let entries = walk(workspace, budget)?;
     let chown = user.map(|u| format!("--chown={u} ")).unwrap_or_default();
     let dockerfile =
@@ -242,15 +252,21 @@ fn walk(root: &Path, budget: u64) -> Result<Vec<Entry>, ShipError> {
 /// The wrapper script: runs `command` (the step's command line), then
 /// sends back its exit code, what it wrote and the paths left, framed by
 /// `nonce`.
-pub fn wrapper(command: &[String], nonce: &str) -> String {
+pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String]) -> String {
     let cmd = shlex::try_join(command.iter().map(String::as_str)).unwrap_or_else(|_| "false".to_string());
+    // Swarm takes no empty secret: an empty file variable's file is made here.
+    let touch: String = empty_files
+        .iter()
+        .filter_map(|f| shlex::try_quote(f).ok())
+        .map(|f| format!(": > {f} 2>/dev/null\n"))
+        .collect();
     format!(
-        "{cmd}\nrc=$?\n\
+        "{touch}{cmd}\nrc=$?\n\
          printf '%s rc=%s\\n' '{nonce}' \"$rc\"\n\
-         if command -v tar >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && cd {WORKDIR}; then\n\
+         if command -v find >/dev/null 2>&1 && command -v tar >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && cd {WORKDIR}; then\n\
          \x20 find . ! -type d -newer {MARKER_PATH} ! -path './.git/*' ! -path ./.git -exec tar -cf - {{}} + 2>/dev/null | base64\n\
          \x20 printf '%s paths\\n' '{nonce}'\n\
-         \x20 find . ! -path . ! -path './.git/*' ! -path ./.git -print\n\
+         \x20 if find . ! -path . ! -path './.git/*' ! -path ./.git -print; then printf '%s listed\\n' '{nonce}'; fi\n\
          else\n\
          \x20 printf '%s missing\\n' '{nonce}'\n\
          fi\n\
@@ -268,6 +284,9 @@ pub struct Returned {
     pub tar: Vec<u8>,
     /// Every path left in the workspace (relative, no `./`).
     pub present: HashSet<String>,
+    /// The list of paths came whole (`find` went through every folder):
+    /// only then are paths missing from it removed here.
+    pub listed: bool,
     /// The image has no `tar` or `base64`: nothing came back.
     pub missing_tools: bool,
     /// The end line came: everything is here.
@@ -353,12 +372,14 @@ impl Frames {
             }
             Section::Paths => {
                 if let Some(word) = self.frame(text) {
-                    if word == "end" {
-                        self.end();
+                    match word.as_str() {
+                        "listed" => self.returned.listed = true,
+                        "end" => self.end(),
+                        _ => {}
                     }
                 } else {
                     self.paths_bytes += text.len() as u64 + 1;
-                    if self.paths_bytes <= self.budget {
+                    if self.paths_bytes <= self.budget && self.returned.present.len() < MAX_ENTRIES {
                         let p = text.strip_prefix("./").unwrap_or(text);
                         self.returned.present.insert(p.to_string());
                     } else {
@@ -397,10 +418,31 @@ impl Frames {
     }
 }
 
-/// Writes what the step sent back into `workspace`: the files it wrote,
-/// and the removal of shipped paths it removed. A path that would leave
-/// the workspace is refused.
+/// Writes what the step sent back into `workspace`: first the removal of
+/// shipped paths it removed (only when its list of paths came whole), then
+/// the files it wrote. What comes back is untrusted: a path that is
+/// absolute, climbs out with `..`, or goes through a symbolic link is
+/// refused before anything is touched, and removals never follow links.
 pub fn apply(workspace: &Path, shipped: &[String], back: &Returned) -> Result<usize, ShipError> {
+    if back.complete && back.listed && !back.missing_tools {
+        // Deepest first, so a removed folder's files go before it.
+        for rel in shipped.iter().rev() {
+            if back.present.contains(rel) {
+                continue;
+            }
+            // Shipped paths were listed here without following links; one
+            // under a link now is not this step's to remove.
+            let Ok(path) = checked(workspace, Path::new(rel), false) else {
+                continue;
+            };
+            let gone = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(_) => Ok(()),
+            };
+            gone.map_err(|source| ShipError::Write { path, source })?;
+        }
+    }
     let mut written = 0;
     if !back.tar.is_empty() {
         let mut archive = tar::Archive::new(back.tar.as_slice());
@@ -414,8 +456,8 @@ pub fn apply(workspace: &Path, shipped: &[String], back: &Returned) -> Result<us
                 .path()
                 .map_err(|e| ShipError::Corrupt(e.to_string()))?
                 .into_owned();
-            let target = workspace.join(&rel);
-            // A folder the step made: a file of the same name here goes first.
+            let target = checked(workspace, &rel, true)?;
+            // A folder here where the step left a file or a link: it goes first.
             if let Ok(meta) = std::fs::symlink_metadata(&target)
                 && meta.is_dir()
                 && entry.header().entry_type() != tar::EntryType::Directory
@@ -425,7 +467,7 @@ pub fn apply(workspace: &Path, shipped: &[String], back: &Returned) -> Result<us
                     source,
                 })?;
             }
-            // `unpack_in` refuses `..` and absolute paths, and paths through links out.
+            // `unpack_in` checks again (parents canonicalised, hard links' targets).
             let inside = entry.unpack_in(workspace).map_err(|source| ShipError::Write {
                 path: target.clone(),
                 source,
@@ -439,22 +481,42 @@ pub fn apply(workspace: &Path, shipped: &[String], back: &Returned) -> Result<us
             written += 1;
         }
     }
-    if back.complete && !back.missing_tools {
-        // Deepest first, so a removed folder's files go before it.
-        for rel in shipped.iter().rev() {
-            if back.present.contains(rel) {
-                continue;
-            }
-            let path = workspace.join(rel);
-            let gone = match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(_) => Ok(()),
-            };
-            gone.map_err(|source| ShipError::Write { path, source })?;
+    Ok(written)
+}
+
+/// `rel` under `workspace`, when it is relative, stays inside (no `..`,
+/// no root) and none of its parents here is a symbolic link. With
+/// `make_room`, a parent that is a file here (the step made a folder
+/// where a file was) is removed.
+fn checked(workspace: &Path, rel: &Path, make_room: bool) -> Result<PathBuf, ShipError> {
+    use std::path::Component;
+    let refuse = |why: &str| ShipError::Corrupt(format!("{why}: {}", rel.display()));
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => parts.push(n),
+            _ => return Err(refuse("a path outside the workspace")),
         }
     }
-    Ok(written)
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(refuse("an empty path"));
+    };
+    let mut at = workspace.to_path_buf();
+    for p in parents {
+        at.push(p);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Err(refuse("a path through a symbolic link")),
+            Ok(m) if !m.is_dir() && make_room => {
+                std::fs::remove_file(&at).map_err(|source| ShipError::Write {
+                    path: at.clone(),
+                    source,
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(at.join(last))
 }
 
 #[cfg(test)]
@@ -553,6 +615,7 @@ mod tests {
         );
         lines.push(format!("{nonce} paths"));
         lines.extend(paths.iter().map(|p| format!("./{p}")));
+        lines.push(format!("{nonce} listed"));
         lines.push(format!("{nonce} end"));
         lines
     }
@@ -587,6 +650,100 @@ mod tests {
         assert!(!dir.path().join("src/main.c").exists(), "the step removed it");
         assert!(!dir.path().join("src").exists());
         assert!(dir.path().join(".git/HEAD").exists(), "never shipped, never removed");
+    }
+
+    fn returned(tar: Vec<u8>, present: &[&str]) -> Returned {
+        Returned {
+            rc: Some(0),
+            tar,
+            present: present.iter().map(|p| p.to_string()).collect(),
+            listed: true,
+            complete: true,
+            ..Default::default()
+        }
+    }
+
+    /// An archive entry written raw: `tar`'s builder refuses such names itself.
+    fn raw_entry(t: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        t.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn what_comes_back_cannot_touch_anything_outside_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        let outside = dir.path().join("home");
+        std::fs::create_dir_all(ws.join("src")).unwrap();
+        std::fs::create_dir_all(outside.join("proj")).unwrap();
+        std::fs::write(outside.join("proj/main.c"), "precious").unwrap();
+        std::fs::write(ws.join("src/main.c"), "x").unwrap();
+        // An absolute path, and a folder outside named by it.
+        let mut t = tar::Builder::new(Vec::new());
+        raw_entry(
+            &mut t,
+            &format!("{}/proj", outside.display()),
+            tar::EntryType::Regular,
+            None,
+            b"x",
+        );
+        assert!(apply(&ws, &[], &returned(t.into_inner().unwrap(), &[])).is_err());
+        assert!(outside.join("proj/main.c").exists(), "never removed");
+        // A link to a folder outside, then a file written through it.
+        let mut t = tar::Builder::new(Vec::new());
+        let out = outside.join("proj").display().to_string();
+        raw_entry(&mut t, "lnk", tar::EntryType::Symlink, Some(&out), b"");
+        raw_entry(&mut t, "lnk/main.c", tar::EntryType::Regular, None, b"evil");
+        assert!(apply(&ws, &[], &returned(t.into_inner().unwrap(), &["lnk"])).is_err());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("proj/main.c")).unwrap(),
+            "precious"
+        );
+        // A folder swapped for a link: the shipped files under it are not
+        // removed through the link.
+        std::fs::remove_file(ws.join("lnk")).ok();
+        std::os::unix::fs::symlink(outside.join("proj"), ws.join("src2")).unwrap();
+        let shipped = vec!["src2".to_string(), "src2/main.c".to_string()];
+        apply(&ws, &shipped, &returned(Vec::new(), &["src2"])).unwrap();
+        assert!(outside.join("proj/main.c").exists(), "removals never follow links");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_folder_and_back_comes_back_as_the_step_left_it() {
+        let dir = project();
+        let shipped = pack("i", None, dir.path(), 1 << 20).unwrap().paths;
+        // README became a folder with a file in it; src/deep became a file.
+        let tar = archive(&[("./README/inside", "now a folder\n"), ("./src/deep", "now a file\n")]);
+        let present = ["README", "README/inside", "link", "src", "src/deep", "src/main.c"];
+        apply(dir.path(), &shipped, &returned(tar, &present)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("README/inside")).unwrap(),
+            "now a folder\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("src/deep")).unwrap(),
+            "now a file\n"
+        );
+        assert!(dir.path().join("src/main.c").exists());
+    }
+
+    #[test]
+    fn without_a_whole_list_of_paths_nothing_is_removed() {
+        let dir = project();
+        let shipped = pack("i", None, dir.path(), 1 << 20).unwrap().paths;
+        let mut back = returned(Vec::new(), &["README"]);
+        back.listed = false; // `find` could not read every folder
+        apply(dir.path(), &shipped, &back).unwrap();
+        assert!(dir.path().join("src/main.c").exists());
     }
 
     #[test]
@@ -639,7 +796,11 @@ mod tests {
 
     #[test]
     fn the_wrapper_frames_with_its_nonce_and_keeps_the_exit_code() {
-        let w = wrapper(&["sh".into(), "-e".into(), "/run/trackside/step.sh".into()], "@@ts-abc");
+        let w = wrapper(
+            &["sh".into(), "-e".into(), "/run/trackside/step.sh".into()],
+            "@@ts-abc",
+            &[],
+        );
         assert!(w.starts_with("sh -e /run/trackside/step.sh\nrc=$?\n"), "{w}");
         assert!(w.contains("'@@ts-abc' \"$rc\""));
         assert!(w.trim_end().ends_with("exit \"$rc\""));
@@ -647,7 +808,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let step = dir.path().join("step.sh");
         std::fs::write(&step, "echo hello\nexit 4\n").unwrap();
-        let w = wrapper(&["sh".into(), step.display().to_string()], "@@ts-x").replace(WORKDIR, "/nonexistent-dir");
+        let w = wrapper(&["sh".into(), step.display().to_string()], "@@ts-x", &[]).replace(WORKDIR, "/nonexistent-dir");
         let out = std::process::Command::new("sh").arg("-c").arg(&w).output().unwrap();
         assert_eq!(out.status.code(), Some(4));
         let text = String::from_utf8_lossy(&out.stdout);
