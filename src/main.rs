@@ -2382,6 +2382,8 @@ fn doctor(file: Option<PathBuf>, v: &VarArgs, state: &Path) -> Result<u8, Fail> 
     use trackside::pipeline::model::Preflight;
     let mut checks = config_preflight(state)?;
     let mut project = std::env::current_dir().map_err(|e| Fail(format!("the current directory: {e}"), 2))?;
+    // Container jobs on a swarm: its manager (and registry) are checked, not this machine's daemon.
+    let mut on_swarm = false;
     if let Some(file) = &file {
         let (_, opts, _) = load_options(v, file, state)?;
         let Some((p, _)) = load(file, &opts, OutputFormat::Text)? else {
@@ -2397,7 +2399,8 @@ fn doctor(file: Option<PathBuf>, v: &VarArgs, state: &Path) -> Result<u8, Fail> 
             .jobs
             .iter()
             .any(|j| !j.services.is_empty() || j.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some()));
-        if containers && !checks.contains(&Preflight::Docker) {
+        on_swarm = containers && executor_arg(v, state)? == ExecutorArg::Swarm;
+        if containers && !on_swarm && !checks.contains(&Preflight::Docker) {
             checks.push(Preflight::Docker);
         }
     }
@@ -2418,12 +2421,37 @@ fn doctor(file: Option<PathBuf>, v: &VarArgs, state: &Path) -> Result<u8, Fail> 
     for o in &found {
         outln!("{} {}", if o.ok { "ok  " } else { "FAIL" }, o.line());
     }
-    let failed = found.iter().filter(|o| !o.ok).count();
+    let mut failed = found.iter().filter(|o| !o.ok).count();
+    let mut count = found.len();
+    if on_swarm {
+        count += 1;
+        let swarm = rt.block_on(async {
+            let s = connect_swarm(v, state).await?;
+            let nodes = s.nodes().await.map_err(|e| Fail(e, 1))?;
+            Ok::<_, Fail>((s.address().to_string(), nodes))
+        });
+        match swarm {
+            Ok((address, nodes)) => {
+                let usable = nodes.iter().filter(|n| n.ready && n.active).count();
+                let ok = usable > 0;
+                failed += usize::from(!ok);
+                outln!(
+                    "{} swarm: the manager at {address} answers; {usable} of {} node(s) ready and active",
+                    if ok { "ok  " } else { "FAIL" },
+                    nodes.len()
+                );
+            }
+            Err(Fail(e, _)) => {
+                failed += 1;
+                outln!("FAIL swarm: {e}");
+            }
+        }
+    }
     if failed > 0 {
-        outln!("{failed} of {} check(s) failed", found.len());
+        outln!("{failed} of {count} check(s) failed");
         return Ok(1);
     }
-    outln!("all {} check(s) passed", found.len());
+    outln!("all {count} check(s) passed");
     Ok(0)
 }
 

@@ -39,6 +39,7 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
                         "hostname": n.hostname,
                         "state": n.state,
                         "active": n.active,
+                        "availability": n.availability,
                         "manager": n.manager,
                         "cpus": n.nano_cpus as f64 / 1e9,
                         "memory": n.memory,
@@ -69,7 +70,7 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
                     n.addr.clone()
                 },
                 n.state.clone(),
-                if n.active { "active" } else { "drained/paused" }.into(),
+                n.availability.clone(),
                 if n.manager { "manager" } else { "worker" }.into(),
                 format!("{}", n.nano_cpus as f64 / 1e9),
                 trackside::exec::preflight::gib(n.memory.max(0) as u64),

@@ -321,9 +321,18 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
             "name: placement\njobs:\n\
              \x20 huge:\n    image: {image}\n    resources: {{memory: 4000GiB}}\n    steps: [{{script: ['echo never']}}]\n\
              \x20 nowhere:\n    image: {image}\n    node_labels: [pool=c]\n    steps: [{{script: ['echo never']}}]\n\
+             \x20 privileged:\n    image: {image}\n    privileged: true\n    retry_count: 2\n    steps: [{{script: ['echo never']}}]\n\
              \x20 fits-with-a-name-longer-than-any-swarm-object-name-may-be:\n    image: {image}\n    node_labels: [pool=b]\n    resources: {{memory: 64MiB, cpus: 0.5}}\n    steps: [{{script: ['echo fine']}}]\n"
         ),
     );
+    // `doctor` checks the swarm's manager, not this machine's daemon.
+    let doctor = env.run(&["doctor", file.to_str().unwrap_or_default()]);
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        said.contains("ok   swarm: the manager at") && said.contains("2 of 2 node(s) ready"),
+        "{said}"
+    );
+    assert!(!said.contains("docker: the daemon"), "{said}");
     let started = Instant::now();
     let (code, events, stderr) = run(&env, &file, &[]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -348,10 +357,16 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
         msg.contains("4000 GiB") || msg.contains("4000.0 GiB"),
         "and why it can never fit: {msg}"
     );
+    // What a swarm service cannot have is refused at once, and not retried.
+    let privileged = finished(&events, "privileged");
+    assert_eq!(privileged.len(), 1, "not retried: {privileged:?}");
+    assert_eq!(privileged[0]["failure_class"], "unschedulable", "{:?}", privileged[0]);
+    let msg = privileged[0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("`privileged: true` cannot be honoured"), "{msg}");
     let nowhere = finished(&events, "nowhere");
     assert_eq!(nowhere[0]["failure_class"], "unschedulable", "{:?}", nowhere[0]);
     let msg = nowhere[0]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("pool==c"), "{msg}");
+    assert!(msg.contains("the labels pool=c"), "{msg}");
     // Its service, secrets and config have names of their own, within Swarm's 63/64 characters.
     let long = "fits-with-a-name-longer-than-any-swarm-object-name-may-be";
     assert_eq!(

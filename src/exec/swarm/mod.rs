@@ -43,8 +43,12 @@ pub const LABEL_HOST: &str = "dev.trackside.host";
 
 /// The most a Swarm secret holds (Docker's limit).
 const MAX_SECRET: usize = 500 << 10;
-/// How often the task's state is asked for.
+/// How often the task's state is asked for: often at first (a short step
+/// ends soon), then less (a hundred steps must not flood the manager).
 const POLL: Duration = Duration::from_millis(250);
+const POLL_LATER: Duration = Duration::from_secs(1);
+/// How long the first, quicker polling lasts.
+const POLL_QUICK_FOR: Duration = Duration::from_secs(10);
 /// How often the node a task runs on is checked.
 const NODE_CHECK: Duration = Duration::from_secs(1);
 /// How long the log may lag behind the task's end before what it carries
@@ -79,7 +83,7 @@ impl Default for Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
-    #[error(transparent)]
+    #[error("{0} (for --executor swarm: check --swarm-manager or `swarm: {{manager}}` of config.yml, docs/swarm.md)")]
     Docker(#[from] super::docker::DockerError),
     #[error(
         "the Docker daemon at {address} is not a manager of an active swarm (its swarm state: {state}); point DOCKER_HOST or --swarm-manager at a manager (docs/swarm.md)"
@@ -370,13 +374,14 @@ impl SwarmExecutor {
         let Some(c) = spec.container.as_ref() else {
             return StepEnd::SpawnFailed("internal: a container step without container settings".into());
         };
+        // What the swarm can never run as written: not retried.
         if c.exec_in.is_some() || c.entrypoint_run.is_some() || c.network.is_some() {
-            return StepEnd::SpawnFailed(
+            return StepEnd::Unschedulable(
                 "job containers, Docker actions and services do not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker".into(),
             );
         }
         if let Some(what) = unsupported(&c.options) {
-            return StepEnd::SpawnFailed(format!(
+            return StepEnd::Unschedulable(format!(
                 "{what} cannot be honoured on the swarm executor (docs/swarm.md, \"Limits\"); leave it out or run this pipeline with --executor docker"
             ));
         }
@@ -595,8 +600,14 @@ impl SwarmExecutor {
         let mut last_node_check = tokio::time::Instant::now();
         let mut follower: Option<Follower> = None;
         let filters = HashMap::from([("service".to_string(), vec![name.to_string()])]);
+        let watching = tokio::time::Instant::now();
         let finished = loop {
-            let sleep = tokio::time::sleep(POLL);
+            let every = if watching.elapsed() < POLL_QUICK_FOR {
+                POLL
+            } else {
+                POLL_LATER
+            };
+            let sleep = tokio::time::sleep(every);
             tokio::select! {
                 _ = cancel.cancelled() => return StepEnd::Cancelled,
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
@@ -638,10 +649,9 @@ impl SwarmExecutor {
                     }
                     // Waiting is right while a node could take it once it has room.
                     let nodes = self.nodes().await.unwrap_or_default();
-                    let constraints: Vec<String> = c.options.node_labels.iter().map(|l| place::constraint(l)).collect();
                     let nano = c.options.cpus.map_or(0, |x| (x * 1e9) as i64);
                     let mem = c.options.memory.map_or(0, |m| m.min(i64::MAX as u64) as i64);
-                    if let Some(never) = place::never_fits(&nodes, &constraints, nano, mem) {
+                    if let Some(never) = place::never_fits(&nodes, &c.options.node_labels, nano, mem) {
                         return StepEnd::Unschedulable(format!(
                             "the swarm has no node for the job: {why}; {never} (waited {} s)",
                             self.settings.pending_limit.as_secs()

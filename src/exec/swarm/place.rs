@@ -33,6 +33,8 @@ pub struct NodeView {
     pub ready: bool,
     /// Active (not drained or paused).
     pub active: bool,
+    /// `active`, `drain` or `pause`.
+    pub availability: String,
     pub manager: bool,
     /// Its CPUs in billionths, and its memory in bytes.
     pub nano_cpus: i64,
@@ -58,6 +60,10 @@ impl NodeView {
                 .unwrap_or_default(),
             ready: state == NodeState::READY,
             active: spec.and_then(|s| s.availability) == Some(NodeSpecAvailabilityEnum::ACTIVE),
+            availability: spec
+                .and_then(|s| s.availability)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             manager: node.manager_status.is_some(),
             nano_cpus: res.and_then(|r| r.nano_cpus).unwrap_or(0),
             memory: res.and_then(|r| r.memory_bytes).unwrap_or(0),
@@ -100,20 +106,22 @@ impl NodeView {
     }
 }
 
-/// Why no node of the swarm could ever take a job with these constraints
-/// and reservation (billionths of a CPU, bytes), or `None` when one could
-/// once it has room. Drained, paused and down nodes do not count.
-pub fn never_fits(nodes: &[NodeView], constraints: &[String], nano_cpus: i64, memory: i64) -> Option<String> {
+/// Why no node of the swarm could ever take a job with these labels (as
+/// the job writes them) and reservation (billionths of a CPU, bytes), or
+/// `None` when one could once it has room. Drained, paused and down nodes
+/// do not count.
+pub fn never_fits(nodes: &[NodeView], labels: &[String], nano_cpus: i64, memory: i64) -> Option<String> {
+    let constraints: Vec<String> = labels.iter().map(|l| constraint(l)).collect();
     let usable: Vec<&NodeView> = nodes.iter().filter(|n| n.ready && n.active).collect();
     if usable.is_empty() {
         return Some(format!("no node is ready and active ({} in the swarm)", nodes.len()));
     }
-    let labelled: Vec<&&NodeView> = usable.iter().filter(|n| n.satisfies(constraints)).collect();
+    let labelled: Vec<&&NodeView> = usable.iter().filter(|n| n.satisfies(&constraints)).collect();
     if labelled.is_empty() {
         let have: Vec<String> = usable.iter().map(|n| n.describe()).collect();
         return Some(format!(
-            "no ready node has the labels {} (nodes: {})",
-            constraints.join(" "),
+            "no ready and active node has the labels {} (nodes: {})",
+            labels.join(", "),
             have.join("; ")
         ));
     }
@@ -143,6 +151,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ready: true,
             active: true,
+            availability: "active".into(),
             manager: false,
             nano_cpus: cpus * 1_000_000_000,
             memory: mem_gib << 30,
@@ -171,16 +180,19 @@ mod tests {
         ];
         assert_eq!(never_fits(&nodes, &[], 1_000_000_000, 1 << 30), None);
         assert_eq!(
-            never_fits(&nodes, &[constraint("pool=b")], 4_000_000_000, 4 << 30),
+            never_fits(&nodes, &["pool=b".to_string()], 4_000_000_000, 4 << 30),
             None
         );
-        let why = never_fits(&nodes, &[constraint("pool=b")], 0, 8 << 30).unwrap();
+        let why = never_fits(&nodes, &["pool=b".to_string()], 0, 8 << 30).unwrap();
         assert!(why.contains("largest node that may take it has 4 CPUs"), "{why}");
-        let why = never_fits(&nodes, &[constraint("pool=c")], 0, 0).unwrap();
-        assert!(why.contains("pool==c") && why.contains("10.0.0.2 (pool=b)"), "{why}");
+        let why = never_fits(&nodes, &["pool=c".to_string()], 0, 0).unwrap();
+        assert!(
+            why.contains("the labels pool=c") && why.contains("10.0.0.2 (pool=b)"),
+            "{why}"
+        );
         // A drained node takes nothing new.
         nodes[1].active = false;
-        assert!(never_fits(&nodes, &[constraint("pool=b")], 0, 0).is_some());
+        assert!(never_fits(&nodes, &["pool=b".to_string()], 0, 0).is_some());
         nodes[0].ready = false;
         assert!(never_fits(&nodes, &[], 0, 0).unwrap().contains("no node is ready"));
     }
