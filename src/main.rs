@@ -1453,6 +1453,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         !j.services.is_empty() || j.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some())
                     });
                 let on_swarm = executor_arg(&vars, &state)? == ExecutorArg::Swarm;
+                if on_swarm {
+                    swarm_can_run(&pipeline)?;
+                }
                 let swarm = if needs_containers && on_swarm {
                     let s = connect_swarm(&vars, &state).await?;
                     let reaped = s.reap_orphans().await;
@@ -1714,6 +1717,36 @@ fn executor_arg(v: &VarArgs, state: &Path) -> Result<ExecutorArg, Fail> {
         Some("swarm") => ExecutorArg::Swarm,
         _ => ExecutorArg::Auto,
     })
+}
+
+/// Refuses, before any job starts, a pipeline with jobs the swarm executor
+/// does not run yet (docs/swarm.md, "Limits"), naming them.
+fn swarm_can_run(p: &pipeline::model::Pipeline) -> Result<(), Fail> {
+    let mut refused = Vec::new();
+    for j in &p.jobs {
+        let what = if !j.services.is_empty() {
+            Some("`services:`")
+        } else if j.container.job_container {
+            Some("a job container (`container:` or --platform)")
+        } else if j.steps.iter().any(|s| s.docker_action.is_some()) {
+            Some("a Docker action")
+        } else {
+            None
+        };
+        if let Some(w) = what {
+            refused.push(format!("job `{}` uses {w}", j.name));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Fail(
+        format!(
+            "the swarm executor does not run these yet (docs/swarm.md, \"Limits\"): {}; run this pipeline with --executor docker",
+            refused.join("; ")
+        ),
+        2,
+    ))
 }
 
 /// Connects the swarm executor: flags first, then `swarm:` of config.yml,
@@ -2427,7 +2460,7 @@ fn doctor(file: Option<PathBuf>, v: &VarArgs, state: &Path) -> Result<u8, Fail> 
         count += 1;
         let swarm = rt.block_on(async {
             let s = connect_swarm(v, state).await?;
-            let nodes = s.nodes().await.map_err(|e| Fail(e, 1))?;
+            let nodes = s.nodes().await.map_err(|e| Fail(e.to_string(), 1))?;
             Ok::<_, Fail>((s.address().to_string(), nodes))
         });
         match swarm {

@@ -26,7 +26,7 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
         let swarm = SwarmExecutor::connect(&address, Settings::default())
             .await
             .map_err(|e| Fail(e.to_string(), 2))?;
-        let mut nodes = swarm.nodes().await.map_err(|e| Fail(e, 1))?;
+        let mut nodes = swarm.nodes().await.map_err(|e| Fail(e.to_string(), 1))?;
         nodes.sort_by(|a, b| (&a.addr, &a.hostname, &a.id).cmp(&(&b.addr, &b.hostname, &b.id)));
         let load = swarm.load().await;
         if json {

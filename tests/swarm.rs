@@ -367,6 +367,17 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     assert_eq!(nowhere[0]["failure_class"], "unschedulable", "{:?}", nowhere[0]);
     let msg = nowhere[0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("the labels pool=c"), "{msg}");
+    // What the swarm executor does not run yet is refused before any job starts.
+    let with_services = env.file(
+        "services.yml",
+        format!(
+            "name: svc\njobs:\n  db-user:\n    image: {image}\n    services: [{{name: db, image: {image}}}]\n    steps: [{{script: ['echo never']}}]\n"
+        ),
+    );
+    let (code, events_svc, stderr) = run(&env, &with_services, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("job `db-user` uses `services:`"), "{stderr}");
+    assert!(!events_svc.iter().any(|e| e["type"] == "job_started"), "nothing ran");
     // Its service, secrets and config have names of their own, within Swarm's 63/64 characters.
     let long = "fits-with-a-name-longer-than-any-swarm-object-name-may-be";
     assert_eq!(

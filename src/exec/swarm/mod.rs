@@ -100,6 +100,36 @@ pub enum SwarmError {
 /// A workspace image this process built and pushed (or failed to).
 type Built = Arc<OnceCell<()>>;
 
+/// Why a step could not be started on the swarm (its message is the
+/// step's `SpawnFailed`, or for [`StepError::Ship`]'s budgets its class).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The job's image on the manager, as the Docker executor tells it.
+    #[error("{0}")]
+    Image(String),
+    #[error(transparent)]
+    Ship(#[from] ship::ShipError),
+    #[error("packing the workspace failed: {0}")]
+    Packing(String),
+    #[error("building the workspace image on the manager failed: {0}")]
+    Build(String),
+    #[error(
+        "pushing the workspace image to the registry {registry} failed: {message}; every node must reach it, and the manager must be allowed to push (docs/swarm.md)"
+    )]
+    Push { registry: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is over {limit_kib} KiB, the most a Swarm secret holds; the swarm executor cannot hand it to the step"
+    )]
+    SecretTooLarge { path: std::path::PathBuf, limit_kib: usize },
+    #[error("cannot make {what} for the step: {message}")]
+    Create { what: &'static str, message: String },
+}
+
 /// Runs container steps as Swarm services.
 pub struct SwarmExecutor {
     docker: DockerExecutor,
@@ -149,13 +179,16 @@ impl SwarmExecutor {
     }
 
     /// The swarm's nodes.
-    pub async fn nodes(&self) -> Result<Vec<NodeView>, String> {
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, SwarmError> {
         let nodes = self
             .docker
             .client()
             .list_nodes(None::<ListNodesOptions>)
             .await
-            .map_err(|e| format!("cannot list the swarm's nodes: {}", super::docker::with_causes(&e)))?;
+            .map_err(|e| SwarmError::Api {
+                address: self.address.clone(),
+                message: format!("cannot list the swarm's nodes: {}", super::docker::with_causes(&e)),
+            })?;
         Ok(nodes.iter().map(NodeView::of).collect())
     }
 
@@ -277,9 +310,12 @@ impl SwarmExecutor {
         &self,
         c: &ContainerStep,
         out: &mpsc::Sender<OutputLine>,
-    ) -> Result<(String, Vec<String>), String> {
+    ) -> Result<(String, Vec<String>), StepError> {
         // The job's image on the manager first: the build starts from it.
-        self.docker.ensure_image(&c.image, c.options.pull, &c.logins).await?;
+        self.docker
+            .ensure_image(&c.image, c.options.pull, &c.logins)
+            .await
+            .map_err(StepError::Image)?;
         let (image, user, ws, budget) = (
             c.image.clone(),
             c.options.user.clone(),
@@ -288,8 +324,7 @@ impl SwarmExecutor {
         );
         let packed = tokio::task::spawn_blocking(move || ship::pack(&image, user.as_deref(), &ws, budget))
             .await
-            .map_err(|e| format!("packing the workspace failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StepError::Packing(e.to_string()))??;
         let ship::Packed {
             context,
             digest,
@@ -318,7 +353,7 @@ impl SwarmExecutor {
         Ok((full, paths))
     }
 
-    async fn build_and_push(&self, repo: &str, tag: &str, context: Vec<u8>) -> Result<(), String> {
+    async fn build_and_push(&self, repo: &str, tag: &str, context: Vec<u8>) -> Result<(), StepError> {
         let full = format!("{repo}:{tag}");
         let client = self.docker.client();
         let mut build = client.build_image(
@@ -336,15 +371,10 @@ impl SwarmExecutor {
             match item {
                 Ok(info) => {
                     if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                        return Err(format!("building the workspace image on the manager failed: {e}"));
+                        return Err(StepError::Build(e));
                     }
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "building the workspace image on the manager failed: {}",
-                        super::docker::with_causes(&e)
-                    ));
-                }
+                Err(e) => return Err(StepError::Build(super::docker::with_causes(&e))),
             }
         }
         let login = auth::login_for(&full, &auth::JobLogins::default(), self.docker.login_sources())
@@ -360,11 +390,10 @@ impl SwarmExecutor {
         );
         while let Some(item) = push.next().await {
             if let Err(e) = item {
-                return Err(format!(
-                    "pushing the workspace image to the registry {} failed: {}; every node must reach it, and the manager must be allowed to push (docs/swarm.md)",
-                    self.settings.registry,
-                    super::docker::with_causes(&e)
-                ));
+                return Err(StepError::Push {
+                    registry: self.settings.registry.clone(),
+                    message: super::docker::with_causes(&e),
+                });
             }
         }
         Ok(())
@@ -395,7 +424,9 @@ impl SwarmExecutor {
         let (image, shipped) = tokio::select! {
             r = self.workspace_image(c, &out) => match r {
                 Ok(x) => x,
-                Err(e) => return StepEnd::SpawnFailed(e),
+                // A workspace over `max_ship` stays over it: not retried.
+                Err(e @ StepError::Ship(ship::ShipError::TooBig { .. })) => return StepEnd::Unschedulable(e.to_string()),
+                Err(e) => return StepEnd::SpawnFailed(e.to_string()),
             },
             _ = cancel.cancelled() => return StepEnd::Cancelled,
             _ = deadline => return StepEnd::TimedOut,
@@ -404,7 +435,7 @@ impl SwarmExecutor {
         let nonce = format!("@@trackside-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let mut made = Made::default();
         let end = match self.launch(&spec, c, &image, &name, &nonce, &mut made).await {
-            Err(e) => StepEnd::SpawnFailed(e),
+            Err(e) => StepEnd::SpawnFailed(e.to_string()),
             Ok(()) => self.watch(&spec, c, &name, &nonce, &shipped, &out, &cancel).await,
         };
         if let Some(left) = self.remove(made).await {
@@ -422,7 +453,7 @@ impl SwarmExecutor {
         name: &str,
         nonce: &str,
         made: &mut Made,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let labels = HashMap::from([
             (LABEL_RUN.to_string(), c.run_id.clone()),
             (LABEL_JOB.to_string(), c.job.clone()),
@@ -431,7 +462,12 @@ impl SwarmExecutor {
             (LABEL_HOST.to_string(), self.host.clone()),
         ]);
         let client = self.docker.client();
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| StepError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
         let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
         let command = spec.command_line(super::docker::SCRIPT_PATH);
         // Names of its own (Swarm takes at most 64 characters), from the nonce.
@@ -455,11 +491,10 @@ impl SwarmExecutor {
                 continue;
             }
             if data.len() > MAX_SECRET {
-                return Err(format!(
-                    "{} is over {} KiB, the most a Swarm secret holds; the swarm executor cannot hand it to the step",
-                    host.display(),
-                    MAX_SECRET >> 10
-                ));
+                return Err(StepError::SecretTooLarge {
+                    path: host.clone(),
+                    limit_kib: MAX_SECRET >> 10,
+                });
             }
             let sname = format!("{short}-{i}");
             let created = client
@@ -470,7 +505,10 @@ impl SwarmExecutor {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("cannot make a swarm secret for the step: {e}"))?;
+                .map_err(|e| StepError::Create {
+                    what: "a swarm secret",
+                    message: super::docker::with_causes(&e),
+                })?;
             made.secrets.push(created.id.clone());
             secrets.push(TaskSpecContainerSpecSecrets {
                 file: Some(TaskSpecContainerSpecFile {
@@ -493,7 +531,10 @@ impl SwarmExecutor {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("cannot make the step's wrapper a swarm config: {e}"))?;
+            .map_err(|e| StepError::Create {
+                what: "the wrapper's swarm config",
+                message: super::docker::with_causes(&e),
+            })?;
         made.configs.push(created.id.clone());
         let configs = vec![TaskSpecContainerSpecConfigs {
             file: Some(TaskSpecContainerSpecFile1 {
@@ -576,7 +617,10 @@ impl SwarmExecutor {
         let created = client
             .create_service(spec, login.as_ref().map(auth::Login::to_docker))
             .await
-            .map_err(|e| format!("the swarm manager did not take the job's service: {e}"))?;
+            .map_err(|e| StepError::Create {
+                what: "the service (the swarm manager refused it)",
+                message: super::docker::with_causes(&e),
+            })?;
         made.service = created.id.or_else(|| Some(name.to_string()));
         Ok(())
     }
