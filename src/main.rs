@@ -2101,6 +2101,31 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Res
         return Ok(2);
     };
     let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+    // On a swarm: what its executor would refuse, said now.
+    if executor_arg(v, state)? == ExecutorArg::Swarm {
+        swarm_can_run(&p)?;
+        let refused: Vec<String> = p
+            .jobs
+            .iter()
+            .filter(|j| j.steps.iter().any(|s| s.image.is_some()))
+            .filter_map(|j| {
+                let what = trackside::exec::swarm::unsupported(&j.container)?;
+                Some(format!(
+                    "job `{}`: {what} cannot be honoured on the swarm executor",
+                    j.name
+                ))
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(Fail(
+                format!(
+                    "{} (docs/swarm.md, \"Limits\"); leave it out or run with --executor docker",
+                    refused.join("; ")
+                ),
+                2,
+            ));
+        }
+    }
     match format {
         OutputFormat::Json => outln!("{}", report.to_json()),
         OutputFormat::Text => {

@@ -412,6 +412,47 @@ fn the_demo_pipeline_is_valid_and_passes_when_approved() {
 }
 
 #[test]
+fn validate_with_the_swarm_executor_says_what_it_would_refuse() {
+    let e = Env::new();
+    let ok = e.file(
+        "ok.yml",
+        "name: s\njobs:\n  a:\n    image: busybox\n    node_labels: [pool=b]\n    steps: [{script: ['echo hi']}]\n",
+    );
+    let o = e.run(&["validate", ok.to_str().unwrap_or_default(), "--executor", "swarm"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let privileged = e.file(
+        "p.yml",
+        "name: s\njobs:\n  root:\n    image: busybox\n    privileged: true\n    steps: [{script: ['echo hi']}]\n",
+    );
+    let o = e.run(&[
+        "validate",
+        privileged.to_str().unwrap_or_default(),
+        "--executor",
+        "swarm",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("job `root`: `privileged: true` cannot be honoured on the swarm executor"),
+        "{}",
+        text(&o.stderr)
+    );
+    let services = e.file(
+        "s.yml",
+        "name: s\njobs:\n  t:\n    image: busybox\n    services: [{name: db, image: busybox}]\n    steps: [{script: ['echo hi']}]\n",
+    );
+    let o = e.run(&["validate", services.to_str().unwrap_or_default(), "--executor", "swarm"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("job `t` uses `services:`"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Without the swarm executor both are valid.
+    let o = e.run(&["validate", services.to_str().unwrap_or_default()]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+}
+
+#[test]
 fn every_example_is_valid() {
     let e = Env::new();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");

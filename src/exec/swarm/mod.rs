@@ -883,7 +883,7 @@ impl SwarmExecutor {
 
 /// The first container setting of the job that a swarm service cannot
 /// have as the Docker executor gives it.
-fn unsupported(o: &crate::pipeline::model::ContainerOptions) -> Option<&'static str> {
+pub fn unsupported(o: &crate::pipeline::model::ContainerOptions) -> Option<&'static str> {
     if o.privileged {
         Some("`privileged: true`")
     } else if o.docker_socket {
