@@ -1157,7 +1157,11 @@ impl Actor {
                 break;
             }
         }
-        // A run that ended while its history was still being read ends now.
+        // A run that ended while its history was still being read ends now,
+        // without it: with `past` still pending, the end would be deferred
+        // again and the run would stop with no summary (a shutdown racing
+        // a slow history read; seen under load in tests/attach.rs).
+        self.past = None;
         self.finish_deferred(&retry_tx);
         for (_, t) in self.retry_timers.drain() {
             t.abort();
