@@ -81,6 +81,11 @@ fn context(req: &ImageBuild) -> Result<(Vec<u8>, String), String> {
     Ok((body, format!("trackside-action:{hex}")))
 }
 
+/// Why the daemon did not build an image: its own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildFailed(pub String);
+
 impl DockerExecutor {
     /// Builds (unless built already) the image of `req`; returns its tag.
     /// The daemon's build output goes to `out`.
@@ -100,37 +105,50 @@ impl DockerExecutor {
         if self.docker.inspect_image(&tag).await.is_ok() {
             return Ok(tag);
         }
+        self.build_context(&tag, &dockerfile, body, Some(&out))
+            .await
+            .map_err(|e| format!("building the action's image ({dockerfile}) failed: {e}"))?;
+        Ok(tag)
+    }
+
+    /// Builds the tar `context` (holding `dockerfile`) as `tag` on the
+    /// daemon; its build output goes to `out` when given. `Err`: the
+    /// daemon's reason.
+    pub(crate) async fn build_context(
+        &self,
+        tag: &str,
+        dockerfile: &str,
+        context: Vec<u8>,
+        out: Option<&mpsc::Sender<OutputLine>>,
+    ) -> Result<(), BuildFailed> {
         let mut build = self.docker.build_image(
             BuildImageOptions {
-                t: Some(tag.clone()),
-                dockerfile: dockerfile.clone(),
+                t: Some(tag.to_string()),
+                dockerfile: dockerfile.to_string(),
                 rm: true,
                 forcerm: true,
                 ..Default::default()
             },
             None,
-            Some(bollard::body_full(body.into())),
+            Some(bollard::body_full(context.into())),
         );
         while let Some(item) = build.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                        return Err(format!("building the action's image ({dockerfile}) failed: {e}"));
-                    }
-                    for line in info.stream.unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
-                        let line = OutputLine {
-                            stream: Stream::Stdout,
-                            text: line.to_string(),
-                            partial: false,
-                            node: None,
-                        };
-                        let _ = out.send(line).await;
-                    }
-                }
-                Err(e) => return Err(format!("building the action's image ({dockerfile}) failed: {e}")),
+            let info = item.map_err(|e| BuildFailed(super::with_causes(&e)))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(BuildFailed(e));
+            }
+            let Some(out) = out else { continue };
+            for line in info.stream.unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
+                let line = OutputLine {
+                    stream: Stream::Stdout,
+                    text: line.to_string(),
+                    partial: false,
+                    node: None,
+                };
+                let _ = out.send(line).await;
             }
         }
-        Ok(tag)
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ use bollard::models::{
     TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::query_parameters::{BuildImageOptions, ListNodesOptions, ListTasksOptions, LogsOptions, PushImageOptions};
+use bollard::query_parameters::{ListNodesOptions, ListTasksOptions, LogsOptions, PushImageOptions};
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -356,27 +356,10 @@ impl SwarmExecutor {
     async fn build_and_push(&self, repo: &str, tag: &str, context: Vec<u8>) -> Result<(), StepError> {
         let full = format!("{repo}:{tag}");
         let client = self.docker.client();
-        let mut build = client.build_image(
-            BuildImageOptions {
-                t: Some(full.clone()),
-                dockerfile: "Dockerfile".into(),
-                rm: true,
-                forcerm: true,
-                ..Default::default()
-            },
-            None,
-            Some(bollard::body_full(context.into())),
-        );
-        while let Some(item) = build.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                        return Err(StepError::Build(e));
-                    }
-                }
-                Err(e) => return Err(StepError::Build(super::docker::with_causes(&e))),
-            }
-        }
+        self.docker
+            .build_context(&full, "Dockerfile", context, None)
+            .await
+            .map_err(|e| StepError::Build(e.0))?;
         let login = auth::login_for(&full, &auth::JobLogins::default(), self.docker.login_sources())
             .await
             .login;
