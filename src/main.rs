@@ -1724,10 +1724,12 @@ fn executor_arg(v: &VarArgs, state: &Path) -> Result<ExecutorArg, Fail> {
 fn swarm_can_run(p: &pipeline::model::Pipeline) -> Result<(), Fail> {
     let mut refused = Vec::new();
     for j in &p.jobs {
-        let what = if !j.services.is_empty() {
-            Some("`services:`")
-        } else if j.container.job_container {
+        let on_host = j.steps.iter().all(|s| s.image.is_none());
+        let what = if j.container.job_container {
             Some("a job container (`container:` or --platform)")
+        } else if !j.services.is_empty() && on_host {
+            // Its services would be on the cluster's network, its steps here.
+            Some("`services:` while its steps run on this machine (it has no `image:`)")
         } else if j.steps.iter().any(|s| s.docker_action.is_some()) {
             Some("a Docker action")
         } else {
@@ -1735,6 +1737,15 @@ fn swarm_can_run(p: &pipeline::model::Pipeline) -> Result<(), Fail> {
         };
         if let Some(w) = what {
             refused.push(format!("job `{}` uses {w}", j.name));
+        }
+        for s in &j.services {
+            use trackside::exec::swarm::{Workload, unsupported};
+            if let Some(w) = unsupported(&s.options, Workload::Service) {
+                refused.push(format!(
+                    "job `{}`, service `{}`: {w} cannot be honoured",
+                    j.name, s.name
+                ));
+            }
         }
     }
     if refused.is_empty() {
@@ -2109,7 +2120,8 @@ fn validate(file: &Path, v: &VarArgs, format: OutputFormat, state: &Path) -> Res
             .iter()
             .filter(|j| j.steps.iter().any(|s| s.image.is_some()))
             .filter_map(|j| {
-                let what = trackside::exec::swarm::unsupported(&j.container)?;
+                use trackside::exec::swarm::{Workload, unsupported};
+                let what = unsupported(&j.container, Workload::Step)?;
                 Some(format!(
                     "job `{}`: {what} cannot be honoured on the swarm executor",
                     j.name

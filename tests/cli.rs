@@ -436,14 +436,26 @@ fn validate_with_the_swarm_executor_says_what_it_would_refuse() {
         "{}",
         text(&o.stderr)
     );
+    // A container job's services run on the swarm; a host job's would be out of its reach.
+    let in_containers = e.file(
+        "c.yml",
+        "name: s\njobs:\n  t:\n    image: busybox\n    services: [{name: db, image: busybox}]\n    steps: [{script: ['echo hi']}]\n",
+    );
+    let o = e.run(&[
+        "validate",
+        in_containers.to_str().unwrap_or_default(),
+        "--executor",
+        "swarm",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let services = e.file(
         "s.yml",
-        "name: s\njobs:\n  t:\n    image: busybox\n    services: [{name: db, image: busybox}]\n    steps: [{script: ['echo hi']}]\n",
+        "name: s\njobs:\n  t:\n    services: [{name: db, image: busybox}]\n    steps: [{script: ['echo hi']}]\n",
     );
     let o = e.run(&["validate", services.to_str().unwrap_or_default(), "--executor", "swarm"]);
     assert_eq!(code(&o), 2);
     assert!(
-        text(&o.stderr).contains("job `t` uses `services:`"),
+        text(&o.stderr).contains("job `t` uses `services:` while its steps run on this machine"),
         "{}",
         text(&o.stderr)
     );

@@ -123,11 +123,11 @@ impl Swarm {
         env
     }
 
-    /// What trackside left on the swarm for `run`: services, configs, secrets.
+    /// What trackside left on the swarm for `run`: services, configs, secrets, networks.
     fn leftovers(&self, run: &str) -> Vec<String> {
         let filter = format!("label=dev.trackside.run={run}");
         let mut left = Vec::new();
-        for kind in ["service", "config", "secret"] {
+        for kind in ["service", "config", "secret", "network"] {
             for name in self
                 .docker(&[kind, "ls", "--filter", &filter, "--format", "{{.Name}}"])
                 .lines()
@@ -311,6 +311,66 @@ fn jobs_are_placed_by_label_and_their_files_logs_and_secrets_travel_between_node
 }
 
 #[test]
+fn a_jobs_services_run_on_another_node_and_its_steps_reach_them_by_name() {
+    let Some(swarm) = Swarm::get() else { return };
+    let env = swarm.env("");
+    let image = &swarm.image;
+    // `web` starts serving only after a while: the step waits for its port.
+    // `gone` cannot start: its job fails with the reason, nothing left.
+    let file = env.file(
+        "services.yml",
+        format!(
+            "name: services\njobs:\n\
+             \x20 web-user:\n    image: {image}\n    node_labels: [pool=a]\n\
+             \x20   services:\n\
+             \x20     - name: web\n        image: {image}\n        node_labels: [pool=b]\n        port: 8080\n\
+             \x20       environment: {{GREETING: hello-over-the-overlay}}\n\
+             \x20       command: [sh, -c, 'sleep 2; mkdir -p /www && echo $GREETING > /www/index.html && echo serving && exec httpd -f -p 8080 -h /www']\n\
+             \x20     - name: cache\n        image: {image}\n        command: [sleep, '600']\n\
+             \x20   steps:\n      - script: ['wget -qO- http://web:8080/index.html', 'ping -c 1 -W 5 cache >/dev/null && echo cache-resolves']\n\
+             \x20 gone-user:\n    image: {image}\n    retry_count: 0\n\
+             \x20   services: [{{name: gone, image: {image}, command: [/no/such/program]}}]\n\
+             \x20   steps: [{{script: ['echo never']}}]\n"
+        ),
+    );
+    let (code, events, stderr) = run(&env, &file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let web = lines_of(&events, "web-user");
+    assert_eq!(finished(&events, "web-user")[0]["status"], "succeeded", "{web:?}");
+    // Across nodes: the step on pool=a, the service on pool=b.
+    assert!(
+        web.iter()
+            .any(|l| l.starts_with("trackside: running on swarm node") && l.contains("pool=a")),
+        "{web:?}"
+    );
+    assert!(
+        web.iter()
+            .any(|l| l.starts_with("trackside: service `web` runs on swarm node") && l.contains("pool=b")),
+        "{web:?}"
+    );
+    assert!(web.contains(&"hello-over-the-overlay".to_string()), "{web:?}");
+    assert!(web.contains(&"cache-resolves".to_string()), "{web:?}");
+    // Its output joins the job's log, marked with its name.
+    assert!(web.contains(&"service web | serving".to_string()), "{web:?}");
+    let gone = finished(&events, "gone-user");
+    assert_eq!(gone[0]["status"], "failed", "{gone:?}");
+    let msg = gone[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("service `gone`") && msg.contains("ended before it was ready") && msg.contains("/no/such/program"),
+        "{msg}"
+    );
+    assert!(!lines_of(&events, "gone-user").contains(&"never".to_string()));
+    let run_id = events
+        .iter()
+        .find(|e| e["type"] == "run_started")
+        .and_then(|e| e["run_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
+    swarm.no_container_runs(&run_id);
+}
+
+#[test]
 fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     let Some(swarm) = Swarm::get() else { return };
     let env = swarm.env("  pending_timeout: 2s\n");
@@ -367,16 +427,20 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     assert_eq!(nowhere[0]["failure_class"], "unschedulable", "{:?}", nowhere[0]);
     let msg = nowhere[0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("the labels pool=c"), "{msg}");
-    // What the swarm executor does not run yet is refused before any job starts.
+    // What the swarm executor does not run is refused before any job starts:
+    // services of a job whose steps run on this machine, out of their reach.
     let with_services = env.file(
         "services.yml",
         format!(
-            "name: svc\njobs:\n  db-user:\n    image: {image}\n    services: [{{name: db, image: {image}}}]\n    steps: [{{script: ['echo never']}}]\n"
+            "name: svc\njobs:\n  db-user:\n    services: [{{name: db, image: {image}}}]\n    steps: [{{script: ['echo never']}}]\n"
         ),
     );
     let (code, events_svc, stderr) = run(&env, &with_services, &[]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("job `db-user` uses `services:`"), "{stderr}");
+    assert!(
+        stderr.contains("job `db-user` uses `services:` while its steps run on this machine"),
+        "{stderr}"
+    );
     assert!(!events_svc.iter().any(|e| e["type"] == "job_started"), "nothing ran");
     // Its service, secrets and config have names of their own, within Swarm's 63/64 characters.
     let long = "fits-with-a-name-longer-than-any-swarm-object-name-may-be";

@@ -863,6 +863,7 @@ async fn start_services(ctx: &Arc<RunContext>, a: &Attempt, job: &Job) -> Result
         pull: job.container.pull,
         logins: pull_logins(ctx, a, job, None)?,
         services,
+        node_labels: job.container.node_labels.clone(),
     };
     let (tx, _forward) = log_as(a, Arc::from("services"));
     ctx.executor.start_services(req, tx).await

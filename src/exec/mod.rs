@@ -229,6 +229,9 @@ pub struct ServicesRequest {
     pub logins: JobLogins,
     /// Each service with its resolved environment.
     pub services: Vec<(crate::pipeline::model::Service, BTreeMap<String, String>)>,
+    /// The job's placement labels (a swarm places a service by them
+    /// unless it has labels of its own).
+    pub node_labels: Vec<String>,
 }
 
 /// A host path bind-mounted into a container.

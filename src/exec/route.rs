@@ -49,8 +49,8 @@ impl Executor for Executors {
         req: ServicesRequest,
         out: mpsc::Sender<OutputLine>,
     ) -> BoxFuture<'_, Result<Services, String>> {
-        if self.swarm.is_some() {
-            return Box::pin(async { Err(format!("a job's `services:` {NOT_ON_SWARM}")) });
+        if let Some(s) = &self.swarm {
+            return s.start_services(req, out);
         }
         match &self.docker {
             Some(d) => d.start_services(req, out),
@@ -59,6 +59,9 @@ impl Executor for Executors {
     }
 
     fn stop_services(&self, services: Services) -> BoxFuture<'_, ()> {
+        if let Some(s) = &self.swarm {
+            return s.stop_services(services);
+        }
         match &self.docker {
             Some(d) => d.stop_services(services),
             None => Box::pin(async {}),

@@ -61,17 +61,7 @@ pub(super) fn apply_options(o: &ContainerOptions, body: &mut ContainerCreateBody
     if let Some(h) = &x.hostname {
         body.hostname = Some(h.clone());
     }
-    if let Some(h) = &x.health {
-        let nanos = |d: Option<Duration>| d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        body.healthcheck = Some(HealthConfig {
-            test: Some(vec!["CMD-SHELL".into(), h.command.clone()]),
-            interval: nanos(h.interval),
-            timeout: nanos(h.timeout),
-            retries: h.retries.map(i64::from),
-            start_period: nanos(h.start_period),
-            ..Default::default()
-        });
-    }
+    body.healthcheck = x.health.as_ref().map(health_config);
     let mut exposed = std::collections::BTreeSet::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for spec in &x.ports {
@@ -90,6 +80,19 @@ pub(super) fn apply_options(o: &ContainerOptions, body: &mut ContainerCreateBody
     if !exposed.is_empty() {
         body.exposed_ports = Some(exposed.into_iter().collect());
         host.port_bindings = Some(bindings);
+    }
+}
+
+/// A `--health-cmd` and its timings as Docker's health check.
+pub(crate) fn health_config(h: &crate::pipeline::model::ContainerHealth) -> HealthConfig {
+    let nanos = |d: Option<Duration>| d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    HealthConfig {
+        test: Some(vec!["CMD-SHELL".into(), h.command.clone()]),
+        interval: nanos(h.interval),
+        timeout: nanos(h.timeout),
+        retries: h.retries.map(i64::from),
+        start_period: nanos(h.start_period),
+        ..Default::default()
     }
 }
 

@@ -11,7 +11,7 @@
 
 pub mod auth;
 mod build;
-mod job;
+pub(crate) mod job;
 pub mod service;
 
 use std::collections::HashMap;
@@ -335,19 +335,7 @@ impl DockerExecutor {
                     ..Default::default()
                 }),
             );
-            // Service output joins the job's log, marked with the service's name.
-            let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
-            let prefix = format!("service {} | ", svc.name);
-            let forward = out.clone();
-            tokio::spawn(forward_logs(logs, tx));
-            tokio::spawn(async move {
-                while let Some(mut line) = rx.recv().await {
-                    line.text = format!("{prefix}{}", line.text);
-                    if forward.send(line).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            forward_service_log(logs, &svc.name, out);
             if let Err(why) = self.wait_ready(&name, network, svc.port, svc.ready_timeout).await {
                 let tail = self.last_lines(&name, 20).await;
                 let mut msg = format!("service `{}` ({}) {why}", svc.name, svc.image);
@@ -1201,6 +1189,30 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
 }
 
 /// Splits the daemon's log chunks into lines per stream.
+/// A service's output joins the job's log, each line marked with its name
+/// (`service db | ...`), until the log ends.
+pub(crate) fn forward_service_log(
+    logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>
+    + Unpin
+    + Send
+    + 'static,
+    name: &str,
+    out: &mpsc::Sender<OutputLine>,
+) {
+    let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
+    let prefix = format!("service {name} | ");
+    let forward = out.clone();
+    tokio::spawn(forward_logs(logs, tx));
+    tokio::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.text = format!("{prefix}{}", line.text);
+            if forward.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
 pub(crate) async fn forward_logs(
     mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
     out: mpsc::Sender<OutputLine>,

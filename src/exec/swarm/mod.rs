@@ -15,6 +15,7 @@
 //! for the step is removed when it ends, whatever the outcome.
 
 pub mod place;
+pub mod services;
 pub mod ship;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use bollard::models::NetworkAttachmentConfig;
 use bollard::models::{
     ConfigSpec, Limit, ResourceObject, SecretSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
     TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile, TaskSpecContainerSpecFile1,
@@ -33,7 +35,7 @@ use futures_util::StreamExt;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::docker::{DockerExecutor, LABEL_ATTEMPT, LABEL_JOB, LABEL_PID, LABEL_RUN, auth, owner_alive};
+use super::docker::{DockerExecutor, LABEL_PID, LABEL_RUN, auth, owner_alive};
 use super::{BoxFuture, ContainerStep, Executor, OutputLine, StepEnd, StepSpec, Stream};
 use place::NodeView;
 
@@ -138,6 +140,8 @@ pub struct SwarmExecutor {
     /// Workspace images built and pushed by this process, by tag.
     images: std::sync::Mutex<HashMap<String, Built>>,
     host: String,
+    /// The ports of services the steps on a network (a job's) wait for.
+    waits: std::sync::Mutex<HashMap<String, Vec<ship::PortWait>>>,
 }
 
 impl SwarmExecutor {
@@ -171,6 +175,7 @@ impl SwarmExecutor {
             settings,
             images: std::sync::Mutex::new(HashMap::new()),
             host: host_id(),
+            waits: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -260,12 +265,26 @@ impl SwarmExecutor {
             .collect()
     }
 
-    /// Configs and secrets carrying all of `labels`; with `dead_only`,
-    /// only those whose owner pid is dead.
+    /// Configs, secrets and networks carrying all of `labels`; with
+    /// `dead_only`, only those whose owner pid is dead. (Services first:
+    /// what a service uses cannot be removed before it.)
     async fn remove_leftover_objects(&self, labels: Vec<String>, dead_only: bool) {
         let filters = HashMap::from([("label".to_string(), labels)]);
         let dead = |l: &Option<HashMap<String, String>>| !dead_only || !owner_alive(l.as_ref());
         let client = self.docker.client();
+        let networks = client
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .unwrap_or_default();
+        for n in networks {
+            if dead(&n.labels.map(|l| l.into_iter().collect()))
+                && let Some(id) = n.id
+            {
+                self.remove_network(&id).await;
+            }
+        }
         let configs = client
             .list_configs(Some(bollard::query_parameters::ListConfigsOptions {
                 filters: Some(filters.clone()),
@@ -387,12 +406,12 @@ impl SwarmExecutor {
             return StepEnd::SpawnFailed("internal: a container step without container settings".into());
         };
         // What the swarm can never run as written: not retried.
-        if c.exec_in.is_some() || c.entrypoint_run.is_some() || c.network.is_some() {
+        if c.exec_in.is_some() || c.entrypoint_run.is_some() {
             return StepEnd::Unschedulable(
-                "job containers, Docker actions and services do not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker".into(),
+                "job containers and Docker actions do not run on the swarm executor yet (docs/swarm.md, \"Limits\"); run this pipeline with --executor docker".into(),
             );
         }
-        if let Some(what) = unsupported(&c.options) {
+        if let Some(what) = unsupported(&c.options, Workload::Step) {
             return StepEnd::Unschedulable(format!(
                 "{what} cannot be honoured on the swarm executor (docs/swarm.md, \"Limits\"); leave it out or run this pipeline with --executor docker"
             ));
@@ -437,13 +456,7 @@ impl SwarmExecutor {
         nonce: &str,
         made: &mut Made,
     ) -> Result<(), StepError> {
-        let labels = HashMap::from([
-            (LABEL_RUN.to_string(), c.run_id.clone()),
-            (LABEL_JOB.to_string(), c.job.clone()),
-            (LABEL_ATTEMPT.to_string(), c.attempt.to_string()),
-            (LABEL_PID.to_string(), std::process::id().to_string()),
-            (LABEL_HOST.to_string(), self.host.clone()),
-        ]);
+        let labels = self.labels(&c.run_id, &c.job, c.attempt);
         let client = self.docker.client();
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|source| StepError::Read {
@@ -510,7 +523,13 @@ impl SwarmExecutor {
             .create_config(ConfigSpec {
                 name: Some(cname.clone()),
                 labels: Some(labels.clone()),
-                data: Some(b64(ship::wrapper(&command, nonce, &empty).as_bytes())),
+                data: Some(b64(ship::wrapper(
+                    &command,
+                    nonce,
+                    &empty,
+                    &self.waits_on(c.network.as_deref()),
+                )
+                .as_bytes())),
                 ..Default::default()
             })
             .await
@@ -539,8 +558,11 @@ impl SwarmExecutor {
             Some(e) if e.is_empty() => (Some(run_wrapper), None),
             Some(e) => (Some(e.clone()), Some(run_wrapper)),
         };
-        let nano_cpus = o.cpus.map(|c| (c * 1e9) as i64);
-        let memory = o.memory.map(|m| m.min(i64::MAX as u64) as i64);
+        let mut container = container_spec(o, Workload::Step);
+        container
+            .env
+            .get_or_insert_with(Vec::new)
+            .splice(0..0, spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let spec = ServiceSpec {
             name: Some(name.to_string()),
             labels: Some(labels.clone()),
@@ -550,47 +572,23 @@ impl SwarmExecutor {
                     labels: Some(labels.clone()),
                     command,
                     args,
-                    env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                     dir: Some(c.workdir.clone()),
-                    user: o.user.clone(),
-                    capability_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
                     configs: Some(configs),
                     secrets: Some(secrets),
                     // SIGTERM, then SIGKILL after the step's grace, as on one machine.
                     stop_grace_period: Some(spec.kill_grace.as_nanos().min(i64::MAX as u128) as i64),
-                    ..Default::default()
+                    ..container
                 }),
-                resources: Some(TaskSpecResources {
-                    limits: Some(Limit {
-                        nano_cpus,
-                        memory_bytes: memory,
-                        pids: o.pids,
-                    }),
-                    reservations: Some(ResourceObject {
-                        nano_cpus,
-                        memory_bytes: memory,
+                // The job's services' network, when it has services.
+                networks: c.network.as_ref().map(|n| {
+                    vec![NetworkAttachmentConfig {
+                        target: Some(n.clone()),
                         ..Default::default()
-                    }),
-                    ..Default::default()
+                    }]
                 }),
-                restart_policy: Some(TaskSpecRestartPolicy {
-                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
-                    max_attempts: Some(0),
-                    ..Default::default()
-                }),
-                placement: Some(TaskSpecPlacement {
-                    constraints: Some(o.node_labels.iter().map(|l| place::constraint(l)).collect()),
-                    ..Default::default()
-                }),
-                ..Default::default()
+                ..one_shot_task(o)
             }),
-            // One replica that is never restarted, not a `replicated-job`:
-            // Docker 20.10's swarm leaves a job's running task alive when its
-            // service is removed, and cancel must stop it (docs/swarm.md).
-            mode: Some(ServiceSpecMode {
-                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
-                ..Default::default()
-            }),
+            mode: Some(one_replica()),
             ..Default::default()
         };
         // Nodes pull the workspace image with the login this machine has for the registry.
@@ -810,6 +808,13 @@ impl SwarmExecutor {
         }
     }
 
+    /// The service ports a step on `network` waits for.
+    fn waits_on(&self, network: Option<&str>) -> Vec<ship::PortWait> {
+        let Some(n) = network else { return Vec::new() };
+        let waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        waits.get(n).cloned().unwrap_or_default()
+    }
+
     /// Removes what [`SwarmExecutor::launch`] made; says what it could not.
     async fn remove(&self, made: Made) -> Option<String> {
         let client = self.docker.client();
@@ -864,20 +869,94 @@ impl SwarmExecutor {
     }
 }
 
-/// The first container setting of the job that a swarm service cannot
-/// have as the Docker executor gives it.
-pub fn unsupported(o: &crate::pipeline::model::ContainerOptions) -> Option<&'static str> {
+/// What a swarm service is made for: a job's step, or one of its services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Step,
+    Service,
+}
+
+/// The first container setting that a swarm service cannot have as the
+/// Docker executor gives it.
+pub fn unsupported(o: &crate::pipeline::model::ContainerOptions, w: Workload) -> Option<&'static str> {
+    let x = &o.extras;
     if o.privileged {
         Some("`privileged: true`")
     } else if o.docker_socket {
         Some("`docker_socket: true`")
-    } else if o.read_only_rootfs {
+    } else if o.read_only_rootfs && w == Workload::Step {
         // The workspace is in the image's layers: a read-only root is a read-only workspace.
         Some("`read_only_rootfs: true`")
-    } else if !o.extras.is_default() {
-        Some("a container's ports, volumes or `options:`")
+    } else if !x.volumes.is_empty() {
+        // A named volume is one node's; a host path another machine's.
+        Some("a container's `volumes:`")
+    } else if !x.tmpfs.is_empty() || x.shm_size.is_some() {
+        Some("`--tmpfs` or `--shm-size` in a container's `options:`")
+    } else if !x.ports.is_empty() && w == Workload::Step {
+        Some("a container's `ports:`")
     } else {
         None
+    }
+}
+
+/// The container settings a step's or a service's task gets from its
+/// options: user, capabilities, environment (`env:`), host name and
+/// health check. The caller adds its image, command, labels and the rest.
+fn container_spec(o: &crate::pipeline::model::ContainerOptions, w: Workload) -> TaskSpecContainerSpec {
+    let x = &o.extras;
+    TaskSpecContainerSpec {
+        user: o.user.clone(),
+        capability_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
+        capability_add: (!x.cap_add.is_empty()).then(|| x.cap_add.clone()),
+        env: Some(x.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        hostname: x.hostname.clone(),
+        read_only: (w == Workload::Service && o.read_only_rootfs).then_some(true),
+        // Swarm keeps the task `starting` until it reports healthy.
+        health_check: x.health.as_ref().map(super::docker::job::health_config),
+        ..Default::default()
+    }
+}
+
+/// A task that runs once and is never restarted (trackside owns retries),
+/// with the options' resources as reservations and limits and their node
+/// labels as placement constraints.
+fn one_shot_task(o: &crate::pipeline::model::ContainerOptions) -> TaskSpec {
+    let nano_cpus = o.cpus.map(|c| (c * 1e9) as i64);
+    let memory = o.memory.map(|m| m.min(i64::MAX as u64) as i64);
+    TaskSpec {
+        resources: Some(TaskSpecResources {
+            limits: Some(Limit {
+                nano_cpus,
+                memory_bytes: memory,
+                pids: o.pids,
+            }),
+            reservations: Some(ResourceObject {
+                nano_cpus,
+                memory_bytes: memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+            max_attempts: Some(0),
+            ..Default::default()
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: Some(o.node_labels.iter().map(|l| place::constraint(l)).collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One replica, not a `replicated-job`: Docker 20.10's swarm leaves a
+/// job's running task alive when its service is removed, and cancel must
+/// stop it (docs/swarm.md).
+fn one_replica() -> ServiceSpecMode {
+    ServiceSpecMode {
+        replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+        ..Default::default()
     }
 }
 
@@ -911,15 +990,7 @@ impl Drop for Follower {
 
 impl Follower {
     fn start(client: bollard::Docker, task: &str, nonce: &str, budget: u64, out: mpsc::Sender<OutputLine>) -> Follower {
-        let logs = client.task_logs(
-            task,
-            Some(LogsOptions {
-                follow: true,
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            }),
-        );
+        let logs = task_log(&client, task);
         let (tx, mut rx) = mpsc::channel::<OutputLine>(256);
         let lines = tokio::spawn(async move {
             super::docker::forward_logs(Box::pin(logs), tx).await;
@@ -973,6 +1044,22 @@ impl Follower {
     }
 }
 
+/// A task's standard output and error, followed to their end.
+fn task_log(
+    client: &bollard::Docker,
+    task: &str,
+) -> impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + use<> {
+    client.task_logs(
+        task,
+        Some(LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }),
+    )
+}
+
 async fn note(out: &mpsc::Sender<OutputLine>, text: String) {
     let _ = out
         .send(OutputLine {
@@ -988,7 +1075,13 @@ async fn note(out: &mpsc::Sender<OutputLine>, text: String) {
 /// in letters, digits and `-`, at most 63 characters (a digest of the whole
 /// replaces the end of a longer one).
 pub fn service_name(c: &ContainerStep) -> String {
-    let full: String = super::docker::container_name(c)
+    swarm_name(&super::docker::container_name(c))
+}
+
+/// `full` as a Swarm object name: letters, digits and `-`, at most 63
+/// characters (a digest of the whole replaces the end of a longer one).
+fn swarm_name(full: &str) -> String {
+    let full: String = full
         .chars()
         .map(|ch| {
             if ch.is_ascii_alphanumeric() || ch == '-' {
@@ -1041,6 +1134,18 @@ impl Executor for SwarmExecutor {
                 end => end,
             }
         })
+    }
+
+    fn start_services(
+        &self,
+        req: super::ServicesRequest,
+        out: mpsc::Sender<OutputLine>,
+    ) -> BoxFuture<'_, Result<super::Services, String>> {
+        Box::pin(async move { self.start_services_impl(req, out).await.map_err(|e| e.to_string()) })
+    }
+
+    fn stop_services(&self, services: super::Services) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_services_impl(services))
     }
 
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {

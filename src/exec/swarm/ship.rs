@@ -249,11 +249,54 @@ fn walk(root: &Path, budget: u64) -> Result<Vec<Entry>, ShipError> {
     Ok(out)
 }
 
-/// The wrapper script: runs `command` (the step's command line), then
-/// sends back its exit code, what it wrote and the paths left, framed by
-/// `nonce`.
-pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String]) -> String {
+/// A job's service whose port its steps wait for: trackside cannot reach
+/// a swarm's overlay network, so the step does, from inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortWait {
+    /// Its host name on the job's network.
+    pub host: String,
+    pub port: u16,
+    /// About how long to wait, in seconds.
+    pub seconds: u64,
+}
+
+/// Shell lines that wait until each service accepts a TCP connection
+/// (with `nc`, else bash's `/dev/tcp`). A service not ready in time is
+/// said and the step runs anyway, as GitLab's runner does after its own
+/// service health check.
+fn port_waits(waits: &[PortWait]) -> String {
+    if waits.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "trackside_probe() {\n\
+         \x20 if command -v nc >/dev/null 2>&1; then nc -w 1 \"$1\" \"$2\" </dev/null >/dev/null 2>&1\n\
+         \x20 elif command -v bash >/dev/null 2>&1; then bash -c 'exec 3<>\"/dev/tcp/$0/$1\"' \"$1\" \"$2\" >/dev/null 2>&1\n\
+         \x20 else echo \"trackside: cannot wait for $1:$2: the image has neither nc nor bash\" >&2; return 0; fi\n\
+         }\n\
+         trackside_wait() {\n\
+         \x20 i=0\n\
+         \x20 until trackside_probe \"$1\" \"$2\"; do\n\
+         \x20   i=$((i+1))\n\
+         \x20   if [ \"$i\" -ge \"$3\" ]; then echo \"trackside: service $1 did not accept connections on port $2 within $3 s; the step runs anyway\" >&2; return 0; fi\n\
+         \x20   sleep 1\n\
+         \x20 done\n\
+         }\n",
+    );
+    for w in waits {
+        if let Ok(host) = shlex::try_quote(&w.host) {
+            s.push_str(&format!("trackside_wait {host} {} {}\n", w.port, w.seconds.max(1)));
+        }
+    }
+    s
+}
+
+/// The wrapper script: waits for the job's services' ports, runs
+/// `command` (the step's command line), then sends back its exit code,
+/// what it wrote and the paths left, framed by `nonce`.
+pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String], waits: &[PortWait]) -> String {
     let cmd = shlex::try_join(command.iter().map(String::as_str)).unwrap_or_else(|_| "false".to_string());
+    let waits = port_waits(waits);
     // Swarm takes no empty secret: an empty file variable's file is made here.
     let touch: String = empty_files
         .iter()
@@ -261,7 +304,7 @@ pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String]) -> Strin
         .map(|f| format!(": > {f} 2>/dev/null\n"))
         .collect();
     format!(
-        "{touch}{cmd}\nrc=$?\n\
+        "{touch}{waits}{cmd}\nrc=$?\n\
          printf '%s rc=%s\\n' '{nonce}' \"$rc\"\n\
          if command -v find >/dev/null 2>&1 && command -v tar >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && cd {WORKDIR}; then\n\
          \x20 find . ! -type d -newer {MARKER_PATH} ! -path './.git/*' ! -path ./.git -exec tar -cf - {{}} + 2>/dev/null | base64\n\
@@ -800,6 +843,7 @@ mod tests {
             &["sh".into(), "-e".into(), "/run/trackside/step.sh".into()],
             "@@ts-abc",
             &[],
+            &[],
         );
         assert!(w.starts_with("sh -e /run/trackside/step.sh\nrc=$?\n"), "{w}");
         assert!(w.contains("'@@ts-abc' \"$rc\""));
@@ -808,7 +852,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let step = dir.path().join("step.sh");
         std::fs::write(&step, "echo hello\nexit 4\n").unwrap();
-        let w = wrapper(&["sh".into(), step.display().to_string()], "@@ts-x", &[]).replace(WORKDIR, "/nonexistent-dir");
+        let w = wrapper(&["sh".into(), step.display().to_string()], "@@ts-x", &[], &[])
+            .replace(WORKDIR, "/nonexistent-dir");
         let out = std::process::Command::new("sh").arg("-c").arg(&w).output().unwrap();
         assert_eq!(out.status.code(), Some(4));
         let text = String::from_utf8_lossy(&out.stdout);
@@ -818,5 +863,42 @@ mod tests {
         let back = f.finish().unwrap();
         assert_eq!(back.rc, Some(4));
         assert!(back.complete && back.missing_tools, "no workspace there: {back:?}");
+    }
+
+    #[test]
+    fn the_wrapper_waits_for_service_ports_and_runs_the_step_anyway_when_one_stays_closed() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let waits = [
+            PortWait {
+                host: "127.0.0.1".into(),
+                port: open.local_addr().unwrap().port(),
+                seconds: 30,
+            },
+            PortWait {
+                host: "127.0.0.1".into(),
+                port: closed_port,
+                seconds: 1,
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let step = dir.path().join("step.sh");
+        std::fs::write(&step, "echo ran\n").unwrap();
+        let w = wrapper(&["sh".into(), step.display().to_string()], "@@ts-w", &[], &waits)
+            .replace(WORKDIR, "/nonexistent-dir");
+        let out = std::process::Command::new("sh").arg("-c").arg(&w).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let said: Vec<&str> = err.lines().filter(|l| l.starts_with("trackside:")).collect();
+        assert_eq!(
+            said,
+            [format!(
+                "trackside: service 127.0.0.1 did not accept connections on port {closed_port} within 1 s; the step runs anyway"
+            )],
+            "the open port is not waited for: {err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "ran"));
     }
 }

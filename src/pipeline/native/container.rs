@@ -20,7 +20,15 @@ impl Cx<'_> {
             );
             return Vec::new();
         };
-        let keys = ["name", "image", "port", "environment", "command", "ready_timeout"];
+        let keys = [
+            "name",
+            "image",
+            "port",
+            "environment",
+            "command",
+            "ready_timeout",
+            "node_labels",
+        ];
         let mut out: Vec<Service> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{spath}[{i}]");
@@ -79,6 +87,15 @@ impl Cx<'_> {
             let ready_timeout = get(item, "ready_timeout")
                 .and_then(|n| self.seconds_in(n, &join(&ipath, "ready_timeout"), 1.0, 3600.0))
                 .unwrap_or(Duration::from_secs(60));
+            // Where it may run on a swarm (the job's own labels when unset).
+            let node_labels = get(item, "node_labels")
+                .map(|n| {
+                    self.string_list(n, &join(&ipath, "node_labels"))
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect()
+                })
+                .unwrap_or_default();
             out.push(Service {
                 name,
                 aliases: Vec::new(),
@@ -88,7 +105,10 @@ impl Cx<'_> {
                 environment,
                 command,
                 ready_timeout,
-                options: Default::default(),
+                options: ContainerOptions {
+                    node_labels,
+                    ..Default::default()
+                },
             });
         }
         out
