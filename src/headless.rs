@@ -749,7 +749,7 @@ pub fn plain_line(kind: &EventKind, width: &mut usize) -> Option<String> {
         // The group's `▸ title` line is in the log.
         EventKind::LogGroup { .. } => return None,
         // Its `trackside: running on swarm node ...` line says it.
-        EventKind::JobPlaced { .. } => return None,
+        EventKind::JobPlaced { .. } | EventKind::ClusterNodes { .. } => return None,
         EventKind::Steered { what, by } => format!(":: {what} (by {by})"),
         EventKind::Approved {
             job,

@@ -26,29 +26,10 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
         let swarm = SwarmExecutor::connect(&address, Settings::default())
             .await
             .map_err(|e| Fail(e.to_string(), 2))?;
-        let mut nodes = swarm.nodes().await.map_err(|e| Fail(e.to_string(), 1))?;
-        nodes.sort_by(|a, b| (&a.addr, &a.hostname, &a.id).cmp(&(&b.addr, &b.hostname, &b.id)));
-        let load = swarm.load().await;
+        let nodes = swarm.cluster_nodes().await.map_err(|e| Fail(e.to_string(), 1))?;
         if json {
-            let v: Vec<serde_json::Value> = nodes
-                .iter()
-                .map(|n| {
-                    serde_json::json!({
-                        "id": n.id,
-                        "addr": n.addr,
-                        "hostname": n.hostname,
-                        "state": n.state,
-                        "active": n.active,
-                        "availability": n.availability,
-                        "manager": n.manager,
-                        "cpus": n.nano_cpus as f64 / 1e9,
-                        "memory": n.memory,
-                        "labels": n.labels,
-                        "trackside_tasks": load.get(&n.id).copied().unwrap_or(0),
-                    })
-                })
-                .collect();
-            write_out(&format!("{}\n", serde_json::Value::Array(v)));
+            let v = serde_json::to_value(&nodes).map_err(|e| Fail(format!("cannot write the nodes: {e}"), 1))?;
+            write_out(&format!("{v}\n"));
             return Ok(0);
         }
         let mut rows = vec![[
@@ -64,17 +45,13 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
         for n in &nodes {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             rows.push([
-                if n.addr.is_empty() {
-                    n.hostname.clone()
-                } else {
-                    n.addr.clone()
-                },
+                n.name().to_string(),
                 n.state.clone(),
                 n.availability.clone(),
                 if n.manager { "manager" } else { "worker" }.into(),
-                format!("{}", n.nano_cpus as f64 / 1e9),
-                trackside::exec::preflight::gib(n.memory.max(0) as u64),
-                load.get(&n.id).copied().unwrap_or(0).to_string(),
+                format!("{}", n.cpus),
+                trackside::exec::preflight::gib(n.memory),
+                n.trackside_tasks.to_string(),
                 labels.join(","),
             ]);
         }

@@ -560,6 +560,27 @@ fn cancel_and_a_crashed_trackside_leave_no_service_behind() {
     assert_eq!(pools, ["a", "b"], "{nodes:?}");
     let tasks: u64 = nodes.iter().map(|n| n["trackside_tasks"].as_u64().unwrap_or(0)).sum();
     assert_eq!(tasks, 2, "{nodes:?}");
+    // And the run tells its front-ends (the UI's nodes view) the same.
+    let told = live.wait_within(Duration::from_secs(30), "the nodes with both tasks", |e| {
+        let nodes = e["nodes"].as_array().cloned().unwrap_or_default();
+        e["type"] == "cluster_nodes"
+            && nodes
+                .iter()
+                .map(|n| n["trackside_tasks"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 2
+    });
+    let pools: Vec<&str> = told["nodes"]
+        .as_array()
+        .map(|n| n.iter().map(|n| n["labels"]["pool"].as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    assert_eq!(pools, ["a", "b"], "{told}");
+    assert!(
+        told["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] == "ready")),
+        "{told}"
+    );
     let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let (_, _) = live.finish_within(Duration::from_secs(60));

@@ -2284,3 +2284,78 @@ fn an_open_circuit_breaker_is_in_the_header_and_b_closes_the_one_holding_the_job
     let header = drawn(&mut app, 80, 24)[0].clone();
     assert!(header.contains("CIRCUIT HALF-OPEN: api.internal:8080"), "{header}");
 }
+
+#[test]
+fn o_shows_the_swarms_nodes_their_labels_load_and_this_runs_jobs_on_each_at_80x24() {
+    use trackside::protocol::view::ClusterNode;
+    let node = |addr: &str, pool: &str, manager: bool, state: &str, tasks: usize| ClusterNode {
+        id: format!("id-{addr}"),
+        addr: addr.into(),
+        hostname: "node".into(),
+        state: state.into(),
+        active: true,
+        availability: "active".into(),
+        manager,
+        cpus: 2.0,
+        memory: 2 << 30,
+        labels: [("pool".to_string(), pool.to_string())].into(),
+        trackside_tasks: tasks,
+    };
+    let mut events = running_events();
+    events.push(ev(
+        1_210,
+        EventKind::JobPlaced {
+            job: "test".into(),
+            attempt: 1,
+            node: "10.231.0.2 (pool=b)".into(),
+        },
+    ));
+    events.push(ev(
+        1_220,
+        EventKind::ClusterNodes {
+            nodes: vec![
+                node("10.231.0.1", "a", true, "ready", 0),
+                node("10.231.0.2", "b", false, "ready", 1),
+                node("10.231.0.3", "c", false, "down", 0),
+            ],
+            omitted: 0,
+        },
+    ));
+    let mut app = app_with(&events, color());
+    app.now = T0 + 2_000;
+    app.handle_key(key('o'));
+    let shown = screen(&app, 80, 24);
+    let text = shown.to_string();
+    assert!(text.contains("2 of 3 node(s) ready and active"), "{text}");
+    assert!(
+        text.contains("10.231.0.2      ready        active worker  1 task(s)"),
+        "{text}"
+    );
+    assert!(text.contains("2 CPU(s), 2.0 GiB  pool=b"), "{text}");
+    // The running job placed there is listed under its node, and only there.
+    assert_eq!(text.matches("this run: test").count(), 1, "{text}");
+    let below_b = text.split("10.231.0.2").nth(1).unwrap_or_default();
+    assert!(
+        below_b
+            .split("10.231.0.3")
+            .next()
+            .unwrap_or_default()
+            .contains("this run: test"),
+        "{text}"
+    );
+    assert!(text.contains("10.231.0.3      down"), "{text}");
+    insta::assert_snapshot!("80x24_nodes", shown);
+    // Any other key closes it.
+    app.handle_key(key('x'));
+    assert!(!screen(&app, 80, 24).to_string().contains("ready and active"));
+    // Without a swarm it says what it is for.
+    let mut local = app_with(&running_events(), color());
+    local.handle_key(key('o'));
+    assert!(
+        screen(&local, 80, 24)
+            .to_string()
+            .contains("the nodes view is for --executor swarm"),
+        "{}",
+        screen(&local, 80, 24).to_string()
+    );
+}

@@ -650,9 +650,36 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         forecast_at: None,
         forecasting: None,
         forecast_shown: None,
+        cluster_held: None,
     };
+    if cfg.remote_containers {
+        tokio::spawn(watch_cluster(cfg.executor.clone(), actor.msg_tx.clone()));
+    }
     tokio::spawn(actor.run());
     Ok(handle)
+}
+
+/// How often the cluster's nodes are looked at.
+const CLUSTER_EVERY: Duration = Duration::from_secs(3);
+
+/// Tells the actor the cluster's nodes at the start and whenever they
+/// change, until the actor is gone.
+async fn watch_cluster(executor: Arc<dyn Executor>, tx: mpsc::Sender<RunnerMsg>) {
+    let mut last = None;
+    loop {
+        if let Some(nodes) = executor.cluster().await
+            && last.as_ref() != Some(&nodes)
+        {
+            last = Some(nodes.clone());
+            if tx.send(RunnerMsg::Cluster(nodes)).await.is_err() {
+                return;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(CLUSTER_EVERY).await;
+    }
 }
 
 /// Registers the run in the machine's slot table: its capacity becomes the
@@ -1059,6 +1086,8 @@ struct Actor {
     forecasting: Option<tokio::sync::oneshot::Receiver<Option<crate::insight::forecast::Forecast>>>,
     /// The forecast last sent (p50, p90).
     forecast_shown: Option<(u64, u64)>,
+    /// The cluster's nodes as its watcher last told, not yet sent.
+    cluster_held: Option<Vec<crate::protocol::view::ClusterNode>>,
 }
 
 impl Actor {
@@ -1395,6 +1424,16 @@ impl Actor {
         })
     }
 
+    /// The cluster's nodes, when the watcher told of them.
+    fn emit_cluster(&mut self) {
+        let Some(mut nodes) = self.cluster_held.take() else {
+            return;
+        };
+        let omitted = nodes.len().saturating_sub(crate::protocol::event::MAX_CLUSTER_NODES);
+        nodes.truncate(crate::protocol::event::MAX_CLUSTER_NODES);
+        self.emit(EventKind::ClusterNodes { nodes, omitted });
+    }
+
     fn command(&mut self, c: Command, retry_tx: &mpsc::UnboundedSender<JobId>) {
         match c {
             Command::Start(reply) => {
@@ -1411,6 +1450,7 @@ impl Actor {
                     if let Some(stats) = self.past_runs.take() {
                         self.emit(EventKind::History { stats });
                     }
+                    self.emit_cluster();
                 }
                 let _ = reply.send(());
             }
@@ -1545,6 +1585,13 @@ impl Actor {
                     line_no: 0,
                     title,
                 });
+            }
+            ActorMsg::Runner(RunnerMsg::Cluster(nodes)) => {
+                // Told after the run's start, as the rest of it.
+                self.cluster_held = Some(nodes);
+                if self.started_at.is_some() {
+                    self.emit_cluster();
+                }
             }
             ActorMsg::Runner(RunnerMsg::Placed { job, attempt, node }) => {
                 self.emit(EventKind::JobPlaced {

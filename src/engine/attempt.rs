@@ -33,6 +33,8 @@ pub enum RunnerMsg {
     },
     /// Where the attempt's step runs (a swarm node), as its executor says.
     Placed { job: JobId, attempt: u32, node: String },
+    /// The cluster's nodes changed (sent by the run's cluster watcher).
+    Cluster(Vec<crate::protocol::view::ClusterNode>),
     /// A GitHub step's annotation (`::error` and the like).
     Annotation {
         job: JobId,

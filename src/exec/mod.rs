@@ -198,6 +198,13 @@ pub trait Executor: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// The nodes of the cluster the executor runs steps on (a swarm's), by
+    /// address; `None` for an executor that runs on this machine, or when
+    /// the cluster does not answer.
+    fn cluster(&self) -> BoxFuture<'_, Option<Vec<crate::protocol::view::ClusterNode>>> {
+        Box::pin(async { None })
+    }
+
     /// Removes what the run created beyond its steps (its network).
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
         let _ = run_id;

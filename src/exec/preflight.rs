@@ -52,15 +52,7 @@ pub async fn run(checks: &[Preflight], project: &Path) -> Vec<Outcome> {
     out
 }
 
-/// `1.5 GiB`, `512.0 MiB`.
-pub fn gib(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} GiB", b / (1024.0 * 1024.0 * 1024.0))
-    } else {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
-    }
-}
+pub use crate::protocol::view::gib;
 
 fn disk_free(at: &Path, written: &str, min: u64, min_text: &str) -> Outcome {
     let check = format!("disk_free {written}");

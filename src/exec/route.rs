@@ -103,6 +103,13 @@ impl Executor for Executors {
         }
     }
 
+    fn cluster(&self) -> BoxFuture<'_, Option<Vec<crate::protocol::view::ClusterNode>>> {
+        match &self.swarm {
+            Some(s) => s.cluster(),
+            None => Box::pin(async { None }),
+        }
+    }
+
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Some(s) = &self.swarm {

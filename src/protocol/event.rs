@@ -10,6 +10,9 @@ use std::fmt;
 
 use super::view::RolloutStatus;
 
+/// The most nodes a [`EventKind::ClusterNodes`] lists.
+pub const MAX_CLUSTER_NODES: usize = 100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -448,6 +451,15 @@ pub enum EventKind {
         job: String,
         attempt: u32,
         node: String,
+    },
+    /// The swarm's nodes (`--executor swarm`): sent when the run starts
+    /// and whenever a node's state, availability, labels or number of
+    /// trackside tasks changes (looked at every few seconds). At most
+    /// [`MAX_CLUSTER_NODES`] are listed; `omitted` counts the rest.
+    ClusterNodes {
+        nodes: Vec<super::view::ClusterNode>,
+        #[serde(default)]
+        omitted: usize,
     },
     StepStarted {
         job: String,

@@ -363,3 +363,48 @@ pub enum ServicesFeed {
     /// A second of one service's traffic.
     Point { service: String, point: ServicePoint },
 }
+
+/// A node of the swarm a run's container jobs run on (`--executor swarm`),
+/// as the manager reports it: what `trackside nodes` lists and the UI's
+/// nodes view shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub id: String,
+    /// Its address in the swarm (empty when the manager gives none).
+    pub addr: String,
+    pub hostname: String,
+    /// `ready`, `down`, `disconnected`, ...
+    pub state: String,
+    /// Its availability is `active` (not drained or paused).
+    pub active: bool,
+    /// `active`, `drain` or `pause`.
+    pub availability: String,
+    pub manager: bool,
+    pub cpus: f64,
+    /// Bytes.
+    pub memory: u64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// trackside's tasks running on it (every run's, this machine's or not).
+    pub trackside_tasks: usize,
+}
+
+/// `1.5 GiB`, `512.0 MiB`.
+pub fn gib(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    }
+}
+
+impl ClusterNode {
+    /// How messages and views name it: its address, else its host name.
+    pub fn name(&self) -> &str {
+        if self.addr.is_empty() {
+            &self.hostname
+        } else {
+            &self.addr
+        }
+    }
+}

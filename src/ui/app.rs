@@ -53,6 +53,8 @@ pub enum Mode {
     Tests(usize),
     /// The pipeline's recent runs, from this row on.
     Dashboard(usize),
+    /// The swarm's nodes, from this row on.
+    Nodes(usize),
     /// A y/n question; `yes` is sent on `y`.
     Confirm {
         question: String,
@@ -631,11 +633,12 @@ impl App {
                 }
                 Vec::new()
             }
-            mode @ (Mode::Tests(_) | Mode::Dashboard(_)) => {
+            mode @ (Mode::Tests(_) | Mode::Dashboard(_) | Mode::Nodes(_)) => {
                 if let Some(step) = overlay_scroll(&key) {
                     self.mode = match mode {
                         Mode::Tests(top) => Mode::Tests(top.saturating_add_signed(step)),
                         Mode::Dashboard(top) => Mode::Dashboard(top.saturating_add_signed(step)),
+                        Mode::Nodes(top) => Mode::Nodes(top.saturating_add_signed(step)),
                         other => other,
                     };
                 }
@@ -760,8 +763,10 @@ impl App {
             None
         };
         if self.mode != Mode::Normal {
-            if matches!(self.mode, Mode::Help | Mode::Tests(_) | Mode::Dashboard(_))
-                && matches!(ev.kind, MouseEventKind::Down(_))
+            if matches!(
+                self.mode,
+                Mode::Help | Mode::Tests(_) | Mode::Dashboard(_) | Mode::Nodes(_)
+            ) && matches!(ev.kind, MouseEventKind::Down(_))
             {
                 self.mode = Mode::Normal;
             }
@@ -1053,6 +1058,10 @@ impl App {
             }
             Action::Dashboard => {
                 self.mode = Mode::Dashboard(0);
+                Vec::new()
+            }
+            Action::Nodes => {
+                self.mode = Mode::Nodes(0);
                 Vec::new()
             }
             Action::Services => vec![Command::Services],

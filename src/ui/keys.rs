@@ -39,6 +39,8 @@ pub enum Action {
     Dashboard,
     /// The live services of the state directory.
     Services,
+    /// The swarm's nodes (`--executor swarm`).
+    Nodes,
     Promote,
     PromoteFull,
     AbortRollout,
@@ -199,6 +201,14 @@ pub const BINDINGS: &[Binding] = &[
         S::Everywhere,
         "history",
         "the pipeline's recent runs: durations, failure rate, flakiest jobs, failure classes",
+    ),
+    b(
+        &[K::Char('o')],
+        "o",
+        A::Nodes,
+        S::Everywhere,
+        "",
+        "the swarm's nodes (--executor swarm): state, labels, load, this run's jobs on each",
     ),
     b(
         &[K::Char('B')],

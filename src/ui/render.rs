@@ -176,6 +176,7 @@ impl Widget for &App {
                 let title = format!(" history {} {} ", self.theme.glyph("·", "-"), self.model.pipeline);
                 render_overlay(self, &title, dashboard_lines(self, area.width.min(100)), top, area, buf)
             }
+            Mode::Nodes(top) => render_overlay(self, " swarm nodes ", nodes_lines(self), top, area, buf),
             _ => {}
         }
     }
@@ -1778,6 +1779,77 @@ const CHART_ROWS: usize = 5;
 /// history overlay charts them: durations as columns (failed runs in the
 /// failure colour), each run's result under it, the failure rate over the
 /// last five runs, failed attempts by class and the flakiest jobs.
+/// The nodes view: one line per node (address, state, availability, role,
+/// trackside's tasks), its labels and size beneath, and this run's running
+/// jobs there.
+fn nodes_lines(app: &App) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let m = &app.model;
+    let Some((nodes, omitted)) = &m.cluster else {
+        return vec![Line::styled(
+            "this run's jobs run on this machine: the nodes view is for --executor swarm (docs/swarm.md)",
+            t.dim(),
+        )];
+    };
+    let mut lines = Vec::new();
+    let ready = nodes.iter().filter(|n| n.state == "ready" && n.active).count();
+    lines.push(Line::styled(
+        format!("{ready} of {} node(s) ready and active", nodes.len() + omitted),
+        t.dim(),
+    ));
+    for n in nodes {
+        let healthy = n.state == "ready" && n.active;
+        let mark = if healthy {
+            Span::styled(t.glyph("●", "*"), t.ok())
+        } else {
+            Span::styled(t.glyph("✗", "x"), t.error())
+        };
+        let role = if n.manager { "manager" } else { "worker" };
+        lines.push(Line::from(vec![
+            mark,
+            Span::raw(" "),
+            Span::styled(format!("{:<15}", n.name()), t.title()),
+            Span::raw(format!(
+                " {:<12} {:<6} {:<7} {} task(s)",
+                n.state, n.availability, role, n.trackside_tasks
+            )),
+        ]));
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels = if labels.is_empty() {
+            "no labels".to_string()
+        } else {
+            labels.join(",")
+        };
+        lines.push(Line::styled(
+            format!(
+                "  {} CPU(s), {}  {labels}",
+                n.cpus,
+                crate::protocol::view::gib(n.memory)
+            ),
+            t.dim(),
+        ));
+        // This run's jobs running there (a job's node names the node's address first).
+        let here: Vec<&str> = m
+            .jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Running)
+            .filter(|j| {
+                j.node
+                    .as_deref()
+                    .is_some_and(|at| at.split(' ').next() == Some(n.name()))
+            })
+            .map(|j| j.name.as_str())
+            .collect();
+        if !here.is_empty() {
+            lines.push(Line::raw(format!("  this run: {}", here.join(", "))));
+        }
+    }
+    if *omitted > 0 {
+        lines.push(Line::styled(format!("and {omitted} more node(s)"), t.dim()));
+    }
+    lines
+}
+
 fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     let t = &app.theme;
     let m = &app.model;

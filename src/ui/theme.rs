@@ -122,6 +122,11 @@ impl Theme {
         self.fg(Color::Yellow).add_modifier(Modifier::BOLD)
     }
 
+    /// Something healthy (a ready node).
+    pub fn ok(&self) -> Style {
+        self.fg(Color::Green)
+    }
+
     pub fn error(&self) -> Style {
         self.fg(Color::Red).add_modifier(Modifier::BOLD)
     }

@@ -197,6 +197,29 @@ impl SwarmExecutor {
         Ok(nodes.iter().map(NodeView::of).collect())
     }
 
+    /// The swarm's nodes with trackside's tasks on each, by address.
+    pub async fn cluster_nodes(&self) -> Result<Vec<crate::protocol::view::ClusterNode>, SwarmError> {
+        let mut nodes = self.nodes().await?;
+        nodes.sort_by(|a, b| (&a.addr, &a.hostname, &a.id).cmp(&(&b.addr, &b.hostname, &b.id)));
+        let load = self.load().await;
+        Ok(nodes
+            .into_iter()
+            .map(|n| crate::protocol::view::ClusterNode {
+                trackside_tasks: load.get(&n.id).copied().unwrap_or(0),
+                active: n.active,
+                cpus: n.nano_cpus as f64 / 1e9,
+                memory: n.memory.max(0) as u64,
+                id: n.id,
+                addr: n.addr,
+                hostname: n.hostname,
+                state: n.state,
+                availability: n.availability,
+                manager: n.manager,
+                labels: n.labels,
+            })
+            .collect())
+    }
+
     /// Running tasks of trackside's services, by node id.
     pub async fn load(&self) -> HashMap<String, usize> {
         // Running, and meant to: a removed service's task stops within its grace.
@@ -1150,6 +1173,10 @@ impl Executor for SwarmExecutor {
 
     fn finish_run<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.finish_run_impl(run_id))
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Option<Vec<crate::protocol::view::ClusterNode>>> {
+        Box::pin(async move { self.cluster_nodes().await.ok() })
     }
 
     fn image_id<'a>(
