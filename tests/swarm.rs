@@ -382,6 +382,8 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
              \x20 huge:\n    image: {image}\n    resources: {{memory: 4000GiB}}\n    steps: [{{script: ['echo never']}}]\n\
              \x20 nowhere:\n    image: {image}\n    node_labels: [pool=c]\n    steps: [{{script: ['echo never']}}]\n\
              \x20 privileged:\n    image: {image}\n    privileged: true\n    retry_count: 2\n    steps: [{{script: ['echo never']}}]\n\
+             \x20 hog:\n    image: {image}\n    retry_count: 0\n    resources: {{memory: 32MiB}}\n    steps: [{{script: ['head -c 300m /dev/zero | tail > /dev/null']}}]\n\
+             \x20 self-killed:\n    image: {image}\n    retry_count: 0\n    steps: [{{script: ['sh -c \"kill -9 \\$\\$\"']}}]\n\
              \x20 fits-with-a-name-longer-than-any-swarm-object-name-may-be:\n    image: {image}\n    node_labels: [pool=b]\n    resources: {{memory: 64MiB, cpus: 0.5}}\n    steps: [{{script: ['echo fine']}}]\n"
         ),
     );
@@ -423,6 +425,13 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     assert_eq!(privileged[0]["failure_class"], "unschedulable", "{:?}", privileged[0]);
     let msg = privileged[0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("`privileged: true` cannot be honoured"), "{msg}");
+    // The OOM killer, told from the step's memory cgroup (Swarm has no OOM
+    // flag), is not any other SIGKILL.
+    let hog = finished(&events, "hog");
+    assert_eq!(hog[0]["failure_class"], "oom", "{:?}", hog[0]);
+    assert!(hog[0]["exit_code"].is_null(), "killed by the OOM killer: {:?}", hog[0]);
+    let killed = finished(&events, "self-killed");
+    assert_eq!(killed[0]["exit_code"], 137, "{:?}", killed[0]);
     let nowhere = finished(&events, "nowhere");
     assert_eq!(nowhere[0]["failure_class"], "unschedulable", "{:?}", nowhere[0]);
     let msg = nowhere[0]["message"].as_str().unwrap_or_default();

@@ -792,6 +792,8 @@ impl SwarmExecutor {
             return StepEnd::Lost(format!("the swarm reported no exit code for the step on {where_}"));
         };
         let failed_anyway = rc != 0;
+        // The wrapper saw the OOM killer at work in the step's container.
+        let oom = failed_anyway && matches!(&frames, Some(Ok(back)) if back.oom_killed);
         let problem = match frames {
             None => Some(format!("the step's log on {where_} could not be read")),
             Some(Err(e)) => Some(e.to_string()),
@@ -825,8 +827,9 @@ impl SwarmExecutor {
             Some(p) if !failed_anyway => StepEnd::Lost(p),
             Some(p) => {
                 note(out, format!("trackside: {p}")).await;
-                StepEnd::Exited(rc)
+                if oom { StepEnd::OomKilled } else { StepEnd::Exited(rc) }
             }
+            None if oom => StepEnd::OomKilled,
             None => StepEnd::Exited(rc),
         }
     }

@@ -303,9 +303,20 @@ pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String], waits: &
         .filter_map(|f| shlex::try_quote(f).ok())
         .map(|f| format!(": > {f} 2>/dev/null\n"))
         .collect();
+    // The container's memory cgroup counts OOM kills (v2, else v1): a
+    // count that grew while the step ran is the OOM killer, not another
+    // SIGKILL. Swarm's task status has no OOM flag of its own.
+    let ooms = "trackside_ooms() {\n\
+         \x20 for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do\n\
+         \x20   if [ -r \"$f\" ]; then while read -r k v; do [ \"$k\" = oom_kill ] && echo \"$v\"; done < \"$f\"; return 0; fi\n\
+         \x20 done\n\
+         }\n\
+         trackside_before=$(trackside_ooms)\n";
     format!(
-        "{touch}{waits}{cmd}\nrc=$?\n\
+        "{touch}{waits}{ooms}{cmd}\nrc=$?\n\
+         trackside_after=$(trackside_ooms)\n\
          printf '%s rc=%s\\n' '{nonce}' \"$rc\"\n\
+         if [ -n \"$trackside_after\" ] && [ \"$trackside_after\" != \"$trackside_before\" ]; then printf '%s oom\\n' '{nonce}'; fi\n\
          if command -v find >/dev/null 2>&1 && command -v tar >/dev/null 2>&1 && command -v base64 >/dev/null 2>&1 && cd {WORKDIR}; then\n\
          \x20 find . ! -type d -newer {MARKER_PATH} ! -path './.git/*' ! -path ./.git -exec tar -cf - {{}} + 2>/dev/null | base64\n\
          \x20 printf '%s paths\\n' '{nonce}'\n\
@@ -332,6 +343,9 @@ pub struct Returned {
     pub listed: bool,
     /// The image has no `tar` or `base64`: nothing came back.
     pub missing_tools: bool,
+    /// The kernel's OOM killer killed a process of the step's container
+    /// while the step ran (its memory cgroup's `oom_kill` count grew).
+    pub oom_killed: bool,
     /// The end line came: everything is here.
     pub complete: bool,
 }
@@ -399,6 +413,7 @@ impl Frames {
                     match word.as_str() {
                         "paths" => self.section = Section::Paths,
                         "missing" => self.returned.missing_tools = true,
+                        "oom" => self.returned.oom_killed = true,
                         "end" => self.end(),
                         _ => {}
                     }
@@ -845,7 +860,7 @@ mod tests {
             &[],
             &[],
         );
-        assert!(w.starts_with("sh -e /run/trackside/step.sh\nrc=$?\n"), "{w}");
+        assert!(w.contains("\nsh -e /run/trackside/step.sh\nrc=$?\n"), "{w}");
         assert!(w.contains("'@@ts-abc' \"$rc\""));
         assert!(w.trim_end().ends_with("exit \"$rc\""));
         // It runs: a shell on this machine plays the task.
@@ -900,5 +915,27 @@ mod tests {
             "the open port is not waited for: {err}"
         );
         assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "ran"));
+    }
+
+    #[test]
+    fn an_oom_frame_after_the_exit_code_is_kept() {
+        let n = "@@ts-o";
+        let mut f = Frames::new(n, 1 << 20);
+        let shown: Vec<String> = [
+            "Killed".to_string(),
+            format!("{n} rc=137"),
+            format!("{n} oom"),
+            format!("{n} end"),
+        ]
+        .iter()
+        .filter_map(|l| f.line(l))
+        .collect();
+        assert_eq!(shown, ["Killed"]);
+        let back = f.finish().unwrap();
+        assert_eq!((back.rc, back.oom_killed, back.complete), (Some(137), true, true));
+        // A step printing the word itself is only output.
+        let mut f = Frames::new(n, 1 << 20);
+        assert_eq!(f.line("oom"), Some("oom".to_string()));
+        assert!(!f.finish().unwrap().oom_killed);
     }
 }
