@@ -1458,6 +1458,15 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 }
                 let swarm = if needs_containers && on_swarm {
                     let s = connect_swarm(&vars, &state).await?;
+                    // A resumed run takes up the steps its dead run left running.
+                    if let Some(r) = &cfg.resume {
+                        let kept = s.keep_for_adoption(&cfg.run_id, &r.interrupted, &r.attempts).await;
+                        if kept > 0 {
+                            eprintln!(
+                                "trackside: {kept} step(s) the interrupted run left on the swarm are taken up when their jobs come to them"
+                            );
+                        }
+                    }
                     let reaped = s.reap_orphans().await;
                     if reaped > 0 {
                         eprintln!("trackside: removed {reaped} swarm service(s) left by a crashed trackside");
@@ -1724,12 +1733,12 @@ fn executor_arg(v: &VarArgs, state: &Path) -> Result<ExecutorArg, Fail> {
 fn swarm_can_run(p: &pipeline::model::Pipeline) -> Result<(), Fail> {
     let mut refused = Vec::new();
     for j in &p.jobs {
-        let on_host = j.steps.iter().all(|s| s.image.is_none());
+        let on_host = j.steps.iter().any(|s| s.image.is_none());
         let what = if j.container.job_container {
             Some("a job container (`container:` or --platform)")
         } else if !j.services.is_empty() && on_host {
             // Its services would be on the cluster's network, its steps here.
-            Some("`services:` while its steps run on this machine (it has no `image:`)")
+            Some("`services:` while its steps run on this machine (a step without an `image:`)")
         } else if j.steps.iter().any(|s| s.docker_action.is_some()) {
             Some("a Docker action")
         } else {

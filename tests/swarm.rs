@@ -125,13 +125,19 @@ impl Swarm {
 
     /// What trackside left on the swarm for `run`: services, configs, secrets, networks.
     fn leftovers(&self, run: &str) -> Vec<String> {
-        let filter = format!("label=dev.trackside.run={run}");
+        self.leftovers_of(&[format!("label=dev.trackside.run={run}")])
+    }
+
+    /// What trackside left carrying all of these filters.
+    fn leftovers_of(&self, filters: &[String]) -> Vec<String> {
         let mut left = Vec::new();
         for kind in ["service", "config", "secret", "network"] {
-            for name in self
-                .docker(&[kind, "ls", "--filter", &filter, "--format", "{{.Name}}"])
-                .lines()
-            {
+            let mut args = vec![kind, "ls"];
+            for f in filters {
+                args.extend(["--filter", f.as_str()]);
+            }
+            args.extend(["--format", "{{.Name}}"]);
+            for name in self.docker(&args).lines() {
                 left.push(format!("{kind} {name}"));
             }
         }
@@ -447,7 +453,7 @@ fn a_job_no_node_can_take_is_reported_unschedulable_with_swarms_reason() {
     let (code, events_svc, stderr) = run(&env, &with_services, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("job `db-user` uses `services:` while its steps run on this machine"),
+        stderr.contains("job `db-user` uses `services:` while its steps run on this machine (a step without"),
         "{stderr}"
     );
     assert!(!events_svc.iter().any(|e| e["type"] == "job_started"), "nothing ran");
@@ -652,4 +658,115 @@ fn a_hundred_short_jobs_run_across_both_nodes() {
     }
     assert_eq!(per_node.len(), 2, "both nodes took jobs: {per_node:?}");
     eprintln!("100 jobs on the swarm in {:.1} s: {per_node:?}", wall.as_secs_f64());
+}
+
+#[test]
+fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
+    let Some(swarm) = Swarm::get() else { return };
+    let env = swarm.env("");
+    let image = &swarm.image;
+    // `long` marks its start with a number only that task can print, runs
+    // on, and writes a file the next step reads: taken up, the step's
+    // output and files come from the same task.
+    let file = env.file(
+        "p.yml",
+        format!(
+            "name: adopt\njobs:\n  long:\n    image: {image}\n    node_labels: [pool=b]\n\
+             \x20   steps:\n\
+             \x20     - script: ['echo started-$(cat /proc/sys/kernel/random/uuid)', 'sleep 6', 'echo from-the-first-task > result.txt']\n\
+             \x20     - script: ['cat result.txt']\n"
+        ),
+    );
+    let mut live = Live::start(&env, &file, &[]);
+    let run_id = live.run_id();
+    let started = live.wait_within(Duration::from_secs(90), "the step's first line", |e| {
+        e["type"] == "log_line" && e["line"].as_str().is_some_and(|l| l.starts_with("started-"))
+    });
+    let marker = started["line"].as_str().unwrap_or_default().to_string();
+    let _ = live.child.kill();
+    let _ = live.child.wait();
+    let out = env.cmd().args(["resume", &run_id, "--json"]).output().expect("resume");
+    let events = events(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = lines_of(&events, "long");
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{lines:?}");
+    assert!(
+        stderr.contains("1 step(s) the interrupted run left on the swarm are taken up"),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("trackside: taking up the step the interrupted run (attempt 1)")),
+        "{lines:?}"
+    );
+    // The same task's output, not a new one's: its start marker again, once.
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("started-")).collect::<Vec<_>>(),
+        [&marker],
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"from-the-first-task".to_string()), "{lines:?}");
+    let done = finished(&events, "long");
+    assert_eq!(done[0]["attempt"], 2, "{done:?}");
+    assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
+    swarm.no_container_runs(&run_id);
+}
+
+#[test]
+fn a_jobs_services_go_with_the_job_even_when_it_times_out_while_they_start() {
+    let Some(swarm) = Swarm::get() else { return };
+    let env = swarm.env("");
+    let image = &swarm.image;
+    // `stuck`'s service can never be placed: the job times out while it
+    // waits. `quick` ends normally. `slow` keeps the run going meanwhile,
+    // so nothing is swept by the run's end.
+    let file = env.file(
+        "p.yml",
+        format!(
+            "name: gone-with-the-job\njobs:\n\
+             \x20 stuck:\n    image: {image}\n    timeout: 4\n    retry_count: 0\n\
+             \x20   services: [{{name: never, image: {image}, node_labels: [pool=c], ready_timeout: 300}}]\n\
+             \x20   steps: [{{script: ['echo never']}}]\n\
+             \x20 quick:\n    image: {image}\n\
+             \x20   services: [{{name: web, image: {image}, command: [sleep, '600']}}]\n\
+             \x20   steps: [{{script: ['echo with-a-service']}}]\n\
+             \x20 slow:\n    image: {image}\n    steps: [{{script: ['echo slow-up', 'sleep 60']}}]\n"
+        ),
+    );
+    let mut live = Live::start(&env, &file, &[]);
+    let run_id = live.run_id();
+    for job in ["stuck", "quick"] {
+        live.wait_within(Duration::from_secs(90), "the job's end", |e| {
+            e["type"] == "job_finished" && e["job"] == job
+        });
+    }
+    let stuck = live.wait_for("stuck's end", |e| e["type"] == "job_finished" && e["job"] == "stuck");
+    assert_eq!(stuck["failure_class"], "timeout", "{stuck}");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    for job in ["stuck", "quick"] {
+        let filters = [
+            format!("label=dev.trackside.run={run_id}"),
+            format!("label=dev.trackside.job={job}"),
+        ];
+        loop {
+            let left = swarm.leftovers_of(&filters);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{job} left {left:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    assert!(
+        !live
+            .seen
+            .iter()
+            .any(|e| e["type"] == "job_finished" && e["job"] == "slow"),
+        "removed while the run still ran, not by its end"
+    );
+    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let (_, _) = live.finish_within(Duration::from_secs(60));
+    assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
 }

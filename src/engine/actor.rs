@@ -653,7 +653,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         cluster_held: None,
     };
     if cfg.remote_containers {
-        tokio::spawn(watch_cluster(cfg.executor.clone(), actor.msg_tx.clone()));
+        let finished = actor.finished_tx.subscribe();
+        tokio::spawn(watch_cluster(cfg.executor.clone(), actor.msg_tx.clone(), finished));
     }
     tokio::spawn(actor.run());
     Ok(handle)
@@ -661,22 +662,40 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
 
 /// How often the cluster's nodes are looked at.
 const CLUSTER_EVERY: Duration = Duration::from_secs(3);
+/// How often a change in the number of trackside's tasks alone is told
+/// (a busy swarm changes it all the time; each report is recorded).
+const CLUSTER_LOAD_EVERY: Duration = Duration::from_secs(15);
 
-/// Tells the actor the cluster's nodes at the start and whenever they
-/// change, until the actor is gone.
-async fn watch_cluster(executor: Arc<dyn Executor>, tx: mpsc::Sender<RunnerMsg>) {
-    let mut last = None;
-    loop {
-        if let Some(nodes) = executor.cluster().await
-            && last.as_ref() != Some(&nodes)
-        {
-            last = Some(nodes.clone());
-            if tx.send(RunnerMsg::Cluster(nodes)).await.is_err() {
-                return;
+/// Tells the actor the cluster's nodes at the start, at once when a node's
+/// state, availability or labels change, and at most every
+/// [`CLUSTER_LOAD_EVERY`] when only the load does; until the run ends.
+async fn watch_cluster(
+    executor: Arc<dyn Executor>,
+    tx: mpsc::Sender<RunnerMsg>,
+    finished: watch::Receiver<Option<RunSummary>>,
+) {
+    let mut last: Option<(Vec<crate::protocol::view::ClusterNode>, Instant)> = None;
+    while finished.borrow().is_none() && !tx.is_closed() {
+        if let Some(nodes) = executor.cluster().await {
+            let unloaded = |n: &[crate::protocol::view::ClusterNode]| {
+                n.iter()
+                    .map(|n| crate::protocol::view::ClusterNode {
+                        trackside_tasks: 0,
+                        ..n.clone()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let tell = match &last {
+                None => true,
+                Some((before, _)) if unloaded(before) != unloaded(&nodes) => true,
+                Some((before, at)) => *before != nodes && at.elapsed() >= CLUSTER_LOAD_EVERY,
+            };
+            if tell {
+                last = Some((nodes.clone(), Instant::now()));
+                if tx.send(RunnerMsg::Cluster(nodes)).await.is_err() {
+                    return;
+                }
             }
-        }
-        if tx.is_closed() {
-            return;
         }
         tokio::time::sleep(CLUSTER_EVERY).await;
     }

@@ -1,6 +1,7 @@
 //! What a run keeps of its events to replay to a front-end that subscribes
 //! late (an attached UI) or falls behind: every job and run transition,
-//! and the newest log lines and rollout samples. Older log lines are in the
+//! the newest log lines and rollout samples, and the newest report of the
+//! swarm's nodes. Older log lines are in the
 //! run's record; a replay that lacks some says so (a gap in the numbers).
 
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +19,8 @@ pub struct Replay {
     transitions: Vec<Arc<Event>>,
     logs: VecDeque<Arc<Event>>,
     samples: VecDeque<Arc<Event>>,
+    /// The newest `cluster_nodes`: each one says all there is.
+    cluster: Option<Arc<Event>>,
     next_seq: u64,
 }
 
@@ -32,6 +35,10 @@ impl Replay {
         let (ring, cap) = match ev.kind {
             EventKind::LogLine { .. } => (&mut self.logs, LOG_LINES),
             EventKind::Rollout { .. } => (&mut self.samples, SAMPLES),
+            EventKind::ClusterNodes { .. } => {
+                self.cluster = Some(ev);
+                return;
+            }
             _ => {
                 self.transitions.push(ev);
                 return;
@@ -53,6 +60,7 @@ impl Replay {
         let mut out = self.transitions[start..].to_vec();
         out.extend(tail(&self.logs));
         out.extend(tail(&self.samples));
+        out.extend(self.cluster.iter().filter(|e| e.seq >= from).cloned());
         out.sort_unstable_by_key(|e| e.seq);
         out
     }

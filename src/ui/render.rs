@@ -1775,10 +1775,6 @@ const CHART_RUNS: usize = 60;
 /// Rows of the duration chart.
 const CHART_ROWS: usize = 5;
 
-/// The pipeline's recent runs (and this one, once it has finished) as the
-/// history overlay charts them: durations as columns (failed runs in the
-/// failure colour), each run's result under it, the failure rate over the
-/// last five runs, failed attempts by class and the flakiest jobs.
 /// The nodes view: one line per node (address, state, availability, role,
 /// trackside's tasks), its labels and size beneath, and this run's running
 /// jobs there.
@@ -1787,7 +1783,7 @@ fn nodes_lines(app: &App) -> Vec<Line<'static>> {
     let m = &app.model;
     let Some((nodes, omitted)) = &m.cluster else {
         return vec![Line::styled(
-            "this run's jobs run on this machine: the nodes view is for --executor swarm (docs/swarm.md)",
+            "no swarm nodes reported: the nodes view is for --executor swarm (docs/swarm.md), once its manager answers",
             t.dim(),
         )];
     };
@@ -1850,6 +1846,10 @@ fn nodes_lines(app: &App) -> Vec<Line<'static>> {
     lines
 }
 
+/// The pipeline's recent runs (and this one, once it has finished) as the
+/// history overlay charts them: durations as columns (failed runs in the
+/// failure colour), each run's result under it, the failure rate over the
+/// last five runs, failed attempts by class and the flakiest jobs.
 fn dashboard_lines(app: &App, width: u16) -> Vec<Line<'static>> {
     let t = &app.theme;
     let m = &app.model;

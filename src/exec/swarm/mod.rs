@@ -42,6 +42,12 @@ use place::NodeView;
 /// On everything the Swarm executor creates: which machine's trackside
 /// owns it (a pid means something only there).
 pub const LABEL_HOST: &str = "dev.trackside.host";
+/// On a step's service: its index in the job, the nonce framing what its
+/// wrapper sends back, and the digest of what it runs ([`inputs_digest`]):
+/// what a resumed run needs to take the step up.
+const LABEL_STEP: &str = "dev.trackside.step";
+const LABEL_NONCE: &str = "dev.trackside.nonce";
+const LABEL_INPUTS: &str = "dev.trackside.inputs";
 
 /// The most a Swarm secret holds (Docker's limit).
 const MAX_SECRET: usize = 500 << 10;
@@ -142,6 +148,28 @@ pub struct SwarmExecutor {
     host: String,
     /// The ports of services the steps on a network (a job's) wait for.
     waits: std::sync::Mutex<HashMap<String, Vec<ship::PortWait>>>,
+    /// Steps a crashed run left on the swarm that its resumed run may take
+    /// up, by (job, step index).
+    adoptable: std::sync::Mutex<HashMap<(String, usize), Adoptable>>,
+}
+
+/// A step's service a dead trackside left running (or ended, unread).
+#[derive(Debug, Clone)]
+struct Adoptable {
+    id: String,
+    name: String,
+    nonce: String,
+    inputs: String,
+    attempt: String,
+}
+
+/// One of trackside's services as listed.
+struct Listed {
+    id: String,
+    name: String,
+    labels: HashMap<String, String>,
+    /// It is attached to a network (its job has services).
+    networked: bool,
 }
 
 impl SwarmExecutor {
@@ -176,6 +204,7 @@ impl SwarmExecutor {
             images: std::sync::Mutex::new(HashMap::new()),
             host: host_id(),
             waits: std::sync::Mutex::new(HashMap::new()),
+            adoptable: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -223,10 +252,11 @@ impl SwarmExecutor {
     /// Running tasks of trackside's services, by node id.
     pub async fn load(&self) -> HashMap<String, usize> {
         // Running, and meant to: a removed service's task stops within its grace.
+        let filters = HashMap::from([("desired-state".to_string(), vec!["running".to_string()])]);
         let tasks = self
             .docker
             .client()
-            .list_tasks(None::<ListTasksOptions>)
+            .list_tasks(Some(ListTasksOptions { filters: Some(filters) }))
             .await
             .unwrap_or_default();
         let mut load = HashMap::new();
@@ -250,11 +280,15 @@ impl SwarmExecutor {
     /// trackside of this machine left on the swarm. Returns how many.
     pub async fn reap_orphans(&self) -> usize {
         let mut removed = 0;
-        for (labels, id) in self
+        let kept: Vec<String> = {
+            let a = self.adoptable.lock().unwrap_or_else(|e| e.into_inner());
+            a.values().map(|a| a.id.clone()).collect()
+        };
+        for Listed { labels, id, .. } in self
             .labelled(vec![LABEL_PID.to_string(), format!("{LABEL_HOST}={}", self.host)])
             .await
         {
-            if owner_alive(Some(&labels)) {
+            if owner_alive(Some(&labels)) || kept.contains(&id) {
                 continue;
             }
             if self.docker.client().delete_service(&id).await.is_ok() {
@@ -267,8 +301,86 @@ impl SwarmExecutor {
         removed
     }
 
-    /// trackside's services carrying all of `labels`, as (labels, id).
-    async fn labelled(&self, labels: Vec<String>) -> Vec<(HashMap<String, String>, String)> {
+    /// For `trackside resume`: keeps, rather than reaps, the step services
+    /// the dead run left for the last attempt of each interrupted job,
+    /// while their task runs or has ended unread, so that the resumed
+    /// attempt takes each up when it comes to that step with the same
+    /// inputs ([`SwarmExecutor::run`]). Returns how many. A step of a job
+    /// with services is not kept: they are gone with the dead run.
+    pub async fn keep_for_adoption(
+        &self,
+        run_id: &str,
+        interrupted: &[String],
+        attempts: &std::collections::BTreeMap<String, u32>,
+    ) -> usize {
+        let mut kept = HashMap::new();
+        let ours = vec![format!("{LABEL_RUN}={run_id}"), format!("{LABEL_HOST}={}", self.host)];
+        for s in self.labelled(ours).await {
+            let get = |k: &str| s.labels.get(k).cloned();
+            let (Some(job), Some(attempt), Some(step), Some(nonce), Some(inputs)) = (
+                get(super::docker::LABEL_JOB),
+                get(super::docker::LABEL_ATTEMPT),
+                get(LABEL_STEP).and_then(|n| n.parse::<usize>().ok()),
+                get(LABEL_NONCE),
+                get(LABEL_INPUTS),
+            ) else {
+                continue;
+            };
+            let last = attempts.get(&job).map(u32::to_string);
+            if owner_alive(Some(&s.labels))
+                || s.networked
+                || !interrupted.contains(&job)
+                || last.as_deref() != Some(attempt.as_str())
+                || !self.task_usable(&s.id).await
+            {
+                continue;
+            }
+            kept.insert(
+                (job, step),
+                Adoptable {
+                    id: s.id,
+                    name: s.name,
+                    nonce,
+                    inputs,
+                    attempt,
+                },
+            );
+        }
+        let n = kept.len();
+        *self.adoptable.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        n
+    }
+
+    /// The service's task runs, or ended with its log still there.
+    async fn task_usable(&self, service: &str) -> bool {
+        let filters = HashMap::from([("service".to_string(), vec![service.to_string()])]);
+        let tasks = self
+            .docker
+            .client()
+            .list_tasks(Some(ListTasksOptions { filters: Some(filters) }))
+            .await
+            .unwrap_or_default();
+        tasks
+            .into_iter()
+            .max_by_key(|t| t.created_at.clone().map(|d| d.to_string()))
+            .and_then(|t| t.status.and_then(|s| s.state))
+            .is_some_and(|s| {
+                matches!(
+                    s,
+                    TaskState::ASSIGNED
+                        | TaskState::ACCEPTED
+                        | TaskState::PREPARING
+                        | TaskState::READY
+                        | TaskState::STARTING
+                        | TaskState::RUNNING
+                        | TaskState::COMPLETE
+                        | TaskState::FAILED
+                )
+            })
+    }
+
+    /// trackside's services carrying all of `labels`.
+    async fn labelled(&self, labels: Vec<String>) -> Vec<Listed> {
         let filters = HashMap::from([("label".to_string(), labels)]);
         let services = self
             .docker
@@ -282,8 +394,17 @@ impl SwarmExecutor {
         services
             .into_iter()
             .filter_map(|s| {
-                let labels = s.spec.as_ref()?.labels.clone().unwrap_or_default();
-                Some((labels, s.id?))
+                let spec = s.spec.as_ref()?;
+                Some(Listed {
+                    labels: spec.labels.clone().unwrap_or_default(),
+                    name: spec.name.clone().unwrap_or_default(),
+                    networked: spec
+                        .task_template
+                        .as_ref()
+                        .and_then(|t| t.networks.as_ref())
+                        .is_some_and(|n| !n.is_empty()),
+                    id: s.id?,
+                })
             })
             .collect()
     }
@@ -340,7 +461,7 @@ impl SwarmExecutor {
     async fn finish_run_impl(&self, run_id: &str) {
         // This machine's run: another machine's run of the same id is not ours.
         let ours = vec![format!("{LABEL_RUN}={run_id}"), format!("{LABEL_HOST}={}", self.host)];
-        for (_, id) in self.labelled(ours.clone()).await {
+        for Listed { id, .. } in self.labelled(ours.clone()).await {
             let _ = self.docker.client().delete_service(&id).await;
         }
         self.remove_leftover_objects(ours, false).await;
@@ -456,10 +577,19 @@ impl SwarmExecutor {
             _ = cancel.cancelled() => return StepEnd::Cancelled,
             _ = deadline => return StepEnd::TimedOut,
         };
+        let script = match std::fs::read(&c.script_file) {
+            Ok(s) => s,
+            Err(e) => return StepEnd::SpawnFailed(format!("cannot read {}: {e}", c.script_file.display())),
+        };
+        let inputs = inputs_digest(&image, &spec.command_line(super::docker::SCRIPT_PATH), &script, c);
+        // A resumed run takes up the step its dead run left on the swarm.
+        if let Some(end) = self.adopt(&spec, c, &inputs, &shipped, &out, &cancel).await {
+            return end;
+        }
         let name = service_name(c);
         let nonce = format!("@@trackside-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let mut made = Made::default();
-        let end = match self.launch(&spec, c, &image, &name, &nonce, &mut made).await {
+        let end = match self.launch(&spec, c, &image, &name, &nonce, &inputs, &mut made).await {
             Err(e) => StepEnd::SpawnFailed(e.to_string()),
             Ok(()) => self.watch(&spec, c, &name, &nonce, &shipped, &out, &cancel).await,
         };
@@ -469,7 +599,79 @@ impl SwarmExecutor {
         end
     }
 
+    /// Takes up the step's service a dead trackside left, kept by
+    /// [`SwarmExecutor::keep_for_adoption`], when it runs what this step
+    /// would (the same inputs digest): follows it to its end as if it had
+    /// started it. `None`: there is none, or it ran something else (then
+    /// it is removed, and the step starts anew).
+    async fn adopt(
+        &self,
+        spec: &StepSpec,
+        c: &ContainerStep,
+        inputs: &str,
+        shipped: &[String],
+        out: &mpsc::Sender<OutputLine>,
+        cancel: &CancellationToken,
+    ) -> Option<StepEnd> {
+        let a = {
+            let mut all = self.adoptable.lock().unwrap_or_else(|e| e.into_inner());
+            all.remove(&(c.job.clone(), c.step_index))?
+        };
+        let client = self.docker.client();
+        if a.inputs != inputs {
+            note(
+                out,
+                format!(
+                    "trackside: the step the interrupted run left on the swarm ({}) ran other inputs (the workspace, image or script changed since): it is removed, and the step starts again",
+                    a.name
+                ),
+            )
+            .await;
+            let _ = client.delete_service(&a.id).await;
+            return None;
+        }
+        note(
+            out,
+            format!(
+                "trackside: taking up the step the interrupted run (attempt {}) left on the swarm: service {}",
+                a.attempt, a.name
+            ),
+        )
+        .await;
+        // Its configs and secrets go with it.
+        let old = vec![
+            format!("{LABEL_RUN}={}", c.run_id),
+            format!("{}={}", super::docker::LABEL_JOB, c.job),
+            format!("{}={}", super::docker::LABEL_ATTEMPT, a.attempt),
+            format!("{LABEL_HOST}={}", self.host),
+        ];
+        let end = self.watch(spec, c, &a.name, &a.nonce, shipped, out, cancel).await;
+        let filters = HashMap::from([("label".to_string(), old)]);
+        let configs = client
+            .list_configs(Some(bollard::query_parameters::ListConfigsOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .unwrap_or_default();
+        let secrets = client
+            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap_or_default();
+        let made = Made {
+            service: Some(a.id),
+            configs: configs.into_iter().filter_map(|c| c.id).collect(),
+            secrets: secrets.into_iter().filter_map(|s| s.id).collect(),
+        };
+        if let Some(left) = self.remove(made).await {
+            note(out, format!("trackside: {left}")).await;
+        }
+        Some(end)
+    }
+
     /// Creates the step's configs, secrets and service.
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
         spec: &StepSpec,
@@ -477,9 +679,17 @@ impl SwarmExecutor {
         image: &str,
         name: &str,
         nonce: &str,
+        inputs: &str,
         made: &mut Made,
     ) -> Result<(), StepError> {
         let labels = self.labels(&c.run_id, &c.job, c.attempt);
+        // On the service only: what a resumed run needs to take the step up.
+        let mut service_labels = labels.clone();
+        service_labels.extend([
+            (LABEL_STEP.to_string(), c.step_index.to_string()),
+            (LABEL_NONCE.to_string(), nonce.to_string()),
+            (LABEL_INPUTS.to_string(), inputs.to_string()),
+        ]);
         let client = self.docker.client();
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|source| StepError::Read {
@@ -588,7 +798,7 @@ impl SwarmExecutor {
             .splice(0..0, spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let spec = ServiceSpec {
             name: Some(name.to_string()),
-            labels: Some(labels.clone()),
+            labels: Some(service_labels),
             task_template: Some(TaskSpec {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(image.to_string()),
@@ -783,9 +993,12 @@ impl SwarmExecutor {
             .and_then(|s| s.exit_code)
             .map(|c| c as i32);
         let where_ = node.map(|n| n.describe()).unwrap_or_else(|| "its node".into());
-        let frames = match follower {
-            Some(f) => f.finish(LOG_LAG).await,
-            None => None,
+        let (oom_seen, frames) = match follower {
+            Some(f) => match f.finish(LOG_LAG).await {
+                Some((oom, r)) => (oom, Some(r)),
+                None => (false, None),
+            },
+            None => (false, None),
         };
         let rc = code.or(frames.as_ref().and_then(|f| f.as_ref().ok()).and_then(|r| r.rc));
         let Some(rc) = rc else {
@@ -793,7 +1006,7 @@ impl SwarmExecutor {
         };
         let failed_anyway = rc != 0;
         // The wrapper saw the OOM killer at work in the step's container.
-        let oom = failed_anyway && matches!(&frames, Some(Ok(back)) if back.oom_killed);
+        let oom = failed_anyway && oom_seen;
         let problem = match frames {
             None => Some(format!("the step's log on {where_} could not be read")),
             Some(Err(e)) => Some(e.to_string()),
@@ -902,6 +1115,24 @@ pub enum Workload {
     Service,
 }
 
+/// What a step's service runs, as a digest: its workspace image (itself a
+/// digest of the job's image and every file), its command line, working
+/// directory, user and script. Its variables are left out: they differ
+/// from attempt to attempt (the attempt's number), and a step taken up is
+/// the interrupted attempt's.
+fn inputs_digest(image: &str, command: &[String], script: &[u8], c: &ContainerStep) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [image.as_bytes(), command.join("\0").as_bytes(), c.workdir.as_bytes()] {
+        h.update(part);
+        h.update([0]);
+    }
+    h.update(c.options.user.as_deref().unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(script);
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The first container setting that a swarm service cannot have as the
 /// Docker executor gives it.
 pub fn unsupported(o: &crate::pipeline::model::ContainerOptions, w: Workload) -> Option<&'static str> {
@@ -1000,7 +1231,9 @@ struct Made {
 /// log never ends, and the step's output channel must close.
 struct Follower {
     lines: tokio::task::JoinHandle<()>,
-    frames: Option<tokio::task::JoinHandle<Result<ship::Returned, ship::ShipError>>>,
+    /// What came back, and whether the wrapper saw an OOM kill (kept even
+    /// when what came back is damaged or too big).
+    frames: Option<tokio::task::JoinHandle<(bool, Result<ship::Returned, ship::ShipError>)>>,
     /// Lines read so far: a log still coming is waited for.
     read: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -1038,7 +1271,7 @@ impl Follower {
                     break;
                 }
             }
-            frames.finish()
+            (frames.oom_killed(), frames.finish())
         });
         Follower {
             lines,
@@ -1050,7 +1283,7 @@ impl Follower {
     /// What came back, once the log has caught up: given up when `lag`
     /// passes with no new line (a large return streams for as long as it
     /// keeps coming); `None` then.
-    async fn finish(mut self, lag: Duration) -> Option<Result<ship::Returned, ship::ShipError>> {
+    async fn finish(mut self, lag: Duration) -> Option<(bool, Result<ship::Returned, ship::ShipError>)> {
         let mut frames = self.frames.take()?;
         let mut seen = self.read.load(std::sync::atomic::Ordering::Relaxed);
         loop {

@@ -7,8 +7,8 @@
 //! Ready means: the task runs, and an image or `health:` HEALTHCHECK
 //! reports healthy (Swarm keeps a task `starting` until it does). trackside
 //! cannot open a connection into an overlay network from its own machine,
-//! so a service's `port:` is waited for by the job's first step, from
-//! inside the network ([`super::ship::wrapper`]).
+//! so a service's `port:` is waited for by each of the job's steps before
+//! its script, from inside the network ([`super::ship::wrapper`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,7 +66,18 @@ impl SwarmExecutor {
             crate::store::file_safe(&req.job),
             req.attempt
         ));
-        self.docker
+        // Whatever is made from here on is removed if this is dropped
+        // half way (the job was cancelled or timed out meanwhile).
+        let mut guard = Starting {
+            client: self.docker.client().clone(),
+            services: Some(Services {
+                containers: Vec::new(),
+                network: Some(network.clone()),
+                ports: Vec::new(),
+            }),
+        };
+        let made = self
+            .docker
             .client()
             .create_network(NetworkCreateRequest {
                 name: network.clone(),
@@ -75,13 +86,16 @@ impl SwarmExecutor {
                 ..Default::default()
             })
             .await
-            .map_err(|e| ServiceError::Network(with_causes(&e)))?;
-        let mut started = Services {
-            containers: Vec::new(),
-            network: Some(network.clone()),
-            ports: Vec::new(),
+            .map_err(|e| ServiceError::Network(with_causes(&e)));
+        let result = match made {
+            Ok(_) => match guard.services.as_mut() {
+                Some(started) => self.start_each(&req, &network, &labels, &out, started).await,
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
         };
-        match self.start_each(&req, &network, &labels, &out, &mut started).await {
+        let started = guard.services.take().unwrap_or_default();
+        match result {
             Ok(()) => {
                 let waits = req
                     .services
@@ -192,7 +206,9 @@ impl SwarmExecutor {
             )
             .await
             .login;
-            let created = client
+            // By name: removed even if the manager made it and its answer was lost.
+            started.containers.push(name.clone());
+            client
                 .create_service(spec, login.as_ref().map(auth::Login::to_docker))
                 .await
                 .map_err(|e| ServiceError::Create {
@@ -200,7 +216,7 @@ impl SwarmExecutor {
                     image: svc.image.clone(),
                     message: with_causes(&e),
                 })?;
-            started.containers.push(created.id.unwrap_or_else(|| name.clone()));
+
             let not_ready = |why: String| ServiceError::NotReady {
                 service: svc.name.clone(),
                 image: svc.image.clone(),
@@ -310,18 +326,7 @@ impl SwarmExecutor {
 
     /// Removes a network once nothing uses it, trying for up to 30 s.
     pub(super) async fn remove_network(&self, id: &str) {
-        let client = self.docker.client();
-        let until = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match client.remove_network(id).await {
-                Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return,
-                Err(e) if tokio::time::Instant::now() >= until => {
-                    tracing::warn!(network = %id, why = %with_causes(&e), "cannot remove a swarm network");
-                    return;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+        remove_network(self.docker.client(), id).await
     }
 
     /// trackside's labels on what it makes for a job attempt.
@@ -333,5 +338,45 @@ impl SwarmExecutor {
             (LABEL_PID.to_string(), std::process::id().to_string()),
             (LABEL_HOST.to_string(), self.host.clone()),
         ])
+    }
+}
+
+/// Removes a network once nothing uses it, trying for up to 30 s.
+async fn remove_network(client: &bollard::Docker, id: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.remove_network(id).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return,
+            Err(e) if tokio::time::Instant::now() >= until => {
+                tracing::warn!(network = %id, why = %with_causes(&e), "cannot remove a swarm network");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// A job's services being started. Dropped with `services` still in it
+/// (the start was cancelled or timed out half way), it removes them and
+/// their network in a task of its own.
+struct Starting {
+    client: bollard::Docker,
+    services: Option<Services>,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let Some(s) = self.services.take() else { return };
+        let client = self.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for id in &s.containers {
+                    let _ = client.delete_service(id).await;
+                }
+                if let Some(net) = &s.network {
+                    remove_network(&client, net).await;
+                }
+            });
+        }
     }
 }

@@ -268,17 +268,20 @@ fn port_waits(waits: &[PortWait]) -> String {
     if waits.is_empty() {
         return String::new();
     }
+    // Every probe is bounded (`timeout` where the image has it, `-w` for
+    // the connection), and so is the wait: by the clock, not by tries.
     let mut s = String::from(
         "trackside_probe() {\n\
-         \x20 if command -v nc >/dev/null 2>&1; then nc -w 1 \"$1\" \"$2\" </dev/null >/dev/null 2>&1\n\
-         \x20 elif command -v bash >/dev/null 2>&1; then bash -c 'exec 3<>\"/dev/tcp/$0/$1\"' \"$1\" \"$2\" >/dev/null 2>&1\n\
+         \x20 trackside_t=; command -v timeout >/dev/null 2>&1 && trackside_t='timeout 3'\n\
+         \x20 if command -v nc >/dev/null 2>&1; then $trackside_t nc -w 2 \"$1\" \"$2\" </dev/null >/dev/null 2>&1\n\
+         \x20 elif command -v bash >/dev/null 2>&1; then $trackside_t bash -c 'exec 3<>\"/dev/tcp/$0/$1\"' \"$1\" \"$2\" >/dev/null 2>&1\n\
          \x20 else echo \"trackside: cannot wait for $1:$2: the image has neither nc nor bash\" >&2; return 0; fi\n\
          }\n\
          trackside_wait() {\n\
-         \x20 i=0\n\
+         \x20 trackside_end=$(( $(date +%s) + $3 )); trackside_n=0\n\
          \x20 until trackside_probe \"$1\" \"$2\"; do\n\
-         \x20   i=$((i+1))\n\
-         \x20   if [ \"$i\" -ge \"$3\" ]; then echo \"trackside: service $1 did not accept connections on port $2 within $3 s; the step runs anyway\" >&2; return 0; fi\n\
+         \x20   trackside_n=$((trackside_n + 1))\n\
+         \x20   if [ \"$(date +%s)\" -ge \"$trackside_end\" ] || [ \"$trackside_n\" -ge \"$3\" ]; then echo \"trackside: service $1 did not accept connections on port $2 within $3 s; the step runs anyway\" >&2; return 0; fi\n\
          \x20   sleep 1\n\
          \x20 done\n\
          }\n",
@@ -382,6 +385,11 @@ impl Frames {
             paths_bytes: 0,
             returned: Returned::default(),
         }
+    }
+
+    /// Whether the wrapper said the OOM killer was at work (so far).
+    pub fn oom_killed(&self) -> bool {
+        self.returned.oom_killed
     }
 
     /// Whether the end line has come.
