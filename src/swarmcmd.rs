@@ -39,7 +39,7 @@ pub fn nodes(state: &Path, flag: Option<String>, json: bool) -> Result<u8, Fail>
             "ROLE".into(),
             "CPUS".into(),
             "MEMORY".into(),
-            "JOBS".into(),
+            "TASKS".into(),
             "LABELS".into(),
         ]];
         for n in &nodes {

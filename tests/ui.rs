@@ -2322,13 +2322,16 @@ fn o_shows_the_swarms_nodes_their_labels_load_and_this_runs_jobs_on_each_at_80x2
         },
     ));
     let mut app = app_with(&events, color());
-    app.now = T0 + 2_000;
+    app.now = T0 + 8_000;
     app.handle_key(key('o'));
     let shown = screen(&app, 80, 24);
     let text = shown.to_string();
-    assert!(text.contains("2 of 3 node(s) ready and active"), "{text}");
     assert!(
-        text.contains("10.231.0.2      ready        active worker  1 task(s)"),
+        text.contains("2 of 3 node(s) ready and active; tasks as of 6 s ago"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.231.0.2      ready     active  worker   1 task(s)"),
         "{text}"
     );
     assert!(text.contains("2 CPU(s), 2.0 GiB  pool=b"), "{text}");

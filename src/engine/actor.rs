@@ -662,13 +662,15 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
 
 /// How often the cluster's nodes are looked at.
 const CLUSTER_EVERY: Duration = Duration::from_secs(3);
-/// How often a change in the number of trackside's tasks alone is told
-/// (a busy swarm changes it all the time; each report is recorded).
-const CLUSTER_LOAD_EVERY: Duration = Duration::from_secs(15);
+/// How often a change in the number of trackside's tasks alone is told,
+/// per 20 nodes (a busy swarm changes it all the time; each report is
+/// recorded, so a large cluster is told less often).
+const CLUSTER_LOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Tells the actor the cluster's nodes at the start, at once when a node's
 /// state, availability or labels change, and at most every
-/// [`CLUSTER_LOAD_EVERY`] when only the load does; until the run ends.
+/// [`CLUSTER_LOAD_EVERY`] (per 20 nodes) when only the load does; until
+/// the run ends.
 async fn watch_cluster(
     executor: Arc<dyn Executor>,
     tx: mpsc::Sender<RunnerMsg>,
@@ -688,7 +690,10 @@ async fn watch_cluster(
             let tell = match &last {
                 None => true,
                 Some((before, _)) if unloaded(before) != unloaded(&nodes) => true,
-                Some((before, at)) => *before != nodes && at.elapsed() >= CLUSTER_LOAD_EVERY,
+                Some((before, at)) => {
+                    let every = CLUSTER_LOAD_EVERY * u32::try_from(nodes.len().div_ceil(20).max(1)).unwrap_or(u32::MAX);
+                    *before != nodes && at.elapsed() >= every
+                }
             };
             if tell {
                 last = Some((nodes.clone(), Instant::now()));

@@ -217,9 +217,9 @@ pub struct Model {
     pub breakers: std::collections::BTreeMap<String, Tripped>,
     /// `-j auto` starts no job: memory is under pressure.
     pub held_by_pressure: bool,
-    /// The swarm's nodes as last reported, and how many more there are
-    /// (`--executor swarm` only; the nodes view).
-    pub cluster: Option<(Vec<crate::protocol::view::ClusterNode>, usize)>,
+    /// The swarm's nodes as last reported, how many more there are, and
+    /// when (ts, ms) (`--executor swarm` only; the nodes view).
+    pub cluster: Option<(Vec<crate::protocol::view::ClusterNode>, usize, u64)>,
 }
 
 /// A circuit breaker that is not closed.
@@ -325,7 +325,7 @@ impl Model {
             EventKind::JobPlaced { job, node, .. } => {
                 self.with(job, |j| j.node = Some(node.clone()));
             }
-            EventKind::ClusterNodes { nodes, omitted } => self.cluster = Some((nodes.clone(), *omitted)),
+            EventKind::ClusterNodes { nodes, omitted } => self.cluster = Some((nodes.clone(), *omitted, ev.ts)),
             EventKind::JobStarted { job, attempt } => {
                 self.with(job, |j| {
                     j.node = None;

@@ -1781,7 +1781,7 @@ const CHART_ROWS: usize = 5;
 fn nodes_lines(app: &App) -> Vec<Line<'static>> {
     let t = &app.theme;
     let m = &app.model;
-    let Some((nodes, omitted)) = &m.cluster else {
+    let Some((nodes, omitted, at)) = &m.cluster else {
         return vec![Line::styled(
             "no swarm nodes reported: the nodes view is for --executor swarm (docs/swarm.md), once its manager answers",
             t.dim(),
@@ -1789,8 +1789,14 @@ fn nodes_lines(app: &App) -> Vec<Line<'static>> {
     };
     let mut lines = Vec::new();
     let ready = nodes.iter().filter(|n| n.state == "ready" && n.active).count();
+    // The run looks every few seconds, and tells a change in load alone
+    // less often: how old the figures are is said.
+    let age = app.now.saturating_sub(*at) / 1000;
     lines.push(Line::styled(
-        format!("{ready} of {} node(s) ready and active", nodes.len() + omitted),
+        format!(
+            "{ready} of {} node(s) ready and active; tasks as of {age} s ago",
+            nodes.len() + omitted
+        ),
         t.dim(),
     ));
     for n in nodes {
@@ -1806,7 +1812,7 @@ fn nodes_lines(app: &App) -> Vec<Line<'static>> {
             Span::raw(" "),
             Span::styled(format!("{:<15}", n.name()), t.title()),
             Span::raw(format!(
-                " {:<12} {:<6} {:<7} {} task(s)",
+                " {:<9} {:<7} {:<8} {} task(s)",
                 n.state, n.availability, role, n.trackside_tasks
             )),
         ]));
