@@ -1471,6 +1471,27 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     if reaped > 0 {
                         eprintln!("trackside: removed {reaped} swarm service(s) left by a crashed trackside");
                     }
+                    // `-j auto` on a swarm: the cluster's CPUs bound it, not this
+                    // machine's (its jobs only follow logs here); Swarm's scheduler
+                    // places them by their reservations.
+                    if cfg.auto_parallel {
+                        let cpus: f64 = s
+                            .cluster_nodes()
+                            .await
+                            .map_err(|e| Fail(e.to_string(), 2))?
+                            .iter()
+                            .filter(|n| n.state == "ready" && n.active)
+                            .map(|n| n.cpus)
+                            .sum();
+                        cfg.auto_parallel = false;
+                        cfg.max_parallel = (cpus.ceil() as usize).max(1);
+                        if verbose {
+                            eprintln!(
+                                "trackside: -j auto on the swarm: up to {} jobs at once (its ready nodes' CPUs)",
+                                cfg.max_parallel
+                            );
+                        }
+                    }
                     if verbose {
                         eprintln!("trackside: container jobs run on the swarm managed at {}", s.address());
                     }

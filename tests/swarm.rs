@@ -254,6 +254,19 @@ fn jobs_are_placed_by_label_and_their_files_logs_and_secrets_travel_between_node
     let build = lines_of(&events, "build");
     let test = lines_of(&events, "test");
     assert_eq!(code, Some(0), "{stderr}\nbuild: {build:?}\ntest: {test:?}");
+    // `-j auto` (the default) is the cluster's CPUs, not this machine's.
+    let out = env.run(&["nodes", "--format", "json"]);
+    let nodes: Value = serde_json::from_slice(&out.stdout).expect("nodes as JSON");
+    let cpus: f64 = nodes
+        .as_array()
+        .map(|n| n.iter().map(|n| n["cpus"].as_f64().unwrap_or(0.0)).sum())
+        .unwrap_or(0.0);
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "run_started")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(started["max_parallel"].as_f64(), Some(cpus.ceil()), "{started}");
     // Placed by the tags: build on the worker (pool=b), test on the manager (pool=a).
     assert!(
         build
