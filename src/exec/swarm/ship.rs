@@ -299,6 +299,10 @@ fn port_waits(waits: &[PortWait]) -> String {
 /// what it wrote and the paths left, framed by `nonce`.
 pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String], waits: &[PortWait]) -> String {
     let cmd = shlex::try_join(command.iter().map(String::as_str)).unwrap_or_else(|_| "false".to_string());
+    // The step's processes are the OOM killer's first choice, before this
+    // wrapper, which must live to say what happened (a process may raise
+    // its own score, not lower it).
+    let cmd = format!("sh -c 'echo 500 > /proc/self/oom_score_adj 2>/dev/null; exec \"$@\"' trackside-step {cmd}");
     let waits = port_waits(waits);
     // Swarm takes no empty secret: an empty file variable's file is made here.
     let touch: String = empty_files
@@ -868,7 +872,10 @@ mod tests {
             &[],
             &[],
         );
-        assert!(w.contains("\nsh -e /run/trackside/step.sh\nrc=$?\n"), "{w}");
+        assert!(
+            w.contains(" trackside-step sh -e /run/trackside/step.sh\nrc=$?\n"),
+            "{w}"
+        );
         assert!(w.contains("'@@ts-abc' \"$rc\""));
         assert!(w.trim_end().ends_with("exit \"$rc\""));
         // It runs: a shell on this machine plays the task.
