@@ -1653,6 +1653,49 @@ async fn a_cancel_while_a_service_is_not_ready_yet_ends_the_job_at_once() {
     );
 }
 
+#[tokio::test]
+async fn a_job_cancelled_while_its_service_starts_takes_its_containers_with_it_at_once() {
+    let Some(d) = docker().await else { return };
+    image(&d, IMAGE_A).await;
+    // `keep` holds the run open for 30 s: what `wait` started must go when
+    // `wait` ends, not when the run does.
+    let mut s = github(&format!(
+        "on: push\njobs:\n  wait:\n    runs-on: ubuntu-latest\n    services:\n      db:\n        image: {IMAGE_A}\n        command: sh -c 'echo db starting; exec sleep 300'\n        options: --health-cmd false --health-interval 1s --health-retries 100 --health-start-period 1h\n    steps:\n      - run: echo never\n  keep:\n    runs-on: ubuntu-latest\n    steps:\n      - run: sleep 30\n"
+    ));
+    with_docker(&mut s, &d);
+    let mut r = start(&mut s).await;
+    r.until(
+        "the service is being waited for",
+        |k| matches!(k, EventKind::LogLine { job, step, .. } if job == "wait" && step == "services"),
+    )
+    .await;
+    let run_id = r.handle.run_id().to_string();
+    assert!(labelled(&d, &run_id).await > 0, "the service runs");
+    r.handle.cancel("wait").await.expect("cancel");
+    r.until(
+        "wait's end",
+        |k| matches!(k, EventKind::JobFinished { job, .. } if job == "wait"),
+    )
+    .await;
+    let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while labelled(&d, &run_id).await > 0 || networks_of(&d, &run_id).await > 0 {
+        assert!(
+            std::time::Instant::now() < gone_by,
+            "the half started service outlived its job"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !r.seen
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::JobFinished { job, .. } if job == "keep")),
+        "gone while the run still ran"
+    );
+    r.handle.cancel_all().await.expect("cancel");
+    let _ = r.finished().await;
+    r.handle.shutdown().await;
+}
+
 fn sum_status(s: &trackside::engine::RunSummary, name: &str) -> Option<JobStatus> {
     s.jobs.iter().find(|j| j.name == name).map(|j| j.status)
 }

@@ -145,6 +145,9 @@ pub struct DockerExecutor {
     docker: Docker,
     /// Where registry logins come from besides the job.
     logins: std::sync::Arc<auth::Sources>,
+    /// Removals of what a job half started before it was cancelled: the
+    /// run's end waits for them.
+    cleanups: tokio_util::task::TaskTracker,
 }
 
 impl DockerExecutor {
@@ -175,11 +178,25 @@ impl DockerExecutor {
         Ok(DockerExecutor {
             docker,
             logins: std::sync::Arc::new(auth::Sources::from_env()),
+            cleanups: tokio_util::task::TaskTracker::new(),
         })
     }
 
     pub fn client(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Where removals run that must be done by the run's end (a task
+    /// [`DockerExecutor::finish_run`] waits for).
+    pub(crate) fn cleanups(&self) -> &tokio_util::task::TaskTracker {
+        &self.cleanups
+    }
+
+    /// Waits for the removals under way.
+    pub(crate) async fn cleanups_done(&self) {
+        self.cleanups.close();
+        self.cleanups.wait().await;
+        self.cleanups.reopen();
     }
 
     /// Where registry logins come from besides the job.
@@ -235,12 +252,23 @@ impl DockerExecutor {
             req.attempt
         );
         let network = self.ensure_network(&req.run_id, name).await?;
-        let mut started = Services {
-            containers: Vec::new(),
-            network: Some(network.clone()),
-            ports: Vec::new(),
+        // Whatever is made from here on is removed if this is dropped half
+        // way (the job was cancelled or timed out while a service started).
+        let mut guard = StartingServices {
+            docker: self.docker.clone(),
+            cleanups: self.cleanups.clone(),
+            services: Some(Services {
+                containers: Vec::new(),
+                network: Some(network.clone()),
+                ports: Vec::new(),
+            }),
         };
-        match self.start_each(&req, &network, &out, &mut started).await {
+        let result = match guard.services.as_mut() {
+            Some(started) => self.start_each(&req, &network, &out, started).await,
+            None => Ok(()),
+        };
+        let started = guard.services.take().unwrap_or_default();
+        match result {
             Ok(()) => Ok(started),
             Err(e) => {
                 self.stop_services_impl(started).await;
@@ -309,11 +337,13 @@ impl DockerExecutor {
                 name: Some(name.clone()),
                 ..Default::default()
             };
+            // By name, before: removed even if the daemon made it and the
+            // answer was lost.
+            started.containers.push(name.clone());
             self.docker
                 .create_container(Some(options), body)
                 .await
                 .map_err(|e| format!("cannot create service `{}` from `{}`: {e}", svc.name, svc.image))?;
-            started.containers.push(name.clone());
             self.docker
                 .start_container(&name, None::<StartContainerOptions>)
                 .await
@@ -461,6 +491,7 @@ impl DockerExecutor {
 
     /// Removes the run's network and anything of the run still around.
     async fn finish_run_impl(&self, run_id: &str) {
+        self.cleanups_done().await;
         for c in self.containers_with(vec![format!("{LABEL_RUN}={run_id}")]).await {
             if kept(&c) {
                 continue;
@@ -1189,6 +1220,40 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
 }
 
 /// Splits the daemon's log chunks into lines per stream.
+/// A job's service containers being started. Dropped with `services`
+/// still in it (the start was cancelled or timed out half way), it removes
+/// them and their network in a task of its own.
+struct StartingServices {
+    docker: bollard::Docker,
+    cleanups: tokio_util::task::TaskTracker,
+    services: Option<Services>,
+}
+
+impl Drop for StartingServices {
+    fn drop(&mut self) {
+        let Some(s) = self.services.take() else { return };
+        let docker = self.docker.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.cleanups.spawn_on(
+                async move {
+                    for id in &s.containers {
+                        let force = RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        };
+                        let _ = docker.remove_container(id, Some(force)).await;
+                    }
+                    if let Some(net) = &s.network {
+                        let _ = docker.remove_network(net).await;
+                    }
+                },
+                &rt,
+            );
+        }
+    }
+}
+
 /// A service's output joins the job's log, each line marked with its name
 /// (`service db | ...`), until the log ends.
 pub(crate) fn forward_service_log(

@@ -459,6 +459,7 @@ impl SwarmExecutor {
 
     /// Removes every service, config and secret of the run.
     async fn finish_run_impl(&self, run_id: &str) {
+        self.docker.cleanups_done().await;
         // This machine's run: another machine's run of the same id is not ours.
         let ours = vec![format!("{LABEL_RUN}={run_id}"), format!("{LABEL_HOST}={}", self.host)];
         for Listed { id, .. } in self.labelled(ours.clone()).await {

@@ -70,6 +70,7 @@ impl SwarmExecutor {
         // half way (the job was cancelled or timed out meanwhile).
         let mut guard = Starting {
             client: self.docker.client().clone(),
+            cleanups: self.docker.cleanups().clone(),
             services: Some(Services {
                 containers: Vec::new(),
                 network: Some(network.clone()),
@@ -361,6 +362,7 @@ async fn remove_network(client: &bollard::Docker, id: &str) {
 /// their network in a task of its own.
 struct Starting {
     client: bollard::Docker,
+    cleanups: tokio_util::task::TaskTracker,
     services: Option<Services>,
 }
 
@@ -369,14 +371,17 @@ impl Drop for Starting {
         let Some(s) = self.services.take() else { return };
         let client = self.client.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                for id in &s.containers {
-                    let _ = client.delete_service(id).await;
-                }
-                if let Some(net) = &s.network {
-                    remove_network(&client, net).await;
-                }
-            });
+            self.cleanups.spawn_on(
+                async move {
+                    for id in &s.containers {
+                        let _ = client.delete_service(id).await;
+                    }
+                    if let Some(net) = &s.network {
+                        remove_network(&client, net).await;
+                    }
+                },
+                &rt,
+            );
         }
     }
 }
