@@ -412,6 +412,20 @@ fn the_demo_pipeline_is_valid_and_passes_when_approved() {
 }
 
 #[test]
+fn nodes_without_a_manager_says_which_address_it_tried_and_where_it_comes_from() {
+    let e = Env::new();
+    let o = e.run(&["nodes", "--swarm-manager", "unix:///nonexistent/trackside-manager.sock"]);
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot reach the swarm manager at unix:///nonexistent/trackside-manager.sock")
+            && err.contains("--swarm-manager, else `swarm: {manager}` of config.yml, else DOCKER_HOST"),
+        "{err}"
+    );
+    assert!(!err.contains("--executor shell"), "not advice for this command: {err}");
+}
+
+#[test]
 fn validate_with_the_swarm_executor_says_what_it_would_refuse() {
     let e = Env::new();
     let ok = e.file(

@@ -91,8 +91,10 @@ impl Default for Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
-    #[error("{0} (for --executor swarm: check --swarm-manager or `swarm: {{manager}}` of config.yml, docs/swarm.md)")]
-    Docker(#[from] super::docker::DockerError),
+    #[error(
+        "cannot reach the swarm manager at {address}: {message}; check that a manager's daemon listens there, and the address: --swarm-manager, else `swarm: {{manager}}` of config.yml, else DOCKER_HOST (with TLS: DOCKER_TLS_VERIFY and DOCKER_CERT_PATH; docs/swarm.md)"
+    )]
+    Unreachable { address: String, message: String },
     #[error(
         "the Docker daemon at {address} is not a manager of an active swarm (its swarm state: {state}); point DOCKER_HOST or --swarm-manager at a manager (docs/swarm.md)"
     )]
@@ -176,7 +178,11 @@ impl SwarmExecutor {
     /// Connects to the manager at `address` and checks that it is one.
     /// (The caller checks that `settings` name a registry before a run.)
     pub async fn connect(address: &str, settings: Settings) -> Result<SwarmExecutor, SwarmError> {
-        let docker = DockerExecutor::connect_to(address).await?;
+        let docker = DockerExecutor::connect_to(address).await.map_err(|e| match e {
+            super::docker::DockerError::Unreachable { address, message, .. } => {
+                SwarmError::Unreachable { address, message }
+            }
+        })?;
         let info = docker.client().info().await.map_err(|e| SwarmError::Api {
             address: address.to_string(),
             message: super::docker::with_causes(&e),
