@@ -140,8 +140,21 @@ fn start(
     cgroup: Option<&super::contain::StepCgroup>,
 ) -> std::io::Result<Started> {
     use std::ffi::OsStr;
-    if spec.shell.is_none() {
-        let args = [shell_path().as_os_str(), OsStr::new("-e"), script.path.as_os_str()];
+    // `sh -e SCRIPT`, or the step's own command line (GitHub's `bash -e
+    // {0}`, `python {0}`, ...) with its program found on the step's PATH.
+    let own: Vec<String> = match &spec.shell {
+        Some(_) => spec.command_line(&script.path.to_string_lossy()),
+        None => Vec::new(),
+    };
+    let program = match own.split_first() {
+        Some((name, _)) => program_path(name, spec),
+        None => Some(shell_path().to_path_buf()),
+    };
+    if let Some(program) = &program {
+        let args: Vec<&OsStr> = match own.split_first() {
+            Some(_) => own.iter().map(OsStr::new).collect(),
+            None => vec![shell_path().as_os_str(), OsStr::new("-e"), script.path.as_os_str()],
+        };
         let env = spec
             .env
             .iter()
@@ -156,7 +169,7 @@ fn start(
             ])
             .collect();
         let req = super::spawn::Request {
-            program: shell_path(),
+            program,
             args: &args,
             env,
             cwd: &spec.workdir,
@@ -330,6 +343,27 @@ fn join_cgroup(procs: &std::ffi::CStr) {
     }
 }
 
+/// Where the step's program `name` is: as given when it holds a `/`
+/// (relative to the step's directory), else the first executable file of
+/// that name on the step's PATH (the host's when the step sets none), as
+/// `execvp` would find it. `None`: not found (`Command` then reports it).
+fn program_path(name: &str, spec: &StepSpec) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if name.contains('/') {
+        let p = spec.workdir.join(name);
+        return runnable(&p).then_some(p);
+    }
+    let paths = match spec.env.get("PATH") {
+        Some(p) => std::ffi::OsString::from(p),
+        None => std::env::var_os("PATH")?,
+    };
+    std::env::split_paths(&paths)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(name))
+        .find(|p| runnable(p))
+}
+
 fn shell_path() -> &'static std::path::Path {
     static SH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     SH.get_or_init(|| {
@@ -493,4 +527,74 @@ async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>,
             node: None,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, shell: &[&str], path: &Path) -> StepSpec {
+        StepSpec {
+            script: "echo the-script-ran\n".into(),
+            script_dir: dir.join("steps"),
+            env: [("PATH".to_string(), path.display().to_string())].into(),
+            workdir: dir.join("ws"),
+            deadline: None,
+            kill_grace: Duration::from_secs(1),
+            tag: format!("shell-test-{}", std::process::id()),
+            container: None,
+            shell: Some(shell.iter().map(|s| s.to_string()).collect()),
+            usage: Default::default(),
+        }
+    }
+
+    async fn lines(spec: StepSpec) -> (StepEnd, Vec<String>) {
+        let (tx, mut rx) = mpsc::channel(64);
+        let end = run(spec, tx, CancellationToken::new()).await;
+        let mut got = Vec::new();
+        while let Ok(l) = rx.try_recv() {
+            got.push(l.text);
+        }
+        (end, got)
+    }
+
+    #[tokio::test]
+    async fn a_steps_own_program_is_found_on_its_path_and_a_missing_one_is_a_clear_failure() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // An interpreter of the step's own, first on its PATH, and a file of
+        // the same kind that may not be run, which is passed over.
+        let sh = shell_path().display().to_string();
+        std::fs::write(
+            bin.join("myshell"),
+            format!("#!{sh}\necho via-myshell\nexec {sh} -e \"$1\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(bin.join("myshell"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(bin.join("notrun"), "#!/bin/sh\necho never\n").unwrap();
+        std::fs::set_permissions(bin.join("notrun"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = std::env::join_paths([bin.clone(), PathBuf::from("/usr/bin"), PathBuf::from("/bin")]).unwrap();
+        let s = spec(dir.path(), &["myshell", "{0}"], Path::new(&path));
+        assert_eq!(program_path("myshell", &s), Some(bin.join("myshell")));
+        assert_eq!(program_path("notrun", &s), None);
+        assert_eq!(
+            program_path("./bin/myshell", &s),
+            None,
+            "relative to the step's directory"
+        );
+        assert_eq!(
+            program_path(&bin.join("myshell").display().to_string(), &s),
+            Some(bin.join("myshell"))
+        );
+        let (end, got) = lines(s).await;
+        assert_eq!(end, StepEnd::Exited(0), "{got:?}");
+        assert_eq!(got, ["via-myshell", "the-script-ran"]);
+        let (end, _) = lines(spec(dir.path(), &["no-such-shell", "{0}"], Path::new(&path))).await;
+        match end {
+            StepEnd::SpawnFailed(m) => assert!(m.contains("No such file") || m.contains("not found"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
