@@ -2,7 +2,7 @@
 # The same 50-job GitHub workflow run by trackside and wrkflw, whole
 # process, side by side (docs/BENCHMARKS.md).
 #
-#   benches/peers/github.sh [RUNS]
+#   benches/peers/github.sh [RUNS]     (TRACKSIDE_B=<build>: another build in the same rounds)
 #
 # Needs: a release build (cargo build --release), and wrkflw on PATH or in
 # $PEERS (default /tmp/peers): cargo install wrkflw --root
@@ -49,9 +49,12 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 export TRACKSIDE_STATE_DIR=$work/.state
 # The tools take turns, round after round, so a slow moment of a shared
 # machine falls on all of them alike.
-t=(); w=(); f=()
+# TRACKSIDE_B=<another build> runs it too, in the same rounds (before/after).
+other=${TRACKSIDE_B:-}
+t=(); b=(); w=(); f=()
 for _ in $(seq 1 "$runs"); do
   t+=($(wall_ms "$trackside" run .github/workflows/ci.yml --headless --no-watch))
+  [ -n "$other" ] && b+=($(wall_ms "$other" run .github/workflows/ci.yml --headless --no-watch))
   [ -x "$wrkflw" ] && w+=($(wall_ms "$wrkflw" run --runtime emulation .github/workflows/ci.yml))
   # The floor: the same 50 shells started two at a time, nothing else.
   f+=($(wall_ms sh -c 'seq 1 50 | xargs -P 2 -I{} sh -c "echo hi-{}"'))
@@ -59,6 +62,9 @@ done
 tm=$(median "${t[@]}")
 fm=$(median "${f[@]}")
 echo "trackside        median ${tm} ms  (runs: ${t[*]})"
+if [ ${#b[@]} -gt 0 ]; then
+  echo "TRACKSIDE_B      median $(median "${b[@]}") ms  (runs: ${b[*]})"
+fi
 if [ ${#w[@]} -gt 0 ]; then
   wm=$(median "${w[@]}")
   echo "wrkflw           median ${wm} ms  (trackside: $(awk "BEGIN {printf \"%.2f\", $tm/$wm}")x its time; runs: ${w[*]})"
