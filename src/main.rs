@@ -1471,14 +1471,20 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     if reaped > 0 {
                         eprintln!("trackside: removed {reaped} swarm service(s) left by a crashed trackside");
                     }
-                    // `-j auto` on a swarm: the cluster's CPUs bound it, not this
-                    // machine's (its jobs only follow logs here); Swarm's scheduler
-                    // places them by their reservations.
-                    if cfg.auto_parallel {
-                        let cpus: f64 = s
-                            .cluster_nodes()
-                            .await
-                            .map_err(|e| Fail(e.to_string(), 2))?
+                    // `-j auto` when every job runs on the swarm: the cluster's
+                    // CPUs bound it, not this machine's (its jobs only follow
+                    // logs here); Swarm's scheduler places them by their
+                    // reservations. With host jobs too, this machine's load
+                    // still decides.
+                    let all_remote = pipeline
+                        .jobs
+                        .iter()
+                        .all(|j| !j.steps.is_empty() && j.steps.iter().all(|st| st.image.is_some()));
+                    if cfg.auto_parallel
+                        && all_remote
+                        && let Ok(nodes) = s.cluster_nodes().await
+                    {
+                        let cpus: f64 = nodes
                             .iter()
                             .filter(|n| n.state == "ready" && n.active)
                             .map(|n| n.cpus)

@@ -177,7 +177,7 @@ impl Swarm {
     }
 }
 
-fn events(out: &std::process::Output) -> Vec<Value> {
+fn events_of(out: &std::process::Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -209,7 +209,7 @@ fn run(env: &Env, file: &Path, args: &[&str]) -> (Option<i32>, Vec<Value>, Strin
         .expect("run trackside");
     (
         out.status.code(),
-        events(&out),
+        events_of(&out),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -699,7 +699,7 @@ fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
     let _ = live.child.kill();
     let _ = live.child.wait();
     let out = env.cmd().args(["resume", &run_id, "--json"]).output().expect("resume");
-    let events = events(&out);
+    let events = events_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines = lines_of(&events, "long");
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{lines:?}");
@@ -722,6 +722,30 @@ fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
     assert!(lines.contains(&"from-the-first-task".to_string()), "{lines:?}");
     let done = finished(&events, "long");
     assert_eq!(done[0]["attempt"], 2, "{done:?}");
+    assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
+    swarm.no_container_runs(&run_id);
+
+    // Resumed with another variable, the step's inputs differ: the old
+    // task is removed and the step runs anew.
+    let mut live = Live::start(&env, &file, &[]);
+    let run_id = live.run_id();
+    let started = live.wait_within(Duration::from_secs(90), "the step's first line", |e| {
+        e["type"] == "log_line" && e["line"].as_str().is_some_and(|l| l.starts_with("started-"))
+    });
+    let marker = started["line"].as_str().unwrap_or_default().to_string();
+    let _ = live.child.kill();
+    let _ = live.child.wait();
+    let out = env
+        .cmd()
+        .args(["resume", &run_id, "--json", "--var", "CHANGED=yes"])
+        .output()
+        .expect("resume");
+    let lines = lines_of(&events_of(&out), "long");
+    assert_eq!(out.status.code(), Some(0), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("ran other inputs")), "{lines:?}");
+    let markers: Vec<&String> = lines.iter().filter(|l| l.starts_with("started-")).collect();
+    assert_eq!(markers.len(), 1, "{lines:?}");
+    assert_ne!(markers[0], &marker, "a new task: {lines:?}");
     assert_eq!(swarm.leftovers(&run_id), Vec::<String>::new());
     swarm.no_container_runs(&run_id);
 }

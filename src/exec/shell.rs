@@ -181,7 +181,11 @@ fn start(
                 let stderr = tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(s.stderr)).ok();
                 return Ok((super::reap::Child::with_pidfd(s.pid, s.pidfd), stdout, stderr));
             }
-            Err(e) if e.kind() != std::io::ErrorKind::Unsupported => return Err(e),
+            // The step's own program that would not start this way (no `#!`
+            // line, a missing interpreter, no permission): `Command` tries
+            // it as it always did (`execvp`: /bin/sh for a script without
+            // `#!`, the next PATH entry), and names it if it fails.
+            Err(e) if e.kind() != std::io::ErrorKind::Unsupported && spec.shell.is_none() => return Err(e),
             Err(_) => {}
         }
     }
@@ -343,24 +347,24 @@ fn join_cgroup(procs: &std::ffi::CStr) {
     }
 }
 
-/// Where the step's program `name` is: as given when it holds a `/`
-/// (relative to the step's directory), else the first executable file of
-/// that name on the step's PATH (the host's when the step sets none), as
-/// `execvp` would find it. `None`: not found (`Command` then reports it).
+/// Where the step's program `name` is, as an absolute path: as given when
+/// it holds a `/`, else the first file of that name with an execute bit on
+/// the step's PATH (`/bin:/usr/bin` when it sets none, as `execvp` has it;
+/// relative entries, an empty one too, from the step's directory). `None`:
+/// not found (`Command` then tries, and reports it). A file found that
+/// still does not start falls back to `Command` as well ([`start`]).
 fn program_path(name: &str, spec: &StepSpec) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    // The child starts there: relative paths mean from there.
+    let workdir = std::path::absolute(&spec.workdir).ok()?;
     if name.contains('/') {
-        let p = spec.workdir.join(name);
+        let p = workdir.join(name);
         return runnable(&p).then_some(p);
     }
-    let paths = match spec.env.get("PATH") {
-        Some(p) => std::ffi::OsString::from(p),
-        None => std::env::var_os("PATH")?,
-    };
-    std::env::split_paths(&paths)
-        .filter(|d| !d.as_os_str().is_empty())
-        .map(|d| d.join(name))
+    let paths = spec.env.get("PATH").map_or("/bin:/usr/bin", String::as_str);
+    std::env::split_paths(paths)
+        .map(|d| workdir.join(d).join(name))
         .find(|p| runnable(p))
 }
 
@@ -591,6 +595,33 @@ mod tests {
         let (end, got) = lines(s).await;
         assert_eq!(end, StepEnd::Exited(0), "{got:?}");
         assert_eq!(got, ["via-myshell", "the-script-ran"]);
+        // Without a `#!` line it is run as `execvp` runs it: by /bin/sh.
+        std::fs::write(bin.join("plain"), "echo via-plain\nexec sh -e \"$1\"\n").unwrap();
+        std::fs::set_permissions(bin.join("plain"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (end, got) = lines(spec(dir.path(), &["plain", "{0}"], Path::new(&path))).await;
+        assert_eq!(end, StepEnd::Exited(0), "{got:?}");
+        assert_eq!(got, ["via-plain", "the-script-ran"]);
+        // A first match whose interpreter is missing: the next one on PATH
+        // runs, as `execvp` goes on searching.
+        let (broken, good) = (dir.path().join("broken"), dir.path().join("good"));
+        for (d, body) in [
+            (&broken, "#!/nonexistent/interpreter\n".to_string()),
+            (&good, format!("#!{sh}\necho via-good\nexec {sh} -e \"$1\"\n")),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("tool"), body).unwrap();
+            std::fs::set_permissions(d.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let both = std::env::join_paths([broken, good, PathBuf::from("/usr/bin"), PathBuf::from("/bin")]).unwrap();
+        let (end, got) = lines(spec(dir.path(), &["tool", "{0}"], Path::new(&both))).await;
+        assert_eq!(end, StepEnd::Exited(0), "{got:?}");
+        assert_eq!(got, ["via-good", "the-script-ran"]);
+        // A relative PATH entry is from the step's directory.
+        let tools = dir.path().join("ws/tools");
+        std::fs::create_dir_all(&tools).unwrap();
+        std::fs::copy(bin.join("myshell"), tools.join("local")).unwrap();
+        let rel = spec(dir.path(), &["local", "{0}"], Path::new("tools:/usr/bin:/bin"));
+        assert_eq!(program_path("local", &rel), Some(tools.join("local")));
         let (end, _) = lines(spec(dir.path(), &["no-such-shell", "{0}"], Path::new(&path))).await;
         match end {
             StepEnd::SpawnFailed(m) => assert!(m.contains("No such file") || m.contains("not found"), "{m}"),

@@ -1236,13 +1236,20 @@ impl Drop for StartingServices {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.cleanups.spawn_on(
                 async move {
-                    for id in &s.containers {
-                        let force = RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        };
-                        let _ = docker.remove_container(id, Some(force)).await;
+                    // Twice: a create still on its way when the start was
+                    // dropped lands after the first pass.
+                    for pass in 0..2 {
+                        if pass > 0 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        for id in &s.containers {
+                            let force = RemoveContainerOptions {
+                                force: true,
+                                v: true,
+                                ..Default::default()
+                            };
+                            let _ = docker.remove_container(id, Some(force)).await;
+                        }
                     }
                     if let Some(net) = &s.network {
                         let _ = docker.remove_network(net).await;

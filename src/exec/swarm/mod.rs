@@ -327,7 +327,11 @@ impl SwarmExecutor {
                 get(super::docker::LABEL_JOB),
                 get(super::docker::LABEL_ATTEMPT),
                 get(LABEL_STEP).and_then(|n| n.parse::<usize>().ok()),
-                get(LABEL_NONCE),
+                // Framing the step's own output can never match by chance.
+                get(LABEL_NONCE).filter(|n| {
+                    n.strip_prefix("@@trackside-")
+                        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                }),
                 get(LABEL_INPUTS),
             ) else {
                 continue;
@@ -338,6 +342,7 @@ impl SwarmExecutor {
                 || !interrupted.contains(&job)
                 || last.as_deref() != Some(attempt.as_str())
                 || !self.task_usable(&s.id).await
+                || !self.own(&s.id).await
             {
                 continue;
             }
@@ -357,7 +362,42 @@ impl SwarmExecutor {
         n
     }
 
-    /// The service's task runs, or ended with its log still there.
+    /// Makes a service this process's (its pid label): another trackside
+    /// of this machine starting meanwhile must not reap a kept step. A
+    /// change of the service's own labels leaves its task running.
+    async fn own(&self, service: &str) -> bool {
+        let client = self.docker.client();
+        let Ok(s) = client
+            .inspect_service(service, None::<bollard::query_parameters::InspectServiceOptions>)
+            .await
+        else {
+            return false;
+        };
+        let (Some(mut spec), Some(version)) = (s.spec, s.version.and_then(|v| v.index)) else {
+            return false;
+        };
+        spec.labels
+            .get_or_insert_with(HashMap::new)
+            .insert(LABEL_PID.to_string(), std::process::id().to_string());
+        let Ok(version) = i32::try_from(version) else {
+            return false;
+        };
+        client
+            .update_service(
+                service,
+                spec,
+                bollard::query_parameters::UpdateServiceOptions {
+                    version,
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .is_ok()
+    }
+
+    /// The service's task runs, or has ended (its log is read when the
+    /// step is taken up; a log gone by then makes the step lost).
     async fn task_usable(&self, service: &str) -> bool {
         let filters = HashMap::from([("service".to_string(), vec![service.to_string()])]);
         let tasks = self
@@ -588,7 +628,13 @@ impl SwarmExecutor {
             Ok(s) => s,
             Err(e) => return StepEnd::SpawnFailed(format!("cannot read {}: {e}", c.script_file.display())),
         };
-        let inputs = inputs_digest(&image, &spec.command_line(super::docker::SCRIPT_PATH), &script, c);
+        let inputs = inputs_digest(
+            &image,
+            &spec.command_line(super::docker::SCRIPT_PATH),
+            &script,
+            &spec.env,
+            c,
+        );
         // A resumed run takes up the step its dead run left on the swarm.
         if let Some(end) = self.adopt(&spec, c, &inputs, &shipped, &out, &cancel).await {
             return end;
@@ -1124,14 +1170,34 @@ pub enum Workload {
 
 /// What a step's service runs, as a digest: its workspace image (itself a
 /// digest of the job's image and every file), its command line, working
-/// directory, user and script. Its variables are left out: they differ
-/// from attempt to attempt (the attempt's number), and a step taken up is
-/// the interrupted attempt's.
-fn inputs_digest(image: &str, command: &[String], script: &[u8], c: &ContainerStep) -> String {
+/// directory, user, resources, variables and script. Left out: the
+/// variables that differ from attempt to attempt by design (the attempt's
+/// number, trackside's own), and what goes as Swarm secrets (secret and
+/// file variables: a digest in a label is no place for them).
+fn inputs_digest(
+    image: &str,
+    command: &[String],
+    script: &[u8],
+    env: &std::collections::BTreeMap<String, String>,
+    c: &ContainerStep,
+) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    for part in [image.as_bytes(), command.join("\0").as_bytes(), c.workdir.as_bytes()] {
+    let resources = format!("{:?} {:?} {:?}", c.options.cpus, c.options.memory, c.options.pids);
+    for part in [
+        image.as_bytes(),
+        command.join("\0").as_bytes(),
+        c.workdir.as_bytes(),
+        resources.as_bytes(),
+    ] {
         h.update(part);
+        h.update([0]);
+    }
+    let per_attempt = |k: &str| k.starts_with("TRACKSIDE_") || k.ends_with("_ATTEMPT");
+    for (k, v) in env.iter().filter(|(k, _)| !per_attempt(k)) {
+        h.update(k.as_bytes());
+        h.update([b'=']);
+        h.update(v.as_bytes());
         h.update([0]);
     }
     h.update(c.options.user.as_deref().unwrap_or("").as_bytes());

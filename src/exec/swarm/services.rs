@@ -373,8 +373,15 @@ impl Drop for Starting {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.cleanups.spawn_on(
                 async move {
-                    for id in &s.containers {
-                        let _ = client.delete_service(id).await;
+                    // Twice: a create still on its way when the start was
+                    // dropped lands after the first pass.
+                    for pass in 0..2 {
+                        if pass > 0 {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        for id in &s.containers {
+                            let _ = client.delete_service(id).await;
+                        }
                     }
                     if let Some(net) = &s.network {
                         remove_network(&client, net).await;

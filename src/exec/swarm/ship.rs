@@ -272,7 +272,7 @@ fn port_waits(waits: &[PortWait]) -> String {
     // the connection), and so is the wait: by the clock, not by tries.
     let mut s = String::from(
         "trackside_probe() {\n\
-         \x20 trackside_t=; command -v timeout >/dev/null 2>&1 && trackside_t='timeout 3'\n\
+         \x20 trackside_t=; timeout 1 true >/dev/null 2>&1 && trackside_t='timeout 3'\n\
          \x20 if command -v nc >/dev/null 2>&1; then $trackside_t nc -w 2 \"$1\" \"$2\" </dev/null >/dev/null 2>&1\n\
          \x20 elif command -v bash >/dev/null 2>&1; then $trackside_t bash -c 'exec 3<>\"/dev/tcp/$0/$1\"' \"$1\" \"$2\" >/dev/null 2>&1\n\
          \x20 else echo \"trackside: cannot wait for $1:$2: the image has neither nc nor bash\" >&2; return 0; fi\n\
@@ -302,7 +302,8 @@ pub fn wrapper(command: &[String], nonce: &str, empty_files: &[String], waits: &
     // The step's processes are the OOM killer's first choice, before this
     // wrapper, which must live to say what happened (a process may raise
     // its own score, not lower it).
-    let cmd = format!("sh -c 'echo 500 > /proc/self/oom_score_adj 2>/dev/null; exec \"$@\"' trackside-step {cmd}");
+    let cmd =
+        format!("sh -c '{{ echo 500 > /proc/self/oom_score_adj; }} 2>/dev/null; exec \"$@\"' trackside-step {cmd}");
     let waits = port_waits(waits);
     // Swarm takes no empty secret: an empty file variable's file is made here.
     let touch: String = empty_files
