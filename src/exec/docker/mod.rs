@@ -254,15 +254,31 @@ impl DockerExecutor {
         let network = self.ensure_network(&req.run_id, name).await?;
         // Whatever is made from here on is removed if this is dropped half
         // way (the job was cancelled or timed out while a service started).
-        let mut guard = StartingServices {
-            docker: self.docker.clone(),
-            cleanups: self.cleanups.clone(),
-            services: Some(Services {
+        let (d, dn) = (self.docker.clone(), self.docker.clone());
+        let mut guard = HalfStarted::new(
+            Services {
                 containers: Vec::new(),
                 network: Some(network.clone()),
                 ports: Vec::new(),
-            }),
-        };
+            },
+            &self.cleanups,
+            move |id| {
+                let d = d.clone();
+                Box::pin(async move {
+                    let force = RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    };
+                    let _ = d.remove_container(&id, Some(force)).await;
+                })
+            },
+            move |net| {
+                Box::pin(async move {
+                    let _ = dn.remove_network(&net).await;
+                })
+            },
+        );
         let result = match guard.services.as_mut() {
             Some(started) => self.start_each(&req, &network, &out, started).await,
             None => Ok(()),
@@ -1219,40 +1235,53 @@ fn container_body(spec: &StepSpec, c: &ContainerStep) -> ContainerCreateBody {
     body
 }
 
-/// Splits the daemon's log chunks into lines per stream.
-/// A job's service containers being started. Dropped with `services`
-/// still in it (the start was cancelled or timed out half way), it removes
-/// them and their network in a task of its own.
-struct StartingServices {
-    docker: bollard::Docker,
+/// What a job's services start has made so far. Dropped with `services`
+/// still in it (the start was cancelled or timed out half way), it takes
+/// them away in the executor's cleanups, which the run's end waits for:
+/// each service twice, a second apart (a create still on its way when the
+/// start was dropped lands after the first pass), then their network.
+pub(crate) struct HalfStarted {
+    pub services: Option<Services>,
     cleanups: tokio_util::task::TaskTracker,
-    services: Option<Services>,
+    remove: std::sync::Arc<dyn Fn(String) -> super::BoxFuture<'static, ()> + Send + Sync>,
+    remove_network: Option<Box<dyn FnOnce(String) -> super::BoxFuture<'static, ()> + Send>>,
 }
 
-impl Drop for StartingServices {
+impl HalfStarted {
+    pub(crate) fn new(
+        services: Services,
+        cleanups: &tokio_util::task::TaskTracker,
+        remove: impl Fn(String) -> super::BoxFuture<'static, ()> + Send + Sync + 'static,
+        remove_network: impl FnOnce(String) -> super::BoxFuture<'static, ()> + Send + 'static,
+    ) -> HalfStarted {
+        HalfStarted {
+            services: Some(services),
+            cleanups: cleanups.clone(),
+            remove: std::sync::Arc::new(remove),
+            remove_network: Some(Box::new(remove_network)),
+        }
+    }
+}
+
+impl Drop for HalfStarted {
     fn drop(&mut self) {
-        let Some(s) = self.services.take() else { return };
-        let docker = self.docker.clone();
+        let (Some(s), Some(remove_network)) = (self.services.take(), self.remove_network.take()) else {
+            return;
+        };
+        let remove = self.remove.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.cleanups.spawn_on(
                 async move {
-                    // Twice: a create still on its way when the start was
-                    // dropped lands after the first pass.
                     for pass in 0..2 {
                         if pass > 0 {
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                         for id in &s.containers {
-                            let force = RemoveContainerOptions {
-                                force: true,
-                                v: true,
-                                ..Default::default()
-                            };
-                            let _ = docker.remove_container(id, Some(force)).await;
+                            remove(id.clone()).await;
                         }
                     }
-                    if let Some(net) = &s.network {
-                        let _ = docker.remove_network(net).await;
+                    if let Some(net) = s.network {
+                        remove_network(net).await;
                     }
                 },
                 &rt,
@@ -1285,6 +1314,7 @@ pub(crate) fn forward_service_log(
     });
 }
 
+/// Splits the daemon's log chunks into lines per stream.
 pub(crate) async fn forward_logs(
     mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
     out: mpsc::Sender<OutputLine>,

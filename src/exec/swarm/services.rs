@@ -19,7 +19,9 @@ use bollard::models::{
 use bollard::query_parameters::ListTasksOptions;
 use tokio::sync::mpsc;
 
-use super::super::docker::{LABEL_ATTEMPT, LABEL_JOB, LABEL_PID, LABEL_RUN, auth, container_safe, with_causes};
+use super::super::docker::{
+    HalfStarted, LABEL_ATTEMPT, LABEL_JOB, LABEL_PID, LABEL_RUN, auth, container_safe, with_causes,
+};
 use super::super::{OutputLine, ServicePorts, Services, ServicesRequest};
 use super::{LABEL_HOST, SwarmExecutor, Workload, swarm_name};
 
@@ -68,15 +70,22 @@ impl SwarmExecutor {
         ));
         // Whatever is made from here on is removed if this is dropped
         // half way (the job was cancelled or timed out meanwhile).
-        let mut guard = Starting {
-            client: self.docker.client().clone(),
-            cleanups: self.docker.cleanups().clone(),
-            services: Some(Services {
+        let (c, cn) = (self.docker.client().clone(), self.docker.client().clone());
+        let mut guard = HalfStarted::new(
+            Services {
                 containers: Vec::new(),
                 network: Some(network.clone()),
                 ports: Vec::new(),
-            }),
-        };
+            },
+            self.docker.cleanups(),
+            move |id| {
+                let c = c.clone();
+                Box::pin(async move {
+                    let _ = c.delete_service(&id).await;
+                })
+            },
+            move |net| Box::pin(async move { remove_network(&cn, &net).await }),
+        );
         let made = self
             .docker
             .client()
@@ -353,42 +362,6 @@ async fn remove_network(client: &bollard::Docker, id: &str) {
                 return;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
-/// A job's services being started. Dropped with `services` still in it
-/// (the start was cancelled or timed out half way), it removes them and
-/// their network in a task of its own.
-struct Starting {
-    client: bollard::Docker,
-    cleanups: tokio_util::task::TaskTracker,
-    services: Option<Services>,
-}
-
-impl Drop for Starting {
-    fn drop(&mut self) {
-        let Some(s) = self.services.take() else { return };
-        let client = self.client.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            self.cleanups.spawn_on(
-                async move {
-                    // Twice: a create still on its way when the start was
-                    // dropped lands after the first pass.
-                    for pass in 0..2 {
-                        if pass > 0 {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        for id in &s.containers {
-                            let _ = client.delete_service(id).await;
-                        }
-                    }
-                    if let Some(net) = &s.network {
-                        remove_network(&client, net).await;
-                    }
-                },
-                &rt,
-            );
         }
     }
 }
