@@ -475,32 +475,47 @@ impl SwarmExecutor {
                 self.remove_network(&id).await;
             }
         }
+        let (configs, secrets) = self.configs_and_secrets(filters).await;
+        for (id, labels) in configs {
+            if dead(&labels) {
+                let _ = client.delete_config(&id).await;
+            }
+        }
+        for (id, labels) in secrets {
+            if dead(&labels) {
+                let _ = client.delete_secret(&id).await;
+            }
+        }
+    }
+
+    /// The configs and secrets these filters select, as (id, labels).
+    async fn configs_and_secrets(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> (
+        Vec<(String, Option<HashMap<String, String>>)>,
+        Vec<(String, Option<HashMap<String, String>>)>,
+    ) {
+        let client = self.docker.client();
         let configs = client
             .list_configs(Some(bollard::query_parameters::ListConfigsOptions {
                 filters: Some(filters.clone()),
             }))
             .await
-            .unwrap_or_default();
-        for c in configs {
-            if dead(&c.spec.as_ref().and_then(|s| s.labels.clone()))
-                && let Some(id) = c.id
-            {
-                let _ = client.delete_config(&id).await;
-            }
-        }
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.spec.and_then(|s| s.labels))))
+            .collect();
         let secrets = client
             .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
                 filters: Some(filters),
             }))
             .await
-            .unwrap_or_default();
-        for s in secrets {
-            if dead(&s.spec.as_ref().and_then(|s| s.labels.clone()))
-                && let Some(id) = s.id
-            {
-                let _ = client.delete_secret(&id).await;
-            }
-        }
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| Some((s.id?, s.spec.and_then(|s| s.labels))))
+            .collect();
+        (configs, secrets)
     }
 
     /// Removes every service, config and secret of the run.
@@ -699,23 +714,13 @@ impl SwarmExecutor {
             format!("{LABEL_HOST}={}", self.host),
         ];
         let end = self.watch(spec, c, &a.name, &a.nonce, shipped, out, cancel).await;
-        let filters = HashMap::from([("label".to_string(), old)]);
-        let configs = client
-            .list_configs(Some(bollard::query_parameters::ListConfigsOptions {
-                filters: Some(filters.clone()),
-            }))
-            .await
-            .unwrap_or_default();
-        let secrets = client
-            .list_secrets(Some(bollard::query_parameters::ListSecretsOptions {
-                filters: Some(filters),
-            }))
-            .await
-            .unwrap_or_default();
+        let (configs, secrets) = self
+            .configs_and_secrets(HashMap::from([("label".to_string(), old)]))
+            .await;
         let made = Made {
             service: Some(a.id),
-            configs: configs.into_iter().filter_map(|c| c.id).collect(),
-            secrets: secrets.into_iter().filter_map(|s| s.id).collect(),
+            configs: configs.into_iter().map(|(id, _)| id).collect(),
+            secrets: secrets.into_iter().map(|(id, _)| id).collect(),
         };
         if let Some(left) = self.remove(made).await {
             note(out, format!("trackside: {left}")).await;

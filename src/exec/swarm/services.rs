@@ -227,15 +227,7 @@ impl SwarmExecutor {
                     message: with_causes(&e),
                 })?;
 
-            let not_ready = |why: String| ServiceError::NotReady {
-                service: svc.name.clone(),
-                image: svc.image.clone(),
-                why,
-            };
-            let (task, node) = self
-                .wait_running(&name, &svc.name, svc.ready_timeout)
-                .await?
-                .map_err(not_ready)?;
+            let (task, node) = self.wait_running(&name, svc).await?;
             if let Some(n) = node
                 && let Ok(n) = client.inspect_node(&n).await
             {
@@ -258,14 +250,19 @@ impl SwarmExecutor {
     }
 
     /// Waits until the service's task runs (and is healthy, if it has a
-    /// health check): `Ok(Ok((task id, node id)))`; `Ok(Err(why))` when it
-    /// ended or did not get there within `timeout`.
+    /// health check): its task's id and node's id; [`ServiceError::NotReady`]
+    /// when it ended or did not get there within its `ready_timeout`.
     async fn wait_running(
         &self,
         service: &str,
-        shown: &str,
-        timeout: Duration,
-    ) -> Result<Result<(String, Option<String>), String>, ServiceError> {
+        svc: &crate::pipeline::model::Service,
+    ) -> Result<(String, Option<String>), ServiceError> {
+        let not_ready = |why: String| ServiceError::NotReady {
+            service: svc.name.clone(),
+            image: svc.image.clone(),
+            why,
+        };
+        let (shown, timeout) = (&svc.name, svc.ready_timeout);
         let client = self.docker.client();
         let filters = HashMap::from([("service".to_string(), vec![service.to_string()])]);
         let until = tokio::time::Instant::now() + timeout;
@@ -290,7 +287,7 @@ impl SwarmExecutor {
                 match state {
                     TaskState::RUNNING => {
                         if let Some(id) = task.id {
-                            return Ok(Ok((id, task.node_id)));
+                            return Ok((id, task.node_id));
                         }
                     }
                     TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED | TaskState::SHUTDOWN => {
@@ -300,7 +297,7 @@ impl SwarmExecutor {
                             (None, Some(c)) => format!("exited with code {c}"),
                             (None, None) => state.to_string(),
                         };
-                        return Ok(Err(format!("ended before it was ready: {why}")));
+                        return Err(not_ready(format!("ended before it was ready: {why}")));
                     }
                     TaskState::STARTING => last = "its HEALTHCHECK".into(),
                     _ => {
@@ -312,7 +309,7 @@ impl SwarmExecutor {
                 }
             }
             if tokio::time::Instant::now() >= until {
-                return Ok(Err(format!(
+                return Err(not_ready(format!(
                     "was not ready within {}s (waited for {last})",
                     timeout.as_secs()
                 )));
