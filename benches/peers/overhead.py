@@ -136,7 +136,7 @@ def main():
 
     print(f"medians of {rounds} rounds ({big_rounds} with 10,000 files); {CORES} cores")
     print(f"{'':48} {'wall':>9} {'max RSS':>9} {'CPU':>8}")
-    for name in cases:
+    for name in (n for n in cases if results[n]):
         print(f"{name:48} {med(name, 0) * 1000:7.0f}ms {med(name, 1):7.1f}MiB {med(name, 2):7.2f}s")
     ratio = med("trackside, 50 jobs", 0) / med(f"floor, 50 (xargs -P {CORES})", 0)
     print(f"50 jobs: trackside / floor = {ratio:.2f}x (target <= 1.5x)")
@@ -147,8 +147,9 @@ def main():
         ours = med("trackside, 1,000 jobs, -j 1000", 2)
         theirs = med("wrkflw, 1,000 jobs (--runtime emulation)", 2)
         print(f"1,000 jobs: CPU trackside {ours:.2f} s, wrkflw {theirs:.2f} s ({ours / theirs:.2f}x; target <= 1x)")
-    ws = med("trackside, 50 jobs, 10,000 files", 0) - med("trackside, 50 jobs, 10,000 files, --in-place", 0)
-    print(f"10,000 files: the fresh workspace costs {ws / 50 * 1000:.1f} ms per job")
+    if big_rounds:
+        ws = med("trackside, 50 jobs, 10,000 files", 0) - med("trackside, 50 jobs, 10,000 files, --in-place", 0)
+        print(f"10,000 files: the fresh workspace costs {ws / 50 * 1000:.1f} ms per job")
     if os.environ.get("TRACKSIDE_B"):
         floor50 = med(f"floor, 50 (xargs -P {CORES})", 0)
         floor1k = med("floor, 1,000 (xargs -P 64)", 0)

@@ -329,16 +329,19 @@ impl Router {
     }
 }
 
-struct InFlight<'a>(&'a Router, SocketAddr);
+/// One request counted in flight to a backend while this lives: until the
+/// answer's body has been sent (or the client went away), since a replica
+/// stopped after its headers but before its body would cut the answer short.
+struct InFlight(Arc<Router>, SocketAddr);
 
-impl<'a> InFlight<'a> {
-    fn enter(r: &'a Router, addr: SocketAddr) -> Self {
+impl InFlight {
+    fn enter(r: &Arc<Router>, addr: SocketAddr) -> Self {
         r.track(addr, 1);
-        InFlight(r, addr)
+        InFlight(r.clone(), addr)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.track(self.1, -1);
     }
@@ -375,7 +378,7 @@ impl Router {
     }
 
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         client: &Client<HttpConnector, BoxBody<Bytes, hyper::Error>>,
         req: Request<Incoming>,
     ) -> Response<BoxBody<Bytes, hyper::Error>> {
@@ -449,11 +452,8 @@ impl Router {
         });
         *req.uri_mut() = uri;
         let started = Instant::now();
-        let mut result = {
-            // Counted until the answer's headers, also if the client goes away.
-            let _busy = InFlight::enter(self, addr);
-            client.request(req).await
-        };
+        let mut busy = InFlight::enter(self, addr);
+        let mut result = client.request(req).await;
         if let (Err(e), Some(mut retry)) = (&result, again)
             && (e.is_connect() || idempotent)
             && !body_failed.load(Ordering::Relaxed)
@@ -461,7 +461,7 @@ impl Router {
             addr = backends[(turn + 1) % backends.len()];
             if let Ok(uri) = format!("http://{addr}{path}").parse::<hyper::Uri>() {
                 *retry.uri_mut() = uri;
-                let _busy = InFlight::enter(self, addr);
+                busy = InFlight::enter(self, addr);
                 result = client.request(retry).await;
             }
         }
@@ -469,7 +469,14 @@ impl Router {
         let mut resp = match result {
             Ok(r) => {
                 self.record(choice.pool, latency, r.status().is_server_error());
-                r.map(|b| b.boxed())
+                // The body holds the count until it is sent or dropped.
+                r.map(|b| {
+                    b.map_frame(move |frame| {
+                        let _ = &busy;
+                        frame
+                    })
+                    .boxed()
+                })
             }
             Err(_) if body_failed.load(Ordering::Relaxed) => {
                 return text(StatusCode::BAD_REQUEST, "the request body could not be read\n");
@@ -555,6 +562,60 @@ mod tests {
         r.set_backends(Pool::Stable, vec![addr(1), addr(2), addr(3)]);
         r.set_backends(Pool::Canary, vec![addr(4)]);
         r
+    }
+
+    /// A replica drained before it is stopped must not cut an answer whose
+    /// headers came but whose body is still on its way: the request counts
+    /// in flight until its body has been sent.
+    #[tokio::test]
+    async fn a_request_is_in_flight_until_its_body_has_been_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend_addr = backend.local_addr().expect("addr");
+        let (rest_tx, rest_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = backend.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request ended early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nfir")
+                .await
+                .expect("head");
+            s.flush().await.expect("flush");
+            let _ = rest_rx.await;
+            s.write_all(b"st\n").await.expect("rest");
+        });
+        let r = Router::new(false);
+        r.set_backends(Pool::Stable, vec![backend_addr]);
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().serve(front, stop.clone()));
+
+        let mut c = tokio::net::TcpStream::connect(front_addr).await.expect("connect");
+        c.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").await.expect("send");
+        let mut text = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while !text.windows(3).any(|w| w == b"fir") {
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the answer ended early: {}", String::from_utf8_lossy(&text));
+            text.extend_from_slice(&buf[..n]);
+        }
+        // The headers and part of the body reached the client: still in flight.
+        assert_eq!(r.in_flight(backend_addr), 1);
+        rest_tx.send(()).expect("backend waits");
+        c.read_to_end(&mut text).await.expect("read the rest");
+        assert!(String::from_utf8_lossy(&text).ends_with("\r\n\r\nfirst\n"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.in_flight(backend_addr) != 0 {
+            assert!(Instant::now() < deadline, "still counted in flight after the body");
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
     }
 
     #[test]
