@@ -406,10 +406,8 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         _ => None,
     };
     // The project's file list is asked of git (or walked) while the record
-    // is made: side by side, not one after the other.
-    // Compiling the failure rules takes tens of milliseconds: on a thread
-    // of their own, and no step waits for them unless it fails.
-    crate::insight::knowledge::prepare_builtin();
+    // is made: side by side, not one after the other. (The failure rules
+    // are compiled only once a step fails or prints much: insight::knowledge.)
     let listing = (!cfg.in_place).then(|| {
         let (project, state) = (cfg.project_dir.clone(), cfg.state_dir.clone());
         std::thread::spawn(move || {
@@ -1127,6 +1125,7 @@ impl Actor {
             let deadline = self.started_at.map(|s| s + self.pipeline_timeout);
             let timeout_armed = deadline.is_some() && !self.timed_out && !self.state.is_finished();
             let watch_due = self.watch.as_ref().and_then(|w| w.due);
+            let history_due = self.history.due();
             let msg = tokio::select! {
                 cmd = self.cmd_rx.recv(), if commands_open => match cmd {
                     Some(c) => { self.command(c, &retry_tx); None }
@@ -1190,6 +1189,10 @@ impl Actor {
                 }
                 Some(f) = recv_forecast(&mut self.forecasting) => {
                     self.forecasted(f);
+                    None
+                }
+                () = sleep_until_opt(history_due), if history_due.is_some() => {
+                    self.history.flush();
                     None
                 }
                 () = sleep_until_opt(watch_due), if watch_due.is_some() => {

@@ -7,16 +7,21 @@
 //! never fails a run: a problem is logged once.
 //!
 //! The writes themselves happen on a thread of their own ([`Writer`]), off
-//! the engine's path from one job to the next: rows that end close together
-//! go in one transaction. The run record (the events) stays the first
-//! record of an attempt; [`History::finish`] waits for the writes before
-//! the run's end is told.
+//! the engine's path from one job to the next. Rows are held a moment
+//! ([`HOLD`], at most [`HOLD_ROWS`]) and go to the writer together, so that
+//! a burst of short jobs costs one transaction, not one per job: the index
+//! is derived data (`trackside store verify --repair` rebuilds it from the
+//! run records), and the run record (the events) stays the first record of
+//! an attempt. [`History::finish`] waits for the writes before the run's
+//! end is told.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -72,6 +77,11 @@ impl RunFacts {
         }
     }
 }
+
+/// How long an attempt's row may wait for others before it is written.
+pub const HOLD: Duration = Duration::from_millis(250);
+/// Rows held at most: more are written at once.
+const HOLD_ROWS: usize = 64;
 
 /// A write to the history index.
 enum Write {
@@ -209,6 +219,9 @@ pub struct History {
     /// Peak memory (bytes) and CPU time (ms) of attempts that have not
     /// ended yet.
     usage: HashMap<(String, u32), (Option<u64>, Option<u64>)>,
+    /// Rows not sent to the writer yet, and when the first of them must be.
+    held: Vec<AttemptRow>,
+    due: Option<Instant>,
 }
 
 impl History {
@@ -241,6 +254,21 @@ impl History {
             definitions: HashMap::new(),
             telling: HashMap::new(),
             usage: HashMap::new(),
+            held: Vec::new(),
+            due: None,
+        }
+    }
+
+    /// When the held rows must be written ([`History::flush`]), if any are.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Sends the held rows to the writer.
+    pub fn flush(&mut self) {
+        self.due = None;
+        if !self.held.is_empty() {
+            self.writer.send(Write::Rows(std::mem::take(&mut self.held)));
         }
     }
 
@@ -330,6 +358,8 @@ impl History {
                     .filter(|j| j.status == JobStatus::Failed && j.allow_failure)
                     .map(|j| j.name.clone())
                     .collect();
+                // After the rows they mark.
+                self.flush();
                 if !allowed.is_empty() {
                     self.writer.send(Write::Allowed(allowed));
                 }
@@ -337,7 +367,12 @@ impl History {
             }
             _ => return,
         };
-        self.writer.send(Write::Rows(vec![row]));
+        self.held.push(row);
+        if self.held.len() >= HOLD_ROWS {
+            self.flush();
+        } else if self.due.is_none() {
+            self.due = Some(Instant::now() + HOLD);
+        }
     }
 
     /// The line that told why attempt `attempt` of `job` failed (it comes
@@ -355,6 +390,7 @@ impl History {
     /// The run has ended: git's answer is waited for (a while) and given to
     /// the rows that lack it, and every write is made before this returns.
     pub fn finish(&mut self) {
+        self.flush();
         self.poll_facts(Some(Duration::from_secs(5)));
         self.writer.close();
     }
@@ -429,8 +465,18 @@ impl History {
             return;
         };
         self.pending = None;
+        // The facts go to the rows written before them: the held ones first.
+        self.flush();
         self.writer.send(Write::Facts(facts.clone()));
         self.facts = Some(facts);
+    }
+}
+
+impl Drop for History {
+    /// A run that ends without [`History::finish`] (a panic) still writes
+    /// the rows it held.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -2469,6 +2469,9 @@ async fn run_once(
                     }
                 }
             }
+            if scan.wants_rules() {
+                crate::insight::knowledge::prepare_builtin();
+            }
             if scan.would_wait() {
                 wait_for_rules().await;
             }
@@ -2506,8 +2509,9 @@ async fn run_once(
     (end, diagnosis)
 }
 
-/// Waits, on a blocking thread, for the built-in failure rules that
-/// `knowledge::prepare_builtin` compiles, so no async thread blocks on them.
+/// Waits, on a blocking thread, for the built-in failure rules (compiling
+/// them, or waiting for the thread that does), so no async thread blocks on
+/// them.
 async fn wait_for_rules() {
     if !crate::insight::knowledge::builtin_ready() {
         let _ = tokio::task::spawn_blocking(|| {

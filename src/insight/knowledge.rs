@@ -10,11 +10,12 @@
 //! the patterns captured. No I/O: the runner feeds lines, the rules come
 //! compiled into the binary.
 //!
-//! Compiling the built-in rules takes tens of milliseconds, longer than a
-//! trivial job. [`prepare_builtin`] starts it on a thread of its own at the
-//! start of a run, and a scan from [`Scan::builtin`] keeps the lines it is
-//! given (bounded) until the rules are ready instead of waiting for them:
-//! a step that succeeds never needs them at all. A pattern's own regex, for
+//! Compiling the built-in rules takes tens of milliseconds of CPU, longer
+//! than a trivial job, and a run whose steps pass never needs them. So a
+//! scan from [`Scan::builtin`] keeps the lines it is given (bounded) until
+//! the rules are ready instead of waiting for them; they are compiled when
+//! a step fails, or, on a thread of their own ([`prepare_builtin`]), once a
+//! step has printed enough that keeping its lines would cost more. A pattern's own regex, for
 //! the captures of a hint, is compiled only when a rule with it has won.
 
 use std::collections::HashSet;
@@ -405,10 +406,11 @@ fn compile_builtin() -> KnowledgeBase {
     })
 }
 
-/// Starts compiling the built-in rules on a thread of its own, so that the
-/// first failure finds them ready and no step waits for them.
+/// Starts compiling the built-in rules on a thread of its own (once per
+/// process), so that the scans keeping lines meanwhile get them soon.
 pub fn prepare_builtin() {
-    if BUILTIN.get().is_none() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if BUILTIN.get().is_none() && !STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         let _ = std::thread::Builder::new().name("trackside-rules".into()).spawn(|| {
             KnowledgeBase::builtin();
         });
@@ -421,10 +423,13 @@ pub fn builtin_ready() -> bool {
     BUILTIN.get().is_some()
 }
 
-/// Lines a [`Scan::builtin`] keeps while the rules are compiled; past it
-/// (or when it finishes) the scan waits for them.
-const MAX_PENDING_BYTES: usize = 1 << 20;
-const MAX_PENDING_LINES: usize = 10_000;
+/// Lines a [`Scan::builtin`] keeps while the rules are not compiled; past
+/// it (or when it finishes) the scan waits for them.
+const MAX_PENDING_BYTES: usize = 64 << 10;
+const MAX_PENDING_LINES: usize = 1_000;
+/// Past this, the rules should be compiled soon: see [`Scan::wants_rules`].
+const PREPARE_PENDING_BYTES: usize = 8 << 10;
+const PREPARE_PENDING_LINES: usize = 100;
 
 /// A rule pattern's source and, once a diagnosis needed its captures, its
 /// regex.
@@ -536,6 +541,14 @@ impl<'k> Scan<'k> {
         self.kb.is_none()
             && self.from.is_some_and(|f| f.get().is_none())
             && (self.pending.len() >= MAX_PENDING_LINES || self.pending_bytes >= MAX_PENDING_BYTES)
+    }
+
+    /// Whether this scan keeps enough lines that the rules should be
+    /// compiled now ([`prepare_builtin`]) rather than when a step fails.
+    pub fn wants_rules(&self) -> bool {
+        self.kb.is_none()
+            && self.from.is_some_and(|f| f.get().is_none())
+            && (self.pending.len() >= PREPARE_PENDING_LINES || self.pending_bytes >= PREPARE_PENDING_BYTES)
     }
 
     /// The rules, once ready: what was kept meanwhile is matched first.
@@ -945,7 +958,9 @@ rules:
     fn a_pending_scan_is_bounded() {
         let rules = OnceLock::new();
         let mut s = Scan::lazy(&rules);
-        for _ in 0..MAX_PENDING_LINES {
+        for n in 0..MAX_PENDING_LINES {
+            assert_eq!(s.wants_rules(), n >= PREPARE_PENDING_LINES, "after {n} lines");
+            assert!(!s.would_wait());
             s.line("x", false);
         }
         assert!(s.would_wait());

@@ -322,7 +322,8 @@ fn purge_dead(conn: &Connection) -> rusqlite::Result<()> {
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?
         .into_iter()
-        .filter(|(_, owner)| !crate::process::alive(owner))
+        // This process is alive: no need to ask /proc.
+        .filter(|(_, owner)| owner != crate::process::owner() && !crate::process::alive(owner))
         .map(|(run, _)| run)
         .collect();
     for run in dead {
