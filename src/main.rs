@@ -1266,9 +1266,15 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 only,
                 stages: stage,
             };
-            let full = pipeline;
-            let pipeline = pipeline::select::select(&full, &plan, &selection).map_err(|e| Fail(e.to_string(), 2))?;
-            let plan = Plan::build(&pipeline).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+            // The whole pipeline is kept beside the selected part only when
+            // there is a selection (a copy of a 1,000-job pipeline is MBs).
+            let (pipeline, plan, full) = if selection.is_empty() {
+                (pipeline, plan, None)
+            } else {
+                let sub = pipeline::select::select(&pipeline, &plan, &selection).map_err(|e| Fail(e.to_string(), 2))?;
+                let plan = Plan::build(&sub).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
+                (sub, plan, Some(pipeline))
+            };
             if list {
                 print!("{}", job_list(&pipeline));
                 return Ok(0);
@@ -1315,10 +1321,11 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             };
             // Jobs run without what they need take its artifacts from the
             // latest run that recorded them.
-            let borrowed = if selection.only.is_empty() && selection.stages.is_empty() {
-                Default::default()
-            } else {
-                borrowed_artifacts(&state, &full, &pipeline)?
+            let borrowed = match &full {
+                Some(full) if !(selection.only.is_empty() && selection.stages.is_empty()) => {
+                    borrowed_artifacts(&state, full, &pipeline)?
+                }
+                _ => Default::default(),
             };
             // `--approve-all` leaves gates that take approvals by name to
             // their approvers.

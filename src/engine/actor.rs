@@ -559,7 +559,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         shared: shared.is_some(),
         remote_containers: cfg.remote_containers,
     };
-    let state = RunState::new(cfg.run_id.clone(), (*pipeline).clone(), plan, opts);
+    let state = RunState::new(cfg.run_id.clone(), pipeline.clone(), plan, opts);
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let watcher = match &cfg.watch {
@@ -877,6 +877,7 @@ fn flake_facts(
     let filter = crate::store::history::Filter {
         pipeline: Some(key.clone()),
         limit: Some(HISTORY_SHOWN),
+        lean: true,
         ..Default::default()
     };
     let rows = match index.attempts(&filter) {
@@ -1306,7 +1307,7 @@ impl Actor {
         }
         tracing::info!(?changes, "pipeline changed and applied");
         let mut ctx = (*self.ctx).clone();
-        ctx.pipeline = Arc::new(self.state.pipeline().clone());
+        ctx.pipeline = self.state.shared_pipeline();
         self.ctx = Arc::new(ctx);
         self.perform(effects, retry_tx);
     }

@@ -11,6 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pipeline::expr::{self, Context};
@@ -308,7 +309,11 @@ pub struct JobHistory {
 
 pub struct RunState {
     run_id: String,
-    pipeline: Pipeline,
+    /// Shared with the run's context: one copy of a large pipeline.
+    pipeline: Arc<Pipeline>,
+    /// What history says of jobs, by name ([`Self::learn_history`]): their
+    /// flake rate and `history` fact, shown beside the pipeline's own.
+    learned: HashMap<String, (Option<u8>, String)>,
     plan: Plan,
     /// Each job's place among ready jobs: its remaining critical path, in
     /// tenths of a second of its jobs' past durations once history is
@@ -369,13 +374,15 @@ pub struct Changes {
 }
 
 impl RunState {
-    pub fn new(run_id: impl Into<String>, pipeline: Pipeline, plan: Plan, opts: Options) -> Self {
+    pub fn new(run_id: impl Into<String>, pipeline: impl Into<Arc<Pipeline>>, plan: Plan, opts: Options) -> Self {
+        let pipeline = pipeline.into();
         let n = pipeline.jobs.len();
         let rng = fastrand::Rng::with_seed(opts.seed);
         RunState {
             run_id: run_id.into(),
             jobs: vec![JobState::fresh(); n],
             pipeline,
+            learned: HashMap::new(),
             priority: plan.priority.clone(),
             durations: BTreeMap::new(),
             plan,
@@ -417,11 +424,16 @@ impl RunState {
         &self.pipeline
     }
 
+    /// The pipeline, shared (see [`RunContext`](super::attempt::RunContext)).
+    pub fn shared_pipeline(&self) -> Arc<Pipeline> {
+        self.pipeline.clone()
+    }
+
     /// The pipeline without the jobs an edit or a graft removed (their
     /// tombstones stay in [`Self::pipeline`], so job ids hold): what a
     /// change to the run starts from.
     pub fn live_pipeline(&self) -> Pipeline {
-        let mut p = self.pipeline.clone();
+        let mut p = (*self.pipeline).clone();
         let mut i = 0;
         p.jobs.retain(|_| {
             let keep = !self.removed.get(i).copied().unwrap_or(false);
@@ -956,7 +968,7 @@ impl RunState {
             serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
         };
         let mut changes = Changes::default();
-        let mut merged = self.pipeline.clone();
+        let mut merged = (*self.pipeline).clone();
         merged.global_env = new.global_env.clone();
         merged.retry_policy = new.retry_policy.clone();
         merged.kill_grace = new.kill_grace;
@@ -1018,7 +1030,7 @@ impl RunState {
             self.jobs.push(JobState::fresh());
             self.removed.push(false);
         }
-        self.pipeline = merged;
+        self.pipeline = Arc::new(merged);
         self.plan = plan;
         self.priority = self.weighted();
         self.opts.cond_env = cond_env(&self.pipeline);
@@ -1069,10 +1081,8 @@ impl RunState {
     /// plan is passed over) and returns the plan to show again.
     pub fn learn_history(&mut self, jobs: Vec<JobHistory>) -> EventKind {
         for h in jobs {
-            if let Some(j) = self.pipeline.jobs.iter_mut().find(|j| j.name == h.job) {
-                j.flake_pct = h.flake_pct;
-                j.facts.retain(|(k, _)| k != "history");
-                j.facts.push(("history".into(), h.fact));
+            if self.pipeline.job_index(&h.job).is_some() {
+                self.learned.insert(h.job, (h.flake_pct, h.fact));
             }
         }
         self.planned()
@@ -1103,13 +1113,17 @@ impl RunState {
                     has_image: j.steps.iter().any(|s| s.image.is_some()),
                     facts: {
                         let mut facts = j.facts.clone();
+                        if let Some((_, fact)) = self.learned.get(&j.name) {
+                            facts.retain(|(k, _)| k != "history");
+                            facts.push(("history".into(), fact.clone()));
+                        }
                         if let Some(a) = &j.approvers {
                             facts.push(("approvers".into(), a.describe()));
                         }
                         facts
                     },
                     stage: j.stage.clone(),
-                    flake_pct: j.flake_pct,
+                    flake_pct: self.learned.get(&j.name).map_or(j.flake_pct, |(pct, _)| *pct),
                 })
                 .collect(),
             critical_path: names(&self.plan.critical_path),

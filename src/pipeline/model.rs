@@ -157,6 +157,11 @@ pub struct GeneratedChild {
     pub variables: Vec<(String, String)>,
 }
 
+// A run holds each job of the pipeline once (a 1,000-job pipeline: this
+// times 1,000): a field that makes it grow much is boxed, as `deploy` is.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Job>() <= 1632);
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Job {
     pub name: String,
@@ -265,8 +270,9 @@ pub struct Job {
     /// allows four per job).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dir_caches: Vec<DirCache>,
-    /// A deploy job rolls a service out instead of running steps.
-    pub deploy: Option<Deploy>,
+    /// A deploy job rolls a service out instead of running steps (boxed:
+    /// most jobs have none, and a job is in memory once per job).
+    pub deploy: Option<Box<Deploy>>,
     /// The stage it belongs to, for display (GitLab pipelines); its
     /// dependencies already say what it waits for.
     #[serde(skip_serializing_if = "Option::is_none")]

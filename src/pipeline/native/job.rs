@@ -296,7 +296,9 @@ impl Cx<'_> {
                 .map(|(s, _)| s)
                 .collect()
         });
-        let deploy = deploy_node.and_then(|n| self.deploy(n, &join(&path, "deploy")));
+        let deploy = deploy_node
+            .and_then(|n| self.deploy(n, &join(&path, "deploy")))
+            .map(Box::new);
         let approvers = get(node, "approvers").and_then(|n| {
             let apath = join(&path, "approvers");
             if when != When::Manual {
