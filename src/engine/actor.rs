@@ -435,6 +435,15 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     // The store first: a damaged index stops the run before it has a record.
     let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
+    // What the jobs used in past runs decides the first jobs' admission, so
+    // it is waited for; read beside the record and the runtime's set-up.
+    let usage = {
+        let (index, file, jobs) = (index.clone(), cfg.pipeline_file.clone(), pipeline.jobs.len());
+        std::thread::Builder::new()
+            .name("trackside-usage".into())
+            .spawn(move || past_usage(&index, &file, jobs))
+            .ok()
+    };
     // What history says of the jobs is for display and the forecast: read
     // beside the run, not on the way of its first job (thousands of rows),
     // by the history's writer before it writes this run's first row.
@@ -553,7 +562,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         vars: ctx.pipeline_vars(),
         seed: cfg.seed.unwrap_or_else(|| fastrand::u64(..)),
         capacity,
-        learned: past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
+        learned: match usage.map(std::thread::JoinHandle::join) {
+            Some(Ok(learned)) => learned,
+            // No thread (or it panicked): read here.
+            _ => past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
+        },
         breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
         resumed: cfg.resume.clone(),
         shared: shared.is_some(),
@@ -1261,8 +1274,13 @@ impl Actor {
         }
         self.state.weigh(&past.durations);
         self.durations = past.durations;
+        // The first forecast a moment later, as after a transition: a run
+        // over by then needs none (400 simulations cost more than a job).
         if !self.durations.is_empty() && self.started_at.is_some() {
-            self.forecast_at = Some(Instant::now());
+            let soon = Instant::now() + FORECAST_BATCH;
+            if self.forecast_at.is_none_or(|at| at > soon) {
+                self.forecast_at = Some(soon);
+            }
         }
     }
 

@@ -83,8 +83,13 @@ const V6: &str = "ALTER TABLE attempts ADD COLUMN cpu_ms INTEGER;";
 /// Brings the index to [`VERSION`], each step in one transaction. Each
 /// step takes the write lock before it reads the version, so two processes
 /// opening an old index at once migrate it once: the second sees the first's
-/// version and skips the step.
+/// version and skips the step. An index already at [`VERSION`] (versions
+/// only grow) costs one read, no write lock.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= VERSION {
+        return Ok(());
+    }
     for (to, sql) in [(1, V1), (2, V2), (3, V3), (4, V4), (5, V5), (6, V6)] {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
