@@ -1895,7 +1895,9 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         project_vars: Vec::new(),
         project_file_vars: Vec::new(),
     };
-    // A GitHub workflow's `github` context, from the repository.
+    // A GitHub workflow's `github` context, from the repository (what git
+    // said goes to the run too: it is not asked twice).
+    let mut github_facts = None;
     let opts = if opts.dialect == Some(pipeline::Dialect::Github) {
         let dir = file
             .parent()
@@ -1938,6 +1940,7 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
             }),
             None => pipeline::ChangedFiles::known(None),
         };
+        github_facts = facts;
         LoadOptions {
             ci_vars,
             project_dir: root,
@@ -2036,7 +2039,7 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         };
         (opts, facts)
     } else {
-        (opts, None)
+        (opts, github_facts)
     };
     Ok((secrets, opts.0, opts.1))
 }

@@ -50,7 +50,10 @@ async fn jobs_run_in_dependency_order_and_the_run_is_recorded() {
     assert!(texts.contains(&"from-a") && texts.contains(&"err-a"), "{texts:?}");
     assert!(log.iter().any(|e| e.stream == "step" && e.step == "one"));
     assert!(run_dir.join("summary.json").exists());
-    assert!(run_dir.join("pipeline.yml").exists());
+    // Written beside the run's start, whole by its end.
+    let resolved = std::fs::read_to_string(run_dir.join("pipeline.yml")).expect("resolved pipeline");
+    assert!(resolved.contains("name: a"), "{resolved}");
+    assert!(!run_dir.join(".pipeline.yml.tmp").exists());
 }
 
 #[tokio::test]

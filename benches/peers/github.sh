@@ -12,7 +12,7 @@ set -euo pipefail
 runs=${1:-11}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 peers=${PEERS:-/tmp/peers}
-trackside=$here/target/release/trackside
+trackside=${TRACKSIDE:-$here/target/release/trackside}
 wrkflw=$peers/wrkflw-bin/bin/wrkflw
 command -v wrkflw >/dev/null 2>&1 && [ ! -x "$wrkflw" ] && wrkflw=$(command -v wrkflw)
 

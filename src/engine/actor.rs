@@ -381,6 +381,15 @@ impl Link for EngineHandle {
     }
 }
 
+/// Writes the resolved pipeline (its secrets masked) into the run's record.
+fn write_resolved(pipeline: &Pipeline, masker: &Masker, dir: &Path) {
+    let text = serde_yaml::to_string(pipeline).unwrap_or_default();
+    let text = masker.mask(&text).unwrap_or(text);
+    if let Err(e) = RunRecord::write_pipeline(dir, &text) {
+        tracing::warn!("cannot keep the resolved pipeline: {e}");
+    }
+}
+
 /// Restricts a pipeline to one job and its dependencies.
 fn select(pipeline: Pipeline, plan: Plan, job: &str) -> Result<(Pipeline, Plan), EngineError> {
     let sel = crate::pipeline::select::Selection {
@@ -422,8 +431,6 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
     if !pipeline.jobs.is_empty() && pipeline.jobs.iter().all(|j| j.file_commands) {
         masker = masker.marked(crate::engine::mask::GITHUB_MASK);
     }
-    let resolved = serde_yaml::to_string(&pipeline).unwrap_or_default();
-    let resolved = masker.mask(&resolved).unwrap_or(resolved);
     let mut meta = RunMeta {
         run_id: cfg.run_id.clone(),
         pipeline: pipeline.name.clone(),
@@ -469,7 +476,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             }
             RunRecord::reopen(&dir, &meta)?
         }
-        None => RunRecord::create(&cfg.state_dir, &mut meta, &resolved)?,
+        None => RunRecord::create(&cfg.state_dir, &mut meta)?,
     };
     // Another run may have had the id first: the record's is the run's.
     cfg.run_id = meta.run_id.clone();
@@ -497,6 +504,26 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         crate::exec::contain::available(),
     ));
     let pipeline = Arc::new(pipeline);
+    // The resolved pipeline's text (a 1,000-job one: tens of milliseconds
+    // of YAML) is written beside the run, not on the way of its first job;
+    // the run's end waits for it. A resumed run keeps its first text.
+    let resolved = match &cfg.resume {
+        Some(_) => None,
+        None => {
+            let (p, m, dir) = (pipeline.clone(), masker.clone(), record.dir().to_path_buf());
+            let spawned = std::thread::Builder::new().name("trackside-resolved".into()).spawn({
+                let (p, m, dir) = (p.clone(), m.clone(), dir.clone());
+                move || write_resolved(&p, &m, &dir)
+            });
+            match spawned {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    write_resolved(&p, &m, &dir);
+                    None
+                }
+            }
+        }
+    };
     let ctx = Arc::new(RunContext {
         run_id: cfg.run_id.clone(),
         pipeline: pipeline.clone(),
@@ -614,6 +641,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         read_past_first,
     );
     let actor = Actor {
+        resolved,
         history,
         state,
         ctx,
@@ -1048,6 +1076,8 @@ struct Shared {
 }
 
 struct Actor {
+    /// Writes the resolved pipeline into the record (joined at the end).
+    resolved: Option<std::thread::JoinHandle<()>>,
     /// Every attempt's row in the store's history.
     history: super::history::History,
     state: RunState,
@@ -1984,6 +2014,9 @@ impl Actor {
                     }
                     tracing::info!(run = %summary.run_id, result = ?summary.result, message = %summary.message, "run finished");
                     mask_summary(&self.masker, &mut summary);
+                    if let Some(h) = self.resolved.take() {
+                        let _ = h.join();
+                    }
                     self.history.finish();
                     if let Err(e) = self.record.finish(&summary) {
                         tracing::error!("cannot write the run summary: {e}");

@@ -625,7 +625,7 @@ mod tests {
             started_ms,
             owner: None,
         };
-        let mut rec = RunRecord::create(state, &mut meta, "").expect("record");
+        let mut rec = RunRecord::create(state, &mut meta).expect("record");
         if finished {
             rec.finish(&RunSummary {
                 run_id: id.into(),

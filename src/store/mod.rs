@@ -240,7 +240,9 @@ impl RunRecord {
     /// Creates the run's folder, exclusively: when another run took the id
     /// (ids are random within a second), a fresh one is drawn and
     /// `meta.run_id` says which was used.
-    pub fn create(state: &Path, meta: &mut RunMeta, resolved_pipeline: &str) -> Result<RunRecord, StoreError> {
+    /// The resolved pipeline (`pipeline.yml`) is written apart, with
+    /// [`RunRecord::write_pipeline`].
+    pub fn create(state: &Path, meta: &mut RunMeta) -> Result<RunRecord, StoreError> {
         prepare_state_dir(state)?;
         let runs = state.join("runs");
         std::fs::create_dir_all(&runs).map_err(io_err("cannot create", &runs))?;
@@ -272,8 +274,6 @@ impl RunRecord {
         let meta_path = dir.join("meta.json");
         let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
         write_with_mode(&meta_path, meta_text.as_bytes(), 0o600)?;
-        let pl = dir.join("pipeline.yml");
-        write_with_mode(&pl, resolved_pipeline.as_bytes(), 0o600)?;
         let ev = dir.join("events.jsonl");
         let events = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -289,6 +289,16 @@ impl RunRecord {
             events: LineWriter::new(events),
             logs: HashMap::new(),
         })
+    }
+
+    /// Writes the resolved pipeline that runs (`pipeline.yml` of the run's
+    /// folder `dir`), whole or not at all (a temporary file renamed).
+    pub fn write_pipeline(dir: &Path, resolved: &str) -> Result<(), StoreError> {
+        let tmp = dir.join(".pipeline.yml.tmp");
+        write_with_mode(&tmp, resolved.as_bytes(), 0o600)?;
+        let path = dir.join("pipeline.yml");
+        std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))?;
+        Ok(())
     }
 
     /// Opens a crashed run's folder again to go on with it (`trackside
@@ -772,8 +782,8 @@ mod tests {
             started_ms: 0,
             owner: None,
         };
-        let first = RunRecord::create(state.path(), &mut meta.clone(), "").expect("first");
-        let second = RunRecord::create(state.path(), &mut meta, "").expect("second");
+        let first = RunRecord::create(state.path(), &mut meta.clone()).expect("first");
+        let second = RunRecord::create(state.path(), &mut meta).expect("second");
         assert_ne!(meta.run_id, "20261202-000000-beef");
         assert_ne!(first.dir(), second.dir());
         let text = std::fs::read_to_string(second.dir().join("meta.json")).expect("meta");
