@@ -1263,6 +1263,11 @@ impl Actor {
         // a slow history read; seen under load in tests/attach.rs).
         self.past = None;
         self.finish_deferred(&retry_tx);
+        // A run shut down before it started never finished: its resolved
+        // pipeline is still written whole.
+        if let Some(h) = self.resolved.take() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
         for (_, t) in self.retry_timers.drain() {
             t.abort();
         }

@@ -55,7 +55,11 @@ impl RunFacts {
     /// Asks git (a few processes); nothing known outside a repository.
     pub fn read(project: &Path, known: Option<&crate::exec::git::Facts>) -> RunFacts {
         let read;
-        let facts = match known {
+        // Facts of another folder (the workflow's repository, a
+        // `--project-dir` elsewhere) are not this project's.
+        let same =
+            |f: &&crate::exec::git::Facts| std::fs::canonicalize(&f.root).ok() == std::fs::canonicalize(project).ok();
+        let facts = match known.filter(same) {
             Some(f) => Some(f),
             None => {
                 read = crate::exec::git::Facts::read(project);
@@ -498,6 +502,27 @@ pub fn definition(job: Option<&crate::pipeline::Job>) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// What git said of the workflow file's repository is used only when
+    /// it is the project's: a `--project-dir` elsewhere is asked itself.
+    #[test]
+    fn facts_of_another_repository_are_not_the_projects() {
+        use crate::exec::git::tests::{git, project};
+        let (Some(file_repo), Some(project_dir)) = (project(), project()) else {
+            return;
+        };
+        std::fs::write(project_dir.path().join("c.txt"), "c").expect("write");
+        assert!(git(project_dir.path(), &["add", "-A"]));
+        assert!(git(project_dir.path(), &["commit", "-qm", "third"]));
+        let theirs = crate::exec::git::Facts::read(file_repo.path()).expect("facts");
+        let ours = crate::exec::git::Facts::read(project_dir.path()).expect("facts");
+        assert_ne!(theirs.head.as_ref().map(|h| &h.sha), ours.head.as_ref().map(|h| &h.sha));
+        let told = super::RunFacts::read(project_dir.path(), Some(&theirs));
+        assert_eq!(told.commit, ours.head.as_ref().map(|h| h.sha.clone()));
+        // The project's own facts are taken as given.
+        let same = super::RunFacts::read(file_repo.path(), Some(&theirs));
+        assert_eq!(same.commit, theirs.head.as_ref().map(|h| h.sha.clone()));
+    }
+
     #[test]
     fn a_jobs_facts_are_no_part_of_its_definition() {
         let mut job = crate::pipeline::Job {

@@ -142,6 +142,11 @@ pub async fn run_attempt(ctx: Arc<RunContext>, mut a: Attempt) {
         (t.line(), t.diagnosis.clone())
     };
     let mut outcome = outcome;
+    // A failure is diagnosed here and its class again by the engine: the
+    // rules, compiled only once something fails, on a blocking thread.
+    if outcome.failure.is_some() {
+        wait_for_rules().await;
+    }
     outcome.diagnosis = outcome
         .failure
         .and_then(|class| diagnose(class, told, &outcome))
@@ -1699,6 +1704,7 @@ async fn run_step(
         Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec, cancel).await,
         Err(msg) => {
             note(a, &name, msg.clone()).await;
+            wait_for_rules().await;
             let d = KnowledgeBase::builtin().diagnose_message(&msg, &ending(&StepEnd::Exited(2), false));
             message = Some(msg);
             (StepEnd::Exited(2), d)

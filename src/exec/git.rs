@@ -725,11 +725,11 @@ pub fn untracked_files(ws: &Path) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `git -C dir ARGS` as a test user; false when it fails.
-    fn git(dir: &Path, args: &[&str]) -> bool {
+    pub(crate) fn git(dir: &Path, args: &[&str]) -> bool {
         Command::new("git")
             .arg("-C")
             .arg(dir)
@@ -741,7 +741,7 @@ mod tests {
 
     /// A repository on branch `main` with two commits, or `None` without
     /// git (which CI must have).
-    fn project() -> Option<tempfile::TempDir> {
+    pub(crate) fn project() -> Option<tempfile::TempDir> {
         let dir = tempfile::tempdir().expect("tempdir");
         if !git(dir.path(), &["init", "-q", "-b", "main"]) {
             assert!(std::env::var_os("CI").is_none(), "CI must have git");

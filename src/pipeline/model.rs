@@ -160,7 +160,10 @@ pub struct GeneratedChild {
 // A run holds each job of the pipeline once (a 1,000-job pipeline: this
 // times 1,000): a field that makes it grow much is boxed, as `deploy` is.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Job>() <= 1632);
+const _: () = assert!(
+    std::mem::size_of::<Job>() <= 1632,
+    "Job grew: box a large new field (as `deploy`), or raise the bound if it must be inline"
+);
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Job {
