@@ -204,7 +204,8 @@ impl Leftovers {
             return;
         }
         let c = ctx.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let small = small_project(ctx);
+        let _ = fs_work(small, move || {
             if let Some(ws) = self.workspace {
                 // The run's `.git` links stay; a container job's clone goes.
                 let extra = |rel: &Path| {
@@ -220,6 +221,25 @@ impl Leftovers {
             }
         })
         .await;
+    }
+}
+
+/// Projects of at most this many files have their workspace made and
+/// given back on the async thread itself: a handful of system calls, less
+/// than a trip to the blocking pool and back (two thread wake-ups a way).
+const SMALL_PROJECT: usize = 16;
+
+fn small_project(ctx: &RunContext) -> bool {
+    ctx.files.len() <= SMALL_PROJECT
+}
+
+/// Runs `f`, file-system work, here when it is `small`, else on the
+/// blocking pool; `None` if it panicked there.
+async fn fs_work<T: Send + 'static>(small: bool, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if small {
+        Some(f())
+    } else {
+        tokio::task::spawn_blocking(f).await.ok()
     }
 }
 
@@ -344,7 +364,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     } else {
         let (c, dest) = (ctx.clone(), ws.clone());
         let in_container = ctx.containers && job.image().is_some();
-        let copied = tokio::task::spawn_blocking(move || {
+        // A container job's own clone of the repository is git's work.
+        let small = small_project(ctx) && !(in_container && ctx.git_repo.is_some());
+        let copied = fs_work(small, move || {
             create_log(&log);
             let _ = std::fs::remove_dir_all(&dest);
             // An ended job's workspace, already made fresh, else a copy.
@@ -373,9 +395,9 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
         })
         .await;
         let err = match copied {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.to_string()),
+            None => Some("the task making it panicked".to_string()),
         };
         if let Some(e) = err {
             let msg = format!("cannot prepare the workspace {}: {e}", ws.display());
