@@ -216,7 +216,12 @@ fn recorded_entry(l: &RecordedLine) -> store::LogEntry {
 /// `trackside logs RUN JOB --follow`: the job's latest attempt so far from
 /// the record, then its lines as they come, until the job has ended (no
 /// retry to come) or the run has. A run that is not live prints its record.
-pub fn follow_log(state: &Path, run: &str, job: &str, print: &dyn Fn(&store::LogEntry) -> String) -> Result<u8, Fail> {
+pub fn follow_log(
+    state: &Path,
+    run: &str,
+    job: &str,
+    print: &(dyn Fn(&store::LogEntry) -> String + Sync),
+) -> Result<u8, Fail> {
     let dir = run_dir(state, Some(run))?;
     yield_to_the_run(STREAM_NICE);
     // Not live, or the job ended before we listened: the record is all there is.

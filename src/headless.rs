@@ -151,8 +151,8 @@ pub async fn follow_job<L: Link>(
     events: &mut Subscription,
     job: &str,
     mut attempt: u32,
-    print: &dyn Fn(&RecordedLine) -> String,
-    out: &mut dyn FnMut(&str),
+    print: &(dyn Fn(&RecordedLine) -> String + Sync),
+    out: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), LinkError> {
     // What the record has, printed.
     macro_rules! recorded {
@@ -230,7 +230,7 @@ async fn print_recorded<L: Link>(
     attempt: u32,
     from: u64,
     upto: Option<u64>,
-    sink: &mut dyn FnMut(&RecordedLine),
+    sink: &mut (dyn FnMut(&RecordedLine) + Send),
 ) -> Result<u64, LinkError> {
     let mut at = from;
     loop {

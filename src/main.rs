@@ -1616,9 +1616,25 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         })
                         .map_err(|e| Fail(e.to_string(), 2))
                 } else {
-                    headless::run(&handle, format, wait_approval, begin)
-                        .await
-                        .map_err(|e| Fail(e.to_string(), 2))
+                    // On the runtime's workers, beside the engine, not on
+                    // this thread: every burst of events would wake it (three
+                    // times a job).
+                    drop(begin);
+                    let (link, approvals) = (handle.clone(), approvals.clone());
+                    let printing = tokio::spawn(async move {
+                        let begin = async {
+                            for job in &approvals {
+                                link.approve(job).await?;
+                            }
+                            link.start().await?;
+                            Ok::<(), LinkError>(())
+                        };
+                        headless::run(&link, format, wait_approval, begin).await
+                    });
+                    match printing.await {
+                        Ok(printed) => printed.map_err(|e| Fail(e.to_string(), 2)),
+                        Err(e) => Err(Fail(format!("the printer stopped: {e}"), 2)),
+                    }
                 };
                 // The stream ended without the summary: the engine has it.
                 let ended = match left {
