@@ -85,7 +85,7 @@ impl RunFacts {
 /// How long an attempt's row may wait for others before it is written.
 pub const HOLD: Duration = Duration::from_millis(250);
 /// Rows held at most: more are written at once.
-const HOLD_ROWS: usize = 64;
+const HOLD_ROWS: usize = 16;
 
 /// A write to the history index.
 enum Write {
