@@ -9,11 +9,12 @@
 //! The writes themselves happen on a thread of their own ([`Writer`]), off
 //! the engine's path from one job to the next. Rows are held a moment
 //! ([`HOLD`], at most [`HOLD_ROWS`]) and go to the writer together, so that
-//! a burst of short jobs costs one transaction, not one per job: the index
-//! is derived data (`trackside store verify --repair` rebuilds it from the
-//! run records), and the run record (the events) stays the first record of
-//! an attempt. [`History::finish`] waits for the writes before the run's
-//! end is told.
+//! a burst of short jobs costs one transaction, not one per job. The run
+//! record (the events) stays the first record of an attempt; a trackside
+//! killed outright (SIGKILL, a power cut) loses the rows it held, at most a
+//! quarter second's, from history only: a signal it can handle ends the run
+//! and [`History::finish`] writes them. It waits for the writes before the
+//! run's end is told.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
