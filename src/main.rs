@@ -1590,15 +1590,6 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 if approve_all {
                     approvals.extend(manual.iter().cloned());
                 }
-                // Approvals given in advance, then the start: once the
-                // front-end listens, so it misses nothing.
-                let begin = async {
-                    for job in &approvals {
-                        handle.approve(job).await?;
-                    }
-                    handle.start().await?;
-                    Ok::<(), LinkError>(())
-                };
                 let left = if interactive {
                     let opts = UiOptions {
                         ascii,
@@ -1608,7 +1599,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                         bell: trackside::store::gc::ui_bell(&state).map_err(|e| Fail(e.to_string(), 2))?,
                         services: Some(servicecmd::services_source(&state)),
                     };
-                    ui::run(&handle, opts, begin)
+                    ui::run(&handle, opts, begin_run(&handle, &approvals))
                         .await
                         .map(|left| match left {
                             ui::Left::Finished(s) => Some(s),
@@ -1619,17 +1610,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                     // On the runtime's workers, beside the engine, not on
                     // this thread: every burst of events would wake it (three
                     // times a job).
-                    drop(begin);
                     let (link, approvals) = (handle.clone(), approvals.clone());
                     let printing = tokio::spawn(async move {
-                        let begin = async {
-                            for job in &approvals {
-                                link.approve(job).await?;
-                            }
-                            link.start().await?;
-                            Ok::<(), LinkError>(())
-                        };
-                        headless::run(&link, format, wait_approval, begin).await
+                        headless::run(&link, format, wait_approval, begin_run(&link, &approvals)).await
                     });
                     match printing.await {
                         Ok(printed) => printed.map_err(|e| Fail(e.to_string(), 2)),
@@ -2058,6 +2041,16 @@ fn load_options(v: &VarArgs, file: &Path, state: &Path) -> Result<Loading, Fail>
         (opts, github_facts)
     };
     Ok((secrets, opts.0, opts.1))
+}
+
+/// Approvals given in advance, then the start: a front-end passes this to
+/// be awaited once it listens, so it misses nothing.
+async fn begin_run(handle: &trackside::engine::EngineHandle, approvals: &[String]) -> Result<(), LinkError> {
+    for job in approvals {
+        handle.approve(job).await?;
+    }
+    handle.start().await?;
+    Ok(())
 }
 
 /// `run --list`: a line per job, as gitlab-ci-local's `--list` prints them.

@@ -673,6 +673,20 @@ fn a_hundred_short_jobs_run_across_both_nodes() {
     eprintln!("100 jobs on the swarm in {:.1} s: {per_node:?}", wall.as_secs_f64());
 }
 
+/// Starts `file`, waits for its step's `started-<uuid>` line and kills
+/// trackside: the run's id and that line.
+fn start_then_kill(env: &Env, file: &Path) -> (String, String) {
+    let mut live = Live::start(env, file, &[]);
+    let run_id = live.run_id();
+    let started = live.wait_within(Duration::from_secs(90), "the step's first line", |e| {
+        e["type"] == "log_line" && e["line"].as_str().is_some_and(|l| l.starts_with("started-"))
+    });
+    let marker = started["line"].as_str().unwrap_or_default().to_string();
+    let _ = live.child.kill();
+    let _ = live.child.wait();
+    (run_id, marker)
+}
+
 #[test]
 fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
     let Some(swarm) = Swarm::get() else { return };
@@ -690,14 +704,7 @@ fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
              \x20     - script: ['cat result.txt']\n"
         ),
     );
-    let mut live = Live::start(&env, &file, &[]);
-    let run_id = live.run_id();
-    let started = live.wait_within(Duration::from_secs(90), "the step's first line", |e| {
-        e["type"] == "log_line" && e["line"].as_str().is_some_and(|l| l.starts_with("started-"))
-    });
-    let marker = started["line"].as_str().unwrap_or_default().to_string();
-    let _ = live.child.kill();
-    let _ = live.child.wait();
+    let (run_id, marker) = start_then_kill(&env, &file);
     let out = env.cmd().args(["resume", &run_id, "--json"]).output().expect("resume");
     let events = events_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -727,14 +734,7 @@ fn a_resumed_run_takes_up_the_step_its_killed_trackside_left_running() {
 
     // Resumed with another variable, the step's inputs differ: the old
     // task is removed and the step runs anew.
-    let mut live = Live::start(&env, &file, &[]);
-    let run_id = live.run_id();
-    let started = live.wait_within(Duration::from_secs(90), "the step's first line", |e| {
-        e["type"] == "log_line" && e["line"].as_str().is_some_and(|l| l.starts_with("started-"))
-    });
-    let marker = started["line"].as_str().unwrap_or_default().to_string();
-    let _ = live.child.kill();
-    let _ = live.child.wait();
+    let (run_id, marker) = start_then_kill(&env, &file);
     let out = env
         .cmd()
         .args(["resume", &run_id, "--json", "--var", "CHANGED=yes"])
