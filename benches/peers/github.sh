@@ -2,7 +2,7 @@
 # The same 50-job GitHub workflow run by trackside and wrkflw, whole
 # process, side by side (docs/BENCHMARKS.md).
 #
-#   benches/peers/github.sh [RUNS]     (TRACKSIDE_B=<build>: another build in the same rounds)
+#   benches/peers/github.sh [RUNS]     (TRACKSIDE=<build>: the build to measure; TRACKSIDE_B=<build>: another build in the same rounds)
 #
 # Needs: a release build (cargo build --release), and wrkflw on PATH or in
 # $PEERS (default /tmp/peers): cargo install wrkflw --root
