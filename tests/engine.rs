@@ -666,3 +666,29 @@ async fn github_steps_with_status_functions_run_after_a_failure_or_a_cancel() {
     assert_eq!(job(&sum, "cancelled").status, JobStatus::Cancelled);
     assert_eq!(out("cancelled"), ["ready", "on-cancel", "always"]);
 }
+
+#[tokio::test]
+async fn a_start_that_fails_after_joining_the_slot_table_leaves_it() {
+    let mut s = setup("name: t\njobs:\n  a:\n    steps:\n      - script: echo hi\n");
+    let state = s.cfg.state_dir.clone();
+    std::fs::create_dir_all(&state).expect("state");
+    // The artifact store cannot open: the start fails after the run has
+    // its folder and joined the machine's slot table (beside the record).
+    std::fs::write(state.join("objects"), "not a folder").expect("objects");
+    let cfg = std::mem::replace(
+        &mut s.cfg,
+        trackside::engine::EngineConfig::new(
+            String::new(),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        ),
+    );
+    let plan = trackside::pipeline::Plan::build(&s.pipeline).expect("plan");
+    let failed = trackside::engine::spawn(s.pipeline.clone(), plan, cfg);
+    assert!(failed.is_err(), "the start fails");
+    let table = trackside::store::slots::Slots::open(&state)
+        .and_then(|mut t| t.table())
+        .expect("table");
+    assert!(table.runs.is_empty(), "the run left the table: {table:?}");
+}

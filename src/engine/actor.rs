@@ -31,8 +31,16 @@ use super::mask::Masker;
 use super::runner::{Attempt, RunContext, RunnerMsg, run_attempt};
 use super::state::{CancelReason, CondEnv, Effect, Input, JobId, Options, RunState};
 
-/// Events buffered per subscriber before a slow one starts missing some.
-pub const EVENT_CAPACITY: usize = 1 << 16;
+/// Events buffered per subscriber before a slow one starts missing some
+/// (it then catches up from the replay, and a printer's skipped log lines
+/// from the record). The ring is made whole at the start, 32 bytes an
+/// event: 2^14 is half a MiB (2^16 was 2 MiB and 1.5 ms of the start).
+pub const EVENT_CAPACITY: usize = 1 << 14;
+/// Events held before they are flushed (a burst larger than this is
+/// written in parts).
+const OUTBOX_MOST: usize = 1024;
+/// Messages of the attempts handled in one turn of the actor's loop.
+const DRAIN_MOST: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -464,7 +472,27 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         (read, rx)
     };
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
-    let record = match &cfg.resume {
+    // `-j auto`: one job per core to start with, CPU tokens for as many as
+    // it may ever allow.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut auto = cfg.auto_parallel.then(|| {
+        let (gauge, notice) = match &cfg.pressure_files {
+            Some(dir) => (crate::exec::pressure::Gauge::at(dir, cores), None),
+            None => crate::exec::pressure::Gauge::system(),
+        };
+        (super::parallelism::Controller::new(cores, 0), gauge, notice)
+    });
+    if let Some((ctl, _, _)) = &auto {
+        cfg.max_parallel = ctl.limit();
+    }
+    let capacity = cfg.capacity.unwrap_or_else(|| {
+        let tokens = auto.as_ref().map_or(cfg.max_parallel, |(ctl, _, _)| ctl.max());
+        super::admission::Capacity::measure(tokens.max(1))
+    });
+    if let Some((ctl, _, _)) = &mut auto {
+        *ctl = super::parallelism::Controller::new(cores, capacity.margin);
+    }
+    let (record, joining) = match &cfg.resume {
         // The run goes on in its own folder, under its own id and start.
         Some(_) => {
             let dir = store::runs_dir(&cfg.state_dir).join(&cfg.run_id);
@@ -474,12 +502,17 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             {
                 meta.started_ms = old.started_ms;
             }
-            RunRecord::reopen(&dir, &meta)?
+            let joining = Joining::start(&cfg, capacity);
+            (RunRecord::reopen(&dir, &meta)?, joining)
         }
-        None => RunRecord::create(&cfg.state_dir, &mut meta)?,
+        None => {
+            let dir = RunRecord::claim(&cfg.state_dir, &mut meta)?;
+            // Another run may have had the id first: the record's is the run's.
+            cfg.run_id = meta.run_id.clone();
+            let joining = Joining::start(&cfg, capacity);
+            (RunRecord::fill(dir, &meta)?, joining)
+        }
     };
-    // Another run may have had the id first: the record's is the run's.
-    cfg.run_id = meta.run_id.clone();
     let git_repo = (pipeline.git_checkout && !cfg.in_place)
         .then(|| crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref()))
         .flatten();
@@ -556,30 +589,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
     let cond_env = conditional_env(&ctx, &pipeline);
-    // `-j auto`: one job per core to start with, CPU tokens for as many as
-    // it may ever allow.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut auto = cfg.auto_parallel.then(|| {
-        let (gauge, notice) = match &cfg.pressure_files {
-            Some(dir) => (crate::exec::pressure::Gauge::at(dir, cores), None),
-            None => crate::exec::pressure::Gauge::system(),
-        };
-        (super::parallelism::Controller::new(cores, 0), gauge, notice)
-    });
-    if let Some((ctl, _, _)) = &auto {
-        cfg.max_parallel = ctl.limit();
-    }
-    let capacity = cfg.capacity.unwrap_or_else(|| {
-        let tokens = auto.as_ref().map_or(cfg.max_parallel, |(ctl, _, _)| ctl.max());
-        super::admission::Capacity::measure(tokens.max(1))
-    });
-    if let Some((ctl, _, _)) = &mut auto {
-        *ctl = super::parallelism::Controller::new(cores, capacity.margin);
-    }
-    let (shared, capacity) = match cfg.sharing {
-        Some(sharing) => share(&cfg.state_dir, &cfg.run_id, sharing, capacity),
-        None => (None, capacity),
-    };
+    let (shared, capacity) = joining.finish(&cfg, capacity);
     let opts = Options {
         max_parallel: cfg.max_parallel.max(1),
         fail_fast: cfg.fail_fast,
@@ -680,6 +690,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         notes_tx,
         notes_rx,
         next_seq: cfg.resume.as_ref().map_or(0, |r| r.next_seq),
+        outbox: Vec::new(),
         replay: replay.clone(),
         log_lines: Default::default(),
         past: Some(past),
@@ -749,6 +760,58 @@ async fn watch_cluster(
 /// one the runs sharing the machine use (see [`super::sharing::capacity`]).
 /// A table that cannot be used is said once; the run then counts only its
 /// own jobs.
+/// The run's joining of the slot table (a SQLite file opened and a first
+/// write: a millisecond or two), on a thread of its own while the rest of
+/// its record and context are made, once its id is its own (its folder
+/// made). A start that fails meanwhile leaves the table again (on drop).
+struct Joining {
+    thread: Option<std::thread::JoinHandle<(Option<Shared>, super::admission::Capacity)>>,
+    run_id: String,
+}
+
+impl Joining {
+    fn start(cfg: &EngineConfig, capacity: super::admission::Capacity) -> Joining {
+        let thread = cfg.sharing.and_then(|sharing| {
+            let (state, id) = (cfg.state_dir.clone(), cfg.run_id.clone());
+            std::thread::Builder::new()
+                .name("trackside-slots".into())
+                .spawn(move || share(&state, &id, sharing, capacity))
+                .ok()
+        });
+        Joining {
+            thread,
+            run_id: cfg.run_id.clone(),
+        }
+    }
+
+    /// The table (`None`: not sharing, or it could not be used) and the
+    /// capacity it leaves the run (of `capacity`, the run's own).
+    fn finish(
+        mut self,
+        cfg: &EngineConfig,
+        capacity: super::admission::Capacity,
+    ) -> (Option<Shared>, super::admission::Capacity) {
+        let Some(sharing) = cfg.sharing else {
+            return (None, capacity);
+        };
+        match self.thread.take().and_then(|t| t.join().ok()) {
+            Some(joined) => joined,
+            // No thread could be started, or it panicked: here, then.
+            None => share(&cfg.state_dir, &cfg.run_id, sharing, capacity),
+        }
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        if let Some(Ok((Some(mut shared), _))) = self.thread.take().map(std::thread::JoinHandle::join)
+            && let Err(e) = shared.slots.unregister(&self.run_id)
+        {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 fn share(
     state_dir: &Path,
     run_id: &str,
@@ -1128,6 +1191,10 @@ struct Actor {
     notes_rx: mpsc::UnboundedReceiver<EventKind>,
     /// The number the next event gets.
     next_seq: u64,
+    /// Events recorded but not yet flushed to the record's files, pushed
+    /// to the replay and sent to subscribers ([`Actor::flush_events`]): a
+    /// burst of events is one write and one wake of each subscriber.
+    outbox: Vec<Arc<Event>>,
     /// Shared with the handles: a replay is read without the actor (a
     /// client catching up after the run's end).
     replay: Arc<std::sync::Mutex<super::replay::Replay>>,
@@ -1248,8 +1315,19 @@ impl Actor {
                 }
             };
             if let Some(m) = msg {
+                let runner = matches!(m, ActorMsg::Runner(_));
                 self.message(m, &retry_tx).await;
+                // What else the attempts sent meanwhile (a burst of log
+                // lines) is handled in the same turn: one write to the
+                // record, one wake of each subscriber.
+                if runner {
+                    for _ in 0..DRAIN_MOST {
+                        let Ok(m) = self.msg_rx.try_recv() else { break };
+                        self.message(ActorMsg::Runner(m), &retry_tx).await;
+                    }
+                }
             }
+            self.flush_events();
             if !self.shutdown.is_empty() && self.running.is_empty() {
                 break;
             }
@@ -1263,6 +1341,7 @@ impl Actor {
         // a slow history read; seen under load in tests/attach.rs).
         self.past = None;
         self.finish_deferred(&retry_tx);
+        self.flush_events();
         // A run shut down before it started never finished: its resolved
         // pipeline is still written whole.
         if let Some(h) = self.resolved.take() {
@@ -1281,8 +1360,20 @@ impl Actor {
         {
             tracing::warn!("{e}");
         }
+        // Each SQLite file writes its log into itself as it closes (two
+        // fsyncs each): the slot table closes while the index does its
+        // part, side by side, not one after the other.
+        let (slots, index) = (self.shared.take(), self.ctx.index.clone());
+        let (_, checkpointed) = tokio::join!(
+            tokio::task::spawn_blocking(move || drop(slots)),
+            tokio::task::spawn_blocking(move || index.checkpoint()),
+        );
+        if let Ok(Err(e)) = checkpointed {
+            tracing::warn!("{e}");
+        }
         crate::exec::contain::release_idle();
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
+        self.flush_events();
         for r in self.shutdown.drain(..) {
             let _ = r.send(());
         }
@@ -1389,6 +1480,7 @@ impl Actor {
             .collect();
         for (trigger, artifact) in triggers {
             let (ctx, from) = (self.ctx.clone(), gen_name.clone());
+            self.flush_events();
             let text = tokio::task::spawn_blocking(move || artifacts::artifact_text(&ctx, &from, &artifact))
                 .await
                 .map_err(|e| e.to_string())
@@ -1455,6 +1547,7 @@ impl Actor {
             let mut opts = self.load_options.clone().unwrap_or_default();
             opts.matrix_needs = vec![(id, self.state.needs_context_after(at, finished))];
             let file = self.pipeline_file.clone();
+            self.flush_events();
             let read = tokio::task::spawn_blocking(move || crate::pipeline::load(&file, &opts))
                 .await
                 .map_err(|e| e.to_string())
@@ -1533,11 +1626,13 @@ impl Actor {
                     }
                     self.emit_cluster();
                 }
+                self.flush_events();
                 let _ = reply.send(());
             }
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply), retry_tx),
             Command::Subscribe(from, reply) => {
                 // From no later than now: "from now on" is `u64::MAX`.
+                self.flush_events();
                 let from = from.min(self.next_seq);
                 let replay = lock(&self.replay).since(from);
                 let _ = reply.send((from, replay, self.events.subscribe()));
@@ -1592,6 +1687,7 @@ impl Actor {
             }
             C::Shutdown => {
                 self.begin_shutdown(None, retry_tx);
+                self.flush_events();
                 let _ = reply.send(Ok(what));
                 return;
             }
@@ -1633,6 +1729,7 @@ impl Actor {
             }
             Ok(what)
         });
+        self.flush_events();
         let _ = reply.send(result);
     }
 
@@ -1852,6 +1949,8 @@ impl Actor {
                 // run started right after this one finds it. The log is
                 // complete: every line came through this channel before.
                 if let Some(key) = cache_key.filter(|_| outcome.failure.is_none()) {
+                    // The log it stores is whole in its file first.
+                    self.flush_events();
                     let ctx = self.ctx.clone();
                     let saved = tokio::task::spawn_blocking(move || {
                         artifacts::save(&ctx, &ctx.pipeline.jobs[job], attempt, &key)
@@ -2018,6 +2117,9 @@ impl Actor {
                         j.coverage = self.coverage.get(&j.name).cloned();
                     }
                     tracing::info!(run = %summary.run_id, result = ?summary.result, message = %summary.message, "run finished");
+                    // Its events are in the record, and told, before the
+                    // summary is and anyone waiting for the end hears of it.
+                    self.flush_events();
                     mask_summary(&self.masker, &mut summary);
                     if let Some(h) = self.resolved.take() {
                         let _ = h.join();
@@ -2244,10 +2346,31 @@ impl Actor {
             tracing::error!("cannot record an event: {e}");
         }
         self.history.observe(&ev, self.state.pipeline(), self.ctx.containers);
-        let ev = Arc::new(ev);
-        lock(&self.replay).push(ev.clone());
-        // No subscriber is fine: the record and the replay have it.
-        let _ = self.events.send(ev);
+        self.outbox.push(Arc::new(ev));
+        if self.outbox.len() >= OUTBOX_MOST {
+            self.flush_events();
+        }
+    }
+
+    /// Writes the events emitted since the last flush to the record's
+    /// files, then gives them to the replay and the subscribers, in order.
+    /// Called at the end of each turn of the actor's loop, before any
+    /// reply, and before the actor waits for anything: nobody is told of
+    /// an event before it is in the record, and none waits in the outbox
+    /// while the actor is idle.
+    fn flush_events(&mut self) {
+        if let Err(e) = self.record.flush() {
+            tracing::error!("cannot record events: {e}");
+        }
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut replay = lock(&self.replay);
+        for ev in self.outbox.drain(..) {
+            replay.push(ev.clone());
+            // No subscriber is fine: the record and the replay have it.
+            let _ = self.events.send(ev);
+        }
     }
 }
 

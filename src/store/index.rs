@@ -316,6 +316,13 @@ impl Index {
         f(&conn).map_err(|e| index_error(&self.path, e))
     }
 
+    /// Writes what the write-ahead log holds into the index's file (two
+    /// fsyncs), so that closing it later has nothing to write. A run's end
+    /// does it beside the closing of the slot table.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+    }
+
     /// Adds attempts to the history (one transaction).
     pub fn record_attempts(&self, rows: &[super::history::AttemptRow]) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -27,7 +27,7 @@ pub mod slots;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, LineWriter, Write};
+use std::io::{self, BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -232,9 +232,19 @@ impl RunMeta {
 /// The writer side of one run's folder.
 pub struct RunRecord {
     dir: PathBuf,
-    events: LineWriter<File>,
-    logs: HashMap<(String, u32), LineWriter<File>>,
+    /// Written by [`RunRecord::flush`]: the engine flushes once per burst
+    /// of events (whatever one message or command caused), before anyone
+    /// is told of them, so a burst is one write, not one per event.
+    events: BufWriter<File>,
+    logs: HashMap<(String, u32), BufWriter<File>>,
+    /// The attempts' logs written to since the last flush.
+    dirty: Vec<(String, u32)>,
 }
+
+/// What a log's writer holds before it writes (as a line writer did).
+const LOG_BUFFER: usize = 1024;
+/// What the events' writer holds before it writes.
+const EVENTS_BUFFER: usize = 64 * 1024;
 
 impl RunRecord {
     /// Creates the run's folder, exclusively: when another run took the id
@@ -243,6 +253,14 @@ impl RunRecord {
     /// The resolved pipeline (`pipeline.yml`) is written apart, with
     /// [`RunRecord::write_pipeline`].
     pub fn create(state: &Path, meta: &mut RunMeta) -> Result<RunRecord, StoreError> {
+        let dir = RunRecord::claim(state, meta)?;
+        RunRecord::fill(dir, meta)
+    }
+
+    /// The first half of [`RunRecord::create`]: the run's folder, made
+    /// exclusively (so `meta.run_id` is the run's own from then on), and
+    /// nothing in it yet; [`RunRecord::fill`] makes the rest.
+    pub fn claim(state: &Path, meta: &mut RunMeta) -> Result<PathBuf, StoreError> {
         prepare_state_dir(state)?;
         let runs = state.join("runs");
         std::fs::create_dir_all(&runs).map_err(io_err("cannot create", &runs))?;
@@ -261,6 +279,11 @@ impl RunRecord {
                 Err(e) => return Err(io_err("cannot create run folder", &dir)(e).into()),
             }
         }
+        Ok(dir)
+    }
+
+    /// The second half of [`RunRecord::create`], in the folder `claim` made.
+    pub fn fill(dir: PathBuf, meta: &RunMeta) -> Result<RunRecord, StoreError> {
         // Its folders and files are the user's alone: a run opened to a
         // group (`--allow-group`) lets the group search the run's folder
         // for its socket, and nothing there may be more open than that.
@@ -286,8 +309,9 @@ impl RunRecord {
         };
         Ok(RunRecord {
             dir,
-            events: LineWriter::new(events),
+            events: BufWriter::with_capacity(EVENTS_BUFFER, events),
             logs: HashMap::new(),
+            dirty: Vec::new(),
         })
     }
 
@@ -345,8 +369,9 @@ impl RunRecord {
         }
         Ok(RunRecord {
             dir: run_dir.to_path_buf(),
-            events: LineWriter::new(events),
+            events: BufWriter::with_capacity(EVENTS_BUFFER, events),
             logs: HashMap::new(),
+            dirty: Vec::new(),
         })
     }
 
@@ -354,7 +379,9 @@ impl RunRecord {
         &self.dir
     }
 
-    /// Appends one event: log lines to their attempt's log, the rest to events.jsonl.
+    /// Appends one event: log lines to their attempt's log, the rest to
+    /// events.jsonl. What is appended reaches the files at the next
+    /// [`RunRecord::flush`] (or when a buffer fills).
     pub fn write(&mut self, ev: &Event) -> Result<(), StoreError> {
         match &ev.kind {
             EventKind::LogLine {
@@ -380,7 +407,11 @@ impl RunRecord {
                     } else {
                         *attempt
                     };
-                    self.logs.remove(&(job.clone(), key_attempt));
+                    // Its last lines are written now: the attempt is over.
+                    if let Some(mut w) = self.logs.remove(&(job.clone(), key_attempt)) {
+                        let path = log_path(&self.dir, job, key_attempt);
+                        w.flush().map_err(io_err("cannot write", &path))?;
+                    }
                 }
                 let path = self.dir.join("events.jsonl");
                 let mut line = serde_json::to_string(ev).map_err(|e| StoreError::Damaged {
@@ -413,21 +444,47 @@ impl RunRecord {
                 .append(true)
                 .open(&path)
                 .map_err(io_err("cannot open", &path))?;
-            self.logs.insert(key.clone(), LineWriter::new(f));
+            self.logs.insert(key.clone(), BufWriter::with_capacity(LOG_BUFFER, f));
         }
         let path = log_path(&self.dir, job, attempt);
         let w = self.logs.get_mut(&key).ok_or_else(|| StoreError::Damaged {
             path: path.clone(),
             message: "log writer vanished".into(),
         })?;
+        let clean = w.buffer().is_empty();
         writeln!(w, "{ts}\t{stream}\t{step}\t{text}").map_err(io_err("cannot write", &path))?;
+        if clean {
+            self.dirty.push(key);
+        }
         Ok(())
+    }
+
+    /// Writes what was appended since the last flush to the files (no
+    /// fsync: a crash of trackside loses nothing flushed; one of the
+    /// machine may lose what the system had not yet written).
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let mut failed = None;
+        for key in self.dirty.drain(..) {
+            if let Some(w) = self.logs.get_mut(&key)
+                && let Err(e) = w.flush()
+            {
+                failed.get_or_insert_with(|| io_err("cannot write", &log_path(&self.dir, &key.0, key.1))(e));
+            }
+        }
+        if let Err(e) = self.events.flush() {
+            failed.get_or_insert_with(|| io_err("cannot write", &self.dir.join("events.jsonl"))(e));
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Writes summary.json atomically (temp file + rename).
     pub fn finish(&mut self, summary: &RunSummary) -> Result<(), StoreError> {
+        // The summary is written even if the last events could not be.
+        let flushed = self.flush();
         self.logs.clear();
-        let _ = self.events.flush();
         let path = self.dir.join("summary.json");
         let tmp = self.dir.join("summary.json.tmp");
         let text = serde_json::to_string_pretty(summary).map_err(|e| StoreError::Damaged {
@@ -436,7 +493,7 @@ impl RunRecord {
         })?;
         std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))?;
-        Ok(())
+        flushed
     }
 }
 
@@ -762,6 +819,48 @@ mod tests {
         assert!(!job_settled(dir.path(), "build"), "reset: it runs again");
         write(&[started, EventKind::SchedulingPaused, skipped("x")]);
         assert!(!job_settled(dir.path(), "build"));
+    }
+
+    #[test]
+    fn a_burst_of_events_reaches_the_files_at_the_flush() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut meta = RunMeta {
+            run_id: "20261206-000000-f00d".into(),
+            pipeline: "p".into(),
+            pipeline_file: "p.yml".into(),
+            project_dir: ".".into(),
+            started_ms: 0,
+            owner: None,
+        };
+        let mut rec = RunRecord::create(state.path(), &mut meta).expect("record");
+        let event = |seq: u64, kind: EventKind| Event { seq, ts: 7, kind };
+        let line = |text: &str| EventKind::LogLine {
+            job: "build".into(),
+            attempt: 1,
+            step: "script".into(),
+            stream: crate::exec::Stream::Stdout,
+            line: text.into(),
+            line_no: 0,
+        };
+        let started = EventKind::JobStarted {
+            job: "build".into(),
+            attempt: 1,
+        };
+        rec.write(&event(0, started)).expect("write");
+        rec.write(&event(1, line("one"))).expect("write");
+        rec.write(&event(2, line("two"))).expect("write");
+        let events = rec.dir().join("events.jsonl");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        // Held until the burst ends (one write, not one per event).
+        assert_eq!(read(&events), "");
+        rec.flush().expect("flush");
+        assert_eq!(read(&events).lines().count(), 1, "{}", read(&events));
+        let (_, lines) = read_log(rec.dir(), "build", Some(1)).expect("log");
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one", "two"]);
+        // A flush with nothing new writes nothing more.
+        rec.flush().expect("flush");
+        assert_eq!(read(&events).lines().count(), 1);
     }
 
     #[test]
