@@ -55,7 +55,8 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
     }
     // In a cgroup of its own where there is one: the shell joins it before
     // anything of the script runs, so nothing the step starts can leave it.
-    let script = match ScriptFile::new(&spec.script, &spec.script_dir, spec.shell.is_some()) {
+    let on_disk = !reads_script_as_named(spec.shell.as_deref());
+    let script = match ScriptFile::new(&spec.script, &spec.script_dir, on_disk) {
         Ok(s) => s,
         Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
     };
@@ -313,6 +314,20 @@ impl Drop for ScriptFile {
     }
 }
 
+/// Whether the program of `shell` (a step's command line, `None`: `sh -e`)
+/// opens its script by the path it is given, as the POSIX shells and bash
+/// do, so that an in-memory script (`/proc/PID/fd/N`) serves: no file is
+/// made and removed per step (an inode each, a cost on some file systems).
+/// Others (node, pwsh, python, ...) may resolve the path first: they get a
+/// file.
+fn reads_script_as_named(shell: Option<&[String]>) -> bool {
+    let Some(program) = shell.map(|s| s.first()) else {
+        return true;
+    };
+    let name = program.and_then(|p| Path::new(p).file_name()).and_then(|n| n.to_str());
+    matches!(name, Some("sh" | "bash" | "dash" | "ksh" | "zsh"))
+}
+
 /// `script` in an anonymous in-memory file, unless the kernel or `/proc`
 /// cannot offer one.
 #[cfg(target_os = "linux")]
@@ -560,6 +575,44 @@ mod tests {
             got.push(l.text);
         }
         (end, got)
+    }
+
+    #[test]
+    fn shells_read_their_script_from_memory_other_interpreters_from_a_file() {
+        let line = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(reads_script_as_named(None), "sh -e");
+        for shell in [
+            &["bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"][..],
+            &["/bin/sh", "-e", "{0}"],
+        ] {
+            assert!(reads_script_as_named(Some(&line(shell))), "{shell:?}");
+        }
+        for other in [
+            &["node", "{0}"][..],
+            &["pwsh", "-command", ". '{0}'"],
+            &["python", "{0}"],
+        ] {
+            assert!(!reads_script_as_named(Some(&line(other))), "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bash_step_runs_its_script_from_memory_and_leaves_no_file() {
+        let Some(bash) = ["/bin/bash", "/usr/bin/bash"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            assert!(std::env::var_os("CI").is_none(), "bash is on every CI machine");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), &[bash, "-e", "{0}"], Path::new("/usr/bin:/bin"));
+        s.script = "echo \"$0\"\n".into();
+        let steps = s.script_dir.clone();
+        let (end, got) = lines(s).await;
+        assert!(matches!(end, StepEnd::Exited(0)), "{end:?} {got:?}");
+        assert!(got.len() == 1 && got[0].starts_with("/proc/"), "{got:?}");
+        assert!(!steps.exists(), "no script file was made in {}", steps.display());
     }
 
     #[tokio::test]
