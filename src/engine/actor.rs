@@ -589,6 +589,14 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
     let cond_env = conditional_env(&ctx, &pipeline);
+    // What can still fail comes before the table is taken from `joining`
+    // (which leaves the table when dropped).
+    let breakers = crate::store::gc::breaker_config(&cfg.state_dir)?;
+    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+    let watcher = match &cfg.watch {
+        Some(_) => Some(watch_file(&cfg.pipeline_file, watch_tx)?),
+        None => None,
+    };
     let (shared, capacity) = joining.finish(&cfg, capacity);
     let opts = Options {
         max_parallel: cfg.max_parallel.max(1),
@@ -604,18 +612,13 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             // No thread (or it panicked): read here.
             _ => past_usage(&ctx.index, &cfg.pipeline_file, pipeline.jobs.len()),
         },
-        breakers: crate::store::gc::breaker_config(&cfg.state_dir)?,
+        breakers,
         resumed: cfg.resume.clone(),
         shared: shared.is_some(),
         remote_containers: cfg.remote_containers,
     };
     let state = RunState::new(cfg.run_id.clone(), pipeline.clone(), plan, opts);
 
-    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    let watcher = match &cfg.watch {
-        Some(_) => Some(watch_file(&cfg.pipeline_file, watch_tx)?),
-        None => None,
-    };
     let (tx, cmd_rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (finished_tx, finished) = watch::channel(None);

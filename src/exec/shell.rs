@@ -314,18 +314,25 @@ impl Drop for ScriptFile {
     }
 }
 
-/// Whether the program of `shell` (a step's command line, `None`: `sh -e`)
-/// opens its script by the path it is given, as the POSIX shells and bash
-/// do, so that an in-memory script (`/proc/PID/fd/N`) serves: no file is
-/// made and removed per step (an inode each, a cost on some file systems).
-/// Others (node, pwsh, python, ...) may resolve the path first: they get a
+/// Whether the step's command line `shell` (`None`: `sh -e`) is a POSIX
+/// shell or bash given the script's path as an argument of its own
+/// (`bash -e {0}`): it opens the path as given, so an in-memory script
+/// (`/proc/PID/fd/N`) serves, and no file is made and removed per step (an
+/// inode each, a cost on some file systems). Other programs (node, pwsh,
+/// python, ...) may resolve the path first, and `{0}` inside a longer
+/// argument (`bash -c "node {0}"`) goes to whatever that runs: they get a
 /// file.
 fn reads_script_as_named(shell: Option<&[String]>) -> bool {
-    let Some(program) = shell.map(|s| s.first()) else {
+    let Some(line) = shell else {
         return true;
     };
-    let name = program.and_then(|p| Path::new(p).file_name()).and_then(|n| n.to_str());
+    let Some((program, args)) = line.split_first() else {
+        return false;
+    };
+    let name = Path::new(program).file_name().and_then(|n| n.to_str());
     matches!(name, Some("sh" | "bash" | "dash" | "ksh" | "zsh"))
+        && args.iter().any(|a| a == "{0}")
+        && !args.iter().any(|a| a == "-c" || (a.contains("{0}") && a != "{0}"))
 }
 
 /// `script` in an anonymous in-memory file, unless the kernel or `/proc`
@@ -591,6 +598,8 @@ mod tests {
             &["node", "{0}"][..],
             &["pwsh", "-command", ". '{0}'"],
             &["python", "{0}"],
+            &["bash", "-c", "node {0}"],
+            &["sh", "-c", "cat {0} | sh", "{0}"],
         ] {
             assert!(!reads_script_as_named(Some(&line(other))), "{other:?}");
         }

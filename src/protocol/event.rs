@@ -708,7 +708,7 @@ pub struct Event {
 }
 
 impl EventKind {
-    /// Whether this marks a job or run transition (records are flushed at each).
+    /// Whether this marks a job or run transition.
     pub fn is_transition(&self) -> bool {
         !matches!(self, EventKind::LogLine { .. } | EventKind::Rollout { .. })
     }

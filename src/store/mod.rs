@@ -4,7 +4,7 @@
 //! <state>/runs/<run-id>/
 //!     meta.json        pipeline file, project dir, start time
 //!     pipeline.yml     the resolved pipeline that ran
-//!     events.jsonl     every event but log lines, appended and flushed at each transition
+//!     events.jsonl     every event but log lines, appended once per burst of events
 //!     logs/<job>.<attempt>.log   one line per output line: ts_ms TAB stream TAB step TAB text
 //!     summary.json     written when the run finishes
 //!     steps/           container steps' scripts, secrets files and records (0700)
@@ -13,7 +13,9 @@
 //! <state>/slots.sqlite            what the runs sharing the machine hold now (slots::Slots)
 //! <state>/logs/trackside.log.YYYY-MM-DD   trackside's own diagnostics
 //! ```
-//! Log files are line-buffered, so a crash loses at most a partial line.
+//! The engine writes both once per burst of events ([`RunRecord::flush`]),
+//! before anyone is told of them: a crash of trackside loses at most the
+//! burst it was handling and a partial line.
 
 pub mod actions;
 pub mod cache;
@@ -403,28 +405,40 @@ impl RunRecord {
                 if let EventKind::JobFinished { job, attempt, .. } | EventKind::JobRetrying { job, attempt, .. } = kind
                 {
                     let key_attempt = if matches!(kind, EventKind::JobRetrying { .. }) {
-                        attempt - 1
+                        attempt.saturating_sub(1)
                     } else {
                         *attempt
                     };
-                    // Its last lines are written now: the attempt is over.
-                    if let Some(mut w) = self.logs.remove(&(job.clone(), key_attempt)) {
+                    // Its last lines are written now: the attempt is over. A
+                    // log that cannot be written does not keep its end
+                    // from the record: the error is told after the event is.
+                    let log_failed = self.logs.remove(&(job.clone(), key_attempt)).and_then(|mut w| {
                         let path = log_path(&self.dir, job, key_attempt);
-                        w.flush().map_err(io_err("cannot write", &path))?;
-                    }
+                        w.flush().err().map(io_err("cannot write", &path))
+                    });
+                    self.write_event(ev)?;
+                    return match log_failed {
+                        Some(e) => Err(e.into()),
+                        None => Ok(()),
+                    };
                 }
-                let path = self.dir.join("events.jsonl");
-                let mut line = serde_json::to_string(ev).map_err(|e| StoreError::Damaged {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                line.push('\n');
-                self.events
-                    .write_all(line.as_bytes())
-                    .map_err(io_err("cannot write", &path))?;
-                Ok(())
+                self.write_event(ev)
             }
         }
+    }
+
+    /// Appends `ev` to events.jsonl's buffer.
+    fn write_event(&mut self, ev: &Event) -> Result<(), StoreError> {
+        let path = self.dir.join("events.jsonl");
+        let mut line = serde_json::to_string(ev).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        line.push('\n');
+        self.events
+            .write_all(line.as_bytes())
+            .map_err(io_err("cannot write", &path))?;
+        Ok(())
     }
 
     fn log_line(
@@ -464,13 +478,17 @@ impl RunRecord {
     /// machine may lose what the system had not yet written).
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut failed = None;
-        for key in self.dirty.drain(..) {
+        let mut unwritten = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
             if let Some(w) = self.logs.get_mut(&key)
                 && let Err(e) = w.flush()
             {
                 failed.get_or_insert_with(|| io_err("cannot write", &log_path(&self.dir, &key.0, key.1))(e));
+                // Tried again at the next flush.
+                unwritten.push(key);
             }
         }
+        self.dirty = unwritten;
         if let Err(e) = self.events.flush() {
             failed.get_or_insert_with(|| io_err("cannot write", &self.dir.join("events.jsonl"))(e));
         }
@@ -861,6 +879,44 @@ mod tests {
         // A flush with nothing new writes nothing more.
         rec.flush().expect("flush");
         assert_eq!(read(&events).lines().count(), 1);
+    }
+
+    #[test]
+    fn an_attempts_end_is_recorded_even_when_its_log_cannot_be_written() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut meta = RunMeta {
+            run_id: "20261206-000000-d15c".into(),
+            pipeline: "p".into(),
+            pipeline_file: "p.yml".into(),
+            project_dir: ".".into(),
+            started_ms: 0,
+            owner: None,
+        };
+        let mut rec = RunRecord::create(state.path(), &mut meta).expect("record");
+        // Every write to the attempt's log fails (a full disk).
+        std::os::unix::fs::symlink("/dev/full", log_path(rec.dir(), "build", 1)).expect("symlink");
+        let event = |seq: u64, kind: EventKind| Event { seq, ts: 7, kind };
+        let line = EventKind::LogLine {
+            job: "build".into(),
+            attempt: 1,
+            step: "script".into(),
+            stream: crate::exec::Stream::Stdout,
+            line: "lost".into(),
+            line_no: 0,
+        };
+        rec.write(&event(0, line)).expect("buffered");
+        let retrying = EventKind::JobRetrying {
+            job: "build".into(),
+            attempt: 2,
+            delay_ms: 0,
+            failure_class: crate::pipeline::FailureClass::Script,
+            exit_code: Some(1),
+            diagnosis: None,
+        };
+        assert!(rec.write(&event(1, retrying)).is_err(), "the log's failure is told");
+        rec.flush().expect("flush");
+        let events = std::fs::read_to_string(rec.dir().join("events.jsonl")).expect("events");
+        assert!(events.contains("\"job_retrying\""), "{events}");
     }
 
     #[test]
