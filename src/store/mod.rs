@@ -839,34 +839,44 @@ mod tests {
         assert!(!job_settled(dir.path(), "build"));
     }
 
-    #[test]
-    fn a_burst_of_events_reaches_the_files_at_the_flush() {
-        let state = tempfile::tempdir().expect("tempdir");
-        let mut meta = RunMeta {
-            run_id: "20261206-000000-f00d".into(),
+    fn meta(run_id: &str) -> RunMeta {
+        RunMeta {
+            run_id: run_id.into(),
             pipeline: "p".into(),
             pipeline_file: "p.yml".into(),
             project_dir: ".".into(),
             started_ms: 0,
             owner: None,
-        };
-        let mut rec = RunRecord::create(state.path(), &mut meta).expect("record");
-        let event = |seq: u64, kind: EventKind| Event { seq, ts: 7, kind };
-        let line = |text: &str| EventKind::LogLine {
+        }
+    }
+
+    fn event(seq: u64, kind: EventKind) -> Event {
+        Event { seq, ts: 7, kind }
+    }
+
+    /// A line of the first attempt of job `build`.
+    fn build_line(text: &str) -> EventKind {
+        EventKind::LogLine {
             job: "build".into(),
             attempt: 1,
             step: "script".into(),
             stream: crate::exec::Stream::Stdout,
             line: text.into(),
             line_no: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_burst_of_events_reaches_the_files_at_the_flush() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut rec = RunRecord::create(state.path(), &mut meta("20261206-000000-f00d")).expect("record");
         let started = EventKind::JobStarted {
             job: "build".into(),
             attempt: 1,
         };
         rec.write(&event(0, started)).expect("write");
-        rec.write(&event(1, line("one"))).expect("write");
-        rec.write(&event(2, line("two"))).expect("write");
+        rec.write(&event(1, build_line("one"))).expect("write");
+        rec.write(&event(2, build_line("two"))).expect("write");
         let events = rec.dir().join("events.jsonl");
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         // Held until the burst ends (one write, not one per event).
@@ -884,27 +894,10 @@ mod tests {
     #[test]
     fn an_attempts_end_is_recorded_even_when_its_log_cannot_be_written() {
         let state = tempfile::tempdir().expect("tempdir");
-        let mut meta = RunMeta {
-            run_id: "20261206-000000-d15c".into(),
-            pipeline: "p".into(),
-            pipeline_file: "p.yml".into(),
-            project_dir: ".".into(),
-            started_ms: 0,
-            owner: None,
-        };
-        let mut rec = RunRecord::create(state.path(), &mut meta).expect("record");
+        let mut rec = RunRecord::create(state.path(), &mut meta("20261206-000000-d15c")).expect("record");
         // Every write to the attempt's log fails (a full disk).
         std::os::unix::fs::symlink("/dev/full", log_path(rec.dir(), "build", 1)).expect("symlink");
-        let event = |seq: u64, kind: EventKind| Event { seq, ts: 7, kind };
-        let line = EventKind::LogLine {
-            job: "build".into(),
-            attempt: 1,
-            step: "script".into(),
-            stream: crate::exec::Stream::Stdout,
-            line: "lost".into(),
-            line_no: 0,
-        };
-        rec.write(&event(0, line)).expect("buffered");
+        rec.write(&event(0, build_line("lost"))).expect("buffered");
         let retrying = EventKind::JobRetrying {
             job: "build".into(),
             attempt: 2,
@@ -929,14 +922,7 @@ mod tests {
     #[test]
     fn a_taken_run_id_gets_a_fresh_one_instead_of_sharing_the_folder() {
         let state = tempfile::tempdir().expect("tempdir");
-        let mut meta = RunMeta {
-            run_id: "20261202-000000-beef".into(),
-            pipeline: "p".into(),
-            pipeline_file: "p.yml".into(),
-            project_dir: ".".into(),
-            started_ms: 0,
-            owner: None,
-        };
+        let mut meta = meta("20261202-000000-beef");
         let first = RunRecord::create(state.path(), &mut meta.clone()).expect("first");
         let second = RunRecord::create(state.path(), &mut meta).expect("second");
         assert_ne!(meta.run_id, "20261202-000000-beef");
