@@ -759,10 +759,6 @@ async fn watch_cluster(
     }
 }
 
-/// Registers the run in the machine's slot table: its capacity becomes the
-/// one the runs sharing the machine use (see [`super::sharing::capacity`]).
-/// A table that cannot be used is said once; the run then counts only its
-/// own jobs.
 /// The run's joining of the slot table (a SQLite file opened and a first
 /// write: a millisecond or two), on a thread of its own while the rest of
 /// its record and context are made, once its id is its own (its folder
@@ -815,6 +811,10 @@ impl Drop for Joining {
     }
 }
 
+/// Registers the run in the machine's slot table: its capacity becomes the
+/// one the runs sharing the machine use (see [`super::sharing::capacity`]).
+/// A table that cannot be used is said once; the run then counts only its
+/// own jobs.
 fn share(
     state_dir: &Path,
     run_id: &str,
