@@ -26,12 +26,12 @@ use trackside::store::index::Index;
 
 fn row(run: usize, job: usize, attempt: u32, failed: bool) -> AttemptRow {
     AttemptRow {
-        run_id: format!("20261205-{run:06}"),
+        run_id: format!("20261205-{run:06}").into(),
         pipeline: "/work/shop/.github/workflows/ci.yml".into(),
         dialect: "github".into(),
-        job: format!("test-{job:03}"),
-        definition: format!("{:016x}", job * 7919),
-        commit: Some(format!("{:040x}", run / 5)),
+        job: format!("test-{job:03}").into(),
+        definition: format!("{:016x}", job * 7919).into(),
+        commit: Some(format!("{:040x}", run / 5).into()),
         branch: Some("main".into()),
         default_branch: true,
         dirty: false,

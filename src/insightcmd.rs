@@ -46,8 +46,8 @@ fn when(ms: u64) -> String {
     t.trim_end_matches('Z').replace('T', " ")
 }
 
-fn short(commit: &Option<String>) -> String {
-    commit.as_deref().map_or("-".into(), |c| c.chars().take(8).collect())
+fn short(commit: Option<&str>) -> String {
+    commit.map_or("-".into(), |c| c.chars().take(8).collect())
 }
 
 pub struct HistoryArgs<'a> {
@@ -125,7 +125,7 @@ pub fn history(state: &Path, args: HistoryArgs<'_>) -> Result<u8, Fail> {
                 trackside::headless::seconds(r.duration_ms),
                 r.peak_memory
                     .map_or_else(|| "-".to_string(), trackside::store::manifest::human),
-                format!("{}{}", short(&r.commit), if r.dirty { "+" } else { "" }),
+                format!("{}{}", short(r.commit.as_deref()), if r.dirty { "+" } else { "" }),
                 r.branch.as_deref().unwrap_or("-"),
                 r.failure_class.as_deref().unwrap_or("")
             ));
@@ -457,7 +457,7 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
     })?;
     let mut found = flaky::analyse(&rows);
     // Test cases are series of their own (`JOB › TEST`).
-    let tests = index.test_attempts(pipeline.as_deref())?;
+    let tests = index.test_attempts(pipeline.as_deref(), None)?;
     found.extend(flaky::analyse(&tests));
     if !all {
         found.retain(|f| matches!(f.verdict, Verdict::Flaky | Verdict::Broken));
@@ -527,7 +527,7 @@ pub fn flaky(state: &Path, pipeline: Option<&Path>, all: bool, json: bool) -> Re
             };
             out.push_str(&format!(
                 "  {what} commit {} (run {}{})\n",
-                short(&s.commit),
+                short(s.commit.as_deref()),
                 s.run_id,
                 if f.verdict == Verdict::Broken {
                     String::new()

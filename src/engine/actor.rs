@@ -963,6 +963,10 @@ fn quarantine(pipeline: &mut Pipeline, index: &crate::store::index::Index, file:
 /// Most recent attempts a run looks at to tell its jobs' history.
 const HISTORY_SHOWN: usize = 5_000;
 
+/// Most recent test cases it looks at to name a flaky job's flaky tests
+/// (a thousand tests over twenty runs).
+const TESTS_SHOWN: usize = 20_000;
+
 /// Runs the UI's dashboard charts.
 const RUNS_SHOWN: usize = 30;
 
@@ -995,7 +999,11 @@ fn flake_facts(
     let stats = crate::insight::metrics::stats(&rows, &found, RUNS_SHOWN)
         .into_iter()
         .next();
-    let tests = index.test_attempts(Some(&key)).map(|t| analyse(&t)).unwrap_or_default();
+    drop(rows);
+    let tests = index
+        .test_attempts(Some(&key), Some(TESTS_SHOWN))
+        .map(|t| analyse(&t))
+        .unwrap_or_default();
     let mut jobs = Vec::new();
     for name in names {
         let Some(f) = found

@@ -209,16 +209,16 @@ fn warn_once(warned: &mut bool, r: Result<(), crate::store::StoreError>) {
 
 pub struct History {
     writer: Writer,
-    run_id: String,
-    pipeline: String,
-    dialect: String,
-    host: String,
+    run_id: arcstr::ArcStr,
+    pipeline: arcstr::ArcStr,
+    dialect: arcstr::ArcStr,
+    host: arcstr::ArcStr,
     facts: Option<RunFacts>,
     pending: Option<mpsc::Receiver<RunFacts>>,
     /// When each attempt started (ms since the epoch).
     started: HashMap<(String, u32), u64>,
     /// Definitions' digests, by job name.
-    definitions: HashMap<String, String>,
+    definitions: HashMap<String, arcstr::ArcStr>,
     /// The line that told each failed attempt, by (job, attempt).
     telling: HashMap<(String, u32), String>,
     /// Peak memory (bytes) and CPU time (ms) of attempts that have not
@@ -249,10 +249,10 @@ impl History {
         let host = crate::protocol::identity::hostname();
         History {
             writer: Writer::start(index, run_id.to_string(), before_writing),
-            run_id: run_id.to_string(),
-            pipeline: crate::store::history::pipeline_key(pipeline_file),
-            dialect: dialect.to_string(),
-            host,
+            run_id: run_id.into(),
+            pipeline: crate::store::history::pipeline_key(pipeline_file).into(),
+            dialect: dialect.into(),
+            host: host.into(),
             facts: asked.is_err().then(RunFacts::default),
             pending: asked.is_ok().then_some(rx),
             started: HashMap::new(),
@@ -417,7 +417,7 @@ impl History {
         let definition = self
             .definitions
             .entry(job.to_string())
-            .or_insert_with(|| definition(spec))
+            .or_insert_with(|| definition(spec).into())
             .clone();
         let in_docker = containers && spec.is_some_and(|j| j.steps.iter().any(|s| s.image.is_some()));
         let facts = self.facts.clone().unwrap_or_default();
@@ -433,24 +433,24 @@ impl History {
             run_id: self.run_id.clone(),
             pipeline: self.pipeline.clone(),
             dialect: self.dialect.clone(),
-            job: job.to_string(),
+            job: job.into(),
             definition,
-            commit: facts.commit,
-            branch: facts.branch,
+            commit: facts.commit.map(Into::into),
+            branch: facts.branch.map(Into::into),
             default_branch: facts.default_branch,
             dirty: facts.dirty,
             attempt,
-            outcome: outcome.to_string(),
-            failure_class,
+            outcome: outcome.into(),
+            failure_class: failure_class.map(Into::into),
             exit_code,
             duration_ms,
             peak_memory: used.0,
             cpu_ms: used.1,
-            executor: if in_docker { "docker" } else { "shell" }.to_string(),
+            executor: arcstr::ArcStr::from(if in_docker { "docker" } else { "shell" }),
             host: self.host.clone(),
-            signature,
+            signature: signature.map(Into::into),
             started_ms,
-            failure_line,
+            failure_line: failure_line.map(Into::into),
             allowed: false,
         }
     }

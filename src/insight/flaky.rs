@@ -178,7 +178,7 @@ pub fn seen(rows: &[AttemptRow], signature: &str, since_ms: u64) -> (usize, Opti
         .iter()
         .filter(|r| r.signature.as_deref() == Some(signature))
         .min_by_key(|r| r.started_ms)
-        .map(|r| r.run_id.clone());
+        .map(|r| r.run_id.to_string());
     (count, first_run)
 }
 
@@ -373,7 +373,7 @@ mod tests {
 
     fn attempt(run: usize, job: &str, attempt: u32, failed: bool, commit: &str) -> AttemptRow {
         AttemptRow {
-            run_id: format!("r{run:03}"),
+            run_id: format!("r{run:03}").into(),
             pipeline: "ci.yml".into(),
             dialect: "native".into(),
             job: job.into(),

@@ -54,12 +54,12 @@ pub fn runs(rows: &[AttemptRow]) -> Vec<RunFigures> {
             let mut failures = BTreeMap::new();
             for r in rs.iter().filter(|r| r.outcome == "failed") {
                 *failures
-                    .entry(r.failure_class.clone().unwrap_or_else(|| "script".into()))
+                    .entry(r.failure_class.as_deref().unwrap_or("script").to_string())
                     .or_insert(0) += 1;
             }
             RunFigures {
-                run_id: rs[0].run_id.clone(),
-                pipeline: rs[0].pipeline.clone(),
+                run_id: rs[0].run_id.to_string(),
+                pipeline: rs[0].pipeline.to_string(),
                 started_ms: start,
                 duration_ms: end.saturating_sub(start),
                 failed: last.values().any(|r| r.outcome == "failed" && !r.allowed),
@@ -166,7 +166,7 @@ pub fn prometheus(rows: &[AttemptRow], flaky: &[Flakiness]) -> String {
             continue;
         }
         if r.outcome == "failed" {
-            let class = r.failure_class.clone().unwrap_or_else(|| "script".into());
+            let class = r.failure_class.as_deref().unwrap_or("script").to_string();
             *failures.entry((key.0, key.1, class)).or_insert(0) += 1;
         }
         if r.attempt > 1 && !preempted.contains(&(r.run_id.as_str(), r.job.as_str(), r.attempt - 1)) {

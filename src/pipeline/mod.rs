@@ -121,9 +121,15 @@ pub fn parse_source(path: &Path, source: String, opts: &LoadOptions) -> Result<(
 }
 
 /// A read pipeline with its jobs' `TRACKSIDE_CPU`/`TRACKSIDE_MEMORY`
-/// variables applied ([`resources::from_variables`]).
+/// variables applied ([`resources::from_variables`]), its lists holding no
+/// more room than they use: a run keeps the pipeline to its end, and a job
+/// of one step would hold room for four (a step is about 500 bytes).
 fn with_resources(read: Result<(Pipeline, Report), Report>) -> Result<(Pipeline, Report), Report> {
     let (mut p, mut report) = read?;
+    p.jobs.shrink_to_fit();
+    for j in &mut p.jobs {
+        j.steps.shrink_to_fit();
+    }
     let diags = resources::from_variables(&mut p);
     if diags.is_empty() {
         return Ok((p, report));

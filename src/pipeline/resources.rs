@@ -127,6 +127,25 @@ mod tests {
     }
 
     #[test]
+    fn a_read_pipeline_holds_no_room_it_does_not_use() {
+        let native = "name: p\njobs:\n  a:\n    steps: [{name: s, script: \"true\"}]\n";
+        let gitlab = "build:\n  script: [make]\n  after_script: [echo done]\nlint:\n  script: [make lint]\n";
+        let github = "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: make\n";
+        for (file, yaml) in [
+            ("trackside.yml", native),
+            (".gitlab-ci.yml", gitlab),
+            (".github/workflows/ci.yml", github),
+        ] {
+            let p = read(file, yaml).unwrap_or_else(|r| panic!("{}", r.render(false)));
+            assert_eq!(p.jobs.capacity(), p.jobs.len(), "{file}");
+            for j in &p.jobs {
+                assert!(!j.steps.is_empty(), "{file}: {}", j.name);
+                assert_eq!(j.steps.capacity(), j.steps.len(), "{file}: {}", j.name);
+            }
+        }
+    }
+
+    #[test]
     fn a_setting_already_made_wins() {
         let yaml = "name: p\njobs:\n  test:\n    environment: {TRACKSIDE_MEMORY: 4G}\n\
                     resources: {cpu: 2, memory: 1GiB}\n    steps: [{name: a, script: \"true\"}]\n"

@@ -7,6 +7,7 @@
 //! one (a version this trackside does not know) is read as it is: its
 //! tables have at least these columns.
 
+use arcstr::ArcStr;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
@@ -128,12 +129,11 @@ pub fn recent_durations(
     )?;
     let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
     // Newest first: a job's runs in the order first seen, summed per run.
-    let mut per: std::collections::BTreeMap<String, Vec<(String, f64)>> = std::collections::BTreeMap::new();
-    let rows = stmt.query_map(params![pipeline, limit], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-    })?;
-    for row in rows {
-        let (run, job, ms) = row?;
+    let mut per: std::collections::BTreeMap<ArcStr, Vec<(ArcStr, f64)>> = std::collections::BTreeMap::new();
+    let mut texts = Texts::default();
+    let mut rows = stmt.query(params![pipeline, limit])?;
+    while let Some(r) = rows.next()? {
+        let (run, job, ms) = (texts.text(r, 0)?, texts.text(r, 1)?, r.get::<_, i64>(2)?);
         let runs = per.entry(job).or_default();
         let ms = ms.max(0) as f64;
         if let Some(at) = runs.iter().position(|(r, _)| *r == run) {
@@ -144,7 +144,7 @@ pub fn recent_durations(
     }
     Ok(per
         .into_iter()
-        .map(|(job, runs)| (job, runs.into_iter().rev().map(|(_, d)| d).collect()))
+        .map(|(job, runs)| (job.to_string(), runs.into_iter().rev().map(|(_, d)| d).collect()))
         .collect())
 }
 
@@ -178,17 +178,16 @@ pub fn usage(
          ORDER BY started_ms DESC LIMIT ?2",
     )?;
     let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
-    let mut seen: std::collections::BTreeMap<String, (Vec<u64>, Vec<u64>)> = Default::default();
-    let rows = stmt.query_map(params![pipeline, limit], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
+    let mut seen: std::collections::BTreeMap<ArcStr, (Vec<u64>, Vec<u64>)> = Default::default();
+    let mut texts = Texts::default();
+    let mut rows = stmt.query(params![pipeline, limit])?;
+    while let Some(r) = rows.next()? {
+        let (job, peak, cpu, duration) = (
+            texts.text(r, 0)?,
             r.get::<_, Option<i64>>(1)?,
             r.get::<_, Option<i64>>(2)?,
             r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (job, peak, cpu, duration) = row?;
+        );
         let (mem, cpus) = seen.entry(job).or_default();
         if let Some(p) = peak.and_then(|p| u64::try_from(p).ok())
             && mem.len() < per_job
@@ -215,7 +214,7 @@ pub fn usage(
         .into_iter()
         .map(|(job, (mem, cpus))| {
             (
-                job,
+                job.to_string(),
                 JobUsage {
                     memory: p90(mem),
                     cpu_milli: p90(cpus),
@@ -298,50 +297,59 @@ pub fn select_tests(conn: &Connection, run: &str, job: Option<&str>) -> rusqlite
 /// Every test case as an attempt of its own (its job's attempt's commit,
 /// branch and run; named `JOB › TEST`), for `insight::flaky`: a test the
 /// framework re-ran until it passed counts as failed, then passed on a
-/// retry.
-pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Result<Vec<AttemptRow>> {
+/// retry. With `newest`, only the newest that many test cases.
+pub fn test_attempts(
+    conn: &Connection,
+    pipeline: Option<&str>,
+    newest: Option<usize>,
+) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare(
         "SELECT a.run_id, a.pipeline, a.dialect, t.job || ' › ' || t.name, a.definition, a.commit_sha, a.branch,
          a.default_branch, a.dirty, t.attempt, t.outcome, t.reruns_failed, t.duration_ms, a.started_ms
          FROM test_cases t JOIN attempts a ON a.run_id = t.run_id AND a.job = t.job AND a.attempt = t.attempt
          WHERE t.outcome != 'skipped' AND (?1 IS NULL OR a.pipeline = ?1)
-         ORDER BY t.rowid",
+         ORDER BY t.rowid DESC LIMIT ?2",
     )?;
     let ms = |v: i64| u64::try_from(v).unwrap_or(0);
-    let mut out = Vec::new();
-    let rows = stmt.query_map(params![pipeline], |r| {
-        Ok((
+    let limit = newest.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let mut texts = Texts::default();
+    let (test, failed_text) = (texts.of("test"), texts.of("failed"));
+    let mut read = Vec::new();
+    let mut found = stmt.query(params![pipeline, limit])?;
+    while let Some(r) = found.next()? {
+        read.push((
             AttemptRow {
-                run_id: r.get(0)?,
-                pipeline: r.get(1)?,
-                dialect: r.get(2)?,
-                job: r.get(3)?,
-                definition: r.get(4)?,
-                commit: r.get(5)?,
-                branch: r.get(6)?,
+                run_id: texts.text(r, 0)?,
+                pipeline: texts.text(r, 1)?,
+                dialect: texts.text(r, 2)?,
+                job: texts.text(r, 3)?,
+                definition: texts.text(r, 4)?,
+                commit: texts.maybe(r, 5)?,
+                branch: texts.maybe(r, 6)?,
                 default_branch: r.get(7)?,
                 dirty: r.get(8)?,
                 attempt: r.get(9)?,
-                outcome: r.get(10)?,
+                outcome: texts.text(r, 10)?,
                 failure_class: None,
                 exit_code: None,
                 duration_ms: ms(r.get(12)?),
                 peak_memory: None,
                 cpu_ms: None,
-                executor: String::new(),
-                host: String::new(),
+                executor: ArcStr::new(),
+                host: ArcStr::new(),
                 signature: None,
                 started_ms: ms(r.get(13)?),
                 failure_line: None,
                 allowed: false,
             },
             r.get::<_, u32>(11)?,
-        ))
-    })?;
-    for row in rows {
-        let (mut a, reruns_failed) = row?;
+        ));
+    }
+    // Read newest first; made in the order written.
+    let mut out = Vec::with_capacity(read.len());
+    for (mut a, reruns_failed) in read.into_iter().rev() {
         if a.outcome == "failed" {
-            a.failure_class = Some("test".into());
+            a.failure_class = Some(test.clone());
         }
         // Re-run by the framework until it passed: a failed try just
         // before the pass (numbered before the job's attempt, so counting
@@ -349,8 +357,8 @@ pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Res
         // does, sees the pass).
         if reruns_failed > 0 && a.outcome == "passed" {
             let mut failed = a.clone();
-            failed.outcome = "failed".into();
-            failed.failure_class = Some("test".into());
+            failed.outcome = failed_text.clone();
+            failed.failure_class = Some(test.clone());
             failed.attempt = a.attempt.saturating_sub(1);
             out.push(failed);
         }
@@ -362,36 +370,36 @@ pub fn test_attempts(conn: &Connection, pipeline: Option<&str>) -> rusqlite::Res
 /// One attempt as history keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttemptRow {
-    pub run_id: String,
+    pub run_id: ArcStr,
     /// The pipeline file's path as given to `trackside run`.
-    pub pipeline: String,
-    pub dialect: String,
-    pub job: String,
+    pub pipeline: ArcStr,
+    pub dialect: ArcStr,
+    pub job: ArcStr,
     /// A digest of the job's definition: an edited job starts a new series.
-    pub definition: String,
-    pub commit: Option<String>,
-    pub branch: Option<String>,
+    pub definition: ArcStr,
+    pub commit: Option<ArcStr>,
+    pub branch: Option<ArcStr>,
     /// The branch is the repository's default branch.
     pub default_branch: bool,
     /// The work tree had changes not committed.
     pub dirty: bool,
     pub attempt: u32,
     /// `passed`, `failed`, `cancelled`.
-    pub outcome: String,
-    pub failure_class: Option<String>,
+    pub outcome: ArcStr,
+    pub failure_class: Option<ArcStr>,
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
     pub peak_memory: Option<u64>,
     /// Milliseconds of CPU its steps' processes used.
     #[serde(default)]
     pub cpu_ms: Option<u64>,
-    pub executor: String,
-    pub host: String,
+    pub executor: ArcStr,
+    pub host: ArcStr,
     /// The failure's signature (its class and normalised line, hashed).
-    pub signature: Option<String>,
+    pub signature: Option<ArcStr>,
     pub started_ms: u64,
     /// The output line that told the failure (secrets masked).
-    pub failure_line: Option<String>,
+    pub failure_line: Option<ArcStr>,
     /// A failure that did not fail its run (`allow_failure`, quarantine):
     /// set for the run's jobs when it ends.
     #[serde(default)]
@@ -411,30 +419,67 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
     )?;
     for r in rows {
         stmt.execute(params![
-            r.run_id,
-            r.pipeline,
-            r.dialect,
-            r.job,
-            r.definition,
-            r.commit,
-            r.branch,
+            r.run_id.as_str(),
+            r.pipeline.as_str(),
+            r.dialect.as_str(),
+            r.job.as_str(),
+            r.definition.as_str(),
+            r.commit.as_deref(),
+            r.branch.as_deref(),
             r.default_branch,
             r.dirty,
             r.attempt,
-            r.outcome,
-            r.failure_class,
+            r.outcome.as_str(),
+            r.failure_class.as_deref(),
             r.exit_code,
             sql(r.duration_ms),
             r.peak_memory.map(sql),
-            r.executor,
-            r.host,
-            r.signature,
+            r.executor.as_str(),
+            r.host.as_str(),
+            r.signature.as_deref(),
             sql(r.started_ms),
-            r.failure_line,
+            r.failure_line.as_deref(),
             r.cpu_ms.map(sql),
         ])?;
     }
     Ok(())
+}
+
+/// Rows a limited read makes room for at once (a row is about 150 bytes).
+const PREALLOCATED: usize = 8_192;
+
+/// The texts of one read, each made once: the rows of a pipeline's history
+/// repeat their run, job, definition, commit and outcome, so thousands of
+/// rows share a few hundred strings instead of holding ten each.
+#[derive(Default)]
+struct Texts(std::collections::HashSet<ArcStr>);
+
+impl Texts {
+    fn of(&mut self, s: &str) -> ArcStr {
+        if let Some(t) = self.0.get(s) {
+            return t.clone();
+        }
+        let t = ArcStr::from(s);
+        self.0.insert(t.clone());
+        t
+    }
+
+    /// Column `i` of `row`: text, or NULL.
+    fn maybe(&mut self, row: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<ArcStr>> {
+        let value = row.get_ref(i)?;
+        let text = value
+            .as_str_or_null()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e)))?;
+        Ok(text.map(|s| self.of(s)))
+    }
+
+    /// Column `i` of `row`, which is text.
+    fn text(&mut self, row: &rusqlite::Row, i: usize) -> rusqlite::Result<ArcStr> {
+        self.maybe(row, i)?.ok_or_else(|| {
+            let name = row.as_ref().column_name(i).unwrap_or_default().to_string();
+            rusqlite::Error::InvalidColumnType(i, name, rusqlite::types::Type::Null)
+        })
+    }
 }
 
 /// Which attempts a query wants.
@@ -484,7 +529,7 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
     // The newest `limit`, else every row in the order written (attempts
     // are written as they end: oldest first, no sort needed).
     if let Some(n) = filter.limit {
-        sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC LIMIT ?");
+        sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC, job DESC LIMIT ?");
         args.push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
     } else {
         sql_text.push_str(" ORDER BY rowid");
@@ -492,36 +537,40 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
     let mut stmt = conn.prepare(&sql_text)?;
     let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
     let ms = |v: i64| u64::try_from(v).unwrap_or(0);
-    let mut rows: Vec<AttemptRow> = stmt
-        .query_map(params.as_slice(), |r| {
-            Ok(AttemptRow {
-                run_id: r.get(0)?,
-                pipeline: r.get(1)?,
-                dialect: r.get(2)?,
-                job: r.get(3)?,
-                definition: r.get(4)?,
-                commit: r.get(5)?,
-                branch: r.get(6)?,
-                default_branch: r.get(7)?,
-                dirty: r.get(8)?,
-                attempt: r.get(9)?,
-                outcome: r.get(10)?,
-                failure_class: r.get(11)?,
-                exit_code: r.get(12)?,
-                duration_ms: ms(r.get(13)?),
-                peak_memory: r.get::<_, Option<i64>>(14)?.map(ms),
-                executor: r.get(15)?,
-                host: r.get(16)?,
-                signature: r.get(17)?,
-                started_ms: ms(r.get(18)?),
-                failure_line: r.get(19)?,
-                allowed: r.get(20)?,
-                cpu_ms: r.get::<_, Option<i64>>(21)?.map(ms),
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut texts = Texts::default();
+    let mut rows: Vec<AttemptRow> = Vec::with_capacity(filter.limit.unwrap_or(0).min(PREALLOCATED));
+    let mut found = stmt.query(params.as_slice())?;
+    while let Some(r) = found.next()? {
+        rows.push(AttemptRow {
+            run_id: texts.text(r, 0)?,
+            pipeline: texts.text(r, 1)?,
+            dialect: texts.text(r, 2)?,
+            job: texts.text(r, 3)?,
+            definition: texts.text(r, 4)?,
+            commit: texts.maybe(r, 5)?,
+            branch: texts.maybe(r, 6)?,
+            default_branch: r.get(7)?,
+            dirty: r.get(8)?,
+            attempt: r.get(9)?,
+            outcome: texts.text(r, 10)?,
+            failure_class: texts.maybe(r, 11)?,
+            exit_code: r.get(12)?,
+            duration_ms: ms(r.get(13)?),
+            peak_memory: r.get::<_, Option<i64>>(14)?.map(ms),
+            executor: texts.text(r, 15)?,
+            host: texts.text(r, 16)?,
+            signature: texts.maybe(r, 17)?,
+            started_ms: ms(r.get(18)?),
+            failure_line: texts.maybe(r, 19)?,
+            allowed: r.get(20)?,
+            cpu_ms: r.get::<_, Option<i64>>(21)?.map(ms),
+        });
+    }
+    // The newest first, as the limit wants them: reversed, they are in
+    // the order of their start (the query's keys, which tell every two
+    // rows apart, ascending).
     if filter.limit.is_some() {
-        rows.sort_by(|a, b| (a.started_ms, &a.run_id, a.attempt).cmp(&(b.started_ms, &b.run_id, b.attempt)));
+        rows.reverse();
     }
     Ok(rows)
 }
@@ -691,6 +740,76 @@ mod tests {
     }
 
     #[test]
+    fn a_read_makes_each_text_once_however_many_rows_repeat_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let rows = [
+            row("r1", "test", 1, "passed", 10),
+            row("r2", "test", 1, "passed", 20),
+            row("r2", "lint", 1, "passed", 20),
+        ];
+        insert(&conn, &rows).unwrap();
+        for limit in [None, Some(10)] {
+            let got = select(
+                &conn,
+                &Filter {
+                    limit,
+                    ..Filter::default()
+                },
+            )
+            .unwrap();
+            let mut want = rows.to_vec();
+            if limit.is_some() {
+                // Started together: by job.
+                want.swap(1, 2);
+            }
+            assert_eq!(got, want, "limit {limit:?}");
+            let (test, lint) = (&got[0], &got[if limit.is_some() { 1 } else { 2 }]);
+            assert!(ArcStr::ptr_eq(&test.pipeline, &lint.pipeline));
+            assert!(ArcStr::ptr_eq(&test.outcome, &lint.outcome));
+            assert!(ArcStr::ptr_eq(&got[1].run_id, &got[2].run_id));
+            assert!(!ArcStr::ptr_eq(&got[0].run_id, &got[1].run_id));
+        }
+    }
+
+    #[test]
+    fn a_limited_read_of_test_cases_takes_the_newest_in_the_order_written() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let case = |run: &str, name: &str, reruns_failed: u32| TestCaseRow {
+            run_id: run.into(),
+            job: "test".into(),
+            attempt: 1,
+            suite: "s".into(),
+            name: name.into(),
+            outcome: "passed".into(),
+            reruns_failed,
+            duration_ms: 5,
+            message: None,
+            file: None,
+        };
+        for (i, run) in ["r1", "r2", "r3"].into_iter().enumerate() {
+            insert(&conn, &[row(run, "test", 1, "passed", 10 * i as u64)]).unwrap();
+            insert_tests(&conn, &[case(run, "a", 0), case(run, "b", u32::from(run == "r3"))]).unwrap();
+        }
+        let names = |rows: &[AttemptRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| format!("{} {} {}", r.run_id, r.job, r.outcome))
+                .collect()
+        };
+        let newest = test_attempts(&conn, Some("ci.yml"), Some(2)).unwrap();
+        assert_eq!(
+            names(&newest),
+            ["r3 test › a passed", "r3 test › b failed", "r3 test › b passed"]
+        );
+        let all = test_attempts(&conn, Some("ci.yml"), None).unwrap();
+        assert_eq!(all.len(), 7);
+        assert_eq!(names(&all[..2]), ["r1 test › a passed", "r1 test › b passed"]);
+        assert_eq!(all[5].failure_class.as_deref(), Some("test"));
+        assert!(test_attempts(&conn, Some("other.yml"), None).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_lean_read_leaves_out_only_what_flakiness_and_run_figures_do_not_read() {
         let conn = Connection::open_in_memory().unwrap();
         let mut conn = conn;
@@ -699,9 +818,9 @@ mod tests {
         for (i, run) in ["r1", "r2", "r3", "r4", "r5", "r6"].iter().enumerate() {
             let at = 100 * i as u64;
             let mut failed = row(run, "test", 1, "failed", at);
-            failed.signature = Some(format!("sig{}", i % 2));
+            failed.signature = Some(format!("sig{}", i % 2).into());
             failed.failure_line = Some("connection reset".into());
-            failed.commit = Some(format!("c{}", i / 2));
+            failed.commit = Some(format!("c{}", i / 2).into());
             rows.push(failed);
             rows.push(row(run, "test", 2, "passed", at + 1));
             rows.push(row(run, "lint", 1, if i == 4 { "failed" } else { "passed" }, at + 2));

@@ -346,9 +346,14 @@ impl Index {
         self.with(|c| super::history::select_tests(c, run, job))
     }
 
-    /// Every test case as an attempt (see `history::test_attempts`).
-    pub fn test_attempts(&self, pipeline: Option<&str>) -> Result<Vec<super::history::AttemptRow>, StoreError> {
-        self.with(|c| super::history::test_attempts(c, pipeline))
+    /// Every test case as an attempt (see `history::test_attempts`), or
+    /// the `newest` that many.
+    pub fn test_attempts(
+        &self,
+        pipeline: Option<&str>,
+        newest: Option<usize>,
+    ) -> Result<Vec<super::history::AttemptRow>, StoreError> {
+        self.with(|c| super::history::test_attempts(c, pipeline, newest))
     }
 
     /// Marks the failures of `jobs` in run `run_id` as allowed: they did
