@@ -1371,17 +1371,8 @@ impl Actor {
         {
             tracing::warn!("{e}");
         }
-        // Each SQLite file writes its log into itself as it closes (two
-        // fsyncs each): the slot table closes while the index does its
-        // part, side by side, not one after the other.
-        let (slots, index) = (self.shared.take(), self.ctx.index.clone());
-        let (_, checkpointed) = tokio::join!(
-            tokio::task::spawn_blocking(move || drop(slots)),
-            tokio::task::spawn_blocking(move || index.checkpoint()),
-        );
-        if let Ok(Err(e)) = checkpointed {
-            tracing::warn!("{e}");
-        }
+        // Closing a SQLite file writes nothing (see `store::index::open_wal`).
+        self.shared = None;
         crate::exec::contain::release_idle();
         self.ctx.executor.finish_run(&self.ctx.run_id).await;
         self.flush_events();
