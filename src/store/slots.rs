@@ -145,6 +145,13 @@ pub struct Writes {
 pub struct Slots {
     conn: Connection,
     path: PathBuf,
+    /// The table as this connection's last settlement left it, with
+    /// SQLite's `data_version` then. While that has not moved (no other
+    /// process has committed since) and every other run's process still
+    /// lives, the next settlement decides on it instead of reading the
+    /// table again: a thousand running jobs were a thousand rows read
+    /// for every start and end.
+    known: Option<(i64, Table)>,
 }
 
 impl Slots {
@@ -153,17 +160,31 @@ impl Slots {
         super::prepare_state_dir(state)?;
         let path = state.join("slots.sqlite");
         let conn = super::index::open_wal(&path, SCHEMA, WAIT).map_err(|e| slots_error(&path, e))?;
-        Ok(Slots { conn, path })
+        Ok(Slots {
+            conn,
+            path,
+            known: None,
+        })
     }
 
     /// Runs `f` in one transaction that holds the write lock from its
     /// start, after removing the runs whose process is gone.
     fn locked<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.transaction(|tx| {
+            purge_dead(tx)?;
+            f(tx)
+        })
+    }
+
+    /// Runs `f` in one transaction that holds the write lock from its
+    /// start. What this connection knew of the table is forgotten: `f` may
+    /// change it ([`Slots::settle`] keeps it up to date itself).
+    fn transaction<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.known = None;
         let run = || -> rusqlite::Result<T> {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            purge_dead(&tx)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
@@ -203,14 +224,28 @@ impl Slots {
         holds: &[HoldRow],
         mut decide: impl FnMut(&Table, &HoldRow) -> Option<(T, Writes)>,
     ) -> Result<Vec<Option<T>>, StoreError> {
-        self.locked(|tx| {
+        let known = self.known.take();
+        let (answers, version, table) = self.transaction(|tx| {
+            let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            let known = known
+                .filter(|(v, t)| *v == version && t.runs.iter().all(alive))
+                .map(|(_, t)| t);
+            if known.is_none() {
+                purge_dead(tx)?;
+            }
             for job in released {
                 give_back(tx, run, job)?;
             }
-            if holds.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut table = read_table(tx)?;
+            let mut table = match known {
+                Some(mut t) => {
+                    for job in released {
+                        t.holds.retain(|h| !(h.run_id == run && h.job == *job));
+                        t.requests.retain(|r| !(r.run_id == run && r.job == *job));
+                    }
+                    t
+                }
+                None => read_table(tx)?,
+            };
             let mut answers = Vec::with_capacity(holds.len());
             for hold in holds {
                 let Some((answer, writes)) = decide(&table, hold) else {
@@ -234,7 +269,9 @@ impl Slots {
                         hold.since_ms as i64
                     ])?;
                     table.holds.retain(|h| !(h.run_id == hold.run_id && h.job == hold.job));
-                    table.holds.push(hold.clone());
+                    // Where reading the table would put it.
+                    let at = table.holds.partition_point(|h| order(h) < order(hold));
+                    table.holds.insert(at, hold.clone());
                 }
                 if let Some(until) = writes.waiting_until_ms {
                     tx.prepare_cached("UPDATE runs SET waiting_until_ms = ?2 WHERE run_id = ?1")?
@@ -243,16 +280,22 @@ impl Slots {
                         r.waiting_until_ms = until;
                     }
                 }
-                for r in &writes.requests {
+                for r in writes.requests {
                     tx.execute(
                         "INSERT OR IGNORE INTO requests (run_id, job, attempt, kind, by_run) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![r.run_id, r.job, r.attempt, r.kind.as_str(), r.by],
                     )?;
+                    let same = |q: &Request| (&q.run_id, &q.job, q.attempt) == (&r.run_id, &r.job, r.attempt);
+                    if !table.requests.iter().any(same) {
+                        table.requests.push(r);
+                    }
                 }
-                table.requests.extend(writes.requests);
             }
-            Ok(answers)
-        })
+            Ok((answers, version, table))
+        })?;
+        // This connection's own commits leave its `data_version` as it was.
+        self.known = Some((version, table));
+        Ok(answers)
     }
 
     /// Gives back what jobs `jobs` of run `run` hold.
@@ -334,6 +377,16 @@ fn purge_dead(conn: &Connection) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM holds WHERE run_id NOT IN (SELECT run_id FROM runs)")?
         .execute([])?;
     Ok(())
+}
+
+/// The order [`read_table`] gives holds.
+fn order(h: &HoldRow) -> (u64, &str, &str) {
+    (h.since_ms, &h.run_id, &h.job)
+}
+
+/// Whether the run's trackside still runs (this process always does).
+fn alive(run: &RunRow) -> bool {
+    run.owner == crate::process::owner() || crate::process::alive(&run.owner)
 }
 
 fn read_table(conn: &Connection) -> rusqlite::Result<Table> {
@@ -459,6 +512,62 @@ mod tests {
         assert!(b.table().expect("table").holds.is_empty());
         a.unregister("a").expect("unregister");
         assert!(b.table().expect("table").runs.is_empty());
+    }
+
+    #[test]
+    fn a_settlement_on_what_it_knew_sees_another_processs_writes_and_matches_a_fresh_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Slots::open(dir.path()).expect("open");
+        let mut b = Slots::open(dir.path()).expect("open");
+        a.register(&run("a", crate::process::owner(), 1)).expect("register");
+        claim(&mut a, &hold("a", "build"), grant);
+        a.settle("a", &["build".to_string()], &[hold("a", "test")], |_, _| {
+            Some((
+                (),
+                Writes {
+                    grant: true,
+                    ..Writes::default()
+                },
+            ))
+        })
+        .expect("settle");
+        // Nothing written by anyone else: decided on what `a` knew.
+        let mut late = hold("a", "lint");
+        late.since_ms = 1;
+        claim(&mut a, &late, grant);
+        let known = claim(&mut a, &hold("a", "docs"), |t| (t.clone(), Writes::default()));
+        assert_eq!(known, b.table().expect("table"), "what it knew is what the table says");
+        let jobs: Vec<&str> = known.holds.iter().map(|h| h.job.as_str()).collect();
+        assert_eq!(jobs, ["lint", "test"], "in the table's order");
+        // Another process writes: the next settlement reads it.
+        b.register(&run("b", crate::process::owner(), 2)).expect("register");
+        claim(&mut b, &hold("b", "x"), grant);
+        let seen = claim(&mut a, &hold("a", "docs"), |t| (t.clone(), Writes::default()));
+        assert_eq!(seen, b.table().expect("table"));
+        assert!(seen.holds.iter().any(|h| h.run_id == "b" && h.job == "x"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_run_whose_process_dies_without_a_write_gives_its_holds_back_at_the_next_claim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Slots::open(dir.path()).expect("open");
+        let mut b = Slots::open(dir.path()).expect("open");
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
+        let start = crate::process::start_time(child.id()).expect("its start");
+        let owner = format!("{}:{start}", child.id());
+        b.register(&run("other", &owner, 1)).expect("register");
+        claim(&mut b, &hold("other", "deploy"), grant);
+        a.register(&run("a", crate::process::owner(), 2)).expect("register");
+        let before = claim(&mut a, &hold("a", "build"), |t| (t.clone(), Writes::default()));
+        assert!(before.holds.iter().any(|h| h.run_id == "other"), "{before:?}");
+        // It dies; nobody writes to the table.
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+        let after = claim(&mut a, &hold("a", "build"), |t| (t.clone(), Writes::default()));
+        assert!(
+            after.holds.is_empty() && after.runs.iter().all(|r| r.run_id == "a"),
+            "{after:?}"
+        );
     }
 
     #[test]
