@@ -1323,9 +1323,28 @@ impl RunState {
         out
     }
 
+    /// Whether every job still queued would only be put back by
+    /// [`Self::schedule`]: refused by the ledger for the reason it was
+    /// already told, and in no group (or no longer ready at all).
+    fn rest_waits_as_told(&self) -> bool {
+        self.ready.iter().all(|&(_, Reverse(e))| {
+            let (spec, st) = (&self.pipeline.jobs[e], &self.jobs[e]);
+            if st.status != JobStatus::Ready {
+                return true;
+            }
+            if spec.resource_group.is_some() || spec.parallel_limit.is_some() {
+                return false;
+            }
+            let (need, basis) = self.need(e);
+            matches!(self.ledger.refusal(need, basis), Some(key) if st.waiting.as_deref() == Some(key))
+        })
+    }
+
     fn schedule(&mut self, fx: &mut Vec<Effect>) {
         // Ready jobs whose resource group is busy wait for their next turn.
         let mut waiting = Vec::new();
+        // Whether the jobs left were seen to wait as they did (once a pass).
+        let mut looked = false;
         // Under memory pressure (`-j auto`) no job starts, unless none runs:
         // a run with nothing running would wait for nothing.
         while !self.paused && (self.admit || self.running == 0) && self.running < self.opts.max_parallel {
@@ -1358,6 +1377,12 @@ impl RunState {
                 None => {}
                 Some(key) if self.jobs[j].waiting.as_deref() == Some(key) => {
                     waiting.push((prio, Reverse(j)));
+                    // A thousand queued jobs are looked at after every start
+                    // and end: when each of the rest would wait, already told
+                    // why, as this one does, they stay queued untouched.
+                    if !std::mem::replace(&mut looked, true) && self.rest_waits_as_told() {
+                        break;
+                    }
                     continue;
                 }
                 Some(_) => match self.ledger.fit(need, basis) {

@@ -1214,6 +1214,38 @@ fn jobs_start_only_while_their_memory_fits_and_a_waiting_one_says_for_what() {
 }
 
 #[test]
+fn queued_jobs_told_why_they_wait_start_one_per_end_and_a_smaller_one_still_backfills() {
+    // Thirty one-step jobs of 256 MiB each: sixteen fit in 4 GiB.
+    let names: Vec<String> = (0..30).map(|i| format!("j{i:02}")).collect();
+    let jobs: Vec<(&str, &[&str], &str)> = names.iter().map(|n| (n.as_str(), &[][..], "")).collect();
+    let mut m = machine(&yaml(&jobs), small_machine(100));
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(started(&fx), (0..16).collect::<Vec<_>>());
+    assert_eq!(waits(&fx).len(), 14, "each waiting job is told once");
+    for (end, next) in (0..14).zip(16..30) {
+        let fx = ok(&mut m, end, 10 + end as u64);
+        assert_eq!(started(&fx), vec![next], "the next queued job, in order");
+        assert!(waits(&fx).is_empty(), "told already: {fx:?}");
+    }
+    // A job waiting for memory, told so, does not keep a smaller one that
+    // fits from starting.
+    let src = yaml(&[
+        ("big", &[], "resources: {memory: 3GiB}"),
+        ("also_big", &[], "resources: {memory: 2GiB}"),
+        ("small", &[], "resources: {memory: 512MiB}"),
+        ("small2", &["small"], "resources: {memory: 512MiB}"),
+    ]);
+    let mut m = machine(&src, small_machine(4));
+    let fx = m.handle(Input::Start, t(0));
+    // small first: a job waits for it.
+    assert_eq!(started(&fx), vec![2, 0]);
+    assert_eq!(waits(&fx).len(), 1, "also_big: {fx:?}");
+    let fx = ok(&mut m, 2, 10);
+    assert_eq!(started(&fx), vec![3], "small2 fits beside big while also_big waits");
+    assert!(waits(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
 fn a_job_larger_than_the_machine_fails_at_once_as_unschedulable() {
     let src = yaml(&[("huge", &[], "resources: {memory: 16GiB}"), ("after", &["huge"], "")]);
     let mut m = machine(&src, small_machine(2));
