@@ -98,7 +98,9 @@ pub(crate) fn read_source(path: &Path) -> Result<String, Diagnostic> {
             "is this the right file? split generated pipelines into smaller ones",
         ));
     }
-    let mut bytes = Vec::new();
+    // Room for the whole file (its size is checked above): read in one go,
+    // not in reads that double from 32 bytes.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).saturating_add(1));
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|e| {
