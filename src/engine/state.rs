@@ -1329,7 +1329,7 @@ impl RunState {
     fn rest_waits_as_told(&self) -> bool {
         self.ready.iter().all(|&(_, Reverse(e))| {
             let (spec, st) = (&self.pipeline.jobs[e], &self.jobs[e]);
-            if st.status != JobStatus::Ready {
+            if st.status != JobStatus::Ready || st.claiming {
                 return true;
             }
             if spec.resource_group.is_some() || spec.parallel_limit.is_some() {
@@ -1351,8 +1351,10 @@ impl RunState {
             let Some((prio, Reverse(j))) = self.ready.pop() else {
                 break;
             };
-            if self.jobs[j].status != JobStatus::Ready {
-                continue; // stale entry: cancelled while queued
+            // A stale entry: cancelled while queued, or a second entry of a
+            // job retried since, whose first is being claimed.
+            if self.jobs[j].status != JobStatus::Ready || self.jobs[j].claiming {
+                continue;
             }
             let groups = self.groups(j);
             if let Some((g, cap)) = groups

@@ -445,7 +445,7 @@ pub fn insert(conn: &Connection, rows: &[AttemptRow]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Rows a limited read makes room for at once (a row is about 150 bytes).
+/// Rows a limited read makes room for at once (a row is about 185 bytes).
 const PREALLOCATED: usize = 8_192;
 
 /// The texts of one read, each made once: the rows of a pipeline's history

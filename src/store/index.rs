@@ -789,11 +789,16 @@ mod tests {
         drop(Index::open(dir.path()).expect("open"));
         let marker = dir.path().join("index.checked");
         let vouched = std::fs::read_to_string(&marker).expect("marker");
-        // A copy put in its place: another inode.
+        // A copy put in its place, with its log (closing leaves it beside
+        // the file: a copy of the state folder takes both): another inode.
         let db = dir.path().join("index.sqlite");
         let copy = dir.path().join("copy.sqlite");
         std::fs::copy(&db, &copy).expect("copy");
+        let wal = dir.path().join("index.sqlite-wal");
+        let wal_copy = dir.path().join("copy.sqlite-wal");
+        std::fs::copy(&wal, &wal_copy).expect("copy the log");
         std::fs::rename(&copy, &db).expect("rename");
+        std::fs::rename(&wal_copy, &wal).expect("rename the log");
         drop(Index::open(dir.path()).expect("open the copy"));
         let now = std::fs::read_to_string(&marker).expect("marker");
         assert_ne!(vouched, now, "checked again, and the marker names the new file");

@@ -8,6 +8,9 @@
 //! the start of its attempt to its end. A claim is one transaction: the
 //! table is read, whoever decides ([`crate::engine::sharing::decide`])
 //! looks at it, and what it decided is written before anyone else reads.
+//! A connection reads the table again only when another has committed
+//! since its last claim (SQLite's `data_version`) or a run's process is
+//! gone; otherwise it decides on the table as its last claim left it.
 //! Rows of a run whose process is gone (kill -9, power loss) are removed by
 //! the next run that opens or claims, so a crashed holder's slots come back.
 //!

@@ -1514,6 +1514,40 @@ fn a_shared_run_claims_each_start_and_a_refused_job_asks_again_at_the_next_tick(
 }
 
 #[test]
+fn a_job_retried_while_a_stale_entry_of_it_is_queued_is_claimed_once() {
+    // big and twelve jobs of 256 MiB fill 4 GiB; `first` and `late` wait.
+    let mut jobs: Vec<(String, &str)> = vec![("big".into(), "resources: {memory: 1GiB}")];
+    jobs.extend((0..12).map(|i| (format!("j{i:02}"), "")));
+    jobs.push(("first".into(), ""));
+    jobs.push(("late".into(), ""));
+    let jobs: Vec<(&str, &[&str], &str)> = jobs.iter().map(|(n, e)| (n.as_str(), &[][..], *e)).collect();
+    let mut m = machine(
+        &yaml(&jobs),
+        Options {
+            shared: true,
+            ..small_machine(100)
+        },
+    );
+    let (first, late) = (13, 14);
+    let fx = m.handle(Input::Start, t(0));
+    assert_eq!(claims(&fx).len(), 13);
+    assert_eq!(waits(&fx).len(), 2, "{fx:?}");
+    for job in 0..first {
+        m.handle(Input::Claimed { job, wait: None }, t(1));
+    }
+    // Cancelled while queued behind `first`, which waits as told (its
+    // entry stays queued), then retried: a second entry.
+    m.handle(Input::Cancel(late), t(2));
+    m.handle(Input::Retry(late), t(3));
+    assert_eq!(m.status(late), JobStatus::Ready);
+    // big's end frees room for four: each is claimed once (an entry of a
+    // job being claimed is stale).
+    let fx = ok(&mut m, 0, 10);
+    let asked: Vec<JobId> = claims(&fx).into_iter().map(|(j, _)| j).collect();
+    assert_eq!(asked, [first, late], "{fx:?}");
+}
+
+#[test]
 fn a_grant_for_a_job_cancelled_meanwhile_is_given_back() {
     let src = yaml(&[("a", &[], "")]);
     let mut m = machine(&src, shared(1));
