@@ -305,45 +305,19 @@ pub fn test_attempts(
 ) -> rusqlite::Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare(
         "SELECT a.run_id, a.pipeline, a.dialect, t.job || ' › ' || t.name, a.definition, a.commit_sha, a.branch,
-         a.default_branch, a.dirty, t.attempt, t.outcome, t.reruns_failed, t.duration_ms, a.started_ms
+         a.default_branch, a.dirty, t.attempt, t.outcome, NULL, NULL, t.duration_ms, NULL, '', '', NULL,
+         a.started_ms, NULL, 0, NULL, t.reruns_failed
          FROM test_cases t JOIN attempts a ON a.run_id = t.run_id AND a.job = t.job AND a.attempt = t.attempt
          WHERE t.outcome != 'skipped' AND (?1 IS NULL OR a.pipeline = ?1)
          ORDER BY t.rowid DESC LIMIT ?2",
     )?;
-    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
     let limit = newest.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     let mut texts = Texts::default();
     let (test, failed_text) = (texts.of("test"), texts.of("failed"));
     let mut read = Vec::new();
     let mut found = stmt.query(params![pipeline, limit])?;
     while let Some(r) = found.next()? {
-        read.push((
-            AttemptRow {
-                run_id: texts.text(r, 0)?,
-                pipeline: texts.text(r, 1)?,
-                dialect: texts.text(r, 2)?,
-                job: texts.text(r, 3)?,
-                definition: texts.text(r, 4)?,
-                commit: texts.maybe(r, 5)?,
-                branch: texts.maybe(r, 6)?,
-                default_branch: r.get(7)?,
-                dirty: r.get(8)?,
-                attempt: r.get(9)?,
-                outcome: texts.text(r, 10)?,
-                failure_class: None,
-                exit_code: None,
-                duration_ms: ms(r.get(12)?),
-                peak_memory: None,
-                cpu_ms: None,
-                executor: ArcStr::new(),
-                host: ArcStr::new(),
-                signature: None,
-                started_ms: ms(r.get(13)?),
-                failure_line: None,
-                allowed: false,
-            },
-            r.get::<_, u32>(11)?,
-        ));
+        read.push((texts.attempt(r)?, r.get::<_, u32>(22)?));
     }
     // Read newest first; made in the order written.
     let mut out = Vec::with_capacity(read.len());
@@ -473,6 +447,35 @@ impl Texts {
         Ok(text.map(|s| self.of(s)))
     }
 
+    /// The attempt in `row`, whose columns are [`select`]'s, in its order.
+    fn attempt(&mut self, r: &rusqlite::Row) -> rusqlite::Result<AttemptRow> {
+        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(AttemptRow {
+            run_id: self.text(r, 0)?,
+            pipeline: self.text(r, 1)?,
+            dialect: self.text(r, 2)?,
+            job: self.text(r, 3)?,
+            definition: self.text(r, 4)?,
+            commit: self.maybe(r, 5)?,
+            branch: self.maybe(r, 6)?,
+            default_branch: r.get(7)?,
+            dirty: r.get(8)?,
+            attempt: r.get(9)?,
+            outcome: self.text(r, 10)?,
+            failure_class: self.maybe(r, 11)?,
+            exit_code: r.get(12)?,
+            duration_ms: ms(r.get(13)?),
+            peak_memory: r.get::<_, Option<i64>>(14)?.map(ms),
+            executor: self.text(r, 15)?,
+            host: self.text(r, 16)?,
+            signature: self.maybe(r, 17)?,
+            started_ms: ms(r.get(18)?),
+            failure_line: self.maybe(r, 19)?,
+            allowed: r.get(20)?,
+            cpu_ms: r.get::<_, Option<i64>>(21)?.map(ms),
+        })
+    }
+
     /// Column `i` of `row`, which is text.
     fn text(&mut self, row: &rusqlite::Row, i: usize) -> rusqlite::Result<ArcStr> {
         self.maybe(row, i)?.ok_or_else(|| {
@@ -536,35 +539,11 @@ pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Attemp
     }
     let mut stmt = conn.prepare(&sql_text)?;
     let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
-    let ms = |v: i64| u64::try_from(v).unwrap_or(0);
     let mut texts = Texts::default();
     let mut rows: Vec<AttemptRow> = Vec::with_capacity(filter.limit.unwrap_or(0).min(PREALLOCATED));
     let mut found = stmt.query(params.as_slice())?;
     while let Some(r) = found.next()? {
-        rows.push(AttemptRow {
-            run_id: texts.text(r, 0)?,
-            pipeline: texts.text(r, 1)?,
-            dialect: texts.text(r, 2)?,
-            job: texts.text(r, 3)?,
-            definition: texts.text(r, 4)?,
-            commit: texts.maybe(r, 5)?,
-            branch: texts.maybe(r, 6)?,
-            default_branch: r.get(7)?,
-            dirty: r.get(8)?,
-            attempt: r.get(9)?,
-            outcome: texts.text(r, 10)?,
-            failure_class: texts.maybe(r, 11)?,
-            exit_code: r.get(12)?,
-            duration_ms: ms(r.get(13)?),
-            peak_memory: r.get::<_, Option<i64>>(14)?.map(ms),
-            executor: texts.text(r, 15)?,
-            host: texts.text(r, 16)?,
-            signature: texts.maybe(r, 17)?,
-            started_ms: ms(r.get(18)?),
-            failure_line: texts.maybe(r, 19)?,
-            allowed: r.get(20)?,
-            cpu_ms: r.get::<_, Option<i64>>(21)?.map(ms),
-        });
+        rows.push(texts.attempt(r)?);
     }
     // The newest first, as the limit wants them: reversed, they are in
     // the order of their start (the query's keys, which tell every two
