@@ -1,7 +1,8 @@
 //! Process identity: a pid together with its start time, so a pid reused
 //! by another process is never mistaken for the one that died. Records
 //! (a run's owner), leftovers (processes a crashed trackside left) and the
-//! sweep that finds them all go by this.
+//! sweep that finds them all go by this. And [`background_thread`]: how
+//! trackside's own threads of work nothing waits for give way.
 
 use std::sync::OnceLock;
 
@@ -76,5 +77,48 @@ mod tests {
         }
         assert!(!owner_alive(pid, start));
         let _ = child.wait();
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice +10, Linux keeps
+/// one per thread). For work beside a run that nothing waits for soon:
+/// reading the pipeline's history for the display and the forecast,
+/// writing history rows and the resolved pipeline. With two cores, that
+/// work took CPU from the way to the first job (parsing, the record, the
+/// slot table, the first spawns); now it takes what the run leaves idle.
+/// Best effort: a failure leaves the priority as it was.
+pub fn background_thread() {
+    // SAFETY: gettid and setpriority take no pointers.
+    let tid = unsafe { libc::gettid() };
+    if let Ok(tid) = libc::id_t::try_from(tid) {
+        // SAFETY: as above; an error only leaves the priority unchanged.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    #[test]
+    fn a_background_thread_is_niced_and_others_are_not() {
+        let before = nice_of_this_thread();
+        let niced = std::thread::spawn(|| {
+            super::background_thread();
+            nice_of_this_thread()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(niced, (before + 10).min(19));
+        assert_eq!(nice_of_this_thread(), before, "only the calling thread");
+    }
+
+    /// Field 19 of `/proc/thread-self/stat`: the thread's nice value.
+    fn nice_of_this_thread() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("name") + 2..];
+        after_name
+            .split(' ')
+            .nth(16)
+            .and_then(|f| f.parse().ok())
+            .expect("nice")
     }
 }

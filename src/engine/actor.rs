@@ -546,7 +546,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             let (p, m, dir) = (pipeline.clone(), masker.clone(), record.dir().to_path_buf());
             let spawned = std::thread::Builder::new().name("trackside-resolved".into()).spawn({
                 let (p, m, dir) = (p.clone(), m.clone(), dir.clone());
-                move || write_resolved(&p, &m, &dir)
+                move || {
+                    crate::process::background_thread();
+                    write_resolved(&p, &m, &dir)
+                }
             });
             match spawned {
                 Ok(h) => Some(h),

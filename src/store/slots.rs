@@ -18,9 +18,10 @@
 //! higher-priority run); that run reads and removes them
 //! ([`Slots::requests_for`]).
 //!
-//! The table is coordination, not a record: it is kept with SQLite's
-//! `synchronous = NORMAL` (no fsync per claim); after a power loss every
-//! holder is gone anyway.
+//! The table is coordination, not a record: nothing of it is fsynced
+//! (SQLite's `synchronous = OFF`, its log moved in every 32 pages), as
+//! after a power loss every holder is gone anyway; a file a power cut
+//! left damaged is found on opening and made anew.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
+use super::index::Keeping;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -158,11 +160,30 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Opens (creating) `<state>/slots.sqlite`.
+    /// Opens (creating) `<state>/slots.sqlite`. Nothing of it is fsynced
+    /// (see [`Keeping::Coordination`]), so a power cut can leave it damaged:
+    /// a file that fails SQLite's check is made anew (after a power cut no
+    /// holder is left, so nothing is lost).
     pub fn open(state: &Path) -> Result<Slots, StoreError> {
         super::prepare_state_dir(state)?;
         let path = state.join("slots.sqlite");
-        let conn = super::index::open_wal(&path, SCHEMA, WAIT).map_err(|e| slots_error(&path, e))?;
+        let conn = match open_checked(&path) {
+            Ok(conn) => conn,
+            Err(e) if is_damage(&e) => {
+                tracing::warn!("{}: {e}; making it anew", path.display());
+                for ext in ["", "-wal", "-shm"] {
+                    let file = PathBuf::from(format!("{}{ext}", path.display()));
+                    match std::fs::remove_file(&file) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(super::io_err("cannot remove the damaged slot table", &file)(e).into());
+                        }
+                        _ => {}
+                    }
+                }
+                open_checked(&path).map_err(|e| slots_error(&path, e))?
+            }
+            Err(e) => return Err(slots_error(&path, e)),
+        };
         Ok(Slots {
             conn,
             path,
@@ -338,6 +359,27 @@ impl Slots {
     }
 }
 
+/// Opens the table and checks its pages (a few: microseconds).
+fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = super::index::open_wal(path, SCHEMA, WAIT, Keeping::Coordination)?;
+    let check: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(check),
+        ));
+    }
+    Ok(conn)
+}
+
+/// Whether SQLite found the file damaged (or not a database at all).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 fn slots_error(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Slots {
         path: path.to_path_buf(),
@@ -497,6 +539,51 @@ mod tests {
                 ..Writes::default()
             },
         )
+    }
+
+    #[test]
+    fn a_damaged_table_is_made_anew_on_opening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let me = run("a", crate::process::owner(), 1);
+        {
+            let mut s = Slots::open(dir.path()).expect("open");
+            s.register(&me).expect("register");
+            s.conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .expect("into the file");
+        }
+        // What a power cut can leave of a file nothing fsynced: a torn
+        // page where the table's pages were.
+        let path = dir.path().join("slots.sqlite");
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() >= 2 * 4096, "a header page and a table page");
+        bytes[4096..8192].fill(0xA5);
+        std::fs::write(&path, &bytes).expect("write");
+        let _ = std::fs::remove_file(dir.path().join("slots.sqlite-wal"));
+        let _ = std::fs::remove_file(dir.path().join("slots.sqlite-shm"));
+        let mut s = Slots::open(dir.path()).expect("a damaged table is made anew");
+        let table = s.register(&me).expect("register");
+        assert_eq!(table.runs.len(), 1);
+        claim(&mut s, &hold("a", "build"), grant);
+        assert_eq!(s.table().expect("table").holds, [hold("a", "build")]);
+    }
+
+    #[test]
+    fn the_log_is_moved_in_every_32_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Slots::open(dir.path()).expect("open");
+        s.register(&run("a", crate::process::owner(), 1)).expect("register");
+        // Four hundred claims and releases, a page or two of log each: with
+        // SQLite's default (moving the log in every 1,000 pages) all of it
+        // would still be there for the next opener to read.
+        for i in 0..200 {
+            let job = format!("job-{}", i % 7);
+            claim(&mut s, &hold("a", &job), grant);
+            s.release("a", &[job]).expect("release");
+        }
+        let pages = crate::store::index::log_pages(&s.conn);
+        assert!(pages <= 40, "{pages} pages of log");
+        assert!(s.table().expect("table").holds.is_empty());
     }
 
     #[test]
