@@ -2,7 +2,7 @@
 //! by another process is never mistaken for the one that died. Records
 //! (a run's owner), leftovers (processes a crashed trackside left) and the
 //! sweep that finds them all go by this. And [`background_thread`]: how
-//! trackside's own threads of work nothing waits for give way.
+//! a thread of trackside's whose work nothing waits for gives way.
 
 use std::sync::OnceLock;
 
@@ -80,20 +80,19 @@ mod tests {
     }
 }
 
-/// Lowers the calling thread's scheduling priority (nice +10, Linux keeps
-/// one per thread). For work beside a run that nothing waits for soon:
-/// reading the pipeline's history for the display and the forecast,
-/// writing history rows and the resolved pipeline. With two cores, that
-/// work took CPU from the way to the first job (parsing, the record, the
-/// slot table, the first spawns); now it takes what the run leaves idle.
-/// Best effort: a failure leaves the priority as it was.
+/// Lowers the calling thread's scheduling priority by 10 (nice; Linux
+/// keeps one per thread, and `who = 0` is the calling thread), for work
+/// beside a run that nothing waits for soon: writing the resolved
+/// pipeline. With two cores, that work took CPU from the way to the first
+/// job (parsing, the record, the slot table, the first spawns); now it
+/// takes what the run leaves idle. Best effort: a failure leaves the
+/// priority as it was.
 pub fn background_thread() {
-    // SAFETY: gettid and setpriority take no pointers.
-    let tid = unsafe { libc::gettid() };
-    if let Ok(tid) = libc::id_t::try_from(tid) {
-        // SAFETY: as above; an error only leaves the priority unchanged.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
-    }
+    // SAFETY: getpriority and setpriority take no pointers. A nice of -1 is
+    // a value here, not an error: `who = 0` always names this thread.
+    let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    // SAFETY: as above; the kernel keeps the value within -20..=19.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, now.saturating_add(10).min(19)) };
 }
 
 #[cfg(test)]

@@ -115,9 +115,6 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("trackside-history".into())
             .spawn(move || {
-                // Nothing waits for it soon: the history read is for the
-                // display and the forecast, the rows for the run's end.
-                crate::process::background_thread();
                 first();
                 let mut warned = false;
                 let mut next = rx.recv().ok();

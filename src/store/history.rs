@@ -93,15 +93,16 @@ DROP INDEX IF EXISTS attempts_by_pipeline;
 ";
 
 /// What [`usage`] reads: only columns of `attempts_recent`. The limit is on
-/// the newest attempts before they are filtered: most attempts of trivial
-/// jobs measure nothing, and filtering first read every attempt the
-/// pipeline ever had (4,000 rows to return 384, 80,000 in a long history)
-/// on the way to the first job.
+/// the newest attempts that ran (not cancelled, served from the cache or
+/// preempted) before those that measured nothing are left out: most
+/// attempts of trivial jobs measure nothing, and leaving them out first
+/// read every attempt the pipeline ever had (4,000 rows to return 384,
+/// 80,000 in a long history) on the way to the first job.
 const USAGE: &str = "SELECT job, peak_memory, cpu_ms, duration_ms FROM (
-        SELECT job, peak_memory, cpu_ms, duration_ms, outcome FROM attempts
-        WHERE pipeline = ?1 ORDER BY started_ms DESC LIMIT ?2)
-    WHERE outcome NOT IN ('cancelled', 'cached', 'preempted')
-    AND (peak_memory IS NOT NULL OR cpu_ms IS NOT NULL)";
+        SELECT job, peak_memory, cpu_ms, duration_ms FROM attempts
+        WHERE pipeline = ?1 AND outcome NOT IN ('cancelled', 'cached', 'preempted')
+        ORDER BY started_ms DESC LIMIT ?2)
+    WHERE peak_memory IS NOT NULL OR cpu_ms IS NOT NULL";
 
 /// What [`recent_durations`] reads: only columns of `attempts_recent`.
 const RECENT_DURATIONS: &str = "SELECT run_id, job, duration_ms FROM attempts
@@ -187,8 +188,8 @@ pub struct JobUsage {
 pub const MIN_USAGE_SAMPLES: usize = 3;
 
 /// [`JobUsage`] of each job of `pipeline` with enough history, read from
-/// its newest attempts (within bounds, as [`recent_durations`], whatever
-/// they measured).
+/// its newest attempts that ran (within bounds, as [`recent_durations`],
+/// whatever they measured).
 pub fn usage(
     conn: &Connection,
     pipeline: &str,
@@ -683,11 +684,46 @@ mod tests {
         }
         insert(&conn, &rows).unwrap();
         assert_eq!(usage(&conn, "ci.yml", 1, 20).unwrap().get("build"), None);
-        // One more measured attempt among the newest is not enough alone.
-        let mut r = row("newest", "build", 1, "passed", 5_000);
+        // Attempts served from the cache are not among them: a job cached
+        // in most runs keeps what its runs measured.
+        let cached: Vec<AttemptRow> = (1..=1_000u64)
+            .map(|i| row(&format!("c{i}"), "build", 1, "cached", 2_000 + i))
+            .collect();
+        insert(&conn, &cached).unwrap();
+        assert_eq!(usage(&conn, "ci.yml", 1, 20).unwrap().get("build"), None);
+        let mut measured = Vec::new();
+        for i in 1..=3u64 {
+            let mut r = row(&format!("m{i}"), "build", 1, "passed", 3_000 + i);
+            r.peak_memory = Some(5 << 20);
+            measured.push(r);
+        }
+        insert(&conn, &measured).unwrap();
+        insert(
+            &conn,
+            &(1..=1_000u64)
+                .map(|i| row(&format!("d{i}"), "build", 1, "cached", 4_000 + i))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(
+            usage(&conn, "ci.yml", 1, 20)
+                .unwrap()
+                .get("build")
+                .and_then(|u| u.memory),
+            Some(5 << 20),
+            "a thousand cached attempts after them"
+        );
+        // Measured runs among the newest count, cached ones in between or not.
+        let mut r = row("newest", "build", 1, "passed", 9_000);
         r.peak_memory = Some(7 << 20);
         insert(&conn, &[r]).unwrap();
-        assert_eq!(usage(&conn, "ci.yml", 1, 20).unwrap().get("build"), None);
+        assert_eq!(
+            usage(&conn, "ci.yml", 1, 20)
+                .unwrap()
+                .get("build")
+                .and_then(|u| u.memory),
+            Some(7 << 20)
+        );
     }
 
     #[test]

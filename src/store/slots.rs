@@ -162,8 +162,8 @@ pub struct Slots {
 impl Slots {
     /// Opens (creating) `<state>/slots.sqlite`. Nothing of it is fsynced
     /// (see [`Keeping::Coordination`]), so a power cut can leave it damaged:
-    /// a file that fails SQLite's check is made anew (after a power cut no
-    /// holder is left, so nothing is lost).
+    /// a file that fails SQLite's check is emptied in place and made anew
+    /// (after a power cut no holder is left, so nothing is lost).
     pub fn open(state: &Path) -> Result<Slots, StoreError> {
         super::prepare_state_dir(state)?;
         let path = state.join("slots.sqlite");
@@ -171,15 +171,7 @@ impl Slots {
             Ok(conn) => conn,
             Err(e) if is_damage(&e) => {
                 tracing::warn!("{}: {e}; making it anew", path.display());
-                for ext in ["", "-wal", "-shm"] {
-                    let file = PathBuf::from(format!("{}{ext}", path.display()));
-                    match std::fs::remove_file(&file) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(super::io_err("cannot remove the damaged slot table", &file)(e).into());
-                        }
-                        _ => {}
-                    }
-                }
+                reset_damaged(&path)?;
                 open_checked(&path).map_err(|e| slots_error(&path, e))?
             }
             Err(e) => return Err(slots_error(&path, e)),
@@ -370,6 +362,39 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
         ));
     }
     Ok(conn)
+}
+
+/// Empties a damaged table in place, with SQLite's reset: the file, its
+/// log and its shared memory stay the ones every other run has open (a
+/// file removed and made again would leave them on the old one, each
+/// deciding alone). Under a lock beside it, and only if the table is still
+/// damaged once the lock is held: two runs finding it damaged at once
+/// reset it once, and the second keeps what the first registered.
+fn reset_damaged(path: &Path) -> Result<(), StoreError> {
+    let lock_path = path.with_extension("sqlite-reset");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(super::io_err("cannot lock", &lock_path))?;
+    if open_checked(path).is_ok() {
+        return Ok(());
+    }
+    let reset = || -> rusqlite::Result<()> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(WAIT)?;
+        // Read the schema first (errors expected): the file stays in WAL mode.
+        let _ = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()));
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_RESET_DATABASE, true)?;
+        conn.execute_batch("VACUUM")?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_RESET_DATABASE, false)?;
+        Ok(())
+    };
+    reset().map_err(|e| slots_error(path, e))?;
+    drop(lock);
+    Ok(())
 }
 
 /// Whether SQLite found the file damaged (or not a database at all).
@@ -566,6 +591,26 @@ mod tests {
         assert_eq!(table.runs.len(), 1);
         claim(&mut s, &hold("a", "build"), grant);
         assert_eq!(s.table().expect("table").holds, [hold("a", "build")]);
+    }
+
+    #[test]
+    fn a_run_with_the_table_open_sees_it_made_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Slots::open(dir.path()).expect("open");
+        a.register(&run("a", crate::process::owner(), 1)).expect("register");
+        a.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("into the file");
+        let path = dir.path().join("slots.sqlite");
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[4096..8192].fill(0xA5);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut b = Slots::open(dir.path()).expect("a damaged table is made anew");
+        b.register(&run("b", crate::process::owner(), 2)).expect("register");
+        // One file for both: `a` sees what `b` registered (a file removed
+        // and made again would have left `a` on the old one).
+        let seen = a.table().expect("table");
+        assert_eq!(seen.runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
