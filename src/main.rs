@@ -1225,6 +1225,9 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
             let headless = headless || engine_process;
             let wait_approval = wait_approval || engine_process;
             let _log_guard = init_tracing(&state);
+            // The index opens (reading what is left of its log) while the
+            // pipeline is read, not after.
+            let index_opening = (!list).then(|| trackside::store::index::Index::open_beside(&state));
             // A resumed run: its record, checked to be one that died.
             let resumed = match &resume {
                 Some(id) => {
@@ -1372,6 +1375,7 @@ fn dispatch(cli: Cli) -> Result<u8, Fail> {
                 std::fs::canonicalize(&file).unwrap_or(file.clone()),
                 project_dir,
             );
+            cfg.index = index_opening;
             cfg.in_place = in_place;
             cfg.keep_workspaces = keep_workspaces;
             cfg.verbose = verbose;

@@ -128,6 +128,10 @@ pub struct EngineConfig {
     /// The group the run's sockets are opened to (`--allow-group`): a live
     /// service a deploy starts opens its socket to it too.
     pub group: Option<String>,
+    /// The index of `state_dir`, its opening begun before the pipeline was
+    /// read ([`crate::store::index::Index::open_beside`]); `None`: opened
+    /// when the run starts.
+    pub index: Option<crate::store::index::Opening>,
 }
 
 /// Quiet time after the last change to the pipeline file before it is read.
@@ -175,6 +179,7 @@ impl EngineConfig {
             load_options: None,
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trackside")),
             group: None,
+            index: None,
         }
     }
 }
@@ -448,7 +453,10 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         owner: Some(crate::process::owner().to_string()),
     };
     // The store first: a damaged index stops the run before it has a record.
-    let index = Arc::new(crate::store::index::Index::open(&cfg.state_dir)?);
+    let index = Arc::new(match cfg.index.take() {
+        Some(opening) => opening.join()?,
+        None => crate::store::index::Index::open(&cfg.state_dir)?,
+    });
     quarantine(&mut pipeline, &index, &cfg.pipeline_file);
     // What the jobs used in past runs decides the first jobs' admission, so
     // it is waited for; read beside the record and the runtime's set-up.

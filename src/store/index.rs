@@ -240,7 +240,44 @@ pub(crate) fn log_pages(conn: &Connection) -> i64 {
         .expect("checkpoint")
 }
 
+/// The index being opened on a thread of its own ([`Index::open_beside`]).
+pub struct Opening {
+    state: PathBuf,
+    thread: Option<std::thread::JoinHandle<Result<Index, StoreError>>>,
+}
+
+impl Opening {
+    /// The index, once open (opened here if no thread could be started).
+    pub fn join(self) -> Result<Index, StoreError> {
+        match self.thread {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(StoreError::Index {
+                    path: self.state.join("index.sqlite"),
+                    message: "the thread opening it stopped".into(),
+                })
+            }),
+            None => Index::open(&self.state),
+        }
+    }
+}
+
 impl Index {
+    /// Starts opening the index beside the caller's other work ([`Opening::join`]
+    /// waits for it): a run's start reads its pipeline meanwhile. Opening
+    /// reads what is left of the index's log (see [`Keeping`]) and, once a
+    /// day, checks every page.
+    pub fn open_beside(state: &Path) -> Opening {
+        let dir = state.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("trackside-index".into())
+            .spawn(move || Index::open(&dir))
+            .ok();
+        Opening {
+            state: state.to_path_buf(),
+            thread,
+        }
+    }
+
     /// Opens (creating) `<state>/index.sqlite`, checking it for damage when
     /// a check is due ([`CHECK_EVERY`]).
     pub fn open(state: &Path) -> Result<Index, StoreError> {
@@ -773,6 +810,24 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_opened_beside_is_the_index_and_its_damage_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Digest::of(b"manifest");
+        {
+            let ix = Index::open_beside(dir.path()).join().expect("open");
+            ix.put_artifact("r1", "build", &d, None).expect("put");
+        }
+        let ix = Index::open(dir.path()).expect("open");
+        assert_eq!(ix.artifact("r1", "build").expect("read"), Some(d));
+        drop(ix);
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("index.sqlite{ext}")));
+        }
+        std::fs::write(dir.path().join("index.sqlite"), vec![0x5a; 8192]).expect("write");
+        assert!(Index::open_beside(dir.path()).join().is_err(), "not a database");
+    }
 
     #[test]
     fn the_log_is_moved_in_every_256_pages() {
