@@ -870,6 +870,7 @@ fn a_damaged_index_is_reported_and_rebuilt_from_the_run_records() {
     std::fs::write(&db, bytes).expect("write");
     let _ = std::fs::remove_file(e.state().join("index.sqlite-wal"));
     let _ = std::fs::remove_file(e.state().join("index.sqlite-shm"));
+    let runs_before = std::fs::read_dir(e.state().join("runs")).expect("runs").count();
 
     let o = e.run(&["run", &p.to_string_lossy(), "--headless"]);
     let said = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -878,6 +879,10 @@ fn a_damaged_index_is_reported_and_rebuilt_from_the_run_records() {
         said.contains("is damaged") && said.contains("store verify --repair"),
         "{said}"
     );
+    // Stopped before it had a record (the index opens beside the
+    // pipeline's read, and is waited for before the record is claimed).
+    let runs_after = std::fs::read_dir(e.state().join("runs")).expect("runs").count();
+    assert_eq!(runs_after, runs_before, "no run record for a run the index stopped");
     let o = e.run(&["store", "verify"]);
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(1), "{said}");

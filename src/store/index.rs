@@ -253,7 +253,7 @@ impl Opening {
             Some(t) => t.join().unwrap_or_else(|_| {
                 Err(StoreError::Index {
                     path: self.state.join("index.sqlite"),
-                    message: "the thread opening it stopped".into(),
+                    message: "the thread opening it panicked".into(),
                 })
             }),
             None => Index::open(&self.state),
@@ -826,7 +826,19 @@ mod tests {
             let _ = std::fs::remove_file(dir.path().join(format!("index.sqlite{ext}")));
         }
         std::fs::write(dir.path().join("index.sqlite"), vec![0x5a; 8192]).expect("write");
-        assert!(Index::open_beside(dir.path()).join().is_err(), "not a database");
+        assert!(
+            matches!(
+                Index::open_beside(dir.path()).join(),
+                Err(StoreError::IndexCorrupt { .. })
+            ),
+            "not a database: the advice to repair it comes through the thread"
+        );
+        // No thread could be started: opened by the one that joins.
+        let opening = Opening {
+            state: dir.path().to_path_buf(),
+            thread: None,
+        };
+        assert!(matches!(opening.join(), Err(StoreError::IndexCorrupt { .. })));
     }
 
     #[test]
