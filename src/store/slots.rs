@@ -21,7 +21,7 @@
 //! The table is coordination, not a record: nothing of it is fsynced
 //! (SQLite's `synchronous = OFF`, its log moved in every 32 pages), as
 //! after a power loss every holder is gone anyway; a file a power cut
-//! left damaged is found on opening and made anew.
+//! left damaged is found on opening and emptied in place.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -566,6 +566,19 @@ mod tests {
         )
     }
 
+    /// What a power cut can leave of a file nothing fsynced: a torn page
+    /// where the table's pages are (moved into the file from `s`'s log first).
+    fn tear_a_table_page(s: &Slots, state: &Path) {
+        s.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("into the file");
+        let path = state.join("slots.sqlite");
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() >= 2 * 4096, "a header page and a table page");
+        bytes[4096..8192].fill(0xA5);
+        std::fs::write(&path, &bytes).expect("write");
+    }
+
     #[test]
     fn a_damaged_table_is_made_anew_on_opening() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -573,17 +586,8 @@ mod tests {
         {
             let mut s = Slots::open(dir.path()).expect("open");
             s.register(&me).expect("register");
-            s.conn
-                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-                .expect("into the file");
+            tear_a_table_page(&s, dir.path());
         }
-        // What a power cut can leave of a file nothing fsynced: a torn
-        // page where the table's pages were.
-        let path = dir.path().join("slots.sqlite");
-        let mut bytes = std::fs::read(&path).expect("read");
-        assert!(bytes.len() >= 2 * 4096, "a header page and a table page");
-        bytes[4096..8192].fill(0xA5);
-        std::fs::write(&path, &bytes).expect("write");
         let _ = std::fs::remove_file(dir.path().join("slots.sqlite-wal"));
         let _ = std::fs::remove_file(dir.path().join("slots.sqlite-shm"));
         let mut s = Slots::open(dir.path()).expect("a damaged table is made anew");
@@ -598,13 +602,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut a = Slots::open(dir.path()).expect("open");
         a.register(&run("a", crate::process::owner(), 1)).expect("register");
-        a.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("into the file");
-        let path = dir.path().join("slots.sqlite");
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[4096..8192].fill(0xA5);
-        std::fs::write(&path, &bytes).expect("write");
+        tear_a_table_page(&a, dir.path());
         let mut b = Slots::open(dir.path()).expect("a damaged table is made anew");
         b.register(&run("b", crate::process::owner(), 2)).expect("register");
         // One file for both: `a` sees what `b` registered (a file removed
