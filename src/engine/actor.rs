@@ -521,9 +521,15 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             (RunRecord::fill(dir, &meta)?, joining)
         }
     };
-    let git_repo = (pipeline.git_checkout && !cfg.in_place)
-        .then(|| crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref()))
-        .flatten();
+    // The jobs' repository (a `git read-tree`, 1-2 ms) is written beside
+    // the rest of the set-up: the listing, the slot table, the stores.
+    let git_repo = (pipeline.git_checkout && !cfg.in_place).then(|| {
+        let (project, dest, facts) = (cfg.project_dir.clone(), record.dir().join("git"), cfg.git.clone());
+        std::thread::Builder::new()
+            .name("trackside-git-repo".into())
+            .spawn(move || crate::exec::git::run_repository(&project, &dest, facts.as_ref()))
+            .ok()
+    });
     let (files, bytes) = match listing.map(std::thread::JoinHandle::join) {
         None => (Vec::new(), 0),
         Some(Ok(listed)) => listed.map_err(|source| EngineError::Project {
@@ -594,7 +600,16 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         artifact_limits,
         artifact_bytes: Default::default(),
         borrowed_artifacts: cfg.borrowed_artifacts.clone(),
-        git_repo,
+        git_repo: match git_repo {
+            None => None,
+            Some(Some(thread)) => thread
+                .join()
+                .map_err(|_| EngineError::Rejected("writing the jobs' git repository failed".into()))?,
+            // No thread: written here.
+            Some(None) => {
+                crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref())
+            }
+        },
         spares,
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),

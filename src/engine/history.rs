@@ -244,6 +244,9 @@ impl History {
         let asked = std::thread::Builder::new()
             .name("trackside-git-facts".into())
             .spawn(move || {
+                // Nothing waits for these before the run's end: git (a
+                // child inherits its thread's nice) gives way to the jobs.
+                crate::process::background_thread();
                 let _ = tx.send(RunFacts::read(&project, known.as_ref()));
             });
         let host = crate::protocol::identity::hostname();

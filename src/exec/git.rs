@@ -4,7 +4,7 @@
 //!
 //! Every question is a `git` process, and each costs about 2 ms before it
 //! does anything, so they are few and asked at once: [`Facts::read`] starts
-//! its four processes together and then waits for them, and a run's
+//! its three processes together and then waits for them, and a run's
 //! repository is written by hand from two answers instead of `git clone`
 //! (which alone takes about 30 ms: templates, an upload-pack, a fetch).
 //! Anything out of the ordinary (a SHA-256 or reftable repository, one with
@@ -15,13 +15,22 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// A `git` command: the program found on `PATH` once, by its path.
+pub(crate) fn git_command() -> Command {
+    static GIT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    Command::new(GIT.get_or_init(|| {
+        // Not found: `Command` looks for it, and says so.
+        crate::process::find_program("git", std::env::var_os("PATH").as_deref()).unwrap_or_else(|| "git".into())
+    }))
+}
+
 /// `git -C dir ARGS`, started with its output piped (not yet waited for).
 /// Not started where git could only say "not a git repository".
 fn start(dir: &Path, args: &[&str]) -> Option<Child> {
     if !may_be_in_work_tree(dir) {
         return None;
     }
-    Command::new("git")
+    git_command()
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -122,10 +131,18 @@ pub struct Layout {
     pub refs: Vec<(String, String, bool)>,
 }
 
-/// `for-each-ref` lines: HEAD mark, name, object, peeled object, symref target.
-const REF_FORMAT: &str = "--format=%(HEAD)%00%(refname)%00%(objectname)%00%(*objectname)%00%(symref)";
+/// `for-each-ref` records: HEAD mark, name, object, peeled object, symref
+/// target and, for the branch HEAD is on, its commit as [`LOG_FORMAT`] has
+/// it (a `git log` less). Fields end in NUL, records in NUL and a newline
+/// (a commit message has newlines of its own).
+const REF_FORMAT: &str = "--format=%(HEAD)%00%(refname)%00%(objectname)%00%(*objectname)%00%(symref)\
+     %(if)%(HEAD)%(then)%00%(objectname)%00%(contents:subject)%00%(committerdate:iso-strict)\
+     %00%(authorname) %(authoremail)%00%(contents)%(end)%00";
 
-/// One line of [`REF_FORMAT`].
+/// HEAD's commit: sha, title, committer date, author, message.
+const LOG_FORMAT: &str = "--format=%H%x00%s%x00%cI%x00%an <%ae>%x00%B";
+
+/// One record of [`REF_FORMAT`].
 struct RefLine<'a> {
     current: bool,
     name: &'a str,
@@ -133,26 +150,75 @@ struct RefLine<'a> {
     /// The commit an annotated tag points at; empty for others.
     peeled: &'a str,
     symref: &'a str,
+    /// The commit's fields, on the branch HEAD is on.
+    commit: Option<[&'a str; 5]>,
 }
 
 fn ref_lines(out: &str) -> impl Iterator<Item = RefLine<'_>> {
-    out.lines().filter_map(|line| {
-        let mut f = line.split('\0');
+    let mut fields = out.split('\0');
+    std::iter::from_fn(move || {
+        // A record's first field follows the last one's newline.
+        let mark = fields.next()?.trim_start_matches('\n');
+        let mut next = || fields.next();
+        let (name, object, peeled, symref) = (next()?, next()?, next()?, next()?);
+        let current = mark == "*";
+        let commit = if current {
+            Some([next()?, next()?, next()?, next()?, next()?])
+        } else {
+            None
+        };
         Some(RefLine {
-            current: f.next()? == "*",
-            name: f.next()?,
-            object: f.next()?,
-            peeled: f.next()?,
-            symref: f.next()?,
+            current,
+            name,
+            object,
+            peeled,
+            symref,
+            commit,
         })
     })
+}
+
+/// HEAD's commit from [`LOG_FORMAT`]'s fields; `None` before the first.
+fn commit_of<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<Commit> {
+    let mut next = || fields.next().unwrap_or_default().to_string();
+    let sha = next();
+    let commit = Commit {
+        title: next(),
+        timestamp: next(),
+        author: next(),
+        message: next().trim_end_matches(['\n', '\0']).to_string(),
+        sha,
+    };
+    (!commit.sha.is_empty()).then_some(commit)
+}
+
+/// Whether HEAD names a branch, by a look at the `.git` folder found at or
+/// above `dir`: then `for-each-ref` says what its commit is and no `git
+/// log` is started. Only a guess about which processes to start; git's
+/// answers decide (a wrong guess costs a `git log` after the others).
+fn head_on_branch(dir: &Path) -> bool {
+    use std::io::Read;
+    if std::env::var_os("GIT_DIR").is_some() {
+        return false;
+    }
+    let Ok(dir) = dir.canonicalize() else { return false };
+    let Some(dot_git) = dir
+        .ancestors()
+        .map(|d| d.join(".git"))
+        .find(|g| g.symlink_metadata().is_ok())
+    else {
+        return false;
+    };
+    let mut head = [0u8; 64];
+    let read = std::fs::File::open(dot_git.join("HEAD")).and_then(|mut f| f.read(&mut head));
+    read.is_ok_and(|n| head[..n].starts_with(b"ref: refs/heads/"))
 }
 
 impl Facts {
     /// The facts of the work tree containing `dir`; `None` outside one (or
     /// without git).
     pub fn read(dir: &Path) -> Option<Facts> {
-        // Four processes at once: the time of one.
+        // Three processes at once (four with HEAD detached): the time of one.
         let top = start(
             dir,
             &[
@@ -164,7 +230,9 @@ impl Facts {
                 "--show-object-format",
             ],
         );
-        let log = start(dir, &["log", "-1", "-z", "--format=%H%x00%s%x00%cI%x00%an <%ae>%x00%B"]);
+        // HEAD's commit comes with its branch's ref; a detached one asks.
+        let log_args = ["log", "-1", "-z", LOG_FORMAT];
+        let log = (!head_on_branch(dir)).then(|| start(dir, &log_args)).flatten();
         let refs = start(
             dir,
             &[
@@ -195,23 +263,18 @@ impl Facts {
         let common_dir = place.next().map(PathBuf::from);
         let shallow = place.next() == Some("true");
         let sha1 = place.next() == Some("sha1");
-        let head = log.and_then(|out| {
-            let out = String::from_utf8_lossy(&out);
-            let mut f = out.splitn(5, '\0');
-            let mut next = || f.next().unwrap_or_default().to_string();
-            let sha = next();
-            let commit = Commit {
-                title: next(),
-                timestamp: next(),
-                author: next(),
-                message: next().trim_end_matches(['\n', '\0']).to_string(),
-                sha,
-            };
-            (!commit.sha.is_empty()).then_some(commit)
-        });
         let refs = refs
             .map(|r| String::from_utf8_lossy(&r).into_owned())
             .unwrap_or_default();
+        let on_branch = ref_lines(&refs)
+            .find_map(|r| r.commit)
+            .and_then(|c| commit_of(c.into_iter()));
+        let head = match (log, on_branch) {
+            (Some(out), _) => commit_of(String::from_utf8_lossy(&out).split('\0')),
+            (None, Some(commit)) => Some(commit),
+            // Guessed wrong, or no commit yet.
+            (None, None) => bytes(dir, &log_args).and_then(|out| commit_of(String::from_utf8_lossy(&out).split('\0'))),
+        };
         let mut branch = None;
         let mut origin_head = None;
         let mut tags: Vec<(bool, &str)> = Vec::new();
@@ -601,8 +664,25 @@ fn shared_clone(facts: &Facts, dest: &Path) -> Option<RunRepository> {
         }
         std::fs::write(git.join("config"), config)
     };
-    write().ok()?;
-    bytes(dest, &["read-tree", &head])?;
+    // The index is read from the project's repository while the rest is
+    // written: it names objects, which both share. Git writes a plain
+    // index to a `GIT_INDEX_FILE` of its own (never split, nothing beside
+    // the project's index), locking only that file.
+    std::fs::create_dir_all(&git).ok()?;
+    let index = git_command()
+        .arg("-C")
+        .arg(&facts.root)
+        .args(["read-tree", &head])
+        .env("GIT_INDEX_FILE", git.join("index"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
+    let written = write();
+    let indexed = finish(index);
+    written.ok()?;
+    indexed?;
     RunRepository::new(git, head)
 }
 
@@ -624,7 +704,7 @@ fn cloned(project: &Path, dest: &Path) -> Option<RunRepository> {
 }
 
 fn git_clone(extra: &[&str], from: &Path, to: &Path) -> bool {
-    Command::new("git")
+    git_command()
         .args(["clone", "--no-checkout", "--quiet"])
         .args(extra)
         .arg(from)
@@ -846,6 +926,65 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_branchs_commit_reads_as_git_log_has_it() {
+        let Some(p) = project() else { return };
+        let dir = p.path();
+        // Refs before and after the current branch, a message of many lines.
+        assert!(git(dir, &["branch", "aaa"]));
+        assert!(git(dir, &["tag", "-a", "v1", "-m", "a tag\nof two lines"]));
+        std::fs::write(dir.join("c.txt"), "c").expect("write");
+        assert!(git(dir, &["add", "-A"]));
+        assert!(git(
+            dir,
+            &["commit", "-qm", "a title\nthat wraps\n\nthe body\n\n  indented\n"]
+        ));
+        assert!(git(dir, &["branch", "zzz"]));
+        assert!(head_on_branch(dir));
+        let refs = text(dir, &["for-each-ref", REF_FORMAT, "refs/heads", "refs/tags"]).expect("refs");
+        let names: Vec<&str> = ref_lines(&refs).map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            ["refs/heads/aaa", "refs/heads/main", "refs/heads/zzz", "refs/tags/v1"]
+        );
+        let from_refs = ref_lines(&refs)
+            .find_map(|r| r.commit)
+            .and_then(|c| commit_of(c.into_iter()))
+            .expect("the branch's commit");
+        let log = bytes(dir, &["log", "-1", "-z", LOG_FORMAT]).expect("log");
+        let from_log = commit_of(String::from_utf8_lossy(&log).split('\0')).expect("the commit");
+        assert_eq!(from_refs, from_log);
+        assert_eq!(from_refs.title, "a title that wraps");
+        assert_eq!(from_refs.message, "a title\nthat wraps\n\nthe body\n\n  indented");
+        assert_eq!(from_refs.author, "t <t@example.com>");
+        // The facts on the branch, and detached at the same commit (asked
+        // of `git log` then), agree.
+        let on_branch = Facts::read(dir).expect("facts").head;
+        assert!(git(dir, &["checkout", "-q", "--detach"]));
+        assert!(!head_on_branch(dir));
+        assert_eq!(Facts::read(dir).expect("facts").head, on_branch);
+        assert_eq!(on_branch, Some(from_log));
+    }
+
+    #[test]
+    fn only_a_git_folder_whose_head_names_a_branch_is_guessed_on_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!head_on_branch(dir.path()), "no repository");
+        // A linked work tree's `.git` is a file: no guess, git is asked.
+        std::fs::write(dir.path().join(".git"), "gitdir: /elsewhere\n").expect("write");
+        assert!(!head_on_branch(dir.path()));
+        std::fs::remove_file(dir.path().join(".git")).expect("rm");
+        std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+        std::fs::write(
+            dir.path().join(".git/HEAD"),
+            "0123456789abcdef0123456789abcdef01234567\n",
+        )
+        .expect("write");
+        assert!(!head_on_branch(dir.path()), "detached");
+        std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").expect("write");
+        assert!(head_on_branch(&dir.path().join(".")), "on main");
+    }
+
+    #[test]
     fn before_the_first_commit_the_branch_is_still_known() {
         let dir = tempfile::tempdir().expect("tempdir");
         if !git(dir.path(), &["init", "-q", "-b", "trunk"]) {
@@ -915,6 +1054,48 @@ pub(crate) mod tests {
             said(&other, &["rev-parse", "--show-toplevel"]),
             other.canonicalize().expect("canon").display().to_string()
         );
+    }
+
+    #[test]
+    fn the_jobs_index_is_read_without_writing_to_the_project() {
+        let Some(p) = project() else { return };
+        let dir = p.path();
+        // A project whose own index is split: the jobs' index is a whole
+        // one, and nothing is written into the project's git folder.
+        assert!(git(dir, &["config", "core.splitIndex", "true"]));
+        assert!(git(dir, &["update-index", "--split-index"]));
+        let listing = |d: &Path| {
+            let mut names: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(d)
+                .expect("read")
+                .filter_map(Result::ok)
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().and_then(|m| m.modified()).expect("mtime"),
+                    )
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing(&dir.join(".git"));
+        let facts = Facts::read(dir).expect("facts");
+        let run = tempfile::tempdir().expect("tempdir");
+        let repo = run_repository(dir, &run.path().join("git"), Some(&facts)).expect("repository");
+        assert_eq!(
+            listing(&dir.join(".git")),
+            before,
+            "the project's git folder is as it was"
+        );
+        let shared: Vec<String> = listing(&run.path().join("git/.git"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("sharedindex"))
+            .collect();
+        assert_eq!(shared, Vec::<String>::new());
+        let ws = job(run.path(), &repo, "ws");
+        assert_eq!(said(&ws, &["status", "--porcelain"]), "");
+        assert_eq!(said(&ws, &["ls-files"]), "a.txt\nb.txt");
     }
 
     #[test]

@@ -393,12 +393,8 @@ fn program_path(name: &str, spec: &StepSpec) -> Option<PathBuf> {
 fn shell_path() -> &'static std::path::Path {
     static SH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     SH.get_or_init(|| {
-        let from_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("sh"))
-                .find(|p| p.is_file())
-        });
-        from_path.unwrap_or_else(|| std::path::PathBuf::from("/bin/sh"))
+        crate::process::find_program("sh", std::env::var_os("PATH").as_deref())
+            .unwrap_or_else(|| std::path::PathBuf::from("/bin/sh"))
     })
 }
 

@@ -510,7 +510,7 @@ async fn from_helper(helper: &str, server: &str, name: &str, sources: &Sources) 
         return Err(fail("is not a helper name (letters, digits, `-`, `_` and `.`)".into()));
     }
     let program = format!("docker-credential-{helper}");
-    let Some(exe) = find_program(&program, sources.path.as_deref()) else {
+    let Some(exe) = crate::process::find_program(&program, sources.path.as_deref()) else {
         return Err(fail(
             "is not on PATH; install it, or remove it from the configuration and run `docker login`".into(),
         ));
@@ -587,14 +587,6 @@ async fn from_helper(helper: &str, server: &str, name: &str, sources: &Sources) 
         secret,
         source: format!("{name} (docker-credential-{helper})"),
     }))
-}
-
-/// The first executable file named `program` in `path`'s folders.
-fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    std::env::split_paths(path?)
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(program))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }
 
 #[cfg(test)]
