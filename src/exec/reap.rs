@@ -10,11 +10,12 @@
 //! waits instead. A [`Child`] dropped before its process was reaped kills
 //! it and reaps it on a thread of its own, so no zombie is left behind.
 //!
-//! One catch: a process started by fork and exec is charged, at the exec,
-//! with the resident size of the memory it was forked with, which is
-//! trackside's. So a peak no greater than trackside's own resident size
-//! at the spawn says nothing of the step ([`step_peak`] drops it); a
-//! greater one is the step's own.
+//! One catch: a process started by fork (or a `vfork`-like clone) and exec
+//! is charged, at the exec, with the peak resident size of the memory it
+//! was started with, which is trackside's: its high-water mark, not its
+//! size at that moment. So a peak no greater than trackside's own peak at
+//! the spawn says nothing of the step ([`step_peak`] drops it); a greater
+//! one is the step's own.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -35,16 +36,19 @@ pub struct Reaped {
     pub cpu_ms: u64,
 }
 
-/// trackside's resident size now, in bytes (`/proc/self/statm`); 0 where
-/// it cannot be read.
-pub fn own_rss() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|t| t.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .unwrap_or(0);
-    // SAFETY: sysconf only reads a configuration value.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    pages.saturating_mul(page)
+/// trackside's peak resident size so far, in bytes (`getrusage`): what a
+/// process it starts is charged with at its exec. Not the size now: memory
+/// freed since the peak (a large pipeline's text once read) is still
+/// counted to the child. 0 where it cannot be read.
+pub fn own_peak() -> u64 {
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid one.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF and a pointer to a live rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    // Linux counts it in KiB.
+    u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024)
 }
 
 /// Slack over the inherited size before a peak counts as the step's own.
@@ -231,7 +235,7 @@ mod tests {
         assert_eq!(step_peak(Some((40 << 20) + 1000), 40 << 20), None, "within the slack");
         assert_eq!(step_peak(Some(200 << 20), 40 << 20), Some(200 << 20));
         assert_eq!(step_peak(None, 0), None);
-        assert!(own_rss() > 0, "this process has a resident size");
+        assert!(own_peak() > 0, "this process has a resident size");
     }
 
     #[tokio::test]

@@ -61,9 +61,9 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         Err(e) => return StepEnd::SpawnFailed(format!("cannot hand the script to `sh`: {e}")),
     };
     let cgroup = super::contain::StepCgroup::create();
-    // What the kernel will count as the step's own at its start: the pages
-    // of trackside the fork copies (see `reap`).
-    let inherited = super::reap::own_rss();
+    // What the kernel will count as the step's own at its start: the peak
+    // of the memory it starts with, trackside's (see `reap`).
+    let inherited = super::reap::own_peak();
     let (mut child, stdout, stderr) = match start(&spec, &script, cgroup.as_ref()) {
         Ok(started) => started,
         Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
@@ -599,6 +599,38 @@ mod tests {
         ] {
             assert!(!reads_script_as_named(Some(&line(other))), "{other:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_step_is_not_charged_with_memory_trackside_freed() {
+        // 96 MiB touched and unmapped: trackside's size falls back, its peak
+        // stays, and a step started now is charged that peak at its exec.
+        const SIZE: usize = 96 << 20;
+        // SAFETY: a fresh private anonymous mapping, written within its
+        // length, then unmapped; nothing else refers to it.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            std::ptr::write_bytes(p.cast::<u8>(), 1, SIZE);
+            assert_eq!(libc::munmap(p, SIZE), 0);
+        }
+        assert!(super::super::reap::own_peak() >= SIZE as u64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("ws")).expect("mkdir");
+        let mut step = spec(dir.path(), &["/bin/sh", "-e", "{0}"], Path::new("/usr/bin:/bin"));
+        step.script = "true\n".into();
+        let usage = step.usage.clone();
+        let (end, _) = lines(step).await;
+        assert_eq!(end, StepEnd::Exited(0));
+        // `true` used next to nothing of its own.
+        assert_eq!(usage.bytes(), None, "the step was charged trackside's peak");
     }
 
     #[tokio::test]
