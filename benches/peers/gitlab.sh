@@ -4,6 +4,12 @@
 #
 #   benches/peers/gitlab.sh [RUNS]
 #
+# TRACKSIDE_B=<another build> runs it too, in the same rounds, with a state
+# folder of its own (before/after). NO_GCL=1 leaves gitlab-ci-local out: it
+# makes and removes thousands of files a run, and on a file system that is
+# slow to reuse freed inodes (ext4 without a journal) the next run's file
+# creations pay for that (docs/BENCHMARKS.md).
+#
 # Needs: a release build (cargo build --release; $TRACKSIDE names another
 # binary, to compare builds), and the peers on PATH or
 # in $PEERS (default /tmp/peers): npm install gitlab-ci-local@4.65 there,
@@ -47,12 +53,15 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 export TRACKSIDE_STATE_DIR=$work/.state
 # gitlab-ci-local keeps its builds in the project (its docs say to ignore
 # the folder); left untracked, every other tool would copy them.
-printf '.state/\n.gitlab-ci-local/\n' > .gitignore
+printf '.state*/\n.gitlab-ci-local/\n' > .gitignore
+[ -n "${NO_GCL:-}" ] && gcl=/nonexistent
+other=${TRACKSIDE_B:-}
 # The tools take turns, round after round, so a slow moment of a shared
 # machine falls on all of them alike.
-t=(); g=(); w=(); f=()
+t=(); b=(); g=(); w=(); f=()
 for _ in $(seq 1 "$runs"); do
-  t+=($(wall_ms "$trackside" run --headless --no-watch))
+  t+=($(TRACKSIDE_STATE_DIR=$work/.state wall_ms "$trackside" run --headless --no-watch))
+  [ -n "$other" ] && b+=($(TRACKSIDE_STATE_DIR=$work/.state-b wall_ms "$other" run --headless --no-watch))
   [ -x "$gcl" ] && g+=($(wall_ms "$gcl"))
   [ -x "$wrkflw" ] && w+=($(wall_ms "$wrkflw" run --runtime emulation .gitlab-ci.yml))
   # The floor: the same 50 shells started two at a time, nothing else.
@@ -61,6 +70,10 @@ done
 tm=$(median "${t[@]}")
 fm=$(median "${f[@]}")
 echo "trackside        median ${tm} ms"
+if [ ${#b[@]} -gt 0 ]; then
+  bm=$(median "${b[@]}")
+  echo "TRACKSIDE_B      median ${bm} ms"
+fi
 if [ ${#g[@]} -gt 0 ]; then
   gm=$(median "${g[@]}")
   echo "gitlab-ci-local  median ${gm} ms  (trackside: $(awk "BEGIN {printf \"%.2f\", $tm/$gm}")x its time)"
@@ -68,5 +81,6 @@ fi
 if [ ${#w[@]} -gt 0 ]; then
   wm=$(median "${w[@]}")
   echo "wrkflw           median ${wm} ms  (trackside: $(awk "BEGIN {printf \"%.2f\", $tm/$wm}")x its time)"
+  [ -n "${bm:-}" ] && echo "                 (TRACKSIDE_B: $(awk "BEGIN {printf \"%.2f\", $bm/$wm}")x its time)"
 fi
 echo "floor (xargs -P 2 sh)  median ${fm} ms  (trackside: $(awk "BEGIN {printf \"%.2f\", $tm/$fm}")x)"
