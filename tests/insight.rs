@@ -430,6 +430,47 @@ fn a_host_jobs_peak_memory_is_recorded_and_shown_by_history() {
     assert!(text.contains(" MiB "), "{text}");
 }
 
+#[test]
+fn a_steps_peak_is_weighed_against_tracksides_own_not_the_one_its_parent_passed_on() {
+    // This test process touches 384 MiB and lets it go: trackside, started
+    // from it `vfork`-like, is charged that peak at its exec, and
+    // `getrusage` goes on saying so. A step's 128 MiB must still count.
+    const SIZE: usize = 384 << 20;
+    // SAFETY: a fresh private anonymous mapping, written within its
+    // length, then unmapped; nothing else refers to it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::write_bytes(p.cast::<u8>(), 1, SIZE);
+        assert_eq!(libc::munmap(p, SIZE), 0);
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(
+        project.join("p.yml"),
+        "name: mem\njobs:\n  mid:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null']}]\n",
+    )
+    .expect("write");
+    let out = trackside(&project, &state, &["run", "p.yml", "--headless"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let json = trackside(&project, &state, &["history", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let peak = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["job"] == "mid"))
+        .and_then(|r| r["peak_memory"].as_u64());
+    assert!(peak.is_some_and(|p| p >= 128 << 20), "{peak:?}");
+}
+
 /// `unit` fails in `test_clock` (and, when `$BOTH` is set, in
 /// `test_money` too); `lint` passes.
 const FAILING_TESTS: &str = r#"name: tq

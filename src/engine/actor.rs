@@ -529,6 +529,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             .name("trackside-git-repo".into())
             .spawn(move || crate::exec::git::run_repository(&project, &dest, facts.as_ref()))
             .ok()
+            .map(|h| JoinOnDrop(Some(h)))
     });
     let (files, bytes) = match listing.map(std::thread::JoinHandle::join) {
         None => (Vec::new(), 0),
@@ -604,7 +605,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             None => None,
             Some(Some(thread)) => thread
                 .join()
-                .map_err(|_| EngineError::Rejected("writing the jobs' git repository failed".into()))?,
+                .ok_or_else(|| EngineError::Rejected("writing the jobs' git repository failed".into()))?,
             // No thread: written here.
             Some(None) => {
                 crate::exec::git::run_repository(&cfg.project_dir, &record.dir().join("git"), cfg.git.as_ref())
@@ -2533,6 +2534,26 @@ impl Actor {
         let next = Instant::now() + FORECAST_EVERY;
         if self.state.running() > 0 && self.forecast_at.is_none_or(|at| at > next) {
             self.forecast_at = Some(next);
+        }
+    }
+}
+
+/// A thread of the run's set-up, joined when dropped: a set-up that fails
+/// after starting it returns only once the thread is done, not while it
+/// still writes into the run's record.
+struct JoinOnDrop<T>(Option<std::thread::JoinHandle<T>>);
+
+impl<T> JoinOnDrop<T> {
+    /// Its answer; `None` if it panicked.
+    fn join(mut self) -> Option<T> {
+        self.0.take().and_then(|h| h.join().ok())
+    }
+}
+
+impl<T> Drop for JoinOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
         }
     }
 }

@@ -136,11 +136,15 @@ pub struct Layout {
 /// it (a `git log` less). Fields end in NUL, records in NUL and a newline
 /// (a commit message has newlines of its own).
 const REF_FORMAT: &str = "--format=%(HEAD)%00%(refname)%00%(objectname)%00%(*objectname)%00%(symref)\
-     %(if)%(HEAD)%(then)%00%(objectname)%00%(contents:subject)%00%(committerdate:iso-strict)\
+     %(if)%(HEAD)%(then)%00%(objectname)%00%(committerdate:iso-strict)\
      %00%(authorname) %(authoremail)%00%(contents)%(end)%00";
 
-/// HEAD's commit: sha, title, committer date, author, message.
-const LOG_FORMAT: &str = "--format=%H%x00%s%x00%cI%x00%an <%ae>%x00%B";
+/// [`REF_FORMAT`] without the commit, for a git that knows no `%(if)`.
+const PLAIN_REF_FORMAT: &str = "--format=%(HEAD)%00%(refname)%00%(objectname)%00%(*objectname)%00%(symref)%00";
+
+/// HEAD's commit: sha, committer date, author, message (the title is
+/// taken from the message, as from `for-each-ref`'s).
+const LOG_FORMAT: &str = "--format=%H%x00%cI%x00%an <%ae>%x00%B";
 
 /// One record of [`REF_FORMAT`].
 struct RefLine<'a> {
@@ -151,10 +155,11 @@ struct RefLine<'a> {
     peeled: &'a str,
     symref: &'a str,
     /// The commit's fields, on the branch HEAD is on.
-    commit: Option<[&'a str; 5]>,
+    commit: Option<[&'a str; 4]>,
 }
 
-fn ref_lines(out: &str) -> impl Iterator<Item = RefLine<'_>> {
+/// The records of [`REF_FORMAT`] (`with_commit`) or [`PLAIN_REF_FORMAT`].
+fn ref_lines(out: &str, with_commit: bool) -> impl Iterator<Item = RefLine<'_>> {
     let mut fields = out.split('\0');
     std::iter::from_fn(move || {
         // A record's first field follows the last one's newline.
@@ -162,8 +167,8 @@ fn ref_lines(out: &str) -> impl Iterator<Item = RefLine<'_>> {
         let mut next = || fields.next();
         let (name, object, peeled, symref) = (next()?, next()?, next()?, next()?);
         let current = mark == "*";
-        let commit = if current {
-            Some([next()?, next()?, next()?, next()?, next()?])
+        let commit = if current && with_commit {
+            Some([next()?, next()?, next()?, next()?])
         } else {
             None
         };
@@ -182,14 +187,30 @@ fn ref_lines(out: &str) -> impl Iterator<Item = RefLine<'_>> {
 fn commit_of<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<Commit> {
     let mut next = || fields.next().unwrap_or_default().to_string();
     let sha = next();
+    let (timestamp, author) = (next(), next());
+    let message = next().trim_end_matches(['\n', '\0']).to_string();
     let commit = Commit {
-        title: next(),
-        timestamp: next(),
-        author: next(),
-        message: next().trim_end_matches(['\n', '\0']).to_string(),
+        title: subject_of(&message),
+        timestamp,
+        author,
+        message,
         sha,
     };
     (!commit.sha.is_empty()).then_some(commit)
+}
+
+/// The title git's `%s` makes of a commit message: its first paragraph
+/// after any blank lines, each line without its trailing white space
+/// (git's: space, tab, CR, LF), joined by spaces.
+fn subject_of(message: &str) -> String {
+    let trim = |l: &str| l.trim_end_matches([' ', '\t', '\r', '\n']).to_string();
+    let lines: Vec<String> = message
+        .split('\n')
+        .map(trim)
+        .skip_while(String::is_empty)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
 }
 
 /// Whether HEAD names a branch, by a look at the `.git` folder found at or
@@ -232,17 +253,18 @@ impl Facts {
         );
         // HEAD's commit comes with its branch's ref; a detached one asks.
         let log_args = ["log", "-1", "-z", LOG_FORMAT];
-        let log = (!head_on_branch(dir)).then(|| start(dir, &log_args)).flatten();
-        let refs = start(
-            dir,
-            &[
+        let asked_log = !head_on_branch(dir);
+        let log = asked_log.then(|| start(dir, &log_args)).flatten();
+        let refs_args = |format| {
+            [
                 "for-each-ref",
-                REF_FORMAT,
+                format,
                 "refs/heads",
                 "refs/tags",
                 "refs/remotes/origin/HEAD",
-            ],
-        );
+            ]
+        };
+        let refs = start(dir, &refs_args(REF_FORMAT));
         let config = start(
             dir,
             &[
@@ -252,7 +274,12 @@ impl Facts {
                 r"^(user\.name|user\.email|init\.defaultbranch|remote\.origin\.url|core\.repositoryformatversion|extensions\..*)$",
             ],
         );
-        let (top, log, refs, config) = (finish(top), finish(log), finish(refs), finish(config));
+        let (top, log, config) = (finish(top), finish(log), finish(config));
+        // A git before 2.13 knows no `%(if)`: the refs without the commit.
+        let (refs, with_commit) = match finish(refs) {
+            Some(r) => (Some(r), true),
+            None => (finish(start(dir, &refs_args(PLAIN_REF_FORMAT))), false),
+        };
         // A git before 2.31 knows no `--path-format`: the root alone then.
         let top = match top {
             Some(t) => String::from_utf8(t).ok()?,
@@ -266,21 +293,25 @@ impl Facts {
         let refs = refs
             .map(|r| String::from_utf8_lossy(&r).into_owned())
             .unwrap_or_default();
-        let on_branch = ref_lines(&refs)
+        let on_branch = ref_lines(&refs, with_commit)
             .find_map(|r| r.commit)
             .and_then(|c| commit_of(c.into_iter()));
         let head = match (log, on_branch) {
             (Some(out), _) => commit_of(String::from_utf8_lossy(&out).split('\0')),
             (None, Some(commit)) => Some(commit),
-            // Guessed wrong, or no commit yet.
-            (None, None) => bytes(dir, &log_args).and_then(|out| commit_of(String::from_utf8_lossy(&out).split('\0'))),
+            // Guessed wrong (or an old git): asked now. Asked and failed:
+            // no commit yet.
+            (None, None) if !asked_log => {
+                bytes(dir, &log_args).and_then(|out| commit_of(String::from_utf8_lossy(&out).split('\0')))
+            }
+            (None, None) => None,
         };
         let mut branch = None;
         let mut origin_head = None;
         let mut tags: Vec<(bool, &str)> = Vec::new();
         let mut kept = Vec::new();
         let sha = head.as_ref().map(|c| c.sha.as_str());
-        for r in ref_lines(&refs) {
+        for r in ref_lines(&refs, with_commit) {
             if r.name == "refs/remotes/origin/HEAD" {
                 origin_head = r.symref.strip_prefix("refs/remotes/origin/").map(str::to_string);
                 continue;
@@ -665,13 +696,16 @@ fn shared_clone(facts: &Facts, dest: &Path) -> Option<RunRepository> {
         std::fs::write(git.join("config"), config)
     };
     // The index is read from the project's repository while the rest is
-    // written: it names objects, which both share. Git writes a plain
-    // index to a `GIT_INDEX_FILE` of its own (never split, nothing beside
-    // the project's index), locking only that file.
+    // written: it names objects, which both share. Git locks only the
+    // `GIT_INDEX_FILE` it is given. What the project's settings would add
+    // is turned off: its hooks (`post-index-change` runs after an index is
+    // written), its file-system monitor, a split or sparse index.
     std::fs::create_dir_all(&git).ok()?;
     let index = git_command()
         .arg("-C")
         .arg(&facts.root)
+        .args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        .args(["-c", "core.splitIndex=false", "-c", "index.sparse=false"])
         .args(["read-tree", &head])
         .env("GIT_INDEX_FILE", git.join("index"))
         .stdin(Stdio::null())
@@ -934,28 +968,45 @@ pub(crate) mod tests {
         assert!(git(dir, &["tag", "-a", "v1", "-m", "a tag\nof two lines"]));
         std::fs::write(dir.join("c.txt"), "c").expect("write");
         assert!(git(dir, &["add", "-A"]));
-        assert!(git(
-            dir,
-            &["commit", "-qm", "a title\nthat wraps\n\nthe body\n\n  indented\n"]
-        ));
+        // Kept as written: blank lines first, white space at line ends, a CR.
+        let message = "  \n\na title  \nthat wraps\t\r\n\nthe body  \n\n  indented\n";
+        std::fs::write(dir.join(".git/msg"), message).expect("write");
+        assert!(git(dir, &["commit", "-q", "--cleanup=verbatim", "-F", ".git/msg"]));
         assert!(git(dir, &["branch", "zzz"]));
         assert!(head_on_branch(dir));
         let refs = text(dir, &["for-each-ref", REF_FORMAT, "refs/heads", "refs/tags"]).expect("refs");
-        let names: Vec<&str> = ref_lines(&refs).map(|r| r.name).collect();
+        let names: Vec<&str> = ref_lines(&refs, true).map(|r| r.name).collect();
         assert_eq!(
             names,
             ["refs/heads/aaa", "refs/heads/main", "refs/heads/zzz", "refs/tags/v1"]
         );
-        let from_refs = ref_lines(&refs)
+        let from_refs = ref_lines(&refs, true)
             .find_map(|r| r.commit)
             .and_then(|c| commit_of(c.into_iter()))
             .expect("the branch's commit");
         let log = bytes(dir, &["log", "-1", "-z", LOG_FORMAT]).expect("log");
         let from_log = commit_of(String::from_utf8_lossy(&log).split('\0')).expect("the commit");
         assert_eq!(from_refs, from_log);
+        // The title is `git log`'s `%s`, the message as written.
+        assert_eq!(from_refs.title, said(dir, &["log", "-1", "--format=%s"]));
         assert_eq!(from_refs.title, "a title that wraps");
-        assert_eq!(from_refs.message, "a title\nthat wraps\n\nthe body\n\n  indented");
+        assert_eq!(from_refs.message, message.trim_end_matches('\n'));
         assert_eq!(from_refs.author, "t <t@example.com>");
+        // A git that knows no `%(if)` is asked without the commit: the same
+        // refs, the branch still marked.
+        let plain = text(dir, &["for-each-ref", PLAIN_REF_FORMAT, "refs/heads", "refs/tags"]).expect("refs");
+        let plain: Vec<(&str, bool, bool)> = ref_lines(&plain, false)
+            .map(|r| (r.name, r.current, r.commit.is_some()))
+            .collect();
+        assert_eq!(
+            plain,
+            [
+                ("refs/heads/aaa", false, false),
+                ("refs/heads/main", true, false),
+                ("refs/heads/zzz", false, false),
+                ("refs/tags/v1", false, false)
+            ]
+        );
         // The facts on the branch, and detached at the same commit (asked
         // of `git log` then), agree.
         let on_branch = Facts::read(dir).expect("facts").head;
@@ -967,8 +1018,13 @@ pub(crate) mod tests {
 
     #[test]
     fn only_a_git_folder_whose_head_names_a_branch_is_guessed_on_one() {
+        if std::env::var_os("GIT_DIR").is_some() {
+            return; // (run from a git hook): git is asked, never guessed for
+        }
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(!head_on_branch(dir.path()), "no repository");
+        if !dir.path().ancestors().skip(1).any(|d| d.join(".git").exists()) {
+            assert!(!head_on_branch(dir.path()), "no repository");
+        }
         // A linked work tree's `.git` is a file: no guess, git is asked.
         std::fs::write(dir.path().join(".git"), "gitdir: /elsewhere\n").expect("write");
         assert!(!head_on_branch(dir.path()));
@@ -1096,6 +1152,32 @@ pub(crate) mod tests {
         let ws = job(run.path(), &repo, "ws");
         assert_eq!(said(&ws, &["status", "--porcelain"]), "");
         assert_eq!(said(&ws, &["ls-files"]), "a.txt\nb.txt");
+    }
+
+    #[test]
+    fn the_projects_hooks_do_not_run_when_the_jobs_index_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(p) = project() else { return };
+        let dir = p.path();
+        // Git runs `post-index-change` after it writes an index.
+        let marker = dir.join("hook-ran");
+        let hook = dir.join(".git/hooks/post-index-change");
+        std::fs::create_dir_all(hook.parent().expect("hooks")).expect("mkdir");
+        std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).expect("write");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // The hook works: an index written in the project runs it.
+        assert!(git(dir, &["read-tree", "HEAD"]));
+        let hooks_run = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        let facts = Facts::read(dir).expect("facts");
+        let run = tempfile::tempdir().expect("tempdir");
+        let repo = run_repository(dir, &run.path().join("git"), Some(&facts)).expect("repository");
+        assert!(!marker.exists(), "the project's hook ran");
+        let ws = job(run.path(), &repo, "ws");
+        assert_eq!(said(&ws, &["status", "--porcelain"]), "");
+        // (Were hooks not run by this git at all, the test would prove
+        // nothing: it says so.)
+        assert!(hooks_run, "this git ran no post-index-change hook to begin with");
     }
 
     #[test]

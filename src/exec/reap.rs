@@ -10,12 +10,13 @@
 //! waits instead. A [`Child`] dropped before its process was reaped kills
 //! it and reaps it on a thread of its own, so no zombie is left behind.
 //!
-//! One catch: a process started by fork (or a `vfork`-like clone) and exec
-//! is charged, at the exec, with the peak resident size of the memory it
-//! was started with, which is trackside's: its high-water mark, not its
-//! size at that moment. So a peak no greater than trackside's own peak at
-//! the spawn says nothing of the step ([`step_peak`] drops it); a greater
-//! one is the step's own.
+//! One catch: a process is charged, at its exec, with the peak resident
+//! size of the memory it was started in. Started `vfork`-like (sharing
+//! trackside's memory until the exec, as host steps are), that is
+//! trackside's high-water mark; forked (a copy), trackside's size at the
+//! fork, which is no more. So a peak no greater than trackside's own peak
+//! at the spawn says nothing of the step ([`step_peak`] drops it); a
+//! greater one is the step's own.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -36,11 +37,27 @@ pub struct Reaped {
     pub cpu_ms: u64,
 }
 
-/// trackside's peak resident size so far, in bytes (`getrusage`): what a
-/// process it starts is charged with at its exec. Not the size now: memory
-/// freed since the peak (a large pipeline's text once read) is still
+/// trackside's own peak resident size so far, in bytes: what a process
+/// it starts `vfork`-like is charged with at its exec. Not the size now:
+/// memory freed since the peak (a large pipeline's text once read) is still
 /// counted to the child. 0 where it cannot be read.
+///
+/// `getrusage` answers with one system call, but says the larger of this
+/// peak and the one trackside was itself charged at its own exec (its
+/// parent's, when that started it `vfork`-like: `cargo run`, Python). So
+/// until trackside's own peak is known to be past the parent's, the
+/// kernel's `VmHWM` in `/proc/self/status` is read instead.
 pub fn own_peak() -> u64 {
+    // The parent's peak when it was above trackside's own at the first
+    // call, else 0: `getrusage` above it is trackside's own.
+    static PARENTS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let said = rusage_peak();
+    let parents = *PARENTS.get_or_init(|| if said > vm_hwm().unwrap_or(said) { said } else { 0 });
+    if said > parents { said } else { vm_hwm().unwrap_or(said) }
+}
+
+/// `getrusage(RUSAGE_SELF)`'s peak, in bytes; 0 where it fails.
+fn rusage_peak() -> u64 {
     // SAFETY: getrusage fills the struct it is given; zeroed is a valid one.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF and a pointer to a live rusage.
@@ -49,6 +66,20 @@ pub fn own_peak() -> u64 {
     }
     // Linux counts it in KiB.
     u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024)
+}
+
+/// `VmHWM` of `/proc/self/status`: this process's own peak, in bytes.
+fn vm_hwm() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// Slack over the inherited size before a peak counts as the step's own.
