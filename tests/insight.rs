@@ -399,32 +399,54 @@ fn a_quarantined_job_still_runs_and_its_failure_does_not_fail_the_run() {
     assert_eq!(again.status.code(), Some(1));
 }
 
-#[test]
-fn a_host_jobs_peak_memory_is_recorded_and_shown_by_history() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let project = tmp.path().join("project");
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&project).expect("mkdir");
-    // dd reads into a 256 MiB buffer, far above trackside's own size;
-    // `small` holds next to nothing, so no figure is known for it.
-    std::fs::write(
-        project.join("p.yml"),
-        "name: mem\njobs:\n  big:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null']}]\n  small:\n    steps: [{script: ['true']}]\n",
-    )
-    .expect("write");
-    let out = trackside(&project, &state, &["run", "p.yml", "--headless"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let json = trackside(&project, &state, &["history", "--format", "json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
-    let peak = |job: &str| {
-        rows.as_array()
+/// A run of `pipeline` (as `p.yml`) in a project of its own, and what the
+/// history then says.
+struct Ran {
+    _tmp: tempfile::TempDir,
+    project: std::path::PathBuf,
+    state: std::path::PathBuf,
+    rows: serde_json::Value,
+}
+
+impl Ran {
+    fn new(pipeline: &str) -> Ran {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let project = tmp.path().join("project");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&project).expect("mkdir");
+        std::fs::write(project.join("p.yml"), pipeline).expect("write");
+        let out = trackside(&project, &state, &["run", "p.yml", "--headless"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        let json = trackside(&project, &state, &["history", "--format", "json"]);
+        let rows = serde_json::from_slice(&json.stdout).expect("json");
+        Ran {
+            _tmp: tmp,
+            project,
+            state,
+            rows,
+        }
+    }
+
+    /// The peak memory the history has for `job`.
+    fn peak(&self, job: &str) -> Option<u64> {
+        self.rows
+            .as_array()
             .and_then(|r| r.iter().find(|r| r["job"] == job))
             .and_then(|r| r["peak_memory"].as_u64())
-    };
-    let big = peak("big").expect("big's peak");
+    }
+}
+
+#[test]
+fn a_host_jobs_peak_memory_is_recorded_and_shown_by_history() {
+    // dd reads into a 256 MiB buffer, far above trackside's own size;
+    // `small` holds next to nothing, so no figure is known for it.
+    let ran = Ran::new(
+        "name: mem\njobs:\n  big:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null']}]\n  small:\n    steps: [{script: ['true']}]\n",
+    );
+    let big = ran.peak("big").expect("big's peak");
     assert!(big >= 256 << 20, "{big}");
-    assert_eq!(peak("small"), None, "below trackside's own size: not known");
-    let text = trackside(&project, &state, &["history", "big"]);
+    assert_eq!(ran.peak("small"), None, "below trackside's own size: not known");
+    let text = trackside(&ran.project, &ran.state, &["history", "big"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("PEAK MEM"), "{text}");
     assert!(text.contains(" MiB "), "{text}");
@@ -451,23 +473,10 @@ fn a_steps_peak_is_weighed_against_tracksides_own_not_the_one_its_parent_passed_
         std::ptr::write_bytes(p.cast::<u8>(), 1, SIZE);
         assert_eq!(libc::munmap(p, SIZE), 0);
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let project = tmp.path().join("project");
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&project).expect("mkdir");
-    std::fs::write(
-        project.join("p.yml"),
+    let ran = Ran::new(
         "name: mem\njobs:\n  mid:\n    steps: [{script: ['dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null']}]\n",
-    )
-    .expect("write");
-    let out = trackside(&project, &state, &["run", "p.yml", "--headless"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    let json = trackside(&project, &state, &["history", "--format", "json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
-    let peak = rows
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["job"] == "mid"))
-        .and_then(|r| r["peak_memory"].as_u64());
+    );
+    let peak = ran.peak("mid");
     assert!(peak.is_some_and(|p| p >= 128 << 20), "{peak:?}");
 }
 
