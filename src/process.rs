@@ -82,9 +82,10 @@ mod tests {
 }
 
 /// Lowers the calling thread's scheduling priority by 10 (nice; Linux
-/// keeps one per thread, and `who = 0` is the calling thread), for work
-/// beside a run that nothing waits for soon: writing the resolved
-/// pipeline. With two cores, that work took CPU from the way to the first
+/// keeps one per thread, `who = 0` is the calling thread, and a process
+/// it starts inherits it), for work beside a run that nothing waits for
+/// soon: writing the resolved pipeline, asking git for the history's
+/// facts. With two cores, that work took CPU from the way to the first
 /// job (parsing, the record, the slot table, the first spawns); now it
 /// takes what the run leaves idle. Best effort: a failure leaves the
 /// priority as it was.
@@ -98,8 +99,8 @@ pub fn background_thread() {
 
 /// The first file named `program` this user may run in the absolute
 /// folders of `path` (a `PATH` value), as `execvp` would find it, relative
-/// entries left out: a folder relative to wherever trackside happens to run is no
-/// place to take a program from. `None` when there is none.
+/// entries left out: a folder relative to wherever trackside happens to
+/// run is no place to take a program from. `None` when there is none.
 ///
 /// Naming the file found spares each start the failed `execve` of every
 /// folder before it (about 0.25 ms a `git` with seven folders ahead).

@@ -48,11 +48,19 @@ fn may_be_in_work_tree(dir: &Path) -> bool {
     if std::env::var_os("GIT_DIR").is_some() || std::env::var_os("GIT_WORK_TREE").is_some() {
         return true;
     }
-    let Ok(dir) = dir.canonicalize() else {
-        // Let git say what is wrong.
-        return true;
-    };
-    dir.ancestors().any(|d| d.join(".git").symlink_metadata().is_ok())
+    // A folder that cannot be resolved: let git say what is wrong.
+    dot_git_above(dir).is_none_or(|found| found.is_some())
+}
+
+/// The `.git` (folder or file) at or above `dir`, as git looks for one;
+/// `None` when `dir` cannot be resolved.
+fn dot_git_above(dir: &Path) -> Option<Option<PathBuf>> {
+    let dir = dir.canonicalize().ok()?;
+    Some(
+        dir.ancestors()
+            .map(|d| d.join(".git"))
+            .find(|g| g.symlink_metadata().is_ok()),
+    )
 }
 
 /// What a started git printed, when it succeeded.
@@ -183,6 +191,11 @@ fn ref_lines(out: &str, with_commit: bool) -> impl Iterator<Item = RefLine<'_>> 
     })
 }
 
+/// HEAD's commit from what `git log` printed in [`LOG_FORMAT`].
+fn logged_commit(out: &[u8]) -> Option<Commit> {
+    commit_of(String::from_utf8_lossy(out).split('\0'))
+}
+
 /// HEAD's commit from [`LOG_FORMAT`]'s fields; `None` before the first.
 fn commit_of<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<Commit> {
     let mut next = || fields.next().unwrap_or_default().to_string();
@@ -222,12 +235,7 @@ fn head_on_branch(dir: &Path) -> bool {
     if std::env::var_os("GIT_DIR").is_some() {
         return false;
     }
-    let Ok(dir) = dir.canonicalize() else { return false };
-    let Some(dot_git) = dir
-        .ancestors()
-        .map(|d| d.join(".git"))
-        .find(|g| g.symlink_metadata().is_ok())
-    else {
+    let Some(Some(dot_git)) = dot_git_above(dir) else {
         return false;
     };
     let mut head = [0u8; 64];
@@ -297,13 +305,11 @@ impl Facts {
             .find_map(|r| r.commit)
             .and_then(|c| commit_of(c.into_iter()));
         let head = match (log, on_branch) {
-            (Some(out), _) => commit_of(String::from_utf8_lossy(&out).split('\0')),
+            (Some(out), _) => logged_commit(&out),
             (None, Some(commit)) => Some(commit),
             // Guessed wrong (or an old git): asked now. Asked and failed:
             // no commit yet.
-            (None, None) if !asked_log => {
-                bytes(dir, &log_args).and_then(|out| commit_of(String::from_utf8_lossy(&out).split('\0')))
-            }
+            (None, None) if !asked_log => bytes(dir, &log_args).and_then(|out| logged_commit(&out)),
             (None, None) => None,
         };
         let mut branch = None;
@@ -985,7 +991,7 @@ pub(crate) mod tests {
             .and_then(|c| commit_of(c.into_iter()))
             .expect("the branch's commit");
         let log = bytes(dir, &["log", "-1", "-z", LOG_FORMAT]).expect("log");
-        let from_log = commit_of(String::from_utf8_lossy(&log).split('\0')).expect("the commit");
+        let from_log = logged_commit(&log).expect("the commit");
         assert_eq!(from_refs, from_log);
         // The title is `git log`'s `%s`, the message as written.
         assert_eq!(from_refs.title, said(dir, &["log", "-1", "--format=%s"]));
