@@ -8,6 +8,7 @@
 pub mod contain;
 pub mod docker;
 pub mod git;
+pub mod lines;
 pub mod preflight;
 pub mod pressure;
 pub mod reap;

@@ -9,6 +9,7 @@
 //! group and its cgroup are killed, so one step's leftovers never leak into
 //! the next.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,13 +19,13 @@ use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Executor, OutputLine, StepEnd, StepSpec, Stream, TAG_VAR};
 
-/// Longest line passed on whole; longer ones are split.
+/// A line of output is passed on in pieces of this many bytes once it
+/// reaches this length (see [`super::lines`]).
 pub const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, Default, Clone)]
@@ -69,14 +70,14 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         Err(e) => return StepEnd::SpawnFailed(format!("cannot start `sh`: {e}")),
     };
     let pgid = i32::try_from(child.id()).ok().map(Pid::from_raw);
-    let mut readers = Vec::new();
-    if let Some(o) = stdout {
-        readers.push(tokio::spawn(read_lines(o, Stream::Stdout, out.clone())));
-    }
-    if let Some(e) = stderr {
-        readers.push(tokio::spawn(read_lines(e, Stream::Stderr, out.clone())));
-    }
-    drop(out);
+    // A task for each pipe: each is woken as its pipe becomes readable, so
+    // lines written to both streams mostly keep the order they were
+    // written in (one task woken for both cannot tell which came first;
+    // two pipes never promise it).
+    let readers = [
+        tokio::spawn(read_pipe(stdout, Stream::Stdout, out.clone())),
+        tokio::spawn(read_pipe(stderr, Stream::Stderr, out)),
+    ];
 
     let deadline = async {
         match spec.deadline {
@@ -114,10 +115,11 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
         let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
     }
     // Readers end at EOF; a process that escaped the group may hold the pipe,
-    // so wait a bounded time and then let go of it.
+    // so wait a bounded time (for both at once) and then let go of it.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(2);
     for r in readers {
         let abort = r.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), r).await.is_err() {
+        if tokio::time::timeout_at(give_up, r).await.is_err() {
             abort.abort();
         }
     }
@@ -126,11 +128,7 @@ async fn run(spec: StepSpec, out: mpsc::Sender<OutputLine>, cancel: Cancellation
 
 /// A started step: its process (reaped by [`super::reap`], with its peak
 /// memory; killed if the step is dropped) and its output pipes.
-type Started = (
-    super::reap::Child,
-    Option<tokio::process::ChildStdout>,
-    Option<tokio::process::ChildStderr>,
-);
+type Started = (super::reap::Child, Option<OwnedFd>, Option<OwnedFd>);
 
 /// Starts the step's process: `sh -e SCRIPT` created in its cgroup by
 /// [`super::spawn`] where the machine allows, else through `Command`, the
@@ -178,9 +176,11 @@ fn start(
         };
         match super::spawn::spawn(&req) {
             Ok(s) => {
-                let stdout = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(s.stdout)).ok();
-                let stderr = tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(s.stderr)).ok();
-                return Ok((super::reap::Child::with_pidfd(s.pid, s.pidfd), stdout, stderr));
+                return Ok((
+                    super::reap::Child::with_pidfd(s.pid, s.pidfd),
+                    Some(s.stdout),
+                    Some(s.stderr),
+                ));
             }
             // The step's own program that would not start this way (no `#!`
             // line, a missing interpreter, no permission): `Command` tries
@@ -254,14 +254,8 @@ fn start(
         .process_group(0);
     let mut spawned = cmd.spawn()?;
     let child = super::reap::Child::new(spawned.id());
-    let stdout = spawned
-        .stdout
-        .take()
-        .and_then(|o| tokio::process::ChildStdout::from_std(o).ok());
-    let stderr = spawned
-        .stderr
-        .take()
-        .and_then(|e| tokio::process::ChildStderr::from_std(e).ok());
+    let stdout = spawned.stdout.take().map(OwnedFd::from);
+    let stderr = spawned.stderr.take().map(OwnedFd::from);
     Ok((child, stdout, stderr))
 }
 
@@ -503,52 +497,55 @@ fn scan_environ(hit: impl Fn(&[u8]) -> bool) -> Vec<(i32, Vec<u8>)> {
     out
 }
 
-async fn read_lines<R: AsyncRead + Unpin>(r: R, stream: Stream, tx: mpsc::Sender<OutputLine>) {
-    // Small read buffer: a thousand concurrent steps hold two each; long lines
-    // accumulate in `line` (up to MAX_LINE) instead.
-    let mut reader = BufReader::with_capacity(4 * 1024, r);
-    let mut line: Vec<u8> = Vec::new();
-    while let Ok(buf) = reader.fill_buf().await {
-        if buf.is_empty() {
-            if !line.is_empty() {
-                send(&tx, stream, &mut line, false).await;
-            }
+/// The most taken from a pipe at a time. Read onto the stack when the pipe
+/// is readable, so a step waiting between lines holds no buffer (a
+/// thousand running steps held two of 4 KiB each).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads one of a step's output pipes until it ends, handing its lines to
+/// `tx`.
+async fn read_pipe(fd: Option<OwnedFd>, stream: Stream, tx: mpsc::Sender<OutputLine>) {
+    let Some(fd) = fd.and_then(|fd| {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).ok()?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).ok()?;
+        // SAFETY: the `AsyncFd` owns the descriptor, which stays open (and
+        // the same pipe) until it is dropped.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+    }) else {
+        return;
+    };
+    let mut lines = super::lines::Lines::default();
+    let mut done = Vec::new();
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            break;
+        };
+        let read = ready.try_io(|fd| {
+            let mut buf = [0u8; READ_CHUNK];
+            let n = nix::unistd::read(fd.get_ref(), &mut buf)?;
+            lines.push(&buf[..n], |text, partial| done.push((text, partial)));
+            Ok(n)
+        });
+        let ended = match read {
+            // Not readable after all: wait again.
+            Err(_) => false,
+            Ok(Ok(n)) => n == 0,
+            Ok(Err(e)) => e.kind() != std::io::ErrorKind::Interrupted,
+        };
+        // Taken, not drained: a read of many short lines leaves no room
+        // behind for the rest of the step.
+        for (text, partial) in std::mem::take(&mut done) {
+            super::lines::send(&tx, stream, text, partial).await;
+        }
+        if ended {
             break;
         }
-        let room = MAX_LINE - line.len();
-        match buf.iter().take(room).position(|&b| b == b'\n') {
-            Some(i) => {
-                line.extend_from_slice(&buf[..i]);
-                reader.consume(i + 1);
-                send(&tx, stream, &mut line, false).await;
-            }
-            None => {
-                let n = buf.len().min(room);
-                line.extend_from_slice(&buf[..n]);
-                reader.consume(n);
-                if line.len() >= MAX_LINE {
-                    send(&tx, stream, &mut line, true).await;
-                }
-            }
-        }
     }
-}
-
-async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, line: &mut Vec<u8>, partial: bool) {
-    if !partial && line.last() == Some(&b'\r') {
-        line.pop();
+    lines.finish(|text, partial| done.push((text, partial)));
+    for (text, partial) in done {
+        super::lines::send(&tx, stream, text, partial).await;
     }
-    let text = String::from_utf8_lossy(line).into_owned();
-    line.clear();
-    // A closed receiver means nobody listens any more; keep draining the pipe.
-    let _ = tx
-        .send(OutputLine {
-            stream,
-            text,
-            partial,
-            node: None,
-        })
-        .await;
 }
 
 #[cfg(test)]
@@ -631,6 +628,51 @@ mod tests {
         assert_eq!(end, StepEnd::Exited(0));
         // `true` used next to nothing of its own.
         assert_eq!(usage.bytes(), None, "the step was charged trackside's peak");
+    }
+
+    #[tokio::test]
+    async fn both_streams_come_whole_through_a_flood_and_an_unfinished_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ws")).unwrap();
+        let mut s = spec(dir.path(), &[], Path::new("/usr/bin:/bin"));
+        s.shell = None;
+        // Far more than a pipe holds (64 KiB), both streams at once, and a
+        // last line without its newline.
+        s.script =
+            "i=0\nwhile [ $i -lt 20000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done\nprintf 'no newline'\n"
+                .into();
+        let (tx, mut rx) = mpsc::channel(64);
+        let collect = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(l) = rx.recv().await {
+                got.push(l);
+            }
+            got
+        });
+        let end = run(s.clone(), tx, CancellationToken::new()).await;
+        assert!(matches!(end, StepEnd::Exited(0)), "{end:?}");
+        let got = collect.await.unwrap();
+        assert!(got.iter().all(|l| !l.partial));
+        let of = |stream| {
+            got.iter()
+                .filter(|l| l.stream == stream)
+                .map(|l| l.text.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut want: Vec<String> = (0..20000).map(|i| format!("out-{i}")).collect();
+        want.push("no newline".into());
+        assert_eq!(of(Stream::Stdout), want);
+        assert_eq!(
+            of(Stream::Stderr),
+            (0..20000).map(|i| format!("err-{i}")).collect::<Vec<_>>()
+        );
+        // Nobody listening: the pipes are still drained, and the step ends.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let end = tokio::time::timeout(Duration::from_secs(60), run(s, tx, CancellationToken::new()))
+            .await
+            .expect("the step ended");
+        assert!(matches!(end, StepEnd::Exited(0)), "{end:?}");
     }
 
     #[tokio::test]

@@ -505,11 +505,18 @@ impl RunRecord {
         self.logs.clear();
         let path = self.dir.join("summary.json");
         let tmp = self.dir.join("summary.json.tmp");
-        let text = serde_json::to_string_pretty(summary).map_err(|e| StoreError::Damaged {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
+        // Straight to the file: a 1,000-job summary is half a megabyte of
+        // text, which need not be in memory at the run's end, its peak.
+        File::create(&tmp)
+            .and_then(|f| {
+                let mut out = BufWriter::new(f);
+                serde_json::to_writer_pretty(&mut out, summary)?;
+                out.flush()
+            })
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io_err("cannot write", &tmp)(e)
+            })?;
         std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))?;
         flushed
     }

@@ -1319,7 +1319,8 @@ pub(crate) async fn forward_logs(
     mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Unpin,
     out: mpsc::Sender<OutputLine>,
 ) {
-    let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut lines: [super::lines::Lines; 2] = Default::default();
+    let mut done = Vec::new();
     while let Some(Ok(chunk)) = logs.next().await {
         let (idx, stream, bytes) = match chunk {
             bollard::container::LogOutput::StdOut { message } => (0, Stream::Stdout, message),
@@ -1327,39 +1328,17 @@ pub(crate) async fn forward_logs(
             bollard::container::LogOutput::Console { message } => (0, Stream::Stdout, message),
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
-        let buf = &mut pending[idx];
-        buf.extend_from_slice(&bytes);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            send(&out, stream, &line[..line.len() - 1], false).await;
-        }
-        if buf.len() >= super::shell::MAX_LINE {
-            let line: Vec<u8> = std::mem::take(buf);
-            send(&out, stream, &line, true).await;
+        lines[idx].push(&bytes, |text, partial| done.push((text, partial)));
+        for (text, partial) in std::mem::take(&mut done) {
+            super::lines::send(&out, stream, text, partial).await;
         }
     }
     for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
-        if !pending[i].is_empty() {
-            let line = std::mem::take(&mut pending[i]);
-            send(&out, stream, &line, false).await;
+        lines[i].finish(|text, partial| done.push((text, partial)));
+        for (text, partial) in done.drain(..) {
+            super::lines::send(&out, stream, text, partial).await;
         }
     }
-}
-
-async fn send(out: &mpsc::Sender<OutputLine>, stream: Stream, line: &[u8], partial: bool) {
-    let line = if partial {
-        line
-    } else {
-        line.strip_suffix(b"\r").unwrap_or(line)
-    };
-    let _ = out
-        .send(OutputLine {
-            stream,
-            text: String::from_utf8_lossy(line).into_owned(),
-            partial,
-            node: None,
-        })
-        .await;
 }
 
 /// Prepares `trackside shell RUN JOB`: the failed container of the job when
