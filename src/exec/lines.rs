@@ -61,7 +61,7 @@ impl Lines {
     fn keep(&mut self, bytes: &[u8]) {
         let need = self.pending.len() + bytes.len();
         if need > self.pending.capacity() {
-            let room = (self.pending.capacity() * 2).max(need).min(MAX_LINE).max(need);
+            let room = (self.pending.capacity() * 2).min(MAX_LINE).max(need);
             self.pending.reserve_exact(room - self.pending.len());
         }
         self.pending.extend_from_slice(bytes);
@@ -76,7 +76,8 @@ impl Lines {
     }
 
     /// Bytes held for an unfinished line.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.pending.capacity()
     }
 }
