@@ -902,14 +902,15 @@ impl<E: std::fmt::Display> From<E> for Fail {
 /// glibc gives every thread that allocates an arena of its own (up to 8
 /// per core), and each keeps memory freed in it: with the tokio workers and
 /// the blocking pool of a 1,000-job run that was about 9 MiB of peak RSS
-/// for nothing (docs/BENCHMARKS.md). Two arenas serve trackside's threads;
-/// `MALLOC_ARENA_MAX` in the environment still decides when set.
+/// for nothing, and a second arena still 2.3 MiB (docs/BENCHMARKS.md). One
+/// arena serves trackside's threads; `MALLOC_ARENA_MAX` in the environment
+/// still decides when set.
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; called before
         // any thread of trackside's own is started.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -810,7 +810,7 @@ async fn start_job_box(
     note(a, &setup, format!("starting the job's container from `{image}`")).await;
     // Its `env` reaches each step through `docker exec` (see `box_step`),
     // never the container's configuration: it may hold a secret.
-    let mut options = job.container.clone();
+    let mut options = (*job.container).clone();
     options.extras.env.clear();
     let logins = pull_logins(ctx, a, job, options.extras.credentials.take().as_ref())?;
     let req = crate::exec::JobBoxRequest {
@@ -932,7 +932,7 @@ async fn run_steps(
             continue;
         }
         let before = carried.failed || carried.stopped;
-        let runs = match step_runs(ctx, a, job, index, ws, &vars, &carried, step.condition.as_ref()) {
+        let runs = match step_runs(ctx, a, job, index, ws, &vars, &carried, step.condition.as_deref()) {
             Ok(runs) => runs,
             Err(msg) => {
                 let msg = format!("step `{}`: {msg}", step.name);
@@ -1723,7 +1723,7 @@ async fn run_step(
     let started = Instant::now();
     let mut message = None;
     let (end, diagnosis) = match prepare_step(ctx, a, job, index, ws, deadline, vars, network, job_status, github) {
-        Ok(spec) => run_with_retries(ctx, a, job, index, &name, spec, cancel).await,
+        Ok(spec) => run_with_retries(ctx, a, job, index, &name, &spec, cancel).await,
         Err(msg) => {
             note(a, &name, msg.clone()).await;
             wait_for_rules().await;
@@ -2115,7 +2115,7 @@ fn container_step(
     write(format!("{base}.json"), &record_text)?;
     Ok(crate::exec::ContainerStep {
         image,
-        options: job.container.clone(),
+        options: (*job.container).clone(),
         logins: pull_logins(ctx, a, job, job.container.extras.credentials.as_ref())?,
         run_id: ctx.run_id.clone(),
         job: job.name.clone(),
@@ -2205,7 +2205,7 @@ fn box_step(
     step_file(ctx, &format!("{base}.json"), &record_text, 0o600).map_err(|e| e.to_string())?;
     Ok(crate::exec::ContainerStep {
         image: b.image.clone(),
-        options: job.container.clone(),
+        options: (*job.container).clone(),
         // Runs in the job's container: nothing to pull.
         logins: Default::default(),
         run_id: ctx.run_id.clone(),
@@ -2279,7 +2279,7 @@ fn action_step(
     env.insert("CI_PROJECT_DIR".into(), "/github/workspace".into());
     env.insert("HOME".into(), "/github/home".into());
     let secret = holds_secret(ctx, env);
-    let mut options = job.container.clone();
+    let mut options = (*job.container).clone();
     options.job_container = false;
     options.extras = Default::default();
     options.entrypoint = entrypoint.map(|e| vec![e]);
@@ -2374,14 +2374,14 @@ async fn run_with_retries(
     job: &Job,
     index: usize,
     name: &Arc<str>,
-    spec: StepSpec,
+    spec: &StepSpec,
     cancel: &CancellationToken,
 ) -> (StepEnd, Option<Diagnosis>) {
     let step = &job.steps[index];
     let mut tries = 0;
     loop {
         tries += 1;
-        let (end, diagnosis) = run_once(ctx, a, name, spec.clone(), cancel).await;
+        let (end, diagnosis) = run_once(ctx, a, name, spec, cancel).await;
         let class = classify(&end, diagnosis.as_ref().map(|d| d.class));
         // Steps retry by class only (exit codes are the job's `retry`).
         let again = class.is_some_and(|class| {
@@ -2415,14 +2415,13 @@ async fn run_once(
     ctx: &RunContext,
     a: &Attempt,
     name: &Arc<str>,
-    spec: StepSpec,
+    spec: &StepSpec,
     cancel: &CancellationToken,
 ) -> (StepEnd, Option<Diagnosis>) {
     let (out_tx, mut out_rx) = mpsc::channel::<OutputLine>(256);
     let deadline = spec.deadline;
     // A GitHub job's steps speak workflow commands on standard output.
     let mut commands = ctx.pipeline.jobs[a.job].file_commands.then(filecmd::Commands::default);
-    let spec_env = spec.env.clone();
     let forward = async {
         let mut scan = Scan::builtin();
         while let Some(mut line) = out_rx.recv().await {
@@ -2475,7 +2474,7 @@ async fn run_once(
                         warning,
                     } => {
                         line.text = warning;
-                        if let Some(path) = spec_env.get(file).filter(|_| !name.is_empty()) {
+                        if let Some(path) = spec.env.get(file).filter(|_| !name.is_empty()) {
                             let block = format!(
                                 "{name}<<__trackside_{}__\n{value}\n__trackside_{}__\n",
                                 a.attempt, a.attempt
@@ -2521,7 +2520,9 @@ async fn run_once(
         }
         scan
     };
-    let run = ctx.executor.run_step(spec, out_tx, cancel.clone());
+    // The executor's future owns its copy; the attempt's futures hold the
+    // step's settings once, by reference (each level held its own copy).
+    let run = ctx.executor.run_step(spec.clone(), out_tx, cancel.clone());
     let (end, mut scan) = tokio::join!(run, forward);
     if matches!(end, StepEnd::Exited(0)) {
         return (end, None);
@@ -2552,6 +2553,19 @@ async fn wait_for_rules() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each job running at once holds its attempt's future: at 1,000 jobs
+    /// every kilobyte here is a megabyte. It held the step's settings once
+    /// per level of the step's call chain (11 KiB); a large new local or
+    /// sub-future belongs in a `Box::pin`, as the rollout's is.
+    #[test]
+    fn an_attempts_future_stays_within_its_budget() {
+        fn future_size<A, B, F>(_: fn(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(run_attempt);
+        assert!(size <= 8 * 1024, "run_attempt's future is {size} bytes");
+    }
 
     #[test]
     fn predefined_variables_match_the_documented_names() {

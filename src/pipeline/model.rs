@@ -158,11 +158,17 @@ pub struct GeneratedChild {
 }
 
 // A run holds each job of the pipeline once (a 1,000-job pipeline: this
-// times 1,000): a field that makes it grow much is boxed, as `deploy` is.
+// times 1,000): a field that makes it grow much, and that few jobs have, is
+// boxed (as `deploy`) or sparse (as `container`).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(
-    std::mem::size_of::<Job>() <= 1632,
+    std::mem::size_of::<Job>() <= 992,
     "Job grew: box a large new field (as `deploy`), or raise the bound if it must be inline"
+);
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(
+    std::mem::size_of::<Step>() <= 232,
+    "Step grew: box a large new field (as `docker_action`), or raise the bound if it must be inline"
 );
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -180,7 +186,7 @@ pub struct Job {
     pub retry_count: u32,
     /// Classes that are retried; the transient ones when not set.
     pub retry_when: Vec<FailureClass>,
-    pub conditional: Option<Condition>,
+    pub conditional: Option<Box<Condition>>,
     pub when: When,
     pub allow_failure: bool,
     /// Waits this long once it could start (GitLab's `when: delayed` with
@@ -232,7 +238,7 @@ pub struct Job {
     /// makes (`trigger: include: {artifact, job}`): read when that job has
     /// passed, and its jobs join the run then.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub generated_child: Option<GeneratedChild>,
+    pub generated_child: Option<Box<GeneratedChild>>,
     /// With `allow_failure`: only these exit codes are allowed (GitLab's
     /// `allow_failure: {exit_codes: [...]}`); empty: any failure.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -243,7 +249,8 @@ pub struct Job {
     pub retry_exit_codes: Vec<i32>,
     pub working_directory: Option<String>,
     /// How container steps of this job run (ignored by the shell executor).
-    pub container: ContainerOptions,
+    /// Kept out of line: most jobs leave them all at their defaults.
+    pub container: Sparse<ContainerOptions>,
     /// Sidecar containers the job's steps can reach by name.
     pub services: Vec<Service>,
     /// Files kept after the job for the jobs that depend on it.
@@ -836,6 +843,86 @@ impl PullPolicy {
     ];
 }
 
+/// Settings most jobs leave at their defaults, kept out of line: without
+/// any, a job holds a null pointer instead of the settings' hundreds of
+/// bytes (a thousand jobs held half a megabyte of defaults). Reads see the
+/// defaults; the first write makes the job's own copy.
+#[derive(Clone, Default)]
+pub struct Sparse<T: Defaults>(Option<Box<T>>);
+
+/// A type whose default value can be read from a constant, so that a
+/// [`Sparse`] without a value of its own lends it.
+pub trait Defaults: Default + 'static {
+    const DEFAULT: &'static Self;
+}
+
+impl<T: Defaults + PartialEq> From<T> for Sparse<T> {
+    /// Holds nothing when `value` is the default.
+    fn from(value: T) -> Self {
+        Sparse((value != *T::DEFAULT).then(|| Box::new(value)))
+    }
+}
+
+impl<T: Defaults> std::ops::Deref for Sparse<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_deref().unwrap_or(T::DEFAULT)
+    }
+}
+
+impl<T: Defaults> std::ops::DerefMut for Sparse<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<T: Defaults + PartialEq> PartialEq for Sparse<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Defaults + std::fmt::Debug> std::fmt::Debug for Sparse<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Defaults + Serialize> Serialize for Sparse<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl Defaults for ContainerOptions {
+    const DEFAULT: &'static Self = &ContainerOptions {
+        user: None,
+        entrypoint: None,
+        pull: PullPolicy::IfNotPresent,
+        cpus: None,
+        memory: None,
+        pids: None,
+        privileged: false,
+        cap_drop: Vec::new(),
+        read_only_rootfs: false,
+        docker_socket: false,
+        job_container: false,
+        node_labels: Vec::new(),
+        extras: ContainerExtras {
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            env: Vec::new(),
+            health: None,
+            network_aliases: Vec::new(),
+            hostname: None,
+            cap_add: Vec::new(),
+            tmpfs: Vec::new(),
+            shm_size: None,
+            credentials: None,
+        },
+    };
+}
+
 /// Container settings of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ContainerOptions {
@@ -988,7 +1075,7 @@ pub struct Step {
     /// ended). Without status functions it runs only while no earlier step
     /// has failed; with them it is asked after a failure or a cancel too.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub condition: Option<Condition>,
+    pub condition: Option<Box<Condition>>,
     /// The composite action call it belongs to ([`Job::actions`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<usize>,
@@ -999,11 +1086,11 @@ pub struct Step {
     /// Carried out by trackside itself instead of a script (GitHub's
     /// `actions/cache`, `upload-artifact`, `download-artifact`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub builtin: Option<Builtin>,
+    pub builtin: Option<Box<Builtin>>,
     /// A container of its own instead of a script: GitHub's Docker
     /// actions (`runs.using: docker`, `uses: docker://IMAGE`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub docker_action: Option<DockerAction>,
+    pub docker_action: Option<Box<DockerAction>>,
 }
 
 /// A Docker action's container: its image (or the Dockerfile to build it
@@ -1125,6 +1212,38 @@ mod tests {
         assert_eq!(b.delay(10, 0.5), Duration::from_secs(120));
         assert_eq!(b.delay(1, 0.0), Duration::from_secs_f64(3.75));
         assert!(b.delay(1, 0.999) <= Duration::from_secs_f64(6.25));
+    }
+
+    #[test]
+    fn sparse_settings_lend_the_defaults_until_written() {
+        let plain: Sparse<ContainerOptions> = ContainerOptions::default().into();
+        assert!(plain.0.is_none(), "the defaults are not held");
+        assert_eq!(*plain, ContainerOptions::default());
+        assert_eq!(plain, Sparse::default());
+        assert_eq!(
+            serde_json::to_value(&plain).ok(),
+            serde_json::to_value(ContainerOptions::default()).ok()
+        );
+
+        let mut written = plain.clone();
+        written.memory = Some(1 << 30);
+        assert!(written.0.is_some(), "a write makes the job's own copy");
+        assert_eq!(written.memory, Some(1 << 30));
+        assert_ne!(written, plain);
+        assert_eq!(plain.memory, None, "the defaults are untouched");
+
+        let set: Sparse<ContainerOptions> = ContainerOptions {
+            user: Some("1000".into()),
+            ..ContainerOptions::default()
+        }
+        .into();
+        assert_eq!(set.user.as_deref(), Some("1000"));
+        assert_eq!(format!("{set:?}"), format!("{:?}", *set));
+    }
+
+    #[test]
+    fn the_lent_defaults_are_the_default_settings() {
+        assert_eq!(ContainerOptions::DEFAULT, &ContainerOptions::default());
     }
 
     #[test]

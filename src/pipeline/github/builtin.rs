@@ -158,7 +158,7 @@ impl Workflow<'_, '_> {
             );
             false
         };
-        step.builtin = Some(match kind {
+        step.builtin = Some(Box::new(match kind {
             "cache" | "cache/restore" => {
                 let (has_key, has_path) = (need("key"), need("path"));
                 if !(has_key && has_path) {
@@ -214,7 +214,7 @@ impl Workflow<'_, '_> {
                 name: value("name").filter(|n| !n.trim().is_empty()),
                 path: value("path").unwrap_or_default().trim().to_string(),
             },
-        });
+        }));
         Some(step)
     }
 }
@@ -222,13 +222,13 @@ impl Workflow<'_, '_> {
 /// The post step of an `actions/cache` step at `index`: it saves the
 /// cache when the job has gone well so far.
 pub(super) fn cache_post(step: &Step, index: usize) -> Option<Step> {
-    matches!(step.builtin, Some(Builtin::CacheRestore { save: true, .. })).then(|| Step {
+    matches!(step.builtin.as_deref(), Some(Builtin::CacheRestore { save: true, .. })).then(|| Step {
         name: format!("Post {}", step.name),
-        builtin: Some(Builtin::CacheSave {
+        builtin: Some(Box::new(Builtin::CacheSave {
             key: String::new(),
             paths: Vec::new(),
             restore: Some(index),
-        }),
+        })),
         ..Step::default()
     })
 }

@@ -164,7 +164,7 @@ impl Workflow<'_, '_> {
             action: Some(call),
             inputs_env: true,
             id: Some(JS_STEP.to_string()),
-            docker_action: Some(action_run),
+            docker_action: Some(Box::new(action_run)),
             ..Step::default()
         };
         if let Some(post) = post {
@@ -237,13 +237,13 @@ impl Workflow<'_, '_> {
             action: Some(index),
             inputs_env: true,
             id: Some(JS_STEP.to_string()),
-            docker_action: Some(DockerAction {
+            docker_action: Some(Box::new(DockerAction {
                 image: image.to_string(),
                 build: None,
                 entrypoint,
                 split_args: true,
                 args,
-            }),
+            })),
             ..Step::default()
         };
         Some((vec![step], inputs))
@@ -292,7 +292,7 @@ impl Workflow<'_, '_> {
         let post_index = self.calls.len();
         self.calls.push(call);
         let mut post = make(post_index, format!("Post {name}"));
-        post.condition = Some(condition);
+        post.condition = Some(Box::new(condition));
         self.posts.push((index, post));
     }
 }

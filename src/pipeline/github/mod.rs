@@ -1875,7 +1875,7 @@ impl<'c, 's> Workflow<'c, 's> {
             timeout,
             retry_count: 0,
             retry_when: Vec::new(),
-            conditional,
+            conditional: conditional.map(Box::new),
             when: super::model::When::OnSuccess,
             allow_failure,
             start_in: None,
@@ -1891,7 +1891,7 @@ impl<'c, 's> Workflow<'c, 's> {
             allow_failure_exit_codes: Vec::new(),
             retry_exit_codes: Vec::new(),
             working_directory: None,
-            container,
+            container: container.into(),
             services,
             artifacts: None,
             needs_artifacts: None,
@@ -2611,7 +2611,7 @@ impl<'c, 's> Workflow<'c, 's> {
                     let step = Step {
                         name,
                         id: step_id,
-                        condition,
+                        condition: condition.map(Box::new),
                         continue_on_failure,
                         ..Step::default()
                     };
@@ -2773,7 +2773,7 @@ impl<'c, 's> Workflow<'c, 's> {
             Decided::Later(c) => Some(c),
         };
         Some(vec![Step {
-            condition,
+            condition: condition.map(Box::new),
             name,
             script: script_text.lines().map(str::to_string).collect(),
             environment,

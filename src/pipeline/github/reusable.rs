@@ -171,7 +171,7 @@ impl Workflow<'_, '_> {
             name: display.to_string(),
             id: Some(id.to_string()),
             call: self.call.clone(),
-            conditional: condition,
+            conditional: condition.map(Box::new),
             matrix_later: true,
             strict_needs: true,
             file_commands: true,
@@ -647,10 +647,10 @@ impl Workflow<'_, '_> {
                     }
                 }
                 if root && let Some(c) = condition {
-                    job.conditional = Some(match job.conditional.take() {
+                    job.conditional = Some(Box::new(match job.conditional.take() {
                         None => c.clone(),
                         Some(own) => both(c, &own),
-                    });
+                    }));
                 }
                 let own_id = job.id.clone().unwrap_or_default();
                 job.call_outputs = outputs

@@ -455,8 +455,8 @@ fn cache_and_artifact_actions_are_built_in_with_post_steps_last_first() {
         ]
     );
     assert_eq!(
-        steps[0].builtin,
-        Some(Builtin::CacheRestore {
+        steps[0].builtin.as_deref(),
+        Some(&Builtin::CacheRestore {
             key: "k-${{ hashFiles('deps.txt') }}".into(),
             restore_keys: vec!["k-".into()],
             paths: vec![".deps".into(), "build/".into()],
@@ -466,16 +466,16 @@ fn cache_and_artifact_actions_are_built_in_with_post_steps_last_first() {
         })
     );
     assert!(matches!(
-        steps[5].builtin,
+        steps[5].builtin.as_deref(),
         Some(Builtin::CacheSave { restore: Some(2), .. })
     ));
     assert!(matches!(
-        steps[6].builtin,
+        steps[6].builtin.as_deref(),
         Some(Builtin::CacheSave { restore: Some(0), .. })
     ));
     assert_eq!(
-        steps[4].builtin,
-        Some(Builtin::Download {
+        steps[4].builtin.as_deref(),
+        Some(&Builtin::Download {
             name: None,
             path: String::new()
         })

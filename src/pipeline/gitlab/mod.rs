@@ -1505,7 +1505,7 @@ impl<'c, 's> Gitlab<'c, 's> {
             allow_failure_exit_codes,
             retry_exit_codes,
             working_directory: None,
-            container,
+            container: container.into(),
             services,
             artifacts,
             needs_artifacts: dependencies

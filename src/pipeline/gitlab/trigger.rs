@@ -202,12 +202,12 @@ impl Gitlab<'_, '_> {
                 }
                 // A trigger job takes no artifacts (the engine reads the file itself).
                 jobs[at].needs_artifacts = Some(Vec::new());
-                jobs[at].generated_child = Some(GeneratedChild {
+                jobs[at].generated_child = Some(Box::new(GeneratedChild {
                     job: generator.clone(),
                     artifact: artifact.clone(),
                     depend: t.depend,
                     variables: passed,
-                });
+                }));
                 continue;
             }
             let config = Node {
