@@ -5,13 +5,17 @@
 //! reads at every start and that stay in the process's memory; packed
 //! (`DT_RELR`) they are 10 KB (docs/BENCHMARKS.md). A packed binary needs
 //! glibc 2.36 or later where it runs, so they are asked for only when the
-//! build is for the machine it runs on and that machine's glibc has them.
+//! build is for the machine it is built on and that machine's glibc has
+//! them. A binary meant for older machines is built with
+//! `TRACKSIDE_PORTABLE_BUILD=1`.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=TRACKSIDE_PORTABLE_BUILD");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
-    if target == host && target.ends_with("-linux-gnu") && glibc_has_relr() {
+    let portable = std::env::var_os("TRACKSIDE_PORTABLE_BUILD").is_some_and(|v| !v.is_empty() && v != "0");
+    if !portable && target == host && target.ends_with("-linux-gnu") && glibc_has_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }

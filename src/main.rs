@@ -902,9 +902,10 @@ impl<E: std::fmt::Display> From<E> for Fail {
 /// glibc gives every thread that allocates an arena of its own (up to 8
 /// per core), and each keeps memory freed in it: with the tokio workers and
 /// the blocking pool of a 1,000-job run that was about 9 MiB of peak RSS
-/// for nothing, and a second arena still 2.3 MiB (docs/BENCHMARKS.md). One
+/// for nothing, and a second arena still 2.4 MiB (docs/BENCHMARKS.md). One
 /// arena serves trackside's threads; `MALLOC_ARENA_MAX` in the environment
 /// still decides when set.
+#[cfg(target_env = "gnu")]
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; called before
@@ -928,6 +929,7 @@ fn main() -> ExitCode {
         cli = Cli::parse_from(argv);
     }
     trackside::net::raise_fd_limit();
+    #[cfg(target_env = "gnu")]
     limit_malloc_arenas();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),

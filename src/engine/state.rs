@@ -1550,7 +1550,8 @@ impl RunState {
             st.stopped_by = None;
             st.first_start.get_or_insert(now);
             // Most jobs run once: room for one more record, not the four a
-            // growing Vec takes (a quarter of a MB at 1,000 jobs).
+            // growing Vec takes (a quarter of a MB at 1,000 jobs); a retry
+            // grows it by one.
             st.attempts.reserve_exact(1);
             st.attempts.push(AttemptRecord {
                 number: st.attempt,

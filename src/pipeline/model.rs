@@ -249,7 +249,8 @@ pub struct Job {
     pub retry_exit_codes: Vec<i32>,
     pub working_directory: Option<String>,
     /// How container steps of this job run (ignored by the shell executor).
-    /// Kept out of line: most jobs leave them all at their defaults.
+    /// Kept out of line: most jobs leave them all at their defaults (a job
+    /// with any, GitLab's `tags:` among them, holds its own copy).
     pub container: Sparse<ContainerOptions>,
     /// Sidecar containers the job's steps can reach by name.
     pub services: Vec<Service>,
@@ -848,53 +849,53 @@ impl PullPolicy {
 /// bytes (a thousand jobs held half a megabyte of defaults). Reads see the
 /// defaults; the first write makes the job's own copy.
 #[derive(Clone, Default)]
-pub struct Sparse<T: Defaults>(Option<Box<T>>);
+pub struct Sparse<T>(Option<Box<T>>);
 
 /// A type whose default value can be read from a constant, so that a
 /// [`Sparse`] without a value of its own lends it.
-pub trait Defaults: Default + 'static {
+pub trait ConstDefault: Default + 'static {
     const DEFAULT: &'static Self;
 }
 
-impl<T: Defaults + PartialEq> From<T> for Sparse<T> {
+impl<T: ConstDefault + PartialEq> From<T> for Sparse<T> {
     /// Holds nothing when `value` is the default.
     fn from(value: T) -> Self {
         Sparse((value != *T::DEFAULT).then(|| Box::new(value)))
     }
 }
 
-impl<T: Defaults> std::ops::Deref for Sparse<T> {
+impl<T: ConstDefault> std::ops::Deref for Sparse<T> {
     type Target = T;
     fn deref(&self) -> &T {
         self.0.as_deref().unwrap_or(T::DEFAULT)
     }
 }
 
-impl<T: Defaults> std::ops::DerefMut for Sparse<T> {
+impl<T: ConstDefault> std::ops::DerefMut for Sparse<T> {
     fn deref_mut(&mut self) -> &mut T {
         self.0.get_or_insert_with(Default::default)
     }
 }
 
-impl<T: Defaults + PartialEq> PartialEq for Sparse<T> {
+impl<T: ConstDefault + PartialEq> PartialEq for Sparse<T> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl<T: Defaults + std::fmt::Debug> std::fmt::Debug for Sparse<T> {
+impl<T: ConstDefault + std::fmt::Debug> std::fmt::Debug for Sparse<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         (**self).fmt(f)
     }
 }
 
-impl<T: Defaults + Serialize> Serialize for Sparse<T> {
+impl<T: ConstDefault + Serialize> Serialize for Sparse<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         (**self).serialize(s)
     }
 }
 
-impl Defaults for ContainerOptions {
+impl ConstDefault for ContainerOptions {
     const DEFAULT: &'static Self = &ContainerOptions {
         user: None,
         entrypoint: None,
@@ -960,7 +961,7 @@ pub struct ContainerOptions {
 
 impl ContainerOptions {
     pub fn is_default(&self) -> bool {
-        *self == ContainerOptions::default()
+        self == Self::DEFAULT
     }
 }
 
