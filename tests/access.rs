@@ -168,8 +168,9 @@ async fn a_canary_gate_takes_the_groups_promotion_and_refuses_the_starters() {
             ),
         )
     };
-    let (v1, _) = common::deploy::deploy(&state, &rehearsal("v1", common::deploy::STRAIGHT)).await;
-    assert_eq!(v1.result, trackside::engine::RunResult::Passed);
+    let (v1, r1) = common::deploy::deploy(&state, &rehearsal("v1", common::deploy::STRAIGHT)).await;
+    // What the rollout said, when it did not pass: the reason is in its lines.
+    assert_eq!(v1.result, trackside::engine::RunResult::Passed, "{:?}", r1.lines("web"));
     let file = sh.dir.path().join("v2.yml");
     std::fs::write(&file, rehearsal("v2", common::deploy::GATED)).expect("write");
     let (state_s, file_s) = (state.to_str().expect("utf-8"), file.to_str().expect("utf-8"));
@@ -335,8 +336,8 @@ async fn a_gates_approvals_survive_a_killed_trackside() {
             &format!("      abort_delay: 0\n      keep_serving: false\n      approvers: {{users: [{me}, {MEMBER}], required: 2}}\n"),
         )
     };
-    let (v1, _) = common::deploy::deploy(&state, &yaml("v1", common::deploy::STRAIGHT)).await;
-    assert_eq!(v1.result, trackside::engine::RunResult::Passed);
+    let (v1, r1) = common::deploy::deploy(&state, &yaml("v1", common::deploy::STRAIGHT)).await;
+    assert_eq!(v1.result, trackside::engine::RunResult::Passed, "{:?}", r1.lines("web"));
     let file = sh.dir.path().join("v2.yml");
     std::fs::write(&file, yaml("v2", common::deploy::GATED)).expect("write");
     let (state_s, file_s) = (state.to_str().expect("utf-8"), file.to_str().expect("utf-8"));
