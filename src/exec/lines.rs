@@ -82,17 +82,20 @@ impl Lines {
     }
 }
 
-/// Hands a line on to the step's log. A closed receiver means nobody
-/// listens any more: the caller goes on draining its stream.
-pub async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, text: String, partial: bool) {
-    let _ = tx
-        .send(OutputLine {
-            stream,
-            text,
-            partial,
-            node: None,
-        })
-        .await;
+/// Hands `lines` (as [`Lines`] gave them) on to the step's log. A closed
+/// receiver means nobody listens any more: the caller goes on draining
+/// its stream.
+pub async fn send(tx: &mpsc::Sender<OutputLine>, stream: Stream, lines: Vec<(String, bool)>) {
+    for (text, partial) in lines {
+        let _ = tx
+            .send(OutputLine {
+                stream,
+                text,
+                partial,
+                node: None,
+            })
+            .await;
+    }
 }
 
 fn text_of(bytes: &[u8], partial: bool) -> String {

@@ -535,17 +535,13 @@ async fn read_pipe(fd: Option<OwnedFd>, stream: Stream, tx: mpsc::Sender<OutputL
         };
         // Taken, not drained: a read of many short lines leaves no room
         // behind for the rest of the step.
-        for (text, partial) in std::mem::take(&mut done) {
-            super::lines::send(&tx, stream, text, partial).await;
-        }
+        super::lines::send(&tx, stream, std::mem::take(&mut done)).await;
         if ended {
             break;
         }
     }
     lines.finish(|text, partial| done.push((text, partial)));
-    for (text, partial) in done {
-        super::lines::send(&tx, stream, text, partial).await;
-    }
+    super::lines::send(&tx, stream, done).await;
 }
 
 #[cfg(test)]

@@ -1329,15 +1329,11 @@ pub(crate) async fn forward_logs(
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
         lines[idx].push(&bytes, |text, partial| done.push((text, partial)));
-        for (text, partial) in std::mem::take(&mut done) {
-            super::lines::send(&out, stream, text, partial).await;
-        }
+        super::lines::send(&out, stream, std::mem::take(&mut done)).await;
     }
     for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
         lines[i].finish(|text, partial| done.push((text, partial)));
-        for (text, partial) in done.drain(..) {
-            super::lines::send(&out, stream, text, partial).await;
-        }
+        super::lines::send(&out, stream, std::mem::take(&mut done)).await;
     }
 }
 
