@@ -964,7 +964,7 @@ async fn run_steps(
             }
             continue;
         }
-        let dir = files_dir(ctx, job, a.attempt).join("github");
+        let dir = step_files_dir(ctx, job, a.attempt);
         // A JavaScript action's toolkit wants the files there; a script's
         // `>>` makes the ones it writes.
         let made = match (job.file_commands, step.inputs_env) {
@@ -1378,7 +1378,7 @@ fn github_paths(ctx: &RunContext, job: &Job, a: &Attempt, index: usize, ws: &Pat
     if let Some(g) = github.as_object_mut() {
         g.insert("workspace".into(), serde_json::Value::String(ws.display().to_string()));
         g.insert("action_path".into(), serde_json::Value::String(action));
-        let event = runner_dirs(ctx, job, a.attempt).0.with_file_name("event.json");
+        let event = event_file(ctx, job, a.attempt).0;
         g.insert(
             "event_path".into(),
             serde_json::Value::String(event.display().to_string()),
@@ -1463,11 +1463,63 @@ fn job_box_mounts(ctx: &RunContext, job: &Job, attempt: u32, ws: &Path) -> Resul
     ])
 }
 
-/// A GitHub job's `RUNNER_TEMP` (the attempt's own, empty at its start)
-/// and `RUNNER_TOOL_CACHE` (kept between runs, in the state folder).
+/// Whether all of a job's steps run on this machine: none in the job's
+/// container or a Docker action's. Such a GitHub job keeps its runner files
+/// flat in the attempt's folder, which is its `RUNNER_TEMP` (GitHub's runner
+/// keeps its file commands and the event in its temporary folder too), and
+/// its steps read the run's copy of the event's payload. A container needs
+/// them apart, each mounted on its own path and some opened to the
+/// container's user; on the host each new folder would only cost an inode,
+/// and making one is a job's largest cost on some file systems
+/// (docs/BENCHMARKS.md).
+fn on_host(job: &Job) -> bool {
+    !job.steps.iter().any(|s| s.image.is_some() || s.docker_action.is_some())
+}
+
+/// Where a GitHub job's step files (GITHUB_ENV and the others) are.
+fn step_files_dir(ctx: &RunContext, job: &Job, attempt: u32) -> PathBuf {
+    let files = files_dir(ctx, job, attempt);
+    if on_host(job) { files } else { files.join("github") }
+}
+
+/// A GitHub job's `GITHUB_EVENT_PATH`, and the payload's text to write
+/// there when it is not yet. A job on the host reads the run's copy, named
+/// by its content (the workflows of a folder, run at once, each have their
+/// own payload); a job with a container has its own, in a folder it mounts.
+fn event_file(ctx: &RunContext, job: &Job, attempt: u32) -> (PathBuf, String) {
+    let payload = job.github.as_deref().and_then(|g| g.get("event"));
+    let text = serde_json::to_string_pretty(payload.unwrap_or(&serde_json::Value::Null)).unwrap_or_default();
+    let path = if on_host(job) {
+        let digest = crate::store::objects::Digest::of(text.as_bytes()).to_string();
+        let name = format!("event-{}.json", digest.get(..16).unwrap_or(&digest));
+        ctx.run_dir.join("files").join(name)
+    } else {
+        files_dir(ctx, job, attempt).join("event.json")
+    };
+    (std::path::absolute(&path).unwrap_or(path), text)
+}
+
+/// Writes the event's payload where [`event_file`] says, once: a new file
+/// is written aside and renamed into place, so that a step of another job
+/// never reads it half written.
+fn write_event_file(path: &Path, text: &str, job: &Job, attempt: u32) -> Result<(), crate::store::IoFailure> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let aside = path.with_extension(format!("{}.{attempt}.new", crate::store::file_safe(&job.name)));
+    crate::store::write_with_mode(&aside, text.as_bytes(), 0o600)?;
+    std::fs::rename(&aside, path).map_err(crate::store::io_err("cannot write", path))
+}
+
+/// A GitHub job's `RUNNER_TEMP` (the attempt's own, empty at its start but
+/// for the runner's files, see [`on_host`]) and `RUNNER_TOOL_CACHE` (kept
+/// between runs, in the state folder).
 fn runner_dirs(ctx: &RunContext, job: &Job, attempt: u32) -> (PathBuf, PathBuf) {
-    let temp = std::path::absolute(files_dir(ctx, job, attempt).join("temp"))
-        .unwrap_or_else(|_| files_dir(ctx, job, attempt).join("temp"));
+    let temp = match on_host(job) {
+        true => files_dir(ctx, job, attempt),
+        false => files_dir(ctx, job, attempt).join("temp"),
+    };
+    let temp = std::path::absolute(&temp).unwrap_or(temp);
     let tools =
         std::path::absolute(ctx.state_dir.join("toolcache")).unwrap_or_else(|_| ctx.state_dir.join("toolcache"));
     (temp, tools)
@@ -1825,18 +1877,9 @@ fn prepare_step(
         }
         env.insert("RUNNER_TEMP".into(), temp.display().to_string());
         env.insert("RUNNER_TOOL_CACHE".into(), tools.display().to_string());
-        let event = temp.with_file_name("event.json");
-        if !event.is_file() {
-            let payload = job
-                .github
-                .as_deref()
-                .and_then(|g| g.get("event"))
-                .cloned()
-                .unwrap_or_default();
-            let text = serde_json::to_string_pretty(&payload).unwrap_or_default();
-            crate::store::write_with_mode(&event, text.as_bytes(), 0o600)
-                .map_err(|e| format!("cannot write the event's payload: {e}"))?;
-        }
+        let (event, text) = event_file(ctx, job, a.attempt);
+        write_event_file(&event, &text, job, a.attempt)
+            .map_err(|e| format!("cannot write the event's payload: {e}"))?;
         env.insert("GITHUB_EVENT_PATH".into(), event.display().to_string());
         // A JavaScript action reads its inputs and its saved state so.
         if step.inputs_env {
