@@ -2292,6 +2292,7 @@ impl Actor {
             dotenv: std::sync::OnceLock::new(),
             needs: Arc::new(needs),
             docker: std::sync::OnceLock::new(),
+            event: std::sync::OnceLock::new(),
             telling: Default::default(),
             usage: Default::default(),
         };

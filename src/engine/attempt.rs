@@ -229,6 +229,9 @@ pub struct Attempt {
     pub needs: Arc<serde_json::Value>,
     /// The job's container and services once started (set once).
     pub docker: std::sync::OnceLock<Containers>,
+    /// A GitHub job's `GITHUB_EVENT_PATH` and the payload's text (a pull
+    /// request's is tens of kilobytes): made once, read by every step.
+    pub event: std::sync::OnceLock<Box<(std::path::PathBuf, String)>>,
     /// The output line that tells what went wrong, should the attempt fail.
     pub telling: std::sync::Mutex<Telling>,
     /// What its steps used (each step's executor adds to it).

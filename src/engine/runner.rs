@@ -1378,7 +1378,7 @@ fn github_paths(ctx: &RunContext, job: &Job, a: &Attempt, index: usize, ws: &Pat
     if let Some(g) = github.as_object_mut() {
         g.insert("workspace".into(), serde_json::Value::String(ws.display().to_string()));
         g.insert("action_path".into(), serde_json::Value::String(action));
-        let event = event_file(ctx, job, a.attempt).0;
+        let event = &event_file(ctx, job, a).0;
         g.insert(
             "event_path".into(),
             serde_json::Value::String(event.display().to_string()),
@@ -1486,17 +1486,19 @@ fn step_files_dir(ctx: &RunContext, job: &Job, attempt: u32) -> PathBuf {
 /// there when it is not yet. A job on the host reads the run's copy, named
 /// by its content (the workflows of a folder, run at once, each have their
 /// own payload); a job with a container has its own, in a folder it mounts.
-fn event_file(ctx: &RunContext, job: &Job, attempt: u32) -> (PathBuf, String) {
-    let payload = job.github.as_deref().and_then(|g| g.get("event"));
-    let text = serde_json::to_string_pretty(payload.unwrap_or(&serde_json::Value::Null)).unwrap_or_default();
-    let path = if on_host(job) {
-        let digest = crate::store::objects::Digest::of(text.as_bytes()).to_string();
-        let name = format!("event-{}.json", digest.get(..16).unwrap_or(&digest));
-        ctx.run_dir.join("files").join(name)
-    } else {
-        files_dir(ctx, job, attempt).join("event.json")
-    };
-    (std::path::absolute(&path).unwrap_or(path), text)
+fn event_file<'a>(ctx: &RunContext, job: &Job, a: &'a Attempt) -> &'a (PathBuf, String) {
+    a.event.get_or_init(|| {
+        let payload = job.github.as_deref().and_then(|g| g.get("event"));
+        let text = serde_json::to_string_pretty(payload.unwrap_or(&serde_json::Value::Null)).unwrap_or_default();
+        let path = if on_host(job) {
+            let digest = crate::store::objects::Digest::of(text.as_bytes()).to_string();
+            let name = format!("event-{}.json", digest.get(..16).unwrap_or(&digest));
+            ctx.run_dir.join("files").join(name)
+        } else {
+            files_dir(ctx, job, a.attempt).join("event.json")
+        };
+        Box::new((std::path::absolute(&path).unwrap_or(path), text))
+    })
 }
 
 /// Writes the event's payload where [`event_file`] says, once: a new file
@@ -1877,9 +1879,8 @@ fn prepare_step(
         }
         env.insert("RUNNER_TEMP".into(), temp.display().to_string());
         env.insert("RUNNER_TOOL_CACHE".into(), tools.display().to_string());
-        let (event, text) = event_file(ctx, job, a.attempt);
-        write_event_file(&event, &text, job, a.attempt)
-            .map_err(|e| format!("cannot write the event's payload: {e}"))?;
+        let (event, text) = event_file(ctx, job, a);
+        write_event_file(event, text, job, a.attempt).map_err(|e| format!("cannot write the event's payload: {e}"))?;
         env.insert("GITHUB_EVENT_PATH".into(), event.display().to_string());
         // A JavaScript action reads its inputs and its saved state so.
         if step.inputs_env {
