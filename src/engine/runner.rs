@@ -1413,7 +1413,16 @@ fn github_paths(ctx: &RunContext, job: &Job, a: &Attempt, index: usize, ws: &Pat
         }
     }
     let (container, services) = docker.context();
-    serde_json::json!({"github": github, "runner": runner, "container": container, "services": services})
+    // Moved in, not copied: `json!` would serialize each value again, and
+    // `github` holds the event's payload (tens of kilobytes for a pull
+    // request).
+    let contexts = [
+        ("github", github),
+        ("runner", runner),
+        ("container", container),
+        ("services", services),
+    ];
+    serde_json::Value::Object(contexts.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 /// Whether step `index` runs in the job's own container.
