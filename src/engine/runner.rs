@@ -54,6 +54,17 @@ struct StepCtx<'a> {
 }
 
 impl Context for StepCtx<'_> {
+    fn root_ref(&self, name: &str) -> Option<&serde_json::Value> {
+        match name {
+            "steps" => self.steps,
+            "secrets" => self.secrets,
+            "needs" => self.needs,
+            "inputs" => self.inputs,
+            "github" => self.paths.and_then(|p| p.get("github")),
+            "runner" => self.paths.and_then(|p| p.get("runner")),
+            _ => None,
+        }
+    }
     fn root(&self, name: &str) -> Option<serde_json::Value> {
         match name {
             "steps" => self.steps.cloned(),

@@ -596,6 +596,15 @@ pub trait Context {
         let _ = name;
         None
     }
+    /// [`Context::root`] lent, not copied, where the context holds it
+    /// whole: a member path of it (`github.event.pull_request.number`) is
+    /// then read in place, and only the value it leads to is copied (a pull
+    /// request's payload is tens of kilobytes). `Some` here must be what
+    /// `root` gives.
+    fn root_ref(&self, name: &str) -> Option<&Value> {
+        let _ = name;
+        None
+    }
     /// Whether strings compare ignoring case (GitHub's rule; the native
     /// format's compare exactly).
     fn ignore_case(&self) -> bool {
@@ -644,6 +653,39 @@ struct Eval<'a> {
 
 pub fn eval(e: &Expr, ctx: &dyn Context) -> Result<Value, ExprError> {
     Eval { ctx, steps: 0 }.eval(e)
+}
+
+impl<'a> Eval<'a> {
+    /// The value a member path of literal keys leads to (`github.event.ref`,
+    /// `matrix.os[0]`), read in place in a context its [`Context::root_ref`]
+    /// lends. `None` when it does not, or when the path leads to no value:
+    /// the general evaluation then says what it is (`null`, `env.X`, ...),
+    /// so both ways give the same answer.
+    fn lent(&self, e: &Expr) -> Option<&'a Value> {
+        match e {
+            Expr::Ident(name, _) => self.ctx.root_ref(name),
+            Expr::Member(obj, key) if !matches!(**obj, Expr::Filter(_)) => {
+                let Expr::Lit(key) = &**key else { return None };
+                match (self.lent(obj)?, key) {
+                    (Value::Object(map), Value::String(k)) => map.get(k).or_else(|| {
+                        // GitHub's property names match whatever their case.
+                        self.ctx
+                            .ignore_case()
+                            .then(|| map.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v))
+                            .flatten()
+                    }),
+                    (Value::Array(items), Value::Number(_)) => {
+                        let idx = as_number(key);
+                        (idx >= 0.0 && idx.fract() == 0.0)
+                            .then(|| items.get(idx as usize))
+                            .flatten()
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Truthiness, as in GitHub Actions: false, 0, '', null and NaN are false.
@@ -701,6 +743,9 @@ impl Eval<'_> {
                 _ => Value::Array(Vec::new()),
             },
             Expr::Member(obj, key) => {
+                if let Some(found) = self.lent(e) {
+                    return Ok(found.clone());
+                }
                 let key_v = self.eval(key)?;
                 let key_s = to_text(&key_v);
                 // `a.*.b`: the member of each item, where it has one.
@@ -1151,6 +1196,84 @@ mod tests {
         assert_eq!(to_text(&eval(&e, &Gh).expect("evaluated")), "1");
         // The native format keeps exact names.
         assert!(parse("fromjson('1')").is_err());
+    }
+
+    #[test]
+    fn a_lent_context_reads_member_paths_as_a_copied_one_does() {
+        let lang = &crate::pipeline::github::LANG;
+        let github = serde_json::json!({
+            "ref": "refs/heads/main",
+            "event": {"pull_request": {"number": 7, "Labels": [{"name": "a"}, {"name": "b"}]}, "list": [1, 2]},
+            "n": {"1": "one"},
+        });
+        // The same context, lending its root or only copying it.
+        struct Gh {
+            github: Value,
+            lends: bool,
+            copies: bool,
+        }
+        impl Context for Gh {
+            fn root(&self, name: &str) -> Option<Value> {
+                (self.copies && name == "github").then(|| self.github.clone())
+            }
+            fn root_ref(&self, name: &str) -> Option<&Value> {
+                (self.lends && name == "github").then_some(&self.github)
+            }
+            fn ignore_case(&self) -> bool {
+                true
+            }
+            fn env(&self, name: &str) -> Option<String> {
+                Some(format!("env-{name}"))
+            }
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn job_status(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn upstream_succeeded(&self) -> bool {
+                true
+            }
+        }
+        let lent = Gh {
+            github: github.clone(),
+            lends: true,
+            copies: true,
+        };
+        let copied = Gh {
+            github: github.clone(),
+            lends: false,
+            copies: true,
+        };
+        for src in [
+            "github.ref",
+            "github.event.pull_request.number",
+            "github.EVENT.Pull_Request.labels[1].name",
+            "github.event.list[0]",
+            "github.event.list[5]",
+            "github.event.list['1']",
+            "github.event.list[1.5]",
+            "github.n[1]",
+            "github.missing.deeper",
+            "github.event.pull_request.labels.*.name",
+            "github.event['pull_request'].number",
+            "env.HOME",
+            "toJSON(github.event.list)",
+        ] {
+            let e = parse_in(src, lang).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            let (a, b) = (eval(&e, &lent), eval(&e, &copied));
+            assert_eq!(a.as_ref().ok(), b.as_ref().ok(), "{src}");
+            assert!(a.is_ok(), "{src}: {a:?}");
+        }
+        // A path of literal keys is read in place: a context that only
+        // lends (against the contract, to tell the ways apart) answers it.
+        let only_lent = Gh {
+            github,
+            lends: true,
+            copies: false,
+        };
+        let e = parse_in("github.event.pull_request.labels[1].name", lang).expect("parsed");
+        assert_eq!(eval(&e, &only_lent).expect("evaluated"), Value::String("b".into()));
     }
 
     #[test]

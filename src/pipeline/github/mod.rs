@@ -567,6 +567,18 @@ struct Known {
 const MATRIX_LATER: &str = "__matrix_later";
 
 impl expr::Context for Known {
+    fn root_ref(&self, name: &str) -> Option<&Json> {
+        Some(match name {
+            "github" => &self.github,
+            "runner" => &self.runner,
+            "matrix" => &self.matrix,
+            "strategy" => &self.strategy,
+            "vars" => &self.vars,
+            "inputs" => &self.inputs,
+            "needs" if !self.needs.is_null() => &self.needs,
+            _ => return None,
+        })
+    }
     fn root(&self, name: &str) -> Option<Json> {
         Some(match name {
             "github" => self.github.clone(),
