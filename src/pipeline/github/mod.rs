@@ -547,7 +547,9 @@ pub fn runner_context() -> Json {
 /// The known contexts, for one job (one matrix combination).
 #[derive(Clone)]
 struct Known {
-    github: Json,
+    /// Shared: each step's own `Known` (its `env`) copies it otherwise,
+    /// and it holds the event's payload.
+    github: std::sync::Arc<Json>,
     runner: Json,
     matrix: Json,
     strategy: Json,
@@ -581,7 +583,7 @@ impl expr::Context for Known {
     }
     fn root(&self, name: &str) -> Option<Json> {
         Some(match name {
-            "github" => self.github.clone(),
+            "github" => (*self.github).clone(),
             "runner" => self.runner.clone(),
             "matrix" => self.matrix.clone(),
             "strategy" => self.strategy.clone(),
@@ -753,7 +755,7 @@ impl<'c, 's> Workflow<'c, 's> {
             }
         };
         let known = Known {
-            github: self.github.clone(),
+            github: std::sync::Arc::new(self.github.clone()),
             runner: self.runner.clone(),
             matrix: Json::Null,
             strategy: Json::Null,
@@ -1923,11 +1925,7 @@ impl<'c, 's> Workflow<'c, 's> {
             call_outputs: Vec::new(),
             secret_names: self.secret_names.clone(),
             junit: self.junit.clone(),
-            github: Some(
-                self.shared_github
-                    .get_or_insert_with(|| std::sync::Arc::new(known.github.clone()))
-                    .clone(),
-            ),
+            github: Some(self.shared_github.get_or_insert_with(|| known.github.clone()).clone()),
             pos: node.pos,
             ..Job::default()
         })
@@ -2143,7 +2141,7 @@ impl<'c, 's> Workflow<'c, 's> {
             return Some(None);
         }
         let known = Known {
-            github: self.github.clone(),
+            github: std::sync::Arc::new(self.github.clone()),
             runner: self.runner.clone(),
             matrix: Json::Null,
             strategy: Json::Null,
@@ -2234,7 +2232,7 @@ impl<'c, 's> Workflow<'c, 's> {
             g.insert("job".into(), Json::String(id.to_string()));
         }
         Known {
-            github,
+            github: std::sync::Arc::new(github),
             runner: self.runner.clone(),
             matrix: combo.map_or_else(|| json!({}), Combo::to_json),
             strategy,

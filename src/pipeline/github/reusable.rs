@@ -579,7 +579,7 @@ impl Workflow<'_, '_> {
 
     fn called_jobs(&mut self, root: &Node) -> Vec<Instance> {
         let known = Known {
-            github: self.github.clone(),
+            github: std::sync::Arc::new(self.github.clone()),
             runner: self.runner.clone(),
             matrix: Json::Null,
             strategy: Json::Null,
