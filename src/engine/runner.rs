@@ -67,12 +67,6 @@ impl Context for StepCtx<'_> {
     }
     fn root(&self, name: &str) -> Option<serde_json::Value> {
         match name {
-            "steps" => self.steps.cloned(),
-            "secrets" => self.secrets.cloned(),
-            "needs" => self.needs.cloned(),
-            "inputs" => self.inputs.cloned(),
-            "github" => self.paths.and_then(|p| p.get("github")).cloned(),
-            "runner" => self.paths.and_then(|p| p.get("runner")).cloned(),
             // GitHub's `job`: how the job goes so far, its container and
             // services.
             "job" if self.steps.is_some() => Some(serde_json::json!({
@@ -84,7 +78,7 @@ impl Context for StepCtx<'_> {
                 "container": self.paths.and_then(|p| p.get("container")).cloned().unwrap_or_else(|| serde_json::json!({"id": "", "network": ""})),
                 "services": self.paths.and_then(|p| p.get("services")).cloned().unwrap_or_else(|| serde_json::json!({})),
             })),
-            _ => None,
+            _ => self.root_ref(name).cloned(),
         }
     }
     fn ignore_case(&self) -> bool {
@@ -1537,10 +1531,8 @@ fn write_event_file(path: &Path, text: &str, job: &Job, attempt: u32) -> Result<
 /// for the runner's files, see [`on_host`]) and `RUNNER_TOOL_CACHE` (kept
 /// between runs, in the state folder).
 fn runner_dirs(ctx: &RunContext, job: &Job, attempt: u32) -> (PathBuf, PathBuf) {
-    let temp = match on_host(job) {
-        true => files_dir(ctx, job, attempt),
-        false => files_dir(ctx, job, attempt).join("temp"),
-    };
+    let files = files_dir(ctx, job, attempt);
+    let temp = if on_host(job) { files } else { files.join("temp") };
     let temp = std::path::absolute(&temp).unwrap_or(temp);
     let tools =
         std::path::absolute(ctx.state_dir.join("toolcache")).unwrap_or_else(|_| ctx.state_dir.join("toolcache"));

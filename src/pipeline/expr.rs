@@ -592,15 +592,15 @@ fn num(n: f64) -> Value {
 pub trait Context {
     /// A context given whole (GitHub's `github`, `matrix`, ...): looked up
     /// first; `None` leaves `env`, `vars` and `job` to the methods below.
+    /// What [`Context::root_ref`] lends, copied; a context made when asked
+    /// for (not held) is given here instead.
     fn root(&self, name: &str) -> Option<Value> {
-        let _ = name;
-        None
+        self.root_ref(name).cloned()
     }
-    /// [`Context::root`] lent, not copied, where the context holds it
-    /// whole: a member path of it (`github.event.pull_request.number`) is
-    /// then read in place, and only the value it leads to is copied (a pull
-    /// request's payload is tens of kilobytes). `Some` here must be what
-    /// `root` gives.
+    /// A context the implementor holds whole, lent: a member path of it
+    /// (`github.event.pull_request.number`) is then read in place, and only
+    /// the value it leads to is copied (a pull request's payload is tens of
+    /// kilobytes).
     fn root_ref(&self, name: &str) -> Option<&Value> {
         let _ = name;
         None
@@ -763,6 +763,7 @@ impl Eval<'_> {
                     return Ok(Value::Array(picked));
                 }
                 if let Expr::Ident(root, _) = &**obj
+                    && self.ctx.root_ref(root).is_none()
                     && self.ctx.root(root).is_none()
                 {
                     return Ok(match root.as_str() {
@@ -1168,6 +1169,40 @@ mod tests {
         assert_eq!(eval(&folded, &ctx()).unwrap(), Value::Bool(false));
     }
 
+    /// A GitHub context (names match whatever their case) whose `github`
+    /// is lent, copied, or both (`root` here does not derive from
+    /// `root_ref`: a test tells the two ways apart).
+    #[derive(Default)]
+    struct Gh {
+        github: Value,
+        lends: bool,
+        copies: bool,
+    }
+
+    impl Context for Gh {
+        fn root(&self, name: &str) -> Option<Value> {
+            (self.copies && name == "github").then(|| self.github.clone())
+        }
+        fn root_ref(&self, name: &str) -> Option<&Value> {
+            (self.lends && name == "github").then_some(&self.github)
+        }
+        fn ignore_case(&self) -> bool {
+            true
+        }
+        fn env(&self, name: &str) -> Option<String> {
+            Some(format!("env-{name}"))
+        }
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn job_status(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn upstream_succeeded(&self) -> bool {
+            true
+        }
+    }
+
     #[test]
     fn githubs_names_match_whatever_their_case() {
         let lang = &crate::pipeline::github::LANG;
@@ -1175,25 +1210,7 @@ mod tests {
         let Expr::Call(name, args, _) = &e else { panic!("{e:?}") };
         assert_eq!(name, "toJSON");
         assert!(matches!(&args[0], Expr::Member(..)));
-        struct Gh;
-        impl Context for Gh {
-            fn ignore_case(&self) -> bool {
-                true
-            }
-            fn env(&self, _: &str) -> Option<String> {
-                None
-            }
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-            fn job_status(&self, _: &str) -> Option<String> {
-                None
-            }
-            fn upstream_succeeded(&self) -> bool {
-                true
-            }
-        }
-        assert_eq!(to_text(&eval(&e, &Gh).expect("evaluated")), "1");
+        assert_eq!(to_text(&eval(&e, &Gh::default()).expect("evaluated")), "1");
         // The native format keeps exact names.
         assert!(parse("fromjson('1')").is_err());
     }
@@ -1207,34 +1224,6 @@ mod tests {
             "n": {"1": "one"},
         });
         // The same context, lending its root or only copying it.
-        struct Gh {
-            github: Value,
-            lends: bool,
-            copies: bool,
-        }
-        impl Context for Gh {
-            fn root(&self, name: &str) -> Option<Value> {
-                (self.copies && name == "github").then(|| self.github.clone())
-            }
-            fn root_ref(&self, name: &str) -> Option<&Value> {
-                (self.lends && name == "github").then_some(&self.github)
-            }
-            fn ignore_case(&self) -> bool {
-                true
-            }
-            fn env(&self, name: &str) -> Option<String> {
-                Some(format!("env-{name}"))
-            }
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-            fn job_status(&self, _: &str) -> Option<String> {
-                None
-            }
-            fn upstream_succeeded(&self) -> bool {
-                true
-            }
-        }
         let lent = Gh {
             github: github.clone(),
             lends: true,

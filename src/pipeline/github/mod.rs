@@ -581,18 +581,6 @@ impl expr::Context for Known {
             _ => return None,
         })
     }
-    fn root(&self, name: &str) -> Option<Json> {
-        Some(match name {
-            "github" => (*self.github).clone(),
-            "runner" => self.runner.clone(),
-            "matrix" => self.matrix.clone(),
-            "strategy" => self.strategy.clone(),
-            "vars" => self.vars.clone(),
-            "inputs" => self.inputs.clone(),
-            "needs" if !self.needs.is_null() => self.needs.clone(),
-            _ => return None,
-        })
-    }
     fn ignore_case(&self) -> bool {
         true
     }
