@@ -612,6 +612,11 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             }
         },
         spares,
+        empty_folders: Arc::new(workspace::EmptyFolders::new(
+            record.dir().join("files"),
+            crate::exec::contain::available(),
+        )),
+        pipeline_vars: Default::default(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });
@@ -631,7 +636,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         finish_when_blocked: cfg.finish_when_blocked,
         repeat,
         cond_env,
-        vars: ctx.pipeline_vars(),
+        vars: ctx.pipeline_vars().clone(),
         seed: cfg.seed.unwrap_or_else(|| fastrand::u64(..)),
         capacity,
         learned: match usage.map(std::thread::JoinHandle::join) {
@@ -1480,9 +1485,7 @@ impl Actor {
             return;
         }
         tracing::info!(?changes, "pipeline changed and applied");
-        let mut ctx = (*self.ctx).clone();
-        ctx.pipeline = self.state.shared_pipeline();
-        self.ctx = Arc::new(ctx);
+        self.ctx = Arc::new(self.ctx.with_pipeline(self.state.shared_pipeline()));
         self.perform(effects, retry_tx);
     }
 

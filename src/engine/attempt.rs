@@ -141,6 +141,10 @@ pub struct RunContext {
     pub git_repo: Option<crate::exec::git::RunRepository>,
     /// Workspaces of ended jobs, made fresh again for the next ones.
     pub spares: Arc<workspace::Spares>,
+    /// Emptied `RUNNER_TEMP` folders of ended GitHub jobs, for the next ones.
+    pub empty_folders: Arc<workspace::EmptyFolders>,
+    /// [`RunContext::pipeline_vars`], worked out once.
+    pub pipeline_vars: std::sync::OnceLock<BTreeMap<String, String>>,
 }
 
 impl RunContext {
@@ -176,8 +180,23 @@ impl RunContext {
         s
     }
 
-    /// Variables of the pipeline level, for `vars.X`.
-    pub fn pipeline_vars(&self) -> BTreeMap<String, String> {
+    /// The same context for an edited file's pipeline: what was worked out
+    /// from the old one is not kept.
+    pub fn with_pipeline(&self, pipeline: Arc<Pipeline>) -> RunContext {
+        RunContext {
+            pipeline,
+            pipeline_vars: std::sync::OnceLock::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Variables of the pipeline level, for `vars.X`: the same for every
+    /// job, so worked out once.
+    pub fn pipeline_vars(&self) -> &BTreeMap<String, String> {
+        self.pipeline_vars.get_or_init(|| self.resolve_pipeline_vars())
+    }
+
+    fn resolve_pipeline_vars(&self) -> BTreeMap<String, String> {
         let mut s = Scope::new();
         s.lenient(self.pipeline.undefined_is_empty);
         s.push_layer(self.cli_vars.iter().cloned()).push_layer(

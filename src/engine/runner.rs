@@ -198,6 +198,9 @@ struct Leftovers {
     step_files: bool,
     /// The attempt's file variables' folder.
     files: Option<PathBuf>,
+    /// A GitHub job's `RUNNER_TEMP`, emptied (as GitHub's runner empties
+    /// it) and kept for a next job.
+    temp: Option<PathBuf>,
 }
 
 impl Leftovers {
@@ -205,7 +208,7 @@ impl Leftovers {
         if self.step_files {
             remove_step_files(ctx, job, attempt);
         }
-        if self.workspace.is_none() && self.files.is_none() {
+        if self.workspace.is_none() && self.files.is_none() && self.temp.is_none() {
             return;
         }
         let c = ctx.clone();
@@ -223,6 +226,9 @@ impl Leftovers {
             }
             if let Some(dir) = self.files {
                 let _ = std::fs::remove_dir_all(dir);
+            }
+            if let Some(dir) = self.temp {
+                c.empty_folders.give(&dir);
             }
         })
         .await;
@@ -544,6 +550,8 @@ async fn attempt_outcome(ctx: &Arc<RunContext>, a: &Attempt, leftovers: &mut Lef
     }
     if !job.file_vars.is_empty() && !kept_failed {
         leftovers.files = Some(files_dir(ctx, job, a.attempt));
+    } else if job.file_commands && on_host(job) && !ctx.keep_workspaces && !kept_failed {
+        leftovers.temp = Some(files_dir(ctx, job, a.attempt));
     }
     outcome
 }
@@ -750,7 +758,7 @@ fn job_expr(ctx: &RunContext, a: &Attempt, job: &Job, text: &str) -> Result<Stri
     let paths = github_paths(ctx, job, a, 0, &ctx.workspace(job, a.attempt));
     let context = StepCtx {
         env: &env,
-        vars: &vars,
+        vars,
         statuses: &statuses,
         steps: Some(&steps),
         secrets: Some(&secrets),
@@ -913,6 +921,12 @@ async fn run_steps(
     network: Option<String>,
 ) -> Outcome {
     let vars = ctx.pipeline_vars();
+    // A host job's `RUNNER_TEMP` is the attempt's folder (see
+    // `runner_dirs`): an ended job's, emptied, if there is one. Should
+    // that fail, the steps make a new one (and tell what is wrong).
+    if job.file_commands && on_host(job) {
+        let _ = ctx.empty_folders.take(&files_dir(ctx, job, a.attempt));
+    }
     let network = network.as_deref();
     let mut outcome = Outcome::success();
     let mut carried = filecmd::Carried::default();
@@ -928,16 +942,16 @@ async fn run_steps(
         // those it is.
         let chain = call_chain(job, index);
         while carried.frames.last().is_some_and(|f| !chain.contains(&f.call)) {
-            leave_call(ctx, a, job, index, ws, &vars, &mut carried, &mut outcome).await;
+            leave_call(ctx, a, job, index, ws, vars, &mut carried, &mut outcome).await;
         }
         for &call in chain.iter().skip(carried.frames.len()) {
-            enter_call(ctx, a, job, index, ws, &vars, &mut carried, call).await;
+            enter_call(ctx, a, job, index, ws, vars, &mut carried, call).await;
         }
         if carried.frames.iter().any(|f| f.skipped) {
             continue;
         }
         let before = carried.failed || carried.stopped;
-        let runs = match step_runs(ctx, a, job, index, ws, &vars, &carried, step.condition.as_deref()) {
+        let runs = match step_runs(ctx, a, job, index, ws, vars, &carried, step.condition.as_deref()) {
             Ok(runs) => runs,
             Err(msg) => {
                 let msg = format!("step `{}`: {msg}", step.name);
@@ -990,22 +1004,17 @@ async fn run_steps(
             None => None,
         };
         let ran = match (&step.builtin, &files) {
-            (Some(b), Some(f)) => Some(run_builtin(ctx, a, job, index, ws, &vars, &mut carried, f, b).await),
+            (Some(b), Some(f)) => Some(run_builtin(ctx, a, job, index, ws, vars, &mut carried, f, b).await),
             _ => None,
         };
         let github = files.as_ref().map(|f| (f, &carried));
         let ran = match (ran, carried.stopped) {
             (Some(ran), _) => ran,
-            (None, false) => {
-                run_step(
-                    ctx, a, job, index, ws, deadline, &vars, network, &a.cancel, None, github,
-                )
-                .await
-            }
+            (None, false) => run_step(ctx, a, job, index, ws, deadline, vars, network, &a.cancel, None, github).await,
             (None, true) => {
                 let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
                 let cancel = CancellationToken::new();
-                run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, None, github).await
+                run_step(ctx, a, job, index, ws, own, vars, network, &cancel, None, github).await
             }
         };
         if let Some(f) = &files {
@@ -1088,10 +1097,10 @@ async fn run_steps(
     }
     let last = steps.last().copied().unwrap_or(0);
     while !carried.frames.is_empty() {
-        leave_call(ctx, a, job, last, ws, &vars, &mut carried, &mut outcome).await;
+        leave_call(ctx, a, job, last, ws, vars, &mut carried, &mut outcome).await;
     }
     if job.file_commands && !job.outputs.is_empty() {
-        job_outputs(ctx, a, job, &vars, &carried).await;
+        job_outputs(ctx, a, job, vars, &carried).await;
     }
     // GitLab's words, as its after_script sees them.
     let status = match outcome.failure {
@@ -1104,7 +1113,7 @@ async fn run_steps(
         // Its own time and its own cancel: the job's are likely spent.
         let own = Instant::now() + step.timeout.unwrap_or(crate::pipeline::model::CLEANUP_TIMEOUT);
         let cancel = CancellationToken::new();
-        let ran = run_step(ctx, a, job, index, ws, own, &vars, network, &cancel, Some(status), None).await;
+        let ran = run_step(ctx, a, job, index, ws, own, vars, network, &cancel, Some(status), None).await;
         if let Some(c) = ran.class {
             let name: Arc<str> = Arc::from(step.name.as_str());
             note(
@@ -2664,6 +2673,8 @@ mod tests {
                 0,
                 false,
             )),
+            empty_folders: Default::default(),
+            pipeline_vars: Default::default(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -617,6 +617,10 @@ pub struct RunRepository {
     pub git_dir: PathBuf,
     /// The commit jobs start from.
     pub head: String,
+    /// The files each job's `.git` links to (see [`link_git`]), by device
+    /// and inode, as they were made: what [`linked`] compares a
+    /// workspace's links with. `None` when they could not be read.
+    links: Option<[(u64, u64); 3]>,
 }
 
 /// Where the files every job's `.git` holds alike are kept, in the run's
@@ -629,7 +633,16 @@ impl RunRepository {
         std::fs::create_dir_all(&shared).ok()?;
         std::fs::write(shared.join("HEAD"), format!("{head}\n")).ok()?;
         std::fs::write(shared.join("commondir"), format!("{}\n", git_dir.display())).ok()?;
-        Some(RunRepository { git_dir, head })
+        let id = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+        };
+        let links = [shared.join("HEAD"), shared.join("commondir"), git_dir.join("index")]
+            .iter()
+            .map(|p| id(p))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| <[(u64, u64); 3]>::try_from(v).ok());
+        Some(RunRepository { git_dir, head, links })
     }
 }
 
@@ -807,18 +820,20 @@ pub fn link_git(ws: &Path, repo: &RunRepository) -> io::Result<()> {
 /// replaces a link with a file of its own).
 pub fn linked(ws: &Path, repo: &RunRepository) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let dot_git = ws.join(".git");
-    let same = |a: &Path, b: &Path| match (std::fs::symlink_metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+    let Some(links) = repo.links else {
+        return false;
     };
-    let shared = repo.git_dir.join(SHARED);
-    let entries = std::fs::read_dir(&dot_git).map(Iterator::count).unwrap_or(0);
+    let dot_git = ws.join(".git");
+    // The run's own files are not looked at again: nothing replaces them
+    // while it lasts (a job's `git add` replaces its own link).
+    let same = |name: &str, (dev, ino): (u64, u64)| {
+        std::fs::symlink_metadata(dot_git.join(name)).is_ok_and(|m| m.is_file() && m.dev() == dev && m.ino() == ino)
+    };
     std::fs::symlink_metadata(&dot_git).is_ok_and(|m| m.is_dir())
-        && entries == 3
-        && same(&dot_git.join("HEAD"), &shared.join("HEAD"))
-        && same(&dot_git.join("commondir"), &shared.join("commondir"))
-        && same(&dot_git.join("index"), &repo.git_dir.join("index"))
+        && std::fs::read_dir(&dot_git).map(Iterator::count).unwrap_or(0) == 3
+        && same("HEAD", links[0])
+        && same("commondir", links[1])
+        && same("index", links[2])
 }
 
 /// A clone of its own in `ws` (for a container job, whose workspace is all

@@ -421,6 +421,74 @@ impl Spares {
     }
 }
 
+/// Emptied folders of a run's ended jobs, each renamed into place as a
+/// next job's private folder (a GitHub job's `RUNNER_TEMP`): a rename
+/// allocates nothing, where a new folder is an inode to find (on ext4
+/// without a journal, past every inode freed in the last minutes). Kept,
+/// as [`Spares`] are, only where every process of a host step is killed
+/// with it: one that outlived its job could write into the next job's.
+#[derive(Debug, Default)]
+pub struct EmptyFolders {
+    /// The folder they wait in; `None` keeps none.
+    pool: Option<PathBuf>,
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    /// How many were ever kept (each has a name of its own).
+    kept: std::sync::atomic::AtomicUsize,
+}
+
+impl EmptyFolders {
+    /// Folders kept in `pool` (the parent of the folders they are taken
+    /// as: a rename within a folder); none unless `contained`.
+    pub fn new(pool: PathBuf, contained: bool) -> EmptyFolders {
+        EmptyFolders {
+            pool: contained.then_some(pool),
+            ..Default::default()
+        }
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `dest` (which must not exist) an empty folder only its owner
+    /// may open (0700): a kept one, else a new one.
+    pub fn take(&self, dest: &Path) -> Result<(), crate::store::IoFailure> {
+        use std::os::unix::fs::PermissionsExt;
+        let kept = self.free().pop();
+        if let Some(dir) = kept
+            && std::fs::rename(&dir, dest).is_ok()
+        {
+            // A job may have opened its folder to others.
+            return std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+                .map_err(crate::store::io_err("cannot make private", dest));
+        }
+        crate::store::private_dir(dest)
+    }
+
+    /// Empties `dir`, the folder of an ended job, and keeps it for a next
+    /// [`EmptyFolders::take`], or removes it where none are kept. Nothing
+    /// in it is followed through a symlink; a symlink a job put in its
+    /// place is removed, not followed.
+    pub fn give(&self, dir: &Path) {
+        let folder = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+        if let Some(pool) = self.pool.as_ref().filter(|_| folder)
+            && prune(&[], dir, &|_| false).is_ok()
+        {
+            let n = self.kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = pool.join(format!(".empty-{n}"));
+            if std::fs::rename(dir, &name).is_ok() {
+                self.free().push(name);
+                return;
+            }
+        }
+        let _ = if folder {
+            std::fs::remove_dir_all(dir)
+        } else {
+            std::fs::remove_file(dir)
+        };
+    }
+}
+
 /// The project's files and the folders that hold them.
 fn wanted(
     files: &[PathBuf],
@@ -810,6 +878,55 @@ mod tests {
         spares.give(&files, &ws, &|_| false);
         assert!(!ws.exists());
         assert!(!spares.take(src.path(), &files, &runs.path().join("b.1"), &|_| false));
+    }
+
+    #[test]
+    fn an_emptied_folder_is_the_next_jobs_empty_private_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let files = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("keep"), "k").expect("write");
+        let folders = EmptyFolders::new(files.path().to_path_buf(), true);
+        // What a job leaves: files, a folder it closed, a link out, and
+        // its folder opened to everyone.
+        let a = files.path().join("a.1");
+        folders.take(&a).expect("made");
+        std::fs::write(a.join("token"), "secret").expect("write");
+        std::fs::create_dir_all(a.join("sub/deep")).expect("mkdir");
+        std::fs::set_permissions(a.join("sub/deep"), std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        std::os::unix::fs::symlink(outside.path(), a.join("out")).expect("symlink");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
+        let was = inode(&a);
+        folders.give(&a);
+        assert!(!a.exists());
+        let b = files.path().join("b.1");
+        folders.take(&b).expect("taken");
+        assert_eq!(inode(&b), was, "the same folder, renamed");
+        assert_eq!(std::fs::read_dir(&b).expect("list").count(), 0);
+        assert_eq!(std::fs::metadata(&b).expect("stat").permissions().mode() & 0o777, 0o700);
+        assert_eq!(read(&outside.path().join("keep")), "k", "a link is not followed");
+        // A folder a job replaced with a link is removed, not followed.
+        std::fs::remove_dir(&b).expect("rmdir");
+        std::os::unix::fs::symlink(outside.path(), &b).expect("symlink");
+        folders.give(&b);
+        assert!(std::fs::symlink_metadata(&b).is_err());
+        assert_eq!(read(&outside.path().join("keep")), "k");
+        // Without containment nothing is kept: an ended job's folder goes.
+        let folders = EmptyFolders::new(files.path().to_path_buf(), false);
+        let c = files.path().join("c.1");
+        folders.take(&c).expect("made");
+        std::fs::write(c.join("token"), "secret").expect("write");
+        folders.give(&c);
+        assert!(!c.exists());
+        let d = files.path().join("d.1");
+        folders.take(&d).expect("made");
+        assert_eq!(std::fs::metadata(&d).expect("stat").permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::read_dir(files.path()).expect("list").count(),
+            1,
+            "only d.1: nothing kept"
+        );
     }
 
     #[test]

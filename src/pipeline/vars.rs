@@ -114,20 +114,31 @@ impl Scope {
         self
     }
 
-    fn definition(&self, name: &str, from_layer: usize) -> Option<(usize, &str)> {
-        self.layers.iter().enumerate().skip(from_layer).find_map(|(i, layer)| {
-            layer
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| (i, v.as_str()))
-        })
+    /// Where `name` is defined at `from_layer` or below: its layer and its
+    /// place in the layer (a layer's last definition of a name wins).
+    fn definition(&self, name: &str, from_layer: usize) -> Option<(usize, usize)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .skip(from_layer)
+            .find_map(|(i, layer)| layer.iter().rposition(|(k, _)| k == name).map(|at| (i, at)))
     }
 
     /// Every variable, resolved. Keys sorted for stable output.
     pub fn resolve_all(&self) -> Result<BTreeMap<String, String>, (String, VarError)> {
+        // Each name's definition of highest precedence, found once: a
+        // scan of every layer per name and per reference is quadratic in
+        // the variables (a job has a hundred: the machine's, the
+        // pipeline's, its own).
+        let mut top: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            for (at, (name, _)) in layer.iter().enumerate() {
+                top.insert(name.as_str(), (i, at));
+            }
+        }
         let mut r = Resolver {
             scope: self,
+            top: Some(top),
             memo: HashMap::new(),
             stack: Vec::new(),
             produced: 0,
@@ -149,6 +160,7 @@ impl Scope {
     pub fn resolve(&self, name: &str) -> Result<Option<String>, VarError> {
         Resolver {
             scope: self,
+            top: None,
             memo: HashMap::new(),
             stack: Vec::new(),
             produced: 0,
@@ -161,6 +173,7 @@ impl Scope {
     pub fn resolve_from(&self, name: &str, layer: usize) -> Result<Option<String>, VarError> {
         Resolver {
             scope: self,
+            top: None,
             memo: HashMap::new(),
             stack: Vec::new(),
             produced: 0,
@@ -172,6 +185,7 @@ impl Scope {
     pub fn expand(&self, template: &str) -> Result<String, VarError> {
         let mut r = Resolver {
             scope: self,
+            top: None,
             memo: HashMap::new(),
             stack: Vec::new(),
             produced: 0,
@@ -182,9 +196,13 @@ impl Scope {
 
 struct Resolver<'a> {
     scope: &'a Scope,
-    memo: HashMap<(String, usize), Option<String>>,
-    /// Variables being resolved, for cycle detection.
-    stack: Vec<(String, usize)>,
+    /// Each name's definition of highest precedence, when worked out
+    /// beforehand ([`Scope::resolve_all`]); else the layers are scanned.
+    top: Option<HashMap<&'a str, (usize, usize)>>,
+    /// Resolved definitions, by layer and place in it.
+    memo: HashMap<(usize, usize), String>,
+    /// Definitions being resolved, for cycle detection.
+    stack: Vec<(usize, usize)>,
     /// Bytes of resolved values so far, against [`MAX_TOTAL`].
     produced: usize,
 }
@@ -193,23 +211,29 @@ impl Resolver<'_> {
     /// The value of `name` as seen from `from_layer` (references inside a
     /// definition at layer L see every layer; self-references see L+1..).
     fn lookup(&mut self, name: &str, from_layer: usize) -> Result<Option<String>, VarError> {
-        let Some((layer, raw)) = self.scope.definition(name, from_layer) else {
+        let found = match self.top.as_ref().and_then(|t| t.get(name)) {
+            Some(&(layer, at)) if layer >= from_layer => Some((layer, at)),
+            _ => self.scope.definition(name, from_layer),
+        };
+        let Some(key) = found else {
             return Ok(None);
         };
-        let key = (name.to_string(), layer);
         if let Some(v) = self.memo.get(&key) {
-            return Ok(v.clone());
+            return Ok(Some(v.clone()));
         }
-        if self.stack.contains(&key) {
-            let start = self.stack.iter().position(|k| k == &key).unwrap_or(0);
-            let mut path: Vec<String> = self.stack[start..].iter().map(|(n, _)| n.clone()).collect();
+        if let Some(start) = self.stack.iter().position(|k| k == &key) {
+            let mut path: Vec<String> = self.stack[start..]
+                .iter()
+                .map(|&(layer, at)| self.scope.layers[layer][at].0.clone())
+                .collect();
             path.push(name.to_string());
             return Err(VarError::Cycle(path));
         }
         if self.stack.len() >= MAX_DEPTH {
             return Err(VarError::TooDeep);
         }
-        self.stack.push(key.clone());
+        let (layer, raw) = (key.0, self.scope.layers[key.0][key.1].1.as_str());
+        self.stack.push(key);
         let result = self.expand_in(raw, Some((name, layer)));
         self.stack.pop();
         let value = result?;
@@ -217,7 +241,7 @@ impl Resolver<'_> {
         if self.produced > MAX_TOTAL {
             return Err(VarError::TooMuch);
         }
-        self.memo.insert(key, Some(value.clone()));
+        self.memo.insert(key, value.clone());
         Ok(Some(value))
     }
 
@@ -471,6 +495,34 @@ mod tests {
     fn self_reference_reads_the_layer_below() {
         let s = scope(&[&[("PATH", "/opt/bin:$PATH")], &[("PATH", "/usr/bin")]]);
         assert_eq!(s.resolve("PATH").unwrap().unwrap(), "/opt/bin:/usr/bin");
+    }
+
+    #[test]
+    fn all_at_once_resolves_each_name_as_alone() {
+        // Names in several layers, a layer that defines one twice (the
+        // last wins), self-references through two layers, references up
+        // and down the layers.
+        let s = scope(&[
+            &[("PATH", "/opt/bin:$PATH"), ("X", "top-$Y"), ("X", "top2-$Y")],
+            &[("PATH", "/usr/local/bin:${PATH}"), ("Y", "mid-$Z")],
+            &[("PATH", "/usr/bin"), ("Z", "low"), ("Y", "shadowed"), ("W", "$X")],
+        ]);
+        let all = s.resolve_all().unwrap();
+        assert_eq!(all.len(), 5);
+        for (name, value) in &all {
+            assert_eq!(s.resolve(name).unwrap().as_ref(), Some(value), "{name}");
+        }
+        assert_eq!(all["PATH"], "/opt/bin:/usr/local/bin:/usr/bin");
+        assert_eq!(all["W"], "top2-mid-low");
+        // A cycle is the same error either way.
+        let s = scope(&[&[("A", "$B"), ("B", "${C}")], &[("C", "$A")]]);
+        match s.resolve_all() {
+            Err((name, VarError::Cycle(path))) => {
+                assert_eq!(name, "A");
+                assert_eq!(path, ["A", "B", "C", "A"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
