@@ -446,26 +446,47 @@ const PREALLOCATED: usize = 8_192;
 /// The texts of one read, each made once: the rows of a pipeline's history
 /// repeat their run, job, definition, commit and outcome, so thousands of
 /// rows share a few hundred strings instead of holding ten each.
+///
+/// Rows come run by run, so most columns (the run, the pipeline, the
+/// commit, the outcome) hold what they held in the row before: each
+/// column's last text is compared first, and only a new one is looked up.
 #[derive(Default)]
-struct Texts(std::collections::HashSet<ArcStr>);
+struct Texts {
+    made: std::collections::HashSet<ArcStr>,
+    /// The last text of each column, by its index.
+    last: Vec<Option<ArcStr>>,
+}
 
 impl Texts {
     fn of(&mut self, s: &str) -> ArcStr {
-        if let Some(t) = self.0.get(s) {
+        if let Some(t) = self.made.get(s) {
             return t.clone();
         }
         let t = ArcStr::from(s);
-        self.0.insert(t.clone());
+        self.made.insert(t.clone());
         t
     }
 
     /// Column `i` of `row`: text, or NULL.
     fn maybe(&mut self, row: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<ArcStr>> {
         let value = row.get_ref(i)?;
-        let text = value
+        let Some(text) = value
             .as_str_or_null()
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e)))?;
-        Ok(text.map(|s| self.of(s)))
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e)))?
+        else {
+            return Ok(None);
+        };
+        if let Some(Some(last)) = self.last.get(i)
+            && last.as_str() == text
+        {
+            return Ok(Some(last.clone()));
+        }
+        let t = self.of(text);
+        if self.last.len() <= i {
+            self.last.resize(i + 1, None);
+        }
+        self.last[i] = Some(t.clone());
+        Ok(Some(t))
     }
 
     /// The attempt in `row`, whose columns are [`select`]'s, in its order.
@@ -863,6 +884,27 @@ mod tests {
             assert!(ArcStr::ptr_eq(&got[1].run_id, &got[2].run_id));
             assert!(!ArcStr::ptr_eq(&got[0].run_id, &got[1].run_id));
         }
+    }
+
+    #[test]
+    fn a_text_that_comes_back_after_another_or_a_null_is_the_one_made_first() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let mut failed = row("r2", "test", 1, "failed", 20);
+        failed.failure_class = Some("test".into());
+        let rows = [
+            row("r1", "test", 1, "passed", 10),
+            row("r1", "lint", 1, "passed", 11),
+            failed,
+            row("r2", "lint", 1, "passed", 21),
+        ];
+        insert(&conn, &rows).unwrap();
+        let all = select(&conn, &Filter::default()).unwrap();
+        assert_eq!(all, rows);
+        assert!(ArcStr::ptr_eq(&all[0].job, &all[2].job), "test");
+        assert!(ArcStr::ptr_eq(&all[1].job, &all[3].job), "lint");
+        assert!(ArcStr::ptr_eq(&all[0].outcome, &all[3].outcome), "passed");
+        assert_eq!(all[3].failure_class, None, "a NULL after a text");
     }
 
     #[test]
