@@ -212,7 +212,11 @@ impl Leftovers {
             return;
         }
         let c = ctx.clone();
-        let small = small_project(ctx);
+        // A job's `RUNNER_TEMP` may hold anything (a toolchain an action
+        // unpacked): emptying it is the blocking pool's work unless it is
+        // empty already.
+        let empty = |t: &Path| std::fs::read_dir(t).is_ok_and(|mut d| d.next().is_none());
+        let small = small_project(ctx) && self.temp.as_deref().is_none_or(empty);
         let _ = fs_work(small, move || {
             if let Some(ws) = self.workspace {
                 // The run's `.git` links stay; a container job's clone goes.

@@ -421,6 +421,10 @@ impl Spares {
     }
 }
 
+/// Emptied folders kept at most by a run: as many as its jobs that end
+/// together, for as many that start together; more are removed.
+const MAX_EMPTY_FOLDERS: usize = 64;
+
 /// Emptied folders of a run's ended jobs, each renamed into place as a
 /// next job's private folder (a GitHub job's `RUNNER_TEMP`): a rename
 /// allocates nothing, where a new folder is an inode to find (on ext4
@@ -455,12 +459,16 @@ impl EmptyFolders {
     pub fn take(&self, dest: &Path) -> Result<(), crate::store::IoFailure> {
         use std::os::unix::fs::PermissionsExt;
         let kept = self.free().pop();
-        if let Some(dir) = kept
-            && std::fs::rename(&dir, dest).is_ok()
-        {
-            // A job may have opened its folder to others.
-            return std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
-                .map_err(crate::store::io_err("cannot make private", dest));
+        if let Some(dir) = kept {
+            if std::fs::rename(&dir, dest).is_ok() {
+                // A job may have opened its folder to others.
+                return std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+                    .map_err(crate::store::io_err("cannot make private", dest));
+            }
+            // Kept for the next one (`dest` was in the way).
+            if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                self.free().push(dir);
+            }
         }
         crate::store::private_dir(dest)
     }
@@ -471,7 +479,8 @@ impl EmptyFolders {
     /// place is removed, not followed.
     pub fn give(&self, dir: &Path) {
         let folder = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
-        if let Some(pool) = self.pool.as_ref().filter(|_| folder)
+        let room = self.free().len() < MAX_EMPTY_FOLDERS;
+        if let Some(pool) = self.pool.as_ref().filter(|_| folder && room)
             && prune(&[], dir, &|_| false).is_ok()
         {
             let n = self.kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -912,6 +921,18 @@ mod tests {
         folders.give(&b);
         assert!(std::fs::symlink_metadata(&b).is_err());
         assert_eq!(read(&outside.path().join("keep")), "k");
+        // As many are kept as jobs end together, up to a bound.
+        let many = tempfile::tempdir().expect("tempdir");
+        let folders = EmptyFolders::new(many.path().to_path_buf(), true);
+        for n in 0..=MAX_EMPTY_FOLDERS {
+            let dir = many.path().join(format!("j{n}.1"));
+            folders.take(&dir).expect("made");
+            std::fs::write(dir.join("f"), "x").expect("write");
+        }
+        for n in 0..=MAX_EMPTY_FOLDERS {
+            folders.give(&many.path().join(format!("j{n}.1")));
+        }
+        assert_eq!(std::fs::read_dir(many.path()).expect("list").count(), MAX_EMPTY_FOLDERS);
         // Without containment nothing is kept: an ended job's folder goes.
         let folders = EmptyFolders::new(files.path().to_path_buf(), false);
         let c = files.path().join("c.1");
