@@ -329,11 +329,21 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 
 /// A hint naming the closest candidate and listing all valid ones.
 pub fn suggestion_hint(word: &str, candidates: &[&str], what: &str) -> String {
+    known_word_hint(word, &[], candidates, what)
+}
+
+/// [`suggestion_hint`], but a word another format uses for a candidate
+/// (`known`: that word, the candidate) names the candidate, however little
+/// the two look alike (GitLab's `needs` is trackside's `depends_on`).
+pub fn known_word_hint(word: &str, known: &[(&str, &str)], candidates: &[&str], what: &str) -> String {
     let list = if candidates.len() > 12 {
         format!("{}, ... ({} in all)", candidates[..12].join(", "), candidates.len())
     } else {
         candidates.join(", ")
     };
+    if let Some((_, ours)) = known.iter().find(|(theirs, _)| *theirs == word) {
+        return format!("trackside's own format writes `{word}` as `{ours}`; valid {what}: {list}");
+    }
     match did_you_mean(word, candidates.iter().copied()) {
         Some(best) => format!("did you mean `{best}`? valid {what}: {list}"),
         None => format!("valid {what}: {list}"),

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::diag::{Diagnostic, MAX_COLLECTED, suggestion_hint};
+use super::diag::{Diagnostic, MAX_COLLECTED, known_word_hint};
 use super::expr;
 use super::model::EnvVar;
 use super::yaml::{Node, Pos, Value};
@@ -299,6 +299,19 @@ impl Cx<'_> {
 
     /// Checks that `node` is a mapping whose keys are all in `allowed`.
     pub(crate) fn mapping(&mut self, node: &Node, path: &str, allowed: &[&str], what: &str) -> bool {
+        self.mapping_of(node, path, allowed, &[], what)
+    }
+
+    /// [`Cx::mapping`], an unknown key that is another format's word for
+    /// an allowed one (`known`: theirs, ours) told which it is.
+    pub(crate) fn mapping_of(
+        &mut self,
+        node: &Node,
+        path: &str,
+        allowed: &[&str],
+        known: &[(&str, &str)],
+        what: &str,
+    ) -> bool {
         let Value::Map(items) = &node.value else {
             self.err(
                 node,
@@ -315,7 +328,7 @@ impl Cx<'_> {
                     k,
                     &join(path, &name),
                     format!("unknown key `{name}` in {what}"),
-                    suggestion_hint(&name, allowed, "keys"),
+                    known_word_hint(&name, known, allowed, "keys"),
                 );
             }
         }

@@ -40,6 +40,25 @@ const JOB_KEYS: [&str; 29] = [
     "deploy",
     "reports",
 ];
+/// Words GitLab's and GitHub's formats use for a job's keys, and
+/// trackside's for each: an unknown key that is one of them is told which.
+const JOB_WORDS: [(&str, &str); 7] = [
+    ("needs", "depends_on"),
+    ("variables", "environment"),
+    ("env", "environment"),
+    ("retry", "retry_count"),
+    ("timeout-minutes", "timeout"),
+    ("continue-on-error", "allow_failure"),
+    ("if", "conditional"),
+];
+/// The same for a step's keys (GitHub's).
+const STEP_WORDS: [(&str, &str); 5] = [
+    ("run", "script"),
+    ("env", "environment"),
+    ("working-directory", "working_directory"),
+    ("continue-on-error", "continue_on_failure"),
+    ("timeout-minutes", "timeout"),
+];
 const STEP_KEYS: [&str; 9] = [
     "name",
     "script",
@@ -113,7 +132,7 @@ impl Cx<'_> {
                 "use letters, digits, `-`, `_` and `.` (at most 100), starting with a letter or digit",
             );
         }
-        if !self.mapping(node, &path, &JOB_KEYS, &format!("job `{name}`")) {
+        if !self.mapping_of(node, &path, &JOB_KEYS, &JOB_WORDS, &format!("job `{name}`")) {
             return None;
         }
         let job_image = get(node, "image").and_then(|n| self.string(n, &join(&path, "image")));
@@ -394,7 +413,7 @@ impl Cx<'_> {
     }
 
     pub(crate) fn step(&mut self, node: &Node, path: &str, index: usize) -> Option<Step> {
-        if !self.mapping(node, path, &STEP_KEYS, "a step") {
+        if !self.mapping_of(node, path, &STEP_KEYS, &STEP_WORDS, "a step") {
             return None;
         }
         let name = get(node, "name")

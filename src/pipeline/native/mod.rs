@@ -741,6 +741,42 @@ mod tests {
     }
 
     #[test]
+    fn another_formats_word_for_a_key_is_told_trackside_s() {
+        let src = "name: x\njobs:\n  a:\n    steps:\n      - script: echo\n  b:\n    needs: [a]\n    steps:\n      - run: echo\n        env: {A: b}\n";
+        let report = parse_source(Path::new("t.yml"), src.to_string(), &LoadOptions::default()).unwrap_err();
+        let hint = |line: usize| {
+            report
+                .items
+                .iter()
+                .find(|d| d.line == line)
+                .and_then(|d| d.hint.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            hint(7).starts_with("trackside's own format writes `needs` as `depends_on`"),
+            "{}",
+            hint(7)
+        );
+        assert!(hint(9).contains("`run` as `script`"), "{}", hint(9));
+        assert!(hint(10).contains("`env` as `environment`"), "{}", hint(10));
+        // A word no other format has still gets the closest key.
+        let report = parse_source(
+            Path::new("t.yml"),
+            "name: x\njobs:\n  a:\n    stepz: []\n".to_string(),
+            &LoadOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            report.items.iter().any(|d| d
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("did you mean `steps`?"))),
+            "{:?}",
+            report.items
+        );
+    }
+
+    #[test]
     fn undefined_variable_points_at_its_value() {
         let src = "name: x\nglobal_env:\n  A: \"$NOPE\"\n  B: \"${NOPE2:-ok}\"\njobs:\n  a:\n    steps:\n      - script: echo\n";
         let errs = check(src).unwrap_err();
