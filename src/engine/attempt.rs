@@ -144,7 +144,7 @@ pub struct RunContext {
     /// Emptied `RUNNER_TEMP` folders of ended GitHub jobs, for the next ones.
     pub empty_folders: Arc<workspace::EmptyFolders>,
     /// [`RunContext::pipeline_vars`], worked out once.
-    pub pipeline_vars: std::sync::OnceLock<BTreeMap<String, String>>,
+    pub(super) pipeline_vars: std::sync::OnceLock<BTreeMap<String, String>>,
 }
 
 impl RunContext {

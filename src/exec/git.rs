@@ -633,15 +633,17 @@ impl RunRepository {
         std::fs::create_dir_all(&shared).ok()?;
         std::fs::write(shared.join("HEAD"), format!("{head}\n")).ok()?;
         std::fs::write(shared.join("commondir"), format!("{}\n", git_dir.display())).ok()?;
-        let id = |p: &Path| {
+        let id = |p: PathBuf| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
         };
-        let links = [shared.join("HEAD"), shared.join("commondir"), git_dir.join("index")]
-            .iter()
-            .map(|p| id(p))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| <[(u64, u64); 3]>::try_from(v).ok());
+        let links = (|| {
+            Some([
+                id(shared.join("HEAD"))?,
+                id(shared.join("commondir"))?,
+                id(git_dir.join("index"))?,
+            ])
+        })();
         Some(RunRepository { git_dir, head, links })
     }
 }

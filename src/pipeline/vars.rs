@@ -136,13 +136,7 @@ impl Scope {
                 top.insert(name.as_str(), (i, at));
             }
         }
-        let mut r = Resolver {
-            scope: self,
-            top: Some(top),
-            memo: HashMap::new(),
-            stack: Vec::new(),
-            produced: 0,
-        };
+        let mut r = Resolver::new(self, Some(top));
         let mut out = BTreeMap::new();
         for layer in &self.layers {
             for (name, _) in layer {
@@ -158,39 +152,18 @@ impl Scope {
 
     /// Resolves one variable by name (its highest-precedence definition).
     pub fn resolve(&self, name: &str) -> Result<Option<String>, VarError> {
-        Resolver {
-            scope: self,
-            top: None,
-            memo: HashMap::new(),
-            stack: Vec::new(),
-            produced: 0,
-        }
-        .lookup(name, 0)
+        Resolver::new(self, None).lookup(name, 0)
     }
 
     /// Resolves the definition of `name` found at `layer` or below (validation
     /// checks each layer's own definitions this way).
     pub fn resolve_from(&self, name: &str, layer: usize) -> Result<Option<String>, VarError> {
-        Resolver {
-            scope: self,
-            top: None,
-            memo: HashMap::new(),
-            stack: Vec::new(),
-            produced: 0,
-        }
-        .lookup(name, layer)
+        Resolver::new(self, None).lookup(name, layer)
     }
 
     /// Expands a template against the whole scope.
     pub fn expand(&self, template: &str) -> Result<String, VarError> {
-        let mut r = Resolver {
-            scope: self,
-            top: None,
-            memo: HashMap::new(),
-            stack: Vec::new(),
-            produced: 0,
-        };
-        r.expand(template, 0)
+        Resolver::new(self, None).expand(template, 0)
     }
 }
 
@@ -207,7 +180,17 @@ struct Resolver<'a> {
     produced: usize,
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    fn new(scope: &'a Scope, top: Option<HashMap<&'a str, (usize, usize)>>) -> Resolver<'a> {
+        Resolver {
+            scope,
+            top,
+            memo: HashMap::new(),
+            stack: Vec::new(),
+            produced: 0,
+        }
+    }
+
     /// The value of `name` as seen from `from_layer` (references inside a
     /// definition at layer L see every layer; self-references see L+1..).
     fn lookup(&mut self, name: &str, from_layer: usize) -> Result<Option<String>, VarError> {
