@@ -480,7 +480,7 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
         (read, rx)
     };
     let artifact_limits = crate::store::gc::artifact_limits(&cfg.state_dir)?;
-    // `-j auto`: one job per core to start with, CPU tokens for as many as
+    // `-j auto`: a job more than the cores to start with, CPU tokens for as many as
     // it may ever allow.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut auto = cfg.auto_parallel.then(|| {

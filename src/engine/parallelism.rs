@@ -1,6 +1,11 @@
 //! `-j auto`: how many jobs run at once, adjusted from how hard the machine
 //! is pressed.
 //!
+//! It starts at one job more than the cores ([`Controller::new`]): between
+//! one job's end and the next one's start a core would wait on trackside's
+//! own work (the record, the workspace, the spawn), and the extra job fills
+//! that gap, as ninja's default of a job or two over the cores does.
+//!
 //! Once a second the actor gives the [`Controller`] a [`Reading`]: the share
 //! of the last interval in which some task stalled waiting for CPU, memory
 //! or I/O (Linux's pressure stall information), and the memory available.
@@ -62,11 +67,11 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts at one job per core.
+    /// Starts at one job per core and one more.
     pub fn new(cores: usize, margin: u64) -> Self {
         let cores = cores.max(1);
         Controller {
-            limit: cores,
+            limit: cores + 1,
             max: cores.saturating_mul(FACTOR),
             margin,
             admit: true,
@@ -183,6 +188,14 @@ mod tests {
     }
 
     #[test]
+    fn it_starts_at_one_job_more_than_the_cores_and_at_most_the_cap() {
+        assert_eq!((Controller::new(2, GIB).limit(), Controller::new(2, GIB).max()), (3, 4));
+        assert_eq!(Controller::new(8, GIB).limit(), 9);
+        // No cores known counts as one.
+        assert_eq!((Controller::new(0, GIB).limit(), Controller::new(0, GIB).max()), (2, 2));
+    }
+
+    #[test]
     fn memory_pressure_halves_the_limit_at_once_and_stops_starts_until_it_passes() {
         let mut c = Controller::new(8, GIB);
         let changes = run(
@@ -215,7 +228,7 @@ mod tests {
         let mut c = Controller::new(4, GIB);
         let hot: Vec<_> = (0..10).map(|_| (r(0.8, 0.0), true)).collect();
         let changes = run(&mut c, &hot);
-        assert_eq!(changes.iter().map(|c| c.limit).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(changes.iter().map(|c| c.limit).collect::<Vec<_>>(), [4, 3]);
         assert_eq!(changes[0].reason, "CPU pressure: 80% stalled for 5 s; one fewer");
         // A dip resets the count: four hot readings are not five.
         let mut c = Controller::new(4, GIB);
@@ -223,9 +236,9 @@ mod tests {
         mixed.push((r(0.3, 0.0), true));
         mixed.extend((0..4).map(|_| (r(0.8, 0.0), true)));
         assert!(run(&mut c, &mixed).is_empty());
-        // Never below one.
+        // Never below one: one core starts at two, and comes down once.
         let mut c = Controller::new(1, GIB);
-        assert!(run(&mut c, &hot).is_empty());
+        assert_eq!(run(&mut c, &hot).iter().map(|c| c.limit).collect::<Vec<_>>(), [1]);
         assert_eq!(c.limit(), 1);
     }
 
@@ -237,7 +250,7 @@ mod tests {
         assert!(run(&mut c, &idle).is_empty());
         let busy: Vec<_> = (0..60).map(|_| (r(0.05, 0.0), true)).collect();
         let changes = run(&mut c, &busy);
-        assert_eq!(changes.iter().map(|c| c.limit).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(changes.iter().map(|c| c.limit).collect::<Vec<_>>(), [4]);
         assert_eq!(c.limit(), 2 * FACTOR, "capped at the cores times the factor");
     }
 }
