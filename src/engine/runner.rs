@@ -1897,11 +1897,15 @@ fn prepare_step(
         for (k, v) in files.variables() {
             env.insert(k.to_string(), v);
         }
-        // The runner's folders, and the event's payload as a file.
+        // The runner's folders, and the event's payload as a file. On the
+        // host, RUNNER_TEMP is the step files' folder, made (0700) with
+        // them; the tool cache, kept between runs, is made once a run.
         let (temp, tools) = runner_dirs(ctx, job, a.attempt);
-        for d in [&temp, &tools] {
-            crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+        let make = |d: &Path| crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()));
+        if !on_host(job) {
+            make(&temp)?;
         }
+        ctx.tool_cache.get_or_init(|| make(&tools)).clone()?;
         env.insert("RUNNER_TEMP".into(), temp.display().to_string());
         env.insert("RUNNER_TOOL_CACHE".into(), tools.display().to_string());
         let (event, text) = event_file(ctx, job, a);
@@ -2679,6 +2683,7 @@ mod tests {
             )),
             empty_folders: Default::default(),
             pipeline_vars: Default::default(),
+            tool_cache: Default::default(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))

@@ -349,10 +349,6 @@ fn quote(path: &std::path::Path) -> String {
     format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
 }
 
-/// The shell, as an absolute path. With a bare `sh` and a replaced
-/// environment, std must search the job's PATH itself and falls back from
-/// posix_spawn to fork, which copies trackside's page tables for every step:
-/// the dominant cost with a thousand jobs at once.
 /// Moves the calling process into the cgroup whose `cgroup.procs` is
 /// `procs` (writing `0` means "this process").
 fn join_cgroup(procs: &std::ffi::CStr) {
@@ -384,6 +380,10 @@ fn program_path(name: &str, spec: &StepSpec) -> Option<PathBuf> {
         .find(|p| runnable(p))
 }
 
+/// The shell, as an absolute path. With a bare `sh` and a replaced
+/// environment, std must search the job's PATH itself and falls back from
+/// posix_spawn to fork, which copies trackside's page tables for every step:
+/// the dominant cost with a thousand jobs at once.
 fn shell_path() -> &'static std::path::Path {
     static SH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     SH.get_or_init(|| {
