@@ -1941,15 +1941,25 @@ fn prepare_step(
             env.insert("PATH".to_string(), path);
         }
     }
-    let statuses = a.statuses.clone();
-    let steps_context = github.map(|(_, c)| serde_json::Value::Object(c.steps.clone()));
-    let paths = github.map(|_| github_paths(ctx, job, a, index, ws));
-    let secrets_context = github.map(|_| secrets_context(ctx, job));
+    // The contexts an expression reads, made only if the step has one:
+    // a text without `${{` is itself.
+    let contexts = std::cell::OnceCell::new();
     let interp = |text: &str, env: &BTreeMap<String, String>| {
+        if !text.contains("${{") {
+            return Ok(text.to_string());
+        }
+        let (statuses, steps_context, paths, secrets_context) = contexts.get_or_init(|| {
+            (
+                a.statuses.clone(),
+                github.map(|(_, c)| serde_json::Value::Object(c.steps.clone())),
+                github.map(|_| github_paths(ctx, job, a, index, ws)),
+                github.map(|_| secrets_context(ctx, job)),
+            )
+        });
         let ctx = StepCtx {
             env,
             vars,
-            statuses: &statuses,
+            statuses,
             steps: steps_context.as_ref(),
             secrets: secrets_context.as_ref(),
             needs: github.map(|_| &*a.needs),

@@ -72,33 +72,52 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
 }
 
 /// The argument, environment and path strings as C strings, built before
-/// the clone (the child may not allocate).
+/// the clone (the child may not allocate). The arguments and the
+/// environment are one buffer of NUL-terminated strings (a step's hundred
+/// or so variables: one allocation, not one each), which `argv` and `envp`
+/// point into.
 struct Prepared {
     program: CString,
     cwd: CString,
-    _strings: Vec<CString>,
+    _strings: Vec<u8>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
 }
 
 impl Prepared {
     fn new(req: &Request<'_>) -> io::Result<Prepared> {
-        let mut strings = Vec::with_capacity(req.args.len() + req.env.len());
+        let no_nul = |b: &[u8]| match memchr::memchr(0, b) {
+            Some(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument")),
+            None => Ok(()),
+        };
+        let size = req.args.iter().map(|a| a.len() + 1).sum::<usize>()
+            + req.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        let mut strings = Vec::with_capacity(size);
+        let mut starts = Vec::with_capacity(req.args.len() + req.env.len());
         for a in req.args {
-            strings.push(c_string(a.as_bytes())?);
+            no_nul(a.as_bytes())?;
+            starts.push(strings.len());
+            strings.extend_from_slice(a.as_bytes());
+            strings.push(0);
         }
         for (k, v) in &req.env {
-            let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
-            kv.extend_from_slice(k.as_bytes());
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            strings.push(c_string(&kv)?);
+            no_nul(k.as_bytes())?;
+            no_nul(v.as_bytes())?;
+            starts.push(strings.len());
+            strings.extend_from_slice(k.as_bytes());
+            strings.push(b'=');
+            strings.extend_from_slice(v.as_bytes());
+            strings.push(0);
         }
-        // The pointers stay valid: a CString's buffer does not move when
-        // the CString itself does.
-        let mut argv: Vec<*const libc::c_char> = strings[..req.args.len()].iter().map(|s| s.as_ptr()).collect();
+        // The buffer is complete (its capacity was never exceeded, so it
+        // never moved), and a Vec's heap buffer stays where it is when the
+        // Vec itself moves: the pointers stay valid.
+        let base = strings.as_ptr().cast::<libc::c_char>();
+        let at = |start: &usize| base.wrapping_add(*start);
+        let (arg_starts, env_starts) = starts.split_at(req.args.len());
+        let mut argv: Vec<*const libc::c_char> = arg_starts.iter().map(at).collect();
         argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = strings[req.args.len()..].iter().map(|s| s.as_ptr()).collect();
+        let mut envp: Vec<*const libc::c_char> = env_starts.iter().map(at).collect();
         envp.push(std::ptr::null());
         Ok(Prepared {
             program: c_string(req.program.as_os_str().as_bytes())?,
@@ -394,6 +413,59 @@ mod tests {
             "standard input is /dev/null"
         );
         assert_eq!(err, "err\n");
+    }
+
+    /// Arguments and variables share one buffer: each arrives whole, the
+    /// empty ones and a long one too, and a NUL in any is refused before
+    /// anything starts.
+    #[test]
+    fn every_argument_and_variable_arrives_whole_and_a_nul_is_refused() {
+        let long = "x".repeat(5000);
+        let script = "printf '%s|' \"$0\" \"$1\" \"$2\" \"$3\"; printf '%s|%s|%s|%s' \"$A\" \"${EMPTY-unset}\" \"${#LONG}\" \"$B\"";
+        let args = [
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new("zero"),
+            OsStr::new(""),
+            OsStr::new("two words"),
+            OsStr::new("é"),
+        ];
+        let env = vec![
+            (OsStr::new("A"), OsStr::new("a=b")),
+            (OsStr::new("EMPTY"), OsStr::new("")),
+            (OsStr::new("LONG"), OsStr::new(long.as_str())),
+            (OsStr::new("B"), OsStr::new("last")),
+        ];
+        let req = Request {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env,
+            cwd: Path::new("/"),
+            cgroup: None,
+        };
+        let s = match spawn(&req) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let out = read_all(s.stdout);
+        let mut status = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(s.pid, &mut status, 0) };
+        assert_eq!(out, "zero||two words|é|a=b||5000|last");
+        for env in [
+            vec![(OsStr::new("A"), OsStr::new("a\0b"))],
+            vec![(OsStr::new("A\0"), OsStr::new("b"))],
+        ] {
+            let req = Request { env, ..req };
+            match spawn(&req) {
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}"),
+                Ok(_) => panic!("started with a NUL in a variable"),
+            }
+        }
+        let nul = [OsStr::new("sh"), OsStr::new("a\0b")];
+        let req = Request { args: &nul, ..req };
+        assert!(spawn(&req).is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput));
     }
 
     #[test]
