@@ -1976,10 +1976,13 @@ fn prepare_step(
         }
         .map_err(|e| format!("expression in `{text}`: {e}"))
     };
-    let snapshot = env.clone();
-    for value in env.values_mut() {
-        if value.contains("${{") {
-            *value = interp(value, &snapshot)?;
+    // Each value reads the variables as they were before any was evaluated.
+    if env.values().any(|v| v.contains("${{")) {
+        let snapshot = env.clone();
+        for value in env.values_mut() {
+            if value.contains("${{") {
+                *value = interp(value, &snapshot)?;
+            }
         }
     }
     let mut script = String::new();
@@ -2041,7 +2044,7 @@ fn prepare_step(
     Ok(StepSpec {
         script,
         script_dir: ctx.run_dir.join("steps"),
-        env,
+        env: Arc::new(env),
         workdir,
         deadline: Some(step_deadline),
         kill_grace: ctx.kill_grace,

@@ -53,8 +53,9 @@ pub struct StepSpec {
     /// A folder only trackside's user can enter (the run's `steps`), for
     /// the script's file where an in-memory one cannot be made.
     pub script_dir: PathBuf,
-    /// The complete environment; nothing else is inherited.
-    pub env: BTreeMap<String, String>,
+    /// The complete environment; nothing else is inherited. Shared: the
+    /// executor's copy of the spec and the engine's are one map.
+    pub env: std::sync::Arc<BTreeMap<String, String>>,
     pub workdir: PathBuf,
     /// When the step must be stopped (job or step timeout, whichever is first).
     pub deadline: Option<tokio::time::Instant>,

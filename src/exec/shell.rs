@@ -244,7 +244,7 @@ fn start(
         }
     };
     cmd.env_clear()
-        .envs(&spec.env)
+        .envs(spec.env.iter())
         .env(TAG_VAR, &spec.tag)
         .env(super::contain::OWNER_VAR, crate::process::owner())
         .current_dir(&spec.workdir)
@@ -552,7 +552,7 @@ mod tests {
         StepSpec {
             script: "echo the-script-ran\n".into(),
             script_dir: dir.join("steps"),
-            env: [("PATH".to_string(), path.display().to_string())].into(),
+            env: std::sync::Arc::new([("PATH".to_string(), path.display().to_string())].into()),
             workdir: dir.join("ws"),
             deadline: None,
             kill_grace: Duration::from_secs(1),
