@@ -7,7 +7,9 @@
 //! never fails a run: a problem is logged once.
 //!
 //! The writes themselves happen on a thread of their own ([`Writer`]), off
-//! the engine's path from one job to the next. Rows are held a moment
+//! the engine's path from one job to the next, at a lower priority (nice
+//! 10): it first reads the pipeline's history, and nothing waits for
+//! either before the run's end. Rows are held a moment
 //! ([`HOLD`], at most [`HOLD_ROWS`]) and go to the writer together, so that
 //! a burst of short jobs costs one transaction, not one per job. The run
 //! record (the events) stays the first record of an attempt; a trackside
@@ -115,6 +117,9 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("trackside-history".into())
             .spawn(move || {
+                // Neither the read nor the writes are waited for before
+                // the run's end: they take what the jobs leave idle.
+                crate::process::background_thread();
                 first();
                 let mut warned = false;
                 let mut next = rx.recv().ok();
