@@ -382,7 +382,7 @@ enum Cmd {
         file: Option<PathBuf>,
         #[command(flatten)]
         vars: VarArgs,
-        /// Jobs at once (default: number of cores).
+        /// Jobs at once (default: as many as a run starts with, the cores and one more).
         #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         jobs: Option<u32>,
         #[arg(long, value_enum, default_value = "text")]
@@ -2230,9 +2230,11 @@ fn forecast(file: &Path, v: &VarArgs, jobs: Option<u32>, format: OutputFormat, s
         return Ok(2);
     };
     let plan = Plan::build(&p).map_err(|_| Fail("the pipeline has a dependency cycle".into(), 2))?;
-    let parallel = jobs
-        .and_then(|j| usize::try_from(j).ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    // As many as a run starts with under `-j auto`.
+    let parallel = jobs.and_then(|j| usize::try_from(j).ok()).unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        trackside::engine::parallelism::Controller::new(cores, 0).limit()
+    });
     let key = trackside::store::history::pipeline_key(file);
     let index = trackside::store::index::Index::open(state)?;
     let history = index.recent_durations(&key, p.jobs.len(), MAX_SAMPLES)?;

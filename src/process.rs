@@ -85,7 +85,7 @@ mod tests {
 /// keeps one per thread, `who = 0` is the calling thread, and a process
 /// it starts inherits it), for work beside a run that nothing waits for
 /// soon: writing the resolved pipeline, asking git for the history's
-/// facts, reading and writing the pipeline's history. With two cores, that work took CPU from the way to the first
+/// facts. With two cores, that work took CPU from the way to the first
 /// job (parsing, the record, the slot table, the first spawns); now it
 /// takes what the run leaves idle. Best effort: a failure leaves the
 /// priority as it was.

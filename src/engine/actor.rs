@@ -617,7 +617,6 @@ pub fn spawn(pipeline: Pipeline, plan: Plan, mut cfg: EngineConfig) -> Result<En
             crate::exec::contain::available(),
         )),
         pipeline_vars: Default::default(),
-        tool_cache: Default::default(),
         // Flake hunting needs real runs: repetitions never use the cache.
         use_cache: !cfg.no_cache && repeat.is_none(),
     });

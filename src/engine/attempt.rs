@@ -145,9 +145,6 @@ pub struct RunContext {
     pub empty_folders: Arc<workspace::EmptyFolders>,
     /// [`RunContext::pipeline_vars`], worked out once.
     pub(super) pipeline_vars: std::sync::OnceLock<BTreeMap<String, String>>,
-    /// Whether the GitHub jobs' tool cache (`RUNNER_TOOL_CACHE`, in the
-    /// state folder) could be made: asked once a run.
-    pub(super) tool_cache: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl RunContext {

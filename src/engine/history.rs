@@ -7,9 +7,10 @@
 //! never fails a run: a problem is logged once.
 //!
 //! The writes themselves happen on a thread of their own ([`Writer`]), off
-//! the engine's path from one job to the next, at a lower priority (nice
-//! 10): it first reads the pipeline's history, and nothing waits for
-//! either before the run's end. Rows are held a moment
+//! the engine's path from one job to the next, which first reads the
+//! pipeline's history. It keeps the run's priority: it holds the index's
+//! connection, which a job's start may need too (its result cache), and a
+//! lower one would make that job wait on it. Rows are held a moment
 //! ([`HOLD`], at most [`HOLD_ROWS`]) and go to the writer together, so that
 //! a burst of short jobs costs one transaction, not one per job. The run
 //! record (the events) stays the first record of an attempt; a trackside
@@ -117,9 +118,6 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("trackside-history".into())
             .spawn(move || {
-                // Neither the read nor the writes are waited for before
-                // the run's end: they take what the jobs leave idle.
-                crate::process::background_thread();
                 first();
                 let mut warned = false;
                 let mut next = rx.recv().ok();
@@ -532,6 +530,13 @@ pub fn definition(job: Option<&crate::pipeline::Job>) -> String {
 /// A struct's fields, each serialized to JSON text on its own, in the
 /// order the struct gives them: a `serde::Serializer` that takes a struct
 /// and nothing else.
+///
+/// The text is the one `serde_json::to_value` then `to_string` gave for
+/// everything a `Job` holds today (the test below checks every corpus
+/// job). It would differ for an `f32` (a `Value` widens it to `f64`:
+/// `0.1` becomes `0.10000000149011612`), an integer beyond `u64`, or a map
+/// serialized with the same key twice (a `Value` keeps one): a `Job` that
+/// gains one of those must keep its digests another way.
 struct Fields(Vec<(&'static str, String)>);
 
 fn not_a_struct() -> serde_json::Error {

@@ -1899,13 +1899,15 @@ fn prepare_step(
         }
         // The runner's folders, and the event's payload as a file. On the
         // host, RUNNER_TEMP is the step files' folder, made (0700) with
-        // them; the tool cache, kept between runs, is made once a run.
+        // them. The tool cache is kept between runs: made, and closed to
+        // others again, for each step (an earlier one may have removed it
+        // or opened it).
         let (temp, tools) = runner_dirs(ctx, job, a.attempt);
         let make = |d: &Path| crate::store::private_dir(d).map_err(|e| format!("cannot make {}: {e}", d.display()));
         if !on_host(job) {
             make(&temp)?;
         }
-        ctx.tool_cache.get_or_init(|| make(&tools)).clone()?;
+        make(&tools)?;
         env.insert("RUNNER_TEMP".into(), temp.display().to_string());
         env.insert("RUNNER_TOOL_CACHE".into(), tools.display().to_string());
         let (event, text) = event_file(ctx, job, a);
@@ -2696,7 +2698,6 @@ mod tests {
             )),
             empty_folders: Default::default(),
             pipeline_vars: Default::default(),
-            tool_cache: Default::default(),
         };
         let names: Vec<String> = ctx
             .predefined(&ctx.pipeline.jobs[0], 1, "s", Path::new("/w"))
