@@ -381,6 +381,21 @@ mod tests {
         s
     }
 
+    /// Starts `req` and waits for it: its pid, standard output and error,
+    /// and wait status. On x86_64 Linux 5.7 or later clone3 must work: a
+    /// seccomp filter refusing it fails here, loudly.
+    fn finished(req: &Request<'_>) -> (libc::pid_t, String, String, i32) {
+        let s = match spawn(req) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let (out, err) = (read_all(s.stdout), read_all(s.stderr));
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(s.pid, &mut status, 0) }, s.pid);
+        (s.pid, out, err, status)
+    }
+
     #[test]
     fn a_shell_starts_with_its_environment_directory_pipes_and_group() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -394,22 +409,13 @@ mod tests {
             cwd: dir.path(),
             cgroup: None,
         };
-        let s = match spawn(&req) {
-            Ok(s) => s,
-            // x86_64 Linux 5.7 or later: clone3 must work (a seccomp
-            // filter refusing it fails here, loudly).
-            Err(e) => panic!("{e}"),
-        };
-        let (out, err) = (read_all(s.stdout), read_all(s.stderr));
-        let mut status = 0;
-        // SAFETY: our own child.
-        assert_eq!(unsafe { libc::waitpid(s.pid, &mut status, 0) }, s.pid);
+        let (pid, out, err, status) = finished(&req);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{status}");
         let real = std::fs::canonicalize(dir.path()).expect("canonical");
         // Its own process group: the group is its pid.
         assert_eq!(
             out,
-            format!("out:{}:this:{}:{}\neof\n", real.display(), s.pid, s.pid),
+            format!("out:{}:this:{}:{}\neof\n", real.display(), pid, pid),
             "standard input is /dev/null"
         );
         assert_eq!(err, "err\n");
@@ -444,14 +450,7 @@ mod tests {
             cwd: Path::new("/"),
             cgroup: None,
         };
-        let s = match spawn(&req) {
-            Ok(s) => s,
-            Err(e) => panic!("{e}"),
-        };
-        let out = read_all(s.stdout);
-        let mut status = 0;
-        // SAFETY: our own child.
-        unsafe { libc::waitpid(s.pid, &mut status, 0) };
+        let (_, out, _, _) = finished(&req);
         assert_eq!(out, "zero||two words|é|a=b||5000|last");
         for env in [
             vec![(OsStr::new("A"), OsStr::new("a\0b"))],
@@ -507,16 +506,7 @@ mod tests {
             cwd: Path::new("/"),
             cgroup: None,
         };
-        let s = match spawn(&req) {
-            Ok(s) => s,
-            // x86_64 Linux 5.7 or later: clone3 must work (a seccomp
-            // filter refusing it fails here, loudly).
-            Err(e) => panic!("{e}"),
-        };
-        let out = read_all(s.stdout);
-        let mut status = 0;
-        // SAFETY: our own child.
-        unsafe { libc::waitpid(s.pid, &mut status, 0) };
+        let (_, out, _, _) = finished(&req);
         // SIGPIPE is signal 13: bit 12 of the ignored mask.
         let mask = out
             .split_whitespace()
