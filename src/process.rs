@@ -97,6 +97,15 @@ pub fn background_thread() {
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, now.saturating_add(10).min(19)) };
 }
 
+/// Git, as [`find_program`] finds it on trackside's own PATH, looked up
+/// once: every git trackside starts (the run's facts and repository,
+/// `trackside actions pull`) is this one. Plain `git` when none is found,
+/// so that the start fails saying so.
+pub fn git_program() -> &'static std::path::Path {
+    static GIT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    GIT.get_or_init(|| find_program("git", std::env::var_os("PATH").as_deref()).unwrap_or_else(|| "git".into()))
+}
+
 /// The first file named `program` this user may run in the absolute
 /// folders of `path` (a `PATH` value), as `execvp` would find it, relative
 /// entries left out: a folder relative to wherever trackside happens to

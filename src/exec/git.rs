@@ -17,11 +17,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A `git` command: the program found on `PATH` once, by its path.
 pub(crate) fn git_command() -> Command {
-    static GIT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    Command::new(GIT.get_or_init(|| {
-        // Not found: `Command` looks for it, and says so.
-        crate::process::find_program("git", std::env::var_os("PATH").as_deref()).unwrap_or_else(|| "git".into())
-    }))
+    Command::new(crate::process::git_program())
 }
 
 /// `git -C dir ARGS`, started with its output piped (not yet waited for).

@@ -124,7 +124,10 @@ pub fn trusted(root: &Path) -> Result<(), PullError> {
 }
 
 fn git(dir: &Path, args: &[&str], what: &str) -> Result<String, PullError> {
-    let out = Command::new("git")
+    // Git from an absolute folder of PATH, as every other git trackside
+    // starts: not one a relative entry (`.`) would find wherever the
+    // command happens to run.
+    let out = Command::new(crate::process::git_program())
         .arg("-C")
         .arg(dir)
         .args(args)
