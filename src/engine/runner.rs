@@ -1950,9 +1950,8 @@ fn prepare_step(
         if !text.contains("${{") {
             return Ok(text.to_string());
         }
-        let (statuses, steps_context, paths, secrets_context) = contexts.get_or_init(|| {
+        let (steps_context, paths, secrets_context) = contexts.get_or_init(|| {
             (
-                a.statuses.clone(),
                 github.map(|(_, c)| serde_json::Value::Object(c.steps.clone())),
                 github.map(|_| github_paths(ctx, job, a, index, ws)),
                 github.map(|_| secrets_context(ctx, job)),
@@ -1961,7 +1960,7 @@ fn prepare_step(
         let ctx = StepCtx {
             env,
             vars,
-            statuses,
+            statuses: &a.statuses,
             steps: steps_context.as_ref(),
             secrets: secrets_context.as_ref(),
             needs: github.map(|_| &*a.needs),
