@@ -545,55 +545,77 @@ pub struct Filter {
 
 /// The attempts `filter` wants, oldest first.
 pub fn select(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<AttemptRow>> {
-    let mut sql_text = String::from(if filter.lean {
-        "SELECT run_id, pipeline, '', job, definition, commit_sha, NULL, default_branch, dirty, attempt,
-         outcome, failure_class, NULL, duration_ms, NULL, '', '', signature, started_ms,
-         failure_line, allowed, NULL FROM attempts WHERE 1 = 1"
-    } else {
-        "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
-         outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms,
-         failure_line, allowed, cpu_ms FROM attempts WHERE 1 = 1"
-    });
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-    if let Some(j) = &filter.job {
-        sql_text.push_str(" AND job = ?");
-        args.push(Box::new(j.clone()));
+    if filter.limit == Some(0) {
+        return Ok(Vec::new());
     }
-    if let Some(p) = &filter.pipeline {
-        sql_text.push_str(" AND pipeline = ?");
-        args.push(Box::new(p.clone()));
-    }
-    if let Some(b) = &filter.branch {
-        sql_text.push_str(" AND branch = ?");
-        args.push(Box::new(b.clone()));
-    }
-    if let Some(s) = filter.since_ms {
-        sql_text.push_str(" AND started_ms >= ?");
-        args.push(Box::new(sql(s)));
-    }
-    // The newest `limit`, else every row in the order written (attempts
-    // are written as they end: oldest first, no sort needed).
-    if let Some(n) = filter.limit {
-        sql_text.push_str(" ORDER BY started_ms DESC, run_id DESC, attempt DESC, job DESC LIMIT ?");
-        args.push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
-    } else {
-        sql_text.push_str(" ORDER BY rowid");
-    }
+    let (sql_text, params) = select_sql(filter);
     let mut stmt = conn.prepare(&sql_text)?;
-    let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
     let mut texts = Texts::default();
     let mut rows: Vec<AttemptRow> = Vec::with_capacity(filter.limit.unwrap_or(0).min(PREALLOCATED));
-    let mut found = stmt.query(params.as_slice())?;
+    let mut found = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(r) = found.next()? {
         rows.push(texts.attempt(r)?);
     }
-    // The newest first, as the limit wants them: reversed, they are in
-    // the order of their start (the query's keys, which tell every two
-    // rows apart, ascending).
-    if filter.limit.is_some() {
-        rows.reverse();
+    if let Some(n) = filter.limit {
+        // The keys tell every two rows apart; rows started in the same
+        // millisecond as the newest `limit`-th may be more than it wants:
+        // the oldest by the keys go.
+        rows.sort_by(|a, b| {
+            (a.started_ms, &a.run_id, a.attempt, &a.job).cmp(&(b.started_ms, &b.run_id, b.attempt, &b.job))
+        });
+        let over = rows.len().saturating_sub(n);
+        rows.drain(..over);
     }
     Ok(rows)
+}
+
+/// [`select`]'s query and its parameters.
+fn select_sql(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut sql_text = String::from(if filter.lean {
+        "SELECT run_id, pipeline, '', job, definition, commit_sha, NULL, default_branch, dirty, attempt,
+         outcome, failure_class, NULL, duration_ms, NULL, '', '', signature, started_ms,
+         failure_line, allowed, NULL FROM attempts"
+    } else {
+        "SELECT run_id, pipeline, dialect, job, definition, commit_sha, branch, default_branch, dirty, attempt,
+         outcome, failure_class, exit_code, duration_ms, peak_memory, executor, host, signature, started_ms,
+         failure_line, allowed, cpu_ms FROM attempts"
+    });
+    let mut wanted = String::from(" WHERE 1 = 1");
+    let mut params = Vec::new();
+    for (column, value) in [
+        ("job", filter.job.clone().map(Value::Text)),
+        ("pipeline", filter.pipeline.clone().map(Value::Text)),
+        ("branch", filter.branch.clone().map(Value::Text)),
+    ] {
+        if let Some(v) = value {
+            wanted.push_str(&format!(" AND {column} = ?"));
+            params.push(v);
+        }
+    }
+    if let Some(s) = filter.since_ms {
+        wanted.push_str(" AND started_ms >= ?");
+        params.push(Value::Integer(sql(s)));
+    }
+    sql_text.push_str(&wanted);
+    // The newest `limit`: those that started no earlier than the newest
+    // `limit`-th, found in the index on the start, in the order of their
+    // start; [`select`] puts them in the order of every key (SQLite's
+    // ordering by all of them sorted every row, more than half of a
+    // 5,000-row read). Else every row in the order written (attempts are
+    // written as they end: oldest first, no sort needed).
+    match filter.limit {
+        Some(n) => {
+            sql_text.push_str(" AND started_ms >= IFNULL((SELECT started_ms FROM attempts");
+            sql_text.push_str(&wanted);
+            sql_text.push_str(" ORDER BY started_ms DESC LIMIT 1 OFFSET ? - 1), ?) ORDER BY started_ms");
+            params.extend_from_within(..);
+            params.push(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+            params.push(Value::Integer(i64::MIN));
+        }
+        None => sql_text.push_str(" ORDER BY rowid"),
+    }
+    (sql_text, params)
 }
 
 /// Marks the attempts of `jobs` in `run_id` as allowed failures.
@@ -851,6 +873,96 @@ mod tests {
         )
         .unwrap();
         assert_eq!(newest, vec![rows[2].clone(), rows[3].clone()]);
+    }
+
+    #[test]
+    fn a_limited_read_is_the_newest_by_every_key_and_sorts_no_row_in_sqlite() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        // Runs of three jobs, some attempted twice, many started in the same
+        // millisecond (a limit falls among rows of one start), two pipelines.
+        let mut rows = Vec::new();
+        for run in 0..40u64 {
+            for (j, job) in ["lint", "build", "test"].iter().enumerate() {
+                for attempt in 1..=(1 + u32::from(run % 3 == 0 && j == 2)) {
+                    let mut r = row(&format!("r{:02}", run % 17), job, attempt, "passed", 100 + run / 4);
+                    if run % 5 == 0 {
+                        r.pipeline = "other.yml".into();
+                    }
+                    rows.push(r);
+                }
+            }
+        }
+        insert(&conn, &rows).unwrap();
+        // What SQLite returns ordering by every key itself.
+        let sorted_by_sqlite = |filter: &Filter| -> Vec<(u64, String, u32, String)> {
+            let mut sql = String::from("SELECT started_ms, run_id, attempt, job FROM attempts WHERE 1 = 1");
+            if let Some(p) = &filter.pipeline {
+                sql.push_str(&format!(" AND pipeline = '{p}'"));
+            }
+            if let Some(j) = &filter.job {
+                sql.push_str(&format!(" AND job = '{j}'"));
+            }
+            if let Some(s) = filter.since_ms {
+                sql.push_str(&format!(" AND started_ms >= {s}"));
+            }
+            let n = filter.limit.unwrap();
+            sql.push_str(&format!(
+                " ORDER BY started_ms DESC, run_id DESC, attempt DESC, job DESC LIMIT {n}"
+            ));
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let mut got: Vec<_> = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            got.reverse();
+            got
+        };
+        let mut tried = 0;
+        for limit in [0, 1, 2, 3, 7, 50, 97, 1_000] {
+            for pipeline in [None, Some("ci.yml"), Some("other.yml")] {
+                for (job, since_ms) in [(None, None), (Some("test"), None), (None, Some(105))] {
+                    let filter = Filter {
+                        limit: Some(limit),
+                        pipeline: pipeline.map(String::from),
+                        job: job.map(String::from),
+                        since_ms,
+                        lean: limit % 2 == 1,
+                        ..Filter::default()
+                    };
+                    let got: Vec<_> = select(&conn, &filter)
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| (r.started_ms, r.run_id.to_string(), r.attempt, r.job.to_string()))
+                        .collect();
+                    assert_eq!(got, sorted_by_sqlite(&filter), "{filter:?}");
+                    tried += usize::from(!got.is_empty());
+                }
+            }
+        }
+        assert!(tried > 50, "the reads found rows");
+        // The pipeline's history is read through its index, with no sort.
+        let (sql, params) = select_sql(&Filter {
+            pipeline: Some("ci.yml".into()),
+            limit: Some(5),
+            lean: true,
+            ..Filter::default()
+        });
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("INDEX attempts_recent")),
+            "{plan:?}"
+        );
+        assert!(plan.iter().all(|step| !step.contains("TEMP B-TREE")), "{plan:?}");
     }
 
     #[test]
