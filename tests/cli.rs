@@ -96,23 +96,29 @@ fn host_variables_stay_out_unless_passed() {
     let e = Env::new();
     let f = e.file(
         "p.yml",
-        "name: v\njobs:\n  show:\n    steps: [{script: 'echo \"[${LEAKY:-unset}] [$FROMCLI]\"'}]\n",
+        "name: v\njobs:\n  show:\n    steps: [{script: 'echo \"[${LEAKY:-unset}] [$FROMCLI] [$SHELL]\"'}]\n",
     );
     let path = f.to_str().unwrap_or_default();
+    // The user's shell comes through, as their PATH and HOME do.
     let o = e
         .cmd()
         .args(["run", path, "--var", "FROMCLI=x"])
         .env("LEAKY", "host")
+        .env("SHELL", "/the/users/shell")
         .output()
         .expect("run");
-    assert!(text(&o.stdout).contains("show > [unset] [x]"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("show > [unset] [x] [/the/users/shell]"),
+        "{}",
+        text(&o.stdout)
+    );
     let o = e
         .cmd()
         .args(["run", path, "--var", "FROMCLI=x", "--pass-env", "LEAKY"])
         .env("LEAKY", "host")
         .output()
         .expect("run");
-    assert!(text(&o.stdout).contains("show > [host] [x]"), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("show > [host] [x] ["), "{}", text(&o.stdout));
 }
 
 #[test]

@@ -150,8 +150,12 @@ fn start(
         None => Some(shell_path().to_path_buf()),
     };
     if let Some(program) = &program {
+        // The program's name is its path, as GitHub's runner starts it (and
+        // bash, named so, does not search PATH for itself).
         let args: Vec<&OsStr> = match own.split_first() {
-            Some(_) => own.iter().map(OsStr::new).collect(),
+            Some((_, rest)) => std::iter::once(program.as_os_str())
+                .chain(rest.iter().map(OsStr::new))
+                .collect(),
             None => vec![shell_path().as_os_str(), OsStr::new("-e"), script.path.as_os_str()],
         };
         let env = spec
@@ -673,20 +677,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_bash_step_runs_its_script_from_memory_and_leaves_no_file() {
-        let Some(bash) = ["/bin/bash", "/usr/bin/bash"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-        else {
+        if !["/bin/bash", "/usr/bin/bash"].iter().any(|p| Path::new(p).exists()) {
             assert!(std::env::var_os("CI").is_none(), "bash is on every CI machine");
             return;
-        };
+        }
         let dir = tempfile::tempdir().unwrap();
-        let mut s = spec(dir.path(), &[bash, "-e", "{0}"], Path::new("/usr/bin:/bin"));
-        s.script = "echo \"$0\"\n".into();
+        let mut s = spec(dir.path(), &["bash", "-e", "{0}"], Path::new("/usr/bin:/bin"));
+        // Its program's name is the path it was found at, as GitHub's runner
+        // starts it: bash then looks for itself on no PATH.
+        s.script = "echo \"$0\"\ntr '\\0' ' ' < /proc/$$/cmdline; echo\n".into();
         let steps = s.script_dir.clone();
         let (end, got) = lines(s).await;
         assert!(matches!(end, StepEnd::Exited(0)), "{end:?} {got:?}");
-        assert!(got.len() == 1 && got[0].starts_with("/proc/"), "{got:?}");
+        assert!(got.len() == 2 && got[0].starts_with("/proc/"), "{got:?}");
+        let found = program_path("bash", &spec(dir.path(), &[], Path::new("/usr/bin:/bin"))).expect("bash");
+        assert_eq!(got[1], format!("{} -e {} ", found.display(), got[0]), "{got:?}");
         assert!(!steps.exists(), "no script file was made in {}", steps.display());
     }
 

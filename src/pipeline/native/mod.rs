@@ -34,8 +34,10 @@ const TOP_KEYS: [&str; 7] = [
     "preflight",
 ];
 
-/// Variables of the host that jobs see without being asked.
-pub const HOST_ALLOWLIST: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TZ"];
+/// Variables of the host that jobs see without being asked. `SHELL` is
+/// the user's shell, as bash would otherwise look it up in the user
+/// database at every start (a read of /etc/passwd, or a directory server).
+pub const HOST_ALLOWLIST: [&str; 6] = ["PATH", "HOME", "USER", "SHELL", "LANG", "TZ"];
 
 /// Names of the variables trackside defines for every job.
 pub const PREDEFINED: [&str; 10] = [
