@@ -51,9 +51,10 @@ async fn jobs_run_in_dependency_order_and_the_run_is_recorded() {
     assert!(log.iter().any(|e| e.stream == "step" && e.step == "one"));
     assert!(run_dir.join("summary.json").exists());
     // Written beside the run's start, whole by its end.
-    let resolved = std::fs::read_to_string(run_dir.join("pipeline.yml")).expect("resolved pipeline");
-    assert!(resolved.contains("name: a"), "{resolved}");
-    assert!(!run_dir.join(".pipeline.yml.tmp").exists());
+    let resolved = std::fs::read_to_string(run_dir.join("pipeline.json")).expect("resolved pipeline");
+    let resolved: serde_json::Value = serde_json::from_str(&resolved).expect("JSON");
+    assert_eq!(resolved["jobs"][0]["name"], "a", "{resolved}");
+    assert!(!run_dir.join(".pipeline.json.tmp").exists());
 }
 
 #[tokio::test]

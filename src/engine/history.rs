@@ -664,7 +664,7 @@ impl serde::ser::SerializeStruct for &mut Fields {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// What git said of the workflow file's repository is used only when
     /// it is the project's: a `--project-dir` elsewhere is asked itself.
     #[test]
@@ -704,8 +704,9 @@ mod tests {
     /// the model's parts between them: steps, containers, caches,
     /// artifacts, rules, matrices, deploys), and one with text to escape
     /// and fractions, digest as they did before.
-    #[test]
-    fn a_definitions_digest_is_the_one_its_whole_value_gave() {
+    /// The pipelines of the examples and of the GitLab and GitHub corpora
+    /// that load, and how many files were tried.
+    pub(crate) fn corpus_pipelines() -> (Vec<crate::pipeline::Pipeline>, usize) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files: Vec<std::path::PathBuf> = Vec::new();
         for dir in ["examples", "tests/corpus/gitlab", "tests/corpus/github"] {
@@ -721,18 +722,19 @@ mod tests {
                 }
             }
         }
-        let mut jobs = Vec::new();
-        for f in &files {
-            if let Ok((p, _)) = crate::pipeline::load(f, &Default::default()) {
-                jobs.extend(p.jobs.iter().cloned());
-            }
-        }
-        assert!(
-            jobs.len() > 300,
-            "only {} jobs loaded from {} files",
-            jobs.len(),
-            files.len()
-        );
+        let loaded = files
+            .iter()
+            .filter_map(|f| crate::pipeline::load(f, &Default::default()).ok())
+            .map(|(p, _)| p)
+            .collect();
+        (loaded, files.len())
+    }
+
+    #[test]
+    fn a_definitions_digest_is_the_one_its_whole_value_gave() {
+        let (pipelines, files) = corpus_pipelines();
+        let mut jobs: Vec<_> = pipelines.iter().flat_map(|p| p.jobs.iter().cloned()).collect();
+        assert!(jobs.len() > 300, "only {} jobs loaded from {files} files", jobs.len());
         let mut odd = crate::pipeline::Job {
             name: "build \"quoted\" \\ é\u{1}".into(),
             timeout: std::time::Duration::from_millis(1500),

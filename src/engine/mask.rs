@@ -45,6 +45,19 @@ impl Masker {
         self.values.is_empty()
     }
 
+    /// This masker for JSON text: each secret also as a JSON string holds
+    /// it (a quote, a backslash, a tab or a line break escaped).
+    pub fn for_json(&self) -> Masker {
+        let escaped = self.values.iter().filter_map(|v| {
+            let quoted = serde_json::to_string(v).ok()?;
+            let inner = quoted.get(1..quoted.len().saturating_sub(1))?;
+            (inner != v).then(|| inner.to_string())
+        });
+        let mut json = Masker::new(self.values.iter().cloned().chain(escaped.collect::<Vec<_>>()));
+        json.mark = self.mark;
+        json
+    }
+
     /// Masks `secret` too from now on (GitHub's `::add-mask::`).
     pub fn add(&mut self, secret: &str) {
         let mut values = std::mem::take(&mut self.values);
@@ -127,6 +140,30 @@ impl SplitMasker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_text_has_its_escaped_secrets_masked_too() {
+        let m = Masker::new([
+            "plain-77".to_string(),
+            "quo\"te\\back\ttab".to_string(),
+            "two\nlines".to_string(),
+        ])
+        .marked(GITHUB_MASK);
+        let value = serde_json::json!({"a": "x plain-77 y", "b": "quo\"te\\back\ttab", "c": "two\nlines"});
+        let text = serde_json::to_string_pretty(&value).unwrap();
+        assert_eq!(
+            m.mask(&text).as_deref().map(|t| t.contains("quo")),
+            Some(true),
+            "raw forms miss escaped text"
+        );
+        let masked = m.for_json().mask(&text).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&masked).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"a": "x *** y", "b": "***", "c": "***"}),
+            "{masked}"
+        );
+    }
 
     #[test]
     fn masks_every_occurrence_and_lines_of_multiline_secrets() {

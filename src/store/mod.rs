@@ -3,7 +3,7 @@
 //! ```text
 //! <state>/runs/<run-id>/
 //!     meta.json        pipeline file, project dir, start time
-//!     pipeline.yml     the resolved pipeline that ran
+//!     pipeline.json    the resolved pipeline that ran (JSON, secrets masked)
 //!     events.jsonl     every event but log lines, appended once per burst of events
 //!     logs/<job>.<attempt>.log   one line per output line: ts_ms TAB stream TAB step TAB text
 //!     summary.json     written when the run finishes
@@ -252,7 +252,7 @@ impl RunRecord {
     /// Creates the run's folder, exclusively: when another run took the id
     /// (ids are random within a second), a fresh one is drawn and
     /// `meta.run_id` says which was used.
-    /// The resolved pipeline (`pipeline.yml`) is written apart, with
+    /// The resolved pipeline (`pipeline.json`) is written apart, with
     /// [`RunRecord::write_pipeline`].
     pub fn create(state: &Path, meta: &mut RunMeta) -> Result<RunRecord, StoreError> {
         let dir = RunRecord::claim(state, meta)?;
@@ -317,12 +317,12 @@ impl RunRecord {
         })
     }
 
-    /// Writes the resolved pipeline that runs (`pipeline.yml` of the run's
+    /// Writes the resolved pipeline that runs (`pipeline.json` of the run's
     /// folder `dir`), whole or not at all (a temporary file renamed).
     pub fn write_pipeline(dir: &Path, resolved: &str) -> Result<(), StoreError> {
-        let tmp = dir.join(".pipeline.yml.tmp");
+        let tmp = dir.join(".pipeline.json.tmp");
         write_with_mode(&tmp, resolved.as_bytes(), 0o600)?;
-        let path = dir.join("pipeline.yml");
+        let path = dir.join("pipeline.json");
         std::fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))?;
         Ok(())
     }
