@@ -55,6 +55,18 @@ async fn jobs_run_in_dependency_order_and_the_run_is_recorded() {
     let resolved: serde_json::Value = serde_json::from_str(&resolved).expect("JSON");
     assert_eq!(resolved["jobs"][0]["name"], "a", "{resolved}");
     assert!(!run_dir.join(".pipeline.json.tmp").exists());
+    // Every file of the record is its user's alone.
+    for f in [
+        "meta.json",
+        "pipeline.json",
+        "events.jsonl",
+        "summary.json",
+        "logs/a.1.log",
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(run_dir.join(f)).expect(f).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
 }
 
 #[tokio::test]

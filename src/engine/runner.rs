@@ -188,7 +188,12 @@ fn diagnose(class: FailureClass, told: Option<Diagnosis>, outcome: &Outcome) -> 
 /// can take a millisecond on a busy file system, and the engine serves
 /// every job. A failure here is the engine's to report when it opens it.
 fn create_log(path: &Path) {
-    let _ = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path);
 }
 
 /// What an attempt leaves to remove once its result is reported.

@@ -453,9 +453,7 @@ impl RunRecord {
         let key = (job.to_string(), attempt);
         if !self.logs.contains_key(&key) {
             let path = log_path(&self.dir, job, attempt);
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
+            let f = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
                 .open(&path)
                 .map_err(io_err("cannot open", &path))?;
             self.logs.insert(key.clone(), BufWriter::with_capacity(LOG_BUFFER, f));
@@ -498,8 +496,9 @@ impl RunRecord {
         }
     }
 
-    /// Writes summary.json atomically (temp file + rename).
+    /// Writes summary.json atomically (temp file + rename), its user's alone.
     pub fn finish(&mut self, summary: &RunSummary) -> Result<(), StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         // The summary is written even if the last events could not be.
         let flushed = self.flush();
         self.logs.clear();
@@ -507,8 +506,14 @@ impl RunRecord {
         let tmp = self.dir.join("summary.json.tmp");
         // Straight to the file: a 1,000-job summary is half a megabyte of
         // text, which need not be in memory at the run's end, its peak.
-        File::create(&tmp)
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .and_then(|f| {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
                 let mut out = BufWriter::new(f);
                 serde_json::to_writer_pretty(&mut out, summary)?;
                 out.flush()
