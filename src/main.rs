@@ -174,7 +174,7 @@ struct VarArgs {
     /// Inject a secret read from a file. Repeatable.
     #[arg(long = "secret-file", value_name = "NAME=PATH", value_parser = parse_kv)]
     secret_files: Vec<(String, String)>,
-    /// Let the host variable NAME through to jobs (beyond PATH, HOME, USER, LANG, TZ). Repeatable.
+    /// Let the host variable NAME through to jobs (beyond PATH, HOME, USER, SHELL, LANG, TZ). Repeatable.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
     /// Which executor runs the jobs (default: `executor:` of config.yml, else auto).

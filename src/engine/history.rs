@@ -700,10 +700,6 @@ pub(crate) mod tests {
         d.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Every job of the examples and of the GitLab and GitHub corpora (all
-    /// the model's parts between them: steps, containers, caches,
-    /// artifacts, rules, matrices, deploys), and one with text to escape
-    /// and fractions, digest as they did before.
     /// The pipelines of the examples and of the GitLab and GitHub corpora
     /// that load, and how many files were tried.
     pub(crate) fn corpus_pipelines() -> (Vec<crate::pipeline::Pipeline>, usize) {
@@ -730,6 +726,10 @@ pub(crate) mod tests {
         (loaded, files.len())
     }
 
+    /// Every job of the examples and of the GitLab and GitHub corpora (all
+    /// the model's parts between them: steps, containers, caches,
+    /// artifacts, rules, matrices, deploys), and one with text to escape
+    /// and fractions, digest as they did before.
     #[test]
     fn a_definitions_digest_is_the_one_its_whole_value_gave() {
         let (pipelines, files) = corpus_pipelines();

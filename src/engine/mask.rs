@@ -45,17 +45,32 @@ impl Masker {
         self.values.is_empty()
     }
 
-    /// This masker for JSON text: each secret also as a JSON string holds
-    /// it (a quote, a backslash, a tab or a line break escaped).
-    pub fn for_json(&self) -> Masker {
-        let escaped = self.values.iter().filter_map(|v| {
-            let quoted = serde_json::to_string(v).ok()?;
-            let inner = quoted.get(1..quoted.len().saturating_sub(1))?;
-            (inner != v).then(|| inner.to_string())
-        });
-        let mut json = Masker::new(self.values.iter().cloned().chain(escaped.collect::<Vec<_>>()));
-        json.mark = self.mark;
-        json
+    /// Masks every string of `value`, keys too: string by string, before
+    /// it is JSON text, whose escapes would hide a secret holding a quote
+    /// or a line break, or be cut by a mask.
+    pub fn mask_json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        let mut stack = vec![value];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::String(s) => {
+                    if let Some(m) = self.mask(s) {
+                        *s = m;
+                    }
+                }
+                Value::Array(items) => stack.extend(items.iter_mut()),
+                Value::Object(map) => {
+                    if map.keys().any(|k| self.mask(k).is_some()) {
+                        *map = std::mem::take(map)
+                            .into_iter()
+                            .map(|(k, v)| (self.mask(&k).unwrap_or(k), v))
+                            .collect();
+                    }
+                    stack.extend(map.values_mut());
+                }
+                Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            }
+        }
     }
 
     /// Masks `secret` too from now on (GitHub's `::add-mask::`).
@@ -142,26 +157,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_text_has_its_escaped_secrets_masked_too() {
+    fn json_values_are_masked_string_by_string_keys_too() {
         let m = Masker::new([
             "plain-77".to_string(),
             "quo\"te\\back\ttab".to_string(),
             "two\nlines".to_string(),
+            "nopass".to_string(),
         ])
         .marked(GITHUB_MASK);
-        let value = serde_json::json!({"a": "x plain-77 y", "b": "quo\"te\\back\ttab", "c": "two\nlines"});
+        let mut value = serde_json::json!({
+            "a": "x plain-77 y",
+            "b": ["quo\"te\\back\ttab", {"deep": "two\nlines"}],
+            "key plain-77": 1,
+            "c": "x\nopass",
+            "n": null,
+        });
+        // As JSON text the escaped secrets are not there to find, and one
+        // is there across an escape (`x\nopass`) that no string holds.
         let text = serde_json::to_string_pretty(&value).unwrap();
+        assert!(!text.contains("quo\"te") && !text.contains("two\nlines") && text.contains("nopass"));
+        m.mask_json(&mut value);
         assert_eq!(
-            m.mask(&text).as_deref().map(|t| t.contains("quo")),
-            Some(true),
-            "raw forms miss escaped text"
-        );
-        let masked = m.for_json().mask(&text).unwrap();
-        let back: serde_json::Value = serde_json::from_str(&masked).unwrap();
-        assert_eq!(
-            back,
-            serde_json::json!({"a": "x *** y", "b": "***", "c": "***"}),
-            "{masked}"
+            value,
+            serde_json::json!({
+                "a": "x *** y",
+                "b": ["***", {"deep": "***"}],
+                "key ***": 1,
+                "c": "x\nopass",
+                "n": null,
+            })
         );
     }
 

@@ -149,6 +149,8 @@ fn start(
         Some((name, _)) => program_path(name, spec),
         None => Some(shell_path().to_path_buf()),
     };
+    // It could not start as found: `Command` looks for it again.
+    let mut not_started = false;
     if let Some(program) = &program {
         // The program's name is its path, as GitHub's runner starts it (and
         // bash, named so, does not search PATH for itself).
@@ -191,9 +193,20 @@ fn start(
             // it as it always did (`execvp`: /bin/sh for a script without
             // `#!`, the next PATH entry), and names it if it fails.
             Err(e) if e.kind() != std::io::ErrorKind::Unsupported && spec.shell.is_none() => return Err(e),
-            Err(_) => {}
+            // This machine starts no process that way: `Command` starts the
+            // program found, under its path as well.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(_) => not_started = true,
         }
     }
+    // The program found, where `Command` is to start it; else its name,
+    // which `Command` looks for on the step's PATH.
+    let own_program = |name: &str| -> std::ffi::OsString {
+        match &program {
+            Some(p) if !not_started => p.as_os_str().to_owned(),
+            _ => name.into(),
+        }
+    };
     let path = script.path.to_string_lossy().into_owned();
     let mut cmd = match (cgroup, &spec.shell) {
         (Some(cg), None) => {
@@ -214,7 +227,7 @@ fn start(
         (Some(cg), Some(_)) => {
             let argv = spec.command_line(&path);
             let (program, args) = argv.split_first().map_or(("sh", &[][..]), |(p, a)| (p.as_str(), a));
-            let mut cmd = Command::new(program);
+            let mut cmd = Command::new(own_program(program));
             cmd.args(args);
             if let Ok(procs) = std::ffi::CString::new(cg.procs().into_os_string().into_encoded_bytes()) {
                 // SAFETY: the closure runs in the child between fork and
@@ -235,7 +248,7 @@ fn start(
             let argv = spec.command_line(&path);
             match (&spec.shell, argv.split_first()) {
                 (Some(_), Some((program, args))) => {
-                    let mut cmd = Command::new(program);
+                    let mut cmd = Command::new(own_program(program));
                     cmd.args(args);
                     cmd
                 }

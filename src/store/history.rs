@@ -602,7 +602,9 @@ fn select_sql(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
     // `limit`-th, found in the index on the start, in the order of their
     // start; [`select`] puts them in the order of every key (SQLite's
     // ordering by all of them sorted every row, more than half of a
-    // 5,000-row read). Else every row in the order written (attempts are
+    // 5,000-row read). With neither a pipeline nor a job to look them up
+    // by (`trackside history` unfiltered), no index serves: the table is
+    // read twice. Without a limit: every row in the order written (attempts are
     // written as they end: oldest first, no sort needed).
     match filter.limit {
         Some(n) => {
