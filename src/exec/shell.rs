@@ -188,14 +188,15 @@ fn start(
                     Some(s.stderr),
                 ));
             }
-            // The step's own program that would not start this way (no `#!`
-            // line, a missing interpreter, no permission): `Command` tries
-            // it as it always did (`execvp`: /bin/sh for a script without
-            // `#!`, the next PATH entry), and names it if it fails.
+            // The shell itself would not start: the step fails so.
             Err(e) if e.kind() != std::io::ErrorKind::Unsupported && spec.shell.is_none() => return Err(e),
             // This machine starts no process that way: `Command` starts the
             // program found, under its path as well.
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            // The step's own program that would not start this way (no `#!`
+            // line, a missing interpreter, no permission): `Command` tries
+            // it as it always did (`execvp`: /bin/sh for a script without
+            // `#!`, the next PATH entry), and names it if it fails.
             Err(_) => not_started = true,
         }
     }
