@@ -2595,7 +2595,7 @@ mod tests {
     /// that reads back; a secret in it is masked, also where JSON escapes it.
     #[test]
     fn the_resolved_pipeline_is_kept_as_json_with_its_secrets_masked() {
-        let (pipelines, _) = super::super::history::tests::corpus_pipelines();
+        let (pipelines, _) = crate::engine::history::tests::corpus_pipelines();
         assert!(pipelines.len() > 50, "{} pipelines", pipelines.len());
         let dir = tempfile::tempdir().expect("tempdir");
         let read = || -> serde_json::Value {

@@ -188,12 +188,7 @@ fn diagnose(class: FailureClass, told: Option<Diagnosis>, outcome: &Outcome) -> 
 /// can take a millisecond on a busy file system, and the engine serves
 /// every job. A failure here is the engine's to report when it opens it.
 fn create_log(path: &Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path);
+    let _ = crate::store::open_appending(path);
 }
 
 /// What an attempt leaves to remove once its result is reported.

@@ -604,8 +604,8 @@ fn select_sql(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
     // ordering by all of them sorted every row, more than half of a
     // 5,000-row read). With neither a pipeline nor a job to look them up
     // by (`trackside history` unfiltered), no index serves: the table is
-    // read twice. Without a limit: every row in the order written (attempts are
-    // written as they end: oldest first, no sort needed).
+    // read twice. Without a limit: every row in the order written
+    // (attempts are written as they end: oldest first, no sort needed).
     match filter.limit {
         Some(n) => {
             sql_text.push_str(" AND started_ms >= IFNULL((SELECT started_ms FROM attempts");

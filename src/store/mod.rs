@@ -155,18 +155,34 @@ pub fn private_dir(dir: &Path) -> Result<(), IoFailure> {
 
 /// Writes `path` whole with `mode` (also when an older file had another).
 pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoFailure> {
+    create_with_mode(path, mode)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(io_err("cannot write", path))
+}
+
+/// `path`, empty, with `mode` (also when an older file had another).
+fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// `path` opened to read and append to, made readable by its user alone
+/// (0600) if it is new: a run's events and job logs.
+pub fn open_appending(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
         .open(path)
-        .and_then(|mut f| {
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            f.write_all(bytes)
-        })
-        .map_err(io_err("cannot write", path))
 }
 
 pub use crate::protocol::clock::now_ms;
@@ -300,15 +316,7 @@ impl RunRecord {
         let meta_text = serde_json::to_string_pretty(meta).unwrap_or_default();
         write_with_mode(&meta_path, meta_text.as_bytes(), 0o600)?;
         let ev = dir.join("events.jsonl");
-        let events = {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&ev)
-                .map_err(io_err("cannot open", &ev))?
-        };
+        let events = open_appending(&ev).map_err(io_err("cannot open", &ev))?;
         Ok(RunRecord {
             dir,
             events: BufWriter::with_capacity(EVENTS_BUFFER, events),
@@ -347,16 +355,7 @@ impl RunRecord {
                 .map_err(io_err("cannot create run folder", &work))?;
         }
         let ev = run_dir.join("events.jsonl");
-        let mut events = {
-            use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .mode(0o600)
-                .open(&ev)
-                .map_err(io_err("cannot open", &ev))?
-        };
+        let mut events = open_appending(&ev).map_err(io_err("cannot open", &ev))?;
         // A crash may have torn the last line: end it, so the next event
         // starts a line of its own (the reader skips the torn one).
         let len = events.metadata().map_err(io_err("cannot read", &ev))?.len();
@@ -453,9 +452,7 @@ impl RunRecord {
         let key = (job.to_string(), attempt);
         if !self.logs.contains_key(&key) {
             let path = log_path(&self.dir, job, attempt);
-            let f = std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
-                .open(&path)
-                .map_err(io_err("cannot open", &path))?;
+            let f = open_appending(&path).map_err(io_err("cannot open", &path))?;
             self.logs.insert(key.clone(), BufWriter::with_capacity(LOG_BUFFER, f));
         }
         let path = log_path(&self.dir, job, attempt);
@@ -498,7 +495,6 @@ impl RunRecord {
 
     /// Writes summary.json atomically (temp file + rename), its user's alone.
     pub fn finish(&mut self, summary: &RunSummary) -> Result<(), StoreError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         // The summary is written even if the last events could not be.
         let flushed = self.flush();
         self.logs.clear();
@@ -506,14 +502,8 @@ impl RunRecord {
         let tmp = self.dir.join("summary.json.tmp");
         // Straight to the file: a 1,000-job summary is half a megabyte of
         // text, which need not be in memory at the run's end, its peak.
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        create_with_mode(&tmp, 0o600)
             .and_then(|f| {
-                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
                 let mut out = BufWriter::new(f);
                 serde_json::to_writer_pretty(&mut out, summary)?;
                 out.flush()
