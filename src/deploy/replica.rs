@@ -348,11 +348,46 @@ impl Launcher {
     }
 }
 
+/// How long a port [`free_port`] handed out is not handed out again: what
+/// it was for (a replica's command, a container's published port, a
+/// router) binds it some time after, and until then the kernel sees it
+/// free and offers it to the next ask (in a few thousand asks, it offers
+/// a port twice more than a hundred times).
+const PORT_HELD: Duration = Duration::from_secs(120);
+/// At most this many ports are remembered; the oldest are forgotten first.
+const PORTS_REMEMBERED: usize = 4096;
+
+/// Ports handed out, oldest first, with when.
+static HANDED_OUT: Mutex<std::collections::VecDeque<(u16, Instant)>> = Mutex::new(std::collections::VecDeque::new());
+
+/// A loopback port nothing listens on now, and that this process has not
+/// handed out in the last [`PORT_HELD`] (two replicas started one after
+/// the other, before the first has bound its port, get two ports).
+/// Another process may still take it first: what binds it reports that.
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
+    let mut given = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    while given
+        .front()
+        .is_some_and(|(_, at)| now.duration_since(*at) >= PORT_HELD || given.len() >= PORTS_REMEMBERED)
+    {
+        given.pop_front();
+    }
+    // The kernel picks among some 28,000 ports: a few asks find a new one.
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("cannot find a free port: {e}"))?;
+        if !given.iter().any(|(p, _)| *p == port) {
+            given.push_back((port, now));
+            return Ok(port);
+        }
+    }
+    Err(format!(
+        "cannot find a free port: the system offered only ports handed out in the last {} s",
+        PORT_HELD.as_secs()
+    ))
 }
 
 /// The replicas' health as last seen, shared between probes and status.
@@ -561,6 +596,17 @@ pub fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_is_not_handed_out_twice_while_it_may_not_be_bound_yet() {
+        // Without the memory, the kernel offers some port twice in far
+        // fewer asks than this (the ports it offers are never bound here).
+        let asks = 2000;
+        let ports: Vec<u16> = (0..asks).map(|_| free_port().expect("a free port")).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), asks, "a port was handed out twice");
+        assert!(ports.iter().all(|&p| p != 0));
+    }
 
     #[tokio::test]
     async fn probes_check_status_ports_and_commands() {
