@@ -356,6 +356,8 @@ impl Launcher {
 const PORT_HELD: Duration = Duration::from_secs(120);
 /// At most this many ports are remembered; the oldest are forgotten first.
 const PORTS_REMEMBERED: usize = 4096;
+/// How many ports [`free_port`] asks the system for before it gives up.
+const TRIES: usize = 64;
 
 /// Ports handed out, oldest first, with when.
 static HANDED_OUT: Mutex<std::collections::VecDeque<(u16, Instant)>> = Mutex::new(std::collections::VecDeque::new());
@@ -373,8 +375,9 @@ pub fn free_port() -> Result<u16, String> {
     {
         given.pop_front();
     }
-    // The kernel picks among some 28,000 ports: a few asks find a new one.
-    for _ in 0..64 {
+    // The kernel picks among some 14,000-28,000 ports: a few asks find a
+    // new one.
+    for _ in 0..TRIES {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -385,7 +388,7 @@ pub fn free_port() -> Result<u16, String> {
         }
     }
     Err(format!(
-        "cannot find a free port: the system offered only ports handed out in the last {} s",
+        "cannot find a free port: in {TRIES} tries the system offered only ports handed out in the last {} s",
         PORT_HELD.as_secs()
     ))
 }
